@@ -1,0 +1,61 @@
+// status.c: error message helpers (see status.h).
+#include "core/status.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+int moe_error(struct moe_err *err, int code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+int moe_error_prefix(struct moe_err *err, const char *fmt, ...)
+{
+    if (!err)
+        return 0;
+    char prefix[MOE_ERR_MSG_MAX], old[MOE_ERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, err->msg, sizeof old);
+    snprintf(err->msg, sizeof err->msg, "%s%s", prefix, old);
+    return err->code;
+}
+
+int moe_status_exit_code(int code)
+{
+    switch (code) {
+    case MOE_OK:
+        return 0;
+    case MOE_EINVAL:
+    case MOE_ECONFIG:
+    case MOE_ESHAPE:
+        return 2;
+    default:
+        return 1;
+    }
+}
+
+const char *moe_status_name(int code)
+{
+    switch (code) {
+    case MOE_OK: return "ok";
+    case MOE_EINVAL: return "invalid argument";
+    case MOE_ECONFIG: return "config error";
+    case MOE_ESHAPE: return "shape mismatch";
+    case MOE_EIO: return "i/o error";
+    case MOE_EFORMAT: return "malformed file";
+    case MOE_ENOMEM: return "out of memory";
+    case MOE_ENUMERIC: return "numerical fault";
+    }
+    return "unknown error";
+}

@@ -1,0 +1,102 @@
+// dataset.h: in-memory data sets and the readers that fill them.
+// T = rows (examples), D = n_in features, O = n_out targets or classes.
+// Readers validate what they read and report the file and line at fault;
+// nothing here trains or prints.
+#ifndef MOE_DATASET_H
+#define MOE_DATASET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/status.h"
+
+enum moe_task { MOE_TASK_REGRESSION = 0, MOE_TASK_CLASSIFICATION = 1 };
+
+struct moe_dataset {
+    enum moe_task task;
+    size_t n;            // rows
+    size_t n_in;         // features (D)
+    size_t n_out;        // regression targets, or number of classes (O)
+    float *x;            // (n, n_in)
+    float *y;            // (n, n_out) regression targets; NULL for classification
+    int32_t *label;      // (n) class id in [0, n_out) for classification; NULL for regression
+    int32_t *group;      // (n) ground-truth region/source id when known (synthetic data), else NULL
+    size_t n_group;      // number of distinct groups (0 when group is NULL)
+    char **class_names;  // (n_out) for classification, may be NULL
+    char **feature_names;// (n_in), may be NULL
+};
+
+void moe_dataset_release(struct moe_dataset *d);
+// Allocate x, and y or label (and group when with_group) for n rows; zero-filled.
+int moe_dataset_alloc(struct moe_dataset *d, enum moe_task task, size_t n, size_t n_in, size_t n_out,
+                      int with_group, struct moe_err *err);
+
+// Per-feature standardisation statistics, computed on a training split and
+// applied to every split: x' = (x - mean) / std (std of a constant feature is 1).
+struct moe_standardize {
+    size_t n_in;
+    float *mean, *std;   // (n_in)
+};
+int moe_standardize_fit(struct moe_standardize *ret, const struct moe_dataset *train, struct moe_err *err);
+void moe_standardize_apply(const struct moe_standardize *s, struct moe_dataset *d);
+void moe_standardize_release(struct moe_standardize *s);
+
+// ---- IDX (LeCun's format: magic 0x00000800 | type << 8 | ndim, big-endian dims) ----
+// Raw or gzip-compressed (detected by content). Only unsigned-byte data (type 0x08).
+struct moe_idx {
+    int ndim;
+    size_t dims[4];
+    size_t count;        // product of dims
+    uint8_t *data;
+};
+int moe_idx_read(const char *path, struct moe_idx *ret, struct moe_err *err);
+void moe_idx_release(struct moe_idx *m);
+// Images (n, rows, cols) scaled to [0, 1] and labels (n) into a classification
+// set with n_out = 10 (or max label + 1). limit = 0 reads every row.
+int moe_dataset_from_idx(const char *images, const char *labels, size_t limit, struct moe_dataset *ret,
+                         struct moe_err *err);
+
+// ---- CSV / TSV (libcsv) ----
+struct moe_table_spec {
+    const char *path;
+    char delimiter;              // ',' or '\t'; 0 = from the extension (.tsv/.tab -> tab, else comma)
+    const char *const *features; // feature column names
+    size_t n_features;
+    const char *const *targets;  // target column names: one for classification, >= 1 for regression
+    size_t n_targets;
+    enum moe_task task;
+    const char *const *classes;  // classification: the classes to keep, in id order; NULL = every
+    size_t n_classes;            //   distinct value of the target column, sorted (strcmp)
+    const char *const *where;    // row filters, all must hold: "COL=a|b|c", "COL!=a", "COL<=x",
+    size_t n_where;              //   "COL>=x", "COL<x", "COL>x" (numeric compare for < > forms)
+    const char *split_column;    // NULL: random split by test_fraction; else rows are assigned
+    double train_range[2];       //   by the numeric value of this column: train if within
+    double test_range[2];        //   train_range (inclusive), test if within test_range, else dropped
+    double test_fraction;        // for the random split
+    uint64_t seed;               // for the random split (counter-based RNG)
+};
+// Read a table and return the train and test splits. Errors name the file and
+// the line (missing column, non-numeric cell, ragged row, unknown class).
+int moe_table_read(const struct moe_table_spec *spec, struct moe_dataset *ret_train,
+                   struct moe_dataset *ret_test, struct moe_err *err);
+
+// ---- Built-in synthetic tasks, generated from the seed ----
+// "regions": inputs drawn from n_regions known regions (Gaussian clusters with
+// well-separated centres in D dimensions), each region with its own random
+// linear map y = A_r x + b_r, plus Gaussian noise. group[] holds the region,
+// so expert specialisation can be checked against the truth.
+// "classes": same regions, each region owning one class (n_out = n_regions
+// classes), for classification. Train and test are drawn with different
+// streams of the same seed.
+struct moe_synth_spec {
+    const char *kind;     // "regions" or "classes"
+    size_t n_train, n_test;
+    size_t n_in, n_out, n_regions;
+    double noise;         // target noise std (regions) or cluster spread (classes)
+    double spread;        // cluster std relative to centre distance
+    uint64_t seed;
+};
+int moe_synth_make(const struct moe_synth_spec *spec, struct moe_dataset *ret_train,
+                   struct moe_dataset *ret_test, struct moe_err *err);
+
+#endif

@@ -1,0 +1,79 @@
+// safetensors.h: read and write checkpoints in the safetensors format
+// (8-byte little-endian header length N, N bytes of JSON header, raw
+// little-endian tensor data), so PyTorch/NumPy users can open our files.
+// Reading validates every offset, shape and dtype before data is touched.
+#ifndef MOE_SAFETENSORS_H
+#define MOE_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/params.h"
+#include "core/status.h"
+
+enum moe_dtype { MOE_F32 = 0, MOE_I32 = 1, MOE_I64 = 2, MOE_F64 = 3 };
+
+// A tensor to write: not necessarily in a registry (e.g. normalisation
+// statistics, hash tables, optimizer moments).
+struct moe_st_ref {
+    const char *name;
+    enum moe_dtype dtype;
+    int ndim;
+    size_t shape[MOE_MAX_DIMS];
+    const void *data;
+};
+
+// One __metadata__ entry (safetensors allows only string values).
+struct moe_st_meta {
+    const char *key;
+    const char *value;
+};
+
+// Write tensors (in the order given) and metadata to path, atomically
+// (temporary name, fsync, rename). Names must be unique.
+int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_t n_refs,
+                          const struct moe_st_meta *meta, size_t n_meta, struct moe_err *err);
+
+struct moe_st_entry {
+    char name[MOE_NAME_MAX];
+    enum moe_dtype dtype;
+    int ndim;
+    size_t shape[MOE_MAX_DIMS];
+    size_t numel;
+    size_t begin, end;   // byte offsets into the data section
+    const void *data;    // points into the file buffer (begin already applied)
+};
+
+struct moe_st_file {
+    char path[1024];
+    uint8_t *buf;        // the whole file
+    size_t size;
+    size_t n;            // tensors
+    struct moe_st_entry *e;
+    size_t n_meta;
+    char **meta_key, **meta_val;
+};
+
+// Read and fully validate a file: header length within the file, JSON
+// well formed, every entry has a known dtype, a shape of 0..4 dims whose byte
+// size equals end-begin, offsets inside the data section, no overlaps, no
+// duplicate names, metadata values are strings. On failure nothing is
+// returned and the message names the file and what is wrong.
+int moe_safetensors_open(const char *path, struct moe_st_file *ret, struct moe_err *err);
+const struct moe_st_entry *moe_safetensors_find(const struct moe_st_file *f, const char *name);
+const char *moe_safetensors_meta(const struct moe_st_file *f, const char *key);
+void moe_safetensors_close(struct moe_st_file *f);
+
+// Copy the file's tensors into a registry. Every registry tensor must be present
+// with dtype F32 and exactly the registry's shape (a mismatch is MOE_ESHAPE,
+// naming the tensor, both shapes and the file). Tensors in the file that the
+// registry lacks are ignored only when allow_extra is set.
+int moe_safetensors_load_params(const struct moe_st_file *f, struct moe_params *p, int allow_extra,
+                                struct moe_err *err);
+
+// Convenience: write every registry tensor (F32, registry order) plus extra refs and metadata.
+int moe_safetensors_write_params(const char *path, const struct moe_params *p,
+                                 const struct moe_st_ref *extra, size_t n_extra,
+                                 const struct moe_st_meta *meta, size_t n_meta, struct moe_err *err);
+
+#endif
