@@ -35,6 +35,9 @@ void moe_params_init(struct moe_params *p);
 // (duplicate name, bad shape, or registry already allocated).
 int moe_params_add(struct moe_params *p, const char *name, int ndim, const size_t *shape,
                    struct moe_err *err);
+// Shape literal for moe_params_add: moe_params_add(p, "w", MOE_SHAPE(E, O, D), err).
+#define MOE_SHAPE(...) \
+    (int)(sizeof((size_t[]){ __VA_ARGS__ }) / sizeof(size_t)), (const size_t[]){ __VA_ARGS__ }
 // Allocate data and grad (zero-filled, 64-byte aligned) once every tensor is declared.
 int moe_params_alloc(struct moe_params *p, struct moe_err *err);
 // Index of a tensor by name, or -1.

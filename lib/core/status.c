@@ -21,13 +21,20 @@ int moe_error_prefix(struct moe_err *err, const char *fmt, ...)
 {
     if (!err)
         return 0;
-    char prefix[MOE_ERR_MSG_MAX], old[MOE_ERR_MSG_MAX];
+    char prefix[MOE_ERR_MSG_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s%s", prefix, old);
+    size_t cap = sizeof err->msg - 1;
+    size_t pl = strlen(prefix), ol = strlen(err->msg);
+    if (pl > cap)
+        pl = cap;
+    if (ol > cap - pl)
+        ol = cap - pl;
+    memmove(err->msg + pl, err->msg, ol);
+    memcpy(err->msg, prefix, pl);
+    err->msg[pl + ol] = '\0';
     return err->code;
 }
 

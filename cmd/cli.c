@@ -1,0 +1,268 @@
+// cli.c: shared plumbing of the subcommands (see cli.h).
+#include "cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/gemm.h"
+#include "io/atomic.h"
+#include "train/train.h"
+
+void cli_common_init(struct cli_common *c)
+{
+    memset(c, 0, sizeof *c);
+    c->seed = -1;
+    c->threads = 0;
+    c->device = "cpu";
+}
+
+void cli_common_release(struct cli_common *c) { free(c->sets); }
+
+int cli_error(const char *cmd, int exit_code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "moe%s%s: ", cmd ? " " : "", cmd ? cmd : "");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return exit_code;
+}
+
+int cli_fail(const char *cmd, const struct moe_err *err)
+{
+    return cli_error(cmd, moe_status_exit_code(err->code), "%s", err->msg);
+}
+
+int cli_parse_ll(const char *s, long long lo, long long hi, long long *ret)
+{
+    if (!s || !*s)
+        return -1;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        return -1;
+    *ret = v;
+    return 0;
+}
+
+int cli_common_option(struct cli_common *c, const char *cmd, int opt, const char *arg)
+{
+    long long v;
+    switch (opt) {
+    case OPT_CONFIG:
+        c->config = arg;
+        return 1;
+    case OPT_SET:
+        if (c->n_sets == c->cap_sets) {
+            size_t cap = c->cap_sets ? 2 * c->cap_sets : 8;
+            const char **s = realloc(c->sets, cap * sizeof *s);
+            if (!s)
+                return -cli_error(cmd, 1, "out of memory");
+            c->sets = s;
+            c->cap_sets = cap;
+        }
+        c->sets[c->n_sets++] = arg;
+        return 1;
+    case OPT_OUT:
+        c->out = arg;
+        return 1;
+    case OPT_SEED:
+        if (cli_parse_ll(arg, 0, 4294967295LL, &v))
+            return -cli_error(cmd, 2, "option '--seed' expects an integer from 0 to 4294967295, got '%s'", arg);
+        c->seed = v;
+        return 1;
+    case OPT_THREADS:
+        if (cli_parse_ll(arg, 1, 1024, &v))
+            return -cli_error(cmd, 2, "option '--threads' expects an integer from 1 to 1024, got '%s'", arg);
+        c->threads = (int)v;
+        return 1;
+    case OPT_DEVICE:
+        if (strcmp(arg, "cpu") != 0 && strcmp(arg, "cuda") != 0)
+            return -cli_error(cmd, 2, "option '--device' expects cpu or cuda, got '%s'", arg);
+        c->device = arg;
+        return 1;
+    case OPT_QUIET:
+        c->quiet = 1;
+        return 1;
+    }
+    return 0;
+}
+
+static const char *nearest_option(const struct option *opts, const char *name)
+{
+    const char *best = NULL;
+    size_t bd = (size_t)-1;
+    for (const struct option *o = opts; o->name; o++) {
+        size_t d = moe_edit_distance(name, o->name);
+        if (d < bd) {
+            bd = d;
+            best = o->name;
+        }
+    }
+    return bd <= 3 ? best : NULL;
+}
+
+int cli_parse(int argc, char **argv, const char *cmd, const struct option *opts, struct cli_common *c,
+              int (*on_opt)(void *ctx, int opt, const char *arg), void *ctx)
+{
+    opterr = 0;
+    optind = 1;
+    int opt, idx;
+    while ((opt = getopt_long(argc, argv, ":", opts, &idx)) != -1) {
+        const char *bad = argv[optind - 1];
+        if (opt == '?') {
+            const char *name = bad;
+            while (*name == '-')
+                name++;
+            char stem[128];
+            snprintf(stem, sizeof stem, "%.*s", (int)strcspn(name, "="), name);
+            const char *near = nearest_option(opts, stem);
+            if (near)
+                return cli_error(cmd, 2, "unknown option '%s' (did you mean '--%s'?)", bad, near);
+            return cli_error(cmd, 2, "unknown option '%s'", bad);
+        }
+        if (opt == ':')
+            return cli_error(cmd, 2, "option '%s' needs a value", bad);
+        if (opt == OPT_HELP)
+            return -1;
+        int r = cli_common_option(c, cmd, opt, optarg);
+        if (r < 0)
+            return -r;
+        if (r == 0) {
+            r = on_opt ? on_opt(ctx, opt, optarg) : 2;
+            if (r)
+                return r;
+        }
+    }
+    if (optind < argc)
+        return cli_error(cmd, 2, "unexpected argument '%s'", argv[optind]);
+    return 0;
+}
+
+int cli_setup_compute(const char *cmd, const struct cli_common *c)
+{
+    if (strcmp(c->device, "cuda") == 0)
+        return cli_error(cmd, 2, "option '--device cuda': this build has no CUDA backend yet; use --device cpu");
+    int threads = c->threads;
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    struct moe_err err;
+    if (moe_blas_init(threads, &err))
+        return cli_fail(cmd, &err);
+    return 0;
+}
+
+int cli_load_config(const struct cli_common *c, struct moe_config *ret, struct moe_err *err)
+{
+    size_t n = c->n_sets + 1;
+    const char **over = calloc(n, sizeof *over);
+    char seedbuf[64];
+    if (!over)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    for (size_t i = 0; i < c->n_sets; i++)
+        over[i] = c->sets[i];
+    n = c->n_sets;
+    if (c->seed >= 0) {
+        snprintf(seedbuf, sizeof seedbuf, "train.seed=%lld", c->seed);
+        over[n++] = seedbuf;
+    }
+    int rc = moe_config_load(ret, moe_run_schema, moe_run_schema_len, c->config, over, n, err);
+    free(over);
+    return rc;
+}
+
+int cli_mkdir_p(const char *path, struct moe_err *err)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return moe_error(err, MOE_EINVAL, "path too long: '%s'", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return moe_error(err, MOE_EIO, "cannot create directory '%s': %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+        return moe_error(err, MOE_EIO, "cannot create directory '%s': %s", buf, strerror(errno));
+    struct stat st;
+    if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
+        return moe_error(err, MOE_EIO, "output path '%s' exists and is not a directory", buf);
+    return 0;
+}
+
+const char *cli_path(char *buf, size_t len, const char *dir, const char *name)
+{
+    snprintf(buf, len, "%s/%s", dir, name);
+    return buf;
+}
+
+int cli_write_json(const char *path, const cJSON *obj, struct moe_err *err)
+{
+    char *text = cJSON_Print(obj);
+    if (!text)
+        return moe_error(err, MOE_ENOMEM, "out of memory printing '%s'", path);
+    size_t len = strlen(text);
+    char *buf = malloc(len + 2);
+    if (!buf) {
+        free(text);
+        return moe_error(err, MOE_ENOMEM, "out of memory printing '%s'", path);
+    }
+    memcpy(buf, text, len);
+    buf[len] = '\n';
+    int rc = moe_atomic_write(path, buf, len + 1, err);
+    free(buf);
+    free(text);
+    return rc;
+}
+
+void cli_print_json(const cJSON *obj)
+{
+    char *text = cJSON_PrintUnformatted(obj);
+    if (text) {
+        puts(text);
+        free(text);
+    }
+    fflush(stdout);
+}
+
+cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg)
+{
+    cJSON *s = cJSON_CreateObject();
+    char hash[32];
+    snprintf(hash, sizeof hash, "%016llx", (unsigned long long)moe_config_hash(cfg));
+    const struct moe_blas_info *b = moe_blas_get_info();
+    cJSON_AddStringToObject(s, "command", cmd);
+    cJSON_AddStringToObject(s, "version", MOE_VERSION);
+    cJSON_AddStringToObject(s, "config_hash", hash);
+    cJSON_AddNumberToObject(s, "seed", (double)moe_cfg_int(cfg, "train.seed"));
+    cJSON *blas = cJSON_AddObjectToObject(s, "blas");
+    cJSON_AddStringToObject(blas, "library", "blis");
+    cJSON_AddStringToObject(blas, "version", b->version);
+    cJSON_AddStringToObject(blas, "arch", b->arch);
+    cJSON_AddStringToObject(blas, "chosen_by", b->chosen_by);
+    cJSON_AddNumberToObject(s, "threads", b->threads);
+    cJSON_AddStringToObject(s, "device", "cpu");
+    return s;
+}
+
+void cli_log(const struct cli_common *c, const char *fmt, ...)
+{
+    if (c->quiet)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}

@@ -1,0 +1,74 @@
+// cli.h: what every subcommand shares: option parsing helpers, error output,
+// config loading with --set/--seed, run directories, JSON summaries.
+// cmd/ is the only place that prints or picks an exit code.
+#ifndef MOE_CLI_H
+#define MOE_CLI_H
+
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <stddef.h>
+
+#include "core/status.h"
+#include "io/config.h"
+
+#define MOE_VERSION "0.1.0"
+
+struct cli_common {
+    const char *config;     // --config FILE
+    const char **sets;      // --set k=v, in order
+    size_t n_sets, cap_sets;
+    const char *out;        // --out DIR
+    long long seed;         // --seed N (-1: from config)
+    int threads;            // --threads N
+    const char *device;     // --device cpu|cuda
+    int quiet;
+};
+
+// Long options every subcommand accepts; a command appends its own.
+enum { OPT_CONFIG = 1000, OPT_SET, OPT_OUT, OPT_SEED, OPT_THREADS, OPT_DEVICE, OPT_QUIET, OPT_HELP, OPT_FIRST_CMD };
+#define CLI_COMMON_OPTIONS                                                                          \
+    { "config", required_argument, NULL, OPT_CONFIG }, { "set", required_argument, NULL, OPT_SET }, \
+    { "out", required_argument, NULL, OPT_OUT }, { "seed", required_argument, NULL, OPT_SEED },     \
+    { "threads", required_argument, NULL, OPT_THREADS }, { "device", required_argument, NULL, OPT_DEVICE }, \
+    { "quiet", no_argument, NULL, OPT_QUIET }, { "help", no_argument, NULL, OPT_HELP }
+
+void cli_common_init(struct cli_common *c);
+void cli_common_release(struct cli_common *c);
+// Handle a common option; returns 1 if handled, 0 if not a common option, or a
+// negative value after printing an error (exit code = -value).
+int cli_common_option(struct cli_common *c, const char *cmd, int opt, const char *arg);
+// Parse argv with getopt_long; handles the common options and calls
+// on_opt(ctx, opt, optarg) for the command's own. Returns 0, or an exit code
+// (2 for usage errors, with a one-line message naming the option), or -1 for --help.
+int cli_parse(int argc, char **argv, const char *cmd, const struct option *opts, struct cli_common *c,
+              int (*on_opt)(void *ctx, int opt, const char *arg), void *ctx);
+
+// One-line error on stderr: "moe CMD: message". Returns exit_code.
+int cli_error(const char *cmd, int exit_code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// Report a library error and return its exit code.
+int cli_fail(const char *cmd, const struct moe_err *err);
+// Strict integer parse; returns 0 on success.
+int cli_parse_ll(const char *s, long long lo, long long hi, long long *ret);
+
+// Set up BLAS and threads (default: online cores); check --device.
+int cli_setup_compute(const char *cmd, const struct cli_common *c);
+// Load the run config: --config, then --set in order, then --seed.
+int cli_load_config(const struct cli_common *c, struct moe_config *ret, struct moe_err *err);
+// mkdir -p
+int cli_mkdir_p(const char *path, struct moe_err *err);
+// Join dir and name into buf.
+const char *cli_path(char *buf, size_t len, const char *dir, const char *name);
+// Write a cJSON object (pretty, trailing newline) atomically.
+int cli_write_json(const char *path, const cJSON *obj, struct moe_err *err);
+// Print a cJSON object compactly on stdout (one line).
+void cli_print_json(const cJSON *obj);
+// Common summary fields: command, version, config hash, seed, blas, threads.
+cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg);
+// Progress/log line on stderr unless quiet.
+void cli_log(const struct cli_common *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// Subcommands (one file each).
+int cmd_train(int argc, char **argv);
+int cmd_compare_loss(int argc, char **argv);
+
+#endif

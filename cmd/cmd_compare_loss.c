@@ -1,0 +1,357 @@
+// cmd_compare_loss.c: `moe compare-loss` trains one config under several
+// objectives (and the mlp baseline) for many seeds, and tabulates the runs the
+// way Table 1 of Jacobs et al. 1991 does: epochs to criterion (mean, SD),
+// runs that reached it, accuracy, active experts. Writes curves.csv (long
+// format), table.csv and summary.json; prints the summary on stdout.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "io/csv_writer.h"
+#include "train/train.h"
+
+static const char *const usage =
+    "usage: moe compare-loss --config FILE --losses L1,L2,... --seeds A-B|A,B,... --out DIR\n"
+    "                        [--set key.path=value]... [--threads N] [--quiet]\n"
+    "Train the config under each loss for every seed. Losses: cooperative, competitive,\n"
+    "nll, nll-cat (the mixture, model.type forced to mixture) and mlp (the baseline net,\n"
+    "model.type = mlp with loss.baseline). Writes DIR/curves.csv, table.csv, summary.json.\n";
+
+enum { OPT_LOSSES = OPT_FIRST_CMD, OPT_SEEDS };
+
+#define MAX_SYSTEMS 16
+#define MAX_SEEDS 100000
+
+struct cl_opts {
+    char *losses_buf;
+    const char *systems[MAX_SYSTEMS];
+    size_t n_systems;
+    long long *seeds;
+    size_t n_seeds;
+};
+
+static int parse_losses(struct cl_opts *o, const char *arg)
+{
+    free(o->losses_buf);
+    o->losses_buf = strdup(arg);
+    o->n_systems = 0;
+    static const char *const known[] = { "cooperative", "competitive", "nll", "nll-cat", "mlp" };
+    for (char *save, *tok = strtok_r(o->losses_buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int ok = 0;
+        for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+            ok |= strcmp(tok, known[i]) == 0;
+        if (!ok)
+            return cli_error("compare-loss", 2,
+                             "option '--losses': unknown system '%s' (expected cooperative, competitive, nll, nll-cat or mlp)",
+                             tok);
+        for (size_t i = 0; i < o->n_systems; i++)
+            if (strcmp(o->systems[i], tok) == 0)
+                return cli_error("compare-loss", 2, "option '--losses': '%s' named twice", tok);
+        if (o->n_systems == MAX_SYSTEMS)
+            return cli_error("compare-loss", 2, "option '--losses': at most %d systems", MAX_SYSTEMS);
+        o->systems[o->n_systems++] = tok;
+    }
+    if (o->n_systems == 0)
+        return cli_error("compare-loss", 2, "option '--losses' names no system");
+    return 0;
+}
+
+// "1-25", "3", "1,2,7", "1-3,10"
+static int parse_seeds(struct cl_opts *o, const char *arg)
+{
+    char *buf = strdup(arg);
+    free(o->seeds);
+    o->seeds = NULL;
+    o->n_seeds = 0;
+    size_t cap = 0;
+    int rc = 0;
+    for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        long long lo, hi;
+        char *dash = strchr(tok + 1, '-');
+        if (dash)
+            *dash = '\0';
+        if (cli_parse_ll(tok, 0, 4294967295LL, &lo) ||
+            (dash ? cli_parse_ll(dash + 1, 0, 4294967295LL, &hi) : (hi = lo, 0)) || hi < lo ||
+            hi - lo >= MAX_SEEDS || o->n_seeds + (size_t)(hi - lo + 1) > MAX_SEEDS) {
+            rc = cli_error("compare-loss", 2, "option '--seeds': expected ranges like 1-25 or lists like 1,2,3, got '%s'",
+                           arg);
+            break;
+        }
+        for (long long s = lo; s <= hi; s++) {
+            if (o->n_seeds == cap) {
+                cap = cap ? 2 * cap : 32;
+                o->seeds = realloc(o->seeds, cap * sizeof *o->seeds);
+            }
+            o->seeds[o->n_seeds++] = s;
+        }
+    }
+    if (!rc && o->n_seeds == 0)
+        rc = cli_error("compare-loss", 2, "option '--seeds' names no seed");
+    free(buf);
+    return rc;
+}
+
+static int on_opt(void *ctx, int opt, const char *arg)
+{
+    struct cl_opts *o = ctx;
+    if (opt == OPT_LOSSES)
+        return parse_losses(o, arg);
+    if (opt == OPT_SEEDS)
+        return parse_seeds(o, arg);
+    return 2;
+}
+
+static const char *const curve_cols[] = { "system", "seed", "epoch", "step", "train_loss", "train_mse",
+                                          "train_accuracy", "test_loss", "test_mse", "test_accuracy",
+                                          "active_experts", "gate_entropy" };
+
+struct curve_ctx {
+    struct moe_csv *csv;
+    const char *system;
+    long long seed;
+    struct moe_eval_row train; // held until its test row arrives
+};
+
+static int write_curve(void *ctx, const struct moe_eval_row *r, struct moe_err *err)
+{
+    struct curve_ctx *cc = ctx;
+    if (strcmp(r->split, "train") == 0) {
+        cc->train = *r;
+        return 0;
+    }
+    struct moe_csv *csv = cc->csv;
+    moe_csv_str(csv, cc->system);
+    moe_csv_int(csv, cc->seed);
+    moe_csv_int(csv, (long long)r->epoch);
+    moe_csv_int(csv, (long long)r->step);
+    moe_csv_num(csv, cc->train.loss);
+    moe_csv_num(csv, cc->train.mse);
+    moe_csv_num(csv, cc->train.accuracy);
+    moe_csv_num(csv, r->loss);
+    moe_csv_num(csv, r->mse);
+    moe_csv_num(csv, r->accuracy);
+    moe_csv_num(csv, cc->train.active_experts);
+    moe_csv_num(csv, cc->train.gate_entropy);
+    return moe_csv_end_row(csv, err);
+}
+
+// Running mean and sample SD of finite values.
+struct acc {
+    size_t n;
+    double sum, sq;
+};
+static void acc_add(struct acc *a, double v)
+{
+    if (isnan(v))
+        return;
+    a->n++;
+    a->sum += v;
+    a->sq += v * v;
+}
+static double acc_mean(const struct acc *a) { return a->n ? a->sum / (double)a->n : NAN; }
+static double acc_sd(const struct acc *a)
+{
+    if (a->n < 2)
+        return a->n ? 0.0 : NAN;
+    double m = a->sum / (double)a->n, v = (a->sq - (double)a->n * m * m) / (double)(a->n - 1);
+    return v > 0 ? sqrt(v) : 0.0;
+}
+
+enum { A_EPOCHS, A_TRAIN_ACC, A_TEST_ACC, A_TRAIN_MSE, A_TEST_MSE, A_ACTIVE, A_ENTROPY, N_ACC };
+static const char *const acc_names[N_ACC] = { "epochs", "train_accuracy", "test_accuracy", "train_mse", "test_mse",
+                                              "active_experts", "gate_entropy" };
+
+static void json_num(cJSON *o, const char *k, double v)
+{
+    if (isnan(v))
+        cJSON_AddNullToObject(o, k);
+    else
+        cJSON_AddNumberToObject(o, k, v);
+}
+
+int cmd_compare_loss(int argc, char **argv)
+{
+    static const struct option opts[] = { CLI_COMMON_OPTIONS,
+                                          { "losses", required_argument, NULL, OPT_LOSSES },
+                                          { "seeds", required_argument, NULL, OPT_SEEDS },
+                                          { 0, 0, 0, 0 } };
+    const char *cmd = "compare-loss";
+    struct cli_common c;
+    struct cl_opts o;
+    memset(&o, 0, sizeof o);
+    cli_common_init(&c);
+    struct moe_err err = { 0 };
+    struct moe_config base = { 0 };
+    struct moe_csv curves, table;
+    memset(&curves, 0, sizeof curves);
+    memset(&table, 0, sizeof table);
+    cJSON *summary = NULL;
+    char path[4200];
+    int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
+    if (rc == -1) {
+        fputs(usage, stdout);
+        rc = 0;
+        goto out;
+    }
+    if (rc)
+        goto out;
+    if (!o.n_systems || !o.n_seeds || !c.out) {
+        rc = cli_error(cmd, 2, "options '--losses', '--seeds' and '--out' are required (see 'moe help compare-loss')");
+        goto out;
+    }
+    if (c.seed >= 0) {
+        rc = cli_error(cmd, 2, "option '--seed' does not apply here; use '--seeds'");
+        goto out;
+    }
+    if ((rc = cli_setup_compute(cmd, &c)))
+        goto out;
+    if (cli_load_config(&c, &base, &err) || cli_mkdir_p(c.out, &err) ||
+        moe_csv_open(&curves, cli_path(path, sizeof path, c.out, "curves.csv"), curve_cols,
+                     sizeof curve_cols / sizeof *curve_cols, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    const char *crit = moe_cfg_str(&base, "train.criterion");
+    summary = cli_summary_new(cmd, &base);
+    cJSON_DeleteItemFromObject(summary, "seed");
+    cJSON_AddItemToObject(summary, "seeds", cJSON_CreateArray());
+    for (size_t s = 0; s < o.n_seeds; s++)
+        cJSON_AddItemToArray(cJSON_GetObjectItem(summary, "seeds"), cJSON_CreateNumber((double)o.seeds[s]));
+    cJSON *crit_j = cJSON_AddObjectToObject(summary, "criterion");
+    cJSON_AddStringToObject(crit_j, "metric", crit);
+    cJSON_AddNumberToObject(crit_j, "value", moe_cfg_num(&base, "train.criterion_value"));
+    cJSON_AddNumberToObject(crit_j, "max_epochs", (double)moe_cfg_int(&base, "train.epochs"));
+    cJSON *systems = cJSON_AddArrayToObject(summary, "systems");
+    struct acc accs[MAX_SYSTEMS][N_ACC];
+    size_t reached[MAX_SYSTEMS], params[MAX_SYSTEMS];
+    memset(accs, 0, sizeof accs);
+    memset(reached, 0, sizeof reached);
+
+    for (size_t si = 0; si < o.n_systems; si++) {
+        const char *sys = o.systems[si];
+        int is_mlp = strcmp(sys, "mlp") == 0;
+        for (size_t k = 0; k < o.n_seeds; k++) {
+            struct moe_config cfg = { 0 };
+            struct moe_data data;
+            struct moe_model model;
+            memset(&data, 0, sizeof data);
+            memset(&model, 0, sizeof model);
+            char set_model[64], set_seed[64];
+            snprintf(set_model, sizeof set_model, "model.type=%s", is_mlp ? "mlp" : "mixture");
+            snprintf(set_seed, sizeof set_seed, "train.seed=%lld", o.seeds[k]);
+            const char *loss = is_mlp ? NULL : sys;
+            int r = moe_config_copy(&cfg, &base, &err);
+            if (!r)
+                r = moe_config_set(&cfg, set_model, &err);
+            if (!r)
+                r = moe_config_set(&cfg, set_seed, &err);
+            if (!r && is_mlp)
+                loss = moe_cfg_str(&cfg, "loss.baseline");
+            if (!r)
+                r = moe_data_load(&data, &cfg, &err);
+            size_t max_batch = data.train.n > data.test.n ? data.train.n : data.test.n;
+            if (!r)
+                r = moe_model_create(&model, &cfg, loss, data.train.task, data.train.n_in, data.train.n_out,
+                                     max_batch ? max_batch : 1, &err);
+            struct moe_train_result res;
+            struct curve_ctx cc = { .csv = &curves, .system = sys, .seed = o.seeds[k] };
+            if (!r) {
+                moe_model_init_weights(&model, (uint64_t)o.seeds[k]);
+                r = moe_train(&model, &data, &cfg, write_curve, &cc, &res, &err);
+            }
+            if (!r) {
+                params[si] = model.params.numel;
+                if (res.criterion_epoch >= 0) {
+                    reached[si]++;
+                    acc_add(&accs[si][A_EPOCHS], (double)res.criterion_epoch);
+                }
+                acc_add(&accs[si][A_TRAIN_ACC], res.final_train.accuracy);
+                acc_add(&accs[si][A_TEST_ACC], res.final_test.accuracy);
+                acc_add(&accs[si][A_TRAIN_MSE], res.final_train.mse);
+                acc_add(&accs[si][A_TEST_MSE], res.final_test.mse);
+                acc_add(&accs[si][A_ACTIVE], res.final_train.active_experts);
+                acc_add(&accs[si][A_ENTROPY], res.final_train.gate_entropy);
+                cli_log(&c, "compare-loss: %s seed %lld: %s epoch %lld, train acc %.3f, test acc %.3f", sys,
+                        o.seeds[k], res.criterion_epoch >= 0 ? "criterion at" : "no criterion by",
+                        (long long)(res.criterion_epoch >= 0 ? res.criterion_epoch : (int64_t)res.epochs),
+                        res.final_train.accuracy, res.final_test.accuracy);
+            }
+            moe_model_release(&model);
+            moe_data_release(&data);
+            moe_config_release(&cfg);
+            if (r) {
+                moe_error_prefix(&err, "system '%s', seed %lld: ", sys, o.seeds[k]);
+                moe_csv_abort(&curves);
+                rc = cli_fail(cmd, &err);
+                goto out;
+            }
+        }
+    }
+    if (moe_csv_close(&curves, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+
+    static const char *const table_cols[] = { "system", "parameters", "runs", "reached", "epochs_mean", "epochs_sd",
+                                              "train_accuracy_mean", "train_accuracy_sd", "test_accuracy_mean",
+                                              "test_accuracy_sd", "train_mse_mean", "test_mse_mean",
+                                              "active_experts_mean", "active_experts_sd", "gate_entropy_mean" };
+    if (moe_csv_open(&table, cli_path(path, sizeof path, c.out, "table.csv"), table_cols,
+                     sizeof table_cols / sizeof *table_cols, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    for (size_t si = 0; si < o.n_systems; si++) {
+        struct acc *a = accs[si];
+        moe_csv_str(&table, o.systems[si]);
+        moe_csv_int(&table, (long long)params[si]);
+        moe_csv_int(&table, (long long)o.n_seeds);
+        moe_csv_int(&table, (long long)reached[si]);
+        double row[] = { acc_mean(&a[A_EPOCHS]), acc_sd(&a[A_EPOCHS]), acc_mean(&a[A_TRAIN_ACC]),
+                         acc_sd(&a[A_TRAIN_ACC]), acc_mean(&a[A_TEST_ACC]), acc_sd(&a[A_TEST_ACC]),
+                         acc_mean(&a[A_TRAIN_MSE]), acc_mean(&a[A_TEST_MSE]), acc_mean(&a[A_ACTIVE]),
+                         acc_sd(&a[A_ACTIVE]), acc_mean(&a[A_ENTROPY]) };
+        for (size_t i = 0; i < sizeof row / sizeof *row; i++)
+            moe_csv_num(&table, row[i]);
+        if (moe_csv_end_row(&table, &err)) {
+            moe_csv_abort(&table);
+            rc = cli_fail(cmd, &err);
+            goto out;
+        }
+        cJSON *sj = cJSON_CreateObject();
+        cJSON_AddStringToObject(sj, "system", o.systems[si]);
+        cJSON_AddNumberToObject(sj, "parameters", (double)params[si]);
+        cJSON_AddNumberToObject(sj, "runs", (double)o.n_seeds);
+        cJSON_AddNumberToObject(sj, "reached", (double)reached[si]);
+        for (int i = 0; i < N_ACC; i++) {
+            char key[64];
+            snprintf(key, sizeof key, "%s_mean", acc_names[i]);
+            json_num(sj, key, acc_mean(&a[i]));
+            snprintf(key, sizeof key, "%s_sd", acc_names[i]);
+            json_num(sj, key, acc_sd(&a[i]));
+        }
+        cJSON_AddItemToArray(systems, sj);
+    }
+    if (moe_csv_close(&table, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    cJSON_AddStringToObject(summary, "sd", "sample standard deviation (n - 1) over runs; epochs over runs that reached the criterion");
+    cJSON_AddStringToObject(summary, "out", c.out);
+    if (cli_write_json(cli_path(path, sizeof path, c.out, "summary.json"), summary, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    cli_print_json(summary);
+    cli_log(&c, "compare-loss: outputs in %s/ (curves.csv, table.csv, summary.json)", c.out);
+    rc = 0;
+out:
+    cJSON_Delete(summary);
+    free(o.losses_buf);
+    free(o.seeds);
+    moe_config_release(&base);
+    cli_common_release(&c);
+    return rc;
+}

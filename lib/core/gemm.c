@@ -1,0 +1,126 @@
+// gemm.c: BLIS GEMM wrapper and sub-configuration choice (see gemm.h).
+// reference: BLIS typed API bli_sgemm (docs/BLISTypedAPI.md); DESIGN.md §5 for
+// why we override BLIS 0.9.0's CPU detection.
+#include "core/gemm.h"
+
+#include <assert.h>
+#include <blis.h>
+#include <cpuid.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static struct moe_blas_info g_info;
+static int g_initialised;
+
+void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
+              size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc)
+{
+    assert(g_initialised && "moe_blas_init must run before moe_gemm");
+    if (M == 0 || N == 0)
+        return;
+    if (K == 0) {
+        // BLIS handles k = 0, but keep the beta semantics explicit (beta = 0 overwrites NaN).
+        for (size_t i = 0; i < M; i++)
+            for (size_t j = 0; j < N; j++)
+                C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+        return;
+    }
+    // BLIS takes general strides, so row-major is rs = ld, cs = 1 and a transpose
+    // is a flag on the stored matrix; its prototypes take non-const pointers.
+    bli_sgemm(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
+              (dim_t)M, (dim_t)N, (dim_t)K, &alpha, (float *)A, (inc_t)lda, 1, (float *)B, (inc_t)ldb, 1,
+              &beta, C, (inc_t)ldc, 1);
+}
+
+void moe_gemm_ref(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
+                  size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc)
+{
+    for (size_t i = 0; i < M; i++)
+        for (size_t j = 0; j < N; j++) {
+            double acc = 0.0;
+            for (size_t k = 0; k < K; k++) {
+                float a = trans_a ? A[k * lda + i] : A[i * lda + k];
+                float b = trans_b ? B[j * ldb + k] : B[k * ldb + j];
+                acc += (double)a * b;
+            }
+            float c = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+            C[i * ldc + j] = (float)(alpha * acc) + c;
+        }
+}
+
+// Would BLIS 0.9.0's own detection (frame/base/bli_cpuid.c) fall back to generic?
+// It knows Intel (skx, knl, haswell, sandybridge) by features, and AMD only by
+// family: 0x15 (bulldozer line), 0x17 (zen, zen2), 0x19 (zen3). Any other AMD
+// family (zen4 is 0x19, zen5 is 0x1A) or vendor gets `generic`.
+static int blis_would_be_generic(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d))
+        return 1;
+    char vendor[13];
+    memcpy(vendor, &b, 4);
+    memcpy(vendor + 4, &d, 4);
+    memcpy(vendor + 8, &c, 4);
+    vendor[12] = 0;
+    __get_cpuid(1, &a, &b, &c, &d);
+    unsigned family = (a >> 8) & 0xf;
+    if (family == 0xf)
+        family += (a >> 20) & 0xff;
+    if (strcmp(vendor, "GenuineIntel") == 0)
+        return !__builtin_cpu_supports("avx");
+    if (strcmp(vendor, "AuthenticAMD") == 0)
+        return !(family == 0x15 || family == 0x17 || family == 0x19);
+    return 1;
+}
+
+int moe_blas_init(int threads, struct moe_err *err)
+{
+    if (threads < 1)
+        return moe_error(err, MOE_EINVAL, "thread count must be at least 1, got %d", threads);
+    if (!g_initialised) {
+        const char *user = getenv("BLIS_ARCH_TYPE");
+        const char *chosen_by = "blis";
+        if (user && *user) {
+            chosen_by = "BLIS_ARCH_TYPE";
+            char *end;
+            long id = strtol(user, &end, 10);
+            // BLIS 0.9.0 aborts on an invalid id; refuse it with a message instead.
+            if (*end != '\0' || end == user || id < 0 || id >= BLIS_NUM_ARCHS)
+                return moe_error(err, MOE_EINVAL,
+                                 "BLIS_ARCH_TYPE='%s' is not a BLIS arch id (a number from 0 to %d)", user,
+                                 BLIS_NUM_ARCHS - 1);
+        } else if (blis_would_be_generic()) {
+            __builtin_cpu_init();
+            int pick = -1;
+            if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+                pick = BLIS_ARCH_SKX;
+            else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+                pick = BLIS_ARCH_HASWELL;
+            if (pick >= 0) {
+                char buf[16];
+                snprintf(buf, sizeof buf, "%d", pick);
+                setenv("BLIS_ARCH_TYPE", buf, 1);
+                chosen_by = "moe";
+            }
+        }
+        bli_init();
+        arch_t id = bli_arch_query_id();
+        snprintf(g_info.arch, sizeof g_info.arch, "%s", bli_arch_string(id));
+        snprintf(g_info.chosen_by, sizeof g_info.chosen_by, "%s", chosen_by);
+        snprintf(g_info.version, sizeof g_info.version, "%s", bli_info_get_version_str());
+        g_initialised = 1;
+    }
+    bli_thread_set_num_threads(threads);
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
+    g_info.threads = threads;
+    return 0;
+}
+
+const struct moe_blas_info *moe_blas_get_info(void) { return &g_info; }

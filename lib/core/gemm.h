@@ -1,0 +1,32 @@
+// gemm.h: the one GEMM wrapper (the only code that includes blis.h), and the
+// choice of BLIS sub-configuration. Row-major throughout:
+//   C (M, N) = alpha * op(A) (M, K) * op(B) (K, N) + beta * C
+// with op(X) = X or X^T and leading dimensions (row strides) lda, ldb, ldc.
+// moe_gemm_ref is the naive twin every caller's tests compare against.
+#ifndef MOE_GEMM_H
+#define MOE_GEMM_H
+
+#include <stddef.h>
+
+#include "core/status.h"
+
+void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
+              size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
+void moe_gemm_ref(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
+                  size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
+
+struct moe_blas_info {
+    char arch[32];     // sub-configuration BLIS reports in use, e.g. "skx"
+    char chosen_by[32];// "blis" (its own detection), "moe" (we overrode generic), "BLIS_ARCH_TYPE" (user)
+    char version[32];  // BLIS version string
+    int threads;       // BLIS threads (and OpenMP threads for our own loops)
+};
+
+// Pick the sub-configuration (when BLIS 0.9.0 would fall back to `generic`, choose
+// from the CPU features: AVX-512 F/DQ/BW/VL -> skx, AVX2+FMA -> haswell; an
+// explicit BLIS_ARCH_TYPE from the user always wins), initialise BLIS and set the
+// thread count. Call once, before any moe_gemm; later calls only change threads.
+int moe_blas_init(int threads, struct moe_err *err);
+const struct moe_blas_info *moe_blas_get_info(void);
+
+#endif

@@ -1,0 +1,143 @@
+// mlp.c: the back-propagation baseline of the 1991 comparison: one hidden layer
+// of H units, a linear output, squared error (one-hot targets for classes) or
+// softmax cross-entropy. Not an MoE: no gate, no experts.
+// T = rows, D = n_in, H = n_hidden, O = n_out.
+//
+// Tensors (docs/checkpoint.md):
+//   hidden.weight (H, D), hidden.bias (H), output.weight (O, H), output.bias (O)
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/config.h"
+#include "model/model.h"
+#include "nn/nn.h"
+
+struct mlp {
+    size_t D, H, O;
+    enum moe_act act;
+    int ce;            // softmax cross-entropy (else squared error)
+    float init_scale;
+    int i_w1, i_b1, i_w2, i_b2;
+    float *hid, *y;    // (T, H), (T, O)
+    float *dhid, *dpre, *dy; // (T, H), (T, H), (T, O)
+    float *target;     // (T, O)
+    float *pred;       // (T, O)
+};
+
+static void mlp_release(struct moe_model *m)
+{
+    struct mlp *n = m->impl;
+    if (!n)
+        return;
+    float *bufs[] = { n->hid, n->y, n->dhid, n->dpre, n->dy, n->target, n->pred };
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        moe_free(bufs[i]);
+    free(n);
+    m->impl = NULL;
+}
+
+static void mlp_init_weights(struct moe_model *m, uint64_t seed)
+{
+    struct mlp *n = m->impl;
+    moe_init_uniform(&m->params, n->i_w1, seed, n->init_scale);
+    moe_init_uniform(&m->params, n->i_w2, seed, n->init_scale);
+    memset(moe_params_data(&m->params, n->i_b1), 0, n->H * sizeof(float));
+    memset(moe_params_data(&m->params, n->i_b2), 0, n->O * sizeof(float));
+}
+
+static int mlp_run(struct moe_model *m, const struct moe_batch *b, int with_grad, struct moe_stats *stats,
+                   struct moe_err *err)
+{
+    struct mlp *n = m->impl;
+    struct moe_params *p = &m->params;
+    size_t T = b->n, D = n->D, H = n->H, O = n->O;
+    if (T > m->max_batch)
+        return moe_error(err, MOE_EINVAL, "batch of %zu rows exceeds the model's maximum %zu", T, m->max_batch);
+    if (T == 0)
+        return 0;
+    const float *target = b->y;
+    if (m->task == MOE_TASK_CLASSIFICATION) {
+        memset(n->target, 0, T * O * sizeof(float));
+        for (size_t t = 0; t < T; t++)
+            n->target[t * O + (size_t)b->label[t]] = 1.0f;
+        target = n->target;
+    }
+    moe_linear_forward(n->hid, H, b->x, D, moe_params_data(p, n->i_w1), moe_params_data(p, n->i_b1), T, D, H);
+    moe_act_forward(n->act, n->hid, n->hid, T * H);
+    moe_linear_forward(n->y, O, n->hid, H, moe_params_data(p, n->i_w2), moe_params_data(p, n->i_b2), T, H, O);
+    if (with_grad)
+        memset(n->dy, 0, T * O * sizeof(float));
+    float scale = 1.0f / (float)T;
+    double loss = n->ce ? moe_ce_forward_backward(with_grad ? n->dy : NULL, n->y, b->label, T, O, scale)
+                        : moe_mse_forward_backward(with_grad ? n->dy : NULL, n->y, target, T, O, scale);
+    if (stats) {
+        const float *pred = n->y;
+        if (n->ce) {
+            moe_softmax_forward(n->pred, NULL, n->y, T, O);
+            pred = n->pred;
+        }
+        moe_stats_add_predictions(stats, pred, target, m->task == MOE_TASK_CLASSIFICATION ? b->label : NULL, T, O);
+        stats->loss += loss;
+    }
+    if (!with_grad)
+        return 0;
+    memset(n->dhid, 0, T * H * sizeof(float));
+    memset(n->dpre, 0, T * H * sizeof(float));
+    moe_linear_backward(n->dhid, H, moe_params_grad(p, n->i_w2), moe_params_grad(p, n->i_b2), n->dy, O, n->hid, H,
+                        moe_params_data(p, n->i_w2), T, H, O);
+    moe_act_backward(n->act, n->dpre, n->dhid, n->hid, T * H);
+    moe_linear_backward(NULL, 0, moe_params_grad(p, n->i_w1), moe_params_grad(p, n->i_b1), n->dpre, H, b->x, D,
+                        moe_params_data(p, n->i_w1), T, D, H);
+    return 0;
+}
+
+static const struct moe_model_ops mlp_ops = {
+    .type = "mlp",
+    .run = mlp_run,
+    .init_weights = mlp_init_weights,
+    .release = mlp_release,
+};
+
+int moe_mlp_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err)
+{
+    int ce = strcmp(loss, "ce") == 0;
+    if (!ce && strcmp(loss, "mse") != 0)
+        return moe_error(err, MOE_ECONFIG, "key 'loss.type': model 'mlp' takes mse or ce, got '%s'", loss);
+    if (ce && m->task != MOE_TASK_CLASSIFICATION)
+        return moe_error(err, MOE_ECONFIG, "key 'loss.type': 'ce' needs class labels, but the data is regression");
+    struct mlp *n = calloc(1, sizeof *n);
+    if (!n)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    m->impl = n;
+    m->ops = &mlp_ops;
+    m->loss_name = ce ? "ce" : "mse";
+    n->ce = ce;
+    n->D = m->n_in;
+    n->O = m->n_out;
+    n->H = (size_t)moe_cfg_int(cfg, "model.n_hidden");
+    n->act = (enum moe_act)moe_act_from_name(moe_cfg_str(cfg, "model.activation"));
+    n->init_scale = (float)moe_cfg_num(cfg, "model.init_scale");
+    size_t D = n->D, H = n->H, O = n->O, T = m->max_batch;
+    struct moe_params *p = &m->params;
+#define ADD(idx, name, ...)                                               \
+    if ((idx = moe_params_add(p, name, MOE_SHAPE(__VA_ARGS__), err)) < 0) \
+        return idx
+    ADD(n->i_w1, "hidden.weight", H, D);
+    ADD(n->i_b1, "hidden.bias", H);
+    ADD(n->i_w2, "output.weight", O, H);
+    ADD(n->i_b2, "output.bias", O);
+#undef ADD
+    int rc = moe_params_alloc(p, err);
+    if (rc)
+        return rc;
+    n->hid = moe_alloc(T * H, sizeof(float));
+    n->dhid = moe_alloc(T * H, sizeof(float));
+    n->dpre = moe_alloc(T * H, sizeof(float));
+    n->y = moe_alloc(T * O, sizeof(float));
+    n->dy = moe_alloc(T * O, sizeof(float));
+    n->target = moe_alloc(T * O, sizeof(float));
+    n->pred = moe_alloc(T * O, sizeof(float));
+    if (!n->hid || !n->dhid || !n->dpre || !n->y || !n->dy || !n->target || !n->pred)
+        return moe_error(err, MOE_ENOMEM, "out of memory for mlp scratch (batch %zu)", T);
+    return 0;
+}

@@ -1,0 +1,61 @@
+// loss.c: MSE, softmax cross-entropy and the row softmax they share with gates.
+// T = rows, O = outputs or classes, E = softmax width.
+#include <math.h>
+
+#include "nn/nn.h"
+
+double moe_mse_forward_backward(float *dy, const float *y, const float *d, size_t T, size_t O, float scale)
+{
+    double sum = 0.0;
+    for (size_t t = 0; t < T; t++)
+        for (size_t o = 0; o < O; o++) {
+            float r = y[t * O + o] - d[t * O + o];
+            sum += (double)r * r;
+            if (dy)
+                dy[t * O + o] += scale * 2.0f * r;
+        }
+    return sum;
+}
+
+void moe_softmax_forward(float *p, float *lse, const float *z, size_t T, size_t E)
+{
+    for (size_t t = 0; t < T; t++) {
+        const float *zt = z + t * E;
+        float *pt = p + t * E;
+        float m = zt[0];
+        for (size_t e = 1; e < E; e++)
+            m = zt[e] > m ? zt[e] : m;
+        double s = 0.0;
+        for (size_t e = 0; e < E; e++) {
+            pt[e] = expf(zt[e] - m);
+            s += pt[e];
+        }
+        float inv = (float)(1.0 / s);
+        for (size_t e = 0; e < E; e++)
+            pt[e] *= inv;
+        if (lse)
+            lse[t] = m + (float)log(s);
+    }
+}
+
+double moe_ce_forward_backward(float *dy, const float *y, const int32_t *label, size_t T, size_t O, float scale)
+{
+    double sum = 0.0;
+    for (size_t t = 0; t < T; t++) {
+        const float *yt = y + t * O;
+        float m = yt[0];
+        for (size_t o = 1; o < O; o++)
+            m = yt[o] > m ? yt[o] : m;
+        double s = 0.0;
+        for (size_t o = 0; o < O; o++)
+            s += exp((double)yt[o] - m);
+        double lse = m + log(s);
+        sum += lse - yt[label[t]];
+        if (dy)
+            for (size_t o = 0; o < O; o++) {
+                double q = exp((double)yt[o] - lse);
+                dy[t * O + o] += scale * (float)(q - (o == (size_t)label[t] ? 1.0 : 0.0));
+            }
+    }
+    return sum;
+}

@@ -1,0 +1,124 @@
+// data.c: build the train and test splits named by a config's data.* keys.
+// Not a reader: the formats live in lib/io; this only maps keys to specs.
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/train.h"
+
+#define MAX_LIST 4096
+
+static int load_table(struct moe_data *d, const struct moe_config *cfg, struct moe_err *err)
+{
+    struct moe_table_spec s;
+    memset(&s, 0, sizeof s);
+    s.path = moe_cfg_str(cfg, "data.table.path");
+    if (!s.path)
+        return moe_error(err, MOE_ECONFIG, "key 'data.table.path' must be set when data.source is 'table'");
+    const char *delim = moe_cfg_str(cfg, "data.table.delimiter");
+    s.delimiter = strcmp(delim, "tab") == 0 ? '\t' : strcmp(delim, "comma") == 0 ? ',' : 0;
+    s.task = strcmp(moe_cfg_str(cfg, "data.table.task"), "regression") == 0 ? MOE_TASK_REGRESSION
+                                                                            : MOE_TASK_CLASSIFICATION;
+    const char *lists[] = { "data.table.features", "data.table.targets", "data.table.classes", "data.table.where" };
+    const char **vals[4] = { 0 };
+    size_t lens[4];
+    int rc = 0;
+    for (int l = 0; l < 4; l++) {
+        lens[l] = moe_cfg_len(cfg, lists[l]);
+        vals[l] = calloc(lens[l] + 1, sizeof(char *));
+        if (!vals[l]) {
+            rc = moe_error(err, MOE_ENOMEM, "out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < lens[l]; i++)
+            vals[l][i] = moe_cfg_str_at(cfg, lists[l], i);
+    }
+    if (lens[0] == 0) {
+        rc = moe_error(err, MOE_ECONFIG, "key 'data.table.features' must name at least one column");
+        goto out;
+    }
+    if (lens[1] == 0 || (s.task == MOE_TASK_CLASSIFICATION && lens[1] != 1)) {
+        rc = moe_error(err, MOE_ECONFIG, "key 'data.table.targets' must name %s column",
+                       s.task == MOE_TASK_CLASSIFICATION ? "exactly one" : "at least one");
+        goto out;
+    }
+    s.features = vals[0], s.n_features = lens[0];
+    s.targets = vals[1], s.n_targets = lens[1];
+    s.classes = lens[2] ? vals[2] : NULL, s.n_classes = lens[2];
+    s.where = vals[3], s.n_where = lens[3];
+    s.split_column = moe_cfg_str(cfg, "data.table.split_column");
+    if (s.split_column) {
+        const char *ranges[] = { "data.table.train_range", "data.table.test_range" };
+        double *dst[] = { s.train_range, s.test_range };
+        for (int r = 0; r < 2; r++) {
+            if (moe_cfg_len(cfg, ranges[r]) != 2) {
+                rc = moe_error(err, MOE_ECONFIG, "key '%s' must be [lo, hi] when data.table.split_column is set",
+                               ranges[r]);
+                goto out;
+            }
+            dst[r][0] = moe_cfg_num_at(cfg, ranges[r], 0);
+            dst[r][1] = moe_cfg_num_at(cfg, ranges[r], 1);
+        }
+    }
+    s.test_fraction = moe_cfg_num(cfg, "data.table.test_fraction");
+    s.seed = (uint64_t)moe_cfg_int(cfg, "train.seed");
+    rc = moe_table_read(&s, &d->train, &d->test, err);
+out:
+    for (int l = 0; l < 4; l++)
+        free(vals[l]);
+    return rc;
+}
+
+int moe_data_load(struct moe_data *ret, const struct moe_config *cfg, struct moe_err *err)
+{
+    memset(ret, 0, sizeof *ret);
+    const char *src = moe_cfg_str(cfg, "data.source");
+    int rc;
+    if (strcmp(src, "synthetic") == 0) {
+        struct moe_synth_spec s = {
+            .kind = moe_cfg_str(cfg, "data.synthetic.kind"),
+            .n_train = (size_t)moe_cfg_int(cfg, "data.synthetic.n_train"),
+            .n_test = (size_t)moe_cfg_int(cfg, "data.synthetic.n_test"),
+            .n_in = (size_t)moe_cfg_int(cfg, "data.synthetic.n_in"),
+            .n_out = (size_t)moe_cfg_int(cfg, "data.synthetic.n_out"),
+            .n_regions = (size_t)moe_cfg_int(cfg, "data.synthetic.n_regions"),
+            .noise = moe_cfg_num(cfg, "data.synthetic.noise"),
+            .spread = moe_cfg_num(cfg, "data.synthetic.spread"),
+            .seed = (uint64_t)moe_cfg_int(cfg, "train.seed"),
+        };
+        rc = moe_synth_make(&s, &ret->train, &ret->test, err);
+    } else if (strcmp(src, "idx") == 0) {
+        rc = moe_dataset_from_idx(moe_cfg_str(cfg, "data.idx.train_images"), moe_cfg_str(cfg, "data.idx.train_labels"),
+                                  (size_t)moe_cfg_int(cfg, "data.idx.limit_train"), &ret->train, err);
+        if (!rc)
+            rc = moe_dataset_from_idx(moe_cfg_str(cfg, "data.idx.test_images"),
+                                      moe_cfg_str(cfg, "data.idx.test_labels"),
+                                      (size_t)moe_cfg_int(cfg, "data.idx.limit_test"), &ret->test, err);
+        if (!rc && ret->test.n_out != ret->train.n_out)
+            rc = moe_error(err, MOE_EFORMAT, "idx '%s' has %zu classes but '%s' has %zu",
+                           moe_cfg_str(cfg, "data.idx.train_labels"), ret->train.n_out,
+                           moe_cfg_str(cfg, "data.idx.test_labels"), ret->test.n_out);
+    } else {
+        rc = load_table(ret, cfg, err);
+    }
+    if (!rc && moe_cfg_bool(cfg, "data.standardize")) {
+        rc = moe_standardize_fit(&ret->stats, &ret->train, err);
+        if (!rc) {
+            moe_standardize_apply(&ret->stats, &ret->train);
+            moe_standardize_apply(&ret->stats, &ret->test);
+            ret->standardized = 1;
+        }
+    }
+    if (rc)
+        moe_data_release(ret);
+    return rc;
+}
+
+void moe_data_release(struct moe_data *d)
+{
+    if (!d)
+        return;
+    moe_dataset_release(&d->train);
+    moe_dataset_release(&d->test);
+    moe_standardize_release(&d->stats);
+    memset(d, 0, sizeof *d);
+}

@@ -1,0 +1,210 @@
+// test_core.c: status codes, Philox known answers, distributions, the GEMM
+// wrapper against its naive twin, the parameter registry, atomic files.
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/gemm.h"
+#include "core/params.h"
+#include "core/rng.h"
+#include "core/status.h"
+#include "io/atomic.h"
+
+START_TEST(test_philox_known_answers)
+{
+    // Known-answer vectors of Philox4x32-10 published with Random123 (kat_vectors).
+    struct { uint32_t ctr[4], key[2], out[4]; } kat[] = {
+        { { 0, 0, 0, 0 }, { 0, 0 }, { 0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8 } },
+        { { ~0u, ~0u, ~0u, ~0u }, { ~0u, ~0u }, { 0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd } },
+        { { 0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344 }, { 0xa4093822, 0x299f31d0 },
+          { 0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1 } },
+    };
+    for (size_t i = 0; i < 3; i++) {
+        uint32_t out[4];
+        moe_philox4x32_10(kat[i].ctr, kat[i].key, out);
+        for (int j = 0; j < 4; j++)
+            ck_assert_uint_eq(out[j], kat[i].out[j]);
+    }
+}
+END_TEST
+
+START_TEST(test_rng_pure_and_distinct)
+{
+    struct moe_rng a = moe_rng_make(42, MOE_RNG_INIT, 7), b = moe_rng_make(42, MOE_RNG_NOISE, 7);
+    // pure function of (seed, purpose, stream, index): order of draws does not matter
+    float x9 = moe_rng_uniform(&a, 9), x3 = moe_rng_uniform(&a, 3);
+    ck_assert_float_eq(moe_rng_uniform(&a, 3), x3);
+    ck_assert_float_eq(moe_rng_uniform(&a, 9), x9);
+    ck_assert_float_ne(moe_rng_uniform(&b, 3), x3);
+    // uniform in (0, 1), normal with mean ~0 and variance ~1 (n = 200000: 5-sigma bounds)
+    const size_t n = 200000;
+    double su = 0, sn = 0, sn2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        float u = moe_rng_uniform(&a, i), g = moe_rng_normal(&a, i);
+        ck_assert(u > 0.0f && u < 1.0f);
+        su += u;
+        sn += g;
+        sn2 += (double)g * g;
+    }
+    ck_assert_double_lt(fabs(su / n - 0.5), 5 * sqrt(1.0 / 12 / n));
+    ck_assert_double_lt(fabs(sn / n), 5 * sqrt(1.0 / n));
+    ck_assert_double_lt(fabs(sn2 / n - 1.0), 5 * sqrt(2.0 / n));
+}
+END_TEST
+
+START_TEST(test_rng_permutation)
+{
+    uint32_t perm[1000];
+    int seen[1000] = { 0 };
+    struct moe_rng r = moe_rng_make(3, MOE_RNG_SHUFFLE, 1);
+    moe_rng_permutation(&r, perm, 1000);
+    size_t fixed = 0;
+    for (size_t i = 0; i < 1000; i++) {
+        ck_assert_uint_lt(perm[i], 1000);
+        ck_assert_int_eq(seen[perm[i]]++, 0);
+        fixed += perm[i] == i;
+    }
+    ck_assert_uint_lt(fixed, 10); // a shuffled permutation has ~1 fixed point
+}
+END_TEST
+
+static void fill(float *x, size_t n, uint32_t stream)
+{
+    struct moe_rng r = moe_rng_make(11, MOE_RNG_DATA, stream);
+    moe_rng_fill_uniform(&r, x, n, -1.0f, 1.0f);
+}
+
+START_TEST(test_gemm_matches_reference)
+{
+    // Every transpose combination, odd sizes, padded leading dimensions, beta 0 and 1.
+    size_t shapes[][3] = { { 1, 1, 1 }, { 3, 5, 7 }, { 17, 9, 33 }, { 64, 48, 80 }, { 5, 130, 2 } };
+    for (size_t s = 0; s < 5; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int bi = 0; bi < 2; bi++) {
+                    size_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                    size_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                    size_t ra = ta ? K : M, rb = tb ? N : K;
+                    float *A = calloc(ra * lda, 4), *B = calloc(rb * ldb, 4);
+                    float *C1 = calloc(M * ldc, 4), *C2 = calloc(M * ldc, 4);
+                    fill(A, ra * lda, 1);
+                    fill(B, rb * ldb, 2);
+                    fill(C1, M * ldc, 3);
+                    memcpy(C2, C1, M * ldc * 4);
+                    float beta = bi ? 1.0f : 0.0f;
+                    moe_gemm(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, beta, C1, ldc);
+                    moe_gemm_ref(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, beta, C2, ldc);
+                    for (size_t i = 0; i < M; i++)
+                        for (size_t j = 0; j < N; j++)
+                            // tolerance: float accumulation of K terms of size <= 1
+                            ck_assert_float_eq_tol(C1[i * ldc + j], C2[i * ldc + j], 1e-5f * (float)(K + 1));
+                    // padding columns untouched
+                    for (size_t i = 0; i < M; i++)
+                        ck_assert_float_eq(C1[i * ldc + N], C2[i * ldc + N]);
+                    free(A), free(B), free(C1), free(C2);
+                }
+}
+END_TEST
+
+START_TEST(test_blas_info)
+{
+    const struct moe_blas_info *b = moe_blas_get_info();
+    ck_assert_str_ne(b->arch, "");
+    ck_assert_int_ge(b->threads, 1);
+    // Unless the user forced it, this machine must not end up on BLIS's slow generic kernels.
+    if (!getenv("BLIS_ARCH_TYPE") && __builtin_cpu_supports("avx2"))
+        ck_assert_str_ne(b->arch, "generic");
+}
+END_TEST
+
+START_TEST(test_params_registry)
+{
+    struct moe_params p;
+    struct moe_err err;
+    moe_params_init(&p);
+    ck_assert_int_eq(moe_params_add(&p, "a", MOE_SHAPE(3, 5), &err), 0);
+    ck_assert_int_eq(moe_params_add(&p, "b", MOE_SHAPE(7), &err), 1);
+    ck_assert_int_eq(moe_params_add(&p, "a", MOE_SHAPE(2), &err), MOE_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "declared twice"));
+    ck_assert_int_eq(moe_params_add(&p, "z", MOE_SHAPE(4, 0), &err), MOE_EINVAL);
+    ck_assert_int_eq(moe_params_alloc(&p, &err), 0);
+    ck_assert_int_eq(moe_params_find(&p, "b"), 1);
+    ck_assert_int_eq(moe_params_find(&p, "nope"), -1);
+    ck_assert_uint_eq(p.t[1].offset % 16, 0);
+    ck_assert_uint_ge(p.t[1].offset, 15);
+    moe_params_data(&p, 1)[6] = 1.0f;
+    moe_params_grad(&p, 0)[14] = 2.0f;
+    moe_params_zero_grad(&p);
+    ck_assert_float_eq(moe_params_grad(&p, 0)[14], 0.0f);
+    ck_assert_int_eq(moe_params_add(&p, "late", MOE_SHAPE(1), &err), MOE_EINVAL);
+    char buf[64];
+    moe_shape_str(p.t[0].ndim, p.t[0].shape, buf, sizeof buf);
+    ck_assert_str_eq(buf, "[3, 5]");
+    moe_params_release(&p);
+    moe_params_release(&p); // idempotent
+}
+END_TEST
+
+START_TEST(test_atomic_and_status)
+{
+    char dir[] = "/tmp/moe-core-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof path, "%s/f.txt", dir);
+    struct moe_err err;
+    ck_assert_int_eq(moe_atomic_write(path, "hello", 5, &err), 0);
+    char *buf;
+    size_t len;
+    ck_assert_int_eq(moe_read_file(path, &buf, &len, &err), 0);
+    ck_assert_uint_eq(len, 5);
+    ck_assert_str_eq(buf, "hello");
+    free(buf);
+    // an aborted write leaves the old file and no temporary behind
+    struct moe_atomic_file a;
+    ck_assert_int_eq(moe_atomic_open(&a, path, &err), 0);
+    fputs("torn", a.f);
+    moe_atomic_abort(&a);
+    ck_assert_int_eq(access(a.tmp, F_OK), -1);
+    ck_assert_int_eq(moe_read_file(path, &buf, &len, &err), 0);
+    ck_assert_str_eq(buf, "hello");
+    free(buf);
+    remove(path);
+    ck_assert_int_eq(moe_read_file(path, &buf, &len, &err), MOE_EIO);
+    ck_assert_ptr_nonnull(strstr(err.msg, "f.txt"));
+    rmdir(dir);
+    ck_assert_int_eq(moe_status_exit_code(MOE_ECONFIG), 2);
+    ck_assert_int_eq(moe_status_exit_code(MOE_EINVAL), 2);
+    ck_assert_int_eq(moe_status_exit_code(MOE_ESHAPE), 2);
+    ck_assert_int_eq(moe_status_exit_code(MOE_EIO), 1);
+    ck_assert_int_eq(moe_status_exit_code(MOE_EFORMAT), 1);
+    ck_assert_int_eq(moe_status_exit_code(MOE_ENUMERIC), 1);
+}
+END_TEST
+
+int main(void)
+{
+    struct moe_err err;
+    if (moe_blas_init(2, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    Suite *s = suite_create("core");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_philox_known_answers);
+    tcase_add_test(tc, test_rng_pure_and_distinct);
+    tcase_add_test(tc, test_rng_permutation);
+    tcase_add_test(tc, test_gemm_matches_reference);
+    tcase_add_test(tc, test_blas_info);
+    tcase_add_test(tc, test_params_registry);
+    tcase_add_test(tc, test_atomic_and_status);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
