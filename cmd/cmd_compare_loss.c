@@ -17,7 +17,8 @@ static const char *const usage =
     "                        [--set key.path=value]... [--threads N] [--quiet]\n"
     "Train the config under each loss for every seed. Losses: cooperative, competitive,\n"
     "nll, nll-cat (the mixture, model.type forced to mixture) and mlp (the baseline net,\n"
-    "model.type = mlp with loss.baseline). Writes DIR/curves.csv, table.csv, summary.json.\n";
+    "model.type = mlp with loss.baseline). Writes DIR/curves.csv, table.csv, summary.json.\n"
+    "A run whose loss turns non-finite is counted as diverged and the sweep goes on.\n";
 
 enum { OPT_LOSSES = OPT_FIRST_CMD, OPT_SEEDS };
 
@@ -137,26 +138,27 @@ static int write_curve(void *ctx, const struct moe_eval_row *r, struct moe_err *
     return moe_csv_end_row(csv, err);
 }
 
-// Running mean and sample SD of finite values.
+// Running mean and sample SD of finite values (Welford's update, so equal
+// values give an SD of exactly 0).
 struct acc {
     size_t n;
-    double sum, sq;
+    double mean, m2;
 };
 static void acc_add(struct acc *a, double v)
 {
     if (isnan(v))
         return;
     a->n++;
-    a->sum += v;
-    a->sq += v * v;
+    double d = v - a->mean;
+    a->mean += d / (double)a->n;
+    a->m2 += d * (v - a->mean);
 }
-static double acc_mean(const struct acc *a) { return a->n ? a->sum / (double)a->n : NAN; }
+static double acc_mean(const struct acc *a) { return a->n ? a->mean : NAN; }
 static double acc_sd(const struct acc *a)
 {
     if (a->n < 2)
         return a->n ? 0.0 : NAN;
-    double m = a->sum / (double)a->n, v = (a->sq - (double)a->n * m * m) / (double)(a->n - 1);
-    return v > 0 ? sqrt(v) : 0.0;
+    return sqrt(a->m2 / (double)(a->n - 1));
 }
 
 enum { A_EPOCHS, A_TRAIN_ACC, A_TEST_ACC, A_TRAIN_MSE, A_TEST_MSE, A_ACTIVE, A_ENTROPY, N_ACC };
@@ -225,9 +227,11 @@ int cmd_compare_loss(int argc, char **argv)
     cJSON_AddNumberToObject(crit_j, "max_epochs", (double)moe_cfg_int(&base, "train.epochs"));
     cJSON *systems = cJSON_AddArrayToObject(summary, "systems");
     struct acc accs[MAX_SYSTEMS][N_ACC];
-    size_t reached[MAX_SYSTEMS], params[MAX_SYSTEMS];
+    size_t reached[MAX_SYSTEMS], diverged[MAX_SYSTEMS], params[MAX_SYSTEMS];
     memset(accs, 0, sizeof accs);
     memset(reached, 0, sizeof reached);
+    memset(diverged, 0, sizeof diverged);
+    memset(params, 0, sizeof params);
 
     for (size_t si = 0; si < o.n_systems; si++) {
         const char *sys = o.systems[si];
@@ -262,7 +266,7 @@ int cmd_compare_loss(int argc, char **argv)
                 r = moe_train(&model, &data, &cfg, write_curve, &cc, &res, &err);
             }
             if (!r) {
-                params[si] = model.params.numel;
+                params[si] = moe_params_count(&model.params);
                 if (res.criterion_epoch >= 0) {
                     reached[si]++;
                     acc_add(&accs[si][A_EPOCHS], (double)res.criterion_epoch);
@@ -273,14 +277,22 @@ int cmd_compare_loss(int argc, char **argv)
                 acc_add(&accs[si][A_TEST_MSE], res.final_test.mse);
                 acc_add(&accs[si][A_ACTIVE], res.final_train.active_experts);
                 acc_add(&accs[si][A_ENTROPY], res.final_train.gate_entropy);
-                cli_log(&c, "compare-loss: %s seed %lld: %s epoch %lld, train acc %.3f, test acc %.3f", sys,
+                int cls = data.train.task == MOE_TASK_CLASSIFICATION;
+                cli_log(&c, "compare-loss: %s seed %lld: %s epoch %lld, train %s %.4g, test %s %.4g", sys,
                         o.seeds[k], res.criterion_epoch >= 0 ? "criterion at" : "no criterion by",
                         (long long)(res.criterion_epoch >= 0 ? res.criterion_epoch : (int64_t)res.epochs),
-                        res.final_train.accuracy, res.final_test.accuracy);
+                        cls ? "accuracy" : "mse", cls ? res.final_train.accuracy : res.final_train.mse,
+                        cls ? "accuracy" : "mse", cls ? res.final_test.accuracy : res.final_test.mse);
             }
             moe_model_release(&model);
             moe_data_release(&data);
             moe_config_release(&cfg);
+            if (r == MOE_ENUMERIC) {
+                // A diverged run is a result of the sweep, not a failure of the command.
+                diverged[si]++;
+                cli_log(&c, "compare-loss: %s seed %lld diverged: %s", sys, o.seeds[k], err.msg);
+                continue;
+            }
             if (r) {
                 moe_error_prefix(&err, "system '%s', seed %lld: ", sys, o.seeds[k]);
                 moe_csv_abort(&curves);
@@ -294,7 +306,7 @@ int cmd_compare_loss(int argc, char **argv)
         goto out;
     }
 
-    static const char *const table_cols[] = { "system", "parameters", "runs", "reached", "epochs_mean", "epochs_sd",
+    static const char *const table_cols[] = { "system", "parameters", "runs", "reached", "diverged", "epochs_mean", "epochs_sd",
                                               "train_accuracy_mean", "train_accuracy_sd", "test_accuracy_mean",
                                               "test_accuracy_sd", "train_mse_mean", "test_mse_mean",
                                               "active_experts_mean", "active_experts_sd", "gate_entropy_mean" };
@@ -309,6 +321,7 @@ int cmd_compare_loss(int argc, char **argv)
         moe_csv_int(&table, (long long)params[si]);
         moe_csv_int(&table, (long long)o.n_seeds);
         moe_csv_int(&table, (long long)reached[si]);
+        moe_csv_int(&table, (long long)diverged[si]);
         double row[] = { acc_mean(&a[A_EPOCHS]), acc_sd(&a[A_EPOCHS]), acc_mean(&a[A_TRAIN_ACC]),
                          acc_sd(&a[A_TRAIN_ACC]), acc_mean(&a[A_TEST_ACC]), acc_sd(&a[A_TEST_ACC]),
                          acc_mean(&a[A_TRAIN_MSE]), acc_mean(&a[A_TEST_MSE]), acc_mean(&a[A_ACTIVE]),
@@ -325,6 +338,7 @@ int cmd_compare_loss(int argc, char **argv)
         cJSON_AddNumberToObject(sj, "parameters", (double)params[si]);
         cJSON_AddNumberToObject(sj, "runs", (double)o.n_seeds);
         cJSON_AddNumberToObject(sj, "reached", (double)reached[si]);
+        cJSON_AddNumberToObject(sj, "diverged", (double)diverged[si]);
         for (int i = 0; i < N_ACC; i++) {
             char key[64];
             snprintf(key, sizeof key, "%s_mean", acc_names[i]);

@@ -141,7 +141,7 @@ int cmd_train(int argc, char **argv)
         goto out;
     }
     cli_log(&c, "moe train: %s model, %zu parameters, %zu train / %zu test rows, writing %s/", model.ops->type,
-            model.params.numel, data.train.n, data.test.n, out);
+            moe_params_count(&model.params), data.train.n, data.test.n, out);
     struct moe_train_result res;
     if (moe_train(&model, &data, &cfg, write_metric_row, &csv, &res, &err) || moe_csv_close(&csv, &err)) {
         moe_csv_abort(&csv);
@@ -173,7 +173,7 @@ int cmd_train(int argc, char **argv)
     cJSON_AddStringToObject(summary, "loss", model.loss_name);
     cJSON_AddStringToObject(summary, "loss_convention",
                             "per-row objective averaged over rows; squared errors summed over outputs");
-    cJSON_AddNumberToObject(summary, "parameters", (double)model.params.numel);
+    cJSON_AddNumberToObject(summary, "parameters", (double)moe_params_count(&model.params));
     cJSON_AddNumberToObject(summary, "epochs", (double)res.epochs);
     cJSON_AddNumberToObject(summary, "steps", (double)res.steps);
     if (res.criterion_epoch >= 0)

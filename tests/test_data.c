@@ -927,7 +927,7 @@ START_TEST(test_synth_groups)
     moe_dataset_release(&te);
 
     s = synth_spec("classes", 5);
-    s.n_out = 4;
+    s.n_out = 1; // ignored for classes: n_out = n_regions
     ck_assert_int_eq(moe_synth_make(&s, &tr, &te, &err), 0);
     ck_assert_int_eq(tr.task, MOE_TASK_CLASSIFICATION);
     ck_assert_uint_eq(tr.n_out, 4);
@@ -1062,10 +1062,6 @@ START_TEST(test_synth_bad_spec)
     s.n_regions = 0;
     ck_assert_int_eq(moe_synth_make(&s, &tr, &te, &err), MOE_EINVAL);
     ck_assert_ptr_nonnull(strstr(err.msg, "n_regions"));
-    s = synth_spec("classes", 1);
-    s.n_out = 3; // != n_regions
-    ck_assert_int_eq(moe_synth_make(&s, &tr, &te, &err), MOE_EINVAL);
-    ck_assert_ptr_nonnull(strstr(err.msg, "n_out"));
     s = synth_spec("regions", 1);
     s.noise = -1;
     ck_assert_int_eq(moe_synth_make(&s, &tr, &te, &err), MOE_EINVAL);

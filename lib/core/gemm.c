@@ -15,6 +15,13 @@
 
 static struct moe_blas_info g_info;
 static int g_initialised;
+// Per-call thread counts: BLIS's OpenMP start-up costs far more than a small
+// GEMM (a 400x2x4 product ran ~80x slower on 2 threads than on 1), so only
+// products of at least MT_MIN_FLOPS use every thread. BLIS never splits the k
+// dimension, so the result is the same either way.
+#define MT_MIN_FLOPS (2.0 * 128 * 128 * 128)
+static rntm_t g_rntm_one = BLIS_RNTM_INITIALIZER;
+static rntm_t g_rntm_all = BLIS_RNTM_INITIALIZER;
 
 void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc)
@@ -31,9 +38,10 @@ void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alph
     }
     // BLIS takes general strides, so row-major is rs = ld, cs = 1 and a transpose
     // is a flag on the stored matrix; its prototypes take non-const pointers.
-    bli_sgemm(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
-              (dim_t)M, (dim_t)N, (dim_t)K, &alpha, (float *)A, (inc_t)lda, 1, (float *)B, (inc_t)ldb, 1,
-              &beta, C, (inc_t)ldc, 1);
+    rntm_t rntm = 2.0 * (double)M * (double)N * (double)K >= MT_MIN_FLOPS ? g_rntm_all : g_rntm_one;
+    bli_sgemm_ex(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
+                 (dim_t)M, (dim_t)N, (dim_t)K, &alpha, (float *)A, (inc_t)lda, 1, (float *)B, (inc_t)ldb, 1,
+                 &beta, C, (inc_t)ldc, 1, NULL, &rntm);
 }
 
 void moe_gemm_ref(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
@@ -116,6 +124,8 @@ int moe_blas_init(int threads, struct moe_err *err)
         g_initialised = 1;
     }
     bli_thread_set_num_threads(threads);
+    bli_rntm_set_num_threads(1, &g_rntm_one);
+    bli_rntm_set_num_threads(threads, &g_rntm_all);
 #ifdef _OPENMP
     omp_set_num_threads(threads);
 #endif

@@ -95,6 +95,14 @@ int moe_params_find(const struct moe_params *p, const char *name)
     return -1;
 }
 
+size_t moe_params_count(const struct moe_params *p)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < p->n; i++)
+        n += p->t[i].numel;
+    return n;
+}
+
 void moe_params_zero_grad(struct moe_params *p)
 {
     if (p->grad)

@@ -45,6 +45,8 @@ int moe_params_find(const struct moe_params *p, const char *name);
 static inline float *moe_params_data(const struct moe_params *p, int i) { return p->data + p->t[i].offset; }
 static inline float *moe_params_grad(const struct moe_params *p, int i) { return p->grad + p->t[i].offset; }
 void moe_params_zero_grad(struct moe_params *p);
+// Number of parameters (sum of tensor sizes, without the alignment padding inside numel).
+size_t moe_params_count(const struct moe_params *p);
 // Format a shape as "[4, 2, 3]" into buf.
 void moe_shape_str(int ndim, const size_t *shape, char *buf, size_t len);
 void moe_params_release(struct moe_params *p);

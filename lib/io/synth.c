@@ -12,8 +12,9 @@
 //   row i: region r ~ uniform, x = c_r + spread * N(0, I);
 //   "regions": y = A_r x + b_r + noise * N(0, I), with A_r (n_out x n_in)
 //     entries N(0, 1) / sqrt(n_in) and b_r ~ N(0, I);
-//   "classes": label = r, n_out = n_regions (spec n_out must be 0 or equal to
-//     n_regions); noise is not used (the cluster width is spread for both kinds).
+//   "classes": label = r, n_out = n_regions classes (spec n_out is ignored, as
+//     the config schema documents); noise is not used (the cluster width is
+//     spread for both kinds).
 // group[i] = r and n_group = n_regions for both kinds.
 // Centre coordinates have std 3, so the per-dimension std of the difference of
 // two centres is about 3 * sqrt(2) = 4.2: spread = 1 gives well-separated
@@ -56,15 +57,7 @@ static int check(const struct moe_synth_spec *s, int *is_classes, struct moe_err
     if (s->n_regions == 0 || s->n_regions > SYNTH_MAX_REGIONS)
         return moe_error(err, MOE_EINVAL, "synthetic data: n_regions must be in 1..%u, got %zu", SYNTH_MAX_REGIONS,
                          s->n_regions);
-    if (*is_classes) {
-        if (s->n_regions < 2)
-            return moe_error(err, MOE_EINVAL, "synthetic data: kind 'classes' needs n_regions >= 2, got %zu",
-                             s->n_regions);
-        if (s->n_out != 0 && s->n_out != s->n_regions)
-            return moe_error(err, MOE_EINVAL,
-                             "synthetic data: kind 'classes' has n_out = n_regions = %zu classes, got n_out %zu",
-                             s->n_regions, s->n_out);
-    } else if (s->n_out == 0 || s->n_out > SYNTH_MAX_DIM) {
+    if (!*is_classes && (s->n_out == 0 || s->n_out > SYNTH_MAX_DIM)) {
         return moe_error(err, MOE_EINVAL, "synthetic data: n_out must be in 1..%u, got %zu", SYNTH_MAX_DIM, s->n_out);
     }
     if (!(s->noise >= 0.0) || !isfinite(s->noise))
@@ -72,7 +65,8 @@ static int check(const struct moe_synth_spec *s, int *is_classes, struct moe_err
     if (!(s->spread >= 0.0) || !isfinite(s->spread))
         return moe_error(err, MOE_EINVAL, "synthetic data: spread must be finite and >= 0, got %g", s->spread);
     size_t big = s->n_train > s->n_test ? s->n_train : s->n_test;
-    size_t w = s->n_in > s->n_out ? s->n_in : s->n_out;
+    size_t n_out = *is_classes ? s->n_regions : s->n_out;
+    size_t w = s->n_in > n_out ? s->n_in : n_out;
     if (big > SIZE_MAX / 16 / w || s->n_regions * s->n_in > SIZE_MAX / 16 / (w + 1))
         return moe_error(err, MOE_EINVAL, "synthetic data: sizes too large (n_train %zu, n_test %zu, n_in %zu)",
                          s->n_train, s->n_test, s->n_in);

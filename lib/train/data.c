@@ -79,7 +79,10 @@ int moe_data_load(struct moe_data *ret, const struct moe_config *cfg, struct moe
             .n_train = (size_t)moe_cfg_int(cfg, "data.synthetic.n_train"),
             .n_test = (size_t)moe_cfg_int(cfg, "data.synthetic.n_test"),
             .n_in = (size_t)moe_cfg_int(cfg, "data.synthetic.n_in"),
-            .n_out = (size_t)moe_cfg_int(cfg, "data.synthetic.n_out"),
+            // kind classes has one class per region; n_out applies to regression only
+            .n_out = strcmp(moe_cfg_str(cfg, "data.synthetic.kind"), "classes") == 0
+                         ? (size_t)moe_cfg_int(cfg, "data.synthetic.n_regions")
+                         : (size_t)moe_cfg_int(cfg, "data.synthetic.n_out"),
             .n_regions = (size_t)moe_cfg_int(cfg, "data.synthetic.n_regions"),
             .noise = moe_cfg_num(cfg, "data.synthetic.noise"),
             .spread = moe_cfg_num(cfg, "data.synthetic.spread"),

@@ -169,8 +169,8 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
                 }
                 double gnorm = moe_optim_step(&opt, m->params.data, m->params.grad);
                 if (!isfinite(gnorm)) {
-                    rc = moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): gradient norm is not finite",
-                                   (unsigned long long)ret->steps, (unsigned long long)epoch);
+                    rc = moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): gradient is not finite at training loss %g (diverged; try a smaller optim.lr)",
+                                   (unsigned long long)ret->steps, (unsigned long long)epoch, st.loss / (double)n);
                     goto out;
                 }
                 rows_seen += n;

@@ -1,1 +1,579 @@
+#!/usr/bin/env bash
+# test_cli.sh: end-to-end checks of the `moe` command line.
+#
+#   bash tests/cli/test_cli.sh /path/to/moe
+#
+# Prints one TAP-like line per check ("ok N - name" / "not ok N - name", with
+# "#" lines giving the reason on failure), then a plan line "1..N". Exits 1 if
+# any check failed. Every fixture (configs, a small TSV table, IDX files,
+# broken checkpoints) is generated at run time in a mktemp -d directory, which
+# is removed on exit. Contracts checked:
+#   - stdout carries exactly one JSON summary object; logs go to stderr;
+#   - exit 0 success, 1 runtime failure (I/O, corrupt data or checkpoint, NaN),
+#     2 usage/config error;
+#   - every error is ONE line on stderr naming the file, key path or line at
+#     fault, and a failing command prints nothing on stdout.
+# MOE_TEST_DATA (tests/data) is accepted but not needed: nothing here reads it.
+# shellcheck disable=SC2317  # check functions are called indirectly, via check
+set -u
+
+if [ $# -lt 1 ]; then
+    echo "usage: bash $0 /path/to/moe" >&2
+    exit 2
+fi
+MOE=$1
+case $MOE in /*) ;; *) MOE=$PWD/$MOE ;; esac
+if [ ! -x "$MOE" ]; then
+    echo "Bail out! '$MOE' is not an executable" >&2
+    exit 1
+fi
+command -v jq >/dev/null 2>&1 || { echo "Bail out! jq is required" >&2; exit 1; }
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/moe-cli.XXXXXX") || { echo "Bail out! mktemp failed" >&2; exit 1; }
+trap 'rm -rf "$TMP"' EXIT
+trap 'exit 130' INT TERM
+# Run from inside the temp dir so that nothing (e.g. a default runs/ directory)
+# lands in the source tree.
+cd "$TMP" || exit 1
+
+N=0
+FAILED=0
+REASON=""
+
+ok() { N=$((N + 1)); echo "ok $N - $1"; }
+not_ok() {
+    N=$((N + 1))
+    FAILED=$((FAILED + 1))
+    echo "not ok $N - $1"
+    printf '%s\n' "$REASON" | sed 's/^/#   /'
+}
+# check NAME FUNC [ARGS...]: FUNC returns 0 on success, else sets REASON.
+check() {
+    local name=$1
+    shift
+    REASON=""
+    if "$@"; then ok "$name"; else not_ok "$name"; fi
+}
+fail() { REASON=$*; return 1; }
+
+# run OUTPREFIX cmd...: run a command capturing OUTPREFIX.out / OUTPREFIX.err;
+# sets RC.
+RC=0
+run() {
+    local p=$1
+    shift
+    "$@" >"$p.out" 2>"$p.err"
+    RC=$?
+}
+# Describe a finished command for a failure reason.
+describe() {
+    local p=$1
+    shift
+    printf 'command: %s\nexit: %s\nstdout: %s\nstderr: %s' "$*" "$RC" \
+        "$(head -c 600 "$p.out")" "$(head -c 1200 "$p.err")"
+}
+
+# expect_fail NAME CODE FRAGMENT... -- CMD...
+# CMD must exit with CODE, print nothing on stdout and exactly one line on
+# stderr containing every FRAGMENT (fixed strings; a fragment written
+# "re:EXPR" is an extended regular expression instead).
+EF=0
+expect_fail() {
+    local name=$1 code=$2
+    shift 2
+    local frags=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+        frags+=("$1")
+        shift
+    done
+    [ $# -gt 0 ] && shift
+    EF=$((EF + 1))
+    local p="$TMP/ef$EF"
+    run "$p" "$@"
+    local why=()
+    [ "$RC" -eq "$code" ] || why+=("expected exit $code, got $RC")
+    [ ! -s "$p.out" ] || why+=("stdout is not empty")
+    local lines
+    lines=$(awk 'END { print NR }' "$p.err")
+    [ "$lines" -eq 1 ] || why+=("expected exactly 1 line on stderr, got $lines")
+    local f
+    for f in "${frags[@]}"; do
+        case $f in
+        re:*) grep -Eq -- "${f#re:}" "$p.err" || why+=("stderr lacks /${f#re:}/") ;;
+        *) grep -Fq -- "$f" "$p.err" || why+=("stderr lacks '$f'") ;;
+        esac
+    done
+    if [ ${#why[@]} -eq 0 ]; then
+        ok "$name"
+    else
+        REASON="$(printf '%s; ' "${why[@]}")"$'\n'"$(describe "$p" "$@")"
+        not_ok "$name"
+    fi
+}
+
+# tensor_bytes CKPT: the data section of a safetensors file (everything after
+# the 8-byte little-endian header length and the JSON header) on stdout.
+tensor_bytes() {
+    local hl
+    hl=$(od -An -t u8 -N8 "$1" | tr -d ' ')
+    [ -n "$hl" ] || return 1
+    tail -c +$((9 + hl)) "$1"
+}
+# header_text CKPT: the JSON header of a safetensors file.
+header_text() {
+    local hl
+    hl=$(od -An -t u8 -N8 "$1" | tr -d ' ')
+    [ -n "$hl" ] || return 1
+    dd if="$1" bs=1 skip=8 count="$hl" 2>/dev/null
+}
+
+# ---------------------------------------------------------------- fixtures
+# Small synthetic regression problem.
+cat >"$TMP/reg.json" <<'EOF'
+{
+  "data": { "source": "synthetic", "synthetic": { "kind": "regions", "n_train": 200, "n_test": 100 } },
+  "model": { "type": "mixture", "n_expert": 3 },
+  "loss": { "type": "nll" },
+  "optim": { "type": "adamw", "lr": 0.01, "batch_size": 32 },
+  "train": { "epochs": 4, "seed": 1 }
+}
+EOF
+# A somewhat larger one (mlp experts) so threaded BLIS calls have work to split.
+cat >"$TMP/big.json" <<'EOF'
+{
+  "data": { "synthetic": { "n_train": 400, "n_test": 100, "n_in": 8, "n_out": 2, "n_regions": 4 } },
+  "model": { "n_expert": 6, "expert": "mlp", "n_expert_hidden": 32 },
+  "optim": { "batch_size": 64 },
+  "train": { "epochs": 3 }
+}
+EOF
+cat >"$TMP/cls.json" <<'EOF'
+{
+  "data": { "synthetic": { "kind": "classes", "n_train": 200, "n_test": 100, "n_regions": 3, "n_out": 3 } },
+  "model": { "n_expert": 3 },
+  "optim": { "batch_size": 32 },
+  "train": { "epochs": 5 }
+}
+EOF
+cat >"$TMP/mlp.json" <<'EOF'
+{
+  "data": { "synthetic": { "n_train": 200, "n_test": 100 } },
+  "model": { "type": "mlp", "n_hidden": 8 },
+  "loss": { "type": "mse" },
+  "optim": { "batch_size": 32 },
+  "train": { "epochs": 4 }
+}
+EOF
+
+# A Peterson-Barney-like TSV: speakers 1-10, vowels iy ih aa ah (kept) and uw
+# (dropped by data.table.classes).
+{
+    printf 'Type\tSex\tSpeaker\tVowel\tIPA\tF0\tF1\tF2\tF3\n'
+    for s in 1 2 3 4 5 6 7 8 9 10; do
+        if [ $((s % 2)) -eq 0 ]; then t=W sx=f; else t=M sx=m; fi
+        o=$((s * 7))
+        printf '%s\t%s\t%d\tiy\ti\t%d\t%d\t%d\t%d\n' $t $sx $s $((120 + s)) $((270 + o)) $((2290 - o)) $((3010 + o))
+        printf '%s\t%s\t%d\tih\tI\t%d\t%d\t%d\t%d\n' $t $sx $s $((125 + s)) $((390 + o)) $((1990 - o)) $((2550 + o))
+        printf '%s\t%s\t%d\taa\tA\t%d\t%d\t%d\t%d\n' $t $sx $s $((118 + s)) $((730 + o)) $((1090 - o)) $((2440 + o))
+        printf '%s\t%s\t%d\tah\tV\t%d\t%d\t%d\t%d\n' $t $sx $s $((121 + s)) $((640 + o)) $((1190 - o)) $((2390 + o))
+        printf '%s\t%s\t%d\tuw\tu\t%d\t%d\t%d\t%d\n' $t $sx $s $((122 + s)) $((300 + o)) $((870 - o)) $((2240 + o))
+    done
+} >"$TMP/vowels.tsv"
+# Same table with a non-numeric F1 cell on physical line 5 (header = line 1).
+awk 'BEGIN { FS = OFS = "\t" } NR == 5 { $7 = "abc" } { print }' "$TMP/vowels.tsv" >"$TMP/vowels_bad.tsv"
+table_config() { # table_config PATH [FEATURES_JSON]
+    local features='["F0", "F1", "F2", "F3"]'
+    [ $# -ge 2 ] && features=$2
+    cat <<EOF
+{
+  "data": {
+    "source": "table",
+    "standardize": true,
+    "table": {
+      "path": "$1",
+      "task": "classification",
+      "features": $features,
+      "targets": ["Vowel"],
+      "classes": ["iy", "ih", "aa", "ah"],
+      "split_column": "Speaker",
+      "train_range": [1, 6],
+      "test_range": [7, 10]
+    }
+  },
+  "model": { "n_expert": 3 },
+  "optim": { "batch_size": 8 },
+  "train": { "epochs": 5 }
+}
+EOF
+}
+table_config "$TMP/vowels.tsv" >"$TMP/table.json"
+table_config "$TMP/vowels.tsv" '["F1", "F9"]' >"$TMP/table_nocol.json"
+table_config "$TMP/vowels_bad.tsv" >"$TMP/table_badcell.json"
+table_config "$TMP/no_such_table.tsv" >"$TMP/table_nofile.json"
+printf '{ "data": { "source": "table", "table": { "features": ["F1"], "targets": ["Vowel"] } } }\n' >"$TMP/table_nopath.json"
+
+# IDX files: 6 images of 2x2 pixels, 6 labels; a truncated image file (header
+# promises 24 data bytes, 10 present), raw and gzipped; a 5-label file.
+IMG_HDR='\x00\x00\x08\x03\x00\x00\x00\x06\x00\x00\x00\x02\x00\x00\x00\x02'
+{ printf '%b' "$IMG_HDR"; printf '\x00\x10\x20\x30\x40\x50\x60\x70\x80\x90\xa0\xb0\xc0\xd0\xe0\xf0\x01\x02\x03\x04\x05\x06\x07\x08'; } >"$TMP/img.idx"
+{ printf '%b' "$IMG_HDR"; printf '\x00\x10\x20\x30\x40\x50\x60\x70\x80\x90'; } >"$TMP/img_trunc.idx"
+gzip -c "$TMP/img_trunc.idx" >"$TMP/img_trunc.idx.gz"
+{ printf '\x00\x00\x08\x01\x00\x00\x00\x06'; printf '\x00\x01\x00\x01\x00\x01'; } >"$TMP/lab.idx"
+{ printf '\x00\x00\x08\x01\x00\x00\x00\x05'; printf '\x00\x01\x00\x01\x00'; } >"$TMP/lab5.idx"
+idx_config() { # idx_config TRAIN_IMAGES TRAIN_LABELS
+    printf '{ "data": { "source": "idx", "idx": { "train_images": "%s", "train_labels": "%s", "test_images": "%s", "test_labels": "%s" } }, "model": { "n_expert": 2 }, "optim": { "batch_size": 4 }, "train": { "epochs": 2 } }\n' \
+        "$1" "$2" "$TMP/img.idx" "$TMP/lab.idx"
+}
+idx_config "$TMP/img.idx" "$TMP/lab.idx" >"$TMP/idx_ok.json"
+idx_config "$TMP/img_trunc.idx" "$TMP/lab.idx" >"$TMP/idx_trunc.json"
+idx_config "$TMP/img_trunc.idx.gz" "$TMP/lab.idx" >"$TMP/idx_trunc_gz.json"
+idx_config "$TMP/img.idx" "$TMP/lab5.idx" >"$TMP/idx_count.json"
+
+METRICS_HEADER='step,epoch,split,loss,mse,accuracy,gate_entropy,active_experts,expert_region_mi'
+CURVES_HEADER='system,seed,epoch,step,train_loss,train_mse,train_accuracy,test_loss,test_mse,test_accuracy,active_experts,gate_entropy'
+
+# ------------------------------------------------------------ A. happy paths
+t_version() {
+    run "$TMP/v" "$MOE" --version
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/v" moe --version)" || return 1
+    grep -Eq '^blis [^ ]+, sub-configuration [A-Za-z0-9_]+ \(chosen by [^)]+\)' "$TMP/v.out" ||
+        fail "no 'blis X, sub-configuration Y (chosen by Z)' line"$'\n'"$(describe "$TMP/v" moe --version)"
+}
+check "moe --version names blis and its sub-configuration" t_version
+
+t_version_arch() {
+    run "$TMP/va" env BLIS_ARCH_TYPE=3 "$MOE" --version
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/va" BLIS_ARCH_TYPE=3 moe --version)" || return 1
+    grep -Eq 'sub-configuration haswell \(chosen by BLIS_ARCH_TYPE\)' "$TMP/va.out" ||
+        fail "expected 'sub-configuration haswell (chosen by BLIS_ARCH_TYPE)'"$'\n'"$(describe "$TMP/va" BLIS_ARCH_TYPE=3 moe --version)"
+}
+check "BLIS_ARCH_TYPE=3 moe --version: haswell, chosen by BLIS_ARCH_TYPE" t_version_arch
+
+t_help_config() {
+    run "$TMP/hc" "$MOE" help config
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/hc" moe help config)" || return 1
+    grep -Fq 'model.n_expert' "$TMP/hc.out" || fail "'moe help config' does not list model.n_expert"
+}
+check "moe help config lists model.n_expert" t_help_config
+
+t_help_cmds() {
+    local c
+    for c in train compare-loss; do
+        run "$TMP/h" "$MOE" help "$c"
+        { [ "$RC" -eq 0 ] && grep -q '^usage: moe '"$c" "$TMP/h.out"; } || fail "$(describe "$TMP/h" moe help "$c")" || return 1
+    done
+}
+check "moe help train / help compare-loss print usage (exit 0)" t_help_cmds
+
+# verify_run DIR PREFIX: a finished `moe train` run (stdout in PREFIX.out).
+verify_run() {
+    local d=$1 p=$2 f
+    for f in config.json metrics.csv model.safetensors summary.json; do
+        [ -s "$d/$f" ] || fail "missing or empty $d/$f" || return 1
+    done
+    local hdr
+    hdr=$(head -n 1 "$d/metrics.csv")
+    [ "$hdr" = "$METRICS_HEADER" ] || fail "metrics.csv header is '$hdr', expected '$METRICS_HEADER'" || return 1
+    [ "$(awk 'END { print NR }' "$p.out")" -eq 1 ] || fail "stdout is not exactly one line: $(head -c 400 "$p.out")" || return 1
+    jq -e 'type == "object"' "$p.out" >/dev/null 2>&1 || fail "stdout is not a JSON object: $(head -c 400 "$p.out")" || return 1
+    jq -e . "$d/config.json" >/dev/null 2>&1 || fail "config.json is not valid JSON" || return 1
+    [ "$(jq -S . "$p.out")" = "$(jq -S . "$d/summary.json")" ] || fail "stdout JSON differs from summary.json" || return 1
+    [ "$(head -c 8 "$d/model.safetensors" | od -An -t u8 | tr -d ' ')" -gt 0 ] || fail "model.safetensors has no header" || return 1
+}
+
+t_train() {
+    run "$TMP/r1" "$MOE" train --config "$TMP/reg.json" --out "$TMP/r1" --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/r1" moe train --config reg.json --out r1 --threads 1)" || return 1
+    verify_run "$TMP/r1" "$TMP/r1" || return 1
+    # 4 epochs + epoch 0, train and test rows each
+    local rows
+    rows=$(tail -n +2 "$TMP/r1/metrics.csv" | awk 'END { print NR }')
+    [ "$rows" -eq 10 ] || fail "metrics.csv has $rows data rows, expected 10 (epochs 0-4 x train/test)" || return 1
+    jq -e '.command == "train" and .epochs == 4 and .final.train.rows == 200 and .final.test.rows == 100 and (.final.train.loss | type) == "number"' \
+        "$TMP/r1/summary.json" >/dev/null || fail "unexpected summary: $(head -c 600 "$TMP/r1/summary.json")"
+}
+check "train (synthetic regression): run dir complete, stdout = one JSON line = summary.json" t_train
+
+t_quiet() {
+    run "$TMP/rq" "$MOE" train --config "$TMP/reg.json" --out "$TMP/rq" --threads 1 --quiet
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/rq" moe train --quiet)" || return 1
+    [ ! -s "$TMP/rq.err" ] || fail "--quiet still logs: $(head -c 300 "$TMP/rq.err")" || return 1
+    cmp -s "$TMP/r1/metrics.csv" "$TMP/rq/metrics.csv" || fail "--quiet changed metrics.csv"
+}
+check "train --quiet: nothing on stderr, same metrics" t_quiet
+
+t_reproduce() {
+    run "$TMP/r1b" "$MOE" train --config "$TMP/r1/config.json" --out "$TMP/r1b" --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/r1b" moe train --config r1/config.json)" || return 1
+    cmp -s "$TMP/r1/metrics.csv" "$TMP/r1b/metrics.csv" ||
+        fail "metrics.csv differs: $(diff "$TMP/r1/metrics.csv" "$TMP/r1b/metrics.csv" | head -5)" || return 1
+    cmp -s "$TMP/r1/config.json" "$TMP/r1b/config.json" || fail "config.json does not round-trip" || return 1
+    [ "$(jq -r .config_hash "$TMP/r1/summary.json")" = "$(jq -r .config_hash "$TMP/r1b/summary.json")" ] ||
+        fail "config_hash differs between the run and its re-run from config.json"
+}
+check "config.json re-used as --config reproduces metrics.csv" t_reproduce
+
+# summary.parameters must count the model's weights: the sum over the
+# checkpoint's tensors (data.* statistics excluded) of the product of shapes.
+ckpt_params() {
+    header_text "$1" | jq '[to_entries[] | select(.key != "__metadata__" and (.key | startswith("data.") | not))
+                            | .value.shape | reduce .[] as $d (1; . * $d)] | add'
+}
+t_param_count() {
+    local want got
+    want=$(ckpt_params "$TMP/r1/model.safetensors")
+    got=$(jq .parameters "$TMP/r1/summary.json")
+    { [ -n "$want" ] && [ "$want" = "$got" ]; } ||
+        fail "summary.json parameters = $got, but the checkpoint's tensors hold $want weights ($(header_text "$TMP/r1/model.safetensors" | jq -c '[to_entries[] | select(.key != "__metadata__") | {(.key): .value.shape}] | add'))"
+}
+check "train: summary.parameters equals the weights in model.safetensors" t_param_count
+
+t_threads() {
+    run "$TMP/t1" "$MOE" train --config "$TMP/big.json" --out "$TMP/t1" --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/t1" moe train --config big.json --threads 1)" || return 1
+    run "$TMP/t2" "$MOE" train --config "$TMP/big.json" --out "$TMP/t2" --threads 2
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/t2" moe train --config big.json --threads 2)" || return 1
+    [ "$(jq .threads "$TMP/t2/summary.json")" = 2 ] || fail "summary.threads is not 2 for --threads 2" || return 1
+    cmp "$TMP/t1/metrics.csv" "$TMP/t2/metrics.csv" >/dev/null ||
+        fail "metrics.csv differs: $(diff "$TMP/t1/metrics.csv" "$TMP/t2/metrics.csv" | head -4)" || return 1
+    cmp "$TMP/t1/model.safetensors" "$TMP/t2/model.safetensors" >/dev/null || fail "model.safetensors differs"
+}
+check "--threads 1 and --threads 2 give byte-identical metrics.csv and model.safetensors" t_threads
+
+t_seed() {
+    run "$TMP/s2" "$MOE" train --config "$TMP/reg.json" --out "$TMP/s2" --seed 2 --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/s2" moe train --seed 2)" || return 1
+    [ "$(jq .seed "$TMP/s2/summary.json")" = 2 ] || fail "summary.seed is not 2" || return 1
+    [ "$(jq .train.seed "$TMP/s2/config.json")" = 2 ] || fail "config.json train.seed is not 2 (--seed must reach the config)" || return 1
+    tensor_bytes "$TMP/r1/model.safetensors" >"$TMP/s1.bin"
+    tensor_bytes "$TMP/s2/model.safetensors" >"$TMP/s2.bin"
+    [ -s "$TMP/s1.bin" ] || fail "no tensor data in r1/model.safetensors" || return 1
+    ! cmp -s "$TMP/s1.bin" "$TMP/s2.bin" || fail "--seed 2 gives the same tensors as seed 1"
+}
+check "a different --seed gives a different model" t_seed
+
+t_init() {
+    # continue from r1's checkpoint with lr 0: the weights must not move
+    run "$TMP/i0" "$MOE" train --config "$TMP/reg.json" --set optim.lr=0 --init "$TMP/r1/model.safetensors" --out "$TMP/i0" --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/i0" moe train --set optim.lr=0 --init r1/model.safetensors)" || return 1
+    verify_run "$TMP/i0" "$TMP/i0" || return 1
+    [ "$(jq -r .init "$TMP/i0/summary.json")" = "$TMP/r1/model.safetensors" ] || fail "summary.init does not name the checkpoint" || return 1
+    tensor_bytes "$TMP/r1/model.safetensors" >"$TMP/a.bin"
+    tensor_bytes "$TMP/i0/model.safetensors" >"$TMP/b.bin"
+    [ -s "$TMP/a.bin" ] || fail "no tensor data in r1/model.safetensors" || return 1
+    cmp -s "$TMP/a.bin" "$TMP/b.bin" || fail "with optim.lr 0 the tensors differ from the --init checkpoint" || return 1
+    local want got
+    want=$(awk -F, '$3 == "train" { l = $4 } END { print l }' "$TMP/r1/metrics.csv")
+    got=$(awk -F, '$2 == 0 && $3 == "train" { print $4 }' "$TMP/i0/metrics.csv")
+    { [ -n "$want" ] && [ "$want" = "$got" ]; } ||
+        fail "epoch-0 train loss after --init is '$got', previous run's final train loss is '$want'"
+}
+check "--init with matching shapes and optim.lr 0 keeps the checkpoint's tensors" t_init
+
+t_init_train() {
+    run "$TMP/i1" "$MOE" train --config "$TMP/reg.json" --init "$TMP/r1/model.safetensors" --out "$TMP/i1" --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/i1" moe train --init r1/model.safetensors)" || return 1
+    local want got
+    want=$(awk -F, '$3 == "train" { l = $4 } END { print l }' "$TMP/r1/metrics.csv")
+    got=$(awk -F, '$2 == 0 && $3 == "train" { print $4 }' "$TMP/i1/metrics.csv")
+    [ "$want" = "$got" ] || fail "epoch-0 train loss after --init is '$got', expected '$want'"
+}
+check "--init then training starts from the checkpoint's loss" t_init_train
+
+t_classes() {
+    run "$TMP/c" "$MOE" train --config "$TMP/cls.json" --out "$TMP/c" --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/c" moe train --config cls.json)" || return 1
+    verify_run "$TMP/c" "$TMP/c" || return 1
+    jq -e '(.final.train.accuracy | type) == "number" and .final.train.accuracy >= 0 and .final.train.accuracy <= 1 and (.final.test.accuracy | type) == "number"' \
+        "$TMP/c/summary.json" >/dev/null || fail "no accuracy in summary: $(jq -c .final "$TMP/c/summary.json")" || return 1
+    awk -F, 'NR > 1 && $6 == "" { bad = 1 } END { exit bad }' "$TMP/c/metrics.csv" ||
+        fail "metrics.csv has rows without accuracy"
+}
+check "classification (synthetic kind classes) reports accuracy" t_classes
+
+# The schema documents data.synthetic.n_out as "regression targets (ignored for
+# kind classes)", so kind classes must work with n_out left at its default.
+t_classes_default_nout() {
+    run "$TMP/c2" "$MOE" train --config "$TMP/cls.json" --set data.synthetic.n_out=1 --out "$TMP/c2" --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/c2" moe train --config cls.json --set data.synthetic.n_out=1)" || return 1
+    jq -e '(.final.train.accuracy | type) == "number"' "$TMP/c2/summary.json" >/dev/null || fail "no accuracy in summary"
+}
+check "kind classes ignores data.synthetic.n_out (as documented)" t_classes_default_nout
+
+t_mlp() {
+    run "$TMP/m" "$MOE" train --config "$TMP/mlp.json" --out "$TMP/m" --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/m" moe train --config mlp.json)" || return 1
+    verify_run "$TMP/m" "$TMP/m" || return 1
+    jq -e '.model == "mlp" and .loss == "mse"' "$TMP/m/summary.json" >/dev/null ||
+        fail "summary model/loss: $(jq -c '[.model, .loss]' "$TMP/m/summary.json")"
+}
+check "model.type mlp trains" t_mlp
+
+t_compare() {
+    local d="$TMP/cl"
+    run "$TMP/cl" "$MOE" compare-loss --config "$TMP/reg.json" --losses nll,competitive,mlp --seeds 1-3 --out "$d" --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/cl" moe compare-loss --losses nll,competitive,mlp --seeds 1-3)" || return 1
+    local f
+    for f in curves.csv table.csv summary.json; do
+        [ -s "$d/$f" ] || fail "missing $d/$f" || return 1
+    done
+    [ "$(head -n 1 "$d/curves.csv")" = "$CURVES_HEADER" ] ||
+        fail "curves.csv header is '$(head -n 1 "$d/curves.csv")'" || return 1
+    # 3 systems x 3 seeds x (epochs 0-4)
+    local rows
+    rows=$(tail -n +2 "$d/curves.csv" | awk 'END { print NR }')
+    [ "$rows" -eq 45 ] || fail "curves.csv has $rows data rows, expected 45" || return 1
+    rows=$(tail -n +2 "$d/table.csv" | awk 'END { print NR }')
+    [ "$rows" -eq 3 ] || fail "table.csv has $rows data rows, expected 3" || return 1
+    awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "runs") c = i; if (!c) exit 1; next }
+             $c != 3 { exit 1 }' "$d/table.csv" || fail "table.csv: runs column missing or not 3: $(cat "$d/table.csv")" || return 1
+    [ "$(cut -d, -f1 "$d/table.csv" | tail -n +2 | tr '\n' ' ')" = "nll competitive mlp " ] ||
+        fail "table.csv systems: $(cut -d, -f1 "$d/table.csv" | tr '\n' ' ')" || return 1
+    [ "$(awk 'END { print NR }' "$TMP/cl.out")" -eq 1 ] || fail "stdout is not one line" || return 1
+    [ "$(jq -S . "$TMP/cl.out" 2>/dev/null)" = "$(jq -S . "$d/summary.json")" ] || fail "stdout differs from summary.json" || return 1
+    jq -e '(.systems | length) == 3 and all(.systems[]; .runs == 3) and .seeds == [1, 2, 3]' "$d/summary.json" >/dev/null ||
+        fail "summary.json: $(jq -c '[.seeds, [.systems[] | {system, runs}]]' "$d/summary.json")"
+}
+check "compare-loss nll,competitive,mlp x seeds 1-3: curves.csv, table.csv (3 rows, runs=3), summary.json" t_compare
+
+t_compare_params() {
+    local want_mix want_mlp got_mix got_mlp
+    want_mix=$(ckpt_params "$TMP/r1/model.safetensors")
+    # the mlp system is mlp.json's model (n_hidden 8) on reg.json's data: 2 -> 8 -> 1
+    want_mlp=$(ckpt_params "$TMP/m/model.safetensors")
+    got_mix=$(jq '.systems[] | select(.system == "nll") | .parameters' "$TMP/cl/summary.json")
+    got_mlp=$(jq '.systems[] | select(.system == "mlp") | .parameters' "$TMP/cl/summary.json")
+    { [ -n "$want_mix" ] && [ "$want_mix" = "$got_mix" ] && [ "$want_mlp" = "$got_mlp" ]; } ||
+        fail "compare-loss parameters: nll $got_mix (checkpoint holds $want_mix), mlp $got_mlp (checkpoint holds $want_mlp)"
+}
+check "compare-loss: parameters of each system equal the weights of its model" t_compare_params
+
+t_table() {
+    run "$TMP/tb" "$MOE" train --config "$TMP/table.json" --out "$TMP/tb" --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/tb" moe train --config table.json)" || return 1
+    verify_run "$TMP/tb" "$TMP/tb" || return 1
+    # speakers 1-6 x 4 vowels train, 7-10 x 4 test; the uw rows are dropped
+    jq -e '.final.train.rows == 24 and .final.test.rows == 16 and (.final.test.accuracy | type) == "number"' \
+        "$TMP/tb/summary.json" >/dev/null ||
+        fail "expected 24 train / 16 test rows with accuracy, got $(jq -c '.final | map_values({rows, accuracy})' "$TMP/tb/summary.json")" || return 1
+    header_text "$TMP/tb/model.safetensors" >"$TMP/tb.hdr"
+    grep -Fq '"data.mean"' "$TMP/tb.hdr" || fail "checkpoint header lacks data.mean" || return 1
+    grep -Fq '"data.std"' "$TMP/tb.hdr" || fail "checkpoint header lacks data.std"
+}
+check "table source (TSV, split by Speaker, 4 classes, standardize): trains, checkpoint has data.mean/data.std" t_table
+
+t_idx() {
+    run "$TMP/ix" "$MOE" train --config "$TMP/idx_ok.json" --out "$TMP/ix" --threads 1
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/ix" moe train --config idx_ok.json)" || return 1
+    verify_run "$TMP/ix" "$TMP/ix" || return 1
+    jq -e '.final.train.rows == 6' "$TMP/ix/summary.json" >/dev/null || fail "expected 6 train rows"
+}
+check "idx source (tiny hand-written IDX files) trains" t_idx
+
+# ------------------------------------------------------------ B. bad inputs
+CFG="$TMP/reg.json"
+O="$TMP/fail-out"
+
+expect_fail "unknown command suggests the nearest" 2 "did you mean" "train" -- "$MOE" trian
+expect_fail "unknown option --confgi suggests --config" 2 "--confgi" "--config" -- "$MOE" train --confgi "$CFG"
+expect_fail "option without its value" 2 "--config" -- "$MOE" train --config
+expect_fail "--threads 0" 2 "--threads" -- "$MOE" train --config "$CFG" --out "$O" --threads 0
+expect_fail "--seed -1" 2 "--seed" -- "$MOE" train --config "$CFG" --out "$O" --seed -1
+expect_fail "--device tpu" 2 "--device" "tpu" -- "$MOE" train --config "$CFG" --out "$O" --device tpu
+expect_fail "--device cuda: no CUDA in this build" 2 "CUDA" -- "$MOE" train --config "$CFG" --out "$O" --device cuda
+expect_fail "unexpected positional argument" 2 "stray" -- "$MOE" train --config "$CFG" --out "$O" stray
+
+# config files
+printf '{\n  "model": {\n    "n_expert": 3,\n  oops\n}\n' >"$TMP/notjson.json"
+printf '{ "model": { "n_expert": 3, "n_expert": 4 } }\n' >"$TMP/dup.json"
+printf '{ "model": { "n_expertz": 3 } }\n' >"$TMP/unknown.json"
+printf '{ "optim": { "lr": "fast" } }\n' >"$TMP/type.json"
+printf '{ "model": { "n_expert": 2.5 } }\n' >"$TMP/nonint.json"
+printf '{ "model": { "n_expert": 0 } }\n' >"$TMP/range.json"
+printf '{ "optim": { "lr": 1e400 } }\n' >"$TMP/huge.json"
+printf '{ "loss": { "type": "bogus" } }\n' >"$TMP/enum.json"
+expect_fail "missing config file (names the path)" 1 "$TMP/no_such_config.json" -- "$MOE" train --config "$TMP/no_such_config.json" --out "$O"
+expect_fail "config is not JSON (names file and line)" 2 "notjson.json" "line" -- "$MOE" train --config "$TMP/notjson.json" --out "$O"
+expect_fail "duplicate key" 2 "duplicate" "n_expert" -- "$MOE" train --config "$TMP/dup.json" --out "$O"
+expect_fail "unknown key model.n_expertz (suggests model.n_expert)" 2 "model.n_expertz" "'model.n_expert'" -- "$MOE" train --config "$TMP/unknown.json" --out "$O"
+expect_fail "wrong type: string for optim.lr" 2 "optim.lr" -- "$MOE" train --config "$TMP/type.json" --out "$O"
+expect_fail "non-integer 2.5 for model.n_expert" 2 "model.n_expert" -- "$MOE" train --config "$TMP/nonint.json" --out "$O"
+expect_fail "out of range: model.n_expert 0" 2 "model.n_expert" -- "$MOE" train --config "$TMP/range.json" --out "$O"
+expect_fail "non-finite number 1e400 for optim.lr" 2 "optim.lr" -- "$MOE" train --config "$TMP/huge.json" --out "$O"
+expect_fail "bad enum value for loss.type" 2 "loss.type" "bogus" -- "$MOE" train --config "$TMP/enum.json" --out "$O"
+expect_fail "--set without '='" 2 "--set" "model.n_expert" -- "$MOE" train --config "$CFG" --out "$O" --set model.n_expert
+expect_fail "--set unknown key" 2 "model.foo" -- "$MOE" train --config "$CFG" --out "$O" --set model.foo=3
+expect_fail "--set out-of-range value" 2 "model.n_expert" -- "$MOE" train --config "$CFG" --out "$O" --set model.n_expert=2000
+
+# loss / model / data mismatches
+expect_fail "model.type mlp with loss.type nll" 2 "loss.type" -- "$MOE" train --config "$CFG" --out "$O" --set model.type=mlp --set loss.type=nll
+expect_fail "nll-cat on a regression task" 2 "loss.type" "nll-cat" -- "$MOE" train --config "$CFG" --out "$O" --set loss.type=nll-cat
+
+# checkpoints for --init (r1/model.safetensors comes from the happy-path run)
+CK="$TMP/r1/model.safetensors"
+: >"$TMP/empty.safetensors"
+head -c 100 "$CK" >"$TMP/trunc_header.safetensors"
+if [ -s "$CK" ]; then
+    head -c $(($(wc -c <"$CK") - 10)) "$CK" >"$TMP/trunc_data.safetensors"
+else
+    : >"$TMP/trunc_data.safetensors"
+fi
+printf 'this is not a safetensors file, just some text\n' >"$TMP/garbage.safetensors"
+# a plausible header length (32) followed by 32 bytes that are not JSON
+printf '\x20\x00\x00\x00\x00\x00\x00\x00{not json at all, not at all!!!}' >"$TMP/badjson.safetensors"
+expect_fail "--init: nonexistent checkpoint" 1 "$TMP/no_such.safetensors" -- "$MOE" train --config "$CFG" --out "$O" --init "$TMP/no_such.safetensors"
+expect_fail "--init: empty file" 1 "empty.safetensors" -- "$MOE" train --config "$CFG" --out "$O" --init "$TMP/empty.safetensors"
+expect_fail "--init: checkpoint cut inside its header" 1 "checkpoint" "trunc_header.safetensors" -- "$MOE" train --config "$CFG" --out "$O" --init "$TMP/trunc_header.safetensors"
+expect_fail "--init: checkpoint cut inside its tensor data" 1 "checkpoint" "trunc_data.safetensors" -- "$MOE" train --config "$CFG" --out "$O" --init "$TMP/trunc_data.safetensors"
+expect_fail "--init: garbage instead of a header" 1 "garbage.safetensors" -- "$MOE" train --config "$CFG" --out "$O" --init "$TMP/garbage.safetensors"
+expect_fail "--init: header that is not JSON" 1 "badjson.safetensors" -- "$MOE" train --config "$CFG" --out "$O" --init "$TMP/badjson.safetensors"
+expect_fail "--init: shape mismatch (3 experts into 4) names both shapes" 2 "shape" "re:\[3, ?2\]" "re:\[4, ?2\]" -- \
+    "$MOE" train --config "$CFG" --out "$O" --set model.n_expert=4 --init "$CK"
+# an mlp checkpoint (m/model.safetensors, from the happy-path run) into a mixture
+expect_fail "--init: checkpoint of another model type (missing tensor)" 2 "checkpoint" "gate.weight" -- \
+    "$MOE" train --config "$CFG" --out "$O" --init "$TMP/m/model.safetensors"
+
+# table data
+expect_fail "table: feature column missing (names it)" 1 "F9" "vowels.tsv" -- "$MOE" train --config "$TMP/table_nocol.json" --out "$O"
+expect_fail "table: non-numeric feature cell (names file and line 5)" 1 "vowels_bad.tsv" "line 5" -- "$MOE" train --config "$TMP/table_badcell.json" --out "$O"
+expect_fail "table: data.table.path unset" 2 "data.table.path" -- "$MOE" train --config "$TMP/table_nopath.json" --out "$O"
+expect_fail "table: nonexistent file" 1 "no_such_table.tsv" -- "$MOE" train --config "$TMP/table_nofile.json" --out "$O"
+
+# IDX
+expect_fail "idx: truncated images file" 1 "truncated" "img_trunc.idx" -- "$MOE" train --config "$TMP/idx_trunc.json" --out "$O"
+expect_fail "idx: truncated gzipped images file" 1 "truncated" "img_trunc.idx.gz" -- "$MOE" train --config "$TMP/idx_trunc_gz.json" --out "$O"
+expect_fail "idx: images/labels count mismatch" 1 "lab5.idx" -- "$MOE" train --config "$TMP/idx_count.json" --out "$O"
+
+# compare-loss
+expect_fail "compare-loss: missing --losses" 2 "--losses" -- "$MOE" compare-loss --config "$CFG" --seeds 1-3 --out "$O"
+expect_fail "compare-loss: unknown system foo" 2 "foo" -- "$MOE" compare-loss --config "$CFG" --losses nll,foo --seeds 1-3 --out "$O"
+expect_fail "compare-loss: bad --seeds 5-1" 2 "--seeds" "5-1" -- "$MOE" compare-loss --config "$CFG" --losses nll --seeds 5-1 --out "$O"
+
+# divergence (--quiet: without it the progress line also goes to stderr)
+printf '{ "data": { "synthetic": { "n_train": 200, "n_test": 100 } }, "loss": { "type": "cooperative" }, "optim": { "type": "gd", "lr": 500 }, "train": { "epochs": 60 } }\n' >"$TMP/diverge.json"
+printf '{ "data": { "synthetic": { "n_train": 200, "n_test": 100 } }, "optim": { "type": "gd", "lr": 500 }, "train": { "epochs": 60 } }\n' >"$TMP/diverge_nll.json"
+expect_fail "divergence (gd, lr 500, cooperative): epoch and non-finite loss" 1 "re:epoch [0-9]+" "loss" "re:not finite|non-finite" -- \
+    "$MOE" train --config "$TMP/diverge.json" --out "$TMP/div1" --quiet --threads 1
+expect_fail "divergence (gd, lr 500, nll): epoch/step and non-finite value" 1 "re:(epoch|step) [0-9]+" "re:not finite|non-finite" -- \
+    "$MOE" train --config "$TMP/diverge_nll.json" --out "$TMP/div2" --quiet --threads 1
+
+# output directory
+: >"$TMP/a_regular_file"
+expect_fail "train --out names a regular file" 1 "a_regular_file" -- "$MOE" train --config "$CFG" --out "$TMP/a_regular_file"
+expect_fail "compare-loss --out names a regular file" 1 "a_regular_file" -- "$MOE" compare-loss --config "$CFG" --losses nll --seeds 1 --out "$TMP/a_regular_file"
+
+# The failing commands must not have created their output directory's files.
+t_no_partial() {
+    if [ -e "$O/summary.json" ] || [ -e "$O/model.safetensors" ]; then
+        fail "a failed command left summary.json / model.safetensors in $O"
+    fi
+}
+check "failed commands leave no summary.json or model.safetensors behind" t_no_partial
+
+echo "1..$N"
+if [ "$FAILED" -gt 0 ]; then
+    echo "# $FAILED of $N checks failed"
+    exit 1
+fi
+echo "# all $N checks passed"
 exit 0
