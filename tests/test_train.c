@@ -376,9 +376,9 @@ START_TEST(test_train_criterion)
     ck_assert_uint_eq(r.res.epochs, 3);
     run_free(&r);
     // accuracy criterion on classes: the first epoch meeting it, with a row that meets it
-    const char *cls[] = { "data.synthetic.kind=\"classes\"", "data.synthetic.n_out=0", "loss.type=\"nll-cat\"",
-                          "train.criterion=\"accuracy\"", "train.criterion_value=0.9", "train.epochs=50" };
-    run_train(MIX, cls, 6, &r);
+    const char *cls[] = { "data.synthetic.kind=\"classes\"", "loss.type=\"nll-cat\"", "train.criterion=\"accuracy\"",
+                          "train.criterion_value=0.9", "train.epochs=50" };
+    run_train(MIX, cls, 5, &r);
     ck_assert_msg(r.rc == 0, "train: %s", r.err.msg);
     ck_assert_int_ge(r.res.criterion_epoch, 1);
     ck_assert_double_ge(find_row(&r, (uint64_t)r.res.criterion_epoch, "train")->accuracy, 0.9);
@@ -420,11 +420,12 @@ END_TEST
 
 START_TEST(test_train_threads_identical)
 {
-    // Big enough for BLIS to have something to split: 16 inputs, 8 experts with
-    // 64 hidden units, batches of 256.
-    const char *ovs[] = { "data.synthetic.n_in=16", "data.synthetic.n_train=2048", "model.n_expert=8",
-                          "model.expert=\"mlp\"", "model.n_expert_hidden=64", "optim.batch_size=256",
-                          "train.epochs=3" };
+    // Big enough that the expert GEMMs use every thread (moe_gemm keeps products
+    // under 2 * 128^3 flops on one thread): 64 inputs, experts with 128 hidden
+    // units, batches of 512 -> 512 x 128 x 64 products.
+    const char *ovs[] = { "data.synthetic.n_in=64", "data.synthetic.n_train=2048", "model.n_expert=4",
+                          "model.expert=\"mlp\"", "model.n_expert_hidden=128", "optim.batch_size=512",
+                          "train.epochs=2" };
     struct moe_err err;
     struct run r1, r2;
     ck_assert_int_eq(moe_blas_init(1, &err), 0);

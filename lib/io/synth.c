@@ -57,9 +57,8 @@ static int check(const struct moe_synth_spec *s, int *is_classes, struct moe_err
     if (s->n_regions == 0 || s->n_regions > SYNTH_MAX_REGIONS)
         return moe_error(err, MOE_EINVAL, "synthetic data: n_regions must be in 1..%u, got %zu", SYNTH_MAX_REGIONS,
                          s->n_regions);
-    if (!*is_classes && (s->n_out == 0 || s->n_out > SYNTH_MAX_DIM)) {
+    if (!*is_classes && (s->n_out == 0 || s->n_out > SYNTH_MAX_DIM))
         return moe_error(err, MOE_EINVAL, "synthetic data: n_out must be in 1..%u, got %zu", SYNTH_MAX_DIM, s->n_out);
-    }
     if (!(s->noise >= 0.0) || !isfinite(s->noise))
         return moe_error(err, MOE_EINVAL, "synthetic data: noise must be finite and >= 0, got %g", s->noise);
     if (!(s->spread >= 0.0) || !isfinite(s->spread))

@@ -66,11 +66,12 @@ double moe_optim_step(struct moe_optim *o, float *w, float *g)
     }
     case MOE_OPTIM_ADAMW: {
         float b1 = (float)o->beta1, b2 = (float)o->beta2, eps = (float)o->eps;
+        float ob1 = (float)(1.0 - o->beta1), ob2 = (float)(1.0 - o->beta2);
         float c1 = (float)(1.0 - pow(o->beta1, (double)o->t));
         float c2 = (float)(1.0 - pow(o->beta2, (double)o->t));
         for (size_t i = 0; i < n; i++) {
-            o->m[i] = b1 * o->m[i] + (1.0f - b1) * g[i];
-            o->v[i] = b2 * o->v[i] + (1.0f - b2) * g[i] * g[i];
+            o->m[i] = b1 * o->m[i] + ob1 * g[i];
+            o->v[i] = b2 * o->v[i] + ob2 * g[i] * g[i];
             float mhat = o->m[i] / c1, vhat = o->v[i] / c2;
             w[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * w[i]);
         }
