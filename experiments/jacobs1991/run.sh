@@ -6,8 +6,9 @@
 #
 #   bash experiments/jacobs1991/run.sh [MOE_BINARY]
 #
-# Writes results/jacobs1991/: table.csv (one row per system), lr_search.csv,
-# curves.csv (every run), summary.json per system, and command.txt.
+# Writes results/jacobs1991/: table.csv (one row per system, at the criterion),
+# table-long.csv (fixed budget, no criterion), lr_search.csv, curves.csv (every
+# reported run), summary-<system>.json, and command.txt.
 # Needs Debian's praat to create the Peterson & Barney (1952) table.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,10 +17,11 @@ moe=${1:-$root/build/cmd/moe}
 out=$root/results/jacobs1991
 work=$here/work
 data=$here/data/pb52.tsv
-grid=(0.01 0.03 0.1 0.3 1 3)
+grid=(0.01 0.03 0.1 0.3 1 3 10)
 select_seeds=101-105   # step-size search seeds, disjoint from the reported ones
 seeds=1-25
 max_epochs=20000
+long_epochs=3000       # the second table: no criterion, a fixed budget
 threads=1              # tiny GEMMs: one thread is fastest, and results do not depend on it
 
 [ -x "$moe" ] || { echo "run.sh: no moe binary at '$moe' (build first: meson setup build && ninja -C build)" >&2; exit 2; }
@@ -93,11 +95,26 @@ for s in "${systems[@]}"; do
     tail -n +2 "$d/curves.csv" | sed "s/^/$name,/" >> "$out/curves.csv"
 done
 
+# 4. The same systems and steps without a criterion, for a fixed budget: where
+#    does each system end up, and how many experts stay in use?
+first=1
+for s in "${systems[@]}"; do
+    IFS='|' read -r name sys set <<< "$s"
+    d=$work/long-$name
+    "$moe" compare-loss "${common[@]}" --set "$set" --set "optim.lr=${best_lr[$name]}" --set train.criterion=none \
+        --set "train.epochs=$long_epochs" --set train.eval_every=100 --losses "$sys" --seeds "$seeds" --out "$d" > /dev/null
+    if [ $first = 1 ]; then
+        echo "name,lr,$(head -1 "$d/table.csv")" > "$out/table-long.csv"
+        first=0
+    fi
+    tail -n +2 "$d/table.csv" | sed "s/^/$name,${best_lr[$name]},/" >> "$out/table-long.csv"
+done
+
 {
   echo "# made by: bash experiments/jacobs1991/run.sh"
   echo "# moe: $("$moe" --version | tr '\n' ';')"
   echo "# data: $data sha256 $(sha256sum "$data" | cut -d' ' -f1)"
-  echo "# grid: ${grid[*]}; search seeds $select_seeds; reported seeds $seeds; max epochs $max_epochs"
+  echo "# grid: ${grid[*]}; search seeds $select_seeds; reported seeds $seeds; max epochs $max_epochs; fixed budget $long_epochs"
 } > "$out/command.txt"
 column -s, -t < "$out/table.csv" | cut -c1-200 >&2
 echo "results in $out/" >&2

@@ -75,8 +75,9 @@ struct moe_table_spec {
     double test_fraction;        // for the random split
     uint64_t seed;               // for the random split (counter-based RNG)
 };
-// Read a table and return the train and test splits. Errors name the file and
-// the line (missing column, non-numeric cell, ragged row, unknown class).
+// Read a table and return the train and test splits. Rows whose class is not in
+// `classes` are dropped. Errors name the file and the line (missing column,
+// non-numeric cell, ragged row, bad filter).
 int moe_table_read(const struct moe_table_spec *spec, struct moe_dataset *ret_train,
                    struct moe_dataset *ret_test, struct moe_err *err);
 
@@ -85,15 +86,15 @@ int moe_table_read(const struct moe_table_spec *spec, struct moe_dataset *ret_tr
 // well-separated centres in D dimensions), each region with its own random
 // linear map y = A_r x + b_r, plus Gaussian noise. group[] holds the region,
 // so expert specialisation can be checked against the truth.
-// "classes": same regions, each region owning one class (n_out = n_regions
-// classes), for classification. Train and test are drawn with different
+// "classes": same regions, each region owning one class (n_out is ignored:
+// there are n_regions classes), for classification. Train and test are drawn with different
 // streams of the same seed.
 struct moe_synth_spec {
     const char *kind;     // "regions" or "classes"
     size_t n_train, n_test;
     size_t n_in, n_out, n_regions;
-    double noise;         // target noise std (regions) or cluster spread (classes)
-    double spread;        // cluster std relative to centre distance
+    double noise;         // std of the target noise (regions; unused for classes)
+    double spread;        // std of inputs around their region centre (centres ~ 3 N(0, 1))
     uint64_t seed;
 };
 int moe_synth_make(const struct moe_synth_spec *spec, struct moe_dataset *ret_train,

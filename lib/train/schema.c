@@ -34,7 +34,7 @@ const struct moe_cfg_key moe_run_schema[] = {
     { "data.table.split_column", MOE_CFG_STR, "null", 1, 0, NULL, "numeric column that assigns rows to splits by range (unset = random split)" },
     { "data.table.train_range", MOE_CFG_NUM_LIST, "[]", 1, 0, NULL, "[lo, hi] inclusive range of split_column for training rows" },
     { "data.table.test_range", MOE_CFG_NUM_LIST, "[]", 1, 0, NULL, "[lo, hi] inclusive range of split_column for test rows" },
-    { "data.table.test_fraction", MOE_CFG_NUM, "0.2", 0, 1, NULL, "fraction of rows held out by the random split" },
+    { "data.table.test_fraction", MOE_CFG_NUM, "0.2", 0, 0.99, NULL, "fraction of rows held out by the random split" },
     // model
     { "model.type", MOE_CFG_STR, "\"mixture\"", 1, 0, "mixture|mlp", "mixture: 1991 dense mixture of experts; mlp: back-propagation baseline" },
     { "model.n_expert", MOE_CFG_INT, "4", 1, 1024, NULL, "experts in a mixture (E)" },
