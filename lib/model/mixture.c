@@ -103,17 +103,10 @@ static int mixture_run(struct moe_model *m, const struct moe_batch *b, int with_
     struct mixture *mx = m->impl;
     struct moe_params *p = &m->params;
     size_t T = b->n, D = mx->D, O = mx->O, E = mx->E, H = mx->H;
-    if (T > m->max_batch)
-        return moe_error(err, MOE_EINVAL, "batch of %zu rows exceeds the model's maximum %zu", T, m->max_batch);
-    if (T == 0)
-        return 0;
-    const float *target = b->y;
-    if (m->task == MOE_TASK_CLASSIFICATION) {
-        memset(mx->target, 0, T * O * sizeof(float));
-        for (size_t t = 0; t < T; t++)
-            mx->target[t * O + (size_t)b->label[t]] = 1.0f;
-        target = mx->target;
-    }
+    const float *target;
+    int rc = moe_model_batch_targets(m, b, mx->target, &target, err);
+    if (rc || T == 0)
+        return rc;
 
     // forward: gate
     moe_linear_forward(mx->z, E, b->x, D, moe_params_data(p, mx->i_gw), moe_params_data(p, mx->i_gb), T, D, E);

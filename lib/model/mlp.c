@@ -51,17 +51,10 @@ static int mlp_run(struct moe_model *m, const struct moe_batch *b, int with_grad
     struct mlp *n = m->impl;
     struct moe_params *p = &m->params;
     size_t T = b->n, D = n->D, H = n->H, O = n->O;
-    if (T > m->max_batch)
-        return moe_error(err, MOE_EINVAL, "batch of %zu rows exceeds the model's maximum %zu", T, m->max_batch);
-    if (T == 0)
-        return 0;
-    const float *target = b->y;
-    if (m->task == MOE_TASK_CLASSIFICATION) {
-        memset(n->target, 0, T * O * sizeof(float));
-        for (size_t t = 0; t < T; t++)
-            n->target[t * O + (size_t)b->label[t]] = 1.0f;
-        target = n->target;
-    }
+    const float *target;
+    int rc = moe_model_batch_targets(m, b, n->target, &target, err);
+    if (rc || T == 0)
+        return rc;
     moe_linear_forward(n->hid, H, b->x, D, moe_params_data(p, n->i_w1), moe_params_data(p, n->i_b1), T, D, H);
     moe_act_forward(n->act, n->hid, n->hid, T * H);
     moe_linear_forward(n->y, O, n->hid, H, moe_params_data(p, n->i_w2), moe_params_data(p, n->i_b2), T, H, O);

@@ -119,6 +119,22 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
     return rc;
 }
 
+int moe_model_batch_targets(const struct moe_model *m, const struct moe_batch *b, float *onehot,
+                            const float **ret_target, struct moe_err *err)
+{
+    if (b->n > m->max_batch)
+        return moe_error(err, MOE_EINVAL, "batch of %zu rows exceeds the model's maximum %zu", b->n, m->max_batch);
+    *ret_target = b->y;
+    if (m->task == MOE_TASK_CLASSIFICATION) {
+        size_t O = m->n_out;
+        memset(onehot, 0, b->n * O * sizeof(float));
+        for (size_t t = 0; t < b->n; t++)
+            onehot[t * O + (size_t)b->label[t]] = 1.0f;
+        *ret_target = onehot;
+    }
+    return 0;
+}
+
 void moe_model_release(struct moe_model *m)
 {
     if (!m)

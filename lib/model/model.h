@@ -80,6 +80,11 @@ static inline int moe_model_run(struct moe_model *m, const struct moe_batch *b, 
 }
 static inline void moe_model_init_weights(struct moe_model *m, uint64_t seed) { m->ops->init_weights(m, seed); }
 void moe_model_release(struct moe_model *m);
+// Start of every `run`: check the batch size, and point *ret_target at what the
+// squared-error losses compare against: the regression targets, or one-hot rows
+// (T, O) built into `onehot` from the class labels.
+int moe_model_batch_targets(const struct moe_model *m, const struct moe_batch *b, float *onehot,
+                            const float **ret_target, struct moe_err *err);
 
 // Shared init: every weight tensor U(-s, s) with s = scale / sqrt(fan_in) (fan_in
 // = last dimension), drawn from the counter-based RNG with stream = hash(name),
