@@ -2,7 +2,7 @@
 # Build and run the whole test suite (unit tests and CLI tests); the last line
 # is "N passed, N failed". Installs missing Debian packages first.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 bash scripts/deps.sh || exit 1
 [ -f build/build.ninja ] || meson setup build >/dev/null || exit 1
 ninja -C build >/dev/null || { ninja -C build; exit 1; }
