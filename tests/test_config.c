@@ -12,6 +12,7 @@
 
 #include "io/atomic.h"
 #include "io/config.h"
+#include "testutil.h"
 
 static const struct moe_cfg_key schema[] = {
     {"model.type", MOE_CFG_STR, "\"mixture\"", 0, -1, "mixture|mlp", "model family"},
@@ -544,9 +545,5 @@ int main(void)
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_schema_and_edit_distance);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return moe_test_run(s);
 }

@@ -12,6 +12,7 @@
 #include "core/rng.h"
 #include "core/status.h"
 #include "io/atomic.h"
+#include "testutil.h"
 
 START_TEST(test_philox_known_answers)
 {
@@ -186,11 +187,8 @@ END_TEST
 
 int main(void)
 {
-    struct moe_err err;
-    if (moe_blas_init(2, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
+    if (moe_test_init_blas(2))
         return 1;
-    }
     Suite *s = suite_create("core");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
@@ -202,9 +200,5 @@ int main(void)
     tcase_add_test(tc, test_params_registry);
     tcase_add_test(tc, test_atomic_and_status);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return moe_test_run(s);
 }

@@ -16,6 +16,7 @@
 
 #include "core/rng.h"
 #include "io/dataset.h"
+#include "testutil.h"
 
 static char g_dir[64];
 
@@ -1116,10 +1117,7 @@ int main(void)
         perror("mkdtemp");
         return 1;
     }
-    SRunner *sr = srunner_create(data_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int rc = moe_test_run(data_suite());
     nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return rc;
 }

@@ -34,6 +34,7 @@
 #include "moe/mixture_loss.h"
 #include "nn/nn.h"
 #include "train/train.h"
+#include "testutil.h"
 
 #define H_KERNEL 1e-3f
 #define H_MODEL 1e-2f
@@ -604,11 +605,8 @@ END_TEST
 
 int main(void)
 {
-    struct moe_err err;
-    if (moe_blas_init(2, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
+    if (moe_test_init_blas(2))
         return 1;
-    }
     verbose = getenv("MOE_GRAD_VERBOSE") != NULL;
     Suite *s = suite_create("grad");
     TCase *tc = tcase_create("grad");

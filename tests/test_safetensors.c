@@ -16,6 +16,7 @@
 #include "core/params.h"
 #include "core/status.h"
 #include "io/safetensors.h"
+#include "testutil.h"
 
 static char tmpdir[64];
 
@@ -944,9 +945,5 @@ static Suite *safetensors_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(safetensors_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return moe_test_run(safetensors_suite());
 }

@@ -16,6 +16,7 @@
 #include "io/config.h"
 #include "model/model.h"
 #include "train/train.h"
+#include "testutil.h"
 
 #define MAIN_THREADS 2
 
@@ -534,11 +535,8 @@ END_TEST
 
 int main(void)
 {
-    struct moe_err err;
-    if (moe_blas_init(MAIN_THREADS, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
+    if (moe_test_init_blas(MAIN_THREADS))
         return 1;
-    }
     Suite *s = suite_create("train");
     TCase *tc = tcase_create("train");
     tcase_set_timeout(tc, 60);
@@ -554,9 +552,5 @@ int main(void)
     tcase_add_test(tc, test_train_eval_rows);
     tcase_add_test(tc, test_train_experts_specialise);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return moe_test_run(s);
 }
