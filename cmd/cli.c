@@ -11,6 +11,7 @@
 
 #include "core/gemm.h"
 #include "io/atomic.h"
+#include "moe/moe_layer.h"
 #include "train/train.h"
 
 void cli_common_init(struct cli_common *c)
@@ -265,4 +266,54 @@ void cli_log(const struct cli_common *c, const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+}
+
+void cli_routing_json(cJSON *summary, struct moe_model *m)
+{
+    const struct moe_layer *l0 = m->ops->moe_layer_at(m, 0);
+    const struct moe_layer_cfg *c = &l0->c;
+    double inactive = 0.0;
+    cJSON *layers = cJSON_CreateArray();
+    for (size_t i = 0; i < m->n_moe_layers; i++) {
+        const struct moe_layer *l = m->ops->moe_layer_at(m, i);
+        const struct moe_layer_cfg *lc = &l->c;
+        double per_expert = (double)lc->F * (double)lc->D * (lc->act == MOE_FFN_SWIGLU ? 3.0 : 2.0);
+        double used = lc->router.type == MOE_ROUTER_EXPERT_CHOICE ? lc->router.ec_factor
+                      : lc->router.type == MOE_ROUTER_HASH          ? 1.0
+                                                                    : (double)lc->router.K;
+        if (used > (double)lc->router.E)
+            used = (double)lc->router.E;
+        inactive += ((double)lc->router.E - used) * per_expert;
+        cJSON_AddItemToArray(layers, cJSON_CreateString(l->prefix));
+    }
+    cJSON *r = cJSON_AddObjectToObject(summary, "routing");
+    cJSON_AddStringToObject(r, "router", moe_router_name(c->router.type));
+    cJSON_AddItemToObject(r, "sparse_layers", layers);
+    cJSON_AddNumberToObject(r, "n_expert", (double)c->router.E);
+    cJSON_AddNumberToObject(r, "n_expert_used", (double)c->router.K);
+    cJSON_AddNumberToObject(r, "n_expert_shared", (double)c->n_shared);
+    cJSON_AddStringToObject(r, "ffn_activation", moe_ffn_act_name(c->act));
+    cJSON_AddStringToObject(r, "aux_loss", moe_aux_name(c->aux));
+    const char *conv = "none";
+    switch (c->aux) {
+    case MOE_AUX_SWITCH: conv = "aux_weight * E * sum_e f_e P_e, f from the first choice before capacity (balanced: 1)"; break;
+    case MOE_AUX_GSHARD: conv = "aux_weight * E^2 * mean_e f_e P_e, f from the first choice before capacity (balanced: 1)"; break;
+    case MOE_AUX_TOPK_ALL: conv = "aux_weight * E * sum_e f_e P_e, f counting all k choices (balanced: k)"; break;
+    case MOE_AUX_SHAZEER: conv = "w_importance * CV(importance)^2 + w_load * CV(smooth load)^2, population variance"; break;
+    case MOE_AUX_NONE: conv = c->router.type == MOE_ROUTER_HASH || c->router.type == MOE_ROUTER_EXPERT_CHOICE
+                                  ? "none (this router takes no balancing loss)" : "none"; break;
+    }
+    cJSON_AddStringToObject(r, "aux_convention", conv);
+    cJSON_AddNumberToObject(r, "aux_weight", c->aux_weight);
+    cJSON_AddNumberToObject(r, "w_importance", c->w_importance);
+    cJSON_AddNumberToObject(r, "w_load", c->w_load);
+    cJSON_AddNumberToObject(r, "z_weight", c->z_weight);
+    cJSON_AddStringToObject(r, "z_convention", "z_weight * mean_t logsumexp(z_t)^2");
+    cJSON_AddStringToObject(r, "capacity", c->router.type == MOE_ROUTER_EXPERT_CHOICE
+                                               ? "expert choice: each expert takes ceil(ec_factor * T / E) tokens"
+                                               : "ceil(capacity_factor * k * T / E) per expert per batch; 0 = dropless");
+    cJSON_AddNumberToObject(r, "capacity_factor", c->capacity_factor);
+    cJSON_AddNumberToObject(r, "eval_capacity_factor", c->eval_capacity_factor);
+    cJSON_AddStringToObject(r, "drop_policy", moe_drop_policy_name(c->drop));
+    cJSON_AddNumberToObject(summary, "active_parameters", (double)moe_params_count(&m->params) - inactive);
 }

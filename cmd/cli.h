@@ -70,5 +70,12 @@ void cli_log(const struct cli_common *c, const char *fmt, ...) __attribute__((fo
 // Subcommands (one file each).
 int cmd_train(int argc, char **argv);
 int cmd_compare_loss(int argc, char **argv);
+int cmd_route_stats(int argc, char **argv);
+
+// summary.json's "routing" object (router, conventions, capacity, active
+// parameters per token) for a model with sparse layers; also sets
+// "active_parameters" in the summary.
+struct moe_model;
+void cli_routing_json(cJSON *summary, struct moe_model *m);
 
 #endif

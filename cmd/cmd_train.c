@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "io/csv_writer.h"
 #include "io/safetensors.h"
+#include "moe/moe_layer.h"
 #include "train/train.h"
 
 static const char *const usage =
@@ -35,11 +36,22 @@ static int on_opt(void *ctx, int opt, const char *arg)
 }
 
 static const char *const metric_cols[] = { "step", "epoch", "split", "loss", "mse", "accuracy", "gate_entropy",
-                                           "active_experts", "expert_region_mi" };
+                                           "active_experts", "expert_region_mi", "aux_loss", "z_loss", "load_cv",
+                                           "importance_cv", "load_max_mean", "dropped_fraction", "router_entropy",
+                                           "expert_label_mi" };
+static const char *const expert_cols[] = { "step", "epoch", "split", "layer", "expert", "tokens", "dropped",
+                                           "gate_mean", "importance" };
+
+struct outputs {
+    struct moe_csv metrics, experts;
+    int has_experts;
+    const size_t *layer_ids; // block number of each sparse layer
+};
 
 static int write_metric_row(void *ctx, const struct moe_eval_row *r, struct moe_err *err)
 {
-    struct moe_csv *csv = ctx;
+    struct outputs *o = ctx;
+    struct moe_csv *csv = &o->metrics;
     moe_csv_int(csv, (long long)r->step);
     moe_csv_int(csv, (long long)r->epoch);
     moe_csv_str(csv, r->split);
@@ -49,14 +61,42 @@ static int write_metric_row(void *ctx, const struct moe_eval_row *r, struct moe_
     moe_csv_num(csv, r->gate_entropy);
     moe_csv_num(csv, r->active_experts);
     moe_csv_num(csv, r->expert_region_mi);
-    return moe_csv_end_row(csv, err);
+    double route[] = { r->aux_loss, r->z_loss, r->load_cv, r->importance_cv, r->load_max_mean, r->dropped_fraction,
+                       r->router_entropy, r->expert_label_mi };
+    for (size_t i = 0; i < sizeof route / sizeof *route; i++)
+        moe_csv_num(csv, route[i]);
+    int rc = moe_csv_end_row(csv, err);
+    if (rc || !o->has_experts)
+        return rc;
+    // experts.csv: one row per (step, split, layer, expert)
+    for (size_t l = 0; l < r->n_route; l++) {
+        const struct moe_route_acc *a = &r->route[l];
+        for (size_t e = 0; e < a->E; e++) {
+            moe_csv_int(&o->experts, (long long)r->step);
+            moe_csv_int(&o->experts, (long long)r->epoch);
+            moe_csv_str(&o->experts, r->split);
+            moe_csv_int(&o->experts, (long long)o->layer_ids[l]);
+            moe_csv_int(&o->experts, (long long)e);
+            moe_csv_num(&o->experts, a->routed[e]);
+            moe_csv_num(&o->experts, a->dropped[e]);
+            moe_csv_num(&o->experts, a->has_probs && a->tokens ? a->prob_sum[e] / (double)a->tokens : NAN);
+            moe_csv_num(&o->experts, a->tokens ? a->gate_sum[e] / (double)a->tokens : NAN);
+            if ((rc = moe_csv_end_row(&o->experts, err)))
+                return rc;
+        }
+    }
+    return 0;
 }
 
 static cJSON *eval_json(const struct moe_eval_row *r)
 {
     cJSON *o = cJSON_CreateObject();
-    const char *keys[] = { "loss", "mse", "accuracy", "gate_entropy", "active_experts", "expert_region_mi" };
-    double vals[] = { r->loss, r->mse, r->accuracy, r->gate_entropy, r->active_experts, r->expert_region_mi };
+    const char *keys[] = { "loss", "mse", "accuracy", "gate_entropy", "active_experts", "expert_region_mi",
+                           "aux_loss", "z_loss", "load_cv", "importance_cv", "load_max_mean", "dropped_fraction",
+                           "router_entropy", "expert_label_mi" };
+    double vals[] = { r->loss, r->mse, r->accuracy, r->gate_entropy, r->active_experts, r->expert_region_mi,
+                      r->aux_loss, r->z_loss, r->load_cv, r->importance_cv, r->load_max_mean, r->dropped_fraction,
+                      r->router_entropy, r->expert_label_mi };
     cJSON_AddNumberToObject(o, "rows", (double)r->n);
     for (size_t i = 0; i < sizeof vals / sizeof *vals; i++) {
         if (isnan(vals[i]))
@@ -79,13 +119,14 @@ int cmd_train(int argc, char **argv)
     struct moe_config cfg = { 0 };
     struct moe_data data;
     struct moe_model model;
-    struct moe_csv csv;
+    struct outputs outs;
+    size_t layer_ids[256];
     struct moe_st_file init = { 0 };
     cJSON *summary = NULL;
     char *cfg_text = NULL;
     memset(&data, 0, sizeof data);
     memset(&model, 0, sizeof model);
-    memset(&csv, 0, sizeof csv);
+    memset(&outs, 0, sizeof outs);
     char outbuf[4096], path[4200];
     int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
     if (rc == -1) {
@@ -117,16 +158,21 @@ int cmd_train(int argc, char **argv)
         goto out;
     }
     moe_model_init_weights(&model, (uint64_t)moe_cfg_int(&cfg, "train.seed"));
-    if (o.init) {
-        if (moe_safetensors_open(o.init, &init, &err) || moe_safetensors_load_params(&init, &model.params, 1, &err)) {
-            rc = cli_fail(cmd, &err);
-            goto out;
-        }
+    if (moe_model_fit(&model, &data.train, &err) ||
+        (o.init && (moe_safetensors_open(o.init, &init, &err) || moe_model_load(&model, &init, 1, &err)))) {
+        rc = cli_fail(cmd, &err);
+        goto out;
     }
     if (cli_mkdir_p(out, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
+    outs.has_experts = model.n_moe_layers > 0;
+    for (size_t i = 0; i < model.n_moe_layers && i < 256; i++) {
+        const char *pre = model.ops->moe_layer_at(&model, i)->prefix; // "layers.<l>.moe"
+        layer_ids[i] = (size_t)strtoul(pre + strlen("layers."), NULL, 10);
+    }
+    outs.layer_ids = layer_ids;
     cfg_text = moe_config_to_json(&cfg, 1);
     size_t cfg_len = cfg_text ? strlen(cfg_text) : 0;
     if (cfg_text) {
@@ -135,16 +181,20 @@ int cmd_train(int argc, char **argv)
         cfg_text[cfg_len] = '\0';
     }
     if (!cfg_text || moe_atomic_write(cli_path(path, sizeof path, out, "config.json"), cfg_text, cfg_len, &err) ||
-        moe_csv_open(&csv, cli_path(path, sizeof path, out, "metrics.csv"), metric_cols,
-                     sizeof metric_cols / sizeof *metric_cols, &err)) {
+        moe_csv_open(&outs.metrics, cli_path(path, sizeof path, out, "metrics.csv"), metric_cols,
+                     sizeof metric_cols / sizeof *metric_cols, &err) ||
+        (outs.has_experts && moe_csv_open(&outs.experts, cli_path(path, sizeof path, out, "experts.csv"),
+                                          expert_cols, sizeof expert_cols / sizeof *expert_cols, &err))) {
         rc = cfg_text ? cli_fail(cmd, &err) : cli_error(cmd, 1, "out of memory");
         goto out;
     }
     cli_log(&c, "moe train: %s model, %zu parameters, %zu train / %zu test rows, writing %s/", model.ops->type,
             moe_params_count(&model.params), data.train.n, data.test.n, out);
     struct moe_train_result res;
-    if (moe_train(&model, &data, &cfg, write_metric_row, &csv, &res, &err) || moe_csv_close(&csv, &err)) {
-        moe_csv_abort(&csv);
+    if (moe_train(&model, &data, &cfg, write_metric_row, &outs, &res, &err) || moe_csv_close(&outs.metrics, &err) ||
+        (outs.has_experts && moe_csv_close(&outs.experts, &err))) {
+        moe_csv_abort(&outs.metrics);
+        moe_csv_abort(&outs.experts);
         rc = cli_fail(cmd, &err);
         goto out;
     }
@@ -160,8 +210,8 @@ int cmd_train(int argc, char **argv)
     struct moe_st_meta meta[] = { { "format", "moe" }, { "format_version", "1" }, { "moe_version", MOE_VERSION },
                                   { "model", model.ops->type }, { "loss", model.loss_name },
                                   { "config", cfg_compact ? cfg_compact : "{}" } };
-    rc = moe_safetensors_write_params(cli_path(path, sizeof path, out, "model.safetensors"), &model.params, extra,
-                                      n_extra, meta, sizeof meta / sizeof *meta, &err);
+    rc = moe_model_save(&model, cli_path(path, sizeof path, out, "model.safetensors"), extra, n_extra, meta,
+                        sizeof meta / sizeof *meta, &err);
     free(cfg_compact);
     if (rc) {
         rc = cli_fail(cmd, &err);
@@ -174,6 +224,8 @@ int cmd_train(int argc, char **argv)
     cJSON_AddStringToObject(summary, "loss_convention",
                             "per-row objective averaged over rows; squared errors summed over outputs");
     cJSON_AddNumberToObject(summary, "parameters", (double)moe_params_count(&model.params));
+    if (model.n_moe_layers)
+        cli_routing_json(summary, &model);
     cJSON_AddNumberToObject(summary, "epochs", (double)res.epochs);
     cJSON_AddNumberToObject(summary, "steps", (double)res.steps);
     if (res.criterion_epoch >= 0)
@@ -201,6 +253,8 @@ int cmd_train(int argc, char **argv)
             res.wall_seconds, out);
     rc = 0;
 out:
+    moe_csv_abort(&outs.metrics);
+    moe_csv_abort(&outs.experts);
     cJSON_Delete(summary);
     free(cfg_text);
     moe_safetensors_close(&init);

@@ -223,8 +223,11 @@ struct run {
     int rc;
     struct moe_err err;
     struct moe_train_result res;
-    struct moe_eval_row *rows; // every row the callback received, in order (gate_mean cleared)
+    struct moe_eval_row *rows; // every train/test row the callback received, in order (gate_mean cleared)
     size_t n_rows, cap;
+    uint64_t batch_steps[256]; // step of each split=batch row (training-mode means), in order
+    size_t batch_n[256];       // rows each of them averaged
+    size_t n_batch;
     float *params;             // trained parameters (copy)
     size_t numel;
     size_t n_train, n_test;
@@ -234,6 +237,15 @@ static int record(void *ctx, const struct moe_eval_row *row, struct moe_err *err
 {
     (void)err;
     struct run *r = ctx;
+    if (strcmp(row->split, "batch") == 0) {
+        if (r->n_batch < 256) {
+            r->batch_steps[r->n_batch] = row->step;
+            r->batch_n[r->n_batch] = row->n;
+        }
+        r->n_batch++;
+        ck_assert(isfinite(row->loss));
+        return 0;
+    }
     if (r->n_rows == r->cap) {
         r->cap = r->cap ? 2 * r->cap : 64;
         r->rows = realloc(r->rows, r->cap * sizeof *r->rows);
@@ -486,6 +498,26 @@ START_TEST(test_train_eval_rows)
     }
     ck_assert_double_eq_tol(r.rows[0].gate_entropy, log(4.0), 1e-6); // the gate starts at equal mixing
     ck_assert_uint_eq(r.res.steps, 5 * per_epoch);
+    // train.log_every 0: one batch row before each evaluation after epoch 0, over that epoch's 1000 rows
+    ck_assert_uint_eq(r.n_batch, 5);
+    for (size_t i = 0; i < r.n_batch; i++) {
+        ck_assert_uint_eq(r.batch_steps[i], (i + 1) * per_epoch);
+        ck_assert_uint_eq(r.batch_n[i], 1000);
+    }
+    run_free(&r);
+
+    // train.log_every 5: a batch row every 5 steps, each over 5 batches of 64 rows; eval rows unchanged
+    const char *ovs3[] = { "data.synthetic.n_train=1000", "optim.batch_size=64", "train.epochs=2",
+                           "train.eval_every=1", "train.log_every=5" };
+    run_train(MIX, ovs3, 5, &r);
+    ck_assert_int_eq(r.rc, 0);
+    ck_assert_uint_eq(r.n_rows, 2 * 3);
+    ck_assert_uint_eq(r.n_batch, 2 * per_epoch / 5); // steps 5, 10, ..., 30
+    for (size_t i = 0; i < r.n_batch; i++) {
+        ck_assert_uint_eq(r.batch_steps[i], 5 * (i + 1));
+        ck_assert_uint_le(r.batch_n[i], 5 * 64);
+        ck_assert_uint_ge(r.batch_n[i], 4 * 64 + 1000 % 64);
+    }
     run_free(&r);
 
     // eval_every 3 over 7 epochs: epochs 0, 3, 6 and the last, 7. Full-batch gd: 1 step per epoch.

@@ -1,8 +1,10 @@
 // params.c: the named-parameter registry (see params.h).
 #include "core/params.h"
+#include "core/rng.h"
 
 #include <stdint.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -117,4 +119,12 @@ void moe_params_release(struct moe_params *p)
     moe_free(p->data);
     moe_free(p->grad);
     memset(p, 0, sizeof *p);
+}
+
+void moe_init_uniform(struct moe_params *p, int idx, uint64_t seed, float scale)
+{
+    const struct moe_tensor *t = &p->t[idx];
+    float bound = scale / sqrtf((float)t->shape[t->ndim - 1]);
+    struct moe_rng r = moe_rng_make(seed, MOE_RNG_INIT, moe_hash32(t->name));
+    moe_rng_fill_uniform(&r, moe_params_data(p, idx), t->numel, -bound, bound);
 }

@@ -8,6 +8,7 @@
 #define MOE_PARAMS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/status.h"
 
@@ -50,6 +51,11 @@ size_t moe_params_count(const struct moe_params *p);
 // Format a shape as "[4, 2, 3]" into buf.
 void moe_shape_str(int ndim, const size_t *shape, char *buf, size_t len);
 void moe_params_release(struct moe_params *p);
+
+// Shared init: tensor idx U(-s, s) with s = scale / sqrt(fan_in) (fan_in = last
+// dimension), drawn from the counter-based RNG with stream = hash(name), so a
+// tensor's initial values depend only on the seed and its name.
+void moe_init_uniform(struct moe_params *p, int idx, uint64_t seed, float scale);
 
 // Aligned allocation helpers (free with moe_free). Return NULL on failure or overflow.
 void *moe_alloc(size_t count, size_t size);  // zero-filled

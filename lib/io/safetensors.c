@@ -843,3 +843,27 @@ int moe_safetensors_load_params(const struct moe_st_file *f, struct moe_params *
     }
     return 0;
 }
+
+int moe_safetensors_load_ref(const struct moe_st_file *f, const struct moe_st_ref *ref, struct moe_err *err)
+{
+    const char *path = f->path;
+    char nb[SAFE_LEN], s1[128], s2[128];
+    const struct moe_st_entry *e = moe_safetensors_find(f, ref->name);
+    moe_shape_str(ref->ndim, ref->shape, s1, sizeof s1);
+    safe_str(ref->name, nb, sizeof nb);
+    if (!e)
+        return st_fail(err, MOE_ESHAPE, path, "no tensor '%s' (model expects %s %s)", nb, dtypes[ref->dtype].name, s1);
+    if (e->dtype != ref->dtype)
+        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has dtype %s, expected %s", nb, dtypes[e->dtype].name,
+                       dtypes[ref->dtype].name);
+    int same = e->ndim == ref->ndim;
+    for (int d = 0; same && d < ref->ndim; d++)
+        same = e->shape[d] == ref->shape[d];
+    if (!same) {
+        moe_shape_str(e->ndim, e->shape, s2, sizeof s2);
+        return st_fail(err, MOE_ESHAPE, path, "tensor '%s' has shape %s but the model expects %s", nb, s2, s1);
+    }
+    if (e->end > e->begin)
+        memcpy((void *)ref->data, e->data, e->end - e->begin);
+    return 0;
+}

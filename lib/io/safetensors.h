@@ -71,6 +71,10 @@ void moe_safetensors_close(struct moe_st_file *f);
 int moe_safetensors_load_params(const struct moe_st_file *f, struct moe_params *p, int allow_extra,
                                 struct moe_err *err);
 
+// Copy one tensor of the file into ref->data (the caller's writable buffer):
+// it must exist with exactly ref's dtype and shape.
+int moe_safetensors_load_ref(const struct moe_st_file *f, const struct moe_st_ref *ref, struct moe_err *err);
+
 // Convenience: write every registry tensor (F32, registry order) plus extra refs and metadata.
 int moe_safetensors_write_params(const char *path, const struct moe_params *p,
                                  const struct moe_st_ref *extra, size_t n_extra,

@@ -8,6 +8,7 @@
 
 #include "core/rng.h"
 #include "io/config.h"
+#include "moe/route_stats.h"
 
 int moe_stats_init(struct moe_stats *s, size_t n_expert, size_t n_group, struct moe_err *err)
 {
@@ -27,8 +28,26 @@ int moe_stats_init(struct moe_stats *s, size_t n_expert, size_t n_group, struct 
     return 0;
 }
 
+int moe_stats_init_routing(struct moe_stats *s, const struct moe_model *m, size_t n_label, struct moe_err *err)
+{
+    if (!m->n_moe_layers)
+        return 0;
+    s->route = calloc(m->n_moe_layers, sizeof *s->route);
+    if (!s->route)
+        return moe_error(err, MOE_ENOMEM, "out of memory for routing statistics");
+    s->n_route = m->n_moe_layers;
+    for (size_t i = 0; i < s->n_route; i++) {
+        int rc = moe_route_acc_init(&s->route[i], m->n_route_expert, m->n_route_slots, n_label, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 void moe_stats_reset(struct moe_stats *s)
 {
+    for (size_t i = 0; i < s->n_route; i++)
+        moe_route_acc_reset(&s->route[i]);
     s->n = 0;
     s->loss = s->sq_err = s->gate_entropy = 0.0;
     s->correct = 0;
@@ -44,38 +63,18 @@ void moe_stats_release(struct moe_stats *s)
         return;
     free(s->gate_sum);
     free(s->contingency);
+    for (size_t i = 0; i < s->n_route; i++)
+        moe_route_acc_release(&s->route[i]);
+    free(s->route);
     memset(s, 0, sizeof *s);
 }
 
 double moe_stats_expert_region_mi(const struct moe_stats *s)
 {
-    // I(expert; group) = sum_{e,g} p(e,g) log2( p(e,g) / (p(e) p(g)) )
     if (!s->contingency || s->n == 0)
         return 0.0;
-    size_t E = s->n_expert, G = s->n_group;
-    double n = 0.0, mi = 0.0;
-    double *pe = calloc(E, sizeof *pe), *pg = calloc(G, sizeof *pg);
-    if (!pe || !pg) {
-        free(pe);
-        free(pg);
-        return NAN;
-    }
-    for (size_t e = 0; e < E; e++)
-        for (size_t g = 0; g < G; g++) {
-            double c = (double)s->contingency[e * G + g];
-            pe[e] += c;
-            pg[g] += c;
-            n += c;
-        }
-    for (size_t e = 0; e < E; e++)
-        for (size_t g = 0; g < G; g++) {
-            double c = (double)s->contingency[e * G + g];
-            if (c > 0)
-                mi += c / n * log2(c * n / (pe[e] * pg[g]));
-        }
-    free(pe);
-    free(pg);
-    return mi;
+    double mi = moe_mi_bits(s->contingency, s->n_expert, s->n_group);
+    return isnan(mi) ? 0.0 : mi;
 }
 
 size_t moe_stats_active_experts(const struct moe_stats *s, double threshold)
@@ -85,14 +84,6 @@ size_t moe_stats_active_experts(const struct moe_stats *s, double threshold)
         if (s->n && s->gate_sum[e] / (double)s->n > threshold)
             k++;
     return k;
-}
-
-void moe_init_uniform(struct moe_params *p, int idx, uint64_t seed, float scale)
-{
-    const struct moe_tensor *t = &p->t[idx];
-    float bound = scale / sqrtf((float)t->shape[t->ndim - 1]);
-    struct moe_rng r = moe_rng_make(seed, MOE_RNG_INIT, moe_hash32(t->name));
-    moe_rng_fill_uniform(&r, moe_params_data(p, idx), t->numel, -bound, bound);
 }
 
 int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const char *loss, enum moe_task task,
@@ -107,16 +98,64 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
     if (!loss)
         loss = moe_cfg_str(cfg, "loss.type");
     const char *type = moe_cfg_str(cfg, "model.type");
+    int cls = task == MOE_TASK_CLASSIFICATION, mixture = strcmp(type, "mixture") == 0;
+    if (strcmp(loss, "auto") == 0)
+        loss = mixture ? (cls ? "nll-cat" : "nll") : (cls ? "ce" : "mse");
     int rc;
-    if (strcmp(type, "mixture") == 0)
+    if (mixture)
         rc = moe_mixture_create(ret, cfg, loss, err);
     else if (strcmp(type, "mlp") == 0)
         rc = moe_mlp_create(ret, cfg, loss, err);
+    else if (strcmp(type, "mlp-moe") == 0)
+        rc = moe_mlp_moe_create(ret, cfg, loss, err);
     else
         rc = moe_error(err, MOE_ECONFIG, "key 'model.type': unknown model '%s'", type);
     if (rc)
         moe_model_release(ret);
     return rc;
+}
+
+#define MAX_STATE 256
+
+int moe_model_load(struct moe_model *m, const struct moe_st_file *f, int allow_extra, struct moe_err *err)
+{
+    struct moe_st_ref refs[MAX_STATE];
+    size_t n = m->ops->state ? m->ops->state(m, refs, MAX_STATE) : 0;
+    if (n > MAX_STATE)
+        return moe_error(err, MOE_EINVAL, "model has %zu state tensors, at most %d supported", n, MAX_STATE);
+    int rc = moe_safetensors_load_params(f, &m->params, allow_extra || n > 0, err);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n; i++)
+        if ((rc = moe_safetensors_load_ref(f, &refs[i], err)))
+            return rc;
+    if (!allow_extra && n > 0) {
+        for (size_t i = 0; i < f->n; i++) {
+            int known = moe_params_find(&m->params, f->e[i].name) >= 0;
+            for (size_t j = 0; j < n && !known; j++)
+                known = strcmp(refs[j].name, f->e[i].name) == 0;
+            if (!known)
+                return moe_error(err, MOE_ESHAPE, "%s: tensor '%s' is not a parameter of the model", f->path,
+                                 f->e[i].name);
+        }
+    }
+    return 0;
+}
+
+int moe_model_save(struct moe_model *m, const char *path, const struct moe_st_ref *extra, size_t n_extra,
+                   const struct moe_st_meta *meta, size_t n_meta, struct moe_err *err)
+{
+    struct moe_st_ref refs[MAX_STATE + 8];
+    size_t n = 0;
+    for (size_t i = 0; i < n_extra && n < 8; i++)
+        refs[n++] = extra[i];
+    if (m->ops->state) {
+        size_t k = m->ops->state(m, refs + n, MAX_STATE);
+        if (k > MAX_STATE)
+            return moe_error(err, MOE_EINVAL, "model has %zu state tensors, at most %d supported", k, MAX_STATE);
+        n += k;
+    }
+    return moe_safetensors_write_params(path, &m->params, refs, n, meta, n_meta, err);
 }
 
 int moe_model_batch_targets(const struct moe_model *m, const struct moe_batch *b, float *onehot,

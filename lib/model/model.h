@@ -12,8 +12,12 @@
 #include "core/params.h"
 #include "core/status.h"
 #include "io/dataset.h"
+#include "io/safetensors.h"
 
 struct moe_config;
+struct moe_model;
+struct moe_layer;
+struct moe_route_acc;
 
 struct moe_batch {
     size_t n;
@@ -21,6 +25,7 @@ struct moe_batch {
     const float *y;        // (n, O) regression targets, or NULL
     const int32_t *label;  // (n) class ids, or NULL
     const int32_t *group;  // (n) ground-truth region ids, or NULL
+    uint64_t step;         // training step (the stream of router noise); 0 in evaluation
 };
 
 // Sums over rows; the trainer turns them into means.
@@ -34,8 +39,13 @@ struct moe_stats {
     double *gate_sum;      // (E) sum over rows of p_t
     size_t n_group;
     uint64_t *contingency; // (E, G) rows whose largest gate is e and whose group is g
+    size_t n_route;        // sparse MoE layers (0 for models without)
+    struct moe_route_acc *route; // (n_route) routing statistics per MoE layer
 };
 int moe_stats_init(struct moe_stats *s, size_t n_expert, size_t n_group, struct moe_err *err);
+// Routing statistics for a model with sparse layers (m->n_moe_layers > 0);
+// labels are the classes (classification) or the regions (data with groups).
+int moe_stats_init_routing(struct moe_stats *s, const struct moe_model *m, size_t n_label, struct moe_err *err);
 void moe_stats_reset(struct moe_stats *s);
 void moe_stats_release(struct moe_stats *s);
 // Add rows' predictions (T, O) against targets (T, O) (one-hot for classes) and labels (or NULL).
@@ -48,21 +58,33 @@ double moe_stats_expert_region_mi(const struct moe_stats *s);
 // Experts whose mean gate probability exceeds threshold.
 size_t moe_stats_active_experts(const struct moe_stats *s, double threshold);
 
-struct moe_model;
-
 struct moe_model_ops {
     const char *type;
     int (*run)(struct moe_model *m, const struct moe_batch *b, int with_grad, struct moe_stats *stats,
                struct moe_err *err);
     void (*init_weights)(struct moe_model *m, uint64_t seed);
     void (*release)(struct moe_model *m);
+    // Optional. Data-dependent set-up after init_weights (balanced hash tables).
+    int (*fit)(struct moe_model *m, const struct moe_dataset *train, struct moe_err *err);
+    // Optional. Non-trainable state saved with the checkpoint (bias-balancing
+    // offsets, hash tables): writes up to max refs, returns how many there are.
+    // The refs' data pointers are the model's own (writable) buffers.
+    size_t (*state)(struct moe_model *m, struct moe_st_ref *refs, size_t max);
+    // Optional. Sparse layer i (0 <= i < n_moe_layers), after a forward pass:
+    // its route and dispatch plan describe the last batch.
+    struct moe_layer *(*moe_layer_at)(struct moe_model *m, size_t i);
+    // Optional. Override the evaluation capacity factor of every sparse layer.
+    void (*set_eval_capacity)(struct moe_model *m, double capacity_factor);
 };
 
 struct moe_model {
     const struct moe_model_ops *ops;
     struct moe_params params;
     enum moe_task task;
-    size_t n_in, n_out, n_expert; // n_expert = 0 for dense models
+    size_t n_in, n_out, n_expert; // n_expert = 0 for models without a dense gate (stats.gate_sum)
+    size_t n_moe_layers;          // sparse MoE layers (mlp-moe, transformer)
+    size_t n_route_expert, n_route_slots; // E and slots per token of those layers
+    uint64_t seed;                // set by init_weights: the seed of router noise
     size_t max_batch;             // largest batch `run` accepts
     const char *loss_name;        // the objective in use
     void *impl;
@@ -78,7 +100,20 @@ static inline int moe_model_run(struct moe_model *m, const struct moe_batch *b, 
 {
     return m->ops->run(m, b, with_grad, stats, err);
 }
-static inline void moe_model_init_weights(struct moe_model *m, uint64_t seed) { m->ops->init_weights(m, seed); }
+static inline void moe_model_init_weights(struct moe_model *m, uint64_t seed)
+{
+    m->seed = seed;
+    m->ops->init_weights(m, seed);
+}
+static inline int moe_model_fit(struct moe_model *m, const struct moe_dataset *train, struct moe_err *err)
+{
+    return m->ops->fit ? m->ops->fit(m, train, err) : 0;
+}
+// Checkpoint I/O: parameters plus the model's state tensors. Loading checks
+// every state tensor's dtype and shape like a parameter's.
+int moe_model_load(struct moe_model *m, const struct moe_st_file *f, int allow_extra, struct moe_err *err);
+int moe_model_save(struct moe_model *m, const char *path, const struct moe_st_ref *extra, size_t n_extra,
+                   const struct moe_st_meta *meta, size_t n_meta, struct moe_err *err);
 void moe_model_release(struct moe_model *m);
 // Start of every `run`: check the batch size, and point *ret_target at what the
 // squared-error losses compare against: the regression targets, or one-hot rows
@@ -86,13 +121,10 @@ void moe_model_release(struct moe_model *m);
 int moe_model_batch_targets(const struct moe_model *m, const struct moe_batch *b, float *onehot,
                             const float **ret_target, struct moe_err *err);
 
-// Shared init: every weight tensor U(-s, s) with s = scale / sqrt(fan_in) (fan_in
-// = last dimension), drawn from the counter-based RNG with stream = hash(name),
-// so a tensor's initial values depend only on the seed and its name.
-void moe_init_uniform(struct moe_params *p, int idx, uint64_t seed, float scale);
 
 // Model constructors (one file each).
 int moe_mixture_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err);
 int moe_mlp_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err);
+int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err);
 
 #endif

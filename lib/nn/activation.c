@@ -59,3 +59,40 @@ void moe_act_backward(enum moe_act a, float *dx, const float *dy, const float *y
         break;
     }
 }
+
+// reference: Hendrycks & Gimpel 2016, "Gaussian Error Linear Units", tanh approximation
+// (the form GPT-2 and BERT use).
+#define GELU_C 0.7978845608028654f // sqrt(2/pi)
+#define GELU_A 0.044715f
+
+void moe_gelu_forward(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        y[i] = 0.5f * v * (1.0f + tanhf(GELU_C * (v + GELU_A * v * v * v)));
+    }
+}
+
+void moe_gelu_backward(float *dx, const float *dy, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float th = tanhf(GELU_C * (v + GELU_A * v * v * v));
+        float dth = (1.0f - th * th) * GELU_C * (1.0f + 3.0f * GELU_A * v * v);
+        dx[i] += dy[i] * (0.5f * (1.0f + th) + 0.5f * v * dth);
+    }
+}
+
+void moe_silu_forward(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+void moe_silu_backward(float *dx, const float *dy, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float s = 1.0f / (1.0f + expf(-x[i]));
+        dx[i] += dy[i] * s * (1.0f + x[i] * (1.0f - s));
+    }
+}

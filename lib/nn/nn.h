@@ -34,6 +34,28 @@ double moe_mse_forward_backward(float *dy, const float *y, const float *d, size_
 // Returns sum_t L_t; dy (may be NULL) += scale * (softmax(y_t) - onehot(label_t)).
 double moe_ce_forward_backward(float *dy, const float *y, const int32_t *label, size_t T, size_t O, float scale);
 
+// GELU, tanh form (Hendrycks & Gimpel 2016):
+//   gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+// SiLU / swish (Elfwing et al. 2018; the gate of SwiGLU, Shazeer 2020): silu(x) = x sigmoid(x).
+// Forward: y = f(x) (in place allowed). Backward: dx += dy * f'(x), from the saved input x.
+void moe_gelu_forward(float *y, const float *x, size_t n);
+void moe_gelu_backward(float *dx, const float *dy, const float *x, size_t n);
+void moe_silu_forward(float *y, const float *x, size_t n);
+void moe_silu_backward(float *dx, const float *dy, const float *x, size_t n);
+
+// LayerNorm over the last dimension (Ba, Kiros & Hinton 2016), population variance:
+//   y_t = (x_t - mean_t) * rstd_t * g + b,  rstd_t = 1 / sqrt(var_t + eps).
+// x, y (T, D) with row strides D; g, b (D); mean, rstd (T) saved for backward.
+// Backward adds into dx (may be NULL), dg and db.
+void moe_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b,
+                           size_t T, size_t D, float eps);
+void moe_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x, const float *mean,
+                            const float *rstd, const float *g, size_t T, size_t D);
+// RMSNorm (Zhang & Sennrich 2019): y_t = x_t * rstd_t * g, rstd_t = 1 / sqrt(mean(x_t^2) + eps).
+void moe_rmsnorm_forward(float *y, float *rstd, const float *x, const float *g, size_t T, size_t D, float eps);
+void moe_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,
+                          size_t T, size_t D);
+
 // Row-wise softmax of z (T, E) into p; log-sum-exp per row into lse (may be NULL).
 void moe_softmax_forward(float *p, float *lse, const float *z, size_t T, size_t E);
 

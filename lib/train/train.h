@@ -52,7 +52,20 @@ struct moe_eval_row {
     double expert_region_mi; // bits, when the data knows its regions
     const double *gate_mean; // (n_expert) mean mixing proportions, or NULL
     size_t n_expert;
+    // Sparse routing, means over the sparse layers (NaN without them):
+    double aux_loss;         // unweighted auxiliary loss of the layer's convention (token-weighted batch mean)
+    double z_loss;           // router z-loss (token-weighted batch mean)
+    double load_cv;          // CV of tokens routed per expert (before capacity)
+    double importance_cv;    // CV of summed gate weights per expert
+    double load_max_mean;    // max / mean tokens routed per expert
+    double dropped_fraction; // assignments dropped for capacity / assignments
+    double router_entropy;   // mean H(p_t) in nats
+    double expert_label_mi;  // bits, I(first-choice expert; class or region)
+    const struct moe_route_acc *route; // (n_route) the per-layer statistics behind them
+    size_t n_route;
 };
+// Fill a row's means from accumulated statistics of n rows (split and step untouched).
+void moe_eval_row_fill(struct moe_eval_row *r, const struct moe_stats *s, enum moe_task task, double active_threshold);
 typedef int (*moe_eval_cb)(void *ctx, const struct moe_eval_row *row, struct moe_err *err);
 
 struct moe_train_result {
@@ -70,7 +83,8 @@ int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *s
                  double active_threshold, struct moe_stats *scratch, struct moe_eval_row *ret, struct moe_err *err);
 
 // Train m (weights already initialised or loaded) on data per the config; calls cb
-// for each evaluation row (may be NULL). Fails with MOE_ENUMERIC on a non-finite loss.
+// for each metrics row (may be NULL): split "train" and "test" for evaluations
+// (evaluation mode), "batch" for training-mode means over recent steps. Fails with MOE_ENUMERIC on a non-finite loss.
 int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg, moe_eval_cb cb,
               void *ctx, struct moe_train_result *ret, struct moe_err *err);
 

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "core/rng.h"
+#include "moe/route_stats.h"
 #include "train/train.h"
 
 static double now_seconds(void)
@@ -46,16 +47,38 @@ int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *s
     }
     memset(ret, 0, sizeof *ret);
     ret->split = split;
-    ret->n = d->n;
-    double n = d->n ? (double)d->n : NAN;
-    ret->loss = s->loss / n;
-    ret->mse = s->sq_err / n;
-    ret->accuracy = d->task == MOE_TASK_CLASSIFICATION ? (double)s->correct / n : NAN;
-    ret->gate_entropy = s->n_expert ? s->gate_entropy / n : NAN;
-    ret->active_experts = s->n_expert ? (double)moe_stats_active_experts(s, active_threshold) : NAN;
-    ret->expert_region_mi = s->n_expert && s->contingency ? moe_stats_expert_region_mi(s) : NAN;
-    ret->n_expert = s->n_expert;
+    moe_eval_row_fill(ret, s, d->task, active_threshold);
     return 0;
+}
+
+void moe_eval_row_fill(struct moe_eval_row *r, const struct moe_stats *s, enum moe_task task, double active_threshold)
+{
+    r->n = s->n;
+    double n = s->n ? (double)s->n : NAN;
+    r->loss = s->loss / n;
+    r->mse = s->sq_err / n;
+    r->accuracy = task == MOE_TASK_CLASSIFICATION ? (double)s->correct / n : NAN;
+    r->gate_entropy = s->n_expert ? s->gate_entropy / n : NAN;
+    r->active_experts = s->n_expert ? (double)moe_stats_active_experts(s, active_threshold) : NAN;
+    r->expert_region_mi = s->n_expert && s->contingency ? moe_stats_expert_region_mi(s) : NAN;
+    r->n_expert = s->n_expert;
+    r->route = s->route;
+    r->n_route = s->n_route;
+    double *f[] = { &r->aux_loss, &r->z_loss, &r->load_cv, &r->importance_cv, &r->load_max_mean,
+                    &r->dropped_fraction, &r->router_entropy, &r->expert_label_mi };
+    size_t nf = sizeof f / sizeof *f;
+    for (size_t i = 0; i < nf; i++)
+        *f[i] = s->n_route ? 0.0 : NAN;
+    for (size_t l = 0; l < s->n_route; l++) {
+        const struct moe_route_acc *a = &s->route[l];
+        double tok = a->tokens ? (double)a->tokens : NAN;
+        double v[] = { a->weight > 0 ? a->aux / a->weight : NAN, a->weight > 0 ? a->z / a->weight : NAN,
+                       moe_cv(a->routed, a->E), moe_cv(a->gate_sum, a->E), moe_max_mean(a->routed, a->E),
+                       moe_route_acc_dropped_fraction(a), a->has_probs ? a->entropy / tok : NAN,
+                       moe_route_acc_label_mi(a) };
+        for (size_t i = 0; i < nf; i++)
+            *f[i] += v[i] / (double)s->n_route;
+    }
 }
 
 static int criterion_met(const char *metric, double value, const struct moe_eval_row *r)
@@ -77,6 +100,23 @@ static void fill_gate_mean(struct moe_eval_row *r, const struct moe_stats *s, do
     for (size_t e = 0; e < s->n_expert; e++)
         buf[e] = s->gate_sum[e] / (double)s->n;
     r->gate_mean = buf;
+}
+
+// A split=batch row from the training steps accumulated in sb, which is then reset.
+static int batch_row(struct moe_stats *sb, enum moe_task task, double thr, uint64_t step, uint64_t epoch,
+                     moe_eval_cb cb, void *ctx, struct moe_err *err)
+{
+    if (!sb->n)
+        return 0;
+    struct moe_eval_row r;
+    memset(&r, 0, sizeof r);
+    moe_eval_row_fill(&r, sb, task, thr);
+    r.split = "batch";
+    r.step = step;
+    r.epoch = epoch;
+    int rc = cb ? cb(ctx, &r, err) : 0;
+    moe_stats_reset(sb);
+    return rc;
 }
 
 int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg, moe_eval_cb cb,
@@ -105,13 +145,18 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
     if (bs > m->max_batch)
         bs = m->max_batch;
 
-    struct moe_stats st;
+    struct moe_stats st, sb; // evaluation, and training steps since the last batch row
     struct moe_dataset batch;
     memset(&batch, 0, sizeof batch);
+    memset(&sb, 0, sizeof sb);
+    uint64_t log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
+    size_t n_label = tr->task == MOE_TASK_CLASSIFICATION ? tr->n_out : tr->n_group;
     uint32_t *perm = NULL;
     double *gm_train = NULL, *gm_test = NULL;
-    rc = moe_stats_init(&st, m->n_expert, tr->n_group, err);
-    if (rc)
+    if ((rc = moe_stats_init(&st, m->n_expert, tr->n_group, err)) ||
+        (rc = moe_stats_init_routing(&st, m, n_label, err)) ||
+        (rc = moe_stats_init(&sb, m->n_expert, tr->n_group, err)) ||
+        (rc = moe_stats_init_routing(&sb, m, n_label, err)))
         goto out;
     perm = malloc((tr->n ? tr->n : 1) * sizeof *perm);
     gm_train = calloc(m->n_expert + 1, sizeof *gm_train);
@@ -156,24 +201,28 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
                     b = slice(tr, start, n);
                 }
                 moe_params_zero_grad(&m->params);
-                moe_stats_reset(&st);
-                rc = moe_model_run(m, &b, 1, &st, err);
+                b.step = ret->steps;
+                double before = sb.loss;
+                rc = moe_model_run(m, &b, 1, &sb, err);
                 if (rc)
                     goto out;
                 ret->steps++;
-                if (!isfinite(st.loss)) {
+                double step_loss = sb.loss - before;
+                if (!isfinite(step_loss)) {
                     rc = moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): training loss is %s",
                                    (unsigned long long)ret->steps, (unsigned long long)epoch,
-                                   isnan(st.loss) ? "nan" : "inf");
+                                   isnan(step_loss) ? "nan" : "inf");
                     goto out;
                 }
                 double gnorm = moe_optim_step(&opt, m->params.data, m->params.grad);
                 if (!isfinite(gnorm)) {
                     rc = moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): gradient is not finite at training loss %g (diverged; try a smaller optim.lr)",
-                                   (unsigned long long)ret->steps, (unsigned long long)epoch, st.loss / (double)n);
+                                   (unsigned long long)ret->steps, (unsigned long long)epoch, step_loss / (double)n);
                     goto out;
                 }
                 rows_seen += n;
+                if (log_every && ret->steps % log_every == 0 && (rc = batch_row(&sb, tr->task, thr, ret->steps, epoch, cb, ctx, err)))
+                    goto out;
             }
             train_time += now_seconds() - ts;
             ret->epochs = epoch;
@@ -199,6 +248,8 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
             last = 1;
         }
         if (log_due || met) {
+            if (!log_every && (rc = batch_row(&sb, tr->task, thr, ret->steps, epoch, cb, ctx, err)))
+                goto out;
             rc = moe_evaluate(m, te, "test", chunk, thr, &st, &rte, err);
             if (rc)
                 goto out;
@@ -222,6 +273,7 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
 out:
     moe_optim_release(&opt);
     moe_stats_release(&st);
+    moe_stats_release(&sb);
     moe_dataset_release(&batch);
     free(perm);
     free(gm_train);

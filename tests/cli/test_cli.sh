@@ -229,7 +229,7 @@ idx_config "$TMP/img_trunc.idx" "$TMP/lab.idx" >"$TMP/idx_trunc.json"
 idx_config "$TMP/img_trunc.idx.gz" "$TMP/lab.idx" >"$TMP/idx_trunc_gz.json"
 idx_config "$TMP/img.idx" "$TMP/lab5.idx" >"$TMP/idx_count.json"
 
-METRICS_HEADER='step,epoch,split,loss,mse,accuracy,gate_entropy,active_experts,expert_region_mi'
+METRICS_HEADER='step,epoch,split,loss,mse,accuracy,gate_entropy,active_experts,expert_region_mi,aux_loss,z_loss,load_cv,importance_cv,load_max_mean,dropped_fraction,router_entropy,expert_label_mi'
 CURVES_HEADER='system,seed,epoch,step,train_loss,train_mse,train_accuracy,test_loss,test_mse,test_accuracy,active_experts,gate_entropy'
 
 # ------------------------------------------------------------ A. happy paths
@@ -285,10 +285,12 @@ t_train() {
     run "$TMP/r1" "$MOE" train --config "$TMP/reg.json" --out "$TMP/r1" --threads 1
     [ "$RC" -eq 0 ] || fail "$(describe "$TMP/r1" moe train --config reg.json --out r1 --threads 1)" || return 1
     verify_run "$TMP/r1" "$TMP/r1" || return 1
-    # 4 epochs + epoch 0, train and test rows each
+    # 4 epochs + epoch 0, train and test rows each, plus a batch row (training-mode means) per epoch 1-4
     local rows
     rows=$(tail -n +2 "$TMP/r1/metrics.csv" | awk 'END { print NR }')
-    [ "$rows" -eq 10 ] || fail "metrics.csv has $rows data rows, expected 10 (epochs 0-4 x train/test)" || return 1
+    [ "$rows" -eq 14 ] || fail "metrics.csv has $rows data rows, expected 14 (epochs 0-4 x train/test + 4 batch)" || return 1
+    rows=$(awk -F, '$3 == "batch"' "$TMP/r1/metrics.csv" | awk 'END { print NR }')
+    [ "$rows" -eq 4 ] || fail "metrics.csv has $rows batch rows, expected 4" || return 1
     jq -e '.command == "train" and .epochs == 4 and .final.train.rows == 200 and .final.test.rows == 100 and (.final.train.loss | type) == "number"' \
         "$TMP/r1/summary.json" >/dev/null || fail "unexpected summary: $(head -c 600 "$TMP/r1/summary.json")"
 }

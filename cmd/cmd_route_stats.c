@@ -1,0 +1,437 @@
+// cmd_route_stats.c: `moe route-stats` runs a trained checkpoint over a data
+// split in evaluation mode and reports, per sparse layer, what its router did:
+// load and importance per expert and their CVs, dead experts, dropped fraction
+// at each capacity factor, router entropy, top-1 probability, logsumexp,
+// co-selection and the mutual information between expert and label. JSON
+// summary on stdout; CSV tables in DIR; optionally one JSON line per token.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "io/atomic.h"
+#include "io/csv_writer.h"
+#include "io/safetensors.h"
+#include "moe/moe_layer.h"
+#include "train/train.h"
+
+static const char *const usage =
+    "usage: moe route-stats --checkpoint CKPT --out DIR [--data train|test] [--capacity-factors A,B,...]\n"
+    "                       [--trace FILE.jsonl] [--set key.path=value]... [--threads N] [--quiet]\n"
+    "Route a data split (default test) through a trained checkpoint in evaluation mode and write,\n"
+    "per sparse layer, DIR/layers.csv, experts.csv, capacity.csv and coselect.csv (k >= 2); print\n"
+    "the JSON summary on stdout (also DIR/summary.json). The data is the checkpoint's own config's,\n"
+    "unless --set data.* points elsewhere; features are standardised with the checkpoint's statistics.\n"
+    "--capacity-factors re-runs the split at each evaluation capacity factor (0 = dropless).\n"
+    "--trace writes one JSON line per token and layer: index, layer, experts, gates, dropped.\n";
+
+enum { OPT_CKPT = OPT_FIRST_CMD, OPT_DATA, OPT_CF, OPT_TRACE };
+#define MAX_CF 32
+
+struct rs_opts {
+    const char *ckpt, *split, *trace;
+    double cf[MAX_CF];
+    size_t n_cf;
+};
+
+static int parse_cf(struct rs_opts *o, const char *arg)
+{
+    char buf[1024];
+    if (snprintf(buf, sizeof buf, "%s", arg) >= (int)sizeof buf)
+        return cli_error("route-stats", 2, "option '--capacity-factors': list too long");
+    o->n_cf = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *end;
+        double v = strtod(tok, &end);
+        if (end == tok || *end || !isfinite(v) || v < 0 || v > 1e6)
+            return cli_error("route-stats", 2,
+                             "option '--capacity-factors': expected numbers in [0, 1e6] separated by commas, got '%s'",
+                             tok);
+        if (o->n_cf == MAX_CF)
+            return cli_error("route-stats", 2, "option '--capacity-factors': at most %d values", MAX_CF);
+        o->cf[o->n_cf++] = v;
+    }
+    if (!o->n_cf)
+        return cli_error("route-stats", 2, "option '--capacity-factors' names no value");
+    return 0;
+}
+
+static int on_opt(void *ctx, int opt, const char *arg)
+{
+    struct rs_opts *o = ctx;
+    switch (opt) {
+    case OPT_CKPT:
+        o->ckpt = arg;
+        return 0;
+    case OPT_DATA:
+        if (strcmp(arg, "train") != 0 && strcmp(arg, "test") != 0)
+            return cli_error("route-stats", 2, "option '--data': expected train or test, got '%s'", arg);
+        o->split = arg;
+        return 0;
+    case OPT_CF:
+        return parse_cf(o, arg);
+    case OPT_TRACE:
+        o->trace = arg;
+        return 0;
+    }
+    return 2;
+}
+
+// The checkpoint's config, then --set overrides; standardisation is applied
+// from the checkpoint's statistics, not refitted.
+static int load_config(const struct moe_st_file *f, const struct cli_common *c, struct moe_config *cfg,
+                       int *ret_standardize, struct moe_err *err)
+{
+    const char *text = moe_safetensors_meta(f, "config");
+    if (!text)
+        return moe_error(err, MOE_EFORMAT, "%s: no 'config' in the checkpoint's metadata (not written by moe train?)",
+                         f->path);
+    const char **over = calloc(c->n_sets + 1, sizeof *over);
+    if (!over)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_sets; i++)
+        over[n++] = c->sets[i];
+    int rc = moe_config_parse(cfg, moe_run_schema, moe_run_schema_len, text, f->path, over, n, err);
+    free(over);
+    if (rc)
+        return rc;
+    *ret_standardize = moe_cfg_bool(cfg, "data.standardize");
+    return moe_config_set(cfg, "data.standardize=false", err);
+}
+
+static int standardize(const struct moe_st_file *f, struct moe_dataset *d, struct moe_err *err)
+{
+    const struct moe_st_entry *m = moe_safetensors_find(f, "data.mean"), *s = moe_safetensors_find(f, "data.std");
+    if (!m || !s)
+        return moe_error(err, MOE_EFORMAT, "%s: the config standardises features but 'data.mean'/'data.std' are missing",
+                         f->path);
+    if (m->dtype != MOE_F32 || s->dtype != MOE_F32 || m->numel != d->n_in || s->numel != d->n_in)
+        return moe_error(err, MOE_ESHAPE, "%s: 'data.mean'/'data.std' must be F32 of %zu features", f->path, d->n_in);
+    struct moe_standardize st = { d->n_in, malloc(d->n_in * sizeof(float)), malloc(d->n_in * sizeof(float)) };
+    if (!st.mean || !st.std) {
+        free(st.mean);
+        free(st.std);
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    }
+    memcpy(st.mean, m->data, d->n_in * sizeof(float));
+    memcpy(st.std, s->data, d->n_in * sizeof(float));
+    moe_standardize_apply(&st, d);
+    free(st.mean);
+    free(st.std);
+    return 0;
+}
+
+static void json_num(cJSON *o, const char *k, double v)
+{
+    if (isnan(v))
+        cJSON_AddNullToObject(o, k);
+    else
+        cJSON_AddNumberToObject(o, k, v);
+}
+
+// One JSON line per (token, layer) of the last forward pass.
+static void trace_batch(FILE *f, struct moe_model *m, size_t start, size_t n)
+{
+    for (size_t t = 0; t < n; t++) {
+        for (size_t i = 0; i < m->n_moe_layers; i++) {
+            const struct moe_layer *l = m->ops->moe_layer_at(m, i);
+            const struct moe_route *r = &l->route;
+            fprintf(f, "{\"index\":%zu,\"layer\":%zu", start + t, i);
+            const char *keys[] = { "experts", "gates", "dropped" };
+            for (int k = 0; k < 3; k++) {
+                fprintf(f, ",\"%s\":[", keys[k]);
+                int first = 1;
+                for (size_t s = 0; s < l->S; s++) {
+                    size_t j = t * l->S + s;
+                    if (r->sel[j] < 0)
+                        continue;
+                    if (!first)
+                        fputc(',', f);
+                    first = 0;
+                    if (k == 0)
+                        fprintf(f, "%d", r->sel[j]);
+                    else if (k == 1)
+                        fprintf(f, "%.9g", (double)r->gate[j]);
+                    else
+                        fputs(l->plan.slot_row[j] < 0 ? "true" : "false", f);
+                }
+                fputc(']', f);
+            }
+            fputs("}\n", f);
+        }
+    }
+}
+
+// Run the split once in evaluation mode, accumulating into st (reset first).
+static int route_pass(struct moe_model *m, const struct moe_dataset *d, size_t chunk, struct moe_stats *st,
+                      FILE *trace, struct moe_err *err)
+{
+    moe_stats_reset(st);
+    for (size_t start = 0; start < d->n; start += chunk) {
+        size_t n = d->n - start < chunk ? d->n - start : chunk;
+        struct moe_batch b = {
+            .n = n,
+            .x = d->x + start * d->n_in,
+            .y = d->y ? d->y + start * d->n_out : NULL,
+            .label = d->label ? d->label + start : NULL,
+            .group = d->group ? d->group + start : NULL,
+        };
+        int rc = moe_model_run(m, &b, 0, st, err);
+        if (rc)
+            return rc;
+        if (trace)
+            trace_batch(trace, m, start, n);
+    }
+    return 0;
+}
+
+static const char *const layer_cols[] = { "layer", "tokens", "load_cv", "importance_cv", "load_max_mean",
+                                          "dead_experts", "dropped_fraction", "router_entropy", "top1_prob",
+                                          "mean_lse", "z_loss", "aux_loss", "expert_label_mi" };
+static const char *const expert_cols[] = { "layer", "expert", "tokens", "fraction", "importance", "gate_mean",
+                                           "dropped" };
+static const char *const cap_cols[] = { "capacity_factor", "layer", "dropped_fraction", "loss", "accuracy" };
+static const char *const cosel_cols[] = { "layer", "expert_a", "expert_b", "tokens" };
+
+int cmd_route_stats(int argc, char **argv)
+{
+    static const struct option opts[] = { CLI_COMMON_OPTIONS,
+                                          { "checkpoint", required_argument, NULL, OPT_CKPT },
+                                          { "data", required_argument, NULL, OPT_DATA },
+                                          { "capacity-factors", required_argument, NULL, OPT_CF },
+                                          { "trace", required_argument, NULL, OPT_TRACE },
+                                          { 0, 0, 0, 0 } };
+    const char *cmd = "route-stats";
+    struct cli_common c;
+    struct rs_opts o = { .split = "test" };
+    cli_common_init(&c);
+    struct moe_err err = { 0 };
+    struct moe_config cfg = { 0 };
+    struct moe_st_file f = { 0 };
+    struct moe_data data;
+    struct moe_model model;
+    struct moe_stats st;
+    struct moe_csv csv[4];
+    struct moe_atomic_file trace = { 0 };
+    cJSON *summary = NULL;
+    memset(&data, 0, sizeof data);
+    memset(&model, 0, sizeof model);
+    memset(&st, 0, sizeof st);
+    memset(csv, 0, sizeof csv);
+    char path[4200];
+    int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
+    if (rc == -1) {
+        fputs(usage, stdout);
+        rc = 0;
+        goto out;
+    }
+    if (rc || (rc = cli_setup_compute(cmd, &c)))
+        goto out;
+    if (!o.ckpt || !c.out) {
+        rc = cli_error(cmd, 2, "options '--checkpoint' and '--out' are required (see 'moe help route-stats')");
+        goto out;
+    }
+    if (c.config) {
+        rc = cli_error(cmd, 2, "option '--config' does not apply: the config is the checkpoint's (use --set to change data.*)");
+        goto out;
+    }
+    int std_on = 0;
+    if (moe_safetensors_open(o.ckpt, &f, &err) || load_config(&f, &c, &cfg, &std_on, &err) ||
+        moe_data_load(&data, &cfg, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    struct moe_dataset *d = strcmp(o.split, "train") == 0 ? &data.train : &data.test;
+    if (std_on && standardize(&f, d, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    size_t chunk = (size_t)moe_cfg_int(&cfg, "train.max_batch_eval");
+    if (chunk > d->n && d->n > 0)
+        chunk = d->n;
+    if (moe_model_create(&model, &cfg, NULL, d->task, d->n_in, d->n_out, chunk, &err) ||
+        moe_model_load(&model, &f, 1, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    if (!model.n_moe_layers) {
+        rc = cli_error(cmd, 2, "'%s' is a '%s' model without sparse layers: nothing to route", o.ckpt, model.ops->type);
+        goto out;
+    }
+    size_t n_label = d->task == MOE_TASK_CLASSIFICATION ? d->n_out : d->n_group;
+    if (moe_stats_init(&st, 0, 0, &err) || moe_stats_init_routing(&st, &model, n_label, &err) ||
+        cli_mkdir_p(c.out, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    size_t L = model.n_moe_layers, E = model.n_route_expert;
+    double eval_cf = model.ops->moe_layer_at(&model, 0)->c.eval_capacity_factor;
+
+    // capacity sweep first (each pass overwrites the statistics), then the main pass
+    if (moe_csv_open(&csv[2], cli_path(path, sizeof path, c.out, "capacity.csv"), cap_cols, 5, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    cJSON *caps = cJSON_CreateArray();
+    summary = cli_summary_new(cmd, &cfg);
+    for (size_t i = 0; i < o.n_cf; i++) {
+        model.ops->set_eval_capacity(&model, o.cf[i]);
+        if (route_pass(&model, d, chunk, &st, NULL, &err)) {
+            cJSON_Delete(caps);
+            rc = cli_fail(cmd, &err);
+            goto out;
+        }
+        struct moe_eval_row row;
+        memset(&row, 0, sizeof row);
+        moe_eval_row_fill(&row, &st, d->task, 0.0);
+        cJSON *cj = cJSON_CreateObject();
+        cJSON_AddNumberToObject(cj, "capacity_factor", o.cf[i]);
+        cJSON *df = cJSON_AddArrayToObject(cj, "dropped_fraction");
+        for (size_t l = 0; l < L; l++) {
+            double v = moe_route_acc_dropped_fraction(&st.route[l]);
+            cJSON_AddItemToArray(df, cJSON_CreateNumber(v));
+            moe_csv_num(&csv[2], o.cf[i]);
+            moe_csv_int(&csv[2], (long long)l);
+            moe_csv_num(&csv[2], v);
+            moe_csv_num(&csv[2], row.loss);
+            moe_csv_num(&csv[2], row.accuracy);
+            if (moe_csv_end_row(&csv[2], &err)) {
+                cJSON_Delete(caps);
+                rc = cli_fail(cmd, &err);
+                goto out;
+            }
+        }
+        json_num(cj, "loss", row.loss);
+        json_num(cj, "accuracy", row.accuracy);
+        cJSON_AddItemToArray(caps, cj);
+    }
+    model.ops->set_eval_capacity(&model, eval_cf);
+    if (o.trace && moe_atomic_open(&trace, o.trace, &err)) {
+        cJSON_Delete(caps);
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    if (route_pass(&model, d, chunk, &st, o.trace ? trace.f : NULL, &err)) {
+        cJSON_Delete(caps);
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    struct moe_eval_row row;
+    memset(&row, 0, sizeof row);
+    moe_eval_row_fill(&row, &st, d->task, 0.0);
+
+    cJSON_AddStringToObject(summary, "checkpoint", o.ckpt);
+    cJSON_AddStringToObject(summary, "split", o.split);
+    cJSON_AddNumberToObject(summary, "rows", (double)d->n);
+    cJSON_AddStringToObject(summary, "model", model.ops->type);
+    cli_routing_json(summary, &model);
+    cJSON_AddStringToObject(summary, "label", d->task == MOE_TASK_CLASSIFICATION ? "class" : d->n_group ? "region" : "none");
+    json_num(summary, "loss", row.loss);
+    json_num(summary, "accuracy", row.accuracy);
+    cJSON *layers = cJSON_AddArrayToObject(summary, "layers");
+    if (moe_csv_open(&csv[0], cli_path(path, sizeof path, c.out, "layers.csv"), layer_cols, 13, &err) ||
+        moe_csv_open(&csv[1], cli_path(path, sizeof path, c.out, "experts.csv"), expert_cols, 7, &err) ||
+        (model.n_route_slots >= 2 &&
+         moe_csv_open(&csv[3], cli_path(path, sizeof path, c.out, "coselect.csv"), cosel_cols, 4, &err))) {
+        cJSON_Delete(caps);
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    for (size_t l = 0; l < L; l++) {
+        const struct moe_route_acc *a = &st.route[l];
+        const struct moe_layer *ml = model.ops->moe_layer_at(&model, l);
+        double tok = a->tokens ? (double)a->tokens : NAN, routed = 0.0;
+        for (size_t e = 0; e < E; e++)
+            routed += a->routed[e];
+        double v[] = { (double)l,
+                       (double)a->tokens,
+                       moe_cv(a->routed, E),
+                       moe_cv(a->gate_sum, E),
+                       moe_max_mean(a->routed, E),
+                       (double)moe_route_acc_dead(a),
+                       moe_route_acc_dropped_fraction(a),
+                       a->has_probs ? a->entropy / tok : NAN,
+                       a->has_probs ? a->top1 / tok : NAN,
+                       a->has_probs ? a->lse / tok : NAN,
+                       a->weight > 0 ? a->z / a->weight : NAN,
+                       a->weight > 0 ? a->aux / a->weight : NAN,
+                       moe_route_acc_label_mi(a) };
+        cJSON *lj = cJSON_CreateObject();
+        cJSON_AddStringToObject(lj, "name", ml->prefix);
+        for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+            moe_csv_num(&csv[0], v[i]);
+            if (i > 0)
+                json_num(lj, layer_cols[i], v[i]);
+        }
+        if ((rc = moe_csv_end_row(&csv[0], &err)))
+            goto fail;
+        double frac[1024];
+        for (size_t e = 0; e < E && e < 1024; e++) {
+            frac[e] = routed > 0 ? a->routed[e] / routed : NAN;
+            moe_csv_int(&csv[1], (long long)l);
+            moe_csv_int(&csv[1], (long long)e);
+            moe_csv_num(&csv[1], a->routed[e]);
+            moe_csv_num(&csv[1], frac[e]);
+            moe_csv_num(&csv[1], a->gate_sum[e] / tok);
+            moe_csv_num(&csv[1], a->has_probs ? a->prob_sum[e] / tok : NAN);
+            moe_csv_num(&csv[1], a->dropped[e]);
+            if ((rc = moe_csv_end_row(&csv[1], &err)))
+                goto fail;
+        }
+        cJSON_AddItemToObject(lj, "tokens_per_expert", cJSON_CreateDoubleArray(a->routed, (int)E));
+        cJSON_AddItemToObject(lj, "fraction_per_expert", cJSON_CreateDoubleArray(frac, (int)E));
+        if (a->cosel) {
+            cJSON *m = cJSON_AddArrayToObject(lj, "coselect");
+            for (size_t i = 0; i < E; i++) {
+                cJSON *rowj = cJSON_CreateArray();
+                for (size_t j = 0; j < E; j++) {
+                    uint64_t cnt = a->cosel[i * E + j];
+                    cJSON_AddItemToArray(rowj, cJSON_CreateNumber((double)cnt));
+                    if (i == j)
+                        continue;
+                    moe_csv_int(&csv[3], (long long)l);
+                    moe_csv_int(&csv[3], (long long)i);
+                    moe_csv_int(&csv[3], (long long)j);
+                    moe_csv_int(&csv[3], (long long)cnt);
+                    if ((rc = moe_csv_end_row(&csv[3], &err)))
+                        goto fail;
+                }
+                cJSON_AddItemToArray(m, rowj);
+            }
+        }
+        cJSON_AddItemToArray(layers, lj);
+    }
+    cJSON_AddItemToObject(summary, "capacity", caps);
+    caps = NULL;
+    for (int i = 0; i < 4; i++)
+        if (csv[i].file.f && (rc = moe_csv_close(&csv[i], &err)))
+            goto fail;
+    if (o.trace && (rc = moe_atomic_commit(&trace, &err)))
+        goto fail;
+    if (cli_write_json(cli_path(path, sizeof path, c.out, "summary.json"), summary, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    cli_print_json(summary);
+    cli_log(&c, "moe route-stats: %zu %s rows through %zu sparse layer(s); outputs in %s/", d->n, o.split, L, c.out);
+    rc = 0;
+    goto out;
+fail:
+    cJSON_Delete(caps);
+    rc = cli_fail(cmd, &err);
+out:
+    for (int i = 0; i < 4; i++)
+        moe_csv_abort(&csv[i]);
+    moe_atomic_abort(&trace);
+    cJSON_Delete(summary);
+    moe_stats_release(&st);
+    moe_model_release(&model);
+    moe_data_release(&data);
+    moe_safetensors_close(&f);
+    moe_config_release(&cfg);
+    cli_common_release(&c);
+    return rc;
+}

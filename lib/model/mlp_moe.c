@@ -1,0 +1,468 @@
+// mlp_moe.c: the MLP-MoE model: an input projection, n_layer pre-norm
+// residual blocks whose FFN is a sparse MoE layer (every moe_every-th block)
+// or a dense FFN, a final norm and a linear head; softmax cross-entropy for
+// classes or squared error for regression, plus the layers' auxiliary losses.
+// Not a sequence model: every example is one token (the Transformer is issue 5).
+//
+//   h_0 = x.W_in^T + b_in
+//   h_{l+1} = h_l + FFN_l(norm_l(h_l))        FFN_l = MoE layer or dense FFN
+//   y = norm_f(h_L).W_head^T + b_head
+// Block l is sparse iff l % moe_every == moe_every - 1 (moe_every = 1: all).
+//
+// T = rows, I = n_in, D = n_embd, F = n_ff, Fd = n_ff_dense, O = n_out, L = n_layer.
+//
+// Tensors (docs/checkpoint.md):
+//   input.weight (D, I), input.bias (D)
+//   layers.{l}.norm.weight (D), layers.{l}.norm.bias (D) (layernorm only)
+//   layers.{l}.moe.* (moe/moe_layer.h) or layers.{l}.ffn.w1 (Fd, D), .w3 (Fd, D) (swiglu), .w2 (D, Fd)
+//   norm.weight (D), norm.bias (D) (layernorm only), head.weight (O, D), head.bias (O)
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/config.h"
+#include "model/model.h"
+#include "moe/moe_layer.h"
+#include "nn/nn.h"
+
+#define NORM_EPS 1e-5f
+
+struct block {
+    int sparse;
+    int i_g, i_b;               // norm gain and bias (bias -1 for rmsnorm)
+    struct moe_layer moe;       // sparse blocks
+    int i_w1, i_w3, i_w2;       // dense blocks
+    float *a, *b, *hh;          // (T, Fd) dense FFN activations
+};
+
+struct mlp_moe {
+    size_t I, D, O, L, Fd, V;
+    int rms;                    // rmsnorm (else layernorm)
+    int ce;
+    enum moe_ffn_act act;
+    float init_scale;
+    int has_hash;
+    struct block *blk;
+    size_t n_sparse;
+    struct block **sparse;      // (n_sparse) the sparse blocks in order
+    int i_win, i_bin, i_gf, i_bf, i_wh, i_bh;
+    float *h;                   // (L+1, T, D) residual stream
+    float *n;                   // (L+1, T, D) normalised inputs of each block; n[L] = final norm
+    float *mean, *rstd;         // (L+1, T)
+    float *y, *dy;              // (T, O) head outputs and their gradient
+    float *dh, *dn, *tmp;       // (T, D)
+    float *da, *db, *dhh;       // (T, Fd) dense FFN backward scratch
+    float *target, *pred;       // (T, O)
+    uint32_t *keys;             // (T) hash keys
+};
+
+static void release(struct moe_model *m)
+{
+    struct mlp_moe *n = m->impl;
+    if (!n)
+        return;
+    for (size_t l = 0; n->blk && l < n->L; l++) {
+        moe_layer_release(&n->blk[l].moe);
+        moe_free(n->blk[l].a);
+        moe_free(n->blk[l].b);
+        moe_free(n->blk[l].hh);
+    }
+    free(n->blk);
+    free(n->sparse);
+    void *bufs[] = { n->h, n->n, n->mean, n->rstd, n->y, n->dy, n->dh, n->dn, n->tmp, n->da, n->db, n->dhh,
+                     n->target, n->pred, n->keys };
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        moe_free(bufs[i]);
+    free(n);
+    m->impl = NULL;
+}
+
+static void set_ones(struct moe_params *p, int i)
+{
+    float *w = moe_params_data(p, i);
+    for (size_t k = 0; k < p->t[i].numel; k++)
+        w[k] = 1.0f;
+}
+
+static void set_zero(struct moe_params *p, int i)
+{
+    if (i >= 0)
+        memset(moe_params_data(p, i), 0, p->t[i].numel * sizeof(float));
+}
+
+static void init_weights(struct moe_model *m, uint64_t seed)
+{
+    struct mlp_moe *n = m->impl;
+    struct moe_params *p = &m->params;
+    moe_init_uniform(p, n->i_win, seed, n->init_scale);
+    set_zero(p, n->i_bin);
+    for (size_t l = 0; l < n->L; l++) {
+        struct block *b = &n->blk[l];
+        set_ones(p, b->i_g);
+        set_zero(p, b->i_b);
+        if (b->sparse) {
+            moe_layer_init(&b->moe, p, seed, n->init_scale);
+        } else {
+            int w[] = { b->i_w1, b->i_w3, b->i_w2 };
+            for (int k = 0; k < 3; k++)
+                if (w[k] >= 0)
+                    moe_init_uniform(p, w[k], seed, n->init_scale);
+        }
+    }
+    set_ones(p, n->i_gf);
+    set_zero(p, n->i_bf);
+    moe_init_uniform(p, n->i_wh, seed, n->init_scale);
+    set_zero(p, n->i_bh);
+}
+
+static void hash_keys(const struct mlp_moe *n, const float *x, size_t T)
+{
+    for (size_t t = 0; t < T; t++)
+        n->keys[t] = moe_hash_key_row(x + t * n->I, n->I, n->V);
+}
+
+static int fit(struct moe_model *m, const struct moe_dataset *train, struct moe_err *err)
+{
+    struct mlp_moe *n = m->impl;
+    if (!n->has_hash)
+        return 0;
+    uint64_t *freq = calloc(n->V, sizeof *freq);
+    if (!freq)
+        return moe_error(err, MOE_ENOMEM, "out of memory for hash key counts");
+    for (size_t t = 0; t < train->n; t++)
+        freq[moe_hash_key_row(train->x + t * n->I, n->I, n->V)]++;
+    for (size_t i = 0; i < n->n_sparse; i++)
+        moe_layer_fit_hash(&n->sparse[i]->moe, freq);
+    free(freq);
+    return 0;
+}
+
+static size_t state(struct moe_model *m, struct moe_st_ref *refs, size_t max)
+{
+    struct mlp_moe *n = m->impl;
+    size_t k = 0;
+    for (size_t i = 0; i < n->n_sparse; i++) {
+        struct moe_layer *l = &n->sparse[i]->moe;
+        if (l->bias && k < max)
+            refs[k] = (struct moe_st_ref){ l->bias_name, MOE_F32, 1, { l->c.router.E }, l->bias };
+        if (l->bias)
+            k++;
+        if (l->table && k < max)
+            refs[k] = (struct moe_st_ref){ l->table_name, MOE_I32, 1, { l->c.hash_vocab }, l->table };
+        if (l->table)
+            k++;
+    }
+    return k;
+}
+
+static struct moe_layer *layer_at(struct moe_model *m, size_t i)
+{
+    struct mlp_moe *n = m->impl;
+    return i < n->n_sparse ? &n->sparse[i]->moe : NULL;
+}
+
+static void set_eval_capacity(struct moe_model *m, double cf)
+{
+    struct mlp_moe *n = m->impl;
+    for (size_t i = 0; i < n->n_sparse; i++)
+        n->sparse[i]->moe.c.eval_capacity_factor = cf;
+}
+
+static void norm_forward(const struct mlp_moe *n, const struct moe_params *p, float *y, float *mean, float *rstd,
+                         const float *x, int ig, int ib, size_t T)
+{
+    if (n->rms)
+        moe_rmsnorm_forward(y, rstd, x, moe_params_data(p, ig), T, n->D, NORM_EPS);
+    else
+        moe_layernorm_forward(y, mean, rstd, x, moe_params_data(p, ig), moe_params_data(p, ib), T, n->D, NORM_EPS);
+}
+
+static void norm_backward(const struct mlp_moe *n, const struct moe_params *p, float *dx, const float *dy,
+                          const float *x, const float *mean, const float *rstd, int ig, int ib, size_t T)
+{
+    if (n->rms)
+        moe_rmsnorm_backward(dx, moe_params_grad(p, ig), dy, x, rstd, moe_params_data(p, ig), T, n->D);
+    else
+        moe_layernorm_backward(dx, moe_params_grad(p, ig), moe_params_grad(p, ib), dy, x, mean, rstd,
+                               moe_params_data(p, ig), T, n->D);
+}
+
+static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, struct moe_stats *stats,
+               struct moe_err *err)
+{
+    struct mlp_moe *n = m->impl;
+    struct moe_params *p = &m->params;
+    size_t T = bt->n, I = n->I, D = n->D, O = n->O, L = n->L, Fd = n->Fd;
+    const float *target;
+    int rc = moe_model_batch_targets(m, bt, n->target, &target, err);
+    if (rc || T == 0)
+        return rc;
+    const int32_t *label = m->task == MOE_TASK_CLASSIFICATION ? bt->label : bt->group;
+    if (n->has_hash)
+        hash_keys(n, bt->x, T);
+    size_t TD = T * D;
+    // forward
+    moe_linear_forward(n->h, D, bt->x, I, moe_params_data(p, n->i_win), moe_params_data(p, n->i_bin), T, I, D);
+    double aux = 0.0;
+    size_t si = 0;
+    for (size_t l = 0; l < L; l++) {
+        struct block *b = &n->blk[l];
+        float *hin = n->h + l * TD, *hout = n->h + (l + 1) * TD, *nl = n->n + l * TD;
+        norm_forward(n, p, nl, n->mean + l * T, n->rstd + l * T, hin, b->i_g, b->i_b, T);
+        memcpy(hout, hin, TD * sizeof(float));
+        if (b->sparse) {
+            struct moe_route_acc *acc = stats && si < stats->n_route ? &stats->route[si] : NULL;
+            aux += moe_layer_forward(&b->moe, p, hout, nl, T, n->keys, with_grad, m->seed, bt->step, acc, label);
+            si++;
+        } else {
+            moe_ffn_forward(n->tmp, b->a, b->b, b->hh, nl, moe_params_data(p, b->i_w1),
+                            b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL, moe_params_data(p, b->i_w2), T, D,
+                            Fd, n->act);
+            for (size_t i = 0; i < TD; i++)
+                hout[i] += n->tmp[i];
+        }
+    }
+    float *nf = n->n + L * TD;
+    norm_forward(n, p, nf, n->mean + L * T, n->rstd + L * T, n->h + L * TD, n->i_gf, n->i_bf, T);
+    moe_linear_forward(n->y, O, nf, D, moe_params_data(p, n->i_wh), moe_params_data(p, n->i_bh), T, D, O);
+    if (with_grad)
+        memset(n->dy, 0, T * O * sizeof(float));
+    float scale = 1.0f / (float)T;
+    double loss = n->ce ? moe_ce_forward_backward(with_grad ? n->dy : NULL, n->y, bt->label, T, O, scale)
+                        : moe_mse_forward_backward(with_grad ? n->dy : NULL, n->y, target, T, O, scale);
+    if (stats) {
+        const float *pred = n->y;
+        if (n->ce) {
+            moe_softmax_forward(n->pred, NULL, n->y, T, O);
+            pred = n->pred;
+        }
+        moe_stats_add_predictions(stats, pred, target, m->task == MOE_TASK_CLASSIFICATION ? bt->label : NULL, T,
+                                  O);
+        stats->loss += loss;
+        (void)aux; // the weighted auxiliary losses are reported per layer (route statistics), not in `loss`
+    }
+    if (!with_grad)
+        return 0;
+
+    // backward: dh holds dL/dh_l for the current l
+    memset(n->dn, 0, TD * sizeof(float));
+    moe_linear_backward(n->dn, D, moe_params_grad(p, n->i_wh), moe_params_grad(p, n->i_bh), n->dy, O, nf, D,
+                        moe_params_data(p, n->i_wh), T, D, O);
+    memset(n->dh, 0, TD * sizeof(float));
+    norm_backward(n, p, n->dh, n->dn, n->h + L * TD, n->mean + L * T, n->rstd + L * T, n->i_gf, n->i_bf, T);
+    for (size_t l = L; l-- > 0;) {
+        struct block *b = &n->blk[l];
+        float *hin = n->h + l * TD, *nl = n->n + l * TD;
+        memset(n->dn, 0, TD * sizeof(float));
+        if (b->sparse) {
+            moe_layer_backward(&b->moe, p, n->dn, n->dh, nl);
+        } else {
+            moe_ffn_backward(n->dn, moe_params_grad(p, b->i_w1), b->i_w3 >= 0 ? moe_params_grad(p, b->i_w3) : NULL,
+                             moe_params_grad(p, b->i_w2), n->dhh, n->da, n->db, n->dh, nl, b->a, b->b, b->hh,
+                             moe_params_data(p, b->i_w1), b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL,
+                             moe_params_data(p, b->i_w2), T, D, Fd, n->act);
+        }
+        // the residual passes dh through; the branch adds norm'(dn)
+        norm_backward(n, p, n->dh, n->dn, hin, n->mean + l * T, n->rstd + l * T, b->i_g, b->i_b, T);
+    }
+    moe_linear_backward(NULL, 0, moe_params_grad(p, n->i_win), moe_params_grad(p, n->i_bin), n->dh, D, bt->x, I,
+                        moe_params_data(p, n->i_win), T, I, D);
+    return 0;
+}
+
+static const struct moe_model_ops ops = {
+    .type = "mlp-moe",
+    .run = run,
+    .init_weights = init_weights,
+    .release = release,
+    .fit = fit,
+    .state = state,
+    .moe_layer_at = layer_at,
+    .set_eval_capacity = set_eval_capacity,
+};
+
+// Router settings from the moe.* keys, checked against the router's needs.
+static int layer_cfg(struct moe_layer_cfg *c, const struct moe_config *cfg, size_t D, size_t F,
+                     enum moe_ffn_act act, struct moe_err *err)
+{
+    memset(c, 0, sizeof *c);
+    const char *rname = moe_cfg_str(cfg, "moe.router");
+    int rt = moe_router_from_name(rname);
+    if (rt < 0)
+        return moe_error(err, MOE_ECONFIG, "key 'moe.router': unknown router '%s'", rname);
+    size_t E = (size_t)moe_cfg_int(cfg, "model.n_expert"), K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
+    c->router.type = (enum moe_router_type)rt;
+    c->router.E = E;
+    c->router.K = K;
+    c->router.second = strcmp(moe_cfg_str(cfg, "moe.second_policy"), "random") == 0 ? MOE_SECOND_RANDOM
+                                                                                   : MOE_SECOND_ALL;
+    c->router.ec_factor = moe_cfg_num(cfg, "moe.ec_factor");
+    c->router.bias_balance = moe_cfg_bool(cfg, "moe.bias_balance");
+    c->D = D;
+    c->F = F;
+    c->n_shared = (size_t)moe_cfg_int(cfg, "model.n_expert_shared");
+    c->act = act;
+    c->capacity_factor = moe_cfg_num(cfg, "moe.capacity_factor");
+    c->eval_capacity_factor = moe_cfg_num(cfg, "moe.eval_capacity_factor");
+    c->drop = (enum moe_drop_policy)moe_drop_policy_from_name(moe_cfg_str(cfg, "moe.drop_policy"));
+    c->jitter = moe_cfg_num(cfg, "moe.jitter");
+    c->aux = (enum moe_aux_type)moe_aux_from_name(moe_cfg_str(cfg, "moe.aux_loss"));
+    c->aux_weight = moe_cfg_num(cfg, "moe.aux_weight");
+    c->w_importance = moe_cfg_num(cfg, "moe.w_importance");
+    c->w_load = moe_cfg_num(cfg, "moe.w_load");
+    c->z_weight = moe_cfg_num(cfg, "moe.z_weight");
+    c->bias_rate = moe_cfg_num(cfg, "moe.bias_rate");
+    c->hash_vocab = (size_t)moe_cfg_int(cfg, "moe.hash_vocab");
+    c->hash_balanced = strcmp(moe_cfg_str(cfg, "moe.hash_table"), "balanced") == 0;
+    c->router_init_scale = moe_cfg_num(cfg, "moe.router_init_scale");
+
+    if (K > E)
+        return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': %zu experts per token but only %zu experts",
+                         K, E);
+    switch (c->router.type) {
+    case MOE_ROUTER_GSHARD:
+        if (K != 2)
+            return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': router 'gshard' is top-2, got %zu", K);
+        break;
+    case MOE_ROUTER_HASH:
+        if (K != 1)
+            return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': router 'hash' sends each token to 1 expert, got %zu", K);
+        break;
+    default:
+        break;
+    }
+    if (c->router.bias_balance && c->router.type != MOE_ROUTER_SOFTMAX && c->router.type != MOE_ROUTER_SWITCH)
+        return moe_error(err, MOE_ECONFIG, "key 'moe.bias_balance': needs router 'softmax' or 'switch', got '%s'",
+                         rname);
+    // Hash routing has no router probabilities, and expert choice is balanced
+    // by construction: neither takes a balancing loss.
+    if (c->router.type == MOE_ROUTER_HASH || c->router.type == MOE_ROUTER_EXPERT_CHOICE)
+        c->aux = MOE_AUX_NONE;
+    if (c->router.type == MOE_ROUTER_HASH)
+        c->z_weight = 0.0;
+    if (c->aux == MOE_AUX_SHAZEER && c->w_load > 0.0) {
+        if (c->router.type != MOE_ROUTER_NOISY_TOPK)
+            return moe_error(err, MOE_ECONFIG, "key 'moe.w_load': the smooth load estimator needs router 'noisy-topk', got '%s' (set moe.w_load = 0 to use the importance loss alone)", rname);
+        if (K >= E)
+            return moe_error(err, MOE_ECONFIG, "key 'moe.w_load': the smooth load estimator needs n_expert_used < n_expert");
+    }
+    return 0;
+}
+
+int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err)
+{
+    int ce = strcmp(loss, "ce") == 0;
+    if (!ce && strcmp(loss, "mse") != 0)
+        return moe_error(err, MOE_ECONFIG, "key 'loss.type': model 'mlp-moe' takes ce or mse, got '%s'", loss);
+    if (ce && m->task != MOE_TASK_CLASSIFICATION)
+        return moe_error(err, MOE_ECONFIG, "key 'loss.type': 'ce' needs class labels, but the data is regression");
+    struct mlp_moe *n = calloc(1, sizeof *n);
+    if (!n)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    m->impl = n;
+    m->ops = &ops;
+    m->loss_name = ce ? "ce" : "mse";
+    n->ce = ce;
+    n->I = m->n_in;
+    n->O = m->n_out;
+    n->D = (size_t)moe_cfg_int(cfg, "model.n_embd");
+    n->L = (size_t)moe_cfg_int(cfg, "model.n_layer");
+    size_t F = (size_t)moe_cfg_int(cfg, "model.n_ff");
+    size_t every = (size_t)moe_cfg_int(cfg, "model.moe_every");
+    n->rms = strcmp(moe_cfg_str(cfg, "model.norm"), "rmsnorm") == 0;
+    n->act = (enum moe_ffn_act)moe_ffn_act_from_name(moe_cfg_str(cfg, "model.ffn_activation"));
+    n->init_scale = (float)moe_cfg_num(cfg, "model.init_scale");
+    n->V = (size_t)moe_cfg_int(cfg, "moe.hash_vocab");
+    size_t K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
+    n->Fd = moe_cfg_int(cfg, "model.n_ff_dense") > 0 ? (size_t)moe_cfg_int(cfg, "model.n_ff_dense") : K * F;
+    size_t D = n->D, I = n->I, O = n->O, L = n->L, T = m->max_batch, Fd = n->Fd;
+    int swiglu = n->act == MOE_FFN_SWIGLU;
+    struct moe_layer_cfg lc;
+    int rc = layer_cfg(&lc, cfg, D, F, n->act, err);
+    if (rc)
+        return rc;
+    n->blk = calloc(L, sizeof *n->blk);
+    n->sparse = calloc(L, sizeof *n->sparse);
+    if (!n->blk || !n->sparse)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    struct moe_params *p = &m->params;
+    char name[MOE_NAME_MAX];
+#define ADD(idx, nm, ...)                                               \
+    if ((idx = moe_params_add(p, nm, MOE_SHAPE(__VA_ARGS__), err)) < 0) \
+        return idx
+#define ADDF(idx, fmt, l, ...)                  \
+    snprintf(name, sizeof name, fmt, l);        \
+    ADD(idx, name, __VA_ARGS__)
+    ADD(n->i_win, "input.weight", D, I);
+    ADD(n->i_bin, "input.bias", D);
+    for (size_t l = 0; l < L; l++) {
+        struct block *b = &n->blk[l];
+        b->i_b = b->i_w3 = -1;
+        b->sparse = l % every == every - 1;
+        ADDF(b->i_g, "layers.%zu.norm.weight", l, D);
+        if (!n->rms) {
+            ADDF(b->i_b, "layers.%zu.norm.bias", l, D);
+        }
+        if (b->sparse) {
+            lc.index = (uint32_t)l;
+            snprintf(name, sizeof name, "layers.%zu.moe", l);
+            if ((rc = moe_layer_declare(&b->moe, &lc, name, p, err)))
+                return rc;
+            n->sparse[n->n_sparse++] = b;
+            n->has_hash |= lc.router.type == MOE_ROUTER_HASH;
+        } else {
+            ADDF(b->i_w1, "layers.%zu.ffn.w1", l, Fd, D);
+            if (swiglu) {
+                ADDF(b->i_w3, "layers.%zu.ffn.w3", l, Fd, D);
+            }
+            ADDF(b->i_w2, "layers.%zu.ffn.w2", l, D, Fd);
+        }
+    }
+    n->i_bf = -1;
+    ADD(n->i_gf, "norm.weight", D);
+    if (!n->rms) {
+        ADD(n->i_bf, "norm.bias", D);
+    }
+    ADD(n->i_wh, "head.weight", O, D);
+    ADD(n->i_bh, "head.bias", O);
+#undef ADDF
+#undef ADD
+    if ((rc = moe_params_alloc(p, err)))
+        return rc;
+    for (size_t l = 0; l < L; l++) {
+        struct block *b = &n->blk[l];
+        if (b->sparse) {
+            if ((rc = moe_layer_alloc(&b->moe, T, err)))
+                return rc;
+        } else {
+            b->a = moe_alloc(T * Fd, sizeof(float));
+            b->hh = moe_alloc(T * Fd, sizeof(float));
+            b->b = swiglu ? moe_alloc(T * Fd, sizeof(float)) : NULL;
+            if (!b->a || !b->hh || (swiglu && !b->b))
+                return moe_error(err, MOE_ENOMEM, "out of memory for dense FFN scratch (batch %zu)", T);
+        }
+    }
+    n->h = moe_alloc((L + 1) * T * D, sizeof(float));
+    n->n = moe_alloc((L + 1) * T * D, sizeof(float));
+    n->mean = moe_alloc((L + 1) * T, sizeof(float));
+    n->rstd = moe_alloc((L + 1) * T, sizeof(float));
+    n->y = moe_alloc(T * O, sizeof(float));
+    n->dy = moe_alloc(T * O, sizeof(float));
+    n->dh = moe_alloc(T * D, sizeof(float));
+    n->dn = moe_alloc(T * D, sizeof(float));
+    n->tmp = moe_alloc(T * D, sizeof(float));
+    n->da = moe_alloc(T * Fd, sizeof(float));
+    n->db = moe_alloc(T * Fd, sizeof(float));
+    n->dhh = moe_alloc(T * Fd, sizeof(float));
+    n->target = moe_alloc(T * O, sizeof(float));
+    n->pred = moe_alloc(T * O, sizeof(float));
+    n->keys = moe_alloc(T, sizeof(uint32_t));
+    if (!n->h || !n->n || !n->mean || !n->rstd || !n->y || !n->dy || !n->dh || !n->dn || !n->tmp || !n->da ||
+        !n->db || !n->dhh || !n->target || !n->pred || !n->keys)
+        return moe_error(err, MOE_ENOMEM, "out of memory for mlp-moe activations (batch %zu)", T);
+    m->n_moe_layers = n->n_sparse;
+    m->n_route_expert = lc.router.E;
+    m->n_route_slots = moe_router_slots(&lc.router);
+    return 0;
+}

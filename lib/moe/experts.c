@@ -1,0 +1,308 @@
+// experts.c: the expert FFNs of a sparse MoE layer over a dispatch plan:
+// gather, one FFN (two or three GEMMs) per expert block, gated combine, and
+// the backward of all three; plus the naive twin for tests (see experts.h).
+// Not here: routing, capacity and the plan itself (dispatch.c).
+//
+// T = tokens, S = slots per token, E = n_expert, D = n_embd, F = n_ff,
+// N = rows in a block or plan.
+//
+// Gather and combine are plain loops in a fixed order (rows, then tokens and
+// their slots), and each expert's GEMMs touch only that expert's block, so the
+// results do not depend on the thread count BLIS runs with.
+#include "moe/experts.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "core/params.h"
+#include "nn/nn.h"
+
+static const char *const act_names[] = { "relu", "gelu", "swiglu" };
+
+int moe_ffn_act_from_name(const char *name)
+{
+    for (int i = 0; i < 3; i++)
+        if (strcmp(name, act_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+const char *moe_ffn_act_name(enum moe_ffn_act a) { return act_names[a]; }
+
+// ---------------------------------------------------------------- one FFN
+
+// reference: Shazeer 2020, "GLU variants improve Transformer" (SwiGLU,
+// h = silu(x W1^T) * (x W3^T), no biases).
+void moe_ffn_forward(float *y, float *a, float *b, float *h, const float *x, const float *w1, const float *w3,
+                     const float *w2, size_t N, size_t D, size_t F, enum moe_ffn_act act)
+{
+    if (N == 0)
+        return;
+    const size_t n = N * F;
+    moe_linear_forward(a, F, x, D, w1, NULL, N, D, F);
+    switch (act) {
+    case MOE_FFN_RELU:
+        for (size_t i = 0; i < n; i++)
+            h[i] = a[i] > 0.0f ? a[i] : 0.0f;
+        break;
+    case MOE_FFN_GELU:
+        moe_gelu_forward(h, a, n);
+        break;
+    case MOE_FFN_SWIGLU:
+        assert(b && w3);
+        moe_linear_forward(b, F, x, D, w3, NULL, N, D, F);
+        moe_silu_forward(h, a, n);
+        for (size_t i = 0; i < n; i++)
+            h[i] *= b[i];
+        break;
+    }
+    moe_linear_forward(y, D, h, F, w2, NULL, N, F, D);
+}
+
+void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, float *da, float *db,
+                      const float *dy, const float *x, const float *a, const float *b, const float *h,
+                      const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
+                      enum moe_ffn_act act)
+{
+    if (N == 0)
+        return;
+    const size_t n = N * F;
+    // dh = dy . W2, dW2 += dy^T . h
+    memset(dh, 0, n * sizeof *dh);
+    moe_linear_backward(dh, F, dw2, NULL, dy, D, h, F, w2, N, F, D);
+    switch (act) {
+    case MOE_FFN_RELU:
+        for (size_t i = 0; i < n; i++)
+            da[i] = a[i] > 0.0f ? dh[i] : 0.0f;
+        break;
+    case MOE_FFN_GELU:
+        memset(da, 0, n * sizeof *da);
+        moe_gelu_backward(da, dh, a, n);
+        break;
+    case MOE_FFN_SWIGLU:
+        // h = silu(a) * b: db = dh * silu(a), da = (dh * b) * silu'(a);
+        // silu(a) is recomputed rather than saved (h / b is not safe at b = 0).
+        assert(b && db && w3 && dw3);
+        moe_silu_forward(db, a, n);
+        for (size_t i = 0; i < n; i++) {
+            db[i] *= dh[i];
+            dh[i] *= b[i];
+        }
+        memset(da, 0, n * sizeof *da);
+        moe_silu_backward(da, dh, a, n);
+        moe_linear_backward(dx, D, dw3, NULL, db, F, x, D, w3, N, D, F);
+        break;
+    }
+    moe_linear_backward(dx, D, dw1, NULL, da, F, x, D, w1, N, D, F);
+}
+
+// ---------------------------------------------------------------- buffers
+
+// Chunks start on 64-byte boundaries (16 floats) inside the one allocation.
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+int moe_experts_buf_alloc(struct moe_experts_buf *buf, size_t N_max, size_t D, size_t F, int swiglu,
+                          struct moe_err *err)
+{
+    memset(buf, 0, sizeof *buf);
+    if ((D && N_max > SIZE_MAX / 64 / D) || (F && N_max > SIZE_MAX / 64 / F))
+        return moe_error(err, MOE_EINVAL, "expert buffers for %zu rows of width %zu / %zu overflow", N_max, D, F);
+    const size_t nd = round16(N_max * D), nf = round16(N_max * F);
+    const size_t total = 4 * nd + (swiglu ? 6 : 4) * nf; // xd yd dyd dxd; a h da dh (b db)
+    float *p = moe_alloc(total, sizeof(float));
+    if (!p)
+        return moe_error(err, MOE_ENOMEM, "out of memory allocating expert buffers (%zu floats)", total);
+    buf->N_max = N_max;
+    buf->D = D;
+    buf->F = F;
+    buf->xd = p, p += nd; // xd first: it owns the allocation
+    buf->yd = p, p += nd;
+    buf->dyd = p, p += nd;
+    buf->dxd = p, p += nd;
+    buf->a = p, p += nf;
+    buf->h = p, p += nf;
+    buf->da = p, p += nf;
+    buf->dh = p, p += nf;
+    if (swiglu) {
+        buf->b = p, p += nf;
+        buf->db = p;
+    }
+    return 0;
+}
+
+void moe_experts_buf_release(struct moe_experts_buf *buf)
+{
+    if (!buf)
+        return;
+    moe_free(buf->xd);
+    memset(buf, 0, sizeof *buf);
+}
+
+// ---------------------------------------------------------------- a layer of experts
+
+void moe_experts_forward(float *out, const float *x, const float *gate, const struct moe_dispatch *plan,
+                         const float *w1, const float *w3, const float *w2, struct moe_experts_buf *buf,
+                         enum moe_ffn_act act)
+{
+    const size_t T = plan->T, S = plan->S, E = plan->E, D = buf->D, F = buf->F, N = plan->n_rows;
+    assert(N <= buf->N_max);
+    const int swiglu = act == MOE_FFN_SWIGLU;
+    assert(!swiglu || (w3 && buf->b));
+
+    for (size_t r = 0; r < N; r++)
+        memcpy(buf->xd + r * D, x + (size_t)plan->row_tok[r] * D, D * sizeof *x);
+    for (size_t e = 0; e < E; e++) {
+        size_t off = plan->offset[e], n = plan->offset[e + 1] - off;
+        if (n == 0)
+            continue;
+        moe_ffn_forward(buf->yd + off * D, buf->a + off * F, swiglu ? buf->b + off * F : NULL, buf->h + off * F,
+                        buf->xd + off * D, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F,
+                        act);
+    }
+    for (size_t t = 0; t < T; t++) {
+        for (size_t s = 0; s < S; s++) {
+            int32_t r = plan->slot_row[t * S + s];
+            if (r < 0)
+                continue;
+            const float g = gate[t * S + s];
+            const float *yr = buf->yd + (size_t)r * D;
+            float *o = out + t * D;
+            for (size_t i = 0; i < D; i++)
+                o[i] += g * yr[i];
+        }
+    }
+}
+
+void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float *dw2, const float *dout,
+                          const float *x, const float *gate, const struct moe_dispatch *plan, const float *w1,
+                          const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act)
+{
+    (void)x; // the forward gathered x into buf->xd
+    const size_t S = plan->S, E = plan->E, D = buf->D, F = buf->F, N = plan->n_rows;
+    assert(N <= buf->N_max);
+    const int swiglu = act == MOE_FFN_SWIGLU;
+    assert(!swiglu || (w3 && dw3 && buf->b && buf->db));
+
+    // out_t = sum_s gate_ts y_row: dy_row = gate_ts dout_t, dgate_ts = dout_t . y_row
+    for (size_t r = 0; r < N; r++) {
+        size_t t = (size_t)plan->row_tok[r], ts = t * S + (size_t)plan->row_slot[r];
+        const float g = gate[ts];
+        const float *dot = dout + t * D, *yr = buf->yd + r * D;
+        float *dyr = buf->dyd + r * D;
+        double acc = 0.0;
+        for (size_t i = 0; i < D; i++) {
+            dyr[i] = g * dot[i];
+            acc += (double)dot[i] * yr[i];
+        }
+        if (dgate)
+            dgate[ts] += (float)acc;
+    }
+    if (dx)
+        memset(buf->dxd, 0, N * D * sizeof *buf->dxd);
+    for (size_t e = 0; e < E; e++) {
+        size_t off = plan->offset[e], n = plan->offset[e + 1] - off;
+        if (n == 0)
+            continue;
+        moe_ffn_backward(dx ? buf->dxd + off * D : NULL, dw1 + e * F * D, swiglu ? dw3 + e * F * D : NULL,
+                         dw2 + e * D * F, buf->dh + off * F, buf->da + off * F, swiglu ? buf->db + off * F : NULL,
+                         buf->dyd + off * D, buf->xd + off * D, buf->a + off * F, swiglu ? buf->b + off * F : NULL,
+                         buf->h + off * F, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F,
+                         act);
+    }
+    if (!dx)
+        return;
+    // scatter back by token, then slot: a fixed order whatever the layout
+    for (size_t t = 0; t < plan->T; t++) {
+        for (size_t s = 0; s < S; s++) {
+            int32_t r = plan->slot_row[t * S + s];
+            if (r < 0)
+                continue;
+            const float *dr = buf->dxd + (size_t)r * D;
+            float *o = dx + t * D;
+            for (size_t i = 0; i < D; i++)
+                o[i] += dr[i];
+        }
+    }
+}
+
+// ---------------------------------------------------------------- naive twin
+
+// The keep rule of dispatch.h, straight from its words: slot (t, s) survives
+// when fewer than `cap` assignments to the same expert come before it
+// (an earlier slot; or the same slot and an earlier token, or for
+// MOE_DROP_PROB a higher priority, ties to the lower token).
+static int ref_kept(const int32_t *idx, const float *prio, size_t T, size_t S, size_t t, size_t s, size_t cap,
+                    enum moe_drop_policy policy)
+{
+    const int32_t e = idx[t * S + s];
+    size_t earlier = 0;
+    for (size_t s2 = 0; s2 <= s; s2++) {
+        for (size_t t2 = 0; t2 < T; t2++) {
+            if (idx[t2 * S + s2] != e || (s2 == s && t2 == t))
+                continue;
+            if (s2 < s)
+                earlier++;
+            else if (policy == MOE_DROP_ORDER)
+                earlier += t2 < t;
+            else {
+                float p2 = prio[t2 * S + s2], p = prio[t * S + s];
+                earlier += p2 > p || (p2 == p && t2 < t);
+            }
+        }
+    }
+    return earlier < cap;
+}
+
+void moe_experts_forward_ref(float *out, const float *x, const int32_t *idx, const float *gate, const float *prio,
+                             size_t T, size_t S, size_t E, size_t cap, enum moe_drop_policy policy,
+                             const float *w1, const float *w3, const float *w2, size_t D, size_t F,
+                             enum moe_ffn_act act, float *scratch)
+{
+    float *a = scratch, *b = scratch + F, *h = scratch + 2 * F, *y = scratch + 3 * F;
+    for (size_t t = 0; t < T; t++) {
+        const float *xt = x + t * D;
+        for (size_t s = 0; s < S; s++) {
+            const int32_t e = idx[t * S + s];
+            if (e < 0 || !ref_kept(idx, prio, T, S, t, s, cap, policy))
+                continue;
+            assert((size_t)e < E);
+            const float *W1 = w1 + (size_t)e * F * D, *W2 = w2 + (size_t)e * D * F;
+            const float *W3 = act == MOE_FFN_SWIGLU ? w3 + (size_t)e * F * D : NULL;
+            for (size_t f = 0; f < F; f++) {
+                double sa = 0.0, sb = 0.0;
+                for (size_t i = 0; i < D; i++) {
+                    sa += (double)W1[f * D + i] * xt[i];
+                    if (W3)
+                        sb += (double)W3[f * D + i] * xt[i];
+                }
+                a[f] = (float)sa;
+                b[f] = (float)sb;
+            }
+            switch (act) {
+            case MOE_FFN_RELU:
+                for (size_t f = 0; f < F; f++)
+                    h[f] = a[f] > 0.0f ? a[f] : 0.0f;
+                break;
+            case MOE_FFN_GELU:
+                moe_gelu_forward(h, a, F);
+                break;
+            case MOE_FFN_SWIGLU:
+                moe_silu_forward(h, a, F);
+                for (size_t f = 0; f < F; f++)
+                    h[f] *= b[f];
+                break;
+            }
+            for (size_t o = 0; o < D; o++) {
+                double sy = 0.0;
+                for (size_t f = 0; f < F; f++)
+                    sy += (double)W2[o * F + f] * h[f];
+                y[o] = (float)sy;
+            }
+            const float g = gate[t * S + s];
+            for (size_t o = 0; o < D; o++)
+                out[t * D + o] += g * y[o];
+        }
+    }
+}

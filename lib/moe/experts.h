@@ -1,0 +1,74 @@
+// experts.h: expert feed-forward networks, one GEMM per expert block.
+// moe_ffn_* is one FFN over N rows (an expert's block, or a dense FFN layer);
+// moe_experts_* runs all E experts of a layer over a dispatch plan: gather the
+// kept rows into per-expert blocks, one FFN per block, combine back into
+// tokens weighted by their gates. Not here: routing, capacity (dispatch.h).
+//
+// T = tokens, S = slots per token, E = n_expert, D = n_embd, F = n_ff,
+// N = rows in a block or plan.
+//
+// FFN (no biases, as in Switch/T5 and Mixtral):
+//   relu, gelu:  a = x.W1^T (N, F); h = act(a); y = h.W2^T (N, D)
+//   swiglu:      a = x.W1^T, b = x.W3^T; h = silu(a) * b; y = h.W2^T
+//                (reference: Shazeer 2020, "GLU variants improve Transformer")
+// Weights per expert: w1 (F, D), w3 (F, D) (swiglu only), w2 (D, F); a layer
+// stores them stacked as (E, F, D), (E, F, D), (E, D, F), so expert e is one
+// pointer offset. Kernels never allocate; buffers come from the caller.
+#ifndef MOE_EXPERTS_H
+#define MOE_EXPERTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/status.h"
+#include "moe/dispatch.h"
+
+enum moe_ffn_act { MOE_FFN_RELU = 0, MOE_FFN_GELU = 1, MOE_FFN_SWIGLU = 2 };
+int moe_ffn_act_from_name(const char *name); // "relu", "gelu", "swiglu"; -1 when unknown
+const char *moe_ffn_act_name(enum moe_ffn_act a);
+
+// One FFN over N rows of x (N, D), into y (N, D) (overwritten).
+// Saved for backward: a (N, F), b (N, F) (swiglu only; else may be NULL), h (N, F).
+void moe_ffn_forward(float *y, float *a, float *b, float *h, const float *x, const float *w1, const float *w3,
+                     const float *w2, size_t N, size_t D, size_t F, enum moe_ffn_act act);
+// Backward: dx (N, D) += (may be NULL), dw1 (F, D) +=, dw3 (F, D) += (swiglu), dw2 (D, F) +=.
+// Scratch: dh, da, db (N, F) (db swiglu only), overwritten.
+void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, float *da, float *db,
+                      const float *dy, const float *x, const float *a, const float *b, const float *h,
+                      const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
+                      enum moe_ffn_act act);
+
+// Buffers for a layer of E experts, sized for up to N_max = T_max * S rows.
+struct moe_experts_buf {
+    size_t N_max, D, F;
+    float *xd, *yd;         // (N_max, D) gathered inputs, expert outputs
+    float *a, *b, *h;       // (N_max, F) saved activations (b swiglu only)
+    float *dyd, *dxd;       // (N_max, D)
+    float *da, *db, *dh;    // (N_max, F)
+};
+int moe_experts_buf_alloc(struct moe_experts_buf *buf, size_t N_max, size_t D, size_t F, int swiglu,
+                          struct moe_err *err);
+void moe_experts_buf_release(struct moe_experts_buf *buf);
+
+// out (T, D) += sum over kept slots (t, s) of gate[t, s] * FFN_{expert}(x_t).
+// x (T, D); gate (T, S); plan from moe_dispatch_plan; w1, w3, w2 stacked (E, ...).
+void moe_experts_forward(float *out, const float *x, const float *gate, const struct moe_dispatch *plan,
+                         const float *w1, const float *w3, const float *w2, struct moe_experts_buf *buf,
+                         enum moe_ffn_act act);
+// Backward of moe_experts_forward, given dout (T, D):
+//   dgate[t, s] += dout_t . FFN(x_t) for kept slots (dgate may be NULL),
+//   dx (T, D) += (may be NULL), dw1, dw3, dw2 += (stacked like the weights).
+// Uses the activations the forward saved in buf.
+void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float *dw2, const float *dout,
+                          const float *x, const float *gate, const struct moe_dispatch *plan, const float *w1,
+                          const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act);
+
+// Naive twin of moe_experts_forward for tests: loops over tokens and slots,
+// applies moe_dispatch_kept_ref's keep rule itself, and runs the FFN one row at
+// a time with plain loops (no BLAS). scratch: at least 3*F + D floats.
+void moe_experts_forward_ref(float *out, const float *x, const int32_t *idx, const float *gate, const float *prio,
+                             size_t T, size_t S, size_t E, size_t cap, enum moe_drop_policy policy,
+                             const float *w1, const float *w3, const float *w2, size_t D, size_t F,
+                             enum moe_ffn_act act, float *scratch);
+
+#endif

@@ -1,0 +1,129 @@
+// router.h: the routers (gates) of sparse MoE layers. A router turns router
+// logits z = x.Wg^T into, for every token, S slots of (expert, gate weight),
+// and keeps what the auxiliary losses and routing statistics need (p, lse,
+// noise). The layer owns the router input and weights: it computes z (and the
+// noise logits u for noisy top-k) with a linear layer, calls
+// moe_router_forward, and later turns dz, du back into weight gradients.
+// Not here: capacity and dropping (dispatch.h), auxiliary losses (aux_loss.h).
+//
+// T = tokens, E = n_expert (routed experts), K = n_expert_used, S = slots per
+// token (K, or E for expert choice).
+//
+// Conventions, one per router (DESIGN.md §3):
+//   SOFTMAX      top-K of p = softmax(z); gate = softmax over the K chosen logits,
+//                i.e. the renormalised top-K of p (Mixtral). K = E is the dense
+//                softmax gate. With bias balancing, selection is top-K of p + bias.
+//   NOISY_TOPK   Shazeer et al. 2017: h = z + eps * softplus(u), eps ~ N(0,1) in
+//                training only (h = z in evaluation); top-K of h; gate = softmax
+//                over the K chosen h.
+//   SWITCH       Fedus et al. 2021: top-K of p (K = 1 in the paper); gate = the raw
+//                probability p of the chosen expert (not renormalised). Input
+//                jitter is the layer's job (it multiplies the router input).
+//                Bias balancing as for SOFTMAX.
+//   GSHARD       Lepikhin et al. 2020, K = 2: top-2 of p, gates g1, g2
+//                renormalised by g1 + g2. The second expert is dispatched always
+//                (policy ALL) or only if 2 * g2 > U(0,1) (policy RANDOM, training
+//                only; evaluation dispatches both). A skipped second slot has
+//                idx = -1 and gate 0, and g1 keeps its renormalised value.
+//   HASH         Roller et al. 2021: expert = table[key], gate 1, K = 1, no
+//                gradient. The layer computes the expert per token (hash_expert).
+//   EXPERT_CHOICE Zhou et al. 2022: p = softmax(z) over experts per token; each
+//                expert takes its C = min(T, ceil(ec_factor * T / E)) tokens of
+//                largest p[t, e] (ties to the lower token index); S = E slots,
+//                slot e of token t is expert e if e took t, else -1; gate =
+//                p[t, e]. Every expert gets exactly C tokens.
+//   Top-K selection everywhere: largest first, ties to the lower expert index.
+//   Slots are ordered by rank: slot 0 holds the first choice.
+#ifndef MOE_ROUTER_H
+#define MOE_ROUTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/rng.h"
+#include "core/status.h"
+
+enum moe_router_type {
+    MOE_ROUTER_SOFTMAX = 0,
+    MOE_ROUTER_NOISY_TOPK = 1,
+    MOE_ROUTER_SWITCH = 2,
+    MOE_ROUTER_GSHARD = 3,
+    MOE_ROUTER_HASH = 4,
+    MOE_ROUTER_EXPERT_CHOICE = 5,
+};
+// "softmax", "noisy-topk", "switch", "gshard", "hash", "expert-choice"
+int moe_router_from_name(const char *name); // -1 when unknown
+const char *moe_router_name(enum moe_router_type t);
+
+enum moe_second_policy { MOE_SECOND_ALL = 0, MOE_SECOND_RANDOM = 1 };
+
+struct moe_router_cfg {
+    enum moe_router_type type;
+    size_t E;                      // routed experts
+    size_t K;                      // experts per token (ignored by EXPERT_CHOICE; 1 for HASH; 2 for GSHARD)
+    enum moe_second_policy second; // GSHARD only
+    double ec_factor;              // EXPERT_CHOICE only: tokens per expert = ceil(ec_factor * T / E)
+    int bias_balance;              // SOFTMAX, SWITCH: select on p + bias (DeepSeek-V3)
+};
+
+// Slots per token: E for EXPERT_CHOICE, else K.
+size_t moe_router_slots(const struct moe_router_cfg *c);
+
+// Per-batch routing state, sized for up to T_max tokens (moe_route_alloc).
+struct moe_route {
+    size_t T, E, S;  // tokens in the current batch, experts, slots per token
+    float *z;        // (T, E) clean router logits (filled by the layer)
+    float *p;        // (T, E) softmax(z)
+    float *lse;      // (T) logsumexp_e z[t, e]
+    float *u;        // (T, E) noise logits x.Wnoise^T (filled by the layer), NOISY_TOPK only, else NULL
+    float *eps;      // (T, E) the N(0,1) draws (0 in evaluation), NOISY_TOPK only
+    float *h;        // (T, E) noisy logits z + eps * softplus(u), NOISY_TOPK only
+    int32_t *sel;    // (T, S) selected expert per slot, -1 = slot unused (expert choice)
+    int32_t *idx;    // (T, S) expert to dispatch to: sel, or -1 where GShard's random policy skipped it
+    float *gate;     // (T, S) combine weight of the slot (0 where idx = -1)
+    float *prio;     // (T, S) priority for dropping by probability: p[t, sel] (1 for HASH)
+};
+// Allocate every buffer for T_max tokens (u, eps, h only when noisy).
+int moe_route_alloc(struct moe_route *r, size_t T_max, size_t E, size_t S, int noisy, struct moe_err *err);
+void moe_route_release(struct moe_route *r);
+
+// Route T tokens. The caller has filled r->z (and r->u for NOISY_TOPK).
+// bias (E) or NULL: selection offsets (used only with c->bias_balance).
+// hash_expert (T): the expert of each token, HASH only (else NULL).
+// train: noise and GShard's random policy are on only in training.
+// rng, rng_base: NOISY_TOPK draws eps[t, e] = normal(rng, rng_base + t*E + e);
+// GSHARD RANDOM draws U for token t = uniform(rng, rng_base + t). The layer
+// picks rng (seed, purpose, stream = step) and rng_base (distinct per layer).
+void moe_router_forward(struct moe_route *r, const struct moe_router_cfg *c, const float *bias,
+                        const int32_t *hash_expert, int train, const struct moe_rng *rng, uint64_t rng_base,
+                        size_t T);
+
+// Backward with the selection held fixed: given dgate (T, S) = dL/dgate,
+// add dL/dz into dz (T, E) and, for NOISY_TOPK, dL/du into du (T, E) (du may be
+// NULL otherwise). HASH adds nothing.
+//   SOFTMAX, GSHARD: gate = softmax over the selected logits (for GSHARD over
+//     both selected experts even when the second was skipped), so
+//     dz[j] += sum_k dgate[k] g[k] (delta(sel k, j) - g_j) for j selected.
+//   NOISY_TOPK: the same over h, then dz += dh, du += dh * eps * sigmoid(u).
+//   SWITCH, EXPERT_CHOICE: gate = p[t, e], dz[j] += sum_s dgate[s] p_e (delta(e, j) - p_j).
+void moe_router_backward(float *dz, float *du, const float *dgate, const struct moe_route *r,
+                         const struct moe_router_cfg *c);
+
+// DeepSeek-V3 auxiliary-loss-free balancing: with load_e the number of slots
+// selecting e in this batch (r->sel) and mean_load = sum_e load_e / E,
+// bias[e] += rate * sign(mean_load - load_e) (sign(0) = 0).
+void moe_router_bias_update(float *bias, const struct moe_route *r, double rate);
+
+// ---- hash routing tables (Roller et al. 2021) ----
+// Random table: table[v] = below(rng(seed, MOE_RNG_INIT, stream = hash("hash_table")), v, E).
+void moe_hash_table_random(int32_t *table, size_t V, size_t E, uint64_t seed);
+// Balanced table (greedy): keys in order of decreasing freq (ties to the lower
+// key), each assigned to the expert with the least total frequency so far
+// (ties to the lower expert index).
+void moe_hash_table_balanced(int32_t *table, const uint64_t *freq, size_t V, size_t E);
+// Key of an input row that has no token id: FNV-1a over the row's float bytes
+// (D values, little-endian as stored), reduced mod V. Depends only on the
+// values, so the same example always gets the same key.
+uint32_t moe_hash_key_row(const float *x, size_t D, size_t V);
+
+#endif
