@@ -472,6 +472,77 @@ t_idx() {
 }
 check "idx source (tiny hand-written IDX files) trains" t_idx
 
+# ------------------------------------------------------------ sparse routing (mlp-moe, route-stats)
+MOECFG="$TMP/moe.json"
+printf '%s\n' '{ "data": { "synthetic": { "kind": "classes", "n_in": 4, "n_regions": 4, "n_train": 300, "n_test": 200 } },' \
+    '  "model": { "type": "mlp-moe", "n_embd": 8, "n_layer": 2, "n_ff": 8, "n_expert": 4, "n_expert_used": 2 },' \
+    '  "moe": { "router": "noisy-topk", "aux_loss": "shazeer", "capacity_factor": 1.0 },' \
+    '  "optim": { "batch_size": 32 }, "train": { "epochs": 3 } }' >"$MOECFG"
+t_mlp_moe() {
+    run "$TMP/mm1" "$MOE" train --config "$MOECFG" --out "$TMP/mm1" --threads 1
+    verify_run "$TMP/mm1" "$TMP/mm1" || return 1
+    run "$TMP/mm2" "$MOE" train --config "$MOECFG" --out "$TMP/mm2" --threads 2 --quiet
+    [ "$RC" = 0 ] || { describe "$TMP/mm2"; return 1; }
+    for f in metrics.csv experts.csv model.safetensors; do
+        cmp -s "$TMP/mm1/$f" "$TMP/mm2/$f" || fail "$f differs between --threads 1 and 2" || return 1
+    done
+    [ "$(head -1 "$TMP/mm1/experts.csv")" = "step,epoch,split,layer,expert,tokens,dropped,gate_mean,importance" ] ||
+        fail "experts.csv header is '$(head -1 "$TMP/mm1/experts.csv")'" || return 1
+    local m e
+    m=$(tail -n +2 "$TMP/mm1/metrics.csv" | awk 'END { print NR }')
+    e=$(tail -n +2 "$TMP/mm1/experts.csv" | awk 'END { print NR }')
+    [ "$e" -eq $((m * 2 * 4)) ] || fail "experts.csv has $e rows, expected $((m * 8)) (metrics rows x 2 layers x 4 experts)" || return 1
+    # every batch row's tokens per layer = 2 slots x 300 training rows; some dropped at capacity factor 1.0
+    awk -F, 'NR > 1 && $3 == "batch" { t[$1 "," $4] += $6; d += $7 } END { for (k in t) if (t[k] != 600) exit 1; exit d > 0 ? 0 : 1 }' \
+        "$TMP/mm1/experts.csv" || fail "batch rows of experts.csv do not route 600 assignments per layer with some dropped" || return 1
+    jq -e '.routing.router == "noisy-topk" and .routing.aux_loss == "shazeer" and (.final.test.load_cv | type) == "number"
+           and (.final.test.dropped_fraction | type) == "number" and .active_parameters < .parameters' "$TMP/mm1/summary.json" >/dev/null ||
+        fail "summary.json lacks the routing record: $(jq -c '.routing' "$TMP/mm1/summary.json")"
+}
+check "train mlp-moe (noisy top-2, 2 layers): experts.csv, routing summary, byte-identical for --threads 1 and 2" t_mlp_moe
+
+t_route_stats() {
+    run "$TMP/gs" "$MOE" train --config "$MOECFG" --out "$TMP/gs" --quiet --set 'moe.router="gshard"' --set 'moe.aux_loss="gshard"'
+    [ "$RC" = 0 ] || { describe "$TMP/gs"; return 1; }
+    run "$TMP/rs" "$MOE" route-stats --checkpoint "$TMP/gs/model.safetensors" --out "$TMP/rs" --capacity-factors 0.5,0 --trace "$TMP/rs/trace.jsonl" --quiet
+    [ "$RC" = 0 ] || { describe "$TMP/rs"; return 1; }
+    [ "$(wc -l <"$TMP/rs.out")" -eq 1 ] && jq -e . "$TMP/rs.out" >/dev/null || fail "stdout is not one JSON line" || return 1
+    cmp -s <(jq -S . "$TMP/rs.out") <(jq -S . "$TMP/rs/summary.json") || fail "stdout differs from summary.json" || return 1
+    for f in layers.csv experts.csv capacity.csv coselect.csv trace.jsonl; do
+        [ -s "$TMP/rs/$f" ] || fail "missing $f" || return 1
+    done
+    jq -e '.rows == 200 and (.layers | length) == 2 and all(.layers[]; (.tokens_per_expert | add) == 400)
+           and .capacity[0].dropped_fraction[0] > 0 and .capacity[1].dropped_fraction == [0, 0]
+           and all(.layers[]; (.coselect | length) == 4 and .expert_label_mi >= 0)' "$TMP/rs.out" >/dev/null ||
+        fail "unexpected statistics: $(jq -c '{rows, capacity, layers: [.layers[] | {tokens_per_expert, expert_label_mi}]}' "$TMP/rs.out")" || return 1
+    [ "$(wc -l <"$TMP/rs/trace.jsonl")" -eq 400 ] || fail "trace has $(wc -l <"$TMP/rs/trace.jsonl") lines, expected 200 rows x 2 layers" || return 1
+    jq -e -s 'map(select(.index == 7 and .layer == 1)) | length == 1 and (.[0] | (.experts | length) == 2 and (.gates | length) == 2 and (.dropped | length) == 2)' \
+        "$TMP/rs/trace.jsonl" >/dev/null || fail "trace line for token 7, layer 1 is malformed" || return 1
+    # the trace agrees with experts.csv: assignments per (layer, expert)
+    cmp -s <(jq -r '.layer as $l | .experts[] | "\($l),\(.)"' "$TMP/rs/trace.jsonl" | sort | uniq -c | awk '{ print $2 "," $1 }' | sort) \
+           <(awk -F, 'NR > 1 && $3 > 0 { print $1 "," $2 "," $3 }' "$TMP/rs/experts.csv" | sort) ||
+        fail "trace and experts.csv disagree on tokens per expert"
+}
+check "route-stats on a gshard checkpoint: tables, capacity sweep, co-selection, trace agrees with experts.csv" t_route_stats
+
+t_hash_reload() {
+    run "$TMP/hs" "$MOE" train --config "$MOECFG" --out "$TMP/hs" --quiet --set 'moe.router="hash"' --set model.n_expert_used=1 \
+        --set 'moe.hash_table="balanced"' --set 'moe.aux_loss="none"'
+    [ "$RC" = 0 ] || { describe "$TMP/hs"; return 1; }
+    local a b
+    run "$TMP/hr1" "$MOE" route-stats --checkpoint "$TMP/hs/model.safetensors" --out "$TMP/hr1" --trace "$TMP/hr1/t.jsonl" --data train --quiet
+    run "$TMP/hr2" "$MOE" route-stats --checkpoint "$TMP/hs/model.safetensors" --out "$TMP/hr2" --trace "$TMP/hr2/t.jsonl" --data train --quiet --threads 1
+    cmp -s "$TMP/hr1/t.jsonl" "$TMP/hr2/t.jsonl" || fail "two route-stats runs of one hash checkpoint route differently" || return 1
+    # the routing seen in training (last batch row: every training row once) equals route-stats on the training split
+    a=$(awk -F, 'NR > 1 && $3 == "batch" { last = $1 } END { print last }' "$TMP/hs/experts.csv")
+    b=$(awk -F, -v s="$a" 'NR > 1 && $1 == s && $3 == "batch" { print $4 "," $5 "," $6 }' "$TMP/hs/experts.csv" | sort)
+    [ "$b" = "$(awk -F, 'NR > 1 { print $1 "," $2 "," $3 }' "$TMP/hr1/experts.csv" | sort)" ] ||
+        fail "hash routing after reload differs from training's: train '$b'" || return 1
+    jq -e '.layers[0].router_entropy == null and .routing.router == "hash"' "$TMP/hr1.out" >/dev/null ||
+        fail "hash routing should report no router entropy"
+}
+check "hash routing: the table reloaded from the checkpoint routes exactly as in training" t_hash_reload
+
 # ------------------------------------------------------------ B. bad inputs
 CFG="$TMP/reg.json"
 O="$TMP/fail-out"
@@ -558,6 +629,24 @@ expect_fail "divergence (gd, lr 500, cooperative): epoch and non-finite loss" 1 
     "$MOE" train --config "$TMP/diverge.json" --out "$TMP/div1" --quiet --threads 1
 expect_fail "divergence (gd, lr 500, nll): epoch/step and non-finite value" 1 "re:(epoch|step) [0-9]+" "re:not finite|non-finite" -- \
     "$MOE" train --config "$TMP/diverge_nll.json" --out "$TMP/div2" --quiet --threads 1
+
+# sparse routing configs and route-stats
+expect_fail "mlp-moe: gshard with n_expert_used 1" 2 "model.n_expert_used" "gshard" -- "$MOE" train --config "$MOECFG" --out "$O" --set 'moe.router="gshard"' --set model.n_expert_used=1
+expect_fail "mlp-moe: hash with n_expert_used 2" 2 "model.n_expert_used" "hash" -- "$MOE" train --config "$MOECFG" --out "$O" --set 'moe.router="hash"'
+expect_fail "mlp-moe: n_expert_used above n_expert" 2 "model.n_expert_used" -- "$MOE" train --config "$MOECFG" --out "$O" --set model.n_expert_used=5
+expect_fail "mlp-moe: bias balancing with gshard" 2 "moe.bias_balance" -- "$MOE" train --config "$MOECFG" --out "$O" --set 'moe.router="gshard"' --set moe.bias_balance=true
+expect_fail "mlp-moe: smooth load loss without noisy-topk" 2 "moe.w_load" "noisy-topk" -- "$MOE" train --config "$MOECFG" --out "$O" --set 'moe.router="softmax"'
+expect_fail "mlp-moe: unknown router" 2 "moe.router" "top3" -- "$MOE" train --config "$MOECFG" --out "$O" --set 'moe.router="top3"'
+expect_fail "mlp-moe: loss nll" 2 "loss.type" "mlp-moe" -- "$MOE" train --config "$MOECFG" --out "$O" --set 'loss.type="nll"'
+expect_fail "mlp-moe: negative capacity factor" 2 "moe.capacity_factor" -- "$MOE" train --config "$MOECFG" --out "$O" --set moe.capacity_factor=-1
+expect_fail "route-stats: --checkpoint missing" 2 "--checkpoint" -- "$MOE" route-stats --out "$O"
+expect_fail "route-stats: --data val" 2 "--data" "val" -- "$MOE" route-stats --checkpoint "$TMP/gs/model.safetensors" --out "$O" --data val
+expect_fail "route-stats: --capacity-factors 1,x" 2 "--capacity-factors" "'x'" -- "$MOE" route-stats --checkpoint "$TMP/gs/model.safetensors" --out "$O" --capacity-factors 1,x
+expect_fail "route-stats: --capacity-factors -1" 2 "--capacity-factors" -- "$MOE" route-stats --checkpoint "$TMP/gs/model.safetensors" --out "$O" --capacity-factors -1
+expect_fail "route-stats: --config does not apply" 2 "--config" -- "$MOE" route-stats --checkpoint "$TMP/gs/model.safetensors" --out "$O" --config "$CFG"
+expect_fail "route-stats: checkpoint without sparse layers" 2 "nothing to route" -- "$MOE" route-stats --checkpoint "$TMP/r1/model.safetensors" --out "$O"
+expect_fail "route-stats: truncated checkpoint" 1 "trunc_data.safetensors" -- "$MOE" route-stats --checkpoint "$TMP/trunc_data.safetensors" --out "$O"
+expect_fail "route-stats: --set to a model the checkpoint does not fit" 2 "shape" -- "$MOE" route-stats --checkpoint "$TMP/gs/model.safetensors" --out "$O" --set model.n_embd=9
 
 # output directory
 : >"$TMP/a_regular_file"

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Every router at equal active parameters against the dense model of the same
+# active size, on Fashion-MNIST (MLP-MoE, 2 blocks, n_embd 64, 8 experts per
+# sparse block). Active FFN width per token is 128 everywhere: top-2 routers use
+# experts of width 64, top-1 routers width 128, expert choice (2 experts per
+# token on average) width 64, shared-expert = 1 shared + top-1 routed of width 64,
+# and the dense model an FFN of width 128. Token-choice routers train with
+# capacity factor 1.25 and evaluate with 2.0 (the Switch defaults). 3 seeds.
+#
+#   bash experiments/routers/run.sh [MOE_BINARY]
+#
+# Writes results/routers/runs.csv, table.csv (mean and sd over seeds), command.txt.
+# Time per step is reported as a ratio to the dense model trained in the same
+# seed loop (the machine is shared; a bare time would not repeat).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+[ $# -ge 1 ] && export MOE=$1
+# shellcheck source=../common/lib.sh
+. "$root/experiments/common/lib.sh"
+check_moe
+moe=$(moe_bin)
+out=$root/results/routers
+work=$root/runs/routers
+seeds=(1 2 3)
+mkdir -p "$out" "$work"
+echo "bash experiments/routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)" > "$out/command.txt"
+
+# name | settings (space-separated key=value)
+systems=(
+  "dense|model.moe_every=99 model.n_ff_dense=128"
+  "softmax-top2|moe.router=\"softmax\" model.n_expert_used=2 model.n_ff=64 moe.aux_loss=\"topk-all\" moe.aux_weight=0.01"
+  "noisy-top2|moe.router=\"noisy-topk\" model.n_expert_used=2 model.n_ff=64 moe.aux_loss=\"shazeer\" moe.w_importance=0.1 moe.w_load=0.1"
+  "switch|moe.router=\"switch\" model.n_expert_used=1 model.n_ff=128 moe.jitter=0.01 moe.aux_loss=\"switch\" moe.aux_weight=0.01"
+  "gshard|moe.router=\"gshard\" model.n_expert_used=2 model.n_ff=64 moe.second_policy=\"random\" moe.aux_loss=\"gshard\" moe.aux_weight=0.01"
+  "hash-random|moe.router=\"hash\" model.n_expert_used=1 model.n_ff=128 moe.hash_table=\"random\" moe.aux_loss=\"none\""
+  "hash-balanced|moe.router=\"hash\" model.n_expert_used=1 model.n_ff=128 moe.hash_table=\"balanced\" moe.aux_loss=\"none\""
+  "expert-choice|moe.router=\"expert-choice\" moe.ec_factor=2 model.n_ff=64 moe.aux_loss=\"none\""
+  "shared-expert|moe.router=\"softmax\" model.n_expert_used=1 model.n_expert_shared=1 model.n_ff=64 moe.aux_loss=\"topk-all\" moe.aux_weight=0.01"
+  "bias-balance|moe.router=\"softmax\" model.n_expert_used=2 model.n_ff=64 moe.bias_balance=true moe.bias_rate=0.001 moe.aux_loss=\"none\""
+)
+
+echo "system,seed,active_parameters,parameters,test_accuracy,test_load_cv,test_load_max_mean,test_importance_cv,train_dropped,router_entropy,ms_per_step,step_time_ratio" > "$out/runs.csv"
+for seed in "${seeds[@]}"; do
+  dense_ms=""
+  for s in "${systems[@]}"; do
+    name=${s%%|*}
+    sets=()
+    for kv in ${s#*|}; do sets+=(--set "$kv"); done
+    d=$work/$name-s$seed
+    "$moe" train --config "$root/experiments/common/fmnist-moe.json" --seed "$seed" --out "$d" --quiet \
+      --set moe.capacity_factor=1.25 --set moe.eval_capacity_factor=2 "${sets[@]}" >/dev/null
+    ms=$(jq -r '1000 * 128 / .train_rows_per_second' "$d/summary.json")
+    [ "$name" = dense ] && dense_ms=$ms
+    ratio=$(awk -v a="$ms" -v b="$dense_ms" 'BEGIN { printf "%.4g", a / b }')
+    t=$(jq -r '[(.active_parameters // .parameters), .parameters, .final.test.accuracy, .final.test.load_cv, .final.test.load_max_mean, .final.test.importance_cv] | @csv' "$d/summary.json")
+    echo "$name,$seed,$t,$(last_batch "$d" dropped_fraction),$(last_batch "$d" router_entropy),$ms,$ratio" >> "$out/runs.csv"
+    echo "routers: $name seed=$seed: $t ms/step $ms (x$ratio dense)" >&2
+  done
+done
+
+awk -F, 'NR == 1 { printf "system,runs,active_parameters,parameters"; for (i = 5; i <= NF; i++) printf ",%s_mean,%s_sd", $i, $i; print ""; nf = NF; next }
+         { k = $1; if (!(k in n)) order[++no] = k; n[k]++; act[k] = $3; par[k] = $4
+           for (i = 5; i <= NF; i++) { if ($i == "") { miss[k, i] = 1; continue } s[k, i] += $i; ss[k, i] += $i * $i } }
+         END { for (j = 1; j <= no; j++) { k = order[j]; printf "%s,%d,%s,%s", k, n[k], act[k], par[k]
+                 for (i = 5; i <= nf; i++) { if (miss[k, i]) { printf ",,"; continue }
+                   m = s[k, i] / n[k]; v = n[k] > 1 ? (ss[k, i] - n[k] * m * m) / (n[k] - 1) : 0
+                   if (v < 0) v = 0; printf ",%.6g,%.6g", m, sqrt(v) }
+                 print "" } }' "$out/runs.csv" > "$out/table.csv"
+column -s, -t < "$out/table.csv" >&2

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Shazeer et al. (2017), Table 6: how the importance and load losses balance a
+# noisy top-k gate. Here: noisy top-2 over E = 8 or 16 experts in both blocks of
+# an MLP-MoE on Fashion-MNIST, w_importance = w_load = w in {0, 0.01, 0.1, 1},
+# 3 seeds, dropless (so load figures show the router, not the capacity).
+#
+#   bash experiments/shazeer2017/run.sh [MOE_BINARY]
+#
+# Writes results/shazeer2017/runs.csv (one row per run), table.csv (mean and sd
+# over seeds) and command.txt. Run directories go to runs/shazeer2017/.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+[ $# -ge 1 ] && export MOE=$1
+# shellcheck source=../common/lib.sh
+. "$root/experiments/common/lib.sh"
+check_moe
+moe=$(moe_bin)
+out=$root/results/shazeer2017
+work=$root/runs/shazeer2017
+seeds=(1 2 3)
+experts=(8 16)
+weights=(0 0.01 0.1 1)
+mkdir -p "$out" "$work"
+echo "bash experiments/shazeer2017/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)" > "$out/command.txt"
+
+cols="experts,w,seed,test_accuracy,test_importance_cv,test_load_cv,test_load_max_mean,train_importance_cv,train_load_cv,train_load_max_mean,aux_loss"
+echo "$cols" > "$out/runs.csv"
+for E in "${experts[@]}"; do
+  for w in "${weights[@]}"; do
+    for seed in "${seeds[@]}"; do
+      d=$work/E$E-w$w-s$seed
+      "$moe" train --config "$root/experiments/common/fmnist-moe.json" --seed "$seed" --out "$d" --quiet \
+        --set model.n_expert="$E" --set model.n_expert_used=2 --set moe.router='"noisy-topk"' \
+        --set moe.aux_loss='"shazeer"' --set moe.w_importance="$w" --set moe.w_load="$w" \
+        --set moe.capacity_factor=0 --set moe.eval_capacity_factor=0 >/dev/null
+      t=$(jq -r '.final.test | [.accuracy, .importance_cv, .load_cv, .load_max_mean] | @csv' "$d/summary.json")
+      echo "$E,$w,$seed,$t,$(last_batch "$d" importance_cv),$(last_batch "$d" load_cv),$(last_batch "$d" load_max_mean),$(last_batch "$d" aux_loss)" >> "$out/runs.csv"
+      echo "shazeer2017: E=$E w=$w seed=$seed: $t" >&2
+    done
+  done
+done
+
+# mean and sd over seeds per (experts, w)
+{
+  echo "experts,w,runs,test_accuracy_mean,test_accuracy_sd,test_importance_cv_mean,test_importance_cv_sd,test_load_cv_mean,test_load_cv_sd,test_load_max_mean_mean,test_load_max_mean_sd,train_importance_cv_mean,train_load_cv_mean,train_load_max_mean_mean"
+  for E in "${experts[@]}"; do
+    for w in "${weights[@]}"; do
+      sel() { awk -F, -v E="$E" -v w="$w" -v c="$1" 'NR > 1 && $1 == E && $2 == w { print $c }' "$out/runs.csv"; }
+      n=$(sel 3 | wc -l)
+      m() { sel "$1" | mean_sd; }
+      echo "$E,$w,$n,$(m 4),$(m 5),$(m 6),$(m 7),$(m 8 | cut -d, -f1),$(m 9 | cut -d, -f1),$(m 10 | cut -d, -f1)"
+    done
+  done
+} > "$out/table.csv"
+column -s, -t < "$out/table.csv" >&2

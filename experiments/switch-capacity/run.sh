@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Switch Transformer (Fedus et al. 2021) capacity and load-balancing sweeps on
+# Fashion-MNIST: a Switch (top-1, raw-probability gate, input jitter 0.01) MLP-MoE
+# with 8 experts in both blocks.
+#  1. capacity: training capacity factor in {0.5, 0.75, 1.0, 1.25, 2.0} with
+#     alpha = 0.01; each checkpoint evaluated (moe route-stats) at the same
+#     factor and at 2.0: dropped fraction and test accuracy.
+#  2. alpha in {0, 0.001, 0.01, 0.1} at capacity factor 1.25 (evaluation 2.0):
+#     load balance (CV and max/mean of tokens per expert) and test accuracy.
+# 3 seeds each.
+#
+#   bash experiments/switch-capacity/run.sh [MOE_BINARY]
+#
+# Writes results/switch-capacity/capacity-runs.csv, capacity.csv (mean/sd over
+# seeds), alpha-runs.csv, alpha.csv, command.txt. Run directories: runs/switch-capacity/.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+[ $# -ge 1 ] && export MOE=$1
+# shellcheck source=../common/lib.sh
+. "$root/experiments/common/lib.sh"
+check_moe
+moe=$(moe_bin)
+out=$root/results/switch-capacity
+work=$root/runs/switch-capacity
+seeds=(1 2 3)
+factors=(0.5 0.75 1.0 1.25 2.0)
+alphas=(0 0.001 0.01 0.1)
+mkdir -p "$out" "$work"
+echo "bash experiments/switch-capacity/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)" > "$out/command.txt"
+switch=(--config "$root/experiments/common/fmnist-moe.json" --quiet
+        --set model.n_expert=8 --set model.n_expert_used=1 --set moe.router='"switch"'
+        --set moe.jitter=0.01 --set moe.aux_loss='"switch"')
+
+# 1. capacity
+echo "train_cf,seed,train_dropped,eval_same_dropped,eval_same_accuracy,eval_2_dropped,eval_2_accuracy,test_load_cv,test_load_max_mean" > "$out/capacity-runs.csv"
+for cf in "${factors[@]}"; do
+  for seed in "${seeds[@]}"; do
+    d=$work/cf$cf-s$seed
+    "$moe" train "${switch[@]}" --seed "$seed" --out "$d" --set moe.aux_weight=0.01 \
+      --set moe.capacity_factor="$cf" --set moe.eval_capacity_factor="$cf" >/dev/null
+    "$moe" route-stats --checkpoint "$d/model.safetensors" --out "$d/route" --capacity-factors "$cf,2" --quiet > /dev/null
+    same=$(jq -r '.capacity[0] | [(.dropped_fraction | add / length), .accuracy] | @csv' "$d/route/summary.json")
+    two=$(jq -r '.capacity[1] | [(.dropped_fraction | add / length), .accuracy] | @csv' "$d/route/summary.json")
+    bal=$(jq -r '[.final.test.load_cv, .final.test.load_max_mean] | @csv' "$d/summary.json")
+    echo "$cf,$seed,$(last_batch "$d" dropped_fraction),$same,$two,$bal" >> "$out/capacity-runs.csv"
+    echo "switch-capacity: cf=$cf seed=$seed: train dropped $(last_batch "$d" dropped_fraction), same $same, 2.0 $two" >&2
+  done
+done
+
+# 2. alpha
+echo "alpha,seed,test_accuracy,test_load_cv,test_load_max_mean,test_importance_cv,train_dropped,train_load_cv,aux_loss" > "$out/alpha-runs.csv"
+for a in "${alphas[@]}"; do
+  for seed in "${seeds[@]}"; do
+    d=$work/alpha$a-s$seed
+    "$moe" train "${switch[@]}" --seed "$seed" --out "$d" --set moe.aux_weight="$a" \
+      --set moe.capacity_factor=1.25 --set moe.eval_capacity_factor=2 >/dev/null
+    t=$(jq -r '.final.test | [.accuracy, .load_cv, .load_max_mean, .importance_cv] | @csv' "$d/summary.json")
+    echo "$a,$seed,$t,$(last_batch "$d" dropped_fraction),$(last_batch "$d" load_cv),$(last_batch "$d" aux_loss)" >> "$out/alpha-runs.csv"
+    echo "switch-capacity: alpha=$a seed=$seed: $t" >&2
+  done
+done
+
+# mean and sd over seeds
+summarise() { # FILE KEYS... : group by column 1, mean,sd of every other column except seed
+  awk -F, 'NR == 1 { printf "%s,runs", $1; for (i = 3; i <= NF; i++) printf ",%s_mean,%s_sd", $i, $i; print ""; nf = NF; next }
+           { k = $1; if (!(k in n)) order[++no] = k; n[k]++
+             for (i = 3; i <= NF; i++) { s[k, i] += $i; ss[k, i] += $i * $i } }
+           END { for (j = 1; j <= no; j++) { k = order[j]; printf "%s,%d", k, n[k]
+                   for (i = 3; i <= nf; i++) { m = s[k, i] / n[k]; v = n[k] > 1 ? (ss[k, i] - n[k] * m * m) / (n[k] - 1) : 0
+                     if (v < 0) v = 0; printf ",%.6g,%.6g", m, sqrt(v) }
+                   print "" } }' "$1"
+}
+summarise "$out/capacity-runs.csv" > "$out/capacity.csv"
+summarise "$out/alpha-runs.csv" > "$out/alpha.csv"
+column -s, -t < "$out/capacity.csv" >&2
+column -s, -t < "$out/alpha.csv" >&2
