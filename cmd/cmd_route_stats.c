@@ -139,7 +139,7 @@ static void trace_batch(FILE *f, struct moe_model *m, size_t start, size_t n)
         for (size_t i = 0; i < m->n_moe_layers; i++) {
             const struct moe_layer *l = m->ops->moe_layer_at(m, i);
             const struct moe_route *r = &l->route;
-            fprintf(f, "{\"index\":%zu,\"layer\":%zu", start + t, i);
+            fprintf(f, "{\"index\":%zu,\"layer\":%u", start + t, l->c.index);
             const char *keys[] = { "experts", "gates", "dropped" };
             for (int k = 0; k < 3; k++) {
                 fprintf(f, ",\"%s\":[", keys[k]);
@@ -294,7 +294,7 @@ int cmd_route_stats(int argc, char **argv)
             double v = moe_route_acc_dropped_fraction(&st.route[l]);
             cJSON_AddItemToArray(df, cJSON_CreateNumber(v));
             moe_csv_num(&csv[2], o.cf[i]);
-            moe_csv_int(&csv[2], (long long)l);
+            moe_csv_int(&csv[2], (long long)model.ops->moe_layer_at(&model, l)->c.index);
             moe_csv_num(&csv[2], v);
             moe_csv_num(&csv[2], row.loss);
             moe_csv_num(&csv[2], row.accuracy);
@@ -346,7 +346,7 @@ int cmd_route_stats(int argc, char **argv)
         double tok = a->tokens ? (double)a->tokens : NAN, routed = 0.0;
         for (size_t e = 0; e < E; e++)
             routed += a->routed[e];
-        double v[] = { (double)l,
+        double v[] = { (double)ml->c.index,
                        (double)a->tokens,
                        moe_cv(a->routed, E),
                        moe_cv(a->gate_sum, E),
@@ -371,7 +371,7 @@ int cmd_route_stats(int argc, char **argv)
         double frac[1024];
         for (size_t e = 0; e < E && e < 1024; e++) {
             frac[e] = routed > 0 ? a->routed[e] / routed : NAN;
-            moe_csv_int(&csv[1], (long long)l);
+            moe_csv_int(&csv[1], (long long)ml->c.index);
             moe_csv_int(&csv[1], (long long)e);
             moe_csv_num(&csv[1], a->routed[e]);
             moe_csv_num(&csv[1], frac[e]);
@@ -392,7 +392,7 @@ int cmd_route_stats(int argc, char **argv)
                     cJSON_AddItemToArray(rowj, cJSON_CreateNumber((double)cnt));
                     if (i == j)
                         continue;
-                    moe_csv_int(&csv[3], (long long)l);
+                    moe_csv_int(&csv[3], (long long)ml->c.index);
                     moe_csv_int(&csv[3], (long long)i);
                     moe_csv_int(&csv[3], (long long)j);
                     moe_csv_int(&csv[3], (long long)cnt);

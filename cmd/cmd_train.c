@@ -44,8 +44,7 @@ static const char *const expert_cols[] = { "step", "epoch", "split", "layer", "e
 
 struct outputs {
     struct moe_csv metrics, experts;
-    int has_experts;
-    const size_t *layer_ids; // block number of each sparse layer
+    struct moe_model *model; // for the block number of each sparse layer
 };
 
 static int write_metric_row(void *ctx, const struct moe_eval_row *r, struct moe_err *err)
@@ -66,7 +65,7 @@ static int write_metric_row(void *ctx, const struct moe_eval_row *r, struct moe_
     for (size_t i = 0; i < sizeof route / sizeof *route; i++)
         moe_csv_num(csv, route[i]);
     int rc = moe_csv_end_row(csv, err);
-    if (rc || !o->has_experts)
+    if (rc || !o->model->n_moe_layers)
         return rc;
     // experts.csv: one row per (step, split, layer, expert)
     for (size_t l = 0; l < r->n_route; l++) {
@@ -75,7 +74,7 @@ static int write_metric_row(void *ctx, const struct moe_eval_row *r, struct moe_
             moe_csv_int(&o->experts, (long long)r->step);
             moe_csv_int(&o->experts, (long long)r->epoch);
             moe_csv_str(&o->experts, r->split);
-            moe_csv_int(&o->experts, (long long)o->layer_ids[l]);
+            moe_csv_int(&o->experts, (long long)o->model->ops->moe_layer_at(o->model, l)->c.index);
             moe_csv_int(&o->experts, (long long)e);
             moe_csv_num(&o->experts, a->routed[e]);
             moe_csv_num(&o->experts, a->dropped[e]);
@@ -120,7 +119,6 @@ int cmd_train(int argc, char **argv)
     struct moe_data data;
     struct moe_model model;
     struct outputs outs;
-    size_t layer_ids[256];
     struct moe_st_file init = { 0 };
     cJSON *summary = NULL;
     char *cfg_text = NULL;
@@ -167,12 +165,7 @@ int cmd_train(int argc, char **argv)
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    outs.has_experts = model.n_moe_layers > 0;
-    for (size_t i = 0; i < model.n_moe_layers && i < 256; i++) {
-        const char *pre = model.ops->moe_layer_at(&model, i)->prefix; // "layers.<l>.moe"
-        layer_ids[i] = (size_t)strtoul(pre + strlen("layers."), NULL, 10);
-    }
-    outs.layer_ids = layer_ids;
+    outs.model = &model;
     cfg_text = moe_config_to_json(&cfg, 1);
     size_t cfg_len = cfg_text ? strlen(cfg_text) : 0;
     if (cfg_text) {
@@ -183,7 +176,7 @@ int cmd_train(int argc, char **argv)
     if (!cfg_text || moe_atomic_write(cli_path(path, sizeof path, out, "config.json"), cfg_text, cfg_len, &err) ||
         moe_csv_open(&outs.metrics, cli_path(path, sizeof path, out, "metrics.csv"), metric_cols,
                      sizeof metric_cols / sizeof *metric_cols, &err) ||
-        (outs.has_experts && moe_csv_open(&outs.experts, cli_path(path, sizeof path, out, "experts.csv"),
+        (model.n_moe_layers && moe_csv_open(&outs.experts, cli_path(path, sizeof path, out, "experts.csv"),
                                           expert_cols, sizeof expert_cols / sizeof *expert_cols, &err))) {
         rc = cfg_text ? cli_fail(cmd, &err) : cli_error(cmd, 1, "out of memory");
         goto out;
@@ -192,7 +185,7 @@ int cmd_train(int argc, char **argv)
             moe_params_count(&model.params), data.train.n, data.test.n, out);
     struct moe_train_result res;
     if (moe_train(&model, &data, &cfg, write_metric_row, &outs, &res, &err) || moe_csv_close(&outs.metrics, &err) ||
-        (outs.has_experts && moe_csv_close(&outs.experts, &err))) {
+        (model.n_moe_layers && moe_csv_close(&outs.experts, &err))) {
         moe_csv_abort(&outs.metrics);
         moe_csv_abort(&outs.experts);
         rc = cli_fail(cmd, &err);

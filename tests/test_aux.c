@@ -24,54 +24,15 @@
 #include "core/rng.h"
 #include "moe/aux_loss.h"
 #include "moe/router.h"
+#include "gradcheck.h"
 #include "testutil.h"
 
 #define H_KERNEL 1e-3f
-#define GRAD_TOL 2e-3
-
-static double worst_seen;
-
-static void fill_u(float *x, size_t n, uint32_t stream, float lo, float hi)
-{
-    struct moe_rng r = moe_rng_make(20240611, MOE_RNG_DATA, stream);
-    moe_rng_fill_uniform(&r, x, n, lo, hi);
-}
 
 static void fill_n(float *x, size_t n, uint32_t stream, float std)
 {
     struct moe_rng r = moe_rng_make(20240611, MOE_RNG_DATA, stream);
     moe_rng_fill_normal(&r, x, n, 0.0f, std);
-}
-
-static void check_grad(double analytic, double numeric, const char *what, size_t i)
-{
-    double scale = fabs(numeric) > 1.0 ? fabs(numeric) : 1.0;
-    double rel = fabs(analytic - numeric) / scale;
-    if (rel > worst_seen)
-        worst_seen = rel;
-    ck_assert_msg(rel <= GRAD_TOL, "%s[%zu]: analytic %.7g vs numeric %.7g (rel err %.3g > %.1g)", what, i,
-                  analytic, numeric, rel, GRAD_TOL);
-}
-
-typedef double (*loss_fn)(void *ctx);
-static double numeric_grad(float *w, float h, loss_fn f, void *ctx)
-{
-    float w0 = *w;
-    float wp = w0 + h, wm = w0 - h;
-    *w = wp;
-    double lp = f(ctx);
-    *w = wm;
-    double lm = f(ctx);
-    *w = w0;
-    return (lp - lm) / ((double)wp - (double)wm);
-}
-
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        m = fabs(x[i]) > m ? fabs(x[i]) : m;
-    return m;
 }
 
 // ---------------------------------------------------------------- hand-built routes
@@ -647,13 +608,13 @@ static void report_worst(void)
 {
     const char *v = getenv("MOE_GRAD_VERBOSE");
     if (v && *v == '1')
-        fprintf(stderr, "test_aux: worst relative gradient error %.3g\n", worst_seen);
+        fprintf(stderr, "test_aux: worst relative gradient error %.3g\n", grad_worst);
 }
 
 START_TEST(test_report)
 {
     report_worst();
-    ck_assert_double_le(worst_seen, GRAD_TOL);
+    ck_assert_double_le(grad_worst, GRAD_TOL);
 }
 END_TEST
 

@@ -22,51 +22,13 @@
 #include "core/status.h"
 #include "moe/dispatch.h"
 #include "moe/experts.h"
+#include "gradcheck.h"
 #include "testutil.h"
 
 #define H_KERNEL 1e-3f
-#define GRAD_TOL 2e-3
 #define REF_TOL 1e-4
 
-static double worst_grad; // largest |a - n| / max(1, |n|)
 static double worst_ref;  // largest fast-vs-naive error, relative to the largest output
-
-static void fill_u(float *x, size_t n, uint32_t stream, float lo, float hi)
-{
-    struct moe_rng r = moe_rng_make(20240611, MOE_RNG_DATA, stream);
-    moe_rng_fill_uniform(&r, x, n, lo, hi);
-}
-
-static void check_grad(double analytic, double numeric, const char *what, size_t i)
-{
-    double scale = fabs(numeric) > 1.0 ? fabs(numeric) : 1.0;
-    double rel = fabs(analytic - numeric) / scale;
-    if (rel > worst_grad)
-        worst_grad = rel;
-    ck_assert_msg(rel <= GRAD_TOL, "%s[%zu]: analytic %.7g vs numeric %.7g (rel err %.3g > %.1g)", what, i,
-                  analytic, numeric, rel, GRAD_TOL);
-}
-
-typedef double (*loss_fn)(void *ctx);
-static double numeric_grad(float *w, float h, loss_fn f, void *ctx)
-{
-    float w0 = *w;
-    float wp = w0 + h, wm = w0 - h;
-    *w = wp;
-    double lp = f(ctx);
-    *w = wm;
-    double lm = f(ctx);
-    *w = w0;
-    return (lp - lm) / ((double)wp - (double)wm);
-}
-
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        m = fabs(x[i]) > m ? fabs(x[i]) : m;
-    return m;
-}
 
 // ---------------------------------------------------------------- names and capacity
 
@@ -794,6 +756,6 @@ int main(void)
     int rc = moe_test_run(s);
     if (getenv("MOE_GRAD_VERBOSE")) // only meaningful when the tests ran in this process (CK_FORK=no)
         printf("worst FD |a - n| / max(1, |n|) = %.3g (tolerance %.1g); worst fast-vs-naive = %.3g (tolerance %.0e)\n",
-               worst_grad, GRAD_TOL, worst_ref, REF_TOL);
+               grad_worst, GRAD_TOL, worst_ref, REF_TOL);
     return rc;
 }

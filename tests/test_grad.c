@@ -34,59 +34,18 @@
 #include "moe/mixture_loss.h"
 #include "nn/nn.h"
 #include "train/train.h"
+#include "gradcheck.h"
 #include "testutil.h"
 
 #define H_KERNEL 1e-3f
 #define H_MODEL 1e-2f
-#define GRAD_TOL 2e-3
 
 static int verbose;
-static double worst_seen; // largest |a - n| / max(1, |n|) over the whole run
-
-// Uniform [lo, hi) from the counter RNG (purpose DATA, fixed seed, one stream per use).
-static void fill_u(float *x, size_t n, uint32_t stream, float lo, float hi)
-{
-    struct moe_rng r = moe_rng_make(20240611, MOE_RNG_DATA, stream);
-    moe_rng_fill_uniform(&r, x, n, lo, hi);
-}
 
 static void fill_n(float *x, size_t n, uint32_t stream)
 {
     struct moe_rng r = moe_rng_make(20240611, MOE_RNG_DATA, stream);
     moe_rng_fill_normal(&r, x, n, 0.0f, 1.0f);
-}
-
-// Compare one analytic derivative with its numeric twin; `what`/`i` name it on failure.
-static void check_grad(double analytic, double numeric, const char *what, size_t i)
-{
-    double scale = fabs(numeric) > 1.0 ? fabs(numeric) : 1.0;
-    double rel = fabs(analytic - numeric) / scale;
-    if (rel > worst_seen)
-        worst_seen = rel;
-    ck_assert_msg(rel <= GRAD_TOL, "%s[%zu]: analytic %.7g vs numeric %.7g (rel err %.3g > %.1g)", what, i,
-                  analytic, numeric, rel, GRAD_TOL);
-}
-
-// Central difference of f wrt *w, restoring *w. f is evaluated on the current buffers.
-typedef double (*loss_fn)(void *ctx);
-static double numeric_grad(float *w, float h, loss_fn f, void *ctx)
-{
-    float w0 = *w;
-    float wp = w0 + h, wm = w0 - h;
-    *w = wp;
-    double lp = f(ctx);
-    *w = wm;
-    double lm = f(ctx);
-    *w = w0;
-    return (lp - lm) / ((double)wp - (double)wm);
-}
-
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        m = fabs(x[i]) > m ? fabs(x[i]) : m;
-    return m;
 }
 
 // ---------------------------------------------------------------- linear
@@ -621,12 +580,12 @@ int main(void)
     tcase_add_test(tc, test_model_grad_mlp);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
-    if (verbose) // worst_seen is only seen here when the tests run in this process
+    if (verbose) // grad_worst is only seen here when the tests run in this process
         srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     if (verbose)
-        printf("worst |analytic - numeric| / max(1, |numeric|) = %.3g (tolerance %.1g)\n", worst_seen, GRAD_TOL);
+        printf("worst |analytic - numeric| / max(1, |numeric|) = %.3g (tolerance %.1g)\n", grad_worst, GRAD_TOL);
     return failed ? 1 : 0;
 }

@@ -17,62 +17,24 @@
 
 #include "core/rng.h"
 #include "nn/nn.h"
+#include "gradcheck.h"
 #include "testutil.h"
 
 #define H_KERNEL 1e-3f
-#define GRAD_TOL 2e-3
 
-static double worst_case; // largest |a - n| / max(1, |n|) in the current test
 
 // Uniform [lo, hi) from the counter RNG (purpose DATA, fixed seed, one stream per use).
-static void fill_u(float *x, size_t n, uint32_t stream, float lo, float hi)
-{
-    struct moe_rng r = moe_rng_make(20240612, MOE_RNG_DATA, stream);
-    moe_rng_fill_uniform(&r, x, n, lo, hi);
-}
-
 static void fill_n(float *x, size_t n, uint32_t stream, float mean, float std)
 {
     struct moe_rng r = moe_rng_make(20240612, MOE_RNG_DATA, stream);
     moe_rng_fill_normal(&r, x, n, mean, std);
 }
 
-static void check_grad(double analytic, double numeric, const char *what, size_t i)
-{
-    double scale = fabs(numeric) > 1.0 ? fabs(numeric) : 1.0;
-    double rel = fabs(analytic - numeric) / scale;
-    if (rel > worst_case)
-        worst_case = rel;
-    ck_assert_msg(rel <= GRAD_TOL, "%s[%zu]: analytic %.7g vs numeric %.7g (rel err %.3g > %.1g)", what, i,
-                  analytic, numeric, rel, GRAD_TOL);
-}
-
 static void report_worst(const char *what)
 {
     if (getenv("MOE_GRAD_VERBOSE"))
-        printf("%s: worst |analytic - numeric| / max(1, |numeric|) = %.3g (tolerance %.1g)\n", what, worst_case,
+        printf("%s: worst |analytic - numeric| / max(1, |numeric|) = %.3g (tolerance %.1g)\n", what, grad_worst,
                GRAD_TOL);
-}
-
-typedef double (*loss_fn)(void *ctx);
-static double numeric_grad(float *w, float h, loss_fn f, void *ctx)
-{
-    float w0 = *w;
-    float wp = w0 + h, wm = w0 - h;
-    *w = wp;
-    double lp = f(ctx);
-    *w = wm;
-    double lm = f(ctx);
-    *w = w0;
-    return (lp - lm) / ((double)wp - (double)wm);
-}
-
-static double max_abs(const float *x, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++)
-        m = fabs(x[i]) > m ? fabs(x[i]) : m;
-    return m;
 }
 
 // ---------------------------------------------------------------- forward
@@ -272,7 +234,7 @@ static void check_norm_grad(int rms)
     norm_setup(&c, rms);
     const char *name = rms ? "rmsnorm" : "layernorm";
     char what[32];
-    worst_case = 0.0;
+    grad_worst = 0.0;
     norm_forward(&c);
     // gradient buffers start at known nonzero values: backward must ADD
     float dx[NT * ND], dg[ND], db[ND], dx0[NT * ND], dg0[ND], db0[ND];
@@ -394,7 +356,7 @@ START_TEST(test_gelu_silu_grad)
         c.silu = silu;
         fill_u(c.x, NA, 500, -4, 4);
         fill_u(c.r, NA, 501, -1, 1);
-        worst_case = 0.0;
+        grad_worst = 0.0;
         float dx[NA], dy[NA];
         for (size_t i = 0; i < NA; i++)
             dx[i] = 0.5f; // backward adds

@@ -19,18 +19,10 @@
 
 #include "core/rng.h"
 #include "moe/router.h"
+#include "gradcheck.h"
 #include "testutil.h"
 
 #define H_FD 1e-3f
-#define GRAD_TOL 2e-3
-
-static double worst_seen;
-
-static void fill_u(float *x, size_t n, uint32_t stream, float lo, float hi)
-{
-    struct moe_rng r = moe_rng_make(20240611, MOE_RNG_DATA, stream);
-    moe_rng_fill_uniform(&r, x, n, lo, hi);
-}
 
 static void fill_n(float *x, size_t n, uint32_t stream, float std)
 {
@@ -52,29 +44,6 @@ static void fill_gapped(float *z, size_t T, size_t E, float gap, uint32_t stream
         for (size_t e = 0; e < E; e++)
             z[t * E + e] = gap * (float)perm[e] - gap * (float)E / 2 + jit[e];
     }
-}
-
-static void check_grad(double analytic, double numeric, const char *what, size_t i)
-{
-    double scale = fabs(numeric) > 1.0 ? fabs(numeric) : 1.0;
-    double rel = fabs(analytic - numeric) / scale;
-    if (rel > worst_seen)
-        worst_seen = rel;
-    ck_assert_msg(rel <= GRAD_TOL, "%s[%zu]: analytic %.7g vs numeric %.7g (rel err %.3g > %.1g)", what, i,
-                  analytic, numeric, rel, GRAD_TOL);
-}
-
-typedef double (*loss_fn)(void *ctx);
-static double numeric_grad(float *w, float h, loss_fn f, void *ctx)
-{
-    float w0 = *w;
-    float wp = w0 + h, wm = w0 - h;
-    *w = wp;
-    double lp = f(ctx);
-    *w = wm;
-    double lm = f(ctx);
-    *w = w0;
-    return (lp - lm) / ((double)wp - (double)wm);
 }
 
 static struct moe_router_cfg cfg_make(enum moe_router_type type, size_t E, size_t K)
@@ -926,7 +895,7 @@ int main(void)
     tcase_add_test(tc, test_bias_selection);
     suite_add_tcase(s, tc);
     int failed = moe_test_run(s);
-    if (verbose) // worst_seen is only seen here when the tests run in this process (CK_FORK=no)
-        printf("worst |analytic - numeric| / max(1, |numeric|) = %.3g (tolerance %.1g)\n", worst_seen, GRAD_TOL);
+    if (verbose) // grad_worst is only seen here when the tests run in this process (CK_FORK=no)
+        printf("worst |analytic - numeric| / max(1, |numeric|) = %.3g (tolerance %.1g)\n", grad_worst, GRAD_TOL);
     return failed;
 }

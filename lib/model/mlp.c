@@ -58,20 +58,7 @@ static int mlp_run(struct moe_model *m, const struct moe_batch *b, int with_grad
     moe_linear_forward(n->hid, H, b->x, D, moe_params_data(p, n->i_w1), moe_params_data(p, n->i_b1), T, D, H);
     moe_act_forward(n->act, n->hid, n->hid, T * H);
     moe_linear_forward(n->y, O, n->hid, H, moe_params_data(p, n->i_w2), moe_params_data(p, n->i_b2), T, H, O);
-    if (with_grad)
-        memset(n->dy, 0, T * O * sizeof(float));
-    float scale = 1.0f / (float)T;
-    double loss = n->ce ? moe_ce_forward_backward(with_grad ? n->dy : NULL, n->y, b->label, T, O, scale)
-                        : moe_mse_forward_backward(with_grad ? n->dy : NULL, n->y, target, T, O, scale);
-    if (stats) {
-        const float *pred = n->y;
-        if (n->ce) {
-            moe_softmax_forward(n->pred, NULL, n->y, T, O);
-            pred = n->pred;
-        }
-        moe_stats_add_predictions(stats, pred, target, m->task == MOE_TASK_CLASSIFICATION ? b->label : NULL, T, O);
-        stats->loss += loss;
-    }
+    moe_model_head_loss(m, n->ce, n->y, with_grad ? n->dy : NULL, n->pred, target, b, stats);
     if (!with_grad)
         return 0;
     memset(n->dhid, 0, T * H * sizeof(float));
@@ -93,17 +80,14 @@ static const struct moe_model_ops mlp_ops = {
 
 int moe_mlp_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err)
 {
-    int ce = strcmp(loss, "ce") == 0;
-    if (!ce && strcmp(loss, "mse") != 0)
-        return moe_error(err, MOE_ECONFIG, "key 'loss.type': model 'mlp' takes mse or ce, got '%s'", loss);
-    if (ce && m->task != MOE_TASK_CLASSIFICATION)
-        return moe_error(err, MOE_ECONFIG, "key 'loss.type': 'ce' needs class labels, but the data is regression");
     struct mlp *n = calloc(1, sizeof *n);
     if (!n)
         return moe_error(err, MOE_ENOMEM, "out of memory");
     m->impl = n;
     m->ops = &mlp_ops;
-    m->loss_name = ce ? "ce" : "mse";
+    int ce, rc = moe_model_head_loss_check(m, loss, &ce, err);
+    if (rc)
+        return rc;
     n->ce = ce;
     n->D = m->n_in;
     n->O = m->n_out;
@@ -120,7 +104,7 @@ int moe_mlp_create(struct moe_model *m, const struct moe_config *cfg, const char
     ADD(n->i_w2, "output.weight", O, H);
     ADD(n->i_b2, "output.bias", O);
 #undef ADD
-    int rc = moe_params_alloc(p, err);
+    rc = moe_params_alloc(p, err);
     if (rc)
         return rc;
     n->hid = moe_alloc(T * H, sizeof(float));

@@ -204,7 +204,6 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     size_t TD = T * D;
     // forward
     moe_linear_forward(n->h, D, bt->x, I, moe_params_data(p, n->i_win), moe_params_data(p, n->i_bin), T, I, D);
-    double aux = 0.0;
     size_t si = 0;
     for (size_t l = 0; l < L; l++) {
         struct block *b = &n->blk[l];
@@ -213,7 +212,8 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
         memcpy(hout, hin, TD * sizeof(float));
         if (b->sparse) {
             struct moe_route_acc *acc = stats && si < stats->n_route ? &stats->route[si] : NULL;
-            aux += moe_layer_forward(&b->moe, p, hout, nl, T, n->keys, with_grad, m->seed, bt->step, acc, label);
+            // the weighted auxiliary loss is in b->moe.loss (reported per layer, not in `loss`)
+            moe_layer_forward(&b->moe, p, hout, nl, T, n->keys, with_grad, m->seed, bt->step, acc, label);
             si++;
         } else {
             moe_ffn_forward(n->tmp, b->a, b->b, b->hh, nl, moe_params_data(p, b->i_w1),
@@ -226,22 +226,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     float *nf = n->n + L * TD;
     norm_forward(n, p, nf, n->mean + L * T, n->rstd + L * T, n->h + L * TD, n->i_gf, n->i_bf, T);
     moe_linear_forward(n->y, O, nf, D, moe_params_data(p, n->i_wh), moe_params_data(p, n->i_bh), T, D, O);
-    if (with_grad)
-        memset(n->dy, 0, T * O * sizeof(float));
-    float scale = 1.0f / (float)T;
-    double loss = n->ce ? moe_ce_forward_backward(with_grad ? n->dy : NULL, n->y, bt->label, T, O, scale)
-                        : moe_mse_forward_backward(with_grad ? n->dy : NULL, n->y, target, T, O, scale);
-    if (stats) {
-        const float *pred = n->y;
-        if (n->ce) {
-            moe_softmax_forward(n->pred, NULL, n->y, T, O);
-            pred = n->pred;
-        }
-        moe_stats_add_predictions(stats, pred, target, m->task == MOE_TASK_CLASSIFICATION ? bt->label : NULL, T,
-                                  O);
-        stats->loss += loss;
-        (void)aux; // the weighted auxiliary losses are reported per layer (route statistics), not in `loss`
-    }
+    moe_model_head_loss(m, n->ce, n->y, with_grad ? n->dy : NULL, n->pred, target, bt, stats);
     if (!with_grad)
         return 0;
 
@@ -352,17 +337,14 @@ static int layer_cfg(struct moe_layer_cfg *c, const struct moe_config *cfg, size
 
 int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err)
 {
-    int ce = strcmp(loss, "ce") == 0;
-    if (!ce && strcmp(loss, "mse") != 0)
-        return moe_error(err, MOE_ECONFIG, "key 'loss.type': model 'mlp-moe' takes ce or mse, got '%s'", loss);
-    if (ce && m->task != MOE_TASK_CLASSIFICATION)
-        return moe_error(err, MOE_ECONFIG, "key 'loss.type': 'ce' needs class labels, but the data is regression");
     struct mlp_moe *n = calloc(1, sizeof *n);
     if (!n)
         return moe_error(err, MOE_ENOMEM, "out of memory");
     m->impl = n;
     m->ops = &ops;
-    m->loss_name = ce ? "ce" : "mse";
+    int ce, rc = moe_model_head_loss_check(m, loss, &ce, err);
+    if (rc)
+        return rc;
     n->ce = ce;
     n->I = m->n_in;
     n->O = m->n_out;
@@ -379,7 +361,7 @@ int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const 
     size_t D = n->D, I = n->I, O = n->O, L = n->L, T = m->max_batch, Fd = n->Fd;
     int swiglu = n->act == MOE_FFN_SWIGLU;
     struct moe_layer_cfg lc;
-    int rc = layer_cfg(&lc, cfg, D, F, n->act, err);
+    rc = layer_cfg(&lc, cfg, D, F, n->act, err);
     if (rc)
         return rc;
     n->blk = calloc(L, sizeof *n->blk);

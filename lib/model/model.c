@@ -9,6 +9,7 @@
 #include "core/rng.h"
 #include "io/config.h"
 #include "moe/route_stats.h"
+#include "nn/nn.h"
 
 int moe_stats_init(struct moe_stats *s, size_t n_expert, size_t n_group, struct moe_err *err)
 {
@@ -113,6 +114,37 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
     if (rc)
         moe_model_release(ret);
     return rc;
+}
+
+int moe_model_head_loss_check(struct moe_model *m, const char *loss, int *ret_ce, struct moe_err *err)
+{
+    int ce = strcmp(loss, "ce") == 0;
+    if (!ce && strcmp(loss, "mse") != 0)
+        return moe_error(err, MOE_ECONFIG, "key 'loss.type': model '%s' takes mse or ce, got '%s'", m->ops->type, loss);
+    if (ce && m->task != MOE_TASK_CLASSIFICATION)
+        return moe_error(err, MOE_ECONFIG, "key 'loss.type': 'ce' needs class labels, but the data is regression");
+    m->loss_name = ce ? "ce" : "mse";
+    *ret_ce = ce;
+    return 0;
+}
+
+void moe_model_head_loss(const struct moe_model *m, int ce, const float *y, float *dy, float *pred,
+                         const float *target, const struct moe_batch *b, struct moe_stats *stats)
+{
+    size_t T = b->n, O = m->n_out;
+    if (dy)
+        memset(dy, 0, T * O * sizeof(float));
+    float scale = 1.0f / (float)T;
+    double loss = ce ? moe_ce_forward_backward(dy, y, b->label, T, O, scale)
+                     : moe_mse_forward_backward(dy, y, target, T, O, scale);
+    if (!stats)
+        return;
+    if (ce) {
+        moe_softmax_forward(pred, NULL, y, T, O);
+        y = pred;
+    }
+    moe_stats_add_predictions(stats, y, target, m->task == MOE_TASK_CLASSIFICATION ? b->label : NULL, T, O);
+    stats->loss += loss;
 }
 
 #define MAX_STATE 256

@@ -109,6 +109,16 @@ static inline int moe_model_fit(struct moe_model *m, const struct moe_dataset *t
 {
     return m->ops->fit ? m->ops->fit(m, train, err) : 0;
 }
+// For models with a plain output head: accept loss "ce" (class labels only) or
+// "mse", set m->loss_name, and return in *ret_ce whether it is cross-entropy.
+int moe_model_head_loss_check(struct moe_model *m, const char *loss, int *ret_ce, struct moe_err *err);
+// The head's loss over a batch: softmax cross-entropy or squared error of the
+// outputs y (T, O) against the labels / targets, gradient of the batch mean
+// into dy (T, O) (zeroed first; NULL = no gradient), and, with stats, the
+// predictions (softmax probabilities into pred (T, O) for ce) and the loss sum.
+void moe_model_head_loss(const struct moe_model *m, int ce, const float *y, float *dy, float *pred,
+                         const float *target, const struct moe_batch *b, struct moe_stats *stats);
+
 // Checkpoint I/O: parameters plus the model's state tensors. Loading checks
 // every state tensor's dtype and shape like a parameter's.
 int moe_model_load(struct moe_model *m, const struct moe_st_file *f, int allow_extra, struct moe_err *err);

@@ -155,54 +155,68 @@ void moe_layer_release(struct moe_layer *l)
 static const float *wt(const struct moe_params *p, int i) { return i >= 0 ? moe_params_data(p, i) : NULL; }
 static float *gr(const struct moe_params *p, int i) { return i >= 0 ? moe_params_grad(p, i) : NULL; }
 
-// Unweighted auxiliary value of the layer's convention (NaN for none), and
-// when dz is set, the weighted gradients (importance into dgate, load into du).
-static double aux_apply(struct moe_layer *l, float *dz, float *du, float *dgate)
+static int has_smooth_load(const struct moe_layer_cfg *c)
+{
+    return c->router.type == MOE_ROUTER_NOISY_TOPK && c->router.K < c->router.E;
+}
+
+// The batch's unweighted auxiliary value of the layer's convention (NaN for
+// none) and z-loss, and the weighted sum that joins the objective.
+static void aux_forward(struct moe_layer *l)
 {
     const struct moe_layer_cfg *c = &l->c;
     const struct moe_route *r = &l->route;
-    float w = (float)c->aux_weight;
+    double v = NAN, weighted = 0.0;
     switch (c->aux) {
     case MOE_AUX_SWITCH:
-        return moe_aux_switch(dz, r, w);
     case MOE_AUX_GSHARD:
-        return moe_aux_gshard(dz, r, w);
     case MOE_AUX_TOPK_ALL:
-        return moe_aux_topk_all(dz, r, w);
+        v = c->aux == MOE_AUX_SWITCH ? moe_aux_switch(NULL, r, 0.0f)
+            : c->aux == MOE_AUX_GSHARD ? moe_aux_gshard(NULL, r, 0.0f)
+                                       : moe_aux_topk_all(NULL, r, 0.0f);
+        weighted = c->aux_weight * v;
+        break;
     case MOE_AUX_SHAZEER: {
-        double v = moe_aux_importance(dgate, r, (float)c->w_importance);
-        if (c->router.type == MOE_ROUTER_NOISY_TOPK && c->router.K < c->router.E)
-            v += moe_aux_load(dz, du, r, c->router.K, (float)c->w_load);
-        return v;
+        double imp = moe_aux_importance(NULL, r, 0.0f);
+        double load = has_smooth_load(c) ? moe_aux_load(NULL, NULL, r, c->router.K, 0.0f) : 0.0;
+        v = imp + load;
+        weighted = c->w_importance * imp + c->w_load * load;
+        break;
     }
     case MOE_AUX_NONE:
         break;
     }
-    return NAN;
+    l->aux_value = v;
+    l->z_value = moe_aux_z(NULL, r, 0.0f);
+    l->loss = weighted + c->z_weight * l->z_value;
 }
 
-static double aux_weighted(const struct moe_layer *l)
+// Gradients of the weighted auxiliary losses: into dz (through p), du (the
+// smooth load) and dgate (importance), before the router's own backward.
+static void aux_backward(struct moe_layer *l, float *dz, float *du, float *dgate)
 {
     const struct moe_layer_cfg *c = &l->c;
     const struct moe_route *r = &l->route;
-    double v = 0.0;
     switch (c->aux) {
     case MOE_AUX_SWITCH:
+        moe_aux_switch(dz, r, (float)c->aux_weight);
+        break;
     case MOE_AUX_GSHARD:
+        moe_aux_gshard(dz, r, (float)c->aux_weight);
+        break;
     case MOE_AUX_TOPK_ALL:
-        v = c->aux_weight * l->aux_value;
+        moe_aux_topk_all(dz, r, (float)c->aux_weight);
         break;
     case MOE_AUX_SHAZEER:
-        v = c->w_importance * moe_aux_importance(NULL, r, 1.0f);
-        if (c->router.type == MOE_ROUTER_NOISY_TOPK && c->router.K < c->router.E)
-            v += c->w_load * moe_aux_load(NULL, NULL, r, c->router.K, 1.0f);
+        moe_aux_importance(dgate, r, (float)c->w_importance);
+        if (has_smooth_load(c))
+            moe_aux_load(dz, du, r, c->router.K, (float)c->w_load);
         break;
     case MOE_AUX_NONE:
         break;
     }
     if (c->z_weight > 0.0)
-        v += c->z_weight * l->z_value;
-    return v;
+        moe_aux_z(dz, r, (float)c->z_weight);
 }
 
 double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float *out, const float *x, size_t T,
@@ -249,9 +263,12 @@ double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float 
                             &l->sbuf, c->act);
     }
     int probs = rt != MOE_ROUTER_HASH;
-    l->aux_value = probs ? aux_apply(l, NULL, NULL, NULL) : NAN;
-    l->z_value = probs ? moe_aux_z(NULL, r, 1.0f) : NAN;
-    l->loss = probs ? aux_weighted(l) : 0.0;
+    if (probs) {
+        aux_forward(l);
+    } else {
+        l->aux_value = l->z_value = NAN;
+        l->loss = 0.0;
+    }
     if (acc)
         moe_route_acc_add(acc, r, &l->plan, label, l->aux_value, l->z_value, probs);
     return l->loss;
@@ -275,9 +292,7 @@ void moe_layer_backward(struct moe_layer *l, const struct moe_params *p, float *
     memset(l->dz, 0, T * E * sizeof(float));
     if (noisy)
         memset(l->du, 0, T * E * sizeof(float));
-    aux_apply(l, l->dz, noisy ? l->du : NULL, l->dgate);
-    if (c->z_weight > 0.0)
-        moe_aux_z(l->dz, r, (float)c->z_weight);
+    aux_backward(l, l->dz, noisy ? l->du : NULL, l->dgate);
     moe_router_backward(l->dz, noisy ? l->du : NULL, l->dgate, r, &c->router);
     int jittered = l->train && c->jitter > 0.0;
     const float *rin = jittered ? l->xr : x;
