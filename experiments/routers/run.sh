@@ -4,7 +4,10 @@
 # sparse block). Active FFN width per token is 128 everywhere: top-2 routers use
 # experts of width 64, top-1 routers width 128, expert choice (2 experts per
 # token on average) width 64, shared-expert = 1 shared + top-1 routed of width 64,
-# and the dense model an FFN of width 128. Token-choice routers train with
+# and the dense model an FFN of width 128. shared-expert gates its routed expert with
+# the raw router probability (DeepSeekMoE; router "switch", no jitter);
+# shared-expert-renorm uses the renormalised top-1 softmax, whose gate is always 1,
+# so its router learns from the balancing loss alone (kept to show the pitfall). Token-choice routers train with
 # capacity factor 1.25 and evaluate with 2.0 (the Switch defaults). 3 seeds.
 #
 #   bash experiments/routers/run.sh [MOE_BINARY]
@@ -36,7 +39,8 @@ systems=(
   "hash-random|moe.router=\"hash\" model.n_expert_used=1 model.n_ff=128 moe.hash_table=\"random\" moe.aux_loss=\"none\""
   "hash-balanced|moe.router=\"hash\" model.n_expert_used=1 model.n_ff=128 moe.hash_table=\"balanced\" moe.aux_loss=\"none\""
   "expert-choice|moe.router=\"expert-choice\" moe.ec_factor=2 model.n_ff=64 moe.aux_loss=\"none\""
-  "shared-expert|moe.router=\"softmax\" model.n_expert_used=1 model.n_expert_shared=1 model.n_ff=64 moe.aux_loss=\"topk-all\" moe.aux_weight=0.01"
+  "shared-expert|moe.router=\"switch\" model.n_expert_used=1 model.n_expert_shared=1 model.n_ff=64 moe.jitter=0 moe.aux_loss=\"switch\" moe.aux_weight=0.01"
+  "shared-expert-renorm|moe.router=\"softmax\" model.n_expert_used=1 model.n_expert_shared=1 model.n_ff=64 moe.aux_loss=\"topk-all\" moe.aux_weight=0.01"
   "bias-balance|moe.router=\"softmax\" model.n_expert_used=2 model.n_ff=64 moe.bias_balance=true moe.bias_rate=0.001 moe.aux_loss=\"none\""
 )
 
