@@ -133,6 +133,8 @@ int cli_parse(int argc, char **argv, const char *cmd, const struct option *opts,
             return cli_error(cmd, 2, "option '%s' needs a value", bad);
         if (opt == OPT_HELP)
             return -1;
+        if (optarg && !*optarg) // an empty path or number is always a mistake (e.g. an unset shell variable)
+            return cli_error(cmd, 2, "option '--%s' needs a non-empty value", opts[idx].name);
         int r = cli_common_option(c, cmd, opt, optarg);
         if (r < 0)
             return -r;
@@ -184,6 +186,8 @@ int cli_load_config(const struct cli_common *c, struct moe_config *ret, struct m
 int cli_mkdir_p(const char *path, struct moe_err *err)
 {
     char buf[4096];
+    if (!*path)
+        return moe_error(err, MOE_EINVAL, "empty directory name");
     if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
         return moe_error(err, MOE_EINVAL, "path too long: '%s'", path);
     for (char *p = buf + 1; *p; p++) {

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "estimate.h"
 #include "io/csv_writer.h"
 #include "train/train.h"
 
@@ -167,6 +168,14 @@ enum { A_EPOCHS, A_TRAIN_ACC, A_TEST_ACC, A_TRAIN_MSE, A_TEST_MSE, A_ACTIVE, A_E
 static const char *const acc_names[N_ACC] = { "epochs", "train_accuracy", "test_accuracy", "train_mse", "test_mse",
                                               "active_experts", "gate_entropy" };
 
+// The model's batch: full-batch training and evaluation, the larger split.
+static size_t cl_batch(const struct moe_config *cfg, size_t n_train, size_t n_test, const void *ctx)
+{
+    (void)cfg, (void)ctx;
+    size_t rows = n_train > n_test ? n_train : n_test;
+    return rows ? rows : 1;
+}
+
 static void json_num(cJSON *o, const char *k, double v)
 {
     if (isnan(v))
@@ -255,12 +264,25 @@ int cmd_compare_loss(int argc, char **argv)
                 r = moe_config_set(&cfg, set_seed, &err);
             if (!r && is_mlp)
                 loss = moe_cfg_str(&cfg, "loss.baseline");
-            if (!r)
+            // Every seed of a system has the same sizes: check the first one's
+            // memory, before generating synthetic data when the config gives its shape.
+            int checked = k > 0, refused = 0;
+            if (!r && !checked)
+                refused = cli_check_run(cmd, &cfg, NULL, cl_batch, NULL, 1, NULL, &checked);
+            if (!r && !refused)
                 r = moe_data_load(&data, &cfg, &err);
-            size_t max_batch = data.train.n > data.test.n ? data.train.n : data.test.n;
+            if (!r && !refused && !checked)
+                refused = cli_check_run(cmd, &cfg, &data, cl_batch, NULL, 1, NULL, &checked);
+            if (refused) {
+                moe_data_release(&data);
+                moe_config_release(&cfg);
+                moe_csv_abort(&curves);
+                rc = refused;
+                goto out;
+            }
             if (!r)
                 r = moe_model_create(&model, &cfg, loss, data.train.task, data.train.n_in, data.train.n_out,
-                                     max_batch ? max_batch : 1, &err);
+                                     cl_batch(&cfg, data.train.n, data.test.n, NULL), &err);
             struct moe_train_result res;
             struct curve_ctx cc = { .csv = &curves, .system = sys, .seed = o.seeds[k] };
             if (!r) {

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "estimate.h"
 #include "io/atomic.h"
 #include "io/csv_writer.h"
 #include "io/safetensors.h"
@@ -88,16 +89,15 @@ static int load_config(const struct moe_st_file *f, const struct cli_common *c, 
     if (!text)
         return moe_error(err, MOE_EFORMAT, "%s: no 'config' in the checkpoint's metadata (not written by moe train?)",
                          f->path);
-    const char **over = calloc(c->n_sets + 1, sizeof *over);
-    if (!over)
-        return moe_error(err, MOE_ENOMEM, "out of memory");
-    size_t n = 0;
-    for (size_t i = 0; i < c->n_sets; i++)
-        over[n++] = c->sets[i];
-    int rc = moe_config_parse(cfg, moe_run_schema, moe_run_schema_len, text, f->path, over, n, err);
-    free(over);
+    // The checkpoint's own config first: if that fails the file is at fault (exit 1);
+    // then the user's --set overrides, whose mistakes are usage errors (exit 2).
+    struct moe_err perr;
+    int rc = moe_config_parse(cfg, moe_run_schema, moe_run_schema_len, text, f->path, NULL, 0, &perr);
     if (rc)
-        return rc;
+        return moe_error(err, MOE_EFORMAT, "%s: the 'config' metadata is not a valid config: %s", f->path, perr.msg);
+    for (size_t i = 0; i < c->n_sets; i++)
+        if ((rc = moe_config_set(cfg, c->sets[i], err)))
+            return rc;
     *ret_standardize = moe_cfg_bool(cfg, "data.standardize");
     return moe_config_set(cfg, "data.standardize=false", err);
 }
@@ -108,7 +108,9 @@ static int standardize(const struct moe_st_file *f, struct moe_dataset *d, struc
     if (!m || !s)
         return moe_error(err, MOE_EFORMAT, "%s: the config standardises features but 'data.mean'/'data.std' are missing",
                          f->path);
-    if (m->dtype != MOE_F32 || s->dtype != MOE_F32 || m->numel != d->n_in || s->numel != d->n_in)
+    if (m->dtype != MOE_F32 || s->dtype != MOE_F32)
+        return moe_error(err, MOE_EFORMAT, "%s: 'data.mean'/'data.std' must have dtype F32", f->path);
+    if (m->numel != d->n_in || s->numel != d->n_in)
         return moe_error(err, MOE_ESHAPE, "%s: 'data.mean'/'data.std' must be F32 of %zu features", f->path, d->n_in);
     struct moe_standardize st = { d->n_in, malloc(d->n_in * sizeof(float)), malloc(d->n_in * sizeof(float)) };
     if (!st.mean || !st.std) {
@@ -163,6 +165,14 @@ static void trace_batch(FILE *f, struct moe_model *m, size_t start, size_t n)
             fputs("}\n", f);
         }
     }
+}
+
+// The model's batch: evaluation chunks of train.max_batch_eval rows, at most the split.
+static size_t rs_batch(const struct moe_config *cfg, size_t n_train, size_t n_test, const void *ctx)
+{
+    size_t rows = strcmp((const char *)ctx, "train") == 0 ? n_train : n_test;
+    size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+    return chunk > rows && rows > 0 ? rows : chunk;
 }
 
 // Run the split once in evaluation mode, accumulating into st (reset first).
@@ -238,9 +248,15 @@ int cmd_route_stats(int argc, char **argv)
         rc = cli_error(cmd, 2, "option '--config' does not apply: the config is the checkpoint's (use --set to change data.*)");
         goto out;
     }
-    int std_on = 0;
-    if (moe_safetensors_open(o.ckpt, &f, &err) || load_config(&f, &c, &cfg, &std_on, &err) ||
-        moe_data_load(&data, &cfg, &err)) {
+    int std_on = 0, checked = 0;
+    if (moe_safetensors_open(o.ckpt, &f, &err) || load_config(&f, &c, &cfg, &std_on, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    // synthetic data: refuse a run that will not fit before generating it
+    if ((rc = cli_check_run(cmd, &cfg, NULL, rs_batch, o.split, 0, NULL, &checked)))
+        goto out;
+    if (moe_data_load(&data, &cfg, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
@@ -249,9 +265,9 @@ int cmd_route_stats(int argc, char **argv)
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    size_t chunk = (size_t)moe_cfg_int(&cfg, "train.max_batch_eval");
-    if (chunk > d->n && d->n > 0)
-        chunk = d->n;
+    size_t chunk = rs_batch(&cfg, data.train.n, data.test.n, o.split);
+    if (!checked && (rc = cli_check_run(cmd, &cfg, &data, rs_batch, o.split, 0, NULL, &checked)))
+        goto out;
     if (moe_model_create(&model, &cfg, NULL, d->task, d->n_in, d->n_out, chunk, &err) ||
         moe_model_load(&model, &f, 1, &err)) {
         rc = cli_fail(cmd, &err);
@@ -407,7 +423,7 @@ int cmd_route_stats(int argc, char **argv)
     cJSON_AddItemToObject(summary, "capacity", caps);
     caps = NULL;
     for (int i = 0; i < 4; i++)
-        if (csv[i].file.f && (rc = moe_csv_close(&csv[i], &err)))
+        if (csv[i].buf && (rc = moe_csv_close(&csv[i], &err)))
             goto fail;
     if (o.trace && (rc = moe_atomic_commit(&trace, &err)))
         goto fail;

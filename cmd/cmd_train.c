@@ -1,12 +1,21 @@
 // cmd_train.c: `moe train` trains one model from a config and writes a run
 // directory: config.json, metrics.csv, model.safetensors, summary.json; the
-// summary JSON also goes to stdout.
+// summary JSON also goes to stdout. Along the way it keeps checkpoint.safetensors
+// (weights, optimizer moments, position) after every epoch, every
+// train.checkpoint_every steps and on SIGINT/SIGTERM; `--resume DIR` continues
+// from it and ends with the same bytes as a run never stopped.
+#include <errno.h>
+#include <glob.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
+#include "estimate.h"
+#include "io/atomic.h"
 #include "io/csv_writer.h"
 #include "io/safetensors.h"
 #include "moe/moe_layer.h"
@@ -15,14 +24,25 @@
 static const char *const usage =
     "usage: moe train [--config FILE] [--set key.path=value]... [--out DIR] [--seed N]\n"
     "                 [--threads N] [--init CKPT] [--device cpu] [--quiet]\n"
+    "       moe train --resume DIR [--threads N] [--quiet]\n"
+    "       moe train --dry-run [--config FILE] [--set key.path=value]...\n"
     "Train the model a config describes; write DIR/config.json, metrics.csv,\n"
     "model.safetensors and summary.json, and print the summary JSON on stdout.\n"
-    "Without --out, DIR is runs/train-<config hash>.\n";
+    "Without --out, DIR is runs/train-<config hash>. DIR/checkpoint.safetensors is\n"
+    "rewritten after every epoch (and every train.checkpoint_every steps); SIGINT or\n"
+    "SIGTERM finishes the current step, writes it and exits 130 or 143.\n"
+    "--resume DIR continues that run from its checkpoint, with its own config;\n"
+    "the result is byte-identical to a run that was never stopped.\n"
+    "--dry-run prints the parameter count, active parameters and FLOPs per token\n"
+    "and the memory estimate as JSON, and trains nothing. A run whose estimate\n"
+    "exceeds the memory available is refused (exit 1) before it allocates.\n";
 
-enum { OPT_INIT = OPT_FIRST_CMD };
+enum { OPT_INIT = OPT_FIRST_CMD, OPT_RESUME, OPT_DRY_RUN };
 
 struct train_opts {
     const char *init;
+    const char *resume;
+    int dry_run;
 };
 
 static int on_opt(void *ctx, int opt, const char *arg)
@@ -32,7 +52,36 @@ static int on_opt(void *ctx, int opt, const char *arg)
         o->init = arg;
         return 0;
     }
+    if (opt == OPT_RESUME) {
+        o->resume = arg;
+        return 0;
+    }
+    if (opt == OPT_DRY_RUN) {
+        o->dry_run = 1;
+        return 0;
+    }
     return 2;
+}
+
+// SIGINT/SIGTERM: ask the trainer to stop after the current step. A second
+// signal gets the default action (the disposition is reset), so a stuck run
+// can still be killed with a second Ctrl-C.
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig)
+{
+    stop_signal = sig;
+    signal(sig, SIG_DFL);
+}
+
+static void catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 static const char *const metric_cols[] = { "step", "epoch", "split", "loss", "mse", "accuracy", "gate_entropy",
@@ -45,6 +94,9 @@ static const char *const expert_cols[] = { "step", "epoch", "split", "layer", "e
 struct outputs {
     struct moe_csv metrics, experts;
     struct moe_model *model; // for the block number of each sparse layer
+    const char *dir;
+    const struct moe_config *cfg;
+    const struct moe_data *data;
 };
 
 static int write_metric_row(void *ctx, const struct moe_eval_row *r, struct moe_err *err)
@@ -106,10 +158,168 @@ static cJSON *eval_json(const struct moe_eval_row *r)
     return o;
 }
 
+// The largest batch the model sees: the training batch (the whole split for
+// full-batch gd) or the evaluation chunk, whichever is larger.
+static size_t train_batch(const struct moe_config *cfg, size_t n_train, size_t n_test, const void *ctx)
+{
+    (void)ctx;
+    size_t bs = (size_t)moe_cfg_int(cfg, "optim.batch_size");
+    size_t max_batch = bs == 0 || strcmp(moe_cfg_str(cfg, "optim.type"), "gd") == 0 ? n_train : bs;
+    size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+    size_t biggest = n_train > n_test ? n_train : n_test;
+    if (chunk > biggest)
+        chunk = biggest;
+    return chunk > max_batch ? chunk : max_batch;
+}
+
+// --dry-run: the estimate on stdout, from the config alone when it gives the
+// data's shape (synthetic), else after loading the data.
+static int dry_run(const char *cmd, const struct moe_config *cfg)
+{
+    struct moe_err err = { 0 };
+    struct moe_data data;
+    memset(&data, 0, sizeof data);
+    enum moe_task task;
+    size_t n_in, n_out, n_train, n_test;
+    int known = moe_data_shape(cfg, &task, &n_in, &n_out, &n_train, &n_test, &err);
+    if (known < 0)
+        return cli_fail(cmd, &err);
+    if (!known) {
+        if (moe_data_load(&data, cfg, &err))
+            return cli_fail(cmd, &err);
+        task = data.train.task, n_in = data.train.n_in, n_out = data.train.n_out;
+        n_train = data.train.n, n_test = data.test.n;
+    }
+    struct moe_model_estimate est;
+    int rc = moe_model_estimate(cfg, task, n_in, n_out, n_train, n_test, train_batch(cfg, n_train, n_test, NULL), 1,
+                                &est, &err);
+    if (rc) {
+        moe_data_release(&data);
+        return cli_fail(cmd, &err);
+    }
+    cJSON *s = cli_summary_new(cmd, cfg);
+    cJSON_AddBoolToObject(s, "dry_run", 1);
+    cJSON_AddStringToObject(s, "model", moe_cfg_str(cfg, "model.type"));
+    cJSON_AddNumberToObject(s, "train_rows", (double)n_train);
+    cJSON_AddNumberToObject(s, "test_rows", (double)n_test);
+    cJSON_AddNumberToObject(s, "max_batch", (double)train_batch(cfg, n_train, n_test, NULL));
+    cJSON *e = cli_estimate_json(&est, !known);
+    for (cJSON *it = e->child; it;) { // merge the estimate's keys into the summary
+        cJSON *next = it->next;
+        cJSON_AddItemToObject(s, it->string, cJSON_DetachItemViaPointer(e, it));
+        it = next;
+    }
+    cJSON_Delete(e);
+    cli_print_json(s);
+    cJSON_Delete(s);
+    moe_data_release(&data);
+    return 0;
+}
+
+// The model file's tensors beyond the parameters and its metadata; *cfg_json is
+// to be freed by the caller.
+static size_t model_extras(const struct outputs *o, struct moe_st_ref extra[2])
+{
+    size_t n = 0;
+    if (o->data->standardized) {
+        const struct moe_standardize *st = &o->data->stats;
+        extra[n++] = (struct moe_st_ref){ "data.mean", MOE_F32, 1, { st->n_in }, st->mean };
+        extra[n++] = (struct moe_st_ref){ "data.std", MOE_F32, 1, { st->n_in }, st->std };
+    }
+    return n;
+}
+
+enum { N_MODEL_META = 6 };
+
+static void model_meta(const struct outputs *o, const char *cfg_json, struct moe_st_meta meta[N_MODEL_META])
+{
+    meta[0] = (struct moe_st_meta){ "format", "moe" };
+    meta[1] = (struct moe_st_meta){ "format_version", "1" };
+    meta[2] = (struct moe_st_meta){ "moe_version", MOE_VERSION };
+    meta[3] = (struct moe_st_meta){ "model", o->model->ops->type };
+    meta[4] = (struct moe_st_meta){ "loss", o->model->loss_name };
+    meta[5] = (struct moe_st_meta){ "config", cfg_json ? cfg_json : "{}" };
+}
+
+// Checkpoint hook: the metric tables first (so they hold at least every row the
+// checkpoint counts), then the checkpoint with the tables' lengths.
+static int write_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct moe_err *err)
+{
+    struct outputs *o = ctx;
+    int rc = moe_csv_flush(&o->metrics, err);
+    if (rc || (o->model->n_moe_layers && (rc = moe_csv_flush(&o->experts, err))))
+        return rc;
+    char path[4200], mb[32], eb[32];
+    snprintf(mb, sizeof mb, "%zu", moe_csv_bytes(&o->metrics));
+    snprintf(eb, sizeof eb, "%zu", o->model->n_moe_layers ? moe_csv_bytes(&o->experts) : (size_t)0);
+    char *cfg_json = moe_config_to_json(o->cfg, 0);
+    struct moe_st_ref extra[2];
+    struct moe_st_meta meta[N_MODEL_META + 2];
+    size_t n_extra = model_extras(o, extra);
+    model_meta(o, cfg_json, meta);
+    meta[N_MODEL_META] = (struct moe_st_meta){ "train.metrics_bytes", mb };
+    meta[N_MODEL_META + 1] = (struct moe_st_meta){ "train.experts_bytes", eb };
+    rc = moe_train_checkpoint_write(cli_path(path, sizeof path, o->dir, "checkpoint.safetensors"), o->model, ck,
+                                    extra, n_extra, meta, N_MODEL_META + 2, err);
+    free(cfg_json);
+    return rc;
+}
+
+// A table length recorded in a checkpoint.
+static int meta_size(const struct moe_st_file *f, const char *key, size_t *ret, struct moe_err *err)
+{
+    const char *v = moe_safetensors_meta(f, key);
+    char *end;
+    errno = 0;
+    unsigned long long x = v && *v != '-' ? strtoull(v, &end, 10) : 0;
+    if (!v || *v == '-' || errno || end == v || *end)
+        return moe_error(err, MOE_EFORMAT, "%s: metadata '%s' is missing or not a byte count", f->path, key);
+    *ret = (size_t)x;
+    return 0;
+}
+
+// The summary of a finished run in dir, or NULL if there is none (or it records an interruption).
+static cJSON *complete_summary(const char *dir)
+{
+    char path[4200], *text = NULL;
+    if (moe_read_file(cli_path(path, sizeof path, dir, "summary.json"), &text, NULL, NULL))
+        return NULL;
+    cJSON *s = cJSON_Parse(text);
+    free(text);
+    if (s && (!cJSON_IsObject(s) || cJSON_GetObjectItemCaseSensitive(s, "interrupted") ||
+              !cJSON_GetObjectItemCaseSensitive(s, "final"))) {
+        cJSON_Delete(s);
+        s = NULL;
+    }
+    return s;
+}
+
+// Temporary files a killed process left behind ("<name>.tmp.<pid>", io/atomic.h).
+static void remove_stale_tmp(const char *dir)
+{
+    char pattern[4200];
+    glob_t g;
+    if (snprintf(pattern, sizeof pattern, "%s/*.tmp.*", dir) >= (int)sizeof pattern ||
+        glob(pattern, GLOB_NOSORT, NULL, &g) != 0)
+        return;
+    static const char *const ours[] = { "config.json", "metrics.csv", "experts.csv", "model.safetensors",
+                                        "checkpoint.safetensors", "summary.json" };
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        const char *base = strrchr(g.gl_pathv[i], '/') + 1;
+        for (size_t k = 0; k < sizeof ours / sizeof *ours; k++) {
+            size_t len = strlen(ours[k]);
+            if (strncmp(base, ours[k], len) == 0 && strncmp(base + len, ".tmp.", 5) == 0)
+                remove(g.gl_pathv[i]);
+        }
+    }
+    globfree(&g);
+}
+
 int cmd_train(int argc, char **argv)
 {
     static const struct option opts[] = { CLI_COMMON_OPTIONS, { "init", required_argument, NULL, OPT_INIT },
-                                          { 0, 0, 0, 0 } };
+                                          { "resume", required_argument, NULL, OPT_RESUME },
+                                          { "dry-run", no_argument, NULL, OPT_DRY_RUN }, { 0, 0, 0, 0 } };
     const char *cmd = "train";
     struct cli_common c;
     struct train_opts o = { 0 };
@@ -119,7 +329,7 @@ int cmd_train(int argc, char **argv)
     struct moe_data data;
     struct moe_model model;
     struct outputs outs;
-    struct moe_st_file init = { 0 };
+    struct moe_st_file init = { 0 }, resume = { 0 };
     cJSON *summary = NULL;
     char *cfg_text = NULL;
     memset(&data, 0, sizeof data);
@@ -132,32 +342,79 @@ int cmd_train(int argc, char **argv)
         rc = 0;
         goto out;
     }
-    if (rc || (rc = cli_setup_compute(cmd, &c)))
+    if (rc)
         goto out;
-    if (cli_load_config(&c, &cfg, &err) || moe_data_load(&data, &cfg, &err)) {
+    if (o.resume) {
+        const char *clash = c.config ? "--config" : c.n_sets ? "--set" : c.seed >= 0 ? "--seed" : o.init ? "--init"
+                            : c.out ? "--out" : NULL;
+        if (clash) {
+            rc = cli_error(cmd, 2, "option '%s' cannot be combined with '--resume' (the run keeps the config in its checkpoint)",
+                           clash);
+            goto out;
+        }
+    }
+    if ((rc = cli_setup_compute(cmd, &c)))
+        goto out;
+    catch_signals();
+    const char *out = o.resume ? o.resume : c.out;
+    struct moe_train_pos pos = { 0 };
+    size_t keep_metrics = 0, keep_experts = 0;
+    if (o.resume) {
+        summary = complete_summary(out);
+        if (summary) { // nothing left to do: say so, and print the run's summary again
+            cli_log(&c, "moe train: the run in %s/ is already complete", out);
+            cli_print_json(summary);
+            rc = 0;
+            goto out;
+        }
+        const char *cfg_json;
+        if (moe_safetensors_open(cli_path(path, sizeof path, out, "checkpoint.safetensors"), &resume, &err) ||
+            moe_train_pos_read(&resume, &pos, &err) || meta_size(&resume, "train.metrics_bytes", &keep_metrics, &err) ||
+            meta_size(&resume, "train.experts_bytes", &keep_experts, &err)) {
+            rc = cli_fail(cmd, &err);
+            goto out;
+        }
+        if (!(cfg_json = moe_safetensors_meta(&resume, "config"))) {
+            rc = cli_error(cmd, 1, "%s: no metadata 'config'", resume.path);
+            goto out;
+        }
+        struct moe_err perr;
+        if (moe_config_parse(&cfg, moe_run_schema, moe_run_schema_len, cfg_json, resume.path, NULL, 0, &perr)) {
+            rc = cli_error(cmd, 1, "%s: the 'config' metadata is not a valid config: %s", resume.path, perr.msg);
+            goto out;
+        }
+    } else if (cli_load_config(&c, &cfg, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    const char *out = c.out;
+    if (o.dry_run) {
+        rc = dry_run(cmd, &cfg);
+        goto out;
+    }
+    // Refuse a run that will not fit before allocating: from the config's shape
+    // when it gives one (synthetic data), else once the data is loaded.
+    int checked = 0;
+    if ((rc = cli_check_run(cmd, &cfg, NULL, train_batch, NULL, 1, NULL, &checked)))
+        goto out;
+    if (moe_data_load(&data, &cfg, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    if (!checked && (rc = cli_check_run(cmd, &cfg, &data, train_batch, NULL, 1, NULL, &checked)))
+        goto out;
     if (!out) {
         snprintf(outbuf, sizeof outbuf, "runs/train-%016llx", (unsigned long long)moe_config_hash(&cfg));
         out = outbuf;
     }
-    size_t bs = (size_t)moe_cfg_int(&cfg, "optim.batch_size");
-    size_t max_batch = bs == 0 || strcmp(moe_cfg_str(&cfg, "optim.type"), "gd") == 0 ? data.train.n : bs;
-    size_t chunk = (size_t)moe_cfg_int(&cfg, "train.max_batch_eval");
-    size_t biggest = data.train.n > data.test.n ? data.train.n : data.test.n;
-    if (chunk > biggest)
-        chunk = biggest;
-    if (chunk > max_batch)
-        max_batch = chunk;
+    size_t max_batch = train_batch(&cfg, data.train.n, data.test.n, NULL);
     if (moe_model_create(&model, &cfg, NULL, data.train.task, data.train.n_in, data.train.n_out, max_batch, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
     moe_model_init_weights(&model, (uint64_t)moe_cfg_int(&cfg, "train.seed"));
     if (moe_model_fit(&model, &data.train, &err) ||
-        (o.init && (moe_safetensors_open(o.init, &init, &err) || moe_model_load(&model, &init, 1, &err)))) {
+        (o.init && (moe_safetensors_open(o.init, &init, &err) || moe_model_load(&model, &init, 1, &err))) ||
+        (o.resume && moe_model_load(&model, &resume, 1, &err))) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
@@ -166,6 +423,16 @@ int cmd_train(int argc, char **argv)
         goto out;
     }
     outs.model = &model;
+    outs.dir = out;
+    outs.cfg = &cfg;
+    outs.data = &data;
+    if (o.resume)
+        remove_stale_tmp(out);
+    if (!o.resume) {
+        // A new run in an old directory: drop what would make it look resumable or complete.
+        remove(cli_path(path, sizeof path, out, "checkpoint.safetensors"));
+        remove(cli_path(path, sizeof path, out, "summary.json"));
+    }
     cfg_text = moe_config_to_json(&cfg, 1);
     size_t cfg_len = cfg_text ? strlen(cfg_text) : 0;
     if (cfg_text) {
@@ -173,42 +440,76 @@ int cmd_train(int argc, char **argv)
         cfg_text[cfg_len++] = '\n';
         cfg_text[cfg_len] = '\0';
     }
+    const char *mpath = "metrics.csv", *epath = "experts.csv";
+    size_t n_mcols = sizeof metric_cols / sizeof *metric_cols, n_ecols = sizeof expert_cols / sizeof *expert_cols;
+    char path2[4200];
     if (!cfg_text || moe_atomic_write(cli_path(path, sizeof path, out, "config.json"), cfg_text, cfg_len, &err) ||
-        moe_csv_open(&outs.metrics, cli_path(path, sizeof path, out, "metrics.csv"), metric_cols,
-                     sizeof metric_cols / sizeof *metric_cols, &err) ||
-        (model.n_moe_layers && moe_csv_open(&outs.experts, cli_path(path, sizeof path, out, "experts.csv"),
-                                          expert_cols, sizeof expert_cols / sizeof *expert_cols, &err))) {
+        (o.resume ? moe_csv_reopen(&outs.metrics, cli_path(path, sizeof path, out, mpath), metric_cols, n_mcols,
+                                   keep_metrics, &err)
+                  : moe_csv_open(&outs.metrics, cli_path(path, sizeof path, out, mpath), metric_cols, n_mcols, &err)) ||
+        (model.n_moe_layers &&
+         (o.resume ? moe_csv_reopen(&outs.experts, cli_path(path2, sizeof path2, out, epath), expert_cols, n_ecols,
+                                    keep_experts, &err)
+                   : moe_csv_open(&outs.experts, cli_path(path2, sizeof path2, out, epath), expert_cols, n_ecols,
+                                  &err)))) {
         rc = cfg_text ? cli_fail(cmd, &err) : cli_error(cmd, 1, "out of memory");
         goto out;
     }
-    cli_log(&c, "moe train: %s model, %zu parameters, %zu train / %zu test rows, writing %s/", model.ops->type,
-            moe_params_count(&model.params), data.train.n, data.test.n, out);
+    if (o.resume)
+        cli_log(&c, "moe train: resuming %s/ at step %llu (epoch %llu)", out, (unsigned long long)pos.steps,
+                (unsigned long long)pos.epoch);
+    else
+        cli_log(&c, "moe train: %s model, %zu parameters, %zu train / %zu test rows, writing %s/", model.ops->type,
+                moe_params_count(&model.params), data.train.n, data.test.n, out);
     struct moe_train_result res;
-    if (moe_train(&model, &data, &cfg, write_metric_row, &outs, &res, &err) || moe_csv_close(&outs.metrics, &err) ||
-        (model.n_moe_layers && moe_csv_close(&outs.experts, &err))) {
-        moe_csv_abort(&outs.metrics);
-        moe_csv_abort(&outs.experts);
+    struct moe_train_hooks hooks = { .row = write_metric_row, .ctx = &outs, .checkpoint = write_checkpoint,
+                                     .stop = &stop_signal, .resume = o.resume ? &resume : NULL };
+    rc = moe_train_ex(&model, &data, &cfg, &hooks, &res, &err);
+    if (rc == MOE_EINTR) {
+        // The checkpoint is written: say where the run stopped and how to go on.
+        int sig = stop_signal;
+        summary = cli_summary_new(cmd, &cfg);
+        cJSON_AddStringToObject(summary, "interrupted", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        cJSON_AddNumberToObject(summary, "steps", (double)res.steps);
+        cJSON_AddStringToObject(summary, "out", out);
+        cJSON_AddStringToObject(summary, "checkpoint", cli_path(path, sizeof path, out, "checkpoint.safetensors"));
+        if (cli_write_json(cli_path(path, sizeof path, out, "summary.json"), summary, &err)) {
+            rc = cli_fail(cmd, &err);
+            goto out;
+        }
+        cli_print_json(summary);
+        rc = cli_error(cmd, 128 + sig, "interrupted by %s at step %llu; checkpoint written (continue with: moe train --resume %s)",
+                       sig == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)res.steps, out);
+        goto out;
+    }
+    if (rc) {
+        // Keep the rows written so far for diagnosis; the last checkpoint stays as it was.
+        struct moe_err ignored;
+        moe_csv_flush(&outs.metrics, &ignored);
+        if (model.n_moe_layers)
+            moe_csv_flush(&outs.experts, &ignored);
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    if (moe_csv_close(&outs.metrics, &err) || (model.n_moe_layers && moe_csv_close(&outs.experts, &err))) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
 
-    // checkpoint: parameters, normalisation statistics, and the resolved config
-    struct moe_st_ref extra[2];
-    size_t n_extra = 0;
-    if (data.standardized) {
-        extra[n_extra++] = (struct moe_st_ref){ "data.mean", MOE_F32, 1, { data.stats.n_in }, data.stats.mean };
-        extra[n_extra++] = (struct moe_st_ref){ "data.std", MOE_F32, 1, { data.stats.n_in }, data.stats.std };
-    }
-    char *cfg_compact = moe_config_to_json(&cfg, 0);
-    struct moe_st_meta meta[] = { { "format", "moe" }, { "format_version", "1" }, { "moe_version", MOE_VERSION },
-                                  { "model", model.ops->type }, { "loss", model.loss_name },
-                                  { "config", cfg_compact ? cfg_compact : "{}" } };
-    rc = moe_model_save(&model, cli_path(path, sizeof path, out, "model.safetensors"), extra, n_extra, meta,
-                        sizeof meta / sizeof *meta, &err);
-    free(cfg_compact);
-    if (rc) {
-        rc = cli_fail(cmd, &err);
-        goto out;
+    // the model: parameters, state, normalisation statistics, and the resolved config
+    {
+        struct moe_st_ref extra[2];
+        struct moe_st_meta meta[N_MODEL_META];
+        size_t n_extra = model_extras(&outs, extra);
+        char *cfg_compact = moe_config_to_json(&cfg, 0);
+        model_meta(&outs, cfg_compact, meta);
+        rc = moe_model_save(&model, cli_path(path, sizeof path, out, "model.safetensors"), extra, n_extra, meta,
+                            N_MODEL_META, &err);
+        free(cfg_compact);
+        if (rc) {
+            rc = cli_fail(cmd, &err);
+            goto out;
+        }
     }
 
     summary = cli_summary_new(cmd, &cfg);
@@ -237,6 +538,8 @@ int cmd_train(int argc, char **argv)
     cJSON_AddStringToObject(summary, "out", out);
     if (o.init)
         cJSON_AddStringToObject(summary, "init", o.init);
+    if (o.resume)
+        cJSON_AddNumberToObject(summary, "resumed_at_step", (double)pos.steps);
     if (cli_write_json(cli_path(path, sizeof path, out, "summary.json"), summary, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
@@ -251,6 +554,7 @@ out:
     cJSON_Delete(summary);
     free(cfg_text);
     moe_safetensors_close(&init);
+    moe_safetensors_close(&resume);
     moe_model_release(&model);
     moe_data_release(&data);
     moe_config_release(&cfg);

@@ -87,7 +87,7 @@ static int print_version(void)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        print_usage(stderr);
+        fputs("moe: no command given (see 'moe --help')\n", stderr);
         return 2;
     }
     const char *name = argv[1];

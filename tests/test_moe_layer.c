@@ -285,19 +285,19 @@ struct mctx {
     struct moe_batch b;
 };
 
-static double mobj(struct mctx *c, int *routing_sig)
+static double mobj(struct mctx *c, unsigned *routing_sig)
 {
     struct moe_stats st;
     struct moe_err err;
     ck_assert_int_eq(moe_stats_init(&st, 0, 0, &err), 0);
     ck_assert_int_eq(moe_model_run(&c->m, &c->b, 1, &st, &err), 0);
     double s = st.loss / (double)c->b.n;
-    int sig = 0;
+    unsigned sig = 0; // unsigned: the hash wraps modulo 2^32 (signed overflow is undefined)
     for (size_t i = 0; i < c->m.n_moe_layers; i++) {
         struct moe_layer *l = c->m.ops->moe_layer_at(&c->m, i);
         s += l->loss;
         for (size_t j = 0; j < l->T * l->S; j++)
-            sig = sig * 31 + l->route.sel[j] * 7 + (l->plan.slot_row[j] >= 0);
+            sig = sig * 31u + (unsigned)l->route.sel[j] * 7u + (l->plan.slot_row[j] >= 0);
     }
     *routing_sig = sig;
     moe_stats_release(&st);
@@ -340,7 +340,7 @@ START_TEST(test_model_grad)
     c.b.y = data.train.y;
     c.b.label = data.train.label;
     c.b.step = 4;
-    int sig0;
+    unsigned sig0;
     moe_params_zero_grad(&c.m.params);
     mobj(&c, &sig0);
     float *grad = malloc(c.m.params.numel * sizeof(float));
@@ -352,7 +352,7 @@ START_TEST(test_model_grad)
         for (size_t j = 0; j < t->numel; j++) {
             float *w = c.m.params.data + t->offset + j;
             float w0 = *w, wp = w0 + H_STEP, wm = w0 - H_STEP;
-            int s1, s2;
+            unsigned s1, s2;
             *w = wp;
             double lp = mobj(&c, &s1);
             *w = wm;

@@ -63,6 +63,7 @@ const char *moe_status_name(int code)
     case MOE_EFORMAT: return "malformed file";
     case MOE_ENOMEM: return "out of memory";
     case MOE_ENUMERIC: return "numerical fault";
+    case MOE_EINTR: return "interrupted";
     }
     return "unknown error";
 }

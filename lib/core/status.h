@@ -16,6 +16,7 @@ enum moe_status {
     MOE_EFORMAT = -5,  // a data or checkpoint file is corrupt or truncated (exit 1)
     MOE_ENOMEM = -6,   // allocation failed (exit 1)
     MOE_ENUMERIC = -7, // NaN or Inf in a loss or gradient (exit 1)
+    MOE_EINTR = -8,    // stopped on request (a signal) after saving a checkpoint (exit 128 + signal)
 };
 
 #define MOE_ERR_MSG_MAX 512

@@ -15,7 +15,7 @@ int moe_atomic_open(struct moe_atomic_file *a, const char *path, struct moe_err 
     snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%ld", path, (long)getpid());
     a->f = fopen(a->tmp, "wb");
     if (!a->f)
-        return moe_error(err, MOE_EIO, "cannot write '%s': %s", a->tmp, strerror(errno));
+        return moe_error(err, MOE_EIO, "cannot write '%s': %s", a->path, strerror(errno));
     return 0;
 }
 

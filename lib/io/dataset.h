@@ -80,6 +80,8 @@ struct moe_table_spec {
 // non-numeric cell, ragged row, bad filter).
 int moe_table_read(const struct moe_table_spec *spec, struct moe_dataset *ret_train,
                    struct moe_dataset *ret_test, struct moe_err *err);
+// Check one row filter's syntax (as moe_table_read parses it), before any file is read.
+int moe_table_filter_check(const char *expr, struct moe_err *err);
 
 // ---- Built-in synthetic tasks, generated from the seed ----
 // "regions": inputs drawn from n_regions known regions (Gaussian clusters with

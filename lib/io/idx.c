@@ -20,6 +20,7 @@
 #define IDX_TYPE_UBYTE 0x08
 #define IDX_MAX_BYTES ((uint64_t)1 << 34) // 16 GiB: anything larger is a corrupt header
 #define IDX_CHUNK ((size_t)1 << 30)       // gzread takes an unsigned length
+#define IDX_FIRST_ALLOC ((size_t)1 << 20) // data buffer to start with; doubled as data arrives
 
 // Read up to len bytes; returns bytes read, or -1 on a zlib error (message in
 // *zmsg, zlib code in *zcode: Z_ERRNO for a system read error).
@@ -61,7 +62,7 @@ void moe_idx_release(struct moe_idx *m)
 {
     if (!m)
         return;
-    moe_free(m->data);
+    free(m->data); // malloc'd and grown with realloc while reading
     memset(m, 0, sizeof *m);
 }
 
@@ -135,19 +136,37 @@ int moe_idx_read(const char *path, struct moe_idx *ret, struct moe_err *err)
     }
     ret->ndim = ndim;
     ret->count = (size_t)count;
-    ret->data = moe_alloc(ret->count, 1);
-    if (!ret->data) {
-        rc = moe_error(err, MOE_ENOMEM, "idx '%s': out of memory for %zu bytes", path, ret->count);
-        goto out;
+    // Fuzzing fix: the buffer grows as data arrives instead of being sized from
+    // the header up front. An 18-byte file whose dims claim 4 GiB (or anything
+    // up to the 16 GiB cap) made us allocate and zero that much before reading
+    // a byte of it; now memory stays within twice the data really present.
+    size_t cap = ret->count < IDX_FIRST_ALLOC ? ret->count : IDX_FIRST_ALLOC, have = 0;
+    ret->data = malloc(cap);
+    for (;;) {
+        if (!ret->data) {
+            rc = moe_error(err, MOE_ENOMEM, "idx '%s': out of memory for %zu bytes", path, ret->count);
+            goto out;
+        }
+        got = read_full(f, ret->data + have, cap - have, &zmsg, &zcode);
+        if (got < 0) {
+            rc = zfail(err, path, zmsg, zcode);
+            goto out;
+        }
+        have += (size_t)got;
+        if (have < cap || have == ret->count)
+            break;
+        cap = cap > ret->count / 2 ? ret->count : 2 * cap;
+        uint8_t *grown = realloc(ret->data, cap);
+        if (!grown) // keep the old block in ret->data so moe_idx_release frees it
+            rc = moe_error(err, MOE_ENOMEM, "idx '%s': out of memory for %zu bytes", path, ret->count);
+        else
+            ret->data = grown;
+        if (rc)
+            goto out;
     }
-    got = read_full(f, ret->data, ret->count, &zmsg, &zcode);
-    if (got < 0) {
-        rc = zfail(err, path, zmsg, zcode);
-        goto out;
-    }
-    if ((uint64_t)got < count) {
-        rc = moe_error(err, MOE_EFORMAT, "idx '%s': truncated: expected %zu bytes of data, got %lld", path,
-                       ret->count, got);
+    if (have < ret->count) {
+        rc = moe_error(err, MOE_EFORMAT, "idx '%s': truncated: expected %zu bytes of data, got %zu", path,
+                       ret->count, have);
         goto out;
     }
     // Nothing may follow the data.

@@ -230,6 +230,15 @@ fail:
     return rc;
 }
 
+int moe_table_filter_check(const char *expr, struct moe_err *err)
+{
+    struct filter f;
+    int rc = parse_filter(expr, &f, err); // frees what it built when it fails
+    if (!rc)
+        free_filter(&f);
+    return rc;
+}
+
 // 1 = the row passes, 0 = dropped, negative = error (in c->rc).
 static int filter_pass(struct ctx *c, const struct filter *f, size_t row_line)
 {
@@ -602,6 +611,20 @@ static int build(struct ctx *c, struct moe_dataset *tr, struct moe_dataset *te)
     return rc;
 }
 
+// Fuzzing fix: messages quote header and cell text from the file (and names
+// from the spec), which may hold newlines (a quoted cell) or other control
+// bytes; the CLI prints a message as one line, so they become '?' here, as in
+// config.c. Found by tests/fuzz/fuzz_table.c: a header cell of 0x16 bytes gave
+// "no column 'label' (columns: x, y, <control bytes>label, ...)".
+static int one_line(int rc, struct moe_err *err)
+{
+    if (rc && err)
+        for (char *p = err->msg; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7F)
+                *p = '?';
+    return rc;
+}
+
 int moe_table_read(const struct moe_table_spec *spec, struct moe_dataset *ret_train,
                    struct moe_dataset *ret_test, struct moe_err *err)
 {
@@ -611,7 +634,7 @@ int moe_table_read(const struct moe_table_spec *spec, struct moe_dataset *ret_tr
         return moe_error(err, MOE_EINVAL, "table: no spec");
     int rc = check_spec(spec, err);
     if (rc)
-        return rc;
+        return one_line(rc, err);
 
     struct ctx c;
     memset(&c, 0, sizeof c);
@@ -722,5 +745,5 @@ out:
         moe_dataset_release(ret_train);
         moe_dataset_release(ret_test);
     }
-    return rc;
+    return one_line(rc, err);
 }

@@ -8,6 +8,8 @@
 
 #include "core/rng.h"
 #include "io/config.h"
+#include "model/estimate.h"
+#include "moe/moe_layer.h"
 #include "moe/route_stats.h"
 #include "nn/nn.h"
 
@@ -102,7 +104,14 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
     int cls = task == MOE_TASK_CLASSIFICATION, mixture = strcmp(type, "mixture") == 0;
     if (strcmp(loss, "auto") == 0)
         loss = mixture ? (cls ? "nll-cat" : "nll") : (cls ? "ce" : "mse");
-    int rc;
+    // Sizes first, before any allocation: a product that overflows or a model
+    // no machine could hold is a config error, not a crash half-way through.
+    struct moe_model_estimate est;
+    int rc = moe_model_estimate(cfg, task, n_in, n_out, 0, 0, ret->max_batch, 0, &est, err);
+    if (rc) {
+        moe_model_release(ret);
+        return rc;
+    }
     if (mixture)
         rc = moe_mixture_create(ret, cfg, loss, err);
     else if (strcmp(type, "mlp") == 0)
@@ -161,6 +170,19 @@ int moe_model_load(struct moe_model *m, const struct moe_st_file *f, int allow_e
     for (size_t i = 0; i < n; i++)
         if ((rc = moe_safetensors_load_ref(f, &refs[i], err)))
             return rc;
+    // State read from a file is checked like any input: a hash table entry
+    // outside [0, E) would index past the experts, a non-finite bias poisons routing.
+    for (size_t i = 0; i < m->n_moe_layers && m->ops->moe_layer_at; i++) {
+        const struct moe_layer *l = m->ops->moe_layer_at(m, i);
+        size_t E = l->c.router.E;
+        for (size_t v = 0; l->table && v < l->c.hash_vocab; v++)
+            if (l->table[v] < 0 || (size_t)l->table[v] >= E)
+                return moe_error(err, MOE_EFORMAT, "%s: tensor '%s' entry %zu is expert %d, outside [0, %zu)", f->path,
+                                 l->table_name, v, (int)l->table[v], E);
+        for (size_t e = 0; l->bias && e < E; e++)
+            if (!isfinite(l->bias[e]))
+                return moe_error(err, MOE_EFORMAT, "%s: tensor '%s' entry %zu is not finite", f->path, l->bias_name, e);
+    }
     if (!allow_extra && n > 0) {
         for (size_t i = 0; i < f->n; i++) {
             int known = moe_params_find(&m->params, f->e[i].name) >= 0;

@@ -45,6 +45,13 @@ static int load_table(struct moe_data *d, const struct moe_config *cfg, struct m
     s.targets = vals[1], s.n_targets = lens[1];
     s.classes = lens[2] ? vals[2] : NULL, s.n_classes = lens[2];
     s.where = vals[3], s.n_where = lens[3];
+    for (size_t i = 0; i < s.n_where; i++) {
+        struct moe_err ferr;
+        if (moe_table_filter_check(s.where[i], &ferr)) {
+            rc = moe_error(err, MOE_ECONFIG, "key 'data.table.where[%zu]': %s", i, ferr.msg);
+            goto out;
+        }
+    }
     s.split_column = moe_cfg_str(cfg, "data.table.split_column");
     if (s.split_column) {
         const char *ranges[] = { "data.table.train_range", "data.table.test_range" };
@@ -57,6 +64,11 @@ static int load_table(struct moe_data *d, const struct moe_config *cfg, struct m
             }
             dst[r][0] = moe_cfg_num_at(cfg, ranges[r], 0);
             dst[r][1] = moe_cfg_num_at(cfg, ranges[r], 1);
+            if (dst[r][0] > dst[r][1]) {
+                rc = moe_error(err, MOE_ECONFIG, "key '%s' is [%g, %g]: expected [lo, hi] with lo <= hi", ranges[r],
+                               dst[r][0], dst[r][1]);
+                goto out;
+            }
         }
     }
     s.test_fraction = moe_cfg_num(cfg, "data.table.test_fraction");
@@ -96,6 +108,10 @@ int moe_data_load(struct moe_data *ret, const struct moe_config *cfg, struct moe
             rc = moe_dataset_from_idx(moe_cfg_str(cfg, "data.idx.test_images"),
                                       moe_cfg_str(cfg, "data.idx.test_labels"),
                                       (size_t)moe_cfg_int(cfg, "data.idx.limit_test"), &ret->test, err);
+        if (!rc && ret->test.n_in != ret->train.n_in)
+            rc = moe_error(err, MOE_EFORMAT, "idx '%s' has %zu pixels per image but '%s' has %zu",
+                           moe_cfg_str(cfg, "data.idx.train_images"), ret->train.n_in,
+                           moe_cfg_str(cfg, "data.idx.test_images"), ret->test.n_in);
         if (!rc && ret->test.n_out != ret->train.n_out)
             rc = moe_error(err, MOE_EFORMAT, "idx '%s' has %zu classes but '%s' has %zu",
                            moe_cfg_str(cfg, "data.idx.train_labels"), ret->train.n_out,

@@ -37,13 +37,24 @@ int moe_optim_init(struct moe_optim *o, const struct moe_config *cfg, size_t num
     return 0;
 }
 
-double moe_optim_step(struct moe_optim *o, float *w, float *g)
+double moe_optim_grad_norm(const float *g, size_t n)
 {
-    size_t n = o->numel;
     double sq = 0.0;
     for (size_t i = 0; i < n; i++)
         sq += (double)g[i] * g[i];
-    double norm = sqrt(sq);
+    return sqrt(sq);
+}
+
+double moe_optim_step(struct moe_optim *o, float *w, float *g)
+{
+    double norm = moe_optim_grad_norm(g, o->numel);
+    moe_optim_step_norm(o, w, g, norm);
+    return norm;
+}
+
+void moe_optim_step_norm(struct moe_optim *o, float *w, float *g, double norm)
+{
+    size_t n = o->numel;
     if (o->clip > 0.0 && norm > o->clip) {
         float s = (float)(o->clip / norm);
         for (size_t i = 0; i < n; i++)
@@ -78,7 +89,6 @@ double moe_optim_step(struct moe_optim *o, float *w, float *g)
         break;
     }
     }
-    return norm;
 }
 
 void moe_optim_release(struct moe_optim *o)

@@ -93,6 +93,7 @@ const struct moe_cfg_key moe_run_schema[] = {
     { "train.criterion_value", MOE_CFG_NUM, "0", -1e30, 1e30, NULL, "loss/mse: stop at or below; accuracy: stop at or above" },
     { "train.active_threshold", MOE_CFG_NUM, "0.05", 0, 1, NULL, "an expert is active when its mean mixing proportion exceeds this" },
     { "train.log_every", MOE_CFG_INT, "0", 0, BIG, NULL, "write a split=batch row to metrics.csv every N steps: training-mode means over those steps (0 = one per evaluation, over the steps since the last)" },
+    { "train.checkpoint_every", MOE_CFG_INT, "0", 0, 1e12, NULL, "write DIR/checkpoint.safetensors every N training steps as well (0: only after each epoch and on SIGINT/SIGTERM)" },
     { "train.max_batch_eval", MOE_CFG_INT, "4096", 1, 1 << 24, NULL, "rows per forward pass during evaluation" },
 };
 

@@ -3,6 +3,7 @@
 #ifndef MOE_TRAIN_H
 #define MOE_TRAIN_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,6 +36,9 @@ struct moe_optim {
 int moe_optim_init(struct moe_optim *o, const struct moe_config *cfg, size_t numel, struct moe_err *err);
 // One update of w from g. Returns the gradient's global L2 norm before clipping.
 double moe_optim_step(struct moe_optim *o, float *w, float *g);
+// The same step with the gradient norm already known (moe_optim_grad_norm).
+void moe_optim_step_norm(struct moe_optim *o, float *w, float *g, double norm);
+double moe_optim_grad_norm(const float *g, size_t n);
 void moe_optim_release(struct moe_optim *o);
 
 // ---- the training loop ----
@@ -84,8 +88,61 @@ int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *s
 
 // Train m (weights already initialised or loaded) on data per the config; calls cb
 // for each metrics row (may be NULL): split "train" and "test" for evaluations
-// (evaluation mode), "batch" for training-mode means over recent steps. Fails with MOE_ENUMERIC on a non-finite loss.
+// (evaluation mode), "batch" for training-mode means over recent steps. Fails with
+// MOE_ENUMERIC on a non-finite loss or gradient, naming the step and the first tensor affected.
 int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg, moe_eval_cb cb,
               void *ctx, struct moe_train_result *ret, struct moe_err *err);
+
+// ---- checkpoints: where a run stands, enough to continue it exactly ----
+// A run is a sequence of epochs; epoch 0 is the evaluation before any training.
+// Within epoch e >= 1 the rows are visited in the order of permutation(seed, e),
+// a batch at a time from next_row. Together with the weights, the model's state
+// tensors, the optimizer moments and the batch statistics accumulated since the
+// last split=batch row, this position determines the rest of the run: a resumed
+// run writes the same metrics rows and ends with the same bytes as one never stopped.
+struct moe_train_pos {
+    uint64_t steps;          // optimizer steps taken
+    uint64_t epoch;          // epoch in progress
+    uint64_t next_row;       // first row (in the epoch's order) of the next batch; >= rows: only evaluation is left
+    int64_t criterion_epoch; // first epoch meeting train.criterion, -1 if none yet
+    uint64_t rows_seen;      // training rows processed so far
+    double train_seconds;    // time spent training so far (not part of the exactness promise)
+    int finished;            // the run is complete
+};
+
+// What a checkpoint hook receives: the position and the state outside the model.
+struct moe_train_ckpt {
+    struct moe_train_pos pos;
+    const struct moe_optim *opt;
+    const struct moe_stats *batch_stats;
+};
+
+struct moe_train_hooks {
+    moe_eval_cb row;  // metrics rows (may be NULL)
+    void *ctx;        // passed to row and checkpoint
+    // Called (if set) after every epoch but the last, every train.checkpoint_every
+    // steps, and when *stop is raised; rows reported before the call are part of the state.
+    int (*checkpoint)(void *ctx, const struct moe_train_ckpt *ck, struct moe_err *err);
+    // Raised asynchronously (a signal handler): finish the current step, call
+    // checkpoint, return MOE_EINTR.
+    volatile sig_atomic_t *stop;
+    // Continue from this checkpoint (NULL: a new run). The model's weights and
+    // state must already be loaded from it (moe_model_load).
+    const struct moe_st_file *resume;
+};
+int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
+                 const struct moe_train_hooks *hooks, struct moe_train_result *ret, struct moe_err *err);
+
+// Write a checkpoint: the model (moe_model_save) plus extra tensors, the
+// optimizer moments ("optim.m", "optim.v"), the batch statistics ("train.batch_stats",
+// F64) and the position (metadata "train.*"), atomically.
+int moe_train_checkpoint_write(const char *path, struct moe_model *m, const struct moe_train_ckpt *ck,
+                               const struct moe_st_ref *extra, size_t n_extra, const struct moe_st_meta *meta,
+                               size_t n_meta, struct moe_err *err);
+// Read the position of a checkpoint (MOE_EFORMAT if it is not a training checkpoint).
+int moe_train_pos_read(const struct moe_st_file *f, struct moe_train_pos *ret, struct moe_err *err);
+// Restore the optimizer moments and step count, and the batch statistics, from a checkpoint.
+int moe_train_state_restore(const struct moe_st_file *f, struct moe_optim *o, struct moe_stats *batch_stats,
+                            struct moe_err *err);
 
 #endif

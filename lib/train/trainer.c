@@ -119,15 +119,55 @@ static int batch_row(struct moe_stats *sb, enum moe_task task, double thr, uint6
     return rc;
 }
 
+// Name the first tensor of the registry whose values in buf (data or grad) are not finite.
+static const char *first_nonfinite(const struct moe_params *p, const float *buf, const char **ret_kind)
+{
+    for (size_t t = 0; t < p->n; t++) {
+        const float *v = buf + p->t[t].offset;
+        for (size_t i = 0; i < p->t[t].numel; i++)
+            if (!isfinite(v[i])) {
+                *ret_kind = isnan(v[i]) ? "nan" : "inf";
+                return p->t[t].name;
+            }
+    }
+    return NULL;
+}
+
+// The largest |w| over all weights, and the tensor holding it (all finite).
+static double largest_weight(const struct moe_params *p, const char **ret_name)
+{
+    double big = -1.0;
+    *ret_name = p->n ? p->t[0].name : "?";
+    for (size_t t = 0; t < p->n; t++) {
+        const float *v = p->data + p->t[t].offset;
+        for (size_t i = 0; i < p->t[t].numel; i++)
+            if (fabs(v[i]) > big) {
+                big = fabs(v[i]);
+                *ret_name = p->t[t].name;
+            }
+    }
+    return big;
+}
+
 int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg, moe_eval_cb cb,
               void *ctx, struct moe_train_result *ret, struct moe_err *err)
+{
+    struct moe_train_hooks h = { .row = cb, .ctx = ctx };
+    return moe_train_ex(m, data, cfg, &h, ret, err);
+}
+
+int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
+                 const struct moe_train_hooks *hooks, struct moe_train_result *ret, struct moe_err *err)
 {
     memset(ret, 0, sizeof *ret);
     ret->criterion_epoch = -1;
     const struct moe_dataset *tr = &data->train, *te = &data->test;
+    moe_eval_cb cb = hooks->row;
+    void *ctx = hooks->ctx;
     uint64_t seed = (uint64_t)moe_cfg_int(cfg, "train.seed");
     uint64_t epochs = (uint64_t)moe_cfg_int(cfg, "train.epochs");
     uint64_t eval_every = (uint64_t)moe_cfg_int(cfg, "train.eval_every");
+    uint64_t ckpt_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
     int shuffle = moe_cfg_bool(cfg, "train.shuffle");
     const char *crit = moe_cfg_str(cfg, "train.criterion");
     double crit_value = moe_cfg_num(cfg, "train.criterion_value");
@@ -135,6 +175,7 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
     double thr = moe_cfg_num(cfg, "train.active_threshold");
     size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
 
+    double t0 = now_seconds();
     struct moe_optim opt;
     int rc = moe_optim_init(&opt, cfg, m->params.numel, err);
     if (rc)
@@ -148,6 +189,7 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
     struct moe_stats st, sb; // evaluation, and training steps since the last batch row
     struct moe_dataset batch;
     memset(&batch, 0, sizeof batch);
+    memset(&st, 0, sizeof st);
     memset(&sb, 0, sizeof sb);
     uint64_t log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
     size_t n_label = tr->task == MOE_TASK_CLASSIFICATION ? tr->n_out : tr->n_group;
@@ -172,17 +214,46 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
             goto out;
     }
 
-    double t0 = now_seconds(), train_time = 0.0;
-    uint64_t rows_seen = 0;
+    struct moe_train_ckpt ck = { .pos = { .criterion_epoch = -1 }, .opt = &opt, .batch_stats = &sb };
+    struct moe_train_pos *pos = &ck.pos;
+    if (hooks->resume) {
+        if ((rc = moe_train_pos_read(hooks->resume, pos, err)) ||
+            (rc = moe_train_state_restore(hooks->resume, &opt, &sb, err)))
+            goto out;
+        if (pos->finished) {
+            rc = moe_error(err, MOE_EINVAL, "'%s': the run is already complete (step %llu)", hooks->resume->path,
+                           (unsigned long long)pos->steps);
+            goto out;
+        }
+    }
+    // Hand the state to the checkpoint hook; a raised stop flag ends the run after it.
+    #define CHECKPOINT()                                                                   \
+        do {                                                                               \
+            if (hooks->checkpoint && (rc = hooks->checkpoint(ctx, &ck, err)))              \
+                goto out;                                                                  \
+        } while (0)
+    #define STOP_IF_ASKED()                                                                \
+        do {                                                                               \
+            if (hooks->stop && *hooks->stop) {                                             \
+                CHECKPOINT();                                                              \
+                rc = moe_error(err, MOE_EINTR, "stopped at step %llu (epoch %llu)",        \
+                               (unsigned long long)pos->steps, (unsigned long long)pos->epoch); \
+                goto out;                                                                  \
+            }                                                                              \
+        } while (0)
+
     struct moe_eval_row rtr, rte;
-    for (uint64_t epoch = 0;; epoch++) {
-        if (epoch > 0) {
+    memset(&rtr, 0, sizeof rtr);
+    memset(&rte, 0, sizeof rte);
+    for (;;) {
+        uint64_t epoch = pos->epoch;
+        if (epoch > 0 && pos->next_row < tr->n) {
             double ts = now_seconds();
             if (shuffled) {
                 struct moe_rng r = moe_rng_make(seed, MOE_RNG_SHUFFLE, (uint32_t)epoch);
                 moe_rng_permutation(&r, perm, tr->n);
             }
-            for (size_t start = 0; start < tr->n; start += bs) {
+            for (size_t start = pos->next_row; start < tr->n; start += bs) {
                 size_t n = tr->n - start < bs ? tr->n - start : bs;
                 struct moe_batch b;
                 if (shuffled) {
@@ -201,63 +272,88 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
                     b = slice(tr, start, n);
                 }
                 moe_params_zero_grad(&m->params);
-                b.step = ret->steps;
+                b.step = pos->steps;
                 double before = sb.loss;
                 rc = moe_model_run(m, &b, 1, &sb, err);
                 if (rc)
                     goto out;
-                ret->steps++;
+                uint64_t step = pos->steps + 1;
                 double step_loss = sb.loss - before;
+                const char *kind = "nan", *bad;
                 if (!isfinite(step_loss)) {
-                    rc = moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): training loss is %s",
-                                   (unsigned long long)ret->steps, (unsigned long long)epoch,
-                                   isnan(step_loss) ? "nan" : "inf");
+                    const char *big_name = NULL;
+                    double big = largest_weight(&m->params, &big_name);
+                    bad = first_nonfinite(&m->params, m->params.data, &kind);
+                    rc = bad ? moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): training loss is %s; first non-finite tensor: '%s' (weights, %s)",
+                                         (unsigned long long)step, (unsigned long long)epoch,
+                                         isnan(step_loss) ? "nan" : "inf", bad, kind)
+                             : moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): training loss is %s with finite weights; the forward pass overflowed (largest |w| = %g, in '%s'; try a smaller optim.lr)",
+                                         (unsigned long long)step, (unsigned long long)epoch,
+                                         isnan(step_loss) ? "nan" : "inf", big, big_name);
                     goto out;
                 }
-                double gnorm = moe_optim_step(&opt, m->params.data, m->params.grad);
+                double gnorm = moe_optim_grad_norm(m->params.grad, m->params.numel);
                 if (!isfinite(gnorm)) {
-                    rc = moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): gradient is not finite at training loss %g (diverged; try a smaller optim.lr)",
-                                   (unsigned long long)ret->steps, (unsigned long long)epoch, step_loss / (double)n);
+                    bad = first_nonfinite(&m->params, m->params.grad, &kind);
+                    rc = moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): gradient of '%s' is not finite (%s) at training loss %g (diverged; try a smaller optim.lr)",
+                                   (unsigned long long)step, (unsigned long long)epoch, bad ? bad : "?", kind,
+                                   step_loss / (double)n);
                     goto out;
                 }
-                rows_seen += n;
-                if (log_every && ret->steps % log_every == 0 && (rc = batch_row(&sb, tr->task, thr, ret->steps, epoch, cb, ctx, err)))
+                moe_optim_step_norm(&opt, m->params.data, m->params.grad, gnorm);
+                pos->steps = step;
+                pos->rows_seen += n;
+                pos->next_row = start + n;
+                if (log_every && pos->steps % log_every == 0 &&
+                    (rc = batch_row(&sb, tr->task, thr, pos->steps, epoch, cb, ctx, err)))
                     goto out;
+                if (hooks->stop && *hooks->stop) {
+                    pos->train_seconds += now_seconds() - ts;
+                    STOP_IF_ASKED();
+                }
+                if (ckpt_every && pos->steps % ckpt_every == 0 && pos->next_row < tr->n) {
+                    double tn = now_seconds();
+                    pos->train_seconds += tn - ts;
+                    ts = tn;
+                    CHECKPOINT();
+                }
             }
-            train_time += now_seconds() - ts;
-            ret->epochs = epoch;
+            pos->train_seconds += now_seconds() - ts;
+            pos->next_row = tr->n;
         }
+        ret->epochs = epoch;
         int last = epoch == epochs;
         int log_due = epoch % eval_every == 0 || last;
-        if (!log_due && !use_crit)
-            continue;
-        rc = moe_evaluate(m, tr, "train", chunk, thr, &st, &rtr, err);
-        if (rc)
-            goto out;
-        rtr.step = ret->steps;
-        rtr.epoch = epoch;
-        fill_gate_mean(&rtr, &st, gm_train);
-        if (!isfinite(rtr.loss)) {
-            rc = moe_error(err, MOE_ENUMERIC, "epoch %llu: training loss is not finite (diverged; try a smaller optim.lr)",
-                           (unsigned long long)epoch);
-            goto out;
-        }
-        int met = use_crit && epoch > 0 && ret->criterion_epoch < 0 && criterion_met(crit, crit_value, &rtr);
-        if (met) {
-            ret->criterion_epoch = (int64_t)epoch;
-            last = 1;
-        }
-        if (log_due || met) {
-            if (!log_every && (rc = batch_row(&sb, tr->task, thr, ret->steps, epoch, cb, ctx, err)))
-                goto out;
-            rc = moe_evaluate(m, te, "test", chunk, thr, &st, &rte, err);
+        if (log_due || use_crit) {
+            rc = moe_evaluate(m, tr, "train", chunk, thr, &st, &rtr, err);
             if (rc)
                 goto out;
-            rte.step = ret->steps;
-            rte.epoch = epoch;
-            fill_gate_mean(&rte, &st, gm_test);
-            if (cb && ((rc = cb(ctx, &rtr, err)) || (rc = cb(ctx, &rte, err))))
+            rtr.step = pos->steps;
+            rtr.epoch = epoch;
+            fill_gate_mean(&rtr, &st, gm_train);
+            if (!isfinite(rtr.loss)) {
+                const char *kind = "nan", *bad = first_nonfinite(&m->params, m->params.data, &kind);
+                rc = moe_error(err, MOE_ENUMERIC, "epoch %llu (step %llu): evaluated training loss is not finite; first non-finite tensor: '%s' (weights, %s)",
+                               (unsigned long long)epoch, (unsigned long long)pos->steps, bad ? bad : "none", kind);
                 goto out;
+            }
+            int met = use_crit && epoch > 0 && pos->criterion_epoch < 0 && criterion_met(crit, crit_value, &rtr);
+            if (met) {
+                pos->criterion_epoch = (int64_t)epoch;
+                last = 1;
+            }
+            if (log_due || met) {
+                if (!log_every && (rc = batch_row(&sb, tr->task, thr, pos->steps, epoch, cb, ctx, err)))
+                    goto out;
+                rc = moe_evaluate(m, te, "test", chunk, thr, &st, &rte, err);
+                if (rc)
+                    goto out;
+                rte.step = pos->steps;
+                rte.epoch = epoch;
+                fill_gate_mean(&rte, &st, gm_test);
+                if (cb && ((rc = cb(ctx, &rtr, err)) || (rc = cb(ctx, &rte, err))))
+                    goto out;
+            }
         }
         if (last) {
             ret->final_train = rtr;
@@ -265,12 +361,26 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
             ret->final_train.gate_mean = ret->final_test.gate_mean = NULL;
             for (size_t e = 0; e < m->n_expert && e < 64; e++)
                 ret->final_gate_mean[e] = gm_train[e];
+            // No checkpoint here: the caller writes the model and the summary, whose
+            // presence marks the run complete; until then the last checkpoint stands.
+            pos->finished = 1;
             break;
         }
+        // The epoch is done: the next one starts at its first row.
+        pos->epoch++;
+        pos->next_row = 0;
+        STOP_IF_ASKED();
+        CHECKPOINT();
     }
+    #undef STOP_IF_ASKED
+    #undef CHECKPOINT
     ret->wall_seconds = now_seconds() - t0;
-    ret->rows_per_second = train_time > 0 ? (double)rows_seen / train_time : 0.0;
+    ret->rows_per_second = pos->train_seconds > 0 ? (double)pos->rows_seen / pos->train_seconds : 0.0;
 out:
+    ret->steps = ck.pos.steps;
+    ret->criterion_epoch = ck.pos.criterion_epoch;
+    if (rc)
+        ret->wall_seconds = now_seconds() - t0;
     moe_optim_release(&opt);
     moe_stats_release(&st);
     moe_stats_release(&sb);

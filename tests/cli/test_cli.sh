@@ -653,6 +653,33 @@ expect_fail "route-stats: --set to a model the checkpoint does not fit" 2 "shape
 expect_fail "train --out names a regular file" 1 "a_regular_file" -- "$MOE" train --config "$CFG" --out "$TMP/a_regular_file"
 expect_fail "compare-loss --out names a regular file" 1 "a_regular_file" -- "$MOE" compare-loss --config "$CFG" --losses nll --seeds 1 --out "$TMP/a_regular_file"
 
+# ------------------------------------------------------------ resources (--dry-run, memory check)
+t_dry_run() {
+    run "$TMP/dry" "$MOE" train --dry-run --config "$MOECFG" --out "$TMP/dry-out"
+    [ "$RC" -eq 0 ] || { fail "exit $RC: $(cat "$TMP/dry.err")"; return 1; }
+    [ ! -e "$TMP/dry-out" ] || { fail "--dry-run created the run directory"; return 1; }
+    local p a m
+    p=$(jq -r .parameters "$TMP/dry.out") a=$(jq -r .active_parameters "$TMP/dry.out")
+    m=$(jq -r '.memory_bytes.total > 0 and .flops_per_token > 0 and (.fits | type) == "boolean"' "$TMP/dry.out")
+    [ "$m" = true ] || { fail "memory, flops or fits missing: $(head -c 600 "$TMP/dry.out")"; return 1; }
+    # the estimate's counts are the trained model's
+    "$MOE" train --config "$MOECFG" --out "$TMP/dry-real" --quiet >"$TMP/dry-real.out" 2>/dev/null ||
+        { fail "training the same config failed"; return 1; }
+    [ "$p" = "$(jq -r .parameters "$TMP/dry-real.out")" ] && [ "$a" = "$(jq -r .active_parameters "$TMP/dry-real.out")" ] ||
+        { fail "dry-run says $p / $a parameters, the run $(jq -c '[.parameters, .active_parameters]' "$TMP/dry-real.out")"; return 1; }
+}
+check "train --dry-run: JSON estimate, no run directory, counts equal the trained model's" t_dry_run
+t_memory_refusal() {
+    MOE_MEMORY_LIMIT=64K run "$TMP/mem" "$MOE" train --config "$MOECFG" --out "$TMP/mem-out"
+    [ "$RC" -eq 1 ] || { fail "exit $RC, expected 1"; return 1; }
+    [ "$(awk 'END { print NR }' "$TMP/mem.err")" -eq 1 ] && grep -q "MOE_MEMORY_LIMIT" "$TMP/mem.err" ||
+        { fail "stderr: $(cat "$TMP/mem.err")"; return 1; }
+    [ ! -e "$TMP/mem-out" ] || { fail "the refused run created its directory"; return 1; }
+}
+check "a run that does not fit the memory limit is refused before it allocates (exit 1, one line)" t_memory_refusal
+expect_fail "an absurd size is a config error naming its keys" 2 "model.n_expert x model.n_ff x model.n_embd" -- "$MOE" train --config "$MOECFG" --out "$O" --set model.n_expert=1024 --set model.n_ff=65536 --set model.n_embd=65536
+expect_fail "--dry-run of an absurd size: the same config error" 2 "more than any machine has" -- "$MOE" train --dry-run --config "$MOECFG" --set model.n_expert=1024 --set model.n_ff=65536 --set model.n_embd=65536
+
 # The failing commands must not have created their output directory's files.
 t_no_partial() {
     if [ -e "$O/summary.json" ] || [ -e "$O/model.safetensors" ]; then

@@ -1,0 +1,106 @@
+// estimate.c (cmd): the resource estimate as JSON and the memory check (see estimate.h).
+#include "estimate.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#include "cli.h"
+#include "core/sysmem.h"
+
+int cli_memory_for_run(const struct moe_model_estimate *e, int data_loaded, size_t *ret_bytes,
+                       const char **ret_source, struct moe_err *err)
+{
+    struct moe_sysmem m;
+    int rc = moe_sysmem_available(&m, err);
+    if (rc)
+        return rc;
+    size_t avail = m.available;
+    int budget = strcmp(m.source, MOE_MEMORY_LIMIT_ENV) == 0;
+    if (!budget && data_loaded && __builtin_add_overflow(avail, e->bytes_data, &avail))
+        avail = SIZE_MAX;
+    *ret_bytes = avail;
+    *ret_source = m.source;
+    return 0;
+}
+
+cJSON *cli_estimate_json(const struct moe_model_estimate *e, int data_loaded)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "parameters", (double)e->parameters);
+    cJSON_AddNumberToObject(o, "active_parameters", e->active_parameters);
+    cJSON_AddNumberToObject(o, "flops_per_token", e->flops_per_token);
+    cJSON_AddNumberToObject(o, "flops_forward_per_token", e->flops_forward_per_token);
+    cJSON_AddStringToObject(o, "flops_convention",
+                            "training = 3 x forward; forward = 2 x multiply-accumulates of the weight matrices a token "
+                            "uses (routers over all experts, k routed + shared experts); biases, norms, activations, "
+                            "softmax, dispatch and the optimizer left out");
+    cJSON *m = cJSON_AddObjectToObject(o, "memory_bytes");
+    cJSON_AddNumberToObject(m, "params", (double)e->bytes_params);
+    cJSON_AddNumberToObject(m, "grads", (double)e->bytes_grads);
+    cJSON_AddNumberToObject(m, "optimizer", (double)e->bytes_optimizer);
+    cJSON_AddNumberToObject(m, "activations", (double)e->bytes_activations);
+    cJSON_AddNumberToObject(m, "trainer", (double)e->bytes_trainer);
+    cJSON_AddNumberToObject(m, "data", (double)e->bytes_data);
+    cJSON_AddNumberToObject(m, "total", (double)e->bytes_total);
+    cJSON_AddStringToObject(o, "largest_buffer", e->largest);
+    size_t avail;
+    const char *src;
+    struct moe_err err = { 0 };
+    if (cli_memory_for_run(e, data_loaded, &avail, &src, &err) == 0) {
+        cJSON_AddNumberToObject(o, "memory_available_bytes", (double)avail);
+        cJSON_AddStringToObject(o, "memory_available_source", src);
+        cJSON_AddBoolToObject(o, "fits", e->bytes_total <= avail);
+    } else {
+        cJSON_AddNullToObject(o, "memory_available_bytes");
+        cJSON_AddNullToObject(o, "memory_available_source");
+        cJSON_AddNullToObject(o, "fits");
+    }
+    return o;
+}
+
+int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded)
+{
+    size_t avail;
+    const char *src;
+    struct moe_err err = { 0 };
+    if (cli_memory_for_run(e, data_loaded, &avail, &src, &err))
+        return cli_fail(cmd, &err);
+    if (e->bytes_total <= avail)
+        return 0;
+    char need[32], have[32];
+    moe_bytes_str(need, sizeof need, (double)e->bytes_total);
+    moe_bytes_str(have, sizeof have, (double)avail);
+    if (strcmp(src, MOE_MEMORY_LIMIT_ENV) == 0)
+        return cli_error(cmd, 1, "this config needs about %s, more than the %s that %s allows", need, have,
+                         MOE_MEMORY_LIMIT_ENV);
+    return cli_error(cmd, 1, "this config needs about %s, only %s available (set %s to override the check)", need,
+                     have, MOE_MEMORY_LIMIT_ENV);
+}
+
+int cli_check_run(const char *cmd, const struct moe_config *cfg, const struct moe_data *data, cli_batch_fn batch,
+                  const void *ctx, int training, struct moe_model_estimate *ret_est, int *ret_checked)
+{
+    struct moe_err err = { 0 };
+    enum moe_task task;
+    size_t n_in, n_out, n_train, n_test;
+    *ret_checked = 0;
+    if (data) {
+        task = data->train.task;
+        n_in = data->train.n_in;
+        n_out = data->train.n_out;
+        n_train = data->train.n;
+        n_test = data->test.n;
+    } else {
+        int known = moe_data_shape(cfg, &task, &n_in, &n_out, &n_train, &n_test, &err);
+        if (known <= 0)
+            return known < 0 ? cli_fail(cmd, &err) : 0;
+    }
+    struct moe_model_estimate est;
+    if (moe_model_estimate(cfg, task, n_in, n_out, n_train, n_test, batch(cfg, n_train, n_test, ctx), training, &est,
+                           &err))
+        return cli_fail(cmd, &err);
+    *ret_checked = 1;
+    if (ret_est)
+        *ret_est = est;
+    return cli_check_memory(cmd, &est, data != NULL);
+}

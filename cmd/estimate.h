@@ -1,0 +1,48 @@
+// estimate.h (cmd): a config's resource estimate (model/estimate.h) as JSON,
+// and the refusal of a run that will not fit in memory, before it allocates.
+// Used by `moe train --dry-run` and before model creation in every command
+// that builds a model.
+#ifndef MOE_CLI_ESTIMATE_H
+#define MOE_CLI_ESTIMATE_H
+
+#include <cjson/cJSON.h>
+
+#include "model/estimate.h"
+#include "train/train.h"
+
+// What the run can use: with MOE_MEMORY_LIMIT set, that budget (it covers the
+// whole run, data included); otherwise the memory available now (core/sysmem.h)
+// plus, when data_loaded, the bytes of the data the process already holds
+// (e->bytes_data), since they are no longer counted as available.
+// 0, or a library code with err filled (a malformed MOE_MEMORY_LIMIT).
+int cli_memory_for_run(const struct moe_model_estimate *e, int data_loaded, size_t *ret_bytes,
+                       const char **ret_source, struct moe_err *err);
+
+// {"parameters", "active_parameters", "flops_per_token", "flops_forward_per_token",
+//  "memory_bytes": {"params", "grads", "optimizer", "activations", "trainer", "data", "total"},
+//  "largest_buffer": "...", "memory_available_bytes", "memory_available_source", "fits"}
+// memory_available_bytes as cli_memory_for_run, fits = total <= available
+// (both null when it cannot be told: a malformed MOE_MEMORY_LIMIT).
+cJSON *cli_estimate_json(const struct moe_model_estimate *e, int data_loaded);
+
+// 0 when the run fits; otherwise print one line and return the exit code:
+// 1 "moe CMD: this config needs about 41.2 GiB, only 23.1 GiB available (set
+// MOE_MEMORY_LIMIT to override the check)", 2 for a malformed MOE_MEMORY_LIMIT.
+int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded);
+
+// The rows of a command's largest batch (the model's max_batch), from the
+// config and the sizes of the splits; ctx is the command's own.
+typedef size_t (*cli_batch_fn)(const struct moe_config *cfg, size_t n_train, size_t n_test, const void *ctx);
+
+// Estimate the run of cfg and refuse it when it will not fit: 0 to go on, or
+// the exit code after printing one line (an estimate error as cli_fail: 2 for
+// an absurd config; the refusal as cli_check_memory: 1). data: the loaded
+// splits; or NULL before loading, when the shape comes from the config if it
+// can (synthetic data, moe_data_shape) and otherwise nothing is checked yet
+// (returns 0 with *ret_checked = 0: call again once the data is loaded).
+// training: as moe_model_estimate. ret_est (may be NULL): the estimate, for
+// --dry-run; written when *ret_checked is set.
+int cli_check_run(const char *cmd, const struct moe_config *cfg, const struct moe_data *data, cli_batch_fn batch,
+                  const void *ctx, int training, struct moe_model_estimate *ret_est, int *ret_checked);
+
+#endif

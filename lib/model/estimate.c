@@ -1,0 +1,596 @@
+// estimate.c: resource estimate of a config (see estimate.h). Walks the same
+// declarations and allocations the models make, in the same order, but only
+// adds sizes, each product and sum checked with __builtin_*_overflow.
+// T = rows in a batch, I = n_in, D = width (n_embd, or n_in for the mixture
+// and the mlp), O = n_out, E = n_expert, K = n_expert_used, S = slots per token,
+// F = n_ff, Fd = dense FFN width, Sh = shared experts, H = hidden units,
+// L = n_layer, V = hash_vocab, G = groups or labels counted by the statistics.
+#include "model/estimate.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/params.h"
+#include "core/sysmem.h"
+#include "io/config.h"
+#include "moe/experts.h"
+#include "moe/router.h"
+
+// One dimension of a product, with the config key (or data property) behind it.
+struct dim {
+    size_t v;
+    const char *key;
+};
+#define DIMS(...) sizeof((struct dim[]){ __VA_ARGS__ }) / sizeof(struct dim), (const struct dim[]){ __VA_ARGS__ }
+
+// What the batch dimension is made of (cmd/: the training batch or the evaluation chunk).
+#define KEY_T "batch rows (optim.batch_size, train.max_batch_eval)"
+#define KEY_I "data features"
+#define KEY_O "data targets/classes"
+
+struct est {
+    struct moe_err *err;
+    int rc;              // first failure
+    size_t count;        // parameters (moe_params_count)
+    size_t numel;        // floats of the parameter buffer, with each tensor's 16-float alignment
+    size_t largest_bytes;
+    char largest[200];
+};
+
+static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+// "model.n_expert x model.n_ff x model.n_embd = 4 x 128 x 64" into buf.
+static void describe(char *buf, size_t len, size_t n, const struct dim *d, size_t unit)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o < len; i++)
+        o += (size_t)snprintf(buf + o, len - o, "%s%s", i ? " x " : "", d[i].key);
+    for (size_t i = 0; i < n && o < len; i++)
+        o += (size_t)snprintf(buf + o, len - o, "%s%zu", i ? " x " : " = ", d[i].v);
+    if (unit > 1 && o < len)
+        snprintf(buf + o, len - o, " x %zu bytes", unit);
+}
+
+// *ret = unit * prod(d); on overflow record an error naming the keys.
+static int product(struct est *e, size_t *ret, size_t unit, size_t n, const struct dim *d)
+{
+    size_t p = unit;
+    *ret = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (__builtin_mul_overflow(p, d[i].v, &p)) {
+            char what[300];
+            describe(what, sizeof what, n, d, unit);
+            e->rc = moe_error(e->err, MOE_EINVAL, "%s overflows size_t", what);
+            return -1;
+        }
+    }
+    *ret = p;
+    return 0;
+}
+
+static void add(struct est *e, size_t *acc, size_t v, const char *what)
+{
+    if (!e->rc && __builtin_add_overflow(*acc, v, acc))
+        e->rc = moe_error(e->err, MOE_EINVAL, "the %s of this config overflows size_t", what);
+}
+
+static void note_largest(struct est *e, size_t bytes, const char *kind, const char *name, size_t n,
+                         const struct dim *d)
+{
+    if (bytes <= e->largest_bytes)
+        return;
+    char what[160];
+    describe(what, sizeof what, n, d, 0);
+    e->largest_bytes = bytes;
+    snprintf(e->largest, sizeof e->largest, "%s '%s' (%s)", kind, name, what);
+}
+
+// A tensor declared as moe_params_add does: numel floats at the next 16-float boundary.
+static void tensor(struct est *e, const char *name, size_t n, const struct dim *d)
+{
+    size_t bytes;
+    if (e->rc || product(e, &bytes, sizeof(float), n, d))
+        return;
+    size_t numel = bytes / sizeof(float);
+    add(e, &e->count, numel, "parameter count");
+    if (!e->rc && (e->numel > SIZE_MAX - 15 || __builtin_add_overflow(round_up(e->numel, 16), numel, &e->numel)))
+        e->rc = moe_error(e->err, MOE_EINVAL, "the parameter count of this config overflows size_t");
+    if (!e->rc)
+        note_largest(e, bytes, "tensor", name, n, d);
+}
+
+// A buffer of prod(d) elements of `size` bytes, as moe_alloc rounds it (64-byte
+// multiple, at least 64), added to *acc.
+static void buffer(struct est *e, size_t *acc, const char *name, size_t size, size_t n, const struct dim *d)
+{
+    size_t bytes;
+    if (e->rc || product(e, &bytes, size, n, d))
+        return;
+    if (bytes > SIZE_MAX - 63) {
+        e->rc = moe_error(e->err, MOE_EINVAL, "buffer '%s' overflows size_t", name);
+        return;
+    }
+    bytes = bytes ? round_up(bytes, 64) : 64;
+    add(e, acc, bytes, "memory estimate");
+    if (!e->rc)
+        note_largest(e, bytes, "buffer", name, n, d);
+}
+// One more float per parameter (the parameter, gradient and moment buffers,
+// which are not reported as "the largest buffer": their tensors are).
+static void flat(struct est *e, size_t *acc)
+{
+    if (e->rc)
+        return;
+    if (e->numel > (SIZE_MAX - 63) / sizeof(float)) {
+        e->rc = moe_error(e->err, MOE_EINVAL, "the parameter buffer of this config overflows size_t");
+        return;
+    }
+    add(e, acc, e->numel ? round_up(e->numel * sizeof(float), 64) : 64, "memory estimate");
+}
+#define TENSOR(e, name, ...) tensor(e, name, DIMS(__VA_ARGS__))
+#define BUF(e, acc, name, size, ...) buffer(e, acc, name, size, DIMS(__VA_ARGS__))
+
+// Rows of a dispatch plan are int32 (dispatch.c): T * S must stay below 2^31.
+static void dispatch_rows(struct est *e, size_t T, size_t S, const char *slot_key)
+{
+    size_t n;
+    if (e->rc || product(e, &n, 1, DIMS({ T, KEY_T }, { S, slot_key })))
+        return;
+    if (n > (size_t)INT32_MAX)
+        e->rc = moe_error(e->err, MOE_EINVAL,
+                          "%s x %s = %zu x %zu dispatch rows per batch, more than the %d that 32-bit row indices hold",
+                          KEY_T, slot_key, T, S, INT32_MAX);
+}
+
+// ---------------------------------------------------------------- models
+
+struct shape {
+    enum moe_task task;
+    size_t I, O, T;
+    size_t n_expert;     // of the dense statistics (the mixture's gate), else 0
+    size_t n_group;      // groups of the data (synthetic regions), for statistics
+    // sparse layers, for statistics
+    size_t n_sparse, E, S;
+    double macs;         // multiply-accumulates per token, forward
+    double active;       // active parameters (mlp-moe; set once every tensor is counted)
+    int dense_active;    // dense model: active = parameters
+};
+
+// model/mixture.c
+static void est_mixture(struct est *e, const struct moe_config *cfg, struct shape *s, size_t *act)
+{
+    size_t D = s->I, O = s->O, T = s->T, E = (size_t)moe_cfg_int(cfg, "model.n_expert");
+    size_t H = strcmp(moe_cfg_str(cfg, "model.expert"), "mlp") == 0 ? (size_t)moe_cfg_int(cfg, "model.n_expert_hidden")
+                                                                    : 0;
+    const char *kh = "model.n_expert_hidden";
+    struct dim dE = { E, "model.n_expert" }, dD = { D, KEY_I }, dO = { O, KEY_O }, dH = { H, kh }, dT = { T, KEY_T };
+    TENSOR(e, "gate.weight", dE, dD);
+    TENSOR(e, "gate.bias", dE);
+    if (H) {
+        TENSOR(e, "experts.w1", dE, dH, dD);
+        TENSOR(e, "experts.b1", dE, dH);
+        TENSOR(e, "experts.w2", dE, dO, dH);
+        TENSOR(e, "experts.b2", dE, dO);
+    } else {
+        TENSOR(e, "experts.weight", dE, dO, dD);
+        TENSOR(e, "experts.bias", dE, dO);
+    }
+    struct dim dH1 = { H ? H : 1, kh };
+    const char *te[] = { "z", "p", "post", "dz" };
+    for (int i = 0; i < 4; i++)
+        BUF(e, act, te[i], sizeof(float), dT, dE);
+    BUF(e, act, "o", sizeof(float), dT, dE, dO);
+    BUF(e, act, "dout", sizeof(float), dT, dE, dO);
+    BUF(e, act, "hid", sizeof(float), dE, dT, dH1);
+    BUF(e, act, "dhid", sizeof(float), dT, dH1);
+    BUF(e, act, "dpre", sizeof(float), dT, dH1);
+    BUF(e, act, "target", sizeof(float), dT, dO);
+    BUF(e, act, "pred", sizeof(float), dT, dO);
+    s->n_expert = E;
+    s->dense_active = 1;
+    s->macs = (double)E * (double)D + (H ? (double)E * ((double)H * D + (double)O * H) : (double)E * O * D);
+}
+
+// model/mlp.c
+static void est_mlp(struct est *e, const struct moe_config *cfg, struct shape *s, size_t *act)
+{
+    size_t D = s->I, O = s->O, T = s->T, H = (size_t)moe_cfg_int(cfg, "model.n_hidden");
+    struct dim dD = { D, KEY_I }, dO = { O, KEY_O }, dH = { H, "model.n_hidden" }, dT = { T, KEY_T };
+    TENSOR(e, "hidden.weight", dH, dD);
+    TENSOR(e, "hidden.bias", dH);
+    TENSOR(e, "output.weight", dO, dH);
+    TENSOR(e, "output.bias", dO);
+    const char *th[] = { "hid", "dhid", "dpre" }, *to[] = { "y", "dy", "target", "pred" };
+    for (int i = 0; i < 3; i++)
+        BUF(e, act, th[i], sizeof(float), dT, dH);
+    for (int i = 0; i < 4; i++)
+        BUF(e, act, to[i], sizeof(float), dT, dO);
+    s->dense_active = 1;
+    s->macs = (double)H * D + (double)O * H;
+}
+
+// moe/router.c, dispatch.c, experts.c: what moe_layer_alloc allocates for one sparse layer.
+static void est_layer_scratch(struct est *e, size_t *act, const struct moe_router_cfg *rc, size_t T, size_t D,
+                              size_t F, size_t Sh, int swiglu, size_t V)
+{
+    size_t E = rc->E, S = moe_router_slots(rc);
+    const char *skey = rc->type == MOE_ROUTER_EXPERT_CHOICE ? "model.n_expert" : "model.n_expert_used";
+    struct dim dT = { T, KEY_T }, dE = { E, "model.n_expert" }, dS = { S, skey }, dD = { D, "model.n_embd" },
+               dE1 = { E + 1, "model.n_expert + 1" };
+    dispatch_rows(e, T, S, skey);
+    // rows the expert buffers hold: T*S, or for expert choice at most E quotas
+    size_t N = 0;
+    if (!e->rc && product(e, &N, 1, DIMS(dT, dS)) == 0 && rc->type == MOE_ROUTER_EXPERT_CHOICE) {
+        double q = ceil(rc->ec_factor * (double)T / (double)E);
+        size_t quota = q > (double)T ? T : (size_t)q;
+        size_t qe;
+        if (!__builtin_mul_overflow(quota, E, &qe) && qe < N)
+            N = qe;
+    }
+    if (e->rc)
+        return;
+    // route (router.c)
+    int noisy = rc->type == MOE_ROUTER_NOISY_TOPK;
+    const char *rte[] = { "route.z", "route.p", "route.u", "route.eps", "route.h" };
+    for (int i = 0; i < (noisy ? 5 : 2); i++)
+        BUF(e, act, rte[i], sizeof(float), dT, dE);
+    BUF(e, act, "route.lse", sizeof(float), dT);
+    const char *rts[] = { "route.sel", "route.idx", "route.gate", "route.prio" };
+    for (int i = 0; i < 4; i++)
+        BUF(e, act, rts[i], 4, dT, dS);
+    // dispatch plan (dispatch.c), routed and shared
+    for (int shared = 0; shared <= (Sh > 0); shared++) {
+        struct dim pS = shared ? (struct dim){ Sh, "model.n_expert_shared" } : dS;
+        struct dim pE = shared ? pS : dE, pE1 = shared ? (struct dim){ Sh + 1, "model.n_expert_shared + 1" } : dE1;
+        if (shared)
+            dispatch_rows(e, T, Sh, "model.n_expert_shared");
+        BUF(e, act, "plan.offset", sizeof(size_t), pE1);
+        const char *pn[] = { "plan.row_tok", "plan.row_slot", "plan.slot_row", "plan.order", "plan.key" };
+        for (int i = 0; i < 5; i++)
+            BUF(e, act, pn[i], 4, dT, pS);
+        const char *pe[] = { "plan.routed", "plan.dropped", "plan.fill" };
+        for (int i = 0; i < 3; i++)
+            BUF(e, act, pe[i], sizeof(size_t), pE);
+    }
+    // expert buffers (experts.c): one allocation of 4 (N, D) and 4 or 6 (N, F) chunks, each rounded to 16 floats
+    for (int shared = 0; shared <= (Sh > 0); shared++) {
+        size_t rows = N, nd, nf, total;
+        if (shared && product(e, &rows, 1, DIMS(dT, { Sh, "model.n_expert_shared" })))
+            return;
+        struct dim dN = { rows, shared ? KEY_T " x model.n_expert_shared" : KEY_T " x slots per token" };
+        if (product(e, &nd, 1, DIMS(dN, dD)) || product(e, &nf, 1, DIMS(dN, { F, "model.n_ff" })))
+            return;
+        if (nd > SIZE_MAX - 15 || nf > SIZE_MAX - 15) {
+            e->rc = moe_error(e->err, MOE_EINVAL, "expert buffers of %zu rows overflow size_t", rows);
+            return;
+        }
+        nd = round_up(nd, 16);
+        nf = round_up(nf, 16);
+        size_t a, b;
+        if (__builtin_mul_overflow(nd, 4, &a) || __builtin_mul_overflow(nf, swiglu ? 6 : 4, &b) ||
+            __builtin_add_overflow(a, b, &total)) {
+            e->rc = moe_error(e->err, MOE_EINVAL, "expert buffers of %zu rows overflow size_t", rows);
+            return;
+        }
+        BUF(e, act, shared ? "shared expert buffers" : "expert buffers", sizeof(float),
+            { total, shared ? "(4 x model.n_embd + 4 or 6 x model.n_ff) x " KEY_T " x model.n_expert_shared"
+                            : "(4 x model.n_embd + 4 or 6 x model.n_ff) x " KEY_T " x slots per token" });
+    }
+    if (Sh) {
+        BUF(e, act, "s_idx", 4, dT, { Sh, "model.n_expert_shared" });
+        BUF(e, act, "s_gate", 4, dT, { Sh, "model.n_expert_shared" });
+    }
+    const char *td[] = { "xr", "jit", "dxr" };
+    for (int i = 0; i < 3; i++)
+        BUF(e, act, td[i], sizeof(float), dT, dD);
+    BUF(e, act, "hash_expert", 4, dT);
+    BUF(e, act, "dgate", sizeof(float), dT, dS);
+    BUF(e, act, "dz", sizeof(float), dT, dE);
+    BUF(e, act, "du", sizeof(float), dT, dE);
+    if (rc->bias_balance)
+        BUF(e, act, "router.bias", sizeof(float), dE);
+    if (rc->type == MOE_ROUTER_HASH)
+        BUF(e, act, "router.hash_table", 4, { V, "moe.hash_vocab" });
+}
+
+// model/mlp_moe.c and moe/moe_layer.c
+static void est_mlp_moe(struct est *e, const struct moe_config *cfg, struct shape *s, size_t *act)
+{
+    size_t I = s->I, O = s->O, T = s->T;
+    size_t D = (size_t)moe_cfg_int(cfg, "model.n_embd"), L = (size_t)moe_cfg_int(cfg, "model.n_layer");
+    size_t F = (size_t)moe_cfg_int(cfg, "model.n_ff"), every = (size_t)moe_cfg_int(cfg, "model.moe_every");
+    size_t E = (size_t)moe_cfg_int(cfg, "model.n_expert"), K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
+    size_t Sh = (size_t)moe_cfg_int(cfg, "model.n_expert_shared"), V = (size_t)moe_cfg_int(cfg, "moe.hash_vocab");
+    int rms = strcmp(moe_cfg_str(cfg, "model.norm"), "rmsnorm") == 0;
+    int swiglu = moe_ffn_act_from_name(moe_cfg_str(cfg, "model.ffn_activation")) == MOE_FFN_SWIGLU;
+    int64_t fd = moe_cfg_int(cfg, "model.n_ff_dense");
+    const char *rname = moe_cfg_str(cfg, "moe.router");
+    int rt = moe_router_from_name(rname);
+    if (rt < 0) {
+        e->rc = moe_error(e->err, MOE_ECONFIG, "key 'moe.router': unknown router '%s'", rname);
+        return;
+    }
+    struct moe_router_cfg rc = { .type = (enum moe_router_type)rt, .E = E, .K = K,
+                                 .ec_factor = moe_cfg_num(cfg, "moe.ec_factor"),
+                                 .bias_balance = moe_cfg_bool(cfg, "moe.bias_balance") };
+    struct dim dI = { I, KEY_I }, dO = { O, KEY_O }, dD = { D, "model.n_embd" }, dE = { E, "model.n_expert" },
+               dF = { F, "model.n_ff" }, dSh = { Sh, "model.n_expert_shared" }, dT = { T, KEY_T },
+               dL1 = { L + 1, "model.n_layer + 1" };
+    size_t Fd = (size_t)fd;
+    struct dim dFd = { Fd, "model.n_ff_dense" };
+    if (fd <= 0 && product(e, &Fd, 1, DIMS({ K, "model.n_expert_used" }, dF)) == 0)
+        dFd = (struct dim){ Fd, "model.n_expert_used x model.n_ff" };
+    if (e->rc)
+        return;
+    double per_expert = (double)F * (double)D * (swiglu ? 3.0 : 2.0);
+    double used = rc.type == MOE_ROUTER_EXPERT_CHOICE ? rc.ec_factor : rc.type == MOE_ROUTER_HASH ? 1.0 : (double)K;
+    if (used > (double)E)
+        used = (double)E;
+    double router_macs = (rc.type == MOE_ROUTER_HASH ? 0.0 : (double)E * D) +
+                         (rc.type == MOE_ROUTER_NOISY_TOPK ? (double)E * D : 0.0);
+    double inactive = 0.0;
+    s->macs = (double)I * D + (double)O * D;
+
+    char name[MOE_NAME_MAX + 32];
+    TENSOR(e, "input.weight", dD, dI);
+    TENSOR(e, "input.bias", dD);
+    for (size_t l = 0; l < L && !e->rc; l++) {
+        int sparse = l % every == every - 1;
+#define LNAME(fmt) (snprintf(name, sizeof name, fmt, l), name)
+        TENSOR(e, LNAME("layers.%zu.norm.weight"), dD);
+        if (!rms)
+            TENSOR(e, LNAME("layers.%zu.norm.bias"), dD);
+        if (sparse) {
+            if (rc.type != MOE_ROUTER_HASH)
+                TENSOR(e, LNAME("layers.%zu.moe.router.weight"), dE, dD);
+            if (rc.type == MOE_ROUTER_NOISY_TOPK)
+                TENSOR(e, LNAME("layers.%zu.moe.router.noise_weight"), dE, dD);
+            TENSOR(e, LNAME("layers.%zu.moe.experts.w1"), dE, dF, dD);
+            if (swiglu)
+                TENSOR(e, LNAME("layers.%zu.moe.experts.w3"), dE, dF, dD);
+            TENSOR(e, LNAME("layers.%zu.moe.experts.w2"), dE, dD, dF);
+            if (Sh) {
+                TENSOR(e, LNAME("layers.%zu.moe.shared.w1"), dSh, dF, dD);
+                if (swiglu)
+                    TENSOR(e, LNAME("layers.%zu.moe.shared.w3"), dSh, dF, dD);
+                TENSOR(e, LNAME("layers.%zu.moe.shared.w2"), dSh, dD, dF);
+            }
+            // the same expression, in the same order, as cli_routing_json
+            inactive += ((double)E - used) * per_expert;
+            s->macs += router_macs + used * per_expert + (double)Sh * per_expert;
+            s->n_sparse++;
+        } else {
+            TENSOR(e, LNAME("layers.%zu.ffn.w1"), dFd, dD);
+            if (swiglu)
+                TENSOR(e, LNAME("layers.%zu.ffn.w3"), dFd, dD);
+            TENSOR(e, LNAME("layers.%zu.ffn.w2"), dD, dFd);
+            s->macs += (double)Fd * D * (swiglu ? 3.0 : 2.0);
+        }
+#undef LNAME
+    }
+    TENSOR(e, "norm.weight", dD);
+    if (!rms)
+        TENSOR(e, "norm.bias", dD);
+    TENSOR(e, "head.weight", dO, dD);
+    TENSOR(e, "head.bias", dO);
+    if (e->rc)
+        return;
+
+    // scratch: the sparse layers' (identical) buffers once, times their number
+    size_t per_layer = 0, dense_layer = 0;
+    if (s->n_sparse) {
+        est_layer_scratch(e, &per_layer, &rc, T, D, F, Sh, swiglu, V);
+        size_t all;
+        if (!e->rc && product(e, &all, 1, DIMS({ per_layer, "bytes per sparse layer" },
+                                               { s->n_sparse, "sparse layers (model.n_layer, model.moe_every)" })) == 0)
+            add(e, act, all, "memory estimate");
+    }
+    if (s->n_sparse < L) {
+        BUF(e, &dense_layer, "ffn.a", sizeof(float), dT, dFd);
+        BUF(e, &dense_layer, "ffn.hh", sizeof(float), dT, dFd);
+        if (swiglu)
+            BUF(e, &dense_layer, "ffn.b", sizeof(float), dT, dFd);
+        size_t all;
+        if (!e->rc && product(e, &all, 1, DIMS({ dense_layer, "bytes per dense layer" },
+                                               { L - s->n_sparse, "dense layers (model.n_layer, model.moe_every)" })) == 0)
+            add(e, act, all, "memory estimate");
+    }
+    BUF(e, act, "h (residual stream)", sizeof(float), dL1, dT, dD);
+    BUF(e, act, "n (normalised inputs)", sizeof(float), dL1, dT, dD);
+    BUF(e, act, "mean", sizeof(float), dL1, dT);
+    BUF(e, act, "rstd", sizeof(float), dL1, dT);
+    const char *to[] = { "y", "dy", "target", "pred" }, *td[] = { "dh", "dn", "tmp" }, *tf[] = { "da", "db", "dhh" };
+    for (int i = 0; i < 4; i++)
+        BUF(e, act, to[i], sizeof(float), dT, dO);
+    for (int i = 0; i < 3; i++)
+        BUF(e, act, td[i], sizeof(float), dT, dD);
+    for (int i = 0; i < 3; i++)
+        BUF(e, act, tf[i], sizeof(float), dT, dFd);
+    BUF(e, act, "keys", 4, dT);
+    s->E = E;
+    s->S = moe_router_slots(&rc);
+    s->active = (double)e->count - inactive;
+}
+
+// Evaluation and routing statistics (model.c moe_stats_init*, moe/route_stats.c), one set.
+static void est_stats(struct est *e, const struct shape *s, size_t *acc)
+{
+    struct dim dE = { s->n_expert, "model.n_expert" }, dG = { s->n_group, "data.synthetic.n_regions" };
+    if (s->n_expert) {
+        BUF(e, acc, "stats.gate_sum", sizeof(double), dE);
+        if (s->n_group)
+            BUF(e, acc, "stats.contingency", sizeof(uint64_t), dE, dG);
+    }
+    if (!s->n_sparse)
+        return;
+    size_t one = 0, n_label = s->task == MOE_TASK_CLASSIFICATION ? s->O : s->n_group;
+    struct dim rE = { s->E, "model.n_expert" };
+    const char *pe[] = { "routed", "dropped", "gate_sum", "prob_sum" };
+    for (int i = 0; i < 4; i++)
+        BUF(e, &one, pe[i], sizeof(double), rE);
+    if (s->S >= 2)
+        BUF(e, &one, "route statistics co-selection", sizeof(uint64_t), rE, rE);
+    if (n_label)
+        BUF(e, &one, "route statistics labels", sizeof(uint64_t), rE, { n_label, KEY_O });
+    size_t all;
+    if (!e->rc && product(e, &all, 1, DIMS({ one, "bytes per sparse layer" }, { s->n_sparse, "sparse layers" })) == 0)
+        add(e, acc, all, "memory estimate");
+}
+
+// A split as moe_dataset_alloc sizes it: name.x, name.y or name.label, name.group.
+static void est_split(struct est *e, size_t *acc, const char *split, const char *rows_key, const struct shape *s,
+                      size_t rows, int group)
+{
+    char name[64];
+    struct dim dR = { rows, rows_key }, dI = { s->I, KEY_I }, dO = { s->O, KEY_O };
+    snprintf(name, sizeof name, "%s.x", split);
+    BUF(e, acc, name, sizeof(float), dR, dI);
+    if (s->task == MOE_TASK_REGRESSION) {
+        snprintf(name, sizeof name, "%s.y", split);
+        BUF(e, acc, name, sizeof(float), dR, dO);
+    } else {
+        snprintf(name, sizeof name, "%s.label", split);
+        BUF(e, acc, name, 4, dR);
+    }
+    if (group) {
+        snprintf(name, sizeof name, "%s.group", split);
+        BUF(e, acc, name, 4, dR);
+    }
+}
+
+// The synthetic generator's temporaries (io/synth.c), freed once the data is
+// made but part of the peak while making it: centres (R, D) and, for
+// regression, maps (R, O, D) and biases (R, O), in double.
+static void est_synth_temporaries(struct est *e, const struct moe_config *cfg, size_t *acc, size_t I, size_t O)
+{
+    int classes = strcmp(moe_cfg_str(cfg, "data.synthetic.kind"), "classes") == 0;
+    struct dim dR = { (size_t)moe_cfg_int(cfg, "data.synthetic.n_regions"), "data.synthetic.n_regions" },
+               dI = { I, "data.synthetic.n_in" }, dO = { O, "data.synthetic.n_out" };
+    BUF(e, acc, "synthetic centres", sizeof(double), dR, dI);
+    if (!classes) {
+        BUF(e, acc, "synthetic maps", sizeof(double), dR, dO, dI);
+        BUF(e, acc, "synthetic biases", sizeof(double), dR, dO);
+    }
+}
+
+int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t n_in, size_t n_out,
+                       size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
+                       struct moe_model_estimate *ret, struct moe_err *err)
+{
+    if (n_in == 0)
+        return moe_error(err, MOE_ESHAPE, "the data has no features (n_in = 0)");
+    if (n_out == 0)
+        return moe_error(err, MOE_ESHAPE, "the data has no %s (n_out = 0)",
+                         task == MOE_TASK_CLASSIFICATION ? "classes" : "targets");
+    struct est e = { .err = err };
+    struct moe_model_estimate r;
+    memset(&r, 0, sizeof r);
+    int synthetic = strcmp(moe_cfg_str(cfg, "data.source"), "synthetic") == 0;
+    struct shape s = { .task = task, .I = n_in, .O = n_out, .T = max_batch ? max_batch : 1,
+                       .n_group = synthetic ? (size_t)moe_cfg_int(cfg, "data.synthetic.n_regions") : 0 };
+    const char *type = moe_cfg_str(cfg, "model.type");
+    if (strcmp(type, "mixture") == 0)
+        est_mixture(&e, cfg, &s, &r.bytes_activations);
+    else if (strcmp(type, "mlp") == 0)
+        est_mlp(&e, cfg, &s, &r.bytes_activations);
+    else if (strcmp(type, "mlp-moe") == 0)
+        est_mlp_moe(&e, cfg, &s, &r.bytes_activations);
+    else
+        return moe_error(err, MOE_ECONFIG, "key 'model.type': unknown model '%s'", type);
+    if (e.rc)
+        return e.rc;
+    r.parameters = e.count;
+    r.active_parameters = s.dense_active ? (double)e.count : s.active;
+    r.flops_forward_per_token = 2.0 * s.macs;
+    r.flops_per_token = 3.0 * r.flops_forward_per_token;
+    flat(&e, &r.bytes_params);
+    flat(&e, &r.bytes_grads);
+
+    // the training loop (train/trainer.c, optim.c) or one set of statistics
+    est_stats(&e, &s, &r.bytes_trainer);
+    if (training) {
+        const char *opt = moe_cfg_str(cfg, "optim.type");
+        int moments = strcmp(opt, "adamw") == 0 ? 2 : strcmp(opt, "sgd") == 0 ? 1 : 0;
+        for (int i = 0; i < moments; i++)
+            flat(&e, &r.bytes_optimizer);
+        est_stats(&e, &s, &r.bytes_trainer); // evaluation and batch statistics
+        BUF(&e, &r.bytes_trainer, "row permutation", 4, { n_train_rows ? n_train_rows : 1, "training rows" });
+        BUF(&e, &r.bytes_trainer, "gate means", sizeof(double), { s.n_expert + 1, "model.n_expert + 1" });
+        BUF(&e, &r.bytes_trainer, "gate means", sizeof(double), { s.n_expert + 1, "model.n_expert + 1" });
+        size_t bs = (size_t)moe_cfg_int(cfg, "optim.batch_size");
+        if (strcmp(opt, "gd") == 0) // full batch
+            bs = n_train_rows;
+        if (bs == 0 || bs > n_train_rows)
+            bs = n_train_rows;
+        if (bs > s.T)
+            bs = s.T;
+        if (moe_cfg_bool(cfg, "train.shuffle") && bs < n_train_rows)
+            est_split(&e, &r.bytes_trainer, "batch", "optim.batch_size", &s, bs, synthetic);
+    }
+    if (n_train_rows)
+        est_split(&e, &r.bytes_data, "train", "training rows", &s, n_train_rows, synthetic);
+    if (n_test_rows)
+        est_split(&e, &r.bytes_data, "test", "test rows", &s, n_test_rows, synthetic);
+    if ((n_train_rows || n_test_rows) && synthetic)
+        est_synth_temporaries(&e, cfg, &r.bytes_data, n_in, n_out);
+    if ((n_train_rows || n_test_rows) && moe_cfg_bool(cfg, "data.standardize"))
+        BUF(&e, &r.bytes_data, "standardisation statistics", sizeof(float), { 2 * n_in, "2 x " KEY_I });
+
+    size_t parts[] = { r.bytes_params, r.bytes_grads, r.bytes_optimizer, r.bytes_activations, r.bytes_trainer,
+                       r.bytes_data };
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        add(&e, &r.bytes_total, parts[i], "memory estimate");
+    if (e.rc)
+        return e.rc;
+    r.largest_bytes = e.largest_bytes;
+    snprintf(r.largest, sizeof r.largest, "%s", e.largest);
+    if (r.bytes_total > MOE_ESTIMATE_MAX_BYTES) {
+        char need[32], lim[32], big[32];
+        moe_bytes_str(need, sizeof need, (double)r.bytes_total);
+        moe_bytes_str(lim, sizeof lim, (double)MOE_ESTIMATE_MAX_BYTES);
+        moe_bytes_str(big, sizeof big, (double)r.largest_bytes);
+        return moe_error(err, MOE_EINVAL,
+                         "this config needs about %s, more than any machine has (limit %s); the largest is %s at %s",
+                         need, lim, r.largest, big);
+    }
+    *ret = r;
+    return 0;
+}
+
+int moe_data_shape(const struct moe_config *cfg, enum moe_task *ret_task, size_t *ret_n_in, size_t *ret_n_out,
+                   size_t *ret_n_train, size_t *ret_n_test, struct moe_err *err)
+{
+    if (strcmp(moe_cfg_str(cfg, "data.source"), "synthetic") != 0)
+        return 0;
+    int classes = strcmp(moe_cfg_str(cfg, "data.synthetic.kind"), "classes") == 0;
+    struct shape s = { .task = classes ? MOE_TASK_CLASSIFICATION : MOE_TASK_REGRESSION,
+                       .I = (size_t)moe_cfg_int(cfg, "data.synthetic.n_in"),
+                       .O = (size_t)moe_cfg_int(cfg, classes ? "data.synthetic.n_regions" : "data.synthetic.n_out") };
+    size_t n_train = (size_t)moe_cfg_int(cfg, "data.synthetic.n_train");
+    size_t n_test = (size_t)moe_cfg_int(cfg, "data.synthetic.n_test");
+    struct est e = { .err = err };
+    size_t bytes = 0;
+    est_split(&e, &bytes, "train", "data.synthetic.n_train", &s, n_train, 1);
+    if (n_test)
+        est_split(&e, &bytes, "test", "data.synthetic.n_test", &s, n_test, 1);
+    est_synth_temporaries(&e, cfg, &bytes, s.I, s.O);
+    if (e.rc)
+        return e.rc;
+    if (bytes > MOE_ESTIMATE_MAX_BYTES) {
+        char need[32], lim[32];
+        moe_bytes_str(need, sizeof need, (double)bytes);
+        moe_bytes_str(lim, sizeof lim, (double)MOE_ESTIMATE_MAX_BYTES);
+        return moe_error(err, MOE_EINVAL,
+                         "the synthetic data (data.synthetic.*) needs about %s, more than any machine has (limit %s); "
+                         "the largest is %s",
+                         need, lim, e.largest);
+    }
+    *ret_task = s.task;
+    *ret_n_in = s.I;
+    *ret_n_out = s.O;
+    *ret_n_train = n_train;
+    *ret_n_test = n_test;
+    return 1;
+}

@@ -1,0 +1,97 @@
+// estimate.h: what a config costs before anything is allocated: parameters,
+// active parameters and FLOPs per token, and the bytes of every buffer the
+// model, the optimizer and the training loop will allocate. Every product is
+// checked for overflow, so an absurd config (sizes whose product overflows, or
+// that no machine could hold) is refused here, as a config error, instead of
+// being killed by the kernel half-way through allocating.
+// Not here: how much memory the machine has (core/sysmem.h) and the decision
+// to refuse a config that does not fit (cmd/estimate.c).
+//
+// The figures mirror the allocations in model/mixture.c, mlp.c, mlp_moe.c,
+// moe/moe_layer.c (router.c, dispatch.c, experts.c, route_stats.c) and
+// train/trainer.c, optim.c; tests/test_estimate.c checks the parameter counts
+// against the models actually built. Change them together.
+#ifndef MOE_ESTIMATE_H
+#define MOE_ESTIMATE_H
+
+#include <stddef.h>
+
+#include "core/status.h"
+#include "io/dataset.h"
+
+struct moe_config;
+
+// A config needing more than this many bytes in total is absurd on any single
+// machine (the largest hold a few tens of TiB): refused as a config error.
+#define MOE_ESTIMATE_MAX_BYTES ((size_t)1 << 46) // 64 TiB
+
+struct moe_model_estimate {
+    size_t parameters;        // trainable floats: exactly moe_params_count() of the model moe_model_create builds
+    // Parameters a token touches: every parameter, less, for each sparse layer,
+    // the routed experts it does not use: (E - used) * F * D * (3 for swiglu, else 2),
+    // used = K (hash: 1; expert choice: ec_factor, the mean experts per token),
+    // at most E. The same figure as summary.json's active_parameters (double:
+    // expert choice uses a fractional mean). Dense models: = parameters.
+    double active_parameters;
+    // FLOPs per token (row), a convention not a measurement:
+    //   forward = 2 x the multiply-accumulates of the weight matrices a token
+    //   passes through: input projection, routers (and noise weights) over all E
+    //   experts, the `used` routed experts and the shared experts of each sparse
+    //   layer, dense FFNs, head; for the 1991 mixture the gate and every expert.
+    //   Left out: biases, norms, activation functions, softmax and top-k,
+    //   dispatch and combine copies, losses, the optimizer update (per step,
+    //   not per token), and tokens dropped for capacity (counted as computed).
+    //   training (flops_per_token) = 3 x forward: the backward pass costs about
+    //   twice the forward (gradients with respect to inputs and to weights).
+    double flops_forward_per_token;
+    double flops_per_token;
+    // Bytes (allocation sizes as the allocators round them):
+    size_t bytes_params;      // parameter buffer (each tensor starts on a 64-byte boundary)
+    size_t bytes_grads;       // gradient buffer, same layout
+    size_t bytes_optimizer;   // training only: sgd 1, adamw 2 moments per parameter, gd none
+    // Every buffer the model allocates for batches of max_batch rows: the
+    // activations saved for backward (hidden layers, norm statistics, router
+    // probabilities, per-expert gathered rows and FFN activations sized for
+    // T * slots rows whatever the capacity factor) and the backward scratch.
+    // An upper bound for one step: buffers are sized for the largest batch
+    // (max(batch, evaluation chunk)) and every slot kept.
+    size_t bytes_activations;
+    // The training loop (training only): shuffled batch copy, row permutation,
+    // two sets of evaluation/routing statistics (co-selection is E x E per
+    // sparse layer); evaluation only: one set of statistics.
+    size_t bytes_trainer;
+    // The train and test splits as loaded (features, targets or labels, groups),
+    // the standardisation statistics, and for synthetic data the generator's
+    // temporaries (centres, per-region maps), which are freed once the data is
+    // made but are part of the peak while making it.
+    size_t bytes_data;
+    size_t bytes_total;       // the sum of the above
+    // The largest single buffer, for messages: its name and the keys that size it.
+    size_t largest_bytes;
+    char largest[200];
+};
+
+// Estimate the model named by model.type for a task with n_in features and
+// n_out targets/classes, batches of up to max_batch rows (0 counts as 1, as in
+// moe_model_create), over n_train_rows / n_test_rows rows of data (0 if not
+// loaded: no data bytes). training: count the optimizer moments and the
+// training loop's buffers (else one set of statistics, as route-stats keeps).
+// Returns 0, or MOE_ECONFIG for an unknown model.type, MOE_ESHAPE for data
+// without features or targets, MOE_EINVAL when a product overflows size_t, the
+// dispatch rows exceed 32-bit indices, or the total passes
+// MOE_ESTIMATE_MAX_BYTES; the message names the config keys involved. *ret is
+// written only on success.
+int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t n_in, size_t n_out,
+                       size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
+                       struct moe_model_estimate *ret, struct moe_err *err);
+
+// The data a config names, when known without reading files (data.source =
+// synthetic): task, features, targets/classes and rows, exactly as
+// moe_data_load will make them. Lets a command estimate (and refuse) before
+// generating the data. Returns 1 and fills the out-parameters for synthetic
+// data, 0 when the shape depends on files (idx, table), or MOE_EINVAL when the
+// synthetic splits alone would pass MOE_ESTIMATE_MAX_BYTES.
+int moe_data_shape(const struct moe_config *cfg, enum moe_task *ret_task, size_t *ret_n_in, size_t *ret_n_out,
+                   size_t *ret_n_train, size_t *ret_n_test, struct moe_err *err);
+
+#endif

@@ -1,0 +1,617 @@
+// test_estimate.c: the resource estimate (model/estimate.c), the memory
+// figures (core/sysmem.c) and the CLI's check (cmd/estimate.c).
+//   - parameters equal moe_params_count of the model moe_model_create builds,
+//     and active parameters equal what cli_routing_json reports, over every
+//     model type, router, activation, norm, shared experts, moe_every, n_layer;
+//   - the parameter, gradient and model buffers match what the allocator
+//     really hands out (mallinfo2 before and after moe_model_create);
+//   - FLOPs per token by hand for small configs;
+//   - overflowing products, dispatch rows past 32-bit indices, absurd totals
+//     and empty data are refused with the keys named, by the estimate and by
+//     moe_model_create before it allocates;
+//   - MOE_MEMORY_LIMIT, /proc/meminfo and cgroup parsing, and the one-line
+//     refusal of cli_check_memory.
+// cmd/cli.c and cmd/estimate.c are compiled into this test so it checks the
+// very functions the CLI uses.
+#include <check.h>
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/params.h"
+#include "core/sysmem.h"
+#include "io/config.h"
+#include "model/estimate.h"
+#include "model/model.h"
+#include "train/train.h"
+#include "testutil.h"
+
+#include "../cmd/cli.c"
+#include "../cmd/estimate.c"
+
+static int make_cfg(struct moe_config *c, const char *const *ovs, size_t n)
+{
+    struct moe_err err = { 0 };
+    int rc = moe_config_parse(c, moe_run_schema, moe_run_schema_len, "{}", "test", ovs, n, &err);
+    ck_assert_msg(rc == 0, "config: %s", err.msg);
+    return rc;
+}
+
+static size_t heap_in_use(void)
+{
+    struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+}
+
+// Whether mallinfo2 sees allocations (not under a sanitizer's or valgrind's allocator).
+static int heap_measurable(void)
+{
+    size_t before = heap_in_use();
+    void *p = malloc(1 << 20);
+    size_t after = heap_in_use();
+    free(p);
+    return after >= before + (1 << 20);
+}
+
+// Build the model of the overrides and compare it with the estimate. With
+// check_heap, also the bytes the allocator handed out against the estimate's
+// parameters + gradients + activations (within 1% + 64 KiB: chunk headers and
+// alignment slack are not counted).
+static void check_config(const char *const *ovs, size_t n, enum moe_task task, size_t n_in, size_t n_out,
+                         size_t max_batch, int check_heap, const char *label)
+{
+    struct moe_config cfg;
+    struct moe_err err = { 0 };
+    make_cfg(&cfg, ovs, n);
+    struct moe_model_estimate est;
+    int rc = moe_model_estimate(&cfg, task, n_in, n_out, 0, 0, max_batch, 0, &est, &err);
+    ck_assert_msg(rc == 0, "%s: estimate: %s", label, err.msg);
+    struct moe_model m;
+    size_t before = heap_in_use();
+    rc = moe_model_create(&m, &cfg, NULL, task, n_in, n_out, max_batch, &err);
+    size_t after = heap_in_use();
+    ck_assert_msg(rc == 0, "%s: create: %s", label, err.msg);
+    size_t count = moe_params_count(&m.params);
+    ck_assert_msg(est.parameters == count, "%s: estimate %zu parameters, model has %zu", label, est.parameters, count);
+    size_t pbytes = (m.params.numel * sizeof(float) + 63) / 64 * 64;
+    ck_assert_msg(est.bytes_params == pbytes && est.bytes_grads == pbytes, "%s: parameter buffer %zu, estimate %zu",
+                  label, pbytes, est.bytes_params);
+    if (m.n_moe_layers) {
+        cJSON *sum = cJSON_CreateObject();
+        cli_routing_json(sum, &m);
+        double active = cJSON_GetObjectItem(sum, "active_parameters")->valuedouble;
+        ck_assert_msg(active == est.active_parameters, "%s: cli active %.17g, estimate %.17g", label, active,
+                      est.active_parameters);
+        cJSON_Delete(sum);
+    } else {
+        ck_assert_msg(est.active_parameters == (double)count, "%s: dense model: active %.17g != %zu", label,
+                      est.active_parameters, count);
+    }
+    if (check_heap && heap_measurable()) {
+        double want = (double)(est.bytes_params + est.bytes_grads + est.bytes_activations);
+        double got = (double)(after - before);
+        if (getenv("MOE_TEST_VERBOSE"))
+            fprintf(stderr, "%-28s allocated %10.0f  estimate %10.0f  (%+.2f%%)\n", label, got, want,
+                    100.0 * (got - want) / want);
+        ck_assert_msg(got <= want * 1.01 + 65536.0 && got >= want * 0.99 - 65536.0,
+                      "%s: allocated %.0f bytes, estimate %.0f", label, got, want);
+    }
+    moe_model_release(&m);
+    moe_config_release(&cfg);
+}
+
+START_TEST(test_dense_models)
+{
+    const char *types[][4] = {
+        { "model.type=mixture", "model.expert=linear", "model.n_expert=4", "model.n_expert_hidden=8" },
+        { "model.type=mixture", "model.expert=mlp", "model.n_expert=5", "model.n_expert_hidden=7" },
+        { "model.type=mixture", "model.expert=mlp", "model.n_expert=1", "model.n_expert_hidden=1" },
+        { "model.type=mlp", "model.n_hidden=13", "model.n_expert=4", "model.n_expert_hidden=8" },
+        { "model.type=mlp", "model.n_hidden=1", "model.n_expert=4", "model.n_expert_hidden=8" },
+    };
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++)
+        for (int cls = 0; cls < 2; cls++) {
+            char label[64];
+            snprintf(label, sizeof label, "%s %s %s", types[i][0], types[i][1], cls ? "classes" : "regression");
+            check_config(types[i], 4, cls ? MOE_TASK_CLASSIFICATION : MOE_TASK_REGRESSION, 3, cls ? 4 : 2, 9, 0,
+                         label);
+        }
+}
+END_TEST
+
+// Every router x activation x norm x shared experts x moe_every x n_layer x
+// dense width x bias balancing.
+START_TEST(test_mlp_moe_grid)
+{
+    static const struct { const char *router, *k; } routers[] = {
+        { "softmax", "2" }, { "noisy-topk", "2" }, { "switch", "1" },
+        { "gshard", "2" },  { "hash", "1" },       { "expert-choice", "3" },
+    };
+    static const char *const acts[] = { "relu", "gelu", "swiglu" };
+    size_t cases = 0;
+    for (size_t r = 0; r < sizeof routers / sizeof *routers; r++)
+        for (size_t a = 0; a < 3; a++)
+            for (int shared = 0; shared <= 2; shared += 2)
+                for (int every = 1; every <= 3; every++)
+                    for (int layers = 1; layers <= 4; layers += 3)
+                        for (int rms = 0; rms < 2; rms++)
+                            for (int fd = 0; fd < 2; fd++)
+                                for (int bias = 0; bias < 2; bias++) {
+                                    int bb = bias && (r == 0 || r == 2); // softmax, switch
+                                    if (bias && !bb)
+                                        continue;
+                                    char o[12][64];
+                                    snprintf(o[0], 64, "model.type=mlp-moe");
+                                    snprintf(o[1], 64, "moe.router=%s", routers[r].router);
+                                    snprintf(o[2], 64, "model.n_expert_used=%s", routers[r].k);
+                                    snprintf(o[3], 64, "model.ffn_activation=%s", acts[a]);
+                                    snprintf(o[4], 64, "model.n_expert_shared=%d", shared);
+                                    snprintf(o[5], 64, "model.moe_every=%d", every);
+                                    snprintf(o[6], 64, "model.n_layer=%d", layers);
+                                    snprintf(o[7], 64, "model.norm=%s", rms ? "rmsnorm" : "layernorm");
+                                    snprintf(o[8], 64, "model.n_ff_dense=%d", fd ? 11 : 0);
+                                    snprintf(o[9], 64, "moe.bias_balance=%s", bb ? "true" : "false");
+                                    snprintf(o[10], 64, "model.n_expert=5");
+                                    snprintf(o[11], 64, "moe.ec_factor=1.7"); // fractional active experts
+                                    const char *ovs[12];
+                                    for (int i = 0; i < 12; i++)
+                                        ovs[i] = o[i];
+                                    char label[256];
+                                    snprintf(label, sizeof label, "%s/%s/%s/shared %d/every %d/L %d/%s/fd %d/bias %d",
+                                             routers[r].router, routers[r].k, acts[a], shared, every, layers,
+                                             rms ? "rms" : "ln", fd, bb);
+                                    int cls = (int)(cases % 2);
+                                    check_config(ovs, 12, cls ? MOE_TASK_CLASSIFICATION : MOE_TASK_REGRESSION, 7,
+                                                 cls ? 3 : 2, 6, 0, label);
+                                    cases++;
+                                }
+    ck_assert_uint_gt(cases, 500);
+}
+END_TEST
+
+// Model buffers at a realistic batch: the estimate against the allocator.
+START_TEST(test_allocated_bytes)
+{
+    static const char *const routers[] = { "softmax", "noisy-topk", "switch", "gshard", "hash", "expert-choice" };
+    for (size_t r = 0; r < 6; r++)
+        for (int sw = 0; sw < 2; sw++) {
+            char o[10][64];
+            snprintf(o[0], 64, "model.type=mlp-moe");
+            snprintf(o[1], 64, "moe.router=%s", routers[r]);
+            snprintf(o[2], 64, "model.n_expert_used=%d", r == 2 || r == 4 ? 1 : 2);
+            snprintf(o[3], 64, "model.ffn_activation=%s", sw ? "swiglu" : "gelu");
+            snprintf(o[4], 64, "model.n_expert_shared=%d", sw);
+            snprintf(o[5], 64, "model.n_layer=3");
+            snprintf(o[6], 64, "model.moe_every=%d", sw ? 2 : 1);
+            snprintf(o[7], 64, "model.n_expert=8");
+            snprintf(o[8], 64, "model.n_embd=48");
+            snprintf(o[9], 64, "model.n_ff=96");
+            const char *ovs[10];
+            for (int i = 0; i < 10; i++)
+                ovs[i] = o[i];
+            char label[64];
+            snprintf(label, sizeof label, "%s swiglu %d", routers[r], sw);
+            check_config(ovs, 10, MOE_TASK_CLASSIFICATION, 40, 10, 700, 1, label);
+        }
+    const char *mix[] = { "model.type=mixture", "model.expert=mlp", "model.n_expert=8", "model.n_expert_hidden=30" };
+    check_config(mix, 4, MOE_TASK_REGRESSION, 20, 5, 3000, 1, "mixture");
+    const char *mlp[] = { "model.type=mlp", "model.n_hidden=300" };
+    check_config(mlp, 2, MOE_TASK_CLASSIFICATION, 50, 10, 3000, 1, "mlp");
+}
+END_TEST
+
+static struct moe_model_estimate estimate_of(const char *const *ovs, size_t n, enum moe_task task, size_t n_in,
+                                             size_t n_out, size_t max_batch)
+{
+    struct moe_config cfg;
+    struct moe_err err = { 0 };
+    make_cfg(&cfg, ovs, n);
+    struct moe_model_estimate est;
+    int rc = moe_model_estimate(&cfg, task, n_in, n_out, 0, 0, max_batch, 0, &est, &err);
+    ck_assert_msg(rc == 0, "estimate: %s", err.msg);
+    moe_config_release(&cfg);
+    return est;
+}
+
+START_TEST(test_flops)
+{
+    // mlp-moe, switch (k = 1), I = 8, D = 16, F = 32, E = 4, O = 3, one layer:
+    // input 8*16 + router 4*16 + one expert 2*32*16 + head 3*16 = 1264 MACs.
+    const char *sw[] = { "model.type=mlp-moe", "moe.router=switch", "model.n_expert_used=1", "model.n_embd=16",
+                         "model.n_ff=32", "model.n_expert=4" };
+    struct moe_model_estimate e = estimate_of(sw, 6, MOE_TASK_CLASSIFICATION, 8, 3, 4);
+    ck_assert_double_eq(e.flops_forward_per_token, 2.0 * 1264);
+    ck_assert_double_eq(e.flops_per_token, 6.0 * 1264);
+    // parameters: 8*16+16 + norm 2*16 + router 64 + experts 2*4*32*16 + final norm 32 + head 48+3
+    ck_assert_uint_eq(e.parameters, 144 + 32 + 64 + 4096 + 32 + 51);
+    ck_assert_double_eq(e.active_parameters, (double)e.parameters - 3.0 * 2 * 32 * 16);
+    // noisy top-2 with swiglu and a shared expert, two layers, the second dense
+    // (moe_every = 2: block 1 is sparse, block 0 dense of width 2*32):
+    // input 128 + dense 3*64*16 + routers 2*4*16 + 2 experts 2*3*32*16 + shared 3*32*16 + head 48
+    const char *nz[] = { "model.type=mlp-moe", "moe.router=noisy-topk", "model.n_expert_used=2",
+                         "model.n_embd=16",    "model.n_ff=32",         "model.n_expert=4",
+                         "model.ffn_activation=swiglu", "model.n_expert_shared=1", "model.n_layer=2",
+                         "model.moe_every=2" };
+    e = estimate_of(nz, 10, MOE_TASK_REGRESSION, 8, 3, 4);
+    ck_assert_double_eq(e.flops_forward_per_token, 2.0 * (128 + 3072 + 128 + 3072 + 1536 + 48));
+    // mixture: gate E*D + every expert's E*O*D
+    const char *mx[] = { "model.type=mixture", "model.n_expert=4" };
+    e = estimate_of(mx, 2, MOE_TASK_REGRESSION, 2, 1, 4);
+    ck_assert_double_eq(e.flops_forward_per_token, 2.0 * (4 * 2 + 4 * 1 * 2));
+    ck_assert_double_eq(e.active_parameters, (double)e.parameters);
+    // expert choice: ec_factor experts per token
+    const char *ec[] = { "model.type=mlp-moe", "moe.router=expert-choice", "model.n_embd=16", "model.n_ff=32",
+                         "model.n_expert=4", "moe.ec_factor=1.5" };
+    e = estimate_of(ec, 6, MOE_TASK_CLASSIFICATION, 8, 3, 4);
+    ck_assert_double_eq(e.flops_forward_per_token, 2.0 * (128 + 64 + 1.5 * 1024 + 48));
+}
+END_TEST
+
+START_TEST(test_training_bytes)
+{
+    const char *ad[] = { "model.type=mlp", "model.n_hidden=10", "optim.type=adamw", "optim.batch_size=16" };
+    struct moe_config cfg;
+    struct moe_err err = { 0 };
+    make_cfg(&cfg, ad, 4);
+    struct moe_model_estimate tr, ev;
+    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_REGRESSION, 4, 2, 1000, 500, 500, 1, &tr, &err), 0);
+    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_REGRESSION, 4, 2, 1000, 500, 500, 0, &ev, &err), 0);
+    ck_assert_uint_eq(tr.bytes_optimizer, 2 * tr.bytes_params);
+    ck_assert_uint_eq(ev.bytes_optimizer, 0);
+    ck_assert_uint_gt(tr.bytes_trainer, ev.bytes_trainer); // permutation, batch copy
+    // synthetic data (x, y, group) for 1000 + 500 rows, plus the generator's
+    // centres (4 x 4) and maps (4 x 2 x 4) and biases (4 x 2), in double, each rounded to 64 bytes
+    size_t want = 0;
+    size_t sizes[] = { 1000 * 16, 1000 * 8, 1000 * 4, 500 * 16, 500 * 8, 500 * 4, 16 * 8, 32 * 8, 8 * 8 };
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+        want += (sizes[i] + 63) / 64 * 64;
+    ck_assert_uint_eq(tr.bytes_data, want);
+    ck_assert_uint_eq(tr.bytes_total, tr.bytes_params + tr.bytes_grads + tr.bytes_optimizer + tr.bytes_activations +
+                                          tr.bytes_trainer + tr.bytes_data);
+    moe_config_release(&cfg);
+    const char *sgd[] = { "model.type=mlp", "optim.type=sgd" }, *gd[] = { "model.type=mlp", "optim.type=gd" };
+    make_cfg(&cfg, sgd, 2);
+    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_REGRESSION, 4, 2, 100, 0, 100, 1, &tr, &err), 0);
+    ck_assert_uint_eq(tr.bytes_optimizer, tr.bytes_params);
+    moe_config_release(&cfg);
+    make_cfg(&cfg, gd, 2);
+    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_REGRESSION, 4, 2, 100, 0, 100, 1, &tr, &err), 0);
+    ck_assert_uint_eq(tr.bytes_optimizer, 0);
+    moe_config_release(&cfg);
+}
+END_TEST
+
+// Refused with MOE_EINVAL (or code), the message containing every needle.
+static void expect_refusal(const char *const *ovs, size_t n, size_t n_in, size_t n_out, size_t max_batch, int code,
+                           const char *const *needles, size_t n_needles)
+{
+    struct moe_config cfg;
+    struct moe_err err = { 0 };
+    make_cfg(&cfg, ovs, n);
+    struct moe_model_estimate est;
+    memset(&est, 0x5a, sizeof est);
+    int rc = moe_model_estimate(&cfg, MOE_TASK_CLASSIFICATION, n_in, n_out, 0, 0, max_batch, 0, &est, &err);
+    ck_assert_msg(rc == code, "expected %d, got %d: %s", code, rc, err.msg);
+    ck_assert_uint_eq(est.parameters, 0x5a5a5a5a5a5a5a5aull); // not written on failure
+    ck_assert_msg(strchr(err.msg, '\n') == NULL, "one line: %s", err.msg);
+    for (size_t i = 0; i < n_needles; i++)
+        ck_assert_msg(strstr(err.msg, needles[i]) != NULL, "'%s' not in: %s", needles[i], err.msg);
+    // moe_model_create refuses the same, before allocating (the heap does not grow)
+    struct moe_model m;
+    struct moe_err err2 = { 0 };
+    size_t before = heap_in_use();
+    rc = moe_model_create(&m, &cfg, NULL, MOE_TASK_CLASSIFICATION, n_in, n_out, max_batch, &err2);
+    ck_assert_int_eq(rc, code);
+    ck_assert_str_eq(err2.msg, err.msg);
+    ck_assert_uint_le(heap_in_use(), before + 4096); // (0 <= 0 when the heap cannot be measured)
+    moe_config_release(&cfg);
+}
+
+START_TEST(test_refusals)
+{
+    const char *moe[] = { "model.type=mlp-moe", "model.n_embd=64" };
+    // an input projection of n_embd x features overflows
+    const char *n1[] = { "overflows size_t", "model.n_embd", "data features" };
+    expect_refusal(moe, 2, (size_t)1 << 62, 10, 8, MOE_EINVAL, n1, 3);
+    // a batch whose hidden activations overflow
+    const char *mlp[] = { "model.type=mlp", "model.n_hidden=8" };
+    const char *n2[] = { "overflows size_t", "batch rows", "model.n_hidden" };
+    expect_refusal(mlp, 2, 10, 10, (size_t)1 << 60, MOE_EINVAL, n2, 3);
+    // a sparse layer's batch past 32-bit dispatch rows
+    const char *n2b[] = { "dispatch rows", "model.n_expert_used" };
+    expect_refusal(moe, 2, 10, 10, (size_t)1 << 40, MOE_EINVAL, n2b, 2);
+    // expert choice: T x E slots past 32-bit dispatch rows
+    const char *ec[] = { "model.type=mlp-moe", "moe.router=expert-choice", "model.n_expert=1024",
+                         "model.n_embd=4", "model.n_ff=4" };
+    const char *n3[] = { "dispatch rows", "model.n_expert", "2147483647" };
+    expect_refusal(ec, 5, 10, 10, (size_t)1 << 24, MOE_EINVAL, n3, 3);
+    // the schema's largest experts: 1024 x 2^20 x 2^16 floats per matrix, 256 layers
+    const char *big[] = { "model.type=mlp-moe", "model.n_expert=1024", "model.n_ff=1048576", "model.n_embd=65536",
+                          "model.n_layer=256", "model.ffn_activation=swiglu" };
+    const char *n4[] = { "more than any machine has", "model.n_expert x model.n_ff x model.n_embd",
+                         "1024 x 1048576 x 65536", "experts.w1" };
+    expect_refusal(big, 6, 10, 10, 8, MOE_EINVAL, n4, 4);
+    // a dense mixture of 1024 experts over 2^20 hidden units of 2^20 features
+    const char *mx[] = { "model.type=mixture", "model.expert=mlp", "model.n_expert=1024",
+                         "model.n_expert_hidden=1048576" };
+    const char *n5[] = { "more than any machine has", "model.n_expert_hidden" };
+    expect_refusal(mx, 4, (size_t)1 << 20, 10, 8, MOE_EINVAL, n5, 2);
+    // no features, no classes
+    const char *n6[] = { "no features" }, *n7[] = { "no classes" };
+    expect_refusal(moe, 2, 0, 10, 8, MOE_ESHAPE, n6, 1);
+    expect_refusal(moe, 2, 10, 0, 8, MOE_ESHAPE, n7, 1);
+}
+END_TEST
+
+START_TEST(test_data_shape)
+{
+    struct moe_config cfg;
+    struct moe_err err = { 0 };
+    enum moe_task task;
+    size_t n_in, n_out, n_train, n_test;
+    const char *cl[] = { "data.synthetic.kind=classes", "data.synthetic.n_regions=6", "data.synthetic.n_in=3",
+                         "data.synthetic.n_train=70", "data.synthetic.n_test=30" };
+    make_cfg(&cfg, cl, 5);
+    ck_assert_int_eq(moe_data_shape(&cfg, &task, &n_in, &n_out, &n_train, &n_test, &err), 1);
+    ck_assert_int_eq(task, MOE_TASK_CLASSIFICATION);
+    ck_assert_uint_eq(n_in, 3);
+    ck_assert_uint_eq(n_out, 6);
+    ck_assert_uint_eq(n_train, 70);
+    ck_assert_uint_eq(n_test, 30);
+    // what moe_data_load makes
+    struct moe_data d;
+    ck_assert_int_eq(moe_data_load(&d, &cfg, &err), 0);
+    ck_assert_int_eq(d.train.task, task);
+    ck_assert_uint_eq(d.train.n_in, n_in);
+    ck_assert_uint_eq(d.train.n_out, n_out);
+    ck_assert_uint_eq(d.train.n, n_train);
+    ck_assert_uint_eq(d.test.n, n_test);
+    moe_data_release(&d);
+    moe_config_release(&cfg);
+    const char *tb[] = { "data.source=table", "data.table.path=x.csv" };
+    make_cfg(&cfg, tb, 2);
+    ck_assert_int_eq(moe_data_shape(&cfg, &task, &n_in, &n_out, &n_train, &n_test, &err), 0);
+    moe_config_release(&cfg);
+    // the generator's maps alone: 4096 regions x 65536 targets x 65536 features in double
+    const char *big[] = { "data.synthetic.n_regions=4096", "data.synthetic.n_in=65536", "data.synthetic.n_out=65536" };
+    make_cfg(&cfg, big, 3);
+    ck_assert_int_eq(moe_data_shape(&cfg, &task, &n_in, &n_out, &n_train, &n_test, &err), MOE_EINVAL);
+    ck_assert_msg(strstr(err.msg, "data.synthetic.n_regions x data.synthetic.n_out x data.synthetic.n_in"), "%s",
+                  err.msg);
+    moe_config_release(&cfg);
+}
+END_TEST
+
+START_TEST(test_bytes_parse)
+{
+    size_t v;
+    ck_assert_int_eq(moe_bytes_parse("0", &v), 0);
+    ck_assert_uint_eq(v, 0);
+    ck_assert_int_eq(moe_bytes_parse("8589934592", &v), 0);
+    ck_assert_uint_eq(v, 8589934592ull);
+    ck_assert_int_eq(moe_bytes_parse("8G", &v), 0);
+    ck_assert_uint_eq(v, 8589934592ull);
+    ck_assert_int_eq(moe_bytes_parse("1.5GiB", &v), 0);
+    ck_assert_uint_eq(v, 1610612736ull);
+    ck_assert_int_eq(moe_bytes_parse("512k", &v), 0);
+    ck_assert_uint_eq(v, 524288);
+    ck_assert_int_eq(moe_bytes_parse("2TB", &v), 0);
+    ck_assert_uint_eq(v, 2199023255552ull);
+    ck_assert_int_eq(moe_bytes_parse("100B", &v), 0);
+    ck_assert_uint_eq(v, 100);
+    const char *bad[] = { "", "-1", " 5", "5 ", "1e9", "abc", "1.G", ".5G", "5X", "18446744073709551616", "16777216T" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        ck_assert_msg(moe_bytes_parse(bad[i], &v) == -1, "accepted '%s'", bad[i]);
+    char buf[32];
+    moe_bytes_str(buf, sizeof buf, 512);
+    ck_assert_str_eq(buf, "512 B");
+    moe_bytes_str(buf, sizeof buf, 41.2 * 1073741824.0);
+    ck_assert_str_eq(buf, "41.2 GiB");
+    moe_bytes_str(buf, sizeof buf, 3.0 * 1099511627776.0);
+    ck_assert_str_eq(buf, "3.0 TiB");
+}
+END_TEST
+
+START_TEST(test_meminfo)
+{
+    const char *text = "MemTotal:       32768000 kB\nMemFree:         1000 kB\nMemAvailable:   24188960 kB\n";
+    ck_assert_uint_eq(moe_meminfo_bytes(text, "MemAvailable"), (size_t)24188960 * 1024);
+    ck_assert_uint_eq(moe_meminfo_bytes(text, "MemTotal"), (size_t)32768000 * 1024);
+    ck_assert_uint_eq(moe_meminfo_bytes(text, "Mem"), SIZE_MAX);
+    ck_assert_uint_eq(moe_meminfo_bytes(text, "SwapTotal"), SIZE_MAX);
+}
+END_TEST
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+START_TEST(test_cgroup)
+{
+    char dir[] = "/tmp/moe_test_cgroup_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    size_t h = 12345;
+    ck_assert_int_eq(moe_cgroup_headroom(dir, &h), 0); // no limit files
+    // v2: limit 1 GiB, usage 600 MiB of which 100 MiB inactive file pages
+    write_file(dir, "memory.max", "1073741824\n");
+    write_file(dir, "memory.current", "629145600\n");
+    write_file(dir, "memory.stat", "anon 400000000\nfile 200000000\ninactive_file 104857600\nactive_file 5\n");
+    ck_assert_int_eq(moe_cgroup_headroom(dir, &h), 1);
+    ck_assert_uint_eq(h, 1073741824 - (629145600 - 104857600));
+    write_file(dir, "memory.max", "max\n");
+    ck_assert_int_eq(moe_cgroup_headroom(dir, &h), 0);
+    // over the limit: no headroom
+    write_file(dir, "memory.max", "1000\n");
+    write_file(dir, "memory.stat", "inactive_file 0\n");
+    ck_assert_int_eq(moe_cgroup_headroom(dir, &h), 1);
+    ck_assert_uint_eq(h, 0);
+    char path[512];
+    const char *v2[] = { "memory.max", "memory.current", "memory.stat" };
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, v2[i]);
+        unlink(path);
+    }
+    // v1: the "unlimited" sentinel, then a real limit
+    write_file(dir, "memory.limit_in_bytes", "9223372036854771712\n");
+    ck_assert_int_eq(moe_cgroup_headroom(dir, &h), 0);
+    write_file(dir, "memory.limit_in_bytes", "2147483648\n");
+    write_file(dir, "memory.usage_in_bytes", "1073741824\n");
+    write_file(dir, "memory.stat", "cache 5\ninactive_file 7\ntotal_inactive_file 536870912\n");
+    ck_assert_int_eq(moe_cgroup_headroom(dir, &h), 1);
+    ck_assert_uint_eq(h, 2147483648ull - (1073741824 - 536870912));
+    const char *v1[] = { "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat" };
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, v1[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+END_TEST
+
+START_TEST(test_sysmem)
+{
+    unsetenv(MOE_MEMORY_LIMIT_ENV);
+    struct moe_sysmem m;
+    struct moe_err err = { 0 };
+    ck_assert_int_eq(moe_sysmem_available(&m, &err), 0);
+    ck_assert_uint_gt(m.available, 0);
+    ck_assert_ptr_nonnull(m.source);
+    setenv(MOE_MEMORY_LIMIT_ENV, "3G", 1);
+    ck_assert_int_eq(moe_sysmem_available(&m, &err), 0);
+    ck_assert_uint_eq(m.available, (size_t)3 << 30);
+    ck_assert_str_eq(m.source, MOE_MEMORY_LIMIT_ENV);
+    setenv(MOE_MEMORY_LIMIT_ENV, "lots", 1);
+    ck_assert_int_eq(moe_sysmem_available(&m, &err), MOE_EINVAL);
+    ck_assert_msg(strstr(err.msg, "'MOE_MEMORY_LIMIT'") && strstr(err.msg, "'lots'"), "%s", err.msg);
+    unsetenv(MOE_MEMORY_LIMIT_ENV);
+}
+END_TEST
+
+// Run f with stderr captured into buf; returns f's result.
+static int with_stderr(char *buf, size_t len, int (*f)(const struct moe_model_estimate *, int),
+                       const struct moe_model_estimate *e, int data_loaded)
+{
+    fflush(stderr);
+    int saved = dup(2);
+    FILE *tmp = tmpfile();
+    ck_assert_ptr_nonnull(tmp);
+    dup2(fileno(tmp), 2);
+    int rc = f(e, data_loaded);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(tmp);
+    size_t n = fread(buf, 1, len - 1, tmp);
+    buf[n] = '\0';
+    fclose(tmp);
+    return rc;
+}
+
+static int check_train(const struct moe_model_estimate *e, int data_loaded)
+{
+    return cli_check_memory("train", e, data_loaded);
+}
+
+START_TEST(test_check_memory)
+{
+    const char *ovs[] = { "model.type=mlp-moe", "model.n_embd=256", "model.n_ff=1024", "model.n_expert=16" };
+    struct moe_config cfg;
+    struct moe_err err = { 0 };
+    make_cfg(&cfg, ovs, 4);
+    struct moe_model_estimate e;
+    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_CLASSIFICATION, 784, 10, 60000, 10000, 4096, 1, &e, &err), 0);
+    ck_assert_uint_gt(e.bytes_total, (size_t)100 << 20);
+    char out[1024];
+    setenv(MOE_MEMORY_LIMIT_ENV, "1M", 1);
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &e, 1), 1);
+    ck_assert_msg(strncmp(out, "moe train: this config needs about ", 35) == 0, "%s", out);
+    ck_assert_msg(strstr(out, "more than the 1.0 MiB that MOE_MEMORY_LIMIT allows\n"), "%s", out);
+    ck_assert_ptr_eq(strchr(out, '\n'), out + strlen(out) - 1); // one line
+    // a budget covers the data already loaded too: exactly the total fits, one byte less does not
+    char lim[32];
+    snprintf(lim, sizeof lim, "%zu", e.bytes_total);
+    setenv(MOE_MEMORY_LIMIT_ENV, lim, 1);
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &e, 1), 0);
+    ck_assert_str_eq(out, "");
+    snprintf(lim, sizeof lim, "%zu", e.bytes_total - 1);
+    setenv(MOE_MEMORY_LIMIT_ENV, lim, 1);
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &e, 0), 1);
+    setenv(MOE_MEMORY_LIMIT_ENV, "1T", 1);
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &e, 0), 0);
+    setenv(MOE_MEMORY_LIMIT_ENV, "-3", 1);
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &e, 0), 2);
+    ck_assert_msg(strstr(out, "moe train: environment variable 'MOE_MEMORY_LIMIT'"), "%s", out);
+    unsetenv(MOE_MEMORY_LIMIT_ENV);
+    // measured: a config far past any machine's memory here is refused with the override named
+    struct moe_model_estimate huge = e;
+    huge.bytes_total = (size_t)1 << 62;
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &huge, 0), 1);
+    ck_assert_msg(strstr(out, "moe train: this config needs about 4.0 EiB, only ") &&
+                      strstr(out, " available (set MOE_MEMORY_LIMIT to override the check)\n"),
+                  "%s", out);
+
+    // the JSON
+    setenv(MOE_MEMORY_LIMIT_ENV, "2G", 1);
+    cJSON *j = cli_estimate_json(&e, 1);
+    ck_assert_double_eq(cJSON_GetObjectItem(j, "parameters")->valuedouble, (double)e.parameters);
+    ck_assert_double_eq(cJSON_GetObjectItem(j, "active_parameters")->valuedouble, e.active_parameters);
+    ck_assert_double_eq(cJSON_GetObjectItem(j, "flops_per_token")->valuedouble, e.flops_per_token);
+    cJSON *mb = cJSON_GetObjectItem(j, "memory_bytes");
+    const char *keys[] = { "params", "grads", "optimizer", "activations", "trainer", "data", "total" };
+    size_t vals[] = { e.bytes_params, e.bytes_grads, e.bytes_optimizer, e.bytes_activations, e.bytes_trainer,
+                      e.bytes_data, e.bytes_total };
+    for (int i = 0; i < 7; i++)
+        ck_assert_double_eq(cJSON_GetObjectItem(mb, keys[i])->valuedouble, (double)vals[i]);
+    ck_assert_double_eq(cJSON_GetObjectItem(j, "memory_available_bytes")->valuedouble, 2147483648.0);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "memory_available_source")->valuestring, "MOE_MEMORY_LIMIT");
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItem(j, "fits")));
+    cJSON_Delete(j);
+    setenv(MOE_MEMORY_LIMIT_ENV, "1K", 1);
+    j = cli_estimate_json(&e, 1);
+    ck_assert(cJSON_IsFalse(cJSON_GetObjectItem(j, "fits")));
+    cJSON_Delete(j);
+    // measured: the data already loaded counts as available to the run
+    unsetenv(MOE_MEMORY_LIMIT_ENV);
+    j = cli_estimate_json(&e, 0);
+    double a0 = cJSON_GetObjectItem(j, "memory_available_bytes")->valuedouble;
+    ck_assert_double_gt(a0, 0);
+    cJSON_Delete(j);
+    moe_config_release(&cfg);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("estimate");
+    TCase *tc = tcase_create("estimate");
+    tcase_add_test(tc, test_dense_models);
+    tcase_add_test(tc, test_mlp_moe_grid);
+    tcase_add_test(tc, test_allocated_bytes);
+    tcase_add_test(tc, test_flops);
+    tcase_add_test(tc, test_training_bytes);
+    tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_data_shape);
+    tcase_add_test(tc, test_bytes_parse);
+    tcase_add_test(tc, test_meminfo);
+    tcase_add_test(tc, test_cgroup);
+    tcase_add_test(tc, test_sysmem);
+    tcase_add_test(tc, test_check_memory);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    if (moe_test_init_blas(1))
+        return 1;
+    return moe_test_run(suite());
+}
