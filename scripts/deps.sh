@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Install the Debian packages moe needs, only those missing (sourced by the
-# other scripts; safe to run by itself). Uses sudo when not root.
+# Install the Debian packages moe needs, only those missing (run by the other
+# scripts; safe to run by itself). Uses sudo when not root. Extra package names
+# given as arguments are installed too (CI: clang libclang-rt-14-dev valgrind
+# for scripts/fuzz.sh and scripts/valgrind.sh).
 set -euo pipefail
 moe_packages=(meson ninja-build gcc pkg-config libblis-openmp-dev libcjson-dev libcsv-dev check zlib1g-dev jq
-              dataset-fashion-mnist)
+              dataset-fashion-mnist "$@")
 missing=()
 for p in "${moe_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

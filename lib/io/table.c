@@ -230,13 +230,28 @@ fail:
     return rc;
 }
 
+// Fuzzing fix: messages quote header and cell text from the file (and names
+// from the spec), which may hold newlines (a quoted cell) or other control
+// bytes; the CLI prints a message as one line, so they become '?' here, as in
+// config.c. Found by tests/fuzz/fuzz_table.c: a header cell of 0x16 bytes gave
+// "no column 'label' (columns: x, y, <control bytes>label, ...)"; likewise a
+// filter from the config holding "\n" split "bad filter '...'" in two lines.
+static int one_line(int rc, struct moe_err *err)
+{
+    if (rc && err)
+        for (char *p = err->msg; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7F)
+                *p = '?';
+    return rc;
+}
+
 int moe_table_filter_check(const char *expr, struct moe_err *err)
 {
     struct filter f;
     int rc = parse_filter(expr, &f, err); // frees what it built when it fails
     if (!rc)
         free_filter(&f);
-    return rc;
+    return one_line(rc, err);
 }
 
 // 1 = the row passes, 0 = dropped, negative = error (in c->rc).
@@ -608,20 +623,6 @@ static int build(struct ctx *c, struct moe_dataset *tr, struct moe_dataset *te)
         free(classes);
         free(label);
     }
-    return rc;
-}
-
-// Fuzzing fix: messages quote header and cell text from the file (and names
-// from the spec), which may hold newlines (a quoted cell) or other control
-// bytes; the CLI prints a message as one line, so they become '?' here, as in
-// config.c. Found by tests/fuzz/fuzz_table.c: a header cell of 0x16 bytes gave
-// "no column 'label' (columns: x, y, <control bytes>label, ...)".
-static int one_line(int rc, struct moe_err *err)
-{
-    if (rc && err)
-        for (char *p = err->msg; *p; p++)
-            if ((unsigned char)*p < 0x20 || *p == 0x7F)
-                *p = '?';
     return rc;
 }
 
