@@ -4,7 +4,6 @@
 // (weights, optimizer moments, position) after every epoch, every
 // train.checkpoint_every steps and on SIGINT/SIGTERM; `--resume DIR` continues
 // from it and ends with the same bytes as a run never stopped.
-#include <errno.h>
 #include <glob.h>
 #include <math.h>
 #include <signal.h>
@@ -265,19 +264,6 @@ static int write_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct m
     return rc;
 }
 
-// A table length recorded in a checkpoint.
-static int meta_size(const struct moe_st_file *f, const char *key, size_t *ret, struct moe_err *err)
-{
-    const char *v = moe_safetensors_meta(f, key);
-    char *end;
-    errno = 0;
-    unsigned long long x = v && *v != '-' ? strtoull(v, &end, 10) : 0;
-    if (!v || *v == '-' || errno || end == v || *end)
-        return moe_error(err, MOE_EFORMAT, "%s: metadata '%s' is missing or not a byte count", f->path, key);
-    *ret = (size_t)x;
-    return 0;
-}
-
 // The summary of a finished run in dir, or NULL if there is none (or it records an interruption).
 static cJSON *complete_summary(const char *dir)
 {
@@ -358,7 +344,7 @@ int cmd_train(int argc, char **argv)
     catch_signals();
     const char *out = o.resume ? o.resume : c.out;
     struct moe_train_pos pos = { 0 };
-    size_t keep_metrics = 0, keep_experts = 0;
+    uint64_t keep_metrics = 0, keep_experts = 0;
     if (o.resume) {
         summary = complete_summary(out);
         if (summary) { // nothing left to do: say so, and print the run's summary again
@@ -369,8 +355,9 @@ int cmd_train(int argc, char **argv)
         }
         const char *cfg_json;
         if (moe_safetensors_open(cli_path(path, sizeof path, out, "checkpoint.safetensors"), &resume, &err) ||
-            moe_train_pos_read(&resume, &pos, &err) || meta_size(&resume, "train.metrics_bytes", &keep_metrics, &err) ||
-            meta_size(&resume, "train.experts_bytes", &keep_experts, &err)) {
+            moe_train_pos_read(&resume, &pos, &err) ||
+            moe_train_meta_count(&resume, "train.metrics_bytes", &keep_metrics, &err) ||
+            moe_train_meta_count(&resume, "train.experts_bytes", &keep_experts, &err)) {
             rc = cli_fail(cmd, &err);
             goto out;
         }

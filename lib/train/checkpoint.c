@@ -151,29 +151,35 @@ out:
     return rc;
 }
 
-// A metadata value as an unsigned integer (or a signed one when neg is allowed).
-static int meta_int(const struct moe_st_file *f, const char *key, int neg, int64_t lo, uint64_t *ret_u,
-                    int64_t *ret_i, struct moe_err *err)
+int moe_train_meta_count(const struct moe_st_file *f, const char *key, uint64_t *ret, struct moe_err *err)
 {
     const char *v = moe_safetensors_meta(f, key);
     if (!v)
         return moe_error(err, MOE_EFORMAT, "%s: not a training checkpoint (no metadata '%s')", f->path, key);
     char *end;
     errno = 0;
-    if (neg) {
-        long long x = strtoll(v, &end, 10);
-        if (errno || end == v || *end || x < lo)
-            return moe_error(err, MOE_EFORMAT, "%s: metadata '%s' = '%s' is not a valid integer", f->path, key, v);
-        *ret_i = x;
-    } else {
-        if (*v == '-')
-            return moe_error(err, MOE_EFORMAT, "%s: metadata '%s' = '%s' is negative", f->path, key, v);
-        unsigned long long x = strtoull(v, &end, 10);
-        if (errno || end == v || *end)
-            return moe_error(err, MOE_EFORMAT, "%s: metadata '%s' = '%s' is not a valid integer", f->path, key, v);
-        *ret_u = x;
-    }
+    unsigned long long x = *v == '-' ? 0 : strtoull(v, &end, 10);
+    if (*v == '-' || errno || end == v || *end)
+        return moe_error(err, MOE_EFORMAT, "%s: metadata '%s' = '%s' is not a count", f->path, key, v);
+    *ret = x;
     return 0;
+}
+
+// train.criterion_epoch: a count, or -1 for none yet.
+static int meta_epoch_or_none(const struct moe_st_file *f, const char *key, int64_t *ret, struct moe_err *err)
+{
+    const char *v = moe_safetensors_meta(f, key);
+    if (v && strcmp(v, "-1") == 0) {
+        *ret = -1;
+        return 0;
+    }
+    uint64_t x;
+    int rc = moe_train_meta_count(f, key, &x, err);
+    if (!rc && x > INT64_MAX)
+        rc = moe_error(err, MOE_EFORMAT, "%s: metadata '%s' is out of range", f->path, key);
+    if (!rc)
+        *ret = (int64_t)x;
+    return rc;
 }
 
 int moe_train_pos_read(const struct moe_st_file *f, struct moe_train_pos *ret, struct moe_err *err)
@@ -181,13 +187,13 @@ int moe_train_pos_read(const struct moe_st_file *f, struct moe_train_pos *ret, s
     struct moe_train_pos p = { 0 };
     uint64_t fin = 0, dummy;
     int rc;
-    if ((rc = meta_int(f, "train.step", 0, 0, &p.steps, NULL, err)) ||
-        (rc = meta_int(f, "train.epoch", 0, 0, &p.epoch, NULL, err)) ||
-        (rc = meta_int(f, "train.next_row", 0, 0, &p.next_row, NULL, err)) ||
-        (rc = meta_int(f, "train.optim_t", 0, 0, &dummy, NULL, err)) ||
-        (rc = meta_int(f, "train.criterion_epoch", 1, -1, NULL, &p.criterion_epoch, err)) ||
-        (rc = meta_int(f, "train.rows_seen", 0, 0, &p.rows_seen, NULL, err)) ||
-        (rc = meta_int(f, "train.finished", 0, 0, &fin, NULL, err)))
+    if ((rc = moe_train_meta_count(f, "train.step", &p.steps, err)) ||
+        (rc = moe_train_meta_count(f, "train.epoch", &p.epoch, err)) ||
+        (rc = moe_train_meta_count(f, "train.next_row", &p.next_row, err)) ||
+        (rc = moe_train_meta_count(f, "train.optim_t", &dummy, err)) ||
+        (rc = meta_epoch_or_none(f, "train.criterion_epoch", &p.criterion_epoch, err)) ||
+        (rc = moe_train_meta_count(f, "train.rows_seen", &p.rows_seen, err)) ||
+        (rc = moe_train_meta_count(f, "train.finished", &fin, err)))
         return rc;
     const char *sec = moe_safetensors_meta(f, "train.seconds");
     char *end = NULL;
@@ -205,7 +211,7 @@ int moe_train_state_restore(const struct moe_st_file *f, struct moe_optim *o, st
                             struct moe_err *err)
 {
     uint64_t t;
-    int rc = meta_int(f, "train.optim_t", 0, 0, &t, NULL, err);
+    int rc = moe_train_meta_count(f, "train.optim_t", &t, err);
     if (rc)
         return rc;
     if (o->m && (rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ "optim.m", MOE_F32, 1, { o->numel }, o->m }, err)))

@@ -139,6 +139,8 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
 int moe_train_checkpoint_write(const char *path, struct moe_model *m, const struct moe_train_ckpt *ck,
                                const struct moe_st_ref *extra, size_t n_extra, const struct moe_st_meta *meta,
                                size_t n_meta, struct moe_err *err);
+// A non-negative integer in a checkpoint's metadata (MOE_EFORMAT when missing or malformed).
+int moe_train_meta_count(const struct moe_st_file *f, const char *key, uint64_t *ret, struct moe_err *err);
 // Read the position of a checkpoint (MOE_EFORMAT if it is not a training checkpoint).
 int moe_train_pos_read(const struct moe_st_file *f, struct moe_train_pos *ret, struct moe_err *err);
 // Restore the optimizer moments and step count, and the batch statistics, from a checkpoint.

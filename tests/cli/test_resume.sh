@@ -19,6 +19,7 @@
 # the seed is printed so that a failure can be replayed.
 # shellcheck disable=SC2317  # check functions are called indirectly, via check
 set -u
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 if [ $# -lt 1 ]; then
     echo "usage: bash $0 /path/to/moe" >&2
@@ -39,23 +40,8 @@ RANDOM=$SEED
 TRIALS=${MOE_RESUME_TRIALS:-6}
 echo "# random seed $SEED (replay with MOE_RESUME_SEED=$SEED)"
 
-N=0
-FAILED=0
-REASON=""
-ok() { N=$((N + 1)); echo "ok $N - $1"; }
-not_ok() {
-    N=$((N + 1))
-    FAILED=$((FAILED + 1))
-    echo "not ok $N - $1"
-    printf '%s\n' "$REASON" | sed 's/^/#   /'
-}
-check() {
-    local name=$1
-    shift
-    REASON=""
-    if "$@"; then ok "$name"; else not_ok "$name"; fi
-}
-fail() { REASON=$*; return 1; }
+# shellcheck source=tap.sh
+. "$HERE/tap.sh"
 
 # A sparse model with every kind of state a resume must carry: AdamW moments,
 # noisy routing (random draws keyed by step), bias balancing (a state tensor),
@@ -214,21 +200,6 @@ t_finished() {
 }
 check "--resume of a finished run prints its summary and changes nothing" t_finished
 
-N_EXPECTED_FAIL=0
-expect_fail() { # NAME CODE FRAGMENT -- CMD...
-    local name=$1 code=$2 frag=$3
-    shift 4
-    t_ef() {
-        "$@" >ef.out 2>ef.err
-        local rc=$?
-        [ "$rc" -eq "$code" ] || { fail "exit $rc, expected $code: $(cat ef.err)"; return 1; }
-        [ ! -s ef.out ] || { fail "stdout not empty"; return 1; }
-        [ "$(wc -l <ef.err)" -eq 1 ] || { fail "stderr is not one line: $(cat ef.err)"; return 1; }
-        grep -qF -- "$frag" ef.err || { fail "stderr lacks '$frag': $(cat ef.err)"; return 1; }
-    }
-    check "$name" t_ef "$@"
-    N_EXPECTED_FAIL=$((N_EXPECTED_FAIL + 1))
-}
 mkdir -p empty-run
 expect_fail "--resume of a directory without a checkpoint: exit 1, names the file" 1 "empty-run/checkpoint.safetensors" -- \
     "$MOE" train --resume empty-run
