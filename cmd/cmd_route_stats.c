@@ -21,11 +21,13 @@ static const char *const usage =
     "usage: moe route-stats --checkpoint CKPT --out DIR [--data train|test] [--capacity-factors A,B,...]\n"
     "                       [--trace FILE.jsonl] [--set key.path=value]... [--threads N] [--quiet]\n"
     "Route a data split (default test) through a trained checkpoint in evaluation mode and write,\n"
-    "per sparse layer, DIR/layers.csv, experts.csv, capacity.csv and coselect.csv (k >= 2); print\n"
-    "the JSON summary on stdout (also DIR/summary.json). The data is the checkpoint's own config's,\n"
+    "per sparse layer, DIR/layers.csv, experts.csv, labels.csv, capacity.csv and coselect.csv (k >= 2);\n"
+    "print the JSON summary on stdout (also DIR/summary.json). The data is the checkpoint's own config's,\n"
     "unless --set data.* points elsewhere; features are standardised with the checkpoint's statistics.\n"
     "--capacity-factors re-runs the split at each evaluation capacity factor (0 = dropless).\n"
-    "--trace writes one JSON line per token and layer: index, layer, experts, gates, dropped.\n";
+    "--trace writes one JSON line per token and layer: index, layer, experts, gates, dropped.\n"
+    "Language models: the split's fixed windows; MI between expert and the input byte class and,\n"
+    "over several languages, the language, each beside its random-routing chance level.\n";
 
 enum { OPT_CKPT = OPT_FIRST_CMD, OPT_DATA, OPT_CF, OPT_TRACE };
 #define MAX_CF 32
@@ -172,39 +174,118 @@ static size_t rs_batch(const struct moe_config *cfg, size_t n_train, size_t n_te
 {
     size_t rows = strcmp((const char *)ctx, "train") == 0 ? n_train : n_test;
     size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+    size_t bs = (size_t)moe_cfg_int(cfg, "optim.batch_size");
+    if (strcmp(moe_cfg_str(cfg, "data.source"), "text") == 0 && bs > 0 && chunk > bs)
+        chunk = bs; // windows per pass, as the trainer evaluates them
     return chunk > rows && rows > 0 ? rows : chunk;
 }
 
 // Run the split once in evaluation mode, accumulating into st (reset first).
+// Language models: the split's fixed windows, every token of them traced.
 static int route_pass(struct moe_model *m, const struct moe_dataset *d, size_t chunk, struct moe_stats *st,
                       FILE *trace, struct moe_err *err)
 {
     moe_stats_reset(st);
-    for (size_t start = 0; start < d->n; start += chunk) {
-        size_t n = d->n - start < chunk ? d->n - start : chunk;
+    int lm = d->task == MOE_TASK_LM;
+    size_t rows = lm ? d->n_win : d->n, C = lm ? d->n_ctx : 1;
+    struct moe_lm_batch lb = { 0 };
+    int rc = lm ? moe_lm_batch_alloc(&lb, chunk, d->n_ctx, err) : 0;
+    for (size_t start = 0; !rc && start < rows; start += chunk) {
+        size_t n = rows - start < chunk ? rows - start : chunk;
         struct moe_batch b = {
             .n = n,
-            .x = d->x + start * d->n_in,
+            .x = d->x ? d->x + start * d->n_in : NULL,
             .y = d->y ? d->y + start * d->n_out : NULL,
             .label = d->label ? d->label + start : NULL,
             .group = d->group ? d->group + start : NULL,
         };
-        int rc = moe_model_run(m, &b, 0, st, err);
-        if (rc)
-            return rc;
-        if (trace)
-            trace_batch(trace, m, start, n);
+        if (lm)
+            b = moe_lm_batch_fill(d, &lb, 0, 0, start, n);
+        rc = moe_model_run(m, &b, 0, st, err);
+        if (!rc && trace)
+            trace_batch(trace, m, start * C, n * C);
     }
-    return 0;
+    moe_lm_batch_release(&lb);
+    return rc;
+}
+
+// Mutual information of a layer's expert-label table and its chance level
+// (route_stats.h moe_mi_bits_null: the same loads, labels permuted; 5 draws).
+// part -1: the whole label; 0, 1: the byte class or the language of a language model.
+static void label_mi(const struct moe_route_acc *a, int part, uint64_t seed, double *ret_mi, double *ret_null)
+{
+    *ret_mi = *ret_null = NAN;
+    if (!a->label || (part >= 0 && !a->G2))
+        return;
+    size_t W = part < 0 ? a->G : part == 0 ? a->G / a->G2 : a->G2;
+    uint64_t *t = malloc(a->E * W * sizeof *t);
+    if (!t)
+        return;
+    if (part < 0)
+        memcpy(t, a->label, a->E * W * sizeof *t);
+    else
+        moe_contingency_part(a->label, a->E, a->G, a->G2, part, t);
+    *ret_mi = moe_mi_bits(t, a->E, W);
+    *ret_null = moe_mi_bits_null(t, a->E, W, seed, 5);
+    free(t);
 }
 
 static const char *const layer_cols[] = { "layer", "tokens", "load_cv", "importance_cv", "load_max_mean",
                                           "dead_experts", "dropped_fraction", "router_entropy", "top1_prob",
-                                          "mean_lse", "z_loss", "aux_loss", "expert_label_mi" };
+                                          "mean_lse", "z_loss", "aux_loss", "expert_label_mi",
+                                          "expert_label_mi_random", "expert_lang_mi", "expert_lang_mi_random" };
+#define N_LAYER_COLS (sizeof layer_cols / sizeof *layer_cols)
+static const char *const label_cols[] = { "layer", "kind", "label", "expert", "tokens" };
 static const char *const expert_cols[] = { "layer", "expert", "tokens", "fraction", "importance", "gate_mean",
                                            "dropped" };
 static const char *const cap_cols[] = { "capacity_factor", "layer", "dropped_fraction", "loss", "accuracy" };
 static const char *const cosel_cols[] = { "layer", "expert_a", "expert_b", "tokens" };
+
+// labels.csv: the expert-label table of one layer in long form (first choices
+// before capacity): kind class, region, byte_class or language.
+static int label_rows(struct moe_csv *csv, const struct moe_route_acc *a, uint32_t layer,
+                      const struct moe_dataset *d, const struct moe_data *data, struct moe_err *err)
+{
+    if (!a->label)
+        return 0;
+    int lm = d->task == MOE_TASK_LM;
+    for (int part = lm ? 0 : -1; part <= (lm && a->G2 > 1 ? 1 : lm ? 0 : -1); part++) {
+        size_t W = part < 0 ? a->G : part == 0 ? a->G / a->G2 : a->G2;
+        uint64_t *t = malloc(a->E * W * sizeof *t);
+        if (!t)
+            return moe_error(err, MOE_ENOMEM, "out of memory");
+        if (part < 0)
+            memcpy(t, a->label, a->E * W * sizeof *t);
+        else
+            moe_contingency_part(a->label, a->E, a->G, a->G2, part, t);
+        const char *kind = part == 0 ? "byte_class" : part == 1 ? "language"
+                           : d->task == MOE_TASK_CLASSIFICATION ? "class" : "region";
+        int rc = 0;
+        for (size_t g = 0; !rc && g < W; g++) {
+            for (size_t e = 0; !rc && e < a->E; e++) {
+                char num[32];
+                const char *name = num;
+                snprintf(num, sizeof num, "%zu", g);
+                if (part == 0)
+                    name = moe_byte_class_name((int)g);
+                else if (part == 1)
+                    name = data->corpus.lang[g];
+                else if (d->class_names && d->class_names[g])
+                    name = d->class_names[g];
+                moe_csv_int(csv, (long long)layer);
+                moe_csv_str(csv, kind);
+                moe_csv_str(csv, name);
+                moe_csv_int(csv, (long long)e);
+                moe_csv_int(csv, (long long)t[e * W + g]);
+                rc = moe_csv_end_row(csv, err);
+            }
+        }
+        free(t);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
 
 int cmd_route_stats(int argc, char **argv)
 {
@@ -224,7 +305,9 @@ int cmd_route_stats(int argc, char **argv)
     struct moe_data data;
     struct moe_model model;
     struct moe_stats st;
-    struct moe_csv csv[4];
+    struct moe_csv csv[5];
+    struct moe_vocab vocab;
+    memset(&vocab, 0, sizeof vocab);
     struct moe_atomic_file trace = { 0 };
     cJSON *summary = NULL;
     memset(&data, 0, sizeof data);
@@ -256,12 +339,13 @@ int cmd_route_stats(int argc, char **argv)
     // synthetic data: refuse a run that will not fit before generating it
     if ((rc = cli_check_run(cmd, &cfg, NULL, rs_batch, o.split, 0, NULL, &checked)))
         goto out;
-    if (moe_data_load(&data, &cfg, &err)) {
+    int has_vocab = moe_data_vocab_read(&f, &vocab, &err);
+    if (has_vocab < 0 || moe_data_load_ex(&data, &cfg, has_vocab ? &vocab : NULL, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
     struct moe_dataset *d = strcmp(o.split, "train") == 0 ? &data.train : &data.test;
-    if (std_on && standardize(&f, d, &err)) {
+    if (std_on && !data.has_text && standardize(&f, d, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
@@ -277,9 +361,9 @@ int cmd_route_stats(int argc, char **argv)
         rc = cli_error(cmd, 2, "'%s' is a '%s' model without sparse layers: nothing to route", o.ckpt, model.ops->type);
         goto out;
     }
-    size_t n_label = d->task == MOE_TASK_CLASSIFICATION ? d->n_out : d->n_group;
-    if (moe_stats_init(&st, 0, 0, &err) || moe_stats_init_routing(&st, &model, n_label, &err) ||
-        cli_mkdir_p(c.out, &err)) {
+    int lm = d->task == MOE_TASK_LM;
+    uint64_t seed = (uint64_t)moe_cfg_int(&cfg, "train.seed");
+    if (moe_train_stats_init(&st, &model, d, &err) || cli_mkdir_p(c.out, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
@@ -341,14 +425,22 @@ int cmd_route_stats(int argc, char **argv)
 
     cJSON_AddStringToObject(summary, "checkpoint", o.ckpt);
     cJSON_AddStringToObject(summary, "split", o.split);
-    cJSON_AddNumberToObject(summary, "rows", (double)d->n);
+    cJSON_AddNumberToObject(summary, "rows", (double)(lm ? d->n_win : d->n));
+    if (lm) {
+        cJSON_AddNumberToObject(summary, "tokens", (double)row.n);
+        json_num(summary, "bits_per_byte", row.bits_per_byte);
+    }
     cJSON_AddStringToObject(summary, "model", model.ops->type);
     cli_routing_json(summary, &model);
-    cJSON_AddStringToObject(summary, "label", d->task == MOE_TASK_CLASSIFICATION ? "class" : d->n_group ? "region" : "none");
+    cJSON_AddStringToObject(summary, "label", lm ? "byte class of the input token (letter, digit, space, punct, other)"
+                                              : d->task == MOE_TASK_CLASSIFICATION ? "class" : d->n_group ? "region" : "none");
+    if (lm)
+        cJSON_AddStringToObject(summary, "mi_random", "the same statistic with the tokens' labels randomly permuted across the experts' loads (mean of 5 draws): the estimator's chance level");
     json_num(summary, "loss", row.loss);
     json_num(summary, "accuracy", row.accuracy);
     cJSON *layers = cJSON_AddArrayToObject(summary, "layers");
-    if (moe_csv_open(&csv[0], cli_path(path, sizeof path, c.out, "layers.csv"), layer_cols, 13, &err) ||
+    if (moe_csv_open(&csv[0], cli_path(path, sizeof path, c.out, "layers.csv"), layer_cols, N_LAYER_COLS, &err) ||
+        moe_csv_open(&csv[4], cli_path(path, sizeof path, c.out, "labels.csv"), label_cols, 5, &err) ||
         moe_csv_open(&csv[1], cli_path(path, sizeof path, c.out, "experts.csv"), expert_cols, 7, &err) ||
         (model.n_route_slots >= 2 &&
          moe_csv_open(&csv[3], cli_path(path, sizeof path, c.out, "coselect.csv"), cosel_cols, 4, &err))) {
@@ -362,6 +454,10 @@ int cmd_route_stats(int argc, char **argv)
         double tok = a->tokens ? (double)a->tokens : NAN, routed = 0.0;
         for (size_t e = 0; e < E; e++)
             routed += a->routed[e];
+        double mi_label, mi_label0, mi_lang = NAN, mi_lang0 = NAN;
+        label_mi(a, lm ? 0 : -1, seed, &mi_label, &mi_label0);
+        if (lm && a->G2 > 1)
+            label_mi(a, 1, seed, &mi_lang, &mi_lang0);
         double v[] = { (double)ml->c.index,
                        (double)a->tokens,
                        moe_cv(a->routed, E),
@@ -374,7 +470,7 @@ int cmd_route_stats(int argc, char **argv)
                        a->has_probs ? a->lse / tok : NAN,
                        a->weight > 0 ? a->z / a->weight : NAN,
                        a->weight > 0 ? a->aux / a->weight : NAN,
-                       moe_route_acc_label_mi(a) };
+                       mi_label, mi_label0, mi_lang, mi_lang0 };
         cJSON *lj = cJSON_CreateObject();
         cJSON_AddStringToObject(lj, "name", ml->prefix);
         for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
@@ -382,7 +478,7 @@ int cmd_route_stats(int argc, char **argv)
             if (i > 0)
                 json_num(lj, layer_cols[i], v[i]);
         }
-        if ((rc = moe_csv_end_row(&csv[0], &err)))
+        if ((rc = moe_csv_end_row(&csv[0], &err)) || (rc = label_rows(&csv[4], a, ml->c.index, d, &data, &err)))
             goto fail;
         double frac[1024];
         for (size_t e = 0; e < E && e < 1024; e++) {
@@ -422,7 +518,7 @@ int cmd_route_stats(int argc, char **argv)
     }
     cJSON_AddItemToObject(summary, "capacity", caps);
     caps = NULL;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         if (csv[i].buf && (rc = moe_csv_close(&csv[i], &err)))
             goto fail;
     if (o.trace && (rc = moe_atomic_commit(&trace, &err)))
@@ -439,8 +535,9 @@ fail:
     cJSON_Delete(caps);
     rc = cli_fail(cmd, &err);
 out:
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         moe_csv_abort(&csv[i]);
+    moe_vocab_release(&vocab);
     moe_atomic_abort(&trace);
     cJSON_Delete(summary);
     moe_stats_release(&st);

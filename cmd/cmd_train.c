@@ -86,16 +86,21 @@ static void catch_signals(void)
 static const char *const metric_cols[] = { "step", "epoch", "split", "loss", "mse", "accuracy", "gate_entropy",
                                            "active_experts", "expert_region_mi", "aux_loss", "z_loss", "load_cv",
                                            "importance_cv", "load_max_mean", "dropped_fraction", "router_entropy",
-                                           "expert_label_mi" };
+                                           "expert_label_mi", "bits_per_byte", "expert_lang_mi" };
 static const char *const expert_cols[] = { "step", "epoch", "split", "layer", "expert", "tokens", "dropped",
                                            "gate_mean", "importance" };
+static const char *const lang_cols[] = { "step", "epoch", "split", "language", "tokens", "bytes", "loss",
+                                         "bits_per_byte" };
 
 struct outputs {
-    struct moe_csv metrics, experts;
+    struct moe_csv metrics, experts, langs; // langs: text data only (languages.csv)
     struct moe_model *model; // for the block number of each sparse layer
     const char *dir;
     const struct moe_config *cfg;
     const struct moe_data *data;
+    char *vocab;             // text data: the vocabulary file's bytes (checkpoint tensor vocab.text)
+    size_t vocab_len;
+    char *languages;         // text data: JSON array of the language names
 };
 
 static int write_metric_row(void *ctx, const struct moe_eval_row *r, struct moe_err *err)
@@ -112,10 +117,22 @@ static int write_metric_row(void *ctx, const struct moe_eval_row *r, struct moe_
     moe_csv_num(csv, r->active_experts);
     moe_csv_num(csv, r->expert_region_mi);
     double route[] = { r->aux_loss, r->z_loss, r->load_cv, r->importance_cv, r->load_max_mean, r->dropped_fraction,
-                       r->router_entropy, r->expert_label_mi };
+                       r->router_entropy, r->expert_label_mi, r->bits_per_byte, r->expert_lang_mi };
     for (size_t i = 0; i < sizeof route / sizeof *route; i++)
         moe_csv_num(csv, route[i]);
     int rc = moe_csv_end_row(csv, err);
+    // languages.csv: one row per (step, split, language)
+    for (size_t g = 0; !rc && o->data->has_text && g < r->n_lang; g++) {
+        moe_csv_int(&o->langs, (long long)r->step);
+        moe_csv_int(&o->langs, (long long)r->epoch);
+        moe_csv_str(&o->langs, r->split);
+        moe_csv_str(&o->langs, o->data->corpus.lang[g]);
+        moe_csv_int(&o->langs, (long long)r->lang_tokens[g]);
+        moe_csv_num(&o->langs, r->lang_bytes[g]);
+        moe_csv_num(&o->langs, r->lang_tokens[g] ? r->lang_loss[g] / (double)r->lang_tokens[g] : NAN);
+        moe_csv_num(&o->langs, r->lang_bytes[g] > 0 ? r->lang_loss[g] / (M_LN2 * r->lang_bytes[g]) : NAN);
+        rc = moe_csv_end_row(&o->langs, err);
+    }
     if (rc || !o->model->n_moe_layers)
         return rc;
     // experts.csv: one row per (step, split, layer, expert)
@@ -143,10 +160,10 @@ static cJSON *eval_json(const struct moe_eval_row *r)
     cJSON *o = cJSON_CreateObject();
     const char *keys[] = { "loss", "mse", "accuracy", "gate_entropy", "active_experts", "expert_region_mi",
                            "aux_loss", "z_loss", "load_cv", "importance_cv", "load_max_mean", "dropped_fraction",
-                           "router_entropy", "expert_label_mi" };
+                           "router_entropy", "expert_label_mi", "bits_per_byte", "expert_lang_mi" };
     double vals[] = { r->loss, r->mse, r->accuracy, r->gate_entropy, r->active_experts, r->expert_region_mi,
                       r->aux_loss, r->z_loss, r->load_cv, r->importance_cv, r->load_max_mean, r->dropped_fraction,
-                      r->router_entropy, r->expert_label_mi };
+                      r->router_entropy, r->expert_label_mi, r->bits_per_byte, r->expert_lang_mi };
     cJSON_AddNumberToObject(o, "rows", (double)r->n);
     for (size_t i = 0; i < sizeof vals / sizeof *vals; i++) {
         if (isnan(vals[i]))
@@ -164,6 +181,8 @@ static size_t train_batch(const struct moe_config *cfg, size_t n_train, size_t n
     (void)ctx;
     size_t bs = (size_t)moe_cfg_int(cfg, "optim.batch_size");
     size_t max_batch = bs == 0 || strcmp(moe_cfg_str(cfg, "optim.type"), "gd") == 0 ? n_train : bs;
+    if (strcmp(moe_cfg_str(cfg, "data.source"), "text") == 0)
+        return max_batch; // evaluation passes are at most a training batch of windows (trainer.c)
     size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
     size_t biggest = n_train > n_test ? n_train : n_test;
     if (chunk > biggest)
@@ -217,9 +236,11 @@ static int dry_run(const char *cmd, const struct moe_config *cfg)
 
 // The model file's tensors beyond the parameters and its metadata; *cfg_json is
 // to be freed by the caller.
-static size_t model_extras(const struct outputs *o, struct moe_st_ref extra[2])
+static size_t model_extras(const struct outputs *o, struct moe_st_ref extra[3])
 {
     size_t n = 0;
+    if (o->vocab)
+        extra[n++] = (struct moe_st_ref){ MOE_VOCAB_TENSOR, MOE_U8, 1, { o->vocab_len }, o->vocab };
     if (o->data->standardized) {
         const struct moe_standardize *st = &o->data->stats;
         extra[n++] = (struct moe_st_ref){ "data.mean", MOE_F32, 1, { st->n_in }, st->mean };
@@ -228,9 +249,10 @@ static size_t model_extras(const struct outputs *o, struct moe_st_ref extra[2])
     return n;
 }
 
-enum { N_MODEL_META = 6 };
+enum { N_MODEL_META = 7 };
 
-static void model_meta(const struct outputs *o, const char *cfg_json, struct moe_st_meta meta[N_MODEL_META])
+// Returns the number of entries (N_MODEL_META with text data, one fewer without).
+static size_t model_meta(const struct outputs *o, const char *cfg_json, struct moe_st_meta meta[N_MODEL_META])
 {
     meta[0] = (struct moe_st_meta){ "format", "moe" };
     meta[1] = (struct moe_st_meta){ "format_version", "1" };
@@ -238,6 +260,10 @@ static void model_meta(const struct outputs *o, const char *cfg_json, struct moe
     meta[3] = (struct moe_st_meta){ "model", o->model->ops->type };
     meta[4] = (struct moe_st_meta){ "loss", o->model->loss_name };
     meta[5] = (struct moe_st_meta){ "config", cfg_json ? cfg_json : "{}" };
+    if (!o->languages)
+        return N_MODEL_META - 1;
+    meta[6] = (struct moe_st_meta){ MOE_LANGUAGES_META, o->languages };
+    return N_MODEL_META;
 }
 
 // Checkpoint hook: the metric tables first (so they hold at least every row the
@@ -246,20 +272,24 @@ static int write_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct m
 {
     struct outputs *o = ctx;
     int rc = moe_csv_flush(&o->metrics, err);
-    if (rc || (o->model->n_moe_layers && (rc = moe_csv_flush(&o->experts, err))))
+    if (rc || (o->model->n_moe_layers && (rc = moe_csv_flush(&o->experts, err))) ||
+        (o->data->has_text && (rc = moe_csv_flush(&o->langs, err))))
         return rc;
-    char path[4200], mb[32], eb[32];
+    char path[4200], mb[32], eb[32], lb[32];
     snprintf(mb, sizeof mb, "%zu", moe_csv_bytes(&o->metrics));
     snprintf(eb, sizeof eb, "%zu", o->model->n_moe_layers ? moe_csv_bytes(&o->experts) : (size_t)0);
+    snprintf(lb, sizeof lb, "%zu", o->data->has_text ? moe_csv_bytes(&o->langs) : (size_t)0);
     char *cfg_json = moe_config_to_json(o->cfg, 0);
-    struct moe_st_ref extra[2];
-    struct moe_st_meta meta[N_MODEL_META + 2];
+    struct moe_st_ref extra[3];
+    struct moe_st_meta meta[N_MODEL_META + 3];
     size_t n_extra = model_extras(o, extra);
-    model_meta(o, cfg_json, meta);
-    meta[N_MODEL_META] = (struct moe_st_meta){ "train.metrics_bytes", mb };
-    meta[N_MODEL_META + 1] = (struct moe_st_meta){ "train.experts_bytes", eb };
+    size_t n_meta = model_meta(o, cfg_json, meta);
+    meta[n_meta++] = (struct moe_st_meta){ "train.metrics_bytes", mb };
+    meta[n_meta++] = (struct moe_st_meta){ "train.experts_bytes", eb };
+    if (o->data->has_text)
+        meta[n_meta++] = (struct moe_st_meta){ "train.languages_bytes", lb };
     rc = moe_train_checkpoint_write(cli_path(path, sizeof path, o->dir, "checkpoint.safetensors"), o->model, ck,
-                                    extra, n_extra, meta, N_MODEL_META + 2, err);
+                                    extra, n_extra, meta, n_meta, err);
     free(cfg_json);
     return rc;
 }
@@ -288,8 +318,8 @@ static void remove_stale_tmp(const char *dir)
     if (snprintf(pattern, sizeof pattern, "%s/*.tmp.*", dir) >= (int)sizeof pattern ||
         glob(pattern, GLOB_NOSORT, NULL, &g) != 0)
         return;
-    static const char *const ours[] = { "config.json", "metrics.csv", "experts.csv", "model.safetensors",
-                                        "checkpoint.safetensors", "summary.json" };
+    static const char *const ours[] = { "config.json", "metrics.csv", "experts.csv", "languages.csv", "vocab.txt",
+                                        "model.safetensors", "checkpoint.safetensors", "summary.json" };
     for (size_t i = 0; i < g.gl_pathc; i++) {
         const char *base = strrchr(g.gl_pathv[i], '/') + 1;
         for (size_t k = 0; k < sizeof ours / sizeof *ours; k++) {
@@ -299,6 +329,41 @@ static void remove_stale_tmp(const char *dir)
         }
     }
     globfree(&g);
+}
+
+// Text data: the vocabulary file's bytes and the language names, for the
+// checkpoints, vocab.txt and the summary.
+static int text_outputs(const char *cmd, struct outputs *o, const struct moe_data *d)
+{
+    struct moe_err err = { 0 };
+    if (moe_vocab_serialize(&d->corpus.vocab, &o->vocab, &o->vocab_len, &err))
+        return cli_fail(cmd, &err);
+    cJSON *a = cJSON_CreateArray();
+    for (size_t g = 0; a && g < d->corpus.n_lang; g++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(d->corpus.lang[g]));
+    o->languages = a ? cJSON_PrintUnformatted(a) : NULL;
+    cJSON_Delete(a);
+    return o->languages ? 0 : cli_error(cmd, 1, "out of memory");
+}
+
+// summary.json: what the text data was.
+static void text_summary(cJSON *s, const struct moe_data *d)
+{
+    const struct moe_corpus *c = &d->corpus;
+    cJSON *t = cJSON_AddObjectToObject(s, "text");
+    cJSON_AddStringToObject(t, "tokens", c->vocab.kind == MOE_TOK_WORDS ? "words" : "bytes");
+    cJSON_AddNumberToObject(t, "vocab_size", (double)c->vocab.n);
+    cJSON_AddNumberToObject(t, "n_ctx", (double)d->train.n_ctx);
+    cJSON_AddNumberToObject(t, "train_tokens", (double)c->train.n_tok);
+    cJSON_AddNumberToObject(t, "train_bytes", (double)(c->train.n_tok ? c->train.off[c->train.n_tok] : 0));
+    cJSON_AddNumberToObject(t, "valid_tokens", (double)c->valid.n_tok);
+    cJSON_AddNumberToObject(t, "valid_bytes", (double)(c->valid.n_tok ? c->valid.off[c->valid.n_tok] : 0));
+    cJSON_AddNumberToObject(t, "windows_per_epoch", (double)d->train.n);
+    cJSON_AddNumberToObject(t, "train_eval_windows", (double)d->train.n_win);
+    cJSON_AddNumberToObject(t, "valid_eval_windows", (double)d->test.n_win);
+    cJSON *l = cJSON_AddArrayToObject(t, "languages");
+    for (size_t g = 0; g < c->n_lang; g++)
+        cJSON_AddItemToArray(l, cJSON_CreateString(c->lang[g]));
 }
 
 int cmd_train(int argc, char **argv)
@@ -344,7 +409,10 @@ int cmd_train(int argc, char **argv)
     catch_signals();
     const char *out = o.resume ? o.resume : c.out;
     struct moe_train_pos pos = { 0 };
-    uint64_t keep_metrics = 0, keep_experts = 0;
+    uint64_t keep_metrics = 0, keep_experts = 0, keep_langs = 0;
+    struct moe_vocab ck_vocab;
+    memset(&ck_vocab, 0, sizeof ck_vocab);
+    int has_vocab = 0;
     if (o.resume) {
         summary = complete_summary(out);
         if (summary) { // nothing left to do: say so, and print the run's summary again
@@ -357,7 +425,9 @@ int cmd_train(int argc, char **argv)
         if (moe_safetensors_open(cli_path(path, sizeof path, out, "checkpoint.safetensors"), &resume, &err) ||
             moe_train_pos_read(&resume, &pos, &err) ||
             moe_train_meta_count(&resume, "train.metrics_bytes", &keep_metrics, &err) ||
-            moe_train_meta_count(&resume, "train.experts_bytes", &keep_experts, &err)) {
+            moe_train_meta_count(&resume, "train.experts_bytes", &keep_experts, &err) ||
+            (has_vocab = moe_data_vocab_read(&resume, &ck_vocab, &err)) < 0 ||
+            (has_vocab && moe_train_meta_count(&resume, "train.languages_bytes", &keep_langs, &err))) {
             rc = cli_fail(cmd, &err);
             goto out;
         }
@@ -383,10 +453,13 @@ int cmd_train(int argc, char **argv)
     int checked = 0;
     if ((rc = cli_check_run(cmd, &cfg, NULL, train_batch, NULL, 1, NULL, &checked)))
         goto out;
-    if (moe_data_load(&data, &cfg, &err)) {
+    // A resumed run reads its text with the vocabulary it was trained with.
+    if (moe_data_load_ex(&data, &cfg, has_vocab > 0 ? &ck_vocab : NULL, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
+    if (data.has_text && ((rc = text_outputs(cmd, &outs, &data))))
+        goto out;
     if (!checked && (rc = cli_check_run(cmd, &cfg, &data, train_batch, NULL, 1, NULL, &checked)))
         goto out;
     if (!out) {
@@ -427,9 +500,10 @@ int cmd_train(int argc, char **argv)
         cfg_text[cfg_len++] = '\n';
         cfg_text[cfg_len] = '\0';
     }
-    const char *mpath = "metrics.csv", *epath = "experts.csv";
+    const char *mpath = "metrics.csv", *epath = "experts.csv", *lpath = "languages.csv";
     size_t n_mcols = sizeof metric_cols / sizeof *metric_cols, n_ecols = sizeof expert_cols / sizeof *expert_cols;
-    char path2[4200];
+    size_t n_lcols = sizeof lang_cols / sizeof *lang_cols;
+    char path2[4200], path3[4200];
     if (!cfg_text || moe_atomic_write(cli_path(path, sizeof path, out, "config.json"), cfg_text, cfg_len, &err) ||
         (o.resume ? moe_csv_reopen(&outs.metrics, cli_path(path, sizeof path, out, mpath), metric_cols, n_mcols,
                                    keep_metrics, &err)
@@ -438,7 +512,13 @@ int cmd_train(int argc, char **argv)
          (o.resume ? moe_csv_reopen(&outs.experts, cli_path(path2, sizeof path2, out, epath), expert_cols, n_ecols,
                                     keep_experts, &err)
                    : moe_csv_open(&outs.experts, cli_path(path2, sizeof path2, out, epath), expert_cols, n_ecols,
-                                  &err)))) {
+                                  &err))) ||
+        (data.has_text &&
+         (o.resume ? moe_csv_reopen(&outs.langs, cli_path(path3, sizeof path3, out, lpath), lang_cols, n_lcols,
+                                    keep_langs, &err)
+                   : moe_csv_open(&outs.langs, cli_path(path3, sizeof path3, out, lpath), lang_cols, n_lcols, &err))) ||
+        (outs.vocab && moe_atomic_write(cli_path(path, sizeof path, out, "vocab.txt"), outs.vocab, outs.vocab_len,
+                                        &err))) {
         rc = cfg_text ? cli_fail(cmd, &err) : cli_error(cmd, 1, "out of memory");
         goto out;
     }
@@ -475,23 +555,26 @@ int cmd_train(int argc, char **argv)
         moe_csv_flush(&outs.metrics, &ignored);
         if (model.n_moe_layers)
             moe_csv_flush(&outs.experts, &ignored);
+        if (data.has_text)
+            moe_csv_flush(&outs.langs, &ignored);
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    if (moe_csv_close(&outs.metrics, &err) || (model.n_moe_layers && moe_csv_close(&outs.experts, &err))) {
+    if (moe_csv_close(&outs.metrics, &err) || (model.n_moe_layers && moe_csv_close(&outs.experts, &err)) ||
+        (data.has_text && moe_csv_close(&outs.langs, &err))) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
 
     // the model: parameters, state, normalisation statistics, and the resolved config
     {
-        struct moe_st_ref extra[2];
+        struct moe_st_ref extra[3];
         struct moe_st_meta meta[N_MODEL_META];
         size_t n_extra = model_extras(&outs, extra);
         char *cfg_compact = moe_config_to_json(&cfg, 0);
-        model_meta(&outs, cfg_compact, meta);
+        size_t n_meta = model_meta(&outs, cfg_compact, meta);
         rc = moe_model_save(&model, cli_path(path, sizeof path, out, "model.safetensors"), extra, n_extra, meta,
-                            N_MODEL_META, &err);
+                            n_meta, &err);
         free(cfg_compact);
         if (rc) {
             rc = cli_fail(cmd, &err);
@@ -503,7 +586,10 @@ int cmd_train(int argc, char **argv)
     cJSON_AddStringToObject(summary, "model", model.ops->type);
     cJSON_AddStringToObject(summary, "loss", model.loss_name);
     cJSON_AddStringToObject(summary, "loss_convention",
-                            "per-row objective averaged over rows; squared errors summed over outputs");
+                            data.has_text ? "next-token cross-entropy in nats, averaged over predicted tokens; bits_per_byte = the summed nats / ln 2 / the source bytes of those tokens"
+                                          : "per-row objective averaged over rows; squared errors summed over outputs");
+    if (data.has_text)
+        text_summary(summary, &data);
     cJSON_AddNumberToObject(summary, "parameters", (double)moe_params_count(&model.params));
     if (model.n_moe_layers)
         cli_routing_json(summary, &model);
@@ -522,6 +608,8 @@ int cmd_train(int argc, char **argv)
     }
     cJSON_AddNumberToObject(summary, "wall_seconds", res.wall_seconds);
     cJSON_AddNumberToObject(summary, "train_rows_per_second", res.rows_per_second);
+    if (data.has_text)
+        cJSON_AddNumberToObject(summary, "train_tokens_per_second", res.tokens_per_second);
     cJSON_AddStringToObject(summary, "out", out);
     if (o.init)
         cJSON_AddStringToObject(summary, "init", o.init);
@@ -538,6 +626,10 @@ int cmd_train(int argc, char **argv)
 out:
     moe_csv_abort(&outs.metrics);
     moe_csv_abort(&outs.experts);
+    moe_csv_abort(&outs.langs);
+    free(outs.vocab);
+    free(outs.languages);
+    moe_vocab_release(&ck_vocab);
     cJSON_Delete(summary);
     free(cfg_text);
     moe_safetensors_close(&init);

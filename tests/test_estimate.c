@@ -3,8 +3,11 @@
 //   - parameters equal moe_params_count of the model moe_model_create builds,
 //     and active parameters equal what cli_routing_json reports, over every
 //     model type, router, activation, norm, shared experts, moe_every, n_layer;
+//     the Transformer LM (task MOE_TASK_LM, n_in = languages, n_out =
+//     vocabulary) over the same grid plus tied embeddings and lang_router;
 //   - the parameter, gradient and model buffers match what the allocator
-//     really hands out (mallinfo2 before and after moe_model_create);
+//     really hands out (mallinfo2 before and after moe_model_create), for
+//     mlp-moe and for named Transformer configs;
 //   - FLOPs per token by hand for small configs;
 //   - overflowing products, dispatch rows past 32-bit indices, absurd totals
 //     and empty data are refused with the keys named, by the estimate and by
@@ -50,7 +53,9 @@ static size_t heap_in_use(void)
 static int heap_measurable(void)
 {
     size_t before = heap_in_use();
-    void *p = malloc(1 << 20);
+    // volatile: at -O2 GCC removes an unused malloc/free pair, and then every
+    // heap check below would be skipped silently
+    void *volatile p = malloc(1 << 20);
     size_t after = heap_in_use();
     free(p);
     return after >= before + (1 << 20);
@@ -200,6 +205,155 @@ START_TEST(test_allocated_bytes)
     check_config(mix, 4, MOE_TASK_REGRESSION, 20, 5, 3000, 1, "mixture");
     const char *mlp[] = { "model.type=mlp", "model.n_hidden=300" };
     check_config(mlp, 2, MOE_TASK_CLASSIFICATION, 50, 10, 3000, 1, "mlp");
+}
+END_TEST
+
+// The Transformer LM (task MOE_TASK_LM: n_in = languages, n_out = vocabulary,
+// max_batch in windows of model.n_ctx tokens). Named configs, each checked
+// against the allocator at a realistic batch, with one and several languages
+// and a bytes (256) or words (300) vocabulary.
+#define TF_BASE "model.type=transformer", "model.n_embd=32", "model.n_head=4", "model.n_ctx=24", "model.n_ff=48"
+START_TEST(test_transformer_named)
+{
+    static const struct {
+        const char *label;
+        const char *ovs[12];
+    } cases[] = {
+        { "dense (n_layer < moe_every)", { TF_BASE, "model.n_layer=2", "model.moe_every=3" } },
+        { "dense, n_ff_dense", { TF_BASE, "model.n_layer=3", "model.moe_every=4", "model.n_ff_dense=40" } },
+        { "switch, moe_every 2",
+          { TF_BASE, "model.n_layer=4", "model.moe_every=2", "moe.router=switch", "model.n_expert=4",
+            "model.n_expert_used=1" } },
+        { "switch, tied embeddings",
+          { TF_BASE, "model.n_layer=2", "model.moe_every=2", "moe.router=switch", "model.n_expert=4",
+            "model.n_expert_used=1", "model.tie_embeddings=true" } },
+        { "dense, tied embeddings", { TF_BASE, "model.n_layer=2", "model.moe_every=5", "model.tie_embeddings=true" } },
+        { "softmax top-2, lang_router",
+          { TF_BASE, "model.n_layer=3", "model.moe_every=1", "moe.router=softmax", "model.n_expert=4",
+            "model.n_expert_used=2", "moe.lang_router=true" } },
+        { "lang_router, moe_every 2, tied",
+          { TF_BASE, "model.n_layer=4", "model.moe_every=2", "moe.router=switch", "model.n_expert=3",
+            "model.n_expert_used=1", "moe.lang_router=true", "model.tie_embeddings=true" } },
+        { "swiglu + rmsnorm, top-2",
+          { TF_BASE, "model.n_layer=2", "model.moe_every=1", "moe.router=softmax", "model.n_expert=4",
+            "model.ffn_activation=swiglu", "model.norm=rmsnorm" } },
+        { "dense swiglu + rmsnorm",
+          { TF_BASE, "model.n_layer=2", "model.moe_every=3", "model.ffn_activation=swiglu", "model.norm=rmsnorm" } },
+        { "gshard + shared expert",
+          { TF_BASE, "model.n_layer=2", "model.moe_every=1", "moe.router=gshard", "model.n_expert=4",
+            "model.n_expert_used=2", "model.n_expert_shared=1" } },
+        { "gshard + 2 shared, swiglu",
+          { TF_BASE, "model.n_layer=3", "model.moe_every=2", "moe.router=gshard", "model.n_expert=6",
+            "model.n_expert_used=2", "model.n_expert_shared=2", "model.ffn_activation=swiglu" } },
+        { "expert-choice, lang_router",
+          { TF_BASE, "model.n_layer=2", "model.moe_every=1", "moe.router=expert-choice", "model.n_expert=4",
+            "moe.ec_factor=1.5", "moe.lang_router=true" } },
+        { "hash", { TF_BASE, "model.n_layer=2", "model.moe_every=1", "moe.router=hash", "model.n_expert=4",
+                    "model.n_expert_used=1", "moe.aux_loss=none" } },
+        { "noisy-topk, shazeer",
+          { TF_BASE, "model.n_layer=2", "model.moe_every=2", "moe.router=noisy-topk", "model.n_expert=4",
+            "model.n_expert_used=2", "moe.aux_loss=shazeer" } },
+        { "softmax + bias balance",
+          { TF_BASE, "model.n_layer=2", "model.moe_every=1", "moe.router=softmax", "model.n_expert=4",
+            "model.n_expert_used=2", "moe.bias_balance=true", "moe.aux_loss=none" } },
+    };
+    static const size_t langs[] = { 1, 3 }, vocabs[] = { 256, 300 };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        size_t n = 0;
+        while (n < 12 && cases[i].ovs[n])
+            n++;
+        for (size_t g = 0; g < 2; g++)
+            for (size_t v = 0; v < 2; v++) {
+                char label[160];
+                snprintf(label, sizeof label, "transformer %s, %zu language(s), vocabulary %zu", cases[i].label,
+                         langs[g], vocabs[v]);
+                // 20 windows of 24 tokens: activations far above the 64 KiB slack of the heap check
+                check_config(cases[i].ovs, n, MOE_TASK_LM, langs[g], vocabs[v], 20, g == 1 && v == 0, label);
+            }
+    }
+}
+END_TEST
+
+// The Transformer over every router x activation x norm x shared experts x
+// moe_every x n_layer x tied embeddings x language-aware routing (parameter
+// counts and active parameters only).
+START_TEST(test_transformer_grid)
+{
+    static const struct { const char *router, *k; } routers[] = {
+        { "softmax", "2" }, { "noisy-topk", "2" }, { "switch", "1" },
+        { "gshard", "2" },  { "hash", "1" },       { "expert-choice", "3" },
+    };
+    static const char *const acts[] = { "relu", "gelu", "swiglu" };
+    size_t cases = 0;
+    for (size_t r = 0; r < sizeof routers / sizeof *routers; r++)
+        for (size_t a = 0; a < 3; a++)
+            for (int shared = 0; shared <= 1; shared++)
+                for (int every = 1; every <= 3; every += 2)
+                    for (int layers = 1; layers <= 3; layers += 2)
+                        for (int rms = 0; rms < 2; rms++)
+                            for (int tied = 0; tied < 2; tied++)
+                                for (int lang = 0; lang < 2; lang++) {
+                                    char o[14][64];
+                                    snprintf(o[0], 64, "model.type=transformer");
+                                    snprintf(o[1], 64, "moe.router=%s", routers[r].router);
+                                    snprintf(o[2], 64, "model.n_expert_used=%s", routers[r].k);
+                                    snprintf(o[3], 64, "model.ffn_activation=%s", acts[a]);
+                                    snprintf(o[4], 64, "model.n_expert_shared=%d", shared);
+                                    snprintf(o[5], 64, "model.moe_every=%d", every);
+                                    snprintf(o[6], 64, "model.n_layer=%d", layers);
+                                    snprintf(o[7], 64, "model.norm=%s", rms ? "rmsnorm" : "layernorm");
+                                    snprintf(o[8], 64, "model.tie_embeddings=%s", tied ? "true" : "false");
+                                    snprintf(o[9], 64, "moe.lang_router=%s", lang ? "true" : "false");
+                                    snprintf(o[10], 64, "model.n_expert=5");
+                                    snprintf(o[11], 64, "model.n_embd=12");
+                                    snprintf(o[12], 64, "model.n_head=3");
+                                    snprintf(o[13], 64, "model.n_ctx=%d", 5 + layers);
+                                    const char *ovs[14];
+                                    for (int i = 0; i < 14; i++)
+                                        ovs[i] = o[i];
+                                    char label[256];
+                                    snprintf(label, sizeof label,
+                                             "transformer %s/%s/%s/shared %d/every %d/L %d/%s/tied %d/lang %d",
+                                             routers[r].router, routers[r].k, acts[a], shared, every, layers,
+                                             rms ? "rms" : "ln", tied, lang);
+                                    check_config(ovs, 14, MOE_TASK_LM, 1 + cases % 4, 200 + cases % 57, 3, 0,
+                                                 label);
+                                    cases++;
+                                }
+    ck_assert_uint_gt(cases, 500);
+}
+END_TEST
+
+// Transformer parameters by hand: V = 256, G = 3, C = 8, D = 16, F = 32, E = 4,
+// two blocks, block 1 sparse (moe_every = 2), layernorm, relu.
+START_TEST(test_transformer_by_hand)
+{
+    const char *ovs[] = { "model.type=transformer", "model.n_embd=16", "model.n_head=2", "model.n_ctx=8",
+                          "model.n_ff=32", "model.n_layer=2", "model.moe_every=2", "moe.router=switch",
+                          "model.n_expert=4", "model.n_expert_used=1", "moe.lang_router=true" };
+    struct moe_config cfg;
+    struct moe_err err = { 0 };
+    make_cfg(&cfg, ovs, 11);
+    struct moe_model_estimate e;
+    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_LM, 3, 256, 0, 0, 4, 0, &e, &err), 0);
+    size_t emb = 256 * 16 + 8 * 16;
+    size_t attn = 2 * 16 + 3 * 16 * 16 + 16 * 16 + 2 * 16; // attn_norm, wqkv, wo, ffn_norm
+    size_t dense_ffn = 2 * 32 * 16;                         // n_ff_dense = k * n_ff = 32
+    size_t sparse = 4 * 16 + 2 * 4 * 32 * 16 + 3 * 16;      // router, experts w1 and w2, lang_emb (G x D)
+    size_t head = 2 * 16 + 256 * 16;                        // final norm, head
+    ck_assert_uint_eq(e.parameters, emb + 2 * attn + dense_ffn + sparse + head);
+    ck_assert_double_eq(e.active_parameters, (double)e.parameters - 3.0 * 2 * 32 * 16);
+    moe_config_release(&cfg);
+    // tied: no head.weight
+    const char *tied[] = { "model.type=transformer", "model.n_embd=16", "model.n_head=2", "model.n_ctx=8",
+                           "model.n_ff=32", "model.n_layer=2", "model.moe_every=2", "moe.router=switch",
+                           "model.n_expert=4", "model.n_expert_used=1", "moe.lang_router=true",
+                           "model.tie_embeddings=true" };
+    make_cfg(&cfg, tied, 12);
+    struct moe_model_estimate t;
+    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_LM, 3, 256, 0, 0, 4, 0, &t, &err), 0);
+    ck_assert_uint_eq(t.parameters, e.parameters - 256 * 16);
+    moe_config_release(&cfg);
 }
 END_TEST
 
@@ -596,6 +750,9 @@ static Suite *suite(void)
     tcase_add_test(tc, test_dense_models);
     tcase_add_test(tc, test_mlp_moe_grid);
     tcase_add_test(tc, test_allocated_bytes);
+    tcase_add_test(tc, test_transformer_named);
+    tcase_add_test(tc, test_transformer_grid);
+    tcase_add_test(tc, test_transformer_by_hand);
     tcase_add_test(tc, test_flops);
     tcase_add_test(tc, test_training_bytes);
     tcase_add_test(tc, test_refusals);

@@ -27,3 +27,17 @@ mean_sd() {
         m = s / n; v = n > 1 ? (ss - n * m * m) / (n - 1) : 0; if (v < 0) v = 0
         printf "%.6g,%.6g\n", m, sqrt(v) }'
 }
+
+# summarise_runs RUNS.CSV: mean and sample sd over seeds per system (column 1),
+# in order of first appearance, for every column from the 5th on (columns 3
+# and 4 are copied: the parameter counts). Empty cells stay empty.
+summarise_runs() {
+    awk -F, 'NR == 1 { printf "system,runs,%s,%s", $3, $4; for (i = 5; i <= NF; i++) printf ",%s_mean,%s_sd", $i, $i; print ""; nf = NF; next }
+         { k = $1; if (!(k in n)) order[++no] = k; n[k]++; act[k] = $3; par[k] = $4
+           for (i = 5; i <= NF; i++) { if ($i == "") { miss[k, i] = 1; continue } s[k, i] += $i; ss[k, i] += $i * $i } }
+         END { for (j = 1; j <= no; j++) { k = order[j]; printf "%s,%d,%s,%s", k, n[k], act[k], par[k]
+                 for (i = 5; i <= nf; i++) { if (miss[k, i]) { printf ",,"; continue }
+                   m = s[k, i] / n[k]; v = n[k] > 1 ? (ss[k, i] - n[k] * m * m) / (n[k] - 1) : 0
+                   if (v < 0) v = 0; printf ",%.6g,%.6g", m, sqrt(v) }
+                 print "" } }' "$1"
+}

@@ -63,12 +63,5 @@ for seed in "${seeds[@]}"; do
   done
 done
 
-awk -F, 'NR == 1 { printf "system,runs,active_parameters,parameters"; for (i = 5; i <= NF; i++) printf ",%s_mean,%s_sd", $i, $i; print ""; nf = NF; next }
-         { k = $1; if (!(k in n)) order[++no] = k; n[k]++; act[k] = $3; par[k] = $4
-           for (i = 5; i <= NF; i++) { if ($i == "") { miss[k, i] = 1; continue } s[k, i] += $i; ss[k, i] += $i * $i } }
-         END { for (j = 1; j <= no; j++) { k = order[j]; printf "%s,%d,%s,%s", k, n[k], act[k], par[k]
-                 for (i = 5; i <= nf; i++) { if (miss[k, i]) { printf ",,"; continue }
-                   m = s[k, i] / n[k]; v = n[k] > 1 ? (ss[k, i] - n[k] * m * m) / (n[k] - 1) : 0
-                   if (v < 0) v = 0; printf ",%.6g,%.6g", m, sqrt(v) }
-                 print "" } }' "$out/runs.csv" > "$out/table.csv"
+summarise_runs "$out/runs.csv" > "$out/table.csv"
 column -s, -t < "$out/table.csv" >&2

@@ -23,6 +23,7 @@ enum moe_rng_purpose {
     MOE_RNG_JITTER = 6,    // router input jitter
     MOE_RNG_DISPATCH = 7,  // stochastic dispatch decisions
     MOE_RNG_DROPOUT = 8,
+    MOE_RNG_WINDOW = 9,    // language-model training windows (stream = epoch, index = window)
 };
 
 struct moe_rng {

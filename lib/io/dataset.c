@@ -4,7 +4,8 @@
 // synth.c (built-in synthetic tasks). Nothing here prints or exits.
 // Ownership: x, y, label and group come from moe_alloc (free with moe_free);
 // class_names and feature_names are malloc'd arrays of malloc'd strings
-// (n_out and n_in entries, NULL entries allowed), freed with free().
+// (n_out and n_in entries, NULL entries allowed), freed with free(); win is
+// malloc'd; text belongs to the corpus it came from.
 #include "io/dataset.h"
 
 #include <math.h>
@@ -33,6 +34,7 @@ void moe_dataset_release(struct moe_dataset *d)
     moe_free(d->group);
     free_names(d->class_names, d->n_out);
     free_names(d->feature_names, d->n_in);
+    free(d->win);
     memset(d, 0, sizeof *d);
 }
 

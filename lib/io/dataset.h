@@ -10,7 +10,9 @@
 
 #include "core/status.h"
 
-enum moe_task { MOE_TASK_REGRESSION = 0, MOE_TASK_CLASSIFICATION = 1 };
+enum moe_task { MOE_TASK_REGRESSION = 0, MOE_TASK_CLASSIFICATION = 1, MOE_TASK_LM = 2 };
+
+struct moe_text;
 
 struct moe_dataset {
     enum moe_task task;
@@ -24,6 +26,15 @@ struct moe_dataset {
     size_t n_group;      // number of distinct groups (0 when group is NULL)
     char **class_names;  // (n_out) for classification, may be NULL
     char **feature_names;// (n_in), may be NULL
+    // Language models (task MOE_TASK_LM): no x, y or label. A row is a window
+    // of n_ctx + 1 consecutive tokens of `text` (inputs and next-token targets).
+    // n_in = languages (1 for a single text), n_out = vocabulary size; n =
+    // windows per training epoch (drawn at random, io/text.h); evaluation runs
+    // over the n_win fixed windows starting at win[].
+    const struct moe_text *text; // the split's tokens (owned by the corpus, not by the data set)
+    size_t n_ctx;
+    size_t *win;         // (n_win) start token of each evaluation window (owned)
+    size_t n_win;
 };
 
 void moe_dataset_release(struct moe_dataset *d);

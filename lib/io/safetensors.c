@@ -1,13 +1,13 @@
 // safetensors.c: checkpoint reader and writer in the safetensors format (see
 // safetensors.h): an 8-byte little-endian header length N, N bytes of JSON
 // header, then the data section holding raw little-endian tensor bytes.
-// What it is: a strict implementation for the four dtypes the toolkit uses
-// (F32, I32, I64, F64). The reader validates every byte of the header (UTF-8,
+// What it is: a strict implementation for the five dtypes the toolkit uses
+// (F32, I32, I64, F64, and U8 for raw bytes such as a vocabulary). The reader validates every byte of the header (UTF-8,
 // JSON, keys, dtypes, shapes, offsets, overlaps, holes, duplicates) before any
 // tensor data is handed out; the writer is deterministic (same inputs, same
 // bytes) and atomic (temporary name, fsync, rename).
 // What it is not: a memory-mapped or streaming loader (the whole file is read
-// into memory), a converter (BF16, F16, U8, BOOL and the other safetensors
+// into memory), a converter (BF16, F16, BOOL and the other safetensors
 // dtypes are rejected with a message naming them), or a general tensor library.
 // Nothing here prints or exits.
 // Not thread-safe while parsing: cJSON records its last parse error in a global.
@@ -47,6 +47,7 @@ static const struct {
     [MOE_I32] = {"I32", 4},
     [MOE_I64] = {"I64", 8},
     [MOE_F64] = {"F64", 8},
+    [MOE_U8] = {"U8", 1},
 };
 #define N_DTYPES (sizeof dtypes / sizeof dtypes[0])
 
@@ -531,7 +532,7 @@ static int parse_entry(struct moe_st_entry *e, const cJSON *c, size_t data_size,
         if (strcmp(dt->valuestring, dtypes[t].name) == 0)
             break;
     if (t == N_DTYPES)
-        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has unsupported dtype '%s' (expected F32, I32, I64 or F64)",
+        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has unsupported dtype '%s' (expected F32, I32, I64, F64 or U8)",
                        nb, safe_str(dt->valuestring, jb, sizeof jb));
     e->dtype = (enum moe_dtype)t;
 

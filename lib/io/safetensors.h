@@ -11,7 +11,7 @@
 #include "core/params.h"
 #include "core/status.h"
 
-enum moe_dtype { MOE_F32 = 0, MOE_I32 = 1, MOE_I64 = 2, MOE_F64 = 3 };
+enum moe_dtype { MOE_F32 = 0, MOE_I32 = 1, MOE_I64 = 2, MOE_F64 = 3, MOE_U8 = 4 };
 
 // A tensor to write: not necessarily in a registry (e.g. normalisation
 // statistics, hash tables, optimizer moments).

@@ -295,6 +295,31 @@ static void est_layer_scratch(struct est *e, size_t *act, const struct moe_route
         BUF(e, act, "router.hash_table", 4, { V, "moe.hash_vocab" });
 }
 
+// The tensors of sparse layer l (moe/moe_layer.c moe_layer_declare).
+static void est_sparse_tensors(struct est *e, size_t l, const struct moe_router_cfg *rc, size_t D, size_t F,
+                               size_t Sh, int swiglu)
+{
+    char name[MOE_NAME_MAX + 32];
+    struct dim dD = { D, "model.n_embd" }, dE = { rc->E, "model.n_expert" }, dF = { F, "model.n_ff" },
+               dSh = { Sh, "model.n_expert_shared" };
+#define LNAME(fmt) (snprintf(name, sizeof name, fmt, l), name)
+    if (rc->type != MOE_ROUTER_HASH)
+        TENSOR(e, LNAME("layers.%zu.moe.router.weight"), dE, dD);
+    if (rc->type == MOE_ROUTER_NOISY_TOPK)
+        TENSOR(e, LNAME("layers.%zu.moe.router.noise_weight"), dE, dD);
+    TENSOR(e, LNAME("layers.%zu.moe.experts.w1"), dE, dF, dD);
+    if (swiglu)
+        TENSOR(e, LNAME("layers.%zu.moe.experts.w3"), dE, dF, dD);
+    TENSOR(e, LNAME("layers.%zu.moe.experts.w2"), dE, dD, dF);
+    if (Sh) {
+        TENSOR(e, LNAME("layers.%zu.moe.shared.w1"), dSh, dF, dD);
+        if (swiglu)
+            TENSOR(e, LNAME("layers.%zu.moe.shared.w3"), dSh, dF, dD);
+        TENSOR(e, LNAME("layers.%zu.moe.shared.w2"), dSh, dD, dF);
+    }
+#undef LNAME
+}
+
 // model/mlp_moe.c and moe/moe_layer.c
 static void est_mlp_moe(struct est *e, const struct moe_config *cfg, struct shape *s, size_t *act)
 {
@@ -315,9 +340,8 @@ static void est_mlp_moe(struct est *e, const struct moe_config *cfg, struct shap
     struct moe_router_cfg rc = { .type = (enum moe_router_type)rt, .E = E, .K = K,
                                  .ec_factor = moe_cfg_num(cfg, "moe.ec_factor"),
                                  .bias_balance = moe_cfg_bool(cfg, "moe.bias_balance") };
-    struct dim dI = { I, KEY_I }, dO = { O, KEY_O }, dD = { D, "model.n_embd" }, dE = { E, "model.n_expert" },
-               dF = { F, "model.n_ff" }, dSh = { Sh, "model.n_expert_shared" }, dT = { T, KEY_T },
-               dL1 = { L + 1, "model.n_layer + 1" };
+    struct dim dI = { I, KEY_I }, dO = { O, KEY_O }, dD = { D, "model.n_embd" }, dF = { F, "model.n_ff" },
+               dT = { T, KEY_T }, dL1 = { L + 1, "model.n_layer + 1" };
     size_t Fd = (size_t)fd;
     struct dim dFd = { Fd, "model.n_ff_dense" };
     if (fd <= 0 && product(e, &Fd, 1, DIMS({ K, "model.n_expert_used" }, dF)) == 0)
@@ -343,20 +367,7 @@ static void est_mlp_moe(struct est *e, const struct moe_config *cfg, struct shap
         if (!rms)
             TENSOR(e, LNAME("layers.%zu.norm.bias"), dD);
         if (sparse) {
-            if (rc.type != MOE_ROUTER_HASH)
-                TENSOR(e, LNAME("layers.%zu.moe.router.weight"), dE, dD);
-            if (rc.type == MOE_ROUTER_NOISY_TOPK)
-                TENSOR(e, LNAME("layers.%zu.moe.router.noise_weight"), dE, dD);
-            TENSOR(e, LNAME("layers.%zu.moe.experts.w1"), dE, dF, dD);
-            if (swiglu)
-                TENSOR(e, LNAME("layers.%zu.moe.experts.w3"), dE, dF, dD);
-            TENSOR(e, LNAME("layers.%zu.moe.experts.w2"), dE, dD, dF);
-            if (Sh) {
-                TENSOR(e, LNAME("layers.%zu.moe.shared.w1"), dSh, dF, dD);
-                if (swiglu)
-                    TENSOR(e, LNAME("layers.%zu.moe.shared.w3"), dSh, dF, dD);
-                TENSOR(e, LNAME("layers.%zu.moe.shared.w2"), dSh, dD, dF);
-            }
+            est_sparse_tensors(e, l, &rc, D, F, Sh, swiglu);
             // the same expression, in the same order, as cli_routing_json
             inactive += ((double)E - used) * per_expert;
             s->macs += router_macs + used * per_expert + (double)Sh * per_expert;
@@ -414,6 +425,138 @@ static void est_mlp_moe(struct est *e, const struct moe_config *cfg, struct shap
     s->active = (double)e->count - inactive;
 }
 
+// model/transformer.c: T = windows x model.n_ctx tokens, O = vocabulary, I = languages.
+static void est_transformer(struct est *e, const struct moe_config *cfg, struct shape *s, size_t *act)
+{
+    size_t G = s->I, V = s->O, B = s->T;
+    size_t C = (size_t)moe_cfg_int(cfg, "model.n_ctx"), H = (size_t)moe_cfg_int(cfg, "model.n_head");
+    size_t D = (size_t)moe_cfg_int(cfg, "model.n_embd"), L = (size_t)moe_cfg_int(cfg, "model.n_layer");
+    size_t F = (size_t)moe_cfg_int(cfg, "model.n_ff"), every = (size_t)moe_cfg_int(cfg, "model.moe_every");
+    size_t E = (size_t)moe_cfg_int(cfg, "model.n_expert"), K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
+    size_t Sh = (size_t)moe_cfg_int(cfg, "model.n_expert_shared");
+    int rms = strcmp(moe_cfg_str(cfg, "model.norm"), "rmsnorm") == 0;
+    int tied = moe_cfg_bool(cfg, "model.tie_embeddings"), lang = moe_cfg_bool(cfg, "moe.lang_router");
+    int swiglu = moe_ffn_act_from_name(moe_cfg_str(cfg, "model.ffn_activation")) == MOE_FFN_SWIGLU;
+    int64_t fd = moe_cfg_int(cfg, "model.n_ff_dense");
+    const char *rname = moe_cfg_str(cfg, "moe.router");
+    int rt = moe_router_from_name(rname);
+    if (rt < 0) {
+        e->rc = moe_error(e->err, MOE_ECONFIG, "key 'moe.router': unknown router '%s'", rname);
+        return;
+    }
+    struct moe_router_cfg rc = { .type = (enum moe_router_type)rt, .E = E, .K = K,
+                                 .ec_factor = moe_cfg_num(cfg, "moe.ec_factor"),
+                                 .bias_balance = moe_cfg_bool(cfg, "moe.bias_balance") };
+    size_t T;
+    if (product(e, &T, 1, DIMS({ B, KEY_T }, { C, "model.n_ctx" })))
+        return;
+    struct dim dV = { V, "vocabulary" }, dG = { G, "languages" }, dD = { D, "model.n_embd" },
+               dC = { C, "model.n_ctx" }, dT = { T, KEY_T " x model.n_ctx" }, dD3 = { 3 * D, "3 x model.n_embd" },
+               dL1 = { L + 1, "model.n_layer + 1" }, dB = { B, KEY_T }, dH = { H, "model.n_head" };
+    size_t Fd = (size_t)fd;
+    struct dim dFd = { Fd, "model.n_ff_dense" };
+    if (fd <= 0 && product(e, &Fd, 1, DIMS({ K, "model.n_expert_used" }, { F, "model.n_ff" })) == 0)
+        dFd = (struct dim){ Fd, "model.n_expert_used x model.n_ff" };
+    if (e->rc)
+        return;
+    double per_expert = (double)F * (double)D * (swiglu ? 3.0 : 2.0);
+    double used = rc.type == MOE_ROUTER_EXPERT_CHOICE ? rc.ec_factor : rc.type == MOE_ROUTER_HASH ? 1.0 : (double)K;
+    if (used > (double)E)
+        used = (double)E;
+    double router_macs = (rc.type == MOE_ROUTER_HASH ? 0.0 : (double)E * D) +
+                         (rc.type == MOE_ROUTER_NOISY_TOPK ? (double)E * D : 0.0);
+    double inactive = 0.0;
+    // head, and per block the projections and attention over (C + 1) / 2 positions on average (QK and AV)
+    s->macs = (double)V * D;
+    char name[MOE_NAME_MAX + 32];
+    TENSOR(e, "tok_emb.weight", dV, dD);
+    TENSOR(e, "pos_emb.weight", dC, dD);
+    for (size_t l = 0; l < L && !e->rc; l++) {
+        int sparse = l % every == every - 1;
+#define LNAME(fmt) (snprintf(name, sizeof name, fmt, l), name)
+        TENSOR(e, LNAME("layers.%zu.attn_norm.weight"), dD);
+        if (!rms)
+            TENSOR(e, LNAME("layers.%zu.attn_norm.bias"), dD);
+        TENSOR(e, LNAME("layers.%zu.attn.wqkv"), dD3, dD);
+        TENSOR(e, LNAME("layers.%zu.attn.wo"), dD, dD);
+        TENSOR(e, LNAME("layers.%zu.ffn_norm.weight"), dD);
+        if (!rms)
+            TENSOR(e, LNAME("layers.%zu.ffn_norm.bias"), dD);
+        s->macs += 4.0 * (double)D * D + 2.0 * (double)D * ((double)C + 1.0) / 2.0;
+        if (sparse) {
+            est_sparse_tensors(e, l, &rc, D, F, Sh, swiglu);
+            if (lang)
+                TENSOR(e, LNAME("layers.%zu.moe.lang_emb"), dG, dD);
+            inactive += ((double)E - used) * per_expert;
+            s->macs += router_macs + used * per_expert + (double)Sh * per_expert;
+            s->n_sparse++;
+        } else {
+            TENSOR(e, LNAME("layers.%zu.ffn.w1"), dFd, dD);
+            if (swiglu)
+                TENSOR(e, LNAME("layers.%zu.ffn.w3"), dFd, dD);
+            TENSOR(e, LNAME("layers.%zu.ffn.w2"), dD, dFd);
+            s->macs += (double)Fd * D * (swiglu ? 3.0 : 2.0);
+        }
+#undef LNAME
+    }
+    TENSOR(e, "norm.weight", dD);
+    if (!rms)
+        TENSOR(e, "norm.bias", dD);
+    if (!tied)
+        TENSOR(e, "head.weight", dV, dD);
+    if (e->rc)
+        return;
+
+    size_t per_layer = 0, dense_layer = 0, every_layer = 0, all;
+    if (s->n_sparse) {
+        est_layer_scratch(e, &per_layer, &rc, T, D, F, Sh, swiglu, V);
+        if (!e->rc && product(e, &all, 1, DIMS({ per_layer, "bytes per sparse layer" },
+                                               { s->n_sparse, "sparse layers (model.n_layer, model.moe_every)" })) == 0)
+            add(e, act, all, "memory estimate");
+    }
+    if (s->n_sparse < L) {
+        BUF(e, &dense_layer, "ffn.a", sizeof(float), dT, dFd);
+        BUF(e, &dense_layer, "ffn.hh", sizeof(float), dT, dFd);
+        if (swiglu)
+            BUF(e, &dense_layer, "ffn.b", sizeof(float), dT, dFd);
+        if (!e->rc && product(e, &all, 1, DIMS({ dense_layer, "bytes per dense layer" },
+                                               { L - s->n_sparse, "dense layers (model.n_layer, model.moe_every)" })) == 0)
+            add(e, act, all, "memory estimate");
+    }
+    const char *bd[] = { "n1", "ao", "m", "n2" }, *bt[] = { "mean1", "rstd1", "mean2", "rstd2" };
+    for (int i = 0; i < 4; i++)
+        BUF(e, &every_layer, bd[i], sizeof(float), dT, dD);
+    for (int i = 0; i < 4; i++)
+        BUF(e, &every_layer, bt[i], sizeof(float), dT);
+    BUF(e, &every_layer, "qkv", sizeof(float), dT, dD3);
+    BUF(e, &every_layer, "att", sizeof(float), dB, dH, dC, dC);
+    if (!e->rc && product(e, &all, 1, DIMS({ every_layer, "bytes per block" }, { L, "model.n_layer" })) == 0)
+        add(e, act, all, "memory estimate");
+    BUF(e, act, "h (residual stream)", sizeof(float), dL1, dT, dD);
+    BUF(e, act, "nf", sizeof(float), dT, dD);
+    BUF(e, act, "meanf", sizeof(float), dT);
+    BUF(e, act, "rstdf", sizeof(float), dT);
+    BUF(e, act, "logits", sizeof(float), dT, dV);
+    BUF(e, act, "dlogits", sizeof(float), dT, dV);
+    const char *td[] = { "dh", "dn", "tmp" }, *tf[] = { "da", "db", "dhh" };
+    for (int i = 0; i < 3; i++)
+        BUF(e, act, td[i], sizeof(float), dT, dD);
+    BUF(e, act, "dqkv", sizeof(float), dT, dD3);
+    BUF(e, act, "datt", sizeof(float), dB, dH, dC, dC);
+    BUF(e, act, "dao", sizeof(float), dT, dD);
+    for (int i = 0; i < 3; i++)
+        BUF(e, act, tf[i], sizeof(float), dT, dFd);
+    BUF(e, act, "radd", sizeof(float), dT, dD);
+    BUF(e, act, "dradd", sizeof(float), dT, dD);
+    BUF(e, act, "target", 4, dT);
+    BUF(e, act, "label", 4, dT);
+    BUF(e, act, "keys", 4, dT);
+    s->E = E;
+    s->S = moe_router_slots(&rc);
+    s->active = (double)e->count - inactive;
+    s->n_group = G;
+}
+
 // Evaluation and routing statistics (model.c moe_stats_init*, moe/route_stats.c), one set.
 static void est_stats(struct est *e, const struct shape *s, size_t *acc)
 {
@@ -423,9 +566,15 @@ static void est_stats(struct est *e, const struct shape *s, size_t *acc)
         if (s->n_group)
             BUF(e, acc, "stats.contingency", sizeof(uint64_t), dE, dG);
     }
+    if (s->task == MOE_TASK_LM) {
+        BUF(e, acc, "stats.lang_loss", sizeof(double), { s->n_group, "languages" });
+        BUF(e, acc, "stats.lang_tokens", sizeof(uint64_t), { s->n_group, "languages" });
+        BUF(e, acc, "stats.lang_bytes", sizeof(double), { s->n_group, "languages" });
+    }
     if (!s->n_sparse)
         return;
-    size_t one = 0, n_label = s->task == MOE_TASK_CLASSIFICATION ? s->O : s->n_group;
+    size_t one = 0, n_label = s->task == MOE_TASK_LM ? 5 * s->n_group
+                              : s->task == MOE_TASK_CLASSIFICATION ? s->O : s->n_group;
     struct dim rE = { s->E, "model.n_expert" };
     const char *pe[] = { "routed", "dropped", "gate_sum", "prob_sum" };
     for (int i = 0; i < 4; i++)
@@ -497,6 +646,8 @@ int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t 
         est_mlp(&e, cfg, &s, &r.bytes_activations);
     else if (strcmp(type, "mlp-moe") == 0)
         est_mlp_moe(&e, cfg, &s, &r.bytes_activations);
+    else if (strcmp(type, "transformer") == 0)
+        est_transformer(&e, cfg, &s, &r.bytes_activations);
     else
         return moe_error(err, MOE_ECONFIG, "key 'model.type': unknown model '%s'", type);
     if (e.rc)
@@ -515,7 +666,8 @@ int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t 
         int moments = strcmp(opt, "adamw") == 0 ? 2 : strcmp(opt, "sgd") == 0 ? 1 : 0;
         for (int i = 0; i < moments; i++)
             flat(&e, &r.bytes_optimizer);
-        est_stats(&e, &s, &r.bytes_trainer); // evaluation and batch statistics
+        est_stats(&e, &s, &r.bytes_trainer); // evaluation (train and test) and batch statistics
+        est_stats(&e, &s, &r.bytes_trainer);
         BUF(&e, &r.bytes_trainer, "row permutation", 4, { n_train_rows ? n_train_rows : 1, "training rows" });
         BUF(&e, &r.bytes_trainer, "gate means", sizeof(double), { s.n_expert + 1, "model.n_expert + 1" });
         BUF(&e, &r.bytes_trainer, "gate means", sizeof(double), { s.n_expert + 1, "model.n_expert + 1" });
@@ -526,9 +678,19 @@ int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t 
             bs = n_train_rows;
         if (bs > s.T)
             bs = s.T;
-        if (moe_cfg_bool(cfg, "train.shuffle") && bs < n_train_rows)
+        if (task == MOE_TASK_LM) { // trainer.c lm_buf: windows of n_ctx + 1 tokens, classes, languages, bytes
+            struct dim dB = { bs ? bs : 1, "optim.batch_size" }, dC1 = { (size_t)moe_cfg_int(cfg, "model.n_ctx") + 1, "model.n_ctx + 1" };
+            BUF(&e, &r.bytes_trainer, "batch tokens", 4, dB, dC1);
+            BUF(&e, &r.bytes_trainer, "batch classes", 1, dB, dC1);
+            BUF(&e, &r.bytes_trainer, "batch languages", 4, dB);
+            BUF(&e, &r.bytes_trainer, "batch bytes", 8, dB);
+        } else if (moe_cfg_bool(cfg, "train.shuffle") && bs < n_train_rows) {
             est_split(&e, &r.bytes_trainer, "batch", "optim.batch_size", &s, bs, synthetic);
+        }
     }
+    // Text: the corpus (io/text.c, about 13 bytes per token) is not counted here.
+    if (task == MOE_TASK_LM)
+        n_train_rows = n_test_rows = 0;
     if (n_train_rows)
         est_split(&e, &r.bytes_data, "train", "training rows", &s, n_train_rows, synthetic);
     if (n_test_rows)

@@ -57,8 +57,8 @@ struct moe_model_estimate {
     // (max(batch, evaluation chunk)) and every slot kept.
     size_t bytes_activations;
     // The training loop (training only): shuffled batch copy, row permutation,
-    // two sets of evaluation/routing statistics (co-selection is E x E per
-    // sparse layer); evaluation only: one set of statistics.
+    // three sets of evaluation/routing statistics (train and test evaluation,
+    // batch rows; co-selection is E x E per sparse layer); evaluation only: one set.
     size_t bytes_trainer;
     // The train and test splits as loaded (features, targets or labels, groups),
     // the standardisation statistics, and for synthetic data the generator's

@@ -26,7 +26,6 @@
 #include "moe/moe_layer.h"
 #include "nn/nn.h"
 
-#define NORM_EPS 1e-5f
 
 struct block {
     int sparse;
@@ -45,7 +44,7 @@ struct mlp_moe {
     int has_hash;
     struct block *blk;
     size_t n_sparse;
-    struct block **sparse;      // (n_sparse) the sparse blocks in order
+    struct moe_layer **moe;     // (n_sparse) the sparse layers in order      // (n_sparse) the sparse blocks in order
     int i_win, i_bin, i_gf, i_bf, i_wh, i_bh;
     float *h;                   // (L+1, T, D) residual stream
     float *n;                   // (L+1, T, D) normalised inputs of each block; n[L] = final norm
@@ -69,7 +68,7 @@ static void release(struct moe_model *m)
         moe_free(n->blk[l].hh);
     }
     free(n->blk);
-    free(n->sparse);
+    free(n->moe);
     void *bufs[] = { n->h, n->n, n->mean, n->rstd, n->y, n->dy, n->dh, n->dn, n->tmp, n->da, n->db, n->dhh,
                      n->target, n->pred, n->keys };
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
@@ -132,60 +131,9 @@ static int fit(struct moe_model *m, const struct moe_dataset *train, struct moe_
         return moe_error(err, MOE_ENOMEM, "out of memory for hash key counts");
     for (size_t t = 0; t < train->n; t++)
         freq[moe_hash_key_row(train->x + t * n->I, n->I, n->V)]++;
-    for (size_t i = 0; i < n->n_sparse; i++)
-        moe_layer_fit_hash(&n->sparse[i]->moe, freq);
+    moe_model_layers_fit_hash(m, freq);
     free(freq);
     return 0;
-}
-
-static size_t state(struct moe_model *m, struct moe_st_ref *refs, size_t max)
-{
-    struct mlp_moe *n = m->impl;
-    size_t k = 0;
-    for (size_t i = 0; i < n->n_sparse; i++) {
-        struct moe_layer *l = &n->sparse[i]->moe;
-        if (l->bias && k < max)
-            refs[k] = (struct moe_st_ref){ l->bias_name, MOE_F32, 1, { l->c.router.E }, l->bias };
-        if (l->bias)
-            k++;
-        if (l->table && k < max)
-            refs[k] = (struct moe_st_ref){ l->table_name, MOE_I32, 1, { l->c.hash_vocab }, l->table };
-        if (l->table)
-            k++;
-    }
-    return k;
-}
-
-static struct moe_layer *layer_at(struct moe_model *m, size_t i)
-{
-    struct mlp_moe *n = m->impl;
-    return i < n->n_sparse ? &n->sparse[i]->moe : NULL;
-}
-
-static void set_eval_capacity(struct moe_model *m, double cf)
-{
-    struct mlp_moe *n = m->impl;
-    for (size_t i = 0; i < n->n_sparse; i++)
-        n->sparse[i]->moe.c.eval_capacity_factor = cf;
-}
-
-static void norm_forward(const struct mlp_moe *n, const struct moe_params *p, float *y, float *mean, float *rstd,
-                         const float *x, int ig, int ib, size_t T)
-{
-    if (n->rms)
-        moe_rmsnorm_forward(y, rstd, x, moe_params_data(p, ig), T, n->D, NORM_EPS);
-    else
-        moe_layernorm_forward(y, mean, rstd, x, moe_params_data(p, ig), moe_params_data(p, ib), T, n->D, NORM_EPS);
-}
-
-static void norm_backward(const struct mlp_moe *n, const struct moe_params *p, float *dx, const float *dy,
-                          const float *x, const float *mean, const float *rstd, int ig, int ib, size_t T)
-{
-    if (n->rms)
-        moe_rmsnorm_backward(dx, moe_params_grad(p, ig), dy, x, rstd, moe_params_data(p, ig), T, n->D);
-    else
-        moe_layernorm_backward(dx, moe_params_grad(p, ig), moe_params_grad(p, ib), dy, x, mean, rstd,
-                               moe_params_data(p, ig), T, n->D);
 }
 
 static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, struct moe_stats *stats,
@@ -208,7 +156,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     for (size_t l = 0; l < L; l++) {
         struct block *b = &n->blk[l];
         float *hin = n->h + l * TD, *hout = n->h + (l + 1) * TD, *nl = n->n + l * TD;
-        norm_forward(n, p, nl, n->mean + l * T, n->rstd + l * T, hin, b->i_g, b->i_b, T);
+        moe_model_norm_forward(n->rms, p, nl, n->mean + l * T, n->rstd + l * T, hin, b->i_g, b->i_b, T, n->D);
         memcpy(hout, hin, TD * sizeof(float));
         if (b->sparse) {
             struct moe_route_acc *acc = stats && si < stats->n_route ? &stats->route[si] : NULL;
@@ -224,7 +172,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
         }
     }
     float *nf = n->n + L * TD;
-    norm_forward(n, p, nf, n->mean + L * T, n->rstd + L * T, n->h + L * TD, n->i_gf, n->i_bf, T);
+    moe_model_norm_forward(n->rms, p, nf, n->mean + L * T, n->rstd + L * T, n->h + L * TD, n->i_gf, n->i_bf, T, n->D);
     moe_linear_forward(n->y, O, nf, D, moe_params_data(p, n->i_wh), moe_params_data(p, n->i_bh), T, D, O);
     moe_model_head_loss(m, n->ce, n->y, with_grad ? n->dy : NULL, n->pred, target, bt, stats);
     if (!with_grad)
@@ -235,7 +183,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     moe_linear_backward(n->dn, D, moe_params_grad(p, n->i_wh), moe_params_grad(p, n->i_bh), n->dy, O, nf, D,
                         moe_params_data(p, n->i_wh), T, D, O);
     memset(n->dh, 0, TD * sizeof(float));
-    norm_backward(n, p, n->dh, n->dn, n->h + L * TD, n->mean + L * T, n->rstd + L * T, n->i_gf, n->i_bf, T);
+    moe_model_norm_backward(n->rms, p, n->dh, n->dn, n->h + L * TD, n->mean + L * T, n->rstd + L * T, n->i_gf, n->i_bf, T, n->D);
     for (size_t l = L; l-- > 0;) {
         struct block *b = &n->blk[l];
         float *hin = n->h + l * TD, *nl = n->n + l * TD;
@@ -249,7 +197,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
                              moe_params_data(p, b->i_w2), T, D, Fd, n->act);
         }
         // the residual passes dh through; the branch adds norm'(dn)
-        norm_backward(n, p, n->dh, n->dn, hin, n->mean + l * T, n->rstd + l * T, b->i_g, b->i_b, T);
+        moe_model_norm_backward(n->rms, p, n->dh, n->dn, hin, n->mean + l * T, n->rstd + l * T, b->i_g, b->i_b, T, n->D);
     }
     moe_linear_backward(NULL, 0, moe_params_grad(p, n->i_win), moe_params_grad(p, n->i_bin), n->dh, D, bt->x, I,
                         moe_params_data(p, n->i_win), T, I, D);
@@ -262,78 +210,10 @@ static const struct moe_model_ops ops = {
     .init_weights = init_weights,
     .release = release,
     .fit = fit,
-    .state = state,
-    .moe_layer_at = layer_at,
-    .set_eval_capacity = set_eval_capacity,
+    .state = moe_model_layers_state,
+    .moe_layer_at = moe_model_layers_at,
+    .set_eval_capacity = moe_model_layers_set_eval_capacity,
 };
-
-// Router settings from the moe.* keys, checked against the router's needs.
-static int layer_cfg(struct moe_layer_cfg *c, const struct moe_config *cfg, size_t D, size_t F,
-                     enum moe_ffn_act act, struct moe_err *err)
-{
-    memset(c, 0, sizeof *c);
-    const char *rname = moe_cfg_str(cfg, "moe.router");
-    int rt = moe_router_from_name(rname);
-    if (rt < 0)
-        return moe_error(err, MOE_ECONFIG, "key 'moe.router': unknown router '%s'", rname);
-    size_t E = (size_t)moe_cfg_int(cfg, "model.n_expert"), K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
-    c->router.type = (enum moe_router_type)rt;
-    c->router.E = E;
-    c->router.K = K;
-    c->router.second = strcmp(moe_cfg_str(cfg, "moe.second_policy"), "random") == 0 ? MOE_SECOND_RANDOM
-                                                                                   : MOE_SECOND_ALL;
-    c->router.ec_factor = moe_cfg_num(cfg, "moe.ec_factor");
-    c->router.bias_balance = moe_cfg_bool(cfg, "moe.bias_balance");
-    c->D = D;
-    c->F = F;
-    c->n_shared = (size_t)moe_cfg_int(cfg, "model.n_expert_shared");
-    c->act = act;
-    c->capacity_factor = moe_cfg_num(cfg, "moe.capacity_factor");
-    c->eval_capacity_factor = moe_cfg_num(cfg, "moe.eval_capacity_factor");
-    c->drop = (enum moe_drop_policy)moe_drop_policy_from_name(moe_cfg_str(cfg, "moe.drop_policy"));
-    c->jitter = moe_cfg_num(cfg, "moe.jitter");
-    c->aux = (enum moe_aux_type)moe_aux_from_name(moe_cfg_str(cfg, "moe.aux_loss"));
-    c->aux_weight = moe_cfg_num(cfg, "moe.aux_weight");
-    c->w_importance = moe_cfg_num(cfg, "moe.w_importance");
-    c->w_load = moe_cfg_num(cfg, "moe.w_load");
-    c->z_weight = moe_cfg_num(cfg, "moe.z_weight");
-    c->bias_rate = moe_cfg_num(cfg, "moe.bias_rate");
-    c->hash_vocab = (size_t)moe_cfg_int(cfg, "moe.hash_vocab");
-    c->hash_balanced = strcmp(moe_cfg_str(cfg, "moe.hash_table"), "balanced") == 0;
-    c->router_init_scale = moe_cfg_num(cfg, "moe.router_init_scale");
-
-    if (K > E)
-        return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': %zu experts per token but only %zu experts",
-                         K, E);
-    switch (c->router.type) {
-    case MOE_ROUTER_GSHARD:
-        if (K != 2)
-            return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': router 'gshard' is top-2, got %zu", K);
-        break;
-    case MOE_ROUTER_HASH:
-        if (K != 1)
-            return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': router 'hash' sends each token to 1 expert, got %zu", K);
-        break;
-    default:
-        break;
-    }
-    if (c->router.bias_balance && c->router.type != MOE_ROUTER_SOFTMAX && c->router.type != MOE_ROUTER_SWITCH)
-        return moe_error(err, MOE_ECONFIG, "key 'moe.bias_balance': needs router 'softmax' or 'switch', got '%s'",
-                         rname);
-    // Hash routing has no router probabilities, and expert choice is balanced
-    // by construction: neither takes a balancing loss.
-    if (c->router.type == MOE_ROUTER_HASH || c->router.type == MOE_ROUTER_EXPERT_CHOICE)
-        c->aux = MOE_AUX_NONE;
-    if (c->router.type == MOE_ROUTER_HASH)
-        c->z_weight = 0.0;
-    if (c->aux == MOE_AUX_SHAZEER && c->w_load > 0.0) {
-        if (c->router.type != MOE_ROUTER_NOISY_TOPK)
-            return moe_error(err, MOE_ECONFIG, "key 'moe.w_load': the smooth load estimator needs router 'noisy-topk', got '%s' (set moe.w_load = 0 to use the importance loss alone)", rname);
-        if (K >= E)
-            return moe_error(err, MOE_ECONFIG, "key 'moe.w_load': the smooth load estimator needs n_expert_used < n_expert");
-    }
-    return 0;
-}
 
 int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err)
 {
@@ -361,12 +241,12 @@ int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const 
     size_t D = n->D, I = n->I, O = n->O, L = n->L, T = m->max_batch, Fd = n->Fd;
     int swiglu = n->act == MOE_FFN_SWIGLU;
     struct moe_layer_cfg lc;
-    rc = layer_cfg(&lc, cfg, D, F, n->act, err);
+    rc = moe_model_layer_cfg(&lc, cfg, D, F, n->act, err);
     if (rc)
         return rc;
     n->blk = calloc(L, sizeof *n->blk);
-    n->sparse = calloc(L, sizeof *n->sparse);
-    if (!n->blk || !n->sparse)
+    n->moe = calloc(L, sizeof *n->moe);
+    if (!n->blk || !n->moe)
         return moe_error(err, MOE_ENOMEM, "out of memory");
     struct moe_params *p = &m->params;
     char name[MOE_NAME_MAX];
@@ -391,7 +271,7 @@ int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const 
             snprintf(name, sizeof name, "layers.%zu.moe", l);
             if ((rc = moe_layer_declare(&b->moe, &lc, name, p, err)))
                 return rc;
-            n->sparse[n->n_sparse++] = b;
+            n->moe[n->n_sparse++] = &b->moe;
             n->has_hash |= lc.router.type == MOE_ROUTER_HASH;
         } else {
             ADDF(b->i_w1, "layers.%zu.ffn.w1", l, Fd, D);
@@ -444,6 +324,7 @@ int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const 
         !n->db || !n->dhh || !n->target || !n->pred || !n->keys)
         return moe_error(err, MOE_ENOMEM, "out of memory for mlp-moe activations (batch %zu)", T);
     m->n_moe_layers = n->n_sparse;
+    m->moe_layers = n->moe;
     m->n_route_expert = lc.router.E;
     m->n_route_slots = moe_router_slots(&lc.router);
     return 0;

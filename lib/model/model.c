@@ -47,6 +47,17 @@ int moe_stats_init_routing(struct moe_stats *s, const struct moe_model *m, size_
     return 0;
 }
 
+int moe_stats_init_lang(struct moe_stats *s, size_t n_lang, struct moe_err *err)
+{
+    s->n_lang = n_lang;
+    s->lang_loss = calloc(n_lang ? n_lang : 1, sizeof *s->lang_loss);
+    s->lang_tokens = calloc(n_lang ? n_lang : 1, sizeof *s->lang_tokens);
+    s->lang_bytes = calloc(n_lang ? n_lang : 1, sizeof *s->lang_bytes);
+    if (!s->lang_loss || !s->lang_tokens || !s->lang_bytes)
+        return moe_error(err, MOE_ENOMEM, "out of memory for per-language statistics");
+    return 0;
+}
+
 void moe_stats_reset(struct moe_stats *s)
 {
     for (size_t i = 0; i < s->n_route; i++)
@@ -54,6 +65,12 @@ void moe_stats_reset(struct moe_stats *s)
     s->n = 0;
     s->loss = s->sq_err = s->gate_entropy = 0.0;
     s->correct = 0;
+    s->bytes = 0.0;
+    if (s->n_lang) {
+        memset(s->lang_loss, 0, s->n_lang * sizeof *s->lang_loss);
+        memset(s->lang_tokens, 0, s->n_lang * sizeof *s->lang_tokens);
+        memset(s->lang_bytes, 0, s->n_lang * sizeof *s->lang_bytes);
+    }
     if (s->gate_sum)
         memset(s->gate_sum, 0, s->n_expert * sizeof *s->gate_sum);
     if (s->contingency)
@@ -66,6 +83,9 @@ void moe_stats_release(struct moe_stats *s)
         return;
     free(s->gate_sum);
     free(s->contingency);
+    free(s->lang_loss);
+    free(s->lang_tokens);
+    free(s->lang_bytes);
     for (size_t i = 0; i < s->n_route; i++)
         moe_route_acc_release(&s->route[i]);
     free(s->route);
@@ -102,8 +122,14 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
         loss = moe_cfg_str(cfg, "loss.type");
     const char *type = moe_cfg_str(cfg, "model.type");
     int cls = task == MOE_TASK_CLASSIFICATION, mixture = strcmp(type, "mixture") == 0;
+    int lm = task == MOE_TASK_LM, transformer = strcmp(type, "transformer") == 0;
     if (strcmp(loss, "auto") == 0)
-        loss = mixture ? (cls ? "nll-cat" : "nll") : (cls ? "ce" : "mse");
+        loss = mixture ? (cls ? "nll-cat" : "nll") : (cls || lm ? "ce" : "mse");
+    if (lm != transformer) {
+        moe_model_release(ret);
+        return lm ? moe_error(err, MOE_ECONFIG, "key 'model.type': text data (data.source 'text') needs model 'transformer', got '%s'", type)
+                  : moe_error(err, MOE_ECONFIG, "key 'model.type': model 'transformer' reads text (data.source 'text'), not examples with features");
+    }
     // Sizes first, before any allocation: a product that overflows or a model
     // no machine could hold is a config error, not a crash half-way through.
     struct moe_model_estimate est;
@@ -118,11 +144,136 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
         rc = moe_mlp_create(ret, cfg, loss, err);
     else if (strcmp(type, "mlp-moe") == 0)
         rc = moe_mlp_moe_create(ret, cfg, loss, err);
+    else if (transformer)
+        rc = moe_transformer_create(ret, cfg, loss, err);
     else
         rc = moe_error(err, MOE_ECONFIG, "key 'model.type': unknown model '%s'", type);
     if (rc)
         moe_model_release(ret);
     return rc;
+}
+
+#define NORM_EPS 1e-5f // epsilon of the block norms
+
+void moe_model_norm_forward(int rms, const struct moe_params *p, float *y, float *mean, float *rstd,
+                            const float *x, int ig, int ib, size_t T, size_t D)
+{
+    if (rms)
+        moe_rmsnorm_forward(y, rstd, x, moe_params_data(p, ig), T, D, NORM_EPS);
+    else
+        moe_layernorm_forward(y, mean, rstd, x, moe_params_data(p, ig), moe_params_data(p, ib), T, D, NORM_EPS);
+}
+
+void moe_model_norm_backward(int rms, const struct moe_params *p, float *dx, const float *dy, const float *x,
+                             const float *mean, const float *rstd, int ig, int ib, size_t T, size_t D)
+{
+    if (rms)
+        moe_rmsnorm_backward(dx, moe_params_grad(p, ig), dy, x, rstd, moe_params_data(p, ig), T, D);
+    else
+        moe_layernorm_backward(dx, moe_params_grad(p, ig), moe_params_grad(p, ib), dy, x, mean, rstd,
+                               moe_params_data(p, ig), T, D);
+}
+
+size_t moe_model_layers_state(struct moe_model *m, struct moe_st_ref *refs, size_t max)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < m->n_moe_layers; i++) {
+        struct moe_layer *l = m->moe_layers[i];
+        if (l->bias && k < max)
+            refs[k] = (struct moe_st_ref){ l->bias_name, MOE_F32, 1, { l->c.router.E }, l->bias };
+        if (l->bias)
+            k++;
+        if (l->table && k < max)
+            refs[k] = (struct moe_st_ref){ l->table_name, MOE_I32, 1, { l->c.hash_vocab }, l->table };
+        if (l->table)
+            k++;
+    }
+    return k;
+}
+
+struct moe_layer *moe_model_layers_at(struct moe_model *m, size_t i)
+{
+    return i < m->n_moe_layers ? m->moe_layers[i] : NULL;
+}
+
+void moe_model_layers_set_eval_capacity(struct moe_model *m, double cf)
+{
+    for (size_t i = 0; i < m->n_moe_layers; i++)
+        m->moe_layers[i]->c.eval_capacity_factor = cf;
+}
+
+void moe_model_layers_fit_hash(struct moe_model *m, const uint64_t *freq)
+{
+    for (size_t i = 0; i < m->n_moe_layers; i++)
+        moe_layer_fit_hash(m->moe_layers[i], freq);
+}
+
+// Router settings from the moe.* keys, checked against the router's needs.
+int moe_model_layer_cfg(struct moe_layer_cfg *c, const struct moe_config *cfg, size_t D, size_t F, int act,
+                        struct moe_err *err)
+{
+    memset(c, 0, sizeof *c);
+    const char *rname = moe_cfg_str(cfg, "moe.router");
+    int rt = moe_router_from_name(rname);
+    if (rt < 0)
+        return moe_error(err, MOE_ECONFIG, "key 'moe.router': unknown router '%s'", rname);
+    size_t E = (size_t)moe_cfg_int(cfg, "model.n_expert"), K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
+    c->router.type = (enum moe_router_type)rt;
+    c->router.E = E;
+    c->router.K = K;
+    c->router.second = strcmp(moe_cfg_str(cfg, "moe.second_policy"), "random") == 0 ? MOE_SECOND_RANDOM
+                                                                                   : MOE_SECOND_ALL;
+    c->router.ec_factor = moe_cfg_num(cfg, "moe.ec_factor");
+    c->router.bias_balance = moe_cfg_bool(cfg, "moe.bias_balance");
+    c->D = D;
+    c->F = F;
+    c->n_shared = (size_t)moe_cfg_int(cfg, "model.n_expert_shared");
+    c->act = (enum moe_ffn_act)act;
+    c->capacity_factor = moe_cfg_num(cfg, "moe.capacity_factor");
+    c->eval_capacity_factor = moe_cfg_num(cfg, "moe.eval_capacity_factor");
+    c->drop = (enum moe_drop_policy)moe_drop_policy_from_name(moe_cfg_str(cfg, "moe.drop_policy"));
+    c->jitter = moe_cfg_num(cfg, "moe.jitter");
+    c->aux = (enum moe_aux_type)moe_aux_from_name(moe_cfg_str(cfg, "moe.aux_loss"));
+    c->aux_weight = moe_cfg_num(cfg, "moe.aux_weight");
+    c->w_importance = moe_cfg_num(cfg, "moe.w_importance");
+    c->w_load = moe_cfg_num(cfg, "moe.w_load");
+    c->z_weight = moe_cfg_num(cfg, "moe.z_weight");
+    c->bias_rate = moe_cfg_num(cfg, "moe.bias_rate");
+    c->hash_vocab = (size_t)moe_cfg_int(cfg, "moe.hash_vocab");
+    c->hash_balanced = strcmp(moe_cfg_str(cfg, "moe.hash_table"), "balanced") == 0;
+    c->router_init_scale = moe_cfg_num(cfg, "moe.router_init_scale");
+
+    if (K > E)
+        return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': %zu experts per token but only %zu experts",
+                         K, E);
+    switch (c->router.type) {
+    case MOE_ROUTER_GSHARD:
+        if (K != 2)
+            return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': router 'gshard' is top-2, got %zu", K);
+        break;
+    case MOE_ROUTER_HASH:
+        if (K != 1)
+            return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': router 'hash' sends each token to 1 expert, got %zu", K);
+        break;
+    default:
+        break;
+    }
+    if (c->router.bias_balance && c->router.type != MOE_ROUTER_SOFTMAX && c->router.type != MOE_ROUTER_SWITCH)
+        return moe_error(err, MOE_ECONFIG, "key 'moe.bias_balance': needs router 'softmax' or 'switch', got '%s'",
+                         rname);
+    // Hash routing has no router probabilities, and expert choice is balanced
+    // by construction: neither takes a balancing loss.
+    if (c->router.type == MOE_ROUTER_HASH || c->router.type == MOE_ROUTER_EXPERT_CHOICE)
+        c->aux = MOE_AUX_NONE;
+    if (c->router.type == MOE_ROUTER_HASH)
+        c->z_weight = 0.0;
+    if (c->aux == MOE_AUX_SHAZEER && c->w_load > 0.0) {
+        if (c->router.type != MOE_ROUTER_NOISY_TOPK)
+            return moe_error(err, MOE_ECONFIG, "key 'moe.w_load': the smooth load estimator needs router 'noisy-topk', got '%s' (set moe.w_load = 0 to use the importance loss alone)", rname);
+        if (K >= E)
+            return moe_error(err, MOE_ECONFIG, "key 'moe.w_load': the smooth load estimator needs n_expert_used < n_expert");
+    }
+    return 0;
 }
 
 int moe_model_head_loss_check(struct moe_model *m, const char *loss, int *ret_ce, struct moe_err *err)

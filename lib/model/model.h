@@ -26,6 +26,11 @@ struct moe_batch {
     const int32_t *label;  // (n) class ids, or NULL
     const int32_t *group;  // (n) ground-truth region ids, or NULL
     uint64_t step;         // training step (the stream of router noise); 0 in evaluation
+    // Language models (task MOE_TASK_LM; x, y, label unused):
+    const int32_t *tok;    // (n, C + 1) window tokens: inputs 0..C-1, next-token targets 1..C
+    const uint8_t *cls;    // (n, C + 1) byte class of each token (io/text.h), or NULL
+    const int32_t *lang;   // (n) language of each window, or NULL (one language)
+    const uint64_t *bytes; // (n) source bytes covered by each window's targets (bits per byte)
 };
 
 // Sums over rows; the trainer turns them into means.
@@ -41,11 +46,19 @@ struct moe_stats {
     uint64_t *contingency; // (E, G) rows whose largest gate is e and whose group is g
     size_t n_route;        // sparse MoE layers (0 for models without)
     struct moe_route_acc *route; // (n_route) routing statistics per MoE layer
+    // Language models: n counts predicted tokens and loss sums nats over them.
+    double bytes;          // source bytes of the predicted tokens
+    size_t n_lang;         // per-language sums (moe_stats_init_lang), else 0
+    double *lang_loss;     // (n_lang) nats
+    uint64_t *lang_tokens; // (n_lang)
+    double *lang_bytes;    // (n_lang)
 };
 int moe_stats_init(struct moe_stats *s, size_t n_expert, size_t n_group, struct moe_err *err);
 // Routing statistics for a model with sparse layers (m->n_moe_layers > 0);
 // labels are the classes (classification) or the regions (data with groups).
 int moe_stats_init_routing(struct moe_stats *s, const struct moe_model *m, size_t n_label, struct moe_err *err);
+// Per-language sums for a language model over n_lang languages.
+int moe_stats_init_lang(struct moe_stats *s, size_t n_lang, struct moe_err *err);
 void moe_stats_reset(struct moe_stats *s);
 void moe_stats_release(struct moe_stats *s);
 // Add rows' predictions (T, O) against targets (T, O) (one-hot for classes) and labels (or NULL).
@@ -83,6 +96,7 @@ struct moe_model {
     enum moe_task task;
     size_t n_in, n_out, n_expert; // n_expert = 0 for models without a dense gate (stats.gate_sum)
     size_t n_moe_layers;          // sparse MoE layers (mlp-moe, transformer)
+    struct moe_layer **moe_layers;// (n_moe_layers) those layers in order, owned by impl
     size_t n_route_expert, n_route_slots; // E and slots per token of those layers
     uint64_t seed;                // set by init_weights: the seed of router noise
     size_t max_batch;             // largest batch `run` accepts
@@ -91,7 +105,7 @@ struct moe_model {
 };
 
 // Build the model named by config key model.type for a task with n_in features
-// and n_out targets/classes; `loss` overrides loss.type when non-NULL (compare-loss
+// and n_out targets/classes (language models: n_in languages, n_out vocabulary); `loss` overrides loss.type when non-NULL (compare-loss
 // runs the baseline with loss.baseline). Weights are not initialised.
 int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const char *loss, enum moe_task task,
                      size_t n_in, size_t n_out, size_t max_batch, struct moe_err *err);
@@ -136,5 +150,23 @@ int moe_model_batch_targets(const struct moe_model *m, const struct moe_batch *b
 int moe_mixture_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err);
 int moe_mlp_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err);
 int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err);
+int moe_transformer_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err);
+// Shared by the models built of pre-norm blocks with sparse layers (mlp-moe, transformer):
+// the block norm (RMSNorm, or LayerNorm with bias tensor ib) over rows of width D,
+void moe_model_norm_forward(int rms, const struct moe_params *p, float *y, float *mean, float *rstd,
+                            const float *x, int ig, int ib, size_t T, size_t D);
+void moe_model_norm_backward(int rms, const struct moe_params *p, float *dx, const float *dy, const float *x,
+                             const float *mean, const float *rstd, int ig, int ib, size_t T, size_t D);
+// and ops over m->moe_layers: state tensors, layer i, evaluation capacity, and
+// balanced hash tables from key frequencies freq.
+size_t moe_model_layers_state(struct moe_model *m, struct moe_st_ref *refs, size_t max);
+struct moe_layer *moe_model_layers_at(struct moe_model *m, size_t i);
+void moe_model_layers_set_eval_capacity(struct moe_model *m, double capacity_factor);
+void moe_model_layers_fit_hash(struct moe_model *m, const uint64_t *freq);
+// The sparse-layer settings of the moe.* keys for layers of width D with
+// experts of width F, checked against the router's needs (mlp-moe, transformer).
+struct moe_layer_cfg;
+int moe_model_layer_cfg(struct moe_layer_cfg *c, const struct moe_config *cfg, size_t D, size_t F, int act,
+                        struct moe_err *err);
 
 #endif

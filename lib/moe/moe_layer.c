@@ -240,8 +240,12 @@ double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float 
             struct moe_rng jr = moe_rng_make(seed, MOE_RNG_JITTER, (uint32_t)step);
             for (size_t i = 0; i < T * D; i++) {
                 l->jit[i] = 1.0f + (float)c->jitter * (2.0f * moe_rng_uniform(&jr, base + i) - 1.0f);
-                l->xr[i] = x[i] * l->jit[i];
+                l->xr[i] = (l->radd ? x[i] + l->radd[i] : x[i]) * l->jit[i];
             }
+            rin = l->xr;
+        } else if (l->radd) {
+            for (size_t i = 0; i < T * D; i++)
+                l->xr[i] = x[i] + l->radd[i];
             rin = l->xr;
         }
         moe_linear_forward(r->z, E, rin, D, wt(p, l->i_router), NULL, T, D, E);
@@ -294,15 +298,19 @@ void moe_layer_backward(struct moe_layer *l, const struct moe_params *p, float *
         memset(l->du, 0, T * E * sizeof(float));
     aux_backward(l, l->dz, noisy ? l->du : NULL, l->dgate);
     moe_router_backward(l->dz, noisy ? l->du : NULL, l->dgate, r, &c->router);
-    int jittered = l->train && c->jitter > 0.0;
-    const float *rin = jittered ? l->xr : x;
-    float *dr = jittered ? l->dxr : dx;
-    if (jittered)
+    int jittered = l->train && c->jitter > 0.0, own = jittered || l->radd;
+    const float *rin = own ? l->xr : x;
+    float *dr = own ? l->dxr : dx;
+    if (own)
         memset(l->dxr, 0, T * D * sizeof(float));
     moe_linear_backward(dr, D, gr(p, l->i_router), NULL, l->dz, E, rin, D, wt(p, l->i_router), T, D, E);
     if (noisy)
         moe_linear_backward(dr, D, gr(p, l->i_noise), NULL, l->du, E, rin, D, wt(p, l->i_noise), T, D, E);
-    if (jittered)
-        for (size_t i = 0; i < T * D; i++)
-            dx[i] += l->dxr[i] * l->jit[i];
+    if (own)
+        for (size_t i = 0; i < T * D; i++) {
+            float g = jittered ? l->dxr[i] * l->jit[i] : l->dxr[i];
+            dx[i] += g;
+            if (l->dradd)
+                l->dradd[i] += g;
+        }
 }

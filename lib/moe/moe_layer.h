@@ -73,6 +73,11 @@ struct moe_layer {
     int32_t *s_idx;       // (T, Sh) shared "routing": slot s -> expert s
     float *s_gate;        // (T, Sh) all ones
     float *dgate, *dz, *du; // (T, S), (T, E), (T, E)
+    // Optional additive router input (language-aware routing), set by the
+    // caller before forward: the router sees (x + radd), jittered; backward
+    // adds the gradient with respect to radd into dradd. Both (T, D) or NULL.
+    const float *radd;
+    float *dradd;
     // the last batch
     size_t T;
     int train;

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/rng.h"
+
 int moe_route_acc_init(struct moe_route_acc *a, size_t E, size_t S, size_t G, struct moe_err *err)
 {
     memset(a, 0, sizeof *a);
@@ -186,4 +188,70 @@ double moe_mi_bits(const uint64_t *ct, size_t A, size_t B)
 double moe_route_acc_label_mi(const struct moe_route_acc *a)
 {
     return a->label ? moe_mi_bits(a->label, a->E, a->G) : NAN;
+}
+
+void moe_contingency_part(const uint64_t *ct, size_t A, size_t B, size_t B2, int part, uint64_t *ret)
+{
+    size_t B1 = B / B2, W = part == 0 ? B1 : B2;
+    memset(ret, 0, A * W * sizeof *ret);
+    for (size_t i = 0; i < A; i++)
+        for (size_t j = 0; j < B; j++)
+            ret[i * W + (part == 0 ? j / B2 : j % B2)] += ct[i * B + j];
+}
+
+double moe_route_acc_label_mi_part(const struct moe_route_acc *a, int part)
+{
+    if (!a->label || !a->G2 || a->G % a->G2)
+        return NAN;
+    size_t W = part == 0 ? a->G / a->G2 : a->G2;
+    uint64_t *t = malloc(a->E * W * sizeof *t);
+    if (!t)
+        return NAN;
+    moe_contingency_part(a->label, a->E, a->G, a->G2, part, t);
+    double mi = moe_mi_bits(t, a->E, W);
+    free(t);
+    return mi;
+}
+
+// The permutation null of a contingency table: N tokens keep their labels and
+// the experts keep their counts; which token goes to which expert is a seeded
+// random permutation (Fisher-Yates with counter-based draws, core/rng.h).
+double moe_mi_bits_null(const uint64_t *ct, size_t A, size_t B, uint64_t seed, int reps)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < A * B; i++)
+        n += ct[i];
+    if (n == 0 || n > UINT32_MAX || reps < 1)
+        return NAN;
+    uint32_t *lab = malloc((size_t)n * sizeof *lab), *perm = malloc((size_t)n * sizeof *perm);
+    uint64_t *rows = calloc(A, sizeof *rows), *t = malloc(A * B * sizeof *t);
+    double sum = NAN;
+    if (!lab || !perm || !rows || !t)
+        goto out;
+    size_t k = 0;
+    for (size_t j = 0; j < B; j++)
+        for (size_t i = 0; i < A; i++)
+            for (uint64_t c = 0; c < ct[i * B + j]; c++)
+                lab[k++] = (uint32_t)j;
+    for (size_t i = 0; i < A; i++)
+        for (size_t j = 0; j < B; j++)
+            rows[i] += ct[i * B + j];
+    sum = 0.0;
+    for (int r = 0; r < reps; r++) {
+        struct moe_rng g = moe_rng_make(seed, MOE_RNG_SHUFFLE, 0x4e554c4cu + (uint32_t)r);
+        moe_rng_permutation(&g, perm, (size_t)n);
+        memset(t, 0, A * B * sizeof *t);
+        size_t pos = 0;
+        for (size_t i = 0; i < A; i++)
+            for (uint64_t c = 0; c < rows[i]; c++)
+                t[i * B + lab[perm[pos++]]]++;
+        sum += moe_mi_bits(t, A, B);
+    }
+    sum /= reps;
+out:
+    free(lab);
+    free(perm);
+    free(rows);
+    free(t);
+    return sum;
 }

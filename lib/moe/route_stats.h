@@ -30,6 +30,7 @@ struct moe_route_acc {
     double z;             // sum over batches of T * (z-loss value of the batch)
     uint64_t *cosel;      // (E, E) tokens whose dispatched slots include both a and b (a != b), S >= 2 only
     uint64_t *label;      // (E, G) tokens whose first choice is e and whose label is g, G > 0 only
+    size_t G2;            // 0, or labels are pairs g = g1 * G2 + g2 (language models: byte class, language)
 };
 int moe_route_acc_init(struct moe_route_acc *a, size_t E, size_t S, size_t G, struct moe_err *err);
 void moe_route_acc_reset(struct moe_route_acc *a);
@@ -46,6 +47,14 @@ double moe_max_mean(const double *v, size_t n);      // max / mean
 double moe_route_acc_dropped_fraction(const struct moe_route_acc *a);
 size_t moe_route_acc_dead(const struct moe_route_acc *a); // experts that received no assignment
 double moe_route_acc_label_mi(const struct moe_route_acc *a); // bits, I(first-choice expert; label)
+// For pair labels (G2 > 0): I(expert; g1) (part 0) or I(expert; g2) (part 1), bits; NaN otherwise.
+double moe_route_acc_label_mi_part(const struct moe_route_acc *a, int part);
+// The contingency table (A, B) marginalised to (A, B / B2) (part 0) or (A, B2) (part 1) into ret (caller-sized).
+void moe_contingency_part(const uint64_t *ct, size_t A, size_t B, size_t B2, int part, uint64_t *ret);
+// Chance level of moe_mi_bits for a table with ct's margins: the mean MI, over
+// reps tables whose column labels were randomly permuted across the row counts
+// (seeded, counter-based), i.e. routing that keeps each expert's load but ignores the label.
+double moe_mi_bits_null(const uint64_t *ct, size_t A, size_t B, uint64_t seed, int reps);
 // Mutual information in bits of a contingency table ct (A, B) of counts; NaN when empty.
 double moe_mi_bits(const uint64_t *ct, size_t A, size_t B);
 

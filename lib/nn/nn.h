@@ -59,4 +59,26 @@ void moe_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x,
 // Row-wise softmax of z (T, E) into p; log-sum-exp per row into lse (may be NULL).
 void moe_softmax_forward(float *p, float *lse, const float *z, size_t T, size_t E);
 
+// Causal multi-head self-attention (Vaswani et al. 2017, decoder masking).
+// B = sequences, C = positions, D = n_embd, H = heads, hs = D / H (D % H == 0).
+// qkv (B, C, 3D): per position [q (D) | k (D) | v (D)]; head h uses columns
+// h*hs .. (h+1)*hs - 1 of each of q, k, v.
+// att (B, H, C, C): the softmax probabilities, saved for backward (entries
+// above the diagonal are written as 0).
+// out (B, C, D): out[b, t, h*hs + i] = sum_{s <= t} att[b, h, t, s] v[b, s, h*hs + i],
+// att[b, h, t, :] = softmax_{s <= t}(q[b, t, h] . k[b, s, h] / sqrt(hs)).
+void moe_attention_forward(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H);
+// dqkv (B, C, 3D) += gradient given dout (B, C, D); datt (B, H, C, C) is scratch.
+void moe_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                            size_t B, size_t C, size_t D, size_t H);
+// Token plus learned position embedding: out (B, C, D) = wte[tok[b*ld + c]] + wpe[c].
+// tok: B rows of at least C token ids with row stride ld (windows of C + 1 tokens use ld = C + 1),
+// each id in [0, V); wte (V, D), wpe (C_max >= C, D).
+void moe_embedding_forward(float *out, const int32_t *tok, size_t ld, const float *wte, const float *wpe, size_t B,
+                           size_t C, size_t D);
+// dwte += scatter of dout by token id, dwpe += sum over b of dout[b]. Serial in a fixed order so the
+// result is bit-identical for any thread count.
+void moe_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tok, size_t ld, size_t B,
+                            size_t C, size_t D);
+
 #endif

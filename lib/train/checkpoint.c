@@ -20,7 +20,8 @@
 // ---- the batch statistics as one flat F64 vector ----
 // Layout: n, loss, sq_err, correct, gate_entropy, gate_sum (E), contingency (E·G),
 // then per routed layer: tokens, weight, entropy, top1, lse, aux, z, routed (E),
-// dropped (E), gate_sum (E), prob_sum (E), cosel (E·E, when kept), label (E·G, when kept).
+// dropped (E), gate_sum (E), prob_sum (E), cosel (E·E, when kept), label (E·G, when kept);
+// then for language models: bytes, lang_loss (n_lang), lang_tokens (n_lang), lang_bytes (n_lang).
 // pack with out == NULL just counts.
 static size_t stats_pack(const struct moe_stats *s, double *out)
 {
@@ -53,6 +54,12 @@ static size_t stats_pack(const struct moe_stats *s, double *out)
             PUTV(a->cosel, a->E * a->E);
         if (a->label)
             PUTV(a->label, a->E * a->G);
+    }
+    if (s->n_lang) {
+        PUT(s->bytes);
+        PUTV(s->lang_loss, s->n_lang);
+        PUTV(s->lang_tokens, s->n_lang);
+        PUTV(s->lang_bytes, s->n_lang);
     }
 #undef PUTV
 #undef PUT
@@ -94,6 +101,12 @@ static void stats_unpack(struct moe_stats *s, const double *in)
             GETV(a->cosel, a->E * a->E, uint64_t);
         if (a->label)
             GETV(a->label, a->E * a->G, uint64_t);
+    }
+    if (s->n_lang) {
+        GET(s->bytes, double);
+        GETV(s->lang_loss, s->n_lang, double);
+        GETV(s->lang_tokens, s->n_lang, uint64_t);
+        GETV(s->lang_bytes, s->n_lang, double);
     }
 #undef GETV
 #undef GET

@@ -1,8 +1,10 @@
 // data.c: build the train and test splits named by a config's data.* keys.
 // Not a reader: the formats live in lib/io; this only maps keys to specs.
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/safetensors.h"
 #include "train/train.h"
 
 #define MAX_LIST 4096
@@ -80,12 +82,72 @@ out:
     return rc;
 }
 
+// Text: the corpus, then the two splits as windows of model.n_ctx + 1 tokens.
+static int load_text(struct moe_data *d, const struct moe_config *cfg, const struct moe_vocab *vocab,
+                     struct moe_err *err)
+{
+    struct moe_corpus_spec s = {
+        .path = moe_cfg_str(cfg, "data.text.path"),
+        .tokens = strcmp(moe_cfg_str(cfg, "data.text.tokens"), "words") == 0 ? MOE_TOK_WORDS : MOE_TOK_BYTES,
+        .vocab_size = (size_t)moe_cfg_int(cfg, "data.text.vocab_size"),
+        .vocab = vocab,
+        .valid_fraction = moe_cfg_num(cfg, "data.text.valid_fraction"),
+        .max_bytes = (size_t)moe_cfg_int(cfg, "data.text.max_bytes"),
+    };
+    if (!s.path)
+        return moe_error(err, MOE_ECONFIG, "key 'data.text.path' must be set when data.source is 'text'");
+    const char *vpath = moe_cfg_str(cfg, "data.text.vocab");
+    struct moe_vocab file_vocab;
+    memset(&file_vocab, 0, sizeof file_vocab);
+    int rc;
+    if (!vocab && vpath) {
+        if ((rc = moe_vocab_read(&file_vocab, vpath, err)))
+            return rc;
+        s.vocab = &file_vocab;
+    }
+    rc = moe_corpus_load(&s, &d->corpus, err);
+    moe_vocab_release(&file_vocab);
+    if (rc)
+        return rc;
+    d->has_text = 1;
+    size_t C = (size_t)moe_cfg_int(cfg, "model.n_ctx");
+    if (moe_text_n_starts(&d->corpus.train, C) == 0)
+        return moe_error(err, MOE_EINVAL, "'%s': the training text has no window of model.n_ctx + 1 = %zu tokens",
+                         s.path, C + 1);
+    struct moe_dataset *sp[] = { &d->train, &d->test };
+    const struct moe_text *tx[] = { &d->corpus.train, &d->corpus.valid };
+    const char *keys[] = { "data.text.train_eval_windows", "data.text.valid_eval_windows" };
+    for (int i = 0; i < 2; i++) {
+        struct moe_dataset *ds = sp[i];
+        ds->task = MOE_TASK_LM;
+        ds->text = tx[i];
+        ds->n_ctx = C;
+        ds->n_in = d->corpus.n_lang;
+        ds->n_out = d->corpus.vocab.n;
+        ds->n_group = d->corpus.n_lang;
+        if ((rc = moe_text_fixed_windows(tx[i], C, (size_t)moe_cfg_int(cfg, keys[i]), &ds->win, &ds->n_win, err)))
+            return rc;
+        ds->n = ds->n_win;
+    }
+    uint64_t per_epoch = (uint64_t)moe_cfg_int(cfg, "data.text.windows_per_epoch");
+    d->train.n = per_epoch ? (size_t)per_epoch : (d->corpus.train.n_tok / C ? d->corpus.train.n_tok / C : 1);
+    return 0;
+}
+
 int moe_data_load(struct moe_data *ret, const struct moe_config *cfg, struct moe_err *err)
+{
+    return moe_data_load_ex(ret, cfg, NULL, err);
+}
+
+int moe_data_load_ex(struct moe_data *ret, const struct moe_config *cfg, const struct moe_vocab *vocab,
+                     struct moe_err *err)
 {
     memset(ret, 0, sizeof *ret);
     const char *src = moe_cfg_str(cfg, "data.source");
     int rc;
-    if (strcmp(src, "synthetic") == 0) {
+    if (strcmp(src, "text") == 0) {
+        rc = load_text(ret, cfg, vocab, err);
+    } else if (strcmp(src, "synthetic") == 0) {
         struct moe_synth_spec s = {
             .kind = moe_cfg_str(cfg, "data.synthetic.kind"),
             .n_train = (size_t)moe_cfg_int(cfg, "data.synthetic.n_train"),
@@ -119,7 +181,7 @@ int moe_data_load(struct moe_data *ret, const struct moe_config *cfg, struct moe
     } else {
         rc = load_table(ret, cfg, err);
     }
-    if (!rc && moe_cfg_bool(cfg, "data.standardize")) {
+    if (!rc && moe_cfg_bool(cfg, "data.standardize") && !ret->has_text) {
         rc = moe_standardize_fit(&ret->stats, &ret->train, err);
         if (!rc) {
             moe_standardize_apply(&ret->stats, &ret->train);
@@ -139,5 +201,20 @@ void moe_data_release(struct moe_data *d)
     moe_dataset_release(&d->train);
     moe_dataset_release(&d->test);
     moe_standardize_release(&d->stats);
+    moe_corpus_release(&d->corpus);
     memset(d, 0, sizeof *d);
+}
+
+int moe_data_vocab_read(const struct moe_st_file *f, struct moe_vocab *ret, struct moe_err *err)
+{
+    const struct moe_st_entry *e = moe_safetensors_find(f, MOE_VOCAB_TENSOR);
+    if (!e)
+        return 0;
+    if (e->dtype != MOE_U8 || e->ndim != 1)
+        return moe_error(err, MOE_EFORMAT, "checkpoint '%s': tensor '%s' must be a 1-d U8 tensor", f->path,
+                         MOE_VOCAB_TENSOR);
+    char what[1100];
+    snprintf(what, sizeof what, "checkpoint '%s' tensor '%s'", f->path, MOE_VOCAB_TENSOR);
+    int rc = moe_vocab_parse(ret, (const char *)e->data, e->numel, what, err);
+    return rc ? rc : 1;
 }

@@ -10,6 +10,7 @@
 #include "core/status.h"
 #include "io/config.h"
 #include "io/dataset.h"
+#include "io/text.h"
 #include "model/model.h"
 
 extern const struct moe_cfg_key moe_run_schema[];
@@ -20,9 +21,22 @@ struct moe_data {
     struct moe_dataset train, test;
     int standardized;
     struct moe_standardize stats;
+    int has_text;             // data.source = text: the splits are windows over corpus
+    struct moe_corpus corpus; // vocabulary, token streams and languages (the splits point into it: do not copy)
 };
 int moe_data_load(struct moe_data *ret, const struct moe_config *cfg, struct moe_err *err);
+// The same; for text data with a given vocabulary (a checkpoint's) instead of
+// data.text.vocab or one built from the training text (vocab may be NULL).
+int moe_data_load_ex(struct moe_data *ret, const struct moe_config *cfg, const struct moe_vocab *vocab,
+                     struct moe_err *err);
 void moe_data_release(struct moe_data *d);
+// Text data in checkpoints: the vocabulary as tensor "vocab.text" (U8, the
+// vocabulary file's bytes, io/text.h) and the language names as metadata
+// "data.languages" (a JSON array of strings).
+#define MOE_VOCAB_TENSOR "vocab.text"
+#define MOE_LANGUAGES_META "data.languages"
+// The vocabulary stored in a checkpoint: 1 and *ret filled, 0 when the file has none.
+int moe_data_vocab_read(const struct moe_st_file *f, struct moe_vocab *ret, struct moe_err *err);
 
 // ---- optimisers over the flat parameter buffer ----
 enum moe_optim_type { MOE_OPTIM_GD = 0, MOE_OPTIM_SGD = 1, MOE_OPTIM_ADAMW = 2 };
@@ -67,6 +81,14 @@ struct moe_eval_row {
     double expert_label_mi;  // bits, I(first-choice expert; class or region)
     const struct moe_route_acc *route; // (n_route) the per-layer statistics behind them
     size_t n_route;
+    // Language models (NaN otherwise): loss is nats per predicted token.
+    double bits_per_byte;    // nats / ln 2 over the source bytes of the predicted tokens
+    double expert_lang_mi;   // bits, I(first-choice expert; language), means over the sparse layers (several languages)
+    // expert_label_mi is I(first-choice expert; byte class of the input token) for language models.
+    const double *lang_loss; // (n_lang) per-language sums behind them (nats, tokens, bytes)
+    const uint64_t *lang_tokens;
+    const double *lang_bytes;
+    size_t n_lang;
 };
 // Fill a row's means from accumulated statistics of n rows (split and step untouched).
 void moe_eval_row_fill(struct moe_eval_row *r, const struct moe_stats *s, enum moe_task task, double active_threshold);
@@ -80,9 +102,29 @@ struct moe_train_result {
     double final_gate_mean[64]; // first 64 experts' final training mixing proportions
     double wall_seconds;
     double rows_per_second;   // training rows processed per second
+    double tokens_per_second; // language models: training tokens (rows x n_ctx) per second
 };
 
-// Evaluate a whole split in chunks. row->split is set from `split`.
+// Windows of a language-model split gathered into a batch (trainer.c): n rows
+// of n_ctx + 1 tokens with their byte classes, languages and target bytes.
+struct moe_lm_batch {
+    int32_t *tok, *lang;
+    uint8_t *cls;
+    uint64_t *bytes;
+};
+int moe_lm_batch_alloc(struct moe_lm_batch *b, size_t n, size_t n_ctx, struct moe_err *err);
+void moe_lm_batch_release(struct moe_lm_batch *b);
+// Rows first .. first + n - 1 of d: epoch > 0, that epoch's random training
+// windows (io/text.h moe_text_random_start); epoch 0, the fixed evaluation windows.
+struct moe_batch moe_lm_batch_fill(const struct moe_dataset *d, struct moe_lm_batch *b, uint64_t seed,
+                                   uint64_t epoch, size_t first, size_t n);
+
+// Statistics for evaluating or training m on data like d: gate and region
+// statistics, routing statistics with the data's labels (classes, regions, or
+// for language models byte class x language pairs), per-language sums.
+int moe_train_stats_init(struct moe_stats *s, const struct moe_model *m, const struct moe_dataset *d,
+                         struct moe_err *err);
+// Evaluate a whole split in chunks (language models: its fixed windows). row->split is set from `split`.
 int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *split, size_t chunk,
                  double active_threshold, struct moe_stats *scratch, struct moe_eval_row *ret, struct moe_err *err);
 

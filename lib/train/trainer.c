@@ -32,19 +32,66 @@ static struct moe_batch slice(const struct moe_dataset *d, size_t start, size_t 
     return b;
 }
 
+int moe_lm_batch_alloc(struct moe_lm_batch *b, size_t n, size_t C, struct moe_err *err)
+{
+    b->tok = malloc(n * (C + 1) * sizeof *b->tok);
+    b->cls = malloc(n * (C + 1) * sizeof *b->cls);
+    b->lang = malloc(n * sizeof *b->lang);
+    b->bytes = malloc(n * sizeof *b->bytes);
+    if (!b->tok || !b->cls || !b->lang || !b->bytes)
+        return moe_error(err, MOE_ENOMEM, "out of memory for a batch of %zu windows", n);
+    return 0;
+}
+
+void moe_lm_batch_release(struct moe_lm_batch *b)
+{
+    free(b->tok);
+    free(b->cls);
+    free(b->lang);
+    free(b->bytes);
+    memset(b, 0, sizeof *b);
+}
+
+struct moe_batch moe_lm_batch_fill(const struct moe_dataset *d, struct moe_lm_batch *lb, uint64_t seed,
+                                   uint64_t epoch, size_t first, size_t n)
+{
+    const struct moe_text *t = d->text;
+    size_t C = d->n_ctx;
+    for (size_t i = 0; i < n; i++) {
+        size_t seg, start;
+        if (epoch > 0) {
+            start = moe_text_random_start(t, C, seed, epoch, first + i, &seg);
+        } else {
+            start = d->win[first + i];
+            seg = moe_text_seg_of(t, start);
+        }
+        memcpy(lb->tok + i * (C + 1), t->tok + start, (C + 1) * sizeof *lb->tok);
+        memcpy(lb->cls + i * (C + 1), t->cls + start, (C + 1) * sizeof *lb->cls);
+        lb->lang[i] = t->seg[seg].lang;
+        lb->bytes[i] = t->off[start + C + 1] - t->off[start + 1];
+    }
+    struct moe_batch b = { .n = n, .tok = lb->tok, .cls = lb->cls, .lang = lb->lang, .bytes = lb->bytes };
+    return b;
+}
+
 int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *split, size_t chunk,
                  double active_threshold, struct moe_stats *s, struct moe_eval_row *ret, struct moe_err *err)
 {
     moe_stats_reset(s);
     if (chunk > m->max_batch)
         chunk = m->max_batch;
-    for (size_t start = 0; start < d->n; start += chunk) {
-        size_t n = d->n - start < chunk ? d->n - start : chunk;
-        struct moe_batch b = slice(d, start, n);
-        int rc = moe_model_run(m, &b, 0, s, err);
-        if (rc)
-            return rc;
+    int lm = d->task == MOE_TASK_LM;
+    size_t rows = lm ? d->n_win : d->n;
+    struct moe_lm_batch lb = { 0 };
+    int rc = lm ? moe_lm_batch_alloc(&lb, chunk, d->n_ctx, err) : 0;
+    for (size_t start = 0; !rc && start < rows; start += chunk) {
+        size_t n = rows - start < chunk ? rows - start : chunk;
+        struct moe_batch b = lm ? moe_lm_batch_fill(d, &lb, 0, 0, start, n) : slice(d, start, n);
+        rc = moe_model_run(m, &b, 0, s, err);
     }
+    moe_lm_batch_release(&lb);
+    if (rc)
+        return rc;
     memset(ret, 0, sizeof *ret);
     ret->split = split;
     moe_eval_row_fill(ret, s, d->task, active_threshold);
@@ -57,7 +104,15 @@ void moe_eval_row_fill(struct moe_eval_row *r, const struct moe_stats *s, enum m
     double n = s->n ? (double)s->n : NAN;
     r->loss = s->loss / n;
     r->mse = s->sq_err / n;
-    r->accuracy = task == MOE_TASK_CLASSIFICATION ? (double)s->correct / n : NAN;
+    r->accuracy = task != MOE_TASK_REGRESSION ? (double)s->correct / n : NAN;
+    if (task == MOE_TASK_LM)
+        r->mse = NAN;
+    r->bits_per_byte = task == MOE_TASK_LM && s->bytes > 0 ? s->loss / (M_LN2 * s->bytes) : NAN;
+    r->lang_loss = s->lang_loss;
+    r->lang_tokens = s->lang_tokens;
+    r->lang_bytes = s->lang_bytes;
+    r->n_lang = s->n_lang;
+    r->expert_lang_mi = NAN;
     r->gate_entropy = s->n_expert ? s->gate_entropy / n : NAN;
     r->active_experts = s->n_expert ? (double)moe_stats_active_experts(s, active_threshold) : NAN;
     r->expert_region_mi = s->n_expert && s->contingency ? moe_stats_expert_region_mi(s) : NAN;
@@ -75,9 +130,11 @@ void moe_eval_row_fill(struct moe_eval_row *r, const struct moe_stats *s, enum m
         double v[] = { a->weight > 0 ? a->aux / a->weight : NAN, a->weight > 0 ? a->z / a->weight : NAN,
                        moe_cv(a->routed, a->E), moe_cv(a->gate_sum, a->E), moe_max_mean(a->routed, a->E),
                        moe_route_acc_dropped_fraction(a), a->has_probs ? a->entropy / tok : NAN,
-                       moe_route_acc_label_mi(a) };
+                       a->G2 ? moe_route_acc_label_mi_part(a, 0) : moe_route_acc_label_mi(a) };
         for (size_t i = 0; i < nf; i++)
             *f[i] += v[i] / (double)s->n_route;
+        if (a->G2 > 1)
+            r->expert_lang_mi = (l ? r->expert_lang_mi : 0.0) + moe_route_acc_label_mi_part(a, 1) / (double)s->n_route;
     }
 }
 
@@ -149,6 +206,21 @@ static double largest_weight(const struct moe_params *p, const char **ret_name)
     return big;
 }
 
+int moe_train_stats_init(struct moe_stats *s, const struct moe_model *m, const struct moe_dataset *d,
+                         struct moe_err *err)
+{
+    int lm = d->task == MOE_TASK_LM;
+    size_t n_label = lm ? MOE_N_BYTE_CLASS * d->n_group : d->task == MOE_TASK_CLASSIFICATION ? d->n_out : d->n_group;
+    int rc;
+    if ((rc = moe_stats_init(s, m->n_expert, lm ? 0 : d->n_group, err)) ||
+        (rc = moe_stats_init_routing(s, m, n_label, err)) ||
+        (lm && (rc = moe_stats_init_lang(s, d->n_group, err))))
+        return rc;
+    for (size_t i = 0; lm && i < s->n_route; i++)
+        s->route[i].G2 = d->n_group;
+    return 0;
+}
+
 int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg, moe_eval_cb cb,
               void *ctx, struct moe_train_result *ret, struct moe_err *err)
 {
@@ -185,20 +257,24 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
         bs = tr->n;
     if (bs > m->max_batch)
         bs = m->max_batch;
+    if (tr->task == MOE_TASK_LM && chunk > bs)
+        chunk = bs; // evaluation windows per pass: at most a training batch (memory grows with n_ctx)
 
-    struct moe_stats st, sb; // evaluation, and training steps since the last batch row
+    // evaluation of the training and the test split (each row keeps pointers into its
+    // own statistics until it is written), and training steps since the last batch row
+    struct moe_stats st, ste, sb;
     struct moe_dataset batch;
     memset(&batch, 0, sizeof batch);
     memset(&st, 0, sizeof st);
+    memset(&ste, 0, sizeof ste);
     memset(&sb, 0, sizeof sb);
     uint64_t log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
-    size_t n_label = tr->task == MOE_TASK_CLASSIFICATION ? tr->n_out : tr->n_group;
+    int lm = tr->task == MOE_TASK_LM;
     uint32_t *perm = NULL;
     double *gm_train = NULL, *gm_test = NULL;
-    if ((rc = moe_stats_init(&st, m->n_expert, tr->n_group, err)) ||
-        (rc = moe_stats_init_routing(&st, m, n_label, err)) ||
-        (rc = moe_stats_init(&sb, m->n_expert, tr->n_group, err)) ||
-        (rc = moe_stats_init_routing(&sb, m, n_label, err)))
+    struct moe_lm_batch lb = { 0 };
+    if ((rc = moe_train_stats_init(&st, m, tr, err)) || (rc = moe_train_stats_init(&ste, m, tr, err)) ||
+        (rc = moe_train_stats_init(&sb, m, tr, err)))
         goto out;
     perm = malloc((tr->n ? tr->n : 1) * sizeof *perm);
     gm_train = calloc(m->n_expert + 1, sizeof *gm_train);
@@ -207,7 +283,9 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
         rc = moe_error(err, MOE_ENOMEM, "out of memory");
         goto out;
     }
-    int shuffled = shuffle && bs < tr->n;
+    int shuffled = shuffle && bs < tr->n && !lm;
+    if (lm && (rc = moe_lm_batch_alloc(&lb, bs, tr->n_ctx, err)))
+        goto out;
     if (shuffled) {
         rc = moe_dataset_alloc(&batch, tr->task, bs, tr->n_in, tr->n_out, tr->group != NULL, err);
         if (rc)
@@ -256,7 +334,9 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
             for (size_t start = pos->next_row; start < tr->n; start += bs) {
                 size_t n = tr->n - start < bs ? tr->n - start : bs;
                 struct moe_batch b;
-                if (shuffled) {
+                if (lm) {
+                    b = moe_lm_batch_fill(tr, &lb, seed, epoch, start, n);
+                } else if (shuffled) {
                     for (size_t i = 0; i < n; i++) {
                         size_t src = perm[start + i];
                         memcpy(batch.x + i * tr->n_in, tr->x + src * tr->n_in, tr->n_in * sizeof(float));
@@ -345,12 +425,12 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
             if (log_due || met) {
                 if (!log_every && (rc = batch_row(&sb, tr->task, thr, pos->steps, epoch, cb, ctx, err)))
                     goto out;
-                rc = moe_evaluate(m, te, "test", chunk, thr, &st, &rte, err);
+                rc = moe_evaluate(m, te, "test", chunk, thr, &ste, &rte, err);
                 if (rc)
                     goto out;
                 rte.step = pos->steps;
                 rte.epoch = epoch;
-                fill_gate_mean(&rte, &st, gm_test);
+                fill_gate_mean(&rte, &ste, gm_test);
                 if (cb && ((rc = cb(ctx, &rtr, err)) || (rc = cb(ctx, &rte, err))))
                     goto out;
             }
@@ -358,7 +438,16 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
         if (last) {
             ret->final_train = rtr;
             ret->final_test = rte;
-            ret->final_train.gate_mean = ret->final_test.gate_mean = NULL;
+            // the rows' pointers into the statistics do not outlive this call
+            struct moe_eval_row *fin[] = { &ret->final_train, &ret->final_test };
+            for (int i = 0; i < 2; i++) {
+                fin[i]->gate_mean = NULL;
+                fin[i]->route = NULL;
+                fin[i]->n_route = 0;
+                fin[i]->lang_loss = fin[i]->lang_bytes = NULL;
+                fin[i]->lang_tokens = NULL;
+                fin[i]->n_lang = 0;
+            }
             for (size_t e = 0; e < m->n_expert && e < 64; e++)
                 ret->final_gate_mean[e] = gm_train[e];
             // No checkpoint here: the caller writes the model and the summary, whose
@@ -376,6 +465,7 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
     #undef CHECKPOINT
     ret->wall_seconds = now_seconds() - t0;
     ret->rows_per_second = pos->train_seconds > 0 ? (double)pos->rows_seen / pos->train_seconds : 0.0;
+    ret->tokens_per_second = lm ? ret->rows_per_second * (double)tr->n_ctx : NAN;
 out:
     ret->steps = ck.pos.steps;
     ret->criterion_epoch = ck.pos.criterion_epoch;
@@ -383,8 +473,10 @@ out:
         ret->wall_seconds = now_seconds() - t0;
     moe_optim_release(&opt);
     moe_stats_release(&st);
+    moe_stats_release(&ste);
     moe_stats_release(&sb);
     moe_dataset_release(&batch);
+    moe_lm_batch_release(&lb);
     free(perm);
     free(gm_train);
     free(gm_test);

@@ -376,6 +376,42 @@ if [ -s hash.st ]; then
     for _ in $(seq 16); do printf '\xff\xff\xff\xff'; done | dd of=rs_hash_negative.st bs=1 seek=$((8 + hl + off)) conv=notrunc 2>/dev/null
 fi
 
+# ------------------------------------------------- text data and the Transformer LM
+# text_dir: two small languages (en, ru), enough for windows of n_ctx 8; lm.json
+# is a tiny valid byte-level LM over it (one sparse block, switch router).
+mkdir -p text_dir text_empty_dir text_dir_nul text_dir_empty_file
+for i in $(seq 12); do printf 'The cat %d sat on the mat, and the dog ran off. ' "$i"; done >text_dir/en.txt
+for i in $(seq 8); do printf 'Кошка %d сидела на окне, а собака спала. ' "$i"; done >text_dir/ru.txt
+cp text_dir/en.txt text_dir_nul/en.txt
+printf 'hello\000world, some text after a NUL byte\n' >text_dir_nul/xx.txt
+cp text_dir/en.txt text_dir_empty_file/en.txt
+: >text_dir_empty_file/ru.txt
+: >text_empty.txt
+printf 'hello\000world, some text after a NUL byte\n' >text_nul.txt
+printf 'too short\n' >text_short.txt
+printf '%s\n' "{ \"data\": { \"source\": \"text\", \"text\": { \"path\": \"$FIX/text_dir\", \"valid_fraction\": 0.2 } },
+  \"model\": { \"type\": \"transformer\", \"n_ctx\": 8, \"n_embd\": 8, \"n_head\": 2, \"n_layer\": 1, \"n_ff\": 8,
+             \"n_expert\": 2, \"n_expert_used\": 1 },
+  \"moe\": { \"router\": \"switch\" }, \"optim\": { \"batch_size\": 8 }, \"train\": { \"epochs\": 1 } }" >lm.json
+jq 'del(.data.text.path)' lm.json >lm_no_path.json
+# vocabulary files: a bad header, a duplicate token, a wrong count, a valid words vocabulary
+printf 'moe-vocab 2 words 3\n<unk>\na\nb\n' >vocab_bad_header.txt
+printf 'moe-vocab 1 words 3\n<unk>\na\na\n' >vocab_dup.txt
+printf 'moe-vocab 1 words 4\n<unk>\na\nb\n' >vocab_count.txt
+printf 'moe-vocab 1 words 3\n<unk>\nthe\ncat\n' >vocab_words.txt
+fixture "lm.json (byte-level transformer) trains" "$MOE" train --config lm.json --out run/lm --quiet --threads 1
+fixture "lm.json with moe.lang_router trains" "$MOE" train --config lm.json --set moe.lang_router=true --out run/lmlang --quiet --threads 1
+cp run/lm/model.safetensors lm.st 2>/dev/null
+cp run/lmlang/model.safetensors lm_lang.st 2>/dev/null
+if [ -s lm.st ]; then
+    st_jq lm_vocab_dtype.st lm.st '.["vocab.text"].dtype = "I8"'
+    # vocab.text whose header reads "moe-vocab 9 ..."
+    off=$(st_header lm.st | jq '.["vocab.text"].data_offsets[0]')
+    hl=$(od -An -t u8 -N8 lm.st | tr -d ' ')
+    cp lm.st lm_vocab_corrupt.st
+    printf 'moe-vocab 9' | dd of=lm_vocab_corrupt.st bs=1 seek=$((8 + hl + off)) conv=notrunc 2>/dev/null
+fi
+
 # ------------------------------------------------------------------ the rows
 CMDS=(train compare-loss route-stats)
 row=0

@@ -158,7 +158,7 @@ idx_config "$TMP/img_trunc.idx" "$TMP/lab.idx" >"$TMP/idx_trunc.json"
 idx_config "$TMP/img_trunc.idx.gz" "$TMP/lab.idx" >"$TMP/idx_trunc_gz.json"
 idx_config "$TMP/img.idx" "$TMP/lab5.idx" >"$TMP/idx_count.json"
 
-METRICS_HEADER='step,epoch,split,loss,mse,accuracy,gate_entropy,active_experts,expert_region_mi,aux_loss,z_loss,load_cv,importance_cv,load_max_mean,dropped_fraction,router_entropy,expert_label_mi'
+METRICS_HEADER='step,epoch,split,loss,mse,accuracy,gate_entropy,active_experts,expert_region_mi,aux_loss,z_loss,load_cv,importance_cv,load_max_mean,dropped_fraction,router_entropy,expert_label_mi,bits_per_byte,expert_lang_mi'
 CURVES_HEADER='system,seed,epoch,step,train_loss,train_mse,train_accuracy,test_loss,test_mse,test_accuracy,active_experts,gate_entropy'
 
 # ------------------------------------------------------------ A. happy paths

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# A byte-level Transformer LM over the Universal Declaration of Human Rights in
+# 12 languages and 9 scripts (eng fra deu spa: Latin; rus: Cyrillic; ell: Greek;
+# arb: Arabic; hin: Devanagari; cmn: Han; jpn: Han and kana; kor: Hangul; heb:
+# Hebrew), MoE against dense at equal active parameters, with and without
+# language-aware routing (moe.lang_router: a learned embedding of the window's
+# language added to the router input). Model as experiments/common/lm.json
+# (4 blocks, blocks 1 and 3 Switch top-1 over 8 experts of width 128; dense FFN
+# 128); the last 15% of each language's text is its validation split; 5 epochs
+# of 4,000 random windows of 64 bytes; 3 seeds. After training, `moe
+# route-stats` routes the validation split and reports, per sparse layer, the
+# mutual information between the first-choice expert and the language and
+# between the expert and the byte class of the input byte, each beside its
+# chance level (labels permuted across the same expert loads).
+#
+#   bash experiments/data/udhr.sh             # once: the texts
+#   bash experiments/crosslingual/run.sh [MOE_BINARY]
+#
+# Writes results/crosslingual/runs.csv (one row per system and seed),
+# table.csv (means and sds), languages.csv (validation bits per byte per
+# language, system and seed), mi.csv (per layer, system and seed), command.txt.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+[ $# -ge 1 ] && export MOE=$1
+# shellcheck source=../common/lib.sh
+. "$root/experiments/common/lib.sh"
+moe=$(moe_bin)
+[ -x "$moe" ] || { echo "$0: no moe binary at '$moe' (build first)" >&2; exit 2; }
+texts=$root/experiments/data/cache/udhr/text
+[ -d "$texts" ] || { echo "$0: no texts in '$texts' (run: bash experiments/data/udhr.sh)" >&2; exit 2; }
+out=$root/results/crosslingual
+work=$root/runs/crosslingual
+seeds=(${SEEDS:-1 2 3})
+mkdir -p "$out" "$work"
+echo "bash experiments/crosslingual/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), languages: $(ls "$texts" | sed 's/\.txt$//' | tr '\n' ' ')" > "$out/command.txt"
+
+systems=(
+  "dense|model.moe_every=99"
+  "switch|moe.router=\"switch\" moe.jitter=0.01"
+  "switch-lang|moe.router=\"switch\" moe.jitter=0.01 moe.lang_router=true"
+)
+common=(--set data.text.path="\"$texts\"" --set data.text.valid_fraction=0.15 --set data.text.windows_per_epoch=4000
+        --set train.epochs=5)
+
+echo "system,seed,active_parameters,parameters,valid_bits_per_byte,valid_loss,train_bits_per_byte,valid_load_cv,mi_language,mi_language_random,mi_byte_class,mi_byte_class_random,tokens_per_second" > "$out/runs.csv"
+echo "system,seed,language,valid_tokens,valid_bytes,valid_bits_per_byte" > "$out/languages.csv"
+echo "system,seed,layer,mi_language,mi_language_random,mi_byte_class,mi_byte_class_random,load_cv" > "$out/mi.csv"
+for seed in "${seeds[@]}"; do
+  for s in "${systems[@]}"; do
+    name=${s%%|*}
+    sets=()
+    for kv in ${s#*|}; do sets+=(--set "$kv"); done
+    d=$work/$name-s$seed
+    "$moe" train --config "$root/experiments/common/lm.json" "${common[@]}" --seed "$seed" --out "$d" --quiet \
+      "${sets[@]}" >/dev/null
+    # validation bits per byte per language: the last evaluation's test rows
+    awk -F, -v sys="$name" -v seed="$seed" 'NR > 1 && $3 == "test" { last = $1; row[$1, $4] = $5 "," $6 "," $8; if (!seen[$4]++) lang[++n] = $4 }
+        END { for (i = 1; i <= n; i++) print sys "," seed "," lang[i] "," row[last, lang[i]] }' \
+        "$d/languages.csv" >> "$out/languages.csv"
+    mi=",,,"
+    if [ "$name" != dense ]; then
+      "$moe" route-stats --checkpoint "$d/model.safetensors" --out "$d/route" --quiet >/dev/null
+      awk -F, -v sys="$name" -v seed="$seed" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+          { print sys "," seed "," $c["layer"] "," $c["expert_lang_mi"] "," $c["expert_lang_mi_random"] "," \
+                  $c["expert_label_mi"] "," $c["expert_label_mi_random"] "," $c["load_cv"] }' \
+          "$d/route/layers.csv" >> "$out/mi.csv"
+      mi=$(awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+          { a += $c["expert_lang_mi"]; b += $c["expert_lang_mi_random"]; x += $c["expert_label_mi"]; y += $c["expert_label_mi_random"]; n++ }
+          END { printf "%.6g,%.6g,%.6g,%.6g", a / n, b / n, x / n, y / n }' "$d/route/layers.csv")
+    fi
+    t=$(jq -r '[(.active_parameters // .parameters), .parameters, .final.test.bits_per_byte, .final.test.loss,
+                 .final.train.bits_per_byte, .final.test.load_cv, .train_tokens_per_second] | @csv' "$d/summary.json")
+    IFS=, read -r ap p vb vl tb lc tps <<< "$t"
+    echo "$name,$seed,$ap,$p,$vb,$vl,$tb,$lc,$mi,$tps" >> "$out/runs.csv"
+    echo "crosslingual: $name seed=$seed: valid bpb $vb, MI(lang, random, class, random) $mi" >&2
+  done
+done
+summarise_runs "$out/runs.csv" > "$out/table.csv"
+column -s, -t < "$out/table.csv" >&2

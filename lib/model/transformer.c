@@ -1,0 +1,480 @@
+// transformer.c: the decoder-only Transformer language model (GPT-2 layout,
+// pre-norm) with a sparse MoE FFN in every moe_every-th block and a dense FFN
+// elsewhere. Rows are windows of C + 1 tokens (io/text.h): the model reads
+// tokens 0..C-1 and predicts 1..C; the loss is the mean next-token
+// cross-entropy in nats per predicted token, plus the sparse layers'
+// auxiliary losses. Not here: tokenisation, windows, sampling text.
+//
+//   h_0 = tok_emb[x_t] + pos_emb[t]
+//   m_l = h_l + Wo . Attn(norm1_l(h_l) . Wqkv^T)        causal, H heads
+//   h_{l+1} = m_l + FFN_l(norm2_l(m_l))                 FFN_l = MoE layer or dense FFN
+//   logits = norm_f(h_L) . W_head^T                      W_head = tok_emb when tied
+// Block l is sparse iff l % moe_every == moe_every - 1 (as in mlp-moe).
+// Language-aware routing (moe.lang_router): the router of each sparse layer
+// sees norm2_l(m_l) + lang_emb_l[language of the window] (the embedding starts
+// at zero, so step 0 routes like the plain model).
+// Hash routing keys on the input token id, with a table over the vocabulary.
+//
+// reference: Vaswani et al. 2017 (attention); Radford et al. 2019 (GPT-2
+// pre-norm layout, learned positions); Fedus et al. 2022 and Lepikhin et al.
+// 2021 (an MoE FFN in every other block); Roller et al. 2021 (hash layers).
+//
+// B = windows, C = n_ctx, T = B * C tokens, D = n_embd, H = n_head, F = n_ff,
+// Fd = n_ff_dense, V = vocabulary, G = languages, L = n_layer.
+//
+// Tensors (docs/checkpoint.md):
+//   tok_emb.weight (V, D), pos_emb.weight (C, D)
+//   layers.{l}.attn_norm.weight (D), .bias (D) (layernorm only)
+//   layers.{l}.attn.wqkv (3D, D), layers.{l}.attn.wo (D, D)
+//   layers.{l}.ffn_norm.weight (D), .bias (D) (layernorm only)
+//   layers.{l}.moe.* (moe/moe_layer.h), layers.{l}.moe.lang_emb (G, D) (moe.lang_router)
+//     or layers.{l}.ffn.w1 (Fd, D), .w3 (Fd, D) (swiglu), .w2 (D, Fd)
+//   norm.weight (D), norm.bias (D) (layernorm only), head.weight (V, D) (untied only)
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/config.h"
+#include "io/text.h"
+#include "model/model.h"
+#include "moe/moe_layer.h"
+#include "nn/nn.h"
+
+
+struct block {
+    int sparse;
+    int i_g1, i_b1, i_qkv, i_wo, i_g2, i_b2; // norms (biases -1 for rmsnorm), attention
+    struct moe_layer moe;                    // sparse blocks
+    int i_lang;                              // lang_emb (G, D) of a sparse block, or -1
+    int i_w1, i_w3, i_w2;                    // dense blocks
+    float *a, *b, *hh;                       // (T, Fd) dense FFN activations
+    // saved for backward, (T, .) each
+    float *n1, *mean1, *rstd1, *qkv, *att, *ao, *m, *n2, *mean2, *rstd2;
+};
+
+struct transformer {
+    size_t C, D, H, V, G, L, Fd, T_max;
+    int rms, tied, lang_router;
+    enum moe_ffn_act act;
+    float init_scale;
+    int has_hash;
+    struct block *blk;
+    size_t n_sparse;
+    struct moe_layer **moe;     // (n_sparse) the sparse layers in order
+    int i_wte, i_wpe, i_gf, i_bf, i_wh;
+    float *h;                   // (L+1, T, D) block inputs; h[L] = final residual
+    float *nf, *meanf, *rstdf;  // (T, D), (T), (T) final norm
+    float *logits, *dlogits;    // (T, V)
+    float *dh, *dn, *tmp;       // (T, D)
+    float *dqkv, *datt, *dao;   // (T, 3D), (B, H, C, C), (T, D)
+    float *da, *db, *dhh;       // (T, Fd)
+    float *radd, *dradd;        // (T, D) language embedding at each token, its gradient
+    int32_t *target, *label;    // (T) next tokens; routing labels (byte class * G + language)
+    uint32_t *keys;             // (T) hash keys: input token ids
+};
+
+static void release(struct moe_model *m)
+{
+    struct transformer *n = m->impl;
+    if (!n)
+        return;
+    for (size_t l = 0; n->blk && l < n->L; l++) {
+        struct block *b = &n->blk[l];
+        moe_layer_release(&b->moe);
+        float *bb[] = { b->a, b->b, b->hh, b->n1, b->mean1, b->rstd1, b->qkv, b->att, b->ao, b->m, b->n2,
+                        b->mean2, b->rstd2 };
+        for (size_t i = 0; i < sizeof bb / sizeof *bb; i++)
+            moe_free(bb[i]);
+    }
+    free(n->blk);
+    free(n->moe);
+    void *bufs[] = { n->h, n->nf, n->meanf, n->rstdf, n->logits, n->dlogits, n->dh, n->dn, n->tmp,
+                     n->dqkv, n->datt, n->dao, n->da, n->db, n->dhh, n->radd, n->dradd, n->target, n->label,
+                     n->keys };
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        moe_free(bufs[i]);
+    free(n);
+    m->impl = NULL;
+}
+
+static void fill(struct moe_params *p, int i, float v)
+{
+    if (i < 0)
+        return;
+    float *w = moe_params_data(p, i);
+    for (size_t k = 0; k < p->t[i].numel; k++)
+        w[k] = v;
+}
+
+static void init_weights(struct moe_model *m, uint64_t seed)
+{
+    struct transformer *n = m->impl;
+    struct moe_params *p = &m->params;
+    moe_init_uniform(p, n->i_wte, seed, n->init_scale);
+    moe_init_uniform(p, n->i_wpe, seed, n->init_scale);
+    for (size_t l = 0; l < n->L; l++) {
+        struct block *b = &n->blk[l];
+        fill(p, b->i_g1, 1.0f);
+        fill(p, b->i_b1, 0.0f);
+        fill(p, b->i_g2, 1.0f);
+        fill(p, b->i_b2, 0.0f);
+        moe_init_uniform(p, b->i_qkv, seed, n->init_scale);
+        moe_init_uniform(p, b->i_wo, seed, n->init_scale);
+        if (b->sparse) {
+            moe_layer_init(&b->moe, p, seed, n->init_scale);
+            fill(p, b->i_lang, 0.0f);
+        } else {
+            int w[] = { b->i_w1, b->i_w3, b->i_w2 };
+            for (int k = 0; k < 3; k++)
+                if (w[k] >= 0)
+                    moe_init_uniform(p, w[k], seed, n->init_scale);
+        }
+    }
+    fill(p, n->i_gf, 1.0f);
+    fill(p, n->i_bf, 0.0f);
+    if (!n->tied)
+        moe_init_uniform(p, n->i_wh, seed, n->init_scale);
+}
+
+// Balanced hash tables: greedy by the training split's token frequencies.
+static int fit(struct moe_model *m, const struct moe_dataset *train, struct moe_err *err)
+{
+    struct transformer *n = m->impl;
+    if (!n->has_hash || !train->text)
+        return 0;
+    uint64_t *freq = calloc(n->V, sizeof *freq);
+    if (!freq)
+        return moe_error(err, MOE_ENOMEM, "out of memory for token counts");
+    moe_text_count(train->text, n->V, freq);
+    moe_model_layers_fit_hash(m, freq);
+    free(freq);
+    return 0;
+}
+
+// Statistics of one batch: per-token loss and accuracy, bytes, per-language sums.
+static void add_stats(const struct transformer *n, const struct moe_batch *bt, struct moe_stats *s)
+{
+    size_t B = bt->n, C = n->C, V = n->V;
+    for (size_t w = 0; w < B; w++) {
+        double loss = 0.0;
+        size_t correct = 0;
+        for (size_t c = 0; c < C; c++) {
+            size_t t = w * C + c;
+            const float *z = n->logits + t * V;
+            float mx = z[0];
+            size_t am = 0;
+            for (size_t v = 1; v < V; v++)
+                if (z[v] > mx) {
+                    mx = z[v];
+                    am = v;
+                }
+            double sum = 0.0;
+            for (size_t v = 0; v < V; v++)
+                sum += exp((double)(z[v] - mx));
+            loss += (double)mx + log(sum) - (double)z[n->target[t]];
+            correct += am == (size_t)n->target[t];
+        }
+        s->n += C;
+        s->loss += loss;
+        s->correct += correct;
+        double bytes = bt->bytes ? (double)bt->bytes[w] : (double)C;
+        s->bytes += bytes;
+        size_t g = bt->lang ? (size_t)bt->lang[w] : 0;
+        if (g < s->n_lang) {
+            s->lang_loss[g] += loss;
+            s->lang_tokens[g] += C;
+            s->lang_bytes[g] += bytes;
+        }
+    }
+}
+
+static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, struct moe_stats *stats,
+               struct moe_err *err)
+{
+    struct transformer *n = m->impl;
+    struct moe_params *p = &m->params;
+    size_t B = bt->n, C = n->C, D = n->D, H = n->H, V = n->V, G = n->G, L = n->L, Fd = n->Fd;
+    size_t T = B * C, TD = T * D, ld = C + 1;
+    if (B > m->max_batch)
+        return moe_error(err, MOE_EINVAL, "batch of %zu windows exceeds the model's maximum %zu", B, m->max_batch);
+    if (B == 0)
+        return 0;
+    if (!bt->tok)
+        return moe_error(err, MOE_EINVAL, "model 'transformer' needs token windows (data.source 'text')");
+    for (size_t w = 0; w < B; w++) {
+        if (bt->lang && (bt->lang[w] < 0 || (size_t)bt->lang[w] >= G))
+            return moe_error(err, MOE_EINVAL, "window %zu: language %d outside [0, %zu)", w, bt->lang[w], G);
+        for (size_t c = 0; c <= C; c++) {
+            int32_t id = bt->tok[w * ld + c];
+            if (id < 0 || (size_t)id >= V)
+                return moe_error(err, MOE_EINVAL, "window %zu: token id %d outside the vocabulary [0, %zu)", w,
+                                 id, V);
+        }
+        for (size_t c = 0; c < C; c++) {
+            size_t t = w * C + c;
+            int32_t g = bt->lang ? bt->lang[w] : 0;
+            n->target[t] = bt->tok[w * ld + c + 1];
+            n->keys[t] = (uint32_t)bt->tok[w * ld + c];
+            n->label[t] = (bt->cls ? (int32_t)bt->cls[w * ld + c] : MOE_CLASS_OTHER) * (int32_t)G + g;
+        }
+    }
+
+    // forward
+    moe_embedding_forward(n->h, bt->tok, ld, moe_params_data(p, n->i_wte), moe_params_data(p, n->i_wpe), B, C, D);
+    size_t si = 0;
+    for (size_t l = 0; l < L; l++) {
+        struct block *b = &n->blk[l];
+        float *hin = n->h + l * TD, *hout = n->h + (l + 1) * TD;
+        moe_model_norm_forward(n->rms, p, b->n1, b->mean1, b->rstd1, hin, b->i_g1, b->i_b1, T, n->D);
+        moe_linear_forward(b->qkv, 3 * D, b->n1, D, moe_params_data(p, b->i_qkv), NULL, T, D, 3 * D);
+        moe_attention_forward(b->ao, b->att, b->qkv, B, C, D, H);
+        moe_linear_forward(n->tmp, D, b->ao, D, moe_params_data(p, b->i_wo), NULL, T, D, D);
+        for (size_t i = 0; i < TD; i++)
+            b->m[i] = hin[i] + n->tmp[i];
+        moe_model_norm_forward(n->rms, p, b->n2, b->mean2, b->rstd2, b->m, b->i_g2, b->i_b2, T, n->D);
+        memcpy(hout, b->m, TD * sizeof(float));
+        if (b->sparse) {
+            struct moe_route_acc *acc = stats && si < stats->n_route ? &stats->route[si] : NULL;
+            b->moe.radd = b->moe.dradd = NULL;
+            if (b->i_lang >= 0) {
+                const float *le = moe_params_data(p, b->i_lang);
+                for (size_t t = 0; t < T; t++) {
+                    size_t g = bt->lang ? (size_t)bt->lang[t / C] : 0;
+                    memcpy(n->radd + t * D, le + g * D, D * sizeof(float));
+                }
+                b->moe.radd = n->radd;
+            }
+            moe_layer_forward(&b->moe, p, hout, b->n2, T, n->keys, with_grad, m->seed, bt->step, acc, n->label);
+            si++;
+        } else {
+            moe_ffn_forward(n->tmp, b->a, b->b, b->hh, b->n2, moe_params_data(p, b->i_w1),
+                            b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL, moe_params_data(p, b->i_w2), T, D,
+                            Fd, n->act);
+            for (size_t i = 0; i < TD; i++)
+                hout[i] += n->tmp[i];
+        }
+    }
+    const float *hL = n->h + L * TD;
+    moe_model_norm_forward(n->rms, p, n->nf, n->meanf, n->rstdf, hL, n->i_gf, n->i_bf, T, n->D);
+    moe_linear_forward(n->logits, V, n->nf, D, moe_params_data(p, n->i_wh), NULL, T, D, V);
+    if (stats)
+        add_stats(n, bt, stats);
+    if (!with_grad)
+        return 0;
+
+    // backward
+    memset(n->dlogits, 0, T * V * sizeof(float));
+    moe_ce_forward_backward(n->dlogits, n->logits, n->target, T, V, 1.0f / (float)T);
+    memset(n->dn, 0, TD * sizeof(float));
+    moe_linear_backward(n->dn, D, moe_params_grad(p, n->i_wh), NULL, n->dlogits, V, n->nf, D,
+                        moe_params_data(p, n->i_wh), T, D, V);
+    memset(n->dh, 0, TD * sizeof(float));
+    moe_model_norm_backward(n->rms, p, n->dh, n->dn, hL, n->meanf, n->rstdf, n->i_gf, n->i_bf, T, n->D);
+    for (size_t l = L; l-- > 0;) {
+        struct block *b = &n->blk[l];
+        // FFN branch: dm = dh (residual) + norm2'(dFFN)
+        memset(n->dn, 0, TD * sizeof(float));
+        if (b->sparse) {
+            if (b->i_lang >= 0) {
+                memset(n->dradd, 0, TD * sizeof(float));
+                b->moe.dradd = n->dradd;
+            }
+            moe_layer_backward(&b->moe, p, n->dn, n->dh, b->n2);
+            if (b->i_lang >= 0) {
+                float *gl = moe_params_grad(p, b->i_lang);
+                for (size_t t = 0; t < T; t++) {
+                    size_t g = bt->lang ? (size_t)bt->lang[t / C] : 0;
+                    for (size_t d = 0; d < D; d++)
+                        gl[g * D + d] += n->dradd[t * D + d];
+                }
+                b->moe.dradd = NULL;
+            }
+        } else {
+            moe_ffn_backward(n->dn, moe_params_grad(p, b->i_w1), b->i_w3 >= 0 ? moe_params_grad(p, b->i_w3) : NULL,
+                             moe_params_grad(p, b->i_w2), n->dhh, n->da, n->db, n->dh, b->n2, b->a, b->b, b->hh,
+                             moe_params_data(p, b->i_w1), b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL,
+                             moe_params_data(p, b->i_w2), T, D, Fd, n->act);
+        }
+        moe_model_norm_backward(n->rms, p, n->dh, n->dn, b->m, b->mean2, b->rstd2, b->i_g2, b->i_b2, T, n->D);
+        // attention branch: dh_l = dm (residual) + norm1'(Wqkv'(Attn'(Wo'(dm))))
+        memset(n->dao, 0, TD * sizeof(float));
+        moe_linear_backward(n->dao, D, moe_params_grad(p, b->i_wo), NULL, n->dh, D, b->ao, D,
+                            moe_params_data(p, b->i_wo), T, D, D);
+        memset(n->dqkv, 0, 3 * TD * sizeof(float));
+        moe_attention_backward(n->dqkv, n->datt, n->dao, b->qkv, b->att, B, C, D, H);
+        memset(n->dn, 0, TD * sizeof(float));
+        moe_linear_backward(n->dn, D, moe_params_grad(p, b->i_qkv), NULL, n->dqkv, 3 * D, b->n1, D,
+                            moe_params_data(p, b->i_qkv), T, D, 3 * D);
+        moe_model_norm_backward(n->rms, p, n->dh, n->dn, n->h + l * TD, b->mean1, b->rstd1, b->i_g1, b->i_b1, T, n->D);
+    }
+    moe_embedding_backward(moe_params_grad(p, n->i_wte), moe_params_grad(p, n->i_wpe), n->dh, bt->tok, ld, B, C, D);
+    return 0;
+}
+
+static const struct moe_model_ops ops = {
+    .type = "transformer",
+    .run = run,
+    .init_weights = init_weights,
+    .release = release,
+    .fit = fit,
+    .state = moe_model_layers_state,
+    .moe_layer_at = moe_model_layers_at,
+    .set_eval_capacity = moe_model_layers_set_eval_capacity,
+};
+
+int moe_transformer_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err)
+{
+    struct transformer *n = calloc(1, sizeof *n);
+    if (!n)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    m->impl = n;
+    m->ops = &ops;
+    if (strcmp(loss, "ce") != 0)
+        return moe_error(err, MOE_ECONFIG, "key 'loss.type': model 'transformer' takes ce (next-token cross-entropy), got '%s'", loss);
+    m->loss_name = "ce";
+    n->C = (size_t)moe_cfg_int(cfg, "model.n_ctx");
+    n->D = (size_t)moe_cfg_int(cfg, "model.n_embd");
+    n->H = (size_t)moe_cfg_int(cfg, "model.n_head");
+    n->L = (size_t)moe_cfg_int(cfg, "model.n_layer");
+    n->V = m->n_out;
+    n->G = m->n_in ? m->n_in : 1;
+    n->tied = moe_cfg_bool(cfg, "model.tie_embeddings");
+    n->lang_router = moe_cfg_bool(cfg, "moe.lang_router");
+    size_t F = (size_t)moe_cfg_int(cfg, "model.n_ff");
+    size_t every = (size_t)moe_cfg_int(cfg, "model.moe_every");
+    n->rms = strcmp(moe_cfg_str(cfg, "model.norm"), "rmsnorm") == 0;
+    n->act = (enum moe_ffn_act)moe_ffn_act_from_name(moe_cfg_str(cfg, "model.ffn_activation"));
+    n->init_scale = (float)moe_cfg_num(cfg, "model.init_scale");
+    size_t K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
+    n->Fd = moe_cfg_int(cfg, "model.n_ff_dense") > 0 ? (size_t)moe_cfg_int(cfg, "model.n_ff_dense") : K * F;
+    size_t C = n->C, D = n->D, H = n->H, V = n->V, G = n->G, L = n->L, Fd = n->Fd;
+    size_t B = m->max_batch, T = B * C;
+    n->T_max = T;
+    if (D % H)
+        return moe_error(err, MOE_ECONFIG, "key 'model.n_head': %zu heads do not divide model.n_embd = %zu", H, D);
+    if (V < 2)
+        return moe_error(err, MOE_ECONFIG, "model 'transformer' needs a vocabulary of at least 2 tokens, got %zu", V);
+    int swiglu = n->act == MOE_FFN_SWIGLU;
+    struct moe_layer_cfg lc;
+    int rc = moe_model_layer_cfg(&lc, cfg, D, F, n->act, err);
+    if (rc)
+        return rc;
+    lc.hash_vocab = V; // hash routing keys on token ids
+    n->blk = calloc(L, sizeof *n->blk);
+    n->moe = calloc(L, sizeof *n->moe);
+    if (!n->blk || !n->moe)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    struct moe_params *p = &m->params;
+    char name[MOE_NAME_MAX];
+#define ADD(idx, nm, ...)                                               \
+    if ((idx = moe_params_add(p, nm, MOE_SHAPE(__VA_ARGS__), err)) < 0) \
+        return idx
+#define ADDF(idx, fmt, l, ...)                  \
+    snprintf(name, sizeof name, fmt, l);        \
+    ADD(idx, name, __VA_ARGS__)
+    ADD(n->i_wte, "tok_emb.weight", V, D);
+    ADD(n->i_wpe, "pos_emb.weight", C, D);
+    for (size_t l = 0; l < L; l++) {
+        struct block *b = &n->blk[l];
+        b->i_b1 = b->i_b2 = b->i_w1 = b->i_w3 = b->i_w2 = b->i_lang = -1;
+        b->sparse = l % every == every - 1;
+        ADDF(b->i_g1, "layers.%zu.attn_norm.weight", l, D);
+        if (!n->rms) {
+            ADDF(b->i_b1, "layers.%zu.attn_norm.bias", l, D);
+        }
+        ADDF(b->i_qkv, "layers.%zu.attn.wqkv", l, 3 * D, D);
+        ADDF(b->i_wo, "layers.%zu.attn.wo", l, D, D);
+        ADDF(b->i_g2, "layers.%zu.ffn_norm.weight", l, D);
+        if (!n->rms) {
+            ADDF(b->i_b2, "layers.%zu.ffn_norm.bias", l, D);
+        }
+        if (b->sparse) {
+            lc.index = (uint32_t)l;
+            snprintf(name, sizeof name, "layers.%zu.moe", l);
+            if ((rc = moe_layer_declare(&b->moe, &lc, name, p, err)))
+                return rc;
+            if (n->lang_router) {
+                ADDF(b->i_lang, "layers.%zu.moe.lang_emb", l, G, D);
+            }
+            n->moe[n->n_sparse++] = &b->moe;
+            n->has_hash |= lc.router.type == MOE_ROUTER_HASH;
+        } else {
+            ADDF(b->i_w1, "layers.%zu.ffn.w1", l, Fd, D);
+            if (swiglu) {
+                ADDF(b->i_w3, "layers.%zu.ffn.w3", l, Fd, D);
+            }
+            ADDF(b->i_w2, "layers.%zu.ffn.w2", l, D, Fd);
+        }
+    }
+    n->i_bf = -1;
+    ADD(n->i_gf, "norm.weight", D);
+    if (!n->rms) {
+        ADD(n->i_bf, "norm.bias", D);
+    }
+    if (n->tied) {
+        n->i_wh = n->i_wte;
+    } else {
+        ADD(n->i_wh, "head.weight", V, D);
+    }
+#undef ADDF
+#undef ADD
+    if ((rc = moe_params_alloc(p, err)))
+        return rc;
+    size_t TD = T * D, att = B * H * C * C;
+    for (size_t l = 0; l < L; l++) {
+        struct block *b = &n->blk[l];
+        if (b->sparse) {
+            if ((rc = moe_layer_alloc(&b->moe, T, err)))
+                return rc;
+        } else {
+            b->a = moe_alloc(T * Fd, sizeof(float));
+            b->hh = moe_alloc(T * Fd, sizeof(float));
+            b->b = swiglu ? moe_alloc(T * Fd, sizeof(float)) : NULL;
+            if (!b->a || !b->hh || (swiglu && !b->b))
+                return moe_error(err, MOE_ENOMEM, "out of memory for dense FFN activations (%zu tokens)", T);
+        }
+        b->n1 = moe_alloc(TD, sizeof(float));
+        b->mean1 = moe_alloc(T, sizeof(float));
+        b->rstd1 = moe_alloc(T, sizeof(float));
+        b->qkv = moe_alloc(3 * TD, sizeof(float));
+        b->att = moe_alloc(att, sizeof(float));
+        b->ao = moe_alloc(TD, sizeof(float));
+        b->m = moe_alloc(TD, sizeof(float));
+        b->n2 = moe_alloc(TD, sizeof(float));
+        b->mean2 = moe_alloc(T, sizeof(float));
+        b->rstd2 = moe_alloc(T, sizeof(float));
+        if (!b->n1 || !b->mean1 || !b->rstd1 || !b->qkv || !b->att || !b->ao || !b->m || !b->n2 || !b->mean2 ||
+            !b->rstd2)
+            return moe_error(err, MOE_ENOMEM, "out of memory for attention activations (%zu tokens)", T);
+    }
+    n->h = moe_alloc((L + 1) * TD, sizeof(float));
+    n->nf = moe_alloc(TD, sizeof(float));
+    n->meanf = moe_alloc(T, sizeof(float));
+    n->rstdf = moe_alloc(T, sizeof(float));
+    n->logits = moe_alloc(T * V, sizeof(float));
+    n->dlogits = moe_alloc(T * V, sizeof(float));
+    n->dh = moe_alloc(TD, sizeof(float));
+    n->dn = moe_alloc(TD, sizeof(float));
+    n->tmp = moe_alloc(TD, sizeof(float));
+    n->dqkv = moe_alloc(3 * TD, sizeof(float));
+    n->datt = moe_alloc(att, sizeof(float));
+    n->dao = moe_alloc(TD, sizeof(float));
+    n->da = moe_alloc(T * Fd, sizeof(float));
+    n->db = moe_alloc(T * Fd, sizeof(float));
+    n->dhh = moe_alloc(T * Fd, sizeof(float));
+    n->radd = moe_alloc(TD, sizeof(float));
+    n->dradd = moe_alloc(TD, sizeof(float));
+    n->target = moe_alloc(T, sizeof(int32_t));
+    n->label = moe_alloc(T, sizeof(int32_t));
+    n->keys = moe_alloc(T, sizeof(uint32_t));
+    if (!n->h || !n->nf || !n->meanf || !n->rstdf || !n->logits || !n->dlogits || !n->dh || !n->dn ||
+        !n->tmp || !n->dqkv || !n->datt || !n->dao || !n->da || !n->db || !n->dhh || !n->radd || !n->dradd ||
+        !n->target || !n->label || !n->keys)
+        return moe_error(err, MOE_ENOMEM, "out of memory for transformer activations (%zu tokens)", T);
+    m->n_moe_layers = n->n_sparse;
+    m->moe_layers = n->moe;
+    m->n_route_expert = lc.router.E;
+    m->n_route_slots = moe_router_slots(&lc.router);
+    return 0;
+}
