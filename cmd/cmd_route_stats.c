@@ -340,7 +340,8 @@ int cmd_route_stats(int argc, char **argv)
     if ((rc = cli_check_run(cmd, &cfg, NULL, rs_batch, o.split, 0, NULL, &checked)))
         goto out;
     int has_vocab = moe_data_vocab_read(&f, &vocab, &err);
-    if (has_vocab < 0 || moe_data_load_ex(&data, &cfg, has_vocab ? &vocab : NULL, &err)) {
+    if (has_vocab < 0 || moe_data_load_ex(&data, &cfg, has_vocab ? &vocab : NULL, &err) ||
+        moe_data_check_text_checkpoint(&data, &f, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }

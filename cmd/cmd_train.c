@@ -473,7 +473,8 @@ int cmd_train(int argc, char **argv)
     }
     moe_model_init_weights(&model, (uint64_t)moe_cfg_int(&cfg, "train.seed"));
     if (moe_model_fit(&model, &data.train, &err) ||
-        (o.init && (moe_safetensors_open(o.init, &init, &err) || moe_model_load(&model, &init, 1, &err))) ||
+        (o.init && (moe_safetensors_open(o.init, &init, &err) || moe_data_check_text_checkpoint(&data, &init, &err) ||
+                    moe_model_load(&model, &init, 1, &err))) ||
         (o.resume && moe_model_load(&model, &resume, 1, &err))) {
         rc = cli_fail(cmd, &err);
         goto out;

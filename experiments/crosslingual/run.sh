@@ -18,7 +18,8 @@
 #
 # Writes results/crosslingual/runs.csv (one row per system and seed),
 # table.csv (means and sds), languages.csv (validation bits per byte per
-# language, system and seed), mi.csv (per layer, system and seed), command.txt.
+# language, system and seed), mi.csv (per layer, system and seed), mi_latin.csv
+# (latin_mi.sh: the same MI among the Latin-script languages only), command.txt.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -78,3 +79,5 @@ for seed in "${seeds[@]}"; do
 done
 summarise_runs "$out/runs.csv" > "$out/table.csv"
 column -s, -t < "$out/table.csv" >&2
+# MI(expert; language) within one script (results/crosslingual/mi_latin.csv)
+bash "$here/latin_mi.sh"

@@ -965,12 +965,12 @@ static int list_files(const char *path, struct tfile **ret, size_t *ret_n, struc
         rc = moe_error(err, MOE_EIO, "text corpus '%s': the directory holds no text file (regular files whose name "
                        "does not start with '.')", path);
     if (!rc && n > (size_t)INT32_MAX)
-        rc = moe_error(err, MOE_EINVAL, "text corpus '%s': %zu files, too many languages", path, n);
+        rc = moe_error(err, MOE_EFORMAT, "text corpus '%s': %zu files, too many languages", path, n);
     if (!rc) {
         qsort(f, n, sizeof *f, cmp_tfile);
         for (size_t i = 1; i < n; i++)
             if (strcmp(f[i - 1].lang, f[i].lang) == 0) {
-                rc = moe_error(err, MOE_EINVAL, "text corpus '%s': files '%s' and '%s' are both language '%s'",
+                rc = moe_error(err, MOE_EFORMAT, "text corpus '%s': files '%s' and '%s' are both language '%s'",
                                path, f[i - 1].path, f[i].path, f[i].lang);
                 break;
             }

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "io/safetensors.h"
 #include "train/train.h"
 
@@ -101,8 +103,11 @@ static int load_text(struct moe_data *d, const struct moe_config *cfg, const str
     memset(&file_vocab, 0, sizeof file_vocab);
     int rc;
     if (!vocab && vpath) {
-        if ((rc = moe_vocab_read(&file_vocab, vpath, err)))
-            return rc;
+        if ((rc = moe_vocab_read(&file_vocab, vpath, err))) {
+            char msg[sizeof err->msg];
+            snprintf(msg, sizeof msg, "%s", err->msg);
+            return moe_error(err, rc, "key 'data.text.vocab': %s", msg);
+        }
         s.vocab = &file_vocab;
     }
     rc = moe_corpus_load(&s, &d->corpus, err);
@@ -111,9 +116,15 @@ static int load_text(struct moe_data *d, const struct moe_config *cfg, const str
         return rc;
     d->has_text = 1;
     size_t C = (size_t)moe_cfg_int(cfg, "model.n_ctx");
-    if (moe_text_n_starts(&d->corpus.train, C) == 0)
-        return moe_error(err, MOE_EINVAL, "'%s': the training text has no window of model.n_ctx + 1 = %zu tokens",
-                         s.path, C + 1);
+    if (moe_text_n_starts(&d->corpus.train, C) == 0) {
+        size_t longest = 0;
+        for (size_t i = 0; i < d->corpus.train.n_seg; i++) {
+            size_t len = d->corpus.train.seg[i].end - d->corpus.train.seg[i].begin;
+            longest = len > longest ? len : longest;
+        }
+        return moe_error(err, MOE_EINVAL, "'%s': the training text has no window of model.n_ctx + 1 = %zu tokens (its longest file has %zu training tokens)",
+                         s.path, C + 1, longest);
+    }
     struct moe_dataset *sp[] = { &d->train, &d->test };
     const struct moe_text *tx[] = { &d->corpus.train, &d->corpus.valid };
     const char *keys[] = { "data.text.train_eval_windows", "data.text.valid_eval_windows" };
@@ -214,7 +225,49 @@ int moe_data_vocab_read(const struct moe_st_file *f, struct moe_vocab *ret, stru
         return moe_error(err, MOE_EFORMAT, "checkpoint '%s': tensor '%s' must be a 1-d U8 tensor", f->path,
                          MOE_VOCAB_TENSOR);
     char what[1100];
-    snprintf(what, sizeof what, "checkpoint '%s' tensor '%s'", f->path, MOE_VOCAB_TENSOR);
+    snprintf(what, sizeof what, "%s (checkpoint tensor %s)", f->path, MOE_VOCAB_TENSOR);
     int rc = moe_vocab_parse(ret, (const char *)e->data, e->numel, what, err);
     return rc ? rc : 1;
+}
+
+int moe_data_check_text_checkpoint(const struct moe_data *d, const struct moe_st_file *f, struct moe_err *err)
+{
+    if (!d->has_text)
+        return 0;
+    // language ids only mean something to a model with language embeddings
+    int lang_emb = 0;
+    for (size_t i = 0; i < f->n && !lang_emb; i++) {
+        size_t len = strlen(f->e[i].name);
+        lang_emb = len >= 9 && strcmp(f->e[i].name + len - 9, ".lang_emb") == 0;
+    }
+    const char *langs = lang_emb ? moe_safetensors_meta(f, MOE_LANGUAGES_META) : NULL;
+    if (langs) {
+        cJSON *a = cJSON_Parse(langs);
+        int same = cJSON_IsArray(a) && (size_t)cJSON_GetArraySize(a) == d->corpus.n_lang;
+        for (size_t g = 0; same && g < d->corpus.n_lang; g++) {
+            const cJSON *it = cJSON_GetArrayItem(a, (int)g);
+            same = cJSON_IsString(it) && strcmp(it->valuestring, d->corpus.lang[g]) == 0;
+        }
+        cJSON_Delete(a);
+        if (!same)
+            return moe_error(err, MOE_ESHAPE, "'%s' was trained on the languages %s, but the data (data.text.path) has %zu language(s)",
+                             f->path, langs, d->corpus.n_lang);
+    }
+    struct moe_vocab v;
+    memset(&v, 0, sizeof v);
+    int rc = moe_data_vocab_read(f, &v, err);
+    if (rc <= 0)
+        return rc;
+    char *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    rc = moe_vocab_serialize(&v, &a, &na, err);
+    if (!rc)
+        rc = moe_vocab_serialize(&d->corpus.vocab, &b, &nb, err);
+    if (!rc && (na != nb || memcmp(a, b, na) != 0))
+        rc = moe_error(err, MOE_ESHAPE, "'%s' has another vocabulary (%zu %s tokens) than the data (%zu); use its vocabulary with data.text.vocab",
+                       f->path, v.n, moe_tok_kind_name(v.kind), d->corpus.vocab.n);
+    free(a);
+    free(b);
+    moe_vocab_release(&v);
+    return rc;
 }

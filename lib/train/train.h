@@ -37,6 +37,9 @@ void moe_data_release(struct moe_data *d);
 #define MOE_LANGUAGES_META "data.languages"
 // The vocabulary stored in a checkpoint: 1 and *ret filled, 0 when the file has none.
 int moe_data_vocab_read(const struct moe_st_file *f, struct moe_vocab *ret, struct moe_err *err);
+// For text data: the checkpoint's vocabulary and, for a model with language
+// embeddings, its languages (when it records them) are the data's (MOE_ESHAPE otherwise: its embeddings would mean other tokens).
+int moe_data_check_text_checkpoint(const struct moe_data *d, const struct moe_st_file *f, struct moe_err *err);
 
 // ---- optimisers over the flat parameter buffer ----
 enum moe_optim_type { MOE_OPTIM_GD = 0, MOE_OPTIM_SGD = 1, MOE_OPTIM_ADAMW = 2 };
