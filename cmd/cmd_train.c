@@ -383,6 +383,8 @@ int cmd_train(int argc, char **argv)
     struct moe_st_file init = { 0 }, resume = { 0 };
     cJSON *summary = NULL;
     char *cfg_text = NULL;
+    struct moe_vocab ck_vocab; // a resumed run's vocabulary (text data)
+    memset(&ck_vocab, 0, sizeof ck_vocab);
     memset(&data, 0, sizeof data);
     memset(&model, 0, sizeof model);
     memset(&outs, 0, sizeof outs);
@@ -410,8 +412,6 @@ int cmd_train(int argc, char **argv)
     const char *out = o.resume ? o.resume : c.out;
     struct moe_train_pos pos = { 0 };
     uint64_t keep_metrics = 0, keep_experts = 0, keep_langs = 0;
-    struct moe_vocab ck_vocab;
-    memset(&ck_vocab, 0, sizeof ck_vocab);
     int has_vocab = 0;
     if (o.resume) {
         summary = complete_summary(out);

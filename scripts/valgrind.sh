@@ -144,6 +144,21 @@ idx_config() { # idx_config TRAIN_IMAGES
 }
 idx_config img.idx.gz >idx.json
 idx_config img_trunc.idx.gz >idx_trunc.json
+# text: two tiny languages; a byte-level Transformer with Switch layers and
+# language-aware routing, and a word-level one with hash routing
+mkdir -p text
+for i in $(seq 40); do printf 'The cat sat on mat %d, then ran.\n' "$i"; done >text/en.txt
+for i in $(seq 40); do printf 'Кошка сидела на ковре %d, потом убежала.\n' "$i"; done >text/ru.txt
+cat >lm.json <<'EOF2'
+{
+  "data": { "source": "text", "text": { "path": "text", "windows_per_epoch": 24 } },
+  "model": { "type": "transformer", "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2, "moe_every": 2,
+             "n_ff": 8, "n_expert": 4, "n_expert_used": 1 },
+  "moe": { "router": "switch", "lang_router": true },
+  "optim": { "batch_size": 8 },
+  "train": { "epochs": 2 }
+}
+EOF2
 printf '{ "model": { "n_expertz": 3 } }\n' >unknown.json
 printf '{\n  "model": {\n    "n_expert": 3,\n  oops\n}\n' >notjson.json
 
@@ -179,6 +194,11 @@ vg "train --dry-run (estimate only)" 0 train --dry-run --config moe.json
 STOP_AT=st/checkpoint.safetensors vg "train mlp-moe, stopped by SIGTERM after its first checkpoint" "143|0" \
     train --config moe.json --set train.epochs=6 --threads 1 --out st --quiet
 vg "train --resume of the stopped run" 0 train --resume st --threads 1 --quiet
+vg "train transformer, bytes, switch + language-aware routing (--threads 2)" 0 train --config lm.json --threads 2 --out lm --quiet
+vg "train transformer, words, hash routing (balanced)" 0 train --config lm.json --threads 1 --out lmw --quiet \
+    --set data.text.tokens=words --set moe.router=hash --set moe.hash_table=balanced --set moe.lang_router=false
+vg "route-stats on the transformer (MI with language and byte class, trace)" 0 \
+    route-stats --checkpoint lm/model.safetensors --out lm/route --trace lm/trace.jsonl --quiet
 vg "train --init from a checkpoint" 0 \
     train --config "$root/examples/quickstart.json" --set train.epochs=1 --threads 1 --out q2 --quiet --init q/model.safetensors
 
@@ -192,6 +212,7 @@ else
     : >trunc_header.safetensors
     : >trunc_data.safetensors
 fi
+printf 'text with a \000 byte\n' >nul.txt
 if [ -s mm/model.safetensors ]; then
     head -c $(($(wc -c <mm/model.safetensors) - 10)) mm/model.safetensors >moe_trunc.safetensors
 else
@@ -209,6 +230,8 @@ vg "error: TSV table with a non-numeric cell" 1 train --config table_bad.json --
 vg "error: truncated gzipped IDX images" 1 train --config idx_trunc.json --out bad
 vg "error: route-stats on a truncated checkpoint" 1 route-stats --checkpoint moe_trunc.safetensors --out bad
 vg "error: route-stats on a missing checkpoint" 1 route-stats --checkpoint no_such.safetensors --out bad
+vg "error: text data with a NUL byte" 1 train --config lm.json --out bad --set data.text.path=nul.txt
+vg "error: --init with another vocabulary" 2 train --config lm.json --out bad --set data.text.tokens=words --init lm/model.safetensors
 vg "error: route-stats --set to a model the checkpoint does not fit" 2 \
     route-stats --checkpoint mm/model.safetensors --out bad --set model.n_embd=9
 
