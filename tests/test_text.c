@@ -658,11 +658,11 @@ START_TEST(test_corpus_errors)
     ck_assert_uint_eq(c.train.n_tok, 3);
     moe_corpus_release(&c);
     spec.max_bytes = 0;
-    // Two files of one language.
+    // Two files of one language: a layout fault of the data (exit 1), like an empty file.
     write_str(p, "abc");
     snprintf(p, sizeof p, "%s/empty.md", keep);
     write_str(p, "abc");
-    ck_assert_int_eq(moe_corpus_load(&spec, &c, &err), MOE_EINVAL);
+    ck_assert_int_eq(moe_corpus_load(&spec, &c, &err), MOE_EFORMAT);
     assert_contains(err.msg, "both language 'empty'");
     remove(p);
     // A read error: /proc/self/mem is a regular file that fails to read at offset 0.
