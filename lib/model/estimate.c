@@ -320,6 +320,62 @@ static void est_sparse_tensors(struct est *e, size_t l, const struct moe_router_
 #undef LNAME
 }
 
+// The FFN of block l: a sparse layer's tensors (and the routed experts a token
+// does not use, into *inactive) or a dense FFN of width dFd; its MACs per token.
+static void est_ffn_block(struct est *e, struct shape *s, size_t l, int sparse, const struct moe_router_cfg *rc,
+                          size_t D, size_t F, size_t Sh, int swiglu, struct dim dFd, double *inactive)
+{
+    double per_expert = (double)F * (double)D * (swiglu ? 3.0 : 2.0);
+    if (sparse) {
+        double E = (double)rc->E;
+        double used = rc->type == MOE_ROUTER_EXPERT_CHOICE ? rc->ec_factor
+                      : rc->type == MOE_ROUTER_HASH       ? 1.0
+                                                           : (double)rc->K;
+        if (used > E)
+            used = E;
+        double router_macs = (rc->type == MOE_ROUTER_HASH ? 0.0 : E * (double)D) +
+                             (rc->type == MOE_ROUTER_NOISY_TOPK ? E * (double)D : 0.0);
+        est_sparse_tensors(e, l, rc, D, F, Sh, swiglu);
+        // the same expression, in the same order, as cli_routing_json
+        *inactive += (E - used) * per_expert;
+        s->macs += router_macs + used * per_expert + (double)Sh * per_expert;
+        s->n_sparse++;
+        return;
+    }
+    char name[MOE_NAME_MAX + 32];
+    struct dim dD = { D, "model.n_embd" };
+#define LNAME(fmt) (snprintf(name, sizeof name, fmt, l), name)
+    TENSOR(e, LNAME("layers.%zu.ffn.w1"), dFd, dD);
+    if (swiglu)
+        TENSOR(e, LNAME("layers.%zu.ffn.w3"), dFd, dD);
+    TENSOR(e, LNAME("layers.%zu.ffn.w2"), dD, dFd);
+#undef LNAME
+    s->macs += (double)dFd.v * D * (swiglu ? 3.0 : 2.0);
+}
+
+// The FFN scratch of all blocks: n_sparse sparse layers' (identical) buffers and
+// the dense blocks' activations, for T tokens (dT names them).
+static void est_ffn_scratch(struct est *e, size_t *act, const struct moe_router_cfg *rc, struct dim dT, size_t D,
+                            size_t F, size_t Sh, int swiglu, size_t V, size_t L, size_t n_sparse, struct dim dFd)
+{
+    size_t per_layer = 0, dense_layer = 0, all;
+    if (n_sparse) {
+        est_layer_scratch(e, &per_layer, rc, dT.v, D, F, Sh, swiglu, V);
+        if (!e->rc && product(e, &all, 1, DIMS({ per_layer, "bytes per sparse layer" },
+                                               { n_sparse, "sparse layers (model.n_layer, model.moe_every)" })) == 0)
+            add(e, act, all, "memory estimate");
+    }
+    if (n_sparse < L) {
+        BUF(e, &dense_layer, "ffn.a", sizeof(float), dT, dFd);
+        BUF(e, &dense_layer, "ffn.hh", sizeof(float), dT, dFd);
+        if (swiglu)
+            BUF(e, &dense_layer, "ffn.b", sizeof(float), dT, dFd);
+        if (!e->rc && product(e, &all, 1, DIMS({ dense_layer, "bytes per dense layer" },
+                                               { L - n_sparse, "dense layers (model.n_layer, model.moe_every)" })) == 0)
+            add(e, act, all, "memory estimate");
+    }
+}
+
 // model/mlp_moe.c and moe/moe_layer.c
 static void est_mlp_moe(struct est *e, const struct moe_config *cfg, struct shape *s, size_t *act)
 {
@@ -348,12 +404,6 @@ static void est_mlp_moe(struct est *e, const struct moe_config *cfg, struct shap
         dFd = (struct dim){ Fd, "model.n_expert_used x model.n_ff" };
     if (e->rc)
         return;
-    double per_expert = (double)F * (double)D * (swiglu ? 3.0 : 2.0);
-    double used = rc.type == MOE_ROUTER_EXPERT_CHOICE ? rc.ec_factor : rc.type == MOE_ROUTER_HASH ? 1.0 : (double)K;
-    if (used > (double)E)
-        used = (double)E;
-    double router_macs = (rc.type == MOE_ROUTER_HASH ? 0.0 : (double)E * D) +
-                         (rc.type == MOE_ROUTER_NOISY_TOPK ? (double)E * D : 0.0);
     double inactive = 0.0;
     s->macs = (double)I * D + (double)O * D;
 
@@ -366,19 +416,7 @@ static void est_mlp_moe(struct est *e, const struct moe_config *cfg, struct shap
         TENSOR(e, LNAME("layers.%zu.norm.weight"), dD);
         if (!rms)
             TENSOR(e, LNAME("layers.%zu.norm.bias"), dD);
-        if (sparse) {
-            est_sparse_tensors(e, l, &rc, D, F, Sh, swiglu);
-            // the same expression, in the same order, as cli_routing_json
-            inactive += ((double)E - used) * per_expert;
-            s->macs += router_macs + used * per_expert + (double)Sh * per_expert;
-            s->n_sparse++;
-        } else {
-            TENSOR(e, LNAME("layers.%zu.ffn.w1"), dFd, dD);
-            if (swiglu)
-                TENSOR(e, LNAME("layers.%zu.ffn.w3"), dFd, dD);
-            TENSOR(e, LNAME("layers.%zu.ffn.w2"), dD, dFd);
-            s->macs += (double)Fd * D * (swiglu ? 3.0 : 2.0);
-        }
+        est_ffn_block(e, s, l, sparse, &rc, D, F, Sh, swiglu, dFd, &inactive);
 #undef LNAME
     }
     TENSOR(e, "norm.weight", dD);
@@ -389,25 +427,7 @@ static void est_mlp_moe(struct est *e, const struct moe_config *cfg, struct shap
     if (e->rc)
         return;
 
-    // scratch: the sparse layers' (identical) buffers once, times their number
-    size_t per_layer = 0, dense_layer = 0;
-    if (s->n_sparse) {
-        est_layer_scratch(e, &per_layer, &rc, T, D, F, Sh, swiglu, V);
-        size_t all;
-        if (!e->rc && product(e, &all, 1, DIMS({ per_layer, "bytes per sparse layer" },
-                                               { s->n_sparse, "sparse layers (model.n_layer, model.moe_every)" })) == 0)
-            add(e, act, all, "memory estimate");
-    }
-    if (s->n_sparse < L) {
-        BUF(e, &dense_layer, "ffn.a", sizeof(float), dT, dFd);
-        BUF(e, &dense_layer, "ffn.hh", sizeof(float), dT, dFd);
-        if (swiglu)
-            BUF(e, &dense_layer, "ffn.b", sizeof(float), dT, dFd);
-        size_t all;
-        if (!e->rc && product(e, &all, 1, DIMS({ dense_layer, "bytes per dense layer" },
-                                               { L - s->n_sparse, "dense layers (model.n_layer, model.moe_every)" })) == 0)
-            add(e, act, all, "memory estimate");
-    }
+    est_ffn_scratch(e, act, &rc, dT, D, F, Sh, swiglu, V, L, s->n_sparse, dFd);
     BUF(e, act, "h (residual stream)", sizeof(float), dL1, dT, dD);
     BUF(e, act, "n (normalised inputs)", sizeof(float), dL1, dT, dD);
     BUF(e, act, "mean", sizeof(float), dL1, dT);
@@ -459,12 +479,6 @@ static void est_transformer(struct est *e, const struct moe_config *cfg, struct 
         dFd = (struct dim){ Fd, "model.n_expert_used x model.n_ff" };
     if (e->rc)
         return;
-    double per_expert = (double)F * (double)D * (swiglu ? 3.0 : 2.0);
-    double used = rc.type == MOE_ROUTER_EXPERT_CHOICE ? rc.ec_factor : rc.type == MOE_ROUTER_HASH ? 1.0 : (double)K;
-    if (used > (double)E)
-        used = (double)E;
-    double router_macs = (rc.type == MOE_ROUTER_HASH ? 0.0 : (double)E * D) +
-                         (rc.type == MOE_ROUTER_NOISY_TOPK ? (double)E * D : 0.0);
     double inactive = 0.0;
     // head, and per block the projections and attention over (C + 1) / 2 positions on average (QK and AV)
     s->macs = (double)V * D;
@@ -483,20 +497,9 @@ static void est_transformer(struct est *e, const struct moe_config *cfg, struct 
         if (!rms)
             TENSOR(e, LNAME("layers.%zu.ffn_norm.bias"), dD);
         s->macs += 4.0 * (double)D * D + 2.0 * (double)D * ((double)C + 1.0) / 2.0;
-        if (sparse) {
-            est_sparse_tensors(e, l, &rc, D, F, Sh, swiglu);
-            if (lang)
-                TENSOR(e, LNAME("layers.%zu.moe.lang_emb"), dG, dD);
-            inactive += ((double)E - used) * per_expert;
-            s->macs += router_macs + used * per_expert + (double)Sh * per_expert;
-            s->n_sparse++;
-        } else {
-            TENSOR(e, LNAME("layers.%zu.ffn.w1"), dFd, dD);
-            if (swiglu)
-                TENSOR(e, LNAME("layers.%zu.ffn.w3"), dFd, dD);
-            TENSOR(e, LNAME("layers.%zu.ffn.w2"), dD, dFd);
-            s->macs += (double)Fd * D * (swiglu ? 3.0 : 2.0);
-        }
+        est_ffn_block(e, s, l, sparse, &rc, D, F, Sh, swiglu, dFd, &inactive);
+        if (sparse && lang)
+            TENSOR(e, LNAME("layers.%zu.moe.lang_emb"), dG, dD);
 #undef LNAME
     }
     TENSOR(e, "norm.weight", dD);
@@ -507,22 +510,8 @@ static void est_transformer(struct est *e, const struct moe_config *cfg, struct 
     if (e->rc)
         return;
 
-    size_t per_layer = 0, dense_layer = 0, every_layer = 0, all;
-    if (s->n_sparse) {
-        est_layer_scratch(e, &per_layer, &rc, T, D, F, Sh, swiglu, V);
-        if (!e->rc && product(e, &all, 1, DIMS({ per_layer, "bytes per sparse layer" },
-                                               { s->n_sparse, "sparse layers (model.n_layer, model.moe_every)" })) == 0)
-            add(e, act, all, "memory estimate");
-    }
-    if (s->n_sparse < L) {
-        BUF(e, &dense_layer, "ffn.a", sizeof(float), dT, dFd);
-        BUF(e, &dense_layer, "ffn.hh", sizeof(float), dT, dFd);
-        if (swiglu)
-            BUF(e, &dense_layer, "ffn.b", sizeof(float), dT, dFd);
-        if (!e->rc && product(e, &all, 1, DIMS({ dense_layer, "bytes per dense layer" },
-                                               { L - s->n_sparse, "dense layers (model.n_layer, model.moe_every)" })) == 0)
-            add(e, act, all, "memory estimate");
-    }
+    size_t every_layer = 0, all;
+    est_ffn_scratch(e, act, &rc, dT, D, F, Sh, swiglu, V, L, s->n_sparse, dFd);
     const char *bd[] = { "n1", "ao", "m", "n2" }, *bt[] = { "mean1", "rstd1", "mean2", "rstd2" };
     for (int i = 0; i < 4; i++)
         BUF(e, &every_layer, bd[i], sizeof(float), dT, dD);
