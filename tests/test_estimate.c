@@ -127,15 +127,17 @@ START_TEST(test_dense_models)
 }
 END_TEST
 
+// The routers (with their experts per token) and activations the grids cover.
+static const struct { const char *router, *k; } routers[] = {
+    { "softmax", "2" }, { "noisy-topk", "2" }, { "switch", "1" },
+    { "gshard", "2" },  { "hash", "1" },       { "expert-choice", "3" },
+};
+static const char *const acts[] = { "relu", "gelu", "swiglu" };
+
 // Every router x activation x norm x shared experts x moe_every x n_layer x
 // dense width x bias balancing.
 START_TEST(test_mlp_moe_grid)
 {
-    static const struct { const char *router, *k; } routers[] = {
-        { "softmax", "2" }, { "noisy-topk", "2" }, { "switch", "1" },
-        { "gshard", "2" },  { "hash", "1" },       { "expert-choice", "3" },
-    };
-    static const char *const acts[] = { "relu", "gelu", "swiglu" };
     size_t cases = 0;
     for (size_t r = 0; r < sizeof routers / sizeof *routers; r++)
         for (size_t a = 0; a < 3; a++)
@@ -279,11 +281,6 @@ END_TEST
 // counts and active parameters only).
 START_TEST(test_transformer_grid)
 {
-    static const struct { const char *router, *k; } routers[] = {
-        { "softmax", "2" }, { "noisy-topk", "2" }, { "switch", "1" },
-        { "gshard", "2" },  { "hash", "1" },       { "expert-choice", "3" },
-    };
-    static const char *const acts[] = { "relu", "gelu", "swiglu" };
     size_t cases = 0;
     for (size_t r = 0; r < sizeof routers / sizeof *routers; r++)
         for (size_t a = 0; a < 3; a++)

@@ -75,6 +75,26 @@ static void build(struct lm_ctx *c, struct moe_config *cfg)
                 c->m.params.data[c->m.params.t[i].offset + j] += 1.0f;
 }
 
+static const char *const grad_cfgs[6];
+
+// A model of grad_cfgs[cfg_index] with a batch from stream; close_ctx frees both.
+static struct lm_ctx *open_ctx(int cfg_index, uint32_t stream, struct moe_config *cfg)
+{
+    *cfg = load_cfg(grad_cfgs[cfg_index]);
+    struct lm_ctx *c = calloc(1, sizeof *c);
+    ck_assert_ptr_nonnull(c);
+    build(c, cfg);
+    make_batch(c, stream);
+    return c;
+}
+
+static void close_ctx(struct lm_ctx *c, struct moe_config *cfg)
+{
+    moe_model_release(&c->m);
+    free(c);
+    moe_config_release(cfg);
+}
+
 // The objective the gradient is of: mean next-token loss plus the layers'
 // weighted auxiliary losses, and a signature of the routing (selections and
 // drops) so that finite differences that change the routing can be skipped.
@@ -100,7 +120,7 @@ static double objective(struct lm_ctx *c, unsigned *sig_out)
     return f;
 }
 
-static const char *const grad_cfgs[] = {
+static const char *const grad_cfgs[6] = {
     // dense: two blocks, layernorm, gelu, separate head
     "{\"model\":{\"type\":\"transformer\",\"n_ctx\":5,\"n_embd\":8,\"n_head\":2,\"n_layer\":2,\"moe_every\":3,"
     "\"n_ff\":6,\"n_expert_used\":1,\"ffn_activation\":\"gelu\"}}",
@@ -126,10 +146,8 @@ static const char *const grad_cfgs[] = {
 
 START_TEST(test_grad)
 {
-    struct moe_config cfg = load_cfg(grad_cfgs[_i]);
-    struct lm_ctx *c = calloc(1, sizeof *c);
-    build(c, &cfg);
-    make_batch(c, 70 + (uint32_t)_i);
+    struct moe_config cfg;
+    struct lm_ctx *c = open_ctx(_i, 70 + (uint32_t)_i, &cfg);
     unsigned sig0;
     moe_params_zero_grad(&c->m.params);
     objective(c, &sig0);
@@ -170,19 +188,15 @@ START_TEST(test_grad)
         fprintf(stderr, "transformer config %d: %zu checked, %zu skipped, worst %.3g\n", _i, checked, skipped,
                 grad_worst);
     free(grad);
-    moe_model_release(&c->m);
-    free(c);
-    moe_config_release(&cfg);
+    close_ctx(c, &cfg);
 }
 END_TEST
 
 // Hash routing sends every occurrence of a token id to table[id].
 START_TEST(test_hash_by_token)
 {
-    struct moe_config cfg = load_cfg(grad_cfgs[3]);
-    struct lm_ctx *c = calloc(1, sizeof *c);
-    build(c, &cfg);
-    make_batch(c, 90);
+    struct moe_config cfg;
+    struct lm_ctx *c = open_ctx(3, 90, &cfg);
     struct moe_err err;
     ck_assert_int_eq(moe_model_run(&c->m, &c->b, 0, NULL, &err), 0);
     struct moe_layer *l = c->m.ops->moe_layer_at(&c->m, 0);
@@ -193,19 +207,15 @@ START_TEST(test_hash_by_token)
             int32_t id = c->tok[w * (C + 1) + p];
             ck_assert_int_eq(l->route.sel[(w * C + p) * l->S], l->table[id]);
         }
-    moe_model_release(&c->m);
-    free(c);
-    moe_config_release(&cfg);
+    close_ctx(c, &cfg);
 }
 END_TEST
 
 // Statistics: tokens, bytes and per-language sums add up to the totals.
 START_TEST(test_stats)
 {
-    struct moe_config cfg = load_cfg(grad_cfgs[1]);
-    struct lm_ctx *c = calloc(1, sizeof *c);
-    build(c, &cfg);
-    make_batch(c, 91);
+    struct moe_config cfg;
+    struct lm_ctx *c = open_ctx(1, 91, &cfg);
     struct moe_stats st;
     struct moe_err err;
     ck_assert_int_eq(moe_stats_init(&st, 0, 0, &err), 0);
@@ -226,9 +236,7 @@ START_TEST(test_stats)
     // a fresh model predicts about uniformly: loss near ln V per token
     ck_assert(st.loss / (double)st.n > 0.5 * log((double)V) && st.loss / (double)st.n < 3.0 * log((double)V));
     moe_stats_release(&st);
-    moe_model_release(&c->m);
-    free(c);
-    moe_config_release(&cfg);
+    close_ctx(c, &cfg);
 }
 END_TEST
 
