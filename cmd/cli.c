@@ -22,7 +22,44 @@ void cli_common_init(struct cli_common *c)
     c->device = "cpu";
 }
 
-void cli_common_release(struct cli_common *c) { free(c->sets); }
+void cli_common_release(struct cli_common *c)
+{
+    for (size_t i = 0; i < c->n_owned; i++)
+        free(c->owned[i]);
+    free(c->owned);
+    free(c->sets);
+}
+
+static int push_set(struct cli_common *c, const char *set)
+{
+    if (c->n_sets == c->cap_sets) {
+        size_t cap = c->cap_sets ? 2 * c->cap_sets : 8;
+        const char **s = realloc(c->sets, cap * sizeof *s);
+        if (!s)
+            return 1;
+        c->sets = s;
+        c->cap_sets = cap;
+    }
+    c->sets[c->n_sets++] = set;
+    return 0;
+}
+
+int cli_add_set(struct cli_common *c, const char *opt, const char *key, const char *value)
+{
+    size_t len = strlen(key) + strlen(value) + 2;
+    char *set = malloc(len), **owned = realloc(c->owned, (c->n_owned + 1) * sizeof *owned);
+    if (owned)
+        c->owned = owned;
+    if (!set || !owned || push_set(c, set)) {
+        free(set);
+        return cli_error(NULL, 1, "out of memory");
+    }
+    snprintf(set, len, "%s=%s", key, value);
+    if (!c->n_owned)
+        c->first_owned_opt = opt;
+    c->owned[c->n_owned++] = set;
+    return 0;
+}
 
 int cli_error(const char *cmd, int exit_code, const char *fmt, ...)
 {
@@ -61,15 +98,8 @@ int cli_common_option(struct cli_common *c, const char *cmd, int opt, const char
         c->config = arg;
         return 1;
     case OPT_SET:
-        if (c->n_sets == c->cap_sets) {
-            size_t cap = c->cap_sets ? 2 * c->cap_sets : 8;
-            const char **s = realloc(c->sets, cap * sizeof *s);
-            if (!s)
-                return -cli_error(cmd, 1, "out of memory");
-            c->sets = s;
-            c->cap_sets = cap;
-        }
-        c->sets[c->n_sets++] = arg;
+        if (push_set(c, arg))
+            return -cli_error(cmd, 1, "out of memory");
         return 1;
     case OPT_OUT:
         c->out = arg;

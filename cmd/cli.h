@@ -22,6 +22,9 @@ struct cli_common {
     int threads;            // --threads N
     const char *device;     // --device cpu|cuda
     int quiet;
+    char **owned;           // --set strings a command's own options stand for (cli_add_set)
+    size_t n_owned;
+    const char *first_owned_opt; // the option behind owned[0], for messages
 };
 
 // Long options every subcommand accepts; a command appends its own.
@@ -42,6 +45,10 @@ int cli_common_option(struct cli_common *c, const char *cmd, int opt, const char
 // (2 for usage errors, with a one-line message naming the option), or -1 for --help.
 int cli_parse(int argc, char **argv, const char *cmd, const struct option *opts, struct cli_common *c,
               int (*on_opt)(void *ctx, int opt, const char *arg), void *ctx);
+
+// A command option that stands for `--set key=value` (in argv order with the
+// real --set options); opt names it in messages. Returns 0, or 1 (out of memory).
+int cli_add_set(struct cli_common *c, const char *opt, const char *key, const char *value);
 
 // One-line error on stderr: "moe CMD: message". Returns exit_code.
 int cli_error(const char *cmd, int exit_code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -69,6 +76,18 @@ void cli_log(const struct cli_common *c, const char *fmt, ...) __attribute__((fo
 
 // Subcommands (one file each).
 int cmd_train(int argc, char **argv);
+int cmd_lora(int argc, char **argv);
+int cmd_distill(int argc, char **argv);
+// The run behind `moe train`, shared with `moe lora` (cmd_train.c). c and o are
+// parsed options; the caller releases c.
+struct cli_train_opts {
+    const char *init;   // --init CKPT (moe lora: --base)
+    const char *resume; // --resume DIR
+    int dry_run;
+    int lora;           // moe lora: adapters (config lora.*) on the frozen base
+    int merge;          // moe lora --merge: also write the merged model
+};
+int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_opts *o);
 int cmd_compare_loss(int argc, char **argv);
 int cmd_route_stats(int argc, char **argv);
 

@@ -36,17 +36,20 @@ static const char *const usage =
     "and the memory estimate as JSON, and trains nothing. A run whose estimate\n"
     "exceeds the memory available is refused (exit 1) before it allocates.\n";
 
-enum { OPT_INIT = OPT_FIRST_CMD, OPT_RESUME, OPT_DRY_RUN };
+enum { OPT_INIT = OPT_FIRST_CMD, OPT_RESUME, OPT_DRY_RUN, OPT_TRAINABLE, OPT_FREEZE };
 
-struct train_opts {
-    const char *init;
-    const char *resume;
-    int dry_run;
+struct train_ctx {
+    struct cli_train_opts *o;
+    struct cli_common *c;
 };
 
-static int on_opt(void *ctx, int opt, const char *arg)
+static int on_opt(void *ctx_, int opt, const char *arg)
 {
-    struct train_opts *o = ctx;
+    struct train_ctx *ctx = ctx_;
+    struct cli_train_opts *o = ctx->o;
+    if (opt == OPT_TRAINABLE || opt == OPT_FREEZE)
+        return cli_add_set(ctx->c, opt == OPT_TRAINABLE ? "--trainable" : "--freeze",
+                           opt == OPT_TRAINABLE ? "train.trainable" : "train.freeze", arg);
     if (opt == OPT_INIT) {
         o->init = arg;
         return 0;
@@ -366,15 +369,215 @@ static void text_summary(cJSON *s, const struct moe_data *d)
         cJSON_AddItemToArray(l, cJSON_CreateString(c->lang[g]));
 }
 
+// The strings of a list key, for the glob functions (a view into cfg).
+static const char **str_list(const struct moe_config *cfg, const char *key, size_t *ret_n)
+{
+    size_t n = moe_cfg_len(cfg, key);
+    const char **v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; v && i < n; i++)
+        v[i] = moe_cfg_str_at(cfg, key, i);
+    *ret_n = n;
+    return v;
+}
+
+// distill.teacher: the teacher model, built from its checkpoint's own config and
+// weights; it must read the student's data as it was trained to (same inputs,
+// outputs, standardisation, vocabulary and languages).
+static int teacher_setup(const char *cmd, const struct moe_config *cfg, const struct moe_data *data,
+                         const struct moe_model *student, struct moe_model *teacher, struct moe_st_file *f)
+{
+    const char *path = moe_cfg_str(cfg, "distill.teacher");
+    if (!path)
+        return 0;
+    struct moe_err err = { 0 };
+    struct moe_config tc = { 0 };
+    const char *text;
+    int rc = 0;
+    if (moe_safetensors_open(path, f, &err) || moe_data_check_text_checkpoint(data, f, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    if (!(text = moe_safetensors_meta(f, "config"))) {
+        rc = cli_error(cmd, 1, "%s: no 'config' in the checkpoint's metadata (not written by moe train?)", path);
+        goto out;
+    }
+    if (moe_config_parse(&tc, moe_run_schema, moe_run_schema_len, text, path, NULL, 0, &err)) {
+        rc = cli_error(cmd, 1, "%s: the 'config' metadata is not a valid config: %s", path, err.msg);
+        goto out;
+    }
+    if (moe_cfg_bool(&tc, "data.standardize") != moe_cfg_bool(cfg, "data.standardize")) {
+        rc = cli_error(cmd, 2, "distill.teacher '%s' was trained with data.standardize=%s, the student has %s", path,
+                       moe_cfg_bool(&tc, "data.standardize") ? "true" : "false",
+                       moe_cfg_bool(cfg, "data.standardize") ? "true" : "false");
+        goto out;
+    }
+    if (data->train.task == MOE_TASK_REGRESSION) {
+        rc = cli_error(cmd, 2, "distillation needs a classification or language-model task (data gives regression)");
+        goto out;
+    }
+    if (moe_model_create(teacher, &tc, NULL, data->train.task, data->train.n_in, data->train.n_out,
+                         student->max_batch, &err) ||
+        moe_model_load(teacher, f, 1, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    if (!teacher->loss_name || strcmp(teacher->loss_name, "ce") != 0 || strcmp(student->loss_name, "ce") != 0)
+        rc = cli_error(cmd, 2, "distillation needs cross-entropy models (teacher loss '%s', student loss '%s')",
+                       teacher->loss_name ? teacher->loss_name : "?", student->loss_name ? student->loss_name : "?");
+out:
+    moe_config_release(&tc);
+    return rc;
+}
+
+// The trainable parameters of a tuning run (unfrozen tensors and adapters) and
+// their share of all parameters (base and adapters).
+static void tune_summary(cJSON *s, const struct moe_model *m, const uint8_t *frozen, const struct moe_lora *l)
+{
+    size_t base = moe_params_count(&m->params), adapter = l ? moe_lora_count(l) : 0, trained = adapter, n_frozen = 0;
+    for (size_t i = 0; i < m->params.n; i++) {
+        if (frozen[i])
+            n_frozen++;
+        else
+            trained += m->params.t[i].numel;
+    }
+    cJSON *t = cJSON_AddObjectToObject(s, "tuning");
+    cJSON_AddNumberToObject(t, "base_parameters", (double)base);
+    cJSON_AddNumberToObject(t, "adapter_parameters", (double)adapter);
+    cJSON_AddNumberToObject(t, "trainable_parameters", (double)trained);
+    cJSON_AddNumberToObject(t, "trainable_fraction", (double)trained / (double)(base + adapter));
+    cJSON_AddNumberToObject(t, "frozen_tensors", (double)n_frozen);
+    cJSON *tr = cJSON_AddArrayToObject(t, "trained_tensors");
+    for (size_t i = 0; i < m->params.n; i++)
+        if (!frozen[i])
+            cJSON_AddItemToArray(tr, cJSON_CreateString(m->params.t[i].name));
+    if (!l)
+        return;
+    cJSON_AddNumberToObject(t, "rank", (double)l->rank);
+    cJSON_AddNumberToObject(t, "alpha", l->alpha);
+    cJSON *a = cJSON_AddArrayToObject(t, "adapted_tensors");
+    for (size_t k = 0; k < l->n; k++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(m->params.t[l->t[k].base].name));
+}
+
+// adapters.safetensors: the adapter tensors, the base tensors the run trained in
+// full (routers), and the model file's metadata (config with lora.*).
+static int write_adapters(const char *path, const struct moe_model *m, const uint8_t *frozen,
+                          const struct moe_lora *l, const struct moe_st_meta *meta, size_t n_meta, struct moe_err *err)
+{
+    struct moe_st_ref *refs = calloc(m->params.n ? m->params.n : 1, sizeof *refs);
+    if (!refs)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < m->params.n; i++) {
+        const struct moe_tensor *t = &m->params.t[i];
+        if (frozen[i])
+            continue;
+        refs[n] = (struct moe_st_ref){ t->name, MOE_F32, t->ndim, { 0 }, moe_params_data(&m->params, (int)i) };
+        memcpy(refs[n].shape, t->shape, sizeof t->shape);
+        n++;
+    }
+    int rc = moe_safetensors_write_params(path, &l->p, refs, n, meta, n_meta, err);
+    free(refs);
+    return rc;
+}
+
+// What the run trains (train.trainable / train.freeze, and for moe lora the
+// adapters of lora.*): sets *ret_frozen (NULL = everything) and, with adapters, *lora.
+static int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_model *m, int lora_mode,
+                      uint8_t **ret_frozen, struct moe_lora *lora)
+{
+    struct moe_err err = { 0 };
+    size_t n_t, n_f, n_g;
+    const char **tr = str_list(cfg, "train.trainable", &n_t), **fr = str_list(cfg, "train.freeze", &n_f);
+    const char **tg = str_list(cfg, "lora.targets", &n_g);
+    size_t rank = (size_t)moe_cfg_int(cfg, "lora.rank");
+    uint8_t *frozen = calloc(m->params.n ? m->params.n : 1, 1);
+    int rc = 0;
+    if (!tr || !fr || !tg || !frozen) {
+        rc = cli_error(cmd, 1, "out of memory");
+        goto out;
+    }
+    if (!lora_mode) {
+        if (rank > 0) {
+            rc = cli_error(cmd, 2, "config key 'lora.rank' is %zu: adapters are trained by 'moe lora --base CKPT', not 'moe train'", rank);
+            goto out;
+        }
+        if (n_t || n_f) {
+            if (moe_tune_select(&m->params, tr, n_t, fr, n_f, "train.trainable (--trainable)", "train.freeze (--freeze)",
+                                frozen, &err)) {
+                rc = cli_fail(cmd, &err);
+                goto out;
+            }
+            *ret_frozen = frozen;
+            frozen = NULL;
+        }
+        goto out;
+    }
+    if (rank == 0 || !n_g) {
+        rc = cli_error(cmd, 2, rank == 0 ? "moe lora needs --rank R (R >= 1)" : "moe lora needs --targets GLOB[,GLOB...]");
+        goto out;
+    }
+    // The base is frozen but for the routers (unless lora.freeze_router) and what
+    // train.trainable names; train.freeze has the last word.
+    int train_router = !moe_cfg_bool(cfg, "lora.freeze_router");
+    static const char *const router_globs[] = { "*.router.*", "*.lang_emb" };
+    if (moe_tune_check_globs(&m->params, tr, n_t, "train.trainable (--trainable)", &err) ||
+        moe_tune_check_globs(&m->params, fr, n_f, "train.freeze (--freeze)", &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    for (size_t i = 0; i < m->params.n; i++) {
+        const char *name = m->params.t[i].name;
+        int train = (train_router && moe_tune_match(router_globs, 2, name)) || moe_tune_match(tr, n_t, name);
+        frozen[i] = (uint8_t)(!train || moe_tune_match(fr, n_f, name));
+    }
+    if (moe_lora_create(lora, &m->params, frozen, tg, n_g, rank, moe_cfg_num(cfg, "lora.alpha"),
+                        strcmp(moe_cfg_str(cfg, "lora.expert_mode"), "shared") == 0, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    moe_lora_init(lora, (uint64_t)moe_cfg_int(cfg, "train.seed"));
+    *ret_frozen = frozen;
+    frozen = NULL;
+out:
+    free(tr);
+    free(fr);
+    free(tg);
+    free(frozen);
+    return rc;
+}
+
 int cmd_train(int argc, char **argv)
 {
     static const struct option opts[] = { CLI_COMMON_OPTIONS, { "init", required_argument, NULL, OPT_INIT },
                                           { "resume", required_argument, NULL, OPT_RESUME },
-                                          { "dry-run", no_argument, NULL, OPT_DRY_RUN }, { 0, 0, 0, 0 } };
+                                          { "dry-run", no_argument, NULL, OPT_DRY_RUN },
+                                          { "trainable", required_argument, NULL, OPT_TRAINABLE },
+                                          { "freeze", required_argument, NULL, OPT_FREEZE }, { 0, 0, 0, 0 } };
     const char *cmd = "train";
     struct cli_common c;
-    struct train_opts o = { 0 };
+    struct cli_train_opts o = { 0 };
     cli_common_init(&c);
+    struct train_ctx ctx = { &o, &c };
+    int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &ctx);
+    if (rc == -1) {
+        fputs(usage, stdout);
+        rc = 0;
+    } else if (!rc) {
+        if (o.resume && c.n_owned)
+            rc = cli_error(cmd, 2, "option '%s' cannot be combined with '--resume' (the run keeps the config in its checkpoint)",
+                           c.first_owned_opt);
+        else
+            rc = cli_train_run(cmd, &c, &o);
+    }
+    cli_common_release(&c);
+    return rc;
+}
+
+int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train_opts *op)
+{
+    struct cli_common c = *cp; // read-only here: the caller owns and releases it
+    struct cli_train_opts o = *op;
     struct moe_err err = { 0 };
     struct moe_config cfg = { 0 };
     struct moe_data data;
@@ -389,14 +592,13 @@ int cmd_train(int argc, char **argv)
     memset(&model, 0, sizeof model);
     memset(&outs, 0, sizeof outs);
     char outbuf[4096], path[4200];
-    int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
-    if (rc == -1) {
-        fputs(usage, stdout);
-        rc = 0;
-        goto out;
-    }
-    if (rc)
-        goto out;
+    struct moe_lora lora;
+    memset(&lora, 0, sizeof lora);
+    struct moe_model teacher;
+    memset(&teacher, 0, sizeof teacher);
+    struct moe_st_file teacher_file = { 0 };
+    uint8_t *frozen = NULL;
+    int rc = 0;
     if (o.resume) {
         const char *clash = c.config ? "--config" : c.n_sets ? "--set" : c.seed >= 0 ? "--seed" : o.init ? "--init"
                             : c.out ? "--out" : NULL;
@@ -479,6 +681,9 @@ int cmd_train(int argc, char **argv)
         rc = cli_fail(cmd, &err);
         goto out;
     }
+    if ((rc = tune_setup(cmd, &cfg, &model, o.lora, &frozen, &lora)) ||
+        (rc = teacher_setup(cmd, &cfg, &data, &model, &teacher, &teacher_file)))
+        goto out;
     if (cli_mkdir_p(out, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
@@ -530,8 +735,14 @@ int cmd_train(int argc, char **argv)
         cli_log(&c, "moe train: %s model, %zu parameters, %zu train / %zu test rows, writing %s/", model.ops->type,
                 moe_params_count(&model.params), data.train.n, data.test.n, out);
     struct moe_train_result res;
-    struct moe_train_hooks hooks = { .row = write_metric_row, .ctx = &outs, .checkpoint = write_checkpoint,
-                                     .stop = &stop_signal, .resume = o.resume ? &resume : NULL };
+    // A LoRA run keeps no checkpoint (it cannot be resumed yet): its model slots hold W0 + sBA.
+    struct moe_train_hooks hooks = { .row = write_metric_row, .ctx = &outs,
+                                     .checkpoint = o.lora ? NULL : write_checkpoint, .stop = &stop_signal,
+                                     .resume = o.resume ? &resume : NULL, .frozen = frozen,
+                                     .lora = o.lora ? &lora : NULL,
+                                     .teacher = teacher.ops ? &teacher : NULL,
+                                     .kd_alpha = (float)moe_cfg_num(&cfg, "distill.alpha"),
+                                     .kd_tau = (float)moe_cfg_num(&cfg, "distill.temperature") };
     rc = moe_train_ex(&model, &data, &cfg, &hooks, &res, &err);
     if (rc == MOE_EINTR) {
         // The checkpoint is written: say where the run stopped and how to go on.
@@ -540,14 +751,19 @@ int cmd_train(int argc, char **argv)
         cJSON_AddStringToObject(summary, "interrupted", sig == SIGINT ? "SIGINT" : "SIGTERM");
         cJSON_AddNumberToObject(summary, "steps", (double)res.steps);
         cJSON_AddStringToObject(summary, "out", out);
-        cJSON_AddStringToObject(summary, "checkpoint", cli_path(path, sizeof path, out, "checkpoint.safetensors"));
+        if (!o.lora)
+            cJSON_AddStringToObject(summary, "checkpoint", cli_path(path, sizeof path, out, "checkpoint.safetensors"));
         if (cli_write_json(cli_path(path, sizeof path, out, "summary.json"), summary, &err)) {
             rc = cli_fail(cmd, &err);
             goto out;
         }
         cli_print_json(summary);
-        rc = cli_error(cmd, 128 + sig, "interrupted by %s at step %llu; checkpoint written (continue with: moe train --resume %s)",
-                       sig == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)res.steps, out);
+        if (o.lora)
+            rc = cli_error(cmd, 128 + sig, "interrupted by %s at step %llu; a LoRA run cannot be resumed, run it again",
+                           sig == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)res.steps);
+        else
+            rc = cli_error(cmd, 128 + sig, "interrupted by %s at step %llu; checkpoint written (continue with: moe train --resume %s)",
+                           sig == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)res.steps, out);
         goto out;
     }
     if (rc) {
@@ -574,8 +790,12 @@ int cmd_train(int argc, char **argv)
         size_t n_extra = model_extras(&outs, extra);
         char *cfg_compact = moe_config_to_json(&cfg, 0);
         size_t n_meta = model_meta(&outs, cfg_compact, meta);
-        rc = moe_model_save(&model, cli_path(path, sizeof path, out, "model.safetensors"), extra, n_extra, meta,
-                            n_meta, &err);
+        if (!o.lora || o.merge)
+            rc = moe_model_save(&model, cli_path(path, sizeof path, out, o.lora ? "merged.safetensors" : "model.safetensors"),
+                                extra, n_extra, meta, n_meta, &err);
+        if (!rc && o.lora)
+            rc = write_adapters(cli_path(path, sizeof path, out, "adapters.safetensors"), &model, frozen, &lora, meta,
+                                n_meta, &err);
         free(cfg_compact);
         if (rc) {
             rc = cli_fail(cmd, &err);
@@ -592,6 +812,16 @@ int cmd_train(int argc, char **argv)
     if (data.has_text)
         text_summary(summary, &data);
     cJSON_AddNumberToObject(summary, "parameters", (double)moe_params_count(&model.params));
+    if (frozen)
+        tune_summary(summary, &model, frozen, o.lora ? &lora : NULL);
+    if (teacher.ops) {
+        cJSON *d = cJSON_AddObjectToObject(summary, "distill");
+        cJSON_AddStringToObject(d, "teacher", moe_cfg_str(&cfg, "distill.teacher"));
+        cJSON_AddStringToObject(d, "teacher_model", teacher.ops->type);
+        cJSON_AddNumberToObject(d, "teacher_parameters", (double)moe_params_count(&teacher.params));
+        cJSON_AddNumberToObject(d, "alpha", moe_cfg_num(&cfg, "distill.alpha"));
+        cJSON_AddNumberToObject(d, "temperature", moe_cfg_num(&cfg, "distill.temperature"));
+    }
     if (model.n_moe_layers)
         cli_routing_json(summary, &model);
     cJSON_AddNumberToObject(summary, "epochs", (double)res.epochs);
@@ -638,6 +868,10 @@ out:
     moe_model_release(&model);
     moe_data_release(&data);
     moe_config_release(&cfg);
-    cli_common_release(&c);
+    moe_lora_release(&lora);
+    free(frozen);
+    if (teacher.ops)
+        moe_model_release(&teacher);
+    moe_safetensors_close(&teacher_file);
     return rc;
 }

@@ -16,6 +16,8 @@ struct command {
 static const struct command commands[] = {
     { "train", cmd_train, "train one model from a config; write a run directory" },
     { "compare-loss", cmd_compare_loss, "train one config under several losses and seeds; tabulate like Jacobs et al. 1991" },
+    { "distill", cmd_distill, "train a student config against a teacher checkpoint (knowledge distillation)" },
+    { "lora", cmd_lora, "fine-tune low-rank adapters on a frozen base checkpoint (LoRA); write adapters (and the merged model)" },
     { "route-stats", cmd_route_stats, "route a data split through a checkpoint; per-layer load, drops, entropy, co-selection" },
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])

@@ -415,15 +415,32 @@ struct model_ctx {
     struct moe_stats st;
 };
 
-// The batch-mean loss the model's gradient is of: stats.loss / T from a forward pass.
+// Distillation (check_model with kd_teacher set): the batch carries teacher
+// logits, and the objective is (1 - alpha) CE + alpha tau^2 KL, recomputed here
+// from the logits the model hands out.
+static const float *kd_teacher;
+enum { KD_MAX_ROWS = 64 };
+
+// The batch-mean loss the model's gradient is of: stats.loss / T from a forward
+// pass, or with a teacher the distillation objective.
 static double model_loss(void *p)
 {
     struct model_ctx *c = p;
     struct moe_err err;
     moe_stats_reset(&c->st);
-    int rc = moe_model_run(&c->m, &c->b, 0, &c->st, &err);
+    float logits[KD_MAX_ROWS * 8];
+    struct moe_batch b = c->b;
+    if (b.teacher)
+        b.logits_out = logits;
+    int rc = moe_model_run(&c->m, &b, 0, &c->st, &err);
     ck_assert_msg(rc == 0, "run: %s", err.msg);
-    return c->st.loss / (double)c->b.n;
+    if (!b.teacher)
+        return c->st.loss / (double)c->b.n;
+    size_t T = b.n, O = c->m.n_out;
+    double ce = moe_ce_forward_backward(NULL, logits, b.label, T, O, 1.0f);
+    ck_assert_double_eq_tol(ce, c->st.loss, 1e-9 * fabs(ce)); // statistics keep the plain cross-entropy
+    double kd = moe_kd_forward_backward(NULL, logits, b.teacher, T, O, b.kd_tau, 1.0f);
+    return ((1.0 - b.kd_alpha) * ce + b.kd_alpha * kd) / (double)T;
 }
 
 static void randomize(struct moe_params *p, const char *name, uint32_t stream)
@@ -471,6 +488,12 @@ static void check_model(const char *json, enum moe_task task, const char *label)
         c.b.label = lab;
     else
         c.b.y = y;
+    if (kd_teacher) {
+        ck_assert_uint_le(GT * GO, KD_MAX_ROWS * 8);
+        c.b.teacher = kd_teacher;
+        c.b.kd_alpha = 0.3f;
+        c.b.kd_tau = 2.0f;
+    }
 
     // analytic: gradient of the batch-mean loss, accumulated into a zeroed grad
     moe_params_zero_grad(&c.m.params);
@@ -479,7 +502,8 @@ static void check_model(const char *json, enum moe_task task, const char *label)
     ck_assert_msg(rc == 0, "%s: run: %s", label, err.msg);
     double loss_grad_run = c.st.loss / GT;
     ck_assert(isfinite(loss_grad_run));
-    ck_assert_double_eq(loss_grad_run, model_loss(&c)); // with_grad does not change the value
+    if (!kd_teacher)
+        ck_assert_double_eq(loss_grad_run, model_loss(&c)); // with_grad does not change the value
     size_t numel = c.m.params.numel;
     float *g = malloc(numel * sizeof *g);
     memcpy(g, c.m.params.grad, numel * sizeof *g);
@@ -562,6 +586,69 @@ START_TEST(test_model_grad_mlp)
 }
 END_TEST
 
+// Distillation through a whole model: the gradient of (1 - alpha) CE + alpha tau^2
+// KL(teacher || student) for an mlp and an mlp-moe student.
+START_TEST(test_model_grad_distill)
+{
+    float teacher[GT * GO];
+    fill_n(teacher, GT * GO, 77);
+    kd_teacher = teacher;
+    check_model("{\"model\": {\"type\": \"mlp\", \"n_hidden\": 4, \"activation\": \"tanh\"}, \"loss\": {\"type\": \"ce\"}}",
+                MOE_TASK_CLASSIFICATION, "mlp/ce+kd/classes");
+    kd_teacher = NULL;
+}
+END_TEST
+
+// The distillation term alone: value against a direct double evaluation, zero
+// (value and gradient) when student = teacher, gradient by finite differences.
+struct kd_ctx {
+    float s[ST * SO], z[ST * SO];
+    float tau;
+};
+
+static double kd_loss(void *p)
+{
+    struct kd_ctx *c = p;
+    return moe_kd_forward_backward(NULL, c->s, c->z, ST, SO, c->tau, 1.0f) / ST;
+}
+
+START_TEST(test_kd_grad)
+{
+    const float taus[] = { 1.0f, 2.0f, 5.0f };
+    for (size_t k = 0; k < 3; k++) {
+        struct kd_ctx c;
+        c.tau = taus[k];
+        fill_u(c.s, ST * SO, 30, -3, 3);
+        fill_u(c.z, ST * SO, 31, -3, 3);
+        float dy[ST * SO];
+        for (size_t i = 0; i < ST * SO; i++)
+            dy[i] = 0.5f; // backward adds
+        double sum = moe_kd_forward_backward(dy, c.s, c.z, ST, SO, c.tau, 1.0f / ST);
+        double ref = 0.0;
+        for (size_t t = 0; t < ST; t++) {
+            double zs = 0.0, zz = 0.0;
+            for (size_t o = 0; o < SO; o++) {
+                zs += exp(c.s[t * SO + o] / (double)c.tau);
+                zz += exp(c.z[t * SO + o] / (double)c.tau);
+            }
+            for (size_t o = 0; o < SO; o++) {
+                double p = exp(c.z[t * SO + o] / (double)c.tau) / zz, q = exp(c.s[t * SO + o] / (double)c.tau) / zs;
+                ref += (double)c.tau * c.tau * p * log(p / q);
+            }
+        }
+        ck_assert_double_gt(ref, 1e-3);
+        ck_assert_double_eq_tol(sum, ref, 1e-9 * ref);
+        for (size_t i = 0; i < ST * SO; i++)
+            check_grad(dy[i] - 0.5f, numeric_grad(&c.s[i], H_KERNEL, kd_loss, &c), "kd ds", i);
+        // student = teacher: zero loss and zero gradient
+        float g[ST * SO] = { 0 };
+        ck_assert_double_eq_tol(moe_kd_forward_backward(g, c.z, c.z, ST, SO, c.tau, 1.0f), 0.0, 1e-12);
+        for (size_t i = 0; i < ST * SO; i++)
+            ck_assert_float_eq_tol(g[i], 0.0f, 1e-7f);
+    }
+}
+END_TEST
+
 int main(void)
 {
     if (moe_test_init_blas(2))
@@ -578,6 +665,8 @@ int main(void)
     tcase_add_test(tc, test_model_grad_mixture_linear);
     tcase_add_test(tc, test_model_grad_mixture_mlp);
     tcase_add_test(tc, test_model_grad_mlp);
+    tcase_add_test(tc, test_kd_grad);
+    tcase_add_test(tc, test_model_grad_distill);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     if (verbose) // grad_worst is only seen here when the tests run in this process

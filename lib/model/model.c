@@ -288,6 +288,20 @@ int moe_model_head_loss_check(struct moe_model *m, const char *loss, int *ret_ce
     return 0;
 }
 
+double moe_model_ce_head(float *dy, const float *y, const int32_t *label, const struct moe_batch *b, size_t rows,
+                         size_t O)
+{
+    if (b->logits_out)
+        memcpy(b->logits_out, y, rows * O * sizeof(float));
+    float scale = 1.0f / (float)rows;
+    if (!b->teacher)
+        return moe_ce_forward_backward(dy, y, label, rows, O, scale);
+    double ce = moe_ce_forward_backward(dy, y, label, rows, O, (1.0f - b->kd_alpha) * scale);
+    if (dy)
+        moe_kd_forward_backward(dy, y, b->teacher, rows, O, b->kd_tau, b->kd_alpha * scale);
+    return ce;
+}
+
 void moe_model_head_loss(const struct moe_model *m, int ce, const float *y, float *dy, float *pred,
                          const float *target, const struct moe_batch *b, struct moe_stats *stats)
 {
@@ -295,8 +309,9 @@ void moe_model_head_loss(const struct moe_model *m, int ce, const float *y, floa
     if (dy)
         memset(dy, 0, T * O * sizeof(float));
     float scale = 1.0f / (float)T;
-    double loss = ce ? moe_ce_forward_backward(dy, y, b->label, T, O, scale)
-                     : moe_mse_forward_backward(dy, y, target, T, O, scale);
+    double loss = ce ? moe_model_ce_head(dy, y, b->label, b, T, O) : moe_mse_forward_backward(dy, y, target, T, O, scale);
+    if (!ce && b->logits_out)
+        memcpy(b->logits_out, y, T * O * sizeof(float));
     if (!stats)
         return;
     if (ce) {

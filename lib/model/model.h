@@ -31,6 +31,13 @@ struct moe_batch {
     const uint8_t *cls;    // (n, C + 1) byte class of each token (io/text.h), or NULL
     const int32_t *lang;   // (n) language of each window, or NULL (one language)
     const uint64_t *bytes; // (n) source bytes covered by each window's targets (bits per byte)
+    // Distillation (cross-entropy heads): the teacher's logits for the same output
+    // rows (n rows of O; language models n * C rows of V). The training objective
+    // becomes (1 - kd_alpha) CE + kd_alpha tau^2 KL (nn.h moe_kd_forward_backward,
+    // tau = kd_tau); the loss in the statistics stays the cross-entropy.
+    const float *teacher;
+    float kd_alpha, kd_tau;
+    float *logits_out;     // when non-NULL, the model copies its output logits here (same layout)
 };
 
 // Sums over rows; the trainer turns them into means.
@@ -132,6 +139,12 @@ int moe_model_head_loss_check(struct moe_model *m, const char *loss, int *ret_ce
 // predictions (softmax probabilities into pred (T, O) for ce) and the loss sum.
 void moe_model_head_loss(const struct moe_model *m, int ce, const float *y, float *dy, float *pred,
                          const float *target, const struct moe_batch *b, struct moe_stats *stats);
+
+// The cross-entropy head shared by the models: gradient of the batch mean over
+// `rows` output rows into dy (NULL = none) of CE, or with b->teacher of the
+// distillation objective; copies y to b->logits_out when set. Returns the CE sum.
+double moe_model_ce_head(float *dy, const float *y, const int32_t *label, const struct moe_batch *b, size_t rows,
+                         size_t O);
 
 // Checkpoint I/O: parameters plus the model's state tensors. Loading checks
 // every state tensor's dtype and shape like a parameter's.

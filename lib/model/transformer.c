@@ -260,12 +260,15 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     moe_linear_forward(n->logits, V, n->nf, D, moe_params_data(p, n->i_wh), NULL, T, D, V);
     if (stats)
         add_stats(n, bt, stats);
-    if (!with_grad)
+    if (!with_grad) {
+        if (bt->logits_out)
+            memcpy(bt->logits_out, n->logits, T * V * sizeof(float));
         return 0;
+    }
 
     // backward
     memset(n->dlogits, 0, T * V * sizeof(float));
-    moe_ce_forward_backward(n->dlogits, n->logits, n->target, T, V, 1.0f / (float)T);
+    moe_model_ce_head(n->dlogits, n->logits, n->target, bt, T, V);
     memset(n->dn, 0, TD * sizeof(float));
     moe_linear_backward(n->dn, D, moe_params_grad(p, n->i_wh), NULL, n->dlogits, V, n->nf, D,
                         moe_params_data(p, n->i_wh), T, D, V);

@@ -1,6 +1,7 @@
 // loss.c: MSE, softmax cross-entropy and the row softmax they share with gates.
 // T = rows, O = outputs or classes, E = softmax width.
 #include <math.h>
+#include <stdlib.h>
 
 #include "nn/nn.h"
 
@@ -57,5 +58,43 @@ double moe_ce_forward_backward(float *dy, const float *y, const int32_t *label, 
                 dy[t * O + o] += scale * (float)(q - (o == (size_t)label[t] ? 1.0 : 0.0));
             }
     }
+    return sum;
+}
+
+// log-softmax of one row of x/tau into out (double), the row's max subtracted first.
+static void log_softmax_row(double *out, const float *x, size_t O, double tau)
+{
+    double m = x[0] / tau;
+    for (size_t o = 1; o < O; o++)
+        m = x[o] / tau > m ? x[o] / tau : m;
+    double sum = 0.0;
+    for (size_t o = 0; o < O; o++)
+        sum += exp(x[o] / tau - m);
+    double lse = m + log(sum);
+    for (size_t o = 0; o < O; o++)
+        out[o] = x[o] / tau - lse;
+}
+
+double moe_kd_forward_backward(float *dy, const float *s, const float *z, size_t T, size_t O, float tau,
+                               float scale)
+{
+    double sum = 0.0, tt = (double)tau;
+    double lp_buf[256], *lp = O <= 128 ? lp_buf : malloc(2 * O * sizeof *lp), *lq = lp + O;
+    if (!lp)
+        return NAN; // out of memory shows up as a non-finite loss, which stops the run
+    for (size_t t = 0; t < T; t++) {
+        log_softmax_row(lp, z + t * O, O, tt); // teacher
+        log_softmax_row(lq, s + t * O, O, tt); // student
+        double kl = 0.0;
+        for (size_t o = 0; o < O; o++) {
+            double p = exp(lp[o]);
+            kl += p * (lp[o] - lq[o]);
+            if (dy)
+                dy[t * O + o] += scale * (float)(tt * (exp(lq[o]) - p));
+        }
+        sum += tt * tt * kl;
+    }
+    if (lp != lp_buf)
+        free(lp);
     return sum;
 }

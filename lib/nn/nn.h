@@ -34,6 +34,14 @@ double moe_mse_forward_backward(float *dy, const float *y, const float *d, size_
 // Returns sum_t L_t; dy (may be NULL) += scale * (softmax(y_t) - onehot(label_t)).
 double moe_ce_forward_backward(float *dy, const float *y, const int32_t *label, size_t T, size_t O, float scale);
 
+// Knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in
+// a Neural Network", sec. 2): student logits s against teacher logits z at
+// temperature tau, L_t = tau^2 KL(softmax(z_t/tau) || softmax(s_t/tau)); the tau^2
+// keeps the gradient's scale independent of tau. Returns sum_t L_t;
+// dy (may be NULL) += scale * tau * (softmax(s_t/tau) - softmax(z_t/tau)).
+double moe_kd_forward_backward(float *dy, const float *s, const float *z, size_t T, size_t O, float tau,
+                               float scale);
+
 // GELU, tanh form (Hendrycks & Gimpel 2016):
 //   gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 // SiLU / swish (Elfwing et al. 2018; the gate of SwiGLU, Shazeer 2020): silu(x) = x sigmoid(x).

@@ -2,6 +2,8 @@
 // gd: w -= lr g (full batch, fixed step, as in the 1991 simulations).
 // sgd: heavy-ball momentum, v = mu v + g; w -= lr v.
 // adamw: Loshchilov & Hutter 2019, decoupled weight decay, bias-corrected moments.
+// A step may cover several segments of weights (partial fine-tuning, adapters):
+// their moments lie one after another in m and v, and clipping uses the norm over all.
 // reference: Kingma & Ba 2015 (Adam, Algorithm 1); Loshchilov & Hutter, ICLR 2019.
 #include <math.h>
 #include <string.h>
@@ -45,6 +47,15 @@ double moe_optim_grad_norm(const float *g, size_t n)
     return sqrt(sq);
 }
 
+double moe_optim_grad_norm_segs(const struct moe_optim_seg *s, size_t n_seg)
+{
+    double sq = 0.0;
+    for (size_t k = 0; k < n_seg; k++)
+        for (size_t i = 0; i < s[k].n; i++)
+            sq += (double)s[k].g[i] * s[k].g[i];
+    return sqrt(sq);
+}
+
 double moe_optim_step(struct moe_optim *o, float *w, float *g)
 {
     double norm = moe_optim_grad_norm(g, o->numel);
@@ -54,13 +65,16 @@ double moe_optim_step(struct moe_optim *o, float *w, float *g)
 
 void moe_optim_step_norm(struct moe_optim *o, float *w, float *g, double norm)
 {
-    size_t n = o->numel;
-    if (o->clip > 0.0 && norm > o->clip) {
-        float s = (float)(o->clip / norm);
+    struct moe_optim_seg s = { w, g, o->numel };
+    moe_optim_step_segs(o, &s, 1, norm);
+}
+
+// The update of n weights whose moments start at m, v (NULL when unused).
+static void update(const struct moe_optim *o, float *w, float *g, float *m, float *v, size_t n, float clip_scale)
+{
+    if (clip_scale != 1.0f)
         for (size_t i = 0; i < n; i++)
-            g[i] *= s;
-    }
-    o->t++;
+            g[i] *= clip_scale;
     float lr = (float)o->lr, wd = (float)o->weight_decay;
     switch (o->type) {
     case MOE_OPTIM_GD:
@@ -70,8 +84,8 @@ void moe_optim_step_norm(struct moe_optim *o, float *w, float *g, double norm)
     case MOE_OPTIM_SGD: {
         float mu = (float)o->momentum;
         for (size_t i = 0; i < n; i++) {
-            o->m[i] = mu * o->m[i] + g[i];
-            w[i] -= lr * (o->m[i] + wd * w[i]);
+            m[i] = mu * m[i] + g[i];
+            w[i] -= lr * (m[i] + wd * w[i]);
         }
         break;
     }
@@ -81,13 +95,24 @@ void moe_optim_step_norm(struct moe_optim *o, float *w, float *g, double norm)
         float c1 = (float)(1.0 - pow(o->beta1, (double)o->t));
         float c2 = (float)(1.0 - pow(o->beta2, (double)o->t));
         for (size_t i = 0; i < n; i++) {
-            o->m[i] = b1 * o->m[i] + ob1 * g[i];
-            o->v[i] = b2 * o->v[i] + ob2 * g[i] * g[i];
-            float mhat = o->m[i] / c1, vhat = o->v[i] / c2;
+            m[i] = b1 * m[i] + ob1 * g[i];
+            v[i] = b2 * v[i] + ob2 * g[i] * g[i];
+            float mhat = m[i] / c1, vhat = v[i] / c2;
             w[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * w[i]);
         }
         break;
     }
+    }
+}
+
+void moe_optim_step_segs(struct moe_optim *o, const struct moe_optim_seg *s, size_t n_seg, double norm)
+{
+    float clip_scale = o->clip > 0.0 && norm > o->clip ? (float)(o->clip / norm) : 1.0f;
+    o->t++;
+    size_t off = 0; // the segments' moments lie one after another
+    for (size_t k = 0; k < n_seg; k++) {
+        update(o, s[k].w, s[k].g, o->m ? o->m + off : NULL, o->v ? o->v + off : NULL, s[k].n, clip_scale);
+        off += s[k].n;
     }
 }
 

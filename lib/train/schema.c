@@ -107,7 +107,19 @@ const struct moe_cfg_key moe_run_schema[] = {
     { "train.active_threshold", MOE_CFG_NUM, "0.05", 0, 1, NULL, "an expert is active when its mean mixing proportion exceeds this" },
     { "train.log_every", MOE_CFG_INT, "0", 0, BIG, NULL, "write a split=batch row to metrics.csv every N steps: training-mode means over those steps (0 = one per evaluation, over the steps since the last)" },
     { "train.checkpoint_every", MOE_CFG_INT, "0", 0, 1e12, NULL, "write DIR/checkpoint.safetensors every N training steps as well (0: only after each epoch and on SIGINT/SIGTERM)" },
+    { "train.trainable", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "partial fine-tuning: train only the tensors whose names match one of these globs (fnmatch; [] = all); --trainable adds to it" },
+    { "train.freeze", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "keep the tensors whose names match one of these globs as they are (byte-identical); --freeze adds to it" },
     { "train.max_batch_eval", MOE_CFG_INT, "4096", 1, 1 << 24, NULL, "rows per forward pass during evaluation (text: windows, at most optim.batch_size)" },
+    // distillation (moe distill)
+    { "distill.teacher", MOE_CFG_STR, "null", 1, 0, NULL, "teacher checkpoint (moe distill --teacher): every training batch is distilled from its outputs; null = none" },
+    { "distill.temperature", MOE_CFG_NUM, "2", 0.01, 100, NULL, "softmax temperature tau of the distillation term (moe distill --temperature)" },
+    { "distill.alpha", MOE_CFG_NUM, "0.5", 0, 1, NULL, "weight of the distillation term: alpha tau^2 KL(teacher || student) + (1 - alpha) CE (moe distill --alpha)" },
+    // LoRA adapters (moe lora)
+    { "lora.rank", MOE_CFG_INT, "0", 0, 65536, NULL, "rank r of the adapters (0 = no adapters; moe lora --rank)" },
+    { "lora.alpha", MOE_CFG_NUM, "8", 1e-6, 1e6, NULL, "adapter scale numerator: W = W0 + (alpha / r) B A (moe lora --alpha)" },
+    { "lora.targets", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "globs over tensor names: the matrices that get adapters (moe lora --targets)" },
+    { "lora.expert_mode", MOE_CFG_STR, "\"per-expert\"", 1, 0, "per-expert|shared", "expert tensors [E, out, in]: one adapter per expert, or one shared by all" },
+    { "lora.freeze_router", MOE_CFG_BOOL, "false", 1, 0, NULL, "keep the routers as they are; otherwise they are trained in full along with the adapters" },
 };
 
 const size_t moe_run_schema_len = sizeof moe_run_schema / sizeof moe_run_schema[0];

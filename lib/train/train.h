@@ -12,6 +12,7 @@
 #include "io/dataset.h"
 #include "io/text.h"
 #include "model/model.h"
+#include "train/tune.h"
 
 extern const struct moe_cfg_key moe_run_schema[];
 extern const size_t moe_run_schema_len;
@@ -56,6 +57,14 @@ double moe_optim_step(struct moe_optim *o, float *w, float *g);
 // The same step with the gradient norm already known (moe_optim_grad_norm).
 void moe_optim_step_norm(struct moe_optim *o, float *w, float *g, double norm);
 double moe_optim_grad_norm(const float *g, size_t n);
+// What a step updates when it is not one flat buffer: n weights w with gradients g.
+// The segments' sizes must add up to the optimizer's numel.
+struct moe_optim_seg {
+    float *w, *g;
+    size_t n;
+};
+void moe_optim_step_segs(struct moe_optim *o, const struct moe_optim_seg *s, size_t n_seg, double norm);
+double moe_optim_grad_norm_segs(const struct moe_optim_seg *s, size_t n_seg);
 void moe_optim_release(struct moe_optim *o);
 
 // ---- the training loop ----
@@ -174,6 +183,18 @@ struct moe_train_hooks {
     // Continue from this checkpoint (NULL: a new run). The model's weights and
     // state must already be loaded from it (moe_model_load).
     const struct moe_st_file *resume;
+    // Partial fine-tuning (train/tune.h): frozen[i] = 1 keeps the model's tensor i
+    // as it is; NULL trains every tensor.
+    const uint8_t *frozen;
+    // LoRA adapters trained along with the unfrozen tensors (NULL: none). The
+    // trainer applies them before the first forward pass and after every step.
+    struct moe_lora *lora;
+    // Knowledge distillation: every training batch goes through the teacher
+    // (evaluation mode) first, and the student learns (1 - kd_alpha) CE +
+    // kd_alpha tau^2 KL(teacher || student) at temperature kd_tau. The teacher
+    // must take the same inputs and give the same outputs as the model.
+    struct moe_model *teacher;
+    float kd_alpha, kd_tau;
 };
 int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
                  const struct moe_train_hooks *hooks, struct moe_train_result *ret, struct moe_err *err);

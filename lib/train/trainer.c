@@ -248,10 +248,33 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
     size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
 
     double t0 = now_seconds();
+    // What the optimizer updates: the whole flat buffer, or the unfrozen tensors
+    // and the adapters, one segment each.
+    struct moe_lora *lora = hooks->lora;
+    size_t n_seg = 0, numel = 0;
+    struct moe_optim_seg *segs = malloc((m->params.n + 1) * sizeof *segs);
+    if (!segs)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    if (!hooks->frozen && !lora) {
+        segs[n_seg++] = (struct moe_optim_seg){ m->params.data, m->params.grad, m->params.numel };
+    } else {
+        for (size_t i = 0; i < m->params.n; i++)
+            if (!hooks->frozen || !hooks->frozen[i])
+                segs[n_seg++] = (struct moe_optim_seg){ moe_params_data(&m->params, (int)i),
+                                                        moe_params_grad(&m->params, (int)i), m->params.t[i].numel };
+        if (lora) {
+            segs[n_seg++] = (struct moe_optim_seg){ lora->p.data, lora->p.grad, lora->p.numel };
+            moe_lora_apply(lora, &m->params);
+        }
+    }
+    for (size_t k = 0; k < n_seg; k++)
+        numel += segs[k].n;
     struct moe_optim opt;
-    int rc = moe_optim_init(&opt, cfg, m->params.numel, err);
-    if (rc)
+    int rc = moe_optim_init(&opt, cfg, numel, err);
+    if (rc) {
+        free(segs);
         return rc;
+    }
     size_t bs = (size_t)moe_cfg_int(cfg, "optim.batch_size");
     if (opt.type == MOE_OPTIM_GD || bs == 0 || bs > tr->n)
         bs = tr->n;
@@ -271,6 +294,7 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
     uint64_t log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
     int lm = tr->task == MOE_TASK_LM;
     uint32_t *perm = NULL;
+    float *teacher_logits = NULL;
     double *gm_train = NULL, *gm_test = NULL;
     struct moe_lm_batch lb = { 0 };
     if ((rc = moe_train_stats_init(&st, m, tr, err)) || (rc = moe_train_stats_init(&ste, m, tr, err)) ||
@@ -286,6 +310,19 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
     int shuffled = shuffle && bs < tr->n && !lm;
     if (lm && (rc = moe_lm_batch_alloc(&lb, bs, tr->n_ctx, err)))
         goto out;
+    struct moe_model *teacher = hooks->teacher;
+    if (teacher) {
+        size_t rows = bs * (lm ? tr->n_ctx : 1);
+        if (teacher->n_out != m->n_out || teacher->n_in != m->n_in || teacher->task != m->task || bs > teacher->max_batch) {
+            rc = moe_error(err, MOE_ESHAPE, "the teacher (%zu inputs, %zu outputs, batches up to %zu) does not match the student (%zu inputs, %zu outputs, batches of %zu)",
+                           teacher->n_in, teacher->n_out, teacher->max_batch, m->n_in, m->n_out, bs);
+            goto out;
+        }
+        if (!(teacher_logits = malloc(rows * m->n_out * sizeof *teacher_logits))) {
+            rc = moe_error(err, MOE_ENOMEM, "out of memory for the teacher's logits (%zu x %zu)", rows, m->n_out);
+            goto out;
+        }
+    }
     if (shuffled) {
         rc = moe_dataset_alloc(&batch, tr->task, bs, tr->n_in, tr->n_out, tr->group != NULL, err);
         if (rc)
@@ -352,11 +389,24 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
                     b = slice(tr, start, n);
                 }
                 moe_params_zero_grad(&m->params);
+                if (lora)
+                    moe_params_zero_grad(&lora->p);
                 b.step = pos->steps;
+                if (teacher) {
+                    b.logits_out = teacher_logits;
+                    if ((rc = moe_model_run(teacher, &b, 0, NULL, err)))
+                        goto out;
+                    b.logits_out = NULL;
+                    b.teacher = teacher_logits;
+                    b.kd_alpha = hooks->kd_alpha;
+                    b.kd_tau = hooks->kd_tau;
+                }
                 double before = sb.loss;
                 rc = moe_model_run(m, &b, 1, &sb, err);
                 if (rc)
                     goto out;
+                if (lora)
+                    moe_lora_backward(lora, &m->params);
                 uint64_t step = pos->steps + 1;
                 double step_loss = sb.loss - before;
                 const char *kind = "nan", *bad;
@@ -372,15 +422,19 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
                                          isnan(step_loss) ? "nan" : "inf", big, big_name);
                     goto out;
                 }
-                double gnorm = moe_optim_grad_norm(m->params.grad, m->params.numel);
+                double gnorm = moe_optim_grad_norm_segs(segs, n_seg);
                 if (!isfinite(gnorm)) {
                     bad = first_nonfinite(&m->params, m->params.grad, &kind);
+                    if (!bad && lora)
+                        bad = first_nonfinite(&lora->p, lora->p.grad, &kind);
                     rc = moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): gradient of '%s' is not finite (%s) at training loss %g (diverged; try a smaller optim.lr)",
                                    (unsigned long long)step, (unsigned long long)epoch, bad ? bad : "?", kind,
                                    step_loss / (double)n);
                     goto out;
                 }
-                moe_optim_step_norm(&opt, m->params.data, m->params.grad, gnorm);
+                moe_optim_step_segs(&opt, segs, n_seg, gnorm);
+                if (lora)
+                    moe_lora_apply(lora, &m->params);
                 pos->steps = step;
                 pos->rows_seen += n;
                 pos->next_row = start + n;
@@ -472,12 +526,14 @@ out:
     if (rc)
         ret->wall_seconds = now_seconds() - t0;
     moe_optim_release(&opt);
+    free(segs);
     moe_stats_release(&st);
     moe_stats_release(&ste);
     moe_stats_release(&sb);
     moe_dataset_release(&batch);
     moe_lm_batch_release(&lb);
     free(perm);
+    free(teacher_logits);
     free(gm_train);
     free(gm_test);
     return rc;

@@ -1,0 +1,82 @@
+// cmd_distill.c: `moe distill` trains a student config against a teacher
+// checkpoint (Hinton et al. 2015): every training batch goes through the teacher
+// first, and the student learns (1 - alpha) CE(labels) + alpha tau^2
+// KL(softmax(teacher / tau) || softmax(student / tau)). It is `moe train` with the
+// distill.* config keys set from its options, so the run directory, metrics,
+// checkpoints and `moe train --resume DIR` are the same.
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char *const usage =
+    "usage: moe distill --teacher CKPT --config STUDENT.json [--temperature T] [--alpha A]\n"
+    "                   [--mode kd] [--init CKPT] [--set key.path=value]... [--out DIR]\n"
+    "                   [--seed N] [--threads N] [--quiet]\n"
+    "Knowledge distillation from any teacher checkpoint to the student the config\n"
+    "describes (same inputs and outputs: classification or language modelling).\n"
+    "The objective is (1 - A) CE + A T^2 KL(teacher || student) at temperature T\n"
+    "(defaults: distill.alpha 0.5, distill.temperature 2). Metrics report the\n"
+    "student's own cross-entropy. Writes the run directory of `moe train`; an\n"
+    "interrupted run continues with `moe train --resume DIR`.\n";
+
+enum { OPT_TEACHER = OPT_FIRST_CMD, OPT_TEMPERATURE, OPT_ALPHA, OPT_MODE, OPT_INIT };
+
+struct distill_ctx {
+    struct cli_train_opts *o;
+    struct cli_common *c;
+    int has_teacher;
+};
+
+static int on_opt(void *ctx_, int opt, const char *arg)
+{
+    struct distill_ctx *ctx = ctx_;
+    switch (opt) {
+    case OPT_TEACHER:
+        ctx->has_teacher = 1;
+        return cli_add_set(ctx->c, "--teacher", "distill.teacher", arg);
+    case OPT_TEMPERATURE:
+        return cli_add_set(ctx->c, "--temperature", "distill.temperature", arg);
+    case OPT_ALPHA:
+        return cli_add_set(ctx->c, "--alpha", "distill.alpha", arg);
+    case OPT_MODE:
+        if (strcmp(arg, "kd") == 0)
+            return 0;
+        if (strcmp(arg, "moebert") == 0 || strcmp(arg, "sparse-to-dense") == 0)
+            return cli_error("distill", 2, "option '--mode %s' is not implemented yet; use --mode kd", arg);
+        return cli_error("distill", 2, "option '--mode' expects kd, moebert or sparse-to-dense, got '%s'", arg);
+    case OPT_INIT:
+        ctx->o->init = arg;
+        return 0;
+    default:
+        return 2;
+    }
+}
+
+int cmd_distill(int argc, char **argv)
+{
+    static const struct option opts[] = { CLI_COMMON_OPTIONS,
+                                          { "teacher", required_argument, NULL, OPT_TEACHER },
+                                          { "temperature", required_argument, NULL, OPT_TEMPERATURE },
+                                          { "alpha", required_argument, NULL, OPT_ALPHA },
+                                          { "mode", required_argument, NULL, OPT_MODE },
+                                          { "init", required_argument, NULL, OPT_INIT },
+                                          { 0, 0, 0, 0 } };
+    const char *cmd = "distill";
+    struct cli_common c;
+    struct cli_train_opts o = { 0 };
+    cli_common_init(&c);
+    struct distill_ctx ctx = { &o, &c, 0 };
+    int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &ctx);
+    if (rc == -1) {
+        fputs(usage, stdout);
+        rc = 0;
+    } else if (!rc) {
+        if (!ctx.has_teacher)
+            rc = cli_error(cmd, 2, "option '--teacher CKPT' is required (the checkpoint to distil from)");
+        else
+            rc = cli_train_run(cmd, &c, &o);
+    }
+    cli_common_release(&c);
+    return rc;
+}

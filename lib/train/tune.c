@@ -1,0 +1,201 @@
+// tune.c: frozen tensor sets and LoRA adapters (see tune.h).
+#include "train/tune.h"
+
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/gemm.h"
+
+int moe_tune_match(const char *const *globs, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (fnmatch(globs[i], name, 0) == 0)
+            return 1;
+    return 0;
+}
+
+// Every glob must match some tensor (a typo would otherwise silently train everything).
+int moe_tune_check_globs(const struct moe_params *p, const char *const *globs, size_t n, const char *what,
+                         struct moe_err *err)
+{
+    for (size_t g = 0; g < n; g++) {
+        int hit = 0;
+        for (size_t i = 0; i < p->n && !hit; i++)
+            hit = fnmatch(globs[g], p->t[i].name, 0) == 0;
+        if (!hit)
+            return moe_error(err, MOE_ECONFIG, "%s: pattern '%s' matches no tensor of the model (names are like '%s')",
+                             what, globs[g], p->n ? p->t[p->n - 1].name : "?");
+    }
+    return 0;
+}
+
+int moe_tune_select(const struct moe_params *p, const char *const *trainable, size_t n_trainable,
+                    const char *const *freeze, size_t n_freeze, const char *what_t, const char *what_f,
+                    uint8_t *frozen, struct moe_err *err)
+{
+    int rc;
+    if ((rc = moe_tune_check_globs(p, trainable, n_trainable, what_t, err)) ||
+        (rc = moe_tune_check_globs(p, freeze, n_freeze, what_f, err)))
+        return rc;
+    size_t kept = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        const char *name = p->t[i].name;
+        int train = (n_trainable == 0 || moe_tune_match(trainable, n_trainable, name)) &&
+                    !moe_tune_match(freeze, n_freeze, name);
+        frozen[i] = (uint8_t)!train;
+        kept += (size_t)train;
+    }
+    if (!kept)
+        return moe_error(err, MOE_ECONFIG, "%s / %s leave no tensor of the model trainable", what_t, what_f);
+    return 0;
+}
+
+int moe_lora_create(struct moe_lora *l, const struct moe_params *p, const uint8_t *frozen,
+                    const char *const *targets, size_t n_targets, size_t rank, double alpha, int shared,
+                    struct moe_err *err)
+{
+    memset(l, 0, sizeof *l);
+    moe_params_init(&l->p);
+    l->rank = rank;
+    l->alpha = alpha;
+    l->scale = alpha / (double)rank;
+    int rc = moe_tune_check_globs(p, targets, n_targets, "lora.targets", err);
+    if (rc)
+        return rc;
+    if (rank == 0)
+        return moe_error(err, MOE_ECONFIG, "lora.rank must be at least 1");
+    l->t = calloc(p->n ? p->n : 1, sizeof *l->t);
+    if (!l->t)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    size_t biggest = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        const struct moe_tensor *bt = &p->t[i];
+        if (!frozen[i] || (bt->ndim != 2 && bt->ndim != 3) || !moe_tune_match(targets, n_targets, bt->name))
+            continue;
+        struct moe_lora_target *t = &l->t[l->n];
+        t->base = (int)i;
+        t->E = bt->ndim == 3 ? bt->shape[0] : 1;
+        t->out = bt->shape[bt->ndim - 2];
+        t->in = bt->shape[bt->ndim - 1];
+        t->shared = shared && t->E > 1;
+        size_t na = t->shared || t->E == 1 ? 1 : t->E;
+        if (rank > t->out || rank > t->in) {
+            rc = moe_error(err, MOE_ECONFIG, "lora.rank %zu exceeds the smaller side of '%s' [%zu, %zu]", rank,
+                           bt->name, t->out, t->in);
+            goto fail;
+        }
+        char name[MOE_NAME_MAX + 16];
+        snprintf(name, sizeof name, "%s.lora_A", bt->name);
+        t->a = na == 1 ? moe_params_add(&l->p, name, MOE_SHAPE(rank, t->in), err)
+                       : moe_params_add(&l->p, name, MOE_SHAPE(na, rank, t->in), err);
+        snprintf(name, sizeof name, "%s.lora_B", bt->name);
+        t->b = t->a < 0 ? t->a
+               : na == 1 ? moe_params_add(&l->p, name, MOE_SHAPE(t->out, rank), err)
+                         : moe_params_add(&l->p, name, MOE_SHAPE(na, t->out, rank), err);
+        if (t->b < 0) {
+            rc = t->b;
+            goto fail;
+        }
+        t->w0 = malloc(bt->numel * sizeof *t->w0);
+        if (!t->w0) {
+            rc = moe_error(err, MOE_ENOMEM, "out of memory for the base values of '%s'", bt->name);
+            goto fail;
+        }
+        memcpy(t->w0, moe_params_data(p, t->base), bt->numel * sizeof *t->w0);
+        if (t->out * t->in > biggest)
+            biggest = t->out * t->in;
+        l->n++;
+    }
+    if (!l->n) {
+        rc = moe_error(err, MOE_ECONFIG, "lora.targets: no frozen matrix of the model matches (matrices are 2-d or [E, out, in] tensors)");
+        goto fail;
+    }
+    l->tmp = moe_alloc(biggest, sizeof *l->tmp);
+    if (!l->tmp) {
+        rc = moe_error(err, MOE_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = moe_params_alloc(&l->p, err)))
+        goto fail;
+    return 0;
+fail:
+    moe_lora_release(l);
+    return rc;
+}
+
+void moe_lora_init(struct moe_lora *l, uint64_t seed)
+{
+    for (size_t k = 0; k < l->n; k++) {
+        moe_init_uniform(&l->p, l->t[k].a, seed, 1.0f);
+        memset(moe_params_data(&l->p, l->t[k].b), 0, l->p.t[l->t[k].b].numel * sizeof(float));
+    }
+}
+
+// Adapter e of target t: A (r, in) and B (out, r).
+static const float *adapter_a(const struct moe_lora *l, const struct moe_lora_target *t, size_t e, const float *base)
+{
+    return base + l->p.t[t->a].offset + (t->shared ? 0 : e * l->rank * t->in);
+}
+static const float *adapter_b(const struct moe_lora *l, const struct moe_lora_target *t, size_t e, const float *base)
+{
+    return base + l->p.t[t->b].offset + (t->shared ? 0 : e * t->out * l->rank);
+}
+
+void moe_lora_apply(const struct moe_lora *l, struct moe_params *p)
+{
+    float s = (float)l->scale;
+    size_t r = l->rank;
+    for (size_t k = 0; k < l->n; k++) {
+        const struct moe_lora_target *t = &l->t[k];
+        size_t mn = t->out * t->in;
+        float *w = moe_params_data(p, t->base);
+        for (size_t e = 0; e < t->E; e++) {
+            // delta = s B A, then W = W0 + delta (one rounding, as merging would do)
+            moe_gemm(0, 0, t->out, t->in, r, s, adapter_b(l, t, e, l->p.data), r, adapter_a(l, t, e, l->p.data),
+                     t->in, 0.0f, l->tmp, t->in);
+            const float *w0 = t->w0 + e * mn;
+            float *we = w + e * mn;
+            for (size_t i = 0; i < mn; i++)
+                we[i] = l->tmp[i] != 0.0f ? w0[i] + l->tmp[i] : w0[i];
+        }
+    }
+}
+
+void moe_lora_unapply(const struct moe_lora *l, struct moe_params *p)
+{
+    for (size_t k = 0; k < l->n; k++)
+        memcpy(moe_params_data(p, l->t[k].base), l->t[k].w0, p->t[l->t[k].base].numel * sizeof(float));
+}
+
+void moe_lora_backward(struct moe_lora *l, const struct moe_params *p)
+{
+    float s = (float)l->scale;
+    size_t r = l->rank;
+    for (size_t k = 0; k < l->n; k++) {
+        const struct moe_lora_target *t = &l->t[k];
+        const float *g = moe_params_grad(p, t->base);
+        for (size_t e = 0; e < t->E; e++) {
+            const float *ge = g + e * t->out * t->in;
+            // dB += s G A^T (out, r); dA += s B^T G (r, in); shared adapters sum over e
+            float *db = (float *)adapter_b(l, t, e, l->p.grad), *da = (float *)adapter_a(l, t, e, l->p.grad);
+            moe_gemm(0, 1, t->out, r, t->in, s, ge, t->in, adapter_a(l, t, e, l->p.data), t->in, 1.0f, db, r);
+            moe_gemm(1, 0, r, t->in, t->out, s, adapter_b(l, t, e, l->p.data), r, ge, t->in, 1.0f, da, t->in);
+        }
+    }
+}
+
+size_t moe_lora_count(const struct moe_lora *l) { return moe_params_count(&l->p); }
+
+void moe_lora_release(struct moe_lora *l)
+{
+    if (!l)
+        return;
+    for (size_t k = 0; l->t && k < l->n; k++)
+        free(l->t[k].w0);
+    free(l->t);
+    moe_free(l->tmp);
+    moe_params_release(&l->p);
+    memset(l, 0, sizeof *l);
+}
