@@ -11,16 +11,22 @@
 
 static const char *const usage =
     "usage: moe distill --teacher CKPT --config STUDENT.json [--temperature T] [--alpha A]\n"
-    "                   [--mode kd] [--init CKPT] [--set key.path=value]... [--out DIR]\n"
-    "                   [--seed N] [--threads N] [--quiet]\n"
+    "                   [--mode kd|sparse-to-dense] [--baseline CKPT] [--init CKPT]\n"
+    "                   [--set key.path=value]... [--out DIR] [--seed N] [--threads N] [--quiet]\n"
     "Knowledge distillation from any teacher checkpoint to the student the config\n"
     "describes (same inputs and outputs: classification or language modelling).\n"
     "The objective is (1 - A) CE + A T^2 KL(teacher || student) at temperature T\n"
     "(defaults: distill.alpha 0.5, distill.temperature 2). Metrics report the\n"
-    "student's own cross-entropy. Writes the run directory of `moe train`; an\n"
-    "interrupted run continues with `moe train --resume DIR`.\n";
+    "student's own cross-entropy. --mode sparse-to-dense also starts every student\n"
+    "tensor that has a namesake of the same shape in the teacher (the non-expert\n"
+    "weights of an MoE teacher) from the teacher's values. --baseline CKPT (e.g. the\n"
+    "student trained alone) adds the test-split quality of teacher, baseline and\n"
+    "student and the fraction of the gap recovered, (student - baseline) /\n"
+    "(teacher - baseline), to the summary. Writes the run directory of `moe train`;\n"
+    "an interrupted run continues with `moe train --resume DIR`. Options map to\n"
+    "the config keys distill.teacher, .temperature, .alpha, .teacher_init, .baseline.\n";
 
-enum { OPT_TEACHER = OPT_FIRST_CMD, OPT_TEMPERATURE, OPT_ALPHA, OPT_MODE, OPT_INIT };
+enum { OPT_TEACHER = OPT_FIRST_CMD, OPT_TEMPERATURE, OPT_ALPHA, OPT_MODE, OPT_INIT, OPT_BASELINE };
 
 struct distill_ctx {
     struct cli_train_opts *o;
@@ -42,12 +48,16 @@ static int on_opt(void *ctx_, int opt, const char *arg)
     case OPT_MODE:
         if (strcmp(arg, "kd") == 0)
             return 0;
-        if (strcmp(arg, "moebert") == 0 || strcmp(arg, "sparse-to-dense") == 0)
+        if (strcmp(arg, "sparse-to-dense") == 0)
+            return cli_add_set(ctx->c, "--mode sparse-to-dense", "distill.teacher_init", "true");
+        if (strcmp(arg, "moebert") == 0)
             return cli_error("distill", 2, "option '--mode %s' is not implemented yet; use --mode kd", arg);
         return cli_error("distill", 2, "option '--mode' expects kd, moebert or sparse-to-dense, got '%s'", arg);
     case OPT_INIT:
         ctx->o->init = arg;
         return 0;
+    case OPT_BASELINE:
+        return cli_add_set(ctx->c, "--baseline", "distill.baseline", arg);
     default:
         return 2;
     }
@@ -61,6 +71,7 @@ int cmd_distill(int argc, char **argv)
                                           { "alpha", required_argument, NULL, OPT_ALPHA },
                                           { "mode", required_argument, NULL, OPT_MODE },
                                           { "init", required_argument, NULL, OPT_INIT },
+                                          { "baseline", required_argument, NULL, OPT_BASELINE },
                                           { 0, 0, 0, 0 } };
     const char *cmd = "distill";
     struct cli_common c;

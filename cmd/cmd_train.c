@@ -380,13 +380,14 @@ static const char **str_list(const struct moe_config *cfg, const char *key, size
     return v;
 }
 
-// distill.teacher: the teacher model, built from its checkpoint's own config and
-// weights; it must read the student's data as it was trained to (same inputs,
-// outputs, standardisation, vocabulary and languages).
-static int teacher_setup(const char *cmd, const struct moe_config *cfg, const struct moe_data *data,
-                         const struct moe_model *student, struct moe_model *teacher, struct moe_st_file *f)
+// A checkpoint the run compares with (distill.teacher, distill.baseline): the
+// model built from its own config and weights. It must read the student's data
+// as it was trained to (same inputs, outputs, standardisation, vocabulary and
+// languages). No path = nothing to do.
+static int peer_setup(const char *cmd, const char *key, const struct moe_config *cfg, const struct moe_data *data,
+                      const struct moe_model *student, struct moe_model *peer, struct moe_st_file *f)
 {
-    const char *path = moe_cfg_str(cfg, "distill.teacher");
+    const char *path = moe_cfg_str(cfg, key);
     if (!path)
         return 0;
     struct moe_err err = { 0 };
@@ -406,27 +407,99 @@ static int teacher_setup(const char *cmd, const struct moe_config *cfg, const st
         goto out;
     }
     if (moe_cfg_bool(&tc, "data.standardize") != moe_cfg_bool(cfg, "data.standardize")) {
-        rc = cli_error(cmd, 2, "distill.teacher '%s' was trained with data.standardize=%s, the student has %s", path,
+        rc = cli_error(cmd, 2, "%s '%s' was trained with data.standardize=%s, the student has %s", key, path,
                        moe_cfg_bool(&tc, "data.standardize") ? "true" : "false",
                        moe_cfg_bool(cfg, "data.standardize") ? "true" : "false");
         goto out;
     }
     if (data->train.task == MOE_TASK_REGRESSION) {
-        rc = cli_error(cmd, 2, "distillation needs a classification or language-model task (data gives regression)");
+        rc = cli_error(cmd, 2, "%s: distillation needs a classification or language-model task (data gives regression)", key);
         goto out;
     }
-    if (moe_model_create(teacher, &tc, NULL, data->train.task, data->train.n_in, data->train.n_out,
-                         student->max_batch, &err) ||
-        moe_model_load(teacher, f, 1, &err)) {
+    if (moe_model_create(peer, &tc, NULL, data->train.task, data->train.n_in, data->train.n_out, student->max_batch,
+                         &err) ||
+        moe_model_load(peer, f, 1, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    if (!teacher->loss_name || strcmp(teacher->loss_name, "ce") != 0 || strcmp(student->loss_name, "ce") != 0)
-        rc = cli_error(cmd, 2, "distillation needs cross-entropy models (teacher loss '%s', student loss '%s')",
-                       teacher->loss_name ? teacher->loss_name : "?", student->loss_name ? student->loss_name : "?");
+    if (!peer->loss_name || strcmp(peer->loss_name, "ce") != 0 || strcmp(student->loss_name, "ce") != 0)
+        rc = cli_error(cmd, 2, "%s: distillation needs cross-entropy models (%s loss '%s', student loss '%s')", key,
+                       path, peer->loss_name ? peer->loss_name : "?", student->loss_name ? student->loss_name : "?");
 out:
     moe_config_release(&tc);
     return rc;
+}
+
+// distill.teacher_init: every student tensor with a namesake of the same shape
+// in the teacher (the non-expert weights when an MoE teaches a dense model)
+// starts from the teacher's values. Returns the tensors copied as a JSON array.
+static cJSON *init_from_teacher(struct moe_model *m, const struct moe_st_file *f)
+{
+    cJSON *copied = cJSON_CreateArray();
+    for (size_t i = 0; i < m->params.n; i++) {
+        const struct moe_tensor *t = &m->params.t[i];
+        const struct moe_st_entry *e = moe_safetensors_find(f, t->name);
+        if (!e || e->dtype != MOE_F32 || e->ndim != t->ndim || memcmp(e->shape, t->shape, t->ndim * sizeof *t->shape))
+            continue;
+        memcpy(moe_params_data(&m->params, (int)i), e->data, t->numel * sizeof(float));
+        cJSON_AddItemToArray(copied, cJSON_CreateString(t->name));
+    }
+    return copied;
+}
+
+// summary.distill: the teacher, the settings, and with distill.baseline the
+// test-split quality of teacher, baseline and student, with the fraction of the
+// teacher-baseline gap the student recovers: (student - baseline) / (teacher - baseline).
+static int distill_summary(const char *cmd, cJSON *s, const struct moe_config *cfg, struct moe_model *teacher,
+                           struct moe_model *baseline, const struct moe_data *data, const struct moe_eval_row *student,
+                           cJSON *copied)
+{
+    cJSON *d = cJSON_AddObjectToObject(s, "distill");
+    cJSON_AddStringToObject(d, "teacher", moe_cfg_str(cfg, "distill.teacher"));
+    cJSON_AddStringToObject(d, "teacher_model", teacher->ops->type);
+    cJSON_AddNumberToObject(d, "teacher_parameters", (double)moe_params_count(&teacher->params));
+    cJSON_AddNumberToObject(d, "alpha", moe_cfg_num(cfg, "distill.alpha"));
+    cJSON_AddNumberToObject(d, "temperature", moe_cfg_num(cfg, "distill.temperature"));
+    if (copied)
+        cJSON_AddItemToObject(d, "initialised_from_teacher", copied);
+    if (!baseline->ops)
+        return 0;
+    cJSON_AddStringToObject(d, "baseline", moe_cfg_str(cfg, "distill.baseline"));
+    struct moe_eval_row rt, rb;
+    struct moe_stats st;
+    memset(&st, 0, sizeof st);
+    struct moe_err err = { 0 };
+    size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+    double thr = moe_cfg_num(cfg, "train.active_threshold");
+    int rc = moe_train_stats_init(&st, teacher, &data->test, &err) ||
+             moe_evaluate(teacher, &data->test, "test", chunk, thr, &st, &rt, &err);
+    moe_stats_release(&st);
+    if (!rc)
+        rc = moe_train_stats_init(&st, baseline, &data->test, &err) ||
+             moe_evaluate(baseline, &data->test, "test", chunk, thr, &st, &rb, &err);
+    moe_stats_release(&st);
+    if (rc)
+        return cli_fail(cmd, &err);
+    int lm = data->test.task == MOE_TASK_LM;
+    const char *metric = lm ? "bits_per_byte" : "accuracy";
+    double vt = lm ? rt.bits_per_byte : rt.accuracy, vb = lm ? rb.bits_per_byte : rb.accuracy;
+    double vs = lm ? student->bits_per_byte : student->accuracy;
+    cJSON *g = cJSON_AddObjectToObject(d, "gap");
+    cJSON_AddStringToObject(g, "metric", metric);
+    cJSON_AddStringToObject(g, "split", "test");
+    cJSON_AddNumberToObject(g, "teacher", vt);
+    cJSON_AddNumberToObject(g, "baseline", vb);
+    cJSON_AddNumberToObject(g, "student", vs);
+    if (vt != vb)
+        cJSON_AddNumberToObject(g, "fraction_recovered", (vs - vb) / (vt - vb));
+    else
+        cJSON_AddNullToObject(g, "fraction_recovered");
+    cJSON_AddNumberToObject(g, "teacher_loss", rt.loss);
+    cJSON_AddNumberToObject(g, "baseline_loss", rb.loss);
+    cJSON_AddNumberToObject(g, "student_loss", student->loss);
+    cJSON_AddNumberToObject(g, "fraction_recovered_loss",
+                            rt.loss != rb.loss ? (student->loss - rb.loss) / (rt.loss - rb.loss) : NAN);
+    return 0;
 }
 
 // The trainable parameters of a tuning run (unfrozen tensors and adapters) and
@@ -596,7 +669,10 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     memset(&lora, 0, sizeof lora);
     struct moe_model teacher;
     memset(&teacher, 0, sizeof teacher);
-    struct moe_st_file teacher_file = { 0 };
+    struct moe_st_file teacher_file = { 0 }, baseline_file = { 0 };
+    struct moe_model baseline;
+    memset(&baseline, 0, sizeof baseline);
+    cJSON *copied = NULL;
     uint8_t *frozen = NULL;
     int rc = 0;
     if (o.resume) {
@@ -681,8 +757,21 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    if ((rc = tune_setup(cmd, &cfg, &model, o.lora, &frozen, &lora)) ||
-        (rc = teacher_setup(cmd, &cfg, &data, &model, &teacher, &teacher_file)))
+    if ((rc = peer_setup(cmd, "distill.teacher", &cfg, &data, &model, &teacher, &teacher_file)) ||
+        (rc = peer_setup(cmd, "distill.baseline", &cfg, &data, &model, &baseline, &baseline_file)))
+        goto out;
+    if (baseline.ops && !teacher.ops) {
+        rc = cli_error(cmd, 2, "config key 'distill.baseline' needs distill.teacher (--teacher)");
+        goto out;
+    }
+    if (moe_cfg_bool(&cfg, "distill.teacher_init") && !o.resume) {
+        if (!teacher.ops) {
+            rc = cli_error(cmd, 2, "config key 'distill.teacher_init' needs distill.teacher (--teacher)");
+            goto out;
+        }
+        copied = init_from_teacher(&model, &teacher_file);
+    }
+    if ((rc = tune_setup(cmd, &cfg, &model, o.lora, &frozen, &lora)))
         goto out;
     if (cli_mkdir_p(out, &err)) {
         rc = cli_fail(cmd, &err);
@@ -815,12 +904,10 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     if (frozen)
         tune_summary(summary, &model, frozen, o.lora ? &lora : NULL);
     if (teacher.ops) {
-        cJSON *d = cJSON_AddObjectToObject(summary, "distill");
-        cJSON_AddStringToObject(d, "teacher", moe_cfg_str(&cfg, "distill.teacher"));
-        cJSON_AddStringToObject(d, "teacher_model", teacher.ops->type);
-        cJSON_AddNumberToObject(d, "teacher_parameters", (double)moe_params_count(&teacher.params));
-        cJSON_AddNumberToObject(d, "alpha", moe_cfg_num(&cfg, "distill.alpha"));
-        cJSON_AddNumberToObject(d, "temperature", moe_cfg_num(&cfg, "distill.temperature"));
+        rc = distill_summary(cmd, summary, &cfg, &teacher, &baseline, &data, &res.final_test, copied);
+        copied = NULL; // owned by the summary now
+        if (rc)
+            goto out;
     }
     if (model.n_moe_layers)
         cli_routing_json(summary, &model);
@@ -872,6 +959,10 @@ out:
     free(frozen);
     if (teacher.ops)
         moe_model_release(&teacher);
+    if (baseline.ops)
+        moe_model_release(&baseline);
     moe_safetensors_close(&teacher_file);
+    moe_safetensors_close(&baseline_file);
+    cJSON_Delete(copied);
     return rc;
 }

@@ -114,6 +114,8 @@ const struct moe_cfg_key moe_run_schema[] = {
     { "distill.teacher", MOE_CFG_STR, "null", 1, 0, NULL, "teacher checkpoint (moe distill --teacher): every training batch is distilled from its outputs; null = none" },
     { "distill.temperature", MOE_CFG_NUM, "2", 0.01, 100, NULL, "softmax temperature tau of the distillation term (moe distill --temperature)" },
     { "distill.alpha", MOE_CFG_NUM, "0.5", 0, 1, NULL, "weight of the distillation term: alpha tau^2 KL(teacher || student) + (1 - alpha) CE (moe distill --alpha)" },
+    { "distill.teacher_init", MOE_CFG_BOOL, "false", 1, 0, NULL, "start every student tensor that has a namesake of the same shape in the teacher from the teacher's values (sparse-to-dense: the non-expert weights)" },
+    { "distill.baseline", MOE_CFG_STR, "null", 1, 0, NULL, "a baseline checkpoint (e.g. the student trained without a teacher): the summary reports the fraction of the teacher-baseline gap the student recovers on the test split" },
     // LoRA adapters (moe lora)
     { "lora.rank", MOE_CFG_INT, "0", 0, 65536, NULL, "rank r of the adapters (0 = no adapters; moe lora --rank)" },
     { "lora.alpha", MOE_CFG_NUM, "8", 1e-6, 1e6, NULL, "adapter scale numerator: W = W0 + (alpha / r) B A (moe lora --alpha)" },
