@@ -5,9 +5,10 @@
 #
 #   bash scripts/fuzz.sh [--time SECONDS] [--jobs N] [NAME...]
 #   bash scripts/fuzz.sh --build-only
-#   bash scripts/fuzz.sh --gen-corpus      # rewrite the binary seeds (gen_corpus.c)
+#   bash scripts/fuzz.sh --gen-corpus      # rewrite the binary seeds (gen_corpus.c,
+#                                          # and checkpoint/gen.sh with build/cmd/moe)
 #
-# NAME is a harness name (config, safetensors, idx, table; fuzz_NAME.c in
+# NAME is a harness name (config, safetensors, checkpoint, ...: fuzz_NAME.c in
 # tests/fuzz/); none = every harness. --time is the run time of each harness
 # (default 20 s); --jobs runs N harnesses at once (default 1), each one a
 # single libFuzzer process. Output: one line per harness,
@@ -26,7 +27,12 @@
 #
 # The library sources the parsers need (lib/core and lib/io, less the BLIS
 # wrapper gemm.c, plus the run schema lib/train/schema.c) are compiled directly
-# with clang and linked with -lcjson -lcsv -lz -lm: no BLIS, no OpenMP.
+# with clang into build-fuzz/libmoe-fuzz.a and linked with -lcjson -lcsv -lz
+# -lm: no BLIS, no OpenMP. A harness with the line "// fuzz-lib: full" links
+# the whole library instead (every lib/*/*.c, gemm.c and the OpenMP pragmas
+# included): build-fuzz/libmoe-fuzz-full.a, compiled and linked with -fopenmp
+# (clang's libomp: Debian libomp-dev) and -lblis. Harnesses are run with
+# MOE_FUZZ_ROOT set to the repository root (for files they read at start-up).
 # Installs nothing: without clang it bails out.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -46,7 +52,7 @@ while [ $# -gt 0 ]; do
         --jobs=*) jobs=${1#--jobs=}; shift ;;
         --build-only) build_only=1; shift ;;
         --gen-corpus) gen_corpus=1; shift ;;
-        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) usage ;;
         *) names+=("${1#fuzz_}"); shift ;;
     esac
@@ -68,20 +74,28 @@ for f in lib/core/*.c lib/io/*.c lib/train/schema.c; do
     [ "$f" = lib/core/gemm.c ] && continue
     lib_srcs+=("$f")
 done
+full_srcs=(lib/*/*.c)
 harness_srcs=(tests/fuzz/fuzz_*.c)
 [ -e "${harness_srcs[0]}" ] || { echo "Bail out! no harness in tests/fuzz/"; exit 1; }
+# Does a harness link the whole library ("// fuzz-lib: full")?
+wants_full() { grep -q '^// fuzz-lib: *full *$' "$1"; }
+need_full=0
+for src in "${harness_srcs[@]}"; do
+    wants_full "$src" && need_full=1
+done
 
 common=(-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Wall -Wextra -Ilib -Itests/fuzz)
 # shellcheck disable=SC2054 # the commas belong to one clang flag
 san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined)
 libs=(-lcjson -lcsv -lz -lm)
+full_libs=(-fopenmp -lblis)
 
 # Rebuild only when a source, a header, a flag or the compiler changed.
-stamp=$( { clang --version; echo "${common[*]} ${san[*]} ${libs[*]}"; \
-           cat lib/core/*.h lib/io/*.h lib/model/*.h lib/train/*.h "${lib_srcs[@]}" tests/fuzz/*.c tests/fuzz/*.h; } \
+stamp=$( { clang --version; echo "${common[*]} ${san[*]} ${libs[*]} ${full_libs[*]} $need_full"; \
+           cat lib/*/*.h lib/*/*.c tests/fuzz/*.c tests/fuzz/*.h; } \
          | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$out/stamp" 2>/dev/null)" != "$stamp" ]; then
-    rm -f "$out/stamp" "$out"/obj/*.o "$out/libmoe-fuzz.a"
+    rm -f "$out/stamp" "$out"/obj/*.o "$out"/obj-full/*.o "$out/libmoe-fuzz.a" "$out/libmoe-fuzz-full.a"
     log="$out/build.log"
     : >"$log"
     # libFuzzer itself comes with clang's runtime package (only recommended by clang on Debian).
@@ -91,17 +105,42 @@ if [ "$(cat "$out/stamp" 2>/dev/null)" != "$stamp" ]; then
         echo "Bail out! clang cannot link -fsanitize=fuzzer (apt-get install libclang-rt-14-dev)"
         exit 1
     fi
-    rm -f "$out/probe" "$out/probe.c"
-    # At most two compilers at once (shared 2-core machine).
-    # shellcheck disable=SC2016 # $o and $@ expand in the inner shell
-    printf '%s\n' "${lib_srcs[@]}" | xargs -P 2 -I{} sh -c \
-        'o='"$out"'/obj/$(echo "{}" | tr / _ | sed "s/\.c$/.o/"); exec clang "$@" -fsanitize=fuzzer-no-link -c "{}" -o "$o"' \
-        sh "${common[@]}" "${san[@]}" >>"$log" 2>&1 \
+    if [ "$need_full" = 1 ]; then
+        printf '#include <omp.h>\n#include <blis.h>\nint main(void) { return omp_get_max_threads() < 1; }\n' >"$out/probe.c"
+        if ! clang -fopenmp "$out/probe.c" -lblis -o "$out/probe" >>"$log" 2>&1; then
+            echo "Bail out! clang cannot build with -fopenmp and BLIS (apt-get install libomp-dev libblis-openmp-dev)"
+            exit 1
+        fi
+        rm -f "$out/probe" "$out/probe.c"
+    fi
+    # compile_lib OBJDIR [FLAG...]: compile the sources named on stdin into
+    # OBJDIR, at most two compilers at once (shared 2-core machine).
+    compile_lib() {
+        local objdir=$1
+        shift
+        mkdir -p "$objdir" || return 1
+        # shellcheck disable=SC2016 # $o and $@ expand in the inner shell
+        xargs -P 2 -I{} sh -c \
+            'o='"$objdir"'/$(echo "{}" | tr / _ | sed "s/\.c$/.o/"); exec clang "$@" -fsanitize=fuzzer-no-link -c "{}" -o "$o"' \
+            sh "${common[@]}" "${san[@]}" "$@"
+    }
+    printf '%s\n' "${lib_srcs[@]}" | compile_lib "$out/obj" >>"$log" 2>&1 \
         || { echo "Bail out! building the library failed (see $log)"; tail -20 "$log" | sed 's/^/# /'; exit 1; }
     ar rcs "$out/libmoe-fuzz.a" "$out"/obj/*.o || { echo "Bail out! ar failed"; exit 1; }
+    if [ "$need_full" = 1 ]; then
+        # (-Wno-pass-failed: ASan keeps the `omp simd` loops of attention.c scalar)
+        printf '%s\n' "${full_srcs[@]}" | compile_lib "$out/obj-full" -fopenmp -Wno-pass-failed >>"$log" 2>&1 \
+            || { echo "Bail out! building the full library failed (see $log)"; tail -20 "$log" | sed 's/^/# /'; exit 1; }
+        ar rcs "$out/libmoe-fuzz-full.a" "$out"/obj-full/*.o || { echo "Bail out! ar failed"; exit 1; }
+    fi
     for src in "${harness_srcs[@]}"; do
         bin=$out/$(basename "$src" .c)
-        clang "${common[@]}" "${san[@]}" -fsanitize=fuzzer "$src" "$out/libmoe-fuzz.a" "${libs[@]}" -o "$bin" \
+        if wants_full "$src"; then
+            link=("$out/libmoe-fuzz-full.a" "${libs[@]}" "${full_libs[@]}")
+        else
+            link=("$out/libmoe-fuzz.a" "${libs[@]}")
+        fi
+        clang "${common[@]}" "${san[@]}" -fsanitize=fuzzer "$src" "${link[@]}" -o "$bin" \
             >>"$log" 2>&1 || { echo "Bail out! building $src failed (see $log)"; tail -20 "$log" | sed 's/^/# /'; exit 1; }
     done
     echo "$stamp" >"$out/stamp"
@@ -113,6 +152,12 @@ if [ "$gen_corpus" = 1 ]; then
     mkdir -p tests/fuzz/corpus/safetensors tests/fuzz/corpus/idx
     "$out/gen_corpus" tests/fuzz/corpus || exit 1
     echo "fuzz.sh: wrote tests/fuzz/corpus/safetensors and tests/fuzz/corpus/idx"
+    # Training checkpoints come from the real binary (meson build in build/).
+    if [ -x build/cmd/moe ]; then
+        bash tests/fuzz/checkpoint/gen.sh build/cmd/moe || exit 1
+    else
+        echo "fuzz.sh: no build/cmd/moe: tests/fuzz/corpus/checkpoint not rewritten (ninja -C build, then again)"
+    fi
     exit 0
 fi
 [ "$build_only" = 1 ] && { echo "fuzz.sh: harnesses built in $out/"; exit 0; }
@@ -152,7 +197,7 @@ run_one() {
     local before
     before=$(ls "$art" 2>/dev/null | wc -l)
     # The outer timeout only guards against a wedged fuzzer; libFuzzer stops itself.
-    (cd "$dir" && MOE_FUZZ_TMP=$scratch_tmp UBSAN_OPTIONS=print_stacktrace=1 \
+    (cd "$dir" && MOE_FUZZ_TMP=$scratch_tmp MOE_FUZZ_ROOT=$root UBSAN_OPTIONS=print_stacktrace=1 \
         timeout -k 10 $((time_s + 300)) nice -n 10 "$bin" "${opts[@]}" corpus >"$dir/log" 2>&1)
     local rc=$?
     local execs secs

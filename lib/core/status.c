@@ -67,3 +67,20 @@ const char *moe_status_name(int code)
     }
     return "unknown error";
 }
+
+const char *moe_msg_str(const char *s, char *buf, size_t len)
+{
+    size_t o = 0, max = len - 1;
+    int cut = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (o + 4 > max) {
+            cut = 1;
+            break;
+        }
+        buf[o++] = (*p < 0x20 || *p == 0x7f) ? '?' : (char)*p;
+    }
+    if (cut)
+        o += (size_t)snprintf(buf + o, len - o, "...");
+    buf[o] = '\0';
+    return buf;
+}

@@ -33,6 +33,10 @@ int moe_error(struct moe_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 // Prefix an existing message with more context ("file 'x': " + old message).
+// Text from a possibly hostile file (a name, a metadata value) copied into buf
+// for a message: control bytes become '?' (messages stay on one line) and long
+// text is cut with "...". Returns buf.
+const char *moe_msg_str(const char *s, char *buf, size_t len);
 int moe_error_prefix(struct moe_err *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

@@ -67,24 +67,8 @@ static int st_fail(struct moe_err *err, int code, const char *path, const char *
     return moe_error(err, code, "checkpoint '%s': %s", path, msg);
 }
 
-// Copy a name from a possibly hostile file into buf for a message: control
-// bytes become '?' (messages stay on one line) and long names are cut.
-static const char *safe_str(const char *s, char *buf, size_t len)
-{
-    size_t o = 0, max = len - 1;
-    int cut = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (o + 4 > max) {
-            cut = 1;
-            break;
-        }
-        buf[o++] = (*p < 0x20 || *p == 0x7f) ? '?' : (char)*p;
-    }
-    if (cut)
-        o += (size_t)snprintf(buf + o, len - o, "...");
-    buf[o] = '\0';
-    return buf;
-}
+// A name from a possibly hostile file, made fit for a one-line message.
+static const char *safe_str(const char *s, char *buf, size_t len) { return moe_msg_str(s, buf, len); }
 #define SAFE_LEN 72
 
 // Length of the valid UTF-8 sequence at s (n bytes available, s[0] >= 0x80),

@@ -172,8 +172,10 @@ int moe_train_meta_count(const struct moe_st_file *f, const char *key, uint64_t 
     char *end;
     errno = 0;
     unsigned long long x = *v == '-' ? 0 : strtoull(v, &end, 10);
+    char shown[64];
     if (*v == '-' || errno || end == v || *end)
-        return moe_error(err, MOE_EFORMAT, "%s: metadata '%s' = '%s' is not a count", f->path, key, v);
+        return moe_error(err, MOE_EFORMAT, "%s: metadata '%s' = '%s' is not a count", f->path, key,
+                         moe_msg_str(v, shown, sizeof shown));
     *ret = x;
     return 0;
 }

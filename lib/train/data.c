@@ -249,9 +249,10 @@ int moe_data_check_text_checkpoint(const struct moe_data *d, const struct moe_st
             same = cJSON_IsString(it) && strcmp(it->valuestring, d->corpus.lang[g]) == 0;
         }
         cJSON_Delete(a);
+        char shown[256];
         if (!same)
             return moe_error(err, MOE_ESHAPE, "'%s' was trained on the languages %s, but the data (data.text.path) has %zu language(s)",
-                             f->path, langs, d->corpus.n_lang);
+                             f->path, moe_msg_str(langs, shown, sizeof shown), d->corpus.n_lang);
     }
     struct moe_vocab v;
     memset(&v, 0, sizeof v);
