@@ -27,6 +27,7 @@ void cli_common_release(struct cli_common *c)
     for (size_t i = 0; i < c->n_owned; i++)
         free(c->owned[i]);
     free(c->owned);
+    free(c->appends);
     free(c->sets);
 }
 
@@ -44,16 +45,21 @@ static int push_set(struct cli_common *c, const char *set)
     return 0;
 }
 
-int cli_add_set(struct cli_common *c, const char *opt, const char *key, const char *value)
+int cli_add_set(struct cli_common *c, const char *opt, const char *key, const char *value, int append)
 {
     size_t len = strlen(key) + strlen(value) + 2;
     char *set = malloc(len), **owned = realloc(c->owned, (c->n_owned + 1) * sizeof *owned);
+    const char **appends = append ? realloc(c->appends, (c->n_appends + 1) * sizeof *appends) : NULL;
     if (owned)
         c->owned = owned;
-    if (!set || !owned || push_set(c, set)) {
+    if (appends)
+        c->appends = appends;
+    if (!set || !owned || (append ? !appends : push_set(c, set))) {
         free(set);
         return cli_error(NULL, 1, "out of memory");
     }
+    if (append)
+        c->appends[c->n_appends++] = set;
     snprintf(set, len, "%s=%s", key, value);
     if (!c->n_owned)
         c->first_owned_opt = opt;
@@ -210,6 +216,24 @@ int cli_load_config(const struct cli_common *c, struct moe_config *ret, struct m
     }
     int rc = moe_config_load(ret, moe_run_schema, moe_run_schema_len, c->config, over, n, err);
     free(over);
+    // Options that add to a list key: the list so far, then their items.
+    for (size_t i = 0; !rc && i < c->n_appends; i++) {
+        const char *eq = strchr(c->appends[i], '=');
+        char key[128];
+        snprintf(key, sizeof key, "%.*s", (int)(eq - c->appends[i]), c->appends[i]);
+        size_t len = strlen(c->appends[i]) + 2, k = moe_cfg_len(ret, key);
+        for (size_t j = 0; j < k; j++)
+            len += strlen(moe_cfg_str_at(ret, key, j)) + 1;
+        char *set = malloc(len);
+        if (!set)
+            return moe_error(err, MOE_ENOMEM, "out of memory");
+        size_t at = (size_t)snprintf(set, len, "%s=", key);
+        for (size_t j = 0; j < k; j++)
+            at += (size_t)snprintf(set + at, len - at, "%s,", moe_cfg_str_at(ret, key, j));
+        snprintf(set + at, len - at, "%s", eq + 1);
+        rc = moe_config_set(ret, set, err);
+        free(set);
+    }
     return rc;
 }
 

@@ -24,6 +24,8 @@ struct cli_common {
     int quiet;
     char **owned;           // --set strings a command's own options stand for (cli_add_set)
     size_t n_owned;
+    const char **appends;   // of them, "key=value" added to a list key after the config and --set
+    size_t n_appends;
     const char *first_owned_opt; // the option behind owned[0], for messages
 };
 
@@ -47,8 +49,10 @@ int cli_parse(int argc, char **argv, const char *cmd, const struct option *opts,
               int (*on_opt)(void *ctx, int opt, const char *arg), void *ctx);
 
 // A command option that stands for `--set key=value` (in argv order with the
-// real --set options); opt names it in messages. Returns 0, or 1 (out of memory).
-int cli_add_set(struct cli_common *c, const char *opt, const char *key, const char *value);
+// real --set options), or with append for adding value's comma-separated items
+// to a list key (after the config file and every --set); opt names it in
+// messages. Returns 0, or 1 (out of memory).
+int cli_add_set(struct cli_common *c, const char *opt, const char *key, const char *value, int append);
 
 // One-line error on stderr: "moe CMD: message". Returns exit_code.
 int cli_error(const char *cmd, int exit_code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

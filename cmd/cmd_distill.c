@@ -40,16 +40,16 @@ static int on_opt(void *ctx_, int opt, const char *arg)
     switch (opt) {
     case OPT_TEACHER:
         ctx->has_teacher = 1;
-        return cli_add_set(ctx->c, "--teacher", "distill.teacher", arg);
+        return cli_add_set(ctx->c, "--teacher", "distill.teacher", arg, 0);
     case OPT_TEMPERATURE:
-        return cli_add_set(ctx->c, "--temperature", "distill.temperature", arg);
+        return cli_add_set(ctx->c, "--temperature", "distill.temperature", arg, 0);
     case OPT_ALPHA:
-        return cli_add_set(ctx->c, "--alpha", "distill.alpha", arg);
+        return cli_add_set(ctx->c, "--alpha", "distill.alpha", arg, 0);
     case OPT_MODE:
         if (strcmp(arg, "kd") == 0)
             return 0;
         if (strcmp(arg, "sparse-to-dense") == 0)
-            return cli_add_set(ctx->c, "--mode sparse-to-dense", "distill.teacher_init", "true");
+            return cli_add_set(ctx->c, "--mode sparse-to-dense", "distill.teacher_init", "true", 0);
         if (strcmp(arg, "moebert") == 0)
             return cli_error("distill", 2, "option '--mode %s' is not implemented yet; use --mode kd", arg);
         return cli_error("distill", 2, "option '--mode' expects kd, moebert or sparse-to-dense, got '%s'", arg);
@@ -57,7 +57,7 @@ static int on_opt(void *ctx_, int opt, const char *arg)
         ctx->o->init = arg;
         return 0;
     case OPT_BASELINE:
-        return cli_add_set(ctx->c, "--baseline", "distill.baseline", arg);
+        return cli_add_set(ctx->c, "--baseline", "distill.baseline", arg, 0);
     default:
         return 2;
     }
@@ -85,6 +85,8 @@ int cmd_distill(int argc, char **argv)
     } else if (!rc) {
         if (!ctx.has_teacher)
             rc = cli_error(cmd, 2, "option '--teacher CKPT' is required (the checkpoint to distil from)");
+        else if (!c.config)
+            rc = cli_error(cmd, 2, "option '--config FILE' is required (the student)");
         else
             rc = cli_train_run(cmd, &c, &o);
     }

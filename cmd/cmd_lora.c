@@ -13,7 +13,7 @@ static const char *const usage =
     "                [--expert-mode per-expert|shared] [--freeze-router] [--merge]\n"
     "                [--trainable GLOB] [--freeze GLOB] [--set key.path=value]... [--out DIR]\n"
     "                [--seed N] [--threads N] [--quiet]\n"
-    "Train rank-R adapters W = W0 + (A/R) B A on the matrices of the base model whose\n"
+    "Train rank-R adapters W = W0 + (alpha/R) B A on the matrices of the base model whose\n"
     "tensor names match a glob (fnmatch, '*' crosses dots), everything else frozen but\n"
     "the routers (unless --freeze-router) and what --trainable names. Expert tensors\n"
     "[E, out, in] get one adapter per expert, or with --expert-mode shared one for all.\n"
@@ -42,24 +42,24 @@ static int on_opt(void *ctx_, int opt, const char *arg)
     case OPT_RANK:
         if (cli_parse_ll(arg, 1, 65536, &v))
             return cli_error("lora", 2, "option '--rank' expects an integer from 1 to 65536, got '%s'", arg);
-        return cli_add_set(ctx->c, "--rank", "lora.rank", arg);
+        return cli_add_set(ctx->c, "--rank", "lora.rank", arg, 0);
     case OPT_ALPHA:
-        return cli_add_set(ctx->c, "--alpha", "lora.alpha", arg);
+        return cli_add_set(ctx->c, "--alpha", "lora.alpha", arg, 0);
     case OPT_TARGETS:
-        return cli_add_set(ctx->c, "--targets", "lora.targets", arg);
+        return cli_add_set(ctx->c, "--targets", "lora.targets", arg, 1);
     case OPT_EXPERT_MODE:
         if (strcmp(arg, "per-expert") != 0 && strcmp(arg, "shared") != 0)
             return cli_error("lora", 2, "option '--expert-mode' expects per-expert or shared, got '%s'", arg);
-        return cli_add_set(ctx->c, "--expert-mode", "lora.expert_mode", arg);
+        return cli_add_set(ctx->c, "--expert-mode", "lora.expert_mode", arg, 0);
     case OPT_FREEZE_ROUTER:
-        return cli_add_set(ctx->c, "--freeze-router", "lora.freeze_router", "true");
+        return cli_add_set(ctx->c, "--freeze-router", "lora.freeze_router", "true", 0);
     case OPT_MERGE:
         ctx->o->merge = 1;
         return 0;
     case OPT_TRAINABLE:
-        return cli_add_set(ctx->c, "--trainable", "train.trainable", arg);
+        return cli_add_set(ctx->c, "--trainable", "train.trainable", arg, 1);
     case OPT_FREEZE:
-        return cli_add_set(ctx->c, "--freeze", "train.freeze", arg);
+        return cli_add_set(ctx->c, "--freeze", "train.freeze", arg, 1);
     default:
         return 2;
     }
@@ -90,6 +90,8 @@ int cmd_lora(int argc, char **argv)
     } else if (!rc) {
         if (!o.init)
             rc = cli_error(cmd, 2, "option '--base CKPT' is required (the checkpoint the adapters tune)");
+        else if (!c.config)
+            rc = cli_error(cmd, 2, "option '--config FILE' is required (the fine-tuning run: data, optimizer, epochs; its model must be the base)");
         else
             rc = cli_train_run(cmd, &c, &o);
     }

@@ -25,6 +25,7 @@ static const char *const usage =
     "                 [--threads N] [--init CKPT] [--device cpu] [--quiet]\n"
     "       moe train --resume DIR [--threads N] [--quiet]\n"
     "       moe train --dry-run [--config FILE] [--set key.path=value]...\n"
+    "       moe train --init CKPT [--trainable GLOB[,GLOB]] [--freeze GLOB[,GLOB]] ...\n"
     "Train the model a config describes; write DIR/config.json, metrics.csv,\n"
     "model.safetensors and summary.json, and print the summary JSON on stdout.\n"
     "Without --out, DIR is runs/train-<config hash>. DIR/checkpoint.safetensors is\n"
@@ -34,7 +35,10 @@ static const char *const usage =
     "the result is byte-identical to a run that was never stopped.\n"
     "--dry-run prints the parameter count, active parameters and FLOPs per token\n"
     "and the memory estimate as JSON, and trains nothing. A run whose estimate\n"
-    "exceeds the memory available is refused (exit 1) before it allocates.\n";
+    "exceeds the memory available is refused (exit 1) before it allocates.\n"
+    "--trainable / --freeze (repeatable; config keys train.trainable, train.freeze)\n"
+    "train only the tensors whose names match a --trainable glob (fnmatch, '*'\n"
+    "crosses dots) and no --freeze glob; the others stay byte-identical.\n";
 
 enum { OPT_INIT = OPT_FIRST_CMD, OPT_RESUME, OPT_DRY_RUN, OPT_TRAINABLE, OPT_FREEZE };
 
@@ -49,7 +53,7 @@ static int on_opt(void *ctx_, int opt, const char *arg)
     struct cli_train_opts *o = ctx->o;
     if (opt == OPT_TRAINABLE || opt == OPT_FREEZE)
         return cli_add_set(ctx->c, opt == OPT_TRAINABLE ? "--trainable" : "--freeze",
-                           opt == OPT_TRAINABLE ? "train.trainable" : "train.freeze", arg);
+                           opt == OPT_TRAINABLE ? "train.trainable" : "train.freeze", arg, 1);
     if (opt == OPT_INIT) {
         o->init = arg;
         return 0;
@@ -587,7 +591,8 @@ static int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_
         goto out;
     }
     if (rank == 0 || !n_g) {
-        rc = cli_error(cmd, 2, rank == 0 ? "moe lora needs --rank R (R >= 1)" : "moe lora needs --targets GLOB[,GLOB...]");
+        rc = cli_error(cmd, 2, rank == 0 ? "config key 'lora.rank' is 0: give the adapters' rank with --rank R (R >= 1)"
+                                         : "config key 'lora.targets' is empty: name the adapted matrices with --targets GLOB[,GLOB...]");
         goto out;
     }
     // The base is frozen but for the routers (unless lora.freeze_router) and what
@@ -694,7 +699,7 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     if (o.resume) {
         summary = complete_summary(out);
         if (summary) { // nothing left to do: say so, and print the run's summary again
-            cli_log(&c, "moe train: the run in %s/ is already complete", out);
+            cli_log(&c, "moe %s: the run in %s/ is already complete", cmd, out);
             cli_print_json(summary);
             rc = 0;
             goto out;
@@ -818,10 +823,10 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
         goto out;
     }
     if (o.resume)
-        cli_log(&c, "moe train: resuming %s/ at step %llu (epoch %llu)", out, (unsigned long long)pos.steps,
+        cli_log(&c, "moe %s: resuming %s/ at step %llu (epoch %llu)", cmd, out, (unsigned long long)pos.steps,
                 (unsigned long long)pos.epoch);
     else
-        cli_log(&c, "moe train: %s model, %zu parameters, %zu train / %zu test rows, writing %s/", model.ops->type,
+        cli_log(&c, "moe %s: %s model, %zu parameters, %zu train / %zu test rows, writing %s/", cmd, model.ops->type,
                 moe_params_count(&model.params), data.train.n, data.test.n, out);
     struct moe_train_result res;
     // A LoRA run keeps no checkpoint (it cannot be resumed yet): its model slots hold W0 + sBA.
@@ -835,7 +840,13 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     rc = moe_train_ex(&model, &data, &cfg, &hooks, &res, &err);
     if (rc == MOE_EINTR) {
         // The checkpoint is written: say where the run stopped and how to go on.
+        // A LoRA run has no checkpoint hook: keep its metric rows at least.
         int sig = stop_signal;
+        if (o.lora && (moe_csv_close(&outs.metrics, &err) || (model.n_moe_layers && moe_csv_close(&outs.experts, &err)) ||
+                       (data.has_text && moe_csv_close(&outs.langs, &err)))) {
+            rc = cli_fail(cmd, &err);
+            goto out;
+        }
         summary = cli_summary_new(cmd, &cfg);
         cJSON_AddStringToObject(summary, "interrupted", sig == SIGINT ? "SIGINT" : "SIGTERM");
         cJSON_AddNumberToObject(summary, "steps", (double)res.steps);
@@ -938,8 +949,9 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
         goto out;
     }
     cli_print_json(summary);
-    cli_log(&c, "moe train: done in %.2f s; outputs in %s/ (config.json, metrics.csv, model.safetensors, summary.json)",
-            res.wall_seconds, out);
+    cli_log(&c, "moe %s: done in %.2f s; outputs in %s/ (config.json, metrics.csv, %s, summary.json)", cmd,
+            res.wall_seconds, out,
+            !o.lora ? "model.safetensors" : o.merge ? "adapters.safetensors, merged.safetensors" : "adapters.safetensors");
     rc = 0;
 out:
     moe_csv_abort(&outs.metrics);

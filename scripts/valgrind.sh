@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # valgrind.sh: run CLI smoke commands of the normal build (build/cmd/moe) under
 # valgrind memcheck: happy paths (version, help, train of a 1991 mixture and of
-# an mlp-moe, route-stats, compare-loss) and error paths (bad config, missing
-# file, corrupt checkpoints), so both are free of invalid accesses, uses of
-# uninitialised values and leaks.
+# an mlp-moe, route-stats, compare-loss, lora, train --freeze) and error paths
+# (bad config, missing file, corrupt checkpoints), so both are free of invalid
+# accesses, uses of uninitialised values and leaks.
 #
 #   bash scripts/valgrind.sh [path/to/moe]
 #
@@ -201,6 +201,10 @@ vg "route-stats on the transformer (MI with language and byte class, trace)" 0 \
     route-stats --checkpoint lm/model.safetensors --out lm/route --trace lm/trace.jsonl --quiet
 vg "train --init from a checkpoint" 0 \
     train --config "$root/examples/quickstart.json" --set train.epochs=1 --threads 1 --out q2 --quiet --init q/model.safetensors
+vg "lora on the noisy top-2 checkpoint (per-expert adapters on experts and head, --merge)" 0 \
+    lora --base mm/model.safetensors --config moe.json --rank 2 --targets '*.experts.*,head.weight' --merge --threads 1 --out lo --quiet
+vg "train --init --freeze (partial fine-tuning)" 0 \
+    train --config moe.json --init mm/model.safetensors --freeze 'input.*,layers.0.*' --set train.epochs=1 --threads 1 --out fz --quiet
 
 # ---------------------------------------------------------------- error paths
 CK=q/model.safetensors
