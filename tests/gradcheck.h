@@ -42,6 +42,41 @@ static inline double numeric_grad(float *w, float h, loss_fn f, void *ctx)
     return (lp - lm) / ((double)wp - (double)wm);
 }
 
+// Central differences over one tensor of a model with discrete routing: f also
+// reports a signature of its routing decisions, and an element whose w+ or w-
+// changes it (a choice flipped, so L is not smooth there) is skipped. Each
+// other element is checked against g with check_grad; the tally adds up what
+// was checked and skipped, the largest |numeric|, and the squared differences
+// and numeric norms (for a whole-tensor relative error).
+typedef double (*routed_loss_fn)(void *ctx, unsigned *sig);
+struct fd_tally {
+    size_t checked, skipped;
+    double biggest, diff2, num2;
+};
+static inline void check_grad_routed(float *w, const float *g, size_t n, float h, routed_loss_fn f, void *ctx,
+                                     unsigned sig0, const char *what, struct fd_tally *t)
+{
+    for (size_t j = 0; j < n; j++) {
+        float w0 = w[j], wp = w0 + h, wm = w0 - h;
+        unsigned s1, s2;
+        w[j] = wp;
+        double lp = f(ctx, &s1);
+        w[j] = wm;
+        double lm = f(ctx, &s2);
+        w[j] = w0;
+        if (s1 != sig0 || s2 != sig0) {
+            t->skipped++;
+            continue;
+        }
+        double num = (lp - lm) / ((double)wp - (double)wm);
+        check_grad(g[j], num, what, j);
+        t->biggest = fmax(t->biggest, fabs(num));
+        t->diff2 += (g[j] - num) * (g[j] - num);
+        t->num2 += num * num;
+        t->checked++;
+    }
+}
+
 static inline double max_abs(const float *x, size_t n)
 {
     double m = 0.0;

@@ -120,6 +120,8 @@ static double objective(struct lm_ctx *c, unsigned *sig_out)
     return f;
 }
 
+static double fd_objective(void *c, unsigned *sig) { return objective(c, sig); }
+
 static const char *const grad_cfgs[6] = {
     // dense: two blocks, layernorm, gelu, separate head
     "{\"model\":{\"type\":\"transformer\",\"n_ctx\":5,\"n_embd\":8,\"n_head\":2,\"n_layer\":2,\"moe_every\":3,"
@@ -154,34 +156,21 @@ START_TEST(test_grad)
     size_t numel = c->m.params.numel;
     float *grad = malloc(numel * sizeof *grad);
     memcpy(grad, c->m.params.grad, numel * sizeof *grad);
-    size_t checked = 0, skipped = 0;
+    struct fd_tally all = { 0 };
     for (size_t ti = 0; ti < c->m.params.n; ti++) {
         const struct moe_tensor *t = &c->m.params.t[ti];
-        double biggest = 0.0;
-        for (size_t j = 0; j < t->numel; j++) {
-            float *w = c->m.params.data + t->offset + j;
-            float w0 = *w, wp = w0 + H_STEP, wm = w0 - H_STEP;
-            unsigned s1, s2;
-            *w = wp;
-            double lp = objective(c, &s1);
-            *w = wm;
-            double lm = objective(c, &s2);
-            *w = w0;
-            if (s1 != sig0 || s2 != sig0) {
-                skipped++;
-                continue;
-            }
-            double num = (lp - lm) / ((double)wp - (double)wm);
-            char what[160];
-            snprintf(what, sizeof what, "config %d: %s", _i, t->name);
-            check_grad(grad[t->offset + j], num, what, j);
-            biggest = fmax(biggest, fabs(num));
-            checked++;
-        }
+        struct fd_tally one = { 0 };
+        char what[160];
+        snprintf(what, sizeof what, "config %d: %s", _i, t->name);
+        check_grad_routed(c->m.params.data + t->offset, grad + t->offset, t->numel, H_STEP, fd_objective, c, sig0,
+                          what, &one);
+        all.checked += one.checked;
+        all.skipped += one.skipped;
         // every tensor takes part (embedding rows of unused ids and unused
         // positions aside, a whole tensor with zero gradient is a wiring bug)
-        ck_assert_msg(biggest > 1e-4, "config %d: tensor '%s' has no gradient (max %g)", _i, t->name, biggest);
+        ck_assert_msg(one.biggest > 1e-4, "config %d: tensor '%s' has no gradient (max %g)", _i, t->name, one.biggest);
     }
+    size_t checked = all.checked, skipped = all.skipped;
     ck_assert_msg(skipped * 20 <= checked, "config %d: %zu of %zu elements changed the routing", _i, skipped,
                   checked + skipped);
     if (getenv("MOE_GRAD_VERBOSE"))

@@ -400,6 +400,16 @@ static double lora_objective(struct mctx *c, struct moe_lora *l, unsigned *sig)
     return objective(c, 1, sig);
 }
 
+struct lora_fd {
+    struct mctx *c;
+    struct moe_lora *l;
+};
+static double lora_fd_objective(void *p, unsigned *sig)
+{
+    struct lora_fd *fd = p;
+    return lora_objective(fd->c, fd->l, sig);
+}
+
 START_TEST(test_adapter_grad)
 {
     const struct fdcase *fc = &fdcases[_i];
@@ -417,41 +427,27 @@ START_TEST(test_adapter_grad)
     ck_assert_ptr_nonnull(grad);
     memcpy(grad, l.p.grad, l.p.numel * sizeof *grad);
     grad_worst = 0.0;
-    size_t checked = 0, skipped = 0;
+    struct fd_tally all = { 0 };
     double tensor_worst = 0.0;
+    struct lora_fd fd = { c, &l };
     for (size_t ti = 0; ti < l.p.n; ti++) {
         const struct moe_tensor *t = &l.p.t[ti];
-        double biggest = 0.0, diff2 = 0.0, num2 = 0.0;
-        for (size_t j = 0; j < t->numel; j++) {
-            float *w = l.p.data + t->offset + j;
-            float w0 = *w, wp = w0 + H_STEP, wm = w0 - H_STEP;
-            unsigned s1, s2;
-            *w = wp;
-            double lp = lora_objective(c, &l, &s1);
-            *w = wm;
-            double lm = lora_objective(c, &l, &s2);
-            *w = w0;
-            if (s1 != sig0 || s2 != sig0) {
-                skipped++;
-                continue;
-            }
-            double num = (lp - lm) / ((double)wp - (double)wm);
-            char what[160];
-            snprintf(what, sizeof what, "case %d: %s", _i, t->name);
-            check_grad(grad[t->offset + j], num, what, j);
-            biggest = fmax(biggest, fabs(num));
-            diff2 += (grad[t->offset + j] - num) * (grad[t->offset + j] - num);
-            num2 += num * num;
-            checked++;
-        }
-        ck_assert_msg(biggest > 1e-4, "case %d: adapter '%s' has no gradient (max %g)", _i, t->name, biggest);
+        struct fd_tally one = { 0 };
+        char what[160];
+        snprintf(what, sizeof what, "case %d: %s", _i, t->name);
+        check_grad_routed(l.p.data + t->offset, grad + t->offset, t->numel, H_STEP, lora_fd_objective, &fd, sig0,
+                          what, &one);
+        all.checked += one.checked;
+        all.skipped += one.skipped;
+        ck_assert_msg(one.biggest > 1e-4, "case %d: adapter '%s' has no gradient (max %g)", _i, t->name, one.biggest);
         // the gradients here are small (|g| << 1, where check_grad's tolerance is
         // absolute): the whole tensor must also agree in relative terms
-        double rel = sqrt(diff2 / num2);
+        double rel = sqrt(one.diff2 / one.num2);
         tensor_worst = fmax(tensor_worst, rel);
         ck_assert_msg(rel <= 1e-2, "case %d: adapter '%s': |analytic - numeric| / |numeric| = %.3g > 1e-2", _i,
                       t->name, rel);
     }
+    size_t checked = all.checked, skipped = all.skipped;
     ck_assert_msg(skipped * 20 <= checked, "case %d: %zu of %zu elements changed the routing", _i, skipped,
                   checked + skipped);
     if (getenv("MOE_GRAD_VERBOSE"))
