@@ -1,5 +1,6 @@
 // cmd_distill.c: `moe distill` trains a student config against a teacher
-// checkpoint (Hinton et al. 2015): every training batch goes through the teacher
+// checkpoint (Hinton et al. 2015; MoEBERT, Zuo et al. 2022, with --mode
+// moebert, train/moebert.h): every training batch goes through the teacher
 // first, and the student learns (1 - alpha) CE(labels) + alpha tau^2
 // KL(softmax(teacher / tau) || softmax(student / tau)). It is `moe train` with the
 // distill.* config keys set from its options, so the run directory, metrics,
@@ -11,7 +12,8 @@
 
 static const char *const usage =
     "usage: moe distill --teacher CKPT --config STUDENT.json [--temperature T] [--alpha A]\n"
-    "                   [--mode kd|sparse-to-dense] [--baseline CKPT] [--init CKPT]\n"
+    "                   [--mode kd|sparse-to-dense|moebert] [--baseline CKPT] [--init CKPT]\n"
+    "                   [--split importance|random] [--shared S] [--weight W]\n"
     "                   [--set key.path=value]... [--out DIR] [--seed N] [--threads N] [--quiet]\n"
     "Knowledge distillation from any teacher checkpoint to the student the config\n"
     "describes (same inputs and outputs: classification or language modelling).\n"
@@ -22,11 +24,22 @@ static const char *const usage =
     "weights of an MoE teacher) from the teacher's values. --baseline CKPT (e.g. the\n"
     "student trained alone) adds the test-split quality of teacher, baseline and\n"
     "student and the fraction of the gap recovered, (student - baseline) /\n"
-    "(teacher - baseline), to the summary. Writes the run directory of `moe train`;\n"
-    "an interrupted run continues with `moe train --resume DIR`. Options map to\n"
-    "the config keys distill.teacher, .temperature, .alpha, .teacher_init, .baseline.\n";
+    "(teacher - baseline), to the summary.\n"
+    "--mode moebert (MoEBERT) turns a dense teacher into the student MoE of the\n"
+    "same type, depth and width: each dense FFN neuron's importance, summed over\n"
+    "the training examples, goes to DIR/importance.csv; the neurons, in order of\n"
+    "importance (--split random: a seeded random order), are split into the\n"
+    "student's experts: the first S (--shared, default 0) go to every expert, the\n"
+    "rest are dealt round-robin until each expert holds model.n_ff. The student's\n"
+    "other tensors start as the teacher's; the objective is CE + W (block-output\n"
+    "MSE to the teacher + symmetric KL of the outputs), W = --weight (default 5).\n"
+    "The summary's distill.moebert gives the quality right after conversion.\n"
+    "Writes the run directory of `moe train`; an interrupted run continues with\n"
+    "`moe train --resume DIR`. Options map to the config keys distill.teacher,\n"
+    ".temperature, .alpha, .teacher_init, .baseline, .moebert, .split, .shared, .weight.\n";
 
-enum { OPT_TEACHER = OPT_FIRST_CMD, OPT_TEMPERATURE, OPT_ALPHA, OPT_MODE, OPT_INIT, OPT_BASELINE };
+enum { OPT_TEACHER = OPT_FIRST_CMD, OPT_TEMPERATURE, OPT_ALPHA, OPT_MODE, OPT_INIT, OPT_BASELINE, OPT_SPLIT,
+       OPT_SHARED, OPT_WEIGHT };
 
 struct distill_ctx {
     struct cli_train_opts *o;
@@ -51,13 +64,19 @@ static int on_opt(void *ctx_, int opt, const char *arg)
         if (strcmp(arg, "sparse-to-dense") == 0)
             return cli_add_set(ctx->c, "--mode sparse-to-dense", "distill.teacher_init", "true", 0);
         if (strcmp(arg, "moebert") == 0)
-            return cli_error("distill", 2, "option '--mode %s' is not implemented yet; use --mode kd", arg);
+            return cli_add_set(ctx->c, "--mode moebert", "distill.moebert", "true", 0);
         return cli_error("distill", 2, "option '--mode' expects kd, moebert or sparse-to-dense, got '%s'", arg);
     case OPT_INIT:
         ctx->o->init = arg;
         return 0;
     case OPT_BASELINE:
         return cli_add_set(ctx->c, "--baseline", "distill.baseline", arg, 0);
+    case OPT_SPLIT:
+        return cli_add_set(ctx->c, "--split", "distill.split", arg, 0);
+    case OPT_SHARED:
+        return cli_add_set(ctx->c, "--shared", "distill.shared", arg, 0);
+    case OPT_WEIGHT:
+        return cli_add_set(ctx->c, "--weight", "distill.weight", arg, 0);
     default:
         return 2;
     }
@@ -72,6 +91,9 @@ int cmd_distill(int argc, char **argv)
                                           { "mode", required_argument, NULL, OPT_MODE },
                                           { "init", required_argument, NULL, OPT_INIT },
                                           { "baseline", required_argument, NULL, OPT_BASELINE },
+                                          { "split", required_argument, NULL, OPT_SPLIT },
+                                          { "shared", required_argument, NULL, OPT_SHARED },
+                                          { "weight", required_argument, NULL, OPT_WEIGHT },
                                           { 0, 0, 0, 0 } };
     const char *cmd = "distill";
     struct cli_common c;

@@ -18,6 +18,7 @@
 #include "io/csv_writer.h"
 #include "io/safetensors.h"
 #include "moe/moe_layer.h"
+#include "train/moebert.h"
 #include "train/train.h"
 
 static const char *const usage =
@@ -38,7 +39,11 @@ static const char *const usage =
     "exceeds the memory available is refused (exit 1) before it allocates.\n"
     "--trainable / --freeze (repeatable; config keys train.trainable, train.freeze)\n"
     "train only the tensors whose names match a --trainable glob (fnmatch, '*'\n"
-    "crosses dots) and no --freeze glob; the others stay byte-identical.\n";
+    "crosses dots) and no --freeze glob; the others stay byte-identical.\n"
+    "GLOB@A-B (or GLOB@A) selects only experts A..B (0-based, inclusive) of the\n"
+    "expert tensors [E, out, in] it matches (e.g. --trainable\n"
+    "'layers.*.moe.experts.*@0-1', --freeze '*.experts.*@3'); the other experts'\n"
+    "slices stay byte-identical.\n";
 
 enum { OPT_INIT = OPT_FIRST_CMD, OPT_RESUME, OPT_DRY_RUN, OPT_TRAINABLE, OPT_FREEZE };
 
@@ -326,7 +331,8 @@ static void remove_stale_tmp(const char *dir)
         glob(pattern, GLOB_NOSORT, NULL, &g) != 0)
         return;
     static const char *const ours[] = { "config.json", "metrics.csv", "experts.csv", "languages.csv", "vocab.txt",
-                                        "model.safetensors", "checkpoint.safetensors", "summary.json" };
+                                        "model.safetensors", "checkpoint.safetensors", "summary.json",
+                                        "importance.csv", "moebert.json" };
     for (size_t i = 0; i < g.gl_pathc; i++) {
         const char *base = strrchr(g.gl_pathv[i], '/') + 1;
         for (size_t k = 0; k < sizeof ours / sizeof *ours; k++) {
@@ -462,8 +468,12 @@ static int distill_summary(const char *cmd, cJSON *s, const struct moe_config *c
     cJSON_AddStringToObject(d, "teacher", moe_cfg_str(cfg, "distill.teacher"));
     cJSON_AddStringToObject(d, "teacher_model", teacher->ops->type);
     cJSON_AddNumberToObject(d, "teacher_parameters", (double)moe_params_count(&teacher->params));
-    cJSON_AddNumberToObject(d, "alpha", moe_cfg_num(cfg, "distill.alpha"));
-    cJSON_AddNumberToObject(d, "temperature", moe_cfg_num(cfg, "distill.temperature"));
+    int moebert = moe_cfg_bool(cfg, "distill.moebert");
+    cJSON_AddStringToObject(d, "mode", moebert ? "moebert" : moe_cfg_bool(cfg, "distill.teacher_init") ? "sparse-to-dense" : "kd");
+    if (!moebert) { // MoEBERT's objective has its own weight (distill.moebert.weight)
+        cJSON_AddNumberToObject(d, "alpha", moe_cfg_num(cfg, "distill.alpha"));
+        cJSON_AddNumberToObject(d, "temperature", moe_cfg_num(cfg, "distill.temperature"));
+    }
     if (copied)
         cJSON_AddItemToObject(d, "initialised_from_teacher", copied);
     if (!baseline->ops)
@@ -506,17 +516,102 @@ static int distill_summary(const char *cmd, cJSON *s, const struct moe_config *c
     return 0;
 }
 
-// The trainable parameters of a tuning run (unfrozen tensors and adapters) and
-// their share of all parameters (base and adapters).
-static void tune_summary(cJSON *s, const struct moe_model *m, const uint8_t *frozen, const struct moe_lora *l)
+// distill.moebert: the dense teacher's FFNs become the student's experts
+// (train/moebert.h): neuron importance over the training split into
+// DIR/importance.csv, the split, the copy, and the student's quality right after
+// conversion; what it did goes to DIR/moebert.json, which the summary repeats
+// (also for a resumed run).
+static int moebert_setup(const char *cmd, const struct cli_common *c, const struct moe_config *cfg,
+                         struct moe_model *m, struct moe_model *teacher, const struct moe_data *data, size_t bs,
+                         const char *dir)
 {
-    size_t base = moe_params_count(&m->params), adapter = l ? moe_lora_count(l) : 0, trained = adapter, n_frozen = 0;
-    for (size_t i = 0; i < m->params.n; i++) {
-        if (frozen[i])
-            n_frozen++;
-        else
-            trained += m->params.t[i].numel;
+    struct moe_err err = { 0 };
+    struct moe_moebert mb;
+    struct moe_csv csv;
+    memset(&csv, 0, sizeof csv);
+    char path[4200];
+    const char *split = moe_cfg_str(cfg, "distill.split");
+    uint64_t seed = (uint64_t)moe_cfg_int(cfg, "train.seed");
+    int rc = moe_moebert_plan(&mb, m, teacher, (size_t)moe_cfg_int(cfg, "distill.shared"),
+                              strcmp(split, "random") == 0, &err);
+    if (!rc) {
+        cli_log(c, "moe %s: moebert: neuron importance over %zu training %s, %zu blocks into %zu experts", cmd,
+                data->train.n, data->train.task == MOE_TASK_LM ? "windows" : "rows", mb.n, mb.E);
+        rc = moe_moebert_importance(&mb, teacher, &data->train, bs, seed, &err);
     }
+    if (rc) {
+        moe_moebert_release(&mb);
+        return cli_fail(cmd, &err);
+    }
+    moe_moebert_split(&mb, seed);
+    size_t copied = moe_moebert_convert(&mb, m, teacher);
+    static const char *const cols[] = { "layer", "neuron", "importance", "rank", "role", "expert" };
+    rc = moe_csv_open(&csv, cli_path(path, sizeof path, dir, "importance.csv"), cols, 6, &err);
+    for (size_t k = 0; !rc && k < mb.n; k++) {
+        const struct moe_moebert_layer *ly = &mb.layer[k];
+        for (size_t j = 0; !rc && j < mb.Fd; j++) {
+            int32_t e = ly->expert[j];
+            moe_csv_int(&csv, (long long)ly->block);
+            moe_csv_int(&csv, (long long)j);
+            moe_csv_num(&csv, ly->importance[j]);
+            moe_csv_int(&csv, (long long)ly->rank[j]);
+            moe_csv_str(&csv, e == MOE_MOEBERT_SHARED ? "shared" : e == MOE_MOEBERT_DROPPED ? "dropped" : "routed");
+            moe_csv_int(&csv, e >= 0 ? (long long)e : -1);
+            rc = moe_csv_end_row(&csv, &err);
+        }
+    }
+    if (!rc)
+        rc = moe_csv_close(&csv, &err);
+    moe_csv_abort(&csv);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "split", split);
+    cJSON_AddNumberToObject(j, "shared_neurons", (double)mb.s);
+    cJSON_AddNumberToObject(j, "experts", (double)mb.E);
+    cJSON_AddNumberToObject(j, "expert_neurons", (double)mb.F);
+    cJSON_AddNumberToObject(j, "teacher_neurons", (double)mb.Fd);
+    cJSON_AddNumberToObject(j, "weight", moe_cfg_num(cfg, "distill.weight"));
+    cJSON_AddNumberToObject(j, "tensors_copied", (double)copied);
+    cJSON *ls = cJSON_AddArrayToObject(j, "layers");
+    for (size_t k = 0; k < mb.n; k++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "layer", (double)mb.layer[k].block);
+        cJSON_AddNumberToObject(o, "dropped_neurons", (double)mb.layer[k].dropped);
+        cJSON_AddItemToArray(ls, o);
+    }
+    moe_moebert_release(&mb);
+    // the test split, for the teacher and for the student as converted (before any training)
+    struct moe_eval_row rt, rs;
+    struct moe_stats st;
+    memset(&st, 0, sizeof st);
+    size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+    double thr = moe_cfg_num(cfg, "train.active_threshold");
+    if (!rc)
+        rc = moe_train_stats_init(&st, teacher, &data->test, &err) ||
+             moe_evaluate(teacher, &data->test, "test", chunk, thr, &st, &rt, &err);
+    moe_stats_release(&st);
+    if (!rc)
+        rc = moe_train_stats_init(&st, m, &data->test, &err) ||
+             moe_evaluate(m, &data->test, "test", chunk, thr, &st, &rs, &err);
+    moe_stats_release(&st);
+    if (!rc) {
+        cJSON_AddItemToObject(j, "teacher_test", eval_json(&rt));
+        cJSON_AddItemToObject(j, "converted_test", eval_json(&rs));
+        rc = cli_write_json(cli_path(path, sizeof path, dir, "moebert.json"), j, &err);
+    }
+    cJSON_Delete(j);
+    return rc ? cli_fail(cmd, &err) : 0;
+}
+
+// The trainable parameters of a tuning run (unfrozen tensors, trained expert
+// slices and adapters) and their share of all parameters (base and adapters);
+// trained_experts lists the experts trained of each tensor trained in part.
+static void tune_summary(cJSON *s, const struct moe_model *m, const struct moe_tune_sel *sel, const struct moe_lora *l)
+{
+    const uint8_t *frozen = sel->frozen;
+    size_t base = moe_params_count(&m->params), adapter = l ? moe_lora_count(l) : 0, n_frozen = 0;
+    size_t trained = adapter + moe_tune_sel_count(sel, &m->params);
+    for (size_t i = 0; i < m->params.n; i++)
+        n_frozen += frozen[i];
     cJSON *t = cJSON_AddObjectToObject(s, "tuning");
     cJSON_AddNumberToObject(t, "base_parameters", (double)base);
     cJSON_AddNumberToObject(t, "adapter_parameters", (double)adapter);
@@ -527,6 +622,18 @@ static void tune_summary(cJSON *s, const struct moe_model *m, const uint8_t *fro
     for (size_t i = 0; i < m->params.n; i++)
         if (!frozen[i])
             cJSON_AddItemToArray(tr, cJSON_CreateString(m->params.t[i].name));
+    cJSON *te = cJSON_AddArrayToObject(t, "trained_experts");
+    for (size_t i = 0; i < m->params.n; i++) {
+        if (frozen[i] || !sel->frozen_experts[i])
+            continue;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "tensor", m->params.t[i].name);
+        cJSON *ex = cJSON_AddArrayToObject(o, "experts");
+        for (size_t e = 0; e < m->params.t[i].shape[0]; e++)
+            if (!sel->frozen_experts[i][e])
+                cJSON_AddItemToArray(ex, cJSON_CreateNumber((double)e));
+        cJSON_AddItemToArray(te, o);
+    }
     if (!l)
         return;
     cJSON_AddNumberToObject(t, "rank", (double)l->rank);
@@ -537,7 +644,8 @@ static void tune_summary(cJSON *s, const struct moe_model *m, const uint8_t *fro
 }
 
 // adapters.safetensors: the adapter tensors, the base tensors the run trained in
-// full (routers), and the model file's metadata (config with lora.*).
+// full (routers) or in part (expert slices; written whole), and the model file's
+// metadata (config with lora.*).
 static int write_adapters(const char *path, const struct moe_model *m, const uint8_t *frozen,
                           const struct moe_lora *l, const struct moe_st_meta *meta, size_t n_meta, struct moe_err *err)
 {
@@ -559,18 +667,19 @@ static int write_adapters(const char *path, const struct moe_model *m, const uin
 }
 
 // What the run trains (train.trainable / train.freeze, and for moe lora the
-// adapters of lora.*): sets *ret_frozen (NULL = everything) and, with adapters, *lora.
+// adapters of lora.*): fills *ret_sel (frozen = NULL: everything) and, with adapters, *lora.
 static int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_model *m, int lora_mode,
-                      uint8_t **ret_frozen, struct moe_lora *lora)
+                      struct moe_tune_sel *ret_sel, struct moe_lora *lora)
 {
+    static const char *const what_t = "train.trainable (--trainable)", *const what_f = "train.freeze (--freeze)";
     struct moe_err err = { 0 };
+    struct moe_tune_sel sel = { 0 };
     size_t n_t, n_f, n_g;
     const char **tr = str_list(cfg, "train.trainable", &n_t), **fr = str_list(cfg, "train.freeze", &n_f);
     const char **tg = str_list(cfg, "lora.targets", &n_g);
     size_t rank = (size_t)moe_cfg_int(cfg, "lora.rank");
-    uint8_t *frozen = calloc(m->params.n ? m->params.n : 1, 1);
     int rc = 0;
-    if (!tr || !fr || !tg || !frozen) {
+    if (!tr || !fr || !tg) {
         rc = cli_error(cmd, 1, "out of memory");
         goto out;
     }
@@ -580,13 +689,12 @@ static int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_
             goto out;
         }
         if (n_t || n_f) {
-            if (moe_tune_select(&m->params, tr, n_t, fr, n_f, "train.trainable (--trainable)", "train.freeze (--freeze)",
-                                frozen, &err)) {
+            if (moe_tune_select_ex(&sel, &m->params, tr, n_t, fr, n_f, what_t, what_f, &err)) {
                 rc = cli_fail(cmd, &err);
                 goto out;
             }
-            *ret_frozen = frozen;
-            frozen = NULL;
+            *ret_sel = sel;
+            memset(&sel, 0, sizeof sel);
         }
         goto out;
     }
@@ -596,32 +704,29 @@ static int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_
         goto out;
     }
     // The base is frozen but for the routers (unless lora.freeze_router) and what
-    // train.trainable names; train.freeze has the last word.
+    // train.trainable names (tensors or expert slices); train.freeze has the last word.
     int train_router = !moe_cfg_bool(cfg, "lora.freeze_router");
     static const char *const router_globs[] = { "*.router.*", "*.lang_emb" };
-    if (moe_tune_check_globs(&m->params, tr, n_t, "train.trainable (--trainable)", &err) ||
-        moe_tune_check_globs(&m->params, fr, n_f, "train.freeze (--freeze)", &err)) {
+    if (moe_tune_sel_init(&sel, &m->params, 1, &err) ||
+        (train_router && moe_tune_sel_mark(&sel, &m->params, router_globs, 2, 0, NULL, &err)) ||
+        moe_tune_sel_mark(&sel, &m->params, tr, n_t, 0, what_t, &err) ||
+        moe_tune_sel_mark(&sel, &m->params, fr, n_f, 1, what_f, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    for (size_t i = 0; i < m->params.n; i++) {
-        const char *name = m->params.t[i].name;
-        int train = (train_router && moe_tune_match(router_globs, 2, name)) || moe_tune_match(tr, n_t, name);
-        frozen[i] = (uint8_t)(!train || moe_tune_match(fr, n_f, name));
-    }
-    if (moe_lora_create(lora, &m->params, frozen, tg, n_g, rank, moe_cfg_num(cfg, "lora.alpha"),
+    if (moe_lora_create(lora, &m->params, sel.frozen, tg, n_g, rank, moe_cfg_num(cfg, "lora.alpha"),
                         strcmp(moe_cfg_str(cfg, "lora.expert_mode"), "shared") == 0, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
     moe_lora_init(lora, (uint64_t)moe_cfg_int(cfg, "train.seed"));
-    *ret_frozen = frozen;
-    frozen = NULL;
+    *ret_sel = sel;
+    memset(&sel, 0, sizeof sel);
 out:
     free(tr);
     free(fr);
     free(tg);
-    free(frozen);
+    moe_tune_sel_release(&sel);
     return rc;
 }
 
@@ -678,7 +783,7 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     struct moe_model baseline;
     memset(&baseline, 0, sizeof baseline);
     cJSON *copied = NULL;
-    uint8_t *frozen = NULL;
+    struct moe_tune_sel tune = { 0 }; // what a tuning run trains (tune.frozen = NULL: everything)
     int rc = 0;
     if (o.resume) {
         const char *clash = c.config ? "--config" : c.n_sets ? "--set" : c.seed >= 0 ? "--seed" : o.init ? "--init"
@@ -776,7 +881,7 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
         }
         copied = init_from_teacher(&model, &teacher_file);
     }
-    if ((rc = tune_setup(cmd, &cfg, &model, o.lora, &frozen, &lora)))
+    if ((rc = tune_setup(cmd, &cfg, &model, o.lora, &tune, &lora)))
         goto out;
     if (cli_mkdir_p(out, &err)) {
         rc = cli_fail(cmd, &err);
@@ -788,10 +893,21 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     outs.data = &data;
     if (o.resume)
         remove_stale_tmp(out);
+    int moebert = moe_cfg_bool(&cfg, "distill.moebert");
     if (!o.resume) {
         // A new run in an old directory: drop what would make it look resumable or complete.
         remove(cli_path(path, sizeof path, out, "checkpoint.safetensors"));
         remove(cli_path(path, sizeof path, out, "summary.json"));
+        remove(cli_path(path, sizeof path, out, "importance.csv"));
+        remove(cli_path(path, sizeof path, out, "moebert.json"));
+        if (moebert) {
+            if (!teacher.ops) {
+                rc = cli_error(cmd, 2, "config key 'distill.moebert' needs distill.teacher (--teacher)");
+                goto out;
+            }
+            if ((rc = moebert_setup(cmd, &c, &cfg, &model, &teacher, &data, max_batch, out)))
+                goto out;
+        }
     }
     cfg_text = moe_config_to_json(&cfg, 1);
     size_t cfg_len = cfg_text ? strlen(cfg_text) : 0;
@@ -832,11 +948,13 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     // A LoRA run keeps no checkpoint (it cannot be resumed yet): its model slots hold W0 + sBA.
     struct moe_train_hooks hooks = { .row = write_metric_row, .ctx = &outs,
                                      .checkpoint = o.lora ? NULL : write_checkpoint, .stop = &stop_signal,
-                                     .resume = o.resume ? &resume : NULL, .frozen = frozen,
+                                     .resume = o.resume ? &resume : NULL, .frozen = tune.frozen,
+                                     .frozen_experts = tune.frozen_experts,
                                      .lora = o.lora ? &lora : NULL,
                                      .teacher = teacher.ops ? &teacher : NULL,
-                                     .kd_alpha = (float)moe_cfg_num(&cfg, "distill.alpha"),
-                                     .kd_tau = (float)moe_cfg_num(&cfg, "distill.temperature") };
+                                     .kd_alpha = (float)moe_cfg_num(&cfg, moebert ? "distill.weight" : "distill.alpha"),
+                                     .kd_tau = (float)moe_cfg_num(&cfg, "distill.temperature"),
+                                     .kd_sym = moebert };
     rc = moe_train_ex(&model, &data, &cfg, &hooks, &res, &err);
     if (rc == MOE_EINTR) {
         // The checkpoint is written: say where the run stopped and how to go on.
@@ -894,7 +1012,7 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
             rc = moe_model_save(&model, cli_path(path, sizeof path, out, o.lora ? "merged.safetensors" : "model.safetensors"),
                                 extra, n_extra, meta, n_meta, &err);
         if (!rc && o.lora)
-            rc = write_adapters(cli_path(path, sizeof path, out, "adapters.safetensors"), &model, frozen, &lora, meta,
+            rc = write_adapters(cli_path(path, sizeof path, out, "adapters.safetensors"), &model, tune.frozen, &lora, meta,
                                 n_meta, &err);
         free(cfg_compact);
         if (rc) {
@@ -912,13 +1030,19 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     if (data.has_text)
         text_summary(summary, &data);
     cJSON_AddNumberToObject(summary, "parameters", (double)moe_params_count(&model.params));
-    if (frozen)
-        tune_summary(summary, &model, frozen, o.lora ? &lora : NULL);
+    if (tune.frozen)
+        tune_summary(summary, &model, &tune, o.lora ? &lora : NULL);
     if (teacher.ops) {
         rc = distill_summary(cmd, summary, &cfg, &teacher, &baseline, &data, &res.final_test, copied);
         copied = NULL; // owned by the summary now
         if (rc)
             goto out;
+        char *mtext = NULL;
+        cJSON *mj = moebert && !moe_read_file(cli_path(path, sizeof path, out, "moebert.json"), &mtext, NULL, NULL)
+                        ? cJSON_Parse(mtext) : NULL;
+        free(mtext);
+        if (mj)
+            cJSON_AddItemToObject(cJSON_GetObjectItemCaseSensitive(summary, "distill"), "moebert", mj);
     }
     if (model.n_moe_layers)
         cli_routing_json(summary, &model);
@@ -968,7 +1092,7 @@ out:
     moe_data_release(&data);
     moe_config_release(&cfg);
     moe_lora_release(&lora);
-    free(frozen);
+    moe_tune_sel_release(&tune);
     if (teacher.ops)
         moe_model_release(&teacher);
     if (baseline.ops)

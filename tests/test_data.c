@@ -277,6 +277,62 @@ START_TEST(test_idx_count_mismatch)
 }
 END_TEST
 
+// data.idx.classes: only the rows with a listed label, in file order, with
+// their pixels; the limit counts kept rows; n_out stays the file's.
+START_TEST(test_idx_classes)
+{
+    char img[256], lab[256];
+    fixture_path(img, sizeof img, "cls.idx3");
+    fixture_path(lab, sizeof lab, "cls.idx1");
+    uint32_t di[3] = { 6, 1, 2 }, dl[1] = { 6 };
+    const uint8_t labels[6] = { 3, 0, 3, 1, 5, 3 };
+    write_idx(img, 0, 0x08, 3, di, k_pixels, 12);
+    write_idx(lab, 0, 0x08, 1, dl, labels, 6);
+    struct moe_dataset d;
+    struct moe_err err = { 0 };
+    const int32_t keep[3] = { 5, 3, 3 }; // order and repeats do not matter
+    ck_assert_int_eq(moe_dataset_from_idx_ex(img, lab, 0, keep, 3, &d, &err), 0);
+    const size_t rows[4] = { 0, 2, 4, 5 };
+    ck_assert_uint_eq(d.n, 4);
+    ck_assert_uint_eq(d.n_in, 2);
+    ck_assert_uint_eq(d.n_out, 10);
+    for (size_t k = 0; k < 4; k++) {
+        ck_assert_int_eq(d.label[k], labels[rows[k]]);
+        for (size_t j = 0; j < 2; j++)
+            ck_assert_float_eq(d.x[k * 2 + j], (float)k_pixels[rows[k] * 2 + j] / 255.0f);
+    }
+    ck_assert_str_eq(d.class_names[9], "9");
+    moe_dataset_release(&d);
+
+    // The limit applies after the filter: the first 2 rows labelled 3 or 5.
+    ck_assert_int_eq(moe_dataset_from_idx_ex(img, lab, 2, keep, 3, &d, &err), 0);
+    ck_assert_uint_eq(d.n, 2);
+    ck_assert_float_eq(d.x[2], (float)k_pixels[4] / 255.0f);
+    moe_dataset_release(&d);
+
+    // No class listed: every row, as moe_dataset_from_idx.
+    ck_assert_int_eq(moe_dataset_from_idx_ex(img, lab, 0, NULL, 0, &d, &err), 0);
+    ck_assert_uint_eq(d.n, 6);
+    moe_dataset_release(&d);
+
+    // A class no row has: an empty set, for the caller to judge.
+    const int32_t absent = 7;
+    ck_assert_int_eq(moe_dataset_from_idx_ex(img, lab, 0, &absent, 1, &d, &err), 0);
+    ck_assert_uint_eq(d.n, 0);
+    ck_assert_uint_eq(d.n_out, 10);
+    moe_dataset_release(&d);
+
+    // A class the labels cannot hold.
+    const int32_t bad[2] = { 1, 10 };
+    ck_assert_int_eq(moe_dataset_from_idx_ex(img, lab, 0, bad, 2, &d, &err), MOE_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "class 10 is outside [0, 10)"));
+    ck_assert_ptr_nonnull(strstr(err.msg, lab));
+    ck_assert_ptr_null(d.x);
+    const int32_t negative = -1;
+    ck_assert_int_eq(moe_dataset_from_idx_ex(img, lab, 0, &negative, 1, &d, &err), MOE_EINVAL);
+}
+END_TEST
+
 START_TEST(test_idx_fashion_mnist)
 {
     const char *img = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
@@ -298,6 +354,15 @@ START_TEST(test_idx_fashion_mnist)
         ck_assert_uint_eq(count[c], 1000);
     for (size_t i = 0; i < d.n * d.n_in; i++)
         ck_assert(d.x[i] >= 0.0f && d.x[i] <= 1.0f);
+    moe_dataset_release(&d);
+
+    // Classes 5-9: their 5000 rows, and still 10 outputs.
+    const int32_t upper[5] = { 5, 6, 7, 8, 9 };
+    ck_assert_msg(moe_dataset_from_idx_ex(img, lab, 0, upper, 5, &d, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(d.n, 5000);
+    ck_assert_uint_eq(d.n_out, 10);
+    for (size_t i = 0; i < d.n; i++)
+        ck_assert(d.label[i] >= 5 && d.label[i] < 10);
     moe_dataset_release(&d);
 }
 END_TEST
@@ -1087,6 +1152,7 @@ static Suite *data_suite(void)
     tcase_add_test(tc, test_idx_missing);
     tcase_add_test(tc, test_idx_dataset);
     tcase_add_test(tc, test_idx_count_mismatch);
+    tcase_add_test(tc, test_idx_classes);
     tcase_add_test(tc, test_idx_fashion_mnist);
     tcase_add_test(tc, test_tsv_classes_where_split);
     tcase_add_test(tc, test_where_filters);

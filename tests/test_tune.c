@@ -15,6 +15,15 @@
 //     one flat step, bit for bit;
 //   - moe_train_ex with hooks.frozen and hooks.lora: frozen tensors are
 //     byte-identical after training (AdamW with weight decay), trained ones move.
+//   - expert ranges (GLOB@A-B): moe_tune_glob_range on good and malformed
+//     ranges; moe_tune_select_ex slice by slice (overrides, whole-tensor
+//     collapse, counts), its errors (malformed range, expert beyond E-1, range
+//     on a non-expert or shared-expert tensor) naming key, glob and tensor; a
+//     tensor trained in part gets no LoRA adapter;
+//   - moe_train_ex with hooks.frozen_experts: with "...experts.*@0-1" on 4
+//     experts slices 0-1 move, 2-3 are byte-identical, the optimizer's moments
+//     cover the trained slices only; clipping takes the norm over the trained
+//     slices only (two gd steps by hand, bit for bit).
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -686,6 +695,210 @@ START_TEST(test_lora_create_errors)
 }
 END_TEST
 
+// ------------------------------------------------------------ expert ranges
+
+START_TEST(test_glob_range)
+{
+    size_t len = 0, a = 0, b = 0;
+    ck_assert_int_eq(moe_tune_glob_range("layers.*.moe.experts.*", &len, &a, &b), 0);
+    ck_assert_uint_eq(len, strlen("layers.*.moe.experts.*"));
+    ck_assert_int_eq(moe_tune_glob_range("*.experts.*@3", &len, &a, &b), 1);
+    ck_assert_uint_eq(len, strlen("*.experts.*"));
+    ck_assert_uint_eq(a, 3);
+    ck_assert_uint_eq(b, 3);
+    ck_assert_int_eq(moe_tune_glob_range("layers.*.moe.experts.*@0-1", &len, &a, &b), 1);
+    ck_assert_uint_eq(len, strlen("layers.*.moe.experts.*"));
+    ck_assert_uint_eq(a, 0);
+    ck_assert_uint_eq(b, 1);
+    ck_assert_int_eq(moe_tune_glob_range("x@12-12", &len, &a, &b), 1);
+    ck_assert_uint_eq(a, 12);
+    ck_assert_uint_eq(b, 12);
+    ck_assert_int_eq(moe_tune_glob_range("a@b@2", &len, &a, &b), 1); // the last '@' starts the range
+    ck_assert_uint_eq(len, 3);
+    static const char *const bad[] = { "x@", "x@x", "x@2-1", "x@-1", "x@1-", "x@1-2-3", "x@ 1", "x@1 ", "x@+1",
+                                       "x@0x1", "x@1,2", "x@99999999999", "@" };
+    for (size_t k = 0; k < sizeof bad / sizeof *bad; k++)
+        ck_assert_msg(moe_tune_glob_range(bad[k], &len, &a, &b) == MOE_ECONFIG, "'%s' parsed", bad[k]);
+    // expert tensors: 3-d with a name component "experts"
+    struct moe_tensor t = { .name = "layers.1.moe.experts.w1", .ndim = 3, .shape = { 4, 6, 8 } };
+    ck_assert(moe_tune_is_expert_tensor(&t));
+    strcpy(t.name, "experts.w1"); // the 1991 mixture's
+    ck_assert(moe_tune_is_expert_tensor(&t));
+    strcpy(t.name, "layers.1.moe.shared.w1");
+    ck_assert(!moe_tune_is_expert_tensor(&t));
+    strcpy(t.name, "layers.1.moe.myexperts.w1");
+    ck_assert(!moe_tune_is_expert_tensor(&t));
+    strcpy(t.name, "experts.b1");
+    t.ndim = 2;
+    ck_assert(!moe_tune_is_expert_tensor(&t));
+}
+END_TEST
+
+// sel's per-expert flags of tensor `name` are want ("0011": 1 = frozen), or
+// NULL: the tensor has no per-expert mask and frozen[] is want_frozen.
+static void check_mask(const struct moe_tune_sel *sel, const struct moe_params *p, const char *name,
+                       const char *want, int want_frozen)
+{
+    int i = find(p, name);
+    if (!want) {
+        ck_assert_msg(sel->frozen_experts[i] == NULL, "%s has a per-expert mask", name);
+        ck_assert_msg(sel->frozen[i] == want_frozen, "%s: frozen %d, want %d", name, sel->frozen[i], want_frozen);
+        return;
+    }
+    ck_assert_msg(sel->frozen[i] == 0, "%s is frozen whole", name);
+    ck_assert_msg(sel->frozen_experts[i] != NULL, "%s has no per-expert mask", name);
+    ck_assert_uint_eq(strlen(want), p->t[i].shape[0]);
+    for (size_t e = 0; want[e]; e++) {
+        ck_assert_msg(sel->frozen_experts[i][e] == (uint8_t)(want[e] - '0'), "%s[%zu]: frozen %d, want %c", name, e,
+                      sel->frozen_experts[i][e], want[e]);
+        ck_assert_int_eq(moe_tune_sel_trained(sel, (size_t)i, e), want[e] == '0');
+    }
+}
+
+static const char *const W_T = "train.trainable (--trainable)", *const W_F = "train.freeze (--freeze)";
+
+START_TEST(test_select_experts)
+{
+    struct mctx *c = open_model(MLP2_CFG, 0); // both blocks sparse, E = 4, F = 6, D = 8
+    const struct moe_params *p = &c->m.params;
+    struct moe_tune_sel sel;
+    struct moe_err err;
+    const size_t slice = 6 * 8;
+    static const char *const ex[] = { "layers.0.moe.experts.w1", "layers.0.moe.experts.w2", "layers.1.moe.experts.w1",
+                                      "layers.1.moe.experts.w2" };
+    // experts 0-1 of every expert tensor, nothing else
+    const char *const t01[] = { "layers.*.moe.experts.*@0-1" };
+    ck_assert_msg(moe_tune_select_ex(&sel, p, t01, 1, NULL, 0, W_T, W_F, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(sel.n, p->n);
+    for (size_t k = 0; k < 4; k++)
+        check_mask(&sel, p, ex[k], "0011", 0);
+    for (size_t i = 0; i < p->n; i++)
+        if (!strstr(p->t[i].name, ".experts."))
+            check_mask(&sel, p, p->t[i].name, NULL, 1);
+    ck_assert_uint_eq(moe_tune_sel_count(&sel, p), 4 * 2 * slice);
+    moe_tune_sel_release(&sel);
+    ck_assert_ptr_null(sel.frozen);
+    // a later glob overrides an earlier one slice by slice; freeze has the last word
+    const char *const t02[] = { "*.experts.*@0-2", "head.*" }, *const f1[] = { "layers.0.moe.experts.w1@1" };
+    ck_assert_msg(moe_tune_select_ex(&sel, p, t02, 2, f1, 1, W_T, W_F, &err) == 0, "%s", err.msg);
+    check_mask(&sel, p, ex[0], "0101", 0);
+    check_mask(&sel, p, ex[1], "0001", 0);
+    check_mask(&sel, p, "head.weight", NULL, 0);
+    check_mask(&sel, p, "input.weight", NULL, 1);
+    ck_assert_uint_eq(moe_tune_sel_count(&sel, p), (2 + 3 * 3) * slice + p->t[find(p, "head.weight")].numel +
+                                                       p->t[find(p, "head.bias")].numel);
+    moe_tune_sel_release(&sel);
+    // ranges that cover every expert give the whole tensor (no mask), trained or frozen
+    const char *const halves[] = { "*.experts.*@0-1", "*.experts.*@2-3", "head.*" },
+                      *const fw2[] = { "*.experts.w2@0", "*.experts.w2@1-3" };
+    ck_assert_msg(moe_tune_select_ex(&sel, p, halves, 3, fw2, 2, W_T, W_F, &err) == 0, "%s", err.msg);
+    check_mask(&sel, p, ex[0], NULL, 0);
+    check_mask(&sel, p, ex[2], NULL, 0);
+    check_mask(&sel, p, ex[1], NULL, 1);
+    check_mask(&sel, p, ex[3], NULL, 1);
+    moe_tune_sel_release(&sel);
+    // no trainable list: everything but the frozen slices; a plain freeze glob
+    // takes a whole tensor back from a ranged one
+    const char *const f3[] = { "*.experts.*@3", "layers.1.moe.experts.w2@0", "layers.0.moe.experts.w2" };
+    ck_assert_msg(moe_tune_select_ex(&sel, p, NULL, 0, f3, 3, W_T, W_F, &err) == 0, "%s", err.msg);
+    check_mask(&sel, p, ex[0], "0001", 0);
+    check_mask(&sel, p, ex[1], NULL, 1);
+    check_mask(&sel, p, ex[2], "0001", 0);
+    check_mask(&sel, p, ex[3], "1001", 0);
+    check_mask(&sel, p, "layers.0.moe.router.weight", NULL, 0);
+    ck_assert_uint_eq(moe_tune_sel_count(&sel, p), moe_params_count(p) - (1 + 4 + 1 + 2) * slice);
+    moe_tune_sel_release(&sel);
+    // moe_tune_select: a tensor trained in part is trained
+    uint8_t *fz = malloc(p->n);
+    ck_assert_int_eq(moe_tune_select(p, t01, 1, NULL, 0, W_T, W_F, fz, &err), 0);
+    for (size_t i = 0; i < p->n; i++)
+        ck_assert_msg(fz[i] == !strstr(p->t[i].name, ".experts."), "%s: frozen %d", p->t[i].name, fz[i]);
+    // building by hand: moe_tune_sel_init + moe_tune_sel_mark (what = NULL: may match nothing)
+    const char *const none[] = { "*.nothing.*" };
+    ck_assert_int_eq(moe_tune_sel_init(&sel, p, 1, &err), 0);
+    ck_assert_int_eq(moe_tune_sel_mark(&sel, p, none, 1, 0, NULL, &err), 0);
+    ck_assert_uint_eq(moe_tune_sel_count(&sel, p), 0);
+    ck_assert_int_eq(moe_tune_sel_mark(&sel, p, none, 1, 0, "x", &err), MOE_ECONFIG);
+    ck_assert_int_eq(moe_tune_sel_mark(&sel, p, t01, 1, 0, "x", &err), 0);
+    check_mask(&sel, p, ex[2], "0011", 0);
+    // LoRA: a tensor trained in part gets no adapter
+    const char *const all_ex[] = { "*.experts.*" }, *const t_w1[] = { "layers.1.moe.experts.w1@2" };
+    moe_tune_sel_release(&sel);
+    ck_assert_int_eq(moe_tune_sel_init(&sel, p, 1, &err), 0);
+    ck_assert_int_eq(moe_tune_sel_mark(&sel, p, t_w1, 1, 0, "t", &err), 0);
+    check_mask(&sel, p, ex[2], "1101", 0);
+    struct moe_lora l;
+    ck_assert_msg(moe_lora_create(&l, p, sel.frozen, all_ex, 1, 2, 8, 0, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(l.n, 3);
+    for (size_t k = 0; k < l.n; k++)
+        ck_assert_str_ne(p->t[l.t[k].base].name, ex[2]);
+    moe_lora_release(&l);
+    moe_tune_sel_release(&sel);
+    moe_tune_sel_release(&sel); // twice is harmless
+    ck_assert_uint_eq(moe_tune_sel_count(&sel, p), moe_params_count(p)); // no selection: everything
+    free(fz);
+    close_model(c);
+}
+END_TEST
+
+struct sel_err {
+    const char *t, *f;      // one trainable / freeze glob (NULL: none)
+    const char *frag[3];    // fragments of the message
+};
+static const struct sel_err sel_errs[] = {
+    { "*.experts.*@", NULL, { "train.trainable (--trainable)", "'*.experts.*@'", "malformed expert range '@'" } },
+    { "*.experts.*@x", NULL, { "train.trainable (--trainable)", "'*.experts.*@x'", "malformed expert range '@x'" } },
+    { NULL, "*.experts.*@2-1", { "train.freeze (--freeze)", "'*.experts.*@2-1'", "malformed expert range '@2-1'" } },
+    { NULL, "*.experts.*@-1", { "train.freeze (--freeze)", "'*.experts.*@-1'", "malformed" } },
+    { "*.experts.*@4", NULL, { "train.trainable (--trainable)", "'layers.0.moe.experts.w1' has 4 experts (0-3)", "expert 4" } },
+    { NULL, "layers.1.*.w2@2-7", { "train.freeze (--freeze)", "'layers.1.*.w2@2-7'", "'layers.1.moe.experts.w2' has 4 experts" } },
+    { "head.*@0", NULL, { "train.trainable (--trainable)", "'head.*@0' matches 'head.weight'", "not an expert tensor" } },
+    { "layers.0.moe.*@1", NULL, { "'layers.0.moe.*@1'", "'layers.0.moe.router.weight'", "not an expert tensor" } },
+    { NULL, "*@0", { "train.freeze (--freeze)", "'*@0' matches 'input.weight'", "not an expert tensor" } },
+    { "*.expert.*@0", NULL, { "train.trainable (--trainable)", "'*.expert.*@0'", "matches no tensor" } },
+    { "*.experts.*@0-3", "*.experts.*@0-3", { "train.trainable (--trainable) / train.freeze (--freeze)", "no tensor", "trainable" } },
+};
+
+START_TEST(test_select_experts_errors)
+{
+    const struct sel_err *x = &sel_errs[_i];
+    struct mctx *c = open_model(MLP2_CFG, 0);
+    const struct moe_params *p = &c->m.params;
+    struct moe_tune_sel sel = { 0 };
+    struct moe_err err = { 0 };
+    int rc = moe_tune_select_ex(&sel, p, &x->t, x->t != NULL, &x->f, x->f != NULL, W_T, W_F, &err);
+    ck_assert_msg(rc == MOE_ECONFIG, "case %d: rc %d", _i, rc);
+    ck_assert_ptr_null(sel.frozen);
+    ck_assert_ptr_null(strchr(err.msg, '\n'));
+    for (size_t k = 0; k < 3 && x->frag[k]; k++)
+        ck_assert_msg(strstr(err.msg, x->frag[k]), "case %d: message '%s' lacks '%s'", _i, err.msg, x->frag[k]);
+    close_model(c);
+}
+END_TEST
+
+// Shared experts are not expert tensors: a range on them is an error.
+START_TEST(test_select_shared_experts)
+{
+    static const char *const json =
+        "{\"model\":{\"type\":\"transformer\",\"n_ctx\":5,\"n_embd\":8,\"n_head\":2,\"n_layer\":2,\"n_ff\":4,"
+        "\"n_expert\":4,\"n_expert_used\":2,\"n_expert_shared\":1,\"ffn_activation\":\"swiglu\"},"
+        "\"moe\":{\"router\":\"softmax\"}}";
+    struct mctx *c = open_model(json, 1);
+    const struct moe_params *p = &c->m.params;
+    ck_assert_int_ge(moe_params_find(p, "layers.0.moe.shared.w1"), 0);
+    struct moe_tune_sel sel;
+    struct moe_err err;
+    const char *const sh[] = { "*.moe.shared.*@0" }, *const ex[] = { "*.experts.w3@1-3" };
+    ck_assert_int_eq(moe_tune_select_ex(&sel, p, sh, 1, NULL, 0, W_T, W_F, &err), MOE_ECONFIG);
+    ck_assert_ptr_nonnull(strstr(err.msg, "'layers.0.moe.shared.w1'"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "not an expert tensor"));
+    ck_assert_msg(moe_tune_select_ex(&sel, p, ex, 1, NULL, 0, W_T, W_F, &err) == 0, "%s", err.msg);
+    check_mask(&sel, p, "layers.1.moe.experts.w3", "1000", 0);
+    moe_tune_sel_release(&sel);
+    close_model(c);
+}
+END_TEST
+
 // ------------------------------------------------------- optimizer segments
 
 enum { NW = 37, N1 = 16 };
@@ -985,6 +1198,132 @@ START_TEST(test_train_lora_by_hand)
 }
 END_TEST
 
+// Expert slices: with train.trainable "layers.*.moe.experts.*@0-1" on a
+// 4-expert model, slices 0-1 of every expert tensor move and slices 2-3 (and
+// every other tensor) stay byte-identical (AdamW with weight decay, so a slice
+// the optimizer touched would move); the optimizer holds moments for the
+// trained slices only.
+static size_t ck_numel;
+
+static int note_numel(void *ctx, const struct moe_train_ckpt *ck, struct moe_err *err)
+{
+    (void)ctx;
+    (void)err;
+    ck_numel = ck->opt->numel;
+    return 0;
+}
+
+START_TEST(test_train_expert_slices)
+{
+    struct trun t;
+    trun_open(&t);
+    struct moe_params *p = &t.m.params;
+    struct moe_err err;
+    struct moe_tune_sel sel;
+    const char *const tr[] = { "layers.*.moe.experts.*@0-1" };
+    ck_assert_msg(moe_tune_select_ex(&sel, p, tr, 1, NULL, 0, W_T, W_F, &err) == 0, "%s", err.msg);
+    struct rows r = { 0 };
+    struct moe_train_hooks h = { .row = first_rows, .ctx = &r, .checkpoint = note_numel, .frozen = sel.frozen,
+                                 .frozen_experts = sel.frozen_experts };
+    struct moe_train_result res;
+    ck_numel = 0;
+    int rc = moe_train_ex(&t.m, &t.data, &t.cfg, &h, &res, &err);
+    ck_assert_msg(rc == 0, "train: %s", err.msg);
+    ck_assert_uint_gt(res.steps, 0);
+    size_t n_expert_tensors = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        const struct moe_tensor *x = &p->t[i];
+        if (!strstr(x->name, ".experts.")) {
+            ck_assert_msg(tensor_same(&t, i), "tensor '%s' changed", x->name);
+            continue;
+        }
+        n_expert_tensors++;
+        ck_assert_uint_eq(x->shape[0], 4);
+        size_t slice = x->numel / 4;
+        for (size_t e = 0; e < 4; e++) {
+            int same = memcmp(p->data + x->offset + e * slice, t.w0 + x->offset + e * slice, slice * sizeof(float)) == 0;
+            if (e < 2)
+                ck_assert_msg(!same, "trained slice '%s'[%zu] did not change", x->name, e);
+            else
+                ck_assert_msg(same, "frozen slice '%s'[%zu] changed", x->name, e);
+        }
+    }
+    ck_assert_uint_eq(n_expert_tensors, 2);
+    ck_assert_uint_eq(ck_numel, moe_tune_sel_count(&sel, p));
+    ck_assert_uint_eq(ck_numel, 2 * 2 * 8 * 8);
+    moe_tune_sel_release(&sel);
+    trun_close(&t);
+}
+END_TEST
+
+// Gradient-norm clipping sees only the trained slices: two full-batch gd steps
+// with optim.clip (small enough to clip) by hand, the norm taken over experts
+// 1 and 3 of experts.w2 only, agree with moe_train_ex.
+START_TEST(test_train_expert_slices_clip)
+{
+    struct moe_err err;
+    struct moe_config cfg = load_cfg("{\"data\": {\"source\": \"synthetic\", \"synthetic\": {\"kind\": \"classes\","
+                                     " \"n_train\": 64, \"n_test\": 16, \"n_in\": 6, \"n_regions\": 4}},"
+                                     " \"model\": {\"type\": \"mlp-moe\", \"n_embd\": 8, \"n_layer\": 1, \"n_ff\": 8,"
+                                     " \"n_expert\": 4, \"n_expert_used\": 2},"
+                                     " \"moe\": {\"router\": \"softmax\", \"capacity_factor\": 0},"
+                                     " \"optim\": {\"type\": \"gd\", \"lr\": 0.5, \"clip\": 0.01},"
+                                     " \"train\": {\"seed\": 4, \"epochs\": 2}}");
+    struct moe_data data;
+    ck_assert_msg(moe_data_load(&data, &cfg, &err) == 0, "%s", err.msg);
+    size_t mb = data.train.n > data.test.n ? data.train.n : data.test.n;
+    struct moe_model m[2];
+    for (int k = 0; k < 2; k++) {
+        ck_assert_msg(moe_model_create(&m[k], &cfg, NULL, data.train.task, data.train.n_in, data.train.n_out, mb,
+                                       &err) == 0, "%s", err.msg);
+        moe_model_init_weights(&m[k], 4);
+    }
+    struct moe_params *p = &m[1].params;
+    const char *const tr[] = { "*.experts.w2@1", "*.experts.w2@3" };
+    struct moe_tune_sel sel;
+    ck_assert_msg(moe_tune_select_ex(&sel, &m[0].params, tr, 2, NULL, 0, W_T, W_F, &err) == 0, "%s", err.msg);
+    float *w0 = malloc(p->numel * sizeof(float));
+    memcpy(w0, p->data, p->numel * sizeof(float));
+    struct moe_train_hooks h = { .frozen = sel.frozen, .frozen_experts = sel.frozen_experts };
+    struct moe_train_result res;
+    ck_assert_msg(moe_train_ex(&m[0], &data, &cfg, &h, &res, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(res.steps, 2);
+    int w2 = find(p, "layers.0.moe.experts.w2");
+    size_t slice = p->t[w2].numel / 4;
+    float *w = moe_params_data(p, w2), *g = moe_params_grad(p, w2);
+    float lr = (float)moe_cfg_num(&cfg, "optim.lr");
+    int clipped = 0;
+    for (uint64_t step = 0; step < 2; step++) {
+        moe_params_zero_grad(p);
+        struct moe_batch b = { .n = data.train.n, .x = data.train.x, .label = data.train.label,
+                               .group = data.train.group, .step = step };
+        ck_assert_msg(moe_model_run(&m[1], &b, 1, NULL, &err) == 0, "%s", err.msg);
+        double sq = 0.0;
+        for (size_t e = 1; e < 4; e += 2)
+            for (size_t i = 0; i < slice; i++)
+                sq += (double)g[e * slice + i] * g[e * slice + i];
+        double norm = sqrt(sq);
+        float scale = norm > 0.01 ? (float)(0.01 / norm) : 1.0f;
+        clipped |= scale != 1.0f;
+        for (size_t e = 1; e < 4; e += 2)
+            for (size_t i = 0; i < slice; i++)
+                w[e * slice + i] -= lr * (g[e * slice + i] * scale);
+    }
+    ck_assert(clipped);
+    ck_assert_mem_eq(m[0].params.data, p->data, p->numel * sizeof(float));
+    for (size_t e = 0; e < 4; e++) {
+        int same = memcmp(w + e * slice, w0 + p->t[w2].offset + e * slice, slice * sizeof(float)) == 0;
+        ck_assert_msg(same == (e % 2 == 0), "experts.w2[%zu]: %s", e, same ? "unchanged" : "changed");
+    }
+    free(w0);
+    moe_tune_sel_release(&sel);
+    for (int k = 0; k < 2; k++)
+        moe_model_release(&m[k]);
+    moe_data_release(&data);
+    moe_config_release(&cfg);
+}
+END_TEST
+
 int main(void)
 {
     if (moe_test_init_blas(1))
@@ -999,8 +1338,14 @@ int main(void)
     tcase_add_loop_test(tc, test_apply_backward_naive, 0, 2);
     tcase_add_test(tc, test_select);
     tcase_add_test(tc, test_lora_create_errors);
+    tcase_add_test(tc, test_glob_range);
+    tcase_add_test(tc, test_select_experts);
+    tcase_add_loop_test(tc, test_select_experts_errors, 0, (int)(sizeof sel_errs / sizeof *sel_errs));
+    tcase_add_test(tc, test_select_shared_experts);
     tcase_add_loop_test(tc, test_optim_segments, 0, (int)(sizeof optim_cfgs / sizeof *optim_cfgs));
     tcase_add_test(tc, test_train_frozen);
+    tcase_add_test(tc, test_train_expert_slices);
+    tcase_add_test(tc, test_train_expert_slices_clip);
     tcase_add_loop_test(tc, test_train_lora, 0, 2);
     tcase_add_loop_test(tc, test_train_lora_by_hand, 0, 2);
     suite_add_tcase(s, tc);

@@ -24,6 +24,7 @@ enum moe_rng_purpose {
     MOE_RNG_DISPATCH = 7,  // stochastic dispatch decisions
     MOE_RNG_DROPOUT = 8,
     MOE_RNG_WINDOW = 9,    // language-model training windows (stream = epoch, index = window)
+    MOE_RNG_MOEBERT = 10,  // MoEBERT random neuron order (stream = block)
 };
 
 struct moe_rng {

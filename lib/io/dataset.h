@@ -66,6 +66,19 @@ void moe_idx_release(struct moe_idx *m);
 // set with n_out = 10 (or max label + 1). limit = 0 reads every row.
 int moe_dataset_from_idx(const char *images, const char *labels, size_t limit, struct moe_dataset *ret,
                          struct moe_err *err);
+// The same, keeping only the rows whose label is one of classes[0..n_classes)
+// (n_classes = 0 keeps every row). Labels keep their values and n_out stays
+// what the whole file implies, so a model still has every class's output.
+// limit counts kept rows: the first `limit` rows with a kept label. When no
+// row has a kept label the set is empty (n = 0). A class outside [0, n_out)
+// is MOE_EINVAL.
+int moe_dataset_from_idx_ex(const char *images,
+                            const char *labels,
+                            size_t limit,
+                            const int32_t *classes,
+                            size_t n_classes,
+                            struct moe_dataset *ret,
+                            struct moe_err *err);
 
 // ---- CSV / TSV (libcsv) ----
 struct moe_table_spec {

@@ -1,5 +1,6 @@
 // idx.c: reader for IDX files (the MNIST / Fashion-MNIST container), raw or
-// gzip-compressed, and the image+label pair -> classification data set.
+// gzip-compressed, and the image+label pair -> classification data set
+// (optionally only the rows of some classes).
 // Not a general IDX reader: only unsigned-byte data (type 0x08) and at most
 // 4 dimensions; no writer.
 // reference: Y. LeCun, C. Cortes, C. Burges, "The MNIST database of handwritten
@@ -197,8 +198,20 @@ out:
 int moe_dataset_from_idx(const char *images, const char *labels, size_t limit, struct moe_dataset *ret,
                          struct moe_err *err)
 {
+    return moe_dataset_from_idx_ex(images, labels, limit, NULL, 0, ret, err);
+}
+
+int moe_dataset_from_idx_ex(const char *images,
+                            const char *labels,
+                            size_t limit,
+                            const int32_t *classes,
+                            size_t n_classes,
+                            struct moe_dataset *ret,
+                            struct moe_err *err)
+{
     memset(ret, 0, sizeof *ret);
     struct moe_idx im = { 0 }, lb = { 0 };
+    unsigned char keep[256]; // by label value (IDX labels are bytes)
     int rc = moe_idx_read(images, &im, err);
     if (rc)
         return rc;
@@ -224,17 +237,30 @@ int moe_dataset_from_idx(const char *images, const char *labels, size_t limit, s
     for (size_t i = 0; i < lb.count; i++)
         if ((size_t)lb.data[i] + 1 > n_out)
             n_out = (size_t)lb.data[i] + 1;
-    size_t n = im.dims[0];
-    if (limit > 0 && limit < n)
-        n = limit;
+    memset(keep, n_classes == 0, sizeof keep);
+    for (size_t c = 0; c < n_classes; c++) {
+        if (classes[c] < 0 || (size_t)classes[c] >= n_out) {
+            rc = moe_error(err, MOE_EINVAL, "class %d is outside [0, %zu), the classes of idx '%s'",
+                           (int)classes[c], n_out, labels);
+            goto out;
+        }
+        keep[classes[c]] = 1;
+    }
+    // Kept rows, in file order, up to the limit.
+    size_t n = 0;
+    for (size_t i = 0; i < lb.count && (limit == 0 || n < limit); i++)
+        n += keep[lb.data[i]];
     size_t d = im.dims[1] * im.dims[2]; // < 2^34, checked by the reader
     rc = moe_dataset_alloc(ret, MOE_TASK_CLASSIFICATION, n, d, n_out, 0, err);
     if (rc)
         goto out;
-    for (size_t i = 0; i < n * d; i++)
-        ret->x[i] = (float)im.data[i] / 255.0f;
-    for (size_t i = 0; i < n; i++)
-        ret->label[i] = lb.data[i];
+    for (size_t i = 0, k = 0; k < n; i++) {
+        if (!keep[lb.data[i]])
+            continue;
+        for (size_t j = 0; j < d; j++)
+            ret->x[k * d + j] = (float)im.data[i * d + j] / 255.0f;
+        ret->label[k++] = lb.data[i];
+    }
     ret->class_names = calloc(n_out, sizeof *ret->class_names);
     if (!ret->class_names) {
         rc = moe_error(err, MOE_ENOMEM, "out of memory for class names");

@@ -296,6 +296,12 @@ double moe_model_ce_head(float *dy, const float *y, const int32_t *label, const 
     float scale = 1.0f / (float)rows;
     if (!b->teacher)
         return moe_ce_forward_backward(dy, y, label, rows, O, scale);
+    if (b->kd_sym) {
+        double ce = moe_ce_forward_backward(dy, y, label, rows, O, scale);
+        if (dy)
+            moe_symkl_forward_backward(dy, y, b->teacher, rows, O, b->kd_alpha * scale);
+        return ce;
+    }
     double ce = moe_ce_forward_backward(dy, y, label, rows, O, (1.0f - b->kd_alpha) * scale);
     if (dy)
         moe_kd_forward_backward(dy, y, b->teacher, rows, O, b->kd_tau, b->kd_alpha * scale);

@@ -38,6 +38,18 @@ struct moe_batch {
     const float *teacher;
     float kd_alpha, kd_tau;
     float *logits_out;     // when non-NULL, the model copies its output logits here (same layout)
+    // MoEBERT distillation (Zuo et al. 2022, sec. 3.3; models with hidden_per_row > 0).
+    // kd_sym: with b->teacher the objective is CE + kd_alpha SKL(teacher, student),
+    // SKL the symmetric KL at temperature 1 (nn.h moe_symkl_forward_backward),
+    // instead of the mix above. teacher_hidden adds kd_alpha sum_l MSE_l, MSE_l =
+    // mean over rows and widths of (h_l - teacher h_l)^2 for each block output l = 1..L.
+    int kd_sym;
+    const float *teacher_hidden; // (L, rows, D) the teacher's block outputs (rows = n, or n * C tokens)
+    float *hidden_out;     // when non-NULL, the model copies its block outputs here (same layout)
+    // When non-NULL, a training pass (with_grad) adds each dense FFN neuron's
+    // importance over the batch's examples (windows for language models) into
+    // row l of this (L, Fd) table (experts.h moe_ffn_importance_add).
+    double *ffn_importance;
 };
 
 // Sums over rows; the trainer turns them into means.
@@ -107,6 +119,7 @@ struct moe_model {
     size_t n_route_expert, n_route_slots; // E and slots per token of those layers
     uint64_t seed;                // set by init_weights: the seed of router noise
     size_t max_batch;             // largest batch `run` accepts
+    size_t hidden_per_row;        // floats of block outputs per batch row (moe_batch.hidden_out); 0 = no such hook
     const char *loss_name;        // the objective in use
     void *impl;
 };

@@ -260,6 +260,8 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     moe_linear_forward(n->logits, V, n->nf, D, moe_params_data(p, n->i_wh), NULL, T, D, V);
     if (stats)
         add_stats(n, bt, stats);
+    if (bt->hidden_out)
+        memcpy(bt->hidden_out, n->h + TD, L * TD * sizeof(float));
     if (!with_grad) {
         if (bt->logits_out)
             memcpy(bt->logits_out, n->logits, T * V * sizeof(float));
@@ -276,6 +278,9 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     moe_model_norm_backward(n->rms, p, n->dh, n->dn, hL, n->meanf, n->rstdf, n->i_gf, n->i_bf, T, n->D);
     for (size_t l = L; l-- > 0;) {
         struct block *b = &n->blk[l];
+        if (bt->teacher_hidden) // MoEBERT: the block output's distance to the teacher's
+            moe_mse_forward_backward(n->dh, n->h + (l + 1) * TD, bt->teacher_hidden + l * TD, 1, TD,
+                                     bt->kd_alpha / (float)TD);
         // FFN branch: dm = dh (residual) + norm2'(dFFN)
         memset(n->dn, 0, TD * sizeof(float));
         if (b->sparse) {
@@ -298,6 +303,9 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
                              moe_params_grad(p, b->i_w2), n->dhh, n->da, n->db, n->dh, b->n2, b->a, b->b, b->hh,
                              moe_params_data(p, b->i_w1), b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL,
                              moe_params_data(p, b->i_w2), T, D, Fd, n->act);
+            if (bt->ffn_importance) // an example is a window: the mean over its C tokens, 1/B of the batch's
+                moe_ffn_importance_add(bt->ffn_importance + l * Fd, b->a, b->b, b->hh, n->dhh, n->da, n->db, T, Fd,
+                                       C, (double)B, n->act);
         }
         moe_model_norm_backward(n->rms, p, n->dh, n->dn, b->m, b->mean2, b->rstd2, b->i_g2, b->i_b2, T, n->D);
         // attention branch: dh_l = dm (residual) + norm1'(Wqkv'(Attn'(Wo'(dm))))
@@ -475,6 +483,7 @@ int moe_transformer_create(struct moe_model *m, const struct moe_config *cfg, co
         !n->tmp || !n->dqkv || !n->datt || !n->dao || !n->da || !n->db || !n->dhh || !n->radd || !n->dradd ||
         !n->target || !n->label || !n->keys)
         return moe_error(err, MOE_ENOMEM, "out of memory for transformer activations (%zu tokens)", T);
+    m->hidden_per_row = n->C * n->L * n->D;
     m->n_moe_layers = n->n_sparse;
     m->moe_layers = n->moe;
     m->n_route_expert = lc.router.E;

@@ -14,6 +14,7 @@
 #include <assert.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/params.h"
@@ -96,6 +97,34 @@ void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, 
         break;
     }
     moe_linear_backward(dx, D, dw1, NULL, da, F, x, D, w1, N, D, F);
+}
+
+void moe_ffn_importance_add(double *imp, const float *a, const float *b, const float *h, const float *dh,
+                            const float *da, const float *db, size_t N, size_t F, size_t group, double scale,
+                            enum moe_ffn_act act)
+{
+    const int swiglu = act == MOE_FFN_SWIGLU;
+    double *acc = malloc(F * sizeof *acc);
+    if (!acc || group == 0) {
+        free(acc);
+        for (size_t j = 0; j < F; j++)
+            imp[j] = NAN; // out of memory: the importance is unusable, and says so
+        return;
+    }
+    for (size_t r0 = 0; r0 < N; r0 += group) {
+        memset(acc, 0, F * sizeof *acc);
+        for (size_t r = r0; r < r0 + group && r < N; r++) {
+            const size_t o = r * F;
+            for (size_t j = 0; j < F; j++) {
+                double w2 = swiglu ? (double)b[o + j] * db[o + j] : (double)h[o + j] * dh[o + j];
+                double w1 = (double)a[o + j] * da[o + j];
+                acc[j] += swiglu ? w1 + 2.0 * w2 : w1 + w2;
+            }
+        }
+        for (size_t j = 0; j < F; j++)
+            imp[j] += fabs(scale * acc[j]);
+    }
+    free(acc);
 }
 
 // ---------------------------------------------------------------- buffers

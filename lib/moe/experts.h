@@ -37,6 +37,20 @@ void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, 
                       const float *dy, const float *x, const float *a, const float *b, const float *h,
                       const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
                       enum moe_ffn_act act);
+// MoEBERT neuron importance (Zuo et al. 2022, eq. 5): for an example x, neuron j's
+// I_j(x) = |sum_d w1_jd dL/dw1_jd + sum_d w2_dj dL/dw2_dj (+ sum_d w3_jd dL/dw3_jd, swiglu)|,
+// the gradients of x's own loss. Written in the activations: with a = x.w1^T,
+// h the hidden units and g = dL/dh, sum_d w1_jd dL/dw1_jd = a_j dL/da_j and
+// sum_d w2_dj dL/dw2_dj = h_j g_j (swiglu: b = x.w3^T adds b_j dL/db_j, which
+// equals h_j g_j). Adds sum over examples of I_j into imp (F); an example is
+// `group` consecutive rows (its tokens), and `scale` turns the rows' gradients
+// into the example's own (e.g. N / group when the loss is the mean over N rows and
+// each example's loss the mean over its rows). Reads a, b, h and dh, da, db as
+// moe_ffn_backward leaves them (for swiglu dh then holds g * b, so the w2 term is
+// taken as b * db).
+void moe_ffn_importance_add(double *imp, const float *a, const float *b, const float *h, const float *dh,
+                            const float *da, const float *db, size_t N, size_t F, size_t group, double scale,
+                            enum moe_ffn_act act);
 
 // Buffers for a layer of E experts, sized for up to N_max = T_max * S rows.
 struct moe_experts_buf {

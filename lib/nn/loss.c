@@ -98,3 +98,30 @@ double moe_kd_forward_backward(float *dy, const float *s, const float *z, size_t
         free(lp);
     return sum;
 }
+
+double moe_symkl_forward_backward(float *dy, const float *s, const float *z, size_t T, size_t O, float scale)
+{
+    double sum = 0.0;
+    double lp_buf[256], *lp = O <= 128 ? lp_buf : malloc(2 * O * sizeof *lp), *lq = lp + O;
+    if (!lp)
+        return NAN; // out of memory shows up as a non-finite loss, which stops the run
+    for (size_t t = 0; t < T; t++) {
+        log_softmax_row(lp, z + t * O, O, 1.0); // teacher
+        log_softmax_row(lq, s + t * O, O, 1.0); // student
+        double kl_pq = 0.0, kl_qp = 0.0;
+        for (size_t o = 0; o < O; o++) {
+            double p = exp(lp[o]), q = exp(lq[o]);
+            kl_pq += p * (lp[o] - lq[o]);
+            kl_qp += q * (lq[o] - lp[o]);
+        }
+        sum += kl_pq + kl_qp;
+        if (dy)
+            for (size_t o = 0; o < O; o++) {
+                double p = exp(lp[o]), q = exp(lq[o]);
+                dy[t * O + o] += scale * (float)((q - p) + q * (lq[o] - lp[o] - kl_qp));
+            }
+    }
+    if (lp != lp_buf)
+        free(lp);
+    return sum;
+}

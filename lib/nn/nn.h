@@ -42,6 +42,13 @@ double moe_ce_forward_backward(float *dy, const float *y, const int32_t *label, 
 double moe_kd_forward_backward(float *dy, const float *s, const float *z, size_t T, size_t O, float tau,
                                float scale);
 
+// Symmetric KL of MoEBERT's output distillation (Zuo et al. 2022, "MoEBERT: from
+// BERT to Mixture-of-Experts via Importance-Guided Adaptation", sec. 3.3):
+// L_t = KL(p_t || q_t) + KL(q_t || p_t), p = softmax(z_t) the teacher's, q =
+// softmax(s_t) the student's. Returns sum_t L_t; dy (may be NULL) += scale *
+// dL_t/ds_t = (q - p) + q * (log q - log p - KL(q || p)).
+double moe_symkl_forward_backward(float *dy, const float *s, const float *z, size_t T, size_t O, float scale);
+
 // GELU, tanh form (Hendrycks & Gimpel 2016):
 //   gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 // SiLU / swish (Elfwing et al. 2018; the gate of SwiGLU, Shazeer 2020): silu(x) = x sigmoid(x).

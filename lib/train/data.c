@@ -145,6 +145,40 @@ static int load_text(struct moe_data *d, const struct moe_config *cfg, const str
     return 0;
 }
 
+// IDX: both splits, each filtered to data.idx.classes before its limit applies.
+static int load_idx(struct moe_data *d, const struct moe_config *cfg, struct moe_err *err)
+{
+    size_t n_classes = moe_cfg_len(cfg, "data.idx.classes");
+    int32_t classes[256]; // the schema's range makes each a byte; duplicates may repeat one
+    if (n_classes > sizeof classes / sizeof *classes)
+        return moe_error(err, MOE_ECONFIG, "key 'data.idx.classes' has %zu entries, at most %zu",
+                         n_classes, sizeof classes / sizeof *classes);
+    for (size_t i = 0; i < n_classes; i++) {
+        double c = moe_cfg_num_at(cfg, "data.idx.classes", i);
+        if (c != (double)(int32_t)c)
+            return moe_error(err, MOE_ECONFIG, "key 'data.idx.classes[%zu]' must be an integer, got %g", i, c);
+        classes[i] = (int32_t)c;
+    }
+    const char *split[][3] = { { "data.idx.train_images", "data.idx.train_labels", "data.idx.limit_train" },
+                               { "data.idx.test_images", "data.idx.test_labels", "data.idx.limit_test" } };
+    struct moe_dataset *ds[] = { &d->train, &d->test };
+    for (int s = 0; s < 2; s++) {
+        int rc = moe_dataset_from_idx_ex(moe_cfg_str(cfg, split[s][0]), moe_cfg_str(cfg, split[s][1]),
+                                         (size_t)moe_cfg_int(cfg, split[s][2]), classes, n_classes, ds[s], err);
+        if (rc == MOE_EINVAL && n_classes) { // a class the labels cannot hold
+            char msg[sizeof err->msg];
+            snprintf(msg, sizeof msg, "%s", err ? err->msg : "");
+            return moe_error(err, MOE_ECONFIG, "key 'data.idx.classes': %s", msg);
+        }
+        if (rc)
+            return rc;
+        if (ds[s]->n == 0) // a data error, as for a table whose filters keep no row
+            return moe_error(err, MOE_EFORMAT, "idx '%s': no row has a label in data.idx.classes",
+                             moe_cfg_str(cfg, split[s][1]));
+    }
+    return 0;
+}
+
 int moe_data_load(struct moe_data *ret, const struct moe_config *cfg, struct moe_err *err)
 {
     return moe_data_load_ex(ret, cfg, NULL, err);
@@ -175,12 +209,7 @@ int moe_data_load_ex(struct moe_data *ret, const struct moe_config *cfg, const s
         };
         rc = moe_synth_make(&s, &ret->train, &ret->test, err);
     } else if (strcmp(src, "idx") == 0) {
-        rc = moe_dataset_from_idx(moe_cfg_str(cfg, "data.idx.train_images"), moe_cfg_str(cfg, "data.idx.train_labels"),
-                                  (size_t)moe_cfg_int(cfg, "data.idx.limit_train"), &ret->train, err);
-        if (!rc)
-            rc = moe_dataset_from_idx(moe_cfg_str(cfg, "data.idx.test_images"),
-                                      moe_cfg_str(cfg, "data.idx.test_labels"),
-                                      (size_t)moe_cfg_int(cfg, "data.idx.limit_test"), &ret->test, err);
+        rc = load_idx(ret, cfg, err);
         if (!rc && ret->test.n_in != ret->train.n_in)
             rc = moe_error(err, MOE_EFORMAT, "idx '%s' has %zu pixels per image but '%s' has %zu",
                            moe_cfg_str(cfg, "data.idx.train_images"), ret->train.n_in,

@@ -183,9 +183,14 @@ struct moe_train_hooks {
     // Continue from this checkpoint (NULL: a new run). The model's weights and
     // state must already be loaded from it (moe_model_load).
     const struct moe_st_file *resume;
-    // Partial fine-tuning (train/tune.h): frozen[i] = 1 keeps the model's tensor i
-    // as it is; NULL trains every tensor.
+    // Partial fine-tuning (train/tune.h, struct moe_tune_sel): frozen[i] = 1 keeps
+    // the model's tensor i as it is; NULL trains every tensor. frozen_experts
+    // (NULL, or p->n entries each NULL or E flags) keeps, of a tensor with
+    // frozen[i] = 0, the expert slices [e] with frozen_experts[i][e] = 1 as they
+    // are: the optimizer (moments, weight decay, clipping norm) sees only the
+    // trained slices.
     const uint8_t *frozen;
+    uint8_t *const *frozen_experts;
     // LoRA adapters trained along with the unfrozen tensors (NULL: none). The
     // trainer applies them before the first forward pass and after every step.
     struct moe_lora *lora;
@@ -195,6 +200,10 @@ struct moe_train_hooks {
     // must take the same inputs and give the same outputs as the model.
     struct moe_model *teacher;
     float kd_alpha, kd_tau;
+    // MoEBERT (moe_batch.kd_sym, teacher_hidden): kd_sym = 1 makes the objective
+    // CE + kd_alpha (symmetric KL + the block outputs' MSE to the teacher's);
+    // teacher and model must then have block outputs of the same shape.
+    int kd_sym;
 };
 int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
                  const struct moe_train_hooks *hooks, struct moe_train_result *ret, struct moe_err *err);

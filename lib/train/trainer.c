@@ -249,19 +249,35 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
 
     double t0 = now_seconds();
     // What the optimizer updates: the whole flat buffer, or the unfrozen tensors
-    // and the adapters, one segment each.
+    // (of a tensor trained in part, each run of trained expert slices) and the
+    // adapters, one segment each. Segments that touch are merged: the moments
+    // lie one after another either way, so this changes no result.
     struct moe_lora *lora = hooks->lora;
-    size_t n_seg = 0, numel = 0;
-    struct moe_optim_seg *segs = malloc((m->params.n + 1) * sizeof *segs);
+    uint8_t *const *fe = hooks->frozen ? hooks->frozen_experts : NULL;
+    size_t n_seg = 0, numel = 0, max_seg = m->params.n + 1;
+    for (size_t i = 0; fe && i < m->params.n; i++)
+        max_seg += fe[i] && !hooks->frozen[i] ? m->params.t[i].shape[0] : 0;
+    struct moe_optim_seg *segs = malloc(max_seg * sizeof *segs);
     if (!segs)
         return moe_error(err, MOE_ENOMEM, "out of memory");
     if (!hooks->frozen && !lora) {
         segs[n_seg++] = (struct moe_optim_seg){ m->params.data, m->params.grad, m->params.numel };
     } else {
-        for (size_t i = 0; i < m->params.n; i++)
-            if (!hooks->frozen || !hooks->frozen[i])
-                segs[n_seg++] = (struct moe_optim_seg){ moe_params_data(&m->params, (int)i),
-                                                        moe_params_grad(&m->params, (int)i), m->params.t[i].numel };
+        for (size_t i = 0; i < m->params.n; i++) {
+            if (hooks->frozen && hooks->frozen[i])
+                continue;
+            size_t E = fe && fe[i] ? m->params.t[i].shape[0] : 1, slice = m->params.t[i].numel / E;
+            float *w = moe_params_data(&m->params, (int)i), *g = moe_params_grad(&m->params, (int)i);
+            for (size_t e = 0; e < E; e++) {
+                if (fe && fe[i] && fe[i][e])
+                    continue;
+                if (n_seg && segs[n_seg - 1].w + segs[n_seg - 1].n == w + e * slice &&
+                    segs[n_seg - 1].g + segs[n_seg - 1].n == g + e * slice)
+                    segs[n_seg - 1].n += slice;
+                else
+                    segs[n_seg++] = (struct moe_optim_seg){ w + e * slice, g + e * slice, slice };
+            }
+        }
         if (lora) {
             segs[n_seg++] = (struct moe_optim_seg){ lora->p.data, lora->p.grad, lora->p.numel };
             moe_lora_apply(lora, &m->params);
@@ -294,7 +310,7 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
     uint64_t log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
     int lm = tr->task == MOE_TASK_LM;
     uint32_t *perm = NULL;
-    float *teacher_logits = NULL;
+    float *teacher_logits = NULL, *teacher_hidden = NULL;
     double *gm_train = NULL, *gm_test = NULL;
     struct moe_lm_batch lb = { 0 };
     if ((rc = moe_train_stats_init(&st, m, tr, err)) || (rc = moe_train_stats_init(&ste, m, tr, err)) ||
@@ -321,6 +337,18 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
         if (!(teacher_logits = malloc(rows * m->n_out * sizeof *teacher_logits))) {
             rc = moe_error(err, MOE_ENOMEM, "out of memory for the teacher's logits (%zu x %zu)", rows, m->n_out);
             goto out;
+        }
+        if (hooks->kd_sym) {
+            if (!m->hidden_per_row || teacher->hidden_per_row != m->hidden_per_row) {
+                rc = moe_error(err, MOE_ESHAPE, "MoEBERT distillation needs teacher and student with block outputs of one shape (%zu and %zu floats per row)",
+                               teacher->hidden_per_row, m->hidden_per_row);
+                goto out;
+            }
+            if (!(teacher_hidden = malloc(bs * m->hidden_per_row * sizeof *teacher_hidden))) {
+                rc = moe_error(err, MOE_ENOMEM, "out of memory for the teacher's hidden states (%zu x %zu)", bs,
+                               m->hidden_per_row);
+                goto out;
+            }
         }
     }
     if (shuffled) {
@@ -394,10 +422,13 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
                 b.step = pos->steps;
                 if (teacher) {
                     b.logits_out = teacher_logits;
+                    b.hidden_out = teacher_hidden;
                     if ((rc = moe_model_run(teacher, &b, 0, NULL, err)))
                         goto out;
-                    b.logits_out = NULL;
+                    b.logits_out = b.hidden_out = NULL;
                     b.teacher = teacher_logits;
+                    b.teacher_hidden = teacher_hidden;
+                    b.kd_sym = hooks->kd_sym;
                     b.kd_alpha = hooks->kd_alpha;
                     b.kd_tau = hooks->kd_tau;
                 }
@@ -534,6 +565,7 @@ out:
     moe_lm_batch_release(&lb);
     free(perm);
     free(teacher_logits);
+    free(teacher_hidden);
     free(gm_train);
     free(gm_test);
     return rc;

@@ -1,6 +1,7 @@
-// tune.c: frozen tensor sets and LoRA adapters (see tune.h).
+// tune.c: what a tuning run trains (tensors, expert slices) and LoRA adapters (see tune.h).
 #include "train/tune.h"
 
+#include <assert.h>
 #include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,24 +32,211 @@ int moe_tune_check_globs(const struct moe_params *p, const char *const *globs, s
     return 0;
 }
 
+// A decimal index at *s (digits only, below 2^32): advances *s; -1 if none.
+static int parse_index(const char **s, size_t *ret)
+{
+    size_t v = 0;
+    const char *c = *s;
+    if (*c < '0' || *c > '9')
+        return -1;
+    for (; *c >= '0' && *c <= '9'; c++) {
+        v = v * 10 + (size_t)(*c - '0');
+        if (v > UINT32_MAX)
+            return -1;
+    }
+    *s = c;
+    *ret = v;
+    return 0;
+}
+
+int moe_tune_glob_range(const char *glob, size_t *ret_len, size_t *ret_first, size_t *ret_last)
+{
+    const char *at = strrchr(glob, '@');
+    if (!at) {
+        *ret_len = strlen(glob);
+        return 0;
+    }
+    const char *c = at + 1;
+    size_t a, b;
+    if (parse_index(&c, &a))
+        return MOE_ECONFIG;
+    b = a;
+    if (*c == '-') {
+        c++;
+        if (parse_index(&c, &b))
+            return MOE_ECONFIG;
+    }
+    if (*c || b < a)
+        return MOE_ECONFIG;
+    *ret_len = (size_t)(at - glob);
+    *ret_first = a;
+    *ret_last = b;
+    return 1;
+}
+
+int moe_tune_is_expert_tensor(const struct moe_tensor *t)
+{
+    return t->ndim == 3 && (strncmp(t->name, "experts.", 8) == 0 || strstr(t->name, ".experts.") != NULL);
+}
+
+int moe_tune_sel_init(struct moe_tune_sel *s, const struct moe_params *p, int frozen, struct moe_err *err)
+{
+    memset(s, 0, sizeof *s);
+    size_t n = p->n ? p->n : 1;
+    s->frozen = malloc(n);
+    s->frozen_experts = calloc(n, sizeof *s->frozen_experts);
+    if (!s->frozen || !s->frozen_experts) {
+        moe_tune_sel_release(s);
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    }
+    s->n = p->n;
+    memset(s->frozen, frozen ? 1 : 0, n);
+    return 0;
+}
+
+// Drop the per-expert mask of tensor i when its flags agree (one state for the whole tensor).
+static void sel_settle(struct moe_tune_sel *s, const struct moe_params *p, size_t i)
+{
+    uint8_t *fe = s->frozen_experts[i];
+    if (!fe)
+        return;
+    size_t E = p->t[i].shape[0], n_frozen = 0;
+    for (size_t e = 0; e < E; e++)
+        n_frozen += fe[e];
+    if (n_frozen != 0 && n_frozen != E) {
+        s->frozen[i] = 0;
+        return;
+    }
+    s->frozen[i] = n_frozen == E;
+    free(fe);
+    s->frozen_experts[i] = NULL;
+}
+
+int moe_tune_sel_mark(struct moe_tune_sel *s, const struct moe_params *p, const char *const *globs, size_t n,
+                      int frozen, const char *what, struct moe_err *err)
+{
+    uint8_t f = frozen ? 1 : 0;
+    char pat[256];
+    for (size_t g = 0; g < n; g++) {
+        size_t len = 0, first = 0, last = 0;
+        int ranged = moe_tune_glob_range(globs[g], &len, &first, &last);
+        assert(what || ranged == 0); // built-in lists are plain globs
+        if (ranged < 0)
+            return moe_error(err, MOE_ECONFIG, "%s: pattern '%s' has a malformed expert range '%s' (expected PATTERN@A or PATTERN@A-B, 0 <= A <= B)",
+                             what, globs[g], strrchr(globs[g], '@'));
+        if (len >= sizeof pat)
+            return moe_error(err, MOE_ECONFIG, "%s: pattern '%.40s...' is longer than %zu characters",
+                             what ? what : "tuning", globs[g], sizeof pat - 1);
+        memcpy(pat, globs[g], len);
+        pat[len] = '\0';
+        int hit = 0;
+        for (size_t i = 0; i < p->n; i++) {
+            const struct moe_tensor *t = &p->t[i];
+            if (fnmatch(pat, t->name, 0) != 0)
+                continue;
+            hit = 1;
+            if (!ranged) {
+                free(s->frozen_experts[i]);
+                s->frozen_experts[i] = NULL;
+                s->frozen[i] = f;
+                continue;
+            }
+            if (!moe_tune_is_expert_tensor(t))
+                return moe_error(err, MOE_ECONFIG, "%s: pattern '%s' matches '%s', which is not an expert tensor (an expert range applies only to [E, out, in] tensors named '*.experts.*')",
+                                 what, globs[g], t->name);
+            size_t E = t->shape[0];
+            if (last >= E)
+                return moe_error(err, MOE_ECONFIG, "%s: pattern '%s' names expert %zu, but '%s' has %zu experts (0-%zu)",
+                                 what, globs[g], last, t->name, E, E - 1);
+            if (!s->frozen_experts[i]) {
+                if (!(s->frozen_experts[i] = malloc(E)))
+                    return moe_error(err, MOE_ENOMEM, "out of memory");
+                memset(s->frozen_experts[i], s->frozen[i], E);
+            }
+            memset(s->frozen_experts[i] + first, f, last - first + 1);
+            sel_settle(s, p, i);
+        }
+        if (!hit && what)
+            return moe_error(err, MOE_ECONFIG, "%s: pattern '%s' matches no tensor of the model (names are like '%s')",
+                             what, globs[g], p->n ? p->t[p->n - 1].name : "?");
+    }
+    return 0;
+}
+
+int moe_tune_sel_trained(const struct moe_tune_sel *s, size_t i, size_t e)
+{
+    if (!s->frozen)
+        return 1;
+    if (s->frozen[i])
+        return 0;
+    return !s->frozen_experts[i] || !s->frozen_experts[i][e];
+}
+
+size_t moe_tune_sel_count(const struct moe_tune_sel *s, const struct moe_params *p)
+{
+    if (!s->frozen)
+        return moe_params_count(p);
+    size_t n = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        if (s->frozen[i])
+            continue;
+        if (!s->frozen_experts[i]) {
+            n += p->t[i].numel;
+            continue;
+        }
+        size_t E = p->t[i].shape[0];
+        for (size_t e = 0; e < E; e++)
+            n += s->frozen_experts[i][e] ? 0 : p->t[i].numel / E;
+    }
+    return n;
+}
+
+void moe_tune_sel_release(struct moe_tune_sel *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; s->frozen_experts && i < s->n; i++)
+        free(s->frozen_experts[i]);
+    free(s->frozen_experts);
+    free(s->frozen);
+    memset(s, 0, sizeof *s);
+}
+
+int moe_tune_select_ex(struct moe_tune_sel *ret, const struct moe_params *p, const char *const *trainable,
+                       size_t n_trainable, const char *const *freeze, size_t n_freeze, const char *what_t,
+                       const char *what_f, struct moe_err *err)
+{
+    struct moe_tune_sel s;
+    int rc;
+    if ((rc = moe_tune_sel_init(&s, p, n_trainable > 0, err)) ||
+        (rc = moe_tune_sel_mark(&s, p, trainable, n_trainable, 0, what_t, err)) ||
+        (rc = moe_tune_sel_mark(&s, p, freeze, n_freeze, 1, what_f, err)))
+        goto fail;
+    size_t kept = 0;
+    for (size_t i = 0; i < p->n; i++)
+        kept += !s.frozen[i];
+    if (!kept) {
+        rc = moe_error(err, MOE_ECONFIG, "%s / %s leave no tensor of the model trainable", what_t, what_f);
+        goto fail;
+    }
+    *ret = s;
+    return 0;
+fail:
+    moe_tune_sel_release(&s);
+    return rc;
+}
+
 int moe_tune_select(const struct moe_params *p, const char *const *trainable, size_t n_trainable,
                     const char *const *freeze, size_t n_freeze, const char *what_t, const char *what_f,
                     uint8_t *frozen, struct moe_err *err)
 {
-    int rc;
-    if ((rc = moe_tune_check_globs(p, trainable, n_trainable, what_t, err)) ||
-        (rc = moe_tune_check_globs(p, freeze, n_freeze, what_f, err)))
+    struct moe_tune_sel s;
+    int rc = moe_tune_select_ex(&s, p, trainable, n_trainable, freeze, n_freeze, what_t, what_f, err);
+    if (rc)
         return rc;
-    size_t kept = 0;
-    for (size_t i = 0; i < p->n; i++) {
-        const char *name = p->t[i].name;
-        int train = (n_trainable == 0 || moe_tune_match(trainable, n_trainable, name)) &&
-                    !moe_tune_match(freeze, n_freeze, name);
-        frozen[i] = (uint8_t)!train;
-        kept += (size_t)train;
-    }
-    if (!kept)
-        return moe_error(err, MOE_ECONFIG, "%s / %s leave no tensor of the model trainable", what_t, what_f);
+    if (p->n)
+        memcpy(frozen, s.frozen, p->n);
+    moe_tune_sel_release(&s);
     return 0;
 }
 

@@ -1,6 +1,7 @@
 // tune.h: what a fine-tuning run changes. Two mechanisms, usable together:
-//   - partial fine-tuning: a set of the model's tensors is frozen (never
-//     updated, byte-identical after training), chosen by globs over tensor names;
+//   - partial fine-tuning: a set of the model's tensors, or of the experts of
+//     expert tensors, is frozen (never updated, byte-identical after training),
+//     chosen by globs over tensor names (struct moe_tune_sel below);
 //   - LoRA adapters (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language
 //     Models", eq. 3): a frozen matrix W0 (out, in) is used as
 //         W = W0 + (alpha / r) * B * A,   A (r, in), B (out, r),
@@ -32,10 +33,64 @@ int moe_tune_match(const char *const *globs, size_t n, const char *name);
 int moe_tune_check_globs(const struct moe_params *p, const char *const *globs, size_t n, const char *what,
                          struct moe_err *err);
 
-// frozen[i] (p->n entries) = 1 for tensor i not trained: trained are the tensors
-// matching a glob of `trainable` (all when n_trainable = 0) and no glob of
-// `freeze`. A glob that matches no tensor, or a selection that leaves nothing
-// trainable, is MOE_ECONFIG naming `what_t` / `what_f` (the config keys). Returns 0.
+// ---- what a tuning run trains, tensor by tensor and expert by expert ----
+// A glob of train.trainable / train.freeze is "PATTERN", "PATTERN@A" or
+// "PATTERN@A-B" (decimal expert indices, 0 <= A <= B, inclusive; the last '@'
+// starts the range). PATTERN is matched as by moe_tune_match. A plain glob names
+// whole tensors; a ranged one names the slices [A..B] of the expert tensors it
+// matches. An expert tensor is a 3-d tensor [E, out, in] with a name component
+// "experts" (layers.{l}.moe.experts.w1, .w2, .w3; the mixture's experts.w1, ...),
+// whose slice [e], expert e's matrix, is out * in contiguous floats. Shared
+// experts (.moe.shared.*) and 2-d expert biases are not expert tensors here.
+//
+// The selection is a per-tensor mask plus, for the tensors trained only in
+// part, a per-expert mask:
+//   frozen[i] = 1            tensor i is not trained at all;
+//   frozen[i] = 0            tensor i is trained: in full when frozen_experts[i]
+//                            is NULL, else the slices e with frozen_experts[i][e] = 0.
+// A per-expert mask exists only where its flags differ (at least one slice
+// trained and one frozen), so code that knows only frozen[] (LoRA: a tensor
+// trained even in part gets no adapter) sees a partly trained tensor as trained.
+// frozen = NULL (no selection) trains everything.
+struct moe_tune_sel {
+    size_t n;                 // tensors of the model
+    uint8_t *frozen;          // (n) 1: tensor i is not trained
+    uint8_t **frozen_experts; // (n) NULL, or for a tensor trained in part its E flags, 1: slice [e] not trained
+};
+
+// The expert range of a glob: 0 for a plain glob (*ret_len = strlen(glob)), 1
+// for "PATTERN@A[-B]" (*ret_len = the length of PATTERN, *ret_first = A,
+// *ret_last = B), MOE_ECONFIG (no message) for a malformed range ("@", "@x",
+// "@2-1", "@-1", "@1-").
+int moe_tune_glob_range(const char *glob, size_t *ret_len, size_t *ret_first, size_t *ret_last);
+// Is tensor t an expert tensor (see above)?
+int moe_tune_is_expert_tensor(const struct moe_tensor *t);
+
+// Every tensor of p trained (frozen = 0) or frozen (1), no per-expert masks.
+int moe_tune_sel_init(struct moe_tune_sel *s, const struct moe_params *p, int frozen, struct moe_err *err);
+// Mark what the globs name (whole tensors, or expert slices for ranged globs)
+// as frozen (1) or trained (0); later marks override earlier ones. MOE_ECONFIG
+// naming `what` (the config key), the glob and, where one is at fault, the
+// tensor: a malformed range, a glob that matches no tensor, a ranged glob that
+// matches a tensor other than an expert tensor or names an expert >= its E.
+// what = NULL: globs may match nothing and must be plain (built-in lists).
+int moe_tune_sel_mark(struct moe_tune_sel *s, const struct moe_params *p, const char *const *globs, size_t n,
+                      int frozen, const char *what, struct moe_err *err);
+// Is slice e of tensor i (e = 0 for tensors that are not expert tensors) trained?
+int moe_tune_sel_trained(const struct moe_tune_sel *s, size_t i, size_t e);
+// Parameters trained (all of p when s->frozen is NULL).
+size_t moe_tune_sel_count(const struct moe_tune_sel *s, const struct moe_params *p);
+void moe_tune_sel_release(struct moe_tune_sel *s);
+
+// The selection of `moe train`: trained are the tensors and expert slices that
+// a glob of `trainable` names (everything when n_trainable = 0) and no glob of
+// `freeze` names. Errors as moe_tune_sel_mark, and MOE_ECONFIG naming `what_t`
+// / `what_f` (the config keys) when nothing is left trainable.
+int moe_tune_select_ex(struct moe_tune_sel *ret, const struct moe_params *p, const char *const *trainable,
+                       size_t n_trainable, const char *const *freeze, size_t n_freeze, const char *what_t,
+                       const char *what_f, struct moe_err *err);
+// The same as a per-tensor mask only: frozen[i] (p->n entries) = 1 for tensor
+// i not trained at all (a tensor trained in part counts as trained). Returns 0.
 int moe_tune_select(const struct moe_params *p, const char *const *trainable, size_t n_trainable,
                     const char *const *freeze, size_t n_freeze, const char *what_t, const char *what_f,
                     uint8_t *frozen, struct moe_err *err);
@@ -60,7 +115,7 @@ struct moe_lora {
 
 // Adapters of rank r on every matrix (2-d tensor, or 3-d expert tensor) of the
 // model whose name matches a glob of `targets` and whose frozen[] entry is 1
-// (a matrix that is trained itself gets no adapter); shared = one adapter per
+// (a matrix that is trained itself, even in part, gets no adapter); shared = one adapter per
 // expert tensor instead of one per expert. Copies the base values W0 from p.
 // MOE_ECONFIG when a glob matches no tensor or no matrix is adapted.
 int moe_lora_create(struct moe_lora *l, const struct moe_params *p, const uint8_t *frozen,

@@ -356,6 +356,9 @@ fixture "mlp-moe (hash) trains" "$MOE" train --config moe.json "${HASH_SETS[@]}"
 cp run/moe/model.safetensors moe.st 2>/dev/null
 cp run/hash/model.safetensors hash.st 2>/dev/null
 cp run/reg/model.safetensors dense.st 2>/dev/null
+# the same mlp-moe with a dense FFN (8 neurons) instead of experts: a MoEBERT teacher
+fixture "mlp-moe (dense block) trains" "$MOE" train --config moe.json --set model.moe_every=9 --out run/dmoe --quiet --threads 1
+cp run/dmoe/model.safetensors dmoe.st 2>/dev/null
 fixture "route-stats runs on the mlp-moe checkpoint" "$MOE" route-stats --checkpoint moe.st --out run/rs --quiet --threads 1
 fixture "route-stats runs on the hash checkpoint" "$MOE" route-stats --checkpoint hash.st --out run/rsh --quiet --threads 1
 # Variants of the trained checkpoints (missing fixtures make their rows fail).

@@ -19,6 +19,14 @@
 #     likewise --targets given twice;
 #   - SIGTERM mid-run and `moe train --resume` of a --freeze run reproduce the
 #     uninterrupted run byte for byte (the checkpoint's config keeps the freeze);
+#   - expert ranges (GLOB@A-B): `--trainable 'layers.*.moe.experts.*@0-1'` and
+#     `--freeze '*.experts.*@3' --freeze 'layers.1.moe.experts.w2@0'`: slice by
+#     slice ([E, out, in], slice [e] = expert e), trained slices moved, the others
+#     and every unselected tensor byte-identical to BASE; summary.tuning counts
+#     only trained slices and lists trained_experts; a SIGTERM + --resume of a
+#     ranged run equals the uninterrupted run byte for byte; `moe lora
+#     --trainable 'layers.0.moe.experts.w1@0'`: that tensor gets no adapter and
+#     only its slice 0 moves;
 #   - `moe lora` on mlp-moe (per-expert, shared, --freeze-router) and on the
 #     Transformer (attention, experts, head): adapters.safetensors holds exactly
 #     <base>.lora_A [r, in] / [E, r, in] and <base>.lora_B [out, r] / [E, out, r]
@@ -272,6 +280,159 @@ t_resume_freeze() {
     [ -z "$bad" ] || { fail "frozen tensors changed across the resume: $bad"; return 1; }
 }
 check "--freeze run stopped by SIGTERM and resumed (--resume) = the uninterrupted run byte for byte; frozen tensors are the base's" t_resume_freeze
+
+# ------------------------------------------------------------ expert ranges
+# st_slices FILE NAME: "e<TAB>md5" per slice [e] (first dimension) of tensor NAME.
+st_slices() {
+    local f=$1 len a b n sz e
+    len=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
+    read -r a b n < <(st_header "$f" | jq -r --arg n "$2" '.[$n] | "\(.data_offsets[0]) \(.data_offsets[1]) \(.shape[0])"')
+    sz=$(((b - a) / n))
+    for ((e = 0; e < n; e++)); do
+        printf '%s\t%s\n' "$e" "$(dd if="$f" bs=4096 iflag=skip_bytes,count_bytes skip=$((8 + len + a + e * sz)) count=$sz 2>/dev/null | md5sum | cut -c1-32)"
+    done
+}
+# check_slices DIR PRED: DIR's model.safetensors against the base, expert slice
+# by expert slice: `PRED NAME E` says whether slice [E] of the expert tensor
+# NAME ([E, out, in], '*.experts.*') is trained, `PRED NAME ""` whether another
+# tensor is. Trained slices and tensors moved, the rest is byte-identical;
+# summary.tuning counts exactly the trained slices and lists the tensors trained
+# in part under trained_experts.
+check_slices() {
+    local d=$1 pred=$2
+    ran "$d" || return 1
+    local name shape numel e n_e k g bad="" trained=() partial="" sum=0 total=0 nfrozen=0
+    local -A drun sb sr
+    digests_into drun "$d/model.safetensors"
+    while IFS=$'\t' read -r name shape numel; do
+        total=$((total + numel))
+        case $name,$shape in
+        *.experts.*,*,*,*)
+            n_e=${shape%%,*}
+            sb=() sr=()
+            while IFS=$'\t' read -r k g; do sb[$k]=$g; done < <(st_slices "$BASE" "$name")
+            while IFS=$'\t' read -r k g; do sr[$k]=$g; done < <(st_slices "$d/model.safetensors" "$name")
+            local on=()
+            for ((e = 0; e < n_e; e++)); do
+                if "$pred" "$name" "$e"; then
+                    on+=("$e")
+                    sum=$((sum + numel / n_e))
+                    [ "${sb[$e]}" != "${sr[$e]}" ] || bad+="trained slice '$name'[$e] did not change"$'\n'
+                else
+                    [ "${sb[$e]}" = "${sr[$e]}" ] || bad+="frozen slice '$name'[$e] changed"$'\n'
+                fi
+            done
+            if [ ${#on[@]} -eq 0 ]; then
+                nfrozen=$((nfrozen + 1))
+            else
+                trained+=("$name")
+                [ ${#on[@]} -eq "$n_e" ] || partial+="{\"tensor\": \"$name\", \"experts\": [$(IFS=,; echo "${on[*]}")]}"$'\n'
+            fi
+            ;;
+        *)
+            if "$pred" "$name" ""; then
+                trained+=("$name")
+                sum=$((sum + numel))
+                [ "${BASED[$name]}" != "${drun[$name]}" ] || bad+="trained tensor '$name' did not change"$'\n'
+            else
+                nfrozen=$((nfrozen + 1))
+                [ "${BASED[$name]}" = "${drun[$name]}" ] || bad+="frozen tensor '$name' changed"$'\n'
+            fi
+            ;;
+        esac
+    done <base.shapes
+    [ -z "$bad" ] || { fail "${bad%$'\n'}"; return 1; }
+    [ -n "$partial" ] || { fail "the predicate trains no tensor in part (test bug)"; return 1; }
+    local want_t want_p
+    want_t=$(printf '%s\n' "${trained[@]}" | jq -R . | jq -sc 'sort')
+    want_p=$(printf '%s' "$partial" | jq -sc 'sort_by(.tensor)')
+    jqe "$d/summary.json" "(.tuning.trained_tensors | sort) == $want_t" "summary.tuning.trained_tensors is not $want_t" .tuning || return 1
+    jqe "$d/summary.json" "(.tuning.trained_experts | sort_by(.tensor)) == $want_p" "summary.tuning.trained_experts is not $want_p" .tuning.trained_experts || return 1
+    jqe "$d/summary.json" ".tuning | .trainable_parameters == $sum and .base_parameters == $total and .adapter_parameters == 0
+        and .frozen_tensors == $nfrozen and ((.trainable_fraction - $sum / $total) | fabs) < 1e-12" \
+        "summary.tuning: expected trainable_parameters $sum, base_parameters $total, frozen_tensors $nfrozen, fraction $sum/$total" .tuning
+}
+
+# experts 0-1 of every expert tensor, nothing else
+experts_01() { [ -n "$2" ] && [ "$2" -le 1 ]; }
+t_trainable_experts() {
+    trainx tre --config moe.json --init "$BASE" --trainable 'layers.*.moe.experts.*@0-1'
+    check_slices tre experts_01 || return 1
+    jqe tre/config.json '.train.trainable == ["layers.*.moe.experts.*@0-1"]' "config.json train.trainable" .train || return 1
+    jqe tre/summary.json '.tuning.trained_experts | length == 4 and all(.experts == [0, 1])' \
+        "expected trained_experts [0, 1] for the 4 expert tensors" .tuning.trained_experts
+}
+check "train --trainable 'layers.*.moe.experts.*@0-1': slices 0-1 of every expert tensor move, slices 2-3 and all other tensors byte-identical; summary.tuning.trained_experts" t_trainable_experts
+
+# everything but expert 3 everywhere and expert 0 of layers.1's w2; a plain
+# --trainable glob plus ranged --freeze globs
+not_e3() {
+    [ -z "$2" ] && return 0
+    [ "$2" -ne 3 ] && { [ "$1" != layers.1.moe.experts.w2 ] || [ "$2" -ne 0 ]; }
+}
+t_freeze_experts() {
+    trainx fze --config moe.json --init "$BASE" --freeze '*.experts.*@3' --freeze 'layers.1.moe.experts.w2@0'
+    check_slices fze not_e3
+}
+check "train --freeze '*.experts.*@3' --freeze 'layers.1.moe.experts.w2@0': those slices byte-identical, all the rest moves; summary.tuning" t_freeze_experts
+
+# A resumed expert-range run ends with the bytes of one never stopped.
+t_resume_experts() {
+    local args=(--config long.json --init "$BASE" --trainable 'layers.*.moe.*' --freeze '*.experts.*@1-2')
+    trainx ref-exp "${args[@]}"
+    ran ref-exp || return 1
+    local wall tries=0 d=int-exp rc pid
+    wall=$(jq -r .wall_seconds ref-exp/summary.json)
+    while :; do
+        tries=$((tries + 1))
+        rm -rf "$d"
+        "$MOE" train "${args[@]}" --threads 1 --quiet --out "$d" >"$d.out" 2>"$d.err" &
+        pid=$!
+        sleep "$(awk -v w="$wall" -v r=$((RANDOM % 36 + 25)) -v k=$tries 'BEGIN { printf "%.3f", w * r / 100 / k }')"
+        kill -TERM "$pid" 2>/dev/null
+        wait "$pid"
+        rc=$?
+        [ "$rc" -eq 143 ] && break
+        [ "$rc" -eq 0 ] && [ $tries -lt 4 ] && continue
+        fail "SIGTERM: exit $rc (try $tries): $(head -c 400 "$d.err")"
+        return 1
+    done
+    run "$d.2" "${TO[@]}" "$MOE" train --resume "$d" --threads 1 --quiet
+    [ "$RC" -eq 0 ] || { fail "resume: $(describe "$d.2" moe train --resume "$d")"; return 1; }
+    local f
+    for f in metrics.csv experts.csv model.safetensors; do
+        cmp -s "ref-exp/$f" "$d/$f" || { fail "$d/$f differs from the uninterrupted run's: $(cmp "ref-exp/$f" "$d/$f" 2>&1 | head -1)"; return 1; }
+    done
+    jqe "$d/summary.json" ".tuning == $(jq -c .tuning ref-exp/summary.json)" "the resumed run's summary.tuning differs" .tuning || return 1
+    jqe "$d/summary.json" '.tuning.trained_experts | length == 4 and all(.experts == [0, 3])' \
+        "expected trained_experts [0, 3] for the 4 expert tensors" .tuning.trained_experts || return 1
+    local name bad=""
+    for name in layers.0.moe.experts.w1 layers.1.moe.experts.w2; do
+        [ "$(st_slices "$BASE" "$name" | sed -n '2,3p')" = "$(st_slices "$d/model.safetensors" "$name" | sed -n '2,3p')" ] ||
+            bad+="slices 1-2 of $name changed; "
+    done
+    [ -z "$bad" ] || { fail "frozen slices changed across the resume: $bad"; return 1; }
+}
+check "--freeze '*.experts.*@1-2' run stopped by SIGTERM and resumed = the uninterrupted run byte for byte; frozen slices are the base's" t_resume_experts
+
+# moe lora with an expert range in train.trainable: the tensor trained in part
+# gets no adapter; its other slices stay the base's in merged.safetensors.
+t_lora_expert_range() {
+    lorax lxr --base "$BASE" --config moe.json --rank 2 --targets '*.experts.*' --freeze-router --trainable 'layers.0.moe.experts.w1@0' --merge
+    ran lxr || return 1
+    jqe lxr/summary.json '.tuning | .trained_tensors == ["layers.0.moe.experts.w1"]
+        and .trained_experts == [{"tensor": "layers.0.moe.experts.w1", "experts": [0]}]
+        and (.adapted_tensors | sort) == ["layers.0.moe.experts.w2", "layers.1.moe.experts.w1", "layers.1.moe.experts.w2"]
+        and .trainable_parameters == .adapter_parameters + 64' \
+        "summary.tuning: expected experts.w1 of layer 0 trained in part (expert 0, 64 values), the three other expert tensors adapted" .tuning || return 1
+    local b m
+    b=$(st_slices "$BASE" layers.0.moe.experts.w1) m=$(st_slices lxr/merged.safetensors layers.0.moe.experts.w1)
+    [ "$(sed -n 1p <<<"$b")" != "$(sed -n 1p <<<"$m")" ] && [ "$(sed -n '2,$p' <<<"$b")" = "$(sed -n '2,$p' <<<"$m")" ] ||
+        { fail "layers.0.moe.experts.w1: expected slice 0 moved and slices 1-3 the base's: base $b merged $m"; return 1; }
+    [ "$(st_digests lxr/adapters.safetensors | cut -f1 | grep -c lora_)" -eq 6 ] ||
+        { fail "adapters.safetensors: expected 6 adapter tensors: $(st_digests lxr/adapters.safetensors | cut -f1 | tr '\n' ' ')"; return 1; }
+}
+check "lora --trainable 'layers.0.moe.experts.w1@0': that tensor is trained in part (no adapter), its other slices stay the base's; summary.tuning" t_lora_expert_range
 
 # ----------------------------------------------------------------- moe lora
 # check_lora DIR BASE_DIR MODE RANK TARGETS FREEZE_ROUTER [ALPHA]: a finished
