@@ -205,6 +205,13 @@ vg "lora on the noisy top-2 checkpoint (per-expert adapters on experts and head,
     lora --base mm/model.safetensors --config moe.json --rank 2 --targets '*.experts.*,head.weight' --merge --threads 1 --out lo --quiet
 vg "train --init --freeze (partial fine-tuning)" 0 \
     train --config moe.json --init mm/model.safetensors --freeze 'input.*,layers.0.*' --set train.epochs=1 --threads 1 --out fz --quiet
+vg "train --init --trainable with an expert range (experts 0-1 only)" 0 \
+    train --config moe.json --init mm/model.safetensors --trainable 'layers.*.moe.experts.*@0-1' --set train.epochs=1 --threads 1 --out fr --quiet
+vg "train mlp-moe with dense blocks (a MoEBERT teacher)" 0 \
+    train --config moe.json --set model.moe_every=9 --threads 1 --out dn --quiet
+vg "distill --mode moebert (hash experts, 2 shared neurons, random order)" 0 \
+    distill --mode moebert --teacher dn/model.safetensors --config moe.json --set model.n_ff=5 --shared 2 --split random \
+    --set 'moe.router="hash"' --set model.n_expert_used=1 --set 'moe.aux_loss="none"' --threads 1 --out mb --quiet
 
 # ---------------------------------------------------------------- error paths
 CK=q/model.safetensors

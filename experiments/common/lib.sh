@@ -41,3 +41,9 @@ summarise_runs() {
                    if (v < 0) v = 0; printf ",%.6g,%.6g", m, sqrt(v) }
                  print "" } }' "$1"
 }
+
+# done_run DIR: DIR holds a finished run (a summary.json with "final"). Scripts
+# skip such runs, so an experiment stopped half way picks up where it stopped;
+# a rerun would give the same bytes (fixed seeds; results do not depend on the
+# thread count, DESIGN.md §4).
+done_run() { [ -s "$1/summary.json" ] && jq -e '.final' "$1/summary.json" >/dev/null 2>&1; }

@@ -16,49 +16,88 @@
 # the test split, (student - baseline) / (teacher - baseline), for accuracy and
 # for loss. 3 seeds.
 #
-#   bash experiments/switch-distill/run.sh [MOE_BINARY]
+# `lm` runs the same four systems on the byte-level language model of
+# experiments/common/lm.json (fortunes, 4 blocks, every second one an 8-expert
+# switch layer; the dense model has FFNs of width 128 everywhere), where the
+# Switch teacher does beat dense (results/lm-routers); the quality is bits per
+# byte on the validation split. Two controls run for `lm` only, because a
+# student started from the teacher has had the teacher's training too:
+#   init-only     --mode sparse-to-dense with alpha 0: the teacher's non-expert
+#                 weights, then labels alone (what the initialisation gives
+#                 without the teacher's outputs)
+#   baseline-4ep  the dense model trained 4 epochs (the teacher's 2 + the
+#                 student's 2) without a teacher
 #
-# Writes results/switch-distill/runs.csv, table.csv (mean and sd over seeds), command.txt.
+#   [SEEDS="1 2 3"] [THREADS=2] bash experiments/switch-distill/run.sh [fmnist|lm] [MOE_BINARY]
+#
+# Finished runs under runs/ are kept and not run again.
+#
+# Writes results/switch-distill/runs.csv (lm: results/switch-distill/lm/runs.csv),
+# table.csv (mean and sd over seeds), command.txt.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+task=fmnist
+case "${1:-}" in fmnist|lm) task=$1; shift ;; esac
 [ $# -ge 1 ] && export MOE=$1
 # shellcheck source=../common/lib.sh
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
-out=$root/results/switch-distill
-work=$root/runs/switch-distill
-seeds=(1 2 3)
+read -r -a seeds <<< "${SEEDS:-1 2 3}"
+threads=(--threads "${THREADS:-2}")
+if [ "$task" = fmnist ]; then
+  out=$root/results/switch-distill
+  work=$root/runs/switch-distill
+  cfg=$root/experiments/common/fmnist-moe.json
+  switch=(--set 'moe.router="switch"' --set model.n_expert_used=1 --set model.n_ff=128 --set moe.jitter=0.01
+          --set 'moe.aux_loss="switch"' --set moe.aux_weight=0.01 --set moe.capacity_factor=1.25
+          --set moe.eval_capacity_factor=2)
+  dense=(--set model.moe_every=99 --set model.n_ff_dense=128)
+else
+  [ -s "$root/experiments/data/cache/fortunes/fortunes.txt" ] ||
+    { echo "$0: fortunes text missing: bash experiments/data/fortunes.sh" >&2; exit 2; }
+  out=$root/results/switch-distill/lm
+  work=$root/runs/switch-distill-lm
+  cfg=$root/experiments/common/lm.json
+  switch=()   # lm.json is the switch teacher
+  dense=(--set model.moe_every=99)
+  cd "$root"  # lm.json names its text relative to the repository root
+fi
 mkdir -p "$out" "$work"
-echo "bash experiments/switch-distill/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)" > "$out/command.txt"
-cfg=$root/experiments/common/fmnist-moe.json
-switch=(--set 'moe.router="switch"' --set model.n_expert_used=1 --set model.n_ff=128 --set moe.jitter=0.01
-        --set 'moe.aux_loss="switch"' --set moe.aux_weight=0.01 --set moe.capacity_factor=1.25
-        --set moe.eval_capacity_factor=2)
-dense=(--set model.moe_every=99 --set model.n_ff_dense=128)
+echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-2} bash experiments/switch-distill/run.sh $task  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)" > "$out/command.txt"
 kd=(--alpha 0.25 --temperature 1)
 
-echo "system,seed,active_parameters,parameters,test_accuracy,test_loss,gap_recovered_accuracy,gap_recovered_loss" > "$out/runs.csv"
+metric=$([ "$task" = lm ] && echo bits_per_byte || echo accuracy)
+echo "system,seed,active_parameters,parameters,test_$metric,test_loss,gap_recovered_$metric,gap_recovered_loss" > "$out/runs.csv"
 row() { # name seed dir
-  jq -r --arg n "$1" --arg s "$2" '[$n, ($s | tonumber), (.active_parameters // .parameters), .parameters, .final.test.accuracy, .final.test.loss,
+  jq -r --arg n "$1" --arg s "$2" --arg m "$metric" '[$n, ($s | tonumber), (.active_parameters // .parameters), .parameters, .final.test[$m], .final.test.loss,
         (.distill.gap.fraction_recovered // ""), (.distill.gap.fraction_recovered_loss // "")] | @csv' "$3/summary.json" \
     | tr -d '"' >> "$out/runs.csv"
   echo "switch-distill: $(tail -1 "$out/runs.csv")" >&2
 }
 for seed in "${seeds[@]}"; do
   t=$work/teacher-s$seed b=$work/baseline-s$seed
-  "$moe" train --config "$cfg" --seed "$seed" --out "$t" --quiet "${switch[@]}" >/dev/null
+  done_run "$t" || "$moe" train --config "$cfg" --seed "$seed" --out "$t" --quiet "${threads[@]}" "${switch[@]}" >/dev/null
   row teacher "$seed" "$t"
-  "$moe" train --config "$cfg" --seed "$seed" --out "$b" --quiet "${dense[@]}" >/dev/null
+  done_run "$b" || "$moe" train --config "$cfg" --seed "$seed" --out "$b" --quiet "${threads[@]}" "${dense[@]}" >/dev/null
   row baseline "$seed" "$b"
   for mode in kd sparse-to-dense; do
     name=$([ "$mode" = kd ] && echo kd || echo kd-init)
     d=$work/$name-s$seed
-    "$moe" distill --teacher "$t/model.safetensors" --baseline "$b/model.safetensors" --mode "$mode" "${kd[@]}" \
-      --config "$cfg" --seed "$seed" --out "$d" --quiet "${dense[@]}" >/dev/null
+    done_run "$d" || "$moe" distill --teacher "$t/model.safetensors" --baseline "$b/model.safetensors" --mode "$mode" "${kd[@]}" \
+      --config "$cfg" --seed "$seed" --out "$d" --quiet "${threads[@]}" "${dense[@]}" >/dev/null
     row "$name" "$seed" "$d"
   done
+  [ "$task" = lm ] || continue
+  d=$work/init-only-s$seed
+  done_run "$d" || "$moe" distill --teacher "$t/model.safetensors" --baseline "$b/model.safetensors" --mode sparse-to-dense \
+    --alpha 0 --temperature 1 --config "$cfg" --seed "$seed" --out "$d" --quiet "${threads[@]}" "${dense[@]}" >/dev/null
+  row init-only "$seed" "$d"
+  d=$work/baseline-4ep-s$seed
+  done_run "$d" || "$moe" train --config "$cfg" --seed "$seed" --out "$d" --quiet "${threads[@]}" "${dense[@]}" \
+    --set train.epochs=4 >/dev/null
+  row baseline-4ep "$seed" "$d"
 done
 
 summarise_runs "$out/runs.csv" > "$out/table.csv"
