@@ -443,18 +443,30 @@ out:
 // distill.teacher_init: every student tensor with a namesake of the same shape
 // in the teacher (the non-expert weights when an MoE teaches a dense model)
 // starts from the teacher's values. Returns the tensors copied as a JSON array.
-static cJSON *init_from_teacher(struct moe_model *m, const struct moe_st_file *f)
+static cJSON *init_from_teacher(struct moe_model *m, const struct moe_model *teacher)
 {
-    cJSON *copied = cJSON_CreateArray();
-    for (size_t i = 0; i < m->params.n; i++) {
-        const struct moe_tensor *t = &m->params.t[i];
-        const struct moe_st_entry *e = moe_safetensors_find(f, t->name);
-        if (!e || e->dtype != MOE_F32 || e->ndim != t->ndim || memcmp(e->shape, t->shape, t->ndim * sizeof *t->shape))
-            continue;
-        memcpy(moe_params_data(&m->params, (int)i), e->data, t->numel * sizeof(float));
-        cJSON_AddItemToArray(copied, cJSON_CreateString(t->name));
-    }
-    return copied;
+    cJSON *names = cJSON_CreateArray();
+    uint8_t *copied = calloc(m->params.n ? m->params.n : 1, 1);
+    if (copied)
+        moe_params_copy_matching(&m->params, &teacher->params, copied);
+    for (size_t i = 0; copied && i < m->params.n; i++)
+        if (copied[i])
+            cJSON_AddItemToArray(names, cJSON_CreateString(m->params.t[i].name));
+    free(copied);
+    return names;
+}
+
+// Evaluate m on the test split (distill.teacher, .baseline, MoEBERT's converted student).
+static int eval_test(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
+                     struct moe_eval_row *r, struct moe_err *err)
+{
+    struct moe_stats st;
+    memset(&st, 0, sizeof st);
+    int rc = moe_train_stats_init(&st, m, &data->test, err) ||
+             moe_evaluate(m, &data->test, "test", (size_t)moe_cfg_int(cfg, "train.max_batch_eval"),
+                          moe_cfg_num(cfg, "train.active_threshold"), &st, r, err);
+    moe_stats_release(&st);
+    return rc;
 }
 
 // summary.distill: the teacher, the settings, and with distill.baseline the
@@ -470,7 +482,7 @@ static int distill_summary(const char *cmd, cJSON *s, const struct moe_config *c
     cJSON_AddNumberToObject(d, "teacher_parameters", (double)moe_params_count(&teacher->params));
     int moebert = moe_cfg_bool(cfg, "distill.moebert");
     cJSON_AddStringToObject(d, "mode", moebert ? "moebert" : moe_cfg_bool(cfg, "distill.teacher_init") ? "sparse-to-dense" : "kd");
-    if (!moebert) { // MoEBERT's objective has its own weight (distill.moebert.weight)
+    if (!moebert) { // MoEBERT's objective has its own weight (distill.moebert.weight in the summary)
         cJSON_AddNumberToObject(d, "alpha", moe_cfg_num(cfg, "distill.alpha"));
         cJSON_AddNumberToObject(d, "temperature", moe_cfg_num(cfg, "distill.temperature"));
     }
@@ -480,19 +492,8 @@ static int distill_summary(const char *cmd, cJSON *s, const struct moe_config *c
         return 0;
     cJSON_AddStringToObject(d, "baseline", moe_cfg_str(cfg, "distill.baseline"));
     struct moe_eval_row rt, rb;
-    struct moe_stats st;
-    memset(&st, 0, sizeof st);
     struct moe_err err = { 0 };
-    size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
-    double thr = moe_cfg_num(cfg, "train.active_threshold");
-    int rc = moe_train_stats_init(&st, teacher, &data->test, &err) ||
-             moe_evaluate(teacher, &data->test, "test", chunk, thr, &st, &rt, &err);
-    moe_stats_release(&st);
-    if (!rc)
-        rc = moe_train_stats_init(&st, baseline, &data->test, &err) ||
-             moe_evaluate(baseline, &data->test, "test", chunk, thr, &st, &rb, &err);
-    moe_stats_release(&st);
-    if (rc)
+    if (eval_test(teacher, data, cfg, &rt, &err) || eval_test(baseline, data, cfg, &rb, &err))
         return cli_fail(cmd, &err);
     int lm = data->test.task == MOE_TASK_LM;
     const char *metric = lm ? "bits_per_byte" : "accuracy";
@@ -581,18 +582,8 @@ static int moebert_setup(const char *cmd, const struct cli_common *c, const stru
     moe_moebert_release(&mb);
     // the test split, for the teacher and for the student as converted (before any training)
     struct moe_eval_row rt, rs;
-    struct moe_stats st;
-    memset(&st, 0, sizeof st);
-    size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
-    double thr = moe_cfg_num(cfg, "train.active_threshold");
     if (!rc)
-        rc = moe_train_stats_init(&st, teacher, &data->test, &err) ||
-             moe_evaluate(teacher, &data->test, "test", chunk, thr, &st, &rt, &err);
-    moe_stats_release(&st);
-    if (!rc)
-        rc = moe_train_stats_init(&st, m, &data->test, &err) ||
-             moe_evaluate(m, &data->test, "test", chunk, thr, &st, &rs, &err);
-    moe_stats_release(&st);
+        rc = eval_test(teacher, data, cfg, &rt, &err) || eval_test(m, data, cfg, &rs, &err);
     if (!rc) {
         cJSON_AddItemToObject(j, "teacher_test", eval_json(&rt));
         cJSON_AddItemToObject(j, "converted_test", eval_json(&rs));
@@ -879,7 +870,7 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
             rc = cli_error(cmd, 2, "config key 'distill.teacher_init' needs distill.teacher (--teacher)");
             goto out;
         }
-        copied = init_from_teacher(&model, &teacher_file);
+        copied = init_from_teacher(&model, &teacher);
     }
     if ((rc = tune_setup(cmd, &cfg, &model, o.lora, &tune, &lora)))
         goto out;

@@ -128,3 +128,20 @@ void moe_init_uniform(struct moe_params *p, int idx, uint64_t seed, float scale)
     struct moe_rng r = moe_rng_make(seed, MOE_RNG_INIT, moe_hash32(t->name));
     moe_rng_fill_uniform(&r, moe_params_data(p, idx), t->numel, -bound, bound);
 }
+
+size_t moe_params_copy_matching(struct moe_params *dst, const struct moe_params *src, uint8_t *copied)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < dst->n; i++) {
+        const struct moe_tensor *t = &dst->t[i];
+        int j = moe_params_find(src, t->name);
+        int same = j >= 0 && src->t[j].ndim == t->ndim && memcmp(src->t[j].shape, t->shape, t->ndim * sizeof *t->shape) == 0;
+        if (same) {
+            memcpy(moe_params_data(dst, (int)i), moe_params_data(src, j), t->numel * sizeof(float));
+            n++;
+        }
+        if (copied)
+            copied[i] = (uint8_t)same;
+    }
+    return n;
+}

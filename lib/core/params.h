@@ -46,6 +46,10 @@ int moe_params_find(const struct moe_params *p, const char *name);
 static inline float *moe_params_data(const struct moe_params *p, int i) { return p->data + p->t[i].offset; }
 static inline float *moe_params_grad(const struct moe_params *p, int i) { return p->grad + p->t[i].offset; }
 void moe_params_zero_grad(struct moe_params *p);
+// Copy into dst every tensor that src has under the same name and shape (a
+// teacher's weights into a student); copied (dst->n entries, may be NULL) marks
+// which. Returns the number copied.
+size_t moe_params_copy_matching(struct moe_params *dst, const struct moe_params *src, uint8_t *copied);
 // Number of parameters (sum of tensor sizes, without the alignment padding inside numel).
 size_t moe_params_count(const struct moe_params *p);
 // Format a shape as "[4, 2, 3]" into buf.

@@ -177,15 +177,7 @@ size_t moe_moebert_convert(const struct moe_moebert *mb, struct moe_model *stude
 {
     struct moe_params *sp = &student->params;
     const struct moe_params *tp = &teacher->params;
-    size_t copied = 0;
-    for (size_t i = 0; i < sp->n; i++) {
-        const struct moe_tensor *st = &sp->t[i];
-        int ti = moe_params_find(tp, st->name);
-        if (ti < 0 || tp->t[ti].ndim != st->ndim || memcmp(tp->t[ti].shape, st->shape, st->ndim * sizeof *st->shape))
-            continue;
-        memcpy(moe_params_data(sp, (int)i), moe_params_data(tp, ti), st->numel * sizeof(float));
-        copied++;
-    }
+    size_t copied = moe_params_copy_matching(sp, tp, NULL);
     size_t E = mb->E, F = mb->F, D = mb->D, Fd = mb->Fd;
     for (size_t k = 0; k < mb->n; k++) {
         const struct moe_moebert_layer *ly = &mb->layer[k];

@@ -1,11 +1,36 @@
 # tap.sh: the check helpers the CLI test scripts share (sourced, not run).
 # They print TAP-like lines: "ok N - name" / "not ok N - name" followed by "#"
-# lines giving the reason. The caller sets TMP (a scratch directory) first and
-# ends with: echo "1..$N"; exit with FAILED > 0.
+# lines giving the reason. The caller sets TMP (a scratch directory) first, or
+# calls tap_setup, and ends with: echo "1..$N"; exit with FAILED > 0.
 # shellcheck shell=bash
 N=0
 FAILED=0
 REASON=""
+
+# tap_setup NAME ARGS...: the start every CLI test script shares. ARGS is the
+# script's command line (the moe binary); sets MOE (absolute), TMP (a fresh
+# directory, removed on exit, and the working directory from here on) and TO
+# (a per-command time limit, so a hang fails one check instead of the suite).
+# Bails out without jq.
+# shellcheck disable=SC2034  # MOE and TO are for the calling script
+tap_setup() {
+    local name=$1
+    shift
+    if [ $# -lt 1 ]; then
+        echo "usage: bash $0 /path/to/moe" >&2
+        exit 2
+    fi
+    MOE=$1
+    case $MOE in /*) ;; *) MOE=$PWD/$MOE ;; esac
+    [ -x "$MOE" ] || { echo "Bail out! '$MOE' is not an executable"; exit 1; }
+    command -v jq >/dev/null 2>&1 || { echo "Bail out! jq is required"; exit 1; }
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/moe-$name.XXXXXX") || { echo "Bail out! mktemp failed"; exit 1; }
+    trap 'rm -rf "$TMP"' EXIT
+    trap 'exit 130' INT TERM
+    cd "$TMP" || exit 1
+    TO=()
+    command -v timeout >/dev/null 2>&1 && TO=(timeout 120)
+}
 
 ok() { N=$((N + 1)); echo "ok $N - $1"; }
 not_ok() {
@@ -76,4 +101,28 @@ expect_fail() {
         REASON="$(printf '%s; ' "${why[@]}")"$'\n'"$(describe "$p" "$@")"
         not_ok "$name"
     fi
+}
+
+# ran OUT: the last `run` (of a command writing OUT) exited 0, else fail describing it.
+ran() { [ "$RC" -eq 0 ] || { fail "$(describe "$1" "moe ... --out $1")"; return 1; }; }
+# jqe FILE PROGRAM WHAT [SHOW]: jq -e PROGRAM on FILE, else fail with WHAT and
+# FILE's SHOW part (jq path, default the whole file).
+jqe() { jq -e "$2" "$1" >/dev/null 2>&1 || { fail "$3 (jq '$2' on $1: $(jq -c "${4:-.}" "$1" 2>&1 | head -c 800))"; return 1; }; }
+
+# ---- safetensors files (the checkpoint format)
+# st_header FILE: the JSON header of a safetensors file.
+st_header() {
+    local len
+    len=$(od -An -t u8 -N 8 "$1" | tr -d ' ')
+    [ -n "$len" ] || return 1
+    dd if="$1" bs=4096 iflag=skip_bytes,count_bytes skip=8 count="$len" 2>/dev/null
+}
+# st_digests FILE: "name<TAB>md5 of the tensor's bytes" per tensor, sorted by name.
+st_digests() {
+    local f=$1 len name a b
+    len=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
+    st_header "$f" | jq -r 'to_entries[] | select(.key != "__metadata__") | "\(.key) \(.value.data_offsets[0]) \(.value.data_offsets[1])"' |
+        while read -r name a b; do
+            printf '%s\t%s\n' "$name" "$(dd if="$f" bs=4096 iflag=skip_bytes,count_bytes skip=$((8 + len + a)) count=$((b - a)) 2>/dev/null | md5sum | cut -c1-32)"
+        done | sort
 }

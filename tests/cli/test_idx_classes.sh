@@ -13,25 +13,9 @@
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-if [ $# -lt 1 ]; then
-    echo "usage: bash $0 /path/to/moe" >&2
-    exit 2
-fi
-MOE=$1
-case $MOE in /*) ;; *) MOE=$PWD/$MOE ;; esac
-if [ ! -x "$MOE" ]; then
-    echo "Bail out! '$MOE' is not an executable" >&2
-    exit 1
-fi
-command -v jq >/dev/null 2>&1 || { echo "Bail out! jq is required" >&2; exit 1; }
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/moe-idxcls.XXXXXX") || { echo "Bail out! mktemp failed" >&2; exit 1; }
-trap 'rm -rf "$TMP"' EXIT
-trap 'exit 130' INT TERM
-cd "$TMP" || exit 1
-
 # shellcheck source=tap.sh
 . "$HERE/tap.sh"
+tap_setup idxcls "$@"
 
 IMG_HDR='\x00\x00\x08\x03\x00\x00\x00\x06\x00\x00\x00\x02\x00\x00\x00\x02'
 { printf '%b' "$IMG_HDR"; printf '\x00\x10\x20\x30\x40\x50\x60\x70\x80\x90\xa0\xb0\xc0\xd0\xe0\xf0\x01\x02\x03\x04\x05\x06\x07\x08'; } >img.idx

@@ -42,26 +42,9 @@ set -u
 export LC_ALL=C # byte semantics for awk/sort; stable number formatting
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-if [ $# -lt 1 ]; then
-    echo "usage: bash $0 /path/to/moe" >&2
-    exit 2
-fi
-MOE=$1
-case $MOE in /*) ;; *) MOE=$PWD/$MOE ;; esac
-[ -x "$MOE" ] || { echo "Bail out! '$MOE' is not an executable"; exit 1; }
-command -v jq >/dev/null 2>&1 || { echo "Bail out! jq is required"; exit 1; }
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/moe-lm.XXXXXX") || { echo "Bail out! mktemp failed"; exit 1; }
-trap 'rm -rf "$TMP"' EXIT
-trap 'exit 130' INT TERM
-cd "$TMP" || exit 1
-
 # shellcheck source=tap.sh
 . "$HERE/tap.sh"
-
-# A per-command time limit, so a hang fails one check instead of the suite.
-TO=()
-command -v timeout >/dev/null 2>&1 && TO=(timeout 120)
+tap_setup lm "$@"
 START=$(date +%s.%N)
 
 # ------------------------------------------------------------------ corpus
@@ -137,13 +120,6 @@ trained() {
     [ "$RC" -eq 0 ] || { fail "$(describe "$1" moe train --out "$1" ...)"; return 1; }
     [ -f "$1/model.safetensors" ] || { fail "no $1/model.safetensors"; return 1; }
 }
-# st_header FILE: the JSON header of a safetensors file.
-st_header() {
-    local len
-    len=$(od -An -t u8 -N 8 "$1" | tr -d ' ')
-    [ -n "$len" ] || return 1
-    dd if="$1" bs=4096 iflag=skip_bytes,count_bytes skip=8 count="$len" 2>/dev/null
-}
 # st_tensor FILE NAME: the raw bytes of one tensor.
 st_tensor() {
     local len off
@@ -191,8 +167,6 @@ same_files() {
 }
 # csv_col FILE NAME: the 1-based index of a column of a CSV header (0 if none).
 csv_col() { head -1 "$1" | tr -d '\r' | awk -F, -v n="$2" '{ for (i = 1; i <= NF; i++) if ($i == n) { print i; exit } print 0 }'; }
-# jqe FILE PROGRAM WHAT: jq -e PROGRAM on FILE, else fail with WHAT.
-jqe() { jq -e "$2" "$1" >/dev/null 2>&1 || { fail "$3 (jq '$2' on $1: $(jq -c "${4:-.}" "$1" 2>&1 | head -c 600))"; return 1; }; }
 
 # ------------------------------------------------------------ byte-level LM
 train bytes --config bytes.json

@@ -23,34 +23,20 @@
 #   - SIGTERM mid-run and `moe train --resume`: byte-identical to the
 #     uninterrupted run, the summary keeps distill.moebert;
 #   - a Transformer LM: dense teacher -> hash-routed experts, bits per byte
-#     right after conversion.
+#     right after conversion;
+#   - and the opposite direction, `--mode sparse-to-dense`: an MoE teacher's
+#     tensors that the dense student shares by name and shape (input, norms,
+#     head) are the student's start, byte for byte (seen at lr 0), and are the
+#     ones summary.distill.initialised_from_teacher lists.
 # shellcheck disable=SC2317,SC2015  # check functions are called via check; A && B || fail is meant
 set -u
 export LC_ALL=C
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-if [ $# -lt 1 ]; then
-    echo "usage: bash $0 /path/to/moe" >&2
-    exit 2
-fi
-MOE=$1
-case $MOE in /*) ;; *) MOE=$PWD/$MOE ;; esac
-[ -x "$MOE" ] || { echo "Bail out! '$MOE' is not an executable"; exit 1; }
-command -v jq >/dev/null 2>&1 || { echo "Bail out! jq is required"; exit 1; }
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/moe-moebert.XXXXXX") || { echo "Bail out! mktemp failed"; exit 1; }
-trap 'rm -rf "$TMP"' EXIT
-trap 'exit 130' INT TERM
-cd "$TMP" || exit 1
-
 # shellcheck source=tap.sh
 . "$HERE/tap.sh"
+tap_setup moebert "$@"
 
-TO=()
-command -v timeout >/dev/null 2>&1 && TO=(timeout 120)
-
-ran() { [ "$RC" -eq 0 ] || { fail "$(describe "$1" "moe ... --out $1")"; return 1; }; }
-jqe() { jq -e "$2" "$1" >/dev/null 2>&1 || { fail "$3 (jq '$2' on $1: $(jq -c "${4:-.}" "$1" 2>&1 | head -c 800))"; return 1; }; }
 # distx OUT ARGS...: moe distill --mode moebert --out OUT --quiet ARGS (--threads 1 unless given); RC set.
 distx() {
     local d=$1
@@ -208,6 +194,25 @@ t_lm() {
         "the teacher's bits per byte differ from its own summary's" .distill.moebert
 }
 check "moebert on a Transformer LM: block 1 split (32 neurons into 4 x 8), bits per byte of teacher and converted student" t_lm
+
+# ------------------------------------------------ sparse-to-dense (the reverse)
+t_sparse_to_dense() {
+    run sw "${TO[@]}" "$MOE" train --config dense.json --set model.moe_every=1 --out sw --threads 1 --quiet
+    ran sw || return 1
+    run s2d "${TO[@]}" "$MOE" distill --mode sparse-to-dense --teacher "$TMP/sw/model.safetensors" --config dense.json \
+        --set optim.lr=0 --set train.epochs=1 --out s2d --threads 1 --quiet
+    ran s2d || return 1
+    local want got
+    want=$(join -t $'\t' <(st_digests sw/model.safetensors) <(st_digests s2d/model.safetensors) | awk -F'\t' '$2 == $3 { print $1 }' |
+           grep -v '^data[.]' | sort)
+    got=$(jq -r '.distill.initialised_from_teacher[]' s2d/summary.json | sort)
+    [ -n "$want" ] && [ "$want" = "$got" ] || { fail "tensors equal to the teacher's: [${want//$'\n'/ }]; initialised_from_teacher: [${got//$'\n'/ }]"; return 1; }
+    [ "$got" = "$(printf '%s\n' head.bias head.weight input.bias input.weight layers.0.norm.bias layers.0.norm.weight \
+                  layers.1.norm.bias layers.1.norm.weight norm.bias norm.weight)" ] ||
+        { fail "initialised_from_teacher: [${got//$'\n'/ }], expected the input, norms and head"; return 1; }
+    jqe s2d/summary.json '.distill.mode == "sparse-to-dense"' "distill.mode" .distill
+}
+check "distill --mode sparse-to-dense: input, norms and head start as the MoE teacher's bytes; the summary lists exactly those" t_sparse_to_dense
 
 echo "1..$N"
 [ "$FAILED" -eq 0 ]

@@ -45,48 +45,16 @@ set -u
 export LC_ALL=C
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-if [ $# -lt 1 ]; then
-    echo "usage: bash $0 /path/to/moe" >&2
-    exit 2
-fi
-MOE=$1
-case $MOE in /*) ;; *) MOE=$PWD/$MOE ;; esac
-[ -x "$MOE" ] || { echo "Bail out! '$MOE' is not an executable"; exit 1; }
-command -v jq >/dev/null 2>&1 || { echo "Bail out! jq is required"; exit 1; }
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/moe-tune.XXXXXX") || { echo "Bail out! mktemp failed"; exit 1; }
-trap 'rm -rf "$TMP"' EXIT
-trap 'exit 130' INT TERM
-cd "$TMP" || exit 1
-
 # shellcheck source=tap.sh
 . "$HERE/tap.sh"
-
-TO=()
-command -v timeout >/dev/null 2>&1 && TO=(timeout 120)
+tap_setup tune "$@"
 
 # ------------------------------------------------------------------ helpers
-# st_header FILE: the JSON header of a safetensors file.
-st_header() {
-    local len
-    len=$(od -An -t u8 -N 8 "$1" | tr -d ' ')
-    [ -n "$len" ] || return 1
-    dd if="$1" bs=4096 iflag=skip_bytes,count_bytes skip=8 count="$len" 2>/dev/null
-}
 # st_shapes FILE: "name<TAB>shape<TAB>numel" per parameter tensor (F32, not the
 # data.* / vocab.* extras), sorted by name.
 st_shapes() {
     st_header "$1" | jq -r 'to_entries[] | select(.key != "__metadata__" and .value.dtype == "F32" and (.key | test("^(data|vocab)[.]") | not))
         | "\(.key)\t\(.value.shape | map(tostring) | join(","))\t\(.value.shape | reduce .[] as $d (1; . * $d))"' | sort
-}
-# st_digests FILE: "name<TAB>md5 of the tensor's bytes" per tensor, sorted by name.
-st_digests() {
-    local f=$1 len name a b
-    len=$(od -An -t u8 -N 8 "$f" | tr -d ' ')
-    st_header "$f" | jq -r 'to_entries[] | select(.key != "__metadata__") | "\(.key) \(.value.data_offsets[0]) \(.value.data_offsets[1])"' |
-        while read -r name a b; do
-            printf '%s\t%s\n' "$name" "$(dd if="$f" bs=4096 iflag=skip_bytes,count_bytes skip=$((8 + len + a)) count=$((b - a)) 2>/dev/null | md5sum | cut -c1-32)"
-        done | sort
 }
 # digests_into ARRAY FILE: the associative ARRAY (declared by the caller) maps
 # each tensor of the safetensors FILE to its digest.
@@ -124,9 +92,6 @@ lorax() {
     case " $* " in *" --threads "*) ;; *) set -- --threads 1 "$@" ;; esac
     run "$d" "${TO[@]}" "$MOE" lora --out "$d" --quiet "$@"
 }
-ran() { [ "$RC" -eq 0 ] || { fail "$(describe "$1" "moe ... --out $1")"; return 1; }; }
-# jqe FILE PROGRAM WHAT: jq -e PROGRAM on FILE, else fail with WHAT.
-jqe() { jq -e "$2" "$1" >/dev/null 2>&1 || { fail "$3 (jq '$2' on $1: $(jq -c "${4:-.}" "$1" 2>&1 | head -c 800))"; return 1; }; }
 # eval_rows FILE STEP: the train and test rows of one evaluation without
 # their step and epoch columns ("last" = the final evaluation, "0" = step 0).
 eval_rows() {
