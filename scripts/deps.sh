@@ -4,7 +4,7 @@
 # given as arguments are installed too (CI: clang libclang-rt-14-dev valgrind
 # for scripts/fuzz.sh and scripts/valgrind.sh).
 set -euo pipefail
-moe_packages=(meson ninja-build gcc pkg-config libblis-openmp-dev libcjson-dev libcsv-dev check zlib1g-dev jq
+moe_packages=(meson ninja-build gcc pkg-config libblis-openmp-dev libsleef-dev libcjson-dev libcsv-dev check zlib1g-dev jq
               dataset-fashion-mnist "$@")
 missing=()
 for p in "${moe_packages[@]}"; do

@@ -23,8 +23,8 @@ static int g_initialised;
 static rntm_t g_rntm_one = BLIS_RNTM_INITIALIZER;
 static rntm_t g_rntm_all = BLIS_RNTM_INITIALIZER;
 
-void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
-              size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc)
+static void gemm_rntm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
+                      size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc, rntm_t rntm)
 {
     assert(g_initialised && "moe_blas_init must run before moe_gemm");
     if (M == 0 || N == 0)
@@ -38,10 +38,22 @@ void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alph
     }
     // BLIS takes general strides, so row-major is rs = ld, cs = 1 and a transpose
     // is a flag on the stored matrix; its prototypes take non-const pointers.
-    rntm_t rntm = 2.0 * (double)M * (double)N * (double)K >= MT_MIN_FLOPS ? g_rntm_all : g_rntm_one;
     bli_sgemm_ex(trans_a ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, trans_b ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
                  (dim_t)M, (dim_t)N, (dim_t)K, &alpha, (float *)A, (inc_t)lda, 1, (float *)B, (inc_t)ldb, 1,
                  &beta, C, (inc_t)ldc, 1, NULL, &rntm);
+}
+
+void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
+              size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc)
+{
+    rntm_t rntm = 2.0 * (double)M * (double)N * (double)K >= MT_MIN_FLOPS ? g_rntm_all : g_rntm_one;
+    gemm_rntm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, rntm);
+}
+
+void moe_gemm_serial(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
+                     size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc)
+{
+    gemm_rntm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, g_rntm_one);
 }
 
 void moe_gemm_ref(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,

@@ -12,6 +12,11 @@
 
 void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
+// The same product on one BLIS thread whatever the thread count: for callers that
+// run many small products from inside their own OpenMP loop (one per head, one per
+// expert). Same results as moe_gemm (BLIS never splits the k dimension).
+void moe_gemm_serial(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
+                     size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 void moe_gemm_ref(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 
