@@ -16,7 +16,12 @@ int cli_memory_for_run(const struct moe_model_estimate *e, int data_loaded, size
         return rc;
     size_t avail = m.available;
     int budget = strcmp(m.source, MOE_MEMORY_LIMIT_ENV) == 0;
-    if (!budget && data_loaded && __builtin_add_overflow(avail, e->bytes_data, &avail))
+    // what this process already holds (or held: the readers' peak is past) is not counted as available
+    size_t held = e->bytes_process;
+    if (data_loaded && (__builtin_add_overflow(held, e->bytes_data, &held) ||
+                        __builtin_add_overflow(held, e->bytes_readers, &held)))
+        held = SIZE_MAX;
+    if (!budget && __builtin_add_overflow(avail, held, &avail))
         avail = SIZE_MAX;
     *ret_bytes = avail;
     *ret_source = m.source;
@@ -41,6 +46,8 @@ cJSON *cli_estimate_json(const struct moe_model_estimate *e, int data_loaded)
     cJSON_AddNumberToObject(m, "activations", (double)e->bytes_activations);
     cJSON_AddNumberToObject(m, "trainer", (double)e->bytes_trainer);
     cJSON_AddNumberToObject(m, "data", (double)e->bytes_data);
+    cJSON_AddNumberToObject(m, "data_readers", (double)e->bytes_readers);
+    cJSON_AddNumberToObject(m, "process", (double)e->bytes_process);
     cJSON_AddNumberToObject(m, "total", (double)e->bytes_total);
     cJSON_AddStringToObject(o, "largest_buffer", e->largest);
     size_t avail;

@@ -11,15 +11,17 @@
 #include "train/train.h"
 
 // What the run can use: with MOE_MEMORY_LIMIT set, that budget (it covers the
-// whole run, data included); otherwise the memory available now (core/sysmem.h)
-// plus, when data_loaded, the bytes of the data the process already holds
-// (e->bytes_data), since they are no longer counted as available.
+// whole run, data and process included); otherwise the memory available now
+// (core/sysmem.h) plus what the process already holds, no longer counted as
+// available: itself (e->bytes_process) and, when data_loaded, the data
+// (e->bytes_data) and its readers' peak, which is past (e->bytes_readers).
 // 0, or a library code with err filled (a malformed MOE_MEMORY_LIMIT).
 int cli_memory_for_run(const struct moe_model_estimate *e, int data_loaded, size_t *ret_bytes,
                        const char **ret_source, struct moe_err *err);
 
 // {"parameters", "active_parameters", "flops_per_token", "flops_forward_per_token",
-//  "memory_bytes": {"params", "grads", "optimizer", "activations", "trainer", "data", "total"},
+//  "memory_bytes": {"params", "grads", "optimizer", "activations", "trainer", "data",
+//                   "data_readers", "process", "total"},
 //  "largest_buffer": "...", "memory_available_bytes", "memory_available_source", "fits"}
 // memory_available_bytes as cli_memory_for_run, fits = total <= available
 // (both null when it cannot be told: a malformed MOE_MEMORY_LIMIT).

@@ -5,7 +5,7 @@
 # for scripts/fuzz.sh and scripts/valgrind.sh).
 set -euo pipefail
 moe_packages=(meson ninja-build gcc pkg-config libblis-openmp-dev libsleef-dev libcjson-dev libcsv-dev check zlib1g-dev jq
-              dataset-fashion-mnist "$@")
+              dataset-fashion-mnist time "$@")
 missing=()
 for p in "${moe_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "core/params.h"
 #include "core/sysmem.h"
@@ -420,8 +421,10 @@ START_TEST(test_training_bytes)
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
         want += (sizes[i] + 63) / 64 * 64;
     ck_assert_uint_eq(tr.bytes_data, want);
+    ck_assert_uint_eq(tr.bytes_readers, 0); // synthetic data: no files
+    ck_assert_uint_eq(tr.bytes_process, MOE_ESTIMATE_PROCESS_BYTES + MOE_ESTIMATE_THREAD_BYTES); // 1 thread (main)
     ck_assert_uint_eq(tr.bytes_total, tr.bytes_params + tr.bytes_grads + tr.bytes_optimizer + tr.bytes_activations +
-                                          tr.bytes_trainer + tr.bytes_data);
+                                          tr.bytes_trainer + tr.bytes_data + tr.bytes_readers + tr.bytes_process);
     moe_config_release(&cfg);
     const char *sgd[] = { "model.type=mlp", "optim.type=sgd" }, *gd[] = { "model.type=mlp", "optim.type=gd" };
     make_cfg(&cfg, sgd, 2);
@@ -432,6 +435,198 @@ START_TEST(test_training_bytes)
     ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_REGRESSION, 4, 2, 100, 0, 100, 1, &tr, &err), 0);
     ck_assert_uint_eq(tr.bytes_optimizer, 0);
     moe_config_release(&cfg);
+}
+END_TEST
+
+// ---- the data files: corpus, IDX and table figures against what the readers really make
+
+static size_t r64(size_t n) { return n ? (n + 63) / 64 * 64 : 64; }
+
+static void put_file(const char *path, const void *buf, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(buf, 1, len, f), len);
+    fclose(f);
+}
+
+// The part of a loading peak that the run's later buffers do not cover.
+static size_t readers_of(const struct moe_model_estimate *e, size_t loading)
+{
+    size_t later = e->bytes_params + e->bytes_grads + e->bytes_optimizer + e->bytes_activations + e->bytes_trainer;
+    return loading > later ? loading - later : 0;
+}
+
+// Text: the corpus figures equal the loaded corpus's (token counts of both
+// splits, word tokens counted by streaming included), the files are the readers'.
+static void check_text(const char *dir, const char *tokens, size_t *ret_file_bytes)
+{
+    char path[512], tok[64];
+    snprintf(path, sizeof path, "data.text.path=%s", dir);
+    snprintf(tok, sizeof tok, "data.text.tokens=%s", tokens);
+    const char *ovs[] = { "data.source=text", path, tok, "data.text.vocab_size=40", "data.text.train_eval_windows=7",
+                          "model.type=transformer", "model.n_ctx=8", "model.n_embd=8", "model.n_head=2",
+                          "model.n_layer=1", "model.n_expert=2", "model.n_expert_used=1", "model.n_ff=8",
+                          "optim.batch_size=4" };
+    struct moe_config cfg;
+    struct moe_err err = { 0 };
+    make_cfg(&cfg, ovs, sizeof ovs / sizeof *ovs);
+    struct moe_data d;
+    ck_assert_msg(moe_data_load(&d, &cfg, &err) == 0, "%s", err.msg);
+    struct moe_model_estimate e;
+    ck_assert_msg(moe_model_estimate(&cfg, MOE_TASK_LM, d.train.n_in, d.train.n_out, d.train.n, d.test.n, 4, 1, &e,
+                                     &err) == 0, "%s", err.msg);
+    int words = strcmp(tokens, "words") == 0;
+    size_t V = d.corpus.vocab.n, want = 0, slots = 16;
+    const struct moe_text *tx[] = { &d.corpus.train, &d.corpus.valid };
+    for (int i = 0; i < 2; i++)
+        want += r64(4 * tx[i]->n_tok) + r64(tx[i]->n_tok) + r64(8 * (tx[i]->n_tok + 1)) +
+                r64(3 * sizeof(size_t) * tx[i]->n_seg);
+    while (words && slots < 2 * V)
+        slots *= 2;
+    want += r64(16 * V) + r64((words ? 8 : 2) * V) + (words ? r64(4 * slots) : 0);
+    want += r64(8 * d.train.n_win) + r64(8 * d.test.n_win);
+    ck_assert_msg(e.bytes_data == want, "%s: data %zu, want %zu (tokens %zu + %zu)", tokens, e.bytes_data, want,
+                  d.corpus.train.n_tok, d.corpus.valid.n_tok);
+    size_t files = 0;
+    struct stat st;
+    for (size_t g = 0; g < d.corpus.n_lang; g++) {
+        snprintf(path, sizeof path, "%s/%s.txt", dir, d.corpus.lang[g]);
+        ck_assert_int_eq(stat(path, &st), 0);
+        files += (size_t)st.st_size;
+    }
+    size_t loading = r64(files), cap = 1024;
+    while (words && cap < 2 * V)
+        cap *= 2;
+    if (words && r64(48 * cap) > want)
+        loading += r64(48 * cap) - want;
+    ck_assert_uint_eq(e.bytes_readers, readers_of(&e, loading));
+    ck_assert_uint_eq(e.bytes_total, e.bytes_params + e.bytes_grads + e.bytes_optimizer + e.bytes_activations +
+                                         e.bytes_trainer + e.bytes_data + e.bytes_readers + e.bytes_process);
+    *ret_file_bytes = files;
+    moe_data_release(&d);
+    moe_config_release(&cfg);
+}
+
+// An IDX file of n images of 8 x 8 bytes, or their n labels, raw or gzip.
+static void put_idx(const char *path, int images, size_t n, int gz)
+{
+    size_t len = (images ? 16 : 8) + n * (images ? 64 : 1);
+    unsigned char *b = calloc(len, 1);
+    ck_assert_ptr_nonnull(b);
+    b[2] = 8;
+    b[3] = images ? 3 : 1;
+    b[4] = (unsigned char)(n >> 24), b[5] = (unsigned char)(n >> 16), b[6] = (unsigned char)(n >> 8);
+    b[7] = (unsigned char)n;
+    if (images)
+        b[11] = 8, b[15] = 8;
+    size_t h = images ? 16 : 8;
+    for (size_t i = 0; i < n * (images ? 64 : 1); i++)
+        b[h + i] = (unsigned char)(images ? i * 7 : i % 10);
+    if (gz) {
+        gzFile f = gzopen(path, "wb");
+        ck_assert_ptr_nonnull(f);
+        ck_assert_int_eq(gzwrite(f, b, (unsigned)len), (int)len);
+        gzclose(f);
+    } else {
+        put_file(path, b, len);
+    }
+    free(b);
+}
+
+START_TEST(test_data_files)
+{
+    char dir[] = "/tmp/moe_test_estimate_XXXXXX", path[600], sub[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    struct moe_err err = { 0 };
+    // text: two languages, ASCII words (the cut falls inside a word: split there as the reader does)
+    snprintf(sub, sizeof sub, "%s/corpus", dir);
+    ck_assert_int_eq(mkdir(sub, 0700), 0);
+    const char *langs[] = { "en", "fr" };
+    for (int g = 0; g < 2; g++) {
+        char text[6000];
+        size_t n = 0;
+        for (unsigned i = 0; n < sizeof text - 32; i++)
+            n += (size_t)snprintf(text + n, sizeof text - n, "%s%u%s", g ? "mot" : "word", i * 7919 % 97,
+                                  i % 11 == 10 ? ".\n" : i % 5 == 4 ? ", " : " ");
+        snprintf(path, sizeof path, "%s/%s.txt", sub, langs[g]);
+        put_file(path, text, n - (size_t)g * 101);
+    }
+    snprintf(path, sizeof path, "%s/.hidden", sub);
+    put_file(path, "not a language", 14);
+    size_t fb, fw;
+    check_text(sub, "bytes", &fb);
+    check_text(sub, "words", &fw);
+    ck_assert_uint_eq(fb, fw);
+    ck_assert_uint_gt(fb, 10000);
+
+    // IDX, raw and gzip: the images and labels of a split are held while it is made
+    for (int gz = 0; gz < 2; gz++) {
+        char im[100], lb[100], ti[100], tl[100];
+        snprintf(im, sizeof im, "data.idx.train_images=%s/im%d", dir, gz);
+        snprintf(lb, sizeof lb, "data.idx.train_labels=%s/lb%d", dir, gz);
+        snprintf(ti, sizeof ti, "data.idx.test_images=%s/ti%d", dir, gz);
+        snprintf(tl, sizeof tl, "data.idx.test_labels=%s/tl%d", dir, gz);
+        put_idx(strchr(im, '=') + 1, 1, 3000, gz);
+        put_idx(strchr(lb, '=') + 1, 0, 3000, gz);
+        put_idx(strchr(ti, '=') + 1, 1, 500, gz);
+        put_idx(strchr(tl, '=') + 1, 0, 500, gz);
+        const char *ovs[] = { "data.source=idx", im, lb, ti, tl, "data.idx.limit_train=200", "data.idx.limit_test=100",
+                              "model.type=mlp", "model.n_hidden=4", "optim.batch_size=8", "train.max_batch_eval=8" };
+        struct moe_config cfg;
+        make_cfg(&cfg, ovs, sizeof ovs / sizeof *ovs);
+        struct moe_data d;
+        ck_assert_msg(moe_data_load(&d, &cfg, &err) == 0, "%s", err.msg);
+        struct moe_model_estimate e;
+        ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_CLASSIFICATION, 64, 10, d.train.n, d.test.n, 8, 1, &e,
+                                            &err), 0);
+        size_t test_split = r64(100 * 64 * 4) + r64(100 * 4), zlib = (size_t)576 << 10;
+        ck_assert_uint_eq(e.bytes_data, r64(200 * 64 * 4) + r64(200 * 4) + test_split);
+        size_t first = r64(3000 * 64) + r64(3000) + zlib - test_split, second = r64(500 * 64) + r64(500) + zlib;
+        ck_assert_uint_eq(e.bytes_readers, readers_of(&e, first > second ? first : second));
+        ck_assert_uint_gt(e.bytes_readers, 0);
+        moe_data_release(&d);
+        // not loaded (rows 0, as moe_model_create asks): no data, no files looked at
+        ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_CLASSIFICATION, 64, 10, 0, 0, 8, 1, &e, &err), 0);
+        ck_assert_uint_eq(e.bytes_data + e.bytes_readers, 0);
+        moe_config_release(&cfg);
+        const char *files[] = { im, lb, ti, tl };
+        for (int i = 0; i < 4; i++)
+            unlink(strchr(files[i], '=') + 1);
+    }
+
+    // table: the file and the parsed rows (features, labels with their text, split flags)
+    char csv[120000];
+    size_t n = (size_t)snprintf(csv, sizeof csv, "a,b,c\n");
+    for (int i = 0; i < 3000; i++)
+        n += (size_t)snprintf(csv + n, sizeof csv - n, "%d.25,%d.5,%s\n", i, i % 7, i % 3 ? "x" : "y");
+    snprintf(path, sizeof path, "%s/t.csv", dir);
+    put_file(path, csv, n);
+    char tp[700];
+    snprintf(tp, sizeof tp, "data.table.path=%s", path);
+    const char *ovs[] = { "data.source=table", tp, "data.table.features=[\"a\",\"b\"]", "data.table.targets=[\"c\"]",
+                          "model.type=mlp", "model.n_hidden=4", "optim.batch_size=8", "train.max_batch_eval=8" };
+    struct moe_config cfg;
+    make_cfg(&cfg, ovs, sizeof ovs / sizeof *ovs);
+    struct moe_data d;
+    ck_assert_msg(moe_data_load(&d, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(d.train.n + d.test.n, 3000);
+    struct moe_model_estimate e;
+    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_CLASSIFICATION, 2, 2, d.train.n, d.test.n, 8, 1, &e, &err), 0);
+    size_t loading = r64(n) + r64(3000 * 2 * 4) + r64(3000 * (4 + sizeof(char *) + 32)) + r64(3000);
+    ck_assert_uint_eq(e.bytes_readers, readers_of(&e, loading));
+    ck_assert_uint_gt(e.bytes_readers, 0);
+    moe_data_release(&d);
+    moe_config_release(&cfg);
+    unlink(path);
+    for (int g = 0; g < 2; g++) {
+        snprintf(path, sizeof path, "%s/%s.txt", sub, langs[g]);
+        unlink(path);
+    }
+    snprintf(path, sizeof path, "%s/.hidden", sub);
+    unlink(path);
+    rmdir(sub);
+    rmdir(dir);
 }
 END_TEST
 
@@ -717,10 +912,11 @@ START_TEST(test_check_memory)
     ck_assert_double_eq(cJSON_GetObjectItem(j, "active_parameters")->valuedouble, e.active_parameters);
     ck_assert_double_eq(cJSON_GetObjectItem(j, "flops_per_token")->valuedouble, e.flops_per_token);
     cJSON *mb = cJSON_GetObjectItem(j, "memory_bytes");
-    const char *keys[] = { "params", "grads", "optimizer", "activations", "trainer", "data", "total" };
+    const char *keys[] = { "params", "grads", "optimizer", "activations", "trainer", "data", "data_readers", "process",
+                           "total" };
     size_t vals[] = { e.bytes_params, e.bytes_grads, e.bytes_optimizer, e.bytes_activations, e.bytes_trainer,
-                      e.bytes_data, e.bytes_total };
-    for (int i = 0; i < 7; i++)
+                      e.bytes_data, e.bytes_readers, e.bytes_process, e.bytes_total };
+    for (int i = 0; i < 9; i++)
         ck_assert_double_eq(cJSON_GetObjectItem(mb, keys[i])->valuedouble, (double)vals[i]);
     ck_assert_double_eq(cJSON_GetObjectItem(j, "memory_available_bytes")->valuedouble, 2147483648.0);
     ck_assert_str_eq(cJSON_GetObjectItem(j, "memory_available_source")->valuestring, "MOE_MEMORY_LIMIT");
@@ -752,6 +948,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_transformer_by_hand);
     tcase_add_test(tc, test_flops);
     tcase_add_test(tc, test_training_bytes);
+    tcase_add_test(tc, test_data_files);
     tcase_add_test(tc, test_refusals);
     tcase_add_test(tc, test_data_shape);
     tcase_add_test(tc, test_bytes_parse);

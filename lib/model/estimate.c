@@ -7,14 +7,19 @@
 // L = n_layer, V = hash_vocab, G = groups or labels counted by the statistics.
 #include "model/estimate.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <zlib.h>
 
+#include "core/gemm.h"
 #include "core/params.h"
 #include "core/sysmem.h"
 #include "io/config.h"
+#include "io/text.h"
 #include "moe/experts.h"
 #include "moe/router.h"
 
@@ -613,6 +618,218 @@ static void est_synth_temporaries(struct est *e, const struct moe_config *cfg, s
     }
 }
 
+// ---------------------------------------------------------------- data files
+// What the data readers hold, from the files the config names, without reading
+// them whole: sizes (stat), IDX headers, and for word tokens one streaming pass
+// that counts tokens. A file that cannot be read counts 0 (the reader itself
+// reports it). These figures follow io/text.c, io/idx.c and io/table.c.
+
+// The corpus of data.text.path as io/text.c reads it: per file, the bytes used
+// (max_bytes), the training/validation cut, the tokens of each part, and the
+// training windows of C + 1 tokens at steps of C (moe_text_fixed_windows).
+struct text_files {
+    size_t files, bytes;
+    size_t tok[2];          // tokens of the training and validation splits
+    size_t train_windows;   // every non-overlapping training window
+};
+
+// Word tokens in bytes [0, cut) and [cut, n) of a file: a run of word bytes is
+// one token, every other byte is one (moe_tokenize of the word kind).
+static void count_word_tokens(const char *path, size_t n, size_t cut, size_t tok[2])
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return;
+    unsigned char buf[1 << 14];
+    size_t pos = 0;
+    int in_word = 0;
+    while (pos < n) {
+        size_t got = fread(buf, 1, n - pos < sizeof buf ? n - pos : sizeof buf, f);
+        if (got == 0)
+            break;
+        for (size_t i = 0; i < got; i++, pos++) {
+            int w = moe_word_byte(buf[i]);
+            if (pos == cut)
+                in_word = 0;
+            tok[pos >= cut] += !(w && in_word);
+            in_word = w;
+        }
+    }
+    fclose(f);
+}
+
+static void text_file(struct text_files *t, const char *path, off_t size, const struct moe_config *cfg, size_t C)
+{
+    size_t n = (size_t)size, max = (size_t)moe_cfg_int(cfg, "data.text.max_bytes");
+    if (max && max < n)
+        n = max;
+    if (n == 0)
+        return;
+    double nv = floor(moe_cfg_num(cfg, "data.text.valid_fraction") * (double)n);
+    size_t cut = nv >= (double)n ? 1 : n - (size_t)nv, tok[2] = { 0, 0 };
+    if (strcmp(moe_cfg_str(cfg, "data.text.tokens"), "words") == 0) {
+        count_word_tokens(path, n, cut, tok);
+    } else {
+        tok[0] = cut;
+        tok[1] = n - cut;
+    }
+    t->files++;
+    t->bytes += n;
+    t->tok[0] += tok[0];
+    t->tok[1] += tok[1];
+    t->train_windows += tok[0] >= 1 && C ? (tok[0] - 1) / C : 0;
+}
+
+// The files of data.text.path as io/text.c lists them: the file itself, or the
+// regular files of a directory whose name does not start with '.'.
+static void text_files_of(struct text_files *t, const struct moe_config *cfg)
+{
+    memset(t, 0, sizeof *t);
+    const char *path = moe_cfg_str(cfg, "data.text.path");
+    size_t C = (size_t)moe_cfg_int(cfg, "model.n_ctx");
+    struct stat st;
+    if (!path || stat(path, &st) != 0)
+        return;
+    if (S_ISREG(st.st_mode)) {
+        text_file(t, path, st.st_size, cfg, C);
+        return;
+    }
+    DIR *d = S_ISDIR(st.st_mode) ? opendir(path) : NULL;
+    if (!d)
+        return;
+    for (struct dirent *de; (de = readdir(d));) {
+        char full[4096];
+        if (de->d_name[0] == '.' ||
+            snprintf(full, sizeof full, "%s%s%s", path, path[0] && path[strlen(path) - 1] == '/' ? "" : "/",
+                     de->d_name) >= (int)sizeof full)
+            continue;
+        if (stat(full, &st) == 0 && S_ISREG(st.st_mode))
+            text_file(t, full, st.st_size, cfg, C);
+    }
+    closedir(d);
+}
+
+// The corpus as held (moe_corpus_load, moe_text_fixed_windows) into *data: per
+// split the token ids (4), byte classes (1) and cumulative byte offsets (8) of
+// each token, and the segments; the vocabulary of V tokens (pointers, lengths,
+// the token bytes, at 8 a word, and the lookup table); the evaluation windows'
+// starts (8 bytes each): n_valid_windows (the loaded split's rows) and the
+// training split's data.text.train_eval_windows. *extra: what the reader holds
+// besides while loading: every file's bytes, and the word counts of a vocabulary
+// being built (32 bytes a slot, at least 2 slots a word, and half as much again
+// while the table grows), beyond the streams that are not yet allocated then.
+static void est_text(struct est *e, const struct moe_config *cfg, size_t V, size_t n_valid_windows, size_t *data,
+                     size_t *extra)
+{
+    struct text_files t;
+    text_files_of(&t, cfg);
+    const char *kt[2] = { "training tokens (data.text.path)", "validation tokens (data.text.path)" };
+    const char *names[2][3] = { { "corpus train.tok", "corpus train.cls", "corpus train.off" },
+                                { "corpus valid.tok", "corpus valid.cls", "corpus valid.off" } };
+    size_t streams = 0;
+    for (int s = 0; s < 2; s++) {
+        struct dim dn = { t.tok[s], kt[s] }, dn1 = { t.tok[s] + 1, kt[s] };
+        BUF(e, &streams, names[s][0], 4, dn);
+        BUF(e, &streams, names[s][1], 1, dn);
+        BUF(e, &streams, names[s][2], 8, dn1);
+        BUF(e, &streams, s ? "corpus valid.seg" : "corpus train.seg", 3 * sizeof(size_t), { t.files, "text files" });
+    }
+    int words = strcmp(moe_cfg_str(cfg, "data.text.tokens"), "words") == 0;
+    size_t vocab = 0, slots = 16;
+    struct dim dV = { V, "vocabulary" };
+    BUF(e, &vocab, "vocabulary tokens", 2 * sizeof(size_t), dV);
+    BUF(e, &vocab, "vocabulary bytes", words ? 8 : 2, dV);
+    while (words && slots < 2 * V)
+        slots *= 2;
+    if (words)
+        BUF(e, &vocab, "vocabulary lookup", 4, { slots, "2 x vocabulary, to a power of two" });
+    size_t max = (size_t)moe_cfg_int(cfg, "data.text.train_eval_windows");
+    size_t win_train = max && max < t.train_windows ? max : t.train_windows;
+    BUF(e, &vocab, "training evaluation windows", sizeof(size_t), { win_train, "data.text.train_eval_windows" });
+    BUF(e, &vocab, "validation evaluation windows", sizeof(size_t), { n_valid_windows, "validation windows" });
+    add(e, data, streams, "memory estimate");
+    add(e, data, vocab, "memory estimate");
+    // while loading: the files, and the word counts before the streams exist
+    size_t counts = 0;
+    if (words && !moe_cfg_str(cfg, "data.text.vocab")) {
+        size_t cap = 1024;
+        while (cap < 2 * V)
+            cap *= 2;
+        BUF(e, &counts, "word counts", 48, { cap, "2 x distinct words, to a power of two" });
+    }
+    BUF(e, extra, "text files", 1, { t.bytes, "bytes of data.text.path" });
+    if (counts > streams + vocab)
+        add(e, extra, counts - streams - vocab, "memory estimate");
+}
+
+// The bytes io/idx.c holds for an IDX file: the product of the dimensions in its
+// header, read through zlib as the reader does (raw or gzip); 0 if unreadable.
+static size_t idx_data_bytes(const char *path)
+{
+    gzFile f = path ? gzopen(path, "rb") : NULL;
+    if (!f)
+        return 0;
+    unsigned char h[4 + 4 * 4];
+    size_t count = 0;
+    if (gzread(f, h, 4) == 4 && h[0] == 0 && h[1] == 0 && h[3] >= 1 && h[3] <= 4 &&
+        gzread(f, h + 4, 4u * h[3]) == (int)(4 * h[3])) {
+        count = 1;
+        for (int k = 0; k < h[3]; k++) {
+            const unsigned char *b = h + 4 + 4 * k;
+            size_t dim = (size_t)b[0] << 24 | (size_t)b[1] << 16 | (size_t)b[2] << 8 | b[3];
+            if (__builtin_mul_overflow(count, dim, &count) || count > ((size_t)1 << 34)) {
+                count = 0; // the reader refuses it
+                break;
+            }
+        }
+    }
+    gzclose(f);
+    return count;
+}
+
+// zlib's buffers for one IDX file (gzbuffer 128 KiB: input and output, doubled)
+// and its inflate state and window.
+#define IDX_ZLIB_BYTES ((size_t)576 << 10)
+
+// io/idx.c reads a split's images and labels whole, then makes the split (held
+// in bytes_data) and frees them: the training files while the test split does
+// not exist yet, the test files besides both splits.
+static void est_idx(struct est *e, const struct moe_config *cfg, size_t test_split, size_t *extra)
+{
+    const char *files[2][2] = { { "data.idx.train_images", "data.idx.train_labels" },
+                                { "data.idx.test_images", "data.idx.test_labels" } };
+    size_t held[2] = { 0, 0 };
+    for (int s = 0; s < 2; s++) {
+        for (int k = 0; k < 2; k++) {
+            size_t n = idx_data_bytes(moe_cfg_str(cfg, files[s][k]));
+            if (n)
+                BUF(e, &held[s], files[s][k], 1, { n, "bytes of the IDX data (its header's dimensions)" });
+        }
+        if (held[s])
+            add(e, &held[s], IDX_ZLIB_BYTES, "memory estimate");
+    }
+    size_t first = held[0] > test_split ? held[0] - test_split : 0;
+    *extra = first > held[1] ? first : held[1];
+}
+
+// io/table.c: the whole file, and the kept rows as parsed (features, targets or
+// labels with their text, the split flag) while the splits are made.
+static void est_table(struct est *e, const struct moe_config *cfg, const struct shape *s, size_t rows,
+                      size_t *extra)
+{
+    struct stat st;
+    const char *path = moe_cfg_str(cfg, "data.table.path");
+    if (path && stat(path, &st) == 0 && S_ISREG(st.st_mode))
+        BUF(e, extra, "table file", 1, { (size_t)st.st_size, "bytes of data.table.path" });
+    struct dim dR = { rows, "table rows" };
+    BUF(e, extra, "parsed features", sizeof(float), dR, { s->I, KEY_I });
+    if (s->task == MOE_TASK_REGRESSION)
+        BUF(e, extra, "parsed targets", sizeof(float), dR, { s->O, KEY_O });
+    else
+        BUF(e, extra, "parsed labels", 4 + sizeof(char *) + 32, dR); // id, pointer, the label's text
+    BUF(e, extra, "parsed split flags", 1, dR);
+}
+
 int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t n_in, size_t n_out,
                        size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
                        struct moe_model_estimate *ret, struct moe_err *err)
@@ -677,20 +894,44 @@ int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t 
             est_split(&e, &r.bytes_trainer, "batch", "optim.batch_size", &s, bs, synthetic);
         }
     }
-    // Text: the corpus (io/text.c, about 13 bytes per token) is not counted here.
-    if (task == MOE_TASK_LM)
-        n_train_rows = n_test_rows = 0;
-    if (n_train_rows)
-        est_split(&e, &r.bytes_data, "train", "training rows", &s, n_train_rows, synthetic);
-    if (n_test_rows)
-        est_split(&e, &r.bytes_data, "test", "test rows", &s, n_test_rows, synthetic);
-    if ((n_train_rows || n_test_rows) && synthetic)
-        est_synth_temporaries(&e, cfg, &r.bytes_data, n_in, n_out);
-    if ((n_train_rows || n_test_rows) && moe_cfg_bool(cfg, "data.standardize"))
-        BUF(&e, &r.bytes_data, "standardisation statistics", sizeof(float), { 2 * n_in, "2 x " KEY_I });
+    // The data (loaded: rows known), and what its reader holds besides while loading.
+    const char *source = moe_cfg_str(cfg, "data.source");
+    size_t loading = 0; // the readers' temporaries at the loading peak, beyond bytes_data
+    if (task == MOE_TASK_LM) {
+        if (n_train_rows || n_test_rows)
+            est_text(&e, cfg, n_out, n_test_rows, &r.bytes_data, &loading);
+    } else {
+        size_t train = 0, test = 0;
+        if (n_train_rows)
+            est_split(&e, &train, "train", "training rows", &s, n_train_rows, synthetic);
+        if (n_test_rows)
+            est_split(&e, &test, "test", "test rows", &s, n_test_rows, synthetic);
+        add(&e, &r.bytes_data, train, "memory estimate");
+        add(&e, &r.bytes_data, test, "memory estimate");
+        if ((n_train_rows || n_test_rows) && synthetic)
+            est_synth_temporaries(&e, cfg, &r.bytes_data, n_in, n_out);
+        if ((n_train_rows || n_test_rows) && moe_cfg_bool(cfg, "data.standardize"))
+            BUF(&e, &r.bytes_data, "standardisation statistics", sizeof(float), { 2 * n_in, "2 x " KEY_I });
+        size_t rows;
+        if ((n_train_rows || n_test_rows) && strcmp(source, "idx") == 0)
+            est_idx(&e, cfg, test, &loading);
+        else if ((n_train_rows || n_test_rows) && strcmp(source, "table") == 0 &&
+                 !__builtin_add_overflow(n_train_rows, n_test_rows, &rows))
+            est_table(&e, cfg, &s, rows, &loading);
+    }
+    // The peak is the larger of loading and training: the temporaries count as
+    // far as the buffers allocated after them do not cover them.
+    size_t after = 0;
+    size_t later[] = { r.bytes_params, r.bytes_grads, r.bytes_optimizer, r.bytes_activations, r.bytes_trainer };
+    for (size_t i = 0; i < sizeof later / sizeof *later; i++)
+        add(&e, &after, later[i], "memory estimate");
+    r.bytes_readers = loading > after ? loading - after : 0;
+    const struct moe_blas_info *blas = moe_blas_get_info();
+    size_t threads = blas && blas->threads > 1 ? (size_t)blas->threads : 1;
+    r.bytes_process = MOE_ESTIMATE_PROCESS_BYTES + threads * MOE_ESTIMATE_THREAD_BYTES;
 
     size_t parts[] = { r.bytes_params, r.bytes_grads, r.bytes_optimizer, r.bytes_activations, r.bytes_trainer,
-                       r.bytes_data };
+                       r.bytes_data, r.bytes_readers, r.bytes_process };
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
         add(&e, &r.bytes_total, parts[i], "memory estimate");
     if (e.rc)

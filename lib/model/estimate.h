@@ -8,9 +8,12 @@
 // to refuse a config that does not fit (cmd/estimate.c).
 //
 // The figures mirror the allocations in model/mixture.c, mlp.c, mlp_moe.c,
-// moe/moe_layer.c (router.c, dispatch.c, experts.c, route_stats.c) and
-// train/trainer.c, optim.c; tests/test_estimate.c checks the parameter counts
-// against the models actually built. Change them together.
+// moe/moe_layer.c (router.c, dispatch.c, experts.c, route_stats.c),
+// train/trainer.c, optim.c and the data readers io/text.c, idx.c, table.c;
+// tests/test_estimate.c checks the parameter counts against the models actually
+// built and the data figures against the data actually loaded, and
+// tests/cli/test_memory.sh the total against the peak RSS of real runs. Change
+// them together.
 #ifndef MOE_ESTIMATE_H
 #define MOE_ESTIMATE_H
 
@@ -24,6 +27,17 @@ struct moe_config;
 // A config needing more than this many bytes in total is absurd on any single
 // machine (the largest hold a few tens of TiB): refused as a config error.
 #define MOE_ESTIMATE_MAX_BYTES ((size_t)1 << 46) // 64 TiB
+
+// The process itself (bytes_process): measured peak RSS of `moe train` less the
+// estimated buffers, on Debian 12 x86-64 (BLIS 0.9 skx, glibc 2.36): 4.7 MiB of
+// library code and data as mapped (libblis 1.8, libc 1.4, libm 0.7, moe 0.4,
+// libgomp 0.3, ld.so 0.2), 0.3 to 1 MiB of heap and stack for the config, the
+// output writers and BLIS's packing of small products; each further thread
+// added under 0.1 MiB (its stack and packing scratch). Not counted: products
+// wider than BLIS's blocks touch more of its packing pool (17 MB mapped for
+// skx), a few MiB at most, which only models of far more than that need.
+#define MOE_ESTIMATE_PROCESS_BYTES ((size_t)5 << 20)
+#define MOE_ESTIMATE_THREAD_BYTES ((size_t)128 << 10)
 
 struct moe_model_estimate {
     size_t parameters;        // trainable floats: exactly moe_params_count() of the model moe_model_create builds
@@ -60,11 +74,27 @@ struct moe_model_estimate {
     // three sets of evaluation/routing statistics (train and test evaluation,
     // batch rows; co-selection is E x E per sparse layer); evaluation only: one set.
     size_t bytes_trainer;
-    // The train and test splits as loaded (features, targets or labels, groups),
-    // the standardisation statistics, and for synthetic data the generator's
-    // temporaries (centres, per-region maps), which are freed once the data is
-    // made but are part of the peak while making it.
+    // The data as loaded, held for the whole run: the train and test splits
+    // (features, targets or labels, groups), the standardisation statistics, and
+    // for synthetic data the generator's temporaries (centres, per-region maps),
+    // which are freed once the data is made but are part of the peak while making
+    // it. Text (data.source text): the corpus (io/text.c) instead, 13 bytes per
+    // token of each split (id, byte class, byte offset), the vocabulary and the
+    // evaluation windows; tokens from the files' sizes (stat), counted by one
+    // streaming pass over the files for word tokens.
     size_t bytes_data;
+    // The data readers' temporaries, freed before the model is built: IDX files
+    // as decompressed (sizes from their headers), text files as read and the word
+    // counts of a vocabulary being built, a table file and its parsed rows. The
+    // peak is the larger of the loading and the training phase, so this is the
+    // part of the loading peak that the buffers allocated after it (parameters,
+    // gradients, optimizer, activations, trainer) do not cover; often 0.
+    size_t bytes_readers;
+    // The process itself, measured (tests/cli/test_memory.sh): code and data of
+    // the binary and its libraries (libc, libm, BLIS, libgomp, zlib, cJSON),
+    // stacks, the config and the output writers, plus per thread its stack and
+    // BLIS packing scratch (threads: moe_blas_get_info, 1 before moe_blas_init).
+    size_t bytes_process;
     size_t bytes_total;       // the sum of the above
     // The largest single buffer, for messages: its name and the keys that size it.
     size_t largest_bytes;
@@ -74,7 +104,8 @@ struct moe_model_estimate {
 // Estimate the model named by model.type for a task with n_in features and
 // n_out targets/classes, batches of up to max_batch rows (0 counts as 1, as in
 // moe_model_create), over n_train_rows / n_test_rows rows of data (0 if not
-// loaded: no data bytes). training: count the optimizer moments and the
+// loaded: no data or reader bytes; otherwise the data files the config names
+// are looked at: sizes, IDX headers, word counts of text). training: count the optimizer moments and the
 // training loop's buffers (else one set of statistics, as route-stats keeps).
 // Returns 0, or MOE_ECONFIG for an unknown model.type, MOE_ESHAPE for data
 // without features or targets, MOE_EINVAL when a product overflows size_t, the

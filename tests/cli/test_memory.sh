@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# test_memory.sh: `moe train --dry-run`'s memory estimate covers the real peak.
+#
+#   bash tests/cli/test_memory.sh /path/to/moe
+#
+# TAP-like output as test_cli.sh (tap.sh). For each config, the run's peak RSS
+# must be at most 1.25 x the dry run's memory_bytes.total, and at least 0.75 x
+# (an estimate far above the peak is no more honest than one below it; the
+# estimate aims at 0.8 to 1.25, the slack is for other builds of the libraries,
+# whose code is most of a small run's memory).
+#
+# How the peak is measured: GNU time (/usr/bin/time -f %M, Debian package
+# `time`) reports the child's ru_maxrss in KiB, the kernel's high-water mark of
+# its resident set (VmHWM) over the whole run: loading the data, training,
+# evaluation and the checkpoint and model writers. Without /usr/bin/time every
+# check is skipped. Both commands run with --threads 1 (the estimate counts the
+# threads).
+#
+# Configs: examples/quickstart.json (synthetic; almost all of its peak is the
+# process itself); a generated ~0.8 MB text corpus, byte tokens and word tokens,
+# with a tiny Transformer, so the corpus is most of the peak; Fashion-MNIST
+# (experiments/common/fmnist-moe.json) limited to 1000 training and 500 test
+# rows, where the IDX reader's decompressed files are most of the peak (skipped
+# when /usr/share/datasets/fashion-mnist is not installed). About 3 s.
+# shellcheck disable=SC2317  # check functions are called indirectly, via check
+set -u
+export LC_ALL=C
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+# shellcheck source=tap.sh
+. "$HERE/tap.sh"
+tap_setup memory "$@"
+
+TIME=/usr/bin/time
+if ! [ -x "$TIME" ] || ! "$TIME" -f %M true >/dev/null 2>&1; then
+    for name in quickstart "text (bytes)" "text (words)" fashion-mnist; do
+        N=$((N + 1))
+        echo "ok $N # SKIP $name: no GNU time at $TIME (Debian package time)"
+    done
+    echo "1..$N"
+    exit 0
+fi
+
+# meson test sets MALLOC_PERTURB_, which makes glibc fill every block malloc
+# hands out, so untouched pages (most of BLIS's 17 MB packing pool) become
+# resident: not how moe runs.
+unset MALLOC_PERTURB_
+
+# ~0.8 MB of English-like text: 180,000 words from a Park-Miller generator.
+awk 'BEGIN { x = 7; n = split("the a of and to in is was that it he for on are as with his they at be this from have or by one had not but what all were when we there can an your which their said if do will each about how up out them then she many some so these would other into has more her two like him see time could no make than first been its who now people my made over did down only way find use may water long little very after words called just where most know", w, " ");
+             for (i = 0; i < 180000; i++) { x = (x * 16807) % 2147483647; printf "%s%s", w[1 + x % n], (i % 13 == 12 ? ".\n" : " ") } }' >corpus.txt
+cat >text.json <<EOF
+{
+  "data": { "source": "text", "text": { "path": "$TMP/corpus.txt", "windows_per_epoch": 64, "train_eval_windows": 64,
+                                        "valid_eval_windows": 64 } },
+  "model": { "type": "transformer", "n_ctx": 16, "n_embd": 16, "n_head": 2, "n_layer": 2, "moe_every": 2,
+             "n_expert": 4, "n_expert_used": 1, "n_ff": 32, "n_ff_dense": 32 },
+  "moe": { "router": "switch" },
+  "optim": { "lr": 0.002, "batch_size": 16 },
+  "train": { "epochs": 1, "seed": 1 }
+}
+EOF
+
+# peak NAME CONFIG [ARGS...]: the dry run's total against the run's peak RSS.
+peak() {
+    local name=$1 cfg=$2
+    shift 2
+    run "$TMP/$name-dry" "${TO[@]}" "$MOE" train --dry-run --threads 1 --config "$cfg" "$@"
+    [ "$RC" -eq 0 ] || { fail "$(describe "$TMP/$name-dry" moe train --dry-run --config "$cfg" "$@")"; return 1; }
+    local est
+    est=$(jq -r '.memory_bytes.total' "$TMP/$name-dry.out")
+    run "$TMP/$name" "${TO[@]}" "$TIME" -f 'maxrss %M' "$MOE" train --config "$cfg" --out "$TMP/run-$name" \
+        --threads 1 --quiet "$@"
+    [ "$RC" -eq 0 ] || { fail "$(describe "$TMP/$name" moe train --config "$cfg" "$@")"; return 1; }
+    local kib
+    kib=$(awk '$1 == "maxrss" { v = $2 } END { print v }' "$TMP/$name.err")
+    [ -n "$kib" ] || { fail "no maxrss line from $TIME: $(tail -c 400 "$TMP/$name.err")"; return 1; }
+    local line
+    line=$(awk -v e="$est" -v k="$kib" 'BEGIN {
+        r = k * 1024 / e
+        printf "estimate %.1f MiB, peak RSS %.1f MiB, peak/estimate %.3f", e / 1048576, k / 1024, r
+        exit !(r <= 1.25 && r >= 0.75) }')
+    local ok=$?
+    echo "# $name: $line ($(jq -c '.memory_bytes' "$TMP/$name-dry.out"))"
+    [ "$ok" -eq 0 ] || { fail "$name: $line, outside [0.75, 1.25]: $(jq -c '.memory_bytes' "$TMP/$name-dry.out")"; return 1; }
+}
+
+t_quickstart() { peak quickstart "$ROOT/examples/quickstart.json"; }
+check "examples/quickstart.json: peak RSS within [0.75, 1.25] x the dry run's estimate" t_quickstart
+t_bytes() { peak bytes text.json; }
+check "text corpus, byte tokens: peak RSS within [0.75, 1.25] x the estimate (corpus counted)" t_bytes
+t_words() { peak words text.json --set data.text.tokens=words --set data.text.vocab_size=64; }
+check "text corpus, word tokens: peak RSS within [0.75, 1.25] x the estimate (tokens counted)" t_words
+
+FM=/usr/share/datasets/fashion-mnist
+if [ -s "$FM/train-images-idx3-ubyte.gz" ] && [ -s "$FM/t10k-labels-idx1-ubyte.gz" ]; then
+    t_fmnist() {
+        peak fmnist "$ROOT/experiments/common/fmnist-moe.json" --set train.epochs=1 --set data.idx.limit_train=1000 \
+            --set data.idx.limit_test=500
+    }
+    check "Fashion-MNIST, 1000 + 500 rows: peak RSS within [0.75, 1.25] x the estimate (IDX reader counted)" t_fmnist
+else
+    N=$((N + 1))
+    echo "ok $N # SKIP Fashion-MNIST not installed ($FM)"
+fi
+
+echo "1..$N"
+if [ "$FAILED" -gt 0 ]; then
+    echo "# $FAILED of $N checks failed"
+    exit 1
+fi
+echo "# all $N checks passed"
+exit 0
