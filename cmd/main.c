@@ -18,6 +18,7 @@ static const struct command commands[] = {
     { "compare-loss", cmd_compare_loss, "train one config under several losses and seeds; tabulate like Jacobs et al. 1991" },
     { "distill", cmd_distill, "train a student config against a teacher checkpoint (knowledge distillation)" },
     { "lora", cmd_lora, "fine-tune low-rank adapters on a frozen base checkpoint (LoRA); write adapters (and the merged model)" },
+    { "bench", cmd_bench, "time a config's MoE layer and training step, each against BLIS sgemm on the same shapes" },
     { "route-stats", cmd_route_stats, "route a data split through a checkpoint; per-layer load, drops, entropy, co-selection" },
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])

@@ -26,7 +26,7 @@
 # build-fuzz/artifacts/NAME/; replay one with `build-fuzz/fuzz_NAME FILE`.
 #
 # The library sources the parsers need (lib/core and lib/io, less the BLIS
-# wrapper gemm.c, plus the run schema lib/train/schema.c) are compiled directly
+# wrapper gemm.c and the SLEEF wrapper vmath.c, plus the run schema lib/train/schema.c) are compiled directly
 # with clang into build-fuzz/libmoe-fuzz.a and linked with -lcjson -lcsv -lz
 # -lm: no BLIS, no OpenMP. A harness with the line "// fuzz-lib: full" links
 # the whole library instead (every lib/*/*.c, gemm.c and the OpenMP pragmas
@@ -71,7 +71,8 @@ mkdir -p "$out/obj" "$out/run" "$out/artifacts" || exit 1
 # ---- build ----
 lib_srcs=()
 for f in lib/core/*.c lib/io/*.c lib/train/schema.c; do
-    [ "$f" = lib/core/gemm.c ] && continue
+    # the BLIS wrapper and the SLEEF wrappers belong to the full library only
+    case $f in lib/core/gemm.c | lib/core/vmath.c) continue ;; esac
     lib_srcs+=("$f")
 done
 full_srcs=(lib/*/*.c)
@@ -88,7 +89,7 @@ common=(-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Wall -Wextra -Ili
 # shellcheck disable=SC2054 # the commas belong to one clang flag
 san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined)
 libs=(-lcjson -lcsv -lz -lm)
-full_libs=(-fopenmp -lblis)
+full_libs=(-fopenmp -lblis -lsleef)
 
 # Rebuild only when a source, a header, a flag or the compiler changed.
 stamp=$( { clang --version; echo "${common[*]} ${san[*]} ${libs[*]} ${full_libs[*]} $need_full"; \

@@ -5,6 +5,8 @@
 
 #include <assert.h>
 #include <blis.h>
+
+#include "core/prof.h"
 #include <cpuid.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +48,8 @@ static void gemm_rntm(int trans_a, int trans_b, size_t M, size_t N, size_t K, fl
 void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc)
 {
+    if (K > 0)
+        moe_gemm_record_add(trans_a, trans_b, M, N, K);
     rntm_t rntm = 2.0 * (double)M * (double)N * (double)K >= MT_MIN_FLOPS ? g_rntm_all : g_rntm_one;
     gemm_rntm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, rntm);
 }

@@ -14,7 +14,9 @@ void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alph
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 // The same product on one BLIS thread whatever the thread count: for callers that
 // run many small products from inside their own OpenMP loop (one per head, one per
-// expert). Same results as moe_gemm (BLIS never splits the k dimension).
+// expert). Same results as moe_gemm (BLIS never splits the k dimension). Not
+// seen by the GEMM record of core/prof.h, which holds the weight products that
+// go through moe_gemm (`moe bench` times sgemm over those).
 void moe_gemm_serial(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
                      size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 void moe_gemm_ref(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,

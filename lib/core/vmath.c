@@ -11,7 +11,7 @@
 // sleef.h declares its AVX2 functions only when this file is compiled with
 // -mavx2; it is not (the SSE2 path must run anywhere), so declare the two here.
 __m256 Sleef_finz_expf8_u10avx2(__m256 x);
-__m256 Sleef_finz_tanhf8_u10avx2(__m256 x);
+__m256 Sleef_finz_tanhf8_u35avx2(__m256 x);
 
 // 1 when the AVX2+FMA path runs; decided once, on first use.
 static int use_avx2(void)
@@ -57,9 +57,9 @@ const char *moe_vmath_isa(void) { return use_avx2() ? "avx2-fma" : "sse2"; }
     }
 
 VMATH_AVX2(exp_avx2, Sleef_finz_expf8_u10avx2)
-VMATH_AVX2(tanh_avx2, Sleef_finz_tanhf8_u10avx2)
+VMATH_AVX2(tanh_avx2, Sleef_finz_tanhf8_u35avx2)
 VMATH_SSE2(exp_sse2, Sleef_cinz_expf4_u10sse2)
-VMATH_SSE2(tanh_sse2, Sleef_cinz_tanhf4_u10sse2)
+VMATH_SSE2(tanh_sse2, Sleef_cinz_tanhf4_u35sse2)
 
 void moe_vexpf(float *y, const float *x, size_t n)
 {

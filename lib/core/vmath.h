@@ -8,7 +8,8 @@
 // computed it. CPUs without AVX2+FMA get SLEEF's "cinz" (no-FMA) functions, 4
 // lanes of SSE2: still deterministic, but their bits can differ from the finz
 // ones in the last place (moe_vmath_isa() says which is in use).
-// Both are within 1.0 ULP of the exact result (SLEEF's u10 accuracy class).
+// exp is SLEEF's 1.0-ULP class (u10); tanh its 3.5-ULP class (u35), three times
+// faster than its u10 tanh and far inside what float training needs.
 #ifndef MOE_VMATH_H
 #define MOE_VMATH_H
 
@@ -16,7 +17,7 @@
 
 // y[i] = exp(x[i]) for i < n; y == x allowed.
 void moe_vexpf(float *y, const float *x, size_t n);
-// y[i] = tanh(x[i]) for i < n; y == x allowed.
+// y[i] = tanh(x[i]) for i < n (within 3.5 ULP); y == x allowed.
 void moe_vtanhf(float *y, const float *x, size_t n);
 // "avx2-fma" or "sse2": which SLEEF functions this CPU runs.
 const char *moe_vmath_isa(void);

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/prof.h"
 #include "io/config.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
@@ -151,7 +152,8 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
         hash_keys(n, bt->x, T);
     size_t TD = T * D;
     // forward
-    moe_linear_forward(n->h, D, bt->x, I, moe_params_data(p, n->i_win), moe_params_data(p, n->i_bin), T, I, D);
+    MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_forward(n->h, D, bt->x, I, moe_params_data(p, n->i_win),
+                                                   moe_params_data(p, n->i_bin), T, I, D));
     size_t si = 0;
     for (size_t l = 0; l < L; l++) {
         struct block *b = &n->blk[l];
@@ -173,8 +175,9 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     }
     float *nf = n->n + L * TD;
     moe_model_norm_forward(n->rms, p, nf, n->mean + L * T, n->rstd + L * T, n->h + L * TD, n->i_gf, n->i_bf, T, n->D);
-    moe_linear_forward(n->y, O, nf, D, moe_params_data(p, n->i_wh), moe_params_data(p, n->i_bh), T, D, O);
-    moe_model_head_loss(m, n->ce, n->y, with_grad ? n->dy : NULL, n->pred, target, bt, stats);
+    MOE_TIMED(MOE_PHASE_LINEAR,
+              moe_linear_forward(n->y, O, nf, D, moe_params_data(p, n->i_wh), moe_params_data(p, n->i_bh), T, D, O));
+    MOE_TIMED(MOE_PHASE_LOSS, moe_model_head_loss(m, n->ce, n->y, with_grad ? n->dy : NULL, n->pred, target, bt, stats));
     if (bt->hidden_out)
         memcpy(bt->hidden_out, n->h + TD, L * TD * sizeof(float));
     if (!with_grad)
@@ -182,8 +185,8 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
 
     // backward: dh holds dL/dh_l for the current l
     memset(n->dn, 0, TD * sizeof(float));
-    moe_linear_backward(n->dn, D, moe_params_grad(p, n->i_wh), moe_params_grad(p, n->i_bh), n->dy, O, nf, D,
-                        moe_params_data(p, n->i_wh), T, D, O);
+    MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward(n->dn, D, moe_params_grad(p, n->i_wh), moe_params_grad(p, n->i_bh),
+                                                    n->dy, O, nf, D, moe_params_data(p, n->i_wh), T, D, O));
     memset(n->dh, 0, TD * sizeof(float));
     moe_model_norm_backward(n->rms, p, n->dh, n->dn, n->h + L * TD, n->mean + L * T, n->rstd + L * T, n->i_gf, n->i_bf, T, n->D);
     for (size_t l = L; l-- > 0;) {
@@ -207,8 +210,8 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
         // the residual passes dh through; the branch adds norm'(dn)
         moe_model_norm_backward(n->rms, p, n->dh, n->dn, hin, n->mean + l * T, n->rstd + l * T, b->i_g, b->i_b, T, n->D);
     }
-    moe_linear_backward(NULL, 0, moe_params_grad(p, n->i_win), moe_params_grad(p, n->i_bin), n->dh, D, bt->x, I,
-                        moe_params_data(p, n->i_win), T, I, D);
+    MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward(NULL, 0, moe_params_grad(p, n->i_win), moe_params_grad(p, n->i_bin),
+                                                    n->dh, D, bt->x, I, moe_params_data(p, n->i_win), T, I, D));
     return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/prof.h"
 #include "core/rng.h"
 #include "io/config.h"
 #include "model/estimate.h"
@@ -158,20 +159,24 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
 void moe_model_norm_forward(int rms, const struct moe_params *p, float *y, float *mean, float *rstd,
                             const float *x, int ig, int ib, size_t T, size_t D)
 {
+    double t0 = moe_prof_begin();
     if (rms)
         moe_rmsnorm_forward(y, rstd, x, moe_params_data(p, ig), T, D, NORM_EPS);
     else
         moe_layernorm_forward(y, mean, rstd, x, moe_params_data(p, ig), moe_params_data(p, ib), T, D, NORM_EPS);
+    moe_prof_end(MOE_PHASE_NORM, t0);
 }
 
 void moe_model_norm_backward(int rms, const struct moe_params *p, float *dx, const float *dy, const float *x,
                              const float *mean, const float *rstd, int ig, int ib, size_t T, size_t D)
 {
+    double t0 = moe_prof_begin();
     if (rms)
         moe_rmsnorm_backward(dx, moe_params_grad(p, ig), dy, x, rstd, moe_params_data(p, ig), T, D);
     else
         moe_layernorm_backward(dx, moe_params_grad(p, ig), moe_params_grad(p, ib), dy, x, mean, rstd,
                                moe_params_data(p, ig), T, D);
+    moe_prof_end(MOE_PHASE_NORM, t0);
 }
 
 size_t moe_model_layers_state(struct moe_model *m, struct moe_st_ref *refs, size_t max)

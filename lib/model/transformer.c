@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/prof.h"
 #include "io/config.h"
 #include "io/text.h"
 #include "model/model.h"
@@ -221,15 +222,17 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     }
 
     // forward
-    moe_embedding_forward(n->h, bt->tok, ld, moe_params_data(p, n->i_wte), moe_params_data(p, n->i_wpe), B, C, D);
+    MOE_TIMED(MOE_PHASE_EMBEDDING, moe_embedding_forward(n->h, bt->tok, ld, moe_params_data(p, n->i_wte),
+                                                          moe_params_data(p, n->i_wpe), B, C, D));
     size_t si = 0;
     for (size_t l = 0; l < L; l++) {
         struct block *b = &n->blk[l];
         float *hin = n->h + l * TD, *hout = n->h + (l + 1) * TD;
         moe_model_norm_forward(n->rms, p, b->n1, b->mean1, b->rstd1, hin, b->i_g1, b->i_b1, T, n->D);
-        moe_linear_forward(b->qkv, 3 * D, b->n1, D, moe_params_data(p, b->i_qkv), NULL, T, D, 3 * D);
-        moe_attention_forward(b->ao, b->att, b->qkv, B, C, D, H);
-        moe_linear_forward(n->tmp, D, b->ao, D, moe_params_data(p, b->i_wo), NULL, T, D, D);
+        MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_forward(b->qkv, 3 * D, b->n1, D, moe_params_data(p, b->i_qkv), NULL,
+                                                       T, D, 3 * D));
+        MOE_TIMED(MOE_PHASE_ATTENTION, moe_attention_forward(b->ao, b->att, b->qkv, B, C, D, H));
+        MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_forward(n->tmp, D, b->ao, D, moe_params_data(p, b->i_wo), NULL, T, D, D));
         for (size_t i = 0; i < TD; i++)
             b->m[i] = hin[i] + n->tmp[i];
         moe_model_norm_forward(n->rms, p, b->n2, b->mean2, b->rstd2, b->m, b->i_g2, b->i_b2, T, n->D);
@@ -257,9 +260,9 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     }
     const float *hL = n->h + L * TD;
     moe_model_norm_forward(n->rms, p, n->nf, n->meanf, n->rstdf, hL, n->i_gf, n->i_bf, T, n->D);
-    moe_linear_forward(n->logits, V, n->nf, D, moe_params_data(p, n->i_wh), NULL, T, D, V);
+    MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_forward(n->logits, V, n->nf, D, moe_params_data(p, n->i_wh), NULL, T, D, V));
     if (stats)
-        add_stats(n, bt, stats);
+        MOE_TIMED(MOE_PHASE_LOSS, add_stats(n, bt, stats));
     if (bt->hidden_out)
         memcpy(bt->hidden_out, n->h + TD, L * TD * sizeof(float));
     if (!with_grad) {
@@ -269,11 +272,13 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     }
 
     // backward
+    double t0 = moe_prof_begin();
     memset(n->dlogits, 0, T * V * sizeof(float));
     moe_model_ce_head(n->dlogits, n->logits, n->target, bt, T, V);
+    moe_prof_end(MOE_PHASE_LOSS, t0);
     memset(n->dn, 0, TD * sizeof(float));
-    moe_linear_backward(n->dn, D, moe_params_grad(p, n->i_wh), NULL, n->dlogits, V, n->nf, D,
-                        moe_params_data(p, n->i_wh), T, D, V);
+    MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward(n->dn, D, moe_params_grad(p, n->i_wh), NULL, n->dlogits, V, n->nf,
+                                                    D, moe_params_data(p, n->i_wh), T, D, V));
     memset(n->dh, 0, TD * sizeof(float));
     moe_model_norm_backward(n->rms, p, n->dh, n->dn, hL, n->meanf, n->rstdf, n->i_gf, n->i_bf, T, n->D);
     for (size_t l = L; l-- > 0;) {
@@ -310,16 +315,17 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
         moe_model_norm_backward(n->rms, p, n->dh, n->dn, b->m, b->mean2, b->rstd2, b->i_g2, b->i_b2, T, n->D);
         // attention branch: dh_l = dm (residual) + norm1'(Wqkv'(Attn'(Wo'(dm))))
         memset(n->dao, 0, TD * sizeof(float));
-        moe_linear_backward(n->dao, D, moe_params_grad(p, b->i_wo), NULL, n->dh, D, b->ao, D,
-                            moe_params_data(p, b->i_wo), T, D, D);
+        MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward(n->dao, D, moe_params_grad(p, b->i_wo), NULL, n->dh, D, b->ao,
+                                                        D, moe_params_data(p, b->i_wo), T, D, D));
         memset(n->dqkv, 0, 3 * TD * sizeof(float));
-        moe_attention_backward(n->dqkv, n->datt, n->dao, b->qkv, b->att, B, C, D, H);
+        MOE_TIMED(MOE_PHASE_ATTENTION, moe_attention_backward(n->dqkv, n->datt, n->dao, b->qkv, b->att, B, C, D, H));
         memset(n->dn, 0, TD * sizeof(float));
-        moe_linear_backward(n->dn, D, moe_params_grad(p, b->i_qkv), NULL, n->dqkv, 3 * D, b->n1, D,
-                            moe_params_data(p, b->i_qkv), T, D, 3 * D);
+        MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward(n->dn, D, moe_params_grad(p, b->i_qkv), NULL, n->dqkv, 3 * D,
+                                                        b->n1, D, moe_params_data(p, b->i_qkv), T, D, 3 * D));
         moe_model_norm_backward(n->rms, p, n->dh, n->dn, n->h + l * TD, b->mean1, b->rstd1, b->i_g1, b->i_b1, T, n->D);
     }
-    moe_embedding_backward(moe_params_grad(p, n->i_wte), moe_params_grad(p, n->i_wpe), n->dh, bt->tok, ld, B, C, D);
+    MOE_TIMED(MOE_PHASE_EMBEDDING, moe_embedding_backward(moe_params_grad(p, n->i_wte), moe_params_grad(p, n->i_wpe),
+                                                           n->dh, bt->tok, ld, B, C, D));
     return 0;
 }
 

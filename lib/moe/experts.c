@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "core/params.h"
+#include "core/prof.h"
 #include "nn/nn.h"
 
 static const char *const act_names[] = { "relu", "gelu", "swiglu" };
@@ -42,7 +43,14 @@ void moe_ffn_forward(float *y, float *a, float *b, float *h, const float *x, con
     if (N == 0)
         return;
     const size_t n = N * F;
+    double t0 = moe_prof_begin();
     moe_linear_forward(a, F, x, D, w1, NULL, N, D, F);
+    if (act == MOE_FFN_SWIGLU) {
+        assert(b && w3);
+        moe_linear_forward(b, F, x, D, w3, NULL, N, D, F);
+    }
+    moe_prof_end(MOE_PHASE_FFN_GEMM, t0);
+    t0 = moe_prof_begin();
     switch (act) {
     case MOE_FFN_RELU:
         for (size_t i = 0; i < n; i++)
@@ -52,14 +60,15 @@ void moe_ffn_forward(float *y, float *a, float *b, float *h, const float *x, con
         moe_gelu_forward(h, a, n);
         break;
     case MOE_FFN_SWIGLU:
-        assert(b && w3);
-        moe_linear_forward(b, F, x, D, w3, NULL, N, D, F);
         moe_silu_forward(h, a, n);
         for (size_t i = 0; i < n; i++)
             h[i] *= b[i];
         break;
     }
+    moe_prof_end(MOE_PHASE_ACTIVATION, t0);
+    t0 = moe_prof_begin();
     moe_linear_forward(y, D, h, F, w2, NULL, N, F, D);
+    moe_prof_end(MOE_PHASE_FFN_GEMM, t0);
 }
 
 void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, float *da, float *db,
@@ -71,8 +80,11 @@ void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, 
         return;
     const size_t n = N * F;
     // dh = dy . W2, dW2 += dy^T . h
+    double t0 = moe_prof_begin();
     memset(dh, 0, n * sizeof *dh);
     moe_linear_backward(dh, F, dw2, NULL, dy, D, h, F, w2, N, F, D);
+    moe_prof_end(MOE_PHASE_FFN_GEMM, t0);
+    t0 = moe_prof_begin();
     switch (act) {
     case MOE_FFN_RELU:
         for (size_t i = 0; i < n; i++)
@@ -93,10 +105,14 @@ void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, 
         }
         memset(da, 0, n * sizeof *da);
         moe_silu_backward(da, dh, a, n);
-        moe_linear_backward(dx, D, dw3, NULL, db, F, x, D, w3, N, D, F);
         break;
     }
+    moe_prof_end(MOE_PHASE_ACTIVATION, t0);
+    t0 = moe_prof_begin();
+    if (act == MOE_FFN_SWIGLU)
+        moe_linear_backward(dx, D, dw3, NULL, db, F, x, D, w3, N, D, F);
     moe_linear_backward(dx, D, dw1, NULL, da, F, x, D, w1, N, D, F);
+    moe_prof_end(MOE_PHASE_FFN_GEMM, t0);
 }
 
 void moe_ffn_importance_add(double *imp, const float *a, const float *b, const float *h, const float *dh,
@@ -180,8 +196,10 @@ void moe_experts_forward(float *out, const float *x, const float *gate, const st
     const int swiglu = act == MOE_FFN_SWIGLU;
     assert(!swiglu || (w3 && buf->b));
 
+    double t0 = moe_prof_begin();
     for (size_t r = 0; r < N; r++)
         memcpy(buf->xd + r * D, x + (size_t)plan->row_tok[r] * D, D * sizeof *x);
+    moe_prof_end(MOE_PHASE_DISPATCH, t0);
     for (size_t e = 0; e < E; e++) {
         size_t off = plan->offset[e], n = plan->offset[e + 1] - off;
         if (n == 0)
@@ -190,6 +208,7 @@ void moe_experts_forward(float *out, const float *x, const float *gate, const st
                         buf->xd + off * D, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F,
                         act);
     }
+    t0 = moe_prof_begin();
     for (size_t t = 0; t < T; t++) {
         for (size_t s = 0; s < S; s++) {
             int32_t r = plan->slot_row[t * S + s];
@@ -202,6 +221,7 @@ void moe_experts_forward(float *out, const float *x, const float *gate, const st
                 o[i] += g * yr[i];
         }
     }
+    moe_prof_end(MOE_PHASE_COMBINE, t0);
 }
 
 void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float *dw2, const float *dout,
@@ -215,6 +235,7 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
     assert(!swiglu || (w3 && dw3 && buf->b && buf->db));
 
     // out_t = sum_s gate_ts y_row: dy_row = gate_ts dout_t, dgate_ts = dout_t . y_row
+    double t0 = moe_prof_begin();
     for (size_t r = 0; r < N; r++) {
         size_t t = (size_t)plan->row_tok[r], ts = t * S + (size_t)plan->row_slot[r];
         const float g = gate[ts];
@@ -230,6 +251,7 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
     }
     if (dx)
         memset(buf->dxd, 0, N * D * sizeof *buf->dxd);
+    moe_prof_end(MOE_PHASE_COMBINE, t0);
     for (size_t e = 0; e < E; e++) {
         size_t off = plan->offset[e], n = plan->offset[e + 1] - off;
         if (n == 0)
@@ -243,6 +265,7 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
     if (!dx)
         return;
     // scatter back by token, then slot: a fixed order whatever the layout
+    t0 = moe_prof_begin();
     for (size_t t = 0; t < plan->T; t++) {
         for (size_t s = 0; s < S; s++) {
             int32_t r = plan->slot_row[t * S + s];
@@ -254,6 +277,7 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
                 o[i] += dr[i];
         }
     }
+    moe_prof_end(MOE_PHASE_COMBINE, t0);
 }
 
 // ---------------------------------------------------------------- naive twin
@@ -289,6 +313,7 @@ void moe_experts_forward_ref(float *out, const float *x, const int32_t *idx, con
                              const float *w1, const float *w3, const float *w2, size_t D, size_t F,
                              enum moe_ffn_act act, float *scratch)
 {
+    (void)E; // only asserted
     float *a = scratch, *b = scratch + F, *h = scratch + 2 * F, *y = scratch + 3 * F;
     for (size_t t = 0; t < T; t++) {
         const float *xt = x + t * D;

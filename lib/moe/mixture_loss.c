@@ -95,7 +95,7 @@ double moe_mixture_loss(enum moe_mix_loss kind, float *dz, float *dout, float *h
             // L = LSE(z) - LSE(a), a_i = z_i + log(likelihood under expert i):
             //   Gaussian: log lik_i = -1/2 ||d - o_i||^2;  categorical: log softmax(o_i)[y].
             // The posterior h = softmax(a); dL/dz_j = p_j - h_j.
-            double zz[MIX_MAX_E];
+            double zz[MIX_MAX_E] = { 0 }; // (zeroed only to quiet -O3's may-be-uninitialized: E >= 1)
             for (size_t i = 0; i < E; i++) {
                 zz[i] = zt[i];
                 double ll;

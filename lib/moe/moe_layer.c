@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/prof.h"
 #include "core/rng.h"
 #include "nn/nn.h"
 
@@ -231,6 +232,7 @@ double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float 
     l->T = T;
     l->train = train;
     const float *rin = x;
+    double t0 = moe_prof_begin();
     if (rt == MOE_ROUTER_HASH) {
         for (size_t t = 0; t < T; t++)
             l->hash_expert[t] = l->table[keys[t] % c->hash_vocab];
@@ -257,22 +259,29 @@ double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float 
     moe_router_forward(r, &c->router, l->bias, rt == MOE_ROUTER_HASH ? l->hash_expert : NULL, train, &rng, base, T);
     if (train && l->bias)
         moe_router_bias_update(l->bias, r, c->bias_rate);
+    moe_prof_end(MOE_PHASE_ROUTER, t0);
 
+    t0 = moe_prof_begin();
     size_t cap = rt == MOE_ROUTER_EXPERT_CHOICE ? T : moe_capacity(train ? c->capacity_factor : c->eval_capacity_factor, T, S, E);
     moe_dispatch_plan(&l->plan, r->idx, r->prio, T, cap, c->drop);
+    moe_prof_end(MOE_PHASE_DISPATCH, t0);
     moe_experts_forward(out, x, r->gate, &l->plan, wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf, c->act);
     if (c->n_shared) {
+        t0 = moe_prof_begin();
         moe_dispatch_plan(&l->splan, l->s_idx, l->s_gate, T, T, MOE_DROP_ORDER);
+        moe_prof_end(MOE_PHASE_DISPATCH, t0);
         moe_experts_forward(out, x, l->s_gate, &l->splan, wt(p, l->i_sw1), wt(p, l->i_sw3), wt(p, l->i_sw2),
                             &l->sbuf, c->act);
     }
     int probs = rt != MOE_ROUTER_HASH;
+    t0 = moe_prof_begin();
     if (probs) {
         aux_forward(l);
     } else {
         l->aux_value = l->z_value = NAN;
         l->loss = 0.0;
     }
+    moe_prof_end(MOE_PHASE_AUX, t0);
     if (acc)
         moe_route_acc_add(acc, r, &l->plan, label, l->aux_value, l->z_value, probs);
     return l->loss;
@@ -293,10 +302,13 @@ void moe_layer_backward(struct moe_layer *l, const struct moe_params *p, float *
     if (c->router.type == MOE_ROUTER_HASH)
         return;
     int noisy = c->router.type == MOE_ROUTER_NOISY_TOPK;
+    double t0 = moe_prof_begin();
     memset(l->dz, 0, T * E * sizeof(float));
     if (noisy)
         memset(l->du, 0, T * E * sizeof(float));
     aux_backward(l, l->dz, noisy ? l->du : NULL, l->dgate);
+    moe_prof_end(MOE_PHASE_AUX, t0);
+    t0 = moe_prof_begin();
     moe_router_backward(l->dz, noisy ? l->du : NULL, l->dgate, r, &c->router);
     int jittered = l->train && c->jitter > 0.0, own = jittered || l->radd;
     const float *rin = own ? l->xr : x;
@@ -313,4 +325,5 @@ void moe_layer_backward(struct moe_layer *l, const struct moe_params *p, float *
             if (l->dradd)
                 l->dradd[i] += g;
         }
+    moe_prof_end(MOE_PHASE_ROUTER, t0);
 }

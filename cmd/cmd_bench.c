@@ -1,0 +1,530 @@
+// cmd_bench.c: `moe bench` times one configuration in one process: its first
+// sparse MoE layer alone (forward, and forward + backward), the whole training
+// step (forward, backward, statistics, optimizer), and, interleaved with them,
+// BLIS sgemm over exactly the GEMM shapes that layer and that step ran (recorded
+// by core/gemm.c during a warm-up pass), so every figure is also a ratio to what
+// the same BLIS does on the same shapes at equal FLOPs in the same minute. Each
+// figure is the median over --repeats with its min and max; per-phase times come
+// from the library's phase timers (core/prof.h). Not here: correctness (the
+// tests), or training anything to completion.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "core/gemm.h"
+#include "core/prof.h"
+#include "core/rng.h"
+#include "core/vmath.h"
+#include "moe/moe_layer.h"
+#include "train/train.h"
+
+static const char *const usage =
+    "usage: moe bench [--config F] [--set key.path=value]... [--tokens T] [--repeats R]\n"
+    "                 [--warmup W] [--seed N] [--threads N] [--device cpu] [--quiet]\n"
+    "Times the model the config describes, in this process, on its own training data:\n"
+    "  layer  its first sparse MoE layer alone on T random tokens (model.n_embd wide):\n"
+    "         forward, forward + backward, and the time per phase (router, dispatch,\n"
+    "         expert GEMMs, activations, combine, aux losses);\n"
+    "  step   one whole training step (forward, backward, batch statistics, optimizer)\n"
+    "         on T tokens of training data (language models: T / model.n_ctx windows;\n"
+    "         others: T rows), with the time per phase;\n"
+    "  sgemm  after each timed pass, BLIS sgemm over exactly the GEMM shapes that pass\n"
+    "         ran (same count, same FLOPs): ratio_to_sgemm = sgemm time / pass time.\n"
+    "Every figure is {median, min, max} over R repeats (default 5) after W warm-up\n"
+    "passes (default 1). T defaults to one training batch (optim.batch_size rows, or\n"
+    "optim.batch_size x model.n_ctx tokens). Prints one JSON object.\n";
+
+enum { OPT_TOKENS = OPT_FIRST_CMD, OPT_REPEATS, OPT_WARMUP };
+
+struct bench_opts {
+    long long tokens, repeats, warmup;
+};
+
+static int on_opt(void *ctx, int opt, const char *arg)
+{
+    struct bench_opts *o = ctx;
+    long long *dst = opt == OPT_TOKENS ? &o->tokens : opt == OPT_REPEATS ? &o->repeats : &o->warmup;
+    const char *name = opt == OPT_TOKENS ? "--tokens" : opt == OPT_REPEATS ? "--repeats" : "--warmup";
+    long long lo = opt == OPT_WARMUP ? 0 : 1, hi = opt == OPT_TOKENS ? (1LL << 30) : 1000;
+    if (cli_parse_ll(arg, lo, hi, dst))
+        return cli_error("bench", 2, "option '%s' expects an integer from %lld to %lld, got '%s'", name, lo, hi, arg);
+    return 0;
+}
+
+// ---------------------------------------------------------------- figures
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+// {median, min, max} of n values
+static cJSON *fig_json(const double *v, size_t n)
+{
+    double *s = malloc(n * sizeof *s);
+    cJSON *o = cJSON_CreateObject();
+    if (!s || !o) {
+        free(s);
+        return o;
+    }
+    memcpy(s, v, n * sizeof *s);
+    qsort(s, n, sizeof *s, cmp_double);
+    double med = n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+    cJSON_AddNumberToObject(o, "median", med);
+    cJSON_AddNumberToObject(o, "min", s[0]);
+    cJSON_AddNumberToObject(o, "max", s[n - 1]);
+    free(s);
+    return o;
+}
+
+// ---------------------------------------------------------------- sgemm reference
+
+struct replay {
+    float *a, *b, *c;
+};
+
+static int replay_alloc(struct replay *r, const struct moe_gemm_record *rec, struct moe_err *err)
+{
+    size_t na = 1, nb = 1, nc = 1;
+    for (size_t i = 0; i < rec->n; i++) {
+        const struct moe_gemm_shape *s = &rec->shape[i];
+        na = s->M * s->K > na ? s->M * s->K : na;
+        nb = s->K * s->N > nb ? s->K * s->N : nb;
+        nc = s->M * s->N > nc ? s->M * s->N : nc;
+    }
+    r->a = moe_alloc(na, sizeof(float));
+    r->b = moe_alloc(nb, sizeof(float));
+    r->c = moe_alloc(nc, sizeof(float));
+    if (!r->a || !r->b || !r->c)
+        return moe_error(err, MOE_ENOMEM, "out of memory for the sgemm reference (%zu floats)", na + nb + nc);
+    struct moe_rng g = moe_rng_make(1, MOE_RNG_INIT, 0);
+    for (size_t i = 0; i < na; i++)
+        r->a[i] = moe_rng_uniform(&g, i) - 0.5f;
+    for (size_t i = 0; i < nb; i++)
+        r->b[i] = moe_rng_uniform(&g, na + i) - 0.5f;
+    return 0;
+}
+
+static void replay_release(struct replay *r)
+{
+    moe_free(r->a);
+    moe_free(r->b);
+    moe_free(r->c);
+}
+
+// Seconds BLIS takes for every recorded call, through the same wrapper (and so
+// the same threading rule) the model uses; dense operands of the same shapes.
+static double replay_time(const struct replay *r, const struct moe_gemm_record *rec)
+{
+    double t0 = moe_prof_clock();
+    for (size_t i = 0; i < rec->n; i++) {
+        const struct moe_gemm_shape *s = &rec->shape[i];
+        size_t lda = s->trans_a ? s->M : s->K, ldb = s->trans_b ? s->K : s->N;
+        for (size_t k = 0; k < s->count; k++)
+            moe_gemm(s->trans_a, s->trans_b, s->M, s->N, s->K, 1.0f, r->a, lda, r->b, ldb, 0.0f, r->c, s->N);
+    }
+    return moe_prof_clock() - t0;
+}
+
+// ---------------------------------------------------------------- the report
+
+struct pass_figs {
+    double *seconds, *ref, *ratio, *phase[MOE_PHASE_N], *other;
+};
+
+static int figs_alloc(struct pass_figs *f, size_t R)
+{
+    memset(f, 0, sizeof *f);
+    double *p = calloc((4 + MOE_PHASE_N) * R, sizeof *p);
+    if (!p)
+        return -1;
+    f->seconds = p, p += R;
+    f->ref = p, p += R;
+    f->ratio = p, p += R;
+    f->other = p, p += R;
+    for (int ph = 0; ph < MOE_PHASE_N; ph++)
+        f->phase[ph] = p, p += R;
+    return 0;
+}
+
+static void figs_release(struct pass_figs *f) { free(f->seconds); }
+
+// Repeat r of a pass: its time, the reference's, and the phase timers.
+static void figs_take(struct pass_figs *f, size_t r, double seconds, double ref)
+{
+    f->seconds[r] = seconds;
+    f->ref[r] = ref;
+    f->ratio[r] = ref / seconds;
+    double sum = 0.0;
+    for (int ph = 0; ph < MOE_PHASE_N; ph++) {
+        f->phase[ph][r] = moe_prof_seconds[ph];
+        sum += moe_prof_seconds[ph];
+    }
+    f->other[r] = seconds - sum;
+}
+
+// Phases that ran (any repeat above zero), plus "other": the pass's time outside every timer.
+static cJSON *phases_json(const struct pass_figs *f, size_t R)
+{
+    cJSON *o = cJSON_CreateObject();
+    for (int ph = 0; ph < MOE_PHASE_N; ph++) {
+        int ran = 0;
+        for (size_t r = 0; r < R; r++)
+            ran |= f->phase[ph][r] > 0.0;
+        if (ran)
+            cJSON_AddItemToObject(o, moe_phase_name((enum moe_phase)ph), fig_json(f->phase[ph], R));
+    }
+    cJSON_AddItemToObject(o, "other", fig_json(f->other, R));
+    return o;
+}
+
+// ---------------------------------------------------------------- the layer
+
+struct layer_bench {
+    struct moe_params p;
+    struct moe_layer l;
+    float *x, *out, *dout, *dx;
+    uint32_t *keys;
+    size_t T, D;
+};
+
+static void layer_bench_release(struct layer_bench *b)
+{
+    moe_layer_release(&b->l);
+    moe_params_release(&b->p);
+    void *bufs[] = { b->x, b->out, b->dout, b->dx, b->keys };
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        moe_free(bufs[i]);
+}
+
+// A copy of the model's first sparse layer (same settings) for T tokens of random input.
+static int layer_bench_init(struct layer_bench *b, const struct moe_layer_cfg *c, size_t T, uint64_t seed,
+                            float init_scale, struct moe_err *err)
+{
+    memset(b, 0, sizeof *b);
+    moe_params_init(&b->p);
+    b->T = T;
+    b->D = c->D;
+    int rc = moe_layer_declare(&b->l, c, "layers.0.moe", &b->p, err);
+    if (rc || (rc = moe_params_alloc(&b->p, err)) || (rc = moe_layer_alloc(&b->l, T, err)))
+        return rc;
+    moe_layer_init(&b->l, &b->p, seed, init_scale);
+    size_t TD = T * c->D;
+    b->x = moe_alloc(TD, sizeof(float));
+    b->out = moe_alloc(TD, sizeof(float));
+    b->dout = moe_alloc(TD, sizeof(float));
+    b->dx = moe_alloc(TD, sizeof(float));
+    b->keys = moe_alloc(T, sizeof(uint32_t));
+    if (!b->x || !b->out || !b->dout || !b->dx || !b->keys)
+        return moe_error(err, MOE_ENOMEM, "out of memory for a layer of %zu tokens", T);
+    struct moe_rng g = moe_rng_make(seed, MOE_RNG_INIT, 1);
+    for (size_t i = 0; i < TD; i++) {
+        b->x[i] = 2.0f * moe_rng_uniform(&g, i) - 1.0f;
+        b->dout[i] = (2.0f * moe_rng_uniform(&g, TD + i) - 1.0f) / (float)TD;
+    }
+    size_t V = c->hash_vocab ? c->hash_vocab : 1;
+    for (size_t t = 0; t < T; t++)
+        b->keys[t] = (uint32_t)(moe_rng_uniform(&g, 2 * TD + t) * (float)V) % (uint32_t)V;
+    return 0;
+}
+
+// One forward + backward; returns the forward's seconds in *ret_fwd.
+static double layer_pass(struct layer_bench *b, uint64_t step, uint64_t seed, double *ret_fwd)
+{
+    size_t TD = b->T * b->D;
+    double t0 = moe_prof_clock();
+    memset(b->out, 0, TD * sizeof(float));
+    moe_layer_forward(&b->l, &b->p, b->out, b->x, b->T, b->keys, 1, seed, step, NULL, NULL);
+    double t1 = moe_prof_clock();
+    moe_params_zero_grad(&b->p);
+    memset(b->dx, 0, TD * sizeof(float));
+    moe_layer_backward(&b->l, &b->p, b->dx, b->dout, b->x);
+    double t2 = moe_prof_clock();
+    *ret_fwd = t1 - t0;
+    return t2 - t0;
+}
+
+// ---------------------------------------------------------------- the step
+
+struct step_bench {
+    struct moe_model *m;
+    const struct moe_data *data;
+    struct moe_optim opt;
+    struct moe_stats stats;
+    struct moe_lm_batch lb;
+    size_t n;          // rows (windows) per step
+    size_t tokens;     // tokens (rows) per step
+    uint64_t seed;
+};
+
+static struct moe_batch step_batch(struct step_bench *s, uint64_t step)
+{
+    const struct moe_dataset *d = &s->data->train;
+    if (d->task == MOE_TASK_LM)
+        return moe_lm_batch_fill(d, &s->lb, s->seed, 1, (size_t)step * s->n % (d->n - s->n + 1), s->n);
+    size_t start = (size_t)step * s->n % (d->n - s->n + 1);
+    struct moe_batch b = {
+        .n = s->n,
+        .x = d->x + start * d->n_in,
+        .y = d->y ? d->y + start * d->n_out : NULL,
+        .label = d->label ? d->label + start : NULL,
+        .group = d->group ? d->group + start : NULL,
+    };
+    return b;
+}
+
+// One training step as the trainer takes it; seconds, or a negative value on failure.
+static double step_pass(struct step_bench *s, uint64_t step, struct moe_err *err)
+{
+    struct moe_batch b = step_batch(s, step);
+    b.step = step;
+    double t0 = moe_prof_clock();
+    moe_params_zero_grad(&s->m->params);
+    if (moe_model_run(s->m, &b, 1, &s->stats, err))
+        return -1.0;
+    double t1 = moe_prof_begin();
+    float *w = s->m->params.data, *g = s->m->params.grad;
+    double norm = moe_optim_grad_norm(g, s->m->params.numel);
+    moe_optim_step_norm(&s->opt, w, g, norm);
+    moe_prof_end(MOE_PHASE_OPTIMIZER, t1);
+    return moe_prof_clock() - t0;
+}
+
+// ---------------------------------------------------------------- the command
+
+// One timed pass kind (layer or step): warm-up passes with the GEMM record on
+// during the first, then R repeats each followed by the sgemm reference.
+struct pass_kind {
+    const char *name;
+    struct moe_gemm_record rec;
+    struct replay ref;
+    struct pass_figs f;
+    double *fwd;      // layer only: forward seconds
+};
+
+static int bench_run(const char *cmd, struct cli_common *c, const struct bench_opts *bo)
+{
+    struct moe_err err = { 0 };
+    struct moe_config cfg;
+    struct moe_data data;
+    struct moe_model model;
+    memset(&data, 0, sizeof data);
+    memset(&model, 0, sizeof model);
+    struct layer_bench lb;
+    memset(&lb, 0, sizeof lb);
+    struct step_bench sb;
+    memset(&sb, 0, sizeof sb);
+    struct pass_kind pk[2];
+    memset(pk, 0, sizeof pk);
+    pk[0].name = "layer";
+    pk[1].name = "step";
+    cJSON *out = NULL;
+    int rc = 0, have_cfg = 0, have_data = 0, have_model = 0, have_layer = 0;
+    size_t R = (size_t)bo->repeats, W = (size_t)bo->warmup;
+
+    if (cli_load_config(c, &cfg, &err))
+        return cli_fail(cmd, &err);
+    have_cfg = 1;
+    if (moe_data_load(&data, &cfg, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    have_data = 1;
+    const struct moe_dataset *tr = &data.train;
+    int lm = tr->task == MOE_TASK_LM;
+    size_t C = lm ? tr->n_ctx : 1;
+    size_t T = bo->tokens > 0 ? (size_t)bo->tokens : (size_t)moe_cfg_int(&cfg, "optim.batch_size") * C;
+    if (T == 0)
+        T = C; // optim.batch_size 0 (full batch): one window or row unless --tokens says otherwise
+    size_t n = (T + C - 1) / C;
+    if (n > tr->n) {
+        rc = cli_error(cmd, 2, "option '--tokens': %zu %s need more than the %zu training %s", T,
+                       lm ? "tokens" : "rows", tr->n, lm ? "windows per epoch" : "rows");
+        goto out;
+    }
+    uint64_t seed = (uint64_t)moe_cfg_int(&cfg, "train.seed");
+    if (moe_model_create(&model, &cfg, NULL, tr->task, tr->n_in, tr->n_out, n, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    have_model = 1;
+    moe_model_init_weights(&model, seed);
+    sb = (struct step_bench){ .m = &model, .data = &data, .n = n, .tokens = n * C, .seed = seed };
+    if (moe_model_fit(&model, tr, &err) || moe_optim_init(&sb.opt, &cfg, model.params.numel, &err) ||
+        moe_train_stats_init(&sb.stats, &model, tr, &err) || (lm && moe_lm_batch_alloc(&sb.lb, n, C, &err))) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    if (model.n_moe_layers > 0) {
+        if (layer_bench_init(&lb, &model.moe_layers[0]->c, T, seed, (float)moe_cfg_num(&cfg, "model.init_scale"),
+                             &err)) {
+            rc = cli_fail(cmd, &err);
+            goto out;
+        }
+        have_layer = 1;
+    }
+    for (int k = 0; k < 2; k++)
+        if (figs_alloc(&pk[k].f, R) || !(pk[k].fwd = calloc(R, sizeof(double)))) {
+            rc = cli_error(cmd, 1, "out of memory");
+            goto out;
+        }
+
+    cli_log(c, "bench: %zu tokens, %zu repeats, %d threads, BLIS %s", T, R, moe_blas_get_info()->threads,
+            moe_blas_get_info()->arch);
+    moe_prof_enabled = 1;
+    for (int k = have_layer ? 0 : 1; k < 2; k++) {
+        struct pass_kind *p = &pk[k];
+        double fwd;
+        for (size_t w = 0; w < W + 1; w++) { // the first pass records its GEMMs, and is not timed
+            moe_gemm_record_into(w == 0 ? &p->rec : NULL);
+            if (k == 0) {
+                layer_pass(&lb, w, seed, &fwd);
+            } else if (step_pass(&sb, w, &err) < 0) {
+                moe_gemm_record_into(NULL);
+                rc = cli_fail(cmd, &err);
+                goto out;
+            }
+        }
+        moe_gemm_record_into(NULL);
+        if (p->rec.failed || replay_alloc(&p->ref, &p->rec, &err)) {
+            rc = p->rec.failed ? cli_error(cmd, 1, "out of memory recording GEMM shapes") : cli_fail(cmd, &err);
+            goto out;
+        }
+        for (size_t r = 0; r < R; r++) {
+            moe_prof_reset();
+            double t;
+            if (k == 0) {
+                t = layer_pass(&lb, W + 1 + r, seed, &fwd);
+                p->fwd[r] = fwd;
+            } else if ((t = step_pass(&sb, W + 1 + r, &err)) < 0) {
+                rc = cli_fail(cmd, &err);
+                goto out;
+            }
+            double phases[MOE_PHASE_N];
+            memcpy(phases, moe_prof_seconds, sizeof phases);
+            double ref = replay_time(&p->ref, &p->rec);
+            memcpy(moe_prof_seconds, phases, sizeof phases);
+            figs_take(&p->f, r, t, ref);
+        }
+    }
+    moe_prof_enabled = 0;
+
+    out = cli_summary_new(cmd, &cfg);
+    cJSON_AddStringToObject(out, "device", "cpu");
+    cJSON_AddStringToObject(out, "vmath", moe_vmath_isa());
+    cJSON_AddNumberToObject(out, "tokens", (double)T);
+    cJSON_AddNumberToObject(out, "repeats", (double)R);
+    cJSON_AddNumberToObject(out, "warmup", (double)W);
+    double *gf = calloc(R, sizeof *gf), *share = calloc(R, sizeof *share), *tps = calloc(R, sizeof *tps);
+    if (!gf || !share || !tps) {
+        free(gf), free(share), free(tps);
+        rc = cli_error(cmd, 1, "out of memory");
+        goto out;
+    }
+    cJSON *ref = cJSON_AddObjectToObject(out, "reference");
+    if (have_layer) {
+        const struct moe_layer_cfg *lc = &lb.l.c;
+        struct pass_kind *p = &pk[0];
+        double flops = moe_gemm_record_flops(&p->rec);
+        cJSON *l = cJSON_AddObjectToObject(out, "layer");
+        cJSON *shape = cJSON_AddObjectToObject(l, "shape");
+        cJSON_AddNumberToObject(shape, "tokens", (double)T);
+        cJSON_AddNumberToObject(shape, "n_embd", (double)lc->D);
+        cJSON_AddNumberToObject(shape, "n_ff", (double)lc->F);
+        cJSON_AddNumberToObject(shape, "n_expert", (double)lc->router.E);
+        cJSON_AddNumberToObject(shape, "n_expert_used", (double)lc->router.K);
+        cJSON_AddStringToObject(shape, "router", moe_cfg_str(&cfg, "moe.router"));
+        cJSON *fw = cJSON_AddObjectToObject(l, "forward");
+        cJSON_AddItemToObject(fw, "seconds", fig_json(p->fwd, R));
+        cJSON *fb = cJSON_AddObjectToObject(l, "forward_backward");
+        cJSON_AddItemToObject(fb, "seconds", fig_json(p->f.seconds, R));
+        cJSON_AddItemToObject(fb, "ratio_to_sgemm", fig_json(p->f.ratio, R));
+        for (size_t r = 0; r < R; r++) {
+            gf[r] = flops / p->f.seconds[r] * 1e-9;
+            share[r] = (p->f.phase[MOE_PHASE_ROUTER][r] + p->f.phase[MOE_PHASE_DISPATCH][r] +
+                        p->f.phase[MOE_PHASE_COMBINE][r] + p->f.phase[MOE_PHASE_AUX][r]) / p->f.seconds[r];
+        }
+        cJSON_AddItemToObject(fb, "gemm_gflops", fig_json(gf, R));
+        cJSON_AddNumberToObject(fb, "gemm_flops", flops);
+        cJSON_AddNumberToObject(fb, "gemm_calls_shapes", (double)p->rec.n);
+        cJSON_AddItemToObject(l, "routing_share", fig_json(share, R));
+        cJSON_AddItemToObject(l, "phases", phases_json(&p->f, R));
+        for (size_t r = 0; r < R; r++)
+            gf[r] = flops / p->f.ref[r] * 1e-9;
+        cJSON_AddItemToObject(ref, "layer_sgemm_gflops", fig_json(gf, R));
+    } else {
+        cJSON_AddNullToObject(out, "layer");
+    }
+    struct pass_kind *p = &pk[1];
+    double flops = moe_gemm_record_flops(&p->rec);
+    cJSON *st = cJSON_AddObjectToObject(out, "step");
+    cJSON_AddNumberToObject(st, "rows", (double)sb.n);
+    cJSON_AddNumberToObject(st, "tokens", (double)sb.tokens);
+    cJSON_AddItemToObject(st, "seconds", fig_json(p->f.seconds, R));
+    for (size_t r = 0; r < R; r++) {
+        tps[r] = (double)sb.tokens / p->f.seconds[r];
+        gf[r] = flops / p->f.seconds[r] * 1e-9;
+    }
+    cJSON_AddItemToObject(st, "tokens_per_second", fig_json(tps, R));
+    cJSON_AddItemToObject(st, "ratio_to_sgemm", fig_json(p->f.ratio, R));
+    cJSON_AddItemToObject(st, "gemm_gflops", fig_json(gf, R));
+    cJSON_AddNumberToObject(st, "gemm_flops", flops);
+    cJSON_AddNumberToObject(st, "gemm_shapes", (double)p->rec.n);
+    cJSON_AddItemToObject(st, "phases", phases_json(&p->f, R));
+    for (size_t r = 0; r < R; r++)
+        gf[r] = flops / p->f.ref[r] * 1e-9;
+    cJSON_AddItemToObject(ref, "sgemm_gflops", fig_json(gf, R));
+    cJSON_AddStringToObject(ref, "what", "BLIS sgemm through moe_gemm over the shapes each pass ran, timed right after it");
+    free(gf), free(share), free(tps);
+    cli_print_json(out);
+
+out:
+    moe_prof_enabled = 0;
+    moe_gemm_record_into(NULL);
+    for (int k = 0; k < 2; k++) {
+        moe_gemm_record_release(&pk[k].rec);
+        replay_release(&pk[k].ref);
+        figs_release(&pk[k].f);
+        free(pk[k].fwd);
+    }
+    cJSON_Delete(out);
+    if (have_layer)
+        layer_bench_release(&lb);
+    moe_lm_batch_release(&sb.lb);
+    moe_stats_release(&sb.stats);
+    moe_optim_release(&sb.opt);
+    if (have_model)
+        moe_model_release(&model);
+    if (have_data)
+        moe_data_release(&data);
+    if (have_cfg)
+        moe_config_release(&cfg);
+    return rc;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    static const struct option opts[] = { CLI_COMMON_OPTIONS,
+                                          { "tokens", required_argument, NULL, OPT_TOKENS },
+                                          { "repeats", required_argument, NULL, OPT_REPEATS },
+                                          { "warmup", required_argument, NULL, OPT_WARMUP },
+                                          { 0, 0, 0, 0 } };
+    const char *cmd = "bench";
+    struct cli_common c;
+    struct bench_opts o = { 0, 5, 1 };
+    cli_common_init(&c);
+    int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
+    if (rc == -1) {
+        fputs(usage, stdout);
+        rc = 0;
+    } else if (!rc && c.out) {
+        rc = cli_error(cmd, 2, "option '--out': bench writes no run directory (its result is stdout)");
+    } else if (!rc && !(rc = cli_setup_compute(cmd, &c))) {
+        rc = bench_run(cmd, &c, &o);
+    }
+    cli_common_release(&c);
+    return rc;
+}

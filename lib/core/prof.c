@@ -1,0 +1,81 @@
+// prof.c: phase timers and the GEMM shape record (see prof.h).
+#include "core/prof.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int moe_prof_enabled;
+double moe_prof_seconds[MOE_PHASE_N];
+static struct moe_gemm_record *g_record;
+
+static const char *const phase_names[MOE_PHASE_N] = {
+    "router", "dispatch", "ffn_gemm", "activation", "combine", "aux",
+    "attention", "linear", "norm", "loss", "embedding", "optimizer",
+};
+
+double moe_prof_clock(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+const char *moe_phase_name(enum moe_phase ph) { return phase_names[ph]; }
+
+void moe_prof_reset(void) { memset(moe_prof_seconds, 0, sizeof moe_prof_seconds); }
+
+void moe_gemm_record_into(struct moe_gemm_record *r)
+{
+    if (r) {
+        r->n = 0;
+        r->failed = 0;
+    }
+    g_record = r;
+}
+
+void moe_gemm_record_add(int trans_a, int trans_b, size_t M, size_t N, size_t K)
+{
+    if (!g_record)
+        return;
+    #pragma omp critical(moe_gemm_record)
+    {
+        struct moe_gemm_record *r = g_record;
+        size_t i = 0;
+        while (i < r->n && !(r->shape[i].trans_a == trans_a && r->shape[i].trans_b == trans_b &&
+                             r->shape[i].M == M && r->shape[i].N == N && r->shape[i].K == K))
+            i++;
+        if (i == r->n && r->n == r->cap) {
+            size_t cap = r->cap ? 2 * r->cap : 64;
+            struct moe_gemm_shape *s = realloc(r->shape, cap * sizeof *s);
+            if (s) {
+                r->shape = s;
+                r->cap = cap;
+            } else {
+                r->failed = 1;
+            }
+        }
+        if (i < r->n)
+            r->shape[i].count++;
+        else if (r->n < r->cap)
+            r->shape[r->n++] = (struct moe_gemm_shape){ trans_a, trans_b, M, N, K, 1 };
+    }
+}
+
+void moe_gemm_record_release(struct moe_gemm_record *r)
+{
+    if (!r)
+        return;
+    if (g_record == r)
+        g_record = NULL;
+    free(r->shape);
+    memset(r, 0, sizeof *r);
+}
+
+double moe_gemm_record_flops(const struct moe_gemm_record *r)
+{
+    double f = 0.0;
+    for (size_t i = 0; i < r->n; i++)
+        f += 2.0 * (double)r->shape[i].M * (double)r->shape[i].N * (double)r->shape[i].K * (double)r->shape[i].count;
+    return f;
+}
