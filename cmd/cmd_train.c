@@ -830,7 +830,8 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     // Refuse a run that will not fit before allocating: from the config's shape
     // when it gives one (synthetic data), else once the data is loaded.
     int checked = 0;
-    if ((rc = cli_check_run(cmd, &cfg, NULL, train_batch, NULL, 1, NULL, &checked)))
+    struct moe_model_estimate est; // its FLOPs per token give summary.json's train_gflops
+    if ((rc = cli_check_run(cmd, &cfg, NULL, train_batch, NULL, 1, &est, &checked)))
         goto out;
     // A resumed run reads its text with the vocabulary it was trained with.
     if (moe_data_load_ex(&data, &cfg, has_vocab > 0 ? &ck_vocab : NULL, &err)) {
@@ -839,7 +840,7 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     }
     if (data.has_text && ((rc = text_outputs(cmd, &outs, &data))))
         goto out;
-    if (!checked && (rc = cli_check_run(cmd, &cfg, &data, train_batch, NULL, 1, NULL, &checked)))
+    if (!checked && (rc = cli_check_run(cmd, &cfg, &data, train_batch, NULL, 1, &est, &checked)))
         goto out;
     if (!out) {
         snprintf(outbuf, sizeof outbuf, "runs/train-%016llx", (unsigned long long)moe_config_hash(&cfg));
@@ -1054,6 +1055,9 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     cJSON_AddNumberToObject(summary, "train_rows_per_second", res.rows_per_second);
     if (data.has_text)
         cJSON_AddNumberToObject(summary, "train_tokens_per_second", res.tokens_per_second);
+    // achieved rate in the estimate's convention (3 x the forward weight-matrix FLOPs per token or row)
+    cJSON_AddNumberToObject(summary, "train_gflops",
+                            est.flops_per_token * (data.has_text ? res.tokens_per_second : res.rows_per_second) * 1e-9);
     cJSON_AddStringToObject(summary, "out", out);
     if (o.init)
         cJSON_AddStringToObject(summary, "init", o.init);

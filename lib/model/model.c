@@ -293,21 +293,21 @@ int moe_model_head_loss_check(struct moe_model *m, const char *loss, int *ret_ce
     return 0;
 }
 
-double moe_model_ce_head(float *dy, const float *y, const int32_t *label, const struct moe_batch *b, size_t rows,
-                         size_t O)
+double moe_model_ce_head(float *dy, float *row_loss, int32_t *row_argmax, const float *y, const int32_t *label,
+                         const struct moe_batch *b, size_t rows, size_t O)
 {
     if (b->logits_out)
         memcpy(b->logits_out, y, rows * O * sizeof(float));
     float scale = 1.0f / (float)rows;
     if (!b->teacher)
-        return moe_ce_forward_backward(dy, y, label, rows, O, scale);
+        return moe_ce_rows(dy, row_loss, row_argmax, y, label, rows, O, scale);
     if (b->kd_sym) {
-        double ce = moe_ce_forward_backward(dy, y, label, rows, O, scale);
+        double ce = moe_ce_rows(dy, row_loss, row_argmax, y, label, rows, O, scale);
         if (dy)
             moe_symkl_forward_backward(dy, y, b->teacher, rows, O, b->kd_alpha * scale);
         return ce;
     }
-    double ce = moe_ce_forward_backward(dy, y, label, rows, O, (1.0f - b->kd_alpha) * scale);
+    double ce = moe_ce_rows(dy, row_loss, row_argmax, y, label, rows, O, (1.0f - b->kd_alpha) * scale);
     if (dy)
         moe_kd_forward_backward(dy, y, b->teacher, rows, O, b->kd_tau, b->kd_alpha * scale);
     return ce;
@@ -320,7 +320,7 @@ void moe_model_head_loss(const struct moe_model *m, int ce, const float *y, floa
     if (dy)
         memset(dy, 0, T * O * sizeof(float));
     float scale = 1.0f / (float)T;
-    double loss = ce ? moe_model_ce_head(dy, y, b->label, b, T, O) : moe_mse_forward_backward(dy, y, target, T, O, scale);
+    double loss = ce ? moe_model_ce_head(dy, NULL, NULL, y, b->label, b, T, O) : moe_mse_forward_backward(dy, y, target, T, O, scale);
     if (!ce && b->logits_out)
         memcpy(b->logits_out, y, T * O * sizeof(float));
     if (!stats)

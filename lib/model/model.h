@@ -155,9 +155,10 @@ void moe_model_head_loss(const struct moe_model *m, int ce, const float *y, floa
 
 // The cross-entropy head shared by the models: gradient of the batch mean over
 // `rows` output rows into dy (NULL = none) of CE, or with b->teacher of the
-// distillation objective; copies y to b->logits_out when set. Returns the CE sum.
-double moe_model_ce_head(float *dy, const float *y, const int32_t *label, const struct moe_batch *b, size_t rows,
-                         size_t O);
+// distillation objective; copies y to b->logits_out when set. Returns the CE sum;
+// each row's CE and argmax go to row_loss and row_argmax when not NULL (nn.h moe_ce_rows).
+double moe_model_ce_head(float *dy, float *row_loss, int32_t *row_argmax, const float *y, const int32_t *label,
+                         const struct moe_batch *b, size_t rows, size_t O);
 
 // Checkpoint I/O: parameters plus the model's state tensors. Loading checks
 // every state tensor's dtype and shape like a parameter's.

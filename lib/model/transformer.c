@@ -153,28 +153,19 @@ static int fit(struct moe_model *m, const struct moe_dataset *train, struct moe_
     return 0;
 }
 
-// Statistics of one batch: per-token loss and accuracy, bytes, per-language sums.
-static void add_stats(const struct transformer *n, const struct moe_batch *bt, struct moe_stats *s)
+// Statistics of one batch from the loss pass's per-token cross-entropy and
+// argmax (nn.h moe_ce_rows): loss and accuracy, bytes, per-language sums.
+static void add_stats(const struct transformer *n, const struct moe_batch *bt, struct moe_stats *s,
+                      const float *row_loss, const int32_t *row_argmax)
 {
-    size_t B = bt->n, C = n->C, V = n->V;
+    size_t B = bt->n, C = n->C;
     for (size_t w = 0; w < B; w++) {
         double loss = 0.0;
         size_t correct = 0;
         for (size_t c = 0; c < C; c++) {
             size_t t = w * C + c;
-            const float *z = n->logits + t * V;
-            float mx = z[0];
-            size_t am = 0;
-            for (size_t v = 1; v < V; v++)
-                if (z[v] > mx) {
-                    mx = z[v];
-                    am = v;
-                }
-            double sum = 0.0;
-            for (size_t v = 0; v < V; v++)
-                sum += exp((double)(z[v] - mx));
-            loss += (double)mx + log(sum) - (double)z[n->target[t]];
-            correct += am == (size_t)n->target[t];
+            loss += (double)row_loss[t];
+            correct += row_argmax[t] == n->target[t];
         }
         s->n += C;
         s->loss += loss;
@@ -261,8 +252,21 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     const float *hL = n->h + L * TD;
     moe_model_norm_forward(n->rms, p, n->nf, n->meanf, n->rstdf, hL, n->i_gf, n->i_bf, T, n->D);
     MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_forward(n->logits, V, n->nf, D, moe_params_data(p, n->i_wh), NULL, T, D, V));
+    // The loss pass: per-token CE and argmax for the statistics, and with_grad the
+    // head's gradient, in one sweep over the logits. tmp and dn (T, D) are free
+    // until the backward and hold the per-token values.
+    float *row_loss = n->tmp;
+    int32_t *row_argmax = (int32_t *)n->dn;
+    double t0 = moe_prof_begin();
+    if (with_grad) {
+        memset(n->dlogits, 0, T * V * sizeof(float));
+        moe_model_ce_head(n->dlogits, row_loss, row_argmax, n->logits, n->target, bt, T, V);
+    } else if (stats) {
+        moe_ce_rows(NULL, row_loss, row_argmax, n->logits, n->target, T, V, 0.0f);
+    }
     if (stats)
-        MOE_TIMED(MOE_PHASE_LOSS, add_stats(n, bt, stats));
+        add_stats(n, bt, stats, row_loss, row_argmax);
+    moe_prof_end(MOE_PHASE_LOSS, t0);
     if (bt->hidden_out)
         memcpy(bt->hidden_out, n->h + TD, L * TD * sizeof(float));
     if (!with_grad) {
@@ -271,11 +275,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
         return 0;
     }
 
-    // backward
-    double t0 = moe_prof_begin();
-    memset(n->dlogits, 0, T * V * sizeof(float));
-    moe_model_ce_head(n->dlogits, n->logits, n->target, bt, T, V);
-    moe_prof_end(MOE_PHASE_LOSS, t0);
+    // backward (the head's gradient is in dlogits already)
     memset(n->dn, 0, TD * sizeof(float));
     MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward(n->dn, D, moe_params_grad(p, n->i_wh), NULL, n->dlogits, V, n->nf,
                                                     D, moe_params_data(p, n->i_wh), T, D, V));

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "core/vmath.h"
 #include "nn/nn.h"
 
 double moe_mse_forward_backward(float *dy, const float *y, const float *d, size_t T, size_t O, float scale)
@@ -39,26 +40,75 @@ void moe_softmax_forward(float *p, float *lse, const float *z, size_t T, size_t 
     }
 }
 
+// Softmax cross-entropy, row by row. Exponentials go through the vector exp
+// (core/vmath.h) CHUNK classes at a time on a stack buffer; each row's sum is in
+// double in class order. Rows are independent, so OpenMP splits them; the batch
+// sum is over NB fixed blocks of rows (blocks depend on T only), each in row
+// order, then the blocks in order: the same value for any thread count.
+#define CHUNK 512
+#define NB 256
+#define PAR_MIN (1u << 14) // logits (T x O) before the rows go parallel
+
+double moe_ce_rows(float *dy, float *row_loss, int32_t *row_argmax, const float *y, const int32_t *label, size_t T,
+                   size_t O, float scale)
+{
+    double part[NB];
+    size_t bs = (T + NB - 1) / NB;
+    #pragma omp parallel for schedule(static) if (T * O >= PAR_MIN)
+    for (size_t b = 0; b < NB; b++) {
+        size_t lo = b * bs < T ? b * bs : T, hi = lo + bs < T ? lo + bs : T;
+        double block = 0.0;
+        float buf[CHUNK];
+        for (size_t t = lo; t < hi; t++) {
+            const float *yt = y + t * O;
+            float m = yt[0];
+            size_t am = 0;
+            for (size_t o = 1; o < O; o++)
+                if (yt[o] > m) {
+                    m = yt[o];
+                    am = o;
+                }
+            double s = 0.0;
+            for (size_t c = 0; c < O; c += CHUNK) {
+                size_t n = O - c < CHUNK ? O - c : CHUNK;
+                for (size_t o = 0; o < n; o++)
+                    buf[o] = yt[c + o] - m;
+                moe_vexpf(buf, buf, n);
+                for (size_t o = 0; o < n; o++)
+                    s += buf[o];
+            }
+            double lse = (double)m + log(s);
+            double loss = lse - (double)yt[label[t]];
+            block += loss;
+            if (row_loss)
+                row_loss[t] = (float)loss;
+            if (row_argmax)
+                row_argmax[t] = (int32_t)am;
+            if (!dy)
+                continue;
+            // dL/dy = softmax(y) - onehot(label), the probabilities from y - lse
+            float *dyt = dy + t * O;
+            for (size_t c = 0; c < O; c += CHUNK) {
+                size_t n = O - c < CHUNK ? O - c : CHUNK;
+                for (size_t o = 0; o < n; o++)
+                    buf[o] = (float)((double)yt[c + o] - lse);
+                moe_vexpf(buf, buf, n);
+                for (size_t o = 0; o < n; o++)
+                    dyt[c + o] += scale * buf[o];
+            }
+            dyt[label[t]] -= scale;
+        }
+        part[b] = block;
+    }
+    double sum = 0.0;
+    for (size_t b = 0; b < NB; b++)
+        sum += part[b];
+    return sum;
+}
+
 double moe_ce_forward_backward(float *dy, const float *y, const int32_t *label, size_t T, size_t O, float scale)
 {
-    double sum = 0.0;
-    for (size_t t = 0; t < T; t++) {
-        const float *yt = y + t * O;
-        float m = yt[0];
-        for (size_t o = 1; o < O; o++)
-            m = yt[o] > m ? yt[o] : m;
-        double s = 0.0;
-        for (size_t o = 0; o < O; o++)
-            s += exp((double)yt[o] - m);
-        double lse = m + log(s);
-        sum += lse - yt[label[t]];
-        if (dy)
-            for (size_t o = 0; o < O; o++) {
-                double q = exp((double)yt[o] - lse);
-                dy[t * O + o] += scale * (float)(q - (o == (size_t)label[t] ? 1.0 : 0.0));
-            }
-    }
-    return sum;
+    return moe_ce_rows(dy, NULL, NULL, y, label, T, O, scale);
 }
 
 // log-softmax of one row of x/tau into out (double), the row's max subtracted first.

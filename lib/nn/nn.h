@@ -33,6 +33,11 @@ double moe_mse_forward_backward(float *dy, const float *y, const float *d, size_
 // Softmax cross-entropy over O classes: L_t = -log softmax(y_t)[label_t].
 // Returns sum_t L_t; dy (may be NULL) += scale * (softmax(y_t) - onehot(label_t)).
 double moe_ce_forward_backward(float *dy, const float *y, const int32_t *label, size_t T, size_t O, float scale);
+// The same, also writing each row's loss L_t into row_loss (T) and the index of its
+// largest logit (the first, on ties) into row_argmax (T) when they are not NULL:
+// the statistics of a batch come out of the loss pass instead of a second one.
+double moe_ce_rows(float *dy, float *row_loss, int32_t *row_argmax, const float *y, const int32_t *label, size_t T,
+                   size_t O, float scale);
 
 // Knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in
 // a Neural Network", sec. 2): student logits s against teacher logits z at
@@ -86,6 +91,11 @@ void moe_attention_forward(float *out, float *att, const float *qkv, size_t B, s
 // dqkv (B, C, 3D) += gradient given dout (B, C, D); datt (B, H, C, C) is scratch.
 void moe_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
                             size_t B, size_t C, size_t D, size_t H);
+// The reference twins of the two above: the same contract, every dot product summed in double in
+// index order (plain loops, several times slower). The tests compare the fast kernels against them.
+void moe_attention_forward_ref(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H);
+void moe_attention_backward_ref(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                                size_t B, size_t C, size_t D, size_t H);
 // Token plus learned position embedding: out (B, C, D) = wte[tok[b*ld + c]] + wpe[c].
 // tok: B rows of at least C token ids with row stride ld (windows of C + 1 tokens use ld = C + 1),
 // each id in [0, V); wte (V, D), wpe (C_max >= C, D).

@@ -5,10 +5,14 @@
 // The per-row statistics are summed in double, in index order, one row at a time, and the
 // parameter gradients dg, db are summed over rows in row order, so every result is a fixed
 // function of the inputs (no dependence on a thread count). Kernels never allocate.
+// Threads: the forward and the input gradient split rows; the parameter gradients split
+// columns (each column still summed over every row in row order), so no split changes a value.
 #include <assert.h>
 #include <math.h>
 
 #include "nn/nn.h"
+
+#define PAR_MIN (1u << 14) // values (T x D) before a loop goes parallel
 
 // reference: Ba, Kiros & Hinton 2016, "Layer Normalization" (arXiv:1607.06450).
 //   xhat = (x - mean) * rstd,  y = xhat * g + b,  var the population variance (divide by D).
@@ -18,6 +22,7 @@ void moe_layernorm_forward(float *y, float *mean, float *rstd, const float *x, c
                            size_t T, size_t D, float eps)
 {
     assert(D > 0);
+    #pragma omp parallel for schedule(static) if (T * D >= PAR_MIN)
     for (size_t t = 0; t < T; t++) {
         const float *xt = x + t * D;
         float *yt = y + t * D;
@@ -45,25 +50,39 @@ void moe_layernorm_backward(float *dx, float *dg, float *db, const float *dy, co
                             const float *rstd, const float *g, size_t T, size_t D)
 {
     assert(D > 0);
-    for (size_t t = 0; t < T; t++) {
-        const float *xt = x + t * D, *dyt = dy + t * D;
-        float m = mean[t], r = rstd[t];
-        double s_dxh = 0.0, s_dxh_xh = 0.0;
+    #pragma omp parallel if (T * D >= PAR_MIN)
+    {
+        // dg, db: each thread its own columns, rows in order
+        #pragma omp for schedule(static) nowait
         for (size_t i = 0; i < D; i++) {
-            float xh = (xt[i] - m) * r;
-            float dxh = dyt[i] * g[i];
-            s_dxh += dxh;
-            s_dxh_xh += (double)dxh * xh;
-            dg[i] += dyt[i] * xh;
-            db[i] += dyt[i];
+            float sg = dg[i], sb = db[i];
+            for (size_t t = 0; t < T; t++) {
+                float xh = (x[t * D + i] - mean[t]) * rstd[t];
+                sg += dy[t * D + i] * xh;
+                sb += dy[t * D + i];
+            }
+            dg[i] = sg;
+            db[i] = sb;
         }
-        if (!dx)
-            continue;
-        float a = (float)(s_dxh / (double)D), c = (float)(s_dxh_xh / (double)D);
-        float *dxt = dx + t * D;
-        for (size_t i = 0; i < D; i++) {
-            float xh = (xt[i] - m) * r;
-            dxt[i] += r * (dyt[i] * g[i] - a - xh * c);
+        if (dx) {
+            #pragma omp for schedule(static)
+            for (size_t t = 0; t < T; t++) {
+                const float *xt = x + t * D, *dyt = dy + t * D;
+                float m = mean[t], r = rstd[t];
+                double s_dxh = 0.0, s_dxh_xh = 0.0;
+                for (size_t i = 0; i < D; i++) {
+                    float xh = (xt[i] - m) * r;
+                    float dxh = dyt[i] * g[i];
+                    s_dxh += dxh;
+                    s_dxh_xh += (double)dxh * xh;
+                }
+                float a = (float)(s_dxh / (double)D), c = (float)(s_dxh_xh / (double)D);
+                float *dxt = dx + t * D;
+                for (size_t i = 0; i < D; i++) {
+                    float xh = (xt[i] - m) * r;
+                    dxt[i] += r * (dyt[i] * g[i] - a - xh * c);
+                }
+            }
         }
     }
 }
@@ -74,6 +93,7 @@ void moe_layernorm_backward(float *dx, float *dg, float *db, const float *dy, co
 void moe_rmsnorm_forward(float *y, float *rstd, const float *x, const float *g, size_t T, size_t D, float eps)
 {
     assert(D > 0);
+    #pragma omp parallel for schedule(static) if (T * D >= PAR_MIN)
     for (size_t t = 0; t < T; t++) {
         const float *xt = x + t * D;
         float *yt = y + t * D;
@@ -91,20 +111,30 @@ void moe_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x,
                           size_t T, size_t D)
 {
     assert(D > 0);
-    for (size_t t = 0; t < T; t++) {
-        const float *xt = x + t * D, *dyt = dy + t * D;
-        float r = rstd[t];
-        double s_dxh_xh = 0.0;
+    #pragma omp parallel if (T * D >= PAR_MIN)
+    {
+        #pragma omp for schedule(static) nowait
         for (size_t i = 0; i < D; i++) {
-            float xh = xt[i] * r;
-            s_dxh_xh += (double)(dyt[i] * g[i]) * xh;
-            dg[i] += dyt[i] * xh;
+            float sg = dg[i];
+            for (size_t t = 0; t < T; t++)
+                sg += dy[t * D + i] * (x[t * D + i] * rstd[t]);
+            dg[i] = sg;
         }
-        if (!dx)
-            continue;
-        float c = (float)(s_dxh_xh / (double)D);
-        float *dxt = dx + t * D;
-        for (size_t i = 0; i < D; i++)
-            dxt[i] += r * (dyt[i] * g[i] - xt[i] * r * c);
+        if (dx) {
+            #pragma omp for schedule(static)
+            for (size_t t = 0; t < T; t++) {
+                const float *xt = x + t * D, *dyt = dy + t * D;
+                float r = rstd[t];
+                double s_dxh_xh = 0.0;
+                for (size_t i = 0; i < D; i++) {
+                    float xh = xt[i] * r;
+                    s_dxh_xh += (double)(dyt[i] * g[i]) * xh;
+                }
+                float c = (float)(s_dxh_xh / (double)D);
+                float *dxt = dx + t * D;
+                for (size_t i = 0; i < D; i++)
+                    dxt[i] += r * (dyt[i] * g[i] - xt[i] * r * c);
+            }
+        }
     }
 }

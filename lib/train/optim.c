@@ -11,6 +11,8 @@
 #include "core/params.h"
 #include "train/train.h"
 
+#define PAR_MIN (1u << 16) // values before a loop goes parallel
+
 int moe_optim_init(struct moe_optim *o, const struct moe_config *cfg, size_t numel, struct moe_err *err)
 {
     memset(o, 0, sizeof *o);
@@ -39,20 +41,35 @@ int moe_optim_init(struct moe_optim *o, const struct moe_config *cfg, size_t num
     return 0;
 }
 
-double moe_optim_grad_norm(const float *g, size_t n)
+// Sum of g[i]^2 in double over NB fixed blocks of the n values (the blocks
+// depend on n only), each summed in index order, then the blocks in order: the
+// same value for any thread count.
+#define NB 256
+static double sum_sq(const float *g, size_t n)
 {
+    double part[NB];
+    size_t bs = (n + NB - 1) / NB;
+    #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+    for (size_t b = 0; b < NB; b++) {
+        size_t lo = b * bs < n ? b * bs : n, hi = lo + bs < n ? lo + bs : n;
+        double sq = 0.0;
+        for (size_t i = lo; i < hi; i++)
+            sq += (double)g[i] * g[i];
+        part[b] = sq;
+    }
     double sq = 0.0;
-    for (size_t i = 0; i < n; i++)
-        sq += (double)g[i] * g[i];
-    return sqrt(sq);
+    for (size_t b = 0; b < NB; b++)
+        sq += part[b];
+    return sq;
 }
+
+double moe_optim_grad_norm(const float *g, size_t n) { return sqrt(sum_sq(g, n)); }
 
 double moe_optim_grad_norm_segs(const struct moe_optim_seg *s, size_t n_seg)
 {
     double sq = 0.0;
     for (size_t k = 0; k < n_seg; k++)
-        for (size_t i = 0; i < s[k].n; i++)
-            sq += (double)s[k].g[i] * s[k].g[i];
+        sq += sum_sq(s[k].g, s[k].n);
     return sqrt(sq);
 }
 
@@ -72,17 +89,22 @@ void moe_optim_step_norm(struct moe_optim *o, float *w, float *g, double norm)
 // The update of n weights whose moments start at m, v (NULL when unused).
 static void update(const struct moe_optim *o, float *w, float *g, float *m, float *v, size_t n, float clip_scale)
 {
-    if (clip_scale != 1.0f)
+    // every loop below is elementwise: OpenMP's split cannot change a value
+    if (clip_scale != 1.0f) {
+        #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
         for (size_t i = 0; i < n; i++)
             g[i] *= clip_scale;
+    }
     float lr = (float)o->lr, wd = (float)o->weight_decay;
     switch (o->type) {
     case MOE_OPTIM_GD:
+        #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
         for (size_t i = 0; i < n; i++)
             w[i] -= lr * g[i];
         break;
     case MOE_OPTIM_SGD: {
         float mu = (float)o->momentum;
+        #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
         for (size_t i = 0; i < n; i++) {
             m[i] = mu * m[i] + g[i];
             w[i] -= lr * (m[i] + wd * w[i]);
@@ -94,6 +116,7 @@ static void update(const struct moe_optim *o, float *w, float *g, float *m, floa
         float ob1 = (float)(1.0 - o->beta1), ob2 = (float)(1.0 - o->beta2);
         float c1 = (float)(1.0 - pow(o->beta1, (double)o->t));
         float c2 = (float)(1.0 - pow(o->beta2, (double)o->t));
+        #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
         for (size_t i = 0; i < n; i++) {
             m[i] = b1 * m[i] + ob1 * g[i];
             v[i] = b2 * v[i] + ob2 * g[i] * g[i];
