@@ -416,7 +416,7 @@ if [ -s lm.st ]; then
 fi
 
 # ------------------------------------------------------------------ the rows
-CMDS=(train compare-loss route-stats lora distill)
+CMDS=(train compare-loss route-stats lora distill bench)
 row=0
 while IFS= read -r line || [ -n "$line" ]; do
     case $line in '#'* | '') continue ;; esac
