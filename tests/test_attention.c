@@ -1,8 +1,10 @@
 // test_attention.c: causal multi-head self-attention and the token + position embedding of lib/nn:
-// the forward against a naive double-precision twin, softmax rows (sum to 1, zero above the
-// diagonal), causality, the special cases H = 1 and C = 1, backward against central finite
-// differences (every element of qkv; wte and wpe with repeated token ids and ld = C + 1),
-// accumulation into gradient buffers, and bit-identical results for 1, 2 and 3 OpenMP threads.
+// the forward against a naive double-precision twin, the fast float kernels against the library's
+// reference twins (moe_attention_forward_ref / backward_ref: out, att and dqkv, on both of the fast
+// kernels' paths), softmax rows (sum to 1, zero above the diagonal), causality, the special cases
+// H = 1 and C = 1, backward against central finite differences (every element of qkv; wte and wpe
+// with repeated token ids and ld = C + 1), accumulation into gradient buffers, and bit-identical
+// results for 1, 2 and 3 OpenMP threads.
 // Not here: the Transformer block around these kernels (test_transformer.c).
 //
 // Finite differences as in test_grad.c: a scalar loss L = sum out * W for a fixed random W,
@@ -121,6 +123,156 @@ START_TEST(test_attention_twin)
     check_twin(2, 64, 256, 4, 1.0f, 103);  // hs = 64: one full accumulator pass
     check_twin(1, 33, 160, 2, 1.0f, 104);  // hs = 80: a full and a partial pass
     check_twin(1, 128, 64, 8, 3.0f, 105);  // long rows, large scores
+}
+END_TEST
+
+// ---------------------------------------------------------------- reference twin (library)
+
+// |x| elementwise into a fresh copy
+static double *abs_copy(const float *x, size_t n)
+{
+    double *y = malloc(n * sizeof *y);
+    ck_assert(y);
+    for (size_t i = 0; i < n; i++)
+        y[i] = fabs((double)x[i]);
+    return y;
+}
+
+// The size of the terms each element of dqkv sums, in double, from the twin's probabilities p:
+// with dPa[t, s] = sum_i |dout_t,i| |v_s,i| and dSa[t, s] = p[t, s] (dPa[t, s] + sum_s' p[t, s'] dPa[t, s'])
+// (the size of the terms of dS), mag_dq_t = sum_s dSa[t, s] |k_s| / sqrt(hs), mag_dk_s = sum_t dSa[t, s]
+// |q_t| / sqrt(hs), mag_dv_s = sum_t p[t, s] |dout_t|. mag (B, C, 3D) is laid out like dqkv.
+static void backward_mag(double *mag, const float *qkv, const float *dout, const float *p, size_t B, size_t C,
+                         size_t D, size_t H)
+{
+    size_t hs = D / H, ld = 3 * D;
+    double scale = 1.0 / sqrt((double)hs);
+    double *aq = abs_copy(qkv, B * C * ld), *ag = abs_copy(dout, B * C * D), *dsa = malloc(C * C * sizeof *dsa);
+    ck_assert(dsa);
+    memset(mag, 0, B * C * ld * sizeof *mag);
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < H; h++) {
+            const double *q = aq + b * C * ld + h * hs, *k = q + D, *v = q + 2 * D, *g = ag + b * C * D + h * hs;
+            const float *pb = p + (b * H + h) * C * C;
+            double *mq = mag + b * C * ld + h * hs, *mk = mq + D, *mv = mq + 2 * D;
+            for (size_t t = 0; t < C; t++) {
+                double pdpa = 0.0;
+                for (size_t s = 0; s <= t; s++) {
+                    double d = 0.0;
+                    for (size_t i = 0; i < hs; i++)
+                        d += g[t * D + i] * v[s * ld + i];
+                    dsa[t * C + s] = d;
+                    pdpa += pb[t * C + s] * d;
+                }
+                for (size_t s = 0; s <= t; s++)
+                    dsa[t * C + s] = pb[t * C + s] * (dsa[t * C + s] + pdpa);
+            }
+            for (size_t t = 0; t < C; t++)
+                for (size_t s = 0; s <= t; s++)
+                    for (size_t i = 0; i < hs; i++) {
+                        mq[t * ld + i] += dsa[t * C + s] * k[s * ld + i] * scale;
+                        mk[s * ld + i] += dsa[t * C + s] * q[t * ld + i] * scale;
+                        mv[s * ld + i] += pb[t * C + s] * g[t * D + i];
+                    }
+        }
+    free(aq), free(ag), free(dsa);
+}
+
+// The fast kernels against the reference twins on the same random inputs: forward on NaN-filled
+// out and att (every entry must be written); backward from the twin's att into dqkv that starts
+// at the same nonzero values in both (both add) and a NaN-filled datt (scratch).
+// Tolerance, relative 2e-5 of the size of the terms each element sums:
+//   att: |att - twin| <= 2e-5 * max(|twin|, 1e-2); out: |out - twin| <= 2e-5 * sum_s att |v_s|;
+//   dqkv: |dqkv - twin| <= 2e-5 * (mag + |twin|), mag from backward_mag (|twin| covers the rounding of
+//   the final add into the starting value).
+// Why 2e-5: the fast kernels sum in float (unit roundoff u = 6e-8), the twin in double, so the
+// difference is the float rounding of sums of up to hs + C terms: bounded by about (hs + C) u ~ 2e-5
+// of the terms' size at C = 256, hs = 64 in the worst case, and a random walk in practice
+// (sqrt(n) u, ~1e-6: MOE_GRAD_VERBOSE=1 prints the worst ratios, all below 2e-6). A wrong mask, a
+// missing or doubled term, a wrong scale or a wrong transpose are errors of order 1e-2 .. 1. The
+// att floor 1e-2 is that of the naive-twin test above: a probability p carries an absolute error
+// of about the score's rounding (|score| u, scores ~25 for the peaked case) times p.
+static void check_ref_twin(size_t B, size_t C, size_t D, size_t H, float scale, uint32_t stream)
+{
+    const double tol = 2e-5;
+    size_t nqkv = B * C * 3 * D, nout = B * C * D, natt = B * H * C * C;
+    float *qkv = malloc(nqkv * sizeof(float)), *dout = malloc(nout * sizeof(float));
+    float *out = malloc(nout * sizeof(float)), *att = malloc(natt * sizeof(float));
+    float *out_r = malloc(nout * sizeof(float)), *att_r = malloc(natt * sizeof(float));
+    float *dqkv = malloc(nqkv * sizeof(float)), *dqkv_r = malloc(nqkv * sizeof(float));
+    float *datt = malloc(natt * sizeof(float));
+    double *mag = malloc(nqkv * sizeof(double));
+    ck_assert(qkv && dout && out && att && out_r && att_r && dqkv && dqkv_r && datt && mag);
+    fill_u(qkv, nqkv, stream, -scale, scale);
+    fill_u(dout, nout, stream + 1, -1, 1);
+    fill_nan(out, nout);
+    fill_nan(att, natt);
+    moe_attention_forward(out, att, qkv, B, C, D, H);
+    moe_attention_forward_ref(out_r, att_r, qkv, B, C, D, H);
+
+    double worst_out = 0.0, worst_att = 0.0, worst_d = 0.0;
+    for (size_t i = 0; i < natt; i++) {
+        double bound = fmax(fabs(att_r[i]), 1e-2);
+        worst_att = fmax(worst_att, fabs(att[i] - att_r[i]) / bound);
+        ck_assert_msg(fabs(att[i] - att_r[i]) <= tol * bound, "B=%zu C=%zu D=%zu H=%zu: att[%zu] = %.9g, twin %.9g",
+                      B, C, D, H, i, att[i], att_r[i]);
+    }
+    size_t hs = D / H;
+    for (size_t b = 0; b < B; b++)
+        for (size_t t = 0; t < C; t++)
+            for (size_t j = 0; j < D; j++) {
+                size_t h = j / hs, o = (b * C + t) * D + j;
+                double m = 0.0;
+                for (size_t s = 0; s <= t; s++)
+                    m += att_r[((b * H + h) * C + t) * C + s] * fabs(qkv[(b * C + s) * 3 * D + 2 * D + j]);
+                worst_out = fmax(worst_out, fabs(out[o] - out_r[o]) / m);
+                ck_assert_msg(fabs(out[o] - out_r[o]) <= tol * m, "B=%zu C=%zu D=%zu H=%zu: out[%zu] = %.9g, twin %.9g",
+                              B, C, D, H, o, out[o], out_r[o]);
+            }
+
+    fill_u(dqkv, nqkv, stream + 2, -1, 1);
+    memcpy(dqkv_r, dqkv, nqkv * sizeof(float));
+    fill_nan(datt, natt);
+    moe_attention_backward(dqkv, datt, dout, qkv, att_r, B, C, D, H);
+    fill_nan(datt, natt);
+    moe_attention_backward_ref(dqkv_r, datt, dout, qkv, att_r, B, C, D, H);
+    backward_mag(mag, qkv, dout, att_r, B, C, D, H);
+    for (size_t i = 0; i < nqkv; i++) {
+        double bound = mag[i] + fabs(dqkv_r[i]);
+        worst_d = fmax(worst_d, fabs(dqkv[i] - dqkv_r[i]) / bound);
+        ck_assert_msg(fabs(dqkv[i] - dqkv_r[i]) <= tol * bound,
+                      "B=%zu C=%zu D=%zu H=%zu: dqkv[%zu] = %.9g, twin %.9g (terms %.3g)", B, C, D, H, i, dqkv[i],
+                      dqkv_r[i], mag[i]);
+    }
+    if (getenv("MOE_GRAD_VERBOSE"))
+        printf("ref twin B=%zu C=%zu D=%zu H=%zu: worst relative error out %.3g, att %.3g, dqkv %.3g (tolerance %.0e)\n",
+               B, C, D, H, worst_out, worst_att, worst_d, tol);
+    free(qkv), free(dout), free(out), free(att), free(out_r), free(att_r), free(dqkv), free(dqkv_r), free(datt);
+    free(mag);
+}
+
+START_TEST(test_attention_ref_twin)
+{
+    // the shapes of the naive-twin test
+    check_ref_twin(2, 5, 8, 2, 1.0f, 140);
+    check_ref_twin(1, 7, 6, 1, 2.0f, 141);
+    check_ref_twin(3, 16, 24, 3, 1.0f, 142);
+    check_ref_twin(2, 64, 256, 4, 1.0f, 143);
+    check_ref_twin(1, 33, 160, 2, 1.0f, 144); // hs = 80: the GEMM path
+    check_ref_twin(1, 128, 64, 8, 3.0f, 145);
+    // the shapes that matter, at B = 2
+    check_ref_twin(2, 64, 64, 4, 1.0f, 146);   // small (experiments/common/lm.json): hs = 16
+    check_ref_twin(2, 256, 256, 4, 1.0f, 147); // base: hs = 64, C = 256
+    // head sizes that are not multiples of 8 or 16 (the tile path's column tails), C not a
+    // multiple of 4 or 16 (its row, key and tile tails)
+    check_ref_twin(2, 9, 10, 2, 1.0f, 148);  // hs = 5
+    check_ref_twin(2, 11, 12, 2, 2.0f, 149); // hs = 6
+    check_ref_twin(1, 37, 26, 2, 1.0f, 150); // hs = 13: 8 + 5
+    check_ref_twin(1, 21, 40, 2, 1.0f, 151); // hs = 20: 16 + 4
+    check_ref_twin(1, 2, 24, 1, 1.0f, 152);  // hs = 24: 16 + 8, C = 2
+    // the GEMM path (hs > 64) over two blocks of query rows, the second partial
+    check_ref_twin(1, 200, 256, 2, 1.0f, 153); // hs = 128
+    check_ref_twin(1, 1, 144, 2, 1.0f, 154);   // hs = 72, C = 1
 }
 END_TEST
 
@@ -349,6 +501,37 @@ START_TEST(test_attention_threads)
     free(qkv), free(dout);
 }
 END_TEST
+
+// The same on the GEMM path (hs = 128 > 64) with C over one block of query rows.
+START_TEST(test_attention_threads_gemm)
+{
+    enum { B = 1, C = 150, D = 384, H = 3 };
+    const size_t nqkv = B * C * 3 * D, nout = B * C * D, natt = B * H * C * C;
+    float *qkv = malloc(nqkv * sizeof(float)), *dout = malloc(nout * sizeof(float));
+    struct att_run r[3];
+    for (int k = 0; k < 3; k++) {
+        r[k].out = malloc(nout * sizeof(float));
+        r[k].att = malloc(natt * sizeof(float));
+        r[k].dqkv = malloc(nqkv * sizeof(float));
+        r[k].datt = malloc(natt * sizeof(float));
+        ck_assert(r[k].out && r[k].att && r[k].dqkv && r[k].datt);
+    }
+    ck_assert(qkv && dout);
+    fill_u(qkv, nqkv, 310, -2, 2);
+    fill_u(dout, nout, 311, -1, 1);
+    for (int k = 0; k < 3; k++)
+        run_threads(&r[k], k + 1, qkv, dout, B, C, D, H);
+    for (int k = 1; k < 3; k++) {
+        ck_assert_mem_eq(r[k].out, r[0].out, nout * sizeof(float));
+        ck_assert_mem_eq(r[k].att, r[0].att, natt * sizeof(float));
+        ck_assert_mem_eq(r[k].dqkv, r[0].dqkv, nqkv * sizeof(float));
+    }
+    ck_assert_double_gt(max_abs(r[0].dqkv, nqkv), 0.1);
+    for (int k = 0; k < 3; k++)
+        free(r[k].out), free(r[k].att), free(r[k].dqkv), free(r[k].datt);
+    free(qkv), free(dout);
+}
+END_TEST
 #endif
 
 // ---------------------------------------------------------------- embedding
@@ -440,6 +623,7 @@ static Suite *attention_suite(void)
     Suite *s = suite_create("attention");
     TCase *tc = tcase_create("attention");
     tcase_add_test(tc, test_attention_twin);
+    tcase_add_test(tc, test_attention_ref_twin);
     tcase_add_test(tc, test_attention_rows);
     tcase_add_test(tc, test_attention_causal);
     tcase_add_test(tc, test_attention_one_position);
@@ -448,6 +632,7 @@ static Suite *attention_suite(void)
     tcase_add_test(tc, test_attention_accumulate);
 #ifdef _OPENMP
     tcase_add_test(tc, test_attention_threads);
+    tcase_add_test(tc, test_attention_threads_gemm);
 #endif
     suite_add_tcase(s, tc);
     TCase *te = tcase_create("embedding");
