@@ -21,6 +21,8 @@
 #include "core/prof.h"
 #include "nn/nn.h"
 
+#define PAR_MIN (1u << 15) // elements before an elementwise loop goes parallel
+
 static const char *const act_names[] = { "relu", "gelu", "swiglu" };
 
 int moe_ffn_act_from_name(const char *name)
@@ -53,6 +55,7 @@ void moe_ffn_forward(float *y, float *a, float *b, float *h, const float *x, con
     t0 = moe_prof_begin();
     switch (act) {
     case MOE_FFN_RELU:
+        #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
         for (size_t i = 0; i < n; i++)
             h[i] = a[i] > 0.0f ? a[i] : 0.0f;
         break;
@@ -61,6 +64,7 @@ void moe_ffn_forward(float *y, float *a, float *b, float *h, const float *x, con
         break;
     case MOE_FFN_SWIGLU:
         moe_silu_forward(h, a, n);
+        #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
         for (size_t i = 0; i < n; i++)
             h[i] *= b[i];
         break;
@@ -87,6 +91,7 @@ void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, 
     t0 = moe_prof_begin();
     switch (act) {
     case MOE_FFN_RELU:
+        #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
         for (size_t i = 0; i < n; i++)
             da[i] = a[i] > 0.0f ? dh[i] : 0.0f;
         break;
@@ -99,6 +104,7 @@ void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, 
         // silu(a) is recomputed rather than saved (h / b is not safe at b = 0).
         assert(b && db && w3 && dw3);
         moe_silu_forward(db, a, n);
+        #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
         for (size_t i = 0; i < n; i++) {
             db[i] *= dh[i];
             dh[i] *= b[i];
