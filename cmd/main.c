@@ -88,26 +88,8 @@ static int print_version(void)
     return 0;
 }
 
-// OpenMP threads that finish a parallel loop spin while they wait for the next
-// one (libgomp's default: up to 300,000 polls). On a machine shared by several
-// runs that spinning takes the cores the other runs need: three runs on two
-// cores took many times longer than the same runs one after another. libgomp
-// reads its waiting policy once, before main(), so unless the user chose one
-// (OMP_WAIT_POLICY or GOMP_SPINCOUNT), moe sets passive waiting (threads sleep
-// at once) and starts itself again. Not under valgrind, whose tools would not
-// follow the new image (and which serialises threads anyway).
-static void openmp_passive_wait(char **argv)
-{
-    const char *pre = getenv("LD_PRELOAD");
-    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT") || (pre && strstr(pre, "vgpreload")))
-        return;
-    if (setenv("OMP_WAIT_POLICY", "passive", 1) == 0)
-        execv("/proc/self/exe", argv); // returns only on failure: go on with the default policy
-}
-
 int main(int argc, char **argv)
 {
-    openmp_passive_wait(argv);
     if (argc < 2) {
         fputs("moe: no command given (see 'moe --help')\n", stderr);
         return 2;

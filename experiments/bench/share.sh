@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # experiments/bench/share.sh: runs that share cores. Three short `moe train` runs of
 # experiments/common/lm.json at the default thread count (all cores), first one after
-# another, then all three at once, under moe's default OpenMP waiting (passive) and
-# under OMP_WAIT_POLICY=active (libgomp's spinning, the old behaviour). Writes
-# OUT/share.csv: policy, seconds in sequence, seconds concurrently, their ratio
-# (the target: concurrent within 1.2x of sequential).
+# another, then all three at once: at the default thread count with libgomp's
+# default waiting (threads spin), with OMP_WAIT_POLICY=passive, and at --threads 1.
+# Writes OUT/share.csv: setting, seconds in sequence, seconds concurrently, their
+# ratio (the issue's target: concurrent within 1.2x of sequential).
 #   bash experiments/bench/share.sh [OUT]     (default OUT: results/bench)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -16,15 +16,16 @@ mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 job() {
-    "$moe" train --config experiments/common/lm.json --set data.text.windows_per_epoch=1200 --set train.epochs=1 \
+    "$moe" train --config experiments/common/lm.json --set data.text.windows_per_epoch=400 --set train.epochs=1 \
         --set data.text.train_eval_windows=32 --set data.text.valid_eval_windows=32 --seed "$1" \
-        --out "$work/$2-$1" --quiet >/dev/null
+        --out "$work/$2-$1" --quiet $THREADS_OPT >/dev/null
 }
 now() { date +%s.%N; }
-echo "policy,sequential_seconds,concurrent_seconds,ratio" > "$out/share.csv"
-for policy in default active; do
-    env=()
-    [ "$policy" = active ] && env=(OMP_WAIT_POLICY=active)
+echo "setting,sequential_seconds,concurrent_seconds,ratio" > "$out/share.csv"
+for policy in default passive threads1; do
+    env=(THREADS_OPT=)
+    [ "$policy" = passive ] && env+=(OMP_WAIT_POLICY=passive)
+    [ "$policy" = threads1 ] && env=(THREADS_OPT="--threads 1")
     t0=$(now)
     for s in 1 2 3; do env "${env[@]}" bash -c "$(declare -f job); moe=$moe work=$work job $s seq-$policy"; done
     t1=$(now)
