@@ -10,8 +10,8 @@
 
 // sleef.h declares its AVX2 functions only when this file is compiled with
 // -mavx2; it is not (the SSE2 path must run anywhere), so declare the two here.
-__m256 Sleef_finz_expf8_u10avx2(__m256 x);
-__m256 Sleef_finz_tanhf8_u35avx2(__m256 x);
+__attribute__((target("avx2,fma"))) __m256 Sleef_finz_expf8_u10avx2(__m256 x);
+__attribute__((target("avx2,fma"))) __m256 Sleef_finz_tanhf8_u35avx2(__m256 x);
 
 // 1 when the AVX2+FMA path runs; decided once, on first use.
 static int use_avx2(void)
