@@ -197,6 +197,7 @@ int cli_setup_compute(const char *cmd, const struct cli_common *c)
     struct moe_err err;
     if (moe_blas_init(threads, &err))
         return cli_fail(cmd, &err);
+    moe_threads_set_adaptive(c->threads <= 0); // the default: all cores that other processes leave idle
     return 0;
 }
 
@@ -311,6 +312,7 @@ cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg)
     cJSON_AddStringToObject(blas, "arch", b->arch);
     cJSON_AddStringToObject(blas, "chosen_by", b->chosen_by);
     cJSON_AddNumberToObject(s, "threads", b->threads);
+    cJSON_AddBoolToObject(s, "threads_adaptive", b->adaptive);
     cJSON_AddStringToObject(s, "device", "cpu");
     return s;
 }

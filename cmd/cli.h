@@ -61,7 +61,8 @@ int cli_fail(const char *cmd, const struct moe_err *err);
 // Strict integer parse; returns 0 on success.
 int cli_parse_ll(const char *s, long long lo, long long hi, long long *ret);
 
-// Set up BLAS and threads (default: online cores); check --device.
+// Set up BLAS and threads (default: every online core at most, adapting to the
+// cores other processes leave idle: core/gemm.h moe_threads_adapt); check --device.
 int cli_setup_compute(const char *cmd, const struct cli_common *c);
 // Load the run config: --config, then --set in order, then --seed.
 int cli_load_config(const struct cli_common *c, struct moe_config *ret, struct moe_err *err);

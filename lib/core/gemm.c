@@ -6,16 +6,21 @@
 #include <assert.h>
 #include <blis.h>
 
-#include "core/prof.h"
 #include <cpuid.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "core/prof.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 static struct moe_blas_info g_info;
+static int g_current;              // threads in use now (adaptive threads), 0 before the first change
+static double g_last_check = -1.0; // when moe_threads_adapt last looked
 static int g_initialised;
 // Per-call thread counts: BLIS's OpenMP start-up costs far more than a small
 // GEMM (a 400x2x4 product ran ~80x slower on 2 threads than on 1), so only
@@ -146,7 +151,80 @@ int moe_blas_init(int threads, struct moe_err *err)
     omp_set_num_threads(threads);
 #endif
     g_info.threads = threads;
+    g_current = 0;
     return 0;
 }
 
 const struct moe_blas_info *moe_blas_get_info(void) { return &g_info; }
+
+// ---------------------------------------------------------------- adaptive threads
+
+
+void moe_threads_set_adaptive(int on) { g_info.adaptive = on; }
+
+static void set_threads(int t)
+{
+    bli_thread_set_num_threads(t);
+    bli_rntm_set_num_threads(t, &g_rntm_all);
+#ifdef _OPENMP
+    omp_set_num_threads(t);
+#endif
+    g_current = t;
+}
+
+// Runnable tasks on the machine (/proc/stat procs_running, this process's included), or -1.
+static long procs_running(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    long n = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "procs_running %ld", &n) == 1)
+            break;
+    fclose(f);
+    return n;
+}
+
+// This process's threads in state R (running or runnable), or -1.
+static long own_running(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    long n = 0;
+    for (struct dirent *de; (de = readdir(d));) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[64], buf[512];
+        snprintf(path, sizeof path, "/proc/self/task/%.20s/stat", de->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t got = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[got] = 0;
+        const char *p = strrchr(buf, ')'); // the state follows the command name, which may hold spaces
+        n += p && p[1] == ' ' && p[2] == 'R';
+    }
+    closedir(d);
+    return n;
+}
+
+void moe_threads_adapt(void)
+{
+    if (!g_info.adaptive || g_info.threads <= 1)
+        return;
+    double now = moe_prof_clock();
+    if (g_last_check >= 0.0 && now - g_last_check < 0.2)
+        return;
+    g_last_check = now;
+    long all = procs_running(), ours = own_running(), cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (all < 0 || ours < 0 || cores < 1)
+        return;
+    long idle = cores - (all - ours);
+    int t = idle < 1 ? 1 : idle > g_info.threads ? g_info.threads : (int)idle;
+    if (t != (g_current ? g_current : g_info.threads))
+        set_threads(t);
+}

@@ -26,7 +26,8 @@ struct moe_blas_info {
     char arch[32];     // sub-configuration BLIS reports in use, e.g. "skx"
     char chosen_by[32];// "blis" (its own detection), "moe" (we overrode generic), "BLIS_ARCH_TYPE" (user)
     char version[32];  // BLIS version string
-    int threads;       // BLIS threads (and OpenMP threads for our own loops)
+    int threads;       // BLIS threads (and OpenMP threads for our own loops); with adaptive threads, the most
+    int adaptive;      // moe_threads_set_adaptive is on
 };
 
 // Pick the sub-configuration (when BLIS 0.9.0 would fall back to `generic`, choose
@@ -34,6 +35,15 @@ struct moe_blas_info {
 // explicit BLIS_ARCH_TYPE from the user always wins), initialise BLIS and set the
 // thread count. Call once, before any moe_gemm; later calls only change threads.
 int moe_blas_init(int threads, struct moe_err *err);
+
+// Runs sharing cores: with adaptive threads on, moe_threads_adapt (called by the
+// training loop before each step, at most every 0.2 s) sets the threads of the next
+// step to the cores that other processes leave idle (from /proc/stat's
+// procs_running, less this process's own running threads), between 1 and the
+// moe_blas_init count. Results do not depend on the thread count, so this changes
+// only speed. Off by default; the CLI turns it on when --threads is not given.
+void moe_threads_set_adaptive(int on);
+void moe_threads_adapt(void);
 const struct moe_blas_info *moe_blas_get_info(void);
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/gemm.h"
 #include "core/rng.h"
 #include "moe/route_stats.h"
 #include "train/train.h"
@@ -87,6 +88,7 @@ int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *s
     for (size_t start = 0; !rc && start < rows; start += chunk) {
         size_t n = rows - start < chunk ? rows - start : chunk;
         struct moe_batch b = lm ? moe_lm_batch_fill(d, &lb, 0, 0, start, n) : slice(d, start, n);
+        moe_threads_adapt();
         rc = moe_model_run(m, &b, 0, s, err);
     }
     moe_lm_batch_release(&lb);
@@ -398,6 +400,7 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
             }
             for (size_t start = pos->next_row; start < tr->n; start += bs) {
                 size_t n = tr->n - start < bs ? tr->n - start : bs;
+                moe_threads_adapt(); // runs sharing cores: threads for the cores left idle
                 struct moe_batch b;
                 if (lm) {
                     b = moe_lm_batch_fill(tr, &lb, seed, epoch, start, n);

@@ -271,6 +271,24 @@ t_threads() {
 }
 check "--threads 1 and --threads 2 give byte-identical metrics.csv and model.safetensors" t_threads
 
+# Without --threads the thread count follows the cores other processes leave idle
+# (rechecked before each step); two busy loops beside the run make it change.
+t_threads_adaptive() {
+    [ -s "$TMP/t1/metrics.csv" ] || fail "no --threads 1 run to compare with" || return 1
+    local h1 h2
+    timeout 60 sh -c 'while :; do :; done' & h1=$!
+    timeout 60 sh -c 'while :; do :; done' & h2=$!
+    run "$TMP/ta" "$MOE" train --config "$TMP/big.json" --out "$TMP/ta"
+    kill "$h1" "$h2" 2>/dev/null
+    wait "$h1" "$h2" 2>/dev/null
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/ta" moe train --config big.json)" || return 1
+    [ "$(jq .threads_adaptive "$TMP/ta/summary.json")" = true ] || fail "summary.threads_adaptive is not true" || return 1
+    cmp "$TMP/t1/metrics.csv" "$TMP/ta/metrics.csv" >/dev/null ||
+        fail "metrics.csv differs: $(diff "$TMP/t1/metrics.csv" "$TMP/ta/metrics.csv" | head -4)" || return 1
+    cmp "$TMP/t1/model.safetensors" "$TMP/ta/model.safetensors" >/dev/null || fail "model.safetensors differs"
+}
+check "default threads (adapting to busy cores) give the bytes of --threads 1" t_threads_adaptive
+
 t_seed() {
     run "$TMP/s2" "$MOE" train --config "$TMP/reg.json" --out "$TMP/s2" --seed 2 --threads 1
     [ "$RC" -eq 0 ] || fail "$(describe "$TMP/s2" moe train --seed 2)" || return 1
