@@ -5,6 +5,7 @@
 //     hundreds of random cases, plus the layout invariants of the plan, plus
 //     hand examples for both drop policies;
 //   - moe_experts_forward against the naive moe_experts_forward_ref;
+//   - moe_experts_forward and _backward on 1 and 2 threads: the same bytes;
 //   - moe_ffn_backward and moe_experts_backward against central finite
 //     differences, with the method and tolerance of test_grad.c (see there):
 //     numeric = (L(w+) - L(w-)) / (w+ - w-) with the stored float steps,
@@ -736,6 +737,97 @@ START_TEST(test_experts_grad)
 }
 END_TEST
 
+// ---------------------------------------------------------------- experts: thread counts
+
+// One forward and backward of a layer of experts big enough that every loop goes
+// parallel (the gather, the combine and its backward, the activations) and that,
+// with two threads, the experts run side by side; into caller-owned outputs.
+struct thr_out {
+    float *out, *dx, *dgate, *dw1, *dw3, *dw2;
+};
+
+enum { TT = 300, TS = 2, TE = 7, TD = 64, TF = 128 };
+
+static void thr_run(enum moe_ffn_act act, struct thr_out *o)
+{
+    const int sw = act == MOE_FFN_SWIGLU;
+    int32_t *idx = malloc(TT * TS * sizeof *idx);
+    float *prio = malloc(TT * TS * sizeof *prio), *gate = malloc(TT * TS * sizeof *gate);
+    float *x = malloc(TT * TD * sizeof *x), *dout = malloc(TT * TD * sizeof *dout);
+    float *w1 = malloc(TE * TF * TD * sizeof *w1), *w3 = malloc(TE * TF * TD * sizeof *w3);
+    float *w2 = malloc(TE * TD * TF * sizeof *w2);
+    random_route(idx, prio, TT, TS, TE, 1, 0.1f, 0, 7000);
+    for (size_t i = 0; i < TT * TS; i++) // expert 3 gets nothing: an empty block among busy ones
+        if (idx[i] == 3)
+            idx[i] = -1;
+    fill_u(gate, TT * TS, 7001, 0.05f, 1.0f);
+    fill_u(x, TT * TD, 7002, -1.0f, 1.0f);
+    fill_u(dout, TT * TD, 7003, -1.0f, 1.0f);
+    fill_u(w1, TE * TF * TD, 7004, -0.125f, 0.125f);
+    fill_u(w3, TE * TF * TD, 7005, -0.125f, 0.125f);
+    fill_u(w2, TE * TD * TF, 7006, -0.09f, 0.09f);
+    struct moe_dispatch d;
+    struct moe_experts_buf buf;
+    struct moe_err err;
+    ck_assert_int_eq(moe_dispatch_alloc(&d, TT, TS, TE, &err), 0);
+    ck_assert_int_eq(moe_experts_buf_alloc(&buf, TT * TS, TD, TF, sw, &err), 0);
+    moe_dispatch_plan(&d, idx, prio, TT, moe_capacity(1.0, TT, TS, TE), MOE_DROP_ORDER);
+    ck_assert_uint_eq(d.offset[4] - d.offset[3], 0);
+    ck_assert_uint_ge(d.n_rows * TF, 1u << 15); // the activations' parallel threshold
+    memset(o->out, 0, TT * TD * sizeof(float));
+    memset(o->dx, 0, TT * TD * sizeof(float));
+    memset(o->dgate, 0, TT * TS * sizeof(float));
+    memset(o->dw1, 0, TE * TF * TD * sizeof(float));
+    memset(o->dw3, 0, TE * TF * TD * sizeof(float));
+    memset(o->dw2, 0, TE * TD * TF * sizeof(float));
+    moe_experts_forward(o->out, x, gate, &d, w1, sw ? w3 : NULL, w2, &buf, act);
+    moe_experts_backward(o->dx, o->dgate, o->dw1, sw ? o->dw3 : NULL, o->dw2, dout, x, gate, &d, w1, sw ? w3 : NULL,
+                         w2, &buf, act);
+    moe_experts_buf_release(&buf);
+    moe_dispatch_release(&d);
+    free(idx), free(prio), free(gate), free(x), free(dout), free(w1), free(w3), free(w2);
+}
+
+static void thr_alloc(struct thr_out *o)
+{
+    o->out = malloc(TT * TD * sizeof(float));
+    o->dx = malloc(TT * TD * sizeof(float));
+    o->dgate = malloc(TT * TS * sizeof(float));
+    o->dw1 = malloc(TE * TF * TD * sizeof(float));
+    o->dw3 = malloc(TE * TF * TD * sizeof(float));
+    o->dw2 = malloc(TE * TD * TF * sizeof(float));
+}
+
+static void thr_free(struct thr_out *o) { free(o->out), free(o->dx), free(o->dgate), free(o->dw1), free(o->dw3), free(o->dw2); }
+
+// One thread (experts one after another) and two (experts side by side, parallel
+// gather and combine) give the same bytes.
+START_TEST(test_experts_threads_identical)
+{
+    struct moe_err err;
+    for (int a = 0; a < 3; a++) {
+        struct thr_out o1, o2;
+        thr_alloc(&o1);
+        thr_alloc(&o2);
+        ck_assert_int_eq(moe_blas_init(1, &err), 0);
+        thr_run((enum moe_ffn_act)a, &o1);
+        ck_assert_int_eq(moe_blas_init(2, &err), 0);
+        thr_run((enum moe_ffn_act)a, &o2);
+        ck_assert_int_eq(moe_blas_init(1, &err), 0);
+        ck_assert_double_gt(max_abs(o1.out, TT * TD), 0.01);
+        ck_assert_double_gt(max_abs(o1.dw1, TE * TF * TD), 0.01);
+        ck_assert_mem_eq(o1.out, o2.out, TT * TD * sizeof(float));
+        ck_assert_mem_eq(o1.dx, o2.dx, TT * TD * sizeof(float));
+        ck_assert_mem_eq(o1.dgate, o2.dgate, TT * TS * sizeof(float));
+        ck_assert_mem_eq(o1.dw1, o2.dw1, TE * TF * TD * sizeof(float));
+        ck_assert_mem_eq(o1.dw3, o2.dw3, TE * TF * TD * sizeof(float));
+        ck_assert_mem_eq(o1.dw2, o2.dw2, TE * TD * TF * sizeof(float));
+        thr_free(&o1);
+        thr_free(&o2);
+    }
+}
+END_TEST
+
 int main(void)
 {
     if (moe_test_init_blas(1))
@@ -752,6 +844,7 @@ int main(void)
     tcase_add_test(tc, test_experts_forward_vs_ref);
     tcase_add_test(tc, test_ffn_grad);
     tcase_add_test(tc, test_experts_grad);
+    tcase_add_test(tc, test_experts_threads_identical);
     suite_add_tcase(s, tc);
     int rc = moe_test_run(s);
     if (getenv("MOE_GRAD_VERBOSE")) // only meaningful when the tests ran in this process (CK_FORK=no)

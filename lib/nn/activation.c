@@ -47,8 +47,10 @@ void moe_act_backward(enum moe_act a, float *dx, const float *dy, const float *y
             dx[i] += dy[i] * (1.0f - y[i] * y[i]);
         break;
     case MOE_ACT_RELU:
-        for (size_t i = 0; i < n; i++)
-            dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
+        for (size_t i = 0; i < n; i++) {
+            const float d = dy[i]; // loaded unconditionally: the select vectorises
+            dx[i] += y[i] > 0.0f ? d : 0.0f;
+        }
         break;
     case MOE_ACT_SIGMOID:
         for (size_t i = 0; i < n; i++)
