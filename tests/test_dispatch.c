@@ -740,8 +740,8 @@ END_TEST
 // ---------------------------------------------------------------- experts: thread counts
 
 // One forward and backward of a layer of experts big enough that every loop goes
-// parallel (the gather, the combine and its backward, the activations) and that,
-// with two threads, the experts run side by side; into caller-owned outputs.
+// parallel (the gather, the combine and its backward, the activations, the
+// expert GEMMs); into caller-owned outputs.
 struct thr_out {
     float *out, *dx, *dgate, *dw1, *dw3, *dw2;
 };
@@ -800,8 +800,7 @@ static void thr_alloc(struct thr_out *o)
 
 static void thr_free(struct thr_out *o) { free(o->out), free(o->dx), free(o->dgate), free(o->dw1), free(o->dw3), free(o->dw2); }
 
-// One thread (experts one after another) and two (experts side by side, parallel
-// gather and combine) give the same bytes.
+// One thread and two give the same bytes.
 START_TEST(test_experts_threads_identical)
 {
     struct moe_err err;

@@ -55,10 +55,7 @@ void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alph
 {
     if (K > 0)
         moe_gemm_record_add(trans_a, trans_b, M, N, K);
-    // Inside a parallel region (experts run side by side) the caller's thread is the
-    // one thread this product gets: BLIS's own threads would nest.
-    rntm_t rntm = 2.0 * (double)M * (double)N * (double)K >= MT_MIN_FLOPS && !omp_in_parallel() ? g_rntm_all
-                                                                                            : g_rntm_one;
+    rntm_t rntm = 2.0 * (double)M * (double)N * (double)K >= MT_MIN_FLOPS ? g_rntm_all : g_rntm_one;
     gemm_rntm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, rntm);
 }
 

@@ -105,10 +105,25 @@ size_t moe_params_count(const struct moe_params *p)
     return n;
 }
 
+void moe_zero(float *x, size_t n)
+{
+    const size_t chunk = 1u << 16; // floats: 256 KiB a chunk
+    if (n < 2 * chunk) {
+        memset(x, 0, n * sizeof *x);
+        return;
+    }
+    const size_t nc = (n + chunk - 1) / chunk;
+    #pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nc; c++) {
+        size_t i0 = c * chunk, len = i0 + chunk <= n ? chunk : n - i0;
+        memset(x + i0, 0, len * sizeof *x);
+    }
+}
+
 void moe_params_zero_grad(struct moe_params *p)
 {
     if (p->grad)
-        memset(p->grad, 0, p->numel * sizeof(float));
+        moe_zero(p->grad, p->numel);
 }
 
 void moe_params_release(struct moe_params *p)

@@ -64,5 +64,8 @@ void moe_init_uniform(struct moe_params *p, int idx, uint64_t seed, float scale)
 // Aligned allocation helpers (free with moe_free). Return NULL on failure or overflow.
 void *moe_alloc(size_t count, size_t size);  // zero-filled
 void moe_free(void *p);
+// x[0..n) = 0, split over the threads in fixed 64-byte-aligned chunks when n is
+// large (clearing gradients and activation gradients is memory-bound).
+void moe_zero(float *x, size_t n);
 
 #endif

@@ -13,7 +13,6 @@
 
 #include <assert.h>
 #include <math.h>
-#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,19 +40,8 @@ const char *moe_ffn_act_name(enum moe_ffn_act a) { return act_names[a]; }
 
 // reference: Shazeer 2020, "GLU variants improve Transformer" (SwiGLU,
 // h = silu(x W1^T) * (x W3^T), no biases).
-// Phase time of one FFN: into the global timers (sec NULL), or into sec[0]
-// (GEMMs) and sec[1] (activation) when FFNs run side by side on several threads
-// (the timers are not thread-safe; the caller shares the loop's wall time out).
-static void ffn_time(double *sec, enum moe_phase ph, double t0)
-{
-    if (!sec)
-        moe_prof_end(ph, t0);
-    else if (moe_prof_enabled)
-        sec[ph == MOE_PHASE_ACTIVATION] += moe_prof_clock() - t0;
-}
-
-static void ffn_forward(float *y, float *a, float *b, float *h, const float *x, const float *w1, const float *w3,
-                        const float *w2, size_t N, size_t D, size_t F, enum moe_ffn_act act, double *sec)
+void moe_ffn_forward(float *y, float *a, float *b, float *h, const float *x, const float *w1, const float *w3,
+                     const float *w2, size_t N, size_t D, size_t F, enum moe_ffn_act act)
 {
     if (N == 0)
         return;
@@ -64,7 +52,7 @@ static void ffn_forward(float *y, float *a, float *b, float *h, const float *x, 
         assert(b && w3);
         moe_linear_forward(b, F, x, D, w3, NULL, N, D, F);
     }
-    ffn_time(sec, MOE_PHASE_FFN_GEMM, t0);
+    moe_prof_end(MOE_PHASE_FFN_GEMM, t0);
     t0 = moe_prof_begin();
     switch (act) {
     case MOE_FFN_RELU:
@@ -82,22 +70,16 @@ static void ffn_forward(float *y, float *a, float *b, float *h, const float *x, 
             h[i] *= b[i];
         break;
     }
-    ffn_time(sec, MOE_PHASE_ACTIVATION, t0);
+    moe_prof_end(MOE_PHASE_ACTIVATION, t0);
     t0 = moe_prof_begin();
     moe_linear_forward(y, D, h, F, w2, NULL, N, F, D);
-    ffn_time(sec, MOE_PHASE_FFN_GEMM, t0);
+    moe_prof_end(MOE_PHASE_FFN_GEMM, t0);
 }
 
-void moe_ffn_forward(float *y, float *a, float *b, float *h, const float *x, const float *w1, const float *w3,
-                     const float *w2, size_t N, size_t D, size_t F, enum moe_ffn_act act)
-{
-    ffn_forward(y, a, b, h, x, w1, w3, w2, N, D, F, act, NULL);
-}
-
-static void ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, float *da, float *db,
-                         const float *dy, const float *x, const float *a, const float *b, const float *h,
-                         const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
-                         enum moe_ffn_act act, double *sec)
+void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, float *da, float *db,
+                      const float *dy, const float *x, const float *a, const float *b, const float *h,
+                      const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
+                      enum moe_ffn_act act)
 {
     if (N == 0)
         return;
@@ -106,7 +88,7 @@ static void ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *d
     double t0 = moe_prof_begin();
     moe_gemm(0, 0, N, F, D, 1.0f, dy, D, w2, F, 0.0f, dh, F);
     moe_gemm(1, 0, D, F, N, 1.0f, dy, D, h, F, 1.0f, dw2, F);
-    ffn_time(sec, MOE_PHASE_FFN_GEMM, t0);
+    moe_prof_end(MOE_PHASE_FFN_GEMM, t0);
     t0 = moe_prof_begin();
     switch (act) {
     case MOE_FFN_RELU:
@@ -117,7 +99,6 @@ static void ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *d
         }
         break;
     case MOE_FFN_GELU:
-        memset(da, 0, n * sizeof *da);
         moe_gelu_backward(da, dh, a, n);
         break;
     case MOE_FFN_SWIGLU:
@@ -130,24 +111,15 @@ static void ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *d
             db[i] *= dh[i];
             dh[i] *= b[i];
         }
-        memset(da, 0, n * sizeof *da);
         moe_silu_backward(da, dh, a, n);
         break;
     }
-    ffn_time(sec, MOE_PHASE_ACTIVATION, t0);
+    moe_prof_end(MOE_PHASE_ACTIVATION, t0);
     t0 = moe_prof_begin();
     if (act == MOE_FFN_SWIGLU)
         moe_linear_backward(dx, D, dw3, NULL, db, F, x, D, w3, N, D, F);
     moe_linear_backward(dx, D, dw1, NULL, da, F, x, D, w1, N, D, F);
-    ffn_time(sec, MOE_PHASE_FFN_GEMM, t0);
-}
-
-void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, float *da, float *db,
-                      const float *dy, const float *x, const float *a, const float *b, const float *h,
-                      const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
-                      enum moe_ffn_act act)
-{
-    ffn_backward(dx, dw1, dw3, dw2, dh, da, db, dy, x, a, b, h, w1, w3, w2, N, D, F, act, NULL);
+    moe_prof_end(MOE_PHASE_FFN_GEMM, t0);
 }
 
 void moe_ffn_importance_add(double *imp, const float *a, const float *b, const float *h, const float *dh,
@@ -222,94 +194,45 @@ void moe_experts_buf_release(struct moe_experts_buf *buf)
 
 // ---------------------------------------------------------------- a layer of experts
 
-// Experts side by side. With more than one thread and more than one busy expert,
-// each expert's FFN runs whole on one thread (its GEMMs on that thread alone, see
-// moe_gemm), largest block first, the next to whichever thread is free (longest
-// processing time first). Many small per-expert GEMMs then run at one core's GEMM
-// rate each instead of paying BLIS's split and join per GEMM, which is what made
-// E = 64 experts cost more than E = 8 at the same k and T. An expert's results do
-// not depend on the thread that computes it, so outputs stay byte-identical
-// across thread counts. MOE_EXPERTS_SERIAL=1 in the environment turns it off
-// (to compare the two).
-struct busy {
-    size_t n, e;
-};
-
-static int busy_cmp(const void *pa, const void *pb)
+// Expert e's FFN over its block of the plan (nothing when the block is empty).
+static void expert_forward(struct moe_experts_buf *buf, const struct moe_dispatch *plan, size_t e, const float *w1,
+                           const float *w3, const float *w2, enum moe_ffn_act act)
 {
-    const struct busy *a = pa, *b = pb;
-    if (a->n != b->n)
-        return a->n > b->n ? -1 : 1;
-    return a->e < b->e ? -1 : a->e > b->e;
+    const size_t D = buf->D, F = buf->F, off = plan->offset[e], n = plan->offset[e + 1] - off;
+    const int swiglu = act == MOE_FFN_SWIGLU;
+    moe_ffn_forward(buf->yd + off * D, buf->a + off * F, swiglu ? buf->b + off * F : NULL, buf->h + off * F,
+                    buf->xd + off * D, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F,
+                    act);
 }
 
-// The busy experts, largest first, into *ord (malloc'd); 0 (and NULL) to run the
-// experts one after another on BLIS's threads.
-static size_t side_by_side(const struct moe_dispatch *plan, struct busy **ord)
+static void expert_backward(struct moe_experts_buf *buf, const struct moe_dispatch *plan, size_t e, int with_dx,
+                            float *dw1, float *dw3, float *dw2, const float *w1, const float *w3, const float *w2,
+                            enum moe_ffn_act act)
 {
-    *ord = NULL;
-    static int off = -1;
-    if (off < 0) {
-        const char *v = getenv("MOE_EXPERTS_SERIAL");
-        off = v && *v && strcmp(v, "0") != 0;
-    }
-    if (off || omp_get_max_threads() < 2 || omp_in_parallel())
-        return 0;
-    size_t nb = 0;
-    for (size_t e = 0; e < plan->E; e++)
-        nb += plan->offset[e + 1] > plan->offset[e];
-    if (nb < 2 || !(*ord = malloc(nb * sizeof **ord)))
-        return 0;
-    nb = 0;
-    for (size_t e = 0; e < plan->E; e++)
-        if (plan->offset[e + 1] > plan->offset[e])
-            (*ord)[nb++] = (struct busy){ plan->offset[e + 1] - plan->offset[e], e };
-    qsort(*ord, nb, sizeof **ord, busy_cmp);
-    return nb;
-}
-
-// The wall time of a side-by-side loop since t0, shared between the GEMM and
-// activation phases in the proportion the threads spent in each (sec).
-static void share_time(const double sec[2], double t0)
-{
-    if (!moe_prof_enabled)
-        return;
-    double wall = moe_prof_clock() - t0, sum = sec[0] + sec[1];
-    double act = sum > 0.0 ? wall * sec[1] / sum : 0.0;
-    moe_prof_seconds[MOE_PHASE_ACTIVATION] += act;
-    moe_prof_seconds[MOE_PHASE_FFN_GEMM] += wall - act;
+    const size_t D = buf->D, F = buf->F, off = plan->offset[e], n = plan->offset[e + 1] - off;
+    const int swiglu = act == MOE_FFN_SWIGLU;
+    moe_ffn_backward(with_dx ? buf->dxd + off * D : NULL, dw1 + e * F * D, swiglu ? dw3 + e * F * D : NULL,
+                     dw2 + e * D * F, buf->dh + off * F, buf->da + off * F, swiglu ? buf->db + off * F : NULL,
+                     buf->dyd + off * D, buf->xd + off * D, buf->a + off * F, swiglu ? buf->b + off * F : NULL,
+                     buf->h + off * F, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F,
+                     act);
 }
 
 void moe_experts_forward(float *out, const float *x, const float *gate, const struct moe_dispatch *plan,
                          const float *w1, const float *w3, const float *w2, struct moe_experts_buf *buf,
                          enum moe_ffn_act act)
 {
-    const size_t T = plan->T, S = plan->S, E = plan->E, D = buf->D, F = buf->F, N = plan->n_rows;
+    const size_t T = plan->T, S = plan->S, E = plan->E, D = buf->D, N = plan->n_rows;
     assert(N <= buf->N_max);
-    const int swiglu = act == MOE_FFN_SWIGLU;
-    assert(!swiglu || (w3 && buf->b));
+    assert(act != MOE_FFN_SWIGLU || (w3 && buf->b));
 
     double t0 = moe_prof_begin();
     #pragma omp parallel for schedule(static) if (N * D >= PAR_MIN)
     for (size_t r = 0; r < N; r++)
         memcpy(buf->xd + r * D, x + (size_t)plan->row_tok[r] * D, D * sizeof *x);
     moe_prof_end(MOE_PHASE_DISPATCH, t0);
-    struct busy *ord = NULL;
-    size_t nb = side_by_side(plan, &ord);
-    double sec[2] = { 0.0, 0.0 };
-    t0 = moe_prof_begin();
-    #pragma omp parallel for schedule(dynamic, 1) reduction(+ : sec[:2]) if (nb > 0)
-    for (size_t i = 0; i < (nb ? nb : E); i++) {
-        size_t e = nb ? ord[i].e : i, off = plan->offset[e], n = plan->offset[e + 1] - off;
-        if (n == 0)
-            continue;
-        ffn_forward(buf->yd + off * D, buf->a + off * F, swiglu ? buf->b + off * F : NULL, buf->h + off * F,
-                    buf->xd + off * D, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F, act,
-                    nb ? sec : NULL);
-    }
-    if (nb)
-        share_time(sec, t0);
-    free(ord);
+    for (size_t e = 0; e < E; e++)
+        expert_forward(buf, plan, e, w1, w3, w2, act);
     t0 = moe_prof_begin();
     #pragma omp parallel for schedule(static) if (T * S * D >= PAR_MIN)
     for (size_t t = 0; t < T; t++) {
@@ -332,10 +255,9 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
                           const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act)
 {
     (void)x; // the forward gathered x into buf->xd
-    const size_t S = plan->S, E = plan->E, D = buf->D, F = buf->F, N = plan->n_rows;
+    const size_t S = plan->S, E = plan->E, D = buf->D, N = plan->n_rows;
     assert(N <= buf->N_max);
-    const int swiglu = act == MOE_FFN_SWIGLU;
-    assert(!swiglu || (w3 && dw3 && buf->b && buf->db));
+    assert(act != MOE_FFN_SWIGLU || (w3 && dw3 && buf->b && buf->db));
 
     // out_t = sum_s gate_ts y_row: dy_row = gate_ts dout_t, dgate_ts = dout_t . y_row
     double t0 = moe_prof_begin();
@@ -354,26 +276,10 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
             dgate[ts] += (float)acc;
     }
     if (dx)
-        memset(buf->dxd, 0, N * D * sizeof *buf->dxd);
+        moe_zero(buf->dxd, N * D);
     moe_prof_end(MOE_PHASE_COMBINE, t0);
-    struct busy *ord = NULL;
-    size_t nb = side_by_side(plan, &ord);
-    double sec[2] = { 0.0, 0.0 };
-    t0 = moe_prof_begin();
-    #pragma omp parallel for schedule(dynamic, 1) reduction(+ : sec[:2]) if (nb > 0)
-    for (size_t i = 0; i < (nb ? nb : E); i++) {
-        size_t e = nb ? ord[i].e : i, off = plan->offset[e], n = plan->offset[e + 1] - off;
-        if (n == 0)
-            continue;
-        ffn_backward(dx ? buf->dxd + off * D : NULL, dw1 + e * F * D, swiglu ? dw3 + e * F * D : NULL,
-                     dw2 + e * D * F, buf->dh + off * F, buf->da + off * F, swiglu ? buf->db + off * F : NULL,
-                     buf->dyd + off * D, buf->xd + off * D, buf->a + off * F, swiglu ? buf->b + off * F : NULL,
-                     buf->h + off * F, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F, act,
-                     nb ? sec : NULL);
-    }
-    if (nb)
-        share_time(sec, t0);
-    free(ord);
+    for (size_t e = 0; e < E; e++)
+        expert_backward(buf, plan, e, dx != NULL, dw1, dw3, dw2, w1, w3, w2, act);
     if (!dx)
         return;
     // scatter back by token, then slot: a fixed order whatever the layout

@@ -99,7 +99,8 @@ void moe_gelu_forward(float *y, const float *x, size_t n)
 }
 
 // The tanh is recomputed from x rather than saved: one vector tanh costs less
-// than the memory traffic of another (T, F) buffer.
+// than the memory traffic of another (T, F) buffer. dx is written, not added to:
+// these loops are memory-bound, and a clear plus a read of dx cost a third more.
 void moe_gelu_backward(float *dx, const float *dy, const float *x, size_t n)
 {
     #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
@@ -110,7 +111,7 @@ void moe_gelu_backward(float *dx, const float *dy, const float *x, size_t n)
         for (size_t i = 0; i < m; i++) {
             float v = x[c + i], t = th[i];
             float dth = (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * v * v);
-            dx[c + i] += dy[c + i] * (0.5f * (1.0f + t) + 0.5f * v * dth);
+            dx[c + i] = dy[c + i] * (0.5f * (1.0f + t) + 0.5f * v * dth);
         }
     }
 }
@@ -145,6 +146,6 @@ void moe_silu_backward(float *dx, const float *dy, const float *x, size_t n)
         float s[CHUNK];
         sigmoid_chunk(s, x + c, m);
         for (size_t i = 0; i < m; i++)
-            dx[c + i] += dy[c + i] * s[i] * (1.0f + x[c + i] * (1.0f - s[i]));
+            dx[c + i] = dy[c + i] * s[i] * (1.0f + x[c + i] * (1.0f - s[i]));
     }
 }

@@ -16,6 +16,9 @@ void moe_linear_forward(float *y, size_t ldy, const float *x, size_t ldx, const 
 // dx += dy . W (dx may be NULL), dW += dy^T . x, db += sum_t dy (db may be NULL).
 void moe_linear_backward(float *dx, size_t lddx, float *dw, float *db, const float *dy, size_t lddy,
                          const float *x, size_t ldx, const float *w, size_t T, size_t I, size_t O);
+// The same, but dx = dy . W is written rather than added to (no need to clear it first).
+void moe_linear_backward_set(float *dx, size_t lddx, float *dw, float *db, const float *dy, size_t lddy,
+                             const float *x, size_t ldx, const float *w, size_t T, size_t I, size_t O);
 
 enum moe_act { MOE_ACT_TANH = 0, MOE_ACT_RELU = 1, MOE_ACT_SIGMOID = 2, MOE_ACT_IDENTITY = 3 };
 int moe_act_from_name(const char *name); // -1 when unknown
@@ -57,7 +60,8 @@ double moe_symkl_forward_backward(float *dy, const float *s, const float *z, siz
 // GELU, tanh form (Hendrycks & Gimpel 2016):
 //   gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 // SiLU / swish (Elfwing et al. 2018; the gate of SwiGLU, Shazeer 2020): silu(x) = x sigmoid(x).
-// Forward: y = f(x) (in place allowed). Backward: dx += dy * f'(x), from the saved input x.
+// Forward: y = f(x) (in place allowed). Backward: dx = dy * f'(x) (written, not added to;
+// in place over dy allowed), from the saved input x.
 void moe_gelu_forward(float *y, const float *x, size_t n);
 void moe_gelu_backward(float *dx, const float *dy, const float *x, size_t n);
 void moe_silu_forward(float *y, const float *x, size_t n);
