@@ -35,12 +35,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/params.h"
 #include "core/prof.h"
 #include "io/config.h"
 #include "io/text.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
 #include "nn/nn.h"
+
+#define PAR_MIN (1u << 15) // values before an elementwise loop goes parallel
 
 
 struct block {
@@ -224,10 +227,12 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
                                                        T, D, 3 * D));
         MOE_TIMED(MOE_PHASE_ATTENTION, moe_attention_forward(b->ao, b->att, b->qkv, B, C, D, H));
         MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_forward(n->tmp, D, b->ao, D, moe_params_data(p, b->i_wo), NULL, T, D, D));
-        for (size_t i = 0; i < TD; i++)
+        #pragma omp parallel for schedule(static) if (TD >= PAR_MIN)
+        for (size_t i = 0; i < TD; i++) {
             b->m[i] = hin[i] + n->tmp[i];
+            hout[i] = b->m[i];
+        }
         moe_model_norm_forward(n->rms, p, b->n2, b->mean2, b->rstd2, b->m, b->i_g2, b->i_b2, T, n->D);
-        memcpy(hout, b->m, TD * sizeof(float));
         if (b->sparse) {
             struct moe_route_acc *acc = stats && si < stats->n_route ? &stats->route[si] : NULL;
             b->moe.radd = b->moe.dradd = NULL;
@@ -245,6 +250,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
             moe_ffn_forward(n->tmp, b->a, b->b, b->hh, b->n2, moe_params_data(p, b->i_w1),
                             b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL, moe_params_data(p, b->i_w2), T, D,
                             Fd, n->act);
+            #pragma omp parallel for schedule(static) if (TD >= PAR_MIN)
             for (size_t i = 0; i < TD; i++)
                 hout[i] += n->tmp[i];
         }
@@ -259,7 +265,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     int32_t *row_argmax = (int32_t *)n->dn;
     double t0 = moe_prof_begin();
     if (with_grad) {
-        memset(n->dlogits, 0, T * V * sizeof(float));
+        moe_zero(n->dlogits, T * V);
         moe_model_ce_head(n->dlogits, row_loss, row_argmax, n->logits, n->target, bt, T, V);
     } else if (stats) {
         moe_ce_rows(NULL, row_loss, row_argmax, n->logits, n->target, T, V, 0.0f);
@@ -276,10 +282,9 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     }
 
     // backward (the head's gradient is in dlogits already)
-    memset(n->dn, 0, TD * sizeof(float));
-    MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward(n->dn, D, moe_params_grad(p, n->i_wh), NULL, n->dlogits, V, n->nf,
+    MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward_set(n->dn, D, moe_params_grad(p, n->i_wh), NULL, n->dlogits, V, n->nf,
                                                     D, moe_params_data(p, n->i_wh), T, D, V));
-    memset(n->dh, 0, TD * sizeof(float));
+    moe_zero(n->dh, TD);
     moe_model_norm_backward(n->rms, p, n->dh, n->dn, hL, n->meanf, n->rstdf, n->i_gf, n->i_bf, T, n->D);
     for (size_t l = L; l-- > 0;) {
         struct block *b = &n->blk[l];
@@ -287,7 +292,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
             moe_mse_forward_backward(n->dh, n->h + (l + 1) * TD, bt->teacher_hidden + l * TD, 1, TD,
                                      bt->kd_alpha / (float)TD);
         // FFN branch: dm = dh (residual) + norm2'(dFFN)
-        memset(n->dn, 0, TD * sizeof(float));
+        moe_zero(n->dn, TD);
         if (b->sparse) {
             if (b->i_lang >= 0) {
                 memset(n->dradd, 0, TD * sizeof(float));
@@ -314,13 +319,11 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
         }
         moe_model_norm_backward(n->rms, p, n->dh, n->dn, b->m, b->mean2, b->rstd2, b->i_g2, b->i_b2, T, n->D);
         // attention branch: dh_l = dm (residual) + norm1'(Wqkv'(Attn'(Wo'(dm))))
-        memset(n->dao, 0, TD * sizeof(float));
-        MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward(n->dao, D, moe_params_grad(p, b->i_wo), NULL, n->dh, D, b->ao,
+        MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward_set(n->dao, D, moe_params_grad(p, b->i_wo), NULL, n->dh, D, b->ao,
                                                         D, moe_params_data(p, b->i_wo), T, D, D));
-        memset(n->dqkv, 0, 3 * TD * sizeof(float));
+        moe_zero(n->dqkv, 3 * TD);
         MOE_TIMED(MOE_PHASE_ATTENTION, moe_attention_backward(n->dqkv, n->datt, n->dao, b->qkv, b->att, B, C, D, H));
-        memset(n->dn, 0, TD * sizeof(float));
-        MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward(n->dn, D, moe_params_grad(p, b->i_qkv), NULL, n->dqkv, 3 * D,
+        MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward_set(n->dn, D, moe_params_grad(p, b->i_qkv), NULL, n->dqkv, 3 * D,
                                                         b->n1, D, moe_params_data(p, b->i_qkv), T, D, 3 * D));
         moe_model_norm_backward(n->rms, p, n->dh, n->dn, n->h + l * TD, b->mean1, b->rstd1, b->i_g1, b->i_b1, T, n->D);
     }
