@@ -42,9 +42,11 @@ int moe_optim_init(struct moe_optim *o, const struct moe_config *cfg, size_t num
 }
 
 // Sum of g[i]^2 in double over NB fixed blocks of the n values (the blocks
-// depend on n only), each summed in index order, then the blocks in order: the
-// same value for any thread count.
+// depend on n only), each summed in LANES interleaved partial sums joined in a
+// fixed tree (one running sum would be a chain of dependent adds, 4 cycles each),
+// then the blocks in order: the same value for any thread count.
 #define NB 256
+#define LANES 8
 static double sum_sq(const float *g, size_t n)
 {
     double part[NB];
@@ -52,10 +54,14 @@ static double sum_sq(const float *g, size_t n)
     #pragma omp parallel for schedule(static) if (n >= (1u << 16))
     for (size_t b = 0; b < NB; b++) {
         size_t lo = b * bs < n ? b * bs : n, hi = lo + bs < n ? lo + bs : n;
-        double sq = 0.0;
-        for (size_t i = lo; i < hi; i++)
-            sq += (double)g[i] * g[i];
-        part[b] = sq;
+        double acc[LANES] = { 0 };
+        size_t i = lo;
+        for (; i + LANES <= hi; i += LANES)
+            for (size_t k = 0; k < LANES; k++)
+                acc[k] += (double)g[i + k] * g[i + k];
+        for (; i < hi; i++)
+            acc[(i - lo) % LANES] += (double)g[i] * g[i];
+        part[b] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     }
     double sq = 0.0;
     for (size_t b = 0; b < NB; b++)
@@ -90,7 +96,7 @@ void moe_optim_step_norm(struct moe_optim *o, float *w, float *g, double norm)
 static void update(const struct moe_optim *o, float *w, float *g, float *m, float *v, size_t n, float clip_scale)
 {
     // every loop below is elementwise: OpenMP's split cannot change a value
-    if (clip_scale != 1.0f) {
+    if (clip_scale != 1.0f && o->type != MOE_OPTIM_ADAMW) { // adamw clips in its own pass
         #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
         for (size_t i = 0; i < n; i++)
             g[i] *= clip_scale;
@@ -116,10 +122,16 @@ static void update(const struct moe_optim *o, float *w, float *g, float *m, floa
         float ob1 = (float)(1.0 - o->beta1), ob2 = (float)(1.0 - o->beta2);
         float c1 = (float)(1.0 - pow(o->beta1, (double)o->t));
         float c2 = (float)(1.0 - pow(o->beta2, (double)o->t));
+        // the clipped gradient is written back too (the caller may read it), in
+        // the same pass as the update: one sweep over the buffers instead of two
+        const int clip = clip_scale != 1.0f;
         #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
         for (size_t i = 0; i < n; i++) {
-            m[i] = b1 * m[i] + ob1 * g[i];
-            v[i] = b2 * v[i] + ob2 * g[i] * g[i];
+            float gi = g[i];
+            if (clip)
+                g[i] = gi *= clip_scale;
+            m[i] = b1 * m[i] + ob1 * gi;
+            v[i] = b2 * v[i] + ob2 * gi * gi;
             float mhat = m[i] / c1, vhat = v[i] / c2;
             w[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * w[i]);
         }
