@@ -13,12 +13,14 @@
 #include <assert.h>
 #include <math.h>
 #include <omp.h>
+#include <string.h>
 
 #include "nn/nn.h"
 
 #define PAR_MIN (1u << 14) // values (T x D) before a loop goes parallel
 #define CB 16              // columns per block (a cache line) of the parameter-gradient split
 #define LANES 8            // partial sums per row statistic
+#define CW 256             // columns of parameter gradient a thread sums on its stack at a time
 
 // This thread's columns [*i0, *i1) of the parameter gradients: whole blocks of CB,
 // split evenly over the team. Each column is still summed over every row in row
@@ -121,17 +123,27 @@ void moe_layernorm_backward(float *dx, float *dg, float *db, const float *dy, co
     assert(D > 0);
     #pragma omp parallel if (T * D >= PAR_MIN)
     {
-        // dg, db: each thread its own run of columns, rows in order
+        // dg, db: each thread its own run of columns, rows in order, summed on the
+        // stack (the runs' ends need not be cache-line aligned in the gradient
+        // buffer: two threads adding to one line every row would fight over it)
         size_t i0, i1;
         col_range(&i0, &i1, D);
-        for (size_t t = 0; t < T && i0 < i1; t++) {
-            const float *xt = x + t * D, *dyt = dy + t * D;
-            float m = mean[t], r = rstd[t];
-            for (size_t i = i0; i < i1; i++) {
-                float xh = (xt[i] - m) * r;
-                dg[i] += dyt[i] * xh;
-                db[i] += dyt[i];
+        for (size_t c0 = i0; c0 < i1; c0 += CW) {
+            const size_t w = i1 - c0 < CW ? i1 - c0 : CW;
+            float ag[CW], ab[CW];
+            memcpy(ag, dg + c0, w * sizeof *ag);
+            memcpy(ab, db + c0, w * sizeof *ab);
+            for (size_t t = 0; t < T; t++) {
+                const float *xt = x + t * D + c0, *dyt = dy + t * D + c0;
+                float m = mean[t], r = rstd[t];
+                for (size_t i = 0; i < w; i++) {
+                    float xh = (xt[i] - m) * r;
+                    ag[i] += dyt[i] * xh;
+                    ab[i] += dyt[i];
+                }
             }
+            memcpy(dg + c0, ag, w * sizeof *ag);
+            memcpy(db + c0, ab, w * sizeof *ab);
         }
         if (dx) {
             #pragma omp for schedule(static)
@@ -177,11 +189,17 @@ void moe_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x,
     {
         size_t i0, i1;
         col_range(&i0, &i1, D);
-        for (size_t t = 0; t < T && i0 < i1; t++) {
-            const float *xt = x + t * D, *dyt = dy + t * D;
-            float r = rstd[t];
-            for (size_t i = i0; i < i1; i++)
-                dg[i] += dyt[i] * (xt[i] * r);
+        for (size_t c0 = i0; c0 < i1; c0 += CW) { // on the stack: see moe_layernorm_backward
+            const size_t w = i1 - c0 < CW ? i1 - c0 : CW;
+            float ag[CW];
+            memcpy(ag, dg + c0, w * sizeof *ag);
+            for (size_t t = 0; t < T; t++) {
+                const float *xt = x + t * D + c0, *dyt = dy + t * D + c0;
+                float r = rstd[t];
+                for (size_t i = 0; i < w; i++)
+                    ag[i] += dyt[i] * (xt[i] * r);
+            }
+            memcpy(dg + c0, ag, w * sizeof *ag);
         }
         if (dx) {
             #pragma omp for schedule(static)
