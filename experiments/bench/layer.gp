@@ -12,6 +12,7 @@ set title "against experts E (k = 2 fixed)"
 set xlabel "experts E"
 set logscale x 2
 set xtics (8, 16, 32, 64)
+set xrange [7:73]
 plot out."/layer.csv" using ($1==1 ? $2 : 1/0):($3*1000):($4*1000):($5*1000) with yerrorlines title "1 thread", \
      out."/layer.csv" using ($1==2 ? $2 : 1/0):($3*1000):($4*1000):($5*1000) with yerrorlines title "2 threads"
 unset logscale x
@@ -20,6 +21,7 @@ set xlabel "threads"
 set xtics (1, 2)
 set xrange [0.8:2.2]
 set key top right
-plot for [E in "8 16 32 64"] out."/layer.csv" using ($2==E ? $1 : 1/0):($3*1000):($4*1000):($5*1000) \
-         with yerrorlines title "E = ".E
+# one data set per E (rows of other E in between would break the lines)
+plot for [E in "8 16 32 64"] sprintf("< awk -F, '$2 == %s' %s/layer.csv", E, out) \
+         using 1:($3*1000):($4*1000):($5*1000) with yerrorlines title "E = ".E
 unset multiplot

@@ -7,9 +7,10 @@
 #              E = 8, 16, 32, 64, at 1 and 2 threads (experiments/common/bench-mlp-moe.json)
 #   step.csv   the training step of bench-mlp-moe.json (E = 8), experiments/common/lm.json
 #              and experiments/common/lm-base.json at 1 and 2 threads
-# plus each run's JSON under OUT/json/, and layer.png (layer time against E, per thread
-# count) when gnuplot is installed. MOE=path picks the binary (default build/cmd/moe);
+# plus each run's JSON under OUT/json/, and layer.png (layer time against E per thread
+# count, and against threads per E) when gnuplot is installed. MOE=path picks the binary (default build/cmd/moe);
 # REPEATS (default 7). About 3 minutes on a 2-core machine; run it on an idle machine.
+# BLIS_ARCH_TYPE=N (a BLIS arch id, e.g. 6 for zen3) forces a BLIS sub-configuration.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
