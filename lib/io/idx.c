@@ -39,12 +39,15 @@ static long long read_full(gzFile f, void *buf, size_t len, const char **zmsg, i
             break;
         got += (size_t)r;
     }
-    // A short read may be a clean EOF or a damaged/truncated gzip stream.
+    // A short read may be a clean EOF or a damaged/truncated gzip stream. zlib
+    // says "unexpected end of file" with Z_BUF_ERROR when a gzip stream stops
+    // before its end, its 8-byte trailer (CRC-32 and length) included: without
+    // the trailer the data were never checked, so that is an error too.
     if (got < len) {
         int errnum = 0;
         const char *m = gzerror(f, &errnum);
-        if (errnum != Z_OK && errnum != Z_BUF_ERROR) {
-            *zmsg = m;
+        if (errnum != Z_OK) {
+            *zmsg = errnum == Z_BUF_ERROR ? "truncated gzip stream (it ends before its CRC-32 trailer)" : m;
             *zcode = errnum;
             return -1;
         }

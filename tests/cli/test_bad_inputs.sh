@@ -224,6 +224,10 @@ gzip -c img.idx | head -c 20 >idx_gz_cut.idx.gz
 gzip -c idx_trunc.idx >idx_trunc.idx.gz
 gzip -c img.idx >idx_crc.idx.gz
 printf '\xff' | dd of=idx_crc.idx.gz bs=1 seek=$(($(wc -c <idx_crc.idx.gz) - 8)) conv=notrunc 2>/dev/null
+# gzip streams cut exactly before their 8-byte trailer (CRC-32, length), and inside it: the data are
+# whole, so only the missing trailer can refuse them
+gzip -c img.idx | head -c -8 >idx_gz_notrailer.idx.gz
+gzip -c img.idx | head -c -4 >idx_gz_halftrailer.idx.gz
 # test images of 3x2 pixels where training has 2x2
 { printf '\x00\x00\x08\x03\x00\x00\x00\x02\x00\x00\x00\x03\x00\x00\x00\x02'; printf '\x01\x02\x03\x04\x05\x06\x01\x02\x03\x04\x05\x06'; } >idx_img32.idx
 printf '\x00\x00\x08\x01\x00\x00\x00\x02\x00\x01' >idx_lab2.idx
@@ -236,7 +240,7 @@ idx_config idx_ok.json img.idx lab.idx
 for f in idx_magic idx_dtype idx_ndim5 idx_short idx_header_cut idx_trunc idx_trailing idx_zero_dim; do
     idx_config "$f.json" "$f.idx" lab.idx
 done
-for f in idx_corrupt idx_gz_cut idx_trunc idx_crc; do idx_config "${f}_gz.json" "$f.idx.gz" lab.idx; done
+for f in idx_corrupt idx_gz_cut idx_trunc idx_crc idx_gz_notrailer idx_gz_halftrailer; do idx_config "${f}_gz.json" "$f.idx.gz" lab.idx; done
 idx_config idx_count.json img.idx idx_lab5.idx
 idx_config idx_labels_as_images.json lab.idx lab.idx
 idx_config idx_images_as_labels.json img.idx img.idx
