@@ -98,17 +98,51 @@ static const char *cell(const struct ctx *c, size_t i)
     return (const char *)c->arena.p + ((const size_t *)c->off.p)[i];
 }
 
-// Strict number: optional surrounding white space, the whole cell consumed, finite.
+// Decimal syntax only: [+-] digits [. digits] or [+-] . digits, then [eE [+-] digits].
+// strtod alone also takes hexadecimal ("0x10" is 16), "inf", "nan" and "infinity",
+// which a data file means as text. Returns a pointer past the number, or NULL.
+static const char *decimal_end(const char *s)
+{
+    if (*s == '+' || *s == '-')
+        s++;
+    size_t int_digits = 0, frac_digits = 0;
+    while (isdigit((unsigned char)*s))
+        s++, int_digits++;
+    if (*s == '.') {
+        s++;
+        while (isdigit((unsigned char)*s))
+            s++, frac_digits++;
+    }
+    if (int_digits + frac_digits == 0)
+        return NULL;
+    if (*s == 'e' || *s == 'E') {
+        const char *e = s + 1;
+        if (*e == '+' || *e == '-')
+            e++;
+        if (!isdigit((unsigned char)*e))
+            return NULL;
+        while (isdigit((unsigned char)*e))
+            e++;
+        s = e;
+    }
+    return s;
+}
+
+// Strict number: optional surrounding white space, a decimal number (decimal_end)
+// consuming the whole cell, finite.
 static int parse_number(const char *s, double *v)
 {
     while (isspace((unsigned char)*s))
         s++;
     if (!*s)
         return -1;
+    const char *dec = decimal_end(s);
+    if (!dec)
+        return -1;
     char *end;
     errno = 0;
     double d = strtod(s, &end);
-    if (end == s)
+    if (end != dec)
         return -1;
     while (isspace((unsigned char)*end))
         end++;

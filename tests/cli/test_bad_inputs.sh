@@ -180,6 +180,7 @@ awk 'NR == 4 { print $0 "\textra"; next } { print }' vowels.tsv >tab_ragged_long
 awk 'NR == 5 { sub(/\t[^\t]*$/, "") } { print }' vowels.tsv >tab_ragged_short.tsv
 tsv_edit tab_text_cell.tsv 5 7 abc
 tsv_edit tab_inf_cell.tsv 3 7 inf
+tsv_edit tab_hex_cell.tsv 4 7 0x10
 tsv_edit tab_empty_cell.tsv 6 8 ''
 tsv_edit tab_dup_column.tsv 1 9 F2
 : >tab_empty.tsv
@@ -187,7 +188,7 @@ head -n 1 vowels.tsv >tab_header_only.tsv
 { head -n 3 vowels.tsv; printf 'M\tm\t2\tiy\ti\t121\t2\0003\t2290\t3010\n'; tail -n +4 vowels.tsv; } >tab_nul.tsv
 tr '\t' ',' <vowels.tsv | awk 'BEGIN { FS = OFS = "," } NR == 3 { $2 = "f\"x" } { print }' >tab_bad_quote.csv
 tr '\t' ',' <vowels.tsv | awk 'BEGIN { FS = OFS = "," } NR == 3 { $2 = "\"f" } { print }' >tab_unterminated.csv
-for t in tab_ragged_long.tsv tab_ragged_short.tsv tab_text_cell.tsv tab_inf_cell.tsv tab_empty_cell.tsv \
+for t in tab_ragged_long.tsv tab_ragged_short.tsv tab_text_cell.tsv tab_inf_cell.tsv tab_hex_cell.tsv tab_empty_cell.tsv \
     tab_dup_column.tsv tab_empty.tsv tab_header_only.tsv tab_nul.tsv tab_bad_quote.csv tab_unterminated.csv \
     no_such_table.tsv; do
     table_config "${t%.*}.json" "$t"
