@@ -229,6 +229,13 @@ START_TEST(test_unknown_key)
     ck_assert_int_eq(moe_config_parse(&c, schema, N_SCHEMA, "{\"zzzzzzzz\": {}}", "t.json", NULL, 0, &err),
                      MOE_ECONFIG);
     ck_assert_str_eq(err.msg, "config 't.json': unknown key 'zzzzzzzz'");
+    // A key's own name in the wrong section (or at the top) points to where it lives,
+    // before any spelling match ('seed' is 3 edits from 'model' too).
+    expect_fail("{\"seed\": 3}", NULL, 0, MOE_ECONFIG, "unknown key 'seed' (did you mean 'model.seed'?)", NULL);
+    expect_fail("{\"optim\": {\"n_expert\": 3}}", NULL, 0, MOE_ECONFIG,
+                "unknown key 'optim.n_expert' (did you mean 'model.n_expert'?)", NULL);
+    expect_fail("{\"model\": {\"lr\": 3}}", NULL, 0, MOE_ECONFIG, "unknown key 'model.lr' (did you mean 'optim.lr'?)",
+                NULL);
     // A key under a leaf.
     expect_fail("{\"optim\": {\"lr\": {\"value\": 0.1}}}", NULL, 0, MOE_ECONFIG, "unknown key 'optim.lr.value'",
                 NULL);

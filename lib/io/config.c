@@ -295,11 +295,32 @@ size_t moe_edit_distance(const char *a, const char *b)
     return d;
 }
 
-// " (did you mean 'x'?)" for the nearest leaf (and section, unless leaves_only)
-// to `bad`, or "" when nothing is within max(3, len/2) edits.
+// " (did you mean 'x'?)" for the key whose last name is exactly bad's last name
+// in another section ('seed' -> 'train.seed', 'moe.epochs' -> 'train.epochs');
+// else for the nearest leaf (and section, unless leaves_only) to `bad`; or ""
+// when nothing is within max(3, len/2) edits.
 static void suggest(const struct moe_cfg_key *schema, size_t n, const char *bad, int leaves_only, char *buf,
                     size_t len)
 {
+    const char *bad_leaf = strrchr(bad, '.');
+    bad_leaf = bad_leaf ? bad_leaf + 1 : bad;
+    const char *same_leaf = NULL; // of several, the nearest whole path
+    size_t same_d = (size_t)-1;
+    for (size_t i = 0; i < n && *bad_leaf; i++) {
+        const char *leaf = strrchr(schema[i].path, '.');
+        leaf = leaf ? leaf + 1 : schema[i].path;
+        if (strcmp(leaf, bad_leaf) == 0 && strcmp(schema[i].path, bad) != 0) {
+            size_t d = moe_edit_distance(bad, schema[i].path);
+            if (d < same_d) {
+                same_d = d;
+                same_leaf = schema[i].path;
+            }
+        }
+    }
+    if (same_leaf) {
+        snprintf(buf, len, " (did you mean '%s'?)", same_leaf);
+        return;
+    }
     size_t lb = strlen(bad);
     size_t limit = lb / 2 > 3 ? lb / 2 : 3;
     size_t best_d = (size_t)-1, best_len = 0;

@@ -107,6 +107,8 @@ EOF
 w() { printf '%s\n' "$2" >"$1"; } # w FILE TEXT
 w cfg_unknown_key.json '{ "model": { "n_expertz": 3 } }'
 w cfg_unknown_section.json '{ "modle": { "n_expert": 3 } }'
+w cfg_key_top_level.json '{ "seed": 3 }'
+w cfg_key_wrong_section.json '{ "model": { "lr": 0.1 } }'
 w cfg_key_case.json '{ "Model": { "n_expert": 3 } }'
 w cfg_empty_key.json '{ "": 1 }'
 w cfg_type_string_for_number.json '{ "optim": { "lr": "fast" } }'
