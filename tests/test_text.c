@@ -291,13 +291,18 @@ START_TEST(test_vocab_serialize_round_trip)
     moe_vocab_release(&w);
     moe_vocab_release(&v);
     // A non-canonical escape (\x0a for a newline) parses, and serialises canonically.
-    static const char nc[] = "moe-vocab 1 words 3\nanything\n\\x0a\n\\x41b\n";
+    static const char nc[] = "moe-vocab 1 words 3\n<unk>\n\\x0a\n\\x41b\n";
     ck_assert_int_eq(moe_vocab_parse(&v, nc, sizeof nc - 1, "nc", &err), 0);
     ck_assert_str_eq(v.tok[1], "\n");
     ck_assert_str_eq(v.tok[2], "Ab");
     ck_assert_int_eq(moe_vocab_serialize(&v, &buf, &len, &err), 0);
     ck_assert_str_eq(buf, "moe-vocab 1 words 3\n<unk>\n\\n\nAb\n");
     free(buf);
+    // id 0 is the unknown word and nothing else
+    moe_vocab_release(&v);
+    static const char no_unk[] = "moe-vocab 1 words 3\nanything\na\nb\n";
+    ck_assert_int_eq(moe_vocab_parse(&v, no_unk, sizeof no_unk - 1, "no_unk", &err), MOE_EFORMAT);
+    ck_assert_str_eq(err.msg, "vocabulary 'no_unk' line 2: id 0 must be the unknown word <unk>, got 'anything'");
     moe_vocab_release(&v);
     // Bytes vocabulary: header only.
     ck_assert_int_eq(moe_vocab_bytes(&v, &err), 0);

@@ -559,7 +559,12 @@ static int vocab_parse(struct moe_vocab *ret, const char *buf, size_t len, const
         const char *e = memchr(p, '\n', (size_t)(end - p));
         size_t line = i + 2;
         dec[i].s = q;
-        if (i == 0) { // the <unk> placeholder: its text is ignored
+        if (i == 0) { // the unknown word: always written, and required, as <unk>
+            if ((size_t)(e - p) != sizeof k_unk - 1 || memcmp(p, k_unk, sizeof k_unk - 1) != 0) {
+                rc = moe_error(err, MOE_EFORMAT, "vocabulary '%s' line 2: id 0 must be the unknown word <unk>, "
+                               "got '%.*s'", what, (int)((size_t)(e - p) < 40 ? (size_t)(e - p) : 40), p);
+                goto out;
+            }
             p = e + 1;
             continue;
         }

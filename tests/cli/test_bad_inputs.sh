@@ -407,6 +407,7 @@ jq 'del(.data.text.path)' lm.json >lm_no_path.json
 # vocabulary files: a bad header, a duplicate token, a wrong count, a valid words vocabulary
 printf 'moe-vocab 2 words 3\n<unk>\na\nb\n' >vocab_bad_header.txt
 printf 'moe-vocab 1 words 3\n<unk>\na\na\n' >vocab_dup.txt
+printf 'moe-vocab 1 words 3\nthe\na\nb\n' >vocab_no_unk.txt
 printf 'moe-vocab 1 words 4\n<unk>\na\nb\n' >vocab_count.txt
 printf 'moe-vocab 1 words 3\n<unk>\nthe\ncat\n' >vocab_words.txt
 fixture "lm.json (byte-level transformer) trains" "$MOE" train --config lm.json --out run/lm --quiet --threads 1
