@@ -505,15 +505,27 @@ static int distill_summary(const char *cmd, cJSON *s, const struct moe_config *c
     cJSON_AddNumberToObject(g, "teacher", vt);
     cJSON_AddNumberToObject(g, "baseline", vb);
     cJSON_AddNumberToObject(g, "student", vs);
-    if (vt != vb)
+    // A fraction of the gap means something only when there is a gap: the teacher
+    // better than the baseline (higher accuracy; lower bits per byte and loss).
+    // Otherwise it is null, with the reason beside it.
+    char why[160];
+    if (lm ? vt < vb : vt > vb) {
         cJSON_AddNumberToObject(g, "fraction_recovered", (vs - vb) / (vt - vb));
-    else
+    } else {
         cJSON_AddNullToObject(g, "fraction_recovered");
+        snprintf(why, sizeof why, "the teacher (%s %.6g) does not beat the baseline (%.6g)", metric, vt, vb);
+        cJSON_AddStringToObject(g, "fraction_recovered_reason", why);
+    }
     cJSON_AddNumberToObject(g, "teacher_loss", rt.loss);
     cJSON_AddNumberToObject(g, "baseline_loss", rb.loss);
     cJSON_AddNumberToObject(g, "student_loss", student->loss);
-    cJSON_AddNumberToObject(g, "fraction_recovered_loss",
-                            rt.loss != rb.loss ? (student->loss - rb.loss) / (rt.loss - rb.loss) : NAN);
+    if (rt.loss < rb.loss) {
+        cJSON_AddNumberToObject(g, "fraction_recovered_loss", (student->loss - rb.loss) / (rt.loss - rb.loss));
+    } else {
+        cJSON_AddNullToObject(g, "fraction_recovered_loss");
+        snprintf(why, sizeof why, "the teacher (loss %.6g) does not beat the baseline (%.6g)", rt.loss, rb.loss);
+        cJSON_AddStringToObject(g, "fraction_recovered_loss_reason", why);
+    }
     return 0;
 }
 

@@ -27,7 +27,8 @@
 #   - and the opposite direction, `--mode sparse-to-dense`: an MoE teacher's
 #     tensors that the dense student shares by name and shape (input, norms,
 #     head) are the student's start, byte for byte (seen at lr 0), and are the
-#     ones summary.distill.initialised_from_teacher lists.
+#     ones summary.distill.initialised_from_teacher lists;
+#   - distill --baseline: fractions of the teacher-baseline gap only where there is one.
 # shellcheck disable=SC2317,SC2015  # check functions are called via check; A && B || fail is meant
 set -u
 export LC_ALL=C
@@ -213,6 +214,29 @@ t_sparse_to_dense() {
     jqe s2d/summary.json '.distill.mode == "sparse-to-dense"' "distill.mode" .distill
 }
 check "distill --mode sparse-to-dense: input, norms and head start as the MoE teacher's bytes; the summary lists exactly those" t_sparse_to_dense
+
+# ------------------------------------------------ distill --baseline: the gap
+# A baseline as good as the teacher (the teacher itself) leaves no gap: the fractions are null with
+# a reason; a worse baseline (an untrained copy: lr 0) gives numbers.
+t_gap() {
+    run same "${TO[@]}" "$MOE" distill --teacher "$T" --baseline "$T" --config dense.json --set train.epochs=1 \
+        --out same --threads 1 --quiet
+    ran same || return 1
+    jqe same/summary.json '.distill.gap.fraction_recovered == null and
+        (.distill.gap.fraction_recovered_reason | startswith("the teacher (accuracy ")) and
+        .distill.gap.fraction_recovered_loss == null and (.distill.gap.fraction_recovered_loss_reason | test("does not beat"))' \
+        "no gap: null fractions with reasons" .distill.gap || return 1
+    run untrained "${TO[@]}" "$MOE" train --config dense.json --set optim.lr=0 --set train.epochs=1 --out untrained \
+        --threads 1 --quiet
+    ran untrained || return 1
+    run worse "${TO[@]}" "$MOE" distill --teacher "$T" --baseline "$TMP/untrained/model.safetensors" --config dense.json \
+        --set train.epochs=1 --out worse --threads 1 --quiet
+    ran worse || return 1
+    jqe worse/summary.json '.distill.gap.teacher > .distill.gap.baseline and
+        (.distill.gap.fraction_recovered | type) == "number" and (.distill.gap | has("fraction_recovered_reason") | not) and
+        (.distill.gap.fraction_recovered_loss | type) == "number"' "a gap: numeric fractions" .distill.gap
+}
+check "distill --baseline: no gap (baseline = teacher) gives null fractions with a reason; a worse baseline gives numbers" t_gap
 
 echo "1..$N"
 [ "$FAILED" -eq 0 ]
