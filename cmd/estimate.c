@@ -80,6 +80,9 @@ int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int da
     if (strcmp(src, MOE_MEMORY_LIMIT_ENV) == 0)
         return cli_error(cmd, 1, "this config needs about %s, more than the %s that %s allows", need, have,
                          MOE_MEMORY_LIMIT_ENV);
+    if (strncmp(src, "RLIMIT_", 7) == 0) // the process's own limit: an override would only fail later
+        return cli_error(cmd, 1, "this config needs about %s, only %s left under this process's %s (ulimit %s)", need,
+                         have, src, strcmp(src, "RLIMIT_AS") == 0 ? "-v" : "-d");
     return cli_error(cmd, 1, "this config needs about %s, only %s available (set %s to override the check)", need,
                      have, MOE_MEMORY_LIMIT_ENV);
 }

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -771,6 +772,34 @@ START_TEST(test_meminfo)
 }
 END_TEST
 
+// The headroom under a resource limit: the soft limit less what /proc/self/status says is used
+// (here a given text), nothing when over, none when unlimited. RLIMIT_DATA's soft limit is
+// lowered to 1 TiB for the check and put back.
+START_TEST(test_rlimit)
+{
+    struct rlimit old;
+    ck_assert_int_eq(getrlimit(RLIMIT_DATA, &old), 0);
+    const rlim_t tib = (rlim_t)1 << 40;
+    if (old.rlim_max != RLIM_INFINITY && old.rlim_max < tib)
+        return; // a hard limit below the test's: nothing to lower to
+    struct rlimit lim = { tib, old.rlim_max };
+    ck_assert_int_eq(setrlimit(RLIMIT_DATA, &lim), 0);
+    size_t h = 0;
+    int have = moe_rlimit_headroom(RLIMIT_DATA, "Name:\tmoe\nVmSize:\t 9999 kB\nVmData:\t    2048 kB\n", &h);
+    size_t h_status = h;
+    int have_none = moe_rlimit_headroom(RLIMIT_DATA, "", &h);
+    size_t h_none = h;
+    ck_assert_int_eq(setrlimit(RLIMIT_DATA, &old), 0);
+    ck_assert_int_eq(have, 1);
+    ck_assert_uint_eq(h_status, (size_t)tib - 2048 * 1024); // VmData, not VmSize
+    ck_assert_int_eq(have_none, 1);
+    ck_assert_uint_eq(h_none, (size_t)tib); // no status text: the limit itself
+    have = moe_rlimit_headroom(RLIMIT_DATA, "VmData:\t2048 kB\n", &h);
+    if (old.rlim_cur == RLIM_INFINITY)
+        ck_assert_int_eq(have, 0);
+}
+END_TEST
+
 static void write_file(const char *dir, const char *name, const char *text)
 {
     char path[512];
@@ -953,6 +982,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_data_shape);
     tcase_add_test(tc, test_bytes_parse);
     tcase_add_test(tc, test_meminfo);
+    tcase_add_test(tc, test_rlimit);
     tcase_add_test(tc, test_cgroup);
     tcase_add_test(tc, test_sysmem);
     tcase_add_test(tc, test_check_memory);

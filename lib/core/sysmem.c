@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 // cgroup v1 reports "no limit" as the largest page-aligned long (about 2^63);
@@ -232,6 +233,21 @@ int moe_bytes_parse(const char *s, size_t *ret)
     return 0;
 }
 
+int moe_rlimit_headroom(int resource, const char *status, size_t *ret)
+{
+    struct rlimit rl;
+    if (getrlimit(resource, &rl) || rl.rlim_cur == RLIM_INFINITY)
+        return 0;
+    // RLIMIT_AS caps the whole address space (VmSize), RLIMIT_DATA the private
+    // writable memory (VmData, Linux 4.7 on), heap and anonymous mappings alike.
+    size_t used = moe_meminfo_bytes(status, resource == RLIMIT_AS ? "VmSize" : "VmData");
+    if (used == SIZE_MAX)
+        used = 0; // no /proc: the limit alone
+    size_t limit = rl.rlim_cur > (rlim_t)SIZE_MAX ? SIZE_MAX : (size_t)rl.rlim_cur;
+    *ret = limit > used ? limit - used : 0;
+    return 1;
+}
+
 int moe_sysmem_available(struct moe_sysmem *ret, struct moe_err *err)
 {
     const char *env = getenv(MOE_MEMORY_LIMIT_ENV);
@@ -263,8 +279,20 @@ int moe_sysmem_available(struct moe_sysmem *ret, struct moe_err *err)
         avail = cg;
         source = "cgroup";
     }
+    char status[8192];
+    if (read_text("/proc/self/status", status, sizeof status))
+        status[0] = '\0';
+    static const int res[2] = { RLIMIT_AS, RLIMIT_DATA };
+    static const char *const res_name[2] = { "RLIMIT_AS", "RLIMIT_DATA" };
+    for (int k = 0; k < 2; k++) {
+        size_t h;
+        if (moe_rlimit_headroom(res[k], status, &h) && (!source || h < avail)) {
+            avail = h;
+            source = res_name[k];
+        }
+    }
     if (!source)
-        return moe_error(err, MOE_EIO, "cannot tell the memory available: no /proc/meminfo, sysconf or cgroup limit");
+        return moe_error(err, MOE_EIO, "cannot tell the memory available: no /proc/meminfo, sysconf, cgroup or resource limit");
     ret->available = avail;
     ret->source = source;
     return 0;

@@ -21,7 +21,8 @@
 # with a tiny Transformer, so the corpus is most of the peak; Fashion-MNIST
 # (experiments/common/fmnist-moe.json) limited to 1000 training and 500 test
 # rows, where the IDX reader's decompressed files are most of the peak (skipped
-# when /usr/share/datasets/fashion-mnist is not installed). About 3 s.
+# when /usr/share/datasets/fashion-mnist is not installed). Then the memory check
+# under resource limits (ulimit -v, ulimit -d). About 3 s.
 # shellcheck disable=SC2317  # check functions are called indirectly, via check
 set -u
 export LC_ALL=C
@@ -38,7 +39,7 @@ TIME=/usr/bin/time
 why="no GNU time at $TIME (Debian package time)"
 [ -n "${ASAN_OPTIONS:-}" ] && why="an AddressSanitizer build (its shadow memory is not the program's)"
 if [ -n "${ASAN_OPTIONS:-}" ] || ! [ -x "$TIME" ] || ! "$TIME" -f %M true >/dev/null 2>&1; then
-    for name in quickstart "text (bytes)" "text (words)" fashion-mnist; do
+    for name in quickstart "text (bytes)" "text (words)" fashion-mnist "ulimit -v" "ulimit -d"; do
         N=$((N + 1))
         echo "ok $N # SKIP $name: $why"
     done
@@ -108,6 +109,32 @@ else
     N=$((N + 1))
     echo "ok $N # SKIP Fashion-MNIST not installed ($FM)"
 fi
+
+# Resource limits: under `ulimit -v` (RLIMIT_AS) and `ulimit -d` (RLIMIT_DATA) of 250 MB the dry run's
+# available memory is what the limit leaves, and a run whose data alone need 500 MB is refused before it
+# allocates (exit 1, one line naming the limit, no run directory).
+QS_BIG=(--set data.synthetic.n_train=2000000 --set data.synthetic.n_in=64)
+# limited FLAG NAME: the two checks under `ulimit FLAG 250000` (KiB)
+limited() {
+    local flag=$1 name=$2
+    run "$TMP/ul$flag-dry" bash -c "ulimit $flag 250000 && exec \"\$@\"" _ "$MOE" train --dry-run --threads 1 \
+        --config "$ROOT/examples/quickstart.json"
+    [ "$RC" -eq 0 ] || { fail "$(describe "$TMP/ul$flag-dry" "ulimit $flag 250000; moe train --dry-run")"; return 1; }
+    # available = the limit's headroom + what the process already holds (memory_bytes.process)
+    jqe "$TMP/ul$flag-dry.out" ".memory_available_source == \"$name\" and
+        .memory_available_bytes <= 250000 * 1024 + .memory_bytes.process and
+        .memory_available_bytes > 100 * 1048576 and .fits" "dry run under ulimit $flag" || return 1
+    run "$TMP/ul$flag" bash -c "ulimit $flag 250000 && exec \"\$@\"" _ "$MOE" train --threads 1 \
+        --config "$ROOT/examples/quickstart.json" "${QS_BIG[@]}" --out "$TMP/ul$flag-run" --quiet
+    [ "$RC" -eq 1 ] || { fail "ulimit $flag: exit $RC, expected 1 ($(head -c 300 "$TMP/ul$flag.err"))"; return 1; }
+    [ "$(wc -l <"$TMP/ul$flag.err")" -eq 1 ] && grep -q "left under this process's $name (ulimit $flag)" "$TMP/ul$flag.err" ||
+        { fail "ulimit $flag: stderr is not one line naming $name: $(head -c 300 "$TMP/ul$flag.err")"; return 1; }
+    [ ! -e "$TMP/ul$flag-run" ] || { fail "ulimit $flag: the refused run made its directory"; return 1; }
+}
+t_rlimit_as() { limited -v RLIMIT_AS; }
+check "ulimit -v: the dry run's available memory is RLIMIT_AS's headroom; a 500 MB run is refused before allocating" t_rlimit_as
+t_rlimit_data() { limited -d RLIMIT_DATA; }
+check "ulimit -d: the same with RLIMIT_DATA" t_rlimit_data
 
 echo "1..$N"
 if [ "$FAILED" -gt 0 ]; then
