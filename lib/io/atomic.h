@@ -4,6 +4,7 @@
 #ifndef MOE_ATOMIC_H
 #define MOE_ATOMIC_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "core/status.h"
@@ -22,7 +23,18 @@ int moe_atomic_commit(struct moe_atomic_file *a, struct moe_err *err);
 void moe_atomic_abort(struct moe_atomic_file *a);
 // Write a whole buffer to path atomically.
 int moe_atomic_write(const char *path, const void *buf, size_t len, struct moe_err *err);
-// Read a whole file into a malloc'd buffer (NUL-terminated for convenience).
+// Read a whole file into a malloc'd buffer (NUL-terminated for convenience). Only
+// a regular file: a FIFO, device, socket or directory is refused without blocking
+// ("cannot read 'p': it is a FIFO, not a regular file"), and no more than the
+// size fstat reports is read (/dev/zero cannot grow memory without end).
 int moe_read_file(const char *path, char **ret_buf, size_t *ret_len, struct moe_err *err);
+// The same with the reason for a failure in why (e.g. "it is a FIFO, not a regular
+// file", or strerror's text), for callers that word their own message; *ret_at_open
+// (may be NULL) says whether opening the file failed (missing, no permission).
+int moe_read_file_why(const char *path, char **ret_buf, size_t *ret_len, char *why, size_t why_len, int *ret_at_open);
+// Open path for reading if it is a regular file: a descriptor (blocking) and its
+// size in *ret_size; or -2 when it cannot be opened, -1 when it is not a regular
+// file or fstat fails, with the reason in why. Opening never blocks on a FIFO.
+int moe_open_regular(const char *path, uint64_t *ret_size, char *why, size_t why_len);
 
 #endif

@@ -14,9 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "core/params.h"
+#include "io/atomic.h"
 
 #define IDX_TYPE_UBYTE 0x08
 #define IDX_MAX_BYTES ((uint64_t)1 << 34) // 16 GiB: anything larger is a corrupt header
@@ -73,11 +75,16 @@ void moe_idx_release(struct moe_idx *m)
 int moe_idx_read(const char *path, struct moe_idx *ret, struct moe_err *err)
 {
     memset(ret, 0, sizeof *ret);
-    errno = 0;
-    gzFile f = gzopen(path, "rb");
-    if (!f)
-        return moe_error(err, errno ? MOE_EIO : MOE_ENOMEM, "cannot open '%s': %s", path,
-                         errno ? strerror(errno) : "out of memory");
+    char why[256];
+    uint64_t file_size;
+    int fd = moe_open_regular(path, &file_size, why, sizeof why); // no FIFO, device or directory
+    if (fd < 0)
+        return moe_error(err, MOE_EIO, "cannot open '%s': %s", path, why);
+    gzFile f = gzdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return moe_error(err, MOE_ENOMEM, "cannot open '%s': out of memory", path);
+    }
     gzbuffer(f, 1u << 17);
     const char *zmsg = NULL;
     int rc = 0, zcode = Z_OK;

@@ -722,16 +722,13 @@ int moe_safetensors_open(const char *path, struct moe_st_file *ret, struct moe_e
     snprintf(f.path, sizeof f.path, "%s", path); // kept for messages; a longer path is cut
     char *buf = NULL;
     size_t size = 0;
-    // No err here: moe_read_file then leaves errno as the failing call set it,
-    // and the message below can start with the checkpoint like every other.
-    errno = 0;
-    int rc = moe_read_file(path, &buf, &size, NULL);
+    // The reason alone, so the message can start with the checkpoint like every other.
+    char why[256];
+    int rc = moe_read_file_why(path, &buf, &size, why, sizeof why, NULL);
     if (rc == MOE_ENOMEM)
         return st_fail(err, rc, path, "out of memory reading the file");
-    if (rc) {
-        int e = errno;
-        return st_fail(err, rc, path, "cannot read the file: %s", e ? strerror(e) : "i/o error");
-    }
+    if (rc)
+        return st_fail(err, rc, path, "cannot read the file: %s", why);
     f.buf = (uint8_t *)buf;
     f.size = size;
     rc = parse_file(&f, path, err);

@@ -240,6 +240,13 @@ idx_config() {
         "$FIX/$2" "$FIX/$3" "$FIX/${4:-img.idx}" "$FIX/${5:-lab.idx}" >"$1"
 }
 idx_config idx_ok.json img.idx lab.idx
+# Not regular files: a FIFO (no writer: opening it for reading would wait forever) and /dev/zero
+# (reading it never ends); every reader refuses both at once.
+mkfifo fifo
+idx_config idx_fifo.json fifo lab.idx
+idx_config idx_zero.json img.idx lab.idx && sed -i "s|\"$FIX/img.idx\", \"train_labels\"|\"/dev/zero\", \"train_labels\"|" idx_zero.json
+table_config tab_fifo.json fifo
+table_config tab_zero.json vowels.tsv && sed -i "s|\"$FIX/vowels.tsv\"|\"/dev/zero\"|" tab_zero.json
 for f in idx_magic idx_dtype idx_ndim5 idx_short idx_header_cut idx_trunc idx_trailing idx_zero_dim; do
     idx_config "$f.json" "$f.idx" lab.idx
 done
