@@ -427,8 +427,12 @@ static int peer_setup(const char *cmd, const char *key, const struct moe_config 
         goto out;
     }
     if (moe_model_create(peer, &tc, NULL, data->train.task, data->train.n_in, data->train.n_out, student->max_batch,
-                         &err) ||
-        moe_model_load(peer, f, 1, &err)) {
+                         &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    if (moe_model_load(peer, f, 1, &err)) { // the teacher's (baseline's) fault, said so
+        moe_error_prefix(&err, "%s: ", key);
         rc = cli_fail(cmd, &err);
         goto out;
     }

@@ -347,6 +347,17 @@ int moe_model_load(struct moe_model *m, const struct moe_st_file *f, int allow_e
     for (size_t i = 0; i < n; i++)
         if ((rc = moe_safetensors_load_ref(f, &refs[i], err)))
             return rc;
+    // Weights from a file are checked like any input: a NaN or infinity (say in
+    // the embedding row of a byte that never occurs) would train, evaluate and be
+    // written back without a word. The first one found is named.
+    const struct moe_params *p = &m->params;
+    for (size_t t = 0; t < p->n; t++) {
+        const float *w = p->data + p->t[t].offset;
+        for (size_t j = 0; j < p->t[t].numel; j++)
+            if (!isfinite(w[j]))
+                return moe_error(err, MOE_EFORMAT, "%s: tensor '%s' element %zu is %s, not a finite number", f->path,
+                                 p->t[t].name, j, isnan(w[j]) ? "NaN" : w[j] > 0 ? "+infinity" : "-infinity");
+    }
     // State read from a file is checked like any input: a hash table entry
     // outside [0, E) would index past the experts, a non-finite bias poisons routing.
     for (size_t i = 0; i < m->n_moe_layers && m->ops->moe_layer_at; i++) {

@@ -383,6 +383,18 @@ if [ -s moe.st ]; then
     st_jq rs_mean_dtype.st moe.st '.["data.mean"].dtype = "I32"'
     st_jq rs_w1_shape.st moe.st '.["layers.0.moe.experts.w1"].shape = [4, 2, 8]'
 fi
+# Non-finite weights: NaN in the mlp-moe checkpoint's expert weights (element 3 of w1), +infinity in
+# the hand-written one's gate.weight (element 0).
+# st_poke OUT IN TENSOR ELEMENT BYTES: IN with one float of TENSOR overwritten (BYTES as printf escapes).
+st_poke() {
+    local off hl
+    off=$(st_header "$2" | jq ".[\"$3\"].data_offsets[0]")
+    hl=$(od -An -t u8 -N8 "$2" | tr -d ' ')
+    cp "$2" "$1"
+    printf '%b' "$5" | dd of="$1" bs=1 seek=$((8 + hl + off + 4 * $4)) conv=notrunc 2>/dev/null
+}
+[ -s moe.st ] && st_poke moe_nan.st moe.st layers.0.moe.experts.w1 3 '\x00\x00\xc0\x7f'
+st_poke ck_inf.st ck_good.st gate.weight 0 '\x00\x00\x80\x7f'
 # hash tables whose entries name experts that do not exist (E = 4)
 if [ -s hash.st ]; then
     off=$(st_header hash.st | jq '.["layers.0.moe.router.hash_table"].data_offsets[0]')
