@@ -245,6 +245,40 @@ START_TEST(test_resume_rejects_foreign)
 }
 END_TEST
 
+// A resume checkpoint whose optimizer moments hold a NaN is refused, naming the tensor and element.
+START_TEST(test_resume_rejects_nonfinite_moments)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/moe-test-ckpt-n-%ld.safetensors", (long)getpid());
+    struct outcome o = { 0 };
+    struct ctx c = { .o = &o, .path = path, .stop_at_step = 3 };
+    run(MIX_CFG, NULL, 0, &c, 0);
+    ck_assert_int_eq(o.rc, MOE_EINTR);
+    // write a NaN over element 2 of optim.m, in place in the file
+    struct moe_st_file f = { 0 };
+    struct moe_err err;
+    ck_assert(moe_safetensors_open(path, &f, &err) == 0);
+    long at = -1;
+    for (size_t i = 0; i < f.n; i++)
+        if (strcmp(f.e[i].name, "optim.m") == 0)
+            at = (long)((const uint8_t *)f.e[i].data - f.buf) + 2 * (long)sizeof(float);
+    moe_safetensors_close(&f);
+    ck_assert_int_ge(at, 0);
+    FILE *fp = fopen(path, "r+b");
+    ck_assert_ptr_nonnull(fp);
+    const float nan = NAN;
+    ck_assert_int_eq(fseek(fp, at, SEEK_SET), 0);
+    ck_assert_uint_eq(fwrite(&nan, sizeof nan, 1, fp), 1);
+    fclose(fp);
+    struct ctx c2 = { .o = &o, .path = path };
+    run(MIX_CFG, NULL, 0, &c2, 1);
+    ck_assert_int_eq(o.rc, MOE_EFORMAT);
+    ck_assert_msg(strstr(o.err.msg, "tensor 'optim.m' element 2 is NaN, not a finite number"), "%s", o.err.msg);
+    outcome_free(&o);
+    remove(path);
+}
+END_TEST
+
 int main(void)
 {
     if (moe_test_init_blas(2))
@@ -257,6 +291,7 @@ int main(void)
     tcase_add_test(tc, test_resume_bias_balance);
     tcase_add_test(tc, test_resume_mixture_sgd);
     tcase_add_test(tc, test_resume_rejects_foreign);
+    tcase_add_test(tc, test_resume_rejects_nonfinite_moments);
     suite_add_tcase(s, tc);
     return moe_test_run(s);
 }

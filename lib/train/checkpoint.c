@@ -9,6 +9,7 @@
 // the model the config builds (lengths, shapes, dtypes), never the file alone.
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -233,6 +234,14 @@ int moe_train_state_restore(const struct moe_st_file *f, struct moe_optim *o, st
         return rc;
     if (o->v && (rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ "optim.v", MOE_F32, 1, { o->numel }, o->v }, err)))
         return rc;
+    // the moments are weights of the update like any other: a NaN would reach every step
+    const float *mom[2] = { o->m, o->v };
+    static const char *const mom_name[2] = { "optim.m", "optim.v" };
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; mom[k] && i < o->numel; i++)
+            if (!isfinite(mom[k][i]))
+                return moe_error(err, MOE_EFORMAT, "%s: tensor '%s' element %zu is %s, not a finite number", f->path,
+                                 mom_name[k], i, isnan(mom[k][i]) ? "NaN" : mom[k][i] > 0 ? "+infinity" : "-infinity");
     size_t n = stats_pack(batch_stats, NULL);
     double *buf = malloc(n * sizeof *buf);
     if (!buf)
