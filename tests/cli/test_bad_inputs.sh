@@ -394,6 +394,9 @@ st_poke() {
     printf '%b' "$5" | dd of="$1" bs=1 seek=$((8 + hl + off + 4 * $4)) conv=notrunc 2>/dev/null
 }
 [ -s moe.st ] && st_poke moe_nan.st moe.st layers.0.moe.experts.w1 3 '\x00\x00\xc0\x7f'
+# a run directory whose checkpoint is a FIFO
+mkdir -p resume_fifo && cp run/moe/config.json run/moe/metrics.csv resume_fifo/ 2>/dev/null
+[ -p resume_fifo/checkpoint.safetensors ] || mkfifo resume_fifo/checkpoint.safetensors
 st_poke ck_inf.st ck_good.st gate.weight 0 '\x00\x00\x80\x7f'
 # hash tables whose entries name experts that do not exist (E = 4)
 if [ -s hash.st ]; then
