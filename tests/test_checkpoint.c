@@ -208,15 +208,21 @@ START_TEST(test_resume_mixture_sgd)
 }
 END_TEST
 
+// The checkpoint of a run of json stopped after step 3, at /tmp/moe-test-ckpt-TAG-PID.safetensors (path).
+static void stopped_checkpoint(char *path, size_t len, const char *tag, const char *json, struct outcome *o)
+{
+    snprintf(path, len, "/tmp/moe-test-ckpt-%s-%ld.safetensors", tag, (long)getpid());
+    struct ctx c = { .o = o, .path = path, .stop_at_step = 3 };
+    run(json, NULL, 0, &c, 0);
+    ck_assert_int_eq(o->rc, MOE_EINTR);
+}
+
 // A checkpoint that is not one, or whose statistics do not fit the model, is refused.
 START_TEST(test_resume_rejects_foreign)
 {
     char path[64];
-    snprintf(path, sizeof path, "/tmp/moe-test-ckpt-b-%ld.safetensors", (long)getpid());
     struct outcome o = { 0 };
-    struct ctx c = { .o = &o, .path = path, .stop_at_step = 3 };
-    run(MOE_CFG, NULL, 0, &c, 0);
-    ck_assert_int_eq(o.rc, MOE_EINTR);
+    stopped_checkpoint(path, sizeof path, "b", MOE_CFG, &o);
     // Resuming the sparse model's checkpoint into the mixture: the weights do not match.
     struct moe_config cfg;
     struct moe_err err;
@@ -249,11 +255,8 @@ END_TEST
 START_TEST(test_resume_rejects_nonfinite_moments)
 {
     char path[64];
-    snprintf(path, sizeof path, "/tmp/moe-test-ckpt-n-%ld.safetensors", (long)getpid());
     struct outcome o = { 0 };
-    struct ctx c = { .o = &o, .path = path, .stop_at_step = 3 };
-    run(MIX_CFG, NULL, 0, &c, 0);
-    ck_assert_int_eq(o.rc, MOE_EINTR);
+    stopped_checkpoint(path, sizeof path, "n", MIX_CFG, &o);
     // write a NaN over element 2 of optim.m, in place in the file
     struct moe_st_file f = { 0 };
     struct moe_err err;
