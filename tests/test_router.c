@@ -406,6 +406,51 @@ START_TEST(test_expert_choice_quota)
 }
 END_TEST
 
+// The router table: names in enum order agree with the config's choices, and
+// the sizes the layers above take from it (slots, quota, buffer rows, experts
+// per token) follow each router's convention.
+START_TEST(test_router_table)
+{
+    char joined[256] = "";
+    ck_assert_uint_eq(moe_router_count(), 6);
+    for (size_t t = 0; t < moe_router_count(); t++) {
+        const struct moe_router_info *ri = moe_router_info((enum moe_router_type)t);
+        ck_assert_str_eq(ri->name, moe_router_name((enum moe_router_type)t));
+        if (t)
+            strcat(joined, "|");
+        strcat(joined, ri->name);
+        ck_assert_msg(!ri->fixed_k == !ri->k_rule, "%s: fixed_k and its message go together", ri->name);
+        ck_assert_msg(ri->gate_weights || !ri->probs, "%s: probabilities need gate weights", ri->name);
+    }
+    ck_assert_str_eq(joined, MOE_ROUTER_CHOICES);
+
+    // expert choice: quota C = min(T, ceil(f T / E)), rows E C, f experts per token
+    struct moe_router_cfg c = cfg_make(MOE_ROUTER_EXPERT_CHOICE, 10, 2);
+    c.ec_factor = 1.1;
+    ck_assert_uint_eq(moe_router_quota(&c, 100), 11); // not 12: the quotient is 11.000000000000002
+    ck_assert_uint_eq(moe_router_rows(&c, 100), 110);
+    ck_assert_double_eq(moe_router_experts_per_token(&c), 1.1);
+    c.ec_factor = 100.0;
+    ck_assert_uint_eq(moe_router_quota(&c, 8), 8); // clamped to T
+    ck_assert_uint_eq(moe_router_rows(&c, 8), 80);
+    ck_assert_double_eq(moe_router_experts_per_token(&c), 10.0); // at most E
+    // token choice: no quota, rows T K (fixed K for hash and gshard)
+    c = cfg_make(MOE_ROUTER_SWITCH, 8, 3);
+    ck_assert_uint_eq(moe_router_quota(&c, 100), 0);
+    ck_assert_uint_eq(moe_router_rows(&c, 100), 300);
+    ck_assert_double_eq(moe_router_experts_per_token(&c), 3.0);
+    c.type = MOE_ROUTER_HASH;
+    ck_assert_uint_eq(moe_router_rows(&c, 100), 100);
+    ck_assert_double_eq(moe_router_experts_per_token(&c), 1.0);
+    c.type = MOE_ROUTER_GSHARD;
+    ck_assert_uint_eq(moe_router_rows(&c, 100), 200);
+    ck_assert_uint_eq(moe_router_rows(&c, SIZE_MAX / 2 + 1), SIZE_MAX); // T * S overflows
+    ck_assert(!moe_router_info(MOE_ROUTER_HASH)->gate_weights && moe_router_info(MOE_ROUTER_HASH)->token_table);
+    ck_assert(moe_router_info(MOE_ROUTER_NOISY_TOPK)->noise_weights && moe_router_info(MOE_ROUTER_NOISY_TOPK)->zero_init);
+    ck_assert(!moe_router_info(MOE_ROUTER_EXPERT_CHOICE)->balancing_loss);
+}
+END_TEST
+
 START_TEST(test_noise_train_only)
 {
     size_t T = 10, E = 6, K = 2;
@@ -883,6 +928,7 @@ int main(void)
     tcase_add_test(tc, test_softmax_matches_reference);
     tcase_add_test(tc, test_switch_gate_is_p);
     tcase_add_test(tc, test_expert_choice_quota);
+    tcase_add_test(tc, test_router_table);
     tcase_add_test(tc, test_noise_train_only);
     tcase_add_test(tc, test_determinism);
     tcase_add_test(tc, test_gshard_random_policy);

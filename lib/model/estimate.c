@@ -221,23 +221,19 @@ static void est_layer_scratch(struct est *e, size_t *act, const struct moe_route
                               size_t F, size_t Sh, int swiglu, size_t V)
 {
     size_t E = rc->E, S = moe_router_slots(rc);
-    const char *skey = rc->type == MOE_ROUTER_EXPERT_CHOICE ? "model.n_expert" : "model.n_expert_used";
+    const struct moe_router_info *ri = moe_router_info(rc->type);
+    const char *skey = ri->quota ? "model.n_expert" : "model.n_expert_used";
     struct dim dT = { T, KEY_T }, dE = { E, "model.n_expert" }, dS = { S, skey }, dD = { D, "model.n_embd" },
                dE1 = { E + 1, "model.n_expert + 1" };
     dispatch_rows(e, T, S, skey);
     // rows the expert buffers hold: T*S, or for expert choice at most E quotas
     size_t N = 0;
-    if (!e->rc && product(e, &N, 1, DIMS(dT, dS)) == 0 && rc->type == MOE_ROUTER_EXPERT_CHOICE) {
-        double q = ceil(rc->ec_factor * (double)T / (double)E);
-        size_t quota = q > (double)T ? T : (size_t)q;
-        size_t qe;
-        if (!__builtin_mul_overflow(quota, E, &qe) && qe < N)
-            N = qe;
-    }
+    if (!e->rc && product(e, &N, 1, DIMS(dT, dS)) == 0)
+        N = moe_router_rows(rc, T); // T * S fits: no overflow
     if (e->rc)
         return;
     // route (router.c)
-    int noisy = rc->type == MOE_ROUTER_NOISY_TOPK;
+    int noisy = ri->noise_weights;
     const char *rte[] = { "route.z", "route.p", "route.u", "route.eps", "route.h" };
     for (int i = 0; i < (noisy ? 5 : 2); i++)
         BUF(e, act, rte[i], sizeof(float), dT, dE);
@@ -296,7 +292,7 @@ static void est_layer_scratch(struct est *e, size_t *act, const struct moe_route
     BUF(e, act, "du", sizeof(float), dT, dE);
     if (rc->bias_balance)
         BUF(e, act, "router.bias", sizeof(float), dE);
-    if (rc->type == MOE_ROUTER_HASH)
+    if (ri->token_table)
         BUF(e, act, "router.hash_table", 4, { V, "moe.hash_vocab" });
 }
 
@@ -307,10 +303,11 @@ static void est_sparse_tensors(struct est *e, size_t l, const struct moe_router_
     char name[MOE_NAME_MAX + 32];
     struct dim dD = { D, "model.n_embd" }, dE = { rc->E, "model.n_expert" }, dF = { F, "model.n_ff" },
                dSh = { Sh, "model.n_expert_shared" };
+    const struct moe_router_info *ri = moe_router_info(rc->type);
 #define LNAME(fmt) (snprintf(name, sizeof name, fmt, l), name)
-    if (rc->type != MOE_ROUTER_HASH)
+    if (ri->gate_weights)
         TENSOR(e, LNAME("layers.%zu.moe.router.weight"), dE, dD);
-    if (rc->type == MOE_ROUTER_NOISY_TOPK)
+    if (ri->noise_weights)
         TENSOR(e, LNAME("layers.%zu.moe.router.noise_weight"), dE, dD);
     TENSOR(e, LNAME("layers.%zu.moe.experts.w1"), dE, dF, dD);
     if (swiglu)
@@ -332,14 +329,9 @@ static void est_ffn_block(struct est *e, struct shape *s, size_t l, int sparse, 
 {
     double per_expert = (double)F * (double)D * (swiglu ? 3.0 : 2.0);
     if (sparse) {
-        double E = (double)rc->E;
-        double used = rc->type == MOE_ROUTER_EXPERT_CHOICE ? rc->ec_factor
-                      : rc->type == MOE_ROUTER_HASH       ? 1.0
-                                                           : (double)rc->K;
-        if (used > E)
-            used = E;
-        double router_macs = (rc->type == MOE_ROUTER_HASH ? 0.0 : E * (double)D) +
-                             (rc->type == MOE_ROUTER_NOISY_TOPK ? E * (double)D : 0.0);
+        const struct moe_router_info *ri = moe_router_info(rc->type);
+        double E = (double)rc->E, used = moe_router_experts_per_token(rc);
+        double router_macs = (ri->gate_weights ? E * (double)D : 0.0) + (ri->noise_weights ? E * (double)D : 0.0);
         est_sparse_tensors(e, l, rc, D, F, Sh, swiglu);
         // the same expression, in the same order, as cli_routing_json
         *inactive += (E - used) * per_expert;

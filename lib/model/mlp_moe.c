@@ -283,7 +283,7 @@ int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const 
             if ((rc = moe_layer_declare(&b->moe, &lc, name, p, err)))
                 return rc;
             n->moe[n->n_sparse++] = &b->moe;
-            n->has_hash |= lc.router.type == MOE_ROUTER_HASH;
+            n->has_hash |= moe_router_info(lc.router.type)->token_table;
         } else {
             ADDF(b->i_w1, "layers.%zu.ffn.w1", l, Fd, D);
             if (swiglu) {

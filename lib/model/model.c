@@ -3,6 +3,7 @@
 #include "model/model.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -213,6 +214,26 @@ void moe_model_layers_fit_hash(struct moe_model *m, const uint64_t *freq)
         moe_layer_fit_hash(m->moe_layers[i], freq);
 }
 
+// The routers that support bias balancing, as "'a', 'b' or 'c'".
+static void bias_routers(char *buf, size_t len)
+{
+    size_t n = 0, at = 0, total = 0;
+    for (size_t t = 0; t < moe_router_count(); t++)
+        total += moe_router_info((enum moe_router_type)t)->bias_balance;
+    buf[0] = '\0';
+    for (size_t t = 0; t < moe_router_count(); t++) {
+        const struct moe_router_info *ri = moe_router_info((enum moe_router_type)t);
+        if (!ri->bias_balance)
+            continue;
+        const char *sep = n == 0 ? "" : n + 1 == total ? " or " : ", ";
+        int w = snprintf(buf + at, len - at, "%s'%s'", sep, ri->name);
+        if (w < 0 || (size_t)w >= len - at)
+            return; // cut short: the message stays readable
+        at += (size_t)w;
+        n++;
+    }
+}
+
 // Router settings from the moe.* keys, checked against the router's needs.
 int moe_model_layer_cfg(struct moe_layer_cfg *c, const struct moe_config *cfg, size_t D, size_t F, int act,
                         struct moe_err *err)
@@ -251,29 +272,22 @@ int moe_model_layer_cfg(struct moe_layer_cfg *c, const struct moe_config *cfg, s
     if (K > E)
         return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': %zu experts per token but only %zu experts",
                          K, E);
-    switch (c->router.type) {
-    case MOE_ROUTER_GSHARD:
-        if (K != 2)
-            return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': router 'gshard' is top-2, got %zu", K);
-        break;
-    case MOE_ROUTER_HASH:
-        if (K != 1)
-            return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': router 'hash' sends each token to 1 expert, got %zu", K);
-        break;
-    default:
-        break;
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
+    if (ri->fixed_k && K != ri->fixed_k)
+        return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': router '%s' %s, got %zu", rname, ri->k_rule, K);
+    if (c->router.bias_balance && !ri->bias_balance) {
+        char names[128];
+        bias_routers(names, sizeof names);
+        return moe_error(err, MOE_ECONFIG, "key 'moe.bias_balance': needs router %s, got '%s'", names, rname);
     }
-    if (c->router.bias_balance && c->router.type != MOE_ROUTER_SOFTMAX && c->router.type != MOE_ROUTER_SWITCH)
-        return moe_error(err, MOE_ECONFIG, "key 'moe.bias_balance': needs router 'softmax' or 'switch', got '%s'",
-                         rname);
     // Hash routing has no router probabilities, and expert choice is balanced
     // by construction: neither takes a balancing loss.
-    if (c->router.type == MOE_ROUTER_HASH || c->router.type == MOE_ROUTER_EXPERT_CHOICE)
+    if (!ri->balancing_loss)
         c->aux = MOE_AUX_NONE;
-    if (c->router.type == MOE_ROUTER_HASH)
+    if (!ri->probs)
         c->z_weight = 0.0;
     if (c->aux == MOE_AUX_SHAZEER && c->w_load > 0.0) {
-        if (c->router.type != MOE_ROUTER_NOISY_TOPK)
+        if (!ri->noise_weights)
             return moe_error(err, MOE_ECONFIG, "key 'moe.w_load': the smooth load estimator needs router 'noisy-topk', got '%s' (set moe.w_load = 0 to use the importance loss alone)", rname);
         if (K >= E)
             return moe_error(err, MOE_ECONFIG, "key 'moe.w_load': the smooth load estimator needs n_expert_used < n_expert");

@@ -418,7 +418,7 @@ int moe_transformer_create(struct moe_model *m, const struct moe_config *cfg, co
                 ADDF(b->i_lang, "layers.%zu.moe.lang_emb", l, G, D);
             }
             n->moe[n->n_sparse++] = &b->moe;
-            n->has_hash |= lc.router.type == MOE_ROUTER_HASH;
+            n->has_hash |= moe_router_info(lc.router.type)->token_table;
         } else {
             ADDF(b->i_w1, "layers.%zu.ffn.w1", l, Fd, D);
             if (swiglu) {

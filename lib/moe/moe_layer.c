@@ -34,13 +34,13 @@ int moe_layer_declare(struct moe_layer *l, const struct moe_layer_cfg *c, const 
     l->S = moe_router_slots(&c->router);
     size_t E = c->router.E, D = c->D, F = c->F, Sh = c->n_shared;
     int swiglu = c->act == MOE_FFN_SWIGLU;
-    enum moe_router_type rt = c->router.type;
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
 #define ADD(idx, name, ...)                                          \
     if ((idx = add(p, l, name, MOE_SHAPE(__VA_ARGS__), err)) < 0) \
         return idx
-    if (rt != MOE_ROUTER_HASH)
+    if (ri->gate_weights)
         ADD(l->i_router, "router.weight", E, D);
-    if (rt == MOE_ROUTER_NOISY_TOPK)
+    if (ri->noise_weights)
         ADD(l->i_noise, "router.noise_weight", E, D);
     ADD(l->i_w1, "experts.w1", E, F, D);
     if (swiglu)
@@ -63,17 +63,10 @@ int moe_layer_alloc(struct moe_layer *l, size_t T_max, struct moe_err *err)
     const struct moe_layer_cfg *c = &l->c;
     size_t E = c->router.E, D = c->D, S = l->S, Sh = c->n_shared;
     int swiglu = c->act == MOE_FFN_SWIGLU;
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
     l->T_max = T_max;
-    // Rows an expert block can hold in total: T*K, or for expert choice at most
-    // E quotas of ceil(ec_factor*T/E) (never more than T*E).
-    l->N_max = T_max * S;
-    if (c->router.type == MOE_ROUTER_EXPERT_CHOICE) {
-        double q = ceil(c->router.ec_factor * (double)T_max / (double)E);
-        size_t quota = q > (double)T_max ? T_max : (size_t)q;
-        if (quota * E < l->N_max)
-            l->N_max = quota * E;
-    }
-    int rc = moe_route_alloc(&l->route, T_max, E, S, c->router.type == MOE_ROUTER_NOISY_TOPK, err);
+    l->N_max = moe_router_rows(&c->router, T_max); // rows of all expert blocks together
+    int rc = moe_route_alloc(&l->route, T_max, E, S, ri->noise_weights, err);
     if (rc || (rc = moe_dispatch_alloc(&l->plan, T_max, S, E, err)) ||
         (rc = moe_experts_buf_alloc(&l->buf, l->N_max, D, c->F, swiglu, err)))
         return rc;
@@ -101,7 +94,7 @@ int moe_layer_alloc(struct moe_layer *l, size_t T_max, struct moe_err *err)
         return moe_error(err, MOE_ENOMEM, "out of memory for MoE layer scratch (batch %zu)", T_max);
     if (c->router.bias_balance && !(l->bias = moe_alloc(E, sizeof(float))))
         return moe_error(err, MOE_ENOMEM, "out of memory");
-    if (c->router.type == MOE_ROUTER_HASH && !(l->table = moe_alloc(c->hash_vocab, sizeof(int32_t))))
+    if (ri->token_table && !(l->table = moe_alloc(c->hash_vocab, sizeof(int32_t))))
         return moe_error(err, MOE_ENOMEM, "out of memory for a hash table of %zu keys", c->hash_vocab);
     return 0;
 }
@@ -116,7 +109,7 @@ void moe_layer_init(struct moe_layer *l, struct moe_params *p, uint64_t seed, fl
     if (l->i_router >= 0) {
         // Shazeer et al. 2017 start the gate and noise weights at zero; the
         // other routers get small random weights so experts differ from step 0.
-        if (c->router.type == MOE_ROUTER_NOISY_TOPK || c->router_init_scale == 0.0)
+        if (moe_router_info(c->router.type)->zero_init || c->router_init_scale == 0.0)
             memset(moe_params_data(p, l->i_router), 0, p->t[l->i_router].numel * sizeof(float));
         else
             moe_init_uniform(p, l->i_router, seed, (float)c->router_init_scale);
@@ -158,7 +151,7 @@ static float *gr(const struct moe_params *p, int i) { return i >= 0 ? moe_params
 
 static int has_smooth_load(const struct moe_layer_cfg *c)
 {
-    return c->router.type == MOE_ROUTER_NOISY_TOPK && c->router.K < c->router.E;
+    return moe_router_info(c->router.type)->noise_weights && c->router.K < c->router.E;
 }
 
 // The batch's unweighted auxiliary value of the layer's convention (NaN for
@@ -226,14 +219,14 @@ double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float 
 {
     const struct moe_layer_cfg *c = &l->c;
     size_t E = c->router.E, D = c->D, S = l->S;
-    enum moe_router_type rt = c->router.type;
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
     struct moe_route *r = &l->route;
     uint64_t base = (uint64_t)c->index * LAYER_STRIDE;
     l->T = T;
     l->train = train;
     const float *rin = x;
     double t0 = moe_prof_begin();
-    if (rt == MOE_ROUTER_HASH) {
+    if (ri->token_table) {
         for (size_t t = 0; t < T; t++)
             l->hash_expert[t] = l->table[keys[t] % c->hash_vocab];
     } else {
@@ -251,18 +244,17 @@ double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float 
             rin = l->xr;
         }
         moe_linear_forward(r->z, E, rin, D, wt(p, l->i_router), NULL, T, D, E);
-        if (rt == MOE_ROUTER_NOISY_TOPK)
+        if (ri->noise_weights)
             moe_linear_forward(r->u, E, rin, D, wt(p, l->i_noise), NULL, T, D, E);
     }
-    struct moe_rng rng = moe_rng_make(seed, rt == MOE_ROUTER_GSHARD ? MOE_RNG_DISPATCH : MOE_RNG_NOISE,
-                                      (uint32_t)step);
-    moe_router_forward(r, &c->router, l->bias, rt == MOE_ROUTER_HASH ? l->hash_expert : NULL, train, &rng, base, T);
+    struct moe_rng rng = moe_rng_make(seed, ri->rng, (uint32_t)step);
+    moe_router_forward(r, &c->router, l->bias, ri->token_table ? l->hash_expert : NULL, train, &rng, base, T);
     if (train && l->bias)
         moe_router_bias_update(l->bias, r, c->bias_rate);
     moe_prof_end(MOE_PHASE_ROUTER, t0);
 
     t0 = moe_prof_begin();
-    size_t cap = rt == MOE_ROUTER_EXPERT_CHOICE ? T : moe_capacity(train ? c->capacity_factor : c->eval_capacity_factor, T, S, E);
+    size_t cap = ri->quota ? T : moe_capacity(train ? c->capacity_factor : c->eval_capacity_factor, T, S, E);
     moe_dispatch_plan(&l->plan, r->idx, r->prio, T, cap, c->drop);
     moe_prof_end(MOE_PHASE_DISPATCH, t0);
     moe_experts_forward(out, x, r->gate, &l->plan, wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf, c->act);
@@ -273,7 +265,7 @@ double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float 
         moe_experts_forward(out, x, l->s_gate, &l->splan, wt(p, l->i_sw1), wt(p, l->i_sw3), wt(p, l->i_sw2),
                             &l->sbuf, c->act);
     }
-    int probs = rt != MOE_ROUTER_HASH;
+    int probs = ri->probs;
     t0 = moe_prof_begin();
     if (probs) {
         aux_forward(l);
@@ -299,9 +291,10 @@ void moe_layer_backward(struct moe_layer *l, const struct moe_params *p, float *
     if (c->n_shared)
         moe_experts_backward(dx, NULL, gr(p, l->i_sw1), gr(p, l->i_sw3), gr(p, l->i_sw2), dout, x, l->s_gate,
                              &l->splan, wt(p, l->i_sw1), wt(p, l->i_sw3), wt(p, l->i_sw2), &l->sbuf, c->act);
-    if (c->router.type == MOE_ROUTER_HASH)
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
+    if (!ri->gate_weights)
         return;
-    int noisy = c->router.type == MOE_ROUTER_NOISY_TOPK;
+    int noisy = ri->noise_weights;
     double t0 = moe_prof_begin();
     memset(l->dz, 0, T * E * sizeof(float));
     if (noisy)

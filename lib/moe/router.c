@@ -17,32 +17,83 @@
 #include "core/params.h"
 #include "nn/nn.h"
 
-static const char *const names[] = { "softmax", "noisy-topk", "switch", "gshard", "hash", "expert-choice" };
+// One row per router, in enum order (router.h, struct moe_router_info).
+static const struct moe_router_info routers[] = {
+    [MOE_ROUTER_SOFTMAX] = { .name = "softmax", .gate_weights = 1, .probs = 1, .balancing_loss = 1,
+                             .bias_balance = 1, .rng = MOE_RNG_NOISE },
+    [MOE_ROUTER_NOISY_TOPK] = { .name = "noisy-topk", .gate_weights = 1, .noise_weights = 1, .zero_init = 1,
+                                .probs = 1, .balancing_loss = 1, .rng = MOE_RNG_NOISE },
+    [MOE_ROUTER_SWITCH] = { .name = "switch", .gate_weights = 1, .probs = 1, .balancing_loss = 1,
+                            .bias_balance = 1, .rng = MOE_RNG_NOISE },
+    [MOE_ROUTER_GSHARD] = { .name = "gshard", .gate_weights = 1, .probs = 1, .balancing_loss = 1, .fixed_k = 2,
+                            .k_rule = "is top-2", .rng = MOE_RNG_DISPATCH },
+    [MOE_ROUTER_HASH] = { .name = "hash", .token_table = 1, .fixed_k = 1, .k_rule = "sends each token to 1 expert",
+                          .rng = MOE_RNG_NOISE },
+    [MOE_ROUTER_EXPERT_CHOICE] = { .name = "expert-choice", .gate_weights = 1, .probs = 1, .quota = 1,
+                                   .rng = MOE_RNG_NOISE },
+};
+#define N_ROUTERS (sizeof routers / sizeof routers[0])
 
 int moe_router_from_name(const char *name)
 {
-    for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++)
-        if (strcmp(name, names[i]) == 0)
-            return i;
+    for (size_t i = 0; i < N_ROUTERS; i++)
+        if (strcmp(name, routers[i].name) == 0)
+            return (int)i;
     return -1;
 }
 
-const char *moe_router_name(enum moe_router_type t) { return names[t]; }
+const char *moe_router_name(enum moe_router_type t) { return routers[t].name; }
+
+size_t moe_router_count(void) { return N_ROUTERS; }
+
+const struct moe_router_info *moe_router_info(enum moe_router_type t)
+{
+    assert((size_t)t < N_ROUTERS);
+    return &routers[t];
+}
 
 // HASH and GSHARD fix their K (1 and 2, router.h); a K set in the config for
 // them is ignored rather than trusted.
 size_t moe_router_slots(const struct moe_router_cfg *c)
 {
-    switch (c->type) {
-    case MOE_ROUTER_EXPERT_CHOICE:
-        return c->E;
-    case MOE_ROUTER_HASH:
-        return 1;
-    case MOE_ROUTER_GSHARD:
-        return 2;
-    default:
-        return c->K;
+    const struct moe_router_info *ri = moe_router_info(c->type);
+    return ri->quota ? c->E : ri->fixed_k ? ri->fixed_k : c->K;
+}
+
+// Tokens per expert for expert choice: C = min(T, ceil(ec_factor * T / E)).
+// The product is formed in double and shrunk by a relative 1e-12 before the
+// ceiling, so that a quotient that is an integer in exact arithmetic but lands
+// just above it in floating point (1.1 * 100 / 10 = 11.000000000000002) gives
+// that integer (11), not the next one.
+size_t moe_router_quota(const struct moe_router_cfg *c, size_t T)
+{
+    if (!moe_router_info(c->type)->quota)
+        return 0;
+    double x = c->ec_factor * (double)T / (double)c->E;
+    double q = ceil(x * (1.0 - 1e-12));
+    if (!(q > 0.0))
+        return 0;
+    return q >= (double)T ? T : (size_t)q;
+}
+
+size_t moe_router_rows(const struct moe_router_cfg *c, size_t T)
+{
+    size_t rows;
+    if (__builtin_mul_overflow(T, moe_router_slots(c), &rows))
+        return SIZE_MAX;
+    if (moe_router_info(c->type)->quota) {
+        size_t q = moe_router_quota(c, T) * c->E; // quota <= T and S = E: no overflow once T * S fits
+        if (q < rows)
+            rows = q;
     }
+    return rows;
+}
+
+double moe_router_experts_per_token(const struct moe_router_cfg *c)
+{
+    const struct moe_router_info *ri = moe_router_info(c->type);
+    double used = ri->quota ? c->ec_factor : ri->fixed_k ? (double)ri->fixed_k : (double)c->K;
+    return used > (double)c->E ? (double)c->E : used;
 }
 
 // ---------------------------------------------------------------- buffers
@@ -135,20 +186,6 @@ static void sel_softmax_norm(const float *v, const int32_t *sel, size_t K, doubl
     *ret_sum = s;
 }
 
-// Tokens per expert for expert choice: C = min(T, ceil(ec_factor * T / E)).
-// The product is formed in double and shrunk by a relative 1e-12 before the
-// ceiling, so that a quotient that is an integer in exact arithmetic but lands
-// just above it in floating point (1.1 * 100 / 10 = 11.000000000000002) gives
-// that integer (11), not the next one.
-static size_t ec_quota(double ec_factor, size_t T, size_t E)
-{
-    double x = ec_factor * (double)T / (double)E;
-    double c = ceil(x * (1.0 - 1e-12));
-    if (!(c > 0.0))
-        return 0;
-    return c >= (double)T ? T : (size_t)c;
-}
-
 // Is token a a better pick than token b for expert column p[., e]?  Larger p,
 // ties to the lower token index.
 static inline int ec_better(const float *p, size_t E, size_t e, int32_t a, int32_t b)
@@ -194,7 +231,7 @@ static void ec_sift_up(int32_t *heap, size_t i, const float *p, size_t E, size_t
 static void route_expert_choice(struct moe_route *r, const struct moe_router_cfg *c, size_t T)
 {
     size_t E = r->E;
-    size_t C = ec_quota(c->ec_factor, T, E);
+    size_t C = moe_router_quota(c, T);
     int32_t *heap = r->idx;
     for (size_t i = 0; i < T * E; i++)
         r->sel[i] = -1;

@@ -51,9 +51,32 @@ enum moe_router_type {
     MOE_ROUTER_HASH = 4,
     MOE_ROUTER_EXPERT_CHOICE = 5,
 };
-// "softmax", "noisy-topk", "switch", "gshard", "hash", "expert-choice"
+// The config's names, in enum order (the moe.router key's choices).
+#define MOE_ROUTER_CHOICES "softmax|noisy-topk|switch|gshard|hash|expert-choice"
 int moe_router_from_name(const char *name); // -1 when unknown
 const char *moe_router_name(enum moe_router_type t);
+
+// What the layers above need to know of a router, one row per router in
+// router.c. Model constructors, the memory estimate and the CLI ask this table
+// instead of testing router types, so that a new router is its code, one row
+// here and its docs and tests.
+struct moe_router_info {
+    const char *name;
+    int gate_weights;     // a learned gate router.weight (E, D); hash has none
+    int noise_weights;    // router.noise_weight (E, D) and the noise buffers u, eps, h (noisy top-k)
+    int zero_init;        // the gate weights start at zero (Shazeer et al. 2017), not small random values
+    int probs;            // router probabilities p exist, so the z-loss and routing entropy apply
+    int balancing_loss;   // takes a balancing auxiliary loss (moe.aux_loss); moe.aux_loss is ignored otherwise
+    int bias_balance;     // supports DeepSeek-V3 bias balancing (moe.bias_balance)
+    int quota;            // experts choose tokens: S = E slots, each expert takes moe_router_quota tokens,
+                          // and the capacity factor does not apply
+    int token_table;      // routes by a table of token keys (moe.hash_vocab entries) fitted to the data
+    size_t fixed_k;       // the experts per token the router requires (0: any K <= E)
+    const char *k_rule;   // what the router says of K, for the message when K != fixed_k
+    enum moe_rng_purpose rng; // the purpose of the router's random draws (noise, GShard's second expert)
+};
+const struct moe_router_info *moe_router_info(enum moe_router_type t);
+size_t moe_router_count(void); // rows of the table: the types are 0 .. count - 1
 
 enum moe_second_policy { MOE_SECOND_ALL = 0, MOE_SECOND_RANDOM = 1 };
 
@@ -66,8 +89,18 @@ struct moe_router_cfg {
     int bias_balance;              // SOFTMAX, SWITCH: select on p + bias (DeepSeek-V3)
 };
 
-// Slots per token: E for EXPERT_CHOICE, else K.
+// Slots per token: E for EXPERT_CHOICE, the fixed K of HASH and GSHARD, else K.
 size_t moe_router_slots(const struct moe_router_cfg *c);
+// Expert choice's tokens per expert for a batch of T tokens:
+// C = min(T, ceil(ec_factor * T / E)) (0 for the other routers).
+size_t moe_router_quota(const struct moe_router_cfg *c, size_t T);
+// Rows the expert buffers must hold for a batch of up to T tokens: T * S, or
+// for expert choice at most E quotas (never more than T * E). SIZE_MAX when
+// T * S overflows size_t.
+size_t moe_router_rows(const struct moe_router_cfg *c, size_t T);
+// Experts a token runs through on average: K, 1 for HASH, ec_factor for
+// EXPERT_CHOICE; at most E. The active-parameter and FLOP counts use it.
+double moe_router_experts_per_token(const struct moe_router_cfg *c);
 
 // Per-batch routing state, sized for up to T_max tokens (moe_route_alloc).
 struct moe_route {

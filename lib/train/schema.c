@@ -2,6 +2,7 @@
 // This table is the single source of docs/config.md (`moe help config` prints it)
 // and of validation; add keys here, never parse JSON elsewhere.
 #include "train/train.h"
+#include "moe/router.h"
 
 #define FMNIST "/usr/share/datasets/fashion-mnist/"
 #define BIG 1e9
@@ -70,7 +71,7 @@ const struct moe_cfg_key moe_run_schema[] = {
     { "loss.type", MOE_CFG_STR, "\"auto\"", 1, 0, "auto|cooperative|competitive|nll|nll-cat|mse|ce", "objective: the 1991 mixture losses (mixture) or mse / ce (mlp, mlp-moe); auto = nll or nll-cat for a mixture, mse or ce otherwise, by task" },
     { "loss.baseline", MOE_CFG_STR, "\"mse\"", 1, 0, "mse|ce", "objective of the mlp system in compare-loss" },
     // sparse routing (mlp-moe)
-    { "moe.router", MOE_CFG_STR, "\"softmax\"", 1, 0, "softmax|noisy-topk|switch|gshard|hash|expert-choice", "softmax: top-k, gate renormalised over the chosen (Mixtral; k = E is dense); noisy-topk: Shazeer 2017; switch: raw probability as gate; gshard: top-2 renormalised with a second-expert policy; hash: fixed table; expert-choice: each expert takes its top tokens" },
+    { "moe.router", MOE_CFG_STR, "\"softmax\"", 1, 0, MOE_ROUTER_CHOICES, "softmax: top-k, gate renormalised over the chosen (Mixtral; k = E is dense); noisy-topk: Shazeer 2017; switch: raw probability as gate; gshard: top-2 renormalised with a second-expert policy; hash: fixed table; expert-choice: each expert takes its top tokens" },
     { "moe.second_policy", MOE_CFG_STR, "\"random\"", 1, 0, "random|all", "gshard: dispatch the second expert only if 2*g2 > U(0,1) in training (random), or always (all)" },
     { "moe.capacity_factor", MOE_CFG_NUM, "1.25", 0, 1e6, NULL, "training capacity per expert = ceil(capacity_factor * k * T / E) tokens of a batch of T (0 = dropless)" },
     { "moe.eval_capacity_factor", MOE_CFG_NUM, "2", 0, 1e6, NULL, "the same in evaluation (0 = dropless)" },
