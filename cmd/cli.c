@@ -215,7 +215,7 @@ int cli_load_config(const struct cli_common *c, struct moe_config *ret, struct m
         snprintf(seedbuf, sizeof seedbuf, "train.seed=%lld", c->seed);
         over[n++] = seedbuf;
     }
-    int rc = moe_config_load(ret, moe_run_schema, moe_run_schema_len, c->config, over, n, err);
+    int rc = moe_config_load(ret, moe_run_schema(), moe_run_schema_len(), c->config, over, n, err);
     free(over);
     // Options that add to a list key: the list so far, then their items.
     for (size_t i = 0; !rc && i < c->n_appends; i++) {

@@ -94,7 +94,7 @@ static int load_config(const struct moe_st_file *f, const struct cli_common *c, 
     // The checkpoint's own config first: if that fails the file is at fault (exit 1);
     // then the user's --set overrides, whose mistakes are usage errors (exit 2).
     struct moe_err perr;
-    int rc = moe_config_parse(cfg, moe_run_schema, moe_run_schema_len, text, f->path, NULL, 0, &perr);
+    int rc = moe_config_parse(cfg, moe_run_schema(), moe_run_schema_len(), text, f->path, NULL, 0, &perr);
     if (rc)
         return moe_error(err, MOE_EFORMAT, "%s: the 'config' metadata is not a valid config: %s", f->path, perr.msg);
     for (size_t i = 0; i < c->n_sets; i++)

@@ -412,7 +412,7 @@ static int peer_setup(const char *cmd, const char *key, const struct moe_config 
         rc = cli_error(cmd, 1, "%s: no 'config' in the checkpoint's metadata (not written by moe train?)", path);
         goto out;
     }
-    if (moe_config_parse(&tc, moe_run_schema, moe_run_schema_len, text, path, NULL, 0, &err)) {
+    if (moe_config_parse(&tc, moe_run_schema(), moe_run_schema_len(), text, path, NULL, 0, &err)) {
         rc = cli_error(cmd, 1, "%s: the 'config' metadata is not a valid config: %s", path, err.msg);
         goto out;
     }
@@ -831,7 +831,7 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
             goto out;
         }
         struct moe_err perr;
-        if (moe_config_parse(&cfg, moe_run_schema, moe_run_schema_len, cfg_json, resume.path, NULL, 0, &perr)) {
+        if (moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), cfg_json, resume.path, NULL, 0, &perr)) {
             rc = cli_error(cmd, 1, "%s: the 'config' metadata is not a valid config: %s", resume.path, perr.msg);
             goto out;
         }

@@ -56,8 +56,8 @@ static void print_config_reference(void)
            "with `--set key.path=value`. Unknown keys, wrong types, non-integers for integer keys,\n"
            "non-finite numbers and out-of-range values are errors (exit code 2).\n");
     char section[64] = "";
-    for (size_t i = 0; i < moe_run_schema_len; i++) {
-        const struct moe_cfg_key *k = &moe_run_schema[i];
+    for (size_t i = 0; i < moe_run_schema_len(); i++) {
+        const struct moe_cfg_key *k = &moe_run_schema()[i];
         size_t len = strcspn(k->path, ".");
         if (strncmp(section, k->path, len) != 0 || section[len] != '\0') {
             snprintf(section, sizeof section, "%.*s", (int)len, k->path);

@@ -61,7 +61,7 @@ if [ "${1:-}" = --compare ]; then compare "$2" "$3"; exit; fi
 if [ "${1:-}" = --against ]; then
     base=$2 wt=$(mktemp -d /tmp/refbase.XXXXXX)
     git -C "$here" worktree add -q --detach "$wt/src" "$base" || exit 1
-    (cd "$wt/src" && meson setup -q "$wt/build" >/dev/null && ninja -C "$wt/build" >/dev/null) || exit 1
+    (cd "$wt/src" && meson setup "$wt/build" >/dev/null && ninja -C "$wt/build" >/dev/null) || exit 1
     bash "$0" "$wt/build/cmd/moe" "$wt/ref" && bash "$0" "$here/build/cmd/moe" "$wt/new" || exit 1
     compare "$wt/ref" "$wt/new"; rc=$?
     git -C "$here" worktree remove --force "$wt/src"

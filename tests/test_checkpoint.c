@@ -97,7 +97,7 @@ static void run(const char *json, const char *const *ovs, size_t n_ovs, struct c
     all[n++] = "train.checkpoint_every=1";
     struct moe_config cfg;
     struct moe_err err;
-    ck_assert_msg(moe_config_parse(&cfg, moe_run_schema, moe_run_schema_len, json, "test", all, n, &err) == 0,
+    ck_assert_msg(moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), json, "test", all, n, &err) == 0,
                   "%s", err.msg);
     struct moe_data data;
     ck_assert_msg(moe_data_load(&data, &cfg, &err) == 0, "%s", err.msg);
@@ -226,7 +226,7 @@ START_TEST(test_resume_rejects_foreign)
     // Resuming the sparse model's checkpoint into the mixture: the weights do not match.
     struct moe_config cfg;
     struct moe_err err;
-    ck_assert(moe_config_parse(&cfg, moe_run_schema, moe_run_schema_len, MIX_CFG, "test", NULL, 0, &err) == 0);
+    ck_assert(moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), MIX_CFG, "test", NULL, 0, &err) == 0);
     struct moe_data data;
     ck_assert(moe_data_load(&data, &cfg, &err) == 0);
     struct moe_model m;

@@ -40,7 +40,7 @@
 static int make_cfg(struct moe_config *c, const char *const *ovs, size_t n)
 {
     struct moe_err err = { 0 };
-    int rc = moe_config_parse(c, moe_run_schema, moe_run_schema_len, "{}", "test", ovs, n, &err);
+    int rc = moe_config_parse(c, moe_run_schema(), moe_run_schema_len(), "{}", "test", ovs, n, &err);
     ck_assert_msg(rc == 0, "config: %s", err.msg);
     return rc;
 }

@@ -455,7 +455,7 @@ static void check_model(const char *json, enum moe_task task, const char *label)
 {
     struct moe_config cfg;
     struct moe_err err;
-    int rc = moe_config_parse(&cfg, moe_run_schema, moe_run_schema_len, json, "test", NULL, 0, &err);
+    int rc = moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), json, "test", NULL, 0, &err);
     ck_assert_msg(rc == 0, "%s: config: %s", label, err.msg);
     struct model_ctx c;
     rc = moe_model_create(&c.m, &cfg, NULL, task, GD, GO, GT, &err);

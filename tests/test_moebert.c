@@ -35,7 +35,7 @@ static struct moe_config load_cfg(const char *json)
 {
     struct moe_config cfg;
     struct moe_err err;
-    int rc = moe_config_parse(&cfg, moe_run_schema, moe_run_schema_len, json, "test", NULL, 0, &err);
+    int rc = moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), json, "test", NULL, 0, &err);
     ck_assert_msg(rc == 0, "%s", err.msg);
     return cfg;
 }

@@ -29,7 +29,7 @@ static void fill_u(float *x, size_t n, uint32_t stream, float lo, float hi)
 static void parse(struct moe_config *cfg, const char *json, const char *const *ovs, size_t n_ovs)
 {
     struct moe_err err;
-    int rc = moe_config_parse(cfg, moe_run_schema, moe_run_schema_len, json, "test", ovs, n_ovs, &err);
+    int rc = moe_config_parse(cfg, moe_run_schema(), moe_run_schema_len(), json, "test", ovs, n_ovs, &err);
     ck_assert_msg(rc == 0, "config: %s", err.msg);
 }
 

@@ -21,6 +21,7 @@
 #include "io/config.h"
 #include "io/text.h"
 #include "moe/experts.h"
+#include "model/model.h"
 #include "moe/router.h"
 
 // One dimension of a product, with the config key (or data property) behind it.
@@ -164,11 +165,9 @@ struct shape {
 };
 
 // model/mixture.c
-static void est_mixture(struct est *e, const struct moe_config *cfg, struct shape *s, size_t *act)
+static void est_mixture(struct est *e, const struct moe_model_hp *hp, struct shape *s, size_t *act)
 {
-    size_t D = s->I, O = s->O, T = s->T, E = (size_t)moe_cfg_int(cfg, "model.n_expert");
-    size_t H = strcmp(moe_cfg_str(cfg, "model.expert"), "mlp") == 0 ? (size_t)moe_cfg_int(cfg, "model.n_expert_hidden")
-                                                                    : 0;
+    size_t D = s->I, O = s->O, T = s->T, E = hp->n_expert, H = hp->n_expert_hidden;
     const char *kh = "model.n_expert_hidden";
     struct dim dE = { E, "model.n_expert" }, dD = { D, KEY_I }, dO = { O, KEY_O }, dH = { H, kh }, dT = { T, KEY_T };
     TENSOR(e, "gate.weight", dE, dD);
@@ -199,9 +198,9 @@ static void est_mixture(struct est *e, const struct moe_config *cfg, struct shap
 }
 
 // model/mlp.c
-static void est_mlp(struct est *e, const struct moe_config *cfg, struct shape *s, size_t *act)
+static void est_mlp(struct est *e, const struct moe_model_hp *hp, struct shape *s, size_t *act)
 {
-    size_t D = s->I, O = s->O, T = s->T, H = (size_t)moe_cfg_int(cfg, "model.n_hidden");
+    size_t D = s->I, O = s->O, T = s->T, H = hp->n_hidden;
     struct dim dD = { D, KEY_I }, dO = { O, KEY_O }, dH = { H, "model.n_hidden" }, dT = { T, KEY_T };
     TENSOR(e, "hidden.weight", dH, dD);
     TENSOR(e, "hidden.bias", dH);
@@ -373,34 +372,22 @@ static void est_ffn_scratch(struct est *e, size_t *act, const struct moe_router_
     }
 }
 
+// The width of dense FFN blocks, named after the keys it comes from.
+static struct dim dense_width(const struct moe_model_hp *hp)
+{
+    return (struct dim){ hp->n_ff_dense, hp->n_ff_dense_auto ? "model.n_expert_used x model.n_ff" : "model.n_ff_dense" };
+}
+
 // model/mlp_moe.c and moe/moe_layer.c
-static void est_mlp_moe(struct est *e, const struct moe_config *cfg, struct shape *s, size_t *act)
+static void est_mlp_moe(struct est *e, const struct moe_model_hp *hp, struct shape *s, size_t *act)
 {
     size_t I = s->I, O = s->O, T = s->T;
-    size_t D = (size_t)moe_cfg_int(cfg, "model.n_embd"), L = (size_t)moe_cfg_int(cfg, "model.n_layer");
-    size_t F = (size_t)moe_cfg_int(cfg, "model.n_ff"), every = (size_t)moe_cfg_int(cfg, "model.moe_every");
-    size_t E = (size_t)moe_cfg_int(cfg, "model.n_expert"), K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
-    size_t Sh = (size_t)moe_cfg_int(cfg, "model.n_expert_shared"), V = (size_t)moe_cfg_int(cfg, "moe.hash_vocab");
-    int rms = strcmp(moe_cfg_str(cfg, "model.norm"), "rmsnorm") == 0;
-    int swiglu = moe_ffn_act_from_name(moe_cfg_str(cfg, "model.ffn_activation")) == MOE_FFN_SWIGLU;
-    int64_t fd = moe_cfg_int(cfg, "model.n_ff_dense");
-    const char *rname = moe_cfg_str(cfg, "moe.router");
-    int rt = moe_router_from_name(rname);
-    if (rt < 0) {
-        e->rc = moe_error(e->err, MOE_ECONFIG, "key 'moe.router': unknown router '%s'", rname);
-        return;
-    }
-    struct moe_router_cfg rc = { .type = (enum moe_router_type)rt, .E = E, .K = K,
-                                 .ec_factor = moe_cfg_num(cfg, "moe.ec_factor"),
-                                 .bias_balance = moe_cfg_bool(cfg, "moe.bias_balance") };
-    struct dim dI = { I, KEY_I }, dO = { O, KEY_O }, dD = { D, "model.n_embd" }, dF = { F, "model.n_ff" },
-               dT = { T, KEY_T }, dL1 = { L + 1, "model.n_layer + 1" };
-    size_t Fd = (size_t)fd;
-    struct dim dFd = { Fd, "model.n_ff_dense" };
-    if (fd <= 0 && product(e, &Fd, 1, DIMS({ K, "model.n_expert_used" }, dF)) == 0)
-        dFd = (struct dim){ Fd, "model.n_expert_used x model.n_ff" };
-    if (e->rc)
-        return;
+    size_t D = hp->n_embd, L = hp->n_layer, F = hp->n_ff, every = hp->moe_every, E = hp->n_expert;
+    size_t Sh = hp->n_expert_shared, V = hp->moe.hash_vocab;
+    int rms = hp->rms, swiglu = hp->ffn_act == MOE_FFN_SWIGLU;
+    const struct moe_router_cfg rc = hp->moe.router;
+    struct dim dI = { I, KEY_I }, dO = { O, KEY_O }, dD = { D, "model.n_embd" }, dT = { T, KEY_T },
+               dL1 = { L + 1, "model.n_layer + 1" }, dFd = dense_width(hp);
     double inactive = 0.0;
     s->macs = (double)I * D + (double)O * D;
 
@@ -443,39 +430,20 @@ static void est_mlp_moe(struct est *e, const struct moe_config *cfg, struct shap
 }
 
 // model/transformer.c: T = windows x model.n_ctx tokens, O = vocabulary, I = languages.
-static void est_transformer(struct est *e, const struct moe_config *cfg, struct shape *s, size_t *act)
+static void est_transformer(struct est *e, const struct moe_model_hp *hp, struct shape *s, size_t *act)
 {
     size_t G = s->I, V = s->O, B = s->T;
-    size_t C = (size_t)moe_cfg_int(cfg, "model.n_ctx"), H = (size_t)moe_cfg_int(cfg, "model.n_head");
-    size_t D = (size_t)moe_cfg_int(cfg, "model.n_embd"), L = (size_t)moe_cfg_int(cfg, "model.n_layer");
-    size_t F = (size_t)moe_cfg_int(cfg, "model.n_ff"), every = (size_t)moe_cfg_int(cfg, "model.moe_every");
-    size_t E = (size_t)moe_cfg_int(cfg, "model.n_expert"), K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
-    size_t Sh = (size_t)moe_cfg_int(cfg, "model.n_expert_shared");
-    int rms = strcmp(moe_cfg_str(cfg, "model.norm"), "rmsnorm") == 0;
-    int tied = moe_cfg_bool(cfg, "model.tie_embeddings"), lang = moe_cfg_bool(cfg, "moe.lang_router");
-    int swiglu = moe_ffn_act_from_name(moe_cfg_str(cfg, "model.ffn_activation")) == MOE_FFN_SWIGLU;
-    int64_t fd = moe_cfg_int(cfg, "model.n_ff_dense");
-    const char *rname = moe_cfg_str(cfg, "moe.router");
-    int rt = moe_router_from_name(rname);
-    if (rt < 0) {
-        e->rc = moe_error(e->err, MOE_ECONFIG, "key 'moe.router': unknown router '%s'", rname);
-        return;
-    }
-    struct moe_router_cfg rc = { .type = (enum moe_router_type)rt, .E = E, .K = K,
-                                 .ec_factor = moe_cfg_num(cfg, "moe.ec_factor"),
-                                 .bias_balance = moe_cfg_bool(cfg, "moe.bias_balance") };
+    size_t C = hp->n_ctx, H = hp->n_head, D = hp->n_embd, L = hp->n_layer, F = hp->n_ff, every = hp->moe_every;
+    size_t E = hp->n_expert, Sh = hp->n_expert_shared;
+    int rms = hp->rms, tied = hp->tie_embeddings, lang = hp->moe.lang_router, swiglu = hp->ffn_act == MOE_FFN_SWIGLU;
+    const struct moe_router_cfg rc = hp->moe.router;
     size_t T;
     if (product(e, &T, 1, DIMS({ B, KEY_T }, { C, "model.n_ctx" })))
         return;
     struct dim dV = { V, "vocabulary" }, dG = { G, "languages" }, dD = { D, "model.n_embd" },
                dC = { C, "model.n_ctx" }, dT = { T, KEY_T " x model.n_ctx" }, dD3 = { 3 * D, "3 x model.n_embd" },
-               dL1 = { L + 1, "model.n_layer + 1" }, dB = { B, KEY_T }, dH = { H, "model.n_head" };
-    size_t Fd = (size_t)fd;
-    struct dim dFd = { Fd, "model.n_ff_dense" };
-    if (fd <= 0 && product(e, &Fd, 1, DIMS({ K, "model.n_expert_used" }, { F, "model.n_ff" })) == 0)
-        dFd = (struct dim){ Fd, "model.n_expert_used x model.n_ff" };
-    if (e->rc)
-        return;
+               dL1 = { L + 1, "model.n_layer + 1" }, dB = { B, KEY_T }, dH = { H, "model.n_head" },
+               dFd = dense_width(hp);
     double inactive = 0.0;
     // head, and per block the projections and attention over (C + 1) / 2 positions on average (QK and AV)
     s->macs = (double)V * D;
@@ -674,11 +642,10 @@ static void text_file(struct text_files *t, const char *path, off_t size, const 
 
 // The files of data.text.path as io/text.c lists them: the file itself, or the
 // regular files of a directory whose name does not start with '.'.
-static void text_files_of(struct text_files *t, const struct moe_config *cfg)
+static void text_files_of(struct text_files *t, const struct moe_config *cfg, size_t C)
 {
     memset(t, 0, sizeof *t);
     const char *path = moe_cfg_str(cfg, "data.text.path");
-    size_t C = (size_t)moe_cfg_int(cfg, "model.n_ctx");
     struct stat st;
     if (!path || stat(path, &st) != 0)
         return;
@@ -710,11 +677,11 @@ static void text_files_of(struct text_files *t, const struct moe_config *cfg)
 // besides while loading: every file's bytes, and the word counts of a vocabulary
 // being built (32 bytes a slot, at least 2 slots a word, and half as much again
 // while the table grows), beyond the streams that are not yet allocated then.
-static void est_text(struct est *e, const struct moe_config *cfg, size_t V, size_t n_valid_windows, size_t *data,
-                     size_t *extra)
+static void est_text(struct est *e, const struct moe_config *cfg, size_t C, size_t V, size_t n_valid_windows,
+                     size_t *data, size_t *extra)
 {
     struct text_files t;
-    text_files_of(&t, cfg);
+    text_files_of(&t, cfg, C);
     const char *kt[2] = { "training tokens (data.text.path)", "validation tokens (data.text.path)" };
     const char *names[2][3] = { { "corpus train.tok", "corpus train.cls", "corpus train.off" },
                                 { "corpus valid.tok", "corpus valid.cls", "corpus valid.off" } };
@@ -822,9 +789,28 @@ static void est_table(struct est *e, const struct moe_config *cfg, const struct 
     BUF(e, extra, "parsed split flags", 1, dR);
 }
 
+// The parameters and activations of each model (the model table's order).
+static void (*const est_model[])(struct est *e, const struct moe_model_hp *hp, struct shape *s, size_t *act) = {
+    [MOE_MODEL_MIXTURE] = est_mixture,
+    [MOE_MODEL_MLP] = est_mlp,
+    [MOE_MODEL_MLP_MOE] = est_mlp_moe,
+    [MOE_MODEL_TRANSFORMER] = est_transformer,
+};
+
 int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t n_in, size_t n_out,
                        size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
                        struct moe_model_estimate *ret, struct moe_err *err)
+{
+    struct moe_model_hp hp;
+    int rc = moe_model_hp_parse(&hp, cfg, err);
+    return rc ? rc
+              : moe_model_estimate_hp(&hp, cfg, task, n_in, n_out, n_train_rows, n_test_rows, max_batch, training,
+                                      ret, err);
+}
+
+int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_config *cfg, enum moe_task task,
+                          size_t n_in, size_t n_out, size_t n_train_rows, size_t n_test_rows, size_t max_batch,
+                          int training, struct moe_model_estimate *ret, struct moe_err *err)
 {
     if (n_in == 0)
         return moe_error(err, MOE_ESHAPE, "the data has no features (n_in = 0)");
@@ -837,17 +823,7 @@ int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t 
     int synthetic = strcmp(moe_cfg_str(cfg, "data.source"), "synthetic") == 0;
     struct shape s = { .task = task, .I = n_in, .O = n_out, .T = max_batch ? max_batch : 1,
                        .n_group = synthetic ? (size_t)moe_cfg_int(cfg, "data.synthetic.n_regions") : 0 };
-    const char *type = moe_cfg_str(cfg, "model.type");
-    if (strcmp(type, "mixture") == 0)
-        est_mixture(&e, cfg, &s, &r.bytes_activations);
-    else if (strcmp(type, "mlp") == 0)
-        est_mlp(&e, cfg, &s, &r.bytes_activations);
-    else if (strcmp(type, "mlp-moe") == 0)
-        est_mlp_moe(&e, cfg, &s, &r.bytes_activations);
-    else if (strcmp(type, "transformer") == 0)
-        est_transformer(&e, cfg, &s, &r.bytes_activations);
-    else
-        return moe_error(err, MOE_ECONFIG, "key 'model.type': unknown model '%s'", type);
+    est_model[hp->type](&e, hp, &s, &r.bytes_activations);
     if (e.rc)
         return e.rc;
     r.parameters = e.count;
@@ -877,7 +853,7 @@ int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t 
         if (bs > s.T)
             bs = s.T;
         if (task == MOE_TASK_LM) { // trainer.c lm_buf: windows of n_ctx + 1 tokens, classes, languages, bytes
-            struct dim dB = { bs ? bs : 1, "optim.batch_size" }, dC1 = { (size_t)moe_cfg_int(cfg, "model.n_ctx") + 1, "model.n_ctx + 1" };
+            struct dim dB = { bs ? bs : 1, "optim.batch_size" }, dC1 = { hp->n_ctx + 1, "model.n_ctx + 1" };
             BUF(&e, &r.bytes_trainer, "batch tokens", 4, dB, dC1);
             BUF(&e, &r.bytes_trainer, "batch classes", 1, dB, dC1);
             BUF(&e, &r.bytes_trainer, "batch languages", 4, dB);
@@ -891,7 +867,7 @@ int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t 
     size_t loading = 0; // the readers' temporaries at the loading peak, beyond bytes_data
     if (task == MOE_TASK_LM) {
         if (n_train_rows || n_test_rows)
-            est_text(&e, cfg, n_out, n_test_rows, &r.bytes_data, &loading);
+            est_text(&e, cfg, hp->n_ctx, n_out, n_test_rows, &r.bytes_data, &loading);
     } else {
         size_t train = 0, test = 0;
         if (n_train_rows)

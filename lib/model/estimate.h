@@ -115,6 +115,12 @@ struct moe_model_estimate {
 int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t n_in, size_t n_out,
                        size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
                        struct moe_model_estimate *ret, struct moe_err *err);
+// The same for hyperparameters already read (moe_model_create); cfg still
+// supplies the data.*, optim.* and train.* keys.
+struct moe_model_hp;
+int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_config *cfg, enum moe_task task,
+                          size_t n_in, size_t n_out, size_t n_train_rows, size_t n_test_rows, size_t max_batch,
+                          int training, struct moe_model_estimate *ret, struct moe_err *err);
 
 // The data a config names, when known without reading files (data.source =
 // synthetic): task, features, targets/classes and rows, exactly as

@@ -14,7 +14,6 @@
 #include <string.h>
 
 #include "core/params.h"
-#include "io/config.h"
 #include "model/model.h"
 #include "moe/mixture_loss.h"
 #include "nn/nn.h"
@@ -170,7 +169,7 @@ static const struct moe_model_ops mixture_ops = {
     .release = mixture_release,
 };
 
-int moe_mixture_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err)
+int moe_mixture_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
 {
     int kind = moe_mix_loss_from_name(loss);
     if (kind < 0)
@@ -188,11 +187,11 @@ int moe_mixture_create(struct moe_model *m, const struct moe_config *cfg, const 
     mx->loss = (enum moe_mix_loss)kind;
     mx->D = m->n_in;
     mx->O = m->n_out;
-    mx->E = (size_t)moe_cfg_int(cfg, "model.n_expert");
-    mx->H = strcmp(moe_cfg_str(cfg, "model.expert"), "mlp") == 0 ? (size_t)moe_cfg_int(cfg, "model.n_expert_hidden") : 0;
-    mx->act = (enum moe_act)moe_act_from_name(moe_cfg_str(cfg, "model.activation"));
-    mx->gate_max = strcmp(moe_cfg_str(cfg, "model.predict"), "gate-max") == 0;
-    mx->init_scale = (float)moe_cfg_num(cfg, "model.init_scale");
+    mx->E = hp->n_expert;
+    mx->H = hp->n_expert_hidden;
+    mx->act = hp->act;
+    mx->gate_max = hp->gate_max;
+    mx->init_scale = (float)hp->init_scale;
     m->n_expert = mx->E;
     if (mx->E > MOE_MIXTURE_MAX_EXPERTS)
         return moe_error(err, MOE_ECONFIG, "key 'model.n_expert': a dense mixture allows at most %d experts, got %zu",

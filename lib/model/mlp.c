@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "io/config.h"
 #include "model/model.h"
 #include "nn/nn.h"
 
@@ -78,7 +77,7 @@ static const struct moe_model_ops mlp_ops = {
     .release = mlp_release,
 };
 
-int moe_mlp_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err)
+int moe_mlp_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
 {
     struct mlp *n = calloc(1, sizeof *n);
     if (!n)
@@ -91,9 +90,9 @@ int moe_mlp_create(struct moe_model *m, const struct moe_config *cfg, const char
     n->ce = ce;
     n->D = m->n_in;
     n->O = m->n_out;
-    n->H = (size_t)moe_cfg_int(cfg, "model.n_hidden");
-    n->act = (enum moe_act)moe_act_from_name(moe_cfg_str(cfg, "model.activation"));
-    n->init_scale = (float)moe_cfg_num(cfg, "model.init_scale");
+    n->H = hp->n_hidden;
+    n->act = hp->act;
+    n->init_scale = (float)hp->init_scale;
     size_t D = n->D, H = n->H, O = n->O, T = m->max_batch;
     struct moe_params *p = &m->params;
 #define ADD(idx, name, ...)                                               \

@@ -22,7 +22,6 @@
 #include <string.h>
 
 #include "core/prof.h"
-#include "io/config.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
 #include "nn/nn.h"
@@ -226,7 +225,7 @@ static const struct moe_model_ops ops = {
     .set_eval_capacity = moe_model_layers_set_eval_capacity,
 };
 
-int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err)
+int moe_mlp_moe_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
 {
     struct mlp_moe *n = calloc(1, sizeof *n);
     if (!n)
@@ -239,22 +238,17 @@ int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const 
     n->ce = ce;
     n->I = m->n_in;
     n->O = m->n_out;
-    n->D = (size_t)moe_cfg_int(cfg, "model.n_embd");
-    n->L = (size_t)moe_cfg_int(cfg, "model.n_layer");
-    size_t F = (size_t)moe_cfg_int(cfg, "model.n_ff");
-    size_t every = (size_t)moe_cfg_int(cfg, "model.moe_every");
-    n->rms = strcmp(moe_cfg_str(cfg, "model.norm"), "rmsnorm") == 0;
-    n->act = (enum moe_ffn_act)moe_ffn_act_from_name(moe_cfg_str(cfg, "model.ffn_activation"));
-    n->init_scale = (float)moe_cfg_num(cfg, "model.init_scale");
-    n->V = (size_t)moe_cfg_int(cfg, "moe.hash_vocab");
-    size_t K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
-    n->Fd = moe_cfg_int(cfg, "model.n_ff_dense") > 0 ? (size_t)moe_cfg_int(cfg, "model.n_ff_dense") : K * F;
+    n->D = hp->n_embd;
+    n->L = hp->n_layer;
+    size_t every = hp->moe_every;
+    n->rms = hp->rms;
+    n->act = hp->ffn_act;
+    n->init_scale = (float)hp->init_scale;
+    n->V = hp->moe.hash_vocab;
+    n->Fd = hp->n_ff_dense;
     size_t D = n->D, I = n->I, O = n->O, L = n->L, T = m->max_batch, Fd = n->Fd;
     int swiglu = n->act == MOE_FFN_SWIGLU;
-    struct moe_layer_cfg lc;
-    rc = moe_model_layer_cfg(&lc, cfg, D, F, n->act, err);
-    if (rc)
-        return rc;
+    struct moe_layer_cfg lc = hp->moe;
     n->blk = calloc(L, sizeof *n->blk);
     n->moe = calloc(L, sizeof *n->moe);
     if (!n->blk || !n->moe)

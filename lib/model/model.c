@@ -1,5 +1,8 @@
-// model.c: model construction by name, shared initialisation and the
-// evaluation statistics every model fills (see model.h).
+// model.c: what the models share: the block norms, the sparse layers' common
+// ops, the output head's losses, batch targets, checkpoint load and save, and
+// release (see model.h).
+// Not here: the model table and construction by name (registry.c), the typed
+// hyperparameters (model_config.c), evaluation statistics (stats.c).
 #include "model/model.h"
 
 #include <math.h>
@@ -10,150 +13,9 @@
 #include "core/prof.h"
 #include "core/rng.h"
 #include "io/config.h"
-#include "model/estimate.h"
 #include "moe/moe_layer.h"
 #include "moe/route_stats.h"
 #include "nn/nn.h"
-
-int moe_stats_init(struct moe_stats *s, size_t n_expert, size_t n_group, struct moe_err *err)
-{
-    memset(s, 0, sizeof *s);
-    s->n_expert = n_expert;
-    s->n_group = n_group;
-    if (n_expert) {
-        s->gate_sum = calloc(n_expert, sizeof *s->gate_sum);
-        if (!s->gate_sum)
-            return moe_error(err, MOE_ENOMEM, "out of memory for statistics");
-        if (n_group) {
-            s->contingency = calloc(n_expert * n_group, sizeof *s->contingency);
-            if (!s->contingency)
-                return moe_error(err, MOE_ENOMEM, "out of memory for statistics");
-        }
-    }
-    return 0;
-}
-
-int moe_stats_init_routing(struct moe_stats *s, const struct moe_model *m, size_t n_label, struct moe_err *err)
-{
-    if (!m->n_moe_layers)
-        return 0;
-    s->route = calloc(m->n_moe_layers, sizeof *s->route);
-    if (!s->route)
-        return moe_error(err, MOE_ENOMEM, "out of memory for routing statistics");
-    s->n_route = m->n_moe_layers;
-    for (size_t i = 0; i < s->n_route; i++) {
-        int rc = moe_route_acc_init(&s->route[i], m->n_route_expert, m->n_route_slots, n_label, err);
-        if (rc)
-            return rc;
-    }
-    return 0;
-}
-
-int moe_stats_init_lang(struct moe_stats *s, size_t n_lang, struct moe_err *err)
-{
-    s->n_lang = n_lang;
-    s->lang_loss = calloc(n_lang ? n_lang : 1, sizeof *s->lang_loss);
-    s->lang_tokens = calloc(n_lang ? n_lang : 1, sizeof *s->lang_tokens);
-    s->lang_bytes = calloc(n_lang ? n_lang : 1, sizeof *s->lang_bytes);
-    if (!s->lang_loss || !s->lang_tokens || !s->lang_bytes)
-        return moe_error(err, MOE_ENOMEM, "out of memory for per-language statistics");
-    return 0;
-}
-
-void moe_stats_reset(struct moe_stats *s)
-{
-    for (size_t i = 0; i < s->n_route; i++)
-        moe_route_acc_reset(&s->route[i]);
-    s->n = 0;
-    s->loss = s->sq_err = s->gate_entropy = 0.0;
-    s->correct = 0;
-    s->bytes = 0.0;
-    if (s->n_lang) {
-        memset(s->lang_loss, 0, s->n_lang * sizeof *s->lang_loss);
-        memset(s->lang_tokens, 0, s->n_lang * sizeof *s->lang_tokens);
-        memset(s->lang_bytes, 0, s->n_lang * sizeof *s->lang_bytes);
-    }
-    if (s->gate_sum)
-        memset(s->gate_sum, 0, s->n_expert * sizeof *s->gate_sum);
-    if (s->contingency)
-        memset(s->contingency, 0, s->n_expert * s->n_group * sizeof *s->contingency);
-}
-
-void moe_stats_release(struct moe_stats *s)
-{
-    if (!s)
-        return;
-    free(s->gate_sum);
-    free(s->contingency);
-    free(s->lang_loss);
-    free(s->lang_tokens);
-    free(s->lang_bytes);
-    for (size_t i = 0; i < s->n_route; i++)
-        moe_route_acc_release(&s->route[i]);
-    free(s->route);
-    memset(s, 0, sizeof *s);
-}
-
-double moe_stats_expert_region_mi(const struct moe_stats *s)
-{
-    if (!s->contingency || s->n == 0)
-        return 0.0;
-    double mi = moe_mi_bits(s->contingency, s->n_expert, s->n_group);
-    return isnan(mi) ? 0.0 : mi;
-}
-
-size_t moe_stats_active_experts(const struct moe_stats *s, double threshold)
-{
-    size_t k = 0;
-    for (size_t e = 0; e < s->n_expert; e++)
-        if (s->n && s->gate_sum[e] / (double)s->n > threshold)
-            k++;
-    return k;
-}
-
-int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const char *loss, enum moe_task task,
-                     size_t n_in, size_t n_out, size_t max_batch, struct moe_err *err)
-{
-    memset(ret, 0, sizeof *ret);
-    moe_params_init(&ret->params);
-    ret->task = task;
-    ret->n_in = n_in;
-    ret->n_out = n_out;
-    ret->max_batch = max_batch ? max_batch : 1;
-    if (!loss)
-        loss = moe_cfg_str(cfg, "loss.type");
-    const char *type = moe_cfg_str(cfg, "model.type");
-    int cls = task == MOE_TASK_CLASSIFICATION, mixture = strcmp(type, "mixture") == 0;
-    int lm = task == MOE_TASK_LM, transformer = strcmp(type, "transformer") == 0;
-    if (strcmp(loss, "auto") == 0)
-        loss = mixture ? (cls ? "nll-cat" : "nll") : (cls || lm ? "ce" : "mse");
-    if (lm != transformer) {
-        moe_model_release(ret);
-        return lm ? moe_error(err, MOE_ECONFIG, "key 'model.type': text data (data.source 'text') needs model 'transformer', got '%s'", type)
-                  : moe_error(err, MOE_ECONFIG, "key 'model.type': model 'transformer' reads text (data.source 'text'), not examples with features");
-    }
-    // Sizes first, before any allocation: a product that overflows or a model
-    // no machine could hold is a config error, not a crash half-way through.
-    struct moe_model_estimate est;
-    int rc = moe_model_estimate(cfg, task, n_in, n_out, 0, 0, ret->max_batch, 0, &est, err);
-    if (rc) {
-        moe_model_release(ret);
-        return rc;
-    }
-    if (mixture)
-        rc = moe_mixture_create(ret, cfg, loss, err);
-    else if (strcmp(type, "mlp") == 0)
-        rc = moe_mlp_create(ret, cfg, loss, err);
-    else if (strcmp(type, "mlp-moe") == 0)
-        rc = moe_mlp_moe_create(ret, cfg, loss, err);
-    else if (transformer)
-        rc = moe_transformer_create(ret, cfg, loss, err);
-    else
-        rc = moe_error(err, MOE_ECONFIG, "key 'model.type': unknown model '%s'", type);
-    if (rc)
-        moe_model_release(ret);
-    return rc;
-}
 
 #define NORM_EPS 1e-5f // epsilon of the block norms
 
@@ -212,87 +74,6 @@ void moe_model_layers_fit_hash(struct moe_model *m, const uint64_t *freq)
 {
     for (size_t i = 0; i < m->n_moe_layers; i++)
         moe_layer_fit_hash(m->moe_layers[i], freq);
-}
-
-// The routers that support bias balancing, as "'a', 'b' or 'c'".
-static void bias_routers(char *buf, size_t len)
-{
-    size_t n = 0, at = 0, total = 0;
-    for (size_t t = 0; t < moe_router_count(); t++)
-        total += moe_router_info((enum moe_router_type)t)->bias_balance;
-    buf[0] = '\0';
-    for (size_t t = 0; t < moe_router_count(); t++) {
-        const struct moe_router_info *ri = moe_router_info((enum moe_router_type)t);
-        if (!ri->bias_balance)
-            continue;
-        const char *sep = n == 0 ? "" : n + 1 == total ? " or " : ", ";
-        int w = snprintf(buf + at, len - at, "%s'%s'", sep, ri->name);
-        if (w < 0 || (size_t)w >= len - at)
-            return; // cut short: the message stays readable
-        at += (size_t)w;
-        n++;
-    }
-}
-
-// Router settings from the moe.* keys, checked against the router's needs.
-int moe_model_layer_cfg(struct moe_layer_cfg *c, const struct moe_config *cfg, size_t D, size_t F, int act,
-                        struct moe_err *err)
-{
-    memset(c, 0, sizeof *c);
-    const char *rname = moe_cfg_str(cfg, "moe.router");
-    int rt = moe_router_from_name(rname);
-    if (rt < 0)
-        return moe_error(err, MOE_ECONFIG, "key 'moe.router': unknown router '%s'", rname);
-    size_t E = (size_t)moe_cfg_int(cfg, "model.n_expert"), K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
-    c->router.type = (enum moe_router_type)rt;
-    c->router.E = E;
-    c->router.K = K;
-    c->router.second = strcmp(moe_cfg_str(cfg, "moe.second_policy"), "random") == 0 ? MOE_SECOND_RANDOM
-                                                                                   : MOE_SECOND_ALL;
-    c->router.ec_factor = moe_cfg_num(cfg, "moe.ec_factor");
-    c->router.bias_balance = moe_cfg_bool(cfg, "moe.bias_balance");
-    c->D = D;
-    c->F = F;
-    c->n_shared = (size_t)moe_cfg_int(cfg, "model.n_expert_shared");
-    c->act = (enum moe_ffn_act)act;
-    c->capacity_factor = moe_cfg_num(cfg, "moe.capacity_factor");
-    c->eval_capacity_factor = moe_cfg_num(cfg, "moe.eval_capacity_factor");
-    c->drop = (enum moe_drop_policy)moe_drop_policy_from_name(moe_cfg_str(cfg, "moe.drop_policy"));
-    c->jitter = moe_cfg_num(cfg, "moe.jitter");
-    c->aux = (enum moe_aux_type)moe_aux_from_name(moe_cfg_str(cfg, "moe.aux_loss"));
-    c->aux_weight = moe_cfg_num(cfg, "moe.aux_weight");
-    c->w_importance = moe_cfg_num(cfg, "moe.w_importance");
-    c->w_load = moe_cfg_num(cfg, "moe.w_load");
-    c->z_weight = moe_cfg_num(cfg, "moe.z_weight");
-    c->bias_rate = moe_cfg_num(cfg, "moe.bias_rate");
-    c->hash_vocab = (size_t)moe_cfg_int(cfg, "moe.hash_vocab");
-    c->hash_balanced = strcmp(moe_cfg_str(cfg, "moe.hash_table"), "balanced") == 0;
-    c->router_init_scale = moe_cfg_num(cfg, "moe.router_init_scale");
-
-    if (K > E)
-        return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': %zu experts per token but only %zu experts",
-                         K, E);
-    const struct moe_router_info *ri = moe_router_info(c->router.type);
-    if (ri->fixed_k && K != ri->fixed_k)
-        return moe_error(err, MOE_ECONFIG, "key 'model.n_expert_used': router '%s' %s, got %zu", rname, ri->k_rule, K);
-    if (c->router.bias_balance && !ri->bias_balance) {
-        char names[128];
-        bias_routers(names, sizeof names);
-        return moe_error(err, MOE_ECONFIG, "key 'moe.bias_balance': needs router %s, got '%s'", names, rname);
-    }
-    // Hash routing has no router probabilities, and expert choice is balanced
-    // by construction: neither takes a balancing loss.
-    if (!ri->balancing_loss)
-        c->aux = MOE_AUX_NONE;
-    if (!ri->probs)
-        c->z_weight = 0.0;
-    if (c->aux == MOE_AUX_SHAZEER && c->w_load > 0.0) {
-        if (!ri->noise_weights)
-            return moe_error(err, MOE_ECONFIG, "key 'moe.w_load': the smooth load estimator needs router 'noisy-topk', got '%s' (set moe.w_load = 0 to use the importance loss alone)", rname);
-        if (K >= E)
-            return moe_error(err, MOE_ECONFIG, "key 'moe.w_load': the smooth load estimator needs n_expert_used < n_expert");
-    }
-    return 0;
 }
 
 int moe_model_head_loss_check(struct moe_model *m, const char *loss, int *ret_ce, struct moe_err *err)
@@ -438,45 +219,4 @@ void moe_model_release(struct moe_model *m)
         m->ops->release(m);
     moe_params_release(&m->params);
     memset(m, 0, sizeof *m);
-}
-
-static size_t argmax(const float *v, size_t n)
-{
-    size_t best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (v[i] > v[best])
-            best = i;
-    return best;
-}
-
-void moe_stats_add_predictions(struct moe_stats *s, const float *pred, const float *target, const int32_t *label,
-                               size_t T, size_t O)
-{
-    for (size_t t = 0; t < T; t++) {
-        const float *pt = pred + t * O;
-        for (size_t o = 0; o < O; o++) {
-            double r = (double)pt[o] - target[t * O + o];
-            s->sq_err += r * r;
-        }
-        if (label && argmax(pt, O) == (size_t)label[t])
-            s->correct++;
-    }
-    s->n += T;
-}
-
-void moe_stats_add_gates(struct moe_stats *s, const float *p, const int32_t *group, size_t T)
-{
-    size_t E = s->n_expert;
-    for (size_t t = 0; t < T; t++) {
-        const float *pt = p + t * E;
-        double h = 0.0;
-        for (size_t e = 0; e < E; e++) {
-            if (pt[e] > 0.0f)
-                h -= (double)pt[e] * log((double)pt[e]);
-            s->gate_sum[e] += pt[e];
-        }
-        s->gate_entropy += h;
-        if (group && s->contingency && (size_t)group[t] < s->n_group)
-            s->contingency[argmax(pt, E) * s->n_group + (size_t)group[t]]++;
-    }
 }

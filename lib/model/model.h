@@ -11,13 +11,58 @@
 
 #include "core/params.h"
 #include "core/status.h"
+#include "io/config.h"
 #include "io/dataset.h"
 #include "io/safetensors.h"
+#include "moe/moe_layer.h"
+#include "nn/nn.h"
 
 struct moe_config;
 struct moe_model;
-struct moe_layer;
 struct moe_route_acc;
+
+// ---- typed hyperparameters (model_config.c)
+// The model table's names, in enum order (the model.type key's choices).
+enum moe_model_type { MOE_MODEL_MIXTURE = 0, MOE_MODEL_MLP = 1, MOE_MODEL_MLP_MOE = 2, MOE_MODEL_TRANSFORMER = 3 };
+#define MOE_MODEL_CHOICES "mixture|mlp|mlp-moe|transformer"
+
+// The model.* and loss.* keys of a run configuration, and the moe.* keys for a
+// model with sparse layers, read once from a validated config (io/config.h) by
+// moe_model_hp_parse, which also checks the rules between keys. The model
+// constructors and the estimate take this struct; none of them reads a key.
+struct moe_model_hp {
+    enum moe_model_type type;
+    const char *loss;            // loss.type as configured ("auto" is resolved by moe_model_create)
+    size_t n_expert;             // E: experts of a mixture or of each sparse layer
+    size_t n_expert_used;        // K
+    size_t n_expert_shared;
+    size_t n_embd, n_layer, n_ff, moe_every, n_ctx, n_head;
+    size_t n_ff_dense;           // width of dense FFN blocks: model.n_ff_dense, or K * n_ff when that is 0
+    int n_ff_dense_auto;         // model.n_ff_dense was 0
+    int tie_embeddings;
+    int rms;                     // model.norm: rmsnorm (1) or layernorm (0)
+    enum moe_ffn_act ffn_act;    // model.ffn_activation
+    size_t n_expert_hidden;      // mixture: hidden units per expert, 0 for linear experts
+    size_t n_hidden;             // mlp: hidden units
+    enum moe_act act;            // mixture, mlp: hidden nonlinearity (model.activation)
+    int gate_max;                // mixture: model.predict gate-max (else mean)
+    double init_scale;
+    struct moe_layer_cfg moe;    // sparse layers (mlp-moe, transformer); zero for the other models
+};
+extern const struct moe_cfg_key moe_model_keys[]; // model.* and loss.*, for the run schema
+extern const size_t moe_model_keys_len;
+// Fill *hp from cfg. Errors (MOE_ECONFIG) name the key at fault.
+int moe_model_hp_parse(struct moe_model_hp *hp, const struct moe_config *cfg, struct moe_err *err);
+
+// ---- the model table (registry.c): one row per model type
+struct moe_model_kind {
+    const char *name;
+    int sparse;                  // has sparse MoE layers: reads the moe.* keys
+    int text;                    // reads text (task MOE_TASK_LM) rather than rows of features
+    int (*create)(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
+};
+const struct moe_model_kind *moe_model_kind(enum moe_model_type t);
+int moe_model_type_from_name(const char *name); // -1 when unknown
 
 struct moe_batch {
     size_t n;
@@ -173,11 +218,12 @@ int moe_model_batch_targets(const struct moe_model *m, const struct moe_batch *b
                             const float **ret_target, struct moe_err *err);
 
 
-// Model constructors (one file each).
-int moe_mixture_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err);
-int moe_mlp_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err);
-int moe_mlp_moe_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err);
-int moe_transformer_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err);
+// Model constructors (one file each; rows of the model table). `loss` is the
+// resolved objective (never "auto").
+int moe_mixture_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
+int moe_mlp_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
+int moe_mlp_moe_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
+int moe_transformer_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
 // Shared by the models built of pre-norm blocks with sparse layers (mlp-moe, transformer):
 // the block norm (RMSNorm, or LayerNorm with bias tensor ib) over rows of width D,
 void moe_model_norm_forward(int rms, const struct moe_params *p, float *y, float *mean, float *rstd,
@@ -190,10 +236,5 @@ size_t moe_model_layers_state(struct moe_model *m, struct moe_st_ref *refs, size
 struct moe_layer *moe_model_layers_at(struct moe_model *m, size_t i);
 void moe_model_layers_set_eval_capacity(struct moe_model *m, double capacity_factor);
 void moe_model_layers_fit_hash(struct moe_model *m, const uint64_t *freq);
-// The sparse-layer settings of the moe.* keys for layers of width D with
-// experts of width F, checked against the router's needs (mlp-moe, transformer).
-struct moe_layer_cfg;
-int moe_model_layer_cfg(struct moe_layer_cfg *c, const struct moe_config *cfg, size_t D, size_t F, int act,
-                        struct moe_err *err);
 
 #endif

@@ -37,7 +37,6 @@
 
 #include "core/params.h"
 #include "core/prof.h"
-#include "io/config.h"
 #include "io/text.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
@@ -343,7 +342,7 @@ static const struct moe_model_ops ops = {
     .set_eval_capacity = moe_model_layers_set_eval_capacity,
 };
 
-int moe_transformer_create(struct moe_model *m, const struct moe_config *cfg, const char *loss, struct moe_err *err)
+int moe_transformer_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
 {
     struct transformer *n = calloc(1, sizeof *n);
     if (!n)
@@ -353,21 +352,19 @@ int moe_transformer_create(struct moe_model *m, const struct moe_config *cfg, co
     if (strcmp(loss, "ce") != 0)
         return moe_error(err, MOE_ECONFIG, "key 'loss.type': model 'transformer' takes ce (next-token cross-entropy), got '%s'", loss);
     m->loss_name = "ce";
-    n->C = (size_t)moe_cfg_int(cfg, "model.n_ctx");
-    n->D = (size_t)moe_cfg_int(cfg, "model.n_embd");
-    n->H = (size_t)moe_cfg_int(cfg, "model.n_head");
-    n->L = (size_t)moe_cfg_int(cfg, "model.n_layer");
+    n->C = hp->n_ctx;
+    n->D = hp->n_embd;
+    n->H = hp->n_head;
+    n->L = hp->n_layer;
     n->V = m->n_out;
     n->G = m->n_in ? m->n_in : 1;
-    n->tied = moe_cfg_bool(cfg, "model.tie_embeddings");
-    n->lang_router = moe_cfg_bool(cfg, "moe.lang_router");
-    size_t F = (size_t)moe_cfg_int(cfg, "model.n_ff");
-    size_t every = (size_t)moe_cfg_int(cfg, "model.moe_every");
-    n->rms = strcmp(moe_cfg_str(cfg, "model.norm"), "rmsnorm") == 0;
-    n->act = (enum moe_ffn_act)moe_ffn_act_from_name(moe_cfg_str(cfg, "model.ffn_activation"));
-    n->init_scale = (float)moe_cfg_num(cfg, "model.init_scale");
-    size_t K = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
-    n->Fd = moe_cfg_int(cfg, "model.n_ff_dense") > 0 ? (size_t)moe_cfg_int(cfg, "model.n_ff_dense") : K * F;
+    n->tied = hp->tie_embeddings;
+    n->lang_router = hp->moe.lang_router;
+    size_t every = hp->moe_every;
+    n->rms = hp->rms;
+    n->act = hp->ffn_act;
+    n->init_scale = (float)hp->init_scale;
+    n->Fd = hp->n_ff_dense;
     size_t C = n->C, D = n->D, H = n->H, V = n->V, G = n->G, L = n->L, Fd = n->Fd;
     size_t B = m->max_batch, T = B * C;
     n->T_max = T;
@@ -376,10 +373,8 @@ int moe_transformer_create(struct moe_model *m, const struct moe_config *cfg, co
     if (V < 2)
         return moe_error(err, MOE_ECONFIG, "model 'transformer' needs a vocabulary of at least 2 tokens, got %zu", V);
     int swiglu = n->act == MOE_FFN_SWIGLU;
-    struct moe_layer_cfg lc;
-    int rc = moe_model_layer_cfg(&lc, cfg, D, F, n->act, err);
-    if (rc)
-        return rc;
+    struct moe_layer_cfg lc = hp->moe;
+    int rc;
     lc.hash_vocab = V; // hash routing keys on token ids
     n->blk = calloc(L, sizeof *n->blk);
     n->moe = calloc(L, sizeof *n->moe);

@@ -29,6 +29,7 @@
 
 #include "core/params.h"
 #include "core/status.h"
+#include "io/config.h"
 #include "moe/aux_loss.h"
 #include "moe/dispatch.h"
 #include "moe/experts.h"
@@ -52,8 +53,20 @@ struct moe_layer_cfg {
     size_t hash_vocab;                // V, hash routing only
     int hash_balanced;                // balanced table (else random)
     double router_init_scale;         // router.weight U(-s, s), s = scale / sqrt(D); noisy-topk starts at 0
-    uint32_t index;                   // layer number, for random streams
+    int lang_router;                  // the model adds a language embedding to the router input (transformer)
+    uint32_t index;                   // layer number, for random streams (set by the model per layer)
 };
+
+// The moe.* keys of a run configuration (layer_config.c): the rows the run
+// schema takes in, for validation and docs/config.md.
+extern const struct moe_cfg_key moe_layer_keys[];
+extern const size_t moe_layer_keys_len;
+// The layer settings from the moe.* keys of a validated config, for sparse
+// layers of E experts (K per token, n_shared always on) of width F in a residual
+// stream of width D; checked against the router's needs (K, bias balancing,
+// smooth load). Balancing and z losses a router cannot take are set to none.
+int moe_layer_cfg_parse(struct moe_layer_cfg *c, const struct moe_config *cfg, size_t E, size_t K, size_t n_shared,
+                        size_t D, size_t F, enum moe_ffn_act act, struct moe_err *err);
 
 struct moe_layer {
     struct moe_layer_cfg c;

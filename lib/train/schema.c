@@ -1,13 +1,18 @@
-// schema.c: every key of a run configuration, its default, range and meaning.
-// This table is the single source of docs/config.md (`moe help config` prints it)
-// and of validation; add keys here, never parse JSON elsewhere.
+// schema.c: the run configuration's schema, every key with its default, range
+// and meaning: the data.*, optim.*, train.*, distill.* and lora.* keys here, and
+// the tables of the layers below (model/model_config.c: model.* and loss.*;
+// moe/layer_config.c: moe.*) joined in the order of docs/config.md. The schema
+// is the single source of docs/config.md (`moe help config` prints it) and of
+// validation; never parse JSON elsewhere.
 #include "train/train.h"
-#include "moe/router.h"
+
+#include <assert.h>
+#include <string.h>
 
 #define FMNIST "/usr/share/datasets/fashion-mnist/"
 #define BIG 1e9
 
-const struct moe_cfg_key moe_run_schema[] = {
+static const struct moe_cfg_key data_keys[] = {
     // data
     { "data.source", MOE_CFG_STR, "\"synthetic\"", 1, 0, "synthetic|idx|table|text", "where examples come from: built-in generator, IDX files, a CSV/TSV table, or plain text (model transformer)" },
     { "data.standardize", MOE_CFG_BOOL, "false", 1, 0, NULL, "standardise features with the training split's mean and std (stored in the checkpoint as data.mean, data.std)" },
@@ -46,49 +51,9 @@ const struct moe_cfg_key moe_run_schema[] = {
     { "data.text.windows_per_epoch", MOE_CFG_INT, "0", 0, 1e12, NULL, "training windows per epoch, each drawn at a random position (0 = training tokens / model.n_ctx)" },
     { "data.text.train_eval_windows", MOE_CFG_INT, "1024", 0, 1e12, NULL, "fixed windows, evenly spaced, on which the training split is evaluated (0 = every non-overlapping window)" },
     { "data.text.valid_eval_windows", MOE_CFG_INT, "0", 0, 1e12, NULL, "the same for the validation split (0 = every non-overlapping window)" },
-    // model
-    { "model.type", MOE_CFG_STR, "\"mixture\"", 1, 0, "mixture|mlp|mlp-moe|transformer", "mixture: 1991 dense mixture of experts; mlp: back-propagation baseline; mlp-moe: residual blocks with sparse MoE layers (moe.*); transformer: decoder-only language model over text data, MoE FFN in every moe_every-th block" },
-    { "model.n_expert", MOE_CFG_INT, "4", 1, 1024, NULL, "experts in a mixture or in each sparse layer (E)" },
-    { "model.n_expert_used", MOE_CFG_INT, "2", 1, 1024, NULL, "mlp-moe, transformer: experts per token K (top-k; 1 for switch and hash, 2 for gshard; ignored by expert-choice)" },
-    { "model.n_expert_shared", MOE_CFG_INT, "0", 0, 64, NULL, "mlp-moe, transformer: always-on shared experts per sparse layer, each of width n_ff (DeepSeekMoE)" },
-    { "model.n_embd", MOE_CFG_INT, "64", 1, 1 << 16, NULL, "mlp-moe, transformer: width D of the residual stream" },
-    { "model.n_layer", MOE_CFG_INT, "1", 1, 256, NULL, "mlp-moe, transformer: residual blocks" },
-    { "model.n_ff", MOE_CFG_INT, "128", 1, 1 << 20, NULL, "mlp-moe, transformer: hidden width F of each expert" },
-    { "model.n_ff_dense", MOE_CFG_INT, "0", 0, 1 << 22, NULL, "mlp-moe, transformer: hidden width of dense FFN blocks (0 = n_expert_used * n_ff, the active width of a sparse block)" },
-    { "model.moe_every", MOE_CFG_INT, "1", 1, 256, NULL, "mlp-moe, transformer: block l is sparse iff l % moe_every == moe_every - 1 (1 = every block; n_layer < moe_every = a dense model)" },
-    { "model.n_ctx", MOE_CFG_INT, "64", 1, 1 << 16, NULL, "transformer: tokens per window (context length); learned positions" },
-    { "model.n_head", MOE_CFG_INT, "4", 1, 1024, NULL, "transformer: attention heads (must divide n_embd)" },
-    { "model.tie_embeddings", MOE_CFG_BOOL, "false", 1, 0, NULL, "transformer: the output head reuses tok_emb.weight" },
-    { "model.ffn_activation", MOE_CFG_STR, "\"relu\"", 1, 0, "relu|gelu|swiglu", "mlp-moe, transformer: FFN nonlinearity of experts and dense blocks (swiglu adds a third matrix w3)" },
-    { "model.norm", MOE_CFG_STR, "\"layernorm\"", 1, 0, "layernorm|rmsnorm", "mlp-moe, transformer: pre-norm of each block and the final norm" },
-    { "model.expert", MOE_CFG_STR, "\"linear\"", 1, 0, "linear|mlp", "expert network: linear map, or one hidden layer" },
-    { "model.n_expert_hidden", MOE_CFG_INT, "8", 1, 1 << 20, NULL, "hidden units per expert when model.expert = mlp" },
-    { "model.n_hidden", MOE_CFG_INT, "8", 1, 1 << 20, NULL, "hidden units of the mlp baseline" },
-    { "model.activation", MOE_CFG_STR, "\"tanh\"", 1, 0, "tanh|relu|sigmoid", "hidden-unit nonlinearity" },
-    { "model.predict", MOE_CFG_STR, "\"mean\"", 1, 0, "mean|gate-max", "mixture output: gate-weighted mean of experts, or the expert with the largest gate" },
-    { "model.init_scale", MOE_CFG_NUM, "1", 0, 100, NULL, "weights start U(-s, s), s = init_scale / sqrt(fan_in); biases and the gate start at 0" },
-    // loss
-    { "loss.type", MOE_CFG_STR, "\"auto\"", 1, 0, "auto|cooperative|competitive|nll|nll-cat|mse|ce", "objective: the 1991 mixture losses (mixture) or mse / ce (mlp, mlp-moe); auto = nll or nll-cat for a mixture, mse or ce otherwise, by task" },
-    { "loss.baseline", MOE_CFG_STR, "\"mse\"", 1, 0, "mse|ce", "objective of the mlp system in compare-loss" },
-    // sparse routing (mlp-moe)
-    { "moe.router", MOE_CFG_STR, "\"softmax\"", 1, 0, MOE_ROUTER_CHOICES, "softmax: top-k, gate renormalised over the chosen (Mixtral; k = E is dense); noisy-topk: Shazeer 2017; switch: raw probability as gate; gshard: top-2 renormalised with a second-expert policy; hash: fixed table; expert-choice: each expert takes its top tokens" },
-    { "moe.second_policy", MOE_CFG_STR, "\"random\"", 1, 0, "random|all", "gshard: dispatch the second expert only if 2*g2 > U(0,1) in training (random), or always (all)" },
-    { "moe.capacity_factor", MOE_CFG_NUM, "1.25", 0, 1e6, NULL, "training capacity per expert = ceil(capacity_factor * k * T / E) tokens of a batch of T (0 = dropless)" },
-    { "moe.eval_capacity_factor", MOE_CFG_NUM, "2", 0, 1e6, NULL, "the same in evaluation (0 = dropless)" },
-    { "moe.drop_policy", MOE_CFG_STR, "\"order\"", 1, 0, "order|probability", "who is dropped when an expert is over capacity: later tokens (order), or those with the lowest router probability (probability); first choices always before second" },
-    { "moe.jitter", MOE_CFG_NUM, "0", 0, 1, NULL, "multiply the router input by U(1-eps, 1+eps) in training (Switch uses 0.01)" },
-    { "moe.ec_factor", MOE_CFG_NUM, "2", 1e-6, 1e6, NULL, "expert-choice: each expert takes ceil(ec_factor * T / E) tokens (the mean experts per token)" },
-    { "moe.bias_balance", MOE_CFG_BOOL, "false", 1, 0, NULL, "softmax/switch: select on p + b with b updated b += bias_rate * sign(mean load - load) after each step (DeepSeek-V3, no auxiliary loss needed)" },
-    { "moe.bias_rate", MOE_CFG_NUM, "0.001", 0, 1e3, NULL, "bias-balancing update rate gamma" },
-    { "moe.hash_table", MOE_CFG_STR, "\"random\"", 1, 0, "random|balanced", "hash: table from the seed, or greedy by key frequency over the training data" },
-    { "moe.hash_vocab", MOE_CFG_INT, "4096", 1, 1 << 24, NULL, "hash, mlp-moe: table size; rows without token ids are keyed by a hash of their input values mod this (transformer: keys are token ids and the table covers the vocabulary)" },
-    { "moe.aux_loss", MOE_CFG_STR, "\"switch\"", 1, 0, "none|shazeer|switch|gshard|topk-all", "balancing loss convention (docs/routing.md); hash and expert-choice take none" },
-    { "moe.aux_weight", MOE_CFG_NUM, "0.01", 0, 1e6, NULL, "coefficient of the switch / gshard / topk-all loss (alpha)" },
-    { "moe.w_importance", MOE_CFG_NUM, "0.1", 0, 1e6, NULL, "shazeer: weight of CV(importance)^2" },
-    { "moe.w_load", MOE_CFG_NUM, "0.1", 0, 1e6, NULL, "shazeer: weight of CV(smooth load)^2 (needs noisy-topk)" },
-    { "moe.z_weight", MOE_CFG_NUM, "0", 0, 1e6, NULL, "router z-loss coefficient (ST-MoE uses 0.001)" },
-    { "moe.lang_router", MOE_CFG_BOOL, "false", 1, 0, NULL, "transformer: language-aware routing, a learned embedding of the window's language (layers.L.moe.lang_emb, starts at 0) added to the router input" },
-    { "moe.router_init_scale", MOE_CFG_NUM, "0.1", 0, 100, NULL, "router weights start U(-s, s), s = router_init_scale / sqrt(n_embd) (noisy-topk always starts at 0)" },
+};
+
+static const struct moe_cfg_key run_keys[] = {
     // optimiser
     { "optim.type", MOE_CFG_STR, "\"adamw\"", 1, 0, "gd|sgd|adamw", "gd: full-batch gradient descent; sgd: mini-batch with momentum; adamw" },
     { "optim.lr", MOE_CFG_NUM, "0.01", 0, 1e3, NULL, "step size" },
@@ -130,4 +95,41 @@ const struct moe_cfg_key moe_run_schema[] = {
     { "lora.freeze_router", MOE_CFG_BOOL, "false", 1, 0, NULL, "keep the routers as they are; otherwise they are trained in full along with the adapters" },
 };
 
-const size_t moe_run_schema_len = sizeof moe_run_schema / sizeof moe_run_schema[0];
+#define N_DATA (sizeof data_keys / sizeof data_keys[0])
+#define N_RUN (sizeof run_keys / sizeof run_keys[0])
+#define N_MAX 256 // room for every table; asserted
+
+static struct moe_cfg_key schema[N_MAX];
+static size_t schema_len;
+
+// Joined on first use (the tables of other files are not constant expressions here).
+static void join(void)
+{
+    if (schema_len)
+        return;
+    struct { const struct moe_cfg_key *keys; size_t n; } parts[] = {
+        { data_keys, N_DATA },
+        { moe_model_keys, moe_model_keys_len },
+        { moe_layer_keys, moe_layer_keys_len },
+        { run_keys, N_RUN },
+    };
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        assert(n + parts[i].n <= N_MAX);
+        memcpy(schema + n, parts[i].keys, parts[i].n * sizeof *schema);
+        n += parts[i].n;
+    }
+    schema_len = n;
+}
+
+const struct moe_cfg_key *moe_run_schema(void)
+{
+    join();
+    return schema;
+}
+
+size_t moe_run_schema_len(void)
+{
+    join();
+    return schema_len;
+}

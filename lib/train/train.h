@@ -14,8 +14,9 @@
 #include "model/model.h"
 #include "train/tune.h"
 
-extern const struct moe_cfg_key moe_run_schema[];
-extern const size_t moe_run_schema_len;
+// The run configuration's schema (schema.c): every key of every layer.
+const struct moe_cfg_key *moe_run_schema(void);
+size_t moe_run_schema_len(void);
 
 // ---- data named by the data.* keys ----
 struct moe_data {

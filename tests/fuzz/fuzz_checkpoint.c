@@ -126,7 +126,7 @@ static void setup_build(struct setup *s, const char *path, const char *root)
 {
     struct moe_err err = {0};
     snprintf(s->name, sizeof s->name, "%s", path);
-    if (moe_config_load(&s->cfg, moe_run_schema, moe_run_schema_len, path, NULL, 0, &err))
+    if (moe_config_load(&s->cfg, moe_run_schema(), moe_run_schema_len(), path, NULL, 0, &err))
         die(path, &err);
     if (strcmp(moe_cfg_str(&s->cfg, "data.source"), "text") == 0) {
         char over[4200];
@@ -259,7 +259,7 @@ static int read_file_part(const struct moe_st_file *f)
         struct moe_config cfg;
         memset(&cfg, 0, sizeof cfg);
         struct moe_err perr = {0};
-        if ((rc = moe_config_parse(&cfg, moe_run_schema, moe_run_schema_len, json, f->path, NULL, 0, &perr))) {
+        if ((rc = moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), json, f->path, NULL, 0, &perr))) {
             fuzz_check_err(rc, &perr);
             ok = 0;
         }

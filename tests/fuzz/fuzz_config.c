@@ -209,7 +209,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
 
-    run_schema(moe_run_schema, moe_run_schema_len, text, ovs, n_ovs);
+    run_schema(moe_run_schema(), moe_run_schema_len(), text, ovs, n_ovs);
     run_schema(local_schema, sizeof local_schema / sizeof local_schema[0], text, ovs, n_ovs);
 
     // Defaults plus overrides only (a CLI run with --set and no --config).
@@ -217,7 +217,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct moe_config c;
     int rc;
     if (n_ovs) {
-        rc = moe_config_parse(&c, moe_run_schema, moe_run_schema_len, NULL, NULL, ovs, n_ovs, &err);
+        rc = moe_config_parse(&c, moe_run_schema(), moe_run_schema_len(), NULL, NULL, ovs, n_ovs, &err);
         if (rc) {
             fuzz_check_err(rc, &err);
         } else {
@@ -229,7 +229,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     // The file path: the raw bytes, NULs included (the loader must reject
     // them). Without a NUL it parses the text already checked above.
     memset(&err, 0, sizeof err);
-    rc = moe_config_load(&c, moe_run_schema, moe_run_schema_len, fuzz_file(0, data, size), NULL, 0, &err);
+    rc = moe_config_load(&c, moe_run_schema(), moe_run_schema_len(), fuzz_file(0, data, size), NULL, 0, &err);
     if (rc) {
         fuzz_check_err(rc, &err);
     } else {

@@ -1,0 +1,65 @@
+// registry.c: the model table (one row per model type: name, whether it has
+// sparse layers or reads text, constructor) and moe_model_create, which reads
+// the typed hyperparameters once, sizes the model before allocating anything
+// (estimate.c), and calls the row's constructor.
+// Not here: the models themselves (one file each) and the helpers they share
+// (model.c).
+#include "model/model.h"
+
+#include <string.h>
+
+#include "model/estimate.h"
+
+static const struct moe_model_kind kinds[] = {
+    [MOE_MODEL_MIXTURE] = { "mixture", 0, 0, moe_mixture_create },
+    [MOE_MODEL_MLP] = { "mlp", 0, 0, moe_mlp_create },
+    [MOE_MODEL_MLP_MOE] = { "mlp-moe", 1, 0, moe_mlp_moe_create },
+    [MOE_MODEL_TRANSFORMER] = { "transformer", 1, 1, moe_transformer_create },
+};
+#define N_KINDS (sizeof kinds / sizeof kinds[0])
+
+const struct moe_model_kind *moe_model_kind(enum moe_model_type t) { return (size_t)t < N_KINDS ? &kinds[t] : NULL; }
+
+int moe_model_type_from_name(const char *name)
+{
+    for (size_t i = 0; i < N_KINDS; i++)
+        if (strcmp(name, kinds[i].name) == 0)
+            return (int)i;
+    return -1;
+}
+
+int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const char *loss, enum moe_task task,
+                     size_t n_in, size_t n_out, size_t max_batch, struct moe_err *err)
+{
+    memset(ret, 0, sizeof *ret);
+    moe_params_init(&ret->params);
+    ret->task = task;
+    ret->n_in = n_in;
+    ret->n_out = n_out;
+    ret->max_batch = max_batch ? max_batch : 1;
+    struct moe_model_hp hp;
+    int rc = moe_model_hp_parse(&hp, cfg, err);
+    if (rc) {
+        moe_model_release(ret);
+        return rc;
+    }
+    const struct moe_model_kind *kind = moe_model_kind(hp.type);
+    if (!loss)
+        loss = hp.loss;
+    int cls = task == MOE_TASK_CLASSIFICATION, mixture = hp.type == MOE_MODEL_MIXTURE;
+    int lm = task == MOE_TASK_LM;
+    if (strcmp(loss, "auto") == 0)
+        loss = mixture ? (cls ? "nll-cat" : "nll") : (cls || lm ? "ce" : "mse");
+    if (lm != kind->text)
+        return lm ? moe_error(err, MOE_ECONFIG, "key 'model.type': text data (data.source 'text') needs model 'transformer', got '%s'", kind->name)
+                  : moe_error(err, MOE_ECONFIG, "key 'model.type': model '%s' reads text (data.source 'text'), not examples with features", kind->name);
+    // Sizes first, before any allocation: a product that overflows or a model
+    // no machine could hold is a config error, not a crash half-way through.
+    struct moe_model_estimate est;
+    rc = moe_model_estimate_hp(&hp, cfg, task, n_in, n_out, 0, 0, ret->max_batch, 0, &est, err);
+    if (!rc)
+        rc = kind->create(ret, &hp, loss, err);
+    if (rc)
+        moe_model_release(ret);
+    return rc;
+}
