@@ -19,7 +19,8 @@
 #include "core/params.h"
 #include "core/sysmem.h"
 #include "io/config.h"
-#include "io/text.h"
+#include "io/corpus.h"
+#include "io/vocab.h"
 #include "moe/experts.h"
 #include "moe/router.h"
 

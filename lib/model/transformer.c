@@ -38,7 +38,7 @@
 #include "core/params.h"
 #include "core/prof.h"
 #include "io/config.h"
-#include "io/text.h"
+#include "io/corpus.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
 #include "nn/nn.h"
