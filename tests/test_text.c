@@ -1,4 +1,4 @@
-// test_text.c: unit tests for the text-corpus layer (lib/io/text.c):
+// test_text.c: unit tests for the text-corpus layer (lib/io/vocab.c and lib/io/corpus.c):
 // byte classes, byte and word tokenisation, word vocabularies and their file
 // format, corpus loading (directories of languages, validation cut, limits,
 // errors), and the training / evaluation window choices.
@@ -16,7 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "io/text.h"
+#include "io/corpus.h"
+#include "io/vocab.h"
 #include "testutil.h"
 
 static char g_dir[64];

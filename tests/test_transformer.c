@@ -13,7 +13,7 @@
 
 #include "gradcheck.h"
 #include "io/config.h"
-#include "io/text.h"
+#include "io/corpus.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
 #include "testutil.h"

@@ -29,7 +29,7 @@ struct moe_dataset {
     // Language models (task MOE_TASK_LM): no x, y or label. A row is a window
     // of n_ctx + 1 consecutive tokens of `text` (inputs and next-token targets).
     // n_in = languages (1 for a single text), n_out = vocabulary size; n =
-    // windows per training epoch (drawn at random, io/text.h); evaluation runs
+    // windows per training epoch (drawn at random, io/corpus.h); evaluation runs
     // over the n_win fixed windows starting at win[].
     const struct moe_text *text; // the split's tokens (owned by the corpus, not by the data set)
     size_t n_ctx;

@@ -19,7 +19,8 @@
 #include "core/params.h"
 #include "core/sysmem.h"
 #include "io/config.h"
-#include "io/text.h"
+#include "io/corpus.h"
+#include "io/vocab.h"
 #include "moe/experts.h"
 #include "model/model.h"
 #include "moe/router.h"
@@ -582,9 +583,9 @@ static void est_synth_temporaries(struct est *e, const struct moe_config *cfg, s
 // What the data readers hold, from the files the config names, without reading
 // them whole: sizes (stat), IDX headers, and for word tokens one streaming pass
 // that counts tokens. A file that cannot be read counts 0 (the reader itself
-// reports it). These figures follow io/text.c, io/idx.c and io/table.c.
+// reports it). These figures follow io/corpus.c, io/vocab.c, io/idx.c and io/table.c.
 
-// The corpus of data.text.path as io/text.c reads it: per file, the bytes used
+// The corpus of data.text.path as io/corpus.c reads it: per file, the bytes used
 // (max_bytes), the training/validation cut, the tokens of each part, and the
 // training windows of C + 1 tokens at steps of C (moe_text_fixed_windows).
 struct text_files {
@@ -640,7 +641,7 @@ static void text_file(struct text_files *t, const char *path, off_t size, const 
     t->train_windows += tok[0] >= 1 && C ? (tok[0] - 1) / C : 0;
 }
 
-// The files of data.text.path as io/text.c lists them: the file itself, or the
+// The files of data.text.path as io/corpus.c lists them: the file itself, or the
 // regular files of a directory whose name does not start with '.'.
 static void text_files_of(struct text_files *t, const struct moe_config *cfg, size_t C)
 {

@@ -9,7 +9,7 @@
 //
 // The figures mirror the allocations in model/mixture.c, mlp.c, mlp_moe.c,
 // moe/moe_layer.c (router.c, dispatch.c, experts.c, route_stats.c),
-// train/trainer.c, optim.c and the data readers io/text.c, idx.c, table.c;
+// train/trainer.c, optim.c and the data readers io/corpus.c, vocab.c, idx.c, table.c;
 // tests/test_estimate.c checks the parameter counts against the models actually
 // built and the data figures against the data actually loaded, and
 // tests/cli/test_memory.sh the total against the peak RSS of real runs. Change
@@ -78,7 +78,7 @@ struct moe_model_estimate {
     // (features, targets or labels, groups), the standardisation statistics, and
     // for synthetic data the generator's temporaries (centres, per-region maps),
     // which are freed once the data is made but are part of the peak while making
-    // it. Text (data.source text): the corpus (io/text.c) instead, 13 bytes per
+    // it. Text (data.source text): the corpus (io/corpus.c) instead, 13 bytes per
     // token of each split (id, byte class, byte offset), the vocabulary and the
     // evaluation windows; tokens from the files' sizes (stat), counted by one
     // streaming pass over the files for word tokens.

@@ -73,7 +73,7 @@ struct moe_batch {
     uint64_t step;         // training step (the stream of router noise); 0 in evaluation
     // Language models (task MOE_TASK_LM; x, y, label unused):
     const int32_t *tok;    // (n, C + 1) window tokens: inputs 0..C-1, next-token targets 1..C
-    const uint8_t *cls;    // (n, C + 1) byte class of each token (io/text.h), or NULL
+    const uint8_t *cls;    // (n, C + 1) byte class of each token (io/corpus.h), or NULL
     const int32_t *lang;   // (n) language of each window, or NULL (one language)
     const uint64_t *bytes; // (n) source bytes covered by each window's targets (bits per byte)
     // Distillation (cross-entropy heads): the teacher's logits for the same output

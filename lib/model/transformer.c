@@ -1,6 +1,6 @@
 // transformer.c: the decoder-only Transformer language model (GPT-2 layout,
 // pre-norm) with a sparse MoE FFN in every moe_every-th block and a dense FFN
-// elsewhere. Rows are windows of C + 1 tokens (io/text.h): the model reads
+// elsewhere. Rows are windows of C + 1 tokens (io/corpus.h): the model reads
 // tokens 0..C-1 and predicts 1..C; the loss is the mean next-token
 // cross-entropy in nats per predicted token, plus the sparse layers'
 // auxiliary losses. Not here: tokenisation, windows, sampling text.
@@ -37,7 +37,7 @@
 
 #include "core/params.h"
 #include "core/prof.h"
-#include "io/text.h"
+#include "io/corpus.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
 #include "nn/nn.h"

@@ -9,8 +9,9 @@
 
 #include "core/status.h"
 #include "io/config.h"
+#include "io/corpus.h"
 #include "io/dataset.h"
-#include "io/text.h"
+#include "io/vocab.h"
 #include "model/model.h"
 #include "train/tune.h"
 
@@ -33,7 +34,7 @@ int moe_data_load_ex(struct moe_data *ret, const struct moe_config *cfg, const s
                      struct moe_err *err);
 void moe_data_release(struct moe_data *d);
 // Text data in checkpoints: the vocabulary as tensor "vocab.text" (U8, the
-// vocabulary file's bytes, io/text.h) and the language names as metadata
+// vocabulary file's bytes, io/vocab.h) and the language names as metadata
 // "data.languages" (a JSON array of strings).
 #define MOE_VOCAB_TENSOR "vocab.text"
 #define MOE_LANGUAGES_META "data.languages"
@@ -128,7 +129,7 @@ struct moe_lm_batch {
 int moe_lm_batch_alloc(struct moe_lm_batch *b, size_t n, size_t n_ctx, struct moe_err *err);
 void moe_lm_batch_release(struct moe_lm_batch *b);
 // Rows first .. first + n - 1 of d: epoch > 0, that epoch's random training
-// windows (io/text.h moe_text_random_start); epoch 0, the fixed evaluation windows.
+// windows (io/corpus.h moe_text_random_start); epoch 0, the fixed evaluation windows.
 struct moe_batch moe_lm_batch_fill(const struct moe_dataset *d, struct moe_lm_batch *b, uint64_t seed,
                                    uint64_t epoch, size_t first, size_t n);
 

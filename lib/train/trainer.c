@@ -2,6 +2,9 @@
 // A step: gather a batch -> model forward/backward (gradients of the batch
 // mean) -> optimizer over the flat buffer. After each epoch the training split
 // is evaluated when a metrics row or the stopping criterion needs it.
+// moe_train_ex reads as run_init, run_resume, then run_epochs: per epoch
+// train_epoch (train_step per batch, with stops and checkpoints between) and
+// eval_point (the evaluations, metrics rows and stopping criterion).
 // Everything here is serial or thread-count independent, so a run's metrics
 // and weights are byte-identical for any --threads.
 #include <math.h>
@@ -230,46 +233,59 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
     return moe_train_ex(m, data, cfg, &h, ret, err);
 }
 
-int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
-                 const struct moe_train_hooks *hooks, struct moe_train_result *ret, struct moe_err *err)
-{
-    memset(ret, 0, sizeof *ret);
-    ret->criterion_epoch = -1;
-    const struct moe_dataset *tr = &data->train, *te = &data->test;
-    moe_eval_cb cb = hooks->row;
-    void *ctx = hooks->ctx;
-    uint64_t seed = (uint64_t)moe_cfg_int(cfg, "train.seed");
-    uint64_t epochs = (uint64_t)moe_cfg_int(cfg, "train.epochs");
-    uint64_t eval_every = (uint64_t)moe_cfg_int(cfg, "train.eval_every");
-    uint64_t ckpt_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
-    int shuffle = moe_cfg_bool(cfg, "train.shuffle");
-    const char *crit = moe_cfg_str(cfg, "train.criterion");
-    double crit_value = moe_cfg_num(cfg, "train.criterion_value");
-    int use_crit = strcmp(crit, "none") != 0;
-    double thr = moe_cfg_num(cfg, "train.active_threshold");
-    size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+// ---- moe_train_ex, one part of a run at a time ----
 
-    double t0 = now_seconds();
-    // What the optimizer updates: the whole flat buffer, or the unfrozen tensors
-    // (of a tensor trained in part, each run of trained expert slices) and the
-    // adapters, one segment each. Segments that touch are merged: the moments
-    // lie one after another either way, so this changes no result.
+// A run: the settings, what the optimizer updates, the buffers a step and an
+// evaluation use, and where the run stands (ck.pos).
+struct run {
+    struct moe_model *m;
+    const struct moe_dataset *tr, *te;
+    const struct moe_train_hooks *hooks;
+    uint64_t seed, epochs, eval_every, ckpt_every, log_every;
+    int use_crit, lm, shuffled;
+    const char *crit;
+    double crit_value, thr;
+    size_t bs, chunk;                // rows of a training batch, of an evaluation pass
+    struct moe_optim_seg *segs;      // (n_seg) what the optimizer updates
+    size_t n_seg;
+    struct moe_optim opt;
+    // evaluation of the training and the test split (each row keeps pointers into its
+    // own statistics until it is written), and training steps since the last batch row
+    struct moe_stats st, ste, sb;
+    struct moe_eval_row rtr, rte;
+    double *gm_train, *gm_test;      // (n_expert + 1) the rows' gate means
+    uint32_t *perm;                  // (rows) the epoch's order, shuffled runs
+    struct moe_dataset batch;        // a shuffled batch's rows
+    struct moe_lm_batch lb;          // language models: a batch's windows
+    float *teacher_logits, *teacher_hidden;
+    struct moe_train_ckpt ck;
+};
+
+// What the optimizer updates: the whole flat buffer, or the unfrozen tensors
+// (of a tensor trained in part, each run of trained expert slices) and the
+// adapters, one segment each. Segments that touch are merged: the moments
+// lie one after another either way, so this changes no result. Applies the
+// adapters to the model.
+static int optim_segments(struct run *r, struct moe_err *err)
+{
+    const struct moe_train_hooks *hooks = r->hooks;
+    struct moe_params *p = &r->m->params;
     struct moe_lora *lora = hooks->lora;
     uint8_t *const *fe = hooks->frozen ? hooks->frozen_experts : NULL;
-    size_t n_seg = 0, numel = 0, max_seg = m->params.n + 1;
-    for (size_t i = 0; fe && i < m->params.n; i++)
-        max_seg += fe[i] && !hooks->frozen[i] ? m->params.t[i].shape[0] : 0;
+    size_t n_seg = 0, max_seg = p->n + 1;
+    for (size_t i = 0; fe && i < p->n; i++)
+        max_seg += fe[i] && !hooks->frozen[i] ? p->t[i].shape[0] : 0;
     struct moe_optim_seg *segs = malloc(max_seg * sizeof *segs);
     if (!segs)
         return moe_error(err, MOE_ENOMEM, "out of memory");
     if (!hooks->frozen && !lora) {
-        segs[n_seg++] = (struct moe_optim_seg){ m->params.data, m->params.grad, m->params.numel };
+        segs[n_seg++] = (struct moe_optim_seg){ p->data, p->grad, p->numel };
     } else {
-        for (size_t i = 0; i < m->params.n; i++) {
+        for (size_t i = 0; i < p->n; i++) {
             if (hooks->frozen && hooks->frozen[i])
                 continue;
-            size_t E = fe && fe[i] ? m->params.t[i].shape[0] : 1, slice = m->params.t[i].numel / E;
-            float *w = moe_params_data(&m->params, (int)i), *g = moe_params_grad(&m->params, (int)i);
+            size_t E = fe && fe[i] ? p->t[i].shape[0] : 1, slice = p->t[i].numel / E;
+            float *w = moe_params_data(p, (int)i), *g = moe_params_grad(p, (int)i);
             for (size_t e = 0; e < E; e++) {
                 if (fe && fe[i] && fe[i][e])
                     continue;
@@ -282,294 +298,396 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
         }
         if (lora) {
             segs[n_seg++] = (struct moe_optim_seg){ lora->p.data, lora->p.grad, lora->p.numel };
-            moe_lora_apply(lora, &m->params);
+            moe_lora_apply(lora, p);
         }
     }
-    for (size_t k = 0; k < n_seg; k++)
-        numel += segs[k].n;
-    struct moe_optim opt;
-    int rc = moe_optim_init(&opt, cfg, numel, err);
-    if (rc) {
-        free(segs);
+    r->segs = segs;
+    r->n_seg = n_seg;
+    return 0;
+}
+
+// The teacher's output buffers, once the teacher is found to fit the student.
+static int teacher_alloc(struct run *r, struct moe_err *err)
+{
+    const struct moe_model *m = r->m, *teacher = r->hooks->teacher;
+    size_t bs = r->bs, rows = bs * (r->lm ? r->tr->n_ctx : 1);
+    if (teacher->n_out != m->n_out || teacher->n_in != m->n_in || teacher->task != m->task || bs > teacher->max_batch)
+        return moe_error(err, MOE_ESHAPE, "the teacher (%zu inputs, %zu outputs, batches up to %zu) does not match the student (%zu inputs, %zu outputs, batches of %zu)",
+                         teacher->n_in, teacher->n_out, teacher->max_batch, m->n_in, m->n_out, bs);
+    if (!(r->teacher_logits = malloc(rows * m->n_out * sizeof *r->teacher_logits)))
+        return moe_error(err, MOE_ENOMEM, "out of memory for the teacher's logits (%zu x %zu)", rows, m->n_out);
+    if (!r->hooks->kd_sym)
+        return 0;
+    if (!m->hidden_per_row || teacher->hidden_per_row != m->hidden_per_row)
+        return moe_error(err, MOE_ESHAPE, "MoEBERT distillation needs teacher and student with block outputs of one shape (%zu and %zu floats per row)",
+                         teacher->hidden_per_row, m->hidden_per_row);
+    if (!(r->teacher_hidden = malloc(bs * m->hidden_per_row * sizeof *r->teacher_hidden)))
+        return moe_error(err, MOE_ENOMEM, "out of memory for the teacher's hidden states (%zu x %zu)", bs,
+                         m->hidden_per_row);
+    return 0;
+}
+
+// Settings, optimizer, statistics and buffers, at the start of a run. r is
+// zeroed first: run_release frees what this allocated, whether it succeeded or not.
+static int run_init(struct run *r, struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
+                    const struct moe_train_hooks *hooks, struct moe_err *err)
+{
+    memset(r, 0, sizeof *r);
+    r->m = m;
+    r->tr = &data->train;
+    r->te = &data->test;
+    r->hooks = hooks;
+    r->ck = (struct moe_train_ckpt){ .pos = { .criterion_epoch = -1 }, .opt = &r->opt, .batch_stats = &r->sb };
+    r->seed = (uint64_t)moe_cfg_int(cfg, "train.seed");
+    r->epochs = (uint64_t)moe_cfg_int(cfg, "train.epochs");
+    r->eval_every = (uint64_t)moe_cfg_int(cfg, "train.eval_every");
+    r->ckpt_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
+    r->log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
+    r->crit = moe_cfg_str(cfg, "train.criterion");
+    r->crit_value = moe_cfg_num(cfg, "train.criterion_value");
+    r->use_crit = strcmp(r->crit, "none") != 0;
+    r->thr = moe_cfg_num(cfg, "train.active_threshold");
+    r->chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+    r->lm = r->tr->task == MOE_TASK_LM;
+    const struct moe_dataset *tr = r->tr;
+    int rc = optim_segments(r, err);
+    if (rc)
         return rc;
-    }
+    size_t numel = 0;
+    for (size_t k = 0; k < r->n_seg; k++)
+        numel += r->segs[k].n;
+    if ((rc = moe_optim_init(&r->opt, cfg, numel, err)))
+        return rc;
     size_t bs = (size_t)moe_cfg_int(cfg, "optim.batch_size");
-    if (opt.type == MOE_OPTIM_GD || bs == 0 || bs > tr->n)
+    if (r->opt.type == MOE_OPTIM_GD || bs == 0 || bs > tr->n)
         bs = tr->n;
     if (bs > m->max_batch)
         bs = m->max_batch;
-    if (tr->task == MOE_TASK_LM && chunk > bs)
-        chunk = bs; // evaluation windows per pass: at most a training batch (memory grows with n_ctx)
+    if (r->lm && r->chunk > bs)
+        r->chunk = bs; // evaluation windows per pass: at most a training batch (memory grows with n_ctx)
+    r->bs = bs;
+    r->shuffled = moe_cfg_bool(cfg, "train.shuffle") && bs < tr->n && !r->lm;
+    if ((rc = moe_train_stats_init(&r->st, m, tr, err)) || (rc = moe_train_stats_init(&r->ste, m, tr, err)) ||
+        (rc = moe_train_stats_init(&r->sb, m, tr, err)))
+        return rc;
+    r->perm = malloc((tr->n ? tr->n : 1) * sizeof *r->perm);
+    r->gm_train = calloc(m->n_expert + 1, sizeof *r->gm_train);
+    r->gm_test = calloc(m->n_expert + 1, sizeof *r->gm_test);
+    if (!r->perm || !r->gm_train || !r->gm_test)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    if ((r->lm && (rc = moe_lm_batch_alloc(&r->lb, bs, tr->n_ctx, err))) ||
+        (hooks->teacher && (rc = teacher_alloc(r, err))) ||
+        (r->shuffled && (rc = moe_dataset_alloc(&r->batch, tr->task, bs, tr->n_in, tr->n_out, tr->group != NULL, err))))
+        return rc;
+    return 0;
+}
 
-    // evaluation of the training and the test split (each row keeps pointers into its
-    // own statistics until it is written), and training steps since the last batch row
-    struct moe_stats st, ste, sb;
-    struct moe_dataset batch;
-    memset(&batch, 0, sizeof batch);
-    memset(&st, 0, sizeof st);
-    memset(&ste, 0, sizeof ste);
-    memset(&sb, 0, sizeof sb);
-    uint64_t log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
-    int lm = tr->task == MOE_TASK_LM;
-    uint32_t *perm = NULL;
-    float *teacher_logits = NULL, *teacher_hidden = NULL;
-    double *gm_train = NULL, *gm_test = NULL;
-    struct moe_lm_batch lb = { 0 };
-    if ((rc = moe_train_stats_init(&st, m, tr, err)) || (rc = moe_train_stats_init(&ste, m, tr, err)) ||
-        (rc = moe_train_stats_init(&sb, m, tr, err)))
-        goto out;
-    perm = malloc((tr->n ? tr->n : 1) * sizeof *perm);
-    gm_train = calloc(m->n_expert + 1, sizeof *gm_train);
-    gm_test = calloc(m->n_expert + 1, sizeof *gm_test);
-    if (!perm || !gm_train || !gm_test) {
-        rc = moe_error(err, MOE_ENOMEM, "out of memory");
-        goto out;
+// A resumed run: the position, and the state outside the model (whose weights
+// and state the caller loaded), from the checkpoint.
+static int run_resume(struct run *r, struct moe_err *err)
+{
+    const struct moe_st_file *f = r->hooks->resume;
+    struct moe_train_pos *pos = &r->ck.pos;
+    int rc;
+    if ((rc = moe_train_pos_read(f, pos, err)) || (rc = moe_train_state_restore(f, &r->opt, &r->sb, err)))
+        return rc;
+    if (pos->finished)
+        return moe_error(err, MOE_EINVAL, "'%s': the run is already complete (step %llu)", f->path,
+                         (unsigned long long)pos->steps);
+    return 0;
+}
+
+static void run_release(struct run *r)
+{
+    moe_optim_release(&r->opt);
+    free(r->segs);
+    moe_stats_release(&r->st);
+    moe_stats_release(&r->ste);
+    moe_stats_release(&r->sb);
+    moe_dataset_release(&r->batch);
+    moe_lm_batch_release(&r->lb);
+    free(r->perm);
+    free(r->teacher_logits);
+    free(r->teacher_hidden);
+    free(r->gm_train);
+    free(r->gm_test);
+}
+
+// Hand the state to the checkpoint hook.
+static int checkpoint(struct run *r, struct moe_err *err)
+{
+    return r->hooks->checkpoint ? r->hooks->checkpoint(r->hooks->ctx, &r->ck, err) : 0;
+}
+
+static int stop_raised(const struct run *r)
+{
+    return r->hooks->stop && *r->hooks->stop;
+}
+
+// A raised stop flag ends the run after a checkpoint.
+static int stop_if_asked(struct run *r, struct moe_err *err)
+{
+    if (!stop_raised(r))
+        return 0;
+    int rc = checkpoint(r, err);
+    if (rc)
+        return rc;
+    return moe_error(err, MOE_EINTR, "stopped at step %llu (epoch %llu)", (unsigned long long)r->ck.pos.steps,
+                     (unsigned long long)r->ck.pos.epoch);
+}
+
+// Rows start .. start + n - 1 of the epoch's order as a batch.
+static struct moe_batch gather_batch(struct run *r, uint64_t epoch, size_t start, size_t n)
+{
+    const struct moe_dataset *tr = r->tr;
+    if (r->lm)
+        return moe_lm_batch_fill(tr, &r->lb, r->seed, epoch, start, n);
+    if (!r->shuffled)
+        return slice(tr, start, n);
+    struct moe_dataset *batch = &r->batch;
+    for (size_t i = 0; i < n; i++) {
+        size_t src = r->perm[start + i];
+        memcpy(batch->x + i * tr->n_in, tr->x + src * tr->n_in, tr->n_in * sizeof(float));
+        if (tr->y)
+            memcpy(batch->y + i * tr->n_out, tr->y + src * tr->n_out, tr->n_out * sizeof(float));
+        if (tr->label)
+            batch->label[i] = tr->label[src];
+        if (tr->group)
+            batch->group[i] = tr->group[src];
     }
-    int shuffled = shuffle && bs < tr->n && !lm;
-    if (lm && (rc = moe_lm_batch_alloc(&lb, bs, tr->n_ctx, err)))
-        goto out;
-    struct moe_model *teacher = hooks->teacher;
+    return slice(batch, 0, n);
+}
+
+// A non-finite training loss: name the first non-finite weight tensor, or with
+// finite weights the largest weight (the forward pass overflowed).
+static int loss_fault(const struct moe_params *p, uint64_t step, uint64_t epoch, double step_loss,
+                      struct moe_err *err)
+{
+    const char *big_name = NULL, *kind = "nan";
+    double big = largest_weight(p, &big_name);
+    const char *bad = first_nonfinite(p, p->data, &kind);
+    if (bad)
+        return moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): training loss is %s; first non-finite tensor: '%s' (weights, %s)",
+                         (unsigned long long)step, (unsigned long long)epoch, isnan(step_loss) ? "nan" : "inf", bad,
+                         kind);
+    return moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): training loss is %s with finite weights; the forward pass overflowed (largest |w| = %g, in '%s'; try a smaller optim.lr)",
+                     (unsigned long long)step, (unsigned long long)epoch, isnan(step_loss) ? "nan" : "inf", big,
+                     big_name);
+}
+
+// A non-finite gradient norm: name the first tensor (model, then adapters) with a non-finite gradient.
+static int grad_fault(const struct moe_params *p, const struct moe_lora *lora, uint64_t step, uint64_t epoch,
+                      double mean_loss, struct moe_err *err)
+{
+    const char *kind = "nan", *bad = first_nonfinite(p, p->grad, &kind);
+    if (!bad && lora)
+        bad = first_nonfinite(&lora->p, lora->p.grad, &kind);
+    return moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): gradient of '%s' is not finite (%s) at training loss %g (diverged; try a smaller optim.lr)",
+                     (unsigned long long)step, (unsigned long long)epoch, bad ? bad : "?", kind, mean_loss);
+}
+
+// One optimizer step on batch b of n rows: the teacher's outputs (distillation),
+// forward and backward with the training statistics added into sb, the checks
+// for non-finite values, the update. The position is the caller's.
+static int train_step(struct run *r, struct moe_batch *b, uint64_t epoch, size_t n, struct moe_err *err)
+{
+    const struct moe_train_hooks *hooks = r->hooks;
+    struct moe_model *m = r->m, *teacher = hooks->teacher;
+    struct moe_lora *lora = hooks->lora;
+    moe_params_zero_grad(&m->params);
+    if (lora)
+        moe_params_zero_grad(&lora->p);
+    b->step = r->ck.pos.steps;
     if (teacher) {
-        size_t rows = bs * (lm ? tr->n_ctx : 1);
-        if (teacher->n_out != m->n_out || teacher->n_in != m->n_in || teacher->task != m->task || bs > teacher->max_batch) {
-            rc = moe_error(err, MOE_ESHAPE, "the teacher (%zu inputs, %zu outputs, batches up to %zu) does not match the student (%zu inputs, %zu outputs, batches of %zu)",
-                           teacher->n_in, teacher->n_out, teacher->max_batch, m->n_in, m->n_out, bs);
-            goto out;
-        }
-        if (!(teacher_logits = malloc(rows * m->n_out * sizeof *teacher_logits))) {
-            rc = moe_error(err, MOE_ENOMEM, "out of memory for the teacher's logits (%zu x %zu)", rows, m->n_out);
-            goto out;
-        }
-        if (hooks->kd_sym) {
-            if (!m->hidden_per_row || teacher->hidden_per_row != m->hidden_per_row) {
-                rc = moe_error(err, MOE_ESHAPE, "MoEBERT distillation needs teacher and student with block outputs of one shape (%zu and %zu floats per row)",
-                               teacher->hidden_per_row, m->hidden_per_row);
-                goto out;
-            }
-            if (!(teacher_hidden = malloc(bs * m->hidden_per_row * sizeof *teacher_hidden))) {
-                rc = moe_error(err, MOE_ENOMEM, "out of memory for the teacher's hidden states (%zu x %zu)", bs,
-                               m->hidden_per_row);
-                goto out;
-            }
-        }
-    }
-    if (shuffled) {
-        rc = moe_dataset_alloc(&batch, tr->task, bs, tr->n_in, tr->n_out, tr->group != NULL, err);
+        b->logits_out = r->teacher_logits;
+        b->hidden_out = r->teacher_hidden;
+        int rc = moe_model_run(teacher, b, 0, NULL, err);
         if (rc)
-            goto out;
+            return rc;
+        b->logits_out = b->hidden_out = NULL;
+        b->teacher = r->teacher_logits;
+        b->teacher_hidden = r->teacher_hidden;
+        b->kd_sym = hooks->kd_sym;
+        b->kd_alpha = hooks->kd_alpha;
+        b->kd_tau = hooks->kd_tau;
     }
+    double before = r->sb.loss;
+    int rc = moe_model_run(m, b, 1, &r->sb, err);
+    if (rc)
+        return rc;
+    if (lora)
+        moe_lora_backward(lora, &m->params);
+    uint64_t step = r->ck.pos.steps + 1;
+    double step_loss = r->sb.loss - before;
+    if (!isfinite(step_loss))
+        return loss_fault(&m->params, step, epoch, step_loss, err);
+    double gnorm = moe_optim_grad_norm_segs(r->segs, r->n_seg);
+    if (!isfinite(gnorm))
+        return grad_fault(&m->params, lora, step, epoch, step_loss / (double)n, err);
+    moe_optim_step_segs(&r->opt, r->segs, r->n_seg, gnorm);
+    if (lora)
+        moe_lora_apply(lora, &m->params);
+    return 0;
+}
 
-    struct moe_train_ckpt ck = { .pos = { .criterion_epoch = -1 }, .opt = &opt, .batch_stats = &sb };
-    struct moe_train_pos *pos = &ck.pos;
-    if (hooks->resume) {
-        if ((rc = moe_train_pos_read(hooks->resume, pos, err)) ||
-            (rc = moe_train_state_restore(hooks->resume, &opt, &sb, err)))
-            goto out;
-        if (pos->finished) {
-            rc = moe_error(err, MOE_EINVAL, "'%s': the run is already complete (step %llu)", hooks->resume->path,
-                           (unsigned long long)pos->steps);
-            goto out;
+// The training steps of an epoch (epoch >= 1) from pos->next_row on, with the
+// batch rows, stops and checkpoints due between them.
+static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
+{
+    const struct moe_dataset *tr = r->tr;
+    struct moe_train_pos *pos = &r->ck.pos;
+    double ts = now_seconds();
+    if (r->shuffled) {
+        struct moe_rng rng = moe_rng_make(r->seed, MOE_RNG_SHUFFLE, (uint32_t)epoch);
+        moe_rng_permutation(&rng, r->perm, tr->n);
+    }
+    int rc;
+    for (size_t start = pos->next_row; start < tr->n; start += r->bs) {
+        size_t n = tr->n - start < r->bs ? tr->n - start : r->bs;
+        moe_threads_adapt(); // runs sharing cores: threads for the cores left idle
+        struct moe_batch b = gather_batch(r, epoch, start, n);
+        if ((rc = train_step(r, &b, epoch, n, err)))
+            return rc;
+        pos->steps++;
+        pos->rows_seen += n;
+        pos->next_row = start + n;
+        if (r->log_every && pos->steps % r->log_every == 0 &&
+            (rc = batch_row(&r->sb, tr->task, r->thr, pos->steps, epoch, r->hooks->row, r->hooks->ctx, err)))
+            return rc;
+        if (stop_raised(r)) {
+            pos->train_seconds += now_seconds() - ts;
+            if ((rc = stop_if_asked(r, err)))
+                return rc;
+        }
+        if (r->ckpt_every && pos->steps % r->ckpt_every == 0 && pos->next_row < tr->n) {
+            double tn = now_seconds();
+            pos->train_seconds += tn - ts;
+            ts = tn;
+            if ((rc = checkpoint(r, err)))
+                return rc;
         }
     }
-    // Hand the state to the checkpoint hook; a raised stop flag ends the run after it.
-    #define CHECKPOINT()                                                                   \
-        do {                                                                               \
-            if (hooks->checkpoint && (rc = hooks->checkpoint(ctx, &ck, err)))              \
-                goto out;                                                                  \
-        } while (0)
-    #define STOP_IF_ASKED()                                                                \
-        do {                                                                               \
-            if (hooks->stop && *hooks->stop) {                                             \
-                CHECKPOINT();                                                              \
-                rc = moe_error(err, MOE_EINTR, "stopped at step %llu (epoch %llu)",        \
-                               (unsigned long long)pos->steps, (unsigned long long)pos->epoch); \
-                goto out;                                                                  \
-            }                                                                              \
-        } while (0)
+    pos->train_seconds += now_seconds() - ts;
+    pos->next_row = tr->n;
+    return 0;
+}
 
-    struct moe_eval_row rtr, rte;
-    memset(&rtr, 0, sizeof rtr);
-    memset(&rte, 0, sizeof rte);
+// Evaluate split d into row (its gate means into gm) at the end of an epoch.
+static int eval_split(struct run *r, const struct moe_dataset *d, const char *split, uint64_t epoch,
+                      struct moe_stats *s, struct moe_eval_row *row, double *gm, struct moe_err *err)
+{
+    int rc = moe_evaluate(r->m, d, split, r->chunk, r->thr, s, row, err);
+    if (rc)
+        return rc;
+    row->step = r->ck.pos.steps;
+    row->epoch = epoch;
+    fill_gate_mean(row, s, gm);
+    return 0;
+}
+
+// The end of an epoch: evaluate the training split when a metrics row or the
+// stopping criterion needs it, and when a row is due (or the criterion is met
+// for the first time, which makes this epoch the last: *last = 1) write the
+// batch row (without train.log_every), then the train and the test rows.
+static int eval_point(struct run *r, uint64_t epoch, int *last, struct moe_err *err)
+{
+    struct moe_train_pos *pos = &r->ck.pos;
+    int log_due = epoch % r->eval_every == 0 || *last;
+    if (!log_due && !r->use_crit)
+        return 0;
+    int rc = eval_split(r, r->tr, "train", epoch, &r->st, &r->rtr, r->gm_train, err);
+    if (rc)
+        return rc;
+    if (!isfinite(r->rtr.loss)) {
+        const char *kind = "nan", *bad = first_nonfinite(&r->m->params, r->m->params.data, &kind);
+        return moe_error(err, MOE_ENUMERIC, "epoch %llu (step %llu): evaluated training loss is not finite; first non-finite tensor: '%s' (weights, %s)",
+                         (unsigned long long)epoch, (unsigned long long)pos->steps, bad ? bad : "none", kind);
+    }
+    int met = r->use_crit && epoch > 0 && pos->criterion_epoch < 0 && criterion_met(r->crit, r->crit_value, &r->rtr);
+    if (met) {
+        pos->criterion_epoch = (int64_t)epoch;
+        *last = 1;
+    }
+    if (!log_due && !met)
+        return 0;
+    moe_eval_cb cb = r->hooks->row;
+    void *ctx = r->hooks->ctx;
+    if ((!r->log_every && (rc = batch_row(&r->sb, r->tr->task, r->thr, pos->steps, epoch, cb, ctx, err))) ||
+        (rc = eval_split(r, r->te, "test", epoch, &r->ste, &r->rte, r->gm_test, err)))
+        return rc;
+    if (cb && ((rc = cb(ctx, &r->rtr, err)) || (rc = cb(ctx, &r->rte, err))))
+        return rc;
+    return 0;
+}
+
+// The last epoch's rows and gate means into ret. No checkpoint here: the caller
+// writes the model and the summary, whose presence marks the run complete;
+// until then the last checkpoint stands.
+static void run_finish(struct run *r, struct moe_train_result *ret)
+{
+    ret->final_train = r->rtr;
+    ret->final_test = r->rte;
+    // the rows' pointers into the statistics do not outlive this call
+    struct moe_eval_row *fin[] = { &ret->final_train, &ret->final_test };
+    for (int i = 0; i < 2; i++) {
+        fin[i]->gate_mean = NULL;
+        fin[i]->route = NULL;
+        fin[i]->n_route = 0;
+        fin[i]->lang_loss = fin[i]->lang_bytes = NULL;
+        fin[i]->lang_tokens = NULL;
+        fin[i]->n_lang = 0;
+    }
+    for (size_t e = 0; e < r->m->n_expert && e < 64; e++)
+        ret->final_gate_mean[e] = r->gm_train[e];
+    r->ck.pos.finished = 1;
+}
+
+// Epochs from pos->epoch on, each one its training steps (none in epoch 0 or
+// when only its evaluation is left), then its evaluation point; a stop or a
+// checkpoint between epochs.
+static int run_epochs(struct run *r, struct moe_train_result *ret, struct moe_err *err)
+{
+    struct moe_train_pos *pos = &r->ck.pos;
     for (;;) {
         uint64_t epoch = pos->epoch;
-        if (epoch > 0 && pos->next_row < tr->n) {
-            double ts = now_seconds();
-            if (shuffled) {
-                struct moe_rng r = moe_rng_make(seed, MOE_RNG_SHUFFLE, (uint32_t)epoch);
-                moe_rng_permutation(&r, perm, tr->n);
-            }
-            for (size_t start = pos->next_row; start < tr->n; start += bs) {
-                size_t n = tr->n - start < bs ? tr->n - start : bs;
-                moe_threads_adapt(); // runs sharing cores: threads for the cores left idle
-                struct moe_batch b;
-                if (lm) {
-                    b = moe_lm_batch_fill(tr, &lb, seed, epoch, start, n);
-                } else if (shuffled) {
-                    for (size_t i = 0; i < n; i++) {
-                        size_t src = perm[start + i];
-                        memcpy(batch.x + i * tr->n_in, tr->x + src * tr->n_in, tr->n_in * sizeof(float));
-                        if (tr->y)
-                            memcpy(batch.y + i * tr->n_out, tr->y + src * tr->n_out, tr->n_out * sizeof(float));
-                        if (tr->label)
-                            batch.label[i] = tr->label[src];
-                        if (tr->group)
-                            batch.group[i] = tr->group[src];
-                    }
-                    b = slice(&batch, 0, n);
-                } else {
-                    b = slice(tr, start, n);
-                }
-                moe_params_zero_grad(&m->params);
-                if (lora)
-                    moe_params_zero_grad(&lora->p);
-                b.step = pos->steps;
-                if (teacher) {
-                    b.logits_out = teacher_logits;
-                    b.hidden_out = teacher_hidden;
-                    if ((rc = moe_model_run(teacher, &b, 0, NULL, err)))
-                        goto out;
-                    b.logits_out = b.hidden_out = NULL;
-                    b.teacher = teacher_logits;
-                    b.teacher_hidden = teacher_hidden;
-                    b.kd_sym = hooks->kd_sym;
-                    b.kd_alpha = hooks->kd_alpha;
-                    b.kd_tau = hooks->kd_tau;
-                }
-                double before = sb.loss;
-                rc = moe_model_run(m, &b, 1, &sb, err);
-                if (rc)
-                    goto out;
-                if (lora)
-                    moe_lora_backward(lora, &m->params);
-                uint64_t step = pos->steps + 1;
-                double step_loss = sb.loss - before;
-                const char *kind = "nan", *bad;
-                if (!isfinite(step_loss)) {
-                    const char *big_name = NULL;
-                    double big = largest_weight(&m->params, &big_name);
-                    bad = first_nonfinite(&m->params, m->params.data, &kind);
-                    rc = bad ? moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): training loss is %s; first non-finite tensor: '%s' (weights, %s)",
-                                         (unsigned long long)step, (unsigned long long)epoch,
-                                         isnan(step_loss) ? "nan" : "inf", bad, kind)
-                             : moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): training loss is %s with finite weights; the forward pass overflowed (largest |w| = %g, in '%s'; try a smaller optim.lr)",
-                                         (unsigned long long)step, (unsigned long long)epoch,
-                                         isnan(step_loss) ? "nan" : "inf", big, big_name);
-                    goto out;
-                }
-                double gnorm = moe_optim_grad_norm_segs(segs, n_seg);
-                if (!isfinite(gnorm)) {
-                    bad = first_nonfinite(&m->params, m->params.grad, &kind);
-                    if (!bad && lora)
-                        bad = first_nonfinite(&lora->p, lora->p.grad, &kind);
-                    rc = moe_error(err, MOE_ENUMERIC, "step %llu (epoch %llu): gradient of '%s' is not finite (%s) at training loss %g (diverged; try a smaller optim.lr)",
-                                   (unsigned long long)step, (unsigned long long)epoch, bad ? bad : "?", kind,
-                                   step_loss / (double)n);
-                    goto out;
-                }
-                moe_optim_step_segs(&opt, segs, n_seg, gnorm);
-                if (lora)
-                    moe_lora_apply(lora, &m->params);
-                pos->steps = step;
-                pos->rows_seen += n;
-                pos->next_row = start + n;
-                if (log_every && pos->steps % log_every == 0 &&
-                    (rc = batch_row(&sb, tr->task, thr, pos->steps, epoch, cb, ctx, err)))
-                    goto out;
-                if (hooks->stop && *hooks->stop) {
-                    pos->train_seconds += now_seconds() - ts;
-                    STOP_IF_ASKED();
-                }
-                if (ckpt_every && pos->steps % ckpt_every == 0 && pos->next_row < tr->n) {
-                    double tn = now_seconds();
-                    pos->train_seconds += tn - ts;
-                    ts = tn;
-                    CHECKPOINT();
-                }
-            }
-            pos->train_seconds += now_seconds() - ts;
-            pos->next_row = tr->n;
-        }
+        int rc;
+        if (epoch > 0 && pos->next_row < r->tr->n && (rc = train_epoch(r, epoch, err)))
+            return rc;
         ret->epochs = epoch;
-        int last = epoch == epochs;
-        int log_due = epoch % eval_every == 0 || last;
-        if (log_due || use_crit) {
-            rc = moe_evaluate(m, tr, "train", chunk, thr, &st, &rtr, err);
-            if (rc)
-                goto out;
-            rtr.step = pos->steps;
-            rtr.epoch = epoch;
-            fill_gate_mean(&rtr, &st, gm_train);
-            if (!isfinite(rtr.loss)) {
-                const char *kind = "nan", *bad = first_nonfinite(&m->params, m->params.data, &kind);
-                rc = moe_error(err, MOE_ENUMERIC, "epoch %llu (step %llu): evaluated training loss is not finite; first non-finite tensor: '%s' (weights, %s)",
-                               (unsigned long long)epoch, (unsigned long long)pos->steps, bad ? bad : "none", kind);
-                goto out;
-            }
-            int met = use_crit && epoch > 0 && pos->criterion_epoch < 0 && criterion_met(crit, crit_value, &rtr);
-            if (met) {
-                pos->criterion_epoch = (int64_t)epoch;
-                last = 1;
-            }
-            if (log_due || met) {
-                if (!log_every && (rc = batch_row(&sb, tr->task, thr, pos->steps, epoch, cb, ctx, err)))
-                    goto out;
-                rc = moe_evaluate(m, te, "test", chunk, thr, &ste, &rte, err);
-                if (rc)
-                    goto out;
-                rte.step = pos->steps;
-                rte.epoch = epoch;
-                fill_gate_mean(&rte, &ste, gm_test);
-                if (cb && ((rc = cb(ctx, &rtr, err)) || (rc = cb(ctx, &rte, err))))
-                    goto out;
-            }
-        }
+        int last = epoch == r->epochs;
+        if ((rc = eval_point(r, epoch, &last, err)))
+            return rc;
         if (last) {
-            ret->final_train = rtr;
-            ret->final_test = rte;
-            // the rows' pointers into the statistics do not outlive this call
-            struct moe_eval_row *fin[] = { &ret->final_train, &ret->final_test };
-            for (int i = 0; i < 2; i++) {
-                fin[i]->gate_mean = NULL;
-                fin[i]->route = NULL;
-                fin[i]->n_route = 0;
-                fin[i]->lang_loss = fin[i]->lang_bytes = NULL;
-                fin[i]->lang_tokens = NULL;
-                fin[i]->n_lang = 0;
-            }
-            for (size_t e = 0; e < m->n_expert && e < 64; e++)
-                ret->final_gate_mean[e] = gm_train[e];
-            // No checkpoint here: the caller writes the model and the summary, whose
-            // presence marks the run complete; until then the last checkpoint stands.
-            pos->finished = 1;
-            break;
+            run_finish(r, ret);
+            return 0;
         }
         // The epoch is done: the next one starts at its first row.
         pos->epoch++;
         pos->next_row = 0;
-        STOP_IF_ASKED();
-        CHECKPOINT();
+        if ((rc = stop_if_asked(r, err)) || (rc = checkpoint(r, err)))
+            return rc;
     }
-    #undef STOP_IF_ASKED
-    #undef CHECKPOINT
+}
+
+int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
+                 const struct moe_train_hooks *hooks, struct moe_train_result *ret, struct moe_err *err)
+{
+    memset(ret, 0, sizeof *ret);
+    double t0 = now_seconds();
+    struct run r;
+    int rc = run_init(&r, m, data, cfg, hooks, err);
+    if (!rc && hooks->resume)
+        rc = run_resume(&r, err);
+    if (!rc)
+        rc = run_epochs(&r, ret, err);
+    const struct moe_train_pos *pos = &r.ck.pos;
+    ret->steps = pos->steps;
+    ret->criterion_epoch = pos->criterion_epoch;
     ret->wall_seconds = now_seconds() - t0;
-    ret->rows_per_second = pos->train_seconds > 0 ? (double)pos->rows_seen / pos->train_seconds : 0.0;
-    ret->tokens_per_second = lm ? ret->rows_per_second * (double)tr->n_ctx : NAN;
-out:
-    ret->steps = ck.pos.steps;
-    ret->criterion_epoch = ck.pos.criterion_epoch;
-    if (rc)
-        ret->wall_seconds = now_seconds() - t0;
-    moe_optim_release(&opt);
-    free(segs);
-    moe_stats_release(&st);
-    moe_stats_release(&ste);
-    moe_stats_release(&sb);
-    moe_dataset_release(&batch);
-    moe_lm_batch_release(&lb);
-    free(perm);
-    free(teacher_logits);
-    free(teacher_hidden);
-    free(gm_train);
-    free(gm_test);
+    if (!rc) {
+        ret->rows_per_second = pos->train_seconds > 0 ? (double)pos->rows_seen / pos->train_seconds : 0.0;
+        ret->tokens_per_second = r.lm ? ret->rows_per_second * (double)r.tr->n_ctx : NAN;
+    }
+    run_release(&r);
     return rc;
 }

@@ -1,4 +1,4 @@
-// fuzz_text.c: libFuzzer harness for the text-corpus reader (lib/io/text.c):
+// fuzz_text.c: libFuzzer harness for the text-corpus reader (lib/io/corpus.c):
 // the input cut into up to 3 files written to a scratch directory, then
 // moe_corpus_load, the split invariants, and the window functions.
 // Input: one option byte, then the text, cut into equal parts (the last takes
@@ -34,7 +34,8 @@
 #include <unistd.h>
 
 #include "fuzz_util.h"
-#include "io/text.h"
+#include "io/corpus.h"
+#include "io/vocab.h"
 
 static char g_base[512], g_dir[600], g_one[600];
 static const char *const k_names[3] = { "a.txt", "b.md", "c" };

@@ -1,5 +1,5 @@
 // fuzz_vocab.c: libFuzzer harness for the vocabulary file parser
-// (lib/io/text.c): moe_vocab_parse on the input, and for an accepted
+// (lib/io/vocab.c): moe_vocab_parse on the input, and for an accepted
 // vocabulary the writer, the parser again, the copy and the lookup.
 // Input: the vocabulary file bytes. Corpus: tests/fuzz/corpus/vocab/.
 // Checks beyond the sanitizers: failures carry a one-line message and a
@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "fuzz_util.h"
-#include "io/text.h"
+#include "io/vocab.h"
 
 static void check_vocab(const struct moe_vocab *v)
 {
