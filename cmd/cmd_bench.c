@@ -352,8 +352,10 @@ static int bench_run(const char *cmd, struct cli_common *c, const struct bench_o
     }
     have_model = 1;
     moe_model_init_weights(&model, seed);
+    struct moe_optim_cfg oc;
+    moe_optim_cfg_parse(&oc, &cfg);
     sb = (struct step_bench){ .m = &model, .data = &data, .n = n, .tokens = n * C, .seed = seed };
-    if (moe_model_fit(&model, tr, &err) || moe_optim_init(&sb.opt, &cfg, model.params.numel, &err) ||
+    if (moe_model_fit(&model, tr, &err) || moe_optim_init(&sb.opt, &oc, model.params.numel, &err) ||
         moe_train_stats_init(&sb.stats, &model, tr, &err) || (lm && moe_lm_batch_alloc(&sb.lb, n, C, &err))) {
         rc = cli_fail(cmd, &err);
         goto out;

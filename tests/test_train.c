@@ -44,13 +44,21 @@ static void parse(struct moe_config *cfg, const char *json, const char *const *o
 
 enum { NW = 37 };
 
+// The optimiser of a test config (optim.* keys).
+static int optim_init(struct moe_optim *o, const struct moe_config *cfg, size_t n, struct moe_err *err)
+{
+    struct moe_optim_cfg oc;
+    moe_optim_cfg_parse(&oc, cfg);
+    return moe_optim_init(o, &oc, n, err);
+}
+
 START_TEST(test_optim_gd)
 {
     struct moe_config cfg;
     parse(&cfg, "{\"optim\": {\"type\": \"gd\", \"lr\": 0.25}}", NULL, 0);
     struct moe_optim o;
     struct moe_err err;
-    ck_assert_int_eq(moe_optim_init(&o, &cfg, NW, &err), 0);
+    ck_assert_int_eq(optim_init(&o, &cfg, NW, &err), 0);
     ck_assert_int_eq(o.type, MOE_OPTIM_GD);
     float w[NW], g[NW], g0[NW], expect[NW];
     fill_u(w, NW, 1, -1, 1);
@@ -90,7 +98,7 @@ START_TEST(test_optim_sgd_momentum)
         parse(&cfg, json, NULL, 0);
         struct moe_optim o;
         struct moe_err err;
-        ck_assert_int_eq(moe_optim_init(&o, &cfg, NW, &err), 0);
+        ck_assert_int_eq(optim_init(&o, &cfg, NW, &err), 0);
         ck_assert_int_eq(o.type, MOE_OPTIM_SGD);
         float w[NW], g1[NW], g2[NW];
         double wd[NW], m[NW];
@@ -136,7 +144,7 @@ START_TEST(test_optim_adamw)
     parse(&cfg, json, NULL, 0);
     struct moe_optim o;
     struct moe_err err;
-    ck_assert_int_eq(moe_optim_init(&o, &cfg, NW, &err), 0);
+    ck_assert_int_eq(optim_init(&o, &cfg, NW, &err), 0);
     ck_assert_int_eq(o.type, MOE_OPTIM_ADAMW);
     float w[NW], g[2][NW];
     double wh[NW], m[NW], v[NW];
@@ -178,7 +186,7 @@ START_TEST(test_optim_clip)
                         : "{\"optim\": {\"type\": \"gd\", \"lr\": 1, \"clip\": 1.5}}",
               NULL, 0);
         struct moe_optim o;
-        ck_assert_int_eq(moe_optim_init(&o, &cfg, NW, &err), 0);
+        ck_assert_int_eq(optim_init(&o, &cfg, NW, &err), 0);
         float w[NW], w0[NW], g[NW], g0[NW];
         fill_u(w, NW, 30, -1, 1);
         fill_u(g, NW, 31, -2, 2);
@@ -207,7 +215,7 @@ START_TEST(test_optim_clip)
     struct moe_config cfg;
     parse(&cfg, "{\"optim\": {\"type\": \"adamw\", \"clip\": 0.5}}", NULL, 0);
     struct moe_optim o;
-    ck_assert_int_eq(moe_optim_init(&o, &cfg, 2, &err), 0);
+    ck_assert_int_eq(optim_init(&o, &cfg, 2, &err), 0);
     float w[2] = { 0, 0 }, g[2] = { 3, 4 };
     ck_assert_double_eq(moe_optim_step(&o, w, g), 5.0);
     ck_assert_double_eq_tol(g[0], 0.3, 1e-7);

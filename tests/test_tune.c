@@ -903,6 +903,14 @@ END_TEST
 
 enum { NW = 37, N1 = 16 };
 
+// The optimiser of a test config (optim.* keys).
+static int optim_init(struct moe_optim *o, const struct moe_config *cfg, size_t n, struct moe_err *err)
+{
+    struct moe_optim_cfg oc;
+    moe_optim_cfg_parse(&oc, cfg);
+    return moe_optim_init(o, &oc, n, err);
+}
+
 static const char *const optim_cfgs[] = {
     "{\"optim\": {\"type\": \"gd\", \"lr\": 0.3}}",
     "{\"optim\": {\"type\": \"sgd\", \"lr\": 0.1, \"momentum\": 0.9, \"weight_decay\": 0.05}}",
@@ -916,9 +924,9 @@ START_TEST(test_optim_segments)
     struct moe_config cfg = load_cfg(optim_cfgs[_i]);
     struct moe_err err;
     struct moe_optim flat, one, two;
-    ck_assert_int_eq(moe_optim_init(&flat, &cfg, NW, &err), 0);
-    ck_assert_int_eq(moe_optim_init(&one, &cfg, NW, &err), 0);
-    ck_assert_int_eq(moe_optim_init(&two, &cfg, NW, &err), 0);
+    ck_assert_int_eq(optim_init(&flat, &cfg, NW, &err), 0);
+    ck_assert_int_eq(optim_init(&one, &cfg, NW, &err), 0);
+    ck_assert_int_eq(optim_init(&two, &cfg, NW, &err), 0);
     float wf[NW], gf[NW], w1[NW], g1[NW], wa[N1], ga[N1], wb[NW - N1], gb[NW - N1];
     fill_u(wf, NW, 200, -1, 1);
     memcpy(w1, wf, sizeof wf);

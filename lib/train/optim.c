@@ -12,19 +12,48 @@
 #include "train/train.h"
 
 #define PAR_MIN (1u << 16) // values before a loop goes parallel
+#define BIG 1e9
 
-int moe_optim_init(struct moe_optim *o, const struct moe_config *cfg, size_t numel, struct moe_err *err)
+const struct moe_cfg_key moe_optim_keys[] = {
+    // optimiser
+    { "optim.type", MOE_CFG_STR, "\"adamw\"", 1, 0, "gd|sgd|adamw", "gd: full-batch gradient descent; sgd: mini-batch with momentum; adamw" },
+    { "optim.lr", MOE_CFG_NUM, "0.01", 0, 1e3, NULL, "step size" },
+    { "optim.momentum", MOE_CFG_NUM, "0.9", 0, 0.999999, NULL, "sgd momentum (heavy ball)" },
+    { "optim.beta1", MOE_CFG_NUM, "0.9", 0, 0.999999, NULL, "adamw first-moment decay" },
+    { "optim.beta2", MOE_CFG_NUM, "0.999", 0, 0.999999, NULL, "adamw second-moment decay" },
+    { "optim.eps", MOE_CFG_NUM, "1e-8", 1e-30, 1, NULL, "adamw denominator floor" },
+    { "optim.weight_decay", MOE_CFG_NUM, "0", 0, 10, NULL, "decoupled weight decay (sgd and adamw)" },
+    { "optim.batch_size", MOE_CFG_INT, "64", 0, BIG, NULL, "rows per step for sgd/adamw (0 = full batch; gd is always full batch)" },
+    { "optim.clip", MOE_CFG_NUM, "0", 0, 1e9, NULL, "clip the global gradient norm to this (0 = off)" },
+};
+const size_t moe_optim_keys_len = sizeof moe_optim_keys / sizeof moe_optim_keys[0];
+
+void moe_optim_cfg_parse(struct moe_optim_cfg *c, const struct moe_config *cfg)
+{
+    memset(c, 0, sizeof *c);
+    const char *type = moe_cfg_str(cfg, "optim.type");
+    c->type = strcmp(type, "gd") == 0 ? MOE_OPTIM_GD : strcmp(type, "sgd") == 0 ? MOE_OPTIM_SGD : MOE_OPTIM_ADAMW;
+    c->lr = moe_cfg_num(cfg, "optim.lr");
+    c->momentum = moe_cfg_num(cfg, "optim.momentum");
+    c->beta1 = moe_cfg_num(cfg, "optim.beta1");
+    c->beta2 = moe_cfg_num(cfg, "optim.beta2");
+    c->eps = moe_cfg_num(cfg, "optim.eps");
+    c->weight_decay = moe_cfg_num(cfg, "optim.weight_decay");
+    c->clip = moe_cfg_num(cfg, "optim.clip");
+    c->batch_size = (size_t)moe_cfg_int(cfg, "optim.batch_size");
+}
+
+int moe_optim_init(struct moe_optim *o, const struct moe_optim_cfg *c, size_t numel, struct moe_err *err)
 {
     memset(o, 0, sizeof *o);
-    const char *type = moe_cfg_str(cfg, "optim.type");
-    o->type = strcmp(type, "gd") == 0 ? MOE_OPTIM_GD : strcmp(type, "sgd") == 0 ? MOE_OPTIM_SGD : MOE_OPTIM_ADAMW;
-    o->lr = moe_cfg_num(cfg, "optim.lr");
-    o->momentum = moe_cfg_num(cfg, "optim.momentum");
-    o->beta1 = moe_cfg_num(cfg, "optim.beta1");
-    o->beta2 = moe_cfg_num(cfg, "optim.beta2");
-    o->eps = moe_cfg_num(cfg, "optim.eps");
-    o->weight_decay = moe_cfg_num(cfg, "optim.weight_decay");
-    o->clip = moe_cfg_num(cfg, "optim.clip");
+    o->type = c->type;
+    o->lr = c->lr;
+    o->momentum = c->momentum;
+    o->beta1 = c->beta1;
+    o->beta2 = c->beta2;
+    o->eps = c->eps;
+    o->weight_decay = c->weight_decay;
+    o->clip = c->clip;
     o->numel = numel;
     if (o->type != MOE_OPTIM_GD) {
         o->m = moe_alloc(numel, sizeof(float));

@@ -1,7 +1,8 @@
 // schema.c: the run configuration's schema, every key with its default, range
-// and meaning: the data.*, optim.*, train.*, distill.* and lora.* keys here, and
-// the tables of the layers below (model/model_config.c: model.* and loss.*;
-// moe/layer_config.c: moe.*) joined in the order of docs/config.md. The schema
+// and meaning: the data.*, distill.* and lora.* keys here, and the tables of the
+// files that read the others (model/model_config.c: model.* and loss.*;
+// moe/layer_config.c: moe.*; optim.c: optim.*; trainer.c: train.*) joined in
+// the order of docs/config.md. The schema
 // is the single source of docs/config.md (`moe help config` prints it) and of
 // validation; never parse JSON elsewhere.
 #include "train/train.h"
@@ -54,29 +55,6 @@ static const struct moe_cfg_key data_keys[] = {
 };
 
 static const struct moe_cfg_key run_keys[] = {
-    // optimiser
-    { "optim.type", MOE_CFG_STR, "\"adamw\"", 1, 0, "gd|sgd|adamw", "gd: full-batch gradient descent; sgd: mini-batch with momentum; adamw" },
-    { "optim.lr", MOE_CFG_NUM, "0.01", 0, 1e3, NULL, "step size" },
-    { "optim.momentum", MOE_CFG_NUM, "0.9", 0, 0.999999, NULL, "sgd momentum (heavy ball)" },
-    { "optim.beta1", MOE_CFG_NUM, "0.9", 0, 0.999999, NULL, "adamw first-moment decay" },
-    { "optim.beta2", MOE_CFG_NUM, "0.999", 0, 0.999999, NULL, "adamw second-moment decay" },
-    { "optim.eps", MOE_CFG_NUM, "1e-8", 1e-30, 1, NULL, "adamw denominator floor" },
-    { "optim.weight_decay", MOE_CFG_NUM, "0", 0, 10, NULL, "decoupled weight decay (sgd and adamw)" },
-    { "optim.batch_size", MOE_CFG_INT, "64", 0, BIG, NULL, "rows per step for sgd/adamw (0 = full batch; gd is always full batch)" },
-    { "optim.clip", MOE_CFG_NUM, "0", 0, 1e9, NULL, "clip the global gradient norm to this (0 = off)" },
-    // training
-    { "train.seed", MOE_CFG_INT, "1", 0, 4294967295.0, NULL, "seed of every random draw (init, data, order); --seed overrides" },
-    { "train.epochs", MOE_CFG_INT, "20", 1, BIG, NULL, "maximum passes over the training split" },
-    { "train.shuffle", MOE_CFG_BOOL, "true", 1, 0, NULL, "reshuffle mini-batches every epoch" },
-    { "train.eval_every", MOE_CFG_INT, "1", 1, BIG, NULL, "write metrics every N epochs (and at epoch 0, the last epoch, and the criterion epoch)" },
-    { "train.criterion", MOE_CFG_STR, "\"none\"", 1, 0, "none|loss|mse|accuracy", "stop when the training split reaches criterion_value on this metric" },
-    { "train.criterion_value", MOE_CFG_NUM, "0", -1e30, 1e30, NULL, "loss/mse: stop at or below; accuracy: stop at or above" },
-    { "train.active_threshold", MOE_CFG_NUM, "0.05", 0, 1, NULL, "an expert is active when its mean mixing proportion exceeds this" },
-    { "train.log_every", MOE_CFG_INT, "0", 0, BIG, NULL, "write a split=batch row to metrics.csv every N steps: training-mode means over those steps (0 = one per evaluation, over the steps since the last)" },
-    { "train.checkpoint_every", MOE_CFG_INT, "0", 0, 1e12, NULL, "write DIR/checkpoint.safetensors every N training steps as well (0: only after each epoch and on SIGINT/SIGTERM)" },
-    { "train.trainable", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "partial fine-tuning: train only the tensors whose names match one of these globs (fnmatch; [] = all); GLOB@A-B or GLOB@A selects only experts A..B (0-based, inclusive) of the expert tensors [E, out, in] it matches; --trainable adds to it" },
-    { "train.freeze", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "keep the tensors whose names match one of these globs as they are (byte-identical); GLOB@A-B or GLOB@A keeps only experts A..B of the expert tensors it matches; --freeze adds to it" },
-    { "train.max_batch_eval", MOE_CFG_INT, "4096", 1, 1 << 24, NULL, "rows per forward pass during evaluation (text: windows, at most optim.batch_size)" },
     // distillation (moe distill)
     { "distill.teacher", MOE_CFG_STR, "null", 1, 0, NULL, "teacher checkpoint (moe distill --teacher): every training batch is distilled from its outputs; null = none" },
     { "distill.temperature", MOE_CFG_NUM, "2", 0.01, 100, NULL, "softmax temperature tau of the distillation term (moe distill --temperature)" },
@@ -111,6 +89,8 @@ static void join(void)
         { data_keys, N_DATA },
         { moe_model_keys, moe_model_keys_len },
         { moe_layer_keys, moe_layer_keys_len },
+        { moe_optim_keys, moe_optim_keys_len },
+        { moe_train_keys, moe_train_keys_len },
         { run_keys, N_RUN },
     };
     size_t n = 0;

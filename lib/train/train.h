@@ -53,7 +53,16 @@ struct moe_optim {
     uint64_t t;     // steps taken
     float *m, *v;   // (numel) momentum / Adam moments
 };
-int moe_optim_init(struct moe_optim *o, const struct moe_config *cfg, size_t numel, struct moe_err *err);
+// The optim.* keys (optim.c), read once into a typed struct.
+struct moe_optim_cfg {
+    enum moe_optim_type type;
+    double lr, momentum, beta1, beta2, eps, weight_decay, clip;
+    size_t batch_size;  // rows per step, 0 = full batch (gd is always full batch)
+};
+extern const struct moe_cfg_key moe_optim_keys[];
+extern const size_t moe_optim_keys_len;
+void moe_optim_cfg_parse(struct moe_optim_cfg *c, const struct moe_config *cfg);
+int moe_optim_init(struct moe_optim *o, const struct moe_optim_cfg *c, size_t numel, struct moe_err *err);
 // One update of w from g. Returns the gradient's global L2 norm before clipping.
 double moe_optim_step(struct moe_optim *o, float *w, float *g);
 // The same step with the gradient norm already known (moe_optim_grad_norm).
@@ -70,6 +79,19 @@ double moe_optim_grad_norm_segs(const struct moe_optim_seg *s, size_t n_seg);
 void moe_optim_release(struct moe_optim *o);
 
 // ---- the training loop ----
+// The train.* keys (trainer.c) read into a typed struct; train.trainable and
+// train.freeze are lists the tuning set-up reads (tune.h).
+enum moe_criterion { MOE_CRIT_NONE = 0, MOE_CRIT_LOSS = 1, MOE_CRIT_MSE = 2, MOE_CRIT_ACCURACY = 3 };
+struct moe_train_cfg {
+    uint64_t seed, epochs, eval_every, log_every, checkpoint_every;
+    int shuffle;
+    enum moe_criterion criterion;
+    double criterion_value, active_threshold;
+    size_t max_batch_eval;
+};
+extern const struct moe_cfg_key moe_train_keys[];
+extern const size_t moe_train_keys_len;
+void moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg);
 // One evaluation of a split, as written to metrics.csv. NaN = not applicable.
 struct moe_eval_row {
     uint64_t step;

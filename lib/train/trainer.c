@@ -17,6 +17,44 @@
 #include "moe/route_stats.h"
 #include "train/train.h"
 
+#define BIG 1e9
+
+const struct moe_cfg_key moe_train_keys[] = {
+    // training
+    { "train.seed", MOE_CFG_INT, "1", 0, 4294967295.0, NULL, "seed of every random draw (init, data, order); --seed overrides" },
+    { "train.epochs", MOE_CFG_INT, "20", 1, BIG, NULL, "maximum passes over the training split" },
+    { "train.shuffle", MOE_CFG_BOOL, "true", 1, 0, NULL, "reshuffle mini-batches every epoch" },
+    { "train.eval_every", MOE_CFG_INT, "1", 1, BIG, NULL, "write metrics every N epochs (and at epoch 0, the last epoch, and the criterion epoch)" },
+    { "train.criterion", MOE_CFG_STR, "\"none\"", 1, 0, "none|loss|mse|accuracy", "stop when the training split reaches criterion_value on this metric" },
+    { "train.criterion_value", MOE_CFG_NUM, "0", -1e30, 1e30, NULL, "loss/mse: stop at or below; accuracy: stop at or above" },
+    { "train.active_threshold", MOE_CFG_NUM, "0.05", 0, 1, NULL, "an expert is active when its mean mixing proportion exceeds this" },
+    { "train.log_every", MOE_CFG_INT, "0", 0, BIG, NULL, "write a split=batch row to metrics.csv every N steps: training-mode means over those steps (0 = one per evaluation, over the steps since the last)" },
+    { "train.checkpoint_every", MOE_CFG_INT, "0", 0, 1e12, NULL, "write DIR/checkpoint.safetensors every N training steps as well (0: only after each epoch and on SIGINT/SIGTERM)" },
+    { "train.trainable", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "partial fine-tuning: train only the tensors whose names match one of these globs (fnmatch; [] = all); GLOB@A-B or GLOB@A selects only experts A..B (0-based, inclusive) of the expert tensors [E, out, in] it matches; --trainable adds to it" },
+    { "train.freeze", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "keep the tensors whose names match one of these globs as they are (byte-identical); GLOB@A-B or GLOB@A keeps only experts A..B of the expert tensors it matches; --freeze adds to it" },
+    { "train.max_batch_eval", MOE_CFG_INT, "4096", 1, 1 << 24, NULL, "rows per forward pass during evaluation (text: windows, at most optim.batch_size)" },
+};
+const size_t moe_train_keys_len = sizeof moe_train_keys / sizeof moe_train_keys[0];
+
+void moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg)
+{
+    static const char *const crits[] = { "none", "loss", "mse", "accuracy" };
+    memset(c, 0, sizeof *c);
+    c->seed = (uint64_t)moe_cfg_int(cfg, "train.seed");
+    c->epochs = (uint64_t)moe_cfg_int(cfg, "train.epochs");
+    c->shuffle = moe_cfg_bool(cfg, "train.shuffle");
+    c->eval_every = (uint64_t)moe_cfg_int(cfg, "train.eval_every");
+    const char *crit = moe_cfg_str(cfg, "train.criterion");
+    for (size_t i = 0; i < sizeof crits / sizeof crits[0]; i++)
+        if (strcmp(crit, crits[i]) == 0)
+            c->criterion = (enum moe_criterion)i;
+    c->criterion_value = moe_cfg_num(cfg, "train.criterion_value");
+    c->active_threshold = moe_cfg_num(cfg, "train.active_threshold");
+    c->log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
+    c->checkpoint_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
+    c->max_batch_eval = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+}
+
 static double now_seconds(void)
 {
     struct timespec ts;
@@ -143,15 +181,14 @@ void moe_eval_row_fill(struct moe_eval_row *r, const struct moe_stats *s, enum m
     }
 }
 
-static int criterion_met(const char *metric, double value, const struct moe_eval_row *r)
+static int criterion_met(enum moe_criterion metric, double value, const struct moe_eval_row *r)
 {
-    if (strcmp(metric, "loss") == 0)
-        return r->loss <= value;
-    if (strcmp(metric, "mse") == 0)
-        return r->mse <= value;
-    if (strcmp(metric, "accuracy") == 0)
-        return r->accuracy >= value;
-    return 0;
+    switch (metric) {
+    case MOE_CRIT_LOSS: return r->loss <= value;
+    case MOE_CRIT_MSE: return r->mse <= value;
+    case MOE_CRIT_ACCURACY: return r->accuracy >= value;
+    default: return 0;
+    }
 }
 
 // Gate means for a row: a per-run buffer of E doubles.
@@ -243,7 +280,7 @@ struct run {
     const struct moe_train_hooks *hooks;
     uint64_t seed, epochs, eval_every, ckpt_every, log_every;
     int use_crit, lm, shuffled;
-    const char *crit;
+    enum moe_criterion crit;
     double crit_value, thr;
     size_t bs, chunk;                // rows of a training batch, of an evaluation pass
     struct moe_optim_seg *segs;      // (n_seg) what the optimizer updates
@@ -338,16 +375,20 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->te = &data->test;
     r->hooks = hooks;
     r->ck = (struct moe_train_ckpt){ .pos = { .criterion_epoch = -1 }, .opt = &r->opt, .batch_stats = &r->sb };
-    r->seed = (uint64_t)moe_cfg_int(cfg, "train.seed");
-    r->epochs = (uint64_t)moe_cfg_int(cfg, "train.epochs");
-    r->eval_every = (uint64_t)moe_cfg_int(cfg, "train.eval_every");
-    r->ckpt_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
-    r->log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
-    r->crit = moe_cfg_str(cfg, "train.criterion");
-    r->crit_value = moe_cfg_num(cfg, "train.criterion_value");
-    r->use_crit = strcmp(r->crit, "none") != 0;
-    r->thr = moe_cfg_num(cfg, "train.active_threshold");
-    r->chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+    struct moe_train_cfg tc;
+    struct moe_optim_cfg oc;
+    moe_train_cfg_parse(&tc, cfg);
+    moe_optim_cfg_parse(&oc, cfg);
+    r->seed = tc.seed;
+    r->epochs = tc.epochs;
+    r->eval_every = tc.eval_every;
+    r->ckpt_every = tc.checkpoint_every;
+    r->log_every = tc.log_every;
+    r->crit = tc.criterion;
+    r->crit_value = tc.criterion_value;
+    r->use_crit = tc.criterion != MOE_CRIT_NONE;
+    r->thr = tc.active_threshold;
+    r->chunk = tc.max_batch_eval;
     r->lm = r->tr->task == MOE_TASK_LM;
     const struct moe_dataset *tr = r->tr;
     int rc = optim_segments(r, err);
@@ -356,9 +397,9 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     size_t numel = 0;
     for (size_t k = 0; k < r->n_seg; k++)
         numel += r->segs[k].n;
-    if ((rc = moe_optim_init(&r->opt, cfg, numel, err)))
+    if ((rc = moe_optim_init(&r->opt, &oc, numel, err)))
         return rc;
-    size_t bs = (size_t)moe_cfg_int(cfg, "optim.batch_size");
+    size_t bs = oc.batch_size;
     if (r->opt.type == MOE_OPTIM_GD || bs == 0 || bs > tr->n)
         bs = tr->n;
     if (bs > m->max_batch)
@@ -366,7 +407,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     if (r->lm && r->chunk > bs)
         r->chunk = bs; // evaluation windows per pass: at most a training batch (memory grows with n_ctx)
     r->bs = bs;
-    r->shuffled = moe_cfg_bool(cfg, "train.shuffle") && bs < tr->n && !r->lm;
+    r->shuffled = tc.shuffle && bs < tr->n && !r->lm;
     if ((rc = moe_train_stats_init(&r->st, m, tr, err)) || (rc = moe_train_stats_init(&r->ste, m, tr, err)) ||
         (rc = moe_train_stats_init(&r->sb, m, tr, err)))
         return rc;

@@ -141,7 +141,9 @@ static void setup_build(struct setup *s, const char *path, const char *root)
                          max_batch, &err))
         die(path, &err);
     s->seed = (uint64_t)moe_cfg_int(&s->cfg, "train.seed");
-    if (moe_optim_init(&s->opt, &s->cfg, s->model.params.numel, &err) ||
+    struct moe_optim_cfg oc;
+    moe_optim_cfg_parse(&oc, &s->cfg);
+    if (moe_optim_init(&s->opt, &oc, s->model.params.numel, &err) ||
         moe_train_stats_init(&s->stats, &s->model, &s->data.train, &err))
         die(path, &err);
     reset(s);
