@@ -45,5 +45,5 @@ summarise_runs() {
 # done_run DIR: DIR holds a finished run (a summary.json with "final"). Scripts
 # skip such runs, so an experiment stopped half way picks up where it stopped;
 # a rerun would give the same bytes (fixed seeds; results do not depend on the
-# thread count, DESIGN.md §4).
+# thread count: README.md, Reproducibility).
 done_run() { [ -s "$1/summary.json" ] && jq -e '.final' "$1/summary.json" >/dev/null 2>&1; }

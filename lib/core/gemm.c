@@ -1,6 +1,7 @@
 // gemm.c: BLIS GEMM wrapper and sub-configuration choice (see gemm.h).
-// reference: BLIS typed API bli_sgemm (docs/BLISTypedAPI.md); DESIGN.md §5 for
-// why we override BLIS 0.9.0's CPU detection.
+// reference: BLIS typed API bli_sgemm (docs/BLISTypedAPI.md in the BLIS source tree,
+// github.com/flame/blis); README.md, Speed notes, for why we override BLIS 0.9.0's
+// CPU detection.
 #include "core/gemm.h"
 
 #include <assert.h>

@@ -1,5 +1,5 @@
 // aux_loss.h: the auxiliary losses of sparse routing, each convention named
-// as it appears in the code bases that use it (DESIGN.md §3.8), plus the
+// as it appears in the code bases that use it (docs/routing.md), plus the
 // router z-loss. Each function returns the unweighted value for the batch and,
 // when its gradient pointers are non-NULL, adds coef * dL/d(...) into them.
 // Gradients flow through the soft quantities only: f (fraction routed) is a

@@ -6,7 +6,7 @@
 //
 // T = tokens, S = slots per token, E = n_expert, N = dispatched rows (<= T*S).
 //
-// Capacity (one formula for every router, DESIGN.md §3.3-3.4):
+// Capacity (one formula for every router, docs/routing.md):
 //     capacity = ceil(capacity_factor * S * T / E), at least 1,
 // i.e. k multiplies in (GShard, fairseq). Expert choice is balanced by
 // construction and is always planned dropless. capacity_factor <= 0 means dropless (capacity = T, nothing is

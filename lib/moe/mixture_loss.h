@@ -3,7 +3,7 @@
 // Every expert runs on every row; the objective couples gate and experts.
 // reference: Jacobs, Jordan, Nowlan & Hinton, "Adaptive mixtures of local
 // experts", Neural Computation 3(1), 1991 (eqs. 1.1, 1.2 and the
-// log-likelihood of section 2); DESIGN.md §3.1 for the gradients.
+// log-likelihood of section 2); docs/model.md (mixture) for the gradients.
 #ifndef MOE_MIXTURE_LOSS_H
 #define MOE_MIXTURE_LOSS_H
 

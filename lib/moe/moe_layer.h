@@ -17,7 +17,7 @@
 //   router.bias (E) F32           bias balancing
 //   router.hash_table (V) I32     hash routing
 //
-// Random draws (counter-based, DESIGN.md §4), stream = training step:
+// Random draws (counter-based, core/rng.h; docs/model.md), stream = training step:
 //   noise:  purpose NOISE,  index layer * 2^40 + t * E + e
 //   jitter: purpose JITTER, index layer * 2^40 + t * D + d
 //   GShard second expert: purpose DISPATCH, index layer * 2^40 + t

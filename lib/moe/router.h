@@ -9,7 +9,7 @@
 // T = tokens, E = n_expert (routed experts), K = n_expert_used, S = slots per
 // token (K, or E for expert choice).
 //
-// Conventions, one per router (DESIGN.md §3):
+// Conventions, one per router (docs/routing.md):
 //   SOFTMAX      top-K of p = softmax(z); gate = softmax over the K chosen logits,
 //                i.e. the renormalised top-K of p (Mixtral). K = E is the dense
 //                softmax gate. With bias balancing, selection is top-K of p + bias.

@@ -185,6 +185,38 @@ t_help_config() {
 }
 check "moe help config lists model.n_expert" t_help_config
 
+# The documentation's relative links: every link in a Markdown file of the source
+# tree (README.md, docs/, results/, tests/; outside code blocks) names a file that
+# exists, and an anchor into a Markdown file names one of its headings (GitHub's
+# ids: lower case, ASCII letters, digits, spaces as '-', '_' and '-' kept).
+md_anchors() {
+    awk '/^[[:space:]]*```/ { fence = !fence; next } !fence && /^#+ / { sub(/^#+ +/, ""); print }' "$1" |
+        LC_ALL=C tr '[:upper:]' '[:lower:]' | LC_ALL=C sed -E 's/[^a-z0-9 _-]//g; s/ /-/g'
+}
+t_doc_links() {
+    local root f t path anchor target bad=()
+    root=$(cd "$HERE/../.." && pwd)
+    while IFS= read -r f; do
+        while IFS= read -r t; do
+            case $t in *://* | mailto:*) continue ;; esac
+            path=${t%%#*}
+            anchor=
+            [ "$path" = "$t" ] || anchor=${t#*#}
+            target=$f
+            [ -z "$path" ] || target=$(dirname "$f")/$path
+            if [ ! -e "$target" ]; then
+                bad+=("${f#"$root"/}: $t")
+            elif [ -n "$anchor" ] && [ "${target%.md}" != "$target" ] && ! md_anchors "$target" | grep -Fxq -- "$anchor"; then
+                bad+=("${f#"$root"/}: $t (no such heading)")
+            fi
+        done < <(awk '/^[[:space:]]*```/ { fence = !fence; next } !fence' "$f" | grep -oE '\]\([^) ]+\)' | sed 's/^](//; s/)$//')
+    done < <(find "$root" \( -path "$root/.*" -o -path "$root/build*" -o -path "$root/runs" -o -path "$root/out" \
+        -o -path "$root/experiments/*/work" -o -path "$root/experiments/*/data" -o -path "$root/experiments/data/cache" \) \
+        -prune -o -type f -name '*.md' -print)
+    [ ${#bad[@]} -eq 0 ] || fail "Markdown links to missing files or headings: ${bad[*]}"
+}
+check "the Markdown files' relative links name existing files and headings" t_doc_links
+
 t_help_cmds() {
     local c
     for c in train compare-loss; do
