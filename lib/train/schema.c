@@ -50,8 +50,8 @@ static const struct moe_cfg_key data_keys[] = {
     { "data.text.valid_fraction", MOE_CFG_NUM, "0.1", 0, 0.9, NULL, "the last fraction of each file's bytes is the validation split" },
     { "data.text.max_bytes", MOE_CFG_INT, "0", 0, 1e15, NULL, "read only the first N bytes of each file (0 = all)" },
     { "data.text.windows_per_epoch", MOE_CFG_INT, "0", 0, 1e12, NULL, "training windows per epoch, each drawn at a random position (0 = training tokens / model.n_ctx)" },
-    { "data.text.train_eval_windows", MOE_CFG_INT, "1024", 0, 1e12, NULL, "fixed windows, evenly spaced, on which the training split is evaluated (0 = every non-overlapping window)" },
-    { "data.text.valid_eval_windows", MOE_CFG_INT, "0", 0, 1e12, NULL, "the same for the validation split (0 = every non-overlapping window)" },
+    { "data.text.train_eval_windows", MOE_CFG_INT, "1024", 0, 1e12, NULL, "fixed windows, evenly spaced, on which the training split is evaluated (0 = every window at steps of n_ctx tokens; consecutive windows share one token, the last target of one is the first input of the next)" },
+    { "data.text.valid_eval_windows", MOE_CFG_INT, "0", 0, 1e12, NULL, "the same for the validation split (0 = every window at steps of n_ctx tokens; consecutive windows share one token, the last target of one is the first input of the next)" },
 };
 
 static const struct moe_cfg_key run_keys[] = {
