@@ -26,7 +26,7 @@
 # build-fuzz/artifacts/NAME/; replay one with `build-fuzz/fuzz_NAME FILE`.
 #
 # The library sources the parsers need (lib/core and lib/io, less the BLIS
-# wrapper gemm.c and the SLEEF wrapper vmath.c, plus the run schema lib/train/schema.c) are compiled directly
+# wrapper gemm.c and the SLEEF wrapper vmath.c) are compiled directly
 # with clang into build-fuzz/libmoe-fuzz.a and linked with -lcjson -lcsv -lz
 # -lm: no BLIS, no OpenMP. A harness with the line "// fuzz-lib: full" links
 # the whole library instead (every lib/*/*.c, gemm.c and the OpenMP pragmas
@@ -70,7 +70,7 @@ mkdir -p "$out/obj" "$out/run" "$out/artifacts" || exit 1
 
 # ---- build ----
 lib_srcs=()
-for f in lib/core/*.c lib/io/*.c lib/train/schema.c; do
+for f in lib/core/*.c lib/io/*.c; do
     # the BLIS wrapper and the SLEEF wrappers belong to the full library only
     case $f in lib/core/gemm.c | lib/core/vmath.c) continue ;; esac
     lib_srcs+=("$f")

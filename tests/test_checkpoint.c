@@ -252,12 +252,48 @@ START_TEST(test_resume_rejects_foreign)
 END_TEST
 
 // A resume checkpoint whose optimizer moments hold a NaN is refused, naming the tensor and element.
+// Rewrite the checkpoint at path through the writer, with element k of tensor
+// `name` set to v: the file's checksums then match its (bad) contents.
+static void rewrite_with(const char *path, const char *name, size_t k, float v)
+{
+    struct moe_st_file f = { 0 };
+    struct moe_err err;
+    ck_assert_msg(moe_safetensors_open(path, &f, &err) == 0, "%s", err.msg);
+    struct moe_st_ref *refs = calloc(f.n, sizeof *refs);
+    struct moe_st_meta *meta = calloc(f.n_meta, sizeof *meta);
+    float *copy = NULL;
+    size_t n_meta = 0;
+    ck_assert(refs && meta);
+    for (size_t i = 0; i < f.n; i++) {
+        const struct moe_st_entry *e = &f.e[i];
+        refs[i] = (struct moe_st_ref){ .name = e->name, .dtype = e->dtype, .ndim = e->ndim, .data = e->data };
+        memcpy(refs[i].shape, e->shape, sizeof e->shape);
+        if (strcmp(e->name, name) == 0) {
+            ck_assert(e->dtype == MOE_F32 && k < e->numel);
+            copy = malloc(e->numel * sizeof *copy);
+            ck_assert_ptr_nonnull(copy);
+            memcpy(copy, e->data, e->numel * sizeof *copy);
+            copy[k] = v;
+            refs[i].data = copy;
+        }
+    }
+    ck_assert_ptr_nonnull(copy);
+    for (size_t i = 0; i < f.n_meta; i++)
+        if (strcmp(f.meta_key[i], MOE_ST_CRC_KEY) != 0)
+            meta[n_meta++] = (struct moe_st_meta){ f.meta_key[i], f.meta_val[i] };
+    ck_assert_msg(moe_safetensors_write(path, refs, f.n, meta, n_meta, &err) == 0, "%s", err.msg);
+    moe_safetensors_close(&f);
+    free(copy);
+    free(meta);
+    free(refs);
+}
+
 START_TEST(test_resume_rejects_nonfinite_moments)
 {
     char path[64];
     struct outcome o = { 0 };
     stopped_checkpoint(path, sizeof path, "n", MIX_CFG, &o);
-    // write a NaN over element 2 of optim.m, in place in the file
+    // a NaN written over element 2 of optim.m in place: the checksum catches it
     struct moe_st_file f = { 0 };
     struct moe_err err;
     ck_assert(moe_safetensors_open(path, &f, &err) == 0);
@@ -273,6 +309,13 @@ START_TEST(test_resume_rejects_nonfinite_moments)
     ck_assert_int_eq(fseek(fp, at, SEEK_SET), 0);
     ck_assert_uint_eq(fwrite(&nan, sizeof nan, 1, fp), 1);
     fclose(fp);
+    ck_assert_int_eq(moe_safetensors_open(path, &f, &err), MOE_EFORMAT);
+    ck_assert_msg(strstr(err.msg, "tensor 'optim.m' fails its CRC-32 check"), "%s", err.msg);
+    outcome_free(&o);
+    // the same NaN in a file whose checksums agree: the finiteness check names it
+    remove(path);
+    stopped_checkpoint(path, sizeof path, "n", MIX_CFG, &o);
+    rewrite_with(path, "optim.m", 2, NAN);
     struct ctx c2 = { .o = &o, .path = path };
     run(MIX_CFG, NULL, 0, &c2, 1);
     ck_assert_int_eq(o.rc, MOE_EFORMAT);

@@ -261,7 +261,8 @@ START_TEST(test_roundtrip)
     ck_assert_uint_eq(e->numel, 1);
     ck_assert_int_eq(memcmp(e->data, &step_scalar, 8), 0);
 
-    ck_assert_uint_eq(f.n_meta, 3);
+    ck_assert_uint_eq(f.n_meta, 4); // the three given and the checksum table
+    ck_assert_ptr_nonnull(moe_safetensors_meta(&f, MOE_ST_CRC_KEY));
     ck_assert_str_eq(moe_safetensors_meta(&f, "format"), "moe");
     ck_assert_str_eq(moe_safetensors_meta(&f, "step"), "42");
     ck_assert_str_eq(moe_safetensors_meta(&f, "note"), note);
@@ -283,6 +284,69 @@ START_TEST(test_roundtrip)
 }
 END_TEST
 
+// Every written file carries the CRC-32 of each tensor (zlib.crc32; the check
+// value of "123456789" is cbf43926); a changed byte is caught and the tensor
+// named; a malformed table is refused; a file without a table loads.
+START_TEST(test_checksums)
+{
+    const char *path = tpath("crc.safetensors");
+    const uint8_t digits[9] = { '1', '2', '3', '4', '5', '6', '7', '8', '9' };
+    const float w[3] = { 1.0f, -2.0f, 0.5f };
+    struct moe_st_ref refs[2] = {
+        { .name = "digits", .dtype = MOE_U8, .ndim = 1, .shape = { 9 }, .data = digits },
+        { .name = "w", .dtype = MOE_F32, .ndim = 1, .shape = { 3 }, .data = w },
+    };
+    struct moe_err err = { 0 };
+    ck_assert_int_eq(moe_safetensors_write(path, refs, 2, NULL, 0, &err), 0);
+    struct moe_st_file f;
+    open_ok(path, &f);
+    const char *t = moe_safetensors_meta(&f, MOE_ST_CRC_KEY);
+    ck_assert_ptr_nonnull(t);
+    const char *want = "{\"digits\":\"cbf43926\",\"w\":\"";
+    ck_assert_msg(strncmp(t, want, strlen(want)) == 0, "table %s", t);
+    size_t at = (size_t)((const uint8_t *)moe_safetensors_find(&f, "w")->data - f.buf);
+    moe_safetensors_close(&f);
+
+    // one bit of w flipped on disk
+    size_t len;
+    unsigned char *b = read_bytes(path, &len);
+    b[at + 5] ^= 0x10;
+    write_bytes(path, b, len);
+    free(b);
+    expect_open_fail(path, MOE_EFORMAT, "tensor 'w' fails its CRC-32 check (stored ");
+
+    // the writer keeps the key for itself
+    struct moe_st_meta m = { MOE_ST_CRC_KEY, "{}" };
+    ck_assert_int_eq(moe_safetensors_write(path, refs, 2, &m, 1, &err), MOE_EINVAL);
+    ck_assert_msg(strstr(err.msg, "is reserved for the checksums"), "%s", err.msg);
+
+    // malformed tables (write_raw's data bytes are 0, 1, 2, ...: CRC-32 of 00 01 02 03 is 8bb98613)
+    const char *tensor = "\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}";
+    char h[512];
+    snprintf(h, sizeof h, "{\"__metadata__\":{\"tensor_crc32\":\"{\\\"a\\\":\\\"8bb98613\\\"}\"},%s}", tensor);
+    write_raw(path, h, 4);
+    open_ok(path, &f); // the right checksum, written by hand
+    moe_safetensors_close(&f);
+    snprintf(h, sizeof h, "{\"__metadata__\":{\"tensor_crc32\":\"[1]\"},%s}", tensor);
+    expect_raw_fail(h, 4, "'tensor_crc32' is not a json object");
+    snprintf(h, sizeof h, "{\"__metadata__\":{\"tensor_crc32\":\"{\\\"b\\\":\\\"8bb98613\\\"}\"},%s}", tensor);
+    expect_raw_fail(h, 4, "names tensor 'b', which the file does not hold");
+    snprintf(h, sizeof h, "{\"__metadata__\":{\"tensor_crc32\":\"{\\\"a\\\":\\\"8bb9861\\\"}\"},%s}", tensor);
+    expect_raw_fail(h, 4, "the checksum of tensor 'a' is not 8 hex digits");
+    snprintf(h, sizeof h, "{\"__metadata__\":{\"tensor_crc32\":\"{\\\"a\\\":\\\"-bb98613\\\"}\"},%s}", tensor);
+    expect_raw_fail(h, 4, "the checksum of tensor 'a' is not 8 hex digits");
+    snprintf(h, sizeof h, "{\"__metadata__\":{\"tensor_crc32\":\"{}\"},%s}", tensor);
+    expect_raw_fail(h, 4, "tensor 'a' has no checksum in __metadata__ 'tensor_crc32'");
+    snprintf(h, sizeof h, "{\"__metadata__\":{\"tensor_crc32\":\"{\\\"a\\\":\\\"00000000\\\"}\"},%s}", tensor);
+    expect_raw_fail(h, 4, "tensor 'a' fails its CRC-32 check (stored 00000000, computed 8bb98613)");
+    // no table at all (another tool's file): loads
+    snprintf(h, sizeof h, "{%s}", tensor);
+    write_raw(path, h, 4);
+    open_ok(path, &f);
+    moe_safetensors_close(&f);
+}
+END_TEST
+
 START_TEST(test_empty_file)
 {
     const char *path = tpath("empty.safetensors");
@@ -290,14 +354,15 @@ START_TEST(test_empty_file)
     ck_assert_int_eq(moe_safetensors_write(path, NULL, 0, NULL, 0, &err), 0);
     size_t len;
     unsigned char *b = read_bytes(path, &len);
-    ck_assert_uint_eq(len, 16);
-    ck_assert_uint_eq(le64(b), 8);
-    ck_assert_int_eq(memcmp(b + 8, "{}      ", 8), 0);
+    const char *h = "{\"__metadata__\":{\"tensor_crc32\":\"{}\"}}  "; // padded to 40 bytes
+    ck_assert_uint_eq(len, 8 + strlen(h));
+    ck_assert_uint_eq(le64(b), strlen(h));
+    ck_assert_int_eq(memcmp(b + 8, h, strlen(h)), 0);
     free(b);
     struct moe_st_file f;
     open_ok(path, &f);
     ck_assert_uint_eq(f.n, 0);
-    ck_assert_uint_eq(f.n_meta, 0);
+    ck_assert_uint_eq(f.n_meta, 1);
     ck_assert_ptr_null(moe_safetensors_find(&f, "x"));
     moe_safetensors_close(&f);
 
@@ -939,6 +1004,7 @@ static Suite *safetensors_suite(void)
     tcase_add_test(tc, test_load_dtype);
     tcase_add_test(tc, test_write_errors);
     tcase_add_test(tc, test_truncation_sweep);
+    tcase_add_test(tc, test_checksums);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include <cjson/cJSON.h>
+#include <zlib.h>
 
 #include "io/atomic.h"
 
@@ -175,21 +176,59 @@ static int add_uint(cJSON *arr, uint64_t v)
     return 0;
 }
 
-// Build the compact JSON header; sizes[i] is the byte size of refs[i].
+// CRC-32 of n bytes (zlib's crc32: ISO-HDLC / IEEE 802.3, reflected
+// polynomial 0xEDB88320, initial value and final xor 0xFFFFFFFF), the checksum
+// Python's zlib.crc32 and binascii.crc32 compute. Fed in pieces of at most
+// 1 GiB, so that any size_t length is covered.
+static uint32_t crc32_bytes(const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    uLong c = crc32(0L, Z_NULL, 0);
+    while (n) {
+        uInt k = n > (1u << 30) ? (1u << 30) : (uInt)n;
+        c = crc32(c, p, k);
+        p += k;
+        n -= k;
+    }
+    return (uint32_t)c;
+}
+
+// The value of the MOE_ST_CRC_KEY metadata entry: a compact JSON object
+// mapping each tensor's name to the CRC-32 of its bytes, 8 lowercase hex digits.
+static char *crc_table(const struct moe_st_ref *refs, const size_t *sizes, size_t n_refs)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    for (size_t i = 0; i < n_refs; i++) {
+        char hex[9];
+        snprintf(hex, sizeof hex, "%08" PRIx32, sizes[i] ? crc32_bytes(refs[i].data, sizes[i]) : crc32_bytes("", 0));
+        if (!cJSON_AddStringToObject(o, refs[i].name, hex)) {
+            cJSON_Delete(o);
+            return NULL;
+        }
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+// Build the compact JSON header; sizes[i] is the byte size of refs[i]. The
+// metadata gets the checksum table (crcs) as its last entry.
 static char *build_header(const struct moe_st_ref *refs, const size_t *sizes, size_t n_refs,
-                          const struct moe_st_meta *meta, size_t n_meta)
+                          const struct moe_st_meta *meta, size_t n_meta, const char *crcs)
 {
     cJSON *root = cJSON_CreateObject();
     if (!root)
         return NULL;
-    if (n_meta) {
-        cJSON *m = cJSON_AddObjectToObject(root, "__metadata__");
-        if (!m)
+    cJSON *m = cJSON_AddObjectToObject(root, "__metadata__");
+    if (!m)
+        goto fail;
+    for (size_t i = 0; i < n_meta; i++)
+        if (!cJSON_AddStringToObject(m, meta[i].key, meta[i].value))
             goto fail;
-        for (size_t i = 0; i < n_meta; i++)
-            if (!cJSON_AddStringToObject(m, meta[i].key, meta[i].value))
-                goto fail;
-    }
+    if (!cJSON_AddStringToObject(m, MOE_ST_CRC_KEY, crcs))
+        goto fail;
     uint64_t off = 0;
     for (size_t i = 0; i < n_refs; i++) {
         cJSON *o = cJSON_AddObjectToObject(root, refs[i].name);
@@ -226,7 +265,7 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
     size_t n_alloc = (n_refs > n_meta ? n_refs : n_meta) + 1;
     size_t *sizes = calloc(n_refs + 1, sizeof *sizes);
     const char **names = calloc(n_alloc, sizeof *names);
-    char *header = NULL;
+    char *header = NULL, *crcs = NULL;
     int rc = 0;
     if (!sizes || !names) {
         rc = st_fail(err, MOE_ENOMEM, path, "out of memory");
@@ -298,6 +337,10 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
                          safe_str(meta[i].key, nb, sizeof nb));
             goto out;
         }
+        if (strcmp(meta[i].key, MOE_ST_CRC_KEY) == 0) {
+            rc = st_fail(err, MOE_EINVAL, path, "metadata key '" MOE_ST_CRC_KEY "' is reserved for the checksums");
+            goto out;
+        }
         names[i] = meta[i].key;
     }
     dup = first_duplicate(names, n_meta);
@@ -307,7 +350,8 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
         goto out;
     }
 
-    header = build_header(refs, sizes, n_refs, meta, n_meta);
+    crcs = crc_table(refs, sizes, n_refs);
+    header = crcs ? build_header(refs, sizes, n_refs, meta, n_meta, crcs) : NULL;
     if (!header) {
         rc = st_fail(err, MOE_ENOMEM, path, "out of memory building the header");
         goto out;
@@ -342,6 +386,7 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
     rc = moe_atomic_commit(&a, err);
 out:
     cJSON_free(header);
+    cJSON_free(crcs);
     free(names);
     free(sizes);
     return rc;
@@ -709,6 +754,59 @@ out:
     return rc;
 }
 
+// Check every tensor against the checksum table, when the file has one (files
+// written by other tools need not): the table must be a JSON object naming
+// exactly the file's tensors, each with 8 hex digits; a tensor whose bytes do
+// not give its CRC-32 is named.
+static int verify_crcs(const struct moe_st_file *f, const char *path, struct moe_err *err)
+{
+    const char *text = moe_safetensors_meta(f, MOE_ST_CRC_KEY);
+    if (!text)
+        return 0;
+    char nb[SAFE_LEN];
+    int rc = 0;
+    cJSON *o = cJSON_Parse(text);
+    size_t listed = 0;
+    if (!cJSON_IsObject(o)) {
+        rc = st_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "' is not a json object");
+        goto out;
+    }
+    for (const cJSON *c = o->child; c; c = c->next, listed++) {
+        const struct moe_st_entry *e = c->string ? moe_safetensors_find(f, c->string) : NULL;
+        if (!e) {
+            rc = st_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "' names tensor '%s', which the file does not hold",
+                         safe_str(c->string ? c->string : "", nb, sizeof nb));
+            goto out;
+        }
+        const char *v = cJSON_IsString(c) ? c->valuestring : NULL;
+        char *endp = NULL;
+        unsigned long want = v && strlen(v) == 8 && strspn(v, "0123456789abcdefABCDEF") == 8 ? strtoul(v, &endp, 16) : 0;
+        if (!endp || *endp) {
+            rc = st_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "': the checksum of tensor '%s' is not 8 hex digits",
+                         safe_str(e->name, nb, sizeof nb));
+            goto out;
+        }
+        uint32_t got = crc32_bytes(e->data, e->end - e->begin);
+        if (got != (uint32_t)want) {
+            rc = st_fail(err, MOE_EFORMAT, path, "tensor '%s' fails its CRC-32 check (stored %08lx, computed %08" PRIx32 "): the file is damaged, or was changed by a tool that kept the metadata",
+                         safe_str(e->name, nb, sizeof nb), want, got);
+            goto out;
+        }
+    }
+    if (listed != f->n) { // names are unique on both sides, so a count short means a tensor left out
+        for (size_t i = 0; i < f->n; i++)
+            if (!cJSON_GetObjectItemCaseSensitive(o, f->e[i].name)) {
+                rc = st_fail(err, MOE_EFORMAT, path, "tensor '%s' has no checksum in __metadata__ '" MOE_ST_CRC_KEY "'",
+                             safe_str(f->e[i].name, nb, sizeof nb));
+                goto out;
+            }
+        rc = st_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "' lists a tensor twice");
+    }
+out:
+    cJSON_Delete(o);
+    return rc;
+}
+
 int moe_safetensors_open(const char *path, struct moe_st_file *ret, struct moe_err *err)
 {
     if (!ret)
@@ -732,6 +830,8 @@ int moe_safetensors_open(const char *path, struct moe_st_file *ret, struct moe_e
     f.buf = (uint8_t *)buf;
     f.size = size;
     rc = parse_file(&f, path, err);
+    if (!rc)
+        rc = verify_crcs(&f, path, err);
     if (rc) {
         moe_safetensors_close(&f);
         return rc;

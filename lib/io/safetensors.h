@@ -29,8 +29,15 @@ struct moe_st_meta {
     const char *value;
 };
 
+// The metadata key of the checksum table: a JSON object (as a string) mapping
+// every tensor's name to the CRC-32 of its bytes in the file (zlib.crc32), as
+// 8 lowercase hex digits. Written into every file; verified by
+// moe_safetensors_open when present (docs/checkpoint.md).
+#define MOE_ST_CRC_KEY "tensor_crc32"
+
 // Write tensors (in the order given) and metadata to path, atomically
-// (temporary name, fsync, rename). Names must be unique.
+// (temporary name, fsync, rename). Names must be unique; the metadata may not
+// use MOE_ST_CRC_KEY, which the writer adds.
 int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_t n_refs,
                           const struct moe_st_meta *meta, size_t n_meta, struct moe_err *err);
 
@@ -57,7 +64,8 @@ struct moe_st_file {
 // Read and fully validate a file: header length within the file, JSON
 // well formed, every entry has a known dtype, a shape of 0..4 dims whose byte
 // size equals end-begin, offsets inside the data section, no overlaps, no
-// duplicate names, metadata values are strings. On failure nothing is
+// duplicate names, metadata values are strings. When the metadata holds a checksum
+// table, every tensor must be in it and match it. On failure nothing is
 // returned and the message names the file and what is wrong.
 int moe_safetensors_open(const char *path, struct moe_st_file *ret, struct moe_err *err);
 const struct moe_st_entry *moe_safetensors_find(const struct moe_st_file *f, const char *name);

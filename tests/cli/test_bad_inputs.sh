@@ -393,7 +393,13 @@ st_poke() {
     cp "$2" "$1"
     printf '%b' "$5" | dd of="$1" bs=1 seek=$((8 + hl + off + 4 * $4)) conv=notrunc 2>/dev/null
 }
-[ -s moe.st ] && st_poke moe_nan.st moe.st layers.0.moe.experts.w1 3 '\x00\x00\xc0\x7f'
+# st_nocrc OUT IN: IN without its checksum table, as another tool would write it
+st_nocrc() { st_jq "$1" "$2" 'del(.__metadata__.tensor_crc32)'; }
+# a NaN poked into a written checkpoint: its checksum no longer matches (moe_crc.st);
+# without the table, the finiteness check must catch it (moe_nan.st)
+[ -s moe.st ] && st_poke moe_crc.st moe.st layers.0.moe.experts.w1 3 '\x00\x00\xc0\x7f' && st_nocrc moe_nan.st moe_crc.st
+[ -s moe.st ] && st_jq moe_crc_table.st moe.st '.__metadata__.tensor_crc32 |= (fromjson | .["layers.0.moe.experts.w1"] = "xyz" | tojson)'
+[ -s moe.st ] && st_jq moe_crc_missing.st moe.st '.__metadata__.tensor_crc32 |= (fromjson | del(.["layers.0.moe.experts.w2"]) | tojson)'
 # a run directory whose checkpoint is a FIFO
 mkdir -p resume_fifo && cp run/moe/config.json run/moe/metrics.csv resume_fifo/ 2>/dev/null
 [ -p resume_fifo/checkpoint.safetensors ] || mkfifo resume_fifo/checkpoint.safetensors
@@ -441,8 +447,9 @@ if [ -s lm.st ]; then
     # vocab.text whose header reads "moe-vocab 9 ..."
     off=$(st_header lm.st | jq '.["vocab.text"].data_offsets[0]')
     hl=$(od -An -t u8 -N8 lm.st | tr -d ' ')
-    cp lm.st lm_vocab_corrupt.st
-    printf 'moe-vocab 9' | dd of=lm_vocab_corrupt.st bs=1 seek=$((8 + hl + off)) conv=notrunc 2>/dev/null
+    cp lm.st lm_vocab_crc.st
+    printf 'moe-vocab 9' | dd of=lm_vocab_crc.st bs=1 seek=$((8 + hl + off)) conv=notrunc 2>/dev/null
+    st_nocrc lm_vocab_corrupt.st lm_vocab_crc.st
 fi
 
 # ------------------------------------------------------------------ the rows

@@ -13,7 +13,10 @@
 // a failed moe_config_set leaves the config unchanged; parsing with overrides
 // equals parsing without them and applying them one by one with
 // moe_config_set (when every step succeeds).
+// The run schema joins the key tables of lib/model, lib/moe and lib/train, so
+// this harness links the whole library.
 // fuzz-max-len: 4096
+// fuzz-lib: full
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

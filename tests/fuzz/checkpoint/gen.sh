@@ -11,7 +11,9 @@
 # not checkpointed). Broken copies (bad-*) each change one thing and must be
 # refused: a hash-table entry outside [0, E), a NaN bias, train.finished = 2,
 # optim.m reshaped, train.batch_stats read as F32, a vocabulary
-# that does not parse, languages that are not the data's. Needs jq and od.
+# that does not parse, languages that are not the data's, and a weight that no
+# longer matches its CRC-32 (bad-crc; the other poked copies drop the checksum
+# table so that the check behind it is reached). Needs jq and od.
 # train.seconds differs from run to run; everything else is reproducible.
 set -euo pipefail
 export LC_ALL=C
@@ -46,13 +48,21 @@ rewrite() {
         tail -c +"$((9 + n))" "$1"
     } >"$2"
 }
-# poke SRC DST TENSOR INDEX WIDTH HEXBYTES: overwrite element INDEX (WIDTH bytes) of a tensor.
-poke() {
+# poke_crc SRC DST TENSOR INDEX WIDTH HEXBYTES: overwrite element INDEX (WIDTH bytes) of a
+# tensor; the file's checksum table no longer matches.
+poke_crc() {
     local n begin
     n=$(hlen "$1")
     begin=$(header "$1" | jq -r --arg t "$3" '.[$t].data_offsets[0]')
     cp "$1" "$2"
     printf '%b' "$6" | dd of="$2" bs=1 seek="$((8 + n + begin + $4 * $5))" conv=notrunc status=none
+}
+# poke: the same, then without the checksum table (as another tool would write
+# the file), so that the check behind the checksum is the one that refuses it.
+poke() {
+    poke_crc "$@"
+    rewrite "$2" "$2.tmp" 'del(.__metadata__.tensor_crc32)'
+    mv "$2.tmp" "$2"
 }
 
 # I32 7 in a table of 3 experts
@@ -67,4 +77,6 @@ rewrite "$out/mlp-moe-switch.safetensors" "$out/bad-stats-dtype.safetensors" \
     '.["train.batch_stats"].dtype = "F32" | .["train.batch_stats"].shape[0] *= 2'
 poke "$out/lm.safetensors" "$out/bad-vocab.safetensors" vocab.text 0 1 'X'
 rewrite "$out/lm.safetensors" "$out/bad-languages.safetensors" '.__metadata__["data.languages"] = "[\"de\",\"fr\"]"'
+# a changed weight under the file's own checksum table
+poke_crc "$out/mixture.safetensors" "$out/bad-crc.safetensors" experts.w1 1 4 '\x00\x00\x80\x3f'
 echo "gen.sh: wrote $(find "$out" -name '*.safetensors' | wc -l) seeds to $out/"
