@@ -19,7 +19,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 volatile='walk(if type == "object" then with_entries(select(.key | test("seconds|per_second|gflops|^version$|^blis|memory_available|^threads|^wall|^time") | not)) else . end)'
 
-# st_norm FILE: a safetensors file with its timing metadata (train.seconds) blanked
+# st_norm FILE: a safetensors file with its timing metadata (train.seconds) and its
+# checksum table (a function of the tensor bytes, which are compared) removed
 st_norm() {
     python3 -c '
 import json, struct, sys
@@ -27,6 +28,7 @@ d = open(sys.argv[1], "rb").read()
 n = struct.unpack("<Q", d[:8])[0]
 h = json.loads(d[8:8 + n])
 h.get("__metadata__", {}).pop("train.seconds", None)
+h.get("__metadata__", {}).pop("tensor_crc32", None)  # a function of the data, compared below
 sys.stdout.buffer.write(json.dumps(h, sort_keys=True).encode() + d[8 + n:])' "$1"
 }
 

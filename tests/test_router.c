@@ -728,9 +728,10 @@ END_TEST
 START_TEST(test_hash_table_balanced)
 {
     // hand example: order 1(9) 3(9) 5(7) 0(5) 6(3) 2(2) 4(1) 7(0) 8(0); loads after each:
-    // [9,0,0] [9,9,0] [9,9,7] [9,9,12] [12,9,12] [12,11,12] [12,12,12] then 7, 8 -> 0 (ties)
+    // [9,0,0] [9,9,0] [9,9,7] [9,9,12] [12,9,12] [12,11,12] [12,12,12]; the unseen keys
+    // 7, 8 are dealt round-robin: 7 -> 0, 8 -> 1
     const uint64_t freq[9] = { 5, 9, 2, 9, 1, 7, 3, 0, 0 };
-    const int32_t want[9] = { 2, 0, 1, 1, 1, 2, 0, 0, 0 };
+    const int32_t want[9] = { 2, 0, 1, 1, 1, 2, 0, 0, 1 };
     int32_t table[9];
     moe_hash_table_balanced(table, freq, 9, 3);
     ck_assert_mem_eq(table, want, sizeof want);
@@ -738,6 +739,27 @@ START_TEST(test_hash_table_balanced)
     moe_hash_table_balanced(table, freq, 9, 1);
     for (size_t v = 0; v < 9; v++)
         ck_assert_int_eq(table[v], 0);
+
+    // a few seen keys and many unseen ones: the unseen spread evenly (counts differ by at most 1),
+    // where the least-loaded rule would put them all on one expert
+    {
+        enum { VU = 103, EU = 4 };
+        uint64_t fu[VU] = { 0 };
+        fu[10] = 50, fu[20] = 30, fu[30] = 20; // 100 unseen keys: 25 per expert
+        int32_t tu[VU];
+        size_t count[EU] = { 0 };
+        moe_hash_table_balanced(tu, fu, VU, EU);
+        ck_assert_int_eq(tu[10], 0);
+        ck_assert_int_eq(tu[20], 1);
+        ck_assert_int_eq(tu[30], 2);
+        for (size_t v = 0, k = 0; v < VU; v++)
+            if (!fu[v]) {
+                ck_assert_int_eq(tu[v], (int32_t)(k++ % EU));
+                count[tu[v]]++;
+            }
+        for (size_t e = 0; e < EU; e++)
+            ck_assert_msg(count[e] == 25, "expert %zu holds %zu unseen keys", e, count[e]);
+    }
 
     // Zipf-like frequencies on shuffled keys: nearly perfect balance, where a random table is not
     enum { V = 5000, E = 8 };

@@ -534,11 +534,20 @@ void moe_hash_table_balanced(int32_t *table, const uint64_t *freq, size_t V, siz
     struct expert_load heap[HASH_MAX_E];
     for (size_t e = 0; e < E; e++) // loads all 0 in index order: already a heap
         heap[e] = (struct expert_load){ 0, (uint32_t)e };
+    // Keys never seen (frequency 0) come last, in increasing key order; given to
+    // the least-loaded expert they would all land on one, so they are dealt
+    // round-robin instead: the k-th unseen key goes to expert k mod E.
+    uint32_t unseen = 0;
     for (size_t rank = 0; rank < V; rank++) {
         int32_t key = table[rank];
-        uint32_t e = heap[0].e;
-        heap[0].load += freq[key];
-        load_sift_down(heap, E, 0);
+        uint32_t e;
+        if (freq[key] == 0) {
+            e = unseen++ % (uint32_t)E;
+        } else {
+            e = heap[0].e;
+            heap[0].load += freq[key];
+            load_sift_down(heap, E, 0);
+        }
         table[rank] = (int32_t)((uint32_t)key * (uint32_t)E + e);
     }
 

@@ -152,7 +152,8 @@ void moe_router_bias_update(float *bias, const struct moe_route *r, double rate)
 void moe_hash_table_random(int32_t *table, size_t V, size_t E, uint64_t seed);
 // Balanced table (greedy): keys in order of decreasing freq (ties to the lower
 // key), each assigned to the expert with the least total frequency so far
-// (ties to the lower expert index).
+// (ties to the lower expert index). Keys with freq 0 (never seen) are dealt
+// round-robin in increasing key order: the k-th goes to expert k mod E.
 void moe_hash_table_balanced(int32_t *table, const uint64_t *freq, size_t V, size_t E);
 // Key of an input row that has no token id: FNV-1a over the row's float bytes
 // (D values, little-endian as stored), reduced mod V. Depends only on the
