@@ -479,7 +479,7 @@ static int bench_run(const char *cmd, struct cli_common *c, const struct bench_o
     cJSON_AddItemToObject(ref, "sgemm_gflops", fig_json(gf, R));
     cJSON_AddStringToObject(ref, "what", "BLIS sgemm through moe_gemm over the shapes each pass ran, timed right after it");
     free(gf), free(share), free(tps);
-    cli_print_json(out);
+    cli_print_json(cmd, out);
 
 out:
     moe_prof_enabled = 0;

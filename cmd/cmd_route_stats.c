@@ -29,6 +29,14 @@ static const char *const usage =
     "Language models: the split's fixed windows; MI between expert and the input byte class and,\n"
     "over several languages, the language, each beside its random-routing chance level.\n";
 
+// The old cli_path: a path in a fixed buffer, silently cut short. Goes when
+// this file takes cli_path's allocated paths.
+static const char *path_in(char *buf, size_t len, const char *dir, const char *name)
+{
+    snprintf(buf, len, "%s/%s", dir, name);
+    return buf;
+}
+
 enum { OPT_CKPT = OPT_FIRST_CMD, OPT_DATA, OPT_CF, OPT_TRACE };
 #define MAX_CF 32
 
@@ -372,7 +380,7 @@ int cmd_route_stats(int argc, char **argv)
     double eval_cf = model.ops->moe_layer_at(&model, 0)->c.eval_capacity_factor;
 
     // capacity sweep first (each pass overwrites the statistics), then the main pass
-    if (moe_csv_open(&csv[2], cli_path(path, sizeof path, c.out, "capacity.csv"), cap_cols, 5, &err)) {
+    if (moe_csv_open(&csv[2], path_in(path, sizeof path, c.out, "capacity.csv"), cap_cols, 5, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
@@ -440,11 +448,11 @@ int cmd_route_stats(int argc, char **argv)
     json_num(summary, "loss", row.loss);
     json_num(summary, "accuracy", row.accuracy);
     cJSON *layers = cJSON_AddArrayToObject(summary, "layers");
-    if (moe_csv_open(&csv[0], cli_path(path, sizeof path, c.out, "layers.csv"), layer_cols, N_LAYER_COLS, &err) ||
-        moe_csv_open(&csv[4], cli_path(path, sizeof path, c.out, "labels.csv"), label_cols, 5, &err) ||
-        moe_csv_open(&csv[1], cli_path(path, sizeof path, c.out, "experts.csv"), expert_cols, 7, &err) ||
+    if (moe_csv_open(&csv[0], path_in(path, sizeof path, c.out, "layers.csv"), layer_cols, N_LAYER_COLS, &err) ||
+        moe_csv_open(&csv[4], path_in(path, sizeof path, c.out, "labels.csv"), label_cols, 5, &err) ||
+        moe_csv_open(&csv[1], path_in(path, sizeof path, c.out, "experts.csv"), expert_cols, 7, &err) ||
         (model.n_route_slots >= 2 &&
-         moe_csv_open(&csv[3], cli_path(path, sizeof path, c.out, "coselect.csv"), cosel_cols, 4, &err))) {
+         moe_csv_open(&csv[3], path_in(path, sizeof path, c.out, "coselect.csv"), cosel_cols, 4, &err))) {
         cJSON_Delete(caps);
         rc = cli_fail(cmd, &err);
         goto out;
@@ -524,11 +532,11 @@ int cmd_route_stats(int argc, char **argv)
             goto fail;
     if (o.trace && (rc = moe_atomic_commit(&trace, &err)))
         goto fail;
-    if (cli_write_json(cli_path(path, sizeof path, c.out, "summary.json"), summary, &err)) {
+    if (cli_write_json(path_in(path, sizeof path, c.out, "summary.json"), summary, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    cli_print_json(summary);
+    cli_print_json(cmd, summary);
     cli_log(&c, "moe route-stats: %zu %s rows through %zu sparse layer(s); outputs in %s/", d->n, o.split, L, c.out);
     rc = 0;
     goto out;

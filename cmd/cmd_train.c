@@ -45,6 +45,14 @@ static const char *const usage =
     "'layers.*.moe.experts.*@0-1', --freeze '*.experts.*@3'); the other experts'\n"
     "slices stay byte-identical.\n";
 
+// The old cli_path: a path in a fixed buffer, silently cut short. Goes when
+// this file takes cli_path's allocated paths.
+static const char *path_in(char *buf, size_t len, const char *dir, const char *name)
+{
+    snprintf(buf, len, "%s/%s", dir, name);
+    return buf;
+}
+
 enum { OPT_INIT = OPT_FIRST_CMD, OPT_RESUME, OPT_DRY_RUN, OPT_TRAINABLE, OPT_FREEZE };
 
 struct train_ctx {
@@ -240,7 +248,7 @@ static int dry_run(const char *cmd, const struct moe_config *cfg)
         it = next;
     }
     cJSON_Delete(e);
-    cli_print_json(s);
+    cli_print_json(cmd, s);
     cJSON_Delete(s);
     moe_data_release(&data);
     return 0;
@@ -300,7 +308,7 @@ static int write_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct m
     meta[n_meta++] = (struct moe_st_meta){ "train.experts_bytes", eb };
     if (o->data->has_text)
         meta[n_meta++] = (struct moe_st_meta){ "train.languages_bytes", lb };
-    rc = moe_train_checkpoint_write(cli_path(path, sizeof path, o->dir, "checkpoint.safetensors"), o->model, ck,
+    rc = moe_train_checkpoint_write(path_in(path, sizeof path, o->dir, "checkpoint.safetensors"), o->model, ck,
                                     extra, n_extra, meta, n_meta, err);
     free(cfg_json);
     return rc;
@@ -310,7 +318,7 @@ static int write_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct m
 static cJSON *complete_summary(const char *dir)
 {
     char path[4200], *text = NULL;
-    if (moe_read_file(cli_path(path, sizeof path, dir, "summary.json"), &text, NULL, NULL))
+    if (moe_read_file(path_in(path, sizeof path, dir, "summary.json"), &text, NULL, NULL))
         return NULL;
     cJSON *s = cJSON_Parse(text);
     free(text);
@@ -563,7 +571,7 @@ static int moebert_setup(const char *cmd, const struct cli_common *c, const stru
     moe_moebert_split(&mb, seed);
     size_t copied = moe_moebert_convert(&mb, m, teacher);
     static const char *const cols[] = { "layer", "neuron", "importance", "rank", "role", "expert" };
-    rc = moe_csv_open(&csv, cli_path(path, sizeof path, dir, "importance.csv"), cols, 6, &err);
+    rc = moe_csv_open(&csv, path_in(path, sizeof path, dir, "importance.csv"), cols, 6, &err);
     for (size_t k = 0; !rc && k < mb.n; k++) {
         const struct moe_moebert_layer *ly = &mb.layer[k];
         for (size_t j = 0; !rc && j < mb.Fd; j++) {
@@ -603,7 +611,7 @@ static int moebert_setup(const char *cmd, const struct cli_common *c, const stru
     if (!rc) {
         cJSON_AddItemToObject(j, "teacher_test", eval_json(&rt));
         cJSON_AddItemToObject(j, "converted_test", eval_json(&rs));
-        rc = cli_write_json(cli_path(path, sizeof path, dir, "moebert.json"), j, &err);
+        rc = cli_write_json(path_in(path, sizeof path, dir, "moebert.json"), j, &err);
     }
     cJSON_Delete(j);
     return rc ? cli_fail(cmd, &err) : 0;
@@ -812,12 +820,12 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
         summary = complete_summary(out);
         if (summary) { // nothing left to do: say so, and print the run's summary again
             cli_log(&c, "moe %s: the run in %s/ is already complete", cmd, out);
-            cli_print_json(summary);
+            cli_print_json(cmd, summary);
             rc = 0;
             goto out;
         }
         const char *cfg_json;
-        if (moe_safetensors_open(cli_path(path, sizeof path, out, "checkpoint.safetensors"), &resume, &err) ||
+        if (moe_safetensors_open(path_in(path, sizeof path, out, "checkpoint.safetensors"), &resume, &err) ||
             moe_train_pos_read(&resume, &pos, &err) ||
             moe_train_meta_count(&resume, "train.metrics_bytes", &keep_metrics, &err) ||
             moe_train_meta_count(&resume, "train.experts_bytes", &keep_experts, &err) ||
@@ -904,10 +912,10 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     int moebert = moe_cfg_bool(&cfg, "distill.moebert");
     if (!o.resume) {
         // A new run in an old directory: drop what would make it look resumable or complete.
-        remove(cli_path(path, sizeof path, out, "checkpoint.safetensors"));
-        remove(cli_path(path, sizeof path, out, "summary.json"));
-        remove(cli_path(path, sizeof path, out, "importance.csv"));
-        remove(cli_path(path, sizeof path, out, "moebert.json"));
+        remove(path_in(path, sizeof path, out, "checkpoint.safetensors"));
+        remove(path_in(path, sizeof path, out, "summary.json"));
+        remove(path_in(path, sizeof path, out, "importance.csv"));
+        remove(path_in(path, sizeof path, out, "moebert.json"));
         if (moebert) {
             if (!teacher.ops) {
                 rc = cli_error(cmd, 2, "config key 'distill.moebert' needs distill.teacher (--teacher)");
@@ -928,20 +936,20 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
     size_t n_mcols = sizeof metric_cols / sizeof *metric_cols, n_ecols = sizeof expert_cols / sizeof *expert_cols;
     size_t n_lcols = sizeof lang_cols / sizeof *lang_cols;
     char path2[4200], path3[4200];
-    if (!cfg_text || moe_atomic_write(cli_path(path, sizeof path, out, "config.json"), cfg_text, cfg_len, &err) ||
-        (o.resume ? moe_csv_reopen(&outs.metrics, cli_path(path, sizeof path, out, mpath), metric_cols, n_mcols,
+    if (!cfg_text || moe_atomic_write(path_in(path, sizeof path, out, "config.json"), cfg_text, cfg_len, &err) ||
+        (o.resume ? moe_csv_reopen(&outs.metrics, path_in(path, sizeof path, out, mpath), metric_cols, n_mcols,
                                    keep_metrics, &err)
-                  : moe_csv_open(&outs.metrics, cli_path(path, sizeof path, out, mpath), metric_cols, n_mcols, &err)) ||
+                  : moe_csv_open(&outs.metrics, path_in(path, sizeof path, out, mpath), metric_cols, n_mcols, &err)) ||
         (model.n_moe_layers &&
-         (o.resume ? moe_csv_reopen(&outs.experts, cli_path(path2, sizeof path2, out, epath), expert_cols, n_ecols,
+         (o.resume ? moe_csv_reopen(&outs.experts, path_in(path2, sizeof path2, out, epath), expert_cols, n_ecols,
                                     keep_experts, &err)
-                   : moe_csv_open(&outs.experts, cli_path(path2, sizeof path2, out, epath), expert_cols, n_ecols,
+                   : moe_csv_open(&outs.experts, path_in(path2, sizeof path2, out, epath), expert_cols, n_ecols,
                                   &err))) ||
         (data.has_text &&
-         (o.resume ? moe_csv_reopen(&outs.langs, cli_path(path3, sizeof path3, out, lpath), lang_cols, n_lcols,
+         (o.resume ? moe_csv_reopen(&outs.langs, path_in(path3, sizeof path3, out, lpath), lang_cols, n_lcols,
                                     keep_langs, &err)
-                   : moe_csv_open(&outs.langs, cli_path(path3, sizeof path3, out, lpath), lang_cols, n_lcols, &err))) ||
-        (outs.vocab && moe_atomic_write(cli_path(path, sizeof path, out, "vocab.txt"), outs.vocab, outs.vocab_len,
+                   : moe_csv_open(&outs.langs, path_in(path3, sizeof path3, out, lpath), lang_cols, n_lcols, &err))) ||
+        (outs.vocab && moe_atomic_write(path_in(path, sizeof path, out, "vocab.txt"), outs.vocab, outs.vocab_len,
                                         &err))) {
         rc = cfg_text ? cli_fail(cmd, &err) : cli_error(cmd, 1, "out of memory");
         goto out;
@@ -978,12 +986,12 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
         cJSON_AddNumberToObject(summary, "steps", (double)res.steps);
         cJSON_AddStringToObject(summary, "out", out);
         if (!o.lora)
-            cJSON_AddStringToObject(summary, "checkpoint", cli_path(path, sizeof path, out, "checkpoint.safetensors"));
-        if (cli_write_json(cli_path(path, sizeof path, out, "summary.json"), summary, &err)) {
+            cJSON_AddStringToObject(summary, "checkpoint", path_in(path, sizeof path, out, "checkpoint.safetensors"));
+        if (cli_write_json(path_in(path, sizeof path, out, "summary.json"), summary, &err)) {
             rc = cli_fail(cmd, &err);
             goto out;
         }
-        cli_print_json(summary);
+        cli_print_json(cmd, summary);
         if (o.lora)
             rc = cli_error(cmd, 128 + sig, "interrupted by %s at step %llu; a LoRA run cannot be resumed, run it again",
                            sig == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)res.steps);
@@ -1017,10 +1025,10 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
         char *cfg_compact = moe_config_to_json(&cfg, 0);
         size_t n_meta = model_meta(&outs, cfg_compact, meta);
         if (!o.lora || o.merge)
-            rc = moe_model_save(&model, cli_path(path, sizeof path, out, o.lora ? "merged.safetensors" : "model.safetensors"),
+            rc = moe_model_save(&model, path_in(path, sizeof path, out, o.lora ? "merged.safetensors" : "model.safetensors"),
                                 extra, n_extra, meta, n_meta, &err);
         if (!rc && o.lora)
-            rc = write_adapters(cli_path(path, sizeof path, out, "adapters.safetensors"), &model, tune.frozen, &lora, meta,
+            rc = write_adapters(path_in(path, sizeof path, out, "adapters.safetensors"), &model, tune.frozen, &lora, meta,
                                 n_meta, &err);
         free(cfg_compact);
         if (rc) {
@@ -1046,7 +1054,7 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
         if (rc)
             goto out;
         char *mtext = NULL;
-        cJSON *mj = moebert && !moe_read_file(cli_path(path, sizeof path, out, "moebert.json"), &mtext, NULL, NULL)
+        cJSON *mj = moebert && !moe_read_file(path_in(path, sizeof path, out, "moebert.json"), &mtext, NULL, NULL)
                         ? cJSON_Parse(mtext) : NULL;
         free(mtext);
         if (mj)
@@ -1079,11 +1087,11 @@ int cli_train_run(const char *cmd, struct cli_common *cp, const struct cli_train
         cJSON_AddStringToObject(summary, "init", o.init);
     if (o.resume)
         cJSON_AddNumberToObject(summary, "resumed_at_step", (double)pos.steps);
-    if (cli_write_json(cli_path(path, sizeof path, out, "summary.json"), summary, &err)) {
+    if (cli_write_json(path_in(path, sizeof path, out, "summary.json"), summary, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    cli_print_json(summary);
+    cli_print_json(cmd, summary);
     cli_log(&c, "moe %s: done in %.2f s; outputs in %s/ (config.json, metrics.csv, %s, summary.json)", cmd,
             res.wall_seconds, out,
             !o.lora ? "model.safetensors" : o.merge ? "adapters.safetensors, merged.safetensors" : "adapters.safetensors");
