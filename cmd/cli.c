@@ -158,9 +158,14 @@ int cli_parse(int argc, char **argv, const char *cmd, const struct option *opts,
             const char *name = bad;
             while (*name == '-')
                 name++;
-            char stem[128];
-            snprintf(stem, sizeof stem, "%.*s", (int)strcspn(name, "="), name);
-            const char *near = nearest_option(opts, stem);
+            char stem[128]; // far longer than any option name: a longer stem is near none
+            size_t len = strcspn(name, "=");
+            const char *near = NULL;
+            if (len < sizeof stem) {
+                memcpy(stem, name, len);
+                stem[len] = '\0';
+                near = nearest_option(opts, stem);
+            }
             if (near)
                 return cli_error(cmd, 2, "unknown option '%s' (did you mean '--%s'?)", bad, near);
             return cli_error(cmd, 2, "unknown option '%s'", bad);
@@ -201,6 +206,31 @@ int cli_setup_compute(const char *cmd, const struct cli_common *c)
     return 0;
 }
 
+// An option that adds to a list key ("key=items", cli_add_set): the list so far, then its items.
+static int append_items(struct moe_config *cfg, const char *append, struct moe_err *err)
+{
+    const char *items = strchr(append, '=') + 1;
+    char *key = strndup(append, (size_t)(items - 1 - append));
+    if (!key)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    size_t len = strlen(append) + 2, k = moe_cfg_len(cfg, key);
+    for (size_t j = 0; j < k; j++)
+        len += strlen(moe_cfg_str_at(cfg, key, j)) + 1;
+    char *set = malloc(len);
+    if (!set) {
+        free(key);
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    }
+    size_t at = (size_t)snprintf(set, len, "%s=", key);
+    for (size_t j = 0; j < k; j++)
+        at += (size_t)snprintf(set + at, len - at, "%s,", moe_cfg_str_at(cfg, key, j));
+    snprintf(set + at, len - at, "%s", items);
+    int rc = moe_config_set(cfg, set, err);
+    free(set);
+    free(key);
+    return rc;
+}
+
 int cli_load_config(const struct cli_common *c, struct moe_config *ret, struct moe_err *err)
 {
     size_t n = c->n_sets + 1;
@@ -217,24 +247,8 @@ int cli_load_config(const struct cli_common *c, struct moe_config *ret, struct m
     }
     int rc = moe_config_load(ret, moe_run_schema(), moe_run_schema_len(), c->config, over, n, err);
     free(over);
-    // Options that add to a list key: the list so far, then their items.
-    for (size_t i = 0; !rc && i < c->n_appends; i++) {
-        const char *eq = strchr(c->appends[i], '=');
-        char key[128];
-        snprintf(key, sizeof key, "%.*s", (int)(eq - c->appends[i]), c->appends[i]);
-        size_t len = strlen(c->appends[i]) + 2, k = moe_cfg_len(ret, key);
-        for (size_t j = 0; j < k; j++)
-            len += strlen(moe_cfg_str_at(ret, key, j)) + 1;
-        char *set = malloc(len);
-        if (!set)
-            return moe_error(err, MOE_ENOMEM, "out of memory");
-        size_t at = (size_t)snprintf(set, len, "%s=", key);
-        for (size_t j = 0; j < k; j++)
-            at += (size_t)snprintf(set + at, len - at, "%s,", moe_cfg_str_at(ret, key, j));
-        snprintf(set + at, len - at, "%s", eq + 1);
-        rc = moe_config_set(ret, set, err);
-        free(set);
-    }
+    for (size_t i = 0; !rc && i < c->n_appends; i++)
+        rc = append_items(ret, c->appends[i], err);
     return rc;
 }
 
@@ -261,10 +275,16 @@ int cli_mkdir_p(const char *path, struct moe_err *err)
     return 0;
 }
 
-const char *cli_path(char *buf, size_t len, const char *dir, const char *name)
+char *cli_path(const char *dir, const char *name, struct moe_err *err)
 {
-    snprintf(buf, len, "%s/%s", dir, name);
-    return buf;
+    size_t len = strlen(dir) + strlen(name) + 2;
+    char *path = malloc(len);
+    if (!path) {
+        moe_error(err, MOE_ENOMEM, "out of memory");
+        return NULL;
+    }
+    snprintf(path, len, "%s/%s", dir, name);
+    return path;
 }
 
 int cli_write_json(const char *path, const cJSON *obj, struct moe_err *err)
@@ -286,14 +306,24 @@ int cli_write_json(const char *path, const cJSON *obj, struct moe_err *err)
     return rc;
 }
 
-void cli_print_json(const cJSON *obj)
+int cli_write_summary(const char *cmd, const char *dir, const cJSON *summary)
+{
+    struct moe_err err = { 0 };
+    char *path = cli_path(dir, "summary.json", &err);
+    int rc = path ? cli_write_json(path, summary, &err) : MOE_ENOMEM;
+    free(path);
+    return rc ? cli_fail(cmd, &err) : cli_print_json(cmd, summary);
+}
+
+int cli_print_json(const char *cmd, const cJSON *obj)
 {
     char *text = cJSON_PrintUnformatted(obj);
-    if (text) {
-        puts(text);
-        free(text);
-    }
+    if (!text)
+        return cli_error(cmd, 1, "out of memory");
+    puts(text);
+    free(text);
     fflush(stdout);
+    return 0;
 }
 
 cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg)
@@ -338,11 +368,7 @@ void cli_routing_json(cJSON *summary, struct moe_model *m)
         const struct moe_layer *l = m->ops->moe_layer_at(m, i);
         const struct moe_layer_cfg *lc = &l->c;
         double per_expert = (double)lc->F * (double)lc->D * (lc->act == MOE_FFN_SWIGLU ? 3.0 : 2.0);
-        double used = lc->router.type == MOE_ROUTER_EXPERT_CHOICE ? lc->router.ec_factor
-                      : lc->router.type == MOE_ROUTER_HASH          ? 1.0
-                                                                    : (double)lc->router.K;
-        if (used > (double)lc->router.E)
-            used = (double)lc->router.E;
+        double used = moe_router_experts_per_token(&lc->router);
         inactive += ((double)lc->router.E - used) * per_expert;
         cJSON_AddItemToArray(layers, cJSON_CreateString(l->prefix));
     }
@@ -360,7 +386,7 @@ void cli_routing_json(cJSON *summary, struct moe_model *m)
     case MOE_AUX_GSHARD: conv = "aux_weight * E^2 * mean_e f_e P_e, f from the first choice before capacity (balanced: 1)"; break;
     case MOE_AUX_TOPK_ALL: conv = "aux_weight * E * sum_e f_e P_e, f counting all k choices (balanced: k)"; break;
     case MOE_AUX_SHAZEER: conv = "w_importance * CV(importance)^2 + w_load * CV(smooth load)^2, population variance"; break;
-    case MOE_AUX_NONE: conv = c->router.type == MOE_ROUTER_HASH || c->router.type == MOE_ROUTER_EXPERT_CHOICE
+    case MOE_AUX_NONE: conv = !moe_router_info(c->router.type)->balancing_loss
                                   ? "none (this router takes no balancing loss)" : "none"; break;
     }
     cJSON_AddStringToObject(r, "aux_convention", conv);
@@ -369,7 +395,7 @@ void cli_routing_json(cJSON *summary, struct moe_model *m)
     cJSON_AddNumberToObject(r, "w_load", c->w_load);
     cJSON_AddNumberToObject(r, "z_weight", c->z_weight);
     cJSON_AddStringToObject(r, "z_convention", "z_weight * mean_t logsumexp(z_t)^2");
-    cJSON_AddStringToObject(r, "capacity", c->router.type == MOE_ROUTER_EXPERT_CHOICE
+    cJSON_AddStringToObject(r, "capacity", moe_router_info(c->router.type)->quota
                                                ? "expert choice: each expert takes ceil(ec_factor * T / E) tokens"
                                                : "ceil(capacity_factor * k * T / E) per expert per batch; 0 = dropless");
     cJSON_AddNumberToObject(r, "capacity_factor", c->capacity_factor);

@@ -68,12 +68,17 @@ int cli_setup_compute(const char *cmd, const struct cli_common *c);
 int cli_load_config(const struct cli_common *c, struct moe_config *ret, struct moe_err *err);
 // mkdir -p
 int cli_mkdir_p(const char *path, struct moe_err *err);
-// Join dir and name into buf.
-const char *cli_path(char *buf, size_t len, const char *dir, const char *name);
+// "dir/name" in a new string (the caller frees it), or NULL with err filled
+// (out of memory).
+char *cli_path(const char *dir, const char *name, struct moe_err *err);
 // Write a cJSON object (pretty, trailing newline) atomically.
 int cli_write_json(const char *path, const cJSON *obj, struct moe_err *err);
-// Print a cJSON object compactly on stdout (one line).
-void cli_print_json(const cJSON *obj);
+// DIR/summary.json (cli_write_json), then the same on stdout (cli_print_json).
+// Returns 0, or the exit code after printing one line.
+int cli_write_summary(const char *cmd, const char *dir, const cJSON *summary);
+// Print a cJSON object compactly on stdout (one line). Returns 0, or 1 after
+// printing "moe CMD: out of memory".
+int cli_print_json(const char *cmd, const cJSON *obj);
 // Common summary fields: command, version, config hash, seed, blas, threads.
 cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg);
 // Progress/log line on stderr unless quiet.

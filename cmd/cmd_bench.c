@@ -7,6 +7,7 @@
 // figure is the median over --repeats with its min and max; per-phase times come
 // from the library's phase timers (core/prof.h). Not here: correctness (the
 // tests), or training anything to completion.
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,7 @@ static const char *const usage =
     "optim.batch_size x model.n_ctx tokens). Prints one JSON object.\n";
 
 enum { OPT_TOKENS = OPT_FIRST_CMD, OPT_REPEATS, OPT_WARMUP };
+#define MAX_REPEATS 1000
 
 struct bench_opts {
     long long tokens, repeats, warmup;
@@ -47,7 +49,7 @@ static int on_opt(void *ctx, int opt, const char *arg)
     struct bench_opts *o = ctx;
     long long *dst = opt == OPT_TOKENS ? &o->tokens : opt == OPT_REPEATS ? &o->repeats : &o->warmup;
     const char *name = opt == OPT_TOKENS ? "--tokens" : opt == OPT_REPEATS ? "--repeats" : "--warmup";
-    long long lo = opt == OPT_WARMUP ? 0 : 1, hi = opt == OPT_TOKENS ? (1LL << 30) : 1000;
+    long long lo = opt == OPT_WARMUP ? 0 : 1, hi = opt == OPT_TOKENS ? (1LL << 30) : MAX_REPEATS;
     if (cli_parse_ll(arg, lo, hi, dst))
         return cli_error("bench", 2, "option '%s' expects an integer from %lld to %lld, got '%s'", name, lo, hi, arg);
     return 0;
@@ -61,22 +63,18 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-// {median, min, max} of n values
+// {median, min, max} of n values (one per repeat)
 static cJSON *fig_json(const double *v, size_t n)
 {
-    double *s = malloc(n * sizeof *s);
-    cJSON *o = cJSON_CreateObject();
-    if (!s || !o) {
-        free(s);
-        return o;
-    }
+    double s[MAX_REPEATS];
+    assert(n >= 1 && n <= MAX_REPEATS);
     memcpy(s, v, n * sizeof *s);
     qsort(s, n, sizeof *s, cmp_double);
     double med = n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+    cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "median", med);
     cJSON_AddNumberToObject(o, "min", s[0]);
     cJSON_AddNumberToObject(o, "max", s[n - 1]);
-    free(s);
     return o;
 }
 
@@ -305,169 +303,172 @@ struct pass_kind {
     double *fwd;      // layer only: forward seconds
 };
 
-static int bench_run(const char *cmd, struct cli_common *c, const struct bench_opts *bo)
-{
-    struct moe_err err = { 0 };
+enum { PASS_LAYER, PASS_STEP };
+
+// What one bench run holds; bench_release frees it all, whatever step it reached.
+struct bench {
     struct moe_config cfg;
     struct moe_data data;
     struct moe_model model;
-    memset(&data, 0, sizeof data);
-    memset(&model, 0, sizeof model);
-    struct layer_bench lb;
-    memset(&lb, 0, sizeof lb);
+    struct layer_bench lb;  // models with sparse layers
     struct step_bench sb;
-    memset(&sb, 0, sizeof sb);
-    struct pass_kind pk[2];
-    memset(pk, 0, sizeof pk);
-    pk[0].name = "layer";
-    pk[1].name = "step";
-    cJSON *out = NULL;
-    int rc = 0, have_cfg = 0, have_data = 0, have_model = 0, have_layer = 0;
-    size_t R = (size_t)bo->repeats, W = (size_t)bo->warmup;
+    struct pass_kind pk[2]; // PASS_LAYER, PASS_STEP
+    size_t T, R, W;         // tokens, repeats, warm-up passes
+    uint64_t seed;
+};
 
-    if (cli_load_config(c, &cfg, &err))
-        return cli_fail(cmd, &err);
-    have_cfg = 1;
-    if (moe_data_load(&data, &cfg, &err)) {
-        rc = cli_fail(cmd, &err);
-        goto out;
+static void bench_release(struct bench *b)
+{
+    moe_prof_enabled = 0;
+    moe_gemm_record_into(NULL);
+    for (int k = 0; k < 2; k++) {
+        moe_gemm_record_release(&b->pk[k].rec);
+        replay_release(&b->pk[k].ref);
+        figs_release(&b->pk[k].f);
+        free(b->pk[k].fwd);
     }
-    have_data = 1;
-    const struct moe_dataset *tr = &data.train;
+    layer_bench_release(&b->lb);
+    moe_lm_batch_release(&b->sb.lb);
+    moe_stats_release(&b->sb.stats);
+    moe_optim_release(&b->sb.opt);
+    moe_model_release(&b->model);
+    moe_data_release(&b->data);
+    moe_config_release(&b->cfg);
+}
+
+// The config, its training data, the model and its optimizer for the step; the
+// first sparse layer's copy for the layer; the figures' buffers.
+static int bench_setup(const char *cmd, const struct cli_common *c, const struct bench_opts *bo, struct bench *b)
+{
+    struct moe_err err = { 0 };
+    if (cli_load_config(c, &b->cfg, &err) || moe_data_load(&b->data, &b->cfg, &err))
+        return cli_fail(cmd, &err);
+    const struct moe_dataset *tr = &b->data.train;
     int lm = tr->task == MOE_TASK_LM;
     size_t C = lm ? tr->n_ctx : 1;
-    size_t T = bo->tokens > 0 ? (size_t)bo->tokens : (size_t)moe_cfg_int(&cfg, "optim.batch_size") * C;
-    if (T == 0)
-        T = C; // optim.batch_size 0 (full batch): one window or row unless --tokens says otherwise
-    size_t n = (T + C - 1) / C;
-    if (n > tr->n) {
-        rc = cli_error(cmd, 2, "option '--tokens': %zu %s need more than the %zu training %s", T,
-                       lm ? "tokens" : "rows", tr->n, lm ? "windows per epoch" : "rows");
-        goto out;
-    }
-    uint64_t seed = (uint64_t)moe_cfg_int(&cfg, "train.seed");
-    if (moe_model_create(&model, &cfg, NULL, tr->task, tr->n_in, tr->n_out, n, &err)) {
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    have_model = 1;
-    moe_model_init_weights(&model, seed);
+    b->T = bo->tokens > 0 ? (size_t)bo->tokens : (size_t)moe_cfg_int(&b->cfg, "optim.batch_size") * C;
+    if (b->T == 0)
+        b->T = C; // optim.batch_size 0 (full batch): one window or row unless --tokens says otherwise
+    size_t n = (b->T + C - 1) / C;
+    if (n > tr->n)
+        return cli_error(cmd, 2, "option '--tokens': %zu %s need more than the %zu training %s", b->T,
+                         lm ? "tokens" : "rows", tr->n, lm ? "windows per epoch" : "rows");
+    b->seed = (uint64_t)moe_cfg_int(&b->cfg, "train.seed");
+    if (moe_model_create(&b->model, &b->cfg, NULL, tr->task, tr->n_in, tr->n_out, n, &err))
+        return cli_fail(cmd, &err);
+    moe_model_init_weights(&b->model, b->seed);
     struct moe_optim_cfg oc;
-    moe_optim_cfg_parse(&oc, &cfg);
-    sb = (struct step_bench){ .m = &model, .data = &data, .n = n, .tokens = n * C, .seed = seed };
-    if (moe_model_fit(&model, tr, &err) || moe_optim_init(&sb.opt, &oc, model.params.numel, &err) ||
-        moe_train_stats_init(&sb.stats, &model, tr, &err) || (lm && moe_lm_batch_alloc(&sb.lb, n, C, &err))) {
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    if (model.n_moe_layers > 0) {
-        if (layer_bench_init(&lb, &model.moe_layers[0]->c, T, seed, (float)moe_cfg_num(&cfg, "model.init_scale"),
-                             &err)) {
-            rc = cli_fail(cmd, &err);
-            goto out;
-        }
-        have_layer = 1;
-    }
+    moe_optim_cfg_parse(&oc, &b->cfg);
+    b->sb = (struct step_bench){ .m = &b->model, .data = &b->data, .n = n, .tokens = n * C, .seed = b->seed };
+    if (moe_model_fit(&b->model, tr, &err) || moe_optim_init(&b->sb.opt, &oc, b->model.params.numel, &err) ||
+        moe_train_stats_init(&b->sb.stats, &b->model, tr, &err) || (lm && moe_lm_batch_alloc(&b->sb.lb, n, C, &err)))
+        return cli_fail(cmd, &err);
+    if (b->model.n_moe_layers > 0 &&
+        layer_bench_init(&b->lb, &b->model.moe_layers[0]->c, b->T, b->seed,
+                         (float)moe_cfg_num(&b->cfg, "model.init_scale"), &err))
+        return cli_fail(cmd, &err);
     for (int k = 0; k < 2; k++)
-        if (figs_alloc(&pk[k].f, R) || !(pk[k].fwd = calloc(R, sizeof(double)))) {
-            rc = cli_error(cmd, 1, "out of memory");
-            goto out;
-        }
+        if (figs_alloc(&b->pk[k].f, b->R) || !(b->pk[k].fwd = calloc(b->R, sizeof(double))))
+            return cli_error(cmd, 1, "out of memory");
+    return 0;
+}
 
-    cli_log(c, "bench: %zu tokens, %zu repeats, %d threads, BLIS %s", T, R, moe_blas_get_info()->threads,
-            moe_blas_get_info()->arch);
-    moe_prof_enabled = 1;
-    for (int k = have_layer ? 0 : 1; k < 2; k++) {
-        struct pass_kind *p = &pk[k];
-        double fwd;
-        for (size_t w = 0; w < W + 1; w++) { // the first pass records its GEMMs, and is not timed
-            moe_gemm_record_into(w == 0 ? &p->rec : NULL);
-            if (k == 0) {
-                layer_pass(&lb, w, seed, &fwd);
-            } else if (step_pass(&sb, w, &err) < 0) {
-                moe_gemm_record_into(NULL);
-                rc = cli_fail(cmd, &err);
-                goto out;
-            }
-        }
-        moe_gemm_record_into(NULL);
-        if (p->rec.failed || replay_alloc(&p->ref, &p->rec, &err)) {
-            rc = p->rec.failed ? cli_error(cmd, 1, "out of memory recording GEMM shapes") : cli_fail(cmd, &err);
-            goto out;
-        }
-        for (size_t r = 0; r < R; r++) {
-            moe_prof_reset();
-            double t;
-            if (k == 0) {
-                t = layer_pass(&lb, W + 1 + r, seed, &fwd);
-                p->fwd[r] = fwd;
-            } else if ((t = step_pass(&sb, W + 1 + r, &err)) < 0) {
-                rc = cli_fail(cmd, &err);
-                goto out;
-            }
-            double phases[MOE_PHASE_N];
-            memcpy(phases, moe_prof_seconds, sizeof phases);
-            double ref = replay_time(&p->ref, &p->rec);
-            memcpy(moe_prof_seconds, phases, sizeof phases);
-            figs_take(&p->f, r, t, ref);
-        }
+// One pass of kind k (pass number i): its seconds in *ret_seconds and, for a
+// layer pass, the forward's in *ret_fwd; 0, or the exit code after printing why it failed.
+static int bench_pass(const char *cmd, struct bench *b, int k, uint64_t i, double *ret_seconds, double *ret_fwd)
+{
+    struct moe_err err = { 0 };
+    if (k == PASS_LAYER) {
+        *ret_seconds = layer_pass(&b->lb, i, b->seed, ret_fwd);
+        return 0;
     }
-    moe_prof_enabled = 0;
+    *ret_seconds = step_pass(&b->sb, i, &err);
+    return *ret_seconds < 0 ? cli_fail(cmd, &err) : 0;
+}
 
-    out = cli_summary_new(cmd, &cfg);
-    cJSON_AddStringToObject(out, "device", "cpu");
-    cJSON_AddStringToObject(out, "vmath", moe_vmath_isa());
-    cJSON_AddNumberToObject(out, "tokens", (double)T);
-    cJSON_AddNumberToObject(out, "repeats", (double)R);
-    cJSON_AddNumberToObject(out, "warmup", (double)W);
-    double *gf = calloc(R, sizeof *gf), *share = calloc(R, sizeof *share), *tps = calloc(R, sizeof *tps);
-    if (!gf || !share || !tps) {
-        free(gf), free(share), free(tps);
-        rc = cli_error(cmd, 1, "out of memory");
-        goto out;
+// Time pass kind k: W + 1 warm-up passes, the first recording its GEMM shapes,
+// then R repeats, each followed by the sgemm reference over those shapes.
+static int bench_time(const char *cmd, struct bench *b, int k)
+{
+    struct pass_kind *p = &b->pk[k];
+    struct moe_err err = { 0 };
+    double t, fwd;
+    int rc;
+    for (size_t w = 0; w < b->W + 1; w++) {
+        moe_gemm_record_into(w == 0 ? &p->rec : NULL);
+        if ((rc = bench_pass(cmd, b, k, w, &t, &fwd)))
+            return rc;
     }
-    cJSON *ref = cJSON_AddObjectToObject(out, "reference");
-    if (have_layer) {
-        const struct moe_layer_cfg *lc = &lb.l.c;
-        struct pass_kind *p = &pk[0];
-        double flops = moe_gemm_record_flops(&p->rec);
-        cJSON *l = cJSON_AddObjectToObject(out, "layer");
-        cJSON *shape = cJSON_AddObjectToObject(l, "shape");
-        cJSON_AddNumberToObject(shape, "tokens", (double)T);
-        cJSON_AddNumberToObject(shape, "n_embd", (double)lc->D);
-        cJSON_AddNumberToObject(shape, "n_ff", (double)lc->F);
-        cJSON_AddNumberToObject(shape, "n_expert", (double)lc->router.E);
-        cJSON_AddNumberToObject(shape, "n_expert_used", (double)lc->router.K);
-        cJSON_AddStringToObject(shape, "router", moe_cfg_str(&cfg, "moe.router"));
-        cJSON *fw = cJSON_AddObjectToObject(l, "forward");
-        cJSON_AddItemToObject(fw, "seconds", fig_json(p->fwd, R));
-        cJSON *fb = cJSON_AddObjectToObject(l, "forward_backward");
-        cJSON_AddItemToObject(fb, "seconds", fig_json(p->f.seconds, R));
-        cJSON_AddItemToObject(fb, "ratio_to_sgemm", fig_json(p->f.ratio, R));
-        for (size_t r = 0; r < R; r++) {
-            gf[r] = flops / p->f.seconds[r] * 1e-9;
-            share[r] = (p->f.phase[MOE_PHASE_ROUTER][r] + p->f.phase[MOE_PHASE_DISPATCH][r] +
-                        p->f.phase[MOE_PHASE_COMBINE][r] + p->f.phase[MOE_PHASE_AUX][r]) / p->f.seconds[r];
-        }
-        cJSON_AddItemToObject(fb, "gemm_gflops", fig_json(gf, R));
-        cJSON_AddNumberToObject(fb, "gemm_flops", flops);
-        cJSON_AddNumberToObject(fb, "gemm_calls_shapes", (double)p->rec.n);
-        cJSON_AddItemToObject(l, "routing_share", fig_json(share, R));
-        cJSON_AddItemToObject(l, "phases", phases_json(&p->f, R));
-        for (size_t r = 0; r < R; r++)
-            gf[r] = flops / p->f.ref[r] * 1e-9;
-        cJSON_AddItemToObject(ref, "layer_sgemm_gflops", fig_json(gf, R));
-    } else {
-        cJSON_AddNullToObject(out, "layer");
+    moe_gemm_record_into(NULL);
+    if (p->rec.failed)
+        return cli_error(cmd, 1, "out of memory recording GEMM shapes");
+    if (replay_alloc(&p->ref, &p->rec, &err))
+        return cli_fail(cmd, &err);
+    for (size_t r = 0; r < b->R; r++) {
+        moe_prof_reset();
+        if ((rc = bench_pass(cmd, b, k, b->W + 1 + r, &t, &fwd)))
+            return rc;
+        if (k == PASS_LAYER)
+            p->fwd[r] = fwd;
+        double phases[MOE_PHASE_N];
+        memcpy(phases, moe_prof_seconds, sizeof phases);
+        double ref = replay_time(&p->ref, &p->rec);
+        memcpy(moe_prof_seconds, phases, sizeof phases);
+        figs_take(&p->f, r, t, ref);
     }
-    struct pass_kind *p = &pk[1];
+    return 0;
+}
+
+// The report's "layer": its shape, forward and forward + backward times, their
+// GEMM rate, the routing share and the phases; the sgemm reference's rate.
+static cJSON *layer_json(const struct bench *b, double *gf, double *share, cJSON *ref)
+{
+    const struct moe_layer_cfg *lc = &b->lb.l.c;
+    const struct pass_kind *p = &b->pk[PASS_LAYER];
+    size_t R = b->R;
+    double flops = moe_gemm_record_flops(&p->rec);
+    cJSON *l = cJSON_CreateObject();
+    cJSON *shape = cJSON_AddObjectToObject(l, "shape");
+    cJSON_AddNumberToObject(shape, "tokens", (double)b->T);
+    cJSON_AddNumberToObject(shape, "n_embd", (double)lc->D);
+    cJSON_AddNumberToObject(shape, "n_ff", (double)lc->F);
+    cJSON_AddNumberToObject(shape, "n_expert", (double)lc->router.E);
+    cJSON_AddNumberToObject(shape, "n_expert_used", (double)lc->router.K);
+    cJSON_AddStringToObject(shape, "router", moe_cfg_str(&b->cfg, "moe.router"));
+    cJSON *fw = cJSON_AddObjectToObject(l, "forward");
+    cJSON_AddItemToObject(fw, "seconds", fig_json(p->fwd, R));
+    cJSON *fb = cJSON_AddObjectToObject(l, "forward_backward");
+    cJSON_AddItemToObject(fb, "seconds", fig_json(p->f.seconds, R));
+    cJSON_AddItemToObject(fb, "ratio_to_sgemm", fig_json(p->f.ratio, R));
+    for (size_t r = 0; r < R; r++) {
+        gf[r] = flops / p->f.seconds[r] * 1e-9;
+        share[r] = (p->f.phase[MOE_PHASE_ROUTER][r] + p->f.phase[MOE_PHASE_DISPATCH][r] +
+                    p->f.phase[MOE_PHASE_COMBINE][r] + p->f.phase[MOE_PHASE_AUX][r]) / p->f.seconds[r];
+    }
+    cJSON_AddItemToObject(fb, "gemm_gflops", fig_json(gf, R));
+    cJSON_AddNumberToObject(fb, "gemm_flops", flops);
+    cJSON_AddNumberToObject(fb, "gemm_calls_shapes", (double)p->rec.n);
+    cJSON_AddItemToObject(l, "routing_share", fig_json(share, R));
+    cJSON_AddItemToObject(l, "phases", phases_json(&p->f, R));
+    for (size_t r = 0; r < R; r++)
+        gf[r] = flops / p->f.ref[r] * 1e-9;
+    cJSON_AddItemToObject(ref, "layer_sgemm_gflops", fig_json(gf, R));
+    return l;
+}
+
+// The report's "step": its rows and tokens, time, throughput, GEMM rate and
+// phases; the sgemm reference's rate.
+static void step_json(cJSON *out, const struct bench *b, double *gf, double *tps, cJSON *ref)
+{
+    const struct pass_kind *p = &b->pk[PASS_STEP];
+    size_t R = b->R;
     double flops = moe_gemm_record_flops(&p->rec);
     cJSON *st = cJSON_AddObjectToObject(out, "step");
-    cJSON_AddNumberToObject(st, "rows", (double)sb.n);
-    cJSON_AddNumberToObject(st, "tokens", (double)sb.tokens);
+    cJSON_AddNumberToObject(st, "rows", (double)b->sb.n);
+    cJSON_AddNumberToObject(st, "tokens", (double)b->sb.tokens);
     cJSON_AddItemToObject(st, "seconds", fig_json(p->f.seconds, R));
     for (size_t r = 0; r < R; r++) {
-        tps[r] = (double)sb.tokens / p->f.seconds[r];
+        tps[r] = (double)b->sb.tokens / p->f.seconds[r];
         gf[r] = flops / p->f.seconds[r] * 1e-9;
     }
     cJSON_AddItemToObject(st, "tokens_per_second", fig_json(tps, R));
@@ -479,31 +480,55 @@ static int bench_run(const char *cmd, struct cli_common *c, const struct bench_o
     for (size_t r = 0; r < R; r++)
         gf[r] = flops / p->f.ref[r] * 1e-9;
     cJSON_AddItemToObject(ref, "sgemm_gflops", fig_json(gf, R));
+}
+
+// The JSON object on stdout.
+static int bench_report(const char *cmd, const struct bench *b)
+{
+    double *gf = calloc(b->R, sizeof *gf), *share = calloc(b->R, sizeof *share), *tps = calloc(b->R, sizeof *tps);
+    if (!gf || !share || !tps) {
+        free(gf), free(share), free(tps);
+        return cli_error(cmd, 1, "out of memory");
+    }
+    cJSON *out = cli_summary_new(cmd, &b->cfg);
+    cJSON_AddStringToObject(out, "device", "cpu");
+    cJSON_AddStringToObject(out, "vmath", moe_vmath_isa());
+    cJSON_AddNumberToObject(out, "tokens", (double)b->T);
+    cJSON_AddNumberToObject(out, "repeats", (double)b->R);
+    cJSON_AddNumberToObject(out, "warmup", (double)b->W);
+    cJSON *ref = cJSON_AddObjectToObject(out, "reference");
+    if (b->model.n_moe_layers > 0)
+        cJSON_AddItemToObject(out, "layer", layer_json(b, gf, share, ref));
+    else
+        cJSON_AddNullToObject(out, "layer");
+    step_json(out, b, gf, tps, ref);
     cJSON_AddStringToObject(ref, "what", "BLIS sgemm through moe_gemm over the shapes each pass ran, timed right after it");
     free(gf), free(share), free(tps);
-    cli_print_json(out);
-
-out:
-    moe_prof_enabled = 0;
-    moe_gemm_record_into(NULL);
-    for (int k = 0; k < 2; k++) {
-        moe_gemm_record_release(&pk[k].rec);
-        replay_release(&pk[k].ref);
-        figs_release(&pk[k].f);
-        free(pk[k].fwd);
-    }
+    int rc = cli_print_json(cmd, out);
     cJSON_Delete(out);
-    if (have_layer)
-        layer_bench_release(&lb);
-    moe_lm_batch_release(&sb.lb);
-    moe_stats_release(&sb.stats);
-    moe_optim_release(&sb.opt);
-    if (have_model)
-        moe_model_release(&model);
-    if (have_data)
-        moe_data_release(&data);
-    if (have_cfg)
-        moe_config_release(&cfg);
+    return rc;
+}
+
+static int bench_run(const char *cmd, struct cli_common *c, const struct bench_opts *bo)
+{
+    struct bench b;
+    memset(&b, 0, sizeof b);
+    b.pk[PASS_LAYER].name = "layer";
+    b.pk[PASS_STEP].name = "step";
+    b.R = (size_t)bo->repeats;
+    b.W = (size_t)bo->warmup;
+    int rc = bench_setup(cmd, c, bo, &b);
+    if (!rc) {
+        cli_log(c, "bench: %zu tokens, %zu repeats, %d threads, BLIS %s", b.T, b.R, moe_blas_get_info()->threads,
+                moe_blas_get_info()->arch);
+        moe_prof_enabled = 1;
+        for (int k = b.model.n_moe_layers > 0 ? PASS_LAYER : PASS_STEP; !rc && k <= PASS_STEP; k++)
+            rc = bench_time(cmd, &b, k);
+        moe_prof_enabled = 0;
+    }
+    if (!rc)
+        rc = bench_report(cmd, &b);
+    bench_release(&b);
     return rc;
 }
 

@@ -39,6 +39,8 @@ static int parse_losses(struct cl_opts *o, const char *arg)
     free(o->losses_buf);
     o->losses_buf = strdup(arg);
     o->n_systems = 0;
+    if (!o->losses_buf)
+        return cli_error("compare-loss", 1, "out of memory");
     static const char *const known[] = { "cooperative", "competitive", "nll", "nll-cat", "mlp" };
     for (char *save, *tok = strtok_r(o->losses_buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         int ok = 0;
@@ -60,6 +62,18 @@ static int parse_losses(struct cl_opts *o, const char *arg)
     return 0;
 }
 
+// Room for more seeds: 0, or 1 after printing why not.
+static int grow_seeds(struct cl_opts *o, size_t *cap)
+{
+    size_t n = *cap ? 2 * *cap : 32;
+    long long *seeds = realloc(o->seeds, n * sizeof *seeds);
+    if (!seeds)
+        return cli_error("compare-loss", 1, "out of memory");
+    o->seeds = seeds;
+    *cap = n;
+    return 0;
+}
+
 // "1-25", "3", "1,2,7", "1-3,10"
 static int parse_seeds(struct cl_opts *o, const char *arg)
 {
@@ -69,7 +83,9 @@ static int parse_seeds(struct cl_opts *o, const char *arg)
     o->n_seeds = 0;
     size_t cap = 0;
     int rc = 0;
-    for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    if (!buf)
+        return cli_error("compare-loss", 1, "out of memory");
+    for (char *save, *tok = strtok_r(buf, ",", &save); tok && !rc; tok = strtok_r(NULL, ",", &save)) {
         long long lo, hi;
         char *dash = strchr(tok + 1, '-');
         if (dash)
@@ -81,12 +97,11 @@ static int parse_seeds(struct cl_opts *o, const char *arg)
                            arg);
             break;
         }
-        for (long long s = lo; s <= hi; s++) {
-            if (o->n_seeds == cap) {
-                cap = cap ? 2 * cap : 32;
-                o->seeds = realloc(o->seeds, cap * sizeof *o->seeds);
-            }
-            o->seeds[o->n_seeds++] = s;
+        for (long long s = lo; s <= hi && !rc; s++) {
+            if (o->n_seeds == cap)
+                rc = grow_seeds(o, &cap);
+            if (!rc)
+                o->seeds[o->n_seeds++] = s;
         }
     }
     if (!rc && o->n_seeds == 0)
@@ -184,6 +199,176 @@ static void json_num(cJSON *o, const char *k, double v)
         cJSON_AddNumberToObject(o, k, v);
 }
 
+// What the runs of one system add up to.
+struct tally {
+    struct acc acc[N_ACC];
+    size_t reached, diverged, params;
+};
+
+static void tally_run(struct tally *t, const struct moe_model *m, const struct moe_train_result *res)
+{
+    t->params = moe_params_count(&m->params);
+    if (res->criterion_epoch >= 0) {
+        t->reached++;
+        acc_add(&t->acc[A_EPOCHS], (double)res->criterion_epoch);
+    }
+    acc_add(&t->acc[A_TRAIN_ACC], res->final_train.accuracy);
+    acc_add(&t->acc[A_TEST_ACC], res->final_test.accuracy);
+    acc_add(&t->acc[A_TRAIN_MSE], res->final_train.mse);
+    acc_add(&t->acc[A_TEST_MSE], res->final_test.mse);
+    acc_add(&t->acc[A_ACTIVE], res->final_train.active_experts);
+    acc_add(&t->acc[A_ENTROPY], res->final_train.gate_entropy);
+}
+
+// One run of the sweep: system sys (a loss, or mlp) with seed, its curve into
+// curves.csv and its result into t. A run that diverges is counted and the
+// sweep goes on. first: the system's first seed, whose memory is checked (every
+// seed of a system has the same sizes), before generating synthetic data when
+// the config gives its shape. 0, or the exit code after printing one line.
+static int sweep_run(const char *cmd, const struct cli_common *c, const struct moe_config *base, const char *sys,
+                     long long seed, int first, struct moe_csv *curves, struct tally *t)
+{
+    struct moe_err err = { 0 };
+    struct moe_config cfg = { 0 };
+    struct moe_data data;
+    struct moe_model model;
+    memset(&data, 0, sizeof data);
+    memset(&model, 0, sizeof model);
+    int is_mlp = strcmp(sys, "mlp") == 0, checked = !first, refused = 0;
+    char set_model[64], set_seed[64];
+    snprintf(set_model, sizeof set_model, "model.type=%s", is_mlp ? "mlp" : "mixture");
+    snprintf(set_seed, sizeof set_seed, "train.seed=%lld", seed);
+    const char *loss = is_mlp ? NULL : sys;
+    int r = moe_config_copy(&cfg, base, &err);
+    if (!r)
+        r = moe_config_set(&cfg, set_model, &err);
+    if (!r)
+        r = moe_config_set(&cfg, set_seed, &err);
+    if (!r && is_mlp)
+        loss = moe_cfg_str(&cfg, "loss.baseline");
+    if (!r && !checked)
+        refused = cli_check_run(cmd, &cfg, NULL, cl_batch, NULL, 1, NULL, &checked);
+    if (!r && !refused)
+        r = moe_data_load(&data, &cfg, &err);
+    if (!r && !refused && !checked)
+        refused = cli_check_run(cmd, &cfg, &data, cl_batch, NULL, 1, NULL, &checked);
+    if (!r && !refused)
+        r = moe_model_create(&model, &cfg, loss, data.train.task, data.train.n_in, data.train.n_out,
+                             cl_batch(&cfg, data.train.n, data.test.n, NULL), &err);
+    struct moe_train_result res;
+    struct curve_ctx cc = { .csv = curves, .system = sys, .seed = seed };
+    if (!r && !refused) {
+        moe_model_init_weights(&model, (uint64_t)seed);
+        r = moe_train(&model, &data, &cfg, write_curve, &cc, &res, &err);
+    }
+    if (!r && !refused) {
+        tally_run(t, &model, &res);
+        int cls = data.train.task == MOE_TASK_CLASSIFICATION;
+        cli_log(c, "compare-loss: %s seed %lld: %s epoch %lld, train %s %.4g, test %s %.4g", sys, seed,
+                res.criterion_epoch >= 0 ? "criterion at" : "no criterion by",
+                (long long)(res.criterion_epoch >= 0 ? res.criterion_epoch : (int64_t)res.epochs),
+                cls ? "accuracy" : "mse", cls ? res.final_train.accuracy : res.final_train.mse,
+                cls ? "accuracy" : "mse", cls ? res.final_test.accuracy : res.final_test.mse);
+    }
+    moe_model_release(&model);
+    moe_data_release(&data);
+    moe_config_release(&cfg);
+    if (refused)
+        return refused;
+    if (r == MOE_ENUMERIC) {
+        // A diverged run is a result of the sweep, not a failure of the command.
+        t->diverged++;
+        cli_log(c, "compare-loss: %s seed %lld diverged: %s", sys, seed, err.msg);
+        return 0;
+    }
+    if (r) {
+        moe_error_prefix(&err, "system '%s', seed %lld: ", sys, seed);
+        return cli_fail(cmd, &err);
+    }
+    return 0;
+}
+
+// summary.json's head: the seeds (in place of the one seed), the criterion,
+// and the systems array that write_table fills.
+static cJSON *summary_start(const char *cmd, const struct moe_config *base, const struct cl_opts *o)
+{
+    cJSON *s = cli_summary_new(cmd, base);
+    cJSON_DeleteItemFromObject(s, "seed");
+    cJSON *seeds = cJSON_AddArrayToObject(s, "seeds");
+    for (size_t k = 0; k < o->n_seeds; k++)
+        cJSON_AddItemToArray(seeds, cJSON_CreateNumber((double)o->seeds[k]));
+    cJSON *crit = cJSON_AddObjectToObject(s, "criterion");
+    cJSON_AddStringToObject(crit, "metric", moe_cfg_str(base, "train.criterion"));
+    cJSON_AddNumberToObject(crit, "value", moe_cfg_num(base, "train.criterion_value"));
+    cJSON_AddNumberToObject(crit, "max_epochs", (double)moe_cfg_int(base, "train.epochs"));
+    cJSON_AddArrayToObject(s, "systems");
+    return s;
+}
+
+static const char *const table_cols[] = { "system", "parameters", "runs", "reached", "diverged", "epochs_mean",
+                                          "epochs_sd", "train_accuracy_mean", "train_accuracy_sd",
+                                          "test_accuracy_mean", "test_accuracy_sd", "train_mse_mean", "test_mse_mean",
+                                          "active_experts_mean", "active_experts_sd", "gate_entropy_mean" };
+
+// A system's row of table.csv (the row is not ended).
+static void table_row(struct moe_csv *csv, const char *sys, size_t runs, const struct tally *t)
+{
+    const struct acc *a = t->acc;
+    moe_csv_str(csv, sys);
+    moe_csv_int(csv, (long long)t->params);
+    moe_csv_int(csv, (long long)runs);
+    moe_csv_int(csv, (long long)t->reached);
+    moe_csv_int(csv, (long long)t->diverged);
+    double row[] = { acc_mean(&a[A_EPOCHS]), acc_sd(&a[A_EPOCHS]), acc_mean(&a[A_TRAIN_ACC]),
+                     acc_sd(&a[A_TRAIN_ACC]), acc_mean(&a[A_TEST_ACC]), acc_sd(&a[A_TEST_ACC]),
+                     acc_mean(&a[A_TRAIN_MSE]), acc_mean(&a[A_TEST_MSE]), acc_mean(&a[A_ACTIVE]),
+                     acc_sd(&a[A_ACTIVE]), acc_mean(&a[A_ENTROPY]) };
+    for (size_t i = 0; i < sizeof row / sizeof *row; i++)
+        moe_csv_num(csv, row[i]);
+}
+
+// A system in summary.systems: the counts, and the mean and SD of every figure.
+static cJSON *system_json(const char *sys, size_t runs, const struct tally *t)
+{
+    cJSON *sj = cJSON_CreateObject();
+    cJSON_AddStringToObject(sj, "system", sys);
+    cJSON_AddNumberToObject(sj, "parameters", (double)t->params);
+    cJSON_AddNumberToObject(sj, "runs", (double)runs);
+    cJSON_AddNumberToObject(sj, "reached", (double)t->reached);
+    cJSON_AddNumberToObject(sj, "diverged", (double)t->diverged);
+    for (int i = 0; i < N_ACC; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s_mean", acc_names[i]);
+        json_num(sj, key, acc_mean(&t->acc[i]));
+        snprintf(key, sizeof key, "%s_sd", acc_names[i]);
+        json_num(sj, key, acc_sd(&t->acc[i]));
+    }
+    return sj;
+}
+
+// DIR/table.csv and summary.systems: one row, one object per system.
+static int write_table(const char *cmd, const char *dir, const struct cl_opts *o, const struct tally *t,
+                       cJSON *summary)
+{
+    struct moe_err err = { 0 };
+    struct moe_csv table;
+    memset(&table, 0, sizeof table);
+    cJSON *systems = cJSON_GetObjectItemCaseSensitive(summary, "systems");
+    char *path = cli_path(dir, "table.csv", &err);
+    int rc = path ? moe_csv_open(&table, path, table_cols, sizeof table_cols / sizeof *table_cols, &err)
+                  : MOE_ENOMEM;
+    for (size_t si = 0; !rc && si < o->n_systems; si++) {
+        table_row(&table, o->systems[si], o->n_seeds, &t[si]);
+        if (!(rc = moe_csv_end_row(&table, &err)))
+            cJSON_AddItemToArray(systems, system_json(o->systems[si], o->n_seeds, &t[si]));
+    }
+    if (!rc)
+        rc = moe_csv_close(&table, &err);
+    moe_csv_abort(&table);
+    free(path);
+    return rc ? cli_fail(cmd, &err) : 0;
+}
+
 int cmd_compare_loss(int argc, char **argv)
 {
     static const struct option opts[] = { CLI_COMMON_OPTIONS,
@@ -197,11 +382,12 @@ int cmd_compare_loss(int argc, char **argv)
     cli_common_init(&c);
     struct moe_err err = { 0 };
     struct moe_config base = { 0 };
-    struct moe_csv curves, table;
+    struct moe_csv curves;
     memset(&curves, 0, sizeof curves);
-    memset(&table, 0, sizeof table);
+    struct tally tally[MAX_SYSTEMS];
+    memset(tally, 0, sizeof tally);
     cJSON *summary = NULL;
-    char path[4200];
+    char *path = NULL;
     int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
     if (rc == -1) {
         fputs(usage, stdout);
@@ -220,172 +406,30 @@ int cmd_compare_loss(int argc, char **argv)
     }
     if ((rc = cli_setup_compute(cmd, &c)))
         goto out;
-    if (cli_load_config(&c, &base, &err) || cli_mkdir_p(c.out, &err) ||
-        moe_csv_open(&curves, cli_path(path, sizeof path, c.out, "curves.csv"), curve_cols,
-                     sizeof curve_cols / sizeof *curve_cols, &err)) {
+    if (cli_load_config(&c, &base, &err) || cli_mkdir_p(c.out, &err) || !(path = cli_path(c.out, "curves.csv", &err)) ||
+        moe_csv_open(&curves, path, curve_cols, sizeof curve_cols / sizeof *curve_cols, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    const char *crit = moe_cfg_str(&base, "train.criterion");
-    summary = cli_summary_new(cmd, &base);
-    cJSON_DeleteItemFromObject(summary, "seed");
-    cJSON_AddItemToObject(summary, "seeds", cJSON_CreateArray());
-    for (size_t s = 0; s < o.n_seeds; s++)
-        cJSON_AddItemToArray(cJSON_GetObjectItem(summary, "seeds"), cJSON_CreateNumber((double)o.seeds[s]));
-    cJSON *crit_j = cJSON_AddObjectToObject(summary, "criterion");
-    cJSON_AddStringToObject(crit_j, "metric", crit);
-    cJSON_AddNumberToObject(crit_j, "value", moe_cfg_num(&base, "train.criterion_value"));
-    cJSON_AddNumberToObject(crit_j, "max_epochs", (double)moe_cfg_int(&base, "train.epochs"));
-    cJSON *systems = cJSON_AddArrayToObject(summary, "systems");
-    struct acc accs[MAX_SYSTEMS][N_ACC];
-    size_t reached[MAX_SYSTEMS], diverged[MAX_SYSTEMS], params[MAX_SYSTEMS];
-    memset(accs, 0, sizeof accs);
-    memset(reached, 0, sizeof reached);
-    memset(diverged, 0, sizeof diverged);
-    memset(params, 0, sizeof params);
-
-    for (size_t si = 0; si < o.n_systems; si++) {
-        const char *sys = o.systems[si];
-        int is_mlp = strcmp(sys, "mlp") == 0;
-        for (size_t k = 0; k < o.n_seeds; k++) {
-            struct moe_config cfg = { 0 };
-            struct moe_data data;
-            struct moe_model model;
-            memset(&data, 0, sizeof data);
-            memset(&model, 0, sizeof model);
-            char set_model[64], set_seed[64];
-            snprintf(set_model, sizeof set_model, "model.type=%s", is_mlp ? "mlp" : "mixture");
-            snprintf(set_seed, sizeof set_seed, "train.seed=%lld", o.seeds[k]);
-            const char *loss = is_mlp ? NULL : sys;
-            int r = moe_config_copy(&cfg, &base, &err);
-            if (!r)
-                r = moe_config_set(&cfg, set_model, &err);
-            if (!r)
-                r = moe_config_set(&cfg, set_seed, &err);
-            if (!r && is_mlp)
-                loss = moe_cfg_str(&cfg, "loss.baseline");
-            // Every seed of a system has the same sizes: check the first one's
-            // memory, before generating synthetic data when the config gives its shape.
-            int checked = k > 0, refused = 0;
-            if (!r && !checked)
-                refused = cli_check_run(cmd, &cfg, NULL, cl_batch, NULL, 1, NULL, &checked);
-            if (!r && !refused)
-                r = moe_data_load(&data, &cfg, &err);
-            if (!r && !refused && !checked)
-                refused = cli_check_run(cmd, &cfg, &data, cl_batch, NULL, 1, NULL, &checked);
-            if (refused) {
-                moe_data_release(&data);
-                moe_config_release(&cfg);
-                moe_csv_abort(&curves);
-                rc = refused;
+    summary = summary_start(cmd, &base, &o);
+    for (size_t si = 0; si < o.n_systems; si++)
+        for (size_t k = 0; k < o.n_seeds; k++)
+            if ((rc = sweep_run(cmd, &c, &base, o.systems[si], o.seeds[k], k == 0, &curves, &tally[si])))
                 goto out;
-            }
-            if (!r)
-                r = moe_model_create(&model, &cfg, loss, data.train.task, data.train.n_in, data.train.n_out,
-                                     cl_batch(&cfg, data.train.n, data.test.n, NULL), &err);
-            struct moe_train_result res;
-            struct curve_ctx cc = { .csv = &curves, .system = sys, .seed = o.seeds[k] };
-            if (!r) {
-                moe_model_init_weights(&model, (uint64_t)o.seeds[k]);
-                r = moe_train(&model, &data, &cfg, write_curve, &cc, &res, &err);
-            }
-            if (!r) {
-                params[si] = moe_params_count(&model.params);
-                if (res.criterion_epoch >= 0) {
-                    reached[si]++;
-                    acc_add(&accs[si][A_EPOCHS], (double)res.criterion_epoch);
-                }
-                acc_add(&accs[si][A_TRAIN_ACC], res.final_train.accuracy);
-                acc_add(&accs[si][A_TEST_ACC], res.final_test.accuracy);
-                acc_add(&accs[si][A_TRAIN_MSE], res.final_train.mse);
-                acc_add(&accs[si][A_TEST_MSE], res.final_test.mse);
-                acc_add(&accs[si][A_ACTIVE], res.final_train.active_experts);
-                acc_add(&accs[si][A_ENTROPY], res.final_train.gate_entropy);
-                int cls = data.train.task == MOE_TASK_CLASSIFICATION;
-                cli_log(&c, "compare-loss: %s seed %lld: %s epoch %lld, train %s %.4g, test %s %.4g", sys,
-                        o.seeds[k], res.criterion_epoch >= 0 ? "criterion at" : "no criterion by",
-                        (long long)(res.criterion_epoch >= 0 ? res.criterion_epoch : (int64_t)res.epochs),
-                        cls ? "accuracy" : "mse", cls ? res.final_train.accuracy : res.final_train.mse,
-                        cls ? "accuracy" : "mse", cls ? res.final_test.accuracy : res.final_test.mse);
-            }
-            moe_model_release(&model);
-            moe_data_release(&data);
-            moe_config_release(&cfg);
-            if (r == MOE_ENUMERIC) {
-                // A diverged run is a result of the sweep, not a failure of the command.
-                diverged[si]++;
-                cli_log(&c, "compare-loss: %s seed %lld diverged: %s", sys, o.seeds[k], err.msg);
-                continue;
-            }
-            if (r) {
-                moe_error_prefix(&err, "system '%s', seed %lld: ", sys, o.seeds[k]);
-                moe_csv_abort(&curves);
-                rc = cli_fail(cmd, &err);
-                goto out;
-            }
-        }
-    }
     if (moe_csv_close(&curves, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-
-    static const char *const table_cols[] = { "system", "parameters", "runs", "reached", "diverged", "epochs_mean", "epochs_sd",
-                                              "train_accuracy_mean", "train_accuracy_sd", "test_accuracy_mean",
-                                              "test_accuracy_sd", "train_mse_mean", "test_mse_mean",
-                                              "active_experts_mean", "active_experts_sd", "gate_entropy_mean" };
-    if (moe_csv_open(&table, cli_path(path, sizeof path, c.out, "table.csv"), table_cols,
-                     sizeof table_cols / sizeof *table_cols, &err)) {
-        rc = cli_fail(cmd, &err);
+    if ((rc = write_table(cmd, c.out, &o, tally, summary)))
         goto out;
-    }
-    for (size_t si = 0; si < o.n_systems; si++) {
-        struct acc *a = accs[si];
-        moe_csv_str(&table, o.systems[si]);
-        moe_csv_int(&table, (long long)params[si]);
-        moe_csv_int(&table, (long long)o.n_seeds);
-        moe_csv_int(&table, (long long)reached[si]);
-        moe_csv_int(&table, (long long)diverged[si]);
-        double row[] = { acc_mean(&a[A_EPOCHS]), acc_sd(&a[A_EPOCHS]), acc_mean(&a[A_TRAIN_ACC]),
-                         acc_sd(&a[A_TRAIN_ACC]), acc_mean(&a[A_TEST_ACC]), acc_sd(&a[A_TEST_ACC]),
-                         acc_mean(&a[A_TRAIN_MSE]), acc_mean(&a[A_TEST_MSE]), acc_mean(&a[A_ACTIVE]),
-                         acc_sd(&a[A_ACTIVE]), acc_mean(&a[A_ENTROPY]) };
-        for (size_t i = 0; i < sizeof row / sizeof *row; i++)
-            moe_csv_num(&table, row[i]);
-        if (moe_csv_end_row(&table, &err)) {
-            moe_csv_abort(&table);
-            rc = cli_fail(cmd, &err);
-            goto out;
-        }
-        cJSON *sj = cJSON_CreateObject();
-        cJSON_AddStringToObject(sj, "system", o.systems[si]);
-        cJSON_AddNumberToObject(sj, "parameters", (double)params[si]);
-        cJSON_AddNumberToObject(sj, "runs", (double)o.n_seeds);
-        cJSON_AddNumberToObject(sj, "reached", (double)reached[si]);
-        cJSON_AddNumberToObject(sj, "diverged", (double)diverged[si]);
-        for (int i = 0; i < N_ACC; i++) {
-            char key[64];
-            snprintf(key, sizeof key, "%s_mean", acc_names[i]);
-            json_num(sj, key, acc_mean(&a[i]));
-            snprintf(key, sizeof key, "%s_sd", acc_names[i]);
-            json_num(sj, key, acc_sd(&a[i]));
-        }
-        cJSON_AddItemToArray(systems, sj);
-    }
-    if (moe_csv_close(&table, &err)) {
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
     cJSON_AddStringToObject(summary, "sd", "sample standard deviation (n - 1) over runs; epochs over runs that reached the criterion");
     cJSON_AddStringToObject(summary, "out", c.out);
-    if (cli_write_json(cli_path(path, sizeof path, c.out, "summary.json"), summary, &err)) {
-        rc = cli_fail(cmd, &err);
+    if ((rc = cli_write_summary(cmd, c.out, summary)))
         goto out;
-    }
-    cli_print_json(summary);
     cli_log(&c, "compare-loss: outputs in %s/ (curves.csv, table.csv, summary.json)", c.out);
-    rc = 0;
 out:
+    free(path);
+    moe_csv_abort(&curves);
     cJSON_Delete(summary);
     free(o.losses_buf);
     free(o.seeds);

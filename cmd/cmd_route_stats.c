@@ -209,25 +209,40 @@ static int route_pass(struct moe_model *m, const struct moe_dataset *d, size_t c
     return rc;
 }
 
-// Mutual information of a layer's expert-label table and its chance level
-// (route_stats.h moe_mi_bits_null: the same loads, labels permuted; 5 draws).
-// part -1: the whole label; 0, 1: the byte class or the language of a language model.
-static void label_mi(const struct moe_route_acc *a, int part, uint64_t seed, double *ret_mi, double *ret_null)
+// A layer's expert-label table (E x W, first choices before capacity): part -1
+// the whole label; 0, 1: the byte class or the language of a language model.
+// NULL when out of memory.
+static uint64_t *label_table(const struct moe_route_acc *a, int part, size_t *ret_W)
 {
-    *ret_mi = *ret_null = NAN;
-    if (!a->label || (part >= 0 && !a->G2))
-        return;
     size_t W = part < 0 ? a->G : part == 0 ? a->G / a->G2 : a->G2;
     uint64_t *t = malloc(a->E * W * sizeof *t);
     if (!t)
-        return;
+        return NULL;
     if (part < 0)
         memcpy(t, a->label, a->E * W * sizeof *t);
     else
         moe_contingency_part(a->label, a->E, a->G, a->G2, part, t);
+    *ret_W = W;
+    return t;
+}
+
+// Mutual information of a layer's expert-label table and its chance level
+// (route_stats.h moe_mi_bits_null: the same loads, labels permuted; 5 draws);
+// NaN without labels.
+static int label_mi(const struct moe_route_acc *a, int part, uint64_t seed, double *ret_mi, double *ret_null,
+                    struct moe_err *err)
+{
+    *ret_mi = *ret_null = NAN;
+    if (!a->label || (part >= 0 && !a->G2))
+        return 0;
+    size_t W;
+    uint64_t *t = label_table(a, part, &W);
+    if (!t)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
     *ret_mi = moe_mi_bits(t, a->E, W);
     *ret_null = moe_mi_bits_null(t, a->E, W, seed, 5);
     free(t);
+    return 0;
 }
 
 static const char *const layer_cols[] = { "layer", "tokens", "load_cv", "importance_cv", "load_max_mean",
@@ -250,14 +265,10 @@ static int label_rows(struct moe_csv *csv, const struct moe_route_acc *a, uint32
         return 0;
     int lm = d->task == MOE_TASK_LM;
     for (int part = lm ? 0 : -1; part <= (lm && a->G2 > 1 ? 1 : lm ? 0 : -1); part++) {
-        size_t W = part < 0 ? a->G : part == 0 ? a->G / a->G2 : a->G2;
-        uint64_t *t = malloc(a->E * W * sizeof *t);
+        size_t W;
+        uint64_t *t = label_table(a, part, &W);
         if (!t)
             return moe_error(err, MOE_ENOMEM, "out of memory");
-        if (part < 0)
-            memcpy(t, a->label, a->E * W * sizeof *t);
-        else
-            moe_contingency_part(a->label, a->E, a->G, a->G2, part, t);
         const char *kind = part == 0 ? "byte_class" : part == 1 ? "language"
                            : d->task == MOE_TASK_CLASSIFICATION ? "class" : "region";
         int rc = 0;
@@ -287,6 +298,290 @@ static int label_rows(struct moe_csv *csv, const struct moe_route_acc *a, uint32
     return 0;
 }
 
+// The tables in DIR, closed in this order.
+enum { T_LAYERS, T_EXPERTS, T_CAPACITY, T_COSELECT, T_LABELS, N_TABLES };
+static const struct {
+    const char *file;
+    const char *const *cols;
+    size_t n_cols;
+} tables[N_TABLES] = {
+    { "layers.csv", layer_cols, N_LAYER_COLS }, { "experts.csv", expert_cols, 7 }, { "capacity.csv", cap_cols, 5 },
+    { "coselect.csv", cosel_cols, 4 }, { "labels.csv", label_cols, 5 },
+};
+
+// What one route-stats run holds; rs_release frees it all, whatever step it reached.
+struct rs_run {
+    const char *cmd;
+    const struct cli_common *c;
+    const struct rs_opts *o;
+    struct moe_st_file f;
+    struct moe_config cfg;
+    struct moe_vocab vocab;
+    struct moe_data data;
+    struct moe_dataset *d;   // the split routed
+    size_t chunk;            // rows per forward pass
+    struct moe_model model;
+    struct moe_stats st;
+    struct moe_csv csv[N_TABLES];
+    struct moe_atomic_file trace;
+    cJSON *summary, *caps;   // caps: summary.capacity until it joins the summary
+};
+
+static void rs_release(struct rs_run *r)
+{
+    for (int i = 0; i < N_TABLES; i++)
+        moe_csv_abort(&r->csv[i]);
+    moe_vocab_release(&r->vocab);
+    moe_atomic_abort(&r->trace);
+    cJSON_Delete(r->caps);
+    cJSON_Delete(r->summary);
+    moe_stats_release(&r->st);
+    moe_model_release(&r->model);
+    moe_data_release(&r->data);
+    moe_safetensors_close(&r->f);
+    moe_config_release(&r->cfg);
+}
+
+static int open_table(struct rs_run *r, int i, struct moe_err *err)
+{
+    char *path = cli_path(r->c->out, tables[i].file, err);
+    int rc = path ? moe_csv_open(&r->csv[i], path, tables[i].cols, tables[i].n_cols, err) : MOE_ENOMEM;
+    free(path);
+    return rc;
+}
+
+// The checkpoint, its config (with --set), the split it routes (standardised
+// with the checkpoint's statistics), the model and its statistics, and DIR. A
+// run that will not fit is refused before synthetic data is generated, or
+// once the data is loaded.
+static int rs_load(struct rs_run *r)
+{
+    const char *cmd = r->cmd, *split = r->o->split;
+    struct moe_err err = { 0 };
+    int std_on = 0, checked = 0, rc;
+    if (moe_safetensors_open(r->o->ckpt, &r->f, &err) || load_config(&r->f, r->c, &r->cfg, &std_on, &err))
+        return cli_fail(cmd, &err);
+    if ((rc = cli_check_run(cmd, &r->cfg, NULL, rs_batch, split, 0, NULL, &checked)))
+        return rc;
+    int has_vocab = moe_data_vocab_read(&r->f, &r->vocab, &err);
+    if (has_vocab < 0 || moe_data_load_ex(&r->data, &r->cfg, has_vocab ? &r->vocab : NULL, &err) ||
+        moe_data_check_text_checkpoint(&r->data, &r->f, &err))
+        return cli_fail(cmd, &err);
+    r->d = strcmp(split, "train") == 0 ? &r->data.train : &r->data.test;
+    if (std_on && !r->data.has_text && standardize(&r->f, r->d, &err))
+        return cli_fail(cmd, &err);
+    r->chunk = rs_batch(&r->cfg, r->data.train.n, r->data.test.n, split);
+    if (!checked && (rc = cli_check_run(cmd, &r->cfg, &r->data, rs_batch, split, 0, NULL, &checked)))
+        return rc;
+    if (moe_model_create(&r->model, &r->cfg, NULL, r->d->task, r->d->n_in, r->d->n_out, r->chunk, &err) ||
+        moe_model_load(&r->model, &r->f, 1, &err))
+        return cli_fail(cmd, &err);
+    if (!r->model.n_moe_layers)
+        return cli_error(cmd, 2, "'%s' is a '%s' model without sparse layers: nothing to route", r->o->ckpt,
+                         r->model.ops->type);
+    if (moe_train_stats_init(&r->st, &r->model, r->d, &err) || cli_mkdir_p(r->c->out, &err))
+        return cli_fail(cmd, &err);
+    return 0;
+}
+
+// --capacity-factors: the split again at each evaluation capacity factor into
+// capacity.csv and summary.capacity (each pass overwrites the statistics, so
+// this comes before the main pass); then the model's own factor again.
+static int capacity_sweep(struct rs_run *r)
+{
+    struct moe_model *m = &r->model;
+    struct moe_csv *csv = &r->csv[T_CAPACITY];
+    struct moe_err err = { 0 };
+    double own = m->ops->moe_layer_at(m, 0)->c.eval_capacity_factor;
+    if (open_table(r, T_CAPACITY, &err))
+        return cli_fail(r->cmd, &err);
+    r->caps = cJSON_CreateArray();
+    r->summary = cli_summary_new(r->cmd, &r->cfg);
+    for (size_t i = 0; i < r->o->n_cf; i++) {
+        double cf = r->o->cf[i];
+        m->ops->set_eval_capacity(m, cf);
+        if (route_pass(m, r->d, r->chunk, &r->st, NULL, &err))
+            return cli_fail(r->cmd, &err);
+        struct moe_eval_row row;
+        memset(&row, 0, sizeof row);
+        moe_eval_row_fill(&row, &r->st, r->d->task, 0.0);
+        cJSON *cj = cJSON_CreateObject();
+        cJSON_AddItemToArray(r->caps, cj);
+        cJSON_AddNumberToObject(cj, "capacity_factor", cf);
+        cJSON *df = cJSON_AddArrayToObject(cj, "dropped_fraction");
+        for (size_t l = 0; l < m->n_moe_layers; l++) {
+            double v = moe_route_acc_dropped_fraction(&r->st.route[l]);
+            cJSON_AddItemToArray(df, cJSON_CreateNumber(v));
+            moe_csv_num(csv, cf);
+            moe_csv_int(csv, (long long)m->ops->moe_layer_at(m, l)->c.index);
+            moe_csv_num(csv, v);
+            moe_csv_num(csv, row.loss);
+            moe_csv_num(csv, row.accuracy);
+            if (moe_csv_end_row(csv, &err))
+                return cli_fail(r->cmd, &err);
+        }
+        json_num(cj, "loss", row.loss);
+        json_num(cj, "accuracy", row.accuracy);
+    }
+    m->ops->set_eval_capacity(m, own);
+    return 0;
+}
+
+// The split at the model's own evaluation capacity (with --trace, every token
+// traced), and the summary's account of it.
+static int main_pass(struct rs_run *r)
+{
+    struct moe_model *m = &r->model;
+    const struct moe_dataset *d = r->d;
+    cJSON *s = r->summary;
+    struct moe_err err = { 0 };
+    int lm = d->task == MOE_TASK_LM;
+    if ((r->o->trace && moe_atomic_open(&r->trace, r->o->trace, &err)) ||
+        route_pass(m, d, r->chunk, &r->st, r->o->trace ? r->trace.f : NULL, &err))
+        return cli_fail(r->cmd, &err);
+    struct moe_eval_row row;
+    memset(&row, 0, sizeof row);
+    moe_eval_row_fill(&row, &r->st, d->task, 0.0);
+    cJSON_AddStringToObject(s, "checkpoint", r->o->ckpt);
+    cJSON_AddStringToObject(s, "split", r->o->split);
+    cJSON_AddNumberToObject(s, "rows", (double)(lm ? d->n_win : d->n));
+    if (lm) {
+        cJSON_AddNumberToObject(s, "tokens", (double)row.n);
+        json_num(s, "bits_per_byte", row.bits_per_byte);
+    }
+    cJSON_AddStringToObject(s, "model", m->ops->type);
+    cli_routing_json(s, m);
+    cJSON_AddStringToObject(s, "label", lm ? "byte class of the input token (letter, digit, space, punct, other)"
+                                        : d->task == MOE_TASK_CLASSIFICATION ? "class" : d->n_group ? "region" : "none");
+    if (lm)
+        cJSON_AddStringToObject(s, "mi_random", "the same statistic with the tokens' labels randomly permuted across the experts' loads (mean of 5 draws): the estimator's chance level");
+    json_num(s, "loss", row.loss);
+    json_num(s, "accuracy", row.accuracy);
+    return 0;
+}
+
+// layers.csv's row of sparse layer l, and the same figures in its JSON object.
+static int layer_row(struct rs_run *r, size_t l, cJSON *lj, struct moe_err *err)
+{
+    const struct moe_route_acc *a = &r->st.route[l];
+    const struct moe_layer *ml = r->model.ops->moe_layer_at(&r->model, l);
+    size_t E = r->model.n_route_expert;
+    int lm = r->d->task == MOE_TASK_LM;
+    uint64_t seed = (uint64_t)moe_cfg_int(&r->cfg, "train.seed");
+    double tok = a->tokens ? (double)a->tokens : NAN;
+    double mi_label, mi_label0, mi_lang = NAN, mi_lang0 = NAN;
+    if (label_mi(a, lm ? 0 : -1, seed, &mi_label, &mi_label0, err) ||
+        (lm && a->G2 > 1 && label_mi(a, 1, seed, &mi_lang, &mi_lang0, err)))
+        return MOE_ENOMEM;
+    double v[] = { (double)ml->c.index,
+                   (double)a->tokens,
+                   moe_cv(a->routed, E),
+                   moe_cv(a->gate_sum, E),
+                   moe_max_mean(a->routed, E),
+                   (double)moe_route_acc_dead(a),
+                   moe_route_acc_dropped_fraction(a),
+                   a->has_probs ? a->entropy / tok : NAN,
+                   a->has_probs ? a->top1 / tok : NAN,
+                   a->has_probs ? a->lse / tok : NAN,
+                   a->weight > 0 ? a->z / a->weight : NAN,
+                   a->weight > 0 ? a->aux / a->weight : NAN,
+                   mi_label, mi_label0, mi_lang, mi_lang0 };
+    cJSON_AddStringToObject(lj, "name", ml->prefix);
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+        moe_csv_num(&r->csv[T_LAYERS], v[i]);
+        if (i > 0)
+            json_num(lj, layer_cols[i], v[i]);
+    }
+    return moe_csv_end_row(&r->csv[T_LAYERS], err);
+}
+
+// experts.csv's rows of sparse layer l, and its tokens and share per expert.
+static int expert_rows(struct rs_run *r, size_t l, cJSON *lj, struct moe_err *err)
+{
+    const struct moe_route_acc *a = &r->st.route[l];
+    struct moe_csv *csv = &r->csv[T_EXPERTS];
+    uint32_t layer = r->model.ops->moe_layer_at(&r->model, l)->c.index;
+    size_t E = r->model.n_route_expert;
+    double tok = a->tokens ? (double)a->tokens : NAN, routed = 0.0, frac[1024]; // E <= 1024 (model.n_expert)
+    for (size_t e = 0; e < E; e++)
+        routed += a->routed[e];
+    for (size_t e = 0; e < E && e < 1024; e++) {
+        frac[e] = routed > 0 ? a->routed[e] / routed : NAN;
+        moe_csv_int(csv, (long long)layer);
+        moe_csv_int(csv, (long long)e);
+        moe_csv_num(csv, a->routed[e]);
+        moe_csv_num(csv, frac[e]);
+        moe_csv_num(csv, a->gate_sum[e] / tok);
+        moe_csv_num(csv, a->has_probs ? a->prob_sum[e] / tok : NAN);
+        moe_csv_num(csv, a->dropped[e]);
+        int rc = moe_csv_end_row(csv, err);
+        if (rc)
+            return rc;
+    }
+    cJSON_AddItemToObject(lj, "tokens_per_expert", cJSON_CreateDoubleArray(a->routed, (int)E));
+    cJSON_AddItemToObject(lj, "fraction_per_expert", cJSON_CreateDoubleArray(frac, (int)E));
+    return 0;
+}
+
+// coselect.csv's rows of sparse layer l (k >= 2), and its co-selection matrix.
+static int coselect_rows(struct rs_run *r, size_t l, cJSON *lj, struct moe_err *err)
+{
+    const struct moe_route_acc *a = &r->st.route[l];
+    if (!a->cosel)
+        return 0;
+    struct moe_csv *csv = &r->csv[T_COSELECT];
+    uint32_t layer = r->model.ops->moe_layer_at(&r->model, l)->c.index;
+    size_t E = r->model.n_route_expert;
+    cJSON *m = cJSON_AddArrayToObject(lj, "coselect");
+    for (size_t i = 0; i < E; i++) {
+        cJSON *rowj = cJSON_CreateArray();
+        cJSON_AddItemToArray(m, rowj);
+        for (size_t j = 0; j < E; j++) {
+            uint64_t cnt = a->cosel[i * E + j];
+            cJSON_AddItemToArray(rowj, cJSON_CreateNumber((double)cnt));
+            if (i == j)
+                continue;
+            moe_csv_int(csv, (long long)layer);
+            moe_csv_int(csv, (long long)i);
+            moe_csv_int(csv, (long long)j);
+            moe_csv_int(csv, (long long)cnt);
+            int rc = moe_csv_end_row(csv, err);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+// Per sparse layer: layers.csv, labels.csv, experts.csv, coselect.csv and
+// summary.layers; then every table, the trace and summary.json.
+static int write_layers(struct rs_run *r)
+{
+    struct moe_model *m = &r->model;
+    struct moe_err err = { 0 };
+    cJSON *layers = cJSON_AddArrayToObject(r->summary, "layers");
+    int rc = open_table(r, T_LAYERS, &err) || open_table(r, T_LABELS, &err) || open_table(r, T_EXPERTS, &err) ||
+             (m->n_route_slots >= 2 && open_table(r, T_COSELECT, &err));
+    for (size_t l = 0; !rc && l < m->n_moe_layers; l++) {
+        cJSON *lj = cJSON_CreateObject();
+        cJSON_AddItemToArray(layers, lj);
+        rc = layer_row(r, l, lj, &err) ||
+             label_rows(&r->csv[T_LABELS], &r->st.route[l], m->ops->moe_layer_at(m, l)->c.index, r->d, &r->data,
+                        &err) ||
+             expert_rows(r, l, lj, &err) || coselect_rows(r, l, lj, &err);
+    }
+    if (!rc) {
+        cJSON_AddItemToObject(r->summary, "capacity", r->caps);
+        r->caps = NULL;
+    }
+    for (int i = 0; !rc && i < N_TABLES; i++)
+        if (r->csv[i].buf)
+            rc = moe_csv_close(&r->csv[i], &err);
+    if (!rc && r->o->trace)
+        rc = moe_atomic_commit(&r->trace, &err);
+    return rc ? cli_fail(r->cmd, &err) : cli_write_summary(r->cmd, r->c->out, r->summary);
+}
+
 int cmd_route_stats(int argc, char **argv)
 {
     static const struct option opts[] = { CLI_COMMON_OPTIONS,
@@ -298,23 +593,12 @@ int cmd_route_stats(int argc, char **argv)
     const char *cmd = "route-stats";
     struct cli_common c;
     struct rs_opts o = { .split = "test" };
+    struct rs_run r;
+    memset(&r, 0, sizeof r);
+    r.cmd = cmd;
+    r.c = &c;
+    r.o = &o;
     cli_common_init(&c);
-    struct moe_err err = { 0 };
-    struct moe_config cfg = { 0 };
-    struct moe_st_file f = { 0 };
-    struct moe_data data;
-    struct moe_model model;
-    struct moe_stats st;
-    struct moe_csv csv[5];
-    struct moe_vocab vocab;
-    memset(&vocab, 0, sizeof vocab);
-    struct moe_atomic_file trace = { 0 };
-    cJSON *summary = NULL;
-    memset(&data, 0, sizeof data);
-    memset(&model, 0, sizeof model);
-    memset(&st, 0, sizeof st);
-    memset(csv, 0, sizeof csv);
-    char path[4200];
     int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
     if (rc == -1) {
         fputs(usage, stdout);
@@ -331,221 +615,12 @@ int cmd_route_stats(int argc, char **argv)
         rc = cli_error(cmd, 2, "option '--config' does not apply: the config is the checkpoint's (use --set to change data.*)");
         goto out;
     }
-    int std_on = 0, checked = 0;
-    if (moe_safetensors_open(o.ckpt, &f, &err) || load_config(&f, &c, &cfg, &std_on, &err)) {
-        rc = cli_fail(cmd, &err);
+    if ((rc = rs_load(&r)) || (rc = capacity_sweep(&r)) || (rc = main_pass(&r)) || (rc = write_layers(&r)))
         goto out;
-    }
-    // synthetic data: refuse a run that will not fit before generating it
-    if ((rc = cli_check_run(cmd, &cfg, NULL, rs_batch, o.split, 0, NULL, &checked)))
-        goto out;
-    int has_vocab = moe_data_vocab_read(&f, &vocab, &err);
-    if (has_vocab < 0 || moe_data_load_ex(&data, &cfg, has_vocab ? &vocab : NULL, &err) ||
-        moe_data_check_text_checkpoint(&data, &f, &err)) {
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    struct moe_dataset *d = strcmp(o.split, "train") == 0 ? &data.train : &data.test;
-    if (std_on && !data.has_text && standardize(&f, d, &err)) {
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    size_t chunk = rs_batch(&cfg, data.train.n, data.test.n, o.split);
-    if (!checked && (rc = cli_check_run(cmd, &cfg, &data, rs_batch, o.split, 0, NULL, &checked)))
-        goto out;
-    if (moe_model_create(&model, &cfg, NULL, d->task, d->n_in, d->n_out, chunk, &err) ||
-        moe_model_load(&model, &f, 1, &err)) {
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    if (!model.n_moe_layers) {
-        rc = cli_error(cmd, 2, "'%s' is a '%s' model without sparse layers: nothing to route", o.ckpt, model.ops->type);
-        goto out;
-    }
-    int lm = d->task == MOE_TASK_LM;
-    uint64_t seed = (uint64_t)moe_cfg_int(&cfg, "train.seed");
-    if (moe_train_stats_init(&st, &model, d, &err) || cli_mkdir_p(c.out, &err)) {
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    size_t L = model.n_moe_layers, E = model.n_route_expert;
-    double eval_cf = model.ops->moe_layer_at(&model, 0)->c.eval_capacity_factor;
-
-    // capacity sweep first (each pass overwrites the statistics), then the main pass
-    if (moe_csv_open(&csv[2], cli_path(path, sizeof path, c.out, "capacity.csv"), cap_cols, 5, &err)) {
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    cJSON *caps = cJSON_CreateArray();
-    summary = cli_summary_new(cmd, &cfg);
-    for (size_t i = 0; i < o.n_cf; i++) {
-        model.ops->set_eval_capacity(&model, o.cf[i]);
-        if (route_pass(&model, d, chunk, &st, NULL, &err)) {
-            cJSON_Delete(caps);
-            rc = cli_fail(cmd, &err);
-            goto out;
-        }
-        struct moe_eval_row row;
-        memset(&row, 0, sizeof row);
-        moe_eval_row_fill(&row, &st, d->task, 0.0);
-        cJSON *cj = cJSON_CreateObject();
-        cJSON_AddNumberToObject(cj, "capacity_factor", o.cf[i]);
-        cJSON *df = cJSON_AddArrayToObject(cj, "dropped_fraction");
-        for (size_t l = 0; l < L; l++) {
-            double v = moe_route_acc_dropped_fraction(&st.route[l]);
-            cJSON_AddItemToArray(df, cJSON_CreateNumber(v));
-            moe_csv_num(&csv[2], o.cf[i]);
-            moe_csv_int(&csv[2], (long long)model.ops->moe_layer_at(&model, l)->c.index);
-            moe_csv_num(&csv[2], v);
-            moe_csv_num(&csv[2], row.loss);
-            moe_csv_num(&csv[2], row.accuracy);
-            if (moe_csv_end_row(&csv[2], &err)) {
-                cJSON_Delete(caps);
-                rc = cli_fail(cmd, &err);
-                goto out;
-            }
-        }
-        json_num(cj, "loss", row.loss);
-        json_num(cj, "accuracy", row.accuracy);
-        cJSON_AddItemToArray(caps, cj);
-    }
-    model.ops->set_eval_capacity(&model, eval_cf);
-    if (o.trace && moe_atomic_open(&trace, o.trace, &err)) {
-        cJSON_Delete(caps);
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    if (route_pass(&model, d, chunk, &st, o.trace ? trace.f : NULL, &err)) {
-        cJSON_Delete(caps);
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    struct moe_eval_row row;
-    memset(&row, 0, sizeof row);
-    moe_eval_row_fill(&row, &st, d->task, 0.0);
-
-    cJSON_AddStringToObject(summary, "checkpoint", o.ckpt);
-    cJSON_AddStringToObject(summary, "split", o.split);
-    cJSON_AddNumberToObject(summary, "rows", (double)(lm ? d->n_win : d->n));
-    if (lm) {
-        cJSON_AddNumberToObject(summary, "tokens", (double)row.n);
-        json_num(summary, "bits_per_byte", row.bits_per_byte);
-    }
-    cJSON_AddStringToObject(summary, "model", model.ops->type);
-    cli_routing_json(summary, &model);
-    cJSON_AddStringToObject(summary, "label", lm ? "byte class of the input token (letter, digit, space, punct, other)"
-                                              : d->task == MOE_TASK_CLASSIFICATION ? "class" : d->n_group ? "region" : "none");
-    if (lm)
-        cJSON_AddStringToObject(summary, "mi_random", "the same statistic with the tokens' labels randomly permuted across the experts' loads (mean of 5 draws): the estimator's chance level");
-    json_num(summary, "loss", row.loss);
-    json_num(summary, "accuracy", row.accuracy);
-    cJSON *layers = cJSON_AddArrayToObject(summary, "layers");
-    if (moe_csv_open(&csv[0], cli_path(path, sizeof path, c.out, "layers.csv"), layer_cols, N_LAYER_COLS, &err) ||
-        moe_csv_open(&csv[4], cli_path(path, sizeof path, c.out, "labels.csv"), label_cols, 5, &err) ||
-        moe_csv_open(&csv[1], cli_path(path, sizeof path, c.out, "experts.csv"), expert_cols, 7, &err) ||
-        (model.n_route_slots >= 2 &&
-         moe_csv_open(&csv[3], cli_path(path, sizeof path, c.out, "coselect.csv"), cosel_cols, 4, &err))) {
-        cJSON_Delete(caps);
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    for (size_t l = 0; l < L; l++) {
-        const struct moe_route_acc *a = &st.route[l];
-        const struct moe_layer *ml = model.ops->moe_layer_at(&model, l);
-        double tok = a->tokens ? (double)a->tokens : NAN, routed = 0.0;
-        for (size_t e = 0; e < E; e++)
-            routed += a->routed[e];
-        double mi_label, mi_label0, mi_lang = NAN, mi_lang0 = NAN;
-        label_mi(a, lm ? 0 : -1, seed, &mi_label, &mi_label0);
-        if (lm && a->G2 > 1)
-            label_mi(a, 1, seed, &mi_lang, &mi_lang0);
-        double v[] = { (double)ml->c.index,
-                       (double)a->tokens,
-                       moe_cv(a->routed, E),
-                       moe_cv(a->gate_sum, E),
-                       moe_max_mean(a->routed, E),
-                       (double)moe_route_acc_dead(a),
-                       moe_route_acc_dropped_fraction(a),
-                       a->has_probs ? a->entropy / tok : NAN,
-                       a->has_probs ? a->top1 / tok : NAN,
-                       a->has_probs ? a->lse / tok : NAN,
-                       a->weight > 0 ? a->z / a->weight : NAN,
-                       a->weight > 0 ? a->aux / a->weight : NAN,
-                       mi_label, mi_label0, mi_lang, mi_lang0 };
-        cJSON *lj = cJSON_CreateObject();
-        cJSON_AddStringToObject(lj, "name", ml->prefix);
-        for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
-            moe_csv_num(&csv[0], v[i]);
-            if (i > 0)
-                json_num(lj, layer_cols[i], v[i]);
-        }
-        if ((rc = moe_csv_end_row(&csv[0], &err)) || (rc = label_rows(&csv[4], a, ml->c.index, d, &data, &err)))
-            goto fail;
-        double frac[1024];
-        for (size_t e = 0; e < E && e < 1024; e++) {
-            frac[e] = routed > 0 ? a->routed[e] / routed : NAN;
-            moe_csv_int(&csv[1], (long long)ml->c.index);
-            moe_csv_int(&csv[1], (long long)e);
-            moe_csv_num(&csv[1], a->routed[e]);
-            moe_csv_num(&csv[1], frac[e]);
-            moe_csv_num(&csv[1], a->gate_sum[e] / tok);
-            moe_csv_num(&csv[1], a->has_probs ? a->prob_sum[e] / tok : NAN);
-            moe_csv_num(&csv[1], a->dropped[e]);
-            if ((rc = moe_csv_end_row(&csv[1], &err)))
-                goto fail;
-        }
-        cJSON_AddItemToObject(lj, "tokens_per_expert", cJSON_CreateDoubleArray(a->routed, (int)E));
-        cJSON_AddItemToObject(lj, "fraction_per_expert", cJSON_CreateDoubleArray(frac, (int)E));
-        if (a->cosel) {
-            cJSON *m = cJSON_AddArrayToObject(lj, "coselect");
-            for (size_t i = 0; i < E; i++) {
-                cJSON *rowj = cJSON_CreateArray();
-                for (size_t j = 0; j < E; j++) {
-                    uint64_t cnt = a->cosel[i * E + j];
-                    cJSON_AddItemToArray(rowj, cJSON_CreateNumber((double)cnt));
-                    if (i == j)
-                        continue;
-                    moe_csv_int(&csv[3], (long long)ml->c.index);
-                    moe_csv_int(&csv[3], (long long)i);
-                    moe_csv_int(&csv[3], (long long)j);
-                    moe_csv_int(&csv[3], (long long)cnt);
-                    if ((rc = moe_csv_end_row(&csv[3], &err)))
-                        goto fail;
-                }
-                cJSON_AddItemToArray(m, rowj);
-            }
-        }
-        cJSON_AddItemToArray(layers, lj);
-    }
-    cJSON_AddItemToObject(summary, "capacity", caps);
-    caps = NULL;
-    for (int i = 0; i < 5; i++)
-        if (csv[i].buf && (rc = moe_csv_close(&csv[i], &err)))
-            goto fail;
-    if (o.trace && (rc = moe_atomic_commit(&trace, &err)))
-        goto fail;
-    if (cli_write_json(cli_path(path, sizeof path, c.out, "summary.json"), summary, &err)) {
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    cli_print_json(summary);
-    cli_log(&c, "moe route-stats: %zu %s rows through %zu sparse layer(s); outputs in %s/", d->n, o.split, L, c.out);
-    rc = 0;
-    goto out;
-fail:
-    cJSON_Delete(caps);
-    rc = cli_fail(cmd, &err);
+    cli_log(&c, "moe route-stats: %zu %s rows through %zu sparse layer(s); outputs in %s/", r.d->n, o.split,
+            r.model.n_moe_layers, c.out);
 out:
-    for (int i = 0; i < 5; i++)
-        moe_csv_abort(&csv[i]);
-    moe_vocab_release(&vocab);
-    moe_atomic_abort(&trace);
-    cJSON_Delete(summary);
-    moe_stats_release(&st);
-    moe_model_release(&model);
-    moe_data_release(&data);
-    moe_safetensors_close(&f);
-    moe_config_release(&cfg);
+    rs_release(&r);
     cli_common_release(&c);
     return rc;
 }

@@ -14,8 +14,8 @@
 //     moe_model_create before it allocates;
 //   - MOE_MEMORY_LIMIT, /proc/meminfo and cgroup parsing, and the one-line
 //     refusal of cli_check_memory.
-// cmd/cli.c and cmd/estimate.c are compiled into this test so it checks the
-// very functions the CLI uses.
+// It links the CLI's helper library (cmd/), so it checks the very functions
+// the CLI uses.
 #include <check.h>
 #include <malloc.h>
 #include <stdio.h>
@@ -34,8 +34,8 @@
 #include "train/train.h"
 #include "testutil.h"
 
-#include "../cmd/cli.c"
-#include "../cmd/estimate.c"
+#include "cli.h"      // cmd/: cli_routing_json
+#include "estimate.h" // cmd/: cli_check_memory, cli_estimate_json
 
 static int make_cfg(struct moe_config *c, const char *const *ovs, size_t n)
 {

@@ -1,0 +1,469 @@
+// run_output.c (cmd): the run directory of `moe train` (and distill, lora):
+// config.json, vocab.txt, the live tables metrics.csv, experts.csv and
+// languages.csv, checkpoint.safetensors, the model file and summary.json. The
+// three live tables are one table of tables below: each is opened (or cut back
+// to its checkpoint's rows on --resume), given its rows, flushed before every
+// checkpoint, counted in it and closed by the same loops. Not here: what the
+// run trains (train_tune.c), the teacher (train_distill.c), the order of the
+// steps (cmd_train.c).
+#include <glob.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/atomic.h"
+#include "moe/moe_layer.h"
+#include "train_run.h"
+
+static const char *const metric_cols[] = { "step", "epoch", "split", "loss", "mse", "accuracy", "gate_entropy",
+                                           "active_experts", "expert_region_mi", "aux_loss", "z_loss", "load_cv",
+                                           "importance_cv", "load_max_mean", "dropped_fraction", "router_entropy",
+                                           "expert_label_mi", "bits_per_byte", "expert_lang_mi" };
+static const char *const expert_cols[] = { "step", "epoch", "split", "layer", "expert", "tokens", "dropped",
+                                           "gate_mean", "importance" };
+static const char *const lang_cols[] = { "step", "epoch", "split", "language", "tokens", "bytes", "loss",
+                                         "bits_per_byte" };
+
+// An evaluation row's figures: metrics.csv's columns after step, epoch and split
+// (also the keys of run_output_eval_json).
+#define N_FIGURES (sizeof metric_cols / sizeof *metric_cols - 3)
+static const char *const *const figure_keys = metric_cols + 3;
+
+static void figures(const struct moe_eval_row *r, double v[N_FIGURES])
+{
+    double f[] = { r->loss, r->mse, r->accuracy, r->gate_entropy, r->active_experts, r->expert_region_mi,
+                   r->aux_loss, r->z_loss, r->load_cv, r->importance_cv, r->load_max_mean, r->dropped_fraction,
+                   r->router_entropy, r->expert_label_mi, r->bits_per_byte, r->expert_lang_mi };
+    _Static_assert(sizeof f / sizeof *f == N_FIGURES, "a figure for every metrics.csv column");
+    memcpy(v, f, sizeof f);
+}
+
+// The cells every live table's row starts with.
+static void row_start(struct moe_csv *csv, const struct moe_eval_row *r)
+{
+    moe_csv_int(csv, (long long)r->step);
+    moe_csv_int(csv, (long long)r->epoch);
+    moe_csv_str(csv, r->split);
+}
+
+// metrics.csv: one row per (step, split)
+static int metric_rows(const struct run_output *o, struct moe_csv *csv, const struct moe_eval_row *r,
+                       struct moe_err *err)
+{
+    (void)o;
+    double v[N_FIGURES];
+    figures(r, v);
+    row_start(csv, r);
+    for (size_t i = 0; i < N_FIGURES; i++)
+        moe_csv_num(csv, v[i]);
+    return moe_csv_end_row(csv, err);
+}
+
+// experts.csv: one row per (step, split, layer, expert)
+static int expert_rows(const struct run_output *o, struct moe_csv *csv, const struct moe_eval_row *r,
+                       struct moe_err *err)
+{
+    for (size_t l = 0; l < r->n_route; l++) {
+        const struct moe_route_acc *a = &r->route[l];
+        for (size_t e = 0; e < a->E; e++) {
+            row_start(csv, r);
+            moe_csv_int(csv, (long long)o->model->ops->moe_layer_at(o->model, l)->c.index);
+            moe_csv_int(csv, (long long)e);
+            moe_csv_num(csv, a->routed[e]);
+            moe_csv_num(csv, a->dropped[e]);
+            moe_csv_num(csv, a->has_probs && a->tokens ? a->prob_sum[e] / (double)a->tokens : NAN);
+            moe_csv_num(csv, a->tokens ? a->gate_sum[e] / (double)a->tokens : NAN);
+            int rc = moe_csv_end_row(csv, err);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+// languages.csv: one row per (step, split, language)
+static int lang_rows(const struct run_output *o, struct moe_csv *csv, const struct moe_eval_row *r,
+                     struct moe_err *err)
+{
+    for (size_t g = 0; g < r->n_lang; g++) {
+        row_start(csv, r);
+        moe_csv_str(csv, o->data->corpus.lang[g]);
+        moe_csv_int(csv, (long long)r->lang_tokens[g]);
+        moe_csv_num(csv, r->lang_bytes[g]);
+        moe_csv_num(csv, r->lang_tokens[g] ? r->lang_loss[g] / (double)r->lang_tokens[g] : NAN);
+        moe_csv_num(csv, r->lang_bytes[g] > 0 ? r->lang_loss[g] / (M_LN2 * r->lang_bytes[g]) : NAN);
+        int rc = moe_csv_end_row(csv, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+// In the order of LIVE_*; a checkpoint counts their lengths in this order.
+static const struct live_table {
+    const char *file;
+    const char *const *cols;
+    size_t n_cols;
+    const char *bytes_key; // checkpoint metadata: the table's complete rows in bytes
+    int sparse;            // written for models with sparse layers only (counted always: 0 without)
+    int text;              // written for text data only, and only then counted
+    int (*rows)(const struct run_output *o, struct moe_csv *csv, const struct moe_eval_row *r, struct moe_err *err);
+} live_tables[N_LIVE] = {
+    { "metrics.csv", metric_cols, sizeof metric_cols / sizeof *metric_cols, "train.metrics_bytes", 0, 0, metric_rows },
+    { "experts.csv", expert_cols, sizeof expert_cols / sizeof *expert_cols, "train.experts_bytes", 1, 0, expert_rows },
+    { "languages.csv", lang_cols, sizeof lang_cols / sizeof *lang_cols, "train.languages_bytes", 0, 1, lang_rows },
+};
+
+// Whether this run writes live table i.
+static int written(const struct run_output *o, size_t i)
+{
+    return (!live_tables[i].sparse || o->model->n_moe_layers) && (!live_tables[i].text || o->data->has_text);
+}
+
+int run_output_lengths(struct run_output *o, const struct moe_st_file *ck, int text, struct moe_err *err)
+{
+    for (size_t i = 0; i < N_LIVE; i++) {
+        if (live_tables[i].text != text)
+            continue;
+        int rc = moe_train_meta_count(ck, live_tables[i].bytes_key, &o->resume_bytes[i], err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int open_table(struct run_output *o, size_t i, int resume, struct moe_err *err)
+{
+    const struct live_table *t = &live_tables[i];
+    char *path = cli_path(o->dir, t->file, err);
+    if (!path)
+        return MOE_ENOMEM;
+    int rc = resume ? moe_csv_reopen(&o->live[i], path, t->cols, t->n_cols, o->resume_bytes[i], err)
+                    : moe_csv_open(&o->live[i], path, t->cols, t->n_cols, err);
+    free(path);
+    return rc;
+}
+
+int run_output_row(void *ctx, const struct moe_eval_row *r, struct moe_err *err)
+{
+    struct run_output *o = ctx;
+    int rc = 0;
+    for (size_t i = 0; !rc && i < N_LIVE; i++)
+        if (written(o, i))
+            rc = live_tables[i].rows(o, &o->live[i], r, err);
+    return rc;
+}
+
+int run_output_flush(struct run_output *o, struct moe_err *err)
+{
+    for (size_t i = 0; i < N_LIVE; i++) {
+        int rc = written(o, i) ? moe_csv_flush(&o->live[i], err) : 0;
+        if (rc && err)
+            return rc;
+    }
+    return 0;
+}
+
+int run_output_close(struct run_output *o, struct moe_err *err)
+{
+    int rc = 0;
+    for (size_t i = 0; !rc && i < N_LIVE; i++)
+        if (written(o, i))
+            rc = moe_csv_close(&o->live[i], err);
+    return rc;
+}
+
+void run_output_release(struct run_output *o)
+{
+    for (size_t i = 0; i < N_LIVE; i++)
+        moe_csv_abort(&o->live[i]);
+    free(o->vocab);
+    free(o->languages);
+}
+
+// dir/name, written atomically.
+static int write_file(const char *dir, const char *name, const void *buf, size_t len, struct moe_err *err)
+{
+    char *path = cli_path(dir, name, err);
+    int rc = path ? moe_atomic_write(path, buf, len, err) : MOE_ENOMEM;
+    free(path);
+    return rc;
+}
+
+// config.json: the resolved config, pretty, with a final newline.
+static int write_config(const struct run_output *o, struct moe_err *err)
+{
+    char *text = moe_config_to_json(o->cfg, 1);
+    size_t len = text ? strlen(text) : 0;
+    char *line = text ? realloc(text, len + 2) : NULL;
+    if (!line) {
+        free(text);
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    }
+    line[len++] = '\n';
+    line[len] = '\0';
+    int rc = write_file(o->dir, "config.json", line, len, err);
+    free(line);
+    return rc;
+}
+
+int run_output_open(struct run_output *o, int resume, struct moe_err *err)
+{
+    int rc = write_config(o, err);
+    for (size_t i = 0; !rc && i < N_LIVE; i++)
+        if (written(o, i))
+            rc = open_table(o, i, resume, err);
+    if (!rc && o->vocab)
+        rc = write_file(o->dir, "vocab.txt", o->vocab, o->vocab_len, err);
+    return rc;
+}
+
+int run_output_text(const char *cmd, struct run_output *o, const struct moe_data *d)
+{
+    struct moe_err err = { 0 };
+    if (moe_vocab_serialize(&d->corpus.vocab, &o->vocab, &o->vocab_len, &err))
+        return cli_fail(cmd, &err);
+    cJSON *a = cJSON_CreateArray();
+    for (size_t g = 0; a && g < d->corpus.n_lang; g++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(d->corpus.lang[g]));
+    o->languages = a ? cJSON_PrintUnformatted(a) : NULL;
+    cJSON_Delete(a);
+    return o->languages ? 0 : cli_error(cmd, 1, "out of memory");
+}
+
+int run_output_complete(const char *dir, cJSON **ret, struct moe_err *err)
+{
+    char *path = cli_path(dir, "summary.json", err), *text = NULL;
+    if (!path)
+        return MOE_ENOMEM;
+    cJSON *s = NULL;
+    if (!moe_read_file(path, &text, NULL, NULL))
+        s = cJSON_Parse(text);
+    free(text);
+    free(path);
+    if (s && (!cJSON_IsObject(s) || cJSON_GetObjectItemCaseSensitive(s, "interrupted") ||
+              !cJSON_GetObjectItemCaseSensitive(s, "final"))) {
+        cJSON_Delete(s);
+        s = NULL;
+    }
+    *ret = s;
+    return 0;
+}
+
+// Temporary files are "<name>.tmp.<pid>" (io/atomic.h); only ours are removed.
+int run_output_remove_stale(const char *dir, struct moe_err *err)
+{
+    static const char *const ours[] = { "config.json", "metrics.csv", "experts.csv", "languages.csv", "vocab.txt",
+                                        "model.safetensors", "checkpoint.safetensors", "summary.json",
+                                        "importance.csv", "moebert.json" };
+    char *pattern = cli_path(dir, "*.tmp.*", err);
+    glob_t g;
+    if (!pattern)
+        return MOE_ENOMEM;
+    int found = glob(pattern, GLOB_NOSORT, NULL, &g) == 0;
+    free(pattern);
+    for (size_t i = 0; found && i < g.gl_pathc; i++) {
+        const char *base = strrchr(g.gl_pathv[i], '/') + 1;
+        for (size_t k = 0; k < sizeof ours / sizeof *ours; k++) {
+            size_t len = strlen(ours[k]);
+            if (strncmp(base, ours[k], len) == 0 && strncmp(base + len, ".tmp.", 5) == 0)
+                remove(g.gl_pathv[i]);
+        }
+    }
+    if (found)
+        globfree(&g);
+    return 0;
+}
+
+int run_output_clear(const char *dir, struct moe_err *err)
+{
+    static const char *const files[] = { "checkpoint.safetensors", "summary.json", "importance.csv", "moebert.json" };
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char *path = cli_path(dir, files[i], err);
+        if (!path)
+            return MOE_ENOMEM;
+        remove(path);
+        free(path);
+    }
+    return 0;
+}
+
+// The model file's tensors beyond the parameters: the vocabulary and the
+// features' standardisation.
+static size_t model_extras(const struct run_output *o, struct moe_st_ref extra[3])
+{
+    size_t n = 0;
+    if (o->vocab)
+        extra[n++] = (struct moe_st_ref){ MOE_VOCAB_TENSOR, MOE_U8, 1, { o->vocab_len }, o->vocab };
+    if (o->data->standardized) {
+        const struct moe_standardize *st = &o->data->stats;
+        extra[n++] = (struct moe_st_ref){ "data.mean", MOE_F32, 1, { st->n_in }, st->mean };
+        extra[n++] = (struct moe_st_ref){ "data.std", MOE_F32, 1, { st->n_in }, st->std };
+    }
+    return n;
+}
+
+enum { N_MODEL_META = 7 };
+
+// The model file's metadata; returns the number of entries (N_MODEL_META with
+// text data, one fewer without).
+static size_t model_meta(const struct run_output *o, const char *cfg_json, struct moe_st_meta meta[N_MODEL_META])
+{
+    meta[0] = (struct moe_st_meta){ "format", "moe" };
+    meta[1] = (struct moe_st_meta){ "format_version", "1" };
+    meta[2] = (struct moe_st_meta){ "moe_version", MOE_VERSION };
+    meta[3] = (struct moe_st_meta){ "model", o->model->ops->type };
+    meta[4] = (struct moe_st_meta){ "loss", o->model->loss_name };
+    meta[5] = (struct moe_st_meta){ "config", cfg_json };
+    if (!o->languages)
+        return N_MODEL_META - 1;
+    meta[6] = (struct moe_st_meta){ MOE_LANGUAGES_META, o->languages };
+    return N_MODEL_META;
+}
+
+// The live tables are flushed first (so they hold at least every row the
+// checkpoint counts), then the checkpoint records their lengths.
+int run_output_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct moe_err *err)
+{
+    struct run_output *o = ctx;
+    int rc = run_output_flush(o, err);
+    if (rc)
+        return rc;
+    char *cfg_json = moe_config_to_json(o->cfg, 0), *path = cli_path(o->dir, "checkpoint.safetensors", err);
+    char bytes[N_LIVE][32];
+    struct moe_st_ref extra[3];
+    struct moe_st_meta meta[N_MODEL_META + N_LIVE];
+    size_t n_extra = model_extras(o, extra), n_meta = model_meta(o, cfg_json, meta);
+    for (size_t i = 0; i < N_LIVE; i++) {
+        if (live_tables[i].text && !o->data->has_text)
+            continue;
+        snprintf(bytes[i], sizeof bytes[i], "%zu", written(o, i) ? moe_csv_bytes(&o->live[i]) : (size_t)0);
+        meta[n_meta++] = (struct moe_st_meta){ live_tables[i].bytes_key, bytes[i] };
+    }
+    if (!cfg_json || !path)
+        rc = moe_error(err, MOE_ENOMEM, "out of memory");
+    else
+        rc = moe_train_checkpoint_write(path, o->model, ck, extra, n_extra, meta, n_meta, err);
+    free(path);
+    free(cfg_json);
+    return rc;
+}
+
+int run_output_model(struct run_output *o, const struct moe_lora *lora, const uint8_t *frozen, int merge,
+                     struct moe_err *err)
+{
+    char *cfg_json = moe_config_to_json(o->cfg, 0);
+    char *path = cli_path(o->dir, lora ? "merged.safetensors" : "model.safetensors", err);
+    char *adapters = lora ? cli_path(o->dir, "adapters.safetensors", err) : NULL;
+    struct moe_st_ref extra[3];
+    struct moe_st_meta meta[N_MODEL_META];
+    size_t n_extra = model_extras(o, extra), n_meta = model_meta(o, cfg_json, meta);
+    int rc = 0;
+    if (!cfg_json || !path || (lora && !adapters))
+        rc = moe_error(err, MOE_ENOMEM, "out of memory");
+    if (!rc && (!lora || merge))
+        rc = moe_model_save(o->model, path, extra, n_extra, meta, n_meta, err);
+    if (!rc && lora)
+        rc = tune_write_adapters(adapters, o->model, frozen, lora, meta, n_meta, err);
+    free(adapters);
+    free(path);
+    free(cfg_json);
+    return rc;
+}
+
+int run_output_interrupted(const char *cmd, struct run_output *o, const char *sig_name, uint64_t steps,
+                           int has_checkpoint)
+{
+    struct moe_err err = { 0 };
+    char *ck = has_checkpoint ? cli_path(o->dir, "checkpoint.safetensors", &err) : NULL;
+    if (has_checkpoint && !ck)
+        return cli_fail(cmd, &err);
+    cJSON *s = cli_summary_new(cmd, o->cfg);
+    cJSON_AddStringToObject(s, "interrupted", sig_name);
+    cJSON_AddNumberToObject(s, "steps", (double)steps);
+    cJSON_AddStringToObject(s, "out", o->dir);
+    if (ck)
+        cJSON_AddStringToObject(s, "checkpoint", ck);
+    int rc = cli_write_summary(cmd, o->dir, s);
+    cJSON_Delete(s);
+    free(ck);
+    return rc;
+}
+
+cJSON *run_output_eval_json(const struct moe_eval_row *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    double v[N_FIGURES];
+    figures(r, v);
+    cJSON_AddNumberToObject(o, "rows", (double)r->n);
+    for (size_t i = 0; i < N_FIGURES; i++) {
+        if (isnan(v[i]))
+            cJSON_AddNullToObject(o, figure_keys[i]);
+        else
+            cJSON_AddNumberToObject(o, figure_keys[i], v[i]);
+    }
+    return o;
+}
+
+// summary.json: what the text data was.
+static void text_summary(cJSON *s, const struct moe_data *d)
+{
+    const struct moe_corpus *c = &d->corpus;
+    cJSON *t = cJSON_AddObjectToObject(s, "text");
+    cJSON_AddStringToObject(t, "tokens", c->vocab.kind == MOE_TOK_WORDS ? "words" : "bytes");
+    cJSON_AddNumberToObject(t, "vocab_size", (double)c->vocab.n);
+    cJSON_AddNumberToObject(t, "n_ctx", (double)d->train.n_ctx);
+    cJSON_AddNumberToObject(t, "train_tokens", (double)c->train.n_tok);
+    cJSON_AddNumberToObject(t, "train_bytes", (double)(c->train.n_tok ? c->train.off[c->train.n_tok] : 0));
+    cJSON_AddNumberToObject(t, "valid_tokens", (double)c->valid.n_tok);
+    cJSON_AddNumberToObject(t, "valid_bytes", (double)(c->valid.n_tok ? c->valid.off[c->valid.n_tok] : 0));
+    cJSON_AddNumberToObject(t, "windows_per_epoch", (double)d->train.n);
+    cJSON_AddNumberToObject(t, "train_eval_windows", (double)d->train.n_win);
+    cJSON_AddNumberToObject(t, "valid_eval_windows", (double)d->test.n_win);
+    cJSON *l = cJSON_AddArrayToObject(t, "languages");
+    for (size_t g = 0; g < c->n_lang; g++)
+        cJSON_AddItemToArray(l, cJSON_CreateString(c->lang[g]));
+}
+
+void run_output_summary_model(cJSON *s, const struct run_output *o)
+{
+    const struct moe_data *d = o->data;
+    cJSON_AddStringToObject(s, "model", o->model->ops->type);
+    cJSON_AddStringToObject(s, "loss", o->model->loss_name);
+    cJSON_AddStringToObject(s, "loss_convention",
+                            d->has_text ? "next-token cross-entropy in nats, averaged over predicted tokens; bits_per_byte = the summed nats / ln 2 / the source bytes of those tokens"
+                                        : "per-row objective averaged over rows; squared errors summed over outputs");
+    if (d->has_text)
+        text_summary(s, d);
+    cJSON_AddNumberToObject(s, "parameters", (double)moe_params_count(&o->model->params));
+}
+
+void run_output_summary_result(cJSON *s, const struct run_output *o, const struct moe_train_result *res,
+                               double flops_per_token)
+{
+    struct moe_model *m = o->model;
+    int text = o->data->has_text;
+    if (m->n_moe_layers)
+        cli_routing_json(s, m);
+    cJSON_AddNumberToObject(s, "epochs", (double)res->epochs);
+    cJSON_AddNumberToObject(s, "steps", (double)res->steps);
+    if (res->criterion_epoch >= 0)
+        cJSON_AddNumberToObject(s, "criterion_epoch", (double)res->criterion_epoch);
+    else
+        cJSON_AddNullToObject(s, "criterion_epoch");
+    cJSON *fin = cJSON_AddObjectToObject(s, "final");
+    cJSON_AddItemToObject(fin, "train", run_output_eval_json(&res->final_train));
+    cJSON_AddItemToObject(fin, "test", run_output_eval_json(&res->final_test));
+    if (m->n_expert) {
+        size_t k = m->n_expert < 64 ? m->n_expert : 64;
+        cJSON_AddItemToObject(s, "gate_mean_train", cJSON_CreateDoubleArray(res->final_gate_mean, (int)k));
+    }
+    cJSON_AddNumberToObject(s, "wall_seconds", res->wall_seconds);
+    cJSON_AddNumberToObject(s, "train_rows_per_second", res->rows_per_second);
+    if (text)
+        cJSON_AddNumberToObject(s, "train_tokens_per_second", res->tokens_per_second);
+    // achieved rate in the estimate's convention (3 x the forward weight-matrix FLOPs per token or row)
+    cJSON_AddNumberToObject(s, "train_gflops",
+                            flops_per_token * (text ? res->tokens_per_second : res->rows_per_second) * 1e-9);
+}

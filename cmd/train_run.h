@@ -1,0 +1,113 @@
+// train_run.h (cmd): the parts of the run behind `moe train`, `moe distill` and
+// `moe lora`, which cmd_train.c puts together: the run directory's files
+// (run_output.c), the teacher and baseline of a distillation (train_distill.c)
+// and what a tuning run trains (train_tune.c). Internal to cmd/, not an API:
+// a function that takes cmd prints its one-line error and returns the exit
+// code; one that takes a struct moe_err fills it and returns a MOE_E* code.
+#ifndef MOE_CLI_TRAIN_RUN_H
+#define MOE_CLI_TRAIN_RUN_H
+
+#include <cjson/cJSON.h>
+#include <stdint.h>
+
+#include "cli.h"
+#include "io/csv_writer.h"
+#include "io/safetensors.h"
+#include "train/train.h"
+
+// ---------------------------------------------------------------- run_output.c
+
+// The live tables: rows added as the run goes, flushed before every checkpoint.
+enum { LIVE_METRICS, LIVE_EXPERTS, LIVE_LANGS, N_LIVE };
+
+// The run directory of one run.
+struct run_output {
+    const char *dir;
+    struct moe_model *model;         // for the block number of each sparse layer
+    const struct moe_config *cfg;
+    const struct moe_data *data;
+    struct moe_csv live[N_LIVE];     // metrics.csv, experts.csv (sparse layers), languages.csv (text data)
+    uint64_t resume_bytes[N_LIVE];   // a resumed run: the tables' lengths its checkpoint counts
+    char *vocab;                     // text data: the vocabulary file's bytes (checkpoint tensor vocab.text)
+    size_t vocab_len;
+    char *languages;                 // text data: JSON array of the language names
+};
+
+// Text data: the vocabulary's bytes and the language names, for the
+// checkpoints, vocab.txt and the summary.
+int run_output_text(const char *cmd, struct run_output *o, const struct moe_data *d);
+// A resumed run: the tables' lengths its checkpoint counts, of the tables for
+// text data only (text = 1) or the others (text = 0).
+int run_output_lengths(struct run_output *o, const struct moe_st_file *ck, int text, struct moe_err *err);
+// The summary of a finished run in dir into *ret (NULL if there is none, or it
+// records an interruption).
+int run_output_complete(const char *dir, cJSON **ret, struct moe_err *err);
+// A resumed run: the temporary files a killed process left behind.
+int run_output_remove_stale(const char *dir, struct moe_err *err);
+// A new run in an old directory: remove what would make it look resumable or complete.
+int run_output_clear(const char *dir, struct moe_err *err);
+// config.json, the live tables (new, or with resume the rows the checkpoint
+// counts) and vocab.txt. dir, model, cfg and data must be set.
+int run_output_open(struct run_output *o, int resume, struct moe_err *err);
+// Training hooks (ctx = the struct run_output): a row for every live table, and
+// the checkpoint after flushing them, with their lengths.
+int run_output_row(void *ctx, const struct moe_eval_row *r, struct moe_err *err);
+int run_output_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct moe_err *err);
+// Write the live tables' complete rows. err NULL: all of them, whatever fails
+// (what can be kept is kept).
+int run_output_flush(struct run_output *o, struct moe_err *err);
+int run_output_close(struct run_output *o, struct moe_err *err);
+void run_output_release(struct run_output *o);
+// model.safetensors; with lora adapters.safetensors instead (the adapters and
+// the base tensors not frozen), and with merge also merged.safetensors.
+int run_output_model(struct run_output *o, const struct moe_lora *lora, const uint8_t *frozen, int merge,
+                     struct moe_err *err);
+// summary.json and stdout of a run a signal stopped after `steps` steps.
+int run_output_interrupted(const char *cmd, struct run_output *o, const char *signal, uint64_t steps,
+                           int has_checkpoint);
+// A finished run's summary: what the model and data are (first), and what
+// training gave (after tuning and distillation).
+void run_output_summary_model(cJSON *s, const struct run_output *o);
+void run_output_summary_result(cJSON *s, const struct run_output *o, const struct moe_train_result *res,
+                               double flops_per_token);
+// An evaluation row's figures (null for NaN).
+cJSON *run_output_eval_json(const struct moe_eval_row *r);
+
+// ---------------------------------------------------------------- train_distill.c
+
+// The checkpoints a distillation learns from and compares with (distill.*).
+struct distill {
+    struct moe_model teacher, baseline; // ops NULL: none
+    struct moe_st_file teacher_file, baseline_file;
+    cJSON *copied;  // distill.teacher_init: the tensors the student took from the teacher
+    int moebert;    // distill.moebert
+};
+
+// Load distill.teacher and distill.baseline for the student and, for a new run
+// with distill.teacher_init, start the student from the teacher.
+int distill_setup(const char *cmd, struct distill *d, const struct moe_config *cfg, const struct moe_data *data,
+                  struct moe_model *student, int resume);
+// A new run with distill.moebert: the teacher's FFNs become the student's
+// experts; DIR/importance.csv and DIR/moebert.json say how.
+int distill_moebert(const char *cmd, const struct cli_common *c, struct distill *d, const struct moe_config *cfg,
+                    struct moe_model *student, const struct moe_data *data, size_t max_batch, const char *dir);
+// summary.distill (nothing without a teacher).
+int distill_summary(const char *cmd, cJSON *s, struct distill *d, const struct moe_config *cfg,
+                    const struct moe_data *data, const struct moe_eval_row *student, const char *dir);
+void distill_release(struct distill *d);
+
+// ---------------------------------------------------------------- train_tune.c
+
+// What the run trains (train.trainable / train.freeze, and for moe lora the
+// adapters of lora.*): fills *ret_sel (frozen = NULL: everything) and, with
+// adapters, *lora.
+int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_model *m, int lora_mode,
+               struct moe_tune_sel *ret_sel, struct moe_lora *lora);
+// summary.tuning: the trainable parameters and their share.
+void tune_summary(cJSON *s, const struct moe_model *m, const struct moe_tune_sel *sel, const struct moe_lora *l);
+// adapters.safetensors: the adapters and the base tensors not frozen.
+int tune_write_adapters(const char *path, const struct moe_model *m, const uint8_t *frozen,
+                        const struct moe_lora *l, const struct moe_st_meta *meta, size_t n_meta,
+                        struct moe_err *err);
+
+#endif
