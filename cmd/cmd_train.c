@@ -313,16 +313,15 @@ static int train(struct train_run *r, struct moe_train_result *res)
     const struct cli_train_opts *o = r->o;
     struct distill *d = &r->distill;
     struct moe_err err = { 0 };
+    struct moe_distill kd = { .teacher = &d->teacher, .alpha = (float)(d->moebert ? d->c.weight : d->c.alpha),
+                              .tau = (float)d->c.temperature, .sym = d->moebert };
     // A LoRA run keeps no checkpoint (it cannot be resumed yet): its model slots hold W0 + sBA.
     struct moe_train_hooks hooks = { .row = run_output_row, .ctx = &r->outs,
                                      .checkpoint = o->lora ? NULL : run_output_checkpoint, .stop = &stop_signal,
                                      .resume = o->resume ? &r->resume : NULL, .frozen = r->tune.frozen,
                                      .frozen_experts = r->tune.frozen_experts,
                                      .lora = o->lora ? &r->lora : NULL,
-                                     .teacher = d->teacher.ops ? &d->teacher : NULL,
-                                     .kd_alpha = (float)moe_cfg_num(&r->cfg, d->moebert ? "distill.weight" : "distill.alpha"),
-                                     .kd_tau = (float)moe_cfg_num(&r->cfg, "distill.temperature"),
-                                     .kd_sym = d->moebert };
+                                     .distill = d->teacher.ops ? &kd : NULL };
     int rc = moe_train_ex(&r->model, &r->data, &r->cfg, &hooks, res, &err);
     if (rc == MOE_EINTR)
         return interrupted(r, res->steps);

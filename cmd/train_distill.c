@@ -17,10 +17,10 @@
 // model built from its own config and weights. It must read the student's data
 // as it was trained to (same inputs, outputs, standardisation, vocabulary and
 // languages). No path = nothing to do.
-static int peer_setup(const char *cmd, const char *key, const struct moe_config *cfg, const struct moe_data *data,
-                      const struct moe_model *student, struct moe_model *peer, struct moe_st_file *f)
+static int peer_setup(const char *cmd, const char *key, const char *path, const struct moe_config *cfg,
+                      const struct moe_data *data, const struct moe_model *student, struct moe_model *peer,
+                      struct moe_st_file *f)
 {
-    const char *path = moe_cfg_str(cfg, key);
     if (!path)
         return 0;
     struct moe_err err = { 0 };
@@ -92,13 +92,15 @@ int distill_setup(const char *cmd, struct distill *d, const struct moe_config *c
                   struct moe_model *student, int resume)
 {
     int rc;
-    d->moebert = moe_cfg_bool(cfg, "distill.moebert");
-    if ((rc = peer_setup(cmd, "distill.teacher", cfg, data, student, &d->teacher, &d->teacher_file)) ||
-        (rc = peer_setup(cmd, "distill.baseline", cfg, data, student, &d->baseline, &d->baseline_file)))
+    moe_distill_cfg_parse(&d->c, cfg);
+    d->moebert = d->c.moebert;
+    if ((rc = peer_setup(cmd, "distill.teacher", d->c.teacher, cfg, data, student, &d->teacher, &d->teacher_file)) ||
+        (rc = peer_setup(cmd, "distill.baseline", d->c.baseline, cfg, data, student, &d->baseline,
+                         &d->baseline_file)))
         return rc;
     if (d->baseline.ops && !d->teacher.ops)
         return cli_error(cmd, 2, "config key 'distill.baseline' needs distill.teacher (--teacher)");
-    if (!moe_cfg_bool(cfg, "distill.teacher_init") || resume)
+    if (!d->c.teacher_init || resume)
         return 0;
     if (!d->teacher.ops)
         return cli_error(cmd, 2, "config key 'distill.teacher_init' needs distill.teacher (--teacher)");
@@ -160,15 +162,15 @@ static int importance_csv(const struct moe_moebert *mb, const char *dir, struct 
 }
 
 // DIR/moebert.json's account of the conversion (without the evaluations).
-static cJSON *moebert_json(const struct moe_moebert *mb, const struct moe_config *cfg, size_t copied)
+static cJSON *moebert_json(const struct moe_moebert *mb, const struct moe_distill_cfg *dc, size_t copied)
 {
     cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "split", moe_cfg_str(cfg, "distill.split"));
+    cJSON_AddStringToObject(j, "split", dc->split);
     cJSON_AddNumberToObject(j, "shared_neurons", (double)mb->s);
     cJSON_AddNumberToObject(j, "experts", (double)mb->E);
     cJSON_AddNumberToObject(j, "expert_neurons", (double)mb->F);
     cJSON_AddNumberToObject(j, "teacher_neurons", (double)mb->Fd);
-    cJSON_AddNumberToObject(j, "weight", moe_cfg_num(cfg, "distill.weight"));
+    cJSON_AddNumberToObject(j, "weight", dc->weight);
     cJSON_AddNumberToObject(j, "tensors_copied", (double)copied);
     cJSON *ls = cJSON_AddArrayToObject(j, "layers");
     for (size_t k = 0; k < mb->n; k++) {
@@ -196,8 +198,7 @@ int distill_moebert(const char *cmd, const struct cli_common *c, struct distill 
     struct moe_err err = { 0 };
     struct moe_moebert mb;
     uint64_t seed = (uint64_t)moe_cfg_int(cfg, "train.seed");
-    int rc = moe_moebert_plan(&mb, m, teacher, (size_t)moe_cfg_int(cfg, "distill.shared"),
-                              strcmp(moe_cfg_str(cfg, "distill.split"), "random") == 0, &err);
+    int rc = moe_moebert_plan(&mb, m, teacher, d->c.shared, d->c.split_random, &err);
     if (!rc) {
         cli_log(c, "moe %s: moebert: neuron importance over %zu training %s, %zu blocks into %zu experts", cmd,
                 data->train.n, data->train.task == MOE_TASK_LM ? "windows" : "rows", mb.n, mb.E);
@@ -210,7 +211,7 @@ int distill_moebert(const char *cmd, const struct cli_common *c, struct distill 
     moe_moebert_split(&mb, seed);
     size_t copied = moe_moebert_convert(&mb, m, teacher);
     rc = importance_csv(&mb, dir, &err);
-    cJSON *j = moebert_json(&mb, cfg, copied);
+    cJSON *j = moebert_json(&mb, &d->c, copied);
     moe_moebert_release(&mb);
     // the test split, for the teacher and for the student as converted (before any training)
     struct moe_eval_row rt, rs;
@@ -235,7 +236,7 @@ static int gap_json(const char *cmd, cJSON *d, struct distill *ds, const struct 
 {
     struct moe_eval_row rt, rb;
     struct moe_err err = { 0 };
-    cJSON_AddStringToObject(d, "baseline", moe_cfg_str(cfg, "distill.baseline"));
+    cJSON_AddStringToObject(d, "baseline", ds->c.baseline);
     if (eval_test(&ds->teacher, data, cfg, &rt, &err) || eval_test(&ds->baseline, data, cfg, &rb, &err))
         return cli_fail(cmd, &err);
     int lm = data->test.task == MOE_TASK_LM;
@@ -280,13 +281,13 @@ int distill_summary(const char *cmd, cJSON *s, struct distill *ds, const struct 
     if (!ds->teacher.ops)
         return 0;
     cJSON *d = cJSON_AddObjectToObject(s, "distill");
-    cJSON_AddStringToObject(d, "teacher", moe_cfg_str(cfg, "distill.teacher"));
+    cJSON_AddStringToObject(d, "teacher", ds->c.teacher);
     cJSON_AddStringToObject(d, "teacher_model", ds->teacher.ops->type);
     cJSON_AddNumberToObject(d, "teacher_parameters", (double)moe_params_count(&ds->teacher.params));
-    cJSON_AddStringToObject(d, "mode", ds->moebert ? "moebert" : moe_cfg_bool(cfg, "distill.teacher_init") ? "sparse-to-dense" : "kd");
+    cJSON_AddStringToObject(d, "mode", ds->moebert ? "moebert" : ds->c.teacher_init ? "sparse-to-dense" : "kd");
     if (!ds->moebert) { // MoEBERT's objective has its own weight (distill.moebert.weight in the summary)
-        cJSON_AddNumberToObject(d, "alpha", moe_cfg_num(cfg, "distill.alpha"));
-        cJSON_AddNumberToObject(d, "temperature", moe_cfg_num(cfg, "distill.temperature"));
+        cJSON_AddNumberToObject(d, "alpha", ds->c.alpha);
+        cJSON_AddNumberToObject(d, "temperature", ds->c.temperature);
     }
     if (ds->copied)
         cJSON_AddItemToObject(d, "initialised_from_teacher", ds->copied);

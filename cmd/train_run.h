@@ -81,6 +81,7 @@ struct distill {
     struct moe_st_file teacher_file, baseline_file;
     cJSON *copied;  // distill.teacher_init: the tensors the student took from the teacher
     int moebert;    // distill.moebert
+    struct moe_distill_cfg c; // the distill.* keys (distill_setup)
 };
 
 // Load distill.teacher and distill.baseline for the student and, for a new run

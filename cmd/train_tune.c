@@ -8,17 +8,6 @@
 
 #include "train_run.h"
 
-// The strings of a list key, for the glob functions (a view into cfg).
-static const char **str_list(const struct moe_config *cfg, const char *key, size_t *ret_n)
-{
-    size_t n = moe_cfg_len(cfg, key);
-    const char **v = malloc((n ? n : 1) * sizeof *v);
-    for (size_t i = 0; v && i < n; i++)
-        v[i] = moe_cfg_str_at(cfg, key, i);
-    *ret_n = n;
-    return v;
-}
-
 // What the run trains (train.trainable / train.freeze, and for moe lora the
 // adapters of lora.*): fills *ret_sel (frozen = NULL: everything) and, with adapters, *lora.
 int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_model *m, int lora_mode,
@@ -27,15 +16,15 @@ int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_model *
     static const char *const what_t = "train.trainable (--trainable)", *const what_f = "train.freeze (--freeze)";
     struct moe_err err = { 0 };
     struct moe_tune_sel sel = { 0 };
-    size_t n_t, n_f, n_g;
-    const char **tr = str_list(cfg, "train.trainable", &n_t), **fr = str_list(cfg, "train.freeze", &n_f);
-    const char **tg = str_list(cfg, "lora.targets", &n_g);
-    size_t rank = (size_t)moe_cfg_int(cfg, "lora.rank");
-    int rc = 0;
-    if (!tr || !fr || !tg) {
-        rc = cli_error(cmd, 1, "out of memory");
-        goto out;
+    struct moe_train_cfg tc = { 0 };
+    struct moe_lora_cfg lc = { 0 };
+    if (moe_train_cfg_parse(&tc, cfg, &err) || moe_lora_cfg_parse(&lc, cfg, &err)) {
+        moe_train_cfg_release(&tc);
+        return cli_fail(cmd, &err);
     }
+    const char **tr = tc.trainable, **fr = tc.freeze, **tg = lc.targets;
+    size_t n_t = tc.n_trainable, n_f = tc.n_freeze, n_g = lc.n_targets, rank = lc.rank;
+    int rc = 0;
     if (!lora_mode) {
         if (rank > 0) {
             rc = cli_error(cmd, 2, "config key 'lora.rank' is %zu: adapters are trained by 'moe lora --base CKPT', not 'moe train'", rank);
@@ -58,7 +47,7 @@ int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_model *
     }
     // The base is frozen but for the routers (unless lora.freeze_router) and what
     // train.trainable names (tensors or expert slices); train.freeze has the last word.
-    int train_router = !moe_cfg_bool(cfg, "lora.freeze_router");
+    int train_router = !lc.freeze_router;
     static const char *const router_globs[] = { "*.router.*", "*.lang_emb" };
     if (moe_tune_sel_init(&sel, &m->params, 1, &err) ||
         (train_router && moe_tune_sel_mark(&sel, &m->params, router_globs, 2, 0, NULL, &err)) ||
@@ -67,18 +56,16 @@ int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_model *
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    if (moe_lora_create(lora, &m->params, sel.frozen, tg, n_g, rank, moe_cfg_num(cfg, "lora.alpha"),
-                        strcmp(moe_cfg_str(cfg, "lora.expert_mode"), "shared") == 0, &err)) {
+    if (moe_lora_create(lora, &m->params, sel.frozen, tg, n_g, rank, lc.alpha, lc.expert_shared, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    moe_lora_init(lora, (uint64_t)moe_cfg_int(cfg, "train.seed"));
+    moe_lora_init(lora, tc.seed);
     *ret_sel = sel;
     memset(&sel, 0, sizeof sel);
 out:
-    free(tr);
-    free(fr);
-    free(tg);
+    moe_train_cfg_release(&tc);
+    moe_lora_cfg_release(&lc);
     moe_tune_sel_release(&sel);
     return rc;
 }

@@ -412,6 +412,7 @@ enum { GD = 3, GO = 2, GE = 3, GT = 5 };
 struct model_ctx {
     struct moe_model m;
     struct moe_batch b;
+    struct moe_batch_kd kd; // b.kd points here when a teacher is set
     struct moe_stats st;
 };
 
@@ -430,17 +431,20 @@ static double model_loss(void *p)
     moe_stats_reset(&c->st);
     float logits[KD_MAX_ROWS * 8];
     struct moe_batch b = c->b;
-    if (b.teacher)
-        b.logits_out = logits;
+    struct moe_batch_kd kd = c->kd;
+    if (kd.teacher) {
+        kd.logits_out = logits;
+        b.kd = &kd;
+    }
     int rc = moe_model_run(&c->m, &b, 0, &c->st, &err);
     ck_assert_msg(rc == 0, "run: %s", err.msg);
-    if (!b.teacher)
+    if (!kd.teacher)
         return c->st.loss / (double)c->b.n;
     size_t T = b.n, O = c->m.n_out;
     double ce = moe_ce_forward_backward(NULL, logits, b.label, T, O, 1.0f);
     ck_assert_double_eq_tol(ce, c->st.loss, 1e-9 * fabs(ce)); // statistics keep the plain cross-entropy
-    double kd = moe_kd_forward_backward(NULL, logits, b.teacher, T, O, b.kd_tau, 1.0f);
-    return ((1.0 - b.kd_alpha) * ce + b.kd_alpha * kd) / (double)T;
+    double l_kd = moe_kd_forward_backward(NULL, logits, kd.teacher, T, O, kd.tau, 1.0f);
+    return ((1.0 - kd.alpha) * ce + kd.alpha * l_kd) / (double)T;
 }
 
 static void randomize(struct moe_params *p, const char *name, uint32_t stream)
@@ -488,11 +492,13 @@ static void check_model(const char *json, enum moe_task task, const char *label)
         c.b.label = lab;
     else
         c.b.y = y;
+    memset(&c.kd, 0, sizeof c.kd);
     if (kd_teacher) {
         ck_assert_uint_le(GT * GO, KD_MAX_ROWS * 8);
-        c.b.teacher = kd_teacher;
-        c.b.kd_alpha = 0.3f;
-        c.b.kd_tau = 2.0f;
+        c.kd.teacher = kd_teacher;
+        c.kd.alpha = 0.3f;
+        c.kd.tau = 2.0f;
+        c.b.kd = &c.kd;
     }
 
     // analytic: gradient of the batch-mean loss, accumulated into a zeroed grad

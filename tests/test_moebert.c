@@ -111,6 +111,7 @@ enum { N = 6, I = 5, O = 3, B = 2, C = 4, V = 7 };
 struct kd_ctx {
     struct moe_model m;
     struct moe_batch b;
+    struct moe_batch_kd kd; // b.kd points here
     size_t rows, width;   // output rows (tokens) and their width
     float *x, *logits, *hidden, *t_logits, *t_hidden;
     int32_t label[N], tok[B * (C + 1)];
@@ -197,12 +198,9 @@ START_TEST(test_grad_moebert)
         c->b.label = c->label;
     }
     c->b.step = 2;
-    c->b.teacher = c->t_logits;
-    c->b.teacher_hidden = c->t_hidden;
-    c->b.kd_sym = 1;
-    c->b.kd_alpha = c->w;
-    c->b.logits_out = c->logits;
-    c->b.hidden_out = c->hidden;
+    c->kd = (struct moe_batch_kd){ .teacher = c->t_logits, .teacher_hidden = c->t_hidden, .sym = 1, .alpha = c->w,
+                                   .logits_out = c->logits, .hidden_out = c->hidden };
+    c->b.kd = &c->kd;
     unsigned sig0;
     moe_params_zero_grad(&c->m.params);
     kd_objective(c, &sig0);
@@ -221,8 +219,8 @@ START_TEST(test_grad_moebert)
                   all.skipped);
     // the distillation terms matter: without them the gradient differs
     float *plain = malloc(numel * sizeof *plain);
-    struct moe_batch b0 = c->b;
-    c->b.teacher_hidden = NULL;
+    struct moe_batch_kd kd0 = c->kd;
+    c->kd.teacher_hidden = NULL;
     moe_params_zero_grad(&c->m.params);
     struct moe_err err;
     ck_assert_int_eq(moe_model_run(&c->m, &c->b, 1, NULL, &err), 0);
@@ -231,7 +229,7 @@ START_TEST(test_grad_moebert)
     for (size_t i = 0; i < numel; i++)
         diff = fmax(diff, fabs(plain[i] - grad[i]));
     ck_assert_double_gt(diff, 1e-3);
-    c->b = b0;
+    c->kd = kd0;
     free(plain);
     free(grad);
     free(c->x);
@@ -320,9 +318,10 @@ START_TEST(test_importance_naive)
     }
     double fast[L * Fd] = { 0 }, naive[L * Fd] = { 0 };
     struct moe_err err;
-    b.ffn_importance = fast;
+    struct moe_batch_kd kd = { .ffn_importance = fast };
+    b.kd = &kd;
     ck_assert_int_eq(moe_model_run(&m, &b, 1, NULL, &err), 0);
-    b.ffn_importance = NULL;
+    b.kd = NULL;
     naive_importance(&m, &b, lm, naive, L, Fd);
     double big = 0.0;
     for (size_t k = 0; k < L * Fd; k++)

@@ -177,8 +177,9 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     MOE_TIMED(MOE_PHASE_LINEAR,
               moe_linear_forward(n->y, O, nf, D, moe_params_data(p, n->i_wh), moe_params_data(p, n->i_bh), T, D, O));
     MOE_TIMED(MOE_PHASE_LOSS, moe_model_head_loss(m, n->ce, n->y, with_grad ? n->dy : NULL, n->pred, target, bt, stats));
-    if (bt->hidden_out)
-        memcpy(bt->hidden_out, n->h + TD, L * TD * sizeof(float));
+    const struct moe_batch_kd *kd = bt->kd;
+    if (kd && kd->hidden_out)
+        memcpy(kd->hidden_out, n->h + TD, L * TD * sizeof(float));
     if (!with_grad)
         return 0;
 
@@ -191,9 +192,9 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     for (size_t l = L; l-- > 0;) {
         struct block *b = &n->blk[l];
         float *hin = n->h + l * TD, *nl = n->n + l * TD;
-        if (bt->teacher_hidden) // MoEBERT: the block output's distance to the teacher's
-            moe_mse_forward_backward(n->dh, n->h + (l + 1) * TD, bt->teacher_hidden + l * TD, 1, TD,
-                                     bt->kd_alpha / (float)TD);
+        if (kd && kd->teacher_hidden) // MoEBERT: the block output's distance to the teacher's
+            moe_mse_forward_backward(n->dh, n->h + (l + 1) * TD, kd->teacher_hidden + l * TD, 1, TD,
+                                     kd->alpha / (float)TD);
         memset(n->dn, 0, TD * sizeof(float));
         if (b->sparse) {
             moe_layer_backward(&b->moe, p, n->dn, n->dh, nl);
@@ -202,8 +203,8 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
                              moe_params_grad(p, b->i_w2), n->dhh, n->da, n->db, n->dh, nl, b->a, b->b, b->hh,
                              moe_params_data(p, b->i_w1), b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL,
                              moe_params_data(p, b->i_w2), T, D, Fd, n->act);
-            if (bt->ffn_importance) // every row is an example with loss (1/T)-scaled in the batch mean
-                moe_ffn_importance_add(bt->ffn_importance + l * Fd, b->a, b->b, b->hh, n->dhh, n->da, n->db, T, Fd, 1,
+            if (kd && kd->ffn_importance) // every row is an example with loss (1/T)-scaled in the batch mean
+                moe_ffn_importance_add(kd->ffn_importance + l * Fd, b->a, b->b, b->hh, n->dhh, n->da, n->db, T, Fd, 1,
                                        (double)T, n->act);
         }
         // the residual passes dh through; the branch adds norm'(dn)

@@ -91,20 +91,21 @@ int moe_model_head_loss_check(struct moe_model *m, const char *loss, int *ret_ce
 double moe_model_ce_head(float *dy, float *row_loss, int32_t *row_argmax, const float *y, const int32_t *label,
                          const struct moe_batch *b, size_t rows, size_t O)
 {
-    if (b->logits_out)
-        memcpy(b->logits_out, y, rows * O * sizeof(float));
+    const struct moe_batch_kd *kd = b->kd;
+    if (kd && kd->logits_out)
+        memcpy(kd->logits_out, y, rows * O * sizeof(float));
     float scale = 1.0f / (float)rows;
-    if (!b->teacher)
+    if (!kd || !kd->teacher)
         return moe_ce_rows(dy, row_loss, row_argmax, y, label, rows, O, scale);
-    if (b->kd_sym) {
+    if (kd->sym) {
         double ce = moe_ce_rows(dy, row_loss, row_argmax, y, label, rows, O, scale);
         if (dy)
-            moe_symkl_forward_backward(dy, y, b->teacher, rows, O, b->kd_alpha * scale);
+            moe_symkl_forward_backward(dy, y, kd->teacher, rows, O, kd->alpha * scale);
         return ce;
     }
-    double ce = moe_ce_rows(dy, row_loss, row_argmax, y, label, rows, O, (1.0f - b->kd_alpha) * scale);
+    double ce = moe_ce_rows(dy, row_loss, row_argmax, y, label, rows, O, (1.0f - kd->alpha) * scale);
     if (dy)
-        moe_kd_forward_backward(dy, y, b->teacher, rows, O, b->kd_tau, b->kd_alpha * scale);
+        moe_kd_forward_backward(dy, y, kd->teacher, rows, O, kd->tau, kd->alpha * scale);
     return ce;
 }
 
@@ -116,8 +117,8 @@ void moe_model_head_loss(const struct moe_model *m, int ce, const float *y, floa
         memset(dy, 0, T * O * sizeof(float));
     float scale = 1.0f / (float)T;
     double loss = ce ? moe_model_ce_head(dy, NULL, NULL, y, b->label, b, T, O) : moe_mse_forward_backward(dy, y, target, T, O, scale);
-    if (!ce && b->logits_out)
-        memcpy(b->logits_out, y, T * O * sizeof(float));
+    if (!ce && b->kd && b->kd->logits_out)
+        memcpy(b->kd->logits_out, y, T * O * sizeof(float));
     if (!stats)
         return;
     if (ce) {

@@ -76,20 +76,28 @@ struct moe_batch {
     const uint8_t *cls;    // (n, C + 1) byte class of each token (io/corpus.h), or NULL
     const int32_t *lang;   // (n) language of each window, or NULL (one language)
     const uint64_t *bytes; // (n) source bytes covered by each window's targets (bits per byte)
-    // Distillation (cross-entropy heads): the teacher's logits for the same output
-    // rows (n rows of O; language models n * C rows of V). The training objective
-    // becomes (1 - kd_alpha) CE + kd_alpha tau^2 KL (nn.h moe_kd_forward_backward,
-    // tau = kd_tau); the loss in the statistics stays the cross-entropy.
+    // Distillation (knowledge distillation, MoEBERT): NULL for plain training and evaluation.
+    const struct moe_batch_kd *kd;
+};
+
+// What a batch carries for distillation (moe_batch.kd): the teacher's outputs the
+// student learns from, and the outputs a pass must hand back (the teacher's pass,
+// MoEBERT's importance pass). Every pointer may be NULL.
+struct moe_batch_kd {
+    // The teacher's logits for the same output rows (n rows of O; language models
+    // n * C rows of V), cross-entropy heads only. The training objective becomes
+    // (1 - alpha) CE + alpha tau^2 KL (nn.h moe_kd_forward_backward); the loss in
+    // the statistics stays the cross-entropy.
     const float *teacher;
-    float kd_alpha, kd_tau;
-    float *logits_out;     // when non-NULL, the model copies its output logits here (same layout)
-    // MoEBERT distillation (Zuo et al. 2022, sec. 3.3; models with hidden_per_row > 0).
-    // kd_sym: with b->teacher the objective is CE + kd_alpha SKL(teacher, student),
-    // SKL the symmetric KL at temperature 1 (nn.h moe_symkl_forward_backward),
-    // instead of the mix above. teacher_hidden adds kd_alpha sum_l MSE_l, MSE_l =
-    // mean over rows and widths of (h_l - teacher h_l)^2 for each block output l = 1..L.
-    int kd_sym;
+    float alpha, tau;
+    // MoEBERT (Zuo et al. 2022, sec. 3.3; models with hidden_per_row > 0). sym:
+    // with teacher the objective is CE + alpha SKL(teacher, student), SKL the
+    // symmetric KL at temperature 1 (nn.h moe_symkl_forward_backward), instead of
+    // the mix above. teacher_hidden adds alpha sum_l MSE_l, MSE_l = mean over rows
+    // and widths of (h_l - teacher h_l)^2 for each block output l = 1..L.
+    int sym;
     const float *teacher_hidden; // (L, rows, D) the teacher's block outputs (rows = n, or n * C tokens)
+    float *logits_out;     // when non-NULL, the model copies its output logits here (same layout)
     float *hidden_out;     // when non-NULL, the model copies its block outputs here (same layout)
     // When non-NULL, a training pass (with_grad) adds each dense FFN neuron's
     // importance over the batch's examples (windows for language models) into

@@ -272,11 +272,12 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     if (stats)
         add_stats(n, bt, stats, row_loss, row_argmax);
     moe_prof_end(MOE_PHASE_LOSS, t0);
-    if (bt->hidden_out)
-        memcpy(bt->hidden_out, n->h + TD, L * TD * sizeof(float));
+    const struct moe_batch_kd *kd = bt->kd;
+    if (kd && kd->hidden_out)
+        memcpy(kd->hidden_out, n->h + TD, L * TD * sizeof(float));
     if (!with_grad) {
-        if (bt->logits_out)
-            memcpy(bt->logits_out, n->logits, T * V * sizeof(float));
+        if (kd && kd->logits_out)
+            memcpy(kd->logits_out, n->logits, T * V * sizeof(float));
         return 0;
     }
 
@@ -287,9 +288,9 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     moe_model_norm_backward(n->rms, p, n->dh, n->dn, hL, n->meanf, n->rstdf, n->i_gf, n->i_bf, T, n->D);
     for (size_t l = L; l-- > 0;) {
         struct block *b = &n->blk[l];
-        if (bt->teacher_hidden) // MoEBERT: the block output's distance to the teacher's
-            moe_mse_forward_backward(n->dh, n->h + (l + 1) * TD, bt->teacher_hidden + l * TD, 1, TD,
-                                     bt->kd_alpha / (float)TD);
+        if (kd && kd->teacher_hidden) // MoEBERT: the block output's distance to the teacher's
+            moe_mse_forward_backward(n->dh, n->h + (l + 1) * TD, kd->teacher_hidden + l * TD, 1, TD,
+                                     kd->alpha / (float)TD);
         // FFN branch: dm = dh (residual) + norm2'(dFFN)
         moe_zero(n->dn, TD);
         if (b->sparse) {
@@ -312,8 +313,8 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
                              moe_params_grad(p, b->i_w2), n->dhh, n->da, n->db, n->dh, b->n2, b->a, b->b, b->hh,
                              moe_params_data(p, b->i_w1), b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL,
                              moe_params_data(p, b->i_w2), T, D, Fd, n->act);
-            if (bt->ffn_importance) // an example is a window: the mean over its C tokens, 1/B of the batch's
-                moe_ffn_importance_add(bt->ffn_importance + l * Fd, b->a, b->b, b->hh, n->dhh, n->da, n->db, T, Fd,
+            if (kd && kd->ffn_importance) // an example is a window: the mean over its C tokens, 1/B of the batch's
+                moe_ffn_importance_add(kd->ffn_importance + l * Fd, b->a, b->b, b->hh, n->dhh, n->da, n->db, T, Fd,
                                        C, (double)B, n->act);
         }
         moe_model_norm_backward(n->rms, p, n->dh, n->dn, b->m, b->mean2, b->rstd2, b->i_g2, b->i_b2, T, n->D);

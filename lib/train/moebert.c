@@ -119,7 +119,8 @@ int moe_moebert_importance(struct moe_moebert *mb, struct moe_model *teacher, co
             b.label = train->label ? train->label + start : NULL;
             b.group = train->group ? train->group + start : NULL;
         }
-        b.ffn_importance = mb->table;
+        struct moe_batch_kd kd = { .ffn_importance = mb->table };
+        b.kd = &kd;
         moe_params_zero_grad(&teacher->params);
         rc = moe_model_run(teacher, &b, 1, NULL, err);
     }

@@ -1,8 +1,8 @@
 // schema.c: the run configuration's schema, every key with its default, range
-// and meaning: the data.*, distill.* and lora.* keys here, and the tables of the
-// files that read the others (model/model_config.c: model.* and loss.*;
-// moe/layer_config.c: moe.*; optim.c: optim.*; trainer.c: train.*) joined in
-// the order of docs/config.md. The schema
+// and meaning: the data.* keys here, and the tables of the files that read the
+// others (model/model_config.c: model.* and loss.*; moe/layer_config.c: moe.*;
+// optim.c: optim.*; trainer.c: train.*; distill.c: distill.*; tune.c: lora.*)
+// joined in the order of docs/config.md. The schema
 // is the single source of docs/config.md (`moe help config` prints it) and of
 // validation; never parse JSON elsewhere.
 #include "train/train.h"
@@ -54,27 +54,8 @@ static const struct moe_cfg_key data_keys[] = {
     { "data.text.valid_eval_windows", MOE_CFG_INT, "0", 0, 1e12, NULL, "the same for the validation split (0 = every window at steps of n_ctx tokens; consecutive windows share one token, the last target of one is the first input of the next)" },
 };
 
-static const struct moe_cfg_key run_keys[] = {
-    // distillation (moe distill)
-    { "distill.teacher", MOE_CFG_STR, "null", 1, 0, NULL, "teacher checkpoint (moe distill --teacher): every training batch is distilled from its outputs; null = none" },
-    { "distill.temperature", MOE_CFG_NUM, "2", 0.01, 100, NULL, "softmax temperature tau of the distillation term (moe distill --temperature)" },
-    { "distill.alpha", MOE_CFG_NUM, "0.5", 0, 1, NULL, "weight of the distillation term: alpha tau^2 KL(teacher || student) + (1 - alpha) CE (moe distill --alpha)" },
-    { "distill.teacher_init", MOE_CFG_BOOL, "false", 1, 0, NULL, "start every student tensor that has a namesake of the same shape in the teacher from the teacher's values (sparse-to-dense: the non-expert weights)" },
-    { "distill.baseline", MOE_CFG_STR, "null", 1, 0, NULL, "a baseline checkpoint (e.g. the student trained without a teacher): the summary reports the fraction of the teacher-baseline gap the student recovers on the test split" },
-    { "distill.moebert", MOE_CFG_BOOL, "false", 1, 0, NULL, "MoEBERT (moe distill --mode moebert): the student's sparse layers start as the teacher's dense FFNs split into experts (distill.split, distill.shared); the objective is CE + distill.weight (hidden-state MSE per block + symmetric KL of the outputs)" },
-    { "distill.split", MOE_CFG_STR, "\"importance\"", 1, 0, "importance|random", "MoEBERT: neurons in order of importance (summed over the training data, importance.csv) or in a seeded random order (moe distill --split)" },
-    { "distill.shared", MOE_CFG_INT, "0", 0, 1 << 20, NULL, "MoEBERT: the first s neurons of the order go to every expert; the rest are dealt round-robin until each expert holds n_ff (moe distill --shared)" },
-    { "distill.weight", MOE_CFG_NUM, "5", 0, 1e6, NULL, "MoEBERT: weight of the distillation terms (hidden-state MSE + symmetric KL) next to the task loss (moe distill --weight)" },
-    // LoRA adapters (moe lora)
-    { "lora.rank", MOE_CFG_INT, "0", 0, 65536, NULL, "rank r of the adapters (0 = no adapters; moe lora --rank)" },
-    { "lora.alpha", MOE_CFG_NUM, "8", 1e-6, 1e6, NULL, "adapter scale numerator: W = W0 + (alpha / r) B A (moe lora --alpha)" },
-    { "lora.targets", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "globs over tensor names: the matrices that get adapters (moe lora --targets)" },
-    { "lora.expert_mode", MOE_CFG_STR, "\"per-expert\"", 1, 0, "per-expert|shared", "expert tensors [E, out, in]: one adapter per expert, or one shared by all" },
-    { "lora.freeze_router", MOE_CFG_BOOL, "false", 1, 0, NULL, "keep the routers as they are; otherwise they are trained in full along with the adapters" },
-};
 
 #define N_DATA (sizeof data_keys / sizeof data_keys[0])
-#define N_RUN (sizeof run_keys / sizeof run_keys[0])
 #define N_MAX 256 // room for every table; asserted
 
 static struct moe_cfg_key schema[N_MAX];
@@ -91,7 +72,8 @@ static void join(void)
         { moe_layer_keys, moe_layer_keys_len },
         { moe_optim_keys, moe_optim_keys_len },
         { moe_train_keys, moe_train_keys_len },
-        { run_keys, N_RUN },
+        { moe_distill_keys, moe_distill_keys_len },
+        { moe_lora_keys, moe_lora_keys_len },
     };
     size_t n = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {

@@ -79,8 +79,7 @@ double moe_optim_grad_norm_segs(const struct moe_optim_seg *s, size_t n_seg);
 void moe_optim_release(struct moe_optim *o);
 
 // ---- the training loop ----
-// The train.* keys (trainer.c) read into a typed struct; train.trainable and
-// train.freeze are lists the tuning set-up reads (tune.h).
+// The train.* keys (trainer.c) read into a typed struct.
 enum moe_criterion { MOE_CRIT_NONE = 0, MOE_CRIT_LOSS = 1, MOE_CRIT_MSE = 2, MOE_CRIT_ACCURACY = 3 };
 struct moe_train_cfg {
     uint64_t seed, epochs, eval_every, log_every, checkpoint_every;
@@ -88,10 +87,14 @@ struct moe_train_cfg {
     enum moe_criterion criterion;
     double criterion_value, active_threshold;
     size_t max_batch_eval;
+    // partial fine-tuning globs (train/tune.h); the strings point into the config
+    const char **trainable, **freeze;
+    size_t n_trainable, n_freeze;
 };
 extern const struct moe_cfg_key moe_train_keys[];
 extern const size_t moe_train_keys_len;
-void moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg);
+int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, struct moe_err *err);
+void moe_train_cfg_release(struct moe_train_cfg *c);
 // One evaluation of a split, as written to metrics.csv. NaN = not applicable.
 struct moe_eval_row {
     uint64_t step;
@@ -218,16 +221,36 @@ struct moe_train_hooks {
     // LoRA adapters trained along with the unfrozen tensors (NULL: none). The
     // trainer applies them before the first forward pass and after every step.
     struct moe_lora *lora;
-    // Knowledge distillation: every training batch goes through the teacher
-    // (evaluation mode) first, and the student learns (1 - kd_alpha) CE +
-    // kd_alpha tau^2 KL(teacher || student) at temperature kd_tau. The teacher
-    // must take the same inputs and give the same outputs as the model.
+    // Distillation (NULL: none).
+    const struct moe_distill *distill;
+};
+// The distill.* keys (distill.c) read into a typed struct; the strings point
+// into the config and live as long as it.
+struct moe_distill_cfg {
+    const char *teacher, *baseline; // checkpoint paths, or NULL
+    double temperature, alpha;      // the distillation term: alpha tau^2 KL at temperature tau
+    int teacher_init;               // start student tensors from the teacher's namesakes
+    int moebert;                    // MoEBERT conversion and objective
+    const char *split;              // MoEBERT: "importance" or "random"
+    int split_random;
+    size_t shared;                  // MoEBERT: neurons every expert keeps
+    double weight;                  // MoEBERT: weight of the distillation terms
+};
+extern const struct moe_cfg_key moe_distill_keys[];
+extern const size_t moe_distill_keys_len;
+void moe_distill_cfg_parse(struct moe_distill_cfg *c, const struct moe_config *cfg);
+
+// Distillation (moe_train_hooks.distill): every training batch goes through the
+// teacher (evaluation mode) first, and the student learns (1 - alpha) CE +
+// alpha tau^2 KL(teacher || student) at temperature tau. The teacher must take
+// the same inputs and give the same outputs as the model. MoEBERT
+// (moe_batch_kd.sym, teacher_hidden): sym = 1 makes the objective CE + alpha
+// (symmetric KL + the block outputs' MSE to the teacher's); teacher and model
+// must then have block outputs of the same shape.
+struct moe_distill {
     struct moe_model *teacher;
-    float kd_alpha, kd_tau;
-    // MoEBERT (moe_batch.kd_sym, teacher_hidden): kd_sym = 1 makes the objective
-    // CE + kd_alpha (symmetric KL + the block outputs' MSE to the teacher's);
-    // teacher and model must then have block outputs of the same shape.
-    int kd_sym;
+    float alpha, tau;
+    int sym;
 };
 int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
                  const struct moe_train_hooks *hooks, struct moe_train_result *ret, struct moe_err *err);

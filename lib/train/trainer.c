@@ -36,7 +36,22 @@ const struct moe_cfg_key moe_train_keys[] = {
 };
 const size_t moe_train_keys_len = sizeof moe_train_keys / sizeof moe_train_keys[0];
 
-void moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg)
+// The strings of a list key (a view into cfg), in *ret (n entries, at least one slot).
+static int str_list(const struct moe_config *cfg, const char *key, const char ***ret, size_t *ret_n,
+                    struct moe_err *err)
+{
+    size_t n = moe_cfg_len(cfg, key);
+    const char **v = malloc((n ? n : 1) * sizeof *v);
+    if (!v)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        v[i] = moe_cfg_str_at(cfg, key, i);
+    *ret = v;
+    *ret_n = n;
+    return 0;
+}
+
+int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, struct moe_err *err)
 {
     static const char *const crits[] = { "none", "loss", "mse", "accuracy" };
     memset(c, 0, sizeof *c);
@@ -53,6 +68,21 @@ void moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg)
     c->log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
     c->checkpoint_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
     c->max_batch_eval = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+    int rc = str_list(cfg, "train.trainable", &c->trainable, &c->n_trainable, err);
+    if (!rc)
+        rc = str_list(cfg, "train.freeze", &c->freeze, &c->n_freeze, err);
+    if (rc)
+        moe_train_cfg_release(c);
+    return rc;
+}
+
+void moe_train_cfg_release(struct moe_train_cfg *c)
+{
+    if (!c)
+        return;
+    free(c->trainable);
+    free(c->freeze);
+    memset(c, 0, sizeof *c);
 }
 
 static double now_seconds(void)
@@ -295,6 +325,7 @@ struct run {
     struct moe_dataset batch;        // a shuffled batch's rows
     struct moe_lm_batch lb;          // language models: a batch's windows
     float *teacher_logits, *teacher_hidden;
+    struct moe_batch_kd kd; // what a training batch carries to the student (hooks->distill)
     struct moe_train_ckpt ck;
 };
 
@@ -346,14 +377,14 @@ static int optim_segments(struct run *r, struct moe_err *err)
 // The teacher's output buffers, once the teacher is found to fit the student.
 static int teacher_alloc(struct run *r, struct moe_err *err)
 {
-    const struct moe_model *m = r->m, *teacher = r->hooks->teacher;
+    const struct moe_model *m = r->m, *teacher = r->hooks->distill->teacher;
     size_t bs = r->bs, rows = bs * (r->lm ? r->tr->n_ctx : 1);
     if (teacher->n_out != m->n_out || teacher->n_in != m->n_in || teacher->task != m->task || bs > teacher->max_batch)
         return moe_error(err, MOE_ESHAPE, "the teacher (%zu inputs, %zu outputs, batches up to %zu) does not match the student (%zu inputs, %zu outputs, batches of %zu)",
                          teacher->n_in, teacher->n_out, teacher->max_batch, m->n_in, m->n_out, bs);
     if (!(r->teacher_logits = malloc(rows * m->n_out * sizeof *r->teacher_logits)))
         return moe_error(err, MOE_ENOMEM, "out of memory for the teacher's logits (%zu x %zu)", rows, m->n_out);
-    if (!r->hooks->kd_sym)
+    if (!r->hooks->distill->sym)
         return 0;
     if (!m->hidden_per_row || teacher->hidden_per_row != m->hidden_per_row)
         return moe_error(err, MOE_ESHAPE, "MoEBERT distillation needs teacher and student with block outputs of one shape (%zu and %zu floats per row)",
@@ -377,7 +408,9 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->ck = (struct moe_train_ckpt){ .pos = { .criterion_epoch = -1 }, .opt = &r->opt, .batch_stats = &r->sb };
     struct moe_train_cfg tc;
     struct moe_optim_cfg oc;
-    moe_train_cfg_parse(&tc, cfg);
+    int rc = moe_train_cfg_parse(&tc, cfg, err);
+    if (rc)
+        return rc;
     moe_optim_cfg_parse(&oc, cfg);
     r->seed = tc.seed;
     r->epochs = tc.epochs;
@@ -389,9 +422,11 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->use_crit = tc.criterion != MOE_CRIT_NONE;
     r->thr = tc.active_threshold;
     r->chunk = tc.max_batch_eval;
+    int shuffle = tc.shuffle;
+    moe_train_cfg_release(&tc); // the globs are the tuning set-up's (cmd), done before the run
     r->lm = r->tr->task == MOE_TASK_LM;
     const struct moe_dataset *tr = r->tr;
-    int rc = optim_segments(r, err);
+    rc = optim_segments(r, err);
     if (rc)
         return rc;
     size_t numel = 0;
@@ -407,7 +442,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     if (r->lm && r->chunk > bs)
         r->chunk = bs; // evaluation windows per pass: at most a training batch (memory grows with n_ctx)
     r->bs = bs;
-    r->shuffled = tc.shuffle && bs < tr->n && !r->lm;
+    r->shuffled = shuffle && bs < tr->n && !r->lm;
     if ((rc = moe_train_stats_init(&r->st, m, tr, err)) || (rc = moe_train_stats_init(&r->ste, m, tr, err)) ||
         (rc = moe_train_stats_init(&r->sb, m, tr, err)))
         return rc;
@@ -417,7 +452,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     if (!r->perm || !r->gm_train || !r->gm_test)
         return moe_error(err, MOE_ENOMEM, "out of memory");
     if ((r->lm && (rc = moe_lm_batch_alloc(&r->lb, bs, tr->n_ctx, err))) ||
-        (hooks->teacher && (rc = teacher_alloc(r, err))) ||
+        (hooks->distill && (rc = teacher_alloc(r, err))) ||
         (r->shuffled && (rc = moe_dataset_alloc(&r->batch, tr->task, bs, tr->n_in, tr->n_out, tr->group != NULL, err))))
         return rc;
     return 0;
@@ -533,24 +568,22 @@ static int grad_fault(const struct moe_params *p, const struct moe_lora *lora, u
 static int train_step(struct run *r, struct moe_batch *b, uint64_t epoch, size_t n, struct moe_err *err)
 {
     const struct moe_train_hooks *hooks = r->hooks;
-    struct moe_model *m = r->m, *teacher = hooks->teacher;
+    struct moe_model *m = r->m;
+    const struct moe_distill *d = hooks->distill;
     struct moe_lora *lora = hooks->lora;
     moe_params_zero_grad(&m->params);
     if (lora)
         moe_params_zero_grad(&lora->p);
     b->step = r->ck.pos.steps;
-    if (teacher) {
-        b->logits_out = r->teacher_logits;
-        b->hidden_out = r->teacher_hidden;
-        int rc = moe_model_run(teacher, b, 0, NULL, err);
+    if (d) { // the teacher's pass hands back its outputs; the student's learns from them
+        struct moe_batch_kd out = { .logits_out = r->teacher_logits, .hidden_out = r->teacher_hidden };
+        b->kd = &out;
+        int rc = moe_model_run(d->teacher, b, 0, NULL, err);
         if (rc)
             return rc;
-        b->logits_out = b->hidden_out = NULL;
-        b->teacher = r->teacher_logits;
-        b->teacher_hidden = r->teacher_hidden;
-        b->kd_sym = hooks->kd_sym;
-        b->kd_alpha = hooks->kd_alpha;
-        b->kd_tau = hooks->kd_tau;
+        r->kd = (struct moe_batch_kd){ .teacher = r->teacher_logits, .teacher_hidden = r->teacher_hidden,
+                                       .sym = d->sym, .alpha = d->alpha, .tau = d->tau };
+        b->kd = &r->kd;
     }
     double before = r->sb.loss;
     int rc = moe_model_run(m, b, 1, &r->sb, err);

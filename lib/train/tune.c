@@ -16,6 +16,40 @@ int moe_tune_match(const char *const *globs, size_t n, const char *name)
             return 1;
     return 0;
 }
+#include "io/config.h"
+
+const struct moe_cfg_key moe_lora_keys[] = {
+    // LoRA adapters (moe lora)
+    { "lora.rank", MOE_CFG_INT, "0", 0, 65536, NULL, "rank r of the adapters (0 = no adapters; moe lora --rank)" },
+    { "lora.alpha", MOE_CFG_NUM, "8", 1e-6, 1e6, NULL, "adapter scale numerator: W = W0 + (alpha / r) B A (moe lora --alpha)" },
+    { "lora.targets", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "globs over tensor names: the matrices that get adapters (moe lora --targets)" },
+    { "lora.expert_mode", MOE_CFG_STR, "\"per-expert\"", 1, 0, "per-expert|shared", "expert tensors [E, out, in]: one adapter per expert, or one shared by all" },
+    { "lora.freeze_router", MOE_CFG_BOOL, "false", 1, 0, NULL, "keep the routers as they are; otherwise they are trained in full along with the adapters" },
+};
+const size_t moe_lora_keys_len = sizeof moe_lora_keys / sizeof moe_lora_keys[0];
+
+int moe_lora_cfg_parse(struct moe_lora_cfg *c, const struct moe_config *cfg, struct moe_err *err)
+{
+    memset(c, 0, sizeof *c);
+    c->rank = (size_t)moe_cfg_int(cfg, "lora.rank");
+    c->alpha = moe_cfg_num(cfg, "lora.alpha");
+    c->n_targets = moe_cfg_len(cfg, "lora.targets");
+    if (!(c->targets = malloc((c->n_targets ? c->n_targets : 1) * sizeof *c->targets)))
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    for (size_t i = 0; i < c->n_targets; i++)
+        c->targets[i] = moe_cfg_str_at(cfg, "lora.targets", i);
+    c->expert_shared = strcmp(moe_cfg_str(cfg, "lora.expert_mode"), "shared") == 0;
+    c->freeze_router = moe_cfg_bool(cfg, "lora.freeze_router");
+    return 0;
+}
+
+void moe_lora_cfg_release(struct moe_lora_cfg *c)
+{
+    if (!c)
+        return;
+    free(c->targets);
+    memset(c, 0, sizeof *c);
+}
 
 // Every glob must match some tensor (a typo would otherwise silently train everything).
 int moe_tune_check_globs(const struct moe_params *p, const char *const *globs, size_t n, const char *what,

@@ -24,6 +24,7 @@
 
 #include "core/params.h"
 #include "core/status.h"
+#include "io/config.h"
 
 // Does name match any of the n comma-free globs (fnmatch(3), '*' crosses dots)?
 int moe_tune_match(const char *const *globs, size_t n, const char *name);
@@ -103,6 +104,21 @@ struct moe_lora_target {
     int a, b;         // tensor indices of A and B in the adapter registry
     float *w0;        // (E, out, in) the frozen base values
 };
+
+// The lora.* keys (tune.c) read into a typed struct; the strings point into the
+// config and live as long as it.
+struct moe_lora_cfg {
+    size_t rank;            // 0 = no adapters
+    double alpha;           // W = W0 + (alpha / rank) B A
+    const char **targets;   // (n_targets) globs over tensor names
+    size_t n_targets;
+    int expert_shared;      // lora.expert_mode shared (else per-expert)
+    int freeze_router;
+};
+extern const struct moe_cfg_key moe_lora_keys[];
+extern const size_t moe_lora_keys_len;
+int moe_lora_cfg_parse(struct moe_lora_cfg *c, const struct moe_config *cfg, struct moe_err *err);
+void moe_lora_cfg_release(struct moe_lora_cfg *c);
 
 struct moe_lora {
     struct moe_params p;          // the adapter tensors (A, B per target)

@@ -571,8 +571,14 @@ t_lora_sigterm() {
     rm -rf "$d"
     jq '.train.epochs = 12' long.json >long-lora.json
     "$MOE" lora --base "$BASE" --config long-lora.json --rank 2 --targets '*.experts.*' --threads 1 --quiet --out "$d" >"$d.out" 2>"$d.err" &
-    local pid=$!
-    sleep 0.25
+    local pid=$! i
+    # signal once metrics.csv has a batch row (train.log_every = 10 steps), so that steps
+    # have been taken however slow the build (sanitizers) or busy the machine
+    for i in $(seq 1 200); do
+        grep -q ',batch,' "$d/metrics.csv" 2>/dev/null && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
     kill -TERM "$pid" 2>/dev/null
     wait "$pid"
     local rc=$?
