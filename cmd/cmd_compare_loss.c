@@ -247,11 +247,11 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
     if (!r && is_mlp)
         loss = moe_cfg_str(&cfg, "loss.baseline");
     if (!r && !checked)
-        refused = cli_check_run(cmd, &cfg, NULL, cl_batch, NULL, 1, NULL, &checked);
+        refused = cli_check_run(cmd, &cfg, loss, NULL, cl_batch, NULL, 1, NULL, &checked);
     if (!r && !refused)
         r = moe_data_load(&data, &cfg, &err);
     if (!r && !refused && !checked)
-        refused = cli_check_run(cmd, &cfg, &data, cl_batch, NULL, 1, NULL, &checked);
+        refused = cli_check_run(cmd, &cfg, loss, &data, cl_batch, NULL, 1, NULL, &checked);
     if (!r && !refused)
         r = moe_model_create(&model, &cfg, loss, data.train.task, data.train.n_in, data.train.n_out,
                              cl_batch(&cfg, data.train.n, data.test.n, NULL), &err);

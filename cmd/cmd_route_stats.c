@@ -361,7 +361,7 @@ static int rs_load(struct rs_run *r)
     int std_on = 0, checked = 0, rc;
     if (moe_safetensors_open(r->o->ckpt, &r->f, &err) || load_config(&r->f, r->c, &r->cfg, &std_on, &err))
         return cli_fail(cmd, &err);
-    if ((rc = cli_check_run(cmd, &r->cfg, NULL, rs_batch, split, 0, NULL, &checked)))
+    if ((rc = cli_check_run(cmd, &r->cfg, NULL, NULL, rs_batch, split, 0, NULL, &checked)))
         return rc;
     int has_vocab = moe_data_vocab_read(&r->f, &r->vocab, &err);
     if (has_vocab < 0 || moe_data_load_ex(&r->data, &r->cfg, has_vocab ? &r->vocab : NULL, &err) ||
@@ -371,7 +371,7 @@ static int rs_load(struct rs_run *r)
     if (std_on && !r->data.has_text && standardize(&r->f, r->d, &err))
         return cli_fail(cmd, &err);
     r->chunk = rs_batch(&r->cfg, r->data.train.n, r->data.test.n, split);
-    if (!checked && (rc = cli_check_run(cmd, &r->cfg, &r->data, rs_batch, split, 0, NULL, &checked)))
+    if (!checked && (rc = cli_check_run(cmd, &r->cfg, NULL, &r->data, rs_batch, split, 0, NULL, &checked)))
         return rc;
     if (moe_model_create(&r->model, &r->cfg, NULL, r->d->task, r->d->n_in, r->d->n_out, r->chunk, &err) ||
         moe_model_load(&r->model, &r->f, 1, &err))

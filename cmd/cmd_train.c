@@ -125,7 +125,7 @@ static int dry_run(const char *cmd, const struct moe_config *cfg)
         n_train = data.train.n, n_test = data.test.n;
     }
     struct moe_model_estimate est;
-    int rc = moe_model_estimate(cfg, task, n_in, n_out, n_train, n_test, train_batch(cfg, n_train, n_test, NULL), 1,
+    int rc = moe_model_estimate(cfg, NULL, task, n_in, n_out, n_train, n_test, train_batch(cfg, n_train, n_test, NULL), 1,
                                 &est, &err);
     if (rc) {
         moe_data_release(&data);
@@ -230,14 +230,14 @@ static int load_data(struct train_run *r)
 {
     struct moe_err err = { 0 };
     int checked = 0, rc;
-    if ((rc = cli_check_run(r->cmd, &r->cfg, NULL, train_batch, NULL, 1, &r->est, &checked)))
+    if ((rc = cli_check_run(r->cmd, &r->cfg, NULL, NULL, train_batch, NULL, 1, &r->est, &checked)))
         return rc;
     if (moe_data_load_ex(&r->data, &r->cfg, r->has_vocab > 0 ? &r->ck_vocab : NULL, &err))
         return cli_fail(r->cmd, &err);
     if (r->data.has_text && (rc = run_output_text(r->cmd, &r->outs, &r->data)))
         return rc;
     if (!checked)
-        rc = cli_check_run(r->cmd, &r->cfg, &r->data, train_batch, NULL, 1, &r->est, &checked);
+        rc = cli_check_run(r->cmd, &r->cfg, NULL, &r->data, train_batch, NULL, 1, &r->est, &checked);
     return rc;
 }
 

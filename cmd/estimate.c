@@ -87,8 +87,9 @@ int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int da
                      have, MOE_MEMORY_LIMIT_ENV);
 }
 
-int cli_check_run(const char *cmd, const struct moe_config *cfg, const struct moe_data *data, cli_batch_fn batch,
-                  const void *ctx, int training, struct moe_model_estimate *ret_est, int *ret_checked)
+int cli_check_run(const char *cmd, const struct moe_config *cfg, const char *loss, const struct moe_data *data,
+                  cli_batch_fn batch, const void *ctx, int training, struct moe_model_estimate *ret_est,
+                  int *ret_checked)
 {
     struct moe_err err = { 0 };
     enum moe_task task;
@@ -106,7 +107,7 @@ int cli_check_run(const char *cmd, const struct moe_config *cfg, const struct mo
             return known < 0 ? cli_fail(cmd, &err) : 0;
     }
     struct moe_model_estimate est;
-    if (moe_model_estimate(cfg, task, n_in, n_out, n_train, n_test, batch(cfg, n_train, n_test, ctx), training, &est,
+    if (moe_model_estimate(cfg, loss, task, n_in, n_out, n_train, n_test, batch(cfg, n_train, n_test, ctx), training, &est,
                            &err))
         return cli_fail(cmd, &err);
     *ret_checked = 1;

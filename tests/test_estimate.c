@@ -74,7 +74,7 @@ static void check_config(const char *const *ovs, size_t n, enum moe_task task, s
     struct moe_err err = { 0 };
     make_cfg(&cfg, ovs, n);
     struct moe_model_estimate est;
-    int rc = moe_model_estimate(&cfg, task, n_in, n_out, 0, 0, max_batch, 0, &est, &err);
+    int rc = moe_model_estimate(&cfg, NULL, task, n_in, n_out, 0, 0, max_batch, 0, &est, &err);
     ck_assert_msg(rc == 0, "%s: estimate: %s", label, err.msg);
     struct moe_model m;
     size_t before = heap_in_use();
@@ -334,7 +334,7 @@ START_TEST(test_transformer_by_hand)
     struct moe_err err = { 0 };
     make_cfg(&cfg, ovs, 11);
     struct moe_model_estimate e;
-    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_LM, 3, 256, 0, 0, 4, 0, &e, &err), 0);
+    ck_assert_int_eq(moe_model_estimate(&cfg, NULL, MOE_TASK_LM, 3, 256, 0, 0, 4, 0, &e, &err), 0);
     size_t emb = 256 * 16 + 8 * 16;
     size_t attn = 2 * 16 + 3 * 16 * 16 + 16 * 16 + 2 * 16; // attn_norm, wqkv, wo, ffn_norm
     size_t dense_ffn = 2 * 32 * 16;                         // n_ff_dense = k * n_ff = 32
@@ -350,7 +350,7 @@ START_TEST(test_transformer_by_hand)
                            "model.tie_embeddings=true" };
     make_cfg(&cfg, tied, 12);
     struct moe_model_estimate t;
-    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_LM, 3, 256, 0, 0, 4, 0, &t, &err), 0);
+    ck_assert_int_eq(moe_model_estimate(&cfg, NULL, MOE_TASK_LM, 3, 256, 0, 0, 4, 0, &t, &err), 0);
     ck_assert_uint_eq(t.parameters, e.parameters - 256 * 16);
     moe_config_release(&cfg);
 }
@@ -363,7 +363,7 @@ static struct moe_model_estimate estimate_of(const char *const *ovs, size_t n, e
     struct moe_err err = { 0 };
     make_cfg(&cfg, ovs, n);
     struct moe_model_estimate est;
-    int rc = moe_model_estimate(&cfg, task, n_in, n_out, 0, 0, max_batch, 0, &est, &err);
+    int rc = moe_model_estimate(&cfg, NULL, task, n_in, n_out, 0, 0, max_batch, 0, &est, &err);
     ck_assert_msg(rc == 0, "estimate: %s", err.msg);
     moe_config_release(&cfg);
     return est;
@@ -410,8 +410,8 @@ START_TEST(test_training_bytes)
     struct moe_err err = { 0 };
     make_cfg(&cfg, ad, 4);
     struct moe_model_estimate tr, ev;
-    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_REGRESSION, 4, 2, 1000, 500, 500, 1, &tr, &err), 0);
-    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_REGRESSION, 4, 2, 1000, 500, 500, 0, &ev, &err), 0);
+    ck_assert_int_eq(moe_model_estimate(&cfg, NULL, MOE_TASK_REGRESSION, 4, 2, 1000, 500, 500, 1, &tr, &err), 0);
+    ck_assert_int_eq(moe_model_estimate(&cfg, NULL, MOE_TASK_REGRESSION, 4, 2, 1000, 500, 500, 0, &ev, &err), 0);
     ck_assert_uint_eq(tr.bytes_optimizer, 2 * tr.bytes_params);
     ck_assert_uint_eq(ev.bytes_optimizer, 0);
     ck_assert_uint_gt(tr.bytes_trainer, ev.bytes_trainer); // permutation, batch copy
@@ -429,11 +429,11 @@ START_TEST(test_training_bytes)
     moe_config_release(&cfg);
     const char *sgd[] = { "model.type=mlp", "optim.type=sgd" }, *gd[] = { "model.type=mlp", "optim.type=gd" };
     make_cfg(&cfg, sgd, 2);
-    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_REGRESSION, 4, 2, 100, 0, 100, 1, &tr, &err), 0);
+    ck_assert_int_eq(moe_model_estimate(&cfg, NULL, MOE_TASK_REGRESSION, 4, 2, 100, 0, 100, 1, &tr, &err), 0);
     ck_assert_uint_eq(tr.bytes_optimizer, tr.bytes_params);
     moe_config_release(&cfg);
     make_cfg(&cfg, gd, 2);
-    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_REGRESSION, 4, 2, 100, 0, 100, 1, &tr, &err), 0);
+    ck_assert_int_eq(moe_model_estimate(&cfg, NULL, MOE_TASK_REGRESSION, 4, 2, 100, 0, 100, 1, &tr, &err), 0);
     ck_assert_uint_eq(tr.bytes_optimizer, 0);
     moe_config_release(&cfg);
 }
@@ -475,7 +475,7 @@ static void check_text(const char *dir, const char *tokens, size_t *ret_file_byt
     struct moe_data d;
     ck_assert_msg(moe_data_load(&d, &cfg, &err) == 0, "%s", err.msg);
     struct moe_model_estimate e;
-    ck_assert_msg(moe_model_estimate(&cfg, MOE_TASK_LM, d.train.n_in, d.train.n_out, d.train.n, d.test.n, 4, 1, &e,
+    ck_assert_msg(moe_model_estimate(&cfg, NULL, MOE_TASK_LM, d.train.n_in, d.train.n_out, d.train.n, d.test.n, 4, 1, &e,
                                      &err) == 0, "%s", err.msg);
     int words = strcmp(tokens, "words") == 0;
     size_t V = d.corpus.vocab.n, want = 0, slots = 16;
@@ -579,7 +579,7 @@ START_TEST(test_data_files)
         struct moe_data d;
         ck_assert_msg(moe_data_load(&d, &cfg, &err) == 0, "%s", err.msg);
         struct moe_model_estimate e;
-        ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_CLASSIFICATION, 64, 10, d.train.n, d.test.n, 8, 1, &e,
+        ck_assert_int_eq(moe_model_estimate(&cfg, NULL, MOE_TASK_CLASSIFICATION, 64, 10, d.train.n, d.test.n, 8, 1, &e,
                                             &err), 0);
         size_t test_split = r64(100 * 64 * 4) + r64(100 * 4), zlib = (size_t)576 << 10;
         ck_assert_uint_eq(e.bytes_data, r64(200 * 64 * 4) + r64(200 * 4) + test_split);
@@ -588,7 +588,7 @@ START_TEST(test_data_files)
         ck_assert_uint_gt(e.bytes_readers, 0);
         moe_data_release(&d);
         // not loaded (rows 0, as moe_model_create asks): no data, no files looked at
-        ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_CLASSIFICATION, 64, 10, 0, 0, 8, 1, &e, &err), 0);
+        ck_assert_int_eq(moe_model_estimate(&cfg, NULL, MOE_TASK_CLASSIFICATION, 64, 10, 0, 0, 8, 1, &e, &err), 0);
         ck_assert_uint_eq(e.bytes_data + e.bytes_readers, 0);
         moe_config_release(&cfg);
         const char *files[] = { im, lb, ti, tl };
@@ -613,7 +613,7 @@ START_TEST(test_data_files)
     ck_assert_msg(moe_data_load(&d, &cfg, &err) == 0, "%s", err.msg);
     ck_assert_uint_eq(d.train.n + d.test.n, 3000);
     struct moe_model_estimate e;
-    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_CLASSIFICATION, 2, 2, d.train.n, d.test.n, 8, 1, &e, &err), 0);
+    ck_assert_int_eq(moe_model_estimate(&cfg, NULL, MOE_TASK_CLASSIFICATION, 2, 2, d.train.n, d.test.n, 8, 1, &e, &err), 0);
     size_t loading = r64(n) + r64(3000 * 2 * 4) + r64(3000 * (4 + sizeof(char *) + 32)) + r64(3000);
     ck_assert_uint_eq(e.bytes_readers, readers_of(&e, loading));
     ck_assert_uint_gt(e.bytes_readers, 0);
@@ -640,7 +640,7 @@ static void expect_refusal(const char *const *ovs, size_t n, size_t n_in, size_t
     make_cfg(&cfg, ovs, n);
     struct moe_model_estimate est;
     memset(&est, 0x5a, sizeof est);
-    int rc = moe_model_estimate(&cfg, MOE_TASK_CLASSIFICATION, n_in, n_out, 0, 0, max_batch, 0, &est, &err);
+    int rc = moe_model_estimate(&cfg, NULL, MOE_TASK_CLASSIFICATION, n_in, n_out, 0, 0, max_batch, 0, &est, &err);
     ck_assert_msg(rc == code, "expected %d, got %d: %s", code, rc, err.msg);
     ck_assert_uint_eq(est.parameters, 0x5a5a5a5a5a5a5a5aull); // not written on failure
     ck_assert_msg(strchr(err.msg, '\n') == NULL, "one line: %s", err.msg);
@@ -903,7 +903,7 @@ START_TEST(test_check_memory)
     struct moe_err err = { 0 };
     make_cfg(&cfg, ovs, 4);
     struct moe_model_estimate e;
-    ck_assert_int_eq(moe_model_estimate(&cfg, MOE_TASK_CLASSIFICATION, 784, 10, 60000, 10000, 4096, 1, &e, &err), 0);
+    ck_assert_int_eq(moe_model_estimate(&cfg, NULL, MOE_TASK_CLASSIFICATION, 784, 10, 60000, 10000, 4096, 1, &e, &err), 0);
     ck_assert_uint_gt(e.bytes_total, (size_t)100 << 20);
     char out[1024];
     setenv(MOE_MEMORY_LIMIT_ENV, "1M", 1);

@@ -7,6 +7,7 @@
 // L = n_layer, V = hash_vocab, G = groups or labels counted by the statistics.
 #include "model/estimate.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <math.h>
 #include <stdint.h>
@@ -798,12 +799,14 @@ static void (*const est_model[])(struct est *e, const struct moe_model_hp *hp, s
     [MOE_MODEL_TRANSFORMER] = est_transformer,
 };
 
-int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t n_in, size_t n_out,
+int moe_model_estimate(const struct moe_config *cfg, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
                        size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
                        struct moe_model_estimate *ret, struct moe_err *err)
 {
     struct moe_model_hp hp;
     int rc = moe_model_hp_parse(&hp, cfg, err);
+    if (!rc) // the rules a run checks, so that --dry-run refuses what train would
+        rc = moe_model_check(&hp, moe_model_loss(&hp, loss, task), task, n_in, n_out, err);
     return rc ? rc
               : moe_model_estimate_hp(&hp, cfg, task, n_in, n_out, n_train_rows, n_test_rows, max_batch, training,
                                       ret, err);
@@ -813,11 +816,7 @@ int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_config
                           size_t n_in, size_t n_out, size_t n_train_rows, size_t n_test_rows, size_t max_batch,
                           int training, struct moe_model_estimate *ret, struct moe_err *err)
 {
-    if (n_in == 0)
-        return moe_error(err, MOE_ESHAPE, "the data has no features (n_in = 0)");
-    if (n_out == 0)
-        return moe_error(err, MOE_ESHAPE, "the data has no %s (n_out = 0)",
-                         task == MOE_TASK_CLASSIFICATION ? "classes" : "targets");
+    assert(n_in > 0 && n_out > 0); // moe_model_check
     struct est e = { .err = err };
     struct moe_model_estimate r;
     memset(&r, 0, sizeof r);

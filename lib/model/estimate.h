@@ -101,19 +101,20 @@ struct moe_model_estimate {
     char largest[200];
 };
 
-// Estimate the model named by model.type for a task with n_in features and
-// n_out targets/classes, batches of up to max_batch rows (0 counts as 1, as in
+// Estimate the model named by model.type, trained with loss (NULL: loss.type),
+// for a task with n_in features and n_out targets/classes, batches of up to max_batch rows (0 counts as 1, as in
 // moe_model_create), over n_train_rows / n_test_rows rows of data (0 if not
 // loaded: no data or reader bytes; otherwise the data files the config names
 // are looked at: sizes, IDX headers, word counts of text). training: count the optimizer moments and the
 // training loop's buffers (else one set of statistics, as route-stats keeps).
-// Returns 0, or MOE_ECONFIG for an unknown model.type, MOE_ESHAPE for data
+// The model's rules are checked first, as moe_model_create does (moe_model_check).
+// Returns 0, or MOE_ECONFIG for a config a run would refuse, MOE_ESHAPE for data
 // without features or targets, MOE_EINVAL when a product overflows size_t, the
 // dispatch rows exceed 32-bit indices, or the total passes
 // MOE_ESTIMATE_MAX_BYTES; the message names the config keys involved. *ret is
 // written only on success.
-int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t n_in, size_t n_out,
-                       size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
+int moe_model_estimate(const struct moe_config *cfg, const char *loss, enum moe_task task, size_t n_in,
+                       size_t n_out, size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
                        struct moe_model_estimate *ret, struct moe_err *err);
 // The same for hyperparameters already read (moe_model_create); cfg still
 // supplies the data.*, optim.* and train.* keys.

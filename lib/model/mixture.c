@@ -169,15 +169,26 @@ static const struct moe_model_ops mixture_ops = {
     .release = mixture_release,
 };
 
-int moe_mixture_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
+int moe_mixture_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                      struct moe_err *err)
 {
+    (void)n_in, (void)n_out;
     int kind = moe_mix_loss_from_name(loss);
     if (kind < 0)
         return moe_error(err, MOE_ECONFIG,
                          "key 'loss.type': model 'mixture' takes cooperative, competitive, nll or nll-cat, got '%s'",
                          loss);
-    if (kind == MOE_MIX_NLL_CAT && m->task != MOE_TASK_CLASSIFICATION)
+    if (kind == MOE_MIX_NLL_CAT && task != MOE_TASK_CLASSIFICATION)
         return moe_error(err, MOE_ECONFIG, "key 'loss.type': 'nll-cat' needs class labels, but the data is regression");
+    if (hp->n_expert > MOE_MIXTURE_MAX_EXPERTS)
+        return moe_error(err, MOE_ECONFIG, "key 'model.n_expert': a dense mixture allows at most %d experts, got %zu",
+                         MOE_MIXTURE_MAX_EXPERTS, hp->n_expert);
+    return 0;
+}
+
+int moe_mixture_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
+{
+    int kind = moe_mix_loss_from_name(loss); // moe_mixture_check accepted it
     struct mixture *mx = calloc(1, sizeof *mx);
     if (!mx)
         return moe_error(err, MOE_ENOMEM, "out of memory");
@@ -193,9 +204,6 @@ int moe_mixture_create(struct moe_model *m, const struct moe_model_hp *hp, const
     mx->gate_max = hp->gate_max;
     mx->init_scale = (float)hp->init_scale;
     m->n_expert = mx->E;
-    if (mx->E > MOE_MIXTURE_MAX_EXPERTS)
-        return moe_error(err, MOE_ECONFIG, "key 'model.n_expert': a dense mixture allows at most %d experts, got %zu",
-                         MOE_MIXTURE_MAX_EXPERTS, mx->E);
 
     size_t D = mx->D, O = mx->O, E = mx->E, H = mx->H, T = m->max_batch;
     struct moe_params *p = &m->params;

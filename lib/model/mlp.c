@@ -77,6 +77,13 @@ static const struct moe_model_ops mlp_ops = {
     .release = mlp_release,
 };
 
+int moe_mlp_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                  struct moe_err *err)
+{
+    (void)hp, (void)n_in, (void)n_out;
+    return moe_model_head_loss_check("mlp", loss, task, err);
+}
+
 int moe_mlp_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
 {
     struct mlp *n = calloc(1, sizeof *n);
@@ -84,10 +91,8 @@ int moe_mlp_create(struct moe_model *m, const struct moe_model_hp *hp, const cha
         return moe_error(err, MOE_ENOMEM, "out of memory");
     m->impl = n;
     m->ops = &mlp_ops;
-    int ce, rc = moe_model_head_loss_check(m, loss, &ce, err);
-    if (rc)
-        return rc;
-    n->ce = ce;
+    n->ce = strcmp(loss, "ce") == 0; // moe_mlp_check accepted it
+    m->loss_name = n->ce ? "ce" : "mse";
     n->D = m->n_in;
     n->O = m->n_out;
     n->H = hp->n_hidden;
@@ -103,7 +108,7 @@ int moe_mlp_create(struct moe_model *m, const struct moe_model_hp *hp, const cha
     ADD(n->i_w2, "output.weight", O, H);
     ADD(n->i_b2, "output.bias", O);
 #undef ADD
-    rc = moe_params_alloc(p, err);
+    int rc = moe_params_alloc(p, err);
     if (rc)
         return rc;
     n->hid = moe_alloc(T * H, sizeof(float));

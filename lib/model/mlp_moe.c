@@ -226,6 +226,13 @@ static const struct moe_model_ops ops = {
     .set_eval_capacity = moe_model_layers_set_eval_capacity,
 };
 
+int moe_mlp_moe_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                      struct moe_err *err)
+{
+    (void)hp, (void)n_in, (void)n_out;
+    return moe_model_head_loss_check("mlp-moe", loss, task, err);
+}
+
 int moe_mlp_moe_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
 {
     struct mlp_moe *n = calloc(1, sizeof *n);
@@ -233,10 +240,9 @@ int moe_mlp_moe_create(struct moe_model *m, const struct moe_model_hp *hp, const
         return moe_error(err, MOE_ENOMEM, "out of memory");
     m->impl = n;
     m->ops = &ops;
-    int ce, rc = moe_model_head_loss_check(m, loss, &ce, err);
-    if (rc)
-        return rc;
-    n->ce = ce;
+    n->ce = strcmp(loss, "ce") == 0; // moe_mlp_moe_check accepted it
+    m->loss_name = n->ce ? "ce" : "mse";
+    int rc;
     n->I = m->n_in;
     n->O = m->n_out;
     n->D = hp->n_embd;

@@ -76,15 +76,13 @@ void moe_model_layers_fit_hash(struct moe_model *m, const uint64_t *freq)
         moe_layer_fit_hash(m->moe_layers[i], freq);
 }
 
-int moe_model_head_loss_check(struct moe_model *m, const char *loss, int *ret_ce, struct moe_err *err)
+int moe_model_head_loss_check(const char *model, const char *loss, enum moe_task task, struct moe_err *err)
 {
     int ce = strcmp(loss, "ce") == 0;
     if (!ce && strcmp(loss, "mse") != 0)
-        return moe_error(err, MOE_ECONFIG, "key 'loss.type': model '%s' takes mse or ce, got '%s'", m->ops->type, loss);
-    if (ce && m->task != MOE_TASK_CLASSIFICATION)
+        return moe_error(err, MOE_ECONFIG, "key 'loss.type': model '%s' takes mse or ce, got '%s'", model, loss);
+    if (ce && task != MOE_TASK_CLASSIFICATION)
         return moe_error(err, MOE_ECONFIG, "key 'loss.type': 'ce' needs class labels, but the data is regression");
-    m->loss_name = ce ? "ce" : "mse";
-    *ret_ce = ce;
     return 0;
 }
 

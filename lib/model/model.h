@@ -59,10 +59,23 @@ struct moe_model_kind {
     const char *name;
     int sparse;                  // has sparse MoE layers: reads the moe.* keys
     int text;                    // reads text (task MOE_TASK_LM) rather than rows of features
+    // The rules a model's settings must meet for a task with n_in inputs and
+    // n_out outputs and a resolved loss, checked before anything is sized or
+    // allocated (so --dry-run refuses what a run would).
+    int (*check)(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                 struct moe_err *err);
+    // Build it (after check): parameters, scratch, ops. Weights are not initialised.
     int (*create)(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
 };
 const struct moe_model_kind *moe_model_kind(enum moe_model_type t);
 int moe_model_type_from_name(const char *name); // -1 when unknown
+// The objective: loss when given (compare-loss's override), else loss.type,
+// with "auto" resolved by model and task (nll or nll-cat for a mixture; ce for
+// classes and text, mse for regression otherwise).
+const char *moe_model_loss(const struct moe_model_hp *hp, const char *loss, enum moe_task task);
+// The table row's check, and the model/task pairing (text needs the transformer).
+int moe_model_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                    struct moe_err *err);
 
 struct moe_batch {
     size_t n;
@@ -196,9 +209,9 @@ static inline int moe_model_fit(struct moe_model *m, const struct moe_dataset *t
 {
     return m->ops->fit ? m->ops->fit(m, train, err) : 0;
 }
-// For models with a plain output head: accept loss "ce" (class labels only) or
-// "mse", set m->loss_name, and return in *ret_ce whether it is cross-entropy.
-int moe_model_head_loss_check(struct moe_model *m, const char *loss, int *ret_ce, struct moe_err *err);
+// For models with a plain output head (the check of mlp and mlp-moe): accept
+// loss "ce" (class labels only) or "mse".
+int moe_model_head_loss_check(const char *model, const char *loss, enum moe_task task, struct moe_err *err);
 // The head's loss over a batch: softmax cross-entropy or squared error of the
 // outputs y (T, O) against the labels / targets, gradient of the batch mean
 // into dy (T, O) (zeroed first; NULL = no gradient), and, with stats, the
@@ -232,6 +245,14 @@ int moe_mixture_create(struct moe_model *m, const struct moe_model_hp *hp, const
 int moe_mlp_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
 int moe_mlp_moe_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
 int moe_transformer_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
+int moe_mixture_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                      struct moe_err *err);
+int moe_mlp_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                  struct moe_err *err);
+int moe_mlp_moe_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                      struct moe_err *err);
+int moe_transformer_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in,
+                          size_t n_out, struct moe_err *err);
 // Shared by the models built of pre-norm blocks with sparse layers (mlp-moe, transformer):
 // the block norm (RMSNorm, or LayerNorm with bias tensor ib) over rows of width D,
 void moe_model_norm_forward(int rms, const struct moe_params *p, float *y, float *mean, float *rstd,

@@ -11,10 +11,10 @@
 #include "model/estimate.h"
 
 static const struct moe_model_kind kinds[] = {
-    [MOE_MODEL_MIXTURE] = { "mixture", 0, 0, moe_mixture_create },
-    [MOE_MODEL_MLP] = { "mlp", 0, 0, moe_mlp_create },
-    [MOE_MODEL_MLP_MOE] = { "mlp-moe", 1, 0, moe_mlp_moe_create },
-    [MOE_MODEL_TRANSFORMER] = { "transformer", 1, 1, moe_transformer_create },
+    [MOE_MODEL_MIXTURE] = { "mixture", 0, 0, moe_mixture_check, moe_mixture_create },
+    [MOE_MODEL_MLP] = { "mlp", 0, 0, moe_mlp_check, moe_mlp_create },
+    [MOE_MODEL_MLP_MOE] = { "mlp-moe", 1, 0, moe_mlp_moe_check, moe_mlp_moe_create },
+    [MOE_MODEL_TRANSFORMER] = { "transformer", 1, 1, moe_transformer_check, moe_transformer_create },
 };
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 
@@ -26,6 +26,32 @@ int moe_model_type_from_name(const char *name)
         if (strcmp(name, kinds[i].name) == 0)
             return (int)i;
     return -1;
+}
+
+const char *moe_model_loss(const struct moe_model_hp *hp, const char *loss, enum moe_task task)
+{
+    if (!loss)
+        loss = hp->loss;
+    if (strcmp(loss, "auto") != 0)
+        return loss;
+    int cls = task == MOE_TASK_CLASSIFICATION, lm = task == MOE_TASK_LM;
+    return hp->type == MOE_MODEL_MIXTURE ? (cls ? "nll-cat" : "nll") : (cls || lm ? "ce" : "mse");
+}
+
+int moe_model_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                    struct moe_err *err)
+{
+    if (n_in == 0)
+        return moe_error(err, MOE_ESHAPE, "the data has no features (n_in = 0)");
+    if (n_out == 0)
+        return moe_error(err, MOE_ESHAPE, "the data has no %s (n_out = 0)",
+                         task == MOE_TASK_CLASSIFICATION ? "classes" : "targets");
+    const struct moe_model_kind *kind = moe_model_kind(hp->type);
+    int lm = task == MOE_TASK_LM;
+    if (lm != kind->text)
+        return lm ? moe_error(err, MOE_ECONFIG, "key 'model.type': text data (data.source 'text') needs model 'transformer', got '%s'", kind->name)
+                  : moe_error(err, MOE_ECONFIG, "key 'model.type': model '%s' reads text (data.source 'text'), not examples with features", kind->name);
+    return kind->check(hp, loss, task, n_in, n_out, err);
 }
 
 int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const char *loss, enum moe_task task,
@@ -43,22 +69,15 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
         moe_model_release(ret);
         return rc;
     }
-    const struct moe_model_kind *kind = moe_model_kind(hp.type);
-    if (!loss)
-        loss = hp.loss;
-    int cls = task == MOE_TASK_CLASSIFICATION, mixture = hp.type == MOE_MODEL_MIXTURE;
-    int lm = task == MOE_TASK_LM;
-    if (strcmp(loss, "auto") == 0)
-        loss = mixture ? (cls ? "nll-cat" : "nll") : (cls || lm ? "ce" : "mse");
-    if (lm != kind->text)
-        return lm ? moe_error(err, MOE_ECONFIG, "key 'model.type': text data (data.source 'text') needs model 'transformer', got '%s'", kind->name)
-                  : moe_error(err, MOE_ECONFIG, "key 'model.type': model '%s' reads text (data.source 'text'), not examples with features", kind->name);
-    // Sizes first, before any allocation: a product that overflows or a model
-    // no machine could hold is a config error, not a crash half-way through.
+    loss = moe_model_loss(&hp, loss, task);
+    // The rules, then sizes, before any allocation: a product that overflows or
+    // a model no machine could hold is a config error, not a crash half-way through.
     struct moe_model_estimate est;
-    rc = moe_model_estimate_hp(&hp, cfg, task, n_in, n_out, 0, 0, ret->max_batch, 0, &est, err);
+    rc = moe_model_check(&hp, loss, task, n_in, n_out, err);
     if (!rc)
-        rc = kind->create(ret, &hp, loss, err);
+        rc = moe_model_estimate_hp(&hp, cfg, task, n_in, n_out, 0, 0, ret->max_batch, 0, &est, err);
+    if (!rc)
+        rc = moe_model_kind(hp.type)->create(ret, &hp, loss, err);
     if (rc)
         moe_model_release(ret);
     return rc;

@@ -343,6 +343,20 @@ static const struct moe_model_ops ops = {
     .set_eval_capacity = moe_model_layers_set_eval_capacity,
 };
 
+int moe_transformer_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in,
+                          size_t n_out, struct moe_err *err)
+{
+    (void)task, (void)n_in;
+    if (strcmp(loss, "ce") != 0)
+        return moe_error(err, MOE_ECONFIG, "key 'loss.type': model 'transformer' takes ce (next-token cross-entropy), got '%s'", loss);
+    if (hp->n_embd % hp->n_head)
+        return moe_error(err, MOE_ECONFIG, "key 'model.n_head': %zu heads do not divide model.n_embd = %zu",
+                         hp->n_head, hp->n_embd);
+    if (n_out < 2)
+        return moe_error(err, MOE_ECONFIG, "model 'transformer' needs a vocabulary of at least 2 tokens, got %zu", n_out);
+    return 0;
+}
+
 int moe_transformer_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
 {
     struct transformer *n = calloc(1, sizeof *n);
@@ -350,8 +364,7 @@ int moe_transformer_create(struct moe_model *m, const struct moe_model_hp *hp, c
         return moe_error(err, MOE_ENOMEM, "out of memory");
     m->impl = n;
     m->ops = &ops;
-    if (strcmp(loss, "ce") != 0)
-        return moe_error(err, MOE_ECONFIG, "key 'loss.type': model 'transformer' takes ce (next-token cross-entropy), got '%s'", loss);
+    (void)loss; // ce: moe_transformer_check accepted it
     m->loss_name = "ce";
     n->C = hp->n_ctx;
     n->D = hp->n_embd;
@@ -369,10 +382,6 @@ int moe_transformer_create(struct moe_model *m, const struct moe_model_hp *hp, c
     size_t C = n->C, D = n->D, H = n->H, V = n->V, G = n->G, L = n->L, Fd = n->Fd;
     size_t B = m->max_batch, T = B * C;
     n->T_max = T;
-    if (D % H)
-        return moe_error(err, MOE_ECONFIG, "key 'model.n_head': %zu heads do not divide model.n_embd = %zu", H, D);
-    if (V < 2)
-        return moe_error(err, MOE_ECONFIG, "model 'transformer' needs a vocabulary of at least 2 tokens, got %zu", V);
     int swiglu = n->act == MOE_FFN_SWIGLU;
     struct moe_layer_cfg lc = hp->moe;
     int rc;
