@@ -20,6 +20,22 @@ const struct moe_cfg_key *moe_run_schema(void);
 size_t moe_run_schema_len(void);
 
 // ---- data named by the data.* keys ----
+// The data.* keys (data.c): their schema rows, and moe_data_cfg_parse, the one
+// place that reads them, into struct moe_data_cfg (io/dataset.h). It reads
+// data.source's section only, copies the two other keys the data needs
+// (train.seed for the synthetic generator and the table's random split,
+// model.n_ctx for text windows), and checks what the schema cannot: the
+// section's required keys (data.table.path, data.text.path), the table's lists
+// (features, one target for classification, the where filters' syntax) and
+// ranges ([lo, hi] with lo <= hi for both when split_column is set), and
+// data.idx.classes (integers, at most 256). MOE_ECONFIG naming the key; c is
+// zeroed on failure. The struct points into cfg and owns the table's lists
+// (moe_data_cfg_release).
+extern const struct moe_cfg_key moe_data_keys[];
+extern const size_t moe_data_keys_len;
+int moe_data_cfg_parse(struct moe_data_cfg *c, const struct moe_config *cfg, struct moe_err *err);
+void moe_data_cfg_release(struct moe_data_cfg *c);
+
 struct moe_data {
     struct moe_dataset train, test;
     int standardized;
@@ -27,9 +43,13 @@ struct moe_data {
     int has_text;             // data.source = text: the splits are windows over corpus
     struct moe_corpus corpus; // vocabulary, token streams and languages (the splits point into it: do not copy)
 };
+// Load the data c describes; for text data with a given vocabulary (a
+// checkpoint's) instead of c's vocabulary file or one built from the training
+// text (vocab may be NULL). *ret is zeroed on failure. Reads no key.
+int moe_data_load_cfg(struct moe_data *ret, const struct moe_data_cfg *c, const struct moe_vocab *vocab,
+                      struct moe_err *err);
+// The same from a config: moe_data_cfg_parse, then moe_data_load_cfg.
 int moe_data_load(struct moe_data *ret, const struct moe_config *cfg, struct moe_err *err);
-// The same; for text data with a given vocabulary (a checkpoint's) instead of
-// data.text.vocab or one built from the training text (vocab may be NULL).
 int moe_data_load_ex(struct moe_data *ret, const struct moe_config *cfg, const struct moe_vocab *vocab,
                      struct moe_err *err);
 void moe_data_release(struct moe_data *d);
