@@ -131,8 +131,9 @@ int moe_synth_make(const struct moe_synth_spec *spec, struct moe_dataset *ret_tr
 
 // ---- The data of a run: the data.* keys, typed ----
 // Filled by moe_data_cfg_parse (train/data.c, which owns the keys and checks
-// every rule between them) and read by the loader (moe_data_load_cfg).
-// Declared here because it is made of the readers' specs. Only the section of `source` is filled (the
+// every rule between them) and read by the loader (moe_data_load_cfg) and the
+// memory estimate (model/estimate.h). Declared here, below both, because it is
+// made of the readers' specs. Only the section of `source` is filled (the
 // others stay zero). Strings point into the config tree: valid while the
 // config lives unchanged. Lists are owned by the struct (moe_data_cfg_release).
 enum moe_data_source { MOE_DATA_SYNTHETIC = 0, MOE_DATA_IDX = 1, MOE_DATA_TABLE = 2, MOE_DATA_TEXT = 3 };

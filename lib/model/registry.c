@@ -55,8 +55,9 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
                   : moe_error(err, MOE_ECONFIG, "key 'model.type': model '%s' reads text (data.source 'text'), not examples with features", kind->name);
     // Sizes first, before any allocation: a product that overflows or a model
     // no machine could hold is a config error, not a crash half-way through.
+    // The model alone: its data and training loop are not known here.
     struct moe_model_estimate est;
-    rc = moe_model_estimate_hp(&hp, cfg, task, n_in, n_out, 0, 0, ret->max_batch, 0, &est, err);
+    rc = moe_model_estimate_hp(&hp, NULL, NULL, task, n_in, n_out, 0, 0, ret->max_batch, &est, err);
     if (!rc)
         rc = kind->create(ret, &hp, loss, err);
     if (rc)

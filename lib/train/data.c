@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "io/safetensors.h"
+#include "model/estimate.h"
 #include "train/train.h"
 
 #define FMNIST "/usr/share/datasets/fashion-mnist/"
@@ -341,6 +342,20 @@ int moe_data_load_ex(struct moe_data *ret, const struct moe_config *cfg, const s
         return rc;
     }
     rc = moe_data_load_cfg(ret, &c, vocab, err);
+    moe_data_cfg_release(&c);
+    return rc;
+}
+
+int moe_data_shape(const struct moe_config *cfg, enum moe_task *ret_task, size_t *ret_n_in, size_t *ret_n_out,
+                   size_t *ret_n_train, size_t *ret_n_test, struct moe_err *err)
+{
+    // Synthetic settings break no rule, so a failed parse is another source's
+    // section: its shape is not known without the loader, which reports the error.
+    struct moe_data_cfg c;
+    struct moe_err perr;
+    if (moe_data_cfg_parse(&c, cfg, &perr))
+        return 0;
+    int rc = moe_data_shape_cfg(&c, ret_task, ret_n_in, ret_n_out, ret_n_train, ret_n_test, err);
     moe_data_cfg_release(&c);
     return rc;
 }

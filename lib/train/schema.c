@@ -4,7 +4,8 @@
 // loss.*; moe/layer_config.c: moe.*; optim.c: optim.*; trainer.c: train.*)
 // joined in the order of docs/config.md. The schema is the single source of
 // docs/config.md (`moe help config` prints it) and of validation; never parse
-// JSON elsewhere.
+// JSON elsewhere. Also moe_model_estimate, which needs every part of the
+// configuration typed at once (model/estimate.c reads no key).
 #include "train/train.h"
 
 #include <assert.h>
@@ -70,3 +71,26 @@ size_t moe_run_schema_len(void)
     return schema_len;
 }
 
+int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t n_in, size_t n_out,
+                       size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
+                       struct moe_model_estimate *ret, struct moe_err *err)
+{
+    struct moe_model_hp hp;
+    struct moe_data_cfg data;
+    int rc = moe_model_hp_parse(&hp, cfg, err);
+    if (rc || (rc = moe_data_cfg_parse(&data, cfg, err)))
+        return rc;
+    struct moe_optim_cfg oc;
+    struct moe_train_cfg tc;
+    moe_optim_cfg_parse(&oc, cfg);
+    moe_train_cfg_parse(&tc, cfg);
+    struct moe_estimate_loop loop = {
+        .moments = oc.type == MOE_OPTIM_ADAMW ? 2 : oc.type == MOE_OPTIM_SGD ? 1 : 0,
+        .batch_size = oc.type == MOE_OPTIM_GD ? 0 : oc.batch_size, // gd: always the full batch
+        .shuffle = tc.shuffle,
+    };
+    rc = moe_model_estimate_hp(&hp, &data, training ? &loop : NULL, task, n_in, n_out, n_train_rows, n_test_rows,
+                               max_batch, ret, err);
+    moe_data_cfg_release(&data);
+    return rc;
+}

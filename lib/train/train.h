@@ -12,6 +12,7 @@
 #include "io/corpus.h"
 #include "io/dataset.h"
 #include "io/vocab.h"
+#include "model/estimate.h"
 #include "model/model.h"
 #include "train/tune.h"
 
@@ -52,6 +53,12 @@ int moe_data_load_cfg(struct moe_data *ret, const struct moe_data_cfg *c, const 
 int moe_data_load(struct moe_data *ret, const struct moe_config *cfg, struct moe_err *err);
 int moe_data_load_ex(struct moe_data *ret, const struct moe_config *cfg, const struct moe_vocab *vocab,
                      struct moe_err *err);
+// The shape of the data a config names when known without reading files
+// (synthetic): moe_data_cfg_parse, then moe_data_shape_cfg (model/estimate.h),
+// whose results it returns. 0 as well when the parse fails (only another
+// source's section can): the loader, which needs to run anyway, reports it.
+int moe_data_shape(const struct moe_config *cfg, enum moe_task *ret_task, size_t *ret_n_in, size_t *ret_n_out,
+                   size_t *ret_n_train, size_t *ret_n_test, struct moe_err *err);
 void moe_data_release(struct moe_data *d);
 // Text data in checkpoints: the vocabulary as tensor "vocab.text" (U8, the
 // vocabulary file's bytes, io/vocab.h) and the language names as metadata
@@ -190,6 +197,17 @@ int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *s
 // MOE_ENUMERIC on a non-finite loss or gradient, naming the step and the first tensor affected.
 int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg, moe_eval_cb cb,
               void *ctx, struct moe_train_result *ret, struct moe_err *err);
+
+// ---- what a run costs, from its config (schema.c) ----
+// The estimate of model/estimate.h (moe_model_estimate_hp) with the model,
+// data, optimiser and training keys parsed once here (moe_model_hp_parse,
+// moe_data_cfg_parse, moe_optim_cfg_parse, moe_train_cfg_parse). task, n_in,
+// n_out, rows, max_batch: as moe_model_estimate_hp; training: count the
+// optimizer moments and the training loop's buffers. Returns the first parse
+// error, else the estimate's. *ret is written only on success.
+int moe_model_estimate(const struct moe_config *cfg, enum moe_task task, size_t n_in, size_t n_out,
+                       size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
+                       struct moe_model_estimate *ret, struct moe_err *err);
 
 // ---- checkpoints: where a run stands, enough to continue it exactly ----
 // A run is a sequence of epochs; epoch 0 is the evaluation before any training.
