@@ -1,7 +1,8 @@
 // test_data.c: unit tests for the data readers and generators (lib/io/dataset.c,
-// idx.c, table.c, synth.c). Every fixture is written at run time under a
-// mkdtemp directory; the installed Fashion-MNIST copy is used by one test that
-// skips when it is absent. Not a test of training or of the CLI.
+// idx.c, table.c, synth.c), and for the data.* keys read into their typed
+// settings (train/data.c moe_data_cfg_parse). Every fixture is written at run
+// time under a mkdtemp directory; the installed Fashion-MNIST copy is used by
+// one test that skips when it is absent. Not a test of training or of the CLI.
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -15,7 +16,9 @@
 #include <zlib.h>
 
 #include "core/rng.h"
+#include "io/config.h"
 #include "io/dataset.h"
+#include "train/train.h"
 #include "testutil.h"
 
 static char g_dir[64];
@@ -1140,6 +1143,192 @@ START_TEST(test_synth_bad_spec)
 }
 END_TEST
 
+// ---- the data.* keys, typed (train/data.c) ----
+
+static void run_cfg(struct moe_config *cfg, const char *const *ovs, size_t n)
+{
+    struct moe_err err = { 0 };
+    int rc = moe_config_parse(cfg, moe_run_schema(), moe_run_schema_len(), "{}", "test", ovs, n, &err);
+    ck_assert_msg(rc == 0, "config: %s", err.msg);
+}
+
+// A config's data.* keys parsed: 0 and *c filled, or the parse's error in err.
+static int parse_data(struct moe_data_cfg *c, const char *const *ovs, size_t n, struct moe_config *ret_cfg,
+                      struct moe_err *err)
+{
+    run_cfg(ret_cfg, ovs, n);
+    return moe_data_cfg_parse(c, ret_cfg, err);
+}
+
+START_TEST(test_data_cfg_sources)
+{
+    struct moe_config cfg;
+    struct moe_data_cfg c;
+    struct moe_err err = { 0 };
+    // synthetic: kind classes has n_regions classes whatever data.synthetic.n_out says; seed from train.seed
+    const char *syn[] = { "data.synthetic.kind=classes", "data.synthetic.n_train=300", "data.synthetic.n_test=0",
+                          "data.synthetic.n_in=5", "data.synthetic.n_out=9", "data.synthetic.n_regions=3",
+                          "data.synthetic.noise=0.25", "data.synthetic.spread=0.75", "train.seed=42",
+                          "data.standardize=true" };
+    ck_assert_msg(parse_data(&c, syn, sizeof syn / sizeof *syn, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.source, MOE_DATA_SYNTHETIC);
+    ck_assert_int_eq(c.standardize, 1);
+    ck_assert_str_eq(c.synthetic.kind, "classes");
+    ck_assert_uint_eq(c.synthetic.n_train, 300);
+    ck_assert_uint_eq(c.synthetic.n_test, 0);
+    ck_assert_uint_eq(c.synthetic.n_in, 5);
+    ck_assert_uint_eq(c.synthetic.n_out, 3);
+    ck_assert_uint_eq(c.synthetic.n_regions, 3);
+    ck_assert_double_eq(c.synthetic.noise, 0.25);
+    ck_assert_double_eq(c.synthetic.spread, 0.75);
+    ck_assert_uint_eq(c.synthetic.seed, 42);
+    ck_assert_ptr_null(c.table.path); // other sections stay zero
+    ck_assert_ptr_null(c.lists);
+    // the typed load makes what moe_data_load makes
+    struct moe_data a, b;
+    ck_assert_msg(moe_data_load_cfg(&a, &c, NULL, &err) == 0, "%s", err.msg);
+    ck_assert_msg(moe_data_load(&b, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(a.train.n, 300);
+    ck_assert_uint_eq(a.train.n_out, 3);
+    ck_assert_int_eq(a.standardized, 1);
+    ck_assert_int_eq(memcmp(a.train.x, b.train.x, a.train.n * a.train.n_in * sizeof(float)), 0);
+    moe_data_release(&a);
+    moe_data_release(&b);
+    moe_data_cfg_release(&c);
+    moe_config_release(&cfg);
+
+    // idx
+    const char *idx[] = { "data.source=idx", "data.idx.train_images=/a/ti", "data.idx.train_labels=/a/tl",
+                          "data.idx.test_images=/a/vi", "data.idx.test_labels=/a/vl", "data.idx.limit_train=7",
+                          "data.idx.limit_test=3", "data.idx.classes=[4,2,4]" };
+    ck_assert_msg(parse_data(&c, idx, sizeof idx / sizeof *idx, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.source, MOE_DATA_IDX);
+    ck_assert_str_eq(c.idx.train_images, "/a/ti");
+    ck_assert_str_eq(c.idx.train_labels, "/a/tl");
+    ck_assert_str_eq(c.idx.test_images, "/a/vi");
+    ck_assert_str_eq(c.idx.test_labels, "/a/vl");
+    ck_assert_uint_eq(c.idx.limit_train, 7);
+    ck_assert_uint_eq(c.idx.limit_test, 3);
+    ck_assert_uint_eq(c.idx.n_classes, 3);
+    ck_assert_int_eq(c.idx.classes[0], 4);
+    ck_assert_int_eq(c.idx.classes[1], 2);
+    ck_assert_int_eq(c.idx.classes[2], 4);
+    moe_data_cfg_release(&c);
+    moe_config_release(&cfg);
+
+    // table
+    const char *tab[] = { "data.source=table", "data.table.path=/a/t.csv", "data.table.delimiter=tab",
+                          "data.table.task=regression", "data.table.features=[\"F1\",\"F2\"]",
+                          "data.table.targets=[\"y\",\"z\"]", "data.table.where=[\"Sex=m\",\"F1>=2\"]",
+                          "data.table.split_column=Speaker", "data.table.train_range=[1,4]",
+                          "data.table.test_range=[5,6]", "data.table.test_fraction=0.5", "train.seed=9" };
+    ck_assert_msg(parse_data(&c, tab, sizeof tab / sizeof *tab, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.source, MOE_DATA_TABLE);
+    ck_assert_str_eq(c.table.path, "/a/t.csv");
+    ck_assert_int_eq(c.table.delimiter, '\t');
+    ck_assert_int_eq(c.table.task, MOE_TASK_REGRESSION);
+    ck_assert_uint_eq(c.table.n_features, 2);
+    ck_assert_str_eq(c.table.features[0], "F1");
+    ck_assert_str_eq(c.table.features[1], "F2");
+    ck_assert_uint_eq(c.table.n_targets, 2);
+    ck_assert_str_eq(c.table.targets[1], "z");
+    ck_assert_ptr_null(c.table.classes); // [] = every class
+    ck_assert_uint_eq(c.table.n_classes, 0);
+    ck_assert_uint_eq(c.table.n_where, 2);
+    ck_assert_str_eq(c.table.where[1], "F1>=2");
+    ck_assert_str_eq(c.table.split_column, "Speaker");
+    ck_assert_double_eq(c.table.train_range[0], 1);
+    ck_assert_double_eq(c.table.train_range[1], 4);
+    ck_assert_double_eq(c.table.test_range[0], 5);
+    ck_assert_double_eq(c.table.test_range[1], 6);
+    ck_assert_double_eq(c.table.test_fraction, 0.5);
+    ck_assert_uint_eq(c.table.seed, 9);
+    moe_data_cfg_release(&c);
+    ck_assert_ptr_null(c.lists);
+    moe_data_cfg_release(&c); // twice is fine
+    moe_config_release(&cfg);
+
+    // text: model.n_ctx copied
+    const char *txt[] = { "data.source=text", "data.text.path=/a/corpus", "data.text.tokens=words",
+                          "data.text.vocab_size=100", "data.text.vocab=/a/vocab.txt", "data.text.valid_fraction=0.25",
+                          "data.text.max_bytes=1000", "data.text.windows_per_epoch=12",
+                          "data.text.train_eval_windows=5", "data.text.valid_eval_windows=6", "model.n_ctx=16" };
+    ck_assert_msg(parse_data(&c, txt, sizeof txt / sizeof *txt, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.source, MOE_DATA_TEXT);
+    ck_assert_str_eq(c.text.corpus.path, "/a/corpus");
+    ck_assert_int_eq(c.text.corpus.tokens, MOE_TOK_WORDS);
+    ck_assert_uint_eq(c.text.corpus.vocab_size, 100);
+    ck_assert_ptr_null(c.text.corpus.vocab);
+    ck_assert_str_eq(c.text.vocab_path, "/a/vocab.txt");
+    ck_assert_double_eq(c.text.corpus.valid_fraction, 0.25);
+    ck_assert_uint_eq(c.text.corpus.max_bytes, 1000);
+    ck_assert_uint_eq(c.text.n_ctx, 16);
+    ck_assert_uint_eq(c.text.windows_per_epoch, 12);
+    ck_assert_uint_eq(c.text.train_eval_windows, 5);
+    ck_assert_uint_eq(c.text.valid_eval_windows, 6);
+    moe_data_cfg_release(&c);
+    moe_config_release(&cfg);
+}
+END_TEST
+
+// A rule between keys is reported by the parse, with the message moe_data_load
+// gives, and only for the section of data.source.
+static void expect_data_cfg_error(const char *const *ovs, size_t n, int code, const char *msg)
+{
+    struct moe_config cfg;
+    struct moe_data_cfg c;
+    struct moe_err err = { 0 }, lerr = { 0 };
+    memset(&c, 0x5a, sizeof c);
+    ck_assert_int_eq(parse_data(&c, ovs, n, &cfg, &err), code);
+    ck_assert_str_eq(err.msg, msg);
+    ck_assert_ptr_null(c.lists); // zeroed on failure
+    ck_assert_int_eq(c.source, 0);
+    struct moe_data d;
+    ck_assert_int_eq(moe_data_load(&d, &cfg, &lerr), code);
+    ck_assert_str_eq(lerr.msg, msg);
+    ck_assert_ptr_null(d.train.x);
+    moe_config_release(&cfg);
+}
+
+START_TEST(test_data_cfg_errors)
+{
+#define TABLE "data.source=table", "data.table.path=/a/t.csv", "data.table.features=[\"F1\"]", "data.table.targets=[\"y\"]"
+    const char *one[] = { TABLE, "data.table.split_column=Speaker", "data.table.train_range=[1]",
+                          "data.table.test_range=[5,6]" };
+    expect_data_cfg_error(one, 7, MOE_ECONFIG,
+                          "key 'data.table.train_range' must be [lo, hi] when data.table.split_column is set");
+    const char *test_one[] = { TABLE, "data.table.split_column=Speaker", "data.table.train_range=[1,4]" };
+    expect_data_cfg_error(test_one, 6, MOE_ECONFIG,
+                          "key 'data.table.test_range' must be [lo, hi] when data.table.split_column is set");
+    const char *rev[] = { TABLE, "data.table.split_column=Speaker", "data.table.train_range=[4,1]",
+                          "data.table.test_range=[5,6]" };
+    expect_data_cfg_error(rev, 7, MOE_ECONFIG, "key 'data.table.train_range' is [4, 1]: expected [lo, hi] with lo <= hi");
+    const char *no_path[] = { "data.source=table" };
+    expect_data_cfg_error(no_path, 1, MOE_ECONFIG, "key 'data.table.path' must be set when data.source is 'table'");
+    const char *two[] = { "data.source=table", "data.table.path=/a/t.csv", "data.table.features=[\"F1\"]",
+                          "data.table.targets=[\"y\",\"z\"]" };
+    expect_data_cfg_error(two, 4, MOE_ECONFIG, "key 'data.table.targets' must name exactly one column");
+    const char *filter[] = { TABLE, "data.table.where=[\"F1\"]" };
+    struct moe_config cfg;
+    struct moe_data_cfg c;
+    struct moe_err err = { 0 };
+    ck_assert_int_eq(parse_data(&c, filter, 5, &cfg, &err), MOE_ECONFIG);
+    ck_assert_msg(strncmp(err.msg, "key 'data.table.where[0]': ", 27) == 0, "%s", err.msg);
+    moe_config_release(&cfg);
+    const char *text[] = { "data.source=text" };
+    expect_data_cfg_error(text, 1, MOE_ECONFIG, "key 'data.text.path' must be set when data.source is 'text'");
+    const char *cls[] = { "data.source=idx", "data.idx.classes=[1,2.5]" };
+    expect_data_cfg_error(cls, 2, MOE_ECONFIG, "key 'data.idx.classes[1]' must be an integer, got 2.5");
+    // another source's section is not looked at
+    const char *other[] = { "data.table.split_column=Speaker", "data.table.train_range=[1]", "data.idx.classes=[2.5]" };
+    ck_assert_msg(parse_data(&c, other, 3, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.source, MOE_DATA_SYNTHETIC);
+    moe_data_cfg_release(&c);
+    moe_config_release(&cfg);
+#undef TABLE
+}
+END_TEST
+
 static Suite *data_suite(void)
 {
     Suite *s = suite_create("data");
@@ -1172,6 +1361,8 @@ static Suite *data_suite(void)
     tcase_add_test(tc, test_synth_train_independent_of_test);
     tcase_add_test(tc, test_synth_learnable);
     tcase_add_test(tc, test_synth_bad_spec);
+    tcase_add_test(tc, test_data_cfg_sources);
+    tcase_add_test(tc, test_data_cfg_errors);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,7 +1,9 @@
-// dataset.h: in-memory data sets and the readers that fill them.
+// dataset.h: in-memory data sets, the readers that fill them, and the typed
+// settings of the data a run reads (which reader, with its spec).
 // T = rows (examples), D = n_in features, O = n_out targets or classes.
 // Readers validate what they read and report the file and line at fault;
-// nothing here trains or prints.
+// nothing here trains or prints, and nothing here reads the config (the
+// data.* keys are parsed by train/data.c).
 #ifndef MOE_DATASET_H
 #define MOE_DATASET_H
 
@@ -9,6 +11,7 @@
 #include <stdint.h>
 
 #include "core/status.h"
+#include "io/corpus.h"
 
 enum moe_task { MOE_TASK_REGRESSION = 0, MOE_TASK_CLASSIFICATION = 1, MOE_TASK_LM = 2 };
 
@@ -125,5 +128,40 @@ struct moe_synth_spec {
 };
 int moe_synth_make(const struct moe_synth_spec *spec, struct moe_dataset *ret_train,
                    struct moe_dataset *ret_test, struct moe_err *err);
+
+// ---- The data of a run: the data.* keys, typed ----
+// Filled by moe_data_cfg_parse (train/data.c, which owns the keys and checks
+// every rule between them) and read by the loader (moe_data_load_cfg) and the
+// memory estimate (model/estimate.h). Declared here, below both, because it is
+// made of the readers' specs. Only the section of `source` is filled (the
+// others stay zero). Strings point into the config tree: valid while the
+// config lives unchanged. Lists are owned by the struct (moe_data_cfg_release).
+enum moe_data_source { MOE_DATA_SYNTHETIC = 0, MOE_DATA_IDX = 1, MOE_DATA_TABLE = 2, MOE_DATA_TEXT = 3 };
+#define MOE_DATA_IDX_MAX_CLASSES 256
+struct moe_data_cfg {
+    enum moe_data_source source;     // data.source
+    int standardize;                 // data.standardize (not applied to text)
+    // synthetic: n_out is the number of classes for kind "classes" (n_regions;
+    // data.synthetic.n_out applies to regression only); seed = train.seed.
+    struct moe_synth_spec synthetic;
+    struct {
+        const char *train_images, *train_labels, *test_images, *test_labels;
+        size_t limit_train, limit_test;                 // 0 = every row, counted after classes
+        int32_t classes[MOE_DATA_IDX_MAX_CLASSES];      // data.idx.classes (duplicates allowed)
+        size_t n_classes;                               // 0 = every label
+    } idx;
+    // table: features, targets, classes and where in an array the struct owns;
+    // train_range and test_range set only with split_column; seed = train.seed.
+    struct moe_table_spec table;
+    struct {
+        struct moe_corpus_spec corpus; // .vocab NULL: the loader's argument, else vocab_path, else built
+        const char *vocab_path;        // data.text.vocab, or NULL
+        size_t n_ctx;                  // model.n_ctx (copied): windows of n_ctx + 1 tokens
+        uint64_t windows_per_epoch;    // 0 = training tokens / n_ctx
+        size_t train_eval_windows;     // 0 = every window at steps of n_ctx tokens
+        size_t valid_eval_windows;
+    } text;
+    const char **lists;              // the table's lists, one allocation (owned)
+};
 
 #endif

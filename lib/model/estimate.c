@@ -1,6 +1,7 @@
-// estimate.c: resource estimate of a config (see estimate.h). Walks the same
+// estimate.c: resource estimate of a run (see estimate.h). Walks the same
 // declarations and allocations the models make, in the same order, but only
-// adds sizes, each product and sum checked with __builtin_*_overflow.
+// adds sizes, each product and sum checked with __builtin_*_overflow. Works on
+// typed settings only: no config key is read here (train/ parses them).
 // T = rows in a batch, I = n_in, D = width (n_embd, or n_in for the mixture
 // and the mlp), O = n_out, E = n_expert, K = n_expert_used, S = slots per token,
 // F = n_ff, Fd = dense FFN width, Sh = shared experts, H = hidden units,
@@ -19,7 +20,6 @@
 #include "core/gemm.h"
 #include "core/params.h"
 #include "core/sysmem.h"
-#include "io/config.h"
 #include "io/corpus.h"
 #include "io/vocab.h"
 #include "moe/experts.h"
@@ -568,10 +568,10 @@ static void est_split(struct est *e, size_t *acc, const char *split, const char 
 // The synthetic generator's temporaries (io/synth.c), freed once the data is
 // made but part of the peak while making it: centres (R, D) and, for
 // regression, maps (R, O, D) and biases (R, O), in double.
-static void est_synth_temporaries(struct est *e, const struct moe_config *cfg, size_t *acc, size_t I, size_t O)
+static void est_synth_temporaries(struct est *e, const struct moe_synth_spec *sp, size_t *acc, size_t I, size_t O)
 {
-    int classes = strcmp(moe_cfg_str(cfg, "data.synthetic.kind"), "classes") == 0;
-    struct dim dR = { (size_t)moe_cfg_int(cfg, "data.synthetic.n_regions"), "data.synthetic.n_regions" },
+    int classes = strcmp(sp->kind, "classes") == 0;
+    struct dim dR = { sp->n_regions, "data.synthetic.n_regions" },
                dI = { I, "data.synthetic.n_in" }, dO = { O, "data.synthetic.n_out" };
     BUF(e, acc, "synthetic centres", sizeof(double), dR, dI);
     if (!classes) {
@@ -620,16 +620,16 @@ static void count_word_tokens(const char *path, size_t n, size_t cut, size_t tok
     fclose(f);
 }
 
-static void text_file(struct text_files *t, const char *path, off_t size, const struct moe_config *cfg, size_t C)
+static void text_file(struct text_files *t, const char *path, off_t size, const struct moe_corpus_spec *sp, size_t C)
 {
-    size_t n = (size_t)size, max = (size_t)moe_cfg_int(cfg, "data.text.max_bytes");
+    size_t n = (size_t)size, max = sp->max_bytes;
     if (max && max < n)
         n = max;
     if (n == 0)
         return;
-    double nv = floor(moe_cfg_num(cfg, "data.text.valid_fraction") * (double)n);
+    double nv = floor(sp->valid_fraction * (double)n);
     size_t cut = nv >= (double)n ? 1 : n - (size_t)nv, tok[2] = { 0, 0 };
-    if (strcmp(moe_cfg_str(cfg, "data.text.tokens"), "words") == 0) {
+    if (sp->tokens == MOE_TOK_WORDS) {
         count_word_tokens(path, n, cut, tok);
     } else {
         tok[0] = cut;
@@ -644,15 +644,15 @@ static void text_file(struct text_files *t, const char *path, off_t size, const 
 
 // The files of data.text.path as io/corpus.c lists them: the file itself, or the
 // regular files of a directory whose name does not start with '.'.
-static void text_files_of(struct text_files *t, const struct moe_config *cfg, size_t C)
+static void text_files_of(struct text_files *t, const struct moe_corpus_spec *sp, size_t C)
 {
     memset(t, 0, sizeof *t);
-    const char *path = moe_cfg_str(cfg, "data.text.path");
+    const char *path = sp->path;
     struct stat st;
     if (!path || stat(path, &st) != 0)
         return;
     if (S_ISREG(st.st_mode)) {
-        text_file(t, path, st.st_size, cfg, C);
+        text_file(t, path, st.st_size, sp, C);
         return;
     }
     DIR *d = S_ISDIR(st.st_mode) ? opendir(path) : NULL;
@@ -665,7 +665,7 @@ static void text_files_of(struct text_files *t, const struct moe_config *cfg, si
                      de->d_name) >= (int)sizeof full)
             continue;
         if (stat(full, &st) == 0 && S_ISREG(st.st_mode))
-            text_file(t, full, st.st_size, cfg, C);
+            text_file(t, full, st.st_size, sp, C);
     }
     closedir(d);
 }
@@ -679,11 +679,11 @@ static void text_files_of(struct text_files *t, const struct moe_config *cfg, si
 // besides while loading: every file's bytes, and the word counts of a vocabulary
 // being built (32 bytes a slot, at least 2 slots a word, and half as much again
 // while the table grows), beyond the streams that are not yet allocated then.
-static void est_text(struct est *e, const struct moe_config *cfg, size_t C, size_t V, size_t n_valid_windows,
+static void est_text(struct est *e, const struct moe_data_cfg *c, size_t C, size_t V, size_t n_valid_windows,
                      size_t *data, size_t *extra)
 {
     struct text_files t;
-    text_files_of(&t, cfg, C);
+    text_files_of(&t, &c->text.corpus, C);
     const char *kt[2] = { "training tokens (data.text.path)", "validation tokens (data.text.path)" };
     const char *names[2][3] = { { "corpus train.tok", "corpus train.cls", "corpus train.off" },
                                 { "corpus valid.tok", "corpus valid.cls", "corpus valid.off" } };
@@ -695,7 +695,7 @@ static void est_text(struct est *e, const struct moe_config *cfg, size_t C, size
         BUF(e, &streams, names[s][2], 8, dn1);
         BUF(e, &streams, s ? "corpus valid.seg" : "corpus train.seg", 3 * sizeof(size_t), { t.files, "text files" });
     }
-    int words = strcmp(moe_cfg_str(cfg, "data.text.tokens"), "words") == 0;
+    int words = c->text.corpus.tokens == MOE_TOK_WORDS;
     size_t vocab = 0, slots = 16;
     struct dim dV = { V, "vocabulary" };
     BUF(e, &vocab, "vocabulary tokens", 2 * sizeof(size_t), dV);
@@ -704,7 +704,7 @@ static void est_text(struct est *e, const struct moe_config *cfg, size_t C, size
         slots *= 2;
     if (words)
         BUF(e, &vocab, "vocabulary lookup", 4, { slots, "2 x vocabulary, to a power of two" });
-    size_t max = (size_t)moe_cfg_int(cfg, "data.text.train_eval_windows");
+    size_t max = c->text.train_eval_windows;
     size_t win_train = max && max < t.train_windows ? max : t.train_windows;
     BUF(e, &vocab, "training evaluation windows", sizeof(size_t), { win_train, "data.text.train_eval_windows" });
     BUF(e, &vocab, "validation evaluation windows", sizeof(size_t), { n_valid_windows, "validation windows" });
@@ -712,7 +712,7 @@ static void est_text(struct est *e, const struct moe_config *cfg, size_t C, size
     add(e, data, vocab, "memory estimate");
     // while loading: the files, and the word counts before the streams exist
     size_t counts = 0;
-    if (words && !moe_cfg_str(cfg, "data.text.vocab")) {
+    if (words && !c->text.vocab_path) {
         size_t cap = 1024;
         while (cap < 2 * V)
             cap *= 2;
@@ -755,14 +755,16 @@ static size_t idx_data_bytes(const char *path)
 // io/idx.c reads a split's images and labels whole, then makes the split (held
 // in bytes_data) and frees them: the training files while the test split does
 // not exist yet, the test files besides both splits.
-static void est_idx(struct est *e, const struct moe_config *cfg, size_t test_split, size_t *extra)
+static void est_idx(struct est *e, const struct moe_data_cfg *c, size_t test_split, size_t *extra)
 {
     const char *files[2][2] = { { "data.idx.train_images", "data.idx.train_labels" },
                                 { "data.idx.test_images", "data.idx.test_labels" } };
+    const char *paths[2][2] = { { c->idx.train_images, c->idx.train_labels },
+                                { c->idx.test_images, c->idx.test_labels } };
     size_t held[2] = { 0, 0 };
     for (int s = 0; s < 2; s++) {
         for (int k = 0; k < 2; k++) {
-            size_t n = idx_data_bytes(moe_cfg_str(cfg, files[s][k]));
+            size_t n = idx_data_bytes(paths[s][k]);
             if (n)
                 BUF(e, &held[s], files[s][k], 1, { n, "bytes of the IDX data (its header's dimensions)" });
         }
@@ -775,11 +777,11 @@ static void est_idx(struct est *e, const struct moe_config *cfg, size_t test_spl
 
 // io/table.c: the whole file, and the kept rows as parsed (features, targets or
 // labels with their text, the split flag) while the splits are made.
-static void est_table(struct est *e, const struct moe_config *cfg, const struct shape *s, size_t rows,
+static void est_table(struct est *e, const struct moe_data_cfg *c, const struct shape *s, size_t rows,
                       size_t *extra)
 {
     struct stat st;
-    const char *path = moe_cfg_str(cfg, "data.table.path");
+    const char *path = c->table.path;
     if (path && stat(path, &st) == 0 && S_ISREG(st.st_mode))
         BUF(e, extra, "table file", 1, { (size_t)st.st_size, "bytes of data.table.path" });
     struct dim dR = { rows, "table rows" };
@@ -799,30 +801,19 @@ static void (*const est_model[])(struct est *e, const struct moe_model_hp *hp, s
     [MOE_MODEL_TRANSFORMER] = est_transformer,
 };
 
-int moe_model_estimate(const struct moe_config *cfg, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
-                       size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
-                       struct moe_model_estimate *ret, struct moe_err *err)
-{
-    struct moe_model_hp hp;
-    int rc = moe_model_hp_parse(&hp, cfg, err);
-    if (!rc) // the rules a run checks, so that --dry-run refuses what train would
-        rc = moe_model_check(&hp, moe_model_loss(&hp, loss, task), task, n_in, n_out, err);
-    return rc ? rc
-              : moe_model_estimate_hp(&hp, cfg, task, n_in, n_out, n_train_rows, n_test_rows, max_batch, training,
-                                      ret, err);
-}
-
-int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_config *cfg, enum moe_task task,
-                          size_t n_in, size_t n_out, size_t n_train_rows, size_t n_test_rows, size_t max_batch,
-                          int training, struct moe_model_estimate *ret, struct moe_err *err)
+int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_data_cfg *data,
+                          const struct moe_estimate_loop *loop, enum moe_task task, size_t n_in, size_t n_out,
+                          size_t n_train_rows, size_t n_test_rows, size_t max_batch, struct moe_model_estimate *ret,
+                          struct moe_err *err)
 {
     assert(n_in > 0 && n_out > 0); // moe_model_check
     struct est e = { .err = err };
     struct moe_model_estimate r;
     memset(&r, 0, sizeof r);
-    int synthetic = strcmp(moe_cfg_str(cfg, "data.source"), "synthetic") == 0;
+    int synthetic = data && data->source == MOE_DATA_SYNTHETIC;
+    int loaded = data && (n_train_rows || n_test_rows); // the data's bytes are counted
     struct shape s = { .task = task, .I = n_in, .O = n_out, .T = max_batch ? max_batch : 1,
-                       .n_group = synthetic ? (size_t)moe_cfg_int(cfg, "data.synthetic.n_regions") : 0 };
+                       .n_group = synthetic ? data->synthetic.n_regions : 0 };
     est_model[hp->type](&e, hp, &s, &r.bytes_activations);
     if (e.rc)
         return e.rc;
@@ -835,20 +826,16 @@ int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_config
 
     // the training loop (train/trainer.c, optim.c) or one set of statistics
     est_stats(&e, &s, &r.bytes_trainer);
-    if (training) {
-        const char *opt = moe_cfg_str(cfg, "optim.type");
-        int moments = strcmp(opt, "adamw") == 0 ? 2 : strcmp(opt, "sgd") == 0 ? 1 : 0;
-        for (int i = 0; i < moments; i++)
+    if (loop) {
+        for (int i = 0; i < loop->moments; i++)
             flat(&e, &r.bytes_optimizer);
         est_stats(&e, &s, &r.bytes_trainer); // evaluation (train and test) and batch statistics
         est_stats(&e, &s, &r.bytes_trainer);
         BUF(&e, &r.bytes_trainer, "row permutation", 4, { n_train_rows ? n_train_rows : 1, "training rows" });
         BUF(&e, &r.bytes_trainer, "gate means", sizeof(double), { s.n_expert + 1, "model.n_expert + 1" });
         BUF(&e, &r.bytes_trainer, "gate means", sizeof(double), { s.n_expert + 1, "model.n_expert + 1" });
-        size_t bs = (size_t)moe_cfg_int(cfg, "optim.batch_size");
-        if (strcmp(opt, "gd") == 0) // full batch
-            bs = n_train_rows;
-        if (bs == 0 || bs > n_train_rows)
+        size_t bs = loop->batch_size;
+        if (bs == 0 || bs > n_train_rows) // full batch
             bs = n_train_rows;
         if (bs > s.T)
             bs = s.T;
@@ -858,17 +845,16 @@ int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_config
             BUF(&e, &r.bytes_trainer, "batch classes", 1, dB, dC1);
             BUF(&e, &r.bytes_trainer, "batch languages", 4, dB);
             BUF(&e, &r.bytes_trainer, "batch bytes", 8, dB);
-        } else if (moe_cfg_bool(cfg, "train.shuffle") && bs < n_train_rows) {
+        } else if (loop->shuffle && bs < n_train_rows) {
             est_split(&e, &r.bytes_trainer, "batch", "optim.batch_size", &s, bs, synthetic);
         }
     }
     // The data (loaded: rows known), and what its reader holds besides while loading.
-    const char *source = moe_cfg_str(cfg, "data.source");
     size_t loading = 0; // the readers' temporaries at the loading peak, beyond bytes_data
     if (task == MOE_TASK_LM) {
-        if (n_train_rows || n_test_rows)
-            est_text(&e, cfg, hp->n_ctx, n_out, n_test_rows, &r.bytes_data, &loading);
-    } else {
+        if (loaded)
+            est_text(&e, data, hp->n_ctx, n_out, n_test_rows, &r.bytes_data, &loading);
+    } else if (loaded) {
         size_t train = 0, test = 0;
         if (n_train_rows)
             est_split(&e, &train, "train", "training rows", &s, n_train_rows, synthetic);
@@ -876,16 +862,15 @@ int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_config
             est_split(&e, &test, "test", "test rows", &s, n_test_rows, synthetic);
         add(&e, &r.bytes_data, train, "memory estimate");
         add(&e, &r.bytes_data, test, "memory estimate");
-        if ((n_train_rows || n_test_rows) && synthetic)
-            est_synth_temporaries(&e, cfg, &r.bytes_data, n_in, n_out);
-        if ((n_train_rows || n_test_rows) && moe_cfg_bool(cfg, "data.standardize"))
+        if (synthetic)
+            est_synth_temporaries(&e, &data->synthetic, &r.bytes_data, n_in, n_out);
+        if (data->standardize)
             BUF(&e, &r.bytes_data, "standardisation statistics", sizeof(float), { 2 * n_in, "2 x " KEY_I });
         size_t rows;
-        if ((n_train_rows || n_test_rows) && strcmp(source, "idx") == 0)
-            est_idx(&e, cfg, test, &loading);
-        else if ((n_train_rows || n_test_rows) && strcmp(source, "table") == 0 &&
-                 !__builtin_add_overflow(n_train_rows, n_test_rows, &rows))
-            est_table(&e, cfg, &s, rows, &loading);
+        if (data->source == MOE_DATA_IDX)
+            est_idx(&e, data, test, &loading);
+        else if (data->source == MOE_DATA_TABLE && !__builtin_add_overflow(n_train_rows, n_test_rows, &rows))
+            est_table(&e, data, &s, rows, &loading);
     }
     // The peak is the larger of loading and training: the temporaries count as
     // far as the buffers allocated after them do not cover them.
@@ -919,23 +904,21 @@ int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_config
     return 0;
 }
 
-int moe_data_shape(const struct moe_config *cfg, enum moe_task *ret_task, size_t *ret_n_in, size_t *ret_n_out,
-                   size_t *ret_n_train, size_t *ret_n_test, struct moe_err *err)
+int moe_data_shape_cfg(const struct moe_data_cfg *c, enum moe_task *ret_task, size_t *ret_n_in, size_t *ret_n_out,
+                       size_t *ret_n_train, size_t *ret_n_test, struct moe_err *err)
 {
-    if (strcmp(moe_cfg_str(cfg, "data.source"), "synthetic") != 0)
+    if (c->source != MOE_DATA_SYNTHETIC)
         return 0;
-    int classes = strcmp(moe_cfg_str(cfg, "data.synthetic.kind"), "classes") == 0;
-    struct shape s = { .task = classes ? MOE_TASK_CLASSIFICATION : MOE_TASK_REGRESSION,
-                       .I = (size_t)moe_cfg_int(cfg, "data.synthetic.n_in"),
-                       .O = (size_t)moe_cfg_int(cfg, classes ? "data.synthetic.n_regions" : "data.synthetic.n_out") };
-    size_t n_train = (size_t)moe_cfg_int(cfg, "data.synthetic.n_train");
-    size_t n_test = (size_t)moe_cfg_int(cfg, "data.synthetic.n_test");
+    const struct moe_synth_spec *sp = &c->synthetic;
+    int classes = strcmp(sp->kind, "classes") == 0;
+    struct shape s = { .task = classes ? MOE_TASK_CLASSIFICATION : MOE_TASK_REGRESSION, .I = sp->n_in, .O = sp->n_out };
+    size_t n_train = sp->n_train, n_test = sp->n_test;
     struct est e = { .err = err };
     size_t bytes = 0;
     est_split(&e, &bytes, "train", "data.synthetic.n_train", &s, n_train, 1);
     if (n_test)
         est_split(&e, &bytes, "test", "data.synthetic.n_test", &s, n_test, 1);
-    est_synth_temporaries(&e, cfg, &bytes, s.I, s.O);
+    est_synth_temporaries(&e, sp, &bytes, s.I, s.O);
     if (e.rc)
         return e.rc;
     if (bytes > MOE_ESTIMATE_MAX_BYTES) {

@@ -4,6 +4,9 @@
 // checked for overflow, so an absurd config (sizes whose product overflows, or
 // that no machine could hold) is refused here, as a config error, instead of
 // being killed by the kernel half-way through allocating.
+// It works on typed settings (the model's hyperparameters, the data's
+// struct moe_data_cfg, the loop's numbers) and reads no config key: the
+// estimate from a config is train/train.h moe_model_estimate, which parses them.
 // Not here: how much memory the machine has (core/sysmem.h) and the decision
 // to refuse a config that does not fit (cmd/estimate.c).
 //
@@ -21,8 +24,6 @@
 
 #include "core/status.h"
 #include "io/dataset.h"
-
-struct moe_config;
 
 // A config needing more than this many bytes in total is absurd on any single
 // machine (the largest hold a few tens of TiB): refused as a config error.
@@ -101,35 +102,42 @@ struct moe_model_estimate {
     char largest[200];
 };
 
-// Estimate the model named by model.type, trained with loss (NULL: loss.type),
-// for a task with n_in features and n_out targets/classes, batches of up to max_batch rows (0 counts as 1, as in
-// moe_model_create), over n_train_rows / n_test_rows rows of data (0 if not
-// loaded: no data or reader bytes; otherwise the data files the config names
-// are looked at: sizes, IDX headers, word counts of text). training: count the optimizer moments and the
-// training loop's buffers (else one set of statistics, as route-stats keeps).
-// The model's rules are checked first, as moe_model_create does (moe_model_check).
-// Returns 0, or MOE_ECONFIG for a config a run would refuse, MOE_ESHAPE for data
-// without features or targets, MOE_EINVAL when a product overflows size_t, the
-// dispatch rows exceed 32-bit indices, or the total passes
-// MOE_ESTIMATE_MAX_BYTES; the message names the config keys involved. *ret is
-// written only on success.
-int moe_model_estimate(const struct moe_config *cfg, const char *loss, enum moe_task task, size_t n_in,
-                       size_t n_out, size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
-                       struct moe_model_estimate *ret, struct moe_err *err);
-// The same for hyperparameters already read (moe_model_create); cfg still
-// supplies the data.*, optim.* and train.* keys.
-struct moe_model_hp;
-int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_config *cfg, enum moe_task task,
-                          size_t n_in, size_t n_out, size_t n_train_rows, size_t n_test_rows, size_t max_batch,
-                          int training, struct moe_model_estimate *ret, struct moe_err *err);
+// The training loop as the estimate sees it: the optimiser's and the loop's
+// settings (the optim.* and train.* keys, read by train/: struct
+// moe_optim_cfg, moe_train_cfg) reduced to the numbers that size buffers.
+struct moe_estimate_loop {
+    int moments;         // optimizer moments per parameter: adamw 2, sgd 1, gd 0
+    size_t batch_size;   // rows per step; 0 = full batch (optim.batch_size 0, or gd)
+    int shuffle;         // train.shuffle: mini-batches are copied in shuffled order
+};
 
-// The data a config names, when known without reading files (data.source =
-// synthetic): task, features, targets/classes and rows, exactly as
-// moe_data_load will make them. Lets a command estimate (and refuse) before
-// generating the data. Returns 1 and fills the out-parameters for synthetic
-// data, 0 when the shape depends on files (idx, table), or MOE_EINVAL when the
-// synthetic splits alone would pass MOE_ESTIMATE_MAX_BYTES.
-int moe_data_shape(const struct moe_config *cfg, enum moe_task *ret_task, size_t *ret_n_in, size_t *ret_n_out,
-                   size_t *ret_n_train, size_t *ret_n_test, struct moe_err *err);
+// Estimate the model of hp (moe_model_hp_parse) for a task with n_in features
+// and n_out targets/classes, batches of up to max_batch rows (0 counts as 1, as
+// in moe_model_create), over n_train_rows / n_test_rows rows of the data that
+// data describes (0 if not loaded: no data or reader bytes; otherwise the data
+// files it names are looked at: sizes, IDX headers, word counts of text). data
+// NULL: nothing known of the data (moe_model_create), so no data bytes and no
+// statistics over its groups. loop non-NULL (training): count the optimizer
+// moments and the training loop's buffers (else one set of statistics, as
+// route-stats keeps). train/train.h moe_model_estimate does the same from a
+// config. The model's rules must have been checked (moe_model_check: features,
+// targets, loss). Returns 0, or MOE_EINVAL when a product overflows size_t, the dispatch rows exceed 32-bit
+// indices, or the total passes MOE_ESTIMATE_MAX_BYTES; the message names the
+// config keys involved. *ret is written only on success.
+struct moe_model_hp;
+int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_data_cfg *data,
+                          const struct moe_estimate_loop *loop, enum moe_task task, size_t n_in, size_t n_out,
+                          size_t n_train_rows, size_t n_test_rows, size_t max_batch, struct moe_model_estimate *ret,
+                          struct moe_err *err);
+
+// The data c describes, when known without reading files (data.source =
+// synthetic): task, features, targets/classes and rows, exactly as the loader
+// (train/train.h moe_data_load_cfg) will make them. Lets a command estimate
+// (and refuse) before generating the data. Returns 1 and fills the
+// out-parameters for synthetic data, 0 when the shape depends on files (idx,
+// table, text), or MOE_EINVAL when the synthetic splits alone would pass
+// MOE_ESTIMATE_MAX_BYTES.
+int moe_data_shape_cfg(const struct moe_data_cfg *c, enum moe_task *ret_task, size_t *ret_n_in, size_t *ret_n_out,
+                       size_t *ret_n_train, size_t *ret_n_test, struct moe_err *err);
 
 #endif

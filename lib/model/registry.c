@@ -72,10 +72,11 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
     loss = moe_model_loss(&hp, loss, task);
     // The rules, then sizes, before any allocation: a product that overflows or
     // a model no machine could hold is a config error, not a crash half-way through.
+    // The model alone: its data and training loop are not known here.
     struct moe_model_estimate est;
     rc = moe_model_check(&hp, loss, task, n_in, n_out, err);
     if (!rc)
-        rc = moe_model_estimate_hp(&hp, cfg, task, n_in, n_out, 0, 0, ret->max_batch, 0, &est, err);
+        rc = moe_model_estimate_hp(&hp, NULL, NULL, task, n_in, n_out, 0, 0, ret->max_batch, &est, err);
     if (!rc)
         rc = moe_model_kind(hp.type)->create(ret, &hp, loss, err);
     if (rc)

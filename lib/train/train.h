@@ -12,6 +12,7 @@
 #include "io/corpus.h"
 #include "io/dataset.h"
 #include "io/vocab.h"
+#include "model/estimate.h"
 #include "model/model.h"
 #include "train/tune.h"
 
@@ -20,6 +21,22 @@ const struct moe_cfg_key *moe_run_schema(void);
 size_t moe_run_schema_len(void);
 
 // ---- data named by the data.* keys ----
+// The data.* keys (data.c): their schema rows, and moe_data_cfg_parse, the one
+// place that reads them, into struct moe_data_cfg (io/dataset.h). It reads
+// data.source's section only, copies the two other keys the data needs
+// (train.seed for the synthetic generator and the table's random split,
+// model.n_ctx for text windows), and checks what the schema cannot: the
+// section's required keys (data.table.path, data.text.path), the table's lists
+// (features, one target for classification, the where filters' syntax) and
+// ranges ([lo, hi] with lo <= hi for both when split_column is set), and
+// data.idx.classes (integers, at most 256). MOE_ECONFIG naming the key; c is
+// zeroed on failure. The struct points into cfg and owns the table's lists
+// (moe_data_cfg_release).
+extern const struct moe_cfg_key moe_data_keys[];
+extern const size_t moe_data_keys_len;
+int moe_data_cfg_parse(struct moe_data_cfg *c, const struct moe_config *cfg, struct moe_err *err);
+void moe_data_cfg_release(struct moe_data_cfg *c);
+
 struct moe_data {
     struct moe_dataset train, test;
     int standardized;
@@ -27,11 +44,21 @@ struct moe_data {
     int has_text;             // data.source = text: the splits are windows over corpus
     struct moe_corpus corpus; // vocabulary, token streams and languages (the splits point into it: do not copy)
 };
+// Load the data c describes; for text data with a given vocabulary (a
+// checkpoint's) instead of c's vocabulary file or one built from the training
+// text (vocab may be NULL). *ret is zeroed on failure. Reads no key.
+int moe_data_load_cfg(struct moe_data *ret, const struct moe_data_cfg *c, const struct moe_vocab *vocab,
+                      struct moe_err *err);
+// The same from a config: moe_data_cfg_parse, then moe_data_load_cfg.
 int moe_data_load(struct moe_data *ret, const struct moe_config *cfg, struct moe_err *err);
-// The same; for text data with a given vocabulary (a checkpoint's) instead of
-// data.text.vocab or one built from the training text (vocab may be NULL).
 int moe_data_load_ex(struct moe_data *ret, const struct moe_config *cfg, const struct moe_vocab *vocab,
                      struct moe_err *err);
+// The shape of the data a config names when known without reading files
+// (synthetic): moe_data_cfg_parse, then moe_data_shape_cfg (model/estimate.h),
+// whose results it returns. 0 as well when the parse fails (only another
+// source's section can): the loader, which needs to run anyway, reports it.
+int moe_data_shape(const struct moe_config *cfg, enum moe_task *ret_task, size_t *ret_n_in, size_t *ret_n_out,
+                   size_t *ret_n_train, size_t *ret_n_test, struct moe_err *err);
 void moe_data_release(struct moe_data *d);
 // Text data in checkpoints: the vocabulary as tensor "vocab.text" (U8, the
 // vocabulary file's bytes, io/vocab.h) and the language names as metadata
@@ -173,6 +200,20 @@ int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *s
 // MOE_ENUMERIC on a non-finite loss or gradient, naming the step and the first tensor affected.
 int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg, moe_eval_cb cb,
               void *ctx, struct moe_train_result *ret, struct moe_err *err);
+
+// ---- what a run costs, from its config (schema.c) ----
+// The estimate of model/estimate.h (moe_model_estimate_hp) with the model,
+// data, optimiser and training keys parsed once here (moe_model_hp_parse,
+// moe_data_cfg_parse, moe_optim_cfg_parse, moe_train_cfg_parse). task, n_in,
+// n_out, rows, max_batch: as moe_model_estimate_hp; training: count the
+// optimizer moments and the training loop's buffers. The model's rules are
+// checked first with the loss it is trained with (NULL: loss.type), as
+// moe_model_create does (moe_model_check), so --dry-run refuses what a run
+// would. Returns the first parse or rule error, else the estimate's. *ret is
+// written only on success.
+int moe_model_estimate(const struct moe_config *cfg, const char *loss, enum moe_task task, size_t n_in,
+                       size_t n_out, size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
+                       struct moe_model_estimate *ret, struct moe_err *err);
 
 // ---- checkpoints: where a run stands, enough to continue it exactly ----
 // A run is a sequence of epochs; epoch 0 is the evaluation before any training.
