@@ -326,7 +326,7 @@ int cli_print_json(const char *cmd, const cJSON *obj)
     return 0;
 }
 
-cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg)
+cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg, uint64_t seed)
 {
     cJSON *s = cJSON_CreateObject();
     char hash[32];
@@ -335,7 +335,7 @@ cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg)
     cJSON_AddStringToObject(s, "command", cmd);
     cJSON_AddStringToObject(s, "version", MOE_VERSION);
     cJSON_AddStringToObject(s, "config_hash", hash);
-    cJSON_AddNumberToObject(s, "seed", (double)moe_cfg_int(cfg, "train.seed"));
+    cJSON_AddNumberToObject(s, "seed", (double)seed);
     cJSON *blas = cJSON_AddObjectToObject(s, "blas");
     cJSON_AddStringToObject(blas, "library", "blis");
     cJSON_AddStringToObject(blas, "version", b->version);

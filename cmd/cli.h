@@ -79,8 +79,8 @@ int cli_write_summary(const char *cmd, const char *dir, const cJSON *summary);
 // Print a cJSON object compactly on stdout (one line). Returns 0, or 1 after
 // printing "moe CMD: out of memory".
 int cli_print_json(const char *cmd, const cJSON *obj);
-// Common summary fields: command, version, config hash, seed, blas, threads.
-cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg);
+// Common summary fields: command, version, config hash, seed (train.seed), blas, threads.
+cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg, uint64_t seed);
 // Progress/log line on stderr unless quiet.
 void cli_log(const struct cli_common *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

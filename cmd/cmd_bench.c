@@ -308,6 +308,7 @@ enum { PASS_LAYER, PASS_STEP };
 // What one bench run holds; bench_release frees it all, whatever step it reached.
 struct bench {
     struct moe_config cfg;
+    struct moe_run_cfg rc;  // cfg read once, typed
     struct moe_data data;
     struct moe_model model;
     struct layer_bench lb;  // models with sparse layers
@@ -333,6 +334,7 @@ static void bench_release(struct bench *b)
     moe_optim_release(&b->sb.opt);
     moe_model_release(&b->model);
     moe_data_release(&b->data);
+    moe_run_cfg_release(&b->rc);
     moe_config_release(&b->cfg);
 }
 
@@ -341,31 +343,30 @@ static void bench_release(struct bench *b)
 static int bench_setup(const char *cmd, const struct cli_common *c, const struct bench_opts *bo, struct bench *b)
 {
     struct moe_err err = { 0 };
-    if (cli_load_config(c, &b->cfg, &err) || moe_data_load(&b->data, &b->cfg, &err))
+    if (cli_load_config(c, &b->cfg, &err) || moe_run_cfg_parse(&b->rc, &b->cfg, &err) ||
+        moe_data_load_cfg(&b->data, &b->rc.data, NULL, &err))
         return cli_fail(cmd, &err);
     const struct moe_dataset *tr = &b->data.train;
     int lm = tr->task == MOE_TASK_LM;
     size_t C = lm ? tr->n_ctx : 1;
-    b->T = bo->tokens > 0 ? (size_t)bo->tokens : (size_t)moe_cfg_int(&b->cfg, "optim.batch_size") * C;
+    b->T = bo->tokens > 0 ? (size_t)bo->tokens : b->rc.optim.batch_size * C;
     if (b->T == 0)
         b->T = C; // optim.batch_size 0 (full batch): one window or row unless --tokens says otherwise
     size_t n = (b->T + C - 1) / C;
     if (n > tr->n)
         return cli_error(cmd, 2, "option '--tokens': %zu %s need more than the %zu training %s", b->T,
                          lm ? "tokens" : "rows", tr->n, lm ? "windows per epoch" : "rows");
-    b->seed = (uint64_t)moe_cfg_int(&b->cfg, "train.seed");
-    if (moe_model_create(&b->model, &b->cfg, NULL, tr->task, tr->n_in, tr->n_out, n, &err))
+    b->seed = b->rc.train.seed;
+    if (moe_model_create_hp(&b->model, &b->rc.model, NULL, tr->task, tr->n_in, tr->n_out, n, &err))
         return cli_fail(cmd, &err);
     moe_model_init_weights(&b->model, b->seed);
-    struct moe_optim_cfg oc;
-    moe_optim_cfg_parse(&oc, &b->cfg);
     b->sb = (struct step_bench){ .m = &b->model, .data = &b->data, .n = n, .tokens = n * C, .seed = b->seed };
-    if (moe_model_fit(&b->model, tr, &err) || moe_optim_init(&b->sb.opt, &oc, b->model.params.numel, &err) ||
+    if (moe_model_fit(&b->model, tr, &err) || moe_optim_init(&b->sb.opt, &b->rc.optim, b->model.params.numel, &err) ||
         moe_train_stats_init(&b->sb.stats, &b->model, tr, &err) || (lm && moe_lm_batch_alloc(&b->sb.lb, n, C, &err)))
         return cli_fail(cmd, &err);
     if (b->model.n_moe_layers > 0 &&
         layer_bench_init(&b->lb, &b->model.moe_layers[0]->c, b->T, b->seed,
-                         (float)moe_cfg_num(&b->cfg, "model.init_scale"), &err))
+                         (float)b->rc.model.init_scale, &err))
         return cli_fail(cmd, &err);
     for (int k = 0; k < 2; k++)
         if (figs_alloc(&b->pk[k].f, b->R) || !(b->pk[k].fwd = calloc(b->R, sizeof(double))))
@@ -434,7 +435,7 @@ static cJSON *layer_json(const struct bench *b, double *gf, double *share, cJSON
     cJSON_AddNumberToObject(shape, "n_ff", (double)lc->F);
     cJSON_AddNumberToObject(shape, "n_expert", (double)lc->router.E);
     cJSON_AddNumberToObject(shape, "n_expert_used", (double)lc->router.K);
-    cJSON_AddStringToObject(shape, "router", moe_cfg_str(&b->cfg, "moe.router"));
+    cJSON_AddStringToObject(shape, "router", moe_router_name(lc->router.type));
     cJSON *fw = cJSON_AddObjectToObject(l, "forward");
     cJSON_AddItemToObject(fw, "seconds", fig_json(p->fwd, R));
     cJSON *fb = cJSON_AddObjectToObject(l, "forward_backward");
@@ -490,7 +491,7 @@ static int bench_report(const char *cmd, const struct bench *b)
         free(gf), free(share), free(tps);
         return cli_error(cmd, 1, "out of memory");
     }
-    cJSON *out = cli_summary_new(cmd, &b->cfg);
+    cJSON *out = cli_summary_new(cmd, &b->cfg, b->rc.train.seed);
     cJSON_AddStringToObject(out, "device", "cpu");
     cJSON_AddStringToObject(out, "vmath", moe_vmath_isa());
     cJSON_AddNumberToObject(out, "tokens", (double)b->T);

@@ -184,9 +184,9 @@ static const char *const acc_names[N_ACC] = { "epochs", "train_accuracy", "test_
                                               "active_experts", "gate_entropy" };
 
 // The model's batch: full-batch training and evaluation, the larger split.
-static size_t cl_batch(const struct moe_config *cfg, size_t n_train, size_t n_test, const void *ctx)
+static size_t cl_batch(const struct moe_run_cfg *rcfg, size_t n_train, size_t n_test, const void *ctx)
 {
-    (void)cfg, (void)ctx;
+    (void)rcfg, (void)ctx;
     size_t rows = n_train > n_test ? n_train : n_test;
     return rows ? rows : 1;
 }
@@ -230,6 +230,7 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
 {
     struct moe_err err = { 0 };
     struct moe_config cfg = { 0 };
+    struct moe_run_cfg rcfg = { 0 };
     struct moe_data data;
     struct moe_model model;
     memset(&data, 0, sizeof data);
@@ -244,22 +245,25 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
         r = moe_config_set(&cfg, set_model, &err);
     if (!r)
         r = moe_config_set(&cfg, set_seed, &err);
+    if (!r)
+        r = moe_run_cfg_parse(&rcfg, &cfg, &err);
     if (!r && is_mlp)
-        loss = moe_cfg_str(&cfg, "loss.baseline");
+        loss = rcfg.model.loss_baseline;
     if (!r && !checked)
-        refused = cli_check_run(cmd, &cfg, loss, NULL, cl_batch, NULL, 1, NULL, &checked);
+        refused = cli_check_run(cmd, &rcfg, loss, NULL, cl_batch, NULL, 1, NULL, &checked);
     if (!r && !refused)
-        r = moe_data_load(&data, &cfg, &err);
+        r = moe_data_load_cfg(&data, &rcfg.data, NULL, &err);
     if (!r && !refused && !checked)
-        refused = cli_check_run(cmd, &cfg, loss, &data, cl_batch, NULL, 1, NULL, &checked);
+        refused = cli_check_run(cmd, &rcfg, loss, &data, cl_batch, NULL, 1, NULL, &checked);
     if (!r && !refused)
-        r = moe_model_create(&model, &cfg, loss, data.train.task, data.train.n_in, data.train.n_out,
-                             cl_batch(&cfg, data.train.n, data.test.n, NULL), &err);
+        r = moe_model_create_hp(&model, &rcfg.model, loss, data.train.task, data.train.n_in, data.train.n_out,
+                                cl_batch(&rcfg, data.train.n, data.test.n, NULL), &err);
     struct moe_train_result res;
     struct curve_ctx cc = { .csv = curves, .system = sys, .seed = seed };
     if (!r && !refused) {
         moe_model_init_weights(&model, (uint64_t)seed);
-        r = moe_train(&model, &data, &cfg, write_curve, &cc, &res, &err);
+        struct moe_train_hooks hooks = { .row = write_curve, .ctx = &cc };
+        r = moe_train_run(&model, &data, &rcfg.train, &rcfg.optim, &hooks, &res, &err);
     }
     if (!r && !refused) {
         tally_run(t, &model, &res);
@@ -272,6 +276,7 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
     }
     moe_model_release(&model);
     moe_data_release(&data);
+    moe_run_cfg_release(&rcfg);
     moe_config_release(&cfg);
     if (refused)
         return refused;
@@ -290,17 +295,18 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
 
 // summary.json's head: the seeds (in place of the one seed), the criterion,
 // and the systems array that write_table fills.
-static cJSON *summary_start(const char *cmd, const struct moe_config *base, const struct cl_opts *o)
+static cJSON *summary_start(const char *cmd, const struct moe_config *base, const struct moe_train_cfg *tc,
+                            const struct cl_opts *o)
 {
-    cJSON *s = cli_summary_new(cmd, base);
+    cJSON *s = cli_summary_new(cmd, base, tc->seed);
     cJSON_DeleteItemFromObject(s, "seed");
     cJSON *seeds = cJSON_AddArrayToObject(s, "seeds");
     for (size_t k = 0; k < o->n_seeds; k++)
         cJSON_AddItemToArray(seeds, cJSON_CreateNumber((double)o->seeds[k]));
     cJSON *crit = cJSON_AddObjectToObject(s, "criterion");
-    cJSON_AddStringToObject(crit, "metric", moe_cfg_str(base, "train.criterion"));
-    cJSON_AddNumberToObject(crit, "value", moe_cfg_num(base, "train.criterion_value"));
-    cJSON_AddNumberToObject(crit, "max_epochs", (double)moe_cfg_int(base, "train.epochs"));
+    cJSON_AddStringToObject(crit, "metric", moe_criterion_name(tc->criterion));
+    cJSON_AddNumberToObject(crit, "value", tc->criterion_value);
+    cJSON_AddNumberToObject(crit, "max_epochs", (double)tc->epochs);
     cJSON_AddArrayToObject(s, "systems");
     return s;
 }
@@ -382,6 +388,7 @@ int cmd_compare_loss(int argc, char **argv)
     cli_common_init(&c);
     struct moe_err err = { 0 };
     struct moe_config base = { 0 };
+    struct moe_train_cfg btc = { 0 }; // the base config's train.* (the summary's criterion)
     struct moe_csv curves;
     memset(&curves, 0, sizeof curves);
     struct tally tally[MAX_SYSTEMS];
@@ -406,12 +413,13 @@ int cmd_compare_loss(int argc, char **argv)
     }
     if ((rc = cli_setup_compute(cmd, &c)))
         goto out;
-    if (cli_load_config(&c, &base, &err) || cli_mkdir_p(c.out, &err) || !(path = cli_path(c.out, "curves.csv", &err)) ||
+    if (cli_load_config(&c, &base, &err) || moe_train_cfg_parse(&btc, &base, &err) || cli_mkdir_p(c.out, &err) ||
+        !(path = cli_path(c.out, "curves.csv", &err)) ||
         moe_csv_open(&curves, path, curve_cols, sizeof curve_cols / sizeof *curve_cols, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    summary = summary_start(cmd, &base, &o);
+    summary = summary_start(cmd, &base, &btc, &o);
     for (size_t si = 0; si < o.n_systems; si++)
         for (size_t k = 0; k < o.n_seeds; k++)
             if ((rc = sweep_run(cmd, &c, &base, o.systems[si], o.seeds[k], k == 0, &curves, &tally[si])))
@@ -433,6 +441,7 @@ out:
     cJSON_Delete(summary);
     free(o.losses_buf);
     free(o.seeds);
+    moe_train_cfg_release(&btc);
     moe_config_release(&base);
     cli_common_release(&c);
     return rc;

@@ -85,7 +85,7 @@ static int on_opt(void *ctx, int opt, const char *arg)
 // The checkpoint's config, then --set overrides; standardisation is applied
 // from the checkpoint's statistics, not refitted.
 static int load_config(const struct moe_st_file *f, const struct cli_common *c, struct moe_config *cfg,
-                       int *ret_standardize, struct moe_err *err)
+                       struct moe_run_cfg *rcfg, int *ret_standardize, struct moe_err *err)
 {
     const char *text = moe_safetensors_meta(f, "config");
     if (!text)
@@ -100,8 +100,15 @@ static int load_config(const struct moe_st_file *f, const struct cli_common *c, 
     for (size_t i = 0; i < c->n_sets; i++)
         if ((rc = moe_config_set(cfg, c->sets[i], err)))
             return rc;
-    *ret_standardize = moe_cfg_bool(cfg, "data.standardize");
-    return moe_config_set(cfg, "data.standardize=false", err);
+    // The checkpoint's data.standardize says whether to apply its statistics; the
+    // config then says false (the loader must not refit), and is read as it ends up.
+    if ((rc = moe_run_cfg_parse(rcfg, cfg, err)))
+        return rc;
+    *ret_standardize = rcfg->data.standardize;
+    moe_run_cfg_release(rcfg); // its strings point into cfg, which the next line changes
+    if ((rc = moe_config_set(cfg, "data.standardize=false", err)))
+        return rc;
+    return moe_run_cfg_parse(rcfg, cfg, err);
 }
 
 static int standardize(const struct moe_st_file *f, struct moe_dataset *d, struct moe_err *err)
@@ -170,12 +177,12 @@ static void trace_batch(FILE *f, struct moe_model *m, size_t start, size_t n)
 }
 
 // The model's batch: evaluation chunks of train.max_batch_eval rows, at most the split.
-static size_t rs_batch(const struct moe_config *cfg, size_t n_train, size_t n_test, const void *ctx)
+static size_t rs_batch(const struct moe_run_cfg *rcfg, size_t n_train, size_t n_test, const void *ctx)
 {
     size_t rows = strcmp((const char *)ctx, "train") == 0 ? n_train : n_test;
-    size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
-    size_t bs = (size_t)moe_cfg_int(cfg, "optim.batch_size");
-    if (strcmp(moe_cfg_str(cfg, "data.source"), "text") == 0 && bs > 0 && chunk > bs)
+    size_t chunk = rcfg->train.max_batch_eval;
+    size_t bs = rcfg->optim.batch_size;
+    if (rcfg->data.source == MOE_DATA_TEXT && bs > 0 && chunk > bs)
         chunk = bs; // windows per pass, as the trainer evaluates them
     return chunk > rows && rows > 0 ? rows : chunk;
 }
@@ -316,6 +323,7 @@ struct rs_run {
     const struct rs_opts *o;
     struct moe_st_file f;
     struct moe_config cfg;
+    struct moe_run_cfg rc;   // cfg read once, typed
     struct moe_vocab vocab;
     struct moe_data data;
     struct moe_dataset *d;   // the split routed
@@ -339,6 +347,7 @@ static void rs_release(struct rs_run *r)
     moe_model_release(&r->model);
     moe_data_release(&r->data);
     moe_safetensors_close(&r->f);
+    moe_run_cfg_release(&r->rc);
     moe_config_release(&r->cfg);
 }
 
@@ -359,21 +368,21 @@ static int rs_load(struct rs_run *r)
     const char *cmd = r->cmd, *split = r->o->split;
     struct moe_err err = { 0 };
     int std_on = 0, checked = 0, rc;
-    if (moe_safetensors_open(r->o->ckpt, &r->f, &err) || load_config(&r->f, r->c, &r->cfg, &std_on, &err))
+    if (moe_safetensors_open(r->o->ckpt, &r->f, &err) || load_config(&r->f, r->c, &r->cfg, &r->rc, &std_on, &err))
         return cli_fail(cmd, &err);
-    if ((rc = cli_check_run(cmd, &r->cfg, NULL, NULL, rs_batch, split, 0, NULL, &checked)))
+    if ((rc = cli_check_run(cmd, &r->rc, NULL, NULL, rs_batch, split, 0, NULL, &checked)))
         return rc;
     int has_vocab = moe_data_vocab_read(&r->f, &r->vocab, &err);
-    if (has_vocab < 0 || moe_data_load_ex(&r->data, &r->cfg, has_vocab ? &r->vocab : NULL, &err) ||
+    if (has_vocab < 0 || moe_data_load_cfg(&r->data, &r->rc.data, has_vocab ? &r->vocab : NULL, &err) ||
         moe_data_check_text_checkpoint(&r->data, &r->f, &err))
         return cli_fail(cmd, &err);
     r->d = strcmp(split, "train") == 0 ? &r->data.train : &r->data.test;
     if (std_on && !r->data.has_text && standardize(&r->f, r->d, &err))
         return cli_fail(cmd, &err);
-    r->chunk = rs_batch(&r->cfg, r->data.train.n, r->data.test.n, split);
-    if (!checked && (rc = cli_check_run(cmd, &r->cfg, NULL, &r->data, rs_batch, split, 0, NULL, &checked)))
+    r->chunk = rs_batch(&r->rc, r->data.train.n, r->data.test.n, split);
+    if (!checked && (rc = cli_check_run(cmd, &r->rc, NULL, &r->data, rs_batch, split, 0, NULL, &checked)))
         return rc;
-    if (moe_model_create(&r->model, &r->cfg, NULL, r->d->task, r->d->n_in, r->d->n_out, r->chunk, &err) ||
+    if (moe_model_create_hp(&r->model, &r->rc.model, NULL, r->d->task, r->d->n_in, r->d->n_out, r->chunk, &err) ||
         moe_model_load(&r->model, &r->f, 1, &err))
         return cli_fail(cmd, &err);
     if (!r->model.n_moe_layers)
@@ -396,7 +405,7 @@ static int capacity_sweep(struct rs_run *r)
     if (open_table(r, T_CAPACITY, &err))
         return cli_fail(r->cmd, &err);
     r->caps = cJSON_CreateArray();
-    r->summary = cli_summary_new(r->cmd, &r->cfg);
+    r->summary = cli_summary_new(r->cmd, &r->cfg, r->rc.train.seed);
     for (size_t i = 0; i < r->o->n_cf; i++) {
         double cf = r->o->cf[i];
         m->ops->set_eval_capacity(m, cf);
@@ -467,7 +476,7 @@ static int layer_row(struct rs_run *r, size_t l, cJSON *lj, struct moe_err *err)
     const struct moe_layer *ml = r->model.ops->moe_layer_at(&r->model, l);
     size_t E = r->model.n_route_expert;
     int lm = r->d->task == MOE_TASK_LM;
-    uint64_t seed = (uint64_t)moe_cfg_int(&r->cfg, "train.seed");
+    uint64_t seed = r->rc.train.seed;
     double tok = a->tokens ? (double)a->tokens : NAN;
     double mi_label, mi_label0, mi_lang = NAN, mi_lang0 = NAN;
     if (label_mi(a, lm ? 0 : -1, seed, &mi_label, &mi_label0, err) ||

@@ -92,14 +92,14 @@ static void catch_signals(void)
 
 // The largest batch the model sees: the training batch (the whole split for
 // full-batch gd) or the evaluation chunk, whichever is larger.
-static size_t train_batch(const struct moe_config *cfg, size_t n_train, size_t n_test, const void *ctx)
+static size_t train_batch(const struct moe_run_cfg *rc, size_t n_train, size_t n_test, const void *ctx)
 {
     (void)ctx;
-    size_t bs = (size_t)moe_cfg_int(cfg, "optim.batch_size");
-    size_t max_batch = bs == 0 || strcmp(moe_cfg_str(cfg, "optim.type"), "gd") == 0 ? n_train : bs;
-    if (strcmp(moe_cfg_str(cfg, "data.source"), "text") == 0)
+    size_t bs = rc->optim.batch_size;
+    size_t max_batch = bs == 0 || rc->optim.type == MOE_OPTIM_GD ? n_train : bs;
+    if (rc->data.source == MOE_DATA_TEXT)
         return max_batch; // evaluation passes are at most a training batch of windows (trainer.c)
-    size_t chunk = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+    size_t chunk = rc->train.max_batch_eval;
     size_t biggest = n_train > n_test ? n_train : n_test;
     if (chunk > biggest)
         chunk = biggest;
@@ -108,35 +108,35 @@ static size_t train_batch(const struct moe_config *cfg, size_t n_train, size_t n
 
 // --dry-run: the estimate on stdout, from the config alone when it gives the
 // data's shape (synthetic), else after loading the data.
-static int dry_run(const char *cmd, const struct moe_config *cfg)
+static int dry_run(const char *cmd, const struct moe_config *cfg, const struct moe_run_cfg *rcfg)
 {
     struct moe_err err = { 0 };
     struct moe_data data;
     memset(&data, 0, sizeof data);
     enum moe_task task;
     size_t n_in, n_out, n_train, n_test;
-    int known = moe_data_shape(cfg, &task, &n_in, &n_out, &n_train, &n_test, &err);
+    int known = moe_data_shape_cfg(&rcfg->data, &task, &n_in, &n_out, &n_train, &n_test, &err);
     if (known < 0)
         return cli_fail(cmd, &err);
     if (!known) {
-        if (moe_data_load(&data, cfg, &err))
+        if (moe_data_load_cfg(&data, &rcfg->data, NULL, &err))
             return cli_fail(cmd, &err);
         task = data.train.task, n_in = data.train.n_in, n_out = data.train.n_out;
         n_train = data.train.n, n_test = data.test.n;
     }
     struct moe_model_estimate est;
-    int rc = moe_model_estimate(cfg, NULL, task, n_in, n_out, n_train, n_test, train_batch(cfg, n_train, n_test, NULL), 1,
-                                &est, &err);
+    int rc = moe_run_estimate(rcfg, NULL, task, n_in, n_out, n_train, n_test, train_batch(rcfg, n_train, n_test, NULL),
+                              1, &est, &err);
     if (rc) {
         moe_data_release(&data);
         return cli_fail(cmd, &err);
     }
-    cJSON *s = cli_summary_new(cmd, cfg);
+    cJSON *s = cli_summary_new(cmd, cfg, rcfg->train.seed);
     cJSON_AddBoolToObject(s, "dry_run", 1);
-    cJSON_AddStringToObject(s, "model", moe_cfg_str(cfg, "model.type"));
+    cJSON_AddStringToObject(s, "model", moe_model_kind(rcfg->model.type)->name);
     cJSON_AddNumberToObject(s, "train_rows", (double)n_train);
     cJSON_AddNumberToObject(s, "test_rows", (double)n_test);
-    cJSON_AddNumberToObject(s, "max_batch", (double)train_batch(cfg, n_train, n_test, NULL));
+    cJSON_AddNumberToObject(s, "max_batch", (double)train_batch(rcfg, n_train, n_test, NULL));
     cJSON *e = cli_estimate_json(&est, !known);
     for (cJSON *it = e ? e->child : NULL; it;) { // merge the estimate's keys into the summary
         cJSON *next = it->next;
@@ -158,6 +158,7 @@ struct train_run {
     const char *out;                 // the run directory
     char default_out[32];            // without --out: runs/train-<config hash>
     struct moe_config cfg;
+    struct moe_run_cfg rc;           // cfg read once, typed
     struct moe_data data;
     struct moe_model model;
     size_t max_batch;
@@ -180,6 +181,7 @@ static void run_release(struct train_run *r)
     moe_safetensors_close(&r->resume);
     moe_model_release(&r->model);
     moe_data_release(&r->data);
+    moe_run_cfg_release(&r->rc);
     moe_config_release(&r->cfg);
     moe_lora_release(&r->lora);
     moe_tune_sel_release(&r->tune);
@@ -230,14 +232,14 @@ static int load_data(struct train_run *r)
 {
     struct moe_err err = { 0 };
     int checked = 0, rc;
-    if ((rc = cli_check_run(r->cmd, &r->cfg, NULL, NULL, train_batch, NULL, 1, &r->est, &checked)))
+    if ((rc = cli_check_run(r->cmd, &r->rc, NULL, NULL, train_batch, NULL, 1, &r->est, &checked)))
         return rc;
-    if (moe_data_load_ex(&r->data, &r->cfg, r->has_vocab > 0 ? &r->ck_vocab : NULL, &err))
+    if (moe_data_load_cfg(&r->data, &r->rc.data, r->has_vocab > 0 ? &r->ck_vocab : NULL, &err))
         return cli_fail(r->cmd, &err);
     if (r->data.has_text && (rc = run_output_text(r->cmd, &r->outs, &r->data)))
         return rc;
     if (!checked)
-        rc = cli_check_run(r->cmd, &r->cfg, NULL, &r->data, train_batch, NULL, 1, &r->est, &checked);
+        rc = cli_check_run(r->cmd, &r->rc, NULL, &r->data, train_batch, NULL, 1, &r->est, &checked);
     return rc;
 }
 
@@ -247,10 +249,10 @@ static int build_model(struct train_run *r)
     const struct cli_train_opts *o = r->o;
     const struct moe_dataset *tr = &r->data.train;
     struct moe_err err = { 0 };
-    r->max_batch = train_batch(&r->cfg, tr->n, r->data.test.n, NULL);
-    if (moe_model_create(&r->model, &r->cfg, NULL, tr->task, tr->n_in, tr->n_out, r->max_batch, &err))
+    r->max_batch = train_batch(&r->rc, tr->n, r->data.test.n, NULL);
+    if (moe_model_create_hp(&r->model, &r->rc.model, NULL, tr->task, tr->n_in, tr->n_out, r->max_batch, &err))
         return cli_fail(r->cmd, &err);
-    moe_model_init_weights(&r->model, (uint64_t)moe_cfg_int(&r->cfg, "train.seed"));
+    moe_model_init_weights(&r->model, r->rc.train.seed);
     if (moe_model_fit(&r->model, tr, &err) ||
         (o->init && (moe_safetensors_open(o->init, &r->init, &err) ||
                      moe_data_check_text_checkpoint(&r->data, &r->init, &err) ||
@@ -277,10 +279,11 @@ static int open_outputs(struct train_run *r)
     r->outs.dir = r->out;
     r->outs.model = &r->model;
     r->outs.cfg = &r->cfg;
+    r->outs.seed = r->rc.train.seed;
     r->outs.data = &r->data;
     if (resume ? run_output_remove_stale(r->out, &err) : run_output_clear(r->out, &err))
         return cli_fail(r->cmd, &err);
-    if (!resume && (rc = distill_moebert(r->cmd, r->c, &r->distill, &r->cfg, &r->model, &r->data, r->max_batch,
+    if (!resume && (rc = distill_moebert(r->cmd, r->c, &r->distill, &r->rc, &r->model, &r->data, r->max_batch,
                                          r->out)))
         return rc;
     if (run_output_open(&r->outs, resume, &err))
@@ -322,7 +325,7 @@ static int train(struct train_run *r, struct moe_train_result *res)
                                      .frozen_experts = r->tune.frozen_experts,
                                      .lora = o->lora ? &r->lora : NULL,
                                      .distill = d->teacher.ops ? &kd : NULL };
-    int rc = moe_train_ex(&r->model, &r->data, &r->cfg, &hooks, res, &err);
+    int rc = moe_train_run(&r->model, &r->data, &r->rc.train, &r->rc.optim, &hooks, res, &err);
     if (rc == MOE_EINTR)
         return interrupted(r, res->steps);
     if (rc) {
@@ -337,11 +340,11 @@ static int train(struct train_run *r, struct moe_train_result *res)
 static int write_summary(struct train_run *r, const struct moe_train_result *res)
 {
     const struct cli_train_opts *o = r->o;
-    cJSON *s = cli_summary_new(r->cmd, &r->cfg);
+    cJSON *s = cli_summary_new(r->cmd, &r->cfg, r->rc.train.seed);
     run_output_summary_model(s, &r->outs);
     if (r->tune.frozen)
         tune_summary(s, &r->model, &r->tune, o->lora ? &r->lora : NULL);
-    int rc = distill_summary(r->cmd, s, &r->distill, &r->cfg, &r->data, &res->final_test, r->out);
+    int rc = distill_summary(r->cmd, s, &r->distill, &r->rc, &r->data, &res->final_test, r->out);
     if (rc) {
         cJSON_Delete(s);
         return rc;
@@ -414,13 +417,17 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
         rc = cli_fail(cmd, &err);
     if (rc)
         goto out;
+    if (moe_run_cfg_parse(&r.rc, &r.cfg, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
     if (o->dry_run) {
-        rc = dry_run(cmd, &r.cfg);
+        rc = dry_run(cmd, &r.cfg, &r.rc);
         goto out;
     }
     if ((rc = load_data(&r)) || (rc = build_model(&r)) ||
-        (rc = distill_setup(cmd, &r.distill, &r.cfg, &r.data, &r.model, o->resume != NULL)) ||
-        (rc = tune_setup(cmd, &r.cfg, &r.model, o->lora, &r.tune, &r.lora)) || (rc = open_outputs(&r)))
+        (rc = distill_setup(cmd, &r.distill, &r.rc, &r.data, &r.model, o->resume != NULL)) ||
+        (rc = tune_setup(cmd, &r.rc, &r.model, o->lora, &r.tune, &r.lora)) || (rc = open_outputs(&r)))
         goto out;
     if (o->resume)
         cli_log(c, "moe %s: resuming %s/ at step %llu (epoch %llu)", cmd, r.out, (unsigned long long)r.pos.steps,

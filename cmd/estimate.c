@@ -87,7 +87,7 @@ int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int da
                      have, MOE_MEMORY_LIMIT_ENV);
 }
 
-int cli_check_run(const char *cmd, const struct moe_config *cfg, const char *loss, const struct moe_data *data,
+int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
                   cli_batch_fn batch, const void *ctx, int training, struct moe_model_estimate *ret_est,
                   int *ret_checked)
 {
@@ -102,12 +102,12 @@ int cli_check_run(const char *cmd, const struct moe_config *cfg, const char *los
         n_train = data->train.n;
         n_test = data->test.n;
     } else {
-        int known = moe_data_shape(cfg, &task, &n_in, &n_out, &n_train, &n_test, &err);
+        int known = moe_data_shape_cfg(&rc->data, &task, &n_in, &n_out, &n_train, &n_test, &err);
         if (known <= 0)
             return known < 0 ? cli_fail(cmd, &err) : 0;
     }
     struct moe_model_estimate est;
-    if (moe_model_estimate(cfg, loss, task, n_in, n_out, n_train, n_test, batch(cfg, n_train, n_test, ctx), training, &est,
+    if (moe_run_estimate(rc, loss, task, n_in, n_out, n_train, n_test, batch(rc, n_train, n_test, ctx), training, &est,
                            &err))
         return cli_fail(cmd, &err);
     *ret_checked = 1;

@@ -33,19 +33,19 @@ cJSON *cli_estimate_json(const struct moe_model_estimate *e, int data_loaded);
 int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded);
 
 // The rows of a command's largest batch (the model's max_batch), from the
-// config and the sizes of the splits; ctx is the command's own.
-typedef size_t (*cli_batch_fn)(const struct moe_config *cfg, size_t n_train, size_t n_test, const void *ctx);
+// run's settings and the sizes of the splits; ctx is the command's own.
+typedef size_t (*cli_batch_fn)(const struct moe_run_cfg *rc, size_t n_train, size_t n_test, const void *ctx);
 
-// Estimate the run of cfg (trained with loss; NULL: loss.type), checking the
+// Estimate the run of rc (trained with loss; NULL: loss.type), checking the
 // model's rules, and refuse it when it will not fit: 0 to go on, or
 // the exit code after printing one line (an estimate error as cli_fail: 2 for
 // an absurd config; the refusal as cli_check_memory: 1). data: the loaded
 // splits; or NULL before loading, when the shape comes from the config if it
-// can (synthetic data, moe_data_shape) and otherwise nothing is checked yet
+// can (synthetic data, moe_data_shape_cfg) and otherwise nothing is checked yet
 // (returns 0 with *ret_checked = 0: call again once the data is loaded).
 // training: as moe_model_estimate. ret_est (may be NULL): the estimate, for
 // --dry-run; written when *ret_checked is set.
-int cli_check_run(const char *cmd, const struct moe_config *cfg, const char *loss, const struct moe_data *data,
+int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
                   cli_batch_fn batch, const void *ctx, int training, struct moe_model_estimate *ret_est,
                   int *ret_checked);
 

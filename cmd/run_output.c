@@ -379,7 +379,7 @@ int run_output_interrupted(const char *cmd, struct run_output *o, const char *si
     char *ck = has_checkpoint ? cli_path(o->dir, "checkpoint.safetensors", &err) : NULL;
     if (has_checkpoint && !ck)
         return cli_fail(cmd, &err);
-    cJSON *s = cli_summary_new(cmd, o->cfg);
+    cJSON *s = cli_summary_new(cmd, o->cfg, o->seed);
     cJSON_AddStringToObject(s, "interrupted", sig_name);
     cJSON_AddNumberToObject(s, "steps", (double)steps);
     cJSON_AddStringToObject(s, "out", o->dir);

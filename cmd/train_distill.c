@@ -17,7 +17,7 @@
 // model built from its own config and weights. It must read the student's data
 // as it was trained to (same inputs, outputs, standardisation, vocabulary and
 // languages). No path = nothing to do.
-static int peer_setup(const char *cmd, const char *key, const char *path, const struct moe_config *cfg,
+static int peer_setup(const char *cmd, const char *key, const char *path, const struct moe_run_cfg *rcfg,
                       const struct moe_data *data, const struct moe_model *student, struct moe_model *peer,
                       struct moe_st_file *f)
 {
@@ -25,6 +25,7 @@ static int peer_setup(const char *cmd, const char *key, const char *path, const 
         return 0;
     struct moe_err err = { 0 };
     struct moe_config tc = { 0 };
+    struct moe_run_cfg trc = { 0 };
     const char *text;
     int rc = 0;
     if (moe_safetensors_open(path, f, &err) || moe_data_check_text_checkpoint(data, f, &err)) {
@@ -39,18 +40,21 @@ static int peer_setup(const char *cmd, const char *key, const char *path, const 
         rc = cli_error(cmd, 1, "%s: the 'config' metadata is not a valid config: %s", path, err.msg);
         goto out;
     }
-    if (moe_cfg_bool(&tc, "data.standardize") != moe_cfg_bool(cfg, "data.standardize")) {
+    if (moe_run_cfg_parse(&trc, &tc, &err)) {
+        rc = cli_error(cmd, 1, "%s: the 'config' metadata is not a valid config: %s", path, err.msg);
+        goto out;
+    }
+    if (trc.data.standardize != rcfg->data.standardize) {
         rc = cli_error(cmd, 2, "%s '%s' was trained with data.standardize=%s, the student has %s", key, path,
-                       moe_cfg_bool(&tc, "data.standardize") ? "true" : "false",
-                       moe_cfg_bool(cfg, "data.standardize") ? "true" : "false");
+                       trc.data.standardize ? "true" : "false", rcfg->data.standardize ? "true" : "false");
         goto out;
     }
     if (data->train.task == MOE_TASK_REGRESSION) {
         rc = cli_error(cmd, 2, "%s: distillation needs a classification or language-model task (data gives regression)", key);
         goto out;
     }
-    if (moe_model_create(peer, &tc, NULL, data->train.task, data->train.n_in, data->train.n_out, student->max_batch,
-                         &err)) {
+    if (moe_model_create_hp(peer, &trc.model, NULL, data->train.task, data->train.n_in, data->train.n_out,
+                            student->max_batch, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
@@ -63,6 +67,7 @@ static int peer_setup(const char *cmd, const char *key, const char *path, const 
         rc = cli_error(cmd, 2, "%s: distillation needs cross-entropy models (%s loss '%s', student loss '%s')", key,
                        path, peer->loss_name ? peer->loss_name : "?", student->loss_name ? student->loss_name : "?");
 out:
+    moe_run_cfg_release(&trc);
     moe_config_release(&tc);
     return rc;
 }
@@ -88,14 +93,14 @@ static cJSON *init_from_teacher(struct moe_model *m, const struct moe_model *tea
     return names;
 }
 
-int distill_setup(const char *cmd, struct distill *d, const struct moe_config *cfg, const struct moe_data *data,
+int distill_setup(const char *cmd, struct distill *d, const struct moe_run_cfg *rcfg, const struct moe_data *data,
                   struct moe_model *student, int resume)
 {
     int rc;
-    moe_distill_cfg_parse(&d->c, cfg);
+    d->c = rcfg->distill;
     d->moebert = d->c.moebert;
-    if ((rc = peer_setup(cmd, "distill.teacher", d->c.teacher, cfg, data, student, &d->teacher, &d->teacher_file)) ||
-        (rc = peer_setup(cmd, "distill.baseline", d->c.baseline, cfg, data, student, &d->baseline,
+    if ((rc = peer_setup(cmd, "distill.teacher", d->c.teacher, rcfg, data, student, &d->teacher, &d->teacher_file)) ||
+        (rc = peer_setup(cmd, "distill.baseline", d->c.baseline, rcfg, data, student, &d->baseline,
                          &d->baseline_file)))
         return rc;
     if (d->baseline.ops && !d->teacher.ops)
@@ -121,14 +126,14 @@ void distill_release(struct distill *d)
 }
 
 // Evaluate m on the test split (distill.teacher, .baseline, MoEBERT's converted student).
-static int eval_test(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
+static int eval_test(struct moe_model *m, const struct moe_data *data, const struct moe_run_cfg *rcfg,
                      struct moe_eval_row *r, struct moe_err *err)
 {
     struct moe_stats st;
     memset(&st, 0, sizeof st);
     int rc = moe_train_stats_init(&st, m, &data->test, err) ||
-             moe_evaluate(m, &data->test, "test", (size_t)moe_cfg_int(cfg, "train.max_batch_eval"),
-                          moe_cfg_num(cfg, "train.active_threshold"), &st, r, err);
+             moe_evaluate(m, &data->test, "test", rcfg->train.max_batch_eval,
+                          rcfg->train.active_threshold, &st, r, err);
     moe_stats_release(&st);
     return rc;
 }
@@ -187,7 +192,7 @@ static cJSON *moebert_json(const struct moe_moebert *mb, const struct moe_distil
 // DIR/importance.csv, the split, the copy, and the student's quality right after
 // conversion; what it did goes to DIR/moebert.json, which the summary repeats
 // (also for a resumed run).
-int distill_moebert(const char *cmd, const struct cli_common *c, struct distill *d, const struct moe_config *cfg,
+int distill_moebert(const char *cmd, const struct cli_common *c, struct distill *d, const struct moe_run_cfg *rcfg,
                     struct moe_model *m, const struct moe_data *data, size_t bs, const char *dir)
 {
     if (!d->moebert)
@@ -197,7 +202,7 @@ int distill_moebert(const char *cmd, const struct cli_common *c, struct distill 
     struct moe_model *teacher = &d->teacher;
     struct moe_err err = { 0 };
     struct moe_moebert mb;
-    uint64_t seed = (uint64_t)moe_cfg_int(cfg, "train.seed");
+    uint64_t seed = rcfg->train.seed;
     int rc = moe_moebert_plan(&mb, m, teacher, d->c.shared, d->c.split_random, &err);
     if (!rc) {
         cli_log(c, "moe %s: moebert: neuron importance over %zu training %s, %zu blocks into %zu experts", cmd,
@@ -216,7 +221,7 @@ int distill_moebert(const char *cmd, const struct cli_common *c, struct distill 
     // the test split, for the teacher and for the student as converted (before any training)
     struct moe_eval_row rt, rs;
     if (!rc)
-        rc = eval_test(teacher, data, cfg, &rt, &err) || eval_test(m, data, cfg, &rs, &err);
+        rc = eval_test(teacher, data, rcfg, &rt, &err) || eval_test(m, data, rcfg, &rs, &err);
     if (!rc) {
         cJSON_AddItemToObject(j, "teacher_test", run_output_eval_json(&rt));
         cJSON_AddItemToObject(j, "converted_test", run_output_eval_json(&rs));
@@ -231,13 +236,13 @@ int distill_moebert(const char *cmd, const struct cli_common *c, struct distill 
 // distill.baseline: the checkpoint, and the test-split quality of teacher,
 // baseline and student, with the fraction of the teacher-baseline gap the
 // student recovers: (student - baseline) / (teacher - baseline).
-static int gap_json(const char *cmd, cJSON *d, struct distill *ds, const struct moe_config *cfg,
+static int gap_json(const char *cmd, cJSON *d, struct distill *ds, const struct moe_run_cfg *rcfg,
                     const struct moe_data *data, const struct moe_eval_row *student)
 {
     struct moe_eval_row rt, rb;
     struct moe_err err = { 0 };
     cJSON_AddStringToObject(d, "baseline", ds->c.baseline);
-    if (eval_test(&ds->teacher, data, cfg, &rt, &err) || eval_test(&ds->baseline, data, cfg, &rb, &err))
+    if (eval_test(&ds->teacher, data, rcfg, &rt, &err) || eval_test(&ds->baseline, data, rcfg, &rb, &err))
         return cli_fail(cmd, &err);
     int lm = data->test.task == MOE_TASK_LM;
     const char *metric = lm ? "bits_per_byte" : "accuracy";
@@ -275,7 +280,7 @@ static int gap_json(const char *cmd, cJSON *d, struct distill *ds, const struct 
 
 // summary.distill: the teacher and the settings; with distill.baseline the gap
 // (gap_json); with distill.moebert what DIR/moebert.json says.
-int distill_summary(const char *cmd, cJSON *s, struct distill *ds, const struct moe_config *cfg,
+int distill_summary(const char *cmd, cJSON *s, struct distill *ds, const struct moe_run_cfg *rcfg,
                     const struct moe_data *data, const struct moe_eval_row *student, const char *dir)
 {
     if (!ds->teacher.ops)
@@ -293,7 +298,7 @@ int distill_summary(const char *cmd, cJSON *s, struct distill *ds, const struct 
         cJSON_AddItemToObject(d, "initialised_from_teacher", ds->copied);
     ds->copied = NULL; // owned by the summary now
     int rc;
-    if (ds->baseline.ops && (rc = gap_json(cmd, d, ds, cfg, data, student)))
+    if (ds->baseline.ops && (rc = gap_json(cmd, d, ds, rcfg, data, student)))
         return rc;
     if (!ds->moebert)
         return 0;

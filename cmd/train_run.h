@@ -25,6 +25,7 @@ struct run_output {
     const char *dir;
     struct moe_model *model;         // for the block number of each sparse layer
     const struct moe_config *cfg;
+    uint64_t seed;                   // train.seed, for the summaries
     const struct moe_data *data;
     struct moe_csv live[N_LIVE];     // metrics.csv, experts.csv (sparse layers), languages.csv (text data)
     uint64_t resume_bytes[N_LIVE];   // a resumed run: the tables' lengths its checkpoint counts
@@ -86,14 +87,14 @@ struct distill {
 
 // Load distill.teacher and distill.baseline for the student and, for a new run
 // with distill.teacher_init, start the student from the teacher.
-int distill_setup(const char *cmd, struct distill *d, const struct moe_config *cfg, const struct moe_data *data,
+int distill_setup(const char *cmd, struct distill *d, const struct moe_run_cfg *rcfg, const struct moe_data *data,
                   struct moe_model *student, int resume);
 // A new run with distill.moebert: the teacher's FFNs become the student's
 // experts; DIR/importance.csv and DIR/moebert.json say how.
-int distill_moebert(const char *cmd, const struct cli_common *c, struct distill *d, const struct moe_config *cfg,
+int distill_moebert(const char *cmd, const struct cli_common *c, struct distill *d, const struct moe_run_cfg *rcfg,
                     struct moe_model *student, const struct moe_data *data, size_t max_batch, const char *dir);
 // summary.distill (nothing without a teacher).
-int distill_summary(const char *cmd, cJSON *s, struct distill *d, const struct moe_config *cfg,
+int distill_summary(const char *cmd, cJSON *s, struct distill *d, const struct moe_run_cfg *rcfg,
                     const struct moe_data *data, const struct moe_eval_row *student, const char *dir);
 void distill_release(struct distill *d);
 
@@ -102,7 +103,7 @@ void distill_release(struct distill *d);
 // What the run trains (train.trainable / train.freeze, and for moe lora the
 // adapters of lora.*): fills *ret_sel (frozen = NULL: everything) and, with
 // adapters, *lora.
-int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_model *m, int lora_mode,
+int tune_setup(const char *cmd, const struct moe_run_cfg *rcfg, struct moe_model *m, int lora_mode,
                struct moe_tune_sel *ret_sel, struct moe_lora *lora);
 // summary.tuning: the trainable parameters and their share.
 void tune_summary(cJSON *s, const struct moe_model *m, const struct moe_tune_sel *sel, const struct moe_lora *l);

@@ -10,18 +10,14 @@
 
 // What the run trains (train.trainable / train.freeze, and for moe lora the
 // adapters of lora.*): fills *ret_sel (frozen = NULL: everything) and, with adapters, *lora.
-int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_model *m, int lora_mode,
+int tune_setup(const char *cmd, const struct moe_run_cfg *rcfg, struct moe_model *m, int lora_mode,
                struct moe_tune_sel *ret_sel, struct moe_lora *lora)
 {
     static const char *const what_t = "train.trainable (--trainable)", *const what_f = "train.freeze (--freeze)";
     struct moe_err err = { 0 };
     struct moe_tune_sel sel = { 0 };
-    struct moe_train_cfg tc = { 0 };
-    struct moe_lora_cfg lc = { 0 };
-    if (moe_train_cfg_parse(&tc, cfg, &err) || moe_lora_cfg_parse(&lc, cfg, &err)) {
-        moe_train_cfg_release(&tc);
-        return cli_fail(cmd, &err);
-    }
+    const struct moe_train_cfg tc = rcfg->train;
+    const struct moe_lora_cfg lc = rcfg->lora;
     const char **tr = tc.trainable, **fr = tc.freeze, **tg = lc.targets;
     size_t n_t = tc.n_trainable, n_f = tc.n_freeze, n_g = lc.n_targets, rank = lc.rank;
     int rc = 0;
@@ -64,8 +60,6 @@ int tune_setup(const char *cmd, const struct moe_config *cfg, struct moe_model *
     *ret_sel = sel;
     memset(&sel, 0, sizeof sel);
 out:
-    moe_train_cfg_release(&tc);
-    moe_lora_cfg_release(&lc);
     moe_tune_sel_release(&sel);
     return rc;
 }

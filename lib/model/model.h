@@ -33,6 +33,7 @@ enum moe_model_type { MOE_MODEL_MIXTURE = 0, MOE_MODEL_MLP = 1, MOE_MODEL_MLP_MO
 struct moe_model_hp {
     enum moe_model_type type;
     const char *loss;            // loss.type as configured ("auto" is resolved by moe_model_create)
+    const char *loss_baseline;   // loss.baseline: the objective of the mlp system in compare-loss
     size_t n_expert;             // E: experts of a mixture or of each sparse layer
     size_t n_expert_used;        // K
     size_t n_expert_shared;
@@ -195,6 +196,9 @@ struct moe_model {
 // runs the baseline with loss.baseline). Weights are not initialised.
 int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const char *loss, enum moe_task task,
                      size_t n_in, size_t n_out, size_t max_batch, struct moe_err *err);
+// The same from hyperparameters already read (moe_model_hp_parse).
+int moe_model_create_hp(struct moe_model *ret, const struct moe_model_hp *hp, const char *loss, enum moe_task task,
+                        size_t n_in, size_t n_out, size_t max_batch, struct moe_err *err);
 static inline int moe_model_run(struct moe_model *m, const struct moe_batch *b, int with_grad,
                                 struct moe_stats *stats, struct moe_err *err)
 {

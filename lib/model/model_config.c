@@ -45,6 +45,7 @@ int moe_model_hp_parse(struct moe_model_hp *hp, const struct moe_config *cfg, st
         return moe_error(err, MOE_ECONFIG, "key 'model.type': unknown model '%s'", type);
     hp->type = (enum moe_model_type)t;
     hp->loss = moe_cfg_str(cfg, "loss.type");
+    hp->loss_baseline = moe_cfg_str(cfg, "loss.baseline");
     hp->n_expert = (size_t)moe_cfg_int(cfg, "model.n_expert");
     hp->n_expert_used = (size_t)moe_cfg_int(cfg, "model.n_expert_used");
     hp->n_expert_shared = (size_t)moe_cfg_int(cfg, "model.n_expert_shared");

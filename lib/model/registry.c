@@ -57,18 +57,27 @@ int moe_model_check(const struct moe_model_hp *hp, const char *loss, enum moe_ta
 int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const char *loss, enum moe_task task,
                      size_t n_in, size_t n_out, size_t max_batch, struct moe_err *err)
 {
+    struct moe_model_hp hp;
+    int rc = moe_model_hp_parse(&hp, cfg, err);
+    if (rc) {
+        memset(ret, 0, sizeof *ret);
+        moe_params_init(&ret->params);
+        return rc;
+    }
+    return moe_model_create_hp(ret, &hp, loss, task, n_in, n_out, max_batch, err);
+}
+
+int moe_model_create_hp(struct moe_model *ret, const struct moe_model_hp *hpp, const char *loss, enum moe_task task,
+                        size_t n_in, size_t n_out, size_t max_batch, struct moe_err *err)
+{
     memset(ret, 0, sizeof *ret);
     moe_params_init(&ret->params);
     ret->task = task;
     ret->n_in = n_in;
     ret->n_out = n_out;
     ret->max_batch = max_batch ? max_batch : 1;
-    struct moe_model_hp hp;
-    int rc = moe_model_hp_parse(&hp, cfg, err);
-    if (rc) {
-        moe_model_release(ret);
-        return rc;
-    }
+    const struct moe_model_hp hp = *hpp;
+    int rc;
     loss = moe_model_loss(&hp, loss, task);
     // The rules, then sizes, before any allocation: a product that overflows or
     // a model no machine could hold is a config error, not a crash half-way through.

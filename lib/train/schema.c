@@ -51,32 +51,61 @@ size_t moe_run_schema_len(void)
     return schema_len;
 }
 
+int moe_run_cfg_parse(struct moe_run_cfg *rc, const struct moe_config *cfg, struct moe_err *err)
+{
+    memset(rc, 0, sizeof *rc);
+    int r = moe_model_hp_parse(&rc->model, cfg, err);
+    if (!r)
+        r = moe_data_cfg_parse(&rc->data, cfg, err);
+    if (!r) {
+        moe_optim_cfg_parse(&rc->optim, cfg);
+        moe_distill_cfg_parse(&rc->distill, cfg);
+        r = moe_train_cfg_parse(&rc->train, cfg, err);
+    }
+    if (!r)
+        r = moe_lora_cfg_parse(&rc->lora, cfg, err);
+    if (r)
+        moe_run_cfg_release(rc);
+    return r;
+}
+
+void moe_run_cfg_release(struct moe_run_cfg *rc)
+{
+    if (!rc)
+        return;
+    moe_data_cfg_release(&rc->data);
+    moe_train_cfg_release(&rc->train);
+    moe_lora_cfg_release(&rc->lora);
+    memset(rc, 0, sizeof *rc);
+}
+
+int moe_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                     size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
+                     struct moe_model_estimate *ret, struct moe_err *err)
+{
+    // the rules a run checks, so that --dry-run refuses what train would
+    int r = moe_model_check(&rc->model, moe_model_loss(&rc->model, loss, task), task, n_in, n_out, err);
+    if (r)
+        return r;
+    const struct moe_optim_cfg *oc = &rc->optim;
+    struct moe_estimate_loop loop = {
+        .moments = oc->type == MOE_OPTIM_ADAMW ? 2 : oc->type == MOE_OPTIM_SGD ? 1 : 0,
+        .batch_size = oc->type == MOE_OPTIM_GD ? 0 : oc->batch_size, // gd: always the full batch
+        .shuffle = rc->train.shuffle,
+    };
+    return moe_model_estimate_hp(&rc->model, &rc->data, training ? &loop : NULL, task, n_in, n_out, n_train_rows,
+                                 n_test_rows, max_batch, ret, err);
+}
+
 int moe_model_estimate(const struct moe_config *cfg, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
                        size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
                        struct moe_model_estimate *ret, struct moe_err *err)
 {
-    struct moe_model_hp hp;
-    struct moe_data_cfg data;
-    int rc = moe_model_hp_parse(&hp, cfg, err);
-    if (!rc) // the rules a run checks, so that --dry-run refuses what train would
-        rc = moe_model_check(&hp, moe_model_loss(&hp, loss, task), task, n_in, n_out, err);
-    if (rc || (rc = moe_data_cfg_parse(&data, cfg, err)))
-        return rc;
-    struct moe_optim_cfg oc;
-    struct moe_train_cfg tc;
-    moe_optim_cfg_parse(&oc, cfg);
-    if ((rc = moe_train_cfg_parse(&tc, cfg, err))) {
-        moe_data_cfg_release(&data);
-        return rc;
-    }
-    struct moe_estimate_loop loop = {
-        .moments = oc.type == MOE_OPTIM_ADAMW ? 2 : oc.type == MOE_OPTIM_SGD ? 1 : 0,
-        .batch_size = oc.type == MOE_OPTIM_GD ? 0 : oc.batch_size, // gd: always the full batch
-        .shuffle = tc.shuffle,
-    };
-    moe_train_cfg_release(&tc);
-    rc = moe_model_estimate_hp(&hp, &data, training ? &loop : NULL, task, n_in, n_out, n_train_rows, n_test_rows,
-                               max_batch, ret, err);
-    moe_data_cfg_release(&data);
-    return rc;
+    struct moe_run_cfg rc;
+    int r = moe_run_cfg_parse(&rc, cfg, err);
+    if (r)
+        return r;
+    r = moe_run_estimate(&rc, loss, task, n_in, n_out, n_train_rows, n_test_rows, max_batch, training, ret, err);
+    moe_run_cfg_release(&rc);
+    return r;
 }

@@ -118,6 +118,7 @@ struct moe_train_cfg {
     const char **trainable, **freeze;
     size_t n_trainable, n_freeze;
 };
+const char *moe_criterion_name(enum moe_criterion c); // train.criterion's value
 extern const struct moe_cfg_key moe_train_keys[];
 extern const size_t moe_train_keys_len;
 int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, struct moe_err *err);
@@ -295,6 +296,10 @@ struct moe_distill {
 };
 int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
                  const struct moe_train_hooks *hooks, struct moe_train_result *ret, struct moe_err *err);
+// The same with the train.* and optim.* settings already read (moe_run_cfg_parse).
+int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct moe_train_cfg *tc,
+                  const struct moe_optim_cfg *oc, const struct moe_train_hooks *hooks, struct moe_train_result *ret,
+                  struct moe_err *err);
 
 // Write a checkpoint: the model (moe_model_save) plus extra tensors, the
 // optimizer moments ("optim.m", "optim.v"), the batch statistics ("train.batch_stats",
@@ -309,5 +314,25 @@ int moe_train_pos_read(const struct moe_st_file *f, struct moe_train_pos *ret, s
 // Restore the optimizer moments and step count, and the batch statistics, from a checkpoint.
 int moe_train_state_restore(const struct moe_st_file *f, struct moe_optim *o, struct moe_stats *batch_stats,
                             struct moe_err *err);
+
+// ---- the whole run configuration, typed (schema.c) ----
+// Every section, read once by moe_run_cfg_parse (each section's own parse
+// function, which checks its rules); below it no code reads a key by string.
+// Strings point into the config and live as long as it. The model's sparse
+// layers' settings (model.moe) are read for the models that have them.
+struct moe_run_cfg {
+    struct moe_data_cfg data;
+    struct moe_model_hp model;
+    struct moe_optim_cfg optim;
+    struct moe_train_cfg train;
+    struct moe_distill_cfg distill;
+    struct moe_lora_cfg lora;
+};
+int moe_run_cfg_parse(struct moe_run_cfg *rc, const struct moe_config *cfg, struct moe_err *err);
+void moe_run_cfg_release(struct moe_run_cfg *rc);
+// moe_model_estimate from the typed configuration.
+int moe_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                     size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
+                     struct moe_model_estimate *ret, struct moe_err *err);
 
 #endif

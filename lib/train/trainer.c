@@ -51,9 +51,12 @@ static int str_list(const struct moe_config *cfg, const char *key, const char **
     return 0;
 }
 
+static const char *const crits[] = { "none", "loss", "mse", "accuracy" }; // enum moe_criterion's names
+
+const char *moe_criterion_name(enum moe_criterion c) { return crits[c]; }
+
 int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, struct moe_err *err)
 {
-    static const char *const crits[] = { "none", "loss", "mse", "accuracy" };
     memset(c, 0, sizeof *c);
     c->seed = (uint64_t)moe_cfg_int(cfg, "train.seed");
     c->epochs = (uint64_t)moe_cfg_int(cfg, "train.epochs");
@@ -397,8 +400,8 @@ static int teacher_alloc(struct run *r, struct moe_err *err)
 
 // Settings, optimizer, statistics and buffers, at the start of a run. r is
 // zeroed first: run_release frees what this allocated, whether it succeeded or not.
-static int run_init(struct run *r, struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
-                    const struct moe_train_hooks *hooks, struct moe_err *err)
+static int run_init(struct run *r, struct moe_model *m, const struct moe_data *data, const struct moe_train_cfg *tcfg,
+                    const struct moe_optim_cfg *ocfg, const struct moe_train_hooks *hooks, struct moe_err *err)
 {
     memset(r, 0, sizeof *r);
     r->m = m;
@@ -406,12 +409,8 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->te = &data->test;
     r->hooks = hooks;
     r->ck = (struct moe_train_ckpt){ .pos = { .criterion_epoch = -1 }, .opt = &r->opt, .batch_stats = &r->sb };
-    struct moe_train_cfg tc;
-    struct moe_optim_cfg oc;
-    int rc = moe_train_cfg_parse(&tc, cfg, err);
-    if (rc)
-        return rc;
-    moe_optim_cfg_parse(&oc, cfg);
+    const struct moe_train_cfg tc = *tcfg;
+    const struct moe_optim_cfg oc = *ocfg;
     r->seed = tc.seed;
     r->epochs = tc.epochs;
     r->eval_every = tc.eval_every;
@@ -423,10 +422,9 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->thr = tc.active_threshold;
     r->chunk = tc.max_batch_eval;
     int shuffle = tc.shuffle;
-    moe_train_cfg_release(&tc); // the globs are the tuning set-up's (cmd), done before the run
     r->lm = r->tr->task == MOE_TASK_LM;
     const struct moe_dataset *tr = r->tr;
-    rc = optim_segments(r, err);
+    int rc = optim_segments(r, err);
     if (rc)
         return rc;
     size_t numel = 0;
@@ -746,10 +744,26 @@ static int run_epochs(struct run *r, struct moe_train_result *ret, struct moe_er
 int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
                  const struct moe_train_hooks *hooks, struct moe_train_result *ret, struct moe_err *err)
 {
+    struct moe_train_cfg tc;
+    struct moe_optim_cfg oc;
+    memset(ret, 0, sizeof *ret);
+    int rc = moe_train_cfg_parse(&tc, cfg, err);
+    if (rc)
+        return rc;
+    moe_optim_cfg_parse(&oc, cfg);
+    rc = moe_train_run(m, data, &tc, &oc, hooks, ret, err);
+    moe_train_cfg_release(&tc);
+    return rc;
+}
+
+int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct moe_train_cfg *tc,
+                  const struct moe_optim_cfg *oc, const struct moe_train_hooks *hooks, struct moe_train_result *ret,
+                  struct moe_err *err)
+{
     memset(ret, 0, sizeof *ret);
     double t0 = now_seconds();
     struct run r;
-    int rc = run_init(&r, m, data, cfg, hooks, err);
+    int rc = run_init(&r, m, data, tc, oc, hooks, err);
     if (!rc && hooks->resume)
         rc = run_resume(&r, err);
     if (!rc)
