@@ -128,6 +128,9 @@ int cli_common_option(struct cli_common *c, const char *cmd, int opt, const char
     case OPT_QUIET:
         c->quiet = 1;
         return 1;
+    case OPT_FORCE:
+        c->force = 1;
+        return 1;
     }
     return 0;
 }

@@ -22,6 +22,7 @@ struct cli_common {
     int threads;            // --threads N
     const char *device;     // --device cpu|cuda
     int quiet;
+    int force;              // --force: run even past the memory check's headroom
     char **owned;           // --set strings a command's own options stand for (cli_add_set)
     size_t n_owned;
     const char **appends;   // of them, "key=value" added to a list key after the config and --set
@@ -30,12 +31,14 @@ struct cli_common {
 };
 
 // Long options every subcommand accepts; a command appends its own.
-enum { OPT_CONFIG = 1000, OPT_SET, OPT_OUT, OPT_SEED, OPT_THREADS, OPT_DEVICE, OPT_QUIET, OPT_HELP, OPT_FIRST_CMD };
+enum { OPT_CONFIG = 1000, OPT_SET, OPT_OUT, OPT_SEED, OPT_THREADS, OPT_DEVICE, OPT_QUIET, OPT_HELP, OPT_FORCE,
+       OPT_FIRST_CMD };
 #define CLI_COMMON_OPTIONS                                                                          \
     { "config", required_argument, NULL, OPT_CONFIG }, { "set", required_argument, NULL, OPT_SET }, \
     { "out", required_argument, NULL, OPT_OUT }, { "seed", required_argument, NULL, OPT_SEED },     \
     { "threads", required_argument, NULL, OPT_THREADS }, { "device", required_argument, NULL, OPT_DEVICE }, \
-    { "quiet", no_argument, NULL, OPT_QUIET }, { "help", no_argument, NULL, OPT_HELP }
+    { "quiet", no_argument, NULL, OPT_QUIET }, { "help", no_argument, NULL, OPT_HELP },                  \
+    { "force", no_argument, NULL, OPT_FORCE }
 
 void cli_common_init(struct cli_common *c);
 void cli_common_release(struct cli_common *c);

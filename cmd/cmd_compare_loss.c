@@ -15,7 +15,7 @@
 
 static const char *const usage =
     "usage: moe compare-loss --config FILE --losses L1,L2,... --seeds A-B|A,B,... --out DIR\n"
-    "                        [--set key.path=value]... [--threads N] [--quiet]\n"
+    "                        [--set key.path=value]... [--threads N] [--force] [--quiet]\n"
     "Train the config under each loss for every seed. Losses: cooperative, competitive,\n"
     "nll, nll-cat (the mixture, model.type forced to mixture) and mlp (the baseline net,\n"
     "model.type = mlp with loss.baseline). Writes DIR/curves.csv, table.csv, summary.json.\n"
@@ -250,11 +250,11 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
     if (!r && is_mlp)
         loss = rcfg.model.loss_baseline;
     if (!r && !checked)
-        refused = cli_check_run(cmd, &rcfg, loss, NULL, cl_batch, NULL, 1, NULL, &checked);
+        refused = cli_check_run(cmd, &rcfg, loss, NULL, cl_batch, NULL, 1, c->force, NULL, &checked);
     if (!r && !refused)
         r = moe_data_load_cfg(&data, &rcfg.data, NULL, &err);
     if (!r && !refused && !checked)
-        refused = cli_check_run(cmd, &rcfg, loss, &data, cl_batch, NULL, 1, NULL, &checked);
+        refused = cli_check_run(cmd, &rcfg, loss, &data, cl_batch, NULL, 1, c->force, NULL, &checked);
     if (!r && !refused)
         r = moe_model_create_hp(&model, &rcfg.model, loss, data.train.task, data.train.n_in, data.train.n_out,
                                 cl_batch(&rcfg, data.train.n, data.test.n, NULL), &err);

@@ -14,7 +14,7 @@ static const char *const usage =
     "usage: moe distill --teacher CKPT --config STUDENT.json [--temperature T] [--alpha A]\n"
     "                   [--mode kd|sparse-to-dense|moebert] [--baseline CKPT] [--init CKPT]\n"
     "                   [--split importance|random] [--shared S] [--weight W]\n"
-    "                   [--set key.path=value]... [--out DIR] [--seed N] [--threads N] [--quiet]\n"
+    "                   [--set key.path=value]... [--out DIR] [--seed N] [--threads N] [--force] [--quiet]\n"
     "Knowledge distillation from any teacher checkpoint to the student the config\n"
     "describes (same inputs and outputs: classification or language modelling).\n"
     "The objective is (1 - A) CE + A T^2 KL(teacher || student) at temperature T\n"

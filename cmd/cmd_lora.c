@@ -12,7 +12,7 @@ static const char *const usage =
     "usage: moe lora --base CKPT --config FILE --rank R --targets GLOB[,GLOB...] [--alpha A]\n"
     "                [--expert-mode per-expert|shared] [--freeze-router] [--merge]\n"
     "                [--trainable GLOB] [--freeze GLOB] [--set key.path=value]... [--out DIR]\n"
-    "                [--seed N] [--threads N] [--quiet]\n"
+    "                [--seed N] [--threads N] [--force] [--quiet]\n"
     "Train rank-R adapters W = W0 + (alpha/R) B A on the matrices of the base model whose\n"
     "tensor names match a glob (fnmatch, '*' crosses dots), everything else frozen but\n"
     "the routers (unless --freeze-router) and what --trainable names. Expert tensors\n"

@@ -18,7 +18,7 @@
 
 static const char *const usage =
     "usage: moe train [--config FILE] [--set key.path=value]... [--out DIR] [--seed N]\n"
-    "                 [--threads N] [--init CKPT] [--device cpu] [--quiet]\n"
+    "                 [--threads N] [--init CKPT] [--device cpu] [--force] [--quiet]\n"
     "       moe train --resume DIR [--threads N] [--quiet]\n"
     "       moe train --dry-run [--config FILE] [--set key.path=value]...\n"
     "       moe train --init CKPT [--trainable GLOB[,GLOB]] [--freeze GLOB[,GLOB]] ...\n"
@@ -31,7 +31,8 @@ static const char *const usage =
     "the result is byte-identical to a run that was never stopped.\n"
     "--dry-run prints the parameter count, active parameters and FLOPs per token\n"
     "and the memory estimate as JSON, and trains nothing. A run whose estimate\n"
-    "exceeds the memory available is refused (exit 1) before it allocates.\n"
+    "plus a headroom of a quarter of it (at least 64 MiB) exceeds the memory\n"
+    "available is refused (exit 1) before it allocates; --force runs it anyway.\n"
     "--trainable / --freeze (repeatable; config keys train.trainable, train.freeze)\n"
     "train only the tensors whose names match a --trainable glob (fnmatch, '*'\n"
     "crosses dots) and no --freeze glob; the others stay byte-identical.\n"
@@ -232,14 +233,14 @@ static int load_data(struct train_run *r)
 {
     struct moe_err err = { 0 };
     int checked = 0, rc;
-    if ((rc = cli_check_run(r->cmd, &r->rc, NULL, NULL, train_batch, NULL, 1, &r->est, &checked)))
+    if ((rc = cli_check_run(r->cmd, &r->rc, NULL, NULL, train_batch, NULL, 1, r->c->force, &r->est, &checked)))
         return rc;
     if (moe_data_load_cfg(&r->data, &r->rc.data, r->has_vocab > 0 ? &r->ck_vocab : NULL, &err))
         return cli_fail(r->cmd, &err);
     if (r->data.has_text && (rc = run_output_text(r->cmd, &r->outs, &r->data)))
         return rc;
     if (!checked)
-        rc = cli_check_run(r->cmd, &r->rc, NULL, &r->data, train_batch, NULL, 1, &r->est, &checked);
+        rc = cli_check_run(r->cmd, &r->rc, NULL, &r->data, train_batch, NULL, 1, r->c->force, &r->est, &checked);
     return rc;
 }
 

@@ -56,39 +56,54 @@ cJSON *cli_estimate_json(const struct moe_model_estimate *e, int data_loaded)
     if (cli_memory_for_run(e, data_loaded, &avail, &src, &err) == 0) {
         cJSON_AddNumberToObject(o, "memory_available_bytes", (double)avail);
         cJSON_AddStringToObject(o, "memory_available_source", src);
-        cJSON_AddBoolToObject(o, "fits", e->bytes_total <= avail);
+        size_t headroom = cli_memory_headroom(e, src);
+        cJSON_AddNumberToObject(o, "memory_headroom_bytes", (double)headroom);
+        cJSON_AddBoolToObject(o, "fits", e->bytes_total <= avail && headroom <= avail - e->bytes_total);
     } else {
         cJSON_AddNullToObject(o, "memory_available_bytes");
         cJSON_AddNullToObject(o, "memory_available_source");
+        cJSON_AddNullToObject(o, "memory_headroom_bytes");
         cJSON_AddNullToObject(o, "fits");
     }
     return o;
 }
 
-int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded)
+size_t cli_memory_headroom(const struct moe_model_estimate *e, const char *source)
+{
+    if (strcmp(source, MOE_MEMORY_LIMIT_ENV) == 0)
+        return 0; // the user's own budget, taken as given
+    size_t h = e->bytes_total / 4;
+    return h > CLI_HEADROOM_MIN ? h : CLI_HEADROOM_MIN;
+}
+
+int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int force)
 {
     size_t avail;
     const char *src;
     struct moe_err err = { 0 };
     if (cli_memory_for_run(e, data_loaded, &avail, &src, &err))
         return cli_fail(cmd, &err);
-    if (e->bytes_total <= avail)
-        return 0;
-    char need[32], have[32];
+    size_t headroom = cli_memory_headroom(e, src), want;
+    if (__builtin_add_overflow(e->bytes_total, headroom, &want))
+        want = SIZE_MAX;
+    if (want <= avail || (force && headroom))
+        return 0; // --force runs past the headroom and the machine's figure, never past MOE_MEMORY_LIMIT
+    char need[32], have[32], keep[32];
     moe_bytes_str(need, sizeof need, (double)e->bytes_total);
     moe_bytes_str(have, sizeof have, (double)avail);
+    moe_bytes_str(keep, sizeof keep, (double)headroom);
     if (strcmp(src, MOE_MEMORY_LIMIT_ENV) == 0)
         return cli_error(cmd, 1, "this config needs about %s, more than the %s that %s allows", need, have,
                          MOE_MEMORY_LIMIT_ENV);
-    if (strncmp(src, "RLIMIT_", 7) == 0) // the process's own limit: an override would only fail later
-        return cli_error(cmd, 1, "this config needs about %s, only %s left under this process's %s (ulimit %s)", need,
-                         have, src, strcmp(src, "RLIMIT_AS") == 0 ? "-v" : "-d");
-    return cli_error(cmd, 1, "this config needs about %s, only %s available (set %s to override the check)", need,
-                     have, MOE_MEMORY_LIMIT_ENV);
+    if (strncmp(src, "RLIMIT_", 7) == 0)
+        return cli_error(cmd, 1, "this config needs about %s plus %s of headroom, only %s left under this process's %s (ulimit %s); --force runs it anyway",
+                         need, keep, have, src, strcmp(src, "RLIMIT_AS") == 0 ? "-v" : "-d");
+    return cli_error(cmd, 1, "this config needs about %s plus %s of headroom, only %s available (--force runs it anyway; %s sets a budget)",
+                     need, keep, have, MOE_MEMORY_LIMIT_ENV);
 }
 
 int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
-                  cli_batch_fn batch, const void *ctx, int training, struct moe_model_estimate *ret_est,
+                  cli_batch_fn batch, const void *ctx, int training, int force, struct moe_model_estimate *ret_est,
                   int *ret_checked)
 {
     struct moe_err err = { 0 };
@@ -113,5 +128,5 @@ int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *los
     *ret_checked = 1;
     if (ret_est)
         *ret_est = est;
-    return cli_check_memory(cmd, &est, data != NULL);
+    return cli_check_memory(cmd, &est, data != NULL, force);
 }

@@ -27,10 +27,19 @@ int cli_memory_for_run(const struct moe_model_estimate *e, int data_loaded, size
 // (both null when it cannot be told: a malformed MOE_MEMORY_LIMIT).
 cJSON *cli_estimate_json(const struct moe_model_estimate *e, int data_loaded);
 
-// 0 when the run fits; otherwise print one line and return the exit code:
-// 1 "moe CMD: this config needs about 41.2 GiB, only 23.1 GiB available (set
-// MOE_MEMORY_LIMIT to override the check)", 2 for a malformed MOE_MEMORY_LIMIT.
-int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded);
+// The memory a run must leave free beside its estimate: a quarter of the
+// estimate, at least CLI_HEADROOM_MIN, when what is available comes from the
+// machine (MemAvailable, the cgroup, RLIMIT_AS / RLIMIT_DATA); none under a
+// MOE_MEMORY_LIMIT budget, which the user chose. The quarter is the margin the
+// estimate is tested to (peak RSS within 1.25x of it, tests/cli/test_memory.sh).
+#define CLI_HEADROOM_MIN ((size_t)64 << 20)
+size_t cli_memory_headroom(const struct moe_model_estimate *e, const char *source);
+// 0 when the run fits with its headroom (or force is set and the figure is the
+// machine's); otherwise print one line and return the exit code: 1 "moe CMD:
+// this config needs about 41.2 GiB plus 10.3 GiB of headroom, only 23.1 GiB
+// available (--force runs it anyway; MOE_MEMORY_LIMIT sets a budget)", 2 for a
+// malformed MOE_MEMORY_LIMIT.
+int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int force);
 
 // The rows of a command's largest batch (the model's max_batch), from the
 // run's settings and the sizes of the splits; ctx is the command's own.
@@ -43,10 +52,10 @@ typedef size_t (*cli_batch_fn)(const struct moe_run_cfg *rc, size_t n_train, siz
 // splits; or NULL before loading, when the shape comes from the config if it
 // can (synthetic data, moe_data_shape_cfg) and otherwise nothing is checked yet
 // (returns 0 with *ret_checked = 0: call again once the data is loaded).
-// training: as moe_model_estimate. ret_est (may be NULL): the estimate, for
+// training: as moe_model_estimate. force: --force. ret_est (may be NULL): the estimate, for
 // --dry-run; written when *ret_checked is set.
 int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
-                  cli_batch_fn batch, const void *ctx, int training, struct moe_model_estimate *ret_est,
+                  cli_batch_fn batch, const void *ctx, int training, int force, struct moe_model_estimate *ret_est,
                   int *ret_checked);
 
 #endif

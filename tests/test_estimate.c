@@ -893,7 +893,12 @@ static int with_stderr(char *buf, size_t len, int (*f)(const struct moe_model_es
 
 static int check_train(const struct moe_model_estimate *e, int data_loaded)
 {
-    return cli_check_memory("train", e, data_loaded);
+    return cli_check_memory("train", e, data_loaded, 0);
+}
+
+static int check_train_force(const struct moe_model_estimate *e, int data_loaded)
+{
+    return cli_check_memory("train", e, data_loaded, 1);
 }
 
 START_TEST(test_check_memory)
@@ -930,9 +935,31 @@ START_TEST(test_check_memory)
     struct moe_model_estimate huge = e;
     huge.bytes_total = (size_t)1 << 62;
     ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &huge, 0), 1);
-    ck_assert_msg(strstr(out, "moe train: this config needs about 4.0 EiB, only ") &&
-                      strstr(out, " available (set MOE_MEMORY_LIMIT to override the check)\n"),
+    ck_assert_msg(strstr(out, "moe train: this config needs about 4.0 EiB plus 1.0 EiB of headroom, only ") &&
+                      strstr(out, " available (--force runs it anyway; MOE_MEMORY_LIMIT sets a budget)\n"),
                   "%s", out);
+    // the headroom: a quarter of the estimate, at least 64 MiB, kept free of what the machine has;
+    // --force runs past it (and past the machine's figure), never past a MOE_MEMORY_LIMIT budget
+    size_t avail;
+    const char *src;
+    ck_assert_int_eq(cli_memory_for_run(&e, 0, &avail, &src, &err), 0);
+    ck_assert_str_ne(src, MOE_MEMORY_LIMIT_ENV);
+    struct moe_model_estimate tight = e;
+    tight.bytes_total = avail - ((size_t)16 << 20); // fits, but not with its headroom
+    ck_assert_uint_eq(cli_memory_headroom(&tight, src), tight.bytes_total / 4 > CLI_HEADROOM_MIN
+                                                             ? tight.bytes_total / 4 : CLI_HEADROOM_MIN);
+    ck_assert_uint_eq(cli_memory_headroom(&tight, MOE_MEMORY_LIMIT_ENV), 0);
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &tight, 0), 1);
+    ck_assert_msg(strstr(out, " of headroom, only "), "%s", out);
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train_force, &tight, 0), 0); // --force
+    ck_assert_str_eq(out, "");
+    struct moe_model_estimate roomy = e;
+    roomy.bytes_total = (avail - CLI_HEADROOM_MIN) / 5 * 4; // total + max(total / 4, 64 MiB) <= avail
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &roomy, 0), 0);
+    setenv(MOE_MEMORY_LIMIT_ENV, "1M", 1);
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train_force, &e, 0), 1); // --force does not pass a budget
+    ck_assert_msg(strstr(out, "that MOE_MEMORY_LIMIT allows"), "%s", out);
+    unsetenv(MOE_MEMORY_LIMIT_ENV);
 
     // the JSON
     setenv(MOE_MEMORY_LIMIT_ENV, "2G", 1);
