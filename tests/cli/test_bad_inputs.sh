@@ -403,6 +403,10 @@ st_nocrc() { st_jq "$1" "$2" 'del(.__metadata__.tensor_crc32)'; }
 # a run directory whose checkpoint is a FIFO
 mkdir -p resume_fifo && cp run/moe/config.json run/moe/metrics.csv resume_fifo/ 2>/dev/null
 [ -p resume_fifo/checkpoint.safetensors ] || mkfifo resume_fifo/checkpoint.safetensors
+# a text corpus directory whose only entries are a FIFO and a link to /dev/zero
+mkdir -p text_specials
+[ -p text_specials/a.txt ] || mkfifo text_specials/a.txt
+ln -sf /dev/zero text_specials/b.txt
 st_poke ck_inf.st ck_good.st gate.weight 0 '\x00\x00\x80\x7f'
 # hash tables whose entries name experts that do not exist (E = 4)
 if [ -s hash.st ]; then
