@@ -1225,6 +1225,20 @@ const char *moe_cfg_str_at(const struct moe_config *c, const char *path, size_t 
     return cJSON_IsString(el) ? el->valuestring : NULL;
 }
 
+int moe_cfg_str_list(const struct moe_config *c, const char *path, const char ***ret, size_t *ret_n,
+                     struct moe_err *err)
+{
+    size_t n = moe_cfg_len(c, path);
+    const char **v = malloc((n ? n : 1) * sizeof *v);
+    if (!v)
+        return moe_error(err, MOE_ENOMEM, "out of memory for the list '%s'", path);
+    for (size_t i = 0; i < n; i++)
+        v[i] = moe_cfg_str_at(c, path, i);
+    *ret = v;
+    *ret_n = n;
+    return 0;
+}
+
 double moe_cfg_num_at(const struct moe_config *c, const char *path, size_t i)
 {
     const cJSON *el = element(leaf(c, path, MOE_CFG_NUM_LIST, MOE_CFG_NUM_LIST), i);

@@ -67,6 +67,10 @@ const char *moe_cfg_str(const struct moe_config *c, const char *path); // NULL w
 size_t moe_cfg_len(const struct moe_config *c, const char *path);      // list length (0 when unset)
 const char *moe_cfg_str_at(const struct moe_config *c, const char *path, size_t i);
 double moe_cfg_num_at(const struct moe_config *c, const char *path, size_t i);
+// The strings of a string-list key as a malloc'd array of views into c (at
+// least one slot, so an empty list is not NULL); free() it. MOE_ENOMEM on failure.
+int moe_cfg_str_list(const struct moe_config *c, const char *path, const char ***ret, size_t *ret_n,
+                     struct moe_err *err);
 
 // The resolved config as JSON text (malloc'd; keys in schema order). pretty=0 gives
 // the compact canonical form that moe_config_hash hashes.

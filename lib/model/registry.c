@@ -67,7 +67,7 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
     return moe_model_create_hp(ret, &hp, loss, task, n_in, n_out, max_batch, err);
 }
 
-int moe_model_create_hp(struct moe_model *ret, const struct moe_model_hp *hpp, const char *loss, enum moe_task task,
+int moe_model_create_hp(struct moe_model *ret, const struct moe_model_hp *hp, const char *loss, enum moe_task task,
                         size_t n_in, size_t n_out, size_t max_batch, struct moe_err *err)
 {
     memset(ret, 0, sizeof *ret);
@@ -76,18 +76,16 @@ int moe_model_create_hp(struct moe_model *ret, const struct moe_model_hp *hpp, c
     ret->n_in = n_in;
     ret->n_out = n_out;
     ret->max_batch = max_batch ? max_batch : 1;
-    const struct moe_model_hp hp = *hpp;
-    int rc;
-    loss = moe_model_loss(&hp, loss, task);
+    loss = moe_model_loss(hp, loss, task);
     // The rules, then sizes, before any allocation: a product that overflows or
     // a model no machine could hold is a config error, not a crash half-way through.
     // The model alone: its data and training loop are not known here.
     struct moe_model_estimate est;
-    rc = moe_model_check(&hp, loss, task, n_in, n_out, err);
+    int rc = moe_model_check(hp, loss, task, n_in, n_out, err);
     if (!rc)
-        rc = moe_model_estimate_hp(&hp, NULL, NULL, task, n_in, n_out, 0, 0, ret->max_batch, &est, err);
+        rc = moe_model_estimate_hp(hp, NULL, NULL, task, n_in, n_out, 0, 0, ret->max_batch, &est, err);
     if (!rc)
-        rc = moe_model_kind(hp.type)->create(ret, &hp, loss, err);
+        rc = moe_model_kind(hp->type)->create(ret, hp, loss, err);
     if (rc)
         moe_model_release(ret);
     return rc;

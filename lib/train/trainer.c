@@ -36,21 +36,6 @@ const struct moe_cfg_key moe_train_keys[] = {
 };
 const size_t moe_train_keys_len = sizeof moe_train_keys / sizeof moe_train_keys[0];
 
-// The strings of a list key (a view into cfg), in *ret (n entries, at least one slot).
-static int str_list(const struct moe_config *cfg, const char *key, const char ***ret, size_t *ret_n,
-                    struct moe_err *err)
-{
-    size_t n = moe_cfg_len(cfg, key);
-    const char **v = malloc((n ? n : 1) * sizeof *v);
-    if (!v)
-        return moe_error(err, MOE_ENOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++)
-        v[i] = moe_cfg_str_at(cfg, key, i);
-    *ret = v;
-    *ret_n = n;
-    return 0;
-}
-
 static const char *const crits[] = { "none", "loss", "mse", "accuracy" }; // enum moe_criterion's names
 
 const char *moe_criterion_name(enum moe_criterion c) { return crits[c]; }
@@ -71,9 +56,9 @@ int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, s
     c->log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
     c->checkpoint_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
     c->max_batch_eval = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
-    int rc = str_list(cfg, "train.trainable", &c->trainable, &c->n_trainable, err);
+    int rc = moe_cfg_str_list(cfg, "train.trainable", &c->trainable, &c->n_trainable, err);
     if (!rc)
-        rc = str_list(cfg, "train.freeze", &c->freeze, &c->n_freeze, err);
+        rc = moe_cfg_str_list(cfg, "train.freeze", &c->freeze, &c->n_freeze, err);
     if (rc)
         moe_train_cfg_release(c);
     return rc;
@@ -400,8 +385,8 @@ static int teacher_alloc(struct run *r, struct moe_err *err)
 
 // Settings, optimizer, statistics and buffers, at the start of a run. r is
 // zeroed first: run_release frees what this allocated, whether it succeeded or not.
-static int run_init(struct run *r, struct moe_model *m, const struct moe_data *data, const struct moe_train_cfg *tcfg,
-                    const struct moe_optim_cfg *ocfg, const struct moe_train_hooks *hooks, struct moe_err *err)
+static int run_init(struct run *r, struct moe_model *m, const struct moe_data *data, const struct moe_train_cfg *tc,
+                    const struct moe_optim_cfg *oc, const struct moe_train_hooks *hooks, struct moe_err *err)
 {
     memset(r, 0, sizeof *r);
     r->m = m;
@@ -409,19 +394,16 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->te = &data->test;
     r->hooks = hooks;
     r->ck = (struct moe_train_ckpt){ .pos = { .criterion_epoch = -1 }, .opt = &r->opt, .batch_stats = &r->sb };
-    const struct moe_train_cfg tc = *tcfg;
-    const struct moe_optim_cfg oc = *ocfg;
-    r->seed = tc.seed;
-    r->epochs = tc.epochs;
-    r->eval_every = tc.eval_every;
-    r->ckpt_every = tc.checkpoint_every;
-    r->log_every = tc.log_every;
-    r->crit = tc.criterion;
-    r->crit_value = tc.criterion_value;
-    r->use_crit = tc.criterion != MOE_CRIT_NONE;
-    r->thr = tc.active_threshold;
-    r->chunk = tc.max_batch_eval;
-    int shuffle = tc.shuffle;
+    r->seed = tc->seed;
+    r->epochs = tc->epochs;
+    r->eval_every = tc->eval_every;
+    r->ckpt_every = tc->checkpoint_every;
+    r->log_every = tc->log_every;
+    r->crit = tc->criterion;
+    r->crit_value = tc->criterion_value;
+    r->use_crit = tc->criterion != MOE_CRIT_NONE;
+    r->thr = tc->active_threshold;
+    r->chunk = tc->max_batch_eval;
     r->lm = r->tr->task == MOE_TASK_LM;
     const struct moe_dataset *tr = r->tr;
     int rc = optim_segments(r, err);
@@ -430,9 +412,9 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     size_t numel = 0;
     for (size_t k = 0; k < r->n_seg; k++)
         numel += r->segs[k].n;
-    if ((rc = moe_optim_init(&r->opt, &oc, numel, err)))
+    if ((rc = moe_optim_init(&r->opt, oc, numel, err)))
         return rc;
-    size_t bs = oc.batch_size;
+    size_t bs = oc->batch_size;
     if (r->opt.type == MOE_OPTIM_GD || bs == 0 || bs > tr->n)
         bs = tr->n;
     if (bs > m->max_batch)
@@ -440,7 +422,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     if (r->lm && r->chunk > bs)
         r->chunk = bs; // evaluation windows per pass: at most a training batch (memory grows with n_ctx)
     r->bs = bs;
-    r->shuffled = shuffle && bs < tr->n && !r->lm;
+    r->shuffled = tc->shuffle && bs < tr->n && !r->lm;
     if ((rc = moe_train_stats_init(&r->st, m, tr, err)) || (rc = moe_train_stats_init(&r->ste, m, tr, err)) ||
         (rc = moe_train_stats_init(&r->sb, m, tr, err)))
         return rc;

@@ -33,11 +33,9 @@ int moe_lora_cfg_parse(struct moe_lora_cfg *c, const struct moe_config *cfg, str
     memset(c, 0, sizeof *c);
     c->rank = (size_t)moe_cfg_int(cfg, "lora.rank");
     c->alpha = moe_cfg_num(cfg, "lora.alpha");
-    c->n_targets = moe_cfg_len(cfg, "lora.targets");
-    if (!(c->targets = malloc((c->n_targets ? c->n_targets : 1) * sizeof *c->targets)))
-        return moe_error(err, MOE_ENOMEM, "out of memory");
-    for (size_t i = 0; i < c->n_targets; i++)
-        c->targets[i] = moe_cfg_str_at(cfg, "lora.targets", i);
+    int rc = moe_cfg_str_list(cfg, "lora.targets", &c->targets, &c->n_targets, err);
+    if (rc)
+        return rc;
     c->expert_shared = strcmp(moe_cfg_str(cfg, "lora.expert_mode"), "shared") == 0;
     c->freeze_router = moe_cfg_bool(cfg, "lora.freeze_router");
     return 0;
