@@ -1,7 +1,9 @@
 // test_core.c: status codes, Philox known answers, distributions, the GEMM
-// wrapper against its naive twin, the parameter registry, atomic files.
+// wrapper against its naive twin, the parameter registry, the buffer plan
+// (sums, one block per role, bindings, overflow messages), atomic files.
 #include <check.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,7 @@
 
 #include "core/gemm.h"
 #include "core/params.h"
+#include "core/plan.h"
 #include "core/rng.h"
 #include "core/status.h"
 #include "io/atomic.h"
@@ -149,6 +152,74 @@ START_TEST(test_params_registry)
 }
 END_TEST
 
+// The plan: parameters laid out as the registry lays them out, buffers rounded
+// to 64 bytes and carved from one block per role, the largest entry named,
+// overflow refused with the keys, and only the first failure kept.
+START_TEST(test_plan)
+{
+    struct moe_err err = { 0 };
+    struct moe_plan pl;
+    moe_plan_init(&pl, &err);
+    int iw = -1, ib = -1;
+    float *x = NULL, *y = NULL;
+    int32_t *idx = NULL;
+    double *acc = NULL;
+    struct moe_dim dA = { 3, "a.key" }, dB = { 5, "b.key" }, dT = { 7, "rows" };
+    ck_assert_int_eq(moe_plan_param(&pl, &iw, MOE_DIMS(dA, dB), "w.%d", 1), 0);
+    ck_assert_int_eq(moe_plan_param(&pl, &ib, MOE_DIMS(dA), "b"), 0);
+    ck_assert_int_eq(moe_plan_buf(&pl, &x, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dB), "x"), 0); // 140 -> 192
+    ck_assert_int_eq(moe_plan_buf(&pl, &idx, MOE_ROLE_SCRATCH, MOE_DT_I32, MOE_DIMS(dT), "idx"), 0); // 28 -> 64
+    ck_assert_int_eq(moe_plan_buf(&pl, &y, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS({ 0, "none" }), "empty"), 0); // 64
+    ck_assert_int_eq(moe_plan_buf(&pl, &acc, MOE_ROLE_STATE, MOE_DT_F64, MOE_DIMS(dA, dB), "acc"), 0); // 120 -> 128
+    moe_plan_macs(&pl, 2.5);
+    ck_assert_uint_eq(pl.count, 18);
+    ck_assert_uint_eq(pl.numel, 16 + 3);
+    ck_assert_uint_eq(pl.bytes[MOE_ROLE_ACT], 192 + 64);
+    ck_assert_uint_eq(pl.bytes[MOE_ROLE_SCRATCH], 64);
+    ck_assert_uint_eq(pl.bytes[MOE_ROLE_STATE], 128);
+    ck_assert_uint_eq(moe_plan_buffer_bytes(&pl), 192 + 64 + 64 + 128);
+    ck_assert_double_eq(pl.macs, 2.5);
+    ck_assert_str_eq(pl.largest, "buffer 'x' (rows x b.key = 7 x 5)");
+    struct moe_params p;
+    moe_params_init(&p);
+    ck_assert_int_eq(moe_plan_alloc(&pl, &p), 0);
+    ck_assert_int_eq(iw, 0);
+    ck_assert_int_eq(ib, 1);
+    ck_assert_uint_eq(p.numel, pl.numel);
+    ck_assert_uint_eq(moe_params_count(&p), pl.count);
+    ck_assert_str_eq(p.t[0].name, "w.1");
+    ck_assert_ptr_nonnull(x);
+    ck_assert_ptr_nonnull(y);
+    ck_assert_ptr_nonnull(idx);
+    ck_assert_ptr_nonnull(acc);
+    ck_assert_uint_eq((uintptr_t)x % 64, 0);
+    ck_assert_uint_eq((uintptr_t)y % 64, 0);
+    ck_assert_uint_eq((uintptr_t)acc % 64, 0);
+    ck_assert(y >= x + 35 || x >= y + 16); // distinct buffers
+    for (int i = 0; i < 35; i++)
+        ck_assert_float_eq(x[i], 0.0f); // zero-filled
+    for (int i = 0; i < 15; i++)
+        acc[i] = 1.0;
+    moe_plan_release(&pl);
+    moe_params_release(&p);
+
+    // a product past size_t names its keys; later declarations do nothing
+    moe_plan_init(&pl, &err);
+    struct moe_dim big = { (size_t)1 << 40, "model.big" };
+    ck_assert_int_eq(moe_plan_buf(&pl, &x, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(big, big), "huge"), MOE_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "model.big x model.big = 1099511627776 x 1099511627776 x 4 bytes"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "overflows size_t"));
+    ck_assert_int_eq(moe_plan_fail(&pl, MOE_ENOMEM, "second"), MOE_EINVAL);
+    ck_assert_int_eq(moe_plan_param(&pl, &iw, MOE_DIMS(dA), "late"), MOE_EINVAL);
+    ck_assert_uint_eq(pl.n, 0);
+    moe_params_init(&p);
+    ck_assert_int_eq(moe_plan_alloc(&pl, &p), MOE_EINVAL);
+    ck_assert_ptr_null(p.data);
+    moe_plan_release(&pl);
+    moe_params_release(&p);
+}
+END_TEST
+
 START_TEST(test_atomic_and_status)
 {
     char dir[] = "/tmp/moe-core-XXXXXX";
@@ -198,6 +269,7 @@ int main(void)
     tcase_add_test(tc, test_gemm_matches_reference);
     tcase_add_test(tc, test_blas_info);
     tcase_add_test(tc, test_params_registry);
+    tcase_add_test(tc, test_plan);
     tcase_add_test(tc, test_atomic_and_status);
     suite_add_tcase(s, tc);
     return moe_test_run(s);

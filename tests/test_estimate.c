@@ -5,6 +5,9 @@
 //     model type, router, activation, norm, shared experts, moe_every, n_layer;
 //     the Transformer LM (task MOE_TASK_LM, n_in = languages, n_out =
 //     vocabulary) over the same grid plus tied embeddings and lang_router;
+//   - the model's buffers are exactly the estimate's activations: the plan
+//     moe_model_create allocated (every buffer bound, 64-byte aligned) sums to
+//     the estimate's bytes, every tensor has the plan's index;
 //   - the parameter, gradient and model buffers match what the allocator
 //     really hands out (mallinfo2 before and after moe_model_create), for
 //     mlp-moe and for named Transformer configs;
@@ -18,6 +21,7 @@
 // the CLI uses.
 #include <check.h>
 #include <malloc.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +87,21 @@ static void check_config(const char *const *ovs, size_t n, enum moe_task task, s
     ck_assert_msg(rc == 0, "%s: create: %s", label, err.msg);
     size_t count = moe_params_count(&m.params);
     ck_assert_msg(est.parameters == count, "%s: estimate %zu parameters, model has %zu", label, est.parameters, count);
+    // the model's buffers are its plan, the very declaration the estimate sums
+    ck_assert_msg(moe_plan_buffer_bytes(&m.plan) == est.bytes_activations, "%s: model plan %zu bytes, estimate %zu",
+                  label, moe_plan_buffer_bytes(&m.plan), est.bytes_activations);
+    for (size_t i = 0; i < m.plan.n; i++) {
+        const struct moe_plan_entry *pe = &m.plan.e[i];
+        if (pe->role == MOE_ROLE_PARAM) {
+            ck_assert_msg(pe->index && moe_params_find(&m.params, pe->name) == *pe->index, "%s: tensor %s", label,
+                          pe->name);
+            continue;
+        }
+        void *at = NULL;
+        ck_assert_msg(pe->bind != NULL, "%s: buffer %s is not bound", label, pe->name);
+        memcpy(&at, pe->bind, sizeof at);
+        ck_assert_msg(at != NULL && (uintptr_t)at % 64 == 0, "%s: buffer %s at %p", label, pe->name, at);
+    }
     size_t pbytes = (m.params.numel * sizeof(float) + 63) / 64 * 64;
     ck_assert_msg(est.bytes_params == pbytes && est.bytes_grads == pbytes, "%s: parameter buffer %zu, estimate %zu",
                   label, pbytes, est.bytes_params);

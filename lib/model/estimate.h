@@ -10,9 +10,12 @@
 // Not here: how much memory the machine has (core/sysmem.h) and the decision
 // to refuse a config that does not fit (cmd/estimate.c).
 //
-// The figures mirror the allocations in model/mixture.c, mlp.c, mlp_moe.c,
-// moe/moe_layer.c (router.c, dispatch.c, experts.c, route_stats.c),
-// train/trainer.c, optim.c and the data readers io/corpus.c, vocab.c, idx.c, table.c;
+// The model's parameters, buffers and FLOPs, and the optimizer's moments, are
+// sums over the plans (core/plan.h) that the model's declare and
+// moe_optim_declare make, the same plans the constructors allocate. The other
+// figures follow the allocations of the training loop (train/trainer.c,
+// model/stats.c, moe/route_stats.c) and of the data readers (io/corpus.c,
+// vocab.c, idx.c, table.c);
 // tests/test_estimate.c checks the parameter counts against the models actually
 // built and the data figures against the data actually loaded, and
 // tests/cli/test_memory.sh the total against the peak RSS of real runs. Change
@@ -22,6 +25,7 @@
 
 #include <stddef.h>
 
+#include "core/plan.h"
 #include "core/status.h"
 #include "io/dataset.h"
 
@@ -99,14 +103,18 @@ struct moe_model_estimate {
     size_t bytes_total;       // the sum of the above
     // The largest single buffer, for messages: its name and the keys that size it.
     size_t largest_bytes;
-    char largest[200];
+    char largest[320];
 };
 
 // The training loop as the estimate sees it: the optimiser's and the loop's
 // settings (the optim.* and train.* keys, read by train/: struct
-// moe_optim_cfg, moe_train_cfg) reduced to the numbers that size buffers.
+// moe_optim_cfg, moe_train_cfg) reduced to what sizes buffers.
 struct moe_estimate_loop {
-    int moments;         // optimizer moments per parameter: adamw 2, sgd 1, gd 0
+    // Declare the optimizer's state for numel parameter floats in p (role
+    // MOE_ROLE_OPTIM): train/optim.c moe_optim_declare with the run's settings
+    // (arg). NULL: an optimizer without state.
+    int (*declare_optimizer)(const void *arg, size_t numel, struct moe_plan *p);
+    const void *optimizer;
     size_t batch_size;   // rows per step; 0 = full batch (optim.batch_size 0, or gd)
     int shuffle;         // train.shuffle: mini-batches are copied in shuffled order
 };

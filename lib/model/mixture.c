@@ -38,13 +38,7 @@ struct mixture {
 
 static void mixture_release(struct moe_model *m)
 {
-    struct mixture *mx = m->impl;
-    if (!mx)
-        return;
-    float *bufs[] = { mx->z, mx->p, mx->post, mx->o, mx->hid, mx->dz, mx->dout, mx->dhid, mx->dpre, mx->target, mx->pred };
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
-        moe_free(bufs[i]);
-    free(mx);
+    free(m->impl); // the buffers belong to the model's plan
     m->impl = NULL;
 }
 
@@ -186,12 +180,12 @@ int moe_mixture_check(const struct moe_model_hp *hp, const char *loss, enum moe_
     return 0;
 }
 
-int moe_mixture_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
+int moe_mixture_declare(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_plan *pl)
 {
     int kind = moe_mix_loss_from_name(loss); // moe_mixture_check accepted it
     struct mixture *mx = calloc(1, sizeof *mx);
     if (!mx)
-        return moe_error(err, MOE_ENOMEM, "out of memory");
+        return moe_plan_fail(pl, MOE_ENOMEM, "out of memory");
     m->impl = mx;
     m->ops = &mixture_ops;
     m->loss_name = moe_mix_loss_name((enum moe_mix_loss)kind);
@@ -205,40 +199,35 @@ int moe_mixture_create(struct moe_model *m, const struct moe_model_hp *hp, const
     mx->init_scale = (float)hp->init_scale;
     m->n_expert = mx->E;
 
-    size_t D = mx->D, O = mx->O, E = mx->E, H = mx->H, T = m->max_batch;
-    struct moe_params *p = &m->params;
-#define ADD(idx, name, ...)                                                     \
-    if ((idx = moe_params_add(p, name, MOE_SHAPE(__VA_ARGS__), err)) < 0)       \
-        return idx
-    ADD(mx->i_gw, "gate.weight", E, D);
-    ADD(mx->i_gb, "gate.bias", E);
+    size_t D = mx->D, O = mx->O, E = mx->E, H = mx->H;
+    const char *kh = "model.n_expert_hidden";
+    struct moe_dim dE = { E, "model.n_expert" }, dD = { D, MOE_KEY_FEATURES }, dO = { O, MOE_KEY_OUTPUTS },
+                   dH = { H, kh }, dH1 = { H ? H : 1, kh }, dT = { m->max_batch, MOE_KEY_BATCH };
+    moe_plan_param(pl, &mx->i_gw, MOE_DIMS(dE, dD), "gate.weight");
+    moe_plan_param(pl, &mx->i_gb, MOE_DIMS(dE), "gate.bias");
     mx->i_w1 = mx->i_b1 = -1;
     if (H) {
-        ADD(mx->i_w1, "experts.w1", E, H, D);
-        ADD(mx->i_b1, "experts.b1", E, H);
-        ADD(mx->i_w2, "experts.w2", E, O, H);
-        ADD(mx->i_b2, "experts.b2", E, O);
+        moe_plan_param(pl, &mx->i_w1, MOE_DIMS(dE, dH, dD), "experts.w1");
+        moe_plan_param(pl, &mx->i_b1, MOE_DIMS(dE, dH), "experts.b1");
+        moe_plan_param(pl, &mx->i_w2, MOE_DIMS(dE, dO, dH), "experts.w2");
+        moe_plan_param(pl, &mx->i_b2, MOE_DIMS(dE, dO), "experts.b2");
     } else {
-        ADD(mx->i_w2, "experts.weight", E, O, D);
-        ADD(mx->i_b2, "experts.bias", E, O);
+        moe_plan_param(pl, &mx->i_w2, MOE_DIMS(dE, dO, dD), "experts.weight");
+        moe_plan_param(pl, &mx->i_b2, MOE_DIMS(dE, dO), "experts.bias");
     }
-#undef ADD
-    int rc = moe_params_alloc(p, err);
-    if (rc)
-        return rc;
-    mx->z = moe_alloc(T * E, sizeof(float));
-    mx->p = moe_alloc(T * E, sizeof(float));
-    mx->post = moe_alloc(T * E, sizeof(float));
-    mx->dz = moe_alloc(T * E, sizeof(float));
-    mx->o = moe_alloc(T * E * O, sizeof(float));
-    mx->dout = moe_alloc(T * E * O, sizeof(float));
-    mx->hid = moe_alloc(E * T * (H ? H : 1), sizeof(float));
-    mx->dhid = moe_alloc(T * (H ? H : 1), sizeof(float));
-    mx->dpre = moe_alloc(T * (H ? H : 1), sizeof(float));
-    mx->target = moe_alloc(T * O, sizeof(float));
-    mx->pred = moe_alloc(T * O, sizeof(float));
-    if (!mx->z || !mx->p || !mx->post || !mx->dz || !mx->o || !mx->dout || !mx->hid || !mx->dhid || !mx->dpre ||
-        !mx->target || !mx->pred)
-        return moe_error(err, MOE_ENOMEM, "out of memory for mixture scratch (batch %zu, %zu experts)", T, E);
-    return 0;
+    moe_plan_buf(pl, &mx->z, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dE), "z");
+    moe_plan_buf(pl, &mx->p, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dE), "p");
+    moe_plan_buf(pl, &mx->post, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dE), "post");
+    moe_plan_buf(pl, &mx->dz, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dE), "dz");
+    moe_plan_buf(pl, &mx->o, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dE, dO), "o");
+    moe_plan_buf(pl, &mx->dout, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dE, dO), "dout");
+    moe_plan_buf(pl, &mx->hid, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dE, dT, dH1), "hid");
+    moe_plan_buf(pl, &mx->dhid, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dH1), "dhid");
+    moe_plan_buf(pl, &mx->dpre, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dH1), "dpre");
+    moe_plan_buf(pl, &mx->target, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dO), "target");
+    moe_plan_buf(pl, &mx->pred, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dO), "pred");
+    // the gate and every expert, for every row
+    moe_plan_macs(pl, (double)E * (double)D +
+                          (H ? (double)E * ((double)H * D + (double)O * H) : (double)E * O * D));
+    return pl->rc;
 }

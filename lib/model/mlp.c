@@ -25,13 +25,7 @@ struct mlp {
 
 static void mlp_release(struct moe_model *m)
 {
-    struct mlp *n = m->impl;
-    if (!n)
-        return;
-    float *bufs[] = { n->hid, n->y, n->dhid, n->dpre, n->dy, n->target, n->pred };
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
-        moe_free(bufs[i]);
-    free(n);
+    free(m->impl); // the buffers belong to the model's plan
     m->impl = NULL;
 }
 
@@ -84,11 +78,11 @@ int moe_mlp_check(const struct moe_model_hp *hp, const char *loss, enum moe_task
     return moe_model_head_loss_check("mlp", loss, task, err);
 }
 
-int moe_mlp_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
+int moe_mlp_declare(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_plan *pl)
 {
     struct mlp *n = calloc(1, sizeof *n);
     if (!n)
-        return moe_error(err, MOE_ENOMEM, "out of memory");
+        return moe_plan_fail(pl, MOE_ENOMEM, "out of memory");
     m->impl = n;
     m->ops = &mlp_ops;
     n->ce = strcmp(loss, "ce") == 0; // moe_mlp_check accepted it
@@ -98,27 +92,20 @@ int moe_mlp_create(struct moe_model *m, const struct moe_model_hp *hp, const cha
     n->H = hp->n_hidden;
     n->act = hp->act;
     n->init_scale = (float)hp->init_scale;
-    size_t D = n->D, H = n->H, O = n->O, T = m->max_batch;
-    struct moe_params *p = &m->params;
-#define ADD(idx, name, ...)                                               \
-    if ((idx = moe_params_add(p, name, MOE_SHAPE(__VA_ARGS__), err)) < 0) \
-        return idx
-    ADD(n->i_w1, "hidden.weight", H, D);
-    ADD(n->i_b1, "hidden.bias", H);
-    ADD(n->i_w2, "output.weight", O, H);
-    ADD(n->i_b2, "output.bias", O);
-#undef ADD
-    int rc = moe_params_alloc(p, err);
-    if (rc)
-        return rc;
-    n->hid = moe_alloc(T * H, sizeof(float));
-    n->dhid = moe_alloc(T * H, sizeof(float));
-    n->dpre = moe_alloc(T * H, sizeof(float));
-    n->y = moe_alloc(T * O, sizeof(float));
-    n->dy = moe_alloc(T * O, sizeof(float));
-    n->target = moe_alloc(T * O, sizeof(float));
-    n->pred = moe_alloc(T * O, sizeof(float));
-    if (!n->hid || !n->dhid || !n->dpre || !n->y || !n->dy || !n->target || !n->pred)
-        return moe_error(err, MOE_ENOMEM, "out of memory for mlp scratch (batch %zu)", T);
-    return 0;
+    size_t D = n->D, H = n->H, O = n->O;
+    struct moe_dim dD = { D, MOE_KEY_FEATURES }, dO = { O, MOE_KEY_OUTPUTS }, dH = { H, "model.n_hidden" },
+                   dT = { m->max_batch, MOE_KEY_BATCH };
+    moe_plan_param(pl, &n->i_w1, MOE_DIMS(dH, dD), "hidden.weight");
+    moe_plan_param(pl, &n->i_b1, MOE_DIMS(dH), "hidden.bias");
+    moe_plan_param(pl, &n->i_w2, MOE_DIMS(dO, dH), "output.weight");
+    moe_plan_param(pl, &n->i_b2, MOE_DIMS(dO), "output.bias");
+    moe_plan_buf(pl, &n->hid, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dH), "hid");
+    moe_plan_buf(pl, &n->dhid, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dH), "dhid");
+    moe_plan_buf(pl, &n->dpre, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dH), "dpre");
+    moe_plan_buf(pl, &n->y, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dO), "y");
+    moe_plan_buf(pl, &n->dy, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dO), "dy");
+    moe_plan_buf(pl, &n->target, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dO), "target");
+    moe_plan_buf(pl, &n->pred, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dO), "pred");
+    moe_plan_macs(pl, (double)H * D + (double)O * H);
+    return pl->rc;
 }

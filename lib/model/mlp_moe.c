@@ -61,18 +61,11 @@ static void release(struct moe_model *m)
     struct mlp_moe *n = m->impl;
     if (!n)
         return;
-    for (size_t l = 0; n->blk && l < n->L; l++) {
+    // the buffers belong to the model's plan
+    for (size_t l = 0; n->blk && l < n->L; l++)
         moe_layer_release(&n->blk[l].moe);
-        moe_free(n->blk[l].a);
-        moe_free(n->blk[l].b);
-        moe_free(n->blk[l].hh);
-    }
     free(n->blk);
     free(n->moe);
-    void *bufs[] = { n->h, n->n, n->mean, n->rstd, n->y, n->dy, n->dh, n->dn, n->tmp, n->da, n->db, n->dhh,
-                     n->target, n->pred, n->keys };
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
-        moe_free(bufs[i]);
     free(n);
     m->impl = NULL;
 }
@@ -233,16 +226,15 @@ int moe_mlp_moe_check(const struct moe_model_hp *hp, const char *loss, enum moe_
     return moe_model_head_loss_check("mlp-moe", loss, task, err);
 }
 
-int moe_mlp_moe_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
+int moe_mlp_moe_declare(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_plan *pl)
 {
     struct mlp_moe *n = calloc(1, sizeof *n);
     if (!n)
-        return moe_error(err, MOE_ENOMEM, "out of memory");
+        return moe_plan_fail(pl, MOE_ENOMEM, "out of memory");
     m->impl = n;
     m->ops = &ops;
     n->ce = strcmp(loss, "ce") == 0; // moe_mlp_moe_check accepted it
     m->loss_name = n->ce ? "ce" : "mse";
-    int rc;
     n->I = m->n_in;
     n->O = m->n_out;
     n->D = hp->n_embd;
@@ -253,92 +245,64 @@ int moe_mlp_moe_create(struct moe_model *m, const struct moe_model_hp *hp, const
     n->init_scale = (float)hp->init_scale;
     n->V = hp->moe.hash_vocab;
     n->Fd = hp->n_ff_dense;
-    size_t D = n->D, I = n->I, O = n->O, L = n->L, T = m->max_batch, Fd = n->Fd;
+    size_t D = n->D, I = n->I, O = n->O, L = n->L;
     int swiglu = n->act == MOE_FFN_SWIGLU;
-    struct moe_layer_cfg lc = hp->moe;
     n->blk = calloc(L, sizeof *n->blk);
     n->moe = calloc(L, sizeof *n->moe);
     if (!n->blk || !n->moe)
-        return moe_error(err, MOE_ENOMEM, "out of memory");
-    struct moe_params *p = &m->params;
-    char name[MOE_NAME_MAX];
-#define ADD(idx, nm, ...)                                               \
-    if ((idx = moe_params_add(p, nm, MOE_SHAPE(__VA_ARGS__), err)) < 0) \
-        return idx
-#define ADDF(idx, fmt, l, ...)                  \
-    snprintf(name, sizeof name, fmt, l);        \
-    ADD(idx, name, __VA_ARGS__)
-    ADD(n->i_win, "input.weight", D, I);
-    ADD(n->i_bin, "input.bias", D);
-    for (size_t l = 0; l < L; l++) {
+        return moe_plan_fail(pl, MOE_ENOMEM, "out of memory");
+    struct moe_dim dI = { I, MOE_KEY_FEATURES }, dO = { O, MOE_KEY_OUTPUTS }, dD = { D, "model.n_embd" },
+                   dT = { m->max_batch, MOE_KEY_BATCH }, dL1 = { L + 1, "model.n_layer + 1" },
+                   dFd = moe_model_dense_dim(hp);
+    moe_plan_macs(pl, (double)I * D + (double)O * D); // input projection and head
+    moe_plan_param(pl, &n->i_win, MOE_DIMS(dD, dI), "input.weight");
+    moe_plan_param(pl, &n->i_bin, MOE_DIMS(dD), "input.bias");
+    for (size_t l = 0; l < L && !pl->rc; l++) {
         struct block *b = &n->blk[l];
-        b->i_b = b->i_w3 = -1;
+        b->i_b = -1;
         b->sparse = l % every == every - 1;
-        ADDF(b->i_g, "layers.%zu.norm.weight", l, D);
-        if (!n->rms) {
-            ADDF(b->i_b, "layers.%zu.norm.bias", l, D);
-        }
+        moe_plan_param(pl, &b->i_g, MOE_DIMS(dD), "layers.%zu.norm.weight", l);
+        if (!n->rms)
+            moe_plan_param(pl, &b->i_b, MOE_DIMS(dD), "layers.%zu.norm.bias", l);
+        int *w[3] = { &b->i_w1, &b->i_w3, &b->i_w2 };
+        float **act[3] = { &b->a, &b->b, &b->hh };
+        moe_model_ffn_declare(pl, hp, &hp->moe, l, b->sparse, dT, &b->moe, w, act);
         if (b->sparse) {
-            lc.index = (uint32_t)l;
-            snprintf(name, sizeof name, "layers.%zu.moe", l);
-            if ((rc = moe_layer_declare(&b->moe, &lc, name, p, err)))
-                return rc;
             n->moe[n->n_sparse++] = &b->moe;
-            n->has_hash |= moe_router_info(lc.router.type)->token_table;
-        } else {
-            ADDF(b->i_w1, "layers.%zu.ffn.w1", l, Fd, D);
-            if (swiglu) {
-                ADDF(b->i_w3, "layers.%zu.ffn.w3", l, Fd, D);
-            }
-            ADDF(b->i_w2, "layers.%zu.ffn.w2", l, D, Fd);
+            n->has_hash |= moe_router_info(hp->moe.router.type)->token_table;
         }
     }
     n->i_bf = -1;
-    ADD(n->i_gf, "norm.weight", D);
-    if (!n->rms) {
-        ADD(n->i_bf, "norm.bias", D);
+    moe_plan_param(pl, &n->i_gf, MOE_DIMS(dD), "norm.weight");
+    if (!n->rms)
+        moe_plan_param(pl, &n->i_bf, MOE_DIMS(dD), "norm.bias");
+    moe_plan_param(pl, &n->i_wh, MOE_DIMS(dO, dD), "head.weight");
+    moe_plan_param(pl, &n->i_bh, MOE_DIMS(dO), "head.bias");
+
+    moe_plan_buf(pl, &n->h, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dL1, dT, dD), "h");
+    moe_plan_buf(pl, &n->n, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dL1, dT, dD), "n");
+    moe_plan_buf(pl, &n->mean, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dL1, dT), "mean");
+    moe_plan_buf(pl, &n->rstd, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dL1, dT), "rstd");
+    moe_plan_buf(pl, &n->y, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dO), "y");
+    float **to[] = { &n->dy, &n->target, &n->pred };
+    const char *ton[] = { "dy", "target", "pred" };
+    for (int i = 0; i < 3; i++)
+        moe_plan_buf(pl, to[i], MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dO), "%s", ton[i]);
+    float **td[] = { &n->dh, &n->dn, &n->tmp };
+    const char *tdn[] = { "dh", "dn", "tmp" };
+    for (int i = 0; i < 3; i++)
+        moe_plan_buf(pl, td[i], MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dD), "%s", tdn[i]);
+    if (n->n_sparse < L) { // the dense blocks' backward
+        moe_plan_buf(pl, &n->da, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dFd), "ffn.da");
+        if (swiglu)
+            moe_plan_buf(pl, &n->db, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dFd), "ffn.db");
+        moe_plan_buf(pl, &n->dhh, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dFd), "ffn.dhh");
     }
-    ADD(n->i_wh, "head.weight", O, D);
-    ADD(n->i_bh, "head.bias", O);
-#undef ADDF
-#undef ADD
-    if ((rc = moe_params_alloc(p, err)))
-        return rc;
-    for (size_t l = 0; l < L; l++) {
-        struct block *b = &n->blk[l];
-        if (b->sparse) {
-            if ((rc = moe_layer_alloc(&b->moe, T, err)))
-                return rc;
-        } else {
-            b->a = moe_alloc(T * Fd, sizeof(float));
-            b->hh = moe_alloc(T * Fd, sizeof(float));
-            b->b = swiglu ? moe_alloc(T * Fd, sizeof(float)) : NULL;
-            if (!b->a || !b->hh || (swiglu && !b->b))
-                return moe_error(err, MOE_ENOMEM, "out of memory for dense FFN scratch (batch %zu)", T);
-        }
-    }
-    n->h = moe_alloc((L + 1) * T * D, sizeof(float));
-    n->n = moe_alloc((L + 1) * T * D, sizeof(float));
-    n->mean = moe_alloc((L + 1) * T, sizeof(float));
-    n->rstd = moe_alloc((L + 1) * T, sizeof(float));
-    n->y = moe_alloc(T * O, sizeof(float));
-    n->dy = moe_alloc(T * O, sizeof(float));
-    n->dh = moe_alloc(T * D, sizeof(float));
-    n->dn = moe_alloc(T * D, sizeof(float));
-    n->tmp = moe_alloc(T * D, sizeof(float));
-    n->da = moe_alloc(T * Fd, sizeof(float));
-    n->db = moe_alloc(T * Fd, sizeof(float));
-    n->dhh = moe_alloc(T * Fd, sizeof(float));
-    n->target = moe_alloc(T * O, sizeof(float));
-    n->pred = moe_alloc(T * O, sizeof(float));
-    n->keys = moe_alloc(T, sizeof(uint32_t));
-    if (!n->h || !n->n || !n->mean || !n->rstd || !n->y || !n->dy || !n->dh || !n->dn || !n->tmp || !n->da ||
-        !n->db || !n->dhh || !n->target || !n->pred || !n->keys)
-        return moe_error(err, MOE_ENOMEM, "out of memory for mlp-moe activations (batch %zu)", T);
+    moe_plan_buf(pl, &n->keys, MOE_ROLE_SCRATCH, MOE_DT_U32, MOE_DIMS(dT), "keys");
     m->hidden_per_row = L * D;
     m->n_moe_layers = n->n_sparse;
     m->moe_layers = n->moe;
-    m->n_route_expert = lc.router.E;
-    m->n_route_slots = moe_router_slots(&lc.router);
-    return 0;
+    m->n_route_expert = hp->moe.router.E;
+    m->n_route_slots = moe_router_slots(&hp->moe.router);
+    return pl->rc;
 }

@@ -42,6 +42,38 @@ void moe_model_norm_backward(int rms, const struct moe_params *p, float *dx, con
     moe_prof_end(MOE_PHASE_NORM, t0);
 }
 
+struct moe_dim moe_model_dense_dim(const struct moe_model_hp *hp)
+{
+    return (struct moe_dim){ hp->n_ff_dense,
+                             hp->n_ff_dense_auto ? "model.n_expert_used x model.n_ff" : "model.n_ff_dense" };
+}
+
+int moe_model_ffn_declare(struct moe_plan *pl, const struct moe_model_hp *hp, const struct moe_layer_cfg *lc,
+                          size_t l, int sparse, struct moe_dim dT, struct moe_layer *moe, int *w[3], float **act[3])
+{
+    *w[0] = *w[1] = *w[2] = -1;
+    if (sparse) {
+        struct moe_layer_cfg c = *lc;
+        char prefix[64];
+        c.index = (uint32_t)l;
+        snprintf(prefix, sizeof prefix, "layers.%zu.moe", l);
+        return moe_layer_plan_declare(moe, &c, prefix, dT, pl);
+    }
+    int swiglu = hp->ffn_act == MOE_FFN_SWIGLU;
+    size_t D = hp->n_embd;
+    struct moe_dim dD = { D, "model.n_embd" }, dFd = moe_model_dense_dim(hp);
+    moe_plan_param(pl, w[0], MOE_DIMS(dFd, dD), "layers.%zu.ffn.w1", l);
+    if (swiglu)
+        moe_plan_param(pl, w[1], MOE_DIMS(dFd, dD), "layers.%zu.ffn.w3", l);
+    moe_plan_param(pl, w[2], MOE_DIMS(dD, dFd), "layers.%zu.ffn.w2", l);
+    moe_plan_macs(pl, (double)dFd.v * D * (swiglu ? 3.0 : 2.0));
+    moe_plan_buf(pl, act[0], MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dFd), "layers.%zu.ffn.a", l);
+    moe_plan_buf(pl, act[2], MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dFd), "layers.%zu.ffn.hh", l);
+    if (swiglu)
+        moe_plan_buf(pl, act[1], MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dFd), "layers.%zu.ffn.b", l);
+    return pl->rc;
+}
+
 size_t moe_model_layers_state(struct moe_model *m, struct moe_st_ref *refs, size_t max)
 {
     size_t k = 0;
@@ -216,6 +248,7 @@ void moe_model_release(struct moe_model *m)
         return;
     if (m->ops && m->ops->release)
         m->ops->release(m);
+    moe_plan_release(&m->plan);
     moe_params_release(&m->params);
     memset(m, 0, sizeof *m);
 }

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "core/params.h"
+#include "core/plan.h"
 #include "core/status.h"
 #include "io/config.h"
 #include "io/dataset.h"
@@ -65,8 +66,12 @@ struct moe_model_kind {
     // allocated (so --dry-run refuses what a run would).
     int (*check)(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
                  struct moe_err *err);
-    // Build it (after check): parameters, scratch, ops. Weights are not initialised.
-    int (*create)(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
+    // Set up m (impl, ops, loss name, n_expert, the sparse layers) and declare
+    // in pl every parameter and buffer for batches of m->max_batch rows of
+    // m->n_in / m->n_out, with the FLOPs per token (after check; needs only
+    // hp and those sizes). moe_model_create_hp allocates the plan (core/plan.h);
+    // the estimate sums it. Returns pl->rc; m->ops->release undoes it.
+    int (*declare)(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_plan *pl);
 };
 const struct moe_model_kind *moe_model_kind(enum moe_model_type t);
 int moe_model_type_from_name(const char *name); // -1 when unknown
@@ -189,6 +194,7 @@ struct moe_model {
     size_t hidden_per_row;        // floats of block outputs per batch row (moe_batch.hidden_out); 0 = no such hook
     const char *loss_name;        // the objective in use
     void *impl;
+    struct moe_plan plan;         // every buffer but the parameters' (which params owns), as declared
 };
 
 // Build the model named by config key model.type for a task with n_in features
@@ -243,12 +249,18 @@ int moe_model_batch_targets(const struct moe_model *m, const struct moe_batch *b
                             const float **ret_target, struct moe_err *err);
 
 
-// Model constructors (one file each; rows of the model table). `loss` is the
+// What the config keys behind a model's sizes are called in messages.
+#define MOE_KEY_BATCH "batch rows (optim.batch_size, train.max_batch_eval)"
+#define MOE_KEY_FEATURES "data features"
+#define MOE_KEY_OUTPUTS "data targets/classes"
+
+// Model declarations (one file each; rows of the model table). `loss` is the
 // resolved objective (never "auto").
-int moe_mixture_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
-int moe_mlp_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
-int moe_mlp_moe_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
-int moe_transformer_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err);
+int moe_mixture_declare(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_plan *pl);
+int moe_mlp_declare(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_plan *pl);
+int moe_mlp_moe_declare(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_plan *pl);
+int moe_transformer_declare(struct moe_model *m, const struct moe_model_hp *hp, const char *loss,
+                            struct moe_plan *pl);
 int moe_mixture_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
                       struct moe_err *err);
 int moe_mlp_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
@@ -263,6 +275,14 @@ void moe_model_norm_forward(int rms, const struct moe_params *p, float *y, float
                             const float *x, int ig, int ib, size_t T, size_t D);
 void moe_model_norm_backward(int rms, const struct moe_params *p, float *dx, const float *dy, const float *x,
                              const float *mean, const float *rstd, int ig, int ib, size_t T, size_t D);
+// the FFN of block l: a sparse layer (moe, named layers.l.moe, settings lc with
+// the layer number set) or a dense FFN of width hp->n_ff_dense whose tensor
+// indices go to *w[0..2] (w1, w3 (swiglu), w2; -1 when absent) and its saved
+// activations to *act[0..2] (a, b (swiglu), hh), for dT tokens;
+// The width of dense FFN blocks, named after the keys it comes from.
+struct moe_dim moe_model_dense_dim(const struct moe_model_hp *hp);
+int moe_model_ffn_declare(struct moe_plan *pl, const struct moe_model_hp *hp, const struct moe_layer_cfg *lc,
+                          size_t l, int sparse, struct moe_dim dT, struct moe_layer *moe, int *w[3], float **act[3]);
 // and ops over m->moe_layers: state tensors, layer i, evaluation capacity, and
 // balanced hash tables from key frequencies freq.
 size_t moe_model_layers_state(struct moe_model *m, struct moe_st_ref *refs, size_t max);

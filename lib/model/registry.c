@@ -1,7 +1,7 @@
 // registry.c: the model table (one row per model type: name, whether it has
-// sparse layers or reads text, constructor) and moe_model_create, which reads
-// the typed hyperparameters once, sizes the model before allocating anything
-// (estimate.c), and calls the row's constructor.
+// sparse layers or reads text, check, declare) and moe_model_create, which
+// reads the typed hyperparameters once, sizes the model before allocating
+// anything (estimate.c), and allocates the plan the row's declare makes.
 // Not here: the models themselves (one file each) and the helpers they share
 // (model.c).
 #include "model/model.h"
@@ -11,10 +11,10 @@
 #include "model/estimate.h"
 
 static const struct moe_model_kind kinds[] = {
-    [MOE_MODEL_MIXTURE] = { "mixture", 0, 0, moe_mixture_check, moe_mixture_create },
-    [MOE_MODEL_MLP] = { "mlp", 0, 0, moe_mlp_check, moe_mlp_create },
-    [MOE_MODEL_MLP_MOE] = { "mlp-moe", 1, 0, moe_mlp_moe_check, moe_mlp_moe_create },
-    [MOE_MODEL_TRANSFORMER] = { "transformer", 1, 1, moe_transformer_check, moe_transformer_create },
+    [MOE_MODEL_MIXTURE] = { "mixture", 0, 0, moe_mixture_check, moe_mixture_declare },
+    [MOE_MODEL_MLP] = { "mlp", 0, 0, moe_mlp_check, moe_mlp_declare },
+    [MOE_MODEL_MLP_MOE] = { "mlp-moe", 1, 0, moe_mlp_moe_check, moe_mlp_moe_declare },
+    [MOE_MODEL_TRANSFORMER] = { "transformer", 1, 1, moe_transformer_check, moe_transformer_declare },
 };
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 
@@ -62,6 +62,7 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
     if (rc) {
         memset(ret, 0, sizeof *ret);
         moe_params_init(&ret->params);
+        moe_plan_init(&ret->plan, NULL);
         return rc;
     }
     return moe_model_create_hp(ret, &hp, loss, task, n_in, n_out, max_batch, err);
@@ -72,6 +73,7 @@ int moe_model_create_hp(struct moe_model *ret, const struct moe_model_hp *hp, co
 {
     memset(ret, 0, sizeof *ret);
     moe_params_init(&ret->params);
+    moe_plan_init(&ret->plan, err);
     ret->task = task;
     ret->n_in = n_in;
     ret->n_out = n_out;
@@ -85,7 +87,11 @@ int moe_model_create_hp(struct moe_model *ret, const struct moe_model_hp *hp, co
     if (!rc)
         rc = moe_model_estimate_hp(hp, NULL, NULL, task, n_in, n_out, 0, 0, ret->max_batch, &est, err);
     if (!rc)
-        rc = moe_model_kind(hp->type)->create(ret, hp, loss, err);
+        rc = moe_model_kind(hp->type)->declare(ret, hp, loss, &ret->plan);
+    if (!rc)
+        rc = moe_plan_alloc(&ret->plan, &ret->params);
+    for (size_t i = 0; !rc && i < ret->n_moe_layers; i++)
+        moe_layer_plan_bound(ret->moe_layers[i]);
     if (rc)
         moe_model_release(ret);
     return rc;

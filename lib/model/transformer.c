@@ -82,24 +82,17 @@ static void release(struct moe_model *m)
     struct transformer *n = m->impl;
     if (!n)
         return;
-    for (size_t l = 0; n->blk && l < n->L; l++) {
-        struct block *b = &n->blk[l];
-        moe_layer_release(&b->moe);
-        float *bb[] = { b->a, b->b, b->hh, b->n1, b->mean1, b->rstd1, b->qkv, b->att, b->ao, b->m, b->n2,
-                        b->mean2, b->rstd2 };
-        for (size_t i = 0; i < sizeof bb / sizeof *bb; i++)
-            moe_free(bb[i]);
-    }
+    // the buffers belong to the model's plan
+    for (size_t l = 0; n->blk && l < n->L; l++)
+        moe_layer_release(&n->blk[l].moe);
     free(n->blk);
     free(n->moe);
-    void *bufs[] = { n->h, n->nf, n->meanf, n->rstdf, n->logits, n->dlogits, n->dh, n->dn, n->tmp,
-                     n->dqkv, n->datt, n->dao, n->da, n->db, n->dhh, n->radd, n->dradd, n->target, n->label,
-                     n->keys };
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
-        moe_free(bufs[i]);
     free(n);
     m->impl = NULL;
 }
+
+// The head's tensor: the token embedding when tied.
+static int head(const struct transformer *n) { return n->tied ? n->i_wte : n->i_wh; }
 
 static void fill(struct moe_params *p, int i, float v)
 {
@@ -256,7 +249,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     }
     const float *hL = n->h + L * TD;
     moe_model_norm_forward(n->rms, p, n->nf, n->meanf, n->rstdf, hL, n->i_gf, n->i_bf, T, n->D);
-    MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_forward(n->logits, V, n->nf, D, moe_params_data(p, n->i_wh), NULL, T, D, V));
+    MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_forward(n->logits, V, n->nf, D, moe_params_data(p, head(n)), NULL, T, D, V));
     // The loss pass: per-token CE and argmax for the statistics, and with_grad the
     // head's gradient, in one sweep over the logits. tmp and dn (T, D) are free
     // until the backward and hold the per-token values.
@@ -282,8 +275,8 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     }
 
     // backward (the head's gradient is in dlogits already)
-    MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward_set(n->dn, D, moe_params_grad(p, n->i_wh), NULL, n->dlogits, V, n->nf,
-                                                    D, moe_params_data(p, n->i_wh), T, D, V));
+    MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward_set(n->dn, D, moe_params_grad(p, head(n)), NULL, n->dlogits, V, n->nf,
+                                                    D, moe_params_data(p, head(n)), T, D, V));
     moe_zero(n->dh, TD);
     moe_model_norm_backward(n->rms, p, n->dh, n->dn, hL, n->meanf, n->rstdf, n->i_gf, n->i_bf, T, n->D);
     for (size_t l = L; l-- > 0;) {
@@ -357,11 +350,72 @@ int moe_transformer_check(const struct moe_model_hp *hp, const char *loss, enum 
     return 0;
 }
 
-int moe_transformer_create(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_err *err)
+// Block l's attention half: its tensors and saved activations, and its FLOPs.
+static void declare_attention(struct moe_plan *pl, struct transformer *n, struct block *b, size_t l,
+                              struct moe_dim dT, struct moe_dim dB)
+{
+    size_t C = n->C, D = n->D;
+    struct moe_dim dD = { D, "model.n_embd" }, dD3 = { 3 * D, "3 x model.n_embd" }, dC = { C, "model.n_ctx" },
+                   dH = { n->H, "model.n_head" };
+    moe_plan_param(pl, &b->i_g1, MOE_DIMS(dD), "layers.%zu.attn_norm.weight", l);
+    if (!n->rms)
+        moe_plan_param(pl, &b->i_b1, MOE_DIMS(dD), "layers.%zu.attn_norm.bias", l);
+    moe_plan_param(pl, &b->i_qkv, MOE_DIMS(dD3, dD), "layers.%zu.attn.wqkv", l);
+    moe_plan_param(pl, &b->i_wo, MOE_DIMS(dD, dD), "layers.%zu.attn.wo", l);
+    moe_plan_param(pl, &b->i_g2, MOE_DIMS(dD), "layers.%zu.ffn_norm.weight", l);
+    if (!n->rms)
+        moe_plan_param(pl, &b->i_b2, MOE_DIMS(dD), "layers.%zu.ffn_norm.bias", l);
+    // the projections, and attention over (C + 1) / 2 positions on average (QK and AV)
+    moe_plan_macs(pl, 4.0 * (double)D * D + 2.0 * (double)D * ((double)C + 1.0) / 2.0);
+    float **td[] = { &b->n1, &b->ao, &b->m, &b->n2 }, **tt[] = { &b->mean1, &b->rstd1, &b->mean2, &b->rstd2 };
+    const char *tdn[] = { "n1", "ao", "m", "n2" }, *ttn[] = { "mean1", "rstd1", "mean2", "rstd2" };
+    for (int i = 0; i < 4; i++)
+        moe_plan_buf(pl, td[i], MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dD), "layers.%zu.%s", l, tdn[i]);
+    for (int i = 0; i < 4; i++)
+        moe_plan_buf(pl, tt[i], MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT), "layers.%zu.%s", l, ttn[i]);
+    moe_plan_buf(pl, &b->qkv, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dD3), "layers.%zu.qkv", l);
+    moe_plan_buf(pl, &b->att, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dB, dH, dC, dC), "layers.%zu.att", l);
+}
+
+// The model's own buffers, outside the blocks.
+static void declare_top(struct moe_plan *pl, struct transformer *n, struct moe_dim dT, struct moe_dim dB,
+                        struct moe_dim dFd)
+{
+    struct moe_dim dD = { n->D, "model.n_embd" }, dD3 = { 3 * n->D, "3 x model.n_embd" }, dC = { n->C, "model.n_ctx" },
+                   dH = { n->H, "model.n_head" }, dV = { n->V, "vocabulary" }, dL1 = { n->L + 1, "model.n_layer + 1" };
+    moe_plan_buf(pl, &n->h, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dL1, dT, dD), "h");
+    moe_plan_buf(pl, &n->nf, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dD), "nf");
+    moe_plan_buf(pl, &n->meanf, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT), "meanf");
+    moe_plan_buf(pl, &n->rstdf, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT), "rstdf");
+    moe_plan_buf(pl, &n->logits, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dV), "logits");
+    moe_plan_buf(pl, &n->dlogits, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dV), "dlogits");
+    float **td[] = { &n->dh, &n->dn, &n->tmp };
+    const char *tdn[] = { "dh", "dn", "tmp" };
+    for (int i = 0; i < 3; i++)
+        moe_plan_buf(pl, td[i], MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dD), "%s", tdn[i]);
+    moe_plan_buf(pl, &n->dqkv, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dD3), "dqkv");
+    moe_plan_buf(pl, &n->datt, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dB, dH, dC, dC), "datt");
+    moe_plan_buf(pl, &n->dao, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dD), "dao");
+    if (n->n_sparse < n->L) { // the dense blocks' backward
+        moe_plan_buf(pl, &n->da, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dFd), "ffn.da");
+        if (n->act == MOE_FFN_SWIGLU)
+            moe_plan_buf(pl, &n->db, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dFd), "ffn.db");
+        moe_plan_buf(pl, &n->dhh, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dFd), "ffn.dhh");
+    }
+    if (n->lang_router && n->n_sparse) { // the language embedding at each token, its gradient
+        moe_plan_buf(pl, &n->radd, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dD), "lang_add");
+        moe_plan_buf(pl, &n->dradd, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dD), "lang_add_grad");
+    }
+    moe_plan_buf(pl, &n->target, MOE_ROLE_SCRATCH, MOE_DT_I32, MOE_DIMS(dT), "target");
+    moe_plan_buf(pl, &n->label, MOE_ROLE_SCRATCH, MOE_DT_I32, MOE_DIMS(dT), "label");
+    moe_plan_buf(pl, &n->keys, MOE_ROLE_SCRATCH, MOE_DT_U32, MOE_DIMS(dT), "keys");
+}
+
+int moe_transformer_declare(struct moe_model *m, const struct moe_model_hp *hp, const char *loss, struct moe_plan *pl)
 {
     struct transformer *n = calloc(1, sizeof *n);
     if (!n)
-        return moe_error(err, MOE_ENOMEM, "out of memory");
+        return moe_plan_fail(pl, MOE_ENOMEM, "out of memory");
     m->impl = n;
     m->ops = &ops;
     (void)loss; // ce: moe_transformer_check accepted it
@@ -379,128 +433,50 @@ int moe_transformer_create(struct moe_model *m, const struct moe_model_hp *hp, c
     n->act = hp->ffn_act;
     n->init_scale = (float)hp->init_scale;
     n->Fd = hp->n_ff_dense;
-    size_t C = n->C, D = n->D, H = n->H, V = n->V, G = n->G, L = n->L, Fd = n->Fd;
-    size_t B = m->max_batch, T = B * C;
-    n->T_max = T;
-    int swiglu = n->act == MOE_FFN_SWIGLU;
+    size_t C = n->C, D = n->D, V = n->V, G = n->G, L = n->L;
+    struct moe_dim dB = { m->max_batch, MOE_KEY_BATCH }, dT;
+    if (moe_plan_product(pl, &n->T_max, MOE_DIMS(dB, { C, "model.n_ctx" })))
+        return pl->rc;
+    dT = (struct moe_dim){ n->T_max, MOE_KEY_BATCH " x model.n_ctx" };
     struct moe_layer_cfg lc = hp->moe;
-    int rc;
     lc.hash_vocab = V; // hash routing keys on token ids
     n->blk = calloc(L, sizeof *n->blk);
     n->moe = calloc(L, sizeof *n->moe);
     if (!n->blk || !n->moe)
-        return moe_error(err, MOE_ENOMEM, "out of memory");
-    struct moe_params *p = &m->params;
-    char name[MOE_NAME_MAX];
-#define ADD(idx, nm, ...)                                               \
-    if ((idx = moe_params_add(p, nm, MOE_SHAPE(__VA_ARGS__), err)) < 0) \
-        return idx
-#define ADDF(idx, fmt, l, ...)                  \
-    snprintf(name, sizeof name, fmt, l);        \
-    ADD(idx, name, __VA_ARGS__)
-    ADD(n->i_wte, "tok_emb.weight", V, D);
-    ADD(n->i_wpe, "pos_emb.weight", C, D);
-    for (size_t l = 0; l < L; l++) {
+        return moe_plan_fail(pl, MOE_ENOMEM, "out of memory");
+    struct moe_dim dV = { V, "vocabulary" }, dG = { G, "languages" }, dD = { D, "model.n_embd" },
+                   dC = { C, "model.n_ctx" };
+    moe_plan_macs(pl, (double)V * D); // the head
+    moe_plan_param(pl, &n->i_wte, MOE_DIMS(dV, dD), "tok_emb.weight");
+    moe_plan_param(pl, &n->i_wpe, MOE_DIMS(dC, dD), "pos_emb.weight");
+    for (size_t l = 0; l < L && !pl->rc; l++) {
         struct block *b = &n->blk[l];
-        b->i_b1 = b->i_b2 = b->i_w1 = b->i_w3 = b->i_w2 = b->i_lang = -1;
+        b->i_b1 = b->i_b2 = b->i_lang = -1;
         b->sparse = l % every == every - 1;
-        ADDF(b->i_g1, "layers.%zu.attn_norm.weight", l, D);
-        if (!n->rms) {
-            ADDF(b->i_b1, "layers.%zu.attn_norm.bias", l, D);
-        }
-        ADDF(b->i_qkv, "layers.%zu.attn.wqkv", l, 3 * D, D);
-        ADDF(b->i_wo, "layers.%zu.attn.wo", l, D, D);
-        ADDF(b->i_g2, "layers.%zu.ffn_norm.weight", l, D);
-        if (!n->rms) {
-            ADDF(b->i_b2, "layers.%zu.ffn_norm.bias", l, D);
-        }
+        declare_attention(pl, n, b, l, dT, dB);
+        int *w[3] = { &b->i_w1, &b->i_w3, &b->i_w2 };
+        float **act[3] = { &b->a, &b->b, &b->hh };
+        moe_model_ffn_declare(pl, hp, &lc, l, b->sparse, dT, &b->moe, w, act);
         if (b->sparse) {
-            lc.index = (uint32_t)l;
-            snprintf(name, sizeof name, "layers.%zu.moe", l);
-            if ((rc = moe_layer_declare(&b->moe, &lc, name, p, err)))
-                return rc;
-            if (n->lang_router) {
-                ADDF(b->i_lang, "layers.%zu.moe.lang_emb", l, G, D);
-            }
+            if (n->lang_router)
+                moe_plan_param(pl, &b->i_lang, MOE_DIMS(dG, dD), "layers.%zu.moe.lang_emb", l);
             n->moe[n->n_sparse++] = &b->moe;
             n->has_hash |= moe_router_info(lc.router.type)->token_table;
-        } else {
-            ADDF(b->i_w1, "layers.%zu.ffn.w1", l, Fd, D);
-            if (swiglu) {
-                ADDF(b->i_w3, "layers.%zu.ffn.w3", l, Fd, D);
-            }
-            ADDF(b->i_w2, "layers.%zu.ffn.w2", l, D, Fd);
         }
     }
     n->i_bf = -1;
-    ADD(n->i_gf, "norm.weight", D);
-    if (!n->rms) {
-        ADD(n->i_bf, "norm.bias", D);
-    }
-    if (n->tied) {
-        n->i_wh = n->i_wte;
-    } else {
-        ADD(n->i_wh, "head.weight", V, D);
-    }
-#undef ADDF
-#undef ADD
-    if ((rc = moe_params_alloc(p, err)))
-        return rc;
-    size_t TD = T * D, att = B * H * C * C;
-    for (size_t l = 0; l < L; l++) {
-        struct block *b = &n->blk[l];
-        if (b->sparse) {
-            if ((rc = moe_layer_alloc(&b->moe, T, err)))
-                return rc;
-        } else {
-            b->a = moe_alloc(T * Fd, sizeof(float));
-            b->hh = moe_alloc(T * Fd, sizeof(float));
-            b->b = swiglu ? moe_alloc(T * Fd, sizeof(float)) : NULL;
-            if (!b->a || !b->hh || (swiglu && !b->b))
-                return moe_error(err, MOE_ENOMEM, "out of memory for dense FFN activations (%zu tokens)", T);
-        }
-        b->n1 = moe_alloc(TD, sizeof(float));
-        b->mean1 = moe_alloc(T, sizeof(float));
-        b->rstd1 = moe_alloc(T, sizeof(float));
-        b->qkv = moe_alloc(3 * TD, sizeof(float));
-        b->att = moe_alloc(att, sizeof(float));
-        b->ao = moe_alloc(TD, sizeof(float));
-        b->m = moe_alloc(TD, sizeof(float));
-        b->n2 = moe_alloc(TD, sizeof(float));
-        b->mean2 = moe_alloc(T, sizeof(float));
-        b->rstd2 = moe_alloc(T, sizeof(float));
-        if (!b->n1 || !b->mean1 || !b->rstd1 || !b->qkv || !b->att || !b->ao || !b->m || !b->n2 || !b->mean2 ||
-            !b->rstd2)
-            return moe_error(err, MOE_ENOMEM, "out of memory for attention activations (%zu tokens)", T);
-    }
-    n->h = moe_alloc((L + 1) * TD, sizeof(float));
-    n->nf = moe_alloc(TD, sizeof(float));
-    n->meanf = moe_alloc(T, sizeof(float));
-    n->rstdf = moe_alloc(T, sizeof(float));
-    n->logits = moe_alloc(T * V, sizeof(float));
-    n->dlogits = moe_alloc(T * V, sizeof(float));
-    n->dh = moe_alloc(TD, sizeof(float));
-    n->dn = moe_alloc(TD, sizeof(float));
-    n->tmp = moe_alloc(TD, sizeof(float));
-    n->dqkv = moe_alloc(3 * TD, sizeof(float));
-    n->datt = moe_alloc(att, sizeof(float));
-    n->dao = moe_alloc(TD, sizeof(float));
-    n->da = moe_alloc(T * Fd, sizeof(float));
-    n->db = moe_alloc(T * Fd, sizeof(float));
-    n->dhh = moe_alloc(T * Fd, sizeof(float));
-    n->radd = moe_alloc(TD, sizeof(float));
-    n->dradd = moe_alloc(TD, sizeof(float));
-    n->target = moe_alloc(T, sizeof(int32_t));
-    n->label = moe_alloc(T, sizeof(int32_t));
-    n->keys = moe_alloc(T, sizeof(uint32_t));
-    if (!n->h || !n->nf || !n->meanf || !n->rstdf || !n->logits || !n->dlogits || !n->dh || !n->dn ||
-        !n->tmp || !n->dqkv || !n->datt || !n->dao || !n->da || !n->db || !n->dhh || !n->radd || !n->dradd ||
-        !n->target || !n->label || !n->keys)
-        return moe_error(err, MOE_ENOMEM, "out of memory for transformer activations (%zu tokens)", T);
+    moe_plan_param(pl, &n->i_gf, MOE_DIMS(dD), "norm.weight");
+    if (!n->rms)
+        moe_plan_param(pl, &n->i_bf, MOE_DIMS(dD), "norm.bias");
+    if (n->tied)
+        n->i_wh = -1; // the head is tok_emb (head())
+    else
+        moe_plan_param(pl, &n->i_wh, MOE_DIMS(dV, dD), "head.weight");
+    declare_top(pl, n, dT, dB, moe_model_dense_dim(hp));
     m->hidden_per_row = n->C * n->L * n->D;
     m->n_moe_layers = n->n_sparse;
     m->moe_layers = n->moe;
     m->n_route_expert = lc.router.E;
     m->n_route_slots = moe_router_slots(&lc.router);
-    return 0;
+    return pl->rc;
 }

@@ -52,47 +52,60 @@ size_t moe_capacity(double capacity_factor, size_t T, size_t S, size_t E)
     return (size_t)c;
 }
 
+int moe_dispatch_declare(struct moe_dispatch *d, struct moe_plan *p, const char *prefix, struct moe_dim T,
+                         struct moe_dim S, struct moe_dim E)
+{
+    d->S = S.v;
+    d->E = E.v;
+    // rows are int32 indices: T * S must stay below 2^31
+    size_t n;
+    if (moe_plan_product(p, &n, MOE_DIMS(T, S)))
+        return p->rc;
+    if (n > (size_t)INT32_MAX)
+        return moe_plan_fail(p, MOE_EINVAL,
+                             "%s x %s = %zu x %zu dispatch rows per batch, more than the %d that 32-bit row indices hold",
+                             T.key, S.key, T.v, S.v, INT32_MAX);
+    int shared = E.key && strcmp(E.key, "model.n_expert_shared") == 0;
+    struct moe_dim E1 = { E.v + 1, shared ? "model.n_expert_shared + 1" : "model.n_expert + 1" };
+    // the plan is read again by the backward pass; order, key, fill only while building it
+    moe_plan_buf(p, &d->offset, MOE_ROLE_ACT, MOE_DT_SIZE, MOE_DIMS(E1), "%s.offset", prefix);
+    int32_t **rows[] = { &d->row_tok, &d->row_slot, &d->slot_row };
+    const char *rn[] = { "row_tok", "row_slot", "slot_row" };
+    for (int i = 0; i < 3; i++)
+        moe_plan_buf(p, rows[i], MOE_ROLE_ACT, MOE_DT_I32, MOE_DIMS(T, S), "%s.%s", prefix, rn[i]);
+    moe_plan_buf(p, &d->order, MOE_ROLE_SCRATCH, MOE_DT_I32, MOE_DIMS(T, S), "%s.order", prefix);
+    moe_plan_buf(p, &d->key, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(T, S), "%s.key", prefix);
+    moe_plan_buf(p, &d->routed, MOE_ROLE_ACT, MOE_DT_SIZE, MOE_DIMS(E), "%s.routed", prefix);
+    moe_plan_buf(p, &d->dropped, MOE_ROLE_ACT, MOE_DT_SIZE, MOE_DIMS(E), "%s.dropped", prefix);
+    return moe_plan_buf(p, &d->fill, MOE_ROLE_SCRATCH, MOE_DT_SIZE, MOE_DIMS(E), "%s.fill", prefix);
+}
+
+struct dispatch_args {
+    struct moe_dispatch *d;
+    size_t T, S, E;
+};
+
+static int dispatch_declare(void *arg, struct moe_plan *p)
+{
+    struct dispatch_args *a = arg;
+    return moe_dispatch_declare(a->d, p, "plan", (struct moe_dim){ a->T, "tokens" },
+                                (struct moe_dim){ a->S, "slots" }, (struct moe_dim){ a->E, "experts" });
+}
+
 int moe_dispatch_alloc(struct moe_dispatch *d, size_t T_max, size_t S, size_t E, struct moe_err *err)
 {
     memset(d, 0, sizeof *d);
     if (S == 0 || E == 0)
         return moe_error(err, MOE_EINVAL, "dispatch needs at least one slot and one expert (S = %zu, E = %zu)", S, E);
-    if (T_max > SIZE_MAX / S || T_max * S > (size_t)INT32_MAX)
-        return moe_error(err, MOE_EINVAL, "dispatch of %zu tokens x %zu slots does not fit 32-bit row indices",
-                         T_max, S);
-    size_t n = T_max * S;
-    d->S = S;
-    d->E = E;
-    d->offset = moe_alloc(E + 1, sizeof *d->offset);
-    d->row_tok = moe_alloc(n, sizeof *d->row_tok);
-    d->row_slot = moe_alloc(n, sizeof *d->row_slot);
-    d->slot_row = moe_alloc(n, sizeof *d->slot_row);
-    d->routed = moe_alloc(E, sizeof *d->routed);
-    d->dropped = moe_alloc(E, sizeof *d->dropped);
-    d->order = moe_alloc(n, sizeof *d->order);
-    d->key = moe_alloc(n, sizeof *d->key);
-    d->fill = moe_alloc(E, sizeof *d->fill);
-    if (!d->offset || !d->row_tok || !d->row_slot || !d->slot_row || !d->routed || !d->dropped || !d->order ||
-        !d->key || !d->fill) {
-        moe_dispatch_release(d);
-        return moe_error(err, MOE_ENOMEM, "out of memory allocating a dispatch plan for %zu tokens", T_max);
-    }
-    return 0;
+    struct dispatch_args a = { d, T_max, S, E };
+    return moe_plan_standalone(&d->own, dispatch_declare, &a, err);
 }
 
 void moe_dispatch_release(struct moe_dispatch *d)
 {
     if (!d)
         return;
-    moe_free(d->offset);
-    moe_free(d->row_tok);
-    moe_free(d->row_slot);
-    moe_free(d->slot_row);
-    moe_free(d->routed);
-    moe_free(d->dropped);
-    moe_free(d->order);
-    moe_free(d->key);
-    moe_free(d->fill);
+    moe_plan_free(d->own);
     memset(d, 0, sizeof *d);
 }
 

@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/plan.h"
 #include "core/status.h"
 
 enum moe_drop_policy { MOE_DROP_ORDER = 0, MOE_DROP_PROB = 1 };
@@ -51,7 +52,13 @@ struct moe_dispatch {
     int32_t *order;     // (T*S)
     float *key;         // (T*S)
     size_t *fill;       // (E)
+    struct moe_plan *own; // the buffers of moe_dispatch_alloc; NULL when they belong to a model's plan
 };
+// Declare the buffers for T.v tokens of S.v slots over E.v experts in p, named
+// prefix.*; refuses T * S past 32-bit row indices, naming the keys. Returns p->rc.
+int moe_dispatch_declare(struct moe_dispatch *d, struct moe_plan *p, const char *prefix, struct moe_dim T,
+                         struct moe_dim S, struct moe_dim E);
+// The same buffers allocated on their own (tests, benchmarks); moe_dispatch_release frees them.
 int moe_dispatch_alloc(struct moe_dispatch *d, size_t T_max, size_t S, size_t E, struct moe_err *err);
 void moe_dispatch_release(struct moe_dispatch *d);
 

@@ -152,43 +152,53 @@ void moe_ffn_importance_add(double *imp, const float *a, const float *b, const f
 
 // ---------------------------------------------------------------- buffers
 
-// Chunks start on 64-byte boundaries (16 floats) inside the one allocation.
-static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+int moe_experts_buf_declare(struct moe_experts_buf *buf, struct moe_plan *p, const char *prefix, struct moe_dim N,
+                            size_t D, size_t F, int swiglu)
+{
+    buf->N_max = N.v;
+    buf->D = D;
+    buf->F = F;
+    struct moe_dim dD = { D, "model.n_embd" }, dF = { F, "model.n_ff" };
+    // the gathered inputs and the FFN activations are read again by the backward pass
+    float **nd[] = { &buf->xd, &buf->yd, &buf->dyd, &buf->dxd };
+    const char *ndn[] = { "xd", "yd", "dyd", "dxd" };
+    for (int i = 0; i < 4; i++)
+        moe_plan_buf(p, nd[i], i < 1 ? MOE_ROLE_ACT : MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(N, dD), "%s.%s", prefix,
+                     ndn[i]);
+    float **nf[] = { &buf->a, &buf->h, &buf->da, &buf->dh, &buf->b, &buf->db };
+    const char *nfn[] = { "a", "h", "da", "dh", "b", "db" };
+    static const enum moe_role nfr[] = { MOE_ROLE_ACT, MOE_ROLE_ACT, MOE_ROLE_SCRATCH, MOE_ROLE_SCRATCH,
+                                         MOE_ROLE_ACT, MOE_ROLE_SCRATCH };
+    for (int i = 0; i < (swiglu ? 6 : 4); i++)
+        moe_plan_buf(p, nf[i], nfr[i], MOE_DT_F32, MOE_DIMS(N, dF), "%s.%s", prefix, nfn[i]);
+    return p->rc;
+}
+
+struct buf_args {
+    struct moe_experts_buf *buf;
+    size_t N, D, F;
+    int swiglu;
+};
+
+static int buf_declare(void *arg, struct moe_plan *p)
+{
+    struct buf_args *a = arg;
+    return moe_experts_buf_declare(a->buf, p, "experts", (struct moe_dim){ a->N, "rows" }, a->D, a->F, a->swiglu);
+}
 
 int moe_experts_buf_alloc(struct moe_experts_buf *buf, size_t N_max, size_t D, size_t F, int swiglu,
                           struct moe_err *err)
 {
     memset(buf, 0, sizeof *buf);
-    if ((D && N_max > SIZE_MAX / 64 / D) || (F && N_max > SIZE_MAX / 64 / F))
-        return moe_error(err, MOE_EINVAL, "expert buffers for %zu rows of width %zu / %zu overflow", N_max, D, F);
-    const size_t nd = round16(N_max * D), nf = round16(N_max * F);
-    const size_t total = 4 * nd + (swiglu ? 6 : 4) * nf; // xd yd dyd dxd; a h da dh (b db)
-    float *p = moe_alloc(total, sizeof(float));
-    if (!p)
-        return moe_error(err, MOE_ENOMEM, "out of memory allocating expert buffers (%zu floats)", total);
-    buf->N_max = N_max;
-    buf->D = D;
-    buf->F = F;
-    buf->xd = p, p += nd; // xd first: it owns the allocation
-    buf->yd = p, p += nd;
-    buf->dyd = p, p += nd;
-    buf->dxd = p, p += nd;
-    buf->a = p, p += nf;
-    buf->h = p, p += nf;
-    buf->da = p, p += nf;
-    buf->dh = p, p += nf;
-    if (swiglu) {
-        buf->b = p, p += nf;
-        buf->db = p;
-    }
-    return 0;
+    struct buf_args a = { buf, N_max, D, F, swiglu };
+    return moe_plan_standalone(&buf->own, buf_declare, &a, err);
 }
 
 void moe_experts_buf_release(struct moe_experts_buf *buf)
 {
     if (!buf)
         return;
-    moe_free(buf->xd);
+    moe_plan_free(buf->own);
     memset(buf, 0, sizeof *buf);
 }
 

@@ -20,6 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/plan.h"
 #include "core/status.h"
 #include "moe/dispatch.h"
 
@@ -59,7 +60,12 @@ struct moe_experts_buf {
     float *a, *b, *h;       // (N_max, F) saved activations (b swiglu only)
     float *dyd, *dxd;       // (N_max, D)
     float *da, *db, *dh;    // (N_max, F)
+    struct moe_plan *own;   // the buffers of moe_experts_buf_alloc; NULL when they belong to a model's plan
 };
+// Declare the buffers for N.v rows in p, named prefix.* (b and db only for swiglu). Returns p->rc.
+int moe_experts_buf_declare(struct moe_experts_buf *buf, struct moe_plan *p, const char *prefix, struct moe_dim N,
+                            size_t D, size_t F, int swiglu);
+// The same buffers allocated on their own (tests, benchmarks); moe_experts_buf_release frees them.
 int moe_experts_buf_alloc(struct moe_experts_buf *buf, size_t N_max, size_t D, size_t F, int swiglu,
                           struct moe_err *err);
 void moe_experts_buf_release(struct moe_experts_buf *buf);

@@ -16,87 +16,149 @@
 
 #define LAYER_STRIDE ((uint64_t)1 << 40) // random-draw index offset between layers
 
-static int add(struct moe_params *p, const struct moe_layer *l, const char *name, int ndim, const size_t *shape,
-               struct moe_err *err)
-{
-    char full[MOE_NAME_MAX];
-    snprintf(full, sizeof full, "%s.%s", l->prefix, name);
-    return moe_params_add(p, full, ndim, shape, err);
-}
-
-int moe_layer_declare(struct moe_layer *l, const struct moe_layer_cfg *c, const char *prefix,
-                      struct moe_params *p, struct moe_err *err)
+static void setup(struct moe_layer *l, const struct moe_layer_cfg *c, const char *prefix)
 {
     memset(l, 0, sizeof *l);
     l->c = *c;
     snprintf(l->prefix, sizeof l->prefix, "%s", prefix);
     l->i_router = l->i_noise = l->i_w1 = l->i_w3 = l->i_w2 = l->i_sw1 = l->i_sw3 = l->i_sw2 = -1;
     l->S = moe_router_slots(&c->router);
-    size_t E = c->router.E, D = c->D, F = c->F, Sh = c->n_shared;
-    int swiglu = c->act == MOE_FFN_SWIGLU;
-    const struct moe_router_info *ri = moe_router_info(c->router.type);
-#define ADD(idx, name, ...)                                          \
-    if ((idx = add(p, l, name, MOE_SHAPE(__VA_ARGS__), err)) < 0) \
-        return idx
-    if (ri->gate_weights)
-        ADD(l->i_router, "router.weight", E, D);
-    if (ri->noise_weights)
-        ADD(l->i_noise, "router.noise_weight", E, D);
-    ADD(l->i_w1, "experts.w1", E, F, D);
-    if (swiglu)
-        ADD(l->i_w3, "experts.w3", E, F, D);
-    ADD(l->i_w2, "experts.w2", E, D, F);
-    if (Sh) {
-        ADD(l->i_sw1, "shared.w1", Sh, F, D);
-        if (swiglu)
-            ADD(l->i_sw3, "shared.w3", Sh, F, D);
-        ADD(l->i_sw2, "shared.w2", Sh, D, F);
-    }
-#undef ADD
     snprintf(l->bias_name, sizeof l->bias_name, "%s.router.bias", prefix);
     snprintf(l->table_name, sizeof l->table_name, "%s.router.hash_table", prefix);
-    return 0;
+}
+
+// The tensors (moe_layer.h), and the layer's FLOPs and untouched parameters per token.
+static int declare_tensors(struct moe_layer *l, struct moe_plan *p)
+{
+    const struct moe_layer_cfg *c = &l->c;
+    const char *x = l->prefix;
+    struct moe_dim dD = { c->D, "model.n_embd" }, dE = { c->router.E, "model.n_expert" }, dF = { c->F, "model.n_ff" },
+                   dSh = { c->n_shared, "model.n_expert_shared" };
+    int swiglu = c->act == MOE_FFN_SWIGLU;
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
+    if (ri->gate_weights)
+        moe_plan_param(p, &l->i_router, MOE_DIMS(dE, dD), "%s.router.weight", x);
+    if (ri->noise_weights)
+        moe_plan_param(p, &l->i_noise, MOE_DIMS(dE, dD), "%s.router.noise_weight", x);
+    moe_plan_param(p, &l->i_w1, MOE_DIMS(dE, dF, dD), "%s.experts.w1", x);
+    if (swiglu)
+        moe_plan_param(p, &l->i_w3, MOE_DIMS(dE, dF, dD), "%s.experts.w3", x);
+    moe_plan_param(p, &l->i_w2, MOE_DIMS(dE, dD, dF), "%s.experts.w2", x);
+    if (c->n_shared) {
+        moe_plan_param(p, &l->i_sw1, MOE_DIMS(dSh, dF, dD), "%s.shared.w1", x);
+        if (swiglu)
+            moe_plan_param(p, &l->i_sw3, MOE_DIMS(dSh, dF, dD), "%s.shared.w3", x);
+        moe_plan_param(p, &l->i_sw2, MOE_DIMS(dSh, dD, dF), "%s.shared.w2", x);
+    }
+    // A token passes through the router (and noise) weights over all E experts,
+    // `used` routed experts (moe_router_experts_per_token) and the shared ones;
+    // the same expressions, in the same order, as cmd/'s routing figures.
+    double per_expert = (double)c->F * (double)c->D * (swiglu ? 3.0 : 2.0);
+    double E = (double)c->router.E, used = moe_router_experts_per_token(&c->router);
+    double router_macs = (ri->gate_weights ? E * (double)c->D : 0.0) + (ri->noise_weights ? E * (double)c->D : 0.0);
+    p->inactive += (E - used) * per_expert;
+    moe_plan_macs(p, router_macs + used * per_expert + (double)c->n_shared * per_expert);
+    return p->rc;
+}
+
+// Every buffer for batches of T.v tokens.
+static int declare_buffers(struct moe_layer *l, struct moe_plan *p, struct moe_dim dT)
+{
+    const struct moe_layer_cfg *c = &l->c;
+    const char *x = l->prefix;
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
+    size_t Sh = c->n_shared;
+    int swiglu = c->act == MOE_FFN_SWIGLU;
+    struct moe_dim dE = { c->router.E, "model.n_expert" }, dD = { c->D, "model.n_embd" },
+                   dS = { l->S, ri->quota ? "model.n_expert" : "model.n_expert_used" },
+                   dSh = { Sh, "model.n_expert_shared" };
+    char sub[MOE_NAME_MAX];
+    l->T_max = dT.v;
+    snprintf(sub, sizeof sub, "%s.plan", x);
+    if (moe_route_declare(&l->route, p, x, dT, dE, dS, ri->noise_weights) ||
+        moe_dispatch_declare(&l->plan, p, sub, dT, dS, dE))
+        return p->rc;
+    // rows the expert buffers hold: T * S, or for expert choice at most E quotas (T * S fits: checked above)
+    l->N_max = moe_router_rows(&c->router, dT.v);
+    snprintf(sub, sizeof sub, "%s.experts", x);
+    moe_experts_buf_declare(&l->buf, p, sub, (struct moe_dim){ l->N_max, "expert rows (batch rows x slots)" }, c->D,
+                            c->F, swiglu);
+    if (Sh) {
+        snprintf(sub, sizeof sub, "%s.shared_plan", x);
+        moe_dispatch_declare(&l->splan, p, sub, dT, dSh, dSh);
+        size_t n;
+        if (moe_plan_product(p, &n, MOE_DIMS(dT, dSh)))
+            return p->rc;
+        snprintf(sub, sizeof sub, "%s.shared", x);
+        moe_experts_buf_declare(&l->sbuf, p, sub, (struct moe_dim){ n, "batch rows x model.n_expert_shared" }, c->D,
+                                c->F, swiglu);
+        moe_plan_buf(p, &l->s_idx, MOE_ROLE_STATE, MOE_DT_I32, MOE_DIMS(dT, dSh), "%s.shared_idx", x);
+        moe_plan_buf(p, &l->s_gate, MOE_ROLE_STATE, MOE_DT_F32, MOE_DIMS(dT, dSh), "%s.shared_gate", x);
+    }
+    moe_plan_buf(p, &l->xr, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dD), "%s.router_input", x);
+    moe_plan_buf(p, &l->jit, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dD), "%s.jitter", x);
+    moe_plan_buf(p, &l->dxr, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dD), "%s.router_input_grad", x);
+    moe_plan_buf(p, &l->hash_expert, MOE_ROLE_ACT, MOE_DT_I32, MOE_DIMS(dT), "%s.hash_expert", x);
+    moe_plan_buf(p, &l->dgate, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dS), "%s.gate_grad", x);
+    moe_plan_buf(p, &l->dz, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dE), "%s.logit_grad", x);
+    moe_plan_buf(p, &l->du, MOE_ROLE_SCRATCH, MOE_DT_F32, MOE_DIMS(dT, dE), "%s.noise_logit_grad", x);
+    if (c->router.bias_balance)
+        moe_plan_buf(p, &l->bias, MOE_ROLE_STATE, MOE_DT_F32, MOE_DIMS(dE), "%s", l->bias_name);
+    if (ri->token_table)
+        moe_plan_buf(p, &l->table, MOE_ROLE_STATE, MOE_DT_I32, MOE_DIMS({ c->hash_vocab, "moe.hash_vocab" }), "%s",
+                     l->table_name);
+    return p->rc;
+}
+
+int moe_layer_plan_declare(struct moe_layer *l, const struct moe_layer_cfg *c, const char *prefix, struct moe_dim T,
+                           struct moe_plan *p)
+{
+    setup(l, c, prefix);
+    if (declare_tensors(l, p))
+        return p->rc;
+    return declare_buffers(l, p, T);
+}
+
+void moe_layer_plan_bound(struct moe_layer *l)
+{
+    size_t n = l->T_max * l->c.n_shared;
+    for (size_t i = 0; l->s_idx && i < n; i++) {
+        l->s_idx[i] = (int32_t)(i % l->c.n_shared);
+        l->s_gate[i] = 1.0f;
+    }
+}
+
+int moe_layer_declare(struct moe_layer *l, const struct moe_layer_cfg *c, const char *prefix,
+                      struct moe_params *p, struct moe_err *err)
+{
+    setup(l, c, prefix);
+    struct moe_plan plan;
+    moe_plan_init(&plan, err);
+    int rc = declare_tensors(l, &plan);
+    if (!rc)
+        rc = moe_plan_register(&plan, p);
+    moe_plan_release(&plan);
+    return rc;
+}
+
+struct alloc_args {
+    struct moe_layer *l;
+    size_t T;
+};
+
+static int layer_buffers(void *arg, struct moe_plan *p)
+{
+    struct alloc_args *a = arg;
+    return declare_buffers(a->l, p, (struct moe_dim){ a->T, "tokens" });
 }
 
 int moe_layer_alloc(struct moe_layer *l, size_t T_max, struct moe_err *err)
 {
-    const struct moe_layer_cfg *c = &l->c;
-    size_t E = c->router.E, D = c->D, S = l->S, Sh = c->n_shared;
-    int swiglu = c->act == MOE_FFN_SWIGLU;
-    const struct moe_router_info *ri = moe_router_info(c->router.type);
-    l->T_max = T_max;
-    l->N_max = moe_router_rows(&c->router, T_max); // rows of all expert blocks together
-    int rc = moe_route_alloc(&l->route, T_max, E, S, ri->noise_weights, err);
-    if (rc || (rc = moe_dispatch_alloc(&l->plan, T_max, S, E, err)) ||
-        (rc = moe_experts_buf_alloc(&l->buf, l->N_max, D, c->F, swiglu, err)))
-        return rc;
-    if (Sh) {
-        if ((rc = moe_dispatch_alloc(&l->splan, T_max, Sh, Sh, err)) ||
-            (rc = moe_experts_buf_alloc(&l->sbuf, T_max * Sh, D, c->F, swiglu, err)))
-            return rc;
-        l->s_idx = malloc(T_max * Sh * sizeof *l->s_idx);
-        l->s_gate = malloc(T_max * Sh * sizeof *l->s_gate);
-        if (!l->s_idx || !l->s_gate)
-            return moe_error(err, MOE_ENOMEM, "out of memory for shared experts");
-        for (size_t i = 0; i < T_max * Sh; i++) {
-            l->s_idx[i] = (int32_t)(i % Sh);
-            l->s_gate[i] = 1.0f;
-        }
-    }
-    l->xr = moe_alloc(T_max * D, sizeof(float));
-    l->jit = moe_alloc(T_max * D, sizeof(float));
-    l->dxr = moe_alloc(T_max * D, sizeof(float));
-    l->hash_expert = moe_alloc(T_max, sizeof(int32_t));
-    l->dgate = moe_alloc(T_max * S, sizeof(float));
-    l->dz = moe_alloc(T_max * E, sizeof(float));
-    l->du = moe_alloc(T_max * E, sizeof(float));
-    if (!l->xr || !l->jit || !l->dxr || !l->hash_expert || !l->dgate || !l->dz || !l->du)
-        return moe_error(err, MOE_ENOMEM, "out of memory for MoE layer scratch (batch %zu)", T_max);
-    if (c->router.bias_balance && !(l->bias = moe_alloc(E, sizeof(float))))
-        return moe_error(err, MOE_ENOMEM, "out of memory");
-    if (ri->token_table && !(l->table = moe_alloc(c->hash_vocab, sizeof(int32_t))))
-        return moe_error(err, MOE_ENOMEM, "out of memory for a hash table of %zu keys", c->hash_vocab);
-    return 0;
+    struct alloc_args a = { l, T_max };
+    int rc = moe_plan_standalone(&l->own, layer_buffers, &a, err);
+    if (!rc)
+        moe_layer_plan_bound(l);
+    return rc;
 }
 
 void moe_layer_init(struct moe_layer *l, struct moe_params *p, uint64_t seed, float init_scale)
@@ -133,16 +195,7 @@ void moe_layer_release(struct moe_layer *l)
 {
     if (!l)
         return;
-    moe_route_release(&l->route);
-    moe_dispatch_release(&l->plan);
-    moe_dispatch_release(&l->splan);
-    moe_experts_buf_release(&l->buf);
-    moe_experts_buf_release(&l->sbuf);
-    free(l->s_idx);
-    free(l->s_gate);
-    void *bufs[] = { l->xr, l->jit, l->dxr, l->hash_expert, l->dgate, l->dz, l->du, l->bias, l->table };
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
-        moe_free(bufs[i]);
+    moe_plan_free(l->own); // buffers of moe_layer_alloc; a model's plan owns them otherwise
     memset(l, 0, sizeof *l);
 }
 

@@ -95,9 +95,20 @@ struct moe_layer {
     size_t T;
     int train;
     double aux_value, z_value, loss; // unweighted aux, z; weighted sum added to the objective
+    struct moe_plan *own; // the buffers of moe_layer_alloc; NULL when they belong to a model's plan
 };
 
-// Declare the layer's tensors in p under prefix (before moe_params_alloc).
+// A model's sparse layer: declare its tensors under prefix (docs/checkpoint.md)
+// and every buffer for batches of up to T.v tokens (T.key: the config keys
+// behind it) in the model's plan, with its FLOPs and the parameters a token
+// does not touch; after moe_plan_alloc, moe_layer_plan_bound fills the
+// buffers of fixed content. The plan owns the memory (moe_layer_release frees
+// nothing of it).
+int moe_layer_plan_declare(struct moe_layer *l, const struct moe_layer_cfg *c, const char *prefix, struct moe_dim T,
+                           struct moe_plan *p);
+void moe_layer_plan_bound(struct moe_layer *l);
+// A layer on its own (tests, moe bench): its tensors in p under prefix (before
+// moe_params_alloc), then moe_layer_alloc for its buffers.
 int moe_layer_declare(struct moe_layer *l, const struct moe_layer_cfg *c, const char *prefix,
                       struct moe_params *p, struct moe_err *err);
 // Allocate scratch and state for batches of up to T_max tokens.

@@ -98,51 +98,48 @@ double moe_router_experts_per_token(const struct moe_router_cfg *c)
 
 // ---------------------------------------------------------------- buffers
 
+int moe_route_declare(struct moe_route *r, struct moe_plan *p, const char *prefix, struct moe_dim T,
+                      struct moe_dim E, struct moe_dim S, int noisy)
+{
+    r->E = E.v;
+    r->S = S.v;
+    // z, p, lse and the selection are read again by the backward pass
+    float **te[] = { &r->z, &r->p, &r->u, &r->eps, &r->h };
+    const char *ten[] = { "z", "p", "u", "eps", "h" };
+    for (int i = 0; i < (noisy ? 5 : 2); i++)
+        moe_plan_buf(p, te[i], MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(T, E), "%s.route.%s", prefix, ten[i]);
+    moe_plan_buf(p, &r->lse, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(T), "%s.route.lse", prefix);
+    moe_plan_buf(p, &r->sel, MOE_ROLE_ACT, MOE_DT_I32, MOE_DIMS(T, S), "%s.route.sel", prefix);
+    moe_plan_buf(p, &r->idx, MOE_ROLE_ACT, MOE_DT_I32, MOE_DIMS(T, S), "%s.route.idx", prefix);
+    moe_plan_buf(p, &r->gate, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(T, S), "%s.route.gate", prefix);
+    return moe_plan_buf(p, &r->prio, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(T, S), "%s.route.prio", prefix);
+}
+
+struct route_args {
+    struct moe_route *r;
+    size_t T, E, S;
+    int noisy;
+};
+
+static int route_declare(void *arg, struct moe_plan *p)
+{
+    struct route_args *a = arg;
+    return moe_route_declare(a->r, p, "route", (struct moe_dim){ a->T, "tokens" },
+                             (struct moe_dim){ a->E, "experts" }, (struct moe_dim){ a->S, "slots" }, a->noisy);
+}
+
 int moe_route_alloc(struct moe_route *r, size_t T_max, size_t E, size_t S, int noisy, struct moe_err *err)
 {
     memset(r, 0, sizeof *r);
-    r->E = E;
-    r->S = S;
-    size_t te = T_max * E, ts = T_max * S;
-    if ((E && te / E != T_max) || (S && ts / S != T_max))
-        return moe_error(err, MOE_EINVAL, "route of %zu tokens x %zu experts x %zu slots is too large", T_max, E,
-                         S);
-    r->z = moe_alloc(te, sizeof(float));
-    r->p = moe_alloc(te, sizeof(float));
-    r->lse = moe_alloc(T_max, sizeof(float));
-    r->sel = moe_alloc(ts, sizeof(int32_t));
-    r->idx = moe_alloc(ts, sizeof(int32_t));
-    r->gate = moe_alloc(ts, sizeof(float));
-    r->prio = moe_alloc(ts, sizeof(float));
-    int ok = r->z && r->p && r->lse && r->sel && r->idx && r->gate && r->prio;
-    if (noisy) {
-        r->u = moe_alloc(te, sizeof(float));
-        r->eps = moe_alloc(te, sizeof(float));
-        r->h = moe_alloc(te, sizeof(float));
-        ok = ok && r->u && r->eps && r->h;
-    }
-    if (!ok) {
-        moe_route_release(r);
-        return moe_error(err, MOE_ENOMEM, "out of memory allocating a route of %zu tokens x %zu experts", T_max,
-                         E);
-    }
-    return 0;
+    struct route_args a = { r, T_max, E, S, noisy };
+    return moe_plan_standalone(&r->own, route_declare, &a, err);
 }
 
 void moe_route_release(struct moe_route *r)
 {
     if (!r)
         return;
-    moe_free(r->z);
-    moe_free(r->p);
-    moe_free(r->lse);
-    moe_free(r->u);
-    moe_free(r->eps);
-    moe_free(r->h);
-    moe_free(r->sel);
-    moe_free(r->idx);
-    moe_free(r->gate);
-    moe_free(r->prio);
+    moe_plan_free(r->own);
     memset(r, 0, sizeof *r);
 }
 

@@ -41,6 +41,7 @@
 #include <stdint.h>
 
 #include "core/rng.h"
+#include "core/plan.h"
 #include "core/status.h"
 
 enum moe_router_type {
@@ -115,8 +116,14 @@ struct moe_route {
     int32_t *idx;    // (T, S) expert to dispatch to: sel, or -1 where GShard's random policy skipped it
     float *gate;     // (T, S) combine weight of the slot (0 where idx = -1)
     float *prio;     // (T, S) priority for dropping by probability: p[t, sel] (1 for HASH)
+    struct moe_plan *own; // the buffers of moe_route_alloc; NULL when they belong to a model's plan
 };
-// Allocate every buffer for T_max tokens (u, eps, h only when noisy).
+// Declare the buffers for T.v tokens of E.v experts and S.v slots (u, eps, h
+// only when noisy) in p, named prefix.route.*; the dimensions carry the keys
+// that set them. Returns p->rc.
+int moe_route_declare(struct moe_route *r, struct moe_plan *p, const char *prefix, struct moe_dim T,
+                      struct moe_dim E, struct moe_dim S, int noisy);
+// The same buffers allocated on their own (tests, benchmarks); moe_route_release frees them.
 int moe_route_alloc(struct moe_route *r, size_t T_max, size_t E, size_t S, int noisy, struct moe_err *err);
 void moe_route_release(struct moe_route *r);
 

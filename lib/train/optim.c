@@ -43,7 +43,7 @@ void moe_optim_cfg_parse(struct moe_optim_cfg *c, const struct moe_config *cfg)
     c->batch_size = (size_t)moe_cfg_int(cfg, "optim.batch_size");
 }
 
-int moe_optim_init(struct moe_optim *o, const struct moe_optim_cfg *c, size_t numel, struct moe_err *err)
+int moe_optim_declare(struct moe_optim *o, const struct moe_optim_cfg *c, size_t numel, struct moe_plan *p)
 {
     memset(o, 0, sizeof *o);
     o->type = c->type;
@@ -55,19 +55,34 @@ int moe_optim_init(struct moe_optim *o, const struct moe_optim_cfg *c, size_t nu
     o->weight_decay = c->weight_decay;
     o->clip = c->clip;
     o->numel = numel;
-    if (o->type != MOE_OPTIM_GD) {
-        o->m = moe_alloc(numel, sizeof(float));
-        if (!o->m)
-            return moe_error(err, MOE_ENOMEM, "out of memory for optimizer state (%zu floats)", numel);
-    }
-    if (o->type == MOE_OPTIM_ADAMW) {
-        o->v = moe_alloc(numel, sizeof(float));
-        if (!o->v) {
-            moe_optim_release(o);
-            return moe_error(err, MOE_ENOMEM, "out of memory for optimizer state (%zu floats)", numel);
-        }
-    }
-    return 0;
+    struct moe_dim d = { numel, "parameter floats" };
+    if (o->type != MOE_OPTIM_GD)
+        moe_plan_buf(p, &o->m, MOE_ROLE_OPTIM, MOE_DT_F32, MOE_DIMS(d), "optim.m");
+    if (o->type == MOE_OPTIM_ADAMW)
+        moe_plan_buf(p, &o->v, MOE_ROLE_OPTIM, MOE_DT_F32, MOE_DIMS(d), "optim.v");
+    return p->rc;
+}
+
+struct optim_args {
+    struct moe_optim *o;
+    const struct moe_optim_cfg *c;
+    size_t numel;
+};
+
+static int optim_declare(void *arg, struct moe_plan *p)
+{
+    struct optim_args *a = arg;
+    return moe_optim_declare(a->o, a->c, a->numel, p);
+}
+
+int moe_optim_init(struct moe_optim *o, const struct moe_optim_cfg *c, size_t numel, struct moe_err *err)
+{
+    memset(o, 0, sizeof *o);
+    struct optim_args a = { o, c, numel };
+    struct moe_plan *own;
+    int rc = moe_plan_standalone(&own, optim_declare, &a, err);
+    o->own = own;
+    return rc;
 }
 
 // Sum of g[i]^2 in double over NB fixed blocks of the n values (the blocks
@@ -184,7 +199,7 @@ void moe_optim_release(struct moe_optim *o)
 {
     if (!o)
         return;
-    moe_free(o->m);
-    moe_free(o->v);
+    moe_plan_free(o->own);
+    o->own = NULL;
     o->m = o->v = NULL;
 }

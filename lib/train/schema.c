@@ -79,6 +79,12 @@ void moe_run_cfg_release(struct moe_run_cfg *rc)
     memset(rc, 0, sizeof *rc);
 }
 
+static int declare_optimizer(const void *arg, size_t numel, struct moe_plan *p)
+{
+    struct moe_optim o;
+    return moe_optim_declare(&o, arg, numel, p); // nothing is allocated: o is dropped
+}
+
 int moe_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
                      size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
                      struct moe_model_estimate *ret, struct moe_err *err)
@@ -89,7 +95,8 @@ int moe_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_ta
         return r;
     const struct moe_optim_cfg *oc = &rc->optim;
     struct moe_estimate_loop loop = {
-        .moments = oc->type == MOE_OPTIM_ADAMW ? 2 : oc->type == MOE_OPTIM_SGD ? 1 : 0,
+        .declare_optimizer = declare_optimizer,
+        .optimizer = oc,
         .batch_size = oc->type == MOE_OPTIM_GD ? 0 : oc->batch_size, // gd: always the full batch
         .shuffle = rc->train.shuffle,
     };

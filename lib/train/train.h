@@ -79,6 +79,7 @@ struct moe_optim {
     size_t numel;
     uint64_t t;     // steps taken
     float *m, *v;   // (numel) momentum / Adam moments
+    struct moe_plan *own; // the plan that holds m and v (moe_optim_init)
 };
 // The optim.* keys (optim.c), read once into a typed struct.
 struct moe_optim_cfg {
@@ -89,6 +90,10 @@ struct moe_optim_cfg {
 extern const struct moe_cfg_key moe_optim_keys[];
 extern const size_t moe_optim_keys_len;
 void moe_optim_cfg_parse(struct moe_optim_cfg *c, const struct moe_config *cfg);
+// The optimizer for numel parameter floats: its settings, and its moments
+// (sgd: m; adamw: m and v) declared in p (role MOE_ROLE_OPTIM). Returns p->rc.
+int moe_optim_declare(struct moe_optim *o, const struct moe_optim_cfg *c, size_t numel, struct moe_plan *p);
+// The same, the moments allocated (zero) on their own; moe_optim_release frees them.
 int moe_optim_init(struct moe_optim *o, const struct moe_optim_cfg *c, size_t numel, struct moe_err *err);
 // One update of w from g. Returns the gradient's global L2 norm before clipping.
 double moe_optim_step(struct moe_optim *o, float *w, float *g);
