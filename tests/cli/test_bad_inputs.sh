@@ -456,6 +456,28 @@ if [ -s lm.st ]; then
     st_nocrc lm_vocab_corrupt.st lm_vocab_crc.st
 fi
 
+# Run directories of an interrupted run (summary.json removed, so --resume does
+# not take them for finished) with one file replaced by a FIFO or a directory:
+# the tables and the checkpoint are read back (refused as not regular files);
+# a directory where the run will write a file is refused before the first step.
+# run_dir NAME FROM FILE fifo|dir
+run_dir() {
+    [ -d "run/$2" ] || return 0
+    rm -rf "$1" && cp -r "run/$2" "$1" && rm -f "$1/summary.json" "$1/$3" || return 0
+    if [ "$4" = fifo ]; then mkfifo "$1/$3"; else mkdir -p "$1/$3/sub"; fi
+}
+run_dir resume_metrics_fifo moe metrics.csv fifo
+run_dir resume_metrics_dir moe metrics.csv dir
+run_dir resume_experts_fifo moe experts.csv fifo
+run_dir resume_experts_dir moe experts.csv dir
+run_dir resume_languages_fifo lm languages.csv fifo
+run_dir resume_languages_dir lm languages.csv dir
+run_dir resume_ck_dir moe checkpoint.safetensors dir
+run_dir resume_model_dir moe model.safetensors dir
+run_dir resume_summary_dir moe summary.json dir
+run_dir resume_vocab_dir lm vocab.txt dir
+mkdir -p out_model_dir/model.safetensors/sub
+
 # ------------------------------------------------------------------ the rows
 CMDS=(train compare-loss route-stats lora distill bench)
 row=0
