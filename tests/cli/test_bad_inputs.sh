@@ -156,6 +156,7 @@ printf '{ "model": { "n_expert": 3\000 } }\n' >cfg_nul_byte.json
 w cfg_mlp_nll.json '{ "model": { "type": "mlp" }, "loss": { "type": "nll" } }'
 w cfg_nll_cat_regression.json '{ "loss": { "type": "nll-cat" } }'
 w cfg_used_above_experts.json '{ "model": { "type": "mlp-moe", "n_expert": 3, "n_expert_used": 5 } }'
+w cfg_switch_k2.json '{ "model": { "type": "mlp-moe", "n_expert": 4, "n_expert_used": 2 }, "moe": { "router": "switch" } }'
 w cfg_table_no_path.json '{ "data": { "source": "table", "table": { "features": ["F1"], "targets": ["Vowel"] } } }'
 
 # A Peterson-Barney-like TSV: speakers 1-6, two vowels each.
@@ -379,6 +380,10 @@ fixture "route-stats runs on the hash checkpoint" "$MOE" route-stats --checkpoin
 if [ -s moe.st ]; then
     st_jq rs_no_config.st moe.st 'del(.__metadata__.config)'
     st_jq rs_config_not_json.st moe.st '.__metadata__.config = "{\"model\": "'
+    # what switch wrote at top-2 before it became top-1 only; deepseek reads it
+    st_jq rs_switch_k2.st moe.st '.__metadata__.config |= (fromjson | .moe.router = "switch" | tojson)'
+    fixture "route-stats reads a switch top-2 checkpoint with --set moe.router=deepseek" "$MOE" route-stats \
+        --checkpoint rs_switch_k2.st --set moe.router=deepseek --out run/rs_switch_k2 --quiet --threads 1
     st_jq rs_no_mean.st moe.st '.["data.average"] = .["data.mean"] | del(.["data.mean"])'
     st_jq rs_mean_dtype.st moe.st '.["data.mean"].dtype = "I32"'
     st_jq rs_w1_shape.st moe.st '.["layers.0.moe.experts.w1"].shape = [4, 2, 8]'
