@@ -282,6 +282,8 @@ static int open_outputs(struct train_run *r)
     r->outs.cfg = &r->cfg;
     r->outs.seed = r->rc.train.seed;
     r->outs.data = &r->data;
+    r->outs.lora = r->o->lora;
+    r->outs.merge = r->o->merge;
     if (resume ? run_output_remove_stale(r->out, &err) : run_output_clear(r->out, &err))
         return cli_fail(r->cmd, &err);
     if (!resume && (rc = distill_moebert(r->cmd, r->c, &r->distill, &r->rc, &r->model, &r->data, r->max_batch,

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "io/atomic.h"
 #include "moe/moe_layer.h"
@@ -208,12 +209,53 @@ static int write_config(const struct run_output *o, struct moe_err *err)
     return rc;
 }
 
+// dir/name must not be a directory: every file of the run is written by
+// renaming a temporary onto its name, which cannot replace a directory, and the
+// model file and summary.json come only after the whole training. Anything else
+// there (a FIFO, a link) is replaced, never opened. lstat, as rename does not
+// follow a link.
+static int check_not_dir(const char *dir, const char *name, struct moe_err *err)
+{
+    char *path = cli_path(dir, name, err);
+    if (!path)
+        return MOE_ENOMEM;
+    struct stat st;
+    int rc = 0;
+    if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        rc = moe_error(err, MOE_EIO, "cannot write '%s': it is a directory, not a regular file", path);
+    free(path);
+    return rc;
+}
+
+// Every file this run will write, checked before the first step.
+static int check_outputs(const struct run_output *o, struct moe_err *err)
+{
+    const char *files[] = { "config.json", "summary.json",
+                            o->lora ? "adapters.safetensors" : "model.safetensors",
+                            o->lora ? (o->merge ? "merged.safetensors" : NULL) : "checkpoint.safetensors",
+                            o->vocab ? "vocab.txt" : NULL };
+    int rc = 0;
+    for (size_t i = 0; !rc && i < N_LIVE; i++)
+        if (written(o, i))
+            rc = check_not_dir(o->dir, live_tables[i].file, err);
+    for (size_t i = 0; !rc && i < sizeof files / sizeof *files; i++)
+        if (files[i])
+            rc = check_not_dir(o->dir, files[i], err);
+    return rc;
+}
+
+// The tables first: a resumed run reads its own (and refuses one that is not a
+// regular file), before anything in the directory is written.
 int run_output_open(struct run_output *o, int resume, struct moe_err *err)
 {
-    int rc = write_config(o, err);
+    int rc = 0;
     for (size_t i = 0; !rc && i < N_LIVE; i++)
         if (written(o, i))
             rc = open_table(o, i, resume, err);
+    if (!rc)
+        rc = check_outputs(o, err);
+    if (!rc)
+        rc = write_config(o, err);
     if (!rc && o->vocab)
         rc = write_file(o->dir, "vocab.txt", o->vocab, o->vocab_len, err);
     return rc;

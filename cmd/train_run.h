@@ -32,6 +32,7 @@ struct run_output {
     char *vocab;                     // text data: the vocabulary file's bytes (checkpoint tensor vocab.text)
     size_t vocab_len;
     char *languages;                 // text data: JSON array of the language names
+    int lora, merge;                 // moe lora (adapters.safetensors, no checkpoint), --merge (merged.safetensors)
 };
 
 // Text data: the vocabulary's bytes and the language names, for the
@@ -47,8 +48,10 @@ int run_output_complete(const char *dir, cJSON **ret, struct moe_err *err);
 int run_output_remove_stale(const char *dir, struct moe_err *err);
 // A new run in an old directory: remove what would make it look resumable or complete.
 int run_output_clear(const char *dir, struct moe_err *err);
-// config.json, the live tables (new, or with resume the rows the checkpoint
-// counts) and vocab.txt. dir, model, cfg and data must be set.
+// The live tables (new, or with resume the rows the checkpoint counts, read
+// back), config.json and vocab.txt. Before writing anything it refuses a
+// directory in the place of any file the run will write (MOE_EIO, naming it),
+// rather than after training. dir, model, cfg, data, lora and merge must be set.
 int run_output_open(struct run_output *o, int resume, struct moe_err *err);
 // Training hooks (ctx = the struct run_output): a row for every live table, and
 // the checkpoint after flushing them, with their lengths.

@@ -151,7 +151,7 @@ END_TEST
 // The routers (with their experts per token) and activations the grids cover.
 static const struct { const char *router, *k; } routers[] = {
     { "softmax", "2" }, { "noisy-topk", "2" }, { "switch", "1" },
-    { "gshard", "2" },  { "hash", "1" },       { "expert-choice", "3" },
+    { "gshard", "2" },  { "hash", "1" },       { "expert-choice", "3" }, { "deepseek", "3" },
 };
 static const char *const acts[] = { "relu", "gelu", "swiglu" };
 

@@ -57,6 +57,8 @@ static const struct layer_case cases[] = {
     { "softmax-dense-gelu", MOE_ROUTER_SOFTMAX, 4, 4, 0, MOE_FFN_GELU, 0, MOE_DROP_ORDER, 0, MOE_AUX_TOPK_ALL, 0.3, 0, 0, 0.05, 0, 0 },
     { "noisy-topk-shazeer", MOE_ROUTER_NOISY_TOPK, 4, 2, 0, MOE_FFN_GELU, 0, MOE_DROP_ORDER, 0, MOE_AUX_SHAZEER, 0, 0.5, 0.5, 0.05, 0, 0 },
     { "switch-jitter-prob", MOE_ROUTER_SWITCH, 4, 1, 0, MOE_FFN_RELU, 1.0, MOE_DROP_PROB, 0.1, MOE_AUX_SWITCH, 0.3, 0, 0, 0.05, 0, 0 },
+    { "deepseek-top2-jitter-prob", MOE_ROUTER_DEEPSEEK, 4, 2, 0, MOE_FFN_RELU, 1.0, MOE_DROP_PROB, 0.1, MOE_AUX_SWITCH, 0.3, 0, 0, 0.05, 0, 0 },
+    { "deepseek-top3-shared", MOE_ROUTER_DEEPSEEK, 5, 3, 1, MOE_FFN_SWIGLU, 0.75, MOE_DROP_ORDER, 0, MOE_AUX_TOPK_ALL, 0.3, 0, 0, 0.05, 0, 0 },
     { "gshard-random", MOE_ROUTER_GSHARD, 4, 2, 0, MOE_FFN_SWIGLU, 1.0, MOE_DROP_ORDER, 0, MOE_AUX_GSHARD, 0.3, 0, 0, 0.05, MOE_SECOND_RANDOM, 0 },
     { "hash-shared", MOE_ROUTER_HASH, 4, 1, 1, MOE_FFN_RELU, 1.0, MOE_DROP_ORDER, 0, MOE_AUX_NONE, 0, 0, 0, 0, 0, 0 },
     { "expert-choice", MOE_ROUTER_EXPERT_CHOICE, 4, 1, 0, MOE_FFN_GELU, 0, MOE_DROP_ORDER, 0, MOE_AUX_NONE, 0, 0, 0, 0.05, 0, 1.5 },
@@ -483,13 +485,13 @@ END_TEST
 
 // Every router trains: a few epochs on the synthetic classes reach high accuracy,
 // and two runs with the same seed give identical weights.
-static const char *const routers[] = { "softmax", "noisy-topk", "switch", "gshard", "hash", "expert-choice" };
+static const char *const routers[] = { "softmax", "noisy-topk", "switch", "gshard", "hash", "expert-choice", "deepseek" };
 
 START_TEST(test_routers_train)
 {
     char json[1024];
     const char *r = routers[_i];
-    int k = strcmp(r, "gshard") == 0 ? 2 : 1;
+    int k = strcmp(r, "gshard") == 0 || strcmp(r, "deepseek") == 0 ? 2 : 1;
     snprintf(json, sizeof json,
              "{\"data\":{\"source\":\"synthetic\",\"synthetic\":{\"kind\":\"classes\",\"n_in\":4,\"n_regions\":4,\"n_train\":400,\"n_test\":200}},"
              "\"model\":{\"type\":\"mlp-moe\",\"n_embd\":16,\"n_ff\":16,\"n_expert\":4,\"n_expert_used\":%d},"

@@ -209,7 +209,14 @@ END_TEST
 START_TEST(test_grad_switch)
 {
     check_router_grad(cfg_make(MOE_ROUTER_SWITCH, 5, 1), 8, 0.5f, 1, 60, "switch K=1");
-    check_router_grad(cfg_make(MOE_ROUTER_SWITCH, 6, 2), 7, 0.5f, 1, 70, "switch K=2");
+}
+END_TEST
+
+START_TEST(test_grad_deepseek)
+{
+    check_router_grad(cfg_make(MOE_ROUTER_DEEPSEEK, 5, 1), 8, 0.5f, 1, 60, "deepseek K=1");
+    check_router_grad(cfg_make(MOE_ROUTER_DEEPSEEK, 6, 2), 7, 0.5f, 1, 70, "deepseek K=2");
+    check_router_grad(cfg_make(MOE_ROUTER_DEEPSEEK, 8, 3), 5, 0.4f, 0, 75, "deepseek K=3");
 }
 END_TEST
 
@@ -236,8 +243,8 @@ END_TEST
 
 START_TEST(test_names_slots_alloc)
 {
-    const char *n[] = { "softmax", "noisy-topk", "switch", "gshard", "hash", "expert-choice" };
-    for (int i = 0; i < 6; i++) {
+    const char *n[] = { "softmax", "noisy-topk", "switch", "gshard", "hash", "expert-choice", "deepseek" };
+    for (int i = 0; i < 7; i++) {
         ck_assert_int_eq(moe_router_from_name(n[i]), i);
         ck_assert_str_eq(moe_router_name((enum moe_router_type)i), n[i]);
     }
@@ -325,13 +332,20 @@ START_TEST(test_softmax_matches_reference)
 }
 END_TEST
 
-START_TEST(test_switch_gate_is_p)
+// Switch (K = 1) and DeepSeekMoE (any K): the gate of a chosen expert is its
+// raw probability, not renormalised over the chosen; at K = 1 the two agree.
+START_TEST(test_raw_gate_is_p)
 {
     size_t T = 60, E = 9;
-    for (size_t K = 1; K <= 3; K += 2) {
-        struct moe_router_cfg c = cfg_make(MOE_ROUTER_SWITCH, E, K);
+    const struct { enum moe_router_type type; size_t K; } cases[] = {
+        { MOE_ROUTER_SWITCH, 1 }, { MOE_ROUTER_DEEPSEEK, 1 }, { MOE_ROUTER_DEEPSEEK, 3 }
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        size_t K = cases[ci].K;
+        struct moe_router_cfg c = cfg_make(cases[ci].type, E, K);
         struct moe_route r;
         route_alloc(&r, &c, T);
+        ck_assert_uint_eq(r.S, K);
         fill_n(r.z, T * E, 210 + (uint32_t)K, 1.5f);
         moe_router_forward(&r, &c, NULL, NULL, 1, NULL, 0, T);
         int32_t sel[3];
@@ -352,6 +366,20 @@ START_TEST(test_switch_gate_is_p)
         ck_assert_double_gt(renorm_differs, 0.1); // the raw p, visibly not renormalised
         moe_route_release(&r);
     }
+}
+END_TEST
+
+// Switch is top-1 whatever the config's K (the layer config refuses K != 1):
+// one slot, one expert per token.
+START_TEST(test_switch_is_top1)
+{
+    struct moe_router_cfg c = cfg_make(MOE_ROUTER_SWITCH, 8, 3);
+    ck_assert_uint_eq(moe_router_info(MOE_ROUTER_SWITCH)->fixed_k, 1);
+    ck_assert_uint_eq(moe_router_slots(&c), 1);
+    ck_assert_double_eq(moe_router_experts_per_token(&c), 1.0);
+    ck_assert_uint_eq(moe_router_info(MOE_ROUTER_DEEPSEEK)->fixed_k, 0);
+    c.type = MOE_ROUTER_DEEPSEEK;
+    ck_assert_uint_eq(moe_router_slots(&c), 3);
 }
 END_TEST
 
@@ -412,7 +440,7 @@ END_TEST
 START_TEST(test_router_table)
 {
     char joined[256] = "";
-    ck_assert_uint_eq(moe_router_count(), 6);
+    ck_assert_uint_eq(moe_router_count(), 7);
     for (size_t t = 0; t < moe_router_count(); t++) {
         const struct moe_router_info *ri = moe_router_info((enum moe_router_type)t);
         ck_assert_str_eq(ri->name, moe_router_name((enum moe_router_type)t));
@@ -434,11 +462,14 @@ START_TEST(test_router_table)
     ck_assert_uint_eq(moe_router_quota(&c, 8), 8); // clamped to T
     ck_assert_uint_eq(moe_router_rows(&c, 8), 80);
     ck_assert_double_eq(moe_router_experts_per_token(&c), 10.0); // at most E
-    // token choice: no quota, rows T K (fixed K for hash and gshard)
-    c = cfg_make(MOE_ROUTER_SWITCH, 8, 3);
+    // token choice: no quota, rows T K (fixed K for switch, hash and gshard)
+    c = cfg_make(MOE_ROUTER_DEEPSEEK, 8, 3);
     ck_assert_uint_eq(moe_router_quota(&c, 100), 0);
     ck_assert_uint_eq(moe_router_rows(&c, 100), 300);
     ck_assert_double_eq(moe_router_experts_per_token(&c), 3.0);
+    c.type = MOE_ROUTER_SWITCH;
+    ck_assert_uint_eq(moe_router_rows(&c, 100), 100);
+    ck_assert_double_eq(moe_router_experts_per_token(&c), 1.0);
     c.type = MOE_ROUTER_HASH;
     ck_assert_uint_eq(moe_router_rows(&c, 100), 100);
     ck_assert_double_eq(moe_router_experts_per_token(&c), 1.0);
@@ -633,9 +664,12 @@ START_TEST(test_ties)
     struct moe_router_cfg c;
     const float row[5] = { 1.0f, 3.0f, 3.0f, 2.0f, 3.0f };
     const int32_t want2[2] = { 1, 2 }, want3[3] = { 1, 2, 4 };
-    enum moe_router_type types[3] = { MOE_ROUTER_SOFTMAX, MOE_ROUTER_SWITCH, MOE_ROUTER_NOISY_TOPK };
-    for (int ti = 0; ti < 3; ti++)
+    enum moe_router_type types[4] = { MOE_ROUTER_SOFTMAX, MOE_ROUTER_SWITCH, MOE_ROUTER_DEEPSEEK,
+                                      MOE_ROUTER_NOISY_TOPK };
+    for (int ti = 0; ti < 4; ti++)
         for (size_t K = 1; K <= 3; K++) {
+            if (moe_router_info(types[ti])->fixed_k && K != moe_router_info(types[ti])->fixed_k)
+                continue; // switch: top-1 only
             c = cfg_make(types[ti], 5, K);
             route_alloc(&r, &c, 2);
             memcpy(r.z, row, sizeof row);
@@ -920,6 +954,20 @@ START_TEST(test_bias_selection)
         ck_assert_float_eq(r.gate[0], r.p[balance ? 2 : 0]);
         ck_assert_double_eq_tol(r.gate[0], p[balance ? 2 : 0], 1e-6);
         moe_route_release(&r);
+
+        // DEEPSEEK K=2: selection on p + bias (2 then 0), gates the raw p
+        c = cfg_make(MOE_ROUTER_DEEPSEEK, 4, 2);
+        c.bias_balance = balance;
+        route_alloc(&r, &c, 1);
+        memcpy(r.z, row, sizeof row);
+        moe_router_forward(&r, &c, bias, NULL, 1, NULL, 0, 1);
+        ck_assert_int_eq(r.sel[0], balance ? 2 : 0);
+        ck_assert_int_eq(r.sel[1], balance ? 0 : 1);
+        for (size_t k = 0; k < 2; k++) {
+            ck_assert_float_eq(r.gate[k], r.p[r.sel[k]]);
+            ck_assert_double_eq_tol(r.gate[k], p[r.sel[k]], 1e-6);
+        }
+        moe_route_release(&r);
     }
     // routers without bias balancing ignore the bias
     struct moe_router_cfg g = cfg_make(MOE_ROUTER_GSHARD, 4, 2);
@@ -944,11 +992,13 @@ int main(void)
     tcase_add_test(tc, test_grad_softmax);
     tcase_add_test(tc, test_grad_noisy);
     tcase_add_test(tc, test_grad_switch);
+    tcase_add_test(tc, test_grad_deepseek);
     tcase_add_test(tc, test_grad_gshard);
     tcase_add_test(tc, test_grad_expert_choice);
     tcase_add_test(tc, test_names_slots_alloc);
     tcase_add_test(tc, test_softmax_matches_reference);
-    tcase_add_test(tc, test_switch_gate_is_p);
+    tcase_add_test(tc, test_raw_gate_is_p);
+    tcase_add_test(tc, test_switch_is_top1);
     tcase_add_test(tc, test_expert_choice_quota);
     tcase_add_test(tc, test_router_table);
     tcase_add_test(tc, test_noise_train_only);

@@ -5,7 +5,7 @@
 # experts of width 64, top-1 routers width 128, expert choice (2 experts per
 # token on average) width 64, shared-expert = 1 shared + top-1 routed of width 64,
 # and the dense model an FFN of width 128. shared-expert gates its routed expert with
-# the raw router probability (DeepSeekMoE; router "switch", no jitter);
+# the raw router probability (DeepSeekMoE; router "switch", the same as "deepseek" at top-1, no jitter);
 # shared-expert-renorm uses the renormalised top-1 softmax, whose gate is always 1,
 # so its router learns from the balancing loss alone (kept to show the pitfall). Token-choice routers train with
 # capacity factor 1.25 and evaluate with 2.0 (the Switch defaults). 3 seeds.

@@ -13,7 +13,7 @@ const struct moe_cfg_key moe_model_keys[] = {
     // model
     { "model.type", MOE_CFG_STR, "\"mixture\"", 1, 0, MOE_MODEL_CHOICES, "mixture: 1991 dense mixture of experts; mlp: back-propagation baseline; mlp-moe: residual blocks with sparse MoE layers (moe.*); transformer: decoder-only language model over text data, MoE FFN in every moe_every-th block" },
     { "model.n_expert", MOE_CFG_INT, "4", 1, 1024, NULL, "experts in a mixture or in each sparse layer (E)" },
-    { "model.n_expert_used", MOE_CFG_INT, "2", 1, 1024, NULL, "mlp-moe, transformer: experts per token K (top-k; 1 for switch and hash, 2 for gshard; ignored by expert-choice)" },
+    { "model.n_expert_used", MOE_CFG_INT, "2", 1, 1024, NULL, "mlp-moe, transformer: experts per token K (top-k: softmax, noisy-topk and deepseek take any K <= n_expert; switch and hash need 1, gshard 2; expert-choice ignores it)" },
     { "model.n_expert_shared", MOE_CFG_INT, "0", 0, 64, NULL, "mlp-moe, transformer: always-on shared experts per sparse layer, each of width n_ff (DeepSeekMoE)" },
     { "model.n_embd", MOE_CFG_INT, "64", 1, 1 << 16, NULL, "mlp-moe, transformer: width D of the residual stream" },
     { "model.n_layer", MOE_CFG_INT, "1", 1, 256, NULL, "mlp-moe, transformer: residual blocks" },

@@ -1,6 +1,6 @@
 // layer_config.c: the moe.* configuration keys (defaults, ranges, docs) and
 // their reading into the typed struct moe_layer_cfg, with the rules that tie
-// the keys to the router (router.h's table): K for top-2 and hash, bias
+// the keys to the router (router.h's table): K for switch, gshard and hash, bias
 // balancing, the losses a router takes, the smooth load estimator.
 // Not here: the model.* sizes the layer also needs (the model passes them), and
 // validation of single values (kind, range, choices: io/config.c, from this table).
@@ -12,14 +12,14 @@
 #include "io/config.h"
 
 const struct moe_cfg_key moe_layer_keys[] = {
-    { "moe.router", MOE_CFG_STR, "\"softmax\"", 1, 0, MOE_ROUTER_CHOICES, "softmax: top-k, gate renormalised over the chosen (Mixtral; k = E is dense); noisy-topk: Shazeer 2017; switch: raw probability as gate; gshard: top-2 renormalised with a second-expert policy; hash: fixed table; expert-choice: each expert takes its top tokens" },
+    { "moe.router", MOE_CFG_STR, "\"softmax\"", 1, 0, MOE_ROUTER_CHOICES, "softmax: top-k, gate renormalised over the chosen (Mixtral; k = E is dense); noisy-topk: Shazeer 2017; switch: top-1, its raw probability as gate (Fedus 2021); gshard: top-2 renormalised with a second-expert policy; hash: fixed table; expert-choice: each expert takes its top tokens; deepseek: top-k, the raw probabilities as gates, not renormalised (DeepSeekMoE)" },
     { "moe.second_policy", MOE_CFG_STR, "\"random\"", 1, 0, "random|all", "gshard: dispatch the second expert only if 2*g2 > U(0,1) in training (random), or always (all)" },
     { "moe.capacity_factor", MOE_CFG_NUM, "1.25", 0, 1e6, NULL, "training capacity per expert = ceil(capacity_factor * k * T / E) tokens of a batch of T (0 = dropless)" },
     { "moe.eval_capacity_factor", MOE_CFG_NUM, "2", 0, 1e6, NULL, "the same in evaluation (0 = dropless)" },
     { "moe.drop_policy", MOE_CFG_STR, "\"order\"", 1, 0, "order|probability", "who is dropped when an expert is over capacity: later tokens (order), or those with the lowest router probability (probability); first choices always before second" },
     { "moe.jitter", MOE_CFG_NUM, "0", 0, 1, NULL, "multiply the router input by U(1-eps, 1+eps) in training (Switch uses 0.01)" },
     { "moe.ec_factor", MOE_CFG_NUM, "2", 1e-6, 1e6, NULL, "expert-choice: each expert takes ceil(ec_factor * T / E) tokens (the mean experts per token)" },
-    { "moe.bias_balance", MOE_CFG_BOOL, "false", 1, 0, NULL, "softmax/switch: select on p + b with b updated b += bias_rate * sign(mean load - load) after each step (DeepSeek-V3, no auxiliary loss needed)" },
+    { "moe.bias_balance", MOE_CFG_BOOL, "false", 1, 0, NULL, "softmax/switch/deepseek: select on p + b with b updated b += bias_rate * sign(mean load - load) after each step (DeepSeek-V3, no auxiliary loss needed)" },
     { "moe.bias_rate", MOE_CFG_NUM, "0.001", 0, 1e3, NULL, "bias-balancing update rate gamma" },
     { "moe.hash_table", MOE_CFG_STR, "\"random\"", 1, 0, "random|balanced", "hash: table from the seed, or greedy by key frequency over the training data" },
     { "moe.hash_vocab", MOE_CFG_INT, "4096", 1, 1 << 24, NULL, "hash, mlp-moe: table size; rows without token ids are keyed by a hash of their input values mod this (transformer: keys are token ids and the table covers the vocabulary)" },

@@ -24,13 +24,17 @@ static const struct moe_router_info routers[] = {
     [MOE_ROUTER_NOISY_TOPK] = { .name = "noisy-topk", .gate_weights = 1, .noise_weights = 1, .zero_init = 1,
                                 .probs = 1, .balancing_loss = 1, .rng = MOE_RNG_NOISE },
     [MOE_ROUTER_SWITCH] = { .name = "switch", .gate_weights = 1, .probs = 1, .balancing_loss = 1,
-                            .bias_balance = 1, .rng = MOE_RNG_NOISE },
+                            .bias_balance = 1, .fixed_k = 1,
+                            .k_rule = "is top-1 (top-k with the raw probabilities as gates is router 'deepseek')",
+                            .rng = MOE_RNG_NOISE },
     [MOE_ROUTER_GSHARD] = { .name = "gshard", .gate_weights = 1, .probs = 1, .balancing_loss = 1, .fixed_k = 2,
                             .k_rule = "is top-2", .rng = MOE_RNG_DISPATCH },
     [MOE_ROUTER_HASH] = { .name = "hash", .token_table = 1, .fixed_k = 1, .k_rule = "sends each token to 1 expert",
                           .rng = MOE_RNG_NOISE },
     [MOE_ROUTER_EXPERT_CHOICE] = { .name = "expert-choice", .gate_weights = 1, .probs = 1, .quota = 1,
                                    .rng = MOE_RNG_NOISE },
+    [MOE_ROUTER_DEEPSEEK] = { .name = "deepseek", .gate_weights = 1, .probs = 1, .balancing_loss = 1,
+                              .bias_balance = 1, .rng = MOE_RNG_NOISE },
 };
 #define N_ROUTERS (sizeof routers / sizeof routers[0])
 
@@ -52,8 +56,8 @@ const struct moe_router_info *moe_router_info(enum moe_router_type t)
     return &routers[t];
 }
 
-// HASH and GSHARD fix their K (1 and 2, router.h); a K set in the config for
-// them is ignored rather than trusted.
+// HASH, SWITCH and GSHARD fix their K (1, 1 and 2, router.h); a K set in the
+// config for them is ignored rather than trusted.
 size_t moe_router_slots(const struct moe_router_cfg *c)
 {
     const struct moe_router_info *ri = moe_router_info(c->type);
@@ -263,8 +267,7 @@ void moe_router_forward(struct moe_route *r, const struct moe_router_cfg *c, con
     size_t E = c->E, S = moe_router_slots(c);
     assert(r->E == E && r->S == S && S >= 1 && S <= E);
     r->T = T;
-    const float *sel_bias =
-        (c->bias_balance && (c->type == MOE_ROUTER_SOFTMAX || c->type == MOE_ROUTER_SWITCH)) ? bias : NULL;
+    const float *sel_bias = (c->bias_balance && moe_router_info(c->type)->bias_balance) ? bias : NULL;
 
     // reference: Roller et al. 2021, "Hash Layers For Large Sparse Models".
     // z is not read (the layer may not compute it); p and lse are zeroed.
@@ -340,7 +343,12 @@ void moe_router_forward(struct moe_route *r, const struct moe_router_cfg *c, con
             break;
         }
         case MOE_ROUTER_SWITCH:
-            // reference: Fedus, Zoph & Shazeer 2021, "Switch Transformers" (gate = raw p).
+        case MOE_ROUTER_DEEPSEEK:
+            // reference (SWITCH, S = 1): Fedus, Zoph & Shazeer 2021, "Switch
+            // Transformers" (gate = raw p).
+            // reference (DEEPSEEK): Dai et al. 2024, "DeepSeekMoE: Towards Ultimate
+            // Expert Specialization in Mixture-of-Experts Language Models" (g_{i,t} =
+            // s_{i,t} for the top-K s_{i,t} = softmax_i(u_t^T e_i), else 0).
             topk(sel, pt, sel_bias, E, S);
             for (size_t k = 0; k < S; k++) {
                 idx[k] = sel[k];
@@ -369,7 +377,7 @@ void moe_router_backward(float *dz, float *du, const float *dgate, const struct 
         const int32_t *sel = r->sel + t * S, *idx = r->idx + t * S;
         const float *dg = dgate + t * S, *pt = r->p + t * E;
         float *dzt = dz + t * E;
-        if (c->type == MOE_ROUTER_SWITCH || c->type == MOE_ROUTER_EXPERT_CHOICE) {
+        if (c->type == MOE_ROUTER_SWITCH || c->type == MOE_ROUTER_DEEPSEEK || c->type == MOE_ROUTER_EXPERT_CHOICE) {
             // gate_s = p_e: dz_j += sum_s dg_s p_e (delta(e, j) - p_j)
             //                    = [j chosen] dg_j' p_j - p_j * sum_s dg_s p_e
             double a = 0.0;

@@ -16,10 +16,10 @@
 //   NOISY_TOPK   Shazeer et al. 2017: h = z + eps * softplus(u), eps ~ N(0,1) in
 //                training only (h = z in evaluation); top-K of h; gate = softmax
 //                over the K chosen h.
-//   SWITCH       Fedus et al. 2021: top-K of p (K = 1 in the paper); gate = the raw
-//                probability p of the chosen expert (not renormalised). Input
-//                jitter is the layer's job (it multiplies the router input).
-//                Bias balancing as for SOFTMAX.
+//   SWITCH       Fedus et al. 2021, K = 1: the expert of largest p; gate = its raw
+//                probability p (not renormalised). Input jitter is the layer's
+//                job (it multiplies the router input). Bias balancing as for
+//                SOFTMAX.
 //   GSHARD       Lepikhin et al. 2020, K = 2: top-2 of p, gates g1, g2
 //                renormalised by g1 + g2. The second expert is dispatched always
 //                (policy ALL) or only if 2 * g2 > U(0,1) (policy RANDOM, training
@@ -32,6 +32,10 @@
 //                largest p[t, e] (ties to the lower token index); S = E slots,
 //                slot e of token t is expert e if e took t, else -1; gate =
 //                p[t, e]. Every expert gets exactly C tokens.
+//   DEEPSEEK     Dai et al. 2024 (DeepSeekMoE): top-K of p, any K <= E; gate =
+//                the raw probability p of each chosen expert, not renormalised
+//                (a token's gates sum to at most 1). At K = 1
+//                it is SWITCH. Bias balancing as for SOFTMAX.
 //   Top-K selection everywhere: largest first, ties to the lower expert index.
 //   Slots are ordered by rank: slot 0 holds the first choice.
 #ifndef MOE_ROUTER_H
@@ -51,9 +55,10 @@ enum moe_router_type {
     MOE_ROUTER_GSHARD = 3,
     MOE_ROUTER_HASH = 4,
     MOE_ROUTER_EXPERT_CHOICE = 5,
+    MOE_ROUTER_DEEPSEEK = 6,
 };
 // The config's names, in enum order (the moe.router key's choices).
-#define MOE_ROUTER_CHOICES "softmax|noisy-topk|switch|gshard|hash|expert-choice"
+#define MOE_ROUTER_CHOICES "softmax|noisy-topk|switch|gshard|hash|expert-choice|deepseek"
 int moe_router_from_name(const char *name); // -1 when unknown
 const char *moe_router_name(enum moe_router_type t);
 
@@ -84,13 +89,13 @@ enum moe_second_policy { MOE_SECOND_ALL = 0, MOE_SECOND_RANDOM = 1 };
 struct moe_router_cfg {
     enum moe_router_type type;
     size_t E;                      // routed experts
-    size_t K;                      // experts per token (ignored by EXPERT_CHOICE; 1 for HASH; 2 for GSHARD)
+    size_t K;                      // experts per token (ignored by EXPERT_CHOICE; 1 for HASH and SWITCH; 2 for GSHARD)
     enum moe_second_policy second; // GSHARD only
     double ec_factor;              // EXPERT_CHOICE only: tokens per expert = ceil(ec_factor * T / E)
-    int bias_balance;              // SOFTMAX, SWITCH: select on p + bias (DeepSeek-V3)
+    int bias_balance;              // SOFTMAX, SWITCH, DEEPSEEK: select on p + bias (DeepSeek-V3)
 };
 
-// Slots per token: E for EXPERT_CHOICE, the fixed K of HASH and GSHARD, else K.
+// Slots per token: E for EXPERT_CHOICE, the fixed K of HASH, SWITCH and GSHARD, else K.
 size_t moe_router_slots(const struct moe_router_cfg *c);
 // Expert choice's tokens per expert for a batch of T tokens:
 // C = min(T, ceil(ec_factor * T / E)) (0 for the other routers).
@@ -99,7 +104,7 @@ size_t moe_router_quota(const struct moe_router_cfg *c, size_t T);
 // for expert choice at most E quotas (never more than T * E). SIZE_MAX when
 // T * S overflows size_t.
 size_t moe_router_rows(const struct moe_router_cfg *c, size_t T);
-// Experts a token runs through on average: K, 1 for HASH, ec_factor for
+// Experts a token runs through on average: K, 1 for HASH and SWITCH, ec_factor for
 // EXPERT_CHOICE; at most E. The active-parameter and FLOP counts use it.
 double moe_router_experts_per_token(const struct moe_router_cfg *c);
 
@@ -145,7 +150,7 @@ void moe_router_forward(struct moe_route *r, const struct moe_router_cfg *c, con
 //     both selected experts even when the second was skipped), so
 //     dz[j] += sum_k dgate[k] g[k] (delta(sel k, j) - g_j) for j selected.
 //   NOISY_TOPK: the same over h, then dz += dh, du += dh * eps * sigmoid(u).
-//   SWITCH, EXPERT_CHOICE: gate = p[t, e], dz[j] += sum_s dgate[s] p_e (delta(e, j) - p_j).
+//   SWITCH, DEEPSEEK, EXPERT_CHOICE: gate = p[t, e], dz[j] += sum_s dgate[s] p_e (delta(e, j) - p_j).
 void moe_router_backward(float *dz, float *du, const float *dgate, const struct moe_route *r,
                          const struct moe_router_cfg *c);
 

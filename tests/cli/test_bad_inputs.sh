@@ -156,6 +156,7 @@ printf '{ "model": { "n_expert": 3\000 } }\n' >cfg_nul_byte.json
 w cfg_mlp_nll.json '{ "model": { "type": "mlp" }, "loss": { "type": "nll" } }'
 w cfg_nll_cat_regression.json '{ "loss": { "type": "nll-cat" } }'
 w cfg_used_above_experts.json '{ "model": { "type": "mlp-moe", "n_expert": 3, "n_expert_used": 5 } }'
+w cfg_switch_k2.json '{ "model": { "type": "mlp-moe", "n_expert": 4, "n_expert_used": 2 }, "moe": { "router": "switch" } }'
 w cfg_table_no_path.json '{ "data": { "source": "table", "table": { "features": ["F1"], "targets": ["Vowel"] } } }'
 
 # A Peterson-Barney-like TSV: speakers 1-6, two vowels each.
@@ -379,6 +380,10 @@ fixture "route-stats runs on the hash checkpoint" "$MOE" route-stats --checkpoin
 if [ -s moe.st ]; then
     st_jq rs_no_config.st moe.st 'del(.__metadata__.config)'
     st_jq rs_config_not_json.st moe.st '.__metadata__.config = "{\"model\": "'
+    # what switch wrote at top-2 before it became top-1 only; deepseek reads it
+    st_jq rs_switch_k2.st moe.st '.__metadata__.config |= (fromjson | .moe.router = "switch" | tojson)'
+    fixture "route-stats reads a switch top-2 checkpoint with --set moe.router=deepseek" "$MOE" route-stats \
+        --checkpoint rs_switch_k2.st --set moe.router=deepseek --out run/rs_switch_k2 --quiet --threads 1
     st_jq rs_no_mean.st moe.st '.["data.average"] = .["data.mean"] | del(.["data.mean"])'
     st_jq rs_mean_dtype.st moe.st '.["data.mean"].dtype = "I32"'
     st_jq rs_w1_shape.st moe.st '.["layers.0.moe.experts.w1"].shape = [4, 2, 8]'
@@ -455,6 +460,28 @@ if [ -s lm.st ]; then
     printf 'moe-vocab 9' | dd of=lm_vocab_crc.st bs=1 seek=$((8 + hl + off)) conv=notrunc 2>/dev/null
     st_nocrc lm_vocab_corrupt.st lm_vocab_crc.st
 fi
+
+# Run directories of an interrupted run (summary.json removed, so --resume does
+# not take them for finished) with one file replaced by a FIFO or a directory:
+# the tables and the checkpoint are read back (refused as not regular files);
+# a directory where the run will write a file is refused before the first step.
+# run_dir NAME FROM FILE fifo|dir
+run_dir() {
+    [ -d "run/$2" ] || return 0
+    rm -rf "$1" && cp -r "run/$2" "$1" && rm -f "$1/summary.json" "$1/$3" || return 0
+    if [ "$4" = fifo ]; then mkfifo "$1/$3"; else mkdir -p "$1/$3/sub"; fi
+}
+run_dir resume_metrics_fifo moe metrics.csv fifo
+run_dir resume_metrics_dir moe metrics.csv dir
+run_dir resume_experts_fifo moe experts.csv fifo
+run_dir resume_experts_dir moe experts.csv dir
+run_dir resume_languages_fifo lm languages.csv fifo
+run_dir resume_languages_dir lm languages.csv dir
+run_dir resume_ck_dir moe checkpoint.safetensors dir
+run_dir resume_model_dir moe model.safetensors dir
+run_dir resume_summary_dir moe summary.json dir
+run_dir resume_vocab_dir lm vocab.txt dir
+mkdir -p out_model_dir/model.safetensors/sub
 
 # ------------------------------------------------------------------ the rows
 CMDS=(train compare-loss route-stats lora distill bench)

@@ -612,6 +612,7 @@ expect_fail "divergence (gd, lr 500, nll): epoch/step and non-finite value" 1 "r
 # sparse routing configs and route-stats
 expect_fail "mlp-moe: gshard with n_expert_used 1" 2 "model.n_expert_used" "gshard" -- "$MOE" train --config "$MOECFG" --out "$O" --set 'moe.router="gshard"' --set model.n_expert_used=1
 expect_fail "mlp-moe: hash with n_expert_used 2" 2 "model.n_expert_used" "hash" -- "$MOE" train --config "$MOECFG" --out "$O" --set 'moe.router="hash"'
+expect_fail "mlp-moe: switch with n_expert_used 2" 2 "model.n_expert_used" "switch" -- "$MOE" train --config "$MOECFG" --out "$O" --set 'moe.router="switch"'
 expect_fail "mlp-moe: n_expert_used above n_expert" 2 "model.n_expert_used" -- "$MOE" train --config "$MOECFG" --out "$O" --set model.n_expert_used=5
 expect_fail "mlp-moe: bias balancing with gshard" 2 "moe.bias_balance" -- "$MOE" train --config "$MOECFG" --out "$O" --set 'moe.router="gshard"' --set moe.bias_balance=true
 expect_fail "mlp-moe: smooth load loss without noisy-topk" 2 "moe.w_load" "noisy-topk" -- "$MOE" train --config "$MOECFG" --out "$O" --set 'moe.router="softmax"'

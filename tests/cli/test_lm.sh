@@ -399,6 +399,7 @@ t_r_softmax() { router softmax "$RW and $W1" --set moe.router=softmax --set mode
 t_r_noisy() { router noisy "$RW and .[\"layers.1.moe.router.noise_weight\"].shape == [4, 16]" --set moe.router=noisy-topk --set model.n_expert_used=2 --set moe.aux_loss=shazeer; }
 t_r_switch() { router switch "$RW and $W1" --set moe.router=switch --set model.n_expert_used=1; }
 t_r_gshard() { router gshard "$RW and $W1" --set moe.router=gshard --set model.n_expert_used=2; }
+t_r_deepseek() { router deepseek "$RW and $W1 and .[\"layers.1.moe.shared.w1\"] != null" --set moe.router=deepseek --set model.n_expert_used=2 --set model.n_expert_shared=1; }
 t_r_hash_random() { router hash-random '.["layers.1.moe.router.hash_table"] | .dtype == "I32" and .shape == [256]' --set moe.router=hash --set model.n_expert_used=1 --set moe.aux_loss=none --set moe.hash_table=random; }
 t_r_hash_balanced() {
     router hash-balanced '.["layers.1.moe.router.hash_table"] | .dtype == "I32" and .shape == [256]' --set moe.router=hash --set model.n_expert_used=1 --set moe.aux_loss=none --set moe.hash_table=balanced || return 1
@@ -417,6 +418,7 @@ check "router softmax top-2 trains in the Transformer" t_r_softmax
 check "router noisy-topk (aux_loss shazeer) trains; noise_weight saved" t_r_noisy
 check "router switch trains" t_r_switch
 check "router gshard trains" t_r_gshard
+check "router deepseek (top-2, raw gates) with a shared expert trains" t_r_deepseek
 check "router hash (hash_table random) trains; the table covers the 256 byte tokens" t_r_hash_random
 check "router hash (hash_table balanced) trains; its table differs from the random one" t_r_hash_balanced
 check "router expert-choice trains" t_r_ec
