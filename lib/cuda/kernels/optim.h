@@ -1,0 +1,73 @@
+// optim.h: the optimizer's per-element update as host/device functions
+// (core/hd.h), in the CPU's order of operations (train/optim.c): one thread
+// per parameter on a GPU; tests/test_kernels.c runs them over every element
+// and compares with moe_optim_step_norm. The per-step scalars (bias
+// corrections, the clipping scale from the global gradient norm) are computed
+// once on the host into struct moe_k_optim.
+// reference: Loshchilov & Hutter 2019 (AdamW: decoupled weight decay,
+// bias-corrected moments).
+// Not here: the gradient norm (a reduction) and the clipping decision.
+#ifndef MOE_K_OPTIM_H
+#define MOE_K_OPTIM_H
+
+#include <math.h>
+#include <stdint.h>
+
+#include "core/hd.h"
+
+enum moe_k_optim_type { MOE_K_GD = 0, MOE_K_SGD = 1, MOE_K_ADAMW = 2 };
+
+struct moe_k_optim {
+    enum moe_k_optim_type type;
+    float lr, wd, mu;              // learning rate, weight decay, SGD momentum
+    float b1, b2, ob1, ob2, eps;   // AdamW betas, 1 - betas, epsilon
+    float c1, c2;                  // AdamW bias corrections 1 - beta^t
+    float clip_scale;              // the gradient's scale (1: not clipped)
+};
+
+// The step's scalars, as train/optim.c computes them (t: the step number, from 1).
+static inline void moe_k_optim_setup(struct moe_k_optim *o, enum moe_k_optim_type type, double lr, double wd,
+                                     double momentum, double beta1, double beta2, double eps, uint64_t t,
+                                     float clip_scale)
+{
+    o->type = type;
+    o->lr = (float)lr;
+    o->wd = (float)wd;
+    o->mu = (float)momentum;
+    o->b1 = (float)beta1;
+    o->b2 = (float)beta2;
+    o->ob1 = (float)(1.0 - beta1);
+    o->ob2 = (float)(1.0 - beta2);
+    o->eps = (float)eps;
+    o->c1 = (float)(1.0 - pow(beta1, (double)t));
+    o->c2 = (float)(1.0 - pow(beta2, (double)t));
+    o->clip_scale = clip_scale;
+}
+
+// Update weight i: w[i], and the moments m[i] (SGD, AdamW) and v[i] (AdamW);
+// the clipped gradient is written back to g[i].
+static inline MOE_HD void moe_k_optim_elem(const struct moe_k_optim *o, size_t i, float *w, float *g, float *m,
+                                           float *v)
+{
+    float gi = g[i];
+    if (o->clip_scale != 1.0f)
+        g[i] = gi *= o->clip_scale;
+    switch (o->type) {
+    case MOE_K_GD:
+        w[i] -= o->lr * gi;
+        break;
+    case MOE_K_SGD:
+        m[i] = o->mu * m[i] + gi;
+        w[i] -= o->lr * (m[i] + o->wd * w[i]);
+        break;
+    case MOE_K_ADAMW: {
+        m[i] = o->b1 * m[i] + o->ob1 * gi;
+        v[i] = o->b2 * v[i] + o->ob2 * gi * gi;
+        float mhat = m[i] / o->c1, vhat = v[i] / o->c2;
+        w[i] -= o->lr * (mhat / (sqrtf(vhat) + o->eps) + o->wd * w[i]);
+        break;
+    }
+    }
+}
+
+#endif

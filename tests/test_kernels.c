@@ -1,0 +1,251 @@
+// test_kernels.c: the GPU kernels' per-thread work (lib/cuda/kernels/*.h, host/
+// device functions) run on the CPU over the same index space a launch covers,
+// against the CPU library they follow operation by operation. Compiled by the
+// same compiler with the same flags, they must agree to the bit: this checks
+// the kernels' logic (indexing, lanes, ties, random counters) on every CI run,
+// GPU or not. What differs on a device (its expf, log and FMA contraction) is
+// for the GPU parity tests.
+//   - Philox words, uniforms and normals against core/rng.c;
+//   - routing (softmax, noisy logits, top-K with ties, gates, GShard's random
+//     second expert, bias balancing) against moe/router.c for every router
+//     these kernels cover;
+//   - LayerNorm and RMSNorm forward by (row, lane) against nn/norm.c;
+//   - GD, SGD and AdamW updates, clipped or not, against train/optim.c.
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "cuda/kernels/norm.h"
+#include "cuda/kernels/optim.h"
+#include "cuda/kernels/route.h"
+#include "moe/router.h"
+#include "nn/nn.h"
+#include "train/train.h"
+#include "testutil.h"
+
+static void fill(float *x, size_t n, uint32_t stream, float lo, float hi)
+{
+    struct moe_rng r = moe_rng_make(99, MOE_RNG_DATA, stream);
+    moe_rng_fill_uniform(&r, x, n, lo, hi);
+}
+
+START_TEST(test_philox)
+{
+    struct moe_rng r = moe_rng_make(0x123456789abcdefull, MOE_RNG_NOISE, 77);
+    for (uint64_t i = 0; i < 4096; i += 7) {
+        uint64_t idx = i * 0x10001ull + ((uint64_t)5 << 40);
+        uint32_t w[4];
+        moe_philox_words(r.seed, r.purpose, r.stream, idx >> 2, w);
+        ck_assert_uint_eq(w[idx & 3], moe_rng_u32(&r, idx));
+        ck_assert(moe_philox_u01(w[idx & 3]) == moe_rng_uniform(&r, idx));
+        moe_philox_words(r.seed, r.purpose, r.stream, idx, w);
+        float a = moe_philox_normal(w[0], w[1]), b = moe_rng_normal(&r, idx);
+        ck_assert(memcmp(&a, &b, sizeof a) == 0);
+    }
+}
+END_TEST
+
+// The router's forward for T tokens by the kernels, one token at a time (one
+// thread each on a GPU), into r2's buffers.
+static void route_by_kernels(struct moe_route *r2, const struct moe_router_cfg *c, const float *bias, int train,
+                             const struct moe_rng *rng, uint64_t base, size_t T)
+{
+    int E = (int)c->E, S = (int)moe_router_slots(c);
+    int noisy = c->type == MOE_ROUTER_NOISY_TOPK, raw = c->type == MOE_ROUTER_SWITCH || c->type == MOE_ROUTER_DEEPSEEK;
+    const float *sel_bias = c->bias_balance && moe_router_info(c->type)->bias_balance ? bias : NULL;
+    for (size_t t = 0; t < T; t++) {
+        size_t o = t * (size_t)E, os = t * (size_t)S;
+        moe_k_softmax_row(r2->p + o, r2->lse + t, r2->z + o, E);
+        const float *v = r2->z + o;
+        if (noisy) {
+            if (train) {
+                moe_k_noisy_row(r2->h + o, r2->eps + o, r2->z + o, r2->u + o, E, rng->seed, rng->purpose, rng->stream,
+                                base + o);
+            } else {
+                memset(r2->eps + o, 0, (size_t)E * sizeof(float));
+                memcpy(r2->h + o, r2->z + o, (size_t)E * sizeof(float));
+            }
+            v = r2->h + o;
+        }
+        moe_k_topk_row(r2->sel + os, noisy ? v : r2->p + o, sel_bias, E, S);
+        moe_k_gates_row(r2->idx + os, r2->gate + os, r2->prio + os, r2->sel + os, v, r2->p + o, S,
+                        raw ? MOE_K_GATE_RAW : MOE_K_GATE_RENORM);
+        if (c->type == MOE_ROUTER_GSHARD && c->second == MOE_SECOND_RANDOM && train)
+            moe_k_gshard_second(r2->idx + os, r2->gate + os, rng->seed, rng->purpose, rng->stream, base + t);
+    }
+}
+
+static void same_floats(const float *a, const float *b, size_t n, const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(memcmp(a + i, b + i, sizeof *a) == 0, "%s[%zu]: %.9g vs %.9g", what, i, a[i], b[i]);
+}
+
+static void same_ints(const int32_t *a, const int32_t *b, size_t n, const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(a[i] == b[i], "%s[%zu]: %d vs %d", what, i, a[i], b[i]);
+}
+
+START_TEST(test_route)
+{
+    static const struct {
+        enum moe_router_type type;
+        size_t E, K;
+        int bias, train;
+    } cases[] = {
+        { MOE_ROUTER_SOFTMAX, 8, 2, 0, 1 },  { MOE_ROUTER_SOFTMAX, 8, 3, 1, 1 },   { MOE_ROUTER_SOFTMAX, 64, 8, 0, 0 },
+        { MOE_ROUTER_SWITCH, 8, 1, 0, 1 },   { MOE_ROUTER_SWITCH, 16, 1, 1, 0 },   { MOE_ROUTER_DEEPSEEK, 8, 2, 0, 1 },
+        { MOE_ROUTER_DEEPSEEK, 64, 6, 1, 1 }, { MOE_ROUTER_GSHARD, 8, 2, 0, 1 },   { MOE_ROUTER_GSHARD, 8, 2, 0, 0 },
+        { MOE_ROUTER_NOISY_TOPK, 8, 2, 0, 1 }, { MOE_ROUTER_NOISY_TOPK, 32, 4, 0, 0 },
+    };
+    const size_t T = 53;
+    struct moe_err err;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        struct moe_router_cfg c = { cases[ci].type, cases[ci].E, cases[ci].K, MOE_SECOND_RANDOM, 0.0, cases[ci].bias };
+        size_t E = c.E, S = moe_router_slots(&c);
+        int noisy = c.type == MOE_ROUTER_NOISY_TOPK, train = cases[ci].train;
+        struct moe_route r1, r2;
+        ck_assert_int_eq(moe_route_alloc(&r1, T, E, S, noisy, &err), 0);
+        ck_assert_int_eq(moe_route_alloc(&r2, T, E, S, noisy, &err), 0);
+        // logits on a coarse grid, so that many tokens have exact ties
+        fill(r1.z, T * E, (uint32_t)ci, -2.0f, 2.0f);
+        for (size_t i = 0; i < T * E; i++)
+            r1.z[i] = i % 3 == 0 ? roundf(r1.z[i] * 2.0f) / 2.0f : r1.z[i];
+        if (noisy)
+            fill(r1.u, T * E, 100 + (uint32_t)ci, -3.0f, 25.0f); // both sides of softplus's cut at 20
+        memcpy(r2.z, r1.z, T * E * sizeof(float));
+        if (noisy)
+            memcpy(r2.u, r1.u, T * E * sizeof(float));
+        float bias[64];
+        fill(bias, E, 200, -0.05f, 0.05f);
+        struct moe_rng rng = moe_rng_make(4242, MOE_RNG_NOISE, 9);
+        uint64_t base = (uint64_t)3 << 40;
+        moe_router_forward(&r1, &c, bias, NULL, train, &rng, base, T);
+        route_by_kernels(&r2, &c, bias, train, &rng, base, T);
+        same_floats(r1.p, r2.p, T * E, "p");
+        same_floats(r1.lse, r2.lse, T, "lse");
+        same_ints(r1.sel, r2.sel, T * S, "sel");
+        same_ints(r1.idx, r2.idx, T * S, "idx");
+        same_floats(r1.gate, r2.gate, T * S, "gate");
+        same_floats(r1.prio, r2.prio, T * S, "prio");
+        if (noisy) {
+            same_floats(r1.eps, r2.eps, T * E, "eps");
+            same_floats(r1.h, r2.h, T * E, "h");
+        }
+        if (c.type == MOE_ROUTER_GSHARD && train) { // the random policy skipped some second slots
+            size_t skipped = 0;
+            for (size_t t = 0; t < T; t++)
+                skipped += r1.idx[t * 2 + 1] < 0;
+            ck_assert_uint_gt(skipped, 0);
+        }
+        moe_route_release(&r1);
+        moe_route_release(&r2);
+    }
+}
+END_TEST
+
+START_TEST(test_norm)
+{
+    static const size_t widths[] = { 1, 7, 8, 9, 64, 257 };
+    const size_t T = 11;
+    const float eps = 1e-5f;
+    for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++) {
+        size_t D = widths[wi], n = T * D;
+        float *x = malloc(n * sizeof *x), *y1 = malloc(n * sizeof *y1), *y2 = malloc(n * sizeof *y2);
+        float *g = malloc(D * sizeof *g), *b = malloc(D * sizeof *b);
+        float m1[11], r1[11], m2[11], r2[11];
+        fill(x, n, (uint32_t)wi, -3.0f, 5.0f); // an offset mean: the two-pass variance matters
+        for (size_t i = 0; i < n; i++) // magnitudes 2^-12 .. 2^12: no sum in double is exact, so order shows
+            x[i] = ldexpf(x[i], (int)(i * 7919 % 25) - 12);
+        fill(g, D, 50, 0.5f, 1.5f);
+        fill(b, D, 51, -0.2f, 0.2f);
+        for (int rms = 0; rms <= 1; rms++) {
+            if (rms)
+                moe_rmsnorm_forward(y1, r1, x, g, T, D, eps);
+            else
+                moe_layernorm_forward(y1, m1, r1, x, g, b, T, D, eps);
+            for (size_t t = 0; t < T; t++) { // (row, lane) threads, then the join, then one thread per element
+                const float *xt = x + t * D;
+                double lanes[MOE_K_LANES];
+                double mean = 0.0;
+                if (!rms) {
+                    for (int k = 0; k < MOE_K_LANES; k++)
+                        lanes[k] = moe_k_lane_sum(xt, D, k);
+                    mean = moe_k_layernorm_mean(moe_k_lanes_join(lanes), D);
+                }
+                for (int k = 0; k < MOE_K_LANES; k++)
+                    lanes[k] = moe_k_lane_sq_dev(xt, mean, D, k);
+                double ss = moe_k_lanes_join(lanes);
+                m2[t] = (float)mean;
+                r2[t] = rms ? moe_k_rmsnorm_rstd(ss, D, eps) : moe_k_layernorm_rstd(ss, D, eps);
+                for (size_t i = 0; i < D; i++)
+                    y2[t * D + i] = rms ? moe_k_rmsnorm_elem(xt[i], r2[t], g[i])
+                                        : moe_k_layernorm_elem(xt[i], m2[t], r2[t], g[i], b[i]);
+            }
+            same_floats(y1, y2, n, rms ? "rmsnorm y" : "layernorm y");
+            same_floats(r1, r2, T, "rstd");
+            if (!rms)
+                same_floats(m1, m2, T, "mean");
+        }
+        free(x), free(y1), free(y2), free(g), free(b);
+    }
+}
+END_TEST
+
+START_TEST(test_optim)
+{
+    const size_t n = 1000;
+    static const enum moe_optim_type types[] = { MOE_OPTIM_GD, MOE_OPTIM_SGD, MOE_OPTIM_ADAMW };
+    static const enum moe_k_optim_type ktypes[] = { MOE_K_GD, MOE_K_SGD, MOE_K_ADAMW };
+    for (int ti = 0; ti < 3; ti++) {
+        for (int clip = 0; clip <= 1; clip++) {
+            struct moe_optim_cfg oc = { types[ti], 0.01, 0.9, 0.9, 0.999, 1e-8, 0.05, clip ? 0.5 : 0.0, 0 };
+            struct moe_optim o;
+            struct moe_err err;
+            ck_assert_int_eq(moe_optim_init(&o, &oc, n, &err), 0);
+            float *w1 = malloc(n * sizeof *w1), *g1 = malloc(n * sizeof *g1), *w2 = malloc(n * sizeof *w2);
+            float *g2 = malloc(n * sizeof *g2), *m2 = calloc(n, sizeof *m2), *v2 = calloc(n, sizeof *v2);
+            fill(w1, n, 1, -1.0f, 1.0f);
+            memcpy(w2, w1, n * sizeof *w1);
+            for (uint32_t step = 1; step <= 3; step++) {
+                fill(g1, n, 10 + step, -0.3f, 0.3f);
+                memcpy(g2, g1, n * sizeof *g1);
+                double norm = moe_optim_grad_norm(g1, n);
+                moe_optim_step_norm(&o, w1, g1, norm);
+                float scale = oc.clip > 0.0 && norm > oc.clip ? (float)(oc.clip / norm) : 1.0f;
+                struct moe_k_optim k;
+                moe_k_optim_setup(&k, ktypes[ti], oc.lr, oc.weight_decay, oc.momentum, oc.beta1, oc.beta2, oc.eps,
+                                  step, scale);
+                for (size_t i = 0; i < n; i++) // one thread per element
+                    moe_k_optim_elem(&k, i, w2, g2, m2, v2);
+                same_floats(w1, w2, n, "w");
+                same_floats(g1, g2, n, "g");
+                if (o.m)
+                    same_floats(o.m, m2, n, "m");
+                if (o.v)
+                    same_floats(o.v, v2, n, "v");
+            }
+            moe_optim_release(&o);
+            free(w1), free(g1), free(w2), free(g2), free(m2), free(v2);
+        }
+    }
+}
+END_TEST
+
+int main(void)
+{
+    if (moe_test_init_blas(1))
+        return 1;
+    Suite *s = suite_create("kernels");
+    TCase *tc = tcase_create("kernels");
+    tcase_add_test(tc, test_philox);
+    tcase_add_test(tc, test_route);
+    tcase_add_test(tc, test_norm);
+    tcase_add_test(tc, test_optim);
+    suite_add_tcase(s, tc);
+    return moe_test_run(s);
+}
