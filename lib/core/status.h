@@ -7,6 +7,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus // the CUDA backend's .cu files call these
+extern "C" {
+#endif
+
 enum moe_status {
     MOE_OK = 0,
     MOE_EINVAL = -1,   // bad argument, option or config value (a usage error: exit 2)
@@ -44,5 +48,9 @@ int moe_error_prefix(struct moe_err *err, const char *fmt, ...)
 int moe_status_exit_code(int code);
 
 const char *moe_status_name(int code);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
