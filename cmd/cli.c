@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "backend/backend.h"
 #include "core/gemm.h"
+#include "core/sysmem.h"
 #include "io/atomic.h"
 #include "moe/moe_layer.h"
 #include "train/train.h"
@@ -121,8 +124,15 @@ int cli_common_option(struct cli_common *c, const char *cmd, int opt, const char
         c->threads = (int)v;
         return 1;
     case OPT_DEVICE:
-        if (strcmp(arg, "cpu") != 0 && strcmp(arg, "cuda") != 0)
-            return -cli_error(cmd, 2, "option '--device' expects cpu or cuda, got '%s'", arg);
+        if (cli_device_parse(arg, &c->device_id)) {
+            if (strncmp(arg, "cuda", 4) != 0)
+                return -cli_error(cmd, 2, "option '--device' expects cpu, cuda or cuda:N, got '%s'", arg);
+            struct moe_backend_info info;
+            char devs[MOE_BACKEND_REASON_MAX + 64];
+            moe_backend_find("cuda")->probe(-1, &info);
+            cli_cuda_devices_str(devs, sizeof devs, &info);
+            return -cli_error(cmd, 2, "option '--device' expects cpu, cuda or cuda:N, got '%s'; %s", arg, devs);
+        }
         c->device = arg;
         return 1;
     case OPT_QUIET:
@@ -193,10 +203,59 @@ int cli_parse(int argc, char **argv, const char *cmd, const struct option *opts,
     return 0;
 }
 
+int cli_device_parse(const char *arg, int *id)
+{
+    long long v;
+    if (strcmp(arg, "cpu") == 0 || strcmp(arg, "cuda") == 0)
+        v = 0;
+    else if (strncmp(arg, "cuda:", 5) != 0 || arg[5] < '0' || arg[5] > '9' || cli_parse_ll(arg + 5, 0, INT_MAX, &v))
+        return -1; // digits only: no sign, no space, no "0x"
+    *id = (int)v;
+    return 0;
+}
+
+void cli_cuda_devices_str(char *buf, size_t len, const struct moe_backend_info *cuda)
+{
+    if (!cuda->available)
+        snprintf(buf, len, "CUDA devices: 0 (%s)", cuda->reason);
+    else if (cuda->device_count == 1)
+        snprintf(buf, len, "CUDA devices: 1 (cuda:0)");
+    else
+        snprintf(buf, len, "CUDA devices: %d (cuda:0 to cuda:%d)", cuda->device_count, cuda->device_count - 1);
+}
+
+void cli_device_refusal(char *buf, size_t len, const char *device, int device_id, const struct moe_backend_info *cuda)
+{
+    char devs[MOE_BACKEND_REASON_MAX + 64], mem[32];
+    if (!cuda->built)
+        snprintf(buf, len, "option '--device %s' cannot be used: %s; use --device cpu", device, cuda->reason);
+    else if (!cuda->available)
+        snprintf(buf, len, "option '--device %s' cannot be used: no usable CUDA device (%s); use --device cpu", device,
+                 cuda->reason);
+    else if (device_id >= cuda->device_count) {
+        cli_cuda_devices_str(devs, sizeof devs, cuda);
+        snprintf(buf, len, "option '--device %s' cannot be used: no CUDA device %d; %s; use --device cpu", device,
+                 device_id, devs);
+    } else if (cuda->device != device_id)
+        snprintf(buf, len, "option '--device %s' cannot be used: %s; use --device cpu", device, cuda->reason);
+    else {
+        moe_bytes_str(mem, sizeof mem, (double)cuda->dev.total_memory);
+        snprintf(buf, len,
+                 "option '--device %s' cannot be used: the CUDA backend does not run models yet (cuda:%d is %s, "
+                 "compute capability %d.%d, %s); use --device cpu",
+                 device, device_id, cuda->dev.name, cuda->dev.cc_major, cuda->dev.cc_minor, mem);
+    }
+}
+
 int cli_setup_compute(const char *cmd, const struct cli_common *c)
 {
-    if (strcmp(c->device, "cuda") == 0)
-        return cli_error(cmd, 2, "option '--device cuda': this build has no CUDA backend yet; use --device cpu");
+    if (strcmp(c->device, "cpu") != 0) { // cuda, cuda:N: refused until the CUDA backend runs models
+        struct moe_backend_info info;
+        char why[2 * MOE_BACKEND_REASON_MAX + 2 * MOE_DEVICE_NAME_MAX];
+        moe_backend_find("cuda")->probe(c->device_id, &info);
+        cli_device_refusal(why, sizeof why, c->device, c->device_id, &info);
+        return cli_error(cmd, 2, "%s", why);
+    }
     int threads = c->threads;
     if (threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);

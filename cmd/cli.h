@@ -20,7 +20,8 @@ struct cli_common {
     const char *out;        // --out DIR
     long long seed;         // --seed N (-1: from config)
     int threads;            // --threads N
-    const char *device;     // --device cpu|cuda
+    const char *device;     // --device cpu|cuda|cuda:N, as given
+    int device_id;          // N of cuda:N (0 for cuda and cpu)
     int quiet;
     int force;              // --force: run even past the memory check's headroom
     char **owned;           // --set strings a command's own options stand for (cli_add_set)
@@ -65,8 +66,21 @@ int cli_fail(const char *cmd, const struct moe_err *err);
 int cli_parse_ll(const char *s, long long lo, long long hi, long long *ret);
 
 // Set up BLAS and threads (default: every online core at most, adapting to the
-// cores other processes leave idle: core/gemm.h moe_threads_adapt); check --device.
+// cores other processes leave idle: core/gemm.h moe_threads_adapt); check --device
+// (cli_device_refusal: anything but cpu is refused for now, exit 2).
 int cli_setup_compute(const char *cmd, const struct cli_common *c);
+// --device's value: "cpu", "cuda" (device 0) or "cuda:N", N decimal digits.
+// Returns 0 and sets *id (0 unless cuda:N), or -1 when malformed.
+int cli_device_parse(const char *arg, int *id);
+// Why --device `device` (parsed: device_id) cannot run, given what the CUDA
+// row's probe found for that device (backend/backend.h): one line in buf
+// without the "moe CMD: " prefix. Every CUDA case is refused today: a build
+// without CUDA, no usable device (the driver's reason), N out of range (the
+// device count), and a usable device (the CUDA backend runs no model yet).
+struct moe_backend_info;
+void cli_device_refusal(char *buf, size_t len, const char *device, int device_id, const struct moe_backend_info *cuda);
+// "CUDA devices: N (cuda:0 to cuda:N-1)", or "CUDA devices: 0 (why)", for messages.
+void cli_cuda_devices_str(char *buf, size_t len, const struct moe_backend_info *cuda);
 // Load the run config: --config, then --set in order, then --seed.
 int cli_load_config(const struct cli_common *c, struct moe_config *ret, struct moe_err *err);
 // mkdir -p

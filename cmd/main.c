@@ -4,8 +4,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend/backend.h"
 #include "cli.h"
 #include "core/gemm.h"
+#include "core/sysmem.h"
 #include "train/train.h"
 
 struct command {
@@ -31,7 +33,7 @@ static void print_usage(FILE *f)
         fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n  moe help <command>   options of a command\n"
                "  moe help config      every config key (the text of docs/config.md)\n"
-               "  moe --version        version, BLIS sub-configuration, threads, CUDA\n");
+               "  moe --version        version, BLIS sub-configuration, threads, backends (cpu, cuda)\n");
 }
 
 static const char *kind_name(enum moe_cfg_kind k)
@@ -77,6 +79,48 @@ static void print_config_reference(void)
     }
 }
 
+// One line per backend of the table (backend/backend.h), then one per device:
+//   cpu: AMD EPYC 9R45, 7.6 GiB
+//   cuda: built with CUDA 13.0 runtime; driver 13.0; devices 1
+//   cuda:0 NVIDIA H200, compute capability 9.0, 139.8 GiB
+// or "cuda: built with CUDA 13.0 runtime; driver none; devices 0 (why)", or
+// "cuda: this build has no CUDA backend; ..." (how to build one).
+static void print_backends(void)
+{
+    size_t n;
+    const struct moe_backend *t = moe_backends(&n);
+    for (size_t i = 0; i < n; i++) {
+        struct moe_backend_info info;
+        char mem[32], rt[16], drv[16];
+        if (strcmp(t[i].name, "cpu") == 0) {
+            t[i].probe(0, &info);
+            moe_bytes_str(mem, sizeof mem, (double)info.dev.total_memory);
+            printf("cpu: %s, %s\n", info.dev.name, mem);
+            continue;
+        }
+        t[i].probe(-1, &info);
+        if (!info.built) {
+            printf("%s: %s\n", t[i].name, info.reason);
+            continue;
+        }
+        moe_backend_version_str(info.runtime_version, rt, sizeof rt);
+        moe_backend_version_str(info.driver_version, drv, sizeof drv);
+        printf("%s: built with CUDA %s runtime; driver %s; devices %d", t[i].name, rt, drv, info.device_count);
+        if (!info.available)
+            printf(" (%s)", info.reason);
+        putchar('\n');
+        for (int d = 0; d < info.device_count; d++) {
+            if (t[i].probe(d, &info) || info.device != d) {
+                printf("%s:%d (%s)\n", t[i].name, d, info.reason);
+                continue;
+            }
+            moe_bytes_str(mem, sizeof mem, (double)info.dev.total_memory);
+            printf("%s:%d %s, compute capability %d.%d, %s\n", t[i].name, d, info.dev.name, info.dev.cc_major,
+                   info.dev.cc_minor, mem);
+        }
+    }
+}
+
 static int print_version(void)
 {
     if (moe_blas_init(1, NULL) != 0) {
@@ -85,8 +129,9 @@ static int print_version(void)
     }
     const struct moe_blas_info *b = moe_blas_get_info();
     long threads = sysconf(_SC_NPROCESSORS_ONLN);
-    printf("moe %s\nblis %s, sub-configuration %s (chosen by %s)\nthreads %ld (default; --threads N)\ncuda no\n",
+    printf("moe %s\nblis %s, sub-configuration %s (chosen by %s)\nthreads %ld (default; --threads N)\n",
            MOE_VERSION, b->version, b->arch, b->chosen_by, threads);
+    print_backends();
     return 0;
 }
 

@@ -2,8 +2,9 @@
 # valgrind.sh: run CLI smoke commands of the normal build (build/cmd/moe) under
 # valgrind memcheck: happy paths (version, help, train of a 1991 mixture and of
 # an mlp-moe, route-stats, compare-loss, lora, train --freeze) and error paths
-# (bad config, missing file, corrupt checkpoints), so both are free of invalid
-# accesses, uses of uninitialised values and leaks.
+# (bad config, missing file, corrupt checkpoints, --device cuda), so both are
+# free of invalid accesses, uses of uninitialised values and leaks. In a build
+# with CUDA, `--version` and `--device cuda` run the CUDA probe (libcudart).
 #
 #   bash scripts/valgrind.sh [path/to/moe]
 #
@@ -13,8 +14,8 @@
 # 99), or an exit status other than the one the command should give. Fixtures
 # live in a mktemp -d directory, removed on exit (MOE_VG_KEEP=1 keeps it, with
 # each command's N.out, N.err and memcheck log N.vg). Reports from inside
-# system libraries (BLIS's buffer pool) are suppressed by scripts/valgrind.supp,
-# never ours.
+# system libraries (BLIS's buffer pool, the CUDA libraries) are suppressed by
+# scripts/valgrind.supp, never ours.
 #
 # Valgrind cannot execute AVX-512; its emulated CPU reports AVX2, so BLIS runs
 # its haswell kernels here (moe --version says "chosen by blis").
@@ -245,6 +246,9 @@ vg "error: text data with a NUL byte" 1 train --config lm.json --out bad --set d
 vg "error: --init with another vocabulary" 2 train --config lm.json --out bad --set data.text.tokens=words --init lm/model.safetensors
 vg "error: route-stats --set to a model the checkpoint does not fit" 2 \
     route-stats --checkpoint mm/model.safetensors --out bad --set model.n_embd=9
+# refused in every build today; in a CUDA build this probes the CUDA runtime (and the driver, if any)
+vg "error: --device cuda (the CUDA probe)" 2 train --config reg.json --out bad --device cuda
+vg "error: --device cuda:x (malformed; names the CUDA device count)" 2 train --config reg.json --out bad --device cuda:x
 
 echo "1..$N"
 if [ "$FAILED" -gt 0 ]; then

@@ -170,6 +170,33 @@ t_version() {
 }
 check "moe --version names blis and its sub-configuration" t_version
 
+# The cuda line of --version says which of three builds this is; the --device
+# checks below expect that build's message.
+CUDA_LINE=$("$MOE" --version 2>/dev/null | grep '^cuda: ')
+case $CUDA_LINE in
+"cuda: this build has no CUDA backend;"*) CUDA_BUILD=none ;;
+"cuda: built with CUDA "*"; devices 0 ("*) CUDA_BUILD=nodevice ;;
+*) CUDA_BUILD=devices ;;
+esac
+t_version_backends() {
+    run "$TMP/vb" "$MOE" --version
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/vb" moe --version)" || return 1
+    grep -Eq '^cpu: .+, [0-9.]+ [KMGT]?i?B$' "$TMP/vb.out" ||
+        fail "no 'cpu: NAME, MEMORY' line"$'\n'"$(describe "$TMP/vb" moe --version)" || return 1
+    [ "$(grep -c '^cuda: ' "$TMP/vb.out")" -eq 1 ] ||
+        fail "expected one 'cuda: ' line"$'\n'"$(describe "$TMP/vb" moe --version)" || return 1
+    case $CUDA_BUILD in
+    none) grep -Fq -- "'meson setup -Dcuda=enabled BUILDDIR' builds one" "$TMP/vb.out" ||
+        fail "the cuda line of a build without CUDA should say how to build one"$'\n'"$(describe "$TMP/vb" moe --version)" ;;
+    nodevice) grep -Eq '^cuda: built with CUDA [0-9]+\.[0-9]+ runtime; driver [^;]+; devices 0 \(.+\)$' "$TMP/vb.out" ||
+        fail "expected 'cuda: built with CUDA X.Y runtime; driver D; devices 0 (why)'"$'\n'"$(describe "$TMP/vb" moe --version)" ;;
+    devices) grep -Eq '^cuda: built with CUDA [0-9]+\.[0-9]+ runtime; driver [0-9]+\.[0-9]+; devices [1-9][0-9]*$' "$TMP/vb.out" &&
+        grep -Eq '^cuda:0 .+, compute capability [0-9]+\.[0-9]+, [0-9.]+ [KMGT]?i?B$' "$TMP/vb.out" ||
+        fail "expected 'cuda: built with CUDA X.Y runtime; driver D; devices N' and a 'cuda:0 NAME, compute capability C, MEMORY' line"$'\n'"$(describe "$TMP/vb" moe --version)" ;;
+    esac
+}
+check "moe --version names the backends: a cpu line, and a cuda line for this build ($CUDA_BUILD)" t_version_backends
+
 t_version_arch() {
     run "$TMP/va" env BLIS_ARCH_TYPE=3 "$MOE" --version
     [ "$RC" -eq 0 ] || fail "$(describe "$TMP/va" BLIS_ARCH_TYPE=3 moe --version)" || return 1
@@ -532,7 +559,29 @@ expect_fail "option without its value" 2 "--config" -- "$MOE" train --config
 expect_fail "--threads 0" 2 "--threads" -- "$MOE" train --config "$CFG" --out "$O" --threads 0
 expect_fail "--seed -1" 2 "--seed" -- "$MOE" train --config "$CFG" --out "$O" --seed -1
 expect_fail "--device tpu" 2 "--device" "tpu" -- "$MOE" train --config "$CFG" --out "$O" --device tpu
-expect_fail "--device cuda: no CUDA in this build" 2 "CUDA" -- "$MOE" train --config "$CFG" --out "$O" --device cuda
+expect_fail "--device cuda:x names the CUDA device count" 2 "expects cpu, cuda or cuda:N, got 'cuda:x'; CUDA devices: " \
+    -- "$MOE" train --config "$CFG" --out "$O" --device cuda:x
+case $CUDA_BUILD in
+none)
+    expect_fail "--device cuda, a build without CUDA: says how to build one" 2 \
+        "option '--device cuda' cannot be used: this build has no CUDA backend; 'meson setup -Dcuda=enabled BUILDDIR'" \
+        -- "$MOE" train --config "$CFG" --out "$O" --device cuda
+    expect_fail "--device cuda:1, a build without CUDA" 2 "option '--device cuda:1' cannot be used: this build has no CUDA backend" \
+        -- "$MOE" route-stats --checkpoint none.safetensors --out "$O" --device cuda:1 ;;
+nodevice)
+    expect_fail "--device cuda, no usable device: the driver's reason" 2 \
+        "option '--device cuda' cannot be used: no usable CUDA device (" "; use --device cpu" \
+        -- "$MOE" train --config "$CFG" --out "$O" --device cuda
+    expect_fail "--device cuda:1, no usable device" 2 "option '--device cuda:1' cannot be used: no usable CUDA device (" \
+        -- "$MOE" route-stats --checkpoint none.safetensors --out "$O" --device cuda:1 ;;
+devices)
+    expect_fail "--device cuda, a usable device: the CUDA backend runs no model yet" 2 \
+        "option '--device cuda' cannot be used: the CUDA backend does not run models yet (cuda:0 is " \
+        -- "$MOE" train --config "$CFG" --out "$O" --device cuda
+    expect_fail "--device cuda:4096, out of range: names the device count" 2 \
+        "option '--device cuda:4096' cannot be used: no CUDA device 4096; CUDA devices: " \
+        -- "$MOE" route-stats --checkpoint none.safetensors --out "$O" --device cuda:4096 ;;
+esac
 expect_fail "unexpected positional argument" 2 "stray" -- "$MOE" train --config "$CFG" --out "$O" stray
 
 # config files
