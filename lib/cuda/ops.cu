@@ -1,0 +1,154 @@
+// ops.cu: launch wrappers of the kernel bodies (lib/cuda/kernels/*.h); see
+// ops.h. Each kernel computes its thread's indices and calls the body the CPU
+// tests check; nothing else happens on the device here. No atomics: every
+// value is written by one thread, reductions run in the bodies' fixed order.
+#include <cuda_runtime.h>
+
+#include "cuda/ops.h"
+#include "cuda/kernels/norm.h"
+#include "cuda/kernels/optim.h"
+#include "cuda/kernels/route.h"
+
+static int check(cudaError_t e, const char *call, struct moe_err *err)
+{
+    if (e == cudaSuccess)
+        return 0;
+    return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", call, cudaGetErrorString(e));
+}
+
+// A launch's own error, then the kernel's (synchronising: these wrappers are
+// for tests and the first device steps; the model path will queue them).
+static int launched(const char *kernel, struct moe_err *err)
+{
+    int rc = check(cudaGetLastError(), kernel, err);
+    return rc ? rc : check(cudaDeviceSynchronize(), kernel, err);
+}
+
+extern "C" int moe_cuda_malloc(void **ret, size_t bytes, const char *what, struct moe_err *err)
+{
+    *ret = NULL;
+    cudaError_t e = cudaMalloc(ret, bytes ? bytes : 1);
+    if (e == cudaSuccess)
+        return 0;
+    return moe_error(err, e == cudaErrorMemoryAllocation ? MOE_ENOMEM : MOE_EIO,
+                     "CUDA: cudaMalloc of %zu bytes for %s failed: %s", bytes, what, cudaGetErrorString(e));
+}
+
+extern "C" void moe_cuda_free(void *p) { cudaFree(p); }
+
+extern "C" int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err *err)
+{
+    return check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (to device)", err);
+}
+
+extern "C" int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err)
+{
+    return check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy (to host)", err);
+}
+
+// ---------------------------------------------------------------- router: one thread per token
+
+__global__ void route_kernel(struct moe_cuda_route a, float *p, float *lse, float *h, float *eps, int32_t *sel,
+                             int32_t *idx, float *gate, float *prio, const float *z, const float *u, const float *bias)
+{
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= a.T)
+        return;
+    size_t o = (size_t)t * a.E, os = (size_t)t * a.K;
+    moe_k_softmax_row(p + o, lse + t, z + o, a.E);
+    const float *v = z + o;
+    if (a.noisy) {
+        if (a.train) {
+            moe_k_noisy_row(h + o, eps + o, z + o, u + o, a.E, a.seed, a.purpose, a.stream, a.base + o);
+        } else {
+            for (int e = 0; e < a.E; e++) {
+                eps[o + e] = 0.0f;
+                h[o + e] = z[o + e];
+            }
+        }
+        v = h + o;
+    }
+    moe_k_topk_row(sel + os, a.noisy ? v : p + o, bias, a.E, a.K);
+    moe_k_gates_row(idx + os, gate + os, prio + os, sel + os, v, p + o, a.K,
+                    a.raw_gates ? MOE_K_GATE_RAW : MOE_K_GATE_RENORM);
+    if (a.gshard_random && a.train)
+        moe_k_gshard_second(idx + os, gate + os, a.seed, a.purpose, a.stream, a.base + (uint64_t)t);
+}
+
+extern "C" int moe_cuda_route_forward(const struct moe_cuda_route *a, float *p, float *lse, float *h, float *eps,
+                                      int32_t *sel, int32_t *idx, float *gate, float *prio, const float *z,
+                                      const float *u, const float *bias, struct moe_err *err)
+{
+    if (a->T <= 0)
+        return 0;
+    int threads = 128, blocks = (a->T + threads - 1) / threads;
+    route_kernel<<<blocks, threads>>>(*a, p, lse, h, eps, sel, idx, gate, prio, z, u, bias);
+    return launched("route_kernel", err);
+}
+
+// ---------------------------------------------------------------- norms: (row, lane) threads
+
+#define NORM_ROWS 32 // rows per block: NORM_ROWS x MOE_K_LANES threads
+
+__global__ void norm_kernel(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b,
+                            size_t T, size_t D, float eps)
+{
+    __shared__ double lanes[NORM_ROWS][MOE_K_LANES];
+    __shared__ float stat[NORM_ROWS][2];
+    int lane = threadIdx.x % MOE_K_LANES, r = threadIdx.x / MOE_K_LANES;
+    size_t t = (size_t)blockIdx.x * NORM_ROWS + r;
+    const float *xt = x + t * D;
+    int live = t < T;
+    double m = 0.0;
+    if (b) { // LayerNorm: the mean first
+        lanes[r][lane] = live ? moe_k_lane_sum(xt, D, lane) : 0.0;
+        __syncthreads();
+        m = moe_k_layernorm_mean(moe_k_lanes_join(lanes[r]), D);
+        __syncthreads();
+    }
+    lanes[r][lane] = live ? moe_k_lane_sq_dev(xt, m, D, lane) : 0.0;
+    __syncthreads();
+    if (lane == 0 && live) {
+        double ss = moe_k_lanes_join(lanes[r]);
+        stat[r][0] = (float)m;
+        stat[r][1] = b ? moe_k_layernorm_rstd(ss, D, eps) : moe_k_rmsnorm_rstd(ss, D, eps);
+        if (b)
+            mean[t] = stat[r][0];
+        rstd[t] = stat[r][1];
+    }
+    __syncthreads();
+    if (!live)
+        return;
+    float mf = stat[r][0], rf = stat[r][1];
+    for (size_t i = (size_t)lane; i < D; i += MOE_K_LANES)
+        y[t * D + i] = b ? moe_k_layernorm_elem(xt[i], mf, rf, g[i], b[i]) : moe_k_rmsnorm_elem(xt[i], rf, g[i]);
+}
+
+extern "C" int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
+                                     const float *b, size_t T, size_t D, float eps, struct moe_err *err)
+{
+    if (T == 0)
+        return 0;
+    unsigned blocks = (unsigned)((T + NORM_ROWS - 1) / NORM_ROWS);
+    norm_kernel<<<blocks, NORM_ROWS * MOE_K_LANES>>>(y, mean, rstd, x, g, b, T, D, eps);
+    return launched("norm_kernel", err);
+}
+
+// ---------------------------------------------------------------- optimizer: one thread per element
+
+__global__ void optim_kernel(struct moe_k_optim o, float *w, float *g, float *m, float *v, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_optim_elem(&o, i, w, g, m, v);
+}
+
+extern "C" int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float *m, float *v, size_t n,
+                                     struct moe_err *err)
+{
+    if (n == 0)
+        return 0;
+    size_t want = (n + 255) / 256;
+    unsigned blocks = want < 65535 ? (unsigned)want : 65535u;
+    optim_kernel<<<blocks, 256>>>(*o, w, g, m, v, n);
+    return launched("optim_kernel", err);
+}

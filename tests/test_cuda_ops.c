@@ -1,0 +1,230 @@
+// test_cuda_ops.c: the CUDA launches of lib/cuda/ops.cu against the CPU
+// library, on a GPU: the router (every router the kernels cover, training and
+// evaluation), LayerNorm and RMSNorm forward, and the GD/SGD/AdamW update.
+// Routing decisions must be identical wherever no two scores are within a
+// tolerance of a tie; values agree within the stated relative tolerances (the
+// device's expf, log, exp and FMA contraction differ from the host's in the
+// last bits). Exit 77 (meson: skipped) where no GPU is usable.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "core/rng.h"
+#include "cuda/kernels/optim.h"
+#include "cuda/ops.h"
+#include "moe/router.h"
+#include "nn/nn.h"
+#include "train/train.h"
+
+static int failures;
+#define EXPECT(c, ...)                                   \
+    do {                                                 \
+        if (!(c)) {                                      \
+            failures++;                                  \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                \
+            fputc('\n', stderr);                         \
+        }                                                \
+    } while (0)
+
+static void fill(float *x, size_t n, uint32_t stream, float lo, float hi)
+{
+    struct moe_rng r = moe_rng_make(7, MOE_RNG_DATA, stream);
+    moe_rng_fill_uniform(&r, x, n, lo, hi);
+}
+
+// Device copy of n floats of host x (NULL stays NULL).
+static void *dev(const void *x, size_t bytes)
+{
+    struct moe_err err;
+    void *d;
+    if (moe_cuda_malloc(&d, bytes, "test", &err) || (x && moe_cuda_to_device(d, x, bytes, &err))) {
+        fprintf(stderr, "%s\n", err.msg);
+        exit(1);
+    }
+    return d;
+}
+
+static void host(void *dst, const void *d, size_t bytes)
+{
+    struct moe_err err;
+    if (moe_cuda_to_host(dst, d, bytes, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        exit(1);
+    }
+}
+
+static double rel(float a, float b) { return fabs((double)a - b) / (fabs((double)b) > 1e-30 ? fabs((double)b) : 1e-30); }
+
+static void close_floats(const float *a, const float *b, size_t n, double tol, const char *what)
+{
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs((double)a[i] - b[i]) / fmax(fabs((double)b[i]), 1e-6));
+    EXPECT(worst <= tol, "%s: largest relative difference %.3g > %.3g", what, worst, tol);
+}
+
+// Whether token t's selection could flip on a near-tie: two of its keys within tol.
+static int near_tie(const float *key, size_t E, double tol)
+{
+    for (size_t a = 0; a < E; a++)
+        for (size_t b = a + 1; b < E; b++)
+            if (rel(key[a], key[b]) < tol)
+                return 1;
+    return 0;
+}
+
+static void test_route(void)
+{
+    static const struct {
+        enum moe_router_type type;
+        size_t E, K;
+        int train;
+    } cases[] = {
+        { MOE_ROUTER_SOFTMAX, 8, 2, 1 },  { MOE_ROUTER_SWITCH, 64, 1, 1 },     { MOE_ROUTER_DEEPSEEK, 64, 6, 1 },
+        { MOE_ROUTER_GSHARD, 8, 2, 1 },   { MOE_ROUTER_NOISY_TOPK, 16, 4, 1 }, { MOE_ROUTER_NOISY_TOPK, 16, 4, 0 },
+    };
+    const size_t T = 4099;
+    struct moe_err err;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        struct moe_router_cfg c = { cases[ci].type, cases[ci].E, cases[ci].K, MOE_SECOND_RANDOM, 0.0, 0 };
+        size_t E = c.E, S = moe_router_slots(&c), TE = T * E, TS = T * S;
+        int noisy = c.type == MOE_ROUTER_NOISY_TOPK, train = cases[ci].train;
+        struct moe_route r;
+        if (moe_route_alloc(&r, T, E, S, noisy, &err)) {
+            fprintf(stderr, "%s\n", err.msg);
+            exit(1);
+        }
+        fill(r.z, TE, (uint32_t)ci, -3.0f, 3.0f);
+        if (noisy)
+            fill(r.u, TE, 50 + (uint32_t)ci, -3.0f, 3.0f);
+        struct moe_rng rng = moe_rng_make(11, MOE_RNG_NOISE, 3);
+        uint64_t base = (uint64_t)1 << 40;
+        moe_router_forward(&r, &c, NULL, NULL, train, &rng, base, T);
+        struct moe_cuda_route a = { (int)T, (int)E, (int)S, c.type == MOE_ROUTER_SWITCH || c.type == MOE_ROUTER_DEEPSEEK,
+                                    noisy, c.type == MOE_ROUTER_GSHARD, train, rng.seed, rng.purpose, rng.stream,
+                                    base };
+        float *dz = dev(r.z, TE * 4), *du = noisy ? dev(r.u, TE * 4) : NULL;
+        float *dp = dev(NULL, TE * 4), *dl = dev(NULL, T * 4), *dh = dev(NULL, TE * 4), *de = dev(NULL, TE * 4);
+        int32_t *dsel = dev(NULL, TS * 4), *didx = dev(NULL, TS * 4);
+        float *dg = dev(NULL, TS * 4), *dpr = dev(NULL, TS * 4);
+        EXPECT(moe_cuda_route_forward(&a, dp, dl, dh, de, dsel, didx, dg, dpr, dz, du, NULL, &err) == 0, "%s",
+               err.msg);
+        float *p = malloc(TE * 4), *gate = malloc(TS * 4), *h = malloc(TE * 4);
+        int32_t *sel = malloc(TS * 4), *idx = malloc(TS * 4);
+        host(p, dp, TE * 4), host(gate, dg, TS * 4), host(sel, dsel, TS * 4), host(idx, didx, TS * 4);
+        close_floats(p, r.p, TE, 1e-5, "route p");
+        if (noisy) {
+            host(h, dh, TE * 4);
+            close_floats(h, r.h, TE, 1e-5, "route h");
+        }
+        size_t compared = 0;
+        for (size_t t = 0; t < T; t++) {
+            if (near_tie((noisy ? r.h : r.p) + t * E, E, 1e-4))
+                continue;
+            compared++;
+            for (size_t k = 0; k < S; k++) {
+                EXPECT(sel[t * S + k] == r.sel[t * S + k] && idx[t * S + k] == r.idx[t * S + k],
+                       "router %zu token %zu slot %zu: device %d/%d, host %d/%d", ci, t, k, sel[t * S + k],
+                       idx[t * S + k], r.sel[t * S + k], r.idx[t * S + k]);
+                EXPECT(fabs((double)gate[t * S + k] - r.gate[t * S + k]) <= 1e-5, "gate %zu/%zu", t, k);
+            }
+        }
+        EXPECT(compared > T / 2, "router %zu: only %zu of %zu tokens away from ties", ci, compared, T);
+        void *bufs[] = { dz, du, dp, dl, dh, de, dsel, didx, dg, dpr };
+        for (size_t i = 0; i < 10; i++)
+            moe_cuda_free(bufs[i]);
+        free(p), free(gate), free(h), free(sel), free(idx);
+        moe_route_release(&r);
+    }
+}
+
+static void test_norm(void)
+{
+    static const size_t widths[] = { 1, 9, 64, 1000 };
+    const size_t T = 777;
+    struct moe_err err;
+    for (size_t wi = 0; wi < 4; wi++) {
+        size_t D = widths[wi], n = T * D;
+        float *x = malloc(n * 4), *y = malloc(n * 4), *y2 = malloc(n * 4), *g = malloc(D * 4), *b = malloc(D * 4);
+        float *m = malloc(T * 4), *r = malloc(T * 4), *m2 = malloc(T * 4), *r2 = malloc(T * 4);
+        fill(x, n, 1, -2.0f, 4.0f), fill(g, D, 2, 0.5f, 1.5f), fill(b, D, 3, -0.1f, 0.1f);
+        float *dx = dev(x, n * 4), *dy = dev(NULL, n * 4), *dgm = dev(g, D * 4), *db = dev(b, D * 4);
+        float *dm = dev(NULL, T * 4), *dr = dev(NULL, T * 4);
+        for (int rms = 0; rms <= 1; rms++) {
+            if (rms)
+                moe_rmsnorm_forward(y, r, x, g, T, D, 1e-5f);
+            else
+                moe_layernorm_forward(y, m, r, x, g, b, T, D, 1e-5f);
+            EXPECT(moe_cuda_norm_forward(dy, dm, dr, dx, dgm, rms ? NULL : db, T, D, 1e-5f, &err) == 0, "%s", err.msg);
+            host(y2, dy, n * 4), host(r2, dr, T * 4);
+            close_floats(y2, y, n, 1e-6, rms ? "rmsnorm y" : "layernorm y");
+            close_floats(r2, r, T, 1e-6, "rstd");
+            if (!rms) {
+                host(m2, dm, T * 4);
+                close_floats(m2, m, T, 1e-6, "mean");
+            }
+        }
+        void *bufs[] = { dx, dy, dgm, db, dm, dr };
+        for (size_t i = 0; i < 6; i++)
+            moe_cuda_free(bufs[i]);
+        free(x), free(y), free(y2), free(g), free(b), free(m), free(r), free(m2), free(r2);
+    }
+}
+
+static void test_optim(void)
+{
+    const size_t n = 100003;
+    static const enum moe_optim_type types[] = { MOE_OPTIM_GD, MOE_OPTIM_SGD, MOE_OPTIM_ADAMW };
+    static const enum moe_k_optim_type ktypes[] = { MOE_K_GD, MOE_K_SGD, MOE_K_ADAMW };
+    struct moe_err err;
+    for (int ti = 0; ti < 3; ti++) {
+        struct moe_optim_cfg oc = { types[ti], 0.01, 0.9, 0.9, 0.999, 1e-8, 0.05, 1.0, 0 };
+        struct moe_optim o;
+        if (moe_optim_init(&o, &oc, n, &err)) {
+            fprintf(stderr, "%s\n", err.msg);
+            exit(1);
+        }
+        float *w = malloc(n * 4), *gr = malloc(n * 4), *w2 = malloc(n * 4);
+        fill(w, n, 5, -1.0f, 1.0f);
+        float *dw = dev(w, n * 4), *dgr = dev(NULL, n * 4), *dm = dev(NULL, n * 4), *dv = dev(NULL, n * 4);
+        float *zero = calloc(n, 4);
+        moe_cuda_to_device(dm, zero, n * 4, &err), moe_cuda_to_device(dv, zero, n * 4, &err);
+        for (uint32_t step = 1; step <= 5; step++) {
+            fill(gr, n, 20 + step, -0.5f, 0.5f);
+            moe_cuda_to_device(dgr, gr, n * 4, &err);
+            double norm = moe_optim_grad_norm(gr, n);
+            moe_optim_step_norm(&o, w, gr, norm);
+            float scale = norm > oc.clip ? (float)(oc.clip / norm) : 1.0f;
+            struct moe_k_optim k;
+            moe_k_optim_setup(&k, ktypes[ti], oc.lr, oc.weight_decay, oc.momentum, oc.beta1, oc.beta2, oc.eps, step,
+                              scale);
+            EXPECT(moe_cuda_optim_update(&k, dw, dgr, dm, dv, n, &err) == 0, "%s", err.msg);
+        }
+        host(w2, dw, n * 4);
+        close_floats(w2, w, n, 1e-5, "optimizer weights after 5 steps");
+        void *bufs[] = { dw, dgr, dm, dv };
+        for (size_t i = 0; i < 4; i++)
+            moe_cuda_free(bufs[i]);
+        free(w), free(gr), free(w2), free(zero);
+        moe_optim_release(&o);
+    }
+}
+
+int main(void)
+{
+    struct moe_backend_info info;
+    const struct moe_backend *cuda = moe_backend_find("cuda");
+    if (!cuda || cuda->probe(0, &info) != 0 || !info.available) {
+        printf("no usable CUDA device (%s): skipped\n", cuda ? info.reason : "no backend");
+        return 77;
+    }
+    printf("device 0: %s, compute capability %d.%d\n", info.dev.name, info.dev.cc_major, info.dev.cc_minor);
+    test_route();
+    test_norm();
+    test_optim();
+    printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
+    return failures ? 1 : 0;
+}
