@@ -2,7 +2,8 @@
 // library, on a GPU: the router (every router the kernels cover, training and
 // evaluation), LayerNorm and RMSNorm forward, and the GD/SGD/AdamW update.
 // Routing decisions must be identical wherever no two scores are within a
-// tolerance of a tie; values agree within the stated relative tolerances (the
+// tolerance of a tie; the capacity plan (both drop policies) is identical; values
+// agree within the stated relative tolerances (the
 // device's expf, log, exp and FMA contraction differ from the host's in the
 // last bits). Exit 77 (meson: skipped) where no GPU is usable.
 #include <math.h>
@@ -14,6 +15,8 @@
 #include "core/rng.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/ops.h"
+#include "moe/dispatch.h"
+#include "moe/experts.h"
 #include "moe/router.h"
 #include "nn/nn.h"
 #include "train/train.h"
@@ -141,6 +144,79 @@ static void test_route(void)
     }
 }
 
+static void same_ints(const int32_t *a, const int32_t *b, size_t n, const char *what)
+{
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++)
+        bad += a[i] != b[i];
+    EXPECT(bad == 0, "%s: %zu of %zu differ", what, bad, n);
+}
+
+static void test_dispatch(void)
+{
+    const size_t T = 20000, S = 2, E = 64, D = 96, TS = T * S;
+    struct moe_err err;
+    int32_t *idx = malloc(TS * 4);
+    float *prio = malloc(TS * 4);
+    struct moe_rng r = moe_rng_make(5, MOE_RNG_DATA, 77);
+    for (size_t i = 0; i < TS; i++) {
+        idx[i] = (int32_t)((moe_rng_below(&r, i / S, (uint32_t)E) + i % S) % E);
+        if (i % S && moe_rng_below(&r, TS + i, 5) == 0)
+            idx[i] = -1;
+        prio[i] = (float)moe_rng_below(&r, 2 * TS + i, 50) / 64.0f; // ties
+    }
+    float *x = malloc(T * D * 4), *gate = malloc(TS * 4), *yd = malloc(TS * D * 4), *out = malloc(T * D * 4);
+    fill(x, T * D, 80, -1.0f, 1.0f), fill(gate, TS, 81, 0.0f, 1.0f), fill(yd, TS * D, 82, -1.0f, 1.0f);
+    int32_t *didx = dev(idx, TS * 4);
+    float *dprio = dev(prio, TS * 4), *dx = dev(x, T * D * 4), *dgate = dev(gate, TS * 4), *dyd = dev(yd, TS * D * 4);
+    float *dxd = dev(NULL, TS * D * 4), *dout = dev(NULL, T * D * 4);
+    struct moe_cuda_plan p = { dev(NULL, TS * 4), dev(NULL, TS * 4), dev(NULL, TS * 4), dev(NULL, (E + 1) * 8),
+                               dev(NULL, E * 8), dev(NULL, E * 8), dev(NULL, TS * 4), dev(NULL, TS), dev(NULL, E * 8) };
+    for (int prob = 0; prob <= 1; prob++) {
+        size_t cap = moe_capacity(prob ? 0.8 : 1.1, T, S, E);
+        struct moe_dispatch d;
+        if (moe_dispatch_alloc(&d, T, S, E, &err)) {
+            fprintf(stderr, "%s\n", err.msg);
+            exit(1);
+        }
+        moe_dispatch_plan(&d, idx, prio, T, cap, prob ? MOE_DROP_PROB : MOE_DROP_ORDER);
+        EXPECT(moe_cuda_dispatch_plan(&p, didx, dprio, T, S, E, cap, prob, &err) == 0, "%s", err.msg);
+        size_t offset[65], routed[64], dropped[64];
+        int32_t *row_tok = malloc(TS * 4), *slot_row = malloc(TS * 4);
+        host(offset, p.offset, (E + 1) * 8), host(routed, p.routed, E * 8), host(dropped, p.dropped, E * 8);
+        host(row_tok, p.row_tok, TS * 4), host(slot_row, p.slot_row, TS * 4);
+        EXPECT(offset[E] == d.n_rows, "plan rows %zu vs %zu", offset[E], d.n_rows);
+        for (size_t e = 0; e < E; e++)
+            EXPECT(offset[e + 1] == d.offset[e + 1] && routed[e] == d.routed[e] && dropped[e] == d.dropped[e],
+                   "policy %d expert %zu: counts differ", prob, e);
+        same_ints(row_tok, d.row_tok, d.n_rows, "row_tok");
+        same_ints(slot_row, d.slot_row, TS, "slot_row");
+        // gather, and combine over given expert outputs
+        float *xd = malloc(TS * D * 4), *out2 = malloc(T * D * 4);
+        EXPECT(moe_cuda_gather(dxd, dx, &p, E, TS, D, &err) == 0, "%s", err.msg);
+        host(xd, dxd, d.n_rows * D * 4);
+        for (size_t row = 0; row < d.n_rows; row++)
+            EXPECT(memcmp(xd + row * D, x + (size_t)d.row_tok[row] * D, D * 4) == 0, "gathered row %zu", row);
+        memset(out, 0, T * D * 4);
+        moe_cuda_to_device(dout, out, T * D * 4, &err);
+        for (size_t t = 0; t < T; t++)
+            for (size_t s = 0; s < S; s++)
+                if (d.slot_row[t * S + s] >= 0)
+                    for (size_t c = 0; c < D; c++)
+                        out[t * D + c] += gate[t * S + s] * yd[(size_t)d.slot_row[t * S + s] * D + c];
+        EXPECT(moe_cuda_combine(dout, dyd, dgate, p.slot_row, T, S, D, &err) == 0, "%s", err.msg);
+        host(out2, dout, T * D * 4);
+        close_floats(out2, out, T * D, 1e-5, "combine");
+        moe_dispatch_release(&d);
+        free(row_tok), free(slot_row), free(xd), free(out2);
+    }
+    void *bufs[] = { didx, dprio, dx, dgate, dyd, dxd, dout, p.row_tok, p.row_slot, p.slot_row, p.offset, p.routed,
+                     p.dropped, p.order, p.kept, p.n_kept };
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        moe_cuda_free(bufs[i]);
+    free(idx), free(prio), free(x), free(gate), free(yd), free(out);
+}
+
 static void test_norm(void)
 {
     static const size_t widths[] = { 1, 9, 64, 1000 };
@@ -223,6 +299,7 @@ int main(void)
     }
     printf("device 0: %s, compute capability %d.%d\n", info.dev.name, info.dev.cc_major, info.dev.cc_minor);
     test_route();
+    test_dispatch();
     test_norm();
     test_optim();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);

@@ -10,7 +10,10 @@
 //     second expert, bias balancing) against moe/router.c for every router
 //     these kernels cover;
 //   - LayerNorm and RMSNorm forward by (row, lane) against nn/norm.c;
-//   - GD, SGD and AdamW updates, clipped or not, against train/optim.c.
+//   - GD, SGD and AdamW updates, clipped or not, against train/optim.c;
+//   - the capacity plan (keep order by priority, keep, offsets, rows) for both
+//     drop policies, and the gather and combine around the experts, against
+//     moe/dispatch.c and moe/experts.c.
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -18,9 +21,12 @@
 #include <string.h>
 
 #include "core/rng.h"
+#include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/kernels/route.h"
+#include "moe/dispatch.h"
+#include "moe/experts.h"
 #include "moe/router.h"
 #include "nn/nn.h"
 #include "train/train.h"
@@ -236,6 +242,95 @@ START_TEST(test_optim)
 }
 END_TEST
 
+START_TEST(test_dispatch)
+{
+    static const struct {
+        size_t T, S, E;
+        double cf;
+        enum moe_drop_policy policy;
+    } cases[] = {
+        { 97, 2, 8, 1.0, MOE_DROP_ORDER }, { 97, 2, 8, 0.6, MOE_DROP_PROB }, { 64, 1, 4, 0.5, MOE_DROP_PROB },
+        { 50, 3, 16, 1.25, MOE_DROP_ORDER }, { 50, 3, 16, 0.0, MOE_DROP_PROB }, { 33, 8, 8, 0.3, MOE_DROP_ORDER },
+    };
+    const size_t D = 12, F = 8;
+    struct moe_err err;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        size_t T = cases[ci].T, S = cases[ci].S, E = cases[ci].E, TS = T * S;
+        size_t cap = cases[ci].cf > 0 ? moe_capacity(cases[ci].cf, T, S, E) : TS; // 0: dropless
+        int32_t *idx = malloc(TS * 4);
+        float *prio = malloc(TS * 4);
+        struct moe_rng r = moe_rng_make(5, MOE_RNG_DATA, 300 + (uint32_t)ci);
+        for (size_t i = 0; i < TS; i++) { // distinct experts within a token; some skipped slots; tied priorities
+            size_t t = i / S, s = i % S;
+            idx[i] = (int32_t)((moe_rng_below(&r, t, (uint32_t)E) + s) % E);
+            if (s > 0 && moe_rng_below(&r, TS + i, 5) == 0)
+                idx[i] = -1;
+            prio[i] = (float)moe_rng_below(&r, 2 * TS + i, 7) / 8.0f;
+        }
+        struct moe_dispatch d;
+        ck_assert_int_eq(moe_dispatch_alloc(&d, T, S, E, &err), 0);
+        moe_dispatch_plan(&d, idx, prio, T, cap, cases[ci].policy);
+
+        // the kernels' plan
+        int32_t *order = NULL;
+        if (cases[ci].policy == MOE_DROP_PROB) {
+            order = malloc(TS * 4);
+            for (size_t s = 0; s < S; s++) // one thread per (slot, token)
+                for (size_t t = 0; t < T; t++)
+                    order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
+        }
+        uint8_t *kept = calloc(TS, 1);
+        size_t routed[16], dropped[16], n_kept[16], offset[17];
+        for (size_t e = 0; e < E; e++) // one thread per expert
+            moe_k_dispatch_keep(idx, order, T, S, cap, (int32_t)e, kept, &routed[e], &dropped[e], &n_kept[e]);
+        size_t n_rows = moe_k_dispatch_offsets(offset, n_kept, E);
+        int32_t *row_tok = malloc(TS * 4), *row_slot = malloc(TS * 4), *slot_row = malloc(TS * 4);
+        for (size_t i = 0; i < TS; i++)
+            slot_row[i] = -1;
+        for (size_t e = 0; e < E; e++)
+            moe_k_dispatch_rows(idx, kept, T, S, (int32_t)e, offset[e], row_tok, row_slot, slot_row);
+
+        ck_assert_uint_eq(n_rows, d.n_rows);
+        size_t n_dropped = 0;
+        for (size_t e = 0; e < E; e++) {
+            ck_assert_uint_eq(routed[e], d.routed[e]);
+            ck_assert_uint_eq(dropped[e], d.dropped[e]);
+            ck_assert_uint_eq(offset[e + 1], d.offset[e + 1]);
+            n_dropped += dropped[e];
+        }
+        ck_assert_uint_eq(n_dropped, d.n_dropped);
+        if (cases[ci].cf > 0 && cases[ci].cf < 1)
+            ck_assert_uint_gt(n_dropped, 0); // the case meant to overflow capacity does
+        same_ints(row_tok, d.row_tok, n_rows, "row_tok");
+        same_ints(row_slot, d.row_slot, n_rows, "row_slot");
+        same_ints(slot_row, d.slot_row, TS, "slot_row");
+
+        // gather and combine around the experts
+        float *x = malloc(T * D * 4), *gate = malloc(TS * 4), *out1 = malloc(T * D * 4), *out2 = malloc(T * D * 4);
+        float *w1 = malloc(E * F * D * 4), *w2 = malloc(E * D * F * 4), *xd = malloc((TS + 1) * D * 4);
+        fill(x, T * D, 400, -1.0f, 1.0f), fill(gate, TS, 401, 0.0f, 1.0f), fill(out1, T * D, 402, -1.0f, 1.0f);
+        fill(w1, E * F * D, 403, -0.5f, 0.5f), fill(w2, E * D * F, 404, -0.5f, 0.5f);
+        memcpy(out2, out1, T * D * 4);
+        struct moe_experts_buf buf;
+        ck_assert_int_eq(moe_experts_buf_alloc(&buf, TS, D, F, 0, &err), 0);
+        moe_experts_forward(out1, x, gate, &d, w1, NULL, w2, &buf, MOE_FFN_RELU);
+        for (size_t row = 0; row < n_rows; row++) // one thread per (row, column)
+            for (size_t c = 0; c < D; c++)
+                moe_k_gather(xd, x, row_tok, D, row, c);
+        same_floats(xd, buf.xd, n_rows * D, "gathered rows");
+        for (size_t t = 0; t < T; t++) // one thread per (token, column), over the experts' outputs
+            for (size_t c = 0; c < D; c++)
+                moe_k_combine(out2, buf.yd, gate, slot_row, S, D, t, c);
+        same_floats(out2, out1, T * D, "combined output");
+
+        moe_experts_buf_release(&buf);
+        moe_dispatch_release(&d);
+        free(idx), free(prio), free(order), free(kept), free(row_tok), free(row_slot), free(slot_row);
+        free(x), free(gate), free(out1), free(out2), free(w1), free(w2), free(xd);
+    }
+}
+END_TEST
+
 int main(void)
 {
     if (moe_test_init_blas(1))
@@ -246,6 +341,7 @@ int main(void)
     tcase_add_test(tc, test_route);
     tcase_add_test(tc, test_norm);
     tcase_add_test(tc, test_optim);
+    tcase_add_test(tc, test_dispatch);
     suite_add_tcase(s, tc);
     return moe_test_run(s);
 }

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/ops.h"
+#include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/kernels/route.h"
@@ -134,6 +135,93 @@ extern "C" int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const f
     return launched("norm_kernel", err);
 }
 
+// ---------------------------------------------------------------- dispatch plan, gather, combine
+
+static unsigned blocks_for(size_t n, unsigned threads)
+{
+    size_t b = (n + threads - 1) / threads;
+    return b < 65535 ? (unsigned)(b ? b : 1) : 65535u;
+}
+
+__global__ void prob_place_kernel(int32_t *order, const float *prio, size_t T, size_t S)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < S * T; i += (size_t)gridDim.x * blockDim.x) {
+        size_t s = i / T, t = i % T;
+        order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
+    }
+}
+
+__global__ void keep_kernel(struct moe_cuda_plan p, const int32_t *idx, size_t T, size_t S, size_t E, size_t cap,
+                            int prob)
+{
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e < E)
+        moe_k_dispatch_keep(idx, prob ? p.order : NULL, T, S, cap, (int32_t)e, p.kept, p.routed + e, p.dropped + e,
+                            p.n_kept + e);
+}
+
+__global__ void offsets_kernel(struct moe_cuda_plan p, size_t E) { moe_k_dispatch_offsets(p.offset, p.n_kept, E); }
+
+__global__ void rows_kernel(struct moe_cuda_plan p, const int32_t *idx, size_t T, size_t S, size_t E)
+{
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e < E)
+        moe_k_dispatch_rows(idx, p.kept, T, S, (int32_t)e, p.offset[e], p.row_tok, p.row_slot, p.slot_row);
+}
+
+extern "C" int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio,
+                                      size_t T, size_t S, size_t E, size_t cap, int prob, struct moe_err *err)
+{
+    int rc;
+    if ((rc = check(cudaMemset(p->kept, 0, T * S), "cudaMemset (kept)", err)) ||
+        (rc = check(cudaMemset(p->slot_row, 0xff, T * S * sizeof(int32_t)), "cudaMemset (slot_row)", err)))
+        return rc;
+    if (prob) {
+        prob_place_kernel<<<blocks_for(S * T, 256), 256>>>(p->order, prio, T, S);
+        if ((rc = launched("prob_place_kernel", err)))
+            return rc;
+    }
+    keep_kernel<<<blocks_for(E, 64), 64>>>(*p, idx, T, S, E, cap, prob);
+    if ((rc = launched("keep_kernel", err)))
+        return rc;
+    offsets_kernel<<<1, 1>>>(*p, E);
+    if ((rc = launched("offsets_kernel", err)))
+        return rc;
+    rows_kernel<<<blocks_for(E, 64), 64>>>(*p, idx, T, S, E);
+    return launched("rows_kernel", err);
+}
+
+__global__ void gather_kernel(float *xd, const float *x, const int32_t *row_tok, const size_t *offset, size_t E,
+                              size_t n_max, size_t D)
+{
+    size_t n = offset[E] < n_max ? offset[E] : n_max;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n * D; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_gather(xd, x, row_tok, D, i / D, i % D);
+}
+
+extern "C" int moe_cuda_gather(float *xd, const float *x, const struct moe_cuda_plan *p, size_t E, size_t n_max,
+                               size_t D, struct moe_err *err)
+{
+    gather_kernel<<<blocks_for(n_max * D, 256), 256>>>(xd, x, p->row_tok, p->offset, E, n_max, D);
+    return launched("gather_kernel", err);
+}
+
+__global__ void combine_kernel(float *out, const float *yd, const float *gate, const int32_t *slot_row, size_t T,
+                               size_t S, size_t D)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < T * D; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_combine(out, yd, gate, slot_row, S, D, i / D, i % D);
+}
+
+extern "C" int moe_cuda_combine(float *out, const float *yd, const float *gate, const int32_t *slot_row, size_t T,
+                                size_t S, size_t D, struct moe_err *err)
+{
+    if (T == 0)
+        return 0;
+    combine_kernel<<<blocks_for(T * D, 256), 256>>>(out, yd, gate, slot_row, T, S, D);
+    return launched("combine_kernel", err);
+}
+
 // ---------------------------------------------------------------- optimizer: one thread per element
 
 __global__ void optim_kernel(struct moe_k_optim o, float *w, float *g, float *m, float *v, size_t n)
@@ -147,8 +235,6 @@ extern "C" int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, floa
 {
     if (n == 0)
         return 0;
-    size_t want = (n + 255) / 256;
-    unsigned blocks = want < 65535 ? (unsigned)want : 65535u;
-    optim_kernel<<<blocks, 256>>>(*o, w, g, m, v, n);
+    optim_kernel<<<blocks_for(n, 256), 256>>>(*o, w, g, m, v, n);
     return launched("optim_kernel", err);
 }

@@ -46,6 +46,28 @@ int moe_cuda_route_forward(const struct moe_cuda_route *a, float *p, float *lse,
 int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b,
                           size_t T, size_t D, float eps, struct moe_err *err);
 
+// The capacity plan for T tokens of S slots over E experts from idx, prio
+// (T, S) (moe/dispatch.c moe_dispatch_plan): row_tok, row_slot (T * S: the
+// first offset[E] rows are used), slot_row (T, S), offset (E + 1), routed,
+// dropped (E). prob: MOE_DROP_PROB (else token order). Scratch: order (S, T),
+// kept (T * S bytes), n_kept (E).
+struct moe_cuda_plan {
+    int32_t *row_tok, *row_slot, *slot_row;
+    size_t *offset, *routed, *dropped;
+    int32_t *order;
+    uint8_t *kept;
+    size_t *n_kept;
+};
+int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T, size_t S,
+                           size_t E, size_t cap, int prob, struct moe_err *err);
+// xd (rows, D) = the plan's tokens' rows of x (T, D), for the offset[E] rows
+// (at most n_max) of plan p.
+int moe_cuda_gather(float *xd, const float *x, const struct moe_cuda_plan *p, size_t E, size_t n_max, size_t D,
+                    struct moe_err *err);
+// out (T, D) += the gated expert outputs yd (rows, D) of each token's kept slots, in slot order.
+int moe_cuda_combine(float *out, const float *yd, const float *gate, const int32_t *slot_row, size_t T, size_t S,
+                     size_t D, struct moe_err *err);
+
 // One optimizer update of n weights (kernels/optim.h: the step's scalars).
 struct moe_k_optim;
 int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float *m, float *v, size_t n,

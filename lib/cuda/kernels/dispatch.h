@@ -1,0 +1,116 @@
+// dispatch.h: the capacity plan (moe/dispatch.c moe_dispatch_plan) and the
+// gather and combine around the expert FFNs (moe/experts.c), as host/device
+// functions (core/hd.h) over index spaces a GPU launch covers:
+//   1. keep order (MOE_DROP_PROB only): one thread per (slot, token) finds its
+//      place among the tokens of its slot, by priority, ties to the lower token
+//      (GShard's first choices before second choices, batch-prioritised within
+//      a slot: Lepikhin et al. 2020; Riquelme et al. 2021);
+//   2. keep: one thread per expert walks the slots in keep order and keeps the
+//      first `cap` assignments to it (routed, dropped and kept counts);
+//   3. offsets: one thread, the prefix sums of the kept counts;
+//   4. rows: one thread per expert lays its kept assignments out in token
+//      order, from its offset;
+//   5. gather: one thread per (row, column) copies a token's input to its row;
+//   6. combine: one thread per (token, column) adds its slots' gated outputs
+//      in slot order (no atomics: each output value has one writer).
+// Every result equals the CPU's: the same decisions and the same sums in the
+// same order. T = tokens, S = slots per token, E = experts, D = width.
+// Not here: the expert GEMMs (cuBLAS) and the backward.
+#ifndef MOE_K_DISPATCH_H
+#define MOE_K_DISPATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/hd.h"
+
+// 1. The place of token t in slot s's keep order by priority (prio (T, S)):
+// the number of tokens that come before it. order[s * T + place] = t.
+static inline MOE_HD size_t moe_k_prob_place(const float *prio, size_t T, size_t S, size_t s, size_t t)
+{
+    float k = prio[t * S + s];
+    size_t before = 0;
+    for (size_t u = 0; u < T; u++) {
+        float ku = prio[u * S + s];
+        before += ku > k || (ku == k && u < t);
+    }
+    return before;
+}
+
+// 2. Expert e's keep pass over idx (T, S): slots in order, within a slot the
+// tokens in order (order (S, T) from 1, or NULL: token order). Marks kept
+// assignments in kept (T, S) (1; the caller cleared it to 0) and returns the
+// counts of assignments routed to e, dropped for capacity, and kept.
+static inline MOE_HD void moe_k_dispatch_keep(const int32_t *idx, const int32_t *order, size_t T, size_t S, size_t cap,
+                                              int32_t e, uint8_t *kept, size_t *routed, size_t *dropped,
+                                              size_t *n_kept)
+{
+    size_t r = 0, d = 0, k = 0;
+    for (size_t s = 0; s < S; s++) {
+        for (size_t j = 0; j < T; j++) {
+            size_t t = order ? (size_t)order[s * T + j] : j, i = t * S + s;
+            if (idx[i] != e)
+                continue;
+            r++;
+            if (k < cap) {
+                k++;
+                kept[i] = 1;
+            } else {
+                d++;
+            }
+        }
+    }
+    *routed = r;
+    *dropped = d;
+    *n_kept = k;
+}
+
+// 3. offset (E + 1) from the kept counts (E); returns the kept rows, offset[E].
+static inline MOE_HD size_t moe_k_dispatch_offsets(size_t *offset, const size_t *n_kept, size_t E)
+{
+    offset[0] = 0;
+    for (size_t e = 0; e < E; e++)
+        offset[e + 1] = offset[e] + n_kept[e];
+    return offset[E];
+}
+
+// 4. Expert e's rows: its kept assignments in token order (then slot order)
+// from offset[e]: row_tok, row_slot per row, slot_row per assignment (-1 for
+// every assignment not kept: the caller fills slot_row with -1 first).
+static inline MOE_HD void moe_k_dispatch_rows(const int32_t *idx, const uint8_t *kept, size_t T, size_t S,
+                                              int32_t e, size_t offset, int32_t *row_tok, int32_t *row_slot,
+                                              int32_t *slot_row)
+{
+    size_t r = offset;
+    for (size_t t = 0; t < T; t++)
+        for (size_t s = 0; s < S; s++) {
+            size_t i = t * S + s;
+            if (idx[i] != e || !kept[i])
+                continue;
+            row_tok[r] = (int32_t)t;
+            row_slot[r] = (int32_t)s;
+            slot_row[i] = (int32_t)r;
+            r++;
+        }
+}
+
+// 5. xd[r, c] = x[row_tok[r], c].
+static inline MOE_HD void moe_k_gather(float *xd, const float *x, const int32_t *row_tok, size_t D, size_t r, size_t c)
+{
+    xd[r * D + c] = x[(size_t)row_tok[r] * D + c];
+}
+
+// 6. out[t, c] += sum over t's kept slots s, in slot order, of gate[t, s] yd[slot_row[t, s], c].
+static inline MOE_HD void moe_k_combine(float *out, const float *yd, const float *gate, const int32_t *slot_row,
+                                        size_t S, size_t D, size_t t, size_t c)
+{
+    float o = out[t * D + c];
+    for (size_t s = 0; s < S; s++) {
+        int32_t r = slot_row[t * S + s];
+        if (r >= 0)
+            o += gate[t * S + s] * yd[(size_t)r * D + c];
+    }
+    out[t * D + c] = o;
+}
+
+#endif
