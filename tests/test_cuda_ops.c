@@ -15,6 +15,7 @@
 #include "core/rng.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/ops.h"
+#include "moe/aux_loss.h"
 #include "moe/dispatch.h"
 #include "moe/experts.h"
 #include "moe/router.h"
@@ -217,6 +218,39 @@ static void test_dispatch(void)
     free(idx), free(prio), free(x), free(gate), free(yd), free(out);
 }
 
+static void test_aux(void)
+{
+    const size_t T = 30011, E = 64, S = 2;
+    const float coef = 0.01f;
+    struct moe_err err;
+    struct moe_router_cfg c = { MOE_ROUTER_SOFTMAX, E, S, MOE_SECOND_RANDOM, 0.0, 0 };
+    struct moe_route r;
+    if (moe_route_alloc(&r, T, E, S, 0, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        exit(1);
+    }
+    fill(r.z, T * E, 90, -4.0f, 4.0f);
+    moe_router_forward(&r, &c, NULL, NULL, 1, NULL, 0, T);
+    float *dz = calloc(T * E, 4), *dz2 = malloc(T * E * 4);
+    int32_t *dsel = dev(r.sel, T * S * 4);
+    float *dp = dev(r.p, T * E * 4), *dlse = dev(r.lse, T * 4), *ddz = dev(dz, T * E * 4);
+    double *df = dev(NULL, E * 8), *dP = dev(NULL, E * 8), *dv = dev(NULL, 8);
+    double v1 = moe_aux_switch(dz, &r, coef) / (double)E, v2 = 0.0;
+    EXPECT(moe_cuda_aux_fp(&v2, ddz, dsel, dp, T, E, S, 1, (double)coef * (double)E, df, dP, dv, &err) == 0, "%s",
+           err.msg);
+    EXPECT(fabs(v1 - v2) <= 1e-12 * fabs(v1), "switch f.P: %.17g vs %.17g", v2, v1);
+    double z1 = moe_aux_z(dz, &r, coef), z2 = 0.0;
+    EXPECT(moe_cuda_aux_z(&z2, ddz, dlse, dp, T, E, coef, dv, &err) == 0, "%s", err.msg);
+    EXPECT(fabs(z1 - z2) <= 1e-12 * fabs(z1), "z-loss: %.17g vs %.17g", z2, z1);
+    host(dz2, ddz, T * E * 4);
+    close_floats(dz2, dz, T * E, 1e-5, "balancing + z gradient");
+    void *bufs[] = { dsel, dp, dlse, ddz, df, dP, dv };
+    for (size_t i = 0; i < 7; i++)
+        moe_cuda_free(bufs[i]);
+    free(dz), free(dz2);
+    moe_route_release(&r);
+}
+
 static void test_norm(void)
 {
     static const size_t widths[] = { 1, 9, 64, 1000 };
@@ -300,6 +334,7 @@ int main(void)
     printf("device 0: %s, compute capability %d.%d\n", info.dev.name, info.dev.cc_major, info.dev.cc_minor);
     test_route();
     test_dispatch();
+    test_aux();
     test_norm();
     test_optim();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);

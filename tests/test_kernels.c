@@ -11,6 +11,8 @@
 //     these kernels cover;
 //   - LayerNorm and RMSNorm forward by (row, lane) against nn/norm.c;
 //   - GD, SGD and AdamW updates, clipped or not, against train/optim.c;
+//   - the switch / gshard / topk-all balancing losses and the z-loss, values
+//     and gradients, against moe/aux_loss.c;
 //   - the capacity plan (keep order by priority, keep, offsets, rows) for both
 //     drop policies, and the gather and combine around the experts, against
 //     moe/dispatch.c and moe/experts.c.
@@ -21,10 +23,12 @@
 #include <string.h>
 
 #include "core/rng.h"
+#include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/kernels/route.h"
+#include "moe/aux_loss.h"
 #include "moe/dispatch.h"
 #include "moe/experts.h"
 #include "moe/router.h"
@@ -242,6 +246,40 @@ START_TEST(test_optim)
 }
 END_TEST
 
+START_TEST(test_aux)
+{
+    const size_t T = 301, E = 16, S = 3;
+    const float coef = 0.37f;
+    struct moe_err err;
+    struct moe_router_cfg c = { MOE_ROUTER_SOFTMAX, E, S, MOE_SECOND_RANDOM, 0.0, 0 };
+    struct moe_route r;
+    ck_assert_int_eq(moe_route_alloc(&r, T, E, S, 0, &err), 0);
+    fill(r.z, T * E, 500, -4.0f, 4.0f);
+    moe_router_forward(&r, &c, NULL, NULL, 1, NULL, 0, T);
+    float *dz1 = calloc(T * E, sizeof *dz1), *dz2 = calloc(T * E, sizeof *dz2);
+    double f[16], P[16];
+    for (int all = 0; all <= 1; all++) { // switch (first choices), topk-all (every slot)
+        double v1 = all ? moe_aux_topk_all(dz1, &r, coef) : moe_aux_switch(dz1, &r, coef);
+        for (size_t e = 0; e < E; e++) // one thread per expert
+            moe_k_aux_fp_expert(&f[e], &P[e], r.sel, r.p, T, E, S, all ? S : 1, e);
+        double v2 = (double)E * moe_k_aux_fp_sum(f, P, E);
+        ck_assert_msg(v1 == v2, "%s: %.17g vs %.17g", all ? "topk-all" : "switch", v1, v2);
+        for (size_t t = 0; t < T; t++) // one thread per (token, expert)
+            for (size_t j = 0; j < E; j++)
+                moe_k_aux_fp_grad(dz2, r.p, f, E, (double)coef * (double)E, T, t, j);
+        same_floats(dz1, dz2, T * E, "balancing-loss gradient");
+    }
+    double z1 = moe_aux_z(dz1, &r, coef), z2 = moe_k_z_loss(r.lse, T);
+    ck_assert_msg(z1 == z2, "z: %.17g vs %.17g", z1, z2);
+    for (size_t t = 0; t < T; t++)
+        for (size_t j = 0; j < E; j++)
+            moe_k_z_grad(dz2, r.lse, r.p, E, coef, T, t, j);
+    same_floats(dz1, dz2, T * E, "z-loss gradient");
+    free(dz1), free(dz2);
+    moe_route_release(&r);
+}
+END_TEST
+
 START_TEST(test_dispatch)
 {
     static const struct {
@@ -342,6 +380,7 @@ int main(void)
     tcase_add_test(tc, test_norm);
     tcase_add_test(tc, test_optim);
     tcase_add_test(tc, test_dispatch);
+    tcase_add_test(tc, test_aux);
     suite_add_tcase(s, tc);
     return moe_test_run(s);
 }

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/ops.h"
+#include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
@@ -220,6 +221,71 @@ extern "C" int moe_cuda_combine(float *out, const float *yd, const float *gate, 
         return 0;
     combine_kernel<<<blocks_for(T * D, 256), 256>>>(out, yd, gate, slot_row, T, S, D);
     return launched("combine_kernel", err);
+}
+
+// ---------------------------------------------------------------- balancing and z losses
+
+__global__ void fp_expert_kernel(double *f, double *P, const int32_t *sel, const float *p, size_t T, size_t E,
+                                 size_t S, size_t n_slots)
+{
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e < E)
+        moe_k_aux_fp_expert(f + e, P + e, sel, p, T, E, S, n_slots, e);
+}
+
+__global__ void fp_sum_kernel(double *value, const double *f, const double *P, size_t E)
+{
+    *value = moe_k_aux_fp_sum(f, P, E);
+}
+
+__global__ void fp_grad_kernel(float *dz, const float *p, const double *f, size_t E, double scale, size_t T)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < T * E; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_aux_fp_grad(dz, p, f, E, scale, T, i / E, i % E);
+}
+
+extern "C" int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, size_t T, size_t E,
+                               size_t S, size_t n_slots, double scale, double *f, double *P, double *value,
+                               struct moe_err *err)
+{
+    *ret = 0.0;
+    if (T == 0)
+        return 0;
+    int rc;
+    fp_expert_kernel<<<blocks_for(E, 64), 64>>>(f, P, sel, p, T, E, S, n_slots);
+    if ((rc = launched("fp_expert_kernel", err)))
+        return rc;
+    fp_sum_kernel<<<1, 1>>>(value, f, P, E);
+    if ((rc = launched("fp_sum_kernel", err)) || (rc = moe_cuda_to_host(ret, value, sizeof *ret, err)))
+        return rc;
+    if (!dz)
+        return 0;
+    fp_grad_kernel<<<blocks_for(T * E, 256), 256>>>(dz, p, f, E, scale, T);
+    return launched("fp_grad_kernel", err);
+}
+
+__global__ void z_loss_kernel(double *value, const float *lse, size_t T) { *value = moe_k_z_loss(lse, T); }
+
+__global__ void z_grad_kernel(float *dz, const float *lse, const float *p, size_t E, float coef, size_t T)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < T * E; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_z_grad(dz, lse, p, E, coef, T, i / E, i % E);
+}
+
+extern "C" int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, size_t T, size_t E,
+                              float coef, double *value, struct moe_err *err)
+{
+    *ret = 0.0;
+    if (T == 0)
+        return 0;
+    int rc;
+    z_loss_kernel<<<1, 1>>>(value, lse, T);
+    if ((rc = launched("z_loss_kernel", err)) || (rc = moe_cuda_to_host(ret, value, sizeof *ret, err)))
+        return rc;
+    if (!dz)
+        return 0;
+    z_grad_kernel<<<blocks_for(T * E, 256), 256>>>(dz, lse, p, E, coef, T);
+    return launched("z_grad_kernel", err);
 }
 
 // ---------------------------------------------------------------- optimizer: one thread per element

@@ -68,6 +68,17 @@ int moe_cuda_gather(float *xd, const float *x, const struct moe_cuda_plan *p, si
 int moe_cuda_combine(float *out, const float *yd, const float *gate, const int32_t *slot_row, size_t T, size_t S,
                      size_t D, struct moe_err *err);
 
+// The f.P balancing loss (moe/aux_loss.c): *ret = sum_e f_e P_e over the
+// route's sel (T, S; f over the first n_slots slots) and p (T, E); when dz is
+// non-NULL, dz (T, E) += the gradient of scale * that sum. Scratch: f, P (E
+// doubles each) and one double, all device memory.
+int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, size_t T, size_t E, size_t S,
+                    size_t n_slots, double scale, double *f, double *P, double *value, struct moe_err *err);
+// The z-loss: *ret = (1/T) sum_t lse_t^2; dz (T, E) += its gradient times coef
+// when dz is non-NULL. value: one device double of scratch.
+int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, size_t T, size_t E, float coef,
+                   double *value, struct moe_err *err);
+
 // One optimizer update of n weights (kernels/optim.h: the step's scalars).
 struct moe_k_optim;
 int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float *m, float *v, size_t n,
