@@ -251,6 +251,36 @@ static void test_aux(void)
     moe_route_release(&r);
 }
 
+static void test_embed(void)
+{
+    const size_t B = 64, C = 128, ld = C + 1, D = 64, V = 300, n = B * C;
+    struct moe_err err;
+    int32_t *tok = malloc(B * ld * 4);
+    struct moe_rng r = moe_rng_make(3, MOE_RNG_DATA, 700);
+    for (size_t i = 0; i < B * ld; i++)
+        tok[i] = (int32_t)moe_rng_below(&r, i, 40); // few ids: long runs of the same row
+    float *wte = malloc(V * D * 4), *wpe = malloc(C * D * 4), *out = malloc(n * D * 4), *out2 = malloc(n * D * 4);
+    float *dout = malloc(n * D * 4), *dte = calloc(V * D, 4), *dpe = calloc(C * D, 4), *dte2 = malloc(V * D * 4),
+          *dpe2 = malloc(C * D * 4);
+    fill(wte, V * D, 701, -1.0f, 1.0f), fill(wpe, C * D, 702, -1.0f, 1.0f), fill(dout, n * D, 703, -1.0f, 1.0f);
+    int32_t *dtok = dev(tok, B * ld * 4);
+    float *dwte = dev(wte, V * D * 4), *dwpe = dev(wpe, C * D * 4), *dout_d = dev(NULL, n * D * 4);
+    float *dg = dev(dout, n * D * 4), *ddte = dev(dte, V * D * 4), *ddpe = dev(dpe, C * D * 4);
+    int32_t *s1 = dev(NULL, n * 4), *s2 = dev(NULL, n * 4), *s3 = dev(NULL, n * 4), *s4 = dev(NULL, n * 4);
+    moe_embedding_forward(out, tok, ld, wte, wpe, B, C, D);
+    moe_embedding_backward(dte, dpe, dout, tok, ld, B, C, D);
+    EXPECT(moe_cuda_embed_forward(dout_d, dtok, ld, dwte, dwpe, B, C, D, &err) == 0, "%s", err.msg);
+    EXPECT(moe_cuda_embed_backward(ddte, ddpe, dg, dtok, ld, B, C, D, V, s1, s2, s3, s4, &err) == 0, "%s", err.msg);
+    host(out2, dout_d, n * D * 4), host(dte2, ddte, V * D * 4), host(dpe2, ddpe, C * D * 4);
+    EXPECT(memcmp(out, out2, n * D * 4) == 0, "embedding forward differs");
+    EXPECT(memcmp(dte, dte2, V * D * 4) == 0, "token embedding gradient differs");
+    EXPECT(memcmp(dpe, dpe2, C * D * 4) == 0, "position embedding gradient differs");
+    void *bufs[] = { dtok, dwte, dwpe, dout_d, dg, ddte, ddpe, s1, s2, s3, s4 };
+    for (size_t i = 0; i < 11; i++)
+        moe_cuda_free(bufs[i]);
+    free(tok), free(wte), free(wpe), free(out), free(out2), free(dout), free(dte), free(dpe), free(dte2), free(dpe2);
+}
+
 static void test_norm(void)
 {
     static const size_t widths[] = { 1, 9, 64, 1000 };
@@ -335,6 +365,7 @@ int main(void)
     test_route();
     test_dispatch();
     test_aux();
+    test_embed();
     test_norm();
     test_optim();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);

@@ -13,6 +13,8 @@
 //   - GD, SGD and AdamW updates, clipped or not, against train/optim.c;
 //   - the switch / gshard / topk-all balancing losses and the z-loss, values
 //     and gradients, against moe/aux_loss.c;
+//   - the token + position embedding, forward and backward (tokens sorted
+//     stably by id), against nn/embedding.c;
 //   - the capacity plan (keep order by priority, keep, offsets, rows) for both
 //     drop policies, and the gather and combine around the experts, against
 //     moe/dispatch.c and moe/experts.c.
@@ -25,6 +27,7 @@
 #include "core/rng.h"
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
+#include "cuda/kernels/embed.h"
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/kernels/route.h"
@@ -280,6 +283,48 @@ START_TEST(test_aux)
 }
 END_TEST
 
+START_TEST(test_embed)
+{
+    const size_t B = 7, C = 13, ld = C + 1, D = 24, V = 11, n = B * C;
+    int32_t *tok = malloc(B * ld * 4), *order = malloc(n * 4);
+    size_t start[12] = { 0 };
+    float *wte = malloc(V * D * 4), *wpe = malloc(C * D * 4), *o1 = malloc(n * D * 4), *o2 = malloc(n * D * 4);
+    float *dout = malloc(n * D * 4), *dte1 = malloc(V * D * 4), *dte2 = malloc(V * D * 4), *dpe1 = malloc(C * D * 4),
+          *dpe2 = malloc(C * D * 4);
+    struct moe_rng r = moe_rng_make(3, MOE_RNG_DATA, 600);
+    for (size_t i = 0; i < B * ld; i++)
+        tok[i] = (int32_t)moe_rng_below(&r, i, (uint32_t)V - 1); // id V - 1 never occurs
+    fill(wte, V * D, 601, -1.0f, 1.0f), fill(wpe, C * D, 602, -1.0f, 1.0f), fill(dout, n * D, 603, -1.0f, 1.0f);
+    fill(dte1, V * D, 604, -0.1f, 0.1f), fill(dpe1, C * D, 605, -0.1f, 0.1f);
+    memcpy(dte2, dte1, V * D * 4), memcpy(dpe2, dpe1, C * D * 4);
+    moe_embedding_forward(o1, tok, ld, wte, wpe, B, C, D);
+    moe_embedding_backward(dte1, dpe1, dout, tok, ld, B, C, D);
+    for (size_t row = 0; row < n; row++)
+        for (size_t i = 0; i < D; i++)
+            moe_k_embed_forward(o2, tok, ld, wte, wpe, C, D, row, i);
+    same_floats(o1, o2, n * D, "embedding");
+    // a stable counting sort of the rows by token id (a radix sort on the device)
+    for (size_t row = 0; row < n; row++)
+        start[tok[(row / C) * ld + row % C] + 1]++;
+    for (size_t v = 0; v < V; v++)
+        start[v + 1] += start[v];
+    size_t fillp[11];
+    memcpy(fillp, start, V * sizeof *fillp);
+    for (size_t row = 0; row < n; row++)
+        order[fillp[tok[(row / C) * ld + row % C]]++] = (int32_t)row;
+    for (size_t v = 0; v < V; v++)
+        for (size_t i = 0; i < D; i++)
+            moe_k_embed_backward_tok(dte2, dout, order, start[v], start[v + 1], D, v, i);
+    for (size_t c = 0; c < C; c++)
+        for (size_t i = 0; i < D; i++)
+            moe_k_embed_backward_pos(dpe2, dout, B, C, D, c, i);
+    same_floats(dte1, dte2, V * D, "token embedding gradient");
+    same_floats(dpe1, dpe2, C * D, "position embedding gradient");
+    free(tok), free(order), free(wte), free(wpe), free(o1), free(o2), free(dout), free(dte1), free(dte2);
+    free(dpe1), free(dpe2);
+}
+END_TEST
+
 START_TEST(test_dispatch)
 {
     static const struct {
@@ -381,6 +426,7 @@ int main(void)
     tcase_add_test(tc, test_optim);
     tcase_add_test(tc, test_dispatch);
     tcase_add_test(tc, test_aux);
+    tcase_add_test(tc, test_embed);
     suite_add_tcase(s, tc);
     return moe_test_run(s);
 }

@@ -2,11 +2,13 @@
 // ops.h. Each kernel computes its thread's indices and calls the body the CPU
 // tests check; nothing else happens on the device here. No atomics: every
 // value is written by one thread, reductions run in the bodies' fixed order.
+#include <cub/device/device_radix_sort.cuh>
 #include <cuda_runtime.h>
 
 #include "cuda/ops.h"
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
+#include "cuda/kernels/embed.h"
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/kernels/route.h"
@@ -286,6 +288,80 @@ extern "C" int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const fl
         return 0;
     z_grad_kernel<<<blocks_for(T * E, 256), 256>>>(dz, lse, p, E, coef, T);
     return launched("z_grad_kernel", err);
+}
+
+// ---------------------------------------------------------------- embedding
+
+__global__ void embed_forward_kernel(float *out, const int32_t *tok, size_t ld, const float *wte, const float *wpe,
+                                     size_t n, size_t C, size_t D)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n * D; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_embed_forward(out, tok, ld, wte, wpe, C, D, i / D, i % D);
+}
+
+extern "C" int moe_cuda_embed_forward(float *out, const int32_t *tok, size_t ld, const float *wte, const float *wpe,
+                                      size_t B, size_t C, size_t D, struct moe_err *err)
+{
+    if (B * C == 0)
+        return 0;
+    embed_forward_kernel<<<blocks_for(B * C * D, 256), 256>>>(out, tok, ld, wte, wpe, B * C, C, D);
+    return launched("embed_forward_kernel", err);
+}
+
+// ids[row] = the token id of row b C + c; rows[row] = row.
+__global__ void embed_ids_kernel(int32_t *ids, int32_t *rows, const int32_t *tok, size_t ld, size_t n, size_t C)
+{
+    for (size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x; r < n; r += (size_t)gridDim.x * blockDim.x) {
+        ids[r] = tok[(r / C) * ld + r % C];
+        rows[r] = (int32_t)r;
+    }
+}
+
+__global__ void embed_backward_tok_kernel(float *dwte, const float *dout, const int32_t *sorted_ids,
+                                          const int32_t *order, size_t n, size_t V, size_t D)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < V * D; i += (size_t)gridDim.x * blockDim.x) {
+        int32_t id = (int32_t)(i / D);
+        size_t start = moe_k_lower_bound(sorted_ids, n, id), end = moe_k_lower_bound(sorted_ids, n, id + 1);
+        if (start < end)
+            moe_k_embed_backward_tok(dwte, dout, order, start, end, D, (size_t)id, i % D);
+    }
+}
+
+__global__ void embed_backward_pos_kernel(float *dwpe, const float *dout, size_t B, size_t C, size_t D)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < C * D; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_embed_backward_pos(dwpe, dout, B, C, D, i / D, i % D);
+}
+
+extern "C" int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tok, size_t ld,
+                                       size_t B, size_t C, size_t D, size_t V, int32_t *ids, int32_t *sorted_ids,
+                                       int32_t *rows, int32_t *order, struct moe_err *err)
+{
+    size_t n = B * C;
+    if (n == 0)
+        return 0;
+    int rc;
+    embed_ids_kernel<<<blocks_for(n, 256), 256>>>(ids, rows, tok, ld, n, C);
+    if ((rc = launched("embed_ids_kernel", err)))
+        return rc;
+    // a stable radix sort of (id, row): each id's rows stay in row order
+    size_t temp_bytes = 0;
+    void *temp = NULL;
+    if ((rc = check(cub::DeviceRadixSort::SortPairs(NULL, temp_bytes, ids, sorted_ids, rows, order, (int)n),
+                    "cub::DeviceRadixSort::SortPairs (size)", err)) ||
+        (rc = moe_cuda_malloc(&temp, temp_bytes, "the embedding backward's sort", err)))
+        return rc;
+    rc = check(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, ids, sorted_ids, rows, order, (int)n),
+               "cub::DeviceRadixSort::SortPairs", err);
+    cudaFree(temp);
+    if (rc)
+        return rc;
+    embed_backward_tok_kernel<<<blocks_for(V * D, 256), 256>>>(dwte, dout, sorted_ids, order, n, V, D);
+    if ((rc = launched("embed_backward_tok_kernel", err)))
+        return rc;
+    embed_backward_pos_kernel<<<blocks_for(C * D, 256), 256>>>(dwpe, dout, B, C, D);
+    return launched("embed_backward_pos_kernel", err);
 }
 
 // ---------------------------------------------------------------- optimizer: one thread per element

@@ -79,6 +79,17 @@ int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, 
 int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, size_t T, size_t E, float coef,
                    double *value, struct moe_err *err);
 
+// The embedding (nn/embedding.c) of B sequences of C tokens (ids tok, row
+// stride ld) of width D: out (B C, D) = wte[id] + wpe[c]; and the backward,
+// dwte (V, D) += and dwpe (C, D) += from dout (B C, D), in the CPU's order of
+// additions (the rows sorted stably by id with a device radix sort). Scratch
+// for the backward: ids, sorted_ids, rows, order (B C each, int32).
+int moe_cuda_embed_forward(float *out, const int32_t *tok, size_t ld, const float *wte, const float *wpe, size_t B,
+                           size_t C, size_t D, struct moe_err *err);
+int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tok, size_t ld, size_t B,
+                            size_t C, size_t D, size_t V, int32_t *ids, int32_t *sorted_ids, int32_t *rows,
+                            int32_t *order, struct moe_err *err);
+
 // One optimizer update of n weights (kernels/optim.h: the step's scalars).
 struct moe_k_optim;
 int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float *m, float *v, size_t n,
