@@ -312,6 +312,11 @@ START_TEST(test_embed)
     memcpy(fillp, start, V * sizeof *fillp);
     for (size_t row = 0; row < n; row++)
         order[fillp[tok[(row / C) * ld + row % C]]++] = (int32_t)row;
+    int32_t sorted[91]; // the ids in sorted order: each id's rows begin at its lower bound
+    for (size_t k = 0; k < n; k++)
+        sorted[k] = tok[((size_t)order[k] / C) * ld + (size_t)order[k] % C];
+    for (size_t v = 0; v <= V; v++)
+        ck_assert_uint_eq(moe_k_lower_bound(sorted, n, (int32_t)v), v < V ? start[v] : n);
     for (size_t v = 0; v < V; v++)
         for (size_t i = 0; i < D; i++)
             moe_k_embed_backward_tok(dte2, dout, order, start[v], start[v + 1], D, v, i);
