@@ -1,11 +1,14 @@
 // test_cuda_ops.c: the CUDA launches of lib/cuda/ops.cu against the CPU
 // library, on a GPU: the router (every router the kernels cover, training and
-// evaluation), LayerNorm and RMSNorm forward, and the GD/SGD/AdamW update.
+// evaluation), the capacity plan with both drop policies, gather and combine,
+// the balancing and z losses, the embedding forward and backward, LayerNorm
+// and RMSNorm forward and backward, and the GD/SGD/AdamW update.
 // Routing decisions must be identical wherever no two scores are within a
-// tolerance of a tie; the capacity plan (both drop policies) is identical; values
-// agree within the stated relative tolerances (the
-// device's expf, log, exp and FMA contraction differ from the host's in the
-// last bits). Exit 77 (meson: skipped) where no GPU is usable.
+// tolerance of a tie; the capacity plan and the embedding (the same float adds
+// in the same order) are identical; other values agree within the stated
+// relative tolerances (the device's expf, log, exp and FMA contraction differ
+// from the host's in the last bits). Exit 77 (meson: skipped) where no GPU is
+// usable.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -301,6 +304,30 @@ static void test_norm(void)
             EXPECT(moe_cuda_norm_forward(dy, dm, dr, dx, dgm, rms ? NULL : db, T, D, 1e-5f, &err) == 0, "%s", err.msg);
             host(y2, dy, n * 4), host(r2, dr, T * 4);
             close_floats(y2, y, n, 1e-6, rms ? "rmsnorm y" : "layernorm y");
+            // the backward, from the CPU's statistics
+            float *gy = malloc(n * 4), *dxc = calloc(n, 4), *dgc = calloc(D, 4), *dbc = calloc(D, 4);
+            float *dxh = malloc(n * 4), *dgh = malloc(D * 4), *dbh = malloc(D * 4);
+            fill(gy, n, 9, -1.0f, 1.0f);
+            if (rms)
+                moe_rmsnorm_backward(dxc, dgc, gy, x, r, g, T, D);
+            else
+                moe_layernorm_backward(dxc, dgc, dbc, gy, x, m, r, g, T, D);
+            float *dgy = dev(gy, n * 4), *ddx = dev(NULL, n * 4), *ddg = dev(NULL, D * 4), *ddb = dev(NULL, D * 4);
+            float *dmean = dev(m, T * 4), *drstd = dev(r, T * 4);
+            memset(dxh, 0, n * 4), memset(dgh, 0, D * 4);
+            moe_cuda_to_device(ddx, dxh, n * 4, &err), moe_cuda_to_device(ddg, dgh, D * 4, &err);
+            moe_cuda_to_device(ddb, dgh, D * 4, &err);
+            EXPECT(moe_cuda_norm_backward(ddx, ddg, rms ? NULL : ddb, dgy, dx, dmean, drstd, dgm, T, D, &err) == 0,
+                   "%s", err.msg);
+            host(dxh, ddx, n * 4), host(dgh, ddg, D * 4), host(dbh, ddb, D * 4);
+            close_floats(dxh, dxc, n, 1e-5, "norm dx");
+            close_floats(dgh, dgc, D, 1e-5, "norm dg");
+            if (!rms)
+                close_floats(dbh, dbc, D, 1e-5, "norm db");
+            void *bb[] = { dgy, ddx, ddg, ddb, dmean, drstd };
+            for (size_t i = 0; i < 6; i++)
+                moe_cuda_free(bb[i]);
+            free(gy), free(dxc), free(dgc), free(dbc), free(dxh), free(dgh), free(dbh);
             close_floats(r2, r, T, 1e-6, "rstd");
             if (!rms) {
                 host(m2, dm, T * 4);

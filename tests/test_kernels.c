@@ -9,7 +9,8 @@
 //   - routing (softmax, noisy logits, top-K with ties, gates, GShard's random
 //     second expert, bias balancing) against moe/router.c for every router
 //     these kernels cover;
-//   - LayerNorm and RMSNorm forward by (row, lane) against nn/norm.c;
+//   - LayerNorm and RMSNorm forward and backward by (row, lane) and by column
+//     against nn/norm.c;
 //   - GD, SGD and AdamW updates, clipped or not, against train/optim.c;
 //   - the switch / gshard / topk-all balancing losses and the z-loss, values
 //     and gradients, against moe/aux_loss.c;
@@ -205,6 +206,53 @@ START_TEST(test_norm)
                 same_floats(m1, m2, T, "mean");
         }
         free(x), free(y1), free(y2), free(g), free(b);
+    }
+}
+END_TEST
+
+START_TEST(test_norm_backward)
+{
+    static const size_t widths[] = { 1, 9, 64, 257 };
+    const size_t T = 11;
+    for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++) {
+        size_t D = widths[wi], n = T * D;
+        float *x = malloc(n * 4), *y = malloc(n * 4), *dy = malloc(n * 4), *g = malloc(D * 4), *b = malloc(D * 4);
+        float *dx1 = malloc(n * 4), *dx2 = malloc(n * 4), *dg1 = malloc(D * 4), *dg2 = malloc(D * 4);
+        float *db1 = malloc(D * 4), *db2 = malloc(D * 4), mean[11], rstd[11];
+        fill(x, n, 800 + (uint32_t)wi, -3.0f, 5.0f), fill(dy, n, 810, -1.0f, 1.0f);
+        for (size_t i = 0; i < n; i++)
+            x[i] = ldexpf(x[i], (int)(i * 7919 % 25) - 12);
+        fill(g, D, 820, 0.5f, 1.5f), fill(b, D, 821, -0.2f, 0.2f);
+        for (int rms = 0; rms <= 1; rms++) {
+            fill(dx1, n, 830, -0.1f, 0.1f), fill(dg1, D, 831, -0.1f, 0.1f), fill(db1, D, 832, -0.1f, 0.1f);
+            memcpy(dx2, dx1, n * 4), memcpy(dg2, dg1, D * 4), memcpy(db2, db1, D * 4);
+            if (rms) {
+                moe_rmsnorm_forward(y, rstd, x, g, T, D, 1e-5f);
+                moe_rmsnorm_backward(dx1, dg1, dy, x, rstd, g, T, D);
+            } else {
+                moe_layernorm_forward(y, mean, rstd, x, g, b, T, D, 1e-5f);
+                moe_layernorm_backward(dx1, dg1, db1, dy, x, mean, rstd, g, T, D);
+            }
+            for (size_t col = 0; col < D; col++) // one thread per column
+                moe_k_norm_param_col(dg2, rms ? NULL : db2, dy, x, mean, rstd, T, D, col);
+            for (size_t t = 0; t < T; t++) { // (row, lane) threads, the join, one thread per element
+                double a1[MOE_K_LANES], a2[MOE_K_LANES];
+                float m = rms ? 0.0f : mean[t];
+                for (int k = 0; k < MOE_K_LANES; k++)
+                    moe_k_norm_grad_lane(&a1[k], &a2[k], x + t * D, dy + t * D, g, m, rstd[t], D, k);
+                float a = (float)(moe_k_lanes_join(a1) / (double)D), c = (float)(moe_k_lanes_join(a2) / (double)D);
+                for (size_t i = 0; i < D; i++) {
+                    size_t j = t * D + i;
+                    dx2[j] = rms ? moe_k_rmsnorm_dx(dx2[j], x[j], dy[j], g[i], rstd[t], c)
+                                 : moe_k_layernorm_dx(dx2[j], x[j], dy[j], g[i], m, rstd[t], a, c);
+                }
+            }
+            same_floats(dx1, dx2, n, rms ? "rmsnorm dx" : "layernorm dx");
+            same_floats(dg1, dg2, D, "dg");
+            if (!rms)
+                same_floats(db1, db2, D, "db");
+        }
+        free(x), free(y), free(dy), free(g), free(b), free(dx1), free(dx2), free(dg1), free(dg2), free(db1), free(db2);
     }
 }
 END_TEST
@@ -428,6 +476,7 @@ int main(void)
     tcase_add_test(tc, test_philox);
     tcase_add_test(tc, test_route);
     tcase_add_test(tc, test_norm);
+    tcase_add_test(tc, test_norm_backward);
     tcase_add_test(tc, test_optim);
     tcase_add_test(tc, test_dispatch);
     tcase_add_test(tc, test_aux);

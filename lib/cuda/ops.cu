@@ -364,6 +364,55 @@ extern "C" int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *do
     return launched("embed_backward_pos_kernel", err);
 }
 
+__global__ void norm_param_kernel(float *dg, float *db, const float *dy, const float *x, const float *mean,
+                                  const float *rstd, size_t T, size_t D)
+{
+    size_t col = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (col < D)
+        moe_k_norm_param_col(dg, db, dy, x, mean, rstd, T, D, col);
+}
+
+__global__ void norm_dx_kernel(float *dx, const float *dy, const float *x, const float *mean, const float *rstd,
+                               const float *g, size_t T, size_t D, int layernorm)
+{
+    __shared__ double l1[NORM_ROWS][MOE_K_LANES], l2[NORM_ROWS][MOE_K_LANES];
+    __shared__ float ac[NORM_ROWS][2];
+    int lane = threadIdx.x % MOE_K_LANES, r = threadIdx.x / MOE_K_LANES;
+    size_t t = (size_t)blockIdx.x * NORM_ROWS + r;
+    int live = t < T;
+    float m = live && layernorm ? mean[t] : 0.0f, rs = live ? rstd[t] : 0.0f;
+    if (live)
+        moe_k_norm_grad_lane(&l1[r][lane], &l2[r][lane], x + t * D, dy + t * D, g, m, rs, D, lane);
+    __syncthreads();
+    if (lane == 0 && live) {
+        ac[r][0] = (float)(moe_k_lanes_join(l1[r]) / (double)D);
+        ac[r][1] = (float)(moe_k_lanes_join(l2[r]) / (double)D);
+    }
+    __syncthreads();
+    if (!live)
+        return;
+    for (size_t i = (size_t)lane; i < D; i += MOE_K_LANES) {
+        size_t j = t * D + i;
+        dx[j] = layernorm ? moe_k_layernorm_dx(dx[j], x[j], dy[j], g[i], m, rs, ac[r][0], ac[r][1])
+                          : moe_k_rmsnorm_dx(dx[j], x[j], dy[j], g[i], rs, ac[r][1]);
+    }
+}
+
+extern "C" int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
+                                      const float *mean, const float *rstd, const float *g, size_t T, size_t D,
+                                      struct moe_err *err)
+{
+    if (T == 0)
+        return 0;
+    norm_param_kernel<<<blocks_for(D, 128), 128>>>(dg, db, dy, x, mean, rstd, T, D);
+    int rc = launched("norm_param_kernel", err);
+    if (rc || !dx)
+        return rc;
+    norm_dx_kernel<<<(unsigned)((T + NORM_ROWS - 1) / NORM_ROWS), NORM_ROWS * MOE_K_LANES>>>(dx, dy, x, mean, rstd,
+                                                                                           g, T, D, db != NULL);
+    return launched("norm_dx_kernel", err);
+}
+
 // ---------------------------------------------------------------- optimizer: one thread per element
 
 __global__ void optim_kernel(struct moe_k_optim o, float *w, float *g, float *m, float *v, size_t n)

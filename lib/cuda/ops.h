@@ -90,6 +90,11 @@ int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const i
                             size_t C, size_t D, size_t V, int32_t *ids, int32_t *sorted_ids, int32_t *rows,
                             int32_t *order, struct moe_err *err);
 
+// Their backward (nn/norm.c): dx += (when dx is non-NULL), dg +=, and for
+// LayerNorm (db non-NULL; mean from the forward) db +=.
+int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, const float *x, const float *mean,
+                           const float *rstd, const float *g, size_t T, size_t D, struct moe_err *err);
+
 // One optimizer update of n weights (kernels/optim.h: the step's scalars).
 struct moe_k_optim;
 int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float *m, float *v, size_t n,

@@ -7,7 +7,9 @@
 // depend on the launch shape. tests/test_kernels.c runs the same functions
 // over every (row, lane) and element and compares with nn/norm.c.
 // D = the normalised width.
-// Not here: the backward, and the parameter gradients' column sums.
+// Backward (Ba et al. 2016; Zhang & Sennrich 2019): the input gradient by
+// (row, lane) threads and a join like the forward's, and the parameter
+// gradients by one thread per column summing over rows in row order.
 #ifndef MOE_K_NORM_H
 #define MOE_K_NORM_H
 
@@ -63,5 +65,56 @@ static inline MOE_HD float moe_k_rmsnorm_rstd(double sum_sq, size_t D, float eps
     return (float)(1.0 / sqrt(sum_sq / (double)D + (double)eps));
 }
 static inline MOE_HD float moe_k_rmsnorm_elem(float x, float rstd, float g) { return x * rstd * g; }
+
+// Lane `lane` of a row's backward sums: a1 = sum_i dxh_i, a2 = sum_i dxh_i xhat_i,
+// dxh = dy g, xhat = (x - mean) rstd (RMSNorm: mean 0).
+static inline MOE_HD void moe_k_norm_grad_lane(double *a1, double *a2, const float *x, const float *dy, const float *g,
+                                               float mean, float rstd, size_t D, int lane)
+{
+    double s1 = 0.0, s2 = 0.0;
+    for (size_t i = (size_t)lane; i < D; i += MOE_K_LANES) {
+        float xh = (x[i] - mean) * rstd;
+        float dxh = dy[i] * g[i];
+        s1 += dxh;
+        s2 += (double)dxh * xh;
+    }
+    *a1 = s1;
+    *a2 = s2;
+}
+
+// dx_i += rstd (dxh_i - a - xhat_i c), a = mean(dxh), c = mean(dxh xhat) as floats.
+static inline MOE_HD float moe_k_layernorm_dx(float dx, float x, float dy, float g, float mean, float rstd, float a,
+                                              float c)
+{
+    float xh = (x - mean) * rstd;
+    return dx + rstd * (dy * g - a - xh * c);
+}
+
+// dx_i += rstd (dxh_i - x_i rstd c).
+static inline MOE_HD float moe_k_rmsnorm_dx(float dx, float x, float dy, float g, float rstd, float c)
+{
+    return dx + rstd * (dy * g - x * rstd * c);
+}
+
+// Column col's parameter gradients over T rows in row order: dg += dy xhat,
+// and for LayerNorm (db non-NULL) db += dy.
+static inline MOE_HD void moe_k_norm_param_col(float *dg, float *db, const float *dy, const float *x,
+                                               const float *mean, const float *rstd, size_t T, size_t D, size_t col)
+{
+    float ag = dg[col], ab = db ? db[col] : 0.0f;
+    for (size_t t = 0; t < T; t++) {
+        float xv = x[t * D + col], dv = dy[t * D + col], r = rstd[t];
+        if (db) {
+            float xh = (xv - mean[t]) * r;
+            ag += dv * xh;
+            ab += dv;
+        } else {
+            ag += dv * (xv * r);
+        }
+    }
+    dg[col] = ag;
+    if (db)
+        db[col] = ab;
+}
 
 #endif
