@@ -140,6 +140,21 @@ static void test_route(void)
             }
         }
         EXPECT(compared > T / 2, "router %zu: only %zu of %zu tokens away from ties", ci, compared, T);
+        // the backward, from the device's own forward
+        float *dgr = malloc(TS * 4), *dzc = calloc(TE, 4), *duc = calloc(TE, 4), *dzg = malloc(TE * 4);
+        fill(dgr, TS, 60 + (uint32_t)ci, -1.0f, 1.0f);
+        float *ddgr = dev(dgr, TS * 4), *ddz = dev(dzc, TE * 4), *ddu = dev(duc, TE * 4); // zeros
+        moe_router_backward(dzc, noisy ? duc : NULL, dgr, &r, &c);
+        EXPECT(moe_cuda_route_backward(&a, ddz, ddu, ddgr, dsel, didx, dp, dz, dh, de, du, &err) == 0, "%s", err.msg);
+        host(dzg, ddz, TE * 4);
+        size_t bad = 0;
+        for (size_t t = 0; t < T; t++) // tokens whose selection matched
+            if (memcmp(sel + t * S, r.sel + t * S, S * 4) == 0 && memcmp(idx + t * S, r.idx + t * S, S * 4) == 0)
+                for (size_t e = 0; e < E; e++)
+                    bad += fabs((double)dzg[t * E + e] - dzc[t * E + e]) > 1e-5 * fmax(1.0, fabs(dzc[t * E + e]));
+        EXPECT(bad == 0, "router %zu backward: %zu values differ", ci, bad);
+        moe_cuda_free(ddgr), moe_cuda_free(ddz), moe_cuda_free(ddu);
+        free(dgr), free(dzc), free(duc), free(dzg);
         void *bufs[] = { dz, du, dp, dl, dh, de, dsel, didx, dg, dpr };
         for (size_t i = 0; i < 10; i++)
             moe_cuda_free(bufs[i]);
@@ -211,6 +226,24 @@ static void test_dispatch(void)
         EXPECT(moe_cuda_combine(dout, dyd, dgate, p.slot_row, T, S, D, &err) == 0, "%s", err.msg);
         host(out2, dout, T * D * 4);
         close_floats(out2, out, T * D, 1e-5, "combine");
+        // the combine's backward
+        float *go = malloc(T * D * 4), *dgate_c = calloc(TS, 4), *dgate_g = malloc(TS * 4);
+        fill(go, T * D, 83, -1.0f, 1.0f);
+        for (size_t row = 0; row < d.n_rows; row++) {
+            size_t t = (size_t)d.row_tok[row], ts = t * S + (size_t)d.row_slot[row];
+            double acc = 0.0;
+            for (size_t c = 0; c < D; c++)
+                acc += (double)go[t * D + c] * yd[row * D + c];
+            dgate_c[ts] += (float)acc;
+        }
+        float *dgo = dev(go, T * D * 4), *ddg = dev(dgate_c, TS * 4), *ddyd = dev(NULL, TS * D * 4);
+        memset(dgate_g, 0, TS * 4);
+        moe_cuda_to_device(ddg, dgate_g, TS * 4, &err);
+        EXPECT(moe_cuda_combine_backward(ddyd, ddg, dgo, dyd, dgate, &p, E, TS, S, D, &err) == 0, "%s", err.msg);
+        host(dgate_g, ddg, TS * 4);
+        close_floats(dgate_g, dgate_c, TS, 1e-5, "gate gradient");
+        moe_cuda_free(dgo), moe_cuda_free(ddg), moe_cuda_free(ddyd);
+        free(go), free(dgate_c), free(dgate_g);
         moe_dispatch_release(&d);
         free(row_tok), free(slot_row), free(xd), free(out2);
     }

@@ -7,8 +7,8 @@
 // for the GPU parity tests.
 //   - Philox words, uniforms and normals against core/rng.c;
 //   - routing (softmax, noisy logits, top-K with ties, gates, GShard's random
-//     second expert, bias balancing) against moe/router.c for every router
-//     these kernels cover;
+//     second expert, bias balancing) and its backward against moe/router.c for
+//     every router these kernels cover;
 //   - LayerNorm and RMSNorm forward and backward by (row, lane) and by column
 //     against nn/norm.c;
 //   - GD, SGD and AdamW updates, clipped or not, against train/optim.c;
@@ -17,7 +17,8 @@
 //   - the token + position embedding, forward and backward (tokens sorted
 //     stably by id), against nn/embedding.c;
 //   - the capacity plan (keep order by priority, keep, offsets, rows) for both
-//     drop policies, and the gather and combine around the experts, against
+//     drop policies, and the gather and combine around the experts (and the
+//     combine's backward), against
 //     moe/dispatch.c and moe/experts.c.
 #include <check.h>
 #include <math.h>
@@ -150,6 +151,21 @@ START_TEST(test_route)
             same_floats(r1.eps, r2.eps, T * E, "eps");
             same_floats(r1.h, r2.h, T * E, "h");
         }
+        // the backward from a gate gradient, one token per thread
+        float *dg = malloc(T * S * 4), *dz1 = calloc(T * E, 4), *dz2 = calloc(T * E, 4);
+        float *du1 = noisy ? calloc(T * E, 4) : NULL, *du2 = noisy ? calloc(T * E, 4) : NULL;
+        fill(dg, T * S, 150 + (uint32_t)ci, -1.0f, 1.0f);
+        moe_router_backward(dz1, du1, dg, &r1, &c);
+        int raw = c.type == MOE_ROUTER_SWITCH || c.type == MOE_ROUTER_DEEPSEEK;
+        for (size_t t = 0; t < T; t++)
+            moe_k_route_backward_row(dz2 + t * E, noisy ? du2 + t * E : NULL, dg + t * S, r2.sel + t * S,
+                                     r2.idx + t * S, r2.p + t * E, (noisy ? r2.h : r2.z) + t * E,
+                                     noisy ? r2.eps + t * E : NULL, noisy ? r2.u + t * E : NULL, (int)E, (int)S,
+                                     raw ? MOE_K_GATE_RAW : MOE_K_GATE_RENORM);
+        same_floats(dz1, dz2, T * E, "router dz");
+        if (noisy)
+            same_floats(du1, du2, T * E, "router du");
+        free(dg), free(dz1), free(dz2), free(du1), free(du2);
         if (c.type == MOE_ROUTER_GSHARD && train) { // the random policy skipped some second slots
             size_t skipped = 0;
             for (size_t t = 0; t < T; t++)
@@ -458,6 +474,18 @@ START_TEST(test_dispatch)
             for (size_t c = 0; c < D; c++)
                 moe_k_combine(out2, buf.yd, gate, slot_row, S, D, t, c);
         same_floats(out2, out1, T * D, "combined output");
+        // its backward: the rows' output gradients and the gates' gradients
+        float *dout = malloc(T * D * 4), *dgate1 = calloc(TS, 4), *dgate2 = calloc(TS, 4);
+        float *dw1 = calloc(E * F * D, 4), *dw2 = calloc(E * D * F, 4), *dyd = malloc((TS + 1) * D * 4);
+        fill(dout, T * D, 405, -1.0f, 1.0f);
+        float *yd = malloc((TS + 1) * D * 4);
+        memcpy(yd, buf.yd, n_rows * D * 4); // the backward may reuse the forward's buffers
+        moe_experts_backward(NULL, dgate1, dw1, NULL, dw2, dout, x, gate, &d, w1, NULL, w2, &buf, MOE_FFN_RELU);
+        for (size_t row = 0; row < n_rows; row++) // one thread per row
+            moe_k_combine_backward(dyd, dgate2, dout, yd, gate, row_tok, row_slot, S, D, row);
+        same_floats(dgate1, dgate2, TS, "gate gradient");
+        same_floats(dyd, buf.dyd, n_rows * D, "row output gradient");
+        free(dout), free(dgate1), free(dgate2), free(dw1), free(dw2), free(dyd), free(yd);
 
         moe_experts_buf_release(&buf);
         moe_dispatch_release(&d);

@@ -90,6 +90,30 @@ extern "C" int moe_cuda_route_forward(const struct moe_cuda_route *a, float *p, 
     return launched("route_kernel", err);
 }
 
+__global__ void route_backward_kernel(struct moe_cuda_route a, float *dz, float *du, const float *dgate,
+                                      const int32_t *sel, const int32_t *idx, const float *p, const float *z,
+                                      const float *h, const float *eps, const float *u)
+{
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= a.T)
+        return;
+    size_t o = (size_t)t * a.E, os = (size_t)t * a.K;
+    moe_k_route_backward_row(dz + o, a.noisy ? du + o : NULL, dgate + os, sel + os, idx + os, p + o,
+                             (a.noisy ? h : z) + o, a.noisy ? eps + o : NULL, a.noisy ? u + o : NULL, a.E, a.K,
+                             a.raw_gates ? MOE_K_GATE_RAW : MOE_K_GATE_RENORM);
+}
+
+extern "C" int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz, float *du, const float *dgate,
+                                       const int32_t *sel, const int32_t *idx, const float *p, const float *z,
+                                       const float *h, const float *eps, const float *u, struct moe_err *err)
+{
+    if (a->T <= 0)
+        return 0;
+    int threads = 128, blocks = (a->T + threads - 1) / threads;
+    route_backward_kernel<<<blocks, threads>>>(*a, dz, du, dgate, sel, idx, p, z, h, eps, u);
+    return launched("route_backward_kernel", err);
+}
+
 // ---------------------------------------------------------------- norms: (row, lane) threads
 
 #define NORM_ROWS 32 // rows per block: NORM_ROWS x MOE_K_LANES threads
@@ -223,6 +247,24 @@ extern "C" int moe_cuda_combine(float *out, const float *yd, const float *gate, 
         return 0;
     combine_kernel<<<blocks_for(T * D, 256), 256>>>(out, yd, gate, slot_row, T, S, D);
     return launched("combine_kernel", err);
+}
+
+__global__ void combine_backward_kernel(float *dyd, float *dgate, const float *dout, const float *yd,
+                                        const float *gate, const int32_t *row_tok, const int32_t *row_slot,
+                                        const size_t *offset, size_t E, size_t n_max, size_t S, size_t D)
+{
+    size_t n = offset[E] < n_max ? offset[E] : n_max;
+    for (size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x; r < n; r += (size_t)gridDim.x * blockDim.x)
+        moe_k_combine_backward(dyd, dgate, dout, yd, gate, row_tok, row_slot, S, D, r);
+}
+
+extern "C" int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const float *yd,
+                                         const float *gate, const struct moe_cuda_plan *p, size_t E, size_t n_max,
+                                         size_t S, size_t D, struct moe_err *err)
+{
+    combine_backward_kernel<<<blocks_for(n_max, 128), 128>>>(dyd, dgate, dout, yd, gate, p->row_tok, p->row_slot,
+                                                             p->offset, E, n_max, S, D);
+    return launched("combine_backward_kernel", err);
 }
 
 // ---------------------------------------------------------------- balancing and z losses

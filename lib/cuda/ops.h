@@ -41,6 +41,13 @@ int moe_cuda_route_forward(const struct moe_cuda_route *a, float *p, float *lse,
                            int32_t *idx, float *gate, float *prio, const float *z, const float *u, const float *bias,
                            struct moe_err *err);
 
+// Its backward (moe_router_backward) from the gates' gradient dgate (T, K):
+// dz (T, E) +=, and for noisy-topk du (T, E) +=. The route's buffers as the
+// forward left them (h, eps, u only for noisy-topk).
+int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz, float *du, const float *dgate,
+                            const int32_t *sel, const int32_t *idx, const float *p, const float *z, const float *h,
+                            const float *eps, const float *u, struct moe_err *err);
+
 // LayerNorm (b non-NULL: mean written) or RMSNorm (b NULL: mean unused) over T
 // rows of D: nn/norm.c's forward, the same lanes and tree.
 int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b,
@@ -94,6 +101,13 @@ int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const i
 // LayerNorm (db non-NULL; mean from the forward) db +=.
 int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, const float *x, const float *mean,
                            const float *rstd, const float *g, size_t T, size_t D, struct moe_err *err);
+
+// The combine's backward for the plan's rows (offset[E] of them, at most
+// n_max): dyd (rows, D) = gate dout[token], dgate (T, S) += dout[token] . yd[row]
+// (dgate may be NULL).
+int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const float *yd, const float *gate,
+                              const struct moe_cuda_plan *p, size_t E, size_t n_max, size_t S, size_t D,
+                              struct moe_err *err);
 
 // One optimizer update of n weights (kernels/optim.h: the step's scalars).
 struct moe_k_optim;

@@ -13,9 +13,12 @@
 //   5. gather: one thread per (row, column) copies a token's input to its row;
 //   6. combine: one thread per (token, column) adds its slots' gated outputs
 //      in slot order (no atomics: each output value has one writer).
+//   7. combine backward: one thread per row scales the token's output gradient
+//      by its gate into the row and adds dout . y (double, in column order)
+//      to the slot's gate gradient (a slot has one row: one writer).
 // Every result equals the CPU's: the same decisions and the same sums in the
 // same order. T = tokens, S = slots per token, E = experts, D = width.
-// Not here: the expert GEMMs (cuBLAS) and the backward.
+// Not here: the expert GEMMs (cuBLAS) and their backward.
 #ifndef MOE_K_DISPATCH_H
 #define MOE_K_DISPATCH_H
 
@@ -111,6 +114,25 @@ static inline MOE_HD void moe_k_combine(float *out, const float *yd, const float
             o += gate[t * S + s] * yd[(size_t)r * D + c];
     }
     out[t * D + c] = o;
+}
+
+// 7. Row r of the combine's backward: dyd[r, :] = gate[t, s] dout[t, :] and
+// dgate[t, s] += dout[t, :] . yd[r, :] (when dgate is non-NULL), t, s = the row's token and slot.
+static inline MOE_HD void moe_k_combine_backward(float *dyd, float *dgate, const float *dout, const float *yd,
+                                                 const float *gate, const int32_t *row_tok, const int32_t *row_slot,
+                                                 size_t S, size_t D, size_t r)
+{
+    size_t t = (size_t)row_tok[r], ts = t * S + (size_t)row_slot[r];
+    const float g = gate[ts];
+    const float *dot = dout + t * D, *yr = yd + r * D;
+    float *dyr = dyd + r * D;
+    double acc = 0.0;
+    for (size_t i = 0; i < D; i++) {
+        dyr[i] = g * dot[i];
+        acc += (double)dot[i] * yr[i];
+    }
+    if (dgate)
+        dgate[ts] += (float)acc;
 }
 
 #endif

@@ -4,9 +4,10 @@
 // functions over every token and compares with the CPU router
 // (moe/router.c moe_router_forward), which they follow operation by operation.
 // E = experts, K = slots per token.
-// Not here: expert choice and hash routing (whole-batch and table work), the
-// backward, and which router uses which gate (the launch wrapper maps the
-// router table onto enum moe_k_gate).
+// The backward (moe_router_backward) is per token too.
+// Not here: expert choice and hash routing's forward (whole-batch and table
+// work), and which router uses which gate (the launch wrapper maps the router
+// table onto enum moe_k_gate).
 #ifndef MOE_K_ROUTE_H
 #define MOE_K_ROUTE_H
 
@@ -79,6 +80,20 @@ static inline MOE_HD void moe_k_topk_row(int32_t *sel, const float *v, const flo
     }
 }
 
+// Max and normaliser (double) of the softmax over the selected logits v[sel[0..K)].
+static inline MOE_HD void moe_k_sel_softmax_norm(const float *v, const int32_t *sel, int K, double *ret_m,
+                                                 double *ret_sum)
+{
+    double m = v[sel[0]];
+    for (int k = 1; k < K; k++)
+        m = v[sel[k]] > m ? v[sel[k]] : m;
+    double s = 0.0;
+    for (int k = 0; k < K; k++)
+        s += exp(v[sel[k]] - m);
+    *ret_m = m;
+    *ret_sum = s;
+}
+
 // The gates of one token's K selected slots: idx = sel, prio = p[sel], and the
 // gate by kind (v: the logits the selection softmax runs over: z, or h for
 // noisy-topk).
@@ -93,12 +108,8 @@ static inline MOE_HD void moe_k_gates_row(int32_t *idx, float *gate, float *prio
         }
         return;
     }
-    double m = v[sel[0]];
-    for (int k = 1; k < K; k++)
-        m = v[sel[k]] > m ? v[sel[k]] : m;
-    double s = 0.0;
-    for (int k = 0; k < K; k++)
-        s += exp(v[sel[k]] - m);
+    double m, s;
+    moe_k_sel_softmax_norm(v, sel, K, &m, &s);
     for (int k = 0; k < K; k++) {
         idx[k] = sel[k];
         gate[k] = (float)(exp(v[sel[k]] - m) / s);
@@ -118,6 +129,45 @@ static inline MOE_HD void moe_k_gshard_second(int32_t *idx, float *gate, uint64_
     if (!(2.0f * gate[1] > U)) {
         idx[1] = -1;
         gate[1] = 0.0f;
+    }
+}
+
+// One token's router backward from the gates' gradient dg (K): dz (E) +=,
+// and for noisy-topk du (E) += through h = z + eps softplus(u) (v = h; else
+// v = z). Raw gates (gate = p): dz_j += [j chosen] dg p_j - p_j sum_s dg_s p_s.
+// Renormalised gates: through the softmax over the selected logits; a slot
+// GShard skipped (idx = -1) carries no gradient but stays in the normaliser.
+static inline MOE_HD void moe_k_route_backward_row(float *dz, float *du, const float *dg, const int32_t *sel,
+                                                   const int32_t *idx, const float *p, const float *v,
+                                                   const float *eps, const float *u, int E, int K,
+                                                   enum moe_k_gate kind)
+{
+    if (kind == MOE_K_GATE_RAW) {
+        double a = 0.0;
+        for (int s = 0; s < K; s++) {
+            if (idx[s] < 0)
+                continue;
+            double w = (double)dg[s] * p[idx[s]];
+            dz[idx[s]] += (float)w;
+            a += w;
+        }
+        for (int j = 0; j < E; j++)
+            dz[j] -= (float)(a * p[j]);
+        return;
+    }
+    double m, sum;
+    moe_k_sel_softmax_norm(v, sel, K, &m, &sum);
+    double a = 0.0;
+    for (int k = 0; k < K; k++)
+        if (idx[k] >= 0)
+            a += (double)dg[k] * (exp(v[sel[k]] - m) / sum);
+    for (int k = 0; k < K; k++) {
+        int j = sel[k];
+        double g = exp(v[j] - m) / sum;
+        double dv = g * ((idx[k] >= 0 ? (double)dg[k] : 0.0) - a);
+        dz[j] += (float)dv;
+        if (du)
+            du[j] += (float)(dv * eps[j] * (1.0 / (1.0 + exp(-(double)u[j]))));
     }
 }
 
