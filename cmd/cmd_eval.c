@@ -91,8 +91,9 @@ static int flatten(const cJSON *o, const char *prefix, char ***sets, size_t *n, 
 }
 
 // --config FILE: checked as a config on its own (every message of moe train's
-// --config), then its keys as overrides, before the --set options.
-static int config_sets(const char *cmd, const struct cli_common *c, char ***ret, size_t *ret_n)
+// --config), then its keys as overrides (the first *ret_n_config), before the
+// --set options.
+static int config_sets(const char *cmd, const struct cli_common *c, char ***ret, size_t *ret_n, size_t *ret_n_config)
 {
     size_t n = 0, cap = 0;
     char **sets = NULL;
@@ -119,6 +120,7 @@ static int config_sets(const char *cmd, const struct cli_common *c, char ***ret,
             rc = cli_error(cmd, 1, "%s: cannot read the config back", c->config);
         cJSON_Delete(j);
     }
+    *ret_n_config = n;
     for (size_t i = 0; !rc && i < c->n_sets; i++) {
         if (n == cap) {
             size_t nc = cap ? 2 * cap : 16;
@@ -173,8 +175,10 @@ int cmd_eval(int argc, char **argv)
         rc = cli_error(cmd, 2, "option '--out' does not apply: eval prints its figures on stdout");
         goto done;
     }
-    if ((rc = config_sets(cmd, &c, &sets, &n_sets)) ||
-        (rc = cli_ckpt_refuse_model_sets(cmd, c.config ? "--config" : "--set", (const char *const *)sets, n_sets)))
+    size_t n_config = 0;
+    if ((rc = config_sets(cmd, &c, &sets, &n_sets, &n_config)) ||
+        (rc = cli_ckpt_refuse_model_sets(cmd, "--config", (const char *const *)sets, n_config)) ||
+        (rc = cli_ckpt_refuse_model_sets(cmd, "--set", (const char *const *)sets + n_config, n_sets - n_config)))
         goto done;
     if ((rc = cli_ckpt_load(cmd, o.ckpt, (const char *const *)sets, n_sets, c.force, eval_batch, o.split, &k)))
         goto done;
