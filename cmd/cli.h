@@ -118,6 +118,8 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
 int cmd_compare_loss(int argc, char **argv);
 int cmd_route_stats(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_eval(int argc, char **argv);     // cmd_eval.c
+int cmd_generate(int argc, char **argv); // cmd_generate.c
 
 // summary.json's "routing" object (router, conventions, capacity, active
 // parameters per token) for a model with sparse layers; also sets

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckpt.h"
 #include "cli.h"
 #include "estimate.h"
 #include "io/atomic.h"
@@ -80,59 +81,6 @@ static int on_opt(void *ctx, int opt, const char *arg)
         return 0;
     }
     return 2;
-}
-
-// The checkpoint's config, then --set overrides; standardisation is applied
-// from the checkpoint's statistics, not refitted.
-static int load_config(const struct moe_st_file *f, const struct cli_common *c, struct moe_config *cfg,
-                       struct moe_run_cfg *rcfg, int *ret_standardize, struct moe_err *err)
-{
-    const char *text = moe_safetensors_meta(f, "config");
-    if (!text)
-        return moe_error(err, MOE_EFORMAT, "%s: no 'config' in the checkpoint's metadata (not written by moe train?)",
-                         f->path);
-    // The checkpoint's own config first: if that fails the file is at fault (exit 1);
-    // then the user's --set overrides, whose mistakes are usage errors (exit 2).
-    struct moe_err perr;
-    int rc = moe_config_parse(cfg, moe_run_schema(), moe_run_schema_len(), text, f->path, NULL, 0, &perr);
-    if (rc)
-        return moe_error(err, MOE_EFORMAT, "%s: the 'config' metadata is not a valid config: %s", f->path, perr.msg);
-    for (size_t i = 0; i < c->n_sets; i++)
-        if ((rc = moe_config_set(cfg, c->sets[i], err)))
-            return rc;
-    // The checkpoint's data.standardize says whether to apply its statistics; the
-    // config then says false (the loader must not refit), and is read as it ends up.
-    if ((rc = moe_run_cfg_parse(rcfg, cfg, err)))
-        return rc;
-    *ret_standardize = rcfg->data.standardize;
-    moe_run_cfg_release(rcfg); // its strings point into cfg, which the next line changes
-    if ((rc = moe_config_set(cfg, "data.standardize=false", err)))
-        return rc;
-    return moe_run_cfg_parse(rcfg, cfg, err);
-}
-
-static int standardize(const struct moe_st_file *f, struct moe_dataset *d, struct moe_err *err)
-{
-    const struct moe_st_entry *m = moe_safetensors_find(f, "data.mean"), *s = moe_safetensors_find(f, "data.std");
-    if (!m || !s)
-        return moe_error(err, MOE_EFORMAT, "%s: the config standardises features but 'data.mean'/'data.std' are missing",
-                         f->path);
-    if (m->dtype != MOE_F32 || s->dtype != MOE_F32)
-        return moe_error(err, MOE_EFORMAT, "%s: 'data.mean'/'data.std' must have dtype F32", f->path);
-    if (m->numel != d->n_in || s->numel != d->n_in)
-        return moe_error(err, MOE_ESHAPE, "%s: 'data.mean'/'data.std' must be F32 of %zu features", f->path, d->n_in);
-    struct moe_standardize st = { d->n_in, malloc(d->n_in * sizeof(float)), malloc(d->n_in * sizeof(float)) };
-    if (!st.mean || !st.std) {
-        free(st.mean);
-        free(st.std);
-        return moe_error(err, MOE_ENOMEM, "out of memory");
-    }
-    memcpy(st.mean, m->data, d->n_in * sizeof(float));
-    memcpy(st.std, s->data, d->n_in * sizeof(float));
-    moe_standardize_apply(&st, d);
-    free(st.mean);
-    free(st.std);
-    return 0;
 }
 
 static void json_num(cJSON *o, const char *k, double v)
@@ -368,7 +316,8 @@ static int rs_load(struct rs_run *r)
     const char *cmd = r->cmd, *split = r->o->split;
     struct moe_err err = { 0 };
     int std_on = 0, checked = 0, rc;
-    if (moe_safetensors_open(r->o->ckpt, &r->f, &err) || load_config(&r->f, r->c, &r->cfg, &r->rc, &std_on, &err))
+    if (moe_safetensors_open(r->o->ckpt, &r->f, &err) ||
+        cli_ckpt_config(&r->f, r->c->sets, r->c->n_sets, &r->cfg, &r->rc, &std_on, &err))
         return cli_fail(cmd, &err);
     if ((rc = cli_check_run(cmd, &r->rc, NULL, NULL, rs_batch, split, 0, r->c->force, NULL, &checked)))
         return rc;
@@ -377,7 +326,7 @@ static int rs_load(struct rs_run *r)
         moe_data_check_text_checkpoint(&r->data, &r->f, &err))
         return cli_fail(cmd, &err);
     r->d = strcmp(split, "train") == 0 ? &r->data.train : &r->data.test;
-    if (std_on && !r->data.has_text && standardize(&r->f, r->d, &err))
+    if (std_on && !r->data.has_text && cli_ckpt_standardize(&r->f, r->d, &err))
         return cli_fail(cmd, &err);
     r->chunk = rs_batch(&r->rc, r->data.train.n, r->data.test.n, split);
     if (!checked && (rc = cli_check_run(cmd, &r->rc, NULL, &r->data, rs_batch, split, 0, r->c->force, NULL, &checked)))

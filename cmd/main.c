@@ -23,6 +23,8 @@ static const struct command commands[] = {
     { "lora", cmd_lora, "fine-tune low-rank adapters on a frozen base checkpoint (LoRA); write adapters (and the merged model)" },
     { "bench", cmd_bench, "time a config's MoE layer and training step, each against BLIS sgemm on the same shapes" },
     { "route-stats", cmd_route_stats, "route a data split through a checkpoint; per-layer load, drops, entropy, co-selection" },
+    { "eval", cmd_eval, "evaluate a checkpoint on a split as training's final evaluation does; JSON on stdout" },
+    { "generate", cmd_generate, "sample text from a transformer language-model checkpoint" },
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -25,6 +25,7 @@ enum moe_rng_purpose {
     MOE_RNG_DROPOUT = 8,
     MOE_RNG_WINDOW = 9,    // language-model training windows (stream = epoch, index = window)
     MOE_RNG_MOEBERT = 10,  // MoEBERT random neuron order (stream = block)
+    MOE_RNG_GENERATE = 11, // moe generate: sampling (stream 0, index = generated token)
 };
 
 struct moe_rng {

@@ -484,7 +484,7 @@ run_dir resume_vocab_dir lm vocab.txt dir
 mkdir -p out_model_dir/model.safetensors/sub
 
 # ------------------------------------------------------------------ the rows
-CMDS=(train compare-loss route-stats lora distill bench)
+CMDS=(train compare-loss route-stats lora distill bench eval generate)
 row=0
 while IFS= read -r line || [ -n "$line" ]; do
     case $line in '#'* | '') continue ;; esac

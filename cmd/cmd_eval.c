@@ -1,0 +1,209 @@
+// cmd_eval.c: `moe eval` evaluates a trained checkpoint on a split of the data
+// its run config names, the way training's final evaluation does (the same
+// chunks, the same statistics), and prints the figures as one JSON object: the
+// object summary.json holds under final.train or final.test for that split.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "ckpt.h"
+#include "cli.h"
+#include "train_run.h"
+
+static const char *const usage =
+    "usage: moe eval --checkpoint CKPT [--data train|valid|test] [--config FILE] [--set key.path=value]...\n"
+    "                [--threads N] [--force] [--quiet]\n"
+    "Evaluate a trained checkpoint on a split of its data as training's final evaluation does, and\n"
+    "print one JSON object on stdout: the keys and values of summary.json's final.train (--data train)\n"
+    "or final.test (--data test or valid: the held-out split; for text data the corpus's validation\n"
+    "part). Default: the held-out split. The data is the checkpoint's own config's, standardised with\n"
+    "the checkpoint's statistics; --config FILE (its keys applied over the checkpoint's config, then\n"
+    "each --set) may point data.* elsewhere, but no model.* key may change.\n";
+
+enum { OPT_CKPT = OPT_FIRST_CMD, OPT_DATA };
+
+struct eval_opts {
+    const char *ckpt, *split;
+};
+
+static int on_opt(void *ctx, int opt, const char *arg)
+{
+    struct eval_opts *o = ctx;
+    switch (opt) {
+    case OPT_CKPT:
+        o->ckpt = arg;
+        return 0;
+    case OPT_DATA:
+        if (strcmp(arg, "train") != 0 && strcmp(arg, "test") != 0 && strcmp(arg, "valid") != 0)
+            return cli_error("eval", 2, "option '--data': expected train, valid or test, got '%s'", arg);
+        o->split = strcmp(arg, "train") == 0 ? "train" : "test";
+        return 0;
+    }
+    return 2;
+}
+
+// The model's batch: as large as the trainer's evaluation chunk (train.max_batch_eval
+// rows; text: at most a training batch of windows), at most the split.
+static size_t eval_batch(const struct moe_run_cfg *rc, size_t n_train, size_t n_test, const void *ctx)
+{
+    size_t rows = strcmp((const char *)ctx, "train") == 0 ? n_train : n_test;
+    size_t chunk = cli_ckpt_eval_chunk(rc, n_train);
+    return chunk > rows && rows > 0 ? rows : chunk;
+}
+
+// The leaves of a JSON object as "a.b.c=value" overrides, appended to *sets.
+static int flatten(const cJSON *o, const char *prefix, char ***sets, size_t *n, size_t *cap)
+{
+    for (const cJSON *it = o->child; it; it = it->next) {
+        char path[512];
+        snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", it->string ? it->string : "");
+        if (cJSON_IsObject(it)) {
+            if (flatten(it, path, sets, n, cap))
+                return 1;
+            continue;
+        }
+        char *val = cJSON_PrintUnformatted(it);
+        if (!val)
+            return 1;
+        if (*n == *cap) {
+            size_t nc = *cap ? 2 * *cap : 16;
+            char **ns = realloc(*sets, nc * sizeof *ns);
+            if (!ns) {
+                free(val);
+                return 1;
+            }
+            *sets = ns;
+            *cap = nc;
+        }
+        size_t len = strlen(path) + strlen(val) + 2;
+        char *s = malloc(len);
+        if (!s) {
+            free(val);
+            return 1;
+        }
+        snprintf(s, len, "%s=%s", path, val);
+        free(val);
+        (*sets)[(*n)++] = s;
+    }
+    return 0;
+}
+
+// --config FILE: checked as a config on its own (every message of moe train's
+// --config), then its keys as overrides (the first *ret_n_config), before the
+// --set options.
+static int config_sets(const char *cmd, const struct cli_common *c, char ***ret, size_t *ret_n, size_t *ret_n_config)
+{
+    size_t n = 0, cap = 0;
+    char **sets = NULL;
+    int rc = 0;
+    if (c->config) {
+        struct moe_config chk;
+        struct moe_err err = { 0 };
+        if (moe_config_load(&chk, moe_run_schema(), moe_run_schema_len(), c->config, NULL, 0, &err))
+            return cli_fail(cmd, &err);
+        moe_config_release(&chk);
+        FILE *f = fopen(c->config, "rb");
+        char *buf = NULL;
+        long len = -1;
+        if (f && fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+            (buf = malloc((size_t)len + 1)) && fread(buf, 1, (size_t)len, f) == (size_t)len)
+            buf[len] = '\0';
+        else
+            len = -1;
+        if (f)
+            fclose(f);
+        cJSON *j = len >= 0 ? cJSON_Parse(buf) : NULL;
+        free(buf);
+        if (!j || flatten(j, "", &sets, &n, &cap))
+            rc = cli_error(cmd, 1, "%s: cannot read the config back", c->config);
+        cJSON_Delete(j);
+    }
+    *ret_n_config = n;
+    for (size_t i = 0; !rc && i < c->n_sets; i++) {
+        if (n == cap) {
+            size_t nc = cap ? 2 * cap : 16;
+            char **ns = realloc(sets, nc * sizeof *ns);
+            if (!ns) {
+                rc = cli_error(cmd, 1, "out of memory");
+                break;
+            }
+            sets = ns;
+            cap = nc;
+        }
+        if (!(sets[n] = strdup(c->sets[i])))
+            rc = cli_error(cmd, 1, "out of memory");
+        else
+            n++;
+    }
+    *ret = sets;
+    *ret_n = n;
+    return rc;
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    static const struct option opts[] = { CLI_COMMON_OPTIONS,
+                                          { "checkpoint", required_argument, NULL, OPT_CKPT },
+                                          { "data", required_argument, NULL, OPT_DATA },
+                                          { 0, 0, 0, 0 } };
+    const char *cmd = "eval";
+    struct cli_common c;
+    struct eval_opts o = { .split = "test" };
+    struct cli_ckpt k;
+    memset(&k, 0, sizeof k);
+    char **sets = NULL;
+    size_t n_sets = 0;
+    struct moe_stats st;
+    memset(&st, 0, sizeof st);
+    cJSON *out = NULL;
+    cli_common_init(&c);
+    int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
+    if (rc == -1) {
+        fputs(usage, stdout);
+        rc = 0;
+        goto done;
+    }
+    if (rc || (rc = cli_setup_compute(cmd, &c)))
+        goto done;
+    if (!o.ckpt) {
+        rc = cli_error(cmd, 2, "option '--checkpoint' is required (see 'moe help eval')");
+        goto done;
+    }
+    if (c.out) {
+        rc = cli_error(cmd, 2, "option '--out' does not apply: eval prints its figures on stdout");
+        goto done;
+    }
+    size_t n_config = 0;
+    if ((rc = config_sets(cmd, &c, &sets, &n_sets, &n_config)) ||
+        (rc = cli_ckpt_refuse_model_sets(cmd, "--config", (const char *const *)sets, n_config)) ||
+        (rc = cli_ckpt_refuse_model_sets(cmd, "--set", (const char *const *)sets + n_config, n_sets - n_config)))
+        goto done;
+    if ((rc = cli_ckpt_load(cmd, o.ckpt, (const char *const *)sets, n_sets, c.force, eval_batch, o.split, &k)))
+        goto done;
+    const struct moe_dataset *d = strcmp(o.split, "train") == 0 ? &k.data.train : &k.data.test;
+    struct moe_err err = { 0 };
+    struct moe_eval_row row;
+    if (moe_train_stats_init(&st, &k.model, &k.data.train, &err) ||
+        moe_evaluate(&k.model, d, o.split, cli_ckpt_eval_chunk(&k.rc, k.data.train.n), k.rc.train.active_threshold,
+                     &st, &row, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto done;
+    }
+    if (!(out = run_output_eval_json(&row))) {
+        rc = cli_error(cmd, 1, "out of memory");
+        goto done;
+    }
+    rc = cli_print_json(cmd, out);
+    cli_log(&c, "moe eval: %zu %s rows of %s", d->task == MOE_TASK_LM ? d->n_win : d->n, o.split, o.ckpt);
+done:
+    cJSON_Delete(out);
+    moe_stats_release(&st);
+    cli_ckpt_release(&k);
+    for (size_t i = 0; i < n_sets; i++)
+        free(sets[i]);
+    free(sets);
+    cli_common_release(&c);
+    return rc;
+}
