@@ -15,6 +15,7 @@
 #include "core/sysmem.h"
 #include "io/atomic.h"
 #include "moe/moe_layer.h"
+#include "progress.h"
 #include "train/train.h"
 
 void cli_common_init(struct cli_common *c)
@@ -73,6 +74,7 @@ int cli_add_set(struct cli_common *c, const char *opt, const char *key, const ch
 int cli_error(const char *cmd, int exit_code, const char *fmt, ...)
 {
     va_list ap;
+    progress_break();
     va_start(ap, fmt);
     fprintf(stderr, "moe%s%s: ", cmd ? " " : "", cmd ? cmd : "");
     vfprintf(stderr, fmt, ap);
@@ -140,6 +142,11 @@ int cli_common_option(struct cli_common *c, const char *cmd, int opt, const char
         return 1;
     case OPT_FORCE:
         c->force = 1;
+        return 1;
+    case OPT_PROGRESS_EVERY:
+        if (progress_parse_every(arg, &c->progress_every))
+            return -cli_error(cmd, 2, "option '--progress-every' expects a number of seconds greater than 0 (e.g. 10 or 0.5), got '%s'",
+                              arg);
         return 1;
     }
     return 0;
@@ -414,6 +421,7 @@ void cli_log(const struct cli_common *c, const char *fmt, ...)
     if (c->quiet)
         return;
     va_list ap;
+    progress_break();
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);

@@ -22,7 +22,8 @@ struct cli_common {
     int threads;            // --threads N
     const char *device;     // --device cpu|cuda|cuda:N, as given
     int device_id;          // N of cuda:N (0 for cuda and cpu)
-    int quiet;
+    int quiet;              // --quiet: no log lines, no progress line
+    double progress_every;  // --progress-every SECONDS (0: the default, progress.h)
     int force;              // --force: run even past the memory check's headroom
     char **owned;           // --set strings a command's own options stand for (cli_add_set)
     size_t n_owned;
@@ -33,13 +34,13 @@ struct cli_common {
 
 // Long options every subcommand accepts; a command appends its own.
 enum { OPT_CONFIG = 1000, OPT_SET, OPT_OUT, OPT_SEED, OPT_THREADS, OPT_DEVICE, OPT_QUIET, OPT_HELP, OPT_FORCE,
-       OPT_FIRST_CMD };
+       OPT_PROGRESS_EVERY, OPT_FIRST_CMD };
 #define CLI_COMMON_OPTIONS                                                                          \
     { "config", required_argument, NULL, OPT_CONFIG }, { "set", required_argument, NULL, OPT_SET }, \
     { "out", required_argument, NULL, OPT_OUT }, { "seed", required_argument, NULL, OPT_SEED },     \
     { "threads", required_argument, NULL, OPT_THREADS }, { "device", required_argument, NULL, OPT_DEVICE }, \
     { "quiet", no_argument, NULL, OPT_QUIET }, { "help", no_argument, NULL, OPT_HELP },                  \
-    { "force", no_argument, NULL, OPT_FORCE }
+    { "force", no_argument, NULL, OPT_FORCE }, { "progress-every", required_argument, NULL, OPT_PROGRESS_EVERY }
 
 void cli_common_init(struct cli_common *c);
 void cli_common_release(struct cli_common *c);
@@ -58,7 +59,8 @@ int cli_parse(int argc, char **argv, const char *cmd, const struct option *opts,
 // messages. Returns 0, or 1 (out of memory).
 int cli_add_set(struct cli_common *c, const char *opt, const char *key, const char *value, int append);
 
-// One-line error on stderr: "moe CMD: message". Returns exit_code.
+// One-line error on stderr: "moe CMD: message" (after ending a progress line
+// drawn in place, progress.h). Returns exit_code.
 int cli_error(const char *cmd, int exit_code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 // Report a library error and return its exit code.
 int cli_fail(const char *cmd, const struct moe_err *err);
@@ -98,7 +100,7 @@ int cli_write_summary(const char *cmd, const char *dir, const cJSON *summary);
 int cli_print_json(const char *cmd, const cJSON *obj);
 // Common summary fields: command, version, config hash, seed (train.seed), blas, threads.
 cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg, uint64_t seed);
-// Progress/log line on stderr unless quiet.
+// Log line on stderr unless quiet (after ending a progress line drawn in place).
 void cli_log(const struct cli_common *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 // Subcommands (one file each).

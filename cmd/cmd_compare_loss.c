@@ -10,16 +10,19 @@
 
 #include "cli.h"
 #include "estimate.h"
+#include "progress.h"
 #include "io/csv_writer.h"
 #include "train/train.h"
 
 static const char *const usage =
     "usage: moe compare-loss --config FILE --losses L1,L2,... --seeds A-B|A,B,... --out DIR\n"
     "                        [--set key.path=value]... [--threads N] [--force] [--quiet]\n"
+    "                        [--progress-every SECONDS]\n"
     "Train the config under each loss for every seed. Losses: cooperative, competitive,\n"
     "nll, nll-cat (the mixture, model.type forced to mixture) and mlp (the baseline net,\n"
     "model.type = mlp with loss.baseline). Writes DIR/curves.csv, table.csv, summary.json.\n"
-    "A run whose loss turns non-finite is counted as diverged and the sweep goes on.\n";
+    "A run whose loss turns non-finite is counted as diverged and the sweep goes on.\n"
+    "Each run's progress line starts 'compare-loss: SYSTEM seed N: ' (see moe help train).\n";
 
 enum { OPT_LOSSES = OPT_FIRST_CMD, OPT_SEEDS };
 
@@ -262,8 +265,14 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
     struct curve_ctx cc = { .csv = curves, .system = sys, .seed = seed };
     if (!r && !refused) {
         moe_model_init_weights(&model, (uint64_t)seed);
-        struct moe_train_hooks hooks = { .row = write_curve, .ctx = &cc };
+        struct progress prog;
+        char label[96];
+        snprintf(label, sizeof label, "compare-loss: %s seed %lld", sys, seed);
+        progress_start(&prog, c, label);
+        struct moe_train_hooks hooks = { .row = write_curve, .ctx = &cc, .step = progress_step, .step_ctx = &prog };
         r = moe_train_run(&model, &data, &rcfg.train, &rcfg.optim, &hooks, &res, &err);
+        if (!r)
+            progress_finish(&prog);
     }
     if (!r && !refused) {
         tally_run(t, &model, &res);

@@ -15,6 +15,7 @@ static const char *const usage =
     "                   [--mode kd|sparse-to-dense|moebert] [--baseline CKPT] [--init CKPT]\n"
     "                   [--split importance|random] [--shared S] [--weight W]\n"
     "                   [--set key.path=value]... [--out DIR] [--seed N] [--threads N] [--force] [--quiet]\n"
+    "                   [--progress-every SECONDS]\n"
     "Knowledge distillation from any teacher checkpoint to the student the config\n"
     "describes (same inputs and outputs: classification or language modelling).\n"
     "The objective is (1 - A) CE + A T^2 KL(teacher || student) at temperature T\n"
@@ -36,7 +37,8 @@ static const char *const usage =
     "The summary's distill.moebert gives the quality right after conversion.\n"
     "Writes the run directory of `moe train`; an interrupted run continues with\n"
     "`moe train --resume DIR`. Options map to the config keys distill.teacher,\n"
-    ".temperature, .alpha, .teacher_init, .baseline, .moebert, .split, .shared, .weight.\n";
+    ".temperature, .alpha, .teacher_init, .baseline, .moebert, .split, .shared, .weight.\n"
+    "Progress, --quiet and --progress-every: as for moe train (moe help train).\n";
 
 enum { OPT_TEACHER = OPT_FIRST_CMD, OPT_TEMPERATURE, OPT_ALPHA, OPT_MODE, OPT_INIT, OPT_BASELINE, OPT_SPLIT,
        OPT_SHARED, OPT_WEIGHT };

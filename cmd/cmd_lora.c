@@ -12,7 +12,7 @@ static const char *const usage =
     "usage: moe lora --base CKPT --config FILE --rank R --targets GLOB[,GLOB...] [--alpha A]\n"
     "                [--expert-mode per-expert|shared] [--freeze-router] [--merge]\n"
     "                [--trainable GLOB] [--freeze GLOB] [--set key.path=value]... [--out DIR]\n"
-    "                [--seed N] [--threads N] [--force] [--quiet]\n"
+    "                [--seed N] [--threads N] [--force] [--quiet] [--progress-every SECONDS]\n"
     "Train rank-R adapters W = W0 + (alpha/R) B A on the matrices of the base model whose\n"
     "tensor names match a glob (fnmatch, '*' crosses dots), everything else frozen but\n"
     "the routers (unless --freeze-router) and what --trainable names. Expert tensors\n"
@@ -21,7 +21,8 @@ static const char *const usage =
     "trainable parameters and their fraction of the total), and with --merge\n"
     "merged.safetensors. The config's model must be the base's. Options map to the\n"
     "config keys lora.rank, lora.alpha, lora.targets, lora.expert_mode,\n"
-    "lora.freeze_router, train.trainable and train.freeze.\n";
+    "lora.freeze_router, train.trainable and train.freeze.\n"
+    "Progress, --quiet and --progress-every: as for moe train (moe help train).\n";
 
 enum { OPT_BASE = OPT_FIRST_CMD, OPT_RANK, OPT_ALPHA, OPT_TARGETS, OPT_EXPERT_MODE, OPT_FREEZE_ROUTER, OPT_MERGE,
        OPT_TRAINABLE, OPT_FREEZE };

@@ -278,8 +278,33 @@ static void run_free(struct run *r)
     memset(r, 0, sizeof *r);
 }
 
+// What the step hook saw (test_train_step_hook).
+struct step_acc {
+    uint64_t calls, rows, last_epoch, spe, epochs;
+    double loss_sum, loss_n;
+    double epoch1_sum, epoch1_n; // the steps of epoch 1
+    int bad;                     // a call whose step was not calls + 1, or epoch went back
+};
+static void on_step(void *ctx, const struct moe_train_step_info *s)
+{
+    struct step_acc *a = ctx;
+    a->calls++;
+    a->bad |= s->step != a->calls || s->epoch < a->last_epoch || s->epoch < 1 || s->tokens_per_row != 0;
+    a->last_epoch = s->epoch;
+    a->spe = s->steps_per_epoch;
+    a->epochs = s->epochs;
+    a->rows += s->rows;
+    a->loss_sum += s->loss_sum;
+    a->loss_n += s->loss_n;
+    if (s->epoch == 1) {
+        a->epoch1_sum += s->loss_sum;
+        a->epoch1_n += s->loss_n;
+    }
+}
+static struct step_acc *g_steps; // set: run_train passes on_step as the step hook
+
 // Parse json + overrides, load the data, build and initialise the model (seed =
-// train.seed), train it with the recording callback. Failures of moe_train are
+// train.seed), train it with the recording callback (and g_steps's step hook). Failures of moe_train are
 // returned in r->rc / r->err; anything before it must succeed.
 static void run_train(const char *json, const char *const *ovs, size_t n_ovs, struct run *r)
 {
@@ -297,7 +322,12 @@ static void run_train(const char *json, const char *const *ovs, size_t n_ovs, st
     rc = moe_model_create(&m, &cfg, NULL, data.train.task, data.train.n_in, data.train.n_out, max_batch, &err);
     ck_assert_msg(rc == 0, "model: %s", err.msg);
     moe_model_init_weights(&m, (uint64_t)moe_cfg_int(&cfg, "train.seed"));
-    r->rc = moe_train(&m, &data, &cfg, record, r, &r->res, &r->err);
+    if (g_steps) {
+        struct moe_train_hooks h = { .row = record, .ctx = r, .step = on_step, .step_ctx = g_steps };
+        r->rc = moe_train_ex(&m, &data, &cfg, &h, &r->res, &r->err);
+    } else {
+        r->rc = moe_train(&m, &data, &cfg, record, r, &r->res, &r->err);
+    }
     r->numel = m.params.numel;
     r->params = malloc(r->numel * sizeof *r->params);
     ck_assert_ptr_nonnull(r->params);
@@ -340,6 +370,43 @@ START_TEST(test_train_reduces_loss)
     ck_assert_double_lt(r.res.final_test.loss, find_row(&r, 0, "test")->loss / 2);
     ck_assert_uint_eq(r.res.epochs, 10);
     ck_assert_int_eq(r.res.criterion_epoch, -1);
+    run_free(&r);
+}
+END_TEST
+
+// The step hook: called once per step, in order, with the run's shape and
+// the steps' losses; training with it is bit-identical to training without.
+START_TEST(test_train_step_hook)
+{
+    struct run ref, r;
+    run_train(MIX, NULL, 0, &ref);
+    ck_assert_msg(ref.rc == 0, "train: %s", ref.err.msg);
+    struct step_acc a = { 0 };
+    g_steps = &a;
+    run_train(MIX, NULL, 0, &r);
+    g_steps = NULL;
+    ck_assert_msg(r.rc == 0, "train: %s", r.err.msg);
+    ck_assert_int_eq(a.bad, 0);
+    ck_assert_uint_eq(a.calls, r.res.steps);
+    ck_assert_uint_eq(a.spe, 16); // 1000 rows in batches of 64
+    ck_assert_uint_eq(a.epochs, 10);
+    ck_assert_uint_eq(a.calls, a.spe * a.epochs);
+    ck_assert_uint_eq(a.last_epoch, 10);
+    ck_assert_uint_eq(a.rows, 10 * 1000);
+    ck_assert_double_eq(a.loss_n, 10 * 1000);
+    // epoch 1's steps are the first batch row's (train.log_every 0: one per evaluation)
+    ck_assert_uint_ge(r.n_batch, 1);
+    ck_assert_uint_eq(r.batch_steps[0], 16);
+    ck_assert_double_eq(a.epoch1_n, 1000);
+    ck_assert_uint_eq(r.batch_n[0], 1000);
+    ck_assert(isfinite(a.loss_sum));
+    ck_assert_uint_eq(r.numel, ref.numel);
+    ck_assert_msg(memcmp(r.params, ref.params, r.numel * sizeof *r.params) == 0, "the step hook changed the weights");
+    ck_assert_uint_eq(r.n_rows, ref.n_rows);
+    for (size_t i = 0; i < r.n_rows; i++)
+        ck_assert_msg(r.rows[i].loss == ref.rows[i].loss, "row %zu: loss %.17g vs %.17g", i, r.rows[i].loss,
+                      ref.rows[i].loss);
+    run_free(&ref);
     run_free(&r);
 }
 END_TEST
@@ -590,6 +657,7 @@ int main(void)
     tcase_add_test(tc, test_train_threads_identical);
     tcase_add_test(tc, test_train_diverges);
     tcase_add_test(tc, test_train_eval_rows);
+    tcase_add_test(tc, test_train_step_hook);
     tcase_add_test(tc, test_train_experts_specialise);
     suite_add_tcase(s, tc);
     return moe_test_run(s);

@@ -245,6 +245,19 @@ struct moe_train_ckpt {
     const struct moe_stats *batch_stats;
 };
 
+// Where a run stands after a training step (moe_train_hooks.step): what a
+// progress display needs, read-only. The steps of a run are at most epochs x
+// steps_per_epoch (train.criterion may end it sooner).
+struct moe_train_step_info {
+    uint64_t step;            // optimizer steps taken, this one included
+    uint64_t epoch, epochs;   // the epoch in progress (1-based), train.epochs
+    uint64_t steps_per_epoch; // batches per epoch
+    size_t rows;              // training rows in this step
+    size_t tokens_per_row;    // language models: n_ctx; 0 otherwise
+    double loss_sum;          // the step's training objective summed over loss_n units
+    double loss_n;            // rows (language models: predicted tokens)
+};
+
 struct moe_train_hooks {
     moe_eval_cb row;  // metrics rows (may be NULL)
     void *ctx;        // passed to row and checkpoint
@@ -270,6 +283,10 @@ struct moe_train_hooks {
     struct moe_lora *lora;
     // Distillation (NULL: none).
     const struct moe_distill *distill;
+    // Called (if set) after every training step with step_ctx; it must only
+    // read: nothing it does changes the run.
+    void (*step)(void *step_ctx, const struct moe_train_step_info *s);
+    void *step_ctx;
 };
 // The distill.* keys (distill.c) read into a typed struct; the strings point
 // into the config and live as long as it.

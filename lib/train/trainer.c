@@ -600,11 +600,21 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
         size_t n = tr->n - start < r->bs ? tr->n - start : r->bs;
         moe_threads_adapt(); // runs sharing cores: threads for the cores left idle
         struct moe_batch b = gather_batch(r, epoch, start, n);
+        double loss0 = r->sb.loss;
+        size_t n0 = r->sb.n;
         if ((rc = train_step(r, &b, epoch, n, err)))
             return rc;
         pos->steps++;
         pos->rows_seen += n;
         pos->next_row = start + n;
+        if (r->hooks->step) {
+            struct moe_train_step_info si = {
+                .step = pos->steps, .epoch = epoch, .epochs = r->epochs,
+                .steps_per_epoch = (tr->n + r->bs - 1) / r->bs, .rows = n, .tokens_per_row = r->lm ? tr->n_ctx : 0,
+                .loss_sum = r->sb.loss - loss0, .loss_n = (double)(r->sb.n - n0)
+            };
+            r->hooks->step(r->hooks->step_ctx, &si);
+        }
         if (r->log_every && pos->steps % r->log_every == 0 &&
             (rc = batch_row(&r->sb, tr->task, r->thr, pos->steps, epoch, r->hooks->row, r->hooks->ctx, err)))
             return rc;
