@@ -35,6 +35,7 @@ static void print_usage(FILE *f)
         fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n  moe help <command>   options of a command\n"
                "  moe help config      every config key (the text of docs/config.md)\n"
+               "  moe help keys        every config key, one per line (for shell completion)\n"
                "  moe --version        version, BLIS sub-configuration, threads, backends (cpu, cuda)\n");
 }
 
@@ -157,6 +158,11 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[2], "config") == 0) {
             print_config_reference();
+            return 0;
+        }
+        if (strcmp(argv[2], "keys") == 0) { // what the bash completion offers after --set
+            for (size_t i = 0; i < moe_run_schema_len(); i++)
+                printf("%s\n", moe_run_schema()[i].path);
             return 0;
         }
         for (size_t i = 0; i < N_COMMANDS; i++)
