@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# test_stats.sh: experiments/common/stats.sh, the statistics of the results
+# READMEs, against values worked out by hand: mean, sample SD (n - 1), the 95%
+# Student t interval (t(0.975, 2) = 4.303, t(0.975, 1) = 12.706), paired
+# differences and "resolved" (the interval excludes 0), the runs.csv comparison
+# (matched by seed, whatever the row order), and its refusals.
+#
+#   bash tests/cli/test_stats.sh /path/to/moe      (the binary is not used)
+# shellcheck disable=SC2317  # check functions are called indirectly, via check
+set -u
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+STATS=$HERE/../../experiments/common/stats.sh
+# shellcheck source=tap.sh
+. "$HERE/tap.sh"
+tap_setup stats "$@"
+
+expect() { # expect WANT CMD...: stdout of CMD (stdin from $IN) is WANT
+    local want=$1 got
+    shift
+    got=$(printf '%b' "$IN" | "$@" 2>&1) || { fail "exit $? from $*: $got"; return; }
+    [ "$got" = "$want" ] || fail "got '$got', want '$want'"
+}
+
+# 1 2 3: mean 2, SD 1, 2 -/+ 4.303 / sqrt(3) = 2 -/+ 2.484338
+IN='1\n2\n3\n'; check "describe: mean, sample SD, t interval" expect "3,2,1,-0.484338,4.48434" bash "$STATS" describe
+IN='5\n'; check "describe: one value has no SD or interval" expect "1,5,,," bash "$STATS" describe
+IN=''; check "describe: no values" expect "0,,,," bash "$STATS" describe
+# differences 1, 1, 1: SD 0, the interval is the point, resolved
+IN='1 2\n2,3\n3\t4\n'; check "paired: constant difference is resolved" expect "3,1,0,1,1,yes" bash "$STATS" paired
+# differences +1, -1: mean 0, SD sqrt 2, 0 -/+ 12.706 sqrt(2) / sqrt(2)
+IN='0 1\n0 -1\n'; check "paired: opposite signs are not resolved" expect "2,0,1.41421,-12.706,12.706,no" bash "$STATS" paired
+
+cat >runs.csv <<'CSV'
+system,seed,active_parameters,parameters,test_loss
+b,2,1,1,3.5
+a,1,1,1,1
+a,2,1,1,2
+b,1,1,1,2
+a,3,1,1,3
+b,3,1,1,3.9
+c,1,1,1,
+CSV
+IN=''
+check "compare: pairs by seed (B - A)" expect "3,1.13333,0.321455,0.33473,1.93194,yes" bash "$STATS" compare runs.csv test_loss a b
+check "compare: empty cells are skipped" expect "0,,,,," bash "$STATS" compare runs.csv test_loss a c
+no_column() {
+    run r bash "$STATS" compare runs.csv accuracy a b
+    [ "$RC" -ne 0 ] || { fail "exit 0 for a missing column"; return; }
+    grep -q 'lacks a system, seed or accuracy column' r.err || fail "stderr: $(cat r.err)"
+}
+check "compare: a missing column is an error naming it" no_column
+usage() {
+    run u bash "$STATS" compare runs.csv
+    [ "$RC" -eq 2 ] && grep -q usage u.err || fail "exit $RC, stderr: $(cat u.err)"
+}
+check "compare: wrong arguments exit 2 with the usage" usage
+
+echo "1..$N"
+[ "$FAILED" -eq 0 ]
