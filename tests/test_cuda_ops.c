@@ -2,7 +2,8 @@
 // library, on a GPU: the router (every router the kernels cover, training and
 // evaluation), the capacity plan with both drop policies, gather and combine,
 // the balancing and z losses, the embedding forward and backward, LayerNorm
-// and RMSNorm forward and backward, and the GD/SGD/AdamW update.
+// and RMSNorm forward and backward, cross-entropy, the ReLU/GELU/SiLU
+// activations, and the GD/SGD/AdamW update.
 // Routing decisions must be identical wherever no two scores are within a
 // tolerance of a tie; the capacity plan and the embedding (the same float adds
 // in the same order) are identical; other values agree within the stated
@@ -16,6 +17,7 @@
 
 #include "backend/backend.h"
 #include "core/rng.h"
+#include "cuda/kernels/loss.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/ops.h"
 #include "moe/aux_loss.h"
@@ -413,6 +415,72 @@ static void test_optim(void)
     }
 }
 
+// Cross-entropy rows and the activations: values within the device's expf /
+// tanhf differences of SLEEF's; the argmax (no transcendental) identical.
+static void test_ce(void)
+{
+    static const size_t Os[] = { 1, 37, 600 };
+    const size_t T = 3000;
+    struct moe_err err;
+    for (size_t oi = 0; oi < 3; oi++) {
+        size_t O = Os[oi], n = T * O;
+        float *y = malloc(n * 4), *dy = malloc(n * 4), *dy2 = malloc(n * 4), *l1 = malloc(T * 4), *l2 = malloc(T * 4);
+        int32_t *lab = malloc(T * 4), *a1 = malloc(T * 4), *a2 = malloc(T * 4);
+        fill(y, n, 20, -8.0f, 8.0f), fill(dy, n, 21, -0.1f, 0.1f);
+        for (size_t t = 0; t < T; t++)
+            lab[t] = (int32_t)((t * 7919) % O);
+        float *dyv = dev(y, n * 4), *ddy = dev(dy, n * 4), *dl = dev(NULL, T * 4);
+        int32_t *dlab = dev(lab, T * 4), *da = dev(NULL, T * 4);
+        double *part = dev(NULL, MOE_K_CE_BLOCKS * sizeof(double)), *lse = dev(NULL, T * sizeof(double));
+        double sum1 = moe_ce_rows(dy, l1, a1, y, lab, T, O, 0.25f), sum2 = 0.0;
+        EXPECT(moe_cuda_ce_rows(&sum2, ddy, dl, da, dyv, dlab, T, O, 0.25f, part, lse, &err) == 0, "%s", err.msg);
+        host(dy2, ddy, n * 4), host(l2, dl, T * 4), host(a2, da, T * 4);
+        EXPECT(fabs(sum2 - sum1) <= 1e-6 * fabs(sum1) + 1e-9, "ce sum %.17g vs %.17g", sum2, sum1);
+        close_floats(l2, l1, T, 1e-5, "ce row loss");
+        close_floats(dy2, dy, n, 1e-5, "ce dy");
+        same_ints(a2, a1, T, "ce argmax");
+        void *b[] = { dyv, ddy, dl, dlab, da, part, lse };
+        for (size_t i = 0; i < 7; i++)
+            moe_cuda_free(b[i]);
+        free(y), free(dy), free(dy2), free(l1), free(l2), free(lab), free(a1), free(a2);
+    }
+}
+
+static void test_act(void)
+{
+    const size_t n = 100000;
+    struct moe_err err;
+    float *x = malloc(n * 4), *g = malloc(n * 4), *y1 = malloc(n * 4), *y2 = malloc(n * 4);
+    float *d1 = malloc(n * 4), *d2 = malloc(n * 4);
+    fill(x, n, 30, -7.0f, 7.0f), fill(g, n, 31, -1.0f, 1.0f);
+    float *dx = dev(x, n * 4), *dg = dev(g, n * 4), *dy = dev(NULL, n * 4), *dd = dev(NULL, n * 4);
+    static const char *const names[] = { "relu", "gelu", "silu" };
+    for (int a = 0; a < 3; a++) {
+        if (a == 0) {
+            for (size_t i = 0; i < n; i++) {
+                y1[i] = x[i] > 0.0f ? x[i] : 0.0f;
+                d1[i] = x[i] > 0.0f ? g[i] : 0.0f;
+            }
+        } else if (a == 1) {
+            moe_gelu_forward(y1, x, n);
+            moe_gelu_backward(d1, g, x, n);
+        } else {
+            moe_silu_forward(y1, x, n);
+            moe_silu_backward(d1, g, x, n);
+        }
+        EXPECT(moe_cuda_act_forward((enum moe_cuda_act)a, dy, dx, n, &err) == 0, "%s", err.msg);
+        EXPECT(moe_cuda_act_backward((enum moe_cuda_act)a, dd, dg, dx, n, &err) == 0, "%s", err.msg);
+        host(y2, dy, n * 4), host(d2, dd, n * 4);
+        // relu: exact; gelu, silu: tanhf / expf against SLEEF's (3.5 and 1 ulp)
+        close_floats(y2, y1, n, a ? 1e-5 : 0.0, names[a]);
+        close_floats(d2, d1, n, a ? 1e-5 : 0.0, names[a]);
+    }
+    void *b[] = { dx, dg, dy, dd };
+    for (size_t i = 0; i < 4; i++)
+        moe_cuda_free(b[i]);
+    free(x), free(g), free(y1), free(y2), free(d1), free(d2);
+}
+
 int main(void)
 {
     struct moe_backend_info info;
@@ -428,6 +496,8 @@ int main(void)
     test_embed();
     test_norm();
     test_optim();
+    test_ce();
+    test_act();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }

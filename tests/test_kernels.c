@@ -19,7 +19,11 @@
 //   - the capacity plan (keep order by priority, keep, offsets, rows) for both
 //     drop policies, and the gather and combine around the experts (and the
 //     combine's backward), against
-//     moe/dispatch.c and moe/experts.c.
+//     moe/dispatch.c and moe/experts.c;
+//   - softmax cross-entropy (row losses, argmax, gradient, the blocked batch
+//     sum) and the ReLU, GELU and SiLU activations, forward and backward,
+//     against nn/loss.c and nn/activation.c, given the CPU's exponentials and
+//     tanh (the one part a device computes its own way).
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -27,9 +31,11 @@
 #include <string.h>
 
 #include "core/rng.h"
+#include "core/vmath.h"
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/embed.h"
+#include "cuda/kernels/loss.h"
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/kernels/route.h"
@@ -495,6 +501,115 @@ START_TEST(test_dispatch)
 }
 END_TEST
 
+// One value through the CPU's vector exp / tanh (a value does not depend on its
+// neighbours: core/vmath.h).
+static float cpu_exp(float x)
+{
+    float y;
+    moe_vexpf(&y, &x, 1);
+    return y;
+}
+static float cpu_tanh(float x)
+{
+    float y;
+    moe_vtanhf(&y, &x, 1);
+    return y;
+}
+
+START_TEST(test_ce)
+{
+    static const size_t Os[] = { 1, 37, 600 }; // 600: more classes than the CPU's exp chunk
+    const size_t T = 300;                      // more rows than blocks, and a short last block
+    for (size_t oi = 0; oi < sizeof Os / sizeof *Os; oi++) {
+        const size_t O = Os[oi];
+        float *y = malloc(T * O * sizeof *y), *dy1 = malloc(T * O * sizeof *dy1), *dy2 = malloc(T * O * sizeof *dy2);
+        float *loss1 = malloc(T * sizeof *loss1), *loss2 = malloc(T * sizeof *loss2);
+        int32_t *am1 = malloc(T * sizeof *am1), *am2 = malloc(T * sizeof *am2), *label = malloc(T * sizeof *label);
+        fill(y, T * O, 40 + (uint32_t)oi, -8.0f, 8.0f);
+        for (size_t t = 0; t < T; t += 7) // ties for the argmax: the first wins
+            y[t * O + O / 2] = y[t * O];
+        fill(dy1, T * O, 50 + (uint32_t)oi, -0.1f, 0.1f);
+        memcpy(dy2, dy1, T * O * sizeof *dy1);
+        for (size_t t = 0; t < T; t++)
+            label[t] = (int32_t)((t * 7919) % O);
+        const float scale = 0.37f;
+        double sum1 = moe_ce_rows(dy1, loss1, am1, y, label, T, O, scale);
+        double part[MOE_K_CE_BLOCKS];
+        for (size_t b = 0; b < MOE_K_CE_BLOCKS; b++) { // one thread per block, rows in order
+            size_t lo, hi;
+            moe_k_ce_block(T, b, &lo, &hi);
+            double block = 0.0;
+            for (size_t t = lo; t < hi; t++) { // the row's thread
+                const float *yt = y + t * O;
+                float m = moe_k_ce_max(yt, O, &am2[t]);
+                double s = 0.0;
+                for (size_t o = 0; o < O; o++)
+                    s += cpu_exp(moe_k_ce_shift(yt[o], m));
+                double lse = moe_k_ce_lse(m, s), l = moe_k_ce_loss(lse, yt, label[t]);
+                loss2[t] = (float)l;
+                block += l;
+                for (size_t o = 0; o < O; o++)
+                    moe_k_ce_grad_elem(&dy2[t * O + o], cpu_exp(moe_k_ce_grad_arg(yt[o], lse)), scale);
+                moe_k_ce_grad_label(&dy2[t * O + (size_t)label[t]], scale);
+            }
+            part[b] = block;
+        }
+        double sum2 = 0.0; // one thread, blocks in order
+        for (size_t b = 0; b < MOE_K_CE_BLOCKS; b++)
+            sum2 += part[b];
+        ck_assert_msg(memcmp(&sum1, &sum2, sizeof sum1) == 0, "O=%zu sum %.17g vs %.17g", O, sum1, sum2);
+        same_floats(loss1, loss2, T, "row_loss");
+        same_floats(dy1, dy2, T * O, "dy");
+        ck_assert_mem_eq(am1, am2, T * sizeof *am1);
+        free(y), free(dy1), free(dy2), free(loss1), free(loss2), free(am1), free(am2), free(label);
+    }
+}
+END_TEST
+
+START_TEST(test_activations)
+{
+    const size_t n = 5000; // several of the CPU's chunks of 512 values
+    float *x = malloc(n * sizeof *x), *dy = malloc(n * sizeof *dy), *y1 = malloc(n * sizeof *y1);
+    float *y2 = malloc(n * sizeof *y2), *d1 = malloc(n * sizeof *d1), *d2 = malloc(n * sizeof *d2);
+    fill(x, n, 60, -7.0f, 7.0f);
+    x[0] = 0.0f, x[1] = -0.0f, x[2] = 30.0f, x[3] = -30.0f;
+    fill(dy, n, 61, -1.0f, 1.0f);
+
+    moe_gelu_forward(y1, x, n);
+    moe_gelu_backward(d1, dy, x, n);
+    for (size_t i = 0; i < n; i++) { // one thread per value
+        float th = cpu_tanh(moe_k_gelu_inner(x[i]));
+        y2[i] = moe_k_gelu(x[i], th);
+        d2[i] = moe_k_gelu_dx(dy[i], x[i], th);
+    }
+    same_floats(y1, y2, n, "gelu");
+    same_floats(d1, d2, n, "gelu dx");
+
+    moe_silu_forward(y1, x, n);
+    moe_silu_backward(d1, dy, x, n);
+    for (size_t i = 0; i < n; i++) {
+        float e = cpu_exp(-x[i]);
+        y2[i] = moe_k_silu(x[i], e);
+        d2[i] = moe_k_silu_dx(dy[i], x[i], e);
+    }
+    same_floats(y1, y2, n, "silu");
+    same_floats(d1, d2, n, "silu dx");
+
+    // ReLU as the experts compute it (moe/experts.c: h = max(a, 0), da = a > 0 ? dh : 0),
+    // and nn/activation.c's (from the output y; the same mask).
+    moe_act_forward(MOE_ACT_RELU, y1, x, n);
+    memset(d1, 0, n * sizeof *d1);
+    moe_act_backward(MOE_ACT_RELU, d1, dy, y1, n);
+    for (size_t i = 0; i < n; i++) {
+        y2[i] = moe_k_relu(x[i]);
+        d2[i] = moe_k_relu_dx(dy[i], x[i]);
+    }
+    same_floats(y1, y2, n, "relu");
+    same_floats(d1, d2, n, "relu dx");
+    free(x), free(dy), free(y1), free(y2), free(d1), free(d2);
+}
+END_TEST
+
 int main(void)
 {
     if (moe_test_init_blas(1))
@@ -509,6 +624,8 @@ int main(void)
     tcase_add_test(tc, test_dispatch);
     tcase_add_test(tc, test_aux);
     tcase_add_test(tc, test_embed);
+    tcase_add_test(tc, test_ce);
+    tcase_add_test(tc, test_activations);
     suite_add_tcase(s, tc);
     return moe_test_run(s);
 }

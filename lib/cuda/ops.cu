@@ -9,6 +9,7 @@
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/embed.h"
+#include "cuda/kernels/loss.h"
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/kernels/route.h"
@@ -470,4 +471,123 @@ extern "C" int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, floa
         return 0;
     optim_kernel<<<blocks_for(n, 256), 256>>>(*o, w, g, m, v, n);
     return launched("optim_kernel", err);
+}
+
+// ---------------------------------------------------------------- cross-entropy: one thread per row, then per block
+
+// Row t: max and argmax, the exponentials' sum in double in class order, the
+// loss and its lse (kept for the gradient pass).
+__global__ void ce_row_kernel(float *row_loss, int32_t *row_argmax, double *lse, const float *y, const int32_t *label,
+                              size_t T, size_t O)
+{
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < T; t += (size_t)gridDim.x * blockDim.x) {
+        const float *yt = y + t * O;
+        int32_t am;
+        float m = moe_k_ce_max(yt, O, &am);
+        double s = 0.0;
+        for (size_t o = 0; o < O; o++)
+            s += expf(moe_k_ce_shift(yt[o], m));
+        double l = moe_k_ce_lse(m, s);
+        lse[t] = l;
+        double loss = moe_k_ce_loss(l, yt, label[t]);
+        if (row_loss)
+            row_loss[t] = (float)loss;
+        if (row_argmax)
+            row_argmax[t] = am;
+    }
+}
+
+// One thread per (row, class) element of the gradient; the label's element
+// also takes -scale (one writer per element).
+__global__ void ce_grad_kernel(float *dy, const double *lse, const float *y, const int32_t *label, size_t T, size_t O,
+                               float scale)
+{
+    for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < T * O; j += (size_t)gridDim.x * blockDim.x) {
+        size_t t = j / O, o = j % O;
+        moe_k_ce_grad_elem(&dy[j], expf(moe_k_ce_grad_arg(y[j], lse[t])), scale);
+        if ((int32_t)o == label[t])
+            moe_k_ce_grad_label(&dy[j], scale);
+    }
+}
+
+// The batch sum: block b's rows in order (one thread per block), recomputing
+// each row's loss in double from lse (the float row_loss would round it).
+__global__ void ce_block_kernel(double *part, const double *lse, const float *y, const int32_t *label, size_t T,
+                                size_t O)
+{
+    size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= MOE_K_CE_BLOCKS)
+        return;
+    size_t lo, hi;
+    moe_k_ce_block(T, b, &lo, &hi);
+    double acc = 0.0;
+    for (size_t t = lo; t < hi; t++)
+        acc += moe_k_ce_loss(lse[t], y + t * O, label[t]);
+    part[b] = acc;
+}
+
+extern "C" int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argmax, const float *y,
+                                const int32_t *label, size_t T, size_t O, float scale, double *part, double *lse,
+                                struct moe_err *err)
+{
+    *sum = 0.0;
+    if (T == 0)
+        return 0;
+    ce_row_kernel<<<blocks_for(T, 128), 128>>>(row_loss, row_argmax, lse, y, label, T, O);
+    int rc = launched("ce_row_kernel", err);
+    if (!rc && dy) {
+        ce_grad_kernel<<<blocks_for(T * O, 256), 256>>>(dy, lse, y, label, T, O, scale);
+        rc = launched("ce_grad_kernel", err);
+    }
+    if (!rc) {
+        ce_block_kernel<<<1, MOE_K_CE_BLOCKS>>>(part, lse, y, label, T, O);
+        rc = launched("ce_block_kernel", err);
+    }
+    double h[MOE_K_CE_BLOCKS];
+    if (!rc)
+        rc = moe_cuda_to_host(h, part, sizeof h, err);
+    if (rc)
+        return rc;
+    for (size_t b = 0; b < MOE_K_CE_BLOCKS; b++) // the blocks in order, as on the CPU
+        *sum += h[b];
+    return 0;
+}
+
+// ---------------------------------------------------------------- activations: one thread per value
+
+__global__ void act_forward_kernel(int a, float *y, const float *x, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        y[i] = a == MOE_CUDA_RELU ? moe_k_relu(v)
+             : a == MOE_CUDA_GELU ? moe_k_gelu(v, tanhf(moe_k_gelu_inner(v)))
+                                  : moe_k_silu(v, expf(-v));
+    }
+}
+
+__global__ void act_backward_kernel(int a, float *dx, const float *dy, const float *x, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        dx[i] = a == MOE_CUDA_RELU ? moe_k_relu_dx(dy[i], v)
+              : a == MOE_CUDA_GELU ? moe_k_gelu_dx(dy[i], v, tanhf(moe_k_gelu_inner(v)))
+                                   : moe_k_silu_dx(dy[i], v, expf(-v));
+    }
+}
+
+extern "C" int moe_cuda_act_forward(enum moe_cuda_act a, float *y, const float *x, size_t n, struct moe_err *err)
+{
+    if (n == 0)
+        return 0;
+    act_forward_kernel<<<blocks_for(n, 256), 256>>>((int)a, y, x, n);
+    return launched("act_forward_kernel", err);
+}
+
+extern "C" int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float *dy, const float *x, size_t n,
+                                     struct moe_err *err)
+{
+    if (n == 0)
+        return 0;
+    act_backward_kernel<<<blocks_for(n, 256), 256>>>((int)a, dx, dy, x, n);
+    return launched("act_backward_kernel", err);
 }

@@ -1,6 +1,7 @@
 // ops.h: the CUDA backend's first operations, callable from C: device memory,
-// and launches of the kernel bodies in lib/cuda/kernels/ (router, norms,
-// optimizer update). Every pointer argument of a launch is device memory.
+// and launches of the kernel bodies in lib/cuda/kernels/ (router, capacity
+// plan, gather and combine, aux losses, embeddings, norms, cross-entropy,
+// activations, optimizer update). Every pointer argument of a launch is device memory.
 // Each function returns 0 or MOE_EIO with the failing CUDA call named in err.
 // Built only with CUDA (meson -Dcuda); nothing here runs without a GPU.
 // Not here: choosing a backend or probing devices (lib/backend/), the models'
@@ -112,6 +113,22 @@ int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const
 // One optimizer update of n weights (kernels/optim.h: the step's scalars).
 struct moe_k_optim;
 int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float *m, float *v, size_t n,
+                          struct moe_err *err);
+
+// Softmax cross-entropy over T rows of O logits y with labels (nn/loss.c
+// moe_ce_rows): row_loss, row_argmax (T) written when not NULL; dy (T, O) +=
+// scale (softmax - onehot) when not NULL; *sum (host) = the sum of the row
+// losses, over kernels/loss.h's fixed blocks. Scratch: part (MOE_K_CE_BLOCKS
+// doubles) and lse (T doubles).
+int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argmax, const float *y,
+                     const int32_t *label, size_t T, size_t O, float scale, double *part, double *lse,
+                     struct moe_err *err);
+
+// FFN activations over n values (nn/activation.c): forward y = f(x) and
+// backward dx = dy f'(x) (written), from the saved input x.
+enum moe_cuda_act { MOE_CUDA_RELU = 0, MOE_CUDA_GELU = 1, MOE_CUDA_SILU = 2 };
+int moe_cuda_act_forward(enum moe_cuda_act a, float *y, const float *x, size_t n, struct moe_err *err);
+int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float *dy, const float *x, size_t n,
                           struct moe_err *err);
 
 #ifdef __cplusplus
