@@ -1,5 +1,6 @@
 # plot.gp: test accuracy of every router against the dense model of the same active size, from
-# OUT/runs.csv (each dot one seed) and OUT/table.csv (mean, bars = sample SD over the seeds)
+# OUT/runs.csv (each dot one seed, coloured by seed: the README's comparisons are paired by seed)
+# and OUT/table.csv (mean, bars = sample SD over the seeds)
 #   gnuplot -e "out='results/routers'" experiments/routers/plot.gp
 # draws OUT/routers.png
 if (!exists("out")) out = "results/routers"
