@@ -81,3 +81,5 @@ summarise_runs "$out/runs.csv" > "$out/table.csv"
 column -s, -t < "$out/table.csv" >&2
 # MI(expert; language) within one script (results/crosslingual/mi_latin.csv)
 bash "$here/latin_mi.sh"
+# the figure of the README (experiments/crosslingual/plot.gp), when gnuplot is installed
+if command -v gnuplot >/dev/null; then gnuplot -e "out='$out'" "$root/experiments/crosslingual/plot.gp"; fi

@@ -118,3 +118,5 @@ done
 } > "$out/command.txt"
 column -s, -t < "$out/table.csv" | cut -c1-200 >&2
 echo "results in $out/" >&2
+# the figure of the README (experiments/jacobs1991/plot.gp), when gnuplot is installed
+if command -v gnuplot >/dev/null; then gnuplot -e "out='$out'" "$root/experiments/jacobs1991/plot.gp"; fi

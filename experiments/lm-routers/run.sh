@@ -67,3 +67,5 @@ for seed in "${seeds[@]}"; do
 done
 summarise_runs "$out/runs.csv" > "$out/table.csv"
 column -s, -t < "$out/table.csv" >&2
+# the figure of the README (experiments/lm-routers/plot.gp), when gnuplot is installed
+if command -v gnuplot >/dev/null; then gnuplot -e "out='$out'" "$root/experiments/lm-routers/plot.gp"; fi

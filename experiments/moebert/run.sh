@@ -79,3 +79,5 @@ done
 
 summarise_runs "$out/runs.csv" > "$out/table.csv"
 column -s, -t < "$out/table.csv" >&2
+# the figure of the README (experiments/moebert/plot.gp), when gnuplot is installed
+if command -v gnuplot >/dev/null; then gnuplot -e "out='$out'" "$root/experiments/moebert/plot.gp"; fi

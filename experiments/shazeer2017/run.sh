@@ -54,3 +54,5 @@ done
   done
 } > "$out/table.csv"
 column -s, -t < "$out/table.csv" >&2
+# the figure of the README (experiments/shazeer2017/plot.gp), when gnuplot is installed
+if command -v gnuplot >/dev/null; then gnuplot -e "out='$out'" "$root/experiments/shazeer2017/plot.gp"; fi

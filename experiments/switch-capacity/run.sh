@@ -75,3 +75,5 @@ summarise "$out/capacity-runs.csv" > "$out/capacity.csv"
 summarise "$out/alpha-runs.csv" > "$out/alpha.csv"
 column -s, -t < "$out/capacity.csv" >&2
 column -s, -t < "$out/alpha.csv" >&2
+# the figure of the README (experiments/switch-capacity/plot.gp), when gnuplot is installed
+if command -v gnuplot >/dev/null; then gnuplot -e "out='$out'" "$root/experiments/switch-capacity/plot.gp"; fi

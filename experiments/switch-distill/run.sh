@@ -102,3 +102,5 @@ done
 
 summarise_runs "$out/runs.csv" > "$out/table.csv"
 column -s, -t < "$out/table.csv" >&2
+# the figure of the README (experiments/switch-distill/plot.gp), when gnuplot is installed
+if command -v gnuplot >/dev/null; then gnuplot -e "out='$out'" "$root/experiments/switch-distill/plot.gp"; fi
