@@ -282,6 +282,7 @@ struct moe_train_step_info {
     double loss_sum;          // the step's training objective summed over loss_n units
     double loss_n;            // rows (language models: predicted tokens)
     double lr;                // the learning rate the step used (optim.schedule)
+    int lr_scheduled;         // the rate changes from step to step (a schedule other than constant, or warmup)
 };
 
 struct moe_train_hooks {

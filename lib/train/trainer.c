@@ -696,7 +696,8 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
             struct moe_train_step_info si = {
                 .step = pos->steps, .epoch = epoch, .epochs = r->epochs,
                 .steps_per_epoch = r->steps_per_epoch, .rows = step_rows, .tokens_per_row = r->lm ? tr->n_ctx : 0,
-                .loss_sum = r->sb.loss - loss0, .loss_n = (double)(r->sb.n - n0), .lr = r->opt.lr
+                .loss_sum = r->sb.loss - loss0, .loss_n = (double)(r->sb.n - n0), .lr = r->opt.lr,
+                .lr_scheduled = r->oc.schedule != MOE_SCHED_CONSTANT || r->oc.warmup_steps > 0
             };
             r->hooks->step(r->hooks->step_ctx, &si);
         }
