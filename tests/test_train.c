@@ -325,7 +325,7 @@ START_TEST(test_lr_schedule_rules)
         "{\"optim\": {\"schedule\": \"inv_sqrt\", \"warmup_steps\": 1}}",
         "{\"optim\": {\"schedule\": \"constant\", \"warmup_steps\": 100}}",
         "{\"optim\": {\"schedule\": \"linear\", \"warmup_steps\": 10, \"decay_steps\": 11}}",
-        "{\"optim\": {\"type\": \"sgd\", \"batch_size\": 8}, \"train\": {\"accumulate\": 1048576}}",
+        "{\"optim\": {\"type\": \"sgd\", \"batch_size\": 8}, \"train\": {\"accumulate\": 1000000}}",
         "{\"optim\": {\"type\": \"gd\"}, \"train\": {\"accumulate\": 1}}",
     };
     for (size_t i = 0; i < sizeof good / sizeof *good; i++) {

@@ -1,6 +1,8 @@
 // trainer.c: the training loop and split evaluation.
 // A step: gather a batch -> model forward/backward (gradients of the batch
-// mean) -> optimizer over the flat buffer. After each epoch the training split
+// mean) -> optimizer over the flat buffer at the step's learning rate
+// (moe_lr_at). With train.accumulate = N a step sums the weighted gradients
+// of N micro-batches first (accumulate). After each epoch the training split
 // is evaluated when a metrics row or the stopping criterion needs it.
 // moe_train_ex reads as run_init, run_resume, then run_epochs: per epoch
 // train_epoch (train_step per batch, with stops and checkpoints between) and
@@ -33,7 +35,7 @@ const struct moe_cfg_key moe_train_keys[] = {
     { "train.trainable", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "partial fine-tuning: train only the tensors whose names match one of these globs (fnmatch; [] = all); GLOB@A-B or GLOB@A selects only experts A..B (0-based, inclusive) of the expert tensors [E, out, in] it matches; --trainable adds to it" },
     { "train.freeze", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "keep the tensors whose names match one of these globs as they are (byte-identical); GLOB@A-B or GLOB@A keeps only experts A..B of the expert tensors it matches; --freeze adds to it" },
     { "train.max_batch_eval", MOE_CFG_INT, "4096", 1, 1 << 24, NULL, "rows per forward pass during evaluation (text: windows, at most optim.batch_size)" },
-    { "train.accumulate", MOE_CFG_INT, "1", 1, 1 << 20, NULL, "gradient accumulation: each optimizer step sums the gradients of this many micro-batches of optim.batch_size rows (effective batch accumulate x batch_size); steps, epochs, log_every, checkpoint_every count optimizer steps" },
+    { "train.accumulate", MOE_CFG_INT, "1", 1, 1e6, NULL, "gradient accumulation: each optimizer step sums the gradients of this many micro-batches of optim.batch_size rows (effective batch accumulate x batch_size); steps, epochs, log_every, checkpoint_every count optimizer steps" },
 };
 const size_t moe_train_keys_len = sizeof moe_train_keys / sizeof moe_train_keys[0];
 
@@ -441,7 +443,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
         r->chunk = bs; // evaluation windows per pass: at most a training batch (memory grows with n_ctx)
     r->bs = bs;
     r->accum = tc->accumulate > 1 ? tc->accumulate : 1;
-    size_t step_rows = bs * r->accum; // rows of an optimizer step (bs <= rows, accum <= 2^20: no overflow)
+    size_t step_rows = bs * r->accum; // rows of an optimizer step (bs <= rows, accum <= 10^6: no overflow)
     r->steps_per_epoch = tr->n ? (tr->n + step_rows - 1) / step_rows : 0;
     r->run_steps = r->steps_per_epoch && r->epochs > UINT64_MAX / r->steps_per_epoch ? UINT64_MAX
                                                                                        : r->epochs * r->steps_per_epoch;
