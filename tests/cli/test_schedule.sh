@@ -47,6 +47,22 @@ same() {
     done
 }
 
+# close A B: metrics.csv of runs A and B have the same step/epoch/split cells and
+# every value within 1e-4 (relative, at least absolute).
+close() {
+    cut -d, -f1-3 "$1/metrics.csv" >"$1.keys"
+    cut -d, -f1-3 "$2/metrics.csv" >"$2.keys"
+    cmp -s "$1.keys" "$2.keys" || { fail "metrics rows differ in step/epoch/split: $(diff "$1.keys" "$2.keys" | head -5)"; return 1; }
+    paste -d, "$1/metrics.csv" "$2/metrics.csv" | awk -F, -v n="$(head -1 "$1/metrics.csv" | awk -F, '{ print NF }')" '
+        NR > 1 { for (i = 4; i <= n; i++) { a = $i; b = $(i + n); if (a == "" && b == "") continue;
+                 d = a - b; if (d < 0) d = -d; s = (a < 0 ? -a : a); if (s < 1) s = 1;
+                 if (d > 1e-4 * s) { print "line " NR " column " i ": " a " vs " b; bad = 1 } } }
+        END { exit bad }' >"$1.diff" || { fail "values differ beyond 1e-4: $(head -3 "$1.diff")"; return 1; }
+}
+
+# an mlp-moe where accumulation must equal the large batch
+DROPLESS=(--set moe.router=softmax --set moe.aux_loss=none --set moe.capacity_factor=0)
+
 t_extend() {
     run ref "$MOE" train --config moe.json --set train.epochs=4 --out ref --quiet --threads 1 && ran ref || return 1
     run ext "$MOE" train --config moe.json --out ext --quiet --threads 1 && ran ext || return 1
@@ -78,6 +94,30 @@ expect_fail "extend: another key with --resume: exit 2" 2 "'--set' cannot be com
     "$MOE" train --resume ext --set train.epochs=6 --set optim.lr=0.5
 t_unchanged() { [ "$BEFORE" = "$(md5sum ext/*)" ] || fail "a refused extension changed the run's files"; }
 check "refused extensions leave every file as it was" t_unchanged
+
+# An extension stopped by SIGTERM is an interrupted run of the new length: no
+# model.safetensors (removed when the extension started), a summary marked
+# interrupted, and a plain --resume finishes it with the straight run's bytes.
+t_extend_stopped() {
+    run s0 "$MOE" train --config moe.json --out stop --quiet --threads 1 && ran s0 || return 1
+    "$MOE" train --resume stop --set train.epochs=60 --quiet --threads 1 >s1.out 2>s1.err &
+    local pid=$! rc
+    sleep 1
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid"
+    rc=$?
+    if [ "$rc" -eq 143 ]; then
+        [ ! -e stop/model.safetensors ] || { fail "the stopped extension left the 2-epoch model.safetensors"; return 1; }
+        jqe stop/summary.json '.interrupted' "the stopped extension's summary is marked interrupted" || return 1
+        run s2 "$MOE" train --resume stop --quiet --threads 1 && ran s2 || return 1
+    else
+        [ "$rc" -eq 0 ] || { fail "extension: exit $rc: $(cat s1.err)"; return 1; }
+        echo "# the extension finished before SIGTERM"
+    fi
+    run s3 "$MOE" train --config moe.json --set train.epochs=60 --out stop60 --quiet --threads 1 && ran s3 || return 1
+    same stop stop60 "${FILES[@]}"
+}
+check "an extension stopped by SIGTERM, resumed: the files of a 60-epoch run" t_extend_stopped
 
 t_extend_lm() {
     run lref "$MOE" train --config lm.json --set train.epochs=2 --out lref --quiet --threads 1 && ran lref || return 1
@@ -116,23 +156,37 @@ t_default() {
 check "the default: constant rate, no accumulation, in the summary" t_default
 
 t_accumulate() {
-    run big "$MOE" train --config moe.json --set moe.router=softmax --set moe.aux_loss=none --set moe.capacity_factor=0 \
-        --set optim.batch_size=64 --out big --quiet && ran big || return 1
-    run acc "$MOE" train --config moe.json --set moe.router=softmax --set moe.aux_loss=none --set moe.capacity_factor=0 \
-        --set optim.batch_size=16 --set train.accumulate=4 --out acc --quiet && ran acc || return 1
+    run big "$MOE" train --config moe.json "${DROPLESS[@]}" --set optim.batch_size=64 --out big --quiet && ran big || return 1
+    run acc "$MOE" train --config moe.json "${DROPLESS[@]}" --set optim.batch_size=16 --set train.accumulate=4 --out acc \
+        --quiet && ran acc || return 1
     jqe acc.out '.steps == 10 and .steps_per_epoch == 5 and .accumulate == 4' "accumulate 4 x 16: 5 steps per epoch" \
         '{steps, steps_per_epoch, accumulate}' || return 1
-    # the same rows at the same steps, the values equal up to float rounding
-    cut -d, -f1-3 big/metrics.csv >big.keys
-    cut -d, -f1-3 acc/metrics.csv >acc.keys
-    cmp -s big.keys acc.keys || { fail "metrics rows differ in step/epoch/split: $(diff big.keys acc.keys | head -5)"; return 1; }
-    paste -d, big/metrics.csv acc/metrics.csv | awk -F, -v n="$(head -1 big/metrics.csv | awk -F, '{ print NF }')" '
-        NR > 1 { for (i = 4; i <= n; i++) { a = $i; b = $(i + n); if (a == "" && b == "") continue;
-                 d = a - b; if (d < 0) d = -d; s = (a < 0 ? -a : a); if (s < 1) s = 1;
-                 if (d > 1e-4 * s) { print "line " NR " column " i ": " a " vs " b; bad = 1 } } }
-        END { exit bad }' >acc.diff || { fail "values differ beyond 1e-4: $(head -3 acc.diff)"; return 1; }
+    close big acc # the same rows at the same steps, the values equal up to float rounding
 }
 check "accumulate 4 x batch 16 = batch 64 (dropless, no aux loss): same steps and rows, metrics within 1e-4" t_accumulate
+
+# The other commands that train: lora (adapters in the accumulated sum),
+# distill (a teacher pass per micro-batch) and compare-loss.
+t_commands() {
+    local sched=(--set optim.schedule=cosine --set optim.warmup_steps=2)
+    run l1 "$MOE" lora --base ref/model.safetensors --config moe.json --rank 2 --targets 'layers.*.moe.experts.*' \
+        "${DROPLESS[@]}" "${sched[@]}" --set optim.batch_size=64 --out lora1 --quiet && ran l1 || return 1
+    run l2 "$MOE" lora --base ref/model.safetensors --config moe.json --rank 2 --targets 'layers.*.moe.experts.*' \
+        "${DROPLESS[@]}" "${sched[@]}" --set optim.batch_size=16 --set train.accumulate=4 --out lora2 --quiet &&
+        ran l2 || return 1
+    jqe l2.out '.steps == 10 and .accumulate == 4 and .schedule.name == "cosine"' "lora: accumulate 4, cosine" \
+        '{steps, accumulate, schedule}' || return 1
+    close lora1 lora2 || return 1
+    run di "$MOE" distill --teacher ref/model.safetensors --config moe.json --set optim.schedule=linear \
+        --set train.accumulate=2 --out dist --quiet && ran di || return 1
+    jqe di.out '.steps == 10 and .accumulate == 2 and .schedule.decay_steps == 10' "distill: linear over 10 steps" \
+        '{steps, accumulate, schedule}' || return 1
+    run cl "$MOE" compare-loss --config moe.json --set model.n_expert=3 --losses nll,mlp --seeds 1 --set optim.schedule=inv_sqrt \
+        --set optim.warmup_steps=3 --set train.accumulate=2 --out cl --quiet && ran cl || return 1
+    [ "$(awk -F, 'NR > 1 && $4 == 10' cl/curves.csv | wc -l)" -eq 2 ] ||
+        { fail "compare-loss: expected each system at step 10 (2 epochs of 5 steps): $(head -5 cl/curves.csv)"; return 1; }
+}
+check "lora (accumulate 4 x 16 = 64 within 1e-4), distill and compare-loss take schedules and accumulation" t_commands
 
 t_progress_lr() {
     run p "$MOE" train --config moe.json --set optim.schedule=linear --set train.epochs=40 --out prog --progress-every 0.05 &&
