@@ -8,6 +8,8 @@
 // parses the options and takes the run's steps in order; the steps' parts are
 // the run directory (run_output.c), distillation (train_distill.c) and tuning
 // (train_tune.c).
+#include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +23,8 @@ static const char *const usage =
     "usage: moe train [--config FILE] [--set key.path=value]... [--out DIR] [--seed N]\n"
     "                 [--threads N] [--init CKPT] [--device cpu] [--force] [--quiet]\n"
     "                 [--progress-every SECONDS]\n"
-    "       moe train --resume DIR [--threads N] [--quiet] [--progress-every SECONDS]\n"
+    "       moe train --resume DIR [--set train.epochs=N] [--threads N] [--quiet]\n"
+    "                 [--progress-every SECONDS]\n"
     "       moe train --dry-run [--config FILE] [--set key.path=value]...\n"
     "       moe train --init CKPT [--trainable GLOB[,GLOB]] [--freeze GLOB[,GLOB]] ...\n"
     "Train the model a config describes; write DIR/config.json, metrics.csv,\n"
@@ -30,7 +33,11 @@ static const char *const usage =
     "rewritten after every epoch (and every train.checkpoint_every steps); SIGINT or\n"
     "SIGTERM finishes the current step, writes it and exits 130 or 143.\n"
     "--resume DIR continues that run from its checkpoint, with its own config;\n"
-    "the result is byte-identical to a run that was never stopped.\n"
+    "the result is byte-identical to a run that was never stopped. With\n"
+    "--set train.epochs=N (more than the run's) it extends a run, finished or not,\n"
+    "to N epochs: the same files as a run of N epochs from the start, unless the\n"
+    "learning rate decays over the run's length (refused: optim.schedule cosine or\n"
+    "linear without optim.decay_steps).\n"
     "--dry-run prints the parameter count, active parameters and FLOPs per token\n"
     "and the memory estimate as JSON, and trains nothing. A run whose estimate\n"
     "plus a headroom of a quarter of it (at least 64 MiB) exceeds the memory\n"
@@ -172,6 +179,7 @@ struct train_run {
     struct moe_model_estimate est;   // its FLOPs per token give summary.json's train_gflops
     struct moe_st_file init, resume; // the checkpoints of --init and --resume
     struct moe_train_pos pos;        // where a resumed run stopped
+    uint64_t extend_from;            // --resume --set train.epochs=N: the run's epochs before (0: no extension)
     struct moe_vocab ck_vocab;       // a resumed run's vocabulary (text data)
     int has_vocab;
     struct distill distill;
@@ -195,18 +203,62 @@ static void run_release(struct train_run *r)
     distill_release(&r->distill);
 }
 
-// A resumed run keeps the config, seed, initial weights and directory it had.
+#define EXTEND_KEY "train.epochs"
+
+// A resumed run keeps the config, seed, initial weights and directory it had;
+// only its length may change (--set train.epochs=N, which extends it).
 static int check_resume_options(const struct train_run *r)
 {
     const struct cli_common *c = r->c;
     if (!r->o->resume)
         return 0;
-    const char *clash = c->config ? "--config" : c->n_sets ? "--set" : c->seed >= 0 ? "--seed" : r->o->init ? "--init"
+    const char *clash = c->config ? "--config" : c->seed >= 0 ? "--seed" : r->o->init ? "--init"
                         : c->out ? "--out" : NULL;
-    if (!clash)
-        return 0;
-    return cli_error(r->cmd, 2, "option '%s' cannot be combined with '--resume' (the run keeps the config in its checkpoint)",
-                     clash);
+    if (clash)
+        return cli_error(r->cmd, 2, "option '%s' cannot be combined with '--resume' (the run keeps the config in its checkpoint)",
+                         clash);
+    for (size_t i = 0; i < c->n_sets; i++) {
+        const char *eq = strchr(c->sets[i], '=');
+        size_t len = eq ? (size_t)(eq - c->sets[i]) : strlen(c->sets[i]);
+        if (len != strlen(EXTEND_KEY) || strncmp(c->sets[i], EXTEND_KEY, len) != 0)
+            return cli_error(r->cmd, 2, "option '--set' cannot be combined with '--resume' for key '%.*s' (the run keeps the config in its checkpoint; only " EXTEND_KEY " may be set, to extend the run)",
+                             (int)(len > 200 ? 200 : len), c->sets[i]);
+    }
+    return 0;
+}
+
+// --resume DIR --set train.epochs=N: the run's config with N epochs. Fewer
+// epochs than the run's are refused, and so is a longer run whose learning
+// rate decays over its length (each step's rate would change, so the result
+// would match no run started from scratch). *ret_extend: 1 when N is larger.
+static int extend_config(struct train_run *r, const char *cfg_json, int *ret_extend)
+{
+    struct moe_err perr;
+    uint64_t before = (uint64_t)moe_cfg_int(&r->cfg, EXTEND_KEY);
+    struct moe_config longer;
+    if (moe_config_parse(&longer, moe_run_schema(), moe_run_schema_len(), cfg_json, r->resume.path, r->c->sets,
+                         r->c->n_sets, &perr))
+        return cli_fail(r->cmd, &perr);
+    uint64_t after = (uint64_t)moe_cfg_int(&longer, EXTEND_KEY);
+    struct moe_optim_cfg oc;
+    moe_optim_cfg_parse(&oc, &longer);
+    int rc = 0;
+    if (after < before)
+        rc = cli_error(r->cmd, 2, EXTEND_KEY "=%llu is fewer than the %llu epochs of the run in %s/: --resume can only extend a run",
+                       (unsigned long long)after, (unsigned long long)before, r->out);
+    else if (after > before && moe_lr_schedule_uses_length(&oc))
+        rc = cli_error(r->cmd, 2, "cannot extend the run in %s/ from %llu to %llu epochs: its optim.schedule '%s' decays over the run's length (optim.decay_steps 0), so every step's learning rate would change; start a new run, or give optim.decay_steps",
+                       r->out, (unsigned long long)before, (unsigned long long)after, moe_lr_schedule_name(oc.schedule));
+    if (rc) {
+        moe_config_release(&longer);
+        return rc;
+    }
+    moe_config_release(&r->cfg);
+    r->cfg = longer;
+    *ret_extend = after > before;
+    if (*ret_extend)
+        r->extend_from = before;
+    return 0;
 }
 
 // --resume DIR: from DIR/checkpoint.safetensors, where the run stopped, the
@@ -229,6 +281,26 @@ static int resume_config(struct train_run *r)
     struct moe_err perr;
     if (moe_config_parse(&r->cfg, moe_run_schema(), moe_run_schema_len(), cfg_json, r->resume.path, NULL, 0, &perr))
         return cli_error(r->cmd, 1, "%s: the 'config' metadata is not a valid config: %s", r->resume.path, perr.msg);
+    int extend = 0;
+    return r->c->n_sets ? extend_config(r, cfg_json, &extend) : 0;
+}
+
+// An extended run is no longer complete: its summary and model go, so that
+// neither is taken for the longer run's should this one be stopped.
+static int extend_outputs(struct train_run *r)
+{
+    static const char *const stale[] = { "summary.json", "model.safetensors" };
+    struct moe_err err = { 0 };
+    for (size_t i = 0; r->extend_from && i < sizeof stale / sizeof *stale; i++) {
+        char *path = cli_path(r->out, stale[i], &err);
+        if (!path)
+            return cli_fail(r->cmd, &err);
+        int gone = remove(path) == 0 || errno == ENOENT;
+        free(path);
+        if (!gone)
+            return cli_error(r->cmd, 1, "cannot remove '%s/%s' to extend the run: %s", r->out, stale[i],
+                             strerror(errno));
+    }
     return 0;
 }
 
@@ -351,6 +423,32 @@ static int train(struct train_run *r, struct moe_train_result *res)
     return run_output_close(&r->outs, &err) ? cli_fail(r->cmd, &err) : 0;
 }
 
+// The optimizer steps' shape and learning rates: "schedule" (optim.schedule
+// with its settings, decay_steps resolved to the run's length when 0 (null
+// for schedules without one), the rate
+// of the last step), "accumulate" and "steps_per_epoch" (optimizer steps).
+static void add_schedule(cJSON *s, const struct moe_run_cfg *rc, const struct moe_train_result *res)
+{
+    const struct moe_optim_cfg *oc = &rc->optim;
+    cJSON *o = cJSON_AddObjectToObject(s, "schedule");
+    if (o) {
+        cJSON_AddStringToObject(o, "name", moe_lr_schedule_name(oc->schedule));
+        cJSON_AddNumberToObject(o, "lr", oc->lr);
+        cJSON_AddNumberToObject(o, "min_lr", oc->min_lr);
+        cJSON_AddNumberToObject(o, "warmup_steps", (double)oc->warmup_steps);
+        if (oc->schedule == MOE_SCHED_COSINE || oc->schedule == MOE_SCHED_LINEAR)
+            cJSON_AddNumberToObject(o, "decay_steps", (double)(oc->decay_steps ? oc->decay_steps : res->run_steps));
+        else
+            cJSON_AddNullToObject(o, "decay_steps");
+        if (isfinite(res->lr_last))
+            cJSON_AddNumberToObject(o, "lr_last", res->lr_last);
+        else
+            cJSON_AddNullToObject(o, "lr_last");
+    }
+    cJSON_AddNumberToObject(s, "accumulate", (double)rc->train.accumulate);
+    cJSON_AddNumberToObject(s, "steps_per_epoch", (double)res->steps_per_epoch);
+}
+
 // summary.json, also on stdout: the model and data, what the run tuned and
 // distilled, what training gave, and where it went.
 static int write_summary(struct train_run *r, const struct moe_train_result *res)
@@ -366,11 +464,14 @@ static int write_summary(struct train_run *r, const struct moe_train_result *res
         return rc;
     }
     run_output_summary_result(s, &r->outs, res, r->est.flops_per_token);
+    add_schedule(s, &r->rc, res);
     cJSON_AddStringToObject(s, "out", r->out);
     if (o->init)
         cJSON_AddStringToObject(s, "init", o->init);
     if (o->resume)
         cJSON_AddNumberToObject(s, "resumed_at_step", (double)r->pos.steps);
+    if (r->extend_from)
+        cJSON_AddNumberToObject(s, "extended_from_epochs", (double)r->extend_from);
     rc = cli_write_summary(r->cmd, r->out, s);
     cJSON_Delete(s);
     return rc;
@@ -422,17 +523,17 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    if (done) { // nothing left to do: say so, and print the run's summary again
-        cli_log(c, "moe %s: the run in %s/ is already complete", cmd, r.out);
-        rc = cli_print_json(cmd, done);
-        goto out;
-    }
     if (o->resume)
-        rc = resume_config(&r);
+        rc = done && !c->n_sets ? 0 : resume_config(&r); // --set train.epochs: the config decides
     else if (cli_load_config(c, &r.cfg, &err))
         rc = cli_fail(cmd, &err);
     if (rc)
         goto out;
+    if (done && !r.extend_from) { // nothing left to do: say so, and print the run's summary again
+        cli_log(c, "moe %s: the run in %s/ is already complete", cmd, r.out);
+        rc = cli_print_json(cmd, done);
+        goto out;
+    }
     if (moe_run_cfg_parse(&r.rc, &r.cfg, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
@@ -443,9 +544,14 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
     }
     if ((rc = load_data(&r)) || (rc = build_model(&r)) ||
         (rc = distill_setup(cmd, &r.distill, &r.rc, &r.data, &r.model, o->resume != NULL)) ||
-        (rc = tune_setup(cmd, &r.rc, &r.model, o->lora, &r.tune, &r.lora)) || (rc = open_outputs(&r)))
+        (rc = tune_setup(cmd, &r.rc, &r.model, o->lora, &r.tune, &r.lora)) || (rc = open_outputs(&r)) ||
+        (rc = extend_outputs(&r)))
         goto out;
-    if (o->resume)
+    if (r.extend_from)
+        cli_log(c, "moe %s: extending %s/ from %llu to %llu epochs, at step %llu (epoch %llu)", cmd, r.out,
+                (unsigned long long)r.extend_from, (unsigned long long)r.rc.train.epochs,
+                (unsigned long long)r.pos.steps, (unsigned long long)r.pos.epoch);
+    else if (o->resume)
         cli_log(c, "moe %s: resuming %s/ at step %llu (epoch %llu)", cmd, r.out, (unsigned long long)r.pos.steps,
                 (unsigned long long)r.pos.epoch);
     else

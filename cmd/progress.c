@@ -96,6 +96,8 @@ static void format_line(const struct progress *p, char *buf, size_t len)
     if (s->epochs)
         ADD("/%llu", (unsigned long long)s->epochs);
     ADD("  loss %.4g", p->loss_n > 0 ? p->loss_sum / p->loss_n : NAN);
+    if (s->lr_scheduled) // the learning rate of the last step, when a schedule changes it
+        ADD("  lr %.3g", s->lr);
     double dt = p->t_step - p->t_first;
     uint64_t done = s->step - p->step_first;
     if (done > 0 && dt > 0) {

@@ -208,6 +208,69 @@ START_TEST(test_resume_mixture_sgd)
 }
 END_TEST
 
+// A learning-rate schedule and gradient accumulation resume exactly too: the
+// rate is a function of the step, and checkpoints fall between optimizer
+// steps only. 200 rows / (16 x 3) = 5 steps per epoch, the last of 8 rows.
+START_TEST(test_resume_schedule_accumulate)
+{
+    const char *ovs[] = { "optim.schedule=\"cosine\"", "optim.warmup_steps=3", "optim.min_lr=0.001",
+                          "train.accumulate=3" };
+    const uint64_t at[] = { 1, 2, 4, 5, 9 };
+    for (size_t i = 0; i < sizeof at / sizeof *at; i++) {
+        char what[80];
+        snprintf(what, sizeof what, "cosine, accumulate 3, stop after step %llu", (unsigned long long)at[i]);
+        stop_and_resume(MOE_CFG, ovs, 4, at[i], 0, what);
+    }
+}
+END_TEST
+
+// A finished run extended (moe train --resume DIR --set train.epochs=N): its
+// last checkpoint, written after the last epoch's steps and before that
+// epoch's evaluation, continued with more epochs gives the rows and weights of
+// a run that had N epochs from the start. MIX_CFG evaluates every 2 epochs:
+// its 3-epoch run writes rows at epoch 3 that the 5-epoch run does not.
+static void extend(const char *json, const char *from, const char *to, const char *const *extra, size_t n_extra,
+                   const char *what)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/moe-test-ckpt-ext-%ld.safetensors", (long)getpid());
+    struct outcome ref = { 0 }, cut = { 0 };
+    const char *ovs_to[4] = { to }, *ovs_from[4] = { from };
+    size_t n_ovs = 1;
+    for (size_t i = 0; i < n_extra && n_ovs < 4; i++, n_ovs++)
+        ovs_to[n_ovs] = ovs_from[n_ovs] = extra[i];
+    struct ctx c0 = { .o = &ref, .path = path };
+    run(json, ovs_to, n_ovs, &c0, 0);
+    ck_assert_msg(ref.rc == 0, "%s: reference: %s", what, ref.err.msg);
+    struct ctx c1 = { .o = &cut, .path = path };
+    run(json, ovs_from, n_ovs, &c1, 0);
+    ck_assert_msg(cut.rc == 0, "%s: short run: %s", what, cut.err.msg);
+    ck_assert_msg(cut.ckpt_len < cut.len, "%s: the last checkpoint comes before the last evaluation's rows", what);
+    cut.len = cut.ckpt_len;
+    cut.rows[cut.len] = '\0';
+    struct ctx c2 = { .o = &cut, .path = path };
+    run(json, ovs_to, n_ovs, &c2, 1);
+    ck_assert_msg(cut.rc == 0, "%s: extension: %s", what, cut.err.msg);
+    ck_assert_msg(cut.len == ref.len && memcmp(cut.rows, ref.rows, ref.len) == 0,
+                  "%s: metrics rows differ:\n--- extended\n%s\n--- reference\n%s", what, cut.rows, ref.rows);
+    ck_assert_msg(memcmp(cut.w, ref.w, ref.numel * sizeof(float)) == 0, "%s: final weights differ", what);
+    remove(path);
+    outcome_free(&ref);
+    outcome_free(&cut);
+}
+
+START_TEST(test_extend_finished)
+{
+    extend(MOE_CFG, "train.epochs=2", "train.epochs=4", NULL, 0, "mlp-moe, 2 -> 4 epochs");
+    extend(MIX_CFG, "train.epochs=3", "train.epochs=5", NULL, 0, "mixture, eval_every 2, 3 -> 5 epochs");
+    // schedules that do not depend on the run's length, with accumulation
+    const char *inv[] = { "optim.schedule=\"inv_sqrt\"", "optim.warmup_steps=4", "train.accumulate=2" };
+    extend(MOE_CFG, "train.epochs=1", "train.epochs=3", inv, 3, "mlp-moe, inv_sqrt, accumulate 2, 1 -> 3 epochs");
+    const char *cos[] = { "optim.schedule=\"cosine\"", "optim.decay_steps=30" };
+    extend(MOE_CFG, "train.epochs=2", "train.epochs=3", cos, 2, "mlp-moe, cosine over 30 steps, 2 -> 3 epochs");
+}
+END_TEST
+
 // The checkpoint of a run of json stopped after step 3, at /tmp/moe-test-ckpt-TAG-PID.safetensors (path).
 static void stopped_checkpoint(char *path, size_t len, const char *tag, const char *json, struct outcome *o)
 {
@@ -336,6 +399,8 @@ int main(void)
     tcase_add_test(tc, test_resume_moe_eval);
     tcase_add_test(tc, test_resume_bias_balance);
     tcase_add_test(tc, test_resume_mixture_sgd);
+    tcase_add_test(tc, test_resume_schedule_accumulate);
+    tcase_add_test(tc, test_extend_finished);
     tcase_add_test(tc, test_resume_rejects_foreign);
     tcase_add_test(tc, test_resume_rejects_nonfinite_moments);
     suite_add_tcase(s, tc);

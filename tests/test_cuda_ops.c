@@ -383,7 +383,8 @@ static void test_optim(void)
     static const enum moe_k_optim_type ktypes[] = { MOE_K_GD, MOE_K_SGD, MOE_K_ADAMW };
     struct moe_err err;
     for (int ti = 0; ti < 3; ti++) {
-        struct moe_optim_cfg oc = { types[ti], 0.01, 0.9, 0.9, 0.999, 1e-8, 0.05, 1.0, 0 };
+        struct moe_optim_cfg oc = { .type = types[ti], .lr = 0.01, .momentum = 0.9, .beta1 = 0.9, .beta2 = 0.999,
+                                     .eps = 1e-8, .weight_decay = 0.05, .clip = 1.0 };
         struct moe_optim o;
         if (moe_optim_init(&o, &oc, n, &err)) {
             fprintf(stderr, "%s\n", err.msg);

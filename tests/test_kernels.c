@@ -286,7 +286,8 @@ START_TEST(test_optim)
     static const enum moe_k_optim_type ktypes[] = { MOE_K_GD, MOE_K_SGD, MOE_K_ADAMW };
     for (int ti = 0; ti < 3; ti++) {
         for (int clip = 0; clip <= 1; clip++) {
-            struct moe_optim_cfg oc = { types[ti], 0.01, 0.9, 0.9, 0.999, 1e-8, 0.05, clip ? 0.5 : 0.0, 0 };
+            struct moe_optim_cfg oc = { .type = types[ti], .lr = 0.01, .momentum = 0.9, .beta1 = 0.9, .beta2 = 0.999,
+                                         .eps = 1e-8, .weight_decay = 0.05, .clip = clip ? 0.5 : 0.0 };
             struct moe_optim o;
             struct moe_err err;
             ck_assert_int_eq(moe_optim_init(&o, &oc, n, &err), 0);

@@ -225,6 +225,121 @@ START_TEST(test_optim_clip)
 }
 END_TEST
 
+// ---------------------------------------------------------------- learning-rate schedules
+
+// The schedule of a test config (optim.* keys).
+static struct moe_optim_cfg sched_cfg(const char *json)
+{
+    struct moe_config cfg;
+    parse(&cfg, json, NULL, 0);
+    struct moe_optim_cfg oc;
+    moe_optim_cfg_parse(&oc, &cfg);
+    moe_config_release(&cfg);
+    return oc;
+}
+
+// moe_lr_at against the formulas of optim.c at step 0, the end of warmup, mid-decay, the end and the floor.
+START_TEST(test_lr_schedule_values)
+{
+    // constant without warmup: exactly optim.lr at every step (today's runs)
+    struct moe_optim_cfg c = sched_cfg("{\"optim\": {\"lr\": 0.0123}}");
+    ck_assert_int_eq(c.schedule, MOE_SCHED_CONSTANT);
+    ck_assert_int_eq(moe_lr_schedule_uses_length(&c), 0);
+    for (uint64_t s = 0; s < 1000; s += 37)
+        ck_assert(moe_lr_at(&c, 100, s) == 0.0123);
+    // constant with warmup: lr (s + 1)/W, then lr
+    c = sched_cfg("{\"optim\": {\"lr\": 0.1, \"warmup_steps\": 4}}");
+    ck_assert_double_eq_tol(moe_lr_at(&c, 100, 0), 0.025, 1e-15);
+    ck_assert_double_eq_tol(moe_lr_at(&c, 100, 3), 0.1, 1e-15);
+    ck_assert(moe_lr_at(&c, 100, 4) == 0.1);
+    ck_assert(moe_lr_at(&c, 100, 99) == 0.1);
+
+    // cosine, W = 10, floor 0.01, decay over the run's 110 steps
+    c = sched_cfg("{\"optim\": {\"lr\": 0.1, \"min_lr\": 0.01, \"warmup_steps\": 10, \"schedule\": \"cosine\"}}");
+    ck_assert_int_eq(c.schedule, MOE_SCHED_COSINE);
+    ck_assert_int_eq(moe_lr_schedule_uses_length(&c), 1);
+    ck_assert_double_eq_tol(moe_lr_at(&c, 110, 0), 0.01, 1e-15);       // step 0: lr / W
+    ck_assert_double_eq_tol(moe_lr_at(&c, 110, 4), 0.05, 1e-15);
+    ck_assert_double_eq_tol(moe_lr_at(&c, 110, 9), 0.1, 1e-15);        // last warmup step: the peak
+    ck_assert_double_eq_tol(moe_lr_at(&c, 110, 10), 0.1, 1e-15);       // p = 0
+    ck_assert_double_eq_tol(moe_lr_at(&c, 110, 60), 0.055, 1e-15);     // p = 1/2: halfway between
+    ck_assert_double_eq_tol(moe_lr_at(&c, 110, 35), 0.01 + 0.09 * 0.5 * (1 + cos(M_PI / 4)), 1e-15);
+    ck_assert_double_eq_tol(moe_lr_at(&c, 110, 109), 0.01 + 0.09 * 0.5 * (1 + cos(M_PI * 0.99)), 1e-15); // last step
+    ck_assert_double_gt(moe_lr_at(&c, 110, 109), 0.01);
+    ck_assert(moe_lr_at(&c, 110, 110) == 0.01); // from D on: the floor
+    ck_assert(moe_lr_at(&c, 110, 5000) == 0.01);
+    for (uint64_t s = 10; s < 110; s++) // non-increasing after warmup
+        ck_assert_double_le(moe_lr_at(&c, 110, s + 1), moe_lr_at(&c, 110, s));
+    // the run's length does not matter once decay_steps is set
+    c.decay_steps = 60;
+    ck_assert_int_eq(moe_lr_schedule_uses_length(&c), 0);
+    ck_assert_double_eq_tol(moe_lr_at(&c, 7, 35), 0.055, 1e-15);
+    ck_assert(moe_lr_at(&c, 1000000, 35) == moe_lr_at(&c, 7, 35));
+    ck_assert(moe_lr_at(&c, 7, 60) == 0.01);
+    // a run no longer than its warmup: warmup, then the floor
+    c.decay_steps = 0;
+    ck_assert_double_eq_tol(moe_lr_at(&c, 8, 7), 0.08, 1e-15);
+    ck_assert(moe_lr_at(&c, 8, 10) == 0.01);
+
+    // linear to the floor
+    c = sched_cfg("{\"optim\": {\"lr\": 0.2, \"min_lr\": 0.02, \"schedule\": \"linear\"}}");
+    ck_assert(moe_lr_at(&c, 100, 0) == 0.2); // no warmup: p = 0
+    ck_assert_double_eq_tol(moe_lr_at(&c, 100, 50), 0.11, 1e-15);
+    ck_assert_double_eq_tol(moe_lr_at(&c, 100, 99), 0.2 - 0.18 * 0.99, 1e-15);
+    ck_assert_double_eq_tol(moe_lr_at(&c, 100, 100), 0.02, 1e-15);
+    ck_assert_double_eq_tol(moe_lr_at(&c, 100, 300), 0.02, 1e-15);
+
+    // inverse square root (Vaswani et al. 2017, peak-normalised): lr sqrt(W / (s + 1)), floored
+    c = sched_cfg("{\"optim\": {\"lr\": 0.1, \"min_lr\": 0.01, \"warmup_steps\": 10, \"schedule\": \"inv_sqrt\"}}");
+    ck_assert_int_eq(moe_lr_schedule_uses_length(&c), 0);
+    ck_assert_double_eq_tol(moe_lr_at(&c, 5, 0), 0.01, 1e-15);
+    ck_assert_double_eq_tol(moe_lr_at(&c, 5, 9), 0.1, 1e-15);
+    ck_assert_double_eq_tol(moe_lr_at(&c, 5, 39), 0.05, 1e-15);   // sqrt(10/40)
+    ck_assert_double_eq_tol(moe_lr_at(&c, 5, 999), 0.01, 1e-15);  // sqrt(10/1000) = 0.1: at the floor
+    ck_assert(moe_lr_at(&c, 5, 99999) == 0.01);                    // below it: floored
+}
+END_TEST
+
+// The rules between keys: min_lr <= lr, inv_sqrt needs warmup, decay_steps above warmup,
+// accumulation only with mini-batches.
+START_TEST(test_lr_schedule_rules)
+{
+    static const struct { const char *json; const char *frag; } bad[] = {
+        { "{\"optim\": {\"lr\": 0.01, \"min_lr\": 0.02, \"schedule\": \"cosine\"}}", "'optim.min_lr' (0.02) must not exceed optim.lr (0.01)" },
+        { "{\"optim\": {\"schedule\": \"inv_sqrt\"}}", "'inv_sqrt' needs optim.warmup_steps >= 1" },
+        { "{\"optim\": {\"schedule\": \"linear\", \"warmup_steps\": 10, \"decay_steps\": 10}}", "'optim.decay_steps' (10) must exceed optim.warmup_steps (10)" },
+        { "{\"optim\": {\"type\": \"gd\"}, \"train\": {\"accumulate\": 2}}", "'train.accumulate' (2) needs mini-batches: optim.type 'gd'" },
+        { "{\"optim\": {\"batch_size\": 0}, \"train\": {\"accumulate\": 4}}", "optim.batch_size 0" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        struct moe_config cfg;
+        parse(&cfg, bad[i].json, NULL, 0);
+        struct moe_run_cfg rc;
+        struct moe_err err;
+        ck_assert_int_eq(moe_run_cfg_parse(&rc, &cfg, &err), MOE_ECONFIG);
+        ck_assert_msg(strstr(err.msg, bad[i].frag), "%s: %s", bad[i].json, err.msg);
+        moe_config_release(&cfg);
+    }
+    static const char *const good[] = {
+        "{\"optim\": {\"lr\": 0.01, \"min_lr\": 0.01, \"schedule\": \"cosine\"}}",
+        "{\"optim\": {\"schedule\": \"inv_sqrt\", \"warmup_steps\": 1}}",
+        "{\"optim\": {\"schedule\": \"constant\", \"warmup_steps\": 100}}",
+        "{\"optim\": {\"schedule\": \"linear\", \"warmup_steps\": 10, \"decay_steps\": 11}}",
+        "{\"optim\": {\"type\": \"sgd\", \"batch_size\": 8}, \"train\": {\"accumulate\": 1000000}}",
+        "{\"optim\": {\"type\": \"gd\"}, \"train\": {\"accumulate\": 1}}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        struct moe_config cfg;
+        parse(&cfg, good[i], NULL, 0);
+        struct moe_run_cfg rc;
+        struct moe_err err;
+        ck_assert_msg(moe_run_cfg_parse(&rc, &cfg, &err) == 0, "%s: %s", good[i], err.msg);
+        moe_run_cfg_release(&rc);
+        moe_config_release(&cfg);
+    }
+}
+END_TEST
+
 // ---------------------------------------------------------------- the training loop
 
 struct run {
@@ -408,6 +523,140 @@ START_TEST(test_train_step_hook)
                       ref.rows[i].loss);
     run_free(&ref);
     run_free(&r);
+}
+END_TEST
+
+// What the step hook saw of the learning rate (test_train_accumulate).
+struct lr_log {
+    double lr[512];
+    uint64_t n, spe;
+    size_t rows;
+};
+static void on_step_lr(void *ctx, const struct moe_train_step_info *s)
+{
+    struct lr_log *l = ctx;
+    if (l->n < 512)
+        l->lr[l->n] = s->lr;
+    l->n++;
+    l->spe = s->steps_per_epoch;
+    l->rows += s->rows;
+}
+
+// Train json + ovs with the step hook logging learning rates; r as run_train.
+static void run_train_lr(const char *json, const char *const *ovs, size_t n_ovs, struct run *r, struct lr_log *l)
+{
+    memset(r, 0, sizeof *r);
+    memset(l, 0, sizeof *l);
+    struct moe_config cfg;
+    parse(&cfg, json, ovs, n_ovs);
+    struct moe_data data;
+    struct moe_err err;
+    ck_assert_msg(moe_data_load(&data, &cfg, &err) == 0, "data: %s", err.msg);
+    size_t max_batch = data.train.n > data.test.n ? data.train.n : data.test.n;
+    struct moe_model m;
+    ck_assert_msg(moe_model_create(&m, &cfg, NULL, data.train.task, data.train.n_in, data.train.n_out, max_batch,
+                                   &err) == 0, "model: %s", err.msg);
+    moe_model_init_weights(&m, (uint64_t)moe_cfg_int(&cfg, "train.seed"));
+    struct moe_train_hooks h = { .row = record, .ctx = r, .step = on_step_lr, .step_ctx = l };
+    r->rc = moe_train_ex(&m, &data, &cfg, &h, &r->res, &r->err);
+    r->numel = m.params.numel;
+    r->params = malloc(r->numel * sizeof *r->params);
+    ck_assert_ptr_nonnull(r->params);
+    memcpy(r->params, m.params.data, r->numel * sizeof *r->params);
+    moe_model_release(&m);
+    moe_data_release(&data);
+    moe_config_release(&cfg);
+}
+
+// A small classifier on 1000 synthetic rows, for gradient accumulation.
+static const char *const ACC_MLP =
+    "{\"data\": {\"source\": \"synthetic\", \"synthetic\": {\"kind\": \"classes\", \"n_train\": 1000,"
+    " \"n_test\": 200, \"n_in\": 6, \"n_regions\": 4}},"
+    " \"model\": {\"type\": \"mlp\", \"n_hidden\": 16, \"activation\": \"tanh\"}, \"loss\": {\"type\": \"ce\"},"
+    " \"train\": {\"seed\": 3, \"epochs\": 2}}";
+static const char *const ACC_MOE =
+    "{\"data\": {\"source\": \"synthetic\", \"synthetic\": {\"kind\": \"classes\", \"n_train\": 1000,"
+    " \"n_test\": 200, \"n_in\": 6, \"n_regions\": 4}},"
+    " \"model\": {\"type\": \"mlp-moe\", \"n_embd\": 8, \"n_layer\": 2, \"n_ff\": 8, \"n_expert\": 4,"
+    " \"n_expert_used\": 2},"
+    " \"moe\": {\"router\": \"softmax\", \"aux_loss\": \"none\", \"capacity_factor\": 0},"
+    " \"train\": {\"seed\": 3, \"epochs\": 2}}";
+
+// Gradient accumulation: batch B x N with accumulate 1 and batch B with
+// accumulate N take the same steps on the same rows, and end with the same
+// weights up to float rounding (the gradients are the same mean, summed in
+// another order): |a - b| <= 1e-6 max(1, |b|) over every weight after 28 to
+// 32 steps (measured: at most 1.8e-7, a few float ulps). Where that
+// must hold: objectives that are means over rows (mlp; mlp-moe without a
+// balancing loss, dropless, a router without noise). N = 4 divides the
+// batches of an epoch but the last; N = 3 with B = 24 ends each epoch with a
+// micro-batch of 16 rows (1000 = 13 x 72 + 64). The learning rate the steps
+// report is moe_lr_at's, from the same schedule in both runs.
+START_TEST(test_train_accumulate)
+{
+    static const struct {
+        const char *json, *optim, *what;
+        double tol;
+    } cases[] = {
+        { ACC_MLP, "optim.type=\"sgd\"", "mlp, sgd", 1e-6 },
+        { ACC_MLP, "optim.type=\"adamw\"", "mlp, adamw", 1e-6 },
+        { ACC_MOE, "optim.type=\"adamw\"", "mlp-moe dropless, no aux loss, adamw", 1e-6 },
+    };
+    static const struct { const char *big, *small, *accum; } shapes[] = {
+        { "optim.batch_size=64", "optim.batch_size=16", "train.accumulate=4" },
+        { "optim.batch_size=72", "optim.batch_size=24", "train.accumulate=3" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        for (size_t j = 0; j < sizeof shapes / sizeof *shapes; j++) {
+            const char *sched[] = { "optim.schedule=\"cosine\"", "optim.warmup_steps=5", "optim.min_lr=0.001",
+                                    "optim.lr=0.01" };
+            const char *a_ovs[] = { cases[i].optim, shapes[j].big, sched[0], sched[1], sched[2], sched[3] };
+            const char *b_ovs[] = { cases[i].optim, shapes[j].small, shapes[j].accum, sched[0], sched[1], sched[2],
+                                    sched[3] };
+            struct run a, b;
+            struct lr_log la, lb;
+            run_train_lr(cases[i].json, a_ovs, 6, &a, &la);
+            run_train_lr(cases[i].json, b_ovs, 7, &b, &lb);
+            ck_assert_msg(a.rc == 0 && b.rc == 0, "%s: %s / %s", cases[i].what, a.err.msg, b.err.msg);
+            uint64_t spe = j == 0 ? 16 : 14;
+            ck_assert_uint_eq(a.res.steps, 2 * spe);
+            ck_assert_uint_eq(b.res.steps, 2 * spe);
+            ck_assert_uint_eq(b.res.steps_per_epoch, spe);
+            ck_assert_uint_eq(b.res.run_steps, 2 * spe);
+            ck_assert_uint_eq(lb.spe, spe);
+            ck_assert_uint_eq(lb.n, 2 * spe);
+            ck_assert_uint_eq(lb.rows, 2000);
+            ck_assert_uint_eq(a.n_batch, b.n_batch);
+            for (size_t k = 0; k < a.n_batch && k < 256; k++) { // one batch row per epoch, at the same step
+                ck_assert_uint_eq(a.batch_steps[k], b.batch_steps[k]);
+                ck_assert_uint_eq(a.batch_n[k], b.batch_n[k]);
+            }
+            for (uint64_t k = 0; k < lb.n; k++) {
+                ck_assert(la.lr[k] == lb.lr[k]);
+                struct moe_optim_cfg oc = { .lr = 0.01, .min_lr = 0.001, .warmup_steps = 5,
+                                            .schedule = MOE_SCHED_COSINE };
+                ck_assert(lb.lr[k] == moe_lr_at(&oc, 2 * spe, k));
+            }
+            ck_assert_double_eq(b.res.lr_last, lb.lr[lb.n - 1]);
+            ck_assert_uint_eq(a.numel, b.numel);
+            double worst = 0.0;
+            size_t at = 0;
+            for (size_t k = 0; k < a.numel; k++) {
+                double d = fabs((double)a.params[k] - b.params[k]) / fmax(1.0, fabs((double)a.params[k]));
+                if (d > worst)
+                    worst = d, at = k;
+            }
+            ck_assert_msg(worst <= cases[i].tol, "%s, %s x %s: weight %zu differs by %g (tolerance %g)",
+                          cases[i].what, shapes[j].small, shapes[j].accum, at, worst, cases[i].tol);
+            // the evaluations agree as closely
+            ck_assert_uint_eq(a.n_rows, b.n_rows);
+            for (size_t k = 0; k < a.n_rows; k++)
+                ASSERT_REL(a.rows[k].loss, b.rows[k].loss, 1e-4, "%s: row %zu loss %g vs %g", cases[i].what, k,
+                           a.rows[k].loss, b.rows[k].loss);
+            run_free(&a);
+            run_free(&b);
+        }
+    }
 }
 END_TEST
 
@@ -651,6 +900,8 @@ int main(void)
     tcase_add_test(tc, test_optim_sgd_momentum);
     tcase_add_test(tc, test_optim_adamw);
     tcase_add_test(tc, test_optim_clip);
+    tcase_add_test(tc, test_lr_schedule_values);
+    tcase_add_test(tc, test_lr_schedule_rules);
     tcase_add_test(tc, test_train_reduces_loss);
     tcase_add_test(tc, test_train_criterion);
     tcase_add_test(tc, test_train_reproducible);
@@ -658,6 +909,7 @@ int main(void)
     tcase_add_test(tc, test_train_diverges);
     tcase_add_test(tc, test_train_eval_rows);
     tcase_add_test(tc, test_train_step_hook);
+    tcase_add_test(tc, test_train_accumulate);
     tcase_add_test(tc, test_train_experts_specialise);
     suite_add_tcase(s, tc);
     return moe_test_run(s);

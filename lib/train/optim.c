@@ -5,6 +5,8 @@
 // A step may cover several segments of weights (partial fine-tuning, adapters):
 // their moments lie one after another in m and v, and clipping uses the norm over all.
 // reference: Kingma & Ba 2015 (Adam, Algorithm 1); Loshchilov & Hutter, ICLR 2019.
+// The learning rate of each step comes from a schedule (moe_lr_at), a pure
+// function of the step index: see the formulas there.
 #include <math.h>
 #include <string.h>
 
@@ -25,6 +27,11 @@ const struct moe_cfg_key moe_optim_keys[] = {
     { "optim.weight_decay", MOE_CFG_NUM, "0", 0, 10, NULL, "decoupled weight decay (sgd and adamw)" },
     { "optim.batch_size", MOE_CFG_INT, "64", 0, BIG, NULL, "rows per step for sgd/adamw (0 = full batch; gd is always full batch)" },
     { "optim.clip", MOE_CFG_NUM, "0", 0, 1e9, NULL, "clip the global gradient norm to this (0 = off)" },
+    // learning-rate schedule (moe_lr_at; step s = optimizer steps taken before this one)
+    { "optim.schedule", MOE_CFG_STR, "\"constant\"", 1, 0, "constant|cosine|linear|inv_sqrt", "learning rate per step s (after optim.warmup_steps W): constant lr; cosine min_lr + (lr - min_lr)(1 + cos(pi p))/2 and linear lr - (lr - min_lr) p, p = (s - W)/(D - W) capped at 1, D = optim.decay_steps; inv_sqrt max(min_lr, lr sqrt(W/(s + 1))), needs W >= 1" },
+    { "optim.warmup_steps", MOE_CFG_INT, "0", 0, 1e12, NULL, "linear warmup: step s < W uses lr (s + 1)/W (every schedule)" },
+    { "optim.min_lr", MOE_CFG_NUM, "0", 0, 1e3, NULL, "the floor cosine, linear and inv_sqrt decay to (at most optim.lr)" },
+    { "optim.decay_steps", MOE_CFG_INT, "0", 0, 1e12, NULL, "cosine, linear: the step D where the decay reaches min_lr, counted from step 0 (warmup included; above W); 0 = the run's length, train.epochs x optimizer steps per epoch" },
 };
 const size_t moe_optim_keys_len = sizeof moe_optim_keys / sizeof moe_optim_keys[0];
 
@@ -41,6 +48,74 @@ void moe_optim_cfg_parse(struct moe_optim_cfg *c, const struct moe_config *cfg)
     c->weight_decay = moe_cfg_num(cfg, "optim.weight_decay");
     c->clip = moe_cfg_num(cfg, "optim.clip");
     c->batch_size = (size_t)moe_cfg_int(cfg, "optim.batch_size");
+    const char *sched = moe_cfg_str(cfg, "optim.schedule");
+    c->schedule = MOE_SCHED_CONSTANT;
+    for (int i = 0; i < MOE_N_SCHED; i++)
+        if (strcmp(sched, moe_lr_schedule_name((enum moe_lr_schedule)i)) == 0)
+            c->schedule = (enum moe_lr_schedule)i;
+    c->warmup_steps = (uint64_t)moe_cfg_int(cfg, "optim.warmup_steps");
+    c->min_lr = moe_cfg_num(cfg, "optim.min_lr");
+    c->decay_steps = (uint64_t)moe_cfg_int(cfg, "optim.decay_steps");
+}
+
+const char *moe_lr_schedule_name(enum moe_lr_schedule s)
+{
+    static const char *const names[MOE_N_SCHED] = { "constant", "cosine", "linear", "inv_sqrt" };
+    return (unsigned)s < MOE_N_SCHED ? names[s] : "?";
+}
+
+int moe_optim_cfg_check(const struct moe_optim_cfg *c, struct moe_err *err)
+{
+    if (c->min_lr > c->lr)
+        return moe_error(err, MOE_ECONFIG, "key 'optim.min_lr' (%g) must not exceed optim.lr (%g): it is the floor the schedule decays to",
+                         c->min_lr, c->lr);
+    if (c->schedule == MOE_SCHED_INV_SQRT && c->warmup_steps == 0)
+        return moe_error(err, MOE_ECONFIG, "optim.schedule 'inv_sqrt' needs optim.warmup_steps >= 1 (its decay is lr sqrt(warmup_steps/(step + 1)))");
+    if ((c->schedule == MOE_SCHED_COSINE || c->schedule == MOE_SCHED_LINEAR) && c->decay_steps &&
+        c->decay_steps <= c->warmup_steps)
+        return moe_error(err, MOE_ECONFIG, "key 'optim.decay_steps' (%llu) must exceed optim.warmup_steps (%llu): the decay runs between them",
+                         (unsigned long long)c->decay_steps, (unsigned long long)c->warmup_steps);
+    return 0;
+}
+
+int moe_lr_schedule_uses_length(const struct moe_optim_cfg *c)
+{
+    return (c->schedule == MOE_SCHED_COSINE || c->schedule == MOE_SCHED_LINEAR) && c->decay_steps == 0;
+}
+
+// The learning rate of step s (0-based: the optimizer steps taken before it),
+// with peak lr, floor min_lr, W = warmup_steps, D = decay_steps or else the
+// run's length run_steps:
+//   s < W (warmup, every schedule):  lr (s + 1) / W       (linear from lr/W up to lr)
+//   constant:                        lr
+//   cosine (Loshchilov & Hutter 2017, SGDR, one cycle without restarts):
+//                                    min_lr + (lr - min_lr) (1 + cos(pi p)) / 2
+//   linear:                          lr - (lr - min_lr) p
+//     with p = (s - W) / (D - W), capped at 1 (D <= W: p = 1), so the step
+//     after warmup uses lr and steps from D on use min_lr;
+//   inv_sqrt (Vaswani et al. 2017, sec. 5.3, peak-normalised; fairseq's
+//   inverse_sqrt):                   max(min_lr, lr sqrt(W / (s + 1)))
+// With W = 0 and the constant schedule this is exactly lr: a run without a
+// schedule is byte-identical to one from before schedules existed.
+double moe_lr_at(const struct moe_optim_cfg *c, uint64_t run_steps, uint64_t s)
+{
+    double lr = c->lr, lo = c->min_lr;
+    uint64_t W = c->warmup_steps;
+    if (s < W)
+        return lr * ((double)(s + 1) / (double)W);
+    uint64_t D = c->decay_steps ? c->decay_steps : run_steps;
+    double p = D > W ? (double)(s - W) / (double)(D - W) : 1.0;
+    if (p > 1.0)
+        p = 1.0;
+    switch (c->schedule) {
+    case MOE_SCHED_COSINE: return lo + (lr - lo) * 0.5 * (1.0 + cos(M_PI * p));
+    case MOE_SCHED_LINEAR: return lr - (lr - lo) * p;
+    case MOE_SCHED_INV_SQRT: {
+        double v = lr * sqrt((double)W / (double)(s + 1));
+        return v > lo ? v : lo;
+    }
+    default: return lr;
+    }
 }
 
 int moe_optim_declare(struct moe_optim *o, const struct moe_optim_cfg *c, size_t numel, struct moe_plan *p)

@@ -61,6 +61,8 @@ int moe_run_cfg_parse(struct moe_run_cfg *rc, const struct moe_config *cfg, stru
         moe_optim_cfg_parse(&rc->optim, cfg);
         moe_distill_cfg_parse(&rc->distill, cfg);
         r = moe_train_cfg_parse(&rc->train, cfg, err);
+        if (!r)
+            r = moe_train_cfg_check(&rc->train, &rc->optim, err);
     }
     if (!r)
         r = moe_lora_cfg_parse(&rc->lora, cfg, err);
@@ -79,10 +81,20 @@ void moe_run_cfg_release(struct moe_run_cfg *rc)
     memset(rc, 0, sizeof *rc);
 }
 
+// The optimizer's moments, and with train.accumulate > 1 the trainer's
+// gradient accumulator (trainer.c: one float per trained parameter).
 static int declare_optimizer(const void *arg, size_t numel, struct moe_plan *p)
 {
+    const struct moe_run_cfg *rc = arg;
     struct moe_optim o;
-    return moe_optim_declare(&o, arg, numel, p); // nothing is allocated: o is dropped
+    int r = moe_optim_declare(&o, &rc->optim, numel, p); // nothing is allocated: o is dropped
+    if (!r && rc->train.accumulate > 1) {
+        float *acc;
+        struct moe_dim d = { numel, "parameter floats" };
+        moe_plan_buf(p, &acc, MOE_ROLE_OPTIM, MOE_DT_F32, MOE_DIMS(d), "train.accumulate gradient sum");
+        r = p->rc;
+    }
+    return r;
 }
 
 int moe_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
@@ -96,9 +108,11 @@ int moe_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_ta
     const struct moe_optim_cfg *oc = &rc->optim;
     struct moe_estimate_loop loop = {
         .declare_optimizer = declare_optimizer,
-        .optimizer = oc,
+        .optimizer = rc,
         .batch_size = oc->type == MOE_OPTIM_GD ? 0 : oc->batch_size, // gd: always the full batch
-        .shuffle = rc->train.shuffle,
+        // trainer.c: shuffled (a batch buffer) when an optimizer step takes less than the split
+        .shuffle = rc->train.shuffle && (rc->train.accumulate <= 1 || oc->batch_size == 0 ||
+                                         oc->batch_size * rc->train.accumulate < n_train_rows),
     };
     return moe_model_estimate_hp(&rc->model, &rc->data, training ? &loop : NULL, task, n_in, n_out, n_train_rows,
                                  n_test_rows, max_batch, ret, err);

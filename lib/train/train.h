@@ -81,15 +81,33 @@ struct moe_optim {
     float *m, *v;   // (numel) momentum / Adam moments
     struct moe_plan *own; // the plan that holds m and v (moe_optim_init)
 };
+// Learning-rate schedules (optim.schedule; formulas at moe_lr_at in optim.c).
+enum moe_lr_schedule { MOE_SCHED_CONSTANT = 0, MOE_SCHED_COSINE, MOE_SCHED_LINEAR, MOE_SCHED_INV_SQRT, MOE_N_SCHED };
 // The optim.* keys (optim.c), read once into a typed struct.
 struct moe_optim_cfg {
     enum moe_optim_type type;
     double lr, momentum, beta1, beta2, eps, weight_decay, clip;
-    size_t batch_size;  // rows per step, 0 = full batch (gd is always full batch)
+    size_t batch_size;  // rows per micro-batch, 0 = full batch (gd is always full batch)
+    enum moe_lr_schedule schedule;
+    double min_lr;                       // the decay's floor
+    uint64_t warmup_steps, decay_steps;  // decay_steps 0: the run's length
 };
 extern const struct moe_cfg_key moe_optim_keys[];
 extern const size_t moe_optim_keys_len;
 void moe_optim_cfg_parse(struct moe_optim_cfg *c, const struct moe_config *cfg);
+// The rules between optim.* keys the schema cannot check (min_lr <= lr,
+// inv_sqrt's warmup, decay_steps above warmup_steps); MOE_ECONFIG naming the key.
+// moe_run_cfg_parse and moe_train_ex call it.
+int moe_optim_cfg_check(const struct moe_optim_cfg *c, struct moe_err *err);
+const char *moe_lr_schedule_name(enum moe_lr_schedule s); // optim.schedule's value
+// The learning rate of optimizer step `step` (0-based: steps taken before it),
+// a pure function of the step index, so a resumed run applies the same rates;
+// run_steps is the run's length in optimizer steps (train.epochs x steps per
+// epoch), used when optim.decay_steps is 0.
+double moe_lr_at(const struct moe_optim_cfg *c, uint64_t run_steps, uint64_t step);
+// 1 when the schedule's values depend on the run's length (cosine or linear
+// decaying over the whole run): changing train.epochs changes every rate.
+int moe_lr_schedule_uses_length(const struct moe_optim_cfg *c);
 // The optimizer for numel parameter floats: its settings, and its moments
 // (sgd: m; adamw: m and v) declared in p (role MOE_ROLE_OPTIM). Returns p->rc.
 int moe_optim_declare(struct moe_optim *o, const struct moe_optim_cfg *c, size_t numel, struct moe_plan *p);
@@ -119,6 +137,7 @@ struct moe_train_cfg {
     enum moe_criterion criterion;
     double criterion_value, active_threshold;
     size_t max_batch_eval;
+    size_t accumulate;  // micro-batches per optimizer step (gradient accumulation), >= 1
     // partial fine-tuning globs (train/tune.h); the strings point into the config
     const char **trainable, **freeze;
     size_t n_trainable, n_freeze;
@@ -128,6 +147,9 @@ extern const struct moe_cfg_key moe_train_keys[];
 extern const size_t moe_train_keys_len;
 int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, struct moe_err *err);
 void moe_train_cfg_release(struct moe_train_cfg *c);
+// The rules between train.* and optim.* keys (moe_optim_cfg_check, and
+// train.accumulate > 1 only with mini-batches); MOE_ECONFIG naming the key.
+int moe_train_cfg_check(const struct moe_train_cfg *tc, const struct moe_optim_cfg *oc, struct moe_err *err);
 // One evaluation of a split, as written to metrics.csv. NaN = not applicable.
 struct moe_eval_row {
     uint64_t step;
@@ -175,6 +197,9 @@ struct moe_train_result {
     double wall_seconds;
     double rows_per_second;   // training rows processed per second
     double tokens_per_second; // language models: training tokens (rows x n_ctx) per second
+    uint64_t steps_per_epoch; // optimizer steps per epoch (micro-batches / train.accumulate, rounded up)
+    uint64_t run_steps;       // train.epochs x steps_per_epoch: the learning-rate schedule's length
+    double lr_last;           // the learning rate of the last step taken (NaN before any)
 };
 
 // Windows of a language-model split gathered into a batch (trainer.c): n rows
@@ -251,18 +276,22 @@ struct moe_train_ckpt {
 struct moe_train_step_info {
     uint64_t step;            // optimizer steps taken, this one included
     uint64_t epoch, epochs;   // the epoch in progress (1-based), train.epochs
-    uint64_t steps_per_epoch; // batches per epoch
-    size_t rows;              // training rows in this step
+    uint64_t steps_per_epoch; // optimizer steps per epoch
+    size_t rows;              // training rows in this step (all its micro-batches)
     size_t tokens_per_row;    // language models: n_ctx; 0 otherwise
     double loss_sum;          // the step's training objective summed over loss_n units
     double loss_n;            // rows (language models: predicted tokens)
+    double lr;                // the learning rate the step used (optim.schedule)
+    int lr_scheduled;         // the rate changes from step to step (a schedule other than constant, or warmup)
 };
 
 struct moe_train_hooks {
     moe_eval_cb row;  // metrics rows (may be NULL)
     void *ctx;        // passed to row and checkpoint
-    // Called (if set) after every epoch but the last, every train.checkpoint_every
-    // steps, and when *stop is raised; rows reported before the call are part of the state.
+    // Called (if set) after every epoch but the last, after the last epoch's
+    // training steps (before its evaluation: what extends a finished run),
+    // every train.checkpoint_every steps, and when *stop is raised; rows
+    // reported before the call are part of the state.
     int (*checkpoint)(void *ctx, const struct moe_train_ckpt *ck, struct moe_err *err);
     // Raised asynchronously (a signal handler): finish the current step, call
     // checkpoint, return MOE_EINTR.

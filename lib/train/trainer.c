@@ -1,6 +1,8 @@
 // trainer.c: the training loop and split evaluation.
 // A step: gather a batch -> model forward/backward (gradients of the batch
-// mean) -> optimizer over the flat buffer. After each epoch the training split
+// mean) -> optimizer over the flat buffer at the step's learning rate
+// (moe_lr_at). With train.accumulate = N a step sums the weighted gradients
+// of N micro-batches first (accumulate). After each epoch the training split
 // is evaluated when a metrics row or the stopping criterion needs it.
 // moe_train_ex reads as run_init, run_resume, then run_epochs: per epoch
 // train_epoch (train_step per batch, with stops and checkpoints between) and
@@ -33,6 +35,7 @@ const struct moe_cfg_key moe_train_keys[] = {
     { "train.trainable", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "partial fine-tuning: train only the tensors whose names match one of these globs (fnmatch; [] = all); GLOB@A-B or GLOB@A selects only experts A..B (0-based, inclusive) of the expert tensors [E, out, in] it matches; --trainable adds to it" },
     { "train.freeze", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "keep the tensors whose names match one of these globs as they are (byte-identical); GLOB@A-B or GLOB@A keeps only experts A..B of the expert tensors it matches; --freeze adds to it" },
     { "train.max_batch_eval", MOE_CFG_INT, "4096", 1, 1 << 24, NULL, "rows per forward pass during evaluation (text: windows, at most optim.batch_size)" },
+    { "train.accumulate", MOE_CFG_INT, "1", 1, 1e6, NULL, "gradient accumulation: each optimizer step sums the gradients of this many micro-batches of optim.batch_size rows (effective batch accumulate x batch_size); steps, epochs, log_every, checkpoint_every count optimizer steps" },
 };
 const size_t moe_train_keys_len = sizeof moe_train_keys / sizeof moe_train_keys[0];
 
@@ -56,12 +59,24 @@ int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, s
     c->log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
     c->checkpoint_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
     c->max_batch_eval = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
+    c->accumulate = (size_t)moe_cfg_int(cfg, "train.accumulate");
     int rc = moe_cfg_str_list(cfg, "train.trainable", &c->trainable, &c->n_trainable, err);
     if (!rc)
         rc = moe_cfg_str_list(cfg, "train.freeze", &c->freeze, &c->n_freeze, err);
     if (rc)
         moe_train_cfg_release(c);
     return rc;
+}
+
+int moe_train_cfg_check(const struct moe_train_cfg *tc, const struct moe_optim_cfg *oc, struct moe_err *err)
+{
+    int rc = moe_optim_cfg_check(oc, err);
+    if (rc)
+        return rc;
+    if (tc->accumulate > 1 && (oc->type == MOE_OPTIM_GD || oc->batch_size == 0))
+        return moe_error(err, MOE_ECONFIG, "key 'train.accumulate' (%zu) needs mini-batches: %s takes the whole training split in one step",
+                         tc->accumulate, oc->type == MOE_OPTIM_GD ? "optim.type 'gd'" : "optim.batch_size 0");
+    return 0;
 }
 
 void moe_train_cfg_release(struct moe_train_cfg *c)
@@ -300,9 +315,14 @@ struct run {
     int use_crit, lm, shuffled;
     enum moe_criterion crit;
     double crit_value, thr;
-    size_t bs, chunk;                // rows of a training batch, of an evaluation pass
+    size_t bs, chunk;                // rows of a training (micro-)batch, of an evaluation pass
+    size_t accum;                    // micro-batches per optimizer step (train.accumulate)
+    uint64_t steps_per_epoch;        // optimizer steps per epoch: ceil(rows / (bs x accum))
+    uint64_t run_steps;              // train.epochs x steps_per_epoch, the schedule's length
     struct moe_optim_seg *segs;      // (n_seg) what the optimizer updates
     size_t n_seg;
+    float *acc;                      // accum > 1: the segments' gradients summed so far, one after another
+    struct moe_optim_cfg oc;         // the optimizer's settings, for the learning-rate schedule
     struct moe_optim opt;
     // evaluation of the training and the test split (each row keeps pointers into its
     // own statistics until it is written), and training steps since the last batch row
@@ -422,7 +442,14 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     if (r->lm && r->chunk > bs)
         r->chunk = bs; // evaluation windows per pass: at most a training batch (memory grows with n_ctx)
     r->bs = bs;
-    r->shuffled = tc->shuffle && bs < tr->n && !r->lm;
+    r->accum = tc->accumulate > 1 ? tc->accumulate : 1;
+    size_t step_rows = bs * r->accum; // rows of an optimizer step (bs <= rows, accum <= 10^6: no overflow)
+    r->steps_per_epoch = tr->n ? (tr->n + step_rows - 1) / step_rows : 0;
+    r->run_steps = r->steps_per_epoch && r->epochs > UINT64_MAX / r->steps_per_epoch ? UINT64_MAX
+                                                                                       : r->epochs * r->steps_per_epoch;
+    r->oc = *oc;
+    // shuffled when an optimizer step takes less than the split (accumulated or not)
+    r->shuffled = tc->shuffle && step_rows < tr->n && !r->lm;
     if ((rc = moe_train_stats_init(&r->st, m, tr, err)) || (rc = moe_train_stats_init(&r->ste, m, tr, err)) ||
         (rc = moe_train_stats_init(&r->sb, m, tr, err)))
         return rc;
@@ -431,6 +458,8 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->gm_test = calloc(m->n_expert + 1, sizeof *r->gm_test);
     if (!r->perm || !r->gm_train || !r->gm_test)
         return moe_error(err, MOE_ENOMEM, "out of memory");
+    if (r->accum > 1 && !(r->acc = malloc((numel ? numel : 1) * sizeof *r->acc)))
+        return moe_error(err, MOE_ENOMEM, "out of memory for the gradient accumulator (%zu floats)", numel);
     if ((r->lm && (rc = moe_lm_batch_alloc(&r->lb, bs, tr->n_ctx, err))) ||
         (hooks->distill && (rc = teacher_alloc(r, err))) ||
         (r->shuffled && (rc = moe_dataset_alloc(&r->batch, tr->task, bs, tr->n_in, tr->n_out, tr->group != NULL, err))))
@@ -457,6 +486,7 @@ static void run_release(struct run *r)
 {
     moe_optim_release(&r->opt);
     free(r->segs);
+    free(r->acc);
     moe_stats_release(&r->st);
     moe_stats_release(&r->ste);
     moe_stats_release(&r->sb);
@@ -542,10 +572,46 @@ static int grad_fault(const struct moe_params *p, const struct moe_lora *lora, u
                      (unsigned long long)step, (unsigned long long)epoch, bad ? bad : "?", kind, mean_loss);
 }
 
-// One optimizer step on batch b of n rows: the teacher's outputs (distillation),
-// forward and backward with the training statistics added into sb, the checks
-// for non-finite values, the update. The position is the caller's.
-static int train_step(struct run *r, struct moe_batch *b, uint64_t epoch, size_t n, struct moe_err *err)
+// Gradient accumulation (train.accumulate = N): an optimizer step covers the
+// rows of N micro-batches; micro-batch k of n_k rows gives g_k, the gradient of
+// its mean objective, and the step uses sum_k (n_k / n) g_k with n = sum_k n_k:
+// the gradient of the mean over all n rows, as one batch of n rows would give
+// (up to float rounding) wherever the objective is a mean over rows. Terms
+// computed per forward pass (balancing and z losses, capacity, router noise)
+// are per micro-batch. Summed in the accumulator r->acc, in micro-batch order:
+// acc = w_0 g_0, acc += w_k g_k, and the last one into the gradient buffers,
+// g = acc + w_last g_last. Elementwise: the same values for any thread count.
+static void accumulate(struct run *r, size_t k, int last, float w)
+{
+    if (k == 0 && last)
+        return; // a step of one micro-batch: its gradient as it is
+    size_t off = 0;
+    for (size_t j = 0; j < r->n_seg; j++) {
+        float *g = r->segs[j].g, *a = r->acc + off;
+        size_t n = r->segs[j].n;
+        if (k == 0) {
+            #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+            for (size_t i = 0; i < n; i++)
+                a[i] = w * g[i];
+        } else if (!last) {
+            #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+            for (size_t i = 0; i < n; i++)
+                a[i] += w * g[i];
+        } else {
+            #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+            for (size_t i = 0; i < n; i++)
+                g[i] = a[i] + w * g[i];
+        }
+        off += r->segs[j].n;
+    }
+}
+
+// Micro-batch k (of an optimizer step of step_rows rows) b of n rows: the
+// teacher's outputs (distillation), forward and backward with the training
+// statistics added into sb, the check for a non-finite loss, and the gradient
+// into the accumulation. The position is the caller's.
+static int train_micro(struct run *r, struct moe_batch *b, uint64_t epoch, size_t k, size_t n, int last,
+                       size_t step_rows, struct moe_err *err)
 {
     const struct moe_train_hooks *hooks = r->hooks;
     struct moe_model *m = r->m;
@@ -554,7 +620,8 @@ static int train_step(struct run *r, struct moe_batch *b, uint64_t epoch, size_t
     moe_params_zero_grad(&m->params);
     if (lora)
         moe_params_zero_grad(&lora->p);
-    b->step = r->ck.pos.steps;
+    // router noise's stream: one per micro-batch (the optimizer step's index without accumulation)
+    b->step = r->ck.pos.steps * r->accum + k;
     if (d) { // the teacher's pass hands back its outputs; the student's learns from them
         struct moe_batch_kd out = { .logits_out = r->teacher_logits, .hidden_out = r->teacher_hidden };
         b->kd = &out;
@@ -571,13 +638,24 @@ static int train_step(struct run *r, struct moe_batch *b, uint64_t epoch, size_t
         return rc;
     if (lora)
         moe_lora_backward(lora, &m->params);
-    uint64_t step = r->ck.pos.steps + 1;
     double step_loss = r->sb.loss - before;
     if (!isfinite(step_loss))
-        return loss_fault(&m->params, step, epoch, step_loss, err);
+        return loss_fault(&m->params, r->ck.pos.steps + 1, epoch, step_loss, err);
+    if (r->accum > 1)
+        accumulate(r, k, last, (float)((double)n / (double)step_rows));
+    return 0;
+}
+
+// The update after the step's micro-batches: the checks for a non-finite
+// gradient, the learning rate of this step (moe_lr_at), the optimizer.
+static int train_update(struct run *r, uint64_t epoch, double step_loss, size_t rows, struct moe_err *err)
+{
+    struct moe_model *m = r->m;
+    struct moe_lora *lora = r->hooks->lora;
     double gnorm = moe_optim_grad_norm_segs(r->segs, r->n_seg);
     if (!isfinite(gnorm))
-        return grad_fault(&m->params, lora, step, epoch, step_loss / (double)n, err);
+        return grad_fault(&m->params, lora, r->ck.pos.steps + 1, epoch, step_loss / (double)rows, err);
+    r->opt.lr = moe_lr_at(&r->oc, r->run_steps, r->ck.pos.steps);
     moe_optim_step_segs(&r->opt, r->segs, r->n_seg, gnorm);
     if (lora)
         moe_lora_apply(lora, &m->params);
@@ -585,7 +663,8 @@ static int train_step(struct run *r, struct moe_batch *b, uint64_t epoch, size_t
 }
 
 // The training steps of an epoch (epoch >= 1) from pos->next_row on, with the
-// batch rows, stops and checkpoints due between them.
+// batch rows, stops and checkpoints due between them. A step takes up to
+// accum micro-batches of bs rows; stops and checkpoints fall between steps only.
 static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
 {
     const struct moe_dataset *tr = r->tr;
@@ -596,22 +675,31 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
         moe_rng_permutation(&rng, r->perm, tr->n);
     }
     int rc;
-    for (size_t start = pos->next_row; start < tr->n; start += r->bs) {
-        size_t n = tr->n - start < r->bs ? tr->n - start : r->bs;
+    size_t step_max = r->bs * r->accum;
+    for (size_t start = pos->next_row; start < tr->n;) {
+        size_t step_rows = tr->n - start < step_max ? tr->n - start : step_max;
         moe_threads_adapt(); // runs sharing cores: threads for the cores left idle
-        struct moe_batch b = gather_batch(r, epoch, start, n);
         double loss0 = r->sb.loss;
         size_t n0 = r->sb.n;
-        if ((rc = train_step(r, &b, epoch, n, err)))
+        for (size_t k = 0, done = 0; done < step_rows; k++) {
+            size_t n = step_rows - done < r->bs ? step_rows - done : r->bs;
+            struct moe_batch b = gather_batch(r, epoch, start + done, n);
+            if ((rc = train_micro(r, &b, epoch, k, n, done + n == step_rows, step_rows, err)))
+                return rc;
+            done += n;
+        }
+        if ((rc = train_update(r, epoch, r->sb.loss - loss0, step_rows, err)))
             return rc;
+        start += step_rows;
         pos->steps++;
-        pos->rows_seen += n;
-        pos->next_row = start + n;
+        pos->rows_seen += step_rows;
+        pos->next_row = start;
         if (r->hooks->step) {
             struct moe_train_step_info si = {
                 .step = pos->steps, .epoch = epoch, .epochs = r->epochs,
-                .steps_per_epoch = (tr->n + r->bs - 1) / r->bs, .rows = n, .tokens_per_row = r->lm ? tr->n_ctx : 0,
-                .loss_sum = r->sb.loss - loss0, .loss_n = (double)(r->sb.n - n0)
+                .steps_per_epoch = r->steps_per_epoch, .rows = step_rows, .tokens_per_row = r->lm ? tr->n_ctx : 0,
+                .loss_sum = r->sb.loss - loss0, .loss_n = (double)(r->sb.n - n0), .lr = r->opt.lr,
+                .lr_scheduled = r->oc.schedule != MOE_SCHED_CONSTANT || r->oc.warmup_steps > 0
             };
             r->hooks->step(r->hooks->step_ctx, &si);
         }
@@ -715,8 +803,15 @@ static int run_epochs(struct run *r, struct moe_train_result *ret, struct moe_er
     for (;;) {
         uint64_t epoch = pos->epoch;
         int rc;
-        if (epoch > 0 && pos->next_row < r->tr->n && (rc = train_epoch(r, epoch, err)))
-            return rc;
+        if (epoch > 0 && pos->next_row < r->tr->n) {
+            if ((rc = train_epoch(r, epoch, err)))
+                return rc;
+            // The last epoch's training is done: a checkpoint before its
+            // evaluation, from which a longer run (--resume with more
+            // train.epochs) continues exactly as if it had never stopped.
+            if (epoch == r->epochs && (rc = checkpoint(r, err)))
+                return rc;
+        }
         ret->epochs = epoch;
         int last = epoch == r->epochs;
         if ((rc = eval_point(r, epoch, &last, err)))
@@ -743,7 +838,9 @@ int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct 
     if (rc)
         return rc;
     moe_optim_cfg_parse(&oc, cfg);
-    rc = moe_train_run(m, data, &tc, &oc, hooks, ret, err);
+    rc = moe_train_cfg_check(&tc, &oc, err);
+    if (!rc)
+        rc = moe_train_run(m, data, &tc, &oc, hooks, ret, err);
     moe_train_cfg_release(&tc);
     return rc;
 }
@@ -763,6 +860,9 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
     const struct moe_train_pos *pos = &r.ck.pos;
     ret->steps = pos->steps;
     ret->criterion_epoch = pos->criterion_epoch;
+    ret->steps_per_epoch = r.steps_per_epoch;
+    ret->run_steps = r.run_steps;
+    ret->lr_last = pos->steps ? moe_lr_at(oc, r.run_steps, pos->steps - 1) : NAN;
     ret->wall_seconds = now_seconds() - t0;
     if (!rc) {
         ret->rows_per_second = pos->train_seconds > 0 ? (double)pos->rows_seen / pos->train_seconds : 0.0;

@@ -367,6 +367,7 @@ cat >moe.json <<'EOF'
 EOF
 HASH_SETS=(--set moe.router=hash --set model.n_expert_used=1 --set moe.aux_loss=none --set moe.hash_vocab=16)
 fixture "mlp-moe (softmax top-2) trains" "$MOE" train --config moe.json --out run/moe --quiet --threads 1
+fixture "reg.json with a cosine schedule trains 2 epochs" "$MOE" train --config reg.json --set optim.schedule=cosine --set train.epochs=2 --out run/cos --quiet --threads 1
 fixture "mlp-moe (hash) trains" "$MOE" train --config moe.json "${HASH_SETS[@]}" --out run/hash --quiet --threads 1
 cp run/moe/model.safetensors moe.st 2>/dev/null
 cp run/hash/model.safetensors hash.st 2>/dev/null
