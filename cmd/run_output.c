@@ -2,11 +2,13 @@
 // config.json, vocab.txt, the live tables metrics.csv, experts.csv and
 // languages.csv, checkpoint.safetensors, the model file and summary.json. The
 // three live tables are one table of tables below: each is opened (or cut back
-// to its checkpoint's rows on --resume), given its rows, flushed before every
-// checkpoint, counted in it and closed by the same loops. Not here: what the
+// to its checkpoint's rows on --resume), given its rows (each appended to the
+// file as it ends, io/csv_writer.h), fsynced before every checkpoint, counted
+// in it and closed by the same loops. Not here: what the
 // run trains (train_tune.c), the teacher (train_distill.c), the order of the
-// steps (cmd_train.c).
-#include <glob.h>
+// steps (cmd_train.c), the directory's lock and what a new run may find
+// there (run_dir.c).
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -290,44 +292,6 @@ int run_output_complete(const char *dir, cJSON **ret, struct moe_err *err)
         s = NULL;
     }
     *ret = s;
-    return 0;
-}
-
-// Temporary files are "<name>.tmp.<pid>" (io/atomic.h); only ours are removed.
-int run_output_remove_stale(const char *dir, struct moe_err *err)
-{
-    static const char *const ours[] = { "config.json", "metrics.csv", "experts.csv", "languages.csv", "vocab.txt",
-                                        "model.safetensors", "checkpoint.safetensors", "summary.json",
-                                        "importance.csv", "moebert.json" };
-    char *pattern = cli_path(dir, "*.tmp.*", err);
-    glob_t g;
-    if (!pattern)
-        return MOE_ENOMEM;
-    int found = glob(pattern, GLOB_NOSORT, NULL, &g) == 0;
-    free(pattern);
-    for (size_t i = 0; found && i < g.gl_pathc; i++) {
-        const char *base = strrchr(g.gl_pathv[i], '/') + 1;
-        for (size_t k = 0; k < sizeof ours / sizeof *ours; k++) {
-            size_t len = strlen(ours[k]);
-            if (strncmp(base, ours[k], len) == 0 && strncmp(base + len, ".tmp.", 5) == 0)
-                remove(g.gl_pathv[i]);
-        }
-    }
-    if (found)
-        globfree(&g);
-    return 0;
-}
-
-int run_output_clear(const char *dir, struct moe_err *err)
-{
-    static const char *const files[] = { "checkpoint.safetensors", "summary.json", "importance.csv", "moebert.json" };
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-        char *path = cli_path(dir, files[i], err);
-        if (!path)
-            return MOE_ENOMEM;
-        remove(path);
-        free(path);
-    }
     return 0;
 }
 
