@@ -534,7 +534,7 @@ static int write_layers(struct rs_run *r)
         r->caps = NULL;
     }
     for (int i = 0; !rc && i < N_TABLES; i++)
-        if (r->csv[i].buf)
+        if (r->csv[i].open)
             rc = moe_csv_close(&r->csv[i], &err);
     if (!rc && r->o->trace)
         rc = moe_atomic_commit(&r->trace, &err);

@@ -229,15 +229,16 @@ static int check_not_dir(const char *dir, const char *name, struct moe_err *err)
     return rc;
 }
 
-// Every file this run will write, checked before the first step.
-static int check_outputs(const struct run_output *o, struct moe_err *err)
+// Every file this run will write, checked before the first step (a resumed
+// run's tables are checked as moe_csv_reopen reads them).
+static int check_outputs(const struct run_output *o, int resume, struct moe_err *err)
 {
     const char *files[] = { "config.json", "summary.json",
                             o->lora ? "adapters.safetensors" : "model.safetensors",
                             o->lora ? (o->merge ? "merged.safetensors" : NULL) : "checkpoint.safetensors",
                             o->vocab ? "vocab.txt" : NULL };
     int rc = 0;
-    for (size_t i = 0; !rc && i < N_LIVE; i++)
+    for (size_t i = 0; !rc && !resume && i < N_LIVE; i++)
         if (written(o, i))
             rc = check_not_dir(o->dir, live_tables[i].file, err);
     for (size_t i = 0; !rc && i < sizeof files / sizeof *files; i++)
@@ -246,16 +247,15 @@ static int check_outputs(const struct run_output *o, struct moe_err *err)
     return rc;
 }
 
-// The tables first: a resumed run reads its own (and refuses one that is not a
-// regular file), before anything in the directory is written.
+// Every place checked first, then the tables: new ones start with their header
+// row alone; a resumed run reads its own back (refusing one that is not a
+// regular file) and cuts each to the length its checkpoint counts.
 int run_output_open(struct run_output *o, int resume, struct moe_err *err)
 {
-    int rc = 0;
+    int rc = check_outputs(o, resume, err);
     for (size_t i = 0; !rc && i < N_LIVE; i++)
         if (written(o, i))
             rc = open_table(o, i, resume, err);
-    if (!rc)
-        rc = check_outputs(o, err);
     if (!rc)
         rc = write_config(o, err);
     if (!rc && o->vocab)
@@ -344,7 +344,7 @@ int run_output_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct moe
     for (size_t i = 0; i < N_LIVE; i++) {
         if (live_tables[i].text && !o->data->has_text)
             continue;
-        snprintf(bytes[i], sizeof bytes[i], "%zu", written(o, i) ? moe_csv_bytes(&o->live[i]) : (size_t)0);
+        snprintf(bytes[i], sizeof bytes[i], "%" PRIu64, written(o, i) ? moe_csv_bytes(&o->live[i]) : (uint64_t)0);
         meta[n_meta++] = (struct moe_st_meta){ live_tables[i].bytes_key, bytes[i] };
     }
     if (!cfg_json || !path)
