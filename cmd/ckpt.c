@@ -68,14 +68,14 @@ size_t cli_ckpt_eval_chunk(const struct moe_run_cfg *rc, size_t n_train)
     return chunk > bs ? bs : chunk;
 }
 
-int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, size_t n_sets, int force,
+int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, size_t n_sets, int ignore_memory,
                   cli_batch_fn batch, const void *ctx, struct cli_ckpt *k)
 {
     struct moe_err err = { 0 };
     int std_on = 0, checked = 0, rc;
     if (moe_safetensors_open(path, &k->f, &err) || cli_ckpt_config(&k->f, sets, n_sets, &k->cfg, &k->rc, &std_on, &err))
         return cli_fail(cmd, &err);
-    if ((rc = cli_check_run(cmd, &k->rc, NULL, NULL, batch, ctx, 0, force, NULL, &checked)))
+    if ((rc = cli_check_run(cmd, &k->rc, NULL, NULL, batch, ctx, 0, ignore_memory, NULL, &checked)))
         return rc;
     k->has_vocab = moe_data_vocab_read(&k->f, &k->vocab, &err);
     if (k->has_vocab < 0 || moe_data_load_cfg(&k->data, &k->rc.data, k->has_vocab ? &k->vocab : NULL, &err) ||
@@ -84,7 +84,7 @@ int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, si
     if (std_on && !k->data.has_text &&
         (cli_ckpt_standardize(&k->f, &k->data.train, &err) || cli_ckpt_standardize(&k->f, &k->data.test, &err)))
         return cli_fail(cmd, &err);
-    if (!checked && (rc = cli_check_run(cmd, &k->rc, NULL, &k->data, batch, ctx, 0, force, NULL, &checked)))
+    if (!checked && (rc = cli_check_run(cmd, &k->rc, NULL, &k->data, batch, ctx, 0, ignore_memory, NULL, &checked)))
         return rc;
     const struct moe_dataset *tr = &k->data.train;
     k->max_batch = batch(&k->rc, tr->n, k->data.test.n, ctx);

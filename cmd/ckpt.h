@@ -37,7 +37,7 @@ struct cli_ckpt {
 // the checkpoint's vocabulary, standardise both splits with its statistics,
 // then build the model (max_batch from batch()) and load its tensors. Returns
 // 0, or the exit code after printing one line "moe CMD: ...".
-int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, size_t n_sets, int force,
+int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, size_t n_sets, int ignore_memory,
                   cli_batch_fn batch, const void *ctx, struct cli_ckpt *k);
 void cli_ckpt_release(struct cli_ckpt *k);
 

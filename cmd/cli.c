@@ -140,6 +140,9 @@ int cli_common_option(struct cli_common *c, const char *cmd, int opt, const char
     case OPT_QUIET:
         c->quiet = 1;
         return 1;
+    case OPT_IGNORE_MEMORY:
+        c->ignore_memory = 1;
+        return 1;
     case OPT_FORCE:
         c->force = 1;
         return 1;
@@ -178,7 +181,7 @@ int cli_parse(int argc, char **argv, const char *cmd, const struct option *opts,
             const char *name = bad;
             while (*name == '-')
                 name++;
-            char stem[128]; // far longer than any option name: a longer stem is near none
+            char stem[128] = ""; // far longer than any option name: a longer stem is near none
             size_t len = strcspn(name, "=");
             const char *near = NULL;
             if (len < sizeof stem) {
@@ -186,6 +189,9 @@ int cli_parse(int argc, char **argv, const char *cmd, const struct option *opts,
                 stem[len] = '\0';
                 near = nearest_option(opts, stem);
             }
+            if (strcmp(stem, "force") == 0) // --force was the memory override before it cleared run directories
+                return cli_error(cmd, 2, "unknown option '%s' (it clears a previous run's directory, for train, distill, lora and compare-loss; the memory check's override is '--ignore-memory')",
+                                 bad);
             if (near)
                 return cli_error(cmd, 2, "unknown option '%s' (did you mean '--%s'?)", bad, near);
             return cli_error(cmd, 2, "unknown option '%s'", bad);

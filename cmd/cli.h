@@ -24,7 +24,8 @@ struct cli_common {
     int device_id;          // N of cuda:N (0 for cuda and cpu)
     int quiet;              // --quiet: no log lines, no progress line
     double progress_every;  // --progress-every SECONDS (0: the default, progress.h)
-    int force;              // --force: run even past the memory check's headroom
+    int ignore_memory;      // --ignore-memory: run even past the memory check's headroom
+    int force;              // --force (train, distill, lora, compare-loss): clear the previous run in --out (run_dir.h)
     char **owned;           // --set strings a command's own options stand for (cli_add_set)
     size_t n_owned;
     const char **appends;   // of them, "key=value" added to a list key after the config and --set
@@ -33,14 +34,18 @@ struct cli_common {
 };
 
 // Long options every subcommand accepts; a command appends its own.
-enum { OPT_CONFIG = 1000, OPT_SET, OPT_OUT, OPT_SEED, OPT_THREADS, OPT_DEVICE, OPT_QUIET, OPT_HELP, OPT_FORCE,
-       OPT_PROGRESS_EVERY, OPT_FIRST_CMD };
+enum { OPT_CONFIG = 1000, OPT_SET, OPT_OUT, OPT_SEED, OPT_THREADS, OPT_DEVICE, OPT_QUIET, OPT_HELP, OPT_IGNORE_MEMORY,
+       OPT_PROGRESS_EVERY, OPT_FORCE, OPT_FIRST_CMD };
 #define CLI_COMMON_OPTIONS                                                                          \
     { "config", required_argument, NULL, OPT_CONFIG }, { "set", required_argument, NULL, OPT_SET }, \
     { "out", required_argument, NULL, OPT_OUT }, { "seed", required_argument, NULL, OPT_SEED },     \
     { "threads", required_argument, NULL, OPT_THREADS }, { "device", required_argument, NULL, OPT_DEVICE }, \
     { "quiet", no_argument, NULL, OPT_QUIET }, { "help", no_argument, NULL, OPT_HELP },                  \
-    { "force", no_argument, NULL, OPT_FORCE }, { "progress-every", required_argument, NULL, OPT_PROGRESS_EVERY }
+    { "ignore-memory", no_argument, NULL, OPT_IGNORE_MEMORY },                                            \
+    { "progress-every", required_argument, NULL, OPT_PROGRESS_EVERY }
+// --force, for the commands that write a run directory (train, distill, lora,
+// compare-loss): clear the previous run there first (run_dir.h).
+#define CLI_FORCE_OPTION { "force", no_argument, NULL, OPT_FORCE }
 
 void cli_common_init(struct cli_common *c);
 void cli_common_release(struct cli_common *c);

@@ -11,17 +11,21 @@
 #include "cli.h"
 #include "estimate.h"
 #include "progress.h"
+#include "run_dir.h"
 #include "io/csv_writer.h"
 #include "train/train.h"
 
 static const char *const usage =
     "usage: moe compare-loss --config FILE --losses L1,L2,... --seeds A-B|A,B,... --out DIR\n"
-    "                        [--set key.path=value]... [--threads N] [--force] [--quiet]\n"
-    "                        [--progress-every SECONDS]\n"
+    "                        [--set key.path=value]... [--threads N] [--force] [--ignore-memory]\n"
+    "                        [--quiet] [--progress-every SECONDS]\n"
     "Train the config under each loss for every seed. Losses: cooperative, competitive,\n"
     "nll, nll-cat (the mixture, model.type forced to mixture) and mlp (the baseline net,\n"
     "model.type = mlp with loss.baseline). Writes DIR/curves.csv, table.csv, summary.json.\n"
     "A run whose loss turns non-finite is counted as diverged and the sweep goes on.\n"
+    "A DIR that holds another run is refused (exit 2) unless --force, which first\n"
+    "removes the previous run's files; DIR/moe.lock keeps a second process out\n"
+    "(moe help train). curves.csv grows a row at a time as the runs go.\n"
     "Each run's progress line starts 'compare-loss: SYSTEM seed N: ' (see moe help train).\n";
 
 enum { OPT_LOSSES = OPT_FIRST_CMD, OPT_SEEDS };
@@ -253,11 +257,11 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
     if (!r && is_mlp)
         loss = rcfg.model.loss_baseline;
     if (!r && !checked)
-        refused = cli_check_run(cmd, &rcfg, loss, NULL, cl_batch, NULL, 1, c->force, NULL, &checked);
+        refused = cli_check_run(cmd, &rcfg, loss, NULL, cl_batch, NULL, 1, c->ignore_memory, NULL, &checked);
     if (!r && !refused)
         r = moe_data_load_cfg(&data, &rcfg.data, NULL, &err);
     if (!r && !refused && !checked)
-        refused = cli_check_run(cmd, &rcfg, loss, &data, cl_batch, NULL, 1, c->force, NULL, &checked);
+        refused = cli_check_run(cmd, &rcfg, loss, &data, cl_batch, NULL, 1, c->ignore_memory, NULL, &checked);
     if (!r && !refused)
         r = moe_model_create_hp(&model, &rcfg.model, loss, data.train.task, data.train.n_in, data.train.n_out,
                                 cl_batch(&rcfg, data.train.n, data.test.n, NULL), &err);
@@ -386,7 +390,7 @@ static int write_table(const char *cmd, const char *dir, const struct cl_opts *o
 
 int cmd_compare_loss(int argc, char **argv)
 {
-    static const struct option opts[] = { CLI_COMMON_OPTIONS,
+    static const struct option opts[] = { CLI_COMMON_OPTIONS, CLI_FORCE_OPTION,
                                           { "losses", required_argument, NULL, OPT_LOSSES },
                                           { "seeds", required_argument, NULL, OPT_SEEDS },
                                           { 0, 0, 0, 0 } };
@@ -400,6 +404,7 @@ int cmd_compare_loss(int argc, char **argv)
     struct moe_train_cfg btc = { 0 }; // the base config's train.* (the summary's criterion)
     struct moe_csv curves;
     memset(&curves, 0, sizeof curves);
+    struct run_dir lock = { .fd = -1 };
     struct tally tally[MAX_SYSTEMS];
     memset(tally, 0, sizeof tally);
     cJSON *summary = NULL;
@@ -422,8 +427,14 @@ int cmd_compare_loss(int argc, char **argv)
     }
     if ((rc = cli_setup_compute(cmd, &c)))
         goto out;
-    if (cli_load_config(&c, &base, &err) || moe_train_cfg_parse(&btc, &base, &err) || cli_mkdir_p(c.out, &err) ||
-        !(path = cli_path(c.out, "curves.csv", &err)) ||
+    if (cli_load_config(&c, &base, &err) || moe_train_cfg_parse(&btc, &base, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    // DIR: refused if it holds another run (unless --force) or another process uses it; then locked
+    if ((rc = run_dir_check(cmd, &c, c.out)) || (rc = run_dir_claim(cmd, &c, c.out, RUN_DIR_NEW, &lock)))
+        goto out;
+    if (!(path = cli_path(c.out, "curves.csv", &err)) ||
         moe_csv_open(&curves, path, curve_cols, sizeof curve_cols / sizeof *curve_cols, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
@@ -447,6 +458,7 @@ int cmd_compare_loss(int argc, char **argv)
 out:
     free(path);
     moe_csv_abort(&curves);
+    run_dir_release(&lock);
     cJSON_Delete(summary);
     free(o.losses_buf);
     free(o.seeds);

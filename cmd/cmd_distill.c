@@ -14,8 +14,8 @@ static const char *const usage =
     "usage: moe distill --teacher CKPT --config STUDENT.json [--temperature T] [--alpha A]\n"
     "                   [--mode kd|sparse-to-dense|moebert] [--baseline CKPT] [--init CKPT]\n"
     "                   [--split importance|random] [--shared S] [--weight W]\n"
-    "                   [--set key.path=value]... [--out DIR] [--seed N] [--threads N] [--force] [--quiet]\n"
-    "                   [--progress-every SECONDS]\n"
+    "                   [--set key.path=value]... [--out DIR] [--seed N] [--threads N] [--force]\n"
+    "                   [--ignore-memory] [--quiet] [--progress-every SECONDS]\n"
     "Knowledge distillation from any teacher checkpoint to the student the config\n"
     "describes (same inputs and outputs: classification or language modelling).\n"
     "The objective is (1 - A) CE + A T^2 KL(teacher || student) at temperature T\n"
@@ -35,8 +35,8 @@ static const char *const usage =
     "other tensors start as the teacher's; the objective is CE + W (block-output\n"
     "MSE to the teacher + symmetric KL of the outputs), W = --weight (default 5).\n"
     "The summary's distill.moebert gives the quality right after conversion.\n"
-    "Writes the run directory of `moe train`; an interrupted run continues with\n"
-    "`moe train --resume DIR`. Options map to the config keys distill.teacher,\n"
+    "Writes the run directory of `moe train` (--force and the lock: moe help train);\n"
+    "an interrupted run continues with `moe train --resume DIR`. Options map to the config keys distill.teacher,\n"
     ".temperature, .alpha, .teacher_init, .baseline, .moebert, .split, .shared, .weight.\n"
     "Progress, --quiet and --progress-every: as for moe train (moe help train).\n";
 
@@ -86,7 +86,7 @@ static int on_opt(void *ctx_, int opt, const char *arg)
 
 int cmd_distill(int argc, char **argv)
 {
-    static const struct option opts[] = { CLI_COMMON_OPTIONS,
+    static const struct option opts[] = { CLI_COMMON_OPTIONS, CLI_FORCE_OPTION,
                                           { "teacher", required_argument, NULL, OPT_TEACHER },
                                           { "temperature", required_argument, NULL, OPT_TEMPERATURE },
                                           { "alpha", required_argument, NULL, OPT_ALPHA },

@@ -14,7 +14,7 @@
 
 static const char *const usage =
     "usage: moe eval --checkpoint CKPT [--data train|valid|test] [--config FILE] [--set key.path=value]...\n"
-    "                [--threads N] [--force] [--quiet]\n"
+    "                [--threads N] [--ignore-memory] [--quiet]\n"
     "Evaluate a trained checkpoint on a split of its data as training's final evaluation does, and\n"
     "print one JSON object on stdout: the keys and values of summary.json's final.train (--data train)\n"
     "or final.test (--data test or valid: the held-out split; for text data the corpus's validation\n"
@@ -180,7 +180,7 @@ int cmd_eval(int argc, char **argv)
         (rc = cli_ckpt_refuse_model_sets(cmd, "--config", (const char *const *)sets, n_config)) ||
         (rc = cli_ckpt_refuse_model_sets(cmd, "--set", (const char *const *)sets + n_config, n_sets - n_config)))
         goto done;
-    if ((rc = cli_ckpt_load(cmd, o.ckpt, (const char *const *)sets, n_sets, c.force, eval_batch, o.split, &k)))
+    if ((rc = cli_ckpt_load(cmd, o.ckpt, (const char *const *)sets, n_sets, c.ignore_memory, eval_batch, o.split, &k)))
         goto done;
     const struct moe_dataset *d = strcmp(o.split, "train") == 0 ? &k.data.train : &k.data.test;
     struct moe_err err = { 0 };

@@ -20,7 +20,8 @@
 
 static const char *const usage =
     "usage: moe route-stats --checkpoint CKPT --out DIR [--data train|test] [--capacity-factors A,B,...]\n"
-    "                       [--trace FILE.jsonl] [--set key.path=value]... [--threads N] [--force] [--quiet]\n"
+    "                       [--trace FILE.jsonl] [--set key.path=value]... [--threads N] [--ignore-memory]\n"
+    "                       [--quiet]\n"
     "Route a data split (default test) through a trained checkpoint in evaluation mode and write,\n"
     "per sparse layer, DIR/layers.csv, experts.csv, labels.csv, capacity.csv and coselect.csv (k >= 2);\n"
     "print the JSON summary on stdout (also DIR/summary.json). The data is the checkpoint's own config's,\n"
@@ -319,7 +320,7 @@ static int rs_load(struct rs_run *r)
     if (moe_safetensors_open(r->o->ckpt, &r->f, &err) ||
         cli_ckpt_config(&r->f, r->c->sets, r->c->n_sets, &r->cfg, &r->rc, &std_on, &err))
         return cli_fail(cmd, &err);
-    if ((rc = cli_check_run(cmd, &r->rc, NULL, NULL, rs_batch, split, 0, r->c->force, NULL, &checked)))
+    if ((rc = cli_check_run(cmd, &r->rc, NULL, NULL, rs_batch, split, 0, r->c->ignore_memory, NULL, &checked)))
         return rc;
     int has_vocab = moe_data_vocab_read(&r->f, &r->vocab, &err);
     if (has_vocab < 0 || moe_data_load_cfg(&r->data, &r->rc.data, has_vocab ? &r->vocab : NULL, &err) ||
@@ -329,7 +330,7 @@ static int rs_load(struct rs_run *r)
     if (std_on && !r->data.has_text && cli_ckpt_standardize(&r->f, r->d, &err))
         return cli_fail(cmd, &err);
     r->chunk = rs_batch(&r->rc, r->data.train.n, r->data.test.n, split);
-    if (!checked && (rc = cli_check_run(cmd, &r->rc, NULL, &r->data, rs_batch, split, 0, r->c->force, NULL, &checked)))
+    if (!checked && (rc = cli_check_run(cmd, &r->rc, NULL, &r->data, rs_batch, split, 0, r->c->ignore_memory, NULL, &checked)))
         return rc;
     if (moe_model_create_hp(&r->model, &r->rc.model, NULL, r->d->task, r->d->n_in, r->d->n_out, r->chunk, &err) ||
         moe_model_load(&r->model, &r->f, 1, &err))
@@ -533,7 +534,7 @@ static int write_layers(struct rs_run *r)
         r->caps = NULL;
     }
     for (int i = 0; !rc && i < N_TABLES; i++)
-        if (r->csv[i].buf)
+        if (r->csv[i].open)
             rc = moe_csv_close(&r->csv[i], &err);
     if (!rc && r->o->trace)
         rc = moe_atomic_commit(&r->trace, &err);

@@ -17,12 +17,13 @@
 
 #include "estimate.h"
 #include "progress.h"
+#include "run_dir.h"
 #include "train_run.h"
 
 static const char *const usage =
     "usage: moe train [--config FILE] [--set key.path=value]... [--out DIR] [--seed N]\n"
-    "                 [--threads N] [--init CKPT] [--device cpu] [--force] [--quiet]\n"
-    "                 [--progress-every SECONDS]\n"
+    "                 [--threads N] [--init CKPT] [--device cpu] [--force] [--ignore-memory]\n"
+    "                 [--quiet] [--progress-every SECONDS]\n"
     "       moe train --resume DIR [--set train.epochs=N] [--threads N] [--quiet]\n"
     "                 [--progress-every SECONDS]\n"
     "       moe train --dry-run [--config FILE] [--set key.path=value]...\n"
@@ -38,10 +39,19 @@ static const char *const usage =
     "to N epochs: the same files as a run of N epochs from the start, unless the\n"
     "learning rate decays over the run's length (refused: optim.schedule cosine or\n"
     "linear without optim.decay_steps).\n"
+    "A DIR that holds another run (any file a run writes: config.json, metrics.csv,\n"
+    "model.safetensors, summary.json, checkpoint.safetensors, ...) is refused (exit 2;\n"
+    "one with a checkpoint and no model file: continue it with --resume) unless\n"
+    "--force, which first removes those files (other files are left alone). While a\n"
+    "run writes DIR it holds DIR/moe.lock: a second moe process there fails at once\n"
+    "(exit 1, naming the holder's PID).\n"
+    "metrics.csv (and experts.csv, languages.csv) grow a whole row at a time as the\n"
+    "run goes (tail -f follows them); a reader ignores a last line without a\n"
+    "trailing newline (a row torn by a kill; --resume cuts it off).\n"
     "--dry-run prints the parameter count, active parameters and FLOPs per token\n"
     "and the memory estimate as JSON, and trains nothing. A run whose estimate\n"
     "plus a headroom of a quarter of it (at least 64 MiB) exceeds the memory\n"
-    "available is refused (exit 1) before it allocates; --force runs it anyway.\n"
+    "available is refused (exit 1) before it allocates; --ignore-memory runs it anyway.\n"
     "--trainable / --freeze (repeatable; config keys train.trainable, train.freeze)\n"
     "train only the tensors whose names match a --trainable glob (fnmatch, '*'\n"
     "crosses dots) and no --freeze glob; the others stay byte-identical.\n"
@@ -186,6 +196,7 @@ struct train_run {
     struct moe_tune_sel tune;        // what a tuning run trains (tune.frozen = NULL: everything)
     struct moe_lora lora;
     struct run_output outs;
+    struct run_dir lock;             // the run directory's moe.lock, held from its claim to the end
 };
 
 static void run_release(struct train_run *r)
@@ -201,6 +212,7 @@ static void run_release(struct train_run *r)
     moe_lora_release(&r->lora);
     moe_tune_sel_release(&r->tune);
     distill_release(&r->distill);
+    run_dir_release(&r->lock);
 }
 
 #define EXTEND_KEY "train.epochs"
@@ -213,7 +225,7 @@ static int check_resume_options(const struct train_run *r)
     if (!r->o->resume)
         return 0;
     const char *clash = c->config ? "--config" : c->seed >= 0 ? "--seed" : r->o->init ? "--init"
-                        : c->out ? "--out" : NULL;
+                        : c->out ? "--out" : c->force ? "--force" : NULL;
     if (clash)
         return cli_error(r->cmd, 2, "option '%s' cannot be combined with '--resume' (the run keeps the config in its checkpoint)",
                          clash);
@@ -311,14 +323,14 @@ static int load_data(struct train_run *r)
 {
     struct moe_err err = { 0 };
     int checked = 0, rc;
-    if ((rc = cli_check_run(r->cmd, &r->rc, NULL, NULL, train_batch, NULL, 1, r->c->force, &r->est, &checked)))
+    if ((rc = cli_check_run(r->cmd, &r->rc, NULL, NULL, train_batch, NULL, 1, r->c->ignore_memory, &r->est, &checked)))
         return rc;
     if (moe_data_load_cfg(&r->data, &r->rc.data, r->has_vocab > 0 ? &r->ck_vocab : NULL, &err))
         return cli_fail(r->cmd, &err);
     if (r->data.has_text && (rc = run_output_text(r->cmd, &r->outs, &r->data)))
         return rc;
     if (!checked)
-        rc = cli_check_run(r->cmd, &r->rc, NULL, &r->data, train_batch, NULL, 1, r->c->force, &r->est, &checked);
+        rc = cli_check_run(r->cmd, &r->rc, NULL, &r->data, train_batch, NULL, 1, r->c->ignore_memory, &r->est, &checked);
     return rc;
 }
 
@@ -341,18 +353,15 @@ static int build_model(struct train_run *r)
     return 0;
 }
 
-// The run directory: created; cleared of what a new run replaces (a resumed
-// one: of a killed process's temporary files); MoEBERT's conversion (a new
-// run); then config.json, the tables and vocab.txt.
+// The run directory: a new run claims it (created, locked, cleared with
+// --force, run_dir.h; a resumed run claimed it before reading its checkpoint);
+// MoEBERT's conversion (a new run); then config.json, the tables and vocab.txt.
 static int open_outputs(struct train_run *r)
 {
     struct moe_err err = { 0 };
     int rc, resume = r->o->resume != NULL;
-    if (!r->out) {
-        snprintf(r->default_out, sizeof r->default_out, "runs/train-%016llx",
-                 (unsigned long long)moe_config_hash(&r->cfg));
-        r->out = r->default_out;
-    }
+    if (!resume && (rc = run_dir_claim(r->cmd, r->c, r->out, RUN_DIR_NEW, &r->lock)))
+        return rc;
     if (cli_mkdir_p(r->out, &err))
         return cli_fail(r->cmd, &err);
     r->outs.dir = r->out;
@@ -362,8 +371,6 @@ static int open_outputs(struct train_run *r)
     r->outs.data = &r->data;
     r->outs.lora = r->o->lora;
     r->outs.merge = r->o->merge;
-    if (resume ? run_output_remove_stale(r->out, &err) : run_output_clear(r->out, &err))
-        return cli_fail(r->cmd, &err);
     if (!resume && (rc = distill_moebert(r->cmd, r->c, &r->distill, &r->rc, &r->model, &r->data, r->max_batch,
                                          r->out)))
         return rc;
@@ -479,7 +486,7 @@ static int write_summary(struct train_run *r, const struct moe_train_result *res
 
 int cmd_train(int argc, char **argv)
 {
-    static const struct option opts[] = { CLI_COMMON_OPTIONS, { "init", required_argument, NULL, OPT_INIT },
+    static const struct option opts[] = { CLI_COMMON_OPTIONS, CLI_FORCE_OPTION, { "init", required_argument, NULL, OPT_INIT },
                                           { "resume", required_argument, NULL, OPT_RESUME },
                                           { "dry-run", no_argument, NULL, OPT_DRY_RUN },
                                           { "trainable", required_argument, NULL, OPT_TRAINABLE },
@@ -519,6 +526,10 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
     if ((rc = check_resume_options(&r)) || (rc = cli_setup_compute(cmd, c)))
         goto out;
     catch_signals();
+    // --resume: lock the directory (another process there: fail now) and clear
+    // a dead process's temporary files before anything is read from it
+    if (o->resume && (rc = run_dir_claim(cmd, c, r.out, RUN_DIR_RESUME, &r.lock)))
+        goto out;
     if (o->resume && run_output_complete(r.out, &done, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
@@ -542,6 +553,13 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
         rc = dry_run(cmd, &r.cfg, &r.rc);
         goto out;
     }
+    if (!r.out) {
+        snprintf(r.default_out, sizeof r.default_out, "runs/train-%016llx", (unsigned long long)moe_config_hash(&r.cfg));
+        r.out = r.default_out;
+    }
+    // a new run: a directory holding another run, or in use, is refused before the data is loaded
+    if (!o->resume && (rc = run_dir_check(cmd, c, r.out)))
+        goto out;
     if ((rc = load_data(&r)) || (rc = build_model(&r)) ||
         (rc = distill_setup(cmd, &r.distill, &r.rc, &r.data, &r.model, o->resume != NULL)) ||
         (rc = tune_setup(cmd, &r.rc, &r.model, o->lora, &r.tune, &r.lora)) || (rc = open_outputs(&r)) ||

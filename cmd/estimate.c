@@ -76,7 +76,7 @@ size_t cli_memory_headroom(const struct moe_model_estimate *e, const char *sourc
     return h > CLI_HEADROOM_MIN ? h : CLI_HEADROOM_MIN;
 }
 
-int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int force)
+int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int ignore_memory)
 {
     size_t avail;
     const char *src;
@@ -86,8 +86,8 @@ int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int da
     size_t headroom = cli_memory_headroom(e, src), want;
     if (__builtin_add_overflow(e->bytes_total, headroom, &want))
         want = SIZE_MAX;
-    if (want <= avail || (force && headroom))
-        return 0; // --force runs past the headroom and the machine's figure, never past MOE_MEMORY_LIMIT
+    if (want <= avail || (ignore_memory && headroom))
+        return 0; // --ignore-memory runs past the headroom and the machine's figure, never past MOE_MEMORY_LIMIT
     char need[32], have[32], keep[32];
     moe_bytes_str(need, sizeof need, (double)e->bytes_total);
     moe_bytes_str(have, sizeof have, (double)avail);
@@ -96,14 +96,14 @@ int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int da
         return cli_error(cmd, 1, "this config needs about %s, more than the %s that %s allows", need, have,
                          MOE_MEMORY_LIMIT_ENV);
     if (strncmp(src, "RLIMIT_", 7) == 0)
-        return cli_error(cmd, 1, "this config needs about %s plus %s of headroom, only %s left under this process's %s (ulimit %s); --force runs it anyway",
+        return cli_error(cmd, 1, "this config needs about %s plus %s of headroom, only %s left under this process's %s (ulimit %s); --ignore-memory runs it anyway",
                          need, keep, have, src, strcmp(src, "RLIMIT_AS") == 0 ? "-v" : "-d");
-    return cli_error(cmd, 1, "this config needs about %s plus %s of headroom, only %s available (--force runs it anyway; %s sets a budget)",
+    return cli_error(cmd, 1, "this config needs about %s plus %s of headroom, only %s available (--ignore-memory runs it anyway; %s sets a budget)",
                      need, keep, have, MOE_MEMORY_LIMIT_ENV);
 }
 
 int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
-                  cli_batch_fn batch, const void *ctx, int training, int force, struct moe_model_estimate *ret_est,
+                  cli_batch_fn batch, const void *ctx, int training, int ignore_memory, struct moe_model_estimate *ret_est,
                   int *ret_checked)
 {
     struct moe_err err = { 0 };
@@ -128,5 +128,5 @@ int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *los
     *ret_checked = 1;
     if (ret_est)
         *ret_est = est;
-    return cli_check_memory(cmd, &est, data != NULL, force);
+    return cli_check_memory(cmd, &est, data != NULL, ignore_memory);
 }

@@ -34,12 +34,12 @@ cJSON *cli_estimate_json(const struct moe_model_estimate *e, int data_loaded);
 // estimate is tested to (peak RSS within 1.25x of it, tests/cli/test_memory.sh).
 #define CLI_HEADROOM_MIN ((size_t)64 << 20)
 size_t cli_memory_headroom(const struct moe_model_estimate *e, const char *source);
-// 0 when the run fits with its headroom (or force is set and the figure is the
+// 0 when the run fits with its headroom (or ignore_memory is set and the figure is the
 // machine's); otherwise print one line and return the exit code: 1 "moe CMD:
 // this config needs about 41.2 GiB plus 10.3 GiB of headroom, only 23.1 GiB
-// available (--force runs it anyway; MOE_MEMORY_LIMIT sets a budget)", 2 for a
+// available (--ignore-memory runs it anyway; MOE_MEMORY_LIMIT sets a budget)", 2 for a
 // malformed MOE_MEMORY_LIMIT.
-int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int force);
+int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int ignore_memory);
 
 // The rows of a command's largest batch (the model's max_batch), from the
 // run's settings and the sizes of the splits; ctx is the command's own.
@@ -52,10 +52,10 @@ typedef size_t (*cli_batch_fn)(const struct moe_run_cfg *rc, size_t n_train, siz
 // splits; or NULL before loading, when the shape comes from the config if it
 // can (synthetic data, moe_data_shape_cfg) and otherwise nothing is checked yet
 // (returns 0 with *ret_checked = 0: call again once the data is loaded).
-// training: as moe_model_estimate. force: --force. ret_est (may be NULL): the estimate, for
+// training: as moe_model_estimate. ignore_memory: --ignore-memory. ret_est (may be NULL): the estimate, for
 // --dry-run; written when *ret_checked is set.
 int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
-                  cli_batch_fn batch, const void *ctx, int training, int force, struct moe_model_estimate *ret_est,
+                  cli_batch_fn batch, const void *ctx, int training, int ignore_memory, struct moe_model_estimate *ret_est,
                   int *ret_checked);
 
 #endif

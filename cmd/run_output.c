@@ -2,11 +2,13 @@
 // config.json, vocab.txt, the live tables metrics.csv, experts.csv and
 // languages.csv, checkpoint.safetensors, the model file and summary.json. The
 // three live tables are one table of tables below: each is opened (or cut back
-// to its checkpoint's rows on --resume), given its rows, flushed before every
-// checkpoint, counted in it and closed by the same loops. Not here: what the
+// to its checkpoint's rows on --resume), given its rows (each appended to the
+// file as it ends, io/csv_writer.h), fsynced before every checkpoint, counted
+// in it and closed by the same loops. Not here: what the
 // run trains (train_tune.c), the teacher (train_distill.c), the order of the
-// steps (cmd_train.c).
-#include <glob.h>
+// steps (cmd_train.c), the directory's lock and what a new run may find
+// there (run_dir.c).
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -227,15 +229,16 @@ static int check_not_dir(const char *dir, const char *name, struct moe_err *err)
     return rc;
 }
 
-// Every file this run will write, checked before the first step.
-static int check_outputs(const struct run_output *o, struct moe_err *err)
+// Every file this run will write, checked before the first step (a resumed
+// run's tables are checked as moe_csv_reopen reads them).
+static int check_outputs(const struct run_output *o, int resume, struct moe_err *err)
 {
     const char *files[] = { "config.json", "summary.json",
                             o->lora ? "adapters.safetensors" : "model.safetensors",
                             o->lora ? (o->merge ? "merged.safetensors" : NULL) : "checkpoint.safetensors",
                             o->vocab ? "vocab.txt" : NULL };
     int rc = 0;
-    for (size_t i = 0; !rc && i < N_LIVE; i++)
+    for (size_t i = 0; !rc && !resume && i < N_LIVE; i++)
         if (written(o, i))
             rc = check_not_dir(o->dir, live_tables[i].file, err);
     for (size_t i = 0; !rc && i < sizeof files / sizeof *files; i++)
@@ -244,16 +247,15 @@ static int check_outputs(const struct run_output *o, struct moe_err *err)
     return rc;
 }
 
-// The tables first: a resumed run reads its own (and refuses one that is not a
-// regular file), before anything in the directory is written.
+// Every place checked first, then the tables: new ones start with their header
+// row alone; a resumed run reads its own back (refusing one that is not a
+// regular file) and cuts each to the length its checkpoint counts.
 int run_output_open(struct run_output *o, int resume, struct moe_err *err)
 {
-    int rc = 0;
+    int rc = check_outputs(o, resume, err);
     for (size_t i = 0; !rc && i < N_LIVE; i++)
         if (written(o, i))
             rc = open_table(o, i, resume, err);
-    if (!rc)
-        rc = check_outputs(o, err);
     if (!rc)
         rc = write_config(o, err);
     if (!rc && o->vocab)
@@ -290,44 +292,6 @@ int run_output_complete(const char *dir, cJSON **ret, struct moe_err *err)
         s = NULL;
     }
     *ret = s;
-    return 0;
-}
-
-// Temporary files are "<name>.tmp.<pid>" (io/atomic.h); only ours are removed.
-int run_output_remove_stale(const char *dir, struct moe_err *err)
-{
-    static const char *const ours[] = { "config.json", "metrics.csv", "experts.csv", "languages.csv", "vocab.txt",
-                                        "model.safetensors", "checkpoint.safetensors", "summary.json",
-                                        "importance.csv", "moebert.json" };
-    char *pattern = cli_path(dir, "*.tmp.*", err);
-    glob_t g;
-    if (!pattern)
-        return MOE_ENOMEM;
-    int found = glob(pattern, GLOB_NOSORT, NULL, &g) == 0;
-    free(pattern);
-    for (size_t i = 0; found && i < g.gl_pathc; i++) {
-        const char *base = strrchr(g.gl_pathv[i], '/') + 1;
-        for (size_t k = 0; k < sizeof ours / sizeof *ours; k++) {
-            size_t len = strlen(ours[k]);
-            if (strncmp(base, ours[k], len) == 0 && strncmp(base + len, ".tmp.", 5) == 0)
-                remove(g.gl_pathv[i]);
-        }
-    }
-    if (found)
-        globfree(&g);
-    return 0;
-}
-
-int run_output_clear(const char *dir, struct moe_err *err)
-{
-    static const char *const files[] = { "checkpoint.safetensors", "summary.json", "importance.csv", "moebert.json" };
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-        char *path = cli_path(dir, files[i], err);
-        if (!path)
-            return MOE_ENOMEM;
-        remove(path);
-        free(path);
-    }
     return 0;
 }
 
@@ -380,7 +344,7 @@ int run_output_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct moe
     for (size_t i = 0; i < N_LIVE; i++) {
         if (live_tables[i].text && !o->data->has_text)
             continue;
-        snprintf(bytes[i], sizeof bytes[i], "%zu", written(o, i) ? moe_csv_bytes(&o->live[i]) : (size_t)0);
+        snprintf(bytes[i], sizeof bytes[i], "%" PRIu64, written(o, i) ? moe_csv_bytes(&o->live[i]) : (uint64_t)0);
         meta[n_meta++] = (struct moe_st_meta){ live_tables[i].bytes_key, bytes[i] };
     }
     if (!cfg_json || !path)

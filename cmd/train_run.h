@@ -17,7 +17,7 @@
 
 // ---------------------------------------------------------------- run_output.c
 
-// The live tables: rows added as the run goes, flushed before every checkpoint.
+// The live tables: rows appended to the files as the run goes, fsynced before every checkpoint.
 enum { LIVE_METRICS, LIVE_EXPERTS, LIVE_LANGS, N_LIVE };
 
 // The run directory of one run.
@@ -44,10 +44,6 @@ int run_output_lengths(struct run_output *o, const struct moe_st_file *ck, int t
 // The summary of a finished run in dir into *ret (NULL if there is none, or it
 // records an interruption).
 int run_output_complete(const char *dir, cJSON **ret, struct moe_err *err);
-// A resumed run: the temporary files a killed process left behind.
-int run_output_remove_stale(const char *dir, struct moe_err *err);
-// A new run in an old directory: remove what would make it look resumable or complete.
-int run_output_clear(const char *dir, struct moe_err *err);
 // The live tables (new, or with resume the rows the checkpoint counts, read
 // back), config.json and vocab.txt. Before writing anything it refuses a
 // directory in the place of any file the run will write (MOE_EIO, naming it),
@@ -57,8 +53,8 @@ int run_output_open(struct run_output *o, int resume, struct moe_err *err);
 // the checkpoint after flushing them, with their lengths.
 int run_output_row(void *ctx, const struct moe_eval_row *r, struct moe_err *err);
 int run_output_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct moe_err *err);
-// Write the live tables' complete rows. err NULL: all of them, whatever fails
-// (what can be kept is kept).
+// fsync the live tables (their rows are in the files already). err NULL: all
+// of them, whatever fails (what can be kept is kept).
 int run_output_flush(struct run_output *o, struct moe_err *err);
 int run_output_close(struct run_output *o, struct moe_err *err);
 void run_output_release(struct run_output *o);

@@ -12,11 +12,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include "core/rng.h"
+#include "io/atomic.h"
 #include "io/config.h"
+#include "io/csv_writer.h"
 #include "io/dataset.h"
 #include "train/train.h"
 #include "testutil.h"
@@ -1329,6 +1332,99 @@ START_TEST(test_data_cfg_errors)
 }
 END_TEST
 
+
+// ---- the CSV writer (io/csv_writer.h): rows appended as they end, reopen cuts back
+
+static char *slurp(const char *path, size_t *len)
+{
+    char *buf = NULL;
+    struct moe_err err = { 0 };
+    ck_assert_int_eq(moe_read_file(path, &buf, len, &err), 0);
+    return buf;
+}
+
+static const char *const csv_cols[] = { "step", "name", "value" };
+
+static void csv_row(struct moe_csv *c, long long step, const char *name, double v)
+{
+    struct moe_err err = { 0 };
+    moe_csv_int(c, step);
+    moe_csv_str(c, name);
+    moe_csv_num(c, v);
+    ck_assert_int_eq(moe_csv_end_row(c, &err), 0);
+}
+
+START_TEST(test_csv_append_live)
+{
+    char path[128];
+    fixture_path(path, sizeof path, "live.csv");
+    struct moe_csv c;
+    struct moe_err err = { 0 };
+    FILE *old = fopen(path, "w"); // a previous table: replaced, never appended to
+    fputs("old,stuff\n1,2\n", old);
+    fclose(old);
+    ck_assert_int_eq(moe_csv_open(&c, path, csv_cols, 3, &err), 0);
+    size_t len;
+    char *text = slurp(path, &len);
+    ck_assert_str_eq(text, "step,name,value\n"); // the header at once
+    free(text);
+    ck_assert_uint_eq(moe_csv_bytes(&c), 16);
+    csv_row(&c, 1, "a,b", 0.5);
+    text = slurp(path, &len); // on disk as soon as the row ends, no flush
+    ck_assert_str_eq(text, "step,name,value\n1,\"a,b\",0.5\n");
+    free(text);
+    ck_assert_uint_eq(moe_csv_bytes(&c), len);
+    // a row with the wrong number of cells is refused and nothing of it is written
+    moe_csv_int(&c, 2);
+    ck_assert_int_eq(moe_csv_end_row(&c, &err), MOE_EINVAL);
+    csv_row(&c, 2, "x", NAN);
+    ck_assert_int_eq(moe_csv_flush(&c, &err), 0);
+    ck_assert_int_eq(moe_csv_close(&c, &err), 0);
+    text = slurp(path, &len);
+    ck_assert_str_eq(text, "step,name,value\n1,\"a,b\",0.5\n2,x,\n");
+    free(text);
+}
+END_TEST
+
+START_TEST(test_csv_reopen_cuts_back)
+{
+    char path[128];
+    fixture_path(path, sizeof path, "resume.csv");
+    struct moe_csv c;
+    struct moe_err err = { 0 };
+    ck_assert_int_eq(moe_csv_open(&c, path, csv_cols, 3, &err), 0);
+    csv_row(&c, 1, "a", 1);
+    uint64_t keep = moe_csv_bytes(&c); // what a checkpoint records
+    csv_row(&c, 2, "b", 2);            // written after the checkpoint
+    moe_csv_abort(&c);
+    FILE *f = fopen(path, "a"); // and a row torn by a kill
+    fputs("3,c,0.12", f);
+    fclose(f);
+    ck_assert_int_eq(moe_csv_reopen(&c, path, csv_cols, 3, keep, &err), 0);
+    csv_row(&c, 2, "b", 2);
+    ck_assert_int_eq(moe_csv_close(&c, &err), 0);
+    size_t len;
+    char *text = slurp(path, &len);
+    ck_assert_str_eq(text, "step,name,value\n1,a,1\n2,b,2\n");
+    free(text);
+    // a length that does not end a row, one beyond the file, another header
+    ck_assert_int_eq(moe_csv_reopen(&c, path, csv_cols, 3, keep - 1, &err), MOE_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "ending a row"));
+    ck_assert_int_eq(moe_csv_reopen(&c, path, csv_cols, 3, len + 1, &err), MOE_EFORMAT);
+    static const char *const other[] = { "step", "name", "values" };
+    ck_assert_int_eq(moe_csv_reopen(&c, path, other, 3, keep, &err), MOE_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "expected header row"));
+    text = slurp(path, &len); // refused: the file is as it was
+    ck_assert_str_eq(text, "step,name,value\n1,a,1\n2,b,2\n");
+    free(text);
+    char dir[128];
+    fixture_path(dir, sizeof dir, "csvdir");
+    mkdir(dir, 0755);
+    ck_assert_int_eq(moe_csv_reopen(&c, dir, csv_cols, 3, keep, &err), MOE_EIO);
+    ck_assert_ptr_nonnull(strstr(err.msg, "it is a directory, not a regular file"));
+}
+END_TEST
+
 static Suite *data_suite(void)
 {
     Suite *s = suite_create("data");
@@ -1363,6 +1459,8 @@ static Suite *data_suite(void)
     tcase_add_test(tc, test_synth_bad_spec);
     tcase_add_test(tc, test_data_cfg_sources);
     tcase_add_test(tc, test_data_cfg_errors);
+    tcase_add_test(tc, test_csv_append_live);
+    tcase_add_test(tc, test_csv_reopen_cuts_back);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -915,7 +915,7 @@ static int check_train(const struct moe_model_estimate *e, int data_loaded)
     return cli_check_memory("train", e, data_loaded, 0);
 }
 
-static int check_train_force(const struct moe_model_estimate *e, int data_loaded)
+static int check_train_ignore_memory(const struct moe_model_estimate *e, int data_loaded)
 {
     return cli_check_memory("train", e, data_loaded, 1);
 }
@@ -955,10 +955,10 @@ START_TEST(test_check_memory)
     huge.bytes_total = (size_t)1 << 62;
     ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &huge, 0), 1);
     ck_assert_msg(strstr(out, "moe train: this config needs about 4.0 EiB plus 1.0 EiB of headroom, only ") &&
-                      strstr(out, " available (--force runs it anyway; MOE_MEMORY_LIMIT sets a budget)\n"),
+                      strstr(out, " available (--ignore-memory runs it anyway; MOE_MEMORY_LIMIT sets a budget)\n"),
                   "%s", out);
     // the headroom: a quarter of the estimate, at least 64 MiB, kept free of what the machine has;
-    // --force runs past it (and past the machine's figure), never past a MOE_MEMORY_LIMIT budget
+    // --ignore-memory runs past it (and past the machine's figure), never past a MOE_MEMORY_LIMIT budget
     size_t avail;
     const char *src;
     ck_assert_int_eq(cli_memory_for_run(&e, 0, &avail, &src, &err), 0);
@@ -970,13 +970,13 @@ START_TEST(test_check_memory)
     ck_assert_uint_eq(cli_memory_headroom(&tight, MOE_MEMORY_LIMIT_ENV), 0);
     ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &tight, 0), 1);
     ck_assert_msg(strstr(out, " of headroom, only "), "%s", out);
-    ck_assert_int_eq(with_stderr(out, sizeof out, check_train_force, &tight, 0), 0); // --force
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train_ignore_memory, &tight, 0), 0); // --ignore-memory
     ck_assert_str_eq(out, "");
     struct moe_model_estimate roomy = e;
     roomy.bytes_total = (avail - CLI_HEADROOM_MIN) / 5 * 4; // total + max(total / 4, 64 MiB) <= avail
     ck_assert_int_eq(with_stderr(out, sizeof out, check_train, &roomy, 0), 0);
     setenv(MOE_MEMORY_LIMIT_ENV, "1M", 1);
-    ck_assert_int_eq(with_stderr(out, sizeof out, check_train_force, &e, 0), 1); // --force does not pass a budget
+    ck_assert_int_eq(with_stderr(out, sizeof out, check_train_ignore_memory, &e, 0), 1); // --ignore-memory does not pass a budget
     ck_assert_msg(strstr(out, "that MOE_MEMORY_LIMIT allows"), "%s", out);
     unsetenv(MOE_MEMORY_LIMIT_ENV);
 

@@ -483,6 +483,12 @@ run_dir resume_model_dir moe model.safetensors dir
 run_dir resume_summary_dir moe summary.json dir
 run_dir resume_vocab_dir lm vocab.txt dir
 mkdir -p out_model_dir/model.safetensors/sub
+# Run directories a new run refuses: one holding another run, one holding an
+# interrupted run (a checkpoint, no model file), one whose lock file is a FIFO.
+mkdir -p held_run held_ck lock_fifo
+echo '{}' >held_run/summary.json
+: >held_ck/checkpoint.safetensors
+[ -e lock_fifo/moe.lock ] || mkfifo lock_fifo/moe.lock
 
 # ------------------------------------------------------------------ the rows
 CMDS=(train compare-loss route-stats lora distill bench eval generate)

@@ -159,7 +159,7 @@ t_man_names() {
             grep -Fq -- "$o" <<<"$src" || missing+=("$c $o")
         done
     done
-    for o in --version --set --config --seed --threads --device --quiet --force; do
+    for o in --version --set --config --seed --threads --device --quiet --force --ignore-memory; do
         grep -Fq -- "$o" <<<"$src" || missing+=("$o")
     done
     local v
