@@ -47,6 +47,10 @@ same() {
     done
 }
 
+# sums DIR: checksums of a run directory's files, less moe.lock (the lock every
+# moe process on the directory takes, holding that process's PID; README, Run directories).
+sums() { md5sum "$1"/* | grep -v '/moe\.lock$'; }
+
 # close A B: metrics.csv of runs A and B have the same step/epoch/split cells and
 # every value within 1e-4 (relative, at least absolute).
 close() {
@@ -79,20 +83,20 @@ check "extend a finished run 2 -> 4 epochs (--threads 2): metrics.csv, experts.c
 
 t_extend_again() {
     local before after
-    before=$(md5sum ext/*)
+    before=$(sums ext)
     run again "$MOE" train --resume ext --set train.epochs=4 --quiet && ran again || return 1
     jqe again.out '.final.test and .epochs == 4' "stdout is the run's summary" || return 1
-    after=$(md5sum ext/*)
+    after=$(sums ext)
     [ "$before" = "$after" ] || { fail "resuming the extended (finished) run changed its files"; return 1; }
 }
 check "the same length again: a finished run, its summary printed, nothing changed" t_extend_again
 
-BEFORE=$(md5sum ext/*)
+BEFORE=$(sums ext)
 expect_fail "extend: fewer epochs than the run's: exit 2" 2 "train.epochs=3 is fewer than the 4 epochs of the run in ext/" -- \
         "$MOE" train --resume ext --set train.epochs=3
 expect_fail "extend: another key with --resume: exit 2" 2 "'--set' cannot be combined with '--resume' for key 'optim.lr'" -- \
     "$MOE" train --resume ext --set train.epochs=6 --set optim.lr=0.5
-t_unchanged() { [ "$BEFORE" = "$(md5sum ext/*)" ] || fail "a refused extension changed the run's files"; }
+t_unchanged() { [ "$BEFORE" = "$(sums ext)" ] || fail "a refused extension changed the run's files"; }
 check "refused extensions leave every file as it was" t_unchanged
 
 # An extension stopped by SIGTERM is an interrupted run of the new length: no
@@ -133,10 +137,10 @@ t_cosine() {
     jqe c.out '.schedule.name == "cosine" and .schedule.decay_steps == 20 and .schedule.warmup_steps == 4 and
         .schedule.lr_last > 0 and .schedule.lr_last < 0.0001' "cosine's summary: decay over the 20 steps, last rate near 0" '.schedule' || return 1
     local before after
-    before=$(md5sum cos/*)
+    before=$(sums cos)
     expect_fail "extend: cosine over the run's length: exit 2" 2 "cannot extend the run in cos/ from 2 to 3 epochs: its optim.schedule 'cosine' decays over the run's length" -- \
         "$MOE" train --resume cos --set train.epochs=3
-    after=$(md5sum cos/*)
+    after=$(sums cos)
     [ "$before" = "$after" ] || { fail "the refused extension changed the run's files"; return 1; }
     # with optim.decay_steps the schedule no longer depends on the length: extension is exact
     run d1 "$MOE" train --config moe.json --set optim.schedule=linear --set optim.decay_steps=35 --out lin --quiet &&
