@@ -9,7 +9,7 @@
 # argv, sets and tags; the run id is the same for a rerun at another thread
 # count and differs with the seed or a tag; --tag puts its columns last on
 # every row of every table of train (mlp-moe and a transformer LM: metrics.csv,
-# experts.csv, languages.csv), route-stats and compare-loss, with the same
+# experts.csv, languages.csv), distill (importance.csv), lora, route-stats and compare-loss, with the same
 # value on every row, a value with a comma and quotes quoted (RFC 4180), and
 # the tables without the tag columns byte-identical to an untagged run's;
 # --resume keeps the tags; merge-runs.sh on 2 runs (one header, every row) and
@@ -168,6 +168,34 @@ t_tags_route_stats() {
         { fail "route-stats summary: $(jq -c '{tags, run_id}' rs/summary.json)"; return 1; }
 }
 check "route-stats: tag columns on every row of layers, experts, labels, capacity and coselect.csv; tags in the summary" t_tags_route_stats
+
+# distill (MoEBERT: importance.csv too) from a dense teacher, and lora on it.
+cat >dense.json <<'EOF'
+{
+  "data": { "source": "synthetic", "synthetic": { "kind": "classes", "n_in": 6, "n_regions": 4, "n_train": 200, "n_test": 80 } },
+  "model": { "type": "mlp-moe", "n_embd": 8, "n_layer": 2, "moe_every": 9, "n_ff_dense": 16, "n_ff": 4, "n_expert": 4,
+             "n_expert_used": 1 },
+  "moe": { "router": "switch" },
+  "optim": { "type": "adamw", "lr": 0.01, "batch_size": 16 },
+  "train": { "epochs": 2, "seed": 3 }
+}
+EOF
+t_tags_distill_lora() {
+    train dense --config dense.json --threads 1
+    ran dense || return 1
+    rm -rf mb
+    run mb "${TO[@]}" "$MOE" distill --mode moebert --teacher dense/model.safetensors --config dense.json \
+        --set model.moe_every=1 --set model.n_ff=5 --shared 2 --out mb --quiet --threads 1 --tag router=topk --tag "note=$NOTE"
+    ran mb || return 1
+    tagged mb/importance.csv 6 && tagged mb/metrics.csv 19 && tagged mb/experts.csv 9 || return 1
+    rm -rf lo
+    run lo "${TO[@]}" "$MOE" lora --base mb/model.safetensors --config dense.json --set model.moe_every=1 \
+        --set model.n_ff=5 --rank 1 --targets '*.experts.*' --out lo --quiet --threads 1 --tag router=topk --tag "note=$NOTE"
+    ran lo || return 1
+    tagged lo/metrics.csv 19 && tagged lo/experts.csv 9 || return 1
+    jq -e '.tags.router == "topk"' mb/summary.json lo/summary.json >/dev/null || { fail "distill or lora summary without tags"; return 1; }
+}
+check "distill (MoEBERT) and lora: tag columns on every row of importance.csv, metrics.csv and experts.csv" t_tags_distill_lora
 
 # A run stopped by SIGTERM once its first checkpoint is written, resumed: the
 # tags come from the checkpoint, and the tables end as an uninterrupted run's.
