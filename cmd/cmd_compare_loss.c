@@ -491,6 +491,8 @@ static cJSON *settings_json(const struct moe_config *base, const struct cl_opts 
     for (size_t k = 0; k < o->n_seeds; k++)
         cJSON_AddItemToArray(a, cJSON_CreateNumber((double)o->seeds[k]));
     cli_tags_summary(j, tags);
+    // for the record only (not compared): records from another build are taken as they are
+    cJSON_AddStringToObject(j, "revision", cli_revision());
     return j;
 }
 

@@ -246,9 +246,7 @@ int run_output_identity_resume(struct run_output *o, const struct moe_st_file *c
         memcpy(o->run_id, id, 17);
     else // a checkpoint from before run ids: the id from what it records
         cli_run_id(o->run_id, "train", o->cfg, NULL, 0, NULL);
-    char what[64];
-    snprintf(what, sizeof what, "metadata 'run.tags'");
-    if (tags && cli_tags_parse(&o->own_tags, tags, what, err))
+    if (tags && cli_tags_parse(&o->own_tags, tags, "metadata 'run.tags'", err))
         return moe_error_prefix(err, "%s: ", ck->path);
     if (sets) {
         cJSON *a = cJSON_Parse(sets);
