@@ -14,7 +14,9 @@
 #include "core/gemm.h"
 #include "core/sysmem.h"
 #include "io/atomic.h"
+#include "io/csv_writer.h"
 #include "moe/moe_layer.h"
+#include "moe_revision.h"
 #include "progress.h"
 #include "train/train.h"
 
@@ -33,6 +35,7 @@ void cli_common_release(struct cli_common *c)
     free(c->owned);
     free(c->appends);
     free(c->sets);
+    cli_tags_release(&c->tags);
 }
 
 static int push_set(struct cli_common *c, const char *set)
@@ -146,6 +149,8 @@ int cli_common_option(struct cli_common *c, const char *cmd, int opt, const char
     case OPT_FORCE:
         c->force = 1;
         return 1;
+    case OPT_TAG:
+        return cli_tag_add(&c->tags, cmd, arg) ? -2 : 1;
     case OPT_PROGRESS_EVERY:
         if (progress_parse_every(arg, &c->progress_every))
             return -cli_error(cmd, 2, "option '--progress-every' expects a number of seconds greater than 0 (e.g. 10 or 0.5), got '%s'",
@@ -409,6 +414,7 @@ cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg, uint64_t s
     const struct moe_blas_info *b = moe_blas_get_info();
     cJSON_AddStringToObject(s, "command", cmd);
     cJSON_AddStringToObject(s, "version", MOE_VERSION);
+    cJSON_AddStringToObject(s, "revision", cli_revision());
     cJSON_AddStringToObject(s, "config_hash", hash);
     cJSON_AddNumberToObject(s, "seed", (double)seed);
     cJSON *blas = cJSON_AddObjectToObject(s, "blas");
@@ -478,4 +484,212 @@ void cli_routing_json(cJSON *summary, struct moe_model *m)
     cJSON_AddNumberToObject(r, "eval_capacity_factor", c->eval_capacity_factor);
     cJSON_AddStringToObject(r, "drop_policy", moe_drop_policy_name(c->drop));
     cJSON_AddNumberToObject(summary, "active_parameters", (double)moe_params_count(&m->params) - inactive);
+}
+
+// ---------------------------------------------------------------- run identity
+
+const char *cli_revision(void)
+{
+    return MOE_REVISION[0] ? MOE_REVISION : "unknown";
+}
+
+static int g_argc;
+static char **g_argv;
+
+void cli_set_argv(int argc, char **argv)
+{
+    g_argc = argc;
+    g_argv = argv;
+}
+
+void cli_summary_identity(cJSON *s, const char *run_id, const char *const *sets, size_t n_sets,
+                          const struct cli_tags *tags)
+{
+    cJSON_AddStringToObject(s, "run_id", run_id);
+    cJSON *a = cJSON_AddArrayToObject(s, "argv");
+    for (int i = 0; i < g_argc; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(g_argv[i]));
+    a = cJSON_AddArrayToObject(s, "sets");
+    for (size_t i = 0; i < n_sets; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(sets[i]));
+    cli_tags_summary(s, tags);
+}
+
+// FNV-1a 64 (Fowler, Noll, Vo), each string followed by a 0 byte so that
+// ("ab","c") and ("a","bc") differ.
+static uint64_t fnv1a(uint64_t h, const char *str)
+{
+    for (const unsigned char *p = (const unsigned char *)str;; p++) {
+        h ^= *p;
+        h *= 1099511628211ULL;
+        if (!*p)
+            return h;
+    }
+}
+
+void cli_run_id(char *buf, const char *cmd, const struct moe_config *cfg, const char *const *extra, size_t n_extra,
+                const struct cli_tags *tags)
+{
+    uint64_t h = fnv1a(14695981039346656037ULL, "moe run id v1");
+    h = fnv1a(h, cmd);
+    char *json = cfg ? moe_config_to_json(cfg, 0) : NULL;
+    h = fnv1a(h, json ? json : "");
+    free(json);
+    for (size_t i = 0; i < n_extra; i++)
+        h = fnv1a(h, extra[i] ? extra[i] : "");
+    for (size_t i = 0; tags && i < tags->n; i++) {
+        h = fnv1a(h, tags->key[i]);
+        h = fnv1a(h, tags->value[i]);
+    }
+    snprintf(buf, 17, "%016llx", (unsigned long long)h);
+}
+
+// ---------------------------------------------------------------- tags
+
+static int is_ident(const char *s, size_t len)
+{
+    if (!len || len > 64 || !(s[0] == '_' || (s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z')))
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if (!(s[i] == '_' || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') ||
+              (s[i] >= '0' && s[i] <= '9')))
+            return 0;
+    return 1;
+}
+
+// The first control character of s (< 0x20 or DEL), or NULL.
+static const char *control_char(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return s;
+    return NULL;
+}
+
+int cli_tag_add(struct cli_tags *t, const char *cmd, const char *arg)
+{
+    const char *eq = strchr(arg, '=');
+    if (!eq)
+        return cli_error(cmd, 2, "option '--tag' expects KEY=VALUE, got '%s'", arg);
+    size_t klen = (size_t)(eq - arg);
+    if (!klen)
+        return cli_error(cmd, 2, "option '--tag': empty key in '%s' (expected KEY=VALUE)", arg);
+    if (control_char(arg))
+        return cli_error(cmd, 2, "option '--tag': control character 0x%02x in '%.*s' (tag values are one line of text)",
+                         (unsigned char)*control_char(arg), (int)klen, arg);
+    if (!is_ident(arg, klen))
+        return cli_error(cmd, 2, "option '--tag': key '%.*s' is not a simple identifier ([A-Za-z_][A-Za-z0-9_]*, at most 64 bytes)",
+                         (int)klen, arg);
+    for (size_t i = 0; i < t->n; i++)
+        if (strlen(t->key[i]) == klen && strncmp(t->key[i], arg, klen) == 0)
+            return cli_error(cmd, 2, "option '--tag': key '%s' given twice", t->key[i]);
+    if (t->n == CLI_MAX_TAGS)
+        return cli_error(cmd, 2, "option '--tag': at most %d tags", CLI_MAX_TAGS);
+    char *k = strndup(arg, klen), *v = strdup(eq + 1);
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return cli_error(cmd, 1, "out of memory");
+    }
+    t->key[t->n] = k;
+    t->value[t->n++] = v;
+    return 0;
+}
+
+int cli_tags_check_cols(const struct cli_tags *t, const char *cmd, const char *file, const char *const *cols,
+                        size_t n)
+{
+    for (size_t i = 0; i < t->n; i++)
+        for (size_t j = 0; j < n; j++)
+            if (strcmp(t->key[i], cols[j]) == 0)
+                return cli_error(cmd, 2, "option '--tag': key '%s' is a column of %s; choose another name", t->key[i],
+                                 file);
+    return 0;
+}
+
+void cli_tags_release(struct cli_tags *t)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        free(t->key[i]);
+        free(t->value[i]);
+    }
+    t->n = 0;
+}
+
+void cli_tags_summary(cJSON *s, const struct cli_tags *t)
+{
+    cJSON *o = cJSON_AddObjectToObject(s, "tags");
+    for (size_t i = 0; t && i < t->n; i++)
+        cJSON_AddStringToObject(o, t->key[i], t->value[i]);
+}
+
+char *cli_tags_json(const struct cli_tags *t)
+{
+    cJSON *o = cJSON_CreateObject();
+    for (size_t i = 0; o && i < t->n; i++)
+        cJSON_AddStringToObject(o, t->key[i], t->value[i]);
+    char *text = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return text;
+}
+
+int cli_tags_parse(struct cli_tags *t, const char *json, const char *what, struct moe_err *err)
+{
+    cJSON *o = cJSON_Parse(json);
+    int rc = 0;
+    if (!cJSON_IsObject(o))
+        rc = moe_error(err, MOE_EFORMAT, "%s is not a JSON object of tags", what);
+    for (cJSON *it = o ? o->child : NULL; !rc && it; it = it->next) {
+        size_t klen = it->string ? strlen(it->string) : 0;
+        int dup = 0;
+        for (size_t i = 0; i < t->n; i++)
+            dup |= strcmp(t->key[i], it->string) == 0;
+        if (!cJSON_IsString(it) || !is_ident(it->string, klen) || control_char(it->valuestring) || dup ||
+            t->n == CLI_MAX_TAGS) {
+            rc = moe_error(err, MOE_EFORMAT, "%s: a malformed tag", what);
+            break;
+        }
+        t->key[t->n] = strdup(it->string);
+        t->value[t->n] = strdup(it->valuestring);
+        if (!t->key[t->n] || !t->value[t->n]) {
+            free(t->key[t->n]);
+            free(t->value[t->n]);
+            rc = moe_error(err, MOE_ENOMEM, "out of memory");
+            break;
+        }
+        t->n++;
+    }
+    cJSON_Delete(o);
+    return rc;
+}
+
+const char **cli_tags_header(const char *const *cols, size_t n, const struct cli_tags *t)
+{
+    size_t nt = t ? t->n : 0;
+    const char **h = malloc((n + nt) * sizeof *h);
+    if (!h)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        h[i] = cols[i];
+    for (size_t i = 0; i < nt; i++)
+        h[n + i] = t->key[i];
+    return h;
+}
+
+int cli_csv_open(struct moe_csv *csv, const char *path, const char *const *cols, size_t n, const struct cli_tags *t,
+                 struct moe_err *err)
+{
+    const char **h = cli_tags_header(cols, n, t);
+    if (!h)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    int rc = moe_csv_open(csv, path, h, n + (t ? t->n : 0), err);
+    free(h);
+    return rc;
+}
+
+int cli_csv_end_row(struct moe_csv *csv, const struct cli_tags *t, struct moe_err *err)
+{
+    for (size_t i = 0; t && i < t->n; i++)
+        moe_csv_str(csv, t->value[i]);
+    return moe_csv_end_row(csv, err);
 }

@@ -13,6 +13,19 @@
 
 #define MOE_VERSION "0.1.0"
 
+struct moe_csv;
+
+// --tag KEY=VALUE (repeatable): a column KEY, VALUE on every row, at the end of
+// every CSV table a run writes, and summary.json's "tags" object. KEY is a
+// simple identifier ([A-Za-z_][A-Za-z0-9_]*, at most 64 bytes), named once, and
+// no column of the command's tables; VALUE is any text without control
+// characters (commas and quotes are quoted in the CSV, RFC 4180).
+#define CLI_MAX_TAGS 32
+struct cli_tags {
+    size_t n;
+    char *key[CLI_MAX_TAGS], *value[CLI_MAX_TAGS]; // owned
+};
+
 struct cli_common {
     const char *config;     // --config FILE
     const char **sets;      // --set k=v, in order
@@ -31,11 +44,12 @@ struct cli_common {
     const char **appends;   // of them, "key=value" added to a list key after the config and --set
     size_t n_appends;
     const char *first_owned_opt; // the option behind owned[0], for messages
+    struct cli_tags tags;   // --tag KEY=VALUE, in order
 };
 
 // Long options every subcommand accepts; a command appends its own.
 enum { OPT_CONFIG = 1000, OPT_SET, OPT_OUT, OPT_SEED, OPT_THREADS, OPT_DEVICE, OPT_QUIET, OPT_HELP, OPT_IGNORE_MEMORY,
-       OPT_PROGRESS_EVERY, OPT_FORCE, OPT_FIRST_CMD };
+       OPT_PROGRESS_EVERY, OPT_FORCE, OPT_TAG, OPT_FIRST_CMD };
 #define CLI_COMMON_OPTIONS                                                                          \
     { "config", required_argument, NULL, OPT_CONFIG }, { "set", required_argument, NULL, OPT_SET }, \
     { "out", required_argument, NULL, OPT_OUT }, { "seed", required_argument, NULL, OPT_SEED },     \
@@ -46,6 +60,8 @@ enum { OPT_CONFIG = 1000, OPT_SET, OPT_OUT, OPT_SEED, OPT_THREADS, OPT_DEVICE, O
 // --force, for the commands that write a run directory (train, distill, lora,
 // compare-loss): clear the previous run there first (run_dir.h).
 #define CLI_FORCE_OPTION { "force", no_argument, NULL, OPT_FORCE }
+// --tag: only the commands that write CSV tables (train, lora, distill, compare-loss, route-stats) list it.
+#define CLI_TAG_OPTION { "tag", required_argument, NULL, OPT_TAG }
 
 void cli_common_init(struct cli_common *c);
 void cli_common_release(struct cli_common *c);
@@ -103,8 +119,47 @@ int cli_write_summary(const char *cmd, const char *dir, const cJSON *summary);
 // Print a cJSON object compactly on stdout (one line). Returns 0, or 1 after
 // printing "moe CMD: out of memory".
 int cli_print_json(const char *cmd, const cJSON *obj);
-// Common summary fields: command, version, config hash, seed (train.seed), blas, threads.
+// Common summary fields: command, version, revision, config hash, seed (train.seed), blas, threads.
 cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg, uint64_t seed);
+
+// ---- run identity (README "Run identity")
+// The source revision baked in at build time (git describe, "unknown" outside git).
+const char *cli_revision(void);
+// main() records the whole command line for the summaries.
+void cli_set_argv(int argc, char **argv);
+// summary.json's identity: run_id, argv (the command line, volatile), sets
+// (the --set overrides as given, in order) and tags. sets NULL: c->sets.
+void cli_summary_identity(cJSON *s, const char *run_id, const char *const *sets, size_t n_sets,
+                          const struct cli_tags *tags);
+// A run id: 16 hex digits of FNV-1a 64 over "moe run id v1", the command, the
+// resolved config (compact JSON: the seed is in it), the extra strings (the
+// inputs a command names by option, e.g. --init's path, compare-loss's
+// systems and seeds) and the tags. Identical runs have identical ids; nothing
+// volatile (time, host, threads, argv) goes in. buf: at least 17 bytes.
+void cli_run_id(char *buf, const char *cmd, const struct moe_config *cfg, const char *const *extra, size_t n_extra,
+                const struct cli_tags *tags);
+
+// ---- tags
+// Parse one --tag KEY=VALUE into t; 0, or 2 after printing why (exit 2).
+int cli_tag_add(struct cli_tags *t, const char *cmd, const char *arg);
+// Refuse (exit 2, one line) a tag key equal to one of the columns cols[0..n).
+int cli_tags_check_cols(const struct cli_tags *t, const char *cmd, const char *file, const char *const *cols,
+                        size_t n);
+void cli_tags_release(struct cli_tags *t);
+// The tags as a compact JSON object (the caller frees it), NULL when out of memory.
+char *cli_tags_json(const struct cli_tags *t);
+// Tags back from cli_tags_json's text (a checkpoint's metadata); MOE_EFORMAT if malformed.
+int cli_tags_parse(struct cli_tags *t, const char *json, const char *what, struct moe_err *err);
+// summary.json's "tags" object.
+void cli_tags_summary(cJSON *s, const struct cli_tags *t);
+// A table's header with the tag keys after cols: a new array (free() it) of
+// n + t->n names that point into cols and t.
+const char **cli_tags_header(const char *const *cols, size_t n, const struct cli_tags *t);
+// moe_csv_open with the tag columns after cols.
+int cli_csv_open(struct moe_csv *csv, const char *path, const char *const *cols, size_t n, const struct cli_tags *t,
+                 struct moe_err *err);
+// The tag values, then moe_csv_end_row.
+int cli_csv_end_row(struct moe_csv *csv, const struct cli_tags *t, struct moe_err *err);
 // Log line on stderr unless quiet (after ending a progress line drawn in place).
 void cli_log(const struct cli_common *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

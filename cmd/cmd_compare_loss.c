@@ -3,7 +3,17 @@
 // way Table 1 of Jacobs et al. 1991 does: epochs to criterion (mean, SD),
 // runs that reached it, accuracy, active experts. Writes curves.csv (long
 // format), table.csv and summary.json; prints the summary on stdout.
+//
+// The sweep resumes: DIR/sweep.json holds its settings (config, systems, seeds,
+// tags), and each (system, seed) run, once finished, is recorded whole in
+// DIR/parts/SYSTEM-seedN.json (written atomically: a file there is a finished
+// run). A restart with the same settings takes the finished runs from there
+// and trains the rest; every table row comes from those records, in sweep
+// order, so the final files are byte-identical to an uninterrupted sweep's.
+// SIGINT/SIGTERM ends the run in progress after its current step, drops it,
+// and exits 130/143 with the finished runs kept.
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,21 +22,26 @@
 #include "estimate.h"
 #include "progress.h"
 #include "run_dir.h"
+#include "io/atomic.h"
 #include "io/csv_writer.h"
 #include "train/train.h"
 
 static const char *const usage =
     "usage: moe compare-loss --config FILE --losses L1,L2,... --seeds A-B|A,B,... --out DIR\n"
     "                        [--set key.path=value]... [--threads N] [--force] [--ignore-memory]\n"
-    "                        [--quiet] [--progress-every SECONDS]\n"
+    "                        [--quiet] [--progress-every SECONDS] [--tag KEY=VALUE]...\n"
     "Train the config under each loss for every seed. Losses: cooperative, competitive,\n"
     "nll, nll-cat (the mixture, model.type forced to mixture) and mlp (the baseline net,\n"
     "model.type = mlp with loss.baseline). Writes DIR/curves.csv, table.csv, summary.json.\n"
     "A run whose loss turns non-finite is counted as diverged and the sweep goes on.\n"
-    "A DIR that holds another run is refused (exit 2) unless --force, which first\n"
-    "removes the previous run's files; DIR/moe.lock keeps a second process out\n"
-    "(moe help train). curves.csv grows a row at a time as the runs go.\n"
-    "Each run's progress line starts 'compare-loss: SYSTEM seed N: ' (see moe help train).\n";
+    "Each run's progress line starts 'compare-loss: SYSTEM seed N: ' (see moe help train).\n"
+    "Each finished run is kept in DIR/parts/; run the same command again into the same DIR\n"
+    "after an interruption (SIGINT: exit 130, SIGTERM: 143) and it trains only the runs\n"
+    "left, ending with the files an uninterrupted sweep writes. A DIR that holds a sweep\n"
+    "with other settings (DIR/sweep.json: config, losses, seeds, tags), or another run,\n"
+    "is refused (exit 2) unless --force, which first removes the previous run's or\n"
+    "sweep's files; DIR/moe.lock keeps a second process out (moe help train).\n"
+    "--tag KEY=VALUE (repeatable): a column KEY holding VALUE after the tables' own columns.\n";
 
 enum { OPT_LOSSES = OPT_FIRST_CMD, OPT_SEEDS };
 
@@ -131,10 +146,13 @@ static const char *const curve_cols[] = { "system", "seed", "epoch", "step", "tr
                                           "train_accuracy", "test_loss", "test_mse", "test_accuracy",
                                           "active_experts", "gate_entropy" };
 
+// A run's curve, collected into its record: one array per evaluation, the
+// figures of curves.csv after system and seed (epoch, step, then 8 numbers;
+// NaN is null). JSON numbers print with 17 significant digits where 15 do not
+// give the double back (cJSON), so the record replays exactly.
+#define CURVE_FIGURES 10
 struct curve_ctx {
-    struct moe_csv *csv;
-    const char *system;
-    long long seed;
+    cJSON *rows;
     struct moe_eval_row train; // held until its test row arrives
 };
 
@@ -147,20 +165,46 @@ static int write_curve(void *ctx, const struct moe_eval_row *r, struct moe_err *
         cc->train = *r;
         return 0;
     }
-    struct moe_csv *csv = cc->csv;
-    moe_csv_str(csv, cc->system);
-    moe_csv_int(csv, cc->seed);
-    moe_csv_int(csv, (long long)r->epoch);
-    moe_csv_int(csv, (long long)r->step);
-    moe_csv_num(csv, cc->train.loss);
-    moe_csv_num(csv, cc->train.mse);
-    moe_csv_num(csv, cc->train.accuracy);
-    moe_csv_num(csv, r->loss);
-    moe_csv_num(csv, r->mse);
-    moe_csv_num(csv, r->accuracy);
-    moe_csv_num(csv, cc->train.active_experts);
-    moe_csv_num(csv, cc->train.gate_entropy);
-    return moe_csv_end_row(csv, err);
+    double v[CURVE_FIGURES] = { (double)r->epoch, (double)r->step, cc->train.loss, cc->train.mse,
+                                cc->train.accuracy, r->loss, r->mse, r->accuracy, cc->train.active_experts,
+                                cc->train.gate_entropy };
+    cJSON *row = cJSON_CreateDoubleArray(v, CURVE_FIGURES);
+    if (!row || !cJSON_AddItemToArray(cc->rows, row)) {
+        cJSON_Delete(row);
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+// A record's number (null: NaN).
+static double rec_num(const cJSON *o, const char *key)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(it) ? it->valuedouble : NAN;
+}
+
+// curves.csv's rows of one finished run, from its record.
+static int replay_curve(struct moe_csv *csv, const struct cli_tags *tags, const char *sys, long long seed,
+                        const cJSON *rows, struct moe_err *err)
+{
+    const cJSON *row;
+    cJSON_ArrayForEach(row, rows)
+    {
+        moe_csv_str(csv, sys);
+        moe_csv_int(csv, seed);
+        for (int i = 0; i < CURVE_FIGURES; i++) {
+            const cJSON *it = cJSON_GetArrayItem(row, i);
+            double v = cJSON_IsNumber(it) ? it->valuedouble : NAN;
+            if (i < 2)
+                moe_csv_int(csv, (long long)v);
+            else
+                moe_csv_num(csv, v);
+        }
+        int rc = cli_csv_end_row(csv, tags, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
 }
 
 // Running mean and sample SD of finite values (Welford's update, so equal
@@ -212,28 +256,53 @@ struct tally {
     size_t reached, diverged, params;
 };
 
-static void tally_run(struct tally *t, const struct moe_model *m, const struct moe_train_result *res)
+// The figures a finished run adds to its system's tally, into its record.
+static void record_result(cJSON *rec, const struct moe_model *m, const struct moe_train_result *res)
 {
-    t->params = moe_params_count(&m->params);
-    if (res->criterion_epoch >= 0) {
-        t->reached++;
-        acc_add(&t->acc[A_EPOCHS], (double)res->criterion_epoch);
-    }
-    acc_add(&t->acc[A_TRAIN_ACC], res->final_train.accuracy);
-    acc_add(&t->acc[A_TEST_ACC], res->final_test.accuracy);
-    acc_add(&t->acc[A_TRAIN_MSE], res->final_train.mse);
-    acc_add(&t->acc[A_TEST_MSE], res->final_test.mse);
-    acc_add(&t->acc[A_ACTIVE], res->final_train.active_experts);
-    acc_add(&t->acc[A_ENTROPY], res->final_train.gate_entropy);
+    cJSON_AddNumberToObject(rec, "parameters", (double)moe_params_count(&m->params));
+    cJSON_AddNumberToObject(rec, "criterion_epoch", (double)res->criterion_epoch);
+    cJSON_AddNumberToObject(rec, "epochs", (double)res->epochs);
+    double v[N_ACC] = { NAN, res->final_train.accuracy, res->final_test.accuracy, res->final_train.mse,
+                        res->final_test.mse, res->final_train.active_experts, res->final_train.gate_entropy };
+    for (int i = 1; i < N_ACC; i++)
+        cJSON_AddNumberToObject(rec, acc_names[i], v[i]);
 }
 
-// One run of the sweep: system sys (a loss, or mlp) with seed, its curve into
-// curves.csv and its result into t. A run that diverges is counted and the
-// sweep goes on. first: the system's first seed, whose memory is checked (every
-// seed of a system has the same sizes), before generating synthetic data when
-// the config gives its shape. 0, or the exit code after printing one line.
+// A run's record into its system's tally.
+static void tally_run(struct tally *t, const cJSON *rec)
+{
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rec, "diverged"))) {
+        t->diverged++;
+        return;
+    }
+    t->params = (size_t)rec_num(rec, "parameters");
+    double crit = rec_num(rec, "criterion_epoch");
+    if (crit >= 0) {
+        t->reached++;
+        acc_add(&t->acc[A_EPOCHS], crit);
+    }
+    for (int i = 1; i < N_ACC; i++)
+        acc_add(&t->acc[i], rec_num(rec, acc_names[i]));
+}
+
+// SIGINT/SIGTERM: stop the run in progress after its current step (as moe
+// train does); a second signal gets the default action.
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig)
+{
+    stop_signal = sig;
+    signal(sig, SIG_DFL);
+}
+
+// One run of the sweep: system sys (a loss, or mlp) with seed, its curve and
+// result into a new record *rec (a run that diverges is recorded as such and the
+// sweep goes on). first: the system's first run trained here, whose memory is
+// checked (every seed of a system has the same sizes), before generating
+// synthetic data when the config gives its shape. 0, or the exit code after
+// printing one line; -1 when a signal stopped it (nothing recorded).
 static int sweep_run(const char *cmd, const struct cli_common *c, const struct moe_config *base, const char *sys,
-                     long long seed, int first, struct moe_csv *curves, struct tally *t)
+                     long long seed, int first, cJSON **rec)
 {
     struct moe_err err = { 0 };
     struct moe_config cfg = { 0 };
@@ -266,20 +335,38 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
         r = moe_model_create_hp(&model, &rcfg.model, loss, data.train.task, data.train.n_in, data.train.n_out,
                                 cl_batch(&rcfg, data.train.n, data.test.n, NULL), &err);
     struct moe_train_result res;
-    struct curve_ctx cc = { .csv = curves, .system = sys, .seed = seed };
+    struct curve_ctx cc = { .rows = cJSON_CreateArray() };
+    if (!cc.rows)
+        r = moe_error(&err, MOE_ENOMEM, "out of memory");
     if (!r && !refused) {
         moe_model_init_weights(&model, (uint64_t)seed);
         struct progress prog;
         char label[96];
         snprintf(label, sizeof label, "compare-loss: %s seed %lld", sys, seed);
         progress_start(&prog, c, label);
-        struct moe_train_hooks hooks = { .row = write_curve, .ctx = &cc, .step = progress_step, .step_ctx = &prog };
+        struct moe_train_hooks hooks = { .row = write_curve, .ctx = &cc, .step = progress_step, .step_ctx = &prog,
+                                         .stop = &stop_signal };
         r = moe_train_run(&model, &data, &rcfg.train, &rcfg.optim, &hooks, &res, &err);
         if (!r)
             progress_finish(&prog);
+        else
+            progress_break();
     }
+    cJSON *out = NULL;
+    if (!refused && (!r || r == MOE_ENUMERIC)) {
+        out = cJSON_CreateObject();
+        cJSON_AddStringToObject(out, "system", sys);
+        cJSON_AddNumberToObject(out, "seed", (double)seed);
+        cJSON_AddBoolToObject(out, "diverged", r == MOE_ENUMERIC);
+        if (!r)
+            record_result(out, &model, &res);
+        else
+            cJSON_AddStringToObject(out, "message", err.msg);
+        cJSON_AddItemToObject(out, "curve", cc.rows);
+        cc.rows = NULL;
+    }
+    cJSON_Delete(cc.rows);
     if (!r && !refused) {
-        tally_run(t, &model, &res);
         int cls = data.train.task == MOE_TASK_CLASSIFICATION;
         cli_log(c, "compare-loss: %s seed %lld: %s epoch %lld, train %s %.4g, test %s %.4g", sys, seed,
                 res.criterion_epoch >= 0 ? "criterion at" : "no criterion by",
@@ -293,17 +380,20 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
     moe_config_release(&cfg);
     if (refused)
         return refused;
+    if (r == MOE_EINTR)
+        return -1;
     if (r == MOE_ENUMERIC) {
         // A diverged run is a result of the sweep, not a failure of the command.
-        t->diverged++;
         cli_log(c, "compare-loss: %s seed %lld diverged: %s", sys, seed, err.msg);
+        *rec = out;
         return 0;
     }
     if (r) {
         moe_error_prefix(&err, "system '%s', seed %lld: ", sys, seed);
         return cli_fail(cmd, &err);
     }
-    return 0;
+    *rec = out;
+    return out ? 0 : cli_error(cmd, 1, "out of memory");
 }
 
 // summary.json's head: the seeds (in place of the one seed), the criterion,
@@ -367,18 +457,18 @@ static cJSON *system_json(const char *sys, size_t runs, const struct tally *t)
 
 // DIR/table.csv and summary.systems: one row, one object per system.
 static int write_table(const char *cmd, const char *dir, const struct cl_opts *o, const struct tally *t,
-                       cJSON *summary)
+                       const struct cli_tags *tags, cJSON *summary)
 {
     struct moe_err err = { 0 };
     struct moe_csv table;
     memset(&table, 0, sizeof table);
     cJSON *systems = cJSON_GetObjectItemCaseSensitive(summary, "systems");
     char *path = cli_path(dir, "table.csv", &err);
-    int rc = path ? moe_csv_open(&table, path, table_cols, sizeof table_cols / sizeof *table_cols, &err)
+    int rc = path ? cli_csv_open(&table, path, table_cols, sizeof table_cols / sizeof *table_cols, tags, &err)
                   : MOE_ENOMEM;
     for (size_t si = 0; !rc && si < o->n_systems; si++) {
         table_row(&table, o->systems[si], o->n_seeds, &t[si]);
-        if (!(rc = moe_csv_end_row(&table, &err)))
+        if (!(rc = cli_csv_end_row(&table, tags, &err)))
             cJSON_AddItemToArray(systems, system_json(o->systems[si], o->n_seeds, &t[si]));
     }
     if (!rc)
@@ -388,9 +478,97 @@ static int write_table(const char *cmd, const char *dir, const struct cl_opts *o
     return rc ? cli_fail(cmd, &err) : 0;
 }
 
+// The sweep's settings, DIR/sweep.json: what its files depend on. Not the
+// threads, --quiet, progress or --force, which change no output byte.
+static cJSON *settings_json(const struct moe_config *base, const struct cl_opts *o, const struct cli_tags *tags)
+{
+    cJSON *j = cJSON_CreateObject();
+    char *cfg = moe_config_to_json(base, 0);
+    cJSON_AddStringToObject(j, "command", "compare-loss");
+    cJSON_AddItemToObject(j, "config", cfg ? cJSON_Parse(cfg) : cJSON_CreateNull());
+    free(cfg);
+    cJSON *a = cJSON_AddArrayToObject(j, "losses");
+    for (size_t i = 0; i < o->n_systems; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(o->systems[i]));
+    a = cJSON_AddArrayToObject(j, "seeds");
+    for (size_t k = 0; k < o->n_seeds; k++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber((double)o->seeds[k]));
+    cli_tags_summary(j, tags);
+    // for the record only (not compared): records from another build are taken as they are
+    cJSON_AddStringToObject(j, "revision", cli_revision());
+    return j;
+}
+
+// DIR/sweep.json: written for a new sweep (whose old records, if any, go);
+// for a restarted one it must hold the same settings, or the sweep is refused
+// (exit 2). 0, or the exit code after printing one line.
+static int check_settings(const char *cmd, const char *dir, const cJSON *want, const struct cl_opts *o)
+{
+    struct moe_err err = { 0 };
+    char *path = cli_path(dir, "sweep.json", &err), *text = NULL, why[256];
+    int at_open = 0, rc = 0;
+    if (!path)
+        return cli_fail(cmd, &err);
+    if (moe_read_file_why(path, &text, NULL, why, sizeof why, &at_open) == 0) {
+        cJSON *have = cJSON_Parse(text);
+        const char *differs = NULL;
+        static const char *const keys[] = { "command", "config", "losses", "seeds", "tags" };
+        static const char *const what[] = { "it is not a compare-loss sweep", "the config differs",
+                                            "the --losses differ", "the --seeds differ", "the --tag options differ" };
+        for (size_t i = 0; !differs && i < sizeof keys / sizeof *keys; i++)
+            if (!cJSON_Compare(cJSON_GetObjectItemCaseSensitive(have, keys[i]),
+                               cJSON_GetObjectItemCaseSensitive(want, keys[i]), 1))
+                differs = what[i];
+        if (differs)
+            rc = cli_error(cmd, 2,
+                           "'%s' holds a compare-loss sweep with other settings (%s; see %s); use another --out, or --force to clear it",
+                           dir, differs, path);
+        cJSON_Delete(have);
+    } else if (!at_open) {
+        rc = cli_error(cmd, 1, "cannot read '%s': %s", path, why);
+    } else {
+        // A new sweep: records of an earlier one with other settings must not count.
+        for (size_t si = 0; si < o->n_systems; si++)
+            for (size_t k = 0; k < o->n_seeds; k++) {
+                char name[128];
+                snprintf(name, sizeof name, "parts/%s-seed%lld.json", o->systems[si], o->seeds[k]);
+                char *part = cli_path(dir, name, &err);
+                if (part)
+                    remove(part);
+                free(part);
+            }
+        if (cli_write_json(path, want, &err))
+            rc = cli_fail(cmd, &err);
+    }
+    free(text);
+    free(path);
+    return rc;
+}
+
+// A finished run's record, or NULL (none yet). 0, or the exit code after one line.
+static int read_record(const char *cmd, const char *path, const char *sys, long long seed, cJSON **ret)
+{
+    char *text = NULL, why[256];
+    int at_open = 0;
+    *ret = NULL;
+    if (moe_read_file_why(path, &text, NULL, why, sizeof why, &at_open) != 0)
+        return at_open ? 0 : cli_error(cmd, 1, "cannot read '%s': %s", path, why);
+    cJSON *rec = cJSON_Parse(text);
+    free(text);
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(rec, "system");
+    if (!cJSON_IsString(s) || strcmp(s->valuestring, sys) != 0 || rec_num(rec, "seed") != (double)seed ||
+        !cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(rec, "curve"))) {
+        cJSON_Delete(rec);
+        return cli_error(cmd, 1, "'%s' is not the record of run %s seed %lld (remove it to train that run again)",
+                         path, sys, seed);
+    }
+    *ret = rec;
+    return 0;
+}
+
 int cmd_compare_loss(int argc, char **argv)
 {
-    static const struct option opts[] = { CLI_COMMON_OPTIONS, CLI_FORCE_OPTION,
+    static const struct option opts[] = { CLI_COMMON_OPTIONS, CLI_FORCE_OPTION, CLI_TAG_OPTION,
                                           { "losses", required_argument, NULL, OPT_LOSSES },
                                           { "seeds", required_argument, NULL, OPT_SEEDS },
                                           { 0, 0, 0, 0 } };
@@ -407,8 +585,9 @@ int cmd_compare_loss(int argc, char **argv)
     struct run_dir lock = { .fd = -1 };
     struct tally tally[MAX_SYSTEMS];
     memset(tally, 0, sizeof tally);
-    cJSON *summary = NULL;
-    char *path = NULL;
+    cJSON *summary = NULL, *settings = NULL;
+    char *path = NULL, *parts = NULL, *losses = NULL, *seeds = NULL;
+    size_t finished = 0, total = 0;
     int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
     if (rc == -1) {
         fputs(usage, stdout);
@@ -425,30 +604,108 @@ int cmd_compare_loss(int argc, char **argv)
         rc = cli_error(cmd, 2, "option '--seed' does not apply here; use '--seeds'");
         goto out;
     }
-    if ((rc = cli_setup_compute(cmd, &c)))
+    if ((rc = cli_tags_check_cols(&c.tags, cmd, "curves.csv", curve_cols, sizeof curve_cols / sizeof *curve_cols)) ||
+        (rc = cli_tags_check_cols(&c.tags, cmd, "table.csv", table_cols, sizeof table_cols / sizeof *table_cols)) ||
+        (rc = cli_setup_compute(cmd, &c)))
         goto out;
     if (cli_load_config(&c, &base, &err) || moe_train_cfg_parse(&btc, &base, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    // DIR: refused if it holds another run (unless --force) or another process uses it; then locked
-    if ((rc = run_dir_check(cmd, &c, c.out)) || (rc = run_dir_claim(cmd, &c, c.out, RUN_DIR_NEW, &lock)))
+    // DIR: a sweep there continues (its settings are checked below); another
+    // run is refused unless --force (which also clears a sweep); another
+    // process there is refused; then it is locked
+    if ((rc = run_dir_check(cmd, &c, c.out, RUN_DIR_SWEEP)) || (rc = run_dir_claim(cmd, &c, c.out, RUN_DIR_SWEEP, &lock)))
         goto out;
-    if (!(path = cli_path(c.out, "curves.csv", &err)) ||
-        moe_csv_open(&curves, path, curve_cols, sizeof curve_cols / sizeof *curve_cols, &err)) {
+    if (!(parts = cli_path(c.out, "parts", &err)) || cli_mkdir_p(parts, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
+    settings = settings_json(&base, &o, &c.tags);
+    losses = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(settings, "losses"));
+    seeds = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(settings, "seeds"));
+    if (!losses || !seeds) {
+        rc = cli_error(cmd, 1, "out of memory");
+        goto out;
+    }
+    if ((rc = check_settings(cmd, c.out, settings, &o)))
+        goto out;
+    if (!(path = cli_path(c.out, "curves.csv", &err)) ||
+        cli_csv_open(&curves, path, curve_cols, sizeof curve_cols / sizeof *curve_cols, &c.tags, &err)) {
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     summary = summary_start(cmd, &base, &btc, &o);
-    for (size_t si = 0; si < o.n_systems; si++)
-        for (size_t k = 0; k < o.n_seeds; k++)
-            if ((rc = sweep_run(cmd, &c, &base, o.systems[si], o.seeds[k], k == 0, &curves, &tally[si])))
+    char run_id[17];
+    const char *extra[] = { losses, seeds };
+    cli_run_id(run_id, cmd, &base, extra, 2, &c.tags);
+    cli_summary_identity(summary, run_id, c.sets, c.n_sets, &c.tags);
+    total = o.n_systems * o.n_seeds;
+    for (size_t si = 0; si < o.n_systems; si++) {
+        int first = 1; // the system's first run trained here: its memory is checked
+        for (size_t k = 0; k < o.n_seeds; k++) {
+            const char *sys = o.systems[si];
+            long long seed = o.seeds[k];
+            char name[128];
+            snprintf(name, sizeof name, "%s-seed%lld.json", sys, seed);
+            char *rec_path = cli_path(parts, name, &err);
+            cJSON *rec = NULL;
+            if (!rec_path) {
+                rc = cli_fail(cmd, &err);
                 goto out;
+            }
+            rc = read_record(cmd, rec_path, sys, seed, &rec);
+            if (!rc && rec)
+                cli_log(&c, "compare-loss: %s seed %lld: finished earlier (%s)", sys, seed, rec_path);
+            else if (!rc && stop_signal) // a signal between runs: start no other
+                rc = -1;
+            else if (!rc) {
+                rc = sweep_run(cmd, &c, &base, sys, seed, first, &rec);
+                first = 0;
+                if (!rc && cli_write_json(rec_path, rec, &err))
+                    rc = cli_fail(cmd, &err);
+            }
+            free(rec_path);
+            if (!rc && rec) {
+                tally_run(&tally[si], rec);
+                if (replay_curve(&curves, &c.tags, sys, seed, cJSON_GetObjectItemCaseSensitive(rec, "curve"), &err))
+                    rc = cli_fail(cmd, &err);
+                finished++;
+            }
+            cJSON_Delete(rec);
+            if (rc > 0)
+                goto out;
+            if (rc < 0) { // stopped: keep what finished, say how to go on
+                int sig = stop_signal ? stop_signal : SIGTERM;
+                const char *sig_name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+                if (moe_csv_close(&curves, &err)) {
+                    rc = cli_fail(cmd, &err);
+                    goto out;
+                }
+                cJSON_AddStringToObject(summary, "interrupted", sig_name);
+                cJSON_AddNumberToObject(summary, "runs_finished", (double)finished);
+                cJSON_AddNumberToObject(summary, "runs", (double)total);
+                cJSON_AddStringToObject(summary, "out", c.out);
+                if ((rc = cli_write_summary(cmd, c.out, summary)))
+                    goto out;
+                rc = cli_error(cmd, 128 + sig,
+                               "interrupted by %s with %zu of %zu runs finished (kept in %s/); run the same command again to finish the sweep",
+                               sig_name, finished, total, parts);
+                goto out;
+            }
+        }
+    }
     if (moe_csv_close(&curves, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    if ((rc = write_table(cmd, c.out, &o, tally, summary)))
+    if ((rc = write_table(cmd, c.out, &o, tally, &c.tags, summary)))
         goto out;
     cJSON_AddStringToObject(summary, "sd", "sample standard deviation (n - 1) over runs; epochs over runs that reached the criterion");
     cJSON_AddStringToObject(summary, "out", c.out);
@@ -457,9 +714,13 @@ int cmd_compare_loss(int argc, char **argv)
     cli_log(&c, "compare-loss: outputs in %s/ (curves.csv, table.csv, summary.json)", c.out);
 out:
     free(path);
+    free(parts);
+    free(losses);
+    free(seeds);
     moe_csv_abort(&curves);
     run_dir_release(&lock);
     cJSON_Delete(summary);
+    cJSON_Delete(settings);
     free(o.losses_buf);
     free(o.seeds);
     moe_train_cfg_release(&btc);

@@ -15,7 +15,7 @@ static const char *const usage =
     "                   [--mode kd|sparse-to-dense|moebert] [--baseline CKPT] [--init CKPT]\n"
     "                   [--split importance|random] [--shared S] [--weight W]\n"
     "                   [--set key.path=value]... [--out DIR] [--seed N] [--threads N] [--force]\n"
-    "                   [--ignore-memory] [--quiet] [--progress-every SECONDS]\n"
+    "                   [--ignore-memory] [--quiet] [--progress-every SECONDS] [--tag KEY=VALUE]...\n"
     "Knowledge distillation from any teacher checkpoint to the student the config\n"
     "describes (same inputs and outputs: classification or language modelling).\n"
     "The objective is (1 - A) CE + A T^2 KL(teacher || student) at temperature T\n"
@@ -86,7 +86,7 @@ static int on_opt(void *ctx_, int opt, const char *arg)
 
 int cmd_distill(int argc, char **argv)
 {
-    static const struct option opts[] = { CLI_COMMON_OPTIONS, CLI_FORCE_OPTION,
+    static const struct option opts[] = { CLI_COMMON_OPTIONS, CLI_FORCE_OPTION, CLI_TAG_OPTION,
                                           { "teacher", required_argument, NULL, OPT_TEACHER },
                                           { "temperature", required_argument, NULL, OPT_TEMPERATURE },
                                           { "alpha", required_argument, NULL, OPT_ALPHA },

@@ -13,7 +13,7 @@ static const char *const usage =
     "                [--expert-mode per-expert|shared] [--freeze-router] [--merge]\n"
     "                [--trainable GLOB] [--freeze GLOB] [--set key.path=value]... [--out DIR]\n"
     "                [--seed N] [--threads N] [--force] [--ignore-memory] [--quiet]\n"
-    "                [--progress-every SECONDS]\n"
+    "                [--progress-every SECONDS] [--tag KEY=VALUE]...\n"
     "Train rank-R adapters W = W0 + (alpha/R) B A on the matrices of the base model whose\n"
     "tensor names match a glob (fnmatch, '*' crosses dots), everything else frozen but\n"
     "the routers (unless --freeze-router) and what --trainable names. Expert tensors\n"
@@ -70,7 +70,7 @@ static int on_opt(void *ctx_, int opt, const char *arg)
 
 int cmd_lora(int argc, char **argv)
 {
-    static const struct option opts[] = { CLI_COMMON_OPTIONS, CLI_FORCE_OPTION,
+    static const struct option opts[] = { CLI_COMMON_OPTIONS, CLI_FORCE_OPTION, CLI_TAG_OPTION,
                                           { "base", required_argument, NULL, OPT_BASE },
                                           { "rank", required_argument, NULL, OPT_RANK },
                                           { "alpha", required_argument, NULL, OPT_ALPHA },

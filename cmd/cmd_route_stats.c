@@ -21,13 +21,14 @@
 static const char *const usage =
     "usage: moe route-stats --checkpoint CKPT --out DIR [--data train|test] [--capacity-factors A,B,...]\n"
     "                       [--trace FILE.jsonl] [--set key.path=value]... [--threads N] [--ignore-memory]\n"
-    "                       [--quiet]\n"
+    "                       [--quiet] [--tag KEY=VALUE]...\n"
     "Route a data split (default test) through a trained checkpoint in evaluation mode and write,\n"
     "per sparse layer, DIR/layers.csv, experts.csv, labels.csv, capacity.csv and coselect.csv (k >= 2);\n"
     "print the JSON summary on stdout (also DIR/summary.json). The data is the checkpoint's own config's,\n"
     "unless --set data.* points elsewhere; features are standardised with the checkpoint's statistics.\n"
     "--capacity-factors re-runs the split at each evaluation capacity factor (0 = dropless).\n"
     "--trace writes one JSON line per token and layer: index, layer, experts, gates, dropped.\n"
+    "--tag KEY=VALUE (repeatable): a column KEY holding VALUE after every table's own columns.\n"
     "Language models: the split's fixed windows; MI between expert and the input byte class and,\n"
     "over several languages, the language, each beside its random-routing chance level.\n";
 
@@ -214,7 +215,7 @@ static const char *const cosel_cols[] = { "layer", "expert_a", "expert_b", "toke
 
 // labels.csv: the expert-label table of one layer in long form (first choices
 // before capacity): kind class, region, byte_class or language.
-static int label_rows(struct moe_csv *csv, const struct moe_route_acc *a, uint32_t layer,
+static int label_rows(struct moe_csv *csv, const struct cli_tags *tags, const struct moe_route_acc *a, uint32_t layer,
                       const struct moe_dataset *d, const struct moe_data *data, struct moe_err *err)
 {
     if (!a->label)
@@ -244,7 +245,7 @@ static int label_rows(struct moe_csv *csv, const struct moe_route_acc *a, uint32
                 moe_csv_str(csv, name);
                 moe_csv_int(csv, (long long)e);
                 moe_csv_int(csv, (long long)t[e * W + g]);
-                rc = moe_csv_end_row(csv, err);
+                rc = cli_csv_end_row(csv, tags, err);
             }
         }
         free(t);
@@ -303,7 +304,7 @@ static void rs_release(struct rs_run *r)
 static int open_table(struct rs_run *r, int i, struct moe_err *err)
 {
     char *path = cli_path(r->c->out, tables[i].file, err);
-    int rc = path ? moe_csv_open(&r->csv[i], path, tables[i].cols, tables[i].n_cols, err) : MOE_ENOMEM;
+    int rc = path ? cli_csv_open(&r->csv[i], path, tables[i].cols, tables[i].n_cols, &r->c->tags, err) : MOE_ENOMEM;
     free(path);
     return rc;
 }
@@ -343,6 +344,19 @@ static int rs_load(struct rs_run *r)
     return 0;
 }
 
+// summary.json's identity; the run id covers the checkpoint's path, the split
+// and the capacity factors besides the config (the checkpoint's, with --set).
+static void summary_identity(struct rs_run *r)
+{
+    char cfs[MAX_CF * 26 + 1] = "", id[17];
+    size_t at = 0;
+    for (size_t i = 0; i < r->o->n_cf; i++)
+        at += (size_t)snprintf(cfs + at, sizeof cfs - at, "%s%.17g", i ? "," : "", r->o->cf[i]);
+    const char *extra[] = { r->o->ckpt, r->o->split, cfs };
+    cli_run_id(id, r->cmd, &r->cfg, extra, 3, &r->c->tags);
+    cli_summary_identity(r->summary, id, r->c->sets, r->c->n_sets, &r->c->tags);
+}
+
 // --capacity-factors: the split again at each evaluation capacity factor into
 // capacity.csv and summary.capacity (each pass overwrites the statistics, so
 // this comes before the main pass); then the model's own factor again.
@@ -356,6 +370,7 @@ static int capacity_sweep(struct rs_run *r)
         return cli_fail(r->cmd, &err);
     r->caps = cJSON_CreateArray();
     r->summary = cli_summary_new(r->cmd, &r->cfg, r->rc.train.seed);
+    summary_identity(r);
     for (size_t i = 0; i < r->o->n_cf; i++) {
         double cf = r->o->cf[i];
         m->ops->set_eval_capacity(m, cf);
@@ -376,7 +391,7 @@ static int capacity_sweep(struct rs_run *r)
             moe_csv_num(csv, v);
             moe_csv_num(csv, row.loss);
             moe_csv_num(csv, row.accuracy);
-            if (moe_csv_end_row(csv, &err))
+            if (cli_csv_end_row(csv, &r->c->tags, &err))
                 return cli_fail(r->cmd, &err);
         }
         json_num(cj, "loss", row.loss);
@@ -451,7 +466,7 @@ static int layer_row(struct rs_run *r, size_t l, cJSON *lj, struct moe_err *err)
         if (i > 0)
             json_num(lj, layer_cols[i], v[i]);
     }
-    return moe_csv_end_row(&r->csv[T_LAYERS], err);
+    return cli_csv_end_row(&r->csv[T_LAYERS], &r->c->tags, err);
 }
 
 // experts.csv's rows of sparse layer l, and its tokens and share per expert.
@@ -473,7 +488,7 @@ static int expert_rows(struct rs_run *r, size_t l, cJSON *lj, struct moe_err *er
         moe_csv_num(csv, a->gate_sum[e] / tok);
         moe_csv_num(csv, a->has_probs ? a->prob_sum[e] / tok : NAN);
         moe_csv_num(csv, a->dropped[e]);
-        int rc = moe_csv_end_row(csv, err);
+        int rc = cli_csv_end_row(csv, &r->c->tags, err);
         if (rc)
             return rc;
     }
@@ -504,7 +519,7 @@ static int coselect_rows(struct rs_run *r, size_t l, cJSON *lj, struct moe_err *
             moe_csv_int(csv, (long long)i);
             moe_csv_int(csv, (long long)j);
             moe_csv_int(csv, (long long)cnt);
-            int rc = moe_csv_end_row(csv, err);
+            int rc = cli_csv_end_row(csv, &r->c->tags, err);
             if (rc)
                 return rc;
         }
@@ -525,7 +540,7 @@ static int write_layers(struct rs_run *r)
         cJSON *lj = cJSON_CreateObject();
         cJSON_AddItemToArray(layers, lj);
         rc = layer_row(r, l, lj, &err) ||
-             label_rows(&r->csv[T_LABELS], &r->st.route[l], m->ops->moe_layer_at(m, l)->c.index, r->d, &r->data,
+             label_rows(&r->csv[T_LABELS], &r->c->tags, &r->st.route[l], m->ops->moe_layer_at(m, l)->c.index, r->d, &r->data,
                         &err) ||
              expert_rows(r, l, lj, &err) || coselect_rows(r, l, lj, &err);
     }
@@ -543,7 +558,7 @@ static int write_layers(struct rs_run *r)
 
 int cmd_route_stats(int argc, char **argv)
 {
-    static const struct option opts[] = { CLI_COMMON_OPTIONS,
+    static const struct option opts[] = { CLI_COMMON_OPTIONS, CLI_TAG_OPTION,
                                           { "checkpoint", required_argument, NULL, OPT_CKPT },
                                           { "data", required_argument, NULL, OPT_DATA },
                                           { "capacity-factors", required_argument, NULL, OPT_CF },
@@ -574,6 +589,9 @@ int cmd_route_stats(int argc, char **argv)
         rc = cli_error(cmd, 2, "option '--config' does not apply: the config is the checkpoint's (use --set to change data.*)");
         goto out;
     }
+    for (int i = 0; i < N_TABLES; i++)
+        if ((rc = cli_tags_check_cols(&c.tags, cmd, tables[i].file, tables[i].cols, tables[i].n_cols)))
+            goto out;
     if ((rc = rs_load(&r)) || (rc = capacity_sweep(&r)) || (rc = main_pass(&r)) || (rc = write_layers(&r)))
         goto out;
     cli_log(&c, "moe route-stats: %zu %s rows through %zu sparse layer(s); outputs in %s/", r.d->n, o.split,

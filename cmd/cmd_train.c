@@ -23,7 +23,7 @@
 static const char *const usage =
     "usage: moe train [--config FILE] [--set key.path=value]... [--out DIR] [--seed N]\n"
     "                 [--threads N] [--init CKPT] [--device cpu] [--force] [--ignore-memory]\n"
-    "                 [--quiet] [--progress-every SECONDS]\n"
+    "                 [--quiet] [--progress-every SECONDS] [--tag KEY=VALUE]...\n"
     "       moe train --resume DIR [--set train.epochs=N] [--threads N] [--quiet]\n"
     "                 [--progress-every SECONDS]\n"
     "       moe train --dry-run [--config FILE] [--set key.path=value]...\n"
@@ -59,6 +59,9 @@ static const char *const usage =
     "expert tensors [E, out, in] it matches (e.g. --trainable\n"
     "'layers.*.moe.experts.*@0-1', --freeze '*.experts.*@3'); the other experts'\n"
     "slices stay byte-identical.\n"
+    "--tag KEY=VALUE (repeatable) adds a column KEY holding VALUE to every row of\n"
+    "every CSV table the run writes (after the table's own columns) and KEY to\n"
+    "summary.json's \"tags\"; --resume keeps the run's tags (from its checkpoint).\n"
     "--quiet: no log or progress lines on stderr. Progress while training: one\n"
     "line, e.g. 'step 120/600 (20%)  epoch 3/15  loss 0.4213  18.2k tok/s  ETA 0:27'\n"
     "(rows/s for data other than text), redrawn in place at a terminal, else\n"
@@ -229,6 +232,9 @@ static int check_resume_options(const struct train_run *r)
     if (clash)
         return cli_error(r->cmd, 2, "option '%s' cannot be combined with '--resume' (the run keeps the config in its checkpoint)",
                          clash);
+    if (c->tags.n)
+        return cli_error(r->cmd, 2,
+                         "option '--tag' cannot be combined with '--resume' (the run keeps its tags in its checkpoint)");
     for (size_t i = 0; i < c->n_sets; i++) {
         const char *eq = strchr(c->sets[i], '=');
         size_t len = eq ? (size_t)(eq - c->sets[i]) : strlen(c->sets[i]);
@@ -371,6 +377,9 @@ static int open_outputs(struct train_run *r)
     r->outs.data = &r->data;
     r->outs.lora = r->o->lora;
     r->outs.merge = r->o->merge;
+    if (resume ? run_output_identity_resume(&r->outs, &r->resume, &err)
+               : run_output_identity(&r->outs, r->c, &r->o->init, 1, r->cmd, &err))
+        return cli_fail(r->cmd, &err);
     if (!resume && (rc = distill_moebert(r->cmd, r->c, &r->distill, &r->rc, &r->model, &r->data, r->max_batch,
                                          r->out)))
         return rc;
@@ -462,6 +471,7 @@ static int write_summary(struct train_run *r, const struct moe_train_result *res
 {
     const struct cli_train_opts *o = r->o;
     cJSON *s = cli_summary_new(r->cmd, &r->cfg, r->rc.train.seed);
+    run_output_summary_identity(s, &r->outs);
     run_output_summary_model(s, &r->outs);
     if (r->tune.frozen)
         tune_summary(s, &r->model, &r->tune, o->lora ? &r->lora : NULL);
@@ -490,7 +500,8 @@ int cmd_train(int argc, char **argv)
                                           { "resume", required_argument, NULL, OPT_RESUME },
                                           { "dry-run", no_argument, NULL, OPT_DRY_RUN },
                                           { "trainable", required_argument, NULL, OPT_TRAINABLE },
-                                          { "freeze", required_argument, NULL, OPT_FREEZE }, { 0, 0, 0, 0 } };
+                                          { "freeze", required_argument, NULL, OPT_FREEZE }, CLI_TAG_OPTION,
+                                          { 0, 0, 0, 0 } };
     const char *cmd = "train";
     struct cli_common c;
     struct cli_train_opts o = { 0 };
@@ -523,7 +534,8 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
     struct moe_train_result res;
     cJSON *done = NULL;
     int rc;
-    if ((rc = check_resume_options(&r)) || (rc = cli_setup_compute(cmd, c)))
+    if ((rc = check_resume_options(&r)) || (rc = run_output_check_tags(cmd, &c->tags)) ||
+        (rc = distill_check_tags(cmd, &c->tags)) || (rc = cli_setup_compute(cmd, c)))
         goto out;
     catch_signals();
     // --resume: lock the directory (another process there: fail now) and clear
@@ -558,7 +570,7 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
         r.out = r.default_out;
     }
     // a new run: a directory holding another run, or in use, is refused before the data is loaded
-    if (!o->resume && (rc = run_dir_check(cmd, c, r.out)))
+    if (!o->resume && (rc = run_dir_check(cmd, c, r.out, RUN_DIR_NEW)))
         goto out;
     if ((rc = load_data(&r)) || (rc = build_model(&r)) ||
         (rc = distill_setup(cmd, &r.distill, &r.rc, &r.data, &r.model, o->resume != NULL)) ||

@@ -132,8 +132,8 @@ static int print_version(void)
     }
     const struct moe_blas_info *b = moe_blas_get_info();
     long threads = sysconf(_SC_NPROCESSORS_ONLN);
-    printf("moe %s\nblis %s, sub-configuration %s (chosen by %s)\nthreads %ld (default; --threads N)\n",
-           MOE_VERSION, b->version, b->arch, b->chosen_by, threads);
+    printf("moe %s\nrevision %s\nblis %s, sub-configuration %s (chosen by %s)\nthreads %ld (default; --threads N)\n",
+           MOE_VERSION, cli_revision(), b->version, b->arch, b->chosen_by, threads);
     print_backends();
     return 0;
 }
@@ -145,6 +145,7 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *name = argv[1];
+    cli_set_argv(argc, argv);
     if (strcmp(name, "--version") == 0 || strcmp(name, "version") == 0)
         return print_version();
     if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) {

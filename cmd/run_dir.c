@@ -19,7 +19,7 @@
 static const char *const ours[] = { "config.json", "metrics.csv", "experts.csv", "languages.csv", "vocab.txt",
                                     "model.safetensors", "checkpoint.safetensors", "summary.json",
                                     "importance.csv", "moebert.json", "adapters.safetensors", "merged.safetensors",
-                                    "curves.csv", "table.csv" };
+                                    "curves.csv", "table.csv", "sweep.json" };
 #define N_OURS (sizeof ours / sizeof *ours)
 
 // Whether dir/name exists as something other than a directory (a directory
@@ -132,9 +132,30 @@ static void remove_stale(const char *dir)
     globfree(&g);
 }
 
-// A new run: refuse a directory holding a run, or with force clear it.
-static int check_new(const char *cmd, const struct cli_common *c, const char *dir)
+// compare-loss's records of finished runs, DIR/parts/SYSTEM-seedN.json: removed
+// with the sweep by --force (the directory too, once empty). 0 or -1 (errno set).
+static int remove_parts(const char *dir)
 {
+    char pattern[8192];
+    snprintf(pattern, sizeof pattern, "%s/parts/*-seed*.json", dir);
+    glob_t g;
+    int rc = 0;
+    if (glob(pattern, GLOB_NOSORT, NULL, &g) == 0) {
+        for (size_t i = 0; i < g.gl_pathc && rc == 0; i++)
+            rc = remove(g.gl_pathv[i]);
+        globfree(&g);
+    }
+    snprintf(pattern, sizeof pattern, "%s/parts", dir);
+    rmdir(pattern); // left in place when it holds anything else
+    return rc;
+}
+
+// A new run: refuse a directory holding a run, or with force clear it. A
+// sweep (how SWEEP, DIR/sweep.json present) continues without force.
+static int check_new(const char *cmd, const struct cli_common *c, const char *dir, enum run_dir_how how)
+{
+    if (how == RUN_DIR_SWEEP && !c->force && present(dir, "sweep.json"))
+        return 0;
     char names[1024] = "";
     size_t n = 0, at = 0;
     for (size_t k = 0; k < N_OURS; k++) {
@@ -158,12 +179,14 @@ static int check_new(const char *cmd, const struct cli_common *c, const char *di
         if (present(dir, ours[k]) && remove(path) != 0)
             return cli_error(cmd, 1, "--force: cannot remove '%s': %s", path, strerror(errno));
     }
+    if (remove_parts(dir) != 0)
+        return cli_error(cmd, 1, "--force: cannot remove '%s/parts/': %s", dir, strerror(errno));
     cli_log(c, "moe %s: --force: removed the previous run's files from %s/ (%s); files that are not moe's are left alone",
             cmd, dir, names);
     return 0;
 }
 
-int run_dir_check(const char *cmd, const struct cli_common *c, const char *dir)
+int run_dir_check(const char *cmd, const struct cli_common *c, const char *dir, enum run_dir_how how)
 {
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
@@ -176,7 +199,7 @@ int run_dir_check(const char *cmd, const struct cli_common *c, const char *dir)
             return busy(cmd, dir, path, fd);
         close(fd); // free: let go at once, run_dir_claim takes it for good
     }
-    return c->force ? 0 : check_new(cmd, c, dir);
+    return c->force ? 0 : check_new(cmd, c, dir, how);
 }
 
 int run_dir_claim(const char *cmd, const struct cli_common *c, const char *dir, enum run_dir_how how, struct run_dir *d)
@@ -195,7 +218,7 @@ int run_dir_claim(const char *cmd, const struct cli_common *c, const char *dir, 
     if (rc)
         return rc;
     remove_stale(dir);
-    if (how == RUN_DIR_NEW && (rc = check_new(cmd, c, dir)))
+    if (how != RUN_DIR_RESUME && (rc = check_new(cmd, c, dir, how)))
         run_dir_release(d);
     return rc;
 }

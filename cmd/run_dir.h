@@ -19,6 +19,8 @@ struct run_dir {
 enum run_dir_how {
     RUN_DIR_NEW,    // a new run: refuse a directory that holds one, unless force (then clear it)
     RUN_DIR_RESUME, // --resume: the directory's run continues (a missing directory takes no lock)
+    RUN_DIR_SWEEP,  // compare-loss: as NEW, but a directory holding a sweep (sweep.json) is not refused
+                    // (the sweep continues, after its own check of the settings); force clears it too
 };
 
 // Claim dir for cmd: create it (a new run), lock it (another process holding
@@ -34,7 +36,7 @@ int run_dir_claim(const char *cmd, const struct cli_common *c, const char *dir, 
 // refusals as run_dir_claim (a held lock, a directory holding a run without
 // force), so they come at once; the claim itself comes once the run is ready
 // to write. Returns 0 or the exit code after printing one line.
-int run_dir_check(const char *cmd, const struct cli_common *c, const char *dir);
+int run_dir_check(const char *cmd, const struct cli_common *c, const char *dir, enum run_dir_how how);
 // Drop the lock (the process's exit drops it too). Accepts a zeroed struct.
 void run_dir_release(struct run_dir *d);
 

@@ -42,7 +42,8 @@ static void figures(const struct moe_eval_row *r, double v[N_FIGURES])
     memcpy(v, f, sizeof f);
 }
 
-// The cells every live table's row starts with.
+// The cells every live table's row starts with; its row ends with the tags'
+// values (cli_csv_end_row).
 static void row_start(struct moe_csv *csv, const struct moe_eval_row *r)
 {
     moe_csv_int(csv, (long long)r->step);
@@ -54,13 +55,12 @@ static void row_start(struct moe_csv *csv, const struct moe_eval_row *r)
 static int metric_rows(const struct run_output *o, struct moe_csv *csv, const struct moe_eval_row *r,
                        struct moe_err *err)
 {
-    (void)o;
     double v[N_FIGURES];
     figures(r, v);
     row_start(csv, r);
     for (size_t i = 0; i < N_FIGURES; i++)
         moe_csv_num(csv, v[i]);
-    return moe_csv_end_row(csv, err);
+    return cli_csv_end_row(csv, o->tags, err);
 }
 
 // experts.csv: one row per (step, split, layer, expert)
@@ -77,7 +77,7 @@ static int expert_rows(const struct run_output *o, struct moe_csv *csv, const st
             moe_csv_num(csv, a->dropped[e]);
             moe_csv_num(csv, a->has_probs && a->tokens ? a->prob_sum[e] / (double)a->tokens : NAN);
             moe_csv_num(csv, a->tokens ? a->gate_sum[e] / (double)a->tokens : NAN);
-            int rc = moe_csv_end_row(csv, err);
+            int rc = cli_csv_end_row(csv, o->tags, err);
             if (rc)
                 return rc;
         }
@@ -96,7 +96,7 @@ static int lang_rows(const struct run_output *o, struct moe_csv *csv, const stru
         moe_csv_num(csv, r->lang_bytes[g]);
         moe_csv_num(csv, r->lang_tokens[g] ? r->lang_loss[g] / (double)r->lang_tokens[g] : NAN);
         moe_csv_num(csv, r->lang_bytes[g] > 0 ? r->lang_loss[g] / (M_LN2 * r->lang_bytes[g]) : NAN);
-        int rc = moe_csv_end_row(csv, err);
+        int rc = cli_csv_end_row(csv, o->tags, err);
         if (rc)
             return rc;
     }
@@ -140,11 +140,21 @@ static int open_table(struct run_output *o, size_t i, int resume, struct moe_err
 {
     const struct live_table *t = &live_tables[i];
     char *path = cli_path(o->dir, t->file, err);
-    if (!path)
-        return MOE_ENOMEM;
-    int rc = resume ? moe_csv_reopen(&o->live[i], path, t->cols, t->n_cols, o->resume_bytes[i], err)
-                    : moe_csv_open(&o->live[i], path, t->cols, t->n_cols, err);
+    const char **cols = cli_tags_header(t->cols, t->n_cols, o->tags); // the tag columns last
+    size_t n = t->n_cols + (o->tags ? o->tags->n : 0);
+    int rc = !path || !cols ? moe_error(err, MOE_ENOMEM, "out of memory")
+             : resume       ? moe_csv_reopen(&o->live[i], path, cols, n, o->resume_bytes[i], err)
+                            : moe_csv_open(&o->live[i], path, cols, n, err);
+    free(cols);
     free(path);
+    return rc;
+}
+
+int run_output_check_tags(const char *cmd, const struct cli_tags *tags)
+{
+    int rc = 0;
+    for (size_t i = 0; !rc && i < N_LIVE; i++)
+        rc = cli_tags_check_cols(tags, cmd, live_tables[i].file, live_tables[i].cols, live_tables[i].n_cols);
     return rc;
 }
 
@@ -183,6 +193,81 @@ void run_output_release(struct run_output *o)
         moe_csv_abort(&o->live[i]);
     free(o->vocab);
     free(o->languages);
+    free(o->tags_json);
+    free(o->sets_json);
+    for (size_t i = 0; i < o->n_sets; i++)
+        free(o->sets[i]);
+    free(o->sets);
+    cli_tags_release(&o->own_tags);
+}
+
+int run_output_identity(struct run_output *o, const struct cli_common *c, const char *const *extra, size_t n_extra,
+                        const char *cmd, struct moe_err *err)
+{
+    o->tags = &o->own_tags;
+    for (size_t i = 0; i < c->tags.n; i++) {
+        o->own_tags.key[i] = strdup(c->tags.key[i]);
+        o->own_tags.value[i] = strdup(c->tags.value[i]);
+        o->own_tags.n++;
+        if (!o->own_tags.key[i] || !o->own_tags.value[i])
+            return moe_error(err, MOE_ENOMEM, "out of memory");
+    }
+    if (c->n_sets && !(o->sets = calloc(c->n_sets, sizeof *o->sets)))
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    for (size_t i = 0; i < c->n_sets; i++)
+        if (!(o->sets[o->n_sets++] = strdup(c->sets[i])))
+            return moe_error(err, MOE_ENOMEM, "out of memory");
+    cli_run_id(o->run_id, cmd, o->cfg, extra, n_extra, o->tags);
+    return run_output_identity_json(o, err);
+}
+
+int run_output_identity_json(struct run_output *o, struct moe_err *err)
+{
+    if (o->own_tags.n && !(o->tags_json = cli_tags_json(&o->own_tags)))
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    if (o->n_sets) {
+        cJSON *a = cJSON_CreateArray();
+        for (size_t i = 0; a && i < o->n_sets; i++)
+            cJSON_AddItemToArray(a, cJSON_CreateString(o->sets[i]));
+        o->sets_json = a ? cJSON_PrintUnformatted(a) : NULL;
+        cJSON_Delete(a);
+        if (!o->sets_json)
+            return moe_error(err, MOE_ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+int run_output_identity_resume(struct run_output *o, const struct moe_st_file *ck, struct moe_err *err)
+{
+    o->tags = &o->own_tags;
+    const char *id = moe_safetensors_meta(ck, "run.id"), *tags = moe_safetensors_meta(ck, "run.tags"),
+               *sets = moe_safetensors_meta(ck, "run.sets");
+    if (id && (strlen(id) != 16 || strspn(id, "0123456789abcdef") != 16))
+        return moe_error(err, MOE_EFORMAT, "%s: metadata 'run.id' is not 16 hex digits", ck->path);
+    if (id)
+        memcpy(o->run_id, id, 17);
+    else // a checkpoint from before run ids: the id from what it records
+        cli_run_id(o->run_id, "train", o->cfg, NULL, 0, NULL);
+    if (tags && cli_tags_parse(&o->own_tags, tags, "metadata 'run.tags'", err))
+        return moe_error_prefix(err, "%s: ", ck->path);
+    if (sets) {
+        cJSON *a = cJSON_Parse(sets);
+        int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1;
+        int ok = n >= 0 && (o->sets = calloc((size_t)n + 1, sizeof *o->sets));
+        for (int i = 0; ok && i < n; i++) {
+            cJSON *it = cJSON_GetArrayItem(a, i);
+            ok = cJSON_IsString(it) && (o->sets[o->n_sets++] = strdup(it->valuestring));
+        }
+        cJSON_Delete(a);
+        if (!ok)
+            return moe_error(err, MOE_EFORMAT, "%s: metadata 'run.sets' is not a JSON array of strings", ck->path);
+    }
+    return run_output_identity_json(o, err);
+}
+
+void run_output_summary_identity(cJSON *s, const struct run_output *o)
+{
+    cli_summary_identity(s, o->run_id, (const char *const *)o->sets, o->n_sets, o->tags);
 }
 
 // dir/name, written atomically.
@@ -339,8 +424,14 @@ int run_output_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct moe
     char *cfg_json = moe_config_to_json(o->cfg, 0), *path = cli_path(o->dir, "checkpoint.safetensors", err);
     char bytes[N_LIVE][32];
     struct moe_st_ref extra[3];
-    struct moe_st_meta meta[N_MODEL_META + N_LIVE];
+    struct moe_st_meta meta[N_MODEL_META + N_LIVE + 3];
     size_t n_extra = model_extras(o, extra), n_meta = model_meta(o, cfg_json, meta);
+    // The run's identity, which --resume keeps: its id, tags and --set overrides.
+    meta[n_meta++] = (struct moe_st_meta){ "run.id", o->run_id };
+    if (o->tags_json)
+        meta[n_meta++] = (struct moe_st_meta){ "run.tags", o->tags_json };
+    if (o->sets_json)
+        meta[n_meta++] = (struct moe_st_meta){ "run.sets", o->sets_json };
     for (size_t i = 0; i < N_LIVE; i++) {
         if (live_tables[i].text && !o->data->has_text)
             continue;
@@ -386,6 +477,7 @@ int run_output_interrupted(const char *cmd, struct run_output *o, const char *si
     if (has_checkpoint && !ck)
         return cli_fail(cmd, &err);
     cJSON *s = cli_summary_new(cmd, o->cfg, o->seed);
+    run_output_summary_identity(s, o);
     cJSON_AddStringToObject(s, "interrupted", sig_name);
     cJSON_AddNumberToObject(s, "steps", (double)steps);
     cJSON_AddStringToObject(s, "out", o->dir);

@@ -138,14 +138,21 @@ static int eval_test(struct moe_model *m, const struct moe_data *data, const str
     return rc;
 }
 
-// DIR/importance.csv: every teacher neuron's importance, rank and role.
-static int importance_csv(const struct moe_moebert *mb, const char *dir, struct moe_err *err)
+static const char *const importance_cols[] = { "layer", "neuron", "importance", "rank", "role", "expert" };
+
+int distill_check_tags(const char *cmd, const struct cli_tags *tags)
 {
-    static const char *const cols[] = { "layer", "neuron", "importance", "rank", "role", "expert" };
+    return cli_tags_check_cols(tags, cmd, "importance.csv", importance_cols, 6);
+}
+
+// DIR/importance.csv: every teacher neuron's importance, rank and role (then the tags).
+static int importance_csv(const struct moe_moebert *mb, const char *dir, const struct cli_tags *tags,
+                          struct moe_err *err)
+{
     struct moe_csv csv;
     memset(&csv, 0, sizeof csv);
     char *path = cli_path(dir, "importance.csv", err);
-    int rc = path ? moe_csv_open(&csv, path, cols, 6, err) : MOE_ENOMEM;
+    int rc = path ? cli_csv_open(&csv, path, importance_cols, 6, tags, err) : MOE_ENOMEM;
     for (size_t k = 0; !rc && k < mb->n; k++) {
         const struct moe_moebert_layer *ly = &mb->layer[k];
         for (size_t j = 0; !rc && j < mb->Fd; j++) {
@@ -156,7 +163,7 @@ static int importance_csv(const struct moe_moebert *mb, const char *dir, struct 
             moe_csv_int(&csv, (long long)ly->rank[j]);
             moe_csv_str(&csv, e == MOE_MOEBERT_SHARED ? "shared" : e == MOE_MOEBERT_DROPPED ? "dropped" : "routed");
             moe_csv_int(&csv, e >= 0 ? (long long)e : -1);
-            rc = moe_csv_end_row(&csv, err);
+            rc = cli_csv_end_row(&csv, tags, err);
         }
     }
     if (!rc)
@@ -215,7 +222,7 @@ int distill_moebert(const char *cmd, const struct cli_common *c, struct distill 
     }
     moe_moebert_split(&mb, seed);
     size_t copied = moe_moebert_convert(&mb, m, teacher);
-    rc = importance_csv(&mb, dir, &err);
+    rc = importance_csv(&mb, dir, &c->tags, &err);
     cJSON *j = moebert_json(&mb, &d->c, copied);
     moe_moebert_release(&mb);
     // the test split, for the teacher and for the student as converted (before any training)

@@ -33,7 +33,27 @@ struct run_output {
     size_t vocab_len;
     char *languages;                 // text data: JSON array of the language names
     int lora, merge;                 // moe lora (adapters.safetensors, no checkpoint), --merge (merged.safetensors)
+    // The run's identity (README "Run identity"): its id, tags and --set
+    // overrides; a resumed run takes them from its checkpoint.
+    char run_id[17];
+    const struct cli_tags *tags;     // = &own_tags once an identity is set
+    struct cli_tags own_tags;
+    char **sets;
+    size_t n_sets;
+    char *tags_json, *sets_json;     // the checkpoint's run.tags and run.sets (NULL: none)
 };
+
+// A new run's identity from its options (o->cfg set): tags, --set overrides and
+// the run id over cmd, the config, extra (inputs named by option) and the tags.
+int run_output_identity(struct run_output *o, const struct cli_common *c, const char *const *extra, size_t n_extra,
+                        const char *cmd, struct moe_err *err);
+// A resumed run's identity from its checkpoint (o->cfg set).
+int run_output_identity_resume(struct run_output *o, const struct moe_st_file *ck, struct moe_err *err);
+int run_output_identity_json(struct run_output *o, struct moe_err *err);
+// summary.json's run_id, argv, sets and tags.
+void run_output_summary_identity(cJSON *s, const struct run_output *o);
+// Refuse a tag key equal to a column of metrics.csv, experts.csv or languages.csv (exit 2).
+int run_output_check_tags(const char *cmd, const struct cli_tags *tags);
 
 // Text data: the vocabulary's bytes and the language names, for the
 // checkpoints, vocab.txt and the summary.
@@ -96,6 +116,8 @@ int distill_moebert(const char *cmd, const struct cli_common *c, struct distill 
 int distill_summary(const char *cmd, cJSON *s, struct distill *d, const struct moe_run_cfg *rcfg,
                     const struct moe_data *data, const struct moe_eval_row *student, const char *dir);
 void distill_release(struct distill *d);
+// Refuse a tag key equal to a column of importance.csv (exit 2).
+int distill_check_tags(const char *cmd, const struct cli_tags *tags);
 
 // ---------------------------------------------------------------- train_tune.c
 

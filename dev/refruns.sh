@@ -11,13 +11,13 @@
 # importance.csv, curves.csv, table.csv, config.json, every .safetensors file,
 # (timing metadata aside), and summary.json / stdout / --dry-run JSON with the fields that measure time,
 # speed, memory available or the build (wall_seconds, *_per_second, gflops,
-# version, blis, memory_available*, memory_headroom*) removed; exit codes too. stderr is not
+# version, revision, argv, blis, memory_available*, memory_headroom*) removed; exit codes too. stderr is not
 # compared (tests/cli/bad_inputs.tsv pins the messages). Single-threaded, small
 # runs: the whole set takes a few seconds.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 
-volatile='walk(if type == "object" then with_entries(select(.key | test("seconds|per_second|gflops|^version$|^blis|memory_available|memory_headroom|^threads|^wall|^time") | not)) else . end)'
+volatile='walk(if type == "object" then with_entries(select(.key | test("seconds|per_second|gflops|^version$|^revision$|^argv$|^blis|memory_available|memory_headroom|^threads|^wall|^time") | not)) else . end)'
 
 # st_norm FILE: a safetensors file with its timing metadata (train.seconds) and its
 # checksum table (a function of the tensor bytes, which are compared) removed

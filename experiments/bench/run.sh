@@ -15,7 +15,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 moe=${MOE:-$root/build/cmd/moe}
-out=${1:-results/bench}
+out=${1:-${OUT:-results/bench}}
 repeats=${REPEATS:-7}
 [ -x "$moe" ] || { echo "$0: no moe binary at '$moe' (meson setup build && ninja -C build)" >&2; exit 2; }
 [ -s experiments/data/cache/fortunes/fortunes.txt ] || bash experiments/data/fortunes.sh >&2

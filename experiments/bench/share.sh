@@ -11,7 +11,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 moe=${MOE:-$root/build/cmd/moe}
-out=${1:-results/bench}
+out=${1:-${OUT:-results/bench}}
 [ -s experiments/data/cache/fortunes/fortunes.txt ] || bash experiments/data/fortunes.sh >&2
 mkdir -p "$out"
 work=$(mktemp -d)

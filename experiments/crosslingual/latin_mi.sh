@@ -12,8 +12,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-work=$root/runs/crosslingual
-out=$root/results/crosslingual
+work=${WORK:-$root/runs/crosslingual}
+out=${OUT:-$root/results/crosslingual}
+mkdir -p "$out"
 langs=${LATIN:-deu eng fra spa}
 echo "system,seed,layer,languages,tokens,mi_language,chance" > "$out/mi_latin.csv"
 for d in "$work"/*-s*/route; do

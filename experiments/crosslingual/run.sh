@@ -30,8 +30,8 @@ moe=$(moe_bin)
 [ -x "$moe" ] || { echo "$0: no moe binary at '$moe' (build first)" >&2; exit 2; }
 texts=$root/experiments/data/cache/udhr/text
 [ -d "$texts" ] || { echo "$0: no texts in '$texts' (run: bash experiments/data/udhr.sh)" >&2; exit 2; }
-out=$root/results/crosslingual
-work=$root/runs/crosslingual
+out=${OUT:-$root/results/crosslingual}
+work=${WORK:-$root/runs/crosslingual}
 seeds=(${SEEDS:-1 2 3})
 mkdir -p "$out" "$work"
 echo "bash experiments/crosslingual/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), languages: $(ls "$texts" | sed 's/\.txt$//' | tr '\n' ' ')" > "$out/command.txt"

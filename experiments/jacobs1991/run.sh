@@ -14,8 +14,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 moe=${1:-$root/build/cmd/moe}
-out=$root/results/jacobs1991
-work=$here/work
+out=${OUT:-$root/results/jacobs1991}
+work=${WORK:-$here/work}
 data=$here/data/pb52.tsv
 grid=(0.01 0.03 0.1 0.3 1 3 10)
 select_seeds=101-105   # step-size search seeds, disjoint from the reported ones

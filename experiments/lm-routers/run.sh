@@ -27,8 +27,8 @@ moe=$(moe_bin)
 [ -x "$moe" ] || { echo "$0: no moe binary at '$moe' (build first)" >&2; exit 2; }
 corpus=$root/experiments/data/cache/fortunes/fortunes.txt
 [ -s "$corpus" ] || { echo "$0: no corpus at '$corpus' (run: bash experiments/data/fortunes.sh)" >&2; exit 2; }
-out=$root/results/lm-routers
-work=$root/runs/lm-routers
+out=${OUT:-$root/results/lm-routers}
+work=${WORK:-$root/runs/lm-routers}
 seeds=(${SEEDS:-1 2 3})
 mkdir -p "$out" "$work"
 echo "bash experiments/lm-routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)" > "$out/command.txt"

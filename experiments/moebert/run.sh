@@ -32,8 +32,8 @@ root=$(cd "$here/../.." && pwd)
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
-out=$root/results/moebert
-work=$root/runs/moebert
+out=${OUT:-$root/results/moebert}
+work=${WORK:-$root/runs/moebert}
 read -r -a seeds <<< "${SEEDS:-1 2 3}"
 threads=(--threads "${THREADS:-1}")
 mkdir -p "$out" "$work"

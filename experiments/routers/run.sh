@@ -23,8 +23,8 @@ root=$(cd "$here/../.." && pwd)
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
-out=$root/results/routers
-work=$root/runs/routers
+out=${OUT:-$root/results/routers}
+work=${WORK:-$root/runs/routers}
 seeds=(1 2 3)
 mkdir -p "$out" "$work"
 echo "bash experiments/routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)" > "$out/command.txt"

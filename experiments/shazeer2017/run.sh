@@ -16,8 +16,8 @@ root=$(cd "$here/../.." && pwd)
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
-out=$root/results/shazeer2017
-work=$root/runs/shazeer2017
+out=${OUT:-$root/results/shazeer2017}
+work=${WORK:-$root/runs/shazeer2017}
 seeds=(1 2 3)
 experts=(8 16)
 weights=(0 0.01 0.1 1)

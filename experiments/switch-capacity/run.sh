@@ -21,8 +21,8 @@ root=$(cd "$here/../.." && pwd)
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
-out=$root/results/switch-capacity
-work=$root/runs/switch-capacity
+out=${OUT:-$root/results/switch-capacity}
+work=${WORK:-$root/runs/switch-capacity}
 seeds=(1 2 3)
 factors=(0.5 0.75 1.0 1.25 2.0)
 alphas=(0 0.001 0.01 0.1)

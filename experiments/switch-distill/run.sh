@@ -47,8 +47,8 @@ moe=$(moe_bin)
 read -r -a seeds <<< "${SEEDS:-1 2 3}"
 threads=(--threads "${THREADS:-2}")
 if [ "$task" = fmnist ]; then
-  out=$root/results/switch-distill
-  work=$root/runs/switch-distill
+  out=${OUT:-$root/results/switch-distill}
+  work=${WORK:-$root/runs/switch-distill}
   cfg=$root/experiments/common/fmnist-moe.json
   switch=(--set 'moe.router="switch"' --set model.n_expert_used=1 --set model.n_ff=128 --set moe.jitter=0.01
           --set 'moe.aux_loss="switch"' --set moe.aux_weight=0.01 --set moe.capacity_factor=1.25
@@ -57,8 +57,8 @@ if [ "$task" = fmnist ]; then
 else
   [ -s "$root/experiments/data/cache/fortunes/fortunes.txt" ] ||
     { echo "$0: fortunes text missing: bash experiments/data/fortunes.sh" >&2; exit 2; }
-  out=$root/results/switch-distill/lm
-  work=$root/runs/switch-distill-lm
+  out=${OUT:-$root/results/switch-distill/lm}
+  work=${WORK:-$root/runs/switch-distill-lm}
   cfg=$root/experiments/common/lm.json
   switch=()   # lm.json is the switch teacher
   dense=(--set model.moe_every=99)

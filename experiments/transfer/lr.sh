@@ -19,8 +19,9 @@ root=$(cd "$here/../.." && pwd)
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
-out=$root/results/transfer
-work=$root/runs/transfer
+out=${OUT:-$root/results/transfer}
+mkdir -p "$out"
+work=${WORK:-$root/runs/transfer}
 read -r -a seeds <<< "${SEEDS:-1 2}"
 threads=${THREADS:-1}
 lrs=(0.006 0.02)

@@ -57,8 +57,8 @@ check_moe
 moe=$(moe_bin)
 texts=$root/experiments/data/cache/udhr/text
 [ -d "$texts" ] || { echo "$0: no texts in '$texts' (run: bash experiments/data/udhr.sh)" >&2; exit 2; }
-out=$root/results/transfer
-work=$root/runs/transfer
+out=${OUT:-$root/results/transfer}
+work=${WORK:-$root/runs/transfer}
 read -r -a seeds <<< "${SEEDS:-1 2 3}"
 threads=${THREADS:-1}
 mkdir -p "$out" "$work"

@@ -489,6 +489,20 @@ mkdir -p held_run held_ck lock_fifo
 echo '{}' >held_run/summary.json
 : >held_ck/checkpoint.safetensors
 [ -e lock_fifo/moe.lock ] || mkfifo lock_fifo/moe.lock
+# Interrupted run directories whose checkpoint carries a malformed run identity
+# (run.tags, run.id, run.sets: README, Run identity), refused by --resume.
+# ck_meta_dir NAME JQ_PROGRAM (applied to the checkpoint's header)
+ck_meta_dir() {
+    [ -s run/moe/checkpoint.safetensors ] || return 0
+    rm -rf "$1" && cp -r run/moe "$1" && rm -f "$1/summary.json" || return 0
+    st_jq "$1/checkpoint.safetensors" run/moe/checkpoint.safetensors "$2"
+}
+ck_meta_dir resume_tags_not_json '.__metadata__["run.tags"] = "{\"a\":"'
+ck_meta_dir resume_tags_bad_key '.__metadata__["run.tags"] = "{\"a-b\":\"1\"}"'
+ck_meta_dir resume_tags_newline '.__metadata__["run.tags"] = "{\"a\":\"x\\ny\"}"'
+ck_meta_dir resume_tags_not_string '.__metadata__["run.tags"] = "{\"a\":1}"'
+ck_meta_dir resume_run_id '.__metadata__["run.id"] = "xyz"'
+ck_meta_dir resume_sets_not_array '.__metadata__["run.sets"] = "{}"'
 
 # ------------------------------------------------------------------ the rows
 CMDS=(train compare-loss route-stats lora distill bench eval generate)

@@ -99,8 +99,8 @@ t_same() {
     for f in metrics.csv model.safetensors config.json; do
         cmp -s "p/$f" "q/$f" || { fail "p/$f differs from q/$f (with and without progress): $(cmp "p/$f" "q/$f" 2>&1)"; return 1; }
     done
-    jq -e -s '.[0] == .[1]' <(jq -S 'del(.wall_seconds, .train_rows_per_second, .train_tokens_per_second, .train_gflops, .threads, .out)' p/summary.json) \
-        <(jq -S 'del(.wall_seconds, .train_rows_per_second, .train_tokens_per_second, .train_gflops, .threads, .out)' q/summary.json) >/dev/null ||
+    jq -e -s '.[0] == .[1]' <(jq -S 'del(.wall_seconds, .train_rows_per_second, .train_tokens_per_second, .train_gflops, .threads, .out, .argv)' p/summary.json) \
+        <(jq -S 'del(.wall_seconds, .train_rows_per_second, .train_tokens_per_second, .train_gflops, .threads, .out, .argv)' q/summary.json) >/dev/null ||
         { fail "summaries differ beyond timing"; return 1; }
 }
 check "byte-identical metrics.csv and model.safetensors with and without the progress line" t_same
