@@ -64,6 +64,12 @@ int moe_run_cfg_parse(struct moe_run_cfg *rc, const struct moe_config *cfg, stru
     }
     if (!r)
         r = moe_lora_cfg_parse(&rc->lora, cfg, err);
+    const struct moe_data_cfg *d = &rc->data;
+    int has_valid = d->source == MOE_DATA_TEXT || (d->source == MOE_DATA_SYNTHETIC && d->synthetic.n_valid) ||
+                    (d->source == MOE_DATA_IDX && d->idx.valid_fraction > 0) ||
+                    (d->source == MOE_DATA_TABLE && d->table_valid_fraction > 0);
+    if (!r && rc->train.criterion_valid && !has_valid)
+        r = moe_error(err, MOE_ECONFIG, "key 'train.criterion_split': 'valid' needs a validation split (data.synthetic.n_valid, data.idx.valid_fraction or data.table.valid_fraction)");
     if (r)
         moe_run_cfg_release(rc);
     return r;

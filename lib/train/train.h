@@ -39,6 +39,10 @@ void moe_data_cfg_release(struct moe_data_cfg *c);
 
 struct moe_data {
     struct moe_dataset train, test;
+    // A validation split held out of the training data (data.synthetic.n_valid,
+    // data.idx.valid_fraction, data.table.valid_fraction): n = 0 when there is none.
+    // Text data keeps its validation part in `test` (the corpus's last fraction).
+    struct moe_dataset valid;
     int standardized;
     struct moe_standardize stats;
     int has_text;             // data.source = text: the splits are windows over corpus
@@ -117,6 +121,7 @@ struct moe_train_cfg {
     uint64_t seed, epochs, eval_every, log_every, checkpoint_every;
     int shuffle;
     enum moe_criterion criterion;
+    int criterion_valid;       // train.criterion_split = valid: the criterion reads the validation split
     double criterion_value, active_threshold;
     size_t max_batch_eval;
     // partial fine-tuning globs (train/tune.h); the strings point into the config
@@ -132,7 +137,7 @@ void moe_train_cfg_release(struct moe_train_cfg *c);
 struct moe_eval_row {
     uint64_t step;
     uint64_t epoch;
-    const char *split;    // "train" or "test"
+    const char *split;    // "train", "valid", "test" or "batch"
     size_t n;             // rows evaluated
     double loss;          // mean objective per row
     double mse;           // mean ||prediction - target||^2 per row
@@ -171,6 +176,7 @@ struct moe_train_result {
     uint64_t epochs;          // epochs run
     int64_t criterion_epoch;  // first epoch meeting the criterion, -1 if never (or none set)
     struct moe_eval_row final_train, final_test;
+    struct moe_eval_row final_valid; // split "valid" with a validation split (data->valid.n > 0), else n = 0
     double final_gate_mean[64]; // first 64 experts' final training mixing proportions
     double wall_seconds;
     double rows_per_second;   // training rows processed per second

@@ -26,6 +26,7 @@ const struct moe_cfg_key moe_train_keys[] = {
     { "train.shuffle", MOE_CFG_BOOL, "true", 1, 0, NULL, "reshuffle mini-batches every epoch" },
     { "train.eval_every", MOE_CFG_INT, "1", 1, BIG, NULL, "write metrics every N epochs (and at epoch 0, the last epoch, and the criterion epoch)" },
     { "train.criterion", MOE_CFG_STR, "\"none\"", 1, 0, "none|loss|mse|accuracy", "stop when the training split reaches criterion_value on this metric" },
+    { "train.criterion_split", MOE_CFG_STR, "\"train\"", 1, 0, "train|valid", "the split whose evaluation the criterion reads: train, or valid (the validation split: data.synthetic.n_valid, data.idx.valid_fraction, data.table.valid_fraction; for text data the corpus's validation part, the test rows)" },
     { "train.criterion_value", MOE_CFG_NUM, "0", -1e30, 1e30, NULL, "loss/mse: stop at or below; accuracy: stop at or above" },
     { "train.active_threshold", MOE_CFG_NUM, "0.05", 0, 1, NULL, "an expert is active when its mean mixing proportion exceeds this" },
     { "train.log_every", MOE_CFG_INT, "0", 0, BIG, NULL, "write a split=batch row to metrics.csv every N steps: training-mode means over those steps (0 = one per evaluation, over the steps since the last)" },
@@ -52,6 +53,7 @@ int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, s
         if (strcmp(crit, crits[i]) == 0)
             c->criterion = (enum moe_criterion)i;
     c->criterion_value = moe_cfg_num(cfg, "train.criterion_value");
+    c->criterion_valid = strcmp(moe_cfg_str(cfg, "train.criterion_split"), "valid") == 0;
     c->active_threshold = moe_cfg_num(cfg, "train.active_threshold");
     c->log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
     c->checkpoint_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
@@ -295,6 +297,8 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
 struct run {
     struct moe_model *m;
     const struct moe_dataset *tr, *te;
+    const struct moe_dataset *va;    // the validation split, or NULL (text: its validation part is te)
+    int crit_valid;                  // the criterion reads the validation split (va, or te for text)
     const struct moe_train_hooks *hooks;
     uint64_t seed, epochs, eval_every, ckpt_every, log_every;
     int use_crit, lm, shuffled;
@@ -306,9 +310,9 @@ struct run {
     struct moe_optim opt;
     // evaluation of the training and the test split (each row keeps pointers into its
     // own statistics until it is written), and training steps since the last batch row
-    struct moe_stats st, ste, sb;
-    struct moe_eval_row rtr, rte;
-    double *gm_train, *gm_test;      // (n_expert + 1) the rows' gate means
+    struct moe_stats st, ste, sb, sva;
+    struct moe_eval_row rtr, rte, rva;
+    double *gm_train, *gm_test, *gm_valid; // (n_expert + 1) the rows' gate means
     uint32_t *perm;                  // (rows) the epoch's order, shuffled runs
     struct moe_dataset batch;        // a shuffled batch's rows
     struct moe_lm_batch lb;          // language models: a batch's windows
@@ -392,6 +396,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->m = m;
     r->tr = &data->train;
     r->te = &data->test;
+    r->va = data->valid.n ? &data->valid : NULL;
     r->hooks = hooks;
     r->ck = (struct moe_train_ckpt){ .pos = { .criterion_epoch = -1 }, .opt = &r->opt, .batch_stats = &r->sb };
     r->seed = tc->seed;
@@ -402,6 +407,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->crit = tc->criterion;
     r->crit_value = tc->criterion_value;
     r->use_crit = tc->criterion != MOE_CRIT_NONE;
+    r->crit_valid = tc->criterion_valid;
     r->thr = tc->active_threshold;
     r->chunk = tc->max_batch_eval;
     r->lm = r->tr->task == MOE_TASK_LM;
@@ -423,13 +429,16 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
         r->chunk = bs; // evaluation windows per pass: at most a training batch (memory grows with n_ctx)
     r->bs = bs;
     r->shuffled = tc->shuffle && bs < tr->n && !r->lm;
+    if (r->crit_valid && !r->va && !r->lm)
+        return moe_error(err, MOE_ECONFIG, "key 'train.criterion_split': 'valid' needs a validation split (data.synthetic.n_valid, data.idx.valid_fraction or data.table.valid_fraction)");
     if ((rc = moe_train_stats_init(&r->st, m, tr, err)) || (rc = moe_train_stats_init(&r->ste, m, tr, err)) ||
-        (rc = moe_train_stats_init(&r->sb, m, tr, err)))
+        (rc = moe_train_stats_init(&r->sb, m, tr, err)) || (r->va && (rc = moe_train_stats_init(&r->sva, m, tr, err))))
         return rc;
     r->perm = malloc((tr->n ? tr->n : 1) * sizeof *r->perm);
     r->gm_train = calloc(m->n_expert + 1, sizeof *r->gm_train);
     r->gm_test = calloc(m->n_expert + 1, sizeof *r->gm_test);
-    if (!r->perm || !r->gm_train || !r->gm_test)
+    r->gm_valid = calloc(m->n_expert + 1, sizeof *r->gm_valid);
+    if (!r->perm || !r->gm_train || !r->gm_test || !r->gm_valid)
         return moe_error(err, MOE_ENOMEM, "out of memory");
     if ((r->lm && (rc = moe_lm_batch_alloc(&r->lb, bs, tr->n_ctx, err))) ||
         (hooks->distill && (rc = teacher_alloc(r, err))) ||
@@ -460,6 +469,7 @@ static void run_release(struct run *r)
     moe_stats_release(&r->st);
     moe_stats_release(&r->ste);
     moe_stats_release(&r->sb);
+    moe_stats_release(&r->sva);
     moe_dataset_release(&r->batch);
     moe_lm_batch_release(&r->lb);
     free(r->perm);
@@ -467,6 +477,7 @@ static void run_release(struct run *r)
     free(r->teacher_hidden);
     free(r->gm_train);
     free(r->gm_test);
+    free(r->gm_valid);
 }
 
 // Hand the state to the checkpoint hook.
@@ -667,7 +678,18 @@ static int eval_point(struct run *r, uint64_t epoch, int *last, struct moe_err *
         return moe_error(err, MOE_ENUMERIC, "epoch %llu (step %llu): evaluated training loss is not finite; first non-finite tensor: '%s' (weights, %s)",
                          (unsigned long long)epoch, (unsigned long long)pos->steps, bad ? bad : "none", kind);
     }
-    int met = r->use_crit && epoch > 0 && pos->criterion_epoch < 0 && criterion_met(r->crit, r->crit_value, &r->rtr);
+    // the validation split (split=valid rows) whenever the training split is evaluated
+    if (r->va && (rc = eval_split(r, r->va, "valid", epoch, &r->sva, &r->rva, r->gm_valid, err)))
+        return rc;
+    // the criterion's row: training, or validation (text: the test rows, the corpus's validation part)
+    const struct moe_eval_row *crow = &r->rtr;
+    if (r->crit_valid && r->va)
+        crow = &r->rva;
+    else if (r->crit_valid && r->use_crit && (rc = eval_split(r, r->te, "test", epoch, &r->ste, &r->rte, r->gm_test, err)))
+        return rc;
+    else if (r->crit_valid)
+        crow = &r->rte;
+    int met = r->use_crit && epoch > 0 && pos->criterion_epoch < 0 && criterion_met(r->crit, r->crit_value, crow);
     if (met) {
         pos->criterion_epoch = (int64_t)epoch;
         *last = 1;
@@ -677,9 +699,9 @@ static int eval_point(struct run *r, uint64_t epoch, int *last, struct moe_err *
     moe_eval_cb cb = r->hooks->row;
     void *ctx = r->hooks->ctx;
     if ((!r->log_every && (rc = batch_row(&r->sb, r->tr->task, r->thr, pos->steps, epoch, cb, ctx, err))) ||
-        (rc = eval_split(r, r->te, "test", epoch, &r->ste, &r->rte, r->gm_test, err)))
+        (!(r->crit_valid && !r->va && r->use_crit) && (rc = eval_split(r, r->te, "test", epoch, &r->ste, &r->rte, r->gm_test, err))))
         return rc;
-    if (cb && ((rc = cb(ctx, &r->rtr, err)) || (rc = cb(ctx, &r->rte, err))))
+    if (cb && ((rc = cb(ctx, &r->rtr, err)) || (r->va && (rc = cb(ctx, &r->rva, err))) || (rc = cb(ctx, &r->rte, err))))
         return rc;
     return 0;
 }
@@ -691,9 +713,11 @@ static void run_finish(struct run *r, struct moe_train_result *ret)
 {
     ret->final_train = r->rtr;
     ret->final_test = r->rte;
+    if (r->va)
+        ret->final_valid = r->rva;
     // the rows' pointers into the statistics do not outlive this call
-    struct moe_eval_row *fin[] = { &ret->final_train, &ret->final_test };
-    for (int i = 0; i < 2; i++) {
+    struct moe_eval_row *fin[] = { &ret->final_train, &ret->final_test, &ret->final_valid };
+    for (int i = 0; i < 3; i++) {
         fin[i]->gate_mean = NULL;
         fin[i]->route = NULL;
         fin[i]->n_route = 0;

@@ -717,6 +717,41 @@ t_no_partial() {
 }
 check "failed commands leave no summary.json or model.safetensors behind" t_no_partial
 
+# ---------------------------------------------------------------- validation split
+# data.synthetic.n_valid: split=valid rows between train and test at every evaluation, the same at
+# 1 and 2 threads; the train and test rows are those of the run without it; train.criterion_split
+# = valid stops at the first epoch whose validation loss meets the value.
+t_valid_split() {
+    local t
+    for t in 1 2; do
+        "$MOE" train --config "$TMP/reg.json" --set data.synthetic.n_valid=50 --out "$TMP/val$t" --threads "$t" --quiet \
+            >/dev/null 2>"$TMP/val$t.err" || { fail "n_valid run: $(cat "$TMP/val$t.err")"; return 1; }
+    done
+    "$MOE" train --config "$TMP/reg.json" --out "$TMP/val0" --threads 1 --quiet >/dev/null 2>&1 || { fail "plain run"; return 1; }
+    cmp -s "$TMP/val1/metrics.csv" "$TMP/val2/metrics.csv" || { fail "metrics.csv differs between 1 and 2 threads"; return 1; }
+    cmp -s <(grep -v ',valid,' "$TMP/val1/metrics.csv") "$TMP/val0/metrics.csv" ||
+        { fail "the train and test rows changed with a validation split"; return 1; }
+    [ "$(grep -c ',valid,' "$TMP/val1/metrics.csv")" = 5 ] || { fail "expected 5 valid rows (epochs 0-4)"; return 1; }
+    awk -F, 'NR > 1 && $3 != "batch" { s = s $3 " " } END { exit !(s ~ /^(train valid test )+$/) }' "$TMP/val1/metrics.csv" ||
+        { fail "rows are not train, valid, test at each evaluation"; return 1; }
+    jqe "$TMP/val1/summary.json" '.final.valid.rows == 50 and .final.test.rows == 100 and .final.train.rows == 200' \
+        "summary final.valid" || return 1
+    # moe eval --data valid: the summary's final.valid, value for value
+    "$MOE" eval --checkpoint "$TMP/val1/model.safetensors" --data valid --quiet >"$TMP/val1.eval" 2>&1 ||
+        { fail "eval --data valid: $(cat "$TMP/val1.eval")"; return 1; }
+    [ "$(jq -S -c . "$TMP/val1.eval")" = "$(jq -S -c .final.valid "$TMP/val1/summary.json")" ] ||
+        { fail "eval --data valid differs from final.valid"; return 1; }
+    # the criterion on the validation loss: the value of epoch 2's valid row
+    local v want
+    v=$(awk -F, '$2 == 2 && $3 == "valid" { print $4 }' "$TMP/val1/metrics.csv")
+    want=$(awk -F, -v v="$v" '$3 == "valid" && $2 > 0 && $4 + 0 <= v + 0 { print $2; exit }' "$TMP/val1/metrics.csv")
+    "$MOE" train --config "$TMP/reg.json" --set data.synthetic.n_valid=50 --set train.criterion=loss \
+        --set train.criterion_value="$v" --set train.criterion_split=valid --out "$TMP/valc" --threads 1 --quiet \
+        >/dev/null 2>"$TMP/valc.err" || { fail "criterion run: $(cat "$TMP/valc.err")"; return 1; }
+    jqe "$TMP/valc/summary.json" ".criterion_epoch == $want and .epochs == $want" "criterion on the validation split" || return 1
+}
+check "validation split: valid rows, thread-independent, train/test unchanged; criterion_split=valid" t_valid_split
+
 echo "1..$N"
 if [ "$FAILED" -gt 0 ]; then
     echo "# $FAILED of $N checks failed"
