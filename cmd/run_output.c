@@ -494,6 +494,10 @@ void run_output_summary_result(cJSON *s, const struct run_output *o, const struc
         cJSON_AddNumberToObject(s, "criterion_epoch", (double)res->criterion_epoch);
     else
         cJSON_AddNullToObject(s, "criterion_epoch");
+    if (res->select_best) { // train.select = best_valid_loss: the epoch whose parameters the run ends with
+        cJSON_AddStringToObject(s, "select", "best_valid_loss");
+        cJSON_AddNumberToObject(s, "selected_epoch", (double)res->selected_epoch);
+    }
     cJSON *fin = cJSON_AddObjectToObject(s, "final");
     cJSON_AddItemToObject(fin, "train", run_output_eval_json(&res->final_train));
     cJSON_AddItemToObject(fin, "test", run_output_eval_json(&res->final_test));

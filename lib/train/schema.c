@@ -70,6 +70,8 @@ int moe_run_cfg_parse(struct moe_run_cfg *rc, const struct moe_config *cfg, stru
                     (d->source == MOE_DATA_TABLE && d->table_valid_fraction > 0);
     if (!r && rc->train.criterion_valid && !has_valid)
         r = moe_error(err, MOE_ECONFIG, "key 'train.criterion_split': 'valid' needs a validation split (data.synthetic.n_valid, data.idx.valid_fraction or data.table.valid_fraction)");
+    if (!r && rc->train.select_best && !has_valid)
+        r = moe_error(err, MOE_ECONFIG, "key 'train.select': 'best_valid_loss' needs a validation split (data.synthetic.n_valid, data.idx.valid_fraction or data.table.valid_fraction)");
     if (r)
         moe_run_cfg_release(rc);
     return r;
@@ -105,6 +107,7 @@ int moe_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_ta
         .optimizer = oc,
         .batch_size = oc->type == MOE_OPTIM_GD ? 0 : oc->batch_size, // gd: always the full batch
         .shuffle = rc->train.shuffle,
+        .select_best = rc->train.select_best,
     };
     return moe_model_estimate_hp(&rc->model, &rc->data, training ? &loop : NULL, task, n_in, n_out, n_train_rows,
                                  n_test_rows, max_batch, ret, err);

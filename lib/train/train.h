@@ -122,6 +122,7 @@ struct moe_train_cfg {
     int shuffle;
     enum moe_criterion criterion;
     int criterion_valid;       // train.criterion_split = valid: the criterion reads the validation split
+    int select_best;           // train.select = best_valid_loss: the run ends with the best validation evaluation's parameters
     double criterion_value, active_threshold;
     size_t max_batch_eval;
     // partial fine-tuning globs (train/tune.h); the strings point into the config
@@ -177,6 +178,8 @@ struct moe_train_result {
     int64_t criterion_epoch;  // first epoch meeting the criterion, -1 if never (or none set)
     struct moe_eval_row final_train, final_test;
     struct moe_eval_row final_valid; // split "valid" with a validation split (data->valid.n > 0), else n = 0
+    int select_best;          // train.select = best_valid_loss
+    int64_t selected_epoch;   // with select_best: the epoch whose parameters the run ends with (final_* are theirs)
     double final_gate_mean[64]; // first 64 experts' final training mixing proportions
     double wall_seconds;
     double rows_per_second;   // training rows processed per second
@@ -249,7 +252,19 @@ struct moe_train_ckpt {
     struct moe_train_pos pos;
     const struct moe_optim *opt;
     const struct moe_stats *batch_stats;
+    // train.select = best_valid_loss: the snapshot of the best validation evaluation so far
+    // (tensor "train.best": the parameters' flat buffer, then the model's F32 state), its epoch
+    // (-1: none yet) and loss; best NULL otherwise (nothing written).
+    const float *best;
+    size_t best_n;
+    int64_t best_epoch;
+    double best_loss;
 };
+// With train.select = best_valid_loss: read the snapshot of a checkpoint into ck->best (best_n
+// floats, allocated by the caller), ck->best_epoch and ck->best_loss; a checkpoint without one
+// (no evaluation yet) leaves best_epoch -1.
+int moe_train_best_read(const struct moe_st_file *f, float *best, size_t best_n, int64_t *best_epoch,
+                        double *best_loss, struct moe_err *err);
 
 // Where a run stands after a training step (moe_train_hooks.step): what a
 // progress display needs, read-only. The steps of a run are at most epochs x

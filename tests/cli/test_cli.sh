@@ -752,6 +752,61 @@ t_valid_split() {
 }
 check "validation split: valid rows, thread-independent, train/test unchanged; criterion_split=valid" t_valid_split
 
+# train.select = best_valid_loss: a small noisy training set overfits, so the validation loss
+# turns up; the run ends with the epoch of the lowest validation row, and its final rows and
+# model.safetensors are that epoch's. A SIGTERM and --resume end with the same selection.
+QUICK=$HERE/../../examples/quickstart.json
+SEL=(--set data.synthetic.n_valid=100 --set data.synthetic.n_train=24 --set data.synthetic.noise=0.8
+     --set optim.lr=0.05 --set train.eval_every=5 --set train.select=best_valid_loss)
+t_select() {
+    "$MOE" train --config "$QUICK" "${SEL[@]}" --set train.epochs=40 --out "$TMP/sel" --threads 1 --quiet \
+        >/dev/null 2>"$TMP/sel.err" || { fail "select run: $(cat "$TMP/sel.err")"; return 1; }
+    local best row
+    best=$(awk -F, '$3 == "valid" { if (b == "" || $4 + 0 < v + 0) { b = $2; v = $4 } } END { print b }' "$TMP/sel/metrics.csv")
+    [ "$best" -gt 0 ] && [ "$best" -lt 40 ] || { fail "the fixture should select an inner epoch, got $best"; return 1; }
+    jqe "$TMP/sel/summary.json" ".select == \"best_valid_loss\" and .selected_epoch == $best and .epochs == 40" \
+        "selected_epoch is the epoch of the lowest validation loss ($best)" || return 1
+    for row in valid test train; do
+        awk -F, -v e="$best" -v s="$row" -v f="$(jq .final.$row.loss "$TMP/sel/summary.json")" \
+            '$2 == e && $3 == s { d = $4 - f; if (d < 0) d = -d; found = 1; ok = d <= 1e-8 * (f < 0 ? -f : f) + 1e-12 }
+             END { exit !(found && ok) }' "$TMP/sel/metrics.csv" ||
+            { fail "final.$row.loss is not epoch $best's $row row"; return 1; }
+    done
+    "$MOE" eval --checkpoint "$TMP/sel/model.safetensors" --data test --quiet >"$TMP/sel.eval" 2>&1 &&
+        [ "$(jq -S -c . "$TMP/sel.eval")" = "$(jq -S -c .final.test "$TMP/sel/summary.json")" ] ||
+        { fail "model.safetensors is not the selected model (eval --data test vs final.test)"; return 1; }
+}
+check "train.select=best_valid_loss: the epoch of the lowest validation loss; final rows and model are its" t_select
+t_select_resume() {
+    "$MOE" train --config "$QUICK" "${SEL[@]}" --set train.epochs=300 --set train.checkpoint_every=3 \
+        --out "$TMP/selr" --threads 1 --quiet >/dev/null 2>&1 || { fail "select reference run"; return 1; }
+    rm -rf "$TMP/selt"
+    "$MOE" train --config "$QUICK" "${SEL[@]}" --set train.epochs=300 --set train.checkpoint_every=3 \
+        --out "$TMP/selt" --threads 1 --quiet >/dev/null 2>"$TMP/selt.err" &
+    local pid=$! i=0
+    while [ ! -e "$TMP/selt/checkpoint.safetensors" ] && [ $i -lt 1000 ] && kill -0 "$pid" 2>/dev/null; do
+        sleep 0.01
+        i=$((i + 1))
+    done
+    sleep 0.1
+    kill -s TERM "$pid" 2>/dev/null
+    wait "$pid"
+    local rc=$?
+    [ "$rc" = 143 ] || [ "$rc" = 0 ] || { fail "exit $rc: $(cat "$TMP/selt.err")"; return 1; }
+    echo "# select resume: stopped with exit $rc at step $(jq .steps "$TMP/selt/summary.json" 2>/dev/null)"
+    "$MOE" train --resume "$TMP/selt" --threads 1 --quiet >/dev/null 2>"$TMP/selt.err2" ||
+        { fail "resume: $(cat "$TMP/selt.err2")"; return 1; }
+    cmp -s "$TMP/selr/metrics.csv" "$TMP/selt/metrics.csv" || { fail "metrics.csv differs after resume"; return 1; }
+    cmp -s <(tensor_bytes "$TMP/selr/model.safetensors") <(tensor_bytes "$TMP/selt/model.safetensors") ||
+        { fail "model.safetensors tensors differ after resume"; return 1; }
+    [ "$(header_text "$TMP/selr/model.safetensors" | jq -S -c 'del(.__metadata__["train.seconds"])')" = \
+      "$(header_text "$TMP/selt/model.safetensors" | jq -S -c 'del(.__metadata__["train.seconds"])')" ] ||
+        { fail "model.safetensors header differs after resume"; return 1; }
+    [ "$(jq -c '[.selected_epoch, .final]' "$TMP/selr/summary.json")" = "$(jq -c '[.selected_epoch, .final]' "$TMP/selt/summary.json")" ] ||
+        { fail "selection differs after resume"; return 1; }
+}
+check "train.select=best_valid_loss: SIGTERM and --resume end with the same selection, rows and model" t_select_resume
+
 echo "1..$N"
 if [ "$FAILED" -gt 0 ]; then
     echo "# $FAILED of $N checks failed"
