@@ -159,7 +159,7 @@ struct curve_ctx {
 static int write_curve(void *ctx, const struct moe_eval_row *r, struct moe_err *err)
 {
     struct curve_ctx *cc = ctx;
-    if (strcmp(r->split, "batch") == 0) // training-mode means: not part of the curves
+    if (strcmp(r->split, "batch") == 0 || strcmp(r->split, "valid") == 0) // training-mode means, validation: not part of the curves
         return 0;
     if (strcmp(r->split, "train") == 0) {
         cc->train = *r;

@@ -18,7 +18,8 @@ static const char *const usage =
     "Evaluate a trained checkpoint on a split of its data as training's final evaluation does, and\n"
     "print one JSON object on stdout: the keys and values of summary.json's final.train (--data train)\n"
     "or final.test (--data test or valid: the held-out split; for text data the corpus's validation\n"
-    "part). Default: the held-out split. The data is the checkpoint's own config's, standardised with\n"
+    "part), or final.valid (--data valid with a validation split: data.synthetic.n_valid,\n"
+    "data.idx.valid_fraction, data.table.valid_fraction). Default: the held-out split. The data is the checkpoint's own config's, standardised with\n"
     "the checkpoint's statistics; --config FILE (its keys applied over the checkpoint's config, then\n"
     "each --set) may point data.* elsewhere, but no model.* key may change.\n";
 
@@ -38,7 +39,7 @@ static int on_opt(void *ctx, int opt, const char *arg)
     case OPT_DATA:
         if (strcmp(arg, "train") != 0 && strcmp(arg, "test") != 0 && strcmp(arg, "valid") != 0)
             return cli_error("eval", 2, "option '--data': expected train, valid or test, got '%s'", arg);
-        o->split = strcmp(arg, "train") == 0 ? "train" : "test";
+        o->split = strcmp(arg, "train") == 0 ? "train" : strcmp(arg, "valid") == 0 ? "valid" : "test";
         return 0;
     }
     return 2;
@@ -180,9 +181,15 @@ int cmd_eval(int argc, char **argv)
         (rc = cli_ckpt_refuse_model_sets(cmd, "--config", (const char *const *)sets, n_config)) ||
         (rc = cli_ckpt_refuse_model_sets(cmd, "--set", (const char *const *)sets + n_config, n_sets - n_config)))
         goto done;
-    if ((rc = cli_ckpt_load(cmd, o.ckpt, (const char *const *)sets, n_sets, c.ignore_memory, eval_batch, o.split, &k)))
+    int want_valid = strcmp(o.split, "valid") == 0;
+    if ((rc = cli_ckpt_load(cmd, o.ckpt, (const char *const *)sets, n_sets, c.ignore_memory, eval_batch,
+                            want_valid ? "test" : o.split, &k)))
         goto done;
     const struct moe_dataset *d = strcmp(o.split, "train") == 0 ? &k.data.train : &k.data.test;
+    if (want_valid && k.data.valid.n) // a validation split of its own (else the held-out split, as before)
+        d = &k.data.valid;
+    else if (want_valid)
+        o.split = "test";
     struct moe_err err = { 0 };
     struct moe_eval_row row;
     if (moe_train_stats_init(&st, &k.model, &k.data.train, &err) ||

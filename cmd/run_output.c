@@ -550,9 +550,15 @@ void run_output_summary_result(cJSON *s, const struct run_output *o, const struc
         cJSON_AddNumberToObject(s, "criterion_epoch", (double)res->criterion_epoch);
     else
         cJSON_AddNullToObject(s, "criterion_epoch");
+    if (res->select_best) { // train.select = best_valid_loss: the epoch whose parameters the run ends with
+        cJSON_AddStringToObject(s, "select", "best_valid_loss");
+        cJSON_AddNumberToObject(s, "selected_epoch", (double)res->selected_epoch);
+    }
     cJSON *fin = cJSON_AddObjectToObject(s, "final");
     cJSON_AddItemToObject(fin, "train", run_output_eval_json(&res->final_train));
     cJSON_AddItemToObject(fin, "test", run_output_eval_json(&res->final_test));
+    if (res->final_valid.split) // a validation split (data.*.valid_fraction, data.synthetic.n_valid)
+        cJSON_AddItemToObject(fin, "valid", run_output_eval_json(&res->final_valid));
     if (m->n_expert) {
         size_t k = m->n_expert < 64 ? m->n_expert : 64;
         cJSON_AddItemToObject(s, "gate_mean_train", cJSON_CreateDoubleArray(res->final_gate_mean, (int)k));

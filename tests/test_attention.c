@@ -366,13 +366,15 @@ END_TEST
 struct att_ctx {
     size_t B, C, D, H;
     float *qkv, *w, *out, *att;
+    float *attp;                   // attention dropout: the probabilities before it
+    const struct moe_dropout *drop; // NULL: none
 };
 
 // L = sum_{b,t,j} out[b, t, j] w[b, t, j]
 static double att_loss(void *p)
 {
     struct att_ctx *c = p;
-    moe_attention_forward(c->out, c->att, c->qkv, c->B, c->C, c->D, c->H);
+    moe_attention_forward_drop(c->out, c->att, c->attp, c->qkv, c->B, c->C, c->D, c->H, c->drop);
     double s = 0.0;
     for (size_t i = 0; i < c->B * c->C * c->D; i++)
         s += (double)c->out[i] * c->w[i];
@@ -381,11 +383,15 @@ static double att_loss(void *p)
 
 // dqkv against finite differences for every element of qkv. dqkv starts at known nonzero values
 // (backward must add) and datt at NaN (it is scratch: nothing may be read before it is written).
-static void check_attention_grad(size_t B, size_t C, size_t D, size_t H, float scale, uint32_t stream)
+// With attention dropout p > 0 (a fixed mask: seed, step and site do not change between the
+// evaluations) the gradient is that of the dropped attention.
+static void check_attention_grad_p(size_t B, size_t C, size_t D, size_t H, float scale, uint32_t stream, float p)
 {
     size_t nqkv = B * C * 3 * D, nout = B * C * D, natt = B * H * C * C;
+    struct moe_dropout drop = moe_dropout_make(p, 77, 5, 1, MOE_DROP_ATTN);
     struct att_ctx c = { B, C, D, H, malloc(nqkv * sizeof(float)), malloc(nout * sizeof(float)),
-                         malloc(nout * sizeof(float)), malloc(natt * sizeof(float)) };
+                         malloc(nout * sizeof(float)), malloc(natt * sizeof(float)), malloc(natt * sizeof(float)),
+                         p > 0 ? &drop : NULL };
     float *dqkv = malloc(nqkv * sizeof(float)), *dqkv0 = malloc(nqkv * sizeof(float));
     float *datt = malloc(natt * sizeof(float)), *a = malloc(nqkv * sizeof(float));
     ck_assert(c.qkv && c.w && c.out && c.att && dqkv && dqkv0 && datt && a);
@@ -395,12 +401,12 @@ static void check_attention_grad(size_t B, size_t C, size_t D, size_t H, float s
     memcpy(dqkv, dqkv0, nqkv * sizeof(float));
     fill_nan(datt, natt);
     att_loss(&c);
-    moe_attention_backward(dqkv, datt, c.w, c.qkv, c.att, B, C, D, H);
+    moe_attention_backward_drop(dqkv, datt, c.w, c.qkv, c.att, c.attp, B, C, D, H, c.drop);
     for (size_t i = 0; i < nqkv; i++)
         a[i] = dqkv[i] - dqkv0[i];
 
-    char what[64];
-    snprintf(what, sizeof what, "attention dqkv B=%zu C=%zu D=%zu H=%zu", B, C, D, H);
+    char what[96];
+    snprintf(what, sizeof what, "attention dqkv B=%zu C=%zu D=%zu H=%zu dropout %g", B, C, D, H, (double)p);
     grad_worst = 0.0;
     for (size_t i = 0; i < nqkv; i++)
         check_grad(a[i], numeric_grad(&c.qkv[i], H_KERNEL, att_loss, &c), what, i);
@@ -414,7 +420,12 @@ static void check_attention_grad(size_t B, size_t C, size_t D, size_t H, float s
     }
     ck_assert_msg(m[2] > 0.1, "%s: max |dv| = %g", what, m[2]);
     report_worst(what);
-    free(c.qkv), free(c.w), free(c.out), free(c.att), free(dqkv), free(dqkv0), free(datt), free(a);
+    free(c.qkv), free(c.w), free(c.out), free(c.att), free(c.attp), free(dqkv), free(dqkv0), free(datt), free(a);
+}
+
+static void check_attention_grad(size_t B, size_t C, size_t D, size_t H, float scale, uint32_t stream)
+{
+    check_attention_grad_p(B, C, D, H, scale, stream, 0.0f);
 }
 
 START_TEST(test_attention_grad)
@@ -428,6 +439,55 @@ START_TEST(test_attention_grad_special)
     check_attention_grad(2, 6, 6, 1, 2.0f, 210);   // H = 1, peaked softmax
     check_attention_grad(2, 1, 8, 2, 1.0f, 220);   // C = 1
     check_attention_grad(1, 4, 144, 2, 1.0f, 230); // hs = 72 > the 64-column accumulator
+}
+END_TEST
+
+// Attention-probability dropout: gradients on both paths (tiles, hs <= 64, and GEMMs); the forward
+// keeps the plain probabilities in attp bit for bit, att = attp * m / (1 - p) with about p of the
+// causal entries dropped, the mask the same at 1 and 2 threads and different at another step; off
+// (NULL or p = 0) is the plain kernel bit for bit.
+START_TEST(test_attention_dropout)
+{
+    check_attention_grad_p(2, 5, 8, 2, 1.0f, 240, 0.3f);
+    check_attention_grad_p(1, 4, 144, 2, 1.0f, 250, 0.5f);
+    enum { DB = 2, DC = 16, DD = 16, DH = 2 };
+    size_t nqkv = DB * DC * 3 * DD, nout = DB * DC * DD, natt = DB * DH * DC * DC;
+    float *qkv = malloc(nqkv * sizeof(float)), *out0 = malloc(nout * sizeof(float)),
+          *att0 = malloc(natt * sizeof(float)), *out = malloc(nout * sizeof(float)),
+          *att = malloc(natt * sizeof(float)), *attp = malloc(natt * sizeof(float)),
+          *att2 = malloc(natt * sizeof(float)), *out2 = malloc(nout * sizeof(float));
+    ck_assert(qkv && out0 && att0 && out && att && attp && att2 && out2);
+    fill_u(qkv, nqkv, 260, -1, 1);
+    moe_attention_forward(out0, att0, qkv, DB, DC, DD, DH);
+    struct moe_dropout off = moe_dropout_make(0.0, 1, 2, 0, MOE_DROP_ATTN);
+    moe_attention_forward_drop(out, att, NULL, qkv, DB, DC, DD, DH, &off);
+    ck_assert_mem_eq(out, out0, nout * sizeof(float));
+    ck_assert_mem_eq(att, att0, natt * sizeof(float));
+    const float p = 0.25f;
+    struct moe_dropout d = moe_dropout_make(p, 1, 2, 0, MOE_DROP_ATTN);
+    omp_set_num_threads(1);
+    moe_attention_forward_drop(out, att, attp, qkv, DB, DC, DD, DH, &d);
+    omp_set_num_threads(2);
+    moe_attention_forward_drop(out2, att2, attp, qkv, DB, DC, DD, DH, &d);
+    ck_assert_mem_eq(out, out2, nout * sizeof(float));
+    ck_assert_mem_eq(att, att2, natt * sizeof(float));
+    ck_assert_mem_eq(attp, att0, natt * sizeof(float));
+    size_t causal = 0, dropped = 0;
+    for (size_t bh = 0; bh < DB * DH; bh++)
+        for (size_t t = 0; t < DC; t++)
+            for (size_t s = 0; s <= t; s++) {
+                size_t i = (bh * DC + t) * DC + s;
+                int keep = moe_dropout_keep(&d, i);
+                ck_assert_float_eq(att[i], keep ? att0[i] * (1.0f / (1.0f - p)) : 0.0f);
+                causal++;
+                dropped += !keep;
+            }
+    double rate = (double)dropped / (double)causal;
+    ck_assert_msg(rate > 0.17 && rate < 0.33, "dropped %zu of %zu", dropped, causal);
+    struct moe_dropout d2 = moe_dropout_make(p, 1, 3, 0, MOE_DROP_ATTN);
+    moe_attention_forward_drop(out2, att2, attp, qkv, DB, DC, DD, DH, &d2);
+    ck_assert(memcmp(att, att2, natt * sizeof(float)) != 0);
+    free(qkv), free(out0), free(att0), free(out), free(att), free(attp), free(att2), free(out2);
 }
 END_TEST
 
@@ -630,6 +690,7 @@ static Suite *attention_suite(void)
     tcase_add_test(tc, test_attention_grad);
     tcase_add_test(tc, test_attention_grad_special);
     tcase_add_test(tc, test_attention_accumulate);
+    tcase_add_test(tc, test_attention_dropout);
 #ifdef _OPENMP
     tcase_add_test(tc, test_attention_threads);
     tcase_add_test(tc, test_attention_threads_gemm);

@@ -1293,6 +1293,83 @@ static void expect_data_cfg_error(const char *const *ovs, size_t n, int code, co
     moe_config_release(&cfg);
 }
 
+// Validation splits. Table (random split) and the same rule for IDX: the last floor(f * n)
+// training rows, in the split's order, with the rest left as the training split; deterministic;
+// standardisation fitted on the remaining training rows only. Synthetic: n_valid rows of their own
+// stream, training and test rows unchanged. A fraction that leaves no validation row is refused.
+START_TEST(test_valid_split)
+{
+    struct moe_dataset tr, te;
+    random_split(7, &tr, &te); // the training split without a validation split
+    char ov_path[128];
+    snprintf(ov_path, sizeof ov_path, "data.table.path=%s/split.csv", g_dir);
+    const char *tab[] = { "data.source=table", ov_path, "data.table.features=[\"i\"]", "data.table.targets=[\"t\"]",
+                          "data.table.test_fraction=0.3", "train.seed=7", "data.table.valid_fraction=0.25" };
+    struct moe_config cfg;
+    struct moe_data_cfg c;
+    struct moe_err err = { 0 };
+    ck_assert_msg(parse_data(&c, tab, sizeof tab / sizeof *tab, &cfg, &err) == 0, "%s", err.msg);
+    struct moe_data a, b;
+    ck_assert_msg(moe_data_load_cfg(&a, &c, NULL, &err) == 0, "%s", err.msg);
+    ck_assert_msg(moe_data_load_cfg(&b, &c, NULL, &err) == 0, "%s", err.msg);
+    size_t nv = (size_t)(0.25 * (double)tr.n);
+    ck_assert_uint_gt(nv, 0);
+    ck_assert_uint_eq(a.valid.n, nv);
+    ck_assert_uint_eq(a.train.n, tr.n - nv);
+    ck_assert_uint_eq(a.test.n, te.n);
+    ck_assert_mem_eq(a.train.x, tr.x, a.train.n * sizeof(float));
+    ck_assert_mem_eq(a.valid.x, tr.x + a.train.n, nv * sizeof(float));
+    ck_assert_mem_eq(a.test.x, te.x, te.n * sizeof(float));
+    ck_assert_mem_eq(b.valid.x, a.valid.x, nv * sizeof(float));
+    moe_data_release(&a);
+    moe_data_release(&b);
+    moe_data_cfg_release(&c);
+    moe_config_release(&cfg);
+    // standardised: the statistics of the remaining training rows
+    const char *tabs[] = { "data.source=table", ov_path, "data.table.features=[\"i\"]", "data.table.targets=[\"t\"]",
+                           "data.table.test_fraction=0.3", "train.seed=7", "data.table.valid_fraction=0.25",
+                           "data.standardize=true" };
+    ck_assert_msg(parse_data(&c, tabs, sizeof tabs / sizeof *tabs, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_msg(moe_data_load_cfg(&a, &c, NULL, &err) == 0, "%s", err.msg);
+    double mean = 0;
+    for (size_t i = 0; i < tr.n - nv; i++)
+        mean += tr.x[i];
+    mean /= (double)(tr.n - nv);
+    ck_assert_double_eq_tol(a.stats.mean[0], mean, 1e-4);
+    ck_assert_double_eq_tol(a.valid.x[0], (tr.x[tr.n - nv] - a.stats.mean[0]) / a.stats.std[0], 1e-5);
+    moe_data_release(&a);
+    moe_data_cfg_release(&c);
+    moe_config_release(&cfg);
+    // too small a fraction for the rows: one line naming the key, a config error
+    const char *tiny[] = { "data.source=table", ov_path, "data.table.features=[\"i\"]", "data.table.targets=[\"t\"]",
+                           "data.table.valid_fraction=0.001" };
+    ck_assert_msg(parse_data(&c, tiny, sizeof tiny / sizeof *tiny, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(moe_data_load_cfg(&a, &c, NULL, &err), MOE_ECONFIG);
+    ck_assert_ptr_nonnull(strstr(err.msg, "key 'data.table.valid_fraction'"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "empty validation split"));
+    moe_data_cfg_release(&c);
+    moe_config_release(&cfg);
+    moe_dataset_release(&tr);
+    moe_dataset_release(&te);
+
+    // synthetic: training and test rows do not depend on n_valid; validation rows are new rows
+    struct moe_synth_spec sp = synth_spec("regions", 11);
+    struct moe_dataset s0, t0, s1, t1, v1;
+    ck_assert_int_eq(moe_synth_make(&sp, &s0, &t0, &err), 0);
+    sp.n_valid = 37;
+    ck_assert_int_eq(moe_synth_make_ex(&sp, &s1, &t1, &v1, &err), 0);
+    ck_assert_uint_eq(v1.n, 37);
+    ck_assert_uint_eq(s1.n, s0.n);
+    ck_assert_mem_eq(s1.x, s0.x, s0.n * s0.n_in * sizeof(float));
+    ck_assert_mem_eq(t1.y, t0.y, t0.n * t0.n_out * sizeof(float));
+    ck_assert(memcmp(v1.x, s0.x, 37 * s0.n_in * sizeof(float)) != 0);
+    ck_assert(memcmp(v1.x, t0.x, 37 * t0.n_in * sizeof(float)) != 0);
+    ck_assert_ptr_nonnull(v1.group);
+    moe_dataset_release(&s0), moe_dataset_release(&t0), moe_dataset_release(&s1), moe_dataset_release(&t1);
+    moe_dataset_release(&v1);
+}
+END_TEST
+
 START_TEST(test_data_cfg_errors)
 {
 #define TABLE "data.source=table", "data.table.path=/a/t.csv", "data.table.features=[\"F1\"]", "data.table.targets=[\"y\"]"
@@ -1461,6 +1538,7 @@ static Suite *data_suite(void)
     tcase_add_test(tc, test_data_cfg_errors);
     tcase_add_test(tc, test_csv_append_live);
     tcase_add_test(tc, test_csv_reopen_cuts_back);
+    tcase_add_test(tc, test_valid_split);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -279,6 +279,10 @@ START_TEST(test_transformer_named)
         { "softmax + bias balance",
           { TF_BASE, "model.n_layer=2", "model.moe_every=1", "moe.router=softmax", "model.n_expert=4",
             "model.n_expert_used=2", "moe.bias_balance=true", "moe.aux_loss=none" } },
+        { "dropout everywhere (attention: one more (B, H, C, C) per block)",
+          { TF_BASE, "model.n_layer=2", "model.moe_every=2", "moe.router=softmax", "model.n_expert=4",
+            "model.dropout.attention=0.1", "model.dropout.residual=0.1",
+            "model.dropout.ffn=0.1" } },
     };
     static const size_t langs[] = { 1, 3 }, vocabs[] = { 256, 300 };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {

@@ -317,6 +317,17 @@ static const char *const model_cfgs[] = {
     "\"model\":{\"type\":\"mlp-moe\",\"n_embd\":5,\"n_layer\":2,\"n_ff\":4,\"n_expert\":3,\"n_expert_used\":1,"
     "\"n_expert_shared\":1,\"ffn_activation\":\"swiglu\",\"norm\":\"rmsnorm\"},\"loss\":{\"type\":\"mse\"},"
     "\"moe\":{\"router\":\"switch\",\"aux_weight\":0.2,\"z_weight\":0.01,\"capacity_factor\":1.0}}",
+    // dropout (fixed mask: the batch's step) on the residual branches and every FFN's hidden units:
+    // a dense block, then a sparse one with a shared expert, gelu
+    "{\"data\":{\"source\":\"synthetic\",\"synthetic\":{\"kind\":\"classes\",\"n_in\":3,\"n_regions\":3}},"
+    "\"model\":{\"type\":\"mlp-moe\",\"n_embd\":5,\"n_layer\":2,\"moe_every\":2,\"n_ff\":6,\"n_expert\":3,"
+    "\"n_expert_used\":2,\"n_expert_shared\":1,\"ffn_activation\":\"gelu\",\"dropout\":{\"residual\":0.3,\"ffn\":0.3}},"
+    "\"loss\":{\"type\":\"ce\"},\"moe\":{\"router\":\"softmax\",\"aux_loss\":\"switch\",\"aux_weight\":0.1,\"capacity_factor\":0}}",
+    // the same with swiglu and rmsnorm, regression, FFN dropout only
+    "{\"data\":{\"source\":\"synthetic\",\"synthetic\":{\"kind\":\"regions\",\"n_in\":3,\"n_out\":2}},"
+    "\"model\":{\"type\":\"mlp-moe\",\"n_embd\":5,\"n_layer\":2,\"moe_every\":2,\"n_ff\":6,\"n_expert\":3,"
+    "\"n_expert_used\":1,\"ffn_activation\":\"swiglu\",\"norm\":\"rmsnorm\",\"dropout\":{\"ffn\":0.5}},"
+    "\"loss\":{\"type\":\"mse\"},\"moe\":{\"router\":\"switch\",\"aux_weight\":0.1,\"capacity_factor\":0}}",
 };
 
 START_TEST(test_model_grad)

@@ -409,6 +409,67 @@ START_TEST(test_gelu_silu_hand)
 }
 END_TEST
 
+// Inverted dropout (nn/dropout.c): kept elements scaled by 1 / (1 - p), the rest 0, about p dropped;
+// the mask is moe_dropout_keep's, a pure function of (seed, step, site, element): the same for any
+// split of the elements into calls, another at another step, seed or site; rows keyed by (token,
+// slot) see the mask of their key wherever they sit; p = 0 or NULL leaves x alone.
+START_TEST(test_dropout)
+{
+    enum { N = 10000 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y);
+    ck_assert(x && y);
+    fill_u(x, N, 300, -1, 1);
+    memcpy(y, x, N * sizeof *x);
+    const float p = 0.3f;
+    struct moe_dropout d = moe_dropout_make(p, 11, 7, 2, MOE_DROP_FFN);
+    ck_assert_uint_eq(d.site, 2 * MOE_DROP_KINDS + MOE_DROP_FFN);
+    moe_dropout_apply(&d, y, N, 100);
+    size_t dropped = 0;
+    for (size_t i = 0; i < N; i++) {
+        int keep = moe_dropout_keep(&d, 100 + i);
+        ck_assert_float_eq(y[i], keep ? x[i] * (1.0f / (1.0f - p)) : 0.0f);
+        dropped += !keep;
+    }
+    ck_assert_msg(dropped > 2800 && dropped < 3200, "dropped %zu of %d", dropped, N);
+    // in two calls split at an odd place: the same values
+    float *z = malloc(N * sizeof *z);
+    memcpy(z, x, N * sizeof *x);
+    moe_dropout_apply(&d, z, 4097, 100);
+    moe_dropout_apply(&d, z + 4097, N - 4097, 100 + 4097);
+    ck_assert_mem_eq(z, y, N * sizeof *z);
+    // other step, seed, site: other masks
+    struct moe_dropout o[3] = { d, d, d };
+    o[0].step = 8, o[1].seed = 12, o[2].site++;
+    for (int k = 0; k < 3; k++) {
+        size_t same = 0;
+        for (size_t i = 0; i < 1000; i++)
+            same += moe_dropout_keep(&o[k], i) == moe_dropout_keep(&d, i);
+        ck_assert_msg(same < 700, "variant %d agrees on %zu of 1000", k, same);
+    }
+    // rows keyed by (token, slot): row r of an expert block is token tok[r], slot slot[r] (S = 2)
+    enum { F = 5 };
+    const int32_t tok[3] = { 4, 0, 9 }, slot[3] = { 1, 0, 1 };
+    memcpy(z, x, 3 * F * sizeof *x);
+    moe_dropout_rows(&d, z, 3, F, tok, slot, 2);
+    for (size_t r = 0; r < 3; r++)
+        for (size_t j = 0; j < F; j++) {
+            uint64_t e = ((uint64_t)tok[r] * 2 + (uint64_t)slot[r]) * F + j;
+            ck_assert_float_eq(z[r * F + j], moe_dropout_keep(&d, e) ? x[r * F + j] * (1.0f / (1.0f - p)) : 0.0f);
+        }
+    memcpy(z, x, N * sizeof *x);
+    moe_dropout_rows(&d, z, N / F, F, NULL, NULL, 0); // dense rows: key r, so element r * F + j
+    moe_dropout_apply(&d, x, N, 0);
+    ck_assert_mem_eq(z, x, N * sizeof *z);
+    struct moe_dropout off = moe_dropout_make(0.0, 11, 7, 2, MOE_DROP_FFN);
+    memcpy(z, x, N * sizeof *x);
+    moe_dropout_apply(&off, z, N, 0);
+    moe_dropout_apply(NULL, z, N, 0);
+    moe_dropout_rows(&off, z, N / F, F, NULL, NULL, 0);
+    ck_assert_mem_eq(z, x, N * sizeof *z);
+    free(x), free(y), free(z);
+}
+END_TEST
+
 static Suite *nn_suite(void)
 {
     Suite *s = suite_create("nn");
@@ -423,6 +484,7 @@ static Suite *nn_suite(void)
     tcase_add_test(tc, test_norm_accumulate);
     tcase_add_test(tc, test_gelu_silu_grad);
     tcase_add_test(tc, test_gelu_silu_hand);
+    tcase_add_test(tc, test_dropout);
     suite_add_tcase(s, tc);
     return s;
 }

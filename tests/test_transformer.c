@@ -75,7 +75,7 @@ static void build(struct lm_ctx *c, struct moe_config *cfg)
                 c->m.params.data[c->m.params.t[i].offset + j] += 1.0f;
 }
 
-static const char *const grad_cfgs[6];
+static const char *const grad_cfgs[8];
 
 // A model of grad_cfgs[cfg_index] with a batch from stream; close_ctx frees both.
 static struct lm_ctx *open_ctx(int cfg_index, uint32_t stream, struct moe_config *cfg)
@@ -122,7 +122,7 @@ static double objective(struct lm_ctx *c, unsigned *sig_out)
 
 static double fd_objective(void *c, unsigned *sig) { return objective(c, sig); }
 
-static const char *const grad_cfgs[6] = {
+static const char *const grad_cfgs[8] = {
     // dense: two blocks, layernorm, gelu, separate head
     "{\"model\":{\"type\":\"transformer\",\"n_ctx\":5,\"n_embd\":8,\"n_head\":2,\"n_layer\":2,\"moe_every\":3,"
     "\"n_ff\":6,\"n_expert_used\":1,\"ffn_activation\":\"gelu\"}}",
@@ -144,6 +144,16 @@ static const char *const grad_cfgs[6] = {
     // expert choice
     "{\"model\":{\"type\":\"transformer\",\"n_ctx\":5,\"n_embd\":8,\"n_head\":2,\"n_layer\":1,\"n_ff\":4,\"n_expert\":3,"
     "\"n_expert_used\":1,\"ffn_activation\":\"relu\"},\"moe\":{\"router\":\"expert-choice\",\"ec_factor\":1.5}}",
+    // dropout everywhere in a dense model (fixed mask: the batch's step): attention probabilities,
+    // both residual branches, the FFN's hidden units
+    "{\"model\":{\"type\":\"transformer\",\"n_ctx\":5,\"n_embd\":8,\"n_head\":2,\"n_layer\":2,\"moe_every\":3,"
+    "\"n_ff\":6,\"n_expert_used\":1,\"ffn_activation\":\"gelu\",\"dropout\":{\"attention\":0.3,\"residual\":0.2,\"ffn\":0.3}}}",
+    // dropout with a sparse block: softmax top-2 with a shared expert (routed and shared hidden
+    // dropout), swiglu, rmsnorm, then a dense block
+    "{\"model\":{\"type\":\"transformer\",\"n_ctx\":5,\"n_embd\":8,\"n_head\":1,\"n_layer\":2,\"moe_every\":1,"
+    "\"n_ff\":4,\"n_expert\":3,\"n_expert_used\":2,\"n_expert_shared\":1,\"ffn_activation\":\"swiglu\",\"norm\":\"rmsnorm\","
+    "\"dropout\":{\"attention\":0.2,\"residual\":0.3,\"ffn\":0.4}},"
+    "\"moe\":{\"router\":\"softmax\",\"aux_loss\":\"switch\",\"aux_weight\":0.1,\"capacity_factor\":0}}",
 };
 
 START_TEST(test_grad)
@@ -229,6 +239,55 @@ START_TEST(test_stats)
 }
 END_TEST
 
+// The mean loss of one pass (with_grad: a training pass, gradients cleared first).
+static double pass_loss(struct lm_ctx *c, int with_grad)
+{
+    struct moe_stats st;
+    struct moe_err err;
+    ck_assert_int_eq(moe_stats_init(&st, 0, 0, &err), 0);
+    moe_params_zero_grad(&c->m.params);
+    ck_assert_int_eq(moe_model_run(&c->m, &c->b, with_grad, &st, &err), 0);
+    double loss = st.loss / (double)st.n;
+    moe_stats_release(&st);
+    return loss;
+}
+
+// Dropout acts in training passes only: an evaluation pass of a model with dropout equals, bit
+// for bit, the same weights without it; a training pass differs, is the same again at the same
+// step (the mask is a function of seed, step, layer and position) and differs at another step.
+// The dense and the sparse dropout configs (grad_cfgs 6 and 7) against their dropout-free twins.
+START_TEST(test_dropout_modes)
+{
+    struct moe_config cfg;
+    struct lm_ctx *c = open_ctx(6 + _i, 93, &cfg);
+    char *plain = strdup(grad_cfgs[6 + _i]);
+    char *at = strstr(plain, ",\"dropout\":{");
+    ck_assert_ptr_nonnull(at);
+    char *end = strchr(at, '}');
+    memmove(at, end + 1, strlen(end + 1) + 1); // the same config without the dropout object
+    struct moe_config cfg0 = load_cfg(plain);
+    struct lm_ctx *c0 = calloc(1, sizeof *c0);
+    build(c0, &cfg0);
+    make_batch(c0, 93);
+    ck_assert_uint_eq(c0->m.params.numel, c->m.params.numel);
+    memcpy(c0->m.params.data, c->m.params.data, c->m.params.numel * sizeof(float));
+    double e = pass_loss(c, 0), e0 = pass_loss(c0, 0);
+    ck_assert_mem_eq(&e, &e0, sizeof e);
+    double t = pass_loss(c, 1), t0 = pass_loss(c0, 1), t_again = pass_loss(c, 1);
+    ck_assert_mem_eq(&t0, &e0, sizeof t0); // no dropout: training and evaluation passes agree here
+    ck_assert(t != t0);
+    ck_assert_mem_eq(&t, &t_again, sizeof t);
+    c->b.step = 4;
+    ck_assert(pass_loss(c, 1) != t);
+    ck_assert_double_eq(pass_loss(c, 0), e);
+    moe_model_release(&c0->m);
+    free(c0);
+    free(plain);
+    moe_config_release(&cfg0);
+    close_ctx(c, &cfg);
+}
+END_TEST
+
 // Bad input reaching the model: ids outside the vocabulary, a language outside
 // [0, G), no token windows at all, heads that do not divide the width.
 START_TEST(test_refusals)
@@ -278,6 +337,7 @@ int main(void)
     tcase_add_test(tc, test_hash_by_token);
     tcase_add_test(tc, test_stats);
     tcase_add_test(tc, test_refusals);
+    tcase_add_loop_test(tc, test_dropout_modes, 0, 2);
     suite_add_tcase(s, tc);
     return moe_test_run(s);
 }

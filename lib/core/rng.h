@@ -22,7 +22,7 @@ enum moe_rng_purpose {
     MOE_RNG_NOISE = 5,     // router noise (stream = step)
     MOE_RNG_JITTER = 6,    // router input jitter
     MOE_RNG_DISPATCH = 7,  // stochastic dispatch decisions
-    MOE_RNG_DROPOUT = 8,
+    MOE_RNG_DROPOUT = 8,   // dropout masks (nn/dropout.c: stream = step, index = site * 2^40 + element)
     MOE_RNG_WINDOW = 9,    // language-model training windows (stream = epoch, index = window)
     MOE_RNG_MOEBERT = 10,  // MoEBERT random neuron order (stream = block)
     MOE_RNG_GENERATE = 11, // moe generate: sampling (stream 0, index = generated token)

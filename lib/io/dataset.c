@@ -38,6 +38,26 @@ void moe_dataset_release(struct moe_dataset *d)
     memset(d, 0, sizeof *d);
 }
 
+int moe_dataset_split_tail(struct moe_dataset *d, size_t n, struct moe_dataset *ret, struct moe_err *err)
+{
+    if (n > d->n)
+        return moe_error(err, MOE_EINVAL, "data set: %zu rows asked of %zu", n, d->n);
+    int rc = moe_dataset_alloc(ret, d->task, n, d->n_in, d->n_out, d->group != NULL, err);
+    if (rc)
+        return rc;
+    size_t first = d->n - n;
+    memcpy(ret->x, d->x + first * d->n_in, n * d->n_in * sizeof *d->x);
+    if (d->y)
+        memcpy(ret->y, d->y + first * d->n_out, n * d->n_out * sizeof *d->y);
+    if (d->label)
+        memcpy(ret->label, d->label + first, n * sizeof *d->label);
+    if (d->group)
+        memcpy(ret->group, d->group + first, n * sizeof *d->group);
+    ret->n_group = d->n_group;
+    d->n = first;
+    return 0;
+}
+
 int moe_dataset_alloc(struct moe_dataset *d, enum moe_task task, size_t n, size_t n_in, size_t n_out,
                       int with_group, struct moe_err *err)
 {

@@ -121,6 +121,7 @@ int moe_table_filter_check(const char *expr, struct moe_err *err);
 struct moe_synth_spec {
     const char *kind;     // "regions" or "classes"
     size_t n_train, n_test;
+    size_t n_valid;       // validation rows, their own stream (moe_synth_make_ex; 0 = none)
     size_t n_in, n_out, n_regions;
     double noise;         // std of the target noise (regions; unused for classes)
     double spread;        // std of inputs around their region centre (centres ~ 3 N(0, 1))
@@ -128,6 +129,14 @@ struct moe_synth_spec {
 };
 int moe_synth_make(const struct moe_synth_spec *spec, struct moe_dataset *ret_train,
                    struct moe_dataset *ret_test, struct moe_err *err);
+// The same with spec->n_valid validation rows into ret_valid (may be NULL when n_valid is 0): drawn
+// like the others from the same regions and maps, on a stream of their own, so the training and test
+// rows do not depend on n_valid.
+int moe_synth_make_ex(const struct moe_synth_spec *spec, struct moe_dataset *ret_train, struct moe_dataset *ret_test,
+                      struct moe_dataset *ret_valid, struct moe_err *err);
+// Move the last n rows of d into *ret (allocated; d->n shrinks by n, its buffers stay as they are).
+// Features, targets, labels and groups are copied; names are not (ret's are NULL).
+int moe_dataset_split_tail(struct moe_dataset *d, size_t n, struct moe_dataset *ret, struct moe_err *err);
 
 // ---- The data of a run: the data.* keys, typed ----
 // Filled by moe_data_cfg_parse (train/data.c, which owns the keys and checks
@@ -149,7 +158,9 @@ struct moe_data_cfg {
         size_t limit_train, limit_test;                 // 0 = every row, counted after classes
         int32_t classes[MOE_DATA_IDX_MAX_CLASSES];      // data.idx.classes (duplicates allowed)
         size_t n_classes;                               // 0 = every label
+        double valid_fraction;                          // data.idx.valid_fraction
     } idx;
+    double table_valid_fraction;     // data.table.valid_fraction
     // table: features, targets, classes and where in an array the struct owns;
     // train_range and test_range set only with split_column; seed = train.seed.
     struct moe_table_spec table;

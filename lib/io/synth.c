@@ -37,7 +37,7 @@
 #define SYNTH_MAX_REGIONS 65536u
 #define SYNTH_MAX_DIM 1000000u
 
-enum { STREAM_CENTRES = 0, STREAM_MAPS = 1, STREAM_BIASES = 2, STREAM_TRAIN = 16, STREAM_TEST = 32 };
+enum { STREAM_CENTRES = 0, STREAM_MAPS = 1, STREAM_BIASES = 2, STREAM_TRAIN = 16, STREAM_TEST = 32, STREAM_VALID = 48 };
 
 static int check(const struct moe_synth_spec *s, int *is_classes, struct moe_err *err)
 {
@@ -146,8 +146,21 @@ static void make_rows(const struct moe_synth_spec *s, int is_classes, uint32_t s
 int moe_synth_make(const struct moe_synth_spec *spec, struct moe_dataset *ret_train,
                    struct moe_dataset *ret_test, struct moe_err *err)
 {
+    if (spec && spec->n_valid) {
+        struct moe_synth_spec s = *spec;
+        s.n_valid = 0;
+        return moe_synth_make_ex(&s, ret_train, ret_test, NULL, err);
+    }
+    return moe_synth_make_ex(spec, ret_train, ret_test, NULL, err);
+}
+
+int moe_synth_make_ex(const struct moe_synth_spec *spec, struct moe_dataset *ret_train, struct moe_dataset *ret_test,
+                      struct moe_dataset *ret_valid, struct moe_err *err)
+{
     memset(ret_train, 0, sizeof *ret_train);
     memset(ret_test, 0, sizeof *ret_test);
+    if (ret_valid)
+        memset(ret_valid, 0, sizeof *ret_valid);
     if (!spec)
         return moe_error(err, MOE_EINVAL, "synthetic data: no spec");
     int is_classes = 0;
@@ -169,10 +182,10 @@ int moe_synth_make(const struct moe_synth_spec *spec, struct moe_dataset *ret_tr
     }
     make_regions(spec, O, !is_classes, centre, map, bias, cand);
 
-    struct moe_dataset *sets[2] = { ret_train, ret_test };
-    size_t counts[2] = { spec->n_train, spec->n_test };
-    uint32_t streams[2] = { STREAM_TRAIN, STREAM_TEST };
-    for (int k = 0; k < 2; k++) {
+    struct moe_dataset *sets[3] = { ret_train, ret_test, ret_valid };
+    size_t counts[3] = { spec->n_train, spec->n_test, spec->n_valid };
+    uint32_t streams[3] = { STREAM_TRAIN, STREAM_TEST, STREAM_VALID };
+    for (int k = 0; k < (ret_valid && spec->n_valid ? 3 : 2); k++) {
         struct moe_dataset *d = sets[k];
         rc = moe_dataset_alloc(d, task, counts[k], D, O, 1, err);
         if (rc)
@@ -204,6 +217,7 @@ out:
     if (rc) {
         moe_dataset_release(ret_train);
         moe_dataset_release(ret_test);
+        moe_dataset_release(ret_valid);
     }
     return rc;
 }

@@ -431,6 +431,8 @@ static int estimate(struct moe_plan *plan, const struct moe_model_hp *hp, const 
         est_stats(&e, &s, &r.bytes_trainer); // evaluation (train and test) and batch statistics
         est_stats(&e, &s, &r.bytes_trainer);
         BUF(&e, &r.bytes_trainer, "row permutation", 4, { n_train_rows ? n_train_rows : 1, "training rows" });
+        if (loop->select_best) // the parameters of the best validation evaluation (the model's state aside)
+            BUF(&e, &r.bytes_trainer, "selected parameters", sizeof(float), { e.numel, "parameters" });
         BUF(&e, &r.bytes_trainer, "gate means", sizeof(double), { s.n_expert + 1, "model.n_expert + 1" });
         BUF(&e, &r.bytes_trainer, "gate means", sizeof(double), { s.n_expert + 1, "model.n_expert + 1" });
         size_t bs = loop->batch_size;

@@ -117,6 +117,7 @@ struct moe_estimate_loop {
     const void *optimizer;
     size_t batch_size;   // rows per step; 0 = full batch (optim.batch_size 0, or gd)
     int shuffle;         // train.shuffle: mini-batches are copied in shuffled order
+    int select_best;     // train.select = best_valid_loss: a copy of the parameters (and state) is kept
 };
 
 // Estimate the model of hp (moe_model_hp_parse) for a task with n_in features

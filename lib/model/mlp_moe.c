@@ -8,6 +8,10 @@
 //   h_{l+1} = h_l + FFN_l(norm_l(h_l))        FFN_l = MoE layer or dense FFN
 //   y = norm_f(h_L).W_head^T + b_head
 // Block l is sparse iff l % moe_every == moe_every - 1 (moe_every = 1: all).
+// Dropout (model.dropout.residual, .ffn; training passes only; Srivastava et al.
+// 2014, inverted, nn/dropout.c): h_{l+1} = h_l + D_res(FFN_l(norm_l(h_l))), and
+// every FFN's (dense or expert) hidden activation under D_ffn; mask sites as in
+// the Transformer (nn.h: layer * 8 + kind), elements (t, d) and (t[, slot], j).
 //
 // T = rows, I = n_in, D = n_embd, F = n_ff, Fd = n_ff_dense, O = n_out, L = n_layer.
 //
@@ -38,6 +42,7 @@ struct block {
 struct mlp_moe {
     size_t I, D, O, L, Fd, V;
     int rms;                    // rmsnorm (else layernorm)
+    double p_res, p_ffn;        // model.dropout.residual, .ffn
     int ce;
     enum moe_ffn_act act;
     float init_scale;
@@ -152,15 +157,26 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
         float *hin = n->h + l * TD, *hout = n->h + (l + 1) * TD, *nl = n->n + l * TD;
         moe_model_norm_forward(n->rms, p, nl, n->mean + l * T, n->rstd + l * T, hin, b->i_g, b->i_b, T, n->D);
         memcpy(hout, hin, TD * sizeof(float));
+        struct moe_dropout d_rf = moe_dropout_make(with_grad ? n->p_res : 0.0, m->seed, bt->step, l, MOE_DROP_RESID_FFN),
+                           d_ffn = moe_dropout_make(with_grad ? n->p_ffn : 0.0, m->seed, bt->step, l, MOE_DROP_FFN);
         if (b->sparse) {
             struct moe_route_acc *acc = stats && si < stats->n_route ? &stats->route[si] : NULL;
             // the weighted auxiliary loss is in b->moe.loss (reported per layer, not in `loss`)
-            moe_layer_forward(&b->moe, p, hout, nl, T, n->keys, with_grad, m->seed, bt->step, acc, label);
+            if (moe_dropout_on(&d_rf)) { // the layer's output on its own, dropped, then added
+                moe_zero(n->tmp, TD);
+                moe_layer_forward(&b->moe, p, n->tmp, nl, T, n->keys, with_grad, m->seed, bt->step, acc, label);
+                moe_dropout_apply(&d_rf, n->tmp, TD, 0);
+                for (size_t i = 0; i < TD; i++)
+                    hout[i] += n->tmp[i];
+            } else {
+                moe_layer_forward(&b->moe, p, hout, nl, T, n->keys, with_grad, m->seed, bt->step, acc, label);
+            }
             si++;
         } else {
-            moe_ffn_forward(n->tmp, b->a, b->b, b->hh, nl, moe_params_data(p, b->i_w1),
-                            b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL, moe_params_data(p, b->i_w2), T, D,
-                            Fd, n->act);
+            moe_ffn_forward_drop(n->tmp, b->a, b->b, b->hh, nl, moe_params_data(p, b->i_w1),
+                                 b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL, moe_params_data(p, b->i_w2), T, D,
+                                 Fd, n->act, &d_ffn, NULL, NULL, 0);
+            moe_dropout_apply(&d_rf, n->tmp, TD, 0);
             for (size_t i = 0; i < TD; i++)
                 hout[i] += n->tmp[i];
         }
@@ -189,13 +205,22 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
             moe_mse_forward_backward(n->dh, n->h + (l + 1) * TD, kd->teacher_hidden + l * TD, 1, TD,
                                      kd->alpha / (float)TD);
         memset(n->dn, 0, TD * sizeof(float));
+        struct moe_dropout d_rf = moe_dropout_make(n->p_res, m->seed, bt->step, l, MOE_DROP_RESID_FFN),
+                           d_ffn = moe_dropout_make(n->p_ffn, m->seed, bt->step, l, MOE_DROP_FFN);
+        const float *dffn = n->dh; // the branch's output gradient, under the residual dropout's mask
+        if (moe_dropout_on(&d_rf)) {
+            memcpy(n->tmp, n->dh, TD * sizeof(float));
+            moe_dropout_apply(&d_rf, n->tmp, TD, 0);
+            dffn = n->tmp;
+        }
         if (b->sparse) {
-            moe_layer_backward(&b->moe, p, n->dn, n->dh, nl);
+            moe_layer_backward(&b->moe, p, n->dn, dffn, nl);
         } else {
-            moe_ffn_backward(n->dn, moe_params_grad(p, b->i_w1), b->i_w3 >= 0 ? moe_params_grad(p, b->i_w3) : NULL,
-                             moe_params_grad(p, b->i_w2), n->dhh, n->da, n->db, n->dh, nl, b->a, b->b, b->hh,
-                             moe_params_data(p, b->i_w1), b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL,
-                             moe_params_data(p, b->i_w2), T, D, Fd, n->act);
+            moe_ffn_backward_drop(n->dn, moe_params_grad(p, b->i_w1),
+                                  b->i_w3 >= 0 ? moe_params_grad(p, b->i_w3) : NULL, moe_params_grad(p, b->i_w2),
+                                  n->dhh, n->da, n->db, dffn, nl, b->a, b->b, b->hh, moe_params_data(p, b->i_w1),
+                                  b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL, moe_params_data(p, b->i_w2), T,
+                                  D, Fd, n->act, &d_ffn, NULL, NULL, 0);
             if (kd && kd->ffn_importance) // every row is an example with loss (1/T)-scaled in the batch mean
                 moe_ffn_importance_add(kd->ffn_importance + l * Fd, b->a, b->b, b->hh, n->dhh, n->da, n->db, T, Fd, 1,
                                        (double)T, n->act);
@@ -241,6 +266,8 @@ int moe_mlp_moe_declare(struct moe_model *m, const struct moe_model_hp *hp, cons
     n->L = hp->n_layer;
     size_t every = hp->moe_every;
     n->rms = hp->rms;
+    n->p_res = hp->dropout.residual;
+    n->p_ffn = hp->dropout.ffn;
     n->act = hp->ffn_act;
     n->init_scale = (float)hp->init_scale;
     n->V = hp->moe.hash_vocab;

@@ -49,6 +49,12 @@ struct moe_model_hp {
     enum moe_act act;            // mixture, mlp: hidden nonlinearity (model.activation)
     int gate_max;                // mixture: model.predict gate-max (else mean)
     double init_scale;
+    // model.dropout.*: inverted dropout at training time (docs/model.md, "Dropout"); 0 = off.
+    // attention: attention probabilities (transformer); residual: each sub-layer's output before
+    // the residual add (transformer, mlp-moe); ffn: the hidden activation of dense FFNs and experts.
+    struct {
+        double attention, residual, ffn;
+    } dropout;
     struct moe_layer_cfg moe;    // sparse layers (mlp-moe, transformer); zero for the other models
 };
 extern const struct moe_cfg_key moe_model_keys[]; // model.* and loss.*, for the run schema

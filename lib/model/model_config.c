@@ -31,6 +31,9 @@ const struct moe_cfg_key moe_model_keys[] = {
     { "model.activation", MOE_CFG_STR, "\"tanh\"", 1, 0, "tanh|relu|sigmoid", "hidden-unit nonlinearity" },
     { "model.predict", MOE_CFG_STR, "\"mean\"", 1, 0, "mean|gate-max", "mixture output: gate-weighted mean of experts, or the expert with the largest gate" },
     { "model.init_scale", MOE_CFG_NUM, "1", 0, 100, NULL, "weights start U(-s, s), s = init_scale / sqrt(fan_in); biases and the gate start at 0" },
+    { "model.dropout.attention", MOE_CFG_NUM, "0", 0, 0.95, NULL, "transformer: dropout probability of the attention probabilities at training time (inverted dropout; 0 = off)" },
+    { "model.dropout.residual", MOE_CFG_NUM, "0", 0, 0.95, NULL, "mlp-moe, transformer: dropout probability of each sub-layer's output (attention, FFN or MoE) before it is added to the residual stream, at training time" },
+    { "model.dropout.ffn", MOE_CFG_NUM, "0", 0, 0.95, NULL, "mlp-moe, transformer: dropout probability of the hidden activation of every expert (routed and shared) and dense FFN, at training time" },
     { "loss.type", MOE_CFG_STR, "\"auto\"", 1, 0, "auto|cooperative|competitive|nll|nll-cat|mse|ce", "objective: the 1991 mixture losses (mixture) or mse / ce (mlp, mlp-moe); auto = nll or nll-cat for a mixture, mse or ce otherwise, by task" },
     { "loss.baseline", MOE_CFG_STR, "\"mse\"", 1, 0, "mse|ce", "objective of the mlp system in compare-loss" },
 };
@@ -69,8 +72,21 @@ int moe_model_hp_parse(struct moe_model_hp *hp, const struct moe_config *cfg, st
     hp->act = (enum moe_act)moe_act_from_name(moe_cfg_str(cfg, "model.activation"));
     hp->gate_max = strcmp(moe_cfg_str(cfg, "model.predict"), "gate-max") == 0;
     hp->init_scale = moe_cfg_num(cfg, "model.init_scale");
-    if (!moe_model_kind(hp->type)->sparse)
+    hp->dropout.attention = moe_cfg_num(cfg, "model.dropout.attention");
+    hp->dropout.residual = moe_cfg_num(cfg, "model.dropout.residual");
+    hp->dropout.ffn = moe_cfg_num(cfg, "model.dropout.ffn");
+    const struct moe_model_kind *kind = moe_model_kind(hp->type);
+    const char *drop_keys[3] = { "model.dropout.attention", "model.dropout.residual", "model.dropout.ffn" };
+    const double drop_p[3] = { hp->dropout.attention, hp->dropout.residual, hp->dropout.ffn };
+    for (int i = 0; i < 3; i++) // only the models with the sites take dropout
+        if (drop_p[i] > 0.0 && (!kind->sparse || (i == 0 && !kind->text)))
+            return moe_error(err, MOE_ECONFIG, "key '%s': model '%s' has no %s dropout (%s)", drop_keys[i], type,
+                             i == 0 ? "attention" : i == 1 ? "residual" : "FFN",
+                             i == 0 ? "transformer only" : "mlp-moe and transformer only");
+    if (!kind->sparse)
         return 0;
-    return moe_layer_cfg_parse(&hp->moe, cfg, hp->n_expert, hp->n_expert_used, hp->n_expert_shared, hp->n_embd,
-                               hp->n_ff, hp->ffn_act, err);
+    int rc = moe_layer_cfg_parse(&hp->moe, cfg, hp->n_expert, hp->n_expert_used, hp->n_expert_shared, hp->n_embd,
+                                 hp->n_ff, hp->ffn_act, err);
+    hp->moe.ffn_dropout = hp->dropout.ffn;
+    return rc;
 }

@@ -14,6 +14,13 @@
 // sees norm2_l(m_l) + lang_emb_l[language of the window] (the embedding starts
 // at zero, so step 0 routes like the plain model).
 // Hash routing keys on the input token id, with a table over the vocabulary.
+// Dropout (model.dropout.*, training passes only; Srivastava et al. 2014, inverted,
+// nn/dropout.c), with D_p(x) = x * m / (1 - p):
+//   m_l = h_l + D_res(Wo . D_att(P) V)          P: the attention probabilities
+//   h_{l+1} = m_l + D_res(FFN_l(norm2_l(m_l)))  FFN_l's hidden activation under D_ffn
+// Mask sites (nn.h): layer l * 8 + kind; elements: (b, h, t, s) of the attention
+// probabilities, (t, d) of a sub-layer output, (t, j) of a dense FFN's hidden
+// units, (t, slot, j) of an expert's.
 //
 // reference: Vaswani et al. 2017 (attention); Radford et al. 2019 (GPT-2
 // pre-norm layout, learned positions); Fedus et al. 2022 and Lepikhin et al.
@@ -54,11 +61,13 @@ struct block {
     float *a, *b, *hh;                       // (T, Fd) dense FFN activations
     // saved for backward, (T, .) each
     float *n1, *mean1, *rstd1, *qkv, *att, *ao, *m, *n2, *mean2, *rstd2;
+    float *attp;                             // (B, H, C, C) probabilities before dropout (model.dropout.attention)
 };
 
 struct transformer {
     size_t C, D, H, V, G, L, Fd, T_max;
     int rms, tied, lang_router;
+    double p_attn, p_res, p_ffn;  // model.dropout.*
     enum moe_ffn_act act;
     float init_scale;
     int has_hash;
@@ -176,6 +185,23 @@ static void add_stats(const struct transformer *n, const struct moe_batch *bt, s
     }
 }
 
+// Block l's dropout of one kind: p at training time (with_grad), off otherwise.
+static struct moe_dropout drop(double p, int with_grad, const struct moe_model *m, const struct moe_batch *bt,
+                               size_t l, enum moe_drop_kind kind)
+{
+    return moe_dropout_make(with_grad ? p : 0.0, m->seed, bt->step, l, kind);
+}
+
+// The gradient of a sub-layer's output under residual dropout: dy * m / (1 - p) in tmp, or dy itself.
+static const float *dropped_grad(float *tmp, const float *dy, size_t n, const struct moe_dropout *d)
+{
+    if (!moe_dropout_on(d))
+        return dy;
+    memcpy(tmp, dy, n * sizeof *tmp);
+    moe_dropout_apply(d, tmp, n, 0);
+    return tmp;
+}
+
 static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, struct moe_stats *stats,
                struct moe_err *err)
 {
@@ -214,11 +240,16 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     for (size_t l = 0; l < L; l++) {
         struct block *b = &n->blk[l];
         float *hin = n->h + l * TD, *hout = n->h + (l + 1) * TD;
+        struct moe_dropout d_att = drop(n->p_attn, with_grad, m, bt, l, MOE_DROP_ATTN),
+                           d_ra = drop(n->p_res, with_grad, m, bt, l, MOE_DROP_RESID_ATTN),
+                           d_rf = drop(n->p_res, with_grad, m, bt, l, MOE_DROP_RESID_FFN),
+                           d_ffn = drop(n->p_ffn, with_grad, m, bt, l, MOE_DROP_FFN);
         moe_model_norm_forward(n->rms, p, b->n1, b->mean1, b->rstd1, hin, b->i_g1, b->i_b1, T, n->D);
         MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_forward(b->qkv, 3 * D, b->n1, D, moe_params_data(p, b->i_qkv), NULL,
                                                        T, D, 3 * D));
-        MOE_TIMED(MOE_PHASE_ATTENTION, moe_attention_forward(b->ao, b->att, b->qkv, B, C, D, H));
+        MOE_TIMED(MOE_PHASE_ATTENTION, moe_attention_forward_drop(b->ao, b->att, b->attp, b->qkv, B, C, D, H, &d_att));
         MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_forward(n->tmp, D, b->ao, D, moe_params_data(p, b->i_wo), NULL, T, D, D));
+        moe_dropout_apply(&d_ra, n->tmp, TD, 0);
         #pragma omp parallel for schedule(static) if (TD >= PAR_MIN)
         for (size_t i = 0; i < TD; i++) {
             b->m[i] = hin[i] + n->tmp[i];
@@ -236,12 +267,22 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
                 }
                 b->moe.radd = n->radd;
             }
-            moe_layer_forward(&b->moe, p, hout, b->n2, T, n->keys, with_grad, m->seed, bt->step, acc, n->label);
+            if (moe_dropout_on(&d_rf)) { // the layer's output on its own, dropped, then added
+                moe_zero(n->tmp, TD);
+                moe_layer_forward(&b->moe, p, n->tmp, b->n2, T, n->keys, with_grad, m->seed, bt->step, acc, n->label);
+                moe_dropout_apply(&d_rf, n->tmp, TD, 0);
+                #pragma omp parallel for schedule(static) if (TD >= PAR_MIN)
+                for (size_t i = 0; i < TD; i++)
+                    hout[i] += n->tmp[i];
+            } else {
+                moe_layer_forward(&b->moe, p, hout, b->n2, T, n->keys, with_grad, m->seed, bt->step, acc, n->label);
+            }
             si++;
         } else {
-            moe_ffn_forward(n->tmp, b->a, b->b, b->hh, b->n2, moe_params_data(p, b->i_w1),
-                            b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL, moe_params_data(p, b->i_w2), T, D,
-                            Fd, n->act);
+            moe_ffn_forward_drop(n->tmp, b->a, b->b, b->hh, b->n2, moe_params_data(p, b->i_w1),
+                                 b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL, moe_params_data(p, b->i_w2), T, D,
+                                 Fd, n->act, &d_ffn, NULL, NULL, 0);
+            moe_dropout_apply(&d_rf, n->tmp, TD, 0);
             #pragma omp parallel for schedule(static) if (TD >= PAR_MIN)
             for (size_t i = 0; i < TD; i++)
                 hout[i] += n->tmp[i];
@@ -281,17 +322,22 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
     moe_model_norm_backward(n->rms, p, n->dh, n->dn, hL, n->meanf, n->rstdf, n->i_gf, n->i_bf, T, n->D);
     for (size_t l = L; l-- > 0;) {
         struct block *b = &n->blk[l];
+        struct moe_dropout d_att = drop(n->p_attn, 1, m, bt, l, MOE_DROP_ATTN),
+                           d_ra = drop(n->p_res, 1, m, bt, l, MOE_DROP_RESID_ATTN),
+                           d_rf = drop(n->p_res, 1, m, bt, l, MOE_DROP_RESID_FFN),
+                           d_ffn = drop(n->p_ffn, 1, m, bt, l, MOE_DROP_FFN);
         if (kd && kd->teacher_hidden) // MoEBERT: the block output's distance to the teacher's
             moe_mse_forward_backward(n->dh, n->h + (l + 1) * TD, kd->teacher_hidden + l * TD, 1, TD,
                                      kd->alpha / (float)TD);
-        // FFN branch: dm = dh (residual) + norm2'(dFFN)
+        // FFN branch: dm = dh (residual) + norm2'(dFFN), dFFN = dh under the residual dropout's mask
+        const float *dffn = dropped_grad(n->tmp, n->dh, TD, &d_rf);
         moe_zero(n->dn, TD);
         if (b->sparse) {
             if (b->i_lang >= 0) {
                 memset(n->dradd, 0, TD * sizeof(float));
                 b->moe.dradd = n->dradd;
             }
-            moe_layer_backward(&b->moe, p, n->dn, n->dh, b->n2);
+            moe_layer_backward(&b->moe, p, n->dn, dffn, b->n2);
             if (b->i_lang >= 0) {
                 float *gl = moe_params_grad(p, b->i_lang);
                 for (size_t t = 0; t < T; t++) {
@@ -302,20 +348,23 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
                 b->moe.dradd = NULL;
             }
         } else {
-            moe_ffn_backward(n->dn, moe_params_grad(p, b->i_w1), b->i_w3 >= 0 ? moe_params_grad(p, b->i_w3) : NULL,
-                             moe_params_grad(p, b->i_w2), n->dhh, n->da, n->db, n->dh, b->n2, b->a, b->b, b->hh,
-                             moe_params_data(p, b->i_w1), b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL,
-                             moe_params_data(p, b->i_w2), T, D, Fd, n->act);
+            moe_ffn_backward_drop(n->dn, moe_params_grad(p, b->i_w1),
+                                  b->i_w3 >= 0 ? moe_params_grad(p, b->i_w3) : NULL, moe_params_grad(p, b->i_w2),
+                                  n->dhh, n->da, n->db, dffn, b->n2, b->a, b->b, b->hh, moe_params_data(p, b->i_w1),
+                                  b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL, moe_params_data(p, b->i_w2), T,
+                                  D, Fd, n->act, &d_ffn, NULL, NULL, 0);
             if (kd && kd->ffn_importance) // an example is a window: the mean over its C tokens, 1/B of the batch's
                 moe_ffn_importance_add(kd->ffn_importance + l * Fd, b->a, b->b, b->hh, n->dhh, n->da, n->db, T, Fd,
                                        C, (double)B, n->act);
         }
         moe_model_norm_backward(n->rms, p, n->dh, n->dn, b->m, b->mean2, b->rstd2, b->i_g2, b->i_b2, T, n->D);
         // attention branch: dh_l = dm (residual) + norm1'(Wqkv'(Attn'(Wo'(dm))))
-        MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward_set(n->dao, D, moe_params_grad(p, b->i_wo), NULL, n->dh, D, b->ao,
+        const float *dattn = dropped_grad(n->tmp, n->dh, TD, &d_ra);
+        MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward_set(n->dao, D, moe_params_grad(p, b->i_wo), NULL, dattn, D, b->ao,
                                                         D, moe_params_data(p, b->i_wo), T, D, D));
         moe_zero(n->dqkv, 3 * TD);
-        MOE_TIMED(MOE_PHASE_ATTENTION, moe_attention_backward(n->dqkv, n->datt, n->dao, b->qkv, b->att, B, C, D, H));
+        MOE_TIMED(MOE_PHASE_ATTENTION, moe_attention_backward_drop(n->dqkv, n->datt, n->dao, b->qkv, b->att, b->attp, B,
+                                                                   C, D, H, &d_att));
         MOE_TIMED(MOE_PHASE_LINEAR, moe_linear_backward_set(n->dn, D, moe_params_grad(p, b->i_qkv), NULL, n->dqkv, 3 * D,
                                                         b->n1, D, moe_params_data(p, b->i_qkv), T, D, 3 * D));
         moe_model_norm_backward(n->rms, p, n->dh, n->dn, n->h + l * TD, b->mean1, b->rstd1, b->i_g1, b->i_b1, T, n->D);
@@ -375,6 +424,8 @@ static void declare_attention(struct moe_plan *pl, struct transformer *n, struct
         moe_plan_buf(pl, tt[i], MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT), "layers.%zu.%s", l, ttn[i]);
     moe_plan_buf(pl, &b->qkv, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dT, dD3), "layers.%zu.qkv", l);
     moe_plan_buf(pl, &b->att, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dB, dH, dC, dC), "layers.%zu.att", l);
+    if (n->p_attn > 0.0) // att holds the dropped probabilities, attp the softmax's own
+        moe_plan_buf(pl, &b->attp, MOE_ROLE_ACT, MOE_DT_F32, MOE_DIMS(dB, dH, dC, dC), "layers.%zu.att_keep", l);
 }
 
 // The model's own buffers, outside the blocks.
@@ -433,6 +484,9 @@ int moe_transformer_declare(struct moe_model *m, const struct moe_model_hp *hp, 
     n->act = hp->ffn_act;
     n->init_scale = (float)hp->init_scale;
     n->Fd = hp->n_ff_dense;
+    n->p_attn = hp->dropout.attention;
+    n->p_res = hp->dropout.residual;
+    n->p_ffn = hp->dropout.ffn;
     size_t C = n->C, D = n->D, V = n->V, G = n->G, L = n->L;
     struct moe_dim dB = { m->max_batch, MOE_KEY_BATCH }, dT;
     if (moe_plan_product(pl, &n->T_max, MOE_DIMS(dB, { C, "model.n_ctx" })))

@@ -43,6 +43,16 @@ const char *moe_ffn_act_name(enum moe_ffn_act a) { return act_names[a]; }
 void moe_ffn_forward(float *y, float *a, float *b, float *h, const float *x, const float *w1, const float *w3,
                      const float *w2, size_t N, size_t D, size_t F, enum moe_ffn_act act)
 {
+    moe_ffn_forward_drop(y, a, b, h, x, w1, w3, w2, N, D, F, act, NULL, NULL, NULL, 0);
+}
+
+// Hidden dropout (Srivastava et al. 2014, inverted): h' = h * m / (1 - p) after the
+// activation, kept in h (the w2 products of forward and backward read h'); the
+// backward multiplies dh' = dy . W2 by the same mask, drawn again (nn/dropout.c).
+void moe_ffn_forward_drop(float *y, float *a, float *b, float *h, const float *x, const float *w1, const float *w3,
+                          const float *w2, size_t N, size_t D, size_t F, enum moe_ffn_act act,
+                          const struct moe_dropout *drop, const int32_t *row_tok, const int32_t *row_slot, size_t S)
+{
     if (N == 0)
         return;
     const size_t n = N * F;
@@ -70,6 +80,7 @@ void moe_ffn_forward(float *y, float *a, float *b, float *h, const float *x, con
             h[i] *= b[i];
         break;
     }
+    moe_dropout_rows(drop, h, N, F, row_tok, row_slot, S);
     moe_prof_end(MOE_PHASE_ACTIVATION, t0);
     t0 = moe_prof_begin();
     moe_linear_forward(y, D, h, F, w2, NULL, N, F, D);
@@ -81,6 +92,16 @@ void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, 
                       const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
                       enum moe_ffn_act act)
 {
+    moe_ffn_backward_drop(dx, dw1, dw3, dw2, dh, da, db, dy, x, a, b, h, w1, w3, w2, N, D, F, act, NULL, NULL, NULL,
+                          0);
+}
+
+void moe_ffn_backward_drop(float *dx, float *dw1, float *dw3, float *dw2, float *dh, float *da, float *db,
+                           const float *dy, const float *x, const float *a, const float *b, const float *h,
+                           const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
+                           enum moe_ffn_act act, const struct moe_dropout *drop, const int32_t *row_tok,
+                           const int32_t *row_slot, size_t S)
+{
     if (N == 0)
         return;
     const size_t n = N * F;
@@ -90,6 +111,7 @@ void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, 
     moe_gemm(1, 0, D, F, N, 1.0f, dy, D, h, F, 1.0f, dw2, F);
     moe_prof_end(MOE_PHASE_FFN_GEMM, t0);
     t0 = moe_prof_begin();
+    moe_dropout_rows(drop, dh, N, F, row_tok, row_slot, S);
     switch (act) {
     case MOE_FFN_RELU:
         #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
@@ -210,9 +232,9 @@ static void expert_forward(struct moe_experts_buf *buf, const struct moe_dispatc
 {
     const size_t D = buf->D, F = buf->F, off = plan->offset[e], n = plan->offset[e + 1] - off;
     const int swiglu = act == MOE_FFN_SWIGLU;
-    moe_ffn_forward(buf->yd + off * D, buf->a + off * F, swiglu ? buf->b + off * F : NULL, buf->h + off * F,
-                    buf->xd + off * D, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F,
-                    act);
+    moe_ffn_forward_drop(buf->yd + off * D, buf->a + off * F, swiglu ? buf->b + off * F : NULL, buf->h + off * F,
+                         buf->xd + off * D, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F,
+                         act, &buf->drop, plan->row_tok + off, plan->row_slot + off, plan->S);
 }
 
 static void expert_backward(struct moe_experts_buf *buf, const struct moe_dispatch *plan, size_t e, int with_dx,
@@ -221,11 +243,11 @@ static void expert_backward(struct moe_experts_buf *buf, const struct moe_dispat
 {
     const size_t D = buf->D, F = buf->F, off = plan->offset[e], n = plan->offset[e + 1] - off;
     const int swiglu = act == MOE_FFN_SWIGLU;
-    moe_ffn_backward(with_dx ? buf->dxd + off * D : NULL, dw1 + e * F * D, swiglu ? dw3 + e * F * D : NULL,
-                     dw2 + e * D * F, buf->dh + off * F, buf->da + off * F, swiglu ? buf->db + off * F : NULL,
-                     buf->dyd + off * D, buf->xd + off * D, buf->a + off * F, swiglu ? buf->b + off * F : NULL,
-                     buf->h + off * F, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F,
-                     act);
+    moe_ffn_backward_drop(with_dx ? buf->dxd + off * D : NULL, dw1 + e * F * D, swiglu ? dw3 + e * F * D : NULL,
+                          dw2 + e * D * F, buf->dh + off * F, buf->da + off * F, swiglu ? buf->db + off * F : NULL,
+                          buf->dyd + off * D, buf->xd + off * D, buf->a + off * F, swiglu ? buf->b + off * F : NULL,
+                          buf->h + off * F, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F,
+                          act, &buf->drop, plan->row_tok + off, plan->row_slot + off, plan->S);
 }
 
 void moe_experts_forward(float *out, const float *x, const float *gate, const struct moe_dispatch *plan,

@@ -23,6 +23,7 @@
 #include "core/plan.h"
 #include "core/status.h"
 #include "moe/dispatch.h"
+#include "nn/nn.h"
 
 enum moe_ffn_act { MOE_FFN_RELU = 0, MOE_FFN_GELU = 1, MOE_FFN_SWIGLU = 2 };
 int moe_ffn_act_from_name(const char *name); // "relu", "gelu", "swiglu"; -1 when unknown
@@ -32,12 +33,23 @@ const char *moe_ffn_act_name(enum moe_ffn_act a);
 // Saved for backward: a (N, F), b (N, F) (swiglu only; else may be NULL), h (N, F).
 void moe_ffn_forward(float *y, float *a, float *b, float *h, const float *x, const float *w1, const float *w3,
                      const float *w2, size_t N, size_t D, size_t F, enum moe_ffn_act act);
+// The same with hidden dropout after the activation (drop NULL or off: moe_ffn_forward bit for bit;
+// nn.h moe_dropout_rows: row r's mask key is row_tok[r] * S + row_slot[r], or r when row_tok is NULL).
+void moe_ffn_forward_drop(float *y, float *a, float *b, float *h, const float *x, const float *w1, const float *w3,
+                          const float *w2, size_t N, size_t D, size_t F, enum moe_ffn_act act,
+                          const struct moe_dropout *drop, const int32_t *row_tok, const int32_t *row_slot, size_t S);
 // Backward: dx (N, D) += (may be NULL), dw1 (F, D) +=, dw3 (F, D) += (swiglu), dw2 (D, F) +=.
 // Scratch: dh, da, db (N, F) (db swiglu only), overwritten.
 void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, float *da, float *db,
                       const float *dy, const float *x, const float *a, const float *b, const float *h,
                       const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
                       enum moe_ffn_act act);
+// The backward of moe_ffn_forward_drop, with the same dropout arguments.
+void moe_ffn_backward_drop(float *dx, float *dw1, float *dw3, float *dw2, float *dh, float *da, float *db,
+                           const float *dy, const float *x, const float *a, const float *b, const float *h,
+                           const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
+                           enum moe_ffn_act act, const struct moe_dropout *drop, const int32_t *row_tok,
+                           const int32_t *row_slot, size_t S);
 // MoEBERT neuron importance (Zuo et al. 2022, eq. 5): for an example x, neuron j's
 // I_j(x) = |sum_d w1_jd dL/dw1_jd + sum_d w2_dj dL/dw2_dj (+ sum_d w3_jd dL/dw3_jd, swiglu)|,
 // the gradients of x's own loss. Written in the activations: with a = x.w1^T,
@@ -61,6 +73,9 @@ struct moe_experts_buf {
     float *dyd, *dxd;       // (N_max, D)
     float *da, *db, *dh;    // (N_max, F)
     struct moe_plan *own;   // the buffers of moe_experts_buf_alloc; NULL when they belong to a model's plan
+    // Hidden dropout of the experts (nn.h; p 0 = off), set by the caller before the forward and
+    // kept for its backward; the mask key of a row is its (token, slot).
+    struct moe_dropout drop;
 };
 // Declare the buffers for N.v rows in p, named prefix.* (b and db only for swiglu). Returns p->rc.
 int moe_experts_buf_declare(struct moe_experts_buf *buf, struct moe_plan *p, const char *prefix, struct moe_dim N,

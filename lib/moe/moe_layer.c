@@ -310,6 +310,9 @@ double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float 
     size_t cap = ri->quota ? T : moe_capacity(train ? c->capacity_factor : c->eval_capacity_factor, T, S, E);
     moe_dispatch_plan(&l->plan, r->idx, r->prio, T, cap, c->drop);
     moe_prof_end(MOE_PHASE_DISPATCH, t0);
+    const double pd = train ? c->ffn_dropout : 0.0;
+    l->buf.drop = moe_dropout_make(pd, seed, step, c->index, MOE_DROP_FFN);
+    l->sbuf.drop = moe_dropout_make(pd, seed, step, c->index, MOE_DROP_SHARED);
     moe_experts_forward(out, x, r->gate, &l->plan, wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf, c->act);
     if (c->n_shared) {
         t0 = moe_prof_begin();

@@ -21,6 +21,7 @@
 //   noise:  purpose NOISE,  index layer * 2^40 + t * E + e
 //   jitter: purpose JITTER, index layer * 2^40 + t * D + d
 //   GShard second expert: purpose DISPATCH, index layer * 2^40 + t
+//   expert hidden dropout: purpose DROPOUT, nn.h sites layer * 8 + 3 (routed), + 4 (shared)
 #ifndef MOE_MOE_LAYER_H
 #define MOE_MOE_LAYER_H
 
@@ -55,6 +56,7 @@ struct moe_layer_cfg {
     double router_init_scale;         // router.weight U(-s, s), s = scale / sqrt(D); noisy-topk starts at 0
     int lang_router;                  // the model adds a language embedding to the router input (transformer)
     uint32_t index;                   // layer number, for random streams (set by the model per layer)
+    double ffn_dropout;               // hidden dropout of every expert, training only (model.dropout.ffn; 0 = off)
 };
 
 // The moe.* keys of a run configuration (layer_config.c): the rows the run

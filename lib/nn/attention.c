@@ -2,7 +2,7 @@
 // B = sequences, C = positions (context), D = n_embd, H = heads, hs = D / H (head size);
 // t = query position, s = key position (s <= t), i = a column inside one head.
 // qkv (B, C, 3D) holds [q | k | v] per position; att, datt (B, H, C, C); out, dout (B, C, D).
-// Not here: the q/k/v and output projections (linear layers around this kernel), dropout,
+// Not here: the q/k/v and output projections (linear layers around this kernel),
 // rotary or relative positions, key/value caches.
 //
 // reference: Vaswani et al. 2017, "Attention Is All You Need" (NeurIPS), scaled dot-product attention
@@ -147,10 +147,37 @@ static void dsoftmax_row(float *d, const float *p, size_t n, size_t zero_end)
     memset(d + n, 0, (zero_end - n) * sizeof *d);
 }
 
+// Attention-probability dropout (Srivastava et al. 2014, inverted; nn/dropout.c): after the softmax
+// of row t, attp keeps P[t, :] and att gets P'[t, s] = P[t, s] m[t, s] / (1 - p) for s <= t (the
+// masked entries stay 0), so O = P' V and dV = P'^T dO read att unchanged; the backward takes
+// dP' = dO V^T, dP = dP' m / (1 - p) (the mask drawn again), and dS from dP and P (attp).
+// first: the mask index of this head's element (0, 0).
+static void drop_rows(float *att, float *attp, size_t t0, size_t t1, size_t C, const struct moe_dropout *drop,
+                      uint64_t first)
+{
+    if (!moe_dropout_on(drop))
+        return;
+    for (size_t t = t0; t < t1; t++) {
+        memcpy(attp + t * C, att + t * C, C * sizeof *att);
+        moe_dropout_apply(drop, att + t * C, t + 1, first + t * C);
+    }
+}
+
+// dP' to dP in rows t0..t1-1 of datt (keys s <= t).
+static void drop_grad_rows(float *datt, size_t t0, size_t t1, size_t C, const struct moe_dropout *drop,
+                           uint64_t first)
+{
+    if (!moe_dropout_on(drop))
+        return;
+    for (size_t t = t0; t < t1; t++)
+        moe_dropout_apply(drop, datt + t * C, t + 1, first + t * C);
+}
+
 // ---------------------------------------------------------------- GEMM path
 // One head: for each block of query rows t0..t1-1, S = Q K^T / sqrt(hs) into att[t0..t1-1, 0..t1-1],
 // softmax over s <= t with the rest of each row set to 0, then O = P V over keys 0..t1-1.
-static void head_forward_gemm(float *out, float *att, const float *qkv, size_t C, size_t D, size_t hs, size_t h)
+static void head_forward_gemm(float *out, float *att, float *attp, const float *qkv, size_t C, size_t D, size_t hs,
+                              size_t h, const struct moe_dropout *drop, uint64_t first)
 {
     const size_t ld = 3 * D; // row stride of qkv
     const float *q = qkv + h * hs, *k = q + D, *v = q + 2 * D;
@@ -160,6 +187,7 @@ static void head_forward_gemm(float *out, float *att, const float *qkv, size_t C
         moe_gemm_serial(0, 1, n, t1, hs, scale, q + t0 * ld, ld, k, ld, 0.0f, att + t0 * C, C);
         for (size_t t = t0; t < t1; t++)
             softmax_row(att + t * C, t + 1, C);
+        drop_rows(att, attp, t0, t1, C, drop, first);
         moe_gemm_serial(0, 0, n, hs, t1, 1.0f, att + t0 * C, C, v, ld, 0.0f, out + t0 * D + h * hs, D);
     }
 }
@@ -169,7 +197,8 @@ static void head_forward_gemm(float *out, float *att, const float *qkv, size_t C
 // t >= s0: dK += dS^T Q / sqrt(hs) and dV += P^T dO (the entries t < s in the diagonal block are the
 // zeros written above, and the zeros forward wrote into att).
 static void head_backward_gemm(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
-                               size_t C, size_t D, size_t hs, size_t h)
+                               const float *pp, size_t C, size_t D, size_t hs, size_t h,
+                               const struct moe_dropout *drop, uint64_t first)
 {
     const size_t ld = 3 * D;
     const size_t off = h * hs;
@@ -179,8 +208,9 @@ static void head_backward_gemm(float *dqkv, float *datt, const float *dout, cons
     for (size_t t0 = 0; t0 < C; t0 += TB) {
         const size_t t1 = C - t0 < TB ? C : t0 + TB, n = t1 - t0;
         moe_gemm_serial(0, 1, n, t1, hs, 1.0f, go + t0 * D, D, v, ld, 0.0f, datt + t0 * C, C);
+        drop_grad_rows(datt, t0, t1, C, drop, first);
         for (size_t t = t0; t < t1; t++)
-            dsoftmax_row(datt + t * C, att + t * C, t + 1, t1);
+            dsoftmax_row(datt + t * C, pp + t * C, t + 1, t1);
         moe_gemm_serial(0, 0, n, hs, t1, scale, datt + t0 * C, C, k, ld, 1.0f, dq + t0 * ld, ld);
     }
     for (size_t s0 = 0; s0 < C; s0 += TB) {
@@ -390,7 +420,8 @@ HOT static void tn_cols(float *o, size_t ldo, const float *w, size_t ldw, const 
 // end of t's group of 4 rows (the tile kernels' masked entries that must be 0), at most C
 static size_t group_end(size_t t, size_t C) { return (t | 3) + 1 < C ? (t | 3) + 1 : C; }
 
-static void head_forward_tile(float *out, float *att, const float *qkv, size_t C, size_t D, size_t hs, size_t h)
+static void head_forward_tile(float *out, float *att, float *attp, const float *qkv, size_t C, size_t D, size_t hs,
+                              size_t h, const struct moe_dropout *drop, uint64_t first)
 {
     const size_t ld = 3 * D;
     const float *q = qkv + h * hs, *k = q + D, *v = q + 2 * D;
@@ -398,11 +429,13 @@ static void head_forward_tile(float *out, float *att, const float *qkv, size_t C
     nt_scores(att, C, q, ld, k, ld, C, hs, scale);
     for (size_t t = 0; t < C; t++)
         softmax_row(att + t * C, t + 1, C);
+    drop_rows(att, attp, 0, C, C, drop, first);
     nn_rows(out + h * hs, D, att, C, v, ld, C, hs, 1.0f, 0);
 }
 
 static void head_backward_tile(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
-                               size_t C, size_t D, size_t hs, size_t h)
+                               const float *pp, size_t C, size_t D, size_t hs, size_t h,
+                               const struct moe_dropout *drop, uint64_t first)
 {
     const size_t ld = 3 * D;
     const size_t off = h * hs;
@@ -410,8 +443,9 @@ static void head_backward_tile(float *dqkv, float *datt, const float *dout, cons
     float *dq = dqkv + off, *dk = dq + D, *dv = dq + 2 * D;
     const float scale = (float)(1.0 / sqrt((double)hs));
     nt_scores(datt, C, go, D, v, ld, C, hs, 1.0f);
+    drop_grad_rows(datt, 0, C, C, drop, first);
     for (size_t t = 0; t < C; t++)
-        dsoftmax_row(datt + t * C, att + t * C, t + 1, group_end(t, C));
+        dsoftmax_row(datt + t * C, pp + t * C, t + 1, group_end(t, C));
     nn_rows(dq, ld, datt, C, k, ld, C, hs, scale, 1);
     tn_cols(dk, ld, datt, C, q, ld, C, hs, scale);
     tn_cols(dv, ld, att, C, go, D, C, hs, 1.0f);
@@ -423,47 +457,66 @@ static void head_backward_tile(float *dqkv, float *datt, const float *dout, cons
 // (b, h) pair of a call takes the same one.
 static int use_tiles(size_t hs) { return hs <= HS_TILE_MAX; }
 
-static void head_forward(float *out, float *att, const float *qkv, size_t C, size_t D, size_t hs, size_t h)
+static void head_forward(float *out, float *att, float *attp, const float *qkv, size_t C, size_t D, size_t hs,
+                         size_t h, const struct moe_dropout *drop, uint64_t first)
 {
     if (use_tiles(hs))
-        head_forward_tile(out, att, qkv, C, D, hs, h);
+        head_forward_tile(out, att, attp, qkv, C, D, hs, h, drop, first);
     else
-        head_forward_gemm(out, att, qkv, C, D, hs, h);
+        head_forward_gemm(out, att, attp, qkv, C, D, hs, h, drop, first);
 }
 
 static void head_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
-                          size_t C, size_t D, size_t hs, size_t h)
+                          const float *pp, size_t C, size_t D, size_t hs, size_t h, const struct moe_dropout *drop,
+                          uint64_t first)
 {
     if (use_tiles(hs))
-        head_backward_tile(dqkv, datt, dout, qkv, att, C, D, hs, h);
+        head_backward_tile(dqkv, datt, dout, qkv, att, pp, C, D, hs, h, drop, first);
     else
-        head_backward_gemm(dqkv, datt, dout, qkv, att, C, D, hs, h);
+        head_backward_gemm(dqkv, datt, dout, qkv, att, pp, C, D, hs, h, drop, first);
 }
 
-void moe_attention_forward(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H)
+void moe_attention_forward_drop(float *out, float *att, float *attp, const float *qkv, size_t B, size_t C, size_t D,
+                                size_t H, const struct moe_dropout *drop)
 {
     assert(H > 0 && D % H == 0);
+    assert(!moe_dropout_on(drop) || attp);
     const size_t hs = D / H;
     const size_t BH = B * H;
     #pragma omp parallel for schedule(static) if (BH > 1)
     for (size_t bh = 0; bh < BH; bh++) {
         size_t b = bh / H, h = bh % H;
-        head_forward(out + b * C * D, att + bh * C * C, qkv + b * C * 3 * D, C, D, hs, h);
+        head_forward(out + b * C * D, att + bh * C * C, attp ? attp + bh * C * C : NULL, qkv + b * C * 3 * D, C, D,
+                     hs, h, drop, (uint64_t)bh * C * C);
     }
 }
 
-void moe_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
-                            size_t B, size_t C, size_t D, size_t H)
+void moe_attention_forward(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H)
+{
+    moe_attention_forward_drop(out, att, NULL, qkv, B, C, D, H, NULL);
+}
+
+void moe_attention_backward_drop(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                                 const float *attp, size_t B, size_t C, size_t D, size_t H,
+                                 const struct moe_dropout *drop)
 {
     assert(H > 0 && D % H == 0);
+    const int on = moe_dropout_on(drop);
+    assert(!on || attp);
     const size_t hs = D / H;
     const size_t BH = B * H;
     #pragma omp parallel for schedule(static) if (BH > 1)
     for (size_t bh = 0; bh < BH; bh++) {
         size_t b = bh / H, h = bh % H;
         head_backward(dqkv + b * C * 3 * D, datt + bh * C * C, dout + b * C * D, qkv + b * C * 3 * D,
-                      att + bh * C * C, C, D, hs, h);
+                      att + bh * C * C, (on ? attp : att) + bh * C * C, C, D, hs, h, drop, (uint64_t)bh * C * C);
     }
+}
+
+void moe_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                            size_t B, size_t C, size_t D, size_t H)
+{
+    moe_attention_backward_drop(dqkv, datt, dout, qkv, att, NULL, B, C, D, H, NULL);
 }
 
 // ---------------------------------------------------------------- reference twin

@@ -83,6 +83,43 @@ void moe_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x,
 // Row-wise softmax of z (T, E) into p; log-sum-exp per row into lse (may be NULL).
 void moe_softmax_forward(float *p, float *lse, const float *z, size_t T, size_t E);
 
+// Inverted dropout (Srivastava et al. 2014, nn/dropout.c): at training time x * m / (1 - p) with
+// m ~ Bernoulli(1 - p) per element, the identity at evaluation (callers simply do not call it).
+// The mask is a pure function of (seed, step, site, element) through the counter-based generator
+// (core/rng.h, purpose MOE_RNG_DROPOUT, stream = step, index = site * 2^40 + element), so the
+// backward draws the same mask again rather than storing it. Sites (model/model.h documents them):
+// layer * MOE_DROP_KINDS + kind.
+struct moe_dropout {
+    float p;        // drop probability, in [0, 1); 0 = off
+    uint64_t seed;  // train.seed
+    uint64_t step;  // optimizer step (the batch's), the generator's stream
+    uint32_t site;  // layer * MOE_DROP_KINDS + kind
+};
+enum moe_drop_kind {
+    MOE_DROP_ATTN = 0,       // attention probabilities
+    MOE_DROP_RESID_ATTN = 1, // the attention sub-layer's output, before the residual add
+    MOE_DROP_RESID_FFN = 2,  // the FFN (dense or MoE) sub-layer's output, before the residual add
+    MOE_DROP_FFN = 3,        // hidden activation of a dense FFN or of the routed experts
+    MOE_DROP_SHARED = 4,     // hidden activation of the shared experts
+    MOE_DROP_KINDS = 8
+};
+#define MOE_DROP_SITE_SHIFT 40
+static inline int moe_dropout_on(const struct moe_dropout *d) { return d && d->p > 0.0f; }
+static inline struct moe_dropout moe_dropout_make(double p, uint64_t seed, uint64_t step, size_t layer,
+                                                  enum moe_drop_kind kind)
+{
+    struct moe_dropout d = { (float)p, seed, step, (uint32_t)(layer * MOE_DROP_KINDS + kind) };
+    return d;
+}
+// Whether element `element` of the site is kept (for tests).
+int moe_dropout_keep(const struct moe_dropout *d, uint64_t element);
+// x[i] := x[i] * m(first + i) / (1 - p) for i < n (nothing when d is NULL or off). Forward and backward.
+void moe_dropout_apply(const struct moe_dropout *d, float *x, size_t n, uint64_t first);
+// x (N, F): row r's element j has index key(r) * F + j, key(r) = row_tok[r] * S + row_slot[r]
+// (the dispatched rows of an expert block: token and slot), or r when row_tok is NULL.
+void moe_dropout_rows(const struct moe_dropout *d, float *x, size_t N, size_t F, const int32_t *row_tok,
+                      const int32_t *row_slot, size_t S);
+
 // Causal multi-head self-attention (Vaswani et al. 2017, decoder masking).
 // B = sequences, C = positions, D = n_embd, H = heads, hs = D / H (D % H == 0).
 // qkv (B, C, 3D): per position [q (D) | k (D) | v (D)]; head h uses columns
@@ -95,6 +132,16 @@ void moe_attention_forward(float *out, float *att, const float *qkv, size_t B, s
 // dqkv (B, C, 3D) += gradient given dout (B, C, D); datt (B, H, C, C) is scratch.
 void moe_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
                             size_t B, size_t C, size_t D, size_t H);
+// With attention-probability dropout (drop on, see below): att receives the dropped probabilities
+// P' = P * m / (1 - p) that multiply v, and attp (B, H, C, C) the probabilities P themselves (the
+// softmax backward needs both); element (b, h, t, s) of the mask has index ((b H + h) C + t) C + s.
+// drop NULL or off: attp is not used and the result is moe_attention_forward's, bit for bit.
+void moe_attention_forward_drop(float *out, float *att, float *attp, const float *qkv, size_t B, size_t C, size_t D,
+                                size_t H, const struct moe_dropout *drop);
+// The backward of that forward (att and attp as it left them; the mask is drawn again).
+void moe_attention_backward_drop(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                                 const float *attp, size_t B, size_t C, size_t D, size_t H,
+                                 const struct moe_dropout *drop);
 // The reference twins of the two above: the same contract, every dot product summed in double in
 // index order (plain loops, several times slower). The tests compare the fast kernels against them.
 void moe_attention_forward_ref(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H);

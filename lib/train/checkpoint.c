@@ -123,9 +123,9 @@ int moe_train_checkpoint_write(const char *path, struct moe_model *m, const stru
     const struct moe_optim *o = ck->opt;
     size_t n_stats = stats_pack(ck->batch_stats, NULL);
     double *stats = malloc(n_stats * sizeof *stats);
-    struct moe_st_ref *refs = calloc(n_extra + 3, sizeof *refs);
-    struct moe_st_meta *mt = calloc(n_meta + N_POS_META, sizeof *mt);
-    char vals[N_POS_META][32];
+    struct moe_st_ref *refs = calloc(n_extra + 4, sizeof *refs);
+    struct moe_st_meta *mt = calloc(n_meta + N_POS_META + 2, sizeof *mt);
+    char vals[N_POS_META][32], best_vals[2][32];
     int rc;
     if (!stats || !refs || !mt) {
         rc = moe_error(err, MOE_ENOMEM, "out of memory writing '%s'", path);
@@ -140,6 +140,8 @@ int moe_train_checkpoint_write(const char *path, struct moe_model *m, const stru
     if (o->v)
         refs[nr++] = (struct moe_st_ref){ "optim.v", MOE_F32, 1, { o->numel }, o->v };
     refs[nr++] = (struct moe_st_ref){ "train.batch_stats", MOE_F64, 1, { n_stats }, stats };
+    if (ck->best) // train.select = best_valid_loss
+        refs[nr++] = (struct moe_st_ref){ "train.best", MOE_F32, 1, { ck->best_n }, ck->best };
 
     const struct moe_train_pos *p = &ck->pos;
     size_t nm = 0;
@@ -157,6 +159,12 @@ int moe_train_checkpoint_write(const char *path, struct moe_model *m, const stru
     snprintf(vals[7], sizeof vals[7], "%d", p->finished ? 1 : 0);
     for (int i = 0; i < N_POS_META; i++)
         mt[nm++] = (struct moe_st_meta){ keys[i], vals[i] };
+    if (ck->best) {
+        snprintf(best_vals[0], sizeof best_vals[0], "%" PRId64, ck->best_epoch);
+        snprintf(best_vals[1], sizeof best_vals[1], "%.17g", ck->best_loss);
+        mt[nm++] = (struct moe_st_meta){ "train.best_epoch", best_vals[0] };
+        mt[nm++] = (struct moe_st_meta){ "train.best_loss", best_vals[1] };
+    }
     rc = moe_model_save(m, path, refs, nr, mt, nm, err);
 out:
     free(stats);
@@ -196,6 +204,27 @@ static int meta_epoch_or_none(const struct moe_st_file *f, const char *key, int6
     if (!rc)
         *ret = (int64_t)x;
     return rc;
+}
+
+int moe_train_best_read(const struct moe_st_file *f, float *best, size_t best_n, int64_t *best_epoch,
+                        double *best_loss, struct moe_err *err)
+{
+    int rc = meta_epoch_or_none(f, "train.best_epoch", best_epoch, err);
+    if (rc)
+        return rc;
+    const char *v = moe_safetensors_meta(f, "train.best_loss");
+    char *end = NULL;
+    *best_loss = v ? strtod(v, &end) : NAN;
+    if (!v || end == v || *end)
+        return moe_error(err, MOE_EFORMAT, "%s: metadata 'train.best_loss' is missing or not a number", f->path);
+    if (*best_epoch < 0)
+        return 0;
+    if ((rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ "train.best", MOE_F32, 1, { best_n }, best }, err)))
+        return rc;
+    for (size_t i = 0; i < best_n; i++)
+        if (!isfinite(best[i]))
+            return moe_error(err, MOE_EFORMAT, "%s: tensor 'train.best' element %zu is not a finite number", f->path, i);
+    return 0;
 }
 
 int moe_train_pos_read(const struct moe_st_file *f, struct moe_train_pos *ret, struct moe_err *err)

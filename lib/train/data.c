@@ -23,6 +23,7 @@ const struct moe_cfg_key moe_data_keys[] = {
     { "data.synthetic.kind", MOE_CFG_STR, "\"regions\"", 1, 0, "regions|classes", "regions: each input region has its own linear map (regression); classes: each region is a class" },
     { "data.synthetic.n_train", MOE_CFG_INT, "1000", 1, BIG, NULL, "training rows" },
     { "data.synthetic.n_test", MOE_CFG_INT, "500", 0, BIG, NULL, "test rows" },
+    { "data.synthetic.n_valid", MOE_CFG_INT, "0", 0, BIG, NULL, "validation rows (split=valid in metrics.csv), drawn like the others from a stream of their own (0 = no validation split)" },
     { "data.synthetic.n_in", MOE_CFG_INT, "2", 1, 65536, NULL, "input features" },
     { "data.synthetic.n_out", MOE_CFG_INT, "1", 1, 65536, NULL, "regression targets (ignored for kind classes)" },
     { "data.synthetic.n_regions", MOE_CFG_INT, "4", 1, 4096, NULL, "number of input regions (and classes for kind classes)" },
@@ -34,6 +35,7 @@ const struct moe_cfg_key moe_data_keys[] = {
     { "data.idx.test_labels", MOE_CFG_STR, "\"" FMNIST "t10k-labels-idx1-ubyte.gz\"", 1, 0, NULL, "IDX labels for testing" },
     { "data.idx.limit_train", MOE_CFG_INT, "0", 0, BIG, NULL, "use only the first N training rows (0 = all; counted after data.idx.classes)" },
     { "data.idx.limit_test", MOE_CFG_INT, "0", 0, BIG, NULL, "use only the first N test rows (0 = all; counted after data.idx.classes)" },
+    { "data.idx.valid_fraction", MOE_CFG_NUM, "0", 0, 0.9, NULL, "the last fraction of the training rows (after classes and limit_train) is the validation split (0 = none)" },
     { "data.idx.classes", MOE_CFG_NUM_LIST, "[]", 0, 255, NULL, "keep only the rows whose label is in this list, in both splits (integers; [] = all); labels keep their values, so the model still has every class's output" },
     { "data.table.path", MOE_CFG_STR, "null", 1, 0, NULL, "CSV or TSV file with a header row" },
     { "data.table.delimiter", MOE_CFG_STR, "\"auto\"", 1, 0, "auto|comma|tab", "field separator; auto = tab for .tsv/.tab, else comma" },
@@ -46,6 +48,7 @@ const struct moe_cfg_key moe_data_keys[] = {
     { "data.table.train_range", MOE_CFG_NUM_LIST, "[]", 1, 0, NULL, "[lo, hi] inclusive range of split_column for training rows" },
     { "data.table.test_range", MOE_CFG_NUM_LIST, "[]", 1, 0, NULL, "[lo, hi] inclusive range of split_column for test rows" },
     { "data.table.test_fraction", MOE_CFG_NUM, "0.2", 0, 0.99, NULL, "fraction of rows held out by the random split" },
+    { "data.table.valid_fraction", MOE_CFG_NUM, "0", 0, 0.9, NULL, "the last fraction of the training split's rows (in its order after the range or random split) is the validation split (0 = none)" },
     { "data.text.path", MOE_CFG_STR, "null", 1, 0, NULL, "a text file, or a directory with one text file per language (the file name without extension names the language)" },
     { "data.text.tokens", MOE_CFG_STR, "\"bytes\"", 1, 0, "bytes|words", "bytes: vocabulary of the 256 byte values; words: runs of letters/digits (and bytes >= 0x80) plus single other bytes, vocabulary built from the training text" },
     { "data.text.vocab_size", MOE_CFG_INT, "8192", 2, 1 << 24, NULL, "words: vocabulary cap including the unknown word <unk> (id 0); the most frequent training words are kept" },
@@ -115,6 +118,7 @@ static int parse_table(struct moe_data_cfg *c, const struct moe_config *cfg, str
         }
     }
     s->test_fraction = moe_cfg_num(cfg, "data.table.test_fraction");
+    c->table_valid_fraction = moe_cfg_num(cfg, "data.table.valid_fraction");
     s->seed = (uint64_t)moe_cfg_int(cfg, "train.seed");
     return 0;
 }
@@ -156,6 +160,7 @@ static int parse_idx(struct moe_data_cfg *c, const struct moe_config *cfg, struc
     c->idx.test_labels = moe_cfg_str(cfg, "data.idx.test_labels");
     c->idx.limit_train = (size_t)moe_cfg_int(cfg, "data.idx.limit_train");
     c->idx.limit_test = (size_t)moe_cfg_int(cfg, "data.idx.limit_test");
+    c->idx.valid_fraction = moe_cfg_num(cfg, "data.idx.valid_fraction");
     return 0;
 }
 
@@ -165,6 +170,7 @@ static void parse_synthetic(struct moe_data_cfg *c, const struct moe_config *cfg
     s->kind = moe_cfg_str(cfg, "data.synthetic.kind");
     s->n_train = (size_t)moe_cfg_int(cfg, "data.synthetic.n_train");
     s->n_test = (size_t)moe_cfg_int(cfg, "data.synthetic.n_test");
+    s->n_valid = (size_t)moe_cfg_int(cfg, "data.synthetic.n_valid");
     s->n_in = (size_t)moe_cfg_int(cfg, "data.synthetic.n_in");
     s->n_regions = (size_t)moe_cfg_int(cfg, "data.synthetic.n_regions");
     // kind classes has one class per region; n_out applies to regression only
@@ -295,6 +301,20 @@ static int load_idx(struct moe_data *d, const struct moe_data_cfg *c, struct moe
     return 0;
 }
 
+// IDX and table data: the last floor(fraction * rows) training rows become the validation split
+// (before standardisation, whose statistics are the remaining training rows'). A fraction that
+// leaves no validation row, or no training row, is a config error naming the key.
+static int split_valid(struct moe_data *d, double fraction, const char *key, struct moe_err *err)
+{
+    if (fraction <= 0.0)
+        return 0;
+    size_t n = d->train.n, nv = (size_t)(fraction * (double)n);
+    if (nv == 0 || nv >= n)
+        return moe_error(err, MOE_ECONFIG, "key '%s': %g of %zu training rows leaves %s", key, fraction, n,
+                         nv == 0 ? "an empty validation split" : "no training row");
+    return moe_dataset_split_tail(&d->train, nv, &d->valid, err);
+}
+
 int moe_data_load_cfg(struct moe_data *ret, const struct moe_data_cfg *c, const struct moe_vocab *vocab,
                       struct moe_err *err)
 {
@@ -302,13 +322,17 @@ int moe_data_load_cfg(struct moe_data *ret, const struct moe_data_cfg *c, const 
     int rc = 0;
     switch (c->source) {
     case MOE_DATA_SYNTHETIC:
-        rc = moe_synth_make(&c->synthetic, &ret->train, &ret->test, err);
+        rc = moe_synth_make_ex(&c->synthetic, &ret->train, &ret->test, &ret->valid, err);
         break;
     case MOE_DATA_IDX:
         rc = load_idx(ret, c, err);
+        if (!rc)
+            rc = split_valid(ret, c->idx.valid_fraction, "data.idx.valid_fraction", err);
         break;
     case MOE_DATA_TABLE:
         rc = moe_table_read(&c->table, &ret->train, &ret->test, err);
+        if (!rc)
+            rc = split_valid(ret, c->table_valid_fraction, "data.table.valid_fraction", err);
         break;
     case MOE_DATA_TEXT:
         rc = load_text(ret, c, vocab, err);
@@ -319,6 +343,8 @@ int moe_data_load_cfg(struct moe_data *ret, const struct moe_data_cfg *c, const 
         if (!rc) {
             moe_standardize_apply(&ret->stats, &ret->train);
             moe_standardize_apply(&ret->stats, &ret->test);
+            if (ret->valid.n)
+                moe_standardize_apply(&ret->stats, &ret->valid);
             ret->standardized = 1;
         }
     }
@@ -366,6 +392,7 @@ void moe_data_release(struct moe_data *d)
         return;
     moe_dataset_release(&d->train);
     moe_dataset_release(&d->test);
+    moe_dataset_release(&d->valid);
     moe_standardize_release(&d->stats);
     moe_corpus_release(&d->corpus);
     memset(d, 0, sizeof *d);

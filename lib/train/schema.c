@@ -66,6 +66,14 @@ int moe_run_cfg_parse(struct moe_run_cfg *rc, const struct moe_config *cfg, stru
     }
     if (!r)
         r = moe_lora_cfg_parse(&rc->lora, cfg, err);
+    const struct moe_data_cfg *d = &rc->data;
+    int has_valid = d->source == MOE_DATA_TEXT || (d->source == MOE_DATA_SYNTHETIC && d->synthetic.n_valid) ||
+                    (d->source == MOE_DATA_IDX && d->idx.valid_fraction > 0) ||
+                    (d->source == MOE_DATA_TABLE && d->table_valid_fraction > 0);
+    if (!r && rc->train.criterion_valid && !has_valid)
+        r = moe_error(err, MOE_ECONFIG, "key 'train.criterion_split': 'valid' needs a validation split (data.synthetic.n_valid, data.idx.valid_fraction or data.table.valid_fraction)");
+    if (!r && rc->train.select_best && !has_valid)
+        r = moe_error(err, MOE_ECONFIG, "key 'train.select': 'best_valid_loss' needs a validation split (data.synthetic.n_valid, data.idx.valid_fraction or data.table.valid_fraction)");
     if (r)
         moe_run_cfg_release(rc);
     return r;
@@ -113,6 +121,7 @@ int moe_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_ta
         // trainer.c: shuffled (a batch buffer) when an optimizer step takes less than the split
         .shuffle = rc->train.shuffle && (rc->train.accumulate <= 1 || oc->batch_size == 0 ||
                                          oc->batch_size * rc->train.accumulate < n_train_rows),
+        .select_best = rc->train.select_best,
     };
     return moe_model_estimate_hp(&rc->model, &rc->data, training ? &loop : NULL, task, n_in, n_out, n_train_rows,
                                  n_test_rows, max_batch, ret, err);

@@ -39,6 +39,10 @@ void moe_data_cfg_release(struct moe_data_cfg *c);
 
 struct moe_data {
     struct moe_dataset train, test;
+    // A validation split held out of the training data (data.synthetic.n_valid,
+    // data.idx.valid_fraction, data.table.valid_fraction): n = 0 when there is none.
+    // Text data keeps its validation part in `test` (the corpus's last fraction).
+    struct moe_dataset valid;
     int standardized;
     struct moe_standardize stats;
     int has_text;             // data.source = text: the splits are windows over corpus
@@ -135,6 +139,8 @@ struct moe_train_cfg {
     uint64_t seed, epochs, eval_every, log_every, checkpoint_every;
     int shuffle;
     enum moe_criterion criterion;
+    int criterion_valid;       // train.criterion_split = valid: the criterion reads the validation split
+    int select_best;           // train.select = best_valid_loss: the run ends with the best validation evaluation's parameters
     double criterion_value, active_threshold;
     size_t max_batch_eval;
     size_t accumulate;  // micro-batches per optimizer step (gradient accumulation), >= 1
@@ -154,7 +160,7 @@ int moe_train_cfg_check(const struct moe_train_cfg *tc, const struct moe_optim_c
 struct moe_eval_row {
     uint64_t step;
     uint64_t epoch;
-    const char *split;    // "train" or "test"
+    const char *split;    // "train", "valid", "test" or "batch"
     size_t n;             // rows evaluated
     double loss;          // mean objective per row
     double mse;           // mean ||prediction - target||^2 per row
@@ -193,6 +199,9 @@ struct moe_train_result {
     uint64_t epochs;          // epochs run
     int64_t criterion_epoch;  // first epoch meeting the criterion, -1 if never (or none set)
     struct moe_eval_row final_train, final_test;
+    struct moe_eval_row final_valid; // split "valid" with a validation split (data->valid.n > 0), else n = 0
+    int select_best;          // train.select = best_valid_loss
+    int64_t selected_epoch;   // with select_best: the epoch whose parameters the run ends with (final_* are theirs)
     double final_gate_mean[64]; // first 64 experts' final training mixing proportions
     double wall_seconds;
     double rows_per_second;   // training rows processed per second
@@ -268,7 +277,19 @@ struct moe_train_ckpt {
     struct moe_train_pos pos;
     const struct moe_optim *opt;
     const struct moe_stats *batch_stats;
+    // train.select = best_valid_loss: the snapshot of the best validation evaluation so far
+    // (tensor "train.best": the parameters' flat buffer, then the model's F32 state), its epoch
+    // (-1: none yet) and loss; best NULL otherwise (nothing written).
+    const float *best;
+    size_t best_n;
+    int64_t best_epoch;
+    double best_loss;
 };
+// With train.select = best_valid_loss: read the snapshot of a checkpoint into ck->best (best_n
+// floats, allocated by the caller), ck->best_epoch and ck->best_loss; a checkpoint without one
+// (no evaluation yet) leaves best_epoch -1.
+int moe_train_best_read(const struct moe_st_file *f, float *best, size_t best_n, int64_t *best_epoch,
+                        double *best_loss, struct moe_err *err);
 
 // Where a run stands after a training step (moe_train_hooks.step): what a
 // progress display needs, read-only. The steps of a run are at most epochs x

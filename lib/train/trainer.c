@@ -28,6 +28,8 @@ const struct moe_cfg_key moe_train_keys[] = {
     { "train.shuffle", MOE_CFG_BOOL, "true", 1, 0, NULL, "reshuffle mini-batches every epoch" },
     { "train.eval_every", MOE_CFG_INT, "1", 1, BIG, NULL, "write metrics every N epochs (and at epoch 0, the last epoch, and the criterion epoch)" },
     { "train.criterion", MOE_CFG_STR, "\"none\"", 1, 0, "none|loss|mse|accuracy", "stop when the training split reaches criterion_value on this metric" },
+    { "train.criterion_split", MOE_CFG_STR, "\"train\"", 1, 0, "train|valid", "the split whose evaluation the criterion reads: train, or valid (the validation split: data.synthetic.n_valid, data.idx.valid_fraction, data.table.valid_fraction; for text data the corpus's validation part, the test rows)" },
+    { "train.select", MOE_CFG_STR, "\"last\"", 1, 0, "last|best_valid_loss", "the parameters the run ends with: the last epoch's, or those of the evaluation with the lowest validation loss (kept in memory and in the checkpoint as train.best; model.safetensors and the summary's final rows are then that epoch's, selected_epoch names it)" },
     { "train.criterion_value", MOE_CFG_NUM, "0", -1e30, 1e30, NULL, "loss/mse: stop at or below; accuracy: stop at or above" },
     { "train.active_threshold", MOE_CFG_NUM, "0.05", 0, 1, NULL, "an expert is active when its mean mixing proportion exceeds this" },
     { "train.log_every", MOE_CFG_INT, "0", 0, BIG, NULL, "write a split=batch row to metrics.csv every N steps: training-mode means over those steps (0 = one per evaluation, over the steps since the last)" },
@@ -55,6 +57,8 @@ int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, s
         if (strcmp(crit, crits[i]) == 0)
             c->criterion = (enum moe_criterion)i;
     c->criterion_value = moe_cfg_num(cfg, "train.criterion_value");
+    c->criterion_valid = strcmp(moe_cfg_str(cfg, "train.criterion_split"), "valid") == 0;
+    c->select_best = strcmp(moe_cfg_str(cfg, "train.select"), "best_valid_loss") == 0;
     c->active_threshold = moe_cfg_num(cfg, "train.active_threshold");
     c->log_every = (uint64_t)moe_cfg_int(cfg, "train.log_every");
     c->checkpoint_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
@@ -310,6 +314,10 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
 struct run {
     struct moe_model *m;
     const struct moe_dataset *tr, *te;
+    const struct moe_dataset *va;    // the validation split, or NULL (text: its validation part is te)
+    int crit_valid;                  // the criterion reads the validation split (va, or te for text)
+    int select_best;                 // train.select = best_valid_loss
+    float *best;                     // (best_n) the snapshot of the best validation evaluation (ck.best)
     const struct moe_train_hooks *hooks;
     uint64_t seed, epochs, eval_every, ckpt_every, log_every;
     int use_crit, lm, shuffled;
@@ -326,9 +334,9 @@ struct run {
     struct moe_optim opt;
     // evaluation of the training and the test split (each row keeps pointers into its
     // own statistics until it is written), and training steps since the last batch row
-    struct moe_stats st, ste, sb;
-    struct moe_eval_row rtr, rte;
-    double *gm_train, *gm_test;      // (n_expert + 1) the rows' gate means
+    struct moe_stats st, ste, sb, sva;
+    struct moe_eval_row rtr, rte, rva;
+    double *gm_train, *gm_test, *gm_valid; // (n_expert + 1) the rows' gate means
     uint32_t *perm;                  // (rows) the epoch's order, shuffled runs
     struct moe_dataset batch;        // a shuffled batch's rows
     struct moe_lm_batch lb;          // language models: a batch's windows
@@ -403,6 +411,46 @@ static int teacher_alloc(struct run *r, struct moe_err *err)
     return 0;
 }
 
+// train.select = best_valid_loss: the snapshot is the parameters' flat buffer (padding included),
+// then every F32 state tensor of the model (bias-balancing offsets) in the model's order; hash tables
+// do not change after fit. snapshot(m, NULL) is its size in floats; restore copies it back.
+static size_t snapshot(struct moe_model *m, float *out)
+{
+    size_t n = m->params.numel;
+    if (out)
+        memcpy(out, m->params.data, n * sizeof *out);
+    struct moe_st_ref refs[64];
+    size_t k = m->ops->state ? m->ops->state(m, refs, 64) : 0;
+    for (size_t i = 0; i < k && i < 64; i++) {
+        if (refs[i].dtype != MOE_F32)
+            continue;
+        size_t len = 1;
+        for (int d = 0; d < refs[i].ndim; d++)
+            len *= refs[i].shape[d];
+        if (out)
+            memcpy(out + n, refs[i].data, len * sizeof *out);
+        n += len;
+    }
+    return n;
+}
+
+static void restore(struct moe_model *m, const float *in)
+{
+    size_t n = m->params.numel;
+    memcpy(m->params.data, in, n * sizeof *in);
+    struct moe_st_ref refs[64];
+    size_t k = m->ops->state ? m->ops->state(m, refs, 64) : 0;
+    for (size_t i = 0; i < k && i < 64; i++) {
+        if (refs[i].dtype != MOE_F32)
+            continue;
+        size_t len = 1;
+        for (int d = 0; d < refs[i].ndim; d++)
+            len *= refs[i].shape[d];
+        memcpy((void *)refs[i].data, in + n, len * sizeof *in);
+        n += len;
+    }
+}
+
 // Settings, optimizer, statistics and buffers, at the start of a run. r is
 // zeroed first: run_release frees what this allocated, whether it succeeded or not.
 static int run_init(struct run *r, struct moe_model *m, const struct moe_data *data, const struct moe_train_cfg *tc,
@@ -412,6 +460,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->m = m;
     r->tr = &data->train;
     r->te = &data->test;
+    r->va = data->valid.n ? &data->valid : NULL;
     r->hooks = hooks;
     r->ck = (struct moe_train_ckpt){ .pos = { .criterion_epoch = -1 }, .opt = &r->opt, .batch_stats = &r->sb };
     r->seed = tc->seed;
@@ -422,6 +471,9 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->crit = tc->criterion;
     r->crit_value = tc->criterion_value;
     r->use_crit = tc->criterion != MOE_CRIT_NONE;
+    r->crit_valid = tc->criterion_valid;
+    r->select_best = tc->select_best;
+    r->ck.best_epoch = -1;
     r->thr = tc->active_threshold;
     r->chunk = tc->max_batch_eval;
     r->lm = r->tr->task == MOE_TASK_LM;
@@ -450,13 +502,24 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->oc = *oc;
     // shuffled when an optimizer step takes less than the split (accumulated or not)
     r->shuffled = tc->shuffle && step_rows < tr->n && !r->lm;
+    if (r->crit_valid && !r->va && !r->lm)
+        return moe_error(err, MOE_ECONFIG, "key 'train.criterion_split': 'valid' needs a validation split (data.synthetic.n_valid, data.idx.valid_fraction or data.table.valid_fraction)");
+    if (r->select_best && !r->va && !r->lm)
+        return moe_error(err, MOE_ECONFIG, "key 'train.select': 'best_valid_loss' needs a validation split (data.synthetic.n_valid, data.idx.valid_fraction or data.table.valid_fraction)");
+    if (r->select_best) {
+        r->ck.best_n = snapshot(m, NULL);
+        if (!(r->best = malloc(r->ck.best_n * sizeof *r->best)))
+            return moe_error(err, MOE_ENOMEM, "out of memory for the selected parameters (%zu floats)", r->ck.best_n);
+        r->ck.best = r->best;
+    }
     if ((rc = moe_train_stats_init(&r->st, m, tr, err)) || (rc = moe_train_stats_init(&r->ste, m, tr, err)) ||
-        (rc = moe_train_stats_init(&r->sb, m, tr, err)))
+        (rc = moe_train_stats_init(&r->sb, m, tr, err)) || (r->va && (rc = moe_train_stats_init(&r->sva, m, tr, err))))
         return rc;
     r->perm = malloc((tr->n ? tr->n : 1) * sizeof *r->perm);
     r->gm_train = calloc(m->n_expert + 1, sizeof *r->gm_train);
     r->gm_test = calloc(m->n_expert + 1, sizeof *r->gm_test);
-    if (!r->perm || !r->gm_train || !r->gm_test)
+    r->gm_valid = calloc(m->n_expert + 1, sizeof *r->gm_valid);
+    if (!r->perm || !r->gm_train || !r->gm_test || !r->gm_valid)
         return moe_error(err, MOE_ENOMEM, "out of memory");
     if (r->accum > 1 && !(r->acc = malloc((numel ? numel : 1) * sizeof *r->acc)))
         return moe_error(err, MOE_ENOMEM, "out of memory for the gradient accumulator (%zu floats)", numel);
@@ -476,6 +539,9 @@ static int run_resume(struct run *r, struct moe_err *err)
     int rc;
     if ((rc = moe_train_pos_read(f, pos, err)) || (rc = moe_train_state_restore(f, &r->opt, &r->sb, err)))
         return rc;
+    if (r->select_best &&
+        (rc = moe_train_best_read(f, r->best, r->ck.best_n, &r->ck.best_epoch, &r->ck.best_loss, err)))
+        return rc;
     if (pos->finished)
         return moe_error(err, MOE_EINVAL, "'%s': the run is already complete (step %llu)", f->path,
                          (unsigned long long)pos->steps);
@@ -490,6 +556,7 @@ static void run_release(struct run *r)
     moe_stats_release(&r->st);
     moe_stats_release(&r->ste);
     moe_stats_release(&r->sb);
+    moe_stats_release(&r->sva);
     moe_dataset_release(&r->batch);
     moe_lm_batch_release(&r->lb);
     free(r->perm);
@@ -497,6 +564,8 @@ static void run_release(struct run *r)
     free(r->teacher_hidden);
     free(r->gm_train);
     free(r->gm_test);
+    free(r->gm_valid);
+    free(r->best);
 }
 
 // Hand the state to the checkpoint hook.
@@ -755,7 +824,18 @@ static int eval_point(struct run *r, uint64_t epoch, int *last, struct moe_err *
         return moe_error(err, MOE_ENUMERIC, "epoch %llu (step %llu): evaluated training loss is not finite; first non-finite tensor: '%s' (weights, %s)",
                          (unsigned long long)epoch, (unsigned long long)pos->steps, bad ? bad : "none", kind);
     }
-    int met = r->use_crit && epoch > 0 && pos->criterion_epoch < 0 && criterion_met(r->crit, r->crit_value, &r->rtr);
+    // the validation split (split=valid rows) whenever the training split is evaluated
+    if (r->va && (rc = eval_split(r, r->va, "valid", epoch, &r->sva, &r->rva, r->gm_valid, err)))
+        return rc;
+    // the criterion's row: training, or validation (text: the test rows, the corpus's validation part)
+    const struct moe_eval_row *crow = &r->rtr;
+    if (r->crit_valid && r->va)
+        crow = &r->rva;
+    else if (r->crit_valid && r->use_crit && (rc = eval_split(r, r->te, "test", epoch, &r->ste, &r->rte, r->gm_test, err)))
+        return rc;
+    else if (r->crit_valid)
+        crow = &r->rte;
+    int met = r->use_crit && epoch > 0 && pos->criterion_epoch < 0 && criterion_met(r->crit, r->crit_value, crow);
     if (met) {
         pos->criterion_epoch = (int64_t)epoch;
         *last = 1;
@@ -765,23 +845,45 @@ static int eval_point(struct run *r, uint64_t epoch, int *last, struct moe_err *
     moe_eval_cb cb = r->hooks->row;
     void *ctx = r->hooks->ctx;
     if ((!r->log_every && (rc = batch_row(&r->sb, r->tr->task, r->thr, pos->steps, epoch, cb, ctx, err))) ||
-        (rc = eval_split(r, r->te, "test", epoch, &r->ste, &r->rte, r->gm_test, err)))
+        (!(r->crit_valid && !r->va && r->use_crit) && (rc = eval_split(r, r->te, "test", epoch, &r->ste, &r->rte, r->gm_test, err))))
         return rc;
-    if (cb && ((rc = cb(ctx, &r->rtr, err)) || (rc = cb(ctx, &r->rte, err))))
+    if (cb && ((rc = cb(ctx, &r->rtr, err)) || (r->va && (rc = cb(ctx, &r->rva, err))) || (rc = cb(ctx, &r->rte, err))))
         return rc;
+    // train.select: keep these parameters if this validation loss is the lowest so far (ties: the earlier)
+    const double vloss = r->va ? r->rva.loss : r->rte.loss;
+    if (r->select_best && (r->ck.best_epoch < 0 || vloss < r->ck.best_loss)) {
+        snapshot(r->m, r->best);
+        r->ck.best_epoch = (int64_t)epoch;
+        r->ck.best_loss = vloss;
+    }
     return 0;
 }
 
 // The last epoch's rows and gate means into ret. No checkpoint here: the caller
 // writes the model and the summary, whose presence marks the run complete;
 // until then the last checkpoint stands.
-static void run_finish(struct run *r, struct moe_train_result *ret)
+static int run_finish(struct run *r, uint64_t epoch, struct moe_train_result *ret, struct moe_err *err)
 {
+    ret->select_best = r->select_best;
+    ret->selected_epoch = r->select_best ? (int64_t)epoch : -1;
+    if (r->select_best && r->ck.best_epoch >= 0 && (uint64_t)r->ck.best_epoch != epoch) {
+        // the selected parameters, and the final rows evaluated on them (the values of that epoch's rows)
+        restore(r->m, r->best);
+        uint64_t be = (uint64_t)r->ck.best_epoch;
+        int rc;
+        if ((rc = eval_split(r, r->tr, "train", be, &r->st, &r->rtr, r->gm_train, err)) ||
+            (r->va && (rc = eval_split(r, r->va, "valid", be, &r->sva, &r->rva, r->gm_valid, err))) ||
+            (rc = eval_split(r, r->te, "test", be, &r->ste, &r->rte, r->gm_test, err)))
+            return rc;
+        ret->selected_epoch = r->ck.best_epoch;
+    }
     ret->final_train = r->rtr;
     ret->final_test = r->rte;
+    if (r->va)
+        ret->final_valid = r->rva;
     // the rows' pointers into the statistics do not outlive this call
-    struct moe_eval_row *fin[] = { &ret->final_train, &ret->final_test };
-    for (int i = 0; i < 2; i++) {
+    struct moe_eval_row *fin[] = { &ret->final_train, &ret->final_test, &ret->final_valid };
+    for (int i = 0; i < 3; i++) {
         fin[i]->gate_mean = NULL;
         fin[i]->route = NULL;
         fin[i]->n_route = 0;
@@ -792,6 +894,7 @@ static void run_finish(struct run *r, struct moe_train_result *ret)
     for (size_t e = 0; e < r->m->n_expert && e < 64; e++)
         ret->final_gate_mean[e] = r->gm_train[e];
     r->ck.pos.finished = 1;
+    return 0;
 }
 
 // Epochs from pos->epoch on, each one its training steps (none in epoch 0 or
@@ -816,10 +919,8 @@ static int run_epochs(struct run *r, struct moe_train_result *ret, struct moe_er
         int last = epoch == r->epochs;
         if ((rc = eval_point(r, epoch, &last, err)))
             return rc;
-        if (last) {
-            run_finish(r, ret);
-            return 0;
-        }
+        if (last)
+            return run_finish(r, epoch, ret, err);
         // The epoch is done: the next one starts at its first row.
         pos->epoch++;
         pos->next_row = 0;

@@ -717,6 +717,96 @@ t_no_partial() {
 }
 check "failed commands leave no summary.json or model.safetensors behind" t_no_partial
 
+# ---------------------------------------------------------------- validation split
+# data.synthetic.n_valid: split=valid rows between train and test at every evaluation, the same at
+# 1 and 2 threads; the train and test rows are those of the run without it; train.criterion_split
+# = valid stops at the first epoch whose validation loss meets the value.
+t_valid_split() {
+    local t
+    for t in 1 2; do
+        "$MOE" train --config "$TMP/reg.json" --set data.synthetic.n_valid=50 --out "$TMP/val$t" --threads "$t" --quiet \
+            >/dev/null 2>"$TMP/val$t.err" || { fail "n_valid run: $(cat "$TMP/val$t.err")"; return 1; }
+    done
+    "$MOE" train --config "$TMP/reg.json" --out "$TMP/val0" --threads 1 --quiet >/dev/null 2>&1 || { fail "plain run"; return 1; }
+    cmp -s "$TMP/val1/metrics.csv" "$TMP/val2/metrics.csv" || { fail "metrics.csv differs between 1 and 2 threads"; return 1; }
+    cmp -s <(grep -v ',valid,' "$TMP/val1/metrics.csv") "$TMP/val0/metrics.csv" ||
+        { fail "the train and test rows changed with a validation split"; return 1; }
+    [ "$(grep -c ',valid,' "$TMP/val1/metrics.csv")" = 5 ] || { fail "expected 5 valid rows (epochs 0-4)"; return 1; }
+    awk -F, 'NR > 1 && $3 != "batch" { s = s $3 " " } END { exit !(s ~ /^(train valid test )+$/) }' "$TMP/val1/metrics.csv" ||
+        { fail "rows are not train, valid, test at each evaluation"; return 1; }
+    jqe "$TMP/val1/summary.json" '.final.valid.rows == 50 and .final.test.rows == 100 and .final.train.rows == 200' \
+        "summary final.valid" || return 1
+    # moe eval --data valid: the summary's final.valid, value for value
+    "$MOE" eval --checkpoint "$TMP/val1/model.safetensors" --data valid --quiet >"$TMP/val1.eval" 2>&1 ||
+        { fail "eval --data valid: $(cat "$TMP/val1.eval")"; return 1; }
+    [ "$(jq -S -c . "$TMP/val1.eval")" = "$(jq -S -c .final.valid "$TMP/val1/summary.json")" ] ||
+        { fail "eval --data valid differs from final.valid"; return 1; }
+    # the criterion on the validation loss: the value of epoch 2's valid row
+    local v want
+    v=$(awk -F, '$2 == 2 && $3 == "valid" { print $4 }' "$TMP/val1/metrics.csv")
+    want=$(awk -F, -v v="$v" '$3 == "valid" && $2 > 0 && $4 + 0 <= v + 0 { print $2; exit }' "$TMP/val1/metrics.csv")
+    "$MOE" train --config "$TMP/reg.json" --set data.synthetic.n_valid=50 --set train.criterion=loss \
+        --set train.criterion_value="$v" --set train.criterion_split=valid --out "$TMP/valc" --threads 1 --quiet \
+        >/dev/null 2>"$TMP/valc.err" || { fail "criterion run: $(cat "$TMP/valc.err")"; return 1; }
+    jqe "$TMP/valc/summary.json" ".criterion_epoch == $want and .epochs == $want" "criterion on the validation split" || return 1
+}
+check "validation split: valid rows, thread-independent, train/test unchanged; criterion_split=valid" t_valid_split
+
+# train.select = best_valid_loss: a small noisy training set overfits, so the validation loss
+# turns up; the run ends with the epoch of the lowest validation row, and its final rows and
+# model.safetensors are that epoch's. A SIGTERM and --resume end with the same selection.
+QUICK=$HERE/../../examples/quickstart.json
+SEL=(--set data.synthetic.n_valid=100 --set data.synthetic.n_train=24 --set data.synthetic.noise=0.8
+     --set optim.lr=0.05 --set train.eval_every=5 --set train.select=best_valid_loss)
+t_select() {
+    "$MOE" train --config "$QUICK" "${SEL[@]}" --set train.epochs=40 --out "$TMP/sel" --threads 1 --quiet \
+        >/dev/null 2>"$TMP/sel.err" || { fail "select run: $(cat "$TMP/sel.err")"; return 1; }
+    local best row
+    best=$(awk -F, '$3 == "valid" { if (b == "" || $4 + 0 < v + 0) { b = $2; v = $4 } } END { print b }' "$TMP/sel/metrics.csv")
+    [ "$best" -gt 0 ] && [ "$best" -lt 40 ] || { fail "the fixture should select an inner epoch, got $best"; return 1; }
+    jqe "$TMP/sel/summary.json" ".select == \"best_valid_loss\" and .selected_epoch == $best and .epochs == 40" \
+        "selected_epoch is the epoch of the lowest validation loss ($best)" || return 1
+    for row in valid test train; do
+        awk -F, -v e="$best" -v s="$row" -v f="$(jq .final.$row.loss "$TMP/sel/summary.json")" \
+            '$2 == e && $3 == s { d = $4 - f; if (d < 0) d = -d; found = 1; ok = d <= 1e-8 * (f < 0 ? -f : f) + 1e-12 }
+             END { exit !(found && ok) }' "$TMP/sel/metrics.csv" ||
+            { fail "final.$row.loss is not epoch $best's $row row"; return 1; }
+    done
+    "$MOE" eval --checkpoint "$TMP/sel/model.safetensors" --data test --quiet >"$TMP/sel.eval" 2>&1 &&
+        [ "$(jq -S -c . "$TMP/sel.eval")" = "$(jq -S -c .final.test "$TMP/sel/summary.json")" ] ||
+        { fail "model.safetensors is not the selected model (eval --data test vs final.test)"; return 1; }
+}
+check "train.select=best_valid_loss: the epoch of the lowest validation loss; final rows and model are its" t_select
+t_select_resume() {
+    "$MOE" train --config "$QUICK" "${SEL[@]}" --set train.epochs=300 --set train.checkpoint_every=3 \
+        --out "$TMP/selr" --threads 1 --quiet >/dev/null 2>&1 || { fail "select reference run"; return 1; }
+    rm -rf "$TMP/selt"
+    "$MOE" train --config "$QUICK" "${SEL[@]}" --set train.epochs=300 --set train.checkpoint_every=3 \
+        --out "$TMP/selt" --threads 1 --quiet >/dev/null 2>"$TMP/selt.err" &
+    local pid=$! i=0
+    while [ ! -e "$TMP/selt/checkpoint.safetensors" ] && [ $i -lt 1000 ] && kill -0 "$pid" 2>/dev/null; do
+        sleep 0.01
+        i=$((i + 1))
+    done
+    sleep 0.1
+    kill -s TERM "$pid" 2>/dev/null
+    wait "$pid"
+    local rc=$?
+    [ "$rc" = 143 ] || [ "$rc" = 0 ] || { fail "exit $rc: $(cat "$TMP/selt.err")"; return 1; }
+    echo "# select resume: stopped with exit $rc at step $(jq .steps "$TMP/selt/summary.json" 2>/dev/null)"
+    "$MOE" train --resume "$TMP/selt" --threads 1 --quiet >/dev/null 2>"$TMP/selt.err2" ||
+        { fail "resume: $(cat "$TMP/selt.err2")"; return 1; }
+    cmp -s "$TMP/selr/metrics.csv" "$TMP/selt/metrics.csv" || { fail "metrics.csv differs after resume"; return 1; }
+    cmp -s <(tensor_bytes "$TMP/selr/model.safetensors") <(tensor_bytes "$TMP/selt/model.safetensors") ||
+        { fail "model.safetensors tensors differ after resume"; return 1; }
+    [ "$(header_text "$TMP/selr/model.safetensors" | jq -S -c 'del(.__metadata__["train.seconds"])')" = \
+      "$(header_text "$TMP/selt/model.safetensors" | jq -S -c 'del(.__metadata__["train.seconds"])')" ] ||
+        { fail "model.safetensors header differs after resume"; return 1; }
+    [ "$(jq -c '[.selected_epoch, .final]' "$TMP/selr/summary.json")" = "$(jq -c '[.selected_epoch, .final]' "$TMP/selt/summary.json")" ] ||
+        { fail "selection differs after resume"; return 1; }
+}
+check "train.select=best_valid_loss: SIGTERM and --resume end with the same selection, rows and model" t_select_resume
+
 echo "1..$N"
 if [ "$FAILED" -gt 0 ]; then
     echo "# $FAILED of $N checks failed"

@@ -587,6 +587,31 @@ t_resume_words() {
 }
 check "words: SIGTERM mid-run, then --resume: the same outputs and vocab.txt as an uninterrupted run" t_resume_words
 
+# ------------------------------------------------------------ dropout
+# model.dropout.*: masks are a function of (seed, step, layer, position), so a run with
+# dropout is byte-identical at 1 and 2 threads and after an interruption; it trains
+# differently from the run without, and its evaluations are still deterministic.
+jq '.model.dropout = { "attention": 0.1, "residual": 0.1, "ffn": 0.2 }' bytes.json >drop.json
+t_dropout_threads() {
+    local t
+    for t in 1 2; do
+        rm -rf "drop$t"
+        run "drop$t" "${TO[@]}" "$MOE" train --config drop.json --set train.epochs=2 --out "drop$t" --threads "$t" --quiet
+        [ "$RC" -eq 0 ] || { fail "--threads $t: $(describe "drop$t" moe train --threads "$t")"; return 1; }
+    done
+    same_files drop1 drop2 metrics.csv languages.csv experts.csv model.safetensors || return 1
+    cmp -s drop1/model.safetensors thr1/model.safetensors && { fail "dropout changed nothing"; return 1; }
+    jqe drop1/summary.json '.final.test.loss | isfinite' "no finite test loss with dropout"
+}
+check "dropout (attention, residual, FFN): --threads 1 and 2 byte-identical; differs from the run without" t_dropout_threads
+jq '.model.dropout = { "attention": 0.1, "residual": 0.1, "ffn": 0.2 }' resume.json >resume-drop.json
+train resume-dref --config resume-drop.json
+t_resume_dropout() {
+    trained resume-dref || return 1
+    interrupt resume-drop.json resume-dref resume-dterm
+}
+check "dropout: SIGTERM mid-run, then --resume: the same outputs as an uninterrupted run" t_resume_dropout
+
 # ------------------------------------------------------------ dry run
 # dry NAME CONFIG RUN [ARGS...]: --dry-run's estimate against the trained RUN.
 dry() {
