@@ -47,3 +47,17 @@ summarise_runs() {
 # a rerun would give the same bytes (fixed seeds; results do not depend on the
 # thread count: README.md, Reproducibility).
 done_run() { [ -s "$1/summary.json" ] && jq -e '.final' "$1/summary.json" >/dev/null 2>&1; }
+
+# provenance MOE: the lines every command.txt carries after its command line:
+# the date, the source tree's revision, the thread setting, a forced BLIS
+# kernel if any, and the full `moe --version` of the binary that ran (its BLIS
+# sub-configuration, backends and the revision it was built from), so a result
+# names the kernels it depends on (README, Reproducibility).
+provenance() {
+    local moe=$1
+    echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "# source: $(git -C "$root" describe --always --dirty --tags 2>/dev/null || echo unknown)"
+    echo "# THREADS: ${THREADS:-unset: the script default}"
+    echo "# BLIS_ARCH_TYPE: ${BLIS_ARCH_TYPE:-unset: moe chooses}"
+    "$moe" --version 2>&1 | sed 's/^/# moe --version: /'
+}

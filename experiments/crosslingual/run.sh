@@ -34,7 +34,7 @@ out=${OUT:-$root/results/crosslingual}
 work=${WORK:-$root/runs/crosslingual}
 seeds=(${SEEDS:-1 2 3})
 mkdir -p "$out" "$work"
-echo "bash experiments/crosslingual/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), languages: $(ls "$texts" | sed 's/\.txt$//' | tr '\n' ' ')" > "$out/command.txt"
+{ echo "bash experiments/crosslingual/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), languages: $(ls "$texts" | sed 's/\.txt$//' | tr '\n' ' ')"; provenance "$moe"; } > "$out/command.txt"
 
 systems=(
   "dense|model.moe_every=99"

@@ -113,6 +113,7 @@ done
 {
   echo "# made by: bash experiments/jacobs1991/run.sh"
   echo "# moe: $("$moe" --version | tr '\n' ';')"
+  echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ); source: $(git -C "$root" describe --always --dirty --tags 2>/dev/null || echo unknown); threads $threads; BLIS_ARCH_TYPE ${BLIS_ARCH_TYPE:-unset: moe chooses}"
   echo "# data: $data sha256 $(sha256sum "$data" | cut -d' ' -f1)"
   echo "# grid: ${grid[*]}; search seeds $select_seeds; reported seeds $seeds; max epochs $max_epochs; fixed budget $long_epochs"
 } > "$out/command.txt"

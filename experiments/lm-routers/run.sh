@@ -31,7 +31,7 @@ out=${OUT:-$root/results/lm-routers}
 work=${WORK:-$root/runs/lm-routers}
 seeds=(${SEEDS:-1 2 3})
 mkdir -p "$out" "$work"
-echo "bash experiments/lm-routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)" > "$out/command.txt"
+{ echo "bash experiments/lm-routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"; provenance "$moe"; } > "$out/command.txt"
 
 # name | settings (space-separated key=value)
 systems=(

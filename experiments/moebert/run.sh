@@ -37,7 +37,7 @@ work=${WORK:-$root/runs/moebert}
 read -r -a seeds <<< "${SEEDS:-1 2 3}"
 threads=(--threads "${THREADS:-1}")
 mkdir -p "$out" "$work"
-echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-1} bash experiments/moebert/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)" > "$out/command.txt"
+{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-1} bash experiments/moebert/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 cfg=$root/experiments/common/fmnist-moe.json
 dense=(--set model.moe_every=99 --set model.n_ff_dense=256)
 moe_sets=(--set model.moe_every=1 --set model.n_expert=4 --set model.n_expert_used=1 --set model.n_ff=64

@@ -27,7 +27,7 @@ out=${OUT:-$root/results/routers}
 work=${WORK:-$root/runs/routers}
 seeds=(1 2 3)
 mkdir -p "$out" "$work"
-echo "bash experiments/routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)" > "$out/command.txt"
+{ echo "bash experiments/routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 
 # name | settings (space-separated key=value)
 systems=(

@@ -22,7 +22,7 @@ seeds=(1 2 3)
 experts=(8 16)
 weights=(0 0.01 0.1 1)
 mkdir -p "$out" "$work"
-echo "bash experiments/shazeer2017/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)" > "$out/command.txt"
+{ echo "bash experiments/shazeer2017/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 
 cols="experts,w,seed,test_accuracy,test_importance_cv,test_load_cv,test_load_max_mean,train_importance_cv,train_load_cv,train_load_max_mean,aux_loss"
 echo "$cols" > "$out/runs.csv"

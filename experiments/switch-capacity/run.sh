@@ -27,7 +27,7 @@ seeds=(1 2 3)
 factors=(0.5 0.75 1.0 1.25 2.0)
 alphas=(0 0.001 0.01 0.1)
 mkdir -p "$out" "$work"
-echo "bash experiments/switch-capacity/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)" > "$out/command.txt"
+{ echo "bash experiments/switch-capacity/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 switch=(--config "$root/experiments/common/fmnist-moe.json" --quiet
         --set model.n_expert=8 --set model.n_expert_used=1 --set moe.router='"switch"'
         --set moe.jitter=0.01 --set moe.aux_loss='"switch"')

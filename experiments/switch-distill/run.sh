@@ -65,7 +65,7 @@ else
   cd "$root"  # lm.json names its text relative to the repository root
 fi
 mkdir -p "$out" "$work"
-echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-2} bash experiments/switch-distill/run.sh $task  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)" > "$out/command.txt"
+{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-2} bash experiments/switch-distill/run.sh $task  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 kd=(--alpha 0.25 --temperature 1)
 
 metric=$([ "$task" = lm ] && echo bits_per_byte || echo accuracy)

@@ -62,7 +62,7 @@ work=${WORK:-$root/runs/transfer}
 read -r -a seeds <<< "${SEEDS:-1 2 3}"
 threads=${THREADS:-1}
 mkdir -p "$out" "$work"
-echo "bash experiments/transfer/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), seeds ${seeds[*]}, threads $threads" > "$out/command.txt"
+{ echo "bash experiments/transfer/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), seeds ${seeds[*]}, threads $threads"; provenance "$moe"; } > "$out/command.txt"
 
 few=1
 "$moe" help train | grep -q 'GLOB@A-B' || { few=0; echo "transfer: '$moe' has no GLOB@A-B: skipping experts-0-1" >&2; }
