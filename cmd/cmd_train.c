@@ -17,6 +17,7 @@
 
 #include "estimate.h"
 #include "progress.h"
+#include "dist/dist.h"
 #include "run_dir.h"
 #include "train_run.h"
 
@@ -24,6 +25,7 @@ static const char *const usage =
     "usage: moe train [--config FILE] [--set key.path=value]... [--out DIR] [--seed N]\n"
     "                 [--threads N] [--init CKPT] [--device cpu] [--force] [--ignore-memory]\n"
     "                 [--quiet] [--progress-every SECONDS] [--tag KEY=VALUE]...\n"
+    "                 [--expert-parallel N | --data-parallel N]\n"
     "       moe train --resume DIR [--set train.epochs=N] [--threads N] [--quiet]\n"
     "                 [--progress-every SECONDS]\n"
     "       moe train --dry-run [--config FILE] [--set key.path=value]...\n"
@@ -62,16 +64,20 @@ static const char *const usage =
     "--tag KEY=VALUE (repeatable) adds a column KEY holding VALUE to every row of\n"
     "every CSV table the run writes (after the table's own columns) and KEY to\n"
     "summary.json's \"tags\"; --resume keeps the run's tags (from its checkpoint).\n"
+    "--expert-parallel N / --data-parallel N (training over N MPI processes) are\n"
+    "refused for now (exit 2): no build trains over MPI yet; the message says\n"
+    "whether this one has MPI (moe --version, line 'mpi').\n"
     "--quiet: no log or progress lines on stderr. Progress while training: one\n"
     "line, e.g. 'step 120/600 (20%)  epoch 3/15  loss 0.4213  18.2k tok/s  ETA 0:27'\n"
     "(rows/s for data other than text), redrawn in place at a terminal, else\n"
     "printed every --progress-every SECONDS (default 10; the first after as long).\n";
 
-enum { OPT_INIT = OPT_FIRST_CMD, OPT_RESUME, OPT_DRY_RUN, OPT_TRAINABLE, OPT_FREEZE };
+enum { OPT_INIT = OPT_FIRST_CMD, OPT_RESUME, OPT_DRY_RUN, OPT_TRAINABLE, OPT_FREEZE, OPT_EXPERT_PARALLEL, OPT_DATA_PARALLEL };
 
 struct train_ctx {
     struct cli_train_opts *o;
     struct cli_common *c;
+    const char *parallel_opt; // --expert-parallel or --data-parallel, as given
 };
 
 static int on_opt(void *ctx_, int opt, const char *arg)
@@ -93,7 +99,28 @@ static int on_opt(void *ctx_, int opt, const char *arg)
         o->dry_run = 1;
         return 0;
     }
+    if (opt == OPT_EXPERT_PARALLEL || opt == OPT_DATA_PARALLEL) {
+        const char *name = opt == OPT_EXPERT_PARALLEL ? "--expert-parallel" : "--data-parallel";
+        long long v;
+        if (cli_parse_ll(arg, 1, 4096, &v))
+            return cli_error("train", 2, "option '%s' expects a number of processes from 1 to 4096, got '%s'", name, arg);
+        ctx->parallel_opt = name;
+        return 0;
+    }
     return 2;
+}
+
+// --expert-parallel N / --data-parallel N (training over MPI processes): the
+// options exist so that scripts get one clear line, but no build trains over
+// MPI yet; the line says whether this build has MPI (lib/dist/dist.h).
+static int parallel_refusal(const char *cmd, const char *opt)
+{
+    struct moe_dist_info mpi;
+    moe_dist_probe(&mpi);
+    if (!mpi.built)
+        return cli_error(cmd, 2, "option '%s' cannot be used: %s", opt, mpi.reason);
+    return cli_error(cmd, 2, "option '%s' cannot be used: training over MPI processes is not implemented yet (this build has %s); train in one process",
+                     opt, mpi.library);
 }
 
 // SIGINT/SIGTERM: ask the trainer to stop after the current step. A second
@@ -501,18 +528,22 @@ int cmd_train(int argc, char **argv)
                                           { "dry-run", no_argument, NULL, OPT_DRY_RUN },
                                           { "trainable", required_argument, NULL, OPT_TRAINABLE },
                                           { "freeze", required_argument, NULL, OPT_FREEZE }, CLI_TAG_OPTION,
+                                          { "expert-parallel", required_argument, NULL, OPT_EXPERT_PARALLEL },
+                                          { "data-parallel", required_argument, NULL, OPT_DATA_PARALLEL },
                                           { 0, 0, 0, 0 } };
     const char *cmd = "train";
     struct cli_common c;
     struct cli_train_opts o = { 0 };
     cli_common_init(&c);
-    struct train_ctx ctx = { &o, &c };
+    struct train_ctx ctx = { &o, &c, NULL };
     int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &ctx);
     if (rc == -1) {
         fputs(usage, stdout);
         rc = 0;
     } else if (!rc) {
-        if (o.resume && c.n_owned)
+        if (ctx.parallel_opt)
+            rc = parallel_refusal(cmd, ctx.parallel_opt);
+        else if (o.resume && c.n_owned)
             rc = cli_error(cmd, 2, "option '%s' cannot be combined with '--resume' (the run keeps the config in its checkpoint)",
                            c.first_owned_opt);
         else

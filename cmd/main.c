@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "core/gemm.h"
 #include "core/sysmem.h"
+#include "dist/dist.h"
 #include "train/train.h"
 
 struct command {
@@ -36,7 +37,7 @@ static void print_usage(FILE *f)
     fprintf(f, "\n  moe help <command>   options of a command\n"
                "  moe help config      every config key (the text of docs/config.md)\n"
                "  moe help keys        every config key, one per line (for shell completion)\n"
-               "  moe --version        version, BLIS sub-configuration, threads, backends (cpu, cuda)\n");
+               "  moe --version        version, BLIS sub-configuration, threads, backends (cpu, cuda), MPI\n");
 }
 
 static const char *kind_name(enum moe_cfg_kind k)
@@ -135,6 +136,12 @@ static int print_version(void)
     printf("moe %s\nrevision %s\nblis %s, sub-configuration %s (chosen by %s)\nthreads %ld (default; --threads N)\n",
            MOE_VERSION, cli_revision(), b->version, b->arch, b->chosen_by, threads);
     print_backends();
+    struct moe_dist_info mpi;
+    moe_dist_probe(&mpi);
+    if (mpi.built)
+        printf("mpi: built with %s (MPI %d.%d)\n", mpi.library, mpi.mpi_version, mpi.mpi_subversion);
+    else
+        printf("mpi: %s\n", mpi.reason);
     return 0;
 }
 
