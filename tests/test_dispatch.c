@@ -748,7 +748,7 @@ struct thr_out {
 
 enum { TT = 300, TS = 2, TE = 7, TD = 64, TF = 128 };
 
-static void thr_run(enum moe_ffn_act act, struct thr_out *o)
+static void thr_run(enum moe_ffn_act act, int skew, struct thr_out *o)
 {
     const int sw = act == MOE_FFN_SWIGLU;
     int32_t *idx = malloc(TT * TS * sizeof *idx);
@@ -760,6 +760,10 @@ static void thr_run(enum moe_ffn_act act, struct thr_out *o)
     for (size_t i = 0; i < TT * TS; i++) // expert 3 gets nothing: an empty block among busy ones
         if (idx[i] == 3)
             idx[i] = -1;
+    if (skew) // expert 0 takes about half the tokens: a block too big for one thread (auto: every thread in its GEMMs)
+        for (size_t t = 0; t < TT; t += 2)
+            if (idx[t * TS + 1] != 0)
+                idx[t * TS] = 0;
     fill_u(gate, TT * TS, 7001, 0.05f, 1.0f);
     fill_u(x, TT * TD, 7002, -1.0f, 1.0f);
     fill_u(dout, TT * TD, 7003, -1.0f, 1.0f);
@@ -771,7 +775,9 @@ static void thr_run(enum moe_ffn_act act, struct thr_out *o)
     struct moe_err err;
     ck_assert_int_eq(moe_dispatch_alloc(&d, TT, TS, TE, &err), 0);
     ck_assert_int_eq(moe_experts_buf_alloc(&buf, TT * TS, TD, TF, sw, &err), 0);
-    moe_dispatch_plan(&d, idx, prio, TT, moe_capacity(1.0, TT, TS, TE), MOE_DROP_ORDER);
+    moe_dispatch_plan(&d, idx, prio, TT, moe_capacity(skew ? 4.0 : 1.0, TT, TS, TE), MOE_DROP_ORDER);
+    if (skew)
+        ck_assert_uint_gt((d.offset[1] - d.offset[0]) * 4, d.n_rows); // more than 1/(2 threads) of the rows
     ck_assert_uint_eq(d.offset[4] - d.offset[3], 0);
     ck_assert_uint_ge(d.n_rows * TF, 1u << 15); // the activations' parallel threshold
     memset(o->out, 0, TT * TD * sizeof(float));
@@ -800,29 +806,40 @@ static void thr_alloc(struct thr_out *o)
 
 static void thr_free(struct thr_out *o) { free(o->out), free(o->dx), free(o->dgate), free(o->dw1), free(o->dw3), free(o->dw2); }
 
-// One thread and two give the same bytes.
+// One thread and two give the same bytes, with two threads splitting each
+// expert's GEMMs and with two threads taking whole experts (what auto picks for
+// these 6 busy experts of about 100 rows each); and with expert 0 taking about
+// half the rows, which auto runs with both threads in its GEMMs before handing
+// out the others.
 START_TEST(test_experts_threads_identical)
 {
     struct moe_err err;
-    for (int a = 0; a < 3; a++) {
-        struct thr_out o1, o2;
-        thr_alloc(&o1);
-        thr_alloc(&o2);
-        ck_assert_int_eq(moe_blas_init(1, &err), 0);
-        thr_run((enum moe_ffn_act)a, &o1);
-        ck_assert_int_eq(moe_blas_init(2, &err), 0);
-        thr_run((enum moe_ffn_act)a, &o2);
-        ck_assert_int_eq(moe_blas_init(1, &err), 0);
-        ck_assert_double_gt(max_abs(o1.out, TT * TD), 0.01);
-        ck_assert_double_gt(max_abs(o1.dw1, TE * TF * TD), 0.01);
-        ck_assert_mem_eq(o1.out, o2.out, TT * TD * sizeof(float));
-        ck_assert_mem_eq(o1.dx, o2.dx, TT * TD * sizeof(float));
-        ck_assert_mem_eq(o1.dgate, o2.dgate, TT * TS * sizeof(float));
-        ck_assert_mem_eq(o1.dw1, o2.dw1, TE * TF * TD * sizeof(float));
-        ck_assert_mem_eq(o1.dw3, o2.dw3, TE * TF * TD * sizeof(float));
-        ck_assert_mem_eq(o1.dw2, o2.dw2, TE * TD * TF * sizeof(float));
-        thr_free(&o1);
-        thr_free(&o2);
+    static const enum moe_experts_par modes[] = { MOE_EXPERTS_PAR_AUTO, MOE_EXPERTS_PAR_GEMM,
+                                                  MOE_EXPERTS_PAR_EXPERTS };
+    for (int a = 0; a < 6; a++) {
+        int skew = a >= 3;
+        for (size_t m = 0; m < sizeof modes / sizeof *modes; m++) {
+            struct thr_out o1, o2;
+            thr_alloc(&o1);
+            thr_alloc(&o2);
+            ck_assert_int_eq(moe_blas_init(1, &err), 0);
+            thr_run((enum moe_ffn_act)(a % 3), skew, &o1);
+            ck_assert_int_eq(moe_blas_init(2, &err), 0);
+            moe_experts_set_parallel(modes[m]);
+            thr_run((enum moe_ffn_act)(a % 3), skew, &o2);
+            moe_experts_set_parallel(MOE_EXPERTS_PAR_AUTO);
+            ck_assert_int_eq(moe_blas_init(1, &err), 0);
+            ck_assert_double_gt(max_abs(o1.out, TT * TD), 0.01);
+            ck_assert_double_gt(max_abs(o1.dw1, TE * TF * TD), 0.01);
+            ck_assert_mem_eq(o1.out, o2.out, TT * TD * sizeof(float));
+            ck_assert_mem_eq(o1.dx, o2.dx, TT * TD * sizeof(float));
+            ck_assert_mem_eq(o1.dgate, o2.dgate, TT * TS * sizeof(float));
+            ck_assert_mem_eq(o1.dw1, o2.dw1, TE * TF * TD * sizeof(float));
+            ck_assert_mem_eq(o1.dw3, o2.dw3, TE * TF * TD * sizeof(float));
+            ck_assert_mem_eq(o1.dw2, o2.dw2, TE * TD * TF * sizeof(float));
+            thr_free(&o1);
+            thr_free(&o2);
+        }
     }
 }
 END_TEST

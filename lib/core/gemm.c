@@ -56,7 +56,11 @@ void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alph
 {
     if (K > 0)
         moe_gemm_record_add(trans_a, trans_b, M, N, K);
-    rntm_t rntm = 2.0 * (double)M * (double)N * (double)K >= MT_MIN_FLOPS ? g_rntm_all : g_rntm_one;
+    int big = 2.0 * (double)M * (double)N * (double)K >= MT_MIN_FLOPS;
+#ifdef _OPENMP
+    big = big && !omp_in_parallel(); // called from a caller's own parallel loop: one thread each
+#endif
+    rntm_t rntm = big ? g_rntm_all : g_rntm_one;
     gemm_rntm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, rntm);
 }
 
@@ -150,6 +154,7 @@ int moe_blas_init(int threads, struct moe_err *err)
     bli_rntm_set_num_threads(threads, &g_rntm_all);
 #ifdef _OPENMP
     omp_set_num_threads(threads);
+    omp_set_max_active_levels(1); // a parallel loop inside a parallel loop (experts) runs on its thread
 #endif
     g_info.threads = threads;
     g_current = 0;

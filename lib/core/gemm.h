@@ -10,6 +10,8 @@
 
 #include "core/status.h"
 
+// Called from inside an OpenMP parallel region (a caller's loop over experts),
+// the product runs on the calling thread alone.
 void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 // The same product on one BLIS thread whatever the thread count: for callers that

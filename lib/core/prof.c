@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 int moe_prof_enabled;
 double moe_prof_seconds[MOE_PHASE_N];
@@ -24,6 +27,46 @@ double moe_prof_clock(void)
 const char *moe_phase_name(enum moe_phase ph) { return phase_names[ph]; }
 
 void moe_prof_reset(void) { memset(moe_prof_seconds, 0, sizeof moe_prof_seconds); }
+
+static _Thread_local double t_local[MOE_PHASE_N]; // this thread's sums inside a region
+static double g_pending[MOE_PHASE_N];             // every thread's, flushed at the region's end
+
+void moe_prof_add(enum moe_phase ph, double seconds)
+{
+#ifdef _OPENMP
+    if (omp_in_parallel()) {
+        t_local[ph] += seconds;
+        return;
+    }
+#endif
+    moe_prof_seconds[ph] += seconds;
+}
+
+void moe_prof_region_flush(void)
+{
+    if (!moe_prof_enabled)
+        return;
+    #pragma omp critical(moe_prof_region)
+    for (int i = 0; i < MOE_PHASE_N; i++) {
+        g_pending[i] += t_local[i];
+        t_local[i] = 0.0;
+    }
+}
+
+void moe_prof_region_end(double t0)
+{
+    if (!moe_prof_enabled)
+        return;
+    const double wall = moe_prof_clock() - t0;
+    double sum = 0.0;
+    for (int i = 0; i < MOE_PHASE_N; i++)
+        sum += g_pending[i];
+    for (int i = 0; i < MOE_PHASE_N; i++) {
+        if (sum > 0.0)
+            moe_prof_seconds[i] += wall * (g_pending[i] / sum);
+        g_pending[i] = 0.0;
+    }
+}
 
 void moe_gemm_record_into(struct moe_gemm_record *r)
 {

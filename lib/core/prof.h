@@ -1,8 +1,10 @@
 // prof.h: opt-in timing of a training step by phase, and a record of the GEMM
 // shapes a step runs, for `moe bench`. Off by default: a disabled timer costs one
-// predictable branch. Not thread-safe for timers: phases are timed around whole
-// calls from the (single) orchestrating thread, never inside an OpenMP region;
-// the GEMM record takes a lock because attention calls GEMMs from its own loop.
+// predictable branch. Phases are timed around whole calls from the orchestrating
+// thread; where a parallel loop runs timed calls on every thread (the experts of
+// moe/experts.c), the timers inside add to per-thread sums, which
+// moe_prof_region_end turns into shares of the region's wall time. The GEMM
+// record takes a lock because attention and experts call GEMMs from their own loops.
 // Not here: wall time of whole runs (train.h) or any effect on results.
 #ifndef MOE_PROF_H
 #define MOE_PROF_H
@@ -36,11 +38,20 @@ const char *moe_phase_name(enum moe_phase ph);
 void moe_prof_reset(void);   // zero every phase
 
 static inline double moe_prof_begin(void) { return moe_prof_enabled ? moe_prof_clock() : 0.0; }
+void moe_prof_add(enum moe_phase ph, double seconds); // to this thread's sums inside a parallel region
 static inline void moe_prof_end(enum moe_phase ph, double t0)
 {
     if (moe_prof_enabled)
-        moe_prof_seconds[ph] += moe_prof_clock() - t0;
+        moe_prof_add(ph, moe_prof_clock() - t0);
 }
+
+// A parallel region whose threads run timed calls: t0 = moe_prof_begin() before
+// it; each thread calls moe_prof_region_flush() as its last statement inside it;
+// after it, moe_prof_region_end(t0) splits the region's wall time over the
+// phases in proportion to the threads' summed times (so phases still add up to
+// at most the step's wall time).
+void moe_prof_region_flush(void);
+void moe_prof_region_end(double t0);
 
 // Time one statement (a leaf call) as phase ph.
 #define MOE_TIMED(ph, stmt)                   \

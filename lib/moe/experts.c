@@ -21,6 +21,9 @@
 #include "core/params.h"
 #include "core/prof.h"
 #include "nn/nn.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define PAR_MIN (1u << 15) // elements before an elementwise loop goes parallel
 
@@ -250,11 +253,93 @@ static void expert_backward(struct moe_experts_buf *buf, const struct moe_dispat
                           act, &buf->drop, plan->row_tok + off, plan->row_slot + off, plan->S);
 }
 
+static enum moe_experts_par g_par = MOE_EXPERTS_PAR_AUTO;
+
+void moe_experts_set_parallel(enum moe_experts_par mode) { g_par = mode; }
+
+// Whole experts per thread when there are threads to spare and at least two
+// non-empty experts per thread. Then the largest blocks, each more than a
+// 1/(2 threads) share of the rows, still run one after another with every
+// thread in their GEMMs (a skewed router, e.g. Switch on real tokens, can give
+// one expert a third of the tokens: alone on one thread it would keep the
+// others waiting), and the rest go to the threads largest first (dynamic
+// schedule). Measured on the 2-core build machine (README, Performance).
+static size_t thread_count(void)
+{
+#ifdef _OPENMP
+    return omp_in_parallel() ? 1 : (size_t)omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+struct blk {
+    size_t rows, e;
+};
+
+static int by_rows_desc(const void *a_, const void *b_)
+{
+    const struct blk *a = a_, *b = b_;
+    if (a->rows != b->rows)
+        return a->rows > b->rows ? -1 : 1;
+    return a->e < b->e ? -1 : a->e > b->e;
+}
+
+static void one_expert(struct moe_experts_buf *buf, const struct moe_dispatch *plan, size_t e, int fwd, int with_dx,
+                       float *dw1, float *dw3, float *dw2, const float *w1, const float *w3, const float *w2,
+                       enum moe_ffn_act act)
+{
+    if (fwd)
+        expert_forward(buf, plan, e, w1, w3, w2, act);
+    else
+        expert_backward(buf, plan, e, with_dx, dw1, dw3, dw2, w1, w3, w2, act);
+}
+
+// Expert e's forward (fwd) or backward for every e. Every expert writes only its
+// own rows and weight gradients, so neither the order nor the thread changes a
+// value.
+static void each_expert(struct moe_experts_buf *buf, const struct moe_dispatch *plan, int fwd, int with_dx,
+                        float *dw1, float *dw3, float *dw2, const float *w1, const float *w3, const float *w2,
+                        enum moe_ffn_act act)
+{
+    const size_t E = plan->E, nt = thread_count();
+    size_t busy = 0;
+    for (size_t e = 0; e < E; e++)
+        busy += plan->offset[e + 1] > plan->offset[e];
+    int par = g_par == MOE_EXPERTS_PAR_AUTO ? nt > 1 && busy >= 2 * nt : g_par == MOE_EXPERTS_PAR_EXPERTS;
+    struct blk *b = par ? malloc(busy * sizeof *b) : NULL;
+    if (!b) { // one after another, every thread in each GEMM (also when out of memory: same values)
+        for (size_t e = 0; e < E; e++)
+            one_expert(buf, plan, e, fwd, with_dx, dw1, dw3, dw2, w1, w3, w2, act);
+        return;
+    }
+    size_t n = 0;
+    for (size_t e = 0; e < E; e++)
+        if (plan->offset[e + 1] > plan->offset[e])
+            b[n++] = (struct blk){ plan->offset[e + 1] - plan->offset[e], e };
+    qsort(b, n, sizeof *b, by_rows_desc);
+    size_t big = 0; // the blocks above a 1/(2 nt) share of the rows (forced EXPERTS mode: none)
+    while (g_par == MOE_EXPERTS_PAR_AUTO && big < n && b[big].rows * 2 * nt > plan->n_rows)
+        big++;
+    for (size_t i = 0; i < big; i++)
+        one_expert(buf, plan, b[i].e, fwd, with_dx, dw1, dw3, dw2, w1, w3, w2, act);
+    double t0 = moe_prof_begin();
+    #pragma omp parallel
+    {
+        #pragma omp for schedule(dynamic, 1) nowait
+        for (size_t i = big; i < n; i++)
+            one_expert(buf, plan, b[i].e, fwd, with_dx, dw1, dw3, dw2, w1, w3, w2, act);
+        moe_prof_region_flush();
+    }
+    moe_prof_region_end(t0);
+    free(b);
+}
+
 void moe_experts_forward(float *out, const float *x, const float *gate, const struct moe_dispatch *plan,
                          const float *w1, const float *w3, const float *w2, struct moe_experts_buf *buf,
                          enum moe_ffn_act act)
 {
-    const size_t T = plan->T, S = plan->S, E = plan->E, D = buf->D, N = plan->n_rows;
+    const size_t T = plan->T, S = plan->S, D = buf->D, N = plan->n_rows;
     assert(N <= buf->N_max);
     assert(act != MOE_FFN_SWIGLU || (w3 && buf->b));
 
@@ -263,8 +348,7 @@ void moe_experts_forward(float *out, const float *x, const float *gate, const st
     for (size_t r = 0; r < N; r++)
         memcpy(buf->xd + r * D, x + (size_t)plan->row_tok[r] * D, D * sizeof *x);
     moe_prof_end(MOE_PHASE_DISPATCH, t0);
-    for (size_t e = 0; e < E; e++)
-        expert_forward(buf, plan, e, w1, w3, w2, act);
+    each_expert(buf, plan, 1, 0, NULL, NULL, NULL, w1, w3, w2, act);
     t0 = moe_prof_begin();
     #pragma omp parallel for schedule(static) if (T * S * D >= PAR_MIN)
     for (size_t t = 0; t < T; t++) {
@@ -287,7 +371,7 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
                           const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act)
 {
     (void)x; // the forward gathered x into buf->xd
-    const size_t S = plan->S, E = plan->E, D = buf->D, N = plan->n_rows;
+    const size_t S = plan->S, D = buf->D, N = plan->n_rows;
     assert(N <= buf->N_max);
     assert(act != MOE_FFN_SWIGLU || (w3 && dw3 && buf->b && buf->db));
 
@@ -310,8 +394,7 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
     if (dx)
         moe_zero(buf->dxd, N * D);
     moe_prof_end(MOE_PHASE_COMBINE, t0);
-    for (size_t e = 0; e < E; e++)
-        expert_backward(buf, plan, e, dx != NULL, dw1, dw3, dw2, w1, w3, w2, act);
+    each_expert(buf, plan, 0, dx != NULL, dw1, dw3, dw2, w1, w3, w2, act);
     if (!dx)
         return;
     // scatter back by token, then slot: a fixed order whatever the layout

@@ -98,6 +98,18 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
                           const float *x, const float *gate, const struct moe_dispatch *plan, const float *w1,
                           const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act);
 
+// How the per-expert FFNs share threads. GEMM: the experts one after another,
+// each product on every thread. EXPERTS: whole experts handed to the threads
+// (one-thread products), which spares small blocks (many experts, few rows
+// each) BLIS's per-call thread start-up and split. AUTO (default): EXPERTS when
+// there are at least two non-empty experts per thread, except that blocks
+// holding more than a 1/(2 threads) share of the rows run first, GEMM-style, so
+// a skewed router does not leave threads waiting on one big expert; else GEMM.
+// Every expert writes its own rows and weight gradients, so the results are
+// the same bits either way (tests/test_dispatch.c checks all three).
+enum moe_experts_par { MOE_EXPERTS_PAR_AUTO, MOE_EXPERTS_PAR_GEMM, MOE_EXPERTS_PAR_EXPERTS };
+void moe_experts_set_parallel(enum moe_experts_par mode);
+
 // Naive twin of moe_experts_forward for tests: loops over tokens and slots,
 // applies moe_dispatch_kept_ref's keep rule itself, and runs the FFN one row at
 // a time with plain loops (no BLAS). scratch: at least 3*F + D floats.
