@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -692,4 +693,22 @@ int cli_csv_end_row(struct moe_csv *csv, const struct cli_tags *t, struct moe_er
     for (size_t i = 0; t && i < t->n; i++)
         moe_csv_str(csv, t->value[i]);
     return moe_csv_end_row(csv, err);
+}
+
+volatile sig_atomic_t cli_stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    cli_stop_signal = sig;
+    signal(sig, SIG_DFL);
+}
+
+void cli_catch_stop_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
 }

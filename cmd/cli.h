@@ -6,6 +6,7 @@
 
 #include <cjson/cJSON.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stddef.h>
 
 #include "core/status.h"
@@ -169,6 +170,14 @@ int cmd_lora(int argc, char **argv);
 int cmd_distill(int argc, char **argv);
 // The run behind `moe train`, shared with `moe lora` (cmd_train.c). c and o are
 // parsed options; the caller releases c.
+// SIGINT/SIGTERM for the commands that train (train, lora, distill,
+// compare-loss): cli_catch_stop_signals installs a handler that records the
+// signal in cli_stop_signal, for the trainer to stop after its current step; a
+// second signal gets the default action (the disposition is reset), so a stuck
+// run can still be killed with a second Ctrl-C.
+extern volatile sig_atomic_t cli_stop_signal;
+void cli_catch_stop_signals(void);
+
 struct cli_train_opts {
     const char *init;   // --init CKPT (moe lora: --base)
     const char *resume; // --resume DIR

@@ -285,16 +285,6 @@ static void tally_run(struct tally *t, const cJSON *rec)
         acc_add(&t->acc[i], rec_num(rec, acc_names[i]));
 }
 
-// SIGINT/SIGTERM: stop the run in progress after its current step (as moe
-// train does); a second signal gets the default action.
-static volatile sig_atomic_t stop_signal;
-
-static void on_signal(int sig)
-{
-    stop_signal = sig;
-    signal(sig, SIG_DFL);
-}
-
 // One run of the sweep: system sys (a loss, or mlp) with seed, its curve and
 // result into a new record *rec (a run that diverges is recorded as such and the
 // sweep goes on). first: the system's first run trained here, whose memory is
@@ -345,7 +335,7 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
         snprintf(label, sizeof label, "compare-loss: %s seed %lld", sys, seed);
         progress_start(&prog, c, label);
         struct moe_train_hooks hooks = { .row = write_curve, .ctx = &cc, .step = progress_step, .step_ctx = &prog,
-                                         .stop = &stop_signal };
+                                         .stop = &cli_stop_signal };
         r = moe_train_run(&model, &data, &rcfg.train, &rcfg.optim, &hooks, &res, &err);
         if (!r)
             progress_finish(&prog);
@@ -635,12 +625,7 @@ int cmd_compare_loss(int argc, char **argv)
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    cli_catch_stop_signals(); // SIGINT/SIGTERM: stop the run in progress after its current step, as moe train does
     summary = summary_start(cmd, &base, &btc, &o);
     char run_id[17];
     const char *extra[] = { losses, seeds };
@@ -663,7 +648,7 @@ int cmd_compare_loss(int argc, char **argv)
             rc = read_record(cmd, rec_path, sys, seed, &rec);
             if (!rc && rec)
                 cli_log(&c, "compare-loss: %s seed %lld: finished earlier (%s)", sys, seed, rec_path);
-            else if (!rc && stop_signal) // a signal between runs: start no other
+            else if (!rc && cli_stop_signal) // a signal between runs: start no other
                 rc = -1;
             else if (!rc) {
                 rc = sweep_run(cmd, &c, &base, sys, seed, first, &rec);
@@ -682,7 +667,7 @@ int cmd_compare_loss(int argc, char **argv)
             if (rc > 0)
                 goto out;
             if (rc < 0) { // stopped: keep what finished, say how to go on
-                int sig = stop_signal ? stop_signal : SIGTERM;
+                int sig = cli_stop_signal ? cli_stop_signal : SIGTERM;
                 const char *sig_name = sig == SIGINT ? "SIGINT" : "SIGTERM";
                 if (moe_csv_close(&curves, &err)) {
                     rc = cli_fail(cmd, &err);

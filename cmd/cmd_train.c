@@ -123,27 +123,6 @@ static int parallel_refusal(const char *cmd, const char *opt)
                      opt, mpi.library);
 }
 
-// SIGINT/SIGTERM: ask the trainer to stop after the current step. A second
-// signal gets the default action (the disposition is reset), so a stuck run
-// can still be killed with a second Ctrl-C.
-static volatile sig_atomic_t stop_signal;
-
-static void on_signal(int sig)
-{
-    stop_signal = sig;
-    signal(sig, SIG_DFL);
-}
-
-static void catch_signals(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-}
-
 // The largest batch the model sees: the training batch (the whole split for
 // full-batch gd) or the evaluation chunk, whichever is larger.
 static size_t train_batch(const struct moe_run_cfg *rc, size_t n_train, size_t n_test, const void *ctx)
@@ -419,7 +398,7 @@ static int open_outputs(struct train_run *r)
 // stopped and how to go on. A LoRA run has no checkpoint, but keeps its rows.
 static int interrupted(struct train_run *r, uint64_t steps)
 {
-    int sig = stop_signal, lora = r->o->lora, rc;
+    int sig = cli_stop_signal, lora = r->o->lora, rc;
     const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
     struct moe_err err = { 0 };
     if (lora && run_output_close(&r->outs, &err))
@@ -446,7 +425,7 @@ static int train(struct train_run *r, struct moe_train_result *res)
     progress_start(&prog, r->c, NULL);
     // A LoRA run keeps no checkpoint (it cannot be resumed yet): its model slots hold W0 + sBA.
     struct moe_train_hooks hooks = { .row = run_output_row, .ctx = &r->outs,
-                                     .checkpoint = o->lora ? NULL : run_output_checkpoint, .stop = &stop_signal,
+                                     .checkpoint = o->lora ? NULL : run_output_checkpoint, .stop = &cli_stop_signal,
                                      .resume = o->resume ? &r->resume : NULL, .frozen = r->tune.frozen,
                                      .frozen_experts = r->tune.frozen_experts,
                                      .lora = o->lora ? &r->lora : NULL,
@@ -568,7 +547,7 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
     if ((rc = check_resume_options(&r)) || (rc = run_output_check_tags(cmd, &c->tags)) ||
         (rc = distill_check_tags(cmd, &c->tags)) || (rc = cli_setup_compute(cmd, c)))
         goto out;
-    catch_signals();
+    cli_catch_stop_signals();
     // --resume: lock the directory (another process there: fail now) and clear
     // a dead process's temporary files before anything is read from it
     if (o->resume && (rc = run_dir_claim(cmd, c, r.out, RUN_DIR_RESUME, &r.lock)))

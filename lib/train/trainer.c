@@ -414,11 +414,15 @@ static int teacher_alloc(struct run *r, struct moe_err *err)
 // train.select = best_valid_loss: the snapshot is the parameters' flat buffer (padding included),
 // then every F32 state tensor of the model (bias-balancing offsets) in the model's order; hash tables
 // do not change after fit. snapshot(m, NULL) is its size in floats; restore copies it back.
-static size_t snapshot(struct moe_model *m, float *out)
+// Copy the parameters and the F32 state tensors to out (snapshot) or back from
+// in (restore); either may be NULL. Returns the size in floats.
+static size_t copy_state(struct moe_model *m, float *out, const float *in)
 {
     size_t n = m->params.numel;
     if (out)
         memcpy(out, m->params.data, n * sizeof *out);
+    if (in)
+        memcpy(m->params.data, in, n * sizeof *in);
     struct moe_st_ref refs[64];
     size_t k = m->ops->state ? m->ops->state(m, refs, 64) : 0;
     for (size_t i = 0; i < k && i < 64; i++) {
@@ -429,27 +433,15 @@ static size_t snapshot(struct moe_model *m, float *out)
             len *= refs[i].shape[d];
         if (out)
             memcpy(out + n, refs[i].data, len * sizeof *out);
+        if (in)
+            memcpy((void *)refs[i].data, in + n, len * sizeof *in);
         n += len;
     }
     return n;
 }
 
-static void restore(struct moe_model *m, const float *in)
-{
-    size_t n = m->params.numel;
-    memcpy(m->params.data, in, n * sizeof *in);
-    struct moe_st_ref refs[64];
-    size_t k = m->ops->state ? m->ops->state(m, refs, 64) : 0;
-    for (size_t i = 0; i < k && i < 64; i++) {
-        if (refs[i].dtype != MOE_F32)
-            continue;
-        size_t len = 1;
-        for (int d = 0; d < refs[i].ndim; d++)
-            len *= refs[i].shape[d];
-        memcpy((void *)refs[i].data, in + n, len * sizeof *in);
-        n += len;
-    }
-}
+static size_t snapshot(struct moe_model *m, float *out) { return copy_state(m, out, NULL); }
+static void restore(struct moe_model *m, const float *in) { copy_state(m, NULL, in); }
 
 // Settings, optimizer, statistics and buffers, at the start of a run. r is
 // zeroed first: run_release frees what this allocated, whether it succeeded or not.
