@@ -61,3 +61,14 @@ provenance() {
     echo "# BLIS_ARCH_TYPE: ${BLIS_ARCH_TYPE:-unset: moe chooses}"
     "$moe" --version 2>&1 | sed 's/^/# moe --version: /'
 }
+
+# thread_args: "--threads $THREADS" when THREADS is set, else nothing (moe's
+# default: the cores other processes leave idle). Results do not depend on it.
+# Scripts collect it once, threads=($(thread_args)), and pass "${threads[@]}".
+thread_args() { [ -z "${THREADS:-}" ] || echo "--threads $THREADS"; }
+
+# expected_time TEXT: how long the script takes on the 2-core build machine,
+# on stderr at the start (finished runs are skipped, so a restart is shorter).
+expected_time() {
+    echo "$(basename "$(dirname "$0")")/$(basename "$0"): expected run time on the 2-core build machine: $*; finished runs are skipped" >&2
+}

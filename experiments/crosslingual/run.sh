@@ -33,6 +33,8 @@ texts=$root/experiments/data/cache/udhr/text
 out=${OUT:-$root/results/crosslingual}
 work=${WORK:-$root/runs/crosslingual}
 seeds=(${SEEDS:-1 2 3})
+threads=($(thread_args))
+expected_time "about 10 minutes (9 training runs and 6 route-stats passes at 3 seeds)"
 mkdir -p "$out" "$work"
 { echo "bash experiments/crosslingual/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), languages: $(ls "$texts" | sed 's/\.txt$//' | tr '\n' ' ')"; provenance "$moe"; } > "$out/command.txt"
 
@@ -53,7 +55,7 @@ for seed in "${seeds[@]}"; do
     sets=()
     for kv in ${s#*|}; do sets+=(--set "$kv"); done
     d=$work/$name-s$seed
-    "$moe" train --config "$root/experiments/common/lm.json" "${common[@]}" --seed "$seed" --out "$d" --quiet \
+    "$moe" train --config "$root/experiments/common/lm.json" "${common[@]}" --seed "$seed" --out "$d" --quiet "${threads[@]}" \
       "${sets[@]}" >/dev/null
     # validation bits per byte per language: the last evaluation's test rows
     awk -F, -v sys="$name" -v seed="$seed" 'NR > 1 && $3 == "test" { last = $1; row[$1, $4] = $5 "," $6 "," $8; if (!seen[$4]++) lang[++n] = $4 }
@@ -61,7 +63,7 @@ for seed in "${seeds[@]}"; do
         "$d/languages.csv" >> "$out/languages.csv"
     mi=",,,"
     if [ "$name" != dense ]; then
-      "$moe" route-stats --checkpoint "$d/model.safetensors" --out "$d/route" --quiet >/dev/null
+      "$moe" route-stats --checkpoint "$d/model.safetensors" --out "$d/route" --quiet "${threads[@]}" >/dev/null
       awk -F, -v sys="$name" -v seed="$seed" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
           { print sys "," seed "," $c["layer"] "," $c["expert_lang_mi"] "," $c["expert_lang_mi_random"] "," \
                   $c["expert_label_mi"] "," $c["expert_label_mi_random"] "," $c["load_cv"] }' \

@@ -30,6 +30,8 @@ corpus=$root/experiments/data/cache/fortunes/fortunes.txt
 out=${OUT:-$root/results/lm-routers}
 work=${WORK:-$root/runs/lm-routers}
 seeds=(${SEEDS:-1 2 3})
+threads=($(thread_args))
+expected_time "about 23 minutes (18 training runs at 3 seeds)"
 mkdir -p "$out" "$work"
 { echo "bash experiments/lm-routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"; provenance "$moe"; } > "$out/command.txt"
 
@@ -51,7 +53,7 @@ for seed in "${seeds[@]}"; do
     sets=()
     for kv in ${s#*|}; do sets+=(--set "$kv"); done
     d=$work/$name-s$seed
-    "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" --seed "$seed" \
+    "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" --seed "$seed" "${threads[@]}" \
       --out "$d" --quiet "${sets[@]}" >/dev/null
     tps=$(jq -r '.train_tokens_per_second' "$d/summary.json")
     [ "$name" = dense ] && dense_tps=$tps

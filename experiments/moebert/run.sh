@@ -32,6 +32,7 @@ root=$(cd "$here/../.." && pwd)
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
+expected_time "about 5 minutes at THREADS=1 (24 training runs at 3 seeds)"
 out=${OUT:-$root/results/moebert}
 work=${WORK:-$root/runs/moebert}
 read -r -a seeds <<< "${SEEDS:-1 2 3}"

@@ -25,7 +25,9 @@ check_moe
 moe=$(moe_bin)
 out=${OUT:-$root/results/routers}
 work=${WORK:-$root/runs/routers}
-seeds=(1 2 3)
+seeds=(${SEEDS:-1 2 3})
+threads=($(thread_args))
+expected_time "about 20 minutes (33 training runs at 3 seeds)"
 mkdir -p "$out" "$work"
 { echo "bash experiments/routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 
@@ -52,7 +54,7 @@ for seed in "${seeds[@]}"; do
     sets=()
     for kv in ${s#*|}; do sets+=(--set "$kv"); done
     d=$work/$name-s$seed
-    "$moe" train --config "$root/experiments/common/fmnist-moe.json" --seed "$seed" --out "$d" --quiet \
+    "$moe" train --config "$root/experiments/common/fmnist-moe.json" --seed "$seed" --out "$d" --quiet "${threads[@]}" \
       --set moe.capacity_factor=1.25 --set moe.eval_capacity_factor=2 "${sets[@]}" >/dev/null
     ms=$(jq -r '1000 * 128 / .train_rows_per_second' "$d/summary.json")
     [ "$name" = dense ] && dense_ms=$ms

@@ -18,7 +18,9 @@ check_moe
 moe=$(moe_bin)
 out=${OUT:-$root/results/shazeer2017}
 work=${WORK:-$root/runs/shazeer2017}
-seeds=(1 2 3)
+seeds=(${SEEDS:-1 2 3})
+threads=($(thread_args))
+expected_time "about 10 minutes (24 training runs at 3 seeds)"
 experts=(8 16)
 weights=(0 0.01 0.1 1)
 mkdir -p "$out" "$work"
@@ -30,7 +32,7 @@ for E in "${experts[@]}"; do
   for w in "${weights[@]}"; do
     for seed in "${seeds[@]}"; do
       d=$work/E$E-w$w-s$seed
-      "$moe" train --config "$root/experiments/common/fmnist-moe.json" --seed "$seed" --out "$d" --quiet \
+      "$moe" train --config "$root/experiments/common/fmnist-moe.json" --seed "$seed" --out "$d" --quiet "${threads[@]}" \
         --set model.n_expert="$E" --set model.n_expert_used=2 --set moe.router='"noisy-topk"' \
         --set moe.aux_loss='"shazeer"' --set moe.w_importance="$w" --set moe.w_load="$w" \
         --set moe.capacity_factor=0 --set moe.eval_capacity_factor=0 >/dev/null

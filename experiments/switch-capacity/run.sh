@@ -23,7 +23,9 @@ check_moe
 moe=$(moe_bin)
 out=${OUT:-$root/results/switch-capacity}
 work=${WORK:-$root/runs/switch-capacity}
-seeds=(1 2 3)
+seeds=(${SEEDS:-1 2 3})
+threads=($(thread_args))
+expected_time "about 7 minutes (27 training runs at 3 seeds)"
 factors=(0.5 0.75 1.0 1.25 2.0)
 alphas=(0 0.001 0.01 0.1)
 mkdir -p "$out" "$work"
@@ -37,9 +39,9 @@ echo "train_cf,seed,train_dropped,eval_same_dropped,eval_same_accuracy,eval_2_dr
 for cf in "${factors[@]}"; do
   for seed in "${seeds[@]}"; do
     d=$work/cf$cf-s$seed
-    "$moe" train "${switch[@]}" --seed "$seed" --out "$d" --set moe.aux_weight=0.01 \
+    "$moe" train "${switch[@]}" "${threads[@]}" --seed "$seed" --out "$d" --set moe.aux_weight=0.01 \
       --set moe.capacity_factor="$cf" --set moe.eval_capacity_factor="$cf" >/dev/null
-    "$moe" route-stats --checkpoint "$d/model.safetensors" --out "$d/route" --capacity-factors "$cf,2" --quiet > /dev/null
+    "$moe" route-stats --checkpoint "$d/model.safetensors" --out "$d/route" --capacity-factors "$cf,2" --quiet "${threads[@]}" > /dev/null
     same=$(jq -r '.capacity[0] | [(.dropped_fraction | add / length), .accuracy] | @csv' "$d/route/summary.json")
     two=$(jq -r '.capacity[1] | [(.dropped_fraction | add / length), .accuracy] | @csv' "$d/route/summary.json")
     bal=$(jq -r '[.final.test.load_cv, .final.test.load_max_mean] | @csv' "$d/summary.json")
@@ -53,7 +55,7 @@ echo "alpha,seed,test_accuracy,test_load_cv,test_load_max_mean,test_importance_c
 for a in "${alphas[@]}"; do
   for seed in "${seeds[@]}"; do
     d=$work/alpha$a-s$seed
-    "$moe" train "${switch[@]}" --seed "$seed" --out "$d" --set moe.aux_weight="$a" \
+    "$moe" train "${switch[@]}" "${threads[@]}" --seed "$seed" --out "$d" --set moe.aux_weight="$a" \
       --set moe.capacity_factor=1.25 --set moe.eval_capacity_factor=2 >/dev/null
     t=$(jq -r '.final.test | [.accuracy, .load_cv, .load_max_mean, .importance_cv] | @csv' "$d/summary.json")
     echo "$a,$seed,$t,$(last_batch "$d" dropped_fraction),$(last_batch "$d" load_cv),$(last_batch "$d" aux_loss)" >> "$out/alpha-runs.csv"

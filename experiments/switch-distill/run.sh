@@ -44,6 +44,7 @@ case "${1:-}" in fmnist|lm) task=$1; shift ;; esac
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
+expected_time "about 10 minutes (Fashion-MNIST, 12 runs) or, with the argument lm, about 50 minutes at THREADS=1 (18 runs)"
 read -r -a seeds <<< "${SEEDS:-1 2 3}"
 threads=(--threads "${THREADS:-2}")
 if [ "$task" = fmnist ]; then
