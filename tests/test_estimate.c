@@ -32,6 +32,7 @@
 
 #include "core/params.h"
 #include "core/sysmem.h"
+#include "dist/dist.h"
 #include "io/config.h"
 #include "model/estimate.h"
 #include "model/model.h"
@@ -446,7 +447,10 @@ START_TEST(test_training_bytes)
         want += (sizes[i] + 63) / 64 * 64;
     ck_assert_uint_eq(tr.bytes_data, want);
     ck_assert_uint_eq(tr.bytes_readers, 0); // synthetic data: no files
-    ck_assert_uint_eq(tr.bytes_process, MOE_ESTIMATE_PROCESS_BYTES + MOE_ESTIMATE_THREAD_BYTES); // 1 thread (main)
+    struct moe_dist_info mpi; // a build that links MPI maps its libraries too
+    moe_dist_probe(&mpi);
+    ck_assert_uint_eq(tr.bytes_process, MOE_ESTIMATE_PROCESS_BYTES + MOE_ESTIMATE_THREAD_BYTES + // 1 thread (main)
+                                            (mpi.built ? MOE_ESTIMATE_MPI_BYTES : 0));
     ck_assert_uint_eq(tr.bytes_total, tr.bytes_params + tr.bytes_grads + tr.bytes_optimizer + tr.bytes_activations +
                                           tr.bytes_trainer + tr.bytes_data + tr.bytes_readers + tr.bytes_process);
     moe_config_release(&cfg);

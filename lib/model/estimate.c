@@ -20,6 +20,7 @@
 #include <zlib.h>
 
 #include "core/gemm.h"
+#include "dist/dist.h"
 #include "core/sysmem.h"
 #include "io/corpus.h"
 #include "io/vocab.h"
@@ -482,7 +483,10 @@ static int estimate(struct moe_plan *plan, const struct moe_model_hp *hp, const 
     r.bytes_readers = loading > after ? loading - after : 0;
     const struct moe_blas_info *blas = moe_blas_get_info();
     size_t threads = blas && blas->threads > 1 ? (size_t)blas->threads : 1;
-    r.bytes_process = MOE_ESTIMATE_PROCESS_BYTES + threads * MOE_ESTIMATE_THREAD_BYTES;
+    struct moe_dist_info mpi;
+    moe_dist_probe(&mpi);
+    r.bytes_process = MOE_ESTIMATE_PROCESS_BYTES + threads * MOE_ESTIMATE_THREAD_BYTES +
+                      (mpi.built ? MOE_ESTIMATE_MPI_BYTES : 0);
 
     size_t parts[] = { r.bytes_params, r.bytes_grads, r.bytes_optimizer, r.bytes_activations, r.bytes_trainer,
                        r.bytes_data, r.bytes_readers, r.bytes_process };
