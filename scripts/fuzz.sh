@@ -75,7 +75,11 @@ for f in lib/core/*.c lib/io/*.c; do
     case $f in lib/core/gemm.c | lib/core/vmath.c) continue ;; esac
     lib_srcs+=("$f")
 done
-full_srcs=(lib/*/*.c)
+full_srcs=()
+for f in lib/*/*.c; do
+    # built without MPI (and without CUDA, whose sources are .cu): lib/dist/mpi.c is for -Dmpi builds only
+    [ "$f" = lib/dist/mpi.c ] || full_srcs+=("$f")
+done
 harness_srcs=(tests/fuzz/fuzz_*.c)
 [ -e "${harness_srcs[0]}" ] || { echo "Bail out! no harness in tests/fuzz/"; exit 1; }
 # Does a harness link the whole library ("// fuzz-lib: full")?
