@@ -285,6 +285,44 @@ static void tally_run(struct tally *t, const cJSON *rec)
         acc_add(&t->acc[i], rec_num(rec, acc_names[i]));
 }
 
+// The config of one run of the sweep: the base config with model.type
+// (mixture, or mlp for the baseline) and the seed set, parsed into rcfg.
+static int system_config(struct moe_config *cfg, struct moe_run_cfg *rcfg, const struct moe_config *base,
+                         const char *sys, long long seed, struct moe_err *err)
+{
+    char set_model[64], set_seed[64];
+    snprintf(set_model, sizeof set_model, "model.type=%s", strcmp(sys, "mlp") == 0 ? "mlp" : "mixture");
+    snprintf(set_seed, sizeof set_seed, "train.seed=%lld", seed);
+    int r = moe_config_copy(cfg, base, err);
+    if (!r)
+        r = moe_config_set(cfg, set_model, err);
+    if (!r)
+        r = moe_config_set(cfg, set_seed, err);
+    if (!r)
+        r = moe_run_cfg_parse(rcfg, cfg, err);
+    return r;
+}
+
+// Every system's config parses (with the first seed: the seed changes no
+// check) before the output directory is touched, so a config error writes
+// nothing (and leaves no sweep.json to refuse the corrected command).
+static int check_systems(const char *cmd, const struct moe_config *base, const struct cl_opts *o)
+{
+    for (size_t si = 0; si < o->n_systems; si++) {
+        struct moe_err err = { 0 };
+        struct moe_config cfg = { 0 };
+        struct moe_run_cfg rcfg = { 0 };
+        int r = system_config(&cfg, &rcfg, base, o->systems[si], o->seeds[0], &err);
+        moe_run_cfg_release(&rcfg);
+        moe_config_release(&cfg);
+        if (r) {
+            moe_error_prefix(&err, "system '%s': ", o->systems[si]);
+            return cli_fail(cmd, &err);
+        }
+    }
+    return 0;
+}
+
 // One run of the sweep: system sys (a loss, or mlp) with seed, its curve and
 // result into a new record *rec (a run that diverges is recorded as such and the
 // sweep goes on). first: the system's first run trained here, whose memory is
@@ -302,17 +340,8 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
     memset(&data, 0, sizeof data);
     memset(&model, 0, sizeof model);
     int is_mlp = strcmp(sys, "mlp") == 0, checked = !first, refused = 0;
-    char set_model[64], set_seed[64];
-    snprintf(set_model, sizeof set_model, "model.type=%s", is_mlp ? "mlp" : "mixture");
-    snprintf(set_seed, sizeof set_seed, "train.seed=%lld", seed);
     const char *loss = is_mlp ? NULL : sys;
-    int r = moe_config_copy(&cfg, base, &err);
-    if (!r)
-        r = moe_config_set(&cfg, set_model, &err);
-    if (!r)
-        r = moe_config_set(&cfg, set_seed, &err);
-    if (!r)
-        r = moe_run_cfg_parse(&rcfg, &cfg, &err);
+    int r = system_config(&cfg, &rcfg, base, sys, seed, &err);
     if (!r && is_mlp)
         loss = rcfg.model.loss_baseline;
     if (!r && !checked)
@@ -602,6 +631,8 @@ int cmd_compare_loss(int argc, char **argv)
         rc = cli_fail(cmd, &err);
         goto out;
     }
+    if ((rc = check_systems(cmd, &base, &o)))
+        goto out;
     // DIR: a sweep there continues (its settings are checked below); another
     // run is refused unless --force (which also clears a sweep); another
     // process there is refused; then it is locked

@@ -333,5 +333,18 @@ t_cl_other_settings() {
 }
 check "compare-loss: a directory holding a sweep with other seeds, config or tags is refused (exit 2, one line, nothing changed)" t_cl_other_settings
 
+# A config error in any system is refused before the directory is touched: no
+# sweep.json is left to refuse the corrected command.
+t_cl_config_error() {
+    run ce "$MOE" compare-loss --config q.json --losses nll,mlp --seeds 1 --out ce_dir --quiet \
+        --set optim.type=gd --set train.accumulate=2
+    [ "$RC" -eq 2 ] || { fail "exit $RC: $(cat ce.err)"; return 1; }
+    grep -q "system 'nll': key 'train.accumulate' (2) needs mini-batches" ce.err || { fail "stderr: $(cat ce.err)"; return 1; }
+    [ ! -e ce_dir ] || { fail "ce_dir was created: $(ls -A ce_dir | tr '\n' ' ')"; return 1; }
+    run ce2 "$MOE" compare-loss --config q.json --losses nll,mlp --seeds 1 --out ce_dir --quiet --threads 1
+    [ "$RC" -eq 0 ] || fail "the corrected command: exit $RC: $(cat ce2.err)"
+}
+check "compare-loss: a config error writes nothing, and the corrected command then runs" t_cl_config_error
+
 echo "1..$N"
 [ "$FAILED" -eq 0 ]
