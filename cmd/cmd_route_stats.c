@@ -19,10 +19,11 @@
 #include "train/train.h"
 
 static const char *const usage =
-    "usage: moe route-stats --checkpoint CKPT --out DIR [--data train|test] [--capacity-factors A,B,...]\n"
+    "usage: moe route-stats --checkpoint CKPT --out DIR [--data train|valid|test] [--capacity-factors A,B,...]\n"
     "                       [--trace FILE.jsonl] [--set key.path=value]... [--threads N] [--ignore-memory]\n"
     "                       [--quiet] [--tag KEY=VALUE]...\n"
-    "Route a data split (default test) through a trained checkpoint in evaluation mode and write,\n"
+    "Route a data split (default test; valid: the validation split when the config has one, else the\n"
+    "held-out split, as moe eval does) through a trained checkpoint in evaluation mode and write,\n"
     "per sparse layer, DIR/layers.csv, experts.csv, labels.csv, capacity.csv and coselect.csv (k >= 2);\n"
     "print the JSON summary on stdout (also DIR/summary.json). The data is the checkpoint's own config's,\n"
     "unless --set data.* points elsewhere; features are standardised with the checkpoint's statistics.\n"
@@ -72,8 +73,8 @@ static int on_opt(void *ctx, int opt, const char *arg)
         o->ckpt = arg;
         return 0;
     case OPT_DATA:
-        if (strcmp(arg, "train") != 0 && strcmp(arg, "test") != 0)
-            return cli_error("route-stats", 2, "option '--data': expected train or test, got '%s'", arg);
+        if (strcmp(arg, "train") != 0 && strcmp(arg, "valid") != 0 && strcmp(arg, "test") != 0)
+            return cli_error("route-stats", 2, "option '--data': expected train, valid or test, got '%s'", arg);
         o->split = arg;
         return 0;
     case OPT_CF:
@@ -328,6 +329,8 @@ static int rs_load(struct rs_run *r)
         moe_data_check_text_checkpoint(&r->data, &r->f, &err))
         return cli_fail(cmd, &err);
     r->d = strcmp(split, "train") == 0 ? &r->data.train : &r->data.test;
+    if (strcmp(split, "valid") == 0 && r->data.valid.n) // a validation split of its own (else the held-out one)
+        r->d = &r->data.valid;
     if (std_on && !r->data.has_text && cli_ckpt_standardize(&r->f, r->d, &err))
         return cli_fail(cmd, &err);
     r->chunk = rs_batch(&r->rc, r->data.train.n, r->data.test.n, split);

@@ -752,6 +752,26 @@ t_valid_split() {
 }
 check "validation split: valid rows, thread-independent, train/test unchanged; criterion_split=valid" t_valid_split
 
+# route-stats --data valid routes the validation split (50 rows here), --data test the test split.
+t_route_valid() {
+    cat >"$TMP/rsv.json" <<'JSON'
+{ "data": { "source": "synthetic", "synthetic": { "kind": "classes", "n_in": 8, "n_regions": 4, "n_train": 200, "n_test": 100, "n_valid": 50 } },
+  "model": { "type": "mlp-moe", "n_embd": 16, "n_layer": 1, "moe_every": 1, "n_ff": 16, "n_expert": 4, "n_expert_used": 1 },
+  "moe": { "router": "switch" }, "loss": { "type": "ce" }, "optim": { "type": "adamw", "lr": 0.01, "batch_size": 64 },
+  "train": { "epochs": 2 } }
+JSON
+    "$MOE" train --config "$TMP/rsv.json" --out "$TMP/rsv" --threads 1 --quiet >/dev/null 2>"$TMP/rsv.err" ||
+        { fail "train: $(cat "$TMP/rsv.err")"; return 1; }
+    local sp want
+    for sp in valid test; do
+        want=$([ $sp = valid ] && echo 50 || echo 100)
+        "$MOE" route-stats --checkpoint "$TMP/rsv/model.safetensors" --out "$TMP/rsv-$sp" --data $sp --quiet \
+            >"$TMP/rsv-$sp.json" 2>"$TMP/rsv-$sp.err" || { fail "route-stats --data $sp: $(cat "$TMP/rsv-$sp.err")"; return 1; }
+        jqe "$TMP/rsv-$sp.json" ".split == \"$sp\" and .layers[0].tokens == $want" "route-stats --data $sp" || return 1
+    done
+}
+check "route-stats --data valid routes the validation split" t_route_valid
+
 # train.select = best_valid_loss: a small noisy training set overfits, so the validation loss
 # turns up; the run ends with the epoch of the lowest validation row, and its final rows and
 # model.safetensors are that epoch's. A SIGTERM and --resume end with the same selection.
