@@ -72,3 +72,13 @@ thread_args() { [ -z "${THREADS:-}" ] || echo "--threads $THREADS"; }
 expected_time() {
     echo "$(basename "$(dirname "$0")")/$(basename "$0"): expected run time on the 2-core build machine: $*; finished runs are skipped" >&2
 }
+
+# need_lm_inputs: for the byte-level LM experiments, set moe (the binary) and
+# corpus (Debian's fortunes, experiments/data/fortunes.sh), or exit 2 saying
+# what is missing. Callers set $root first.
+need_lm_inputs() {
+    moe=$(moe_bin)
+    [ -x "$moe" ] || { echo "$0: no moe binary at '$moe' (build first)" >&2; exit 2; }
+    corpus=$root/experiments/data/cache/fortunes/fortunes.txt
+    [ -s "$corpus" ] || { echo "$0: no corpus at '$corpus' (run: bash experiments/data/fortunes.sh)" >&2; exit 2; }
+}

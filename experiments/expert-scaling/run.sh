@@ -28,10 +28,7 @@ root=$(cd "$here/../.." && pwd)
 [ $# -ge 1 ] && export MOE=$1
 # shellcheck source=../common/lib.sh
 . "$root/experiments/common/lib.sh"
-moe=$(moe_bin)
-[ -x "$moe" ] || { echo "$0: no moe binary at '$moe' (build first)" >&2; exit 2; }
-corpus=$root/experiments/data/cache/fortunes/fortunes.txt
-[ -s "$corpus" ] || { echo "$0: no corpus at '$corpus' (run: bash experiments/data/fortunes.sh)" >&2; exit 2; }
+need_lm_inputs # sets moe and corpus, or exits 2
 out=${OUT:-$root/results/expert-scaling}
 work=${WORK:-$root/runs/expert-scaling}
 read -r -a seeds <<< "${SEEDS:-1 2 3 4 5}"

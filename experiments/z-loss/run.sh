@@ -25,10 +25,7 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=../common/lib.sh
 . "$root/experiments/common/lib.sh"
 stats=$root/experiments/common/stats.sh
-moe=$(moe_bin)
-[ -x "$moe" ] || { echo "$0: no moe binary at '$moe' (build first)" >&2; exit 2; }
-corpus=$root/experiments/data/cache/fortunes/fortunes.txt
-[ -s "$corpus" ] || { echo "$0: no corpus at '$corpus' (run: bash experiments/data/fortunes.sh)" >&2; exit 2; }
+need_lm_inputs # sets moe and corpus, or exits 2
 out=${OUT:-$root/results/z-loss}
 work=${WORK:-$root/runs/z-loss}
 seeds=(${SEEDS:-1 2 3 4 5})
