@@ -14,6 +14,7 @@
 #include "backend/backend.h"
 #include "core/gemm.h"
 #include "core/sysmem.h"
+#include "dist/dist.h"
 #include "io/atomic.h"
 #include "io/csv_writer.h"
 #include "moe/moe_layer.h"
@@ -75,9 +76,17 @@ int cli_add_set(struct cli_common *c, const char *opt, const char *key, const ch
     return 0;
 }
 
+int cli_rank;
+char cli_last_error[MOE_ERR_MSG_MAX];
+
 int cli_error(const char *cmd, int exit_code, const char *fmt, ...)
 {
     va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cli_last_error, sizeof cli_last_error, fmt, ap);
+    va_end(ap);
+    if (cli_rank)
+        return exit_code;
     progress_break();
     va_start(ap, fmt);
     fprintf(stderr, "moe%s%s: ", cmd ? " " : "", cmd ? cmd : "");
@@ -85,6 +94,23 @@ int cli_error(const char *cmd, int exit_code, const char *fmt, ...)
     fputc('\n', stderr);
     va_end(ap);
     return exit_code;
+}
+
+int cli_agree(const char *cmd, struct moe_dist *d, int exit_code)
+{
+    if (!d)
+        return exit_code;
+    struct moe_err err = { 0 };
+    if (exit_code)
+        snprintf(err.msg, sizeof err.msg, "%s", cli_last_error);
+    int rc = moe_dist_agree(d, exit_code, &err);
+    if (!rc)
+        return 0;
+    int code = rc > 0 ? rc : moe_status_exit_code(rc);
+    // what failed elsewhere (or the agreement itself), said once by rank 0
+    if (!exit_code)
+        cli_error(cmd, code, "%s", err.msg);
+    return code;
 }
 
 int cli_fail(const char *cmd, const struct moe_err *err)
@@ -398,6 +424,8 @@ int cli_write_summary(const char *cmd, const char *dir, const cJSON *summary)
 
 int cli_print_json(const char *cmd, const cJSON *obj)
 {
+    if (cli_rank)
+        return 0;
     char *text = cJSON_PrintUnformatted(obj);
     if (!text)
         return cli_error(cmd, 1, "out of memory");
@@ -431,7 +459,7 @@ cJSON *cli_summary_new(const char *cmd, const struct moe_config *cfg, uint64_t s
 
 void cli_log(const struct cli_common *c, const char *fmt, ...)
 {
-    if (c->quiet)
+    if (c->quiet || cli_rank)
         return;
     va_list ap;
     progress_break();

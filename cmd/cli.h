@@ -176,6 +176,18 @@ int cmd_distill(int argc, char **argv);
 // second signal gets the default action (the disposition is reset), so a stuck
 // run can still be killed with a second Ctrl-C.
 extern volatile sig_atomic_t cli_stop_signal;
+
+// In a run over MPI processes (train --data-parallel N), this process's rank:
+// only rank 0 prints (errors, log lines, JSON on stdout) and writes the run
+// directory. 0 in every other run.
+struct moe_dist;
+extern int cli_rank;
+// The message of the last cli_error (on every rank), for cli_agree.
+extern char cli_last_error[MOE_ERR_MSG_MAX];
+// In a run over processes (d non-NULL): every process passes the exit code of
+// what it did, and all return the same one: 0, or the lowest failing rank's,
+// whose message rank 0 prints when that rank is not itself ("rank R: ...").
+int cli_agree(const char *cmd, struct moe_dist *d, int exit_code);
 void cli_catch_stop_signals(void);
 
 struct cli_train_opts {
@@ -184,6 +196,7 @@ struct cli_train_opts {
     int dry_run;
     int lora;           // moe lora: adapters (config lora.*) on the frozen base
     int merge;          // moe lora --merge: also write the merged model
+    struct moe_dist *dist; // train --data-parallel N (N > 1): the processes (dist/dist.h), else NULL
 };
 int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_opts *o);
 int cmd_compare_loss(int argc, char **argv);

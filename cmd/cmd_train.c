@@ -64,9 +64,13 @@ static const char *const usage =
     "--tag KEY=VALUE (repeatable) adds a column KEY holding VALUE to every row of\n"
     "every CSV table the run writes (after the table's own columns) and KEY to\n"
     "summary.json's \"tags\"; --resume keeps the run's tags (from its checkpoint).\n"
-    "--expert-parallel N / --data-parallel N (training over N MPI processes) are\n"
-    "refused for now (exit 2): no build trains over MPI yet; the message says\n"
-    "whether this one has MPI (moe --version, line 'mpi').\n"
+    "--data-parallel N (in a build with MPI: moe --version, line 'mpi') trains over\n"
+    "N processes started by mpirun (mpirun -np N moe train --data-parallel N ...):\n"
+    "each optimizer step's train.accumulate micro-batches (a multiple of N) are\n"
+    "shared out among them, and the run's files are byte-identical to those of\n"
+    "the same config in one process. Rank 0 writes the run directory and prints;\n"
+    "every process must get the same options. --expert-parallel N is refused for\n"
+    "now (exit 2).\n"
     "--quiet: no log or progress lines on stderr. Progress while training: one\n"
     "line, e.g. 'step 120/600 (20%)  epoch 3/15  loss 0.4213  18.2k tok/s  ETA 0:27'\n"
     "(rows/s for data other than text), redrawn in place at a terminal, else\n"
@@ -78,6 +82,7 @@ struct train_ctx {
     struct cli_train_opts *o;
     struct cli_common *c;
     const char *parallel_opt; // --expert-parallel or --data-parallel, as given
+    int n_proc;               // its N
 };
 
 static int on_opt(void *ctx_, int opt, const char *arg)
@@ -105,22 +110,44 @@ static int on_opt(void *ctx_, int opt, const char *arg)
         if (cli_parse_ll(arg, 1, 4096, &v))
             return cli_error("train", 2, "option '%s' expects a number of processes from 1 to 4096, got '%s'", name, arg);
         ctx->parallel_opt = name;
+        ctx->n_proc = (int)v;
         return 0;
     }
     return 2;
 }
 
-// --expert-parallel N / --data-parallel N (training over MPI processes): the
-// options exist so that scripts get one clear line, but no build trains over
-// MPI yet; the line says whether this build has MPI (lib/dist/dist.h).
+// --expert-parallel N (experts spread over MPI processes): the option exists so
+// that scripts get one clear line, but it is not implemented yet; the line says
+// whether this build has MPI (lib/dist/dist.h).
 static int parallel_refusal(const char *cmd, const char *opt)
 {
     struct moe_dist_info mpi;
     moe_dist_probe(&mpi);
     if (!mpi.built)
         return cli_error(cmd, 2, "option '%s' cannot be used: %s", opt, mpi.reason);
-    return cli_error(cmd, 2, "option '%s' cannot be used: training over MPI processes is not implemented yet (this build has %s); train in one process",
+    return cli_error(cmd, 2, "option '%s' cannot be used: expert parallelism is not implemented yet (this build has %s); --data-parallel N is",
                      opt, mpi.library);
+}
+
+// train --data-parallel N: MPI started with N processes (else one line, exit
+// 2, from rank 0), then cli_train_run with them, then MPI's end. N = 1 is a run
+// in one process.
+static int data_parallel(const char *cmd, struct cli_common *c, struct cli_train_opts *o, int n)
+{
+    struct moe_dist d;
+    struct moe_err err = { 0 };
+    int rc = moe_dist_init(&d, n, "--data-parallel", &err);
+    cli_rank = d.rank;
+    if (!rc) {
+        o->dist = n > 1 ? &d : NULL;
+        rc = cli_train_run(cmd, c, o);
+        o->dist = NULL;
+    } else {
+        rc = cli_fail(cmd, &err);
+    }
+    moe_dist_finalize(&d);
+    cli_rank = 0;
+    return rc;
 }
 
 // The largest batch the model sees: the training batch (the whole split for
@@ -423,26 +450,30 @@ static int train(struct train_run *r, struct moe_train_result *res)
                               .tau = (float)d->c.temperature, .sym = d->moebert };
     struct progress prog;
     progress_start(&prog, r->c, NULL);
+    int files = !cli_rank; // over processes, rank 0 writes the files and prints
     // A LoRA run keeps no checkpoint (it cannot be resumed yet): its model slots hold W0 + sBA.
-    struct moe_train_hooks hooks = { .row = run_output_row, .ctx = &r->outs,
-                                     .checkpoint = o->lora ? NULL : run_output_checkpoint, .stop = &cli_stop_signal,
+    struct moe_train_hooks hooks = { .row = files ? run_output_row : NULL, .ctx = &r->outs,
+                                     .checkpoint = o->lora || !files ? NULL : run_output_checkpoint,
+                                     .stop = &cli_stop_signal,
                                      .resume = o->resume ? &r->resume : NULL, .frozen = r->tune.frozen,
                                      .frozen_experts = r->tune.frozen_experts,
                                      .lora = o->lora ? &r->lora : NULL,
                                      .distill = d->teacher.ops ? &kd : NULL,
-                                     .step = progress_step, .step_ctx = &prog };
+                                     .step = files ? progress_step : NULL, .step_ctx = &prog,
+                                     .dist = o->dist };
     int rc = moe_train_run(&r->model, &r->data, &r->rc.train, &r->rc.optim, &hooks, res, &err);
     if (!rc)
         progress_finish(&prog);
     else
         progress_break(); // before the summary of an interrupted run goes to stdout
     if (rc == MOE_EINTR)
-        return interrupted(r, res->steps);
+        return files ? interrupted(r, res->steps) : 128 + cli_stop_signal;
     if (rc) {
-        run_output_flush(&r->outs, NULL);
+        if (files)
+            run_output_flush(&r->outs, NULL);
         return cli_fail(r->cmd, &err);
     }
-    return run_output_close(&r->outs, &err) ? cli_fail(r->cmd, &err) : 0;
+    return files && run_output_close(&r->outs, &err) ? cli_fail(r->cmd, &err) : 0;
 }
 
 // The optimizer steps' shape and learning rates: "schedule" (optim.schedule
@@ -514,14 +545,19 @@ int cmd_train(int argc, char **argv)
     struct cli_common c;
     struct cli_train_opts o = { 0 };
     cli_common_init(&c);
-    struct train_ctx ctx = { &o, &c, NULL };
+    struct train_ctx ctx = { &o, &c, NULL, 0 };
     int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &ctx);
     if (rc == -1) {
         fputs(usage, stdout);
         rc = 0;
     } else if (!rc) {
-        if (ctx.parallel_opt)
+        if (ctx.parallel_opt && strcmp(ctx.parallel_opt, "--expert-parallel") == 0)
             rc = parallel_refusal(cmd, ctx.parallel_opt);
+        else if (ctx.parallel_opt && o.dry_run)
+            rc = cli_error(cmd, 2, "option '%s' cannot be combined with '--dry-run' (the estimate is per process: run --dry-run alone)",
+                           ctx.parallel_opt);
+        else if (ctx.parallel_opt)
+            rc = data_parallel(cmd, &c, &o, ctx.n_proc);
         else if (o.resume && c.n_owned)
             rc = cli_error(cmd, 2, "option '%s' cannot be combined with '--resume' (the run keeps the config in its checkpoint)",
                            c.first_owned_opt);
@@ -530,6 +566,119 @@ int cmd_train(int argc, char **argv)
     }
     cli_common_release(&c);
     return rc;
+}
+
+// In a run over processes: every process must have been given the same
+// options. The hash of the config (after --set and --seed) and of the paths
+// of --out, --resume and --init, against rank 0's; then the agreement.
+static int agree_options(struct train_run *r, int rc, int finished)
+{
+    struct moe_dist *d = r->o->dist;
+    if (!d)
+        return rc;
+    uint64_t h = 0;
+    if (!rc && !finished) {
+        const char *paths[] = { r->out, r->o->resume, r->o->init };
+        h = moe_config_hash(&r->cfg);
+        for (size_t i = 0; i < sizeof paths / sizeof *paths; i++)
+            for (const unsigned char *p = (const unsigned char *)(paths[i] ? paths[i] : ""); ; p++) {
+                h = (h ^ *p) * 0x100000001b3ull; // FNV-1a over each path and its terminating 0
+                if (!*p)
+                    break;
+            }
+    }
+    uint64_t *all = calloc((size_t)d->size, sizeof *all);
+    struct moe_err err = { 0 };
+    if (!all)
+        return cli_agree(r->cmd, d, rc ? rc : cli_error(r->cmd, 1, "out of memory"));
+    if (moe_dist_allgather(d, &h, sizeof h, all, &err))
+        rc = rc ? rc : cli_fail(r->cmd, &err);
+    else if (!rc && all[0] && h != all[0])
+        rc = cli_error(r->cmd, 2, "this process was started with other options than rank 0 (config, --set, --seed, --out, --resume or --init; hash %016llx against %016llx): every process of --data-parallel must get the same",
+                       (unsigned long long)h, (unsigned long long)all[0]);
+    free(all);
+    return cli_agree(r->cmd, d, rc);
+}
+
+// Up to the run's config: the options' checks, a resumed run's checkpoint and
+// config, --dry-run. Reads, writes nothing. *ret_done: the command is over
+// (a finished run's summary printed again, or the dry run's estimate).
+static int prepare(struct train_run *r, cJSON **done, int *ret_done)
+{
+    const char *cmd = r->cmd;
+    const struct cli_common *c = r->c;
+    const struct cli_train_opts *o = r->o;
+    struct moe_err err = { 0 };
+    int rc;
+    *ret_done = 0;
+    if ((rc = check_resume_options(r)) || (rc = run_output_check_tags(cmd, &c->tags)) ||
+        (rc = distill_check_tags(cmd, &c->tags)) || (rc = cli_setup_compute(cmd, c)))
+        return rc;
+    cli_catch_stop_signals();
+    // --resume: lock the directory (another process there: fail now) and clear
+    // a dead process's temporary files before anything is read from it (rank 0)
+    if (o->resume && !cli_rank && (rc = run_dir_claim(cmd, c, r->out, RUN_DIR_RESUME, &r->lock)))
+        return rc;
+    if (o->resume && run_output_complete(r->out, done, &err))
+        return cli_fail(cmd, &err);
+    if (o->resume)
+        rc = *done && !c->n_sets ? 0 : resume_config(r); // --set train.epochs: the config decides
+    else if (cli_load_config(c, &r->cfg, &err))
+        rc = cli_fail(cmd, &err);
+    if (rc)
+        return rc;
+    if (*done && !r->extend_from) { // nothing left to do: say so, and print the run's summary again
+        cli_log(c, "moe %s: the run in %s/ is already complete", cmd, r->out);
+        *ret_done = 1;
+        return cli_print_json(cmd, *done);
+    }
+    if (moe_run_cfg_parse(&r->rc, &r->cfg, &err))
+        return cli_fail(cmd, &err);
+    if (o->dry_run) {
+        *ret_done = 1;
+        return dry_run(cmd, &r->cfg, &r->rc);
+    }
+    if (!r->out) {
+        snprintf(r->default_out, sizeof r->default_out, "runs/train-%016llx", (unsigned long long)moe_config_hash(&r->cfg));
+        r->out = r->default_out;
+    }
+    return 0;
+}
+
+// The data, the model and (rank 0) the run directory, up to the first step.
+static int setup(struct train_run *r)
+{
+    const char *cmd = r->cmd;
+    const struct cli_common *c = r->c;
+    const struct cli_train_opts *o = r->o;
+    int rc;
+    // a new run: a directory holding another run, or in use, is refused before the data is loaded
+    if (!o->resume && !cli_rank && (rc = run_dir_check(cmd, c, r->out, RUN_DIR_NEW)))
+        return rc;
+    if ((rc = load_data(r)) || (rc = build_model(r)) ||
+        (rc = distill_setup(cmd, &r->distill, &r->rc, &r->data, &r->model, o->resume != NULL)) ||
+        (rc = tune_setup(cmd, &r->rc, &r->model, o->lora, &r->tune, &r->lora)))
+        return rc;
+    struct moe_err err = { 0 };
+    if (o->dist && moe_train_dp_check(&r->model, r->rc.train.accumulate, o->dist->size, r->distill.teacher.ops != NULL,
+                                      o->lora, &err))
+        return cli_fail(cmd, &err);
+    if (!cli_rank && ((rc = open_outputs(r)) || (rc = extend_outputs(r))))
+        return rc;
+    if (r->extend_from)
+        cli_log(c, "moe %s: extending %s/ from %llu to %llu epochs, at step %llu (epoch %llu)", cmd, r->out,
+                (unsigned long long)r->extend_from, (unsigned long long)r->rc.train.epochs,
+                (unsigned long long)r->pos.steps, (unsigned long long)r->pos.epoch);
+    else if (o->resume)
+        cli_log(c, "moe %s: resuming %s/ at step %llu (epoch %llu)", cmd, r->out, (unsigned long long)r->pos.steps,
+                (unsigned long long)r->pos.epoch);
+    else
+        cli_log(c, "moe %s: %s model, %zu parameters, %zu train / %zu test rows, writing %s/", cmd,
+                r->model.ops->type, moe_params_count(&r->model.params), r->data.train.n, r->data.test.n, r->out);
+    if (o->dist)
+        cli_log(c, "moe %s: data parallel over %d processes, %zu micro-batches of %zu rows each per step", cmd,
+                o->dist->size, r->rc.train.accumulate / (size_t)o->dist->size, r->rc.optim.batch_size);
+    return 0;
 }
 
 int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_opts *o)
@@ -543,61 +692,11 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
     struct moe_err err = { 0 };
     struct moe_train_result res;
     cJSON *done = NULL;
-    int rc;
-    if ((rc = check_resume_options(&r)) || (rc = run_output_check_tags(cmd, &c->tags)) ||
-        (rc = distill_check_tags(cmd, &c->tags)) || (rc = cli_setup_compute(cmd, c)))
-        goto out;
-    cli_catch_stop_signals();
-    // --resume: lock the directory (another process there: fail now) and clear
-    // a dead process's temporary files before anything is read from it
-    if (o->resume && (rc = run_dir_claim(cmd, c, r.out, RUN_DIR_RESUME, &r.lock)))
-        goto out;
-    if (o->resume && run_output_complete(r.out, &done, &err)) {
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    if (o->resume)
-        rc = done && !c->n_sets ? 0 : resume_config(&r); // --set train.epochs: the config decides
-    else if (cli_load_config(c, &r.cfg, &err))
-        rc = cli_fail(cmd, &err);
-    if (rc)
-        goto out;
-    if (done && !r.extend_from) { // nothing left to do: say so, and print the run's summary again
-        cli_log(c, "moe %s: the run in %s/ is already complete", cmd, r.out);
-        rc = cli_print_json(cmd, done);
-        goto out;
-    }
-    if (moe_run_cfg_parse(&r.rc, &r.cfg, &err)) {
-        rc = cli_fail(cmd, &err);
-        goto out;
-    }
-    if (o->dry_run) {
-        rc = dry_run(cmd, &r.cfg, &r.rc);
-        goto out;
-    }
-    if (!r.out) {
-        snprintf(r.default_out, sizeof r.default_out, "runs/train-%016llx", (unsigned long long)moe_config_hash(&r.cfg));
-        r.out = r.default_out;
-    }
-    // a new run: a directory holding another run, or in use, is refused before the data is loaded
-    if (!o->resume && (rc = run_dir_check(cmd, c, r.out, RUN_DIR_NEW)))
-        goto out;
-    if ((rc = load_data(&r)) || (rc = build_model(&r)) ||
-        (rc = distill_setup(cmd, &r.distill, &r.rc, &r.data, &r.model, o->resume != NULL)) ||
-        (rc = tune_setup(cmd, &r.rc, &r.model, o->lora, &r.tune, &r.lora)) || (rc = open_outputs(&r)) ||
-        (rc = extend_outputs(&r)))
-        goto out;
-    if (r.extend_from)
-        cli_log(c, "moe %s: extending %s/ from %llu to %llu epochs, at step %llu (epoch %llu)", cmd, r.out,
-                (unsigned long long)r.extend_from, (unsigned long long)r.rc.train.epochs,
-                (unsigned long long)r.pos.steps, (unsigned long long)r.pos.epoch);
-    else if (o->resume)
-        cli_log(c, "moe %s: resuming %s/ at step %llu (epoch %llu)", cmd, r.out, (unsigned long long)r.pos.steps,
-                (unsigned long long)r.pos.epoch);
-    else
-        cli_log(c, "moe %s: %s model, %zu parameters, %zu train / %zu test rows, writing %s/", cmd, r.model.ops->type,
-                moe_params_count(&r.model.params), r.data.train.n, r.data.test.n, r.out);
-    if ((rc = train(&r, &res)))
+    int finished = 0;
+    // over processes, every step that may fail on some of them ends in an agreement
+    int rc = prepare(&r, &done, &finished);
+    rc = agree_options(&r, rc, finished);
+    if (rc || finished || (rc = cli_agree(cmd, o->dist, setup(&r))) || (rc = train(&r, &res)) || cli_rank)
         goto out;
     if (run_output_model(&r.outs, o->lora ? &r.lora : NULL, r.tune.frozen, o->merge, &err)) {
         rc = cli_fail(cmd, &err);

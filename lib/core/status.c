@@ -64,6 +64,7 @@ const char *moe_status_name(int code)
     case MOE_ENOMEM: return "out of memory";
     case MOE_ENUMERIC: return "numerical fault";
     case MOE_EINTR: return "interrupted";
+    case MOE_EDIST: return "distributed run failed";
     }
     return "unknown error";
 }

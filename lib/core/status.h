@@ -21,6 +21,7 @@ enum moe_status {
     MOE_ENOMEM = -6,   // allocation failed (exit 1)
     MOE_ENUMERIC = -7, // NaN or Inf in a loss or gradient (exit 1)
     MOE_EINTR = -8,    // stopped on request (a signal) after saving a checkpoint (exit 128 + signal)
+    MOE_EDIST = -9,    // a collective over MPI processes failed, or another process did (exit 1)
 };
 
 #define MOE_ERR_MSG_MAX 512

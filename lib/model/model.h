@@ -158,6 +158,8 @@ int moe_stats_init_routing(struct moe_stats *s, const struct moe_model *m, size_
 int moe_stats_init_lang(struct moe_stats *s, size_t n_lang, struct moe_err *err);
 void moe_stats_reset(struct moe_stats *s);
 void moe_stats_release(struct moe_stats *s);
+// dst += src: the sums of two sets of rows (same model and data), in that order.
+void moe_stats_merge(struct moe_stats *dst, const struct moe_stats *src);
 // Add rows' predictions (T, O) against targets (T, O) (one-hot for classes) and labels (or NULL).
 void moe_stats_add_predictions(struct moe_stats *s, const float *pred, const float *target, const int32_t *label,
                                size_t T, size_t O);

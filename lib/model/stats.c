@@ -75,6 +75,59 @@ void moe_stats_reset(struct moe_stats *s)
         memset(s->contingency, 0, s->n_expert * s->n_group * sizeof *s->contingency);
 }
 
+// dst += src, field by field (every field is a sum over rows or batches).
+static void add_d(double *a, const double *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        a[i] += b[i];
+}
+
+static void add_u(uint64_t *a, const uint64_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        a[i] += b[i];
+}
+
+void moe_stats_merge(struct moe_stats *dst, const struct moe_stats *src)
+{
+    dst->n += src->n;
+    dst->loss += src->loss;
+    dst->sq_err += src->sq_err;
+    dst->correct += src->correct;
+    dst->gate_entropy += src->gate_entropy;
+    if (dst->gate_sum && src->gate_sum)
+        add_d(dst->gate_sum, src->gate_sum, dst->n_expert);
+    if (dst->contingency && src->contingency)
+        add_u(dst->contingency, src->contingency, dst->n_expert * dst->n_group);
+    for (size_t l = 0; l < dst->n_route && l < src->n_route; l++) {
+        struct moe_route_acc *a = &dst->route[l];
+        const struct moe_route_acc *b = &src->route[l];
+        if (b->tokens)
+            a->has_probs = b->has_probs;
+        a->tokens += b->tokens;
+        a->weight += b->weight;
+        a->entropy += b->entropy;
+        a->top1 += b->top1;
+        a->lse += b->lse;
+        a->aux += b->aux;
+        a->z += b->z;
+        add_d(a->routed, b->routed, a->E);
+        add_d(a->dropped, b->dropped, a->E);
+        add_d(a->gate_sum, b->gate_sum, a->E);
+        add_d(a->prob_sum, b->prob_sum, a->E);
+        if (a->cosel && b->cosel)
+            add_u(a->cosel, b->cosel, a->E * a->E);
+        if (a->label && b->label)
+            add_u(a->label, b->label, a->E * a->G);
+    }
+    dst->bytes += src->bytes;
+    if (dst->n_lang && src->n_lang == dst->n_lang) {
+        add_d(dst->lang_loss, src->lang_loss, dst->n_lang);
+        add_u(dst->lang_tokens, src->lang_tokens, dst->n_lang);
+        add_d(dst->lang_bytes, src->lang_bytes, dst->n_lang);
+    }
+}
+
 void moe_stats_release(struct moe_stats *s)
 {
     if (!s)

@@ -24,7 +24,7 @@
 // dropped (E), gate_sum (E), prob_sum (E), cosel (E·E, when kept), label (E·G, when kept);
 // then for language models: bytes, lang_loss (n_lang), lang_tokens (n_lang), lang_bytes (n_lang).
 // pack with out == NULL just counts.
-static size_t stats_pack(const struct moe_stats *s, double *out)
+size_t moe_stats_pack(const struct moe_stats *s, double *out)
 {
     size_t k = 0;
 #define PUT(v) do { if (out) out[k] = (double)(v); k++; } while (0)
@@ -71,7 +71,7 @@ static size_t stats_pack(const struct moe_stats *s, double *out)
 // negative or huge double to an unsigned type is undefined, so clamp to [0, 2^53].
 static uint64_t count_of(double v) { return v > 0.0 && v <= 9007199254740992.0 ? (uint64_t)v : 0; }
 
-static void stats_unpack(struct moe_stats *s, const double *in)
+void moe_stats_unpack(struct moe_stats *s, const double *in)
 {
     size_t k = 0;
 #define GET(dst, type) (dst) = _Generic((dst), double: in[k], default: (type)count_of(in[k])), k++
@@ -121,7 +121,7 @@ int moe_train_checkpoint_write(const char *path, struct moe_model *m, const stru
                                size_t n_meta, struct moe_err *err)
 {
     const struct moe_optim *o = ck->opt;
-    size_t n_stats = stats_pack(ck->batch_stats, NULL);
+    size_t n_stats = moe_stats_pack(ck->batch_stats, NULL);
     double *stats = malloc(n_stats * sizeof *stats);
     struct moe_st_ref *refs = calloc(n_extra + 4, sizeof *refs);
     struct moe_st_meta *mt = calloc(n_meta + N_POS_META + 2, sizeof *mt);
@@ -131,7 +131,7 @@ int moe_train_checkpoint_write(const char *path, struct moe_model *m, const stru
         rc = moe_error(err, MOE_ENOMEM, "out of memory writing '%s'", path);
         goto out;
     }
-    stats_pack(ck->batch_stats, stats);
+    moe_stats_pack(ck->batch_stats, stats);
     size_t nr = 0;
     for (size_t i = 0; i < n_extra; i++)
         refs[nr++] = extra[i];
@@ -271,14 +271,14 @@ int moe_train_state_restore(const struct moe_st_file *f, struct moe_optim *o, st
             if (!isfinite(mom[k][i]))
                 return moe_error(err, MOE_EFORMAT, "%s: tensor '%s' element %zu is %s, not a finite number", f->path,
                                  mom_name[k], i, isnan(mom[k][i]) ? "NaN" : mom[k][i] > 0 ? "+infinity" : "-infinity");
-    size_t n = stats_pack(batch_stats, NULL);
+    size_t n = moe_stats_pack(batch_stats, NULL);
     double *buf = malloc(n * sizeof *buf);
     if (!buf)
         return moe_error(err, MOE_ENOMEM, "out of memory reading '%s'", f->path);
     rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ "train.batch_stats", MOE_F64, 1, { n }, buf }, err);
     if (!rc) { // NaN sums are legitimate (e.g. the aux value of a layer without one) and round-trip
         moe_stats_reset(batch_stats);
-        stats_unpack(batch_stats, buf);
+        moe_stats_unpack(batch_stats, buf);
         o->t = t;
     }
     free(buf);

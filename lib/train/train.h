@@ -14,6 +14,7 @@
 #include "io/vocab.h"
 #include "model/estimate.h"
 #include "model/model.h"
+#include "dist/dist.h"
 #include "train/tune.h"
 
 // The run configuration's schema (schema.c): every key of every layer.
@@ -272,6 +273,11 @@ struct moe_train_pos {
     int finished;            // the run is complete
 };
 
+// Statistics as one flat F64 vector (the checkpoint's train.batch_stats; counts
+// as doubles, exact below 2^53): pack with out == NULL counts its length.
+size_t moe_stats_pack(const struct moe_stats *s, double *out);
+void moe_stats_unpack(struct moe_stats *s, const double *in);
+
 // What a checkpoint hook receives: the position and the state outside the model.
 struct moe_train_ckpt {
     struct moe_train_pos pos;
@@ -337,7 +343,22 @@ struct moe_train_hooks {
     // read: nothing it does changes the run.
     void (*step)(void *step_ctx, const struct moe_train_step_info *s);
     void *step_ctx;
+    // Data parallelism over MPI processes (dist/dist.h; NULL or one process:
+    // none). Every rank runs the same trainer on the same data and holds the
+    // same weights; micro-batch k of a step (train.accumulate = A, a multiple
+    // of the N processes) runs on rank k / (A / N), and the step's gradient is
+    // the sum moe_train would form in one process, in the same order, so the
+    // run's metrics and weights are byte-identical to one process's. Only rank
+    // 0 should be given row, checkpoint and step hooks (the files); every
+    // rank takes the same decisions (stops, faults, hook failures are agreed).
+    struct moe_dist *dist;
 };
+// What data parallelism over n processes needs (checked by moe_train_run too):
+// train.accumulate a multiple of n, no distillation or LoRA (yet), no bias
+// balancing (its offsets change after every micro-batch). MOE_ECONFIG or
+// MOE_EINVAL naming the key.
+int moe_train_dp_check(const struct moe_model *m, size_t accumulate, int n, int distill, int lora,
+                       struct moe_err *err);
 // The distill.* keys (distill.c) read into a typed struct; the strings point
 // into the config and live as long as it.
 struct moe_distill_cfg {

@@ -330,11 +330,22 @@ struct run {
     struct moe_optim_seg *segs;      // (n_seg) what the optimizer updates
     size_t n_seg;
     float *acc;                      // accum > 1: the segments' gradients summed so far, one after another
+    size_t numel;                    // floats in the segments, one after another
+    // Data parallelism (hooks->dist with N > 1 processes; see dp_step): this
+    // rank's micro-batches' raw gradients (per_rank slots of numel), the
+    // buffers of the exchange, and one micro-batch's statistics on the wire.
+    struct moe_dist *dist;
+    size_t per_rank;                 // micro-batches per rank: accum / N
+    float *slots, *xsend, *xrecv, *xfull;
+    double *wire, *wire_all;         // (per_rank, wire_n), (accum, wire_n)
+    size_t wire_n;                   // moe_stats_pack's length + one has_probs flag per routed layer
+    double *mb_loss;                 // (accum) each micro-batch's summed loss, for the finite check
     struct moe_optim_cfg oc;         // the optimizer's settings, for the learning-rate schedule
     struct moe_optim opt;
     // evaluation of the training and the test split (each row keeps pointers into its
     // own statistics until it is written), and training steps since the last batch row
     struct moe_stats st, ste, sb, sva;
+    struct moe_stats sm;             // accum > 1: one micro-batch's statistics, added to sb in order
     struct moe_eval_row rtr, rte, rva;
     double *gm_train, *gm_test, *gm_valid; // (n_expert + 1) the rows' gate means
     uint32_t *perm;                  // (rows) the epoch's order, shuffled runs
@@ -443,6 +454,8 @@ static size_t copy_state(struct moe_model *m, float *out, const float *in)
 static size_t snapshot(struct moe_model *m, float *out) { return copy_state(m, out, NULL); }
 static void restore(struct moe_model *m, const float *in) { copy_state(m, NULL, in); }
 
+static int dp_init(struct run *r, struct moe_dist *d, struct moe_err *err);
+
 // Settings, optimizer, statistics and buffers, at the start of a run. r is
 // zeroed first: run_release frees what this allocated, whether it succeeded or not.
 static int run_init(struct run *r, struct moe_model *m, const struct moe_data *data, const struct moe_train_cfg *tc,
@@ -476,6 +489,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     size_t numel = 0;
     for (size_t k = 0; k < r->n_seg; k++)
         numel += r->segs[k].n;
+    r->numel = numel;
     if ((rc = moe_optim_init(&r->opt, oc, numel, err)))
         return rc;
     size_t bs = oc->batch_size;
@@ -515,6 +529,10 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
         return moe_error(err, MOE_ENOMEM, "out of memory");
     if (r->accum > 1 && !(r->acc = malloc((numel ? numel : 1) * sizeof *r->acc)))
         return moe_error(err, MOE_ENOMEM, "out of memory for the gradient accumulator (%zu floats)", numel);
+    if (r->accum > 1 && (rc = moe_train_stats_init(&r->sm, m, tr, err)))
+        return rc;
+    if (hooks->dist && hooks->dist->size > 1 && (rc = dp_init(r, hooks->dist, err)))
+        return rc;
     if ((r->lm && (rc = moe_lm_batch_alloc(&r->lb, bs, tr->n_ctx, err))) ||
         (hooks->distill && (rc = teacher_alloc(r, err))) ||
         (r->shuffled && (rc = moe_dataset_alloc(&r->batch, tr->task, bs, tr->n_in, tr->n_out, tr->group != NULL, err))))
@@ -549,6 +567,14 @@ static void run_release(struct run *r)
     moe_stats_release(&r->ste);
     moe_stats_release(&r->sb);
     moe_stats_release(&r->sva);
+    moe_stats_release(&r->sm);
+    free(r->slots);
+    free(r->xsend);
+    free(r->xrecv);
+    free(r->xfull);
+    free(r->wire);
+    free(r->wire_all);
+    free(r->mb_loss);
     moe_dataset_release(&r->batch);
     moe_lm_batch_release(&r->lb);
     free(r->perm);
@@ -560,23 +586,45 @@ static void run_release(struct run *r)
     free(r->best);
 }
 
+// Over processes, every rank leaves with the same status: rc, or another
+// rank's failure (a hook that failed on rank 0 only, a micro-batch that failed
+// on one rank).
+static int agree(struct run *r, int rc, struct moe_err *err)
+{
+    return r->dist ? moe_dist_agree(r->dist, rc, err) : rc;
+}
+
 // Hand the state to the checkpoint hook.
 static int checkpoint(struct run *r, struct moe_err *err)
 {
-    return r->hooks->checkpoint ? r->hooks->checkpoint(r->hooks->ctx, &r->ck, err) : 0;
+    return agree(r, r->hooks->checkpoint ? r->hooks->checkpoint(r->hooks->ctx, &r->ck, err) : 0, err);
 }
 
-static int stop_raised(const struct run *r)
+// Whether the stop flag is raised: in a run over processes, on any rank (the
+// largest flag, a signal number, is raised on every rank), so that all stop
+// after the same step.
+static int stop_raised(struct run *r, int *stop, struct moe_err *err)
 {
-    return r->hooks->stop && *r->hooks->stop;
+    volatile sig_atomic_t *f = r->hooks->stop;
+    long long v = f ? *f : 0;
+    if (r->dist) {
+        int rc = moe_dist_max(r->dist, v, &v, err);
+        if (rc)
+            return rc;
+        if (v && f)
+            *f = (sig_atomic_t)v;
+    }
+    *stop = v != 0;
+    return 0;
 }
 
 // A raised stop flag ends the run after a checkpoint.
 static int stop_if_asked(struct run *r, struct moe_err *err)
 {
-    if (!stop_raised(r))
-        return 0;
-    int rc = checkpoint(r, err);
+    int stop, rc = stop_raised(r, &stop, err);
+    if (rc || !stop)
+        return rc;
+    rc = checkpoint(r, err);
     if (rc)
         return rc;
     return moe_error(err, MOE_EINTR, "stopped at step %llu (epoch %llu)", (unsigned long long)r->ck.pos.steps,
@@ -642,29 +690,159 @@ static int grad_fault(const struct moe_params *p, const struct moe_lora *lora, u
 // are per micro-batch. Summed in the accumulator r->acc, in micro-batch order:
 // acc = w_0 g_0, acc += w_k g_k, and the last one into the gradient buffers,
 // g = acc + w_last g_last. Elementwise: the same values for any thread count.
+// One micro-batch's part of the sum over n floats (accumulate, and dp_step's
+// slice of it, with the same arithmetic): the first sets a = w g, the next add
+// a += w g, the last writes g = a + w g.
+static void fold(float *a, float *g, size_t n, float w, size_t k, int last)
+{
+    if (k == 0) {
+        #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+        for (size_t i = 0; i < n; i++)
+            a[i] = w * g[i];
+    } else if (!last) {
+        #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+        for (size_t i = 0; i < n; i++)
+            a[i] += w * g[i];
+    } else {
+        #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+        for (size_t i = 0; i < n; i++)
+            g[i] = a[i] + w * g[i];
+    }
+}
+
 static void accumulate(struct run *r, size_t k, int last, float w)
 {
     if (k == 0 && last)
         return; // a step of one micro-batch: its gradient as it is
     size_t off = 0;
     for (size_t j = 0; j < r->n_seg; j++) {
-        float *g = r->segs[j].g, *a = r->acc + off;
-        size_t n = r->segs[j].n;
-        if (k == 0) {
-            #pragma omp parallel for schedule(static) if (n >= (1u << 16))
-            for (size_t i = 0; i < n; i++)
-                a[i] = w * g[i];
-        } else if (!last) {
-            #pragma omp parallel for schedule(static) if (n >= (1u << 16))
-            for (size_t i = 0; i < n; i++)
-                a[i] += w * g[i];
-        } else {
-            #pragma omp parallel for schedule(static) if (n >= (1u << 16))
-            for (size_t i = 0; i < n; i++)
-                g[i] = a[i] + w * g[i];
-        }
+        fold(r->acc + off, r->segs[j].g, r->segs[j].n, w, k, last);
         off += r->segs[j].n;
     }
+}
+
+// ---- data parallelism over N processes (hooks->dist; dist/dist.h) ----
+// An optimizer step's micro-batches k = 0 .. M-1 (M <= accum = A, a multiple of
+// N) are shared out in runs: rank q computes k = q A/N .. (q + 1) A/N - 1, each
+// with moe_model_run exactly as one process would, keeping the raw gradient g_k
+// (dp_keep) and the statistics. Then (dp_step):
+// - statistics: every rank gathers every micro-batch's (MPI_Allgather) and adds
+//   them to sb in k order, as one process does; the finite-loss check follows
+//   on the same numbers, so every rank takes the same decision;
+// - gradients: the flat buffer is cut into N slices; rank q receives slice q of
+//   every g_k (MPI_Alltoallv, in k order) and forms w_0 g_0 + ... + w_{M-1}
+//   g_{M-1} with fold(), the same operations in the same order as accumulate()
+//   in one process; the summed slices go to every rank (MPI_Allgatherv).
+// So the step's gradient, and with it every weight and metric, is the same bits
+// as one process's with the same train.accumulate, for any N that divides it.
+// Evaluation runs on every rank (the same model, the same numbers).
+
+static size_t dp_lo(const struct run *r, size_t q) { return r->numel * q / (size_t)r->dist->size; }
+static size_t dp_len(const struct run *r, size_t q) { return dp_lo(r, q + 1) - dp_lo(r, q); }
+// Micro-batches of rank q in a step of M.
+static size_t dp_nloc(const struct run *r, size_t q, size_t M)
+{
+    size_t first = q * r->per_rank;
+    return M <= first ? 0 : M - first < r->per_rank ? M - first : r->per_rank;
+}
+
+int moe_train_dp_check(const struct moe_model *m, size_t accumulate, int n, int distill, int lora, struct moe_err *err)
+{
+    size_t N = (size_t)n;
+    if (accumulate % N)
+        return moe_error(err, MOE_ECONFIG, "key 'train.accumulate' (%zu) must be a multiple of the %zu processes of --data-parallel: each optimizer step's micro-batches are shared out among them (e.g. --set train.accumulate=%zu)",
+                         accumulate, N, N);
+    if (distill || lora)
+        return moe_error(err, MOE_EINVAL, "data parallelism does not cover %s yet; train in one process",
+                         distill ? "distillation" : "LoRA adapters");
+    for (size_t i = 0; i < m->n_moe_layers; i++)
+        if (m->moe_layers[i]->bias)
+            return moe_error(err, MOE_ECONFIG, "key 'moe.bias_balance': the router offsets change after every micro-batch, so micro-batches cannot run side by side on %zu processes; train in one process",
+                             N);
+    return 0;
+}
+
+static int dp_init(struct run *r, struct moe_dist *d, struct moe_err *err)
+{
+    size_t N = (size_t)d->size;
+    int rc = moe_train_dp_check(r->m, r->accum, d->size, r->hooks->distill != NULL, r->hooks->lora != NULL, err);
+    if (rc)
+        return rc;
+    r->dist = d;
+    r->per_rank = r->accum / N;
+    size_t P = r->numel ? r->numel : 1, L = r->per_rank;
+    r->wire_n = moe_stats_pack(&r->sb, NULL) + r->sb.n_route;
+    r->slots = malloc(L * P * sizeof *r->slots);
+    r->xsend = malloc(L * P * sizeof *r->xsend);
+    r->xrecv = malloc(r->accum * (P / N + 1) * sizeof *r->xrecv);
+    r->xfull = malloc(P * sizeof *r->xfull);
+    r->wire = calloc(L * r->wire_n, sizeof *r->wire);
+    r->wire_all = malloc(r->accum * r->wire_n * sizeof *r->wire_all);
+    if (!r->slots || !r->xsend || !r->xrecv || !r->xfull || !r->wire || !r->wire_all)
+        return moe_error(err, MOE_ENOMEM, "out of memory for the exchange of %zu micro-batches' gradients (%zu floats each)",
+                         L, P);
+    return 0;
+}
+
+// This rank's micro-batch j (of per_rank) has run: keep its raw gradient and statistics.
+static void dp_keep(struct run *r, size_t j)
+{
+    float *slot = r->slots + j * r->numel;
+    for (size_t s = 0, off = 0; s < r->n_seg; off += r->segs[s].n, s++)
+        memcpy(slot + off, r->segs[s].g, r->segs[s].n * sizeof *slot);
+    double *w = r->wire + j * r->wire_n;
+    size_t n = moe_stats_pack(&r->sm, w);
+    for (size_t l = 0; l < r->sm.n_route; l++)
+        w[n + l] = r->sm.route[l].has_probs;
+}
+
+// The exchange after a step's micro-batches (see above): sb and the segments'
+// gradients as one process would have them.
+static int dp_step(struct run *r, uint64_t epoch, size_t step_rows, struct moe_err *err)
+{
+    struct moe_dist *d = r->dist;
+    size_t N = (size_t)d->size, me = (size_t)d->rank, L = r->per_rank, W = r->wire_n;
+    size_t M = (step_rows + r->bs - 1) / r->bs;
+    int rc = moe_dist_allgather(d, r->wire, L * W * sizeof *r->wire, r->wire_all, err);
+    if (rc)
+        return rc;
+    size_t np = moe_stats_pack(&r->sm, NULL);
+    for (size_t k = 0; k < M; k++) {
+        const double *w = r->wire_all + k * W;
+        moe_stats_unpack(&r->sm, w);
+        for (size_t l = 0; l < r->sm.n_route; l++)
+            r->sm.route[l].has_probs = w[np + l] != 0.0;
+        moe_stats_merge(&r->sb, &r->sm);
+        if (!isfinite(r->sm.loss))
+            return loss_fault(&r->m->params, r->ck.pos.steps + 1, epoch, r->sm.loss, err);
+    }
+    // slice q of each of this rank's gradients to rank q; slice me of every gradient, in k order
+    size_t *cnt = malloc(2 * N * sizeof *cnt);
+    if (!cnt)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    size_t mine = dp_nloc(r, me, M), off = 0;
+    for (size_t q = 0; q < N; q++) {
+        for (size_t j = 0; j < mine; j++, off += dp_len(r, q))
+            memcpy(r->xsend + off, r->slots + j * r->numel + dp_lo(r, q), dp_len(r, q) * sizeof *r->xsend);
+        cnt[q] = mine * dp_len(r, q);
+        cnt[N + q] = dp_nloc(r, q, M) * dp_len(r, me);
+    }
+    rc = moe_dist_alltoallv(d, r->xsend, cnt, r->xrecv, cnt + N, err);
+    size_t len = dp_len(r, me);
+    float *out = r->xrecv + (M - 1) * len; // the last micro-batch's slice, where fold leaves the sum
+    for (size_t k = 0; !rc && M > 1 && k < M; k++)
+        fold(r->xsend, r->xrecv + k * len, len, (float)((double)(k + 1 < M ? r->bs : step_rows - k * r->bs) /
+                                                        (double)step_rows), k, k + 1 == M);
+    for (size_t q = 0; q < N; q++)
+        cnt[q] = dp_len(r, q);
+    if (!rc)
+        rc = moe_dist_allgatherv(d, out, cnt, r->xfull, err);
+    free(cnt);
+    if (rc)
+        return rc;
+    for (size_t s = 0, o = 0; s < r->n_seg; o += r->segs[s].n, s++)
+        memcpy(r->segs[s].g, r->xfull + o, r->segs[s].n * sizeof *r->xfull);
+    return 0;
 }
 
 // Micro-batch k (of an optimizer step of step_rows rows) b of n rows: the
@@ -693,13 +871,23 @@ static int train_micro(struct run *r, struct moe_batch *b, uint64_t epoch, size_
                                        .sym = d->sym, .alpha = d->alpha, .tau = d->tau };
         b->kd = &r->kd;
     }
-    double before = r->sb.loss;
-    int rc = moe_model_run(m, b, 1, &r->sb, err);
+    // with accumulation, each micro-batch's statistics apart (sm), then added to sb in order
+    struct moe_stats *st = r->accum > 1 ? &r->sm : &r->sb;
+    if (r->accum > 1)
+        moe_stats_reset(st);
+    double before = st->loss;
+    int rc = moe_model_run(m, b, 1, st, err);
     if (rc)
         return rc;
     if (lora)
         moe_lora_backward(lora, &m->params);
-    double step_loss = r->sb.loss - before;
+    if (r->dist) { // over processes: the checks and the sum wait for the exchange (dp_step)
+        dp_keep(r, k - (size_t)r->dist->rank * r->per_rank);
+        return 0;
+    }
+    double step_loss = st->loss - before;
+    if (r->accum > 1)
+        moe_stats_merge(&r->sb, st);
     if (!isfinite(step_loss))
         return loss_fault(&m->params, r->ck.pos.steps + 1, epoch, step_loss, err);
     if (r->accum > 1)
@@ -735,20 +923,27 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
         struct moe_rng rng = moe_rng_make(r->seed, MOE_RNG_SHUFFLE, (uint32_t)epoch);
         moe_rng_permutation(&rng, r->perm, tr->n);
     }
-    int rc;
+    int rc = 0;
     size_t step_max = r->bs * r->accum;
     for (size_t start = pos->next_row; start < tr->n;) {
         size_t step_rows = tr->n - start < step_max ? tr->n - start : step_max;
         moe_threads_adapt(); // runs sharing cores: threads for the cores left idle
         double loss0 = r->sb.loss;
         size_t n0 = r->sb.n;
+        rc = 0;
         for (size_t k = 0, done = 0; done < step_rows; k++) {
             size_t n = step_rows - done < r->bs ? step_rows - done : r->bs;
-            struct moe_batch b = gather_batch(r, epoch, start + done, n);
-            if ((rc = train_micro(r, &b, epoch, k, n, done + n == step_rows, step_rows, err)))
-                return rc;
+            if (!r->dist || k / r->per_rank == (size_t)r->dist->rank) { // over processes: this rank's share
+                struct moe_batch b = gather_batch(r, epoch, start + done, n);
+                if ((rc = train_micro(r, &b, epoch, k, n, done + n == step_rows, step_rows, err)))
+                    break;
+            }
             done += n;
         }
+        if (r->dist && !(rc = agree(r, rc, err)))
+            rc = dp_step(r, epoch, step_rows, err);
+        if (rc)
+            return rc;
         if ((rc = train_update(r, epoch, r->sb.loss - loss0, step_rows, err)))
             return rc;
         start += step_rows;
@@ -765,9 +960,13 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
             r->hooks->step(r->hooks->step_ctx, &si);
         }
         if (r->log_every && pos->steps % r->log_every == 0 &&
-            (rc = batch_row(&r->sb, tr->task, r->thr, pos->steps, epoch, r->hooks->row, r->hooks->ctx, err)))
+            (rc = agree(r, batch_row(&r->sb, tr->task, r->thr, pos->steps, epoch, r->hooks->row, r->hooks->ctx, err),
+                        err)))
             return rc;
-        if (stop_raised(r)) {
+        int stop;
+        if ((rc = stop_raised(r, &stop, err)))
+            return rc;
+        if (stop) {
             pos->train_seconds += now_seconds() - ts;
             if ((rc = stop_if_asked(r, err)))
                 return rc;
@@ -909,7 +1108,7 @@ static int run_epochs(struct run *r, struct moe_train_result *ret, struct moe_er
         }
         ret->epochs = epoch;
         int last = epoch == r->epochs;
-        if ((rc = eval_point(r, epoch, &last, err)))
+        if ((rc = agree(r, eval_point(r, epoch, &last, err), err)))
             return rc;
         if (last)
             return run_finish(r, epoch, ret, err);
