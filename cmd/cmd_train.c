@@ -519,6 +519,16 @@ static int write_summary(struct train_run *r, const struct moe_train_result *res
     }
     run_output_summary_result(s, &r->outs, res, r->est.flops_per_token);
     add_schedule(s, &r->rc, res);
+    if (res->dp_processes) { // --data-parallel: rank 0's share of the step exchanges (not part of the exactness promise)
+        cJSON *dp = cJSON_AddObjectToObject(s, "data_parallel");
+        cJSON_AddNumberToObject(dp, "processes", res->dp_processes);
+        cJSON_AddNumberToObject(dp, "steps", (double)res->dp_steps);
+        cJSON_AddNumberToObject(dp, "exchange_seconds", res->dp_exchange_seconds);
+        cJSON_AddNumberToObject(dp, "exchange_share",
+                                res->dp_train_seconds > 0 ? res->dp_exchange_seconds / res->dp_train_seconds : 0.0);
+        cJSON_AddNumberToObject(dp, "bytes_sent_per_step",
+                                res->dp_steps ? res->dp_bytes_sent / (double)res->dp_steps : 0.0);
+    }
     cJSON_AddStringToObject(s, "out", r->out);
     if (o->init)
         cJSON_AddStringToObject(s, "init", o->init);

@@ -210,6 +210,13 @@ struct moe_train_result {
     uint64_t steps_per_epoch; // optimizer steps per epoch (micro-batches / train.accumulate, rounded up)
     uint64_t run_steps;       // train.epochs x steps_per_epoch: the learning-rate schedule's length
     double lr_last;           // the learning rate of the last step taken (NaN before any)
+    // Data parallelism (hooks->dist, N > 1; else all 0): this process's steps in this
+    // call, the seconds its step exchanges took (dp_step: gathers, all-to-all, waits for
+    // the slowest process), the bytes it sent to other processes in them, and its
+    // training seconds in this call.
+    int dp_processes;
+    uint64_t dp_steps;
+    double dp_exchange_seconds, dp_bytes_sent, dp_train_seconds;
 };
 
 // Windows of a language-model split gathered into a batch (trainer.c): n rows

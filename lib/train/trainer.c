@@ -339,7 +339,8 @@ struct run {
     float *slots, *xsend, *xrecv, *xfull;
     double *wire, *wire_all;         // (per_rank, wire_n), (accum, wire_n)
     size_t wire_n;                   // moe_stats_pack's length + one has_probs flag per routed layer
-    double *mb_loss;                 // (accum) each micro-batch's summed loss, for the finite check
+    uint64_t dp_steps;               // steps exchanged in this call, their seconds and the bytes sent
+    double dp_seconds, dp_bytes;
     struct moe_optim_cfg oc;         // the optimizer's settings, for the learning-rate schedule
     struct moe_optim opt;
     // evaluation of the training and the test split (each row keeps pointers into its
@@ -574,7 +575,6 @@ static void run_release(struct run *r)
     free(r->xfull);
     free(r->wire);
     free(r->wire_all);
-    free(r->mb_loss);
     moe_dataset_release(&r->batch);
     moe_lm_batch_release(&r->lb);
     free(r->perm);
@@ -803,6 +803,7 @@ static int dp_step(struct run *r, uint64_t epoch, size_t step_rows, struct moe_e
     struct moe_dist *d = r->dist;
     size_t N = (size_t)d->size, me = (size_t)d->rank, L = r->per_rank, W = r->wire_n;
     size_t M = (step_rows + r->bs - 1) / r->bs;
+    double t0 = now_seconds();
     int rc = moe_dist_allgather(d, r->wire, L * W * sizeof *r->wire, r->wire_all, err);
     if (rc)
         return rc;
@@ -829,6 +830,9 @@ static int dp_step(struct run *r, uint64_t epoch, size_t step_rows, struct moe_e
     }
     rc = moe_dist_alltoallv(d, r->xsend, cnt, r->xrecv, cnt + N, err);
     size_t len = dp_len(r, me);
+    // bytes to the other processes: the statistics, the gradient slices, the summed slice
+    r->dp_bytes += (double)(N - 1) * (double)(L * W * sizeof *r->wire + len * sizeof *r->xfull) +
+                   (double)(off - mine * len) * sizeof *r->xsend;
     float *out = r->xrecv + (M - 1) * len; // the last micro-batch's slice, where fold leaves the sum
     for (size_t k = 0; !rc && M > 1 && k < M; k++)
         fold(r->xsend, r->xrecv + k * len, len, (float)((double)(k + 1 < M ? r->bs : step_rows - k * r->bs) /
@@ -842,6 +846,8 @@ static int dp_step(struct run *r, uint64_t epoch, size_t step_rows, struct moe_e
         return rc;
     for (size_t s = 0, o = 0; s < r->n_seg; o += r->segs[s].n, s++)
         memcpy(r->segs[s].g, r->xfull + o, r->segs[s].n * sizeof *r->xfull);
+    r->dp_seconds += now_seconds() - t0;
+    r->dp_steps++;
     return 0;
 }
 
@@ -1147,6 +1153,7 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
     int rc = run_init(&r, m, data, tc, oc, hooks, err);
     if (!rc && hooks->resume)
         rc = run_resume(&r, err);
+    double train0 = r.ck.pos.train_seconds;
     if (!rc)
         rc = run_epochs(&r, ret, err);
     const struct moe_train_pos *pos = &r.ck.pos;
@@ -1156,6 +1163,13 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
     ret->run_steps = r.run_steps;
     ret->lr_last = pos->steps ? moe_lr_at(oc, r.run_steps, pos->steps - 1) : NAN;
     ret->wall_seconds = now_seconds() - t0;
+    if (r.dist) {
+        ret->dp_processes = r.dist->size;
+        ret->dp_steps = r.dp_steps;
+        ret->dp_exchange_seconds = r.dp_seconds;
+        ret->dp_bytes_sent = r.dp_bytes;
+        ret->dp_train_seconds = r.ck.pos.train_seconds - train0;
+    }
     if (!rc) {
         ret->rows_per_second = pos->train_seconds > 0 ? (double)pos->rows_seen / pos->train_seconds : 0.0;
         ret->tokens_per_second = r.lm ? ret->rows_per_second * (double)r.tr->n_ctx : NAN;
