@@ -14,9 +14,13 @@
 #   ec-position   the same checkpoint; each expert picks over the tokens at position s only (causal)
 #   ec-topk       the same checkpoint; token choice: each token to its expert of largest p, no
 #                 capacity (causal; the routing rule changes, not only its pool)
+#   ec-full-w1    the same checkpoint evaluated as trained, but in passes of 1 window (64 tokens,
+#                 train.max_batch_eval = 1): each expert picks 8 of one window's 64 tokens, so a
+#                 token's route depends on its own window's future far more than in a pass of 32
+#   ec-prefix-w1  the same passes of 1 window under prefix (causal)
 # ec-* differ only in evaluation: one training run per seed, `moe eval --set moe.ec_eval=...` on
-# its checkpoint (moe.* may change in eval). An evaluation pass holds optim.batch_size = 32 windows
-# (2,048 tokens), the training batch. 2 epochs of 12,000 random windows (1.5M training tokens).
+# its checkpoint (moe.* and train.* may change in eval). An evaluation pass holds optim.batch_size = 32
+# windows (2,048 tokens), the training batch, except in the -w1 systems. 2 epochs of 12,000 random windows (1.5M training tokens).
 #
 #   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/expert-choice-lm] [WORK=runs/expert-choice-lm] \
 #     bash experiments/expert-choice-lm/run.sh [MOE_BINARY]
@@ -39,10 +43,11 @@ stats=$root/experiments/common/stats.sh
 read -r -a seeds <<< "${SEEDS:-1 2 3 4 5}"
 threads=${THREADS:-1}
 mkdir -p "$out" "$work"
-modes=(full prefix position topk)
+# system | moe.ec_eval | windows per evaluation pass (empty: the default, optim.batch_size)
+evals=("ec-full|full|" "ec-prefix|prefix|" "ec-position|position|" "ec-topk|topk|" "ec-full-w1|full|1" "ec-prefix-w1|prefix|1")
 
 n=${#seeds[@]}
-expected_time "about $(( n * 2 * 50 / 60 + n * 15 / 60 + 1 )) minutes at 1 thread ($((2 * n)) training runs of 40-55 s, and per seed 4 evaluations of the validation split and 4 of 512 training windows, 2-6 s each; prefix is the slowest)"
+expected_time "about $(( n * 2 * 50 / 60 + n * 30 / 60 + 1 )) minutes at 1 thread ($((2 * n)) training runs of 30-55 s, and per seed 6 evaluations of the validation split and 6 of 512 training windows, 1-7 s each; prefix and passes of 1 window are the slowest)"
 { echo "SEEDS=\"${seeds[*]}\" THREADS=$threads bash experiments/expert-choice-lm/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"
   provenance "$moe"; } > "$out/command.txt"
 
@@ -51,13 +56,16 @@ train() { # train DIR SETTINGS...
   done_run "$d" || "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" \
     --seed "$seed" --threads "$threads" --out "$d" --force --quiet "$@" >/dev/null
 }
-# evaluate DIR MODE SPLIT: the checkpoint under moe.ec_eval = MODE on SPLIT (valid or train), cached
+# evaluate DIR MODE SPLIT [WINDOWS]: the checkpoint under moe.ec_eval = MODE on SPLIT (valid or
+# train), in passes of WINDOWS windows (default optim.batch_size), cached
 evaluate() {
-  local f=$1/eval-$2-$3.json
+  local f=$1/eval-$2${4:+-w$4}-$3.json
+  local pass=()
+  [ -z "${4:-}" ] || pass=(--set train.max_batch_eval="$4")
   if [ ! -s "$f" ]; then
     local t0; t0=$(date +%s.%N)
     "$moe" eval --checkpoint "$1/model.safetensors" --data "$3" --threads "$threads" --quiet \
-      --set moe.ec_eval="\"$2\"" > "$f.tmp"
+      --set moe.ec_eval="\"$2\"" "${pass[@]}" > "$f.tmp"
     jq --argjson s "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')" '. + {eval_seconds: $s}' \
       "$f.tmp" > "$f" && rm -f "$f.tmp"
   fi
@@ -82,15 +90,16 @@ for seed in "${seeds[@]}"; do
     echo "expert-choice-lm: seed $seed: moe eval (ec_eval full) differs from the training summary's final.test" >&2
     exit 1
   fi
-  for m in "${modes[@]}"; do
-    v=$(evaluate "$d" "$m" valid)
-    tr=$(evaluate "$d" "$m" train)
+  for e in "${evals[@]}"; do
+    IFS='|' read -r name m w <<< "$e"
+    v=$(evaluate "$d" "$m" valid "$w")
+    tr=$(evaluate "$d" "$m" train "$w")
     t=$(jq -r '[.bits_per_byte, .loss] | @csv' "$v")
     tb=$(jq -r '.bits_per_byte' "$tr")
     t2=$(jq -r '[.load_cv, .load_max_mean, .dropped_fraction, .router_entropy] | @csv' "$v")
     es=$(jq -r '.eval_seconds' "$v")
-    echo "ec-$m,$seed,$head,$t,$tb,$t2,$tail,$es" >> "$out/runs.csv"
-    echo "expert-choice-lm: ec-$m seed=$seed: valid bits/byte $t (${es}s to evaluate)" >&2
+    echo "$name,$seed,$head,$t,$tb,$t2,$tail,$es" >> "$out/runs.csv"
+    echo "expert-choice-lm: $name seed=$seed: valid bits/byte $t (${es}s to evaluate)" >&2
   done
 done
 summarise_runs "$out/runs.csv" > "$out/table.csv"
@@ -104,7 +113,10 @@ column -s, -t < "$out/table.csv" >&2
       echo "$col,ec-full,$b,$(bash "$stats" compare "$out/runs.csv" "$col" ec-full "$b")"
     done
     echo "$col,ec-prefix,ec-position,$(bash "$stats" compare "$out/runs.csv" "$col" ec-prefix ec-position)"
-    for b in ec-full ec-prefix ec-position ec-topk; do
+    echo "$col,ec-full-w1,ec-prefix-w1,$(bash "$stats" compare "$out/runs.csv" "$col" ec-full-w1 ec-prefix-w1)"
+    echo "$col,ec-full,ec-full-w1,$(bash "$stats" compare "$out/runs.csv" "$col" ec-full ec-full-w1)"
+    echo "$col,ec-prefix,ec-prefix-w1,$(bash "$stats" compare "$out/runs.csv" "$col" ec-prefix ec-prefix-w1)"
+    for b in ec-full ec-prefix ec-position ec-topk ec-full-w1 ec-prefix-w1; do
       echo "$col,switch,$b,$(bash "$stats" compare "$out/runs.csv" "$col" switch "$b")"
     done
   done; } > "$out/stats.csv"
