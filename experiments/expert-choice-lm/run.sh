@@ -30,6 +30,9 @@
 # seed), table.csv (mean and sample sd over seeds), stats.csv (paired per-seed differences with 95%
 # t-intervals, experiments/common/stats.sh), command.txt, and OUT/expert-choice-lm.png when gnuplot
 # is installed. Also checks that `moe eval` with ec_eval full gives the training summary's figure.
+# valid_experts_per_token (moe route-stats under the same evaluation) is the active compute actually
+# spent: ec_factor 1 gives exactly 1 under full, but prefix and position only on average over
+# positions when the scores allow, and topk exactly 1.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -47,7 +50,7 @@ mkdir -p "$out" "$work"
 evals=("ec-full|full|" "ec-prefix|prefix|" "ec-position|position|" "ec-topk|topk|" "ec-full-w1|full|1" "ec-prefix-w1|prefix|1")
 
 n=${#seeds[@]}
-expected_time "about $(( n * 2 * 50 / 60 + n * 30 / 60 + 1 )) minutes at 1 thread ($((2 * n)) training runs of 30-55 s, and per seed 6 evaluations of the validation split and 6 of 512 training windows, 1-7 s each; prefix and passes of 1 window are the slowest)"
+expected_time "about $(( n * 2 * 50 / 60 + n * 70 / 60 + 1 )) minutes at 1 thread ($((2 * n)) training runs of 30-55 s, and per seed 6 evaluations of the validation split and 6 of 512 training windows, 1-7 s each, and as many route-stats passes; prefix and passes of 1 window are the slowest)"
 { echo "SEEDS=\"${seeds[*]}\" THREADS=$threads bash experiments/expert-choice-lm/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"
   provenance "$moe"; } > "$out/command.txt"
 
@@ -72,12 +75,28 @@ evaluate() {
   echo "$f"
 }
 
-echo "system,seed,active_parameters,parameters,valid_bits_per_byte,valid_loss,train_bits_per_byte,valid_load_cv,valid_load_max_mean,valid_dropped,router_entropy,tokens_per_second,wall_seconds,eval_seconds" > "$out/runs.csv"
+# experts_per_token DIR [MODE] [WINDOWS]: the experts a validation token is processed by (kept
+# assignments over tokens, mean over the sparse layers), from moe route-stats under the same
+# evaluation (moe.ec_eval = MODE, passes of WINDOWS windows); cached in DIR/route-MODE[-wWINDOWS]/
+experts_per_token() {
+  local r=$1/route-${2:-default}${3:+-w$3}
+  local sets=()
+  [ -z "${2:-}" ] || sets+=(--set moe.ec_eval="\"$2\"")
+  [ -z "${3:-}" ] || sets+=(--set train.max_batch_eval="$3")
+  if [ ! -s "$r/experts.csv" ]; then
+    rm -rf "$r"
+    "$moe" route-stats --checkpoint "$1/model.safetensors" --out "$r" --threads "$threads" --quiet "${sets[@]}" >/dev/null
+  fi
+  awk -F, 'FNR == 1 { next } FILENAME ~ /layers.csv$/ { tok += $2; next } { kept += $3 - $7 }
+           END { printf "%.6g", kept / tok }' "$r/layers.csv" "$r/experts.csv"
+}
+
+echo "system,seed,active_parameters,parameters,valid_bits_per_byte,valid_loss,train_bits_per_byte,valid_load_cv,valid_load_max_mean,valid_dropped,router_entropy,tokens_per_second,wall_seconds,eval_seconds,valid_experts_per_token" > "$out/runs.csv"
 for seed in "${seeds[@]}"; do
   d=$work/switch-s$seed
   train "$d"
   t=$(jq -r '[(.active_parameters // .parameters), .parameters, .final.test.bits_per_byte, .final.test.loss, .final.train.bits_per_byte, .final.test.load_cv, .final.test.load_max_mean, .final.test.dropped_fraction, .final.test.router_entropy, .train_tokens_per_second, .wall_seconds] | @csv' "$d/summary.json")
-  echo "switch,$seed,$t," >> "$out/runs.csv"
+  echo "switch,$seed,$t,,$(experts_per_token "$d")" >> "$out/runs.csv"
   echo "expert-choice-lm: switch seed=$seed: $t" >&2
 
   d=$work/ec-s$seed
@@ -98,7 +117,7 @@ for seed in "${seeds[@]}"; do
     tb=$(jq -r '.bits_per_byte' "$tr")
     t2=$(jq -r '[.load_cv, .load_max_mean, .dropped_fraction, .router_entropy] | @csv' "$v")
     es=$(jq -r '.eval_seconds' "$v")
-    echo "$name,$seed,$head,$t,$tb,$t2,$tail,$es" >> "$out/runs.csv"
+    echo "$name,$seed,$head,$t,$tb,$t2,$tail,$es,$(experts_per_token "$d" "$m" "$w")" >> "$out/runs.csv"
     echo "expert-choice-lm: $name seed=$seed: valid bits/byte $t (${es}s to evaluate)" >&2
   done
 done
