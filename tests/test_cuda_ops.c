@@ -98,7 +98,7 @@ static void test_route(void)
     const size_t T = 4099;
     struct moe_err err;
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
-        struct moe_router_cfg c = { cases[ci].type, cases[ci].E, cases[ci].K, MOE_SECOND_RANDOM, 0.0, 0 };
+        struct moe_router_cfg c = { cases[ci].type, cases[ci].E, cases[ci].K, MOE_SECOND_RANDOM, 0.0, 0, MOE_EC_EVAL_FULL, 0 };
         size_t E = c.E, S = moe_router_slots(&c), TE = T * E, TS = T * S;
         int noisy = c.type == MOE_ROUTER_NOISY_TOPK, train = cases[ci].train;
         struct moe_route r;
@@ -261,7 +261,7 @@ static void test_aux(void)
     const size_t T = 30011, E = 64, S = 2;
     const float coef = 0.01f;
     struct moe_err err;
-    struct moe_router_cfg c = { MOE_ROUTER_SOFTMAX, E, S, MOE_SECOND_RANDOM, 0.0, 0 };
+    struct moe_router_cfg c = { MOE_ROUTER_SOFTMAX, E, S, MOE_SECOND_RANDOM, 0.0, 0, MOE_EC_EVAL_FULL, 0 };
     struct moe_route r;
     if (moe_route_alloc(&r, T, E, S, 0, &err)) {
         fprintf(stderr, "%s\n", err.msg);

@@ -126,7 +126,7 @@ START_TEST(test_route)
     const size_t T = 53;
     struct moe_err err;
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
-        struct moe_router_cfg c = { cases[ci].type, cases[ci].E, cases[ci].K, MOE_SECOND_RANDOM, 0.0, cases[ci].bias };
+        struct moe_router_cfg c = { cases[ci].type, cases[ci].E, cases[ci].K, MOE_SECOND_RANDOM, 0.0, cases[ci].bias, MOE_EC_EVAL_FULL, 0 };
         size_t E = c.E, S = moe_router_slots(&c);
         int noisy = c.type == MOE_ROUTER_NOISY_TOPK, train = cases[ci].train;
         struct moe_route r1, r2;
@@ -325,7 +325,7 @@ START_TEST(test_aux)
     const size_t T = 301, E = 16, S = 3;
     const float coef = 0.37f;
     struct moe_err err;
-    struct moe_router_cfg c = { MOE_ROUTER_SOFTMAX, E, S, MOE_SECOND_RANDOM, 0.0, 0 };
+    struct moe_router_cfg c = { MOE_ROUTER_SOFTMAX, E, S, MOE_SECOND_RANDOM, 0.0, 0, MOE_EC_EVAL_FULL, 0 };
     struct moe_route r;
     ck_assert_int_eq(moe_route_alloc(&r, T, E, S, 0, &err), 0);
     fill(r.z, T * E, 500, -4.0f, 4.0f);

@@ -48,7 +48,7 @@ static void fill_gapped(float *z, size_t T, size_t E, float gap, uint32_t stream
 
 static struct moe_router_cfg cfg_make(enum moe_router_type type, size_t E, size_t K)
 {
-    struct moe_router_cfg c = { type, E, K, MOE_SECOND_ALL, 1.0, 0 };
+    struct moe_router_cfg c = { type, E, K, MOE_SECOND_ALL, 1.0, 0, MOE_EC_EVAL_FULL, 0 };
     return c;
 }
 

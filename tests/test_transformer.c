@@ -288,6 +288,99 @@ START_TEST(test_dropout_modes)
 }
 END_TEST
 
+// Expert choice in a causal LM (moe.ec_eval, docs/routing.md). For every window w, input
+// position j >= 1 and replacement id, an evaluation pass's logits are compared with the
+// unchanged batch's: with the training rule (full) some change at positions < j of some
+// window (the experts pick over the whole pass, later tokens included); with prefix,
+// position and topk none ever does, while positions >= j do change. A training pass
+// routes as full whatever ec_eval says.
+static const char ec_cfg_fmt[] =
+    "{\"model\":{\"type\":\"transformer\",\"n_ctx\":5,\"n_embd\":8,\"n_head\":2,\"n_layer\":2,\"moe_every\":1,"
+    "\"n_ff\":4,\"n_expert\":3,\"n_expert_used\":1,\"ffn_activation\":\"relu\"},"
+    "\"moe\":{\"router\":\"expert-choice\",\"ec_factor\":1,\"ec_eval\":\"%s\"}}";
+
+static void ec_logits(struct lm_ctx *c, float *out, int train)
+{
+    struct moe_batch_kd kd;
+    memset(&kd, 0, sizeof kd);
+    kd.logits_out = out;
+    c->b.kd = &kd;
+    struct moe_err err;
+    if (train) { // a training pass hands back no logits: the routing itself is compared
+        ck_assert_int_eq(moe_model_run(&c->m, &c->b, 1, NULL, &err), 0);
+        struct moe_layer *l = c->m.ops->moe_layer_at(&c->m, 0);
+        for (size_t i = 0; i < l->T * l->S; i++)
+            out[i] = (float)l->route.sel[i];
+    } else {
+        ck_assert_int_eq(moe_model_run(&c->m, &c->b, 0, NULL, &err), 0);
+    }
+    c->b.kd = NULL;
+}
+
+START_TEST(test_ec_causal)
+{
+    static const char *const modes[] = { "full", "prefix", "position", "topk" };
+    char json[sizeof ec_cfg_fmt + 16];
+    snprintf(json, sizeof json, ec_cfg_fmt, modes[_i]);
+    struct moe_config cfg = load_cfg(json);
+    struct lm_ctx *c = calloc(1, sizeof *c);
+    ck_assert_ptr_nonnull(c);
+    build(c, &cfg);
+    make_batch(c, 94);
+    size_t n = (size_t)B * C * V;
+    float *ref = malloc(n * sizeof *ref), *out = malloc(n * sizeof *out);
+    ck_assert(ref && out);
+    ec_logits(c, ref, 0);
+    size_t earlier = 0, later = 0;
+    for (size_t w = 0; w < B; w++)
+        for (size_t j = 1; j < C; j++) {
+            int32_t *tok = &c->tok[w * (C + 1) + j], orig = *tok;
+            for (int32_t v = 0; v < V; v++) {
+                if (v == orig)
+                    continue;
+                *tok = v;
+                ec_logits(c, out, 0);
+                for (size_t w2 = 0; w2 < B; w2++)
+                    for (size_t s = 0; s < C; s++) {
+                        size_t at = (w2 * C + s) * V;
+                        int differs = memcmp(ref + at, out + at, V * sizeof *out) != 0;
+                        earlier += differs && s < j;
+                        later += differs && s >= j;
+                    }
+            }
+            *tok = orig;
+        }
+    if (_i == 0)
+        ck_assert_msg(earlier > 0, "full: no earlier output ever changed (the test cannot see the leak)");
+    else
+        ck_assert_msg(earlier == 0, "%s: %zu outputs changed before the changed token", modes[_i], earlier);
+    ck_assert_msg(later > 0, "%s: no output after the changed token changed", modes[_i]);
+    // training passes route over the whole batch whatever ec_eval says
+    struct moe_config cfg0 = load_cfg("{\"model\":{\"type\":\"transformer\",\"n_ctx\":5,\"n_embd\":8,"
+                                                      "\"n_head\":2,\"n_layer\":2,\"moe_every\":1,\"n_ff\":4,\"n_expert\":3,"
+                                                      "\"n_expert_used\":1,\"ffn_activation\":\"relu\"},\"moe\":{\"router\":"
+                                                      "\"expert-choice\",\"ec_factor\":1}}");
+    struct lm_ctx *c0 = calloc(1, sizeof *c0);
+    ck_assert_ptr_nonnull(c0);
+    build(c0, &cfg0);
+    make_batch(c0, 94);
+    ck_assert_uint_eq(c0->m.params.numel, c->m.params.numel);
+    memcpy(c0->m.params.data, c->m.params.data, c->m.params.numel * sizeof(float));
+    size_t ns = (size_t)B * C * 3;
+    ec_logits(c, ref, 1);
+    ec_logits(c0, out, 1);
+    ck_assert_mem_eq(ref, out, ns * sizeof *out);
+    moe_model_release(&c0->m);
+    free(c0);
+    moe_config_release(&cfg0);
+    free(ref);
+    free(out);
+    moe_model_release(&c->m);
+    free(c);
+    moe_config_release(&cfg);
+}
+END_TEST
+
 // Bad input reaching the model: ids outside the vocabulary, a language outside
 // [0, G), no token windows at all, heads that do not divide the width.
 START_TEST(test_refusals)
@@ -338,6 +431,7 @@ int main(void)
     tcase_add_test(tc, test_stats);
     tcase_add_test(tc, test_refusals);
     tcase_add_loop_test(tc, test_dropout_modes, 0, 2);
+    tcase_add_loop_test(tc, test_ec_causal, 0, 4);
     suite_add_tcase(s, tc);
     return moe_test_run(s);
 }

@@ -494,6 +494,7 @@ int moe_transformer_declare(struct moe_model *m, const struct moe_model_hp *hp, 
     dT = (struct moe_dim){ n->T_max, MOE_KEY_BATCH " x model.n_ctx" };
     struct moe_layer_cfg lc = hp->moe;
     lc.hash_vocab = V; // hash routing keys on token ids
+    lc.router.seq = C; // windows of C tokens: causal-safe expert choice in evaluation (moe.ec_eval)
     n->blk = calloc(L, sizeof *n->blk);
     n->moe = calloc(L, sizeof *n->moe);
     if (!n->blk || !n->moe)

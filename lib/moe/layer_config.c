@@ -19,6 +19,7 @@ const struct moe_cfg_key moe_layer_keys[] = {
     { "moe.drop_policy", MOE_CFG_STR, "\"order\"", 1, 0, "order|probability", "who is dropped when an expert is over capacity: later tokens (order), or those with the lowest router probability (probability); first choices always before second" },
     { "moe.jitter", MOE_CFG_NUM, "0", 0, 1, NULL, "multiply the router input by U(1-eps, 1+eps) in training (Switch uses 0.01)" },
     { "moe.ec_factor", MOE_CFG_NUM, "2", 1e-6, 1e6, NULL, "expert-choice: each expert takes ceil(ec_factor * T / E) tokens (the mean experts per token)" },
+    { "moe.ec_eval", MOE_CFG_STR, "\"full\"", 1, 0, MOE_EC_EVAL_CHOICES, "expert-choice, evaluation passes: full: each expert picks over the whole pass, as in training (in a causal LM a token's route then depends on later tokens of its window); prefix: a token at position s is routed by each expert's pick over the tokens at positions <= s of the pass's windows; position: over the tokens at position s only; topk: token choice, the round(ec_factor) experts of largest probability (docs/routing.md); other routers ignore it" },
     { "moe.bias_balance", MOE_CFG_BOOL, "false", 1, 0, NULL, "softmax/switch/deepseek: select on p + b with b updated b += bias_rate * sign(mean load - load) after each step (DeepSeek-V3, no auxiliary loss needed)" },
     { "moe.bias_rate", MOE_CFG_NUM, "0.001", 0, 1e3, NULL, "bias-balancing update rate gamma" },
     { "moe.hash_table", MOE_CFG_STR, "\"random\"", 1, 0, "random|balanced", "hash: table from the seed, or greedy by key frequency over the training data" },
@@ -68,6 +69,8 @@ int moe_layer_cfg_parse(struct moe_layer_cfg *c, const struct moe_config *cfg, s
                                                                                    : MOE_SECOND_ALL;
     c->router.ec_factor = moe_cfg_num(cfg, "moe.ec_factor");
     c->router.bias_balance = moe_cfg_bool(cfg, "moe.bias_balance");
+    c->router.ec_eval = (enum moe_ec_eval)moe_ec_eval_from_name(moe_cfg_str(cfg, "moe.ec_eval"));
+    c->router.seq = 0; // the transformer sets its n_ctx
     c->D = D;
     c->F = F;
     c->n_shared = n_shared;

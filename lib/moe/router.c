@@ -48,6 +48,15 @@ int moe_router_from_name(const char *name)
 
 const char *moe_router_name(enum moe_router_type t) { return routers[t].name; }
 
+int moe_ec_eval_from_name(const char *name)
+{
+    static const char *const names[] = { "full", "prefix", "position", "topk" };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (strcmp(name, names[i]) == 0)
+            return (int)i;
+    return -1;
+}
+
 size_t moe_router_count(void) { return N_ROUTERS; }
 
 const struct moe_router_info *moe_router_info(enum moe_router_type t)
@@ -85,7 +94,7 @@ size_t moe_router_rows(const struct moe_router_cfg *c, size_t T)
     size_t rows;
     if (__builtin_mul_overflow(T, moe_router_slots(c), &rows))
         return SIZE_MAX;
-    if (moe_router_info(c->type)->quota) {
+    if (moe_router_info(c->type)->quota && c->ec_eval == MOE_EC_EVAL_FULL) {
         size_t q = moe_router_quota(c, T) * c->E; // quota <= T and S = E: no overflow once T * S fits
         if (q < rows)
             rows = q;
@@ -258,6 +267,75 @@ static void route_expert_choice(struct moe_route *r, const struct moe_router_cfg
     }
 }
 
+// Causal-safe expert choice in evaluation (router.h, ec_eval PREFIX and
+// POSITION). Sequences of L tokens, B = T / L of them. For each expert e and
+// position s, the candidates are the tokens at positions lo(s) .. s of every
+// sequence (lo = 0: PREFIX, lo = s: POSITION); e keeps its
+// min(n, ceil(ec_factor n / E)) best of the n candidates in a heap (r->idx as
+// scratch) and takes those of them at position s. A token at position s is
+// kept iff it is the heap's worst or better than it. Cost per expert: PREFIX
+// O(B L^2 log C), POSITION O(B L log C).
+static void route_expert_choice_causal(struct moe_route *r, const struct moe_router_cfg *c, size_t T)
+{
+    size_t E = r->E, L = c->seq > 1 ? c->seq : 1;
+    assert(T % L == 0);
+    size_t B = T / L;
+    int32_t *heap = r->idx;
+    for (size_t i = 0; i < T * E; i++)
+        r->sel[i] = -1;
+    for (size_t e = 0; e < E; e++)
+        for (size_t s = 0; s < L; s++) {
+            size_t lo = c->ec_eval == MOE_EC_EVAL_PREFIX ? 0 : s;
+            size_t C = moe_router_quota(c, B * (s - lo + 1)), n = 0;
+            if (C == 0)
+                continue;
+            for (size_t w = 0; w < B; w++)
+                for (size_t q = lo; q <= s; q++) {
+                    int32_t t = (int32_t)(w * L + q);
+                    if (n < C) {
+                        heap[n] = t;
+                        ec_sift_up(heap, n++, r->p, E, e);
+                    } else if (ec_better(r->p, E, e, t, heap[0])) {
+                        heap[0] = t;
+                        ec_sift_down(heap, n, 0, r->p, E, e);
+                    }
+                }
+            for (size_t w = 0; w < B; w++) {
+                int32_t t = (int32_t)(w * L + s);
+                if (t == heap[0] || ec_better(r->p, E, e, t, heap[0]))
+                    r->sel[(size_t)t * E + e] = (int32_t)e;
+            }
+        }
+    for (size_t i = 0; i < T * E; i++) {
+        int on = r->sel[i] >= 0;
+        r->idx[i] = r->sel[i];
+        r->gate[i] = on ? r->p[i] : 0.0f;
+        r->prio[i] = on ? r->p[i] : 0.0f;
+    }
+}
+
+// Token choice on expert choice's probabilities (ec_eval TOPK): the k = round(ec_factor)
+// (1 .. E) experts of largest p per token, gate p; slots k .. E - 1 unused.
+static void route_expert_choice_topk(struct moe_route *r, const struct moe_router_cfg *c, size_t T)
+{
+    size_t E = r->E;
+    double kf = floor(c->ec_factor + 0.5);
+    size_t K = kf < 1.0 ? 1 : kf > (double)E ? E : (size_t)kf;
+    for (size_t t = 0; t < T; t++) {
+        int32_t *sel = r->sel + t * E, *idx = r->idx + t * E;
+        float *gate = r->gate + t * E, *prio = r->prio + t * E;
+        const float *pt = r->p + t * E;
+        topk(sel, pt, NULL, E, K);
+        for (size_t k = 0; k < E; k++) {
+            if (k >= K)
+                sel[k] = -1;
+            idx[k] = sel[k];
+            gate[k] = k < K ? pt[sel[k]] : 0.0f;
+            prio[k] = gate[k];
+        }
+    }
+}
+
 // ---------------------------------------------------------------- forward
 
 void moe_router_forward(struct moe_route *r, const struct moe_router_cfg *c, const float *bias,
@@ -287,7 +365,12 @@ void moe_router_forward(struct moe_route *r, const struct moe_router_cfg *c, con
     moe_softmax_forward(r->p, r->lse, r->z, T, E);
 
     if (c->type == MOE_ROUTER_EXPERT_CHOICE) {
-        route_expert_choice(r, c, T);
+        if (train || c->ec_eval == MOE_EC_EVAL_FULL)
+            route_expert_choice(r, c, T);
+        else if (c->ec_eval == MOE_EC_EVAL_TOPK)
+            route_expert_choice_topk(r, c, T);
+        else
+            route_expert_choice_causal(r, c, T);
         return;
     }
 

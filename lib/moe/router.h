@@ -32,6 +32,24 @@
 //                largest p[t, e] (ties to the lower token index); S = E slots,
 //                slot e of token t is expert e if e took t, else -1; gate =
 //                p[t, e]. Every expert gets exactly C tokens.
+//                In evaluation, ec_eval may replace the whole-batch selection by
+//                one that never looks at later positions of a sequence (tokens
+//                t = w * seq + s, w the sequence, s the position; seq = 0 or 1:
+//                every token is its own sequence):
+//                  FULL      the training rule over the whole pass (leaks the
+//                            future in a causal LM);
+//                  PREFIX    token (w, s) is taken by expert e iff it is among
+//                            e's min(n, ceil(ec_factor n / E)) best tokens of the
+//                            n = B (s + 1) tokens at positions <= s of all B
+//                            sequences (the selection an autoregressive decoder
+//                            running the batch in step could make at step s);
+//                  POSITION  the same over the B tokens at position s only
+//                            (Zhou et al.'s grouping of one sequence's tokens
+//                            into separate groups);
+//                  TOPK      token choice on the same p: top-k, k = ec_factor
+//                            rounded (at least 1, at most E), gate p[t, e], no
+//                            capacity. Slots by rank, the unused ones -1.
+//                Ties as above (larger p, then the lower token index).
 //   DEEPSEEK     Dai et al. 2024 (DeepSeekMoE): top-K of p, any K <= E; gate =
 //                the raw probability p of each chosen expert, not renormalised
 //                (a token's gates sum to at most 1). At K = 1
@@ -57,6 +75,11 @@ enum moe_router_type {
     MOE_ROUTER_EXPERT_CHOICE = 5,
     MOE_ROUTER_DEEPSEEK = 6,
 };
+// Expert choice in evaluation (moe.ec_eval; EXPERT_CHOICE above).
+enum moe_ec_eval { MOE_EC_EVAL_FULL = 0, MOE_EC_EVAL_PREFIX = 1, MOE_EC_EVAL_POSITION = 2, MOE_EC_EVAL_TOPK = 3 };
+#define MOE_EC_EVAL_CHOICES "full|prefix|position|topk"
+int moe_ec_eval_from_name(const char *name); // -1 when unknown
+
 // The config's names, in enum order (the moe.router key's choices).
 #define MOE_ROUTER_CHOICES "softmax|noisy-topk|switch|gshard|hash|expert-choice|deepseek"
 int moe_router_from_name(const char *name); // -1 when unknown
@@ -93,6 +116,8 @@ struct moe_router_cfg {
     enum moe_second_policy second; // GSHARD only
     double ec_factor;              // EXPERT_CHOICE only: tokens per expert = ceil(ec_factor * T / E)
     int bias_balance;              // SOFTMAX, SWITCH, DEEPSEEK: select on p + bias (DeepSeek-V3)
+    enum moe_ec_eval ec_eval;      // EXPERT_CHOICE only: the selection in evaluation (FULL: as in training)
+    size_t seq;                    // tokens per sequence, consecutive (transformer: n_ctx); 0 = independent tokens
 };
 
 // Slots per token: E for EXPERT_CHOICE, the fixed K of HASH, SWITCH and GSHARD, else K.
@@ -101,8 +126,9 @@ size_t moe_router_slots(const struct moe_router_cfg *c);
 // C = min(T, ceil(ec_factor * T / E)) (0 for the other routers).
 size_t moe_router_quota(const struct moe_router_cfg *c, size_t T);
 // Rows the expert buffers must hold for a batch of up to T tokens: T * S, or
-// for expert choice at most E quotas (never more than T * E). SIZE_MAX when
-// T * S overflows size_t.
+// for expert choice at most E quotas (never more than T * E; T * E when
+// ec_eval is not FULL: a causal-safe evaluation may give an expert more rows
+// than its training quota). SIZE_MAX when T * S overflows size_t.
 size_t moe_router_rows(const struct moe_router_cfg *c, size_t T);
 // Experts a token runs through on average: K, 1 for HASH and SWITCH, ec_factor for
 // EXPERT_CHOICE; at most E. The active-parameter and FLOP counts use it.
@@ -135,7 +161,8 @@ void moe_route_release(struct moe_route *r);
 // Route T tokens. The caller has filled r->z (and r->u for NOISY_TOPK).
 // bias (E) or NULL: selection offsets (used only with c->bias_balance).
 // hash_expert (T): the expert of each token, HASH only (else NULL).
-// train: noise and GShard's random policy are on only in training.
+// train: noise and GShard's random policy are on only in training; expert
+// choice's ec_eval applies only when train is 0.
 // rng, rng_base: NOISY_TOPK draws eps[t, e] = normal(rng, rng_base + t*E + e);
 // GSHARD RANDOM draws U for token t = uniform(rng, rng_base + t). The layer
 // picks rng (seed, purpose, stream = step) and rng_base (distinct per layer).

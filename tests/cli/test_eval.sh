@@ -12,6 +12,8 @@
 #     a mixture of experts on regression regions (its gate figures), a byte-level and a word-level transformer LM on a
 #     generated corpus (--data valid = --data test = final.test);
 #   - eval with --set data.* over the checkpoint's config, and --config FILE;
+#   - expert choice in the LM: eval under each moe.ec_eval; a run trained with
+#     ec_eval = prefix has the same weights, and its final.test is eval's under prefix;
 #   - generate: deterministic for a seed, different across seeds, --temperature 0
 #     equals itself across seeds (greedy), starts with the prompt; --trace has one
 #     entry per generated token with one routing object per sparse layer, and the
@@ -88,6 +90,31 @@ train lm --config lm.json
 check "eval = final.test (byte-level transformer LM)" eval_equals lm test
 check "eval --data valid = final.test (text: the held-out split is the validation part)" eval_equals lm test --data valid
 check "eval --data train = final.train (byte-level transformer LM)" eval_equals lm train --data train
+# expert choice (moe.ec_eval, docs/routing.md): eval under each mode; training does not depend on it
+ec=(--set moe.router=expert-choice --set moe.ec_factor=1 --set model.n_expert_used=1)
+train lmec --config lm.json "${ec[@]}"
+train lmecp --config lm.json "${ec[@]}" --set moe.ec_eval=prefix
+check "eval = final.test (transformer LM, expert choice, ec_eval full by default)" eval_equals lmec test
+check_ec_eval() {
+    local m
+    [ -s lmecp/summary.json ] || { fail "training with ec_eval prefix failed: $(head -c 600 lmecp.train.err)"; return 1; }
+    for m in full prefix position topk; do
+        run "lmec.$m" "${TO[@]}" "$MOE" eval --checkpoint lmec/model.safetensors --quiet --threads 1 --set "moe.ec_eval=$m"
+        [ "$RC" -eq 0 ] || { fail "ec_eval $m: exit $RC: $(head -c 600 "lmec.$m.err")"; return 1; }
+        [ "$(jq .rows "lmec.$m.out")" = "$(jq .final.test.rows lmec/summary.json)" ] ||
+            { fail "ec_eval $m: rows differ"; return 1; }
+    done
+    jq .final.test lmec/summary.json >lmec.want
+    jq .final.test lmecp/summary.json >lmecp.want
+    same_json lmec.full.out lmec.want || return 1
+    [ "$(jq .loss lmec.full.out)" != "$(jq .loss lmec.topk.out)" ] || { fail "topk gave full's loss"; return 1; }
+    # trained with ec_eval = prefix: the same training steps (the split=batch rows), and its final
+    # evaluation is eval's under prefix of the run trained without it (so the same weights)
+    cmp -s <(awk -F, '$3 == "batch"' lmec/metrics.csv) <(awk -F, '$3 == "batch"' lmecp/metrics.csv) ||
+        { fail "ec_eval changed the training steps"; return 1; }
+    same_json lmec.prefix.out lmecp.want
+}
+check "expert choice: eval --set moe.ec_eval=full|prefix|position|topk; training ignores the key, its final evaluation uses it" check_ec_eval
 train lmw --config lm.json --set data.text.tokens=words --set data.text.vocab_size=64 --set optim.batch_size=0
 check "eval = final.test (word-level LM, full-batch)" eval_equals lmw test
 check "eval --data train = final.train (word-level LM, full-batch)" eval_equals lmw train --data train
