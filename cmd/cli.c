@@ -511,6 +511,10 @@ void cli_routing_json(cJSON *summary, struct moe_model *m)
                                                : "ceil(capacity_factor * k * T / E) per expert per batch; 0 = dropless");
     cJSON_AddNumberToObject(r, "capacity_factor", c->capacity_factor);
     cJSON_AddNumberToObject(r, "eval_capacity_factor", c->eval_capacity_factor);
+    if (moe_router_info(c->router.type)->quota) { // expert choice: its selection in evaluation (moe.ec_eval)
+        static const char *const ec_eval[] = { "full", "prefix", "position", "topk" }; // enum moe_ec_eval
+        cJSON_AddStringToObject(r, "ec_eval", ec_eval[c->router.ec_eval]);
+    }
     cJSON_AddStringToObject(r, "drop_policy", moe_drop_policy_name(c->drop));
     cJSON_AddNumberToObject(summary, "active_parameters", (double)moe_params_count(&m->params) - inactive);
 }
