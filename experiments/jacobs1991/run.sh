@@ -4,7 +4,12 @@
 # loss against back-propagation nets with 6 and 12 hidden units, full-batch
 # gradient descent with a fixed step chosen per system from a grid, 25 seeds.
 #
-#   bash experiments/jacobs1991/run.sh [MOE_BINARY]
+#   [SEEDS=1-25] [THREADS=1] [OUT=results/jacobs1991] [WORK=experiments/jacobs1991/work] \
+#       bash experiments/jacobs1991/run.sh [MOE_BINARY]
+#
+# SEEDS: the reported seeds in compare-loss's --seeds form (a range A-B or a
+# list a,b,c). A sweep directory under WORK that holds the same sweep continues
+# where it stopped, and a finished one is not run again (compare-loss, sweep.json).
 #
 # Writes results/jacobs1991/: table.csv (one row per system, at the criterion),
 # table-long.csv (fixed budget, no criterion), lr_search.csv, curves.csv (every
@@ -13,18 +18,22 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-moe=${1:-$root/build/cmd/moe}
+[ $# -ge 1 ] && export MOE=$1
+# shellcheck source=../common/lib.sh
+. "$root/experiments/common/lib.sh"
+moe=$(moe_bin)
 out=${OUT:-$root/results/jacobs1991}
 work=${WORK:-$here/work}
 data=$here/data/pb52.tsv
 grid=(0.01 0.03 0.1 0.3 1 3 10)
 select_seeds=101-105   # step-size search seeds, disjoint from the reported ones
-seeds=1-25
+seeds=${SEEDS:-1-25}
 max_epochs=20000
 long_epochs=3000       # the second table: no criterion, a fixed budget
-threads=1              # tiny GEMMs: one thread is fastest, and results do not depend on it
+threads=${THREADS:-1}  # tiny GEMMs: one thread is fastest, and results do not depend on it
 
 [ -x "$moe" ] || { echo "run.sh: no moe binary at '$moe' (build first: meson setup build && ninja -C build)" >&2; exit 2; }
+expected_time "about 4 minutes at 1 thread (6 systems: a 7-step grid on 5 search seeds, then 25 seeds to the criterion and 25 for a fixed budget)"
 
 # 1. Data: Praat ships the Peterson & Barney formant table.
 if [ ! -s "$data" ]; then
@@ -111,9 +120,8 @@ for s in "${systems[@]}"; do
 done
 
 {
-  echo "# made by: bash experiments/jacobs1991/run.sh"
-  echo "# moe: $("$moe" --version | tr '\n' ';')"
-  echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ); source: $(git -C "$root" describe --always --dirty --tags 2>/dev/null || echo unknown); threads $threads; BLIS_ARCH_TYPE ${BLIS_ARCH_TYPE:-unset: moe chooses}"
+  echo "# made by: SEEDS=$seeds THREADS=$threads bash experiments/jacobs1991/run.sh"
+  provenance "$moe"
   echo "# data: $data sha256 $(sha256sum "$data" | cut -d' ' -f1)"
   echo "# grid: ${grid[*]}; search seeds $select_seeds; reported seeds $seeds; max epochs $max_epochs; fixed budget $long_epochs"
 } > "$out/command.txt"

@@ -25,6 +25,7 @@ work=${WORK:-$root/runs/transfer}
 read -r -a seeds <<< "${SEEDS:-1 2}"
 threads=${THREADS:-1}
 lrs=(0.006 0.02)
+expected_time "about $(( 4 * ${#seeds[@]} )) minutes at 1 thread, 4 per seed (per domain six systems at two rates: Fashion-MNIST adaptations of under half a second, LM adaptations of 7-13 s)"
 
 echo "system,seed,trainable_parameters,parameters,trainable_fraction,test_accuracy,test_bits_per_byte,test_loss,wall_seconds" > "$out/lr.csv"
 row() { # NAME SEED DIR

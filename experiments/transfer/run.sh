@@ -62,6 +62,7 @@ work=${WORK:-$root/runs/transfer}
 read -r -a seeds <<< "${SEEDS:-1 2 3}"
 threads=${THREADS:-1}
 mkdir -p "$out" "$work"
+expected_time "about $(( 7 * ${#seeds[@]} )) minutes at 1 thread, 7 per seed (a Fashion-MNIST base of about 5 s and its adaptations of under half a second each; per held-out language an LM base of 60-90 s and 13 adaptations of 7-13 s each)"
 { echo "bash experiments/transfer/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), seeds ${seeds[*]}, threads $threads"; provenance "$moe"; } > "$out/command.txt"
 
 few=1
