@@ -7,7 +7,8 @@
 // for the GPU parity tests.
 //   - Philox words, uniforms and normals against core/rng.c;
 //   - routing (softmax, noisy logits, top-K with ties, gates, GShard's random
-//     second expert, bias balancing) and its backward against moe/router.c for
+//     second expert, bias balancing; expert choice in every ec_eval mode with
+//     ties forced, and hash routing) and its backward against moe/router.c for
 //     every router these kernels cover;
 //   - LayerNorm and RMSNorm forward and backward by (row, lane) and by column
 //     against nn/norm.c;
@@ -181,6 +182,165 @@ START_TEST(test_route)
         moe_route_release(&r1);
         moe_route_release(&r2);
     }
+}
+END_TEST
+
+// Expert choice by the kernels: the per-token softmax, then one (t, e) pair
+// per thread (FULL, PREFIX, POSITION) or one token per thread (TOPK).
+static void route_ec_by_kernels(struct moe_route *r2, const struct moe_router_cfg *c, int train, size_t T)
+{
+    int E = (int)c->E;
+    for (size_t t = 0; t < T; t++)
+        moe_k_softmax_row(r2->p + t * E, r2->lse + t, r2->z + t * E, E);
+    enum moe_k_ec mode = train ? MOE_K_EC_FULL : (enum moe_k_ec)c->ec_eval;
+    if (mode == MOE_K_EC_TOPK) {
+        for (size_t t = 0; t < T; t++)
+            moe_k_ec_topk_row(r2->sel + t * E, r2->idx + t * E, r2->gate + t * E, r2->prio + t * E, r2->p + t * E, E,
+                              c->ec_factor);
+        return;
+    }
+    for (size_t t = 0; t < T; t++)
+        for (int e = 0; e < E; e++)
+            moe_k_ec_slot(r2->sel, r2->idx, r2->gate, r2->prio, r2->p, (int64_t)T, E, (int64_t)t, e, c->ec_factor,
+                          mode, (int64_t)c->seq);
+}
+
+// The quota against moe_router_quota, including products that land just above
+// an integer in floating point (1.1 * 100 / 10).
+START_TEST(test_route_ec_quota)
+{
+    static const double f[] = { 0.0, 0.1, 0.5, 1.0, 1.1, 1.25, 2.0, 2.5, 3.7, 8.0, 1000.0 };
+    for (size_t i = 0; i < sizeof f / sizeof *f; i++)
+        for (size_t E = 1; E <= 16; E++)
+            for (size_t T = 0; T <= 130; T++) {
+                struct moe_router_cfg c = { MOE_ROUTER_EXPERT_CHOICE, E, 1, MOE_SECOND_RANDOM, f[i], 0, MOE_EC_EVAL_FULL, 0 };
+                ck_assert_int_eq(moe_k_ec_quota(f[i], (int64_t)T, (int64_t)E), (int64_t)moe_router_quota(&c, T));
+            }
+}
+END_TEST
+
+// Expert choice's forward (every ec_eval mode) and backward against
+// moe/router.c, to the bit, with ties forced: duplicated logit rows (identical
+// p in a column, so the lower token index must win) and a coarse grid.
+START_TEST(test_route_ec)
+{
+    static const struct {
+        size_t T, E;
+        double f;
+        int train;
+        enum moe_ec_eval eval;
+        size_t seq;
+    } cases[] = {
+        { 53, 8, 1.0, 1, MOE_EC_EVAL_FULL, 0 },     { 53, 8, 2.0, 1, MOE_EC_EVAL_FULL, 0 },
+        { 100, 10, 1.1, 1, MOE_EC_EVAL_FULL, 0 },   { 64, 16, 0.5, 1, MOE_EC_EVAL_FULL, 0 },
+        { 7, 4, 3.7, 1, MOE_EC_EVAL_FULL, 0 },      { 9, 3, 100.0, 1, MOE_EC_EVAL_FULL, 0 }, // C = T
+        { 1, 4, 1.0, 1, MOE_EC_EVAL_FULL, 0 },      { 40, 1, 0.5, 1, MOE_EC_EVAL_FULL, 0 },
+        { 48, 8, 2.0, 1, MOE_EC_EVAL_PREFIX, 8 },   // training ignores ec_eval
+        { 48, 8, 1.0, 0, MOE_EC_EVAL_FULL, 8 },     { 48, 8, 2.0, 0, MOE_EC_EVAL_PREFIX, 8 },
+        { 60, 6, 1.5, 0, MOE_EC_EVAL_PREFIX, 12 },  { 48, 8, 2.0, 0, MOE_EC_EVAL_POSITION, 8 },
+        { 60, 6, 1.0, 0, MOE_EC_EVAL_POSITION, 5 }, { 30, 4, 1.0, 0, MOE_EC_EVAL_PREFIX, 0 },
+        { 53, 8, 2.0, 0, MOE_EC_EVAL_TOPK, 0 },     { 53, 8, 0.2, 0, MOE_EC_EVAL_TOPK, 0 },
+        { 20, 4, 9.0, 0, MOE_EC_EVAL_TOPK, 0 },
+    };
+    struct moe_err err;
+    size_t boundary_ties = 0;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        size_t T = cases[ci].T, E = cases[ci].E;
+        struct moe_router_cfg c = { MOE_ROUTER_EXPERT_CHOICE, E, 1, MOE_SECOND_RANDOM, cases[ci].f, 0,
+                                    cases[ci].eval, cases[ci].seq };
+        size_t S = moe_router_slots(&c);
+        ck_assert_uint_eq(S, E);
+        struct moe_route r1, r2;
+        ck_assert_int_eq(moe_route_alloc(&r1, T, E, S, 0, &err), 0);
+        ck_assert_int_eq(moe_route_alloc(&r2, T, E, S, 0, &err), 0);
+        fill(r1.z, T * E, 300 + (uint32_t)ci, -2.0f, 2.0f);
+        for (size_t i = 0; i < T * E; i++)
+            r1.z[i] = i % 3 == 0 ? roundf(r1.z[i] * 2.0f) / 2.0f : r1.z[i];
+        for (size_t t = 0; t < T; t++) // every third token repeats an earlier one: equal p in every column
+            if (t % 3 == 2)
+                memcpy(r1.z + t * E, r1.z + (t / 2) * E, E * sizeof(float));
+        memcpy(r2.z, r1.z, T * E * sizeof(float));
+        int train = cases[ci].train;
+        moe_router_forward(&r1, &c, NULL, NULL, train, NULL, 0, T);
+        route_ec_by_kernels(&r2, &c, train, T);
+        same_floats(r1.p, r2.p, T * E, "ec p");
+        same_floats(r1.lse, r2.lse, T, "ec lse");
+        same_ints(r1.sel, r2.sel, T * S, "ec sel");
+        same_ints(r1.idx, r2.idx, T * S, "ec idx");
+        same_floats(r1.gate, r2.gate, T * S, "ec gate");
+        same_floats(r1.prio, r2.prio, T * S, "ec prio");
+        if (train || c.ec_eval == MOE_EC_EVAL_FULL) {
+            // each expert keeps exactly C; count kept/dropped pairs of equal p (the tie rule decided them)
+            size_t C = moe_router_quota(&c, T);
+            for (size_t e = 0; e < E; e++) {
+                size_t n = 0;
+                for (size_t t = 0; t < T; t++) {
+                    n += r1.sel[t * E + e] >= 0;
+                    for (size_t t2 = 0; t2 < T; t2++)
+                        boundary_ties += r1.sel[t * E + e] >= 0 && r1.sel[t2 * E + e] < 0 &&
+                                         r1.p[t * E + e] == r1.p[t2 * E + e];
+                }
+                ck_assert_uint_eq(n, C);
+            }
+        }
+        // the backward: gradients through the kept pairs' probabilities, raw gates with K = E
+        float *dg = malloc(T * S * 4), *dz1 = calloc(T * E, 4), *dz2 = calloc(T * E, 4);
+        fill(dg, T * S, 350 + (uint32_t)ci, -1.0f, 1.0f);
+        moe_router_backward(dz1, NULL, dg, &r1, &c);
+        for (size_t t = 0; t < T; t++)
+            moe_k_route_backward_row(dz2 + t * E, NULL, dg + t * S, r2.sel + t * S, r2.idx + t * S, r2.p + t * E,
+                                     r2.z + t * E, NULL, NULL, (int)E, (int)S, MOE_K_GATE_RAW);
+        same_floats(dz1, dz2, T * E, "ec router dz");
+        free(dg), free(dz1), free(dz2);
+        moe_route_release(&r1);
+        moe_route_release(&r2);
+    }
+    ck_assert_uint_gt(boundary_ties, 0); // the cases do exercise the tie rule
+}
+END_TEST
+
+// Hash routing: the route from the table's experts, against moe/router.c (p
+// and lse zeroed over whatever was there).
+START_TEST(test_route_hash)
+{
+    static const size_t Ts[] = { 1, 17, 53 }, Es[] = { 1, 4, 64 };
+    struct moe_err err;
+    for (size_t ti = 0; ti < 3; ti++)
+        for (size_t ei = 0; ei < 3; ei++) {
+            size_t T = Ts[ti], E = Es[ei];
+            struct moe_router_cfg c = { MOE_ROUTER_HASH, E, 3, MOE_SECOND_RANDOM, 0.0, 0, MOE_EC_EVAL_FULL, 0 };
+            size_t S = moe_router_slots(&c);
+            ck_assert_uint_eq(S, 1);
+            struct moe_route r1, r2;
+            ck_assert_int_eq(moe_route_alloc(&r1, T, E, S, 0, &err), 0);
+            ck_assert_int_eq(moe_route_alloc(&r2, T, E, S, 0, &err), 0);
+            fill(r1.p, T * E, 400, -1.0f, 1.0f);
+            fill(r2.p, T * E, 401, -1.0f, 1.0f);
+            fill(r1.lse, T, 402, -1.0f, 1.0f);
+            fill(r2.lse, T, 403, -1.0f, 1.0f);
+            int32_t *hx = malloc(T * sizeof *hx);
+            for (size_t t = 0; t < T; t++)
+                hx[t] = (int32_t)((t * 7 + ti + ei) % E);
+            moe_router_forward(&r1, &c, NULL, hx, 1, NULL, 0, T);
+            for (size_t t = 0; t < T; t++)
+                moe_k_hash_row(r2.p + t * E, r2.lse + t, r2.sel + t, r2.idx + t, r2.gate + t, r2.prio + t, hx[t],
+                               (int)E);
+            same_floats(r1.p, r2.p, T * E, "hash p");
+            same_floats(r1.lse, r2.lse, T, "hash lse");
+            same_ints(r1.sel, r2.sel, T, "hash sel");
+            same_ints(r1.idx, r2.idx, T, "hash idx");
+            same_floats(r1.gate, r2.gate, T, "hash gate");
+            same_floats(r1.prio, r2.prio, T, "hash prio");
+            free(hx);
+            moe_route_release(&r1);
+            moe_route_release(&r2);
+        }
+    int32_t sel, idx; // an expert outside the table's range is dropped, not indexed
+    float p[4], lse, gate, prio;
+    moe_k_hash_row(p, &lse, &sel, &idx, &gate, &prio, 4, 4);
+    ck_assert_int_eq(sel, -1);
+    ck_assert_int_eq(idx, -1);
+    ck_assert(gate == 0.0f && prio == 0.0f);
 }
 END_TEST
 
@@ -619,6 +779,9 @@ int main(void)
     TCase *tc = tcase_create("kernels");
     tcase_add_test(tc, test_philox);
     tcase_add_test(tc, test_route);
+    tcase_add_test(tc, test_route_ec_quota);
+    tcase_add_test(tc, test_route_ec);
+    tcase_add_test(tc, test_route_hash);
     tcase_add_test(tc, test_norm);
     tcase_add_test(tc, test_norm_backward);
     tcase_add_test(tc, test_optim);

@@ -5,9 +5,13 @@
 // (moe/router.c moe_router_forward), which they follow operation by operation.
 // E = experts, K = slots per token.
 // The backward (moe_router_backward) is per token too.
-// Not here: expert choice and hash routing's forward (whole-batch and table
-// work), and which router uses which gate (the launch wrapper maps the router
-// table onto enum moe_k_gate).
+// Expert choice (every ec_eval mode: full as in training, and prefix, position
+// and topk for evaluation) runs one thread per (token, expert) pair after the
+// per-token softmax: the pair's rank among the expert's candidates decides it,
+// so no thread sorts; its backward is the raw-gate one with K = E. Hash
+// routing writes one token's route from its table entry; it has no backward.
+// Not here: which router uses which gate (the launch wrapper maps the router
+// table onto enum moe_k_gate), and the hash table lookup itself (the layer's).
 #ifndef MOE_K_ROUTE_H
 #define MOE_K_ROUTE_H
 
@@ -169,6 +173,119 @@ static inline MOE_HD void moe_k_route_backward_row(float *dz, float *du, const f
         if (du)
             du[j] += (float)(dv * eps[j] * (1.0 / (1.0 + exp(-(double)u[j]))));
     }
+}
+
+// ---------------------------------------------------------------- expert choice
+// reference: Zhou et al. 2022, "Mixture-of-Experts with Expert Choice Routing":
+// each expert e takes the C tokens of largest p[t, e]. moe/router.c keeps them
+// in a bounded heap per expert; here the thread of (t, e) counts the candidate
+// tokens that beat t under the CPU's strict total order (ec_better: larger p,
+// ties to the lower token index) and t is kept iff that rank is < C. The C
+// best of a strict total order are the same set either way, so the two agree
+// to the bit. Slots: S = E, slot e of token t is expert e: sel = idx = e, gate
+// = prio = p[t, e] when kept, else sel = idx = -1 and gate = prio = 0.
+
+// The ec_eval modes, in moe/router.h enum moe_ec_eval's order.
+enum moe_k_ec { MOE_K_EC_FULL = 0, MOE_K_EC_PREFIX = 1, MOE_K_EC_POSITION = 2, MOE_K_EC_TOPK = 3 };
+
+// Tokens per expert for n candidates: C = min(n, ceil(ec_factor n / E)), the
+// product in double shrunk by a relative 1e-12 before the ceiling
+// (moe/router.c moe_router_quota, operation by operation).
+static inline MOE_HD int64_t moe_k_ec_quota(double ec_factor, int64_t n, int64_t E)
+{
+    double x = ec_factor * (double)n / (double)E;
+    double q = ceil(x * (1.0 - 1e-12));
+    if (!(q > 0.0))
+        return 0;
+    return q >= (double)n ? n : (int64_t)q;
+}
+
+// Does token a beat token b for expert e (p is (T, E))? Larger p, ties to the
+// lower token index (moe/router.c ec_better).
+static inline MOE_HD int moe_k_ec_better(const float *p, int E, int e, int64_t a, int64_t b)
+{
+    float pa = p[a * E + e], pb = p[b * E + e];
+    return pa > pb || (pa == pb && a < b);
+}
+
+// How many of the candidates w L + q (0 <= w < B, lo <= q <= hi) beat token t
+// for expert e. Full expert choice: B = 1, L = T, lo = 0, hi = T - 1.
+static inline MOE_HD int64_t moe_k_ec_rank(const float *p, int E, int e, int64_t t, int64_t B, int64_t L,
+                                           int64_t lo, int64_t hi)
+{
+    int64_t n = 0;
+    for (int64_t w = 0; w < B; w++)
+        for (int64_t q = lo; q <= hi; q++)
+            n += moe_k_ec_better(p, E, e, w * L + q, t);
+    return n;
+}
+
+// Is token t kept by expert e? FULL (training, and evaluation as in
+// training): rank among all T tokens < moe_k_ec_quota(T). PREFIX / POSITION
+// (moe/router.c route_expert_choice_causal): sequences of L = max(seq, 1)
+// consecutive tokens, B = T / L of them; t at position s of its sequence
+// competes with the positions lo .. s of every sequence (lo = 0: PREFIX, lo =
+// s: POSITION) for a quota of the B (s - lo + 1) candidates. Tokens past B L
+// (T not a multiple of L, which the CPU asserts against) are never kept.
+static inline MOE_HD int moe_k_ec_kept(const float *p, int64_t T, int E, int64_t t, int e, double ec_factor,
+                                       enum moe_k_ec mode, int64_t seq)
+{
+    if (mode == MOE_K_EC_FULL)
+        return moe_k_ec_rank(p, E, e, t, 1, T, 0, T - 1) < moe_k_ec_quota(ec_factor, T, E);
+    int64_t L = seq > 1 ? seq : 1, B = T / L;
+    if (t >= B * L)
+        return 0;
+    int64_t s = t % L, lo = mode == MOE_K_EC_PREFIX ? 0 : s;
+    return moe_k_ec_rank(p, E, e, t, B, L, lo, s) < moe_k_ec_quota(ec_factor, B * (s - lo + 1), E);
+}
+
+// The thread of pair (t, e) (modes FULL, PREFIX, POSITION): its slot t E + e
+// of sel, idx, gate, prio (T, E), from p (T, E) (moe_k_softmax_row per token).
+static inline MOE_HD void moe_k_ec_slot(int32_t *sel, int32_t *idx, float *gate, float *prio, const float *p,
+                                        int64_t T, int E, int64_t t, int e, double ec_factor, enum moe_k_ec mode,
+                                        int64_t seq)
+{
+    int64_t i = t * E + e;
+    int on = moe_k_ec_kept(p, T, E, t, e, ec_factor, mode, seq);
+    sel[i] = idx[i] = on ? e : -1;
+    gate[i] = on ? p[i] : 0.0f;
+    prio[i] = on ? p[i] : 0.0f;
+}
+
+// ec_eval TOPK (moe/router.c route_expert_choice_topk), one token per thread:
+// token choice over its own p with k = round(ec_factor) clamped to 1 .. E
+// (ties to the lower expert), gate = prio = p; slots k .. E - 1 get -1 and 0.
+static inline MOE_HD void moe_k_ec_topk_row(int32_t *sel, int32_t *idx, float *gate, float *prio, const float *p,
+                                            int E, double ec_factor)
+{
+    double kf = floor(ec_factor + 0.5);
+    int K = kf < 1.0 ? 1 : kf > (double)E ? E : (int)kf;
+    moe_k_topk_row(sel, p, NULL, E, K);
+    for (int k = 0; k < E; k++) {
+        if (k >= K)
+            sel[k] = -1;
+        idx[k] = sel[k];
+        gate[k] = k < K ? p[sel[k]] : 0.0f;
+        prio[k] = gate[k];
+    }
+}
+
+// ---------------------------------------------------------------- hash routing
+// reference: Roller et al. 2021, "Hash Layers For Large Sparse Models": token t
+// goes to expert = table[key of t] (looked up by the layer) with gate 1; one
+// slot. As moe/router.c: p (E) and lse are 0 (z is not read), sel = idx =
+// expert, gate = prio = 1. An expert outside 0 .. E - 1 (the CPU asserts)
+// is written as sel = idx = -1, gate = prio = 0: dropped, never an index past
+// the experts on a device. No backward: nothing upstream of the table.
+static inline MOE_HD void moe_k_hash_row(float *p, float *lse, int32_t *sel, int32_t *idx, float *gate, float *prio,
+                                         int32_t expert, int E)
+{
+    for (int e = 0; e < E; e++)
+        p[e] = 0.0f;
+    *lse = 0.0f;
+    int ok = expert >= 0 && expert < E;
+    *sel = *idx = ok ? expert : -1;
+    *gate = *prio = ok ? 1.0f : 0.0f;
 }
 
 #endif
