@@ -115,6 +115,91 @@ extern "C" int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz
     return launched("route_backward_kernel", err);
 }
 
+// ---------------------------------------------------------------- expert choice: (token, expert) threads
+// Each pair's thread counts its rank over the expert's candidates: O(T) per
+// thread, O(T^2 E) in all, no sort and no atomics (route.h).
+
+__global__ void softmax_rows_kernel(int T, int E, float *p, float *lse, const float *z)
+{
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T)
+        return;
+    moe_k_softmax_row(p + (size_t)t * E, lse + t, z + (size_t)t * E, E);
+}
+
+__global__ void route_ec_kernel(struct moe_cuda_route_ec a, int32_t *sel, int32_t *idx, float *gate, float *prio,
+                                const float *p)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)a.T * a.E)
+        return;
+    moe_k_ec_slot(sel, idx, gate, prio, p, a.T, a.E, (int64_t)(i / a.E), (int)(i % a.E), a.ec_factor,
+                  (enum moe_k_ec)a.mode, a.seq);
+}
+
+__global__ void route_ec_topk_kernel(struct moe_cuda_route_ec a, int32_t *sel, int32_t *idx, float *gate,
+                                     float *prio, const float *p)
+{
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= a.T)
+        return;
+    size_t o = (size_t)t * a.E;
+    moe_k_ec_topk_row(sel + o, idx + o, gate + o, prio + o, p + o, a.E, a.ec_factor);
+}
+
+extern "C" int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, float *p, float *lse, int32_t *sel,
+                                         int32_t *idx, float *gate, float *prio, const float *z, struct moe_err *err)
+{
+    if (a->T <= 0)
+        return 0;
+    int threads = 128, blocks = (a->T + threads - 1) / threads;
+    softmax_rows_kernel<<<blocks, threads>>>(a->T, a->E, p, lse, z);
+    int rc = launched("softmax_rows_kernel", err);
+    if (rc)
+        return rc;
+    if (a->mode == MOE_K_EC_TOPK) {
+        route_ec_topk_kernel<<<blocks, threads>>>(*a, sel, idx, gate, prio, p);
+        return launched("route_ec_topk_kernel", err);
+    }
+    size_t n = (size_t)a->T * a->E;
+    route_ec_kernel<<<(unsigned)((n + threads - 1) / threads), threads>>>(*a, sel, idx, gate, prio, p);
+    return launched("route_ec_kernel", err);
+}
+
+extern "C" int moe_cuda_route_ec_backward(int T, int E, float *dz, const float *dgate, const int32_t *sel,
+                                          const int32_t *idx, const float *p, struct moe_err *err)
+{
+    struct moe_cuda_route a = {};
+    a.T = T;
+    a.E = E;
+    a.K = E;
+    a.raw_gates = 1;
+    // raw gates read neither the logits nor the noise; p stands in for z so no
+    // pointer is offset from NULL
+    return moe_cuda_route_backward(&a, dz, NULL, dgate, sel, idx, p, p, NULL, NULL, NULL, err);
+}
+
+// ---------------------------------------------------------------- hash routing: one thread per token
+
+__global__ void route_hash_kernel(int T, int E, float *p, float *lse, int32_t *sel, int32_t *idx, float *gate,
+                                  float *prio, const int32_t *hash_expert)
+{
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T)
+        return;
+    moe_k_hash_row(p + (size_t)t * E, lse + t, sel + t, idx + t, gate + t, prio + t, hash_expert[t], E);
+}
+
+extern "C" int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel, int32_t *idx,
+                                           float *gate, float *prio, const int32_t *hash_expert, struct moe_err *err)
+{
+    if (T <= 0)
+        return 0;
+    int threads = 128, blocks = (T + threads - 1) / threads;
+    route_hash_kernel<<<blocks, threads>>>(T, E, p, lse, sel, idx, gate, prio, hash_expert);
+    return launched("route_hash_kernel", err);
+}
+
 // ---------------------------------------------------------------- norms: (row, lane) threads
 
 #define NORM_ROWS 32 // rows per block: NORM_ROWS x MOE_K_LANES threads

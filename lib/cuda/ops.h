@@ -25,7 +25,7 @@ int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err 
 int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err);
 
 // The router's forward for T tokens (moe/router.c moe_router_forward, for
-// softmax, gshard, noisy-topk, switch and deepseek): p, lse from z; for
+// softmax, gshard, noisy-topk, switch and deepseek; expert choice and hash below): p, lse from z; for
 // noisy-topk h, eps from z and u (eps drawn in training, 0 otherwise); sel,
 // idx, gate, prio (T, K). bias (E) or NULL: selection offsets.
 struct moe_cuda_route {
@@ -48,6 +48,30 @@ int moe_cuda_route_forward(const struct moe_cuda_route *a, float *p, float *lse,
 int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz, float *du, const float *dgate,
                             const int32_t *sel, const int32_t *idx, const float *p, const float *z, const float *h,
                             const float *eps, const float *u, struct moe_err *err);
+
+// Expert choice's forward (moe/router.c moe_router_forward for
+// expert-choice; Zhou et al. 2022): p, lse from z (T, E), then sel, idx, gate,
+// prio (T, E: slot e is expert e) by one thread per (token, expert) pair, or
+// for ec_eval topk one per token. mode: enum moe_ec_eval's value (the
+// evaluation's; training passes 0 = full); seq: tokens per sequence (prefix
+// and position).
+struct moe_cuda_route_ec {
+    int T, E;
+    double ec_factor;
+    int mode;
+    int seq;
+};
+int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, float *p, float *lse, int32_t *sel, int32_t *idx,
+                              float *gate, float *prio, const float *z, struct moe_err *err);
+// Its backward: the raw-gate backward with K = E (moe_cuda_route_backward).
+int moe_cuda_route_ec_backward(int T, int E, float *dz, const float *dgate, const int32_t *sel, const int32_t *idx,
+                               const float *p, struct moe_err *err);
+
+// Hash routing's forward (Roller et al. 2021): from each token's expert
+// hash_expert (T; the table already looked up), p (T, E) and lse (T) zeroed,
+// sel, idx (T, 1) = expert, gate, prio = 1. No backward.
+int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel, int32_t *idx, float *gate,
+                                float *prio, const int32_t *hash_expert, struct moe_err *err);
 
 // LayerNorm (b non-NULL: mean written) or RMSNorm (b NULL: mean unused) over T
 // rows of D: nn/norm.c's forward, the same lanes and tree.
