@@ -25,8 +25,9 @@ int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err 
 int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err);
 
 // The router's forward for T tokens (moe/router.c moe_router_forward, for
-// softmax, gshard, noisy-topk, switch and deepseek; expert choice and hash below): p, lse from z; for
-// noisy-topk h, eps from z and u (eps drawn in training, 0 otherwise); sel,
+// softmax, gshard, noisy-topk, switch and deepseek; expert choice and hash
+// below): p, lse from z; for noisy-topk h, eps from z and u (eps drawn in
+// training, 0 otherwise); sel,
 // idx, gate, prio (T, K). bias (E) or NULL: selection offsets.
 struct moe_cuda_route {
     int T, E, K;
