@@ -40,7 +40,13 @@ int moe_dist_allgather(struct moe_dist *d, const void *send, size_t bytes, void 
 int moe_dist_alltoallv(struct moe_dist *d, const float *send, const size_t *send_n, float *recv,
                        const size_t *recv_n, struct moe_err *err)
 {
-    return d->ops->alltoallv(d->size, send, send_n, recv, recv_n, err);
+    return d->ops->alltoallv(d->size, send, send_n, recv, recv_n, 0, err);
+}
+
+int moe_dist_alltoallv_i32(struct moe_dist *d, const int32_t *send, const size_t *send_n, int32_t *recv,
+                           const size_t *recv_n, struct moe_err *err)
+{
+    return d->ops->alltoallv(d->size, send, send_n, recv, recv_n, 1, err);
 }
 
 int moe_dist_allgatherv(struct moe_dist *d, const float *send, const size_t *n, float *recv, struct moe_err *err)

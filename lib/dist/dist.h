@@ -14,6 +14,7 @@
 #define MOE_DIST_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/status.h"
 
@@ -48,6 +49,9 @@ int moe_dist_allgather(struct moe_dist *d, const void *send, size_t bytes, void 
 // order; recv_n[q] floats from rank q, into recv in rank order.
 int moe_dist_alltoallv(struct moe_dist *d, const float *send, const size_t *send_n, float *recv,
                        const size_t *recv_n, struct moe_err *err);
+// The same for 32-bit integers.
+int moe_dist_alltoallv_i32(struct moe_dist *d, const int32_t *send, const size_t *send_n, int32_t *recv,
+                           const size_t *recv_n, struct moe_err *err);
 // Every rank's n[rank] floats of send, in rank order, into recv (sum of n).
 int moe_dist_allgatherv(struct moe_dist *d, const float *send, const size_t *n, float *recv, struct moe_err *err);
 // The largest of every rank's v.
@@ -66,7 +70,7 @@ struct moe_dist_ops {
     int (*init)(struct moe_dist *d, struct moe_err *err);
     void (*finalize)(void);
     int (*allgather)(const void *send, size_t bytes, void *recv, struct moe_err *err);
-    int (*alltoallv)(int size, const float *send, const size_t *send_n, float *recv, const size_t *recv_n,
+    int (*alltoallv)(int size, const void *send, const size_t *send_n, void *recv, const size_t *recv_n, int i32,
                      struct moe_err *err);
     int (*allgatherv)(int rank, int size, const float *send, const size_t *n, float *recv, struct moe_err *err);
     int (*max)(long long v, long long *ret, struct moe_err *err);

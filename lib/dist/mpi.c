@@ -83,7 +83,7 @@ static int to_ints(int size, const size_t *n, int *cnt, int *disp, const char *c
     size_t off = 0;
     for (int q = 0; q < size; q++) {
         if (n[q] > INT_MAX || off > INT_MAX)
-            return moe_error(err, MOE_EDIST, "%s: %zu floats is more than one message carries", call, off + n[q]);
+            return moe_error(err, MOE_EDIST, "%s: %zu numbers is more than one message carries", call, off + n[q]);
         cnt[q] = (int)n[q];
         disp[q] = (int)off;
         off += n[q];
@@ -91,16 +91,17 @@ static int to_ints(int size, const size_t *n, int *cnt, int *disp, const char *c
     return 0;
 }
 
-static int alltoallv(int size, const float *send, const size_t *send_n, float *recv, const size_t *recv_n,
+static int alltoallv(int size, const void *send, const size_t *send_n, void *recv, const size_t *recv_n, int i32,
                      struct moe_err *err)
 {
+    MPI_Datatype type = i32 ? MPI_INT32_T : MPI_FLOAT;
     int *v = malloc(4 * (size_t)size * sizeof *v);
     if (!v)
         return moe_error(err, MOE_ENOMEM, "out of memory for MPI_Alltoallv counts");
     int rc = to_ints(size, send_n, v, v + size, "MPI_Alltoallv", err);
     if (!rc)
         rc = to_ints(size, recv_n, v + 2 * size, v + 3 * size, "MPI_Alltoallv", err);
-    if (!rc && (rc = MPI_Alltoallv(send, v, v + size, MPI_FLOAT, recv, v + 2 * size, v + 3 * size, MPI_FLOAT,
+    if (!rc && (rc = MPI_Alltoallv(send, v, v + size, type, recv, v + 2 * size, v + 3 * size, type,
                                    MPI_COMM_WORLD)) != MPI_SUCCESS)
         rc = fail(err, "MPI_Alltoallv", rc);
     free(v);

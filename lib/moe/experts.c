@@ -335,21 +335,33 @@ static void each_expert(struct moe_experts_buf *buf, const struct moe_dispatch *
     free(b);
 }
 
-void moe_experts_forward(float *out, const float *x, const float *gate, const struct moe_dispatch *plan,
-                         const float *w1, const float *w3, const float *w2, struct moe_experts_buf *buf,
-                         enum moe_ffn_act act)
+void moe_experts_gather(struct moe_experts_buf *buf, const float *x, const struct moe_dispatch *plan)
 {
-    const size_t T = plan->T, S = plan->S, D = buf->D, N = plan->n_rows;
+    const size_t D = buf->D, N = plan->n_rows;
     assert(N <= buf->N_max);
-    assert(act != MOE_FFN_SWIGLU || (w3 && buf->b));
-
     double t0 = moe_prof_begin();
     #pragma omp parallel for schedule(static) if (N * D >= PAR_MIN)
     for (size_t r = 0; r < N; r++)
         memcpy(buf->xd + r * D, x + (size_t)plan->row_tok[r] * D, D * sizeof *x);
     moe_prof_end(MOE_PHASE_DISPATCH, t0);
-    each_expert(buf, plan, 1, 0, NULL, NULL, NULL, w1, w3, w2, act);
-    t0 = moe_prof_begin();
+}
+
+void moe_experts_blocks(struct moe_experts_buf *buf, const struct moe_dispatch *plan, int fwd, int with_dx,
+                        float *dw1, float *dw3, float *dw2, const float *w1, const float *w3, const float *w2,
+                        enum moe_ffn_act act)
+{
+    assert(plan->n_rows <= buf->N_max);
+    assert(act != MOE_FFN_SWIGLU || (w3 && buf->b && (fwd || (dw3 && buf->db))));
+    if (!fwd && with_dx)
+        moe_zero(buf->dxd, plan->n_rows * buf->D);
+    each_expert(buf, plan, fwd, with_dx, dw1, dw3, dw2, w1, w3, w2, act);
+}
+
+void moe_experts_combine(float *out, const float *gate, const struct moe_dispatch *plan,
+                         const struct moe_experts_buf *buf)
+{
+    const size_t T = plan->T, S = plan->S, D = buf->D;
+    double t0 = moe_prof_begin();
     #pragma omp parallel for schedule(static) if (T * S * D >= PAR_MIN)
     for (size_t t = 0; t < T; t++) {
         for (size_t s = 0; s < S; s++) {
@@ -366,15 +378,20 @@ void moe_experts_forward(float *out, const float *x, const float *gate, const st
     moe_prof_end(MOE_PHASE_COMBINE, t0);
 }
 
-void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float *dw2, const float *dout,
-                          const float *x, const float *gate, const struct moe_dispatch *plan, const float *w1,
-                          const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act)
+void moe_experts_forward(float *out, const float *x, const float *gate, const struct moe_dispatch *plan,
+                         const float *w1, const float *w3, const float *w2, struct moe_experts_buf *buf,
+                         enum moe_ffn_act act)
 {
-    (void)x; // the forward gathered x into buf->xd
+    moe_experts_gather(buf, x, plan);
+    moe_experts_blocks(buf, plan, 1, 0, NULL, NULL, NULL, w1, w3, w2, act);
+    moe_experts_combine(out, gate, plan, buf);
+}
+
+void moe_experts_combine_backward(float *dgate, const float *dout, const float *gate,
+                                  const struct moe_dispatch *plan, struct moe_experts_buf *buf)
+{
     const size_t S = plan->S, D = buf->D, N = plan->n_rows;
     assert(N <= buf->N_max);
-    assert(act != MOE_FFN_SWIGLU || (w3 && dw3 && buf->b && buf->db));
-
     // out_t = sum_s gate_ts y_row: dy_row = gate_ts dout_t, dgate_ts = dout_t . y_row
     double t0 = moe_prof_begin();
     #pragma omp parallel for schedule(static) if (N * D >= PAR_MIN)
@@ -391,14 +408,14 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
         if (dgate)
             dgate[ts] += (float)acc;
     }
-    if (dx)
-        moe_zero(buf->dxd, N * D);
     moe_prof_end(MOE_PHASE_COMBINE, t0);
-    each_expert(buf, plan, 0, dx != NULL, dw1, dw3, dw2, w1, w3, w2, act);
-    if (!dx)
-        return;
+}
+
+void moe_experts_scatter(float *dx, const struct moe_dispatch *plan, const struct moe_experts_buf *buf)
+{
+    const size_t S = plan->S, D = buf->D;
     // scatter back by token, then slot: a fixed order whatever the layout
-    t0 = moe_prof_begin();
+    double t0 = moe_prof_begin();
     #pragma omp parallel for schedule(static) if (plan->T * S * D >= PAR_MIN)
     for (size_t t = 0; t < plan->T; t++) {
         for (size_t s = 0; s < S; s++) {
@@ -412,6 +429,17 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
         }
     }
     moe_prof_end(MOE_PHASE_COMBINE, t0);
+}
+
+void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float *dw2, const float *dout,
+                          const float *x, const float *gate, const struct moe_dispatch *plan, const float *w1,
+                          const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act)
+{
+    (void)x; // the forward gathered x into buf->xd
+    moe_experts_combine_backward(dgate, dout, gate, plan, buf);
+    moe_experts_blocks(buf, plan, 0, dx != NULL, dw1, dw3, dw2, w1, w3, w2, act);
+    if (dx)
+        moe_experts_scatter(dx, plan, buf);
 }
 
 // ---------------------------------------------------------------- naive twin

@@ -98,6 +98,26 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
                           const float *x, const float *gate, const struct moe_dispatch *plan, const float *w1,
                           const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act);
 
+// The parts of moe_experts_forward and moe_experts_backward, one after another,
+// for expert parallelism (dist/ep.h), where the blocks of some experts run in
+// another process:
+// gather: x's kept rows into buf->xd, in the plan's block order;
+void moe_experts_gather(struct moe_experts_buf *buf, const float *x, const struct moe_dispatch *plan);
+// blocks: every expert's FFN over its block of buf->xd into buf->yd (fwd), or
+// its backward from buf->dyd: dw1, dw3, dw2 += and, with_dx, buf->dxd (set);
+// the weights and gradients stacked over the plan's E experts;
+void moe_experts_blocks(struct moe_experts_buf *buf, const struct moe_dispatch *plan, int fwd, int with_dx,
+                        float *dw1, float *dw3, float *dw2, const float *w1, const float *w3, const float *w2,
+                        enum moe_ffn_act act);
+// combine: out += gate-weighted buf->yd rows, by token then slot;
+void moe_experts_combine(float *out, const float *gate, const struct moe_dispatch *plan,
+                         const struct moe_experts_buf *buf);
+// combine_backward: buf->dyd from dout, and dgate += (may be NULL);
+void moe_experts_combine_backward(float *dgate, const float *dout, const float *gate,
+                                  const struct moe_dispatch *plan, struct moe_experts_buf *buf);
+// scatter: dx += buf->dxd rows, by token then slot.
+void moe_experts_scatter(float *dx, const struct moe_dispatch *plan, const struct moe_experts_buf *buf);
+
 // How the per-expert FFNs share threads. GEMM: the experts one after another,
 // each product on every thread. EXPERTS: whole experts handed to the threads
 // (one-thread products), which spares small blocks (many experts, few rows
