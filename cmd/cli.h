@@ -196,7 +196,8 @@ struct cli_train_opts {
     int dry_run;
     int lora;           // moe lora: adapters (config lora.*) on the frozen base
     int merge;          // moe lora --merge: also write the merged model
-    struct moe_dist *dist; // train --data-parallel N (N > 1): the processes (dist/dist.h), else NULL
+    struct moe_dist *dist; // train --data-parallel N or --expert-parallel N (N > 1): the processes, else NULL
+    int expert_parallel;   // --expert-parallel: the experts spread over them (dist/ep.h)
 };
 int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_opts *o);
 int cmd_compare_loss(int argc, char **argv);

@@ -69,8 +69,10 @@ static const char *const usage =
     "each optimizer step's train.accumulate micro-batches (a multiple of N) are\n"
     "shared out among them, and the run's files are byte-identical to those of\n"
     "the same config in one process. Rank 0 writes the run directory and prints;\n"
-    "every process must get the same options. --expert-parallel N is refused for\n"
-    "now (exit 2).\n"
+    "every process must get the same options. --expert-parallel N does the same\n"
+    "with each process holding n_expert/N experts of every sparse layer (mlp-moe,\n"
+    "transformer; N must divide model.n_expert): the rows routed to an expert go\n"
+    "to its process and back (MPI_Alltoallv), with the same byte-identical files.\n"
     "--quiet: no log or progress lines on stderr. Progress while training: one\n"
     "line, e.g. 'step 120/600 (20%)  epoch 3/15  loss 0.4213  18.2k tok/s  ETA 0:27'\n"
     "(rows/s for data other than text), redrawn in place at a terminal, else\n"
@@ -116,30 +118,18 @@ static int on_opt(void *ctx_, int opt, const char *arg)
     return 2;
 }
 
-// --expert-parallel N (experts spread over MPI processes): the option exists so
-// that scripts get one clear line, but it is not implemented yet; the line says
-// whether this build has MPI (lib/dist/dist.h).
-static int parallel_refusal(const char *cmd, const char *opt)
-{
-    struct moe_dist_info mpi;
-    moe_dist_probe(&mpi);
-    if (!mpi.built)
-        return cli_error(cmd, 2, "option '%s' cannot be used: %s", opt, mpi.reason);
-    return cli_error(cmd, 2, "option '%s' cannot be used: expert parallelism is not implemented yet (this build has %s); --data-parallel N is",
-                     opt, mpi.library);
-}
-
-// train --data-parallel N: MPI started with N processes (else one line, exit
-// 2, from rank 0), then cli_train_run with them, then MPI's end. N = 1 is a run
-// in one process.
-static int data_parallel(const char *cmd, struct cli_common *c, struct cli_train_opts *o, int n)
+// train --data-parallel N or --expert-parallel N (opt): MPI started with N
+// processes (else one line, exit 2, from rank 0), then cli_train_run with
+// them, then MPI's end. N = 1 is a run in one process.
+static int over_processes(const char *cmd, struct cli_common *c, struct cli_train_opts *o, const char *opt, int n)
 {
     struct moe_dist d;
     struct moe_err err = { 0 };
-    int rc = moe_dist_init(&d, n, "--data-parallel", &err);
+    int rc = moe_dist_init(&d, n, opt, &err);
     cli_rank = d.rank;
     if (!rc) {
         o->dist = n > 1 ? &d : NULL;
+        o->expert_parallel = n > 1 && strcmp(opt, "--expert-parallel") == 0;
         rc = cli_train_run(cmd, c, o);
         o->dist = NULL;
     } else {
@@ -460,7 +450,7 @@ static int train(struct train_run *r, struct moe_train_result *res)
                                      .lora = o->lora ? &r->lora : NULL,
                                      .distill = d->teacher.ops ? &kd : NULL,
                                      .step = files ? progress_step : NULL, .step_ctx = &prog,
-                                     .dist = o->dist };
+                                     .dist = o->dist, .expert_parallel = o->expert_parallel };
     int rc = moe_train_run(&r->model, &r->data, &r->rc.train, &r->rc.optim, &hooks, res, &err);
     if (!rc)
         progress_finish(&prog);
@@ -529,6 +519,15 @@ static int write_summary(struct train_run *r, const struct moe_train_result *res
         cJSON_AddNumberToObject(dp, "bytes_sent_per_step",
                                 res->dp_steps ? res->dp_bytes_sent / (double)res->dp_steps : 0.0);
     }
+    if (res->ep) { // --expert-parallel: rank 0's rows and expert gradients to and from the other processes
+        cJSON *ep = cJSON_AddObjectToObject(s, "expert_parallel");
+        cJSON_AddNumberToObject(ep, "processes", res->dp_processes);
+        cJSON_AddNumberToObject(ep, "exchange_seconds", res->ep_exchange_seconds);
+        cJSON_AddNumberToObject(ep, "exchange_share",
+                                res->dp_train_seconds > 0 ? res->ep_exchange_seconds / res->dp_train_seconds : 0.0);
+        cJSON_AddNumberToObject(ep, "bytes_sent_per_step",
+                                res->dp_steps ? res->ep_bytes_sent / (double)res->dp_steps : 0.0);
+    }
     cJSON_AddStringToObject(s, "out", r->out);
     if (o->init)
         cJSON_AddStringToObject(s, "init", o->init);
@@ -561,13 +560,11 @@ int cmd_train(int argc, char **argv)
         fputs(usage, stdout);
         rc = 0;
     } else if (!rc) {
-        if (ctx.parallel_opt && strcmp(ctx.parallel_opt, "--expert-parallel") == 0)
-            rc = parallel_refusal(cmd, ctx.parallel_opt);
-        else if (ctx.parallel_opt && o.dry_run)
+        if (ctx.parallel_opt && o.dry_run)
             rc = cli_error(cmd, 2, "option '%s' cannot be combined with '--dry-run' (the estimate is per process: run --dry-run alone)",
                            ctx.parallel_opt);
         else if (ctx.parallel_opt)
-            rc = data_parallel(cmd, &c, &o, ctx.n_proc);
+            rc = over_processes(cmd, &c, &o, ctx.parallel_opt, ctx.n_proc);
         else if (o.resume && c.n_owned)
             rc = cli_error(cmd, 2, "option '%s' cannot be combined with '--resume' (the run keeps the config in its checkpoint)",
                            c.first_owned_opt);
@@ -604,8 +601,9 @@ static int agree_options(struct train_run *r, int rc, int finished)
     if (moe_dist_allgather(d, &h, sizeof h, all, &err))
         rc = rc ? rc : cli_fail(r->cmd, &err);
     else if (!rc && all[0] && h != all[0])
-        rc = cli_error(r->cmd, 2, "this process was started with other options than rank 0 (config, --set, --seed, --out, --resume or --init; hash %016llx against %016llx): every process of --data-parallel must get the same",
-                       (unsigned long long)h, (unsigned long long)all[0]);
+        rc = cli_error(r->cmd, 2, "this process was started with other options than rank 0 (config, --set, --seed, --out, --resume or --init; hash %016llx against %016llx): every process of %s must get the same",
+                       (unsigned long long)h, (unsigned long long)all[0],
+                       r->o->expert_parallel ? "--expert-parallel" : "--data-parallel");
     free(all);
     return cli_agree(r->cmd, d, rc);
 }
@@ -670,8 +668,10 @@ static int setup(struct train_run *r)
         (rc = tune_setup(cmd, &r->rc, &r->model, o->lora, &r->tune, &r->lora)))
         return rc;
     struct moe_err err = { 0 };
-    if (o->dist && moe_train_dp_check(&r->model, r->rc.train.accumulate, o->dist->size, r->distill.teacher.ops != NULL,
-                                      o->lora, &err))
+    if (o->dist && (moe_train_dp_check(&r->model, r->rc.train.accumulate, o->dist->size,
+                                       r->distill.teacher.ops != NULL, o->lora, &err) ||
+                    (o->expert_parallel &&
+                     moe_train_ep_check(&r->model, o->dist->size, r->tune.frozen != NULL, &err))))
         return cli_fail(cmd, &err);
     if (!cli_rank && ((rc = open_outputs(r)) || (rc = extend_outputs(r))))
         return rc;
@@ -686,8 +686,9 @@ static int setup(struct train_run *r)
         cli_log(c, "moe %s: %s model, %zu parameters, %zu train / %zu test rows, writing %s/", cmd,
                 r->model.ops->type, moe_params_count(&r->model.params), r->data.train.n, r->data.test.n, r->out);
     if (o->dist)
-        cli_log(c, "moe %s: data parallel over %d processes, %zu micro-batches of %zu rows each per step", cmd,
-                o->dist->size, r->rc.train.accumulate / (size_t)o->dist->size, r->rc.optim.batch_size);
+        cli_log(c, "moe %s: %s parallel over %d processes, %zu micro-batches of %zu rows each per step%s", cmd,
+                o->expert_parallel ? "expert" : "data", o->dist->size, r->rc.train.accumulate / (size_t)o->dist->size,
+                r->rc.optim.batch_size, o->expert_parallel ? ", each process holding 1/N of every sparse layer's experts" : "");
     return 0;
 }
 

@@ -12,6 +12,7 @@
 
 #include "core/prof.h"
 #include "core/rng.h"
+#include "dist/ep.h"
 #include "nn/nn.h"
 
 #define LAYER_STRIDE ((uint64_t)1 << 40) // random-draw index offset between layers
@@ -313,7 +314,11 @@ double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float 
     const double pd = train ? c->ffn_dropout : 0.0;
     l->buf.drop = moe_dropout_make(pd, seed, step, c->index, MOE_DROP_FFN);
     l->sbuf.drop = moe_dropout_make(pd, seed, step, c->index, MOE_DROP_SHARED);
-    moe_experts_forward(out, x, r->gate, &l->plan, wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf, c->act);
+    if (train && l->ep)
+        moe_ep_forward(l->ep, p, out, x, r->gate, &l->plan, &l->buf, c->act);
+    else
+        moe_experts_forward(out, x, r->gate, &l->plan, wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf,
+                            c->act);
     if (c->n_shared) {
         t0 = moe_prof_begin();
         moe_dispatch_plan(&l->splan, l->s_idx, l->s_gate, T, T, MOE_DROP_ORDER);
@@ -342,8 +347,11 @@ void moe_layer_backward(struct moe_layer *l, const struct moe_params *p, float *
     size_t T = l->T, E = c->router.E, D = c->D, S = l->S;
     struct moe_route *r = &l->route;
     memset(l->dgate, 0, T * S * sizeof(float));
-    moe_experts_backward(dx, l->dgate, gr(p, l->i_w1), gr(p, l->i_w3), gr(p, l->i_w2), dout, x, r->gate, &l->plan,
-                         wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf, c->act);
+    if (l->train && l->ep)
+        moe_ep_backward(l->ep, p, dx, l->dgate, dout, r->gate, &l->plan, &l->buf, c->act);
+    else
+        moe_experts_backward(dx, l->dgate, gr(p, l->i_w1), gr(p, l->i_w3), gr(p, l->i_w2), dout, x, r->gate,
+                             &l->plan, wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf, c->act);
     if (c->n_shared)
         moe_experts_backward(dx, NULL, gr(p, l->i_sw1), gr(p, l->i_sw3), gr(p, l->i_sw2), dout, x, l->s_gate,
                              &l->splan, wt(p, l->i_sw1), wt(p, l->i_sw3), wt(p, l->i_sw2), &l->sbuf, c->act);

@@ -37,6 +37,8 @@
 #include "moe/route_stats.h"
 #include "moe/router.h"
 
+struct moe_ep_layer;
+
 struct moe_layer_cfg {
     struct moe_router_cfg router;
     size_t D, F;
@@ -98,6 +100,10 @@ struct moe_layer {
     int train;
     double aux_value, z_value, loss; // unweighted aux, z; weighted sum added to the objective
     struct moe_plan *own; // the buffers of moe_layer_alloc; NULL when they belong to a model's plan
+    // Expert parallelism (dist/ep.h), set by the trainer for a run over MPI
+    // processes: training passes send the routed rows to the processes that
+    // hold their experts. NULL otherwise.
+    struct moe_ep_layer *ep;
 };
 
 // A model's sparse layer: declare its tensors under prefix (docs/checkpoint.md)

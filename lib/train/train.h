@@ -217,6 +217,11 @@ struct moe_train_result {
     int dp_processes;
     uint64_t dp_steps;
     double dp_exchange_seconds, dp_bytes_sent, dp_train_seconds;
+    // Expert parallelism (hooks->expert_parallel): the same for the expert
+    // exchanges (rows to and from the experts' processes, expert gradients back),
+    // which dp_exchange_seconds and dp_bytes_sent do not count.
+    int ep;
+    double ep_exchange_seconds, ep_bytes_sent;
 };
 
 // Windows of a language-model split gathered into a batch (trainer.c): n rows
@@ -359,6 +364,10 @@ struct moe_train_hooks {
     // 0 should be given row, checkpoint and step hooks (the files); every
     // rank takes the same decisions (stops, faults, hook failures are agreed).
     struct moe_dist *dist;
+    // With dist: the experts of every sparse layer spread over the processes
+    // (dist/ep.h: --expert-parallel) instead of held by each. The micro-batches
+    // are shared out as above, in rounds; the results are the same bytes.
+    int expert_parallel;
 };
 // What data parallelism over n processes needs (checked by moe_train_run too):
 // train.accumulate a multiple of n, no distillation or LoRA (yet), no bias
@@ -366,6 +375,10 @@ struct moe_train_hooks {
 // MOE_EINVAL naming the key.
 int moe_train_dp_check(const struct moe_model *m, size_t accumulate, int n, int distill, int lora,
                        struct moe_err *err);
+// What expert parallelism over n processes needs on top (checked by
+// moe_train_run too): sparse layers whose n_expert n divides, and every tensor
+// trained (no frozen tensors or experts). MOE_ECONFIG or MOE_EINVAL.
+int moe_train_ep_check(const struct moe_model *m, int n, int frozen, struct moe_err *err);
 // The distill.* keys (distill.c) read into a typed struct; the strings point
 // into the config and live as long as it.
 struct moe_distill_cfg {

@@ -16,6 +16,7 @@
 
 #include "core/gemm.h"
 #include "core/rng.h"
+#include "dist/ep.h"
 #include "moe/route_stats.h"
 #include "train/train.h"
 
@@ -341,6 +342,7 @@ struct run {
     size_t wire_n;                   // moe_stats_pack's length + one has_probs flag per routed layer
     uint64_t dp_steps;               // steps exchanged in this call, their seconds and the bytes sent
     double dp_seconds, dp_bytes;
+    struct moe_ep *ep;               // expert parallelism (hooks->expert_parallel; dist/ep.h), or NULL
     struct moe_optim_cfg oc;         // the optimizer's settings, for the learning-rate schedule
     struct moe_optim opt;
     // evaluation of the training and the test split (each row keeps pointers into its
@@ -575,6 +577,7 @@ static void run_release(struct run *r)
     free(r->xfull);
     free(r->wire);
     free(r->wire_all);
+    moe_ep_free(r->ep);
     moe_dataset_release(&r->batch);
     moe_lm_batch_release(&r->lb);
     free(r->perm);
@@ -762,10 +765,19 @@ int moe_train_dp_check(const struct moe_model *m, size_t accumulate, int n, int 
     return 0;
 }
 
+int moe_train_ep_check(const struct moe_model *m, int n, int frozen, struct moe_err *err)
+{
+    if (frozen)
+        return moe_error(err, MOE_EINVAL, "expert parallelism does not cover frozen tensors or experts yet; train in one process or with --data-parallel");
+    return moe_ep_check(m->n_moe_layers, m->moe_layers, m->ops->type, n, err);
+}
+
 static int dp_init(struct run *r, struct moe_dist *d, struct moe_err *err)
 {
     size_t N = (size_t)d->size;
     int rc = moe_train_dp_check(r->m, r->accum, d->size, r->hooks->distill != NULL, r->hooks->lora != NULL, err);
+    if (!rc && r->hooks->expert_parallel)
+        rc = moe_train_ep_check(r->m, d->size, r->hooks->frozen != NULL, err);
     if (rc)
         return rc;
     r->dist = d;
@@ -781,6 +793,8 @@ static int dp_init(struct run *r, struct moe_dist *d, struct moe_err *err)
     if (!r->slots || !r->xsend || !r->xrecv || !r->xfull || !r->wire || !r->wire_all)
         return moe_error(err, MOE_ENOMEM, "out of memory for the exchange of %zu micro-batches' gradients (%zu floats each)",
                          L, P);
+    if (r->hooks->expert_parallel)
+        return moe_ep_create(&r->ep, d, r->m->moe_layers, r->m->n_moe_layers, r->per_rank, r->accum, err);
     return 0;
 }
 
@@ -901,6 +915,35 @@ static int train_micro(struct run *r, struct moe_batch *b, uint64_t epoch, size_
     return 0;
 }
 
+// Expert parallelism (dist/ep.h): the step's micro-batches in rounds, rank q
+// running k = q A/N + j in round j, every rank in every round's exchanges (a
+// rank without a micro-batch, or whose micro-batch failed before its sparse
+// layers, serves the others: moe_ep_idle); then the expert gradients go back to
+// the micro-batches' ranks, ready for dp_step.
+static int ep_rounds(struct run *r, uint64_t epoch, size_t start, size_t step_rows, struct moe_err *err)
+{
+    const size_t M = (step_rows + r->bs - 1) / r->bs, L = r->per_rank, me = (size_t)r->dist->rank;
+    const struct moe_params *p = &r->m->params;
+    int rc = 0;
+    for (size_t j = 0; j < L && j < M; j++) {
+        size_t k = me * L + j;
+        r->ep->round = j;
+        if (k < M && !rc) {
+            size_t n = k + 1 < M ? r->bs : step_rows - k * r->bs;
+            struct moe_batch b = gather_batch(r, epoch, start + k * r->bs, n);
+            if (!(rc = train_micro(r, &b, epoch, k, n, k + 1 == M, step_rows, err)) && r->ep->rc)
+                rc = moe_ep_idle(r->ep, p, err); // the exchange's failure, in err
+            else if (rc)
+                moe_ep_idle(r->ep, p, NULL);
+        } else {
+            int e = moe_ep_idle(r->ep, p, rc ? NULL : err);
+            rc = rc ? rc : e;
+        }
+    }
+    int e = moe_ep_grads(r->ep, p, r->slots, M, rc ? NULL : err);
+    return rc ? rc : e;
+}
+
 // The update after the step's micro-batches: the checks for a non-finite
 // gradient, the learning rate of this step (moe_lr_at), the optimizer.
 static int train_update(struct run *r, uint64_t epoch, double step_loss, size_t rows, struct moe_err *err)
@@ -936,8 +979,8 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
         moe_threads_adapt(); // runs sharing cores: threads for the cores left idle
         double loss0 = r->sb.loss;
         size_t n0 = r->sb.n;
-        rc = 0;
-        for (size_t k = 0, done = 0; done < step_rows; k++) {
+        rc = r->ep ? ep_rounds(r, epoch, start, step_rows, err) : 0;
+        for (size_t k = 0, done = 0; !r->ep && done < step_rows; k++) {
             size_t n = step_rows - done < r->bs ? step_rows - done : r->bs;
             if (!r->dist || k / r->per_rank == (size_t)r->dist->rank) { // over processes: this rank's share
                 struct moe_batch b = gather_batch(r, epoch, start + done, n);
@@ -1169,6 +1212,11 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
         ret->dp_exchange_seconds = r.dp_seconds;
         ret->dp_bytes_sent = r.dp_bytes;
         ret->dp_train_seconds = r.ck.pos.train_seconds - train0;
+        if (r.ep) {
+            ret->ep = 1;
+            ret->ep_exchange_seconds = r.ep->seconds;
+            ret->ep_bytes_sent = r.ep->bytes;
+        }
     }
     if (!rc) {
         ret->rows_per_second = pos->train_seconds > 0 ? (double)pos->rows_seen / pos->train_seconds : 0.0;

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # test_mpi.sh: MPI in a build (lib/dist/dist.h) and training over processes
-# (moe train --data-parallel N, lib/train/trainer.c).
+# (moe train --data-parallel N, lib/train/trainer.c; --expert-parallel N,
+# lib/dist/expert_parallel.c).
 # - `moe --version` has one "mpi:" line: "built with LIBRARY (MPI a.b)" in a
 #   build that links an MPI library (meson -Dmpi), else "this build has no MPI
 #   (how to get it)". Without MPI, --data-parallel is refused with that line,
-#   exit 2, nothing written; the rest of the script is skipped.
-# - --expert-parallel N is refused (not implemented yet), exit 2, one line.
+#   exit 2, nothing written (--expert-parallel too); the rest is skipped.
 # - With MPI and mpirun: for N = 1, 2, 4 processes on this machine (mpirun
 #   --oversubscribe; --allow-run-as-root as root), an mlp-moe (noisy top-2,
 #   Shazeer's losses) and a byte-level Transformer LM (Switch, dropout) give
@@ -16,6 +16,14 @@
 #   processes stops them after a step with a checkpoint (exit 143) that a
 #   resume in one process finishes with the uninterrupted run's files; a
 #   killed process ends the job (no hang) with the last checkpoint intact.
+# - --expert-parallel N (each process holds n_expert/N experts of every sparse
+#   layer): the mlp-moe, the LM and the LM with GShard top-2, SwiGLU experts,
+#   expert hidden dropout and capacity drops give byte-identical files for
+#   N = 2, 4 (and a short last step where some processes have no
+#   micro-batch); a run checkpointed at N = 4 continues at N = 2 and in one
+#   process; summary.json reports the exchange's bytes; refused with one
+#   line: n_expert not a multiple of N, a model without sparse layers, frozen
+#   experts.
 # - Refused with one line from rank 0 and exit 2, nothing written: a process
 #   count that differs from N, train.accumulate not a multiple of N, options
 #   that differ between processes, bias balancing, --dry-run.
@@ -79,9 +87,9 @@ fi
 # check them, and every one-process run here keeps leak checking.
 NOLEAK=()
 [ -z "${ASAN_OPTIONS:-}" ] || NOLEAK=(env "ASAN_OPTIONS=$ASAN_OPTIONS:detect_leaks=0")
-check "--expert-parallel 2: one line, exit 2 (not implemented yet)" t_refused_msg \
-    "option '--expert-parallel' cannot be used: expert parallelism is not implemented yet" \
-    "$MOE" train --config m.json --out out --expert-parallel 2
+check "--expert-parallel 2 in one process (no mpirun): one line, exit 2" t_refused_msg \
+    "option '--expert-parallel 2' needs 2 processes, but this one was started as one of 1" \
+    "${NOLEAK[@]}" "$MOE" train --config m.json --out out --expert-parallel 2
 check "--data-parallel 2 in one process (no mpirun): one line, exit 2" t_refused_msg \
     "option '--data-parallel 2' needs 2 processes, but this one was started as one of 1" \
     "${NOLEAK[@]}" "$MOE" train --config m.json --out out --data-parallel 2
@@ -137,7 +145,7 @@ one() { # one DIR CONFIG ARGS...: a run in one process
 over() { # over N DIR CONFIG ARGS...: the same over N processes
     local n=$1 d=$2 c=$3
     shift 3
-    mpi -np "$n" "$MOE" train --config "$c" --out "$d" --quiet --threads 1 --data-parallel "$n" "$@" >"$d.out" 2>"$d.err" ||
+    mpi -np "$n" "$MOE" train --config "$c" --out "$d" --quiet --threads 1 "${PAR:---data-parallel}" "$n" "$@" >"$d.out" 2>"$d.err" ||
         { fail "$n processes: exit $?: $(cat "$d.err")"; return 1; }
     [ "$(jq -s length "$d.out")" = 1 ] || { fail "stdout is not one JSON summary (rank 0's): $(head -c 300 "$d.out")"; return 1; }
 }
@@ -224,6 +232,70 @@ t_killed() {
     same_files long1 dead metrics.csv model.safetensors languages.csv experts.csv
 }
 check "a killed process ends the job (no hang); the last checkpoint resumes to the uninterrupted run's files" t_killed
+
+# Expert parallelism: the same files, the experts spread over the processes.
+t_ep_mlp() {
+    [ -f mm1/model.safetensors ] || { fail "no one-process reference run"; return 1; }
+    local n
+    for n in 2 4; do
+        PAR=--expert-parallel over $n mm-e$n mm.json || return 1
+        same_files mm1 mm-e$n metrics.csv model.safetensors || return 1
+        jq -e '.expert_parallel.processes == '$n' and .expert_parallel.bytes_sent_per_step > 0' mm-e$n.out >/dev/null ||
+            { fail "summary.json expert_parallel: $(jq -c .expert_parallel mm-e$n.out)"; return 1; }
+    done
+}
+check "mlp-moe with --expert-parallel 2 and 4: byte-identical to one process; summary gives the exchange's bytes" t_ep_mlp
+
+t_ep_lm() {
+    [ -f lm1/model.safetensors ] || { fail "no one-process reference run"; return 1; }
+    local n
+    for n in 2 4; do
+        PAR=--expert-parallel over $n lm-e$n lm.json || return 1
+        same_files lm1 lm-e$n metrics.csv model.safetensors languages.csv experts.csv || return 1
+    done
+}
+check "Transformer LM with --expert-parallel 2 and 4: every table and the model byte-identical to one process" t_ep_lm
+
+# top-2 with drops (capacity 0.5), SwiGLU experts with hidden dropout (its mask
+# is keyed by token and slot, which travel with the rows); 200 windows of 8
+# rows in steps of 8 x 8: the last step has one micro-batch, the other
+# processes only serve their experts
+G2=(--set moe.router='"gshard"' --set model.n_expert_used=2 --set moe.aux_loss='"gshard"'
+    --set model.ffn_activation='"swiglu"' --set moe.capacity_factor=0.5 --set model.dropout.ffn=0.1
+    --set train.accumulate=8 --set data.text.windows_per_epoch=200)
+t_ep_top2() {
+    one g1 lm.json "${G2[@]}" || return 1
+    local n
+    for n in 2 4; do
+        PAR=--expert-parallel over $n g-e$n lm.json "${G2[@]}" || return 1
+        same_files g1 g-e$n metrics.csv model.safetensors experts.csv || return 1
+    done
+}
+check "LM with GShard top-2, SwiGLU, expert dropout, drops and a short last step over 2 and 4 processes: byte-identical" t_ep_top2
+
+t_ep_extend() {
+    [ -f lm1/model.safetensors ] || { fail "no 2-epoch reference run"; return 1; }
+    PAR=--expert-parallel over 4 ee4 lm.json --set train.epochs=1 || return 1
+    cp -r ee4 ee1
+    rm -f ee1/moe.lock
+    mpi -np 2 "$MOE" train --resume ee4 --set train.epochs=2 --quiet --threads 1 --expert-parallel 2 >ee4.out 2>ee4.err ||
+        { fail "extend over 2 processes: $(cat ee4.err)"; return 1; }
+    "${TO[@]}" "$MOE" train --resume ee1 --set train.epochs=2 --quiet --threads 1 >ee1.out 2>ee1.err ||
+        { fail "extend in one process: $(cat ee1.err)"; return 1; }
+    same_files lm1 ee4 metrics.csv model.safetensors languages.csv experts.csv || return 1
+    same_files lm1 ee1 metrics.csv model.safetensors languages.csv experts.csv
+}
+check "--expert-parallel: checkpointed at N = 4, continued at N = 2 or in one process, to the uninterrupted run's files" t_ep_extend
+
+check "--expert-parallel with n_expert not a multiple of N: one line naming both, exit 2, nothing written" t_refused_msg \
+    "key 'model.n_expert' (6) must be a multiple of the 4 processes of --expert-parallel" \
+    "${MPIRUN[@]}" -np 4 "$MOE" train --config mm.json --out out --expert-parallel 4 --set model.n_expert=6
+check "--expert-parallel with a model without sparse layers: one line, exit 2, nothing written" t_refused_msg \
+    "expert parallelism needs sparse MoE layers, and model.type 'mixture' has none" \
+    "${MPIRUN[@]}" -np 2 "$MOE" train --config m.json --out out --expert-parallel 2 --set train.accumulate=2
+check "--expert-parallel with frozen experts: one line, exit 2, nothing written" t_refused_msg \
+    "expert parallelism does not cover frozen tensors or experts yet" \
+    "${MPIRUN[@]}" -np 2 "$MOE" train --config mm.json --out out --expert-parallel 2 --freeze '*.experts.*@0'
 
 check "processes started with different options: one line from rank 0, exit 2, nothing written" t_refused_msg \
     "moe train: rank 1: this process was started with other options than rank 0" \
