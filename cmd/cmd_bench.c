@@ -18,6 +18,7 @@
 #include "core/prof.h"
 #include "core/rng.h"
 #include "core/vmath.h"
+#include "dist/ep.h"
 #include "moe/moe_layer.h"
 #include "train/train.h"
 
@@ -35,18 +36,30 @@ static const char *const usage =
     "         ran (same count, same FLOPs): ratio_to_sgemm = sgemm time / pass time.\n"
     "Every figure is {median, min, max} over R repeats (default 5) after W warm-up\n"
     "passes (default 1). T defaults to one training batch (optim.batch_size rows, or\n"
-    "optim.batch_size x model.n_ctx tokens). Prints one JSON object.\n";
+    "optim.batch_size x model.n_ctx tokens). Prints one JSON object.\n"
+    "--expert-parallel N (a build with MPI; mpirun -np N moe bench --expert-parallel\n"
+    "N ...): every process runs the layer and the step on its own T tokens with\n"
+    "n_expert/N experts of each sparse layer, the rows exchanged as in train\n"
+    "--expert-parallel; the step also hands the expert gradients back and sums\n"
+    "the gradients over the processes. \"expert_parallel\" then gives the exchanges'\n"
+    "seconds and bytes per pass beside the compute; rank 0 prints.\n";
 
-enum { OPT_TOKENS = OPT_FIRST_CMD, OPT_REPEATS, OPT_WARMUP };
+enum { OPT_TOKENS = OPT_FIRST_CMD, OPT_REPEATS, OPT_WARMUP, OPT_EXPERT_PARALLEL };
 #define MAX_REPEATS 1000
 
 struct bench_opts {
-    long long tokens, repeats, warmup;
+    long long tokens, repeats, warmup, n_proc;
 };
 
 static int on_opt(void *ctx, int opt, const char *arg)
 {
     struct bench_opts *o = ctx;
+    if (opt == OPT_EXPERT_PARALLEL) {
+        if (cli_parse_ll(arg, 1, 4096, &o->n_proc))
+            return cli_error("bench", 2, "option '--expert-parallel' expects a number of processes from 1 to 4096, got '%s'",
+                             arg);
+        return 0;
+    }
     long long *dst = opt == OPT_TOKENS ? &o->tokens : opt == OPT_REPEATS ? &o->repeats : &o->warmup;
     const char *name = opt == OPT_TOKENS ? "--tokens" : opt == OPT_REPEATS ? "--repeats" : "--warmup";
     long long lo = opt == OPT_WARMUP ? 0 : 1, hi = opt == OPT_TOKENS ? (1LL << 30) : MAX_REPEATS;
@@ -187,10 +200,12 @@ struct layer_bench {
     float *x, *out, *dout, *dx;
     uint32_t *keys;
     size_t T, D;
+    struct moe_ep *ep; // --expert-parallel: the layer's experts over the processes
 };
 
 static void layer_bench_release(struct layer_bench *b)
 {
+    moe_ep_free(b->ep);
     moe_layer_release(&b->l);
     moe_params_release(&b->p);
     void *bufs[] = { b->x, b->out, b->dout, b->dx, b->keys };
@@ -198,9 +213,10 @@ static void layer_bench_release(struct layer_bench *b)
         moe_free(bufs[i]);
 }
 
-// A copy of the model's first sparse layer (same settings) for T tokens of random input.
+// A copy of the model's first sparse layer (same settings) for T tokens of
+// random input (over processes: rank r's input drawn from seed + r).
 static int layer_bench_init(struct layer_bench *b, const struct moe_layer_cfg *c, size_t T, uint64_t seed,
-                            float init_scale, struct moe_err *err)
+                            float init_scale, struct moe_dist *d, struct moe_err *err)
 {
     memset(b, 0, sizeof *b);
     moe_params_init(&b->p);
@@ -218,7 +234,10 @@ static int layer_bench_init(struct layer_bench *b, const struct moe_layer_cfg *c
     b->keys = moe_alloc(T, sizeof(uint32_t));
     if (!b->x || !b->out || !b->dout || !b->dx || !b->keys)
         return moe_error(err, MOE_ENOMEM, "out of memory for a layer of %zu tokens", T);
-    struct moe_rng g = moe_rng_make(seed, MOE_RNG_INIT, 1);
+    struct moe_layer *l = &b->l;
+    if (d && (rc = moe_ep_create(&b->ep, d, &l, 1, 1, (size_t)d->size, err)))
+        return rc;
+    struct moe_rng g = moe_rng_make(seed + (d ? (uint64_t)d->rank : 0), MOE_RNG_INIT, 1);
     for (size_t i = 0; i < TD; i++) {
         b->x[i] = 2.0f * moe_rng_uniform(&g, i) - 1.0f;
         b->dout[i] = (2.0f * moe_rng_uniform(&g, TD + i) - 1.0f) / (float)TD;
@@ -240,6 +259,8 @@ static double layer_pass(struct layer_bench *b, uint64_t step, uint64_t seed, do
     moe_params_zero_grad(&b->p);
     memset(b->dx, 0, TD * sizeof(float));
     moe_layer_backward(&b->l, &b->p, b->dx, b->dout, b->x);
+    if (b->ep) // the expert gradients back to the rank whose rows they came from
+        moe_ep_grads(b->ep, &b->p, b->p.grad, (size_t)b->ep->dist->size, NULL);
     double t2 = moe_prof_clock();
     *ret_fwd = t1 - t0;
     return t2 - t0;
@@ -256,11 +277,15 @@ struct step_bench {
     size_t n;          // rows (windows) per step
     size_t tokens;     // tokens (rows) per step
     uint64_t seed;
+    struct moe_ep *ep; // --expert-parallel: the sparse layers' experts over the processes
+    double sum_seconds, sum_bytes; // the last step's sum of the gradients over the processes
 };
 
 static struct moe_batch step_batch(struct step_bench *s, uint64_t step)
 {
     const struct moe_dataset *d = &s->data->train;
+    if (s->ep) // over processes, each its own rows
+        step = step * (uint64_t)s->ep->dist->size + (uint64_t)s->ep->dist->rank;
     if (d->task == MOE_TASK_LM)
         return moe_lm_batch_fill(d, &s->lb, s->seed, 1, (size_t)step * s->n % (d->n - s->n + 1), s->n);
     size_t start = (size_t)step * s->n % (d->n - s->n + 1);
@@ -283,6 +308,15 @@ static double step_pass(struct step_bench *s, uint64_t step, struct moe_err *err
     moe_params_zero_grad(&s->m->params);
     if (moe_model_run(s->m, &b, 1, &s->stats, err))
         return -1.0;
+    if (s->ep) { // as train --expert-parallel: expert gradients back, then the sum over the processes
+        s->sum_bytes = 0.0;
+        if (moe_ep_grads(s->ep, &s->m->params, s->m->params.grad, (size_t)s->ep->dist->size, err))
+            return -1.0;
+        double ts = moe_prof_clock();
+        if (moe_dist_sum(s->ep->dist, s->m->params.grad, s->m->params.numel, &s->sum_bytes, err))
+            return -1.0;
+        s->sum_seconds = moe_prof_clock() - ts;
+    }
     double t1 = moe_prof_begin();
     float *w = s->m->params.data, *g = s->m->params.grad;
     double norm = moe_optim_grad_norm(g, s->m->params.numel);
@@ -301,6 +335,10 @@ struct pass_kind {
     struct replay ref;
     struct pass_figs f;
     double *fwd;      // layer only: forward seconds
+    // --expert-parallel: per repeat, the seconds in the expert exchanges and
+    // (step) in the sum of the gradients; the bytes each sends per pass
+    double *ex, *sum;
+    double ex_bytes, sum_bytes;
 };
 
 enum { PASS_LAYER, PASS_STEP };
@@ -316,6 +354,7 @@ struct bench {
     struct pass_kind pk[2]; // PASS_LAYER, PASS_STEP
     size_t T, R, W;         // tokens, repeats, warm-up passes
     uint64_t seed;
+    struct moe_dist *dist;  // --expert-parallel N > 1, else NULL
 };
 
 static void bench_release(struct bench *b)
@@ -327,7 +366,10 @@ static void bench_release(struct bench *b)
         replay_release(&b->pk[k].ref);
         figs_release(&b->pk[k].f);
         free(b->pk[k].fwd);
+        free(b->pk[k].ex);
+        free(b->pk[k].sum);
     }
+    moe_ep_free(b->sb.ep);
     layer_bench_release(&b->lb);
     moe_lm_batch_release(&b->sb.lb);
     moe_stats_release(&b->sb.stats);
@@ -364,12 +406,17 @@ static int bench_setup(const char *cmd, const struct cli_common *c, const struct
     if (moe_model_fit(&b->model, tr, &err) || moe_optim_init(&b->sb.opt, &b->rc.optim, b->model.params.numel, &err) ||
         moe_train_stats_init(&b->sb.stats, &b->model, tr, &err) || (lm && moe_lm_batch_alloc(&b->sb.lb, n, C, &err)))
         return cli_fail(cmd, &err);
+    if (b->dist && (moe_ep_check(b->model.n_moe_layers, b->model.moe_layers, b->model.ops->type, b->dist->size, &err) ||
+                    moe_ep_create(&b->sb.ep, b->dist, b->model.moe_layers, b->model.n_moe_layers, 1,
+                                  (size_t)b->dist->size, &err)))
+        return cli_fail(cmd, &err);
     if (b->model.n_moe_layers > 0 &&
         layer_bench_init(&b->lb, &b->model.moe_layers[0]->c, b->T, b->seed,
-                         (float)b->rc.model.init_scale, &err))
+                         (float)b->rc.model.init_scale, b->dist, &err))
         return cli_fail(cmd, &err);
     for (int k = 0; k < 2; k++)
-        if (figs_alloc(&b->pk[k].f, b->R) || !(b->pk[k].fwd = calloc(b->R, sizeof(double))))
+        if (figs_alloc(&b->pk[k].f, b->R) || !(b->pk[k].fwd = calloc(b->R, sizeof(double))) ||
+            !(b->pk[k].ex = calloc(b->R, sizeof(double))) || !(b->pk[k].sum = calloc(b->R, sizeof(double))))
             return cli_error(cmd, 1, "out of memory");
     return 0;
 }
@@ -379,11 +426,15 @@ static int bench_setup(const char *cmd, const struct cli_common *c, const struct
 static int bench_pass(const char *cmd, struct bench *b, int k, uint64_t i, double *ret_seconds, double *ret_fwd)
 {
     struct moe_err err = { 0 };
-    if (k == PASS_LAYER) {
+    struct moe_ep *ep = k == PASS_LAYER ? b->lb.ep : b->sb.ep;
+    if (k == PASS_LAYER)
         *ret_seconds = layer_pass(&b->lb, i, b->seed, ret_fwd);
-        return 0;
+    else
+        *ret_seconds = step_pass(&b->sb, i, &err);
+    if (ep && ep->rc && *ret_seconds >= 0) {
+        err = ep->err;
+        *ret_seconds = -1.0;
     }
-    *ret_seconds = step_pass(&b->sb, i, &err);
     return *ret_seconds < 0 ? cli_fail(cmd, &err) : 0;
 }
 
@@ -405,12 +456,20 @@ static int bench_time(const char *cmd, struct bench *b, int k)
         return cli_error(cmd, 1, "out of memory recording GEMM shapes");
     if (replay_alloc(&p->ref, &p->rec, &err))
         return cli_fail(cmd, &err);
+    struct moe_ep *ep = k == PASS_LAYER ? b->lb.ep : b->sb.ep;
     for (size_t r = 0; r < b->R; r++) {
         moe_prof_reset();
+        double ex0 = ep ? ep->seconds : 0.0, by0 = ep ? ep->bytes : 0.0;
         if ((rc = bench_pass(cmd, b, k, b->W + 1 + r, &t, &fwd)))
             return rc;
         if (k == PASS_LAYER)
             p->fwd[r] = fwd;
+        if (ep) {
+            p->ex[r] = ep->seconds - ex0;
+            p->ex_bytes = ep->bytes - by0;
+            p->sum[r] = k == PASS_STEP ? b->sb.sum_seconds : 0.0;
+            p->sum_bytes = k == PASS_STEP ? b->sb.sum_bytes : 0.0;
+        }
         double phases[MOE_PHASE_N];
         memcpy(phases, moe_prof_seconds, sizeof phases);
         double ref = replay_time(&p->ref, &p->rec);
@@ -483,6 +542,32 @@ static void step_json(cJSON *out, const struct bench *b, double *gf, double *tps
     cJSON_AddItemToObject(ref, "sgemm_gflops", fig_json(gf, R));
 }
 
+// --expert-parallel: rank 0's exchanges beside its compute, per pass.
+static void ep_json(cJSON *out, const struct bench *b, double *v)
+{
+    size_t R = b->R, N = (size_t)b->dist->size;
+    cJSON *e = cJSON_AddObjectToObject(out, "expert_parallel");
+    cJSON_AddNumberToObject(e, "processes", (double)N);
+    cJSON_AddStringToObject(e, "what", "rank 0, per pass: seconds in the expert exchanges (rows to and from the experts' processes, expert gradients back; waits for the others included), in the sum of the gradients over the processes (step), the rest; bytes sent to the other processes");
+    for (int k = b->model.n_moe_layers > 0 ? PASS_LAYER : PASS_STEP; k <= PASS_STEP; k++) {
+        const struct pass_kind *p = &b->pk[k];
+        cJSON *o = cJSON_AddObjectToObject(e, p->name);
+        cJSON_AddItemToObject(o, "exchange_seconds", fig_json(p->ex, R));
+        if (k == PASS_STEP)
+            cJSON_AddItemToObject(o, "gradient_sum_seconds", fig_json(p->sum, R));
+        for (size_t r = 0; r < R; r++)
+            v[r] = p->f.seconds[r] - p->ex[r] - p->sum[r];
+        cJSON_AddItemToObject(o, "compute_seconds", fig_json(v, R));
+        cJSON_AddNumberToObject(o, "exchange_bytes_sent", p->ex_bytes);
+        if (k == PASS_STEP) {
+            cJSON_AddNumberToObject(o, "gradient_sum_bytes_sent", p->sum_bytes);
+            for (size_t r = 0; r < R; r++)
+                v[r] = (double)(N * b->sb.tokens) / p->f.seconds[r];
+            cJSON_AddItemToObject(o, "tokens_per_second_all_processes", fig_json(v, R));
+        }
+    }
+}
+
 // The JSON object on stdout.
 static int bench_report(const char *cmd, const struct bench *b)
 {
@@ -504,32 +589,49 @@ static int bench_report(const char *cmd, const struct bench *b)
         cJSON_AddNullToObject(out, "layer");
     step_json(out, b, gf, tps, ref);
     cJSON_AddStringToObject(ref, "what", "BLIS sgemm through moe_gemm over the shapes each pass ran, timed right after it");
+    if (b->dist)
+        ep_json(out, b, gf);
     free(gf), free(share), free(tps);
     int rc = cli_print_json(cmd, out);
     cJSON_Delete(out);
     return rc;
 }
 
-static int bench_run(const char *cmd, struct cli_common *c, const struct bench_opts *bo)
+static int bench_run(const char *cmd, struct cli_common *c, const struct bench_opts *bo, struct moe_dist *d)
 {
     struct bench b;
     memset(&b, 0, sizeof b);
+    b.dist = d;
     b.pk[PASS_LAYER].name = "layer";
     b.pk[PASS_STEP].name = "step";
     b.R = (size_t)bo->repeats;
     b.W = (size_t)bo->warmup;
     int rc = bench_setup(cmd, c, bo, &b);
     if (!rc) {
-        cli_log(c, "bench: %zu tokens, %zu repeats, %d threads, BLIS %s", b.T, b.R, moe_blas_get_info()->threads,
-                moe_blas_get_info()->arch);
+        cli_log(c, "bench: %zu tokens%s, %zu repeats, %d threads, BLIS %s", b.T, d ? " per process" : "", b.R,
+                moe_blas_get_info()->threads, moe_blas_get_info()->arch);
         moe_prof_enabled = 1;
         for (int k = b.model.n_moe_layers > 0 ? PASS_LAYER : PASS_STEP; !rc && k <= PASS_STEP; k++)
             rc = bench_time(cmd, &b, k);
         moe_prof_enabled = 0;
     }
+    rc = cli_agree(cmd, d, rc);
     if (!rc)
         rc = bench_report(cmd, &b);
     bench_release(&b);
+    return rc;
+}
+
+// --expert-parallel N: MPI started with N processes, then bench_run over them.
+static int bench_over(const char *cmd, struct cli_common *c, const struct bench_opts *bo)
+{
+    struct moe_dist d;
+    struct moe_err err = { 0 };
+    int rc = moe_dist_init(&d, (int)bo->n_proc, "--expert-parallel", &err);
+    cli_rank = d.rank;
+    rc = rc ? cli_fail(cmd, &err) : bench_run(cmd, c, bo, bo->n_proc > 1 ? &d : NULL);
+    moe_dist_finalize(&d);
+    cli_rank = 0;
     return rc;
 }
 
@@ -539,10 +641,11 @@ int cmd_bench(int argc, char **argv)
                                           { "tokens", required_argument, NULL, OPT_TOKENS },
                                           { "repeats", required_argument, NULL, OPT_REPEATS },
                                           { "warmup", required_argument, NULL, OPT_WARMUP },
+                                          { "expert-parallel", required_argument, NULL, OPT_EXPERT_PARALLEL },
                                           { 0, 0, 0, 0 } };
     const char *cmd = "bench";
     struct cli_common c;
-    struct bench_opts o = { 0, 5, 1 };
+    struct bench_opts o = { 0, 5, 1, 0 };
     cli_common_init(&c);
     int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
     if (rc == -1) {
@@ -551,7 +654,7 @@ int cmd_bench(int argc, char **argv)
     } else if (!rc && c.out) {
         rc = cli_error(cmd, 2, "option '--out': bench writes no run directory (its result is stdout)");
     } else if (!rc && !(rc = cli_setup_compute(cmd, &c))) {
-        rc = bench_run(cmd, &c, &o);
+        rc = o.n_proc ? bench_over(cmd, &c, &o) : bench_run(cmd, &c, &o, NULL);
     }
     cli_common_release(&c);
     return rc;

@@ -59,6 +59,36 @@ int moe_dist_max(struct moe_dist *d, long long v, long long *ret, struct moe_err
     return d->ops->max(v, ret, err);
 }
 
+int moe_dist_sum(struct moe_dist *d, float *x, size_t n, double *bytes, struct moe_err *err)
+{
+    const size_t N = (size_t)d->size, me = (size_t)d->rank;
+    size_t *cnt = malloc(3 * N * sizeof *cnt);
+    float *recv = malloc((n / N + 1) * N * sizeof *recv), *part = malloc((n / N + 1) * sizeof *part);
+    if (!cnt || !recv || !part) {
+        free(cnt), free(recv), free(part);
+        return moe_error(err, MOE_ENOMEM, "out of memory for a sum of %zu floats over %zu processes", n, N);
+    }
+    // slice q = [n q / N, n (q + 1) / N) to rank q; every rank's slice `me` back, in rank order
+    for (size_t q = 0; q < N; q++) {
+        cnt[q] = n * (q + 1) / N - n * q / N;
+        cnt[N + q] = n * (me + 1) / N - n * me / N;
+    }
+    int rc = moe_dist_alltoallv(d, x, cnt, recv, cnt + N, err);
+    const size_t len = cnt[N];
+    for (size_t i = 0; !rc && i < len; i++) { // in rank order: the same bits on every rank, for any thread count
+        float s = recv[i];
+        for (size_t q = 1; q < N; q++)
+            s += recv[q * len + i];
+        part[i] = s;
+    }
+    if (!rc)
+        rc = moe_dist_allgatherv(d, part, cnt, x, err);
+    if (bytes)
+        *bytes += (double)(n - len + len * (N - 1)) * sizeof(float);
+    free(cnt), free(recv), free(part);
+    return rc;
+}
+
 // What each rank contributes to an agreement.
 struct vote {
     int rc;

@@ -54,6 +54,11 @@ int moe_dist_alltoallv_i32(struct moe_dist *d, const int32_t *send, const size_t
                            const size_t *recv_n, struct moe_err *err);
 // Every rank's n[rank] floats of send, in rank order, into recv (sum of n).
 int moe_dist_allgatherv(struct moe_dist *d, const float *send, const size_t *n, float *recv, struct moe_err *err);
+// x (n floats) = the sum over ranks of every rank's x, added in rank order
+// (slices summed by their owner rank, then gathered: MPI_Alltoallv then
+// MPI_Allgatherv), so every rank gets the same bits. bytes (may be NULL) +=
+// what this rank sends to the others.
+int moe_dist_sum(struct moe_dist *d, float *x, size_t n, double *bytes, struct moe_err *err);
 // The largest of every rank's v.
 int moe_dist_max(struct moe_dist *d, long long v, long long *ret, struct moe_err *err);
 

@@ -297,6 +297,17 @@ check "--expert-parallel with frozen experts: one line, exit 2, nothing written"
     "expert parallelism does not cover frozen tensors or experts yet" \
     "${MPIRUN[@]}" -np 2 "$MOE" train --config mm.json --out out --expert-parallel 2 --freeze '*.experts.*@0'
 
+t_ep_bench() {
+    run r mpi -np 2 "$MOE" bench --config lm.json --expert-parallel 2 --repeats 2 --warmup 0 --threads 1 --quiet
+    [ "$RC" -eq 0 ] || { fail "exit $RC: $(cat r.err)"; return 1; }
+    [ "$(jq -s length r.out)" = 1 ] || { fail "stdout is not one JSON object: $(head -c 300 r.out)"; return 1; }
+    jq -e '.expert_parallel.processes == 2 and .expert_parallel.layer.exchange_bytes_sent > 0 and
+           .expert_parallel.step.exchange_bytes_sent > 0 and .expert_parallel.step.gradient_sum_bytes_sent > 0 and
+           .expert_parallel.step.exchange_seconds.median >= 0 and .expert_parallel.step.compute_seconds.median > 0 and
+           .step.tokens_per_second.median > 0' r.out >/dev/null || { fail "report: $(jq -c .expert_parallel r.out)"; return 1; }
+}
+check "moe bench --expert-parallel 2: one report with the exchanges' seconds and bytes beside the compute" t_ep_bench
+
 check "processes started with different options: one line from rank 0, exit 2, nothing written" t_refused_msg \
     "moe train: rank 1: this process was started with other options than rank 0" \
     "${MPIRUN[@]}" -np 1 "$MOE" train --config mm.json --out out --data-parallel 2 : \
