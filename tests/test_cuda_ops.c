@@ -1,15 +1,17 @@
 // test_cuda_ops.c: the CUDA launches of lib/cuda/ops.cu against the CPU
 // library, on a GPU: the router (every router the kernels cover, training and
-// evaluation), the capacity plan with both drop policies, gather and combine,
-// the balancing and z losses, the embedding forward and backward, LayerNorm
-// and RMSNorm forward and backward, cross-entropy, the ReLU/GELU/SiLU
-// activations, and the GD/SGD/AdamW update.
+// evaluation; expert choice in every ec_eval mode, and hash routing), the
+// capacity plan with both drop policies, gather and combine, the balancing and
+// z losses, the embedding forward and backward, LayerNorm and RMSNorm forward
+// and backward, cross-entropy, the ReLU/GELU/SiLU activations, and the
+// GD/SGD/AdamW update.
 // Routing decisions must be identical wherever no two scores are within a
-// tolerance of a tie; the capacity plan and the embedding (the same float adds
-// in the same order) are identical; other values agree within the stated
-// relative tolerances (the device's expf, log, exp and FMA contraction differ
-// from the host's in the last bits). Exit 77 (meson: skipped) where no GPU is
-// usable.
+// tolerance of a tie (exact ties between identical logit rows included: the
+// index decides on both sides); hash routing, the capacity plan and the
+// embedding (the same float adds in the same order) are identical; other
+// values agree within the stated relative tolerances (the device's expf, log,
+// exp and FMA contraction differ from the host's in the last bits). Exit 77
+// (meson: skipped) where no GPU is usable.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,6 +173,183 @@ static void same_ints(const int32_t *a, const int32_t *b, size_t n, const char *
     for (size_t i = 0; i < n; i++)
         bad += a[i] != b[i];
     EXPECT(bad == 0, "%s: %zu of %zu differ", what, bad, n);
+}
+
+// Whether expert e's decision on token t could flip on a near tie: e keeps t
+// iff fewer than C of the candidates w L + q (w < B, lo <= q <= hi) beat it
+// (larger p, ties to the lower token). A candidate within tol of p[t, e] may
+// beat t on the device or not, unless its logits are t's own: then its p is
+// the same there too, and the index decides on both sides.
+static int ec_near_tie(const float *p, const float *z, size_t E, size_t e, size_t t, size_t B, size_t L, size_t lo,
+                       size_t hi, size_t C, double tol)
+{
+    size_t beat = 0, unsure = 0;
+    float pt = p[t * E + e];
+    for (size_t w = 0; w < B; w++)
+        for (size_t q = lo; q <= hi; q++) {
+            size_t u = w * L + q;
+            float pu = p[u * E + e];
+            if (u == t)
+                continue;
+            if (rel(pu, pt) >= tol)
+                beat += pu > pt;
+            else if (memcmp(z + u * E, z + t * E, E * sizeof(float)) == 0)
+                beat += u < t;
+            else
+                unsure++;
+        }
+    return beat < C && beat + unsure >= C;
+}
+
+// Expert choice, every ec_eval mode (training passes full), against
+// moe_router_forward / moe_router_backward. Every third token repeats an
+// earlier token's logits: exact ties in every column, decided by the index.
+static void test_route_ec(void)
+{
+    static const struct {
+        size_t T, E;
+        double f;
+        int train;
+        enum moe_ec_eval eval;
+        size_t seq;
+    } cases[] = {
+        { 2053, 16, 1.0, 1, MOE_EC_EVAL_FULL, 0 },     { 1031, 64, 0.5, 1, MOE_EC_EVAL_FULL, 0 },
+        { 2048, 8, 1.25, 0, MOE_EC_EVAL_FULL, 64 },    { 2048, 16, 2.0, 0, MOE_EC_EVAL_PREFIX, 64 },
+        { 2053, 6, 1.5, 0, MOE_EC_EVAL_PREFIX, 0 },    { 2048, 16, 2.0, 0, MOE_EC_EVAL_POSITION, 32 },
+        { 2040, 10, 1.0, 0, MOE_EC_EVAL_POSITION, 24 }, { 2053, 16, 2.0, 0, MOE_EC_EVAL_TOPK, 0 },
+        { 2053, 8, 0.2, 0, MOE_EC_EVAL_TOPK, 0 },      { 2053, 4, 9.0, 0, MOE_EC_EVAL_TOPK, 0 },
+    };
+    struct moe_err err;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        size_t T = cases[ci].T, E = cases[ci].E, TE = T * E;
+        int train = cases[ci].train;
+        struct moe_router_cfg c = { MOE_ROUTER_EXPERT_CHOICE, E, 1, MOE_SECOND_RANDOM, cases[ci].f, 0,
+                                    cases[ci].eval, cases[ci].seq };
+        enum moe_ec_eval mode = train ? MOE_EC_EVAL_FULL : c.ec_eval;
+        struct moe_route r;
+        if (moe_route_alloc(&r, T, E, E, 0, &err)) {
+            fprintf(stderr, "%s\n", err.msg);
+            exit(1);
+        }
+        fill(r.z, TE, 100 + (uint32_t)ci, -3.0f, 3.0f);
+        for (size_t t = 0; t < T; t++)
+            if (t % 3 == 2)
+                memcpy(r.z + t * E, r.z + (t / 2) * E, E * sizeof(float));
+        moe_router_forward(&r, &c, NULL, NULL, train, NULL, 0, T);
+        struct moe_cuda_route_ec a = { (int)T, (int)E, c.ec_factor, (int)mode, (int)c.seq };
+        float *dz = dev(r.z, TE * 4), *dp = dev(NULL, TE * 4), *dl = dev(NULL, T * 4);
+        int32_t *dsel = dev(NULL, TE * 4), *didx = dev(NULL, TE * 4);
+        float *dg = dev(NULL, TE * 4), *dpr = dev(NULL, TE * 4);
+        EXPECT(moe_cuda_route_ec_forward(&a, dp, dl, dsel, didx, dg, dpr, dz, &err) == 0, "%s", err.msg);
+        float *p = malloc(TE * 4), *lse = malloc(T * 4), *gate = malloc(TE * 4), *prio = malloc(TE * 4);
+        int32_t *sel = malloc(TE * 4), *idx = malloc(TE * 4);
+        host(p, dp, TE * 4), host(lse, dl, T * 4), host(gate, dg, TE * 4), host(prio, dpr, TE * 4);
+        host(sel, dsel, TE * 4), host(idx, didx, TE * 4);
+        close_floats(p, r.p, TE, 1e-5, "expert choice p");
+        size_t bad = 0;
+        for (size_t t = 0; t < T; t++)
+            bad += fabs((double)lse[t] - r.lse[t]) > 1e-5 * fmax(1.0, fabs(r.lse[t]));
+        EXPECT(bad == 0, "expert choice %zu lse: %zu values differ", ci, bad);
+        // the pairs (or for topk the tokens) whose decision no near tie could flip
+        size_t compared = 0, L = mode == MOE_EC_EVAL_FULL ? T : c.seq > 1 ? c.seq : 1, B = T / L;
+        for (size_t t = 0; t < T; t++) {
+            if (mode == MOE_EC_EVAL_TOPK && near_tie(r.p + t * E, E, 1e-4))
+                continue;
+            for (size_t e = 0; e < E; e++) {
+                size_t i = t * E + e, s = t % L, lo = mode == MOE_EC_EVAL_POSITION ? s : 0;
+                size_t hi = mode == MOE_EC_EVAL_FULL ? L - 1 : s;
+                if (mode != MOE_EC_EVAL_TOPK &&
+                    ec_near_tie(r.p, r.z, E, e, t, B, L, lo, hi, moe_router_quota(&c, B * (hi - lo + 1)), 1e-4))
+                    continue;
+                compared++;
+                EXPECT(sel[i] == r.sel[i] && idx[i] == r.idx[i],
+                       "expert choice %zu token %zu slot %zu: device %d/%d, host %d/%d", ci, t, e, sel[i], idx[i],
+                       r.sel[i], r.idx[i]);
+                EXPECT(fabs((double)gate[i] - r.gate[i]) <= 1e-5 && fabs((double)prio[i] - r.prio[i]) <= 1e-5,
+                       "gate/prio %zu/%zu", t, e);
+            }
+        }
+        EXPECT(compared > TE / 2, "expert choice %zu: only %zu of %zu slots away from ties", ci, compared, TE);
+        if (mode == MOE_EC_EVAL_FULL) // every expert takes exactly its quota, ties or not
+            for (size_t e = 0; e < E; e++) {
+                size_t n = 0;
+                for (size_t t = 0; t < T; t++)
+                    n += sel[t * E + e] >= 0;
+                EXPECT(n == moe_router_quota(&c, T), "expert choice %zu expert %zu: %zu tokens, quota %zu", ci, e, n,
+                       moe_router_quota(&c, T));
+            }
+        // the backward, from the device's own forward
+        float *dgr = malloc(TE * 4), *dzc = calloc(TE, 4), *dzg = malloc(TE * 4);
+        fill(dgr, TE, 110 + (uint32_t)ci, -1.0f, 1.0f);
+        float *ddgr = dev(dgr, TE * 4), *ddz = dev(dzc, TE * 4); // zeros
+        moe_router_backward(dzc, NULL, dgr, &r, &c);
+        EXPECT(moe_cuda_route_ec_backward((int)T, (int)E, ddz, ddgr, dsel, didx, dp, &err) == 0, "%s", err.msg);
+        host(dzg, ddz, TE * 4);
+        bad = 0;
+        for (size_t t = 0; t < T; t++) // tokens whose selection matched
+            if (memcmp(sel + t * E, r.sel + t * E, E * 4) == 0 && memcmp(idx + t * E, r.idx + t * E, E * 4) == 0)
+                for (size_t e = 0; e < E; e++)
+                    bad += fabs((double)dzg[t * E + e] - dzc[t * E + e]) > 1e-5 * fmax(1.0, fabs(dzc[t * E + e]));
+        EXPECT(bad == 0, "expert choice %zu backward: %zu values differ", ci, bad);
+        moe_cuda_free(ddgr), moe_cuda_free(ddz);
+        free(dgr), free(dzc), free(dzg);
+        void *bufs[] = { dz, dp, dl, dsel, didx, dg, dpr };
+        for (size_t i = 0; i < 7; i++)
+            moe_cuda_free(bufs[i]);
+        free(p), free(lse), free(gate), free(prio), free(sel), free(idx);
+        moe_route_release(&r);
+    }
+}
+
+// Hash routing: exact (no arithmetic), p and lse zeroed over what was there;
+// an expert outside 0 .. E - 1 (which the CPU asserts against) is dropped.
+static void test_route_hash(void)
+{
+    static const size_t Es[] = { 1, 4, 64 };
+    const size_t T = 4099;
+    struct moe_err err;
+    for (size_t ei = 0; ei < 3; ei++) {
+        size_t E = Es[ei], TE = T * E;
+        struct moe_router_cfg c = { MOE_ROUTER_HASH, E, 1, MOE_SECOND_RANDOM, 0.0, 0, MOE_EC_EVAL_FULL, 0 };
+        struct moe_route r;
+        if (moe_route_alloc(&r, T, E, moe_router_slots(&c), 0, &err)) {
+            fprintf(stderr, "%s\n", err.msg);
+            exit(1);
+        }
+        int32_t *hx = malloc(T * 4), *sel = malloc(T * 4), *idx = malloc(T * 4);
+        float *p = malloc(TE * 4), *lse = malloc(T * 4), *gate = malloc(T * 4), *prio = malloc(T * 4);
+        for (size_t t = 0; t < T; t++)
+            hx[t] = (int32_t)((t * 7 + ei) % E);
+        fill(p, TE, 120 + (uint32_t)ei, -1.0f, 1.0f), fill(lse, T, 130 + (uint32_t)ei, -1.0f, 1.0f);
+        moe_router_forward(&r, &c, NULL, hx, 1, NULL, 0, T);
+        float *dp = dev(p, TE * 4), *dl = dev(lse, T * 4), *dg = dev(NULL, T * 4), *dpr = dev(NULL, T * 4);
+        int32_t *dhx = dev(hx, T * 4), *dsel = dev(NULL, T * 4), *didx = dev(NULL, T * 4);
+        EXPECT(moe_cuda_route_hash_forward((int)T, (int)E, dp, dl, dsel, didx, dg, dpr, dhx, &err) == 0, "%s",
+               err.msg);
+        host(p, dp, TE * 4), host(lse, dl, T * 4), host(gate, dg, T * 4), host(prio, dpr, T * 4);
+        host(sel, dsel, T * 4), host(idx, didx, T * 4);
+        EXPECT(memcmp(p, r.p, TE * 4) == 0 && memcmp(lse, r.lse, T * 4) == 0, "hash %zu: p or lse not zeroed", E);
+        same_ints(sel, r.sel, T, "hash sel");
+        same_ints(idx, r.idx, T, "hash idx");
+        EXPECT(memcmp(gate, r.gate, T * 4) == 0 && memcmp(prio, r.prio, T * 4) == 0, "hash %zu: gate or prio", E);
+        hx[0] = -1, hx[T / 2] = (int32_t)E, hx[T - 1] = (int32_t)E + 1000;
+        EXPECT(moe_cuda_to_device(dhx, hx, T * 4, &err) == 0, "%s", err.msg);
+        EXPECT(moe_cuda_route_hash_forward((int)T, (int)E, dp, dl, dsel, didx, dg, dpr, dhx, &err) == 0, "%s",
+               err.msg);
+        host(gate, dg, T * 4), host(prio, dpr, T * 4), host(sel, dsel, T * 4), host(idx, didx, T * 4);
+        size_t bad = 0;
+        for (size_t t = 0; t < T; t++) {
+            int ok = hx[t] >= 0 && hx[t] < (int32_t)E;
+            bad += sel[t] != (ok ? hx[t] : -1) || idx[t] != sel[t] || gate[t] != (ok ? 1.0f : 0.0f) ||
+                   prio[t] != gate[t];
+        }
+        EXPECT(bad == 0, "hash %zu, experts out of range: %zu tokens wrong", E, bad);
+        void *bufs[] = { dp, dl, dg, dpr, dhx, dsel, didx };
+        for (size_t i = 0; i < 7; i++)
+            moe_cuda_free(bufs[i]);
+        free(hx), free(sel), free(idx), free(p), free(lse), free(gate), free(prio);
+        moe_route_release(&r);
+    }
 }
 
 static void test_dispatch(void)
@@ -492,6 +671,8 @@ int main(void)
     }
     printf("device 0: %s, compute capability %d.%d\n", info.dev.name, info.dev.cc_major, info.dev.cc_minor);
     test_route();
+    test_route_ec();
+    test_route_hash();
     test_dispatch();
     test_aux();
     test_embed();
