@@ -52,7 +52,7 @@ _moe()
             compopt -o filenames 2>/dev/null
             _moe_reply -f -- "$cur"; return 0 ;;
         --seed|--threads|--rank|--alpha|--temperature|--shared|--weight|--tokens|--repeats|--warmup|\
-        --seeds|--targets|--trainable|--freeze|--capacity-factors|--tag)
+        --seeds|--targets|--trainable|--freeze|--capacity-factors|--tag|--expert-parallel|--data-parallel)
             return 0 ;; # a value of the user's own
     esac
 

@@ -15,7 +15,8 @@
 #   at N = 2 and in one process, both equal to a 2-epoch run; SIGTERM to the
 #   processes stops them after a step with a checkpoint (exit 143) that a
 #   resume in one process finishes with the uninterrupted run's files; a
-#   killed process ends the job (no hang) with the last checkpoint intact.
+#   killed process ends the job (no hang) with the last checkpoint intact;
+#   both also with --expert-parallel.
 # - --expert-parallel N (each process holds n_expert/N experts of every sparse
 #   layer): the mlp-moe, the LM and the LM with GShard top-2, SwiGLU experts,
 #   expert hidden dropout and capacity drops give byte-identical files for
@@ -186,10 +187,10 @@ check "a run checkpointed over 4 processes continues over 2, or in one, to the u
 
 # A longer run to stop: the LM with more windows per epoch.
 LONG=(--set data.text.windows_per_epoch=20000 --set train.epochs=1 --set train.eval_every=5 --set train.checkpoint_every=4)
-t_sigterm() {
-    one long1 lm.json "${LONG[@]}" || return 1
+t_sigterm() { # PAR: --data-parallel (default) or --expert-parallel
+    [ -f long1/model.safetensors ] || one long1 lm.json "${LONG[@]}" || return 1
     rm -rf long
-    "${MPIRUN[@]}" -np 2 "$MOE" train --config lm.json --out long --quiet --threads 1 --data-parallel 2 "${LONG[@]}" \
+    "${MPIRUN[@]}" -np 2 "$MOE" train --config lm.json --out long --quiet --threads 1 "${PAR:---data-parallel}" 2 "${LONG[@]}" \
         >long.out 2>long.err &
     local pid=$! i
     for i in $(seq 300); do # until the first training rows are written
@@ -209,10 +210,12 @@ t_sigterm() {
     same_files long1 long metrics.csv model.safetensors languages.csv experts.csv
 }
 check "SIGTERM to the processes: a checkpoint after a step, exit 143, one line; resumed in one process to the same files" t_sigterm
+t_sigterm_ep() { PAR=--expert-parallel t_sigterm; }
+check "the same with --expert-parallel 2" t_sigterm_ep
 
 t_killed() {
     rm -rf dead
-    "${MPIRUN[@]}" -np 2 "$MOE" train --config lm.json --out dead --quiet --threads 1 --data-parallel 2 "${LONG[@]}" \
+    "${MPIRUN[@]}" -np 2 "$MOE" train --config lm.json --out dead --quiet --threads 1 "${PAR:---data-parallel}" 2 "${LONG[@]}" \
         >dead.out 2>dead.err &
     local pid=$! i
     for i in $(seq 300); do
@@ -232,6 +235,8 @@ t_killed() {
     same_files long1 dead metrics.csv model.safetensors languages.csv experts.csv
 }
 check "a killed process ends the job (no hang); the last checkpoint resumes to the uninterrupted run's files" t_killed
+t_killed_ep() { PAR=--expert-parallel t_killed; }
+check "the same with --expert-parallel 2 (a process dies inside the experts' exchanges)" t_killed_ep
 
 # Expert parallelism: the same files, the experts spread over the processes.
 t_ep_mlp() {
