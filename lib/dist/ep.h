@@ -54,13 +54,15 @@ struct moe_ep_layer {
     struct moe_ep *ep;
     struct moe_layer *l;
     size_t E, E_loc, lo;        // experts per layer; this rank's: lo .. lo + E_loc - 1
-    size_t N_src;               // rows one rank's plan may hold (the layer's N_max)
+    size_t N_src;               // rows one rank may send to this rank's experts: E_loc x the
+                                // training capacity at the layer's largest batch, or every row
+                                // of its plan (dropless, expert choice)
     size_t hdr_bytes;
     unsigned char *hdr, *hdr_all;   // this rank's header; every rank's (allgather)
     size_t *send_rows, *recv_rows;  // (N) rows to and from each rank
     size_t *base;                   // (N + 1) first row of each source's rows in `own`
     size_t *cnt;                    // (2 N) scratch counts for the collectives
-    int32_t *idx_send, *idx_recv;   // (2 N_src), (2 N N_src) tokens and slots of the rows
+    int32_t *idx_send, *idx_recv;   // (2 x the layer's N_max), (2 N N_src) tokens and slots of the rows
     size_t *offs;                   // (N, E_loc + 1) each source's block offsets for this rank's experts
     struct moe_dispatch *vplan;     // (N) each source's plan over this rank's experts
     struct moe_experts_buf own;     // every source's rows of this rank's experts, N N_src rows

@@ -5,6 +5,7 @@
 // dist.h); the math is moe_experts_gather/blocks/combine (moe/experts.h).
 #include "dist/ep.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,7 +50,14 @@ static int layer_alloc(struct moe_ep_layer *x, struct moe_ep *ep, struct moe_lay
     x->E = l->c.router.E;
     x->E_loc = x->E / N;
     x->lo = me * x->E_loc;
+    // at most capacity rows per expert and source (moe_capacity grows with the batch: the largest
+    // batch bounds every batch's); dropless plans and expert choice may send every row
     x->N_src = l->N_max;
+    if (!moe_router_info(l->c.router.type)->quota && l->c.capacity_factor > 0.0) {
+        size_t cap = moe_capacity(l->c.capacity_factor, l->T_max, l->S, x->E);
+        if (x->E_loc * cap < x->N_src)
+            x->N_src = x->E_loc * cap;
+    }
     x->hdr_bytes = sizeof(struct ep_head) + (x->E + 1) * sizeof(uint64_t);
     x->hdr = calloc(1, x->hdr_bytes);
     x->hdr_all = calloc(N, x->hdr_bytes);
@@ -57,7 +65,7 @@ static int layer_alloc(struct moe_ep_layer *x, struct moe_ep *ep, struct moe_lay
     x->recv_rows = calloc(N, sizeof *x->recv_rows);
     x->base = calloc(N + 1, sizeof *x->base);
     x->cnt = calloc(2 * N, sizeof *x->cnt);
-    x->idx_send = malloc(2 * x->N_src * sizeof *x->idx_send);
+    x->idx_send = malloc(2 * l->N_max * sizeof *x->idx_send);
     x->idx_recv = malloc(2 * N * x->N_src * sizeof *x->idx_recv);
     x->offs = calloc(N * (x->E_loc + 1), sizeof *x->offs);
     x->vplan = calloc(N, sizeof *x->vplan);
@@ -226,6 +234,7 @@ static void forward_exchange(struct moe_ep_layer *x, const struct moe_params *p,
         x->send_rows[q] = plan ? plan->offset[(q + 1) * El] - plan->offset[q * El] : 0;
         x->recv_rows[q] = (size_t)(oq[x->lo + El] - oq[x->lo]);
         x->base[q + 1] = x->base[q] + x->recv_rows[q];
+        assert(x->recv_rows[q] <= x->N_src); // the capacity bound (layer_alloc)
     }
     // each owner's rows are one run of the plan (experts in rank order): their
     // tokens, then their slots, the key of the dropout mask
