@@ -19,14 +19,12 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 moe=${MOE:-$root/build/cmd/moe}
 out=${1:-${OUT:-results/bench}}
-command -v mpirun >/dev/null || { echo "$0: no mpirun (apt-get install openmpi-bin)" >&2; exit 2; }
-"$moe" --version | grep -q '^mpi: built with' || { echo "$0: $moe has no MPI (meson setup -Dmpi=enabled)" >&2; exit 2; }
+# shellcheck source=mpi-lib.sh
+. "$root/experiments/bench/mpi-lib.sh"
 [ -s experiments/data/cache/fortunes/fortunes.txt ] || bash experiments/data/fortunes.sh >&2
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mpirun=(mpirun --oversubscribe)
-[ "$(id -u)" -eq 0 ] && mpirun+=(--allow-run-as-root)
 args=(--config experiments/common/lm.json --set train.epochs=1 --set data.text.windows_per_epoch="${WINDOWS:-4096}"
       --set train.accumulate=4 --set optim.batch_size="${BATCH:-8}" --set data.text.train_eval_windows=32
       --set data.text.valid_eval_windows=32 --quiet --threads 1)
@@ -35,14 +33,7 @@ echo "processes,repeat,tokens_per_second,exchange_seconds,exchange_share,bytes_s
 for rep in $(seq "${REPEATS:-3}"); do
     for n in 1 2 4; do
         d=$work/n$n-r$rep
-        if [ "$n" -eq 1 ]; then
-            "$moe" train "${args[@]}" --out "$d" > "$d.json"
-        else
-            "${mpirun[@]}" -np "$n" "$moe" train "${args[@]}" --out "$d" --data-parallel "$n" > "$d.json"
-            for f in metrics.csv model.safetensors; do
-                cmp -s "$work/n1-r$rep/$f" "$d/$f" || { echo "$0: $d/$f differs from one process's" >&2; exit 1; }
-            done
-        fi
+        train_over "$n" "$d" "$work/n1-r$rep" --data-parallel "${args[@]}"
         jq -r --arg n "$n" --arg rep "$rep" '[$n, $rep, (.train_tokens_per_second | round),
             (.data_parallel.exchange_seconds // 0), (.data_parallel.exchange_share // 0),
             (.data_parallel.bytes_sent_per_step // 0), .steps,

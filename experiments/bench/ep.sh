@@ -27,14 +27,12 @@ cd "$root"
 moe=${MOE:-$root/build/cmd/moe}
 out=${1:-${OUT:-results/bench}}
 config=${CONFIG:-experiments/common/lm-base.json}
-command -v mpirun >/dev/null || { echo "$0: no mpirun (apt-get install openmpi-bin)" >&2; exit 2; }
-"$moe" --version | grep -q '^mpi: built with' || { echo "$0: $moe has no MPI (meson setup -Dmpi=enabled)" >&2; exit 2; }
+# shellcheck source=mpi-lib.sh
+. "$root/experiments/bench/mpi-lib.sh"
 [ -s experiments/data/cache/fortunes/fortunes.txt ] || bash experiments/data/fortunes.sh >&2
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mpirun=(mpirun --oversubscribe)
-[ "$(id -u)" -eq 0 ] && mpirun+=(--allow-run-as-root)
 A=4
 sparse=$(jq '.model.n_layer / (.model.moe_every // 1) | floor' "$config")
 args=(--config "$config" --set train.epochs=1 --set data.text.windows_per_epoch="${WINDOWS:-256}"
@@ -45,14 +43,7 @@ echo "processes,repeat,tokens_per_second,ep_exchange_seconds,ep_exchange_share,e
 for rep in $(seq "${REPEATS:-3}"); do
     for n in 1 2 4; do
         d=$work/n$n-r$rep
-        if [ "$n" -eq 1 ]; then
-            "$moe" train "${args[@]}" --out "$d" > "$d.json"
-        else
-            "${mpirun[@]}" -np "$n" "$moe" train "${args[@]}" --out "$d" --expert-parallel "$n" > "$d.json"
-            for f in metrics.csv model.safetensors; do
-                cmp -s "$work/n1-r$rep/$f" "$d/$f" || { echo "$0: $d/$f differs from one process's" >&2; exit 1; }
-            done
-        fi
+        train_over "$n" "$d" "$work/n1-r$rep" --expert-parallel "${args[@]}"
         jq -r --arg n "$n" --arg rep "$rep" --argjson A $A --argjson sp "$sparse" '
             ((.expert_parallel.bytes_sent_per_step // 0) + (.data_parallel.bytes_sent_per_step // 0)) as $b |
             (if ($n | tonumber) > 1 then (6 * $sp * ($A / ($n | tonumber)) + 5) else 0 end) as $calls |
