@@ -2,7 +2,7 @@
 // library, on a GPU: the router (every router the kernels cover, training and
 // evaluation; expert choice in every ec_eval mode, and hash routing), the
 // capacity plan with both drop policies, gather and combine, the balancing and
-// z losses, the embedding forward and backward, LayerNorm and RMSNorm forward
+// z losses, Shazeer's importance and load losses, the embedding forward and backward, LayerNorm and RMSNorm forward
 // and backward, cross-entropy, the ReLU/GELU/SiLU activations, and the
 // GD/SGD/AdamW update.
 // Routing decisions must be identical wherever no two scores are within a
@@ -503,6 +503,60 @@ static void test_aux(void)
     moe_route_release(&r);
 }
 
+// Shazeer's importance and smooth load losses on noisy top-4 routes (training:
+// noise drawn): the importance's sums are float gates added in double in token
+// order, the same bits; the load goes through the device's erfc, exp and log1p
+// in double, so its value agrees within 1e-12 relative and its float gradients
+// within 1e-5 of the largest one (a last-bit difference in a double term can
+// flip a float's last bit, and terms cancel in the thresholds' sums).
+static void test_aux_shazeer(void)
+{
+    const size_t T = 20011, E = 32, K = 4;
+    const float wi = 0.1f, wl = 0.1f;
+    struct moe_err err;
+    struct moe_router_cfg c = { MOE_ROUTER_NOISY_TOPK, E, K, MOE_SECOND_RANDOM, 0.0, 0, MOE_EC_EVAL_FULL, 0 };
+    const size_t S = moe_router_slots(&c);
+    struct moe_route r;
+    if (moe_route_alloc(&r, T, E, S, 1, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        exit(1);
+    }
+    fill(r.z, T * E, 95, -3.0f, 3.0f), fill(r.u, T * E, 96, -3.0f, 25.0f);
+    struct moe_rng rng = moe_rng_make(31, MOE_RNG_NOISE, 2);
+    moe_router_forward(&r, &c, NULL, NULL, 1, &rng, 0, T);
+    float *dg = calloc(T * S, 4), *dg2 = malloc(T * S * 4), *dz = calloc(T * E, 4), *dz2 = malloc(T * E * 4);
+    float *du = calloc(T * E, 4), *du2 = malloc(T * E * 4), *m = malloc(T * E * 4);
+    int32_t *didx = dev(r.idx, T * S * 4), *dsel = dev(r.sel, T * S * 4);
+    float *dgate = dev(r.gate, T * S * 4), *ddg = dev(dg, T * S * 4), *dzv = dev(r.z, T * E * 4);
+    float *duv = dev(r.u, T * E * 4), *dh = dev(r.h, T * E * 4), *deps = dev(r.eps, T * E * 4);
+    float *ddz = dev(dz, T * E * 4), *ddu = dev(du, T * E * 4);
+    double *dx = dev(NULL, E * 8), *dgr = dev(NULL, E * 8), *dv = dev(NULL, 8);
+    double v1 = moe_aux_importance(dg, &r, wi), v2 = 0.0;
+    EXPECT(moe_cuda_aux_importance(&v2, ddg, didx, dgate, T, E, S, wi, dx, dgr, dv, &err) == 0, "%s", err.msg);
+    EXPECT(v1 == v2, "importance: %.17g vs %.17g", v2, v1);
+    host(dg2, ddg, T * S * 4);
+    close_floats(dg2, dg, T * S, 0.0, "importance gradient");
+    v1 = moe_aux_load(dz, du, &r, K, wl);
+    EXPECT(moe_cuda_aux_load(&v2, ddz, ddu, dzv, duv, dh, deps, dsel, T, E, S, K, wl, dx, dgr, dv, &err) == 0, "%s",
+           err.msg);
+    EXPECT(fabs(v1 - v2) <= 1e-12 * fabs(v1), "load: %.17g vs %.17g", v2, v1);
+    host(dz2, ddz, T * E * 4), host(du2, ddu, T * E * 4);
+    double mz = 0.0, mu = 0.0;
+    for (size_t i = 0; i < T * E; i++)
+        mz = fmax(mz, fabs(dz[i])), mu = fmax(mu, fabs(du[i]));
+    for (size_t i = 0; i < T * E; i++)
+        m[i] = (float)mz;
+    close_terms(dz2, dz, m, T * E, 1e-5, "load gradient (logits)");
+    for (size_t i = 0; i < T * E; i++)
+        m[i] = (float)mu;
+    close_terms(du2, du, m, T * E, 1e-5, "load gradient (noise logits)");
+    void *bufs[] = { didx, dsel, dgate, ddg, dzv, duv, dh, deps, ddz, ddu, dx, dgr, dv };
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        moe_cuda_free(bufs[i]);
+    free(dg), free(dg2), free(dz), free(dz2), free(du), free(du2), free(m);
+    moe_route_release(&r);
+}
+
 static void test_embed(void)
 {
     const size_t B = 64, C = 128, ld = C + 1, D = 64, V = 300, n = B * C;
@@ -725,6 +779,7 @@ int main(void)
     test_route_hash();
     test_dispatch();
     test_aux();
+    test_aux_shazeer();
     test_embed();
     test_norm();
     test_optim();

@@ -514,6 +514,59 @@ START_TEST(test_aux)
 }
 END_TEST
 
+// Shazeer et al.'s importance and load losses: noisy top-K routes in training
+// (noise drawn) and evaluation, logits on a coarse grid (ties in h when there is
+// no noise), the values and every gradient bit for bit.
+START_TEST(test_aux_shazeer)
+{
+    static const struct {
+        size_t E, K;
+        int train; // evaluation: no noise, h = z, so the grid's ties reach the thresholds' tie rules
+    } cases[] = { { 8, 2, 1 }, { 32, 4, 1 }, { 4, 1, 1 }, { 16, 15, 1 }, { 8, 2, 0 }, { 32, 4, 0 }, { 16, 15, 0 } };
+    const size_t T = 211;
+    const float wi = 0.43f, wl = 0.29f;
+    struct moe_err err;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const size_t E = cases[ci].E, K = cases[ci].K;
+        struct moe_router_cfg c = { MOE_ROUTER_NOISY_TOPK, E, K, MOE_SECOND_RANDOM, 0.0, 0, MOE_EC_EVAL_FULL, 0 };
+        const size_t S = moe_router_slots(&c);
+        struct moe_route r;
+        ck_assert_int_eq(moe_route_alloc(&r, T, E, S, 1, &err), 0);
+        fill(r.z, T * E, 600 + (uint32_t)ci, -2.0f, 2.0f);
+        for (size_t i = 0; i < T * E; i++)
+            r.z[i] = i % 4 == 0 ? roundf(r.z[i] * 2.0f) / 2.0f : r.z[i];
+        fill(r.u, T * E, 610 + (uint32_t)ci, -3.0f, 25.0f);
+        struct moe_rng rng = moe_rng_make(77, MOE_RNG_NOISE, 5);
+        moe_router_forward(&r, &c, NULL, NULL, cases[ci].train, &rng, (uint64_t)1 << 40, T);
+        float *dg1 = calloc(T * S, sizeof *dg1), *dg2 = calloc(T * S, sizeof *dg2);
+        float *dz1 = calloc(T * E, sizeof *dz1), *dz2 = calloc(T * E, sizeof *dz2);
+        float *du1 = calloc(T * E, sizeof *du1), *du2 = calloc(T * E, sizeof *du2);
+        double x[32], g[32];
+        // importance: one thread per expert, one for CV^2, one per (token, slot)
+        double v1 = moe_aux_importance(dg1, &r, wi);
+        for (size_t e = 0; e < E; e++)
+            x[e] = moe_k_importance_expert(r.idx, r.gate, T, S, e);
+        double v2 = moe_k_cv2(g, x, E);
+        ck_assert_msg(v1 == v2, "importance E=%zu: %.17g vs %.17g", E, v1, v2);
+        for (size_t i = 0; i < T * S; i++)
+            moe_k_importance_grad(dg2, r.idx, g, wi, i);
+        same_floats(dg1, dg2, T * S, "importance gradient");
+        // load: one thread per expert, one for CV^2, one per token
+        v1 = moe_aux_load(dz1, du1, &r, K, wl);
+        for (size_t e = 0; e < E; e++)
+            x[e] = moe_k_load_expert(r.z, r.u, r.h, r.sel, T, E, S, K, e);
+        v2 = moe_k_cv2(g, x, E);
+        ck_assert_msg(v1 == v2, "load E=%zu K=%zu: %.17g vs %.17g", E, K, v1, v2);
+        for (size_t t = 0; t < T; t++)
+            moe_k_load_grad(dz2, du2, r.z, r.u, r.h, r.eps, r.sel, g, wl, E, S, K, t);
+        same_floats(dz1, dz2, T * E, "load gradient (logits)");
+        same_floats(du1, du2, T * E, "load gradient (noise logits)");
+        free(dg1), free(dg2), free(dz1), free(dz2), free(du1), free(du2);
+        moe_route_release(&r);
+    }
+}
+END_TEST
+
 START_TEST(test_embed)
 {
     const size_t B = 7, C = 13, ld = C + 1, D = 24, V = 11, n = B * C;
@@ -787,6 +840,7 @@ int main(void)
     tcase_add_test(tc, test_optim);
     tcase_add_test(tc, test_dispatch);
     tcase_add_test(tc, test_aux);
+    tcase_add_test(tc, test_aux_shazeer);
     tcase_add_test(tc, test_embed);
     tcase_add_test(tc, test_ce);
     tcase_add_test(tc, test_activations);

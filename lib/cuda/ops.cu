@@ -394,6 +394,73 @@ extern "C" int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const
     return launched("fp_grad_kernel", err);
 }
 
+// Shazeer et al.'s CV^2 losses: per-expert sums, CV^2 (one thread), gradients.
+__global__ void cv2_kernel(double *value, double *g, const double *x, size_t E) { *value = moe_k_cv2(g, x, E); }
+
+__global__ void importance_expert_kernel(double *x, const int32_t *idx, const float *gate, size_t T, size_t E,
+                                         size_t S)
+{
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < E; e += (size_t)gridDim.x * blockDim.x)
+        x[e] = moe_k_importance_expert(idx, gate, T, S, e);
+}
+
+__global__ void importance_grad_kernel(float *dgate, const int32_t *idx, const double *g, float coef, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_importance_grad(dgate, idx, g, coef, i);
+}
+
+extern "C" int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const float *gate, size_t T,
+                                       size_t E, size_t S, float coef, double *x, double *g, double *value,
+                                       struct moe_err *err)
+{
+    *ret = 0.0;
+    int rc;
+    importance_expert_kernel<<<blocks_for(E, 64), 64>>>(x, idx, gate, T, E, S);
+    if ((rc = launched("importance_expert_kernel", err)))
+        return rc;
+    cv2_kernel<<<1, 1>>>(value, dgate ? g : NULL, x, E);
+    if ((rc = launched("cv2_kernel", err)) || (rc = moe_cuda_to_host(ret, value, sizeof *ret, err)))
+        return rc;
+    if (!dgate || T == 0)
+        return 0;
+    importance_grad_kernel<<<blocks_for(T * S, 256), 256>>>(dgate, idx, g, coef, T * S);
+    return launched("importance_grad_kernel", err);
+}
+
+__global__ void load_expert_kernel(double *x, const float *z, const float *u, const float *h, const int32_t *sel,
+                                   size_t T, size_t E, size_t S, size_t K)
+{
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < E; e += (size_t)gridDim.x * blockDim.x)
+        x[e] = moe_k_load_expert(z, u, h, sel, T, E, S, K, e);
+}
+
+__global__ void load_grad_kernel(float *dz, float *du, const float *z, const float *u, const float *h,
+                                 const float *eps, const int32_t *sel, const double *g, float coef, size_t T,
+                                 size_t E, size_t S, size_t K)
+{
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < T; t += (size_t)gridDim.x * blockDim.x)
+        moe_k_load_grad(dz, du, z, u, h, eps, sel, g, coef, E, S, K, t);
+}
+
+extern "C" int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const float *u, const float *h,
+                                 const float *eps, const int32_t *sel, size_t T, size_t E, size_t S, size_t K,
+                                 float coef, double *x, double *g, double *value, struct moe_err *err)
+{
+    *ret = 0.0;
+    int rc;
+    load_expert_kernel<<<blocks_for(E, 64), 64>>>(x, z, u, h, sel, T, E, S, K);
+    if ((rc = launched("load_expert_kernel", err)))
+        return rc;
+    cv2_kernel<<<1, 1>>>(value, dz ? g : NULL, x, E);
+    if ((rc = launched("cv2_kernel", err)) || (rc = moe_cuda_to_host(ret, value, sizeof *ret, err)))
+        return rc;
+    if (!dz || T == 0)
+        return 0;
+    load_grad_kernel<<<blocks_for(T, 128), 128>>>(dz, du, z, u, h, eps, sel, g, coef, T, E, S, K);
+    return launched("load_grad_kernel", err);
+}
+
 __global__ void z_loss_kernel(double *value, const float *lse, size_t T) { *value = moe_k_z_loss(lse, T); }
 
 __global__ void z_grad_kernel(float *dz, const float *lse, const float *p, size_t E, float coef, size_t T)

@@ -107,6 +107,19 @@ int moe_cuda_combine(float *out, const float *yd, const float *gate, const int32
 // doubles each) and one double, all device memory.
 int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, size_t T, size_t E, size_t S,
                     size_t n_slots, double scale, double *f, double *P, double *value, struct moe_err *err);
+// Shazeer et al. 2017's importance loss: *ret = CV^2 of the experts' summed
+// gates (idx, gate: T, S); when dgate is non-NULL, dgate (T, S) += coef times
+// its gradient. Scratch: x, g (E doubles each) and one double, device memory.
+int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const float *gate, size_t T, size_t E,
+                            size_t S, float coef, double *x, double *g, double *value, struct moe_err *err);
+// Their smooth load loss (noisy top-K, K selections per token of S slots):
+// *ret = CV^2 of the experts' summed probabilities of staying in the top K;
+// when dz is non-NULL, dz and du (T, E) += coef times its gradients through the
+// logits z and the noise logits u. h, eps (T, E): the route's noisy logits and
+// draws. Scratch as above.
+int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const float *u, const float *h,
+                      const float *eps, const int32_t *sel, size_t T, size_t E, size_t S, size_t K, float coef,
+                      double *x, double *g, double *value, struct moe_err *err);
 // The z-loss: *ret = (1/T) sum_t lse_t^2; dz (T, E) += its gradient times coef
 // when dz is non-NULL. value: one device double of scratch.
 int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, size_t T, size_t E, float coef,

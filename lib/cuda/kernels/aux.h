@@ -12,10 +12,18 @@
 // reference: Fedus, Zoph & Shazeer 2021 (Switch, eq. 4); Lepikhin et al. 2020
 // (GShard); HF transformers' Mixtral loss (topk-all); Zoph et al. 2022 (ST-MoE
 // z-loss, eq. 5).
-// Not here: Shazeer et al.'s importance and load losses (CV^2, thresholds).
+// Shazeer et al. 2017's importance and load losses (appendix A: CV^2 of the
+// summed gates and of the smooth load estimate) follow the same pattern: one
+// thread per expert sums over the tokens in order, one thread forms CV^2 and
+// its gradient per expert (cv_squared), then one thread per (token, slot)
+// (importance) or per token (load: its thresholds, then its experts in order)
+// adds the gradients. The load's Phi, phi, softplus and sigmoid are the CPU's
+// double expressions (erfc, exp, log1p): the same bits on the host, the
+// device's double functions' last bits on a GPU.
 #ifndef MOE_K_AUX_H
 #define MOE_K_AUX_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -73,6 +81,139 @@ static inline MOE_HD void moe_k_z_grad(float *dz, const float *lse, const float 
 {
     double c = 2.0 * (double)coef / (double)T;
     dz[t * E + j] += (float)(c * lse[t] * p[t * E + j]);
+}
+
+// ---- Shazeer et al. 2017, appendix A
+
+// CV^2 = var / mean^2 of x (E values; population variance; 0 when the mean
+// is 0); g (may be NULL) = d CV^2 / d x (moe/aux_loss.c cv_squared).
+static inline MOE_HD double moe_k_cv2(double *g, const double *x, size_t E)
+{
+    double mean = 0.0;
+    for (size_t e = 0; e < E; e++)
+        mean += x[e];
+    mean /= (double)E;
+    double var = 0.0;
+    for (size_t e = 0; e < E; e++)
+        var += (x[e] - mean) * (x[e] - mean);
+    var /= (double)E;
+    if (mean == 0.0) {
+        for (size_t e = 0; g && e < E; e++)
+            g[e] = 0.0;
+        return 0.0;
+    }
+    if (g) {
+        double m2 = mean * mean;
+        for (size_t e = 0; e < E; e++)
+            g[e] = 2.0 * (x[e] - mean) / ((double)E * m2) - 2.0 * var / ((double)E * m2 * mean);
+    }
+    return var / (mean * mean);
+}
+
+// Importance_e = sum over tokens, then slots, of the gates routed to e.
+static inline MOE_HD double moe_k_importance_expert(const int32_t *idx, const float *gate, size_t T, size_t S, size_t e)
+{
+    double imp = 0.0;
+    for (size_t t = 0; t < T; t++)
+        for (size_t s = 0; s < S; s++)
+            if (idx[t * S + s] == (int32_t)e)
+                imp += gate[t * S + s];
+    return imp;
+}
+
+// dgate[i] += coef g[idx[i]] for slot i = t S + s (an unused slot: nothing).
+static inline MOE_HD void moe_k_importance_grad(float *dgate, const int32_t *idx, const double *g, float coef, size_t i)
+{
+    int32_t e = idx[i];
+    if (e >= 0)
+        dgate[i] += (float)((double)coef * g[e]);
+}
+
+// Whether expert e is among token t's first K selections.
+static inline MOE_HD int moe_k_load_selected(const int32_t *sel, size_t S, size_t K, size_t t, size_t e)
+{
+    for (size_t s = 0; s < K; s++)
+        if (sel[t * S + s] == (int32_t)e)
+            return 1;
+    return 0;
+}
+
+// Token t's thresholds (moe/aux_loss.c load_thresholds): j_in, the selected
+// expert with the smallest noisy logit h (ties to the later slot), the threshold
+// of every unselected expert; j_out, the unselected one with the largest h
+// (ties to the lower index), the threshold of every selected expert.
+static inline MOE_HD void moe_k_load_thresholds(size_t *j_in, size_t *j_out, const int32_t *sel, const float *h,
+                                                size_t E, size_t S, size_t K, size_t t)
+{
+    const float *ht = h + t * E;
+    size_t in = 0;
+    for (size_t s = 0; s < K; s++) {
+        size_t e = (size_t)sel[t * S + s];
+        if (s == 0 || ht[e] <= ht[in])
+            in = e;
+    }
+    size_t out = E;
+    for (size_t e = 0; e < E; e++)
+        if (!moe_k_load_selected(sel, S, K, t, e) && (out == E || ht[e] > ht[out]))
+            out = e;
+    *j_in = in;
+    *j_out = out;
+}
+
+static inline MOE_HD double moe_k_softplus(double x) { return log1p(exp(-fabs(x))) + (x > 0.0 ? x : 0.0); }
+
+static inline MOE_HD double moe_k_sigmoid(double x)
+{
+    if (x >= 0.0)
+        return 1.0 / (1.0 + exp(-x));
+    double ex = exp(x);
+    return ex / (1.0 + ex);
+}
+
+// Load_e = sum over tokens of Phi((z_e - threshold) / softplus(u_e)).
+static inline MOE_HD double moe_k_load_expert(const float *z, const float *u, const float *h, const int32_t *sel,
+                                              size_t T, size_t E, size_t S, size_t K, size_t e)
+{
+    double load = 0.0;
+    for (size_t t = 0; t < T; t++) {
+        size_t j_in, j_out;
+        moe_k_load_thresholds(&j_in, &j_out, sel, h, E, S, K, t);
+        size_t i = t * E + e;
+        double thr = h[t * E + (moe_k_load_selected(sel, S, K, t, e) ? j_out : j_in)];
+        double sd = moe_k_softplus(u[i]);
+        load += 0.5 * erfc(-(((double)z[i] - thr) / sd) / sqrt(2.0));
+    }
+    return load;
+}
+
+// Token t's load-loss gradients (the second pass of moe_aux_load): dz, du (T, E) +=.
+static inline MOE_HD void moe_k_load_grad(float *dz, float *du, const float *z, const float *u, const float *h,
+                                          const float *eps, const int32_t *sel, const double *g, float coef, size_t E,
+                                          size_t S, size_t K, size_t t)
+{
+    size_t j_in, j_out;
+    moe_k_load_thresholds(&j_in, &j_out, sel, h, E, S, K, t);
+    double dthr_in = 0.0, dthr_out = 0.0;
+    for (size_t e = 0; e < E; e++) {
+        size_t i = t * E + e;
+        int selected = moe_k_load_selected(sel, S, K, t, e);
+        double thr = h[t * E + (selected ? j_out : j_in)];
+        double sd = moe_k_softplus(u[i]);
+        double a = ((double)z[i] - thr) / sd;
+        double dP = (double)coef * g[e];
+        double q = dP * (0.39894228040143267794 * exp(-0.5 * a * a)) / sd;
+        dz[i] += (float)q;
+        du[i] += (float)(-q * a * moe_k_sigmoid(u[i]));
+        if (selected)
+            dthr_out -= q;
+        else
+            dthr_in -= q;
+    }
+    size_t i_in = t * E + j_in, i_out = t * E + j_out;
+    dz[i_in] += (float)dthr_in;
+    du[i_in] += (float)(dthr_in * eps[i_in] * moe_k_sigmoid(u[i_in]));
+    dz[i_out] += (float)dthr_out;
+    du[i_out] += (float)(dthr_out * eps[i_out] * moe_k_sigmoid(u[i_out]));
 }
 
 #endif
