@@ -23,6 +23,7 @@ out=${1:-${OUT:-results/bench}}
 . "$root/experiments/bench/mpi-lib.sh"
 [ -s experiments/data/cache/fortunes/fortunes.txt ] || bash experiments/data/fortunes.sh >&2
 mkdir -p "$out"
+load0=$(cut -d' ' -f1-3 /proc/loadavg) # the machine is shared: the load goes into the command file
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 args=(--config experiments/common/lm.json --set train.epochs=1 --set data.text.windows_per_epoch="${WINDOWS:-4096}"
@@ -42,5 +43,6 @@ for rep in $(seq "${REPEATS:-3}"); do
     done
 done
 { echo "bash experiments/bench/dp.sh $out  # $(date -u +%Y-%m-%d), REPEATS=${REPEATS:-3} WINDOWS=${WINDOWS:-4096} BATCH=${BATCH:-8}"
+  echo "# load average (1, 5, 15 min) before: $load0; after: $(cut -d' ' -f1-3 /proc/loadavg)"
   "$moe" --version | sed 's/^/# /'; } > "$out/dp-command.txt"
 cat "$out/dp.csv"

@@ -31,6 +31,7 @@ config=${CONFIG:-experiments/common/lm-base.json}
 . "$root/experiments/bench/mpi-lib.sh"
 [ -s experiments/data/cache/fortunes/fortunes.txt ] || bash experiments/data/fortunes.sh >&2
 mkdir -p "$out"
+load0=$(cut -d' ' -f1-3 /proc/loadavg) # the machine is shared: the load goes into the command file
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 A=4
@@ -69,5 +70,6 @@ for n in 1 2 4; do
         "$j" >> "$out/ep-bench.csv"
 done
 { echo "bash experiments/bench/ep.sh $out  # $(date -u +%Y-%m-%d), CONFIG=$config REPEATS=${REPEATS:-3} WINDOWS=${WINDOWS:-256} BATCH=${BATCH:-4}, revision $(git rev-parse --short HEAD)"
+  echo "# load average (1, 5, 15 min) before: $load0; after: $(cut -d' ' -f1-3 /proc/loadavg)"
   "$moe" --version | sed 's/^/# /'; } > "$out/ep-command.txt"
 cat "$out/ep.csv" "$out/ep-bench.csv"
