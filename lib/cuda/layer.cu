@@ -34,6 +34,7 @@
 
 #include "cuda/layer.h"
 #include "cuda/ops.h"
+#include "cuda/kernels/dispatch.h"
 #include "core/philox.h"
 
 extern "C" {
@@ -44,6 +45,7 @@ extern "C" {
 #define LAYER_STRIDE ((uint64_t)1 << 40) // as moe_layer.c: random-draw index offset between layers
 #define MAX_MARKS 32                     // phase boundaries per pass (forward + backward use about 16)
 #define MAX_MEM 64
+#define PLAN_CHUNK 256                   // positions per thread of the chunked capacity plan
 
 struct moe_cuda_layer {
     struct moe_layer_cfg c;
@@ -66,6 +68,7 @@ struct moe_cuda_layer {
     float *a, *b, *hh, *da, *db, *dh;
     float *dgate, *dz, *du;  // (T, S), (T, E), (T, E)
     double *aux_f, *aux_P, *aux_v;
+    size_t *chunk_cnt;       // (chunks, E): the chunked plan's counts
     size_t *off;             // host copy of the plan's offsets (E + 1)
     // the last forward
     size_t T, cap;
@@ -200,6 +203,106 @@ __global__ void scatter_kernel(float *dx, const float *dxd, const int32_t *slot_
         }
         dx[i] = o;
     }
+}
+
+// ---------------------------------------------------------------- the capacity plan in chunks
+
+// ops.cu's plan runs its keep and rows passes one thread per expert over all
+// T S assignments: serial, milliseconds at T = 65536. The same plan from
+// kernels/dispatch.h's chunked bodies (tests/test_kernels.c: the CPU's plan
+// for any chunk size): one thread per chunk of PLAN_CHUNK positions, one per
+// expert for the scans over the chunks.
+
+__global__ void prob_order_kernel(int32_t *order, const float *prio, size_t T, size_t S)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < S * T; i += (size_t)gridDim.x * blockDim.x) {
+        size_t s = i / T, t = i % T;
+        order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
+    }
+}
+
+__global__ void chunk_count_kernel(size_t *cnt, const int32_t *idx, const int32_t *order, const uint8_t *kept,
+                                   size_t T, size_t S, size_t E, size_t n_chunks, int rows)
+{
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_count(cnt + c * E, idx, order, kept, T, S, E, PLAN_CHUNK, c, rows);
+}
+
+// keep stage: routed, dropped, n_kept per expert; rows stage: from offset[e].
+__global__ void chunk_scan_kernel(struct moe_cuda_plan p, size_t *cnt, size_t n_chunks, size_t E, size_t cap,
+                                  int rows)
+{
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E)
+        return;
+    if (rows) {
+        moe_k_chunk_scan(cnt, n_chunks, E, e, p.offset[e]);
+        return;
+    }
+    size_t routed = moe_k_chunk_scan(cnt, n_chunks, E, e, 0), k = routed < cap ? routed : cap;
+    p.routed[e] = routed;
+    p.n_kept[e] = k;
+    p.dropped[e] = routed - k;
+}
+
+__global__ void chunk_keep_kernel(size_t *cnt, uint8_t *kept, const int32_t *idx, const int32_t *order, size_t T,
+                                  size_t S, size_t E, size_t cap, size_t n_chunks)
+{
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_keep(cnt + c * E, kept, idx, order, T, S, cap, PLAN_CHUNK, c);
+}
+
+__global__ void plan_offsets_kernel(struct moe_cuda_plan p, size_t E) { moe_k_dispatch_offsets(p.offset, p.n_kept, E); }
+
+__global__ void chunk_rows_kernel(struct moe_cuda_plan p, size_t *cnt, const int32_t *idx, size_t T, size_t S,
+                                  size_t E, size_t n_chunks)
+{
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_rows(cnt + c * E, idx, p.kept, T, S, PLAN_CHUNK, c, p.row_tok, p.row_slot, p.slot_row);
+}
+
+// moe_cuda_dispatch_plan's result (the same plan, every field).
+static int plan_chunked(struct moe_cuda_layer *l, size_t T, size_t S, size_t E, size_t cap, int prob,
+                        struct moe_err *err)
+{
+    const struct moe_cuda_plan *p = &l->plan;
+    const size_t nc = (T * S + PLAN_CHUNK - 1) / PLAN_CHUNK;
+    const unsigned cb = (unsigned)((nc + 127) / 128), eb = (unsigned)((E + 63) / 64);
+    int rc;
+    if ((rc = check(cudaMemset(p->kept, 0, T * S), "cudaMemset (kept)", err)) ||
+        (rc = check(cudaMemset(p->slot_row, 0xff, T * S * sizeof(int32_t)), "cudaMemset (slot_row)", err)))
+        return rc;
+    if (nc == 0)
+        return check(cudaMemset(p->offset, 0, (E + 1) * sizeof(size_t)), "cudaMemset (offsets)", err);
+    const int32_t *order = prob ? p->order : NULL;
+    if (prob) {
+        prob_order_kernel<<<blocks_for(S * T, 256), 256>>>(p->order, l->prio, T, S);
+        if ((rc = launched("prob_order_kernel", err)))
+            return rc;
+    }
+    chunk_count_kernel<<<cb, 128>>>(l->chunk_cnt, l->idx, order, NULL, T, S, E, nc, 0);
+    if ((rc = launched("chunk_count_kernel (keep)", err)))
+        return rc;
+    chunk_scan_kernel<<<eb, 64>>>(*p, l->chunk_cnt, nc, E, cap, 0);
+    if ((rc = launched("chunk_scan_kernel (keep)", err)))
+        return rc;
+    chunk_keep_kernel<<<cb, 128>>>(l->chunk_cnt, p->kept, l->idx, order, T, S, E, cap, nc);
+    if ((rc = launched("chunk_keep_kernel", err)))
+        return rc;
+    plan_offsets_kernel<<<1, 1>>>(*p, E);
+    if ((rc = launched("plan_offsets_kernel", err)))
+        return rc;
+    chunk_count_kernel<<<cb, 128>>>(l->chunk_cnt, l->idx, NULL, p->kept, T, S, E, nc, 1);
+    if ((rc = launched("chunk_count_kernel (rows)", err)))
+        return rc;
+    chunk_scan_kernel<<<eb, 64>>>(*p, l->chunk_cnt, nc, E, cap, 1);
+    if ((rc = launched("chunk_scan_kernel (rows)", err)))
+        return rc;
+    chunk_rows_kernel<<<cb, 128>>>(*p, l->chunk_cnt, l->idx, T, S, E, nc);
+    return launched("chunk_rows_kernel", err);
 }
 
 // ---------------------------------------------------------------- timing marks
@@ -366,10 +469,13 @@ extern "C" int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct m
         { &l->aux_f, E * sizeof(double), "aux f" }, { &l->aux_P, E * sizeof(double), "aux P" },
         { &l->aux_v, sizeof(double), "aux value" },
         { &l->plan.row_tok, T * S * 4, "plan rows" }, { &l->plan.row_slot, T * S * 4, "plan slots" },
-        { &l->plan.slot_row, T * S * 4, "plan slot rows" }, { &l->plan.offset, (E + 1) * sizeof(size_t), "plan offsets" },
-        { &l->plan.routed, E * sizeof(size_t), "plan routed" }, { &l->plan.dropped, E * sizeof(size_t), "plan dropped" },
+        { &l->plan.slot_row, T * S * 4, "plan slot rows" },
+        { &l->plan.offset, (E + 1) * sizeof(size_t), "plan offsets" },
+        { &l->plan.routed, E * sizeof(size_t), "plan routed" },
+        { &l->plan.dropped, E * sizeof(size_t), "plan dropped" },
         { &l->plan.order, T * S * 4, "plan order" }, { &l->plan.kept, T * S, "plan kept" },
         { &l->plan.n_kept, E * sizeof(size_t), "plan kept counts" },
+        { &l->chunk_cnt, ((T * S + PLAN_CHUNK - 1) / PLAN_CHUNK) * E * sizeof(size_t), "plan chunk counts" },
     };
     for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
         rc = dalloc(l, b[i].p, b[i].bytes, b[i].what, err);
@@ -558,9 +664,10 @@ extern "C" int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, cons
                                      NULL, err)) ||
         (rc = mark(l, MOE_PHASE_ROUTER, err)))
         return rc;
-    // capacity plan, its offsets to the host (the GEMM shapes), gather
+    // capacity plan (chunked: moe_cuda_dispatch_plan's result), its offsets to
+    // the host (the GEMM shapes), gather
     l->cap = moe_capacity(train ? c->capacity_factor : c->eval_capacity_factor, T, S, E);
-    if ((rc = moe_cuda_dispatch_plan(&l->plan, l->idx, l->prio, T, S, E, l->cap, c->drop == MOE_DROP_PROB, err)) ||
+    if ((rc = plan_chunked(l, T, S, E, l->cap, c->drop == MOE_DROP_PROB, err)) ||
         (rc = moe_cuda_to_host(l->off, l->plan.offset, (E + 1) * sizeof(size_t), err)))
         return rc;
     const size_t N = l->off[E];
