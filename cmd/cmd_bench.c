@@ -699,8 +699,8 @@ static int gpu_setup(const char *cmd, const struct cli_common *c, const struct b
     if (moe_model_create_hp(&g->model, &g->rc.model, NULL, tr->task, tr->n_in, tr->n_out, 1, &err))
         return cli_fail(cmd, &err);
     if (g->model.n_moe_layers == 0)
-        return cli_error(cmd, 2, "option '--device %s': bench times the first sparse MoE layer on the GPU, and "
-                         "model.type '%s' has none", c->device, g->model.ops->type);
+        return cli_error(cmd, 2, "option '--device %s' cannot be used: bench times only the first sparse MoE layer "
+                         "on a GPU, and model.type '%s' has none; use --device cpu", c->device, g->model.ops->type);
     const struct moe_layer_cfg *lc = &g->model.moe_layers[0]->c;
     if (moe_cuda_use_device(device, &err) || moe_cuda_layer_create(&g->dl, lc, g->T, &err))
         return cli_fail(cmd, &err);

@@ -27,6 +27,7 @@
 // explicitly. The kernels use no atomics (docs/cuda.md).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,12 +90,69 @@ static int check(cudaError_t e, const char *call, struct moe_err *err)
     return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", call, cudaGetErrorString(e));
 }
 
+// ---------------------------------------------------------------- cuBLAS, loaded on first use
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define CUBLAS_SONAME "libcublas.so." STR(CUBLAS_VER_MAJOR)
+
+static struct {
+    void *lib;
+    cublasStatus_t (*create)(cublasHandle_t *);
+    cublasStatus_t (*destroy)(cublasHandle_t);
+    cublasStatus_t (*set_math)(cublasHandle_t, cublasMath_t);
+    cublasStatus_t (*set_atomics)(cublasHandle_t, cublasAtomicsMode_t);
+    cublasStatus_t (*set_pointer)(cublasHandle_t, cublasPointerMode_t);
+    cublasStatus_t (*sgemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const float *,
+                            const float *, int, const float *, int, const float *, float *, int);
+    const char *(*status_string)(cublasStatus_t);
+} blas_api;
+
+// dlopen the cuBLAS of the CUDA this was built with: by name (the run path,
+// LD_LIBRARY_PATH, the system's), else beside the libcudart in use.
+static int blas_load(struct moe_err *err)
+{
+    if (blas_api.lib)
+        return 0;
+    void *lib = dlopen(CUBLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
+    char path[4096];
+    Dl_info di;
+    if (!lib && dladdr((void *)&cudaGetDeviceCount, &di) && di.dli_fname) {
+        const char *slash = strrchr(di.dli_fname, '/');
+        if (slash && (size_t)(slash - di.dli_fname) + sizeof "/" CUBLAS_SONAME < sizeof path) {
+            snprintf(path, sizeof path, "%.*s/%s", (int)(slash - di.dli_fname), di.dli_fname, CUBLAS_SONAME);
+            lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        }
+    }
+    if (!lib)
+        return moe_error(err, MOE_EIO, "cuBLAS: cannot load %s: %s", CUBLAS_SONAME, dlerror());
+    struct {
+        void *fn;
+        const char *name;
+    } sym[] = {
+        { &blas_api.create, "cublasCreate_v2" },           { &blas_api.destroy, "cublasDestroy_v2" },
+        { &blas_api.set_math, "cublasSetMathMode" },       { &blas_api.set_atomics, "cublasSetAtomicsMode" },
+        { &blas_api.set_pointer, "cublasSetPointerMode_v2" }, { &blas_api.sgemm, "cublasSgemm_v2" },
+        { &blas_api.status_string, "cublasGetStatusString" },
+    };
+    for (size_t i = 0; i < sizeof sym / sizeof *sym; i++) {
+        void *f = dlsym(lib, sym[i].name);
+        if (!f) {
+            dlclose(lib);
+            return moe_error(err, MOE_EIO, "cuBLAS: %s has no %s", CUBLAS_SONAME, sym[i].name);
+        }
+        memcpy(sym[i].fn, &f, sizeof f);
+    }
+    blas_api.lib = lib;
+    return 0;
+}
+
 static int blas_check(cublasStatus_t s, const char *call, struct moe_err *err)
 {
     if (s == CUBLAS_STATUS_SUCCESS)
         return 0;
     return moe_error(err, s == CUBLAS_STATUS_ALLOC_FAILED ? MOE_ENOMEM : MOE_EIO, "cuBLAS: %s failed: %s", call,
-                     cublasGetStatusString(s));
+                     blas_api.status_string(s));
 }
 
 static int launched(const char *kernel, struct moe_err *err)
@@ -122,7 +180,7 @@ static int gemm(struct moe_cuda_layer *l, int ta, int tb, size_t M, size_t N, si
     if (K == 0 && beta == 1.0f)
         return 0;
     char call[96];
-    cublasStatus_t s = cublasSgemm(l->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N,
+    cublasStatus_t s = blas_api.sgemm(l->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N,
                                    (int)M, (int)K, &alpha, B, (int)ldb, A, (int)lda, &beta, C, (int)ldc);
     if (s == CUBLAS_STATUS_SUCCESS)
         return 0;
@@ -407,7 +465,7 @@ extern "C" void moe_cuda_layer_free(struct moe_cuda_layer *l)
         if (l->ev[i])
             cudaEventDestroy(l->ev[i]);
     if (l->blas)
-        cublasDestroy(l->blas);
+        blas_api.destroy(l->blas);
     free(l->off);
     free(l);
 }
@@ -439,13 +497,15 @@ extern "C" int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct m
     if (!l->off)
         rc = moe_error(err, MOE_ENOMEM, "out of memory");
     if (!rc)
-        rc = blas_check(cublasCreate(&l->blas), "cublasCreate", err);
+        rc = blas_load(err);
     if (!rc)
-        rc = blas_check(cublasSetMathMode(l->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode", err);
+        rc = blas_check(blas_api.create(&l->blas), "cublasCreate", err);
     if (!rc)
-        rc = blas_check(cublasSetAtomicsMode(l->blas, CUBLAS_ATOMICS_NOT_ALLOWED), "cublasSetAtomicsMode", err);
+        rc = blas_check(blas_api.set_math(l->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode", err);
     if (!rc)
-        rc = blas_check(cublasSetPointerMode(l->blas, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode", err);
+        rc = blas_check(blas_api.set_atomics(l->blas, CUBLAS_ATOMICS_NOT_ALLOWED), "cublasSetAtomicsMode", err);
+    if (!rc)
+        rc = blas_check(blas_api.set_pointer(l->blas, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode", err);
     for (int i = 0; !rc && i <= MAX_MARKS; i++)
         rc = check(cudaEventCreate(&l->ev[i]), "cudaEventCreate", err);
     struct {
