@@ -266,6 +266,23 @@ static void run_case(const struct lcase *k)
             free(g[i]);
         }
 
+    // the timing paths moe bench uses: phases of a timed pass, the dense reference
+    double sec[MOE_PHASE_N] = { 0 }, ref = 0.0, flops = 0.0, sum = 0.0;
+    moe_cuda_layer_timing(dl, 1);
+    if (moe_cuda_layer_zero_grad(dl, &err) ||
+        moe_cuda_layer_forward(dl, d_out, d_x, T, k->train, seed, step, NULL, &err) ||
+        moe_cuda_layer_backward(dl, d_dx, d_dout, d_x, &err) || moe_cuda_layer_phases(dl, sec, &err) ||
+        moe_cuda_layer_reference(dl, 1, &ref, &flops, &err))
+        die(&err);
+    moe_cuda_layer_timing(dl, 0);
+    for (int ph = 0; ph < MOE_PHASE_N; ph++)
+        sum += sec[ph];
+    printf("# %s timing: phases %.3g s (router %.3g, dispatch %.3g, gemm %.3g, act %.3g, combine %.3g, aux %.3g); "
+           "dense reference %.3g s for %.3g flops\n", k->name, sum, sec[MOE_PHASE_ROUTER], sec[MOE_PHASE_DISPATCH],
+           sec[MOE_PHASE_FFN_GEMM], sec[MOE_PHASE_ACTIVATION], sec[MOE_PHASE_COMBINE], sec[MOE_PHASE_AUX], ref, flops);
+    EXPECT(sum > 0.0 && isfinite(sum) && ref > 0.0 && flops == moe_cuda_layer_flops(dl, 1), "%s: timing paths",
+           k->name);
+
     moe_cuda_free(d_x), moe_cuda_free(d_dout), moe_cuda_free(d_out), moe_cuda_free(d_dx);
     moe_cuda_layer_free(dl);
     free(sel), free(idx), free(gate), free(o2), free(dx2), free(x), free(dout), free(out), free(dx);

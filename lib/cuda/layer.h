@@ -106,8 +106,8 @@ void moe_cuda_timer_free(struct moe_cuda_timer *t);
 int moe_cuda_timer_start(struct moe_cuda_timer *t, struct moe_err *err);
 int moe_cuda_timer_stop(struct moe_cuda_timer *t, double *ret_seconds, struct moe_err *err);
 
-// Device memory helpers for the bench (ops.h's, repeated here so a C caller
-// of a build without CUDA links against layer_none.c): set n floats to zero.
+// Set `bytes` bytes of device memory to zero (cudaMemset), for callers that
+// hold device buffers of their own (moe bench, the tests).
 int moe_cuda_layer_memzero(void *p, size_t bytes, struct moe_err *err);
 
 #ifdef __cplusplus
