@@ -292,14 +292,22 @@ void cli_device_refusal(char *buf, size_t len, const char *device, int device_id
     }
 }
 
-int cli_setup_compute(const char *cmd, const struct cli_common *c)
+// cuda_ok (moe bench): a usable CUDA device is accepted and described in
+// *cuda; otherwise every --device but cpu is refused.
+static int setup_compute(const char *cmd, const struct cli_common *c, struct moe_backend_info *cuda)
 {
+    if (cuda)
+        memset(cuda, 0, sizeof *cuda);
     if (strcmp(c->device, "cpu") != 0) { // cuda, cuda:N: refused until the CUDA backend runs models
         struct moe_backend_info info;
         char why[2 * MOE_BACKEND_REASON_MAX + 2 * MOE_DEVICE_NAME_MAX];
         moe_backend_find("cuda")->probe(c->device_id, &info);
-        cli_device_refusal(why, sizeof why, c->device, c->device_id, &info);
-        return cli_error(cmd, 2, "%s", why);
+        if (cuda && info.available && info.device == c->device_id) {
+            *cuda = info;
+        } else {
+            cli_device_refusal(why, sizeof why, c->device, c->device_id, &info);
+            return cli_error(cmd, 2, "%s", why);
+        }
     }
     int threads = c->threads;
     if (threads <= 0) {
@@ -311,6 +319,13 @@ int cli_setup_compute(const char *cmd, const struct cli_common *c)
         return cli_fail(cmd, &err);
     moe_threads_set_adaptive(c->threads <= 0); // the default: all cores that other processes leave idle
     return 0;
+}
+
+int cli_setup_compute(const char *cmd, const struct cli_common *c) { return setup_compute(cmd, c, NULL); }
+
+int cli_setup_compute_cuda(const char *cmd, const struct cli_common *c, struct moe_backend_info *cuda)
+{
+    return setup_compute(cmd, c, cuda);
 }
 
 // An option that adds to a list key ("key=items", cli_add_set): the list so far, then its items.

@@ -93,6 +93,13 @@ int cli_parse_ll(const char *s, long long lo, long long hi, long long *ret);
 // cores other processes leave idle: core/gemm.h moe_threads_adapt); check --device
 // (cli_device_refusal: anything but cpu is refused for now, exit 2).
 int cli_setup_compute(const char *cmd, const struct cli_common *c);
+// The same for a command that can run on a CUDA device (moe bench): --device
+// cuda or cuda:N is accepted when this build has CUDA and that device is
+// usable (then cuda->device == the device's number, and cuda->dev describes
+// it; cuda->device is 0 or -1 and cuda->available 0 for --device cpu);
+// refused as above otherwise.
+struct moe_backend_info;
+int cli_setup_compute_cuda(const char *cmd, const struct cli_common *c, struct moe_backend_info *cuda);
 // --device's value: "cpu", "cuda" (device 0) or "cuda:N", N decimal digits.
 // Returns 0 and sets *id (0 unless cuda:N), or -1 when malformed.
 int cli_device_parse(const char *arg, int *id);

@@ -13,18 +13,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "cli.h"
 #include "core/gemm.h"
 #include "core/prof.h"
 #include "core/rng.h"
 #include "core/vmath.h"
+#include "cuda/layer.h"
+#include "cuda/ops.h"
 #include "dist/ep.h"
 #include "moe/moe_layer.h"
 #include "train/train.h"
 
 static const char *const usage =
     "usage: moe bench [--config F] [--set key.path=value]... [--tokens T] [--repeats R]\n"
-    "                 [--warmup W] [--seed N] [--threads N] [--device cpu] [--quiet]\n"
+    "                 [--warmup W] [--seed N] [--threads N] [--device cpu|cuda[:N]] [--quiet]\n"
     "Times the model the config describes, in this process, on its own training data:\n"
     "  layer  its first sparse MoE layer alone on T random tokens (model.n_embd wide):\n"
     "         forward, forward + backward, and the time per phase (router, dispatch,\n"
@@ -42,7 +45,14 @@ static const char *const usage =
     "n_expert/N experts of each sparse layer, the rows exchanged as in train\n"
     "--expert-parallel; the step also hands the expert gradients back and sums\n"
     "the gradients over the processes. \"expert_parallel\" then gives the exchanges'\n"
-    "seconds and bytes per pass beside the compute; rank 0 prints.\n";
+    "seconds and bytes per pass beside the compute; rank 0 prints.\n"
+    "--device cuda (or cuda:N; a build with CUDA and a usable GPU): times the first\n"
+    "sparse layer on the GPU only (lib/cuda/layer.h; not every router or option is\n"
+    "there yet, and what is not is refused): forward and forward + backward over T\n"
+    "tokens, timed with CUDA events, the time per phase, and a dense reference\n"
+    "timed after each repeat: the same cuBLAS sgemm calls with the experts' blocks\n"
+    "merged into one GEMM per product (same FLOPs); ratio_to_sgemm = reference\n"
+    "seconds / layer seconds. \"step\" is null: the model step runs on the CPU only.\n";
 
 enum { OPT_TOKENS = OPT_FIRST_CMD, OPT_REPEATS, OPT_WARMUP, OPT_EXPERT_PARALLEL };
 #define MAX_REPEATS 1000
@@ -576,8 +586,7 @@ static int bench_report(const char *cmd, const struct bench *b)
         free(gf), free(share), free(tps);
         return cli_error(cmd, 1, "out of memory");
     }
-    cJSON *out = cli_summary_new(cmd, &b->cfg, b->rc.train.seed);
-    cJSON_AddStringToObject(out, "device", "cpu");
+    cJSON *out = cli_summary_new(cmd, &b->cfg, b->rc.train.seed); // "device": "cpu" included
     cJSON_AddStringToObject(out, "vmath", moe_vmath_isa());
     cJSON_AddNumberToObject(out, "tokens", (double)b->T);
     cJSON_AddNumberToObject(out, "repeats", (double)b->R);
@@ -635,6 +644,279 @@ static int bench_over(const char *cmd, struct cli_common *c, const struct bench_
     return rc;
 }
 
+// ---------------------------------------------------------------- the layer on a CUDA device
+
+// What a --device cuda run holds; gpu_release frees it all.
+struct gpu_bench {
+    struct moe_config cfg;
+    struct moe_run_cfg rc;
+    struct moe_data data;
+    struct moe_model model;     // for its first sparse layer's settings (one row of batch)
+    struct moe_params p;        // that layer's weights, initialised on the host
+    struct moe_layer l;
+    struct moe_cuda_layer *dl;
+    struct moe_cuda_timer *tf, *tb;
+    float *x, *out, *dout, *dx; // device (T, D)
+    size_t T, R, W;
+    uint64_t seed;
+    // per repeat: forward and forward + backward seconds, their references, phases
+    double *fwd, *fb, *ref_f, *ref_fb, *ph_f[MOE_PHASE_N], *ph_fb[MOE_PHASE_N];
+    double flops_f, flops_fb;
+    size_t rows;
+};
+
+static void gpu_release(struct gpu_bench *g)
+{
+    moe_cuda_free(g->x), moe_cuda_free(g->out), moe_cuda_free(g->dout), moe_cuda_free(g->dx);
+    moe_cuda_timer_free(g->tf);
+    moe_cuda_timer_free(g->tb);
+    moe_cuda_layer_free(g->dl);
+    moe_layer_release(&g->l);
+    moe_params_release(&g->p);
+    free(g->fwd);
+    moe_model_release(&g->model);
+    moe_data_release(&g->data);
+    moe_run_cfg_release(&g->rc);
+    moe_config_release(&g->cfg);
+}
+
+// The config's first sparse layer with its initial weights on the device, T
+// random tokens and output gradients (drawn as layer_bench_init draws them).
+static int gpu_setup(const char *cmd, const struct cli_common *c, const struct bench_opts *bo, int device,
+                     struct gpu_bench *g)
+{
+    struct moe_err err = { 0 };
+    if (cli_load_config(c, &g->cfg, &err) || moe_run_cfg_parse(&g->rc, &g->cfg, &err) ||
+        moe_data_load_cfg(&g->data, &g->rc.data, NULL, &err))
+        return cli_fail(cmd, &err);
+    const struct moe_dataset *tr = &g->data.train;
+    size_t C = tr->task == MOE_TASK_LM ? tr->n_ctx : 1;
+    g->T = bo->tokens > 0 ? (size_t)bo->tokens : g->rc.optim.batch_size * C;
+    if (g->T == 0)
+        g->T = C;
+    g->seed = g->rc.train.seed;
+    // one row (window) of batch: only the layer's settings are wanted
+    if (moe_model_create_hp(&g->model, &g->rc.model, NULL, tr->task, tr->n_in, tr->n_out, 1, &err))
+        return cli_fail(cmd, &err);
+    if (g->model.n_moe_layers == 0)
+        return cli_error(cmd, 2, "option '--device %s' cannot be used: bench times only the first sparse MoE layer "
+                         "on a GPU, and model.type '%s' has none; use --device cpu", c->device, g->model.ops->type);
+    const struct moe_layer_cfg *lc = &g->model.moe_layers[0]->c;
+    if (moe_cuda_use_device(device, &err) || moe_cuda_layer_create(&g->dl, lc, g->T, &err))
+        return cli_fail(cmd, &err);
+    moe_params_init(&g->p);
+    if (moe_layer_declare(&g->l, lc, "layers.0.moe", &g->p, &err) || moe_params_alloc(&g->p, &err))
+        return cli_fail(cmd, &err);
+    moe_layer_init(&g->l, &g->p, g->seed, (float)g->rc.model.init_scale);
+    const struct moe_params *p = &g->p;
+    const struct moe_layer *l = &g->l;
+    if (moe_cuda_layer_set_weights(g->dl, moe_params_data(p, l->i_router),
+                                   l->i_noise >= 0 ? moe_params_data(p, l->i_noise) : NULL,
+                                   moe_params_data(p, l->i_w1), l->i_w3 >= 0 ? moe_params_data(p, l->i_w3) : NULL,
+                                   moe_params_data(p, l->i_w2), &err))
+        return cli_fail(cmd, &err);
+    const size_t TD = g->T * lc->D, bytes = TD * sizeof(float);
+    float *h = moe_alloc(TD, sizeof(float));
+    if (!h)
+        return cli_error(cmd, 1, "out of memory for %zu tokens of input", g->T);
+    struct moe_rng r = moe_rng_make(g->seed, MOE_RNG_INIT, 1);
+    int rc = moe_cuda_malloc((void **)&g->x, bytes, "the bench's input", &err) ||
+             moe_cuda_malloc((void **)&g->out, bytes, "the bench's output", &err) ||
+             moe_cuda_malloc((void **)&g->dout, bytes, "the bench's output gradient", &err) ||
+             moe_cuda_malloc((void **)&g->dx, bytes, "the bench's input gradient", &err);
+    if (!rc) {
+        for (size_t i = 0; i < TD; i++)
+            h[i] = 2.0f * moe_rng_uniform(&r, i) - 1.0f;
+        rc = moe_cuda_to_device(g->x, h, bytes, &err);
+    }
+    if (!rc) {
+        for (size_t i = 0; i < TD; i++)
+            h[i] = (2.0f * moe_rng_uniform(&r, TD + i) - 1.0f) / (float)TD;
+        rc = moe_cuda_to_device(g->dout, h, bytes, &err);
+    }
+    moe_free(h);
+    if (rc || moe_cuda_timer_create(&g->tf, &err) || moe_cuda_timer_create(&g->tb, &err))
+        return cli_fail(cmd, &err);
+    size_t R = g->R;
+    double *v = calloc((4 + 2 * MOE_PHASE_N) * R, sizeof *v);
+    if (!v)
+        return cli_error(cmd, 1, "out of memory");
+    g->fwd = v, v += R;
+    g->fb = v, v += R;
+    g->ref_f = v, v += R;
+    g->ref_fb = v, v += R;
+    for (int ph = 0; ph < MOE_PHASE_N; ph++) {
+        g->ph_f[ph] = v, v += R;
+        g->ph_fb[ph] = v, v += R;
+    }
+    return 0;
+}
+
+// One forward + backward as layer_pass takes it (output, input gradient and
+// weight gradients zeroed inside the timed span); seconds of the forward in
+// *ret_fwd, of both in *ret_fb; with ph_f, ph_fb the phases (added).
+static int gpu_pass(struct gpu_bench *g, uint64_t step, double *ret_fwd, double *ret_fb, double *ph_f, double *ph_fb,
+                    struct moe_err *err)
+{
+    const size_t bytes = g->T * g->l.c.D * sizeof(float);
+    int rc;
+    if ((rc = moe_cuda_timer_start(g->tb, err)) || (rc = moe_cuda_timer_start(g->tf, err)) ||
+        (rc = moe_cuda_layer_memzero(g->out, bytes, err)) ||
+        (rc = moe_cuda_layer_forward(g->dl, g->out, g->x, g->T, 1, g->seed, step, NULL, err)) ||
+        (rc = moe_cuda_timer_stop(g->tf, ret_fwd, err)))
+        return rc;
+    if (ph_f && (rc = moe_cuda_layer_phases(g->dl, ph_f, err)))
+        return rc;
+    if ((rc = moe_cuda_layer_zero_grad(g->dl, err)) || (rc = moe_cuda_layer_memzero(g->dx, bytes, err)) ||
+        (rc = moe_cuda_layer_backward(g->dl, g->dx, g->dout, g->x, err)) ||
+        (rc = moe_cuda_timer_stop(g->tb, ret_fb, err)))
+        return rc;
+    if (ph_fb && (rc = moe_cuda_layer_phases(g->dl, ph_fb, err)))
+        return rc;
+    return 0;
+}
+
+// W + 1 warm-up passes, then R repeats, each followed by the dense
+// references of its forward and of its forward + backward.
+static int gpu_time(const char *cmd, struct gpu_bench *g)
+{
+    struct moe_err err = { 0 };
+    double f, fb, flops;
+    for (size_t w = 0; w < g->W + 1; w++)
+        if (gpu_pass(g, w, &f, &fb, NULL, NULL, &err))
+            return cli_fail(cmd, &err);
+    moe_cuda_layer_timing(g->dl, 1);
+    for (size_t r = 0; r < g->R; r++) {
+        double pf[MOE_PHASE_N] = { 0 }, pb[MOE_PHASE_N] = { 0 };
+        if (gpu_pass(g, g->W + 1 + r, &g->fwd[r], &g->fb[r], pf, pb, &err) ||
+            moe_cuda_layer_route(g->dl, NULL, NULL, NULL, &g->rows, NULL, NULL, &err))
+            return cli_fail(cmd, &err);
+        g->flops_f = moe_cuda_layer_flops(g->dl, 0);
+        g->flops_fb = moe_cuda_layer_flops(g->dl, 1);
+        if (moe_cuda_layer_reference(g->dl, 0, &g->ref_f[r], &flops, &err) ||
+            moe_cuda_layer_reference(g->dl, 1, &g->ref_fb[r], &flops, &err))
+            return cli_fail(cmd, &err);
+        for (int ph = 0; ph < MOE_PHASE_N; ph++) {
+            g->ph_f[ph][r] = pf[ph];
+            g->ph_fb[ph][r] = pf[ph] + pb[ph];
+        }
+    }
+    moe_cuda_layer_timing(g->dl, 0);
+    return 0;
+}
+
+// One pass kind's figures: seconds, ratio to the reference, GEMM rate, the
+// routing share (router, dispatch, combine, aux over the pass) and phases.
+static cJSON *gpu_pass_json(const struct gpu_bench *g, const double *sec, const double *ref,
+                            double *const *ph, double flops, double *v)
+{
+    size_t R = g->R;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToObject(o, "seconds", fig_json(sec, R));
+    for (size_t r = 0; r < R; r++)
+        v[r] = ref[r] / sec[r];
+    cJSON_AddItemToObject(o, "ratio_to_sgemm", fig_json(v, R));
+    for (size_t r = 0; r < R; r++)
+        v[r] = flops / sec[r] * 1e-9;
+    cJSON_AddItemToObject(o, "gemm_gflops", fig_json(v, R));
+    cJSON_AddNumberToObject(o, "gemm_flops", flops);
+    for (size_t r = 0; r < R; r++)
+        v[r] = (ph[MOE_PHASE_ROUTER][r] + ph[MOE_PHASE_DISPATCH][r] + ph[MOE_PHASE_COMBINE][r] +
+                ph[MOE_PHASE_AUX][r]) / sec[r];
+    cJSON_AddItemToObject(o, "routing_share", fig_json(v, R));
+    cJSON *p = cJSON_AddObjectToObject(o, "phases");
+    static const enum moe_phase shown[] = { MOE_PHASE_ROUTER, MOE_PHASE_DISPATCH, MOE_PHASE_FFN_GEMM,
+                                            MOE_PHASE_ACTIVATION, MOE_PHASE_COMBINE, MOE_PHASE_AUX };
+    double sum[MAX_REPEATS] = { 0 };
+    for (size_t i = 0; i < sizeof shown / sizeof *shown; i++) {
+        cJSON_AddItemToObject(p, moe_phase_name(shown[i]), fig_json(ph[shown[i]], R));
+        for (size_t r = 0; r < R; r++)
+            sum[r] += ph[shown[i]][r];
+    }
+    for (size_t r = 0; r < R; r++)
+        v[r] = sec[r] - sum[r];
+    cJSON_AddItemToObject(p, "other", fig_json(v, R));
+    return o;
+}
+
+static int gpu_report(const char *cmd, const struct gpu_bench *g, const struct cli_common *c,
+                      const struct moe_backend_info *info)
+{
+    size_t R = g->R;
+    double *v = calloc(R, sizeof *v);
+    if (!v)
+        return cli_error(cmd, 1, "out of memory");
+    const struct moe_layer_cfg *lc = &g->l.c;
+    cJSON *out = cli_summary_new(cmd, &g->cfg, g->rc.train.seed);
+    char dev[32];
+    snprintf(dev, sizeof dev, "cuda:%d", c->device_id);
+    cJSON_DeleteItemFromObject(out, "device"); // cli_summary_new's "cpu"
+    cJSON_AddStringToObject(out, "device", dev);
+    cJSON_AddStringToObject(out, "device_name", info->dev.name);
+    char cc[16];
+    snprintf(cc, sizeof cc, "%d.%d", info->dev.cc_major, info->dev.cc_minor);
+    cJSON_AddStringToObject(out, "compute_capability", cc);
+    cJSON_AddNumberToObject(out, "tokens", (double)g->T);
+    cJSON_AddNumberToObject(out, "repeats", (double)R);
+    cJSON_AddNumberToObject(out, "warmup", (double)g->W);
+    cJSON *l = cJSON_AddObjectToObject(out, "layer");
+    cJSON *shape = cJSON_AddObjectToObject(l, "shape");
+    cJSON_AddNumberToObject(shape, "tokens", (double)g->T);
+    cJSON_AddNumberToObject(shape, "n_embd", (double)lc->D);
+    cJSON_AddNumberToObject(shape, "n_ff", (double)lc->F);
+    cJSON_AddNumberToObject(shape, "n_expert", (double)lc->router.E);
+    cJSON_AddNumberToObject(shape, "n_expert_used", (double)lc->router.K);
+    cJSON_AddStringToObject(shape, "router", moe_router_name(lc->router.type));
+    cJSON_AddStringToObject(shape, "act", moe_ffn_act_name(lc->act));
+    cJSON_AddNumberToObject(l, "rows_kept", (double)g->rows);
+    cJSON_AddItemToObject(l, "forward", gpu_pass_json(g, g->fwd, g->ref_f, g->ph_f, g->flops_f, v));
+    cJSON_AddItemToObject(l, "forward_backward", gpu_pass_json(g, g->fb, g->ref_fb, g->ph_fb, g->flops_fb, v));
+    // the figures the CPU report has at the layer's top level: forward + backward's
+    for (size_t r = 0; r < R; r++)
+        v[r] = (g->ph_fb[MOE_PHASE_ROUTER][r] + g->ph_fb[MOE_PHASE_DISPATCH][r] + g->ph_fb[MOE_PHASE_COMBINE][r] +
+                g->ph_fb[MOE_PHASE_AUX][r]) / g->fb[r];
+    cJSON_AddItemToObject(l, "routing_share", fig_json(v, R));
+    cJSON *ref = cJSON_AddObjectToObject(out, "reference");
+    cJSON_AddStringToObject(ref, "what", "cuBLAS sgemm (fp32, no TF32) over the shapes of the layer's own GEMM "
+                                         "calls with every expert's block merged into one GEMM over all kept rows "
+                                         "(same FLOPs), timed with CUDA events right after each repeat");
+    cJSON_AddItemToObject(ref, "forward_seconds", fig_json(g->ref_f, R));
+    cJSON_AddItemToObject(ref, "forward_backward_seconds", fig_json(g->ref_fb, R));
+    for (size_t r = 0; r < R; r++)
+        v[r] = g->flops_f / g->ref_f[r] * 1e-9;
+    cJSON_AddItemToObject(ref, "forward_gflops", fig_json(v, R));
+    for (size_t r = 0; r < R; r++)
+        v[r] = g->flops_fb / g->ref_fb[r] * 1e-9;
+    cJSON_AddItemToObject(ref, "forward_backward_gflops", fig_json(v, R));
+    cJSON_AddNullToObject(out, "step");
+    cJSON_AddStringToObject(out, "step_note", "--device cuda times the first sparse layer only: the model step "
+                                              "runs on the CPU only");
+    free(v);
+    int rc = cli_print_json(cmd, out);
+    cJSON_Delete(out);
+    return rc;
+}
+
+static int bench_gpu(const char *cmd, struct cli_common *c, const struct bench_opts *bo,
+                     const struct moe_backend_info *info)
+{
+    if (bo->n_proc)
+        return cli_error(cmd, 2, "option '--expert-parallel' cannot be used with '--device %s'", c->device);
+    struct gpu_bench g;
+    memset(&g, 0, sizeof g);
+    g.R = (size_t)bo->repeats;
+    g.W = (size_t)bo->warmup;
+    int rc = gpu_setup(cmd, c, bo, info->device, &g);
+    if (!rc) {
+        cli_log(c, "bench: %zu tokens on %s (%s), %zu repeats", g.T, c->device, info->dev.name, g.R);
+        rc = gpu_time(cmd, &g);
+    }
+    if (!rc)
+        rc = gpu_report(cmd, &g, c, info);
+    gpu_release(&g);
+    return rc;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     static const struct option opts[] = { CLI_COMMON_OPTIONS,
@@ -646,6 +928,7 @@ int cmd_bench(int argc, char **argv)
     const char *cmd = "bench";
     struct cli_common c;
     struct bench_opts o = { 0, 5, 1, 0 };
+    struct moe_backend_info cuda;
     cli_common_init(&c);
     int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
     if (rc == -1) {
@@ -653,8 +936,11 @@ int cmd_bench(int argc, char **argv)
         rc = 0;
     } else if (!rc && c.out) {
         rc = cli_error(cmd, 2, "option '--out': bench writes no run directory (its result is stdout)");
-    } else if (!rc && !(rc = cli_setup_compute(cmd, &c))) {
-        rc = o.n_proc ? bench_over(cmd, &c, &o) : bench_run(cmd, &c, &o, NULL);
+    } else if (!rc && !(rc = cli_setup_compute_cuda(cmd, &c, &cuda))) {
+        if (cuda.available)
+            rc = bench_gpu(cmd, &c, &o, &cuda);
+        else
+            rc = o.n_proc ? bench_over(cmd, &c, &o) : bench_run(cmd, &c, &o, NULL);
     }
     cli_common_release(&c);
     return rc;

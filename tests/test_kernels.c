@@ -662,6 +662,40 @@ START_TEST(test_dispatch)
         for (size_t e = 0; e < E; e++)
             moe_k_dispatch_rows(idx, kept, T, S, (int32_t)e, offset[e], row_tok, row_slot, slot_row);
 
+        // the same plan in chunks (every chunk size from 1 to past T S)
+        static const size_t chs[] = { 1, 7, 64, 1000 };
+        for (size_t k = 0; k < sizeof chs / sizeof *chs; k++) {
+            size_t ch = chs[k], nc = (TS + ch - 1) / ch, r2[16], nk2[16], off2[17];
+            size_t *cnt = malloc(nc * E * sizeof *cnt);
+            uint8_t *kept2 = calloc(TS, 1);
+            int32_t *rt2 = malloc(TS * 4), *rs2 = malloc(TS * 4), *sr2 = malloc(TS * 4);
+            for (size_t i = 0; i < TS; i++)
+                sr2[i] = -1;
+            for (size_t c = 0; c < nc; c++) // one thread per chunk, then one per expert, then per chunk
+                moe_k_chunk_count(cnt + c * E, idx, order, NULL, T, S, E, ch, c, 0);
+            for (size_t e = 0; e < E; e++) {
+                r2[e] = moe_k_chunk_scan(cnt, nc, E, e, 0);
+                nk2[e] = r2[e] < cap ? r2[e] : cap;
+            }
+            for (size_t c = 0; c < nc; c++)
+                moe_k_chunk_keep(cnt + c * E, kept2, idx, order, T, S, cap, ch, c);
+            ck_assert_uint_eq(moe_k_dispatch_offsets(off2, nk2, E), d.n_rows);
+            for (size_t c = 0; c < nc; c++)
+                moe_k_chunk_count(cnt + c * E, idx, NULL, kept2, T, S, E, ch, c, 1);
+            for (size_t e = 0; e < E; e++) {
+                ck_assert_uint_eq(r2[e], d.routed[e]);
+                ck_assert_uint_eq(r2[e] - nk2[e], d.dropped[e]);
+                moe_k_chunk_scan(cnt, nc, E, e, off2[e]);
+            }
+            for (size_t c = 0; c < nc; c++)
+                moe_k_chunk_rows(cnt + c * E, idx, kept2, T, S, ch, c, rt2, rs2, sr2);
+            ck_assert_mem_eq(kept2, kept, TS);
+            same_ints(rt2, d.row_tok, d.n_rows, "chunked row_tok");
+            same_ints(rs2, d.row_slot, d.n_rows, "chunked row_slot");
+            same_ints(sr2, d.slot_row, TS, "chunked slot_row");
+            free(cnt), free(kept2), free(rt2), free(rs2), free(sr2);
+        }
+
         ck_assert_uint_eq(n_rows, d.n_rows);
         size_t n_dropped = 0;
         for (size_t e = 0; e < E; e++) {

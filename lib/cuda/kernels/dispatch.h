@@ -135,4 +135,86 @@ static inline MOE_HD void moe_k_combine_backward(float *dyd, float *dgate, const
         dgate[ts] += (float)acc;
 }
 
+// 2-4 for wide batches, in chunks: the one-thread-per-expert passes above walk
+// all T S assignments serially (milliseconds at T = 65536). The same plan
+// in chunks of ch consecutive positions: (a) one thread per chunk counts its
+// assignments per expert; (b) one thread per expert scans those counts over
+// the chunks in order; (c) one thread per chunk decides its assignments from
+// the counts before it. Keep pass: positions in keep order (slot-major; within
+// a slot `order`, or token order), kept iff fewer than cap assignments to the
+// expert came before. Rows: positions = assignments t S + s, only the kept
+// ones, each to the next row of its expert's block. Counting only: the plan
+// is the same, whatever ch (tests/test_kernels.c checks against the CPU).
+
+// Position q of the keep order -> its assignment t S + s.
+static inline MOE_HD size_t moe_k_keep_at(const int32_t *order, size_t T, size_t S, size_t q)
+{
+    size_t s = q / T, j = q % T, t = order ? (size_t)order[s * T + j] : j;
+    return t * S + s;
+}
+
+// (a) chunk c's count per expert into cnt (E): rows 0: the keep pass's
+// positions (through order); rows 1: the kept assignments (kept non-NULL).
+static inline MOE_HD void moe_k_chunk_count(size_t *cnt, const int32_t *idx, const int32_t *order, const uint8_t *kept,
+                                            size_t T, size_t S, size_t E, size_t ch, size_t c, int rows)
+{
+    size_t n = T * S, lo = c * ch, hi = lo + ch < n ? lo + ch : n;
+    for (size_t e = 0; e < E; e++)
+        cnt[e] = 0;
+    for (size_t q = lo; q < hi; q++) {
+        size_t i = rows ? q : moe_k_keep_at(order, T, S, q);
+        int32_t e = idx[i];
+        if (e >= 0 && (!rows || kept[i]))
+            cnt[e]++;
+    }
+}
+
+// (b) expert e over the chunks' counts cnt (n_chunks, E), in chunk order:
+// each becomes start + the count before its chunk; returns the total.
+static inline MOE_HD size_t moe_k_chunk_scan(size_t *cnt, size_t n_chunks, size_t E, size_t e, size_t start)
+{
+    size_t run = 0;
+    for (size_t c = 0; c < n_chunks; c++) {
+        size_t k = cnt[c * E + e];
+        cnt[c * E + e] = start + run;
+        run += k;
+    }
+    return run;
+}
+
+// (c) keep: chunk c's positions in order; before (E) = the assignments to
+// each expert before the chunk (advanced here); kept[i] = 1 while below cap.
+static inline MOE_HD void moe_k_chunk_keep(size_t *before, uint8_t *kept, const int32_t *idx, const int32_t *order,
+                                           size_t T, size_t S, size_t cap, size_t ch, size_t c)
+{
+    size_t n = T * S, lo = c * ch, hi = lo + ch < n ? lo + ch : n;
+    for (size_t q = lo; q < hi; q++) {
+        size_t i = moe_k_keep_at(order, T, S, q);
+        int32_t e = idx[i];
+        if (e < 0)
+            continue;
+        if (before[e] < cap)
+            kept[i] = 1;
+        before[e]++;
+    }
+}
+
+// (c) rows: chunk c's kept assignments in (token, slot) order, each to row
+// next[e]++ (next: the expert's offset plus the kept ones before the chunk).
+static inline MOE_HD void moe_k_chunk_rows(size_t *next, const int32_t *idx, const uint8_t *kept, size_t T, size_t S,
+                                           size_t ch, size_t c, int32_t *row_tok, int32_t *row_slot,
+                                           int32_t *slot_row)
+{
+    size_t n = T * S, lo = c * ch, hi = lo + ch < n ? lo + ch : n;
+    for (size_t i = lo; i < hi; i++) {
+        int32_t e = idx[i];
+        if (e < 0 || !kept[i])
+            continue;
+        size_t r = next[e]++;
+        row_tok[r] = (int32_t)(i / S);
+        row_slot[r] = (int32_t)(i % S);
+        slot_row[i] = (int32_t)r;
+    }
+}
+
 #endif

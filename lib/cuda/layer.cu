@@ -1,0 +1,1017 @@
+// layer.cu: one sparse MoE layer on a CUDA device (layer.h), wired as
+// moe/moe_layer.c wires the CPU one: router logits (cuBLAS), routing, the
+// capacity plan, gather, expert FFNs (cuBLAS), combine, aux losses; then the
+// backward in the CPU's order. The per-element and per-row work is the kernel
+// bodies of lib/cuda/kernels/ through ops.cu's launch wrappers; the few small
+// kernels here (jitter, swiglu's products, scatter) follow the CPU's order of
+// operations the same way. Not here: the model around the layer.
+//
+// T = tokens, D = n_embd, F = n_ff, E = n_expert, S = slots per token,
+// N = kept rows (the plan's offset[E]).
+//
+// GEMMs: cublasSgemm, one call per expert block and per product, on one
+// stream (the legacy default stream, which ops.cu's launches use too), in
+// expert order. This is the first version: cublasGemmGroupedBatchedEx
+// (CUDA 12.5+) could run each product for all experts in one call, but takes
+// its per-group row counts on the host either way; not tried yet.
+// The row counts: the plan's E + 1 offsets are copied device -> host once per
+// forward (one small synchronous copy; the backward reuses them).
+//
+// Numerics: fp32 throughout. cublasSetMathMode(CUBLAS_DEFAULT_MATH): no TF32
+// tensor-op math (that would be CUBLAS_TF32_TENSOR_OP_MATH), so the GEMMs round
+// like fp32 FMA sums, in cuBLAS's own order (not BLIS's: results agree with the
+// CPU within a tolerance, not bit for bit). Determinism: cuBLAS gives the same
+// bits run after run on the same GPU architecture and SM count when one stream
+// is active (cuBLAS docs, "Results reproducibility"); everything here runs on
+// one stream, with cublasSetAtomicsMode(CUBLAS_ATOMICS_NOT_ALLOWED) said
+// explicitly. The kernels use no atomics (docs/cuda.md).
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/layer.h"
+#include "cuda/ops.h"
+#include "cuda/kernels/dispatch.h"
+#include "core/philox.h"
+
+extern "C" {
+#include "core/rng.h"
+#include "moe/moe_layer.h"
+}
+
+#define LAYER_STRIDE ((uint64_t)1 << 40) // as moe_layer.c: random-draw index offset between layers
+#define MAX_MARKS 32                     // phase boundaries per pass (forward + backward use about 16)
+#define MAX_MEM 64
+#define PLAN_CHUNK 256                   // positions per thread of the chunked capacity plan
+
+struct moe_cuda_layer {
+    struct moe_layer_cfg c;
+    size_t E, D, F, S, T_max, N_max;
+    int swiglu, noisy;
+    enum moe_cuda_act act;   // relu, gelu; silu for swiglu
+    cublasHandle_t blas;
+    void *mem[MAX_MEM];      // every device allocation, freed together
+    int n_mem;
+    // weights and their gradients: router (E, D), noise (E, D), w1, w3 (E, F, D), w2 (E, D, F)
+    float *wr, *wn, *w1, *w3, *w2;
+    float *gwr, *gwn, *gw1, *gw3, *gw2;
+    // routing (T, E) / (T, S) / (T)
+    float *z, *u, *p, *lse, *h, *eps, *gate, *prio;
+    int32_t *sel, *idx;
+    float *xr, *jit, *dxr;   // (T, D): jittered router input, its factors, its gradient
+    struct moe_cuda_plan plan;
+    // expert rows (N_max, D) and (N_max, F)
+    float *xd, *yd, *dyd, *dxd;
+    float *a, *b, *hh, *da, *db, *dh;
+    float *dgate, *dz, *du;  // (T, S), (T, E), (T, E)
+    double *aux_f, *aux_P, *aux_v;
+    size_t *chunk_cnt;       // (chunks, E): the chunked plan's counts
+    size_t *off;             // host copy of the plan's offsets (E + 1)
+    // the last forward
+    size_t T, cap;
+    int train, jittered;
+    double aux_value, z_value, loss;
+    struct moe_cuda_route route;
+    // phase timing
+    int timed, n_marks;
+    cudaEvent_t ev[MAX_MARKS + 1];
+    int ev_phase[MAX_MARKS + 1];
+    double sec[MOE_PHASE_N];
+};
+
+static int check(cudaError_t e, const char *call, struct moe_err *err)
+{
+    if (e == cudaSuccess)
+        return 0;
+    return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", call, cudaGetErrorString(e));
+}
+
+// ---------------------------------------------------------------- cuBLAS, loaded on first use
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define CUBLAS_SONAME "libcublas.so." STR(CUBLAS_VER_MAJOR)
+
+static struct {
+    void *lib;
+    cublasStatus_t (*create)(cublasHandle_t *);
+    cublasStatus_t (*destroy)(cublasHandle_t);
+    cublasStatus_t (*set_math)(cublasHandle_t, cublasMath_t);
+    cublasStatus_t (*set_atomics)(cublasHandle_t, cublasAtomicsMode_t);
+    cublasStatus_t (*set_pointer)(cublasHandle_t, cublasPointerMode_t);
+    cublasStatus_t (*sgemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const float *,
+                            const float *, int, const float *, int, const float *, float *, int);
+    const char *(*status_string)(cublasStatus_t);
+} blas_api;
+
+// dlopen the cuBLAS of the CUDA this was built with: by name (the run path,
+// LD_LIBRARY_PATH, the system's), else beside the libcudart in use.
+static int blas_load(struct moe_err *err)
+{
+    if (blas_api.lib)
+        return 0;
+    void *lib = dlopen(CUBLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
+    char path[4096];
+    Dl_info di;
+    if (!lib && dladdr((void *)&cudaGetDeviceCount, &di) && di.dli_fname) {
+        const char *slash = strrchr(di.dli_fname, '/');
+        if (slash && (size_t)(slash - di.dli_fname) + sizeof "/" CUBLAS_SONAME < sizeof path) {
+            snprintf(path, sizeof path, "%.*s/%s", (int)(slash - di.dli_fname), di.dli_fname, CUBLAS_SONAME);
+            lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        }
+    }
+    if (!lib)
+        return moe_error(err, MOE_EIO, "cuBLAS: cannot load %s: %s", CUBLAS_SONAME, dlerror());
+    struct {
+        void *fn;
+        const char *name;
+    } sym[] = {
+        { &blas_api.create, "cublasCreate_v2" },           { &blas_api.destroy, "cublasDestroy_v2" },
+        { &blas_api.set_math, "cublasSetMathMode" },       { &blas_api.set_atomics, "cublasSetAtomicsMode" },
+        { &blas_api.set_pointer, "cublasSetPointerMode_v2" }, { &blas_api.sgemm, "cublasSgemm_v2" },
+        { &blas_api.status_string, "cublasGetStatusString" },
+    };
+    for (size_t i = 0; i < sizeof sym / sizeof *sym; i++) {
+        void *f = dlsym(lib, sym[i].name);
+        if (!f) {
+            dlclose(lib);
+            return moe_error(err, MOE_EIO, "cuBLAS: %s has no %s", CUBLAS_SONAME, sym[i].name);
+        }
+        memcpy(sym[i].fn, &f, sizeof f);
+    }
+    blas_api.lib = lib;
+    return 0;
+}
+
+static int blas_check(cublasStatus_t s, const char *call, struct moe_err *err)
+{
+    if (s == CUBLAS_STATUS_SUCCESS)
+        return 0;
+    return moe_error(err, s == CUBLAS_STATUS_ALLOC_FAILED ? MOE_ENOMEM : MOE_EIO, "cuBLAS: %s failed: %s", call,
+                     blas_api.status_string(s));
+}
+
+static int launched(const char *kernel, struct moe_err *err)
+{
+    int rc = check(cudaGetLastError(), kernel, err);
+    return rc ? rc : check(cudaDeviceSynchronize(), kernel, err);
+}
+
+static unsigned blocks_for(size_t n, unsigned threads)
+{
+    size_t b = (n + threads - 1) / threads;
+    return b < 65535 ? (unsigned)(b ? b : 1) : 65535u;
+}
+
+// Row-major C (M, N) = alpha op(A) op(B) + beta C, with moe_gemm's arguments
+// (core/gemm.h), so each call below reads like its CPU twin in experts.c and
+// nn/linear.c. cuBLAS is column-major: a row-major matrix is its transpose,
+// so this is C^T = op(B)^T op(A)^T with the operands swapped.
+static int gemm(struct moe_cuda_layer *l, int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A,
+                size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc, const char *what,
+                struct moe_err *err)
+{
+    if (M == 0 || N == 0)
+        return 0;
+    if (K == 0 && beta == 1.0f)
+        return 0;
+    char call[96];
+    cublasStatus_t s = blas_api.sgemm(l->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N,
+                                   (int)M, (int)K, &alpha, B, (int)ldb, A, (int)lda, &beta, C, (int)ldc);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        return 0;
+    snprintf(call, sizeof call, "cublasSgemm (%s)", what);
+    return blas_check(s, call, err);
+}
+
+// nn/linear.c moe_linear_forward without bias: y (T, O) = x (T, I) w^T, w (O, I).
+static int linear_forward(struct moe_cuda_layer *l, float *y, const float *x, const float *w, size_t T, size_t I,
+                          size_t O, const char *what, struct moe_err *err)
+{
+    return gemm(l, 0, 1, T, O, I, 1.0f, x, I, w, I, 0.0f, y, O, what, err);
+}
+
+// nn/linear.c moe_linear_backward without bias: dx (T, I) += dy w (dx may be
+// NULL; beta_dx 0: written), dw (O, I) += dy^T x.
+static int linear_backward(struct moe_cuda_layer *l, float *dx, float *dw, const float *dy, const float *x,
+                           const float *w, size_t T, size_t I, size_t O, float beta_dx, const char *what,
+                           struct moe_err *err)
+{
+    int rc;
+    if (T == 0)
+        return 0;
+    if (dx && (rc = gemm(l, 0, 0, T, I, O, 1.0f, dy, O, w, I, beta_dx, dx, I, what, err)))
+        return rc;
+    return gemm(l, 1, 0, O, I, T, 1.0f, dy, O, x, I, 1.0f, dw, I, what, err);
+}
+
+// ---------------------------------------------------------------- small kernels
+
+// Switch jitter (moe_layer.c): jit = 1 + eps (2 U - 1), U = moe_rng_uniform of
+// index base + i (word i & 3 of Philox block i >> 2); xr = x jit.
+__global__ void jitter_kernel(float *xr, float *jit, const float *x, size_t n, float eps, uint64_t seed,
+                              uint32_t stream, uint64_t base)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t k = base + i;
+        uint32_t w[4];
+        moe_philox_words(seed, MOE_RNG_JITTER, stream, k >> 2, w);
+        jit[i] = 1.0f + eps * (2.0f * moe_philox_u01(w[k & 3]) - 1.0f);
+        xr[i] = x[i] * jit[i];
+    }
+}
+
+// dx += dxr jit (the jittered router input's gradient back to x).
+__global__ void jitter_back_kernel(float *dx, const float *dxr, const float *jit, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dx[i] += dxr[i] * jit[i];
+}
+
+// swiglu forward: h *= b (h = silu(a) already).
+__global__ void mul_kernel(float *h, const float *b, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        h[i] *= b[i];
+}
+
+// swiglu backward (experts.c): db = silu(a) dh, dh = dh b (db holds silu(a)).
+__global__ void swiglu_back_kernel(float *db, float *dh, const float *b, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        db[i] *= dh[i];
+        dh[i] *= b[i];
+    }
+}
+
+// experts.c moe_experts_scatter: dx[t, c] += dxd[row, c] over t's kept slots in slot order.
+__global__ void scatter_kernel(float *dx, const float *dxd, const int32_t *slot_row, size_t T, size_t S, size_t D)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < T * D; i += (size_t)gridDim.x * blockDim.x) {
+        size_t t = i / D, c = i % D;
+        float o = dx[i];
+        for (size_t s = 0; s < S; s++) {
+            int32_t r = slot_row[t * S + s];
+            if (r >= 0)
+                o += dxd[(size_t)r * D + c];
+        }
+        dx[i] = o;
+    }
+}
+
+// ---------------------------------------------------------------- the capacity plan in chunks
+
+// ops.cu's plan runs its keep and rows passes one thread per expert over all
+// T S assignments: serial, milliseconds at T = 65536. The same plan from
+// kernels/dispatch.h's chunked bodies (tests/test_kernels.c: the CPU's plan
+// for any chunk size): one thread per chunk of PLAN_CHUNK positions, one per
+// expert for the scans over the chunks.
+
+__global__ void prob_order_kernel(int32_t *order, const float *prio, size_t T, size_t S)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < S * T; i += (size_t)gridDim.x * blockDim.x) {
+        size_t s = i / T, t = i % T;
+        order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
+    }
+}
+
+__global__ void chunk_count_kernel(size_t *cnt, const int32_t *idx, const int32_t *order, const uint8_t *kept,
+                                   size_t T, size_t S, size_t E, size_t n_chunks, int rows)
+{
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_count(cnt + c * E, idx, order, kept, T, S, E, PLAN_CHUNK, c, rows);
+}
+
+// keep stage: routed, dropped, n_kept per expert; rows stage: from offset[e].
+__global__ void chunk_scan_kernel(struct moe_cuda_plan p, size_t *cnt, size_t n_chunks, size_t E, size_t cap,
+                                  int rows)
+{
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E)
+        return;
+    if (rows) {
+        moe_k_chunk_scan(cnt, n_chunks, E, e, p.offset[e]);
+        return;
+    }
+    size_t routed = moe_k_chunk_scan(cnt, n_chunks, E, e, 0), k = routed < cap ? routed : cap;
+    p.routed[e] = routed;
+    p.n_kept[e] = k;
+    p.dropped[e] = routed - k;
+}
+
+__global__ void chunk_keep_kernel(size_t *cnt, uint8_t *kept, const int32_t *idx, const int32_t *order, size_t T,
+                                  size_t S, size_t E, size_t cap, size_t n_chunks)
+{
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_keep(cnt + c * E, kept, idx, order, T, S, cap, PLAN_CHUNK, c);
+}
+
+__global__ void plan_offsets_kernel(struct moe_cuda_plan p, size_t E) { moe_k_dispatch_offsets(p.offset, p.n_kept, E); }
+
+__global__ void chunk_rows_kernel(struct moe_cuda_plan p, size_t *cnt, const int32_t *idx, size_t T, size_t S,
+                                  size_t E, size_t n_chunks)
+{
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_rows(cnt + c * E, idx, p.kept, T, S, PLAN_CHUNK, c, p.row_tok, p.row_slot, p.slot_row);
+}
+
+// moe_cuda_dispatch_plan's result (the same plan, every field).
+static int plan_chunked(struct moe_cuda_layer *l, size_t T, size_t S, size_t E, size_t cap, int prob,
+                        struct moe_err *err)
+{
+    const struct moe_cuda_plan *p = &l->plan;
+    const size_t nc = (T * S + PLAN_CHUNK - 1) / PLAN_CHUNK;
+    const unsigned cb = (unsigned)((nc + 127) / 128), eb = (unsigned)((E + 63) / 64);
+    int rc;
+    if ((rc = check(cudaMemset(p->kept, 0, T * S), "cudaMemset (kept)", err)) ||
+        (rc = check(cudaMemset(p->slot_row, 0xff, T * S * sizeof(int32_t)), "cudaMemset (slot_row)", err)))
+        return rc;
+    if (nc == 0)
+        return check(cudaMemset(p->offset, 0, (E + 1) * sizeof(size_t)), "cudaMemset (offsets)", err);
+    const int32_t *order = prob ? p->order : NULL;
+    if (prob) {
+        prob_order_kernel<<<blocks_for(S * T, 256), 256>>>(p->order, l->prio, T, S);
+        if ((rc = launched("prob_order_kernel", err)))
+            return rc;
+    }
+    chunk_count_kernel<<<cb, 128>>>(l->chunk_cnt, l->idx, order, NULL, T, S, E, nc, 0);
+    if ((rc = launched("chunk_count_kernel (keep)", err)))
+        return rc;
+    chunk_scan_kernel<<<eb, 64>>>(*p, l->chunk_cnt, nc, E, cap, 0);
+    if ((rc = launched("chunk_scan_kernel (keep)", err)))
+        return rc;
+    chunk_keep_kernel<<<cb, 128>>>(l->chunk_cnt, p->kept, l->idx, order, T, S, E, cap, nc);
+    if ((rc = launched("chunk_keep_kernel", err)))
+        return rc;
+    plan_offsets_kernel<<<1, 1>>>(*p, E);
+    if ((rc = launched("plan_offsets_kernel", err)))
+        return rc;
+    chunk_count_kernel<<<cb, 128>>>(l->chunk_cnt, l->idx, NULL, p->kept, T, S, E, nc, 1);
+    if ((rc = launched("chunk_count_kernel (rows)", err)))
+        return rc;
+    chunk_scan_kernel<<<eb, 64>>>(*p, l->chunk_cnt, nc, E, cap, 1);
+    if ((rc = launched("chunk_scan_kernel (rows)", err)))
+        return rc;
+    chunk_rows_kernel<<<cb, 128>>>(*p, l->chunk_cnt, l->idx, T, S, E, nc);
+    return launched("chunk_rows_kernel", err);
+}
+
+// ---------------------------------------------------------------- timing marks
+
+// The work since the previous mark belongs to phase ph (-1: to none, e.g.
+// the caller's time between a forward and its backward).
+static int mark_as(struct moe_cuda_layer *l, int ph, struct moe_err *err)
+{
+    if (!l->timed)
+        return 0;
+    if (l->n_marks >= MAX_MARKS - 1) // the last two events are the reference's
+        return moe_error(err, MOE_EINVAL, "CUDA layer: more than %d timing marks between two reports",
+                         MAX_MARKS - 1);
+    l->ev_phase[l->n_marks] = ph;
+    return check(cudaEventRecord(l->ev[l->n_marks++], 0), "cudaEventRecord", err);
+}
+
+static int mark(struct moe_cuda_layer *l, enum moe_phase ph, struct moe_err *err) { return mark_as(l, (int)ph, err); }
+
+// Close the pass's intervals into sec, and start the next pass's first mark.
+static int marks_flush(struct moe_cuda_layer *l, struct moe_err *err)
+{
+    int rc;
+    if (!l->timed || l->n_marks == 0)
+        return 0;
+    if ((rc = check(cudaEventSynchronize(l->ev[l->n_marks - 1]), "cudaEventSynchronize", err)))
+        return rc;
+    for (int i = 1; i < l->n_marks; i++) {
+        float ms = 0.0f;
+        if (l->ev_phase[i] < 0)
+            continue;
+        if ((rc = check(cudaEventElapsedTime(&ms, l->ev[i - 1], l->ev[i]), "cudaEventElapsedTime", err)))
+            return rc;
+        l->sec[l->ev_phase[i]] += 1e-3 * ms;
+    }
+    l->n_marks = 0;
+    return 0;
+}
+
+// A forward starts: flush what the last passes marked, then the first boundary.
+static int marks_begin(struct moe_cuda_layer *l, struct moe_err *err)
+{
+    int rc = marks_flush(l, err);
+    return rc ? rc : mark_as(l, -1, err);
+}
+
+extern "C" void moe_cuda_layer_timing(struct moe_cuda_layer *l, int on)
+{
+    l->timed = on;
+    l->n_marks = 0;
+}
+
+extern "C" int moe_cuda_layer_phases(struct moe_cuda_layer *l, double sec[MOE_PHASE_N], struct moe_err *err)
+{
+    int rc = marks_flush(l, err);
+    if (rc)
+        return rc;
+    for (int i = 0; i < MOE_PHASE_N; i++) {
+        sec[i] += l->sec[i];
+        l->sec[i] = 0.0;
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- create, weights
+
+// What the device layer does not do, as the one-line reason (NULL: supported).
+static const char *unsupported(const struct moe_layer_cfg *c)
+{
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
+    if (ri->token_table || ri->quota || !ri->gate_weights)
+        return "hash routing and expert choice are not on the device yet";
+    if (c->router.bias_balance)
+        return "bias balancing (moe.bias_balance) is not on the device yet";
+    if (c->n_shared)
+        return "shared experts (model.n_expert_shared) are not on the device yet";
+    if (c->aux == MOE_AUX_SHAZEER)
+        return "Shazeer's importance and load losses (moe.aux_loss shazeer) have no device kernels yet";
+    if (c->ffn_dropout > 0.0)
+        return "expert hidden dropout (model.dropout.ffn) is not on the device yet";
+    return NULL;
+}
+
+static int dalloc(struct moe_cuda_layer *l, void *ret, size_t bytes, const char *what, struct moe_err *err)
+{
+    void **p = (void **)ret;
+    if (l->n_mem == MAX_MEM)
+        return moe_error(err, MOE_EINVAL, "CUDA layer: more than %d buffers", MAX_MEM);
+    int rc = moe_cuda_malloc(p, bytes, what, err);
+    if (!rc)
+        l->mem[l->n_mem++] = *p;
+    return rc;
+}
+
+extern "C" void moe_cuda_layer_free(struct moe_cuda_layer *l)
+{
+    if (!l)
+        return;
+    for (int i = 0; i < l->n_mem; i++)
+        cudaFree(l->mem[i]);
+    for (int i = 0; i <= MAX_MARKS; i++)
+        if (l->ev[i])
+            cudaEventDestroy(l->ev[i]);
+    if (l->blas)
+        blas_api.destroy(l->blas);
+    free(l->off);
+    free(l);
+}
+
+extern "C" int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
+                                     struct moe_err *err)
+{
+    *ret = NULL;
+    const char *why = unsupported(c);
+    if (why)
+        return moe_error(err, MOE_EINVAL, "CUDA layer: %s (router %s)", why, moe_router_name(c->router.type));
+    struct moe_cuda_layer *l = (struct moe_cuda_layer *)calloc(1, sizeof *l);
+    if (!l)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    l->c = *c;
+    l->E = c->router.E;
+    l->D = c->D;
+    l->F = c->F;
+    l->S = moe_router_slots(&c->router);
+    l->T_max = T_max ? T_max : 1;
+    l->N_max = l->T_max * l->S;
+    l->swiglu = c->act == MOE_FFN_SWIGLU;
+    l->noisy = moe_router_info(c->router.type)->noise_weights;
+    l->act = c->act == MOE_FFN_RELU ? MOE_CUDA_RELU : c->act == MOE_FFN_GELU ? MOE_CUDA_GELU : MOE_CUDA_SILU;
+    const size_t E = l->E, D = l->D, F = l->F, S = l->S, T = l->T_max, N = l->N_max, f = sizeof(float);
+    const size_t EFD = E * F * D;
+    int rc = 0;
+    l->off = (size_t *)calloc(E + 1, sizeof *l->off);
+    if (!l->off)
+        rc = moe_error(err, MOE_ENOMEM, "out of memory");
+    if (!rc)
+        rc = blas_load(err);
+    if (!rc)
+        rc = blas_check(blas_api.create(&l->blas), "cublasCreate", err);
+    if (!rc)
+        rc = blas_check(blas_api.set_math(l->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode", err);
+    if (!rc)
+        rc = blas_check(blas_api.set_atomics(l->blas, CUBLAS_ATOMICS_NOT_ALLOWED), "cublasSetAtomicsMode", err);
+    if (!rc)
+        rc = blas_check(blas_api.set_pointer(l->blas, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode", err);
+    for (int i = 0; !rc && i <= MAX_MARKS; i++)
+        rc = check(cudaEventCreate(&l->ev[i]), "cudaEventCreate", err);
+    struct {
+        void *p;
+        size_t bytes;
+        const char *what;
+    } b[] = {
+        { &l->wr, E * D * f, "router.weight" }, { &l->gwr, E * D * f, "router.weight gradient" },
+        { &l->w1, EFD * f, "experts.w1" },      { &l->gw1, EFD * f, "experts.w1 gradient" },
+        { &l->w2, EFD * f, "experts.w2" },      { &l->gw2, EFD * f, "experts.w2 gradient" },
+        { &l->z, T * E * f, "router logits" },  { &l->p, T * E * f, "router probabilities" },
+        { &l->lse, T * f, "router lse" },       { &l->gate, T * S * f, "gates" },
+        { &l->prio, T * S * f, "priorities" },  { &l->sel, T * S * 4, "selections" },
+        { &l->idx, T * S * 4, "dispatch" },     { &l->xr, T * D * f, "router input" },
+        { &l->jit, T * D * f, "jitter" },       { &l->dxr, T * D * f, "router input gradient" },
+        { &l->xd, N * D * f, "expert inputs" }, { &l->yd, N * D * f, "expert outputs" },
+        { &l->dyd, N * D * f, "expert output gradients" }, { &l->dxd, N * D * f, "expert input gradients" },
+        { &l->a, N * F * f, "expert pre-activations" },    { &l->hh, N * F * f, "expert hidden units" },
+        { &l->da, N * F * f, "expert pre-activation gradients" }, { &l->dh, N * F * f, "expert hidden gradients" },
+        { &l->dgate, T * S * f, "gate gradients" }, { &l->dz, T * E * f, "logit gradients" },
+        { &l->aux_f, E * sizeof(double), "aux f" }, { &l->aux_P, E * sizeof(double), "aux P" },
+        { &l->aux_v, sizeof(double), "aux value" },
+        { &l->plan.row_tok, T * S * 4, "plan rows" }, { &l->plan.row_slot, T * S * 4, "plan slots" },
+        { &l->plan.slot_row, T * S * 4, "plan slot rows" },
+        { &l->plan.offset, (E + 1) * sizeof(size_t), "plan offsets" },
+        { &l->plan.routed, E * sizeof(size_t), "plan routed" },
+        { &l->plan.dropped, E * sizeof(size_t), "plan dropped" },
+        { &l->plan.order, T * S * 4, "plan order" }, { &l->plan.kept, T * S, "plan kept" },
+        { &l->plan.n_kept, E * sizeof(size_t), "plan kept counts" },
+        { &l->chunk_cnt, ((T * S + PLAN_CHUNK - 1) / PLAN_CHUNK) * E * sizeof(size_t), "plan chunk counts" },
+    };
+    for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
+        rc = dalloc(l, b[i].p, b[i].bytes, b[i].what, err);
+    if (!rc && l->swiglu &&
+        ((rc = dalloc(l, &l->w3, EFD * f, "experts.w3", err)) ||
+         (rc = dalloc(l, &l->gw3, EFD * f, "experts.w3 gradient", err)) ||
+         (rc = dalloc(l, &l->b, N * F * f, "expert gate units", err)) ||
+         (rc = dalloc(l, &l->db, N * F * f, "expert gate unit gradients", err))))
+        ;
+    if (!rc && l->noisy &&
+        ((rc = dalloc(l, &l->wn, E * D * f, "router.noise_weight", err)) ||
+         (rc = dalloc(l, &l->gwn, E * D * f, "router.noise_weight gradient", err)) ||
+         (rc = dalloc(l, &l->u, T * E * f, "noise logits", err)) ||
+         (rc = dalloc(l, &l->h, T * E * f, "noisy logits", err)) ||
+         (rc = dalloc(l, &l->eps, T * E * f, "noise draws", err)) ||
+         (rc = dalloc(l, &l->du, T * E * f, "noise logit gradients", err))))
+        ;
+    if (!rc)
+        rc = moe_cuda_layer_zero_grad(l, err);
+    if (rc) {
+        moe_cuda_layer_free(l);
+        return rc;
+    }
+    *ret = l;
+    return 0;
+}
+
+extern "C" int moe_cuda_use_device(int id, struct moe_err *err)
+{
+    return check(cudaSetDevice(id), "cudaSetDevice", err);
+}
+
+extern "C" size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l) { return l->S; }
+
+extern "C" int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float *router, const float *noise,
+                                          const float *w1, const float *w3, const float *w2, struct moe_err *err)
+{
+    const size_t ED = l->E * l->D * sizeof(float), EFD = l->E * l->F * l->D * sizeof(float);
+    int rc;
+    if ((rc = moe_cuda_to_device(l->wr, router, ED, err)) || (rc = moe_cuda_to_device(l->w1, w1, EFD, err)) ||
+        (rc = moe_cuda_to_device(l->w2, w2, EFD, err)))
+        return rc;
+    if (l->swiglu && (rc = moe_cuda_to_device(l->w3, w3, EFD, err)))
+        return rc;
+    if (l->noisy && (rc = moe_cuda_to_device(l->wn, noise, ED, err)))
+        return rc;
+    return 0;
+}
+
+extern "C" int moe_cuda_layer_zero_grad(struct moe_cuda_layer *l, struct moe_err *err)
+{
+    const size_t ED = l->E * l->D * sizeof(float), EFD = l->E * l->F * l->D * sizeof(float);
+    struct {
+        float *p;
+        size_t n;
+    } g[] = { { l->gwr, ED }, { l->gw1, EFD }, { l->gw2, EFD }, { l->gw3, EFD }, { l->gwn, ED } };
+    for (size_t i = 0; i < sizeof g / sizeof *g; i++) {
+        int rc;
+        if (g[i].p && (rc = check(cudaMemset(g[i].p, 0, g[i].n), "cudaMemset (gradients)", err)))
+            return rc;
+    }
+    return 0;
+}
+
+extern "C" int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, float *router, float *noise, float *w1,
+                                        float *w3, float *w2, struct moe_err *err)
+{
+    const size_t ED = l->E * l->D * sizeof(float), EFD = l->E * l->F * l->D * sizeof(float);
+    struct {
+        float *dst;
+        const float *src;
+        size_t n;
+    } g[] = { { router, l->gwr, ED }, { noise, l->gwn, ED }, { w1, l->gw1, EFD }, { w3, l->gw3, EFD },
+              { w2, l->gw2, EFD } };
+    for (size_t i = 0; i < sizeof g / sizeof *g; i++) {
+        int rc;
+        if (g[i].dst && g[i].src && (rc = moe_cuda_to_host(g[i].dst, g[i].src, g[i].n, err)))
+            return rc;
+    }
+    return 0;
+}
+
+extern "C" int moe_cuda_layer_memzero(void *p, size_t bytes, struct moe_err *err)
+{
+    return check(cudaMemset(p, 0, bytes), "cudaMemset", err);
+}
+
+// ---------------------------------------------------------------- forward
+
+// The expert FFNs over the plan's blocks (experts.c expert_forward): per
+// expert a = xd W1^T (b = xd W3^T), then the activation over all N rows at
+// once (the blocks are contiguous), then per expert yd = h W2^T.
+static int experts_forward(struct moe_cuda_layer *l, size_t N, struct moe_err *err)
+{
+    const size_t D = l->D, F = l->F, E = l->E;
+    int rc;
+    for (size_t e = 0; e < E; e++) {
+        size_t o = l->off[e], n = l->off[e + 1] - o;
+        if ((rc = linear_forward(l, l->a + o * F, l->xd + o * D, l->w1 + e * F * D, n, D, F, "expert w1", err)) ||
+            (l->swiglu &&
+             (rc = linear_forward(l, l->b + o * F, l->xd + o * D, l->w3 + e * F * D, n, D, F, "expert w3", err))))
+            return rc;
+    }
+    if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)) || (rc = moe_cuda_act_forward(l->act, l->hh, l->a, N * F, err)))
+        return rc;
+    if (l->swiglu) {
+        mul_kernel<<<blocks_for(N * F, 256), 256>>>(l->hh, l->b, N * F);
+        if ((rc = launched("mul_kernel", err)))
+            return rc;
+    }
+    if ((rc = mark(l, MOE_PHASE_ACTIVATION, err)))
+        return rc;
+    for (size_t e = 0; e < E; e++) {
+        size_t o = l->off[e], n = l->off[e + 1] - o;
+        if ((rc = linear_forward(l, l->yd + o * D, l->hh + o * F, l->w2 + e * D * F, n, F, D, "expert w2", err)))
+            return rc;
+    }
+    return mark(l, MOE_PHASE_FFN_GEMM, err);
+}
+
+// moe_layer.c aux_forward: the unweighted value of the layer's convention and
+// the z-loss, and their weighted sum.
+static int aux_forward(struct moe_cuda_layer *l, struct moe_err *err)
+{
+    const struct moe_layer_cfg *c = &l->c;
+    const double E = (double)l->E;
+    double v = NAN, weighted = 0.0, sum;
+    int rc;
+    if (c->aux == MOE_AUX_SWITCH || c->aux == MOE_AUX_GSHARD || c->aux == MOE_AUX_TOPK_ALL) {
+        size_t n_slots = c->aux == MOE_AUX_TOPK_ALL ? l->S : 1;
+        if ((rc = moe_cuda_aux_fp(&sum, NULL, l->sel, l->p, l->T, l->E, l->S, n_slots, 0.0, l->aux_f, l->aux_P,
+                                  l->aux_v, err)))
+            return rc;
+        v = c->aux == MOE_AUX_GSHARD ? E * E * (sum / E) : E * sum; // aux_loss.c's expressions
+        weighted = c->aux_weight * v;
+    }
+    if ((rc = moe_cuda_aux_z(&l->z_value, NULL, l->lse, l->p, l->T, l->E, 0.0f, l->aux_v, err)))
+        return rc;
+    l->aux_value = v;
+    l->loss = weighted + c->z_weight * l->z_value;
+    return 0;
+}
+
+extern "C" int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x, size_t T, int train,
+                                      uint64_t seed, uint64_t step, double *ret_loss, struct moe_err *err)
+{
+    const struct moe_layer_cfg *c = &l->c;
+    const size_t E = l->E, D = l->D, S = l->S;
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
+    int rc;
+    if (T > l->T_max)
+        return moe_error(err, MOE_EINVAL, "CUDA layer: %zu tokens, allocated for %zu", T, l->T_max);
+    l->T = T;
+    l->train = train;
+    const uint64_t base = (uint64_t)c->index * LAYER_STRIDE;
+    if ((rc = marks_begin(l, err)))
+        return rc;
+    // router input (Switch jitter in training), logits, routing
+    const float *rin = x;
+    l->jittered = train && c->jitter > 0.0;
+    if (l->jittered) {
+        jitter_kernel<<<blocks_for(T * D, 256), 256>>>(l->xr, l->jit, x, T * D, (float)c->jitter, seed,
+                                                       (uint32_t)step, base);
+        if ((rc = launched("jitter_kernel", err)))
+            return rc;
+        rin = l->xr;
+    }
+    if ((rc = linear_forward(l, l->z, rin, l->wr, T, D, E, "router", err)) ||
+        (l->noisy && (rc = linear_forward(l, l->u, rin, l->wn, T, D, E, "router noise", err))))
+        return rc;
+    struct moe_rng rng = moe_rng_make(seed, ri->rng, (uint32_t)step);
+    struct moe_cuda_route *a = &l->route;
+    memset(a, 0, sizeof *a);
+    a->T = (int)T;
+    a->E = (int)E;
+    a->K = (int)S;
+    a->raw_gates = c->router.type == MOE_ROUTER_SWITCH || c->router.type == MOE_ROUTER_DEEPSEEK;
+    a->noisy = l->noisy;
+    a->gshard_random = c->router.type == MOE_ROUTER_GSHARD && c->router.second == MOE_SECOND_RANDOM;
+    a->train = train;
+    a->seed = rng.seed;
+    a->purpose = rng.purpose;
+    a->stream = rng.stream;
+    a->base = base;
+    if ((rc = moe_cuda_route_forward(a, l->p, l->lse, l->h, l->eps, l->sel, l->idx, l->gate, l->prio, l->z, l->u,
+                                     NULL, err)) ||
+        (rc = mark(l, MOE_PHASE_ROUTER, err)))
+        return rc;
+    // capacity plan (chunked: moe_cuda_dispatch_plan's result), its offsets to
+    // the host (the GEMM shapes), gather
+    l->cap = moe_capacity(train ? c->capacity_factor : c->eval_capacity_factor, T, S, E);
+    if ((rc = plan_chunked(l, T, S, E, l->cap, c->drop == MOE_DROP_PROB, err)) ||
+        (rc = moe_cuda_to_host(l->off, l->plan.offset, (E + 1) * sizeof(size_t), err)))
+        return rc;
+    const size_t N = l->off[E];
+    if ((rc = moe_cuda_gather(l->xd, x, &l->plan, E, l->N_max, D, err)) || (rc = mark(l, MOE_PHASE_DISPATCH, err)) ||
+        (rc = experts_forward(l, N, err)))
+        return rc;
+    if ((rc = moe_cuda_combine(out, l->yd, l->gate, l->plan.slot_row, T, S, D, err)) ||
+        (rc = mark(l, MOE_PHASE_COMBINE, err)) || (rc = aux_forward(l, err)) || (rc = mark(l, MOE_PHASE_AUX, err)))
+        return rc;
+    if (ret_loss)
+        *ret_loss = l->loss;
+    return 0;
+}
+
+// ---------------------------------------------------------------- backward
+
+// experts.c expert_backward over every block: dh = dyd W2, dW2 += dyd^T h;
+// the activation's backward over all rows; dxd = db W3 + da W1 (swiglu's w3
+// term first, as nn/linear.c's order in moe_ffn_backward), dW3 += db^T xd,
+// dW1 += da^T xd.
+static int experts_backward(struct moe_cuda_layer *l, size_t N, struct moe_err *err)
+{
+    const size_t D = l->D, F = l->F, E = l->E;
+    int rc;
+    for (size_t e = 0; e < E; e++) {
+        size_t o = l->off[e], n = l->off[e + 1] - o;
+        if (n == 0)
+            continue;
+        if ((rc = gemm(l, 0, 0, n, F, D, 1.0f, l->dyd + o * D, D, l->w2 + e * D * F, F, 0.0f, l->dh + o * F, F,
+                       "expert w2 backward (dh)", err)) ||
+            (rc = gemm(l, 1, 0, D, F, n, 1.0f, l->dyd + o * D, D, l->hh + o * F, F, 1.0f, l->gw2 + e * D * F, F,
+                       "expert w2 backward (dw2)", err)))
+            return rc;
+    }
+    if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)))
+        return rc;
+    if (l->swiglu) {
+        if ((rc = moe_cuda_act_forward(MOE_CUDA_SILU, l->db, l->a, N * F, err)))
+            return rc;
+        swiglu_back_kernel<<<blocks_for(N * F, 256), 256>>>(l->db, l->dh, l->b, N * F);
+        if ((rc = launched("swiglu_back_kernel", err)))
+            return rc;
+    }
+    if ((rc = moe_cuda_act_backward(l->act, l->da, l->dh, l->a, N * F, err)) ||
+        (rc = mark(l, MOE_PHASE_ACTIVATION, err)))
+        return rc;
+    for (size_t e = 0; e < E; e++) {
+        size_t o = l->off[e], n = l->off[e + 1] - o;
+        float beta = 0.0f;
+        if (n == 0)
+            continue;
+        if (l->swiglu) {
+            if ((rc = linear_backward(l, l->dxd + o * D, l->gw3 + e * F * D, l->db + o * F, l->xd + o * D,
+                                      l->w3 + e * F * D, n, D, F, 0.0f, "expert w3 backward", err)))
+                return rc;
+            beta = 1.0f;
+        }
+        if ((rc = linear_backward(l, l->dxd + o * D, l->gw1 + e * F * D, l->da + o * F, l->xd + o * D,
+                                  l->w1 + e * F * D, n, D, F, beta, "expert w1 backward", err)))
+            return rc;
+    }
+    return mark(l, MOE_PHASE_FFN_GEMM, err);
+}
+
+// moe_layer.c aux_backward: the balancing and z gradients into dz.
+static int aux_backward(struct moe_cuda_layer *l, struct moe_err *err)
+{
+    const struct moe_layer_cfg *c = &l->c;
+    const double E = (double)l->E;
+    double v;
+    int rc;
+    if (c->aux == MOE_AUX_SWITCH || c->aux == MOE_AUX_GSHARD || c->aux == MOE_AUX_TOPK_ALL) {
+        size_t n_slots = c->aux == MOE_AUX_TOPK_ALL ? l->S : 1;
+        double scale = (double)(float)c->aux_weight * E; // aux_loss.c: coef (a float) times E
+        if ((rc = moe_cuda_aux_fp(&v, l->dz, l->sel, l->p, l->T, l->E, l->S, n_slots, scale, l->aux_f, l->aux_P,
+                                  l->aux_v, err)))
+            return rc;
+    }
+    if (c->z_weight > 0.0 &&
+        (rc = moe_cuda_aux_z(&v, l->dz, l->lse, l->p, l->T, l->E, (float)c->z_weight, l->aux_v, err)))
+        return rc;
+    return 0;
+}
+
+extern "C" int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, const float *dout, const float *x,
+                                       struct moe_err *err)
+{
+    const size_t T = l->T, E = l->E, D = l->D, S = l->S, N = l->off[E];
+    int rc;
+    if ((rc = mark_as(l, -1, err))) // the caller's time since the forward counts for no phase
+        return rc;
+    // combine backward: dyd, dgate (zeroed first, as moe_layer_backward)
+    if ((rc = check(cudaMemset(l->dgate, 0, T * S * sizeof(float)), "cudaMemset (gate gradients)", err)) ||
+        (rc = moe_cuda_combine_backward(l->dyd, l->dgate, dout, l->yd, l->gate, &l->plan, E, l->N_max, S, D, err)) ||
+        (rc = mark(l, MOE_PHASE_COMBINE, err)) || (rc = experts_backward(l, N, err)))
+        return rc;
+    if (T > 0) {
+        scatter_kernel<<<blocks_for(T * D, 256), 256>>>(dx, l->dxd, l->plan.slot_row, T, S, D);
+        if ((rc = launched("scatter_kernel", err)))
+            return rc;
+    }
+    if ((rc = mark(l, MOE_PHASE_COMBINE, err)))
+        return rc;
+    // the auxiliary losses' gradients, then the router's backward
+    if ((rc = check(cudaMemset(l->dz, 0, T * E * sizeof(float)), "cudaMemset (logit gradients)", err)) ||
+        (l->noisy && (rc = check(cudaMemset(l->du, 0, T * E * sizeof(float)), "cudaMemset (noise gradients)", err))) ||
+        (rc = aux_backward(l, err)) || (rc = mark(l, MOE_PHASE_AUX, err)))
+        return rc;
+    if ((rc = moe_cuda_route_backward(&l->route, l->dz, l->du, l->dgate, l->sel, l->idx, l->p, l->z, l->h, l->eps,
+                                      l->u, err)))
+        return rc;
+    const float *rin = l->jittered ? l->xr : x;
+    float *dr = l->jittered ? l->dxr : dx;
+    if (l->jittered && (rc = check(cudaMemset(l->dxr, 0, T * D * sizeof(float)), "cudaMemset (router input)", err)))
+        return rc;
+    if ((rc = linear_backward(l, dr, l->gwr, l->dz, rin, l->wr, T, D, E, 1.0f, "router backward", err)) ||
+        (l->noisy &&
+         (rc = linear_backward(l, dr, l->gwn, l->du, rin, l->wn, T, D, E, 1.0f, "router noise backward", err))))
+        return rc;
+    if (l->jittered && T > 0) {
+        jitter_back_kernel<<<blocks_for(T * D, 256), 256>>>(dx, l->dxr, l->jit, T * D);
+        if ((rc = launched("jitter_back_kernel", err)))
+            return rc;
+    }
+    return mark(l, MOE_PHASE_ROUTER, err);
+}
+
+// ---------------------------------------------------------------- the last pass, on the host
+
+extern "C" int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *idx, float *gate,
+                                    size_t *ret_rows, double *ret_aux, double *ret_z, struct moe_err *err)
+{
+    const size_t n = l->T * l->S;
+    int rc;
+    if ((sel && (rc = moe_cuda_to_host(sel, l->sel, n * 4, err))) ||
+        (idx && (rc = moe_cuda_to_host(idx, l->idx, n * 4, err))) ||
+        (gate && (rc = moe_cuda_to_host(gate, l->gate, n * sizeof(float), err))))
+        return rc;
+    if (ret_rows)
+        *ret_rows = l->off[l->E];
+    if (ret_aux)
+        *ret_aux = l->aux_value;
+    if (ret_z)
+        *ret_z = l->z_value;
+    return 0;
+}
+
+// ---------------------------------------------------------------- FLOPs and the dense reference
+
+// The GEMMs of a pass, experts merged into one block of all N kept rows:
+// row-major (M, N, K) with the transposes the layer's own call uses, and the
+// role that says which of the layer's buffers hold operands that large.
+enum role { R_LOGITS, R_IN, R_OUT, R_DH, R_DW2, R_DX, R_DW, R_RDX, R_RDW };
+struct shape {
+    size_t M, N, K;
+    int ta, tb;
+    enum role r;
+};
+
+static size_t pass_shapes(const struct moe_cuda_layer *l, int backward, struct shape *s)
+{
+    const size_t T = l->T, E = l->E, D = l->D, F = l->F, N = l->off[l->E];
+    const size_t nr = l->noisy ? 2 : 1, n_in = l->swiglu ? 2 : 1;
+    size_t n = 0;
+    for (size_t i = 0; i < nr; i++)
+        s[n++] = (struct shape){ T, E, D, 0, 1, R_LOGITS }; // z (u) = x W^T
+    for (size_t i = 0; i < n_in; i++)
+        s[n++] = (struct shape){ N, F, D, 0, 1, R_IN };     // a (b) = xd W^T
+    s[n++] = (struct shape){ N, D, F, 0, 1, R_OUT };        // yd = h W2^T
+    if (!backward)
+        return n;
+    s[n++] = (struct shape){ N, F, D, 0, 0, R_DH };         // dh = dyd W2
+    s[n++] = (struct shape){ D, F, N, 1, 0, R_DW2 };        // dW2 += dyd^T h
+    for (size_t i = 0; i < n_in; i++) {
+        s[n++] = (struct shape){ N, D, F, 0, 0, R_DX };     // dxd (+)= d{b,a} W
+        s[n++] = (struct shape){ F, D, N, 1, 0, R_DW };     // dW += d{b,a}^T xd
+    }
+    for (size_t i = 0; i < nr; i++) {
+        s[n++] = (struct shape){ T, D, E, 0, 0, R_RDX };    // dx += dz W
+        s[n++] = (struct shape){ E, D, T, 1, 0, R_RDW };    // dW += dz^T x
+    }
+    return n;
+}
+
+extern "C" double moe_cuda_layer_flops(const struct moe_cuda_layer *l, int backward)
+{
+    struct shape s[16];
+    size_t n = pass_shapes(l, backward, s);
+    double flops = 0.0;
+    for (size_t i = 0; i < n; i++)
+        flops += 2.0 * (double)s[i].M * (double)s[i].N * (double)s[i].K;
+    return flops;
+}
+
+// One dense GEMM of shape s on layer buffers at least as large as its
+// operands (their contents do not matter: only the time counts).
+static int dense(struct moe_cuda_layer *l, const struct shape *s, struct moe_err *err)
+{
+    const float *A, *B;
+    float *C;
+    switch (s->r) {
+    case R_LOGITS: A = l->xd, B = l->wr, C = l->z; break;
+    case R_IN: A = l->xd, B = l->w1, C = l->a; break;
+    case R_OUT: A = l->hh, B = l->w2, C = l->yd; break;
+    case R_DH: A = l->dyd, B = l->w2, C = l->dh; break;
+    case R_DW2: A = l->dyd, B = l->hh, C = l->gw2; break;
+    case R_DX: A = l->da, B = l->w1, C = l->dxd; break;
+    case R_DW: A = l->da, B = l->xd, C = l->gw1; break;
+    case R_RDX: A = l->dz, B = l->wr, C = l->dxr; break;
+    default: A = l->dz, B = l->xr, C = l->gwr; break;
+    }
+    size_t lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
+    return gemm(l, s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N, "dense reference", err);
+}
+
+extern "C" int moe_cuda_layer_reference(struct moe_cuda_layer *l, int backward, double *ret_seconds,
+                                        double *ret_flops, struct moe_err *err)
+{
+    struct shape s[16];
+    size_t n = pass_shapes(l, backward, s);
+    cudaEvent_t t0 = l->ev[MAX_MARKS - 1], t1 = l->ev[MAX_MARKS]; // spare events (marks stop short of these)
+    int rc = marks_flush(l, err);
+    if (rc || (rc = check(cudaEventRecord(t0, 0), "cudaEventRecord", err)))
+        return rc;
+    for (size_t i = 0; i < n; i++)
+        if ((rc = dense(l, &s[i], err)))
+            return rc;
+    float ms = 0.0f;
+    if ((rc = check(cudaEventRecord(t1, 0), "cudaEventRecord", err)) ||
+        (rc = check(cudaEventSynchronize(t1), "cudaEventSynchronize", err)) ||
+        (rc = check(cudaEventElapsedTime(&ms, t0, t1), "cudaEventElapsedTime", err)))
+        return rc;
+    *ret_seconds = 1e-3 * ms;
+    *ret_flops = moe_cuda_layer_flops(l, backward);
+    return 0;
+}
+
+// ---------------------------------------------------------------- timer
+
+struct moe_cuda_timer {
+    cudaEvent_t a, b;
+};
+
+extern "C" int moe_cuda_timer_create(struct moe_cuda_timer **ret, struct moe_err *err)
+{
+    struct moe_cuda_timer *t = (struct moe_cuda_timer *)calloc(1, sizeof *t);
+    *ret = NULL;
+    if (!t)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    int rc = check(cudaEventCreate(&t->a), "cudaEventCreate", err);
+    if (!rc)
+        rc = check(cudaEventCreate(&t->b), "cudaEventCreate", err);
+    if (rc) {
+        moe_cuda_timer_free(t);
+        return rc;
+    }
+    *ret = t;
+    return 0;
+}
+
+extern "C" void moe_cuda_timer_free(struct moe_cuda_timer *t)
+{
+    if (!t)
+        return;
+    if (t->a)
+        cudaEventDestroy(t->a);
+    if (t->b)
+        cudaEventDestroy(t->b);
+    free(t);
+}
+
+extern "C" int moe_cuda_timer_start(struct moe_cuda_timer *t, struct moe_err *err)
+{
+    return check(cudaEventRecord(t->a, 0), "cudaEventRecord", err);
+}
+
+extern "C" int moe_cuda_timer_stop(struct moe_cuda_timer *t, double *ret_seconds, struct moe_err *err)
+{
+    float ms = 0.0f;
+    int rc;
+    if ((rc = check(cudaEventRecord(t->b, 0), "cudaEventRecord", err)) ||
+        (rc = check(cudaEventSynchronize(t->b), "cudaEventSynchronize", err)) ||
+        (rc = check(cudaEventElapsedTime(&ms, t->a, t->b), "cudaEventElapsedTime", err)))
+        return rc;
+    *ret_seconds = 1e-3 * ms;
+    return 0;
+}

@@ -1,0 +1,117 @@
+// layer.h: one sparse MoE layer (moe/moe_layer.h's math) resident on a CUDA
+// device: its weights and gradients, the router, the capacity plan, the
+// expert FFNs through cuBLAS, the combine, the balancing and z losses, and
+// the backward of all of it. Callable from C. Every float pointer a forward,
+// backward or reference takes is device memory; weights and gradients cross
+// to and from the host through set_weights / get_grads.
+//
+// T = tokens, D = n_embd, F = n_ff, E = n_expert, K = n_expert_used,
+// S = slots per token.
+//
+// What it covers: the routers softmax (top-K), switch, gshard (both second-
+// expert policies), deepseek and noisy-topk; relu, gelu and swiglu experts;
+// both drop policies and the capacity formula of moe/dispatch.h; Switch input
+// jitter; the switch / gshard / topk-all balancing losses and the z-loss with
+// their gradients. Refused with a one-line error (moe_cuda_layer_create):
+// hash routing and expert choice, bias balancing, shared experts, Shazeer's
+// importance and load losses, expert hidden dropout, and expert parallelism.
+// Not here: the rest of a model (the model step still runs on the CPU only),
+// the language-router input (moe_layer's radd), routing statistics.
+//
+// Built only with CUDA; a build without it links lib/cuda/layer_none.c,
+// whose moe_cuda_layer_create says so.
+#ifndef MOE_CUDA_LAYER_H
+#define MOE_CUDA_LAYER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/prof.h"
+#include "core/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct moe_layer_cfg;
+struct moe_cuda_layer;
+
+// Make CUDA device id the current one (cudaSetDevice) for what follows.
+int moe_cuda_use_device(int id, struct moe_err *err);
+
+// A device layer for batches of up to T_max tokens with the settings of c
+// (moe_layer_cfg_parse's, or the model's first sparse layer's), every buffer
+// allocated on the current device, weights and gradients zero. MOE_EINVAL with
+// the reason when c asks for something the device layer does not do (above);
+// MOE_EIO / MOE_ENOMEM naming the CUDA or cuBLAS call that failed.
+int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
+                          struct moe_err *err);
+void moe_cuda_layer_free(struct moe_cuda_layer *l);
+
+// Host weights in the checkpoint layout (moe_layer.h): router (E, D), noise
+// (E, D) (noisy-topk; else NULL), w1 (E, F, D), w3 (E, F, D) (swiglu; else
+// NULL), w2 (E, D, F), copied to the device.
+int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float *router, const float *noise, const float *w1,
+                               const float *w3, const float *w2, struct moe_err *err);
+// Zero every gradient on the device.
+int moe_cuda_layer_zero_grad(struct moe_cuda_layer *l, struct moe_err *err);
+// The gradients to the host, same layout as set_weights (NULL: not copied).
+int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, float *router, float *noise, float *w1, float *w3,
+                             float *w2, struct moe_err *err);
+
+// out (T, D) += MoE(x), x (T, D), both device memory, as moe_layer_forward
+// with keys, acc and label NULL: train (noise, jitter, GShard's random
+// policy, the training capacity factor), seed and step (the random streams).
+// *ret_loss (may be NULL): the weighted auxiliary loss of the batch.
+int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x, size_t T, int train, uint64_t seed,
+                           uint64_t step, double *ret_loss, struct moe_err *err);
+// Backward of the last forward (moe_layer_backward): dx (T, D) +=, weight
+// gradients +=, with the auxiliary losses' gradients; dout, dx, x device memory
+// (x: the forward's input).
+int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, const float *dout, const float *x,
+                            struct moe_err *err);
+
+// The last forward's routing on the host: sel, idx (T, S), gate (T, S) (any
+// may be NULL); *ret_rows: the rows the experts ran (kept assignments); the
+// unweighted aux and z values (aux NaN for none).
+int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *idx, float *gate, size_t *ret_rows,
+                         double *ret_aux, double *ret_z, struct moe_err *err);
+size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l);
+
+// Timing by phase (CUDA events at the phase boundaries of forward and
+// backward): with on, each pass records its events; moe_cuda_layer_phases
+// waits for the device and adds each phase's seconds since the last call into
+// sec (indexed by enum moe_phase: ROUTER, DISPATCH, FFN_GEMM, ACTIVATION,
+// COMBINE, AUX).
+void moe_cuda_layer_timing(struct moe_cuda_layer *l, int on);
+int moe_cuda_layer_phases(struct moe_cuda_layer *l, double sec[MOE_PHASE_N], struct moe_err *err);
+
+// The dense reference of the last pass: the same cuBLAS sgemm calls that pass
+// made (router and experts), with every expert's block merged into one GEMM
+// over all the kept rows (same shapes otherwise, same total FLOPs), timed with
+// events. backward: the forward's and the backward's GEMMs, else the forward's.
+// *ret_seconds, *ret_flops (2 M N K summed). Overwrites the layer's scratch
+// and gradients: run no backward after it without a new forward.
+int moe_cuda_layer_reference(struct moe_cuda_layer *l, int backward, double *ret_seconds, double *ret_flops,
+                             struct moe_err *err);
+// The FLOPs (2 M N K summed) of the last forward's GEMMs, and with backward
+// also the backward's.
+double moe_cuda_layer_flops(const struct moe_cuda_layer *l, int backward);
+
+// Seconds between two points of the device's stream: a CUDA event pair
+// (moe bench's timer). start records now; stop records and waits.
+struct moe_cuda_timer;
+int moe_cuda_timer_create(struct moe_cuda_timer **ret, struct moe_err *err);
+void moe_cuda_timer_free(struct moe_cuda_timer *t);
+int moe_cuda_timer_start(struct moe_cuda_timer *t, struct moe_err *err);
+int moe_cuda_timer_stop(struct moe_cuda_timer *t, double *ret_seconds, struct moe_err *err);
+
+// Set `bytes` bytes of device memory to zero (cudaMemset), for callers that
+// hold device buffers of their own (moe bench, the tests).
+int moe_cuda_layer_memzero(void *p, size_t bytes, struct moe_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

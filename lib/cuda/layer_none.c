@@ -1,0 +1,141 @@
+// layer_none.c: the device layer (cuda/layer.h) and ops.h's device memory
+// functions in a build without CUDA, so that callers (moe bench) link the
+// same way in every build. Creating a layer or allocating device memory fails
+// with the reason; the rest is never reached without a layer and does nothing.
+// `moe bench --device cuda` is refused before any of this by the --device
+// check (cmd/cli.c), which probes the backend table.
+#include "cuda/layer.h"
+#include "cuda/ops.h"
+
+#define NONE "this build has no CUDA backend; 'meson setup -Dcuda=enabled BUILDDIR'"
+
+int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
+                          struct moe_err *err)
+{
+    (void)c, (void)T_max;
+    *ret = NULL;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+void moe_cuda_layer_free(struct moe_cuda_layer *l) { (void)l; }
+
+int moe_cuda_use_device(int id, struct moe_err *err)
+{
+    (void)id;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float *router, const float *noise, const float *w1,
+                               const float *w3, const float *w2, struct moe_err *err)
+{
+    (void)l, (void)router, (void)noise, (void)w1, (void)w3, (void)w2;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_layer_zero_grad(struct moe_cuda_layer *l, struct moe_err *err)
+{
+    (void)l;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, float *router, float *noise, float *w1, float *w3,
+                             float *w2, struct moe_err *err)
+{
+    (void)l, (void)router, (void)noise, (void)w1, (void)w3, (void)w2;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x, size_t T, int train, uint64_t seed,
+                           uint64_t step, double *ret_loss, struct moe_err *err)
+{
+    (void)l, (void)out, (void)x, (void)T, (void)train, (void)seed, (void)step, (void)ret_loss;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, const float *dout, const float *x,
+                            struct moe_err *err)
+{
+    (void)l, (void)dx, (void)dout, (void)x;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *idx, float *gate, size_t *ret_rows,
+                         double *ret_aux, double *ret_z, struct moe_err *err)
+{
+    (void)l, (void)sel, (void)idx, (void)gate, (void)ret_rows, (void)ret_aux, (void)ret_z;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l)
+{
+    (void)l;
+    return 0;
+}
+
+void moe_cuda_layer_timing(struct moe_cuda_layer *l, int on) { (void)l, (void)on; }
+
+int moe_cuda_layer_phases(struct moe_cuda_layer *l, double sec[MOE_PHASE_N], struct moe_err *err)
+{
+    (void)l, (void)sec;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_layer_reference(struct moe_cuda_layer *l, int backward, double *ret_seconds, double *ret_flops,
+                             struct moe_err *err)
+{
+    (void)l, (void)backward, (void)ret_seconds, (void)ret_flops;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+double moe_cuda_layer_flops(const struct moe_cuda_layer *l, int backward)
+{
+    (void)l, (void)backward;
+    return 0.0;
+}
+
+int moe_cuda_timer_create(struct moe_cuda_timer **ret, struct moe_err *err)
+{
+    *ret = NULL;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+void moe_cuda_timer_free(struct moe_cuda_timer *t) { (void)t; }
+
+int moe_cuda_timer_start(struct moe_cuda_timer *t, struct moe_err *err)
+{
+    (void)t;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_timer_stop(struct moe_cuda_timer *t, double *ret_seconds, struct moe_err *err)
+{
+    (void)t, (void)ret_seconds;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_layer_memzero(void *p, size_t bytes, struct moe_err *err)
+{
+    (void)p, (void)bytes;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_malloc(void **ret, size_t bytes, const char *what, struct moe_err *err)
+{
+    (void)bytes, (void)what;
+    *ret = NULL;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+void moe_cuda_free(void *p) { (void)p; }
+
+int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err *err)
+{
+    (void)dst, (void)src, (void)bytes;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err)
+{
+    (void)dst, (void)src, (void)bytes;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
