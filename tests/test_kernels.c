@@ -498,6 +498,24 @@ START_TEST(test_aux)
             moe_k_aux_fp_expert(&f[e], &P[e], r.sel, r.p, T, E, S, all ? S : 1, e);
         double v2 = (double)E * moe_k_aux_fp_sum(f, P, E);
         ck_assert_msg(v1 == v2, "%s: %.17g vs %.17g", all ? "topk-all" : "switch", v1, v2);
+        // the GPU's tiled form (a block per expert, tiles staged): the same bits for any tile size
+        static const size_t tiles[] = { 1, 7, 64, 1000 };
+        for (size_t ti = 0; ti < 4; ti++)
+            for (size_t e = 0; e < E; e++) {
+                double fe = 0.0, pe = 0.0;
+                unsigned char hits[1000];
+                float pcol[1000];
+                for (size_t t0 = 0; t0 < T; t0 += tiles[ti]) {
+                    size_t n = T - t0 < tiles[ti] ? T - t0 : tiles[ti];
+                    for (size_t i = 0; i < n; i++) {
+                        hits[i] = (unsigned char)moe_k_aux_fp_hits(r.sel, S, all ? S : 1, t0 + i, e);
+                        pcol[i] = r.p[(t0 + i) * E + e];
+                    }
+                    moe_k_aux_fp_tile(&fe, &pe, hits, pcol, n);
+                }
+                ck_assert_msg(fe / (double)T == f[e] && pe / (double)T == P[e], "tiles of %zu, expert %zu",
+                              tiles[ti], e);
+            }
         for (size_t t = 0; t < T; t++) // one thread per (token, expert)
             for (size_t j = 0; j < E; j++)
                 moe_k_aux_fp_grad(dz2, r.p, f, E, (double)coef * (double)E, T, t, j);
@@ -505,6 +523,12 @@ START_TEST(test_aux)
     }
     double z1 = moe_aux_z(dz1, &r, coef), z2 = moe_k_z_loss(r.lse, T);
     ck_assert_msg(z1 == z2, "z: %.17g vs %.17g", z1, z2);
+    for (size_t tile = 1; tile <= 300; tile += 37) {
+        double sum = 0.0;
+        for (size_t t0 = 0; t0 < T; t0 += tile)
+            moe_k_z_tile(&sum, r.lse + t0, T - t0 < tile ? T - t0 : tile);
+        ck_assert_msg(sum / (double)T == z1, "z in tiles of %zu", tile);
+    }
     for (size_t t = 0; t < T; t++)
         for (size_t j = 0; j < E; j++)
             moe_k_z_grad(dz2, r.lse, r.p, E, coef, T, t, j);

@@ -355,12 +355,33 @@ extern "C" int moe_cuda_combine_backward(float *dyd, float *dgate, const float *
 
 // ---------------------------------------------------------------- balancing and z losses
 
+// One block per expert: the block stages a tile of the expert's probability
+// column and selection counts in shared memory (coalesced over tokens), then
+// thread 0 adds them in token order (moe_k_aux_fp_tile). One thread per expert
+// reading p with stride E was latency-bound: 28 ms at T = 65536, E = 8 on an H200.
+#define AUX_TILE 2048
 __global__ void fp_expert_kernel(double *f, double *P, const int32_t *sel, const float *p, size_t T, size_t E,
                                  size_t S, size_t n_slots)
 {
-    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e < E)
-        moe_k_aux_fp_expert(f + e, P + e, sel, p, T, E, S, n_slots, e);
+    __shared__ float pcol[AUX_TILE];
+    __shared__ unsigned char hits[AUX_TILE];
+    const size_t e = blockIdx.x;
+    double fe = 0.0, pe = 0.0;
+    for (size_t t0 = 0; t0 < T; t0 += AUX_TILE) {
+        const size_t n = T - t0 < AUX_TILE ? T - t0 : AUX_TILE;
+        for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
+            pcol[i] = p[(t0 + i) * E + e];
+            hits[i] = (unsigned char)moe_k_aux_fp_hits(sel, S, n_slots, t0 + i, e);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0)
+            moe_k_aux_fp_tile(&fe, &pe, hits, pcol, n);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        f[e] = fe / (double)T;
+        P[e] = pe / (double)T;
+    }
 }
 
 __global__ void fp_sum_kernel(double *value, const double *f, const double *P, size_t E)
@@ -382,7 +403,7 @@ extern "C" int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const
     if (T == 0)
         return 0;
     int rc;
-    fp_expert_kernel<<<blocks_for(E, 64), 64>>>(f, P, sel, p, T, E, S, n_slots);
+    fp_expert_kernel<<<(unsigned)E, 256>>>(f, P, sel, p, T, E, S, n_slots);
     if ((rc = launched("fp_expert_kernel", err)))
         return rc;
     fp_sum_kernel<<<1, 1>>>(value, f, P, E);
@@ -461,7 +482,23 @@ extern "C" int moe_cuda_aux_load(double *ret, float *dz, float *du, const float 
     return launched("load_grad_kernel", err);
 }
 
-__global__ void z_loss_kernel(double *value, const float *lse, size_t T) { *value = moe_k_z_loss(lse, T); }
+// One block: tiles of lse staged in shared memory, thread 0 adds in token order.
+__global__ void z_loss_kernel(double *value, const float *lse, size_t T)
+{
+    __shared__ float tile[AUX_TILE];
+    double sum = 0.0;
+    for (size_t t0 = 0; t0 < T; t0 += AUX_TILE) {
+        const size_t n = T - t0 < AUX_TILE ? T - t0 : AUX_TILE;
+        for (size_t i = threadIdx.x; i < n; i += blockDim.x)
+            tile[i] = lse[t0 + i];
+        __syncthreads();
+        if (threadIdx.x == 0)
+            moe_k_z_tile(&sum, tile, n);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0)
+        *value = sum / (double)T;
+}
 
 __global__ void z_grad_kernel(float *dz, const float *lse, const float *p, size_t E, float coef, size_t T)
 {
@@ -476,7 +513,7 @@ extern "C" int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const fl
     if (T == 0)
         return 0;
     int rc;
-    z_loss_kernel<<<1, 1>>>(value, lse, T);
+    z_loss_kernel<<<1, 256>>>(value, lse, T);
     if ((rc = launched("z_loss_kernel", err)) || (rc = moe_cuda_to_host(ret, value, sizeof *ret, err)))
         return rc;
     if (!dz)

@@ -45,6 +45,30 @@ static inline MOE_HD void moe_k_aux_fp_expert(double *f, double *P, const int32_
     *P = pe / (double)T;
 }
 
+// The same sums in tiles, for a GPU block per expert (lib/cuda/ops.cu): for
+// tokens t0 .. t0 + n - 1 the block's threads stage hits[i] (how many of token
+// t0 + i's first n_slots selections are e: moe_k_aux_fp_hits) and pcol[i] =
+// p[(t0 + i) E + e] in shared memory, then one thread adds them on to fe and pe
+// (moe_k_aux_fp_tile): moe_k_aux_fp_expert's additions in its order, so the same
+// bits. The caller divides by T at the end.
+static inline MOE_HD unsigned moe_k_aux_fp_hits(const int32_t *sel, size_t S, size_t n_slots, size_t t, size_t e)
+{
+    unsigned h = 0;
+    for (size_t s = 0; s < n_slots; s++)
+        h += sel[t * S + s] == (int32_t)e;
+    return h;
+}
+
+static inline MOE_HD void moe_k_aux_fp_tile(double *fe, double *pe, const unsigned char *hits, const float *pcol,
+                                            size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (unsigned k = 0; k < hits[i]; k++)
+            *fe += 1.0;
+        *pe += pcol[i];
+    }
+}
+
 // sum_e f_e P_e, in expert order.
 static inline MOE_HD double moe_k_aux_fp_sum(const double *f, const double *P, size_t E)
 {
@@ -73,6 +97,14 @@ static inline MOE_HD double moe_k_z_loss(const float *lse, size_t T)
     for (size_t t = 0; t < T; t++)
         sum += (double)lse[t] * lse[t];
     return sum / (double)T;
+}
+
+// Its sum in tiles (a GPU block stages lse[t0 .. t0 + n - 1] in shared memory,
+// one thread adds): sum += lse_t^2 in token order; the caller divides by T.
+static inline MOE_HD void moe_k_z_tile(double *sum, const float *lse, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        *sum += (double)lse[i] * lse[i];
 }
 
 // dz[t, j] += 2 coef / T * lse_t * p[t, j].
