@@ -797,17 +797,17 @@ static int aux_backward(struct moe_cuda_layer *l, struct moe_err *err)
 {
     const struct moe_layer_cfg *c = &l->c;
     const double E = (double)l->E;
-    double v;
     int rc;
+    // f and P as the forward left them (aux_forward, the same route): only the gradients here
     if (c->aux == MOE_AUX_SWITCH || c->aux == MOE_AUX_GSHARD || c->aux == MOE_AUX_TOPK_ALL) {
         size_t n_slots = c->aux == MOE_AUX_TOPK_ALL ? l->S : 1;
         double scale = (double)(float)c->aux_weight * E; // aux_loss.c: coef (a float) times E
-        if ((rc = moe_cuda_aux_fp(&v, l->dz, l->sel, l->p, l->T, l->E, l->S, n_slots, scale, l->aux_f, l->aux_P,
+        if ((rc = moe_cuda_aux_fp(NULL, l->dz, l->sel, l->p, l->T, l->E, l->S, n_slots, scale, l->aux_f, l->aux_P,
                                   l->aux_v, err)))
             return rc;
     }
     if (c->z_weight > 0.0 &&
-        (rc = moe_cuda_aux_z(&v, l->dz, l->lse, l->p, l->T, l->E, (float)c->z_weight, l->aux_v, err)))
+        (rc = moe_cuda_aux_z(NULL, l->dz, l->lse, l->p, l->T, l->E, (float)c->z_weight, l->aux_v, err)))
         return rc;
     return 0;
 }

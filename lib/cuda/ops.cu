@@ -399,16 +399,19 @@ extern "C" int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const
                                size_t S, size_t n_slots, double scale, double *f, double *P, double *value,
                                struct moe_err *err)
 {
-    *ret = 0.0;
+    if (ret)
+        *ret = 0.0;
     if (T == 0)
         return 0;
     int rc;
-    fp_expert_kernel<<<(unsigned)E, 256>>>(f, P, sel, p, T, E, S, n_slots);
-    if ((rc = launched("fp_expert_kernel", err)))
-        return rc;
-    fp_sum_kernel<<<1, 1>>>(value, f, P, E);
-    if ((rc = launched("fp_sum_kernel", err)) || (rc = moe_cuda_to_host(ret, value, sizeof *ret, err)))
-        return rc;
+    if (ret) {
+        fp_expert_kernel<<<(unsigned)E, 256>>>(f, P, sel, p, T, E, S, n_slots);
+        if ((rc = launched("fp_expert_kernel", err)))
+            return rc;
+        fp_sum_kernel<<<1, 1>>>(value, f, P, E);
+        if ((rc = launched("fp_sum_kernel", err)) || (rc = moe_cuda_to_host(ret, value, sizeof *ret, err)))
+            return rc;
+    }
     if (!dz)
         return 0;
     fp_grad_kernel<<<blocks_for(T * E, 256), 256>>>(dz, p, f, E, scale, T);
@@ -509,13 +512,16 @@ __global__ void z_grad_kernel(float *dz, const float *lse, const float *p, size_
 extern "C" int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, size_t T, size_t E,
                               float coef, double *value, struct moe_err *err)
 {
-    *ret = 0.0;
+    if (ret)
+        *ret = 0.0;
     if (T == 0)
         return 0;
     int rc;
-    z_loss_kernel<<<1, 256>>>(value, lse, T);
-    if ((rc = launched("z_loss_kernel", err)) || (rc = moe_cuda_to_host(ret, value, sizeof *ret, err)))
-        return rc;
+    if (ret) {
+        z_loss_kernel<<<1, 256>>>(value, lse, T);
+        if ((rc = launched("z_loss_kernel", err)) || (rc = moe_cuda_to_host(ret, value, sizeof *ret, err)))
+            return rc;
+    }
     if (!dz)
         return 0;
     z_grad_kernel<<<blocks_for(T * E, 256), 256>>>(dz, lse, p, E, coef, T);

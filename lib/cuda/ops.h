@@ -104,7 +104,9 @@ int moe_cuda_combine(float *out, const float *yd, const float *gate, const int32
 // The f.P balancing loss (moe/aux_loss.c): *ret = sum_e f_e P_e over the
 // route's sel (T, S; f over the first n_slots slots) and p (T, E); when dz is
 // non-NULL, dz (T, E) += the gradient of scale * that sum. Scratch: f, P (E
-// doubles each) and one double, all device memory.
+// doubles each) and one double, all device memory. ret NULL: f and P already
+// hold this route's sums (a call with ret before, e.g. the forward's): only the
+// gradient.
 int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, size_t T, size_t E, size_t S,
                     size_t n_slots, double scale, double *f, double *P, double *value, struct moe_err *err);
 // Shazeer et al. 2017's importance loss: *ret = CV^2 of the experts' summed
@@ -120,8 +122,8 @@ int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const
 int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const float *u, const float *h,
                       const float *eps, const int32_t *sel, size_t T, size_t E, size_t S, size_t K, float coef,
                       double *x, double *g, double *value, struct moe_err *err);
-// The z-loss: *ret = (1/T) sum_t lse_t^2; dz (T, E) += its gradient times coef
-// when dz is non-NULL. value: one device double of scratch.
+// The z-loss: *ret = (1/T) sum_t lse_t^2 (ret NULL: not computed); dz (T, E) +=
+// its gradient times coef when dz is non-NULL. value: one device double of scratch.
 int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, size_t T, size_t E, float coef,
                    double *value, struct moe_err *err);
 
