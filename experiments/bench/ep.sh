@@ -39,7 +39,7 @@ sparse=$(jq '.model.n_layer / (.model.moe_every // 1) | floor' "$config")
 args=(--config "$config" --set train.epochs=1 --set data.text.windows_per_epoch="${WINDOWS:-256}"
       --set train.accumulate=$A --set optim.batch_size="${BATCH:-4}" --set data.text.train_eval_windows=16
       --set data.text.valid_eval_windows=16 --quiet --threads 1)
-echo "bench/ep.sh: about $(( ${REPEATS:-3} * ${WINDOWS:-256} / 64 + 2 )) minute(s) on the 2-core build machine" >&2
+echo "bench/ep.sh: about $(( ${REPEATS:-3} * ${WINDOWS:-256} / 256 + 1 )) minute(s) on the 2-core build machine (3 repeats of 256 windows took 4)" >&2
 echo "processes,repeat,tokens_per_second,ep_exchange_seconds,ep_exchange_share,ep_bytes_sent_per_step,dp_bytes_sent_per_step,steps,projected_100gbit_ms_per_step" > "$out/ep.csv"
 for rep in $(seq "${REPEATS:-3}"); do
     for n in 1 2 4; do
