@@ -30,6 +30,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "backend/backend.h"
 #include "core/params.h"
 #include "core/sysmem.h"
 #include "dist/dist.h"
@@ -450,7 +451,8 @@ START_TEST(test_training_bytes)
     struct moe_dist_info mpi; // a build that links MPI maps its libraries too
     moe_dist_probe(&mpi);
     ck_assert_uint_eq(tr.bytes_process, MOE_ESTIMATE_PROCESS_BYTES + MOE_ESTIMATE_THREAD_BYTES + // 1 thread (main)
-                                            (mpi.built ? MOE_ESTIMATE_MPI_BYTES : 0));
+                                            (mpi.built ? MOE_ESTIMATE_MPI_BYTES : 0) +
+                                            (moe_backend_built("cuda") ? MOE_ESTIMATE_CUDA_BYTES : 0));
     ck_assert_uint_eq(tr.bytes_total, tr.bytes_params + tr.bytes_grads + tr.bytes_optimizer + tr.bytes_activations +
                                           tr.bytes_trainer + tr.bytes_data + tr.bytes_readers + tr.bytes_process);
     moe_config_release(&cfg);

@@ -60,6 +60,9 @@ struct moe_backend {
 const struct moe_backend *moe_backends(size_t *n);
 // The row called name, or NULL.
 const struct moe_backend *moe_backend_find(const char *name);
+// Whether the backend called name is compiled into this build (no probe: the
+// CUDA runtime is not touched).
+int moe_backend_built(const char *name);
 // A CUDA version number as text: 13000 -> "13.0", 12040 -> "12.4"; 0 -> "none".
 void moe_backend_version_str(int version, char *buf, size_t len);
 

@@ -93,3 +93,14 @@ void moe_backend_version_str(int version, char *buf, size_t len)
     else
         snprintf(buf, len, "%d.%d", version / 1000, version % 1000 / 10);
 }
+
+int moe_backend_built(const char *name)
+{
+    if (strcmp(name, "cpu") == 0)
+        return 1;
+#if MOE_HAVE_CUDA
+    if (strcmp(name, "cuda") == 0)
+        return 1;
+#endif
+    return 0;
+}

@@ -19,9 +19,10 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include "backend/backend.h"
 #include "core/gemm.h"
-#include "dist/dist.h"
 #include "core/sysmem.h"
+#include "dist/dist.h"
 #include "io/corpus.h"
 #include "io/vocab.h"
 #include "model/model.h"
@@ -486,7 +487,7 @@ static int estimate(struct moe_plan *plan, const struct moe_model_hp *hp, const 
     struct moe_dist_info mpi;
     moe_dist_probe(&mpi);
     r.bytes_process = MOE_ESTIMATE_PROCESS_BYTES + threads * MOE_ESTIMATE_THREAD_BYTES +
-                      (mpi.built ? MOE_ESTIMATE_MPI_BYTES : 0);
+                      (mpi.built ? MOE_ESTIMATE_MPI_BYTES : 0) + (moe_backend_built("cuda") ? MOE_ESTIMATE_CUDA_BYTES : 0);
 
     size_t parts[] = { r.bytes_params, r.bytes_grads, r.bytes_optimizer, r.bytes_activations, r.bytes_trainer,
                        r.bytes_data, r.bytes_readers, r.bytes_process };

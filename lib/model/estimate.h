@@ -48,6 +48,12 @@
 // start-up, MPI_Init or not: the quickstart's peak RSS was 7.81 MiB with CUDA
 // and MPI against 6.47 MiB with CUDA alone (1.3 MiB; 3 runs each, 2026-12-03).
 #define MOE_ESTIMATE_MPI_BYTES ((size_t)3 << 19) // 1.5 MiB
+// A build with the CUDA backend (meson -Dcuda) links libcudart and registers
+// its kernels' fat binaries (sm_80, sm_90 and compute_90 PTX of lib/cuda/) at
+// start-up, GPU or not: the quickstart's peak RSS was 8.4 MiB with CUDA alone
+// (no MPI) against the 5.4 MiB estimated without this term, and 9.4 MiB with
+// CUDA and MPI (2026-12-04, after the device MoE layer joined libmoe).
+#define MOE_ESTIMATE_CUDA_BYTES ((size_t)3 << 20) // 3 MiB
 
 struct moe_model_estimate {
     size_t parameters;        // trainable floats: exactly moe_params_count() of the model moe_model_create builds
