@@ -26,6 +26,7 @@
 #include "cuda/kernels/loss.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/ops.h"
+#include "cuda_test.h"
 #include "moe/aux_loss.h"
 #include "moe/dispatch.h"
 #include "moe/experts.h"
@@ -33,42 +34,10 @@
 #include "nn/nn.h"
 #include "train/train.h"
 
-static int failures;
-#define EXPECT(c, ...)                                   \
-    do {                                                 \
-        if (!(c)) {                                      \
-            failures++;                                  \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                \
-            fputc('\n', stderr);                         \
-        }                                                \
-    } while (0)
-
 static void fill(float *x, size_t n, uint32_t stream, float lo, float hi)
 {
     struct moe_rng r = moe_rng_make(7, MOE_RNG_DATA, stream);
     moe_rng_fill_uniform(&r, x, n, lo, hi);
-}
-
-// Device copy of n floats of host x (NULL stays NULL).
-static void *dev(const void *x, size_t bytes)
-{
-    struct moe_err err;
-    void *d;
-    if (moe_cuda_malloc(&d, bytes, "test", &err) || (x && moe_cuda_to_device(d, x, bytes, &err))) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(1);
-    }
-    return d;
-}
-
-static void host(void *dst, const void *d, size_t bytes)
-{
-    struct moe_err err;
-    if (moe_cuda_to_host(dst, d, bytes, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(1);
-    }
 }
 
 static double rel(float a, float b) { return fabs((double)a - b) / (fabs((double)b) > 1e-30 ? fabs((double)b) : 1e-30); }
@@ -139,10 +108,8 @@ static void test_route(void)
         size_t E = c.E, S = moe_router_slots(&c), TE = T * E, TS = T * S;
         int noisy = c.type == MOE_ROUTER_NOISY_TOPK, train = cases[ci].train;
         struct moe_route r;
-        if (moe_route_alloc(&r, T, E, S, noisy, &err)) {
-            fprintf(stderr, "%s\n", err.msg);
-            exit(1);
-        }
+        if (moe_route_alloc(&r, T, E, S, noisy, &err))
+            die(&err);
         fill(r.z, TE, (uint32_t)ci, -3.0f, 3.0f);
         if (noisy)
             fill(r.u, TE, 50 + (uint32_t)ci, -3.0f, 3.0f);
@@ -262,10 +229,8 @@ static void test_route_ec(void)
                                     cases[ci].eval, cases[ci].seq };
         enum moe_ec_eval mode = train ? MOE_EC_EVAL_FULL : c.ec_eval;
         struct moe_route r;
-        if (moe_route_alloc(&r, T, E, E, 0, &err)) {
-            fprintf(stderr, "%s\n", err.msg);
-            exit(1);
-        }
+        if (moe_route_alloc(&r, T, E, E, 0, &err))
+            die(&err);
         fill(r.z, TE, 100 + (uint32_t)ci, -3.0f, 3.0f);
         for (size_t t = 0; t < T; t++)
             if (t % 3 == 2)
@@ -347,10 +312,8 @@ static void test_route_hash(void)
         size_t E = Es[ei], TE = T * E;
         struct moe_router_cfg c = { MOE_ROUTER_HASH, E, 1, MOE_SECOND_RANDOM, 0.0, 0, MOE_EC_EVAL_FULL, 0 };
         struct moe_route r;
-        if (moe_route_alloc(&r, T, E, moe_router_slots(&c), 0, &err)) {
-            fprintf(stderr, "%s\n", err.msg);
-            exit(1);
-        }
+        if (moe_route_alloc(&r, T, E, moe_router_slots(&c), 0, &err))
+            die(&err);
         int32_t *hx = malloc(T * 4), *sel = malloc(T * 4), *idx = malloc(T * 4);
         float *p = malloc(TE * 4), *lse = malloc(T * 4), *gate = malloc(T * 4), *prio = malloc(T * 4);
         for (size_t t = 0; t < T; t++)
@@ -410,10 +373,8 @@ static void test_dispatch(void)
     for (int prob = 0; prob <= 1; prob++) {
         size_t cap = moe_capacity(prob ? 0.8 : 1.1, T, S, E);
         struct moe_dispatch d;
-        if (moe_dispatch_alloc(&d, T, S, E, &err)) {
-            fprintf(stderr, "%s\n", err.msg);
-            exit(1);
-        }
+        if (moe_dispatch_alloc(&d, T, S, E, &err))
+            die(&err);
         moe_dispatch_plan(&d, idx, prio, T, cap, prob ? MOE_DROP_PROB : MOE_DROP_ORDER);
         EXPECT(moe_cuda_dispatch_plan(&p, didx, dprio, T, S, E, cap, prob, &err) == 0, "%s", err.msg);
         size_t offset[65], routed[64], dropped[64];
@@ -477,10 +438,8 @@ static void test_aux(void)
     struct moe_err err;
     struct moe_router_cfg c = { MOE_ROUTER_SOFTMAX, E, S, MOE_SECOND_RANDOM, 0.0, 0, MOE_EC_EVAL_FULL, 0 };
     struct moe_route r;
-    if (moe_route_alloc(&r, T, E, S, 0, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(1);
-    }
+    if (moe_route_alloc(&r, T, E, S, 0, &err))
+        die(&err);
     fill(r.z, T * E, 90, -4.0f, 4.0f);
     moe_router_forward(&r, &c, NULL, NULL, 1, NULL, 0, T);
     float *dz = calloc(T * E, 4), *dz2 = malloc(T * E * 4);
@@ -517,10 +476,8 @@ static void test_aux_shazeer(void)
     struct moe_router_cfg c = { MOE_ROUTER_NOISY_TOPK, E, K, MOE_SECOND_RANDOM, 0.0, 0, MOE_EC_EVAL_FULL, 0 };
     const size_t S = moe_router_slots(&c);
     struct moe_route r;
-    if (moe_route_alloc(&r, T, E, S, 1, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
-        exit(1);
-    }
+    if (moe_route_alloc(&r, T, E, S, 1, &err))
+        die(&err);
     fill(r.z, T * E, 95, -3.0f, 3.0f), fill(r.u, T * E, 96, -3.0f, 25.0f);
     struct moe_rng rng = moe_rng_make(31, MOE_RNG_NOISE, 2);
     moe_router_forward(&r, &c, NULL, NULL, 1, &rng, 0, T);
@@ -654,10 +611,8 @@ static void test_optim(void)
         struct moe_optim_cfg oc = { .type = types[ti], .lr = 0.01, .momentum = 0.9, .beta1 = 0.9, .beta2 = 0.999,
                                      .eps = 1e-8, .weight_decay = 0.05, .clip = 1.0 };
         struct moe_optim o;
-        if (moe_optim_init(&o, &oc, n, &err)) {
-            fprintf(stderr, "%s\n", err.msg);
-            exit(1);
-        }
+        if (moe_optim_init(&o, &oc, n, &err))
+            die(&err);
         float *w = malloc(n * 4), *gr = malloc(n * 4), *w2 = malloc(n * 4);
         fill(w, n, 5, -1.0f, 1.0f);
         float *dw = dev(w, n * 4), *dgr = dev(NULL, n * 4), *dm = dev(NULL, n * 4), *dv = dev(NULL, n * 4);

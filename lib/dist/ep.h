@@ -92,14 +92,13 @@ int moe_ep_create(struct moe_ep **out, struct moe_dist *d, struct moe_layer *con
 void moe_ep_free(struct moe_ep *ep);
 
 // The layer's experts over the exchange (moe_layer.c, training passes): the
-// same contract as moe_experts_forward and moe_experts_backward (dx not NULL),
-// the expert gradients kept by the owner for micro-batch `round` of each rank.
+// same contract as moe_experts_forward and moe_experts_backward (dx not NULL;
+// the weights and activation are the layer's, x->l), the expert gradients kept
+// by the owner for micro-batch `round` of each rank.
 void moe_ep_forward(struct moe_ep_layer *x, const struct moe_params *p, float *out, const float *in,
-                    const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf,
-                    enum moe_ffn_act act);
+                    const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf);
 void moe_ep_backward(struct moe_ep_layer *x, const struct moe_params *p, float *dx, float *dgate, const float *dout,
-                     const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf,
-                     enum moe_ffn_act act);
+                     const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf);
 // A round without a micro-batch on this rank: serve the other ranks' exchanges,
 // every layer's forward in order, then every backward in reverse.
 int moe_ep_idle(struct moe_ep *ep, const struct moe_params *p, struct moe_err *err);

@@ -264,14 +264,12 @@ static void forward_exchange(struct moe_ep_layer *x, const struct moe_params *p,
 
 // The backward's two exchanges around this rank's expert backward for every
 // source; source q's expert gradients go to its micro-batch's slot.
-static void backward_exchange(struct moe_ep_layer *x, const struct moe_params *p, const struct moe_dispatch *plan,
-                              struct moe_experts_buf *buf)
+static void backward_exchange(struct moe_ep_layer *x, const struct moe_params *p, struct moe_experts_buf *buf)
 {
     struct moe_ep *ep = x->ep;
     if (ep->rc)
         return;
     const size_t N = (size_t)ep->dist->size, El = x->E_loc, D = x->own.D, FD = x->l->c.F * D;
-    (void)plan;
     double t0 = moe_prof_clock();
     if (swap_floats(x, buf ? buf->dyd : NULL, x->send_rows, x->own.dyd, x->recv_rows, D))
         return;
@@ -290,22 +288,18 @@ static void backward_exchange(struct moe_ep_layer *x, const struct moe_params *p
 }
 
 void moe_ep_forward(struct moe_ep_layer *x, const struct moe_params *p, float *out, const float *in,
-                    const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf,
-                    enum moe_ffn_act act)
+                    const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf)
 {
-    (void)act; // the layer's own (x->l)
     moe_experts_gather(buf, in, plan);
     forward_exchange(x, p, plan, buf);
     moe_experts_combine(out, gate, plan, buf);
 }
 
 void moe_ep_backward(struct moe_ep_layer *x, const struct moe_params *p, float *dx, float *dgate, const float *dout,
-                     const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf,
-                     enum moe_ffn_act act)
+                     const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf)
 {
-    (void)act;
     moe_experts_combine_backward(dgate, dout, gate, plan, buf);
-    backward_exchange(x, p, plan, buf);
+    backward_exchange(x, p, buf);
     moe_experts_scatter(dx, plan, buf);
 }
 
@@ -321,7 +315,7 @@ int moe_ep_idle(struct moe_ep *ep, const struct moe_params *p, struct moe_err *e
     for (size_t i = 0; i < ep->n_layers; i++)
         forward_exchange(&ep->layers[i], p, NULL, NULL);
     for (size_t i = ep->n_layers; i-- > 0;)
-        backward_exchange(&ep->layers[i], p, NULL, NULL);
+        backward_exchange(&ep->layers[i], p, NULL);
     return result(ep, err);
 }
 

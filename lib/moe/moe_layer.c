@@ -315,7 +315,7 @@ double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float 
     l->buf.drop = moe_dropout_make(pd, seed, step, c->index, MOE_DROP_FFN);
     l->sbuf.drop = moe_dropout_make(pd, seed, step, c->index, MOE_DROP_SHARED);
     if (train && l->ep)
-        moe_ep_forward(l->ep, p, out, x, r->gate, &l->plan, &l->buf, c->act);
+        moe_ep_forward(l->ep, p, out, x, r->gate, &l->plan, &l->buf);
     else
         moe_experts_forward(out, x, r->gate, &l->plan, wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf,
                             c->act);
@@ -348,7 +348,7 @@ void moe_layer_backward(struct moe_layer *l, const struct moe_params *p, float *
     struct moe_route *r = &l->route;
     memset(l->dgate, 0, T * S * sizeof(float));
     if (l->train && l->ep)
-        moe_ep_backward(l->ep, p, dx, l->dgate, dout, r->gate, &l->plan, &l->buf, c->act);
+        moe_ep_backward(l->ep, p, dx, l->dgate, dout, r->gate, &l->plan, &l->buf);
     else
         moe_experts_backward(dx, l->dgate, gr(p, l->i_w1), gr(p, l->i_w3), gr(p, l->i_w2), dout, x, r->gate,
                              &l->plan, wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf, c->act);
