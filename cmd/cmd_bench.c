@@ -136,8 +136,8 @@ static void replay_release(struct replay *r)
     moe_free(r->c);
 }
 
-// Seconds BLIS takes for every recorded call, through the same wrapper (and so
-// the same threading rule) the model uses; dense operands of the same shapes.
+// Seconds BLIS takes for every recorded call, under the same threading rule as
+// moe_gemm (moe_gemm_blis); dense operands of the same shapes.
 static double replay_time(const struct replay *r, const struct moe_gemm_record *rec)
 {
     double t0 = moe_prof_clock();
@@ -145,7 +145,7 @@ static double replay_time(const struct replay *r, const struct moe_gemm_record *
         const struct moe_gemm_shape *s = &rec->shape[i];
         size_t lda = s->trans_a ? s->M : s->K, ldb = s->trans_b ? s->K : s->N;
         for (size_t k = 0; k < s->count; k++)
-            moe_gemm(s->trans_a, s->trans_b, s->M, s->N, s->K, 1.0f, r->a, lda, r->b, ldb, 0.0f, r->c, s->N);
+            moe_gemm_blis(s->trans_a, s->trans_b, s->M, s->N, s->K, 1.0f, r->a, lda, r->b, ldb, 0.0f, r->c, s->N);
     }
     return moe_prof_clock() - t0;
 }
@@ -597,7 +597,7 @@ static int bench_report(const char *cmd, const struct bench *b)
     else
         cJSON_AddNullToObject(out, "layer");
     step_json(out, b, gf, tps, ref);
-    cJSON_AddStringToObject(ref, "what", "BLIS sgemm through moe_gemm over the shapes each pass ran, timed right after it");
+    cJSON_AddStringToObject(ref, "what", "BLIS sgemm (bli_sgemm under moe_gemm's threading rule) over the shapes each pass ran, timed right after it");
     if (b->dist)
         ep_json(out, b, gf);
     free(gf), free(share), free(tps);

@@ -1,5 +1,5 @@
 // test_core.c: status codes, Philox known answers, distributions, the GEMM
-// wrapper against its naive twin, the parameter registry, the buffer plan
+// wrapper and the packed GEMM against their naive twin, the parameter registry, the buffer plan
 // (sums, one block per role, bindings, overflow messages), atomic files.
 #include <check.h>
 #include <math.h>
@@ -110,6 +110,81 @@ START_TEST(test_gemm_matches_reference)
                         ck_assert_float_eq(C1[i * ldc + N], C2[i * ldc + N]);
                     free(A), free(B), free(C1), free(C2);
                 }
+}
+END_TEST
+
+// The packed GEMM (core/gemm_pack.c) against the naive twin, over shapes that
+// cross every block size of the sub-configurations in use (KC 256..480, MC
+// 144..480, NC 3072..4080; MR 6 or 32, NR 12 or 16) and leave partial micro-tiles:
+// all transposes, beta 0 over NaN (overwritten) and 1, padded leading
+// dimensions untouched; and 1, 2 and 3 threads giving the same bits.
+START_TEST(test_gemm_packed)
+{
+    if (!moe_gemm_packed_ready())
+        return; // the sub-configuration's packing sizes differ from MR/NR: moe_gemm uses bli_sgemm
+    size_t shapes[][3] = { { 1, 1, 1 }, { 33, 13, 385 }, { 130, 70, 1000 }, { 500, 17, 64 },
+                           { 7, 4100, 9 }, { 4100, 5, 11 }, { 97, 3, 517 } };
+    const size_t ns = sizeof shapes / sizeof shapes[0];
+    for (size_t s = 0; s < ns; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int bi = 0; bi < 2; bi++) {
+                    size_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                    size_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                    size_t ra = ta ? K : M, rb = tb ? N : K;
+                    float *A = calloc(ra * lda, 4), *B = calloc(rb * ldb, 4), *C0 = calloc(M * ldc, 4);
+                    float *C[4];
+                    fill(A, ra * lda, 1);
+                    fill(B, rb * ldb, 2);
+                    fill(C0, M * ldc, 3);
+                    const float beta = bi ? 1.0f : 0.0f;
+                    if (!bi) // beta 0 must overwrite, not scale, what was there
+                        for (size_t i = 0; i < M; i++)
+                            for (size_t j = 0; j < N; j++)
+                                C0[i * ldc + j] = NAN;
+                    for (int v = 0; v < 4; v++) {
+                        C[v] = malloc(M * ldc * 4);
+                        memcpy(C[v], C0, M * ldc * 4);
+                    }
+                    moe_gemm_ref(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, beta, C[0], ldc);
+                    for (int th = 1; th <= 3; th++)
+                        ck_assert_int_eq(moe_gemm_packed(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, beta, C[th], ldc, th), 0);
+                    for (size_t i = 0; i < M; i++) {
+                        for (size_t j = 0; j < N; j++)
+                            ck_assert_float_eq_tol(C[1][i * ldc + j], C[0][i * ldc + j], 1e-5f * (float)(K + 1));
+                        for (size_t j = N; j < ldc; j++)
+                            ck_assert(memcmp(&C[1][i * ldc + j], &C0[i * ldc + j], 4) == 0);
+                    }
+                    ck_assert(memcmp(C[1], C[2], M * ldc * 4) == 0);
+                    ck_assert(memcmp(C[1], C[3], M * ldc * 4) == 0);
+                    free(A), free(B), free(C0);
+                    for (int v = 0; v < 4; v++)
+                        free(C[v]);
+                }
+    // nothing to do for an empty product
+    float c = 1.0f;
+    ck_assert_int_eq(moe_gemm_packed(0, 0, 1, 1, 0, 1.0f, &c, 1, &c, 1, 0.0f, &c, 1, 1), -1);
+    ck_assert_float_eq(c, 1.0f);
+}
+END_TEST
+
+// moe_gemm sends big products through the packed path and small ones to
+// bli_sgemm by shape alone, so called from inside a caller's parallel loop (one
+// thread each) it gives the same bits as on every thread.
+START_TEST(test_gemm_threads_same_bits)
+{
+    const size_t M = 128, N = 1024, K = 256; // one expert's x . W1^T at E = 64, T = 4096, k = 2
+    float *A = malloc(M * K * 4), *B = malloc(N * K * 4), *C1 = malloc(M * N * 4), *C2 = malloc(M * N * 4);
+    fill(A, M * K, 4);
+    fill(B, N * K, 5);
+    moe_gemm(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C1, N);
+    #pragma omp parallel num_threads(2)
+    {
+        #pragma omp single
+        moe_gemm(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C2, N);
+    }
+    ck_assert(memcmp(C1, C2, M * N * 4) == 0);
+    free(A), free(B), free(C1), free(C2);
 }
 END_TEST
 
@@ -267,6 +342,8 @@ int main(void)
     tcase_add_test(tc, test_rng_pure_and_distinct);
     tcase_add_test(tc, test_rng_permutation);
     tcase_add_test(tc, test_gemm_matches_reference);
+    tcase_add_test(tc, test_gemm_packed);
+    tcase_add_test(tc, test_gemm_threads_same_bits);
     tcase_add_test(tc, test_blas_info);
     tcase_add_test(tc, test_params_registry);
     tcase_add_test(tc, test_plan);

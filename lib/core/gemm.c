@@ -51,22 +51,48 @@ static void gemm_rntm(int trans_a, int trans_b, size_t M, size_t N, size_t K, fl
                  &beta, C, (inc_t)ldc, 1, NULL, &rntm);
 }
 
+static int g_threads_now = 1; // threads of the next parallel product (adaptive threads change it)
+
+static int packed_shape(size_t M, size_t N, size_t K)
+{
+    return 2.0 * (double)M * (double)N * (double)K >= MT_MIN_FLOPS && moe_gemm_packed_ready();
+}
+
+// The threads a product of this size gets from moe_gemm: all of them when it is
+// big enough and not called from a caller's own parallel loop, else one.
+static int product_threads(size_t M, size_t N, size_t K)
+{
+    int big = 2.0 * (double)M * (double)N * (double)K >= MT_MIN_FLOPS;
+#ifdef _OPENMP
+    big = big && !omp_in_parallel(); // called from a caller's own parallel loop: one thread each
+#endif
+    return big ? g_threads_now : 1;
+}
+
 void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
               size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc)
 {
     if (K > 0)
         moe_gemm_record_add(trans_a, trans_b, M, N, K);
-    int big = 2.0 * (double)M * (double)N * (double)K >= MT_MIN_FLOPS;
-#ifdef _OPENMP
-    big = big && !omp_in_parallel(); // called from a caller's own parallel loop: one thread each
-#endif
-    rntm_t rntm = big ? g_rntm_all : g_rntm_one;
-    gemm_rntm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, rntm);
+    const int threads = product_threads(M, N, K);
+    if (packed_shape(M, N, K) &&
+        moe_gemm_packed(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads) == 0)
+        return;
+    gemm_rntm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads > 1 ? g_rntm_all : g_rntm_one);
+}
+
+void moe_gemm_blis(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
+                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc)
+{
+    gemm_rntm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+              product_threads(M, N, K) > 1 ? g_rntm_all : g_rntm_one);
 }
 
 void moe_gemm_serial(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
                      size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc)
 {
+    if (packed_shape(M, N, K) && moe_gemm_packed(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1) == 0)
+        return;
     gemm_rntm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, g_rntm_one);
 }
 
@@ -147,9 +173,11 @@ int moe_blas_init(int threads, struct moe_err *err)
         snprintf(g_info.arch, sizeof g_info.arch, "%s", bli_arch_string(id));
         snprintf(g_info.chosen_by, sizeof g_info.chosen_by, "%s", chosen_by);
         snprintf(g_info.version, sizeof g_info.version, "%s", bli_info_get_version_str());
+        moe_gemm_packed_init();
         g_initialised = 1;
     }
     bli_thread_set_num_threads(threads);
+    g_threads_now = threads;
     bli_rntm_set_num_threads(1, &g_rntm_one);
     bli_rntm_set_num_threads(threads, &g_rntm_all);
 #ifdef _OPENMP
@@ -176,6 +204,7 @@ static void set_threads(int t)
     omp_set_num_threads(t);
 #endif
     g_current = t;
+    g_threads_now = t;
 }
 
 // Runnable tasks on the machine (/proc/stat procs_running, this process's included), or -1.

@@ -1,5 +1,5 @@
-// gemm.h: the one GEMM wrapper (the only code that includes blis.h), and the
-// choice of BLIS sub-configuration. Row-major throughout:
+// gemm.h: the one GEMM wrapper (gemm.c and gemm_pack.c are the only code that
+// includes blis.h), and the choice of BLIS sub-configuration. Row-major throughout:
 //   C (M, N) = alpha * op(A) (M, K) * op(B) (K, N) + beta * C
 // with op(X) = X or X^T and leading dimensions (row strides) lda, ldb, ldc.
 // moe_gemm_ref is the naive twin every caller's tests compare against.
@@ -21,6 +21,25 @@ void moe_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alph
 // go through moe_gemm (`moe bench` times sgemm over those).
 void moe_gemm_serial(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
                      size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
+// Products of at least 2 * 128^3 flops run through moe_gemm_packed, smaller ones
+// through bli_sgemm on one thread; the choice depends on the shape alone, so the
+// values do not depend on the thread count.
+//
+// moe_gemm_packed: our own loops, packing and threading around BLIS's native
+// micro-kernel (gemm_pack.c), with `threads` threads (1 inside a caller's own
+// parallel loop). Faster than bli_sgemm where one dimension is small (experts'
+// blocks) and where an operand is read transposed; the same bits as bli_sgemm
+// wherever BLIS takes its packed path. Returns -1, doing nothing, when the
+// micro-kernel is not usable (then moe_gemm uses bli_sgemm for every shape),
+// or when M, N or K is 0.
+int moe_gemm_packed(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
+                    size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc, int threads);
+void moe_gemm_packed_init(void); // by moe_blas_init
+int moe_gemm_packed_ready(void);
+// bli_sgemm under moe_gemm's threading rule, whatever the shape: the reference
+// `moe bench` times the model's GEMM shapes with.
+void moe_gemm_blis(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
+                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 void moe_gemm_ref(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A,
                   size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc);
 

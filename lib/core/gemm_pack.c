@@ -1,0 +1,236 @@
+// gemm_pack.c: our own blocked GEMM around BLIS's native micro-kernel (see
+// gemm.h, moe_gemm_packed).
+//
+// reference: Van Zee & van de Geijn, "BLIS: A Framework for Rapidly
+// Instantiating BLAS Functionality", ACM TOMS 41(3), 2015 (the five loops
+// around the micro-kernel: jc over NC columns, pc over KC, ic over MC rows,
+// jr over NR, ir over MR; A packed into MR-row micro-panels stored by column,
+// B into NR-column micro-panels stored by row), and docs/KernelsHowTo.md in
+// the BLIS source tree for the micro-kernel's contract.
+//
+// Why not bli_sgemm: the experts of a sparse layer make many products with
+// one small dimension (128 rows per expert at E = 64, T = 4096, k = 2), and
+// half of them read a weight transposed (x . W^T). BLIS 0.9 packs a transposed
+// operand with a scalar strided gather, which at 128 rows costs as much as a
+// third of the multiply; its small-matrix ("sup") path, taken on AVX2 kernels,
+// is slower again on these shapes. Here the transposing pack runs 4 x 4 SSE
+// transposes, B is packed once per (jc, pc) block however many MC blocks
+// reuse it, and the micro-kernel and block sizes are BLIS's own, so where
+// BLIS takes its packed path (every product on its skx kernels) the values
+// are the same bits as bli_sgemm's.
+//
+// Determinism: every element of C is one micro-kernel call per KC block, in
+// the order of pc, whatever thread runs it; threads split the micro-tiles of
+// C and the micro-panels being packed, never k. So the result is the same
+// bits at every thread count.
+#include "core/gemm.h"
+
+#include <blis.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __SSE__
+#include <xmmintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static struct {
+    int ready, rows;              // rows: the micro-kernel prefers row-stored C
+    size_t mr, nr, kc, kc_max, mc, nc;
+    sgemm_ukr_ft ukr;
+    cntx_t *cntx;
+} g_k;
+
+// The pack buffers of the calling thread (a caller's loop over experts runs
+// products on several threads at once, each with its own), grown on demand and
+// kept for the thread's life.
+static _Thread_local float *t_buf;
+static _Thread_local size_t t_buf_n;
+
+void moe_gemm_packed_init(void)
+{
+    cntx_t *cntx = bli_gks_query_cntx();
+    g_k.cntx = cntx;
+    g_k.ukr = (sgemm_ukr_ft)bli_cntx_get_l3_nat_ukr_dt(BLIS_FLOAT, BLIS_GEMM_UKR, cntx);
+    g_k.rows = bli_cntx_l3_nat_ukr_prefers_rows_dt(BLIS_FLOAT, BLIS_GEMM_UKR, cntx);
+    // Panel leading dimensions are the packing sizes (max of MR, NR), as BLIS packs.
+    g_k.mr = (size_t)bli_cntx_get_blksz_max_dt(BLIS_FLOAT, BLIS_MR, cntx);
+    g_k.nr = (size_t)bli_cntx_get_blksz_max_dt(BLIS_FLOAT, BLIS_NR, cntx);
+    g_k.kc = (size_t)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_KC, cntx);
+    g_k.kc_max = (size_t)bli_cntx_get_blksz_max_dt(BLIS_FLOAT, BLIS_KC, cntx);
+    g_k.mc = (size_t)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MC, cntx);
+    g_k.nc = (size_t)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NC, cntx);
+    // The packed panels below assume MR/NR as the panel widths; a configuration
+    // whose packing sizes differ from them falls back to bli_sgemm.
+    g_k.ready = g_k.ukr && g_k.mr == (size_t)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_MR, cntx) &&
+                g_k.nr == (size_t)bli_cntx_get_blksz_def_dt(BLIS_FLOAT, BLIS_NR, cntx) && g_k.kc >= 1 &&
+                g_k.mc >= g_k.mr && g_k.nc >= g_k.nr;
+    if (g_k.ready) {
+        g_k.mc -= g_k.mc % g_k.mr;
+        g_k.nc -= g_k.nc % g_k.nr;
+    }
+}
+
+int moe_gemm_packed_ready(void) { return g_k.ready; }
+
+// BLIS's partitioning of k (bli_determine_blocksize_f): KC at a time, and the
+// rest in one block once it is at most the maximum, so no sliver is left.
+static size_t kc_block(size_t left) { return left <= g_k.kc_max ? left : g_k.kc; }
+
+// Packs rows x kc of a matrix whose element (i, p) is src[i * rs + p * cs] into
+// one micro-panel of width w >= rows: dst[p * w + i], zero past `rows`.
+static void pack_panel(float *restrict dst, const float *restrict src, size_t rs, size_t cs, size_t rows,
+                       size_t w, size_t kc)
+{
+    size_t i0 = 0;
+    if (cs == 1) { // rows are contiguous: a transpose, 4 x 4 at a time
+#ifdef __SSE__
+        for (; i0 + 4 <= rows; i0 += 4) {
+            const float *s0 = src + i0 * rs, *s1 = s0 + rs, *s2 = s1 + rs, *s3 = s2 + rs;
+            size_t p = 0;
+            for (; p + 4 <= kc; p += 4) {
+                __m128 r0 = _mm_loadu_ps(s0 + p), r1 = _mm_loadu_ps(s1 + p);
+                __m128 r2 = _mm_loadu_ps(s2 + p), r3 = _mm_loadu_ps(s3 + p);
+                _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+                _mm_storeu_ps(dst + p * w + i0, r0);
+                _mm_storeu_ps(dst + (p + 1) * w + i0, r1);
+                _mm_storeu_ps(dst + (p + 2) * w + i0, r2);
+                _mm_storeu_ps(dst + (p + 3) * w + i0, r3);
+            }
+            for (; p < kc; p++) {
+                dst[p * w + i0] = s0[p];
+                dst[p * w + i0 + 1] = s1[p];
+                dst[p * w + i0 + 2] = s2[p];
+                dst[p * w + i0 + 3] = s3[p];
+            }
+        }
+#endif
+        for (size_t i = i0; i < rows; i++)
+            for (size_t p = 0; p < kc; p++)
+                dst[p * w + i] = src[i * rs + p];
+    } else if (rs == 1) { // columns are contiguous: a copy per k
+        for (size_t p = 0; p < kc; p++)
+            memcpy(dst + p * w, src + p * cs, rows * sizeof(float));
+    } else {
+        for (size_t p = 0; p < kc; p++)
+            for (size_t i = 0; i < rows; i++)
+                dst[p * w + i] = src[i * rs + p * cs];
+    }
+    if (rows < w)
+        for (size_t p = 0; p < kc; p++)
+            memset(dst + p * w + rows, 0, (w - rows) * sizeof(float));
+}
+
+static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
+
+// C (M, N), element (i, j) at C[i * crs + j * ccs], = alpha op(A) op(B) + beta C,
+// with A's element (i, p) at A[i * ars + p * acs] and B's (p, j) at B[j * brs + p * bcs].
+struct job {
+    size_t M, N, K, ars, acs, brs, bcs, crs, ccs;
+    float alpha, beta;
+    const float *A, *B;
+    float *C, *abuf, *bbuf;
+};
+
+// Thread `me` of `nth` (nth = 1: the caller alone, maybe inside a caller's own
+// parallel loop, so no OpenMP construct may bind to that loop's team): static
+// shares of the B panels, the A panels and the micro-tiles, with a barrier
+// between packing a block and reading it, and between reading it and packing
+// the next into the same buffer.
+static void share(size_t n, int me, int nth, size_t *lo, size_t *hi)
+{
+    *lo = n * (size_t)me / (size_t)nth;
+    *hi = n * (size_t)(me + 1) / (size_t)nth;
+}
+
+static void barrier(int nth)
+{
+    if (nth > 1) {
+        #pragma omp barrier
+    }
+}
+
+static void run_job(const struct job *j, int me, int nth)
+{
+    const size_t mr = g_k.mr, nr = g_k.nr;
+    auxinfo_t aux;
+    memset(&aux, 0, sizeof aux);
+    size_t lo, hi;
+    for (size_t jc = 0; jc < j->N; jc += g_k.nc) {
+        const size_t nc = min_sz(j->N - jc, g_k.nc), n_jr = (nc + nr - 1) / nr;
+        for (size_t pc = 0, kc; pc < j->K; pc += kc) {
+            kc = kc_block(j->K - pc);
+            float beta = pc == 0 ? j->beta : 1.0f;
+            barrier(nth); // every tile of the last block is done with bbuf
+            share(n_jr, me, nth, &lo, &hi);
+            for (size_t q = lo; q < hi; q++)
+                pack_panel(j->bbuf + q * nr * kc, j->B + (jc + q * nr) * j->brs + pc * j->bcs, j->brs, j->bcs,
+                           min_sz(nr, nc - q * nr), nr, kc);
+            for (size_t ic = 0; ic < j->M; ic += g_k.mc) {
+                const size_t mc = min_sz(j->M - ic, g_k.mc), n_ir = (mc + mr - 1) / mr;
+                barrier(nth); // abuf free again (and, the first time, bbuf packed)
+                share(n_ir, me, nth, &lo, &hi);
+                for (size_t q = lo; q < hi; q++)
+                    pack_panel(j->abuf + q * mr * kc, j->A + (ic + q * mr) * j->ars + pc * j->acs, j->ars, j->acs,
+                               min_sz(mr, mc - q * mr), mr, kc);
+                barrier(nth);
+                // micro-tiles, jr-major so a thread's run of tiles reuses its B panel
+                share(n_jr * n_ir, me, nth, &lo, &hi);
+                for (size_t t = lo; t < hi; t++) {
+                    const size_t qj = t / n_ir, qi = t % n_ir;
+                    float *a = j->abuf + qi * mr * kc, *b = j->bbuf + qj * nr * kc;
+                    bli_auxinfo_set_next_a(qi + 1 < n_ir ? a + mr * kc : j->abuf, &aux);
+                    bli_auxinfo_set_next_b(qi + 1 < n_ir ? b : b + nr * kc, &aux);
+                    float alpha = j->alpha;
+                    g_k.ukr((dim_t)min_sz(mr, mc - qi * mr), (dim_t)min_sz(nr, nc - qj * nr), (dim_t)kc, &alpha, a,
+                            b, &beta, j->C + (ic + qi * mr) * j->crs + (jc + qj * nr) * j->ccs, (inc_t)j->crs,
+                            (inc_t)j->ccs, &aux, g_k.cntx);
+                }
+            }
+        }
+    }
+}
+
+int moe_gemm_packed(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
+                    const float *B, size_t ldb, float beta, float *C, size_t ldc, int threads)
+{
+    if (!g_k.ready || M == 0 || N == 0 || K == 0)
+        return -1;
+    struct job j = { .K = K, .alpha = alpha, .beta = beta };
+    // Row-major C is C[i * ldc + j]. A micro-kernel that prefers column-stored C
+    // gets the transposed problem C^T = op(B)^T op(A)^T instead, as BLIS does.
+    if (g_k.rows) {
+        j.M = M, j.N = N, j.A = A, j.B = B, j.crs = ldc, j.ccs = 1;
+        j.ars = trans_a ? 1 : lda, j.acs = trans_a ? lda : 1;
+        j.brs = trans_b ? ldb : 1, j.bcs = trans_b ? 1 : ldb;
+    } else {
+        j.M = N, j.N = M, j.A = B, j.B = A, j.crs = 1, j.ccs = ldc;
+        j.ars = trans_b ? ldb : 1, j.acs = trans_b ? 1 : ldb; // (op(B)^T)(i, p) = op(B)(p, i)
+        j.brs = trans_a ? 1 : lda, j.bcs = trans_a ? lda : 1; // (op(A)^T)(p, j) = op(A)(j, p)
+    }
+    // A block (MC x kc) then the B block (kc x NC), each start 64-byte aligned
+    const size_t kc = min_sz(K, g_k.kc_max), na = (min_sz(j.M, g_k.mc) + g_k.mr) * kc / 16 * 16 + 16,
+                 nb = ((min_sz(j.N, g_k.nc) + g_k.nr - 1) / g_k.nr) * g_k.nr * kc;
+    if (t_buf_n < na + nb) {
+        free(t_buf);
+        t_buf = aligned_alloc(64, ((na + nb) * sizeof(float) + 63) / 64 * 64);
+        t_buf_n = t_buf ? na + nb : 0;
+        if (!t_buf)
+            return -1;
+    }
+    j.abuf = t_buf, j.bbuf = t_buf + na;
+    j.C = C;
+#ifdef _OPENMP
+    if (threads > 1) {
+        #pragma omp parallel num_threads(threads)
+        run_job(&j, omp_get_thread_num(), omp_get_num_threads());
+        return 0;
+    }
+#endif
+    (void)threads;
+    run_job(&j, 0, 1);
+    return 0;
+}
