@@ -748,6 +748,7 @@ static void on_stop_signal(int sig)
 {
     cli_stop_signal = sig;
     signal(sig, SIG_DFL);
+    moe_dist_stop_signal(); // over processes: was it the runtime ending the job after a death? (dist.h)
 }
 
 void cli_catch_stop_signals(void)

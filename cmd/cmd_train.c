@@ -650,6 +650,12 @@ static int prepare(struct train_run *r, cJSON **done, int *ret_done)
         snprintf(r->default_out, sizeof r->default_out, "runs/train-%016llx", (unsigned long long)moe_config_hash(&r->cfg));
         r->out = r->default_out;
     }
+    if (o->dist) { // the end of the line a process prints when another of the job dies (dist.h)
+        char note[300];
+        snprintf(note, sizeof note, "; the last checkpoint, if one was written, is intact (continue with: moe %s --resume %.200s)",
+                 cmd, r->out);
+        moe_dist_set_stop_note(cmd, note);
+    }
     return 0;
 }
 

@@ -62,6 +62,21 @@ int moe_dist_sum(struct moe_dist *d, float *x, size_t n, double *bytes, struct m
 // The largest of every rank's v.
 int moe_dist_max(struct moe_dist *d, long long v, long long *ret, struct moe_err *err);
 
+// A process of the job that dies leaves the others waiting inside a collective
+// until the runtime kills them (Open MPI: SIGTERM, then SIGKILL 1 s later).
+// moe_dist_stop_signal, async-signal-safe, is for the handler of SIGINT and
+// SIGTERM: when such a signal finds this process waiting inside a collective,
+// and 0.4 s later it still waits there while a process of the job on this
+// machine has ended, the lowest-numbered living process prints one line
+// ("moe train: process R of N (pid P) ended (killed or crashed) while process
+// Q waited for it in MPI_Alltoallv" and the note) and the waiting processes
+// exit 1. A stop signal to every living process (a scheduler's) changes
+// nothing: the collective completes and the run stops after its step as usual.
+// moe_dist_set_stop_note sets the line's command ("moe CMD: ") and end (e.g.
+// how to continue the run).
+void moe_dist_stop_signal(void);
+void moe_dist_set_stop_note(const char *cmd, const char *note);
+
 // Agreement after a step that may fail on some ranks only (rank 0 writing a
 // file, a config checked per process): every rank passes its rc and err, and
 // every rank returns the same status: 0 when all passed 0, else the status of

@@ -15,7 +15,8 @@
 #   at N = 2 and in one process, both equal to a 2-epoch run; SIGTERM to the
 #   processes stops them after a step with a checkpoint (exit 143) that a
 #   resume in one process finishes with the uninterrupted run's files; a
-#   killed process ends the job (no hang) with the last checkpoint intact;
+#   killed process ends the job (no hang) with one line from the survivor
+#   naming it and the last checkpoint intact;
 #   both also with --expert-parallel.
 # - --expert-parallel N (each process holds n_expert/N experts of every sparse
 #   layer): the mlp-moe, the LM and the LM with GShard top-2, SwiGLU experts,
@@ -228,13 +229,16 @@ t_killed() {
     local rc=$?
     [ "$rc" -ne 0 ] || { fail "mpirun exit 0 after a process was killed"; return 1; }
     [ $((SECONDS - t0)) -lt 60 ] || { fail "the job took $((SECONDS - t0)) s to end"; return 1; }
+    # the survivor's one line (Open MPI's own banners around it are mpirun's; -q drops them)
+    [ "$(grep -c '^moe train: process [01] of 2 (pid [0-9]*) ended (killed or crashed) while process [01] waited for it in MPI_[A-Za-z]*; the last checkpoint, if one was written, is intact (continue with: moe train --resume dead)$' dead.err)" -eq 1 ] ||
+        { fail "not one line from the survivor: $(cat dead.err)"; return 1; }
     [ -f dead/checkpoint.safetensors ] || { fail "no checkpoint left"; return 1; }
     rm -f dead/moe.lock
     "${TO[@]}" "$MOE" train --resume dead --quiet --threads 1 >dead-r.out 2>dead-r.err ||
         { fail "resume after the kill: $(cat dead-r.err)"; return 1; }
     same_files long1 dead metrics.csv model.safetensors languages.csv experts.csv
 }
-check "a killed process ends the job (no hang); the last checkpoint resumes to the uninterrupted run's files" t_killed
+check "a killed process ends the job (no hang) with one line from the survivor naming it; the last checkpoint resumes to the uninterrupted run's files" t_killed
 t_killed_ep() { PAR=--expert-parallel t_killed; }
 check "the same with --expert-parallel 2 (a process dies inside the experts' exchanges)" t_killed_ep
 
