@@ -81,6 +81,20 @@ static void fill(float *x, size_t n, uint32_t stream)
     moe_rng_fill_uniform(&r, x, n, -1.0f, 1.0f);
 }
 
+// One case of the GEMM tests: the dimensions of shape sh with transposes ta, tb,
+// leading dimensions padded past them, and the stored rows of A and B.
+struct gemm_case {
+    size_t M, N, K, lda, ldb, ldc, ra, rb;
+};
+
+static struct gemm_case gemm_case(const size_t sh[3], int ta, int tb)
+{
+    struct gemm_case g = { .M = sh[0], .N = sh[1], .K = sh[2] };
+    g.lda = (ta ? g.M : g.K) + 3, g.ldb = (tb ? g.K : g.N) + 1, g.ldc = g.N + 2;
+    g.ra = ta ? g.K : g.M, g.rb = tb ? g.N : g.K;
+    return g;
+}
+
 START_TEST(test_gemm_matches_reference)
 {
     // Every transpose combination, odd sizes, padded leading dimensions, beta 0 and 1.
@@ -89,9 +103,8 @@ START_TEST(test_gemm_matches_reference)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
                 for (int bi = 0; bi < 2; bi++) {
-                    size_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
-                    size_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
-                    size_t ra = ta ? K : M, rb = tb ? N : K;
+                    const struct gemm_case g = gemm_case(shapes[s], ta, tb);
+                    const size_t M = g.M, N = g.N, K = g.K, lda = g.lda, ldb = g.ldb, ldc = g.ldc, ra = g.ra, rb = g.rb;
                     float *A = calloc(ra * lda, 4), *B = calloc(rb * ldb, 4);
                     float *C1 = calloc(M * ldc, 4), *C2 = calloc(M * ldc, 4);
                     fill(A, ra * lda, 1);
@@ -129,9 +142,8 @@ START_TEST(test_gemm_packed)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
                 for (int bi = 0; bi < 2; bi++) {
-                    size_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
-                    size_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
-                    size_t ra = ta ? K : M, rb = tb ? N : K;
+                    const struct gemm_case g = gemm_case(shapes[s], ta, tb);
+                    const size_t M = g.M, N = g.N, K = g.K, lda = g.lda, ldb = g.ldb, ldc = g.ldc, ra = g.ra, rb = g.rb;
                     float *A = calloc(ra * lda, 4), *B = calloc(rb * ldb, 4), *C0 = calloc(M * ldc, 4);
                     float *C[4];
                     fill(A, ra * lda, 1);

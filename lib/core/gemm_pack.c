@@ -27,7 +27,6 @@
 
 #include <blis.h>
 
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __SSE__

@@ -45,7 +45,8 @@
 // registers without reassociating.
 // So results are bit-identical for any OpenMP thread count (and on either clone); they may differ
 // in the last bits between CPUs whose BLIS microkernels or SLEEF paths differ (vmath.h).
-// Kernels never allocate (BLIS packs into its own pre-allocated pool; the tile path's transposed
+// Kernels never allocate, but for the GEMM path's pack buffers (core/gemm_pack.c: grown once per thread
+// on first use; BLIS's own pool for products under its size threshold); the tile path's transposed
 // key tile is HS_TILE_MAX x 16 floats on the stack).
 #include <assert.h>
 #include <math.h>
