@@ -223,6 +223,15 @@ static void layer_bench_release(struct layer_bench *b)
         moe_free(bufs[i]);
 }
 
+// --expert-parallel: a step of N micro-batches, one per process, each 1/N of
+// the expert gradients' sum (as train with train.accumulate = N).
+static void ep_shares(struct moe_ep *ep)
+{
+    ep->M = (size_t)ep->dist->size;
+    for (size_t k = 0; k < ep->M; k++)
+        ep->w[k] = 1.0f / (float)ep->dist->size;
+}
+
 // A copy of the model's first sparse layer (same settings) for T tokens of
 // random input (over processes: rank r's input drawn from seed + r).
 static int layer_bench_init(struct layer_bench *b, const struct moe_layer_cfg *c, size_t T, uint64_t seed,
@@ -247,6 +256,8 @@ static int layer_bench_init(struct layer_bench *b, const struct moe_layer_cfg *c
     struct moe_layer *l = &b->l;
     if (d && (rc = moe_ep_create(&b->ep, d, &l, 1, 1, (size_t)d->size, err)))
         return rc;
+    if (b->ep) // every process's tokens a 1/N share of one step (a micro-batch each)
+        ep_shares(b->ep);
     struct moe_rng g = moe_rng_make(seed + (d ? (uint64_t)d->rank : 0), MOE_RNG_INIT, 1);
     for (size_t i = 0; i < TD; i++) {
         b->x[i] = 2.0f * moe_rng_uniform(&g, i) - 1.0f;
@@ -269,8 +280,6 @@ static double layer_pass(struct layer_bench *b, uint64_t step, uint64_t seed, do
     moe_params_zero_grad(&b->p);
     memset(b->dx, 0, TD * sizeof(float));
     moe_layer_backward(&b->l, &b->p, b->dx, b->dout, b->x);
-    if (b->ep) // the expert gradients back to the rank whose rows they came from
-        moe_ep_grads(b->ep, &b->p, b->p.grad, (size_t)b->ep->dist->size, NULL);
     double t2 = moe_prof_clock();
     *ret_fwd = t1 - t0;
     return t2 - t0;
@@ -318,13 +327,18 @@ static double step_pass(struct step_bench *s, uint64_t step, struct moe_err *err
     moe_params_zero_grad(&s->m->params);
     if (moe_model_run(s->m, &b, 1, &s->stats, err))
         return -1.0;
-    if (s->ep) { // as train --expert-parallel: expert gradients back, then the sum over the processes
+    if (s->ep) { // as train --expert-parallel: the experts' gradients stay, the others are summed
         s->sum_bytes = 0.0;
-        if (moe_ep_grads(s->ep, &s->m->params, s->m->params.grad, (size_t)s->ep->dist->size, err))
-            return -1.0;
         double ts = moe_prof_clock();
-        if (moe_dist_sum(s->ep->dist, s->m->params.grad, s->m->params.numel, &s->sum_bytes, err))
-            return -1.0;
+        const struct moe_params *p = &s->m->params;
+        for (size_t i = 0, lo = 0; i <= p->n; i++) { // runs of tensors between expert tensors
+            if (i < p->n && !p->t[i].experts)
+                continue;
+            size_t hi = i < p->n ? p->t[i].offset : p->numel;
+            if (hi > lo && moe_dist_sum(s->ep->dist, p->grad + lo, hi - lo, &s->sum_bytes, err))
+                return -1.0;
+            lo = i < p->n ? p->t[i].offset + p->t[i].numel : lo;
+        }
         s->sum_seconds = moe_prof_clock() - ts;
     }
     double t1 = moe_prof_begin();
@@ -409,7 +423,10 @@ static int bench_setup(const char *cmd, const struct cli_common *c, const struct
         return cli_error(cmd, 2, "option '--tokens': %zu %s need more than the %zu training %s", b->T,
                          lm ? "tokens" : "rows", tr->n, lm ? "windows per epoch" : "rows");
     b->seed = b->rc.train.seed;
-    if (moe_model_create_hp(&b->model, &b->rc.model, NULL, tr->task, tr->n_in, tr->n_out, n, &err))
+    // --expert-parallel: each process holds its experts only, as in train
+    if ((b->dist && moe_ep_check_experts(b->rc.model.n_expert, b->dist->size, &err)) ||
+        moe_model_create_shard(&b->model, &b->rc.model, NULL, tr->task, tr->n_in, tr->n_out, n,
+                               b->dist ? b->dist->rank : 0, b->dist ? b->dist->size : 1, &err))
         return cli_fail(cmd, &err);
     moe_model_init_weights(&b->model, b->seed);
     b->sb = (struct step_bench){ .m = &b->model, .data = &b->data, .n = n, .tokens = n * C, .seed = b->seed };
@@ -420,6 +437,8 @@ static int bench_setup(const char *cmd, const struct cli_common *c, const struct
                     moe_ep_create(&b->sb.ep, b->dist, b->model.moe_layers, b->model.n_moe_layers, 1,
                                   (size_t)b->dist->size, &err)))
         return cli_fail(cmd, &err);
+    if (b->sb.ep)
+        ep_shares(b->sb.ep);
     if (b->model.n_moe_layers > 0 &&
         layer_bench_init(&b->lb, &b->model.moe_layers[0]->c, b->T, b->seed,
                          (float)b->rc.model.init_scale, b->dist, &err))

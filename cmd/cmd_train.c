@@ -18,6 +18,7 @@
 #include "estimate.h"
 #include "progress.h"
 #include "dist/dist.h"
+#include "dist/ep.h"
 #include "run_dir.h"
 #include "train_run.h"
 
@@ -370,7 +371,11 @@ static int build_model(struct train_run *r)
     const struct moe_dataset *tr = &r->data.train;
     struct moe_err err = { 0 };
     r->max_batch = train_batch(&r->rc, tr->n, r->data.test.n, NULL);
-    if (moe_model_create_hp(&r->model, &r->rc.model, NULL, tr->task, tr->n_in, tr->n_out, r->max_batch, &err))
+    // --expert-parallel N: this process holds its 1/N of every sparse layer's experts
+    int rank = o->expert_parallel ? o->dist->rank : 0, size = o->expert_parallel ? o->dist->size : 1;
+    if ((size > 1 && moe_ep_check_experts(r->rc.model.n_expert, size, &err)) ||
+        moe_model_create_shard(&r->model, &r->rc.model, NULL, tr->task, tr->n_in, tr->n_out, r->max_batch, rank, size,
+                               &err))
         return cli_fail(r->cmd, &err);
     moe_model_init_weights(&r->model, r->rc.train.seed);
     if (moe_model_fit(&r->model, tr, &err) ||

@@ -386,11 +386,11 @@ static size_t model_extras(const struct run_output *o, struct moe_st_ref extra[3
 {
     size_t n = 0;
     if (o->vocab)
-        extra[n++] = (struct moe_st_ref){ MOE_VOCAB_TENSOR, MOE_U8, 1, { o->vocab_len }, o->vocab };
+        extra[n++] = (struct moe_st_ref){ .name = MOE_VOCAB_TENSOR, .dtype = MOE_U8, .ndim = 1, .shape = { o->vocab_len }, .data = o->vocab };
     if (o->data->standardized) {
         const struct moe_standardize *st = &o->data->stats;
-        extra[n++] = (struct moe_st_ref){ "data.mean", MOE_F32, 1, { st->n_in }, st->mean };
-        extra[n++] = (struct moe_st_ref){ "data.std", MOE_F32, 1, { st->n_in }, st->std };
+        extra[n++] = (struct moe_st_ref){ .name = "data.mean", .dtype = MOE_F32, .ndim = 1, .shape = { st->n_in }, .data = st->mean };
+        extra[n++] = (struct moe_st_ref){ .name = "data.std", .dtype = MOE_F32, .ndim = 1, .shape = { st->n_in }, .data = st->std };
     }
     return n;
 }

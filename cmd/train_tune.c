@@ -120,7 +120,7 @@ int tune_write_adapters(const char *path, const struct moe_model *m, const uint8
         const struct moe_tensor *t = &m->params.t[i];
         if (frozen[i])
             continue;
-        refs[n] = (struct moe_st_ref){ t->name, MOE_F32, t->ndim, { 0 }, moe_params_data(&m->params, (int)i) };
+        refs[n] = (struct moe_st_ref){ .name = t->name, .dtype = MOE_F32, .ndim = t->ndim, .shape = { 0 }, .data = moe_params_data(&m->params, (int)i) };
         memcpy(refs[n].shape, t->shape, sizeof t->shape);
         n++;
     }

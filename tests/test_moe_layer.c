@@ -482,7 +482,7 @@ START_TEST(test_state_errors)
     moe_safetensors_close(&f);
     // the table as F32
     float tab[8] = { 0 };
-    struct moe_st_ref ref = { "layers.0.moe.router.hash_table", MOE_F32, 1, { 8 }, tab };
+    struct moe_st_ref ref = { .name = "layers.0.moe.router.hash_table", .dtype = MOE_F32, .ndim = 1, .shape = { 8 }, .data = tab };
     ck_assert_int_eq(moe_safetensors_write_params(path, &m.params, &ref, 1, NULL, 0, &err), 0);
     ck_assert_int_eq(moe_safetensors_open(path, &f, &err), 0);
     ck_assert_int_eq(moe_model_load(&m, &f, 1, &err), MOE_EFORMAT);

@@ -24,7 +24,11 @@ void *moe_alloc(size_t count, size_t size)
 
 void moe_free(void *p) { free(p); }
 
-void moe_params_init(struct moe_params *p) { memset(p, 0, sizeof *p); }
+void moe_params_init(struct moe_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->shard_size = 1;
+}
 
 void moe_shape_str(int ndim, const size_t *shape, char *buf, size_t len)
 {
@@ -71,13 +75,59 @@ int moe_params_add(struct moe_params *p, const char *name, int ndim, const size_
         t->shape[d] = shape[d];
     t->numel = numel;
     // Each tensor starts on a 16-float (64-byte) boundary so kernels see aligned rows.
-    t->offset = (p->numel + 15) & ~(size_t)15;
-    p->numel = t->offset + numel;
+    t->offset = t->full_offset = (p->numel + 15) & ~(size_t)15;
+    p->numel = p->full_numel = t->offset + numel;
     return (int)p->n++;
+}
+
+void moe_params_mark_experts(struct moe_params *p, int idx)
+{
+    if (idx >= 0 && (size_t)idx < p->n)
+        p->t[idx].experts = 1;
+}
+
+size_t moe_tensor_full_numel(const struct moe_tensor *t)
+{
+    size_t n = 1;
+    for (int d = 0; d < t->ndim; d++)
+        n *= t->shape[d];
+    return n;
+}
+
+// This process's layout: the marked tensors cut to their share of experts,
+// every tensor again on a 16-float boundary, in declaration order.
+static int shard_layout(struct moe_params *p, struct moe_err *err)
+{
+    size_t N = (size_t)p->shard_size, r = (size_t)p->shard_rank, at = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        struct moe_tensor *t = &p->t[i];
+        if (t->experts) {
+            if (t->shape[0] % N)
+                return moe_error(err, MOE_ECONFIG, "tensor '%s': its %zu experts cannot be shared out evenly over %zu processes",
+                                 t->name, t->shape[0], N);
+            t->numel = moe_tensor_full_numel(t) / N;
+            t->lo = r * (t->shape[0] / N);
+        }
+        t->offset = (at + 15) & ~(size_t)15;
+        at = t->offset + t->numel;
+    }
+    p->numel = at;
+    return 0;
+}
+
+void moe_params_from_full(const struct moe_params *p, const float *full, float *local)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        const struct moe_tensor *t = &p->t[i];
+        size_t slice = t->experts ? moe_tensor_full_numel(t) / t->shape[0] : 0;
+        memcpy(local + t->offset, full + t->full_offset + t->lo * slice, t->numel * sizeof *local);
+    }
 }
 
 int moe_params_alloc(struct moe_params *p, struct moe_err *err)
 {
+    if (p->shard_size > 1 && shard_layout(p, err))
+        return MOE_ECONFIG;
     p->data = moe_alloc(p->numel, sizeof(float));
     p->grad = moe_alloc(p->numel, sizeof(float));
     if (!p->data || !p->grad) {
@@ -101,7 +151,7 @@ size_t moe_params_count(const struct moe_params *p)
 {
     size_t n = 0;
     for (size_t i = 0; i < p->n; i++)
-        n += p->t[i].numel;
+        n += moe_tensor_full_numel(&p->t[i]);
     return n;
 }
 
@@ -117,6 +167,23 @@ void moe_zero(float *x, size_t n)
     for (size_t c = 0; c < nc; c++) {
         size_t i0 = c * chunk, len = i0 + chunk <= n ? chunk : n - i0;
         memset(x + i0, 0, len * sizeof *x);
+    }
+}
+
+void moe_fold(float *a, const float *g, float *out, size_t n, float w, size_t k, int last)
+{
+    if (k == 0) {
+        #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+        for (size_t i = 0; i < n; i++)
+            a[i] = w * g[i];
+    } else if (!last) {
+        #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+        for (size_t i = 0; i < n; i++)
+            a[i] += w * g[i];
+    } else {
+        #pragma omp parallel for schedule(static) if (n >= (1u << 16))
+        for (size_t i = 0; i < n; i++)
+            out[i] = a[i] + w * g[i];
     }
 }
 
@@ -141,7 +208,10 @@ void moe_init_uniform(struct moe_params *p, int idx, uint64_t seed, float scale)
     const struct moe_tensor *t = &p->t[idx];
     float bound = scale / sqrtf((float)t->shape[t->ndim - 1]);
     struct moe_rng r = moe_rng_make(seed, MOE_RNG_INIT, moe_hash32(t->name));
-    moe_rng_fill_uniform(&r, moe_params_data(p, idx), t->numel, -bound, bound);
+    // element i of the whole tensor is draw i, so a process holding experts
+    // lo .. of a sharded tensor draws exactly their values
+    size_t first = t->lo * (moe_tensor_full_numel(t) / t->shape[0]);
+    moe_rng_fill_uniform_at(&r, moe_params_data(p, idx), t->numel, first, -bound, bound);
 }
 
 size_t moe_params_copy_matching(struct moe_params *dst, const struct moe_params *src, uint8_t *copied)

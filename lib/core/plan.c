@@ -162,6 +162,13 @@ int moe_plan_param(struct moe_plan *p, int *index, int ndim, const struct moe_di
     return 0;
 }
 
+int moe_plan_mark_experts(struct moe_plan *p)
+{
+    if (!p->rc && p->n && p->e[p->n - 1].role == MOE_ROLE_PARAM)
+        p->e[p->n - 1].experts = 1;
+    return p->rc;
+}
+
 int moe_plan_buf(struct moe_plan *p, void *bind, enum moe_role role, enum moe_plan_dtype dt, int ndim,
                  const struct moe_dim *d, const char *fmt, ...)
 {
@@ -205,6 +212,8 @@ int moe_plan_register(struct moe_plan *p, struct moe_params *params)
             return p->rc = idx;
         if (e->index)
             *e->index = idx;
+        if (e->experts)
+            moe_params_mark_experts(params, idx);
     }
     return 0;
 }

@@ -57,6 +57,7 @@ struct moe_plan_entry {
     size_t offset;  // buffers: bytes into the role's block
     void *bind;     // buffers: the pointer variable that receives the address
     int *index;     // parameters: receives the registry index
+    int experts;    // parameters: a sparse layer's routed experts (first dimension), which may be sharded
     void *own;      // buffers allocated one by one (sanitizer builds), else NULL
 };
 
@@ -81,6 +82,9 @@ void moe_plan_init(struct moe_plan *p, struct moe_err *err);
 // moe_plan_alloc. Returns p->rc.
 int moe_plan_param(struct moe_plan *p, int *index, int ndim, const struct moe_dim *d, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+// Mark the parameter just declared as a sparse layer's routed experts, its
+// first dimension the expert (moe_params_mark_experts). Returns p->rc.
+int moe_plan_mark_experts(struct moe_plan *p);
 // Declare a buffer; bind is the address of the pointer variable (float **,
 // int32_t **, ...) that gets the buffer, zero-filled, at moe_plan_alloc.
 // Returns p->rc.

@@ -39,8 +39,13 @@ uint32_t moe_rng_below(const struct moe_rng *r, uint64_t i, uint32_t n)
 
 void moe_rng_fill_uniform(const struct moe_rng *r, float *x, size_t n, float lo, float hi)
 {
+    moe_rng_fill_uniform_at(r, x, n, 0, lo, hi);
+}
+
+void moe_rng_fill_uniform_at(const struct moe_rng *r, float *x, size_t n, uint64_t first, float lo, float hi)
+{
     for (size_t i = 0; i < n; i++)
-        x[i] = lo + (hi - lo) * moe_rng_uniform(r, i);
+        x[i] = lo + (hi - lo) * moe_rng_uniform(r, first + i);
 }
 
 void moe_rng_fill_normal(const struct moe_rng *r, float *x, size_t n, float mean, float std)

@@ -53,6 +53,8 @@ float moe_rng_normal(const struct moe_rng *r, uint64_t i);
 // Uniform integer in [0, n) (n > 0), by 64-bit multiply-shift (negligible bias for small n).
 uint32_t moe_rng_below(const struct moe_rng *r, uint64_t i, uint32_t n);
 void moe_rng_fill_uniform(const struct moe_rng *r, float *x, size_t n, float lo, float hi);
+// Draws first .. first + n - 1 of the same stream (a part of a larger fill).
+void moe_rng_fill_uniform_at(const struct moe_rng *r, float *x, size_t n, uint64_t first, float lo, float hi);
 void moe_rng_fill_normal(const struct moe_rng *r, float *x, size_t n, float mean, float std);
 // A random permutation of 0..n-1 (Fisher-Yates with draws indexed by position).
 void moe_rng_permutation(const struct moe_rng *r, uint32_t *perm, size_t n);

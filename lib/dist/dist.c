@@ -254,6 +254,14 @@ int moe_dist_allgatherv(struct moe_dist *d, const float *send, const size_t *n, 
     return rc;
 }
 
+int moe_dist_gatherv(struct moe_dist *d, const float *send, const size_t *n, float *recv, struct moe_err *err)
+{
+    w_enter("MPI_Gatherv");
+    int rc = d->ops->gatherv(d->rank, d->size, send, n, recv, err);
+    w_leave();
+    return rc;
+}
+
 int moe_dist_max(struct moe_dist *d, long long v, long long *ret, struct moe_err *err)
 {
     w_enter("MPI_Allreduce");

@@ -54,6 +54,8 @@ int moe_dist_alltoallv_i32(struct moe_dist *d, const int32_t *send, const size_t
                            const size_t *recv_n, struct moe_err *err);
 // Every rank's n[rank] floats of send, in rank order, into recv (sum of n).
 int moe_dist_allgatherv(struct moe_dist *d, const float *send, const size_t *n, float *recv, struct moe_err *err);
+// The same into rank 0's recv only (MPI_Gatherv; recv unused elsewhere).
+int moe_dist_gatherv(struct moe_dist *d, const float *send, const size_t *n, float *recv, struct moe_err *err);
 // x (n floats) = the sum over ranks of every rank's x, added in rank order
 // (slices summed by their owner rank, then gathered: MPI_Alltoallv then
 // MPI_Allgatherv), so every rank gets the same bits. bytes (may be NULL) +=
@@ -93,6 +95,7 @@ struct moe_dist_ops {
     int (*alltoallv)(int size, const void *send, const size_t *send_n, void *recv, const size_t *recv_n, int i32,
                      struct moe_err *err);
     int (*allgatherv)(int rank, int size, const float *send, const size_t *n, float *recv, struct moe_err *err);
+    int (*gatherv)(int rank, int size, const float *send, const size_t *n, float *recv, struct moe_err *err);
     int (*max)(long long v, long long *ret, struct moe_err *err);
 };
 // The MPI table, or NULL in a build without MPI (registry.c).

@@ -7,13 +7,17 @@
 // experts [r E/N, (r + 1) E/N) of every layer: it runs their FFNs, forward and
 // backward, for the rows that every rank routes to them. Everything else (the
 // router, the shared experts, attention, norms, embeddings) runs where the
-// tokens are. The parameters stay replicated, so evaluation and checkpoints
-// need no exchange; what is spread out is the expert computation and its
-// activations.
+// tokens are. In `moe train` each process also holds only its experts'
+// weights, gradients and optimizer moments (moe_model_create_shard,
+// core/params.h); the dense parameters are replicated. Evaluation runs every
+// rank's experts where they are and gathers their outputs
+// (moe_ep_eval_forward); checkpoints and the final model are gathered to rank
+// 0 and written in one process's layout (train/trainer.c), so files do not
+// depend on N.
 //
 // Micro-batches. An optimizer step of M micro-batches (train.accumulate = A, a
-// multiple of N) is run in rounds j = 0 .. A/N - 1: in round j, rank q runs
-// micro-batch k = q A/N + j (as with --data-parallel), routing and capacity on
+// multiple of N) is run in rounds j = 0, 1, ...: in round j, rank q runs
+// micro-batch k = j N + q (as with --data-parallel), routing and capacity on
 // its own rows exactly as one process would. At every sparse layer of the
 // forward pass the ranks exchange (moe_ep_forward):
 //   1. a header per rank (MPI_Allgather): its dropout stream and the block
@@ -28,11 +32,11 @@
 //
 // Exactness. An owner runs expert e over the same rows, in the same order,
 // with the same shapes as one process runs it, so every row's output and the
-// expert's gradient for micro-batch k are the same bits. The owner keeps those
-// gradients per micro-batch; after the rounds, moe_ep_grads hands each back to
-// the rank that ran the micro-batch, into its gradient slot, and the step's sum
-// is then the --data-parallel exchange (train/trainer.c dp_step: fixed order,
-// the same fold as one process). So metrics and checkpoints are the same bytes
+// expert's gradient for micro-batch k are the same bits. The owner sums them
+// in k order as they come (round by round, source by source), with the
+// operations one process's accumulation applies (moe_fold); the dense
+// parameters' sum is the --data-parallel exchange (train/trainer.c dp_step:
+// fixed order, the same fold). So metrics and checkpoints are the same bytes
 // as one process with the same train.accumulate.
 #ifndef MOE_EP_H
 #define MOE_EP_H
@@ -68,7 +72,7 @@ struct moe_ep_layer {
     struct moe_experts_buf own;     // every source's rows of this rank's experts, N N_src rows
     struct moe_experts_buf *view;   // (N) the part of `own` for each source
     size_t g_n;                     // gradient floats of this rank's experts: w1 (w3) w2 parts
-    float *g;                       // (A, g_n) per micro-batch k of the step
+    float *g;                       // (g_n) the running sum of the step's expert gradients
 };
 
 struct moe_ep {
@@ -77,6 +81,8 @@ struct moe_ep {
     struct moe_ep_layer *layers;
     size_t per_rank, accum;     // micro-batches per rank and per step
     size_t round;               // set by the trainer before each round's pass
+    size_t M;                   // micro-batches in this step (<= accum) and their weights in the
+    float *w;                   // (accum) gradient sum, set by the caller before the step
     int rc;                     // the first failure of an exchange inside a layer (then err)
     struct moe_err err;
     double seconds, bytes;      // time in the exchanges, bytes sent to other ranks
@@ -85,8 +91,14 @@ struct moe_ep {
 // The check before a run: every sparse layer's E divisible by the number of
 // processes (one line naming both), at least one sparse layer.
 int moe_ep_check(size_t n_layers, struct moe_layer *const *layers, const char *model, int n, struct moe_err *err);
+// The same for one number of experts (before the model is built).
+int moe_ep_check_experts(size_t E, int n, struct moe_err *err);
 // Set up the exchange of a run over d (d->size processes) for its sparse
 // layers; sets each layer's l->ep. moe_ep_free undoes both.
+// The owner of an expert sums its gradients over the step's micro-batches as
+// they are computed, k = round N + q for source q, in k order with moe_fold
+// (core/params.h) and the weights w, into the layer's gradient tensors (which
+// hold only this rank's experts, or all of them).
 int moe_ep_create(struct moe_ep **out, struct moe_dist *d, struct moe_layer *const *layers, size_t n_layers,
                   size_t per_rank, size_t accum, struct moe_err *err);
 void moe_ep_free(struct moe_ep *ep);
@@ -99,12 +111,14 @@ void moe_ep_forward(struct moe_ep_layer *x, const struct moe_params *p, float *o
                     const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf);
 void moe_ep_backward(struct moe_ep_layer *x, const struct moe_params *p, float *dx, float *dgate, const float *dout,
                      const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf);
+// Evaluation (no gradient): every rank holds the same rows and the same plan
+// (the model and the batch are replicated), so only outputs travel: each rank
+// runs its own experts' blocks and one MPI_Allgatherv puts every expert's rows
+// in place, in plan order, before the combine. Every rank must call it (the
+// evaluation passes run everywhere, in the same order).
+void moe_ep_eval_forward(struct moe_ep_layer *x, const struct moe_params *p, float *out, const float *in,
+                         const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf);
 // A round without a micro-batch on this rank: serve the other ranks' exchanges,
 // every layer's forward in order, then every backward in reverse.
 int moe_ep_idle(struct moe_ep *ep, const struct moe_params *p, struct moe_err *err);
-// After a step's rounds (M micro-batches): each owner's expert gradients of
-// micro-batch k go to the rank that ran it, into its slot j = k - rank A/N of
-// slots (per_rank slots of p->numel floats, laid out as p->grad).
-int moe_ep_grads(struct moe_ep *ep, const struct moe_params *p, float *slots, size_t M, struct moe_err *err);
-
 #endif

@@ -29,11 +29,18 @@ int moe_ep_check(size_t n_layers, struct moe_layer *const *layers, const char *m
         return moe_error(err, MOE_ECONFIG, "expert parallelism needs sparse MoE layers, and model.type '%s' has none; use --data-parallel",
                          model);
     for (size_t i = 0; i < n_layers; i++) {
-        size_t E = layers[i]->c.router.E;
-        if (E % (size_t)n)
-            return moe_error(err, MOE_ECONFIG, "key 'model.n_expert' (%zu) must be a multiple of the %d processes of --expert-parallel: each process holds n_expert / %d experts of every sparse layer",
-                             E, n, n);
+        int rc = moe_ep_check_experts(layers[i]->c.router.E, n, err);
+        if (rc)
+            return rc;
     }
+    return 0;
+}
+
+int moe_ep_check_experts(size_t E, int n, struct moe_err *err)
+{
+    if (E % (size_t)n)
+        return moe_error(err, MOE_ECONFIG, "key 'model.n_expert' (%zu) must be a multiple of the %d processes of --expert-parallel: each process holds n_expert / %d experts of every sparse layer",
+                         E, n, n);
     return 0;
 }
 
@@ -71,7 +78,7 @@ static int layer_alloc(struct moe_ep_layer *x, struct moe_ep *ep, struct moe_lay
     x->vplan = calloc(N, sizeof *x->vplan);
     x->view = calloc(N, sizeof *x->view);
     x->g_n = grad_floats(l, x->E_loc);
-    x->g = malloc(ep->accum * x->g_n * sizeof *x->g);
+    x->g = malloc(x->g_n * sizeof *x->g);
     if (!x->hdr || !x->hdr_all || !x->send_rows || !x->recv_rows || !x->base || !x->cnt || !x->idx_send ||
         !x->idx_recv || !x->offs || !x->vplan || !x->view || !x->g)
         return moe_error(err, MOE_ENOMEM, "out of memory for the expert exchange of %s", l->prefix);
@@ -110,6 +117,10 @@ int moe_ep_create(struct moe_ep **out, struct moe_dist *d, struct moe_layer *con
     ep->n_layers = n_layers;
     ep->per_rank = per_rank;
     ep->accum = accum;
+    if (!(ep->w = calloc(accum, sizeof *ep->w))) {
+        moe_ep_free(ep);
+        return moe_error(err, MOE_ENOMEM, "out of memory for expert parallelism");
+    }
     for (size_t i = 0; i < n_layers; i++) {
         int rc = layer_alloc(&ep->layers[i], ep, layers[i], err);
         if (rc) {
@@ -130,6 +141,7 @@ void moe_ep_free(struct moe_ep *ep)
     for (size_t i = 0; i < ep->n_layers; i++)
         layer_free(&ep->layers[i]);
     free(ep->layers);
+    free(ep->w);
     free(ep);
 }
 
@@ -196,14 +208,26 @@ static void make_views(struct moe_ep_layer *x)
     }
 }
 
+// This rank's experts' gradient tensors: in a sharded registry (core/params.h)
+// the tensor holds them from its start (lo = x->lo), in a whole one at x->lo.
+static void grads(const struct moe_ep_layer *x, const struct moe_params *p, float **g1, float **g3, float **g2)
+{
+    const struct moe_layer *l = x->l;
+    size_t at = (x->lo - p->t[l->i_w1].lo) * l->c.F * l->c.D;
+    *g1 = moe_params_grad(p, l->i_w1) + at;
+    *g3 = l->i_w3 >= 0 ? moe_params_grad(p, l->i_w3) + at : NULL;
+    *g2 = moe_params_grad(p, l->i_w2) + at;
+}
+
+// Their weights, the same way.
 static void weights(const struct moe_ep_layer *x, const struct moe_params *p, const float **w1, const float **w3,
                     const float **w2)
 {
     const struct moe_layer *l = x->l;
-    size_t FD = l->c.F * l->c.D;
-    *w1 = moe_params_data(p, l->i_w1) + x->lo * FD;
-    *w3 = l->i_w3 >= 0 ? moe_params_data(p, l->i_w3) + x->lo * FD : NULL;
-    *w2 = moe_params_data(p, l->i_w2) + x->lo * FD;
+    size_t at = (x->lo - p->t[l->i_w1].lo) * l->c.F * l->c.D;
+    *w1 = moe_params_data(p, l->i_w1) + at;
+    *w3 = l->i_w3 >= 0 ? moe_params_data(p, l->i_w3) + at : NULL;
+    *w2 = moe_params_data(p, l->i_w2) + at;
 }
 
 // Forward steps 1-3 (ep.h) around this rank's FFNs over every source's rows.
@@ -263,7 +287,8 @@ static void forward_exchange(struct moe_ep_layer *x, const struct moe_params *p,
 }
 
 // The backward's two exchanges around this rank's expert backward for every
-// source; source q's expert gradients go to its micro-batch's slot.
+// source: source q's rows are micro-batch k = round N + q, whose expert
+// gradients join the step's sum in k order (ep.h, Exactness).
 static void backward_exchange(struct moe_ep_layer *x, const struct moe_params *p, struct moe_experts_buf *buf)
 {
     struct moe_ep *ep = x->ep;
@@ -277,10 +302,19 @@ static void backward_exchange(struct moe_ep_layer *x, const struct moe_params *p
     const float *w1, *w3, *w2;
     weights(x, p, &w1, &w3, &w2);
     for (size_t q = 0; q < N; q++) {
-        float *g = x->g + (q * ep->per_rank + ep->round) * x->g_n;
-        moe_zero(g, x->g_n);
-        float *dw3 = w3 ? g + El * FD : NULL, *dw2 = g + (w3 ? 2 : 1) * El * FD;
-        moe_experts_blocks(&x->view[q], &x->vplan[q], 0, 1, g, dw3, dw2, w1, w3, w2, x->l->c.act);
+        // micro-batch k's gradients into the tensors, then into the running sum
+        size_t k = ep->round * N + q;
+        if (k >= ep->M)
+            continue; // no micro-batch there: no rows
+        float *g[3], *acc[3] = { x->g, w3 ? x->g + El * FD : NULL, x->g + (w3 ? 2 : 1) * El * FD };
+        grads(x, p, &g[0], &g[1], &g[2]);
+        for (int t = 0; t < 3; t++)
+            if (g[t])
+                moe_zero(g[t], El * FD);
+        moe_experts_blocks(&x->view[q], &x->vplan[q], 0, 1, g[0], g[1], g[2], w1, w3, w2, x->l->c.act);
+        for (int t = 0; ep->M > 1 && t < 3; t++) // one micro-batch: its gradient as it is
+            if (g[t])
+                moe_fold(acc[t], g[t], g[t], El * FD, ep->w[k], k, k + 1 == ep->M);
     }
     t0 = moe_prof_clock();
     swap_floats(x, x->own.dxd, x->recv_rows, buf ? buf->dxd : NULL, x->send_rows, D);
@@ -303,6 +337,41 @@ void moe_ep_backward(struct moe_ep_layer *x, const struct moe_params *p, float *
     moe_experts_scatter(dx, plan, buf);
 }
 
+void moe_ep_eval_forward(struct moe_ep_layer *x, const struct moe_params *p, float *out, const float *in,
+                         const float *gate, const struct moe_dispatch *plan, struct moe_experts_buf *buf)
+{
+    struct moe_ep *ep = x->ep;
+    moe_experts_gather(buf, in, plan);
+    if (!ep->rc) {
+        const size_t N = (size_t)ep->dist->size, El = x->E_loc, D = buf->D, F = buf->F;
+        const size_t base = plan->offset[x->lo];
+        // this rank's experts' rows as a plan and buffers of their own; the
+        // outputs go to dyd (unused without a backward), the gather's source
+        for (size_t e = 0; e <= El; e++)
+            x->offs[e] = plan->offset[x->lo + e] - base;
+        struct moe_dispatch v = { .T = plan->T, .S = plan->S, .E = El, .cap = plan->cap,
+                                  .n_rows = x->offs[El], .offset = x->offs,
+                                  .row_tok = plan->row_tok + base, .row_slot = plan->row_slot + base };
+        struct moe_experts_buf w = *buf;
+        w.own = NULL;
+        w.N_max = v.n_rows;
+        w.xd = buf->xd + base * D;
+        w.yd = buf->dyd + base * D;
+        w.a = buf->a + base * F;
+        w.h = buf->h + base * F;
+        w.b = buf->b ? buf->b + base * F : NULL;
+        const float *w1, *w3, *w2;
+        weights(x, p, &w1, &w3, &w2);
+        moe_experts_blocks(&w, &v, 1, 0, NULL, NULL, NULL, w1, w3, w2, x->l->c.act);
+        double t0 = moe_prof_clock();
+        for (size_t q = 0; q < N; q++)
+            x->cnt[q] = (plan->offset[(q + 1) * El] - plan->offset[q * El]) * D;
+        ep->rc = moe_dist_allgatherv(ep->dist, w.yd, x->cnt, buf->yd, &ep->err);
+        ep->seconds += moe_prof_clock() - t0;
+    }
+    moe_experts_combine(out, gate, plan, buf);
+}
+
 static int result(struct moe_ep *ep, struct moe_err *err)
 {
     if (ep->rc && err)
@@ -317,69 +386,4 @@ int moe_ep_idle(struct moe_ep *ep, const struct moe_params *p, struct moe_err *e
     for (size_t i = ep->n_layers; i-- > 0;)
         backward_exchange(&ep->layers[i], p, NULL);
     return result(ep, err);
-}
-
-// Rank q's micro-batches in a step of M: k = q L .. min(M, (q + 1) L) - 1.
-static size_t n_local(const struct moe_ep *ep, size_t q, size_t M)
-{
-    size_t first = q * ep->per_rank;
-    return M <= first ? 0 : M - first < ep->per_rank ? M - first : ep->per_rank;
-}
-
-int moe_ep_grads(struct moe_ep *ep, const struct moe_params *p, float *slots, size_t M, struct moe_err *err)
-{
-    if (ep->rc)
-        return result(ep, err);
-    const size_t N = (size_t)ep->dist->size, me = (size_t)ep->dist->rank, L = ep->per_rank;
-    size_t G = 0;
-    for (size_t i = 0; i < ep->n_layers; i++)
-        G += ep->layers[i].g_n;
-    double t0 = moe_prof_clock();
-    size_t *cnt = malloc(2 * N * sizeof *cnt);
-    float *send = malloc((ep->accum * G + 1) * sizeof *send), *recv = malloc((L * N * G + 1) * sizeof *recv);
-    if (!cnt || !send || !recv) {
-        free(cnt);
-        free(send);
-        free(recv);
-        return moe_error(err, MOE_ENOMEM, "out of memory for the exchange of the expert gradients (%zu floats)",
-                         ep->accum * G);
-    }
-    // to rank q: for each of its micro-batches, every layer's gradients of this rank's experts
-    size_t o = 0;
-    for (size_t q = 0; q < N; q++) {
-        size_t nq = n_local(ep, q, M);
-        for (size_t j = 0; j < nq; j++)
-            for (size_t i = 0; i < ep->n_layers; i++) {
-                const struct moe_ep_layer *x = &ep->layers[i];
-                memcpy(send + o, x->g + (q * L + j) * x->g_n, x->g_n * sizeof *send);
-                o += x->g_n;
-            }
-        cnt[q] = nq * G;
-        cnt[N + q] = n_local(ep, me, M) * G;
-        ep->bytes += q == me ? 0.0 : (double)cnt[q] * sizeof(float);
-    }
-    int rc = moe_dist_alltoallv(ep->dist, send, cnt, recv, cnt + N, err);
-    // from owner r: its experts' part of w1, (w3,) w2 for each of this rank's micro-batches
-    const size_t nme = n_local(ep, me, M);
-    const float *s = recv;
-    for (size_t r = 0; !rc && r < N; r++)
-        for (size_t j = 0; j < nme; j++)
-            for (size_t i = 0; i < ep->n_layers; i++) {
-                const struct moe_ep_layer *x = &ep->layers[i];
-                const struct moe_layer *l = x->l;
-                size_t part = x->E_loc * l->c.F * l->c.D, at = r * part;
-                float *slot = slots + j * p->numel;
-                int tensors[] = { l->i_w1, l->i_w3, l->i_w2 };
-                for (size_t t = 0; t < 3; t++) {
-                    if (tensors[t] < 0)
-                        continue;
-                    memcpy(slot + p->t[tensors[t]].offset + at, s, part * sizeof *s);
-                    s += part;
-                }
-            }
-    free(cnt);
-    free(send);
-    free(recv);
-    ep->seconds += moe_prof_clock() - t0;
-    return rc;
 }

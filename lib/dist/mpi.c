@@ -121,6 +121,19 @@ static int allgatherv(int rank, int size, const float *send, const size_t *n, fl
     return rc;
 }
 
+static int gatherv(int rank, int size, const float *send, const size_t *n, float *recv, struct moe_err *err)
+{
+    int *v = malloc(2 * (size_t)size * sizeof *v);
+    if (!v)
+        return moe_error(err, MOE_ENOMEM, "out of memory for MPI_Gatherv counts");
+    int rc = to_ints(size, n, v, v + size, "MPI_Gatherv", err);
+    if (!rc && (rc = MPI_Gatherv(send, v[rank], MPI_FLOAT, recv, v, v + size, MPI_FLOAT, 0, MPI_COMM_WORLD)) !=
+                   MPI_SUCCESS)
+        rc = fail(err, "MPI_Gatherv", rc);
+    free(v);
+    return rc;
+}
+
 static int max(long long v, long long *ret, struct moe_err *err)
 {
     int rc = MPI_Allreduce(&v, ret, 1, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
@@ -129,5 +142,5 @@ static int max(long long v, long long *ret, struct moe_err *err)
 
 const struct moe_dist_ops moe_dist_mpi = {
     .probe = probe, .init = init, .finalize = finalize, .allgather = allgather,
-    .alltoallv = alltoallv, .allgatherv = allgatherv, .max = max,
+    .alltoallv = alltoallv, .allgatherv = allgatherv, .gatherv = gatherv, .max = max,
 };

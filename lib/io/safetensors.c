@@ -180,10 +180,10 @@ static int add_uint(cJSON *arr, uint64_t v)
 // polynomial 0xEDB88320, initial value and final xor 0xFFFFFFFF), the checksum
 // Python's zlib.crc32 and binascii.crc32 compute. Fed in pieces of at most
 // 1 GiB, so that any size_t length is covered.
-static uint32_t crc32_bytes(const void *data, size_t n)
+uint32_t moe_crc32(uint32_t crc, const void *data, size_t n)
 {
     const unsigned char *p = data;
-    uLong c = crc32(0L, Z_NULL, 0);
+    uLong c = crc;
     while (n) {
         uInt k = n > (1u << 30) ? (1u << 30) : (uInt)n;
         c = crc32(c, p, k);
@@ -192,6 +192,15 @@ static uint32_t crc32_bytes(const void *data, size_t n)
     }
     return (uint32_t)c;
 }
+
+uint32_t moe_crc32_combine(uint32_t crc_a, uint32_t crc_b, size_t len_b)
+{
+    return (uint32_t)crc32_combine(crc_a, crc_b, (z_off_t)len_b);
+}
+
+enum { FILL_CHUNK = 1 << 20 }; // bytes a fill produces at a time
+
+static uint32_t crc32_bytes(const void *data, size_t n) { return moe_crc32(0, data, n); }
 
 // The value of the MOE_ST_CRC_KEY metadata entry: a compact JSON object
 // mapping each tensor's name to the CRC-32 of its bytes, 8 lowercase hex digits.
@@ -202,7 +211,8 @@ static char *crc_table(const struct moe_st_ref *refs, const size_t *sizes, size_
         return NULL;
     for (size_t i = 0; i < n_refs; i++) {
         char hex[9];
-        snprintf(hex, sizeof hex, "%08" PRIx32, sizes[i] ? crc32_bytes(refs[i].data, sizes[i]) : crc32_bytes("", 0));
+        uint32_t c = refs[i].fill ? refs[i].crc : sizes[i] ? crc32_bytes(refs[i].data, sizes[i]) : crc32_bytes("", 0);
+        snprintf(hex, sizeof hex, "%08" PRIx32, c);
         if (!cJSON_AddStringToObject(o, refs[i].name, hex)) {
             cJSON_Delete(o);
             return NULL;
@@ -310,7 +320,7 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
             rc = st_fail(err, MOE_EINVAL, path, "tensor '%s' shape %s is too large", nb, sb);
             goto out;
         }
-        if (sizes[i] && !r->data) {
+        if (sizes[i] && !r->data && !r->fill) {
             rc = st_fail(err, MOE_EINVAL, path, "tensor '%s' has no data", nb);
             goto out;
         }
@@ -365,6 +375,7 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
     }
 
     struct moe_atomic_file a;
+    unsigned char *chunk = NULL;
     rc = moe_atomic_open(&a, path, err);
     if (rc)
         goto out;
@@ -374,9 +385,31 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
     int bad = fwrite(len8, 1, 8, a.f) != 8 || fwrite(header, 1, hlen, a.f) != hlen;
     for (size_t i = hlen; i < padded && !bad; i++)
         bad = fputc(' ', a.f) == EOF;
-    for (size_t i = 0; i < n_refs && !bad; i++)
-        if (sizes[i])
-            bad = fwrite(refs[i].data, 1, sizes[i], a.f) != sizes[i];
+    int filled = 0; // a fill's failure, whose message is kept
+    for (size_t i = 0; i < n_refs; i++) {
+        if (!refs[i].fill) {
+            if (sizes[i] && !bad)
+                bad = fwrite(refs[i].data, 1, sizes[i], a.f) != sizes[i];
+            continue;
+        }
+        if (!chunk && !(chunk = malloc(FILL_CHUNK))) {
+            rc = st_fail(err, MOE_ENOMEM, path, "out of memory");
+            filled = bad = 1;
+        }
+        for (size_t off = 0; chunk && off < sizes[i]; off += FILL_CHUNK) { // every byte, even after a failure
+            size_t k = sizes[i] - off < FILL_CHUNK ? sizes[i] - off : FILL_CHUNK;
+            int f = refs[i].fill(refs[i].ctx, off, chunk, k, filled ? NULL : err);
+            if (f && !filled)
+                rc = f, filled = bad = 1;
+            if (!bad)
+                bad = fwrite(chunk, 1, k, a.f) != k;
+        }
+    }
+    free(chunk);
+    if (filled) {
+        moe_atomic_abort(&a);
+        goto out;
+    }
     if (bad) {
         int saved = errno;
         moe_atomic_abort(&a);
@@ -392,6 +425,18 @@ out:
     return rc;
 }
 
+// A marked tensor of a sharded registry, written whole (core/params.h: moe_params_whole).
+struct whole_tensor {
+    const struct moe_params_whole *w;
+    size_t i;
+};
+
+static int whole_fill(void *ctx, size_t off, void *buf, size_t n, struct moe_err *err)
+{
+    const struct whole_tensor *x = ctx;
+    return x->w->fill(x->w->ctx, x->i, off / sizeof(float), buf, n / sizeof(float), err);
+}
+
 int moe_safetensors_write_params(const char *path, const struct moe_params *p,
                                  const struct moe_st_ref *extra, size_t n_extra,
                                  const struct moe_st_meta *meta, size_t n_meta, struct moe_err *err)
@@ -402,26 +447,39 @@ int moe_safetensors_write_params(const char *path, const struct moe_params *p,
         return st_fail(err, MOE_EINVAL, path, "no parameter registry given");
     if (p->n && !p->data)
         return st_fail(err, MOE_EINVAL, path, "parameter registry is not allocated");
+    if (moe_params_sharded(p) && !p->whole) // a file holds whole tensors
+        return st_fail(err, MOE_EINVAL, path, "the parameter registry holds only this process's experts");
     if (n_extra && !extra)
         return st_fail(err, MOE_EINVAL, path, "null extra tensor array");
     size_t total = p->n + n_extra;
     if (total < p->n || total >= SIZE_MAX / sizeof(struct moe_st_ref))
         return st_fail(err, MOE_ENOMEM, path, "too many tensors");
     struct moe_st_ref *refs = calloc(total + 1, sizeof *refs);
-    if (!refs)
+    struct whole_tensor *wt = moe_params_sharded(p) ? calloc(p->n + 1, sizeof *wt) : NULL;
+    if (!refs || (moe_params_sharded(p) && !wt)) {
+        free(refs);
         return st_fail(err, MOE_ENOMEM, path, "out of memory");
+    }
     for (size_t i = 0; i < p->n; i++) {
         const struct moe_tensor *t = &p->t[i];
         refs[i].name = t->name;
         refs[i].dtype = MOE_F32;
         refs[i].ndim = t->ndim;
         memcpy(refs[i].shape, t->shape, sizeof refs[i].shape);
-        refs[i].data = moe_params_data(p, (int)i);
+        if (wt && t->experts) { // the whole tensor, from the caller's fill
+            wt[i] = (struct whole_tensor){ p->whole, i };
+            refs[i].fill = whole_fill;
+            refs[i].ctx = &wt[i];
+            refs[i].crc = p->whole->crc[i];
+        } else {
+            refs[i].data = moe_params_data(p, (int)i);
+        }
     }
     for (size_t i = 0; i < n_extra; i++)
         refs[p->n + i] = extra[i];
     int rc = moe_safetensors_write(path, refs, total, meta, n_meta, err);
     free(refs);
+    free(wt);
     return rc;
 }
 
@@ -919,9 +977,13 @@ int moe_safetensors_load_params(const struct moe_st_file *f, struct moe_params *
     }
     for (size_t i = 0; i < p->n; i++) {
         const struct moe_st_entry *e = moe_safetensors_find(f, p->t[i].name);
-        // memcpy, not a float load: e->data may be unaligned.
-        if (p->t[i].numel)
-            memcpy(moe_params_data(p, (int)i), e->data, p->t[i].numel * sizeof(float));
+        // memcpy, not a float load: e->data may be unaligned. A sharded tensor
+        // (expert parallelism) takes its experts lo .. only.
+        const struct moe_tensor *t = &p->t[i];
+        size_t first = t->lo * (moe_tensor_full_numel(t) / t->shape[0]);
+        if (t->numel)
+            memcpy(moe_params_data(p, (int)i), (const unsigned char *)e->data + first * sizeof(float),
+                   t->numel * sizeof(float));
     }
     return 0;
 }

@@ -21,7 +21,21 @@ struct moe_st_ref {
     int ndim;
     size_t shape[MOE_MAX_DIMS];
     const void *data;
+    // Instead of data (NULL): a tensor produced while it is written.
+    // fill(ctx, off, buf, n, err) puts its bytes off .. off + n - 1 into buf (off
+    // and n multiples of the dtype's size), in order, once for every byte, also
+    // after a write has failed (the writer stops writing, not filling); not at
+    // all if the file cannot be opened. crc is then its CRC-32 (moe_crc32),
+    // needed before the data because the header holds it.
+    int (*fill)(void *ctx, size_t off, void *buf, size_t n, struct moe_err *err);
+    void *ctx;
+    uint32_t crc;
 };
+
+// CRC-32 (zlib's) of n bytes continued from crc (0 to start), and the CRC of
+// two pieces from theirs (len_b: the second piece's bytes).
+uint32_t moe_crc32(uint32_t crc, const void *data, size_t n);
+uint32_t moe_crc32_combine(uint32_t crc_a, uint32_t crc_b, size_t len_b);
 
 // One __metadata__ entry (safetensors allows only string values).
 struct moe_st_meta {

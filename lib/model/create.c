@@ -25,8 +25,17 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
 int moe_model_create_hp(struct moe_model *ret, const struct moe_model_hp *hp, const char *loss, enum moe_task task,
                         size_t n_in, size_t n_out, size_t max_batch, struct moe_err *err)
 {
+    return moe_model_create_shard(ret, hp, loss, task, n_in, n_out, max_batch, 0, 1, err);
+}
+
+int moe_model_create_shard(struct moe_model *ret, const struct moe_model_hp *hp, const char *loss,
+                           enum moe_task task, size_t n_in, size_t n_out, size_t max_batch, int rank, int size,
+                           struct moe_err *err)
+{
     memset(ret, 0, sizeof *ret);
     moe_params_init(&ret->params);
+    ret->params.shard_rank = rank;
+    ret->params.shard_size = size > 1 ? size : 1;
     moe_plan_init(&ret->plan, err);
     ret->task = task;
     ret->n_in = n_in;

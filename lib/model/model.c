@@ -80,11 +80,11 @@ size_t moe_model_layers_state(struct moe_model *m, struct moe_st_ref *refs, size
     for (size_t i = 0; i < m->n_moe_layers; i++) {
         struct moe_layer *l = m->moe_layers[i];
         if (l->bias && k < max)
-            refs[k] = (struct moe_st_ref){ l->bias_name, MOE_F32, 1, { l->c.router.E }, l->bias };
+            refs[k] = (struct moe_st_ref){ .name = l->bias_name, .dtype = MOE_F32, .ndim = 1, .shape = { l->c.router.E }, .data = l->bias };
         if (l->bias)
             k++;
         if (l->table && k < max)
-            refs[k] = (struct moe_st_ref){ l->table_name, MOE_I32, 1, { l->c.hash_vocab }, l->table };
+            refs[k] = (struct moe_st_ref){ .name = l->table_name, .dtype = MOE_I32, .ndim = 1, .shape = { l->c.hash_vocab }, .data = l->table };
         if (l->table)
             k++;
     }

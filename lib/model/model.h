@@ -213,6 +213,12 @@ int moe_model_create(struct moe_model *ret, const struct moe_config *cfg, const 
 // The same from hyperparameters already read (moe_model_hp_parse).
 int moe_model_create_hp(struct moe_model *ret, const struct moe_model_hp *hp, const char *loss, enum moe_task task,
                         size_t n_in, size_t n_out, size_t max_batch, struct moe_err *err);
+// The same holding only process `rank`'s share of every sparse layer's routed
+// experts when the run is spread over `size` processes (expert parallelism,
+// dist/ep.h; core/params.h: shard_size); size 1 is moe_model_create_hp.
+int moe_model_create_shard(struct moe_model *ret, const struct moe_model_hp *hp, const char *loss,
+                           enum moe_task task, size_t n_in, size_t n_out, size_t max_batch, int rank, int size,
+                           struct moe_err *err);
 static inline int moe_model_run(struct moe_model *m, const struct moe_batch *b, int with_grad,
                                 struct moe_stats *stats, struct moe_err *err)
 {

@@ -42,9 +42,13 @@ static int declare_tensors(struct moe_layer *l, struct moe_plan *p)
     if (ri->noise_weights)
         moe_plan_param(p, &l->i_noise, MOE_DIMS(dE, dD), "%s.router.noise_weight", x);
     moe_plan_param(p, &l->i_w1, MOE_DIMS(dE, dF, dD), "%s.experts.w1", x);
-    if (swiglu)
+    moe_plan_mark_experts(p);
+    if (swiglu) {
         moe_plan_param(p, &l->i_w3, MOE_DIMS(dE, dF, dD), "%s.experts.w3", x);
+        moe_plan_mark_experts(p);
+    }
     moe_plan_param(p, &l->i_w2, MOE_DIMS(dE, dD, dF), "%s.experts.w2", x);
+    moe_plan_mark_experts(p);
     if (c->n_shared) {
         moe_plan_param(p, &l->i_sw1, MOE_DIMS(dSh, dF, dD), "%s.shared.w1", x);
         if (swiglu)
@@ -314,8 +318,10 @@ double moe_layer_forward(struct moe_layer *l, const struct moe_params *p, float 
     const double pd = train ? c->ffn_dropout : 0.0;
     l->buf.drop = moe_dropout_make(pd, seed, step, c->index, MOE_DROP_FFN);
     l->sbuf.drop = moe_dropout_make(pd, seed, step, c->index, MOE_DROP_SHARED);
-    if (train && l->ep)
+    if (l->ep && train)
         moe_ep_forward(l->ep, p, out, x, r->gate, &l->plan, &l->buf);
+    else if (l->ep)
+        moe_ep_eval_forward(l->ep, p, out, x, r->gate, &l->plan, &l->buf);
     else
         moe_experts_forward(out, x, r->gate, &l->plan, wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf,
                             c->act);

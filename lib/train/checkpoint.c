@@ -135,13 +135,19 @@ int moe_train_checkpoint_write(const char *path, struct moe_model *m, const stru
     size_t nr = 0;
     for (size_t i = 0; i < n_extra; i++)
         refs[nr++] = extra[i];
-    if (o->m)
-        refs[nr++] = (struct moe_st_ref){ "optim.m", MOE_F32, 1, { o->numel }, o->m };
-    if (o->v)
-        refs[nr++] = (struct moe_st_ref){ "optim.v", MOE_F32, 1, { o->numel }, o->v };
-    refs[nr++] = (struct moe_st_ref){ "train.batch_stats", MOE_F64, 1, { n_stats }, stats };
-    if (ck->best) // train.select = best_valid_loss
-        refs[nr++] = (struct moe_st_ref){ "train.best", MOE_F32, 1, { ck->best_n }, ck->best };
+    if (ck->whole_m)
+        refs[nr++] = *ck->whole_m;
+    else if (o->m)
+        refs[nr++] = (struct moe_st_ref){ .name = "optim.m", .dtype = MOE_F32, .ndim = 1, .shape = { o->numel }, .data = o->m };
+    if (ck->whole_v)
+        refs[nr++] = *ck->whole_v;
+    else if (o->v)
+        refs[nr++] = (struct moe_st_ref){ .name = "optim.v", .dtype = MOE_F32, .ndim = 1, .shape = { o->numel }, .data = o->v };
+    refs[nr++] = (struct moe_st_ref){ .name = "train.batch_stats", .dtype = MOE_F64, .ndim = 1, .shape = { n_stats }, .data = stats };
+    if (ck->whole_best) // train.select = best_valid_loss
+        refs[nr++] = *ck->whole_best;
+    else if (ck->best)
+        refs[nr++] = (struct moe_st_ref){ .name = "train.best", .dtype = MOE_F32, .ndim = 1, .shape = { ck->best_n }, .data = ck->best };
 
     const struct moe_train_pos *p = &ck->pos;
     size_t nm = 0;
@@ -219,7 +225,7 @@ int moe_train_best_read(const struct moe_st_file *f, float *best, size_t best_n,
         return moe_error(err, MOE_EFORMAT, "%s: metadata 'train.best_loss' is missing or not a number", f->path);
     if (*best_epoch < 0)
         return 0;
-    if ((rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ "train.best", MOE_F32, 1, { best_n }, best }, err)))
+    if ((rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ .name = "train.best", .dtype = MOE_F32, .ndim = 1, .shape = { best_n }, .data = best }, err)))
         return rc;
     for (size_t i = 0; i < best_n; i++)
         if (!isfinite(best[i]))
@@ -259,9 +265,9 @@ int moe_train_state_restore(const struct moe_st_file *f, struct moe_optim *o, st
     int rc = moe_train_meta_count(f, "train.optim_t", &t, err);
     if (rc)
         return rc;
-    if (o->m && (rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ "optim.m", MOE_F32, 1, { o->numel }, o->m }, err)))
+    if (o->m && (rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ .name = "optim.m", .dtype = MOE_F32, .ndim = 1, .shape = { o->numel }, .data = o->m }, err)))
         return rc;
-    if (o->v && (rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ "optim.v", MOE_F32, 1, { o->numel }, o->v }, err)))
+    if (o->v && (rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ .name = "optim.v", .dtype = MOE_F32, .ndim = 1, .shape = { o->numel }, .data = o->v }, err)))
         return rc;
     // the moments are weights of the update like any other: a NaN would reach every step
     const float *mom[2] = { o->m, o->v };
@@ -275,7 +281,7 @@ int moe_train_state_restore(const struct moe_st_file *f, struct moe_optim *o, st
     double *buf = malloc(n * sizeof *buf);
     if (!buf)
         return moe_error(err, MOE_ENOMEM, "out of memory reading '%s'", f->path);
-    rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ "train.batch_stats", MOE_F64, 1, { n }, buf }, err);
+    rc = moe_safetensors_load_ref(f, &(struct moe_st_ref){ .name = "train.batch_stats", .dtype = MOE_F64, .ndim = 1, .shape = { n }, .data = buf }, err);
     if (!rc) { // NaN sums are legitimate (e.g. the aux value of a layer without one) and round-trip
         moe_stats_reset(batch_stats);
         moe_stats_unpack(batch_stats, buf);

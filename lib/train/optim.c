@@ -166,7 +166,7 @@ int moe_optim_init(struct moe_optim *o, const struct moe_optim_cfg *c, size_t nu
 // then the blocks in order: the same value for any thread count.
 #define NB 256
 #define LANES 8
-static double sum_sq(const float *g, size_t n)
+double moe_optim_sum_sq(const float *g, size_t n)
 {
     double part[NB];
     size_t bs = (n + NB - 1) / NB;
@@ -188,13 +188,13 @@ static double sum_sq(const float *g, size_t n)
     return sq;
 }
 
-double moe_optim_grad_norm(const float *g, size_t n) { return sqrt(sum_sq(g, n)); }
+double moe_optim_grad_norm(const float *g, size_t n) { return sqrt(moe_optim_sum_sq(g, n)); }
 
 double moe_optim_grad_norm_segs(const struct moe_optim_seg *s, size_t n_seg)
 {
     double sq = 0.0;
     for (size_t k = 0; k < n_seg; k++)
-        sq += sum_sq(s[k].g, s[k].n);
+        sq += moe_optim_sum_sq(s[k].g, s[k].n);
     return sqrt(sq);
 }
 

@@ -123,6 +123,8 @@ double moe_optim_step(struct moe_optim *o, float *w, float *g);
 // The same step with the gradient norm already known (moe_optim_grad_norm).
 void moe_optim_step_norm(struct moe_optim *o, float *w, float *g, double norm);
 double moe_optim_grad_norm(const float *g, size_t n);
+// sum g[i]^2 in double over fixed blocks of n (the same bits for any thread count)
+double moe_optim_sum_sq(const float *g, size_t n);
 // What a step updates when it is not one flat buffer: n weights w with gradients g.
 // The segments' sizes must add up to the optimizer's numel.
 struct moe_optim_seg {
@@ -302,6 +304,10 @@ struct moe_train_ckpt {
     size_t best_n;
     int64_t best_epoch;
     double best_loss;
+    // A run whose processes hold only their experts (expert parallelism): the
+    // moments and the snapshot as written, whole, from fills (io/safetensors.h)
+    // instead of opt->m, opt->v and best; NULL otherwise.
+    const struct moe_st_ref *whole_m, *whole_v, *whole_best;
 };
 // With train.select = best_valid_loss: read the snapshot of a checkpoint into ck->best (best_n
 // floats, allocated by the caller), ck->best_epoch and ck->best_loss; a checkpoint without one

@@ -343,6 +343,15 @@ struct run {
     uint64_t dp_steps;               // steps exchanged in this call, their seconds and the bytes sent
     double dp_seconds, dp_bytes;
     struct moe_ep *ep;               // expert parallelism (hooks->expert_parallel; dist/ep.h), or NULL
+    // With expert parallelism each process holds only its experts (core/params.h,
+    // shard_size): the data-parallel sum covers the other tensors (xsegs, dp_n
+    // floats), the experts' gradients are summed where they are (moe_ep_backward), and
+    // the norm's expert terms are exchanged (grad_norm: nsq, nsq_all).
+    int sharded;
+    struct moe_optim_seg *xsegs;
+    size_t n_xseg, dp_n;
+    double *nsq, *nsq_all;
+    size_t n_nsq;
     struct moe_optim_cfg oc;         // the optimizer's settings, for the learning-rate schedule
     struct moe_optim opt;
     // evaluation of the training and the test split (each row keeps pointers into its
@@ -543,6 +552,8 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     return 0;
 }
 
+static int resume_sharded(struct run *r, const struct moe_st_file *f, struct moe_err *err);
+
 // A resumed run: the position, and the state outside the model (whose weights
 // and state the caller loaded), from the checkpoint.
 static int run_resume(struct run *r, struct moe_err *err)
@@ -550,10 +561,13 @@ static int run_resume(struct run *r, struct moe_err *err)
     const struct moe_st_file *f = r->hooks->resume;
     struct moe_train_pos *pos = &r->ck.pos;
     int rc;
-    if ((rc = moe_train_pos_read(f, pos, err)) || (rc = moe_train_state_restore(f, &r->opt, &r->sb, err)))
+    if ((rc = moe_train_pos_read(f, pos, err)))
         return rc;
-    if (r->select_best &&
-        (rc = moe_train_best_read(f, r->best, r->ck.best_n, &r->ck.best_epoch, &r->ck.best_loss, err)))
+    if (r->sharded)
+        rc = resume_sharded(r, f, err);
+    else if (!(rc = moe_train_state_restore(f, &r->opt, &r->sb, err)) && r->select_best)
+        rc = moe_train_best_read(f, r->best, r->ck.best_n, &r->ck.best_epoch, &r->ck.best_loss, err);
+    if (rc)
         return rc;
     if (pos->finished)
         return moe_error(err, MOE_EINVAL, "'%s': the run is already complete (step %llu)", f->path,
@@ -578,6 +592,10 @@ static void run_release(struct run *r)
     free(r->wire);
     free(r->wire_all);
     moe_ep_free(r->ep);
+    if (r->xsegs != r->segs)
+        free(r->xsegs);
+    free(r->nsq);
+    free(r->nsq_all);
     moe_dataset_release(&r->batch);
     moe_lm_batch_release(&r->lb);
     free(r->perm);
@@ -598,9 +616,292 @@ static int agree(struct run *r, int rc, struct moe_err *err)
 }
 
 // Hand the state to the checkpoint hook.
+// ---- a registry holding this process's experts only (expert parallelism) ----
+// Files hold whole tensors in one process's layout (core/params.h:
+// full_numel, full_offset), so the layout on disk does not depend on N.
+
+// Rank 0's copy in one process's layout (full: full_numel floats, zero-filled;
+// NULL on the other ranks) of a buffer laid out as the registry (weights, a
+// moment, a snapshot): the other tensors from rank 0's own, each expert
+// tensor's parts from their processes (MPI_Gatherv; rank order is expert order).
+static int gather_full(struct run *r, const float *local, float *full, struct moe_err *err)
+{
+    const struct moe_params *p = &r->m->params;
+    const size_t N = (size_t)p->shard_size;
+    size_t *cnt = malloc(N * sizeof *cnt);
+    if (!cnt)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; !rc && i < p->n; i++) {
+        const struct moe_tensor *t = &p->t[i];
+        if (t->experts) {
+            for (size_t q = 0; q < N; q++)
+                cnt[q] = t->numel;
+            rc = moe_dist_gatherv(r->dist, local + t->offset, cnt, full ? full + t->full_offset : NULL, err);
+        } else if (full) {
+            memcpy(full + t->full_offset, local + t->offset, t->numel * sizeof *full);
+        }
+    }
+    free(cnt);
+    return rc;
+}
+
+// The registry's tensors in one process's layout (offsets, sizes), for rank 0's whole copy.
+static struct moe_tensor *full_tensors(const struct moe_params *p)
+{
+    struct moe_tensor *t = malloc((p->n + 1) * sizeof *t);
+    for (size_t i = 0; t && i < p->n; i++) {
+        t[i] = p->t[i];
+        t[i].offset = t[i].full_offset;
+        t[i].numel = moe_tensor_full_numel(&t[i]);
+        t[i].lo = 0;
+    }
+    return t;
+}
+
+// ---- checkpoints of a sharded run, written by rank 0 as one process would ----
+// Each buffer the file holds in one process's layout (the weights, a moment,
+// the selected snapshot) is assembled while the writer reads it: the
+// replicated tensors from rank 0's own copy, zeros between tensors, the state
+// after the registry (snapshot), and each expert tensor gathered whole
+// (MPI_Gatherv; rank order is expert order) into one buffer when the writer
+// reaches it. Rank 0 so holds one whole expert tensor at a time, not the
+// model. The other ranks take part in the same gathers in the same order; if
+// rank 0's writer stops early it still takes part in the rest (whole_gather).
+// The header's CRC-32s come first: each rank's slices' CRCs are gathered and
+// combined (moe_crc32_combine).
+enum { W_PARAMS, W_M, W_V, W_BEST, W_N };
+
+struct whole_buf {
+    struct run *r;
+    const float *local; // registry layout (numel floats), then n_extra floats (the snapshot's state)
+    size_t n_extra;
+    float *tmp;         // rank 0: the expert tensor held whole
+    size_t next;        // tensors before it are gathered (or not experts)
+    size_t hint;        // the tensor the writer read last
+};
+
+static int whole_gather(struct whole_buf *b, size_t upto, struct moe_err *err)
+{
+    const struct moe_params *p = &b->r->m->params;
+    const size_t N = (size_t)p->shard_size;
+    size_t cnt[N];
+    for (; b->next <= upto && b->next < p->n; b->next++) {
+        const struct moe_tensor *t = &p->t[b->next];
+        if (!t->experts)
+            continue;
+        for (size_t q = 0; q < N; q++)
+            cnt[q] = t->numel;
+        int rc = moe_dist_gatherv(b->r->dist, b->local + t->offset, cnt, b->tmp, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+// Floats f .. f + n - 1 of the buffer in one process's layout (rank 0), in increasing f.
+static int whole_read(struct whole_buf *b, size_t f, float *buf, size_t n, struct moe_err *err)
+{
+    const struct moe_params *p = &b->r->m->params;
+    while (n) {
+        if (f >= p->full_numel) {
+            memcpy(buf, b->local + p->numel + (f - p->full_numel), n * sizeof *buf);
+            return 0;
+        }
+        size_t i = b->hint;
+        while (p->t[i].full_offset + moe_tensor_full_numel(&p->t[i]) <= f)
+            i++;
+        b->hint = i;
+        const struct moe_tensor *t = &p->t[i];
+        size_t k;
+        if (f < t->full_offset) { // the alignment gap before tensor i
+            k = t->full_offset - f < n ? t->full_offset - f : n;
+            memset(buf, 0, k * sizeof *buf);
+        } else {
+            size_t at = f - t->full_offset, len = moe_tensor_full_numel(t);
+            k = len - at < n ? len - at : n;
+            if (t->experts) {
+                int rc = b->next <= i ? whole_gather(b, i, err) : 0;
+                if (rc)
+                    return rc;
+                memcpy(buf, b->tmp + at, k * sizeof *buf);
+            } else {
+                memcpy(buf, b->local + t->offset + at, k * sizeof *buf);
+            }
+        }
+        buf += k;
+        f += k;
+        n -= k;
+    }
+    return 0;
+}
+
+static int whole_fill_flat(void *ctx, size_t off, void *buf, size_t n, struct moe_err *err)
+{
+    return whole_read(ctx, off / sizeof(float), buf, n / sizeof(float), err);
+}
+
+static int whole_fill_tensor(void *ctx, size_t i, size_t off, float *buf, size_t n, struct moe_err *err)
+{
+    struct whole_buf *b = ctx;
+    return whole_read(b, b->r->m->params.t[i].full_offset + off, buf, n, err);
+}
+
+// The CRC-32 of every buffer's whole expert tensors (crc_t[k * p->n + i]) and
+// of the flat buffers in one process's layout (crc_flat[k]), on rank 0.
+static int whole_crcs(struct run *r, struct whole_buf *b, uint32_t *crc_t, uint32_t *crc_flat, struct moe_err *err)
+{
+    const struct moe_params *p = &r->m->params;
+    const size_t N = (size_t)p->shard_size, n = p->n;
+    uint32_t *mine = malloc(W_N * n * sizeof *mine), *all = malloc(N * W_N * n * sizeof *all);
+    int rc = !mine || !all ? moe_error(err, MOE_ENOMEM, "out of memory") : 0;
+    for (size_t k = 0; !rc && k < W_N; k++)
+        for (size_t i = 0; i < n; i++)
+            mine[k * n + i] = b[k].local && p->t[i].experts
+                                  ? moe_crc32(0, b[k].local + p->t[i].offset, p->t[i].numel * sizeof(float)) : 0;
+    if (!rc)
+        rc = moe_dist_allgather(r->dist, mine, W_N * n * sizeof *mine, all, err);
+    static const float zeros[16];
+    for (size_t k = 0; !rc && r->dist->rank == 0 && k < W_N; k++) {
+        if (!b[k].local)
+            continue;
+        uint32_t c = 0;
+        size_t end = 0;
+        for (size_t i = 0; i < n; i++) {
+            const struct moe_tensor *t = &p->t[i];
+            c = moe_crc32(c, zeros, (t->full_offset - end) * sizeof(float)); // the gap (< 16 floats)
+            end = t->full_offset + moe_tensor_full_numel(t);
+            if (!t->experts) {
+                c = moe_crc32(c, b[k].local + t->offset, t->numel * sizeof(float));
+                continue;
+            }
+            uint32_t ct = all[k * n + i];
+            for (size_t q = 1; q < N; q++)
+                ct = moe_crc32_combine(ct, all[(q * W_N + k) * n + i], t->numel * sizeof(float));
+            crc_t[k * n + i] = ct;
+            c = moe_crc32_combine(c, ct, moe_tensor_full_numel(t) * sizeof(float));
+        }
+        crc_flat[k] = moe_crc32(c, b[k].local + p->numel, b[k].n_extra * sizeof(float));
+    }
+    free(mine);
+    free(all);
+    return rc;
+}
+
+static int checkpoint_sharded(struct run *r, struct moe_err *err)
+{
+    struct moe_params *p = &r->m->params;
+    const int root = r->dist->rank == 0;
+    size_t largest = 1;
+    for (size_t i = 0; i < p->n; i++)
+        if (p->t[i].experts && moe_tensor_full_numel(&p->t[i]) > largest)
+            largest = moe_tensor_full_numel(&p->t[i]);
+    struct whole_buf b[W_N] = {
+        [W_PARAMS] = { .r = r, .local = p->data },
+        [W_M] = { .r = r, .local = r->opt.m },
+        [W_V] = { .r = r, .local = r->opt.v },
+        [W_BEST] = { .r = r, .local = r->ck.best, .n_extra = r->ck.best ? r->ck.best_n - p->numel : 0 },
+    };
+    float *tmp = root ? moe_alloc(largest, sizeof *tmp) : NULL;
+    uint32_t *crc_t = root ? calloc(W_N * p->n + 1, sizeof *crc_t) : NULL, crc_flat[W_N] = { 0 };
+    int rc = root && (!tmp || !crc_t) ? moe_error(err, MOE_ENOMEM, "out of memory for an expert tensor of %zu floats", largest) : 0;
+    if ((rc = agree(r, rc, err)) || (rc = whole_crcs(r, b, crc_t, crc_flat, err)))
+        goto out;
+    for (int k = 0; k < W_N; k++)
+        b[k].tmp = tmp;
+    if (root && r->hooks->checkpoint) {
+        struct moe_params_whole pw = { .fill = whole_fill_tensor, .ctx = &b[W_PARAMS], .crc = crc_t };
+        struct moe_st_ref ref[W_N];
+        static const char *const name[W_N] = { NULL, "optim.m", "optim.v", "train.best" };
+        for (int k = W_M; k < W_N; k++)
+            ref[k] = (struct moe_st_ref){ .name = name[k], .dtype = MOE_F32, .ndim = 1,
+                                          .shape = { p->full_numel + b[k].n_extra }, .fill = whole_fill_flat,
+                                          .ctx = &b[k], .crc = crc_flat[k] };
+        p->whole = &pw;
+        r->ck.whole_m = r->opt.m ? &ref[W_M] : NULL;
+        r->ck.whole_v = r->opt.v ? &ref[W_V] : NULL;
+        r->ck.whole_best = r->ck.best ? &ref[W_BEST] : NULL;
+        rc = r->hooks->checkpoint(r->hooks->ctx, &r->ck, err);
+        p->whole = NULL;
+        r->ck.whole_m = r->ck.whole_v = r->ck.whole_best = NULL;
+    }
+    // the gathers the writer did not reach (all of them on the other ranks), in the same order
+    for (int k = 0; k < W_N; k++) {
+        int e = b[k].local ? whole_gather(&b[k], p->n, rc ? NULL : err) : 0;
+        rc = rc ? rc : e;
+    }
+out:
+    moe_free(tmp);
+    free(crc_t);
+    return rc;
+}
+
 static int checkpoint(struct run *r, struct moe_err *err)
 {
+    if (r->sharded)
+        return agree(r, checkpoint_sharded(r, err), err);
     return agree(r, r->hooks->checkpoint ? r->hooks->checkpoint(r->hooks->ctx, &r->ck, err) : 0, err);
+}
+
+// The end of a sharded run: rank 0 takes every expert (MPI_Gatherv) and its
+// registry becomes one process's, for the caller to write the model; the
+// others keep theirs. The gradients are not kept.
+static int unshard(struct run *r, struct moe_err *err)
+{
+    struct moe_params *p = &r->m->params;
+    const int root = r->dist->rank == 0;
+    float *w = NULL;
+    struct moe_tensor *t = NULL;
+    int rc = 0;
+    if (root && (!(t = full_tensors(p)) || !(w = moe_alloc(p->full_numel, sizeof *w))))
+        rc = moe_error(err, MOE_ENOMEM, "out of memory for the whole model on rank 0 (%zu floats)", p->full_numel);
+    if ((rc = agree(r, rc, err)) || (rc = gather_full(r, p->data, w, err)) || !root) {
+        free(t);
+        moe_free(w);
+        return rc;
+    }
+    free(p->t);
+    moe_free(p->data);
+    moe_free(p->grad);
+    p->t = t;
+    p->data = w;
+    p->grad = NULL;
+    p->numel = p->full_numel;
+    p->shard_size = 1;
+    p->shard_rank = 0;
+    return 0;
+}
+
+// A resumed sharded run: the moments and the selected snapshot are read whole
+// and this process keeps its part.
+static int resume_sharded(struct run *r, const struct moe_st_file *f, struct moe_err *err)
+{
+    const struct moe_params *p = &r->m->params;
+    const size_t F = p->full_numel, n_state = r->best ? r->ck.best_n - p->numel : 0;
+    struct moe_optim o = r->opt;
+    o.m = r->opt.m ? moe_alloc(F, sizeof *o.m) : NULL;
+    o.v = r->opt.v ? moe_alloc(F, sizeof *o.v) : NULL;
+    o.numel = F;
+    float *b = r->best ? moe_alloc(F + n_state, sizeof *b) : NULL;
+    int rc;
+    if ((r->opt.m && !o.m) || (r->opt.v && !o.v) || (r->best && !b))
+        rc = moe_error(err, MOE_ENOMEM, "out of memory reading the optimizer's moments (%zu floats each)", F);
+    else if (!(rc = moe_train_state_restore(f, &o, &r->sb, err)) &&
+             !(r->best && (rc = moe_train_best_read(f, b, F + n_state, &r->ck.best_epoch, &r->ck.best_loss, err)))) {
+        if (o.m)
+            moe_params_from_full(p, o.m, r->opt.m);
+        if (o.v)
+            moe_params_from_full(p, o.v, r->opt.v);
+        if (b) {
+            moe_params_from_full(p, b, r->best);
+            memcpy(r->best + p->numel, b + F, n_state * sizeof *b);
+        }
+        r->opt.t = o.t;
+    }
+    moe_free(o.m);
+    moe_free(o.v);
+    moe_free(b);
+    return rc;
 }
 
 // Whether the stop flag is raised: in a run over processes, on any rank (the
@@ -692,25 +993,14 @@ static int grad_fault(const struct moe_params *p, const struct moe_lora *lora, u
 // computed per forward pass (balancing and z losses, capacity, router noise)
 // are per micro-batch. Summed in the accumulator r->acc, in micro-batch order:
 // acc = w_0 g_0, acc += w_k g_k, and the last one into the gradient buffers,
-// g = acc + w_last g_last. Elementwise: the same values for any thread count.
-// One micro-batch's part of the sum over n floats (accumulate, and dp_step's
-// slice of it, with the same arithmetic): the first sets a = w g, the next add
-// a += w g, the last writes g = a + w g.
-static void fold(float *a, float *g, size_t n, float w, size_t k, int last)
+// g = acc + w_last g_last (moe_fold, core/params.h: the same arithmetic in
+// dp_step's slices and in the experts' processes). Elementwise: the same values
+// for any thread count.
+
+// The weight of micro-batch k of a step of step_rows rows in its gradient sum.
+static float micro_weight(const struct run *r, size_t k, size_t M, size_t step_rows)
 {
-    if (k == 0) {
-        #pragma omp parallel for schedule(static) if (n >= (1u << 16))
-        for (size_t i = 0; i < n; i++)
-            a[i] = w * g[i];
-    } else if (!last) {
-        #pragma omp parallel for schedule(static) if (n >= (1u << 16))
-        for (size_t i = 0; i < n; i++)
-            a[i] += w * g[i];
-    } else {
-        #pragma omp parallel for schedule(static) if (n >= (1u << 16))
-        for (size_t i = 0; i < n; i++)
-            g[i] = a[i] + w * g[i];
-    }
+    return (float)((double)(k + 1 < M ? r->bs : step_rows - k * r->bs) / (double)step_rows);
 }
 
 static void accumulate(struct run *r, size_t k, int last, float w)
@@ -719,15 +1009,15 @@ static void accumulate(struct run *r, size_t k, int last, float w)
         return; // a step of one micro-batch: its gradient as it is
     size_t off = 0;
     for (size_t j = 0; j < r->n_seg; j++) {
-        fold(r->acc + off, r->segs[j].g, r->segs[j].n, w, k, last);
+        moe_fold(r->acc + off, r->segs[j].g, r->segs[j].g, r->segs[j].n, w, k, last);
         off += r->segs[j].n;
     }
 }
 
 // ---- data parallelism over N processes (hooks->dist; dist/dist.h) ----
 // An optimizer step's micro-batches k = 0 .. M-1 (M <= accum = A, a multiple of
-// N) are shared out in runs: rank q computes k = q A/N .. (q + 1) A/N - 1, each
-// with moe_model_run exactly as one process would, keeping the raw gradient g_k
+// N) are dealt out in turn: rank q computes k = q, q + N, q + 2N, ... (its j-th
+// is k = j N + q), each with moe_model_run exactly as one process would, keeping the raw gradient g_k
 // (dp_keep) and the statistics. Then (dp_step):
 // - statistics: every rank gathers every micro-batch's (MPI_Allgather) and adds
 //   them to sb in k order, as one process does; the finite-loss check follows
@@ -740,13 +1030,12 @@ static void accumulate(struct run *r, size_t k, int last, float w)
 // as one process's with the same train.accumulate, for any N that divides it.
 // Evaluation runs on every rank (the same model, the same numbers).
 
-static size_t dp_lo(const struct run *r, size_t q) { return r->numel * q / (size_t)r->dist->size; }
+static size_t dp_lo(const struct run *r, size_t q) { return r->dp_n * q / (size_t)r->dist->size; }
 static size_t dp_len(const struct run *r, size_t q) { return dp_lo(r, q + 1) - dp_lo(r, q); }
-// Micro-batches of rank q in a step of M.
+// Micro-batches of rank q in a step of M (k = j N + q < M).
 static size_t dp_nloc(const struct run *r, size_t q, size_t M)
 {
-    size_t first = q * r->per_rank;
-    return M <= first ? 0 : M - first < r->per_rank ? M - first : r->per_rank;
+    return q < M ? (M - 1 - q) / (size_t)r->dist->size + 1 : 0;
 }
 
 int moe_train_dp_check(const struct moe_model *m, size_t accumulate, int n, int distill, int lora, struct moe_err *err)
@@ -772,6 +1061,43 @@ int moe_train_ep_check(const struct moe_model *m, int n, int frozen, struct moe_
     return moe_ep_check(m->n_moe_layers, m->moe_layers, m->ops->type, n, err);
 }
 
+// What the data-parallel sum covers: the optimizer's segments, or, when each
+// process holds only its experts, every other tensor (runs of neighbouring
+// tensors merged, the alignment gaps between them included).
+static int exchange_segments(struct run *r, struct moe_err *err)
+{
+    const struct moe_params *p = &r->m->params;
+    if (!r->sharded) {
+        r->xsegs = r->segs;
+        r->n_xseg = r->n_seg;
+        r->dp_n = r->numel;
+        return 0;
+    }
+    if (!(r->xsegs = malloc((p->n + 1) * sizeof *r->xsegs)))
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    size_t lo = 0, hi = 0;
+    for (size_t i = 0; i <= p->n; i++) {
+        if (i < p->n && !p->t[i].experts) {
+            if (hi == lo)
+                lo = p->t[i].offset;
+            hi = p->t[i].offset + p->t[i].numel;
+            continue;
+        }
+        if (hi > lo) {
+            r->xsegs[r->n_xseg++] = (struct moe_optim_seg){ p->data + lo, p->grad + lo, hi - lo };
+            r->dp_n += hi - lo;
+        }
+        lo = hi = 0;
+    }
+    for (size_t i = 0; i < p->n; i++)
+        r->n_nsq += p->t[i].experts ? p->t[i].shape[0] / (size_t)p->shard_size : 0;
+    r->nsq = malloc((r->n_nsq + 1) * sizeof *r->nsq);
+    r->nsq_all = malloc((r->n_nsq * (size_t)p->shard_size + 1) * sizeof *r->nsq_all);
+    if (!r->nsq || !r->nsq_all)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    return 0;
+}
+
 static int dp_init(struct run *r, struct moe_dist *d, struct moe_err *err)
 {
     size_t N = (size_t)d->size;
@@ -782,7 +1108,13 @@ static int dp_init(struct run *r, struct moe_dist *d, struct moe_err *err)
         return rc;
     r->dist = d;
     r->per_rank = r->accum / N;
-    size_t P = r->numel ? r->numel : 1, L = r->per_rank;
+    r->sharded = moe_params_sharded(&r->m->params);
+    if (r->hooks->expert_parallel && r->m->params.shard_size != d->size)
+        return moe_error(err, MOE_EINVAL, "expert parallelism over %d processes needs a model holding 1/%d of the experts (moe_model_create_shard)",
+                         d->size, d->size);
+    if ((rc = exchange_segments(r, err)))
+        return rc;
+    size_t P = r->dp_n ? r->dp_n : 1, L = r->per_rank;
     r->wire_n = moe_stats_pack(&r->sb, NULL) + r->sb.n_route;
     r->slots = malloc(L * P * sizeof *r->slots);
     r->xsend = malloc(L * P * sizeof *r->xsend);
@@ -801,9 +1133,9 @@ static int dp_init(struct run *r, struct moe_dist *d, struct moe_err *err)
 // This rank's micro-batch j (of per_rank) has run: keep its raw gradient and statistics.
 static void dp_keep(struct run *r, size_t j)
 {
-    float *slot = r->slots + j * r->numel;
-    for (size_t s = 0, off = 0; s < r->n_seg; off += r->segs[s].n, s++)
-        memcpy(slot + off, r->segs[s].g, r->segs[s].n * sizeof *slot);
+    float *slot = r->slots + j * r->dp_n;
+    for (size_t s = 0, off = 0; s < r->n_xseg; off += r->xsegs[s].n, s++)
+        memcpy(slot + off, r->xsegs[s].g, r->xsegs[s].n * sizeof *slot);
     double *w = r->wire + j * r->wire_n;
     size_t n = moe_stats_pack(&r->sm, w);
     for (size_t l = 0; l < r->sm.n_route; l++)
@@ -822,8 +1154,8 @@ static int dp_step(struct run *r, uint64_t epoch, size_t step_rows, struct moe_e
     if (rc)
         return rc;
     size_t np = moe_stats_pack(&r->sm, NULL);
-    for (size_t k = 0; k < M; k++) {
-        const double *w = r->wire_all + k * W;
+    for (size_t k = 0; k < M; k++) { // micro-batch k: rank k % N's (k / N)-th
+        const double *w = r->wire_all + (k % N * L + k / N) * W;
         moe_stats_unpack(&r->sm, w);
         for (size_t l = 0; l < r->sm.n_route; l++)
             r->sm.route[l].has_probs = w[np + l] != 0.0;
@@ -831,26 +1163,30 @@ static int dp_step(struct run *r, uint64_t epoch, size_t step_rows, struct moe_e
         if (!isfinite(r->sm.loss))
             return loss_fault(&r->m->params, r->ck.pos.steps + 1, epoch, r->sm.loss, err);
     }
-    // slice q of each of this rank's gradients to rank q; slice me of every gradient, in k order
-    size_t *cnt = malloc(2 * N * sizeof *cnt);
+    // slice q of each of this rank's gradients to rank q; slice me of every
+    // gradient, rank by rank (at[q]: where rank q's first one lands)
+    size_t *cnt = malloc(3 * N * sizeof *cnt), *at = cnt + 2 * N;
     if (!cnt)
         return moe_error(err, MOE_ENOMEM, "out of memory");
     size_t mine = dp_nloc(r, me, M), off = 0;
     for (size_t q = 0; q < N; q++) {
         for (size_t j = 0; j < mine; j++, off += dp_len(r, q))
-            memcpy(r->xsend + off, r->slots + j * r->numel + dp_lo(r, q), dp_len(r, q) * sizeof *r->xsend);
+            memcpy(r->xsend + off, r->slots + j * r->dp_n + dp_lo(r, q), dp_len(r, q) * sizeof *r->xsend);
         cnt[q] = mine * dp_len(r, q);
         cnt[N + q] = dp_nloc(r, q, M) * dp_len(r, me);
+        at[q] = q ? at[q - 1] + dp_nloc(r, q - 1, M) : 0;
     }
     rc = moe_dist_alltoallv(d, r->xsend, cnt, r->xrecv, cnt + N, err);
     size_t len = dp_len(r, me);
     // bytes to the other processes: the statistics, the gradient slices, the summed slice
     r->dp_bytes += (double)(N - 1) * (double)(L * W * sizeof *r->wire + len * sizeof *r->xfull) +
                    (double)(off - mine * len) * sizeof *r->xsend;
-    float *out = r->xrecv + (M - 1) * len; // the last micro-batch's slice, where fold leaves the sum
+    // micro-batch k's slice in xrecv, in k order; the last one's, where fold leaves the sum
+#define SLICE(k) (r->xrecv + (at[(k) % N] + (k) / N) * len)
+    float *out = SLICE(M - 1);
     for (size_t k = 0; !rc && M > 1 && k < M; k++)
-        fold(r->xsend, r->xrecv + k * len, len, (float)((double)(k + 1 < M ? r->bs : step_rows - k * r->bs) /
-                                                        (double)step_rows), k, k + 1 == M);
+        moe_fold(r->xsend, SLICE(k), SLICE(k), len, micro_weight(r, k, M, step_rows), k, k + 1 == M);
+#undef SLICE
     for (size_t q = 0; q < N; q++)
         cnt[q] = dp_len(r, q);
     if (!rc)
@@ -858,8 +1194,8 @@ static int dp_step(struct run *r, uint64_t epoch, size_t step_rows, struct moe_e
     free(cnt);
     if (rc)
         return rc;
-    for (size_t s = 0, o = 0; s < r->n_seg; o += r->segs[s].n, s++)
-        memcpy(r->segs[s].g, r->xfull + o, r->segs[s].n * sizeof *r->xfull);
+    for (size_t s = 0, o = 0; s < r->n_xseg; o += r->xsegs[s].n, s++)
+        memcpy(r->xsegs[s].g, r->xfull + o, r->xsegs[s].n * sizeof *r->xfull);
     r->dp_seconds += now_seconds() - t0;
     r->dp_steps++;
     return 0;
@@ -902,7 +1238,7 @@ static int train_micro(struct run *r, struct moe_batch *b, uint64_t epoch, size_
     if (lora)
         moe_lora_backward(lora, &m->params);
     if (r->dist) { // over processes: the checks and the sum wait for the exchange (dp_step)
-        dp_keep(r, k - (size_t)r->dist->rank * r->per_rank);
+        dp_keep(r, k / (size_t)r->dist->size);
         return 0;
     }
     double step_loss = st->loss - before;
@@ -915,18 +1251,22 @@ static int train_micro(struct run *r, struct moe_batch *b, uint64_t epoch, size_
     return 0;
 }
 
-// Expert parallelism (dist/ep.h): the step's micro-batches in rounds, rank q
-// running k = q A/N + j in round j, every rank in every round's exchanges (a
+// Expert parallelism (dist/ep.h): the step's M micro-batches in rounds, rank q
+// running k = j N + q in round j, every rank in every round's exchanges (a
 // rank without a micro-batch, or whose micro-batch failed before its sparse
-// layers, serves the others: moe_ep_idle); then the expert gradients go back to
-// the micro-batches' ranks, ready for dp_step.
+// layers, serves the others: moe_ep_idle). Each rank sums its experts'
+// gradients as they are computed, in k order (moe_ep_backward); dp_step sums
+// the rest.
 static int ep_rounds(struct run *r, uint64_t epoch, size_t start, size_t step_rows, struct moe_err *err)
 {
-    const size_t M = (step_rows + r->bs - 1) / r->bs, L = r->per_rank, me = (size_t)r->dist->rank;
+    const size_t M = (step_rows + r->bs - 1) / r->bs, N = (size_t)r->dist->size, me = (size_t)r->dist->rank;
     const struct moe_params *p = &r->m->params;
     int rc = 0;
-    for (size_t j = 0; j < L && j < M; j++) {
-        size_t k = me * L + j;
+    r->ep->M = M;
+    for (size_t k = 0; k < M; k++)
+        r->ep->w[k] = micro_weight(r, k, M, step_rows);
+    for (size_t j = 0; j * N < M; j++) {
+        size_t k = j * N + me;
         r->ep->round = j;
         if (k < M && !rc) {
             size_t n = k + 1 < M ? r->bs : step_rows - k * r->bs;
@@ -940,8 +1280,64 @@ static int ep_rounds(struct run *r, uint64_t epoch, size_t start, size_t step_ro
             rc = rc ? rc : e;
         }
     }
-    int e = moe_ep_grads(r->ep, p, r->slots, M, rc ? NULL : err);
-    return rc ? rc : e;
+    if (!rc && r->ep->rc) { // the first exchange's failure
+        if (err)
+            *err = r->ep->err;
+        rc = r->ep->rc;
+    }
+    return rc;
+}
+
+// The global gradient norm (optim.clip, and the check for a non-finite
+// gradient). Its square is a sum over units in a fixed order: each tensor the
+// optimizer updates, except that a tensor of routed experts (or one trained in
+// part) counts each of its trained experts as a unit, then the adapters (LoRA)
+// as one; each unit summed by moe_optim_sum_sq (fixed blocks). The units do
+// not depend on the number of processes: with expert parallelism each process
+// sums its own experts, the sums are exchanged (MPI_Allgather), and every
+// process adds the same numbers in the same order as one process does.
+static int grad_norm(struct run *r, double *ret, struct moe_err *err)
+{
+    const struct moe_params *p = &r->m->params;
+    const struct moe_train_hooks *h = r->hooks;
+    uint8_t *const *fe = h->frozen ? h->frozen_experts : NULL;
+    const size_t N = (size_t)p->shard_size, K = r->n_nsq;
+    if (r->sharded) {
+        size_t k = 0;
+        for (size_t i = 0; i < p->n; i++) {
+            const struct moe_tensor *t = &p->t[i];
+            size_t El = t->experts ? t->shape[0] / N : 0, slice = El ? t->numel / El : 0;
+            for (size_t e = 0; e < El; e++)
+                r->nsq[k++] = moe_optim_sum_sq(p->grad + t->offset + e * slice, slice);
+        }
+        int rc = moe_dist_allgather(r->dist, r->nsq, K * sizeof *r->nsq, r->nsq_all, err);
+        if (rc)
+            return rc;
+    }
+    double sq = 0.0;
+    for (size_t i = 0, ks = 0; i < p->n; i++) {
+        const struct moe_tensor *t = &p->t[i];
+        if (h->frozen && h->frozen[i])
+            continue;
+        const float *g = p->grad + t->offset;
+        if (r->sharded && t->experts) { // expert e's sum from its process q = e / El, at ks + e % El there
+            size_t El = t->shape[0] / N;
+            for (size_t e = 0; e < t->shape[0]; e++)
+                sq += r->nsq_all[(e / El) * K + ks + e % El];
+            ks += El;
+        } else if (t->experts || (fe && fe[i])) {
+            size_t E = t->shape[0], slice = t->numel / E;
+            for (size_t e = 0; e < E; e++)
+                if (!(fe && fe[i] && fe[i][e]))
+                    sq += moe_optim_sum_sq(g + e * slice, slice);
+        } else {
+            sq += moe_optim_sum_sq(g, t->numel);
+        }
+    }
+    if (h->lora)
+        sq += moe_optim_sum_sq(h->lora->p.grad, h->lora->p.numel);
+    *ret = sqrt(sq);
+    return 0;
 }
 
 // The update after the step's micro-batches: the checks for a non-finite
@@ -950,7 +1346,10 @@ static int train_update(struct run *r, uint64_t epoch, double step_loss, size_t 
 {
     struct moe_model *m = r->m;
     struct moe_lora *lora = r->hooks->lora;
-    double gnorm = moe_optim_grad_norm_segs(r->segs, r->n_seg);
+    double gnorm;
+    int rc = grad_norm(r, &gnorm, err);
+    if (rc)
+        return rc;
     if (!isfinite(gnorm))
         return grad_fault(&m->params, lora, r->ck.pos.steps + 1, epoch, step_loss / (double)rows, err);
     r->opt.lr = moe_lr_at(&r->oc, r->run_steps, r->ck.pos.steps);
@@ -982,7 +1381,7 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
         rc = r->ep ? ep_rounds(r, epoch, start, step_rows, err) : 0;
         for (size_t k = 0, done = 0; !r->ep && done < step_rows; k++) {
             size_t n = step_rows - done < r->bs ? step_rows - done : r->bs;
-            if (!r->dist || k / r->per_rank == (size_t)r->dist->rank) { // over processes: this rank's share
+            if (!r->dist || k % (size_t)r->dist->size == (size_t)r->dist->rank) { // over processes: this rank's turns
                 struct moe_batch b = gather_batch(r, epoch, start + done, n);
                 if ((rc = train_micro(r, &b, epoch, k, n, done + n == step_rows, step_rows, err)))
                     break;
@@ -1038,6 +1437,11 @@ static int eval_split(struct run *r, const struct moe_dataset *d, const char *sp
                       struct moe_stats *s, struct moe_eval_row *row, double *gm, struct moe_err *err)
 {
     int rc = moe_evaluate(r->m, d, split, r->chunk, r->thr, s, row, err);
+    if (!rc && r->ep && r->ep->rc) { // an exchange of the sharded experts failed
+        if (err)
+            *err = r->ep->err;
+        rc = r->ep->rc;
+    }
     if (rc)
         return rc;
     row->step = r->ck.pos.steps;
@@ -1199,6 +1603,8 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
     double train0 = r.ck.pos.train_seconds;
     if (!rc)
         rc = run_epochs(&r, ret, err);
+    if (!rc && r.sharded)
+        rc = unshard(&r, err);
     const struct moe_train_pos *pos = &r.ck.pos;
     ret->steps = pos->steps;
     ret->criterion_epoch = pos->criterion_epoch;

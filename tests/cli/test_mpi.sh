@@ -296,6 +296,46 @@ t_ep_extend() {
 }
 check "--expert-parallel: checkpointed at N = 4, continued at N = 2 or in one process, to the uninterrupted run's files" t_ep_extend
 
+# train.select = best_valid_loss: the snapshot of the best epoch goes through
+# the checkpoint (gathered to rank 0) and back (each process its experts)
+BEST=(--set data.synthetic.n_valid=64 --set train.select='"best_valid_loss"' --set train.epochs=4)
+t_ep_best() {
+    one mb1 mm.json "${BEST[@]}" || return 1
+    PAR=--expert-parallel over 4 mb4 mm.json "${BEST[@]}" --set train.epochs=2 || return 1
+    rm -f mb4/moe.lock
+    mpi -np 2 "$MOE" train --resume mb4 --set train.epochs=4 --quiet --threads 1 --expert-parallel 2 >mb4.out 2>mb4.err ||
+        { fail "extend over 2 processes: $(cat mb4.err)"; return 1; }
+    same_files mb1 mb4 metrics.csv model.safetensors
+}
+check "--expert-parallel with train.select = best_valid_loss, checkpointed at N = 4 and continued at N = 2: the one-process files" t_ep_best
+
+# Memory: each process holds its experts' weights, gradients and moments only.
+# A model whose experts are most of it (2 layers of 16 experts, 128 x 2048):
+# every process but rank 0 must peak well under one process's peak (rank 0
+# also holds a whole copy of the weights and moments while it writes).
+cat >big.json <<'JSON'
+{ "data": { "source": "synthetic", "synthetic": { "kind": "regions", "n_train": 128, "n_test": 32, "n_in": 8, "n_out": 1, "n_regions": 4 } },
+  "model": { "type": "mlp-moe", "n_expert": 16, "n_expert_used": 1, "n_embd": 128, "n_ff": 2048, "n_layer": 2 },
+  "moe": { "router": "switch", "aux_loss": "switch" },
+  "optim": { "type": "adamw", "lr": 0.001, "batch_size": 32 },
+  "train": { "epochs": 1, "accumulate": 4, "seed": 5 } }
+JSON
+t_ep_memory() {
+    [ -x /usr/bin/time ] || { echo "# /usr/bin/time missing (Debian: time): memory not measured"; return 0; }
+    [ -z "${ASAN_OPTIONS:-}" ] || { echo "# under AddressSanitizer the resident memory says nothing: not measured"; return 0; }
+    /usr/bin/time -f "one %M" "${TO[@]}" "$MOE" train --config big.json --out big1 --quiet --threads 1 >/dev/null 2>big1.rss ||
+        { fail "one process: $(cat big1.rss)"; return 1; }
+    mpi -np 4 bash -c '/usr/bin/time -f "rank $OMPI_COMM_WORLD_RANK %M" "$0" train --config big.json --out big4 --quiet --threads 1 --expert-parallel 4 >/dev/null' \
+        "$MOE" 2>big4.rss || { fail "4 processes: $(cat big4.rss)"; return 1; }
+    same_files big1 big4 metrics.csv model.safetensors || return 1
+    local one
+    one=$(awk '$1 == "one" { print $2 }' big1.rss)
+    echo "# peak RSS (KiB): one process $one; over 4: $(grep '^rank' big4.rss | sort | tr '\n' ' ')"
+    awk -v one="$one" '$1 == "rank" && $2 != 0 { n++; if ($3 > 0.5 * one) bad = bad " rank " $2 ": " $3 } END { exit !(n == 3 && bad == "") }' big4.rss ||
+        { fail "a process other than rank 0 peaked above half of one process's $one KiB: $(tr '\n' ' ' <big4.rss)"; return 1; }
+}
+check "--expert-parallel 4: every process but rank 0 peaks under half of one process's memory, the same files" t_ep_memory
+
 check "--expert-parallel with n_expert not a multiple of N: one line naming both, exit 2, nothing written" t_refused_msg \
     "key 'model.n_expert' (6) must be a multiple of the 4 processes of --expert-parallel" \
     "${MPIRUN[@]}" -np 4 "$MOE" train --config mm.json --out out --expert-parallel 4 --set model.n_expert=6

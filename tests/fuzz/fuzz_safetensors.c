@@ -61,7 +61,7 @@ static void load_refs(const struct moe_st_file *f)
         size_t bytes = e->end - e->begin;
         void *buf = malloc(bytes ? bytes : 1);
         FUZZ_CHECK(buf, "out of memory");
-        struct moe_st_ref ref = {e->name, e->dtype, e->ndim, {0}, buf};
+        struct moe_st_ref ref = { .name = e->name, .dtype = e->dtype, .ndim = e->ndim, .shape = {0}, .data = buf };
         memcpy(ref.shape, e->shape, sizeof ref.shape);
         struct moe_err err = {0};
         int rc = moe_safetensors_load_ref(f, &ref, &err);
@@ -79,7 +79,7 @@ static void load_refs(const struct moe_st_file *f)
         fuzz_check_err(rc, &err);
         free(buf);
     }
-    struct moe_st_ref missing = {"no such tensor", MOE_F32, 1, {1}, NULL};
+    struct moe_st_ref missing = { .name = "no such tensor", .dtype = MOE_F32, .ndim = 1, .shape = {1}, .data = NULL };
     if (!moe_safetensors_find(f, missing.name)) {
         struct moe_err err = {0};
         int rc = moe_safetensors_load_ref(f, &missing, &err);
@@ -155,7 +155,7 @@ static void round_trip(const struct moe_st_file *f)
     FUZZ_CHECK(refs && meta, "out of memory");
     for (size_t i = 0; i < f->n; i++) {
         const struct moe_st_entry *e = &f->e[i];
-        refs[i] = (struct moe_st_ref){e->name, e->dtype, e->ndim, {0}, e->data};
+        refs[i] = (struct moe_st_ref){ .name = e->name, .dtype = e->dtype, .ndim = e->ndim, .shape = {0}, .data = e->data };
         memcpy(refs[i].shape, e->shape, sizeof refs[i].shape);
     }
     size_t n_meta = 0; // the writer makes its own checksum table
