@@ -970,6 +970,184 @@ START_TEST(test_truncation_sweep)
 }
 END_TEST
 
+// ---------------------------------------------------------------- tensors filled while written
+
+START_TEST(test_crc_combine)
+{
+    unsigned char buf[1000];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (unsigned char)(i * 7 + 3);
+    for (size_t cut = 0; cut <= sizeof buf; cut += 111) {
+        uint32_t a = moe_crc32(0, buf, cut), b = moe_crc32(0, buf + cut, sizeof buf - cut);
+        ck_assert_uint_eq(moe_crc32_combine(a, b, sizeof buf - cut), moe_crc32(0, buf, sizeof buf));
+        ck_assert_uint_eq(moe_crc32(a, buf + cut, sizeof buf - cut), moe_crc32(0, buf, sizeof buf));
+    }
+}
+END_TEST
+
+// A fill serving a float array, counting the bytes asked for; fails at byte fail_at (if set).
+struct fill_src {
+    const float *v;
+    size_t asked, next, fail_at;
+    int in_order;
+};
+
+static int src_fill(void *ctx, size_t off, void *buf, size_t n, struct moe_err *err)
+{
+    struct fill_src *s = ctx;
+    s->in_order &= off == s->next;
+    s->next = off + n;
+    s->asked += n;
+    memcpy(buf, (const unsigned char *)s->v + off, n);
+    if (s->fail_at && off <= s->fail_at && s->fail_at < off + n)
+        return moe_error(err, MOE_EDIST, "the parts of '%s' did not arrive", "big");
+    return 0;
+}
+
+START_TEST(test_fill_refs)
+{
+    enum { BIG = 7 * 100003 }; // floats: the writer asks for it in several chunks
+    float *big = malloc(BIG * sizeof *big);
+    ck_assert_ptr_nonnull(big);
+    for (size_t i = 0; i < BIG; i++)
+        big[i] = (float)i * 0.25f - 3.0f;
+    static const float small[5] = { 1, -2, 3, -4, 5 };
+    struct moe_st_ref plain[2] = {
+        { .name = "big", .dtype = MOE_F32, .ndim = 2, .shape = { 7, BIG / 7 }, .data = big },
+        { .name = "small", .dtype = MOE_F32, .ndim = 1, .shape = { 5 }, .data = small },
+    };
+    struct moe_err err = { 0 };
+    ck_assert_msg(moe_safetensors_write(tpath("plain.safetensors"), plain, 2, NULL, 0, &err) == 0, "%s", err.msg);
+    // the same tensors, the big one from a fill: the same bytes
+    struct fill_src src = { .v = big, .in_order = 1 };
+    struct moe_st_ref filled[2] = { plain[0], plain[1] };
+    filled[0].data = NULL;
+    filled[0].fill = src_fill;
+    filled[0].ctx = &src;
+    filled[0].crc = moe_crc32(0, big, BIG * sizeof *big);
+    ck_assert_msg(moe_safetensors_write(tpath("filled.safetensors"), filled, 2, NULL, 0, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(src.asked, BIG * sizeof *big);
+    ck_assert(src.in_order);
+    size_t la, lb;
+    unsigned char *a = read_bytes(tpath("plain.safetensors"), &la), *b = read_bytes(tpath("filled.safetensors"), &lb);
+    ck_assert_uint_eq(la, lb);
+    ck_assert_int_eq(memcmp(a, b, la), 0);
+    free(a);
+    free(b);
+    // a wrong CRC is what the reader catches
+    filled[0].crc ^= 1;
+    src = (struct fill_src){ .v = big, .in_order = 1 };
+    ck_assert_int_eq(moe_safetensors_write(tpath("badcrc.safetensors"), filled, 2, NULL, 0, &err), 0);
+    expect_open_fail(tpath("badcrc.safetensors"), MOE_EFORMAT, "big");
+    // a fill that fails: its message, no file, and still asked for every byte
+    filled[0].crc ^= 1;
+    src = (struct fill_src){ .v = big, .in_order = 1, .fail_at = (1u << 20) + 8 };
+    ck_assert_int_eq(moe_safetensors_write(tpath("failed.safetensors"), filled, 2, NULL, 0, &err), MOE_EDIST);
+    ck_assert_ptr_nonnull(strstr(err.msg, "did not arrive"));
+    ck_assert_uint_eq(src.asked, BIG * sizeof *big);
+    ck_assert_int_ne(access(tpath("failed.safetensors"), F_OK), 0);
+    DIR *d = opendir(tmpdir);
+    struct dirent *de;
+    while ((de = readdir(d)))
+        ck_assert_ptr_null(strstr(de->d_name, ".tmp."));
+    closedir(d);
+    free(big);
+}
+END_TEST
+
+// A registry holding part of its expert tensors (expert parallelism,
+// core/params.h): initialised, loaded and written as the whole one.
+static void expert_registry(struct moe_params *p, int rank, int size)
+{
+    moe_params_init(p);
+    p->shard_rank = rank;
+    p->shard_size = size;
+    add(p, "embed.weight", 2, 5, 3, 0);
+    add(p, "layers.0.moe.experts.w1", 3, 4, 3, 5);
+    moe_params_mark_experts(p, 1);
+    add(p, "layers.0.moe.router.weight", 2, 4, 5, 0);
+    add(p, "layers.0.moe.experts.w2", 3, 4, 5, 3);
+    moe_params_mark_experts(p, 3);
+    alloc(p);
+    for (size_t i = 0; i < p->n; i++)
+        moe_init_uniform(p, (int)i, 11, 1.0f);
+}
+
+static int whole_from(void *ctx, size_t i, size_t off, float *buf, size_t n, struct moe_err *err)
+{
+    (void)err;
+    const struct moe_params *full = ctx;
+    memcpy(buf, moe_params_data(full, (int)i) + off, n * sizeof *buf);
+    return 0;
+}
+
+START_TEST(test_sharded_registry)
+{
+    struct moe_params full, part;
+    expert_registry(&full, 0, 1);
+    const char *path = tpath("whole.safetensors");
+    struct moe_err err = { 0 };
+    ck_assert_int_eq(moe_safetensors_write_params(path, &full, NULL, 0, NULL, 0, &err), 0);
+    size_t lw;
+    unsigned char *whole = read_bytes(path, &lw);
+    uint32_t crc[4];
+    for (size_t i = 0; i < full.n; i++)
+        crc[i] = moe_crc32(0, moe_params_data(&full, (int)i), full.t[i].numel * sizeof(float));
+    struct moe_st_file f;
+    open_ok(path, &f);
+    for (int r = 0; r < 2; r++) {
+        expert_registry(&part, r, 2);
+        ck_assert_uint_eq(part.full_numel, full.numel);
+        ck_assert_uint_lt(part.numel, full.numel);
+        for (size_t i = 0; i < part.n; i++) {
+            const struct moe_tensor *t = &part.t[i];
+            size_t first = t->experts ? (size_t)r * 2 * (t->numel / 2) : 0;
+            ck_assert_uint_eq(t->numel, t->experts ? full.t[i].numel / 2 : full.t[i].numel);
+            ck_assert_uint_eq(t->full_offset, full.t[i].offset);
+            // this process's experts are the same draws as the whole tensor's
+            ck_assert_int_eq(memcmp(moe_params_data(&part, (int)i), moe_params_data(&full, (int)i) + first,
+                                    t->numel * sizeof(float)), 0);
+        }
+        float *local = calloc(part.numel, sizeof *local);
+        moe_params_from_full(&part, full.data, local);
+        ck_assert_int_eq(memcmp(local, part.data, part.numel * sizeof *local), 0);
+        free(local);
+        // the file's tensors, this process's part
+        memset(part.data, 0, part.numel * sizeof(float));
+        ck_assert_int_eq(moe_safetensors_load_params(&f, &part, 0, &err), 0);
+        for (size_t i = 0; i < part.n; i++) {
+            size_t first = part.t[i].experts ? (size_t)r * part.t[i].numel : 0;
+            ck_assert_int_eq(memcmp(moe_params_data(&part, (int)i), moe_params_data(&full, (int)i) + first,
+                                    part.t[i].numel * sizeof(float)), 0);
+        }
+        // written only with the whole tensors from somewhere, then the same bytes
+        const char *out = tpath("part.safetensors");
+        ck_assert_int_eq(moe_safetensors_write_params(out, &part, NULL, 0, NULL, 0, &err), MOE_EINVAL);
+        ck_assert_ptr_nonnull(strstr(err.msg, "only this process's experts"));
+        struct moe_params_whole w = { .fill = whole_from, .ctx = &full, .crc = crc };
+        part.whole = &w;
+        ck_assert_msg(moe_safetensors_write_params(out, &part, NULL, 0, NULL, 0, &err) == 0, "%s", err.msg);
+        size_t lp;
+        unsigned char *bytes = read_bytes(out, &lp);
+        ck_assert_uint_eq(lp, lw);
+        ck_assert_int_eq(memcmp(bytes, whole, lw), 0);
+        free(bytes);
+        moe_params_release(&part);
+    }
+    moe_safetensors_close(&f);
+    free(whole);
+    moe_params_release(&full);
+    // experts that cannot be shared out evenly
+    moe_params_init(&part);
+    part.shard_size = 3;
+    add(&part, "experts.w1", 3, 4, 2, 2);
+    moe_params_mark_experts(&part, 0);
+    ck_assert_int_eq(moe_params_alloc(&part, &err), MOE_ECONFIG);
+    ck_assert_ptr_nonnull(strstr(err.msg, "cannot be shared out evenly over 3"));
+    moe_params_release(&part);
+}
+END_TEST
+
 static Suite *safetensors_suite(void)
 {
     Suite *s = suite_create("safetensors");
@@ -1005,6 +1183,9 @@ static Suite *safetensors_suite(void)
     tcase_add_test(tc, test_write_errors);
     tcase_add_test(tc, test_truncation_sweep);
     tcase_add_test(tc, test_checksums);
+    tcase_add_test(tc, test_crc_combine);
+    tcase_add_test(tc, test_fill_refs);
+    tcase_add_test(tc, test_sharded_registry);
     suite_add_tcase(s, tc);
     return s;
 }
