@@ -734,7 +734,7 @@ static void attn_backward_host(float *dqkv, float *datt, const float *dout, cons
     for (size_t i = 0; i < B * H * C * C; i++)
         moe_k_attn_dp(datt, dout, qkv, C, D, H, i / (C * C), i / C % C, i % C);
     for (size_t r = 0; r < B * H * C; r++)
-        moe_k_attn_dsoftmax_row(moe_k_attn_row(datt, C, r / C, r % C), att + r * C, r % C + 1);
+        moe_k_attn_dsoftmax_row(datt, att, C, r);
     for (size_t i = 0; i < B * C * 3 * D; i++)
         moe_k_attn_dqkv(dqkv, datt, att, dout, qkv, C, D, H, i / (C * 3 * D), i / (3 * D) % C, i % (3 * D));
 }

@@ -899,11 +899,9 @@ static void attn_forward_by_kernels(float *out, float *att, const float *qkv, si
     for (size_t i = B * H * C * C; i-- > 0;)
         moe_k_attn_score(att, qkv, C, D, H, i / (C * C), i / C % C, i % C);
     for (size_t r = B * H * C; r-- > 0;) {
-        size_t t = r % C, n = t + 1;
-        float *row = moe_k_attn_row(att, C, r / C, t);
-        moe_k_attn_shift_row(row, n);
-        moe_vexpf(row, row, n);
-        moe_k_attn_normalise_row(row, n);
+        size_t n = moe_k_attn_shift_row(att, C, r);
+        moe_vexpf(att + r * C, att + r * C, n);
+        moe_k_attn_normalise_row(att, C, r);
     }
     for (size_t i = B * C * D; i-- > 0;)
         moe_k_attn_out(out, att, qkv, C, D, H, i / (C * D), i / D % C, i % D);
@@ -917,7 +915,7 @@ static void attn_backward_by_kernels(float *dqkv, float *datt, const float *dout
     for (size_t i = B * H * C * C; i-- > 0;)
         moe_k_attn_dp(datt, dout, qkv, C, D, H, i / (C * C), i / C % C, i % C);
     for (size_t r = B * H * C; r-- > 0;)
-        moe_k_attn_dsoftmax_row(moe_k_attn_row(datt, C, r / C, r % C), att + r * C, r % C + 1);
+        moe_k_attn_dsoftmax_row(datt, att, C, r);
     for (size_t i = B * C * 3 * D; i-- > 0;)
         moe_k_attn_dqkv(dqkv, datt, att, dout, qkv, C, D, H, i / (C * 3 * D), i / (3 * D) % C, i % (3 * D));
 }

@@ -802,12 +802,10 @@ __global__ void attn_score_kernel(float *att, const float *qkv, size_t B, size_t
 __global__ void attn_softmax_kernel(float *att, size_t rows, size_t C)
 {
     for (size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += (size_t)gridDim.x * blockDim.x) {
-        size_t t = r % C, n = t + 1;
-        float *row = moe_k_attn_row(att, C, r / C, t);
-        moe_k_attn_shift_row(row, n);
+        size_t n = moe_k_attn_shift_row(att, C, r);
         for (size_t s = 0; s < n; s++)
-            row[s] = expf(row[s]);
-        moe_k_attn_normalise_row(row, n);
+            att[r * C + s] = expf(att[r * C + s]);
+        moe_k_attn_normalise_row(att, C, r);
     }
 }
 
@@ -855,7 +853,7 @@ __global__ void attn_dp_kernel(float *datt, const float *dout, const float *qkv,
 __global__ void attn_dsoftmax_kernel(float *datt, const float *att, size_t rows, size_t C)
 {
     for (size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += (size_t)gridDim.x * blockDim.x)
-        moe_k_attn_dsoftmax_row(moe_k_attn_row(datt, C, r / C, r % C), att + r * C, r % C + 1);
+        moe_k_attn_dsoftmax_row(datt, att, C, r);
 }
 
 // One thread per element (b, position, j < 3D) of dqkv: dq, dk or dv.

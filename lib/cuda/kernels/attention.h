@@ -65,16 +65,13 @@ static inline MOE_HD float moe_k_attn_lanes_join(const float *a)
     return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
-// Row t of head bh of a (B, H, C, C) buffer.
-static inline MOE_HD float *moe_k_attn_row(float *att, size_t C, size_t bh, size_t t) { return att + (bh * C + t) * C; }
-
 // ---------------------------------------------------------------- forward
 
 // Element (bh, t, s) of att: S[t, s] for s <= t, 0 above the diagonal.
 static inline MOE_HD void moe_k_attn_score(float *att, const float *qkv, size_t C, size_t D, size_t H, size_t bh,
                                            size_t t, size_t s)
 {
-    float *a = moe_k_attn_row(att, C, bh, t) + s;
+    float *a = att + (bh * C + t) * C + s;
     if (s > t) {
         *a = 0.0f;
         return;
@@ -84,22 +81,28 @@ static inline MOE_HD void moe_k_attn_score(float *att, const float *qkv, size_t 
     *a = moe_k_attn_dot(q, k, hs, moe_k_attn_scale(hs));
 }
 
-// Row t's scores row[0..n) (n = t + 1) := row - max(row). The max is exact in
-// any order; afterwards the caller takes row[s] := exp(row[s]) for s < n.
-static inline MOE_HD void moe_k_attn_shift_row(float *row, size_t n)
+// Row r = bh C + t of att: its scores att[r, 0..n) (n = t + 1, the keys of
+// query t) := score - max. The max is exact in any order. Returns n: the
+// caller then takes att[r, s] := exp(att[r, s]) for s < n.
+static inline MOE_HD size_t moe_k_attn_shift_row(float *att, size_t C, size_t r)
 {
+    float *row = att + r * C;
+    const size_t n = r % C + 1;
     float m = row[0];
     for (size_t s = 1; s < n; s++)
         m = row[s] > m ? row[s] : m;
     for (size_t s = 0; s < n; s++)
         row[s] -= m;
+    return n;
 }
 
-// row[0..n) := e / sum(e) from the exponentials e in row: the sum over the
-// lanes (full groups of MOE_K_ATTN_LANES), the tree, then the tail in order;
-// each entry times the reciprocal (nn/attention.c normalise).
-static inline MOE_HD void moe_k_attn_normalise_row(float *row, size_t n)
+// Row r = bh C + t: att[r, 0..n) := e / sum(e) from the exponentials e there:
+// the sum over the lanes (full groups of MOE_K_ATTN_LANES), the tree, then the
+// tail in order; each entry times the reciprocal (nn/attention.c normalise).
+static inline MOE_HD void moe_k_attn_normalise_row(float *att, size_t C, size_t r)
 {
+    float *row = att + r * C;
+    const size_t n = r % C + 1;
     float a[MOE_K_ATTN_LANES];
     for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
         a[j] = 0.0f;
@@ -133,7 +136,7 @@ static inline MOE_HD void moe_k_attn_out(float *out, const float *att, const flo
 static inline MOE_HD void moe_k_attn_dp(float *datt, const float *dout, const float *qkv, size_t C, size_t D, size_t H,
                                         size_t bh, size_t t, size_t s)
 {
-    float *d = moe_k_attn_row(datt, C, bh, t) + s;
+    float *d = datt + (bh * C + t) * C + s;
     if (s > t) {
         *d = 0.0f;
         return;
@@ -143,10 +146,14 @@ static inline MOE_HD void moe_k_attn_dp(float *datt, const float *dout, const fl
     *d = moe_k_attn_dot(g, v, hs, 1.0f);
 }
 
-// Row t: d[0..n) := p (d - sum_s p[s] d[s]) (dP to dS in place), the sum as in
+// Row r = bh C + t: d = datt[r, 0..n), p = att[r, 0..n), n = t + 1:
+// d := p (d - sum_s p[s] d[s]) (dP to dS in place), the sum as in
 // moe_k_attn_normalise_row (nn/attention.c dsoftmax).
-static inline MOE_HD void moe_k_attn_dsoftmax_row(float *d, const float *p, size_t n)
+static inline MOE_HD void moe_k_attn_dsoftmax_row(float *datt, const float *att, size_t C, size_t r)
 {
+    float *d = datt + r * C;
+    const float *p = att + r * C;
+    const size_t n = r % C + 1;
     float a[MOE_K_ATTN_LANES];
     for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
         a[j] = 0.0f;
