@@ -4,7 +4,7 @@
 // capacity plan with both drop policies, gather and combine, the balancing and
 // z losses, Shazeer's importance and load losses, the embedding forward and backward, LayerNorm and RMSNorm forward
 // and backward, cross-entropy, the ReLU/GELU/SiLU activations, and the
-// GD/SGD/AdamW update.
+// GD/SGD/AdamW update, and causal self-attention forward and backward.
 // Routing decisions must be identical wherever no two scores are within a
 // tolerance of a tie (exact ties between identical logit rows included: the
 // index decides on both sides); hash routing, the capacity plan and the
@@ -23,6 +23,7 @@
 
 #include "backend/backend.h"
 #include "core/rng.h"
+#include "cuda/kernels/attention.h"
 #include "cuda/kernels/loss.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/ops.h"
@@ -720,6 +721,80 @@ static void test_act(void)
     free(x), free(g), free(y1), free(y2), free(d1), free(d2), free(mx), free(mg);
 }
 
+// Causal self-attention. Forward: the device's expf against SLEEF's, so att
+// within 1e-5 relative and out within 1e-5 of the terms it sums (sum_s P |v_s|);
+// two device runs give the same bits. Backward, from the library's
+// probabilities: no transcendental, so the device's dS and dqkv are the kernel
+// bodies' bits run on the host (every hs), and the library's for hs <= 64 (its
+// tile path, the bodies' order); hs > 64 differs from the library's BLIS order
+// within rounding (tests/test_kernels.c checks that bound).
+static void attn_backward_host(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                               size_t B, size_t C, size_t D, size_t H)
+{
+    for (size_t i = 0; i < B * H * C * C; i++)
+        moe_k_attn_dp(datt, dout, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+    for (size_t r = 0; r < B * H * C; r++)
+        moe_k_attn_dsoftmax_row(datt, att, C, r);
+    for (size_t i = 0; i < B * C * 3 * D; i++)
+        moe_k_attn_dqkv(dqkv, datt, att, dout, qkv, C, D, H, i / (C * 3 * D), i / (3 * D) % C, i % (3 * D));
+}
+
+static void test_attention(void)
+{
+    static const struct {
+        size_t B, C, D, H;
+    } cases[] = {
+        { 2, 37, 64, 4 }, { 2, 53, 96, 3 }, { 3, 29, 128, 2 }, { 4, 256, 768, 12 }, // hs 16, 32, 64, 64
+        { 2, 1, 64, 2 },  { 2, 37, 160, 2 }, { 1, 200, 256, 2 },                    // C = 1; hs 80, 128
+    };
+    struct moe_err err;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const size_t B = cases[ci].B, C = cases[ci].C, D = cases[ci].D, H = cases[ci].H, hs = D / H;
+        const size_t nq = B * C * 3 * D, no = B * C * D, na = B * H * C * C;
+        float *qkv = malloc(nq * 4), *dout = malloc(no * 4), *d0 = malloc(nq * 4), *out = malloc(no * 4);
+        float *att = malloc(na * 4), *out2 = malloc(no * 4), *att2 = malloc(na * 4), *att3 = malloc(na * 4);
+        float *m = malloc(no * 4), *dq = malloc(nq * 4), *dq2 = malloc(nq * 4), *dqh = malloc(nq * 4);
+        float *datt = malloc(na * 4), *datt2 = malloc(na * 4), *datth = malloc(na * 4);
+        fill(qkv, nq, 70 + (uint32_t)ci, -1.0f, 1.0f), fill(dout, no, 80 + (uint32_t)ci, -1.0f, 1.0f);
+        fill(d0, nq, 90 + (uint32_t)ci, -0.5f, 0.5f);
+        moe_attention_forward(out, att, qkv, B, C, D, H);
+        float *dqkv_ = dev(qkv, nq * 4), *dout_ = dev(dout, no * 4), *out_ = dev(NULL, no * 4);
+        float *att_ = dev(NULL, na * 4), *datt_ = dev(NULL, na * 4), *dd_ = dev(d0, nq * 4);
+        EXPECT(moe_cuda_attention_forward(out_, att_, dqkv_, B, C, D, H, &err) == 0, "%s", err.msg);
+        host(out2, out_, no * 4), host(att2, att_, na * 4);
+        EXPECT(moe_cuda_attention_forward(out_, att_, dqkv_, B, C, D, H, &err) == 0, "%s", err.msg);
+        host(att3, att_, na * 4);
+        EXPECT(memcmp(att2, att3, na * 4) == 0, "attention forward: two device runs differ");
+        for (size_t b = 0; b < B; b++)
+            for (size_t t = 0; t < C; t++)
+                for (size_t j = 0; j < D; j++) {
+                    double s = 0.0;
+                    for (size_t u = 0; u <= t; u++)
+                        s += att[((b * H + j / hs) * C + t) * C + u] * fabs((double)qkv[(b * C + u) * 3 * D + 2 * D + j]);
+                    m[(b * C + t) * D + j] = (float)s;
+                }
+        printf("# attention B=%zu C=%zu D=%zu H=%zu (hs %zu)\n", B, C, D, H, hs);
+        close_floats(att2, att, na, 1e-5, "attention att");
+        close_terms(out2, out, m, no, 1e-5, "attention out");
+        // the backward from the library's probabilities
+        memcpy(dq, d0, nq * 4), memcpy(dqh, d0, nq * 4);
+        moe_attention_backward(dq, datt, dout, qkv, att, B, C, D, H);
+        attn_backward_host(dqh, datth, dout, qkv, att, B, C, D, H);
+        moe_cuda_to_device(att_, att, na * 4, &err);
+        EXPECT(moe_cuda_attention_backward(dd_, datt_, dout_, dqkv_, att_, B, C, D, H, &err) == 0, "%s", err.msg);
+        host(dq2, dd_, nq * 4), host(datt2, datt_, na * 4);
+        close_floats(datt2, datth, na, 0.0, "attention dS (host bodies)");
+        close_floats(dq2, dqh, nq, 0.0, "attention dqkv (host bodies)");
+        if (hs <= 64)
+            close_floats(dq2, dq, nq, 0.0, "attention dqkv (library)");
+        void *bufs[] = { dqkv_, dout_, out_, att_, datt_, dd_ };
+        for (size_t i = 0; i < 6; i++)
+            moe_cuda_free(bufs[i]);
+        free(qkv), free(dout), free(d0), free(out), free(att), free(out2), free(att2), free(att3), free(m), free(dq);
+        free(dq2), free(dqh), free(datt), free(datt2), free(datth);
+    }
+}
+
 int main(void)
 {
     struct moe_backend_info info;
@@ -740,6 +815,7 @@ int main(void)
     test_optim();
     test_ce();
     test_act();
+    test_attention();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }

@@ -24,7 +24,11 @@
 //   - softmax cross-entropy (row losses, argmax, gradient, the blocked batch
 //     sum) and the ReLU, GELU and SiLU activations, forward and backward,
 //     against nn/loss.c and nn/activation.c, given the CPU's exponentials and
-//     tanh (the one part a device computes its own way).
+//     tanh (the one part a device computes its own way);
+//   - causal self-attention, forward and backward, against nn/attention.c (bit
+//     for bit on its tile path, hs <= 64, given SLEEF's exponentials; within a
+//     stated tolerance on its GEMM path) and against a double-precision twin,
+//     and its gradient against central differences.
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -33,6 +37,7 @@
 
 #include "core/rng.h"
 #include "core/vmath.h"
+#include "cuda/kernels/attention.h"
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/embed.h"
@@ -46,6 +51,7 @@
 #include "moe/router.h"
 #include "nn/nn.h"
 #include "train/train.h"
+#include "gradcheck.h"
 #include "testutil.h"
 
 static void fill(float *x, size_t n, uint32_t stream, float lo, float hi)
@@ -882,6 +888,270 @@ START_TEST(test_activations)
 }
 END_TEST
 
+// ---------------------------------------------------------------- attention
+
+// The forward by the kernel bodies over the index spaces of its three launches
+// (each walked backwards: no body may read what another of its launch writes):
+// every (bh, t, s) score, every row with SLEEF's exponentials (moe_vexpf, as
+// nn/attention.c takes them), every (b, t, column) of out.
+static void attn_forward_by_kernels(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H)
+{
+    for (size_t i = B * H * C * C; i-- > 0;)
+        moe_k_attn_score(att, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+    for (size_t r = B * H * C; r-- > 0;) {
+        size_t n = moe_k_attn_shift_row(att, C, r);
+        moe_vexpf(att + r * C, att + r * C, n);
+        moe_k_attn_normalise_row(att, C, r);
+    }
+    for (size_t i = B * C * D; i-- > 0;)
+        moe_k_attn_out(out, att, qkv, C, D, H, i / (C * D), i / D % C, i % D);
+}
+
+// The backward the same way: every (bh, t, s) of dP, every row's dS, every
+// element of dqkv (added to).
+static void attn_backward_by_kernels(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                                     size_t B, size_t C, size_t D, size_t H)
+{
+    for (size_t i = B * H * C * C; i-- > 0;)
+        moe_k_attn_dp(datt, dout, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+    for (size_t r = B * H * C; r-- > 0;)
+        moe_k_attn_dsoftmax_row(datt, att, C, r);
+    for (size_t i = B * C * 3 * D; i-- > 0;)
+        moe_k_attn_dqkv(dqkv, datt, att, dout, qkv, C, D, H, i / (C * 3 * D), i / (3 * D) % C, i % (3 * D));
+}
+
+// A double-precision twin written from the definitions (Vaswani et al. 2017;
+// kernels/attention.h), independent of both the library and the kernels:
+// P (B, H, C, C), out (B, C, D), and dqkv (B, C, 3D) := d0 + the gradient
+// from dout. With them the size of the terms each value sums: mo = sum_s P |v_s|
+// for out; for dqkv, with |dP|[t, s] = sum_i |do_t,i| |v_s,i| and |dS| = P (|dP|
+// + sum_s' P |dP|), md = sum |dS| |k| / sqrt(hs) (dq), sum |dS| |q| / sqrt(hs)
+// (dk), sum P |do| (dv).
+static void attn_twin(double *P, double *out, double *mo, double *dqkv, double *md, const float *qkv,
+                      const float *dout, const float *d0, size_t B, size_t C, size_t D, size_t H)
+{
+    const size_t hs = D / H, ld = 3 * D;
+    const double sc = 1.0 / sqrt((double)hs);
+    double *dS = malloc(C * C * sizeof *dS), *aS = malloc(C * C * sizeof *aS);
+    ck_assert(dS && aS);
+    for (size_t i = 0; i < B * C * ld; i++)
+        dqkv[i] = d0[i], md[i] = 0.0;
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < H; h++) {
+            const float *q = qkv + b * C * ld + h * hs, *k = q + D, *v = q + 2 * D, *g = dout + b * C * D + h * hs;
+            double *p = P + (b * H + h) * C * C, *dq = dqkv + b * C * ld + h * hs, *dk = dq + D, *dv = dq + 2 * D;
+            double *mq = md + b * C * ld + h * hs, *mk = mq + D, *mv = mq + 2 * D;
+            for (size_t t = 0; t < C; t++) {
+                double mx = -INFINITY, sum = 0.0, pdp = 0.0, pdpa = 0.0;
+                for (size_t s = 0; s < C; s++) {
+                    double x = 0.0;
+                    for (size_t i = 0; s <= t && i < hs; i++)
+                        x += (double)q[t * ld + i] * k[s * ld + i];
+                    p[t * C + s] = x * sc;
+                    if (s <= t)
+                        mx = fmax(mx, x * sc);
+                }
+                for (size_t s = 0; s < C; s++) {
+                    p[t * C + s] = s <= t ? exp(p[t * C + s] - mx) : 0.0;
+                    sum += p[t * C + s];
+                }
+                for (size_t s = 0; s < C; s++)
+                    p[t * C + s] /= sum;
+                for (size_t i = 0; i < hs; i++) {
+                    double o = 0.0, m = 0.0;
+                    for (size_t s = 0; s <= t; s++) {
+                        o += p[t * C + s] * v[s * ld + i];
+                        m += p[t * C + s] * fabs((double)v[s * ld + i]);
+                    }
+                    out[(b * C + t) * D + h * hs + i] = o;
+                    mo[(b * C + t) * D + h * hs + i] = m;
+                }
+                for (size_t s = 0; s <= t; s++) {
+                    double x = 0.0, a = 0.0;
+                    for (size_t i = 0; i < hs; i++) {
+                        x += (double)g[t * D + i] * v[s * ld + i];
+                        a += fabs((double)g[t * D + i] * v[s * ld + i]);
+                    }
+                    dS[t * C + s] = x;
+                    aS[t * C + s] = a;
+                    pdp += p[t * C + s] * x;
+                    pdpa += p[t * C + s] * a;
+                }
+                for (size_t s = 0; s <= t; s++) {
+                    dS[t * C + s] = p[t * C + s] * (dS[t * C + s] - pdp);
+                    aS[t * C + s] = p[t * C + s] * (aS[t * C + s] + pdpa);
+                }
+            }
+            for (size_t t = 0; t < C; t++)
+                for (size_t s = 0; s <= t; s++)
+                    for (size_t i = 0; i < hs; i++) {
+                        dq[t * ld + i] += dS[t * C + s] * k[s * ld + i] * sc;
+                        dk[s * ld + i] += dS[t * C + s] * q[t * ld + i] * sc;
+                        dv[s * ld + i] += p[t * C + s] * g[t * D + i];
+                        mq[t * ld + i] += aS[t * C + s] * fabs((double)k[s * ld + i]) * sc;
+                        mk[s * ld + i] += aS[t * C + s] * fabs((double)q[t * ld + i]) * sc;
+                        mv[s * ld + i] += p[t * C + s] * fabs((double)g[t * D + i]);
+                    }
+        }
+    free(dS), free(aS);
+}
+
+// |a - b| <= tol * m for n values: the worst ratio |a - b| / m, and a failure naming the first that exceeds it.
+static double attn_close(const float *a, const double *b, const double *m, size_t n, double tol, const char *what,
+                         size_t hs, size_t C)
+{
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        worst = fmax(worst, d / m[i]);
+        ck_assert_msg(d <= tol * m[i], "hs=%zu C=%zu %s[%zu]: %.9g vs %.9g (terms %.3g, tolerance %.0e)", hs, C, what,
+                      i, a[i], b[i], m[i], tol);
+    }
+    return worst;
+}
+
+// Kernels against the library (nn/attention.c) and the double twin, for one shape.
+// Inputs uniform in [-amp, amp] (dout in [-1, 1]); dqkv starts at the same
+// random values on every side (the backward adds).
+// hs <= 64 (the library's tile path): att, out, dS and dqkv bit for bit.
+// hs > 64 (its BLIS GEMM path, another order): within ATTN_TOL of the terms.
+// Against the twin, every hs: within ATTN_TOL of the terms' size: att
+// relative to max(P, 1e-2), out to mo, dqkv to md + |dqkv| (the last add into
+// the starting value).
+// ATTN_TOL: float sums of up to hs + C terms carry at most about (hs + C) u
+// (u = 6e-8) of the terms' size, 1.1e-5 at hs = 128, C = 61, and a random
+// walk in practice (MOE_GRAD_VERBOSE=1 prints the worst ratios: below 1e-6);
+// the probabilities carry about |S - max| u relative. A wrong mask, scale,
+// index or term is an error of order 1e-2 .. 1 of the terms.
+#define ATTN_TOL 2e-5
+static void check_attention(size_t B, size_t C, size_t D, size_t H, float amp, uint32_t stream)
+{
+    const size_t hs = D / H, nqkv = B * C * 3 * D, nout = B * C * D, natt = B * H * C * C;
+    float *qkv = malloc(nqkv * 4), *dout = malloc(nout * 4), *d0 = malloc(nqkv * 4);
+    float *out1 = malloc(nout * 4), *out2 = malloc(nout * 4), *att1 = malloc(natt * 4), *att2 = malloc(natt * 4);
+    float *datt1 = malloc(natt * 4), *datt2 = malloc(natt * 4), *dq1 = malloc(nqkv * 4), *dq2 = malloc(nqkv * 4);
+    double *P = malloc(natt * 8), *out = malloc(nout * 8), *mo = malloc(nout * 8), *dq = malloc(nqkv * 8);
+    double *md = malloc(nqkv * 8), *pm = malloc(natt * 8), *outc = malloc(nout * 8), *dqc = malloc(nqkv * 8);
+    double *attc = malloc(natt * 8), *pmc = malloc(natt * 8);
+    ck_assert(qkv && dout && d0 && out1 && out2 && att1 && att2 && datt1 && datt2 && dq1 && dq2 && P && out && mo &&
+              dq && md && pm && outc && dqc && attc && pmc);
+    fill(qkv, nqkv, stream, -amp, amp);
+    fill(dout, nout, stream + 1, -1.0f, 1.0f);
+    fill(d0, nqkv, stream + 2, -0.5f, 0.5f);
+    for (size_t i = 0; i < natt; i++) // every entry must be written, the masked ones included
+        att1[i] = att2[i] = NAN;
+    for (size_t i = 0; i < nout; i++)
+        out1[i] = out2[i] = NAN;
+
+    moe_attention_forward(out1, att1, qkv, B, C, D, H);
+    attn_forward_by_kernels(out2, att2, qkv, B, C, D, H);
+    // the backward of both from the library's probabilities, into the same starting dqkv
+    memcpy(dq1, d0, nqkv * 4), memcpy(dq2, d0, nqkv * 4);
+    for (size_t i = 0; i < natt; i++)
+        datt1[i] = datt2[i] = NAN;
+    moe_attention_backward(dq1, datt1, dout, qkv, att1, B, C, D, H);
+    attn_backward_by_kernels(dq2, datt2, dout, qkv, att1, B, C, D, H);
+    for (size_t i = 0; i < natt; i++) // above the diagonal: P exactly 0; dS 0 on the kernels' side
+        ck_assert_msg(i % C <= i / C % C || (att2[i] == 0.0f && !signbit(att2[i]) && datt2[i] == 0.0f),
+                      "masked entry %zu: att %g datt %g", i, att2[i], datt2[i]);
+
+    if (hs <= 64) {
+        same_floats(att1, att2, natt, "att");
+        same_floats(out1, out2, nout, "out");
+        for (size_t i = 0; i < natt; i++) // dS on and below the diagonal (the library's scratch above it)
+            if (i % C <= i / C % C)
+                ck_assert_msg(memcmp(datt1 + i, datt2 + i, 4) == 0, "dS[%zu]: %.9g vs %.9g", i, datt1[i], datt2[i]);
+        same_floats(dq1, dq2, nqkv, "dqkv");
+    }
+
+    attn_twin(P, out, mo, dq, md, qkv, dout, d0, B, C, D, H);
+    for (size_t i = 0; i < natt; i++)
+        pm[i] = fmax(P[i], 1e-2), attc[i] = att1[i], pmc[i] = fmax(fabs((double)att1[i]), 1e-2);
+    for (size_t i = 0; i < nqkv; i++)
+        md[i] += fabs(dq[i]), dqc[i] = dq1[i];
+    for (size_t i = 0; i < nout; i++)
+        outc[i] = out1[i];
+    double w[3];
+    w[0] = attn_close(att2, P, pm, natt, ATTN_TOL, "att (twin)", hs, C);
+    w[1] = attn_close(out2, out, mo, nout, ATTN_TOL, "out (twin)", hs, C);
+    w[2] = attn_close(dq2, dq, md, nqkv, ATTN_TOL, "dqkv (twin)", hs, C);
+    if (getenv("MOE_GRAD_VERBOSE"))
+        printf("attention B=%zu C=%zu D=%zu H=%zu (hs %zu) vs twin: worst att %.3g out %.3g dqkv %.3g\n", B, C, D, H,
+               hs, w[0], w[1], w[2]);
+    if (hs > 64) { // the library's GEMM path: the same bounds, its values for the twin's
+        w[0] = attn_close(att2, attc, pmc, natt, ATTN_TOL, "att (library)", hs, C);
+        w[1] = attn_close(out2, outc, mo, nout, ATTN_TOL, "out (library)", hs, C);
+        w[2] = attn_close(dq2, dqc, md, nqkv, ATTN_TOL, "dqkv (library)", hs, C);
+        if (getenv("MOE_GRAD_VERBOSE"))
+            printf("attention B=%zu C=%zu D=%zu H=%zu (hs %zu) vs library: worst att %.3g out %.3g dqkv %.3g\n", B,
+                   C, D, H, hs, w[0], w[1], w[2]);
+    }
+    free(qkv), free(dout), free(d0), free(out1), free(out2), free(att1), free(att2), free(datt1), free(datt2);
+    free(dq1), free(dq2), free(P), free(out), free(mo), free(dq), free(md), free(pm), free(outc), free(dqc);
+    free(attc), free(pmc);
+}
+
+START_TEST(test_attention)
+{
+    // C (positions) off every tile of the library (4 rows, 16 keys, 8 lanes), B > 1, several heads
+    check_attention(2, 37, 64, 4, 1.0f, 200);  // hs = 16
+    check_attention(2, 53, 96, 3, 1.0f, 201);  // hs = 32, odd H
+    check_attention(3, 29, 128, 2, 1.0f, 202); // hs = 64, the tile path's largest
+    check_attention(2, 45, 40, 2, 1.0f, 203);  // hs = 20 (16 + 4 columns in the library)
+    check_attention(1, 70, 48, 2, 3.0f, 204);  // hs = 24, peaked rows longer than 64
+    check_attention(2, 1, 64, 2, 1.0f, 205);   // C = 1: P = 1 exactly, dS = 0
+    check_attention(2, 6, 8, 2, 1.0f, 206);    // hs = 4, rows shorter than the lanes
+    check_attention(2, 37, 160, 2, 1.0f, 207); // hs = 80: the library's GEMM path
+    check_attention(1, 61, 256, 2, 1.0f, 208); // hs = 128
+}
+END_TEST
+
+// Central differences of L = sum out W (W fixed, random) through the kernels'
+// forward against the kernels' backward, every element of qkv (gradcheck.h:
+// step 1e-3, tolerance 2e-3 of max(1, |numeric|)); one shape on each side of
+// hs = 64.
+struct attn_fd {
+    float *qkv, *out, *att, *w;
+    size_t B, C, D, H;
+};
+
+static double attn_fd_loss(void *ctx)
+{
+    struct attn_fd *f = ctx;
+    attn_forward_by_kernels(f->out, f->att, f->qkv, f->B, f->C, f->D, f->H);
+    double L = 0.0;
+    for (size_t i = 0; i < f->B * f->C * f->D; i++)
+        L += (double)f->out[i] * f->w[i];
+    return L;
+}
+
+static void check_attention_fd(size_t B, size_t C, size_t D, size_t H, uint32_t stream)
+{
+    const size_t nqkv = B * C * 3 * D, nout = B * C * D, natt = B * H * C * C;
+    struct attn_fd f = { malloc(nqkv * 4), malloc(nout * 4), malloc(natt * 4), malloc(nout * 4), B, C, D, H };
+    float *g = calloc(nqkv, 4), *datt = malloc(natt * 4);
+    ck_assert(f.qkv && f.out && f.att && f.w && g && datt);
+    fill(f.qkv, nqkv, stream, -1.0f, 1.0f);
+    fill(f.w, nout, stream + 1, -1.0f, 1.0f);
+    attn_fd_loss(&f);
+    attn_backward_by_kernels(g, datt, f.w, f.qkv, f.att, B, C, D, H);
+    double biggest = 0.0;
+    for (size_t i = 0; i < nqkv; i++) {
+        double num = numeric_grad(&f.qkv[i], 1e-3f, attn_fd_loss, &f);
+        biggest = fmax(biggest, fabs(num));
+        check_grad(g[i], num, "attention dqkv", i);
+    }
+    ck_assert_msg(biggest > 0.05, "gradients all tiny (%g)", biggest);
+    free(f.qkv), free(f.out), free(f.att), free(f.w), free(g), free(datt);
+}
+
+START_TEST(test_attention_fd)
+{
+    check_attention_fd(2, 5, 8, 2, 210);   // hs = 4
+    check_attention_fd(1, 4, 144, 2, 211); // hs = 72
+}
+END_TEST
+
 int main(void)
 {
     if (moe_test_init_blas(1))
@@ -902,6 +1172,8 @@ int main(void)
     tcase_add_test(tc, test_embed);
     tcase_add_test(tc, test_ce);
     tcase_add_test(tc, test_activations);
+    tcase_add_test(tc, test_attention);
+    tcase_add_test(tc, test_attention_fd);
     suite_add_tcase(s, tc);
     return moe_test_run(s);
 }

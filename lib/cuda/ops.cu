@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/ops.h"
+#include "cuda/kernels/attention.h"
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/embed.h"
@@ -785,4 +786,98 @@ extern "C" int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float
         return 0;
     act_backward_kernel<<<blocks_for(n, 256), 256>>>((int)a, dx, dy, x, n);
     return launched("act_backward_kernel", err);
+}
+
+// ---------------------------------------------------------------- causal self-attention (kernels/attention.h)
+
+// One thread per element (bh, t, s) of att: the scaled score, 0 above the diagonal.
+__global__ void attn_score_kernel(float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H)
+{
+    size_t n = B * H * C * C;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_attn_score(att, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+}
+
+// One thread per row (bh, t): max subtracted, the device's expf, normalised.
+__global__ void attn_softmax_kernel(float *att, size_t rows, size_t C)
+{
+    for (size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += (size_t)gridDim.x * blockDim.x) {
+        size_t n = moe_k_attn_shift_row(att, C, r);
+        for (size_t s = 0; s < n; s++)
+            att[r * C + s] = expf(att[r * C + s]);
+        moe_k_attn_normalise_row(att, C, r);
+    }
+}
+
+// One thread per element (b, t, column) of out.
+__global__ void attn_out_kernel(float *out, const float *att, const float *qkv, size_t B, size_t C, size_t D,
+                                size_t H)
+{
+    size_t n = B * C * D;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_attn_out(out, att, qkv, C, D, H, i / (C * D), i / D % C, i % D);
+}
+
+static int attn_shape(size_t D, size_t H, struct moe_err *err)
+{
+    if (H == 0 || D % H != 0)
+        return moe_error(err, MOE_EINVAL, "CUDA attention: n_embd %zu is not a multiple of the heads %zu", D, H);
+    return 0;
+}
+
+extern "C" int moe_cuda_attention_forward(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D,
+                                          size_t H, struct moe_err *err)
+{
+    int rc = attn_shape(D, H, err);
+    if (rc || B * C == 0)
+        return rc;
+    attn_score_kernel<<<blocks_for(B * H * C * C, 256), 256>>>(att, qkv, B, C, D, H);
+    if ((rc = launched("attn_score_kernel", err)))
+        return rc;
+    attn_softmax_kernel<<<blocks_for(B * H * C, 128), 128>>>(att, B * H * C, C);
+    if ((rc = launched("attn_softmax_kernel", err)))
+        return rc;
+    attn_out_kernel<<<blocks_for(B * C * D, 256), 256>>>(out, att, qkv, B, C, D, H);
+    return launched("attn_out_kernel", err);
+}
+
+// One thread per element (bh, t, s) of datt: dP, 0 above the diagonal.
+__global__ void attn_dp_kernel(float *datt, const float *dout, const float *qkv, size_t B, size_t C, size_t D, size_t H)
+{
+    size_t n = B * H * C * C;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_attn_dp(datt, dout, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+}
+
+// One thread per row (bh, t): dP to dS in place.
+__global__ void attn_dsoftmax_kernel(float *datt, const float *att, size_t rows, size_t C)
+{
+    for (size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += (size_t)gridDim.x * blockDim.x)
+        moe_k_attn_dsoftmax_row(datt, att, C, r);
+}
+
+// One thread per element (b, position, j < 3D) of dqkv: dq, dk or dv.
+__global__ void attn_dqkv_kernel(float *dqkv, const float *datt, const float *att, const float *dout,
+                                 const float *qkv, size_t B, size_t C, size_t D, size_t H)
+{
+    size_t n = B * C * 3 * D;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_attn_dqkv(dqkv, datt, att, dout, qkv, C, D, H, i / (C * 3 * D), i / (3 * D) % C, i % (3 * D));
+}
+
+extern "C" int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                                           const float *att, size_t B, size_t C, size_t D, size_t H,
+                                           struct moe_err *err)
+{
+    int rc = attn_shape(D, H, err);
+    if (rc || B * C == 0)
+        return rc;
+    attn_dp_kernel<<<blocks_for(B * H * C * C, 256), 256>>>(datt, dout, qkv, B, C, D, H);
+    if ((rc = launched("attn_dp_kernel", err)))
+        return rc;
+    attn_dsoftmax_kernel<<<blocks_for(B * H * C, 128), 128>>>(datt, att, B * H * C, C);
+    if ((rc = launched("attn_dsoftmax_kernel", err)))
+        return rc;
+    attn_dqkv_kernel<<<blocks_for(B * C * 3 * D, 256), 256>>>(dqkv, datt, att, dout, qkv, B, C, D, H);
+    return launched("attn_dqkv_kernel", err);
 }

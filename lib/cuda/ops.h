@@ -1,7 +1,7 @@
 // ops.h: the CUDA backend's first operations, callable from C: device memory,
 // and launches of the kernel bodies in lib/cuda/kernels/ (router, capacity
 // plan, gather and combine, aux losses, embeddings, norms, cross-entropy,
-// activations, optimizer update). Every pointer argument of a launch is device memory.
+// activations, optimizer update, causal self-attention). Every pointer argument of a launch is device memory.
 // Each function returns 0 or MOE_EIO with the failing CUDA call named in err.
 // Built only with CUDA (meson -Dcuda); nothing here runs without a GPU.
 // Not here: choosing a backend or probing devices (lib/backend/), the models'
@@ -170,6 +170,16 @@ enum moe_cuda_act { MOE_CUDA_RELU = 0, MOE_CUDA_GELU = 1, MOE_CUDA_SILU = 2 };
 int moe_cuda_act_forward(enum moe_cuda_act a, float *y, const float *x, size_t n, struct moe_err *err);
 int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float *dy, const float *x, size_t n,
                           struct moe_err *err);
+
+// Causal multi-head self-attention (nn/attention.c moe_attention_forward /
+// backward, without dropout; kernels/attention.h): qkv (B, C, 3D), out (B, C,
+// D), att (B, H, C, C) the probabilities (0 above the diagonal), saved for the
+// backward; dqkv (B, C, 3D) += the gradient from dout (B, C, D), datt (B, H,
+// C, C) scratch (dS on return, 0 above the diagonal). D % H == 0, else MOE_EINVAL.
+int moe_cuda_attention_forward(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H,
+                               struct moe_err *err);
+int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                                size_t B, size_t C, size_t D, size_t H, struct moe_err *err);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,198 @@
+// attention.h: causal multi-head self-attention (nn/attention.c), forward and
+// backward, as host/device functions (core/hd.h).
+//
+// reference: Vaswani et al. 2017, "Attention Is All You Need" (NeurIPS),
+// scaled dot-product attention with the decoder's causal mask, per head:
+//   S[t, s] = q_t . k_s / sqrt(hs),  P[t, :] = softmax_{s <= t}(S[t, :]),  o_t = sum_{s <= t} P[t, s] v_s;
+// its gradient (the softmax Jacobian applied row by row):
+//   dP[t, s] = do_t . v_s,  dS[t, s] = P[t, s] (dP[t, s] - sum_{s' <= t} P[t, s'] dP[t, s']),
+//   dq_t += sum_{s <= t} dS[t, s] k_s / sqrt(hs),  dk_s += sum_{t >= s} dS[t, s] q_t / sqrt(hs),
+//   dv_s += sum_{t >= s} P[t, s] do_t.
+// B = sequences, C = positions, D = n_embd, H = heads, hs = D / H; t = query
+// position, s = key position, bh = b H + h. qkv (B, C, 3D) holds [q | k | v]
+// per position (head h: columns h hs .. h hs + hs - 1 of each); out, dout (B,
+// C, D); att, datt (B, H, C, C). The forward saves what the CPU's backward
+// reads: the probabilities P in att, zeros above the diagonal.
+//
+// Threads (each value has one writer; no atomics):
+//   forward:  one per element (bh, t, s) of att: the scaled score, 0 for s > t;
+//             one per row (bh, t): max subtracted, exp (the caller's), normalised;
+//             one per element (b, t, column) of out: sum over s <= t.
+//   backward: one per element (bh, t, s) of datt: dP, 0 for s > t;
+//             one per row (bh, t): dS in place;
+//             one per element (b, position, column) of dqkv: dq over s <= t,
+//             dk and dv over t >= s, added to what is there.
+//
+// The order of operations is the CPU tile path's (nn/attention.c, hs <= 64),
+// where every output element is one float accumulator summed in index order
+// from +0 (mul, then add; no FMA on either side): the dot products over
+// i = 0..hs-1, out and dq over s = 0..t, dk and dv over t = s..C-1; the
+// softmax's normaliser and sum_s P dP over MOE_K_ATTN_LANES interleaved lanes
+// (full groups of 8 only), joined in a fixed tree, then the tail in order; P =
+// e (1 / sum). The tile path also adds the exact zeros of the masked entries
+// next to the diagonal (its blocks of 4 rows), which change no sum of finite
+// values except a -0 into +0. So given the same exponentials the results are
+// the CPU's bits for hs <= 64; for hs > 64 the CPU multiplies with BLIS (its
+// own order, FMA) and the two agree within rounding (tests/test_kernels.c).
+// The exponentials are not called here: a device uses its expf, the CPU
+// test SLEEF's (core/vmath.h), as for cross-entropy (loss.h).
+// Not here: attention-probability dropout (moe_attention_forward_drop).
+#ifndef MOE_K_ATTENTION_H
+#define MOE_K_ATTENTION_H
+
+#include <math.h>
+#include <stddef.h>
+
+#include "core/hd.h"
+
+#define MOE_K_ATTN_LANES 8 // nn/attention.c LANES
+
+// 1 / sqrt(hs) as the CPU rounds it.
+static inline MOE_HD float moe_k_attn_scale(size_t hs) { return (float)(1.0 / sqrt((double)hs)); }
+
+// alpha * sum_i x[i] y[i] over i < n, one float accumulator in index order.
+static inline MOE_HD float moe_k_attn_dot(const float *x, const float *y, size_t n, float alpha)
+{
+    float acc = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        acc += x[i] * y[i];
+    return alpha * acc;
+}
+
+// The lanes' fixed tree (nn/attention.c lane_sum).
+static inline MOE_HD float moe_k_attn_lanes_join(const float *a)
+{
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+// ---------------------------------------------------------------- forward
+
+// Element (bh, t, s) of att: S[t, s] for s <= t, 0 above the diagonal.
+static inline MOE_HD void moe_k_attn_score(float *att, const float *qkv, size_t C, size_t D, size_t H, size_t bh,
+                                           size_t t, size_t s)
+{
+    float *a = att + (bh * C + t) * C + s;
+    if (s > t) {
+        *a = 0.0f;
+        return;
+    }
+    const size_t b = bh / H, h = bh % H, hs = D / H, ld = 3 * D;
+    const float *q = qkv + (b * C + t) * ld + h * hs, *k = qkv + (b * C + s) * ld + D + h * hs;
+    *a = moe_k_attn_dot(q, k, hs, moe_k_attn_scale(hs));
+}
+
+// Row r = bh C + t of att: its scores att[r, 0..n) (n = t + 1, the keys of
+// query t) := score - max. The max is exact in any order. Returns n: the
+// caller then takes att[r, s] := exp(att[r, s]) for s < n.
+static inline MOE_HD size_t moe_k_attn_shift_row(float *att, size_t C, size_t r)
+{
+    float *row = att + r * C;
+    const size_t n = r % C + 1;
+    float m = row[0];
+    for (size_t s = 1; s < n; s++)
+        m = row[s] > m ? row[s] : m;
+    for (size_t s = 0; s < n; s++)
+        row[s] -= m;
+    return n;
+}
+
+// Row r = bh C + t: att[r, 0..n) := e / sum(e) from the exponentials e there:
+// the sum over the lanes (full groups of MOE_K_ATTN_LANES), the tree, then the
+// tail in order; each entry times the reciprocal (nn/attention.c normalise).
+static inline MOE_HD void moe_k_attn_normalise_row(float *att, size_t C, size_t r)
+{
+    float *row = att + r * C;
+    const size_t n = r % C + 1;
+    float a[MOE_K_ATTN_LANES];
+    for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
+        a[j] = 0.0f;
+    size_t s = 0;
+    for (; s + MOE_K_ATTN_LANES <= n; s += MOE_K_ATTN_LANES)
+        for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
+            a[j] += row[s + j];
+    float sum = moe_k_attn_lanes_join(a);
+    for (; s < n; s++)
+        sum += row[s];
+    const float inv = 1.0f / sum;
+    for (s = 0; s < n; s++)
+        row[s] *= inv;
+}
+
+// Element (b, t, col) of out: sum_{s <= t} P[t, s] v_s[i], col = h hs + i.
+static inline MOE_HD void moe_k_attn_out(float *out, const float *att, const float *qkv, size_t C, size_t D, size_t H,
+                                         size_t b, size_t t, size_t col)
+{
+    const size_t hs = D / H, h = col / hs, ld = 3 * D;
+    const float *p = att + ((b * H + h) * C + t) * C, *v = qkv + b * C * ld + 2 * D + col;
+    float acc = 0.0f;
+    for (size_t s = 0; s <= t; s++)
+        acc += p[s] * v[s * ld];
+    out[(b * C + t) * D + col] = acc;
+}
+
+// ---------------------------------------------------------------- backward
+
+// Element (bh, t, s) of datt: dP[t, s] for s <= t, 0 above the diagonal.
+static inline MOE_HD void moe_k_attn_dp(float *datt, const float *dout, const float *qkv, size_t C, size_t D, size_t H,
+                                        size_t bh, size_t t, size_t s)
+{
+    float *d = datt + (bh * C + t) * C + s;
+    if (s > t) {
+        *d = 0.0f;
+        return;
+    }
+    const size_t b = bh / H, h = bh % H, hs = D / H;
+    const float *g = dout + (b * C + t) * D + h * hs, *v = qkv + (b * C + s) * 3 * D + 2 * D + h * hs;
+    *d = moe_k_attn_dot(g, v, hs, 1.0f);
+}
+
+// Row r = bh C + t: d = datt[r, 0..n), p = att[r, 0..n), n = t + 1:
+// d := p (d - sum_s p[s] d[s]) (dP to dS in place), the sum as in
+// moe_k_attn_normalise_row (nn/attention.c dsoftmax).
+static inline MOE_HD void moe_k_attn_dsoftmax_row(float *datt, const float *att, size_t C, size_t r)
+{
+    float *d = datt + r * C;
+    const float *p = att + r * C;
+    const size_t n = r % C + 1;
+    float a[MOE_K_ATTN_LANES];
+    for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
+        a[j] = 0.0f;
+    size_t s = 0;
+    for (; s + MOE_K_ATTN_LANES <= n; s += MOE_K_ATTN_LANES)
+        for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
+            a[j] += p[s + j] * d[s + j];
+    float pdp = moe_k_attn_lanes_join(a);
+    for (; s < n; s++)
+        pdp += p[s] * d[s];
+    for (s = 0; s < n; s++)
+        d[s] = p[s] * (d[s] - pdp);
+}
+
+// Element (b, r, j) of dqkv (j < 3D), added to: j in [0, D): dq_r; [D, 2D):
+// dk_r; [2D, 3D): dv_r, from dS (datt) and P (att).
+static inline MOE_HD void moe_k_attn_dqkv(float *dqkv, const float *datt, const float *att, const float *dout,
+                                          const float *qkv, size_t C, size_t D, size_t H, size_t b, size_t r, size_t j)
+{
+    const size_t part = j / D, col = j % D, hs = D / H, h = col / hs, ld = 3 * D;
+    const size_t bh = b * H + h;
+    const float *qkv_b = qkv + b * C * ld;
+    float acc = 0.0f, alpha = moe_k_attn_scale(hs);
+    if (part == 0) { // dq_t, t = r: a row of dS against the keys s <= t
+        const float *ds = datt + (bh * C + r) * C, *k = qkv_b + D + col;
+        for (size_t s = 0; s <= r; s++)
+            acc += ds[s] * k[s * ld];
+    } else if (part == 1) { // dk_s, s = r: a column of dS against the queries t >= s
+        const float *ds = datt + bh * C * C + r, *q = qkv_b + col;
+        for (size_t t = r; t < C; t++)
+            acc += ds[t * C] * q[t * ld];
+    } else { // dv_s: a column of P against dout_t, t >= s
+        const float *p = att + bh * C * C + r, *g = dout + b * C * D + col;
+        for (size_t t = r; t < C; t++)
+            acc += p[t * C] * g[t * D];
+        alpha = 1.0f;
+    }
+    float *o = dqkv + (b * C + r) * ld + j;
+    *o += alpha * acc;
+}
+
+#endif
