@@ -13,7 +13,7 @@
 # own BATCH windows).
 # Writes OUT/ep.csv: processes, repeat, training tokens per second, the expert
 # exchanges' seconds, share of the training time and bytes sent per step
-# (rows to and from the experts' processes, expert gradients back), the
+# (rows to and from the experts' processes; expert gradients stay there), the
 # gradient exchange's bytes per step (the same sum as --data-parallel), steps;
 # and a projection (a model, not a measurement): the exchanges' time per step
 # between machines on a 100 Gbit/s network, all bytes / 12.5 GB/s plus 20 us

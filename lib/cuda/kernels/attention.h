@@ -65,6 +65,24 @@ static inline MOE_HD float moe_k_attn_lanes_join(const float *a)
     return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
+// sum_s x[s] (y NULL) or sum_s x[s] y[s] over s < n: MOE_K_ATTN_LANES
+// interleaved float lanes over the full groups, joined in the fixed tree, then
+// the tail in order (nn/attention.c lane_sum).
+static inline MOE_HD float moe_k_attn_lane_sum(const float *x, const float *y, size_t n)
+{
+    float a[MOE_K_ATTN_LANES];
+    for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
+        a[j] = 0.0f;
+    size_t s = 0;
+    for (; s + MOE_K_ATTN_LANES <= n; s += MOE_K_ATTN_LANES)
+        for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
+            a[j] += y ? x[s + j] * y[s + j] : x[s + j];
+    float sum = moe_k_attn_lanes_join(a);
+    for (; s < n; s++)
+        sum += y ? x[s] * y[s] : x[s];
+    return sum;
+}
+
 // ---------------------------------------------------------------- forward
 
 // Element (bh, t, s) of att: S[t, s] for s <= t, 0 above the diagonal.
@@ -103,18 +121,8 @@ static inline MOE_HD void moe_k_attn_normalise_row(float *att, size_t C, size_t 
 {
     float *row = att + r * C;
     const size_t n = r % C + 1;
-    float a[MOE_K_ATTN_LANES];
-    for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
-        a[j] = 0.0f;
-    size_t s = 0;
-    for (; s + MOE_K_ATTN_LANES <= n; s += MOE_K_ATTN_LANES)
-        for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
-            a[j] += row[s + j];
-    float sum = moe_k_attn_lanes_join(a);
-    for (; s < n; s++)
-        sum += row[s];
-    const float inv = 1.0f / sum;
-    for (s = 0; s < n; s++)
+    const float inv = 1.0f / moe_k_attn_lane_sum(row, NULL, n);
+    for (size_t s = 0; s < n; s++)
         row[s] *= inv;
 }
 
@@ -154,17 +162,8 @@ static inline MOE_HD void moe_k_attn_dsoftmax_row(float *datt, const float *att,
     float *d = datt + r * C;
     const float *p = att + r * C;
     const size_t n = r % C + 1;
-    float a[MOE_K_ATTN_LANES];
-    for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
-        a[j] = 0.0f;
-    size_t s = 0;
-    for (; s + MOE_K_ATTN_LANES <= n; s += MOE_K_ATTN_LANES)
-        for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
-            a[j] += p[s + j] * d[s + j];
-    float pdp = moe_k_attn_lanes_join(a);
-    for (; s < n; s++)
-        pdp += p[s] * d[s];
-    for (s = 0; s < n; s++)
+    const float pdp = moe_k_attn_lane_sum(p, d, n);
+    for (size_t s = 0; s < n; s++)
         d[s] = p[s] * (d[s] - pdp);
 }
 
