@@ -703,6 +703,14 @@ static int setup(struct train_run *r)
     return 0;
 }
 
+// model.safetensors (rank 0; with --expert-parallel, inside moe_ep_write_whole).
+static int write_model(void *ctx, const struct moe_st_ref *const whole[MOE_WHOLE_N], struct moe_err *err)
+{
+    (void)whole;
+    struct train_run *r = ctx;
+    return run_output_model(&r->outs, r->o->lora ? &r->lora : NULL, r->tune.frozen, r->o->merge, err);
+}
+
 int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_opts *o)
 {
     struct train_run r;
@@ -718,12 +726,18 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
     // over processes, every step that may fail on some of them ends in an agreement
     int rc = prepare(&r, &done, &finished);
     rc = agree_options(&r, rc, finished);
-    if (rc || finished || (rc = cli_agree(cmd, o->dist, setup(&r))) || (rc = train(&r, &res)) || cli_rank)
+    if (rc || finished || (rc = cli_agree(cmd, o->dist, setup(&r))) || (rc = train(&r, &res)))
         goto out;
-    if (run_output_model(&r.outs, o->lora ? &r.lora : NULL, r.tune.frozen, o->merge, &err)) {
+    if (moe_params_sharded(&r.model.params)) { // --expert-parallel: every process sends rank 0 its experts
+        rc = moe_ep_write_whole(o->dist, &r.model.params, NULL, write_model, &r, &err);
+        if ((rc = cli_agree(cmd, o->dist, rc ? cli_fail(cmd, &err) : 0)))
+            goto out;
+    } else if (!cli_rank && write_model(&r, NULL, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
+    if (cli_rank)
+        goto out;
     if ((rc = write_summary(&r, &res)))
         goto out;
     cli_log(c, "moe %s: done in %.2f s; outputs in %s/ (config.json, metrics.csv, %s, summary.json)", cmd,

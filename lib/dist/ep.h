@@ -47,6 +47,7 @@
 #include "core/params.h"
 #include "core/status.h"
 #include "dist/dist.h"
+#include "io/safetensors.h"
 #include "moe/dispatch.h"
 #include "moe/experts.h"
 
@@ -121,4 +122,25 @@ void moe_ep_eval_forward(struct moe_ep_layer *x, const struct moe_params *p, flo
 // A round without a micro-batch on this rank: serve the other ranks' exchanges,
 // every layer's forward in order, then every backward in reverse.
 int moe_ep_idle(struct moe_ep *ep, const struct moe_params *p, struct moe_err *err);
+
+// ---- files of a run whose processes hold only their experts (whole.c) ----
+// What a file holds besides the weights, in the registry's layout on each
+// process (NULL: not written): the optimizer moments, the selected snapshot
+// (then best_extra floats of state after the registry's).
+struct moe_whole_src {
+    const float *m, *v, *best;
+    size_t best_extra;
+};
+enum { MOE_WHOLE_M, MOE_WHOLE_V, MOE_WHOLE_BEST, MOE_WHOLE_N };
+// Rank 0's writer: p->whole is set (moe_safetensors_write_params writes the
+// registry whole), whole[] the refs of the moments and the snapshot as one
+// process lays them out (NULL where src has none).
+typedef int (*moe_whole_write_fn)(void *ctx, const struct moe_st_ref *const whole[MOE_WHOLE_N], struct moe_err *err);
+// Collective: rank 0 calls write(ctx, ...), which may write p and src whole
+// into files, every expert tensor's parts sent to it as the writer reaches it
+// (one whole tensor at a time in rank 0's memory); the other ranks send
+// theirs. Returns rank 0's status on rank 0 (the caller agrees).
+int moe_ep_write_whole(struct moe_dist *d, struct moe_params *p, const struct moe_whole_src *src,
+                       moe_whole_write_fn write, void *ctx, struct moe_err *err);
+
 #endif

@@ -615,261 +615,36 @@ static int agree(struct run *r, int rc, struct moe_err *err)
     return r->dist ? moe_dist_agree(r->dist, rc, err) : rc;
 }
 
-// Hand the state to the checkpoint hook.
-// ---- a registry holding this process's experts only (expert parallelism) ----
-// Files hold whole tensors in one process's layout (core/params.h:
-// full_numel, full_offset), so the layout on disk does not depend on N.
-
-// Rank 0's copy in one process's layout (full: full_numel floats, zero-filled;
-// NULL on the other ranks) of a buffer laid out as the registry (weights, a
-// moment, a snapshot): the other tensors from rank 0's own, each expert
-// tensor's parts from their processes (MPI_Gatherv; rank order is expert order).
-static int gather_full(struct run *r, const float *local, float *full, struct moe_err *err)
+// ---- checkpoints of a run whose processes hold only their experts ----
+// Rank 0 writes the file as one process would (its layout does not depend on
+// N); the experts' parts stream to it as the writer reaches them
+// (dist/whole.c).
+static int write_whole(void *ctx, const struct moe_st_ref *const whole[MOE_WHOLE_N], struct moe_err *err)
 {
-    const struct moe_params *p = &r->m->params;
-    const size_t N = (size_t)p->shard_size;
-    size_t *cnt = malloc(N * sizeof *cnt);
-    if (!cnt)
-        return moe_error(err, MOE_ENOMEM, "out of memory");
-    int rc = 0;
-    for (size_t i = 0; !rc && i < p->n; i++) {
-        const struct moe_tensor *t = &p->t[i];
-        if (t->experts) {
-            for (size_t q = 0; q < N; q++)
-                cnt[q] = t->numel;
-            rc = moe_dist_gatherv(r->dist, local + t->offset, cnt, full ? full + t->full_offset : NULL, err);
-        } else if (full) {
-            memcpy(full + t->full_offset, local + t->offset, t->numel * sizeof *full);
-        }
-    }
-    free(cnt);
-    return rc;
-}
-
-// The registry's tensors in one process's layout (offsets, sizes), for rank 0's whole copy.
-static struct moe_tensor *full_tensors(const struct moe_params *p)
-{
-    struct moe_tensor *t = malloc((p->n + 1) * sizeof *t);
-    for (size_t i = 0; t && i < p->n; i++) {
-        t[i] = p->t[i];
-        t[i].offset = t[i].full_offset;
-        t[i].numel = moe_tensor_full_numel(&t[i]);
-        t[i].lo = 0;
-    }
-    return t;
-}
-
-// ---- checkpoints of a sharded run, written by rank 0 as one process would ----
-// Each buffer the file holds in one process's layout (the weights, a moment,
-// the selected snapshot) is assembled while the writer reads it: the
-// replicated tensors from rank 0's own copy, zeros between tensors, the state
-// after the registry (snapshot), and each expert tensor gathered whole
-// (MPI_Gatherv; rank order is expert order) into one buffer when the writer
-// reaches it. Rank 0 so holds one whole expert tensor at a time, not the
-// model. The other ranks take part in the same gathers in the same order; if
-// rank 0's writer stops early it still takes part in the rest (whole_gather).
-// The header's CRC-32s come first: each rank's slices' CRCs are gathered and
-// combined (moe_crc32_combine).
-enum { W_PARAMS, W_M, W_V, W_BEST, W_N };
-
-struct whole_buf {
-    struct run *r;
-    const float *local; // registry layout (numel floats), then n_extra floats (the snapshot's state)
-    size_t n_extra;
-    float *tmp;         // rank 0: the expert tensor held whole
-    size_t next;        // tensors before it are gathered (or not experts)
-    size_t hint;        // the tensor the writer read last
-};
-
-static int whole_gather(struct whole_buf *b, size_t upto, struct moe_err *err)
-{
-    const struct moe_params *p = &b->r->m->params;
-    const size_t N = (size_t)p->shard_size;
-    size_t cnt[N];
-    for (; b->next <= upto && b->next < p->n; b->next++) {
-        const struct moe_tensor *t = &p->t[b->next];
-        if (!t->experts)
-            continue;
-        for (size_t q = 0; q < N; q++)
-            cnt[q] = t->numel;
-        int rc = moe_dist_gatherv(b->r->dist, b->local + t->offset, cnt, b->tmp, err);
-        if (rc)
-            return rc;
-    }
-    return 0;
-}
-
-// Floats f .. f + n - 1 of the buffer in one process's layout (rank 0), in increasing f.
-static int whole_read(struct whole_buf *b, size_t f, float *buf, size_t n, struct moe_err *err)
-{
-    const struct moe_params *p = &b->r->m->params;
-    while (n) {
-        if (f >= p->full_numel) {
-            memcpy(buf, b->local + p->numel + (f - p->full_numel), n * sizeof *buf);
-            return 0;
-        }
-        size_t i = b->hint;
-        while (p->t[i].full_offset + moe_tensor_full_numel(&p->t[i]) <= f)
-            i++;
-        b->hint = i;
-        const struct moe_tensor *t = &p->t[i];
-        size_t k;
-        if (f < t->full_offset) { // the alignment gap before tensor i
-            k = t->full_offset - f < n ? t->full_offset - f : n;
-            memset(buf, 0, k * sizeof *buf);
-        } else {
-            size_t at = f - t->full_offset, len = moe_tensor_full_numel(t);
-            k = len - at < n ? len - at : n;
-            if (t->experts) {
-                int rc = b->next <= i ? whole_gather(b, i, err) : 0;
-                if (rc)
-                    return rc;
-                memcpy(buf, b->tmp + at, k * sizeof *buf);
-            } else {
-                memcpy(buf, b->local + t->offset + at, k * sizeof *buf);
-            }
-        }
-        buf += k;
-        f += k;
-        n -= k;
-    }
-    return 0;
-}
-
-static int whole_fill_flat(void *ctx, size_t off, void *buf, size_t n, struct moe_err *err)
-{
-    return whole_read(ctx, off / sizeof(float), buf, n / sizeof(float), err);
-}
-
-static int whole_fill_tensor(void *ctx, size_t i, size_t off, float *buf, size_t n, struct moe_err *err)
-{
-    struct whole_buf *b = ctx;
-    return whole_read(b, b->r->m->params.t[i].full_offset + off, buf, n, err);
-}
-
-// The CRC-32 of every buffer's whole expert tensors (crc_t[k * p->n + i]) and
-// of the flat buffers in one process's layout (crc_flat[k]), on rank 0.
-static int whole_crcs(struct run *r, struct whole_buf *b, uint32_t *crc_t, uint32_t *crc_flat, struct moe_err *err)
-{
-    const struct moe_params *p = &r->m->params;
-    const size_t N = (size_t)p->shard_size, n = p->n;
-    uint32_t *mine = malloc(W_N * n * sizeof *mine), *all = malloc(N * W_N * n * sizeof *all);
-    int rc = !mine || !all ? moe_error(err, MOE_ENOMEM, "out of memory") : 0;
-    for (size_t k = 0; !rc && k < W_N; k++)
-        for (size_t i = 0; i < n; i++)
-            mine[k * n + i] = b[k].local && p->t[i].experts
-                                  ? moe_crc32(0, b[k].local + p->t[i].offset, p->t[i].numel * sizeof(float)) : 0;
-    if (!rc)
-        rc = moe_dist_allgather(r->dist, mine, W_N * n * sizeof *mine, all, err);
-    static const float zeros[16];
-    for (size_t k = 0; !rc && r->dist->rank == 0 && k < W_N; k++) {
-        if (!b[k].local)
-            continue;
-        uint32_t c = 0;
-        size_t end = 0;
-        for (size_t i = 0; i < n; i++) {
-            const struct moe_tensor *t = &p->t[i];
-            c = moe_crc32(c, zeros, (t->full_offset - end) * sizeof(float)); // the gap (< 16 floats)
-            end = t->full_offset + moe_tensor_full_numel(t);
-            if (!t->experts) {
-                c = moe_crc32(c, b[k].local + t->offset, t->numel * sizeof(float));
-                continue;
-            }
-            uint32_t ct = all[k * n + i];
-            for (size_t q = 1; q < N; q++)
-                ct = moe_crc32_combine(ct, all[(q * W_N + k) * n + i], t->numel * sizeof(float));
-            crc_t[k * n + i] = ct;
-            c = moe_crc32_combine(c, ct, moe_tensor_full_numel(t) * sizeof(float));
-        }
-        crc_flat[k] = moe_crc32(c, b[k].local + p->numel, b[k].n_extra * sizeof(float));
-    }
-    free(mine);
-    free(all);
+    struct run *r = ctx;
+    if (!r->hooks->checkpoint)
+        return 0;
+    r->ck.whole_m = whole[MOE_WHOLE_M];
+    r->ck.whole_v = whole[MOE_WHOLE_V];
+    r->ck.whole_best = whole[MOE_WHOLE_BEST];
+    int rc = r->hooks->checkpoint(r->hooks->ctx, &r->ck, err);
+    r->ck.whole_m = r->ck.whole_v = r->ck.whole_best = NULL;
     return rc;
 }
 
 static int checkpoint_sharded(struct run *r, struct moe_err *err)
 {
-    struct moe_params *p = &r->m->params;
-    const int root = r->dist->rank == 0;
-    size_t largest = 1;
-    for (size_t i = 0; i < p->n; i++)
-        if (p->t[i].experts && moe_tensor_full_numel(&p->t[i]) > largest)
-            largest = moe_tensor_full_numel(&p->t[i]);
-    struct whole_buf b[W_N] = {
-        [W_PARAMS] = { .r = r, .local = p->data },
-        [W_M] = { .r = r, .local = r->opt.m },
-        [W_V] = { .r = r, .local = r->opt.v },
-        [W_BEST] = { .r = r, .local = r->ck.best, .n_extra = r->ck.best ? r->ck.best_n - p->numel : 0 },
-    };
-    float *tmp = root ? moe_alloc(largest, sizeof *tmp) : NULL;
-    uint32_t *crc_t = root ? calloc(W_N * p->n + 1, sizeof *crc_t) : NULL, crc_flat[W_N] = { 0 };
-    int rc = root && (!tmp || !crc_t) ? moe_error(err, MOE_ENOMEM, "out of memory for an expert tensor of %zu floats", largest) : 0;
-    if ((rc = agree(r, rc, err)) || (rc = whole_crcs(r, b, crc_t, crc_flat, err)))
-        goto out;
-    for (int k = 0; k < W_N; k++)
-        b[k].tmp = tmp;
-    if (root && r->hooks->checkpoint) {
-        struct moe_params_whole pw = { .fill = whole_fill_tensor, .ctx = &b[W_PARAMS], .crc = crc_t };
-        struct moe_st_ref ref[W_N];
-        static const char *const name[W_N] = { NULL, "optim.m", "optim.v", "train.best" };
-        for (int k = W_M; k < W_N; k++)
-            ref[k] = (struct moe_st_ref){ .name = name[k], .dtype = MOE_F32, .ndim = 1,
-                                          .shape = { p->full_numel + b[k].n_extra }, .fill = whole_fill_flat,
-                                          .ctx = &b[k], .crc = crc_flat[k] };
-        p->whole = &pw;
-        r->ck.whole_m = r->opt.m ? &ref[W_M] : NULL;
-        r->ck.whole_v = r->opt.v ? &ref[W_V] : NULL;
-        r->ck.whole_best = r->ck.best ? &ref[W_BEST] : NULL;
-        rc = r->hooks->checkpoint(r->hooks->ctx, &r->ck, err);
-        p->whole = NULL;
-        r->ck.whole_m = r->ck.whole_v = r->ck.whole_best = NULL;
-    }
-    // the gathers the writer did not reach (all of them on the other ranks), in the same order
-    for (int k = 0; k < W_N; k++) {
-        int e = b[k].local ? whole_gather(&b[k], p->n, rc ? NULL : err) : 0;
-        rc = rc ? rc : e;
-    }
-out:
-    moe_free(tmp);
-    free(crc_t);
-    return rc;
+    struct moe_whole_src src = { .m = r->opt.m, .v = r->opt.v, .best = r->ck.best,
+                                 .best_extra = r->ck.best ? r->ck.best_n - r->m->params.numel : 0 };
+    return moe_ep_write_whole(r->dist, &r->m->params, &src, write_whole, r, err);
 }
 
+// Hand the state to the checkpoint hook.
 static int checkpoint(struct run *r, struct moe_err *err)
 {
     if (r->sharded)
         return agree(r, checkpoint_sharded(r, err), err);
     return agree(r, r->hooks->checkpoint ? r->hooks->checkpoint(r->hooks->ctx, &r->ck, err) : 0, err);
-}
-
-// The end of a sharded run: rank 0 takes every expert (MPI_Gatherv) and its
-// registry becomes one process's, for the caller to write the model; the
-// others keep theirs. The gradients are not kept.
-static int unshard(struct run *r, struct moe_err *err)
-{
-    struct moe_params *p = &r->m->params;
-    const int root = r->dist->rank == 0;
-    float *w = NULL;
-    struct moe_tensor *t = NULL;
-    int rc = 0;
-    if (root && (!(t = full_tensors(p)) || !(w = moe_alloc(p->full_numel, sizeof *w))))
-        rc = moe_error(err, MOE_ENOMEM, "out of memory for the whole model on rank 0 (%zu floats)", p->full_numel);
-    if ((rc = agree(r, rc, err)) || (rc = gather_full(r, p->data, w, err)) || !root) {
-        free(t);
-        moe_free(w);
-        return rc;
-    }
-    free(p->t);
-    moe_free(p->data);
-    moe_free(p->grad);
-    p->t = t;
-    p->data = w;
-    p->grad = NULL;
-    p->numel = p->full_numel;
-    p->shard_size = 1;
-    p->shard_rank = 0;
-    return 0;
 }
 
 // A resumed sharded run: the moments and the selected snapshot are read whole
@@ -1603,8 +1378,6 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
     double train0 = r.ck.pos.train_seconds;
     if (!rc)
         rc = run_epochs(&r, ret, err);
-    if (!rc && r.sharded)
-        rc = unshard(&r, err);
     const struct moe_train_pos *pos = &r.ck.pos;
     ret->steps = pos->steps;
     ret->criterion_epoch = pos->criterion_epoch;
