@@ -14,7 +14,10 @@ n = words(S)
 idx(s) = (p = strstrt(S, " ".s." "), p ? words(S[1:p]) : NaN)
 stats out."/table.csv" every ::1::1 using 5 nooutput
 dense = 100 * STATS_min
-set title "Fashion-MNIST, every router at equal active parameters (8 epochs; higher is better)\ndots: one per seed; diamond and bars: mean ± sample SD over 3 seeds; dashed: dense mean"
+stats out."/runs.csv" every ::1 using 2 nooutput
+nseed = int(STATS_max)
+step = nseed > 3 ? 0.05 : 0.07
+set title "Fashion-MNIST, every router at equal active parameters (8 epochs; higher is better)\ndots: one per seed; diamond and bars: mean ± sample SD over ".nseed." seeds; dashed: dense mean"
 set ylabel "test accuracy (%)"
 set xrange [-0.6:n-0.4]
 set xtics rotate by 25 right nomirror
@@ -22,8 +25,8 @@ set grid ytics lc rgb "#dddddd"
 set arrow from -0.6, dense to n-0.4, dense nohead dt 2 lc rgb "#888888"
 set key bottom right box opaque samplen 1
 # seeds coloured alike across systems: the comparisons in the README are paired by seed
-seedc = "#1f77b4 #ff7f0e #2ca02c"
-plot for [sd=1:3] out."/runs.csv" every ::1 using (idx(strcol(1)) - 0.2 + 0.07*(sd - 1)):($2 == sd ? 100*$5 : 1/0) \
+seedc = "#1f77b4 #ff7f0e #2ca02c #9467bd #8c564b #e377c2 #7f7f7f"
+plot for [sd=1:nseed] out."/runs.csv" every ::1 using (idx(strcol(1)) - 0.2 + step*(sd - 1)):($2 == sd ? 100*$5 : 1/0) \
          with points pt 7 ps 0.8 lc rgb word(seedc, sd) title "seed ".sd, \
      out."/table.csv" every ::1 using 0:(1/0):xticlabels(1) with points notitle, \
      out."/table.csv" every ::1 using ($0 + 0.15):(100*$5):(100*$6) \

@@ -8,9 +8,10 @@
 # the raw router probability (DeepSeekMoE; router "switch", the same as "deepseek" at top-1, no jitter);
 # shared-expert-renorm uses the renormalised top-1 softmax, whose gate is always 1,
 # so its router learns from the balancing loss alone (kept to show the pitfall). Token-choice routers train with
-# capacity factor 1.25 and evaluate with 2.0 (the Switch defaults). 3 seeds.
+# capacity factor 1.25 and evaluate with 2.0 (the Switch defaults). Seeds 1 2 3
+# (SEEDS="1 2" to choose); THREADS threads per run (moe's default when unset).
 #
-#   bash experiments/routers/run.sh [MOE_BINARY]
+#   [SEEDS="1 2 3"] [THREADS=1] bash experiments/routers/run.sh [MOE_BINARY]
 #
 # Writes results/routers/runs.csv, table.csv (mean and sd over seeds), command.txt.
 # Time per step is reported as a ratio to the dense model trained in the same
@@ -29,7 +30,7 @@ seeds=(${SEEDS:-1 2 3})
 threads=($(thread_args))
 expected_time "about 20 minutes (33 training runs at 3 seeds)"
 mkdir -p "$out" "$work"
-{ echo "bash experiments/routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
+{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-} bash experiments/routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 
 # name | settings (space-separated key=value)
 systems=(

@@ -2,9 +2,10 @@
 # Shazeer et al. (2017), Table 6: how the importance and load losses balance a
 # noisy top-k gate. Here: noisy top-2 over E = 8 or 16 experts in both blocks of
 # an MLP-MoE on Fashion-MNIST, w_importance = w_load = w in {0, 0.01, 0.1, 1},
-# 3 seeds, dropless (so load figures show the router, not the capacity).
+# seeds 1 2 3 (SEEDS="1 2" to choose; THREADS threads per run, moe's default when
+# unset), dropless (so load figures show the router, not the capacity).
 #
-#   bash experiments/shazeer2017/run.sh [MOE_BINARY]
+#   [SEEDS="1 2 3"] [THREADS=1] bash experiments/shazeer2017/run.sh [MOE_BINARY]
 #
 # Writes results/shazeer2017/runs.csv (one row per run), table.csv (mean and sd
 # over seeds) and command.txt. Run directories go to runs/shazeer2017/.
@@ -24,7 +25,7 @@ expected_time "about 10 minutes (24 training runs at 3 seeds)"
 experts=(8 16)
 weights=(0 0.01 0.1 1)
 mkdir -p "$out" "$work"
-{ echo "bash experiments/shazeer2017/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
+{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-} bash experiments/shazeer2017/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 
 cols="experts,w,seed,test_accuracy,test_importance_cv,test_load_cv,test_load_max_mean,train_importance_cv,train_load_cv,train_load_max_mean,aux_loss"
 echo "$cols" > "$out/runs.csv"

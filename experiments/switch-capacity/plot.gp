@@ -1,5 +1,5 @@
 # plot.gp: Switch capacity factor sweep (section 1 of the README), from OUT/capacity-runs.csv (each
-# dot one seed) and OUT/capacity.csv (lines: means; bars: sample SD over the 3 seeds). Two panels
+# dot one seed) and OUT/capacity.csv (lines: means; bars: sample SD over the seeds). Two panels
 # against the training capacity factor: test accuracy evaluated at the training cf and at cf 2.0;
 # the fraction of tokens dropped in training and in evaluation at the training cf.
 #   gnuplot -e "out='results/switch-capacity'" experiments/switch-capacity/plot.gp
@@ -15,7 +15,9 @@ set xtics (0.5, 0.75, 1.0, 1.25, 2.0) nomirror
 set xlabel "training capacity factor cf (capacity = ceil(cf·T/E) per batch)"
 set grid ytics lc rgb "#dddddd"
 ca = "#1f77b4"; cb = "#d62728"
-set multiplot layout 1,2 title "Switch top-1, 8 experts, Fashion-MNIST, α = 0.01 (dots: one per seed; lines: mean; bars: sample SD over 3 seeds)"
+stats runs every ::1 using 2 nooutput
+nseed = int(STATS_max)
+set multiplot layout 1,2 title "Switch top-1, 8 experts, Fashion-MNIST, α = 0.01 (dots: one per seed; lines: mean; bars: sample SD over ".nseed." seeds)"
 set title "test accuracy (higher is better)"
 set ylabel "test accuracy (%)"
 set key bottom right box opaque samplen 2

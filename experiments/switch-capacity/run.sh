@@ -7,9 +7,10 @@
 #     factor and at 2.0: dropped fraction and test accuracy.
 #  2. alpha in {0, 0.001, 0.01, 0.1} at capacity factor 1.25 (evaluation 2.0):
 #     load balance (CV and max/mean of tokens per expert) and test accuracy.
-# 3 seeds each.
+# Seeds 1 2 3 each (SEEDS="1 2" to choose); THREADS threads per run (moe's default
+# when unset).
 #
-#   bash experiments/switch-capacity/run.sh [MOE_BINARY]
+#   [SEEDS="1 2 3"] [THREADS=1] bash experiments/switch-capacity/run.sh [MOE_BINARY]
 #
 # Writes results/switch-capacity/capacity-runs.csv, capacity.csv (mean/sd over
 # seeds), alpha-runs.csv, alpha.csv, command.txt. Run directories: runs/switch-capacity/.
@@ -29,7 +30,7 @@ expected_time "about 7 minutes (27 training runs at 3 seeds)"
 factors=(0.5 0.75 1.0 1.25 2.0)
 alphas=(0 0.001 0.01 0.1)
 mkdir -p "$out" "$work"
-{ echo "bash experiments/switch-capacity/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
+{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-} bash experiments/switch-capacity/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 switch=(--config "$root/experiments/common/fmnist-moe.json" --quiet
         --set model.n_expert=8 --set model.n_expert_used=1 --set moe.router='"switch"'
         --set moe.jitter=0.01 --set moe.aux_loss='"switch"')

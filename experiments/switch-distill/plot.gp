@@ -21,11 +21,14 @@ stats out."/table.csv" every ::1 using (strcol(1) eq "baseline" ? scale*$5 : NaN
 base = STATS_min
 stats out."/table.csv" every ::1 using (strcol(1) eq "teacher" ? scale*$5 : NaN) nooutput
 teach = STATS_min
+stats out."/runs.csv" every ::1 using 2 nooutput
+nseed = int(STATS_max)
+step = nseed > 3 ? 0.05 : 0.07
 if (lm) {
-  set title "Switch teacher distilled into a dense student, byte-level LM on fortunes (lower is better)\ndots: one per seed; diamond and bars: mean ± sample SD over 3 seeds; dashed: baseline mean; dotted: teacher mean"
+  set title "Switch teacher distilled into a dense student, byte-level LM on fortunes (lower is better)\ndots: one per seed; diamond and bars: mean ± sample SD over ".nseed." seeds; dashed: baseline mean; dotted: teacher mean"
   set ylabel "validation bits per byte"
 } else {
-  set title "Switch teacher distilled into a dense student, Fashion-MNIST (higher is better)\ndots: one per seed; diamond and bars: mean ± sample SD over 3 seeds; dashed: baseline mean; dotted: teacher mean"
+  set title "Switch teacher distilled into a dense student, Fashion-MNIST (higher is better)\ndots: one per seed; diamond and bars: mean ± sample SD over ".nseed." seeds; dashed: baseline mean; dotted: teacher mean"
   set ylabel "test accuracy (%)"
 }
 set xrange [-0.6:n-0.4]
@@ -35,8 +38,8 @@ set key box opaque samplen 1
 if (lm) { set key bottom left } else { set key top left }
 set arrow from -0.6, base to n-0.4, base nohead dt 2 lc rgb "#888888"
 set arrow from -0.6, teach to n-0.4, teach nohead dt 3 lc rgb "#888888"
-seedc = "#1f77b4 #ff7f0e #2ca02c"
-plot for [sd=1:3] out."/runs.csv" every ::1 using (idx(strcol(1)) - 0.2 + 0.07*(sd - 1)):($2 == sd ? scale*$5 : 1/0) \
+seedc = "#1f77b4 #ff7f0e #2ca02c #9467bd #8c564b #e377c2 #7f7f7f"
+plot for [sd=1:nseed] out."/runs.csv" every ::1 using (idx(strcol(1)) - 0.2 + step*(sd - 1)):($2 == sd ? scale*$5 : 1/0) \
          with points pt 7 ps 0.8 lc rgb word(seedc, sd) title "seed ".sd, \
      out."/table.csv" every ::1 using 0:(1/0):xticlabels(1) with points notitle, \
      out."/table.csv" every ::1 using ($0 + 0.15):(scale*$5):(scale*$6) \
