@@ -333,7 +333,7 @@ struct run {
     float *acc;                      // accum > 1: the segments' gradients summed so far, one after another
     size_t numel;                    // floats in the segments, one after another
     // Data parallelism (hooks->dist with N > 1 processes; see dp_step): this
-    // rank's micro-batches' raw gradients (per_rank slots of numel), the
+    // rank's micro-batches' raw gradients (per_rank slots of dp_n floats), the
     // buffers of the exchange, and one micro-batch's statistics on the wire.
     struct moe_dist *dist;
     size_t per_rank;                 // micro-batches per rank: accum / N
@@ -539,7 +539,9 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->gm_valid = calloc(m->n_expert + 1, sizeof *r->gm_valid);
     if (!r->perm || !r->gm_train || !r->gm_test || !r->gm_valid)
         return moe_error(err, MOE_ENOMEM, "out of memory");
-    if (r->accum > 1 && !(r->acc = malloc((numel ? numel : 1) * sizeof *r->acc)))
+    // over processes the sum is dp_step's (and the experts' processes'), not r->acc
+    int over = hooks->dist && hooks->dist->size > 1;
+    if (r->accum > 1 && !over && !(r->acc = malloc((numel ? numel : 1) * sizeof *r->acc)))
         return moe_error(err, MOE_ENOMEM, "out of memory for the gradient accumulator (%zu floats)", numel);
     if (r->accum > 1 && (rc = moe_train_stats_init(&r->sm, m, tr, err)))
         return rc;
