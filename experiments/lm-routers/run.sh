@@ -12,7 +12,7 @@
 # windows (1.5M training tokens), 3 seeds.
 #
 #   bash experiments/data/fortunes.sh        # once: the corpus
-#   bash experiments/lm-routers/run.sh [MOE_BINARY]
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] bash experiments/lm-routers/run.sh [MOE_BINARY]
 #
 # Writes results/lm-routers/runs.csv, table.csv (mean and sd over seeds),
 # command.txt. Tokens per second is also given as a ratio to the dense model
@@ -30,7 +30,7 @@ seeds=(${SEEDS:-1 2 3})
 threads=($(thread_args))
 expected_time "about 23 minutes (18 training runs at 3 seeds)"
 mkdir -p "$out" "$work"
-{ echo "bash experiments/lm-routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"; provenance "$moe"; } > "$out/command.txt"
+{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-unset} bash experiments/lm-routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"; provenance "$moe"; } > "$out/command.txt"
 
 # name | settings (space-separated key=value)
 systems=(
