@@ -326,8 +326,12 @@ t_ep_memory() {
     [ -z "${ASAN_OPTIONS:-}" ] || { echo "# under AddressSanitizer the resident memory says nothing: not measured"; return 0; }
     /usr/bin/time -f "one %M" "${TO[@]}" "$MOE" train --config big.json --out big1 --quiet --threads 1 >/dev/null 2>big1.rss ||
         { fail "one process: $(cat big1.rss)"; return 1; }
-    mpi -np 4 bash -c '/usr/bin/time -f "rank $OMPI_COMM_WORLD_RANK %M" "$0" train --config big.json --out big4 --quiet --threads 1 --expert-parallel 4 >/dev/null' \
-        "$MOE" 2>big4.rss || { fail "4 processes: $(cat big4.rss)"; return 1; }
+    # each process's figure into its own file (-o): lines written to one shared
+    # stderr by four processes can interleave mid-line
+    rm -f big4.rss.*
+    mpi -np 4 bash -c '/usr/bin/time -o "big4.rss.$OMPI_COMM_WORLD_RANK" -f "rank $OMPI_COMM_WORLD_RANK %M" "$0" train --config big.json --out big4 --quiet --threads 1 --expert-parallel 4 >/dev/null' \
+        "$MOE" 2>big4.err || { fail "4 processes: $(cat big4.err)"; return 1; }
+    cat big4.rss.* > big4.rss
     same_files big1 big4 metrics.csv model.safetensors || return 1
     local one
     one=$(awk '$1 == "one" { print $2 }' big1.rss)
