@@ -230,6 +230,20 @@ START_TEST(test_params_registry)
     moe_params_grad(&p, 0)[14] = 2.0f;
     moe_params_zero_grad(&p);
     ck_assert_float_eq(moe_params_grad(&p, 0)[14], 0.0f);
+    // a tensor whose backward writes its gradient whole is left alone, the rest cleared
+    moe_params_mark_grad_set(&p, 0);
+    for (size_t i = 0; i < p.numel; i++)
+        p.grad[i] = 3.0f;
+    moe_params_zero_grad(&p);
+    for (size_t i = 0; i < p.numel; i++)
+        ck_assert_float_eq(p.grad[i], i < 15 ? 3.0f : 0.0f);
+    p.t[0].grad_set = 0;
+    moe_params_mark_grad_set(&p, 1);
+    for (size_t i = 0; i < p.numel; i++)
+        p.grad[i] = 3.0f;
+    moe_params_zero_grad(&p);
+    for (size_t i = 0; i < p.numel; i++)
+        ck_assert_float_eq(p.grad[i], i >= p.t[1].offset && i < p.t[1].offset + 7 ? 3.0f : 0.0f);
     ck_assert_int_eq(moe_params_add(&p, "late", MOE_SHAPE(1), &err), MOE_EINVAL);
     char buf[64];
     moe_shape_str(p.t[0].ndim, p.t[0].shape, buf, sizeof buf);

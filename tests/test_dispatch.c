@@ -677,7 +677,7 @@ START_TEST(test_experts_grad)
             for (size_t i = 0; i < GE * GF * GD; i++)
                 dw1[i] = dw3[i] = dw2[i] = 0.5f;
             moe_experts_backward(dx, dgate, dw1, sw ? dw3 : NULL, dw2, c.r, c.x, c.gate, &d, c.w1, sw ? c.w3 : NULL,
-                                 c.w2, &buf, c.act);
+                                 c.w2, &buf, c.act, 1.0f);
             for (size_t i = 0; i < GT * GS; i++) // no gradient for dropped or unused slots
                 if (d.slot_row[i] < 0)
                     ck_assert_float_eq(dgate[i], 0.5f);
@@ -693,11 +693,24 @@ START_TEST(test_experts_grad)
             memset(dw3b, 0, sizeof dw3b);
             memset(dw2b, 0, sizeof dw2b);
             moe_experts_backward(NULL, NULL, dw1b, sw ? dw3b : NULL, dw2b, c.r, c.x, c.gate, &d, c.w1,
-                                 sw ? c.w3 : NULL, c.w2, &buf, c.act);
+                                 sw ? c.w3 : NULL, c.w2, &buf, c.act, 1.0f);
             for (size_t i = 0; i < GE * GF * GD; i++) {
                 ck_assert_float_eq_tol(dw1b[i], dw1[i], 1e-6f);
                 ck_assert_float_eq_tol(dw3b[i], dw3[i], 1e-6f);
                 ck_assert_float_eq_tol(dw2b[i], dw2[i], 1e-6f);
+            }
+            // written (beta 0) over NaN: the old contents are not read, and the
+            // values equal those added into zeros
+            float dw1w[GE * GF * GD], dw3w[GE * GF * GD], dw2w[GE * GD * GF];
+            for (size_t i = 0; i < GE * GF * GD; i++)
+                dw1w[i] = dw3w[i] = dw2w[i] = NAN;
+            moe_experts_backward(NULL, NULL, dw1w, sw ? dw3w : NULL, dw2w, c.r, c.x, c.gate, &d, c.w1,
+                                 sw ? c.w3 : NULL, c.w2, &buf, c.act, 0.0f);
+            for (size_t i = 0; i < GE * GF * GD; i++) {
+                ck_assert_float_eq(dw1w[i], dw1b[i]);
+                if (sw)
+                    ck_assert_float_eq(dw3w[i], dw3b[i]);
+                ck_assert_float_eq(dw2w[i], dw2b[i]);
             }
 
             char what[48], tag[24];
@@ -783,12 +796,25 @@ static void thr_run(enum moe_ffn_act act, int skew, struct thr_out *o)
     memset(o->out, 0, TT * TD * sizeof(float));
     memset(o->dx, 0, TT * TD * sizeof(float));
     memset(o->dgate, 0, TT * TS * sizeof(float));
-    memset(o->dw1, 0, TE * TF * TD * sizeof(float));
-    memset(o->dw3, 0, TE * TF * TD * sizeof(float));
-    memset(o->dw2, 0, TE * TD * TF * sizeof(float));
+    // the weight gradients written (beta 0) over NaN: a missed block stays NaN, and
+    // the empty expert 3 must come out zero
+    for (size_t i = 0; i < TE * TF * TD; i++)
+        o->dw1[i] = o->dw3[i] = o->dw2[i] = NAN;
     moe_experts_forward(o->out, x, gate, &d, w1, sw ? w3 : NULL, w2, &buf, act);
     moe_experts_backward(o->dx, o->dgate, o->dw1, sw ? o->dw3 : NULL, o->dw2, dout, x, gate, &d, w1, sw ? w3 : NULL,
-                         w2, &buf, act);
+                         w2, &buf, act, 0.0f);
+    for (size_t i = 0; i < TE * TF * TD; i++) {
+        ck_assert(isfinite(o->dw1[i]) && isfinite(o->dw2[i]));
+        ck_assert(!sw || isfinite(o->dw3[i]));
+    }
+    for (size_t i = 3 * TF * TD; i < 4 * TF * TD; i++) {
+        ck_assert_float_eq(o->dw1[i], 0.0f);
+        ck_assert_float_eq(o->dw2[i], 0.0f);
+        if (sw)
+            ck_assert_float_eq(o->dw3[i], 0.0f);
+    }
+    if (!sw)
+        memset(o->dw3, 0, TE * TF * TD * sizeof(float)); // not computed
     moe_experts_buf_release(&buf);
     moe_dispatch_release(&d);
     free(idx), free(prio), free(gate), free(x), free(dout), free(w1), free(w3), free(w2);

@@ -502,6 +502,10 @@ static void check_model(const char *json, enum moe_task task, const char *label)
     }
 
     // analytic: gradient of the batch-mean loss, accumulated into a zeroed grad
+    // (NaN first: a gradient the backward is trusted to write whole, the
+    // experts', and leaves in part would fail the checks below)
+    for (size_t i = 0; i < c.m.params.numel; i++)
+        c.m.params.grad[i] = NAN;
     moe_params_zero_grad(&c.m.params);
     moe_stats_reset(&c.st);
     rc = moe_model_run(&c.m, &c.b, 1, &c.st, &err);

@@ -764,7 +764,7 @@ START_TEST(test_dispatch)
         fill(dout, T * D, 405, -1.0f, 1.0f);
         float *yd = malloc((TS + 1) * D * 4);
         memcpy(yd, buf.yd, n_rows * D * 4); // the backward may reuse the forward's buffers
-        moe_experts_backward(NULL, dgate1, dw1, NULL, dw2, dout, x, gate, &d, w1, NULL, w2, &buf, MOE_FFN_RELU);
+        moe_experts_backward(NULL, dgate1, dw1, NULL, dw2, dout, x, gate, &d, w1, NULL, w2, &buf, MOE_FFN_RELU, 1.0f);
         for (size_t row = 0; row < n_rows; row++) // one thread per row
             moe_k_combine_backward(dyd, dgate2, dout, yd, gate, row_tok, row_slot, S, D, row);
         same_floats(dgate1, dgate2, TS, "gate gradient");

@@ -86,6 +86,12 @@ void moe_params_mark_experts(struct moe_params *p, int idx)
         p->t[idx].experts = 1;
 }
 
+void moe_params_mark_grad_set(struct moe_params *p, int idx)
+{
+    if (idx >= 0 && (size_t)idx < p->n)
+        p->t[idx].grad_set = 1;
+}
+
 size_t moe_tensor_full_numel(const struct moe_tensor *t)
 {
     size_t n = 1;
@@ -187,10 +193,23 @@ void moe_fold(float *a, const float *g, float *out, size_t n, float w, size_t k,
     }
 }
 
+// Clears every run of tensors not marked grad_set, padding included (the
+// padding is never written, so clearing it or not changes nothing).
 void moe_params_zero_grad(struct moe_params *p)
 {
-    if (p->grad)
-        moe_zero(p->grad, p->numel);
+    if (!p->grad)
+        return;
+    size_t from = 0; // start of the run not yet cleared
+    for (size_t i = 0; i < p->n; i++) {
+        const struct moe_tensor *t = &p->t[i];
+        if (!t->grad_set)
+            continue;
+        if (t->offset > from)
+            moe_zero(p->grad + from, t->offset - from);
+        from = t->offset + t->numel;
+    }
+    if (p->numel > from)
+        moe_zero(p->grad + from, p->numel - from);
 }
 
 void moe_params_release(struct moe_params *p)

@@ -22,6 +22,7 @@ struct moe_tensor {
     size_t numel;  // floats held here (the whole tensor, or this process's experts of a sharded one)
     size_t offset; // in floats, into data and grad
     int experts;   // the first dimension indexes a sparse layer's routed experts (may be sharded)
+    int grad_set;  // every backward pass writes the whole gradient (moe_params_zero_grad leaves it)
     size_t lo;     // sharded: the first expert held here (experts lo .. lo + shape[0] / shard_size - 1), else 0
     size_t full_offset; // the tensor's offset in one process's layout (every expert held)
 };
@@ -65,6 +66,12 @@ int moe_params_add(struct moe_params *p, const char *name, int ndim, const size_
 // Mark tensor idx as a sparse layer's routed experts (first dimension E): it
 // is the one kind of tensor expert parallelism splits over processes.
 void moe_params_mark_experts(struct moe_params *p, int idx);
+// Mark tensor idx as one whose gradient the model's backward pass writes
+// whole, every element, every pass (beta 0 GEMMs, zeros where nothing flowed):
+// moe_params_zero_grad does not clear it, which saves a pass over memory
+// (for routed experts, most of the gradient). A tensor whose backward may
+// skip it or add into it must not be marked.
+void moe_params_mark_grad_set(struct moe_params *p, int idx);
 // Allocate data and grad (zero-filled, 64-byte aligned) once every tensor is
 // declared; with shard_size > 1, the marked tensors hold this process's
 // experts only (a shape[0] not divisible by shard_size is MOE_ECONFIG).

@@ -169,6 +169,13 @@ int moe_plan_mark_experts(struct moe_plan *p)
     return p->rc;
 }
 
+int moe_plan_mark_grad_set(struct moe_plan *p)
+{
+    if (!p->rc && p->n && p->e[p->n - 1].role == MOE_ROLE_PARAM)
+        p->e[p->n - 1].grad_set = 1;
+    return p->rc;
+}
+
 int moe_plan_buf(struct moe_plan *p, void *bind, enum moe_role role, enum moe_plan_dtype dt, int ndim,
                  const struct moe_dim *d, const char *fmt, ...)
 {
@@ -214,6 +221,8 @@ int moe_plan_register(struct moe_plan *p, struct moe_params *params)
             *e->index = idx;
         if (e->experts)
             moe_params_mark_experts(params, idx);
+        if (e->grad_set)
+            moe_params_mark_grad_set(params, idx);
     }
     return 0;
 }

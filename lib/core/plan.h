@@ -58,6 +58,7 @@ struct moe_plan_entry {
     void *bind;     // buffers: the pointer variable that receives the address
     int *index;     // parameters: receives the registry index
     int experts;    // parameters: a sparse layer's routed experts (first dimension), which may be sharded
+    int grad_set;   // parameters: the backward writes the whole gradient (moe_params_mark_grad_set)
     void *own;      // buffers allocated one by one (sanitizer builds), else NULL
 };
 
@@ -85,6 +86,9 @@ int moe_plan_param(struct moe_plan *p, int *index, int ndim, const struct moe_di
 // Mark the parameter just declared as a sparse layer's routed experts, its
 // first dimension the expert (moe_params_mark_experts). Returns p->rc.
 int moe_plan_mark_experts(struct moe_plan *p);
+// Mark the parameter just declared as one whose gradient every backward pass
+// writes whole (moe_params_mark_grad_set). Returns p->rc.
+int moe_plan_mark_grad_set(struct moe_plan *p);
 // Declare a buffer; bind is the address of the pointer variable (float **,
 // int32_t **, ...) that gets the buffer, zero-filled, at moe_plan_alloc.
 // Returns p->rc.

@@ -280,7 +280,7 @@ static void forward_exchange(struct moe_ep_layer *x, const struct moe_params *p,
     const float *w1, *w3, *w2;
     weights(x, p, &w1, &w3, &w2);
     for (size_t q = 0; q < N; q++)
-        moe_experts_blocks(&x->view[q], &x->vplan[q], 1, 0, NULL, NULL, NULL, w1, w3, w2, x->l->c.act);
+        moe_experts_blocks(&x->view[q], &x->vplan[q], 1, 0, 1.0f, NULL, NULL, NULL, w1, w3, w2, x->l->c.act);
     t0 = moe_prof_clock();
     swap_floats(x, x->own.yd, x->recv_rows, plan ? buf->yd : NULL, x->send_rows, D);
     ep->seconds += moe_prof_clock() - t0;
@@ -302,16 +302,13 @@ static void backward_exchange(struct moe_ep_layer *x, const struct moe_params *p
     const float *w1, *w3, *w2;
     weights(x, p, &w1, &w3, &w2);
     for (size_t q = 0; q < N; q++) {
-        // micro-batch k's gradients into the tensors, then into the running sum
+        // micro-batch k's gradients written into the tensors (beta 0), then into the running sum
         size_t k = ep->round * N + q;
         if (k >= ep->M)
             continue; // no micro-batch there: no rows
         float *g[3], *acc[3] = { x->g, w3 ? x->g + El * FD : NULL, x->g + (w3 ? 2 : 1) * El * FD };
         grads(x, p, &g[0], &g[1], &g[2]);
-        for (int t = 0; t < 3; t++)
-            if (g[t])
-                moe_zero(g[t], El * FD);
-        moe_experts_blocks(&x->view[q], &x->vplan[q], 0, 1, g[0], g[1], g[2], w1, w3, w2, x->l->c.act);
+        moe_experts_blocks(&x->view[q], &x->vplan[q], 0, 1, 0.0f, g[0], g[1], g[2], w1, w3, w2, x->l->c.act);
         for (int t = 0; ep->M > 1 && t < 3; t++) // one micro-batch: its gradient as it is
             if (g[t])
                 moe_fold(acc[t], g[t], g[t], El * FD, ep->w[k], k, k + 1 == ep->M);
@@ -362,7 +359,7 @@ void moe_ep_eval_forward(struct moe_ep_layer *x, const struct moe_params *p, flo
         w.b = buf->b ? buf->b + base * F : NULL;
         const float *w1, *w3, *w2;
         weights(x, p, &w1, &w3, &w2);
-        moe_experts_blocks(&w, &v, 1, 0, NULL, NULL, NULL, w1, w3, w2, x->l->c.act);
+        moe_experts_blocks(&w, &v, 1, 0, 1.0f, NULL, NULL, NULL, w1, w3, w2, x->l->c.act);
         double t0 = moe_prof_clock();
         for (size_t q = 0; q < N; q++)
             x->cnt[q] = (plan->offset[(q + 1) * El] - plan->offset[q * El]) * D;

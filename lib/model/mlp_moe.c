@@ -220,7 +220,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
                                   b->i_w3 >= 0 ? moe_params_grad(p, b->i_w3) : NULL, moe_params_grad(p, b->i_w2),
                                   n->dhh, n->da, n->db, dffn, nl, b->a, b->b, b->hh, moe_params_data(p, b->i_w1),
                                   b->i_w3 >= 0 ? moe_params_data(p, b->i_w3) : NULL, moe_params_data(p, b->i_w2), T,
-                                  D, Fd, n->act, &d_ffn, NULL, NULL, 0);
+                                  D, Fd, n->act, &d_ffn, NULL, NULL, 0, 1.0f);
             if (kd && kd->ffn_importance) // every row is an example with loss (1/T)-scaled in the batch mean
                 moe_ffn_importance_add(kd->ffn_importance + l * Fd, b->a, b->b, b->hh, n->dhh, n->da, n->db, T, Fd, 1,
                                        (double)T, n->act);

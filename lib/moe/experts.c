@@ -96,22 +96,39 @@ void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, 
                       enum moe_ffn_act act)
 {
     moe_ffn_backward_drop(dx, dw1, dw3, dw2, dh, da, db, dy, x, a, b, h, w1, w3, w2, N, D, F, act, NULL, NULL, NULL,
-                          0);
+                          0, 1.0f);
+}
+
+// One of the FFN's input projections, y = x W^T (nn/linear.c) with W (O, I):
+// dx (N, I) += dy W, dw = beta_dw dw + dy^T x, in that order.
+static void in_proj_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, size_t N,
+                             size_t I, size_t O, float beta_dw)
+{
+    if (dx)
+        moe_gemm(0, 0, N, I, O, 1.0f, dy, O, w, I, 1.0f, dx, I);
+    moe_gemm(1, 0, O, I, N, 1.0f, dy, O, x, I, beta_dw, dw, I);
 }
 
 void moe_ffn_backward_drop(float *dx, float *dw1, float *dw3, float *dw2, float *dh, float *da, float *db,
                            const float *dy, const float *x, const float *a, const float *b, const float *h,
                            const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
                            enum moe_ffn_act act, const struct moe_dropout *drop, const int32_t *row_tok,
-                           const int32_t *row_slot, size_t S)
+                           const int32_t *row_slot, size_t S, float beta_dw)
 {
-    if (N == 0)
+    if (N == 0) {
+        if (beta_dw == 0.0f) { // written: nothing flowed, so zeros
+            moe_zero(dw1, F * D);
+            if (dw3)
+                moe_zero(dw3, F * D);
+            moe_zero(dw2, D * F);
+        }
         return;
+    }
     const size_t n = N * F;
-    // dh = dy . W2 (written, beta 0: no pass to clear it first), dW2 += dy^T . h
+    // dh = dy . W2 (written, beta 0: no pass to clear it first), dW2 = beta_dw dW2 + dy^T . h
     double t0 = moe_prof_begin();
     moe_gemm(0, 0, N, F, D, 1.0f, dy, D, w2, F, 0.0f, dh, F);
-    moe_gemm(1, 0, D, F, N, 1.0f, dy, D, h, F, 1.0f, dw2, F);
+    moe_gemm(1, 0, D, F, N, 1.0f, dy, D, h, F, beta_dw, dw2, F);
     moe_prof_end(MOE_PHASE_FFN_GEMM, t0);
     t0 = moe_prof_begin();
     moe_dropout_rows(drop, dh, N, F, row_tok, row_slot, S);
@@ -142,8 +159,8 @@ void moe_ffn_backward_drop(float *dx, float *dw1, float *dw3, float *dw2, float 
     moe_prof_end(MOE_PHASE_ACTIVATION, t0);
     t0 = moe_prof_begin();
     if (act == MOE_FFN_SWIGLU)
-        moe_linear_backward(dx, D, dw3, NULL, db, F, x, D, w3, N, D, F);
-    moe_linear_backward(dx, D, dw1, NULL, da, F, x, D, w1, N, D, F);
+        in_proj_backward(dx, dw3, db, x, w3, N, D, F, beta_dw);
+    in_proj_backward(dx, dw1, da, x, w1, N, D, F, beta_dw);
     moe_prof_end(MOE_PHASE_FFN_GEMM, t0);
 }
 
@@ -241,7 +258,7 @@ static void expert_forward(struct moe_experts_buf *buf, const struct moe_dispatc
 }
 
 static void expert_backward(struct moe_experts_buf *buf, const struct moe_dispatch *plan, size_t e, int with_dx,
-                            float *dw1, float *dw3, float *dw2, const float *w1, const float *w3, const float *w2,
+                            float beta_dw, float *dw1, float *dw3, float *dw2, const float *w1, const float *w3, const float *w2,
                             enum moe_ffn_act act)
 {
     const size_t D = buf->D, F = buf->F, off = plan->offset[e], n = plan->offset[e + 1] - off;
@@ -250,7 +267,7 @@ static void expert_backward(struct moe_experts_buf *buf, const struct moe_dispat
                           dw2 + e * D * F, buf->dh + off * F, buf->da + off * F, swiglu ? buf->db + off * F : NULL,
                           buf->dyd + off * D, buf->xd + off * D, buf->a + off * F, swiglu ? buf->b + off * F : NULL,
                           buf->h + off * F, w1 + e * F * D, swiglu ? w3 + e * F * D : NULL, w2 + e * D * F, n, D, F,
-                          act, &buf->drop, plan->row_tok + off, plan->row_slot + off, plan->S);
+                          act, &buf->drop, plan->row_tok + off, plan->row_slot + off, plan->S, beta_dw);
 }
 
 static enum moe_experts_par g_par = MOE_EXPERTS_PAR_AUTO;
@@ -286,21 +303,21 @@ static int by_rows_desc(const void *a_, const void *b_)
 }
 
 static void one_expert(struct moe_experts_buf *buf, const struct moe_dispatch *plan, size_t e, int fwd, int with_dx,
-                       float *dw1, float *dw3, float *dw2, const float *w1, const float *w3, const float *w2,
-                       enum moe_ffn_act act)
+                       float beta_dw, float *dw1, float *dw3, float *dw2, const float *w1, const float *w3,
+                       const float *w2, enum moe_ffn_act act)
 {
     if (fwd)
         expert_forward(buf, plan, e, w1, w3, w2, act);
     else
-        expert_backward(buf, plan, e, with_dx, dw1, dw3, dw2, w1, w3, w2, act);
+        expert_backward(buf, plan, e, with_dx, beta_dw, dw1, dw3, dw2, w1, w3, w2, act);
 }
 
 // Expert e's forward (fwd) or backward for every e. Every expert writes only its
 // own rows and weight gradients, so neither the order nor the thread changes a
 // value.
 static void each_expert(struct moe_experts_buf *buf, const struct moe_dispatch *plan, int fwd, int with_dx,
-                        float *dw1, float *dw3, float *dw2, const float *w1, const float *w3, const float *w2,
-                        enum moe_ffn_act act)
+                        float beta_dw, float *dw1, float *dw3, float *dw2, const float *w1, const float *w3,
+                        const float *w2, enum moe_ffn_act act)
 {
     const size_t E = plan->E, nt = thread_count();
     size_t busy = 0;
@@ -310,7 +327,7 @@ static void each_expert(struct moe_experts_buf *buf, const struct moe_dispatch *
     struct blk *b = par ? malloc(busy * sizeof *b) : NULL;
     if (!b) { // one after another, every thread in each GEMM (also when out of memory: same values)
         for (size_t e = 0; e < E; e++)
-            one_expert(buf, plan, e, fwd, with_dx, dw1, dw3, dw2, w1, w3, w2, act);
+            one_expert(buf, plan, e, fwd, with_dx, beta_dw, dw1, dw3, dw2, w1, w3, w2, act);
         return;
     }
     size_t n = 0;
@@ -322,13 +339,13 @@ static void each_expert(struct moe_experts_buf *buf, const struct moe_dispatch *
     while (g_par == MOE_EXPERTS_PAR_AUTO && big < n && b[big].rows * 2 * nt > plan->n_rows)
         big++;
     for (size_t i = 0; i < big; i++)
-        one_expert(buf, plan, b[i].e, fwd, with_dx, dw1, dw3, dw2, w1, w3, w2, act);
+        one_expert(buf, plan, b[i].e, fwd, with_dx, beta_dw, dw1, dw3, dw2, w1, w3, w2, act);
     double t0 = moe_prof_begin();
     #pragma omp parallel
     {
         #pragma omp for schedule(dynamic, 1) nowait
         for (size_t i = big; i < n; i++)
-            one_expert(buf, plan, b[i].e, fwd, with_dx, dw1, dw3, dw2, w1, w3, w2, act);
+            one_expert(buf, plan, b[i].e, fwd, with_dx, beta_dw, dw1, dw3, dw2, w1, w3, w2, act);
         moe_prof_region_flush();
     }
     moe_prof_region_end(t0);
@@ -347,14 +364,23 @@ void moe_experts_gather(struct moe_experts_buf *buf, const float *x, const struc
 }
 
 void moe_experts_blocks(struct moe_experts_buf *buf, const struct moe_dispatch *plan, int fwd, int with_dx,
-                        float *dw1, float *dw3, float *dw2, const float *w1, const float *w3, const float *w2,
-                        enum moe_ffn_act act)
+                        float beta_dw, float *dw1, float *dw3, float *dw2, const float *w1, const float *w3,
+                        const float *w2, enum moe_ffn_act act)
 {
     assert(plan->n_rows <= buf->N_max);
     assert(act != MOE_FFN_SWIGLU || (w3 && buf->b && (fwd || (dw3 && buf->db))));
+    assert(fwd || beta_dw == 0.0f || beta_dw == 1.0f);
     if (!fwd && with_dx)
         moe_zero(buf->dxd, plan->n_rows * buf->D);
-    each_expert(buf, plan, fwd, with_dx, dw1, dw3, dw2, w1, w3, w2, act);
+    if (!fwd && beta_dw == 0.0f) // written: an expert without rows gets zeros here (each_expert skips it)
+        for (size_t e = 0, FD = buf->F * buf->D; e < plan->E; e++)
+            if (plan->offset[e + 1] == plan->offset[e]) {
+                moe_zero(dw1 + e * FD, FD);
+                if (dw3)
+                    moe_zero(dw3 + e * FD, FD);
+                moe_zero(dw2 + e * FD, FD);
+            }
+    each_expert(buf, plan, fwd, with_dx, beta_dw, dw1, dw3, dw2, w1, w3, w2, act);
 }
 
 void moe_experts_combine(float *out, const float *gate, const struct moe_dispatch *plan,
@@ -383,7 +409,7 @@ void moe_experts_forward(float *out, const float *x, const float *gate, const st
                          enum moe_ffn_act act)
 {
     moe_experts_gather(buf, x, plan);
-    moe_experts_blocks(buf, plan, 1, 0, NULL, NULL, NULL, w1, w3, w2, act);
+    moe_experts_blocks(buf, plan, 1, 0, 1.0f, NULL, NULL, NULL, w1, w3, w2, act);
     moe_experts_combine(out, gate, plan, buf);
 }
 
@@ -433,11 +459,12 @@ void moe_experts_scatter(float *dx, const struct moe_dispatch *plan, const struc
 
 void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float *dw2, const float *dout,
                           const float *x, const float *gate, const struct moe_dispatch *plan, const float *w1,
-                          const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act)
+                          const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act,
+                          float beta_dw)
 {
     (void)x; // the forward gathered x into buf->xd
     moe_experts_combine_backward(dgate, dout, gate, plan, buf);
-    moe_experts_blocks(buf, plan, 0, dx != NULL, dw1, dw3, dw2, w1, w3, w2, act);
+    moe_experts_blocks(buf, plan, 0, dx != NULL, beta_dw, dw1, dw3, dw2, w1, w3, w2, act);
     if (dx)
         moe_experts_scatter(dx, plan, buf);
 }

@@ -44,12 +44,14 @@ void moe_ffn_backward(float *dx, float *dw1, float *dw3, float *dw2, float *dh, 
                       const float *dy, const float *x, const float *a, const float *b, const float *h,
                       const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
                       enum moe_ffn_act act);
-// The backward of moe_ffn_forward_drop, with the same dropout arguments.
+// The backward of moe_ffn_forward_drop, with the same dropout arguments; the
+// weight gradients are dw = beta_dw dw + (this pass's), beta_dw 1 (add) or 0
+// (write: dw's old contents are not read, and N = 0 writes zeros).
 void moe_ffn_backward_drop(float *dx, float *dw1, float *dw3, float *dw2, float *dh, float *da, float *db,
                            const float *dy, const float *x, const float *a, const float *b, const float *h,
                            const float *w1, const float *w3, const float *w2, size_t N, size_t D, size_t F,
                            enum moe_ffn_act act, const struct moe_dropout *drop, const int32_t *row_tok,
-                           const int32_t *row_slot, size_t S);
+                           const int32_t *row_slot, size_t S, float beta_dw);
 // MoEBERT neuron importance (Zuo et al. 2022, eq. 5): for an example x, neuron j's
 // I_j(x) = |sum_d w1_jd dL/dw1_jd + sum_d w2_dj dL/dw2_dj (+ sum_d w3_jd dL/dw3_jd, swiglu)|,
 // the gradients of x's own loss. Written in the activations: with a = x.w1^T,
@@ -92,11 +94,14 @@ void moe_experts_forward(float *out, const float *x, const float *gate, const st
                          enum moe_ffn_act act);
 // Backward of moe_experts_forward, given dout (T, D):
 //   dgate[t, s] += dout_t . FFN(x_t) for kept slots (dgate may be NULL),
-//   dx (T, D) += (may be NULL), dw1, dw3, dw2 += (stacked like the weights).
+//   dx (T, D) += (may be NULL), dw1, dw3, dw2 (stacked like the weights)
+//   = beta_dw dw + this pass's: beta_dw 1 adds, 0 writes every expert's
+//   (zeros for an expert without rows) without reading the old values.
 // Uses the activations the forward saved in buf.
 void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float *dw2, const float *dout,
                           const float *x, const float *gate, const struct moe_dispatch *plan, const float *w1,
-                          const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act);
+                          const float *w3, const float *w2, struct moe_experts_buf *buf, enum moe_ffn_act act,
+                          float beta_dw);
 
 // The parts of moe_experts_forward and moe_experts_backward, one after another,
 // for expert parallelism (dist/ep.h), where the blocks of some experts run in
@@ -104,11 +109,12 @@ void moe_experts_backward(float *dx, float *dgate, float *dw1, float *dw3, float
 // gather: x's kept rows into buf->xd, in the plan's block order;
 void moe_experts_gather(struct moe_experts_buf *buf, const float *x, const struct moe_dispatch *plan);
 // blocks: every expert's FFN over its block of buf->xd into buf->yd (fwd), or
-// its backward from buf->dyd: dw1, dw3, dw2 += and, with_dx, buf->dxd (set);
+// its backward from buf->dyd: dw1, dw3, dw2 = beta_dw dw + this pass's (as in
+// moe_experts_backward; ignored in the forward) and, with_dx, buf->dxd (set);
 // the weights and gradients stacked over the plan's E experts;
 void moe_experts_blocks(struct moe_experts_buf *buf, const struct moe_dispatch *plan, int fwd, int with_dx,
-                        float *dw1, float *dw3, float *dw2, const float *w1, const float *w3, const float *w2,
-                        enum moe_ffn_act act);
+                        float beta_dw, float *dw1, float *dw3, float *dw2, const float *w1, const float *w3,
+                        const float *w2, enum moe_ffn_act act);
 // combine: out += gate-weighted buf->yd rows, by token then slot;
 void moe_experts_combine(float *out, const float *gate, const struct moe_dispatch *plan,
                          const struct moe_experts_buf *buf);

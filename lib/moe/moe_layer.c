@@ -41,19 +41,28 @@ static int declare_tensors(struct moe_layer *l, struct moe_plan *p)
         moe_plan_param(p, &l->i_router, MOE_DIMS(dE, dD), "%s.router.weight", x);
     if (ri->noise_weights)
         moe_plan_param(p, &l->i_noise, MOE_DIMS(dE, dD), "%s.router.noise_weight", x);
+    // The experts' gradients, routed and shared, are written whole by every
+    // backward (moe_layer_backward, beta 0): moe_params_zero_grad skips them.
     moe_plan_param(p, &l->i_w1, MOE_DIMS(dE, dF, dD), "%s.experts.w1", x);
     moe_plan_mark_experts(p);
+    moe_plan_mark_grad_set(p);
     if (swiglu) {
         moe_plan_param(p, &l->i_w3, MOE_DIMS(dE, dF, dD), "%s.experts.w3", x);
         moe_plan_mark_experts(p);
+        moe_plan_mark_grad_set(p);
     }
     moe_plan_param(p, &l->i_w2, MOE_DIMS(dE, dD, dF), "%s.experts.w2", x);
     moe_plan_mark_experts(p);
+    moe_plan_mark_grad_set(p);
     if (c->n_shared) {
         moe_plan_param(p, &l->i_sw1, MOE_DIMS(dSh, dF, dD), "%s.shared.w1", x);
-        if (swiglu)
+        moe_plan_mark_grad_set(p);
+        if (swiglu) {
             moe_plan_param(p, &l->i_sw3, MOE_DIMS(dSh, dF, dD), "%s.shared.w3", x);
+            moe_plan_mark_grad_set(p);
+        }
         moe_plan_param(p, &l->i_sw2, MOE_DIMS(dSh, dD, dF), "%s.shared.w2", x);
+        moe_plan_mark_grad_set(p);
     }
     // A token passes through the router (and noise) weights over all E experts,
     // `used` routed experts (moe_router_experts_per_token) and the shared ones;
@@ -357,10 +366,10 @@ void moe_layer_backward(struct moe_layer *l, const struct moe_params *p, float *
         moe_ep_backward(l->ep, p, dx, l->dgate, dout, r->gate, &l->plan, &l->buf);
     else
         moe_experts_backward(dx, l->dgate, gr(p, l->i_w1), gr(p, l->i_w3), gr(p, l->i_w2), dout, x, r->gate,
-                             &l->plan, wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf, c->act);
+                             &l->plan, wt(p, l->i_w1), wt(p, l->i_w3), wt(p, l->i_w2), &l->buf, c->act, 0.0f);
     if (c->n_shared)
         moe_experts_backward(dx, NULL, gr(p, l->i_sw1), gr(p, l->i_sw3), gr(p, l->i_sw2), dout, x, l->s_gate,
-                             &l->splan, wt(p, l->i_sw1), wt(p, l->i_sw3), wt(p, l->i_sw2), &l->sbuf, c->act);
+                             &l->splan, wt(p, l->i_sw1), wt(p, l->i_sw3), wt(p, l->i_sw2), &l->sbuf, c->act, 0.0f);
     const struct moe_router_info *ri = moe_router_info(c->router.type);
     if (!ri->gate_weights)
         return;
