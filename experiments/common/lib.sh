@@ -63,11 +63,6 @@ provenance() {
     "$moe" --version 2>&1 | sed 's/^/# moe --version: /'
 }
 
-# thread_args: "--threads $THREADS" when THREADS is set, else nothing (moe's
-# default: the cores other processes leave idle). Results do not depend on it.
-# Scripts collect it once, threads=($(thread_args)), and pass "${threads[@]}".
-thread_args() { [ -z "${THREADS:-}" ] || echo "--threads $THREADS"; }
-
 # expected_time TEXT: how long the script takes on the 2-core build machine (AMD
 # EPYC, BLIS skx kernels), on stderr at the start (finished runs are skipped, so
 # a restart is shorter).
