@@ -25,8 +25,10 @@
 #   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/expert-choice-lm] [WORK=runs/expert-choice-lm] \
 #     bash experiments/expert-choice-lm/run.sh [MOE_BINARY]
 #
-# Finished training runs under WORK are kept and not run again (done_run); the evaluations are
-# cached as WORK/ec-s<seed>/eval-<mode>-<split>.json. Writes OUT/runs.csv (one row per system and
+# SEEDS default 1-5 (training runs of 30-55 s). Finished training runs under WORK are kept and not
+# run again (done_run; the count is printed first), a run stopped half way is run again from scratch;
+# the evaluations are cached as WORK/ec-s<seed>/eval-<mode>-<split>.json and the route-stats passes
+# as WORK/*-s<seed>/route-<mode>/ (also counted). Writes OUT/runs.csv (one row per system and
 # seed), table.csv (mean and sample sd over seeds), stats.csv (paired per-seed differences with 95%
 # t-intervals, experiments/common/stats.sh), command.txt, and OUT/expert-choice-lm.png when gnuplot
 # is installed. Also checks that `moe eval` with ec_eval full gives the training summary's figure.
@@ -40,23 +42,39 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=../common/lib.sh
 . "$root/experiments/common/lib.sh"
 need_lm_inputs # sets moe and corpus, or exits 2
-out=${OUT:-$root/results/expert-choice-lm}
-work=${WORK:-$root/runs/expert-choice-lm}
+experiment_env expert-choice-lm "1 2 3 4 5" # sets seeds, threads, out, work
 stats=$root/experiments/common/stats.sh
-read -r -a seeds <<< "${SEEDS:-1 2 3 4 5}"
-threads=${THREADS:-1}
 mkdir -p "$out" "$work"
 # system | moe.ec_eval | windows per evaluation pass (empty: the default, optim.batch_size)
 evals=("ec-full|full|" "ec-prefix|prefix|" "ec-position|position|" "ec-topk|topk|" "ec-full-w1|full|1" "ec-prefix-w1|prefix|1")
 
-n=${#seeds[@]}
-expected_time "about $(( n * 2 * 50 / 60 + n * 70 / 60 + 1 )) minutes at 1 thread ($((2 * n)) training runs of 30-55 s, and per seed 6 evaluations of the validation split and 6 of 512 training windows, 1-7 s each, and as many route-stats passes; prefix and passes of 1 window are the slowest)"
-{ echo "SEEDS=\"${seeds[*]}\" THREADS=$threads bash experiments/expert-choice-lm/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"
+# what is already there: training runs (done_run), and per seed the 12 cached evaluations and 7
+# route-stats passes (1 of Switch, 6 of expert choice) of a finished run
+n=${#seeds[@]} runs_done=0 cached=0
+for seed in "${seeds[@]}"; do
+  ! done_run "$work/switch-s$seed" || { runs_done=$((runs_done + 1)); [ ! -s "$work/switch-s$seed/route-default/experts.csv" ] || cached=$((cached + 1)); }
+  done_run "$work/ec-s$seed" || continue
+  runs_done=$((runs_done + 1))
+  for e in "${evals[@]}"; do
+    IFS='|' read -r _ m w <<< "$e"
+    for split in valid train; do [ ! -s "$work/ec-s$seed/eval-$m${w:+-w$w}-$split.json" ] || cached=$((cached + 1)); done
+    [ ! -s "$work/ec-s$seed/route-$m${w:+-w$w}/experts.csv" ] || cached=$((cached + 1))
+  done
+done
+skip_note "$runs_done" $((2 * n)) "training runs"
+skip_note "$cached" $((19 * n)) "evaluations and route-stats passes"
+expected_time "$(about_minutes $(( n * 2 * 50 + n * 70 ))) for all $((2 * n)) training runs and $((19 * n)) evaluations at 1 thread" \
+  "($((2 * n)) training runs of 30-55 s, and per seed 6 evaluations of the validation split and 6 of 512 training windows," \
+  "1-7 s each, and 7 route-stats passes; prefix and passes of 1 window are the slowest)," \
+  "$(about_minutes $(( (2 * n - runs_done) * 50 + (19 * n - cached) * 70 / 19 ))) for what is left"
+{ echo "$(env_line) bash experiments/expert-choice-lm/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"
   provenance "$moe"; } > "$out/command.txt"
 
-train() { # train DIR SETTINGS...
+train() { # train DIR SETTINGS...: a finished run is kept; a half-finished one goes, with its caches
   local d=$1; shift
-  done_run "$d" || "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" \
+  done_run "$d" && return
+  fresh_dir "$d"
+  "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" \
     --seed "$seed" --threads "$threads" --out "$d" --force --quiet "$@" >/dev/null
 }
 # evaluate DIR MODE SPLIT [WINDOWS]: the checkpoint under moe.ec_eval = MODE on SPLIT (valid or

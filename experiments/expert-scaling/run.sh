@@ -17,8 +17,9 @@
 #   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/expert-scaling] [WORK=runs/expert-scaling] \
 #     bash experiments/expert-scaling/run.sh [MOE_BINARY]
 #
-# Finished runs under WORK are kept and not run again (done_run). Writes
-# OUT/runs.csv (one row per system and seed), table.csv (mean and sample sd
+# SEEDS default 1-5 (runs of 30-46 s). Finished runs under WORK are kept and
+# not run again (lib.sh done_run; the count is printed first); a run stopped
+# half way is run again from scratch. Writes OUT/runs.csv (one row per system and seed), table.csv (mean and sample sd
 # over seeds), command.txt, and OUT/expert-scaling.png when gnuplot is
 # installed. Tokens per second is also given as a ratio to the dense model
 # trained in the same seed loop (the machine is shared).
@@ -29,21 +30,18 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=../common/lib.sh
 . "$root/experiments/common/lib.sh"
 need_lm_inputs # sets moe and corpus, or exits 2
-out=${OUT:-$root/results/expert-scaling}
-work=${WORK:-$root/runs/expert-scaling}
-read -r -a seeds <<< "${SEEDS:-1 2 3 4 5}"
-threads=${THREADS:-1}
+experiment_env expert-scaling "1 2 3 4 5" # sets seeds, threads, out, work
 mkdir -p "$out" "$work"
 
 # name | settings (space-separated key=value)
 systems=("E1|model.moe_every=99")
 for e in 2 4 8 16 32 64; do systems+=("E$e|model.n_expert=$e"); done
 
-n=$(( ${#systems[@]} * ${#seeds[@]} ))
-echo "expert-scaling: $n runs (${#systems[@]} systems x ${#seeds[@]} seeds) at $threads thread(s); expected about" \
-     "$(( n * 40 / 60 )) minutes on a 2-core AMD EPYC (30 s per dense run, 35-46 s per sparse run at 1 thread," \
-     "longer with E; less with 2 threads); finished runs in $work are skipped" >&2
-{ echo "SEEDS=\"${seeds[*]}\" THREADS=$threads bash experiments/expert-scaling/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"
+dirs=()
+for seed in "${seeds[@]}"; do for s in "${systems[@]}"; do dirs+=("$work/${s%%|*}-s$seed"); done; done
+plan_runs ${#dirs[@]} "$(count_done "${dirs[@]}")" 40 \
+  "${#systems[@]} systems x ${#seeds[@]} seeds; 30 s per dense run, 35-46 s per sparse run at 1 thread, longer with E"
+{ echo "$(env_line) bash experiments/expert-scaling/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"
   provenance "$moe"; } > "$out/command.txt"
 
 echo "system,seed,active_parameters,parameters,n_expert,valid_bits_per_byte,valid_loss,train_bits_per_byte,valid_load_cv,valid_load_max_mean,train_dropped,valid_dropped,router_entropy,tokens_per_second,speed_ratio,wall_seconds" > "$out/runs.csv"
@@ -54,8 +52,11 @@ for seed in "${seeds[@]}"; do
     sets=()
     for kv in ${s#*|}; do sets+=(--set "$kv"); done
     d=$work/$name-s$seed
-    done_run "$d" || "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" --seed "$seed" \
-      --threads "$threads" --out "$d" --force --quiet "${sets[@]}" >/dev/null
+    if ! done_run "$d"; then
+      fresh_dir "$d"
+      "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" --seed "$seed" \
+        --threads "$threads" --out "$d" --force --quiet "${sets[@]}" >/dev/null
+    fi
     tps=$(jq -r '.train_tokens_per_second' "$d/summary.json")
     [ "$name" = E1 ] && dense_tps=$tps
     ratio=$(awk -v a="$tps" -v b="$dense_tps" 'BEGIN { printf "%.4g", a / b }')

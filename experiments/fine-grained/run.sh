@@ -19,9 +19,11 @@
 # REUSE (default $root/runs/expert-scaling) holds a finished E8-s<seed>, it is read from there.
 #
 #   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/fine-grained] [WORK=runs/fine-grained] \
-#     bash experiments/fine-grained/run.sh [MOE_BINARY]
+#     [REUSE=runs/expert-scaling] bash experiments/fine-grained/run.sh [MOE_BINARY]
 #
-# Finished runs under WORK are kept and not run again (done_run). Writes OUT/runs.csv,
+# SEEDS default 1-5 (runs of 40-50 s). Finished runs under WORK (and REUSE's E8) are kept and not
+# run again (done_run; the count is printed first); a run stopped half way is run again from scratch.
+# Writes OUT/runs.csv,
 # table.csv (mean and sample sd over seeds), command.txt, and OUT/fine-grained.png when
 # gnuplot is installed.
 set -euo pipefail
@@ -31,11 +33,8 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=../common/lib.sh
 . "$root/experiments/common/lib.sh"
 need_lm_inputs # sets moe and corpus, or exits 2
-out=${OUT:-$root/results/fine-grained}
-work=${WORK:-$root/runs/fine-grained}
-reuse=${REUSE:-$root/runs/expert-scaling}
-read -r -a seeds <<< "${SEEDS:-1 2 3 4 5}"
-threads=${THREADS:-1}
+experiment_env fine-grained "1 2 3 4 5" # sets seeds, threads, out, work
+reuse=$(realpath -m -- "${REUSE:-$root/runs/expert-scaling}")
 mkdir -p "$out" "$work"
 
 ds='moe.router="deepseek" moe.aux_loss="topk-all"'
@@ -48,11 +47,19 @@ systems=(
   "fine-m4-shared|$ds model.n_expert=31 model.n_expert_shared=1 model.n_ff=32 model.n_expert_used=3 moe.aux_weight=0.003333"
 )
 
-n=$(( ${#systems[@]} * ${#seeds[@]} ))
-echo "fine-grained: $n runs (${#systems[@]} systems x ${#seeds[@]} seeds) at $threads thread(s); expected about" \
-     "$(( n * 45 / 60 )) minutes on a 2-core AMD EPYC (about 40-50 s per run at 1 thread, less with 2 threads);" \
-     "finished runs in $work (and the baseline's in $reuse) are skipped" >&2
-{ echo "SEEDS=\"${seeds[*]}\" THREADS=$threads bash experiments/fine-grained/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"
+n=0 n_done=0 n_reused=0
+for seed in "${seeds[@]}"; do
+  for s in "${systems[@]}"; do
+    n=$((n + 1))
+    if done_run "$work/${s%%|*}-s$seed"; then n_done=$((n_done + 1))
+    elif [ "${s%%|*}" = switch-8x128 ] && done_run "$reuse/E8-s$seed"; then n_reused=$((n_reused + 1)); fi
+  done
+done
+skip_note "$n_done" "$n"
+skip_note "$n_reused" "${#seeds[@]}" "baseline runs (switch-8x128 = expert-scaling's E8)" "$reuse"
+expected_time "$(about_minutes $(( n * 45 ))) for all $n runs (${#systems[@]} systems x ${#seeds[@]} seeds; about 40-50 s per run at 1 thread)," \
+  "$(about_minutes $(( (n - n_done - n_reused) * 45 ))) for the $(( n - n_done - n_reused )) left"
+{ echo "$(env_line) REUSE=$(printf %q "$(rel "$reuse")") bash experiments/fine-grained/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"
   provenance "$moe"; } > "$out/command.txt"
 
 echo "system,seed,active_parameters,parameters,valid_bits_per_byte,valid_loss,train_bits_per_byte,valid_load_cv,valid_load_max_mean,train_dropped,valid_dropped,router_entropy,tokens_per_second,speed_ratio,wall_seconds" > "$out/runs.csv"
@@ -64,8 +71,11 @@ for seed in "${seeds[@]}"; do
     for kv in ${s#*|}; do sets+=(--set "$kv"); done
     d=$work/$name-s$seed
     if [ "$name" = switch-8x128 ] && ! done_run "$d" && done_run "$reuse/E8-s$seed"; then d=$reuse/E8-s$seed; fi
-    done_run "$d" || "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" --seed "$seed" \
-      --threads "$threads" --out "$d" --force --quiet "${sets[@]}" >/dev/null
+    if ! done_run "$d"; then
+      fresh_dir "$d"
+      "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" --seed "$seed" \
+        --threads "$threads" --out "$d" --force --quiet "${sets[@]}" >/dev/null
+    fi
     tps=$(jq -r '.train_tokens_per_second' "$d/summary.json")
     [ "$name" = switch-8x128 ] && base_tps=$tps
     ratio=$(awk -v a="$tps" -v b="$base_tps" 'BEGIN { printf "%.4g", a / b }')

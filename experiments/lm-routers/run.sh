@@ -9,14 +9,18 @@
 # always-on expert of width 64 plus a top-1 routed expert of width 64 (raw
 # router probability as the gate, DeepSeekMoE style). Token-choice routers
 # train at capacity factor 1.25 and evaluate at 2.0. 2 epochs of 12,000 random
-# windows (1.5M training tokens), 3 seeds.
+# windows (1.5M training tokens), seeds 1-5 by default (runs of about 35 s).
 #
 #   bash experiments/data/fortunes.sh        # once: the corpus
-#   [SEEDS="1 2 3 4 5"] [THREADS=1] bash experiments/lm-routers/run.sh [MOE_BINARY]
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/lm-routers] [WORK=runs/lm-routers] \
+#     bash experiments/lm-routers/run.sh [MOE_BINARY]
 #
-# Writes results/lm-routers/runs.csv, table.csv (mean and sd over seeds),
-# command.txt. Tokens per second is also given as a ratio to the dense model
-# trained in the same seed loop (the machine is shared).
+# Finished runs under WORK are kept and not run again (lib.sh done_run; the
+# count is printed first); a run stopped half way is run again from scratch.
+# Writes OUT/runs.csv, table.csv (mean and sd over seeds), command.txt, and
+# lm-routers.png when gnuplot is installed. Tokens per second is also given as
+# a ratio to the dense model trained in the same seed loop (the machine is
+# shared).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -24,13 +28,8 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=../common/lib.sh
 . "$root/experiments/common/lib.sh"
 need_lm_inputs # sets moe and corpus, or exits 2
-out=${OUT:-$root/results/lm-routers}
-work=${WORK:-$root/runs/lm-routers}
-seeds=(${SEEDS:-1 2 3})
-threads=($(thread_args))
-expected_time "about 23 minutes (18 training runs at 3 seeds)"
+experiment_env lm-routers "1 2 3 4 5" # sets seeds, threads, out, work
 mkdir -p "$out" "$work"
-{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-unset} bash experiments/lm-routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"; provenance "$moe"; } > "$out/command.txt"
 
 # name | settings (space-separated key=value)
 systems=(
@@ -42,6 +41,12 @@ systems=(
   "shared-expert|moe.router=\"switch\" model.n_expert_used=1 model.n_expert_shared=1 model.n_ff=64 moe.aux_loss=\"switch\""
 )
 
+dirs=()
+for seed in "${seeds[@]}"; do for s in "${systems[@]}"; do dirs+=("$work/${s%%|*}-s$seed"); done; done
+plan_runs ${#dirs[@]} "$(count_done "${dirs[@]}")" 35 \
+  "${#systems[@]} systems x ${#seeds[@]} seeds; about 35 s each at 1 thread on the shared machine: 30 runs took about 17 minutes"
+{ echo "$(env_line) bash experiments/lm-routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"; provenance "$moe"; } > "$out/command.txt"
+
 echo "system,seed,active_parameters,parameters,valid_bits_per_byte,valid_loss,train_bits_per_byte,valid_load_cv,valid_load_max_mean,train_dropped,valid_dropped,router_entropy,expert_byte_class_mi,tokens_per_second,speed_ratio" > "$out/runs.csv"
 for seed in "${seeds[@]}"; do
   dense_tps=""
@@ -50,8 +55,11 @@ for seed in "${seeds[@]}"; do
     sets=()
     for kv in ${s#*|}; do sets+=(--set "$kv"); done
     d=$work/$name-s$seed
-    "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" --seed "$seed" "${threads[@]}" \
-      --out "$d" --quiet "${sets[@]}" >/dev/null
+    if ! done_run "$d"; then
+      fresh_dir "$d"
+      "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" --seed "$seed" --threads "$threads" \
+        --out "$d" --quiet "${sets[@]}" >/dev/null
+    fi
     tps=$(jq -r '.train_tokens_per_second' "$d/summary.json")
     [ "$name" = dense ] && dense_tps=$tps
     ratio=$(awk -v a="$tps" -v b="$dense_tps" 'BEGIN { printf "%.4g", a / b }')

@@ -25,13 +25,16 @@
 #                  over bins of 47 steps).
 #
 #   bash experiments/data/fortunes.sh        # once: the corpus
-#   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=...] [WORK=...] bash experiments/loss-free/run.sh [MOE_BINARY]
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/loss-free] [WORK=runs/loss-free] \
+#     bash experiments/loss-free/run.sh [MOE_BINARY]
 #
 # Writes OUT/runs.csv (one row per system and seed), table.csv (mean and
 # sample SD over seeds), curves.csv (MaxVio and validation bits per byte
 # against the step), stats.csv (paired comparisons, experiments/common/stats.sh),
 # curves_mean.csv (their mean and SD over seeds), command.txt, and the figure loss-free.png (plot.gp) when gnuplot is there.
-# Finished runs in WORK are kept (lib.sh done_run).
+# SEEDS default 1-5 (runs of 42-83 s on the shared machine, about 45 s idle). Finished runs in WORK are
+# kept and not run again (lib.sh done_run; the count is printed first); a run stopped half way is run
+# again from scratch.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -39,10 +42,7 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=../common/lib.sh
 . "$root/experiments/common/lib.sh"
 need_lm_inputs # sets moe and corpus, or exits 2
-out=${OUT:-$root/results/loss-free}
-work=${WORK:-$root/runs/loss-free}
-seeds=(${SEEDS:-1 2 3 4 5})
-threads=(--threads "${THREADS:-1}")
+experiment_env loss-free "1 2 3 4 5" # sets seeds, threads, out, work
 mkdir -p "$out" "$work"
 
 # name | settings (space-separated key=value)
@@ -54,9 +54,11 @@ systems=(
 )
 common=(--set data.text.path="\"$corpus\"" --set data.text.windows_per_epoch=6000 --set train.epochs=4
         --set train.log_every=1 --set moe.capacity_factor=0 --set moe.eval_capacity_factor=0)
-n_runs=$(( ${#systems[@]} * ${#seeds[@]} ))
-echo "loss-free: $n_runs training runs; about 60 s each at 1 thread on the 2-core x86-64 build machine while it was shared (42-83 s measured; about 45 s on an idle one), about $(( n_runs * 60 / 60 + 1 )) minutes in all (finished runs in $work are skipped)" >&2
-{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-1} bash experiments/loss-free/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"; provenance "$moe"; } > "$out/command.txt"
+dirs=()
+for seed in "${seeds[@]}"; do for s in "${systems[@]}"; do dirs+=("$work/${s%%|*}-s$seed"); done; done
+plan_runs ${#dirs[@]} "$(count_done "${dirs[@]}")" 60 \
+  "${#systems[@]} systems x ${#seeds[@]} seeds; about 60 s each at 1 thread while the machine was shared, 42-83 s measured, about 45 s on an idle one"
+{ echo "$(env_line) bash experiments/loss-free/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"; provenance "$moe"; } > "$out/command.txt"
 
 # maxvio DIR SPLIT: "step,layer,maxvio" for every (step, layer) of SPLIT in DIR/experts.csv
 maxvio() {
@@ -80,8 +82,9 @@ for seed in "${seeds[@]}"; do
     for kv in ${s#*|}; do sets+=(--set "$kv"); done
     d=$work/$name-s$seed
     if ! done_run "$d"; then
+      fresh_dir "$d"
       "$moe" train --config "$root/experiments/common/lm.json" --seed "$seed" --out "$d" --quiet \
-        "${threads[@]}" "${common[@]}" "${sets[@]}" >/dev/null
+        --threads "$threads" "${common[@]}" "${sets[@]}" >/dev/null
     fi
     t=$(jq -r '[(.active_parameters // .parameters), .parameters, .final.test.bits_per_byte, .final.test.loss,
                  .final.train.bits_per_byte] | @csv' "$d/summary.json")

@@ -17,13 +17,16 @@
 #   importance-s0-w0  importance-s0 trained on CE alone (--weight 0): what the
 #                   conversion gives without the distillation terms
 # For each: test accuracy right after the conversion (summary
-# distill.moebert.converted_test) and after the distillation. Seeds 1 2 3
-# (SEEDS="1 2" to choose), one thread per run (THREADS). Finished runs in
-# runs/moebert/ are kept and not run again.
+# distill.moebert.converted_test) and after the distillation. Seeds 1-5 by
+# default (runs of 7-12 s), one thread per run (THREADS). Finished runs in WORK
+# are kept and not run again (lib.sh done_run; the count is printed first); a
+# run stopped half way is run again from scratch.
 #
-#   [SEEDS="1 2 3"] [THREADS=1] bash experiments/moebert/run.sh [MOE_BINARY]
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/moebert] [WORK=runs/moebert] \
+#     bash experiments/moebert/run.sh [MOE_BINARY]
 #
-# Writes results/moebert/runs.csv, table.csv (mean and sd over seeds), command.txt.
+# Writes OUT/runs.csv, table.csv (mean and sd over seeds), command.txt, and
+# moebert.png when gnuplot is installed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -32,13 +35,16 @@ root=$(cd "$here/../.." && pwd)
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
-expected_time "about 5 minutes at THREADS=1 (24 training runs at 3 seeds)"
-out=${OUT:-$root/results/moebert}
-work=${WORK:-$root/runs/moebert}
-read -r -a seeds <<< "${SEEDS:-1 2 3}"
-threads=(--threads "${THREADS:-1}")
+experiment_env moebert "1 2 3 4 5" # sets seeds, threads, out, work
 mkdir -p "$out" "$work"
-{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-1} bash experiments/moebert/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
+dirs=()
+for seed in "${seeds[@]}"; do
+  dirs+=("$work/teacher-s$seed" "$work/scratch-s$seed" "$work/scratch-11ep-s$seed" "$work/importance-s0-w0-seed$seed")
+  for shared in 0 16; do for split in importance random; do dirs+=("$work/$split-s$shared-seed$seed"); done; done
+done
+plan_runs ${#dirs[@]} "$(count_done "${dirs[@]}")" 10 \
+  "8 runs per seed x ${#seeds[@]} seeds; 7-12 s each at 1 thread: 24 runs took about 5 minutes on the shared machine, 40 about 5 minutes on an idle one"
+{ echo "$(env_line) bash experiments/moebert/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 cfg=$root/experiments/common/fmnist-moe.json
 dense=(--set model.moe_every=99 --set model.n_ff_dense=256)
 moe_sets=(--set model.moe_every=1 --set model.n_expert=4 --set model.n_expert_used=1 --set model.n_ff=64
@@ -55,26 +61,26 @@ row() { # name seed dir
 }
 for seed in "${seeds[@]}"; do
   t=$work/teacher-s$seed
-  done_run "$t" || "$moe" train --config "$cfg" --seed "$seed" --out "$t" --quiet "${threads[@]}" "${dense[@]}" >/dev/null
+  run_once "$t" "$moe" train --config "$cfg" --seed "$seed" --out "$t" --quiet --threads "$threads" "${dense[@]}" >/dev/null
   row teacher "$seed" "$t"
-  done_run "$work/scratch-s$seed" ||
-    "$moe" train --config "$cfg" --seed "$seed" --out "$work/scratch-s$seed" --quiet "${threads[@]}" "${moe_sets[@]}" >/dev/null
+  run_once "$work/scratch-s$seed" \
+    "$moe" train --config "$cfg" --seed "$seed" --out "$work/scratch-s$seed" --quiet --threads "$threads" "${moe_sets[@]}" >/dev/null
   row scratch "$seed" "$work/scratch-s$seed"
-  done_run "$work/scratch-11ep-s$seed" ||
-    "$moe" train --config "$cfg" --seed "$seed" --out "$work/scratch-11ep-s$seed" --quiet "${threads[@]}" "${moe_sets[@]}" \
+  run_once "$work/scratch-11ep-s$seed" \
+    "$moe" train --config "$cfg" --seed "$seed" --out "$work/scratch-11ep-s$seed" --quiet --threads "$threads" "${moe_sets[@]}" \
       --set train.epochs=11 >/dev/null
   row scratch-11ep "$seed" "$work/scratch-11ep-s$seed"
   for shared in 0 16; do
     for split in importance random; do
       d=$work/$split-s$shared-seed$seed
-      done_run "$d" || "$moe" distill --mode moebert --teacher "$t/model.safetensors" --split "$split" --shared "$shared" \
-        --config "$cfg" --seed "$seed" --out "$d" --quiet "${threads[@]}" "${moe_sets[@]}" >/dev/null
+      run_once "$d" "$moe" distill --mode moebert --teacher "$t/model.safetensors" --split "$split" --shared "$shared" \
+        --config "$cfg" --seed "$seed" --out "$d" --quiet --threads "$threads" "${moe_sets[@]}" >/dev/null
       row "$split-s$shared" "$seed" "$d"
     done
   done
   d=$work/importance-s0-w0-seed$seed
-  done_run "$d" || "$moe" distill --mode moebert --teacher "$t/model.safetensors" --weight 0 \
-    --config "$cfg" --seed "$seed" --out "$d" --quiet "${threads[@]}" "${moe_sets[@]}" >/dev/null
+  run_once "$d" "$moe" distill --mode moebert --teacher "$t/model.safetensors" --weight 0 \
+    --config "$cfg" --seed "$seed" --out "$d" --quiet --threads "$threads" "${moe_sets[@]}" >/dev/null
   row importance-s0-w0 "$seed" "$d"
 done
 

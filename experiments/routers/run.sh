@@ -8,12 +8,16 @@
 # the raw router probability (DeepSeekMoE; router "switch", the same as "deepseek" at top-1, no jitter);
 # shared-expert-renorm uses the renormalised top-1 softmax, whose gate is always 1,
 # so its router learns from the balancing loss alone (kept to show the pitfall). Token-choice routers train with
-# capacity factor 1.25 and evaluate with 2.0 (the Switch defaults). Seeds 1 2 3
-# (SEEDS="1 2" to choose); THREADS threads per run (moe's default when unset).
+# capacity factor 1.25 and evaluate with 2.0 (the Switch defaults). Seeds 1-5 by
+# default (runs of about 13 s); THREADS threads per run (default 1).
 #
-#   [SEEDS="1 2 3"] [THREADS=1] bash experiments/routers/run.sh [MOE_BINARY]
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/routers] [WORK=runs/routers] \
+#     bash experiments/routers/run.sh [MOE_BINARY]
 #
-# Writes results/routers/runs.csv, table.csv (mean and sd over seeds), command.txt.
+# Finished runs under WORK are kept and not run again (lib.sh done_run; the
+# count is printed first); a run stopped half way is run again from scratch.
+# Writes OUT/runs.csv, table.csv (mean and sd over seeds), command.txt, and
+# routers.png when gnuplot is installed.
 # Time per step is reported as a ratio to the dense model trained in the same
 # seed loop (the machine is shared; a bare time would not repeat).
 set -euo pipefail
@@ -24,13 +28,8 @@ root=$(cd "$here/../.." && pwd)
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
-out=${OUT:-$root/results/routers}
-work=${WORK:-$root/runs/routers}
-seeds=(${SEEDS:-1 2 3})
-threads=($(thread_args))
-expected_time "about 20 minutes (33 training runs at 3 seeds)"
+experiment_env routers "1 2 3 4 5" # sets seeds, threads, out, work
 mkdir -p "$out" "$work"
-{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-} bash experiments/routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 
 # name | settings (space-separated key=value)
 systems=(
@@ -47,6 +46,12 @@ systems=(
   "bias-balance|moe.router=\"softmax\" model.n_expert_used=2 model.n_ff=64 moe.bias_balance=true moe.bias_rate=0.001 moe.aux_loss=\"none\""
 )
 
+dirs=()
+for seed in "${seeds[@]}"; do for s in "${systems[@]}"; do dirs+=("$work/${s%%|*}-s$seed"); done; done
+plan_runs ${#dirs[@]} "$(count_done "${dirs[@]}")" 13 \
+  "${#systems[@]} systems x ${#seeds[@]} seeds; about 13 s each at 1 thread: 55 runs took about 12 minutes"
+{ echo "$(env_line) bash experiments/routers/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
+
 echo "system,seed,active_parameters,parameters,test_accuracy,test_load_cv,test_load_max_mean,test_importance_cv,train_dropped,router_entropy,ms_per_step,step_time_ratio" > "$out/runs.csv"
 for seed in "${seeds[@]}"; do
   dense_ms=""
@@ -55,8 +60,11 @@ for seed in "${seeds[@]}"; do
     sets=()
     for kv in ${s#*|}; do sets+=(--set "$kv"); done
     d=$work/$name-s$seed
-    "$moe" train --config "$root/experiments/common/fmnist-moe.json" --seed "$seed" --out "$d" --quiet "${threads[@]}" \
-      --set moe.capacity_factor=1.25 --set moe.eval_capacity_factor=2 "${sets[@]}" >/dev/null
+    if ! done_run "$d"; then
+      fresh_dir "$d"
+      "$moe" train --config "$root/experiments/common/fmnist-moe.json" --seed "$seed" --out "$d" --quiet --threads "$threads" \
+        --set moe.capacity_factor=1.25 --set moe.eval_capacity_factor=2 "${sets[@]}" >/dev/null
+    fi
     ms=$(jq -r '1000 * 128 / .train_rows_per_second' "$d/summary.json")
     [ "$name" = dense ] && dense_ms=$ms
     ratio=$(awk -v a="$ms" -v b="$dense_ms" 'BEGIN { printf "%.4g", a / b }')

@@ -28,8 +28,9 @@
 #   [SEEDS="1 2 3 4 5"] [THREADS=1] [ROUNDS=9] [REPEATS=21] [OUT=results/speed-quality] \
 #     [WORK=runs/speed-quality] bash experiments/speed-quality/run.sh [MOE_BINARY]
 #
-# Finished runs under WORK are kept and not run again (done_run); the bench
-# rounds are kept too (WORK/bench, delete it to measure again). Writes to OUT:
+# SEEDS default 1-5 (runs of 32-55 s). Finished runs under WORK are kept and not run again
+# (done_run; the count is printed first), a run stopped half way is run again from scratch; the
+# bench rounds are kept too (WORK/bench, delete it to measure again). Writes to OUT:
 #   bench.csv     one row per round and bench variant: the 1-minute load average before
 #                 it, step seconds (min, median, max of REPEATS) and GEMM FLOPs per step
 #   steptime.csv  per bench variant: the fastest repeat of all rounds (step_seconds: the
@@ -57,10 +58,7 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=../common/lib.sh
 . "$root/experiments/common/lib.sh"
 need_lm_inputs # sets moe and corpus, or exits 2
-out=${OUT:-$root/results/speed-quality}
-work=${WORK:-$root/runs/speed-quality}
-read -r -a seeds <<< "${SEEDS:-1 2 3 4 5}"
-threads=${THREADS:-1}
+experiment_env speed-quality "1 2 3 4 5" # sets seeds, threads, out, work
 rounds=${ROUNDS:-9}
 repeats=${REPEATS:-21}
 stats=$root/experiments/common/stats.sh
@@ -87,10 +85,20 @@ bench_variants=("${systems[0]}"
 common=(data.text.windows_per_epoch=800 train.epochs=30 data.text.valid_eval_windows=512
         data.text.train_eval_windows=64 train.log_every=25)
 
-n=$(( ${#systems[@]} * ${#seeds[@]} ))
-expected_time "$rounds bench rounds of ${#bench_variants[@]} variants (1-2 minutes) and $n training runs (${#systems[@]} systems x ${#seeds[@]} seeds," \
-    "32 s dense, 40-55 s sparse at 1 thread): about $(( 1 + n * 45 / 60 )) minutes at $threads thread(s)"
-{ echo "SEEDS=\"${seeds[*]}\" THREADS=$threads ROUNDS=$rounds REPEATS=$repeats bash experiments/speed-quality/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"
+n=0 n_done=0 nb=0 nb_done=0
+for seed in "${seeds[@]}"; do
+  for s in "${systems[@]}"; do n=$((n + 1)); ! done_run "$work/${s%%|*}-s$seed" || n_done=$((n_done + 1)); done
+done
+for r in $(seq 1 "$rounds"); do
+  for s in "${bench_variants[@]}"; do nb=$((nb + 1)); [ ! -s "$work/bench/${s%%|*}-r$r.json" ] || nb_done=$((nb_done + 1)); done
+done
+skip_note "$nb_done" "$nb" "bench timings (rounds x variants)" "$work/bench"
+skip_note "$n_done" "$n" "training runs"
+# a bench timing takes about 2 s (REPEATS=21 steps); a training run about 45 s
+expected_time "$(about_minutes $(( 60 + n * 45 ))) for all of it at 1 thread ($rounds bench rounds of ${#bench_variants[@]} variants, 1-2 minutes," \
+    "and $n training runs, ${#systems[@]} systems x ${#seeds[@]} seeds, 32 s dense, 40-55 s sparse)," \
+    "$(about_minutes $(( (nb - nb_done) * 60 / (nb > 0 ? nb : 1) + (n - n_done) * 45 ))) for what is left"
+{ echo "$(env_line) ROUNDS=$rounds REPEATS=$repeats bash experiments/speed-quality/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"
   provenance "$moe"; echo "# load average at start: $(cut -d" " -f1-3 /proc/loadavg) on $(nproc) cores"; } > "$out/command.txt"
 
 set_args() {  # set_args SYSTEM-ENTRY: fills the array sets with --set pairs
@@ -142,6 +150,7 @@ for seed in "${seeds[@]}"; do
     d=$work/$name-s$seed
     set_args "$s"
     if ! done_run "$d"; then
+      fresh_dir "$d"
       "$moe" train --config "$root/experiments/common/lm.json" --seed "$seed" --threads "$threads" --out "$d" \
         --force --quiet "${sets[@]}" >/dev/null
     fi

@@ -7,13 +7,17 @@
 #     factor and at 2.0: dropped fraction and test accuracy.
 #  2. alpha in {0, 0.001, 0.01, 0.1} at capacity factor 1.25 (evaluation 2.0):
 #     load balance (CV and max/mean of tokens per expert) and test accuracy.
-# Seeds 1 2 3 each (SEEDS="1 2" to choose); THREADS threads per run (moe's default
-# when unset).
+# Seeds 1-5 each by default (runs of about 14 s); THREADS threads per run
+# (default 1).
 #
-#   [SEEDS="1 2 3"] [THREADS=1] bash experiments/switch-capacity/run.sh [MOE_BINARY]
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/switch-capacity] [WORK=runs/switch-capacity] \
+#     bash experiments/switch-capacity/run.sh [MOE_BINARY]
 #
-# Writes results/switch-capacity/capacity-runs.csv, capacity.csv (mean/sd over
-# seeds), alpha-runs.csv, alpha.csv, command.txt. Run directories: runs/switch-capacity/.
+# Finished runs under WORK (with their route-stats pass, WORK/cf*/route/) are
+# kept and not run again (lib.sh done_run; the count is printed first); a run
+# stopped half way is run again from scratch. Writes OUT/capacity-runs.csv,
+# capacity.csv (mean/sd over seeds), alpha-runs.csv, alpha.csv, command.txt,
+# and switch-capacity.png when gnuplot is installed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -22,15 +26,20 @@ root=$(cd "$here/../.." && pwd)
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
-out=${OUT:-$root/results/switch-capacity}
-work=${WORK:-$root/runs/switch-capacity}
-seeds=(${SEEDS:-1 2 3})
-threads=($(thread_args))
-expected_time "about 7 minutes (27 training runs at 3 seeds)"
+experiment_env switch-capacity "1 2 3 4 5" # sets seeds, threads, out, work
 factors=(0.5 0.75 1.0 1.25 2.0)
 alphas=(0 0.001 0.01 0.1)
 mkdir -p "$out" "$work"
-{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-} bash experiments/switch-capacity/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
+# routed DIR: the run's route-stats pass finished (summary.json comes last)
+routed() { [ -s "$1/route/summary.json" ]; }
+n=0 n_done=0
+for seed in "${seeds[@]}"; do
+  for cf in "${factors[@]}"; do n=$((n + 1)); ! { done_run "$work/cf$cf-s$seed" && routed "$work/cf$cf-s$seed"; } || n_done=$((n_done + 1)); done
+  for a in "${alphas[@]}"; do n=$((n + 1)); ! done_run "$work/alpha$a-s$seed" || n_done=$((n_done + 1)); done
+done
+plan_runs "$n" "$n_done" 14 \
+  "$(( ${#factors[@]} + ${#alphas[@]} )) systems x ${#seeds[@]} seeds, a route-stats pass after each capacity run; about 14 s per run at 1 thread: 45 runs and 25 passes took about 11 minutes"
+{ echo "$(env_line) bash experiments/switch-capacity/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 switch=(--config "$root/experiments/common/fmnist-moe.json" --quiet
         --set model.n_expert=8 --set model.n_expert_used=1 --set moe.router='"switch"'
         --set moe.jitter=0.01 --set moe.aux_loss='"switch"')
@@ -40,9 +49,15 @@ echo "train_cf,seed,train_dropped,eval_same_dropped,eval_same_accuracy,eval_2_dr
 for cf in "${factors[@]}"; do
   for seed in "${seeds[@]}"; do
     d=$work/cf$cf-s$seed
-    "$moe" train "${switch[@]}" "${threads[@]}" --seed "$seed" --out "$d" --set moe.aux_weight=0.01 \
-      --set moe.capacity_factor="$cf" --set moe.eval_capacity_factor="$cf" >/dev/null
-    "$moe" route-stats --checkpoint "$d/model.safetensors" --out "$d/route" --capacity-factors "$cf,2" --quiet "${threads[@]}" > /dev/null
+    if ! done_run "$d"; then
+      fresh_dir "$d"
+      "$moe" train "${switch[@]}" --threads "$threads" --seed "$seed" --out "$d" --set moe.aux_weight=0.01 \
+        --set moe.capacity_factor="$cf" --set moe.eval_capacity_factor="$cf" >/dev/null
+    fi
+    if ! routed "$d"; then
+      fresh_dir "$d/route"
+      "$moe" route-stats --checkpoint "$d/model.safetensors" --out "$d/route" --capacity-factors "$cf,2" --quiet --threads "$threads" > /dev/null
+    fi
     same=$(jq -r '.capacity[0] | [(.dropped_fraction | add / length), .accuracy] | @csv' "$d/route/summary.json")
     two=$(jq -r '.capacity[1] | [(.dropped_fraction | add / length), .accuracy] | @csv' "$d/route/summary.json")
     bal=$(jq -r '[.final.test.load_cv, .final.test.load_max_mean] | @csv' "$d/summary.json")
@@ -56,8 +71,11 @@ echo "alpha,seed,test_accuracy,test_load_cv,test_load_max_mean,test_importance_c
 for a in "${alphas[@]}"; do
   for seed in "${seeds[@]}"; do
     d=$work/alpha$a-s$seed
-    "$moe" train "${switch[@]}" "${threads[@]}" --seed "$seed" --out "$d" --set moe.aux_weight="$a" \
-      --set moe.capacity_factor=1.25 --set moe.eval_capacity_factor=2 >/dev/null
+    if ! done_run "$d"; then
+      fresh_dir "$d"
+      "$moe" train "${switch[@]}" --threads "$threads" --seed "$seed" --out "$d" --set moe.aux_weight="$a" \
+        --set moe.capacity_factor=1.25 --set moe.eval_capacity_factor=2 >/dev/null
+    fi
     t=$(jq -r '.final.test | [.accuracy, .load_cv, .load_max_mean, .importance_cv] | @csv' "$d/summary.json")
     echo "$a,$seed,$t,$(last_batch "$d" dropped_fraction),$(last_batch "$d" load_cv),$(last_batch "$d" aux_loss)" >> "$out/alpha-runs.csv"
     echo "switch-capacity: alpha=$a seed=$seed: $t" >&2

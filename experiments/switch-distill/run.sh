@@ -14,7 +14,7 @@
 # of the labels (alpha 0.25, temperature 1), the paper's mix. The summary of
 # each student reports the fraction of the teacher-baseline gap it recovers on
 # the test split, (student - baseline) / (teacher - baseline), for accuracy and
-# for loss. 3 seeds.
+# for loss.
 #
 # `lm` runs the same four systems on the byte-level language model of
 # experiments/common/lm.json (fortunes, 4 blocks, every second one an 8-expert
@@ -28,12 +28,18 @@
 #   baseline-4ep  the dense model trained 4 epochs (the teacher's 2 + the
 #                 student's 2) without a teacher
 #
-#   [SEEDS="1 2 3"] [THREADS=2] bash experiments/switch-distill/run.sh [fmnist|lm] [MOE_BINARY]
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/switch-distill] [WORK=runs/switch-distill] \
+#     bash experiments/switch-distill/run.sh [fmnist] [MOE_BINARY]
+#   [SEEDS="1 2 3"] [THREADS=1] [OUT=results/switch-distill/lm] [WORK=runs/switch-distill-lm] \
+#     bash experiments/switch-distill/run.sh lm [MOE_BINARY]
 #
-# Finished runs under runs/ are kept and not run again.
+# SEEDS default: 1-5 for Fashion-MNIST (runs of about 15 s), 1-3 for lm (runs of
+# about 3 minutes). Finished runs under WORK are kept and not run again (lib.sh
+# done_run; the count is printed first); a run stopped half way is run again
+# from scratch.
 #
-# Writes results/switch-distill/runs.csv (lm: results/switch-distill/lm/runs.csv),
-# table.csv (mean and sd over seeds), command.txt.
+# Writes OUT/runs.csv, table.csv (mean and sd over seeds), command.txt, and
+# switch-distill.png (lm: switch-distill-lm.png) when gnuplot is installed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -44,12 +50,8 @@ case "${1:-}" in fmnist|lm) task=$1; shift ;; esac
 . "$root/experiments/common/lib.sh"
 check_moe
 moe=$(moe_bin)
-expected_time "about 10 minutes (Fashion-MNIST, 12 runs) or, with the argument lm, about 50 minutes at THREADS=1 (18 runs)"
-read -r -a seeds <<< "${SEEDS:-1 2 3}"
-threads=(--threads "${THREADS:-2}")
 if [ "$task" = fmnist ]; then
-  out=${OUT:-$root/results/switch-distill}
-  work=${WORK:-$root/runs/switch-distill}
+  experiment_env switch-distill "1 2 3 4 5" # sets seeds, threads, out, work
   cfg=$root/experiments/common/fmnist-moe.json
   switch=(--set 'moe.router="switch"' --set model.n_expert_used=1 --set model.n_ff=128 --set moe.jitter=0.01
           --set 'moe.aux_loss="switch"' --set moe.aux_weight=0.01 --set moe.capacity_factor=1.25
@@ -58,15 +60,25 @@ if [ "$task" = fmnist ]; then
 else
   [ -s "$root/experiments/data/cache/fortunes/fortunes.txt" ] ||
     { echo "$0: fortunes text missing: bash experiments/data/fortunes.sh" >&2; exit 2; }
-  out=${OUT:-$root/results/switch-distill/lm}
-  work=${WORK:-$root/runs/switch-distill-lm}
+  experiment_env switch-distill "1 2 3" "$root/results/switch-distill/lm" "$root/runs/switch-distill-lm"
   cfg=$root/experiments/common/lm.json
   switch=()   # lm.json is the switch teacher
   dense=(--set model.moe_every=99)
   cd "$root"  # lm.json names its text relative to the repository root
 fi
 mkdir -p "$out" "$work"
-{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-2} bash experiments/switch-distill/run.sh $task  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
+systems=(teacher baseline kd kd-init)
+[ "$task" = fmnist ] || systems+=(init-only baseline-4ep)
+dirs=()
+for seed in "${seeds[@]}"; do for name in "${systems[@]}"; do dirs+=("$work/$name-s$seed"); done; done
+if [ "$task" = fmnist ]; then
+  plan_runs ${#dirs[@]} "$(count_done "${dirs[@]}")" 15 \
+    "Fashion-MNIST, ${#systems[@]} runs per seed x ${#seeds[@]} seeds; about 15 s each at 1 thread: 20 runs took about 5 minutes"
+else
+  plan_runs ${#dirs[@]} "$(count_done "${dirs[@]}")" 170 \
+    "byte-level LM, ${#systems[@]} runs per seed x ${#seeds[@]} seeds; about 3 minutes each at 1 thread: 18 runs took about 50 minutes"
+fi
+{ echo "$(env_line) bash experiments/switch-distill/run.sh $task  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 kd=(--alpha 0.25 --temperature 1)
 
 metric=$([ "$task" = lm ] && echo bits_per_byte || echo accuracy)
@@ -79,24 +91,24 @@ row() { # name seed dir
 }
 for seed in "${seeds[@]}"; do
   t=$work/teacher-s$seed b=$work/baseline-s$seed
-  done_run "$t" || "$moe" train --config "$cfg" --seed "$seed" --out "$t" --quiet "${threads[@]}" "${switch[@]}" >/dev/null
+  run_once "$t" "$moe" train --config "$cfg" --seed "$seed" --out "$t" --quiet --threads "$threads" "${switch[@]}" >/dev/null
   row teacher "$seed" "$t"
-  done_run "$b" || "$moe" train --config "$cfg" --seed "$seed" --out "$b" --quiet "${threads[@]}" "${dense[@]}" >/dev/null
+  run_once "$b" "$moe" train --config "$cfg" --seed "$seed" --out "$b" --quiet --threads "$threads" "${dense[@]}" >/dev/null
   row baseline "$seed" "$b"
   for mode in kd sparse-to-dense; do
     name=$([ "$mode" = kd ] && echo kd || echo kd-init)
     d=$work/$name-s$seed
-    done_run "$d" || "$moe" distill --teacher "$t/model.safetensors" --baseline "$b/model.safetensors" --mode "$mode" "${kd[@]}" \
-      --config "$cfg" --seed "$seed" --out "$d" --quiet "${threads[@]}" "${dense[@]}" >/dev/null
+    run_once "$d" "$moe" distill --teacher "$t/model.safetensors" --baseline "$b/model.safetensors" --mode "$mode" "${kd[@]}" \
+      --config "$cfg" --seed "$seed" --out "$d" --quiet --threads "$threads" "${dense[@]}" >/dev/null
     row "$name" "$seed" "$d"
   done
   [ "$task" = lm ] || continue
   d=$work/init-only-s$seed
-  done_run "$d" || "$moe" distill --teacher "$t/model.safetensors" --baseline "$b/model.safetensors" --mode sparse-to-dense \
-    --alpha 0 --temperature 1 --config "$cfg" --seed "$seed" --out "$d" --quiet "${threads[@]}" "${dense[@]}" >/dev/null
+  run_once "$d" "$moe" distill --teacher "$t/model.safetensors" --baseline "$b/model.safetensors" --mode sparse-to-dense \
+    --alpha 0 --temperature 1 --config "$cfg" --seed "$seed" --out "$d" --quiet --threads "$threads" "${dense[@]}" >/dev/null
   row init-only "$seed" "$d"
   d=$work/baseline-4ep-s$seed
-  done_run "$d" || "$moe" train --config "$cfg" --seed "$seed" --out "$d" --quiet "${threads[@]}" "${dense[@]}" \
+  run_once "$d" "$moe" train --config "$cfg" --seed "$seed" --out "$d" --quiet --threads "$threads" "${dense[@]}" \
     --set train.epochs=4 >/dev/null
   row baseline-4ep "$seed" "$d"
 done

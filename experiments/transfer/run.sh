@@ -36,17 +36,21 @@
 #                  embeddings and output head, --trainable 'tok_emb.*,head.*'
 #   lora-r4+head   lora-r4 with the head (LMs: embeddings and head) in full
 # Every run uses the same optimiser as its base (AdamW, lr 0.002), --threads
-# $THREADS (default 1), seeds $SEEDS (default 1 2 3). Finished runs are kept
-# (lib.sh done_run): a stopped script picks up where it stopped; delete
-# runs/transfer to start over.
+# $THREADS (default 1), seeds $SEEDS (default 1 2 3, not 1-5: each LM base takes
+# 60-90 s, and a seed about 7 minutes). Finished runs in WORK are kept and not
+# run again (lib.sh done_run; the count is printed first): a stopped script
+# picks up where it stopped, running the run it stopped in again from scratch;
+# delete WORK to start over. experiments/transfer/lr.sh reads the bases in WORK.
 #
 #   bash experiments/data/udhr.sh                  # once: the texts
-#   bash experiments/transfer/run.sh [MOE_BINARY]
+#   [SEEDS="1 2 3"] [THREADS=1] [OUT=results/transfer] [WORK=runs/transfer] \
+#     bash experiments/transfer/run.sh [MOE_BINARY]
 #
-# Writes results/transfer/runs.csv (one row per domain, system and seed;
+# Writes OUT/runs.csv (one row per domain, system and seed;
 # system = DOMAIN:SYSTEM; test_accuracy is next-byte accuracy for the LMs),
 # table.csv (mean and sd over seeds), pretrain.csv (each base on its own
-# domain's test split), command.txt; the run directories go under runs/transfer/.
+# domain's test split), command.txt, and transfer.png when gnuplot is
+# installed; the run directories go under WORK.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -57,16 +61,36 @@ check_moe
 moe=$(moe_bin)
 texts=$root/experiments/data/cache/udhr/text
 [ -d "$texts" ] || { echo "$0: no texts in '$texts' (run: bash experiments/data/udhr.sh)" >&2; exit 2; }
-out=${OUT:-$root/results/transfer}
-work=${WORK:-$root/runs/transfer}
-read -r -a seeds <<< "${SEEDS:-1 2 3}"
-threads=${THREADS:-1}
+experiment_env transfer "1 2 3" # sets seeds, threads, out, work
 mkdir -p "$out" "$work"
-expected_time "about $(( 7 * ${#seeds[@]} )) minutes at 1 thread, 7 per seed (a Fashion-MNIST base of about 5 s and its adaptations of under half a second each; per held-out language an LM base of 60-90 s and 13 adaptations of 7-13 s each)"
-{ echo "bash experiments/transfer/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), seeds ${seeds[*]}, threads $threads"; provenance "$moe"; } > "$out/command.txt"
 
 few=1
 "$moe" help train | grep -q 'GLOB@A-B' || { few=0; echo "transfer: '$moe' has no GLOB@A-B: skipping experts-0-1" >&2; }
+# the systems adapt() runs, in its order
+adapted=(zero-shot scratch full lora-r1 lora-r2 lora-r4 lora-r8 moe-only non-moe)
+[ "$few" = 0 ] || adapted+=(experts-0-1)
+adapted+=(head lora-r4+head)
+
+# what is already there, and the time: per seed a Fashion-MNIST base of about 5 s and its adaptations
+# of under half a second each, and per held-out language an LM base of 60-90 s and 13 adaptations
+# of 7-13 s each (7 minutes per seed in all)
+n=0 n_done=0 left=0
+for seed in "${seeds[@]}"; do
+  for dom in fmnist udhr-ell udhr-deu; do
+    for sys in pretrain "${adapted[@]}"; do
+      n=$((n + 1))
+      if done_run "$work/$dom/s$seed/$sys"; then n_done=$((n_done + 1))
+      elif [ "$dom" = fmnist ]; then left=$((left + 1))
+      elif [ "$sys" = pretrain ]; then left=$((left + 75))
+      else left=$((left + 10)); fi
+    done
+  done
+done
+skip_note "$n_done" "$n"
+expected_time "$(about_minutes $(( 7 * 60 * ${#seeds[@]} ))) for all $n runs at 1 thread, 7 per seed (a Fashion-MNIST base of about 5 s" \
+  "and its adaptations of under half a second each; per held-out language an LM base of 60-90 s and 13 adaptations" \
+  "of 7-13 s each), $(about_minutes "$left") for the $(( n - n_done )) left"
+{ echo "$(env_line) bash experiments/transfer/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 
 echo "domain,seed,parameters,test_accuracy,test_bits_per_byte,wall_seconds" > "$out/pretrain.csv"
 # pretrained DOMAIN SEED DIR: one line of pretrain.csv.
@@ -89,11 +113,11 @@ row() {
 }
 
 # fit DOMAIN SEED DIR SYSTEM CMD...: run CMD --out DIR/SYSTEM unless that run
-# has finished (lib.sh done_run), then add its row.
+# has finished (lib.sh run_once), then add its row.
 fit() {
   local dom=$1 seed=$2 dir=$3/$4 sys=$4
   shift 4
-  done_run "$dir" || "$@" --out "$dir" >/dev/null
+  run_once "$dir" "$@" --out "$dir" >/dev/null
   row "$dom:$sys" "$seed" "$dir"
 }
 
@@ -123,7 +147,7 @@ adapt() {
 fcfg=(--config "$root/experiments/common/fmnist-moe.json" --set data.standardize=false)
 for seed in "${seeds[@]}"; do
   base=$work/fmnist/s$seed/pretrain
-  done_run "$base" || "$moe" train "${fcfg[@]}" --set 'data.idx.classes=0,1,2,3,4' --seed "$seed" --quiet \
+  run_once "$base" "$moe" train "${fcfg[@]}" --set 'data.idx.classes=0,1,2,3,4' --seed "$seed" --quiet \
     --threads "$threads" --out "$base" >/dev/null
   pretrained fmnist "$seed" "$base"
   adapt fmnist "$seed" "$base/model.safetensors" 'layers.*.moe.experts.*' 'head.*' data.idx.limit_train=128 \
@@ -145,7 +169,7 @@ for lang in ell deu; do
   [ -e "$new/$lang.txt" ] || { echo "$0: no '$texts/$lang.txt'" >&2; exit 2; }
   for seed in "${seeds[@]}"; do
     base=$work/$dom/s$seed/pretrain
-    done_run "$base" || "$moe" train "${lcfg[@]}" --set data.text.path="\"$pre\"" \
+    run_once "$base" "$moe" train "${lcfg[@]}" --set data.text.path="\"$pre\"" \
       --set data.text.windows_per_epoch=4000 --set train.epochs=4 --seed "$seed" --quiet --threads "$threads" \
       --out "$base" >/dev/null
     pretrained "$dom" "$seed" "$base"

@@ -10,14 +10,17 @@
 # recorded, its message kept in WORK/NAME-sSEED.err), not a failure of the script.
 #
 #   bash experiments/data/fortunes.sh        # once: the corpus
-#   [SEEDS="1 2 3 4 5"] [THREADS=1] [LRS="..."] [OUT=...] [WORK=...] bash experiments/z-loss/run.sh [MOE_BINARY]
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] [LRS="..."] [OUT=results/z-loss] [WORK=runs/z-loss] \
+#     bash experiments/z-loss/run.sh [MOE_BINARY]
 #
 # Writes OUT/runs.csv (one row per system and seed), table.csv (per system: runs,
 # diverged, and over the runs that finished the mean, sample SD and 95% t-interval
 # of validation bits per byte; the mean and SD of the validation max/mean expert load), stats.csv (z-loss minus no z-loss per learning
 # rate, paired by seed over the seeds where both finished; experiments/common/stats.sh),
 # curves.csv (training loss per 100 steps), command.txt and, with gnuplot, z-loss.png
-# (plot.gp). Finished and diverged runs in WORK are kept (lib.sh done_run, .err files).
+# (plot.gp). SEEDS default 1-5 (runs of 32-64 s). Finished and diverged runs in WORK are kept and not
+# run again (lib.sh done_run, .err files; the count is printed first); a run stopped half way is run
+# again from scratch.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -26,16 +29,19 @@ root=$(cd "$here/../.." && pwd)
 . "$root/experiments/common/lib.sh"
 stats=$root/experiments/common/stats.sh
 need_lm_inputs # sets moe and corpus, or exits 2
-out=${OUT:-$root/results/z-loss}
-work=${WORK:-$root/runs/z-loss}
-seeds=(${SEEDS:-1 2 3 4 5})
-lrs=(${LRS:-0.002 0.01 0.03 0.1})
+experiment_env z-loss "1 2 3 4 5" # sets seeds, threads, out, work
+read -r -a lrs <<< "${LRS:-0.002 0.01 0.03 0.1}"
 zs=(0 0.001)
-threads=(--threads "${THREADS:-1}")
 mkdir -p "$out" "$work"
-n_runs=$(( ${#lrs[@]} * ${#zs[@]} * ${#seeds[@]} ))
-echo "z-loss: $n_runs training runs; about 45 s each at 1 thread on the 2-core x86-64 build machine while it was shared (a diverged run stops early), about $(( n_runs * 45 / 60 + 1 )) minutes in all (finished runs in $work are skipped)" >&2
-{ echo "SEEDS=\"${seeds[*]}\" THREADS=${THREADS:-1} LRS=\"${lrs[*]}\" bash experiments/z-loss/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"; provenance "$moe"; } > "$out/command.txt"
+# ended RUN: the run WORK/RUN finished, or diverged (its .err says so)
+ended() { done_run "$work/$1" || grep -q 'not finite' "$work/$1.err" 2>/dev/null; }
+n_runs=0 n_ended=0
+for seed in "${seeds[@]}"; do for lr in "${lrs[@]}"; do for z in "${zs[@]}"; do
+  n_runs=$((n_runs + 1)); ! ended "lr$lr-z$z-s$seed" || n_ended=$((n_ended + 1))
+done; done; done
+plan_runs "$n_runs" "$n_ended" 45 \
+  "${#lrs[@]} learning rates x ${#zs[@]} z-loss weights x ${#seeds[@]} seeds; about 45 s each at 1 thread while the machine was shared, 32-64 s measured; a diverged run stops early"
+{ echo "$(env_line) LRS=\"${lrs[*]}\" bash experiments/z-loss/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"; provenance "$moe"; } > "$out/command.txt"
 
 echo "system,seed,lr,z_weight,diverged,diverged_step,steps,valid_bits_per_byte,valid_loss,train_bits_per_byte,valid_z_loss,valid_load_max_mean,wall_seconds" > "$out/runs.csv"
 echo "system,seed,step,train_loss" > "$out/curves.csv"
@@ -45,10 +51,10 @@ for seed in "${seeds[@]}"; do
       name=lr$lr-z$z
       d=$work/$name-s$seed
       err=$work/$name-s$seed.err
-      if ! done_run "$d" && ! grep -q 'not finite' "$err" 2>/dev/null; then
-        rm -rf "$d"
+      if ! ended "$name-s$seed"; then
+        fresh_dir "$d"
         "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" --seed "$seed" \
-          --out "$d" --quiet "${threads[@]}" --set optim.lr="$lr" --set moe.z_weight="$z" >/dev/null 2>"$err"
+          --out "$d" --quiet --threads "$threads" --set optim.lr="$lr" --set moe.z_weight="$z" >/dev/null 2>"$err"
         rc=$?
         if [ $rc -ne 0 ] && ! grep -q 'not finite' "$err"; then
           echo "z-loss: $name seed=$seed failed (exit $rc) without diverging:" >&2; cat "$err" >&2; exit 1
