@@ -8,7 +8,7 @@
 # system, the seed spread (sample SD over seeds, averaged over kernels) beside
 # the kernel spread (sample SD over kernels, averaged over seeds) and the
 # largest difference between two kernels on one seed.
-#   [SEEDS="1 2 3"] [THREADS=1] [OUT=results/moebert/cross-kernel] [WORK=runs/moebert-xk] \
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/moebert/cross-kernel] [WORK=runs/moebert-xk] \
 #       bash experiments/moebert/cross-kernel.sh [MOE_BINARY]
 #   bash experiments/moebert/cross-kernel.sh --spread-only    (spread.csv from OUT/*/runs.csv alone)
 # About 18 minutes on the 2-core build machine (three times run.sh). Needs a CPU
