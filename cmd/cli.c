@@ -744,8 +744,16 @@ int cli_csv_end_row(struct moe_csv *csv, const struct cli_tags *t, struct moe_er
 
 volatile sig_atomic_t cli_stop_signal;
 
+// A second SIGINT or SIGTERM gets the default action (the disposition is reset);
+// SIGUSR1, a request that may come twice (a scheduler signalling every process
+// of the job, mpirun among them, which passes it on), stays a request.
 static void on_stop_signal(int sig)
 {
+    if (sig == SIGUSR1) {
+        if (!cli_stop_signal)
+            cli_stop_signal = sig;
+        return;
+    }
     cli_stop_signal = sig;
     signal(sig, SIG_DFL);
     moe_dist_stop_signal(); // over processes: was it the runtime ending the job after a death? (dist.h)
@@ -759,4 +767,9 @@ void cli_catch_stop_signals(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
 }
+
+const char *cli_stop_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGUSR1 ? "SIGUSR1" : "SIGTERM"; }
+
+int cli_stop_exit(int sig) { return sig == SIGINT ? 128 + SIGINT : 128 + SIGTERM; }

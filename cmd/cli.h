@@ -182,7 +182,16 @@ int cmd_distill(int argc, char **argv);
 // signal in cli_stop_signal, for the trainer to stop after its current step; a
 // second signal gets the default action (the disposition is reset), so a stuck
 // run can still be killed with a second Ctrl-C.
+// SIGUSR1 is a stop request like SIGTERM, with SIGTERM's exit status (143),
+// and a second one changes nothing: Open MPI's mpirun passes SIGUSR1 on to
+// every process of the job at once and exits with their status, whereas
+// SIGTERM to mpirun makes it exit 1 (README, Training over several processes;
+// cmd/moe-mpirun turns the one into the other).
 extern volatile sig_atomic_t cli_stop_signal;
+// The stop signal's name ("SIGINT", "SIGTERM", "SIGUSR1") and the exit status
+// it gives: 130 for SIGINT, 143 for SIGTERM and SIGUSR1.
+const char *cli_stop_name(int sig);
+int cli_stop_exit(int sig);
 
 // In a run over MPI processes (train --data-parallel N), this process's rank:
 // only rank 0 prints (errors, log lines, JSON on stdout) and writes the run

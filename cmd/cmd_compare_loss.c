@@ -36,7 +36,7 @@ static const char *const usage =
     "A run whose loss turns non-finite is counted as diverged and the sweep goes on.\n"
     "Each run's progress line starts 'compare-loss: SYSTEM seed N: ' (see moe help train).\n"
     "Each finished run is kept in DIR/parts/; run the same command again into the same DIR\n"
-    "after an interruption (SIGINT: exit 130, SIGTERM: 143) and it trains only the runs\n"
+    "after an interruption (SIGINT: exit 130, SIGTERM or SIGUSR1: 143) and it trains only the runs\n"
     "left, ending with the files an uninterrupted sweep writes. A DIR that holds a sweep\n"
     "with other settings (DIR/sweep.json: config, losses, seeds, tags), or another run,\n"
     "is refused (exit 2) unless --force, which first removes the previous run's or\n"
@@ -699,7 +699,7 @@ int cmd_compare_loss(int argc, char **argv)
                 goto out;
             if (rc < 0) { // stopped: keep what finished, say how to go on
                 int sig = cli_stop_signal ? cli_stop_signal : SIGTERM;
-                const char *sig_name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+                const char *sig_name = cli_stop_name(sig);
                 if (moe_csv_close(&curves, &err)) {
                     rc = cli_fail(cmd, &err);
                     goto out;
@@ -710,7 +710,7 @@ int cmd_compare_loss(int argc, char **argv)
                 cJSON_AddStringToObject(summary, "out", c.out);
                 if ((rc = cli_write_summary(cmd, c.out, summary)))
                     goto out;
-                rc = cli_error(cmd, 128 + sig,
+                rc = cli_error(cmd, cli_stop_exit(sig),
                                "interrupted by %s with %zu of %zu runs finished (kept in %s/); run the same command again to finish the sweep",
                                sig_name, finished, total, parts);
                 goto out;

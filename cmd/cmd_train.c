@@ -34,8 +34,9 @@ static const char *const usage =
     "Train the model a config describes; write DIR/config.json, metrics.csv,\n"
     "model.safetensors and summary.json, and print the summary JSON on stdout.\n"
     "Without --out, DIR is runs/train-<config hash>. DIR/checkpoint.safetensors is\n"
-    "rewritten after every epoch (and every train.checkpoint_every steps); SIGINT or\n"
-    "SIGTERM finishes the current step, writes it and exits 130 or 143.\n"
+    "rewritten after every epoch (and every train.checkpoint_every steps); SIGINT,\n"
+    "SIGTERM or SIGUSR1 finishes the current step, writes it and exits (SIGINT 130,\n"
+    "else 143).\n"
     "--resume DIR continues that run from its checkpoint, with its own config;\n"
     "the result is byte-identical to a run that was never stopped. With\n"
     "--set train.epochs=N (more than the run's) it extends a run, finished or not,\n"
@@ -421,16 +422,16 @@ static int open_outputs(struct train_run *r)
 static int interrupted(struct train_run *r, uint64_t steps)
 {
     int sig = cli_stop_signal, lora = r->o->lora, rc;
-    const char *name = sig == SIGINT ? "SIGINT" : "SIGTERM";
+    const char *name = cli_stop_name(sig);
     struct moe_err err = { 0 };
     if (lora && run_output_close(&r->outs, &err))
         return cli_fail(r->cmd, &err);
     if ((rc = run_output_interrupted(r->cmd, &r->outs, name, steps, !lora)))
         return rc;
     if (lora)
-        return cli_error(r->cmd, 128 + sig, "interrupted by %s at step %llu; a LoRA run cannot be resumed, run it again",
+        return cli_error(r->cmd, cli_stop_exit(sig), "interrupted by %s at step %llu; a LoRA run cannot be resumed, run it again",
                          name, (unsigned long long)steps);
-    return cli_error(r->cmd, 128 + sig, "interrupted by %s at step %llu; checkpoint written (continue with: moe train --resume %s)",
+    return cli_error(r->cmd, cli_stop_exit(sig), "interrupted by %s at step %llu; checkpoint written (continue with: moe train --resume %s)",
                      name, (unsigned long long)steps, r->out);
 }
 
@@ -462,7 +463,7 @@ static int train(struct train_run *r, struct moe_train_result *res)
     else
         progress_break(); // before the summary of an interrupted run goes to stdout
     if (rc == MOE_EINTR)
-        return files ? interrupted(r, res->steps) : 128 + cli_stop_signal;
+        return files ? interrupted(r, res->steps) : cli_stop_exit(cli_stop_signal);
     if (rc) {
         if (files)
             run_output_flush(&r->outs, NULL);

@@ -51,9 +51,13 @@ t_install() {
     for f in "$P/bin/moe" "$LIB/libmoe.a" "$LIB/libmoe.so" "$LIB/pkgconfig/moe.pc" "$INC/core/status.h" "$MAN1" "$COMPL"; do
         [ -f "$f" ] || missing+=("${f#"$DEST"}")
     done
+    # with MPI built in, the launcher that turns SIGTERM into moe's stop request
+    if "$MOE" --version | grep -q '^mpi: built with '; then
+        [ -x "$P/bin/moe-mpirun" ] || missing+=("${P#"$DEST"}/bin/moe-mpirun (executable)")
+    fi
     [ ${#missing[@]} -eq 0 ] || fail "not installed: ${missing[*]}"
 }
-check "meson install --destdir: moe, libmoe.a, libmoe.so, moe.pc, headers, moe.1, completion" t_install
+check "meson install --destdir: moe, libmoe.a, libmoe.so, moe.pc, headers, moe.1, completion (and moe-mpirun with MPI)" t_install
 
 t_headers() {
     local want have

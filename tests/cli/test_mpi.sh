@@ -14,7 +14,8 @@
 #   a run of one epoch at N = 4 is extended (--resume --set train.epochs=2)
 #   at N = 2 and in one process, both equal to a 2-epoch run; SIGTERM to the
 #   processes stops them after a step with a checkpoint (exit 143) that a
-#   resume in one process finishes with the uninterrupted run's files; a
+#   resume in one process finishes with the uninterrupted run's files, and
+#   so do SIGUSR1 to mpirun (exit 143) and SIGTERM to cmd/moe-mpirun; a
 #   killed process ends the job (no hang) with one line from the survivor
 #   naming it and the last checkpoint intact;
 #   both also with --expert-parallel.
@@ -188,21 +189,32 @@ check "a run checkpointed over 4 processes continues over 2, or in one, to the u
 
 # A longer run to stop: the LM with more windows per epoch.
 LONG=(--set data.text.windows_per_epoch=20000 --set train.epochs=1 --set train.eval_every=5 --set train.checkpoint_every=4)
+# HOW: procs (default: SIGTERM to the processes, as a scheduler sends it),
+# usr1 (SIGUSR1 to mpirun, which passes it on, and to the processes), launcher
+# (the job started by cmd/moe-mpirun, SIGTERM to the launcher); SIG: the
+# signal moe's line names.
+LAUNCHER=$HERE/../../cmd/moe-mpirun
 t_sigterm() { # PAR: --data-parallel (default) or --expert-parallel
     [ -f long1/model.safetensors ] || one long1 lm.json "${LONG[@]}" || return 1
     rm -rf long
-    "${MPIRUN[@]}" -np 2 "$MOE" train --config lm.json --out long --quiet --threads 1 "${PAR:---data-parallel}" 2 "${LONG[@]}" \
+    local start=("${MPIRUN[@]}")
+    [ "${HOW:-procs}" != launcher ] || start=(env "MPIRUN=${MPIRUN[0]}" "$LAUNCHER" "${MPIRUN[@]:1}")
+    "${start[@]}" -np 2 "$MOE" train --config lm.json --out long --quiet --threads 1 "${PAR:---data-parallel}" 2 "${LONG[@]}" \
         >long.out 2>long.err &
     local pid=$! i
     for i in $(seq 300); do # until the first training rows are written
         [ -f long/metrics.csv ] && [ "$(wc -l <long/metrics.csv)" -ge 6 ] && break
         sleep 0.1
     done
-    pkill -TERM -P "$pid" # the processes (a scheduler's SIGTERM), not mpirun
+    case ${HOW:-procs} in
+    procs) pkill -TERM -P "$pid" ;; # the processes (a scheduler's SIGTERM), not mpirun
+    usr1) kill -USR1 "$pid"; pkill -USR1 -P "$pid" ;; # as a scheduler signalling every process: each gets two
+    launcher) kill -TERM "$pid" ;;
+    esac
     wait "$pid"
     local rc=$?
-    [ "$rc" -eq 143 ] || { fail "mpirun exit $rc, not 143: $(cat long.err)"; return 1; }
-    grep -q "^moe train: interrupted by SIGTERM at step [0-9]*; checkpoint written" long.err ||
+    [ "$rc" -eq 143 ] || { fail "exit $rc, not 143: $(cat long.err)"; return 1; }
+    grep -q "^moe train: interrupted by ${SIG:-SIGTERM} at step [0-9]*; checkpoint written" long.err ||
         { fail "no interruption line: $(cat long.err)"; return 1; }
     [ "$(grep -c '^moe train: interrupted' long.err)" -eq 1 ] || { fail "more than one process spoke: $(cat long.err)"; return 1; }
     [ -f long/checkpoint.safetensors ] || { fail "no checkpoint"; return 1; }
@@ -213,6 +225,10 @@ t_sigterm() { # PAR: --data-parallel (default) or --expert-parallel
 check "SIGTERM to the processes: a checkpoint after a step, exit 143, one line; resumed in one process to the same files" t_sigterm
 t_sigterm_ep() { PAR=--expert-parallel t_sigterm; }
 check "the same with --expert-parallel 2" t_sigterm_ep
+t_usr1() { HOW=usr1 SIG=SIGUSR1 PAR=--expert-parallel t_sigterm; }
+check "SIGUSR1 to mpirun and to the processes (each gets two): the same checkpoint, one line, mpirun exits 143" t_usr1
+t_launcher() { HOW=launcher SIG=SIGUSR1 t_sigterm; }
+check "SIGTERM to cmd/moe-mpirun (mpirun in its own session): the same checkpoint, one line, exit 143" t_launcher
 
 t_killed() {
     rm -rf dead
