@@ -26,7 +26,7 @@ set xtics () nomirror
 do for [i=1:nl] { set xtics add (word(L, i) i - 1) }
 set grid ytics lc rgb "#dddddd"
 set arrow 1 from 3.5, graph 0 to 3.5, graph 1 nohead dt 3 lc rgb "#999999"
-set multiplot layout 2,1 title "UDHR in 12 languages, byte-level LM, validation bits per byte (lower is better); dots: one per seed (3 seeds)"
+set multiplot layout 2,1 title "UDHR in 12 languages, byte-level LM, validation bits per byte (lower is better); dots: one per seed"
 set title "bits per byte (diamond: mean); left of the dotted line the Latin-script languages"
 set ylabel "bits per byte"
 set key top center box opaque samplen 1 font ",9" maxrows 1
@@ -34,7 +34,7 @@ plot for [i=1:3] f every ::1 using (li(strcol(3)) + off(i)):(strcol(1) eq word(s
          with points pt 7 ps 0.5 lc rgb word(col, i) title word(sys, i), \
      for [i=1:3] "< ".agg." ".f using (li(strcol(2)) + off(i)):(strcol(1) eq word(sys, i) ? $3 : 1/0) \
          with points pt 12 ps 1.1 lc rgb word(col, i) notitle
-set title "difference from dense in the same seed (below 0: better than dense; diamond and bars: mean ± sample SD of the 3 differences)"
+set title "difference from dense in the same seed (below 0: better than dense; diamond and bars: mean ± sample SD of the per-seed differences)"
 set ylabel "bits per byte − dense"
 set arrow 2 from -0.6, 0 to nl-0.4, 0 nohead lc rgb "#555555"
 set key top left

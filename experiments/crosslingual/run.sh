@@ -8,7 +8,7 @@
 # (4 blocks, blocks 1 and 3 Switch top-1 over 8 experts of width 128; dense FFN
 # 128); the last 15% of each language's text is its validation split; 5 epochs
 # of 4,000 random windows of 64 bytes; seeds 1-5 by default (runs of 49-57 s;
-# the committed results are seeds 1-3). After training, `moe
+# the committed results are seeds 1-5). After training, `moe
 # route-stats` routes the validation split and reports, per sparse layer, the
 # mutual information between the first-choice expert and the language and
 # between the expert and the byte class of the input byte, each beside its
