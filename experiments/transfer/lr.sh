@@ -4,13 +4,16 @@
 # higher one. This re-runs six systems (scratch and five adaptations) at lr
 # 0.006 and 0.02, the adaptations from the same bases (run.sh must have run first: it reads runs/transfer/DOMAIN/sSEED/
 # pretrain/model.safetensors) with the same data and budget, and copies the
-# lr 0.002 rows from run.sh's run directories. Seeds $SEEDS (default 1 2).
+# lr 0.002 rows from run.sh's run directories. Seeds $SEEDS (default 1-5:
+# every adaptation takes under a minute).
 #
-#   bash experiments/transfer/lr.sh [MOE_BINARY]
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/transfer] [WORK=runs/transfer] \
+#     bash experiments/transfer/lr.sh [MOE_BINARY]
 #
 # Writes results/transfer/lr.csv (one row per domain, system, lr and seed) and
-# lr_table.csv (mean and sd over seeds; system = DOMAIN:SYSTEM@LR). Finished
-# runs are kept (lib.sh done_run).
+# lr_table.csv (mean and sd over seeds; system = DOMAIN:SYSTEM@LR) and
+# lr-command.txt (this command and the binary's provenance). Finished runs are
+# kept (lib.sh done_run).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -22,11 +25,12 @@ moe=$(moe_bin)
 out=${OUT:-$root/results/transfer}
 mkdir -p "$out"
 work=${WORK:-$root/runs/transfer}
-read -r -a seeds <<< "${SEEDS:-1 2}"
+read -r -a seeds <<< "${SEEDS:-1 2 3 4 5}"
 threads=${THREADS:-1}
 lrs=(0.006 0.02)
 expected_time "about $(( 4 * ${#seeds[@]} )) minutes at 1 thread, 4 per seed (per domain six systems at two rates: Fashion-MNIST adaptations of under half a second, LM adaptations of 7-13 s)"
 
+{ echo "$(env_line) bash experiments/transfer/lr.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/lr-command.txt"
 echo "system,seed,trainable_parameters,parameters,trainable_fraction,test_accuracy,test_bits_per_byte,test_loss,wall_seconds" > "$out/lr.csv"
 row() { # NAME SEED DIR
   jq -r --arg n "$1" --arg s "$2" '(.tuning.trainable_parameters // .parameters) as $t
