@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # plot-all.sh: redraw every results figure from the committed CSVs: each results/NAME/ from
 # experiments/NAME/plot.gp (switch-distill twice: the Fashion-MNIST top level and lm/), and
-# results/bench/layer.png from experiments/bench/layer.gp. Runs nothing but gnuplot (seconds).
+# results/bench/layer.png from experiments/bench/layer.gp, results/cuda-bench/layer.png from
+# experiments/bench/cuda-layer.gp. Runs nothing but gnuplot (seconds).
 #
 #   bash experiments/plot-all.sh
 #
@@ -26,3 +27,4 @@ for gp in experiments/*/plot.gp; do
 done
 draw results/switch-distill/lm experiments/switch-distill/plot.gp
 draw results/bench experiments/bench/layer.gp
+draw results/cuda-bench experiments/bench/cuda-layer.gp
