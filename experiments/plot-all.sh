@@ -2,7 +2,8 @@
 # plot-all.sh: redraw every results figure from the committed CSVs: each results/NAME/ from
 # experiments/NAME/plot.gp (switch-distill twice: the Fashion-MNIST top level and lm/), and
 # results/bench/layer.png from experiments/bench/layer.gp, results/cuda-bench/layer.png from
-# experiments/bench/cuda-layer.gp. Runs nothing but gnuplot (seconds).
+# experiments/bench/cuda-layer.gp and results/cuda-parity/parity.png from
+# experiments/bench/cuda-parity.gp. Runs nothing but gnuplot (seconds).
 #
 #   bash experiments/plot-all.sh
 #
@@ -28,3 +29,4 @@ done
 draw results/switch-distill/lm experiments/switch-distill/plot.gp
 draw results/bench experiments/bench/layer.gp
 draw results/cuda-bench experiments/bench/cuda-layer.gp
+draw results/cuda-parity experiments/bench/cuda-parity.gp
