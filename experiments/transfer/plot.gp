@@ -2,7 +2,7 @@
 # of parameters it tunes under its name. One panel per domain: Fashion-MNIST classes 0-4 -> 5-9
 # (test accuracy), UDHR 11 languages -> Greek and -> German (bits per byte). From OUT/runs.csv (each
 # dot one seed; every seed has its own base) and OUT/table.csv (diamond and bars: mean ± sample SD
-# over the 3 seeds). Dashed line: full fine-tuning's mean; dotted: training from scratch.
+# over the seeds). Dashed line: full fine-tuning's mean; dotted: training from scratch.
 # Points beyond the plotted range are drawn at its edge, with their mean written beside.
 #   gnuplot -e "out='results/transfer'" experiments/transfer/plot.gp
 # draws OUT/transfer.png
@@ -21,14 +21,17 @@ stats out."/table.csv" every ::1 using (dom(strcol(1)) eq D0 ? (S = S.sysof(strc
 n = words(S)
 idx(s) = (p = strstrt(S, " ".s." "), p ? words(S[1:p]) : NaN)
 pct(f) = f == 0 ? "0%" : f == 1 ? "100%" : f < 0.01 ? sprintf("%.2f%%", 100*f) : sprintf("%.1f%%", 100*f)
-seedc = "#1f77b4 #ff7f0e #2ca02c"
+seedc = "#1f77b4 #ff7f0e #2ca02c #9467bd #8c564b"
+stats out."/runs.csv" every ::1 using 2 nooutput
+nseed = int(STATS_max)
+step = nseed > 3 ? 0.05 : 0.07
 set xrange [-0.6:n-0.4]
 set xtics nomirror font ",9"
 set grid ytics lc rgb "#dddddd"
 set key off
 set bmargin 3.5
 clip(y) = y > ymax ? ymax : y < ymin ? ymin : y
-set multiplot layout 3,1 title "transfer: pretrain on one domain, adapt to another (dots: one per seed; diamond and bars: mean ± sample SD over 3 seeds;\ndashed: full fine-tuning mean; dotted: scratch mean; under each name the fraction of parameters tuned)"
+set multiplot layout 3,1 title "transfer: pretrain on one domain, adapt to another (dots: one per seed; diamond and bars: mean ± sample SD over ".nseed." seeds;\ndashed: full fine-tuning mean; dotted: scratch mean; under each name the fraction of parameters tuned)"
 do for [d=1:3] {
   D = word("fmnist udhr-ell udhr-deu", d)
   # column 6: accuracy (Fashion-MNIST, in %); column 7: bits per byte (LMs); table: 7 and 9
@@ -57,7 +60,7 @@ do for [d=1:3] {
   scratchm = STATS_min
   set arrow 1 from -0.6, fullm to n-0.4, fullm nohead dt 2 lc rgb "#888888"
   set arrow 2 from -0.6, scratchm to n-0.4, scratchm nohead dt 3 lc rgb "#555555"
-  plot for [sd=1:3] out."/runs.csv" every ::1 using (idx(sysof(strcol(1))) - 0.25 + 0.07*(sd - 1)):(dom(strcol(1)) eq D && $2 == sd ? clip(sc*column(rc)) : 1/0) \
+  plot for [sd=1:nseed] out."/runs.csv" every ::1 using (idx(sysof(strcol(1))) - 0.28 + step*(sd - 1)):(dom(strcol(1)) eq D && $2 == sd ? clip(sc*column(rc)) : 1/0) \
            with points pt 7 ps 0.6 lc rgb word(seedc, sd), \
        out."/table.csv" every ::(1 + (d-1)*n)::(d*n) using (idx(sysof(strcol(1)))):(1/0):xticlabels(sysof(strcol(1))."\n".pct($5)) with points, \
        out."/table.csv" every ::1 using (dom(strcol(1)) eq D ? idx(sysof(strcol(1))) + 0.15 : 1/0):(sc*column(tc)):(sc*column(tc+1)) \

@@ -36,14 +36,14 @@
 #                  embeddings and output head, --trainable 'tok_emb.*,head.*'
 #   lora-r4+head   lora-r4 with the head (LMs: embeddings and head) in full
 # Every run uses the same optimiser as its base (AdamW, lr 0.002), --threads
-# $THREADS (default 1), seeds $SEEDS (default 1 2 3, not 1-5: each LM base takes
-# 60-90 s, and a seed about 7 minutes). Finished runs in WORK are kept and not
+# $THREADS (default 1), seeds $SEEDS (default 1-5: on 2026-12-05 each LM base took
+# 18-46 s and a seed about 2.5 minutes; the first binary's LM bases took 60-90 s). Finished runs in WORK are kept and not
 # run again (lib.sh done_run; the count is printed first): a stopped script
 # picks up where it stopped, running the run it stopped in again from scratch;
 # delete WORK to start over. experiments/transfer/lr.sh reads the bases in WORK.
 #
 #   bash experiments/data/udhr.sh                  # once: the texts
-#   [SEEDS="1 2 3"] [THREADS=1] [OUT=results/transfer] [WORK=runs/transfer] \
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/transfer] [WORK=runs/transfer] \
 #     bash experiments/transfer/run.sh [MOE_BINARY]
 #
 # Writes OUT/runs.csv (one row per domain, system and seed;
@@ -61,7 +61,7 @@ check_moe
 moe=$(moe_bin)
 texts=$root/experiments/data/cache/udhr/text
 [ -d "$texts" ] || { echo "$0: no texts in '$texts' (run: bash experiments/data/udhr.sh)" >&2; exit 2; }
-experiment_env transfer "1 2 3" # sets seeds, threads, out, work
+experiment_env transfer "1 2 3 4 5" # sets seeds, threads, out, work
 mkdir -p "$out" "$work"
 
 few=1
@@ -72,8 +72,8 @@ adapted=(zero-shot scratch full lora-r1 lora-r2 lora-r4 lora-r8 moe-only non-moe
 adapted+=(head lora-r4+head)
 
 # what is already there, and the time: per seed a Fashion-MNIST base of about 5 s and its adaptations
-# of under half a second each, and per held-out language an LM base of 60-90 s and 13 adaptations
-# of 7-13 s each (7 minutes per seed in all)
+# of under a second each, and per held-out language an LM base of 18-46 s and 12 adaptations
+# of 2-7 s each (about 2.5 minutes per seed in all, at 1 thread on the 2026-12-05 build machine)
 n=0 n_done=0 left=0
 for seed in "${seeds[@]}"; do
   for dom in fmnist udhr-ell udhr-deu; do
@@ -81,15 +81,15 @@ for seed in "${seeds[@]}"; do
       n=$((n + 1))
       if done_run "$work/$dom/s$seed/$sys"; then n_done=$((n_done + 1))
       elif [ "$dom" = fmnist ]; then left=$((left + 1))
-      elif [ "$sys" = pretrain ]; then left=$((left + 75))
-      else left=$((left + 10)); fi
+      elif [ "$sys" = pretrain ]; then left=$((left + 35))
+      else left=$((left + 4)); fi
     done
   done
 done
 skip_note "$n_done" "$n"
-expected_time "$(about_minutes $(( 7 * 60 * ${#seeds[@]} ))) for all $n runs at 1 thread, 7 per seed (a Fashion-MNIST base of about 5 s" \
-  "and its adaptations of under half a second each; per held-out language an LM base of 60-90 s and 13 adaptations" \
-  "of 7-13 s each), $(about_minutes "$left") for the $(( n - n_done )) left"
+expected_time "$(about_minutes $(( 150 * ${#seeds[@]} ))) for all $n runs at 1 thread, 2.5 per seed (a Fashion-MNIST base of about 5 s" \
+  "and its adaptations of under a second each; per held-out language an LM base of 18-46 s and 12 adaptations" \
+  "of 2-7 s each), $(about_minutes "$left") for the $(( n - n_done )) left"
 { echo "$(env_line) bash experiments/transfer/run.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 
 echo "domain,seed,parameters,test_accuracy,test_bits_per_byte,wall_seconds" > "$out/pretrain.csv"
