@@ -22,6 +22,7 @@ kernels=(skx:0 haswell:3 zen3:6)
 mkdir -p "$out"
 spread_only=0
 [ "${1:-}" = "--spread-only" ] && { spread_only=1; shift; }
+[ "$spread_only" = 1 ] || echo "cross-kernel: run.sh three times (skx, haswell, zen3), each printing its own expected time: about 18 minutes in all on the 2-core build machine at 1 thread, less where runs are already finished" >&2
 for k in "${kernels[@]}"; do
     [ "$spread_only" = 1 ] && break
     name=${k%%:*}
