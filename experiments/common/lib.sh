@@ -20,26 +20,41 @@ last_batch() {
                          $3 == "batch" { v = $c } END { print v }' "$1/metrics.csv"
 }
 
-# mean_sd: read numbers on stdin, print "mean,sd" (sample sd; empty if none).
+# The statistics every table reports (mean, sample SD, 95% t-interval, paired
+# differences) are stats.sh's: one implementation, here and in the READMEs.
+# shellcheck source=stats.sh
+. "$(dirname "${BASH_SOURCE[0]}")/stats.sh"
+
+# mean_sd: read numbers on stdin, print "mean,sd" (sample sd; 0 for one number;
+# both empty if none).
 mean_sd() {
-    awk '{ n++; s += $1; ss += $1 * $1 } END {
-        if (n == 0) { print ","; exit }
-        m = s / n; v = n > 1 ? (ss - n * m * m) / (n - 1) : 0; if (v < 0) v = 0
-        printf "%.6g,%.6g\n", m, sqrt(v) }'
+    stats_describe | awk -F, '{ if ($1 == 0) print ","; else print $2 "," ($3 == "" ? 0 : $3) }'
 }
 
-# summarise_runs RUNS.CSV: mean and sample sd over seeds per system (column 1),
-# in order of first appearance, for every column from the 5th on (columns 3
-# and 4 are copied: the parameter counts). Empty cells stay empty.
-summarise_runs() {
-    awk -F, 'NR == 1 { printf "system,runs,%s,%s", $3, $4; for (i = 5; i <= NF; i++) printf ",%s_mean,%s_sd", $i, $i; print ""; nf = NF; next }
-         { k = $1; if (!(k in n)) order[++no] = k; n[k]++; act[k] = $3; par[k] = $4
-           for (i = 5; i <= NF; i++) { if ($i == "") { miss[k, i] = 1; continue } s[k, i] += $i; ss[k, i] += $i * $i } }
-         END { for (j = 1; j <= no; j++) { k = order[j]; printf "%s,%d,%s,%s", k, n[k], act[k], par[k]
-                 for (i = 5; i <= nf; i++) { if (miss[k, i]) { printf ",,"; continue }
-                   m = s[k, i] / n[k]; v = n[k] > 1 ? (ss[k, i] - n[k] * m * m) / (n[k] - 1) : 0
-                   if (v < 0) v = 0; printf ",%.6g,%.6g", m, sqrt(v) }
-                 print "" } }' "$1"
+# summarise_runs RUNS.CSV: per system (column 1, in order of first appearance),
+# the mean and sample sd over seeds of every column from the 5th on (columns 3
+# and 4 are copied: the parameter counts), then, after all of those, the 95%
+# t-interval of each mean (COLUMN_ci_lo, COLUMN_ci_hi), by stats.sh's report().
+# A column with an empty cell for a system stays empty for it; one seed gives
+# sd 0 and no interval.
+summarise_runs() { summarise_from 5 "$1"; }
+
+# summarise_from FIRST FILE: the same for a file whose column 2 is the seed and
+# whose numbers start at column FIRST (3: nothing copied; 5: columns 3 and 4
+# copied from the system's last row).
+summarise_from() {
+    awk -F, -v first="$1" "$_stats_awk"'
+         NR == 1 { printf "%s,runs", $1; for (i = 3; i < first; i++) printf ",%s", $i
+                   for (i = first; i <= NF; i++) printf ",%s_mean,%s_sd", $i, $i
+                   for (i = first; i <= NF; i++) printf ",%s_ci_lo,%s_ci_hi", $i, $i; print ""; nf = NF; next }
+         { k = $1; if (!(k in n)) order[++no] = k; n[k]++; for (i = 3; i < first; i++) cp[k, i] = $i
+           for (i = first; i <= NF; i++) { if ($i == "") { miss[k, i] = 1; continue } s[k, i] += $i; ss[k, i] += $i * $i } }
+         END { for (j = 1; j <= no; j++) { k = order[j]; printf "%s,%d", k, n[k]; for (i = 3; i < first; i++) printf ",%s", cp[k, i]; ci = ""
+                 for (i = first; i <= nf; i++) {
+                   if (miss[k, i]) { printf ",,"; ci = ci ",,"; continue }
+                   split(report(n[k], s[k, i], ss[k, i]), f, ",")
+                   printf ",%s,%s", f[2], (f[3] == "" ? 0 : f[3]); ci = ci "," f[4] "," f[5] }
+                 print ci } }' "$2"
 }
 
 # done_run DIR: DIR holds a finished run (a summary.json with "final"). Scripts

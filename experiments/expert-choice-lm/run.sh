@@ -29,7 +29,7 @@
 # run again (done_run; the count is printed first), a run stopped half way is run again from scratch;
 # the evaluations are cached as WORK/ec-s<seed>/eval-<mode>-<split>.json and the route-stats passes
 # as WORK/*-s<seed>/route-<mode>/ (also counted). Writes OUT/runs.csv (one row per system and
-# seed), table.csv (mean and sample sd over seeds), stats.csv (paired per-seed differences with 95%
+# seed), table.csv (mean, sample sd and 95% t-interval over seeds), stats.csv (paired per-seed differences with 95%
 # t-intervals, experiments/common/stats.sh), command.txt, and OUT/expert-choice-lm.png when gnuplot
 # is installed. Also checks that `moe eval` with ec_eval full gives the training summary's figure.
 # valid_experts_per_token (moe route-stats under the same evaluation) is the active compute actually

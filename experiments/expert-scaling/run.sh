@@ -19,7 +19,7 @@
 #
 # SEEDS default 1-5 (runs of 30-46 s). Finished runs under WORK are kept and
 # not run again (lib.sh done_run; the count is printed first); a run stopped
-# half way is run again from scratch. Writes OUT/runs.csv (one row per system and seed), table.csv (mean and sample sd
+# half way is run again from scratch. Writes OUT/runs.csv (one row per system and seed), table.csv (mean, sample sd and 95% t-interval
 # over seeds), command.txt, and OUT/expert-scaling.png when gnuplot is
 # installed. Tokens per second is also given as a ratio to the dense model
 # trained in the same seed loop (the machine is shared).

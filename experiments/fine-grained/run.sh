@@ -24,7 +24,7 @@
 # SEEDS default 1-5 (runs of 40-50 s). Finished runs under WORK (and REUSE's E8) are kept and not
 # run again (done_run; the count is printed first); a run stopped half way is run again from scratch.
 # Writes OUT/runs.csv,
-# table.csv (mean and sample sd over seeds), command.txt, and OUT/fine-grained.png when
+# table.csv (mean, sample sd and 95% t-interval over seeds), command.txt, and OUT/fine-grained.png when
 # gnuplot is installed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

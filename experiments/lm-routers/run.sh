@@ -17,7 +17,7 @@
 #
 # Finished runs under WORK are kept and not run again (lib.sh done_run; the
 # count is printed first); a run stopped half way is run again from scratch.
-# Writes OUT/runs.csv, table.csv (mean and sd over seeds), command.txt, and
+# Writes OUT/runs.csv, table.csv (mean, sample sd and 95% t-interval over seeds), command.txt, and
 # lm-routers.png when gnuplot is installed. Tokens per second is also given as
 # a ratio to the dense model trained in the same seed loop (the machine is
 # shared).

@@ -25,7 +25,7 @@
 #   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/moebert] [WORK=runs/moebert] \
 #     bash experiments/moebert/run.sh [MOE_BINARY]
 #
-# Writes OUT/runs.csv, table.csv (mean and sd over seeds), command.txt, and
+# Writes OUT/runs.csv, table.csv (mean, sample sd and 95% t-interval over seeds), command.txt, and
 # moebert.png when gnuplot is installed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

@@ -47,7 +47,7 @@
 #                 dropped fraction in training (whole run, first 25 steps), and the
 #                 speed-up with the step times of the bench at cf 1.25 and initial
 #                 weights (speedup_init_timing: the upper bound, see bench_variants)
-#   table.csv     mean and sample sd over seeds (summarise_runs)
+#   table.csv     mean, sample sd and 95% t-interval over seeds (summarise_runs)
 #   headline.csv  n, mean, sd and 95% t-interval over seeds of the headline columns,
 #                 and paired differences against dense (stats.sh)
 #   command.txt, and speed-quality.png when gnuplot is installed

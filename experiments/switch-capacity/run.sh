@@ -82,16 +82,8 @@ for a in "${alphas[@]}"; do
   done
 done
 
-# mean and sd over seeds
-summarise() { # FILE KEYS... : group by column 1, mean,sd of every other column except seed
-  awk -F, 'NR == 1 { printf "%s,runs", $1; for (i = 3; i <= NF; i++) printf ",%s_mean,%s_sd", $i, $i; print ""; nf = NF; next }
-           { k = $1; if (!(k in n)) order[++no] = k; n[k]++
-             for (i = 3; i <= NF; i++) { s[k, i] += $i; ss[k, i] += $i * $i } }
-           END { for (j = 1; j <= no; j++) { k = order[j]; printf "%s,%d", k, n[k]
-                   for (i = 3; i <= nf; i++) { m = s[k, i] / n[k]; v = n[k] > 1 ? (ss[k, i] - n[k] * m * m) / (n[k] - 1) : 0
-                     if (v < 0) v = 0; printf ",%.6g,%.6g", m, sqrt(v) }
-                   print "" } }' "$1"
-}
+# mean, sample sd and 95% t-interval over seeds (lib.sh summarise_from: stats.sh)
+summarise() { summarise_from 3 "$1"; }
 summarise "$out/capacity-runs.csv" > "$out/capacity.csv"
 summarise "$out/alpha-runs.csv" > "$out/alpha.csv"
 column -s, -t < "$out/capacity.csv" >&2

@@ -38,7 +38,7 @@
 # done_run; the count is printed first); a run stopped half way is run again
 # from scratch.
 #
-# Writes OUT/runs.csv, table.csv (mean and sd over seeds), command.txt, and
+# Writes OUT/runs.csv, table.csv (mean, sample sd and 95% t-interval over seeds), command.txt, and
 # switch-distill.png (lm: switch-distill-lm.png) when gnuplot is installed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

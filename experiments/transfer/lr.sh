@@ -11,7 +11,7 @@
 #     bash experiments/transfer/lr.sh [MOE_BINARY]
 #
 # Writes results/transfer/lr.csv (one row per domain, system, lr and seed) and
-# lr_table.csv (mean and sd over seeds; system = DOMAIN:SYSTEM@LR) and
+# lr_table.csv (mean, sample sd and 95% t-interval over seeds; system = DOMAIN:SYSTEM@LR) and
 # lr-command.txt (this command and the binary's provenance). Finished runs are
 # kept (lib.sh done_run).
 set -euo pipefail

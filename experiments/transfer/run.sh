@@ -48,7 +48,7 @@
 #
 # Writes OUT/runs.csv (one row per domain, system and seed;
 # system = DOMAIN:SYSTEM; test_accuracy is next-byte accuracy for the LMs),
-# table.csv (mean and sd over seeds), pretrain.csv (each base on its own
+# table.csv (mean, sample sd and 95% t-interval over seeds), pretrain.csv (each base on its own
 # domain's test split), command.txt, and transfer.png when gnuplot is
 # installed; the run directories go under WORK.
 set -euo pipefail
