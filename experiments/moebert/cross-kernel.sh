@@ -8,8 +8,8 @@
 # system, the seed spread (sample SD over seeds, averaged over kernels) beside
 # the kernel spread (sample SD over kernels, averaged over seeds) and the
 # largest difference between two kernels on one seed.
-#   [SEEDS="1 2 3 4 5"] [THREADS=1] [OUT=results/moebert/cross-kernel] [WORK=runs/moebert-xk] \
-#       bash experiments/moebert/cross-kernel.sh [MOE_BINARY]
+#   [SEEDS="1 2 3 4 5"] [THREADS=1] [KERNELS="skx haswell zen3"] [OUT=results/moebert/cross-kernel] \
+#       [WORK=runs/moebert-xk] bash experiments/moebert/cross-kernel.sh [MOE_BINARY]
 #   bash experiments/moebert/cross-kernel.sh --spread-only    (spread.csv from OUT/*/runs.csv alone)
 # About 18 minutes on the 2-core build machine (three times run.sh). Needs a CPU
 # with AVX-512 for skx; finished runs are skipped, as in run.sh.
@@ -18,11 +18,18 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=${OUT:-$root/results/moebert/cross-kernel}
 work=${WORK:-$root/runs/moebert-xk}
-kernels=(skx:0 haswell:3 zen3:6)
+# shellcheck source=../common/stats.sh
+. "$root/experiments/common/stats.sh" # the statistics: sample SD
+all_kernels=(skx:0 haswell:3 zen3:6)
+# KERNELS="zen3" (names from the three) runs only those, e.g. two calls in parallel on two cores;
+# the spread is always over the three (each must have run)
+kernels=()
+for k in "${all_kernels[@]}"; do [[ " ${KERNELS:-skx haswell zen3} " == *" ${k%%:*} "* ]] && kernels+=("$k"); done
+[ ${#kernels[@]} -gt 0 ] || { echo "cross-kernel.sh: KERNELS='${KERNELS:-}' names none of skx haswell zen3" >&2; exit 2; }
 mkdir -p "$out"
 spread_only=0
 [ "${1:-}" = "--spread-only" ] && { spread_only=1; shift; }
-[ "$spread_only" = 1 ] || echo "cross-kernel: run.sh three times (skx, haswell, zen3), each printing its own expected time: about 18 minutes in all on the 2-core build machine at 1 thread, less where runs are already finished" >&2
+[ "$spread_only" = 1 ] || echo "cross-kernel: run.sh once per kernel (${kernels[*]%%:*}), each printing its own expected time: 6-8 minutes per kernel for 5 seeds on the 2-core build machine at 1 thread, less where runs are already finished" >&2
 for k in "${kernels[@]}"; do
     [ "$spread_only" = 1 ] && break
     name=${k%%:*}
@@ -32,12 +39,13 @@ for k in "${kernels[@]}"; do
     rm -f "$out/$name"/*.png # the figure is drawn once, for the main results
 done
 # per (kernel, system, seed): test accuracy after training, and right after the conversion
-for k in "${kernels[@]}"; do
+for k in "${all_kernels[@]}"; do
     name=${k%%:*}
     awk -F, -v k="$name" 'NR > 1 { print k "," $1 "," $2 "," $5 "," $6 }' "$out/$name/runs.csv"
-done | awk -F, '
-function sd(a, n,    i, m, s) { m = 0; for (i = 1; i <= n; i++) m += a[i]; m /= n
-                                 s = 0; for (i = 1; i <= n; i++) s += (a[i] - m) ^ 2; return sqrt(s / (n - 1)) }
+done | awk -F, "$_stats_awk"'
+# sd(a, n): the sample SD of a[1..n], by stats.sh report()
+function sd(a, n,    i, s, ss, f) { s = ss = 0; for (i = 1; i <= n; i++) { s += a[i]; ss += a[i] * a[i] }
+                                     split(report(n, s, ss), f, ","); return f[3] + 0 }
 { if (!($2 in seen)) { seen[$2] = 1; order[++no] = $2 }
   if (!($1 in kseen)) { kseen[$1] = 1; kn[++nk] = $1 }
   if (!($3 in sseen)) { sseen[$3] = 1; sn[++ns] = $3 }
