@@ -55,5 +55,36 @@ usage() {
 }
 check "compare: wrong arguments exit 2 with the usage" usage
 
+
+# experiments/common/lib.sh builds every table.csv from these statistics (stats.sh's report())
+LIB=$HERE/../../experiments/common/lib.sh
+cat >runs2.csv <<'CSV'
+system,seed,active_parameters,parameters,test_loss
+b,2,1,1,3.5
+a,1,1,1,1
+a,2,1,1,2
+b,1,1,1,2
+a,3,1,1,3
+b,3,1,1,3.9
+c,1,1,1,
+d,1,1,1,7
+CSV
+# b: 2, 3.5, 3.9: mean 3.13333, SD 1.00167, 3.13333 -/+ 4.303 * 1.00167 / sqrt(3)
+table_want='system,runs,active_parameters,parameters,test_loss_mean,test_loss_sd,test_loss_ci_lo,test_loss_ci_hi
+b,3,1,1,3.13333,1.00167,0.644858,5.62181
+a,3,1,1,2,1,-0.484338,4.48434
+c,1,1,1,,,,
+d,1,1,1,7,0,,'
+summarise() {
+    local got
+    got=$(bash -c '. "$1"; summarise_runs "$2"' _ "$LIB" runs2.csv 2>&1)
+    [ "$got" = "$table_want" ] || fail "got:
+$got"
+}
+check "lib.sh summarise_runs: mean, SD and t interval per system in first-seen order; empty cells stay empty" summarise
+IN='1\n2\n3\n'; check "lib.sh mean_sd: mean and sample SD" expect "2,1" bash -c '. "$1"; mean_sd' _ "$LIB"
+IN='5\n'; check "lib.sh mean_sd: one value has SD 0" expect "5,0" bash -c '. "$1"; mean_sd' _ "$LIB"
+IN=''; check "lib.sh mean_sd: no values" expect "," bash -c '. "$1"; mean_sd' _ "$LIB"
+
 echo "1..$N"
 [ "$FAILED" -eq 0 ]
