@@ -19,10 +19,23 @@
 // BLIS takes its packed path (every product on its skx kernels) the values
 // are the same bits as bli_sgemm's.
 //
+// Threads: C is cut into one strip per thread along its longer side, in whole
+// micro-panels, and each thread runs the five loops over its strip alone, with
+// its own pack buffers: it packs its share of one operand and all of the other
+// (the smaller one, packed twice). BLIS's own scheme (and ours until
+// 2026-12-05) shares the packed blocks and splits each block's micro-tiles
+// between threads: then every block one thread packs is read by the other, and
+// packing the next block into the same buffer first takes its cache lines
+// back from the other core. Where one side of C is small (an expert's 128
+// rows; lm.json's 64-wide layers) that traffic and the barriers around it cost
+// as much as the arithmetic: 128 x 1024 x 256 gained 1.05-1.2x from a second
+// thread, and gains 1.5-1.6x in strips (dev/bench_gemm_threads.c has the
+// shapes and figures).
+//
 // Determinism: every element of C is one micro-kernel call per KC block, in
-// the order of pc, whatever thread runs it; threads split the micro-tiles of
-// C and the micro-panels being packed, never k. So the result is the same
-// bits at every thread count.
+// the order of pc, whatever thread runs it; strips start on micro-panel
+// boundaries and threads never split k. So the result is the same bits at
+// every thread count.
 #include "core/gemm.h"
 
 #include <blis.h>
@@ -134,63 +147,73 @@ struct job {
     float *C, *abuf, *bbuf;
 };
 
-// Thread `me` of `nth` (nth = 1: the caller alone, maybe inside a caller's own
-// parallel loop, so no OpenMP construct may bind to that loop's team): static
-// shares of the B panels, the A panels and the micro-tiles, with a barrier
-// between packing a block and reading it, and between reading it and packing
-// the next into the same buffer.
-static void share(size_t n, int me, int nth, size_t *lo, size_t *hi)
-{
-    *lo = n * (size_t)me / (size_t)nth;
-    *hi = n * (size_t)(me + 1) / (size_t)nth;
-}
-
-static void barrier(int nth)
-{
-    if (nth > 1) {
-        #pragma omp barrier
-    }
-}
-
-static void run_job(const struct job *j, int me, int nth)
+// The five loops over all of job j on the calling thread, with its pack buffers.
+static void run_job(const struct job *j)
 {
     const size_t mr = g_k.mr, nr = g_k.nr;
     auxinfo_t aux;
     memset(&aux, 0, sizeof aux);
-    size_t lo, hi;
     for (size_t jc = 0; jc < j->N; jc += g_k.nc) {
         const size_t nc = min_sz(j->N - jc, g_k.nc), n_jr = (nc + nr - 1) / nr;
         for (size_t pc = 0, kc; pc < j->K; pc += kc) {
             kc = kc_block(j->K - pc);
             float beta = pc == 0 ? j->beta : 1.0f;
-            barrier(nth); // every tile of the last block is done with bbuf
-            share(n_jr, me, nth, &lo, &hi);
-            for (size_t q = lo; q < hi; q++)
+            for (size_t q = 0; q < n_jr; q++)
                 pack_panel(j->bbuf + q * nr * kc, j->B + (jc + q * nr) * j->brs + pc * j->bcs, j->brs, j->bcs,
                            min_sz(nr, nc - q * nr), nr, kc);
             for (size_t ic = 0; ic < j->M; ic += g_k.mc) {
                 const size_t mc = min_sz(j->M - ic, g_k.mc), n_ir = (mc + mr - 1) / mr;
-                barrier(nth); // abuf free again (and, the first time, bbuf packed)
-                share(n_ir, me, nth, &lo, &hi);
-                for (size_t q = lo; q < hi; q++)
+                for (size_t q = 0; q < n_ir; q++)
                     pack_panel(j->abuf + q * mr * kc, j->A + (ic + q * mr) * j->ars + pc * j->acs, j->ars, j->acs,
                                min_sz(mr, mc - q * mr), mr, kc);
-                barrier(nth);
-                // micro-tiles, jr-major so a thread's run of tiles reuses its B panel
-                share(n_jr * n_ir, me, nth, &lo, &hi);
-                for (size_t t = lo; t < hi; t++) {
-                    const size_t qj = t / n_ir, qi = t % n_ir;
-                    float *a = j->abuf + qi * mr * kc, *b = j->bbuf + qj * nr * kc;
-                    bli_auxinfo_set_next_a(qi + 1 < n_ir ? a + mr * kc : j->abuf, &aux);
-                    bli_auxinfo_set_next_b(qi + 1 < n_ir ? b : b + nr * kc, &aux);
-                    float alpha = j->alpha;
-                    g_k.ukr((dim_t)min_sz(mr, mc - qi * mr), (dim_t)min_sz(nr, nc - qj * nr), (dim_t)kc, &alpha, a,
-                            b, &beta, j->C + (ic + qi * mr) * j->crs + (jc + qj * nr) * j->ccs, (inc_t)j->crs,
-                            (inc_t)j->ccs, &aux, g_k.cntx);
-                }
+                // micro-tiles jr-major: a run of tiles reuses one B panel
+                for (size_t qj = 0; qj < n_jr; qj++)
+                    for (size_t qi = 0; qi < n_ir; qi++) {
+                        float *a = j->abuf + qi * mr * kc, *b = j->bbuf + qj * nr * kc;
+                        bli_auxinfo_set_next_a(qi + 1 < n_ir ? a + mr * kc : j->abuf, &aux);
+                        bli_auxinfo_set_next_b(qi + 1 < n_ir ? b : b + nr * kc, &aux);
+                        float alpha = j->alpha;
+                        g_k.ukr((dim_t)min_sz(mr, mc - qi * mr), (dim_t)min_sz(nr, nc - qj * nr), (dim_t)kc, &alpha,
+                                a, b, &beta, j->C + (ic + qi * mr) * j->crs + (jc + qj * nr) * j->ccs, (inc_t)j->crs,
+                                (inc_t)j->ccs, &aux, g_k.cntx);
+                    }
             }
         }
     }
+}
+
+// Grow the calling thread's pack buffers to fit job j and point j at them: 0,
+// or -1 when they could not be allocated.
+static int buffers(struct job *j)
+{
+    // An A block (MC x kc) then a B block (kc x NC), each start 64-byte aligned
+    const size_t kc = min_sz(j->K, g_k.kc_max), na = (min_sz(j->M, g_k.mc) + g_k.mr) * kc / 16 * 16 + 16,
+                 nb = ((min_sz(j->N, g_k.nc) + g_k.nr - 1) / g_k.nr) * g_k.nr * kc;
+    if (t_buf_n < na + nb) {
+        free(t_buf);
+        t_buf = aligned_alloc(64, ((na + nb) * sizeof(float) + 63) / 64 * 64);
+        t_buf_n = t_buf ? na + nb : 0;
+        if (!t_buf)
+            return -1;
+    }
+    j->abuf = t_buf, j->bbuf = t_buf + na;
+    return 0;
+}
+
+// Thread `me` of `nth`'s strip of job j (above): rows of C in whole MR panels
+// when C has more rows than columns, else columns in whole NR panels. *s is
+// left with M or N zero when the strip is empty.
+static void strip(struct job *s, const struct job *j, int me, int nth)
+{
+    *s = *j;
+    const int rows = j->M >= j->N;
+    const size_t w = rows ? g_k.mr : g_k.nr, n = rows ? j->M : j->N, panels = (n + w - 1) / w;
+    const size_t lo = min_sz(panels * (size_t)me / (size_t)nth * w, n),
+                 hi = min_sz(panels * (size_t)(me + 1) / (size_t)nth * w, n);
+    if (rows)
+        s->M = hi - lo, s->A = j->A + lo * j->ars, s->C = j->C + lo * j->crs;
+    else
+        s->N = hi - lo, s->B = j->B + lo * j->brs, s->C = j->C + lo * j->ccs;
 }
 
 int moe_gemm_packed(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
@@ -210,26 +233,33 @@ int moe_gemm_packed(int trans_a, int trans_b, size_t M, size_t N, size_t K, floa
         j.ars = trans_b ? ldb : 1, j.acs = trans_b ? 1 : ldb; // (op(B)^T)(i, p) = op(B)(p, i)
         j.brs = trans_a ? 1 : lda, j.bcs = trans_a ? lda : 1; // (op(A)^T)(p, j) = op(A)(j, p)
     }
-    // A block (MC x kc) then the B block (kc x NC), each start 64-byte aligned
-    const size_t kc = min_sz(K, g_k.kc_max), na = (min_sz(j.M, g_k.mc) + g_k.mr) * kc / 16 * 16 + 16,
-                 nb = ((min_sz(j.N, g_k.nc) + g_k.nr - 1) / g_k.nr) * g_k.nr * kc;
-    if (t_buf_n < na + nb) {
-        free(t_buf);
-        t_buf = aligned_alloc(64, ((na + nb) * sizeof(float) + 63) / 64 * 64);
-        t_buf_n = t_buf ? na + nb : 0;
-        if (!t_buf)
-            return -1;
-    }
-    j.abuf = t_buf, j.bbuf = t_buf + na;
     j.C = C;
 #ifdef _OPENMP
     if (threads > 1) {
-        #pragma omp parallel num_threads(threads)
-        run_job(&j, omp_get_thread_num(), omp_get_num_threads());
-        return 0;
+        // Every thread gets its buffers before any writes C, so a failure
+        // leaves C as it was for the caller's fallback (bli_sgemm).
+        int fail = 0;
+        #pragma omp parallel num_threads(threads) shared(fail)
+        {
+            struct job s;
+            strip(&s, &j, omp_get_thread_num(), omp_get_num_threads());
+            if (s.M && s.N && buffers(&s)) {
+                #pragma omp atomic write
+                fail = 1;
+            }
+            #pragma omp barrier
+            int failed;
+            #pragma omp atomic read
+            failed = fail;
+            if (!failed && s.M && s.N)
+                run_job(&s);
+        }
+        return fail ? -1 : 0;
     }
 #endif
     (void)threads;
-    run_job(&j, 0, 1);
+    if (buffers(&j))
+        return -1;
+    run_job(&j);
     return 0;
 }
