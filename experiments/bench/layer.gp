@@ -7,7 +7,7 @@ set output out."/layer.png"
 set multiplot layout 1,2 title "MoE layer forward+backward, T=4096 D=256 F=1024 k=2 (median, min-max of the repeats)"
 set ylabel "milliseconds"
 set yrange [0:*]
-set key top left
+set key bottom right
 set title "against experts E (k = 2 fixed)"
 set xlabel "experts E"
 set logscale x 2
