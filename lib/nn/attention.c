@@ -53,6 +53,7 @@
 #include <string.h>
 
 #include "core/gemm.h"
+#include "core/hot.h"
 #include "core/vmath.h"
 #include "nn/nn.h"
 
@@ -63,16 +64,8 @@
 // Interleaved partial sums per row reduction: one AVX2 register, two SSE2 ones.
 #define LANES 8
 
-// Hot row loops get an AVX2 clone next to the SSE2 default (the build has no -march flag). Same
-// results on both: the lanes are explicit and nothing is contracted.
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define HOT __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef HOT
-#define HOT
-#endif
+// Hot row loops get an AVX2 clone next to the SSE2 default (core/hot.h).
+#define HOT MOE_HOT
 
 // sum of the lanes in a fixed tree
 static inline float lane_sum(const float a[LANES])

@@ -15,6 +15,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "core/hot.h"
 #include "nn/nn.h"
 
 #define PAR_MIN (1u << 14) // values (T x D) before a loop goes parallel
@@ -39,8 +40,9 @@ static inline double lanes_total(const double *acc)
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-// sum_i x_i, and sum_i (x_i - m)^2, each in LANES partial sums
-static double row_sum(const float *x, size_t D)
+// sum_i x_i, and sum_i (x_i - m)^2, each in LANES partial sums (inlined into the MOE_HOT loops below,
+// so they take the loop's instruction set)
+static inline __attribute__((always_inline)) double row_sum(const float *x, size_t D)
 {
     double acc[LANES] = { 0 };
     size_t i = 0;
@@ -52,7 +54,7 @@ static double row_sum(const float *x, size_t D)
     return lanes_total(acc);
 }
 
-static double row_sq_dev(const float *x, double m, size_t D)
+static inline __attribute__((always_inline)) double row_sq_dev(const float *x, double m, size_t D)
 {
     double acc[LANES] = { 0 };
     size_t i = 0;
@@ -70,8 +72,9 @@ static double row_sq_dev(const float *x, double m, size_t D)
 
 // For the input gradient: sum_i dy_i g_i (when s1 is not NULL) and sum_i dy_i g_i xhat_i,
 // xhat_i = (x_i - m) r, in LANES partial sums each.
-static void row_grad_sums(double *s1, double *s2, const float *x, const float *dy, const float *g, float m, float r,
-                          size_t D)
+static inline __attribute__((always_inline)) void row_grad_sums(double *s1, double *s2, const float *x,
+                                                                const float *dy, const float *g, float m,
+                                                                float r, size_t D)
 {
     double a1[LANES] = { 0 }, a2[LANES] = { 0 };
     size_t i = 0;
@@ -93,18 +96,39 @@ static void row_grad_sums(double *s1, double *s2, const float *x, const float *d
     *s2 = lanes_total(a2);
 }
 
+// This thread's rows [*t0, *t1) of T: the static split (rows are independent, so
+// any split gives the same values).
+static void row_range(size_t *t0, size_t *t1, size_t T)
+{
+    size_t nt = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
+    *t0 = T * id / nt;
+    *t1 = T * (id + 1) / nt;
+}
+
+// The loops over rows and columns below are MOE_HOT (core/hot.h): an AVX2 clone
+// beside the SSE2 default, the same bits on both (explicit lanes, no contraction).
+
 // reference: Ba, Kiros & Hinton 2016, "Layer Normalization" (arXiv:1607.06450).
 //   xhat = (x - mean) * rstd,  y = xhat * g + b,  var the population variance (divide by D).
 // Backward with dxhat = dy * g:
 //   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dg = sum_t dy * xhat,  db = sum_t dy.
-void moe_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b,
-                           size_t T, size_t D, float eps)
+// rms: RMSNorm (Zhang & Sennrich 2019, "Root Mean Square Layer Normalization", NeurIPS 2019):
+//   xhat = x * rstd,  rstd = 1 / sqrt(mean(x^2) + eps),  y = xhat * g (no centring, no bias; mean unused).
+// Backward with dxhat = dy * g:  dx = rstd * (dxhat - xhat * mean(dxhat * xhat)),  dg = sum_t dy * xhat.
+MOE_HOT static void forward_rows(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b,
+                                 size_t t0, size_t t1, size_t D, float eps, int rms)
 {
-    assert(D > 0);
-    #pragma omp parallel for schedule(static) if (T * D >= PAR_MIN)
-    for (size_t t = 0; t < T; t++) {
+    for (size_t t = t0; t < t1; t++) {
         const float *xt = x + t * D;
         float *yt = y + t * D;
+        if (rms) {
+            double ss = row_sq_dev(xt, 0.0, D);
+            float rf = (float)(1.0 / sqrt(ss / (double)D + (double)eps));
+            for (size_t i = 0; i < D; i++)
+                yt[i] = xt[i] * rf * g[i];
+            rstd[t] = rf;
+            continue;
+        }
         double m = row_sum(xt, D) / (double)D;
         // two passes: the variance of values far from zero does not cancel catastrophically
         double v = row_sq_dev(xt, m, D) / (double)D;
@@ -117,102 +141,115 @@ void moe_layernorm_forward(float *y, float *mean, float *rstd, const float *x, c
     }
 }
 
-void moe_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x, const float *mean,
-                            const float *rstd, const float *g, size_t T, size_t D)
+// dg (and db unless rms) += over every row in row order, for columns [i0, i1):
+// summed on the stack CW columns at a time (the runs' ends need not be
+// cache-line aligned in the gradient buffer: two threads adding to one line
+// every row would fight over it).
+MOE_HOT static void param_cols(float *dg, float *db, const float *dy, const float *x, const float *mean,
+                               const float *rstd, size_t T, size_t D, size_t i0, size_t i1, int rms)
 {
-    assert(D > 0);
-    #pragma omp parallel if (T * D >= PAR_MIN)
-    {
-        // dg, db: each thread its own run of columns, rows in order, summed on the
-        // stack (the runs' ends need not be cache-line aligned in the gradient
-        // buffer: two threads adding to one line every row would fight over it)
-        size_t i0, i1;
-        col_range(&i0, &i1, D);
-        for (size_t c0 = i0; c0 < i1; c0 += CW) {
-            const size_t w = i1 - c0 < CW ? i1 - c0 : CW;
-            float ag[CW], ab[CW];
-            memcpy(ag, dg + c0, w * sizeof *ag);
+    for (size_t c0 = i0; c0 < i1; c0 += CW) {
+        const size_t w = i1 - c0 < CW ? i1 - c0 : CW;
+        float ag[CW], ab[CW];
+        memcpy(ag, dg + c0, w * sizeof *ag);
+        if (!rms)
             memcpy(ab, db + c0, w * sizeof *ab);
-            for (size_t t = 0; t < T; t++) {
-                const float *xt = x + t * D + c0, *dyt = dy + t * D + c0;
-                float m = mean[t], r = rstd[t];
-                for (size_t i = 0; i < w; i++) {
-                    float xh = (xt[i] - m) * r;
-                    ag[i] += dyt[i] * xh;
-                    ab[i] += dyt[i];
-                }
+        for (size_t t = 0; t < T; t++) {
+            const float *xt = x + t * D + c0, *dyt = dy + t * D + c0;
+            float r = rstd[t];
+            if (rms) {
+                for (size_t i = 0; i < w; i++)
+                    ag[i] += dyt[i] * (xt[i] * r);
+                continue;
             }
-            memcpy(dg + c0, ag, w * sizeof *ag);
-            memcpy(db + c0, ab, w * sizeof *ab);
+            float m = mean[t];
+            for (size_t i = 0; i < w; i++) {
+                float xh = (xt[i] - m) * r;
+                ag[i] += dyt[i] * xh;
+                ab[i] += dyt[i];
+            }
         }
-        if (dx) {
-            #pragma omp for schedule(static)
-            for (size_t t = 0; t < T; t++) {
-                const float *xt = x + t * D, *dyt = dy + t * D;
-                float m = mean[t], r = rstd[t];
-                double s_dxh, s_dxh_xh;
-                row_grad_sums(&s_dxh, &s_dxh_xh, xt, dyt, g, m, r, D);
-                float a = (float)(s_dxh / (double)D), c = (float)(s_dxh_xh / (double)D);
-                float *dxt = dx + t * D;
-                for (size_t i = 0; i < D; i++) {
-                    float xh = (xt[i] - m) * r;
-                    dxt[i] += r * (dyt[i] * g[i] - a - xh * c);
-                }
-            }
+        memcpy(dg + c0, ag, w * sizeof *ag);
+        if (!rms)
+            memcpy(db + c0, ab, w * sizeof *ab);
+    }
+}
+
+// dx (rows [t0, t1)) += the input gradient.
+MOE_HOT static void dx_rows(float *dx, const float *dy, const float *x, const float *mean, const float *rstd,
+                            const float *g, size_t t0, size_t t1, size_t D, int rms)
+{
+    for (size_t t = t0; t < t1; t++) {
+        const float *xt = x + t * D, *dyt = dy + t * D;
+        float *dxt = dx + t * D;
+        float r = rstd[t];
+        if (rms) {
+            double s_dxh_xh;
+            row_grad_sums(NULL, &s_dxh_xh, xt, dyt, g, 0.0f, r, D);
+            float c = (float)(s_dxh_xh / (double)D);
+            for (size_t i = 0; i < D; i++)
+                dxt[i] += r * (dyt[i] * g[i] - xt[i] * r * c);
+            continue;
+        }
+        float m = mean[t];
+        double s_dxh, s_dxh_xh;
+        row_grad_sums(&s_dxh, &s_dxh_xh, xt, dyt, g, m, r, D);
+        float a = (float)(s_dxh / (double)D), c = (float)(s_dxh_xh / (double)D);
+        for (size_t i = 0; i < D; i++) {
+            float xh = (xt[i] - m) * r;
+            dxt[i] += r * (dyt[i] * g[i] - a - xh * c);
         }
     }
 }
 
-// reference: Zhang & Sennrich 2019, "Root Mean Square Layer Normalization" (NeurIPS 2019).
-//   xhat = x * rstd,  rstd = 1 / sqrt(mean(x^2) + eps),  y = xhat * g (no centring, no bias).
-// Backward with dxhat = dy * g:  dx = rstd * (dxhat - xhat * mean(dxhat * xhat)),  dg = sum_t dy * xhat.
-void moe_rmsnorm_forward(float *y, float *rstd, const float *x, const float *g, size_t T, size_t D, float eps)
+static void forward(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b, size_t T,
+                    size_t D, float eps, int rms)
 {
     assert(D > 0);
-    #pragma omp parallel for schedule(static) if (T * D >= PAR_MIN)
-    for (size_t t = 0; t < T; t++) {
-        const float *xt = x + t * D;
-        float *yt = y + t * D;
-        double ss = row_sq_dev(xt, 0.0, D);
-        float rf = (float)(1.0 / sqrt(ss / (double)D + (double)eps));
-        for (size_t i = 0; i < D; i++)
-            yt[i] = xt[i] * rf * g[i];
-        rstd[t] = rf;
+    #pragma omp parallel if (T * D >= PAR_MIN)
+    {
+        size_t t0, t1;
+        row_range(&t0, &t1, T);
+        forward_rows(y, mean, rstd, x, g, b, t0, t1, D, eps, rms);
     }
+}
+
+static void backward(float *dx, float *dg, float *db, const float *dy, const float *x, const float *mean,
+                     const float *rstd, const float *g, size_t T, size_t D, int rms)
+{
+    assert(D > 0);
+    #pragma omp parallel if (T * D >= PAR_MIN)
+    {
+        size_t i0, i1;
+        col_range(&i0, &i1, D);
+        param_cols(dg, db, dy, x, mean, rstd, T, D, i0, i1, rms);
+        if (dx) {
+            size_t t0, t1;
+            row_range(&t0, &t1, T);
+            dx_rows(dx, dy, x, mean, rstd, g, t0, t1, D, rms);
+        }
+    }
+}
+
+void moe_layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b,
+                           size_t T, size_t D, float eps)
+{
+    forward(y, mean, rstd, x, g, b, T, D, eps, 0);
+}
+
+void moe_layernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x, const float *mean,
+                            const float *rstd, const float *g, size_t T, size_t D)
+{
+    backward(dx, dg, db, dy, x, mean, rstd, g, T, D, 0);
+}
+
+void moe_rmsnorm_forward(float *y, float *rstd, const float *x, const float *g, size_t T, size_t D, float eps)
+{
+    forward(y, NULL, rstd, x, g, NULL, T, D, eps, 1);
 }
 
 void moe_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, const float *rstd, const float *g,
                           size_t T, size_t D)
 {
-    assert(D > 0);
-    #pragma omp parallel if (T * D >= PAR_MIN)
-    {
-        size_t i0, i1;
-        col_range(&i0, &i1, D);
-        for (size_t c0 = i0; c0 < i1; c0 += CW) { // on the stack: see moe_layernorm_backward
-            const size_t w = i1 - c0 < CW ? i1 - c0 : CW;
-            float ag[CW];
-            memcpy(ag, dg + c0, w * sizeof *ag);
-            for (size_t t = 0; t < T; t++) {
-                const float *xt = x + t * D + c0, *dyt = dy + t * D + c0;
-                float r = rstd[t];
-                for (size_t i = 0; i < w; i++)
-                    ag[i] += dyt[i] * (xt[i] * r);
-            }
-            memcpy(dg + c0, ag, w * sizeof *ag);
-        }
-        if (dx) {
-            #pragma omp for schedule(static)
-            for (size_t t = 0; t < T; t++) {
-                const float *xt = x + t * D, *dyt = dy + t * D;
-                float r = rstd[t];
-                double s_dxh_xh;
-                row_grad_sums(NULL, &s_dxh_xh, xt, dyt, g, 0.0f, r, D);
-                float c = (float)(s_dxh_xh / (double)D);
-                float *dxt = dx + t * D;
-                for (size_t i = 0; i < D; i++)
-                    dxt[i] += r * (dyt[i] * g[i] - xt[i] * r * c);
-            }
-        }
-    }
+    backward(dx, dg, NULL, dy, x, NULL, rstd, g, T, D, 1);
 }
