@@ -292,9 +292,12 @@ void cli_device_refusal(char *buf, size_t len, const char *device, int device_id
     }
 }
 
-// cuda_ok (moe bench): a usable CUDA device is accepted and described in
-// *cuda; otherwise every --device but cpu is refused.
-static int setup_compute(const char *cmd, const struct cli_common *c, struct moe_backend_info *cuda)
+// cuda (moe bench): a usable CUDA device is accepted and described in
+// *cuda; otherwise every --device but cpu is refused. dry (train --dry-run,
+// which runs nothing): in a build with CUDA, what the probe found is handed
+// back whether or not a device is usable; refused are a build without CUDA
+// and a device number beyond the devices there are.
+static int setup_compute(const char *cmd, const struct cli_common *c, struct moe_backend_info *cuda, int dry)
 {
     if (cuda)
         memset(cuda, 0, sizeof *cuda);
@@ -302,7 +305,8 @@ static int setup_compute(const char *cmd, const struct cli_common *c, struct moe
         struct moe_backend_info info;
         char why[2 * MOE_BACKEND_REASON_MAX + 2 * MOE_DEVICE_NAME_MAX];
         moe_backend_find("cuda")->probe(c->device_id, &info);
-        if (cuda && info.available && info.device == c->device_id) {
+        int dry_ok = dry && info.built && (!info.available || c->device_id < info.device_count);
+        if (cuda && (dry_ok || (info.available && info.device == c->device_id))) {
             *cuda = info;
         } else {
             cli_device_refusal(why, sizeof why, c->device, c->device_id, &info);
@@ -321,11 +325,16 @@ static int setup_compute(const char *cmd, const struct cli_common *c, struct moe
     return 0;
 }
 
-int cli_setup_compute(const char *cmd, const struct cli_common *c) { return setup_compute(cmd, c, NULL); }
+int cli_setup_compute(const char *cmd, const struct cli_common *c) { return setup_compute(cmd, c, NULL, 0); }
 
 int cli_setup_compute_cuda(const char *cmd, const struct cli_common *c, struct moe_backend_info *cuda)
 {
-    return setup_compute(cmd, c, cuda);
+    return setup_compute(cmd, c, cuda, 0);
+}
+
+int cli_setup_compute_dry(const char *cmd, const struct cli_common *c, struct moe_backend_info *cuda)
+{
+    return setup_compute(cmd, c, cuda, 1);
 }
 
 // An option that adds to a list key ("key=items", cli_add_set): the list so far, then its items.

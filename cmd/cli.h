@@ -100,6 +100,11 @@ int cli_setup_compute(const char *cmd, const struct cli_common *c);
 // refused as above otherwise.
 struct moe_backend_info;
 int cli_setup_compute_cuda(const char *cmd, const struct cli_common *c, struct moe_backend_info *cuda);
+// The same for train --dry-run: in a build with CUDA, --device cuda or cuda:N
+// is accepted whether or not a device is usable here (*cuda says what the probe
+// found: available 0 and the reason, or the device); refused are a build
+// without CUDA and N beyond the devices there are. --device cpu: *cuda zeroed.
+int cli_setup_compute_dry(const char *cmd, const struct cli_common *c, struct moe_backend_info *cuda);
 // --device's value: "cpu", "cuda" (device 0) or "cuda:N", N decimal digits.
 // Returns 0 and sets *id (0 unless cuda:N), or -1 when malformed.
 int cli_device_parse(const char *arg, int *id);

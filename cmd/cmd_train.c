@@ -17,6 +17,7 @@
 
 #include "estimate.h"
 #include "progress.h"
+#include "backend/backend.h"
 #include "dist/dist.h"
 #include "dist/ep.h"
 #include "run_dir.h"
@@ -158,9 +159,45 @@ static size_t train_batch(const struct moe_run_cfg *rc, size_t n_train, size_t n
     return chunk > max_batch ? chunk : max_batch;
 }
 
+// --dry-run --device cuda[:N]: the "device" object of the estimate, from what
+// the probe found (cuda): the device memory the run needs and, with a usable
+// device, its memory and whether the need fits; without one, fits is null and
+// the reason is given. The CUDA backend takes the sparse models only.
+static int dry_device(const char *cmd, const struct cli_common *c, const struct moe_run_cfg *rcfg,
+                      const struct moe_model_estimate *est, const struct moe_backend_info *cuda, cJSON *s)
+{
+    enum moe_model_type t = rcfg->model.type;
+    if (t != MOE_MODEL_MLP_MOE && t != MOE_MODEL_TRANSFORMER)
+        return cli_error(cmd, 2, "option '--device %s' cannot be used with model.type '%s': the CUDA backend is "
+                         "for mlp-moe and transformer models; use --device cpu", c->device, moe_model_kind(t)->name);
+    cJSON *d = cJSON_AddObjectToObject(s, "device");
+    if (!d)
+        return cli_error(cmd, 1, "out of memory");
+    char name[32];
+    snprintf(name, sizeof name, "cuda:%d", c->device_id);
+    cJSON_AddStringToObject(d, "device", name);
+    const size_t need = moe_estimate_device_bytes(est);
+    cJSON_AddNumberToObject(d, "memory_bytes", (double)need);
+    cJSON_AddNumberToObject(d, "reserve_bytes", (double)MOE_ESTIMATE_CUDA_RESERVE_BYTES);
+    const int usable = cuda->available && cuda->device == c->device_id;
+    cJSON_AddBoolToObject(d, "available", usable);
+    if (usable) {
+        cJSON_AddStringToObject(d, "name", cuda->dev.name);
+        cJSON_AddNumberToObject(d, "total_memory_bytes", (double)cuda->dev.total_memory);
+        cJSON_AddBoolToObject(d, "fits", need <= cuda->dev.total_memory);
+    } else {
+        cJSON_AddStringToObject(d, "reason", cuda->reason[0] ? cuda->reason : "the device could not be described");
+        cJSON_AddNullToObject(d, "fits");
+    }
+    return 0;
+}
+
 // --dry-run: the estimate on stdout, from the config alone when it gives the
-// data's shape (synthetic), else after loading the data.
-static int dry_run(const char *cmd, const struct moe_config *cfg, const struct moe_run_cfg *rcfg)
+// data's shape (synthetic), else after loading the data. cuda: what the CUDA
+// probe found for --device cuda[:N] (then the output has a "device" object),
+// NULL for --device cpu.
+static int dry_run(const char *cmd, const struct cli_common *c, const struct moe_config *cfg,
+                   const struct moe_run_cfg *rcfg, const struct moe_backend_info *cuda)
 {
     struct moe_err err = { 0 };
     struct moe_data data;
@@ -195,7 +232,9 @@ static int dry_run(const char *cmd, const struct moe_config *cfg, const struct m
         cJSON_AddItemToObject(s, it->string, cJSON_DetachItemViaPointer(e, it));
         it = next;
     }
-    rc = e ? cli_print_json(cmd, s) : cli_error(cmd, 1, "out of memory");
+    rc = !e ? cli_error(cmd, 1, "out of memory") : cuda ? dry_device(cmd, c, rcfg, &est, cuda, s) : 0;
+    if (!rc)
+        rc = cli_print_json(cmd, s);
     cJSON_Delete(e);
     cJSON_Delete(s);
     moe_data_release(&data);
@@ -625,8 +664,10 @@ static int prepare(struct train_run *r, cJSON **done, int *ret_done)
     struct moe_err err = { 0 };
     int rc;
     *ret_done = 0;
+    struct moe_backend_info cuda; // --dry-run --device cuda: what the probe found
     if ((rc = check_resume_options(r)) || (rc = run_output_check_tags(cmd, &c->tags)) ||
-        (rc = distill_check_tags(cmd, &c->tags)) || (rc = cli_setup_compute(cmd, c)))
+        (rc = distill_check_tags(cmd, &c->tags)) ||
+        (rc = o->dry_run ? cli_setup_compute_dry(cmd, c, &cuda) : cli_setup_compute(cmd, c)))
         return rc;
     cli_catch_stop_signals();
     // --resume: lock the directory (another process there: fail now) and clear
@@ -650,7 +691,7 @@ static int prepare(struct train_run *r, cJSON **done, int *ret_done)
         return cli_fail(cmd, &err);
     if (o->dry_run) {
         *ret_done = 1;
-        return dry_run(cmd, &r->cfg, &r->rc);
+        return dry_run(cmd, c, &r->cfg, &r->rc, strcmp(c->device, "cpu") != 0 ? &cuda : NULL);
     }
     if (!r->out) {
         snprintf(r->default_out, sizeof r->default_out, "runs/train-%016llx", (unsigned long long)moe_config_hash(&r->cfg));

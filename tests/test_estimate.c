@@ -930,6 +930,22 @@ static int check_train_ignore_memory(const struct moe_model_estimate *e, int dat
     return cli_check_memory("train", e, data_loaded, 1);
 }
 
+// The device memory of a run on a CUDA device: the plan's device buffers plus
+// the runtime's reserve, and no wrap-around when they come near SIZE_MAX.
+START_TEST(test_device_bytes)
+{
+    struct moe_model_estimate e;
+    memset(&e, 0, sizeof e);
+    e.bytes_params = 1000, e.bytes_grads = 1000, e.bytes_optimizer = 2000, e.bytes_activations = 5000;
+    e.bytes_trainer = 7, e.bytes_data = 11, e.bytes_process = 13; // host memory: not on the device
+    ck_assert_uint_eq(moe_estimate_device_bytes(&e), 9000 + MOE_ESTIMATE_CUDA_RESERVE_BYTES);
+    e.bytes_activations = SIZE_MAX - 4000 - MOE_ESTIMATE_CUDA_RESERVE_BYTES;
+    ck_assert_uint_eq(moe_estimate_device_bytes(&e), SIZE_MAX);
+    e.bytes_activations++;
+    ck_assert_uint_eq(moe_estimate_device_bytes(&e), SIZE_MAX);
+}
+END_TEST
+
 START_TEST(test_check_memory)
 {
     const char *ovs[] = { "model.type=mlp-moe", "model.n_embd=256", "model.n_ff=1024", "model.n_expert=16" };
@@ -1042,6 +1058,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_cgroup);
     tcase_add_test(tc, test_sysmem);
     tcase_add_test(tc, test_check_memory);
+    tcase_add_test(tc, test_device_bytes);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -558,3 +558,14 @@ int moe_data_shape_cfg(const struct moe_data_cfg *c, enum moe_task *ret_task, si
     *ret_n_test = n_test;
     return 1;
 }
+
+size_t moe_estimate_device_bytes(const struct moe_model_estimate *e)
+{
+    const size_t parts[] = { e->bytes_params, e->bytes_grads, e->bytes_optimizer, e->bytes_activations,
+                             MOE_ESTIMATE_CUDA_RESERVE_BYTES };
+    size_t sum = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        if (__builtin_add_overflow(sum, parts[i], &sum))
+            return SIZE_MAX;
+    return sum;
+}

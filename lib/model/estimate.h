@@ -54,6 +54,12 @@
 // (no MPI) against the 5.4 MiB estimated without this term, and 9.4 MiB with
 // CUDA and MPI (2026-12-04, after the device MoE layer joined libmoe).
 #define MOE_ESTIMATE_CUDA_BYTES ((size_t)3 << 20) // 3 MiB
+// Device memory of a run on a CUDA device (moe_estimate_device_bytes): besides
+// the plan's buffers, what the CUDA runtime and cuBLAS take on the device (the
+// context, the kernels' images, cuBLAS's handle and workspace). An allowance,
+// not a measurement: CUDA contexts are documented in the hundreds of MiB, and
+// nothing of this has been measured on a GPU by this project yet.
+#define MOE_ESTIMATE_CUDA_RESERVE_BYTES ((size_t)512 << 20) // 512 MiB
 
 struct moe_model_estimate {
     size_t parameters;        // trainable floats: exactly moe_params_count() of the model moe_model_create builds
@@ -149,6 +155,13 @@ int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_data_c
                           const struct moe_estimate_loop *loop, enum moe_task task, size_t n_in, size_t n_out,
                           size_t n_train_rows, size_t n_test_rows, size_t max_batch, struct moe_model_estimate *ret,
                           struct moe_err *err);
+
+// The device memory a run of e on a CUDA device needs: the buffers the CUDA
+// backend places on the device from the model's plan (parameters, gradients,
+// optimizer state, activations; the data, the trainer's statistics and the
+// process stay in host memory) plus MOE_ESTIMATE_CUDA_RESERVE_BYTES. Saturates
+// at SIZE_MAX.
+size_t moe_estimate_device_bytes(const struct moe_model_estimate *e);
 
 // The data c describes, when known without reading files (data.source =
 // synthetic): task, features, targets/classes and rows, exactly as the loader

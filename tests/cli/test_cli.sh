@@ -507,6 +507,36 @@ t_mlp_moe() {
 }
 check "train mlp-moe (noisy top-2, 2 layers): experts.csv, routing summary, byte-identical for --threads 1 and 2" t_mlp_moe
 
+# --dry-run --device cuda: the device memory the plan needs, and whether it fits
+# when a device is usable; refused in a build without CUDA and for a model the
+# CUDA backend does not take (the mixture of reg.json)
+t_dry_device() {
+    run "$TMP/dd" "$MOE" train --dry-run --device cuda --config "$MOECFG"
+    if [ "$CUDA_BUILD" = none ]; then
+        [ "$RC" -eq 2 ] && grep -Fq "option '--device cuda' cannot be used: this build has no CUDA backend" "$TMP/dd.err" ||
+            fail "$(describe "$TMP/dd" moe train --dry-run --device cuda)"
+        return
+    fi
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/dd" moe train --dry-run --device cuda)" || return 1
+    # need = parameters + gradients + optimizer + activations + the runtime's reserve, bytes
+    jq -e '.device.device == "cuda:0" and .device.reserve_bytes == 536870912 and
+           .device.memory_bytes == .memory_bytes.params + .memory_bytes.grads + .memory_bytes.optimizer +
+                                   .memory_bytes.activations + .device.reserve_bytes' "$TMP/dd.out" >/dev/null ||
+        fail "device memory is not the plan's device buffers plus the reserve: $(jq -c '{device, memory_bytes}' "$TMP/dd.out")" ||
+        return 1
+    case $CUDA_BUILD in
+    nodevice) jq -e '.device.available == false and .device.fits == null and (.device.reason | length) > 0' \
+                  "$TMP/dd.out" >/dev/null || fail "without a device: available false, fits null, a reason: $(jq -c .device "$TMP/dd.out")" ;;
+    devices) jq -e '.device.available == true and (.device.fits | type) == "boolean" and .device.total_memory_bytes > 0 and
+                    .device.fits == (.device.memory_bytes <= .device.total_memory_bytes)' \
+                 "$TMP/dd.out" >/dev/null || fail "with a device: its memory and fits: $(jq -c .device "$TMP/dd.out")" ;;
+    esac || return 1
+    run "$TMP/ddm" "$MOE" train --dry-run --device cuda --config "$TMP/reg.json"
+    [ "$RC" -eq 2 ] && grep -Fq "option '--device cuda' cannot be used with model.type 'mixture': the CUDA backend is for mlp-moe and transformer models" "$TMP/ddm.err" ||
+        fail "a mixture model should be refused: $(describe "$TMP/ddm" moe train --dry-run --device cuda --config reg.json)"
+}
+check "train --dry-run --device cuda: device memory (plan + reserve), available/fits for this build ($CUDA_BUILD); a mixture refused" t_dry_device
+
 t_route_stats() {
     run "$TMP/gs" "$MOE" train --config "$MOECFG" --out "$TMP/gs" --quiet --set 'moe.router="gshard"' --set 'moe.aux_loss="gshard"'
     [ "$RC" = 0 ] || { describe "$TMP/gs"; return 1; }
