@@ -4,7 +4,8 @@
 // capacity plan with both drop policies, gather and combine, the balancing and
 // z losses, Shazeer's importance and load losses, the embedding forward and backward, LayerNorm and RMSNorm forward
 // and backward, cross-entropy, the ReLU/GELU/SiLU activations, and the
-// GD/SGD/AdamW update, and causal self-attention forward and backward.
+// GD/SGD/AdamW update, causal self-attention forward and backward (with
+// probability dropout too), and dropout.
 // Routing decisions must be identical wherever no two scores are within a
 // tolerance of a tie (exact ties between identical logit rows included: the
 // index decides on both sides); hash routing, the capacity plan and the
@@ -795,6 +796,88 @@ static void test_attention(void)
     }
 }
 
+// Dropout: a run, gathered rows, and attention's probabilities. The masks are
+// the same Philox words and the scale one multiplication, so the device's
+// dropped values are the library's bits; attention's P (attp) and P' (att)
+// go through the device's expf, within 1e-5 relative as above, and out within
+// 1e-5 of its terms; the backward from the library's P and P' is the host
+// bodies' bits.
+static void test_dropout(void)
+{
+    struct moe_err err;
+    const size_t n = 100003, N = 300, F = 64, S = 2;
+    float *x = malloc(n * 4), *y = malloc(n * 4), *z = malloc(n * 4);
+    int32_t row_tok[300], row_slot[300];
+    for (size_t r = 0; r < N; r++)
+        row_tok[r] = (int32_t)((r * 37) % 211), row_slot[r] = (int32_t)(r % S);
+    const float ps[] = { 0.1f, 0.5f, 0.95f };
+    for (size_t q = 0; q < 3; q++) {
+        const struct moe_dropout d = moe_dropout_make(ps[q], 5, 17 + q, 2, MOE_DROP_RESID_ATTN);
+        const struct moe_cuda_drop cd = { d.p, d.seed, d.step, d.site };
+        fill(x, n, 400 + (uint32_t)q, -1.0f, 1.0f);
+        memcpy(y, x, n * 4);
+        moe_dropout_apply(&d, y, n, 3);
+        float *x_ = dev(x, n * 4);
+        EXPECT(moe_cuda_dropout(x_, n, 3, &cd, &err) == 0, "%s", err.msg);
+        host(z, x_, n * 4);
+        close_floats(z, y, n, 0.0, "dropout run");
+        moe_cuda_to_device(x_, x, N * F * 4, &err);
+        memcpy(y, x, N * F * 4);
+        moe_dropout_rows(&d, y, N, F, row_tok, row_slot, S);
+        int32_t *tok_ = (int32_t *)dev(row_tok, sizeof row_tok), *slot_ = (int32_t *)dev(row_slot, sizeof row_slot);
+        EXPECT(moe_cuda_dropout_rows(x_, N, F, tok_, slot_, S, &cd, &err) == 0, "%s", err.msg);
+        host(z, x_, N * F * 4);
+        close_floats(z, y, N * F, 0.0, "dropout rows");
+        moe_cuda_free(x_), moe_cuda_free(tok_), moe_cuda_free(slot_);
+    }
+    free(x), free(y), free(z);
+
+    const size_t B = 2, C = 53, D = 96, H = 3, hs = D / H; // the tile path's order on the CPU
+    const size_t nq = B * C * 3 * D, no = B * C * D, na = B * H * C * C;
+    float *qkv = malloc(nq * 4), *dout = malloc(no * 4), *d0 = malloc(nq * 4), *out = malloc(no * 4);
+    float *att = malloc(na * 4), *attp = malloc(na * 4), *out2 = malloc(no * 4), *att2 = malloc(na * 4);
+    float *attp2 = malloc(na * 4), *m = malloc(no * 4), *dq = malloc(nq * 4), *dq2 = malloc(nq * 4);
+    float *datt = malloc(na * 4);
+    fill(qkv, nq, 410, -1.0f, 1.0f), fill(dout, no, 411, -1.0f, 1.0f), fill(d0, nq, 412, -0.5f, 0.5f);
+    const struct moe_dropout d = moe_dropout_make(0.2, 9, 4, 1, MOE_DROP_ATTN);
+    const struct moe_cuda_drop cd = { d.p, d.seed, d.step, d.site };
+    moe_attention_forward_drop(out, att, attp, qkv, B, C, D, H, &d);
+    float *qkv_ = dev(qkv, nq * 4), *dout_ = dev(dout, no * 4), *out_ = dev(NULL, no * 4), *att_ = dev(NULL, na * 4);
+    float *attp_ = dev(NULL, na * 4), *datt_ = dev(NULL, na * 4), *dd_ = dev(d0, nq * 4);
+    EXPECT(moe_cuda_attention_forward_drop(out_, att_, attp_, qkv_, B, C, D, H, &cd, &err) == 0, "%s", err.msg);
+    host(out2, out_, no * 4), host(att2, att_, na * 4), host(attp2, attp_, na * 4);
+    for (size_t i = 0; i < na; i++) // above the diagonal the library's attp rows are what its softmax left there
+        if (i % C > i / C % C)
+            attp2[i] = attp[i];
+    size_t mism = 0;
+    for (size_t i = 0; i < na; i++)
+        mism += (att2[i] == 0.0f) != (att[i] == 0.0f);
+    EXPECT(mism == 0, "attention dropout: %zu entries kept on one side only", mism);
+    for (size_t b = 0; b < B; b++)
+        for (size_t t = 0; t < C; t++)
+            for (size_t j = 0; j < D; j++) {
+                double sum = 0.0;
+                for (size_t u = 0; u <= t; u++)
+                    sum += att[((b * H + j / hs) * C + t) * C + u] * fabs((double)qkv[(b * C + u) * 3 * D + 2 * D + j]);
+                m[(b * C + t) * D + j] = (float)sum;
+            }
+    close_floats(attp2, attp, na, 1e-5, "attention dropout attp (P)");
+    close_floats(att2, att, na, 1e-5, "attention dropout att (P')");
+    close_terms(out2, out, m, no, 1e-5, "attention dropout out");
+    memcpy(dq, d0, nq * 4);
+    moe_attention_backward_drop(dq, datt, dout, qkv, att, attp, B, C, D, H, &d);
+    moe_cuda_to_device(att_, att, na * 4, &err), moe_cuda_to_device(attp_, attp, na * 4, &err);
+    EXPECT(moe_cuda_attention_backward_drop(dd_, datt_, dout_, qkv_, att_, attp_, B, C, D, H, &cd, &err) == 0, "%s",
+           err.msg);
+    host(dq2, dd_, nq * 4);
+    close_floats(dq2, dq, nq, 0.0, "attention dropout dqkv (library)");
+    void *bufs[] = { qkv_, dout_, out_, att_, attp_, datt_, dd_ };
+    for (size_t i = 0; i < 7; i++)
+        moe_cuda_free(bufs[i]);
+    free(qkv), free(dout), free(d0), free(out), free(att), free(attp), free(out2), free(att2), free(attp2), free(m);
+    free(dq), free(dq2), free(datt);
+}
+
 int main(void)
 {
     struct moe_backend_info info;
@@ -816,6 +899,7 @@ int main(void)
     test_ce();
     test_act();
     test_attention();
+    test_dropout();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }

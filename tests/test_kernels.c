@@ -28,7 +28,9 @@
 //   - causal self-attention, forward and backward, against nn/attention.c (bit
 //     for bit on its tile path, hs <= 64, given SLEEF's exponentials; within a
 //     stated tolerance on its GEMM path) and against a double-precision twin,
-//     and its gradient against central differences.
+//     and its gradient against central differences; with attention-probability
+//     dropout, bit for bit on the tile path;
+//   - inverted dropout over runs and over gathered rows against nn/dropout.c.
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -40,6 +42,7 @@
 #include "cuda/kernels/attention.h"
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
+#include "cuda/kernels/dropout.h"
 #include "cuda/kernels/embed.h"
 #include "cuda/kernels/loss.h"
 #include "cuda/kernels/norm.h"
@@ -1106,6 +1109,128 @@ START_TEST(test_attention)
 }
 END_TEST
 
+// Attention with probability dropout: the forward by the kernel bodies with
+// the dropout launch between the softmax and out, the backward with the mask
+// launch between dP' and dS (which reads attp), against
+// moe_attention_forward_drop / backward_drop, bit for bit (hs <= 64).
+static void check_attention_drop(size_t B, size_t C, size_t D, size_t H, float p, uint64_t step, size_t layer,
+                                 uint32_t stream)
+{
+    const size_t nqkv = B * C * 3 * D, nout = B * C * D, natt = B * H * C * C;
+    float *qkv = malloc(nqkv * 4), *dout = malloc(nout * 4), *out1 = malloc(nout * 4), *out2 = malloc(nout * 4);
+    float *att1 = malloc(natt * 4), *att2 = malloc(natt * 4), *ap1 = malloc(natt * 4), *ap2 = malloc(natt * 4);
+    float *datt1 = malloc(natt * 4), *datt2 = malloc(natt * 4), *dq1 = malloc(nqkv * 4), *dq2 = malloc(nqkv * 4);
+    ck_assert(qkv && dout && out1 && out2 && att1 && att2 && ap1 && ap2 && datt1 && datt2 && dq1 && dq2);
+    fill(qkv, nqkv, stream, -1.0f, 1.0f);
+    fill(dout, nout, stream + 1, -1.0f, 1.0f);
+    fill(dq1, nqkv, stream + 2, -0.5f, 0.5f);
+    memcpy(dq2, dq1, nqkv * 4);
+    for (size_t i = 0; i < natt; i++)
+        att1[i] = att2[i] = ap1[i] = ap2[i] = datt1[i] = datt2[i] = NAN;
+    const struct moe_dropout drop = moe_dropout_make(p, 42, step, layer, MOE_DROP_ATTN);
+    const struct moe_k_drop kd = moe_k_drop_make(drop.p, drop.seed, drop.step, drop.site);
+
+    moe_attention_forward_drop(out1, att1, ap1, qkv, B, C, D, H, &drop);
+    for (size_t i = natt; i-- > 0;)
+        moe_k_attn_score(att2, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+    for (size_t r = B * H * C; r-- > 0;) {
+        size_t n = moe_k_attn_shift_row(att2, C, r);
+        moe_vexpf(att2 + r * C, att2 + r * C, n);
+        moe_k_attn_normalise_row(att2, C, r);
+    }
+    for (size_t i = natt; i-- > 0;)
+        moe_k_attn_drop(att2, ap2, &kd, C, i);
+    for (size_t i = nout; i-- > 0;)
+        moe_k_attn_out(out2, att2, qkv, C, D, H, i / (C * D), i / D % C, i % D);
+    // the library's attp holds P on and below the diagonal (above it, its rows as the softmax left them)
+    for (size_t i = 0; i < natt; i++)
+        if (i % C <= i / C % C)
+            ck_assert_msg(memcmp(ap1 + i, ap2 + i, 4) == 0, "attp[%zu]: %.9g vs %.9g", i, ap1[i], ap2[i]);
+    same_floats(att1, att2, natt, "att (dropped)");
+    same_floats(out1, out2, nout, "out (dropout)");
+    size_t kept = 0, below = 0;
+    for (size_t i = 0; i < natt; i++)
+        if (i % C <= i / C % C)
+            below++, kept += att2[i] != 0.0f;
+
+    moe_attention_backward_drop(dq1, datt1, dout, qkv, att1, ap1, B, C, D, H, &drop);
+    for (size_t i = natt; i-- > 0;)
+        moe_k_attn_dp(datt2, dout, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+    for (size_t i = natt; i-- > 0;)
+        moe_k_attn_drop_grad(datt2, &kd, C, i);
+    for (size_t r = B * H * C; r-- > 0;)
+        moe_k_attn_dsoftmax_row(datt2, ap2, C, r);
+    for (size_t i = nqkv; i-- > 0;)
+        moe_k_attn_dqkv(dq2, datt2, att2, dout, qkv, C, D, H, i / (C * 3 * D), i / (3 * D) % C, i % (3 * D));
+    for (size_t i = 0; i < natt; i++)
+        if (i % C <= i / C % C)
+            ck_assert_msg(memcmp(datt1 + i, datt2 + i, 4) == 0, "dS[%zu]: %.9g vs %.9g", i, datt1[i], datt2[i]);
+    same_floats(dq1, dq2, nqkv, "dqkv (dropout)");
+    // the mask did something: about 1 - p of the entries kept (P > 0 everywhere on and below the diagonal)
+    ck_assert_msg(kept > 0 && kept < below, "dropout p %g kept %zu of %zu", (double)p, kept, below);
+    free(qkv), free(dout), free(out1), free(out2), free(att1), free(att2), free(ap1), free(ap2);
+    free(datt1), free(datt2), free(dq1), free(dq2);
+}
+
+START_TEST(test_attention_dropout)
+{
+    ck_assert_int_eq(MOE_K_DROP_SITE_SHIFT, MOE_DROP_SITE_SHIFT);
+    check_attention_drop(2, 37, 64, 4, 0.1f, 3, 0, 300);  // hs = 16
+    check_attention_drop(2, 29, 96, 3, 0.5f, 7, 2, 301);  // hs = 32, odd H, another layer's site
+    check_attention_drop(1, 21, 128, 2, 0.9f, 1, 1, 302); // hs = 64, most entries dropped
+}
+END_TEST
+
+// Inverted dropout by one thread per element against nn/dropout.c: a run of n
+// values from mask element `first` (moe_dropout_apply, which draws in chunks),
+// and an expert's gathered rows keyed by (token, slot) (moe_dropout_rows).
+START_TEST(test_dropout)
+{
+    const size_t n = 10007, N = 37, F = 24, S = 2;
+    float *a = malloc(n * 4), *b = malloc(n * 4);
+    ck_assert(a && b);
+    const float ps[] = { 0.0f, 0.1f, 0.5f, 0.99f };
+    for (size_t q = 0; q < sizeof ps / sizeof *ps; q++) {
+        const struct moe_dropout d = moe_dropout_make(ps[q], 7, 123 + q, 3, MOE_DROP_RESID_FFN);
+        const struct moe_k_drop kd = moe_k_drop_make(d.p, d.seed, d.step, d.site);
+        fill(a, n, 310 + (uint32_t)q, -2.0f, 2.0f);
+        memcpy(b, a, n * 4);
+        moe_dropout_apply(&d, a, n, 5);
+        if (moe_dropout_on(&d)) // p = 0 is "off": the library leaves x alone, as a launch must not be made
+            for (size_t j = n; j-- > 0;)
+                moe_k_dropout(b, &kd, 5, j);
+        same_floats(a, b, n, "dropout run");
+        for (size_t j = 0; j < 64; j++)
+            ck_assert_int_eq(moe_k_drop_keep(&kd, 5 + j), moe_dropout_keep(&d, 5 + j));
+    }
+    // the boundary, which random words almost never hit: a word equal to the threshold keeps (nn/dropout.c: >=)
+    {
+        struct moe_k_drop kd = moe_k_drop_make(0.5f, 7, 9, 2);
+        uint32_t w[4];
+        moe_philox_words(7, MOE_RNG_DROPOUT, 9, ((uint64_t)2 << MOE_K_DROP_SITE_SHIFT) >> 2, w);
+        kd.threshold = w[0];
+        ck_assert(moe_k_drop_keep(&kd, 0));
+        kd.threshold = w[0] + 1;
+        ck_assert(!moe_k_drop_keep(&kd, 0) || w[0] == UINT32_MAX);
+    }
+    // rows: row r holds token row_tok[r], slot row_slot[r]; mask elements (tok S + slot) F + column
+    int32_t row_tok[37], row_slot[37];
+    for (size_t r = 0; r < N; r++)
+        row_tok[r] = (int32_t)((r * 7) % 19), row_slot[r] = (int32_t)(r % S);
+    const struct moe_dropout d = moe_dropout_make(0.3, 11, 5, 1, MOE_DROP_FFN);
+    const struct moe_k_drop kd = moe_k_drop_make(d.p, d.seed, d.step, d.site);
+    fill(a, N * F, 320, -1.0f, 1.0f);
+    memcpy(b, a, N * F * 4);
+    moe_dropout_rows(&d, a, N, F, row_tok, row_slot, S);
+    for (size_t i = N * F; i-- > 0;) {
+        size_t r = i / F;
+        moe_k_dropout(b + r * F, &kd, ((uint64_t)row_tok[r] * S + (uint64_t)row_slot[r]) * F, i % F);
+    }
+    same_floats(a, b, N * F, "dropout rows");
+    free(a), free(b);
+}
+END_TEST
+
 // Central differences of L = sum out W (W fixed, random) through the kernels'
 // forward against the kernels' backward, every element of qkv (gradcheck.h:
 // step 1e-3, tolerance 2e-3 of max(1, |numeric|)); one shape on each side of
@@ -1173,6 +1298,8 @@ int main(void)
     tcase_add_test(tc, test_ce);
     tcase_add_test(tc, test_activations);
     tcase_add_test(tc, test_attention);
+    tcase_add_test(tc, test_attention_dropout);
+    tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_attention_fd);
     suite_add_tcase(s, tc);
     return moe_test_run(s);

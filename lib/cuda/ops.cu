@@ -7,6 +7,7 @@
 
 #include "cuda/ops.h"
 #include "cuda/kernels/attention.h"
+#include "cuda/kernels/dropout.h"
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/embed.h"
@@ -825,8 +826,30 @@ static int attn_shape(size_t D, size_t H, struct moe_err *err)
     return 0;
 }
 
-extern "C" int moe_cuda_attention_forward(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D,
-                                          size_t H, struct moe_err *err)
+static int drop_on(const struct moe_cuda_drop *d) { return d && d->p > 0.0f; }
+
+static struct moe_k_drop drop_make(const struct moe_cuda_drop *d)
+{
+    return moe_k_drop_make(d->p, d->seed, d->step, d->site);
+}
+
+// One thread per element (bh, t, s) of att: P into attp, P' on and below the diagonal.
+__global__ void attn_drop_kernel(float *att, float *attp, struct moe_k_drop d, size_t n, size_t C)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_attn_drop(att, attp, &d, C, i);
+}
+
+// One thread per element (bh, t, s) of datt: dP' to dP on and below the diagonal.
+__global__ void attn_drop_grad_kernel(float *datt, struct moe_k_drop d, size_t n, size_t C)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_attn_drop_grad(datt, &d, C, i);
+}
+
+extern "C" int moe_cuda_attention_forward_drop(float *out, float *att, float *attp, const float *qkv, size_t B,
+                                               size_t C, size_t D, size_t H, const struct moe_cuda_drop *d,
+                                               struct moe_err *err)
 {
     int rc = attn_shape(D, H, err);
     if (rc || B * C == 0)
@@ -837,8 +860,19 @@ extern "C" int moe_cuda_attention_forward(float *out, float *att, const float *q
     attn_softmax_kernel<<<blocks_for(B * H * C, 128), 128>>>(att, B * H * C, C);
     if ((rc = launched("attn_softmax_kernel", err)))
         return rc;
+    if (drop_on(d)) {
+        attn_drop_kernel<<<blocks_for(B * H * C * C, 256), 256>>>(att, attp, drop_make(d), B * H * C * C, C);
+        if ((rc = launched("attn_drop_kernel", err)))
+            return rc;
+    }
     attn_out_kernel<<<blocks_for(B * C * D, 256), 256>>>(out, att, qkv, B, C, D, H);
     return launched("attn_out_kernel", err);
+}
+
+extern "C" int moe_cuda_attention_forward(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D,
+                                          size_t H, struct moe_err *err)
+{
+    return moe_cuda_attention_forward_drop(out, att, NULL, qkv, B, C, D, H, NULL, err);
 }
 
 // One thread per element (bh, t, s) of datt: dP, 0 above the diagonal.
@@ -865,19 +899,71 @@ __global__ void attn_dqkv_kernel(float *dqkv, const float *datt, const float *at
         moe_k_attn_dqkv(dqkv, datt, att, dout, qkv, C, D, H, i / (C * 3 * D), i / (3 * D) % C, i % (3 * D));
 }
 
-extern "C" int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                                           const float *att, size_t B, size_t C, size_t D, size_t H,
-                                           struct moe_err *err)
+extern "C" int moe_cuda_attention_backward_drop(float *dqkv, float *datt, const float *dout, const float *qkv,
+                                                const float *att, const float *attp, size_t B, size_t C, size_t D,
+                                                size_t H, const struct moe_cuda_drop *d, struct moe_err *err)
 {
     int rc = attn_shape(D, H, err);
     if (rc || B * C == 0)
         return rc;
+    const int on = drop_on(d);
     attn_dp_kernel<<<blocks_for(B * H * C * C, 256), 256>>>(datt, dout, qkv, B, C, D, H);
     if ((rc = launched("attn_dp_kernel", err)))
         return rc;
-    attn_dsoftmax_kernel<<<blocks_for(B * H * C, 128), 128>>>(datt, att, B * H * C, C);
+    if (on) {
+        attn_drop_grad_kernel<<<blocks_for(B * H * C * C, 256), 256>>>(datt, drop_make(d), B * H * C * C, C);
+        if ((rc = launched("attn_drop_grad_kernel", err)))
+            return rc;
+    }
+    attn_dsoftmax_kernel<<<blocks_for(B * H * C, 128), 128>>>(datt, on ? attp : att, B * H * C, C);
     if ((rc = launched("attn_dsoftmax_kernel", err)))
         return rc;
     attn_dqkv_kernel<<<blocks_for(B * C * 3 * D, 256), 256>>>(dqkv, datt, att, dout, qkv, B, C, D, H);
     return launched("attn_dqkv_kernel", err);
+}
+
+extern "C" int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                                           const float *att, size_t B, size_t C, size_t D, size_t H,
+                                           struct moe_err *err)
+{
+    return moe_cuda_attention_backward_drop(dqkv, datt, dout, qkv, att, NULL, B, C, D, H, NULL, err);
+}
+
+// ---------------------------------------------------------------- dropout (kernels/dropout.h)
+
+// One thread per element j < n: mask element first + j.
+__global__ void dropout_kernel(float *x, size_t n, uint64_t first, struct moe_k_drop d)
+{
+    for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (size_t)gridDim.x * blockDim.x)
+        moe_k_dropout(x, &d, first, j);
+}
+
+// One thread per element (r, column) of the gathered rows.
+__global__ void dropout_rows_kernel(float *x, size_t N, size_t F, const int32_t *row_tok, const int32_t *row_slot,
+                                    size_t S, struct moe_k_drop d)
+{
+    size_t n = N * F;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / F;
+        uint64_t key = row_tok ? (uint64_t)row_tok[r] * S + (uint64_t)row_slot[r] : r;
+        moe_k_dropout(x + r * F, &d, key * F, i % F);
+    }
+}
+
+extern "C" int moe_cuda_dropout(float *x, size_t n, uint64_t first, const struct moe_cuda_drop *d,
+                                struct moe_err *err)
+{
+    if (!drop_on(d) || n == 0)
+        return 0;
+    dropout_kernel<<<blocks_for(n, 256), 256>>>(x, n, first, drop_make(d));
+    return launched("dropout_kernel", err);
+}
+
+extern "C" int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t *row_tok, const int32_t *row_slot,
+                                     size_t S, const struct moe_cuda_drop *d, struct moe_err *err)
+{
+    if (!drop_on(d) || N * F == 0)
+        return 0;
+    dropout_rows_kernel<<<blocks_for(N * F, 256), 256>>>(x, N, F, row_tok, row_slot, S, drop_make(d));
+    return launched("dropout_rows_kernel", err);
 }

@@ -172,7 +172,7 @@ int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float *dy, const
                           struct moe_err *err);
 
 // Causal multi-head self-attention (nn/attention.c moe_attention_forward /
-// backward, without dropout; kernels/attention.h): qkv (B, C, 3D), out (B, C,
+// backward, without dropout (below: with it); kernels/attention.h): qkv (B, C, 3D), out (B, C,
 // D), att (B, H, C, C) the probabilities (0 above the diagonal), saved for the
 // backward; dqkv (B, C, 3D) += the gradient from dout (B, C, D), datt (B, H,
 // C, C) scratch (dS on return, 0 above the diagonal). D % H == 0, else MOE_EINVAL.
@@ -180,6 +180,30 @@ int moe_cuda_attention_forward(float *out, float *att, const float *qkv, size_t 
                                struct moe_err *err);
 int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
                                 size_t B, size_t C, size_t D, size_t H, struct moe_err *err);
+
+// Inverted dropout (nn/dropout.c; kernels/dropout.h) at one site: nn/nn.h's
+// struct moe_dropout, field for field (p = 0: off, nothing is launched).
+struct moe_cuda_drop {
+    float p;
+    uint64_t seed, step;
+    uint32_t site;
+};
+// x[j] for j < n, mask elements first + j (moe_dropout_apply).
+int moe_cuda_dropout(float *x, size_t n, uint64_t first, const struct moe_cuda_drop *d, struct moe_err *err);
+// Rows of F values gathered for the experts (moe_dropout_rows): row r is token
+// row_tok[r]'s slot row_slot[r] of S, mask elements (tok S + slot) F + column;
+// row_tok NULL: row r is element r F + column.
+int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t *row_tok, const int32_t *row_slot, size_t S,
+                          const struct moe_cuda_drop *d, struct moe_err *err);
+// The attention above with probability dropout (moe_attention_forward_drop /
+// backward_drop): with d on, the forward leaves P in attp (B, H, C, C) and P' =
+// P m / (1 - p) in att, which out read; the backward reads both (dS from P, dv
+// from P'). d NULL or off: as moe_cuda_attention_forward / backward (attp unused).
+int moe_cuda_attention_forward_drop(float *out, float *att, float *attp, const float *qkv, size_t B, size_t C,
+                                    size_t D, size_t H, const struct moe_cuda_drop *d, struct moe_err *err);
+int moe_cuda_attention_backward_drop(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                                     const float *attp, size_t B, size_t C, size_t D, size_t H,
+                                     const struct moe_cuda_drop *d, struct moe_err *err);
 
 #ifdef __cplusplus
 }

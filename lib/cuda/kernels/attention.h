@@ -36,7 +36,13 @@
 // own order, FMA) and the two agree within rounding (tests/test_kernels.c).
 // The exponentials are not called here: a device uses its expf, the CPU
 // test SLEEF's (core/vmath.h), as for cross-entropy (loss.h).
-// Not here: attention-probability dropout (moe_attention_forward_drop).
+//
+// Attention-probability dropout (moe_attention_forward_drop; kernels/dropout.h):
+// after the softmax, one thread per element (bh, t, s) copies P into attp and
+// replaces P by P' = P m / (1 - p) on and below the diagonal, the mask element
+// being the element's index in att (bh C C + t C + s), as on the CPU; out and
+// dv then read P' (att), and the backward turns dP' into dP with the same mask
+// (one thread per element) before dS, which reads P (attp).
 #ifndef MOE_K_ATTENTION_H
 #define MOE_K_ATTENTION_H
 
@@ -44,6 +50,7 @@
 #include <stddef.h>
 
 #include "core/hd.h"
+#include "cuda/kernels/dropout.h"
 
 #define MOE_K_ATTN_LANES 8 // nn/attention.c LANES
 
@@ -192,6 +199,23 @@ static inline MOE_HD void moe_k_attn_dqkv(float *dqkv, const float *datt, const 
     }
     float *o = dqkv + (b * C + r) * ld + j;
     *o += alpha * acc;
+}
+
+// Dropout of the probabilities, element i of att (B, H, C, C) after the
+// softmax: attp[i] = P; att[i] = P' for s <= t (the masked entries stay 0).
+static inline MOE_HD void moe_k_attn_drop(float *att, float *attp, const struct moe_k_drop *d, size_t C, size_t i)
+{
+    attp[i] = att[i];
+    if (i % C <= i / C % C)
+        moe_k_dropout(att, d, 0, i);
+}
+
+// The backward's mask, element i of datt holding dP' (from moe_k_attn_dp):
+// dP = dP' m / (1 - p) for s <= t.
+static inline MOE_HD void moe_k_attn_drop_grad(float *datt, const struct moe_k_drop *d, size_t C, size_t i)
+{
+    if (i % C <= i / C % C)
+        moe_k_dropout(datt, d, 0, i);
 }
 
 #endif
