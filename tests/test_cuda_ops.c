@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "core/gemm.h"
 #include "core/rng.h"
 #include "cuda/kernels/attention.h"
 #include "cuda/kernels/loss.h"
@@ -878,6 +879,42 @@ static void test_dropout(void)
     free(dq), free(dq2), free(datt);
 }
 
+// The linear layer's bias and the residual add: no rounding but the
+// additions' own, in the CPU's order, so the device gives the library's bits
+// (the GEMM between them is cuBLAS's and is not part of this test).
+static void test_linear_bias(void)
+{
+    struct moe_err err;
+    const size_t T = 1000, O = 77, ldy = 80;
+    float *y = malloc(T * ldy * 4), *y2 = malloc(T * ldy * 4), *b = malloc(O * 4), *dy = malloc(T * ldy * 4);
+    float *db = malloc(O * 4), *db2 = malloc(O * 4), *x = malloc(T * ldy * 4);
+    fill(y, T * ldy, 600, -1.0f, 1.0f), fill(b, O, 601, -1.0f, 1.0f), fill(dy, T * ldy, 602, -1.0f, 1.0f);
+    fill(db, O, 603, -1.0f, 1.0f), fill(x, T * ldy, 604, -1.0f, 1.0f);
+    float *y_ = dev(y, T * ldy * 4), *b_ = dev(b, O * 4), *dy_ = dev(dy, T * ldy * 4), *db_ = dev(db, O * 4);
+    float *x_ = dev(x, T * ldy * 4);
+    EXPECT(moe_cuda_bias_rows(y_, ldy, b_, T, O, &err) == 0, "%s", err.msg);
+    host(y2, y_, T * ldy * 4);
+    for (size_t t = 0; t < T; t++)
+        for (size_t o = 0; o < O; o++)
+            y[t * ldy + o] = b[o];
+    close_floats(y2, y, T * ldy, 0.0, "bias rows");
+    for (size_t t = 0; t < T; t++) // nn/linear.c's loop (tests/test_kernels.c checks the body against it)
+        for (size_t o = 0; o < O; o++)
+            db[o] += dy[t * ldy + o];
+    EXPECT(moe_cuda_bias_grad(db_, dy_, ldy, T, O, &err) == 0, "%s", err.msg);
+    host(db2, db_, O * 4);
+    close_floats(db2, db, O, 0.0, "bias gradient");
+    EXPECT(moe_cuda_add(y_, x_, T * ldy, &err) == 0, "%s", err.msg);
+    host(y2, y_, T * ldy * 4);
+    for (size_t i = 0; i < T * ldy; i++)
+        y[i] += x[i];
+    close_floats(y2, y, T * ldy, 0.0, "residual add");
+    void *bufs[] = { y_, b_, dy_, db_, x_ };
+    for (size_t i = 0; i < 5; i++)
+        moe_cuda_free(bufs[i]);
+    free(y), free(y2), free(b), free(dy), free(db), free(db2), free(x);
+}
+
 int main(void)
 {
     struct moe_backend_info info;
@@ -887,6 +924,11 @@ int main(void)
         return 77;
     }
     printf("device 0: %s, compute capability %d.%d\n", info.dev.name, info.dev.cc_major, info.dev.cc_minor);
+    struct moe_err err;
+    if (moe_blas_init(1, &err)) { // the library's GEMMs (attention above head size 64)
+        printf("%s\n", err.msg);
+        return 1;
+    }
     test_route();
     test_route_ec();
     test_route_hash();
@@ -900,6 +942,7 @@ int main(void)
     test_act();
     test_attention();
     test_dropout();
+    test_linear_bias();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }

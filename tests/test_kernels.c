@@ -30,13 +30,15 @@
 //     stated tolerance on its GEMM path) and against a double-precision twin,
 //     and its gradient against central differences; with attention-probability
 //     dropout, bit for bit on the tile path;
-//   - inverted dropout over runs and over gathered rows against nn/dropout.c.
+//   - inverted dropout over runs and over gathered rows against nn/dropout.c;
+//   - the linear layer's bias, forward and gradient, against nn/linear.c.
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/gemm.h"
 #include "core/rng.h"
 #include "core/vmath.h"
 #include "cuda/kernels/attention.h"
@@ -44,6 +46,7 @@
 #include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/dropout.h"
 #include "cuda/kernels/embed.h"
+#include "cuda/kernels/linear.h"
 #include "cuda/kernels/loss.h"
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
@@ -1231,6 +1234,42 @@ START_TEST(test_dropout)
 }
 END_TEST
 
+// The linear layer's bias around its GEMM: rows set to b by one thread per
+// value, then the same GEMM with beta = 1, against moe_linear_forward; the bias
+// gradient by one thread per column against moe_linear_backward's, both added
+// to a nonzero start; and the residual add.
+START_TEST(test_linear_bias)
+{
+    const size_t T = 37, I = 13, O = 29, ldy = O + 3, lddy = O + 5;
+    float *x = malloc(T * I * 4), *w = malloc(O * I * 4), *b = malloc(O * 4), *y1 = malloc(T * ldy * 4);
+    float *y2 = malloc(T * ldy * 4), *dy = malloc(T * lddy * 4), *dw = calloc(O * I, 4), *db1 = malloc(O * 4);
+    float *db2 = malloc(O * 4);
+    ck_assert(x && w && b && y1 && y2 && dy && dw && db1 && db2);
+    fill(x, T * I, 500, -1.0f, 1.0f), fill(w, O * I, 501, -1.0f, 1.0f), fill(b, O, 502, -1.0f, 1.0f);
+    fill(dy, T * lddy, 503, -1.0f, 1.0f), fill(db1, O, 504, -1.0f, 1.0f);
+    memcpy(db2, db1, O * 4);
+    for (size_t i = 0; i < T * ldy; i++)
+        y1[i] = y2[i] = 7.0f; // the padding columns must stay
+    moe_linear_forward(y1, ldy, x, I, w, b, T, I, O);
+    for (size_t i = T * O; i-- > 0;)
+        moe_k_bias_rows(y2, ldy, b, i / O, i % O);
+    moe_gemm(0, 1, T, O, I, 1.0f, x, I, w, I, 1.0f, y2, ldy);
+    same_floats(y1, y2, T * ldy, "linear forward with bias");
+    moe_linear_backward(NULL, 0, dw, db1, dy, lddy, x, I, w, T, I, O);
+    for (size_t o = O; o-- > 0;)
+        moe_k_bias_grad(db2, dy, lddy, T, o);
+    same_floats(db1, db2, O, "bias gradient");
+    for (size_t i = 0; i < T * I; i++) // residual: y += x
+        y1[i] = w[i % (O * I)] + x[i];
+    for (size_t i = 0; i < T * I; i++)
+        y2[i] = w[i % (O * I)];
+    for (size_t i = T * I; i-- > 0;)
+        moe_k_add(y2, x, i);
+    same_floats(y1, y2, T * I, "residual add");
+    free(x), free(w), free(b), free(y1), free(y2), free(dy), free(dw), free(db1), free(db2);
+}
+END_TEST
+
 // Central differences of L = sum out W (W fixed, random) through the kernels'
 // forward against the kernels' backward, every element of qkv (gradcheck.h:
 // step 1e-3, tolerance 2e-3 of max(1, |numeric|)); one shape on each side of
@@ -1300,6 +1339,7 @@ int main(void)
     tcase_add_test(tc, test_attention);
     tcase_add_test(tc, test_attention_dropout);
     tcase_add_test(tc, test_dropout);
+    tcase_add_test(tc, test_linear_bias);
     tcase_add_test(tc, test_attention_fd);
     suite_add_tcase(s, tc);
     return moe_test_run(s);

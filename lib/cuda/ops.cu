@@ -8,6 +8,7 @@
 #include "cuda/ops.h"
 #include "cuda/kernels/attention.h"
 #include "cuda/kernels/dropout.h"
+#include "cuda/kernels/linear.h"
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/embed.h"
@@ -966,4 +967,52 @@ extern "C" int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t
         return 0;
     dropout_rows_kernel<<<blocks_for(N * F, 256), 256>>>(x, N, F, row_tok, row_slot, S, drop_make(d));
     return launched("dropout_rows_kernel", err);
+}
+
+// ---------------------------------------------------------------- linear bias, residual add (kernels/linear.h)
+
+// One thread per (t, o).
+__global__ void bias_rows_kernel(float *y, size_t ldy, const float *b, size_t T, size_t O)
+{
+    size_t n = T * O;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_bias_rows(y, ldy, b, i / O, i % O);
+}
+
+// One thread per column o: rows in order.
+__global__ void bias_grad_kernel(float *db, const float *dy, size_t lddy, size_t T, size_t O)
+{
+    for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < O; o += (size_t)gridDim.x * blockDim.x)
+        moe_k_bias_grad(db, dy, lddy, T, o);
+}
+
+// One thread per value.
+__global__ void add_kernel(float *y, const float *x, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_add(y, x, i);
+}
+
+extern "C" int moe_cuda_bias_rows(float *y, size_t ldy, const float *b, size_t T, size_t O, struct moe_err *err)
+{
+    if (T * O == 0)
+        return 0;
+    bias_rows_kernel<<<blocks_for(T * O, 256), 256>>>(y, ldy, b, T, O);
+    return launched("bias_rows_kernel", err);
+}
+
+extern "C" int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t O, struct moe_err *err)
+{
+    if (T * O == 0)
+        return 0;
+    bias_grad_kernel<<<blocks_for(O, 128), 128>>>(db, dy, lddy, T, O);
+    return launched("bias_grad_kernel", err);
+}
+
+extern "C" int moe_cuda_add(float *y, const float *x, size_t n, struct moe_err *err)
+{
+    if (n == 0)
+        return 0;
+    add_kernel<<<blocks_for(n, 256), 256>>>(y, x, n);
+    return launched("add_kernel", err);
 }

@@ -181,6 +181,13 @@ int moe_cuda_attention_forward(float *out, float *att, const float *qkv, size_t 
 int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
                                 size_t B, size_t C, size_t D, size_t H, struct moe_err *err);
 
+// The linear layer's bias (nn/linear.c; kernels/linear.h): y (T, ldy) rows
+// set to b (O), before a GEMM that adds x W^T with beta = 1; db (O) += the
+// column sums of dy (T, lddy) in row order. And y[i] += x[i] for i < n.
+int moe_cuda_bias_rows(float *y, size_t ldy, const float *b, size_t T, size_t O, struct moe_err *err);
+int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t O, struct moe_err *err);
+int moe_cuda_add(float *y, const float *x, size_t n, struct moe_err *err);
+
 // Inverted dropout (nn/dropout.c; kernels/dropout.h) at one site: nn/nn.h's
 // struct moe_dropout, field for field (p = 0: off, nothing is launched).
 struct moe_cuda_drop {
