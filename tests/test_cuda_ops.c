@@ -915,6 +915,25 @@ static void test_linear_bias(void)
     free(y), free(y2), free(b), free(dy), free(db), free(db2), free(x);
 }
 
+// The gradient norm's sum of squares: doubles, multiply then add (no FMA on
+// either side), in the CPU's blocks and lanes, so the library's bits.
+static void test_sum_sq(void)
+{
+    struct moe_err err;
+    const size_t ns[] = { 1, 257, 10007, 3000001 };
+    float *g = malloc(3000001 * 4);
+    fill(g, 3000001, 700, -3.0f, 3.0f);
+    float *g_ = dev(g, 3000001 * 4);
+    double *s_ = dev(NULL, (MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1) * sizeof(double));
+    for (size_t q = 0; q < 4; q++) {
+        double sq = -1.0, ref = moe_optim_sum_sq(g, ns[q]);
+        EXPECT(moe_cuda_sum_sq(&sq, g_, ns[q], s_, &err) == 0, "%s", err.msg);
+        EXPECT(memcmp(&sq, &ref, sizeof sq) == 0, "sum of squares, n %zu: %.17g vs %.17g", ns[q], sq, ref);
+    }
+    moe_cuda_free(g_), moe_cuda_free(s_);
+    free(g);
+}
+
 int main(void)
 {
     struct moe_backend_info info;
@@ -943,6 +962,7 @@ int main(void)
     test_attention();
     test_dropout();
     test_linear_bias();
+    test_sum_sq();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }

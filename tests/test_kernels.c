@@ -31,7 +31,8 @@
 //     and its gradient against central differences; with attention-probability
 //     dropout, bit for bit on the tile path;
 //   - inverted dropout over runs and over gathered rows against nn/dropout.c;
-//   - the linear layer's bias, forward and gradient, against nn/linear.c.
+//   - the linear layer's bias, forward and gradient, against nn/linear.c;
+//   - the gradient norm's sum of squares against train/optim.c.
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -1270,6 +1271,31 @@ START_TEST(test_linear_bias)
 }
 END_TEST
 
+// The gradient norm's sum of squares by the three launches' bodies against
+// moe_optim_sum_sq, bit for bit, for sizes below, at and past the block count,
+// with short and empty last blocks, and past the CPU's threading threshold.
+START_TEST(test_sum_sq)
+{
+    ck_assert_int_eq(MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, 2048);
+    const size_t ns[] = { 0, 1, 7, 9, 255, 256, 257, 2047, 10007, 70001 };
+    float *g = malloc(70001 * 4);
+    double lanes[MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES], part[MOE_K_SQ_BLOCKS], sq;
+    ck_assert(g);
+    fill(g, 70001, 700, -3.0f, 3.0f);
+    for (size_t q = 0; q < sizeof ns / sizeof *ns; q++) {
+        const size_t n = ns[q];
+        for (size_t i = MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES; i-- > 0;)
+            moe_k_sumsq_lane(lanes, g, n, i / MOE_K_SQ_LANES, i % MOE_K_SQ_LANES);
+        for (size_t b = MOE_K_SQ_BLOCKS; b-- > 0;)
+            moe_k_sumsq_block(part, lanes, b);
+        moe_k_sumsq_total(&sq, part);
+        double ref = moe_optim_sum_sq(g, n);
+        ck_assert_msg(memcmp(&sq, &ref, sizeof sq) == 0, "n %zu: %.17g vs %.17g", n, sq, ref);
+    }
+    free(g);
+}
+END_TEST
+
 // Central differences of L = sum out W (W fixed, random) through the kernels'
 // forward against the kernels' backward, every element of qkv (gradcheck.h:
 // step 1e-3, tolerance 2e-3 of max(1, |numeric|)); one shape on each side of
@@ -1340,6 +1366,7 @@ int main(void)
     tcase_add_test(tc, test_attention_dropout);
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_linear_bias);
+    tcase_add_test(tc, test_sum_sq);
     tcase_add_test(tc, test_attention_fd);
     suite_add_tcase(s, tc);
     return moe_test_run(s);

@@ -671,6 +671,43 @@ extern "C" int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, floa
     return launched("optim_kernel", err);
 }
 
+// The sum of squares: one thread per (block, lane), one per block, one for the total.
+__global__ void sumsq_lane_kernel(double *lanes, const float *g, size_t n)
+{
+    size_t m = (size_t)MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < m; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_sumsq_lane(lanes, g, n, i / MOE_K_SQ_LANES, i % MOE_K_SQ_LANES);
+}
+
+__global__ void sumsq_block_kernel(double *part, const double *lanes)
+{
+    for (size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x; b < MOE_K_SQ_BLOCKS;
+         b += (size_t)gridDim.x * blockDim.x)
+        moe_k_sumsq_block(part, lanes, b);
+}
+
+__global__ void sumsq_total_kernel(double *sq, const double *part)
+{
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+        moe_k_sumsq_total(sq, part);
+}
+
+extern "C" int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err)
+{
+    double *lanes = scratch, *part = lanes + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, *sq = part + MOE_K_SQ_BLOCKS;
+    int rc;
+    sumsq_lane_kernel<<<blocks_for((size_t)MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, 256), 256>>>(lanes, g, n);
+    if ((rc = launched("sumsq_lane_kernel", err)))
+        return rc;
+    sumsq_block_kernel<<<1, MOE_K_SQ_BLOCKS>>>(part, lanes);
+    if ((rc = launched("sumsq_block_kernel", err)))
+        return rc;
+    sumsq_total_kernel<<<1, 1>>>(sq, part);
+    if ((rc = launched("sumsq_total_kernel", err)))
+        return rc;
+    return moe_cuda_to_host(ret, sq, sizeof *sq, err);
+}
+
 // ---------------------------------------------------------------- cross-entropy: one thread per row, then per block
 
 // Row t: max and argmax, the exponentials' sum in double in class order, the

@@ -154,6 +154,11 @@ int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const
 struct moe_k_optim;
 int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float *m, float *v, size_t n,
                           struct moe_err *err);
+// The sum of squares of g (n values) for the global gradient norm, in
+// moe_optim_sum_sq's blocks, lanes and order (kernels/optim.h), into *ret on
+// the host. Scratch: MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1 doubles of
+// device memory.
+int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err);
 
 // Softmax cross-entropy over T rows of O logits y with labels (nn/loss.c
 // moe_ce_rows): row_loss, row_argmax (T) written when not NULL; dy (T, O) +=

@@ -6,11 +6,13 @@
 // once on the host into struct moe_k_optim.
 // reference: Loshchilov & Hutter 2019 (AdamW: decoupled weight decay,
 // bias-corrected moments).
-// Not here: the gradient norm (a reduction) and the clipping decision.
+// The gradient norm's sum of squares (moe_optim_sum_sq) is below, as the
+// CPU's fixed blocks and lanes; the clipping decision stays on the host.
 #ifndef MOE_K_OPTIM_H
 #define MOE_K_OPTIM_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/hd.h"
@@ -68,6 +70,43 @@ static inline MOE_HD void moe_k_optim_elem(const struct moe_k_optim *o, size_t i
         break;
     }
     }
+}
+
+// The sum of g[i]^2 over n values in double, in train/optim.c's order: the
+// values cut into MOE_K_SQ_BLOCKS fixed blocks of ceil(n / MOE_K_SQ_BLOCKS)
+// (the last ones short or empty), each summed in MOE_K_SQ_LANES interleaved
+// lanes (lane k: the block's values k, k + 8, ... in order; the CPU's tail
+// values fall in the lanes that continue these strides) joined in a fixed
+// tree, then the blocks in order from 0. Three launches: one thread per
+// (block, lane), one per block, one thread for the total.
+#define MOE_K_SQ_BLOCKS 256 // train/optim.c NB
+#define MOE_K_SQ_LANES 8    // train/optim.c LANES
+
+// lanes[b * 8 + k] = block b's lane k.
+static inline MOE_HD void moe_k_sumsq_lane(double *lanes, const float *g, size_t n, size_t b, size_t k)
+{
+    size_t bs = (n + MOE_K_SQ_BLOCKS - 1) / MOE_K_SQ_BLOCKS;
+    size_t lo = b * bs < n ? b * bs : n, hi = lo + bs < n ? lo + bs : n;
+    double acc = 0.0;
+    for (size_t i = lo + k; i < hi; i += MOE_K_SQ_LANES)
+        acc += (double)g[i] * g[i];
+    lanes[b * MOE_K_SQ_LANES + k] = acc;
+}
+
+// part[b] = block b's lanes joined.
+static inline MOE_HD void moe_k_sumsq_block(double *part, const double *lanes, size_t b)
+{
+    const double *a = lanes + b * MOE_K_SQ_LANES;
+    part[b] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+// *sq = the blocks in order.
+static inline MOE_HD void moe_k_sumsq_total(double *sq, const double *part)
+{
+    double s = 0.0;
+    for (size_t b = 0; b < MOE_K_SQ_BLOCKS; b++)
+        s += part[b];
+    *sq = s;
 }
 
 #endif
