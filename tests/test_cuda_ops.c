@@ -741,6 +741,21 @@ static void attn_backward_host(float *dqkv, float *datt, const float *dout, cons
         moe_k_attn_dqkv(dqkv, datt, att, dout, qkv, C, D, H, i / (C * 3 * D), i / (3 * D) % C, i % (3 * D));
 }
 
+// The magnitude of the terms each output of attention sums: m[b, t, j] =
+// sum_{s <= t} P[t, s] |v_s[j]| (att holds P, or P' with dropout).
+static void attn_out_terms(float *m, const float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H)
+{
+    const size_t hs = D / H;
+    for (size_t b = 0; b < B; b++)
+        for (size_t t = 0; t < C; t++)
+            for (size_t j = 0; j < D; j++) {
+                double sum = 0.0;
+                for (size_t u = 0; u <= t; u++)
+                    sum += att[((b * H + j / hs) * C + t) * C + u] * fabs((double)qkv[(b * C + u) * 3 * D + 2 * D + j]);
+                m[(b * C + t) * D + j] = (float)sum;
+            }
+}
+
 static void test_attention(void)
 {
     static const struct {
@@ -767,14 +782,7 @@ static void test_attention(void)
         EXPECT(moe_cuda_attention_forward(out_, att_, dqkv_, B, C, D, H, &err) == 0, "%s", err.msg);
         host(att3, att_, na * 4);
         EXPECT(memcmp(att2, att3, na * 4) == 0, "attention forward: two device runs differ");
-        for (size_t b = 0; b < B; b++)
-            for (size_t t = 0; t < C; t++)
-                for (size_t j = 0; j < D; j++) {
-                    double s = 0.0;
-                    for (size_t u = 0; u <= t; u++)
-                        s += att[((b * H + j / hs) * C + t) * C + u] * fabs((double)qkv[(b * C + u) * 3 * D + 2 * D + j]);
-                    m[(b * C + t) * D + j] = (float)s;
-                }
+        attn_out_terms(m, att, qkv, B, C, D, H);
         printf("# attention B=%zu C=%zu D=%zu H=%zu (hs %zu)\n", B, C, D, H, hs);
         close_floats(att2, att, na, 1e-5, "attention att");
         close_terms(out2, out, m, no, 1e-5, "attention out");
@@ -833,7 +841,7 @@ static void test_dropout(void)
     }
     free(x), free(y), free(z);
 
-    const size_t B = 2, C = 53, D = 96, H = 3, hs = D / H; // the tile path's order on the CPU
+    const size_t B = 2, C = 53, D = 96, H = 3; // hs = 32: the tile path's order on the CPU
     const size_t nq = B * C * 3 * D, no = B * C * D, na = B * H * C * C;
     float *qkv = malloc(nq * 4), *dout = malloc(no * 4), *d0 = malloc(nq * 4), *out = malloc(no * 4);
     float *att = malloc(na * 4), *attp = malloc(na * 4), *out2 = malloc(no * 4), *att2 = malloc(na * 4);
@@ -854,14 +862,7 @@ static void test_dropout(void)
     for (size_t i = 0; i < na; i++)
         mism += (att2[i] == 0.0f) != (att[i] == 0.0f);
     EXPECT(mism == 0, "attention dropout: %zu entries kept on one side only", mism);
-    for (size_t b = 0; b < B; b++)
-        for (size_t t = 0; t < C; t++)
-            for (size_t j = 0; j < D; j++) {
-                double sum = 0.0;
-                for (size_t u = 0; u <= t; u++)
-                    sum += att[((b * H + j / hs) * C + t) * C + u] * fabs((double)qkv[(b * C + u) * 3 * D + 2 * D + j]);
-                m[(b * C + t) * D + j] = (float)sum;
-            }
+    attn_out_terms(m, att, qkv, B, C, D, H);
     close_floats(attp2, attp, na, 1e-5, "attention dropout attp (P)");
     close_floats(att2, att, na, 1e-5, "attention dropout att (P')");
     close_terms(out2, out, m, no, 1e-5, "attention dropout out");
