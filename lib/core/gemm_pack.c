@@ -56,11 +56,31 @@ static struct {
     cntx_t *cntx;
 } g_k;
 
-// The pack buffers of the calling thread (a caller's loop over experts runs
-// products on several threads at once, each with its own), grown on demand and
-// kept for the thread's life.
-static _Thread_local float *t_buf;
-static _Thread_local size_t t_buf_n;
+// Pack buffers, one per strip, owned by the thread that calls moe_gemm_packed
+// (a caller's loop over experts runs products on several threads at once, each
+// with its own set) and kept for that thread's life: strip k of a product on
+// several threads uses the caller's buffer k, whichever OpenMP thread runs it.
+// Owned by the caller, not by the OpenMP threads, because a team's threads
+// may end (a smaller team next time) and their thread-local memory with them.
+struct pack_buf {
+    float *p;
+    size_t n; // floats
+};
+static _Thread_local struct pack_buf *t_bufs;
+static _Thread_local size_t t_nbufs;
+
+// At least n buffers for the calling thread: its array, or NULL when out of memory.
+static struct pack_buf *bufs_reserve(size_t n)
+{
+    if (t_nbufs < n) {
+        struct pack_buf *b = realloc(t_bufs, n * sizeof *b);
+        if (!b)
+            return NULL;
+        memset(b + t_nbufs, 0, (n - t_nbufs) * sizeof *b);
+        t_bufs = b, t_nbufs = n;
+    }
+    return t_bufs;
+}
 
 void moe_gemm_packed_init(void)
 {
@@ -182,21 +202,21 @@ static void run_job(const struct job *j)
     }
 }
 
-// Grow the calling thread's pack buffers to fit job j and point j at them: 0,
-// or -1 when they could not be allocated.
-static int buffers(struct job *j)
+// Grow pack buffer b to fit job j and point j at it: 0, or -1 when it could not
+// be allocated.
+static int buffers(struct job *j, struct pack_buf *b)
 {
     // An A block (MC x kc) then a B block (kc x NC), each start 64-byte aligned
     const size_t kc = min_sz(j->K, g_k.kc_max), na = (min_sz(j->M, g_k.mc) + g_k.mr) * kc / 16 * 16 + 16,
                  nb = ((min_sz(j->N, g_k.nc) + g_k.nr - 1) / g_k.nr) * g_k.nr * kc;
-    if (t_buf_n < na + nb) {
-        free(t_buf);
-        t_buf = aligned_alloc(64, ((na + nb) * sizeof(float) + 63) / 64 * 64);
-        t_buf_n = t_buf ? na + nb : 0;
-        if (!t_buf)
+    if (b->n < na + nb) {
+        free(b->p);
+        b->p = aligned_alloc(64, ((na + nb) * sizeof(float) + 63) / 64 * 64);
+        b->n = b->p ? na + nb : 0;
+        if (!b->p)
             return -1;
     }
-    j->abuf = t_buf, j->bbuf = t_buf + na;
+    j->abuf = b->p, j->bbuf = b->p + na;
     return 0;
 }
 
@@ -238,12 +258,16 @@ int moe_gemm_packed(int trans_a, int trans_b, size_t M, size_t N, size_t K, floa
     if (threads > 1) {
         // Every thread gets its buffers before any writes C, so a failure
         // leaves C as it was for the caller's fallback (bli_sgemm).
+        struct pack_buf *bufs = bufs_reserve((size_t)threads); // the caller's, shared with the team
+        if (!bufs)
+            return -1;
         int fail = 0;
-        #pragma omp parallel num_threads(threads) shared(fail)
+        #pragma omp parallel num_threads(threads) shared(fail, bufs)
         {
             struct job s;
-            strip(&s, &j, omp_get_thread_num(), omp_get_num_threads());
-            if (s.M && s.N && buffers(&s)) {
+            const int me = omp_get_thread_num();
+            strip(&s, &j, me, omp_get_num_threads());
+            if (s.M && s.N && buffers(&s, &bufs[me])) {
                 #pragma omp atomic write
                 fail = 1;
             }
@@ -258,7 +282,8 @@ int moe_gemm_packed(int trans_a, int trans_b, size_t M, size_t N, size_t K, floa
     }
 #endif
     (void)threads;
-    if (buffers(&j))
+    struct pack_buf *bufs = bufs_reserve(1);
+    if (!bufs || buffers(&j, &bufs[0]))
         return -1;
     run_job(&j);
     return 0;
