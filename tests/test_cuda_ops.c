@@ -5,7 +5,8 @@
 // z losses, Shazeer's importance and load losses, the embedding forward and backward, LayerNorm and RMSNorm forward
 // and backward, cross-entropy, the ReLU/GELU/SiLU activations, and the
 // GD/SGD/AdamW update, causal self-attention forward and backward (with
-// probability dropout too), and dropout.
+// probability dropout too), dropout, the linear bias, the gradient norm's sum of
+// squares, and the distillation losses (KD, symmetric KL) and squared error.
 // Routing decisions must be identical wherever no two scores are within a
 // tolerance of a tie (exact ties between identical logit rows included: the
 // index decides on both sides); hash routing, the capacity plan and the
@@ -935,6 +936,51 @@ static void test_sum_sq(void)
     free(g);
 }
 
+// The distillation losses and squared error: double exp and log on both
+// sides (the device's within an ulp of the host's libm), so the values agree to
+// about 1e-15 in double and the gradients in the last float bit at most; the
+// squared error has no transcendental function and gives the CPU's bits.
+static void test_distill(void)
+{
+    struct moe_err err;
+    static const size_t Os[] = { 2, 37, 300 };
+    const size_t T = 2000;
+    for (size_t oi = 0; oi < 3; oi++)
+        for (int kind = 0; kind < 3; kind++) { // KD at tau 2 and 0.5, the symmetric KL
+            size_t O = Os[oi], n = T * O;
+            float tau = kind == 0 ? 2.0f : 0.5f, scale = 0.3f;
+            float *s = malloc(n * 4), *z = malloc(n * 4), *dy = malloc(n * 4), *dy2 = malloc(n * 4), *m = malloc(n * 4);
+            fill(s, n, 800 + (uint32_t)oi, -6.0f, 6.0f), fill(z, n, 810 + (uint32_t)oi, -6.0f, 6.0f);
+            fill(dy, n, 820, -0.1f, 0.1f);
+            for (size_t i = 0; i < n; i++) // the terms: what was there, and scale tau |q - p| <= scale tau
+                m[i] = fabsf(dy[i]) + scale * (kind == 2 ? 1.0f + 2.0f * 12.0f : tau);
+            float *s_ = dev(s, n * 4), *z_ = dev(z, n * 4), *dy_ = dev(dy, n * 4);
+            double *scr = dev(NULL, MOE_CUDA_DISTILL_SCRATCH(T) * sizeof(double)), sum2 = 0.0;
+            double sum1 = kind == 2 ? moe_symkl_forward_backward(dy, s, z, T, O, scale)
+                                    : moe_kd_forward_backward(dy, s, z, T, O, tau, scale);
+            int rc = kind == 2 ? moe_cuda_symkl(&sum2, dy_, s_, z_, T, O, scale, scr, &err)
+                               : moe_cuda_kd(&sum2, dy_, s_, z_, T, O, tau, scale, scr, &err);
+            EXPECT(rc == 0, "%s", err.msg);
+            host(dy2, dy_, n * 4);
+            EXPECT(fabs(sum2 - sum1) <= 1e-12 * fabs(sum1), "%s sum %.17g vs %.17g", kind == 2 ? "symkl" : "kd", sum2,
+                   sum1);
+            close_terms(dy2, dy, m, n, 1e-6, kind == 2 ? "symkl dy" : "kd dy");
+            moe_cuda_free(s_), moe_cuda_free(z_), moe_cuda_free(dy_), moe_cuda_free(scr);
+            free(s), free(z), free(dy), free(dy2), free(m);
+        }
+    const size_t n = 100003;
+    float *y = malloc(n * 4), *d = malloc(n * 4), *dy = malloc(n * 4), *dy2 = malloc(n * 4);
+    fill(y, n, 830, -2.0f, 2.0f), fill(d, n, 831, -2.0f, 2.0f), fill(dy, n, 832, -0.1f, 0.1f);
+    float *y_ = dev(y, n * 4), *d_ = dev(d, n * 4), *dy_ = dev(dy, n * 4);
+    double *scr = dev(NULL, sizeof(double)), sum2 = 0.0, sum1 = moe_mse_forward_backward(dy, y, d, 1, n, 0.7f);
+    EXPECT(moe_cuda_mse(&sum2, dy_, y_, d_, n, 0.7f, scr, &err) == 0, "%s", err.msg);
+    host(dy2, dy_, n * 4);
+    EXPECT(memcmp(&sum1, &sum2, sizeof sum1) == 0, "mse sum %.17g vs %.17g", sum2, sum1);
+    close_floats(dy2, dy, n, 0.0, "mse dy");
+    moe_cuda_free(y_), moe_cuda_free(d_), moe_cuda_free(dy_), moe_cuda_free(scr);
+    free(y), free(d), free(dy), free(dy2);
+}
+
 int main(void)
 {
     struct moe_backend_info info;
@@ -964,6 +1010,7 @@ int main(void)
     test_dropout();
     test_linear_bias();
     test_sum_sq();
+    test_distill();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }

@@ -32,7 +32,9 @@
 //     dropout, bit for bit on the tile path;
 //   - inverted dropout over runs and over gathered rows against nn/dropout.c;
 //   - the linear layer's bias, forward and gradient, against nn/linear.c;
-//   - the gradient norm's sum of squares against train/optim.c.
+//   - the gradient norm's sum of squares against train/optim.c;
+//   - knowledge distillation, MoEBERT's symmetric KL and squared error,
+//     values and gradients, against nn/loss.c.
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -45,6 +47,7 @@
 #include "cuda/kernels/attention.h"
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
+#include "cuda/kernels/distill.h"
 #include "cuda/kernels/dropout.h"
 #include "cuda/kernels/embed.h"
 #include "cuda/kernels/linear.h"
@@ -851,6 +854,71 @@ START_TEST(test_ce)
 }
 END_TEST
 
+// The distillation losses: a thread per row (both lse values and the row's
+// loss), a thread per (row, class) for the gradient, one thread for the sum.
+// The bodies call the same double exp and log as nn/loss.c, so every bit
+// agrees. O = 129 and 300 take the CPU's heap buffers (more than 128 classes).
+START_TEST(test_distill)
+{
+    static const size_t Os[] = { 1, 2, 37, 129, 300 };
+    static const float taus[] = { 1.0f, 2.0f, 0.5f };
+    const size_t T = 61;
+    for (size_t oi = 0; oi < sizeof Os / sizeof *Os; oi++)
+        for (int kind = 0; kind < 4; kind++) { // KD at three temperatures, then the symmetric KL
+            const size_t O = Os[oi], n = T * O;
+            int sym = kind == 3;
+            double tau = sym ? 1.0 : taus[kind];
+            float *s = malloc(n * 4), *z = malloc(n * 4), *dy1 = malloc(n * 4), *dy2 = malloc(n * 4);
+            double *ls = malloc(T * 8), *lz = malloc(T * 8), *row = malloc(T * 8), *qp = malloc(T * 8);
+            fill(s, n, 70 + (uint32_t)oi, -6.0f, 6.0f), fill(z, n, 80 + (uint32_t)oi, -6.0f, 6.0f);
+            for (size_t t = 0; t < T; t += 5) // a row where student and teacher agree: KL 0, gradient 0
+                memcpy(s + t * O, z + t * O, O * 4);
+            fill(dy1, n, 90 + (uint32_t)oi, -0.1f, 0.1f);
+            memcpy(dy2, dy1, n * 4);
+            const float scale = 0.3f;
+            double sum1 = sym ? moe_symkl_forward_backward(dy1, s, z, T, O, scale)
+                              : moe_kd_forward_backward(dy1, s, z, T, O, (float)tau, scale);
+            for (size_t t = 0; t < T; t++) { // the row kernel
+                ls[t] = moe_k_lse_tau(s + t * O, O, tau), lz[t] = moe_k_lse_tau(z + t * O, O, tau);
+                if (sym) {
+                    double pq;
+                    moe_k_symkl_row(&pq, &qp[t], s + t * O, z + t * O, O, ls[t], lz[t]);
+                    row[t] = pq + qp[t];
+                } else {
+                    row[t] = moe_k_kd_row(s + t * O, z + t * O, O, tau, ls[t], lz[t]);
+                }
+            }
+            for (size_t j = 0; j < n; j++) { // the gradient kernel
+                size_t t = j / O;
+                if (sym)
+                    moe_k_symkl_grad(&dy2[j], s[j], z[j], ls[t], lz[t], qp[t], scale);
+                else
+                    moe_k_kd_grad(&dy2[j], s[j], z[j], tau, ls[t], lz[t], scale);
+            }
+            double sum2 = 0.0; // the one-thread sum
+            for (size_t t = 0; t < T; t++)
+                sum2 += row[t];
+            ck_assert_msg(memcmp(&sum1, &sum2, 8) == 0, "O=%zu kind %d: sum %.17g vs %.17g", O, kind, sum1, sum2);
+            ck_assert_msg(O == 1 ? sum1 == 0.0 : sum1 > 0.0 && isfinite(sum1), "O=%zu kind %d: sum %g", O, kind, sum1);
+            same_floats(dy1, dy2, n, sym ? "symkl dy" : "kd dy");
+            free(s), free(z), free(dy1), free(dy2), free(ls), free(lz), free(row), free(qp);
+        }
+    // squared error: the gradient element by element, the sum in element order
+    const size_t n = 4099;
+    float *y = malloc(n * 4), *d = malloc(n * 4), *dy1 = malloc(n * 4), *dy2 = malloc(n * 4);
+    fill(y, n, 95, -2.0f, 2.0f), fill(d, n, 96, -2.0f, 2.0f), fill(dy1, n, 97, -0.1f, 0.1f);
+    memcpy(dy2, dy1, n * 4);
+    double sum1 = moe_mse_forward_backward(dy1, y, d, 1, n, 0.7f), sum2 = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        moe_k_mse_grad(&dy2[i], y[i], d[i], 0.7f);
+        sum2 += moe_k_sq_term(y[i], d[i]);
+    }
+    ck_assert_msg(memcmp(&sum1, &sum2, 8) == 0, "mse sum %.17g vs %.17g", sum1, sum2);
+    same_floats(dy1, dy2, n, "mse dy");
+    free(y), free(d), free(dy1), free(dy2);
+}
+END_TEST
+
 START_TEST(test_activations)
 {
     const size_t n = 5000; // several of the CPU's chunks of 512 values
@@ -1361,6 +1429,7 @@ int main(void)
     tcase_add_test(tc, test_aux_shazeer);
     tcase_add_test(tc, test_embed);
     tcase_add_test(tc, test_ce);
+    tcase_add_test(tc, test_distill);
     tcase_add_test(tc, test_activations);
     tcase_add_test(tc, test_attention);
     tcase_add_test(tc, test_attention_dropout);

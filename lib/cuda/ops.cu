@@ -11,6 +11,7 @@
 #include "cuda/kernels/linear.h"
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
+#include "cuda/kernels/distill.h"
 #include "cuda/kernels/embed.h"
 #include "cuda/kernels/loss.h"
 #include "cuda/kernels/norm.h"
@@ -786,6 +787,120 @@ extern "C" int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t
     for (size_t b = 0; b < MOE_K_CE_BLOCKS; b++) // the blocks in order, as on the CPU
         *sum += h[b];
     return 0;
+}
+
+// ---------------------------------------------------------------- distillation losses: rows, elements, one sum
+
+// Row t: the student's and the teacher's lse (at tau; 1 for the symmetric KL),
+// and the row's loss (KD: tau^2 KL(p || q); symmetric: KL(p || q) + KL(q || p),
+// KL(q || p) kept for the gradient).
+__global__ void distill_row_kernel(int sym, double *lse_s, double *lse_z, double *row, double *qp, const float *s,
+                                   const float *z, size_t T, size_t O, double tau)
+{
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < T; t += (size_t)gridDim.x * blockDim.x) {
+        const float *st = s + t * O, *zt = z + t * O;
+        double ls = moe_k_lse_tau(st, O, tau), lz = moe_k_lse_tau(zt, O, tau);
+        lse_s[t] = ls, lse_z[t] = lz;
+        if (sym) {
+            double pq, q;
+            moe_k_symkl_row(&pq, &q, st, zt, O, ls, lz);
+            qp[t] = q;
+            row[t] = pq + q;
+        } else {
+            row[t] = moe_k_kd_row(st, zt, O, tau, ls, lz);
+        }
+    }
+}
+
+// One thread per (row, class) element of the gradient.
+__global__ void distill_grad_kernel(int sym, float *dy, const double *lse_s, const double *lse_z, const double *qp,
+                                    const float *s, const float *z, size_t T, size_t O, double tau, float scale)
+{
+    for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < T * O; j += (size_t)gridDim.x * blockDim.x) {
+        size_t t = j / O;
+        if (sym)
+            moe_k_symkl_grad(&dy[j], s[j], z[j], lse_s[t], lse_z[t], qp[t], scale);
+        else
+            moe_k_kd_grad(&dy[j], s[j], z[j], tau, lse_s[t], lse_z[t], scale);
+    }
+}
+
+// One thread: the n values in order (the CPU's running sum over rows).
+__global__ void ordered_sum_kernel(double *total, const double *v, size_t n)
+{
+    double acc = 0.0;
+    for (size_t i = 0; i < n; i++)
+        acc += v[i];
+    *total = acc;
+}
+
+static int distill(int sym, double *sum, float *dy, const float *s, const float *z, size_t T, size_t O, double tau,
+                   float scale, double *scratch, struct moe_err *err)
+{
+    if (sum)
+        *sum = 0.0;
+    if (T == 0 || O == 0)
+        return 0;
+    double *lse_s = scratch, *lse_z = scratch + T, *row = scratch + 2 * T, *qp = scratch + 3 * T,
+           *total = scratch + 4 * T;
+    distill_row_kernel<<<blocks_for(T, 128), 128>>>(sym, lse_s, lse_z, row, qp, s, z, T, O, tau);
+    int rc = launched("distill_row_kernel", err);
+    if (!rc && dy) {
+        distill_grad_kernel<<<blocks_for(T * O, 256), 256>>>(sym, dy, lse_s, lse_z, qp, s, z, T, O, tau, scale);
+        rc = launched("distill_grad_kernel", err);
+    }
+    if (rc || !sum)
+        return rc;
+    ordered_sum_kernel<<<1, 1>>>(total, row, T);
+    if ((rc = launched("ordered_sum_kernel", err)))
+        return rc;
+    return moe_cuda_to_host(sum, total, sizeof *sum, err);
+}
+
+extern "C" int moe_cuda_kd(double *sum, float *dy, const float *s, const float *z, size_t T, size_t O, float tau,
+                           float scale, double *scratch, struct moe_err *err)
+{
+    return distill(0, sum, dy, s, z, T, O, (double)tau, scale, scratch, err);
+}
+
+extern "C" int moe_cuda_symkl(double *sum, float *dy, const float *s, const float *z, size_t T, size_t O,
+                              float scale, double *scratch, struct moe_err *err)
+{
+    return distill(1, sum, dy, s, z, T, O, 1.0, scale, scratch, err);
+}
+
+__global__ void mse_grad_kernel(float *dy, const float *y, const float *d, size_t n, float scale)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_mse_grad(&dy[i], y[i], d[i], scale);
+}
+
+__global__ void mse_sum_kernel(double *total, const float *y, const float *d, size_t n)
+{
+    double acc = 0.0;
+    for (size_t i = 0; i < n; i++)
+        acc += moe_k_sq_term(y[i], d[i]);
+    *total = acc;
+}
+
+extern "C" int moe_cuda_mse(double *sum, float *dy, const float *y, const float *d, size_t n, float scale,
+                            double *scratch, struct moe_err *err)
+{
+    if (sum)
+        *sum = 0.0;
+    if (n == 0)
+        return 0;
+    int rc = 0;
+    if (dy) {
+        mse_grad_kernel<<<blocks_for(n, 256), 256>>>(dy, y, d, n, scale);
+        rc = launched("mse_grad_kernel", err);
+    }
+    if (rc || !sum)
+        return rc;
+    mse_sum_kernel<<<1, 1>>>(scratch, y, d, n);
+    if ((rc = launched("mse_sum_kernel", err)))
+        return rc;
+    return moe_cuda_to_host(sum, scratch, sizeof *sum, err);
 }
 
 // ---------------------------------------------------------------- activations: one thread per value

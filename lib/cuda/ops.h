@@ -1,7 +1,7 @@
 // ops.h: the CUDA backend's first operations, callable from C: device memory,
 // and launches of the kernel bodies in lib/cuda/kernels/ (router, capacity
 // plan, gather and combine, aux losses, embeddings, norms, cross-entropy,
-// activations, optimizer update, causal self-attention). Every pointer argument of a launch is device memory.
+// the distillation losses, activations, optimizer update, causal self-attention). Every pointer argument of a launch is device memory.
 // Each function returns 0 or MOE_EIO with the failing CUDA call named in err.
 // Built only with CUDA (meson -Dcuda); nothing here runs without a GPU.
 // Not here: choosing a backend or probing devices (lib/backend/), the models'
@@ -168,6 +168,23 @@ int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, stru
 int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argmax, const float *y,
                      const int32_t *label, size_t T, size_t O, float scale, double *part, double *lse,
                      struct moe_err *err);
+
+// The distillation losses (nn/loss.c; kernels/distill.h) of T rows of O
+// logits, student s against teacher z: *sum (host; NULL: not computed) = the
+// sum of the row losses in row order; dy (T, O) += scale times their gradient
+// with respect to s when dy is not NULL. Knowledge distillation at temperature
+// tau (moe_kd_forward_backward) and MoEBERT's symmetric KL
+// (moe_symkl_forward_backward). Scratch: MOE_CUDA_DISTILL_SCRATCH(T) doubles.
+#define MOE_CUDA_DISTILL_SCRATCH(T) (4 * (size_t)(T) + 1)
+int moe_cuda_kd(double *sum, float *dy, const float *s, const float *z, size_t T, size_t O, float tau, float scale,
+                double *scratch, struct moe_err *err);
+int moe_cuda_symkl(double *sum, float *dy, const float *s, const float *z, size_t T, size_t O, float scale,
+                   double *scratch, struct moe_err *err);
+// Squared error (moe_mse_forward_backward) of y against d, n values: *sum
+// (host; NULL: not computed) = sum (y - d)^2 in element order by one thread;
+// dy += scale 2 (y - d) when dy is not NULL. Scratch: one double.
+int moe_cuda_mse(double *sum, float *dy, const float *y, const float *d, size_t n, float scale, double *scratch,
+                 struct moe_err *err);
 
 // FFN activations over n values (nn/activation.c): forward y = f(x) and
 // backward dx = dy f'(x) (written), from the saved input x.
