@@ -33,6 +33,9 @@
 //   - inverted dropout over runs and over gathered rows against nn/dropout.c;
 //   - the linear layer's bias, forward and gradient, against nn/linear.c;
 //   - the gradient norm's sum of squares against train/optim.c;
+//   - the device layer's jitter, SwiGLU product and backward, and the
+//     experts' gradient scatter against moe/moe_layer.c's formula and
+//     moe/experts.c;
 //   - knowledge distillation, MoEBERT's symmetric KL and squared error,
 //     values and gradients, against nn/loss.c.
 #include <check.h>
@@ -50,6 +53,7 @@
 #include "cuda/kernels/distill.h"
 #include "cuda/kernels/dropout.h"
 #include "cuda/kernels/embed.h"
+#include "cuda/kernels/experts.h"
 #include "cuda/kernels/linear.h"
 #include "cuda/kernels/loss.h"
 #include "cuda/kernels/norm.h"
@@ -919,6 +923,82 @@ START_TEST(test_distill)
 }
 END_TEST
 
+// The device layer's small steps: Switch jitter against moe_layer.c's draws
+// (moe_rng_uniform at base + i), the SwiGLU product and backward against
+// experts.c's loops (through moe_ffn_forward_drop / backward being GEMM-bound,
+// the loops themselves are restated), and the scatter against
+// moe_experts_scatter on a plan with dropped slots.
+START_TEST(test_layer_steps)
+{
+    const size_t n = 3001;
+    const uint64_t seed = 17, step = 5, base = 3 * ((uint64_t)1 << 40) + 7; // a third layer's draws, odd start
+    float *x = malloc(n * 4), *xr1 = malloc(n * 4), *xr2 = malloc(n * 4), *j1 = malloc(n * 4), *j2 = malloc(n * 4);
+    fill(x, n, 60, -2.0f, 2.0f);
+    struct moe_rng jr = moe_rng_make(seed, MOE_RNG_JITTER, (uint32_t)step);
+    for (size_t i = 0; i < n; i++) { // moe_layer.c's loop
+        j1[i] = 1.0f + (float)0.01 * (2.0f * moe_rng_uniform(&jr, base + i) - 1.0f);
+        xr1[i] = x[i] * j1[i];
+    }
+    for (size_t i = 0; i < n; i++)
+        moe_k_jitter(xr2, j2, x, (float)0.01, seed, MOE_RNG_JITTER, (uint32_t)step, base, i);
+    same_floats(j1, j2, n, "jitter factors");
+    same_floats(xr1, xr2, n, "jittered input");
+    float *dxr = malloc(n * 4), *dx1 = malloc(n * 4), *dx2 = malloc(n * 4);
+    fill(dxr, n, 61, -1.0f, 1.0f), fill(dx1, n, 62, -1.0f, 1.0f);
+    memcpy(dx2, dx1, n * 4);
+    for (size_t i = 0; i < n; i++) { // moe_layer_backward's loop
+        float g = dxr[i] * j1[i];
+        dx1[i] += g;
+    }
+    for (size_t i = 0; i < n; i++)
+        moe_k_jitter_back(dx2, dxr, j2, i);
+    same_floats(dx1, dx2, n, "jitter backward");
+
+    // scatter: T tokens of S slots, some dropped (-1), rows in any order
+    const size_t T = 97, S = 3, D = 19;
+    struct moe_dispatch plan = { .T = T, .S = S };
+    int32_t *slot_row = malloc(T * S * sizeof *slot_row);
+    size_t rows = 0;
+    for (size_t i = 0; i < T * S; i++)
+        slot_row[i] = (i * 7) % 5 == 0 ? -1 : (int32_t)rows++;
+    for (size_t i = 0; i < T * S; i++) // reverse the rows' order: the kept row of a slot is not its rank
+        if (slot_row[i] >= 0)
+            slot_row[i] = (int32_t)(rows - 1) - slot_row[i];
+    plan.slot_row = slot_row;
+    struct moe_experts_buf buf = { .D = D };
+    buf.dxd = malloc(rows * D * 4);
+    fill(buf.dxd, rows * D, 63, -1.0f, 1.0f);
+    float *sx1 = malloc(T * D * 4), *sx2 = malloc(T * D * 4);
+    fill(sx1, T * D, 64, -1.0f, 1.0f);
+    memcpy(sx2, sx1, T * D * 4);
+    moe_experts_scatter(sx1, &plan, &buf);
+    for (size_t t = 0; t < T; t++)
+        for (size_t c = 0; c < D; c++)
+            moe_k_scatter(sx2, buf.dxd, slot_row, S, D, t, c);
+    same_floats(sx1, sx2, T * D, "scatter");
+
+    // SwiGLU: h = silu(a) b; backward db = silu(a) dh, dh = dh b
+    float *h1 = malloc(n * 4), *h2 = malloc(n * 4), *b = malloc(n * 4), *dh1 = malloc(n * 4), *dh2 = malloc(n * 4);
+    float *db1 = malloc(n * 4), *db2 = malloc(n * 4);
+    fill(h1, n, 65, -3.0f, 3.0f), fill(b, n, 66, -3.0f, 3.0f), fill(dh1, n, 67, -1.0f, 1.0f);
+    memcpy(h2, h1, n * 4), memcpy(dh2, dh1, n * 4), memcpy(db1, h1, n * 4), memcpy(db2, h1, n * 4);
+    for (size_t i = 0; i < n; i++) {
+        h1[i] *= b[i];
+        db1[i] *= dh1[i];
+        dh1[i] *= b[i];
+    }
+    for (size_t i = 0; i < n; i++) {
+        moe_k_mul(h2, b, i);
+        moe_k_swiglu_back(db2, dh2, b, i);
+    }
+    same_floats(h1, h2, n, "swiglu product");
+    same_floats(db1, db2, n, "swiglu db");
+    same_floats(dh1, dh2, n, "swiglu dh");
+    free(x), free(xr1), free(xr2), free(j1), free(j2), free(dxr), free(dx1), free(dx2), free(slot_row);
+    free(buf.dxd), free(sx1), free(sx2), free(h1), free(h2), free(b), free(dh1), free(dh2), free(db1), free(db2);
+}
+END_TEST
+
 START_TEST(test_activations)
 {
     const size_t n = 5000; // several of the CPU's chunks of 512 values
@@ -1430,6 +1510,7 @@ int main(void)
     tcase_add_test(tc, test_embed);
     tcase_add_test(tc, test_ce);
     tcase_add_test(tc, test_distill);
+    tcase_add_test(tc, test_layer_steps);
     tcase_add_test(tc, test_activations);
     tcase_add_test(tc, test_attention);
     tcase_add_test(tc, test_attention_dropout);

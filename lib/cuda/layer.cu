@@ -36,6 +36,7 @@
 #include "cuda/layer.h"
 #include "cuda/ops.h"
 #include "cuda/kernels/dispatch.h"
+#include "cuda/kernels/experts.h"
 #include "core/philox.h"
 
 extern "C" {
@@ -211,56 +212,42 @@ static int linear_backward(struct moe_cuda_layer *l, float *dx, float *dw, const
 
 // ---------------------------------------------------------------- small kernels
 
-// Switch jitter (moe_layer.c): jit = 1 + eps (2 U - 1), U = moe_rng_uniform of
-// index base + i (word i & 3 of Philox block i >> 2); xr = x jit.
+// The bodies are kernels/experts.h's (tests/test_kernels.c checks them against the CPU library).
+
+// Switch jitter (moe_layer.c): xr = x jit, jit from the Philox counters base + i.
 __global__ void jitter_kernel(float *xr, float *jit, const float *x, size_t n, float eps, uint64_t seed,
                               uint32_t stream, uint64_t base)
 {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        uint64_t k = base + i;
-        uint32_t w[4];
-        moe_philox_words(seed, MOE_RNG_JITTER, stream, k >> 2, w);
-        jit[i] = 1.0f + eps * (2.0f * moe_philox_u01(w[k & 3]) - 1.0f);
-        xr[i] = x[i] * jit[i];
-    }
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_jitter(xr, jit, x, eps, seed, MOE_RNG_JITTER, stream, base, i);
 }
 
 // dx += dxr jit (the jittered router input's gradient back to x).
 __global__ void jitter_back_kernel(float *dx, const float *dxr, const float *jit, size_t n)
 {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dx[i] += dxr[i] * jit[i];
+        moe_k_jitter_back(dx, dxr, jit, i);
 }
 
 // swiglu forward: h *= b (h = silu(a) already).
 __global__ void mul_kernel(float *h, const float *b, size_t n)
 {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        h[i] *= b[i];
+        moe_k_mul(h, b, i);
 }
 
 // swiglu backward (experts.c): db = silu(a) dh, dh = dh b (db holds silu(a)).
 __global__ void swiglu_back_kernel(float *db, float *dh, const float *b, size_t n)
 {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        db[i] *= dh[i];
-        dh[i] *= b[i];
-    }
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_swiglu_back(db, dh, b, i);
 }
 
 // experts.c moe_experts_scatter: dx[t, c] += dxd[row, c] over t's kept slots in slot order.
 __global__ void scatter_kernel(float *dx, const float *dxd, const int32_t *slot_row, size_t T, size_t S, size_t D)
 {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < T * D; i += (size_t)gridDim.x * blockDim.x) {
-        size_t t = i / D, c = i % D;
-        float o = dx[i];
-        for (size_t s = 0; s < S; s++) {
-            int32_t r = slot_row[t * S + s];
-            if (r >= 0)
-                o += dxd[(size_t)r * D + c];
-        }
-        dx[i] = o;
-    }
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < T * D; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_scatter(dx, dxd, slot_row, S, D, i / D, i % D);
 }
 
 // ---------------------------------------------------------------- the capacity plan in chunks
