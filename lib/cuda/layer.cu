@@ -17,22 +17,16 @@
 // The row counts: the plan's E + 1 offsets are copied device -> host once per
 // forward (one small synchronous copy; the backward reuses them).
 //
-// Numerics: fp32 throughout. cublasSetMathMode(CUBLAS_DEFAULT_MATH): no TF32
-// tensor-op math (that would be CUBLAS_TF32_TENSOR_OP_MATH), so the GEMMs round
-// like fp32 FMA sums, in cuBLAS's own order (not BLIS's: results agree with the
-// CPU within a tolerance, not bit for bit). Determinism: cuBLAS gives the same
-// bits run after run on the same GPU architecture and SM count when one stream
-// is active (cuBLAS docs, "Results reproducibility"); everything here runs on
-// one stream, with cublasSetAtomicsMode(CUBLAS_ATOMICS_NOT_ALLOWED) said
-// explicitly. The kernels use no atomics (docs/cuda.md).
-#include <cublas_v2.h>
+// Numerics: fp32 throughout; the GEMMs are blas.h's (cuBLAS without TF32, one
+// handle, no atomics; blas.cu), everything here runs on one stream, and the
+// kernels use no atomics (docs/cuda.md), so a run repeats its bits on the same GPU.
 #include <cuda_runtime.h>
-#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda/blas.h"
 #include "cuda/layer.h"
 #include "cuda/ops.h"
 #include "cuda/kernels/dispatch.h"
@@ -54,7 +48,6 @@ struct moe_cuda_layer {
     size_t E, D, F, S, T_max, N_max;
     int swiglu, noisy;
     enum moe_cuda_act act;   // relu, gelu; silu for swiglu
-    cublasHandle_t blas;
     void *mem[MAX_MEM];      // every device allocation, freed together
     int n_mem;
     // weights and their gradients: router (E, D), noise (E, D), w1, w3 (E, F, D), w2 (E, D, F)
@@ -91,71 +84,6 @@ static int check(cudaError_t e, const char *call, struct moe_err *err)
     return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", call, cudaGetErrorString(e));
 }
 
-// ---------------------------------------------------------------- cuBLAS, loaded on first use
-
-#define STR_(x) #x
-#define STR(x) STR_(x)
-#define CUBLAS_SONAME "libcublas.so." STR(CUBLAS_VER_MAJOR)
-
-static struct {
-    void *lib;
-    cublasStatus_t (*create)(cublasHandle_t *);
-    cublasStatus_t (*destroy)(cublasHandle_t);
-    cublasStatus_t (*set_math)(cublasHandle_t, cublasMath_t);
-    cublasStatus_t (*set_atomics)(cublasHandle_t, cublasAtomicsMode_t);
-    cublasStatus_t (*set_pointer)(cublasHandle_t, cublasPointerMode_t);
-    cublasStatus_t (*sgemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const float *,
-                            const float *, int, const float *, int, const float *, float *, int);
-    const char *(*status_string)(cublasStatus_t);
-} blas_api;
-
-// dlopen the cuBLAS of the CUDA this was built with: by name (the run path,
-// LD_LIBRARY_PATH, the system's), else beside the libcudart in use.
-static int blas_load(struct moe_err *err)
-{
-    if (blas_api.lib)
-        return 0;
-    void *lib = dlopen(CUBLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
-    char path[4096];
-    Dl_info di;
-    if (!lib && dladdr((void *)&cudaGetDeviceCount, &di) && di.dli_fname) {
-        const char *slash = strrchr(di.dli_fname, '/');
-        if (slash && (size_t)(slash - di.dli_fname) + sizeof "/" CUBLAS_SONAME < sizeof path) {
-            snprintf(path, sizeof path, "%.*s/%s", (int)(slash - di.dli_fname), di.dli_fname, CUBLAS_SONAME);
-            lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-        }
-    }
-    if (!lib)
-        return moe_error(err, MOE_EIO, "cuBLAS: cannot load %s: %s", CUBLAS_SONAME, dlerror());
-    struct {
-        void *fn;
-        const char *name;
-    } sym[] = {
-        { &blas_api.create, "cublasCreate_v2" },           { &blas_api.destroy, "cublasDestroy_v2" },
-        { &blas_api.set_math, "cublasSetMathMode" },       { &blas_api.set_atomics, "cublasSetAtomicsMode" },
-        { &blas_api.set_pointer, "cublasSetPointerMode_v2" }, { &blas_api.sgemm, "cublasSgemm_v2" },
-        { &blas_api.status_string, "cublasGetStatusString" },
-    };
-    for (size_t i = 0; i < sizeof sym / sizeof *sym; i++) {
-        void *f = dlsym(lib, sym[i].name);
-        if (!f) {
-            dlclose(lib);
-            return moe_error(err, MOE_EIO, "cuBLAS: %s has no %s", CUBLAS_SONAME, sym[i].name);
-        }
-        memcpy(sym[i].fn, &f, sizeof f);
-    }
-    blas_api.lib = lib;
-    return 0;
-}
-
-static int blas_check(cublasStatus_t s, const char *call, struct moe_err *err)
-{
-    if (s == CUBLAS_STATUS_SUCCESS)
-        return 0;
-    return moe_error(err, s == CUBLAS_STATUS_ALLOC_FAILED ? MOE_ENOMEM : MOE_EIO, "cuBLAS: %s failed: %s", call,
-                     blas_api.status_string(s));
-}
-
 static int launched(const char *kernel, struct moe_err *err)
 {
     int rc = check(cudaGetLastError(), kernel, err);
@@ -168,25 +96,14 @@ static unsigned blocks_for(size_t n, unsigned threads)
     return b < 65535 ? (unsigned)(b ? b : 1) : 65535u;
 }
 
-// Row-major C (M, N) = alpha op(A) op(B) + beta C, with moe_gemm's arguments
-// (core/gemm.h), so each call below reads like its CPU twin in experts.c and
-// nn/linear.c. cuBLAS is column-major: a row-major matrix is its transpose,
-// so this is C^T = op(B)^T op(A)^T with the operands swapped.
+// Row-major C (M, N) = alpha op(A) op(B) + beta C (blas.h: cuBLAS, moe_gemm's
+// arguments), so each call below reads like its CPU twin in experts.c and nn/linear.c.
 static int gemm(struct moe_cuda_layer *l, int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A,
                 size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc, const char *what,
                 struct moe_err *err)
 {
-    if (M == 0 || N == 0)
-        return 0;
-    if (K == 0 && beta == 1.0f)
-        return 0;
-    char call[96];
-    cublasStatus_t s = blas_api.sgemm(l->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)N,
-                                   (int)M, (int)K, &alpha, B, (int)ldb, A, (int)lda, &beta, C, (int)ldc);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        return 0;
-    snprintf(call, sizeof call, "cublasSgemm (%s)", what);
-    return blas_check(s, call, err);
+    (void)l;
+    return moe_cuda_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, what, err);
 }
 
 // nn/linear.c moe_linear_forward without bias: y (T, O) = x (T, I) w^T, w (O, I).
@@ -451,8 +368,6 @@ extern "C" void moe_cuda_layer_free(struct moe_cuda_layer *l)
     for (int i = 0; i <= MAX_MARKS; i++)
         if (l->ev[i])
             cudaEventDestroy(l->ev[i]);
-    if (l->blas)
-        blas_api.destroy(l->blas);
     free(l->off);
     free(l);
 }
@@ -484,15 +399,7 @@ extern "C" int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct m
     if (!l->off)
         rc = moe_error(err, MOE_ENOMEM, "out of memory");
     if (!rc)
-        rc = blas_load(err);
-    if (!rc)
-        rc = blas_check(blas_api.create(&l->blas), "cublasCreate", err);
-    if (!rc)
-        rc = blas_check(blas_api.set_math(l->blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode", err);
-    if (!rc)
-        rc = blas_check(blas_api.set_atomics(l->blas, CUBLAS_ATOMICS_NOT_ALLOWED), "cublasSetAtomicsMode", err);
-    if (!rc)
-        rc = blas_check(blas_api.set_pointer(l->blas, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode", err);
+        rc = moe_cuda_blas_init(err);
     for (int i = 0; !rc && i <= MAX_MARKS; i++)
         rc = check(cudaEventCreate(&l->ev[i]), "cudaEventCreate", err);
     struct {
