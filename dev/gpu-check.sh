@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# dev/gpu-check.sh: what a session lent a GPU runs there, in one call (the device
+# tool's `run`, from the repository root, carrying build-cuda):
+#   here:  meson setup build-cuda -Dcuda=enabled -Dmpi=disabled && ninja -C build-cuda
+#   there: bash dev/gpu-check.sh            (logs and JSON under $OUT, default ./gpu-out)
+# Runs the GPU tests twice each (the second run must print the same bytes: the
+# determinism check), then moe bench --device cuda at issue 16's layer shape.
+# Prints one line per step with its exit code; never stops at a failure.
+set -uo pipefail
+b=${BUILD:-build-cuda}
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+step() { # name, command...
+    local name=$1
+    shift
+    local t0=$SECONDS
+    "$@" >"$out/$name.log" 2>&1
+    echo "$name: exit $? in $((SECONDS - t0)) s"
+}
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+"$b/cmd/moe" --version >"$out/version.txt" 2>&1
+for t in cuda_device cuda_ops cuda_layer; do
+    step "test_$t" "$b/tests/test_$t"
+    step "test_$t.2" "$b/tests/test_$t"
+    cmp -s "$out/test_$t.log" "$out/test_$t.2.log" && echo "test_$t: two runs, same bytes" ||
+        echo "test_$t: two runs DIFFER"
+done
+t0=$SECONDS
+"$b/cmd/moe" bench --config experiments/common/gpu-layer.json --device cuda --tokens 65536 --repeats 5 --warmup 1 \
+    >"$out/bench.json" 2>"$out/bench.log"
+echo "bench: exit $? in $((SECONDS - t0)) s"
+grep -h "FAIL\|failures" "$out"/test_*.log | sort | uniq -c
