@@ -1,0 +1,761 @@
+// cuda_host.c: the CUDA ops of lib/cuda/ops.cu (cuda/ops.h) run on the host,
+// for tests only, not part of libmoe. Each function does what its .cu wrapper
+// does: the same kernel bodies (lib/cuda/kernels/*.h) in the same sequence of
+// launches, each launch a loop over its thread indices in increasing order,
+// with the same early returns, memsets, scratch layouts and error returns; the
+// host's expf, tanhf, exp and log stand in for the device's (a device whose
+// libm is glibc's). Device memory is host memory. tests/test_cuda_ops.c built
+// with this file and -DMOE_TEST_CUDA_HOST (test_cuda_ops_host) runs the GPU
+// parity test on a machine without a GPU. Every function of ops.h is defined
+// here, so a CUDA build's libmoe.a never pulls its ops.o into that program.
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/status.h"
+#include "cuda/kernels/attention.h"
+#include "cuda/kernels/aux.h"
+#include "cuda/kernels/dispatch.h"
+#include "cuda/kernels/distill.h"
+#include "cuda/kernels/dropout.h"
+#include "cuda/kernels/embed.h"
+#include "cuda/kernels/linear.h"
+#include "cuda/kernels/loss.h"
+#include "cuda/kernels/norm.h"
+#include "cuda/kernels/optim.h"
+#include "cuda/kernels/route.h"
+#include "cuda/ops.h"
+
+// A launch whose grid is empty (a zero block count), as cudaGetLastError reports it.
+static int empty_grid(const char *kernel, struct moe_err *err)
+{
+    return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", kernel, "invalid configuration argument");
+}
+
+// ---------------------------------------------------------------- device memory
+
+// cudaMalloc: at least one byte, 256-byte aligned, not initialised.
+int moe_cuda_malloc(void **ret, size_t bytes, const char *what, struct moe_err *err)
+{
+    size_t n = bytes ? bytes : 1;
+    *ret = n <= SIZE_MAX - 255 ? aligned_alloc(256, (n + 255) & ~(size_t)255) : NULL;
+    if (*ret)
+        return 0;
+    return moe_error(err, MOE_ENOMEM, "CUDA: cudaMalloc of %zu bytes for %s failed: %s", bytes, what,
+                     "out of memory");
+}
+
+void moe_cuda_free(void *p) { free(p); }
+
+int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err *err)
+{
+    (void)err;
+    if (bytes)
+        memcpy(dst, src, bytes);
+    return 0;
+}
+
+int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err)
+{
+    (void)err;
+    if (bytes)
+        memcpy(dst, src, bytes);
+    return 0;
+}
+
+// ---------------------------------------------------------------- router
+
+int moe_cuda_route_forward(const struct moe_cuda_route *a, float *p, float *lse, float *h, float *eps, int32_t *sel,
+                           int32_t *idx, float *gate, float *prio, const float *z, const float *u, const float *bias,
+                           struct moe_err *err)
+{
+    (void)err;
+    if (a->T <= 0)
+        return 0;
+    for (int t = 0; t < a->T; t++) {
+        size_t o = (size_t)t * a->E, os = (size_t)t * a->K;
+        moe_k_softmax_row(p + o, lse + t, z + o, a->E);
+        const float *v = z + o;
+        if (a->noisy) {
+            if (a->train) {
+                moe_k_noisy_row(h + o, eps + o, z + o, u + o, a->E, a->seed, a->purpose, a->stream, a->base + o);
+            } else {
+                for (int e = 0; e < a->E; e++) {
+                    eps[o + e] = 0.0f;
+                    h[o + e] = z[o + e];
+                }
+            }
+            v = h + o;
+        }
+        moe_k_topk_row(sel + os, a->noisy ? v : p + o, bias, a->E, a->K);
+        moe_k_gates_row(idx + os, gate + os, prio + os, sel + os, v, p + o, a->K,
+                        a->raw_gates ? MOE_K_GATE_RAW : MOE_K_GATE_RENORM);
+        if (a->gshard_random && a->train)
+            moe_k_gshard_second(idx + os, gate + os, a->seed, a->purpose, a->stream, a->base + (uint64_t)t);
+    }
+    return 0;
+}
+
+int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz, float *du, const float *dgate,
+                            const int32_t *sel, const int32_t *idx, const float *p, const float *z, const float *h,
+                            const float *eps, const float *u, struct moe_err *err)
+{
+    (void)err;
+    if (a->T <= 0)
+        return 0;
+    for (int t = 0; t < a->T; t++) {
+        size_t o = (size_t)t * a->E, os = (size_t)t * a->K;
+        moe_k_route_backward_row(dz + o, a->noisy ? du + o : NULL, dgate + os, sel + os, idx + os, p + o,
+                                 (a->noisy ? h : z) + o, a->noisy ? eps + o : NULL, a->noisy ? u + o : NULL, a->E,
+                                 a->K, a->raw_gates ? MOE_K_GATE_RAW : MOE_K_GATE_RENORM);
+    }
+    return 0;
+}
+
+int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, float *p, float *lse, int32_t *sel, int32_t *idx,
+                              float *gate, float *prio, const float *z, struct moe_err *err)
+{
+    if (a->T <= 0)
+        return 0;
+    for (int t = 0; t < a->T; t++)
+        moe_k_softmax_row(p + (size_t)t * a->E, lse + t, z + (size_t)t * a->E, a->E);
+    if (a->mode == MOE_K_EC_TOPK) {
+        for (int t = 0; t < a->T; t++) {
+            size_t o = (size_t)t * a->E;
+            moe_k_ec_topk_row(sel + o, idx + o, gate + o, prio + o, p + o, a->E, a->ec_factor);
+        }
+        return 0;
+    }
+    size_t n = (size_t)a->T * a->E;
+    if (n == 0) // E = 0: no blocks
+        return empty_grid("route_ec_kernel", err);
+    for (size_t i = 0; i < n; i++)
+        moe_k_ec_slot(sel, idx, gate, prio, p, a->T, a->E, (int64_t)(i / a->E), (int)(i % a->E), a->ec_factor,
+                      (enum moe_k_ec)a->mode, a->seq);
+    return 0;
+}
+
+// The raw-gate backward with K = E, p standing in for z (as in ops.cu).
+int moe_cuda_route_ec_backward(int T, int E, float *dz, const float *dgate, const int32_t *sel, const int32_t *idx,
+                               const float *p, struct moe_err *err)
+{
+    struct moe_cuda_route a;
+    memset(&a, 0, sizeof a);
+    a.T = T;
+    a.E = E;
+    a.K = E;
+    a.raw_gates = 1;
+    return moe_cuda_route_backward(&a, dz, NULL, dgate, sel, idx, p, p, NULL, NULL, NULL, err);
+}
+
+int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel, int32_t *idx, float *gate,
+                                float *prio, const int32_t *hash_expert, struct moe_err *err)
+{
+    (void)err;
+    if (T <= 0)
+        return 0;
+    for (int t = 0; t < T; t++)
+        moe_k_hash_row(p + (size_t)t * E, lse + t, sel + t, idx + t, gate + t, prio + t, hash_expert[t], E);
+    return 0;
+}
+
+// ---------------------------------------------------------------- norms
+
+// norm_kernel, row by row: the row's MOE_K_LANES lane sums (the mean's first
+// for LayerNorm), joined; the statistics rounded to float, then the elements.
+int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b,
+                          size_t T, size_t D, float eps, struct moe_err *err)
+{
+    (void)err;
+    for (size_t t = 0; t < T; t++) {
+        const float *xt = x + t * D;
+        double lanes[MOE_K_LANES], m = 0.0;
+        if (b) {
+            for (int k = 0; k < MOE_K_LANES; k++)
+                lanes[k] = moe_k_lane_sum(xt, D, k);
+            m = moe_k_layernorm_mean(moe_k_lanes_join(lanes), D);
+        }
+        for (int k = 0; k < MOE_K_LANES; k++)
+            lanes[k] = moe_k_lane_sq_dev(xt, m, D, k);
+        double ss = moe_k_lanes_join(lanes);
+        float mf = (float)m, rf = b ? moe_k_layernorm_rstd(ss, D, eps) : moe_k_rmsnorm_rstd(ss, D, eps);
+        if (b)
+            mean[t] = mf;
+        rstd[t] = rf;
+        for (size_t i = 0; i < D; i++)
+            y[t * D + i] = b ? moe_k_layernorm_elem(xt[i], mf, rf, g[i], b[i]) : moe_k_rmsnorm_elem(xt[i], rf, g[i]);
+    }
+    return 0;
+}
+
+// norm_param_kernel by column, then norm_dx_kernel row by row: the lanes of
+// both sums, joined and divided by D in double, rounded to float, then dx.
+int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, const float *x, const float *mean,
+                           const float *rstd, const float *g, size_t T, size_t D, struct moe_err *err)
+{
+    (void)err;
+    if (T == 0)
+        return 0;
+    for (size_t col = 0; col < D; col++)
+        moe_k_norm_param_col(dg, db, dy, x, mean, rstd, T, D, col);
+    if (!dx)
+        return 0;
+    const int layernorm = db != NULL;
+    for (size_t t = 0; t < T; t++) {
+        double l1[MOE_K_LANES], l2[MOE_K_LANES];
+        float m = layernorm ? mean[t] : 0.0f, rs = rstd[t];
+        for (int k = 0; k < MOE_K_LANES; k++)
+            moe_k_norm_grad_lane(&l1[k], &l2[k], x + t * D, dy + t * D, g, m, rs, D, k);
+        float a = (float)(moe_k_lanes_join(l1) / (double)D), c = (float)(moe_k_lanes_join(l2) / (double)D);
+        for (size_t i = 0; i < D; i++) {
+            size_t j = t * D + i;
+            dx[j] = layernorm ? moe_k_layernorm_dx(dx[j], x[j], dy[j], g[i], m, rs, a, c)
+                              : moe_k_rmsnorm_dx(dx[j], x[j], dy[j], g[i], rs, c);
+        }
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- dispatch plan, gather, combine
+
+// The memsets (kept 0, slot_row -1), the keep order by priority (MOE_DROP_PROB),
+// then the keep pass per expert, the offsets and the rows per expert.
+int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T, size_t S,
+                           size_t E, size_t cap, int prob, struct moe_err *err)
+{
+    (void)err;
+    memset(p->kept, 0, T * S);
+    memset(p->slot_row, 0xff, T * S * sizeof(int32_t));
+    if (prob)
+        for (size_t i = 0; i < S * T; i++) {
+            size_t s = i / T, t = i % T;
+            p->order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
+        }
+    for (size_t e = 0; e < E; e++)
+        moe_k_dispatch_keep(idx, prob ? p->order : NULL, T, S, cap, (int32_t)e, p->kept, p->routed + e,
+                            p->dropped + e, p->n_kept + e);
+    moe_k_dispatch_offsets(p->offset, p->n_kept, E);
+    for (size_t e = 0; e < E; e++)
+        moe_k_dispatch_rows(idx, p->kept, T, S, (int32_t)e, p->offset[e], p->row_tok, p->row_slot, p->slot_row);
+    return 0;
+}
+
+int moe_cuda_gather(float *xd, const float *x, const struct moe_cuda_plan *p, size_t E, size_t n_max, size_t D,
+                    struct moe_err *err)
+{
+    (void)err;
+    size_t n = p->offset[E] < n_max ? p->offset[E] : n_max;
+    for (size_t i = 0; i < n * D; i++)
+        moe_k_gather(xd, x, p->row_tok, D, i / D, i % D);
+    return 0;
+}
+
+int moe_cuda_combine(float *out, const float *yd, const float *gate, const int32_t *slot_row, size_t T, size_t S,
+                     size_t D, struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < T * D; i++)
+        moe_k_combine(out, yd, gate, slot_row, S, D, i / D, i % D);
+    return 0;
+}
+
+int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const float *yd, const float *gate,
+                              const struct moe_cuda_plan *p, size_t E, size_t n_max, size_t S, size_t D,
+                              struct moe_err *err)
+{
+    (void)err;
+    size_t n = p->offset[E] < n_max ? p->offset[E] : n_max;
+    for (size_t r = 0; r < n; r++)
+        moe_k_combine_backward(dyd, dgate, dout, yd, gate, p->row_tok, p->row_slot, S, D, r);
+    return 0;
+}
+
+// ---------------------------------------------------------------- balancing and z losses
+
+#define AUX_TILE 2048 // ops.cu's tile of tokens staged in shared memory
+
+// fp_expert_kernel (one block per expert: tiles of AUX_TILE tokens staged,
+// then added in token order), fp_sum_kernel into value, the copy to *ret, and
+// the gradient by (token, expert).
+int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, size_t T, size_t E, size_t S,
+                    size_t n_slots, double scale, double *f, double *P, double *value, struct moe_err *err)
+{
+    if (ret)
+        *ret = 0.0;
+    if (T == 0)
+        return 0;
+    if (ret) {
+        if (E == 0) // no blocks
+            return empty_grid("fp_expert_kernel", err);
+        float pcol[AUX_TILE];
+        unsigned char hits[AUX_TILE];
+        for (size_t e = 0; e < E; e++) {
+            double fe = 0.0, pe = 0.0;
+            for (size_t t0 = 0; t0 < T; t0 += AUX_TILE) {
+                const size_t n = T - t0 < AUX_TILE ? T - t0 : AUX_TILE;
+                for (size_t i = 0; i < n; i++) {
+                    pcol[i] = p[(t0 + i) * E + e];
+                    hits[i] = (unsigned char)moe_k_aux_fp_hits(sel, S, n_slots, t0 + i, e);
+                }
+                moe_k_aux_fp_tile(&fe, &pe, hits, pcol, n);
+            }
+            f[e] = fe / (double)T;
+            P[e] = pe / (double)T;
+        }
+        *value = moe_k_aux_fp_sum(f, P, E);
+        int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
+        if (rc)
+            return rc;
+    }
+    if (!dz)
+        return 0;
+    for (size_t i = 0; i < T * E; i++)
+        moe_k_aux_fp_grad(dz, p, f, E, scale, T, i / E, i % E);
+    return 0;
+}
+
+// Per-expert importance, CV^2 (and its gradient g when dgate is given) into
+// value and *ret, then the gradient by (token, slot).
+int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const float *gate, size_t T, size_t E,
+                            size_t S, float coef, double *x, double *g, double *value, struct moe_err *err)
+{
+    *ret = 0.0;
+    for (size_t e = 0; e < E; e++)
+        x[e] = moe_k_importance_expert(idx, gate, T, S, e);
+    *value = moe_k_cv2(dgate ? g : NULL, x, E);
+    int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
+    if (rc || !dgate || T == 0)
+        return rc;
+    for (size_t i = 0; i < T * S; i++)
+        moe_k_importance_grad(dgate, idx, g, coef, i);
+    return 0;
+}
+
+// Per-expert load, CV^2 (and g when dz is given) into value and *ret, then
+// the gradients token by token.
+int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const float *u, const float *h,
+                      const float *eps, const int32_t *sel, size_t T, size_t E, size_t S, size_t K, float coef,
+                      double *x, double *g, double *value, struct moe_err *err)
+{
+    *ret = 0.0;
+    for (size_t e = 0; e < E; e++)
+        x[e] = moe_k_load_expert(z, u, h, sel, T, E, S, K, e);
+    *value = moe_k_cv2(dz ? g : NULL, x, E);
+    int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
+    if (rc || !dz || T == 0)
+        return rc;
+    for (size_t t = 0; t < T; t++)
+        moe_k_load_grad(dz, du, z, u, h, eps, sel, g, coef, E, S, K, t);
+    return 0;
+}
+
+// z_loss_kernel (one block: tiles of AUX_TILE lse values staged, added in
+// token order) into value and *ret, then the gradient by (token, expert).
+int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, size_t T, size_t E, float coef,
+                   double *value, struct moe_err *err)
+{
+    if (ret)
+        *ret = 0.0;
+    if (T == 0)
+        return 0;
+    if (ret) {
+        float tile[AUX_TILE];
+        double sum = 0.0;
+        for (size_t t0 = 0; t0 < T; t0 += AUX_TILE) {
+            const size_t n = T - t0 < AUX_TILE ? T - t0 : AUX_TILE;
+            memcpy(tile, lse + t0, n * sizeof *tile);
+            moe_k_z_tile(&sum, tile, n);
+        }
+        *value = sum / (double)T;
+        int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
+        if (rc)
+            return rc;
+    }
+    if (!dz)
+        return 0;
+    for (size_t i = 0; i < T * E; i++)
+        moe_k_z_grad(dz, lse, p, E, coef, T, i / E, i % E);
+    return 0;
+}
+
+// ---------------------------------------------------------------- embedding
+
+int moe_cuda_embed_forward(float *out, const int32_t *tok, size_t ld, const float *wte, const float *wpe, size_t B,
+                           size_t C, size_t D, struct moe_err *err)
+{
+    (void)err;
+    size_t n = B * C;
+    for (size_t i = 0; i < n * D; i++)
+        moe_k_embed_forward(out, tok, ld, wte, wpe, C, D, i / D, i % D);
+    return 0;
+}
+
+// cub::DeviceRadixSort::SortPairs of n (key, value) pairs: four stable passes
+// of 8 bits over the keys with their sign bit flipped (signed order), through
+// the ping-pong buffers tk, tv; the inputs are left as they are.
+static void sort_pairs(int32_t *keys_out, int32_t *vals_out, const int32_t *keys_in, const int32_t *vals_in,
+                       int32_t *tk, int32_t *tv, size_t n)
+{
+    const int32_t *ki = keys_in, *vi = vals_in;
+    for (unsigned pass = 0; pass < 4; pass++) {
+        int32_t *ko = pass % 2 ? keys_out : tk, *vo = pass % 2 ? vals_out : tv;
+        const unsigned shift = 8 * pass;
+        size_t at[257] = { 0 };
+        for (size_t i = 0; i < n; i++)
+            at[((((uint32_t)ki[i] ^ 0x80000000u) >> shift) & 0xffu) + 1]++;
+        for (size_t d = 0; d < 256; d++)
+            at[d + 1] += at[d];
+        for (size_t i = 0; i < n; i++) {
+            size_t j = at[(((uint32_t)ki[i] ^ 0x80000000u) >> shift) & 0xffu]++;
+            ko[j] = ki[i];
+            vo[j] = vi[i];
+        }
+        ki = ko;
+        vi = vo;
+    }
+}
+
+// ids and rows, their stable sort by id into sorted_ids and order (cub's
+// temporary storage from moe_cuda_malloc), then the token rows by (id, column)
+// and the position rows by (position, column).
+int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tok, size_t ld, size_t B,
+                            size_t C, size_t D, size_t V, int32_t *ids, int32_t *sorted_ids, int32_t *rows,
+                            int32_t *order, struct moe_err *err)
+{
+    size_t n = B * C;
+    if (n == 0)
+        return 0;
+    for (size_t r = 0; r < n; r++) {
+        ids[r] = tok[(r / C) * ld + r % C];
+        rows[r] = (int32_t)r;
+    }
+    void *temp = NULL;
+    int rc = moe_cuda_malloc(&temp, 2 * n * sizeof(int32_t), "the embedding backward's sort", err);
+    if (rc)
+        return rc;
+    sort_pairs(sorted_ids, order, ids, rows, (int32_t *)temp, (int32_t *)temp + n, n);
+    moe_cuda_free(temp);
+    for (size_t i = 0; i < V * D; i++) {
+        int32_t id = (int32_t)(i / D);
+        size_t start = moe_k_lower_bound(sorted_ids, n, id), end = moe_k_lower_bound(sorted_ids, n, id + 1);
+        if (start < end)
+            moe_k_embed_backward_tok(dwte, dout, order, start, end, D, (size_t)id, i % D);
+    }
+    for (size_t i = 0; i < C * D; i++)
+        moe_k_embed_backward_pos(dwpe, dout, B, C, D, i / D, i % D);
+    return 0;
+}
+
+// ---------------------------------------------------------------- optimizer, gradient norm
+
+int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float *m, float *v, size_t n,
+                          struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < n; i++)
+        moe_k_optim_elem(o, i, w, g, m, v);
+    return 0;
+}
+
+// Scratch: the (block, lane) sums, then the blocks' sums, then the total.
+int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err)
+{
+    double *lanes = scratch, *part = lanes + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, *sq = part + MOE_K_SQ_BLOCKS;
+    for (size_t i = 0; i < (size_t)MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES; i++)
+        moe_k_sumsq_lane(lanes, g, n, i / MOE_K_SQ_LANES, i % MOE_K_SQ_LANES);
+    for (size_t b = 0; b < MOE_K_SQ_BLOCKS; b++)
+        moe_k_sumsq_block(part, lanes, b);
+    moe_k_sumsq_total(sq, part);
+    return moe_cuda_to_host(ret, sq, sizeof *sq, err);
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+// ce_row_kernel (lse kept), ce_grad_kernel, ce_block_kernel into part, then
+// the blocks copied back and added in order.
+int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argmax, const float *y,
+                     const int32_t *label, size_t T, size_t O, float scale, double *part, double *lse,
+                     struct moe_err *err)
+{
+    *sum = 0.0;
+    if (T == 0)
+        return 0;
+    for (size_t t = 0; t < T; t++) {
+        const float *yt = y + t * O;
+        int32_t am;
+        float m = moe_k_ce_max(yt, O, &am);
+        double s = 0.0;
+        for (size_t o = 0; o < O; o++)
+            s += expf(moe_k_ce_shift(yt[o], m));
+        double l = moe_k_ce_lse(m, s);
+        lse[t] = l;
+        double loss = moe_k_ce_loss(l, yt, label[t]);
+        if (row_loss)
+            row_loss[t] = (float)loss;
+        if (row_argmax)
+            row_argmax[t] = am;
+    }
+    if (dy)
+        for (size_t j = 0; j < T * O; j++) {
+            size_t t = j / O, o = j % O;
+            moe_k_ce_grad_elem(&dy[j], expf(moe_k_ce_grad_arg(y[j], lse[t])), scale);
+            if ((int32_t)o == label[t])
+                moe_k_ce_grad_label(&dy[j], scale);
+        }
+    for (size_t b = 0; b < MOE_K_CE_BLOCKS; b++) {
+        size_t lo, hi;
+        moe_k_ce_block(T, b, &lo, &hi);
+        double acc = 0.0;
+        for (size_t t = lo; t < hi; t++)
+            acc += moe_k_ce_loss(lse[t], y + t * O, label[t]);
+        part[b] = acc;
+    }
+    double h[MOE_K_CE_BLOCKS];
+    int rc = moe_cuda_to_host(h, part, sizeof h, err);
+    if (rc)
+        return rc;
+    for (size_t b = 0; b < MOE_K_CE_BLOCKS; b++)
+        *sum += h[b];
+    return 0;
+}
+
+// ---------------------------------------------------------------- distillation losses, squared error
+
+// distill_row_kernel, distill_grad_kernel (dy given), then ordered_sum_kernel
+// into the scratch's last double and its copy to *sum. Scratch: lse_s, lse_z,
+// row, qp (T each), total.
+static int distill(int sym, double *sum, float *dy, const float *s, const float *z, size_t T, size_t O, double tau,
+                   float scale, double *scratch, struct moe_err *err)
+{
+    if (sum)
+        *sum = 0.0;
+    if (T == 0 || O == 0)
+        return 0;
+    double *lse_s = scratch, *lse_z = scratch + T, *row = scratch + 2 * T, *qp = scratch + 3 * T,
+           *total = scratch + 4 * T;
+    for (size_t t = 0; t < T; t++) {
+        const float *st = s + t * O, *zt = z + t * O;
+        double ls = moe_k_lse_tau(st, O, tau), lz = moe_k_lse_tau(zt, O, tau);
+        lse_s[t] = ls, lse_z[t] = lz;
+        if (sym) {
+            double pq, q;
+            moe_k_symkl_row(&pq, &q, st, zt, O, ls, lz);
+            qp[t] = q;
+            row[t] = pq + q;
+        } else {
+            row[t] = moe_k_kd_row(st, zt, O, tau, ls, lz);
+        }
+    }
+    if (dy)
+        for (size_t j = 0; j < T * O; j++) {
+            size_t t = j / O;
+            if (sym)
+                moe_k_symkl_grad(&dy[j], s[j], z[j], lse_s[t], lse_z[t], qp[t], scale);
+            else
+                moe_k_kd_grad(&dy[j], s[j], z[j], tau, lse_s[t], lse_z[t], scale);
+        }
+    if (!sum)
+        return 0;
+    double acc = 0.0;
+    for (size_t i = 0; i < T; i++)
+        acc += row[i];
+    *total = acc;
+    return moe_cuda_to_host(sum, total, sizeof *sum, err);
+}
+
+int moe_cuda_kd(double *sum, float *dy, const float *s, const float *z, size_t T, size_t O, float tau, float scale,
+                double *scratch, struct moe_err *err)
+{
+    return distill(0, sum, dy, s, z, T, O, (double)tau, scale, scratch, err);
+}
+
+int moe_cuda_symkl(double *sum, float *dy, const float *s, const float *z, size_t T, size_t O, float scale,
+                   double *scratch, struct moe_err *err)
+{
+    return distill(1, sum, dy, s, z, T, O, 1.0, scale, scratch, err);
+}
+
+// mse_grad_kernel (dy given), then mse_sum_kernel into scratch and its copy to *sum.
+int moe_cuda_mse(double *sum, float *dy, const float *y, const float *d, size_t n, float scale, double *scratch,
+                 struct moe_err *err)
+{
+    if (sum)
+        *sum = 0.0;
+    if (n == 0)
+        return 0;
+    if (dy)
+        for (size_t i = 0; i < n; i++)
+            moe_k_mse_grad(&dy[i], y[i], d[i], scale);
+    if (!sum)
+        return 0;
+    double acc = 0.0;
+    for (size_t i = 0; i < n; i++)
+        acc += moe_k_sq_term(y[i], d[i]);
+    *scratch = acc;
+    return moe_cuda_to_host(sum, scratch, sizeof *sum, err);
+}
+
+// ---------------------------------------------------------------- activations
+
+int moe_cuda_act_forward(enum moe_cuda_act a, float *y, const float *x, size_t n, struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        y[i] = a == MOE_CUDA_RELU ? moe_k_relu(v)
+             : a == MOE_CUDA_GELU ? moe_k_gelu(v, tanhf(moe_k_gelu_inner(v)))
+                                  : moe_k_silu(v, expf(-v));
+    }
+    return 0;
+}
+
+int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float *dy, const float *x, size_t n,
+                          struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        dx[i] = a == MOE_CUDA_RELU ? moe_k_relu_dx(dy[i], v)
+              : a == MOE_CUDA_GELU ? moe_k_gelu_dx(dy[i], v, tanhf(moe_k_gelu_inner(v)))
+                                   : moe_k_silu_dx(dy[i], v, expf(-v));
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- causal self-attention
+
+static int attn_shape(size_t D, size_t H, struct moe_err *err)
+{
+    if (H == 0 || D % H != 0)
+        return moe_error(err, MOE_EINVAL, "CUDA attention: n_embd %zu is not a multiple of the heads %zu", D, H);
+    return 0;
+}
+
+static int drop_on(const struct moe_cuda_drop *d) { return d && d->p > 0.0f; }
+
+static struct moe_k_drop drop_make(const struct moe_cuda_drop *d)
+{
+    return moe_k_drop_make(d->p, d->seed, d->step, d->site);
+}
+
+// Scores by element, the softmax by row (shift, the host's expf, normalise),
+// with d on the dropout by element, then out by element.
+int moe_cuda_attention_forward_drop(float *out, float *att, float *attp, const float *qkv, size_t B, size_t C,
+                                    size_t D, size_t H, const struct moe_cuda_drop *d, struct moe_err *err)
+{
+    int rc = attn_shape(D, H, err);
+    if (rc || B * C == 0)
+        return rc;
+    const size_t na = B * H * C * C, rows = B * H * C, no = B * C * D;
+    for (size_t i = 0; i < na; i++)
+        moe_k_attn_score(att, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+    for (size_t r = 0; r < rows; r++) {
+        size_t n = moe_k_attn_shift_row(att, C, r);
+        for (size_t s = 0; s < n; s++)
+            att[r * C + s] = expf(att[r * C + s]);
+        moe_k_attn_normalise_row(att, C, r);
+    }
+    if (drop_on(d)) {
+        const struct moe_k_drop k = drop_make(d);
+        for (size_t i = 0; i < na; i++)
+            moe_k_attn_drop(att, attp, &k, C, i);
+    }
+    for (size_t i = 0; i < no; i++)
+        moe_k_attn_out(out, att, qkv, C, D, H, i / (C * D), i / D % C, i % D);
+    return 0;
+}
+
+int moe_cuda_attention_forward(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H,
+                               struct moe_err *err)
+{
+    return moe_cuda_attention_forward_drop(out, att, NULL, qkv, B, C, D, H, NULL, err);
+}
+
+// dP by element, with d on dP' to dP by element, dS by row (from attp with d
+// on, else att), then dqkv by element.
+int moe_cuda_attention_backward_drop(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                                     const float *attp, size_t B, size_t C, size_t D, size_t H,
+                                     const struct moe_cuda_drop *d, struct moe_err *err)
+{
+    int rc = attn_shape(D, H, err);
+    if (rc || B * C == 0)
+        return rc;
+    const int on = drop_on(d);
+    const size_t na = B * H * C * C, rows = B * H * C, nq = B * C * 3 * D;
+    for (size_t i = 0; i < na; i++)
+        moe_k_attn_dp(datt, dout, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+    if (on) {
+        const struct moe_k_drop k = drop_make(d);
+        for (size_t i = 0; i < na; i++)
+            moe_k_attn_drop_grad(datt, &k, C, i);
+    }
+    for (size_t r = 0; r < rows; r++)
+        moe_k_attn_dsoftmax_row(datt, on ? attp : att, C, r);
+    for (size_t i = 0; i < nq; i++)
+        moe_k_attn_dqkv(dqkv, datt, att, dout, qkv, C, D, H, i / (C * 3 * D), i / (3 * D) % C, i % (3 * D));
+    return 0;
+}
+
+int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                                size_t B, size_t C, size_t D, size_t H, struct moe_err *err)
+{
+    return moe_cuda_attention_backward_drop(dqkv, datt, dout, qkv, att, NULL, B, C, D, H, NULL, err);
+}
+
+// ---------------------------------------------------------------- dropout
+
+int moe_cuda_dropout(float *x, size_t n, uint64_t first, const struct moe_cuda_drop *d, struct moe_err *err)
+{
+    (void)err;
+    if (!drop_on(d) || n == 0)
+        return 0;
+    const struct moe_k_drop k = drop_make(d);
+    for (size_t j = 0; j < n; j++)
+        moe_k_dropout(x, &k, first, j);
+    return 0;
+}
+
+// By element (r, column): row r's mask key from its token and slot, or r.
+int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t *row_tok, const int32_t *row_slot, size_t S,
+                          const struct moe_cuda_drop *d, struct moe_err *err)
+{
+    (void)err;
+    if (!drop_on(d) || N * F == 0)
+        return 0;
+    const struct moe_k_drop k = drop_make(d);
+    for (size_t i = 0; i < N * F; i++) {
+        size_t r = i / F;
+        uint64_t key = row_tok ? (uint64_t)row_tok[r] * S + (uint64_t)row_slot[r] : r;
+        moe_k_dropout(x + r * F, &k, key * F, i % F);
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- linear bias, residual add
+
+int moe_cuda_bias_rows(float *y, size_t ldy, const float *b, size_t T, size_t O, struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < T * O; i++)
+        moe_k_bias_rows(y, ldy, b, i / O, i % O);
+    return 0;
+}
+
+int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t O, struct moe_err *err)
+{
+    (void)err;
+    if (T * O == 0)
+        return 0;
+    for (size_t o = 0; o < O; o++)
+        moe_k_bias_grad(db, dy, lddy, T, o);
+    return 0;
+}
+
+int moe_cuda_add(float *y, const float *x, size_t n, struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < n; i++)
+        moe_k_add(y, x, i);
+    return 0;
+}
