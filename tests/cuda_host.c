@@ -7,12 +7,15 @@
 // libm is glibc's). Device memory is host memory. tests/test_cuda_ops.c built
 // with this file and -DMOE_TEST_CUDA_HOST (test_cuda_ops_host) runs the GPU
 // parity test on a machine without a GPU. Every function of ops.h is defined
-// here, so a CUDA build's libmoe.a never pulls its ops.o into that program.
+// here, so a CUDA build's libmoe.a never pulls its ops.o into that program;
+// blas.h's GEMM is core/gemm.h's moe_gemm (the CPU library's own products, so
+// a device step run here can match the CPU model bit for bit).
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/gemm.h"
 #include "core/status.h"
 #include "cuda/kernels/attention.h"
 #include "cuda/kernels/aux.h"
@@ -25,6 +28,7 @@
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/kernels/route.h"
+#include "cuda/blas.h"
 #include "cuda/ops.h"
 
 // A launch whose grid is empty (a zero block count), as cudaGetLastError reports it.
@@ -757,5 +761,25 @@ int moe_cuda_add(float *y, const float *x, size_t n, struct moe_err *err)
     (void)err;
     for (size_t i = 0; i < n; i++)
         moe_k_add(y, x, i);
+    return 0;
+}
+
+// ---------------------------------------------------------------- GEMMs (blas.h)
+
+int moe_cuda_blas_init(struct moe_err *err)
+{
+    (void)err;
+    return 0;
+}
+
+// cuBLAS's early returns, then the CPU library's product.
+int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
+                  const float *B, size_t ldb, float beta, float *C, size_t ldc, const char *what,
+                  struct moe_err *err)
+{
+    (void)what, (void)err;
+    if (M == 0 || N == 0 || (K == 0 && beta == 1.0f))
+        return 0;
+    moe_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return 0;
 }

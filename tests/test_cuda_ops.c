@@ -6,7 +6,8 @@
 // and backward, cross-entropy, the ReLU/GELU/SiLU activations, and the
 // GD/SGD/AdamW update, causal self-attention forward and backward (with
 // probability dropout too), dropout, the linear bias, the gradient norm's sum of
-// squares, and the distillation losses (KD, symmetric KL) and squared error.
+// squares, the distillation losses (KD, symmetric KL) and squared error, and
+// blas.h's GEMM.
 // Routing decisions must be identical wherever no two scores are within a
 // tolerance of a tie (exact ties between identical logit rows included: the
 // index decides on both sides); hash routing, the capacity plan and the
@@ -28,6 +29,7 @@
 #include "backend/backend.h"
 #include "core/gemm.h"
 #include "core/rng.h"
+#include "cuda/blas.h"
 #include "cuda/kernels/attention.h"
 #include "cuda/kernels/loss.h"
 #include "cuda/kernels/optim.h"
@@ -983,6 +985,39 @@ static void test_distill(void)
     free(y), free(d), free(dy), free(dy2);
 }
 
+// blas.h's GEMM against the CPU library's (core/gemm.h) for each transpose
+// pair, beta 0 and 1, with leading dimensions past the width: cuBLAS sums in its
+// own order with FMA, so within 1e-5 of the magnitude of the terms (sum |a b|
+// plus |beta c|); the host emulation gives moe_gemm's bits.
+static void test_gemm(void)
+{
+    struct moe_err err;
+    const size_t M = 67, N = 45, K = 129, ld = 140;
+    float *A = malloc(ld * ld * 4), *B = malloc(ld * ld * 4), *C = malloc(M * ld * 4), *C2 = malloc(M * ld * 4);
+    float *m = malloc(M * ld * 4), *Aa = malloc(ld * ld * 4), *Ba = malloc(ld * ld * 4);
+    fill(A, ld * ld, 900, -1.0f, 1.0f), fill(B, ld * ld, 901, -1.0f, 1.0f);
+    for (size_t i = 0; i < ld * ld; i++)
+        Aa[i] = fabsf(A[i]), Ba[i] = fabsf(B[i]);
+    float *A_ = dev(A, ld * ld * 4), *B_ = dev(B, ld * ld * 4), *C_ = dev(NULL, M * ld * 4);
+    for (int q = 0; q < 8; q++) {
+        int ta = q & 1, tb = q >> 1 & 1;
+        float beta = q >> 2 ? 1.0f : 0.0f;
+        fill(C, M * ld, 902 + (uint32_t)q, -1.0f, 1.0f);
+        for (size_t i = 0; i < M * ld; i++)
+            m[i] = beta * fabsf(C[i]);
+        moe_cuda_to_device(C_, C, M * ld * 4, &err);
+        moe_gemm(ta, tb, M, N, K, 0.5f, A, ld, B, ld, beta, C, ld);
+        moe_gemm(ta, tb, M, N, K, 0.5f, Aa, ld, Ba, ld, 1.0f, m, ld);
+        EXPECT(moe_cuda_gemm(ta, tb, M, N, K, 0.5f, A_, ld, B_, ld, beta, C_, ld, "test", &err) == 0, "%s", err.msg);
+        host(C2, C_, M * ld * 4);
+        char what[64];
+        snprintf(what, sizeof what, "gemm ta %d tb %d beta %g", ta, tb, beta);
+        close_terms(C2, C, m, M * ld, 1e-5, what);
+    }
+    moe_cuda_free(A_), moe_cuda_free(B_), moe_cuda_free(C_);
+    free(A), free(B), free(C), free(C2), free(m), free(Aa), free(Ba);
+}
+
 int main(void)
 {
 #ifndef MOE_TEST_CUDA_HOST
@@ -1017,6 +1052,7 @@ int main(void)
     test_linear_bias();
     test_sum_sq();
     test_distill();
+    test_gemm();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }
