@@ -3,8 +3,8 @@
 // capacity plan, gather, expert FFNs (cuBLAS), combine, aux losses; then the
 // backward in the CPU's order. The per-element and per-row work is the kernel
 // bodies of lib/cuda/kernels/ through ops.cu's launch wrappers; the few small
-// kernels here (jitter, swiglu's products, scatter) follow the CPU's order of
-// operations the same way. Not here: the model around the layer.
+// kernels here (jitter, swiglu's products, scatter) call kernels/experts.h's
+// bodies, and the GEMMs are blas.h's. Not here: the model around the layer.
 //
 // T = tokens, D = n_embd, F = n_ff, E = n_expert, S = slots per token,
 // N = kept rows (the plan's offset[E]).
