@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/gemm.h"
 #include "core/status.h"
@@ -23,6 +24,7 @@
 #include "cuda/kernels/distill.h"
 #include "cuda/kernels/dropout.h"
 #include "cuda/kernels/embed.h"
+#include "cuda/kernels/experts.h"
 #include "cuda/kernels/linear.h"
 #include "cuda/kernels/loss.h"
 #include "cuda/kernels/norm.h"
@@ -242,6 +244,45 @@ int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, co
     moe_k_dispatch_offsets(p->offset, p->n_kept, E);
     for (size_t e = 0; e < E; e++)
         moe_k_dispatch_rows(idx, p->kept, T, S, (int32_t)e, p->offset[e], p->row_tok, p->row_slot, p->slot_row);
+    return 0;
+}
+
+// The chunked plan: the same launches as ops.cu's, chunk by chunk and expert by expert.
+int moe_cuda_dispatch_plan_chunked(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T,
+                                   size_t S, size_t E, size_t cap, int prob, size_t *cnt, struct moe_err *err)
+{
+    (void)err;
+    const size_t nc = (T * S + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK;
+    memset(p->kept, 0, T * S);
+    memset(p->slot_row, 0xff, T * S * sizeof(int32_t));
+    if (nc == 0) {
+        memset(p->offset, 0, (E + 1) * sizeof(size_t));
+        return 0;
+    }
+    const int32_t *order = prob ? p->order : NULL;
+    if (prob)
+        for (size_t i = 0; i < S * T; i++) {
+            size_t s = i / T, t = i % T;
+            p->order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
+        }
+    for (size_t c = 0; c < nc; c++)
+        moe_k_chunk_count(cnt + c * E, idx, order, NULL, T, S, E, MOE_CUDA_PLAN_CHUNK, c, 0);
+    for (size_t e = 0; e < E; e++) {
+        size_t routed = moe_k_chunk_scan(cnt, nc, E, e, 0), k = routed < cap ? routed : cap;
+        p->routed[e] = routed;
+        p->n_kept[e] = k;
+        p->dropped[e] = routed - k;
+    }
+    for (size_t c = 0; c < nc; c++)
+        moe_k_chunk_keep(cnt + c * E, p->kept, idx, order, T, S, cap, MOE_CUDA_PLAN_CHUNK, c);
+    moe_k_dispatch_offsets(p->offset, p->n_kept, E);
+    for (size_t c = 0; c < nc; c++)
+        moe_k_chunk_count(cnt + c * E, idx, NULL, p->kept, T, S, E, MOE_CUDA_PLAN_CHUNK, c, 1);
+    for (size_t e = 0; e < E; e++)
+        moe_k_chunk_scan(cnt, nc, E, e, p->offset[e]);
+    for (size_t c = 0; c < nc; c++)
+        moe_k_chunk_rows(cnt + c * E, idx, p->kept, T, S, MOE_CUDA_PLAN_CHUNK, c, p->row_tok, p->row_slot,
+                         p->slot_row);
     return 0;
 }
 
@@ -781,5 +822,96 @@ int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, con
     if (M == 0 || N == 0 || (K == 0 && beta == 1.0f))
         return 0;
     moe_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return 0;
+}
+
+// ---------------------------------------------------------------- device, memset, events
+
+int moe_cuda_use_device(int id, struct moe_err *err)
+{
+    (void)id, (void)err;
+    return 0;
+}
+
+int moe_cuda_memset(void *p, int value, size_t bytes, const char *what, struct moe_err *err)
+{
+    (void)what, (void)err;
+    if (bytes)
+        memset(p, value, bytes);
+    return 0;
+}
+
+// An event is the host's monotonic clock when it is recorded (everything
+// before it has run: the emulated launches are synchronous).
+struct moe_cuda_event {
+    double t;
+};
+
+int moe_cuda_event_create(struct moe_cuda_event **ret, struct moe_err *err)
+{
+    *ret = calloc(1, sizeof **ret);
+    return *ret ? 0 : moe_error(err, MOE_ENOMEM, "out of memory");
+}
+
+void moe_cuda_event_free(struct moe_cuda_event *e) { free(e); }
+
+int moe_cuda_event_record(struct moe_cuda_event *e, struct moe_err *err)
+{
+    (void)err;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    e->t = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    return 0;
+}
+
+int moe_cuda_event_elapsed(double *ret_seconds, struct moe_cuda_event *a, struct moe_cuda_event *b,
+                           struct moe_err *err)
+{
+    (void)err;
+    *ret_seconds = b->t - a->t;
+    return 0;
+}
+
+// ---------------------------------------------------------------- the MoE layer's small steps
+
+int moe_cuda_jitter(float *xr, float *jit, const float *x, size_t n, float eps, uint64_t seed, uint32_t purpose,
+                    uint32_t stream, uint64_t base, struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < n; i++)
+        moe_k_jitter(xr, jit, x, eps, seed, purpose, stream, base, i);
+    return 0;
+}
+
+int moe_cuda_jitter_back(float *dx, const float *dxr, const float *jit, size_t n, struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < n; i++)
+        moe_k_jitter_back(dx, dxr, jit, i);
+    return 0;
+}
+
+int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < n; i++)
+        moe_k_mul(h, b, i);
+    return 0;
+}
+
+int moe_cuda_swiglu_back(float *db, float *dh, const float *b, size_t n, struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < n; i++)
+        moe_k_swiglu_back(db, dh, b, i);
+    return 0;
+}
+
+int moe_cuda_scatter(float *dx, const float *dxd, const int32_t *slot_row, size_t T, size_t S, size_t D,
+                     struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < T * D; i++)
+        moe_k_scatter(dx, dxd, slot_row, S, D, i / D, i % D);
     return 0;
 }

@@ -28,6 +28,7 @@
 
 #include "core/prof.h"
 #include "core/status.h"
+#include "cuda/ops.h" // moe_cuda_use_device, moe_cuda_malloc, ...
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,9 +36,6 @@ extern "C" {
 
 struct moe_layer_cfg;
 struct moe_cuda_layer;
-
-// Make CUDA device id the current one (cudaSetDevice) for what follows.
-int moe_cuda_use_device(int id, struct moe_err *err);
 
 // A device layer for batches of up to T_max tokens with the settings of c
 // (moe_layer_cfg_parse's, or the model's first sparse layer's), every buffer

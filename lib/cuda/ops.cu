@@ -4,6 +4,8 @@
 // value is written by one thread, reductions run in the bodies' fixed order.
 #include <cub/device/device_radix_sort.cuh>
 #include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "cuda/ops.h"
 #include "cuda/kernels/attention.h"
@@ -13,6 +15,7 @@
 #include "cuda/kernels/dispatch.h"
 #include "cuda/kernels/distill.h"
 #include "cuda/kernels/embed.h"
+#include "cuda/kernels/experts.h"
 #include "cuda/kernels/loss.h"
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
@@ -53,6 +56,62 @@ extern "C" int moe_cuda_to_device(void *dst, const void *src, size_t bytes, stru
 extern "C" int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
     return check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy (to host)", err);
+}
+
+extern "C" int moe_cuda_use_device(int id, struct moe_err *err)
+{
+    return check(cudaSetDevice(id), "cudaSetDevice", err);
+}
+
+extern "C" int moe_cuda_memset(void *p, int value, size_t bytes, const char *what, struct moe_err *err)
+{
+    char call[96];
+    snprintf(call, sizeof call, "cudaMemset (%s)", what);
+    return check(cudaMemset(p, value, bytes), call, err);
+}
+
+struct moe_cuda_event {
+    cudaEvent_t ev;
+};
+
+extern "C" int moe_cuda_event_create(struct moe_cuda_event **ret, struct moe_err *err)
+{
+    struct moe_cuda_event *e = (struct moe_cuda_event *)calloc(1, sizeof *e);
+    *ret = NULL;
+    if (!e)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    int rc = check(cudaEventCreate(&e->ev), "cudaEventCreate", err);
+    if (rc) {
+        free(e);
+        return rc;
+    }
+    *ret = e;
+    return 0;
+}
+
+extern "C" void moe_cuda_event_free(struct moe_cuda_event *e)
+{
+    if (!e)
+        return;
+    cudaEventDestroy(e->ev);
+    free(e);
+}
+
+extern "C" int moe_cuda_event_record(struct moe_cuda_event *e, struct moe_err *err)
+{
+    return check(cudaEventRecord(e->ev, 0), "cudaEventRecord", err);
+}
+
+extern "C" int moe_cuda_event_elapsed(double *ret_seconds, struct moe_cuda_event *a, struct moe_cuda_event *b,
+                                      struct moe_err *err)
+{
+    float ms = 0.0f;
+    int rc;
+    if ((rc = check(cudaEventSynchronize(b->ev), "cudaEventSynchronize", err)) ||
+        (rc = check(cudaEventElapsedTime(&ms, a->ev, b->ev), "cudaEventElapsedTime", err)))
+        return rc;
+    *ret_seconds = 1e-3 * ms;
+    return 0;
 }
 
 // ---------------------------------------------------------------- router: one thread per token
@@ -1080,6 +1139,170 @@ extern "C" int moe_cuda_attention_backward(float *dqkv, float *datt, const float
                                            struct moe_err *err)
 {
     return moe_cuda_attention_backward_drop(dqkv, datt, dout, qkv, att, NULL, B, C, D, H, NULL, err);
+}
+
+// ---------------------------------------------------------------- the MoE layer's small steps (kernels/experts.h)
+
+__global__ void jitter_kernel(float *xr, float *jit, const float *x, size_t n, float eps, uint64_t seed,
+                              uint32_t purpose, uint32_t stream, uint64_t base)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_jitter(xr, jit, x, eps, seed, purpose, stream, base, i);
+}
+
+__global__ void jitter_back_kernel(float *dx, const float *dxr, const float *jit, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_jitter_back(dx, dxr, jit, i);
+}
+
+__global__ void mul_kernel(float *h, const float *b, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_mul(h, b, i);
+}
+
+__global__ void swiglu_back_kernel(float *db, float *dh, const float *b, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_swiglu_back(db, dh, b, i);
+}
+
+__global__ void scatter_kernel(float *dx, const float *dxd, const int32_t *slot_row, size_t T, size_t S, size_t D)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < T * D; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_scatter(dx, dxd, slot_row, S, D, i / D, i % D);
+}
+
+extern "C" int moe_cuda_jitter(float *xr, float *jit, const float *x, size_t n, float eps, uint64_t seed,
+                               uint32_t purpose, uint32_t stream, uint64_t base, struct moe_err *err)
+{
+    if (n == 0)
+        return 0;
+    jitter_kernel<<<blocks_for(n, 256), 256>>>(xr, jit, x, n, eps, seed, purpose, stream, base);
+    return launched("jitter_kernel", err);
+}
+
+extern "C" int moe_cuda_jitter_back(float *dx, const float *dxr, const float *jit, size_t n, struct moe_err *err)
+{
+    if (n == 0)
+        return 0;
+    jitter_back_kernel<<<blocks_for(n, 256), 256>>>(dx, dxr, jit, n);
+    return launched("jitter_back_kernel", err);
+}
+
+extern "C" int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err)
+{
+    if (n == 0)
+        return 0;
+    mul_kernel<<<blocks_for(n, 256), 256>>>(h, b, n);
+    return launched("mul_kernel", err);
+}
+
+extern "C" int moe_cuda_swiglu_back(float *db, float *dh, const float *b, size_t n, struct moe_err *err)
+{
+    if (n == 0)
+        return 0;
+    swiglu_back_kernel<<<blocks_for(n, 256), 256>>>(db, dh, b, n);
+    return launched("swiglu_back_kernel", err);
+}
+
+extern "C" int moe_cuda_scatter(float *dx, const float *dxd, const int32_t *slot_row, size_t T, size_t S, size_t D,
+                                struct moe_err *err)
+{
+    if (T * D == 0)
+        return 0;
+    scatter_kernel<<<blocks_for(T * D, 256), 256>>>(dx, dxd, slot_row, T, S, D);
+    return launched("scatter_kernel", err);
+}
+
+// ---------------------------------------------------------------- the capacity plan in chunks
+
+// moe_cuda_dispatch_plan runs its keep and rows passes one thread per expert
+// over all T S assignments: serial, milliseconds at T = 65536. The same plan
+// from kernels/dispatch.h's chunked bodies (tests/test_kernels.c: the CPU's
+// plan for any chunk size).
+
+__global__ void chunk_count_kernel(size_t *cnt, const int32_t *idx, const int32_t *order, const uint8_t *kept,
+                                   size_t T, size_t S, size_t E, size_t n_chunks, int rows)
+{
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_count(cnt + c * E, idx, order, kept, T, S, E, MOE_CUDA_PLAN_CHUNK, c, rows);
+}
+
+// keep stage: routed, dropped, n_kept per expert; rows stage: from offset[e].
+__global__ void chunk_scan_kernel(struct moe_cuda_plan p, size_t *cnt, size_t n_chunks, size_t E, size_t cap,
+                                  int rows)
+{
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E)
+        return;
+    if (rows) {
+        moe_k_chunk_scan(cnt, n_chunks, E, e, p.offset[e]);
+        return;
+    }
+    size_t routed = moe_k_chunk_scan(cnt, n_chunks, E, e, 0), k = routed < cap ? routed : cap;
+    p.routed[e] = routed;
+    p.n_kept[e] = k;
+    p.dropped[e] = routed - k;
+}
+
+__global__ void chunk_keep_kernel(size_t *cnt, uint8_t *kept, const int32_t *idx, const int32_t *order, size_t T,
+                                  size_t S, size_t E, size_t cap, size_t n_chunks)
+{
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_keep(cnt + c * E, kept, idx, order, T, S, cap, MOE_CUDA_PLAN_CHUNK, c);
+}
+
+__global__ void chunk_rows_kernel(struct moe_cuda_plan p, size_t *cnt, const int32_t *idx, size_t T, size_t S,
+                                  size_t E, size_t n_chunks)
+{
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_rows(cnt + c * E, idx, p.kept, T, S, MOE_CUDA_PLAN_CHUNK, c, p.row_tok, p.row_slot,
+                         p.slot_row);
+}
+
+extern "C" int moe_cuda_dispatch_plan_chunked(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio,
+                                              size_t T, size_t S, size_t E, size_t cap, int prob, size_t *cnt,
+                                              struct moe_err *err)
+{
+    const size_t nc = (T * S + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK;
+    const unsigned cb = (unsigned)((nc + 127) / 128), eb = (unsigned)((E + 63) / 64);
+    int rc;
+    if ((rc = check(cudaMemset(p->kept, 0, T * S), "cudaMemset (kept)", err)) ||
+        (rc = check(cudaMemset(p->slot_row, 0xff, T * S * sizeof(int32_t)), "cudaMemset (slot_row)", err)))
+        return rc;
+    if (nc == 0)
+        return check(cudaMemset(p->offset, 0, (E + 1) * sizeof(size_t)), "cudaMemset (offsets)", err);
+    const int32_t *order = prob ? p->order : NULL;
+    if (prob) {
+        prob_place_kernel<<<blocks_for(S * T, 256), 256>>>(p->order, prio, T, S);
+        if ((rc = launched("prob_place_kernel", err)))
+            return rc;
+    }
+    chunk_count_kernel<<<cb, 128>>>(cnt, idx, order, NULL, T, S, E, nc, 0);
+    if ((rc = launched("chunk_count_kernel (keep)", err)))
+        return rc;
+    chunk_scan_kernel<<<eb, 64>>>(*p, cnt, nc, E, cap, 0);
+    if ((rc = launched("chunk_scan_kernel (keep)", err)))
+        return rc;
+    chunk_keep_kernel<<<cb, 128>>>(cnt, p->kept, idx, order, T, S, E, cap, nc);
+    if ((rc = launched("chunk_keep_kernel", err)))
+        return rc;
+    offsets_kernel<<<1, 1>>>(*p, E);
+    if ((rc = launched("offsets_kernel", err)))
+        return rc;
+    chunk_count_kernel<<<cb, 128>>>(cnt, idx, NULL, p->kept, T, S, E, nc, 1);
+    if ((rc = launched("chunk_count_kernel (rows)", err)))
+        return rc;
+    chunk_scan_kernel<<<eb, 64>>>(*p, cnt, nc, E, cap, 1);
+    if ((rc = launched("chunk_scan_kernel (rows)", err)))
+        return rc;
+    chunk_rows_kernel<<<cb, 128>>>(*p, cnt, idx, T, S, E, nc);
+    return launched("chunk_rows_kernel", err);
 }
 
 // ---------------------------------------------------------------- dropout (kernels/dropout.h)

@@ -24,6 +24,21 @@ void moe_cuda_free(void *p);
 int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err *err);
 int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err);
 
+// Make CUDA device id the current one (cudaSetDevice) for what follows.
+int moe_cuda_use_device(int id, struct moe_err *err);
+// Set bytes bytes at p to the byte value (cudaMemset); what names the buffer in an error.
+int moe_cuda_memset(void *p, int value, size_t bytes, const char *what, struct moe_err *err);
+
+// Points on the device's stream for timing (CUDA events): record marks the
+// point after everything queued so far; elapsed waits for b and gives the
+// seconds from a to b.
+struct moe_cuda_event;
+int moe_cuda_event_create(struct moe_cuda_event **ret, struct moe_err *err);
+void moe_cuda_event_free(struct moe_cuda_event *e);
+int moe_cuda_event_record(struct moe_cuda_event *e, struct moe_err *err);
+int moe_cuda_event_elapsed(double *ret_seconds, struct moe_cuda_event *a, struct moe_cuda_event *b,
+                           struct moe_err *err);
+
 // The router's forward for T tokens (moe/router.c moe_router_forward, for
 // softmax, gshard, noisy-topk, switch and deepseek; expert choice and hash
 // below): p, lse from z; for noisy-topk h, eps from z and u (eps drawn in
@@ -209,6 +224,30 @@ int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, con
 int moe_cuda_bias_rows(float *y, size_t ldy, const float *b, size_t T, size_t O, struct moe_err *err);
 int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t O, struct moe_err *err);
 int moe_cuda_add(float *y, const float *x, size_t n, struct moe_err *err);
+
+// The MoE layer's small steps (kernels/experts.h): Switch jitter over n
+// values, xr = x jit with jit from the Philox counters (seed, purpose, stream,
+// base + i); its backward dx += dxr jit; SwiGLU's h *= b and its backward (db
+// holding silu(a)) db *= dh, dh *= b; and the experts' input gradients back to
+// their tokens, dx (T, D) += dxd rows over each token's kept slots (slot_row
+// (T, S), -1: none) in slot order.
+int moe_cuda_jitter(float *xr, float *jit, const float *x, size_t n, float eps, uint64_t seed, uint32_t purpose,
+                    uint32_t stream, uint64_t base, struct moe_err *err);
+int moe_cuda_jitter_back(float *dx, const float *dxr, const float *jit, size_t n, struct moe_err *err);
+int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err);
+int moe_cuda_swiglu_back(float *db, float *dh, const float *b, size_t n, struct moe_err *err);
+int moe_cuda_scatter(float *dx, const float *dxd, const int32_t *slot_row, size_t T, size_t S, size_t D,
+                     struct moe_err *err);
+
+// moe_cuda_dispatch_plan's plan, every field, computed in chunks of
+// MOE_CUDA_PLAN_CHUNK positions (kernels/dispatch.h moe_k_chunk_*): one thread
+// per chunk counts its assignments per expert, one thread per expert scans
+// those counts over the chunks, one thread per chunk decides keep and rows.
+// Scratch: cnt, MOE_CUDA_PLAN_CNT(T, S, E) size_t.
+#define MOE_CUDA_PLAN_CHUNK 256
+#define MOE_CUDA_PLAN_CNT(T, S, E) ((((size_t)(T) * (S) + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK) * (E))
+int moe_cuda_dispatch_plan_chunked(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T,
+                                   size_t S, size_t E, size_t cap, int prob, size_t *cnt, struct moe_err *err);
 
 // Inverted dropout (nn/dropout.c; kernels/dropout.h) at one site: nn/nn.h's
 // struct moe_dropout, field for field (p = 0: off, nothing is launched).

@@ -1,47 +1,39 @@
-// layer.cu: one sparse MoE layer on a CUDA device (layer.h), wired as
-// moe/moe_layer.c wires the CPU one: router logits (cuBLAS), routing, the
-// capacity plan, gather, expert FFNs (cuBLAS), combine, aux losses; then the
-// backward in the CPU's order. The per-element and per-row work is the kernel
-// bodies of lib/cuda/kernels/ through ops.cu's launch wrappers; the few small
-// kernels here (jitter, swiglu's products, scatter) call kernels/experts.h's
-// bodies, and the GEMMs are blas.h's. Not here: the model around the layer.
+// layer.c: one sparse MoE layer on a CUDA device (layer.h), wired as
+// moe/moe_layer.c wires the CPU one: router logits, routing, the capacity plan,
+// gather, expert FFNs, combine, aux losses; then the backward in the CPU's
+// order. C against cuda/ops.h (the launches of the kernel bodies in
+// lib/cuda/kernels/, device memory, events) and cuda/blas.h (cuBLAS GEMMs)
+// only: no CUDA here, so tests/cuda_host.c runs this same file on a machine
+// without a GPU (test_cuda_layer_host). Not here: the model around the layer.
 //
 // T = tokens, D = n_embd, F = n_ff, E = n_expert, S = slots per token,
 // N = kept rows (the plan's offset[E]).
 //
-// GEMMs: cublasSgemm, one call per expert block and per product, on one
-// stream (the legacy default stream, which ops.cu's launches use too), in
-// expert order. This is the first version: cublasGemmGroupedBatchedEx
-// (CUDA 12.5+) could run each product for all experts in one call, but takes
-// its per-group row counts on the host either way; not tried yet.
-// The row counts: the plan's E + 1 offsets are copied device -> host once per
-// forward (one small synchronous copy; the backward reuses them).
+// GEMMs: one cublasSgemm per expert block and per product, on one stream (the
+// default stream, which the launches use too), in expert order. This is the
+// first version: cublasGemmGroupedBatchedEx (CUDA 12.5+) could run each product
+// for all experts in one call, but takes its per-group row counts on the host
+// either way; not tried yet. The row counts: the plan's E + 1 offsets are
+// copied device -> host once per forward (one small synchronous copy; the
+// backward reuses them).
 //
 // Numerics: fp32 throughout; the GEMMs are blas.h's (cuBLAS without TF32, one
 // handle, no atomics; blas.cu), everything here runs on one stream, and the
 // kernels use no atomics (docs/cuda.md), so a run repeats its bits on the same GPU.
-#include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/rng.h"
 #include "cuda/blas.h"
 #include "cuda/layer.h"
 #include "cuda/ops.h"
-#include "cuda/kernels/dispatch.h"
-#include "cuda/kernels/experts.h"
-#include "core/philox.h"
-
-extern "C" {
-#include "core/rng.h"
 #include "moe/moe_layer.h"
-}
 
 #define LAYER_STRIDE ((uint64_t)1 << 40) // as moe_layer.c: random-draw index offset between layers
 #define MAX_MARKS 32                     // phase boundaries per pass (forward + backward use about 16)
 #define MAX_MEM 64
-#define PLAN_CHUNK 256                   // positions per thread of the chunked capacity plan
 
 struct moe_cuda_layer {
     struct moe_layer_cfg c;
@@ -72,29 +64,10 @@ struct moe_cuda_layer {
     struct moe_cuda_route route;
     // phase timing
     int timed, n_marks;
-    cudaEvent_t ev[MAX_MARKS + 1];
+    struct moe_cuda_event *ev[MAX_MARKS + 1];
     int ev_phase[MAX_MARKS + 1];
     double sec[MOE_PHASE_N];
 };
-
-static int check(cudaError_t e, const char *call, struct moe_err *err)
-{
-    if (e == cudaSuccess)
-        return 0;
-    return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", call, cudaGetErrorString(e));
-}
-
-static int launched(const char *kernel, struct moe_err *err)
-{
-    int rc = check(cudaGetLastError(), kernel, err);
-    return rc ? rc : check(cudaDeviceSynchronize(), kernel, err);
-}
-
-static unsigned blocks_for(size_t n, unsigned threads)
-{
-    size_t b = (n + threads - 1) / threads;
-    return b < 65535 ? (unsigned)(b ? b : 1) : 65535u;
-}
 
 // Row-major C (M, N) = alpha op(A) op(B) + beta C (blas.h: cuBLAS, moe_gemm's
 // arguments), so each call below reads like its CPU twin in experts.c and nn/linear.c.
@@ -127,144 +100,11 @@ static int linear_backward(struct moe_cuda_layer *l, float *dx, float *dw, const
     return gemm(l, 1, 0, O, I, T, 1.0f, dy, O, x, I, 1.0f, dw, I, what, err);
 }
 
-// ---------------------------------------------------------------- small kernels
-
-// The bodies are kernels/experts.h's (tests/test_kernels.c checks them against the CPU library).
-
-// Switch jitter (moe_layer.c): xr = x jit, jit from the Philox counters base + i.
-__global__ void jitter_kernel(float *xr, float *jit, const float *x, size_t n, float eps, uint64_t seed,
-                              uint32_t stream, uint64_t base)
-{
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        moe_k_jitter(xr, jit, x, eps, seed, MOE_RNG_JITTER, stream, base, i);
-}
-
-// dx += dxr jit (the jittered router input's gradient back to x).
-__global__ void jitter_back_kernel(float *dx, const float *dxr, const float *jit, size_t n)
-{
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        moe_k_jitter_back(dx, dxr, jit, i);
-}
-
-// swiglu forward: h *= b (h = silu(a) already).
-__global__ void mul_kernel(float *h, const float *b, size_t n)
-{
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        moe_k_mul(h, b, i);
-}
-
-// swiglu backward (experts.c): db = silu(a) dh, dh = dh b (db holds silu(a)).
-__global__ void swiglu_back_kernel(float *db, float *dh, const float *b, size_t n)
-{
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        moe_k_swiglu_back(db, dh, b, i);
-}
-
-// experts.c moe_experts_scatter: dx[t, c] += dxd[row, c] over t's kept slots in slot order.
-__global__ void scatter_kernel(float *dx, const float *dxd, const int32_t *slot_row, size_t T, size_t S, size_t D)
-{
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < T * D; i += (size_t)gridDim.x * blockDim.x)
-        moe_k_scatter(dx, dxd, slot_row, S, D, i / D, i % D);
-}
-
-// ---------------------------------------------------------------- the capacity plan in chunks
-
-// ops.cu's plan runs its keep and rows passes one thread per expert over all
-// T S assignments: serial, milliseconds at T = 65536. The same plan from
-// kernels/dispatch.h's chunked bodies (tests/test_kernels.c: the CPU's plan
-// for any chunk size): one thread per chunk of PLAN_CHUNK positions, one per
-// expert for the scans over the chunks.
-
-__global__ void prob_order_kernel(int32_t *order, const float *prio, size_t T, size_t S)
-{
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < S * T; i += (size_t)gridDim.x * blockDim.x) {
-        size_t s = i / T, t = i % T;
-        order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
-    }
-}
-
-__global__ void chunk_count_kernel(size_t *cnt, const int32_t *idx, const int32_t *order, const uint8_t *kept,
-                                   size_t T, size_t S, size_t E, size_t n_chunks, int rows)
-{
-    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (c < n_chunks)
-        moe_k_chunk_count(cnt + c * E, idx, order, kept, T, S, E, PLAN_CHUNK, c, rows);
-}
-
-// keep stage: routed, dropped, n_kept per expert; rows stage: from offset[e].
-__global__ void chunk_scan_kernel(struct moe_cuda_plan p, size_t *cnt, size_t n_chunks, size_t E, size_t cap,
-                                  int rows)
-{
-    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= E)
-        return;
-    if (rows) {
-        moe_k_chunk_scan(cnt, n_chunks, E, e, p.offset[e]);
-        return;
-    }
-    size_t routed = moe_k_chunk_scan(cnt, n_chunks, E, e, 0), k = routed < cap ? routed : cap;
-    p.routed[e] = routed;
-    p.n_kept[e] = k;
-    p.dropped[e] = routed - k;
-}
-
-__global__ void chunk_keep_kernel(size_t *cnt, uint8_t *kept, const int32_t *idx, const int32_t *order, size_t T,
-                                  size_t S, size_t E, size_t cap, size_t n_chunks)
-{
-    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (c < n_chunks)
-        moe_k_chunk_keep(cnt + c * E, kept, idx, order, T, S, cap, PLAN_CHUNK, c);
-}
-
-__global__ void plan_offsets_kernel(struct moe_cuda_plan p, size_t E) { moe_k_dispatch_offsets(p.offset, p.n_kept, E); }
-
-__global__ void chunk_rows_kernel(struct moe_cuda_plan p, size_t *cnt, const int32_t *idx, size_t T, size_t S,
-                                  size_t E, size_t n_chunks)
-{
-    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (c < n_chunks)
-        moe_k_chunk_rows(cnt + c * E, idx, p.kept, T, S, PLAN_CHUNK, c, p.row_tok, p.row_slot, p.slot_row);
-}
-
-// moe_cuda_dispatch_plan's result (the same plan, every field).
+// moe_cuda_dispatch_plan's result (the same plan, every field), in chunks.
 static int plan_chunked(struct moe_cuda_layer *l, size_t T, size_t S, size_t E, size_t cap, int prob,
                         struct moe_err *err)
 {
-    const struct moe_cuda_plan *p = &l->plan;
-    const size_t nc = (T * S + PLAN_CHUNK - 1) / PLAN_CHUNK;
-    const unsigned cb = (unsigned)((nc + 127) / 128), eb = (unsigned)((E + 63) / 64);
-    int rc;
-    if ((rc = check(cudaMemset(p->kept, 0, T * S), "cudaMemset (kept)", err)) ||
-        (rc = check(cudaMemset(p->slot_row, 0xff, T * S * sizeof(int32_t)), "cudaMemset (slot_row)", err)))
-        return rc;
-    if (nc == 0)
-        return check(cudaMemset(p->offset, 0, (E + 1) * sizeof(size_t)), "cudaMemset (offsets)", err);
-    const int32_t *order = prob ? p->order : NULL;
-    if (prob) {
-        prob_order_kernel<<<blocks_for(S * T, 256), 256>>>(p->order, l->prio, T, S);
-        if ((rc = launched("prob_order_kernel", err)))
-            return rc;
-    }
-    chunk_count_kernel<<<cb, 128>>>(l->chunk_cnt, l->idx, order, NULL, T, S, E, nc, 0);
-    if ((rc = launched("chunk_count_kernel (keep)", err)))
-        return rc;
-    chunk_scan_kernel<<<eb, 64>>>(*p, l->chunk_cnt, nc, E, cap, 0);
-    if ((rc = launched("chunk_scan_kernel (keep)", err)))
-        return rc;
-    chunk_keep_kernel<<<cb, 128>>>(l->chunk_cnt, p->kept, l->idx, order, T, S, E, cap, nc);
-    if ((rc = launched("chunk_keep_kernel", err)))
-        return rc;
-    plan_offsets_kernel<<<1, 1>>>(*p, E);
-    if ((rc = launched("plan_offsets_kernel", err)))
-        return rc;
-    chunk_count_kernel<<<cb, 128>>>(l->chunk_cnt, l->idx, NULL, p->kept, T, S, E, nc, 1);
-    if ((rc = launched("chunk_count_kernel (rows)", err)))
-        return rc;
-    chunk_scan_kernel<<<eb, 64>>>(*p, l->chunk_cnt, nc, E, cap, 1);
-    if ((rc = launched("chunk_scan_kernel (rows)", err)))
-        return rc;
-    chunk_rows_kernel<<<cb, 128>>>(*p, l->chunk_cnt, l->idx, T, S, E, nc);
-    return launched("chunk_rows_kernel", err);
+    return moe_cuda_dispatch_plan_chunked(&l->plan, l->idx, l->prio, T, S, E, cap, prob, l->chunk_cnt, err);
 }
 
 // ---------------------------------------------------------------- timing marks
@@ -279,7 +119,7 @@ static int mark_as(struct moe_cuda_layer *l, int ph, struct moe_err *err)
         return moe_error(err, MOE_EINVAL, "CUDA layer: more than %d timing marks between two reports",
                          MAX_MARKS - 1);
     l->ev_phase[l->n_marks] = ph;
-    return check(cudaEventRecord(l->ev[l->n_marks++], 0), "cudaEventRecord", err);
+    return moe_cuda_event_record(l->ev[l->n_marks++], err);
 }
 
 static int mark(struct moe_cuda_layer *l, enum moe_phase ph, struct moe_err *err) { return mark_as(l, (int)ph, err); }
@@ -290,15 +130,13 @@ static int marks_flush(struct moe_cuda_layer *l, struct moe_err *err)
     int rc;
     if (!l->timed || l->n_marks == 0)
         return 0;
-    if ((rc = check(cudaEventSynchronize(l->ev[l->n_marks - 1]), "cudaEventSynchronize", err)))
-        return rc;
     for (int i = 1; i < l->n_marks; i++) {
-        float ms = 0.0f;
+        double sec = 0.0;
         if (l->ev_phase[i] < 0)
             continue;
-        if ((rc = check(cudaEventElapsedTime(&ms, l->ev[i - 1], l->ev[i]), "cudaEventElapsedTime", err)))
+        if ((rc = moe_cuda_event_elapsed(&sec, l->ev[i - 1], l->ev[i], err)))
             return rc;
-        l->sec[l->ev_phase[i]] += 1e-3 * ms;
+        l->sec[l->ev_phase[i]] += sec;
     }
     l->n_marks = 0;
     return 0;
@@ -311,13 +149,13 @@ static int marks_begin(struct moe_cuda_layer *l, struct moe_err *err)
     return rc ? rc : mark_as(l, -1, err);
 }
 
-extern "C" void moe_cuda_layer_timing(struct moe_cuda_layer *l, int on)
+void moe_cuda_layer_timing(struct moe_cuda_layer *l, int on)
 {
     l->timed = on;
     l->n_marks = 0;
 }
 
-extern "C" int moe_cuda_layer_phases(struct moe_cuda_layer *l, double sec[MOE_PHASE_N], struct moe_err *err)
+int moe_cuda_layer_phases(struct moe_cuda_layer *l, double sec[MOE_PHASE_N], struct moe_err *err)
 {
     int rc = marks_flush(l, err);
     if (rc)
@@ -359,27 +197,26 @@ static int dalloc(struct moe_cuda_layer *l, void *ret, size_t bytes, const char 
     return rc;
 }
 
-extern "C" void moe_cuda_layer_free(struct moe_cuda_layer *l)
+void moe_cuda_layer_free(struct moe_cuda_layer *l)
 {
     if (!l)
         return;
     for (int i = 0; i < l->n_mem; i++)
-        cudaFree(l->mem[i]);
+        moe_cuda_free(l->mem[i]);
     for (int i = 0; i <= MAX_MARKS; i++)
-        if (l->ev[i])
-            cudaEventDestroy(l->ev[i]);
+        moe_cuda_event_free(l->ev[i]);
     free(l->off);
     free(l);
 }
 
-extern "C" int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
-                                     struct moe_err *err)
+int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
+                          struct moe_err *err)
 {
     *ret = NULL;
     const char *why = unsupported(c);
     if (why)
         return moe_error(err, MOE_EINVAL, "CUDA layer: %s (router %s)", why, moe_router_name(c->router.type));
-    struct moe_cuda_layer *l = (struct moe_cuda_layer *)calloc(1, sizeof *l);
+    struct moe_cuda_layer *l = calloc(1, sizeof *l);
     if (!l)
         return moe_error(err, MOE_ENOMEM, "out of memory");
     l->c = *c;
@@ -401,7 +238,7 @@ extern "C" int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct m
     if (!rc)
         rc = moe_cuda_blas_init(err);
     for (int i = 0; !rc && i <= MAX_MARKS; i++)
-        rc = check(cudaEventCreate(&l->ev[i]), "cudaEventCreate", err);
+        rc = moe_cuda_event_create(&l->ev[i], err);
     struct {
         void *p;
         size_t bytes;
@@ -429,24 +266,30 @@ extern "C" int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct m
         { &l->plan.dropped, E * sizeof(size_t), "plan dropped" },
         { &l->plan.order, T * S * 4, "plan order" }, { &l->plan.kept, T * S, "plan kept" },
         { &l->plan.n_kept, E * sizeof(size_t), "plan kept counts" },
-        { &l->chunk_cnt, ((T * S + PLAN_CHUNK - 1) / PLAN_CHUNK) * E * sizeof(size_t), "plan chunk counts" },
+        { &l->chunk_cnt, MOE_CUDA_PLAN_CNT(T, S, E) * sizeof(size_t), "plan chunk counts" },
     };
     for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
         rc = dalloc(l, b[i].p, b[i].bytes, b[i].what, err);
-    if (!rc && l->swiglu &&
-        ((rc = dalloc(l, &l->w3, EFD * f, "experts.w3", err)) ||
-         (rc = dalloc(l, &l->gw3, EFD * f, "experts.w3 gradient", err)) ||
-         (rc = dalloc(l, &l->b, N * F * f, "expert gate units", err)) ||
-         (rc = dalloc(l, &l->db, N * F * f, "expert gate unit gradients", err))))
-        ;
-    if (!rc && l->noisy &&
-        ((rc = dalloc(l, &l->wn, E * D * f, "router.noise_weight", err)) ||
-         (rc = dalloc(l, &l->gwn, E * D * f, "router.noise_weight gradient", err)) ||
-         (rc = dalloc(l, &l->u, T * E * f, "noise logits", err)) ||
-         (rc = dalloc(l, &l->h, T * E * f, "noisy logits", err)) ||
-         (rc = dalloc(l, &l->eps, T * E * f, "noise draws", err)) ||
-         (rc = dalloc(l, &l->du, T * E * f, "noise logit gradients", err))))
-        ;
+    struct {
+        int need;
+        void *p;
+        size_t bytes;
+        const char *what;
+    } opt[] = {
+        { l->swiglu, &l->w3, EFD * f, "experts.w3" },
+        { l->swiglu, &l->gw3, EFD * f, "experts.w3 gradient" },
+        { l->swiglu, &l->b, N * F * f, "expert gate units" },
+        { l->swiglu, &l->db, N * F * f, "expert gate unit gradients" },
+        { l->noisy, &l->wn, E * D * f, "router.noise_weight" },
+        { l->noisy, &l->gwn, E * D * f, "router.noise_weight gradient" },
+        { l->noisy, &l->u, T * E * f, "noise logits" },
+        { l->noisy, &l->h, T * E * f, "noisy logits" },
+        { l->noisy, &l->eps, T * E * f, "noise draws" },
+        { l->noisy, &l->du, T * E * f, "noise logit gradients" },
+    };
+    for (size_t i = 0; !rc && i < sizeof opt / sizeof *opt; i++)
+        if (opt[i].need)
+            rc = dalloc(l, opt[i].p, opt[i].bytes, opt[i].what, err);
     if (!rc)
         rc = moe_cuda_layer_zero_grad(l, err);
     if (rc) {
@@ -457,15 +300,10 @@ extern "C" int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct m
     return 0;
 }
 
-extern "C" int moe_cuda_use_device(int id, struct moe_err *err)
-{
-    return check(cudaSetDevice(id), "cudaSetDevice", err);
-}
+size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l) { return l->S; }
 
-extern "C" size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l) { return l->S; }
-
-extern "C" int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float *router, const float *noise,
-                                          const float *w1, const float *w3, const float *w2, struct moe_err *err)
+int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float *router, const float *noise,
+                               const float *w1, const float *w3, const float *w2, struct moe_err *err)
 {
     const size_t ED = l->E * l->D * sizeof(float), EFD = l->E * l->F * l->D * sizeof(float);
     int rc;
@@ -479,7 +317,7 @@ extern "C" int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float 
     return 0;
 }
 
-extern "C" int moe_cuda_layer_zero_grad(struct moe_cuda_layer *l, struct moe_err *err)
+int moe_cuda_layer_zero_grad(struct moe_cuda_layer *l, struct moe_err *err)
 {
     const size_t ED = l->E * l->D * sizeof(float), EFD = l->E * l->F * l->D * sizeof(float);
     struct {
@@ -488,14 +326,14 @@ extern "C" int moe_cuda_layer_zero_grad(struct moe_cuda_layer *l, struct moe_err
     } g[] = { { l->gwr, ED }, { l->gw1, EFD }, { l->gw2, EFD }, { l->gw3, EFD }, { l->gwn, ED } };
     for (size_t i = 0; i < sizeof g / sizeof *g; i++) {
         int rc;
-        if (g[i].p && (rc = check(cudaMemset(g[i].p, 0, g[i].n), "cudaMemset (gradients)", err)))
+        if (g[i].p && (rc = moe_cuda_memset(g[i].p, 0, g[i].n, "gradients", err)))
             return rc;
     }
     return 0;
 }
 
-extern "C" int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, float *router, float *noise, float *w1,
-                                        float *w3, float *w2, struct moe_err *err)
+int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, float *router, float *noise, float *w1,
+                             float *w3, float *w2, struct moe_err *err)
 {
     const size_t ED = l->E * l->D * sizeof(float), EFD = l->E * l->F * l->D * sizeof(float);
     struct {
@@ -512,9 +350,9 @@ extern "C" int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, float *r
     return 0;
 }
 
-extern "C" int moe_cuda_layer_memzero(void *p, size_t bytes, struct moe_err *err)
+int moe_cuda_layer_memzero(void *p, size_t bytes, struct moe_err *err)
 {
-    return check(cudaMemset(p, 0, bytes), "cudaMemset", err);
+    return moe_cuda_memset(p, 0, bytes, "buffer", err);
 }
 
 // ---------------------------------------------------------------- forward
@@ -536,8 +374,7 @@ static int experts_forward(struct moe_cuda_layer *l, size_t N, struct moe_err *e
     if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)) || (rc = moe_cuda_act_forward(l->act, l->hh, l->a, N * F, err)))
         return rc;
     if (l->swiglu) {
-        mul_kernel<<<blocks_for(N * F, 256), 256>>>(l->hh, l->b, N * F);
-        if ((rc = launched("mul_kernel", err)))
+        if ((rc = moe_cuda_mul(l->hh, l->b, N * F, err)))
             return rc;
     }
     if ((rc = mark(l, MOE_PHASE_ACTIVATION, err)))
@@ -573,8 +410,8 @@ static int aux_forward(struct moe_cuda_layer *l, struct moe_err *err)
     return 0;
 }
 
-extern "C" int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x, size_t T, int train,
-                                      uint64_t seed, uint64_t step, double *ret_loss, struct moe_err *err)
+int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x, size_t T, int train,
+                           uint64_t seed, uint64_t step, double *ret_loss, struct moe_err *err)
 {
     const struct moe_layer_cfg *c = &l->c;
     const size_t E = l->E, D = l->D, S = l->S;
@@ -591,9 +428,8 @@ extern "C" int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, cons
     const float *rin = x;
     l->jittered = train && c->jitter > 0.0;
     if (l->jittered) {
-        jitter_kernel<<<blocks_for(T * D, 256), 256>>>(l->xr, l->jit, x, T * D, (float)c->jitter, seed,
-                                                       (uint32_t)step, base);
-        if ((rc = launched("jitter_kernel", err)))
+        if ((rc = moe_cuda_jitter(l->xr, l->jit, x, T * D, (float)c->jitter, seed, MOE_RNG_JITTER, (uint32_t)step,
+                                  base, err)))
             return rc;
         rin = l->xr;
     }
@@ -661,8 +497,7 @@ static int experts_backward(struct moe_cuda_layer *l, size_t N, struct moe_err *
     if (l->swiglu) {
         if ((rc = moe_cuda_act_forward(MOE_CUDA_SILU, l->db, l->a, N * F, err)))
             return rc;
-        swiglu_back_kernel<<<blocks_for(N * F, 256), 256>>>(l->db, l->dh, l->b, N * F);
-        if ((rc = launched("swiglu_back_kernel", err)))
+        if ((rc = moe_cuda_swiglu_back(l->db, l->dh, l->b, N * F, err)))
             return rc;
     }
     if ((rc = moe_cuda_act_backward(l->act, l->da, l->dh, l->a, N * F, err)) ||
@@ -706,28 +541,27 @@ static int aux_backward(struct moe_cuda_layer *l, struct moe_err *err)
     return 0;
 }
 
-extern "C" int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, const float *dout, const float *x,
-                                       struct moe_err *err)
+int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, const float *dout, const float *x,
+                            struct moe_err *err)
 {
     const size_t T = l->T, E = l->E, D = l->D, S = l->S, N = l->off[E];
     int rc;
     if ((rc = mark_as(l, -1, err))) // the caller's time since the forward counts for no phase
         return rc;
     // combine backward: dyd, dgate (zeroed first, as moe_layer_backward)
-    if ((rc = check(cudaMemset(l->dgate, 0, T * S * sizeof(float)), "cudaMemset (gate gradients)", err)) ||
+    if ((rc = moe_cuda_memset(l->dgate, 0, T * S * sizeof(float), "gate gradients", err)) ||
         (rc = moe_cuda_combine_backward(l->dyd, l->dgate, dout, l->yd, l->gate, &l->plan, E, l->N_max, S, D, err)) ||
         (rc = mark(l, MOE_PHASE_COMBINE, err)) || (rc = experts_backward(l, N, err)))
         return rc;
     if (T > 0) {
-        scatter_kernel<<<blocks_for(T * D, 256), 256>>>(dx, l->dxd, l->plan.slot_row, T, S, D);
-        if ((rc = launched("scatter_kernel", err)))
+        if ((rc = moe_cuda_scatter(dx, l->dxd, l->plan.slot_row, T, S, D, err)))
             return rc;
     }
     if ((rc = mark(l, MOE_PHASE_COMBINE, err)))
         return rc;
     // the auxiliary losses' gradients, then the router's backward
-    if ((rc = check(cudaMemset(l->dz, 0, T * E * sizeof(float)), "cudaMemset (logit gradients)", err)) ||
-        (l->noisy && (rc = check(cudaMemset(l->du, 0, T * E * sizeof(float)), "cudaMemset (noise gradients)", err))) ||
+    if ((rc = moe_cuda_memset(l->dz, 0, T * E * sizeof(float), "logit gradients", err)) ||
+        (l->noisy && (rc = moe_cuda_memset(l->du, 0, T * E * sizeof(float), "noise gradients", err))) ||
         (rc = aux_backward(l, err)) || (rc = mark(l, MOE_PHASE_AUX, err)))
         return rc;
     if ((rc = moe_cuda_route_backward(&l->route, l->dz, l->du, l->dgate, l->sel, l->idx, l->p, l->z, l->h, l->eps,
@@ -735,15 +569,14 @@ extern "C" int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, cons
         return rc;
     const float *rin = l->jittered ? l->xr : x;
     float *dr = l->jittered ? l->dxr : dx;
-    if (l->jittered && (rc = check(cudaMemset(l->dxr, 0, T * D * sizeof(float)), "cudaMemset (router input)", err)))
+    if (l->jittered && (rc = moe_cuda_memset(l->dxr, 0, T * D * sizeof(float), "router input gradients", err)))
         return rc;
     if ((rc = linear_backward(l, dr, l->gwr, l->dz, rin, l->wr, T, D, E, 1.0f, "router backward", err)) ||
         (l->noisy &&
          (rc = linear_backward(l, dr, l->gwn, l->du, rin, l->wn, T, D, E, 1.0f, "router noise backward", err))))
         return rc;
     if (l->jittered && T > 0) {
-        jitter_back_kernel<<<blocks_for(T * D, 256), 256>>>(dx, l->dxr, l->jit, T * D);
-        if ((rc = launched("jitter_back_kernel", err)))
+        if ((rc = moe_cuda_jitter_back(dx, l->dxr, l->jit, T * D, err)))
             return rc;
     }
     return mark(l, MOE_PHASE_ROUTER, err);
@@ -751,8 +584,8 @@ extern "C" int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, cons
 
 // ---------------------------------------------------------------- the last pass, on the host
 
-extern "C" int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *idx, float *gate,
-                                    size_t *ret_rows, double *ret_aux, double *ret_z, struct moe_err *err)
+int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *idx, float *gate,
+                         size_t *ret_rows, double *ret_aux, double *ret_z, struct moe_err *err)
 {
     const size_t n = l->T * l->S;
     int rc;
@@ -806,7 +639,7 @@ static size_t pass_shapes(const struct moe_cuda_layer *l, int backward, struct s
     return n;
 }
 
-extern "C" double moe_cuda_layer_flops(const struct moe_cuda_layer *l, int backward)
+double moe_cuda_layer_flops(const struct moe_cuda_layer *l, int backward)
 {
     struct shape s[16];
     size_t n = pass_shapes(l, backward, s);
@@ -837,24 +670,20 @@ static int dense(struct moe_cuda_layer *l, const struct shape *s, struct moe_err
     return gemm(l, s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N, "dense reference", err);
 }
 
-extern "C" int moe_cuda_layer_reference(struct moe_cuda_layer *l, int backward, double *ret_seconds,
-                                        double *ret_flops, struct moe_err *err)
+int moe_cuda_layer_reference(struct moe_cuda_layer *l, int backward, double *ret_seconds,
+                             double *ret_flops, struct moe_err *err)
 {
     struct shape s[16];
     size_t n = pass_shapes(l, backward, s);
-    cudaEvent_t t0 = l->ev[MAX_MARKS - 1], t1 = l->ev[MAX_MARKS]; // spare events (marks stop short of these)
+    struct moe_cuda_event *t0 = l->ev[MAX_MARKS - 1], *t1 = l->ev[MAX_MARKS]; // spare events (marks stop short)
     int rc = marks_flush(l, err);
-    if (rc || (rc = check(cudaEventRecord(t0, 0), "cudaEventRecord", err)))
+    if (rc || (rc = moe_cuda_event_record(t0, err)))
         return rc;
     for (size_t i = 0; i < n; i++)
         if ((rc = dense(l, &s[i], err)))
             return rc;
-    float ms = 0.0f;
-    if ((rc = check(cudaEventRecord(t1, 0), "cudaEventRecord", err)) ||
-        (rc = check(cudaEventSynchronize(t1), "cudaEventSynchronize", err)) ||
-        (rc = check(cudaEventElapsedTime(&ms, t0, t1), "cudaEventElapsedTime", err)))
+    if ((rc = moe_cuda_event_record(t1, err)) || (rc = moe_cuda_event_elapsed(ret_seconds, t0, t1, err)))
         return rc;
-    *ret_seconds = 1e-3 * ms;
     *ret_flops = moe_cuda_layer_flops(l, backward);
     return 0;
 }
@@ -862,18 +691,18 @@ extern "C" int moe_cuda_layer_reference(struct moe_cuda_layer *l, int backward, 
 // ---------------------------------------------------------------- timer
 
 struct moe_cuda_timer {
-    cudaEvent_t a, b;
+    struct moe_cuda_event *a, *b;
 };
 
-extern "C" int moe_cuda_timer_create(struct moe_cuda_timer **ret, struct moe_err *err)
+int moe_cuda_timer_create(struct moe_cuda_timer **ret, struct moe_err *err)
 {
-    struct moe_cuda_timer *t = (struct moe_cuda_timer *)calloc(1, sizeof *t);
+    struct moe_cuda_timer *t = calloc(1, sizeof *t);
     *ret = NULL;
     if (!t)
         return moe_error(err, MOE_ENOMEM, "out of memory");
-    int rc = check(cudaEventCreate(&t->a), "cudaEventCreate", err);
+    int rc = moe_cuda_event_create(&t->a, err);
     if (!rc)
-        rc = check(cudaEventCreate(&t->b), "cudaEventCreate", err);
+        rc = moe_cuda_event_create(&t->b, err);
     if (rc) {
         moe_cuda_timer_free(t);
         return rc;
@@ -882,30 +711,19 @@ extern "C" int moe_cuda_timer_create(struct moe_cuda_timer **ret, struct moe_err
     return 0;
 }
 
-extern "C" void moe_cuda_timer_free(struct moe_cuda_timer *t)
+void moe_cuda_timer_free(struct moe_cuda_timer *t)
 {
     if (!t)
         return;
-    if (t->a)
-        cudaEventDestroy(t->a);
-    if (t->b)
-        cudaEventDestroy(t->b);
+    moe_cuda_event_free(t->a);
+    moe_cuda_event_free(t->b);
     free(t);
 }
 
-extern "C" int moe_cuda_timer_start(struct moe_cuda_timer *t, struct moe_err *err)
-{
-    return check(cudaEventRecord(t->a, 0), "cudaEventRecord", err);
-}
+int moe_cuda_timer_start(struct moe_cuda_timer *t, struct moe_err *err) { return moe_cuda_event_record(t->a, err); }
 
-extern "C" int moe_cuda_timer_stop(struct moe_cuda_timer *t, double *ret_seconds, struct moe_err *err)
+int moe_cuda_timer_stop(struct moe_cuda_timer *t, double *ret_seconds, struct moe_err *err)
 {
-    float ms = 0.0f;
-    int rc;
-    if ((rc = check(cudaEventRecord(t->b, 0), "cudaEventRecord", err)) ||
-        (rc = check(cudaEventSynchronize(t->b), "cudaEventSynchronize", err)) ||
-        (rc = check(cudaEventElapsedTime(&ms, t->a, t->b), "cudaEventElapsedTime", err)))
-        return rc;
-    *ret_seconds = 1e-3 * ms;
-    return 0;
+    int rc = moe_cuda_event_record(t->b, err);
+    return rc ? rc : moe_cuda_event_elapsed(ret_seconds, t->a, t->b, err);
 }
