@@ -1,15 +1,19 @@
-// cuda_host.c: the CUDA ops of lib/cuda/ops.cu (cuda/ops.h) run on the host,
-// for tests only, not part of libmoe. Each function does what its .cu wrapper
-// does: the same kernel bodies (lib/cuda/kernels/*.h) in the same sequence of
-// launches, each launch a loop over its thread indices in increasing order,
-// with the same early returns, memsets, scratch layouts and error returns; the
-// host's expf, tanhf, exp and log stand in for the device's (a device whose
-// libm is glibc's). Device memory is host memory. tests/test_cuda_ops.c built
-// with this file and -DMOE_TEST_CUDA_HOST (test_cuda_ops_host) runs the GPU
-// parity test on a machine without a GPU. Every function of ops.h is defined
-// here, so a CUDA build's libmoe.a never pulls its ops.o into that program;
-// blas.h's GEMM is core/gemm.h's moe_gemm (the CPU library's own products, so
-// a device step run here can match the CPU model bit for bit).
+// cuda_host.c: the CUDA ops of lib/cuda/ops.cu (cuda/ops.h) and the GEMM of
+// cuda/blas.h run on the host, for tests only, not part of libmoe. Each function
+// does what its .cu wrapper does: the same kernel bodies (lib/cuda/kernels/*.h)
+// in the same sequence of launches, each launch a loop over its thread indices
+// in increasing order, with the same early returns, memsets, scratch layouts
+// and error returns. Device memory is host memory. Where a launch takes the
+// device's expf or tanhf, this takes the function the CPU library uses at that
+// place (SLEEF's, core/vmath.h, for cross-entropy, the activations and
+// attention's softmax; libm's expf where the library calls expf, in the
+// router's softmax inside the bodies; libm's double exp and log); the GEMM is
+// the library's moe_gemm. So what runs here gives the CPU library's bits
+// wherever the device code follows its order: the GPU tests built with this
+// file and -DMOE_TEST_CUDA_HOST (test_cuda_ops_host, test_cuda_layer_host)
+// check exactly that on a machine without a GPU, and a device step run here
+// can be required to match the CPU model bit for bit. Every function of ops.h
+// is defined here, so a CUDA build's libmoe.a never pulls its ops.o in.
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,6 +22,7 @@
 
 #include "core/gemm.h"
 #include "core/status.h"
+#include "core/vmath.h"
 #include "cuda/kernels/attention.h"
 #include "cuda/kernels/aux.h"
 #include "cuda/kernels/dispatch.h"
@@ -32,6 +37,22 @@
 #include "cuda/kernels/route.h"
 #include "cuda/blas.h"
 #include "cuda/ops.h"
+
+// The CPU library's exponential and tanh (SLEEF, one value: the same bits as in
+// its vector loops), where the device calls expf and tanhf.
+static float lib_exp(float x)
+{
+    float y;
+    moe_vexpf(&y, &x, 1);
+    return y;
+}
+
+static float lib_tanh(float x)
+{
+    float y;
+    moe_vtanhf(&y, &x, 1);
+    return y;
+}
 
 // A launch whose grid is empty (a zero block count), as cudaGetLastError reports it.
 static int empty_grid(const char *kernel, struct moe_err *err)
@@ -532,7 +553,7 @@ int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argma
         float m = moe_k_ce_max(yt, O, &am);
         double s = 0.0;
         for (size_t o = 0; o < O; o++)
-            s += expf(moe_k_ce_shift(yt[o], m));
+            s += lib_exp(moe_k_ce_shift(yt[o], m));
         double l = moe_k_ce_lse(m, s);
         lse[t] = l;
         double loss = moe_k_ce_loss(l, yt, label[t]);
@@ -544,7 +565,7 @@ int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argma
     if (dy)
         for (size_t j = 0; j < T * O; j++) {
             size_t t = j / O, o = j % O;
-            moe_k_ce_grad_elem(&dy[j], expf(moe_k_ce_grad_arg(y[j], lse[t])), scale);
+            moe_k_ce_grad_elem(&dy[j], lib_exp(moe_k_ce_grad_arg(y[j], lse[t])), scale);
             if ((int32_t)o == label[t])
                 moe_k_ce_grad_label(&dy[j], scale);
         }
@@ -649,8 +670,8 @@ int moe_cuda_act_forward(enum moe_cuda_act a, float *y, const float *x, size_t n
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         y[i] = a == MOE_CUDA_RELU ? moe_k_relu(v)
-             : a == MOE_CUDA_GELU ? moe_k_gelu(v, tanhf(moe_k_gelu_inner(v)))
-                                  : moe_k_silu(v, expf(-v));
+             : a == MOE_CUDA_GELU ? moe_k_gelu(v, lib_tanh(moe_k_gelu_inner(v)))
+                                  : moe_k_silu(v, lib_exp(-v));
     }
     return 0;
 }
@@ -662,8 +683,8 @@ int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float *dy, const
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         dx[i] = a == MOE_CUDA_RELU ? moe_k_relu_dx(dy[i], v)
-              : a == MOE_CUDA_GELU ? moe_k_gelu_dx(dy[i], v, tanhf(moe_k_gelu_inner(v)))
-                                   : moe_k_silu_dx(dy[i], v, expf(-v));
+              : a == MOE_CUDA_GELU ? moe_k_gelu_dx(dy[i], v, lib_tanh(moe_k_gelu_inner(v)))
+                                   : moe_k_silu_dx(dy[i], v, lib_exp(-v));
     }
     return 0;
 }
@@ -684,7 +705,7 @@ static struct moe_k_drop drop_make(const struct moe_cuda_drop *d)
     return moe_k_drop_make(d->p, d->seed, d->step, d->site);
 }
 
-// Scores by element, the softmax by row (shift, the host's expf, normalise),
+// Scores by element, the softmax by row (shift, the library's exp, normalise),
 // with d on the dropout by element, then out by element.
 int moe_cuda_attention_forward_drop(float *out, float *att, float *attp, const float *qkv, size_t B, size_t C,
                                     size_t D, size_t H, const struct moe_cuda_drop *d, struct moe_err *err)
@@ -698,7 +719,7 @@ int moe_cuda_attention_forward_drop(float *out, float *att, float *attp, const f
     for (size_t r = 0; r < rows; r++) {
         size_t n = moe_k_attn_shift_row(att, C, r);
         for (size_t s = 0; s < n; s++)
-            att[r * C + s] = expf(att[r * C + s]);
+            att[r * C + s] = lib_exp(att[r * C + s]);
         moe_k_attn_normalise_row(att, C, r);
     }
     if (drop_on(d)) {
