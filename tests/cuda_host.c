@@ -854,6 +854,14 @@ int moe_cuda_use_device(int id, struct moe_err *err)
     return 0;
 }
 
+int moe_cuda_copy(void *dst, const void *src, size_t bytes, struct moe_err *err)
+{
+    (void)err;
+    if (bytes)
+        memmove(dst, src, bytes);
+    return 0;
+}
+
 int moe_cuda_memset(void *p, int value, size_t bytes, const char *what, struct moe_err *err)
 {
     (void)what, (void)err;

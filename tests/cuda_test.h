@@ -29,7 +29,7 @@ static void die(const struct moe_err *err)
 }
 
 // Device copy of bytes of host x (x NULL: uninitialised device memory).
-static void *dev(const void *x, size_t bytes)
+static inline void *dev(const void *x, size_t bytes)
 {
     struct moe_err err;
     void *d;
@@ -38,7 +38,7 @@ static void *dev(const void *x, size_t bytes)
     return d;
 }
 
-static void host(void *dst, const void *d, size_t bytes)
+static inline void host(void *dst, const void *d, size_t bytes)
 {
     struct moe_err err;
     if (moe_cuda_to_host(dst, d, bytes, &err))

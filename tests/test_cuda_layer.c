@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "core/gemm.h"
 #include "core/rng.h"
 #include "cuda/layer.h"
 #include "cuda/ops.h"
@@ -283,6 +284,11 @@ int main(void)
 #else
     printf("host emulation of the CUDA ops (tests/cuda_host.c)\n");
 #endif
+    struct moe_err err;
+    if (moe_blas_init(1, &err)) { // the CPU layer's GEMMs
+        printf("%s\n", err.msg);
+        return 1;
+    }
     static const struct lcase cases[] = {
         { "switch-top1-relu-drops", MOE_ROUTER_SWITCH, 8, 1, 512, 64, 128, MOE_FFN_RELU, 1.0, MOE_AUX_SWITCH, 0.01, 1 },
         { "gshard-top2-swiglu", MOE_ROUTER_GSHARD, 8, 2, 512, 64, 128, MOE_FFN_SWIGLU, 1.25, MOE_AUX_GSHARD, 0.0, 1 },
@@ -297,7 +303,6 @@ int main(void)
     // what the device layer refuses, with a reason
     {
         struct moe_layer_cfg lc;
-        struct moe_err err;
         struct moe_cuda_layer *dl = NULL;
         memset(&lc, 0, sizeof lc);
         lc.router.type = MOE_ROUTER_HASH;

@@ -300,6 +300,29 @@ int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cf
     return 0;
 }
 
+// Free one of the layer's own buffers (NULL: nothing).
+static void dfree(struct moe_cuda_layer *l, void *p)
+{
+    for (int i = 0; p && i < l->n_mem; i++)
+        if (l->mem[i] == p) {
+            moe_cuda_free(p);
+            l->mem[i] = l->mem[--l->n_mem];
+            return;
+        }
+}
+
+void moe_cuda_layer_bind(struct moe_cuda_layer *l, float *wr, float *wn, float *w1, float *w3, float *w2,
+                         float *gwr, float *gwn, float *gw1, float *gw3, float *gw2)
+{
+    float **own[] = { &l->wr, &l->wn, &l->w1, &l->w3, &l->w2, &l->gwr, &l->gwn, &l->gw1, &l->gw3, &l->gw2 };
+    float *to[] = { wr, wn, w1, w3, w2, gwr, gwn, gw1, gw3, gw2 };
+    for (size_t i = 0; i < sizeof own / sizeof *own; i++)
+        if (*own[i]) { // the buffers this layer has (w3 for swiglu, the noise weight for noisy-topk)
+            dfree(l, *own[i]);
+            *own[i] = to[i];
+        }
+}
+
 size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l) { return l->S; }
 
 int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float *router, const float *noise,

@@ -51,6 +51,13 @@ void moe_cuda_layer_free(struct moe_cuda_layer *l);
 // NULL), w2 (E, D, F), copied to the device.
 int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float *router, const float *noise, const float *w1,
                                const float *w3, const float *w2, struct moe_err *err);
+// Use device buffers the caller owns, in the same layout, for the weights and
+// their gradients (a model's flat registry, cuda/model.h) instead of the
+// layer's own, which are freed: router (E, D), noise (E, D; noisy-topk),
+// w1, w3 (E, F, D; w3 for swiglu), w2 (E, D, F) and their gradients. The
+// pointers of what the layer does not have are ignored.
+void moe_cuda_layer_bind(struct moe_cuda_layer *l, float *wr, float *wn, float *w1, float *w3, float *w2,
+                         float *gwr, float *gwn, float *gw1, float *gw3, float *gw2);
 // Zero every gradient on the device.
 int moe_cuda_layer_zero_grad(struct moe_cuda_layer *l, struct moe_err *err);
 // The gradients to the host, same layout as set_weights (NULL: not copied).

@@ -63,6 +63,11 @@ extern "C" int moe_cuda_use_device(int id, struct moe_err *err)
     return check(cudaSetDevice(id), "cudaSetDevice", err);
 }
 
+extern "C" int moe_cuda_copy(void *dst, const void *src, size_t bytes, struct moe_err *err)
+{
+    return check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy (on the device)", err);
+}
+
 extern "C" int moe_cuda_memset(void *p, int value, size_t bytes, const char *what, struct moe_err *err)
 {
     char call[96];

@@ -26,6 +26,8 @@ int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *e
 
 // Make CUDA device id the current one (cudaSetDevice) for what follows.
 int moe_cuda_use_device(int id, struct moe_err *err);
+// bytes bytes from device memory src to device memory dst (cudaMemcpy).
+int moe_cuda_copy(void *dst, const void *src, size_t bytes, struct moe_err *err);
 // Set bytes bytes at p to the byte value (cudaMemset); what names the buffer in an error.
 int moe_cuda_memset(void *p, int value, size_t bytes, const char *what, struct moe_err *err);
 

@@ -1,0 +1,329 @@
+// model.c: model.h, an mlp-moe training step on the device, operation for
+// operation as the CPU runs it:
+//
+//   model/mlp_moe.c run():   h_0 = x W_in^T + b_in; per block l, n_l = norm_l(h_l),
+//                            h_{l+1} = h_l + MoE_l(n_l); n_L = norm_f(h_L);
+//                            y = n_L W_head^T + b_head; the head's loss (model.c
+//                            moe_model_head_loss: dy from zero, scale 1 / T); then
+//                            the backward in reverse, each linear layer's dx, dW,
+//                            db in nn/linear.c's order;
+//   train/trainer.c:         gradients from zero, the global norm over the
+//                            trainer's units (each tensor, and each routed
+//                            expert of an expert tensor, summed by
+//                            moe_optim_sum_sq, in registry order, added in double);
+//   train/optim.c:           the clipping scale and step count, then one update
+//                            over the flat registry.
+//
+// The linear layers are the bias rows then a GEMM with beta 1 (nn/linear.c),
+// the norms, losses and optimizer ops.h's launches of the bodies the CPU
+// library is checked against, the MoE blocks cuda/layer.h's layer bound to the
+// registry's slices. Weight gradients are accumulated (beta 1) into gradients
+// cleared at the start of the step, where the CPU writes some whole (beta 0):
+// the same values, up to the sign of a zero.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/params.h"
+#include "cuda/blas.h"
+#include "cuda/kernels/loss.h"
+#include "cuda/kernels/optim.h"
+#include "cuda/layer.h"
+#include "cuda/model.h"
+#include "cuda/ops.h"
+#include "model/model.h"
+#include "moe/moe_layer.h"
+#include "train/train.h"
+
+#define NORM_EPS 1e-5f // model/model.c's epsilon of the block norms
+#define MAX_MEM 32
+
+struct dblock {
+    int i_g, i_b;                // norm gain and bias (-1: rmsnorm)
+    struct moe_cuda_layer *moe;
+};
+
+struct moe_cuda_model {
+    size_t I, D, O, L, T_max, numel;
+    int rms, ce;
+    enum moe_optim_type opt;
+    const struct moe_params *p;  // the host registry: tensor offsets, names, expert marks
+    int i_win, i_bin, i_gf, i_bf, i_wh, i_bh;
+    struct dblock *blk;
+    void *mem[MAX_MEM];
+    int n_mem;
+    float *w, *g, *m, *v;        // (numel) the registry's layout; m, v as the optimizer needs
+    float *x, *target;           // (T_max, I), (T_max, O) regression targets
+    int32_t *label;              // (T_max) classes
+    float *h, *n, *mean, *rstd;  // (L + 1, T_max, D) and (L + 1, T_max)
+    float *y, *dy;               // (T_max, O)
+    float *dh, *dn;              // (T_max, D)
+    double *part, *lse, *sq;     // cross-entropy's blocks and rows; the sum of squares' scratch
+    uint64_t seed;
+};
+
+static int dalloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err)
+{
+    if (d->n_mem == MAX_MEM)
+        return moe_error(err, MOE_EINVAL, "CUDA model: more than %d buffers", MAX_MEM);
+    int rc = moe_cuda_malloc(ret, bytes, what, err);
+    if (!rc)
+        d->mem[d->n_mem++] = *(void **)ret;
+    return rc;
+}
+
+static float *W(const struct moe_cuda_model *d, int i) { return i < 0 ? NULL : d->w + d->p->t[i].offset; }
+static float *G(const struct moe_cuda_model *d, int i) { return i < 0 ? NULL : d->g + d->p->t[i].offset; }
+
+// A tensor's index by name (printf-style), or -1.
+static int find(const struct moe_params *p, const char *fmt, size_t l)
+{
+    char name[MOE_NAME_MAX];
+    snprintf(name, sizeof name, fmt, l);
+    return moe_params_find(p, name);
+}
+
+void moe_cuda_model_free(struct moe_cuda_model *d)
+{
+    if (!d)
+        return;
+    for (size_t l = 0; d->blk && l < d->L; l++)
+        moe_cuda_layer_free(d->blk[l].moe);
+    for (int i = 0; i < d->n_mem; i++)
+        moe_cuda_free(d->mem[i]);
+    free(d->blk);
+    free(d);
+}
+
+// What the device step does not do, as the one-line reason (NULL: supported).
+static const char *unsupported(const struct moe_model *m, const struct moe_model_hp *hp)
+{
+    if (hp->type != MOE_MODEL_MLP_MOE)
+        return "the device training step is for mlp-moe models only so far";
+    if (hp->moe_every != 1)
+        return "dense FFN blocks (model.moe_every > 1) are not on the device yet";
+    if (hp->dropout.residual > 0.0 || hp->dropout.ffn > 0.0)
+        return "dropout (model.dropout.*) is not on the device yet";
+    if (m->params.shard_size > 1)
+        return "expert parallelism is not on the device";
+    if (m->n_moe_layers != hp->n_layer)
+        return "every block must be a sparse MoE layer";
+    return NULL;
+}
+
+int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m, const struct moe_model_hp *hp,
+                          const struct moe_optim *o, size_t T_max, struct moe_err *err)
+{
+    *ret = NULL;
+    const char *why = unsupported(m, hp);
+    if (why)
+        return moe_error(err, MOE_EINVAL, "CUDA model: %s", why);
+    struct moe_cuda_model *d = calloc(1, sizeof *d);
+    if (!d)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    const struct moe_params *p = &m->params;
+    d->p = p;
+    d->I = m->n_in, d->O = m->n_out, d->D = hp->n_embd, d->L = hp->n_layer;
+    d->T_max = T_max ? T_max : 1;
+    d->numel = p->numel;
+    d->rms = hp->rms;
+    d->ce = strcmp(m->loss_name, "ce") == 0;
+    d->opt = o->type;
+    d->seed = m->seed;
+    d->i_win = moe_params_find(p, "input.weight"), d->i_bin = moe_params_find(p, "input.bias");
+    d->i_gf = moe_params_find(p, "norm.weight"), d->i_bf = moe_params_find(p, "norm.bias");
+    d->i_wh = moe_params_find(p, "head.weight"), d->i_bh = moe_params_find(p, "head.bias");
+    const size_t T = d->T_max, D = d->D, L = d->L, f = sizeof(float), n = p->numel * f;
+    int rc = 0;
+    d->blk = calloc(L, sizeof *d->blk);
+    if (!d->blk)
+        rc = moe_error(err, MOE_ENOMEM, "out of memory");
+    struct {
+        int need;
+        void *p;
+        size_t bytes;
+        const char *what;
+    } b[] = {
+        { 1, &d->w, n, "parameters" },
+        { 1, &d->g, n, "gradients" },
+        { d->opt != MOE_OPTIM_GD, &d->m, n, "optimizer moments (m)" },
+        { d->opt == MOE_OPTIM_ADAMW, &d->v, n, "optimizer moments (v)" },
+        { 1, &d->x, T * d->I * f, "batch inputs" },
+        { !d->ce, &d->target, T * d->O * f, "batch targets" },
+        { d->ce, &d->label, T * sizeof(int32_t), "batch labels" },
+        { 1, &d->h, (L + 1) * T * D * f, "h" },
+        { 1, &d->n, (L + 1) * T * D * f, "n" },
+        { 1, &d->mean, (L + 1) * T * f, "mean" },
+        { 1, &d->rstd, (L + 1) * T * f, "rstd" },
+        { 1, &d->y, T * d->O * f, "y" },
+        { 1, &d->dy, T * d->O * f, "dy" },
+        { 1, &d->dh, T * D * f, "dh" },
+        { 1, &d->dn, T * D * f, "dn" },
+        { 1, &d->part, MOE_K_CE_BLOCKS * sizeof(double), "loss blocks" },
+        { 1, &d->lse, T * sizeof(double), "loss rows" },
+        { 1, &d->sq, (MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1) * sizeof(double), "gradient norm" },
+    };
+    for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
+        if (b[i].need)
+            rc = dalloc(d, b[i].p, b[i].bytes, b[i].what, err);
+    for (size_t l = 0; !rc && l < L; l++) {
+        struct dblock *k = &d->blk[l];
+        const struct moe_layer *ml = m->moe_layers[l];
+        k->i_g = find(p, "layers.%zu.norm.weight", l);
+        k->i_b = find(p, "layers.%zu.norm.bias", l);
+        if ((rc = moe_cuda_layer_create(&k->moe, &ml->c, T, err)))
+            break;
+        moe_cuda_layer_bind(k->moe, W(d, ml->i_router), W(d, ml->i_noise), W(d, ml->i_w1), W(d, ml->i_w3),
+                            W(d, ml->i_w2), G(d, ml->i_router), G(d, ml->i_noise), G(d, ml->i_w1), G(d, ml->i_w3),
+                            G(d, ml->i_w2));
+    }
+    if (!rc)
+        rc = moe_cuda_to_device(d->w, p->data, n, err);
+    if (!rc && d->m)
+        rc = o->m ? moe_cuda_to_device(d->m, o->m, n, err) : moe_cuda_memset(d->m, 0, n, "optimizer moments", err);
+    if (!rc && d->v)
+        rc = o->v ? moe_cuda_to_device(d->v, o->v, n, err) : moe_cuda_memset(d->v, 0, n, "optimizer moments", err);
+    if (rc) {
+        moe_cuda_model_free(d);
+        return rc;
+    }
+    *ret = d;
+    return 0;
+}
+
+// y (T, O) = x (T, I) w^T + b (nn/linear.c moe_linear_forward: the bias rows, then beta 1).
+static int linear_forward(float *y, const float *x, const float *w, const float *b, size_t T, size_t I, size_t O,
+                          const char *what, struct moe_err *err)
+{
+    int rc = moe_cuda_bias_rows(y, O, b, T, O, err);
+    return rc ? rc : moe_cuda_gemm(0, 1, T, O, I, 1.0f, x, I, w, I, 1.0f, y, O, what, err);
+}
+
+// nn/linear.c moe_linear_backward: dx (T, I) += dy w (dx NULL: not wanted),
+// dw += dy^T x, db += dy's column sums in row order.
+static int linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                           size_t T, size_t I, size_t O, const char *what, struct moe_err *err)
+{
+    int rc;
+    if (T == 0)
+        return 0;
+    if (dx && (rc = moe_cuda_gemm(0, 0, T, I, O, 1.0f, dy, O, w, I, 1.0f, dx, I, what, err)))
+        return rc;
+    if ((rc = moe_cuda_gemm(1, 0, O, I, T, 1.0f, dy, O, x, I, 1.0f, dw, I, what, err)))
+        return rc;
+    return moe_cuda_bias_grad(db, dy, O, T, O, err);
+}
+
+// The trainer's global gradient norm: its units in registry order, each
+// routed expert of an expert tensor on its own.
+static int grad_norm(struct moe_cuda_model *d, double *ret, struct moe_err *err)
+{
+    const struct moe_params *p = d->p;
+    double sq = 0.0;
+    for (size_t i = 0; i < p->n; i++) {
+        const struct moe_tensor *t = &p->t[i];
+        size_t units = t->experts ? t->shape[0] : 1, slice = t->numel / units;
+        for (size_t e = 0; e < units; e++) {
+            double s;
+            int rc = moe_cuda_sum_sq(&s, d->g + t->offset + e * slice, slice, d->sq, err);
+            if (rc)
+                return rc;
+            sq += s;
+        }
+    }
+    *ret = sqrt(sq);
+    return 0;
+}
+
+int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_optim *o, double *ret_loss,
+                        double *ret_aux, double *ret_gnorm, struct moe_err *err)
+{
+    const size_t T = b->n, I = d->I, D = d->D, O = d->O, L = d->L, TD = T * D;
+    int rc;
+    *ret_loss = *ret_aux = *ret_gnorm = 0.0;
+    if (T > d->T_max)
+        return moe_error(err, MOE_EINVAL, "batch of %zu rows exceeds the device model's maximum %zu", T, d->T_max);
+    if (b->kd)
+        return moe_error(err, MOE_EINVAL, "CUDA model: distillation is not on the device yet");
+    if ((rc = moe_cuda_to_device(d->x, b->x, T * I * sizeof(float), err)) ||
+        (d->ce && (rc = moe_cuda_to_device(d->label, b->label, T * sizeof(int32_t), err))) ||
+        (!d->ce && (rc = moe_cuda_to_device(d->target, b->y, T * O * sizeof(float), err))) ||
+        (rc = moe_cuda_memset(d->g, 0, d->numel * sizeof(float), "gradients", err)))
+        return rc;
+    // forward
+    if ((rc = linear_forward(d->h, d->x, W(d, d->i_win), W(d, d->i_bin), T, I, D, "input", err)))
+        return rc;
+    double aux = 0.0;
+    for (size_t l = 0; l < L; l++) {
+        const struct dblock *k = &d->blk[l];
+        float *hin = d->h + l * TD, *hout = d->h + (l + 1) * TD, *nl = d->n + l * TD;
+        double al = 0.0;
+        if ((rc = moe_cuda_norm_forward(nl, d->mean + l * T, d->rstd + l * T, hin, W(d, k->i_g), W(d, k->i_b), T, D,
+                                        NORM_EPS, err)) ||
+            (rc = moe_cuda_copy(hout, hin, TD * sizeof(float), err)) ||
+            (rc = moe_cuda_layer_forward(k->moe, hout, nl, T, 1, d->seed, b->step, &al, err)))
+            return rc;
+        aux += al;
+    }
+    float *nf = d->n + L * TD;
+    if ((rc = moe_cuda_norm_forward(nf, d->mean + L * T, d->rstd + L * T, d->h + L * TD, W(d, d->i_gf),
+                                    W(d, d->i_bf), T, D, NORM_EPS, err)) ||
+        (rc = linear_forward(d->y, nf, W(d, d->i_wh), W(d, d->i_bh), T, D, O, "head", err)) ||
+        (rc = moe_cuda_memset(d->dy, 0, T * O * sizeof(float), "dy", err)))
+        return rc;
+    float scale = 1.0f / (float)T;
+    double loss = 0.0;
+    rc = d->ce ? moe_cuda_ce_rows(&loss, d->dy, NULL, NULL, d->y, d->label, T, O, scale, d->part, d->lse, err)
+               : moe_cuda_mse(&loss, d->dy, d->y, d->target, T * O, scale, d->part, err);
+    if (rc)
+        return rc;
+    // backward: dh holds dL/dh_l for the current l
+    if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
+        (rc = linear_backward(d->dn, G(d, d->i_wh), G(d, d->i_bh), d->dy, nf, W(d, d->i_wh), T, D, O,
+                              "head backward", err)) ||
+        (rc = moe_cuda_memset(d->dh, 0, TD * sizeof(float), "dh", err)) ||
+        (rc = moe_cuda_norm_backward(d->dh, G(d, d->i_gf), G(d, d->i_bf), d->dn, d->h + L * TD, d->mean + L * T,
+                                     d->rstd + L * T, W(d, d->i_gf), T, D, err)))
+        return rc;
+    for (size_t l = L; l-- > 0;) {
+        const struct dblock *k = &d->blk[l];
+        if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
+            (rc = moe_cuda_layer_backward(k->moe, d->dn, d->dh, d->n + l * TD, err)) ||
+            (rc = moe_cuda_norm_backward(d->dh, G(d, k->i_g), G(d, k->i_b), d->dn, d->h + l * TD, d->mean + l * T,
+                                         d->rstd + l * T, W(d, k->i_g), T, D, err)))
+            return rc;
+    }
+    if ((rc = linear_backward(NULL, G(d, d->i_win), G(d, d->i_bin), d->dh, d->x, W(d, d->i_win), T, I, D,
+                              "input backward", err)))
+        return rc;
+    // the update (train/optim.c moe_optim_step_segs over one segment)
+    double gnorm;
+    if ((rc = grad_norm(d, &gnorm, err)))
+        return rc;
+    *ret_loss = loss, *ret_aux = aux, *ret_gnorm = gnorm;
+    if (!isfinite(gnorm))
+        return moe_error(err, MOE_ENUMERIC, "step %llu: the gradient norm on the device is not finite (%g)",
+                         (unsigned long long)b->step + 1, gnorm);
+    float clip_scale = o->clip > 0.0 && gnorm > o->clip ? (float)(o->clip / gnorm) : 1.0f;
+    o->t++;
+    struct moe_k_optim k;
+    enum moe_k_optim_type kt = o->type == MOE_OPTIM_ADAMW ? MOE_K_ADAMW : o->type == MOE_OPTIM_SGD ? MOE_K_SGD
+                                                                                                    : MOE_K_GD;
+    moe_k_optim_setup(&k, kt, o->lr, o->weight_decay, o->momentum, o->beta1, o->beta2, o->eps, o->t, clip_scale);
+    return moe_cuda_optim_update(&k, d->w, d->g, d->m, d->v, d->numel, err);
+}
+
+int moe_cuda_model_download(const struct moe_cuda_model *d, struct moe_model *m, struct moe_optim *o,
+                            struct moe_err *err)
+{
+    const size_t n = d->numel * sizeof(float);
+    int rc = moe_cuda_to_host(m->params.data, d->w, n, err);
+    if (!rc && m->params.grad)
+        rc = moe_cuda_to_host(m->params.grad, d->g, n, err);
+    if (!rc && o && o->m && d->m)
+        rc = moe_cuda_to_host(o->m, d->m, n, err);
+    if (!rc && o && o->v && d->v)
+        rc = moe_cuda_to_host(o->v, d->v, n, err);
+    return rc;
+}

@@ -1,0 +1,57 @@
+// model.h: an mlp-moe model's training step resident on a CUDA device: the
+// parameters in the CPU registry's flat layout (core/params.h), their
+// gradients and the optimizer's moments in the same layout, the activations,
+// and one device MoE layer (cuda/layer.h) per block bound to its slices of
+// those buffers. A step is model/mlp_moe.c's forward and backward, the
+// trainer's global gradient norm (its units and order) and train/optim.c's
+// update, each through cuda/ops.h and cuda/blas.h: the only copies are the
+// batch in, and the loss, the auxiliary losses and the gradient norm's sums
+// out. Weights and moments cross to and from the host in the CPU's layout, so
+// a checkpoint written from either side is the same file.
+//
+// What it covers: mlp-moe with every block sparse (model.moe_every 1), the
+// routers and experts of the device layer (layer.h), LayerNorm or RMSNorm,
+// cross-entropy or squared error, GD, SGD and AdamW with clipping. Refused
+// with one line by moe_cuda_model_create: other models, dense blocks,
+// dropout, distillation (a batch's kd), and whatever the device layer refuses.
+//
+// C against ops.h and blas.h only: a CUDA build links it into libmoe, and the
+// tests run it on the host through tests/cuda_host.c, where a step must give
+// the CPU model's bits (test_cuda_model_host).
+#ifndef MOE_CUDA_MODEL_H
+#define MOE_CUDA_MODEL_H
+
+#include <stddef.h>
+
+#include "core/status.h"
+
+struct moe_model;
+struct moe_model_hp;
+struct moe_optim;
+struct moe_batch;
+struct moe_cuda_model;
+
+// The device model of m (built from hp, weights initialised or loaded) for
+// batches of up to T_max rows, with o's optimizer state: m's weights and o's
+// moments (NULL: zero) copied to the device.
+int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m, const struct moe_model_hp *hp,
+                          const struct moe_optim *o, size_t T_max, struct moe_err *err);
+void moe_cuda_model_free(struct moe_cuda_model *d);
+
+// One training step on batch b (its rows x and labels or targets, and its step
+// number: the router's random streams): gradients from zero, forward and
+// backward, the global gradient norm, then o's update (o->lr as the caller set
+// it; o->t advanced). *ret_loss: the batch's summed loss (stats.loss's
+// meaning); *ret_aux: the layers' weighted auxiliary losses added in layer
+// order; *ret_gnorm: the gradient norm. A non-finite gradient norm is
+// MOE_ENUMERIC before any update.
+int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_optim *o, double *ret_loss,
+                        double *ret_aux, double *ret_gnorm, struct moe_err *err);
+
+// The weights to m's registry (m->params.data), the last step's gradients to
+// m->params.grad (NULL-safe: grad may be absent), and the moments to o->m,
+// o->v where o has them.
+int moe_cuda_model_download(const struct moe_cuda_model *d, struct moe_model *m, struct moe_optim *o,
+                            struct moe_err *err);
+
+#endif
