@@ -3,7 +3,7 @@
 # tool's `run`, from the repository root, carrying build-cuda):
 #   here:  meson setup build-cuda -Dcuda=enabled -Dmpi=disabled && ninja -C build-cuda
 #   there: bash dev/gpu-check.sh            (logs and JSON under $OUT, default ./gpu-out)
-# Runs the GPU tests twice each (the second run must print the same bytes: the
+# Runs the GPU tests (device, ops, layer, model step) twice each (the second run must print the same bytes: the
 # determinism check), then moe bench --device cuda at issue 16's layer shape.
 # Prints one line per step with its exit code; never stops at a failure.
 set -uo pipefail
@@ -19,7 +19,7 @@ step() { # name, command...
 }
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 "$b/cmd/moe" --version >"$out/version.txt" 2>&1
-for t in cuda_device cuda_ops cuda_layer; do
+for t in cuda_device cuda_ops cuda_layer cuda_model; do
     step "test_$t" "$b/tests/test_$t"
     step "test_$t.2" "$b/tests/test_$t"
     cmp -s "$out/test_$t.log" "$out/test_$t.2.log" && echo "test_$t: two runs, same bytes" ||

@@ -85,10 +85,7 @@ int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err 
 
 int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
-    (void)err;
-    if (bytes)
-        memcpy(dst, src, bytes);
-    return 0;
+    return moe_cuda_to_device(dst, src, bytes, err);
 }
 
 // ---------------------------------------------------------------- router
@@ -856,10 +853,7 @@ int moe_cuda_use_device(int id, struct moe_err *err)
 
 int moe_cuda_copy(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
-    (void)err;
-    if (bytes)
-        memmove(dst, src, bytes);
-    return 0;
+    return moe_cuda_to_device(dst, src, bytes, err); // all of it is host memory here
 }
 
 int moe_cuda_memset(void *p, int value, size_t bytes, const char *what, struct moe_err *err)

@@ -34,8 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend/backend.h"
-#include "core/gemm.h"
 #include "core/rng.h"
 #include "cuda/layer.h"
 #include "cuda/ops.h"
@@ -273,22 +271,9 @@ static void run_case(const struct lcase *k)
 
 int main(void)
 {
-#ifndef MOE_TEST_CUDA_HOST
-    struct moe_backend_info info;
-    const struct moe_backend *cuda = moe_backend_find("cuda");
-    if (!cuda || cuda->probe(0, &info) != 0 || !info.available) {
-        printf("no usable CUDA device (%s): skipped\n", cuda ? info.reason : "no backend");
-        return 77;
-    }
-    printf("device 0: %s, compute capability %d.%d\n", info.dev.name, info.dev.cc_major, info.dev.cc_minor);
-#else
-    printf("host emulation of the CUDA ops (tests/cuda_host.c)\n");
-#endif
-    struct moe_err err;
-    if (moe_blas_init(1, &err)) { // the CPU layer's GEMMs
-        printf("%s\n", err.msg);
-        return 1;
-    }
+    int rc = cuda_test_begin();
+    if (rc)
+        return rc;
     static const struct lcase cases[] = {
         { "switch-top1-relu-drops", MOE_ROUTER_SWITCH, 8, 1, 512, 64, 128, MOE_FFN_RELU, 1.0, MOE_AUX_SWITCH, 0.01, 1 },
         { "gshard-top2-swiglu", MOE_ROUTER_GSHARD, 8, 2, 512, 64, 128, MOE_FFN_SWIGLU, 1.25, MOE_AUX_GSHARD, 0.0, 1 },
@@ -303,6 +288,7 @@ int main(void)
     // what the device layer refuses, with a reason
     {
         struct moe_layer_cfg lc;
+        struct moe_err err;
         struct moe_cuda_layer *dl = NULL;
         memset(&lc, 0, sizeof lc);
         lc.router.type = MOE_ROUTER_HASH;

@@ -27,8 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend/backend.h"
-#include "core/gemm.h"
 #include "core/rng.h"
 #include "cuda/model.h"
 #include "cuda_test.h"
@@ -225,22 +223,9 @@ static void test_refusals(void)
 
 int main(void)
 {
-#ifndef MOE_TEST_CUDA_HOST
-    struct moe_backend_info info;
-    const struct moe_backend *cuda = moe_backend_find("cuda");
-    if (!cuda || cuda->probe(0, &info) != 0 || !info.available) {
-        printf("no usable CUDA device (%s): skipped\n", cuda ? info.reason : "no backend");
-        return 77;
-    }
-    printf("device 0: %s, compute capability %d.%d\n", info.dev.name, info.dev.cc_major, info.dev.cc_minor);
-#else
-    printf("host emulation of the CUDA ops (tests/cuda_host.c)\n");
-#endif
-    struct moe_err err;
-    if (moe_blas_init(1, &err)) {
-        printf("%s\n", err.msg);
-        return 1;
-    }
+    int rc = cuda_test_begin();
+    if (rc)
+        return rc;
     static const struct mcase cases[] = {
         { "switch-relu-layernorm-adamw", 0,
           { "model.type=mlp-moe", "moe.router=switch", "model.n_expert_used=1", "model.n_expert=4",
