@@ -38,22 +38,6 @@
 #include "cuda/blas.h"
 #include "cuda/ops.h"
 
-// The CPU library's exponential and tanh (SLEEF, one value: the same bits as in
-// its vector loops), where the device calls expf and tanhf.
-static float lib_exp(float x)
-{
-    float y;
-    moe_vexpf(&y, &x, 1);
-    return y;
-}
-
-static float lib_tanh(float x)
-{
-    float y;
-    moe_vtanhf(&y, &x, 1);
-    return y;
-}
-
 // A launch whose grid is empty (a zero block count), as cudaGetLastError reports it.
 static int empty_grid(const char *kernel, struct moe_err *err)
 {
@@ -245,31 +229,12 @@ int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, con
 
 // The memsets (kept 0, slot_row -1), the keep order by priority (MOE_DROP_PROB),
 // then the keep pass per expert, the offsets and the rows per expert.
+// The plan in chunks: the same launches as ops.cu's, chunk by chunk and expert by expert.
 int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T, size_t S,
                            size_t E, size_t cap, int prob, struct moe_err *err)
 {
     (void)err;
-    memset(p->kept, 0, T * S);
-    memset(p->slot_row, 0xff, T * S * sizeof(int32_t));
-    if (prob)
-        for (size_t i = 0; i < S * T; i++) {
-            size_t s = i / T, t = i % T;
-            p->order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
-        }
-    for (size_t e = 0; e < E; e++)
-        moe_k_dispatch_keep(idx, prob ? p->order : NULL, T, S, cap, (int32_t)e, p->kept, p->routed + e,
-                            p->dropped + e, p->n_kept + e);
-    moe_k_dispatch_offsets(p->offset, p->n_kept, E);
-    for (size_t e = 0; e < E; e++)
-        moe_k_dispatch_rows(idx, p->kept, T, S, (int32_t)e, p->offset[e], p->row_tok, p->row_slot, p->slot_row);
-    return 0;
-}
-
-// The chunked plan: the same launches as ops.cu's, chunk by chunk and expert by expert.
-int moe_cuda_dispatch_plan_chunked(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T,
-                                   size_t S, size_t E, size_t cap, int prob, size_t *cnt, struct moe_err *err)
-{
-    (void)err;
+    size_t *cnt = p->cnt;
     const size_t nc = (T * S + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK;
     memset(p->kept, 0, T * S);
     memset(p->slot_row, 0xff, T * S * sizeof(int32_t));
@@ -550,7 +515,7 @@ int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argma
         float m = moe_k_ce_max(yt, O, &am);
         double s = 0.0;
         for (size_t o = 0; o < O; o++)
-            s += lib_exp(moe_k_ce_shift(yt[o], m));
+            s += moe_expf1(moe_k_ce_shift(yt[o], m));
         double l = moe_k_ce_lse(m, s);
         lse[t] = l;
         double loss = moe_k_ce_loss(l, yt, label[t]);
@@ -562,7 +527,7 @@ int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argma
     if (dy)
         for (size_t j = 0; j < T * O; j++) {
             size_t t = j / O, o = j % O;
-            moe_k_ce_grad_elem(&dy[j], lib_exp(moe_k_ce_grad_arg(y[j], lse[t])), scale);
+            moe_k_ce_grad_elem(&dy[j], moe_expf1(moe_k_ce_grad_arg(y[j], lse[t])), scale);
             if ((int32_t)o == label[t])
                 moe_k_ce_grad_label(&dy[j], scale);
         }
@@ -667,8 +632,8 @@ int moe_cuda_act_forward(enum moe_cuda_act a, float *y, const float *x, size_t n
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         y[i] = a == MOE_CUDA_RELU ? moe_k_relu(v)
-             : a == MOE_CUDA_GELU ? moe_k_gelu(v, lib_tanh(moe_k_gelu_inner(v)))
-                                  : moe_k_silu(v, lib_exp(-v));
+             : a == MOE_CUDA_GELU ? moe_k_gelu(v, moe_tanhf1(moe_k_gelu_inner(v)))
+                                  : moe_k_silu(v, moe_expf1(-v));
     }
     return 0;
 }
@@ -680,8 +645,8 @@ int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float *dy, const
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         dx[i] = a == MOE_CUDA_RELU ? moe_k_relu_dx(dy[i], v)
-              : a == MOE_CUDA_GELU ? moe_k_gelu_dx(dy[i], v, lib_tanh(moe_k_gelu_inner(v)))
-                                   : moe_k_silu_dx(dy[i], v, lib_exp(-v));
+              : a == MOE_CUDA_GELU ? moe_k_gelu_dx(dy[i], v, moe_tanhf1(moe_k_gelu_inner(v)))
+                                   : moe_k_silu_dx(dy[i], v, moe_expf1(-v));
     }
     return 0;
 }
@@ -716,7 +681,7 @@ int moe_cuda_attention_forward_drop(float *out, float *att, float *attp, const f
     for (size_t r = 0; r < rows; r++) {
         size_t n = moe_k_attn_shift_row(att, C, r);
         for (size_t s = 0; s < n; s++)
-            att[r * C + s] = lib_exp(att[r * C + s]);
+            att[r * C + s] = moe_expf1(att[r * C + s]);
         moe_k_attn_normalise_row(att, C, r);
     }
     if (drop_on(d)) {

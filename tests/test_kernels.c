@@ -59,6 +59,7 @@
 #include "cuda/kernels/norm.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/kernels/route.h"
+#include "cuda/ops.h"
 #include "moe/aux_loss.h"
 #include "moe/dispatch.h"
 #include "moe/experts.h"
@@ -658,6 +659,37 @@ START_TEST(test_embed)
 }
 END_TEST
 
+// The capacity plan from the chunked bodies, as the launches run them with
+// chunks of ch positions: kept (cleared here), routed and kept counts, offsets,
+// rows; returns the rows kept.
+static size_t chunked_plan(const int32_t *idx, const int32_t *order, size_t T, size_t S, size_t E, size_t cap,
+                           size_t ch, uint8_t *kept, size_t *routed, size_t *n_kept, size_t *offset, int32_t *row_tok,
+                           int32_t *row_slot, int32_t *slot_row)
+{
+    size_t TS = T * S, nc = (TS + ch - 1) / ch;
+    size_t *cnt = malloc((nc ? nc : 1) * E * sizeof *cnt);
+    memset(kept, 0, TS);
+    for (size_t i = 0; i < TS; i++)
+        slot_row[i] = -1;
+    for (size_t c = 0; c < nc; c++) // one thread per chunk, then one per expert, then per chunk
+        moe_k_chunk_count(cnt + c * E, idx, order, NULL, T, S, E, ch, c, 0);
+    for (size_t e = 0; e < E; e++) {
+        routed[e] = moe_k_chunk_scan(cnt, nc, E, e, 0);
+        n_kept[e] = routed[e] < cap ? routed[e] : cap;
+    }
+    for (size_t c = 0; c < nc; c++)
+        moe_k_chunk_keep(cnt + c * E, kept, idx, order, T, S, cap, ch, c);
+    size_t n_rows = moe_k_dispatch_offsets(offset, n_kept, E); // one thread
+    for (size_t c = 0; c < nc; c++)
+        moe_k_chunk_count(cnt + c * E, idx, NULL, kept, T, S, E, ch, c, 1);
+    for (size_t e = 0; e < E; e++)
+        moe_k_chunk_scan(cnt, nc, E, e, offset[e]);
+    for (size_t c = 0; c < nc; c++)
+        moe_k_chunk_rows(cnt + c * E, idx, kept, T, S, ch, c, row_tok, row_slot, slot_row);
+    free(cnt);
+    return n_rows;
+}
+
 START_TEST(test_dispatch)
 {
     static const struct {
@@ -697,47 +729,29 @@ START_TEST(test_dispatch)
         }
         uint8_t *kept = calloc(TS, 1);
         size_t routed[16], dropped[16], n_kept[16], offset[17];
-        for (size_t e = 0; e < E; e++) // one thread per expert
-            moe_k_dispatch_keep(idx, order, T, S, cap, (int32_t)e, kept, &routed[e], &dropped[e], &n_kept[e]);
-        size_t n_rows = moe_k_dispatch_offsets(offset, n_kept, E);
         int32_t *row_tok = malloc(TS * 4), *row_slot = malloc(TS * 4), *slot_row = malloc(TS * 4);
-        for (size_t i = 0; i < TS; i++)
-            slot_row[i] = -1;
+        size_t n_rows = chunked_plan(idx, order, T, S, E, cap, MOE_CUDA_PLAN_CHUNK, kept, routed, n_kept, offset,
+                                     row_tok, row_slot, slot_row);
         for (size_t e = 0; e < E; e++)
-            moe_k_dispatch_rows(idx, kept, T, S, (int32_t)e, offset[e], row_tok, row_slot, slot_row);
+            dropped[e] = routed[e] - n_kept[e];
 
-        // the same plan in chunks (every chunk size from 1 to past T S)
+        // the same plan whatever the chunk size (from 1 to past T S)
         static const size_t chs[] = { 1, 7, 64, 1000 };
         for (size_t k = 0; k < sizeof chs / sizeof *chs; k++) {
-            size_t ch = chs[k], nc = (TS + ch - 1) / ch, r2[16], nk2[16], off2[17];
-            size_t *cnt = malloc(nc * E * sizeof *cnt);
+            size_t r2[16], nk2[16], off2[17];
             uint8_t *kept2 = calloc(TS, 1);
             int32_t *rt2 = malloc(TS * 4), *rs2 = malloc(TS * 4), *sr2 = malloc(TS * 4);
-            for (size_t i = 0; i < TS; i++)
-                sr2[i] = -1;
-            for (size_t c = 0; c < nc; c++) // one thread per chunk, then one per expert, then per chunk
-                moe_k_chunk_count(cnt + c * E, idx, order, NULL, T, S, E, ch, c, 0);
-            for (size_t e = 0; e < E; e++) {
-                r2[e] = moe_k_chunk_scan(cnt, nc, E, e, 0);
-                nk2[e] = r2[e] < cap ? r2[e] : cap;
-            }
-            for (size_t c = 0; c < nc; c++)
-                moe_k_chunk_keep(cnt + c * E, kept2, idx, order, T, S, cap, ch, c);
-            ck_assert_uint_eq(moe_k_dispatch_offsets(off2, nk2, E), d.n_rows);
-            for (size_t c = 0; c < nc; c++)
-                moe_k_chunk_count(cnt + c * E, idx, NULL, kept2, T, S, E, ch, c, 1);
+            ck_assert_uint_eq(chunked_plan(idx, order, T, S, E, cap, chs[k], kept2, r2, nk2, off2, rt2, rs2, sr2),
+                              d.n_rows);
             for (size_t e = 0; e < E; e++) {
                 ck_assert_uint_eq(r2[e], d.routed[e]);
                 ck_assert_uint_eq(r2[e] - nk2[e], d.dropped[e]);
-                moe_k_chunk_scan(cnt, nc, E, e, off2[e]);
             }
-            for (size_t c = 0; c < nc; c++)
-                moe_k_chunk_rows(cnt + c * E, idx, kept2, T, S, ch, c, rt2, rs2, sr2);
             ck_assert_mem_eq(kept2, kept, TS);
             same_ints(rt2, d.row_tok, d.n_rows, "chunked row_tok");
             same_ints(rs2, d.row_slot, d.n_rows, "chunked row_slot");
             same_ints(sr2, d.slot_row, TS, "chunked slot_row");
-            free(cnt), free(kept2), free(rt2), free(rs2), free(sr2);
+            free(kept2), free(rt2), free(rs2), free(sr2);
         }
 
         ck_assert_uint_eq(n_rows, d.n_rows);
@@ -793,21 +807,6 @@ START_TEST(test_dispatch)
 }
 END_TEST
 
-// One value through the CPU's vector exp / tanh (a value does not depend on its
-// neighbours: core/vmath.h).
-static float cpu_exp(float x)
-{
-    float y;
-    moe_vexpf(&y, &x, 1);
-    return y;
-}
-static float cpu_tanh(float x)
-{
-    float y;
-    moe_vtanhf(&y, &x, 1);
-    return y;
-}
-
 START_TEST(test_ce)
 {
     static const size_t Os[] = { 1, 37, 600 }; // 600: more classes than the CPU's exp chunk
@@ -836,12 +835,12 @@ START_TEST(test_ce)
                 float m = moe_k_ce_max(yt, O, &am2[t]);
                 double s = 0.0;
                 for (size_t o = 0; o < O; o++)
-                    s += cpu_exp(moe_k_ce_shift(yt[o], m));
+                    s += moe_expf1(moe_k_ce_shift(yt[o], m));
                 double lse = moe_k_ce_lse(m, s), l = moe_k_ce_loss(lse, yt, label[t]);
                 loss2[t] = (float)l;
                 block += l;
                 for (size_t o = 0; o < O; o++)
-                    moe_k_ce_grad_elem(&dy2[t * O + o], cpu_exp(moe_k_ce_grad_arg(yt[o], lse)), scale);
+                    moe_k_ce_grad_elem(&dy2[t * O + o], moe_expf1(moe_k_ce_grad_arg(yt[o], lse)), scale);
                 moe_k_ce_grad_label(&dy2[t * O + (size_t)label[t]], scale);
             }
             part[b] = block;
@@ -1011,7 +1010,7 @@ START_TEST(test_activations)
     moe_gelu_forward(y1, x, n);
     moe_gelu_backward(d1, dy, x, n);
     for (size_t i = 0; i < n; i++) { // one thread per value
-        float th = cpu_tanh(moe_k_gelu_inner(x[i]));
+        float th = moe_tanhf1(moe_k_gelu_inner(x[i]));
         y2[i] = moe_k_gelu(x[i], th);
         d2[i] = moe_k_gelu_dx(dy[i], x[i], th);
     }
@@ -1021,7 +1020,7 @@ START_TEST(test_activations)
     moe_silu_forward(y1, x, n);
     moe_silu_backward(d1, dy, x, n);
     for (size_t i = 0; i < n; i++) {
-        float e = cpu_exp(-x[i]);
+        float e = moe_expf1(-x[i]);
         y2[i] = moe_k_silu(x[i], e);
         d2[i] = moe_k_silu_dx(dy[i], x[i], e);
     }

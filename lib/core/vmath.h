@@ -19,6 +19,21 @@
 void moe_vexpf(float *y, const float *x, size_t n);
 // y[i] = tanh(x[i]) for i < n (within 3.5 ULP); y == x allowed.
 void moe_vtanhf(float *y, const float *x, size_t n);
+// One value through the two functions above, with the bits it gets in an
+// array: for code that takes the library's exp or tanh one value at a time
+// (the tests that stand them in for a GPU's expf and tanhf).
+static inline float moe_expf1(float x)
+{
+    float y;
+    moe_vexpf(&y, &x, 1);
+    return y;
+}
+static inline float moe_tanhf1(float x)
+{
+    float y;
+    moe_vtanhf(&y, &x, 1);
+    return y;
+}
 // "avx2-fma" or "sse2": which SLEEF functions this CPU runs.
 const char *moe_vmath_isa(void);
 

@@ -28,6 +28,7 @@
 #include "core/rng.h"
 #include "cuda/blas.h"
 #include "cuda/layer.h"
+#include "cuda/linear.h"
 #include "cuda/ops.h"
 #include "moe/moe_layer.h"
 
@@ -55,7 +56,6 @@ struct moe_cuda_layer {
     float *a, *b, *hh, *da, *db, *dh;
     float *dgate, *dz, *du;  // (T, S), (T, E), (T, E)
     double *aux_f, *aux_P, *aux_v;
-    size_t *chunk_cnt;       // (chunks, E): the chunked plan's counts
     size_t *off;             // host copy of the plan's offsets (E + 1)
     // the last forward
     size_t T, cap;
@@ -68,44 +68,6 @@ struct moe_cuda_layer {
     int ev_phase[MAX_MARKS + 1];
     double sec[MOE_PHASE_N];
 };
-
-// Row-major C (M, N) = alpha op(A) op(B) + beta C (blas.h: cuBLAS, moe_gemm's
-// arguments), so each call below reads like its CPU twin in experts.c and nn/linear.c.
-static int gemm(struct moe_cuda_layer *l, int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A,
-                size_t lda, const float *B, size_t ldb, float beta, float *C, size_t ldc, const char *what,
-                struct moe_err *err)
-{
-    (void)l;
-    return moe_cuda_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, what, err);
-}
-
-// nn/linear.c moe_linear_forward without bias: y (T, O) = x (T, I) w^T, w (O, I).
-static int linear_forward(struct moe_cuda_layer *l, float *y, const float *x, const float *w, size_t T, size_t I,
-                          size_t O, const char *what, struct moe_err *err)
-{
-    return gemm(l, 0, 1, T, O, I, 1.0f, x, I, w, I, 0.0f, y, O, what, err);
-}
-
-// nn/linear.c moe_linear_backward without bias: dx (T, I) += dy w (dx may be
-// NULL; beta_dx 0: written), dw (O, I) += dy^T x.
-static int linear_backward(struct moe_cuda_layer *l, float *dx, float *dw, const float *dy, const float *x,
-                           const float *w, size_t T, size_t I, size_t O, float beta_dx, const char *what,
-                           struct moe_err *err)
-{
-    int rc;
-    if (T == 0)
-        return 0;
-    if (dx && (rc = gemm(l, 0, 0, T, I, O, 1.0f, dy, O, w, I, beta_dx, dx, I, what, err)))
-        return rc;
-    return gemm(l, 1, 0, O, I, T, 1.0f, dy, O, x, I, 1.0f, dw, I, what, err);
-}
-
-// moe_cuda_dispatch_plan's result (the same plan, every field), in chunks.
-static int plan_chunked(struct moe_cuda_layer *l, size_t T, size_t S, size_t E, size_t cap, int prob,
-                        struct moe_err *err)
-{
-    return moe_cuda_dispatch_plan_chunked(&l->plan, l->idx, l->prio, T, S, E, cap, prob, l->chunk_cnt, err);
-}
 
 // ---------------------------------------------------------------- timing marks
 
@@ -266,7 +228,7 @@ int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cf
         { &l->plan.dropped, E * sizeof(size_t), "plan dropped" },
         { &l->plan.order, T * S * 4, "plan order" }, { &l->plan.kept, T * S, "plan kept" },
         { &l->plan.n_kept, E * sizeof(size_t), "plan kept counts" },
-        { &l->chunk_cnt, MOE_CUDA_PLAN_CNT(T, S, E) * sizeof(size_t), "plan chunk counts" },
+        { &l->plan.cnt, MOE_CUDA_PLAN_CNT(T, S, E) * sizeof(size_t), "plan chunk counts" },
     };
     for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
         rc = dalloc(l, b[i].p, b[i].bytes, b[i].what, err);
@@ -389,9 +351,10 @@ static int experts_forward(struct moe_cuda_layer *l, size_t N, struct moe_err *e
     int rc;
     for (size_t e = 0; e < E; e++) {
         size_t o = l->off[e], n = l->off[e + 1] - o;
-        if ((rc = linear_forward(l, l->a + o * F, l->xd + o * D, l->w1 + e * F * D, n, D, F, "expert w1", err)) ||
+        const float *xe = l->xd + o * D;
+        if ((rc = moe_cuda_linear_forward(l->a + o * F, xe, l->w1 + e * F * D, NULL, n, D, F, "expert w1", err)) ||
             (l->swiglu &&
-             (rc = linear_forward(l, l->b + o * F, l->xd + o * D, l->w3 + e * F * D, n, D, F, "expert w3", err))))
+             (rc = moe_cuda_linear_forward(l->b + o * F, xe, l->w3 + e * F * D, NULL, n, D, F, "expert w3", err))))
             return rc;
     }
     if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)) || (rc = moe_cuda_act_forward(l->act, l->hh, l->a, N * F, err)))
@@ -404,7 +367,8 @@ static int experts_forward(struct moe_cuda_layer *l, size_t N, struct moe_err *e
         return rc;
     for (size_t e = 0; e < E; e++) {
         size_t o = l->off[e], n = l->off[e + 1] - o;
-        if ((rc = linear_forward(l, l->yd + o * D, l->hh + o * F, l->w2 + e * D * F, n, F, D, "expert w2", err)))
+        if ((rc = moe_cuda_linear_forward(l->yd + o * D, l->hh + o * F, l->w2 + e * D * F, NULL, n, F, D, "expert w2",
+                                          err)))
             return rc;
     }
     return mark(l, MOE_PHASE_FFN_GEMM, err);
@@ -456,8 +420,8 @@ int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x,
             return rc;
         rin = l->xr;
     }
-    if ((rc = linear_forward(l, l->z, rin, l->wr, T, D, E, "router", err)) ||
-        (l->noisy && (rc = linear_forward(l, l->u, rin, l->wn, T, D, E, "router noise", err))))
+    if ((rc = moe_cuda_linear_forward(l->z, rin, l->wr, NULL, T, D, E, "router", err)) ||
+        (l->noisy && (rc = moe_cuda_linear_forward(l->u, rin, l->wn, NULL, T, D, E, "router noise", err))))
         return rc;
     struct moe_rng rng = moe_rng_make(seed, ri->rng, (uint32_t)step);
     struct moe_cuda_route *a = &l->route;
@@ -477,10 +441,10 @@ int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x,
                                      NULL, err)) ||
         (rc = mark(l, MOE_PHASE_ROUTER, err)))
         return rc;
-    // capacity plan (chunked: moe_cuda_dispatch_plan's result), its offsets to
+    // capacity plan (in chunks), its offsets to
     // the host (the GEMM shapes), gather
     l->cap = moe_capacity(train ? c->capacity_factor : c->eval_capacity_factor, T, S, E);
-    if ((rc = plan_chunked(l, T, S, E, l->cap, c->drop == MOE_DROP_PROB, err)) ||
+    if ((rc = moe_cuda_dispatch_plan(&l->plan, l->idx, l->prio, T, S, E, l->cap, c->drop == MOE_DROP_PROB, err)) ||
         (rc = moe_cuda_to_host(l->off, l->plan.offset, (E + 1) * sizeof(size_t), err)))
         return rc;
     const size_t N = l->off[E];
@@ -509,10 +473,10 @@ static int experts_backward(struct moe_cuda_layer *l, size_t N, struct moe_err *
         size_t o = l->off[e], n = l->off[e + 1] - o;
         if (n == 0)
             continue;
-        if ((rc = gemm(l, 0, 0, n, F, D, 1.0f, l->dyd + o * D, D, l->w2 + e * D * F, F, 0.0f, l->dh + o * F, F,
-                       "expert w2 backward (dh)", err)) ||
-            (rc = gemm(l, 1, 0, D, F, n, 1.0f, l->dyd + o * D, D, l->hh + o * F, F, 1.0f, l->gw2 + e * D * F, F,
-                       "expert w2 backward (dw2)", err)))
+        if ((rc = moe_cuda_gemm(0, 0, n, F, D, 1.0f, l->dyd + o * D, D, l->w2 + e * D * F, F, 0.0f, l->dh + o * F, F,
+                                "expert w2 backward (dh)", err)) ||
+            (rc = moe_cuda_gemm(1, 0, D, F, n, 1.0f, l->dyd + o * D, D, l->hh + o * F, F, 1.0f, l->gw2 + e * D * F, F,
+                                "expert w2 backward (dw2)", err)))
             return rc;
     }
     if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)))
@@ -532,13 +496,13 @@ static int experts_backward(struct moe_cuda_layer *l, size_t N, struct moe_err *
         if (n == 0)
             continue;
         if (l->swiglu) {
-            if ((rc = linear_backward(l, l->dxd + o * D, l->gw3 + e * F * D, l->db + o * F, l->xd + o * D,
-                                      l->w3 + e * F * D, n, D, F, 0.0f, "expert w3 backward", err)))
+            if ((rc = moe_cuda_linear_backward(l->dxd + o * D, l->gw3 + e * F * D, NULL, l->db + o * F, l->xd + o * D,
+                                               l->w3 + e * F * D, n, D, F, 0.0f, "expert w3 backward", err)))
                 return rc;
             beta = 1.0f;
         }
-        if ((rc = linear_backward(l, l->dxd + o * D, l->gw1 + e * F * D, l->da + o * F, l->xd + o * D,
-                                  l->w1 + e * F * D, n, D, F, beta, "expert w1 backward", err)))
+        if ((rc = moe_cuda_linear_backward(l->dxd + o * D, l->gw1 + e * F * D, NULL, l->da + o * F, l->xd + o * D,
+                                           l->w1 + e * F * D, n, D, F, beta, "expert w1 backward", err)))
             return rc;
     }
     return mark(l, MOE_PHASE_FFN_GEMM, err);
@@ -594,9 +558,9 @@ int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, const float *do
     float *dr = l->jittered ? l->dxr : dx;
     if (l->jittered && (rc = moe_cuda_memset(l->dxr, 0, T * D * sizeof(float), "router input gradients", err)))
         return rc;
-    if ((rc = linear_backward(l, dr, l->gwr, l->dz, rin, l->wr, T, D, E, 1.0f, "router backward", err)) ||
-        (l->noisy &&
-         (rc = linear_backward(l, dr, l->gwn, l->du, rin, l->wn, T, D, E, 1.0f, "router noise backward", err))))
+    if ((rc = moe_cuda_linear_backward(dr, l->gwr, NULL, l->dz, rin, l->wr, T, D, E, 1.0f, "router backward", err)) ||
+        (l->noisy && (rc = moe_cuda_linear_backward(dr, l->gwn, NULL, l->du, rin, l->wn, T, D, E, 1.0f,
+                                                    "router noise backward", err))))
         return rc;
     if (l->jittered && T > 0) {
         if ((rc = moe_cuda_jitter_back(dx, l->dxr, l->jit, T * D, err)))
@@ -690,7 +654,8 @@ static int dense(struct moe_cuda_layer *l, const struct shape *s, struct moe_err
     default: A = l->dz, B = l->xr, C = l->gwr; break;
     }
     size_t lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
-    return gemm(l, s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N, "dense reference", err);
+    return moe_cuda_gemm(s->ta, s->tb, s->M, s->N, s->K, 1.0f, A, lda, B, ldb, 0.0f, C, s->N, "dense reference",
+                         err);
 }
 
 int moe_cuda_layer_reference(struct moe_cuda_layer *l, int backward, double *ret_seconds,

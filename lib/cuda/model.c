@@ -14,11 +14,11 @@
 //   train/optim.c:           the clipping scale and step count, then one update
 //                            over the flat registry.
 //
-// The linear layers are the bias rows then a GEMM with beta 1 (nn/linear.c),
-// the norms, losses and optimizer ops.h's launches of the bodies the CPU
-// library is checked against, the MoE blocks cuda/layer.h's layer bound to the
-// registry's slices. Weight gradients are accumulated (beta 1) into gradients
-// cleared at the start of the step, where the CPU writes some whole (beta 0):
+// The linear layers are linear.h's (nn/linear.c's order); the norms, losses
+// and optimizer ops.h's launches of the bodies the CPU library is checked
+// against; the MoE blocks cuda/layer.h's layer bound to the registry's slices.
+// Weight gradients are accumulated (beta 1) into gradients cleared at the
+// start of the step, where the CPU writes some whole (beta 0):
 // the same values, up to the sign of a zero.
 #include <math.h>
 #include <stdio.h>
@@ -26,10 +26,10 @@
 #include <string.h>
 
 #include "core/params.h"
-#include "cuda/blas.h"
 #include "cuda/kernels/loss.h"
 #include "cuda/kernels/optim.h"
 #include "cuda/layer.h"
+#include "cuda/linear.h"
 #include "cuda/model.h"
 #include "cuda/ops.h"
 #include "model/model.h"
@@ -192,29 +192,6 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     return 0;
 }
 
-// y (T, O) = x (T, I) w^T + b (nn/linear.c moe_linear_forward: the bias rows, then beta 1).
-static int linear_forward(float *y, const float *x, const float *w, const float *b, size_t T, size_t I, size_t O,
-                          const char *what, struct moe_err *err)
-{
-    int rc = moe_cuda_bias_rows(y, O, b, T, O, err);
-    return rc ? rc : moe_cuda_gemm(0, 1, T, O, I, 1.0f, x, I, w, I, 1.0f, y, O, what, err);
-}
-
-// nn/linear.c moe_linear_backward: dx (T, I) += dy w (dx NULL: not wanted),
-// dw += dy^T x, db += dy's column sums in row order.
-static int linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
-                           size_t T, size_t I, size_t O, const char *what, struct moe_err *err)
-{
-    int rc;
-    if (T == 0)
-        return 0;
-    if (dx && (rc = moe_cuda_gemm(0, 0, T, I, O, 1.0f, dy, O, w, I, 1.0f, dx, I, what, err)))
-        return rc;
-    if ((rc = moe_cuda_gemm(1, 0, O, I, T, 1.0f, dy, O, x, I, 1.0f, dw, I, what, err)))
-        return rc;
-    return moe_cuda_bias_grad(db, dy, O, T, O, err);
-}
-
 // The trainer's global gradient norm: its units in registry order, each
 // routed expert of an expert tensor on its own.
 static int grad_norm(struct moe_cuda_model *d, double *ret, struct moe_err *err)
@@ -252,7 +229,7 @@ int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, str
         (rc = moe_cuda_memset(d->g, 0, d->numel * sizeof(float), "gradients", err)))
         return rc;
     // forward
-    if ((rc = linear_forward(d->h, d->x, W(d, d->i_win), W(d, d->i_bin), T, I, D, "input", err)))
+    if ((rc = moe_cuda_linear_forward(d->h, d->x, W(d, d->i_win), W(d, d->i_bin), T, I, D, "input", err)))
         return rc;
     double aux = 0.0;
     for (size_t l = 0; l < L; l++) {
@@ -269,7 +246,7 @@ int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, str
     float *nf = d->n + L * TD;
     if ((rc = moe_cuda_norm_forward(nf, d->mean + L * T, d->rstd + L * T, d->h + L * TD, W(d, d->i_gf),
                                     W(d, d->i_bf), T, D, NORM_EPS, err)) ||
-        (rc = linear_forward(d->y, nf, W(d, d->i_wh), W(d, d->i_bh), T, D, O, "head", err)) ||
+        (rc = moe_cuda_linear_forward(d->y, nf, W(d, d->i_wh), W(d, d->i_bh), T, D, O, "head", err)) ||
         (rc = moe_cuda_memset(d->dy, 0, T * O * sizeof(float), "dy", err)))
         return rc;
     float scale = 1.0f / (float)T;
@@ -280,8 +257,8 @@ int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, str
         return rc;
     // backward: dh holds dL/dh_l for the current l
     if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
-        (rc = linear_backward(d->dn, G(d, d->i_wh), G(d, d->i_bh), d->dy, nf, W(d, d->i_wh), T, D, O,
-                              "head backward", err)) ||
+        (rc = moe_cuda_linear_backward(d->dn, G(d, d->i_wh), G(d, d->i_bh), d->dy, nf, W(d, d->i_wh), T, D, O,
+                                       1.0f, "head backward", err)) ||
         (rc = moe_cuda_memset(d->dh, 0, TD * sizeof(float), "dh", err)) ||
         (rc = moe_cuda_norm_backward(d->dh, G(d, d->i_gf), G(d, d->i_bf), d->dn, d->h + L * TD, d->mean + L * T,
                                      d->rstd + L * T, W(d, d->i_gf), T, D, err)))
@@ -294,8 +271,8 @@ int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, str
                                          d->rstd + l * T, W(d, k->i_g), T, D, err)))
             return rc;
     }
-    if ((rc = linear_backward(NULL, G(d, d->i_win), G(d, d->i_bin), d->dh, d->x, W(d, d->i_win), T, I, D,
-                              "input backward", err)))
+    if ((rc = moe_cuda_linear_backward(NULL, G(d, d->i_win), G(d, d->i_bin), d->dh, d->x, W(d, d->i_win), T, I, D,
+                                       1.0f, "input backward", err)))
         return rc;
     // the update (train/optim.c moe_optim_step_segs over one segment)
     double gnorm;

@@ -4,7 +4,7 @@
 // and one device MoE layer (cuda/layer.h) per block bound to its slices of
 // those buffers. A step is model/mlp_moe.c's forward and backward, the
 // trainer's global gradient norm (its units and order) and train/optim.c's
-// update, each through cuda/ops.h and cuda/blas.h: the only copies are the
+// update, each through cuda/ops.h and cuda/linear.h: the only copies are the
 // batch in, and the loss, the auxiliary losses and the gradient norm's sums
 // out. Weights and moments cross to and from the host in the CPU's layout, so
 // a checkpoint written from either side is the same file.

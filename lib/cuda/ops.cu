@@ -332,44 +332,90 @@ __global__ void prob_place_kernel(int32_t *order, const float *prio, size_t T, s
     }
 }
 
-__global__ void keep_kernel(struct moe_cuda_plan p, const int32_t *idx, size_t T, size_t S, size_t E, size_t cap,
-                            int prob)
-{
-    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e < E)
-        moe_k_dispatch_keep(idx, prob ? p.order : NULL, T, S, cap, (int32_t)e, p.kept, p.routed + e, p.dropped + e,
-                            p.n_kept + e);
-}
-
 __global__ void offsets_kernel(struct moe_cuda_plan p, size_t E) { moe_k_dispatch_offsets(p.offset, p.n_kept, E); }
 
-__global__ void rows_kernel(struct moe_cuda_plan p, const int32_t *idx, size_t T, size_t S, size_t E)
+// The plan in chunks (kernels/dispatch.h moe_k_chunk_*): one thread per chunk of
+// MOE_CUDA_PLAN_CHUNK positions, one per expert for the scans over the chunks.
+__global__ void chunk_count_kernel(size_t *cnt, const int32_t *idx, const int32_t *order, const uint8_t *kept,
+                                   size_t T, size_t S, size_t E, size_t n_chunks, int rows)
 {
-    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e < E)
-        moe_k_dispatch_rows(idx, p.kept, T, S, (int32_t)e, p.offset[e], p.row_tok, p.row_slot, p.slot_row);
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_count(cnt + c * E, idx, order, kept, T, S, E, MOE_CUDA_PLAN_CHUNK, c, rows);
 }
 
-extern "C" int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio,
-                                      size_t T, size_t S, size_t E, size_t cap, int prob, struct moe_err *err)
+// keep stage: routed, dropped, n_kept per expert; rows stage: from offset[e].
+__global__ void chunk_scan_kernel(struct moe_cuda_plan p, size_t *cnt, size_t n_chunks, size_t E, size_t cap,
+                                  int rows)
 {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E)
+        return;
+    if (rows) {
+        moe_k_chunk_scan(cnt, n_chunks, E, e, p.offset[e]);
+        return;
+    }
+    size_t routed = moe_k_chunk_scan(cnt, n_chunks, E, e, 0), k = routed < cap ? routed : cap;
+    p.routed[e] = routed;
+    p.n_kept[e] = k;
+    p.dropped[e] = routed - k;
+}
+
+__global__ void chunk_keep_kernel(size_t *cnt, uint8_t *kept, const int32_t *idx, const int32_t *order, size_t T,
+                                  size_t S, size_t E, size_t cap, size_t n_chunks)
+{
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_keep(cnt + c * E, kept, idx, order, T, S, cap, MOE_CUDA_PLAN_CHUNK, c);
+}
+
+__global__ void chunk_rows_kernel(struct moe_cuda_plan p, size_t *cnt, const int32_t *idx, size_t T, size_t S,
+                                  size_t E, size_t n_chunks)
+{
+    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n_chunks)
+        moe_k_chunk_rows(cnt + c * E, idx, p.kept, T, S, MOE_CUDA_PLAN_CHUNK, c, p.row_tok, p.row_slot,
+                         p.slot_row);
+}
+
+extern "C" int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T,
+                                      size_t S, size_t E, size_t cap, int prob, struct moe_err *err)
+{
+    size_t *cnt = p->cnt;
+    const size_t nc = (T * S + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK;
+    const unsigned cb = (unsigned)((nc + 127) / 128), eb = (unsigned)((E + 63) / 64);
     int rc;
     if ((rc = check(cudaMemset(p->kept, 0, T * S), "cudaMemset (kept)", err)) ||
         (rc = check(cudaMemset(p->slot_row, 0xff, T * S * sizeof(int32_t)), "cudaMemset (slot_row)", err)))
         return rc;
+    if (nc == 0)
+        return check(cudaMemset(p->offset, 0, (E + 1) * sizeof(size_t)), "cudaMemset (offsets)", err);
+    const int32_t *order = prob ? p->order : NULL;
     if (prob) {
         prob_place_kernel<<<blocks_for(S * T, 256), 256>>>(p->order, prio, T, S);
         if ((rc = launched("prob_place_kernel", err)))
             return rc;
     }
-    keep_kernel<<<blocks_for(E, 64), 64>>>(*p, idx, T, S, E, cap, prob);
-    if ((rc = launched("keep_kernel", err)))
+    chunk_count_kernel<<<cb, 128>>>(cnt, idx, order, NULL, T, S, E, nc, 0);
+    if ((rc = launched("chunk_count_kernel (keep)", err)))
+        return rc;
+    chunk_scan_kernel<<<eb, 64>>>(*p, cnt, nc, E, cap, 0);
+    if ((rc = launched("chunk_scan_kernel (keep)", err)))
+        return rc;
+    chunk_keep_kernel<<<cb, 128>>>(cnt, p->kept, idx, order, T, S, E, cap, nc);
+    if ((rc = launched("chunk_keep_kernel", err)))
         return rc;
     offsets_kernel<<<1, 1>>>(*p, E);
     if ((rc = launched("offsets_kernel", err)))
         return rc;
-    rows_kernel<<<blocks_for(E, 64), 64>>>(*p, idx, T, S, E);
-    return launched("rows_kernel", err);
+    chunk_count_kernel<<<cb, 128>>>(cnt, idx, NULL, p->kept, T, S, E, nc, 1);
+    if ((rc = launched("chunk_count_kernel (rows)", err)))
+        return rc;
+    chunk_scan_kernel<<<eb, 64>>>(*p, cnt, nc, E, cap, 1);
+    if ((rc = launched("chunk_scan_kernel (rows)", err)))
+        return rc;
+    chunk_rows_kernel<<<cb, 128>>>(*p, cnt, idx, T, S, E, nc);
+    return launched("chunk_rows_kernel", err);
 }
 
 __global__ void gather_kernel(float *xd, const float *x, const int32_t *row_tok, const size_t *offset, size_t E,
@@ -1219,95 +1265,6 @@ extern "C" int moe_cuda_scatter(float *dx, const float *dxd, const int32_t *slot
         return 0;
     scatter_kernel<<<blocks_for(T * D, 256), 256>>>(dx, dxd, slot_row, T, S, D);
     return launched("scatter_kernel", err);
-}
-
-// ---------------------------------------------------------------- the capacity plan in chunks
-
-// moe_cuda_dispatch_plan runs its keep and rows passes one thread per expert
-// over all T S assignments: serial, milliseconds at T = 65536. The same plan
-// from kernels/dispatch.h's chunked bodies (tests/test_kernels.c: the CPU's
-// plan for any chunk size).
-
-__global__ void chunk_count_kernel(size_t *cnt, const int32_t *idx, const int32_t *order, const uint8_t *kept,
-                                   size_t T, size_t S, size_t E, size_t n_chunks, int rows)
-{
-    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (c < n_chunks)
-        moe_k_chunk_count(cnt + c * E, idx, order, kept, T, S, E, MOE_CUDA_PLAN_CHUNK, c, rows);
-}
-
-// keep stage: routed, dropped, n_kept per expert; rows stage: from offset[e].
-__global__ void chunk_scan_kernel(struct moe_cuda_plan p, size_t *cnt, size_t n_chunks, size_t E, size_t cap,
-                                  int rows)
-{
-    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= E)
-        return;
-    if (rows) {
-        moe_k_chunk_scan(cnt, n_chunks, E, e, p.offset[e]);
-        return;
-    }
-    size_t routed = moe_k_chunk_scan(cnt, n_chunks, E, e, 0), k = routed < cap ? routed : cap;
-    p.routed[e] = routed;
-    p.n_kept[e] = k;
-    p.dropped[e] = routed - k;
-}
-
-__global__ void chunk_keep_kernel(size_t *cnt, uint8_t *kept, const int32_t *idx, const int32_t *order, size_t T,
-                                  size_t S, size_t E, size_t cap, size_t n_chunks)
-{
-    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (c < n_chunks)
-        moe_k_chunk_keep(cnt + c * E, kept, idx, order, T, S, cap, MOE_CUDA_PLAN_CHUNK, c);
-}
-
-__global__ void chunk_rows_kernel(struct moe_cuda_plan p, size_t *cnt, const int32_t *idx, size_t T, size_t S,
-                                  size_t E, size_t n_chunks)
-{
-    size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (c < n_chunks)
-        moe_k_chunk_rows(cnt + c * E, idx, p.kept, T, S, MOE_CUDA_PLAN_CHUNK, c, p.row_tok, p.row_slot,
-                         p.slot_row);
-}
-
-extern "C" int moe_cuda_dispatch_plan_chunked(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio,
-                                              size_t T, size_t S, size_t E, size_t cap, int prob, size_t *cnt,
-                                              struct moe_err *err)
-{
-    const size_t nc = (T * S + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK;
-    const unsigned cb = (unsigned)((nc + 127) / 128), eb = (unsigned)((E + 63) / 64);
-    int rc;
-    if ((rc = check(cudaMemset(p->kept, 0, T * S), "cudaMemset (kept)", err)) ||
-        (rc = check(cudaMemset(p->slot_row, 0xff, T * S * sizeof(int32_t)), "cudaMemset (slot_row)", err)))
-        return rc;
-    if (nc == 0)
-        return check(cudaMemset(p->offset, 0, (E + 1) * sizeof(size_t)), "cudaMemset (offsets)", err);
-    const int32_t *order = prob ? p->order : NULL;
-    if (prob) {
-        prob_place_kernel<<<blocks_for(S * T, 256), 256>>>(p->order, prio, T, S);
-        if ((rc = launched("prob_place_kernel", err)))
-            return rc;
-    }
-    chunk_count_kernel<<<cb, 128>>>(cnt, idx, order, NULL, T, S, E, nc, 0);
-    if ((rc = launched("chunk_count_kernel (keep)", err)))
-        return rc;
-    chunk_scan_kernel<<<eb, 64>>>(*p, cnt, nc, E, cap, 0);
-    if ((rc = launched("chunk_scan_kernel (keep)", err)))
-        return rc;
-    chunk_keep_kernel<<<cb, 128>>>(cnt, p->kept, idx, order, T, S, E, cap, nc);
-    if ((rc = launched("chunk_keep_kernel", err)))
-        return rc;
-    offsets_kernel<<<1, 1>>>(*p, E);
-    if ((rc = launched("offsets_kernel", err)))
-        return rc;
-    chunk_count_kernel<<<cb, 128>>>(cnt, idx, NULL, p->kept, T, S, E, nc, 1);
-    if ((rc = launched("chunk_count_kernel (rows)", err)))
-        return rc;
-    chunk_scan_kernel<<<eb, 64>>>(*p, cnt, nc, E, cap, 1);
-    if ((rc = launched("chunk_scan_kernel (rows)", err)))
-        return rc;
-    chunk_rows_kernel<<<cb, 128>>>(*p, cnt, idx, T, S, E, nc);
-    return launched("chunk_rows_kernel", err);
 }
 
 // ---------------------------------------------------------------- dropout (kernels/dropout.h)

@@ -99,14 +99,17 @@ int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, co
 // The capacity plan for T tokens of S slots over E experts from idx, prio
 // (T, S) (moe/dispatch.c moe_dispatch_plan): row_tok, row_slot (T * S: the
 // first offset[E] rows are used), slot_row (T, S), offset (E + 1), routed,
-// dropped (E). prob: MOE_DROP_PROB (else token order). Scratch: order (S, T),
-// kept (T * S bytes), n_kept (E).
+// dropped (E). prob: MOE_DROP_PROB (else token order). Computed in chunks of
+// MOE_CUDA_PLAN_CHUNK positions (kernels/dispatch.h moe_k_chunk_*). Scratch:
+// order (S, T), kept (T * S bytes), n_kept (E), cnt (MOE_CUDA_PLAN_CNT(T, S, E)).
+#define MOE_CUDA_PLAN_CHUNK 256
+#define MOE_CUDA_PLAN_CNT(T, S, E) ((((size_t)(T) * (S) + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK) * (E))
 struct moe_cuda_plan {
     int32_t *row_tok, *row_slot, *slot_row;
     size_t *offset, *routed, *dropped;
     int32_t *order;
     uint8_t *kept;
-    size_t *n_kept;
+    size_t *n_kept, *cnt;
 };
 int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T, size_t S,
                            size_t E, size_t cap, int prob, struct moe_err *err);
@@ -240,16 +243,6 @@ int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err);
 int moe_cuda_swiglu_back(float *db, float *dh, const float *b, size_t n, struct moe_err *err);
 int moe_cuda_scatter(float *dx, const float *dxd, const int32_t *slot_row, size_t T, size_t S, size_t D,
                      struct moe_err *err);
-
-// moe_cuda_dispatch_plan's plan, every field, computed in chunks of
-// MOE_CUDA_PLAN_CHUNK positions (kernels/dispatch.h moe_k_chunk_*): one thread
-// per chunk counts its assignments per expert, one thread per expert scans
-// those counts over the chunks, one thread per chunk decides keep and rows.
-// Scratch: cnt, MOE_CUDA_PLAN_CNT(T, S, E) size_t.
-#define MOE_CUDA_PLAN_CHUNK 256
-#define MOE_CUDA_PLAN_CNT(T, S, E) ((((size_t)(T) * (S) + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK) * (E))
-int moe_cuda_dispatch_plan_chunked(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T,
-                                   size_t S, size_t E, size_t cap, int prob, size_t *cnt, struct moe_err *err);
 
 // Inverted dropout (nn/dropout.c; kernels/dropout.h) at one site: nn/nn.h's
 // struct moe_dropout, field for field (p = 0: off, nothing is launched).

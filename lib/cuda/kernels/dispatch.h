@@ -5,11 +5,14 @@
 //      place among the tokens of its slot, by priority, ties to the lower token
 //      (GShard's first choices before second choices, batch-prioritised within
 //      a slot: Lepikhin et al. 2020; Riquelme et al. 2021);
-//   2. keep: one thread per expert walks the slots in keep order and keeps the
-//      first `cap` assignments to it (routed, dropped and kept counts);
-//   3. offsets: one thread, the prefix sums of the kept counts;
-//   4. rows: one thread per expert lays its kept assignments out in token
-//      order, from its offset;
+//   2. keep, 3. offsets, 4. rows: the plan in chunks of consecutive positions
+//      (below): one thread per chunk counts its assignments per expert, one
+//      thread per expert scans those counts over the chunks in order, one
+//      thread per chunk decides its assignments from the counts before it:
+//      kept iff fewer than `cap` assignments to the expert came before in keep
+//      order; then the offsets (one thread: prefix sums of the kept counts);
+//      then the rows, each expert's kept assignments in token order from its
+//      offset;
 //   5. gather: one thread per (row, column) copies a token's input to its row;
 //   6. combine: one thread per (token, column) adds its slots' gated outputs
 //      in slot order (no atomics: each output value has one writer).
@@ -40,34 +43,6 @@ static inline MOE_HD size_t moe_k_prob_place(const float *prio, size_t T, size_t
     return before;
 }
 
-// 2. Expert e's keep pass over idx (T, S): slots in order, within a slot the
-// tokens in order (order (S, T) from 1, or NULL: token order). Marks kept
-// assignments in kept (T, S) (1; the caller cleared it to 0) and returns the
-// counts of assignments routed to e, dropped for capacity, and kept.
-static inline MOE_HD void moe_k_dispatch_keep(const int32_t *idx, const int32_t *order, size_t T, size_t S, size_t cap,
-                                              int32_t e, uint8_t *kept, size_t *routed, size_t *dropped,
-                                              size_t *n_kept)
-{
-    size_t r = 0, d = 0, k = 0;
-    for (size_t s = 0; s < S; s++) {
-        for (size_t j = 0; j < T; j++) {
-            size_t t = order ? (size_t)order[s * T + j] : j, i = t * S + s;
-            if (idx[i] != e)
-                continue;
-            r++;
-            if (k < cap) {
-                k++;
-                kept[i] = 1;
-            } else {
-                d++;
-            }
-        }
-    }
-    *routed = r;
-    *dropped = d;
-    *n_kept = k;
-}
-
 // 3. offset (E + 1) from the kept counts (E); returns the kept rows, offset[E].
 static inline MOE_HD size_t moe_k_dispatch_offsets(size_t *offset, const size_t *n_kept, size_t E)
 {
@@ -75,26 +50,6 @@ static inline MOE_HD size_t moe_k_dispatch_offsets(size_t *offset, const size_t 
     for (size_t e = 0; e < E; e++)
         offset[e + 1] = offset[e] + n_kept[e];
     return offset[E];
-}
-
-// 4. Expert e's rows: its kept assignments in token order (then slot order)
-// from offset[e]: row_tok, row_slot per row, slot_row per assignment (-1 for
-// every assignment not kept: the caller fills slot_row with -1 first).
-static inline MOE_HD void moe_k_dispatch_rows(const int32_t *idx, const uint8_t *kept, size_t T, size_t S,
-                                              int32_t e, size_t offset, int32_t *row_tok, int32_t *row_slot,
-                                              int32_t *slot_row)
-{
-    size_t r = offset;
-    for (size_t t = 0; t < T; t++)
-        for (size_t s = 0; s < S; s++) {
-            size_t i = t * S + s;
-            if (idx[i] != e || !kept[i])
-                continue;
-            row_tok[r] = (int32_t)t;
-            row_slot[r] = (int32_t)s;
-            slot_row[i] = (int32_t)r;
-            r++;
-        }
 }
 
 // 5. xd[r, c] = x[row_tok[r], c].
@@ -135,16 +90,15 @@ static inline MOE_HD void moe_k_combine_backward(float *dyd, float *dgate, const
         dgate[ts] += (float)acc;
 }
 
-// 2-4 for wide batches, in chunks: the one-thread-per-expert passes above walk
-// all T S assignments serially (milliseconds at T = 65536). The same plan
-// in chunks of ch consecutive positions: (a) one thread per chunk counts its
-// assignments per expert; (b) one thread per expert scans those counts over
-// the chunks in order; (c) one thread per chunk decides its assignments from
-// the counts before it. Keep pass: positions in keep order (slot-major; within
-// a slot `order`, or token order), kept iff fewer than cap assignments to the
-// expert came before. Rows: positions = assignments t S + s, only the kept
-// ones, each to the next row of its expert's block. Counting only: the plan
-// is the same, whatever ch (tests/test_kernels.c checks against the CPU).
+// 2-4 in chunks of ch consecutive positions: (a) one thread per chunk counts
+// its assignments per expert; (b) one thread per expert scans those counts
+// over the chunks in order; (c) one thread per chunk decides its assignments
+// from the counts before it. Keep pass: positions in keep order (slot-major;
+// within a slot `order`, or token order), kept iff fewer than cap assignments
+// to the expert came before. Rows: positions = assignments t S + s, only the
+// kept ones, each to the next row of its expert's block. Counting only: the
+// plan is the same whatever ch (tests/test_kernels.c checks chunk sizes from 1
+// to past T S against the CPU), and no thread walks all T S positions.
 
 // Position q of the keep order -> its assignment t S + s.
 static inline MOE_HD size_t moe_k_keep_at(const int32_t *order, size_t T, size_t S, size_t q)
