@@ -23,14 +23,17 @@
 // emulation, whose GEMM, exp and tanh are the CPU library's: there every
 // value must be the CPU's, bit for bit (zeros of either sign equal).
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/rng.h"
 #include "cuda/model.h"
 #include "cuda_test.h"
 #include "io/config.h"
+#include "io/safetensors.h"
 #include "model/model.h"
 #include "train/train.h"
 
@@ -221,6 +224,206 @@ static void test_refusals(void)
     }
 }
 
+// ---- the trainer with its steps on the device (train.h hooks->device) ----
+// A run's metrics rows (every field the CSV writes that a step can change, as
+// 17 digits) and its final weights and moments.
+struct outcome {
+    char *rows;
+    size_t len, cap, ckpt_len;
+    float *w, *m, *v;
+    size_t numel;
+    int rc;
+    struct moe_err err;
+};
+
+struct tctx {
+    struct outcome *o;
+    struct moe_model *m;
+    const char *path;
+    uint64_t stop_at_step; // raise stop at this step's checkpoint (0: never)
+    int frozen;            // hand the trainer a frozen list (nothing in it frozen)
+    volatile sig_atomic_t stop;
+};
+
+static int on_row(void *p, const struct moe_eval_row *r, struct moe_err *err)
+{
+    (void)err;
+    struct outcome *o = ((struct tctx *)p)->o;
+    char line[1024];
+    int n = snprintf(line, sizeof line, "%llu,%llu,%s,%zu,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g,"
+                     "%.17g,%.17g,%.17g\n",
+                     (unsigned long long)r->step, (unsigned long long)r->epoch, r->split, r->n, r->loss, r->mse,
+                     r->accuracy, r->aux_loss, r->z_loss, r->load_cv, r->importance_cv, r->load_max_mean,
+                     r->dropped_fraction, r->router_entropy, r->expert_label_mi, r->gate_entropy, r->active_experts);
+    if (o->len + (size_t)n + 1 > o->cap) {
+        o->cap = 2 * (o->len + (size_t)n + 1);
+        if (!(o->rows = realloc(o->rows, o->cap)))
+            abort();
+    }
+    memcpy(o->rows + o->len, line, (size_t)n + 1);
+    o->len += (size_t)n;
+    return 0;
+}
+
+static int on_checkpoint(void *p, const struct moe_train_ckpt *ck, struct moe_err *err)
+{
+    struct tctx *c = p;
+    c->o->ckpt_len = c->o->len;
+    if (c->stop_at_step && ck->pos.steps == c->stop_at_step)
+        c->stop = 1;
+    return c->path ? moe_train_checkpoint_write(c->path, c->m, ck, NULL, 0, NULL, 0, err) : 0;
+}
+
+static float *copy_of(const float *x, size_t n)
+{
+    if (!x)
+        return NULL;
+    float *y = malloc(n * sizeof *y);
+    if (!y)
+        abort();
+    memcpy(y, x, n * sizeof *y);
+    return y;
+}
+
+// Train json + ovs on the device (device) or the CPU; resume from c->path
+// when resume is set; checkpoints to c->path (when set) after every step.
+static void train_run(const char *json, const char *const *ovs, size_t n_ovs, int device, struct tctx *c,
+                      int resume)
+{
+    struct moe_err err;
+    struct moe_config cfg;
+    if (moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), json, "test", ovs, n_ovs, &err))
+        die(&err);
+    struct moe_data data;
+    struct moe_model_hp hp;
+    struct moe_model m;
+    if (moe_data_load(&data, &cfg, &err) || moe_model_hp_parse(&hp, &cfg, &err))
+        die(&err);
+    size_t max_batch = data.train.n > data.test.n ? data.train.n : data.test.n;
+    if (moe_model_create(&m, &cfg, NULL, data.train.task, data.train.n_in, data.train.n_out, max_batch, &err))
+        die(&err);
+    moe_model_init_weights(&m, (uint64_t)moe_cfg_int(&cfg, "train.seed"));
+    struct moe_st_file f = { 0 };
+    if (resume && (moe_safetensors_open(c->path, &f, &err) || moe_model_load(&m, &f, 1, &err)))
+        die(&err);
+    c->m = &m;
+    struct moe_train_device dv = { .id = 0, .hp = &hp };
+    uint8_t *frozen = c->frozen ? calloc(m.params.n, 1) : NULL;
+    struct moe_train_hooks h = { .row = on_row, .ctx = c, .checkpoint = on_checkpoint, .stop = &c->stop,
+                                 .resume = resume ? &f : NULL, .device = device ? &dv : NULL, .frozen = frozen };
+    struct moe_train_result res;
+    c->o->rc = moe_train_ex(&m, &data, &cfg, &h, &res, &c->o->err);
+    c->o->numel = m.params.numel;
+    free(c->o->w);
+    c->o->w = copy_of(m.params.data, m.params.numel);
+    free(frozen);
+    moe_safetensors_close(&f);
+    moe_model_release(&m);
+    moe_data_release(&data);
+    moe_config_release(&cfg);
+}
+
+static void outcome_free(struct outcome *o)
+{
+    free(o->rows), free(o->w), free(o->m), free(o->v);
+    memset(o, 0, sizeof *o);
+}
+
+// The rows and weights of b against those of a (the CPU's): on the host
+// emulation the same bytes; on a GPU the same rows with losses within 1e-3.
+static void same_run(const char *what, const struct outcome *dv, const struct outcome *cpu)
+{
+    EXPECT(dv->rc == 0 && cpu->rc == 0, "%s: rc %d (%s), cpu rc %d (%s)", what, dv->rc, dv->err.msg, cpu->rc,
+           cpu->err.msg);
+    if (dv->rc || cpu->rc)
+        return;
+    int same = dv->len == cpu->len && memcmp(dv->rows, cpu->rows, cpu->len) == 0;
+    printf("# %s: %zu bytes of metrics rows, %s\n", what, cpu->len, same ? "identical" : "different");
+    if (EXACT)
+        EXPECT(same, "%s: metrics rows differ:\n--- device\n%s--- cpu\n%s", what, dv->rows, cpu->rows);
+    compare(what, "final weights", dv->w, cpu->w, cpu->numel, 1e-3);
+}
+
+static const char *const TRAIN_CFG =
+    "{\"data\": {\"source\": \"synthetic\", \"synthetic\": {\"kind\": \"classes\", \"n_train\": 200,"
+    " \"n_test\": 64, \"n_valid\": 40, \"n_in\": 6, \"n_regions\": 4}},"
+    " \"model\": {\"type\": \"mlp-moe\", \"n_embd\": 8, \"n_layer\": 2, \"n_ff\": 8, \"n_expert\": 4,"
+    " \"n_expert_used\": 2},"
+    " \"moe\": {\"router\": \"noisy-topk\", \"aux_loss\": \"switch\", \"capacity_factor\": 1.0, \"z_weight\": 0.001},"
+    " \"optim\": {\"type\": \"adamw\", \"lr\": 0.01, \"batch_size\": 16, \"schedule\": \"cosine\", \"warmup_steps\": 3},"
+    " \"train\": {\"seed\": 5, \"epochs\": 3, \"log_every\": 5}}";
+
+// A run on the device against the same run on the CPU; a regression run
+// with another router; then stops and resumes across the two: a CPU run
+// stopped at a step and resumed on the device, and the other way round, each
+// against the CPU's uninterrupted run.
+static void test_trainer(void)
+{
+    static const char *const none[] = { "train.shuffle=true" };
+    static const char *const reg[] = { "data.synthetic.kind=regions", "model.type=mlp-moe", "moe.router=switch",
+                                       "model.n_expert_used=1", "model.norm=rmsnorm",
+                                       "model.ffn_activation=swiglu", "optim.type=sgd", "optim.momentum=0.9",
+                                       "optim.lr=0.05", "optim.clip=0.5" };
+    const struct {
+        const char *name;
+        const char *const *ovs;
+        size_t n;
+    } runs[] = { { "trainer noisy-topk classes", none, 1 }, { "trainer switch regression", reg, 10 } };
+    for (size_t i = 0; i < 2; i++) {
+        struct outcome a = { 0 }, b = { 0 };
+        struct tctx ca = { .o = &a }, cb = { .o = &b };
+        train_run(TRAIN_CFG, runs[i].ovs, runs[i].n, 0, &ca, 0);
+        train_run(TRAIN_CFG, runs[i].ovs, runs[i].n, 1, &cb, 0);
+        same_run(runs[i].name, &b, &a);
+        outcome_free(&a), outcome_free(&b);
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/moe-test-cuda-ckpt-%ld.safetensors", (long)getpid());
+    static const char *const every[] = { "train.checkpoint_every=1" };
+    struct outcome ref = { 0 };
+    struct tctx cr = { .o = &ref };
+    train_run(TRAIN_CFG, every, 1, 0, &cr, 0);
+    const struct {
+        uint64_t at;
+        int first, second; // devices of the stopped run and of the resumed one
+    } cut[] = { { 7, 0, 1 }, { 13, 1, 0 }, { 20, 1, 1 } };
+    for (size_t i = 0; i < 3; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "stop at step %llu on the %s, resume on the %s", (unsigned long long)cut[i].at,
+                 cut[i].first ? "device" : "cpu", cut[i].second ? "device" : "cpu");
+        struct outcome o = { 0 };
+        struct tctx c1 = { .o = &o, .path = path, .stop_at_step = cut[i].at };
+        train_run(TRAIN_CFG, every, 1, cut[i].first, &c1, 0);
+        EXPECT(o.rc == MOE_EINTR, "%s: expected a stop, got rc %d (%s)", what, o.rc, o.err.msg);
+        o.len = o.ckpt_len;
+        o.rows[o.len] = '\0';
+        struct tctx c2 = { .o = &o, .path = path };
+        train_run(TRAIN_CFG, every, 1, cut[i].second, &c2, 1);
+        same_run(what, &o, &ref);
+        outcome_free(&o);
+    }
+    remove(path);
+    outcome_free(&ref);
+    // what the trainer refuses on the device, before any step
+    static const char *const acc[] = { "train.accumulate=2" };
+    const struct {
+        const char *const *ovs;
+        size_t n;
+        int frozen;
+        const char *want;
+    } bad[] = { { acc, 1, 0, "key 'train.accumulate': gradient accumulation is not on the CUDA device yet" },
+                { NULL, 0, 1, "partial fine-tuning is not on the CUDA device yet" } };
+    for (size_t i = 0; i < 2; i++) {
+        struct outcome o = { 0 };
+        struct tctx c = { .o = &o, .frozen = bad[i].frozen };
+        train_run(TRAIN_CFG, bad[i].ovs, bad[i].n, 1, &c, 0);
+        printf("# trainer refusal %zu: rc %d: %s\n", i, o.rc, o.err.msg);
+        EXPECT(o.rc == MOE_ECONFIG && strstr(o.err.msg, bad[i].want), "trainer refusal %zu: rc %d: %s", i, o.rc,
+               o.err.msg);
+        outcome_free(&o);
+    }
+}
+
 int main(void)
 {
     int rc = cuda_test_begin();
@@ -246,6 +449,7 @@ int main(void)
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         run_case(&cases[i]);
     test_refusals();
+    test_trainer();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }

@@ -31,6 +31,7 @@
 #include "cuda/linear.h"
 #include "cuda/ops.h"
 #include "moe/moe_layer.h"
+#include "moe/route_stats.h"
 
 #define LAYER_STRIDE ((uint64_t)1 << 40) // as moe_layer.c: random-draw index offset between layers
 #define MAX_MARKS 32                     // phase boundaries per pass (forward + backward use about 16)
@@ -586,6 +587,24 @@ int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *
         *ret_aux = l->aux_value;
     if (ret_z)
         *ret_z = l->z_value;
+    return 0;
+}
+
+int moe_cuda_layer_route_acc(const struct moe_cuda_layer *l, struct moe_route_acc *acc, const int32_t *label,
+                             struct moe_route *r, struct moe_dispatch *plan, struct moe_err *err)
+{
+    const size_t T = l->T, E = l->E, S = l->S, f = sizeof(float);
+    int rc;
+    if ((rc = moe_cuda_to_host(r->sel, l->sel, T * S * sizeof(int32_t), err)) ||
+        (rc = moe_cuda_to_host(r->idx, l->idx, T * S * sizeof(int32_t), err)) ||
+        (rc = moe_cuda_to_host(r->gate, l->gate, T * S * f, err)) ||
+        (rc = moe_cuda_to_host(r->prio, l->prio, T * S * f, err)) ||
+        (rc = moe_cuda_to_host(r->p, l->p, T * E * f, err)) || (rc = moe_cuda_to_host(r->lse, l->lse, T * f, err)) ||
+        (rc = moe_cuda_to_host(plan->routed, l->plan.routed, E * sizeof(size_t), err)) ||
+        (rc = moe_cuda_to_host(plan->dropped, l->plan.dropped, E * sizeof(size_t), err)))
+        return rc;
+    r->T = T, r->E = E, r->S = S;
+    moe_route_acc_add(acc, r, plan, label, l->aux_value, l->z_value, moe_router_info(l->c.router.type)->probs);
     return 0;
 }
 

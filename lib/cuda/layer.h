@@ -15,8 +15,8 @@
 // their gradients. Refused with a one-line error (moe_cuda_layer_create):
 // hash routing and expert choice, bias balancing, shared experts, Shazeer's
 // importance and load losses, expert hidden dropout, and expert parallelism.
-// Not here: the rest of a model (the model step still runs on the CPU only),
-// the language-router input (moe_layer's radd), routing statistics.
+// Not here: the rest of a model (cuda/model.h), the language-router input
+// (moe_layer's radd).
 //
 // Built only with CUDA; a build without it links lib/cuda/layer_none.c,
 // whose moe_cuda_layer_create says so.
@@ -36,6 +36,9 @@ extern "C" {
 
 struct moe_layer_cfg;
 struct moe_cuda_layer;
+struct moe_route;
+struct moe_route_acc;
+struct moe_dispatch;
 
 // A device layer for batches of up to T_max tokens with the settings of c
 // (moe_layer_cfg_parse's, or the model's first sparse layer's), every buffer
@@ -81,6 +84,13 @@ int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, const float *do
 // unweighted aux and z values (aux NaN for none).
 int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *idx, float *gate, size_t *ret_rows,
                          double *ret_aux, double *ret_z, struct moe_err *err);
+// The last forward's routing statistics added to acc as moe_layer_forward adds
+// them (moe/route_stats.h moe_route_acc_add): its sel, idx, gate, prio, p and
+// lse and the plan's per-expert counts copied into r and plan, host buffers
+// for at least the forward's tokens (moe_route_alloc, moe_dispatch_alloc),
+// whose other fields are not used; label (T) the tokens' labels, or NULL.
+int moe_cuda_layer_route_acc(const struct moe_cuda_layer *l, struct moe_route_acc *acc, const int32_t *label,
+                             struct moe_route *r, struct moe_dispatch *plan, struct moe_err *err);
 size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l);
 
 // Timing by phase (CUDA events at the phase boundaries of forward and

@@ -1,10 +1,12 @@
-// layer_none.c: the device layer (cuda/layer.h) and ops.h's device memory
-// functions in a build without CUDA, so that callers (moe bench) link the
-// same way in every build. Creating a layer or allocating device memory fails
-// with the reason; the rest is never reached without a layer and does nothing.
-// `moe bench --device cuda` is refused before any of this by the --device
-// check (cmd/cli.c), which probes the backend table.
+// layer_none.c: the device layer (cuda/layer.h), the device model
+// (cuda/model.h) and ops.h's device memory functions in a build without
+// CUDA, so that callers (moe bench, the trainer) link the same way in every
+// build. Creating a layer or a model or allocating device memory fails with
+// the reason; the rest is never reached without one. `--device cuda` is
+// refused before any of this by the --device check (cmd/cli.c), which probes
+// the backend table.
 #include "cuda/layer.h"
+#include "cuda/model.h"
 #include "cuda/ops.h"
 
 #define NONE "this build has no CUDA backend; 'meson setup -Dcuda=enabled BUILDDIR'"
@@ -137,5 +139,57 @@ int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err 
 int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
     (void)dst, (void)src, (void)bytes;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_layer_route_acc(const struct moe_cuda_layer *l, struct moe_route_acc *acc, const int32_t *label,
+                             struct moe_route *r, struct moe_dispatch *plan, struct moe_err *err)
+{
+    (void)l, (void)acc, (void)label, (void)r, (void)plan;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+// The device model (cuda/model.h): never created without CUDA.
+int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m, const struct moe_model_hp *hp,
+                          const struct moe_optim *o, size_t T_max, struct moe_err *err)
+{
+    (void)m, (void)hp, (void)o, (void)T_max;
+    *ret = NULL;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+void moe_cuda_model_free(struct moe_cuda_model *d) { (void)d; }
+
+int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
+                        double *ret_gnorm, struct moe_err *err)
+{
+    (void)d, (void)b, (void)ret_loss, (void)ret_aux, (void)ret_gnorm;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_model_update(struct moe_cuda_model *d, struct moe_optim *o, double gnorm, struct moe_err *err)
+{
+    (void)d, (void)o, (void)gnorm;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_optim *o, double *ret_loss,
+                        double *ret_aux, double *ret_gnorm, struct moe_err *err)
+{
+    (void)d, (void)b, (void)o, (void)ret_loss, (void)ret_aux, (void)ret_gnorm;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s,
+                         struct moe_err *err)
+{
+    (void)d, (void)b, (void)s;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_model_download(const struct moe_cuda_model *d, struct moe_model *m, struct moe_optim *o,
+                            struct moe_err *err)
+{
+    (void)d, (void)m, (void)o;
     return moe_error(err, MOE_EINVAL, NONE);
 }

@@ -34,6 +34,8 @@
 #include "cuda/ops.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
+#include "moe/route_stats.h"
+#include "nn/nn.h"
 #include "train/train.h"
 
 #define NORM_EPS 1e-5f // model/model.c's epsilon of the block norms
@@ -61,6 +63,15 @@ struct moe_cuda_model {
     float *dh, *dn;              // (T_max, D)
     double *part, *lse, *sq;     // cross-entropy's blocks and rows; the sum of squares' scratch
     uint64_t seed;
+    enum moe_task task;
+    double loss;                 // the last pass's summed loss (moe_cuda_model_stats)
+    size_t T;                    // its rows
+    // host scratch of moe_cuda_model_stats: the head's outputs and
+    // probabilities, one-hot targets, one layer's routing and plan counts
+    float *yh, *pred, *onehot;
+    struct moe_route hr;
+    struct moe_dispatch hplan;
+    int has_host;
 };
 
 static int dalloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err)
@@ -92,6 +103,11 @@ void moe_cuda_model_free(struct moe_cuda_model *d)
         moe_cuda_layer_free(d->blk[l].moe);
     for (int i = 0; i < d->n_mem; i++)
         moe_cuda_free(d->mem[i]);
+    free(d->yh), free(d->pred), free(d->onehot);
+    if (d->has_host) {
+        moe_route_release(&d->hr);
+        moe_dispatch_release(&d->hplan);
+    }
     free(d->blk);
     free(d);
 }
@@ -131,6 +147,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     d->ce = strcmp(m->loss_name, "ce") == 0;
     d->opt = o->type;
     d->seed = m->seed;
+    d->task = m->task;
     d->i_win = moe_params_find(p, "input.weight"), d->i_bin = moe_params_find(p, "input.bias");
     d->i_gf = moe_params_find(p, "norm.weight"), d->i_bf = moe_params_find(p, "norm.bias");
     d->i_wh = moe_params_find(p, "head.weight"), d->i_bh = moe_params_find(p, "head.bias");
@@ -178,6 +195,20 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
                             W(d, ml->i_w2), G(d, ml->i_router), G(d, ml->i_noise), G(d, ml->i_w1), G(d, ml->i_w3),
                             G(d, ml->i_w2));
     }
+    size_t E = 1, S = 1;
+    for (size_t l = 0; !rc && l < L; l++) {
+        E = m->moe_layers[l]->c.router.E > E ? m->moe_layers[l]->c.router.E : E;
+        S = moe_cuda_layer_slots(d->blk[l].moe) > S ? moe_cuda_layer_slots(d->blk[l].moe) : S;
+    }
+    if (!rc && (!(d->yh = malloc(T * d->O * f)) || !(d->pred = malloc(T * d->O * f)) ||
+                !(d->onehot = calloc(T * d->O, f))))
+        rc = moe_error(err, MOE_ENOMEM, "out of memory for the statistics' host buffers (%zu x %zu)", T, d->O);
+    if (!rc && !(rc = moe_route_alloc(&d->hr, T, E, S, 0, err))) {
+        if ((rc = moe_dispatch_alloc(&d->hplan, T, S, E, err)))
+            moe_route_release(&d->hr);
+        else
+            d->has_host = 1;
+    }
     if (!rc)
         rc = moe_cuda_to_device(d->w, p->data, n, err);
     if (!rc && d->m)
@@ -213,12 +244,13 @@ static int grad_norm(struct moe_cuda_model *d, double *ret, struct moe_err *err)
     return 0;
 }
 
-int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_optim *o, double *ret_loss,
-                        double *ret_aux, double *ret_gnorm, struct moe_err *err)
+int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
+                        double *ret_gnorm, struct moe_err *err)
 {
     const size_t T = b->n, I = d->I, D = d->D, O = d->O, L = d->L, TD = T * D;
     int rc;
     *ret_loss = *ret_aux = *ret_gnorm = 0.0;
+    d->T = 0;
     if (T > d->T_max)
         return moe_error(err, MOE_EINVAL, "batch of %zu rows exceeds the device model's maximum %zu", T, d->T_max);
     if (b->kd)
@@ -255,6 +287,7 @@ int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, str
                : moe_cuda_mse(&loss, d->dy, d->y, d->target, T * O, scale, d->part, err);
     if (rc)
         return rc;
+    d->loss = loss, d->T = T;
     // backward: dh holds dL/dh_l for the current l
     if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
         (rc = moe_cuda_linear_backward(d->dn, G(d, d->i_wh), G(d, d->i_bh), d->dy, nf, W(d, d->i_wh), T, D, O,
@@ -274,14 +307,17 @@ int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, str
     if ((rc = moe_cuda_linear_backward(NULL, G(d, d->i_win), G(d, d->i_bin), d->dh, d->x, W(d, d->i_win), T, I, D,
                                        1.0f, "input backward", err)))
         return rc;
-    // the update (train/optim.c moe_optim_step_segs over one segment)
     double gnorm;
     if ((rc = grad_norm(d, &gnorm, err)))
         return rc;
     *ret_loss = loss, *ret_aux = aux, *ret_gnorm = gnorm;
-    if (!isfinite(gnorm))
-        return moe_error(err, MOE_ENUMERIC, "step %llu: the gradient norm on the device is not finite (%g)",
-                         (unsigned long long)b->step + 1, gnorm);
+    return 0;
+}
+
+// train/optim.c moe_optim_step_segs over one segment: the clipping scale, the
+// step count, one update over the flat registry.
+int moe_cuda_model_update(struct moe_cuda_model *d, struct moe_optim *o, double gnorm, struct moe_err *err)
+{
     float clip_scale = o->clip > 0.0 && gnorm > o->clip ? (float)(o->clip / gnorm) : 1.0f;
     o->t++;
     struct moe_k_optim k;
@@ -289,6 +325,54 @@ int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, str
                                                                                                     : MOE_K_GD;
     moe_k_optim_setup(&k, kt, o->lr, o->weight_decay, o->momentum, o->beta1, o->beta2, o->eps, o->t, clip_scale);
     return moe_cuda_optim_update(&k, d->w, d->g, d->m, d->v, d->numel, err);
+}
+
+int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_optim *o, double *ret_loss,
+                        double *ret_aux, double *ret_gnorm, struct moe_err *err)
+{
+    int rc = moe_cuda_model_grad(d, b, ret_loss, ret_aux, ret_gnorm, err);
+    if (rc)
+        return rc;
+    if (!isfinite(*ret_gnorm))
+        return moe_error(err, MOE_ENUMERIC, "step %llu: the gradient norm on the device is not finite (%g)",
+                         (unsigned long long)b->step + 1, *ret_gnorm);
+    return moe_cuda_model_update(d, o, *ret_gnorm, err);
+}
+
+// model.c moe_model_head_loss's statistics (the head's outputs, softmax for
+// cross-entropy, moe_stats_add_predictions against the targets, one-hot for
+// classes; the loss) and each layer's routing (moe_layer_forward's
+// moe_route_acc_add, labels as mlp_moe.c gives them), in the CPU's order.
+int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s,
+                         struct moe_err *err)
+{
+    const size_t T = d->T, O = d->O;
+    const int cls = d->task == MOE_TASK_CLASSIFICATION;
+    if (!T || T != b->n)
+        return moe_error(err, MOE_EINVAL, "CUDA model: no pass of %zu rows to take statistics of", b->n);
+    const int32_t *label = cls ? b->label : b->group;
+    for (size_t l = 0; l < d->L && l < s->n_route; l++) {
+        int rc = moe_cuda_layer_route_acc(d->blk[l].moe, &s->route[l], label, &d->hr, &d->hplan, err);
+        if (rc)
+            return rc;
+    }
+    int rc = moe_cuda_to_host(d->yh, d->y, T * O * sizeof(float), err);
+    if (rc)
+        return rc;
+    const float *y = d->yh, *target = b->y;
+    if (cls) {
+        memset(d->onehot, 0, T * O * sizeof(float));
+        for (size_t t = 0; t < T; t++)
+            d->onehot[t * O + (size_t)b->label[t]] = 1.0f;
+        target = d->onehot;
+    }
+    if (d->ce) {
+        moe_softmax_forward(d->pred, NULL, y, T, O);
+        y = d->pred;
+    }
+    moe_stats_add_predictions(s, y, target, cls ? b->label : NULL, T, O);
+    s->loss += d->loss;
+    return 0;
 }
 
 int moe_cuda_model_download(const struct moe_cuda_model *d, struct moe_model *m, struct moe_optim *o,

@@ -6,7 +6,7 @@
 // trainer's global gradient norm (its units and order) and train/optim.c's
 // update, each through cuda/ops.h and cuda/linear.h: the only copies are the
 // batch in, and the loss, the auxiliary losses and the gradient norm's sums
-// out. Weights and moments cross to and from the host in the CPU's layout, so
+// out (and the training statistics' inputs when asked: moe_cuda_model_stats). Weights and moments cross to and from the host in the CPU's layout, so
 // a checkpoint written from either side is the same file.
 //
 // What it covers: mlp-moe with every block sparse (model.moe_every 1), the
@@ -29,6 +29,7 @@ struct moe_model;
 struct moe_model_hp;
 struct moe_optim;
 struct moe_batch;
+struct moe_stats;
 struct moe_cuda_model;
 
 // The device model of m (built from hp, weights initialised or loaded) for
@@ -47,6 +48,25 @@ void moe_cuda_model_free(struct moe_cuda_model *d);
 // MOE_ENUMERIC before any update.
 int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_optim *o, double *ret_loss,
                         double *ret_aux, double *ret_gnorm, struct moe_err *err);
+
+// The step in two parts, for a caller that checks between them (the
+// trainer): moe_cuda_model_grad is the forward and backward (gradients from
+// zero; *ret_loss, *ret_aux and *ret_gnorm as above, any of them non-finite
+// as they came out); moe_cuda_model_update is o's update from those gradients
+// with their norm gnorm (o->lr as the caller set it; o->t advanced).
+int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
+                        double *ret_gnorm, struct moe_err *err);
+int moe_cuda_model_update(struct moe_cuda_model *d, struct moe_optim *o, double gnorm, struct moe_err *err);
+
+// The statistics of the last pass over batch b (moe_cuda_model_grad's) added
+// to s as the CPU model's training pass adds them (moe_model_run with stats):
+// the loss, the head's predictions against the targets, and every layer's
+// routing (s->route[l], labels: the batch's classes, or its groups). What
+// crosses from the device: the head's outputs (T, O) and each layer's routing
+// (T x (E + 4 S + 1) values and 2 E counts); the sums are the host's, in the
+// CPU's order, so the same values give the same bits.
+int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s,
+                         struct moe_err *err);
 
 // The weights to m's registry (m->params.data), the last step's gradients to
 // m->params.grad (NULL-safe: grad may be absent), and the moments to o->m,

@@ -374,7 +374,24 @@ struct moe_train_hooks {
     // (dist/ep.h: --expert-parallel) instead of held by each. The micro-batches
     // are shared out as above, in rounds; the results are the same bytes.
     int expert_parallel;
+    // Training steps on a CUDA device (NULL: on the CPU; moe_train_device_check
+    // says what it needs): the weights, gradients, optimizer moments and
+    // activations live on the device from the first step on (the device model,
+    // lib/cuda/model.h), each step's batch goes in, its loss, gradient norm
+    // and training statistics come out; the host's weights and moments are
+    // brought up to date before each evaluation and checkpoint, which run on
+    // the host as always.
+    const struct moe_train_device *device;
 };
+struct moe_train_device {
+    int id;                        // CUDA device number
+    const struct moe_model_hp *hp; // the model's hyperparameters (what it was built from)
+};
+// What training on a device needs (checked by moe_train_run too): one
+// process, train.accumulate 1, every tensor trained, no LoRA or distillation
+// (yet); the device model refuses the rest (cuda/model.h). MOE_ECONFIG or
+// MOE_EINVAL naming the key or the option.
+int moe_train_device_check(size_t accumulate, int dist, int frozen, int lora, int distill, struct moe_err *err);
 // What data parallelism over n processes needs (checked by moe_train_run too):
 // train.accumulate a multiple of n, no distillation or LoRA (yet), no bias
 // balancing (its offsets change after every micro-batch). MOE_ECONFIG or

@@ -8,7 +8,8 @@
 // train_epoch (train_step per batch, with stops and checkpoints between) and
 // eval_point (the evaluations, metrics rows and stopping criterion).
 // Everything here is serial or thread-count independent, so a run's metrics
-// and weights are byte-identical for any --threads.
+// and weights are byte-identical for any --threads. With hooks->device the
+// steps run on a CUDA device (dev_step); the rest is the same.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,8 @@
 
 #include "core/gemm.h"
 #include "core/rng.h"
+#include "cuda/model.h"
+#include "cuda/ops.h"
 #include "dist/ep.h"
 #include "moe/route_stats.h"
 #include "train/train.h"
@@ -366,6 +369,10 @@ struct run {
     float *teacher_logits, *teacher_hidden;
     struct moe_batch_kd kd; // what a training batch carries to the student (hooks->distill)
     struct moe_train_ckpt ck;
+    // hooks->device: the device model, and whether the host's weights and
+    // moments are behind it (a step since the last dev_sync)
+    struct moe_cuda_model *dev;
+    int dev_stale;
 };
 
 // What the optimizer updates: the whole flat buffer, or the unfrozen tensors
@@ -495,7 +502,13 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->chunk = tc->max_batch_eval;
     r->lm = r->tr->task == MOE_TASK_LM;
     const struct moe_dataset *tr = r->tr;
-    int rc = optim_segments(r, err);
+    int rc;
+    if (hooks->device &&
+        ((rc = moe_train_device_check(tc->accumulate, hooks->dist && hooks->dist->size > 1, hooks->frozen != NULL,
+                                      hooks->lora != NULL, hooks->distill != NULL, err)) ||
+         (rc = moe_cuda_use_device(hooks->device->id, err))))
+        return rc;
+    rc = optim_segments(r, err);
     if (rc)
         return rc;
     size_t numel = 0;
@@ -579,6 +592,7 @@ static int run_resume(struct run *r, struct moe_err *err)
 
 static void run_release(struct run *r)
 {
+    moe_cuda_model_free(r->dev);
     moe_optim_release(&r->opt);
     free(r->segs);
     free(r->acc);
@@ -641,9 +655,25 @@ static int checkpoint_sharded(struct run *r, struct moe_err *err)
     return moe_ep_write_whole(r->dist, &r->m->params, &src, write_whole, r, err);
 }
 
+// hooks->device: the host's weights and moments brought up to the device's
+// (before an evaluation, a checkpoint, a fault's report). The gradients come
+// too, for grad_fault.
+static int dev_sync(struct run *r, struct moe_err *err)
+{
+    if (!r->dev || !r->dev_stale)
+        return 0;
+    int rc = moe_cuda_model_download(r->dev, r->m, &r->opt, err);
+    if (!rc)
+        r->dev_stale = 0;
+    return rc;
+}
+
 // Hand the state to the checkpoint hook.
 static int checkpoint(struct run *r, struct moe_err *err)
 {
+    int rc = dev_sync(r, err);
+    if (rc)
+        return rc;
     if (r->sharded)
         return agree(r, checkpoint_sharded(r, err), err);
     return agree(r, r->hooks->checkpoint ? r->hooks->checkpoint(r->hooks->ctx, &r->ck, err) : 0, err);
@@ -1136,6 +1166,46 @@ static int train_update(struct run *r, uint64_t epoch, double step_loss, size_t 
     return 0;
 }
 
+// ---- training steps on a CUDA device (hooks->device; cuda/model.h) ----
+// What it needs beyond what the device model checks itself.
+int moe_train_device_check(size_t accumulate, int dist, int frozen, int lora, int distill, struct moe_err *err)
+{
+    if (dist)
+        return moe_error(err, MOE_EINVAL, "training on a CUDA device runs in one process (no mpirun) so far");
+    if (accumulate > 1)
+        return moe_error(err, MOE_ECONFIG, "key 'train.accumulate': gradient accumulation is not on the CUDA device yet (use 1, or --device cpu)");
+    if (frozen)
+        return moe_error(err, MOE_ECONFIG, "keys 'train.trainable', 'train.freeze': partial fine-tuning is not on the CUDA device yet (use --device cpu)");
+    if (lora)
+        return moe_error(err, MOE_EINVAL, "LoRA is not on the CUDA device yet (use --device cpu)");
+    if (distill)
+        return moe_error(err, MOE_EINVAL, "distillation is not on the CUDA device yet (use --device cpu)");
+    return 0;
+}
+
+// One optimizer step of n rows from start on the device: train_micro and
+// train_update's work in their order (the batch, forward and backward, the
+// statistics into sb, the check for a non-finite loss, the gradient norm's,
+// the learning rate, the update), each fault reported from the host's copy
+// of the device's weights or gradients as on the CPU.
+static int dev_step(struct run *r, uint64_t epoch, size_t start, size_t n, struct moe_err *err)
+{
+    struct moe_batch b = gather_batch(r, epoch, start, n);
+    b.step = r->ck.pos.steps; // train_micro's stream with one micro-batch per step
+    double loss, aux, gnorm;
+    int rc = moe_cuda_model_grad(r->dev, &b, &loss, &aux, &gnorm, err);
+    r->dev_stale = 1;
+    if (rc || (rc = moe_cuda_model_stats(r->dev, &b, &r->sb, err)))
+        return rc;
+    const uint64_t step = r->ck.pos.steps + 1;
+    if (!isfinite(loss))
+        return (rc = dev_sync(r, err)) ? rc : loss_fault(&r->m->params, step, epoch, loss, err);
+    if (!isfinite(gnorm))
+        return (rc = dev_sync(r, err)) ? rc : grad_fault(&r->m->params, NULL, step, epoch, loss / (double)n, err);
+    r->opt.lr = moe_lr_at(&r->oc, r->run_steps, r->ck.pos.steps);
+    return moe_cuda_model_update(r->dev, &r->opt, gnorm, err);
+}
+
 // The training steps of an epoch (epoch >= 1) from pos->next_row on, with the
 // batch rows, stops and checkpoints due between them. A step takes up to
 // accum micro-batches of bs rows; stops and checkpoints fall between steps only.
@@ -1155,8 +1225,8 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
         moe_threads_adapt(); // runs sharing cores: threads for the cores left idle
         double loss0 = r->sb.loss;
         size_t n0 = r->sb.n;
-        rc = r->ep ? ep_rounds(r, epoch, start, step_rows, err) : 0;
-        for (size_t k = 0, done = 0; !r->ep && done < step_rows; k++) {
+        rc = r->dev ? dev_step(r, epoch, start, step_rows, err) : r->ep ? ep_rounds(r, epoch, start, step_rows, err) : 0;
+        for (size_t k = 0, done = 0; !r->ep && !r->dev && done < step_rows; k++) {
             size_t n = step_rows - done < r->bs ? step_rows - done : r->bs;
             if (!r->dist || k % (size_t)r->dist->size == (size_t)r->dist->rank) { // over processes: this rank's turns
                 struct moe_batch b = gather_batch(r, epoch, start + done, n);
@@ -1167,9 +1237,7 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
         }
         if (r->dist && !(rc = agree(r, rc, err)))
             rc = dp_step(r, epoch, step_rows, err);
-        if (rc)
-            return rc;
-        if ((rc = train_update(r, epoch, r->sb.loss - loss0, step_rows, err)))
+        if (rc || (!r->dev && (rc = train_update(r, epoch, r->sb.loss - loss0, step_rows, err))))
             return rc;
         start += step_rows;
         pos->steps++;
@@ -1237,7 +1305,10 @@ static int eval_point(struct run *r, uint64_t epoch, int *last, struct moe_err *
     int log_due = epoch % r->eval_every == 0 || *last;
     if (!log_due && !r->use_crit)
         return 0;
-    int rc = eval_split(r, r->tr, "train", epoch, &r->st, &r->rtr, r->gm_train, err);
+    int rc = dev_sync(r, err);
+    if (rc)
+        return rc;
+    rc = eval_split(r, r->tr, "train", epoch, &r->st, &r->rtr, r->gm_train, err);
     if (rc)
         return rc;
     if (!isfinite(r->rtr.loss)) {
@@ -1377,6 +1448,9 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
     int rc = run_init(&r, m, data, tc, oc, hooks, err);
     if (!rc && hooks->resume)
         rc = run_resume(&r, err);
+    // the device model from the weights and the moments as they now are (loaded or resumed)
+    if (!rc && hooks->device)
+        rc = moe_cuda_model_create(&r.dev, m, hooks->device->hp, &r.opt, r.bs, err);
     double train0 = r.ck.pos.train_seconds;
     if (!rc)
         rc = run_epochs(&r, ret, err);
@@ -1399,6 +1473,8 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
             ret->ep_bytes_sent = r.ep->bytes;
         }
     }
+    if (!rc)
+        rc = dev_sync(&r, err);
     if (!rc) {
         ret->rows_per_second = pos->train_seconds > 0 ? (double)pos->rows_seen / pos->train_seconds : 0.0;
         ret->tokens_per_second = r.lm ? ret->rows_per_second * (double)r.tr->n_ctx : NAN;
