@@ -286,8 +286,8 @@ void cli_device_refusal(char *buf, size_t len, const char *device, int device_id
     else {
         moe_bytes_str(mem, sizeof mem, (double)cuda->dev.total_memory);
         snprintf(buf, len,
-                 "option '--device %s' cannot be used: the CUDA backend does not run models yet (cuda:%d is %s, "
-                 "compute capability %d.%d, %s); use --device cpu",
+                 "option '--device %s' cannot be used: this command does not run on a CUDA device yet (cuda:%d is "
+                 "%s, compute capability %d.%d, %s); use --device cpu",
                  device, device_id, cuda->dev.name, cuda->dev.cc_major, cuda->dev.cc_minor, mem);
     }
 }

@@ -91,11 +91,12 @@ int cli_parse_ll(const char *s, long long lo, long long hi, long long *ret);
 
 // Set up BLAS and threads (default: every online core at most, adapting to the
 // cores other processes leave idle: core/gemm.h moe_threads_adapt); check --device
-// (cli_device_refusal: anything but cpu is refused for now, exit 2).
+// (cli_device_refusal: anything but cpu is refused, exit 2: the command does
+// not run on a CUDA device).
 int cli_setup_compute(const char *cmd, const struct cli_common *c);
-// The same for a command that can run on a CUDA device (moe bench): --device
-// cuda or cuda:N is accepted when this build has CUDA and that device is
-// usable (then cuda->device == the device's number, and cuda->dev describes
+// The same for a command that can run on a CUDA device (moe bench, train):
+// --device cuda or cuda:N is accepted when this build has CUDA and that
+// device is usable (then cuda->device == the device's number, and cuda->dev describes
 // it; cuda->device is 0 or -1 and cuda->available 0 for --device cpu);
 // refused as above otherwise.
 struct moe_backend_info;
@@ -110,9 +111,9 @@ int cli_setup_compute_dry(const char *cmd, const struct cli_common *c, struct mo
 int cli_device_parse(const char *arg, int *id);
 // Why --device `device` (parsed: device_id) cannot run, given what the CUDA
 // row's probe found for that device (backend/backend.h): one line in buf
-// without the "moe CMD: " prefix. Every CUDA case is refused today: a build
-// without CUDA, no usable device (the driver's reason), N out of range (the
-// device count), and a usable device (the CUDA backend runs no model yet).
+// without the "moe CMD: " prefix: a build without CUDA, no usable device (the
+// driver's reason), N out of range (the device count), and a usable device
+// (for a command that does not run on one yet).
 struct moe_backend_info;
 void cli_device_refusal(char *buf, size_t len, const char *device, int device_id, const struct moe_backend_info *cuda);
 // "CUDA devices: N (cuda:0 to cuda:N-1)", or "CUDA devices: 0 (why)", for messages.

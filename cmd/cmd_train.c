@@ -18,6 +18,7 @@
 #include "estimate.h"
 #include "progress.h"
 #include "backend/backend.h"
+#include "cuda/model.h"
 #include "dist/dist.h"
 #include "dist/ep.h"
 #include "run_dir.h"
@@ -264,6 +265,10 @@ struct train_run {
     struct moe_lora lora;
     struct run_output outs;
     struct run_dir lock;             // the run directory's moe.lock, held from its claim to the end
+    // --device cuda[:N]: what the probe found, and the trainer's device hook
+    struct moe_backend_info cuda;
+    struct moe_train_device dev;
+    int on_device;
 };
 
 static void run_release(struct train_run *r)
@@ -495,7 +500,8 @@ static int train(struct train_run *r, struct moe_train_result *res)
                                      .lora = o->lora ? &r->lora : NULL,
                                      .distill = d->teacher.ops ? &kd : NULL,
                                      .step = files ? progress_step : NULL, .step_ctx = &prog,
-                                     .dist = o->dist, .expert_parallel = o->expert_parallel };
+                                     .dist = o->dist, .expert_parallel = o->expert_parallel,
+                                     .device = r->on_device ? &r->dev : NULL };
     int rc = moe_train_run(&r->model, &r->data, &r->rc.train, &r->rc.optim, &hooks, res, &err);
     if (!rc)
         progress_finish(&prog);
@@ -543,6 +549,12 @@ static int write_summary(struct train_run *r, const struct moe_train_result *res
 {
     const struct cli_train_opts *o = r->o;
     cJSON *s = cli_summary_new(r->cmd, &r->cfg, r->rc.train.seed);
+    if (r->on_device) { // the training steps' device (evaluations run on the CPU)
+        char name[32];
+        snprintf(name, sizeof name, "cuda:%d", r->c->device_id);
+        cJSON_ReplaceItemInObject(s, "device", cJSON_CreateString(name));
+        cJSON_AddStringToObject(s, "device_name", r->cuda.dev.name);
+    }
     run_output_summary_identity(s, &r->outs);
     run_output_summary_model(s, &r->outs);
     if (r->tune.frozen)
@@ -664,10 +676,11 @@ static int prepare(struct train_run *r, cJSON **done, int *ret_done)
     struct moe_err err = { 0 };
     int rc;
     *ret_done = 0;
-    struct moe_backend_info cuda; // --dry-run --device cuda: what the probe found
+    struct moe_backend_info *cuda = &r->cuda; // --device cuda[:N]: what the probe found
+    r->on_device = strcmp(c->device, "cpu") != 0;
     if ((rc = check_resume_options(r)) || (rc = run_output_check_tags(cmd, &c->tags)) ||
         (rc = distill_check_tags(cmd, &c->tags)) ||
-        (rc = o->dry_run ? cli_setup_compute_dry(cmd, c, &cuda) : cli_setup_compute(cmd, c)))
+        (rc = o->dry_run ? cli_setup_compute_dry(cmd, c, cuda) : cli_setup_compute_cuda(cmd, c, cuda)))
         return rc;
     cli_catch_stop_signals();
     // --resume: lock the directory (another process there: fail now) and clear
@@ -691,7 +704,7 @@ static int prepare(struct train_run *r, cJSON **done, int *ret_done)
         return cli_fail(cmd, &err);
     if (o->dry_run) {
         *ret_done = 1;
-        return dry_run(cmd, c, &r->cfg, &r->rc, strcmp(c->device, "cpu") != 0 ? &cuda : NULL);
+        return dry_run(cmd, c, &r->cfg, &r->rc, r->on_device ? cuda : NULL);
     }
     if (!r->out) {
         snprintf(r->default_out, sizeof r->default_out, "runs/train-%016llx", (unsigned long long)moe_config_hash(&r->cfg));
@@ -703,6 +716,29 @@ static int prepare(struct train_run *r, cJSON **done, int *ret_done)
                  cmd, r->out);
         moe_dist_set_stop_note(cmd, note);
     }
+    return 0;
+}
+
+// --device cuda[:N]: what the device's training step takes, checked before
+// the run directory is touched (one line, exit 2): the model type (mlp-moe;
+// the transformer's device step is not written yet), the model's settings
+// (cuda/model.h), and the run's (train.h moe_train_device_check).
+static int device_check(struct train_run *r)
+{
+    const char *cmd = r->cmd, *dv = r->c->device;
+    enum moe_model_type t = r->rc.model.type;
+    struct moe_err err = { 0 };
+    if (t == MOE_MODEL_TRANSFORMER)
+        return cli_error(cmd, 2, "option '--device %s' cannot be used with model.type 'transformer' yet: the device "
+                         "training step is written for mlp-moe so far; use --device cpu", dv);
+    if (t != MOE_MODEL_MLP_MOE)
+        return cli_error(cmd, 2, "option '--device %s' cannot be used with model.type '%s': the CUDA backend is "
+                         "for mlp-moe and transformer models; use --device cpu", dv, moe_model_kind(t)->name);
+    if (moe_cuda_model_check(&r->model, &r->rc.model, &err) ||
+        moe_train_device_check(r->rc.train.accumulate, r->o->dist != NULL, r->tune.frozen != NULL, r->o->lora,
+                               r->distill.teacher.ops != NULL, &err))
+        return cli_error(cmd, 2, "option '--device %s': %s", dv, err.msg);
+    r->dev = (struct moe_train_device){ .id = r->c->device_id, .hp = &r->rc.model };
     return 0;
 }
 
@@ -721,6 +757,8 @@ static int setup(struct train_run *r)
         (rc = tune_setup(cmd, &r->rc, &r->model, o->lora, &r->tune, &r->lora)))
         return rc;
     struct moe_err err = { 0 };
+    if (r->on_device && (rc = device_check(r)))
+        return rc;
     if (o->dist && (moe_train_dp_check(&r->model, r->rc.train.accumulate, o->dist->size,
                                        r->distill.teacher.ops != NULL, o->lora, &err) ||
                     (o->expert_parallel &&

@@ -171,15 +171,15 @@ START_TEST(test_refusals)
     info.device_count = 1;
     cli_cuda_devices_str(buf, sizeof buf, &info);
     ck_assert_str_eq(buf, "CUDA devices: 1 (cuda:0)");
-    // a usable device: the backend runs no model yet
+    // a usable device, for a command that does not run on one yet
     info = made_up(1, 1, 1, "");
     info.device = 0;
     snprintf(info.dev.name, sizeof info.dev.name, "NVIDIA H200");
     info.dev.cc_major = 9;
     info.dev.total_memory = (size_t)150 << 30;
     cli_device_refusal(buf, sizeof buf, "cuda", 0, &info);
-    ck_assert_str_eq(buf, "option '--device cuda' cannot be used: the CUDA backend does not run models yet (cuda:0 is "
-                          "NVIDIA H200, compute capability 9.0, 150.0 GiB); use --device cpu");
+    ck_assert_str_eq(buf, "option '--device cuda' cannot be used: this command does not run on a CUDA device yet (cuda:0 "
+                          "is NVIDIA H200, compute capability 9.0, 150.0 GiB); use --device cpu");
     // a device that exists but could not be described
     info = made_up(1, 1, 1, "device 0: cudaGetDeviceProperties returned cudaErrorUnknown: unknown error");
     cli_device_refusal(buf, sizeof buf, "cuda:0", 0, &info);

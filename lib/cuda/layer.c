@@ -172,13 +172,18 @@ void moe_cuda_layer_free(struct moe_cuda_layer *l)
     free(l);
 }
 
+int moe_cuda_layer_check(const struct moe_layer_cfg *c, struct moe_err *err)
+{
+    const char *why = unsupported(c);
+    return why ? moe_error(err, MOE_EINVAL, "CUDA layer: %s (router %s)", why, moe_router_name(c->router.type)) : 0;
+}
+
 int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
                           struct moe_err *err)
 {
     *ret = NULL;
-    const char *why = unsupported(c);
-    if (why)
-        return moe_error(err, MOE_EINVAL, "CUDA layer: %s (router %s)", why, moe_router_name(c->router.type));
+    if (moe_cuda_layer_check(c, err))
+        return MOE_EINVAL;
     struct moe_cuda_layer *l = calloc(1, sizeof *l);
     if (!l)
         return moe_error(err, MOE_ENOMEM, "out of memory");

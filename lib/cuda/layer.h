@@ -47,6 +47,8 @@ struct moe_dispatch;
 // MOE_EIO / MOE_ENOMEM naming the CUDA or cuBLAS call that failed.
 int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
                           struct moe_err *err);
+// The same refusal without creating anything: 0 when the device layer does c.
+int moe_cuda_layer_check(const struct moe_layer_cfg *c, struct moe_err *err);
 void moe_cuda_layer_free(struct moe_cuda_layer *l);
 
 // Host weights in the checkpoint layout (moe_layer.h): router (E, D), noise

@@ -21,6 +21,12 @@ int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cf
 
 void moe_cuda_layer_free(struct moe_cuda_layer *l) { (void)l; }
 
+int moe_cuda_layer_check(const struct moe_layer_cfg *c, struct moe_err *err)
+{
+    (void)c;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
 int moe_cuda_use_device(int id, struct moe_err *err)
 {
     (void)id;
@@ -159,6 +165,12 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
 }
 
 void moe_cuda_model_free(struct moe_cuda_model *d) { (void)d; }
+
+int moe_cuda_model_check(const struct moe_model *m, const struct moe_model_hp *hp, struct moe_err *err)
+{
+    (void)m, (void)hp;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
 
 int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
                         double *ret_gnorm, struct moe_err *err)

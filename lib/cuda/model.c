@@ -128,13 +128,25 @@ static const char *unsupported(const struct moe_model *m, const struct moe_model
     return NULL;
 }
 
+int moe_cuda_model_check(const struct moe_model *m, const struct moe_model_hp *hp, struct moe_err *err)
+{
+    const char *why = unsupported(m, hp);
+    if (why)
+        return moe_error(err, MOE_EINVAL, "CUDA model: %s", why);
+    for (size_t l = 0; l < m->n_moe_layers; l++) {
+        int rc = moe_cuda_layer_check(&m->moe_layers[l]->c, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m, const struct moe_model_hp *hp,
                           const struct moe_optim *o, size_t T_max, struct moe_err *err)
 {
     *ret = NULL;
-    const char *why = unsupported(m, hp);
-    if (why)
-        return moe_error(err, MOE_EINVAL, "CUDA model: %s", why);
+    if (moe_cuda_model_check(m, hp, err))
+        return MOE_EINVAL;
     struct moe_cuda_model *d = calloc(1, sizeof *d);
     if (!d)
         return moe_error(err, MOE_ENOMEM, "out of memory");

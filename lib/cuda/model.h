@@ -38,6 +38,9 @@ struct moe_cuda_model;
 int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m, const struct moe_model_hp *hp,
                           const struct moe_optim *o, size_t T_max, struct moe_err *err);
 void moe_cuda_model_free(struct moe_cuda_model *d);
+// What create refuses (the model's and its layers' one-line reasons,
+// MOE_EINVAL), without allocating anything: 0 when the device can train m.
+int moe_cuda_model_check(const struct moe_model *m, const struct moe_model_hp *hp, struct moe_err *err);
 
 // One training step on batch b (its rows x and labels or targets, and its step
 // number: the router's random streams): gradients from zero, forward and

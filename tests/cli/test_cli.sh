@@ -537,6 +537,41 @@ t_dry_device() {
 }
 check "train --dry-run --device cuda: device memory (plan + reserve), available/fits for this build ($CUDA_BUILD); a mixture refused" t_dry_device
 
+# train --device cuda (only where a device is usable): the steps on the GPU,
+# twice with the same seed (byte-identical metrics and weights), the summary
+# naming the device; against the CPU run, the same rows and the same
+# evaluated losses within 1e-3 (the GPU's GEMMs and exp round differently);
+# the checkpoint loads on the CPU (route-stats). Elsewhere: refused, exit 2.
+DEVCFG="$TMP/dev.json"
+printf '%s\n' '{ "data": { "synthetic": { "kind": "classes", "n_in": 4, "n_regions": 4, "n_train": 300, "n_test": 200 } },' \
+    '  "model": { "type": "mlp-moe", "n_embd": 16, "n_layer": 2, "n_ff": 32, "n_expert": 4, "n_expert_used": 2 },' \
+    '  "moe": { "router": "softmax", "aux_loss": "switch", "capacity_factor": 1.25 },' \
+    '  "optim": { "batch_size": 32 }, "train": { "epochs": 3, "log_every": 4 } }' >"$DEVCFG"
+t_train_device() {
+    run "$TMP/gd1" "$MOE" train --config "$DEVCFG" --out "$TMP/gd1" --device cuda
+    if [ "$CUDA_BUILD" != devices ]; then
+        [ "$RC" -eq 2 ] && grep -Fq "option '--device cuda' cannot be used: " "$TMP/gd1.err" && [ ! -e "$TMP/gd1" ] ||
+            fail "$(describe "$TMP/gd1" moe train --device cuda): expected exit 2 and no run directory"
+        return
+    fi
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/gd1" moe train --device cuda)" || return 1
+    run "$TMP/gd2" "$MOE" train --config "$DEVCFG" --out "$TMP/gd2" --device cuda
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/gd2" moe train --device cuda, again)" || return 1
+    cmp -s "$TMP/gd1/metrics.csv" "$TMP/gd2/metrics.csv" && cmp -s "$TMP/gd1/model.safetensors" "$TMP/gd2/model.safetensors" ||
+        fail "two --device cuda runs with one seed differ" || return 1
+    jq -e '.device == "cuda:0" and (.device_name | length) > 0' "$TMP/gd1/summary.json" >/dev/null ||
+        fail "summary.json should name the device: $(jq -c '{device, device_name}' "$TMP/gd1/summary.json")" || return 1
+    run "$TMP/gc" "$MOE" train --config "$DEVCFG" --out "$TMP/gc"
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/gc" moe train --device cpu)" || return 1
+    [ "$(wc -l <"$TMP/gc/metrics.csv")" = "$(wc -l <"$TMP/gd1/metrics.csv")" ] || fail "CPU and GPU runs have different rows" || return 1
+    jq -e --slurpfile g "$TMP/gd1/summary.json" '((.final.test.loss - $g[0].final.test.loss) | fabs) <= 1e-3 * (.final.test.loss | fabs)' \
+        "$TMP/gc/summary.json" >/dev/null ||
+        fail "final test loss: cpu $(jq .final.test.loss "$TMP/gc/summary.json"), gpu $(jq .final.test.loss "$TMP/gd1/summary.json")" || return 1
+    run "$TMP/grs" "$MOE" route-stats --checkpoint "$TMP/gd1/model.safetensors" --out "$TMP/grs"
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/grs" moe route-stats on the checkpoint of the GPU run)"
+}
+check "train --device cuda ($CUDA_BUILD): deterministic on the GPU, the CPU's rows, a checkpoint the CPU loads; refused without a device" t_train_device
+
 t_route_stats() {
     run "$TMP/gs" "$MOE" train --config "$MOECFG" --out "$TMP/gs" --quiet --set 'moe.router="gshard"' --set 'moe.aux_loss="gshard"'
     [ "$RC" = 0 ] || { describe "$TMP/gs"; return 1; }
@@ -605,9 +640,15 @@ nodevice)
     expect_fail "--device cuda:1, no usable device" 2 "option '--device cuda:1' cannot be used: no usable CUDA device (" \
         -- "$MOE" route-stats --checkpoint none.safetensors --out "$O" --device cuda:1 ;;
 devices)
-    expect_fail "--device cuda, a usable device: the CUDA backend runs no model yet" 2 \
-        "option '--device cuda' cannot be used: the CUDA backend does not run models yet (cuda:0 is " \
+    expect_fail "--device cuda, a usable device, a command that does not run on one yet" 2 \
+        "option '--device cuda' cannot be used: this command does not run on a CUDA device yet (cuda:0 is " \
+        -- "$MOE" route-stats --checkpoint none.safetensors --out "$O" --device cuda
+    expect_fail "train --device cuda, a mixture model" 2 \
+        "option '--device cuda' cannot be used with model.type 'mixture': the CUDA backend is for mlp-moe and transformer models" \
         -- "$MOE" train --config "$CFG" --out "$O" --device cuda
+    expect_fail "train --device cuda, the Shazeer losses: no device kernels" 2 \
+        "option '--device cuda': CUDA layer: Shazeer's importance and load losses" \
+        -- "$MOE" train --config "$MOECFG" --out "$O" --device cuda
     expect_fail "--device cuda:4096, out of range: names the device count" 2 \
         "option '--device cuda:4096' cannot be used: no CUDA device 4096; CUDA devices: " \
         -- "$MOE" route-stats --checkpoint none.safetensors --out "$O" --device cuda:4096 ;;
