@@ -216,6 +216,7 @@ struct cli_train_opts {
     const char *init;   // --init CKPT (moe lora: --base)
     const char *resume; // --resume DIR
     int dry_run;
+    uint64_t check_device; // train --check-device STEPS: compare that many steps on the CPU and the device
     int lora;           // moe lora: adapters (config lora.*) on the frozen base
     int merge;          // moe lora --merge: also write the merged model
     struct moe_dist *dist; // train --data-parallel N or --expert-parallel N (N > 1): the processes, else NULL

@@ -26,12 +26,13 @@
 
 static const char *const usage =
     "usage: moe train [--config FILE] [--set key.path=value]... [--out DIR] [--seed N]\n"
-    "                 [--threads N] [--init CKPT] [--device cpu] [--force] [--ignore-memory]\n"
+    "                 [--threads N] [--init CKPT] [--device cpu|cuda[:N]] [--force] [--ignore-memory]\n"
     "                 [--quiet] [--progress-every SECONDS] [--tag KEY=VALUE]...\n"
     "                 [--expert-parallel N | --data-parallel N]\n"
     "       moe train --resume DIR [--set train.epochs=N] [--threads N] [--quiet]\n"
     "                 [--progress-every SECONDS]\n"
-    "       moe train --dry-run [--config FILE] [--set key.path=value]...\n"
+    "       moe train --dry-run [--config FILE] [--set key.path=value]... [--device D]\n"
+    "       moe train --check-device STEPS --device cuda[:N] [--config FILE] [--set ...]...\n"
     "       moe train --init CKPT [--trainable GLOB[,GLOB]] [--freeze GLOB[,GLOB]] ...\n"
     "Train the model a config describes; write DIR/config.json, metrics.csv,\n"
     "model.safetensors and summary.json, and print the summary JSON on stdout.\n"
@@ -54,6 +55,13 @@ static const char *const usage =
     "metrics.csv (and experts.csv, languages.csv) grow a whole row at a time as the\n"
     "run goes (tail -f follows them); a reader ignores a last line without a\n"
     "trailing newline (a row torn by a kill; --resume cuts it off).\n"
+    "--device cuda[:N] (a build with CUDA: moe --version) runs the training steps\n"
+    "on that GPU (mlp-moe; evaluations and checkpoints on the CPU, from the\n"
+    "device's weights); the same seed gives the same bytes on the same GPU, and\n"
+    "checkpoints resume on either side. --check-device STEPS runs that many\n"
+    "steps from the same weights and batches on the CPU and on the device and\n"
+    "prints, as JSON, the largest relative difference per tensor (weights,\n"
+    "gradients, moments) and per step (loss, gradient norm); it writes no files.\n"
     "--dry-run prints the parameter count, active parameters and FLOPs per token\n"
     "and the memory estimate as JSON, and trains nothing. A run whose estimate\n"
     "plus a headroom of a quarter of it (at least 64 MiB) exceeds the memory\n"
@@ -82,7 +90,7 @@ static const char *const usage =
     "(rows/s for data other than text), redrawn in place at a terminal, else\n"
     "printed every --progress-every SECONDS (default 10; the first after as long).\n";
 
-enum { OPT_INIT = OPT_FIRST_CMD, OPT_RESUME, OPT_DRY_RUN, OPT_TRAINABLE, OPT_FREEZE, OPT_EXPERT_PARALLEL, OPT_DATA_PARALLEL };
+enum { OPT_INIT = OPT_FIRST_CMD, OPT_RESUME, OPT_DRY_RUN, OPT_CHECK_DEVICE, OPT_TRAINABLE, OPT_FREEZE, OPT_EXPERT_PARALLEL, OPT_DATA_PARALLEL };
 
 struct train_ctx {
     struct cli_train_opts *o;
@@ -108,6 +116,13 @@ static int on_opt(void *ctx_, int opt, const char *arg)
     }
     if (opt == OPT_DRY_RUN) {
         o->dry_run = 1;
+        return 0;
+    }
+    if (opt == OPT_CHECK_DEVICE) {
+        long long v;
+        if (cli_parse_ll(arg, 1, 1000000, &v))
+            return cli_error("train", 2, "option '--check-device' expects a number of steps from 1 to 1000000, got '%s'", arg);
+        o->check_device = (uint64_t)v;
         return 0;
     }
     if (opt == OPT_EXPERT_PARALLEL || opt == OPT_DATA_PARALLEL) {
@@ -602,6 +617,7 @@ int cmd_train(int argc, char **argv)
     static const struct option opts[] = { CLI_COMMON_OPTIONS, CLI_FORCE_OPTION, { "init", required_argument, NULL, OPT_INIT },
                                           { "resume", required_argument, NULL, OPT_RESUME },
                                           { "dry-run", no_argument, NULL, OPT_DRY_RUN },
+                                          { "check-device", required_argument, NULL, OPT_CHECK_DEVICE },
                                           { "trainable", required_argument, NULL, OPT_TRAINABLE },
                                           { "freeze", required_argument, NULL, OPT_FREEZE }, CLI_TAG_OPTION,
                                           { "expert-parallel", required_argument, NULL, OPT_EXPERT_PARALLEL },
@@ -617,7 +633,12 @@ int cmd_train(int argc, char **argv)
         fputs(usage, stdout);
         rc = 0;
     } else if (!rc) {
-        if (ctx.parallel_opt && o.dry_run)
+        const char *clash = o.dry_run ? "--dry-run" : o.resume ? "--resume" : ctx.parallel_opt;
+        if (o.check_device && clash)
+            rc = cli_error(cmd, 2, "option '--check-device' cannot be combined with '%s'", clash);
+        else if (o.check_device && strcmp(c.device, "cpu") == 0)
+            rc = cli_error(cmd, 2, "option '--check-device' needs a device to compare the CPU with: add --device cuda[:N]");
+        else if (ctx.parallel_opt && o.dry_run)
             rc = cli_error(cmd, 2, "option '%s' cannot be combined with '--dry-run' (the estimate is per process: run --dry-run alone)",
                            ctx.parallel_opt);
         else if (ctx.parallel_opt)
@@ -742,6 +763,72 @@ static int device_check(struct train_run *r)
     return 0;
 }
 
+// --check-device STEPS: the data and the model, the device's checks, then
+// the CPU's steps against the device's (train.h moe_train_check_device); the
+// report as JSON on stdout, a line per tensor on stderr. No run directory.
+static int check_device(struct train_run *r)
+{
+    const char *cmd = r->cmd;
+    int rc;
+    struct moe_err err = { 0 };
+    if ((rc = load_data(r)) || (rc = build_model(r)) || (rc = device_check(r)))
+        return rc;
+    const struct moe_dataset *tr = &r->data.train;
+    size_t bs = r->rc.optim.batch_size;
+    if (r->rc.optim.type == MOE_OPTIM_GD || bs == 0 || bs > tr->n)
+        bs = tr->n;
+    uint64_t per_epoch = tr->n ? (tr->n + bs - 1) / bs : 0, steps = r->o->check_device;
+    struct moe_device_check k;
+    if (moe_train_check_device(&r->model, &r->rc.model, r->c->device_id, tr, &r->rc.optim, bs, steps,
+                               r->rc.train.epochs * per_epoch, &k, &err))
+        return cli_fail(cmd, &err);
+    cJSON *s = cli_summary_new(cmd, &r->cfg, r->rc.train.seed), *d = s ? cJSON_AddObjectToObject(s, "check_device") : NULL;
+    cJSON *ts = d ? cJSON_AddArrayToObject(d, "tensors") : NULL, *ss = d ? cJSON_AddArrayToObject(d, "steps") : NULL;
+    if (!ts || !ss) {
+        cJSON_Delete(s);
+        moe_device_check_release(&k);
+        return cli_error(cmd, 1, "out of memory");
+    }
+    char name[32];
+    snprintf(name, sizeof name, "cuda:%d", r->c->device_id);
+    cJSON_ReplaceItemInObject(s, "device", cJSON_CreateString(name));
+    cJSON_AddStringToObject(s, "device_name", r->cuda.dev.name);
+    cJSON_AddNumberToObject(d, "n_steps", (double)steps);
+    cJSON_AddNumberToObject(d, "batch_size", (double)bs);
+    cJSON_AddNumberToObject(d, "max_rel", k.max_rel); // NaN prints as null: a non-finite value on a side
+    cJSON_AddStringToObject(d, "max_at", k.max_what);
+    cJSON_AddStringToObject(d, "max_tensor", k.max_name);
+    cli_log(r->c, "moe %s: %llu steps of %zu rows on the CPU and on %s (%s); max |device - cpu| / max |cpu| per tensor:",
+            cmd, (unsigned long long)steps, bs, name, r->cuda.dev.name);
+    cli_log(r->c, "  %-40s %10s %10s %10s %10s", "tensor", "weights", "gradients", "moment m", "moment v");
+    for (size_t i = 0; i < k.n; i++) {
+        const struct moe_device_diff *x = &k.t[i];
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddStringToObject(t, "name", x->name);
+        cJSON_AddNumberToObject(t, "weights", x->w);
+        cJSON_AddNumberToObject(t, "gradients", x->g);
+        cJSON_AddNumberToObject(t, "m", x->m);
+        cJSON_AddNumberToObject(t, "v", x->v);
+        cJSON_AddItemToArray(ts, t);
+        cli_log(r->c, "  %-40s %10.3g %10.3g %10.3g %10.3g", x->name, x->w, x->g, x->m, x->v);
+    }
+    for (uint64_t i = 0; i < steps; i++) {
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddNumberToObject(t, "step", (double)(i + 1));
+        cJSON_AddNumberToObject(t, "loss_cpu", k.loss_cpu[i]);
+        cJSON_AddNumberToObject(t, "loss_device", k.loss_dev[i]);
+        cJSON_AddNumberToObject(t, "grad_norm_cpu", k.gnorm_cpu[i]);
+        cJSON_AddNumberToObject(t, "grad_norm_device", k.gnorm_dev[i]);
+        cJSON_AddItemToArray(ss, t);
+    }
+    cli_log(r->c, "moe %s: largest relative difference %.3g (%s%s%s)", cmd, k.max_rel, k.max_what,
+            k.max_name[0] ? " of " : "", k.max_name);
+    moe_device_check_release(&k);
+    rc = cli_print_json(cmd, s);
+    cJSON_Delete(s);
+    return rc;
+}
+
 // The data, the model and (rank 0) the run directory, up to the first step.
 static int setup(struct train_run *r)
 {
@@ -805,6 +892,10 @@ int cli_train_run(const char *cmd, struct cli_common *c, const struct cli_train_
     int finished = 0;
     // over processes, every step that may fail on some of them ends in an agreement
     int rc = prepare(&r, &done, &finished);
+    if (!rc && !finished && o->check_device) {
+        rc = check_device(&r);
+        goto out;
+    }
     rc = agree_options(&r, rc, finished);
     if (rc || finished || (rc = cli_agree(cmd, o->dist, setup(&r))) || (rc = train(&r, &res)))
         goto out;

@@ -49,21 +49,6 @@ static void fill(float *x, size_t n, uint32_t stream, float lo, float hi)
     moe_rng_fill_uniform(&r, x, n, lo, hi);
 }
 
-// The trainer's global gradient norm (train/trainer.c grad_norm, one process,
-// nothing frozen): each tensor, or each routed expert of an expert tensor, in
-// registry order.
-static double cpu_grad_norm(const struct moe_params *p)
-{
-    double sq = 0.0;
-    for (size_t i = 0; i < p->n; i++) {
-        const struct moe_tensor *t = &p->t[i];
-        size_t units = t->experts ? t->shape[0] : 1, slice = t->numel / units;
-        for (size_t e = 0; e < units; e++)
-            sq += moe_optim_sum_sq(p->grad + t->offset + e * slice, slice);
-    }
-    return sqrt(sq);
-}
-
 // max |a - b| over max |b|, as a note; exact: every value equal (==).
 static void compare(const char *cname, const char *what, const float *a, const float *b, size_t n, double tol)
 {
@@ -143,7 +128,7 @@ static void run_case(const struct mcase *k)
         double aux = 0.0;
         for (size_t l = 0; l < m.n_moe_layers; l++)
             aux += m.moe_layers[l]->loss;
-        double gnorm = cpu_grad_norm(&m.params);
+        double gnorm = moe_params_grad_norm_units(&m.params);
         o.lr = od.lr = oc.lr * (1.0 - 0.1 * (double)s); // a schedule: the caller sets the rate each step
         moe_optim_step_norm(&o, m.params.data, m.params.grad, gnorm);
         // the device
@@ -424,6 +409,43 @@ static void test_trainer(void)
     }
 }
 
+// moe_train_check_device (moe train --check-device) on TRAIN_CFG's model and
+// data: on the host emulation every difference is zero; on a GPU the largest
+// is within 1e-3 (the model test's tolerances) and finite.
+static void test_check_device(void)
+{
+    struct moe_err err;
+    struct moe_config cfg;
+    static const char *const ovs[] = { "moe.router=gshard", "optim.clip=0.5" };
+    if (moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), TRAIN_CFG, "test", ovs, 2, &err))
+        die(&err);
+    struct moe_data data;
+    struct moe_model_hp hp;
+    struct moe_model m;
+    if (moe_data_load(&data, &cfg, &err) || moe_model_hp_parse(&hp, &cfg, &err) ||
+        moe_model_create(&m, &cfg, NULL, data.train.task, data.train.n_in, data.train.n_out, 64, &err))
+        die(&err);
+    moe_model_init_weights(&m, 5);
+    struct moe_optim_cfg oc;
+    moe_optim_cfg_parse(&oc, &cfg);
+    struct moe_device_check c;
+    if (moe_train_check_device(&m, &hp, 0, &data.train, &oc, 16, 15, 30, &c, &err))
+        die(&err);
+    printf("# check-device: %llu steps, %zu tensors, largest relative difference %.3g (%s %s)\n",
+           (unsigned long long)c.steps, c.n, c.max_rel, c.max_what, c.max_name);
+    EXPECT(c.steps == 15 && c.n == m.params.n, "check-device: %llu steps, %zu tensors", (unsigned long long)c.steps,
+           c.n);
+    EXPECT(c.loss_cpu[14] > 0.0 && c.gnorm_cpu[14] > 0.0, "check-device: the CPU steps ran");
+    if (EXACT)
+        EXPECT(c.max_rel == 0.0, "check-device on the emulation: %.3g (%s %s)", c.max_rel, c.max_what, c.max_name);
+    else
+        EXPECT(c.max_rel <= 1e-3, "check-device: %.3g (%s %s)", c.max_rel, c.max_what, c.max_name);
+    moe_device_check_release(&c);
+    moe_model_release(&m);
+    moe_data_release(&data);
+    moe_config_release(&cfg);
+}
+
 int main(void)
 {
     int rc = cuda_test_begin();
@@ -450,6 +472,7 @@ int main(void)
         run_case(&cases[i]);
     test_refusals();
     test_trainer();
+    test_check_device();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }

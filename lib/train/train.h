@@ -392,6 +392,34 @@ struct moe_train_device {
 // (yet); the device model refuses the rest (cuda/model.h). MOE_ECONFIG or
 // MOE_EINVAL naming the key or the option.
 int moe_train_device_check(size_t accumulate, int dist, int frozen, int lora, int distill, struct moe_err *err);
+// The global gradient norm over the trainer's units with nothing frozen, one
+// process: each tensor, or each routed expert of an expert tensor, summed by
+// moe_optim_sum_sq, added in registry order (device_check.c).
+double moe_params_grad_norm_units(const struct moe_params *p);
+// The CPU against a CUDA device over `steps` training steps of m
+// (moe train --check-device; device_check.c says how): both from m's weights
+// and fresh moments, step s on rows s*bs.. of tr in order (wrapping), the
+// rate of step s of a run of run_steps steps. m ends with the CPU's weights.
+// Relative differences: max |device - cpu| over max |cpu| per tensor after the
+// last step (NaN: a non-finite value on either side, or no such moment), and
+// |device - cpu| / |cpu| for each step's loss and gradient norm.
+struct moe_device_diff {
+    const char *name; // the tensor's (points into m's registry)
+    double w, g, m, v; // weights, gradients, moments m and v
+};
+struct moe_device_check {
+    uint64_t steps;
+    size_t n;                        // tensors
+    struct moe_device_diff *t;       // (n)
+    double *loss_cpu, *loss_dev;     // (steps) summed batch losses
+    double *gnorm_cpu, *gnorm_dev;   // (steps)
+    double max_rel;                  // the largest relative difference of all of them (NaN: a non-finite value)
+    const char *max_what, *max_name; // where: "weights", "loss", ...; the tensor ("" for loss and norm)
+};
+int moe_train_check_device(struct moe_model *m, const struct moe_model_hp *hp, int device,
+                           const struct moe_dataset *tr, const struct moe_optim_cfg *oc, size_t bs, uint64_t steps,
+                           uint64_t run_steps, struct moe_device_check *ret, struct moe_err *err);
+void moe_device_check_release(struct moe_device_check *c);
 // What data parallelism over n processes needs (checked by moe_train_run too):
 // train.accumulate a multiple of n, no distillation or LoRA (yet), no bias
 // balancing (its offsets change after every micro-batch). MOE_ECONFIG or
