@@ -44,11 +44,22 @@ static int empty_grid(const char *kernel, struct moe_err *err)
     return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", kernel, "invalid configuration argument");
 }
 
+// Faults for the tests (tests/cuda_test.h): counted from when a test sets
+// them, the Nth device allocation fails as cudaMalloc does on a full device,
+// and the Nth launch of the optimizer's kernel fails as a faulting kernel does
+// (0: never).
+long cuda_host_fail_malloc, cuda_host_fail_optim;
+
 // ---------------------------------------------------------------- device memory
 
 // cudaMalloc: at least one byte, 256-byte aligned, not initialised.
 int moe_cuda_malloc(void **ret, size_t bytes, const char *what, struct moe_err *err)
 {
+    if (cuda_host_fail_malloc > 0 && --cuda_host_fail_malloc == 0) {
+        *ret = NULL;
+        return moe_error(err, MOE_ENOMEM, "CUDA: cudaMalloc of %zu bytes for %s failed: %s", bytes, what,
+                         "out of memory");
+    }
     size_t n = bytes ? bytes : 1;
     *ret = n <= SIZE_MAX - 255 ? aligned_alloc(256, (n + 255) & ~(size_t)255) : NULL;
     if (*ret)
@@ -480,7 +491,8 @@ int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const i
 int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float *m, float *v, size_t n,
                           struct moe_err *err)
 {
-    (void)err;
+    if (cuda_host_fail_optim > 0 && --cuda_host_fail_optim == 0)
+        return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", "optim_kernel", "an illegal memory access was encountered");
     for (size_t i = 0; i < n; i++)
         moe_k_optim_elem(o, i, w, g, m, v);
     return 0;

@@ -16,6 +16,9 @@
 #include "cuda/ops.h"
 
 static int failures;
+#ifdef MOE_TEST_CUDA_HOST
+extern long cuda_host_fail_malloc, cuda_host_fail_optim; // tests/cuda_host.c's faults
+#endif
 #define EXPECT(c, ...)                                           \
     do {                                                         \
         if (!(c)) {                                              \

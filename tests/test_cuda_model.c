@@ -387,6 +387,47 @@ static void test_trainer(void)
         same_run(what, &o, &ref);
         outcome_free(&o);
     }
+#ifdef MOE_TEST_CUDA_HOST
+    // Faults (the emulation's, tests/cuda_host.c): a full device while the
+    // device model is created is one error naming the buffer; a kernel that
+    // fails at step 9's update stops the run with the call named, the last
+    // checkpoint (step 8's) stays as it was, and the CPU resumes from it to the
+    // uninterrupted run's rows and weights.
+    {
+        struct outcome o = { 0 };
+        struct tctx c1 = { .o = &o, .path = path };
+        cuda_host_fail_malloc = 3;
+        train_run(TRAIN_CFG, every, 1, 1, &c1, 0);
+        cuda_host_fail_malloc = 0;
+        printf("# device full: rc %d: %s\n", o.rc, o.err.msg);
+        EXPECT(o.rc == MOE_ENOMEM && strstr(o.err.msg, "CUDA: cudaMalloc of ") &&
+                   strstr(o.err.msg, " for optimizer moments (m) failed: out of memory"),
+               "device full: rc %d: %s", o.rc, o.err.msg);
+        outcome_free(&o);
+        remove(path);
+        cuda_host_fail_optim = 9;
+        train_run(TRAIN_CFG, every, 1, 1, &c1, 0);
+        cuda_host_fail_optim = 0;
+        printf("# kernel fault at step 9: rc %d: %s\n", o.rc, o.err.msg);
+        EXPECT(o.rc == MOE_EIO && strstr(o.err.msg, "CUDA: optim_kernel failed: an illegal memory access"),
+               "kernel fault: rc %d: %s", o.rc, o.err.msg);
+        struct moe_st_file f;
+        struct moe_train_pos pos = { 0 };
+        struct moe_err err;
+        int ok = moe_safetensors_open(path, &f, &err) == 0;
+        EXPECT(ok && moe_train_pos_read(&f, &pos, &err) == 0 && pos.steps == 8,
+               "kernel fault: the last checkpoint should be step 8's, got step %llu (%s)",
+               (unsigned long long)pos.steps, ok ? "" : err.msg);
+        if (ok)
+            moe_safetensors_close(&f);
+        o.len = o.ckpt_len;
+        o.rows[o.len] = '\0';
+        struct tctx c2 = { .o = &o, .path = path };
+        train_run(TRAIN_CFG, every, 1, 0, &c2, 1);
+        same_run("kernel fault at step 9 on the device, resumed on the cpu", &o, &ref);
+        outcome_free(&o);
+    }
+#endif
     remove(path);
     outcome_free(&ref);
     // what the trainer refuses on the device, before any step
