@@ -217,6 +217,7 @@ struct outcome {
     size_t len, cap, ckpt_len;
     float *w, *m, *v;
     size_t numel;
+    int64_t selected; // train.select = best_valid_loss: the epoch the run ended with
     int rc;
     struct moe_err err;
 };
@@ -299,6 +300,7 @@ static void train_run(const char *json, const char *const *ovs, size_t n_ovs, in
     struct moe_train_result res;
     c->o->rc = moe_train_ex(&m, &data, &cfg, &h, &res, &c->o->err);
     c->o->numel = m.params.numel;
+    c->o->selected = res.selected_epoch;
     free(c->o->w);
     c->o->w = copy_of(m.params.data, m.params.numel);
     free(frozen);
@@ -323,7 +325,10 @@ static void same_run(const char *what, const struct outcome *dv, const struct ou
     if (dv->rc || cpu->rc)
         return;
     int same = dv->len == cpu->len && memcmp(dv->rows, cpu->rows, cpu->len) == 0;
-    printf("# %s: %zu bytes of metrics rows, %s\n", what, cpu->len, same ? "identical" : "different");
+    printf("# %s: %zu bytes of metrics rows, %s; selected epoch %lld\n", what, cpu->len,
+           same ? "identical" : "different", (long long)cpu->selected);
+    EXPECT(dv->selected == cpu->selected, "%s: selected epoch %lld, cpu %lld", what, (long long)dv->selected,
+           (long long)cpu->selected);
     if (EXACT)
         EXPECT(same, "%s: metrics rows differ:\n--- device\n%s--- cpu\n%s", what, dv->rows, cpu->rows);
     compare(what, "final weights", dv->w, cpu->w, cpu->numel, 1e-3);
@@ -349,17 +354,22 @@ static void test_trainer(void)
                                        "model.n_expert_used=1", "model.norm=rmsnorm",
                                        "model.ffn_activation=swiglu", "optim.type=sgd", "optim.momentum=0.9",
                                        "optim.lr=0.05", "optim.clip=0.5" };
+    static const char *const best[] = { "train.select=best_valid_loss", "train.epochs=4", "optim.lr=0.2" };
     const struct {
         const char *name;
         const char *const *ovs;
         size_t n;
-    } runs[] = { { "trainer noisy-topk classes", none, 1 }, { "trainer switch regression", reg, 10 } };
-    for (size_t i = 0; i < 2; i++) {
+    } runs[] = { { "trainer noisy-topk classes", none, 1 }, { "trainer switch regression", reg, 10 },
+                 { "trainer best validation epoch", best, 3 } };
+    for (size_t i = 0; i < 3; i++) {
         struct outcome a = { 0 }, b = { 0 };
         struct tctx ca = { .o = &a }, cb = { .o = &b };
         train_run(TRAIN_CFG, runs[i].ovs, runs[i].n, 0, &ca, 0);
         train_run(TRAIN_CFG, runs[i].ovs, runs[i].n, 1, &cb, 0);
         same_run(runs[i].name, &b, &a);
+        if (i == 2) // the run ends on an earlier epoch's parameters: the restore and its evaluations
+            EXPECT(a.selected > 0 && a.selected < 4, "%s: selected epoch %lld, not before the last", runs[i].name,
+                   (long long)a.selected);
         outcome_free(&a), outcome_free(&b);
     }
     char path[64];

@@ -199,6 +199,12 @@ int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, st
     return moe_error(err, MOE_EINVAL, NONE);
 }
 
+int moe_cuda_model_eval(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s, struct moe_err *err)
+{
+    (void)d, (void)b, (void)s;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
 int moe_cuda_model_download(const struct moe_cuda_model *d, struct moe_model *m, struct moe_optim *o,
                             struct moe_err *err)
 {

@@ -256,12 +256,15 @@ static int grad_norm(struct moe_cuda_model *d, double *ret, struct moe_err *err)
     return 0;
 }
 
-int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
-                        double *ret_gnorm, struct moe_err *err)
+// The forward pass of batch b in training (train: noise, jitter, the
+// training capacity) or evaluation mode, with the head's loss and its dy:
+// *ret_loss, *ret_aux; d->loss and d->T for the statistics.
+static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int train, double *ret_loss, double *ret_aux,
+                   struct moe_err *err)
 {
     const size_t T = b->n, I = d->I, D = d->D, O = d->O, L = d->L, TD = T * D;
     int rc;
-    *ret_loss = *ret_aux = *ret_gnorm = 0.0;
+    *ret_loss = *ret_aux = 0.0;
     d->T = 0;
     if (T > d->T_max)
         return moe_error(err, MOE_EINVAL, "batch of %zu rows exceeds the device model's maximum %zu", T, d->T_max);
@@ -269,8 +272,7 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
         return moe_error(err, MOE_EINVAL, "CUDA model: distillation is not on the device yet");
     if ((rc = moe_cuda_to_device(d->x, b->x, T * I * sizeof(float), err)) ||
         (d->ce && (rc = moe_cuda_to_device(d->label, b->label, T * sizeof(int32_t), err))) ||
-        (!d->ce && (rc = moe_cuda_to_device(d->target, b->y, T * O * sizeof(float), err))) ||
-        (rc = moe_cuda_memset(d->g, 0, d->numel * sizeof(float), "gradients", err)))
+        (!d->ce && (rc = moe_cuda_to_device(d->target, b->y, T * O * sizeof(float), err))))
         return rc;
     // forward
     if ((rc = moe_cuda_linear_forward(d->h, d->x, W(d, d->i_win), W(d, d->i_bin), T, I, D, "input", err)))
@@ -283,7 +285,7 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
         if ((rc = moe_cuda_norm_forward(nl, d->mean + l * T, d->rstd + l * T, hin, W(d, k->i_g), W(d, k->i_b), T, D,
                                         NORM_EPS, err)) ||
             (rc = moe_cuda_copy(hout, hin, TD * sizeof(float), err)) ||
-            (rc = moe_cuda_layer_forward(k->moe, hout, nl, T, 1, d->seed, b->step, &al, err)))
+            (rc = moe_cuda_layer_forward(k->moe, hout, nl, T, train, d->seed, b->step, &al, err)))
             return rc;
         aux += al;
     }
@@ -300,6 +302,26 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
     if (rc)
         return rc;
     d->loss = loss, d->T = T;
+    *ret_loss = loss, *ret_aux = aux;
+    return 0;
+}
+
+int moe_cuda_model_eval(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s, struct moe_err *err)
+{
+    double loss, aux;
+    int rc = forward(d, b, 0, &loss, &aux, err);
+    return rc ? rc : moe_cuda_model_stats(d, b, s, err);
+}
+
+int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
+                        double *ret_gnorm, struct moe_err *err)
+{
+    const size_t T = b->n, I = d->I, D = d->D, O = d->O, L = d->L, TD = T * D;
+    *ret_gnorm = 0.0;
+    int rc = forward(d, b, 1, ret_loss, ret_aux, err);
+    if (rc || (rc = moe_cuda_memset(d->g, 0, d->numel * sizeof(float), "gradients", err)))
+        return rc;
+    float *nf = d->n + L * TD;
     // backward: dh holds dL/dh_l for the current l
     if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
         (rc = moe_cuda_linear_backward(d->dn, G(d, d->i_wh), G(d, d->i_bh), d->dy, nf, W(d, d->i_wh), T, D, O,
@@ -319,11 +341,7 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
     if ((rc = moe_cuda_linear_backward(NULL, G(d, d->i_win), G(d, d->i_bin), d->dh, d->x, W(d, d->i_win), T, I, D,
                                        1.0f, "input backward", err)))
         return rc;
-    double gnorm;
-    if ((rc = grad_norm(d, &gnorm, err)))
-        return rc;
-    *ret_loss = loss, *ret_aux = aux, *ret_gnorm = gnorm;
-    return 0;
+    return grad_norm(d, ret_gnorm, err);
 }
 
 // train/optim.c moe_optim_step_segs over one segment: the clipping scale, the

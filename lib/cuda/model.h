@@ -71,6 +71,11 @@ int moe_cuda_model_update(struct moe_cuda_model *d, struct moe_optim *o, double 
 int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s,
                          struct moe_err *err);
 
+// Evaluation of batch b (moe_model_run without gradients: no noise or
+// jitter, the evaluation capacity factor): the forward pass and its
+// statistics added to s as moe_cuda_model_stats adds a step's.
+int moe_cuda_model_eval(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s, struct moe_err *err);
+
 // The weights to m's registry (m->params.data), the last step's gradients to
 // m->params.grad (NULL-safe: grad may be absent), and the moments to o->m,
 // o->v where o has them.

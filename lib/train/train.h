@@ -378,9 +378,9 @@ struct moe_train_hooks {
     // says what it needs): the weights, gradients, optimizer moments and
     // activations live on the device from the first step on (the device model,
     // lib/cuda/model.h), each step's batch goes in, its loss, gradient norm
-    // and training statistics come out; the host's weights and moments are
-    // brought up to date before each evaluation and checkpoint, which run on
-    // the host as always.
+    // and training statistics come out; evaluations run there too; the host's
+    // weights and moments are brought up to date before each checkpoint and
+    // at the end.
     const struct moe_train_device *device;
 };
 struct moe_train_device {

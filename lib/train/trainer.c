@@ -1206,6 +1206,29 @@ static int dev_step(struct run *r, uint64_t epoch, size_t start, size_t n, struc
     return moe_cuda_model_update(r->dev, &r->opt, gnorm, err);
 }
 
+// Rows per evaluation pass: moe_evaluate's chunk.
+static size_t eval_chunk(const struct run *r) { return r->chunk < r->m->max_batch ? r->chunk : r->m->max_batch; }
+
+// moe_evaluate on the device: the same passes over the split's rows, each
+// one's statistics added in order (rows only: the device model takes no text).
+static int dev_evaluate(struct run *r, const struct moe_dataset *d, const char *split, struct moe_stats *s,
+                        struct moe_eval_row *ret, struct moe_err *err)
+{
+    moe_stats_reset(s);
+    const size_t chunk = eval_chunk(r);
+    int rc = 0;
+    for (size_t start = 0; !rc && start < d->n; start += chunk) {
+        struct moe_batch b = slice(d, start, d->n - start < chunk ? d->n - start : chunk);
+        rc = moe_cuda_model_eval(r->dev, &b, s, err);
+    }
+    if (rc)
+        return rc;
+    memset(ret, 0, sizeof *ret);
+    ret->split = split;
+    moe_eval_row_fill(ret, s, d->task, r->thr);
+    return 0;
+}
+
 // The training steps of an epoch (epoch >= 1) from pos->next_row on, with the
 // batch rows, stops and checkpoints due between them. A step takes up to
 // accum micro-batches of bs rows; stops and checkpoints fall between steps only.
@@ -1277,11 +1300,12 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
     return 0;
 }
 
-// Evaluate split d into row (its gate means into gm) at the end of an epoch.
+// Evaluate split d into row (its gate means into gm) at the end of an epoch:
+// moe_evaluate, or with the device model dev_evaluate.
 static int eval_split(struct run *r, const struct moe_dataset *d, const char *split, uint64_t epoch,
                       struct moe_stats *s, struct moe_eval_row *row, double *gm, struct moe_err *err)
 {
-    int rc = moe_evaluate(r->m, d, split, r->chunk, r->thr, s, row, err);
+    int rc = r->dev ? dev_evaluate(r, d, split, s, row, err) : moe_evaluate(r->m, d, split, r->chunk, r->thr, s, row, err);
     if (!rc && r->ep && r->ep->rc) { // an exchange of the sharded experts failed
         if (err)
             *err = r->ep->err;
@@ -1305,13 +1329,12 @@ static int eval_point(struct run *r, uint64_t epoch, int *last, struct moe_err *
     int log_due = epoch % r->eval_every == 0 || *last;
     if (!log_due && !r->use_crit)
         return 0;
-    int rc = dev_sync(r, err);
-    if (rc)
-        return rc;
-    rc = eval_split(r, r->tr, "train", epoch, &r->st, &r->rtr, r->gm_train, err);
+    int rc = eval_split(r, r->tr, "train", epoch, &r->st, &r->rtr, r->gm_train, err);
     if (rc)
         return rc;
     if (!isfinite(r->rtr.loss)) {
+        if ((rc = dev_sync(r, err)))
+            return rc;
         const char *kind = "nan", *bad = first_nonfinite(&r->m->params, r->m->params.data, &kind);
         return moe_error(err, MOE_ENUMERIC, "epoch %llu (step %llu): evaluated training loss is not finite; first non-finite tensor: '%s' (weights, %s)",
                          (unsigned long long)epoch, (unsigned long long)pos->steps, bad ? bad : "none", kind);
@@ -1344,6 +1367,8 @@ static int eval_point(struct run *r, uint64_t epoch, int *last, struct moe_err *
     // train.select: keep these parameters if this validation loss is the lowest so far (ties: the earlier)
     const double vloss = r->va ? r->rva.loss : r->rte.loss;
     if (r->select_best && (r->ck.best_epoch < 0 || vloss < r->ck.best_loss)) {
+        if ((rc = dev_sync(r, err)))
+            return rc;
         snapshot(r->m, r->best);
         r->ck.best_epoch = (int64_t)epoch;
         r->ck.best_loss = vloss;
@@ -1359,7 +1384,13 @@ static int run_finish(struct run *r, uint64_t epoch, struct moe_train_result *re
     ret->select_best = r->select_best;
     ret->selected_epoch = r->select_best ? (int64_t)epoch : -1;
     if (r->select_best && r->ck.best_epoch >= 0 && (uint64_t)r->ck.best_epoch != epoch) {
-        // the selected parameters, and the final rows evaluated on them (the values of that epoch's rows)
+        // the selected parameters, and the final rows evaluated on them (the values of that epoch's rows),
+        // on the host (a device run's model is the host's from here on)
+        int rs = dev_sync(r, err);
+        if (rs)
+            return rs;
+        moe_cuda_model_free(r->dev);
+        r->dev = NULL;
         restore(r->m, r->best);
         uint64_t be = (uint64_t)r->ck.best_epoch;
         int rc;
@@ -1449,8 +1480,9 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
     if (!rc && hooks->resume)
         rc = run_resume(&r, err);
     // the device model from the weights and the moments as they now are (loaded or resumed)
-    if (!rc && hooks->device)
-        rc = moe_cuda_model_create(&r.dev, m, hooks->device->hp, &r.opt, r.bs, err);
+    if (!rc && hooks->device) // batches of training steps and of evaluation passes
+        rc = moe_cuda_model_create(&r.dev, m, hooks->device->hp, &r.opt, r.bs > eval_chunk(&r) ? r.bs : eval_chunk(&r),
+                                   err);
     double train0 = r.ck.pos.train_seconds;
     if (!rc)
         rc = run_epochs(&r, ret, err);
