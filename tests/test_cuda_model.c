@@ -174,16 +174,16 @@ static void run_case(const struct mcase *k)
     free(x), free(y), free(label);
 }
 
-// What the device step refuses, with its one line: dense blocks, dropout.
+// What the device step refuses, with its one line: hash routing, dropout.
 static void test_refusals(void)
 {
-    static const char *const dense[] = { "model.type=mlp-moe", "model.n_layer=2", "model.moe_every=2" };
+    static const char *const dense[] = { "model.type=mlp-moe", "moe.router=hash", "model.n_expert_used=1" };
     static const char *const drop[] = { "model.type=mlp-moe", "model.dropout.residual=0.1" };
     const struct {
         const char *const *ovs;
         size_t n;
         const char *want;
-    } c[] = { { dense, 3, "dense FFN blocks (model.moe_every > 1) are not on the device yet" },
+    } c[] = { { dense, 3, "hash routing and expert choice are not on the device yet" },
               { drop, 2, "dropout (model.dropout.*) is not on the device yet" } };
     for (size_t i = 0; i < 2; i++) {
         struct moe_err err;
@@ -354,14 +354,15 @@ static void test_trainer(void)
                                        "model.n_expert_used=1", "model.norm=rmsnorm",
                                        "model.ffn_activation=swiglu", "optim.type=sgd", "optim.momentum=0.9",
                                        "optim.lr=0.05", "optim.clip=0.5" };
+    static const char *const dense[] = { "model.n_layer=3", "model.moe_every=3", "moe.router=softmax" };
     static const char *const best[] = { "train.select=best_valid_loss", "train.epochs=4", "optim.lr=0.2" };
     const struct {
         const char *name;
         const char *const *ovs;
         size_t n;
     } runs[] = { { "trainer noisy-topk classes", none, 1 }, { "trainer switch regression", reg, 10 },
-                 { "trainer best validation epoch", best, 3 } };
-    for (size_t i = 0; i < 3; i++) {
+                 { "trainer best validation epoch", best, 3 }, { "trainer dense, dense, sparse", dense, 3 } };
+    for (size_t i = 0; i < 4; i++) {
         struct outcome a = { 0 }, b = { 0 };
         struct tctx ca = { .o = &a }, cb = { .o = &b };
         train_run(TRAIN_CFG, runs[i].ovs, runs[i].n, 0, &ca, 0);
@@ -515,6 +516,14 @@ int main(void)
           { "model.type=mlp-moe", "moe.router=softmax", "model.n_expert=6", "model.n_embd=16", "model.n_ff=16",
             "model.n_layer=3", "model.ffn_activation=gelu", "moe.z_weight=0.001", "optim.type=gd", "optim.lr=0.1",
             NULL } },
+        { "dense-swiglu-sparse-dense-adamw", 0,
+          { "model.type=mlp-moe", "moe.router=gshard", "model.n_expert=4", "model.n_embd=16", "model.n_ff=24",
+            "model.n_layer=3", "model.moe_every=2", "model.ffn_activation=swiglu", "optim.type=adamw",
+            "optim.clip=0.1", NULL } },
+        { "dense-gelu-regression-sgd", 1,
+          { "model.type=mlp-moe", "moe.router=switch", "model.n_expert_used=1", "model.n_expert=4",
+            "model.n_embd=8", "model.n_ff=16", "model.n_layer=4", "model.moe_every=2", "model.ffn_activation=gelu",
+            "optim.type=sgd", "optim.momentum=0.9", NULL } },
         { "noisy-relu-adamw", 0,
           { "model.type=mlp-moe", "moe.router=noisy-topk", "model.n_expert=4", "model.n_embd=8", "model.n_ff=16",
             "model.n_layer=2", "moe.aux_loss=switch", "optim.type=adamw", "optim.lr=0.003", NULL } },

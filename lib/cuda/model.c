@@ -30,6 +30,7 @@
 #include "cuda/kernels/optim.h"
 #include "cuda/layer.h"
 #include "cuda/linear.h"
+#include "cuda/blas.h"
 #include "cuda/model.h"
 #include "cuda/ops.h"
 #include "model/model.h"
@@ -43,7 +44,10 @@
 
 struct dblock {
     int i_g, i_b;                // norm gain and bias (-1: rmsnorm)
-    struct moe_cuda_layer *moe;
+    struct moe_cuda_layer *moe;  // a sparse block's layer, or NULL
+    int si;                      // a sparse block's index among the sparse ones (the statistics' route[si])
+    int i_w1, i_w3, i_w2;        // a dense block's FFN (w3: swiglu, else -1)
+    float *a, *b, *hh;           // its activations (T_max, Fd): kept for the backward
 };
 
 struct moe_cuda_model {
@@ -61,6 +65,13 @@ struct moe_cuda_model {
     float *h, *n, *mean, *rstd;  // (L + 1, T_max, D) and (L + 1, T_max)
     float *y, *dy;               // (T_max, O)
     float *dh, *dn;              // (T_max, D)
+    // dense blocks (model.moe_every > 1): the FFN's width, activation, and
+    // scratch shared by the blocks: the output before the residual add, the
+    // backward's dh, da, db
+    size_t Fd;
+    enum moe_ffn_act act;
+    enum moe_cuda_act cact;
+    float *tmp, *fdh, *fda, *fdb;
     double *part, *lse, *sq;     // cross-entropy's blocks and rows; the sum of squares' scratch
     uint64_t seed;
     enum moe_task task;
@@ -117,14 +128,10 @@ static const char *unsupported(const struct moe_model *m, const struct moe_model
 {
     if (hp->type != MOE_MODEL_MLP_MOE)
         return "the device training step is for mlp-moe models only so far";
-    if (hp->moe_every != 1)
-        return "dense FFN blocks (model.moe_every > 1) are not on the device yet";
     if (hp->dropout.residual > 0.0 || hp->dropout.ffn > 0.0)
         return "dropout (model.dropout.*) is not on the device yet";
     if (m->params.shard_size > 1)
         return "expert parallelism is not on the device";
-    if (m->n_moe_layers != hp->n_layer)
-        return "every block must be a sparse MoE layer";
     return NULL;
 }
 
@@ -196,21 +203,45 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
         if (b[i].need)
             rc = dalloc(d, b[i].p, b[i].bytes, b[i].what, err);
+    // block l is sparse iff l % moe_every == moe_every - 1 (model/mlp_moe.c)
+    const size_t every = hp->moe_every ? hp->moe_every : 1;
+    size_t n_dense = 0, si = 0, E = 1, S = 1;
+    d->act = hp->ffn_act;
+    d->cact = d->act == MOE_FFN_RELU ? MOE_CUDA_RELU : d->act == MOE_FFN_GELU ? MOE_CUDA_GELU : MOE_CUDA_SILU;
     for (size_t l = 0; !rc && l < L; l++) {
         struct dblock *k = &d->blk[l];
-        const struct moe_layer *ml = m->moe_layers[l];
         k->i_g = find(p, "layers.%zu.norm.weight", l);
         k->i_b = find(p, "layers.%zu.norm.bias", l);
+        if (l % every != every - 1) {
+            k->i_w1 = find(p, "layers.%zu.ffn.w1", l);
+            k->i_w3 = find(p, "layers.%zu.ffn.w3", l);
+            k->i_w2 = find(p, "layers.%zu.ffn.w2", l);
+            d->Fd = p->t[k->i_w1].shape[0];
+            n_dense++;
+            continue;
+        }
+        const struct moe_layer *ml = m->moe_layers[si];
+        k->si = (int)si++;
         if ((rc = moe_cuda_layer_create(&k->moe, &ml->c, T, err)))
             break;
         moe_cuda_layer_bind(k->moe, W(d, ml->i_router), W(d, ml->i_noise), W(d, ml->i_w1), W(d, ml->i_w3),
                             W(d, ml->i_w2), G(d, ml->i_router), G(d, ml->i_noise), G(d, ml->i_w1), G(d, ml->i_w3),
                             G(d, ml->i_w2));
+        E = ml->c.router.E > E ? ml->c.router.E : E;
+        S = moe_cuda_layer_slots(k->moe) > S ? moe_cuda_layer_slots(k->moe) : S;
     }
-    size_t E = 1, S = 1;
-    for (size_t l = 0; !rc && l < L; l++) {
-        E = m->moe_layers[l]->c.router.E > E ? m->moe_layers[l]->c.router.E : E;
-        S = moe_cuda_layer_slots(d->blk[l].moe) > S ? moe_cuda_layer_slots(d->blk[l].moe) : S;
+    float *fact = NULL, *fback = NULL; // the dense blocks' activations (a, b, hh each), the backward's dh, da, db
+    const size_t TF = T * d->Fd;
+    if (!rc && n_dense && !(rc = dalloc(d, &fact, n_dense * 3 * TF * f, "dense FFN activations", err)) &&
+        !(rc = dalloc(d, &d->tmp, T * D * f, "dense FFN output", err)) &&
+        !(rc = dalloc(d, &fback, 3 * TF * f, "dense FFN backward", err))) {
+        d->fdh = fback, d->fda = fback + TF, d->fdb = fback + 2 * TF;
+        for (size_t l = 0, j = 0; l < L; l++)
+            if (!d->blk[l].moe) {
+                d->blk[l].a = fact + (3 * j) * TF, d->blk[l].b = fact + (3 * j + 1) * TF;
+                d->blk[l].hh = fact + (3 * j + 2) * TF;
+                j++;
+            }
     }
     if (!rc && (!(d->yh = malloc(T * d->O * f)) || !(d->pred = malloc(T * d->O * f)) ||
                 !(d->onehot = calloc(T * d->O, f))))
@@ -256,6 +287,53 @@ static int grad_norm(struct moe_cuda_model *d, double *ret, struct moe_err *err)
     return 0;
 }
 
+// A dense block's FFN (moe/experts.c moe_ffn_forward_drop without dropout,
+// then mlp_moe.c's residual add): tmp = act(x W1^T) [* x W3^T] W2^T, out += tmp.
+static int dense_forward(struct moe_cuda_model *d, const struct dblock *k, float *out, const float *x, size_t T,
+                         struct moe_err *err)
+{
+    const size_t D = d->D, F = d->Fd, n = T * F;
+    const int swiglu = k->i_w3 >= 0;
+    int rc;
+    if ((rc = moe_cuda_linear_forward(k->a, x, W(d, k->i_w1), NULL, T, D, F, "ffn w1", err)) ||
+        (swiglu && (rc = moe_cuda_linear_forward(k->b, x, W(d, k->i_w3), NULL, T, D, F, "ffn w3", err))) ||
+        (rc = moe_cuda_act_forward(d->cact, k->hh, k->a, n, err)) ||
+        (swiglu && (rc = moe_cuda_mul(k->hh, k->b, n, err))) ||
+        (rc = moe_cuda_linear_forward(d->tmp, k->hh, W(d, k->i_w2), NULL, T, F, D, "ffn w2", err)))
+        return rc;
+    return moe_cuda_add(out, d->tmp, T * D, err);
+}
+
+// Its backward (moe_ffn_backward_drop with beta_dw 1, no dropout): dx (T, D)
+// += the input's gradient, the weight gradients +=, in that function's order.
+static int dense_backward(struct moe_cuda_model *d, const struct dblock *k, float *dx, const float *dy,
+                          const float *x, size_t T, struct moe_err *err)
+{
+    const size_t D = d->D, F = d->Fd, n = T * F;
+    const int swiglu = k->i_w3 >= 0;
+    int rc;
+    if ((rc = moe_cuda_gemm(0, 0, T, F, D, 1.0f, dy, D, W(d, k->i_w2), F, 0.0f, d->fdh, F, "ffn w2 backward (dh)",
+                            err)) ||
+        (rc = moe_cuda_gemm(1, 0, D, F, T, 1.0f, dy, D, k->hh, F, 1.0f, G(d, k->i_w2), F, "ffn w2 backward (dw2)",
+                            err)))
+        return rc;
+    if (swiglu && ((rc = moe_cuda_act_forward(MOE_CUDA_SILU, d->fdb, k->a, n, err)) ||
+                   (rc = moe_cuda_swiglu_back(d->fdb, d->fdh, k->b, n, err))))
+        return rc;
+    if ((rc = moe_cuda_act_backward(d->cact, d->fda, d->fdh, k->a, n, err)))
+        return rc;
+    if (swiglu &&
+        ((rc = moe_cuda_gemm(0, 0, T, D, F, 1.0f, d->fdb, F, W(d, k->i_w3), D, 1.0f, dx, D, "ffn w3 backward (dx)",
+                             err)) ||
+         (rc = moe_cuda_gemm(1, 0, F, D, T, 1.0f, d->fdb, F, x, D, 1.0f, G(d, k->i_w3), D, "ffn w3 backward (dw3)",
+                             err))))
+        return rc;
+    if ((rc = moe_cuda_gemm(0, 0, T, D, F, 1.0f, d->fda, F, W(d, k->i_w1), D, 1.0f, dx, D, "ffn w1 backward (dx)",
+                            err)))
+        return rc;
+    return moe_cuda_gemm(1, 0, F, D, T, 1.0f, d->fda, F, x, D, 1.0f, G(d, k->i_w1), D, "ffn w1 backward (dw1)", err);
+}
+
 // The forward pass of batch b in training (train: noise, jitter, the
 // training capacity) or evaluation mode, with the head's loss and its dy:
 // *ret_loss, *ret_aux; d->loss and d->T for the statistics.
@@ -285,7 +363,8 @@ static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int trai
         if ((rc = moe_cuda_norm_forward(nl, d->mean + l * T, d->rstd + l * T, hin, W(d, k->i_g), W(d, k->i_b), T, D,
                                         NORM_EPS, err)) ||
             (rc = moe_cuda_copy(hout, hin, TD * sizeof(float), err)) ||
-            (rc = moe_cuda_layer_forward(k->moe, hout, nl, T, train, d->seed, b->step, &al, err)))
+            (k->moe && (rc = moe_cuda_layer_forward(k->moe, hout, nl, T, train, d->seed, b->step, &al, err))) ||
+            (!k->moe && (rc = dense_forward(d, k, hout, nl, T, err))))
             return rc;
         aux += al;
     }
@@ -333,7 +412,8 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
     for (size_t l = L; l-- > 0;) {
         const struct dblock *k = &d->blk[l];
         if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
-            (rc = moe_cuda_layer_backward(k->moe, d->dn, d->dh, d->n + l * TD, err)) ||
+            (k->moe && (rc = moe_cuda_layer_backward(k->moe, d->dn, d->dh, d->n + l * TD, err))) ||
+            (!k->moe && (rc = dense_backward(d, k, d->dn, d->dh, d->n + l * TD, T, err))) ||
             (rc = moe_cuda_norm_backward(d->dh, G(d, k->i_g), G(d, k->i_b), d->dn, d->h + l * TD, d->mean + l * T,
                                          d->rstd + l * T, W(d, k->i_g), T, D, err)))
             return rc;
@@ -381,8 +461,11 @@ int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, st
     if (!T || T != b->n)
         return moe_error(err, MOE_EINVAL, "CUDA model: no pass of %zu rows to take statistics of", b->n);
     const int32_t *label = cls ? b->label : b->group;
-    for (size_t l = 0; l < d->L && l < s->n_route; l++) {
-        int rc = moe_cuda_layer_route_acc(d->blk[l].moe, &s->route[l], label, &d->hr, &d->hplan, err);
+    for (size_t l = 0; l < d->L; l++) {
+        const struct dblock *k = &d->blk[l];
+        if (!k->moe || (size_t)k->si >= s->n_route)
+            continue;
+        int rc = moe_cuda_layer_route_acc(k->moe, &s->route[k->si], label, &d->hr, &d->hplan, err);
         if (rc)
             return rc;
     }

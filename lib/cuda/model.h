@@ -9,11 +9,12 @@
 // out (and the training statistics' inputs when asked: moe_cuda_model_stats). Weights and moments cross to and from the host in the CPU's layout, so
 // a checkpoint written from either side is the same file.
 //
-// What it covers: mlp-moe with every block sparse (model.moe_every 1), the
-// routers and experts of the device layer (layer.h), LayerNorm or RMSNorm,
-// cross-entropy or squared error, GD, SGD and AdamW with clipping. Refused
-// with one line by moe_cuda_model_create: other models, dense blocks,
-// dropout, distillation (a batch's kd), and whatever the device layer refuses.
+// What it covers: mlp-moe, its sparse blocks with the routers and experts of
+// the device layer (layer.h) and its dense blocks (model.moe_every > 1: the
+// FFN of moe/experts.c), LayerNorm or RMSNorm, cross-entropy or squared
+// error, GD, SGD and AdamW with clipping. Refused with one line by
+// moe_cuda_model_create: other models, dropout, distillation (a batch's kd),
+// and whatever the device layer refuses.
 //
 // C against ops.h and blas.h only: a CUDA build links it into libmoe, and the
 // tests run it on the host through tests/cuda_host.c, where a step must give
