@@ -4,7 +4,9 @@
 #   here:  meson setup build-cuda -Dcuda=enabled -Dmpi=disabled && ninja -C build-cuda
 #   there: bash dev/gpu-check.sh            (logs and JSON under $OUT, default ./gpu-out)
 # Runs the GPU tests (device, ops, layer, model step) twice each (the second run must print the same bytes: the
-# determinism check), then moe bench --device cuda at issue 16's layer shape.
+# determinism check), then moe bench --device cuda at issue 16's layer shape, then moe train --device cuda on
+# a small mlp-moe config twice (metrics and model must be the same bytes), once on the CPU, and
+# moe train --check-device 20.
 # Prints one line per step with its exit code; never stops at a failure.
 set -uo pipefail
 b=${BUILD:-build-cuda}
@@ -29,4 +31,14 @@ t0=$SECONDS
 "$b/cmd/moe" bench --config experiments/common/gpu-layer.json --device cuda --tokens 65536 --repeats 5 --warmup 1 \
     >"$out/bench.json" 2>"$out/bench.log"
 echo "bench: exit $? in $((SECONDS - t0)) s"
+cfg=experiments/common/gpu-train.json
+for r in gpu1 gpu2; do
+    step "train_$r" "$b/cmd/moe" train --config "$cfg" --out "$out/$r" --device cuda --force
+done
+cmp -s "$out/gpu1/metrics.csv" "$out/gpu2/metrics.csv" && cmp -s "$out/gpu1/model.safetensors" "$out/gpu2/model.safetensors" &&
+    echo "train --device cuda: two runs, same bytes" || echo "train --device cuda: two runs DIFFER"
+step train_cpu "$b/cmd/moe" train --config "$cfg" --out "$out/cpu" --force
+t0=$SECONDS
+"$b/cmd/moe" train --config "$cfg" --device cuda --check-device 20 >"$out/check-device.json" 2>"$out/check-device.log"
+echo "check-device: exit $? in $((SECONDS - t0)) s"
 grep -h "FAIL\|failures" "$out"/test_*.log | sort | uniq -c
