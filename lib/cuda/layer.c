@@ -172,6 +172,11 @@ void moe_cuda_layer_free(struct moe_cuda_layer *l)
     free(l);
 }
 
+enum moe_cuda_act moe_cuda_ffn_act(enum moe_ffn_act a)
+{
+    return a == MOE_FFN_RELU ? MOE_CUDA_RELU : a == MOE_FFN_GELU ? MOE_CUDA_GELU : MOE_CUDA_SILU;
+}
+
 int moe_cuda_layer_check(const struct moe_layer_cfg *c, struct moe_err *err)
 {
     const char *why = unsupported(c);
@@ -196,7 +201,7 @@ int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cf
     l->N_max = l->T_max * l->S;
     l->swiglu = c->act == MOE_FFN_SWIGLU;
     l->noisy = moe_router_info(c->router.type)->noise_weights;
-    l->act = c->act == MOE_FFN_RELU ? MOE_CUDA_RELU : c->act == MOE_FFN_GELU ? MOE_CUDA_GELU : MOE_CUDA_SILU;
+    l->act = moe_cuda_ffn_act(c->act);
     const size_t E = l->E, D = l->D, F = l->F, S = l->S, T = l->T_max, N = l->N_max, f = sizeof(float);
     const size_t EFD = E * F * D;
     int rc = 0;

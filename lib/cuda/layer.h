@@ -49,6 +49,10 @@ int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cf
                           struct moe_err *err);
 // The same refusal without creating anything: 0 when the device layer does c.
 int moe_cuda_layer_check(const struct moe_layer_cfg *c, struct moe_err *err);
+// The activation kernel of an FFN activation: relu, gelu; silu for swiglu
+// (whose gate product is a separate launch).
+enum moe_ffn_act;
+enum moe_cuda_act moe_cuda_ffn_act(enum moe_ffn_act a);
 void moe_cuda_layer_free(struct moe_cuda_layer *l);
 
 // Host weights in the checkpoint layout (moe_layer.h): router (E, D), noise

@@ -54,7 +54,8 @@ struct moe_cuda_model {
     size_t I, D, O, L, T_max, numel;
     int rms, ce;
     enum moe_optim_type opt;
-    const struct moe_params *p;  // the host registry: tensor offsets, names, expert marks
+    const struct moe_model *host; // the host model: its task and targets (moe_model_batch_targets)
+    const struct moe_params *p;  // its registry: tensor offsets, names, expert marks
     int i_win, i_bin, i_gf, i_bf, i_wh, i_bh;
     struct dblock *blk;
     void *mem[MAX_MEM];
@@ -69,16 +70,14 @@ struct moe_cuda_model {
     // scratch shared by the blocks: the output before the residual add, the
     // backward's dh, da, db
     size_t Fd;
-    enum moe_ffn_act act;
     enum moe_cuda_act cact;
     float *tmp, *fdh, *fda, *fdb;
     double *part, *lse, *sq;     // cross-entropy's blocks and rows; the sum of squares' scratch
     uint64_t seed;
-    enum moe_task task;
     double loss;                 // the last pass's summed loss (moe_cuda_model_stats)
     size_t T;                    // its rows
     // host scratch of moe_cuda_model_stats: the head's outputs and
-    // probabilities, one-hot targets, one layer's routing and plan counts
+    // probabilities, one-hot targets (classes), one layer's routing and plan counts
     float *yh, *pred, *onehot;
     struct moe_route hr;
     struct moe_dispatch hplan;
@@ -158,7 +157,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     if (!d)
         return moe_error(err, MOE_ENOMEM, "out of memory");
     const struct moe_params *p = &m->params;
-    d->p = p;
+    d->host = m, d->p = p;
     d->I = m->n_in, d->O = m->n_out, d->D = hp->n_embd, d->L = hp->n_layer;
     d->T_max = T_max ? T_max : 1;
     d->numel = p->numel;
@@ -166,7 +165,6 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     d->ce = strcmp(m->loss_name, "ce") == 0;
     d->opt = o->type;
     d->seed = m->seed;
-    d->task = m->task;
     d->i_win = moe_params_find(p, "input.weight"), d->i_bin = moe_params_find(p, "input.bias");
     d->i_gf = moe_params_find(p, "norm.weight"), d->i_bf = moe_params_find(p, "norm.bias");
     d->i_wh = moe_params_find(p, "head.weight"), d->i_bh = moe_params_find(p, "head.bias");
@@ -206,8 +204,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     // block l is sparse iff l % moe_every == moe_every - 1 (model/mlp_moe.c)
     const size_t every = hp->moe_every ? hp->moe_every : 1;
     size_t n_dense = 0, si = 0, E = 1, S = 1;
-    d->act = hp->ffn_act;
-    d->cact = d->act == MOE_FFN_RELU ? MOE_CUDA_RELU : d->act == MOE_FFN_GELU ? MOE_CUDA_GELU : MOE_CUDA_SILU;
+    d->cact = moe_cuda_ffn_act(hp->ffn_act);
     for (size_t l = 0; !rc && l < L; l++) {
         struct dblock *k = &d->blk[l];
         k->i_g = find(p, "layers.%zu.norm.weight", l);
@@ -244,7 +241,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
             }
     }
     if (!rc && (!(d->yh = malloc(T * d->O * f)) || !(d->pred = malloc(T * d->O * f)) ||
-                !(d->onehot = calloc(T * d->O, f))))
+                !(d->onehot = malloc(T * d->O * f))))
         rc = moe_error(err, MOE_ENOMEM, "out of memory for the statistics' host buffers (%zu x %zu)", T, d->O);
     if (!rc && !(rc = moe_route_alloc(&d->hr, T, E, S, 0, err))) {
         if ((rc = moe_dispatch_alloc(&d->hplan, T, S, E, err)))
@@ -457,28 +454,23 @@ int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, st
                          struct moe_err *err)
 {
     const size_t T = d->T, O = d->O;
-    const int cls = d->task == MOE_TASK_CLASSIFICATION;
+    const int cls = d->host->task == MOE_TASK_CLASSIFICATION;
+    const float *y = d->yh, *target;
     if (!T || T != b->n)
         return moe_error(err, MOE_EINVAL, "CUDA model: no pass of %zu rows to take statistics of", b->n);
+    int rc = moe_model_batch_targets(d->host, b, d->onehot, &target, err);
+    if (rc)
+        return rc;
     const int32_t *label = cls ? b->label : b->group;
     for (size_t l = 0; l < d->L; l++) {
         const struct dblock *k = &d->blk[l];
         if (!k->moe || (size_t)k->si >= s->n_route)
             continue;
-        int rc = moe_cuda_layer_route_acc(k->moe, &s->route[k->si], label, &d->hr, &d->hplan, err);
-        if (rc)
+        if ((rc = moe_cuda_layer_route_acc(k->moe, &s->route[k->si], label, &d->hr, &d->hplan, err)))
             return rc;
     }
-    int rc = moe_cuda_to_host(d->yh, d->y, T * O * sizeof(float), err);
-    if (rc)
+    if ((rc = moe_cuda_to_host(d->yh, d->y, T * O * sizeof(float), err)))
         return rc;
-    const float *y = d->yh, *target = b->y;
-    if (cls) {
-        memset(d->onehot, 0, T * O * sizeof(float));
-        for (size_t t = 0; t < T; t++)
-            d->onehot[t * O + (size_t)b->label[t]] = 1.0f;
-        target = d->onehot;
-    }
     if (d->ce) {
         moe_softmax_forward(d->pred, NULL, y, T, O);
         y = d->pred;

@@ -157,8 +157,11 @@ struct moe_batch moe_lm_batch_fill(const struct moe_dataset *d, struct moe_lm_ba
     return b;
 }
 
-int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *split, size_t chunk,
-                 double active_threshold, struct moe_stats *s, struct moe_eval_row *ret, struct moe_err *err)
+// moe_evaluate's passes, each on m, or with dev (a training run on a CUDA
+// device, cuda/model.h) on the device model holding m's weights.
+static int evaluate(struct moe_model *m, struct moe_cuda_model *dev, const struct moe_dataset *d, const char *split,
+                    size_t chunk, double active_threshold, struct moe_stats *s, struct moe_eval_row *ret,
+                    struct moe_err *err)
 {
     moe_stats_reset(s);
     if (chunk > m->max_batch)
@@ -171,7 +174,7 @@ int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *s
         size_t n = rows - start < chunk ? rows - start : chunk;
         struct moe_batch b = lm ? moe_lm_batch_fill(d, &lb, 0, 0, start, n) : slice(d, start, n);
         moe_threads_adapt();
-        rc = moe_model_run(m, &b, 0, s, err);
+        rc = dev ? moe_cuda_model_eval(dev, &b, s, err) : moe_model_run(m, &b, 0, s, err);
     }
     moe_lm_batch_release(&lb);
     if (rc)
@@ -180,6 +183,12 @@ int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *s
     ret->split = split;
     moe_eval_row_fill(ret, s, d->task, active_threshold);
     return 0;
+}
+
+int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *split, size_t chunk,
+                 double active_threshold, struct moe_stats *s, struct moe_eval_row *ret, struct moe_err *err)
+{
+    return evaluate(m, NULL, d, split, chunk, active_threshold, s, ret, err);
 }
 
 void moe_eval_row_fill(struct moe_eval_row *r, const struct moe_stats *s, enum moe_task task, double active_threshold)
@@ -1206,28 +1215,8 @@ static int dev_step(struct run *r, uint64_t epoch, size_t start, size_t n, struc
     return moe_cuda_model_update(r->dev, &r->opt, gnorm, err);
 }
 
-// Rows per evaluation pass: moe_evaluate's chunk.
+// Rows per evaluation pass (moe_evaluate caps train.max_batch_eval at the model's batch).
 static size_t eval_chunk(const struct run *r) { return r->chunk < r->m->max_batch ? r->chunk : r->m->max_batch; }
-
-// moe_evaluate on the device: the same passes over the split's rows, each
-// one's statistics added in order (rows only: the device model takes no text).
-static int dev_evaluate(struct run *r, const struct moe_dataset *d, const char *split, struct moe_stats *s,
-                        struct moe_eval_row *ret, struct moe_err *err)
-{
-    moe_stats_reset(s);
-    const size_t chunk = eval_chunk(r);
-    int rc = 0;
-    for (size_t start = 0; !rc && start < d->n; start += chunk) {
-        struct moe_batch b = slice(d, start, d->n - start < chunk ? d->n - start : chunk);
-        rc = moe_cuda_model_eval(r->dev, &b, s, err);
-    }
-    if (rc)
-        return rc;
-    memset(ret, 0, sizeof *ret);
-    ret->split = split;
-    moe_eval_row_fill(ret, s, d->task, r->thr);
-    return 0;
-}
 
 // The training steps of an epoch (epoch >= 1) from pos->next_row on, with the
 // batch rows, stops and checkpoints due between them. A step takes up to
@@ -1300,12 +1289,12 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
     return 0;
 }
 
-// Evaluate split d into row (its gate means into gm) at the end of an epoch:
-// moe_evaluate, or with the device model dev_evaluate.
+// Evaluate split d into row (its gate means into gm) at the end of an epoch
+// (on the device model in a device run).
 static int eval_split(struct run *r, const struct moe_dataset *d, const char *split, uint64_t epoch,
                       struct moe_stats *s, struct moe_eval_row *row, double *gm, struct moe_err *err)
 {
-    int rc = r->dev ? dev_evaluate(r, d, split, s, row, err) : moe_evaluate(r->m, d, split, r->chunk, r->thr, s, row, err);
+    int rc = evaluate(r->m, r->dev, d, split, r->chunk, r->thr, s, row, err);
     if (!rc && r->ep && r->ep->rc) { // an exchange of the sharded experts failed
         if (err)
             *err = r->ep->err;
