@@ -283,6 +283,17 @@ int moe_mlp_moe_check(const struct moe_model_hp *hp, const char *loss, enum moe_
                       struct moe_err *err);
 int moe_transformer_check(const struct moe_model_hp *hp, const char *loss, enum moe_task task, size_t n_in,
                           size_t n_out, struct moe_err *err);
+// A transformer's batch of windows, checked (the batch size, token ids in
+// the vocabulary, languages in range) as its pass checks them, into per-token
+// arrays (T = windows x model.n_ctx): target, the next token; keys (NULL: not
+// wanted), hash routing's key, the input token; label, the routing statistics'
+// label (byte class x languages + language).
+int moe_transformer_batch(const struct moe_model *m, const struct moe_batch *bt, int32_t *target, uint32_t *keys,
+                          int32_t *label, struct moe_err *err);
+// The statistics a transformer's pass adds for batch bt from its per-token
+// cross-entropy and argmax (T each): loss, accuracy, bytes, per-language sums.
+void moe_transformer_add_stats(const struct moe_model *m, const struct moe_batch *bt, struct moe_stats *s,
+                               const float *row_loss, const int32_t *row_argmax);
 // Shared by the models built of pre-norm blocks with sparse layers (mlp-moe, transformer):
 // the block norm (RMSNorm, or LayerNorm with bias tensor ib) over rows of width D,
 void moe_model_norm_forward(int rms, const struct moe_params *p, float *y, float *mean, float *rstd,

@@ -159,9 +159,10 @@ static int fit(struct moe_model *m, const struct moe_dataset *train, struct moe_
 
 // Statistics of one batch from the loss pass's per-token cross-entropy and
 // argmax (nn.h moe_ce_rows): loss and accuracy, bytes, per-language sums.
-static void add_stats(const struct transformer *n, const struct moe_batch *bt, struct moe_stats *s,
-                      const float *row_loss, const int32_t *row_argmax)
+void moe_transformer_add_stats(const struct moe_model *m, const struct moe_batch *bt, struct moe_stats *s,
+                               const float *row_loss, const int32_t *row_argmax)
 {
+    const struct transformer *n = m->impl;
     size_t B = bt->n, C = n->C;
     for (size_t w = 0; w < B; w++) {
         double loss = 0.0;
@@ -169,7 +170,7 @@ static void add_stats(const struct transformer *n, const struct moe_batch *bt, s
         for (size_t c = 0; c < C; c++) {
             size_t t = w * C + c;
             loss += (double)row_loss[t];
-            correct += row_argmax[t] == n->target[t];
+            correct += row_argmax[t] == bt->tok[w * (C + 1) + c + 1];
         }
         s->n += C;
         s->loss += loss;
@@ -183,6 +184,36 @@ static void add_stats(const struct transformer *n, const struct moe_batch *bt, s
             s->lang_bytes[g] += bytes;
         }
     }
+}
+
+int moe_transformer_batch(const struct moe_model *m, const struct moe_batch *bt, int32_t *target, uint32_t *keys,
+                          int32_t *label, struct moe_err *err)
+{
+    const struct transformer *n = m->impl;
+    size_t B = bt->n, C = n->C, V = n->V, G = n->G, ld = C + 1;
+    if (B > m->max_batch)
+        return moe_error(err, MOE_EINVAL, "batch of %zu windows exceeds the model's maximum %zu", B, m->max_batch);
+    if (B && !bt->tok)
+        return moe_error(err, MOE_EINVAL, "model 'transformer' needs token windows (data.source 'text')");
+    for (size_t w = 0; w < B; w++) {
+        if (bt->lang && (bt->lang[w] < 0 || (size_t)bt->lang[w] >= G))
+            return moe_error(err, MOE_EINVAL, "window %zu: language %d outside [0, %zu)", w, bt->lang[w], G);
+        for (size_t c = 0; c <= C; c++) {
+            int32_t id = bt->tok[w * ld + c];
+            if (id < 0 || (size_t)id >= V)
+                return moe_error(err, MOE_EINVAL, "window %zu: token id %d outside the vocabulary [0, %zu)", w,
+                                 id, V);
+        }
+        for (size_t c = 0; c < C; c++) {
+            size_t t = w * C + c;
+            int32_t g = bt->lang ? bt->lang[w] : 0;
+            target[t] = bt->tok[w * ld + c + 1];
+            if (keys)
+                keys[t] = (uint32_t)bt->tok[w * ld + c];
+            label[t] = (bt->cls ? (int32_t)bt->cls[w * ld + c] : MOE_CLASS_OTHER) * (int32_t)G + g;
+        }
+    }
+    return 0;
 }
 
 // Block l's dropout of one kind: p at training time (with_grad), off otherwise.
@@ -207,31 +238,11 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
 {
     struct transformer *n = m->impl;
     struct moe_params *p = &m->params;
-    size_t B = bt->n, C = n->C, D = n->D, H = n->H, V = n->V, G = n->G, L = n->L, Fd = n->Fd;
+    size_t B = bt->n, C = n->C, D = n->D, H = n->H, V = n->V, L = n->L, Fd = n->Fd;
     size_t T = B * C, TD = T * D, ld = C + 1;
-    if (B > m->max_batch)
-        return moe_error(err, MOE_EINVAL, "batch of %zu windows exceeds the model's maximum %zu", B, m->max_batch);
-    if (B == 0)
-        return 0;
-    if (!bt->tok)
-        return moe_error(err, MOE_EINVAL, "model 'transformer' needs token windows (data.source 'text')");
-    for (size_t w = 0; w < B; w++) {
-        if (bt->lang && (bt->lang[w] < 0 || (size_t)bt->lang[w] >= G))
-            return moe_error(err, MOE_EINVAL, "window %zu: language %d outside [0, %zu)", w, bt->lang[w], G);
-        for (size_t c = 0; c <= C; c++) {
-            int32_t id = bt->tok[w * ld + c];
-            if (id < 0 || (size_t)id >= V)
-                return moe_error(err, MOE_EINVAL, "window %zu: token id %d outside the vocabulary [0, %zu)", w,
-                                 id, V);
-        }
-        for (size_t c = 0; c < C; c++) {
-            size_t t = w * C + c;
-            int32_t g = bt->lang ? bt->lang[w] : 0;
-            n->target[t] = bt->tok[w * ld + c + 1];
-            n->keys[t] = (uint32_t)bt->tok[w * ld + c];
-            n->label[t] = (bt->cls ? (int32_t)bt->cls[w * ld + c] : MOE_CLASS_OTHER) * (int32_t)G + g;
-        }
-    }
+    int rc = moe_transformer_batch(m, bt, n->target, n->keys, n->label, err);
+    if (rc || B == 0)
+        return rc;
 
     // forward
     MOE_TIMED(MOE_PHASE_EMBEDDING, moe_embedding_forward(n->h, bt->tok, ld, moe_params_data(p, n->i_wte),
@@ -304,7 +315,7 @@ static int run(struct moe_model *m, const struct moe_batch *bt, int with_grad, s
         moe_ce_rows(NULL, row_loss, row_argmax, n->logits, n->target, T, V, 0.0f);
     }
     if (stats)
-        add_stats(n, bt, stats, row_loss, row_argmax);
+        moe_transformer_add_stats(m, bt, stats, row_loss, row_argmax);
     moe_prof_end(MOE_PHASE_LOSS, t0);
     const struct moe_batch_kd *kd = bt->kd;
     if (kd && kd->hidden_out)
