@@ -56,13 +56,13 @@ static const char *const usage =
     "run goes (tail -f follows them); a reader ignores a last line without a\n"
     "trailing newline (a row torn by a kill; --resume cuts it off).\n"
     "--device cuda[:N] (a build with CUDA: moe --version) runs the training steps\n"
-    "and evaluations on that GPU (mlp-moe; checkpoints are the CPU's files,\n"
-    "written from the device's weights); the same seed gives the same bytes on\n"
-    "the same GPU, and checkpoints resume on either side. --check-device STEPS\n"
-    "runs that many steps from the same weights and batches on the CPU and on\n"
-    "the device and prints, as JSON, the largest relative difference per tensor\n"
-    "(weights, gradients, moments) and per step (loss, gradient norm); it writes\n"
-    "no files.\n"
+    "and evaluations on that GPU (mlp-moe, transformer; checkpoints are the\n"
+    "CPU's files, written from the device's weights); the same seed gives the\n"
+    "same bytes on the same GPU, and checkpoints resume on either side.\n"
+    "--check-device STEPS runs that many steps from the same weights and\n"
+    "batches on the CPU and on the device and prints, as JSON, the largest\n"
+    "relative difference per tensor (weights, gradients, moments) and per step\n"
+    "(loss, gradient norm); it writes no files.\n"
     "--dry-run prints the parameter count, active parameters and FLOPs per token\n"
     "and the memory estimate as JSON, and trains nothing. A run whose estimate\n"
     "plus a headroom of a quarter of it (at least 64 MiB) exceeds the memory\n"
@@ -742,18 +742,15 @@ static int prepare(struct train_run *r, cJSON **done, int *ret_done)
 }
 
 // --device cuda[:N]: what the device's training step takes, checked before
-// the run directory is touched (one line, exit 2): the model type (mlp-moe;
-// the transformer's device step is not written yet), the model's settings
+// the run directory is touched (one line, exit 2): the model type (mlp-moe
+// or transformer), the model's settings
 // (cuda/model.h), and the run's (train.h moe_train_device_check).
 static int device_check(struct train_run *r)
 {
     const char *cmd = r->cmd, *dv = r->c->device;
     enum moe_model_type t = r->rc.model.type;
     struct moe_err err = { 0 };
-    if (t == MOE_MODEL_TRANSFORMER)
-        return cli_error(cmd, 2, "option '--device %s' cannot be used with model.type 'transformer' yet: the device "
-                         "training step is written for mlp-moe so far; use --device cpu", dv);
-    if (t != MOE_MODEL_MLP_MOE)
+    if (t != MOE_MODEL_MLP_MOE && t != MOE_MODEL_TRANSFORMER)
         return cli_error(cmd, 2, "option '--device %s' cannot be used with model.type '%s': the CUDA backend is "
                          "for mlp-moe and transformer models; use --device cpu", dv, moe_model_kind(t)->name);
     if (moe_cuda_model_check(&r->model, &r->rc.model, &err) ||

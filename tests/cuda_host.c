@@ -430,6 +430,24 @@ int moe_cuda_embed_forward(float *out, const int32_t *tok, size_t ld, const floa
     return 0;
 }
 
+int moe_cuda_lang_rows(float *radd, const float *le, const int32_t *lang, size_t B, size_t C, size_t D,
+                       struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < B * C * D; i++)
+        moe_k_lang_rows(radd, le, lang, C, D, i / D, i % D);
+    return 0;
+}
+
+int moe_cuda_lang_grad(float *dle, const float *dradd, const int32_t *lang, size_t B, size_t C, size_t D, size_t G,
+                       struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < G * D; i++)
+        moe_k_lang_grad(dle, dradd, lang, B, C, D, i / D, i % D);
+    return 0;
+}
+
 // cub::DeviceRadixSort::SortPairs of n (key, value) pairs: four stable passes
 // of 8 bits over the keys with their sign bit flipped (signed order), through
 // the ping-pong buffers tk, tv; the inputs are left as they are.

@@ -22,11 +22,13 @@
 // tests/cuda_host.c (test_cuda_model_host), the device step runs on the host
 // emulation, whose GEMM, exp and tanh are the CPU library's: there every
 // value must be the CPU's, bit for bit (zeros of either sign equal).
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/rng.h"
@@ -172,6 +174,143 @@ static void run_case(const struct mcase *k)
     moe_model_release(&m);
     moe_config_release(&cfg);
     free(x), free(y), free(label);
+}
+
+// The Transformer LM's device step (lib/cuda/transformer.c) against the CPU
+// model, as run_case: windows of random tokens in G = 2 languages, several
+// steps, each step's statistics (loss, accuracy, per-language sums), the
+// auxiliary losses and the gradient norm; then an evaluation pass of the
+// trained weights; at the end every weight, gradient and moment.
+struct tcase {
+    const char *name;
+    const char *ovs[16];
+};
+
+static void tf_stats_same(const char *cname, const char *what, const struct moe_stats *a, const struct moe_stats *b)
+{
+    char w[96];
+    snprintf(w, sizeof w, "%s loss", what);
+    same_double(cname, w, a->loss, b->loss, 1e-4);
+    EXPECT(a->n == b->n && a->bytes == b->bytes, "%s %s: %zu tokens, %g bytes; cpu %zu, %g", cname, what, a->n,
+           a->bytes, b->n, b->bytes);
+    if (EXACT)
+        EXPECT(a->correct == b->correct, "%s %s: %zu correct, cpu %zu", cname, what, a->correct, b->correct);
+    for (size_t g = 0; g < b->n_lang; g++) {
+        snprintf(w, sizeof w, "%s language %zu loss", what, g);
+        same_double(cname, w, a->lang_loss[g], b->lang_loss[g], 1e-4);
+        EXPECT(a->lang_tokens[g] == b->lang_tokens[g], "%s %s: language %zu tokens", cname, what, g);
+    }
+}
+
+static void run_tf_case(const struct tcase *k)
+{
+    struct moe_err err;
+    struct moe_config cfg;
+    size_t n_ovs = 0;
+    while (n_ovs < 16 && k->ovs[n_ovs])
+        n_ovs++;
+    if (moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), "{}", "test", k->ovs, n_ovs, &err))
+        die(&err);
+    struct moe_model_hp hp;
+    struct moe_model m;
+    if (moe_model_hp_parse(&hp, &cfg, &err))
+        die(&err);
+    const size_t V = 11, G = 2, B = 8, C = hp.n_ctx, steps = 3;
+    if (moe_model_create(&m, &cfg, NULL, MOE_TASK_LM, G, V, B, &err))
+        die(&err);
+    moe_model_init_weights(&m, 43);
+    struct moe_optim_cfg oc;
+    moe_optim_cfg_parse(&oc, &cfg);
+    struct moe_optim o, od;
+    if (moe_optim_init(&o, &oc, m.params.numel, &err) || moe_optim_init(&od, &oc, m.params.numel, &err))
+        die(&err);
+    struct moe_cuda_model *d;
+    if (moe_cuda_model_create(&d, &m, &hp, &od, B, &err))
+        die(&err);
+    int32_t *tok = malloc(B * (C + 1) * 4), *lang = malloc(B * 4);
+    uint8_t *cls = malloc(B * (C + 1));
+    uint64_t *bytes = malloc(B * 8);
+    float *u = malloc(B * (C + 1) * 4);
+    struct moe_stats st, sd;
+    if (moe_stats_init(&st, 0, 0, &err) || moe_stats_init_lang(&st, G, &err) || moe_stats_init(&sd, 0, 0, &err) ||
+        moe_stats_init_lang(&sd, G, &err))
+        die(&err);
+    for (size_t s = 0; s <= steps; s++) { // the last round: an evaluation pass
+        fill(u, B * (C + 1), 300 + (uint32_t)s, 0.0f, (float)V);
+        for (size_t i = 0; i < B * (C + 1); i++) {
+            tok[i] = (int32_t)u[i] % (int32_t)V;
+            cls[i] = (uint8_t)(tok[i] % 3);
+        }
+        for (size_t w = 0; w < B; w++) {
+            lang[w] = (int32_t)((w + s) % G);
+            bytes[w] = C + w % 3;
+        }
+        struct moe_batch b = { .n = B, .tok = tok, .cls = cls, .lang = lang, .bytes = bytes, .step = s };
+        char what[64];
+        moe_stats_reset(&st), moe_stats_reset(&sd);
+        if (s == steps) {
+            if (moe_model_run(&m, &b, 0, &st, &err) || moe_cuda_model_eval(d, &b, &sd, &err))
+                die(&err);
+            tf_stats_same(k->name, "evaluation", &sd, &st);
+            break;
+        }
+        moe_params_zero_grad(&m.params);
+        if (moe_model_run(&m, &b, 1, &st, &err))
+            die(&err);
+        double aux = 0.0;
+        for (size_t l = 0; l < m.n_moe_layers; l++)
+            aux += m.moe_layers[l]->loss;
+        double gnorm = moe_params_grad_norm_units(&m.params);
+        o.lr = od.lr = oc.lr * (1.0 - 0.1 * (double)s);
+        moe_optim_step_norm(&o, m.params.data, m.params.grad, gnorm);
+        double dloss, daux, dgnorm;
+        if (moe_cuda_model_grad(d, &b, &dloss, &daux, &dgnorm, &err) || moe_cuda_model_stats(d, &b, &sd, &err) ||
+            moe_cuda_model_update(d, &od, dgnorm, &err))
+            die(&err);
+        snprintf(what, sizeof what, "step %zu", s);
+        tf_stats_same(k->name, what, &sd, &st);
+        // the loss pass's own sum (fixed blocks of the rows' double values; the
+        // statistics add their float roundings per window): within rounding
+        double tol = EXACT ? 1e-6 : 1e-4;
+        EXPECT(fabs(dloss - st.loss) <= tol * st.loss, "%s step %zu: the pass's summed loss %.17g, cpu %.17g",
+               k->name, s, dloss, st.loss);
+        snprintf(what, sizeof what, "step %zu aux", s);
+        same_double(k->name, what, daux, aux, 1e-4);
+        snprintf(what, sizeof what, "step %zu gradient norm", s);
+        same_double(k->name, what, dgnorm, gnorm, 1e-4);
+    }
+    const size_t n = m.params.numel;
+    struct moe_model md = m;
+    md.params.data = malloc(n * 4), md.params.grad = malloc(n * 4);
+    struct moe_optim oh = od;
+    oh.m = od.m ? malloc(n * 4) : NULL, oh.v = od.v ? malloc(n * 4) : NULL;
+    if (moe_cuda_model_download(d, &md, &oh, &err))
+        die(&err);
+    for (size_t i = 0; i < m.params.n; i++) {
+        const struct moe_tensor *t = &m.params.t[i];
+        char what[128];
+        snprintf(what, sizeof what, "%s weights", t->name);
+        compare(k->name, what, md.params.data + t->offset, m.params.data + t->offset, t->numel, 1e-3);
+        snprintf(what, sizeof what, "%s gradient", t->name);
+        compare(k->name, what, md.params.grad + t->offset, m.params.grad + t->offset, t->numel, 1e-4);
+        if (strstr(t->name, "lang_emb")) { // a comparison of zeros would prove nothing
+            double mx = 0.0;
+            for (size_t j = 0; j < t->numel; j++)
+                mx = fmax(mx, fabs(md.params.grad[t->offset + j]));
+            EXPECT(mx > 0.0, "%s %s: the device's gradient is zero", k->name, t->name);
+        }
+    }
+    if (o.m)
+        compare(k->name, "optimizer m", oh.m, o.m, n, 1e-3);
+    if (o.v)
+        compare(k->name, "optimizer v", oh.v, o.v, n, 1e-3);
+    free(md.params.data), free(md.params.grad), free(oh.m), free(oh.v);
+    moe_cuda_model_free(d);
+    moe_stats_release(&st), moe_stats_release(&sd);
+    moe_optim_release(&o), moe_optim_release(&od);
+    moe_model_release(&m);
+    moe_config_release(&cfg);
+    free(tok), free(lang), free(cls), free(bytes), free(u);
 }
 
 // What the device step refuses, with its one line: hash routing, dropout.
@@ -461,15 +600,15 @@ static void test_trainer(void)
     }
 }
 
-// moe_train_check_device (moe train --check-device) on TRAIN_CFG's model and
-// data: on the host emulation every difference is zero; on a GPU the largest
-// is within 1e-3 (the model test's tolerances) and finite.
-static void test_check_device(void)
+// moe_train_check_device (moe train --check-device) on a config's model and
+// data (TRAIN_CFG's; a transformer's in test_trainer_lm): on the host
+// emulation every difference is zero; on a GPU the largest is within 1e-3
+// (the model test's tolerances) and finite.
+static void check_device_on(const char *what, const char *json, const char *const *ovs, size_t n_ovs)
 {
     struct moe_err err;
     struct moe_config cfg;
-    static const char *const ovs[] = { "moe.router=gshard", "optim.clip=0.5" };
-    if (moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), TRAIN_CFG, "test", ovs, 2, &err))
+    if (moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), json, "test", ovs, n_ovs, &err))
         die(&err);
     struct moe_data data;
     struct moe_model_hp hp;
@@ -483,19 +622,97 @@ static void test_check_device(void)
     struct moe_device_check c;
     if (moe_train_check_device(&m, &hp, 0, &data.train, &oc, 16, 15, 30, &c, &err))
         die(&err);
-    printf("# check-device: %llu steps, %zu tensors, largest relative difference %.3g (%s %s)\n",
+    printf("# check-device %s: %llu steps, %zu tensors, largest relative difference %.3g (%s %s)\n", what,
            (unsigned long long)c.steps, c.n, c.max_rel, c.max_what, c.max_name);
-    EXPECT(c.steps == 15 && c.n == m.params.n, "check-device: %llu steps, %zu tensors", (unsigned long long)c.steps,
-           c.n);
-    EXPECT(c.loss_cpu[14] > 0.0 && c.gnorm_cpu[14] > 0.0, "check-device: the CPU steps ran");
+    EXPECT(c.steps == 15 && c.n == m.params.n, "check-device %s: %llu steps, %zu tensors", what,
+           (unsigned long long)c.steps, c.n);
+    EXPECT(c.loss_cpu[14] > 0.0 && c.gnorm_cpu[14] > 0.0, "check-device %s: the CPU steps ran", what);
     if (EXACT)
-        EXPECT(c.max_rel == 0.0, "check-device on the emulation: %.3g (%s %s)", c.max_rel, c.max_what, c.max_name);
+        EXPECT(c.max_rel == 0.0, "check-device %s on the emulation: %.3g (%s %s)", what, c.max_rel, c.max_what,
+               c.max_name);
     else
-        EXPECT(c.max_rel <= 1e-3, "check-device: %.3g (%s %s)", c.max_rel, c.max_what, c.max_name);
+        EXPECT(c.max_rel <= 1e-3, "check-device %s: %.3g (%s %s)", what, c.max_rel, c.max_what, c.max_name);
     moe_device_check_release(&c);
     moe_model_release(&m);
     moe_data_release(&data);
     moe_config_release(&cfg);
+}
+
+// The Transformer LM through the trainer: a byte-level run on a small text
+// in two languages (a folder of two files) on the device against the same run
+// on the CPU, with a best-validation selection, and again with
+// language-aware GShard routing under jitter; then a run stopped on the
+// device at step 5 and resumed on the CPU, against the uninterrupted one.
+static void write_text(const char *path, const char *const *words, size_t n_words, uint32_t stream, size_t n)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        abort();
+    struct moe_rng r = moe_rng_make(29, MOE_RNG_DATA, stream);
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, "%s%s", words[(size_t)(moe_rng_uniform(&r, i) * (float)n_words) % n_words],
+                i % 11 == 10 ? ".\n" : " ");
+    fclose(f);
+}
+
+static void test_trainer_lm(void)
+{
+    char dir[64], path[96], json[1024], ckpt[96];
+    snprintf(dir, sizeof dir, "/tmp/moe-test-cuda-text-%ld", (long)getpid());
+    if (mkdir(dir, 0700) && errno != EEXIST)
+        abort();
+    static const char *const en[] = { "the", "of", "and", "to", "in", "is", "that", "it", "was", "for" };
+    static const char *const de[] = { "der", "die", "und", "in", "den", "von", "zu", "das", "mit", "sich" };
+    snprintf(path, sizeof path, "%s/en.txt", dir);
+    write_text(path, en, 10, 1, 700);
+    snprintf(path, sizeof path, "%s/de.txt", dir);
+    write_text(path, de, 10, 2, 700);
+    snprintf(json, sizeof json,
+             "{\"data\": {\"source\": \"text\", \"text\": {\"path\": \"%s\", \"valid_fraction\": 0.15,"
+             " \"windows_per_epoch\": 96, \"train_eval_windows\": 24}},"
+             " \"model\": {\"type\": \"transformer\", \"n_ctx\": 12, \"n_embd\": 16, \"n_head\": 2,"
+             " \"n_layer\": 2, \"n_ff\": 16, \"moe_every\": 2, \"n_expert\": 4, \"n_expert_used\": 1},"
+             " \"moe\": {\"router\": \"switch\", \"capacity_factor\": 1.0, \"z_weight\": 0.001},"
+             " \"optim\": {\"type\": \"adamw\", \"lr\": 0.01, \"batch_size\": 16, \"clip\": 1.0},"
+             " \"train\": {\"seed\": 3, \"epochs\": 3, \"log_every\": 2, \"select\": \"best_valid_loss\"}}",
+             dir);
+    static const char *const lang[] = { "moe.lang_router=true", "moe.router=gshard", "model.n_expert_used=2",
+                                        "moe.jitter=0.02", "model.norm=rmsnorm" };
+    for (int i = 0; i < 2; i++) {
+        struct outcome a = { 0 }, b = { 0 };
+        struct tctx ca = { .o = &a }, cb = { .o = &b };
+        train_run(json, i ? lang : NULL, i ? 5 : 0, 0, &ca, 0);
+        train_run(json, i ? lang : NULL, i ? 5 : 0, 1, &cb, 0);
+        same_run(i ? "trainer transformer, language-aware gshard routing with jitter" :
+                     "trainer transformer bytes, two languages", &b, &a);
+        outcome_free(&a), outcome_free(&b);
+    }
+    snprintf(ckpt, sizeof ckpt, "%s.safetensors", dir); // beside the corpus folder, not in it
+    static const char *const every[] = { "train.checkpoint_every=1" };
+    struct outcome ref = { 0 }, o = { 0 };
+    struct tctx cr = { .o = &ref }, c1 = { .o = &o, .path = ckpt, .stop_at_step = 5 };
+    train_run(json, every, 1, 0, &cr, 0);
+    train_run(json, every, 1, 1, &c1, 0);
+    EXPECT(o.rc == MOE_EINTR, "transformer stop: expected a stop, got rc %d (%s)", o.rc, o.err.msg);
+    o.len = o.ckpt_len;
+    o.rows[o.len] = '\0';
+    struct tctx c2 = { .o = &o, .path = ckpt };
+    train_run(json, every, 1, 0, &c2, 1);
+    same_run("transformer stopped at step 5 on the device, resumed on the cpu", &o, &ref);
+    outcome_free(&o), outcome_free(&ref);
+    remove(ckpt);
+    check_device_on("transformer", json, lang, 5);
+    snprintf(path, sizeof path, "%s/en.txt", dir);
+    remove(path);
+    snprintf(path, sizeof path, "%s/de.txt", dir);
+    remove(path);
+    rmdir(dir);
+}
+
+static void test_check_device(void)
+{
+    static const char *const ovs[] = { "moe.router=gshard", "optim.clip=0.5" };
+    check_device_on("mlp-moe", TRAIN_CFG, ovs, 2);
 }
 
 int main(void)
@@ -530,8 +747,27 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         run_case(&cases[i]);
+    static const struct tcase tcases[] = {
+        { "transformer-switch-layernorm-tied-adamw",
+          { "model.type=transformer", "model.n_ctx=6", "model.n_embd=16", "model.n_head=2", "model.n_layer=2",
+            "model.n_ff=16", "model.moe_every=2", "model.n_expert=4", "model.n_expert_used=1", "moe.router=switch",
+            "moe.capacity_factor=1.0", "model.tie_embeddings=true", "optim.type=adamw", "optim.clip=0.5", NULL } },
+        { "transformer-gshard-swiglu-rmsnorm-untied-langrouter-sgd",
+          { "model.type=transformer", "model.n_ctx=5", "model.n_embd=12", "model.n_head=3", "model.n_layer=3",
+            "model.n_ff=8", "model.n_expert=4", "moe.router=gshard", "model.norm=rmsnorm",
+            "model.ffn_activation=swiglu", "moe.z_weight=0.001", "moe.lang_router=true", "optim.type=sgd",
+            "optim.momentum=0.9", NULL } },
+        { "transformer-softmax-gelu-dense-jitter-langrouter-gd",
+          { "model.type=transformer", "model.n_ctx=4", "model.n_embd=8", "model.n_head=1", "model.n_layer=2",
+            "model.n_ff=8", "model.moe_every=2", "model.n_expert=3", "moe.router=softmax",
+            "model.ffn_activation=gelu", "moe.jitter=0.01", "moe.lang_router=true", "optim.type=gd", "optim.lr=0.1",
+            NULL } },
+    };
+    for (size_t i = 0; i < sizeof tcases / sizeof *tcases; i++)
+        run_tf_case(&tcases[i]);
     test_refusals();
     test_trainer();
+    test_trainer_lm();
     test_check_device();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;

@@ -552,6 +552,47 @@ static void test_embed(void)
     free(tok), free(wte), free(wpe), free(out), free(out2), free(dout), free(dte), free(dpe), free(dte2), free(dpe2);
 }
 
+// Language-aware routing's rows and their gradient against model/transformer.c's
+// loops (radd[t] = lang_emb[language of t's window]; lang_emb's gradient
+// += each token's in token order): the same copies and float adds, so the same
+// bits; with languages given and without (language 0 throughout).
+static void test_lang_rows(void)
+{
+    const size_t B = 37, C = 24, D = 40, G = 3, T = B * C;
+    struct moe_err err;
+    int32_t lang[37];
+    struct moe_rng r = moe_rng_make(3, MOE_RNG_DATA, 710);
+    for (size_t w = 0; w < B; w++)
+        lang[w] = (int32_t)moe_rng_below(&r, w, G);
+    float *le = malloc(G * D * 4), *dr = malloc(T * D * 4), *want = malloc(T * D * 4), *got = malloc(T * D * 4);
+    float *gw = malloc(G * D * 4), *gg = malloc(G * D * 4);
+    fill(le, G * D, 711, -1.0f, 1.0f), fill(dr, T * D, 712, -1.0f, 1.0f), fill(gw, G * D, 713, -1.0f, 1.0f);
+    int32_t *dlang = dev(lang, B * 4);
+    float *dle = dev(le, G * D * 4), *ddr = dev(dr, T * D * 4), *drad = dev(NULL, T * D * 4);
+    for (int with = 1; with >= 0; with--) {
+        float *dgl = dev(gw, G * D * 4);
+        memcpy(gg, gw, G * D * 4);
+        for (size_t t = 0; t < T; t++) {
+            size_t g = with ? (size_t)lang[t / C] : 0;
+            memcpy(want + t * D, le + g * D, D * 4);
+            for (size_t d = 0; d < D; d++)
+                gg[g * D + d] += dr[t * D + d];
+        }
+        EXPECT(moe_cuda_lang_rows(drad, dle, with ? dlang : NULL, B, C, D, &err) == 0, "%s", err.msg);
+        EXPECT(moe_cuda_lang_grad(dgl, ddr, with ? dlang : NULL, B, C, D, G, &err) == 0, "%s", err.msg);
+        host(got, drad, T * D * 4);
+        EXPECT(memcmp(got, want, T * D * 4) == 0, "language rows differ (languages %s)", with ? "given" : "absent");
+        host(got, dgl, G * D * 4);
+        EXPECT(memcmp(got, gg, G * D * 4) == 0, "language embedding gradient differs (languages %s)",
+               with ? "given" : "absent");
+        moe_cuda_free(dgl);
+    }
+    void *bufs[] = { dlang, dle, ddr, drad };
+    for (size_t i = 0; i < 4; i++)
+        moe_cuda_free(bufs[i]);
+    free(le), free(dr), free(want), free(got), free(gw), free(gg);
+}
+
 static void test_norm(void)
 {
     static const size_t widths[] = { 1, 9, 64, 1000 };
@@ -1030,6 +1071,7 @@ int main(void)
     test_aux();
     test_aux_shazeer();
     test_embed();
+    test_lang_rows();
     test_norm();
     test_optim();
     test_ce();

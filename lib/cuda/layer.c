@@ -51,6 +51,8 @@ struct moe_cuda_layer {
     float *z, *u, *p, *lse, *h, *eps, *gate, *prio;
     int32_t *sel, *idx;
     float *xr, *jit, *dxr;   // (T, D): jittered router input, its factors, its gradient
+    const float *radd;       // (T, D) added to the router's input (moe_cuda_layer_set_radd), or NULL
+    float *dradd;            // (T, D) += its gradient in the backward, or NULL
     struct moe_cuda_plan plan;
     // expert rows (N_max, D) and (N_max, F)
     float *xd, *yd, *dyd, *dxd;
@@ -298,6 +300,12 @@ void moe_cuda_layer_bind(struct moe_cuda_layer *l, float *wr, float *wn, float *
 
 size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l) { return l->S; }
 
+void moe_cuda_layer_set_radd(struct moe_cuda_layer *l, const float *radd, float *dradd)
+{
+    l->radd = radd;
+    l->dradd = dradd;
+}
+
 int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float *router, const float *noise,
                                const float *w1, const float *w3, const float *w2, struct moe_err *err)
 {
@@ -423,14 +431,19 @@ int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x,
     if ((rc = marks_begin(l, err)))
         return rc;
     // router input (Switch jitter in training), logits, routing
+    // (moe_layer.c: xr = (x + radd) jit, the sum first)
     const float *rin = x;
     l->jittered = train && c->jitter > 0.0;
+    if (l->radd && ((rc = moe_cuda_copy(l->xr, x, T * D * sizeof(float), err)) ||
+                    (rc = moe_cuda_add(l->xr, l->radd, T * D, err))))
+        return rc;
     if (l->jittered) {
-        if ((rc = moe_cuda_jitter(l->xr, l->jit, x, T * D, (float)c->jitter, seed, MOE_RNG_JITTER, (uint32_t)step,
-                                  base, err)))
+        if ((rc = moe_cuda_jitter(l->xr, l->jit, l->radd ? l->xr : x, T * D, (float)c->jitter, seed, MOE_RNG_JITTER,
+                                  (uint32_t)step, base, err)))
             return rc;
-        rin = l->xr;
     }
+    if (l->radd || l->jittered)
+        rin = l->xr;
     if ((rc = moe_cuda_linear_forward(l->z, rin, l->wr, NULL, T, D, E, "router", err)) ||
         (l->noisy && (rc = moe_cuda_linear_forward(l->u, rin, l->wn, NULL, T, D, E, "router noise", err))))
         return rc;
@@ -565,16 +578,21 @@ int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, const float *do
     if ((rc = moe_cuda_route_backward(&l->route, l->dz, l->du, l->dgate, l->sel, l->idx, l->p, l->z, l->h, l->eps,
                                       l->u, err)))
         return rc;
-    const float *rin = l->jittered ? l->xr : x;
-    float *dr = l->jittered ? l->dxr : dx;
-    if (l->jittered && (rc = moe_cuda_memset(l->dxr, 0, T * D * sizeof(float), "router input gradients", err)))
+    const int own = l->jittered || l->radd; // the router read xr: its gradient apart, then to dx (and dradd)
+    const float *rin = own ? l->xr : x;
+    float *dr = own ? l->dxr : dx;
+    if (own && (rc = moe_cuda_memset(l->dxr, 0, T * D * sizeof(float), "router input gradients", err)))
         return rc;
     if ((rc = moe_cuda_linear_backward(dr, l->gwr, NULL, l->dz, rin, l->wr, T, D, E, 1.0f, "router backward", err)) ||
         (l->noisy && (rc = moe_cuda_linear_backward(dr, l->gwn, NULL, l->du, rin, l->wn, T, D, E, 1.0f,
                                                     "router noise backward", err))))
         return rc;
-    if (l->jittered && T > 0) {
-        if ((rc = moe_cuda_jitter_back(dx, l->dxr, l->jit, T * D, err)))
+    // g = dxr jit (jittered) or dxr: dx += g, dradd += g (moe_layer.c's order)
+    if (own && T > 0) {
+        if ((rc = l->jittered ? moe_cuda_jitter_back(dx, l->dxr, l->jit, T * D, err)
+                              : moe_cuda_add(dx, l->dxr, T * D, err)) ||
+            (l->dradd && (rc = l->jittered ? moe_cuda_jitter_back(l->dradd, l->dxr, l->jit, T * D, err)
+                                           : moe_cuda_add(l->dradd, l->dxr, T * D, err))))
             return rc;
     }
     return mark(l, MOE_PHASE_ROUTER, err);

@@ -15,8 +15,7 @@
 // their gradients. Refused with a one-line error (moe_cuda_layer_create):
 // hash routing and expert choice, bias balancing, shared experts, Shazeer's
 // importance and load losses, expert hidden dropout, and expert parallelism.
-// Not here: the rest of a model (cuda/model.h), the language-router input
-// (moe_layer's radd).
+// Not here: the rest of a model (cuda/model.h).
 //
 // Built only with CUDA; a build without it links lib/cuda/layer_none.c,
 // whose moe_cuda_layer_create says so.
@@ -98,6 +97,11 @@ int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *
 int moe_cuda_layer_route_acc(const struct moe_cuda_layer *l, struct moe_route_acc *acc, const int32_t *label,
                              struct moe_route *r, struct moe_dispatch *plan, struct moe_err *err);
 size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l);
+// What moe_layer's radd and dradd are (language-aware routing): from the
+// next forward on, the router sees x + radd (radd (T, D) device memory, or
+// NULL: x alone); the next backward adds the gradient with respect to radd
+// into dradd (NULL: not wanted). Set before each pass, as the CPU model does.
+void moe_cuda_layer_set_radd(struct moe_cuda_layer *l, const float *radd, float *dradd);
 
 // Timing by phase (CUDA events at the phase boundaries of forward and
 // backward): with on, each pass records its events; moe_cuda_layer_phases

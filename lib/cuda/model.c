@@ -1,5 +1,7 @@
-// model.c: model.h, an mlp-moe training step on the device, operation for
-// operation as the CPU runs it:
+// model.c: model.h, the device model's creation, the update, the copies to
+// and from the host, and an mlp-moe training step on the device (the
+// Transformer's pass is transformer.c's), operation for operation as the CPU
+// runs it:
 //
 //   model/mlp_moe.c run():   h_0 = x W_in^T + b_in; per block l, n_l = norm_l(h_l),
 //                            h_{l+1} = h_l + MoE_l(n_l); n_L = norm_f(h_L);
@@ -32,6 +34,7 @@
 #include "cuda/linear.h"
 #include "cuda/blas.h"
 #include "cuda/model.h"
+#include "cuda/model_impl.h"
 #include "cuda/ops.h"
 #include "model/model.h"
 #include "moe/moe_layer.h"
@@ -39,71 +42,33 @@
 #include "nn/nn.h"
 #include "train/train.h"
 
-#define NORM_EPS 1e-5f // model/model.c's epsilon of the block norms
-#define MAX_MEM 32
-
-struct dblock {
-    int i_g, i_b;                // norm gain and bias (-1: rmsnorm)
-    struct moe_cuda_layer *moe;  // a sparse block's layer, or NULL
-    int si;                      // a sparse block's index among the sparse ones (the statistics' route[si])
-    int i_w1, i_w3, i_w2;        // a dense block's FFN (w3: swiglu, else -1)
-    float *a, *b, *hh;           // its activations (T_max, Fd): kept for the backward
-};
-
-struct moe_cuda_model {
-    size_t I, D, O, L, T_max, numel;
-    int rms, ce;
-    enum moe_optim_type opt;
-    const struct moe_model *host; // the host model: its task and targets (moe_model_batch_targets)
-    const struct moe_params *p;  // its registry: tensor offsets, names, expert marks
-    int i_win, i_bin, i_gf, i_bf, i_wh, i_bh;
-    struct dblock *blk;
-    void *mem[MAX_MEM];
-    int n_mem;
-    float *w, *g, *m, *v;        // (numel) the registry's layout; m, v as the optimizer needs
-    float *x, *target;           // (T_max, I), (T_max, O) regression targets
-    int32_t *label;              // (T_max) classes
-    float *h, *n, *mean, *rstd;  // (L + 1, T_max, D) and (L + 1, T_max)
-    float *y, *dy;               // (T_max, O)
-    float *dh, *dn;              // (T_max, D)
-    // dense blocks (model.moe_every > 1): the FFN's width, activation, and
-    // scratch shared by the blocks: the output before the residual add, the
-    // backward's dh, da, db
-    size_t Fd;
-    enum moe_cuda_act cact;
-    float *tmp, *fdh, *fda, *fdb;
-    double *part, *lse, *sq;     // cross-entropy's blocks and rows; the sum of squares' scratch
-    uint64_t seed;
-    double loss;                 // the last pass's summed loss (moe_cuda_model_stats)
-    size_t T;                    // its rows
-    // host scratch of moe_cuda_model_stats: the head's outputs and
-    // probabilities, one-hot targets (classes), one layer's routing and plan counts
-    float *yh, *pred, *onehot;
-    struct moe_route hr;
-    struct moe_dispatch hplan;
-    int has_host;
-};
-
 static int dalloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err)
 {
-    if (d->n_mem == MAX_MEM)
-        return moe_error(err, MOE_EINVAL, "CUDA model: more than %d buffers", MAX_MEM);
+    if (d->n_mem == MOE_CUDA_MODEL_MEM)
+        return moe_error(err, MOE_EINVAL, "CUDA model: more than %d buffers", MOE_CUDA_MODEL_MEM);
     int rc = moe_cuda_malloc(ret, bytes, what, err);
     if (!rc)
         d->mem[d->n_mem++] = *(void **)ret;
     return rc;
 }
 
-static float *W(const struct moe_cuda_model *d, int i) { return i < 0 ? NULL : d->w + d->p->t[i].offset; }
-static float *G(const struct moe_cuda_model *d, int i) { return i < 0 ? NULL : d->g + d->p->t[i].offset; }
+int moe_cuda_model_alloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err)
+{
+    return dalloc(d, ret, bytes, what, err);
+}
 
-// A tensor's index by name (printf-style), or -1.
-static int find(const struct moe_params *p, const char *fmt, size_t l)
+#define W moe_cuda_model_w
+#define G moe_cuda_model_g
+#define NORM_EPS MOE_CUDA_NORM_EPS
+
+int moe_cuda_model_find(const struct moe_params *p, const char *fmt, size_t l)
 {
     char name[MOE_NAME_MAX];
     snprintf(name, sizeof name, fmt, l);
     return moe_params_find(p, name);
 }
+
+#define find moe_cuda_model_find
 
 void moe_cuda_model_free(struct moe_cuda_model *d)
 {
@@ -114,6 +79,7 @@ void moe_cuda_model_free(struct moe_cuda_model *d)
     for (int i = 0; i < d->n_mem; i++)
         moe_cuda_free(d->mem[i]);
     free(d->yh), free(d->pred), free(d->onehot);
+    free(d->htarget), free(d->hlabel), free(d->hargmax), free(d->hrow_loss);
     if (d->has_host) {
         moe_route_release(&d->hr);
         moe_dispatch_release(&d->hplan);
@@ -125,9 +91,14 @@ void moe_cuda_model_free(struct moe_cuda_model *d)
 // What the device step does not do, as the one-line reason (NULL: supported).
 static const char *unsupported(const struct moe_model *m, const struct moe_model_hp *hp)
 {
-    if (hp->type != MOE_MODEL_MLP_MOE)
-        return "the device training step is for mlp-moe models only so far";
-    if (hp->dropout.residual > 0.0 || hp->dropout.ffn > 0.0)
+    if (hp->type == MOE_MODEL_TRANSFORMER) {
+        const char *why = moe_cuda_tf_unsupported(m, hp);
+        if (why)
+            return why;
+    } else if (hp->type != MOE_MODEL_MLP_MOE) {
+        return "the device training step is for the mlp-moe and transformer models only";
+    }
+    if (hp->dropout.residual > 0.0 || hp->dropout.ffn > 0.0 || hp->dropout.attention > 0.0)
         return "dropout (model.dropout.*) is not on the device yet";
     if (m->params.shard_size > 1)
         return "expert parallelism is not on the device";
@@ -160,6 +131,12 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     d->host = m, d->p = p;
     d->I = m->n_in, d->O = m->n_out, d->D = hp->n_embd, d->L = hp->n_layer;
     d->T_max = T_max ? T_max : 1;
+    d->tf = hp->type == MOE_MODEL_TRANSFORMER;
+    if (d->tf) { // T_max windows of n_ctx tokens; the model's inputs are its languages, not features
+        d->B_max = d->T_max, d->C = hp->n_ctx, d->H = hp->n_head;
+        d->T_max = d->B_max * d->C;
+        d->I = 0;
+    }
     d->numel = p->numel;
     d->rms = hp->rms;
     d->ce = strcmp(m->loss_name, "ce") == 0;
@@ -183,7 +160,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
         { 1, &d->g, n, "gradients" },
         { d->opt != MOE_OPTIM_GD, &d->m, n, "optimizer moments (m)" },
         { d->opt == MOE_OPTIM_ADAMW, &d->v, n, "optimizer moments (v)" },
-        { 1, &d->x, T * d->I * f, "batch inputs" },
+        { !d->tf, &d->x, T * d->I * f, "batch inputs" },
         { !d->ce, &d->target, T * d->O * f, "batch targets" },
         { d->ce, &d->label, T * sizeof(int32_t), "batch labels" },
         { 1, &d->h, (L + 1) * T * D * f, "h" },
@@ -206,9 +183,9 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     size_t n_dense = 0, si = 0, E = 1, S = 1;
     d->cact = moe_cuda_ffn_act(hp->ffn_act);
     for (size_t l = 0; !rc && l < L; l++) {
-        struct dblock *k = &d->blk[l];
-        k->i_g = find(p, "layers.%zu.norm.weight", l);
-        k->i_b = find(p, "layers.%zu.norm.bias", l);
+        struct moe_cuda_block *k = &d->blk[l];
+        k->i_g = find(p, d->tf ? "layers.%zu.ffn_norm.weight" : "layers.%zu.norm.weight", l);
+        k->i_b = find(p, d->tf ? "layers.%zu.ffn_norm.bias" : "layers.%zu.norm.bias", l);
         if (l % every != every - 1) {
             k->i_w1 = find(p, "layers.%zu.ffn.w1", l);
             k->i_w3 = find(p, "layers.%zu.ffn.w3", l);
@@ -229,8 +206,9 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     }
     float *fact = NULL, *fback = NULL; // the dense blocks' activations (a, b, hh each), the backward's dh, da, db
     const size_t TF = T * d->Fd;
+    if (!rc && (n_dense || d->tf))
+        rc = dalloc(d, &d->tmp, T * D * f, "sub-layer output", err);
     if (!rc && n_dense && !(rc = dalloc(d, &fact, n_dense * 3 * TF * f, "dense FFN activations", err)) &&
-        !(rc = dalloc(d, &d->tmp, T * D * f, "dense FFN output", err)) &&
         !(rc = dalloc(d, &fback, 3 * TF * f, "dense FFN backward", err))) {
         d->fdh = fback, d->fda = fback + TF, d->fdb = fback + 2 * TF;
         for (size_t l = 0, j = 0; l < L; l++)
@@ -240,8 +218,10 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
                 j++;
             }
     }
-    if (!rc && (!(d->yh = malloc(T * d->O * f)) || !(d->pred = malloc(T * d->O * f)) ||
-                !(d->onehot = malloc(T * d->O * f))))
+    if (!rc && d->tf)
+        rc = moe_cuda_tf_alloc(d, hp, err);
+    if (!rc && !d->tf && (!(d->yh = malloc(T * d->O * f)) || !(d->pred = malloc(T * d->O * f)) ||
+                          !(d->onehot = malloc(T * d->O * f))))
         rc = moe_error(err, MOE_ENOMEM, "out of memory for the statistics' host buffers (%zu x %zu)", T, d->O);
     if (!rc && !(rc = moe_route_alloc(&d->hr, T, E, S, 0, err))) {
         if ((rc = moe_dispatch_alloc(&d->hplan, T, S, E, err)))
@@ -286,8 +266,8 @@ static int grad_norm(struct moe_cuda_model *d, double *ret, struct moe_err *err)
 
 // A dense block's FFN (moe/experts.c moe_ffn_forward_drop without dropout,
 // then mlp_moe.c's residual add): tmp = act(x W1^T) [* x W3^T] W2^T, out += tmp.
-static int dense_forward(struct moe_cuda_model *d, const struct dblock *k, float *out, const float *x, size_t T,
-                         struct moe_err *err)
+int moe_cuda_dense_forward(struct moe_cuda_model *d, const struct moe_cuda_block *k, float *out, const float *x,
+                           size_t T, struct moe_err *err)
 {
     const size_t D = d->D, F = d->Fd, n = T * F;
     const int swiglu = k->i_w3 >= 0;
@@ -303,8 +283,8 @@ static int dense_forward(struct moe_cuda_model *d, const struct dblock *k, float
 
 // Its backward (moe_ffn_backward_drop with beta_dw 1, no dropout): dx (T, D)
 // += the input's gradient, the weight gradients +=, in that function's order.
-static int dense_backward(struct moe_cuda_model *d, const struct dblock *k, float *dx, const float *dy,
-                          const float *x, size_t T, struct moe_err *err)
+int moe_cuda_dense_backward(struct moe_cuda_model *d, const struct moe_cuda_block *k, float *dx, const float *dy,
+                            const float *x, size_t T, struct moe_err *err)
 {
     const size_t D = d->D, F = d->Fd, n = T * F;
     const int swiglu = k->i_w3 >= 0;
@@ -354,14 +334,14 @@ static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int trai
         return rc;
     double aux = 0.0;
     for (size_t l = 0; l < L; l++) {
-        const struct dblock *k = &d->blk[l];
+        const struct moe_cuda_block *k = &d->blk[l];
         float *hin = d->h + l * TD, *hout = d->h + (l + 1) * TD, *nl = d->n + l * TD;
         double al = 0.0;
         if ((rc = moe_cuda_norm_forward(nl, d->mean + l * T, d->rstd + l * T, hin, W(d, k->i_g), W(d, k->i_b), T, D,
                                         NORM_EPS, err)) ||
             (rc = moe_cuda_copy(hout, hin, TD * sizeof(float), err)) ||
             (k->moe && (rc = moe_cuda_layer_forward(k->moe, hout, nl, T, train, d->seed, b->step, &al, err))) ||
-            (!k->moe && (rc = dense_forward(d, k, hout, nl, T, err))))
+            (!k->moe && (rc = moe_cuda_dense_forward(d, k, hout, nl, T, err))))
             return rc;
         aux += al;
     }
@@ -385,7 +365,7 @@ static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int trai
 int moe_cuda_model_eval(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s, struct moe_err *err)
 {
     double loss, aux;
-    int rc = forward(d, b, 0, &loss, &aux, err);
+    int rc = d->tf ? moe_cuda_tf_forward(d, b, 0, &loss, &aux, err) : forward(d, b, 0, &loss, &aux, err);
     return rc ? rc : moe_cuda_model_stats(d, b, s, err);
 }
 
@@ -394,9 +374,11 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
 {
     const size_t T = b->n, I = d->I, D = d->D, O = d->O, L = d->L, TD = T * D;
     *ret_gnorm = 0.0;
-    int rc = forward(d, b, 1, ret_loss, ret_aux, err);
+    int rc = d->tf ? moe_cuda_tf_forward(d, b, 1, ret_loss, ret_aux, err) : forward(d, b, 1, ret_loss, ret_aux, err);
     if (rc || (rc = moe_cuda_memset(d->g, 0, d->numel * sizeof(float), "gradients", err)))
         return rc;
+    if (d->tf)
+        return (rc = moe_cuda_tf_backward(d, err)) ? rc : grad_norm(d, ret_gnorm, err);
     float *nf = d->n + L * TD;
     // backward: dh holds dL/dh_l for the current l
     if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
@@ -407,10 +389,10 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
                                      d->rstd + L * T, W(d, d->i_gf), T, D, err)))
         return rc;
     for (size_t l = L; l-- > 0;) {
-        const struct dblock *k = &d->blk[l];
+        const struct moe_cuda_block *k = &d->blk[l];
         if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
             (k->moe && (rc = moe_cuda_layer_backward(k->moe, d->dn, d->dh, d->n + l * TD, err))) ||
-            (!k->moe && (rc = dense_backward(d, k, d->dn, d->dh, d->n + l * TD, T, err))) ||
+            (!k->moe && (rc = moe_cuda_dense_backward(d, k, d->dn, d->dh, d->n + l * TD, T, err))) ||
             (rc = moe_cuda_norm_backward(d->dh, G(d, k->i_g), G(d, k->i_b), d->dn, d->h + l * TD, d->mean + l * T,
                                          d->rstd + l * T, W(d, k->i_g), T, D, err)))
             return rc;
@@ -453,6 +435,8 @@ int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, str
 int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s,
                          struct moe_err *err)
 {
+    if (d->tf)
+        return moe_cuda_tf_stats(d, b, s, err);
     const size_t T = d->T, O = d->O;
     const int cls = d->host->task == MOE_TASK_CLASSIFICATION;
     const float *y = d->yh, *target;
@@ -463,7 +447,7 @@ int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, st
         return rc;
     const int32_t *label = cls ? b->label : b->group;
     for (size_t l = 0; l < d->L; l++) {
-        const struct dblock *k = &d->blk[l];
+        const struct moe_cuda_block *k = &d->blk[l];
         if (!k->moe || (size_t)k->si >= s->n_route)
             continue;
         if ((rc = moe_cuda_layer_route_acc(k->moe, &s->route[k->si], label, &d->hr, &d->hplan, err)))

@@ -1,20 +1,26 @@
-// model.h: an mlp-moe model's training step resident on a CUDA device: the
-// parameters in the CPU registry's flat layout (core/params.h), their
-// gradients and the optimizer's moments in the same layout, the activations,
-// and one device MoE layer (cuda/layer.h) per block bound to its slices of
-// those buffers. A step is model/mlp_moe.c's forward and backward, the
-// trainer's global gradient norm (its units and order) and train/optim.c's
-// update, each through cuda/ops.h and cuda/linear.h: the only copies are the
-// batch in, and the loss, the auxiliary losses and the gradient norm's sums
-// out (and the training statistics' inputs when asked: moe_cuda_model_stats). Weights and moments cross to and from the host in the CPU's layout, so
-// a checkpoint written from either side is the same file.
+// model.h: a model's training step resident on a CUDA device (mlp-moe, and
+// the Transformer language model: cuda/transformer.c): the parameters in the
+// CPU registry's flat layout (core/params.h), their gradients and the
+// optimizer's moments in the same layout, the activations, and one device MoE
+// layer (cuda/layer.h) per sparse block bound to its slices of those buffers.
+// A step is the CPU model's forward and backward (model/mlp_moe.c,
+// model/transformer.c), the trainer's global gradient norm (its units and
+// order) and train/optim.c's update, each through cuda/ops.h and
+// cuda/linear.h: the only copies are the batch in, and the loss, the
+// auxiliary losses and the gradient norm's sums out (and the training
+// statistics' inputs when asked: moe_cuda_model_stats). Weights and moments
+// cross to and from the host in the CPU's layout, so a checkpoint written from
+// either side is the same file.
 //
-// What it covers: mlp-moe, its sparse blocks with the routers and experts of
-// the device layer (layer.h) and its dense blocks (model.moe_every > 1: the
-// FFN of moe/experts.c), LayerNorm or RMSNorm, cross-entropy or squared
+// What it covers: mlp-moe and transformer, their sparse blocks with the
+// routers and experts of the device layer (layer.h) and their dense blocks
+// (model.moe_every > 1: the FFN of moe/experts.c); the Transformer's
+// embeddings, causal attention, tied or untied head and language-aware
+// routing (moe.lang_router); LayerNorm or RMSNorm, cross-entropy or squared
 // error, GD, SGD and AdamW with clipping. Refused with one line by
 // moe_cuda_model_create: other models, dropout, distillation (a batch's kd),
-// and whatever the device layer refuses.
+// and whatever the device layer refuses. For a transformer, T_max and a
+// batch's rows are windows of model.n_ctx tokens.
 //
 // C against ops.h and blas.h only: a CUDA build links it into libmoe, and the
 // tests run it on the host through tests/cuda_host.c, where a step must give

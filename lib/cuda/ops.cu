@@ -716,6 +716,37 @@ extern "C" int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *do
     return launched("embed_backward_pos_kernel", err);
 }
 
+__global__ void lang_rows_kernel(float *radd, const float *le, const int32_t *lang, size_t n, size_t C, size_t D)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n * D; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_lang_rows(radd, le, lang, C, D, i / D, i % D);
+}
+
+extern "C" int moe_cuda_lang_rows(float *radd, const float *le, const int32_t *lang, size_t B, size_t C, size_t D,
+                                  struct moe_err *err)
+{
+    if (B * C * D == 0)
+        return 0;
+    lang_rows_kernel<<<blocks_for(B * C * D, 256), 256>>>(radd, le, lang, B * C, C, D);
+    return launched("lang_rows_kernel", err);
+}
+
+__global__ void lang_grad_kernel(float *dle, const float *dradd, const int32_t *lang, size_t B, size_t C, size_t D,
+                                 size_t G)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < G * D; i += (size_t)gridDim.x * blockDim.x)
+        moe_k_lang_grad(dle, dradd, lang, B, C, D, i / D, i % D);
+}
+
+extern "C" int moe_cuda_lang_grad(float *dle, const float *dradd, const int32_t *lang, size_t B, size_t C, size_t D,
+                                  size_t G, struct moe_err *err)
+{
+    if (G * D == 0)
+        return 0;
+    lang_grad_kernel<<<blocks_for(G * D, 256), 256>>>(dle, dradd, lang, B, C, D, G);
+    return launched("lang_grad_kernel", err);
+}
+
 __global__ void norm_param_kernel(float *dg, float *db, const float *dy, const float *x, const float *mean,
                                   const float *rstd, size_t T, size_t D)
 {

@@ -158,6 +158,15 @@ int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const i
                             size_t C, size_t D, size_t V, int32_t *ids, int32_t *sorted_ids, int32_t *rows,
                             int32_t *order, struct moe_err *err);
 
+// The language embedding le (G, D) at each token of B windows of C
+// (kernels/embed.h; language-aware routing): radd (B C, D) = le[lang of the
+// token's window] (lang (B) device memory, or NULL: language 0); and its
+// gradient, dle (G, D) += dradd summed over each language's tokens in order.
+int moe_cuda_lang_rows(float *radd, const float *le, const int32_t *lang, size_t B, size_t C, size_t D,
+                       struct moe_err *err);
+int moe_cuda_lang_grad(float *dle, const float *dradd, const int32_t *lang, size_t B, size_t C, size_t D, size_t G,
+                       struct moe_err *err);
+
 // Their backward (nn/norm.c): dx += (when dx is non-NULL), dg +=, and for
 // LayerNorm (db non-NULL; mean from the forward) db +=.
 int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, const float *x, const float *mean,

@@ -2,12 +2,14 @@
 // against the device's over the same batches (moe train --check-device).
 //
 // Both sides start from m's weights and fresh optimizer moments. Step s takes
-// rows s * bs .. of the training split in their order (wrapping around), the
-// learning rate of step s of a run of run_steps steps (moe_lr_at), and the
-// router streams of step s, as the trainer's step s would without shuffling.
-// The CPU side is the trainer's step without its bookkeeping: gradients from
-// zero, moe_model_run, the global norm over the trainer's units, the update.
-// The device side is cuda/model.h's step. After the last step the device's
+// rows s * bs .. of the training split in their order (wrapping around; a
+// text split's rows are its first epoch's random windows for the model's
+// seed), the learning rate of step s of a run of run_steps steps
+// (moe_lr_at), and the router streams of step s, as the trainer's step s
+// would without shuffling. The CPU side is the trainer's step without its
+// bookkeeping: gradients from zero, moe_model_run, the global norm over the
+// trainer's units, the update. The device side is the trainer's device step
+// (cuda/model.h grad, stats, update), its loss the statistics' as the CPU's. After the last step the device's
 // weights, gradients and moments are copied out and compared with the CPU's,
 // tensor by tensor: the largest absolute difference over the largest
 // absolute CPU value (relative to the tensor's scale, so that values near zero
@@ -82,14 +84,16 @@ int moe_train_check_device(struct moe_model *m, const struct moe_model_hp *hp, i
 {
     memset(ret, 0, sizeof *ret);
     ret->max_what = ret->max_name = "";
-    if (tr->task == MOE_TASK_LM || !tr->n)
-        return moe_error(err, MOE_EINVAL, "--check-device takes a non-empty training split of rows (not text)");
+    if (!tr->n)
+        return moe_error(err, MOE_EINVAL, "--check-device takes a non-empty training split");
+    const int lm = tr->task == MOE_TASK_LM;
     if (bs == 0 || bs > tr->n)
         bs = tr->n;
     struct moe_params *p = &m->params;
     const size_t n = p->numel;
     struct moe_optim oh = { 0 }, od = { 0 }, oo = { 0 };
     struct moe_cuda_model *d = NULL;
+    struct moe_lm_batch lb = { 0 };
     float *wd = malloc(n * sizeof *wd), *gd = malloc(n * sizeof *gd);
     ret->steps = steps;
     ret->n = p->n;
@@ -99,21 +103,34 @@ int moe_train_check_device(struct moe_model *m, const struct moe_model_hp *hp, i
     int rc = 0;
     if (!wd || !gd || !ret->t || !ret->loss_cpu || !ret->loss_dev || !ret->gnorm_cpu || !ret->gnorm_dev)
         rc = moe_error(err, MOE_ENOMEM, "out of memory for the device check");
+    if (!rc && lm)
+        rc = moe_lm_batch_alloc(&lb, bs, tr->n_ctx, err);
     if (!rc && !(rc = moe_cuda_use_device(device, err)) && !(rc = moe_optim_init(&oh, oc, n, err)) &&
         !(rc = moe_optim_init(&od, oc, n, err)) && !(rc = moe_optim_init(&oo, oc, n, err)))
         rc = moe_cuda_model_create(&d, m, hp, &od, bs, err);
     for (uint64_t s = 0; !rc && s < steps; s++) {
         size_t start = (size_t)((s * bs) % tr->n), rows = tr->n - start < bs ? tr->n - start : bs;
-        struct moe_batch b = { .n = rows, .x = tr->x + start * tr->n_in, .y = tr->y ? tr->y + start * tr->n_out : NULL,
-                               .label = tr->label ? tr->label + start : NULL,
-                               .group = tr->group ? tr->group + start : NULL, .step = s };
-        double lr = moe_lr_at(oc, run_steps, s), aux;
+        // text: the first epoch's random windows of the model's seed
+        struct moe_batch b = lm ? moe_lm_batch_fill(tr, &lb, m->seed, 1, start, rows)
+                                : (struct moe_batch){ .n = rows, .x = tr->x + start * tr->n_in,
+                                                      .y = tr->y ? tr->y + start * tr->n_out : NULL,
+                                                      .label = tr->label ? tr->label + start : NULL,
+                                                      .group = tr->group ? tr->group + start : NULL };
+        b.step = s;
+        double lr = moe_lr_at(oc, run_steps, s), loss, aux;
         od.lr = oh.lr = lr;
-        if ((rc = moe_cuda_model_step(d, &b, &od, &ret->loss_dev[s], &aux, &ret->gnorm_dev[s], err)))
-            break;
+        // the device's step as the trainer takes it: the loss from its statistics
         struct moe_stats st;
         if ((rc = moe_stats_init(&st, 0, 0, err)))
             break;
+        if ((rc = moe_cuda_model_grad(d, &b, &loss, &aux, &ret->gnorm_dev[s], err)) ||
+            (rc = moe_cuda_model_stats(d, &b, &st, err)) ||
+            (rc = moe_cuda_model_update(d, &od, ret->gnorm_dev[s], err))) {
+            moe_stats_release(&st);
+            break;
+        }
+        ret->loss_dev[s] = st.loss;
+        moe_stats_reset(&st);
         moe_params_zero_grad(p);
         rc = moe_model_run(m, &b, 1, &st, err);
         ret->loss_cpu[s] = st.loss;
@@ -155,6 +172,7 @@ int moe_train_check_device(struct moe_model *m, const struct moe_model_hp *hp, i
         }
     }
     moe_cuda_model_free(d);
+    moe_lm_batch_release(&lb);
     moe_optim_release(&oh), moe_optim_release(&od), moe_optim_release(&oo);
     free(wd), free(gd);
     if (rc)

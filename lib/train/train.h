@@ -399,7 +399,8 @@ double moe_params_grad_norm_units(const struct moe_params *p);
 // The CPU against a CUDA device over `steps` training steps of m
 // (moe train --check-device; device_check.c says how): both from m's weights
 // and fresh moments, step s on rows s*bs.. of tr in order (wrapping), the
-// rate of step s of a run of run_steps steps. m ends with the CPU's weights.
+// rate of step s of a run of run_steps steps (text: the windows of epoch 1
+// for m->seed). m ends with the CPU's weights.
 // Relative differences: max |device - cpu| over max |cpu| per tensor after the
 // last step (NaN: a non-finite value on either side, or no such moment), and
 // |device - cpu| / |cpu| for each step's loss and gradient norm.

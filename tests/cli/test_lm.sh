@@ -612,6 +612,34 @@ t_resume_dropout() {
 }
 check "dropout: SIGTERM mid-run, then --resume: the same outputs as an uninterrupted run" t_resume_dropout
 
+# ------------------------------------------------------------ on a CUDA device
+# bytes.json with --device cuda: where there is no usable device (or no CUDA in
+# the build), one line and exit 2 before a run directory; on a GPU, two runs
+# with the same bytes, the CPU's final loss within 1e-3, and --check-device.
+CUDA_LINE=$("$MOE" --version 2>/dev/null | grep '^cuda: ')
+t_bytes_device() {
+    train gpu1 --config bytes.json --device cuda
+    case $CUDA_LINE in
+    "cuda: this build has no CUDA backend;"* | "cuda: built with CUDA "*"; devices 0 ("*)
+        [ "$RC" -eq 2 ] && grep -Fq "option '--device cuda' cannot be used: " gpu1.err && [ ! -e gpu1 ] ||
+            fail "$(describe gpu1 moe train --device cuda): expected exit 2 and no run directory"
+        return ;;
+    esac
+    trained gpu1 || return 1
+    train gpu2 --config bytes.json --device cuda
+    trained gpu2 || return 1
+    same_files gpu1 gpu2 metrics.csv languages.csv experts.csv || return 1
+    same_checkpoint gpu1/model.safetensors gpu2/model.safetensors || return 1
+    jqe gpu1.out '.device == "cuda:0" and (.device_name | length) > 0' "summary should name the device" '{device, device_name}' || return 1
+    [ -f bytes/summary.json ] || { fail "no bytes/summary.json (the CPU run)"; return 1; }
+    jq -e --slurpfile c bytes/summary.json '((.final.test.loss - $c[0].final.test.loss) | fabs) <= 1e-3 * $c[0].final.test.loss' \
+        gpu1.out >/dev/null || { fail "final test loss: gpu $(jq .final.test.loss gpu1.out), cpu $(jq .final.test.loss bytes/summary.json)"; return 1; }
+    run gpuchk "${TO[@]}" "$MOE" train --config bytes.json --check-device 10 --device cuda --quiet
+    [ "$RC" -eq 0 ] || { fail "$(describe gpuchk moe train --check-device 10 --device cuda)"; return 1; }
+    jqe gpuchk.out '.check_device.max_rel <= 1e-3' "--check-device: largest relative difference above 1e-3" '.check_device | {max_rel, max_at, max_tensor}'
+}
+check "train --device cuda (transformer): deterministic on the GPU, the CPU's loss, --check-device; refused without a device" t_bytes_device
+
 # ------------------------------------------------------------ dry run
 # dry NAME CONFIG RUN [ARGS...]: --dry-run's estimate against the trained RUN.
 dry() {

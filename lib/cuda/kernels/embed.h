@@ -62,4 +62,30 @@ static inline MOE_HD void moe_k_embed_backward_pos(float *dwpe, const float *dou
     dwpe[c * D + i] = acc;
 }
 
+// Language-aware routing (model/transformer.c, moe.lang_router): the
+// language embedding le (G, D) of each token's window, radd[t, i] =
+// le[lang[t / C], i] (lang NULL: language 0), one thread per (token, column);
+// and its gradient, dle[g, i] += dradd[t, i] over the tokens t of g's windows
+// in token order (the CPU's serial scatter-add), one thread per (language,
+// column). B windows of C tokens.
+static inline MOE_HD void moe_k_lang_rows(float *radd, const float *le, const int32_t *lang, size_t C, size_t D,
+                                          size_t t, size_t i)
+{
+    size_t g = lang ? (size_t)lang[t / C] : 0;
+    radd[t * D + i] = le[g * D + i];
+}
+
+static inline MOE_HD void moe_k_lang_grad(float *dle, const float *dradd, const int32_t *lang, size_t B, size_t C,
+                                          size_t D, size_t g, size_t i)
+{
+    float acc = dle[g * D + i];
+    for (size_t w = 0; w < B; w++) {
+        if ((lang ? (size_t)lang[w] : 0) != g)
+            continue;
+        for (size_t c = 0; c < C; c++)
+            acc += dradd[(w * C + c) * D + i];
+    }
+    dle[g * D + i] = acc;
+}
+
 #endif

@@ -1,0 +1,127 @@
+// model_impl.h: the device model's state (cuda/model.h), shared by its two
+// halves: model.c (creation, the mlp-moe pass, the gradient norm, the
+// update, the copies to and from the host) and transformer.c (the
+// Transformer language model's pass). Not installed, not for other callers.
+//
+// Layout on the device: the registry's flat weights, gradients and moments
+// (core/params.h offsets), then per-pass activations for up to T_max rows
+// (mlp-moe: batch rows; transformer: tokens, B_max windows of C).
+#ifndef MOE_CUDA_MODEL_IMPL_H
+#define MOE_CUDA_MODEL_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/status.h"
+#include "cuda/ops.h"
+#include "moe/dispatch.h"
+#include "moe/router.h"
+#include "train/train.h"
+
+#define MOE_CUDA_NORM_EPS 1e-5f // model/model.c's epsilon of the block norms
+#define MOE_CUDA_MODEL_MEM 48   // device buffers of one model at most
+
+struct moe_model;
+struct moe_model_hp;
+struct moe_batch;
+struct moe_stats;
+struct moe_cuda_layer;
+
+struct moe_cuda_block {
+    int i_g, i_b;                // the FFN's norm: gain and bias (-1: rmsnorm)
+    struct moe_cuda_layer *moe;  // a sparse block's layer, or NULL
+    int si;                      // a sparse block's index among the sparse ones (the statistics' route[si])
+    int i_w1, i_w3, i_w2;        // a dense block's FFN (w3: swiglu, else -1)
+    float *a, *b, *hh;           // its activations (T_max, Fd): kept for the backward
+    // a transformer block's attention half: its norm (gain, bias), projections, and
+    // what its backward reads: n1, ao, m (T, D), mean1, rstd1 (T), qkv (T, 3D),
+    // att (B, H, C, C) the probabilities
+    int i_g1, i_b1, i_qkv, i_wo;
+    int i_lang;                  // a sparse block's language embedding (moe.lang_router), or -1
+    float *n1, *mean1, *rstd1, *qkv, *att, *ao, *m;
+};
+
+struct moe_cuda_model {
+    size_t I, D, O, L, T_max, numel;
+    int rms, ce;
+    enum moe_optim_type opt;
+    const struct moe_model *host; // the host model: its task and targets (moe_model_batch_targets)
+    const struct moe_params *p;  // its registry: tensor offsets, names, expert marks
+    int i_win, i_bin, i_gf, i_bf, i_wh, i_bh;
+    struct moe_cuda_block *blk;
+    void *mem[MOE_CUDA_MODEL_MEM];
+    int n_mem;
+    float *w, *g, *m, *v;        // (numel) the registry's layout; m, v as the optimizer needs
+    float *x, *target;           // (T_max, I), (T_max, O) regression targets
+    int32_t *label;              // (T_max) classes (transformer: next tokens)
+    float *h, *n, *mean, *rstd;  // (L + 1, T_max, D) and (L + 1, T_max): block inputs, FFN norms, the final norm
+    float *y, *dy;               // (T_max, O) the head's outputs (transformer: logits over the vocabulary)
+    float *dh, *dn;              // (T_max, D)
+    // dense blocks (model.moe_every > 1): the FFN's width, activation, and
+    // scratch shared by the blocks: the output before the residual add (also
+    // the transformer's attention output), the backward's dh, da, db
+    size_t Fd;
+    enum moe_cuda_act cact;
+    float *tmp, *fdh, *fda, *fdb;
+    double *part, *lse, *sq;     // cross-entropy's blocks and rows; the sum of squares' scratch
+    uint64_t seed;
+    double loss;                 // the last pass's summed loss (moe_cuda_model_stats)
+    size_t T;                    // its rows (tokens)
+    // host scratch of moe_cuda_model_stats: the head's outputs and
+    // probabilities, one-hot targets (classes), one layer's routing and plan counts
+    float *yh, *pred, *onehot;
+    struct moe_route hr;
+    struct moe_dispatch hplan;
+    int has_host;
+    // the transformer (tf set; transformer.c): B_max windows of C tokens, H
+    // heads; the token and position embeddings and the head (tok_emb when
+    // tied); on the device the batch's windows (B_max, C + 1), the attention's
+    // backward scratch, the loss pass's per-token values, the embedding
+    // backward's sort scratch (4 T_max); on the host the per-token targets and
+    // routing labels of the last batch and the per-token values' copies
+    int tf;
+    size_t B_max, C, H;
+    int i_wte, i_wpe, i_head;
+    int32_t *tok;
+    int32_t *lang;               // (B_max) the windows' languages (moe.lang_router)
+    float *radd, *dradd;         // (T_max, D) a sparse block's language embedding at each token, its gradient
+    size_t n_lang;               // languages
+    float *dqkv, *datt, *dao;
+    float *row_loss;
+    int32_t *row_argmax, *emb_scratch;
+    int32_t *htarget, *hlabel, *hargmax;
+    float *hrow_loss;
+    size_t B;                    // the last pass's windows
+    int has_lang;                // it had languages (else language 0 throughout)
+};
+
+int moe_cuda_model_alloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err);
+static inline float *moe_cuda_model_w(const struct moe_cuda_model *d, int i)
+{
+    return i < 0 ? NULL : d->w + d->p->t[i].offset;
+}
+static inline float *moe_cuda_model_g(const struct moe_cuda_model *d, int i)
+{
+    return i < 0 ? NULL : d->g + d->p->t[i].offset;
+}
+// A tensor's index by name (printf-style with the block number), or -1.
+int moe_cuda_model_find(const struct moe_params *p, const char *fmt, size_t l);
+// A dense block's FFN: out += FFN(x), and its backward dx += (model.c).
+int moe_cuda_dense_forward(struct moe_cuda_model *d, const struct moe_cuda_block *k, float *out, const float *x,
+                           size_t T, struct moe_err *err);
+int moe_cuda_dense_backward(struct moe_cuda_model *d, const struct moe_cuda_block *k, float *dx, const float *dy,
+                            const float *x, size_t T, struct moe_err *err);
+
+// transformer.c: what the transformer's step does not do yet (NULL:
+// supported); its buffers (after model.c's: the registry, h, n, y and the
+// rest for T_max tokens) and tensor indices; its forward with the loss
+// pass, its backward, its statistics.
+const char *moe_cuda_tf_unsupported(const struct moe_model *m, const struct moe_model_hp *hp);
+int moe_cuda_tf_alloc(struct moe_cuda_model *d, const struct moe_model_hp *hp, struct moe_err *err);
+int moe_cuda_tf_forward(struct moe_cuda_model *d, const struct moe_batch *b, int train, double *ret_loss,
+                        double *ret_aux, struct moe_err *err);
+int moe_cuda_tf_backward(struct moe_cuda_model *d, struct moe_err *err);
+int moe_cuda_tf_stats(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s,
+                      struct moe_err *err);
+
+#endif
