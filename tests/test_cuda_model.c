@@ -313,17 +313,17 @@ static void run_tf_case(const struct tcase *k)
     free(tok), free(lang), free(cls), free(bytes), free(u);
 }
 
-// What the device step refuses, with its one line: hash routing, dropout.
+// What the device step refuses, with its one line: hash routing, shared experts.
 static void test_refusals(void)
 {
     static const char *const dense[] = { "model.type=mlp-moe", "moe.router=hash", "model.n_expert_used=1" };
-    static const char *const drop[] = { "model.type=mlp-moe", "model.dropout.residual=0.1" };
+    static const char *const drop[] = { "model.type=mlp-moe", "model.n_expert_shared=1" };
     const struct {
         const char *const *ovs;
         size_t n;
         const char *want;
     } c[] = { { dense, 3, "hash routing and expert choice are not on the device yet" },
-              { drop, 2, "dropout (model.dropout.*) is not on the device yet" } };
+              { drop, 2, "shared experts (model.n_expert_shared) are not on the device yet" } };
     for (size_t i = 0; i < 2; i++) {
         struct moe_err err;
         struct moe_config cfg;
@@ -641,7 +641,7 @@ static void check_device_on(const char *what, const char *json, const char *cons
 // The Transformer LM through the trainer: a byte-level run on a small text
 // in two languages (a folder of two files) on the device against the same run
 // on the CPU, with a best-validation selection, and again with
-// language-aware GShard routing under jitter; then a run stopped on the
+// language-aware GShard routing under jitter and every dropout; then a run stopped on the
 // device at step 5 and resumed on the CPU, against the uninterrupted one.
 static void write_text(const char *path, const char *const *words, size_t n_words, uint32_t stream, size_t n)
 {
@@ -677,13 +677,14 @@ static void test_trainer_lm(void)
              " \"train\": {\"seed\": 3, \"epochs\": 3, \"log_every\": 2, \"select\": \"best_valid_loss\"}}",
              dir);
     static const char *const lang[] = { "moe.lang_router=true", "moe.router=gshard", "model.n_expert_used=2",
-                                        "moe.jitter=0.02", "model.norm=rmsnorm" };
+                                        "moe.jitter=0.02", "model.norm=rmsnorm", "model.dropout.attention=0.1",
+                                        "model.dropout.residual=0.1", "model.dropout.ffn=0.1" };
     for (int i = 0; i < 2; i++) {
         struct outcome a = { 0 }, b = { 0 };
         struct tctx ca = { .o = &a }, cb = { .o = &b };
-        train_run(json, i ? lang : NULL, i ? 5 : 0, 0, &ca, 0);
-        train_run(json, i ? lang : NULL, i ? 5 : 0, 1, &cb, 0);
-        same_run(i ? "trainer transformer, language-aware gshard routing with jitter" :
+        train_run(json, i ? lang : NULL, i ? 8 : 0, 0, &ca, 0);
+        train_run(json, i ? lang : NULL, i ? 8 : 0, 1, &cb, 0);
+        same_run(i ? "trainer transformer, language-aware gshard routing with jitter and dropout" :
                      "trainer transformer bytes, two languages", &b, &a);
         outcome_free(&a), outcome_free(&b);
     }
@@ -701,7 +702,7 @@ static void test_trainer_lm(void)
     same_run("transformer stopped at step 5 on the device, resumed on the cpu", &o, &ref);
     outcome_free(&o), outcome_free(&ref);
     remove(ckpt);
-    check_device_on("transformer", json, lang, 5);
+    check_device_on("transformer", json, lang, 8);
     snprintf(path, sizeof path, "%s/en.txt", dir);
     remove(path);
     snprintf(path, sizeof path, "%s/de.txt", dir);
@@ -741,6 +742,13 @@ int main(void)
           { "model.type=mlp-moe", "moe.router=switch", "model.n_expert_used=1", "model.n_expert=4",
             "model.n_embd=8", "model.n_ff=16", "model.n_layer=4", "model.moe_every=2", "model.ffn_activation=gelu",
             "optim.type=sgd", "optim.momentum=0.9", NULL } },
+        { "dropout-swiglu-dense-sparse-adamw", 0,
+          { "model.type=mlp-moe", "moe.router=gshard", "model.n_expert=4", "model.n_embd=16", "model.n_ff=24",
+            "model.n_layer=2", "model.moe_every=2", "model.ffn_activation=swiglu", "model.dropout.residual=0.2",
+            "model.dropout.ffn=0.3", "optim.type=adamw", NULL } },
+        { "dropout-ffn-only-switch-sgd", 0,
+          { "model.type=mlp-moe", "moe.router=switch", "model.n_expert_used=1", "model.n_expert=4",
+            "model.n_embd=8", "model.n_ff=16", "model.n_layer=2", "model.dropout.ffn=0.25", "optim.type=sgd", NULL } },
         { "noisy-relu-adamw", 0,
           { "model.type=mlp-moe", "moe.router=noisy-topk", "model.n_expert=4", "model.n_embd=8", "model.n_ff=16",
             "model.n_layer=2", "moe.aux_loss=switch", "optim.type=adamw", "optim.lr=0.003", NULL } },
@@ -748,6 +756,11 @@ int main(void)
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         run_case(&cases[i]);
     static const struct tcase tcases[] = {
+        { "transformer-dropout-attention-residual-ffn-adamw",
+          { "model.type=transformer", "model.n_ctx=6", "model.n_embd=16", "model.n_head=2", "model.n_layer=2",
+            "model.n_ff=16", "model.moe_every=2", "model.n_expert=4", "moe.router=gshard",
+            "model.ffn_activation=swiglu", "model.dropout.attention=0.2", "model.dropout.residual=0.1",
+            "model.dropout.ffn=0.3", "moe.lang_router=true", "optim.type=adamw", NULL } },
         { "transformer-switch-layernorm-tied-adamw",
           { "model.type=transformer", "model.n_ctx=6", "model.n_embd=16", "model.n_head=2", "model.n_layer=2",
             "model.n_ff=16", "model.moe_every=2", "model.n_expert=4", "model.n_expert_used=1", "moe.router=switch",

@@ -63,6 +63,7 @@ struct moe_cuda_layer {
     // the last forward
     size_t T, cap;
     int train, jittered;
+    struct moe_cuda_drop drop; // the experts' hidden dropout of the last forward (p 0: off)
     double aux_value, z_value, loss;
     struct moe_cuda_route route;
     // phase timing
@@ -146,8 +147,6 @@ static const char *unsupported(const struct moe_layer_cfg *c)
         return "shared experts (model.n_expert_shared) are not on the device yet";
     if (c->aux == MOE_AUX_SHAZEER)
         return "Shazeer's importance and load losses (moe.aux_loss shazeer) have no device kernels yet";
-    if (c->ffn_dropout > 0.0)
-        return "expert hidden dropout (model.dropout.ffn) is not on the device yet";
     return NULL;
 }
 
@@ -382,7 +381,9 @@ static int experts_forward(struct moe_cuda_layer *l, size_t N, struct moe_err *e
         if ((rc = moe_cuda_mul(l->hh, l->b, N * F, err)))
             return rc;
     }
-    if ((rc = mark(l, MOE_PHASE_ACTIVATION, err)))
+    // hidden dropout (experts.c moe_ffn_forward_drop): row r's mask key is its token and slot
+    if ((rc = moe_cuda_dropout_rows(l->hh, N, F, l->plan.row_tok, l->plan.row_slot, l->S, &l->drop, err)) ||
+        (rc = mark(l, MOE_PHASE_ACTIVATION, err)))
         return rc;
     for (size_t e = 0; e < E; e++) {
         size_t o = l->off[e], n = l->off[e + 1] - o;
@@ -428,6 +429,8 @@ int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x,
     l->T = T;
     l->train = train;
     const uint64_t base = (uint64_t)c->index * LAYER_STRIDE;
+    const struct moe_dropout dr = moe_dropout_make(train ? c->ffn_dropout : 0.0, seed, step, c->index, MOE_DROP_FFN);
+    l->drop = (struct moe_cuda_drop){ .p = dr.p, .seed = dr.seed, .step = dr.step, .site = dr.site };
     if ((rc = marks_begin(l, err)))
         return rc;
     // router input (Switch jitter in training), logits, routing
@@ -503,7 +506,8 @@ static int experts_backward(struct moe_cuda_layer *l, size_t N, struct moe_err *
                                 "expert w2 backward (dw2)", err)))
             return rc;
     }
-    if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)))
+    if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)) ||
+        (rc = moe_cuda_dropout_rows(l->dh, N, F, l->plan.row_tok, l->plan.row_slot, l->S, &l->drop, err)))
         return rc;
     if (l->swiglu) {
         if ((rc = moe_cuda_act_forward(MOE_CUDA_SILU, l->db, l->a, N * F, err)))

@@ -11,10 +11,11 @@
 // What it covers: the routers softmax (top-K), switch, gshard (both second-
 // expert policies), deepseek and noisy-topk; relu, gelu and swiglu experts;
 // both drop policies and the capacity formula of moe/dispatch.h; Switch input
-// jitter; the switch / gshard / topk-all balancing losses and the z-loss with
-// their gradients. Refused with a one-line error (moe_cuda_layer_create):
-// hash routing and expert choice, bias balancing, shared experts, Shazeer's
-// importance and load losses, expert hidden dropout, and expert parallelism.
+// jitter; the experts' hidden dropout (model.dropout.ffn, training passes);
+// the switch / gshard / topk-all balancing losses and the z-loss with their
+// gradients. Refused with a one-line error (moe_cuda_layer_create): hash
+// routing and expert choice, bias balancing, shared experts, Shazeer's
+// importance and load losses, and expert parallelism.
 // Not here: the rest of a model (cuda/model.h).
 //
 // Built only with CUDA; a build without it links lib/cuda/layer_none.c,

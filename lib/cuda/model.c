@@ -98,8 +98,6 @@ static const char *unsupported(const struct moe_model *m, const struct moe_model
     } else if (hp->type != MOE_MODEL_MLP_MOE) {
         return "the device training step is for the mlp-moe and transformer models only";
     }
-    if (hp->dropout.residual > 0.0 || hp->dropout.ffn > 0.0 || hp->dropout.attention > 0.0)
-        return "dropout (model.dropout.*) is not on the device yet";
     if (m->params.shard_size > 1)
         return "expert parallelism is not on the device";
     return NULL;
@@ -142,6 +140,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     d->ce = strcmp(m->loss_name, "ce") == 0;
     d->opt = o->type;
     d->seed = m->seed;
+    d->p_attn = hp->dropout.attention, d->p_res = hp->dropout.residual, d->p_ffn = hp->dropout.ffn;
     d->i_win = moe_params_find(p, "input.weight"), d->i_bin = moe_params_find(p, "input.bias");
     d->i_gf = moe_params_find(p, "norm.weight"), d->i_bf = moe_params_find(p, "norm.bias");
     d->i_wh = moe_params_find(p, "head.weight"), d->i_bh = moe_params_find(p, "head.bias");
@@ -206,7 +205,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     }
     float *fact = NULL, *fback = NULL; // the dense blocks' activations (a, b, hh each), the backward's dh, da, db
     const size_t TF = T * d->Fd;
-    if (!rc && (n_dense || d->tf))
+    if (!rc && (n_dense || d->tf || d->p_res > 0.0))
         rc = dalloc(d, &d->tmp, T * D * f, "sub-layer output", err);
     if (!rc && n_dense && !(rc = dalloc(d, &fact, n_dense * 3 * TF * f, "dense FFN activations", err)) &&
         !(rc = dalloc(d, &fback, 3 * TF * f, "dense FFN backward", err))) {
@@ -267,7 +266,8 @@ static int grad_norm(struct moe_cuda_model *d, double *ret, struct moe_err *err)
 // A dense block's FFN (moe/experts.c moe_ffn_forward_drop without dropout,
 // then mlp_moe.c's residual add): tmp = act(x W1^T) [* x W3^T] W2^T, out += tmp.
 int moe_cuda_dense_forward(struct moe_cuda_model *d, const struct moe_cuda_block *k, float *out, const float *x,
-                           size_t T, struct moe_err *err)
+                           size_t T, const struct moe_cuda_drop *dffn, const struct moe_cuda_drop *dres,
+                           struct moe_err *err)
 {
     const size_t D = d->D, F = d->Fd, n = T * F;
     const int swiglu = k->i_w3 >= 0;
@@ -276,7 +276,9 @@ int moe_cuda_dense_forward(struct moe_cuda_model *d, const struct moe_cuda_block
         (swiglu && (rc = moe_cuda_linear_forward(k->b, x, W(d, k->i_w3), NULL, T, D, F, "ffn w3", err))) ||
         (rc = moe_cuda_act_forward(d->cact, k->hh, k->a, n, err)) ||
         (swiglu && (rc = moe_cuda_mul(k->hh, k->b, n, err))) ||
-        (rc = moe_cuda_linear_forward(d->tmp, k->hh, W(d, k->i_w2), NULL, T, F, D, "ffn w2", err)))
+        (rc = moe_cuda_dropout_rows(k->hh, T, F, NULL, NULL, 0, dffn, err)) ||
+        (rc = moe_cuda_linear_forward(d->tmp, k->hh, W(d, k->i_w2), NULL, T, F, D, "ffn w2", err)) ||
+        (rc = moe_cuda_dropout(d->tmp, T * D, 0, dres, err)))
         return rc;
     return moe_cuda_add(out, d->tmp, T * D, err);
 }
@@ -284,7 +286,7 @@ int moe_cuda_dense_forward(struct moe_cuda_model *d, const struct moe_cuda_block
 // Its backward (moe_ffn_backward_drop with beta_dw 1, no dropout): dx (T, D)
 // += the input's gradient, the weight gradients +=, in that function's order.
 int moe_cuda_dense_backward(struct moe_cuda_model *d, const struct moe_cuda_block *k, float *dx, const float *dy,
-                            const float *x, size_t T, struct moe_err *err)
+                            const float *x, size_t T, const struct moe_cuda_drop *dffn, struct moe_err *err)
 {
     const size_t D = d->D, F = d->Fd, n = T * F;
     const int swiglu = k->i_w3 >= 0;
@@ -292,7 +294,8 @@ int moe_cuda_dense_backward(struct moe_cuda_model *d, const struct moe_cuda_bloc
     if ((rc = moe_cuda_gemm(0, 0, T, F, D, 1.0f, dy, D, W(d, k->i_w2), F, 0.0f, d->fdh, F, "ffn w2 backward (dh)",
                             err)) ||
         (rc = moe_cuda_gemm(1, 0, D, F, T, 1.0f, dy, D, k->hh, F, 1.0f, G(d, k->i_w2), F, "ffn w2 backward (dw2)",
-                            err)))
+                            err)) ||
+        (rc = moe_cuda_dropout_rows(d->fdh, T, F, NULL, NULL, 0, dffn, err)))
         return rc;
     if (swiglu && ((rc = moe_cuda_act_forward(MOE_CUDA_SILU, d->fdb, k->a, n, err)) ||
                    (rc = moe_cuda_swiglu_back(d->fdb, d->fdh, k->b, n, err))))
@@ -309,6 +312,46 @@ int moe_cuda_dense_backward(struct moe_cuda_model *d, const struct moe_cuda_bloc
                             err)))
         return rc;
     return moe_cuda_gemm(1, 0, F, D, T, 1.0f, d->fda, F, x, D, 1.0f, G(d, k->i_w1), D, "ffn w1 backward (dw1)", err);
+}
+
+int moe_cuda_ffn_forward(struct moe_cuda_model *d, size_t l, float *out, const float *x, size_t T, int train,
+                         uint64_t step, double *ret_aux, struct moe_err *err)
+{
+    const struct moe_cuda_block *k = &d->blk[l];
+    const size_t TD = T * d->D;
+    const struct moe_cuda_drop dres = moe_cuda_drop_at(d, d->p_res, train, step, l, MOE_DROP_RESID_FFN),
+                               dffn = moe_cuda_drop_at(d, d->p_ffn, train, step, l, MOE_DROP_FFN);
+    int rc;
+    *ret_aux = 0.0;
+    if (!k->moe)
+        return moe_cuda_dense_forward(d, k, out, x, T, &dffn, &dres, err);
+    if (dres.p <= 0.0f)
+        return moe_cuda_layer_forward(k->moe, out, x, T, train, d->seed, step, ret_aux, err);
+    // under residual dropout the layer's output on its own, dropped, then added
+    if ((rc = moe_cuda_memset(d->tmp, 0, TD * sizeof(float), "sub-layer output", err)) ||
+        (rc = moe_cuda_layer_forward(k->moe, d->tmp, x, T, train, d->seed, step, ret_aux, err)) ||
+        (rc = moe_cuda_dropout(d->tmp, TD, 0, &dres, err)))
+        return rc;
+    return moe_cuda_add(out, d->tmp, TD, err);
+}
+
+int moe_cuda_ffn_backward(struct moe_cuda_model *d, size_t l, float *dn, const float *dy, const float *x, size_t T,
+                          uint64_t step, struct moe_err *err)
+{
+    const struct moe_cuda_block *k = &d->blk[l];
+    const size_t TD = T * d->D;
+    const struct moe_cuda_drop dres = moe_cuda_drop_at(d, d->p_res, 1, step, l, MOE_DROP_RESID_FFN),
+                               dffn = moe_cuda_drop_at(d, d->p_ffn, 1, step, l, MOE_DROP_FFN);
+    int rc;
+    if (dres.p > 0.0f) { // the branch's output gradient under the residual dropout's mask
+        if ((rc = moe_cuda_copy(d->tmp, dy, TD * sizeof(float), err)) ||
+            (rc = moe_cuda_dropout(d->tmp, TD, 0, &dres, err)))
+            return rc;
+        dy = d->tmp;
+    }
+    if ((rc = moe_cuda_memset(dn, 0, TD * sizeof(float), "dn", err)))
+        return rc;
+    return k->moe ? moe_cuda_layer_backward(k->moe, dn, dy, x, err) : moe_cuda_dense_backward(d, k, dn, dy, x, T, &dffn, err);
 }
 
 // The forward pass of batch b in training (train: noise, jitter, the
@@ -340,8 +383,7 @@ static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int trai
         if ((rc = moe_cuda_norm_forward(nl, d->mean + l * T, d->rstd + l * T, hin, W(d, k->i_g), W(d, k->i_b), T, D,
                                         NORM_EPS, err)) ||
             (rc = moe_cuda_copy(hout, hin, TD * sizeof(float), err)) ||
-            (k->moe && (rc = moe_cuda_layer_forward(k->moe, hout, nl, T, train, d->seed, b->step, &al, err))) ||
-            (!k->moe && (rc = moe_cuda_dense_forward(d, k, hout, nl, T, err))))
+            (rc = moe_cuda_ffn_forward(d, l, hout, nl, T, train, b->step, &al, err)))
             return rc;
         aux += al;
     }
@@ -357,7 +399,7 @@ static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int trai
                : moe_cuda_mse(&loss, d->dy, d->y, d->target, T * O, scale, d->part, err);
     if (rc)
         return rc;
-    d->loss = loss, d->T = T;
+    d->loss = loss, d->T = T, d->step = b->step;
     *ret_loss = loss, *ret_aux = aux;
     return 0;
 }
@@ -390,9 +432,7 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
         return rc;
     for (size_t l = L; l-- > 0;) {
         const struct moe_cuda_block *k = &d->blk[l];
-        if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
-            (k->moe && (rc = moe_cuda_layer_backward(k->moe, d->dn, d->dh, d->n + l * TD, err))) ||
-            (!k->moe && (rc = moe_cuda_dense_backward(d, k, d->dn, d->dh, d->n + l * TD, T, err))) ||
+        if ((rc = moe_cuda_ffn_backward(d, l, d->dn, d->dh, d->n + l * TD, T, d->step, err)) ||
             (rc = moe_cuda_norm_backward(d->dh, G(d, k->i_g), G(d, k->i_b), d->dn, d->h + l * TD, d->mean + l * T,
                                          d->rstd + l * T, W(d, k->i_g), T, D, err)))
             return rc;

@@ -17,8 +17,9 @@
 // (model.moe_every > 1: the FFN of moe/experts.c); the Transformer's
 // embeddings, causal attention, tied or untied head and language-aware
 // routing (moe.lang_router); LayerNorm or RMSNorm, cross-entropy or squared
-// error, GD, SGD and AdamW with clipping. Refused with one line by
-// moe_cuda_model_create: other models, dropout, distillation (a batch's kd),
+// error, GD, SGD and AdamW with clipping; dropout (model.dropout.*: the CPU's
+// masks). Refused with one line by moe_cuda_model_create: other models,
+// distillation (a batch's kd),
 // and whatever the device layer refuses. For a transformer, T_max and a
 // batch's rows are windows of model.n_ctx tokens.
 //

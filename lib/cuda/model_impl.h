@@ -16,6 +16,7 @@
 #include "cuda/ops.h"
 #include "moe/dispatch.h"
 #include "moe/router.h"
+#include "nn/nn.h"
 #include "train/train.h"
 
 #define MOE_CUDA_NORM_EPS 1e-5f // model/model.c's epsilon of the block norms
@@ -39,6 +40,7 @@ struct moe_cuda_block {
     int i_g1, i_b1, i_qkv, i_wo;
     int i_lang;                  // a sparse block's language embedding (moe.lang_router), or -1
     float *n1, *mean1, *rstd1, *qkv, *att, *ao, *m;
+    float *attp;                 // (B, H, C, C) the probabilities before attention dropout (model.dropout.attention), or NULL
 };
 
 struct moe_cuda_model {
@@ -65,6 +67,7 @@ struct moe_cuda_model {
     float *tmp, *fdh, *fda, *fdb;
     double *part, *lse, *sq;     // cross-entropy's blocks and rows; the sum of squares' scratch
     uint64_t seed;
+    double p_attn, p_res, p_ffn;  // model.dropout.* (training passes only)
     double loss;                 // the last pass's summed loss (moe_cuda_model_stats)
     size_t T;                    // its rows (tokens)
     // host scratch of moe_cuda_model_stats: the head's outputs and
@@ -92,10 +95,19 @@ struct moe_cuda_model {
     int32_t *htarget, *hlabel, *hargmax;
     float *hrow_loss;
     size_t B;                    // the last pass's windows
+    uint64_t step;               // the last pass's step (the dropout masks of its backward)
     int has_lang;                // it had languages (else language 0 throughout)
 };
 
 int moe_cuda_model_alloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err);
+// nn.h moe_dropout_make as ops.h's struct: block l's site of one kind, on at
+// probability p in a training pass (train), off otherwise.
+static inline struct moe_cuda_drop moe_cuda_drop_at(const struct moe_cuda_model *d, double p, int train,
+                                                    uint64_t step, size_t l, enum moe_drop_kind kind)
+{
+    struct moe_dropout x = moe_dropout_make(train ? p : 0.0, d->seed, step, l, kind);
+    return (struct moe_cuda_drop){ .p = x.p, .seed = x.seed, .step = x.step, .site = x.site };
+}
 static inline float *moe_cuda_model_w(const struct moe_cuda_model *d, int i)
 {
     return i < 0 ? NULL : d->w + d->p->t[i].offset;
@@ -106,11 +118,22 @@ static inline float *moe_cuda_model_g(const struct moe_cuda_model *d, int i)
 }
 // A tensor's index by name (printf-style with the block number), or -1.
 int moe_cuda_model_find(const struct moe_params *p, const char *fmt, size_t l);
-// A dense block's FFN: out += FFN(x), and its backward dx += (model.c).
+// A dense block's FFN: out += D_res(FFN(x)) with hidden dropout dffn and
+// residual dropout dres (either off: p 0), and its backward dx += from the
+// branch's output gradient dy (already under dres's mask) (model.c).
 int moe_cuda_dense_forward(struct moe_cuda_model *d, const struct moe_cuda_block *k, float *out, const float *x,
-                           size_t T, struct moe_err *err);
+                           size_t T, const struct moe_cuda_drop *dffn, const struct moe_cuda_drop *dres,
+                           struct moe_err *err);
 int moe_cuda_dense_backward(struct moe_cuda_model *d, const struct moe_cuda_block *k, float *dx, const float *dy,
-                            const float *x, size_t T, struct moe_err *err);
+                            const float *x, size_t T, const struct moe_cuda_drop *dffn, struct moe_err *err);
+// The FFN half of block l in a training (train) or evaluation pass: out +=
+// D_res(FFN(x)), the sparse layer's weighted auxiliary loss into *ret_aux;
+// and its backward: dn (zeroed here) = the FFN's input gradient from dy, the
+// block output's gradient (model.c; the same in both models).
+int moe_cuda_ffn_forward(struct moe_cuda_model *d, size_t l, float *out, const float *x, size_t T, int train,
+                         uint64_t step, double *ret_aux, struct moe_err *err);
+int moe_cuda_ffn_backward(struct moe_cuda_model *d, size_t l, float *dn, const float *dy, const float *x, size_t T,
+                          uint64_t step, struct moe_err *err);
 
 // transformer.c: what the transformer's step does not do yet (NULL:
 // supported); its buffers (after model.c's: the registry, h, n, y and the

@@ -1,6 +1,7 @@
 // transformer.c: the Transformer language model's pass on the CUDA device
 // (cuda/model.h, cuda/model_impl.h), operation for operation as
-// model/transformer.c runs it without dropout:
+// model/transformer.c runs it (dropout, where configured, as there: the
+// attention probabilities, each sub-layer's output, the FFNs' hidden units):
 //
 //   h_0 = tok_emb[x_t] + pos_emb[t]                          moe_cuda_embed_forward
 //   per block l:  n1 = norm1(h_l); qkv = n1 Wqkv^T; ao = Attn(qkv) (causal, H heads);
@@ -55,8 +56,10 @@ int moe_cuda_tf_alloc(struct moe_cuda_model *d, const struct moe_model_hp *hp, s
     d->i_wte = moe_params_find(p, "tok_emb.weight");
     d->i_wpe = moe_params_find(p, "pos_emb.weight");
     d->i_head = d->i_wh >= 0 ? d->i_wh : d->i_wte;
-    // per block: n1, ao, m (T, D), qkv (T, 3D), mean1, rstd1 (T), att (B, H, C, C)
-    const size_t per = 6 * TD + 2 * T + att;
+    // per block: n1, ao, m (T, D), qkv (T, 3D), mean1, rstd1 (T), att (B, H, C, C), and
+    // with attention dropout attp (B, H, C, C): att holds the dropped probabilities, attp the softmax's
+    const int drop_att = d->p_attn > 0.0;
+    const size_t per = 6 * TD + 2 * T + (drop_att ? 2 : 1) * att;
     float *act = NULL;
     int rc;
     struct {
@@ -85,6 +88,7 @@ int moe_cuda_tf_alloc(struct moe_cuda_model *d, const struct moe_model_hp *hp, s
         float *a = act + l * per;
         k->n1 = a, k->ao = a + TD, k->m = a + 2 * TD, k->qkv = a + 3 * TD;
         k->mean1 = a + 6 * TD, k->rstd1 = a + 6 * TD + T, k->att = a + 6 * TD + 2 * T;
+        k->attp = drop_att ? k->att + att : NULL;
         k->i_g1 = moe_cuda_model_find(p, "layers.%zu.attn_norm.weight", l);
         k->i_b1 = moe_cuda_model_find(p, "layers.%zu.attn_norm.bias", l);
         k->i_qkv = moe_cuda_model_find(p, "layers.%zu.attn.wqkv", l);
@@ -100,16 +104,20 @@ int moe_cuda_tf_alloc(struct moe_cuda_model *d, const struct moe_model_hp *hp, s
 // Block l's attention half (model/transformer.c run()): n1, qkv, the
 // attention, its output projection into tmp, then m = h + tmp, also the
 // block's output before the FFN adds to it.
-static int attention_forward(struct moe_cuda_model *d, const struct moe_cuda_block *k, float *hout,
-                             const float *hin, size_t B, struct moe_err *err)
+static int attention_forward(struct moe_cuda_model *d, size_t l, float *hout, const float *hin, size_t B, int train,
+                             uint64_t step, struct moe_err *err)
 {
+    const struct moe_cuda_block *k = &d->blk[l];
     const size_t C = d->C, D = d->D, H = d->H, T = B * C, TD = T * D;
+    const struct moe_cuda_drop da = moe_cuda_drop_at(d, d->p_attn, train, step, l, MOE_DROP_ATTN),
+                               dr = moe_cuda_drop_at(d, d->p_res, train, step, l, MOE_DROP_RESID_ATTN);
     int rc;
     if ((rc = moe_cuda_norm_forward(k->n1, k->mean1, k->rstd1, hin, W(d, k->i_g1), W(d, k->i_b1), T, D,
                                     MOE_CUDA_NORM_EPS, err)) ||
         (rc = moe_cuda_linear_forward(k->qkv, k->n1, W(d, k->i_qkv), NULL, T, D, 3 * D, "attention wqkv", err)) ||
-        (rc = moe_cuda_attention_forward(k->ao, k->att, k->qkv, B, C, D, H, err)) ||
+        (rc = moe_cuda_attention_forward_drop(k->ao, k->att, k->attp, k->qkv, B, C, D, H, &da, err)) ||
         (rc = moe_cuda_linear_forward(d->tmp, k->ao, W(d, k->i_wo), NULL, T, D, D, "attention wo", err)) ||
+        (rc = moe_cuda_dropout(d->tmp, TD, 0, &dr, err)) ||
         (rc = moe_cuda_copy(k->m, hin, TD * sizeof(float), err)) || (rc = moe_cuda_add(k->m, d->tmp, TD, err)))
         return rc;
     return moe_cuda_copy(hout, k->m, TD * sizeof(float), err);
@@ -143,13 +151,12 @@ int moe_cuda_tf_forward(struct moe_cuda_model *d, const struct moe_batch *b, int
         double al = 0.0;
         if (k->moe) // the router's input: + the language embedding of each token's window (moe.lang_router)
             moe_cuda_layer_set_radd(k->moe, k->i_lang >= 0 ? d->radd : NULL, NULL);
-        if ((rc = attention_forward(d, k, hout, hin, B, err)) ||
+        if ((rc = attention_forward(d, l, hout, hin, B, train, b->step, err)) ||
             (rc = moe_cuda_norm_forward(n2, d->mean + l * T, d->rstd + l * T, k->m, W(d, k->i_g), W(d, k->i_b), T,
                                         D, MOE_CUDA_NORM_EPS, err)) ||
             (k->i_lang >= 0 && (rc = moe_cuda_lang_rows(d->radd, W(d, k->i_lang), d->has_lang ? d->lang : NULL, B,
                                                          C, D, err))) ||
-            (k->moe && (rc = moe_cuda_layer_forward(k->moe, hout, n2, T, train, d->seed, b->step, &al, err))) ||
-            (!k->moe && (rc = moe_cuda_dense_forward(d, k, hout, n2, T, err))))
+            (rc = moe_cuda_ffn_forward(d, l, hout, n2, T, train, b->step, &al, err)))
             return rc;
         aux += al;
     }
@@ -163,7 +170,7 @@ int moe_cuda_tf_forward(struct moe_cuda_model *d, const struct moe_batch *b, int
     if ((rc = moe_cuda_ce_rows(&loss, train ? d->dy : NULL, d->row_loss, d->row_argmax, d->y, d->label, T, V,
                                1.0f / (float)T, d->part, d->lse, err)))
         return rc;
-    d->loss = loss, d->T = T, d->B = B;
+    d->loss = loss, d->T = T, d->B = B, d->step = b->step;
     *ret_loss = loss, *ret_aux = aux;
     return 0;
 }
@@ -190,19 +197,27 @@ int moe_cuda_tf_backward(struct moe_cuda_model *d, struct moe_err *err)
                 return rc;
             moe_cuda_layer_set_radd(k->moe, d->radd, d->dradd);
         }
-        if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
-            (k->moe && (rc = moe_cuda_layer_backward(k->moe, d->dn, d->dh, n2, err))) ||
+        if ((rc = moe_cuda_ffn_backward(d, l, d->dn, d->dh, n2, T, d->step, err)) ||
             (k->i_lang >= 0 && (rc = moe_cuda_lang_grad(G(d, k->i_lang), d->dradd, d->has_lang ? d->lang : NULL, B,
                                                          C, D, d->n_lang, err))) ||
-            (!k->moe && (rc = moe_cuda_dense_backward(d, k, d->dn, d->dh, n2, T, err))) ||
             (rc = moe_cuda_norm_backward(d->dh, G(d, k->i_g), G(d, k->i_b), d->dn, k->m, d->mean + l * T,
                                          d->rstd + l * T, W(d, k->i_g), T, D, err)))
             return rc;
-        // attention branch: dh_l = dm + norm1'(Wqkv'(Attn'(Wo'(dm))))
-        if ((rc = moe_cuda_linear_backward(d->dao, G(d, k->i_wo), NULL, d->dh, k->ao, W(d, k->i_wo), T, D, D, 0.0f,
+        // attention branch: dh_l = dm + norm1'(Wqkv'(Attn'(Wo'(dm)))), dm under the residual dropout's mask
+        const struct moe_cuda_drop da = moe_cuda_drop_at(d, d->p_attn, 1, d->step, l, MOE_DROP_ATTN),
+                                   dr = moe_cuda_drop_at(d, d->p_res, 1, d->step, l, MOE_DROP_RESID_ATTN);
+        const float *dattn = d->dh;
+        if (dr.p > 0.0f) {
+            if ((rc = moe_cuda_copy(d->tmp, d->dh, TD * sizeof(float), err)) ||
+                (rc = moe_cuda_dropout(d->tmp, TD, 0, &dr, err)))
+                return rc;
+            dattn = d->tmp;
+        }
+        if ((rc = moe_cuda_linear_backward(d->dao, G(d, k->i_wo), NULL, dattn, k->ao, W(d, k->i_wo), T, D, D, 0.0f,
                                            "attention wo backward", err)) ||
             (rc = moe_cuda_memset(d->dqkv, 0, 3 * TD * sizeof(float), "dqkv", err)) ||
-            (rc = moe_cuda_attention_backward(d->dqkv, d->datt, d->dao, k->qkv, k->att, B, C, D, H, err)) ||
+            (rc = moe_cuda_attention_backward_drop(d->dqkv, d->datt, d->dao, k->qkv, k->att, k->attp, B, C, D, H, &da,
+                                                   err)) ||
             (rc = moe_cuda_linear_backward(d->dn, G(d, k->i_qkv), NULL, d->dqkv, k->n1, W(d, k->i_qkv), T, D, 3 * D,
                                            0.0f, "attention wqkv backward", err)) ||
             (rc = moe_cuda_norm_backward(d->dh, G(d, k->i_g1), G(d, k->i_b1), d->dn, d->h + l * TD, k->mean1,
