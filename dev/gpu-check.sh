@@ -6,7 +6,10 @@
 # Runs the GPU tests (device, ops, layer, model step) twice each (the second run must print the same bytes: the
 # determinism check), then moe bench --device cuda at issue 16's layer shape, then moe train --device cuda on
 # a small mlp-moe config twice (metrics and model must be the same bytes), once on the CPU, and
-# moe train --check-device 20.
+# moe train --check-device 20; then the Transformer: tests/cli/test_lm.sh (the byte-level LM on the
+# device twice, against the CPU, --check-device), and issue 16's training tokens per second at D = 1024,
+# 16 experts (experiments/common/gpu-lm.json, on a text of the repository's docs) on the GPU and, for 64
+# windows, on the CPU beside it.
 # Prints one line per step with its exit code; never stops at a failure.
 set -uo pipefail
 b=${BUILD:-build-cuda}
@@ -41,4 +44,13 @@ step train_cpu "$b/cmd/moe" train --config "$cfg" --out "$out/cpu" --force
 t0=$SECONDS
 "$b/cmd/moe" train --config "$cfg" --device cuda --check-device 20 >"$out/check-device.json" 2>"$out/check-device.log"
 echo "check-device: exit $? in $((SECONDS - t0)) s"
-grep -h "FAIL\|failures" "$out"/test_*.log | sort | uniq -c
+step test_lm bash tests/cli/test_lm.sh "$b/cmd/moe"
+mkdir -p "$out/text"
+cat README.md docs/*.md >"$out/text/docs.txt"
+lm=(--config experiments/common/gpu-lm.json --set "data.text.path=\"$out/text\"" --force)
+step lm_gpu "$b/cmd/moe" train "${lm[@]}" --out "$out/lm-gpu" --device cuda
+step lm_cpu "$b/cmd/moe" train "${lm[@]}" --out "$out/lm-cpu" --set data.text.windows_per_epoch=64
+for r in lm-gpu lm-cpu; do
+    echo "$r: $(jq -c '{device, device_name, train_tokens_per_second, train_seconds, final: .final.test.loss}' "$out/$r/summary.json" 2>&1)"
+done
+grep -h "FAIL\|failures\|^not ok" "$out"/test_*.log | sort | uniq -c
