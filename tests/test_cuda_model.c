@@ -79,6 +79,42 @@ static void same_double(const char *cname, const char *what, double a, double b,
         EXPECT(fabs(a - b) <= tol * fmax(fabs(b), 1e-12), "%s %s: %.17g vs %.17g", cname, what, a, b);
 }
 
+// After the steps: the device's weights, gradients and moments (host copies
+// through a model sharing m's registry with its own buffers) against the
+// CPU's m and o; a language embedding's gradient must not be all zeros (a
+// comparison of zeros would prove nothing).
+static void compare_final(const char *name, const struct moe_cuda_model *d, const struct moe_model *m,
+                          const struct moe_optim *o, const struct moe_optim *od)
+{
+    struct moe_err err;
+    const size_t n = m->params.numel;
+    struct moe_model md = *m;
+    md.params.data = malloc(n * 4), md.params.grad = malloc(n * 4);
+    struct moe_optim oh = *od;
+    oh.m = od->m ? malloc(n * 4) : NULL, oh.v = od->v ? malloc(n * 4) : NULL;
+    if (moe_cuda_model_download(d, &md, &oh, &err))
+        die(&err);
+    for (size_t i = 0; i < m->params.n; i++) {
+        const struct moe_tensor *t = &m->params.t[i];
+        char what[128];
+        snprintf(what, sizeof what, "%s weights", t->name);
+        compare(name, what, md.params.data + t->offset, m->params.data + t->offset, t->numel, 1e-3);
+        snprintf(what, sizeof what, "%s gradient", t->name);
+        compare(name, what, md.params.grad + t->offset, m->params.grad + t->offset, t->numel, 1e-4);
+        if (strstr(t->name, "lang_emb")) {
+            double mx = 0.0;
+            for (size_t j = 0; j < t->numel; j++)
+                mx = fmax(mx, fabs(md.params.grad[t->offset + j]));
+            EXPECT(mx > 0.0, "%s %s: the device's gradient is zero", name, t->name);
+        }
+    }
+    if (o->m)
+        compare(name, "optimizer m", oh.m, o->m, n, 1e-3);
+    if (o->v)
+        compare(name, "optimizer v", oh.v, o->v, n, 1e-3);
+    free(md.params.data), free(md.params.grad), free(oh.m), free(oh.v);
+}
+
 struct mcase {
     const char *name;
     int regression;
@@ -147,27 +183,7 @@ static void run_case(const struct mcase *k)
     }
     EXPECT(od.t == o.t, "%s: %llu steps on the device, %llu on the CPU", k->name, (unsigned long long)od.t,
            (unsigned long long)o.t);
-    // the device's weights, gradients and moments to host copies
-    const size_t n = m.params.numel;
-    struct moe_model md = m; // the same registry with its own buffers
-    md.params.data = malloc(n * 4), md.params.grad = malloc(n * 4);
-    struct moe_optim oh = od;
-    oh.m = od.m ? malloc(n * 4) : NULL, oh.v = od.v ? malloc(n * 4) : NULL;
-    if (moe_cuda_model_download(d, &md, &oh, &err))
-        die(&err);
-    for (size_t i = 0; i < m.params.n; i++) {
-        const struct moe_tensor *t = &m.params.t[i];
-        char what[128];
-        snprintf(what, sizeof what, "%s weights", t->name);
-        compare(k->name, what, md.params.data + t->offset, m.params.data + t->offset, t->numel, 1e-3);
-        snprintf(what, sizeof what, "%s gradient", t->name);
-        compare(k->name, what, md.params.grad + t->offset, m.params.grad + t->offset, t->numel, 1e-4);
-    }
-    if (o.m)
-        compare(k->name, "optimizer m", oh.m, o.m, n, 1e-3);
-    if (o.v)
-        compare(k->name, "optimizer v", oh.v, o.v, n, 1e-3);
-    free(md.params.data), free(md.params.grad), free(oh.m), free(oh.v);
+    compare_final(k->name, d, &m, &o, &od);
     moe_cuda_model_free(d);
     moe_stats_release(&st);
     moe_optim_release(&o), moe_optim_release(&od);
@@ -279,32 +295,7 @@ static void run_tf_case(const struct tcase *k)
         snprintf(what, sizeof what, "step %zu gradient norm", s);
         same_double(k->name, what, dgnorm, gnorm, 1e-4);
     }
-    const size_t n = m.params.numel;
-    struct moe_model md = m;
-    md.params.data = malloc(n * 4), md.params.grad = malloc(n * 4);
-    struct moe_optim oh = od;
-    oh.m = od.m ? malloc(n * 4) : NULL, oh.v = od.v ? malloc(n * 4) : NULL;
-    if (moe_cuda_model_download(d, &md, &oh, &err))
-        die(&err);
-    for (size_t i = 0; i < m.params.n; i++) {
-        const struct moe_tensor *t = &m.params.t[i];
-        char what[128];
-        snprintf(what, sizeof what, "%s weights", t->name);
-        compare(k->name, what, md.params.data + t->offset, m.params.data + t->offset, t->numel, 1e-3);
-        snprintf(what, sizeof what, "%s gradient", t->name);
-        compare(k->name, what, md.params.grad + t->offset, m.params.grad + t->offset, t->numel, 1e-4);
-        if (strstr(t->name, "lang_emb")) { // a comparison of zeros would prove nothing
-            double mx = 0.0;
-            for (size_t j = 0; j < t->numel; j++)
-                mx = fmax(mx, fabs(md.params.grad[t->offset + j]));
-            EXPECT(mx > 0.0, "%s %s: the device's gradient is zero", k->name, t->name);
-        }
-    }
-    if (o.m)
-        compare(k->name, "optimizer m", oh.m, o.m, n, 1e-3);
-    if (o.v)
-        compare(k->name, "optimizer v", oh.v, o.v, n, 1e-3);
-    free(md.params.data), free(md.params.grad), free(oh.m), free(oh.v);
+    compare_final(k->name, d, &m, &o, &od);
     moe_cuda_model_free(d);
     moe_stats_release(&st), moe_stats_release(&sd);
     moe_optim_release(&o), moe_optim_release(&od);
