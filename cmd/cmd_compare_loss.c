@@ -180,6 +180,8 @@ static int write_curve(void *ctx, const struct moe_eval_row *r, struct moe_err *
 static double rec_num(const cJSON *o, const char *key)
 {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (cJSON_IsRaw(it)) // a record built in this process (rec_add_num): its exact text
+        return strtod(it->valuestring, NULL);
     return cJSON_IsNumber(it) ? it->valuedouble : NAN;
 }
 
@@ -256,16 +258,32 @@ struct tally {
     size_t reached, diverged, params;
 };
 
+// A number of a record, written so that reading it back gives the same
+// double: 17 significant digits (cJSON's own printing keeps 15 where the
+// value reads back within a relative epsilon, which can lose the last bit,
+// and a rerun's summary from the records would then differ from the first
+// run's); a non-finite value as null, which reads back as NaN.
+static void rec_add_num(cJSON *rec, const char *key, double v)
+{
+    char buf[32];
+    if (!isfinite(v)) {
+        cJSON_AddNullToObject(rec, key);
+        return;
+    }
+    snprintf(buf, sizeof buf, "%.17g", v);
+    cJSON_AddRawToObject(rec, key, buf);
+}
+
 // The figures a finished run adds to its system's tally, into its record.
 static void record_result(cJSON *rec, const struct moe_model *m, const struct moe_train_result *res)
 {
-    cJSON_AddNumberToObject(rec, "parameters", (double)moe_params_count(&m->params));
-    cJSON_AddNumberToObject(rec, "criterion_epoch", (double)res->criterion_epoch);
-    cJSON_AddNumberToObject(rec, "epochs", (double)res->epochs);
+    rec_add_num(rec, "parameters", (double)moe_params_count(&m->params));
+    rec_add_num(rec, "criterion_epoch", (double)res->criterion_epoch);
+    rec_add_num(rec, "epochs", (double)res->epochs);
     double v[N_ACC] = { NAN, res->final_train.accuracy, res->final_test.accuracy, res->final_train.mse,
                         res->final_test.mse, res->final_train.active_experts, res->final_train.gate_entropy };
     for (int i = 1; i < N_ACC; i++)
-        cJSON_AddNumberToObject(rec, acc_names[i], v[i]);
+        rec_add_num(rec, acc_names[i], v[i]);
 }
 
 // A run's record into its system's tally.
