@@ -115,6 +115,46 @@ static void compare_final(const char *name, const struct moe_cuda_model *d, cons
     free(md.params.data), free(md.params.grad), free(oh.m), free(oh.v);
 }
 
+// A CPU model and its device twin from the same weights, each with its
+// optimizer: the config (overrides ovs, NULL-terminated, at most max, over
+// the defaults), a model for task with n_in inputs and n_out outputs for
+// batches of rows, weights from seed.
+struct twin {
+    struct moe_config cfg;
+    struct moe_model_hp hp;
+    struct moe_model m;
+    struct moe_optim_cfg oc;
+    struct moe_optim o, od;
+    struct moe_cuda_model *d;
+};
+
+static void twin_open(struct twin *w, const char *const *ovs, size_t max, enum moe_task task, size_t n_in,
+                      size_t n_out, size_t rows, uint64_t seed)
+{
+    struct moe_err err;
+    size_t n_ovs = 0;
+    while (n_ovs < max && ovs[n_ovs])
+        n_ovs++;
+    if (moe_config_parse(&w->cfg, moe_run_schema(), moe_run_schema_len(), "{}", "test", ovs, n_ovs, &err) ||
+        moe_model_hp_parse(&w->hp, &w->cfg, &err) ||
+        moe_model_create(&w->m, &w->cfg, NULL, task, n_in, n_out, rows, &err))
+        die(&err);
+    moe_model_init_weights(&w->m, seed);
+    moe_optim_cfg_parse(&w->oc, &w->cfg);
+    if (moe_optim_init(&w->o, &w->oc, w->m.params.numel, &err) ||
+        moe_optim_init(&w->od, &w->oc, w->m.params.numel, &err) ||
+        moe_cuda_model_create(&w->d, &w->m, &w->hp, &w->od, rows, &err))
+        die(&err);
+}
+
+static void twin_close(struct twin *w)
+{
+    moe_cuda_model_free(w->d);
+    moe_optim_release(&w->o), moe_optim_release(&w->od);
+    moe_model_release(&w->m);
+    moe_config_release(&w->cfg);
+}
+
 struct mcase {
     const char *name;
     int regression;
@@ -124,27 +164,10 @@ struct mcase {
 static void run_case(const struct mcase *k)
 {
     struct moe_err err;
-    struct moe_config cfg;
-    size_t n_ovs = 0;
-    while (n_ovs < 12 && k->ovs[n_ovs])
-        n_ovs++;
-    if (moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), "{}", "test", k->ovs, n_ovs, &err))
-        die(&err);
     const size_t I = 12, O = k->regression ? 2 : 5, T = 96, steps = 3;
     enum moe_task task = k->regression ? MOE_TASK_REGRESSION : MOE_TASK_CLASSIFICATION;
-    struct moe_model_hp hp;
-    struct moe_model m;
-    if (moe_model_hp_parse(&hp, &cfg, &err) || moe_model_create(&m, &cfg, NULL, task, I, O, T, &err))
-        die(&err);
-    moe_model_init_weights(&m, 41);
-    struct moe_optim_cfg oc;
-    moe_optim_cfg_parse(&oc, &cfg);
-    struct moe_optim o, od;
-    if (moe_optim_init(&o, &oc, m.params.numel, &err) || moe_optim_init(&od, &oc, m.params.numel, &err))
-        die(&err);
-    struct moe_cuda_model *d;
-    if (moe_cuda_model_create(&d, &m, &hp, &od, T, &err))
-        die(&err);
+    struct twin w;
+    twin_open(&w, k->ovs, 12, task, I, O, T, 41);
 
     float *x = malloc(T * I * 4), *y = malloc(T * O * 4);
     int32_t *label = malloc(T * 4);
@@ -159,19 +182,19 @@ static void run_case(const struct mcase *k)
         struct moe_batch b = { .n = T, .x = x, .y = k->regression ? y : NULL, .label = k->regression ? NULL : label,
                                .step = s };
         // the CPU: the trainer's step (train_micro, grad_norm, train_update) without its bookkeeping
-        moe_params_zero_grad(&m.params);
+        moe_params_zero_grad(&w.m.params);
         moe_stats_reset(&st);
-        if (moe_model_run(&m, &b, 1, &st, &err))
+        if (moe_model_run(&w.m, &b, 1, &st, &err))
             die(&err);
         double aux = 0.0;
-        for (size_t l = 0; l < m.n_moe_layers; l++)
-            aux += m.moe_layers[l]->loss;
-        double gnorm = moe_params_grad_norm_units(&m.params);
-        o.lr = od.lr = oc.lr * (1.0 - 0.1 * (double)s); // a schedule: the caller sets the rate each step
-        moe_optim_step_norm(&o, m.params.data, m.params.grad, gnorm);
+        for (size_t l = 0; l < w.m.n_moe_layers; l++)
+            aux += w.m.moe_layers[l]->loss;
+        double gnorm = moe_params_grad_norm_units(&w.m.params);
+        w.o.lr = w.od.lr = w.oc.lr * (1.0 - 0.1 * (double)s); // a schedule: the caller sets the rate each step
+        moe_optim_step_norm(&w.o, w.m.params.data, w.m.params.grad, gnorm);
         // the device
         double dloss, daux, dgnorm;
-        if (moe_cuda_model_step(d, &b, &od, &dloss, &daux, &dgnorm, &err))
+        if (moe_cuda_model_step(w.d, &b, &w.od, &dloss, &daux, &dgnorm, &err))
             die(&err);
         char what[64];
         snprintf(what, sizeof what, "step %zu loss", s);
@@ -181,14 +204,11 @@ static void run_case(const struct mcase *k)
         snprintf(what, sizeof what, "step %zu gradient norm", s);
         same_double(k->name, what, dgnorm, gnorm, 1e-4);
     }
-    EXPECT(od.t == o.t, "%s: %llu steps on the device, %llu on the CPU", k->name, (unsigned long long)od.t,
-           (unsigned long long)o.t);
-    compare_final(k->name, d, &m, &o, &od);
-    moe_cuda_model_free(d);
+    EXPECT(w.od.t == w.o.t, "%s: %llu steps on the device, %llu on the CPU", k->name, (unsigned long long)w.od.t,
+           (unsigned long long)w.o.t);
+    compare_final(k->name, w.d, &w.m, &w.o, &w.od);
     moe_stats_release(&st);
-    moe_optim_release(&o), moe_optim_release(&od);
-    moe_model_release(&m);
-    moe_config_release(&cfg);
+    twin_close(&w);
     free(x), free(y), free(label);
 }
 
@@ -221,28 +241,10 @@ static void tf_stats_same(const char *cname, const char *what, const struct moe_
 static void run_tf_case(const struct tcase *k)
 {
     struct moe_err err;
-    struct moe_config cfg;
-    size_t n_ovs = 0;
-    while (n_ovs < 16 && k->ovs[n_ovs])
-        n_ovs++;
-    if (moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), "{}", "test", k->ovs, n_ovs, &err))
-        die(&err);
-    struct moe_model_hp hp;
-    struct moe_model m;
-    if (moe_model_hp_parse(&hp, &cfg, &err))
-        die(&err);
-    const size_t V = 11, G = 2, B = 8, C = hp.n_ctx, steps = 3;
-    if (moe_model_create(&m, &cfg, NULL, MOE_TASK_LM, G, V, B, &err))
-        die(&err);
-    moe_model_init_weights(&m, 43);
-    struct moe_optim_cfg oc;
-    moe_optim_cfg_parse(&oc, &cfg);
-    struct moe_optim o, od;
-    if (moe_optim_init(&o, &oc, m.params.numel, &err) || moe_optim_init(&od, &oc, m.params.numel, &err))
-        die(&err);
-    struct moe_cuda_model *d;
-    if (moe_cuda_model_create(&d, &m, &hp, &od, B, &err))
-        die(&err);
+    const size_t V = 11, G = 2, B = 8, steps = 3;
+    struct twin w;
+    twin_open(&w, k->ovs, 16, MOE_TASK_LM, G, V, B, 43);
+    const size_t C = w.hp.n_ctx;
     int32_t *tok = malloc(B * (C + 1) * 4), *lang = malloc(B * 4);
     uint8_t *cls = malloc(B * (C + 1));
     uint64_t *bytes = malloc(B * 8);
@@ -265,23 +267,23 @@ static void run_tf_case(const struct tcase *k)
         char what[64];
         moe_stats_reset(&st), moe_stats_reset(&sd);
         if (s == steps) {
-            if (moe_model_run(&m, &b, 0, &st, &err) || moe_cuda_model_eval(d, &b, &sd, &err))
+            if (moe_model_run(&w.m, &b, 0, &st, &err) || moe_cuda_model_eval(w.d, &b, &sd, &err))
                 die(&err);
             tf_stats_same(k->name, "evaluation", &sd, &st);
             break;
         }
-        moe_params_zero_grad(&m.params);
-        if (moe_model_run(&m, &b, 1, &st, &err))
+        moe_params_zero_grad(&w.m.params);
+        if (moe_model_run(&w.m, &b, 1, &st, &err))
             die(&err);
         double aux = 0.0;
-        for (size_t l = 0; l < m.n_moe_layers; l++)
-            aux += m.moe_layers[l]->loss;
-        double gnorm = moe_params_grad_norm_units(&m.params);
-        o.lr = od.lr = oc.lr * (1.0 - 0.1 * (double)s);
-        moe_optim_step_norm(&o, m.params.data, m.params.grad, gnorm);
+        for (size_t l = 0; l < w.m.n_moe_layers; l++)
+            aux += w.m.moe_layers[l]->loss;
+        double gnorm = moe_params_grad_norm_units(&w.m.params);
+        w.o.lr = w.od.lr = w.oc.lr * (1.0 - 0.1 * (double)s);
+        moe_optim_step_norm(&w.o, w.m.params.data, w.m.params.grad, gnorm);
         double dloss, daux, dgnorm;
-        if (moe_cuda_model_grad(d, &b, &dloss, &daux, &dgnorm, &err) || moe_cuda_model_stats(d, &b, &sd, &err) ||
-            moe_cuda_model_update(d, &od, dgnorm, &err))
+        if (moe_cuda_model_grad(w.d, &b, &dloss, &daux, &dgnorm, &err) || moe_cuda_model_stats(w.d, &b, &sd, &err) ||
+            moe_cuda_model_update(w.d, &w.od, dgnorm, &err))
             die(&err);
         snprintf(what, sizeof what, "step %zu", s);
         tf_stats_same(k->name, what, &sd, &st);
@@ -295,12 +297,9 @@ static void run_tf_case(const struct tcase *k)
         snprintf(what, sizeof what, "step %zu gradient norm", s);
         same_double(k->name, what, dgnorm, gnorm, 1e-4);
     }
-    compare_final(k->name, d, &m, &o, &od);
-    moe_cuda_model_free(d);
+    compare_final(k->name, w.d, &w.m, &w.o, &w.od);
     moe_stats_release(&st), moe_stats_release(&sd);
-    moe_optim_release(&o), moe_optim_release(&od);
-    moe_model_release(&m);
-    moe_config_release(&cfg);
+    twin_close(&w);
     free(tok), free(lang), free(cls), free(bytes), free(u);
 }
 

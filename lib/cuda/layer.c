@@ -429,8 +429,7 @@ int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x,
     l->T = T;
     l->train = train;
     const uint64_t base = (uint64_t)c->index * LAYER_STRIDE;
-    const struct moe_dropout dr = moe_dropout_make(train ? c->ffn_dropout : 0.0, seed, step, c->index, MOE_DROP_FFN);
-    l->drop = (struct moe_cuda_drop){ .p = dr.p, .seed = dr.seed, .step = dr.step, .site = dr.site };
+    l->drop = moe_cuda_drop_of(moe_dropout_make(train ? c->ffn_dropout : 0.0, seed, step, c->index, MOE_DROP_FFN));
     if ((rc = marks_begin(l, err)))
         return rc;
     // router input (Switch jitter in training), logits, routing

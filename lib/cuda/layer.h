@@ -29,6 +29,7 @@
 #include "core/prof.h"
 #include "core/status.h"
 #include "cuda/ops.h" // moe_cuda_use_device, moe_cuda_malloc, ...
+#include "nn/nn.h"     // struct moe_dropout
 
 #ifdef __cplusplus
 extern "C" {
@@ -36,6 +37,12 @@ extern "C" {
 
 struct moe_layer_cfg;
 struct moe_cuda_layer;
+
+// A dropout site (nn.h moe_dropout_make's) as the launches take it.
+static inline struct moe_cuda_drop moe_cuda_drop_of(struct moe_dropout x)
+{
+    return (struct moe_cuda_drop){ .p = x.p, .seed = x.seed, .step = x.step, .site = x.site };
+}
 struct moe_route;
 struct moe_route_acc;
 struct moe_dispatch;

@@ -42,7 +42,7 @@
 #include "nn/nn.h"
 #include "train/train.h"
 
-static int dalloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err)
+int moe_cuda_model_alloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err)
 {
     if (d->n_mem == MOE_CUDA_MODEL_MEM)
         return moe_error(err, MOE_EINVAL, "CUDA model: more than %d buffers", MOE_CUDA_MODEL_MEM);
@@ -52,11 +52,7 @@ static int dalloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char 
     return rc;
 }
 
-int moe_cuda_model_alloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err)
-{
-    return dalloc(d, ret, bytes, what, err);
-}
-
+#define dalloc moe_cuda_model_alloc
 #define W moe_cuda_model_w
 #define G moe_cuda_model_g
 #define NORM_EPS MOE_CUDA_NORM_EPS
@@ -91,13 +87,8 @@ void moe_cuda_model_free(struct moe_cuda_model *d)
 // What the device step does not do, as the one-line reason (NULL: supported).
 static const char *unsupported(const struct moe_model *m, const struct moe_model_hp *hp)
 {
-    if (hp->type == MOE_MODEL_TRANSFORMER) {
-        const char *why = moe_cuda_tf_unsupported(m, hp);
-        if (why)
-            return why;
-    } else if (hp->type != MOE_MODEL_MLP_MOE) {
+    if (hp->type != MOE_MODEL_MLP_MOE && hp->type != MOE_MODEL_TRANSFORMER)
         return "the device training step is for the mlp-moe and transformer models only";
-    }
     if (m->params.shard_size > 1)
         return "expert parallelism is not on the device";
     return NULL;
@@ -263,8 +254,9 @@ static int grad_norm(struct moe_cuda_model *d, double *ret, struct moe_err *err)
     return 0;
 }
 
-// A dense block's FFN (moe/experts.c moe_ffn_forward_drop without dropout,
-// then mlp_moe.c's residual add): tmp = act(x W1^T) [* x W3^T] W2^T, out += tmp.
+// A dense block's FFN (moe/experts.c moe_ffn_forward_drop, then the model's
+// residual dropout and add): tmp = D_ffn(act(x W1^T) [* x W3^T]) W2^T, out +=
+// D_res(tmp).
 int moe_cuda_dense_forward(struct moe_cuda_model *d, const struct moe_cuda_block *k, float *out, const float *x,
                            size_t T, const struct moe_cuda_drop *dffn, const struct moe_cuda_drop *dres,
                            struct moe_err *err)
@@ -283,8 +275,9 @@ int moe_cuda_dense_forward(struct moe_cuda_model *d, const struct moe_cuda_block
     return moe_cuda_add(out, d->tmp, T * D, err);
 }
 
-// Its backward (moe_ffn_backward_drop with beta_dw 1, no dropout): dx (T, D)
-// += the input's gradient, the weight gradients +=, in that function's order.
+// Its backward (moe_ffn_backward_drop with beta_dw 1, the hidden units'
+// gradient under dffn's mask): dx (T, D) += the input's gradient, the weight
+// gradients +=, in that function's order.
 int moe_cuda_dense_backward(struct moe_cuda_model *d, const struct moe_cuda_block *k, float *dx, const float *dy,
                             const float *x, size_t T, const struct moe_cuda_drop *dffn, struct moe_err *err)
 {
@@ -351,7 +344,8 @@ int moe_cuda_ffn_backward(struct moe_cuda_model *d, size_t l, float *dn, const f
     }
     if ((rc = moe_cuda_memset(dn, 0, TD * sizeof(float), "dn", err)))
         return rc;
-    return k->moe ? moe_cuda_layer_backward(k->moe, dn, dy, x, err) : moe_cuda_dense_backward(d, k, dn, dy, x, T, &dffn, err);
+    return k->moe ? moe_cuda_layer_backward(k->moe, dn, dy, x, err)
+                  : moe_cuda_dense_backward(d, k, dn, dy, x, T, &dffn, err);
 }
 
 // The forward pass of batch b in training (train: noise, jitter, the

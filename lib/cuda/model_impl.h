@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "core/status.h"
+#include "cuda/layer.h"
 #include "cuda/ops.h"
 #include "moe/dispatch.h"
 #include "moe/router.h"
@@ -40,7 +41,7 @@ struct moe_cuda_block {
     int i_g1, i_b1, i_qkv, i_wo;
     int i_lang;                  // a sparse block's language embedding (moe.lang_router), or -1
     float *n1, *mean1, *rstd1, *qkv, *att, *ao, *m;
-    float *attp;                 // (B, H, C, C) the probabilities before attention dropout (model.dropout.attention), or NULL
+    float *attp;                 // (B, H, C, C) the probabilities before attention dropout, or NULL
 };
 
 struct moe_cuda_model {
@@ -105,8 +106,7 @@ int moe_cuda_model_alloc(struct moe_cuda_model *d, void *ret, size_t bytes, cons
 static inline struct moe_cuda_drop moe_cuda_drop_at(const struct moe_cuda_model *d, double p, int train,
                                                     uint64_t step, size_t l, enum moe_drop_kind kind)
 {
-    struct moe_dropout x = moe_dropout_make(train ? p : 0.0, d->seed, step, l, kind);
-    return (struct moe_cuda_drop){ .p = x.p, .seed = x.seed, .step = x.step, .site = x.site };
+    return moe_cuda_drop_of(moe_dropout_make(train ? p : 0.0, d->seed, step, l, kind));
 }
 static inline float *moe_cuda_model_w(const struct moe_cuda_model *d, int i)
 {
@@ -135,11 +135,9 @@ int moe_cuda_ffn_forward(struct moe_cuda_model *d, size_t l, float *out, const f
 int moe_cuda_ffn_backward(struct moe_cuda_model *d, size_t l, float *dn, const float *dy, const float *x, size_t T,
                           uint64_t step, struct moe_err *err);
 
-// transformer.c: what the transformer's step does not do yet (NULL:
-// supported); its buffers (after model.c's: the registry, h, n, y and the
-// rest for T_max tokens) and tensor indices; its forward with the loss
-// pass, its backward, its statistics.
-const char *moe_cuda_tf_unsupported(const struct moe_model *m, const struct moe_model_hp *hp);
+// transformer.c: its buffers (after model.c's: the registry, h, n, y and the
+// rest for T_max tokens) and tensor indices; its forward with the loss pass,
+// its backward, its statistics.
 int moe_cuda_tf_alloc(struct moe_cuda_model *d, const struct moe_model_hp *hp, struct moe_err *err);
 int moe_cuda_tf_forward(struct moe_cuda_model *d, const struct moe_batch *b, int train, double *ret_loss,
                         double *ret_aux, struct moe_err *err);

@@ -40,12 +40,6 @@
 #define W moe_cuda_model_w
 #define G moe_cuda_model_g
 
-const char *moe_cuda_tf_unsupported(const struct moe_model *m, const struct moe_model_hp *hp)
-{
-    (void)m, (void)hp;
-    return NULL;
-}
-
 int moe_cuda_tf_alloc(struct moe_cuda_model *d, const struct moe_model_hp *hp, struct moe_err *err)
 {
     const struct moe_params *p = d->p;
