@@ -155,6 +155,25 @@ static void twin_close(struct twin *w)
     moe_config_release(&w->cfg);
 }
 
+// Step s on the CPU side: the trainer's step (train_micro, grad_norm,
+// train_update) without its bookkeeping, statistics into st; the layers'
+// weighted auxiliary losses and the gradient norm out. Both sides' rate is
+// set here (a schedule: the caller sets it each step).
+static void twin_cpu_step(struct twin *w, const struct moe_batch *b, size_t s, struct moe_stats *st, double *aux,
+                          double *gnorm)
+{
+    struct moe_err err;
+    moe_params_zero_grad(&w->m.params);
+    if (moe_model_run(&w->m, b, 1, st, &err))
+        die(&err);
+    *aux = 0.0;
+    for (size_t l = 0; l < w->m.n_moe_layers; l++)
+        *aux += w->m.moe_layers[l]->loss;
+    *gnorm = moe_params_grad_norm_units(&w->m.params);
+    w->o.lr = w->od.lr = w->oc.lr * (1.0 - 0.1 * (double)s);
+    moe_optim_step_norm(&w->o, w->m.params.data, w->m.params.grad, *gnorm);
+}
+
 struct mcase {
     const char *name;
     int regression;
@@ -181,17 +200,9 @@ static void run_case(const struct mcase *k)
             label[t] = (int32_t)((t * 7 + s) % O);
         struct moe_batch b = { .n = T, .x = x, .y = k->regression ? y : NULL, .label = k->regression ? NULL : label,
                                .step = s };
-        // the CPU: the trainer's step (train_micro, grad_norm, train_update) without its bookkeeping
-        moe_params_zero_grad(&w.m.params);
+        double aux, gnorm;
         moe_stats_reset(&st);
-        if (moe_model_run(&w.m, &b, 1, &st, &err))
-            die(&err);
-        double aux = 0.0;
-        for (size_t l = 0; l < w.m.n_moe_layers; l++)
-            aux += w.m.moe_layers[l]->loss;
-        double gnorm = moe_params_grad_norm_units(&w.m.params);
-        w.o.lr = w.od.lr = w.oc.lr * (1.0 - 0.1 * (double)s); // a schedule: the caller sets the rate each step
-        moe_optim_step_norm(&w.o, w.m.params.data, w.m.params.grad, gnorm);
+        twin_cpu_step(&w, &b, s, &st, &aux, &gnorm);
         // the device
         double dloss, daux, dgnorm;
         if (moe_cuda_model_step(w.d, &b, &w.od, &dloss, &daux, &dgnorm, &err))
@@ -272,15 +283,8 @@ static void run_tf_case(const struct tcase *k)
             tf_stats_same(k->name, "evaluation", &sd, &st);
             break;
         }
-        moe_params_zero_grad(&w.m.params);
-        if (moe_model_run(&w.m, &b, 1, &st, &err))
-            die(&err);
-        double aux = 0.0;
-        for (size_t l = 0; l < w.m.n_moe_layers; l++)
-            aux += w.m.moe_layers[l]->loss;
-        double gnorm = moe_params_grad_norm_units(&w.m.params);
-        w.o.lr = w.od.lr = w.oc.lr * (1.0 - 0.1 * (double)s);
-        moe_optim_step_norm(&w.o, w.m.params.data, w.m.params.grad, gnorm);
+        double aux, gnorm;
+        twin_cpu_step(&w, &b, s, &st, &aux, &gnorm);
         double dloss, daux, dgnorm;
         if (moe_cuda_model_grad(w.d, &b, &dloss, &daux, &dgnorm, &err) || moe_cuda_model_stats(w.d, &b, &sd, &err) ||
             moe_cuda_model_update(w.d, &w.od, dgnorm, &err))
