@@ -179,6 +179,14 @@ int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel
     return 0;
 }
 
+int moe_cuda_bias_update(float *bias, const int32_t *sel, size_t n, size_t E, double rate, struct moe_err *err)
+{
+    (void)err;
+    for (size_t e = 0; e < E; e++)
+        moe_k_bias_update(bias, sel, (int64_t)n, (int)E, (int)e, rate);
+    return 0;
+}
+
 // ---------------------------------------------------------------- norms
 
 // norm_kernel, row by row: the row's MOE_K_LANES lane sums (the mean's first

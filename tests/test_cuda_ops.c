@@ -357,6 +357,38 @@ static void test_route_hash(void)
     }
 }
 
+// Bias balancing's update: integer counts and one float addition per
+// expert, so exact; E past a block of threads, dropped slots, repeated steps.
+static void test_bias_update(void)
+{
+    static const size_t Es[] = { 1, 8, 130 };
+    const size_t T = 4099, S = 2;
+    struct moe_err err;
+    for (size_t ei = 0; ei < 3; ei++) {
+        size_t E = Es[ei];
+        struct moe_route r;
+        if (moe_route_alloc(&r, T, E, S, 0, &err))
+            die(&err);
+        r.T = T;
+        float *b = malloc(E * 4), *b2 = malloc(E * 4);
+        fill(b, E, 140 + (uint32_t)ei, -0.5f, 0.5f);
+        float *db = dev(b, E * 4);
+        int32_t *dsel = dev(NULL, T * S * 4);
+        for (int round = 0; round < 3; round++) {
+            for (size_t i = 0; i < T * S; i++)
+                r.sel[i] = i % 13 == (size_t)round ? -1 : (int32_t)((i * i + (size_t)round) % E % (1 + i % E));
+            moe_router_bias_update(b, &r, 0.003);
+            EXPECT(moe_cuda_to_device(dsel, r.sel, T * S * 4, &err) == 0 &&
+                       moe_cuda_bias_update(db, dsel, T * S, E, 0.003, &err) == 0, "%s", err.msg);
+        }
+        host(b2, db, E * 4);
+        EXPECT(memcmp(b, b2, E * 4) == 0, "bias update, E %zu: the biases differ from the CPU's", E);
+        moe_cuda_free(db), moe_cuda_free(dsel);
+        free(b), free(b2);
+        moe_route_release(&r);
+    }
+}
+
 static void test_dispatch(void)
 {
     const size_t T = 20000, S = 2, E = 64, D = 96, TS = T * S;
@@ -1067,6 +1099,7 @@ int main(void)
     test_route();
     test_route_ec();
     test_route_hash();
+    test_bias_update();
     test_dispatch();
     test_aux();
     test_aux_shazeer();

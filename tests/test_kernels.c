@@ -365,6 +365,50 @@ START_TEST(test_route_hash)
 }
 END_TEST
 
+// Bias balancing's update (DeepSeek-V3): one thread per expert against
+// moe/router.c moe_router_bias_update, over routes with dropped (-1) slots,
+// balanced experts (no move), experts of no load, and E past the CPU's
+// blocks of experts; several updates in a row from the same biases.
+START_TEST(test_bias_update)
+{
+    static const size_t Es[] = { 1, 3, 8, 130 }, Ss[] = { 1, 2, 4 };
+    struct moe_err err;
+    size_t moved = 0, still = 0;
+    for (size_t ei = 0; ei < 4; ei++)
+        for (size_t si = 0; si < 3; si++) {
+            size_t E = Es[ei], S = Ss[si] < E ? Ss[si] : E, T = 37;
+            struct moe_route r;
+            ck_assert_int_eq(moe_route_alloc(&r, T, E, S, 0, &err), 0);
+            r.T = T; // the forward's batch (moe_router_forward sets it)
+            float *b1 = malloc(E * 4), *b2 = malloc(E * 4);
+            fill(b1, E, 410 + (uint32_t)ei, -0.5f, 0.5f);
+            memcpy(b2, b1, E * 4);
+            for (int round = 0; round < 3; round++) {
+                for (size_t i = 0; i < T * S; i++) // skewed: low experts more often; some slots dropped
+                    r.sel[i] = (i * 7 + (size_t)round) % 11 == 0 ? -1 : (int32_t)((i * i + (size_t)round) % E % (1 + i % E));
+                if (round == 2 && E == 8 && S == 1) // exactly balanced except one swap: equal shares do not move
+                    for (size_t i = 0; i < T * S; i++)
+                        r.sel[i] = i < 32 ? (int32_t)(i % 8) : -1;
+                float *before = malloc(E * 4);
+                memcpy(before, b1, E * 4);
+                moe_router_bias_update(b1, &r, 0.001);
+                for (size_t e = 0; e < E; e++)
+                    moe_k_bias_update(b2, r.sel, (int64_t)(T * S), (int)E, (int)e, 0.001);
+                same_floats(b1, b2, E, "bias update");
+                for (size_t e = 0; e < E; e++) {
+                    moved += b1[e] != before[e];
+                    still += b1[e] == before[e];
+                }
+                free(before);
+            }
+            free(b1), free(b2);
+            moe_route_release(&r);
+        }
+    ck_assert_uint_gt(moved, 0);
+    ck_assert_uint_gt(still, 0); // a balanced expert (or E = 1) keeps its bias
+}
+END_TEST
+
 START_TEST(test_norm)
 {
     static const size_t widths[] = { 1, 7, 8, 9, 64, 257 };
@@ -1500,6 +1544,7 @@ int main(void)
     tcase_add_test(tc, test_route_ec_quota);
     tcase_add_test(tc, test_route_ec);
     tcase_add_test(tc, test_route_hash);
+    tcase_add_test(tc, test_bias_update);
     tcase_add_test(tc, test_norm);
     tcase_add_test(tc, test_norm_backward);
     tcase_add_test(tc, test_optim);

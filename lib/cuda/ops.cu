@@ -268,6 +268,23 @@ extern "C" int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, i
     return launched("route_hash_kernel", err);
 }
 
+__global__ void bias_update_kernel(float *bias, const int32_t *sel, int64_t n, int E, double rate)
+{
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e < E)
+        moe_k_bias_update(bias, sel, n, E, e, rate);
+}
+
+extern "C" int moe_cuda_bias_update(float *bias, const int32_t *sel, size_t n, size_t E, double rate,
+                                    struct moe_err *err)
+{
+    if (E == 0)
+        return 0;
+    int threads = 64, blocks = (int)((E + threads - 1) / threads);
+    bias_update_kernel<<<blocks, threads>>>(bias, sel, (int64_t)n, (int)E, rate);
+    return launched("bias_update_kernel", err);
+}
+
 // ---------------------------------------------------------------- norms: (row, lane) threads
 
 #define NORM_ROWS 32 // rows per block: NORM_ROWS x MOE_K_LANES threads

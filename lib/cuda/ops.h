@@ -91,6 +91,11 @@ int moe_cuda_route_ec_backward(int T, int E, float *dz, const float *dgate, cons
 int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel, int32_t *idx, float *gate,
                                 float *prio, const int32_t *hash_expert, struct moe_err *err);
 
+// DeepSeek-V3's bias balancing (moe_router_bias_update): after a training
+// batch's routing, bias (E) += rate for each expert with less than its share
+// of the n = T S selections in sel, -= rate for more; one thread per expert.
+int moe_cuda_bias_update(float *bias, const int32_t *sel, size_t n, size_t E, double rate, struct moe_err *err);
+
 // LayerNorm (b non-NULL: mean written) or RMSNorm (b NULL: mean unused) over T
 // rows of D: nn/norm.c's forward, the same lanes and tree.
 int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b,

@@ -288,4 +288,26 @@ static inline MOE_HD void moe_k_hash_row(float *p, float *lse, int32_t *sel, int
     *gate = *prio = ok ? 1.0f : 0.0f;
 }
 
+// ---------------------------------------------------------------- bias balancing
+// reference: Wang et al. 2024, "Auxiliary-Loss-Free Load Balancing Strategy
+// for Mixture-of-Experts" (DeepSeek-V3's update): after a training batch's
+// routing, expert e's selection offset moves by rate against its load: up when
+// it took fewer than its share of the batch's assignments, down when more.
+// One thread per expert (moe/router.c moe_router_bias_update): counts over the
+// n = T S slots of sel (-1: none), integers, so any order gives the same
+// counts; E load < total (as size_t products) adds (float)rate, > subtracts.
+static inline MOE_HD void moe_k_bias_update(float *bias, const int32_t *sel, int64_t n, int E, int e, double rate)
+{
+    uint64_t total = 0, load = 0;
+    for (int64_t i = 0; i < n; i++) {
+        total += sel[i] >= 0;
+        load += sel[i] == e;
+    }
+    uint64_t scaled = (uint64_t)E * load;
+    if (total > scaled)
+        bias[e] += (float)rate;
+    else if (total < scaled)
+        bias[e] -= (float)rate;
+}
+
 #endif
