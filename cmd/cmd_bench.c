@@ -724,20 +724,27 @@ static int gpu_setup(const char *cmd, const struct cli_common *c, const struct b
     if (moe_cuda_use_device(device, &err) || moe_cuda_layer_create(&g->dl, lc, g->T, &err))
         return cli_fail(cmd, &err);
     moe_params_init(&g->p);
-    if (moe_layer_declare(&g->l, lc, "layers.0.moe", &g->p, &err) || moe_params_alloc(&g->p, &err))
+    // (its CPU buffers for one token: the device has its own; what matters is its state, e.g. the hash table)
+    if (moe_layer_declare(&g->l, lc, "layers.0.moe", &g->p, &err) || moe_params_alloc(&g->p, &err) ||
+        moe_layer_alloc(&g->l, 1, &err))
         return cli_fail(cmd, &err);
     moe_layer_init(&g->l, &g->p, g->seed, (float)g->rc.model.init_scale);
     const struct moe_params *p = &g->p;
     const struct moe_layer *l = &g->l;
-    if (moe_cuda_layer_set_weights(g->dl, moe_params_data(p, l->i_router),
-                                   l->i_noise >= 0 ? moe_params_data(p, l->i_noise) : NULL,
-                                   moe_params_data(p, l->i_w1), l->i_w3 >= 0 ? moe_params_data(p, l->i_w3) : NULL,
-                                   moe_params_data(p, l->i_w2), &err))
+#define HOST_W(i) ((i) >= 0 ? moe_params_data(p, (i)) : NULL)
+    const struct moe_cuda_layer_tensors w = { HOST_W(l->i_router), HOST_W(l->i_noise), HOST_W(l->i_w1),
+                                              HOST_W(l->i_w3),     HOST_W(l->i_w2),    HOST_W(l->i_sw1),
+                                              HOST_W(l->i_sw3),    HOST_W(l->i_sw2) };
+#undef HOST_W
+    if (moe_cuda_layer_set_weights(g->dl, &w, &err))
         return cli_fail(cmd, &err);
     const size_t TD = g->T * lc->D, bytes = TD * sizeof(float);
     float *h = moe_alloc(TD, sizeof(float));
-    if (!h)
+    uint32_t *keys = moe_alloc(g->T, sizeof(uint32_t));
+    if (!h || !keys) {
+        moe_free(h), moe_free(keys);
         return cli_error(cmd, 1, "out of memory for %zu tokens of input", g->T);
+    }
     struct moe_rng r = moe_rng_make(g->seed, MOE_RNG_INIT, 1);
     int rc = moe_cuda_malloc((void **)&g->x, bytes, "the bench's input", &err) ||
              moe_cuda_malloc((void **)&g->out, bytes, "the bench's output", &err) ||
@@ -753,7 +760,13 @@ static int gpu_setup(const char *cmd, const struct cli_common *c, const struct b
             h[i] = (2.0f * moe_rng_uniform(&r, TD + i) - 1.0f) / (float)TD;
         rc = moe_cuda_to_device(g->dout, h, bytes, &err);
     }
-    moe_free(h);
+    if (!rc && l->table) { // hash routing: keys drawn as layer_bench_init draws them
+        size_t V = lc->hash_vocab ? lc->hash_vocab : 1;
+        for (size_t t = 0; t < g->T; t++)
+            keys[t] = (uint32_t)(moe_rng_uniform(&r, 2 * TD + t) * (float)V) % (uint32_t)V;
+        rc = moe_cuda_layer_set_keys(g->dl, keys, l->table, V, g->T, &err);
+    }
+    moe_free(h), moe_free(keys);
     if (rc || moe_cuda_timer_create(&g->tf, &err) || moe_cuda_timer_create(&g->tb, &err))
         return cli_fail(cmd, &err);
     size_t R = g->R;

@@ -74,14 +74,17 @@ static int near_tie(const struct moe_layer *l, size_t t, int train, uint64_t see
     const size_t E = r->E, S = r->S;
     const float *v = (r->h ? r->h : r->p) + t * E;
     float k[64];
-    for (size_t e = 0; e < E; e++) // insertion sort, descending
+    if (moe_router_info(l->c.router.type)->token_table)
+        return 0; // hash routing: no scores
+    for (size_t e = 0; e < E; e++) // insertion sort, descending (the selection's keys: + bias balancing's offsets)
     {
         size_t j = e;
-        while (j > 0 && k[j - 1] < v[e]) {
+        float ke = l->bias ? v[e] + l->bias[e] : v[e];
+        while (j > 0 && k[j - 1] < ke) {
             k[j] = k[j - 1];
             j--;
         }
-        k[j] = v[e];
+        k[j] = ke;
     }
     for (size_t s = 0; s < S && s + 1 < E; s++)
         if (rel(k[s], k[s + 1]) < TIE_TOL)
@@ -97,6 +100,74 @@ static int near_tie(const struct moe_layer *l, size_t t, int train, uint64_t see
     return 0;
 }
 
+// Expert choice: the tokens within TIE_TOL of an expert's quota boundary,
+// flagged in redo (T). Full selection (training, ec_eval full): each expert's
+// C-th and (C+1)-th best of all T tokens; prefix / position: the same among
+// each position's candidates (moe/router.c route_expert_choice_causal's);
+// topk: the token's own top-k over its probabilities.
+static int cmp_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+static void ec_boundary(const float *p, size_t E, size_t e, const int32_t *cand, size_t n, size_t C, char *redo)
+{
+    if (C == 0 || C >= n)
+        return;
+    float *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = p[(size_t)cand[i] * E + e];
+    qsort(v, n, sizeof *v, cmp_desc);
+    if (rel(v[C - 1], v[C]) < TIE_TOL)
+        for (size_t i = 0; i < n; i++) { // every candidate at either value
+            float x = p[(size_t)cand[i] * E + e];
+            if (x == v[C - 1] || x == v[C])
+                redo[cand[i]] = 1;
+        }
+    free(v);
+}
+
+static size_t ec_ties(const struct moe_layer *l, size_t T, int train, char *redo)
+{
+    const struct moe_router_cfg *c = &l->c.router;
+    const size_t E = c->E;
+    const float *p = l->route.p;
+    enum moe_ec_eval mode = train ? MOE_EC_EVAL_FULL : c->ec_eval;
+    memset(redo, 0, T);
+    int32_t *cand = malloc(T * sizeof *cand);
+    if (mode == MOE_EC_EVAL_TOPK) {
+        size_t K = (size_t)floor(c->ec_factor + 0.5);
+        K = K < 1 ? 1 : K > E ? E : K;
+        for (size_t t = 0; t < T && K < E; t++) {
+            float v[64];
+            memcpy(v, p + t * E, E * sizeof *v);
+            qsort(v, E, sizeof *v, cmp_desc);
+            redo[t] |= rel(v[K - 1], v[K]) < TIE_TOL;
+        }
+    } else if (mode == MOE_EC_EVAL_FULL) {
+        for (size_t t = 0; t < T; t++)
+            cand[t] = (int32_t)t;
+        for (size_t e = 0; e < E; e++)
+            ec_boundary(p, E, e, cand, T, moe_router_quota(c, T), redo);
+    } else {
+        size_t L = c->seq > 1 ? c->seq : 1, B = T / L;
+        for (size_t e = 0; e < E; e++)
+            for (size_t s = 0; s < L; s++) {
+                size_t lo = mode == MOE_EC_EVAL_PREFIX ? 0 : s, n = 0;
+                for (size_t w = 0; w < B; w++)
+                    for (size_t q = lo; q <= s; q++)
+                        cand[n++] = (int32_t)(w * L + q);
+                ec_boundary(p, E, e, cand, n, moe_router_quota(c, B * (s - lo + 1)), redo);
+            }
+    }
+    free(cand);
+    size_t n = 0;
+    for (size_t t = 0; t < T; t++)
+        n += redo[t] != 0;
+    return n;
+}
+
 struct lcase {
     const char *name;
     enum moe_router_type router;
@@ -106,6 +177,14 @@ struct lcase {
     enum moe_aux_type aux;
     double jitter;
     int train;
+    // beyond the first cases' settings (0: off)
+    size_t n_shared;           // shared experts
+    int bias;                  // bias balancing (from random offsets, rate 1e-3)
+    size_t V;                  // hash routing's table
+    double ec_factor;          // expert choice
+    enum moe_ec_eval ec_eval;
+    size_t seq;                // tokens per sequence (expert choice's causal evaluation)
+    double ffn_dropout;
 };
 
 static void run_case(const struct lcase *k)
@@ -129,6 +208,16 @@ static void run_case(const struct lcase *k)
     lc.z_weight = 1e-3;
     lc.router_init_scale = 1.0;
     lc.index = 1;
+    lc.n_shared = k->n_shared;
+    lc.router.bias_balance = k->bias;
+    lc.bias_rate = 1e-3;
+    lc.hash_vocab = k->V;
+    lc.router.ec_factor = k->ec_factor;
+    lc.router.ec_eval = k->ec_eval;
+    lc.router.seq = k->seq;
+    lc.w_importance = 0.1;
+    lc.w_load = 0.05;
+    lc.ffn_dropout = k->ffn_dropout;
     const size_t T = k->T, D = k->D, TD = T * D;
     const uint64_t seed = 23, step = 5;
 
@@ -145,19 +234,29 @@ static void run_case(const struct lcase *k)
     }
     const size_t S = l.S, E = k->E;
     float *x = malloc(TD * 4), *dout = malloc(TD * 4), *out = calloc(TD, 4), *dx = calloc(TD, 4);
+    float *bias0 = calloc(E, 4), *bias2 = calloc(E, 4);
+    uint32_t *keys = calloc(T, sizeof *keys);
+    char *redo = calloc(T, 1);
     fill(x, TD, 1, -1.0f, 1.0f);
     fill(dout, TD, 2, -1.0f, 1.0f);
+    if (l.bias) // offsets that change the selection: a spread like the experts' probabilities
+        fill(bias0, E, 33, -0.05f, 0.05f);
+    for (size_t t = 0; t < T; t++) // hash keys over the table, some repeated
+        keys[t] = (uint32_t)((t * 2654435761u) % (k->V ? k->V : 1));
+    const int ec = moe_router_info(k->router)->quota;
 
     // the CPU forward, with near-tie rows redrawn until there are none
     size_t redrawn = 0;
     for (int round = 0;; round++) {
         memset(out, 0, TD * 4);
-        moe_layer_forward(&l, &p, out, x, T, NULL, k->train, seed, step, NULL, NULL);
-        size_t ties = 0;
+        if (l.bias) // each forward in training moves the offsets: every try starts from the same ones
+            memcpy(l.bias, bias0, E * 4);
+        moe_layer_forward(&l, &p, out, x, T, keys, k->train, seed, step, NULL, NULL);
+        size_t ties = ec ? ec_ties(&l, T, k->train, redo) : 0;
         for (size_t t = 0; t < T; t++)
-            if (near_tie(&l, t, k->train, seed, step)) {
+            if (ec ? redo[t] : near_tie(&l, t, k->train, seed, step)) {
                 fill(x + t * D, D, 100 + (uint32_t)(round * T + t), -1.0f, 1.0f);
-                ties++;
+                ties += !ec;
             }
         redrawn += ties;
         if (ties == 0)
@@ -176,10 +275,12 @@ static void run_case(const struct lcase *k)
     struct moe_cuda_layer *dl;
     if (moe_cuda_layer_create(&dl, &lc, T, &err))
         die(&err);
-    const float *w3 = l.i_w3 >= 0 ? moe_params_data(&p, l.i_w3) : NULL;
-    const float *wn = l.i_noise >= 0 ? moe_params_data(&p, l.i_noise) : NULL;
-    if (moe_cuda_layer_set_weights(dl, moe_params_data(&p, l.i_router), wn, moe_params_data(&p, l.i_w1), w3,
-                                   moe_params_data(&p, l.i_w2), &err))
+#define HW(i) ((i) >= 0 ? moe_params_data(&p, (i)) : NULL)
+    const struct moe_cuda_layer_tensors hw = { HW(l.i_router), HW(l.i_noise), HW(l.i_w1), HW(l.i_w3),
+                                               HW(l.i_w2),     HW(l.i_sw1),   HW(l.i_sw3), HW(l.i_sw2) };
+#undef HW
+    if (moe_cuda_layer_set_weights(dl, &hw, &err) || moe_cuda_layer_set_bias(dl, bias0, &err) ||
+        moe_cuda_layer_set_keys(dl, keys, l.table, k->V, T, &err))
         die(&err);
     float *d_x = dev(x, TD * 4), *d_dout = dev(dout, TD * 4), *d_out = dev(NULL, TD * 4), *d_dx = dev(NULL, TD * 4);
     double loss = 0.0;
@@ -217,7 +318,18 @@ static void run_case(const struct lcase *k)
            l.aux_value, z, l.z_value, loss, l.loss);
     EXPECT(isnan(l.aux_value) ? isnan(aux) : rel(aux, l.aux_value) <= 1e-5 * ts, "%s: aux %.9g vs %.9g", k->name, aux,
            l.aux_value);
-    EXPECT(rel(z, l.z_value) <= 1e-5 * ts, "%s: z %.9g vs %.9g", k->name, z, l.z_value);
+    EXPECT(isnan(l.z_value) ? isnan(z) : rel(z, l.z_value) <= 1e-5 * ts, "%s: z %.9g vs %.9g", k->name, z,
+           l.z_value);
+    if (l.bias) { // one training forward moved the offsets on both sides: integer counts, exactly
+        if (moe_cuda_layer_get_bias(dl, bias2, &err))
+            die(&err);
+        size_t moved = 0, bd = 0;
+        for (size_t e = 0; e < E; e++)
+            moved += l.bias[e] != bias0[e], bd += bias2[e] != l.bias[e];
+        printf("# %s bias balancing: %zu of %zu offsets moved; %zu differ from the CPU's\n", k->name, moved, E, bd);
+        EXPECT(bd == 0 && moved == (k->train ? E : 0), "%s: bias offsets (%zu moved, %zu differ)", k->name, moved,
+               bd);
+    }
     EXPECT(rel(loss, l.loss) <= 1e-5 * ts || fabs(loss - l.loss) < 1e-12 * ts, "%s: loss %.9g vs %.9g", k->name, loss, l.loss);
 
     host(o2, d_out, TD * 4);
@@ -232,14 +344,18 @@ static void run_case(const struct lcase *k)
               { "router.noise_weight grad", l.i_noise, 5e-4 },
               { "experts.w1 grad", l.i_w1, 1e-4 },
               { "experts.w3 grad", l.i_w3, 1e-4 },
-              { "experts.w2 grad", l.i_w2, 1e-4 } };
-    float *g[5] = { 0 };
-    for (int i = 0; i < 5; i++)
+              { "experts.w2 grad", l.i_w2, 1e-4 },
+              { "shared.w1 grad", l.i_sw1, 1e-4 },
+              { "shared.w3 grad", l.i_sw3, 1e-4 },
+              { "shared.w2 grad", l.i_sw2, 1e-4 } };
+    float *g[8] = { 0 };
+    for (int i = 0; i < 8; i++)
         if (w[i].i >= 0)
             g[i] = malloc(p.t[w[i].i].numel * 4);
-    if (moe_cuda_layer_get_grads(dl, g[0], g[1], g[2], g[3], g[4], &err))
+    const struct moe_cuda_layer_tensors hg = { g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7] };
+    if (moe_cuda_layer_get_grads(dl, &hg, &err))
         die(&err);
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 8; i++)
         if (g[i]) {
             compare(k->name, w[i].name, g[i], moe_params_grad(&p, w[i].i), p.t[w[i].i].numel, w[i].tol * ts);
             free(g[i]);
@@ -248,7 +364,7 @@ static void run_case(const struct lcase *k)
     // the timing paths moe bench uses: phases of a timed pass, the dense reference
     double sec[MOE_PHASE_N] = { 0 }, ref = 0.0, flops = 0.0, sum = 0.0;
     moe_cuda_layer_timing(dl, 1);
-    if (moe_cuda_layer_zero_grad(dl, &err) ||
+    if (moe_cuda_layer_zero_grad(dl, &err) || moe_cuda_layer_set_keys(dl, keys, l.table, k->V, T, &err) ||
         moe_cuda_layer_forward(dl, d_out, d_x, T, k->train, seed, step, NULL, &err) ||
         moe_cuda_layer_backward(dl, d_dx, d_dout, d_x, &err) || moe_cuda_layer_phases(dl, sec, &err) ||
         moe_cuda_layer_reference(dl, 1, &ref, &flops, &err))
@@ -265,6 +381,7 @@ static void run_case(const struct lcase *k)
     moe_cuda_free(d_x), moe_cuda_free(d_dout), moe_cuda_free(d_out), moe_cuda_free(d_dx);
     moe_cuda_layer_free(dl);
     free(sel), free(idx), free(gate), free(o2), free(dx2), free(x), free(dout), free(out), free(dx);
+    free(bias0), free(bias2), free(keys), free(redo);
     moe_layer_release(&l);
     moe_params_release(&p);
 }
@@ -275,29 +392,47 @@ int main(void)
     if (rc)
         return rc;
     static const struct lcase cases[] = {
-        { "switch-top1-relu-drops", MOE_ROUTER_SWITCH, 8, 1, 512, 64, 128, MOE_FFN_RELU, 1.0, MOE_AUX_SWITCH, 0.01, 1 },
-        { "gshard-top2-swiglu", MOE_ROUTER_GSHARD, 8, 2, 512, 64, 128, MOE_FFN_SWIGLU, 1.25, MOE_AUX_GSHARD, 0.0, 1 },
+        { "switch-top1-relu-drops", MOE_ROUTER_SWITCH, 8, 1, 512, 64, 128, MOE_FFN_RELU, 1.0, MOE_AUX_SWITCH, 0.01, 1, .n_shared = 0 },
+        { "gshard-top2-swiglu", MOE_ROUTER_GSHARD, 8, 2, 512, 64, 128, MOE_FFN_SWIGLU, 1.25, MOE_AUX_GSHARD, 0.0, 1, .n_shared = 0 },
         { "softmax-top2-gelu-eval", MOE_ROUTER_SOFTMAX, 8, 2, 512, 64, 128, MOE_FFN_GELU, 1.0, MOE_AUX_TOPK_ALL, 0.0,
-          0 },
-        { "noisy-top2-relu", MOE_ROUTER_NOISY_TOPK, 8, 2, 512, 64, 128, MOE_FFN_RELU, 1.25, MOE_AUX_NONE, 0.0, 1 },
+          0, .n_shared = 0 },
+        { "noisy-top2-relu", MOE_ROUTER_NOISY_TOPK, 8, 2, 512, 64, 128, MOE_FFN_RELU, 1.25, MOE_AUX_NONE, 0.0, 1, .n_shared = 0 },
         { "deepseek-top3-swiglu-large", MOE_ROUTER_DEEPSEEK, 16, 3, 2048, 128, 256, MOE_FFN_SWIGLU, 0.0,
-          MOE_AUX_SWITCH, 0.0, 1 },
+          MOE_AUX_SWITCH, 0.0, 1, .n_shared = 0 },
+        // the routers and options of the second version: hash routing, expert choice, shared experts,
+        // bias balancing, Shazeer's losses, prob drops, expert dropout
+        { "hash-relu-shared2", MOE_ROUTER_HASH, 8, 1, 512, 64, 128, MOE_FFN_RELU, 1.25, MOE_AUX_NONE, 0.0, 1,
+          .n_shared = 2, .V = 97 },
+        { "expert-choice-swiglu", MOE_ROUTER_EXPERT_CHOICE, 8, 2, 512, 64, 128, MOE_FFN_SWIGLU, 0.0, MOE_AUX_NONE,
+          0.0, 1, .ec_factor = 2.0 },
+        { "expert-choice-eval-prefix", MOE_ROUTER_EXPERT_CHOICE, 8, 2, 512, 64, 128, MOE_FFN_GELU, 0.0,
+          MOE_AUX_NONE, 0.0, 0, .ec_factor = 1.5, .ec_eval = MOE_EC_EVAL_PREFIX, .seq = 64 },
+        { "expert-choice-eval-topk", MOE_ROUTER_EXPERT_CHOICE, 8, 2, 512, 64, 128, MOE_FFN_RELU, 0.0, MOE_AUX_NONE,
+          0.0, 0, .ec_factor = 2.0, .ec_eval = MOE_EC_EVAL_TOPK },
+        { "softmax-top2-bias-balance-shared1", MOE_ROUTER_SOFTMAX, 8, 2, 512, 64, 128, MOE_FFN_SWIGLU, 1.0,
+          MOE_AUX_NONE, 0.0, 1, .n_shared = 1, .bias = 1 },
+        { "deepseek-top2-bias-balance-eval", MOE_ROUTER_DEEPSEEK, 8, 2, 512, 64, 128, MOE_FFN_GELU, 1.0,
+          MOE_AUX_NONE, 0.0, 0, .bias = 1 },
+        { "noisy-top2-shazeer-dropout", MOE_ROUTER_NOISY_TOPK, 8, 2, 512, 64, 128, MOE_FFN_RELU, 1.0,
+          MOE_AUX_SHAZEER, 0.0, 1, .n_shared = 1, .ffn_dropout = 0.2 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         run_case(&cases[i]);
-    // what the device layer refuses, with a reason
+    // what the device layer refuses, with a reason: more rows than its int32 indices reach
     {
         struct moe_layer_cfg lc;
         struct moe_err err;
         struct moe_cuda_layer *dl = NULL;
         memset(&lc, 0, sizeof lc);
-        lc.router.type = MOE_ROUTER_HASH;
+        lc.router.type = MOE_ROUTER_SOFTMAX;
         lc.router.E = 4;
-        lc.router.K = 1;
+        lc.router.K = 2;
         lc.D = 8;
         lc.F = 8;
-        EXPECT(moe_cuda_layer_create(&dl, &lc, 16, &err) == MOE_EINVAL && strstr(err.msg, "hash"),
-               "hash routing accepted");
+        EXPECT(moe_cuda_layer_create(&dl, &lc, (size_t)INT32_MAX, &err) == MOE_EINVAL && strstr(err.msg, "rows") &&
+                   !dl,
+               "a layer of 2^31 tokens x 2 slots accepted");
+        EXPECT(moe_cuda_layer_check(&lc, 1024, &err) == 0, "a layer of 1024 tokens refused: %s", err.msg);
         moe_cuda_layer_free(dl);
     }
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);

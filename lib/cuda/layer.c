@@ -34,38 +34,52 @@
 #include "moe/route_stats.h"
 
 #define LAYER_STRIDE ((uint64_t)1 << 40) // as moe_layer.c: random-draw index offset between layers
-#define MAX_MARKS 32                     // phase boundaries per pass (forward + backward use about 16)
-#define MAX_MEM 64
+#define MAX_MARKS 48                     // phase boundaries per pass (forward + backward use about 30)
+#define MAX_MEM 96
+
+// A set of expert FFNs over a capacity plan (moe_layer.c runs two: the routed
+// experts on the router's plan, and the shared experts on a plan where slot s
+// of every token is shared expert s and nothing is dropped): E experts, S
+// slots per token, room for N_max rows.
+struct eset {
+    size_t E, S, N_max;
+    float *w1, *w3, *w2, *gw1, *gw3, *gw2; // (E, F, D), (E, F, D) swiglu, (E, D, F)
+    struct moe_cuda_plan plan;
+    size_t *off;                           // host copy of the plan's offsets (E + 1)
+    float *xd, *yd, *dyd, *dxd;            // rows (N_max, D)
+    float *a, *b, *hh, *da, *db, *dh;      // (N_max, F); b, db for swiglu
+    struct moe_cuda_drop drop;             // the last forward's hidden dropout (p 0: off)
+};
 
 struct moe_cuda_layer {
     struct moe_layer_cfg c;
-    size_t E, D, F, S, T_max, N_max;
-    int swiglu, noisy;
-    enum moe_cuda_act act;   // relu, gelu; silu for swiglu
-    void *mem[MAX_MEM];      // every device allocation, freed together
+    size_t E, D, F, S, Sh, T_max, N_max;
+    int swiglu, noisy, gated; // gated: the router has weights (all but hash)
+    enum moe_cuda_act act;    // relu, gelu; silu for swiglu
+    void *mem[MAX_MEM];       // every device allocation, freed together
     int n_mem;
-    // weights and their gradients: router (E, D), noise (E, D), w1, w3 (E, F, D), w2 (E, D, F)
-    float *wr, *wn, *w1, *w3, *w2;
-    float *gwr, *gwn, *gw1, *gw3, *gw2;
+    // the router's weights and their gradients: router (E, D), noise (E, D)
+    float *wr, *wn, *gwr, *gwn;
+    struct eset r, sh;        // the routed experts; the shared ones (Sh > 0)
+    int32_t *sidx;            // (T_max, Sh): the shared plan's idx (slot s -> expert s)
+    float *sgate;             // (T_max, Sh): its gates and priorities, all 1
+    float *bias;              // (E) bias balancing's selection offsets (moe.bias_balance), or NULL
+    int32_t *hexp, *hexp_h;   // (T_max) hash routing: each token's expert (device, host staging)
+    size_t hash_T;            // tokens of the last moe_cuda_layer_set_keys (0: none yet)
     // routing (T, E) / (T, S) / (T)
     float *z, *u, *p, *lse, *h, *eps, *gate, *prio;
     int32_t *sel, *idx;
-    float *xr, *jit, *dxr;   // (T, D): jittered router input, its factors, its gradient
-    const float *radd;       // (T, D) added to the router's input (moe_cuda_layer_set_radd), or NULL
-    float *dradd;            // (T, D) += its gradient in the backward, or NULL
-    struct moe_cuda_plan plan;
-    // expert rows (N_max, D) and (N_max, F)
-    float *xd, *yd, *dyd, *dxd;
-    float *a, *b, *hh, *da, *db, *dh;
-    float *dgate, *dz, *du;  // (T, S), (T, E), (T, E)
+    float *xr, *jit, *dxr;    // (T, D): jittered router input, its factors, its gradient
+    const float *radd;        // (T, D) added to the router's input (moe_cuda_layer_set_radd), or NULL
+    float *dradd;             // (T, D) += its gradient in the backward, or NULL
+    float *dgate, *dz, *du;   // (T, S), (T, E), (T, E)
     double *aux_f, *aux_P, *aux_v;
-    size_t *off;             // host copy of the plan's offsets (E + 1)
     // the last forward
     size_t T, cap;
     int train, jittered;
-    struct moe_cuda_drop drop; // the experts' hidden dropout of the last forward (p 0: off)
     double aux_value, z_value, loss;
     struct moe_cuda_route route;
+    struct moe_cuda_route_ec ec;
     // phase timing
     int timed, n_marks;
     struct moe_cuda_event *ev[MAX_MARKS + 1];
@@ -135,21 +149,6 @@ int moe_cuda_layer_phases(struct moe_cuda_layer *l, double sec[MOE_PHASE_N], str
 
 // ---------------------------------------------------------------- create, weights
 
-// What the device layer does not do, as the one-line reason (NULL: supported).
-static const char *unsupported(const struct moe_layer_cfg *c)
-{
-    const struct moe_router_info *ri = moe_router_info(c->router.type);
-    if (ri->token_table || ri->quota || !ri->gate_weights)
-        return "hash routing and expert choice are not on the device yet";
-    if (c->router.bias_balance)
-        return "bias balancing (moe.bias_balance) is not on the device yet";
-    if (c->n_shared)
-        return "shared experts (model.n_expert_shared) are not on the device yet";
-    if (c->aux == MOE_AUX_SHAZEER)
-        return "Shazeer's importance and load losses (moe.aux_loss shazeer) have no device kernels yet";
-    return NULL;
-}
-
 static int dalloc(struct moe_cuda_layer *l, void *ret, size_t bytes, const char *what, struct moe_err *err)
 {
     void **p = (void **)ret;
@@ -169,7 +168,9 @@ void moe_cuda_layer_free(struct moe_cuda_layer *l)
         moe_cuda_free(l->mem[i]);
     for (int i = 0; i <= MAX_MARKS; i++)
         moe_cuda_event_free(l->ev[i]);
-    free(l->off);
+    free(l->r.off);
+    free(l->sh.off);
+    free(l->hexp_h);
     free(l);
 }
 
@@ -178,92 +179,160 @@ enum moe_cuda_act moe_cuda_ffn_act(enum moe_ffn_act a)
     return a == MOE_FFN_RELU ? MOE_CUDA_RELU : a == MOE_FFN_GELU ? MOE_CUDA_GELU : MOE_CUDA_SILU;
 }
 
-int moe_cuda_layer_check(const struct moe_layer_cfg *c, struct moe_err *err)
+// A set's weights, gradients, plan and rows on the device: E experts of S
+// slots per token for T tokens; shared names its buffers in errors.
+static int eset_alloc(struct moe_cuda_layer *l, struct eset *s, size_t E, size_t S, size_t T, int shared,
+                      struct moe_err *err)
 {
-    const char *why = unsupported(c);
-    return why ? moe_error(err, MOE_EINVAL, "CUDA layer: %s (router %s)", why, moe_router_name(c->router.type)) : 0;
+    const size_t D = l->D, F = l->F, N = T * S, EFD = E * F * D, f = sizeof(float);
+    const char *who = shared ? "shared" : "experts";
+    s->E = E, s->S = S, s->N_max = N;
+    if (!(s->off = (size_t *)calloc(E + 1, sizeof *s->off)))
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    struct {
+        int need;
+        void *p;
+        size_t bytes;
+        const char *what;
+    } b[] = {
+        { 1, &s->w1, EFD * f, "w1" },
+        { 1, &s->gw1, EFD * f, "w1 gradient" },
+        { l->swiglu, &s->w3, EFD * f, "w3" },
+        { l->swiglu, &s->gw3, EFD * f, "w3 gradient" },
+        { 1, &s->w2, EFD * f, "w2" },
+        { 1, &s->gw2, EFD * f, "w2 gradient" },
+        { 1, &s->xd, N * D * f, "input rows" },
+        { 1, &s->yd, N * D * f, "output rows" },
+        { 1, &s->dyd, N * D * f, "output row gradients" },
+        { 1, &s->dxd, N * D * f, "input row gradients" },
+        { 1, &s->a, N * F * f, "pre-activations" },
+        { 1, &s->hh, N * F * f, "hidden units" },
+        { 1, &s->da, N * F * f, "pre-activation gradients" },
+        { 1, &s->dh, N * F * f, "hidden gradients" },
+        { l->swiglu, &s->b, N * F * f, "gate units" },
+        { l->swiglu, &s->db, N * F * f, "gate unit gradients" },
+        { 1, &s->plan.row_tok, N * 4, "plan rows" },
+        { 1, &s->plan.row_slot, N * 4, "plan slots" },
+        { 1, &s->plan.slot_row, N * 4, "plan slot rows" },
+        { 1, &s->plan.offset, (E + 1) * sizeof(size_t), "plan offsets" },
+        { 1, &s->plan.routed, E * sizeof(size_t), "plan routed" },
+        { 1, &s->plan.dropped, E * sizeof(size_t), "plan dropped" },
+        { 1, &s->plan.order, N * 4, "plan order" },
+        { 1, &s->plan.kept, N, "plan kept" },
+        { 1, &s->plan.n_kept, E * sizeof(size_t), "plan kept counts" },
+        { 1, &s->plan.cnt, MOE_CUDA_PLAN_CNT(T, S, E) * sizeof(size_t), "plan chunk counts" },
+    };
+    int rc = 0;
+    for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
+        if (b[i].need) {
+            char what[64];
+            snprintf(what, sizeof what, "%s %s", who, b[i].what);
+            rc = dalloc(l, b[i].p, b[i].bytes, what, err);
+        }
+    return rc;
+}
+
+// The shared plan's fixed routing: slot s of every token is shared expert s, gate and priority 1
+// (moe_layer.c moe_layer_plan_bound).
+static int shared_routing(struct moe_cuda_layer *l, struct moe_err *err)
+{
+    const size_t n = l->T_max * l->Sh;
+    int32_t *idx = (int32_t *)malloc(n * sizeof *idx);
+    float *one = (float *)malloc(n * sizeof *one);
+    int rc = 0;
+    if (!idx || !one)
+        rc = moe_error(err, MOE_ENOMEM, "out of memory");
+    for (size_t i = 0; !rc && i < n; i++)
+        idx[i] = (int32_t)(i % l->Sh), one[i] = 1.0f;
+    if (!rc && !(rc = moe_cuda_to_device(l->sidx, idx, n * sizeof *idx, err)))
+        rc = moe_cuda_to_device(l->sgate, one, n * sizeof *one, err);
+    free(idx), free(one);
+    return rc;
+}
+
+int moe_cuda_layer_check(const struct moe_layer_cfg *c, size_t T_max, struct moe_err *err)
+{
+    const size_t S = moe_router_slots(&c->router), Sh = c->n_shared;
+    const size_t n = (T_max ? T_max : 1) * (S > Sh ? S : Sh);
+    // the plan's rows and the route's token indices are int32 on the device
+    if (n / (S > Sh ? S : Sh) != (T_max ? T_max : 1) || n > (size_t)INT32_MAX || c->router.E > (size_t)INT32_MAX)
+        return moe_error(err, MOE_EINVAL,
+                         "CUDA layer: %zu tokens x %zu slots is more rows than the device layer indexes (%d)",
+                         T_max, S > Sh ? S : Sh, INT32_MAX);
+    return 0;
 }
 
 int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
                           struct moe_err *err)
 {
     *ret = NULL;
-    if (moe_cuda_layer_check(c, err))
+    if (moe_cuda_layer_check(c, T_max, err))
         return MOE_EINVAL;
-    struct moe_cuda_layer *l = calloc(1, sizeof *l);
+    struct moe_cuda_layer *l = (struct moe_cuda_layer *)calloc(1, sizeof *l);
     if (!l)
         return moe_error(err, MOE_ENOMEM, "out of memory");
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
     l->c = *c;
     l->E = c->router.E;
     l->D = c->D;
     l->F = c->F;
     l->S = moe_router_slots(&c->router);
+    l->Sh = c->n_shared;
     l->T_max = T_max ? T_max : 1;
     l->N_max = l->T_max * l->S;
     l->swiglu = c->act == MOE_FFN_SWIGLU;
-    l->noisy = moe_router_info(c->router.type)->noise_weights;
+    l->noisy = ri->noise_weights;
+    l->gated = ri->gate_weights;
     l->act = moe_cuda_ffn_act(c->act);
-    const size_t E = l->E, D = l->D, F = l->F, S = l->S, T = l->T_max, N = l->N_max, f = sizeof(float);
-    const size_t EFD = E * F * D;
-    int rc = 0;
-    l->off = (size_t *)calloc(E + 1, sizeof *l->off);
-    if (!l->off)
-        rc = moe_error(err, MOE_ENOMEM, "out of memory");
-    if (!rc)
-        rc = moe_cuda_blas_init(err);
+    const size_t E = l->E, D = l->D, S = l->S, T = l->T_max, f = sizeof(float);
+    int rc = moe_cuda_blas_init(err);
     for (int i = 0; !rc && i <= MAX_MARKS; i++)
         rc = moe_cuda_event_create(&l->ev[i], err);
-    struct {
-        void *p;
-        size_t bytes;
-        const char *what;
-    } b[] = {
-        { &l->wr, E * D * f, "router.weight" }, { &l->gwr, E * D * f, "router.weight gradient" },
-        { &l->w1, EFD * f, "experts.w1" },      { &l->gw1, EFD * f, "experts.w1 gradient" },
-        { &l->w2, EFD * f, "experts.w2" },      { &l->gw2, EFD * f, "experts.w2 gradient" },
-        { &l->z, T * E * f, "router logits" },  { &l->p, T * E * f, "router probabilities" },
-        { &l->lse, T * f, "router lse" },       { &l->gate, T * S * f, "gates" },
-        { &l->prio, T * S * f, "priorities" },  { &l->sel, T * S * 4, "selections" },
-        { &l->idx, T * S * 4, "dispatch" },     { &l->xr, T * D * f, "router input" },
-        { &l->jit, T * D * f, "jitter" },       { &l->dxr, T * D * f, "router input gradient" },
-        { &l->xd, N * D * f, "expert inputs" }, { &l->yd, N * D * f, "expert outputs" },
-        { &l->dyd, N * D * f, "expert output gradients" }, { &l->dxd, N * D * f, "expert input gradients" },
-        { &l->a, N * F * f, "expert pre-activations" },    { &l->hh, N * F * f, "expert hidden units" },
-        { &l->da, N * F * f, "expert pre-activation gradients" }, { &l->dh, N * F * f, "expert hidden gradients" },
-        { &l->dgate, T * S * f, "gate gradients" }, { &l->dz, T * E * f, "logit gradients" },
-        { &l->aux_f, E * sizeof(double), "aux f" }, { &l->aux_P, E * sizeof(double), "aux P" },
-        { &l->aux_v, sizeof(double), "aux value" },
-        { &l->plan.row_tok, T * S * 4, "plan rows" }, { &l->plan.row_slot, T * S * 4, "plan slots" },
-        { &l->plan.slot_row, T * S * 4, "plan slot rows" },
-        { &l->plan.offset, (E + 1) * sizeof(size_t), "plan offsets" },
-        { &l->plan.routed, E * sizeof(size_t), "plan routed" },
-        { &l->plan.dropped, E * sizeof(size_t), "plan dropped" },
-        { &l->plan.order, T * S * 4, "plan order" }, { &l->plan.kept, T * S, "plan kept" },
-        { &l->plan.n_kept, E * sizeof(size_t), "plan kept counts" },
-        { &l->plan.cnt, MOE_CUDA_PLAN_CNT(T, S, E) * sizeof(size_t), "plan chunk counts" },
-    };
-    for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
-        rc = dalloc(l, b[i].p, b[i].bytes, b[i].what, err);
+    if (!rc && ri->token_table && !(l->hexp_h = (int32_t *)malloc(T * sizeof *l->hexp_h)))
+        rc = moe_error(err, MOE_ENOMEM, "out of memory");
     struct {
         int need;
         void *p;
         size_t bytes;
         const char *what;
-    } opt[] = {
-        { l->swiglu, &l->w3, EFD * f, "experts.w3" },
-        { l->swiglu, &l->gw3, EFD * f, "experts.w3 gradient" },
-        { l->swiglu, &l->b, N * F * f, "expert gate units" },
-        { l->swiglu, &l->db, N * F * f, "expert gate unit gradients" },
+    } b[] = {
+        { l->gated, &l->wr, E * D * f, "router.weight" },
+        { l->gated, &l->gwr, E * D * f, "router.weight gradient" },
         { l->noisy, &l->wn, E * D * f, "router.noise_weight" },
         { l->noisy, &l->gwn, E * D * f, "router.noise_weight gradient" },
+        { 1, &l->z, T * E * f, "router logits" },
+        { 1, &l->p, T * E * f, "router probabilities" },
+        { 1, &l->lse, T * f, "router lse" },
+        { 1, &l->gate, T * S * f, "gates" },
+        { 1, &l->prio, T * S * f, "priorities" },
+        { 1, &l->sel, T * S * 4, "selections" },
+        { 1, &l->idx, T * S * 4, "dispatch" },
         { l->noisy, &l->u, T * E * f, "noise logits" },
         { l->noisy, &l->h, T * E * f, "noisy logits" },
         { l->noisy, &l->eps, T * E * f, "noise draws" },
         { l->noisy, &l->du, T * E * f, "noise logit gradients" },
+        { l->gated, &l->xr, T * D * f, "router input" },
+        { l->gated, &l->jit, T * D * f, "jitter" },
+        { l->gated, &l->dxr, T * D * f, "router input gradient" },
+        { 1, &l->dgate, T * S * f, "gate gradients" },
+        { 1, &l->dz, T * E * f, "logit gradients" },
+        { 1, &l->aux_f, E * sizeof(double), "aux f" },
+        { 1, &l->aux_P, E * sizeof(double), "aux P" },
+        { 1, &l->aux_v, sizeof(double), "aux value" },
+        { c->router.bias_balance, &l->bias, E * f, "router.bias" },
+        { ri->token_table, &l->hexp, T * 4, "hash experts" },
+        { l->Sh > 0, &l->sidx, T * l->Sh * 4, "shared routing" },
+        { l->Sh > 0, &l->sgate, T * l->Sh * f, "shared gates" },
     };
-    for (size_t i = 0; !rc && i < sizeof opt / sizeof *opt; i++)
-        if (opt[i].need)
-            rc = dalloc(l, opt[i].p, opt[i].bytes, opt[i].what, err);
+    for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
+        if (b[i].need)
+            rc = dalloc(l, b[i].p, b[i].bytes, b[i].what, err);
+    if (!rc)
+        rc = eset_alloc(l, &l->r, E, S, T, 0, err);
+    if (!rc && l->Sh && !(rc = eset_alloc(l, &l->sh, l->Sh, l->Sh, T, 1, err)))
+        rc = shared_routing(l, err);
+    if (!rc && l->bias)
+        rc = moe_cuda_memset(l->bias, 0, E * f, "router.bias", err);
     if (!rc)
         rc = moe_cuda_layer_zero_grad(l, err);
     if (rc) {
@@ -285,16 +354,42 @@ static void dfree(struct moe_cuda_layer *l, void *p)
         }
 }
 
-void moe_cuda_layer_bind(struct moe_cuda_layer *l, float *wr, float *wn, float *w1, float *w3, float *w2,
-                         float *gwr, float *gwn, float *gw1, float *gw3, float *gw2)
+// The layer's weight (or gradient) pointers in moe_cuda_layer_tensors' order.
+#define N_TENSORS 8
+static void tensor_slots(struct moe_cuda_layer *l, int grad, float **s[N_TENSORS])
 {
-    float **own[] = { &l->wr, &l->wn, &l->w1, &l->w3, &l->w2, &l->gwr, &l->gwn, &l->gw1, &l->gw3, &l->gw2 };
-    float *to[] = { wr, wn, w1, w3, w2, gwr, gwn, gw1, gw3, gw2 };
-    for (size_t i = 0; i < sizeof own / sizeof *own; i++)
-        if (*own[i]) { // the buffers this layer has (w3 for swiglu, the noise weight for noisy-topk)
-            dfree(l, *own[i]);
-            *own[i] = to[i];
-        }
+    float **w[N_TENSORS] = { &l->wr, &l->wn, &l->r.w1, &l->r.w3, &l->r.w2, &l->sh.w1, &l->sh.w3, &l->sh.w2 };
+    float **g[N_TENSORS] = { &l->gwr, &l->gwn, &l->r.gw1, &l->r.gw3, &l->r.gw2, &l->sh.gw1, &l->sh.gw3, &l->sh.gw2 };
+    for (int i = 0; i < N_TENSORS; i++)
+        s[i] = grad ? g[i] : w[i];
+}
+
+static void tensor_ptrs(const struct moe_cuda_layer_tensors *t, float *v[N_TENSORS])
+{
+    float *x[N_TENSORS] = { t->router, t->noise, t->w1, t->w3, t->w2, t->sw1, t->sw3, t->sw2 };
+    memcpy(v, x, sizeof x);
+}
+
+// Bytes of tensor i (moe_cuda_layer_tensors' order).
+static size_t tensor_bytes(const struct moe_cuda_layer *l, int i)
+{
+    size_t E = i < 5 ? l->E : l->Sh;
+    return (i < 2 ? E * l->D : E * l->F * l->D) * sizeof(float);
+}
+
+void moe_cuda_layer_bind(struct moe_cuda_layer *l, const struct moe_cuda_layer_tensors *w,
+                         const struct moe_cuda_layer_tensors *g)
+{
+    for (int grad = 0; grad < 2; grad++) {
+        float **own[N_TENSORS], *to[N_TENSORS];
+        tensor_slots(l, grad, own);
+        tensor_ptrs(grad ? g : w, to);
+        for (int i = 0; i < N_TENSORS; i++)
+            if (*own[i]) { // the buffers this layer has (w3 for swiglu, the noise weight for noisy-topk, ...)
+                dfree(l, *own[i]);
+                *own[i] = to[i];
+            }
+    }
 }
 
 size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l) { return l->S; }
@@ -305,52 +400,71 @@ void moe_cuda_layer_set_radd(struct moe_cuda_layer *l, const float *radd, float 
     l->dradd = dradd;
 }
 
-int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float *router, const float *noise,
-                               const float *w1, const float *w3, const float *w2, struct moe_err *err)
+int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const struct moe_cuda_layer_tensors *host,
+                               struct moe_err *err)
 {
-    const size_t ED = l->E * l->D * sizeof(float), EFD = l->E * l->F * l->D * sizeof(float);
-    int rc;
-    if ((rc = moe_cuda_to_device(l->wr, router, ED, err)) || (rc = moe_cuda_to_device(l->w1, w1, EFD, err)) ||
-        (rc = moe_cuda_to_device(l->w2, w2, EFD, err)))
-        return rc;
-    if (l->swiglu && (rc = moe_cuda_to_device(l->w3, w3, EFD, err)))
-        return rc;
-    if (l->noisy && (rc = moe_cuda_to_device(l->wn, noise, ED, err)))
-        return rc;
+    float **own[N_TENSORS], *from[N_TENSORS];
+    tensor_slots(l, 0, own);
+    tensor_ptrs(host, from);
+    for (int i = 0; i < N_TENSORS; i++) {
+        int rc;
+        if (*own[i] && !from[i])
+            return moe_error(err, MOE_EINVAL, "CUDA layer: no host data for weight tensor %d", i);
+        if (*own[i] && (rc = moe_cuda_to_device(*own[i], from[i], tensor_bytes(l, i), err)))
+            return rc;
+    }
     return 0;
 }
 
 int moe_cuda_layer_zero_grad(struct moe_cuda_layer *l, struct moe_err *err)
 {
-    const size_t ED = l->E * l->D * sizeof(float), EFD = l->E * l->F * l->D * sizeof(float);
-    struct {
-        float *p;
-        size_t n;
-    } g[] = { { l->gwr, ED }, { l->gw1, EFD }, { l->gw2, EFD }, { l->gw3, EFD }, { l->gwn, ED } };
-    for (size_t i = 0; i < sizeof g / sizeof *g; i++) {
+    float **g[N_TENSORS];
+    tensor_slots(l, 1, g);
+    for (int i = 0; i < N_TENSORS; i++) {
         int rc;
-        if (g[i].p && (rc = moe_cuda_memset(g[i].p, 0, g[i].n, "gradients", err)))
+        if (*g[i] && (rc = moe_cuda_memset(*g[i], 0, tensor_bytes(l, i), "gradients", err)))
             return rc;
     }
     return 0;
 }
 
-int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, float *router, float *noise, float *w1,
-                             float *w3, float *w2, struct moe_err *err)
+int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, const struct moe_cuda_layer_tensors *host,
+                             struct moe_err *err)
 {
-    const size_t ED = l->E * l->D * sizeof(float), EFD = l->E * l->F * l->D * sizeof(float);
-    struct {
-        float *dst;
-        const float *src;
-        size_t n;
-    } g[] = { { router, l->gwr, ED }, { noise, l->gwn, ED }, { w1, l->gw1, EFD }, { w3, l->gw3, EFD },
-              { w2, l->gw2, EFD } };
-    for (size_t i = 0; i < sizeof g / sizeof *g; i++) {
+    float **g[N_TENSORS], *to[N_TENSORS];
+    tensor_slots((struct moe_cuda_layer *)l, 1, g);
+    tensor_ptrs(host, to);
+    for (int i = 0; i < N_TENSORS; i++) {
         int rc;
-        if (g[i].dst && g[i].src && (rc = moe_cuda_to_host(g[i].dst, g[i].src, g[i].n, err)))
+        if (to[i] && *g[i] && (rc = moe_cuda_to_host(to[i], *g[i], tensor_bytes(l, i), err)))
             return rc;
     }
     return 0;
+}
+
+int moe_cuda_layer_set_bias(struct moe_cuda_layer *l, const float *bias, struct moe_err *err)
+{
+    return l->bias && bias ? moe_cuda_to_device(l->bias, bias, l->E * sizeof(float), err) : 0;
+}
+
+int moe_cuda_layer_get_bias(const struct moe_cuda_layer *l, float *bias, struct moe_err *err)
+{
+    return l->bias && bias ? moe_cuda_to_host(bias, l->bias, l->E * sizeof(float), err) : 0;
+}
+
+int moe_cuda_layer_set_keys(struct moe_cuda_layer *l, const uint32_t *keys, const int32_t *table, size_t V,
+                            size_t T, struct moe_err *err)
+{
+    if (!l->hexp)
+        return 0;
+    if (T > l->T_max)
+        return moe_error(err, MOE_EINVAL, "CUDA layer: %zu tokens, allocated for %zu", T, l->T_max);
+    if (V == 0)
+        return moe_error(err, MOE_EINVAL, "CUDA layer: hash routing without a table");
+    for (size_t t = 0; t < T; t++) // moe_layer_forward's lookup
+        l->hexp_h[t] = table[keys[t] % V];
+    l->hash_T = T;
+    return T ? moe_cuda_to_device(l->hexp, l->hexp_h, T * sizeof(int32_t), err) : 0;
 }
 
 int moe_cuda_layer_memzero(void *p, size_t bytes, struct moe_err *err)
@@ -360,38 +474,64 @@ int moe_cuda_layer_memzero(void *p, size_t bytes, struct moe_err *err)
 
 // ---------------------------------------------------------------- forward
 
-// The expert FFNs over the plan's blocks (experts.c expert_forward): per
+// The expert FFNs over a set's plan blocks (experts.c expert_forward): per
 // expert a = xd W1^T (b = xd W3^T), then the activation over all N rows at
-// once (the blocks are contiguous), then per expert yd = h W2^T.
-static int experts_forward(struct moe_cuda_layer *l, size_t N, struct moe_err *err)
+// once (the blocks are contiguous), the hidden dropout, then per expert
+// yd = h W2^T.
+static int experts_forward(struct moe_cuda_layer *l, struct eset *s, size_t N, struct moe_err *err)
 {
-    const size_t D = l->D, F = l->F, E = l->E;
+    const size_t D = l->D, F = l->F, E = s->E;
     int rc;
     for (size_t e = 0; e < E; e++) {
-        size_t o = l->off[e], n = l->off[e + 1] - o;
-        const float *xe = l->xd + o * D;
-        if ((rc = moe_cuda_linear_forward(l->a + o * F, xe, l->w1 + e * F * D, NULL, n, D, F, "expert w1", err)) ||
+        size_t o = s->off[e], n = s->off[e + 1] - o;
+        const float *xe = s->xd + o * D;
+        if ((rc = moe_cuda_linear_forward(s->a + o * F, xe, s->w1 + e * F * D, NULL, n, D, F, "expert w1", err)) ||
             (l->swiglu &&
-             (rc = moe_cuda_linear_forward(l->b + o * F, xe, l->w3 + e * F * D, NULL, n, D, F, "expert w3", err))))
+             (rc = moe_cuda_linear_forward(s->b + o * F, xe, s->w3 + e * F * D, NULL, n, D, F, "expert w3", err))))
             return rc;
     }
-    if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)) || (rc = moe_cuda_act_forward(l->act, l->hh, l->a, N * F, err)))
+    if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)) || (rc = moe_cuda_act_forward(l->act, s->hh, s->a, N * F, err)))
         return rc;
     if (l->swiglu) {
-        if ((rc = moe_cuda_mul(l->hh, l->b, N * F, err)))
+        if ((rc = moe_cuda_mul(s->hh, s->b, N * F, err)))
             return rc;
     }
     // hidden dropout (experts.c moe_ffn_forward_drop): row r's mask key is its token and slot
-    if ((rc = moe_cuda_dropout_rows(l->hh, N, F, l->plan.row_tok, l->plan.row_slot, l->S, &l->drop, err)) ||
+    if ((rc = moe_cuda_dropout_rows(s->hh, N, F, s->plan.row_tok, s->plan.row_slot, s->S, &s->drop, err)) ||
         (rc = mark(l, MOE_PHASE_ACTIVATION, err)))
         return rc;
     for (size_t e = 0; e < E; e++) {
-        size_t o = l->off[e], n = l->off[e + 1] - o;
-        if ((rc = moe_cuda_linear_forward(l->yd + o * D, l->hh + o * F, l->w2 + e * D * F, NULL, n, F, D, "expert w2",
+        size_t o = s->off[e], n = s->off[e + 1] - o;
+        if ((rc = moe_cuda_linear_forward(s->yd + o * D, s->hh + o * F, s->w2 + e * D * F, NULL, n, F, D, "expert w2",
                                           err)))
             return rc;
     }
     return mark(l, MOE_PHASE_FFN_GEMM, err);
+}
+
+// moe_experts_forward over a set: its plan from idx, prio (T, S) with
+// capacity cap, the offsets to the host (the GEMM shapes), gather, the FFNs,
+// out += the gated combine.
+static int eset_forward(struct moe_cuda_layer *l, struct eset *s, float *out, const float *x, const int32_t *idx,
+                        const float *prio, const float *gate, size_t T, size_t cap, int prob, struct moe_err *err)
+{
+    const size_t E = s->E, D = l->D;
+    int rc;
+    if ((rc = moe_cuda_dispatch_plan(&s->plan, idx, prio, T, s->S, E, cap, prob, err)) ||
+        (rc = moe_cuda_to_host(s->off, s->plan.offset, (E + 1) * sizeof(size_t), err)))
+        return rc;
+    const size_t N = s->off[E];
+    if ((rc = moe_cuda_gather(s->xd, x, &s->plan, E, s->N_max, D, err)) || (rc = mark(l, MOE_PHASE_DISPATCH, err)) ||
+        (rc = experts_forward(l, s, N, err)))
+        return rc;
+    if ((rc = moe_cuda_combine(out, s->yd, gate, s->plan.slot_row, T, s->S, D, err)))
+        return rc;
+    return mark(l, MOE_PHASE_COMBINE, err);
+}
+
+static int has_smooth_load(const struct moe_layer_cfg *c)
+{
+    return moe_router_info(c->router.type)->noise_weights && c->router.K < c->router.E;
 }
 
 // moe_layer.c aux_forward: the unweighted value of the layer's convention and
@@ -409,6 +549,16 @@ static int aux_forward(struct moe_cuda_layer *l, struct moe_err *err)
             return rc;
         v = c->aux == MOE_AUX_GSHARD ? E * E * (sum / E) : E * sum; // aux_loss.c's expressions
         weighted = c->aux_weight * v;
+    } else if (c->aux == MOE_AUX_SHAZEER) {
+        double imp = 0.0, load = 0.0;
+        if ((rc = moe_cuda_aux_importance(&imp, NULL, l->idx, l->gate, l->T, l->E, l->S, 0.0f, l->aux_f, l->aux_P,
+                                          l->aux_v, err)) ||
+            (has_smooth_load(c) &&
+             (rc = moe_cuda_aux_load(&load, NULL, NULL, l->z, l->u, l->h, l->eps, l->sel, l->T, l->E, l->S,
+                                     c->router.K, 0.0f, l->aux_f, l->aux_P, l->aux_v, err))))
+            return rc;
+        v = imp + load;
+        weighted = c->w_importance * imp + c->w_load * load;
     }
     if ((rc = moe_cuda_aux_z(&l->z_value, NULL, l->lse, l->p, l->T, l->E, 0.0f, l->aux_v, err)))
         return rc;
@@ -417,23 +567,25 @@ static int aux_forward(struct moe_cuda_layer *l, struct moe_err *err)
     return 0;
 }
 
-int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x, size_t T, int train,
-                           uint64_t seed, uint64_t step, double *ret_loss, struct moe_err *err)
+// The router's forward (moe_layer_forward up to the capacity plan): hash
+// routing from the keys' experts; else the router input (x + radd, Switch
+// jitter in training: the sum first), the logits, and the top-K or expert
+// choice routing; then bias balancing's update in training.
+static int route_forward(struct moe_cuda_layer *l, const float *x, size_t T, int train, uint64_t seed,
+                         uint64_t step, struct moe_err *err)
 {
     const struct moe_layer_cfg *c = &l->c;
     const size_t E = l->E, D = l->D, S = l->S;
     const struct moe_router_info *ri = moe_router_info(c->router.type);
-    int rc;
-    if (T > l->T_max)
-        return moe_error(err, MOE_EINVAL, "CUDA layer: %zu tokens, allocated for %zu", T, l->T_max);
-    l->T = T;
-    l->train = train;
     const uint64_t base = (uint64_t)c->index * LAYER_STRIDE;
-    l->drop = moe_cuda_drop_of(moe_dropout_make(train ? c->ffn_dropout : 0.0, seed, step, c->index, MOE_DROP_FFN));
-    if ((rc = marks_begin(l, err)))
-        return rc;
-    // router input (Switch jitter in training), logits, routing
-    // (moe_layer.c: xr = (x + radd) jit, the sum first)
+    int rc;
+    l->jittered = 0;
+    if (ri->token_table) {
+        if (l->hash_T != T)
+            return moe_error(err, MOE_EINVAL, "CUDA layer: hash routing of %zu tokens without their keys", T);
+        return moe_cuda_route_hash_forward((int)T, (int)E, l->p, l->lse, l->sel, l->idx, l->gate, l->prio, l->hexp,
+                                           err);
+    }
     const float *rin = x;
     l->jittered = train && c->jitter > 0.0;
     if (l->radd && ((rc = moe_cuda_copy(l->xr, x, T * D * sizeof(float), err)) ||
@@ -449,6 +601,15 @@ int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x,
     if ((rc = moe_cuda_linear_forward(l->z, rin, l->wr, NULL, T, D, E, "router", err)) ||
         (l->noisy && (rc = moe_cuda_linear_forward(l->u, rin, l->wn, NULL, T, D, E, "router noise", err))))
         return rc;
+    if (ri->quota) { // expert choice (the evaluation's ec_eval mode outside training)
+        struct moe_cuda_route_ec *a = &l->ec;
+        a->T = (int)T;
+        a->E = (int)E;
+        a->ec_factor = c->router.ec_factor;
+        a->mode = train ? (int)MOE_EC_EVAL_FULL : (int)c->router.ec_eval;
+        a->seq = (int)c->router.seq;
+        return moe_cuda_route_ec_forward(a, l->p, l->lse, l->sel, l->idx, l->gate, l->prio, l->z, err);
+    }
     struct moe_rng rng = moe_rng_make(seed, ri->rng, (uint32_t)step);
     struct moe_cuda_route *a = &l->route;
     memset(a, 0, sizeof *a);
@@ -463,22 +624,44 @@ int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x,
     a->purpose = rng.purpose;
     a->stream = rng.stream;
     a->base = base;
+    const float *sel_bias = l->bias && ri->bias_balance ? l->bias : NULL; // moe_router_forward's sel_bias
     if ((rc = moe_cuda_route_forward(a, l->p, l->lse, l->h, l->eps, l->sel, l->idx, l->gate, l->prio, l->z, l->u,
-                                     NULL, err)) ||
+                                     sel_bias, err)))
+        return rc;
+    if (train && l->bias) // after routing, as moe_layer_forward
+        return moe_cuda_bias_update(l->bias, l->sel, T * S, E, c->bias_rate, err);
+    return 0;
+}
+
+int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x, size_t T, int train,
+                           uint64_t seed, uint64_t step, double *ret_loss, struct moe_err *err)
+{
+    const struct moe_layer_cfg *c = &l->c;
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
+    int rc;
+    if (T > l->T_max)
+        return moe_error(err, MOE_EINVAL, "CUDA layer: %zu tokens, allocated for %zu", T, l->T_max);
+    l->T = T;
+    l->train = train;
+    const double pd = train ? c->ffn_dropout : 0.0;
+    l->r.drop = moe_cuda_drop_of(moe_dropout_make(pd, seed, step, c->index, MOE_DROP_FFN));
+    l->sh.drop = moe_cuda_drop_of(moe_dropout_make(pd, seed, step, c->index, MOE_DROP_SHARED));
+    if ((rc = marks_begin(l, err)) || (rc = route_forward(l, x, T, train, seed, step, err)) ||
         (rc = mark(l, MOE_PHASE_ROUTER, err)))
         return rc;
-    // capacity plan (in chunks), its offsets to
-    // the host (the GEMM shapes), gather
-    l->cap = moe_capacity(train ? c->capacity_factor : c->eval_capacity_factor, T, S, E);
-    if ((rc = moe_cuda_dispatch_plan(&l->plan, l->idx, l->prio, T, S, E, l->cap, c->drop == MOE_DROP_PROB, err)) ||
-        (rc = moe_cuda_to_host(l->off, l->plan.offset, (E + 1) * sizeof(size_t), err)))
+    // the routed experts over the capacity plan (expert choice: every chosen row), then the shared ones
+    l->cap = ri->quota ? T : moe_capacity(train ? c->capacity_factor : c->eval_capacity_factor, T, l->S, l->E);
+    if ((rc = eset_forward(l, &l->r, out, x, l->idx, l->prio, l->gate, T, l->cap, c->drop == MOE_DROP_PROB, err)) ||
+        (l->Sh && (rc = eset_forward(l, &l->sh, out, x, l->sidx, l->sgate, l->sgate, T, T, 0, err))))
         return rc;
-    const size_t N = l->off[E];
-    if ((rc = moe_cuda_gather(l->xd, x, &l->plan, E, l->N_max, D, err)) || (rc = mark(l, MOE_PHASE_DISPATCH, err)) ||
-        (rc = experts_forward(l, N, err)))
-        return rc;
-    if ((rc = moe_cuda_combine(out, l->yd, l->gate, l->plan.slot_row, T, S, D, err)) ||
-        (rc = mark(l, MOE_PHASE_COMBINE, err)) || (rc = aux_forward(l, err)) || (rc = mark(l, MOE_PHASE_AUX, err)))
+    if (ri->probs) {
+        if ((rc = aux_forward(l, err)))
+            return rc;
+    } else {
+        l->aux_value = l->z_value = NAN;
+        l->loss = 0.0;
+    }
+    if ((rc = mark(l, MOE_PHASE_AUX, err)))
         return rc;
     if (ret_loss)
         *ret_loss = l->loss;
@@ -487,55 +670,71 @@ int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x,
 
 // ---------------------------------------------------------------- backward
 
-// experts.c expert_backward over every block: dh = dyd W2, dW2 += dyd^T h;
-// the activation's backward over all rows; dxd = db W3 + da W1 (swiglu's w3
-// term first, as nn/linear.c's order in moe_ffn_backward), dW3 += db^T xd,
-// dW1 += da^T xd.
-static int experts_backward(struct moe_cuda_layer *l, size_t N, struct moe_err *err)
+// experts.c expert_backward over every block of a set: dh = dyd W2, dW2 +=
+// dyd^T h; the activation's backward over all rows; dxd = db W3 + da W1
+// (swiglu's w3 term first, as nn/linear.c's order in moe_ffn_backward), dW3
+// += db^T xd, dW1 += da^T xd.
+static int experts_backward(struct moe_cuda_layer *l, struct eset *s, size_t N, struct moe_err *err)
 {
-    const size_t D = l->D, F = l->F, E = l->E;
+    const size_t D = l->D, F = l->F, E = s->E;
     int rc;
     for (size_t e = 0; e < E; e++) {
-        size_t o = l->off[e], n = l->off[e + 1] - o;
+        size_t o = s->off[e], n = s->off[e + 1] - o;
         if (n == 0)
             continue;
-        if ((rc = moe_cuda_gemm(0, 0, n, F, D, 1.0f, l->dyd + o * D, D, l->w2 + e * D * F, F, 0.0f, l->dh + o * F, F,
+        if ((rc = moe_cuda_gemm(0, 0, n, F, D, 1.0f, s->dyd + o * D, D, s->w2 + e * D * F, F, 0.0f, s->dh + o * F, F,
                                 "expert w2 backward (dh)", err)) ||
-            (rc = moe_cuda_gemm(1, 0, D, F, n, 1.0f, l->dyd + o * D, D, l->hh + o * F, F, 1.0f, l->gw2 + e * D * F, F,
+            (rc = moe_cuda_gemm(1, 0, D, F, n, 1.0f, s->dyd + o * D, D, s->hh + o * F, F, 1.0f, s->gw2 + e * D * F, F,
                                 "expert w2 backward (dw2)", err)))
             return rc;
     }
     if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)) ||
-        (rc = moe_cuda_dropout_rows(l->dh, N, F, l->plan.row_tok, l->plan.row_slot, l->S, &l->drop, err)))
+        (rc = moe_cuda_dropout_rows(s->dh, N, F, s->plan.row_tok, s->plan.row_slot, s->S, &s->drop, err)))
         return rc;
     if (l->swiglu) {
-        if ((rc = moe_cuda_act_forward(MOE_CUDA_SILU, l->db, l->a, N * F, err)))
+        if ((rc = moe_cuda_act_forward(MOE_CUDA_SILU, s->db, s->a, N * F, err)))
             return rc;
-        if ((rc = moe_cuda_swiglu_back(l->db, l->dh, l->b, N * F, err)))
+        if ((rc = moe_cuda_swiglu_back(s->db, s->dh, s->b, N * F, err)))
             return rc;
     }
-    if ((rc = moe_cuda_act_backward(l->act, l->da, l->dh, l->a, N * F, err)) ||
+    if ((rc = moe_cuda_act_backward(l->act, s->da, s->dh, s->a, N * F, err)) ||
         (rc = mark(l, MOE_PHASE_ACTIVATION, err)))
         return rc;
     for (size_t e = 0; e < E; e++) {
-        size_t o = l->off[e], n = l->off[e + 1] - o;
+        size_t o = s->off[e], n = s->off[e + 1] - o;
         float beta = 0.0f;
         if (n == 0)
             continue;
         if (l->swiglu) {
-            if ((rc = moe_cuda_linear_backward(l->dxd + o * D, l->gw3 + e * F * D, NULL, l->db + o * F, l->xd + o * D,
-                                               l->w3 + e * F * D, n, D, F, 0.0f, "expert w3 backward", err)))
+            if ((rc = moe_cuda_linear_backward(s->dxd + o * D, s->gw3 + e * F * D, NULL, s->db + o * F, s->xd + o * D,
+                                               s->w3 + e * F * D, n, D, F, 0.0f, "expert w3 backward", err)))
                 return rc;
             beta = 1.0f;
         }
-        if ((rc = moe_cuda_linear_backward(l->dxd + o * D, l->gw1 + e * F * D, NULL, l->da + o * F, l->xd + o * D,
-                                           l->w1 + e * F * D, n, D, F, beta, "expert w1 backward", err)))
+        if ((rc = moe_cuda_linear_backward(s->dxd + o * D, s->gw1 + e * F * D, NULL, s->da + o * F, s->xd + o * D,
+                                           s->w1 + e * F * D, n, D, F, beta, "expert w1 backward", err)))
             return rc;
     }
     return mark(l, MOE_PHASE_FFN_GEMM, err);
 }
 
-// moe_layer.c aux_backward: the balancing and z gradients into dz.
+// moe_experts_backward over a set: the combine's backward (dgate += when not
+// NULL), the FFNs', then dx += the rows' input gradients, token by token.
+static int eset_backward(struct moe_cuda_layer *l, struct eset *s, float *dx, float *dgate, const float *dout,
+                         const float *gate, struct moe_err *err)
+{
+    const size_t T = l->T, D = l->D, N = s->off[s->E];
+    int rc;
+    if ((rc = moe_cuda_combine_backward(s->dyd, dgate, dout, s->yd, gate, &s->plan, s->E, s->N_max, s->S, D, err)) ||
+        (rc = mark(l, MOE_PHASE_COMBINE, err)) || (rc = experts_backward(l, s, N, err)))
+        return rc;
+    if (T > 0 && (rc = moe_cuda_scatter(dx, s->dxd, s->plan.slot_row, T, s->S, D, err)))
+        return rc;
+    return mark(l, MOE_PHASE_COMBINE, err);
+}
+
+// moe_layer.c aux_backward: the balancing and z gradients into dz (and du,
+// dgate for Shazeer's losses).
 static int aux_backward(struct moe_cuda_layer *l, struct moe_err *err)
 {
     const struct moe_layer_cfg *c = &l->c;
@@ -548,6 +747,14 @@ static int aux_backward(struct moe_cuda_layer *l, struct moe_err *err)
         if ((rc = moe_cuda_aux_fp(NULL, l->dz, l->sel, l->p, l->T, l->E, l->S, n_slots, scale, l->aux_f, l->aux_P,
                                   l->aux_v, err)))
             return rc;
+    } else if (c->aux == MOE_AUX_SHAZEER) {
+        double v; // the launches give the value again with the gradients (the forward's is kept)
+        if ((rc = moe_cuda_aux_importance(&v, l->dgate, l->idx, l->gate, l->T, l->E, l->S, (float)c->w_importance,
+                                          l->aux_f, l->aux_P, l->aux_v, err)) ||
+            (has_smooth_load(c) &&
+             (rc = moe_cuda_aux_load(&v, l->dz, l->du, l->z, l->u, l->h, l->eps, l->sel, l->T, l->E, l->S,
+                                     c->router.K, (float)c->w_load, l->aux_f, l->aux_P, l->aux_v, err))))
+            return rc;
     }
     if (c->z_weight > 0.0 &&
         (rc = moe_cuda_aux_z(NULL, l->dz, l->lse, l->p, l->T, l->E, (float)c->z_weight, l->aux_v, err)))
@@ -558,28 +765,26 @@ static int aux_backward(struct moe_cuda_layer *l, struct moe_err *err)
 int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, const float *dout, const float *x,
                             struct moe_err *err)
 {
-    const size_t T = l->T, E = l->E, D = l->D, S = l->S, N = l->off[E];
+    const size_t T = l->T, E = l->E, D = l->D, S = l->S;
     int rc;
     if ((rc = mark_as(l, -1, err))) // the caller's time since the forward counts for no phase
         return rc;
-    // combine backward: dyd, dgate (zeroed first, as moe_layer_backward)
+    // the routed experts (dgate zeroed first, as moe_layer_backward), then the shared ones
     if ((rc = moe_cuda_memset(l->dgate, 0, T * S * sizeof(float), "gate gradients", err)) ||
-        (rc = moe_cuda_combine_backward(l->dyd, l->dgate, dout, l->yd, l->gate, &l->plan, E, l->N_max, S, D, err)) ||
-        (rc = mark(l, MOE_PHASE_COMBINE, err)) || (rc = experts_backward(l, N, err)))
+        (rc = eset_backward(l, &l->r, dx, l->dgate, dout, l->gate, err)) ||
+        (l->Sh && (rc = eset_backward(l, &l->sh, dx, NULL, dout, l->sgate, err))))
         return rc;
-    if (T > 0) {
-        if ((rc = moe_cuda_scatter(dx, l->dxd, l->plan.slot_row, T, S, D, err)))
-            return rc;
-    }
-    if ((rc = mark(l, MOE_PHASE_COMBINE, err)))
-        return rc;
+    if (!l->gated) // hash routing: nothing upstream of the table
+        return 0;
     // the auxiliary losses' gradients, then the router's backward
     if ((rc = moe_cuda_memset(l->dz, 0, T * E * sizeof(float), "logit gradients", err)) ||
         (l->noisy && (rc = moe_cuda_memset(l->du, 0, T * E * sizeof(float), "noise gradients", err))) ||
         (rc = aux_backward(l, err)) || (rc = mark(l, MOE_PHASE_AUX, err)))
         return rc;
-    if ((rc = moe_cuda_route_backward(&l->route, l->dz, l->du, l->dgate, l->sel, l->idx, l->p, l->z, l->h, l->eps,
-                                      l->u, err)))
+    if ((rc = moe_router_info(l->c.router.type)->quota
+                  ? moe_cuda_route_ec_backward((int)T, (int)E, l->dz, l->dgate, l->sel, l->idx, l->p, err)
+                  : moe_cuda_route_backward(&l->route, l->dz, l->du, l->dgate, l->sel, l->idx, l->p, l->z, l->h,
+                                            l->eps, l->u, err)))
         return rc;
     const int own = l->jittered || l->radd; // the router read xr: its gradient apart, then to dx (and dradd)
     const float *rin = own ? l->xr : x;
@@ -613,7 +818,7 @@ int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *
         (gate && (rc = moe_cuda_to_host(gate, l->gate, n * sizeof(float), err))))
         return rc;
     if (ret_rows)
-        *ret_rows = l->off[l->E];
+        *ret_rows = l->r.off[l->E];
     if (ret_aux)
         *ret_aux = l->aux_value;
     if (ret_z)
@@ -631,8 +836,8 @@ int moe_cuda_layer_route_acc(const struct moe_cuda_layer *l, struct moe_route_ac
         (rc = moe_cuda_to_host(r->gate, l->gate, T * S * f, err)) ||
         (rc = moe_cuda_to_host(r->prio, l->prio, T * S * f, err)) ||
         (rc = moe_cuda_to_host(r->p, l->p, T * E * f, err)) || (rc = moe_cuda_to_host(r->lse, l->lse, T * f, err)) ||
-        (rc = moe_cuda_to_host(plan->routed, l->plan.routed, E * sizeof(size_t), err)) ||
-        (rc = moe_cuda_to_host(plan->dropped, l->plan.dropped, E * sizeof(size_t), err)))
+        (rc = moe_cuda_to_host(plan->routed, l->r.plan.routed, E * sizeof(size_t), err)) ||
+        (rc = moe_cuda_to_host(plan->dropped, l->r.plan.dropped, E * sizeof(size_t), err)))
         return rc;
     r->T = T, r->E = E, r->S = S;
     moe_route_acc_add(acc, r, plan, label, l->aux_value, l->z_value, moe_router_info(l->c.router.type)->probs);
@@ -641,44 +846,59 @@ int moe_cuda_layer_route_acc(const struct moe_cuda_layer *l, struct moe_route_ac
 
 // ---------------------------------------------------------------- FLOPs and the dense reference
 
-// The GEMMs of a pass, experts merged into one block of all N kept rows:
-// row-major (M, N, K) with the transposes the layer's own call uses, and the
-// role that says which of the layer's buffers hold operands that large.
+// The GEMMs of a pass, each set's experts merged into one block of all its N
+// kept rows: row-major (M, N, K) with the transposes the layer's own call
+// uses, the set whose buffers hold operands that large (NULL: the router's),
+// and the role that says which of them.
 enum role { R_LOGITS, R_IN, R_OUT, R_DH, R_DW2, R_DX, R_DW, R_RDX, R_RDW };
 struct shape {
     size_t M, N, K;
     int ta, tb;
     enum role r;
+    const struct eset *s;
 };
 
-static size_t pass_shapes(const struct moe_cuda_layer *l, int backward, struct shape *s)
+static size_t set_shapes(const struct moe_cuda_layer *l, const struct eset *set, int backward, struct shape *s)
 {
-    const size_t T = l->T, E = l->E, D = l->D, F = l->F, N = l->off[l->E];
-    const size_t nr = l->noisy ? 2 : 1, n_in = l->swiglu ? 2 : 1;
+    const size_t D = l->D, F = l->F, N = set->off[set->E], n_in = l->swiglu ? 2 : 1;
     size_t n = 0;
-    for (size_t i = 0; i < nr; i++)
-        s[n++] = (struct shape){ T, E, D, 0, 1, R_LOGITS }; // z (u) = x W^T
     for (size_t i = 0; i < n_in; i++)
-        s[n++] = (struct shape){ N, F, D, 0, 1, R_IN };     // a (b) = xd W^T
-    s[n++] = (struct shape){ N, D, F, 0, 1, R_OUT };        // yd = h W2^T
+        s[n++] = (struct shape){ N, F, D, 0, 1, R_IN, set };     // a (b) = xd W^T
+    s[n++] = (struct shape){ N, D, F, 0, 1, R_OUT, set };        // yd = h W2^T
     if (!backward)
         return n;
-    s[n++] = (struct shape){ N, F, D, 0, 0, R_DH };         // dh = dyd W2
-    s[n++] = (struct shape){ D, F, N, 1, 0, R_DW2 };        // dW2 += dyd^T h
+    s[n++] = (struct shape){ N, F, D, 0, 0, R_DH, set };         // dh = dyd W2
+    s[n++] = (struct shape){ D, F, N, 1, 0, R_DW2, set };        // dW2 += dyd^T h
     for (size_t i = 0; i < n_in; i++) {
-        s[n++] = (struct shape){ N, D, F, 0, 0, R_DX };     // dxd (+)= d{b,a} W
-        s[n++] = (struct shape){ F, D, N, 1, 0, R_DW };     // dW += d{b,a}^T xd
+        s[n++] = (struct shape){ N, D, F, 0, 0, R_DX, set };     // dxd (+)= d{b,a} W
+        s[n++] = (struct shape){ F, D, N, 1, 0, R_DW, set };     // dW += d{b,a}^T xd
     }
+    return n;
+}
+
+#define MAX_SHAPES 32
+static size_t pass_shapes(const struct moe_cuda_layer *l, int backward, struct shape *s)
+{
+    const size_t T = l->T, E = l->E, D = l->D;
+    const size_t nr = !l->gated ? 0 : l->noisy ? 2 : 1;
+    size_t n = 0;
+    for (size_t i = 0; i < nr; i++)
+        s[n++] = (struct shape){ T, E, D, 0, 1, R_LOGITS, NULL }; // z (u) = x W^T
+    n += set_shapes(l, &l->r, backward, s + n);
+    if (l->Sh)
+        n += set_shapes(l, &l->sh, backward, s + n);
+    if (!backward)
+        return n;
     for (size_t i = 0; i < nr; i++) {
-        s[n++] = (struct shape){ T, D, E, 0, 0, R_RDX };    // dx += dz W
-        s[n++] = (struct shape){ E, D, T, 1, 0, R_RDW };    // dW += dz^T x
+        s[n++] = (struct shape){ T, D, E, 0, 0, R_RDX, NULL };    // dx += dz W
+        s[n++] = (struct shape){ E, D, T, 1, 0, R_RDW, NULL };    // dW += dz^T x
     }
     return n;
 }
 
 double moe_cuda_layer_flops(const struct moe_cuda_layer *l, int backward)
 {
-    struct shape s[16];
+    struct shape s[MAX_SHAPES];
     size_t n = pass_shapes(l, backward, s);
     double flops = 0.0;
     for (size_t i = 0; i < n; i++)
@@ -692,14 +912,15 @@ static int dense(struct moe_cuda_layer *l, const struct shape *s, struct moe_err
 {
     const float *A, *B;
     float *C;
+    const struct eset *e = s->s ? s->s : &l->r;
     switch (s->r) {
-    case R_LOGITS: A = l->xd, B = l->wr, C = l->z; break;
-    case R_IN: A = l->xd, B = l->w1, C = l->a; break;
-    case R_OUT: A = l->hh, B = l->w2, C = l->yd; break;
-    case R_DH: A = l->dyd, B = l->w2, C = l->dh; break;
-    case R_DW2: A = l->dyd, B = l->hh, C = l->gw2; break;
-    case R_DX: A = l->da, B = l->w1, C = l->dxd; break;
-    case R_DW: A = l->da, B = l->xd, C = l->gw1; break;
+    case R_LOGITS: A = l->r.xd, B = l->wr, C = l->z; break;
+    case R_IN: A = e->xd, B = e->w1, C = e->a; break;
+    case R_OUT: A = e->hh, B = e->w2, C = e->yd; break;
+    case R_DH: A = e->dyd, B = e->w2, C = e->dh; break;
+    case R_DW2: A = e->dyd, B = e->hh, C = e->gw2; break;
+    case R_DX: A = e->da, B = e->w1, C = e->dxd; break;
+    case R_DW: A = e->da, B = e->xd, C = e->gw1; break;
     case R_RDX: A = l->dz, B = l->wr, C = l->dxr; break;
     default: A = l->dz, B = l->xr, C = l->gwr; break;
     }
@@ -711,7 +932,7 @@ static int dense(struct moe_cuda_layer *l, const struct shape *s, struct moe_err
 int moe_cuda_layer_reference(struct moe_cuda_layer *l, int backward, double *ret_seconds,
                              double *ret_flops, struct moe_err *err)
 {
-    struct shape s[16];
+    struct shape s[MAX_SHAPES];
     size_t n = pass_shapes(l, backward, s);
     struct moe_cuda_event *t0 = l->ev[MAX_MARKS - 1], *t1 = l->ev[MAX_MARKS]; // spare events (marks stop short)
     int rc = marks_flush(l, err);

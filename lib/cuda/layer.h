@@ -8,16 +8,17 @@
 // T = tokens, D = n_embd, F = n_ff, E = n_expert, K = n_expert_used,
 // S = slots per token.
 //
-// What it covers: the routers softmax (top-K), switch, gshard (both second-
-// expert policies), deepseek and noisy-topk; relu, gelu and swiglu experts;
-// both drop policies and the capacity formula of moe/dispatch.h; Switch input
-// jitter; the experts' hidden dropout (model.dropout.ffn, training passes);
-// the switch / gshard / topk-all balancing losses and the z-loss with their
-// gradients. Refused with a one-line error (moe_cuda_layer_create): hash
-// routing and expert choice, bias balancing, shared experts, Shazeer's
-// importance and load losses, and expert parallelism.
-// Not here: the rest of a model (cuda/model.h).
-//
+// What it covers: every router of moe/router.h (softmax top-K, switch, gshard
+// with both second-expert policies, deepseek, noisy-topk, expert choice with
+// every ec_eval mode, and hash routing from the keys' table entries); relu,
+// gelu and swiglu experts; shared experts (model.n_expert_shared); both drop
+// policies and the capacity formula of moe/dispatch.h; Switch input jitter;
+// the experts' hidden dropout (model.dropout.ffn, training passes); the
+// switch / gshard / topk-all balancing losses, Shazeer's importance and load
+// losses and the z-loss with their gradients; DeepSeek-V3's bias balancing
+// (moe.bias_balance: the offsets on the device, updated after each training
+// batch's routing). Not here: expert parallelism, the rest of a model
+// (cuda/model.h).
 // Built only with CUDA; a build without it links lib/cuda/layer_none.c,
 // whose moe_cuda_layer_create says so.
 #ifndef MOE_CUDA_LAYER_H
@@ -49,40 +50,59 @@ struct moe_dispatch;
 
 // A device layer for batches of up to T_max tokens with the settings of c
 // (moe_layer_cfg_parse's, or the model's first sparse layer's), every buffer
-// allocated on the current device, weights and gradients zero. MOE_EINVAL with
-// the reason when c asks for something the device layer does not do (above);
-// MOE_EIO / MOE_ENOMEM naming the CUDA or cuBLAS call that failed.
+// allocated on the current device, weights, gradients and bias balancing's
+// offsets zero. MOE_EINVAL with the reason when c and T_max ask for more rows
+// than the device layer indexes (int32); MOE_EIO / MOE_ENOMEM naming the CUDA
+// or cuBLAS call that failed.
 int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
                           struct moe_err *err);
 // The same refusal without creating anything: 0 when the device layer does c.
-int moe_cuda_layer_check(const struct moe_layer_cfg *c, struct moe_err *err);
+int moe_cuda_layer_check(const struct moe_layer_cfg *c, size_t T_max, struct moe_err *err);
 // The activation kernel of an FFN activation: relu, gelu; silu for swiglu
 // (whose gate product is a separate launch).
 enum moe_ffn_act;
 enum moe_cuda_act moe_cuda_ffn_act(enum moe_ffn_act a);
 void moe_cuda_layer_free(struct moe_cuda_layer *l);
 
-// Host weights in the checkpoint layout (moe_layer.h): router (E, D), noise
-// (E, D) (noisy-topk; else NULL), w1 (E, F, D), w3 (E, F, D) (swiglu; else
-// NULL), w2 (E, D, F), copied to the device.
-int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float *router, const float *noise, const float *w1,
-                               const float *w3, const float *w2, struct moe_err *err);
-// Use device buffers the caller owns, in the same layout, for the weights and
-// their gradients (a model's flat registry, cuda/model.h) instead of the
-// layer's own, which are freed: router (E, D), noise (E, D; noisy-topk),
-// w1, w3 (E, F, D; w3 for swiglu), w2 (E, D, F) and their gradients. The
-// pointers of what the layer does not have are ignored.
-void moe_cuda_layer_bind(struct moe_cuda_layer *l, float *wr, float *wn, float *w1, float *w3, float *w2,
-                         float *gwr, float *gwn, float *gw1, float *gw3, float *gw2);
+// One pointer per tensor of the layer in the checkpoint layout (moe_layer.h),
+// host or device memory as the function says; NULL for what the layer does
+// not have (or, where a function says so, what is not wanted).
+struct moe_cuda_layer_tensors {
+    float *router, *noise;  // (E, D): all routers but hash; noisy-topk
+    float *w1, *w3, *w2;    // the routed experts: (E, F, D), (E, F, D) swiglu, (E, D, F)
+    float *sw1, *sw3, *sw2; // the shared experts: (Sh, F, D), (Sh, F, D) swiglu, (Sh, D, F)
+};
+
+// Host weights copied to the device (every tensor the layer has is needed).
+int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const struct moe_cuda_layer_tensors *host,
+                               struct moe_err *err);
+// Use device buffers the caller owns, in the same layout, for the weights w
+// and their gradients g (a model's flat registry, cuda/model.h) instead of
+// the layer's own, which are freed. The pointers of what the layer does not
+// have are ignored.
+void moe_cuda_layer_bind(struct moe_cuda_layer *l, const struct moe_cuda_layer_tensors *w,
+                         const struct moe_cuda_layer_tensors *g);
+// Bias balancing's offsets (E floats, host memory; the CPU layer's
+// router.bias state) to and from the device; nothing without bias balancing.
+int moe_cuda_layer_set_bias(struct moe_cuda_layer *l, const float *bias, struct moe_err *err);
+int moe_cuda_layer_get_bias(const struct moe_cuda_layer *l, float *bias, struct moe_err *err);
+// Hash routing: the next forward's T tokens go to experts table[keys[t] % V]
+// (host memory: the keys and the CPU layer's table, looked up here as
+// moe_layer_forward does, the experts copied to the device). Call before each
+// forward of a hash layer (a forward of another T refuses); nothing for other
+// routers.
+int moe_cuda_layer_set_keys(struct moe_cuda_layer *l, const uint32_t *keys, const int32_t *table, size_t V,
+                            size_t T, struct moe_err *err);
 // Zero every gradient on the device.
 int moe_cuda_layer_zero_grad(struct moe_cuda_layer *l, struct moe_err *err);
-// The gradients to the host, same layout as set_weights (NULL: not copied).
-int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, float *router, float *noise, float *w1, float *w3,
-                             float *w2, struct moe_err *err);
+// The gradients to the host (host pointers; NULL: not copied).
+int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, const struct moe_cuda_layer_tensors *host,
+                             struct moe_err *err);
 
 // out (T, D) += MoE(x), x (T, D), both device memory, as moe_layer_forward
-// with keys, acc and label NULL: train (noise, jitter, GShard's random
-// policy, the training capacity factor), seed and step (the random streams).
+// with acc and label NULL (hash keys: moe_cuda_layer_set_keys): train (noise,
+// jitter, GShard's random policy, the training capacity factor, bias
+// balancing's update), seed and step (the random streams).
 // *ret_loss (may be NULL): the weighted auxiliary loss of the batch.
 int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x, size_t T, int train, uint64_t seed,
                            uint64_t step, double *ret_loss, struct moe_err *err);
@@ -94,7 +114,7 @@ int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, const float *do
 
 // The last forward's routing on the host: sel, idx (T, S), gate (T, S) (any
 // may be NULL); *ret_rows: the rows the experts ran (kept assignments); the
-// unweighted aux and z values (aux NaN for none).
+// unweighted aux and z values (aux NaN for none; both NaN for hash routing).
 int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *idx, float *gate, size_t *ret_rows,
                          double *ret_aux, double *ret_z, struct moe_err *err);
 // The last forward's routing statistics added to acc as moe_layer_forward adds

@@ -21,9 +21,9 @@ int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cf
 
 void moe_cuda_layer_free(struct moe_cuda_layer *l) { (void)l; }
 
-int moe_cuda_layer_check(const struct moe_layer_cfg *c, struct moe_err *err)
+int moe_cuda_layer_check(const struct moe_layer_cfg *c, size_t T_max, struct moe_err *err)
 {
-    (void)c;
+    (void)c, (void)T_max;
     return moe_error(err, MOE_EINVAL, NONE);
 }
 
@@ -33,10 +33,17 @@ int moe_cuda_use_device(int id, struct moe_err *err)
     return moe_error(err, MOE_EINVAL, NONE);
 }
 
-int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const float *router, const float *noise, const float *w1,
-                               const float *w3, const float *w2, struct moe_err *err)
+int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const struct moe_cuda_layer_tensors *host,
+                               struct moe_err *err)
 {
-    (void)l, (void)router, (void)noise, (void)w1, (void)w3, (void)w2;
+    (void)l, (void)host;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_layer_set_keys(struct moe_cuda_layer *l, const uint32_t *keys, const int32_t *table, size_t V,
+                            size_t T, struct moe_err *err)
+{
+    (void)l, (void)keys, (void)table, (void)V, (void)T;
     return moe_error(err, MOE_EINVAL, NONE);
 }
 
@@ -46,10 +53,10 @@ int moe_cuda_layer_zero_grad(struct moe_cuda_layer *l, struct moe_err *err)
     return moe_error(err, MOE_EINVAL, NONE);
 }
 
-int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, float *router, float *noise, float *w1, float *w3,
-                             float *w2, struct moe_err *err)
+int moe_cuda_layer_get_grads(const struct moe_cuda_layer *l, const struct moe_cuda_layer_tensors *host,
+                             struct moe_err *err)
 {
-    (void)l, (void)router, (void)noise, (void)w1, (void)w3, (void)w2;
+    (void)l, (void)host;
     return moe_error(err, MOE_EINVAL, NONE);
 }
 

@@ -76,6 +76,7 @@ void moe_cuda_model_free(struct moe_cuda_model *d)
         moe_cuda_free(d->mem[i]);
     free(d->yh), free(d->pred), free(d->onehot);
     free(d->htarget), free(d->hlabel), free(d->hargmax), free(d->hrow_loss);
+    free(d->hkeys);
     if (d->has_host) {
         moe_route_release(&d->hr);
         moe_dispatch_release(&d->hplan);
@@ -100,7 +101,7 @@ int moe_cuda_model_check(const struct moe_model *m, const struct moe_model_hp *h
     if (why)
         return moe_error(err, MOE_EINVAL, "CUDA model: %s", why);
     for (size_t l = 0; l < m->n_moe_layers; l++) {
-        int rc = moe_cuda_layer_check(&m->moe_layers[l]->c, err);
+        int rc = moe_cuda_layer_check(&m->moe_layers[l]->c, 1, err);
         if (rc)
             return rc;
     }
@@ -188,9 +189,19 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
         k->si = (int)si++;
         if ((rc = moe_cuda_layer_create(&k->moe, &ml->c, T, err)))
             break;
-        moe_cuda_layer_bind(k->moe, W(d, ml->i_router), W(d, ml->i_noise), W(d, ml->i_w1), W(d, ml->i_w3),
-                            W(d, ml->i_w2), G(d, ml->i_router), G(d, ml->i_noise), G(d, ml->i_w1), G(d, ml->i_w3),
-                            G(d, ml->i_w2));
+        const struct moe_cuda_layer_tensors w = { W(d, ml->i_router), W(d, ml->i_noise), W(d, ml->i_w1),
+                                                  W(d, ml->i_w3),     W(d, ml->i_w2),    W(d, ml->i_sw1),
+                                                  W(d, ml->i_sw3),    W(d, ml->i_sw2) },
+                                            g = { G(d, ml->i_router), G(d, ml->i_noise), G(d, ml->i_w1),
+                                                  G(d, ml->i_w3),     G(d, ml->i_w2),    G(d, ml->i_sw1),
+                                                  G(d, ml->i_sw3),    G(d, ml->i_sw2) };
+        moe_cuda_layer_bind(k->moe, &w, &g);
+        if ((rc = moe_cuda_layer_set_bias(k->moe, ml->bias, err))) // bias balancing's state, as the host has it
+            break;
+        if (ml->table && !d->hkeys && !(d->hkeys = malloc(T * sizeof *d->hkeys)))
+            rc = moe_error(err, MOE_ENOMEM, "out of memory for %zu hash keys", T);
+        if (ml->table)
+            d->hash_V = ml->c.hash_vocab; // moe.hash_vocab, every layer's
         E = ml->c.router.E > E ? ml->c.router.E : E;
         S = moe_cuda_layer_slots(k->moe) > S ? moe_cuda_layer_slots(k->moe) : S;
     }
@@ -348,6 +359,18 @@ int moe_cuda_ffn_backward(struct moe_cuda_model *d, size_t l, float *dn, const f
                   : moe_cuda_dense_backward(d, k, dn, dy, x, T, &dffn, err);
 }
 
+int moe_cuda_model_set_keys(struct moe_cuda_model *d, size_t T, struct moe_err *err)
+{
+    for (size_t l = 0; l < d->L; l++) {
+        const struct moe_cuda_block *k = &d->blk[l];
+        const struct moe_layer *ml = k->moe ? d->host->moe_layers[k->si] : NULL;
+        int rc;
+        if (ml && ml->table && (rc = moe_cuda_layer_set_keys(k->moe, d->hkeys, ml->table, ml->c.hash_vocab, T, err)))
+            return rc;
+    }
+    return 0;
+}
+
 // The forward pass of batch b in training (train: noise, jitter, the
 // training capacity) or evaluation mode, with the head's loss and its dy:
 // *ret_loss, *ret_aux; d->loss and d->T for the statistics.
@@ -362,6 +385,12 @@ static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int trai
         return moe_error(err, MOE_EINVAL, "batch of %zu rows exceeds the device model's maximum %zu", T, d->T_max);
     if (b->kd)
         return moe_error(err, MOE_EINVAL, "CUDA model: distillation is not on the device yet");
+    if (d->hkeys) { // hash routing keys on the input rows (mlp_moe.c hash_keys)
+        for (size_t t = 0; t < T; t++)
+            d->hkeys[t] = moe_hash_key_row(b->x + t * I, I, d->hash_V);
+        if ((rc = moe_cuda_model_set_keys(d, T, err)))
+            return rc;
+    }
     if ((rc = moe_cuda_to_device(d->x, b->x, T * I * sizeof(float), err)) ||
         (d->ce && (rc = moe_cuda_to_device(d->label, b->label, T * sizeof(int32_t), err))) ||
         (!d->ce && (rc = moe_cuda_to_device(d->target, b->y, T * O * sizeof(float), err))))
@@ -509,5 +538,8 @@ int moe_cuda_model_download(const struct moe_cuda_model *d, struct moe_model *m,
         rc = moe_cuda_to_host(o->m, d->m, n, err);
     if (!rc && o && o->v && d->v)
         rc = moe_cuda_to_host(o->v, d->v, n, err);
+    for (size_t l = 0; !rc && l < d->L; l++) // bias balancing's offsets: state, not parameters
+        if (d->blk[l].moe)
+            rc = moe_cuda_layer_get_bias(d->blk[l].moe, m->moe_layers[d->blk[l].si]->bias, err);
     return rc;
 }

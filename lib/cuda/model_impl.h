@@ -77,6 +77,8 @@ struct moe_cuda_model {
     struct moe_route hr;
     struct moe_dispatch hplan;
     int has_host;
+    uint32_t *hkeys;             // (T_max) host: the batch's hash keys (a model with hash routing), or NULL
+    size_t hash_V;               // their vocabulary (moe.hash_vocab)
     // the transformer (tf set; transformer.c): B_max windows of C tokens, H
     // heads; the token and position embeddings and the head (tok_emb when
     // tied); on the device the batch's windows (B_max, C + 1), the attention's
@@ -134,6 +136,10 @@ int moe_cuda_ffn_forward(struct moe_cuda_model *d, size_t l, float *out, const f
                          uint64_t step, double *ret_aux, struct moe_err *err);
 int moe_cuda_ffn_backward(struct moe_cuda_model *d, size_t l, float *dn, const float *dy, const float *x, size_t T,
                           uint64_t step, struct moe_err *err);
+
+// Hash routing: the T tokens' keys in d->hkeys handed to every hash layer
+// with its host table (moe_cuda_layer_set_keys), before a forward.
+int moe_cuda_model_set_keys(struct moe_cuda_model *d, size_t T, struct moe_err *err);
 
 // transformer.c: its buffers (after model.c's: the registry, h, n, y and the
 // rest for T_max tokens) and tensor indices; its forward with the loss pass,

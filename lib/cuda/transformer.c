@@ -128,7 +128,8 @@ int moe_cuda_tf_forward(struct moe_cuda_model *d, const struct moe_batch *b, int
         return moe_error(err, MOE_EINVAL, "batch of %zu windows exceeds the device model's maximum %zu", B, d->B_max);
     if (b->kd)
         return moe_error(err, MOE_EINVAL, "CUDA model: distillation is not on the device yet");
-    if ((rc = moe_transformer_batch(d->host, b, d->htarget, NULL, d->hlabel, err)))
+    if ((rc = moe_transformer_batch(d->host, b, d->htarget, d->hkeys, d->hlabel, err)) ||
+        (d->hkeys && (rc = moe_cuda_model_set_keys(d, T, err)))) // hash routing: keys are the input token ids
         return rc;
     if (B == 0)
         return moe_error(err, MOE_EINVAL, "CUDA model: an empty batch");
