@@ -90,6 +90,14 @@ static void compare_final(const char *name, const struct moe_cuda_model *d, cons
     const size_t n = m->params.numel;
     struct moe_model md = *m;
     md.params.data = malloc(n * 4), md.params.grad = malloc(n * 4);
+    // its sparse layers: copies whose state (bias balancing's offsets) has buffers of its own
+    struct moe_layer *lc = calloc(m->n_moe_layers + 1, sizeof *lc), **lp = calloc(m->n_moe_layers + 1, sizeof *lp);
+    for (size_t l = 0; l < m->n_moe_layers; l++) {
+        lc[l] = *m->moe_layers[l];
+        lc[l].bias = lc[l].bias ? calloc(lc[l].c.router.E, 4) : NULL;
+        lp[l] = &lc[l];
+    }
+    md.moe_layers = lp;
     struct moe_optim oh = *od;
     oh.m = od->m ? malloc(n * 4) : NULL, oh.v = od->v ? malloc(n * 4) : NULL;
     if (moe_cuda_model_download(d, &md, &oh, &err))
@@ -108,10 +116,25 @@ static void compare_final(const char *name, const struct moe_cuda_model *d, cons
             EXPECT(mx > 0.0, "%s %s: the device's gradient is zero", name, t->name);
         }
     }
+    for (size_t l = 0; l < m->n_moe_layers; l++) { // bias balancing's offsets: state, compared exactly
+        const struct moe_layer *ml = m->moe_layers[l];
+        if (!ml->bias)
+            continue;
+        const float *b = md.moe_layers[l]->bias;
+        size_t diff = 0, moved = 0;
+        for (size_t e = 0; e < ml->c.router.E; e++)
+            diff += b[e] != ml->bias[e], moved += ml->bias[e] != 0.0f;
+        printf("# %s layer %zu bias: %zu of %zu offsets differ; %zu moved from 0\n", name, l, diff,
+               ml->c.router.E, moved);
+        EXPECT(diff == 0 && moved > 0, "%s layer %zu: bias offsets (%zu differ, %zu moved)", name, l, diff, moved);
+    }
     if (o->m)
         compare(name, "optimizer m", oh.m, o->m, n, 1e-3);
     if (o->v)
         compare(name, "optimizer v", oh.v, o->v, n, 1e-3);
+    for (size_t l = 0; l < m->n_moe_layers; l++)
+        free(lc[l].bias);
+    free(lc), free(lp);
     free(md.params.data), free(md.params.grad), free(oh.m), free(oh.v);
 }
 
@@ -308,16 +331,15 @@ static void run_tf_case(const struct tcase *k)
 }
 
 // What the device step refuses, with its one line: hash routing, shared experts.
+// What the device model refuses: other model types, with one line naming them.
 static void test_refusals(void)
 {
-    static const char *const dense[] = { "model.type=mlp-moe", "moe.router=hash", "model.n_expert_used=1" };
-    static const char *const drop[] = { "model.type=mlp-moe", "model.n_expert_shared=1" };
+    static const char *const mix[] = { "model.type=mixture" };
+    static const char *const mlp[] = { "model.type=mlp" };
     const struct {
         const char *const *ovs;
         size_t n;
-        const char *want;
-    } c[] = { { dense, 3, "hash routing and expert choice are not on the device yet" },
-              { drop, 2, "shared experts (model.n_expert_shared) are not on the device yet" } };
+    } c[] = { { mix, 1 }, { mlp, 1 } };
     for (size_t i = 0; i < 2; i++) {
         struct moe_err err;
         struct moe_config cfg;
@@ -335,7 +357,8 @@ static void test_refusals(void)
         struct moe_cuda_model *d = NULL;
         int rc = moe_cuda_model_create(&d, &m, &hp, &o, 8, &err);
         printf("# refusal %zu: rc %d: %s\n", i, rc, rc ? err.msg : "");
-        EXPECT(rc == MOE_EINVAL && d == NULL && strstr(err.msg, c[i].want), "refusal %zu: rc %d", i, rc);
+        EXPECT(rc == MOE_EINVAL && d == NULL && strstr(err.msg, "mlp-moe and transformer models only"),
+               "refusal %zu: rc %d", i, rc);
         moe_optim_release(&o);
         moe_model_release(&m);
         moe_config_release(&cfg);
@@ -489,13 +512,16 @@ static void test_trainer(void)
                                        "optim.lr=0.05", "optim.clip=0.5" };
     static const char *const dense[] = { "model.n_layer=3", "model.moe_every=3", "moe.router=softmax" };
     static const char *const best[] = { "train.select=best_valid_loss", "train.epochs=4", "optim.lr=0.2" };
+    static const char *const hash[] = { "moe.router=hash", "model.n_expert_used=1", "moe.hash_table=balanced",
+                                        "moe.hash_vocab=64", "model.n_expert_shared=1" };
     const struct {
         const char *name;
         const char *const *ovs;
         size_t n;
-    } runs[] = { { "trainer noisy-topk classes", none, 1 }, { "trainer switch regression", reg, 10 },
-                 { "trainer best validation epoch", best, 3 }, { "trainer dense, dense, sparse", dense, 3 } };
-    for (size_t i = 0; i < 4; i++) {
+    } runs[] = { { "trainer noisy-topk classes", none, 1 },         { "trainer switch regression", reg, 10 },
+                 { "trainer best validation epoch", best, 3 },      { "trainer dense, dense, sparse", dense, 3 },
+                 { "trainer hash (balanced table), shared", hash, 5 } };
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
         struct outcome a = { 0 }, b = { 0 };
         struct tctx ca = { .o = &a }, cb = { .o = &b };
         train_run(TRAIN_CFG, runs[i].ovs, runs[i].n, 0, &ca, 0);
@@ -530,6 +556,24 @@ static void test_trainer(void)
         train_run(TRAIN_CFG, every, 1, cut[i].second, &c2, 1);
         same_run(what, &o, &ref);
         outcome_free(&o);
+    }
+    // bias balancing's offsets are state the checkpoint keeps: a run stopped on
+    // the device and resumed on the device, against the CPU's uninterrupted run
+    {
+        static const char *const bias[] = { "train.checkpoint_every=1", "moe.router=deepseek",
+                                            "model.n_expert_used=2", "moe.bias_balance=true", "moe.aux_loss=none",
+                                            "moe.bias_rate=0.01" };
+        struct outcome r2 = { 0 }, o = { 0 };
+        struct tctx c0 = { .o = &r2 }, c1 = { .o = &o, .path = path, .stop_at_step = 11 };
+        train_run(TRAIN_CFG, bias, 6, 0, &c0, 0);
+        train_run(TRAIN_CFG, bias, 6, 1, &c1, 0);
+        EXPECT(o.rc == MOE_EINTR, "bias balancing: expected a stop, got rc %d (%s)", o.rc, o.err.msg);
+        o.len = o.ckpt_len;
+        o.rows[o.len] = '\0';
+        struct tctx c2 = { .o = &o, .path = path };
+        train_run(TRAIN_CFG, bias, 6, 1, &c2, 1);
+        same_run("bias balancing: stop at step 11 on the device, resume on the device", &o, &r2);
+        outcome_free(&o), outcome_free(&r2);
     }
 #ifdef MOE_TEST_CUDA_HOST
     // Faults (the emulation's, tests/cuda_host.c): a full device while the
@@ -743,6 +787,22 @@ int main(void)
         { "dropout-ffn-only-switch-sgd", 0,
           { "model.type=mlp-moe", "moe.router=switch", "model.n_expert_used=1", "model.n_expert=4",
             "model.n_embd=8", "model.n_ff=16", "model.n_layer=2", "model.dropout.ffn=0.25", "optim.type=sgd", NULL } },
+        { "hash-shared-swiglu-adamw", 0,
+          { "model.type=mlp-moe", "moe.router=hash", "model.n_expert_used=1", "model.n_expert=4",
+            "model.n_expert_shared=1", "moe.hash_vocab=13", "model.n_embd=16", "model.n_ff=16", "model.n_layer=2",
+            "model.ffn_activation=swiglu", "optim.type=adamw", NULL } },
+        { "expert-choice-zloss-sgd-regression", 1,
+          { "model.type=mlp-moe", "moe.router=expert-choice", "model.n_expert=4", "moe.ec_factor=1.5",
+            "model.n_embd=16", "model.n_ff=16", "model.n_layer=2", "moe.z_weight=0.001", "optim.type=sgd",
+            "optim.momentum=0.9", NULL } },
+        { "softmax-bias-balance-shared2-dropout-adamw", 0,
+          { "model.type=mlp-moe", "moe.router=softmax", "model.n_expert=6", "moe.bias_balance=true",
+            "moe.aux_loss=none", "model.n_expert_shared=2", "model.dropout.ffn=0.2", "model.n_embd=16",
+            "model.n_ff=16", "model.n_layer=2", "optim.type=adamw", NULL } },
+        { "noisy-shazeer-gelu-adamw", 0,
+          { "model.type=mlp-moe", "moe.router=noisy-topk", "model.n_expert=6", "moe.aux_loss=shazeer",
+            "model.n_embd=16", "model.n_ff=16", "model.n_layer=2", "model.ffn_activation=gelu", "optim.type=adamw",
+            "optim.lr=0.003", NULL } },
         { "noisy-relu-adamw", 0,
           { "model.type=mlp-moe", "moe.router=noisy-topk", "model.n_expert=4", "model.n_embd=8", "model.n_ff=16",
             "model.n_layer=2", "moe.aux_loss=switch", "optim.type=adamw", "optim.lr=0.003", NULL } },
@@ -770,6 +830,22 @@ int main(void)
             "model.ffn_activation=gelu", "moe.jitter=0.01", "moe.lang_router=true", "optim.type=gd", "optim.lr=0.1",
             NULL } },
     };
+    static const struct tcase tcases2[] = {
+        { "transformer-hash-shared-adamw",
+          { "model.type=transformer", "model.n_ctx=6", "model.n_embd=16", "model.n_head=2", "model.n_layer=2",
+            "model.n_ff=16", "model.n_expert=4", "moe.router=hash", "model.n_expert_used=1",
+            "model.n_expert_shared=1", "optim.type=adamw", NULL } },
+        { "transformer-expert-choice-prefix-eval-sgd",
+          { "model.type=transformer", "model.n_ctx=6", "model.n_embd=16", "model.n_head=2", "model.n_layer=2",
+            "model.n_ff=16", "model.n_expert=4", "moe.router=expert-choice", "moe.ec_factor=2",
+            "moe.ec_eval=prefix", "moe.z_weight=0.001", "optim.type=sgd", "optim.momentum=0.9", NULL } },
+        { "transformer-deepseek-bias-balance-langrouter-adamw",
+          { "model.type=transformer", "model.n_ctx=5", "model.n_embd=12", "model.n_head=3", "model.n_layer=2",
+            "model.n_ff=8", "model.n_expert=6", "model.n_expert_used=2", "moe.router=deepseek",
+            "moe.bias_balance=true", "moe.aux_loss=none", "moe.lang_router=true", "optim.type=adamw", NULL } },
+    };
+    for (size_t i = 0; i < sizeof tcases2 / sizeof *tcases2; i++)
+        run_tf_case(&tcases2[i]);
     for (size_t i = 0; i < sizeof tcases / sizeof *tcases; i++)
         run_tf_case(&tcases[i]);
     test_refusals();
