@@ -13,7 +13,9 @@
 // either side is the same file.
 //
 // What it covers: mlp-moe and transformer, their sparse blocks with the
-// routers and experts of the device layer (layer.h) and their dense blocks
+// routers and experts of the device layer (layer.h: every router, shared
+// experts, bias balancing, whose offsets cross with the weights; hash keys
+// made on the host from the batch) and their dense blocks
 // (model.moe_every > 1: the FFN of moe/experts.c); the Transformer's
 // embeddings, causal attention, tied or untied head and language-aware
 // routing (moe.lang_router); LayerNorm or RMSNorm, cross-entropy or squared
