@@ -525,6 +525,16 @@ int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float
 }
 
 // Scratch: the (block, lane) sums, then the blocks' sums, then the total.
+int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_t k, int last, struct moe_err *err)
+{
+    (void)err;
+    if (n == 0 || (k == 0 && last))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        moe_k_fold(a, g, out, i, w, k, last);
+    return 0;
+}
+
 int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err)
 {
     double *lanes = scratch, *part = lanes + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, *sq = part + MOE_K_SQ_BLOCKS;

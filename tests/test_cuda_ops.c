@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "core/gemm.h"
+#include "core/params.h"
 #include "core/rng.h"
 #include "cuda/blas.h"
 #include "cuda/kernels/attention.h"
@@ -996,6 +997,31 @@ static void test_linear_bias(void)
 
 // The gradient norm's sum of squares: doubles, multiply then add (no FMA on
 // either side), in the CPU's blocks and lanes, so the library's bits.
+// Gradient accumulation's sum: a multiplication and an addition per value,
+// so exact; three micro-batches, and one (k = 0 and last: nothing changes).
+static void test_fold(void)
+{
+    const size_t n = 70001;
+    struct moe_err err;
+    float *g = malloc(n * 4), *a = malloc(n * 4), *o = malloc(n * 4), *o2 = malloc(n * 4);
+    float *da = dev(NULL, n * 4), *dg = dev(NULL, n * 4);
+    const float w[3] = { 0.375f, 0.375f, 0.25f };
+    for (size_t k = 0; k < 3; k++) {
+        fill(g, n, 150 + (uint32_t)k, -2.0f, 2.0f);
+        memcpy(o, g, n * 4);
+        moe_fold(a, o, o, n, w[k], k, k == 2);
+        EXPECT(moe_cuda_to_device(dg, g, n * 4, &err) == 0 && moe_cuda_fold(da, dg, dg, n, w[k], k, k == 2, &err) == 0,
+               "%s", err.msg);
+    }
+    host(o2, dg, n * 4);
+    EXPECT(memcmp(o, o2, n * 4) == 0, "fold: the step's gradient differs from moe_fold's");
+    EXPECT(moe_cuda_fold(da, dg, dg, n, 0.5f, 0, 1, &err) == 0, "%s", err.msg);
+    host(o, dg, n * 4);
+    EXPECT(memcmp(o, o2, n * 4) == 0, "fold of a single micro-batch changed the gradient");
+    moe_cuda_free(da), moe_cuda_free(dg);
+    free(g), free(a), free(o), free(o2);
+}
+
 static void test_sum_sq(void)
 {
     struct moe_err err;
@@ -1113,6 +1139,7 @@ int main(void)
     test_dropout();
     test_linear_bias();
     test_sum_sq();
+    test_fold();
     test_distill();
     test_gemm();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);

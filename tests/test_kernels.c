@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "core/gemm.h"
+#include "core/params.h"
 #include "core/rng.h"
 #include "core/vmath.h"
 #include "cuda/kernels/attention.h"
@@ -1465,6 +1466,30 @@ END_TEST
 // The gradient norm's sum of squares by the three launches' bodies against
 // moe_optim_sum_sq, bit for bit, for sizes below, at and past the block count,
 // with short and empty last blocks, and past the CPU's threading threshold.
+// Gradient accumulation's sum against core/params.h moe_fold: three and
+// four micro-batches of uneven weights, bit for bit.
+START_TEST(test_fold)
+{
+    const size_t n = 1031;
+    float *g = malloc(n * 4), *a1 = malloc(n * 4), *a2 = malloc(n * 4), *o1 = malloc(n * 4), *o2 = malloc(n * 4);
+    for (size_t M = 3; M <= 4; M++) {
+        for (size_t k = 0; k < M; k++) {
+            float w = (float)((double)(k + 2) / (double)(M * (M + 3) / 2 + M));
+            int last = k + 1 == M;
+            fill(g, n, 500 + (uint32_t)(M * 10 + k), -3.0f, 3.0f);
+            memcpy(o1, g, n * 4), memcpy(o2, g, n * 4);
+            moe_fold(a1, o1, o1, n, w, k, last);
+            for (size_t i = 0; i < n; i++)
+                moe_k_fold(a2, o2, o2, i, w, k, last);
+            same_floats(a1, a2, n, "fold accumulator");
+            if (last)
+                same_floats(o1, o2, n, "fold output");
+        }
+    }
+    free(g), free(a1), free(a2), free(o1), free(o2);
+}
+END_TEST
+
 START_TEST(test_sum_sq)
 {
     ck_assert_int_eq(MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, 2048);
@@ -1561,6 +1586,7 @@ int main(void)
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_linear_bias);
     tcase_add_test(tc, test_sum_sq);
+    tcase_add_test(tc, test_fold);
     tcase_add_test(tc, test_attention_fd);
     suite_add_tcase(s, tc);
     return moe_test_run(s);

@@ -186,6 +186,25 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
     return moe_error(err, MOE_EINVAL, NONE);
 }
 
+int moe_cuda_model_backprop(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
+                            struct moe_err *err)
+{
+    (void)d, (void)b, (void)ret_loss, (void)ret_aux;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_model_fold(struct moe_cuda_model *d, size_t k, int last, float w, struct moe_err *err)
+{
+    (void)d, (void)k, (void)last, (void)w;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_model_gnorm(struct moe_cuda_model *d, double *ret_gnorm, struct moe_err *err)
+{
+    (void)d, (void)ret_gnorm;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
 int moe_cuda_model_update(struct moe_cuda_model *d, struct moe_optim *o, double gnorm, struct moe_err *err)
 {
     (void)d, (void)o, (void)gnorm;

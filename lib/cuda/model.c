@@ -434,16 +434,15 @@ int moe_cuda_model_eval(struct moe_cuda_model *d, const struct moe_batch *b, str
     return rc ? rc : moe_cuda_model_stats(d, b, s, err);
 }
 
-int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
-                        double *ret_gnorm, struct moe_err *err)
+int moe_cuda_model_backprop(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
+                            struct moe_err *err)
 {
     const size_t T = b->n, I = d->I, D = d->D, O = d->O, L = d->L, TD = T * D;
-    *ret_gnorm = 0.0;
     int rc = d->tf ? moe_cuda_tf_forward(d, b, 1, ret_loss, ret_aux, err) : forward(d, b, 1, ret_loss, ret_aux, err);
     if (rc || (rc = moe_cuda_memset(d->g, 0, d->numel * sizeof(float), "gradients", err)))
         return rc;
     if (d->tf)
-        return (rc = moe_cuda_tf_backward(d, err)) ? rc : grad_norm(d, ret_gnorm, err);
+        return moe_cuda_tf_backward(d, err);
     float *nf = d->n + L * TD;
     // backward: dh holds dL/dh_l for the current l
     if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
@@ -460,10 +459,34 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
                                          d->rstd + l * T, W(d, k->i_g), T, D, err)))
             return rc;
     }
-    if ((rc = moe_cuda_linear_backward(NULL, G(d, d->i_win), G(d, d->i_bin), d->dh, d->x, W(d, d->i_win), T, I, D,
-                                       1.0f, "input backward", err)))
-        return rc;
+    return moe_cuda_linear_backward(NULL, G(d, d->i_win), G(d, d->i_bin), d->dh, d->x, W(d, d->i_win), T, I, D,
+                                    1.0f, "input backward", err);
+}
+
+int moe_cuda_model_gnorm(struct moe_cuda_model *d, double *ret_gnorm, struct moe_err *err)
+{
     return grad_norm(d, ret_gnorm, err);
+}
+
+int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
+                        double *ret_gnorm, struct moe_err *err)
+{
+    *ret_gnorm = 0.0;
+    int rc = moe_cuda_model_backprop(d, b, ret_loss, ret_aux, err);
+    return rc ? rc : grad_norm(d, ret_gnorm, err);
+}
+
+// The trainer's accumulate(): one fold over the flat registry (the
+// optimizer's one segment; padding folds zeros), the sum in d->acc, made at
+// the first step of more than one micro-batch.
+int moe_cuda_model_fold(struct moe_cuda_model *d, size_t k, int last, float w, struct moe_err *err)
+{
+    int rc;
+    if (k == 0 && last)
+        return 0;
+    if (!d->acc && (rc = dalloc(d, &d->acc, d->numel * sizeof(float), "gradient accumulator", err)))
+        return rc;
+    return moe_cuda_fold(d->acc, d->g, d->g, d->numel, w, k, last, err);
 }
 
 // train/optim.c moe_optim_step_segs over one segment: the clipping scale, the

@@ -71,6 +71,19 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
                         double *ret_gnorm, struct moe_err *err);
 int moe_cuda_model_update(struct moe_cuda_model *d, struct moe_optim *o, double gnorm, struct moe_err *err);
 
+// The same parts for gradient accumulation (train.accumulate: the trainer's
+// train_micro, accumulate and train_update): moe_cuda_model_backprop is one
+// micro-batch's forward and backward (gradients from zero, no norm);
+// moe_cuda_model_fold adds micro-batch k's gradients with weight w (its
+// share of the step's rows) into the step's sum, kept on the device, and the
+// last one (last) leaves the sum in the gradients, as core/params.h moe_fold
+// (a step of one micro-batch: nothing to do); moe_cuda_model_gnorm is the
+// global gradient norm of the gradients as they are.
+int moe_cuda_model_backprop(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
+                            struct moe_err *err);
+int moe_cuda_model_fold(struct moe_cuda_model *d, size_t k, int last, float w, struct moe_err *err);
+int moe_cuda_model_gnorm(struct moe_cuda_model *d, double *ret_gnorm, struct moe_err *err);
+
 // The statistics of the last pass over batch b (moe_cuda_model_grad's) added
 // to s as the CPU model's training pass adds them (moe_model_run with stats):
 // the loss, the head's predictions against the targets, and every layer's

@@ -55,6 +55,7 @@ struct moe_cuda_model {
     void *mem[MOE_CUDA_MODEL_MEM];
     int n_mem;
     float *w, *g, *m, *v;        // (numel) the registry's layout; m, v as the optimizer needs
+    float *acc;                  // (numel) gradient accumulation's sum (train.accumulate > 1), or NULL
     float *x, *target;           // (T_max, I), (T_max, O) regression targets
     int32_t *label;              // (T_max) classes (transformer: next tokens)
     float *h, *n, *mean, *rstd;  // (L + 1, T_max, D) and (L + 1, T_max): block inputs, FFN norms, the final norm

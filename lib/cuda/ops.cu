@@ -851,6 +851,23 @@ __global__ void sumsq_total_kernel(double *sq, const double *part)
         moe_k_sumsq_total(sq, part);
 }
 
+__global__ void fold_kernel(float *a, const float *g, float *out, size_t n, float w, size_t k, int last)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        moe_k_fold(a, g, out, i, w, k, last);
+}
+
+extern "C" int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_t k, int last,
+                             struct moe_err *err)
+{
+    if (n == 0 || (k == 0 && last))
+        return 0;
+    unsigned threads = 256, blocks = (unsigned)((n + threads - 1) / threads);
+    fold_kernel<<<blocks, threads>>>(a, g, out, n, w, k, last);
+    return launched("fold_kernel", err);
+}
+
 extern "C" int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err)
 {
     double *lanes = scratch, *part = lanes + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, *sq = part + MOE_K_SQ_BLOCKS;

@@ -188,6 +188,11 @@ int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const
 struct moe_k_optim;
 int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float *m, float *v, size_t n,
                           struct moe_err *err);
+// Gradient accumulation (moe_fold): micro-batch k's gradient g (n values)
+// with weight w into the accumulator a (a = w g for k = 0, a += w g before
+// the last), the last one into out = a + w g. k = 0 and last both: nothing
+// (the gradient stays as it is, as the trainer's single micro-batch).
+int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_t k, int last, struct moe_err *err);
 // The sum of squares of g (n values) for the global gradient norm, in
 // moe_optim_sum_sq's blocks, lanes and order (kernels/optim.h), into *ret on
 // the host. Scratch: MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1 doubles of

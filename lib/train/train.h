@@ -388,10 +388,10 @@ struct moe_train_device {
     const struct moe_model_hp *hp; // the model's hyperparameters (what it was built from)
 };
 // What training on a device needs (checked by moe_train_run too): one
-// process, train.accumulate 1, every tensor trained, no LoRA or distillation
+// process, every tensor trained, no LoRA or distillation
 // (yet); the device model refuses the rest (cuda/model.h). MOE_ECONFIG or
 // MOE_EINVAL naming the key or the option.
-int moe_train_device_check(size_t accumulate, int dist, int frozen, int lora, int distill, struct moe_err *err);
+int moe_train_device_check(int dist, int frozen, int lora, int distill, struct moe_err *err);
 // The global gradient norm over the trainer's units with nothing frozen, one
 // process: each tensor, or each routed expert of an expert tensor, summed by
 // moe_optim_sum_sq, added in registry order (device_check.c).

@@ -513,7 +513,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     const struct moe_dataset *tr = r->tr;
     int rc;
     if (hooks->device &&
-        ((rc = moe_train_device_check(tc->accumulate, hooks->dist && hooks->dist->size > 1, hooks->frozen != NULL,
+        ((rc = moe_train_device_check(hooks->dist && hooks->dist->size > 1, hooks->frozen != NULL,
                                       hooks->lora != NULL, hooks->distill != NULL, err)) ||
          (rc = moe_cuda_use_device(hooks->device->id, err))))
         return rc;
@@ -1177,12 +1177,10 @@ static int train_update(struct run *r, uint64_t epoch, double step_loss, size_t 
 
 // ---- training steps on a CUDA device (hooks->device; cuda/model.h) ----
 // What it needs beyond what the device model checks itself.
-int moe_train_device_check(size_t accumulate, int dist, int frozen, int lora, int distill, struct moe_err *err)
+int moe_train_device_check(int dist, int frozen, int lora, int distill, struct moe_err *err)
 {
     if (dist)
         return moe_error(err, MOE_EINVAL, "training on a CUDA device runs in one process (no mpirun) so far");
-    if (accumulate > 1)
-        return moe_error(err, MOE_ECONFIG, "key 'train.accumulate': gradient accumulation is not on the CUDA device yet (use 1, or --device cpu)");
     if (frozen)
         return moe_error(err, MOE_ECONFIG, "keys 'train.trainable', 'train.freeze': partial fine-tuning is not on the CUDA device yet (use --device cpu)");
     if (lora)
@@ -1192,25 +1190,45 @@ int moe_train_device_check(size_t accumulate, int dist, int frozen, int lora, in
     return 0;
 }
 
-// One optimizer step of n rows from start on the device: train_micro and
-// train_update's work in their order (the batch, forward and backward, the
-// statistics into sb, the check for a non-finite loss, the gradient norm's,
-// the learning rate, the update), each fault reported from the host's copy
-// of the device's weights or gradients as on the CPU.
-static int dev_step(struct run *r, uint64_t epoch, size_t start, size_t n, struct moe_err *err)
+// One optimizer step of step_rows rows from start on the device:
+// train_micro, accumulate and train_update's work in their order (per
+// micro-batch: the batch with its router stream, forward and backward, the
+// statistics into sb (through sm when a step has several), the check for a
+// non-finite loss, the weighted sum of the gradients; then the gradient
+// norm's check, the learning rate, the update), each fault reported from the
+// host's copy of the device's weights or gradients as on the CPU.
+static int dev_step(struct run *r, uint64_t epoch, size_t start, size_t step_rows, struct moe_err *err)
 {
-    struct moe_batch b = gather_batch(r, epoch, start, n);
-    b.step = r->ck.pos.steps; // train_micro's stream with one micro-batch per step
-    double loss, aux, gnorm;
-    int rc = moe_cuda_model_grad(r->dev, &b, &loss, &aux, &gnorm, err);
-    r->dev_stale = 1;
-    if (rc || (rc = moe_cuda_model_stats(r->dev, &b, &r->sb, err)))
-        return rc;
+    const size_t M = (step_rows + r->bs - 1) / r->bs;
     const uint64_t step = r->ck.pos.steps + 1;
-    if (!isfinite(loss))
-        return (rc = dev_sync(r, err)) ? rc : loss_fault(&r->m->params, step, epoch, loss, err);
+    double step_loss = 0.0, gnorm;
+    int rc;
+    for (size_t k = 0, done = 0; k < M; k++) {
+        size_t n = step_rows - done < r->bs ? step_rows - done : r->bs;
+        struct moe_batch b = gather_batch(r, epoch, start + done, n);
+        b.step = r->ck.pos.steps * r->accum + k; // train_micro's stream: one per micro-batch
+        double loss, aux;
+        struct moe_stats *st = r->accum > 1 ? &r->sm : &r->sb;
+        if (r->accum > 1)
+            moe_stats_reset(st);
+        rc = moe_cuda_model_backprop(r->dev, &b, &loss, &aux, err);
+        r->dev_stale = 1;
+        if (rc || (rc = moe_cuda_model_stats(r->dev, &b, st, err)))
+            return rc;
+        if (r->accum > 1)
+            moe_stats_merge(&r->sb, st);
+        if (!isfinite(loss))
+            return (rc = dev_sync(r, err)) ? rc : loss_fault(&r->m->params, step, epoch, loss, err);
+        step_loss += loss;
+        done += n;
+        if ((rc = moe_cuda_model_fold(r->dev, k, done == step_rows, (float)((double)n / (double)step_rows), err)))
+            return rc;
+    }
+    if ((rc = moe_cuda_model_gnorm(r->dev, &gnorm, err)))
+        return rc;
     if (!isfinite(gnorm))
-        return (rc = dev_sync(r, err)) ? rc : grad_fault(&r->m->params, NULL, step, epoch, loss / (double)n, err);
+        return (rc = dev_sync(r, err)) ? rc
+                                       : grad_fault(&r->m->params, NULL, step, epoch, step_loss / (double)step_rows, err);
     r->opt.lr = moe_lr_at(&r->oc, r->run_steps, r->ck.pos.steps);
     return moe_cuda_model_update(r->dev, &r->opt, gnorm, err);
 }

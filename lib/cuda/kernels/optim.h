@@ -109,4 +109,19 @@ static inline MOE_HD void moe_k_sumsq_total(double *sq, const double *part)
     *sq = s;
 }
 
+// Gradient accumulation's sum (core/params.h moe_fold: train/trainer.c's
+// train.accumulate), element i: micro-batch k of a step adds its gradient g
+// with weight w (its share of the step's rows) into the accumulator a, a =
+// w g for k = 0, a += w g after; the last one writes out = a + w g (a
+// multiplication then an addition, as the CPU's loop: no fused multiply-add).
+static inline MOE_HD void moe_k_fold(float *a, const float *g, float *out, size_t i, float w, size_t k, int last)
+{
+    if (k == 0)
+        a[i] = w * g[i];
+    else if (!last)
+        a[i] += w * g[i];
+    else
+        out[i] = a[i] + w * g[i];
+}
+
 #endif
