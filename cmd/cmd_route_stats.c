@@ -9,8 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend.h"
 #include "ckpt.h"
 #include "cli.h"
+#include "cuda/model.h"
+#include "cuda/ops.h"
 #include "estimate.h"
 #include "io/atomic.h"
 #include "io/csv_writer.h"
@@ -21,6 +24,7 @@
 static const char *const usage =
     "usage: moe route-stats --checkpoint CKPT --out DIR [--data train|valid|test] [--capacity-factors A,B,...]\n"
     "                       [--trace FILE.jsonl] [--set key.path=value]... [--threads N] [--ignore-memory]\n"
+    "                       [--device cpu|cuda|cuda:N]\n"
     "                       [--quiet] [--tag KEY=VALUE]...\n"
     "Route a data split (default test; valid: the validation split when the config has one, else the\n"
     "held-out split, as moe eval does) through a trained checkpoint in evaluation mode and write,\n"
@@ -30,6 +34,8 @@ static const char *const usage =
     "--capacity-factors re-runs the split at each evaluation capacity factor (0 = dropless).\n"
     "--trace writes one JSON line per token and layer: index, layer, experts, gates, dropped.\n"
     "--tag KEY=VALUE (repeatable): a column KEY holding VALUE after every table's own columns.\n"
+    "--device cuda[:N]: the forward passes on a GPU (mlp-moe and transformer checkpoints; the summary\n"
+    "names the device); the statistics are summed on the host as for --device cpu.\n"
     "Language models: the split's fixed windows; MI between expert and the input byte class and,\n"
     "over several languages, the language, each beside its random-routing chance level.\n";
 
@@ -140,8 +146,8 @@ static size_t rs_batch(const struct moe_run_cfg *rcfg, size_t n_train, size_t n_
 
 // Run the split once in evaluation mode, accumulating into st (reset first).
 // Language models: the split's fixed windows, every token of them traced.
-static int route_pass(struct moe_model *m, const struct moe_dataset *d, size_t chunk, struct moe_stats *st,
-                      FILE *trace, struct moe_err *err)
+static int route_pass(struct moe_model *m, struct moe_cuda_model *dev, const struct moe_dataset *d, size_t chunk,
+                      struct moe_stats *st, FILE *trace, struct moe_err *err)
 {
     moe_stats_reset(st);
     int lm = d->task == MOE_TASK_LM;
@@ -159,7 +165,9 @@ static int route_pass(struct moe_model *m, const struct moe_dataset *d, size_t c
         };
         if (lm)
             b = moe_lm_batch_fill(d, &lb, 0, 0, start, n);
-        rc = moe_model_run(m, &b, 0, st, err);
+        rc = dev ? moe_cuda_model_eval(dev, &b, st, err) : moe_model_run(m, &b, 0, st, err);
+        if (!rc && trace && dev) // the device's routing into the host layers' buffers, which the trace reads
+            rc = moe_cuda_model_route_to(dev, m, err);
         if (!rc && trace)
             trace_batch(trace, m, start * C, n * C);
     }
@@ -280,6 +288,8 @@ struct rs_run {
     struct moe_dataset *d;   // the split routed
     size_t chunk;            // rows per forward pass
     struct moe_model model;
+    struct moe_backend_info cuda;    // --device cuda[:N]: the device found
+    struct moe_cuda_model *dev;      // the model on it (NULL: on the CPU)
     struct moe_stats st;
     struct moe_csv csv[N_TABLES];
     struct moe_atomic_file trace;
@@ -295,6 +305,7 @@ static void rs_release(struct rs_run *r)
     cJSON_Delete(r->caps);
     cJSON_Delete(r->summary);
     moe_stats_release(&r->st);
+    moe_cuda_model_free(r->dev);
     moe_model_release(&r->model);
     moe_data_release(&r->data);
     moe_safetensors_close(&r->f);
@@ -342,6 +353,14 @@ static int rs_load(struct rs_run *r)
     if (!r->model.n_moe_layers)
         return cli_error(cmd, 2, "'%s' is a '%s' model without sparse layers: nothing to route", r->o->ckpt,
                          r->model.ops->type);
+    if (strcmp(r->c->device, "cpu") != 0) { // the model on the device, before DIR is made
+        struct moe_optim none = { .type = MOE_OPTIM_GD }; // evaluation only: no moments
+        if (moe_cuda_model_check(&r->model, &r->rc.model, &err))
+            return cli_error(cmd, 2, "option '--device %s': %s", r->c->device, err.msg);
+        if (moe_cuda_use_device(r->c->device_id, &err) ||
+            moe_cuda_model_create(&r->dev, &r->model, &r->rc.model, &none, r->chunk, &err))
+            return cli_fail(cmd, &err);
+    }
     if (moe_train_stats_init(&r->st, &r->model, r->d, &err) || cli_mkdir_p(r->c->out, &err))
         return cli_fail(cmd, &err);
     return 0;
@@ -377,7 +396,9 @@ static int capacity_sweep(struct rs_run *r)
     for (size_t i = 0; i < r->o->n_cf; i++) {
         double cf = r->o->cf[i];
         m->ops->set_eval_capacity(m, cf);
-        if (route_pass(m, r->d, r->chunk, &r->st, NULL, &err))
+        if (r->dev)
+            moe_cuda_model_set_eval_capacity(r->dev, cf);
+        if (route_pass(m, r->dev, r->d, r->chunk, &r->st, NULL, &err))
             return cli_fail(r->cmd, &err);
         struct moe_eval_row row;
         memset(&row, 0, sizeof row);
@@ -401,6 +422,8 @@ static int capacity_sweep(struct rs_run *r)
         json_num(cj, "accuracy", row.accuracy);
     }
     m->ops->set_eval_capacity(m, own);
+    if (r->dev)
+        moe_cuda_model_set_eval_capacity(r->dev, own);
     return 0;
 }
 
@@ -414,11 +437,17 @@ static int main_pass(struct rs_run *r)
     struct moe_err err = { 0 };
     int lm = d->task == MOE_TASK_LM;
     if ((r->o->trace && moe_atomic_open(&r->trace, r->o->trace, &err)) ||
-        route_pass(m, d, r->chunk, &r->st, r->o->trace ? r->trace.f : NULL, &err))
+        route_pass(m, r->dev, d, r->chunk, &r->st, r->o->trace ? r->trace.f : NULL, &err))
         return cli_fail(r->cmd, &err);
     struct moe_eval_row row;
     memset(&row, 0, sizeof row);
     moe_eval_row_fill(&row, &r->st, d->task, 0.0);
+    if (r->dev) { // the forward passes' device
+        char name[32];
+        snprintf(name, sizeof name, "cuda:%d", r->c->device_id);
+        cJSON_ReplaceItemInObject(s, "device", cJSON_CreateString(name));
+        cJSON_AddStringToObject(s, "device_name", r->cuda.dev.name);
+    }
     cJSON_AddStringToObject(s, "checkpoint", r->o->ckpt);
     cJSON_AddStringToObject(s, "split", r->o->split);
     cJSON_AddNumberToObject(s, "rows", (double)(lm ? d->n_win : d->n));
@@ -582,7 +611,7 @@ int cmd_route_stats(int argc, char **argv)
         rc = 0;
         goto out;
     }
-    if (rc || (rc = cli_setup_compute(cmd, &c)))
+    if (rc || (rc = cli_setup_compute_cuda(cmd, &c, &r.cuda)))
         goto out;
     if (!o.ckpt || !c.out) {
         rc = cli_error(cmd, 2, "options '--checkpoint' and '--out' are required (see 'moe help route-stats')");

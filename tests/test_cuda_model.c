@@ -304,6 +304,37 @@ static void run_tf_case(const struct tcase *k)
             if (moe_model_run(&w.m, &b, 0, &st, &err) || moe_cuda_model_eval(w.d, &b, &sd, &err))
                 die(&err);
             tf_stats_same(k->name, "evaluation", &sd, &st);
+            // moe route-stats' device paths: another evaluation capacity factor on both sides, and the
+            // device's routing written into the CPU layers' buffers (what --trace reads) against the CPU's own
+            w.m.ops->set_eval_capacity(&w.m, 0.5);
+            moe_cuda_model_set_eval_capacity(w.d, 0.5);
+            moe_stats_reset(&st), moe_stats_reset(&sd);
+            if (moe_model_run(&w.m, &b, 0, &st, &err) || moe_cuda_model_eval(w.d, &b, &sd, &err))
+                die(&err);
+            tf_stats_same(k->name, "evaluation at capacity factor 0.5", &sd, &st);
+            size_t n_diff = 0, n_all = 0, n_drop = 0;
+            for (size_t l = 0; l < w.m.n_moe_layers; l++) {
+                struct moe_layer *ml = w.m.moe_layers[l];
+                size_t n = ml->route.T * ml->S;
+                int32_t *sel = malloc(n * 4), *row = malloc(n * 4);
+                float *gate = malloc(n * 4);
+                memcpy(sel, ml->route.sel, n * 4), memcpy(row, ml->plan.slot_row, n * 4);
+                memcpy(gate, ml->route.gate, n * 4);
+                memset(ml->route.sel, 0x7f, n * 4), memset(ml->plan.slot_row, 0x7f, n * 4);
+                if (moe_cuda_model_route_to(w.d, &w.m, &err))
+                    die(&err);
+                for (size_t i = 0; i < n; i++) {
+                    n_diff += sel[i] != ml->route.sel[i] || (row[i] < 0) != (ml->plan.slot_row[i] < 0) ||
+                              (EXACT && gate[i] != ml->route.gate[i]);
+                    n_drop += sel[i] >= 0 && row[i] < 0;
+                }
+                n_all += n;
+                free(sel), free(row), free(gate);
+            }
+            printf("# %s route-stats trace: %zu of %zu slots differ (%zu dropped at capacity 0.5)\n", k->name, n_diff,
+                   n_all, n_drop);
+            EXPECT(n_diff == 0 && n_all > 0, "%s: the device's routing in the host layers: %zu of %zu slots differ",
+                   k->name, n_diff, n_all);
             break;
         }
         double aux, gnorm;

@@ -826,6 +826,21 @@ int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *
     return 0;
 }
 
+void moe_cuda_layer_set_eval_capacity(struct moe_cuda_layer *l, double cf) { l->c.eval_capacity_factor = cf; }
+
+int moe_cuda_layer_route_to(const struct moe_cuda_layer *l, struct moe_route *r, struct moe_dispatch *plan,
+                            struct moe_err *err)
+{
+    const size_t n = l->T * l->S;
+    int rc;
+    if ((rc = moe_cuda_to_host(r->sel, l->sel, n * sizeof(int32_t), err)) ||
+        (rc = moe_cuda_to_host(r->gate, l->gate, n * sizeof(float), err)) ||
+        (rc = moe_cuda_to_host(plan->slot_row, l->r.plan.slot_row, n * sizeof(int32_t), err)))
+        return rc;
+    r->T = l->T;
+    return 0;
+}
+
 int moe_cuda_layer_route_acc(const struct moe_cuda_layer *l, struct moe_route_acc *acc, const int32_t *label,
                              struct moe_route *r, struct moe_dispatch *plan, struct moe_err *err)
 {

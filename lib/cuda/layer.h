@@ -125,6 +125,15 @@ int moe_cuda_layer_route(const struct moe_cuda_layer *l, int32_t *sel, int32_t *
 int moe_cuda_layer_route_acc(const struct moe_cuda_layer *l, struct moe_route_acc *acc, const int32_t *label,
                              struct moe_route *r, struct moe_dispatch *plan, struct moe_err *err);
 size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l);
+// The evaluation capacity factor of the next evaluation passes (moe route-stats
+// --capacity-factors; moe_model_layers_set_eval_capacity's).
+void moe_cuda_layer_set_eval_capacity(struct moe_cuda_layer *l, double cf);
+// The last forward's routing into a CPU layer's buffers of at least its T
+// tokens (sel, gate of its route, slot_row of its plan: kept slots' rows, -1
+// dropped), so that what reads a CPU layer's last pass (moe route-stats
+// --trace) reads the device's.
+int moe_cuda_layer_route_to(const struct moe_cuda_layer *l, struct moe_route *r, struct moe_dispatch *plan,
+                            struct moe_err *err);
 // What moe_layer's radd and dradd are (language-aware routing): from the
 // next forward on, the router sees x + radd (radd (T, D) device memory, or
 // NULL: x alone); the next backward adds the gradient with respect to radd

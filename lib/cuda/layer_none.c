@@ -155,6 +155,23 @@ int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *e
     return moe_error(err, MOE_EINVAL, NONE);
 }
 
+void moe_cuda_layer_set_eval_capacity(struct moe_cuda_layer *l, double cf) { (void)l, (void)cf; }
+
+int moe_cuda_layer_route_to(const struct moe_cuda_layer *l, struct moe_route *r, struct moe_dispatch *plan,
+                            struct moe_err *err)
+{
+    (void)l, (void)r, (void)plan;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+void moe_cuda_model_set_eval_capacity(struct moe_cuda_model *d, double cf) { (void)d, (void)cf; }
+
+int moe_cuda_model_route_to(const struct moe_cuda_model *d, struct moe_model *m, struct moe_err *err)
+{
+    (void)d, (void)m;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
 int moe_cuda_layer_route_acc(const struct moe_cuda_layer *l, struct moe_route_acc *acc, const int32_t *label,
                              struct moe_route *r, struct moe_dispatch *plan, struct moe_err *err)
 {

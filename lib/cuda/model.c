@@ -550,6 +550,25 @@ int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, st
     return 0;
 }
 
+void moe_cuda_model_set_eval_capacity(struct moe_cuda_model *d, double cf)
+{
+    for (size_t l = 0; l < d->L; l++)
+        if (d->blk[l].moe)
+            moe_cuda_layer_set_eval_capacity(d->blk[l].moe, cf);
+}
+
+int moe_cuda_model_route_to(const struct moe_cuda_model *d, struct moe_model *m, struct moe_err *err)
+{
+    for (size_t l = 0; l < d->L; l++) {
+        const struct moe_cuda_block *k = &d->blk[l];
+        struct moe_layer *ml = k->moe ? m->moe_layers[k->si] : NULL;
+        int rc;
+        if (ml && (rc = moe_cuda_layer_route_to(k->moe, &ml->route, &ml->plan, err)))
+            return rc;
+    }
+    return 0;
+}
+
 int moe_cuda_model_download(const struct moe_cuda_model *d, struct moe_model *m, struct moe_optim *o,
                             struct moe_err *err)
 {

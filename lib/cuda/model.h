@@ -99,6 +99,13 @@ int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, st
 // statistics added to s as moe_cuda_model_stats adds a step's.
 int moe_cuda_model_eval(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s, struct moe_err *err);
 
+// Every sparse layer's evaluation capacity factor (the host model's
+// set_eval_capacity), for the evaluation passes that follow.
+void moe_cuda_model_set_eval_capacity(struct moe_cuda_model *d, double cf);
+// The last pass's routing of every sparse layer into m's layers (their
+// route's sel and gate, their plan's slot_row), as if m had run it.
+int moe_cuda_model_route_to(const struct moe_cuda_model *d, struct moe_model *m, struct moe_err *err);
+
 // The weights to m's registry (m->params.data), the last step's gradients to
 // m->params.grad (NULL-safe: grad may be absent), and the moments to o->m,
 // o->v where o has them.

@@ -568,9 +568,18 @@ t_train_device() {
         "$TMP/gc/summary.json" >/dev/null ||
         fail "final test loss: cpu $(jq .final.test.loss "$TMP/gc/summary.json"), gpu $(jq .final.test.loss "$TMP/gd1/summary.json")" || return 1
     run "$TMP/grs" "$MOE" route-stats --checkpoint "$TMP/gd1/model.safetensors" --out "$TMP/grs"
-    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/grs" moe route-stats on the checkpoint of the GPU run)"
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/grs" moe route-stats on the checkpoint of the GPU run)" || return 1
+    # route-stats on the GPU: the summary names it; its loss within 1e-3 of the CPU's, the same tables
+    run "$TMP/grg" "$MOE" route-stats --checkpoint "$TMP/gd1/model.safetensors" --out "$TMP/grg" --device cuda \
+        --capacity-factors 0.5,1 --trace "$TMP/grg.jsonl"
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/grg" moe route-stats --device cuda)" || return 1
+    jq -e --slurpfile c "$TMP/grs/summary.json" '.device == "cuda:0" and
+        ((.loss - $c[0].loss) | fabs) <= 1e-3 * ($c[0].loss | fabs)' "$TMP/grg/summary.json" >/dev/null ||
+        fail "route-stats --device cuda: loss $(jq .loss "$TMP/grg/summary.json"), cpu $(jq .loss "$TMP/grs/summary.json")" || return 1
+    [ "$(wc -l <"$TMP/grg/experts.csv")" = "$(wc -l <"$TMP/grs/experts.csv")" ] && [ -s "$TMP/grg.jsonl" ] ||
+        fail "route-stats --device cuda: tables or trace missing"
 }
-check "train --device cuda ($CUDA_BUILD): deterministic on the GPU, the CPU's rows, a checkpoint the CPU loads; refused without a device" t_train_device
+check "train --device cuda ($CUDA_BUILD): deterministic on the GPU, the CPU's rows, a checkpoint the CPU loads, route-stats on the GPU; refused without a device" t_train_device
 
 t_route_stats() {
     run "$TMP/gs" "$MOE" train --config "$MOECFG" --out "$TMP/gs" --quiet --set 'moe.router="gshard"' --set 'moe.aux_loss="gshard"'
@@ -642,13 +651,13 @@ nodevice)
 devices)
     expect_fail "--device cuda, a usable device, a command that does not run on one yet" 2 \
         "option '--device cuda' cannot be used: this command does not run on a CUDA device yet (cuda:0 is " \
-        -- "$MOE" route-stats --checkpoint none.safetensors --out "$O" --device cuda
+        -- "$MOE" eval --checkpoint none.safetensors --device cuda
     expect_fail "train --device cuda, a mixture model" 2 \
         "option '--device cuda' cannot be used with model.type 'mixture': the CUDA backend is for mlp-moe and transformer models" \
         -- "$MOE" train --config "$CFG" --out "$O" --device cuda
-    expect_fail "train --device cuda, the Shazeer losses: no device kernels" 2 \
-        "option '--device cuda': CUDA layer: Shazeer's importance and load losses" \
-        -- "$MOE" train --config "$MOECFG" --out "$O" --device cuda
+    expect_fail "train --device cuda, partial fine-tuning" 2 \
+        "option '--device cuda': keys 'train.trainable', 'train.freeze': partial fine-tuning is not on the CUDA device yet" \
+        -- "$MOE" train --config "$MOECFG" --out "$O" --device cuda --freeze 'layers.0.*' 
     expect_fail "--device cuda:4096, out of range: names the device count" 2 \
         "option '--device cuda:4096' cannot be used: no CUDA device 4096; CUDA devices: " \
         -- "$MOE" route-stats --checkpoint none.safetensors --out "$O" --device cuda:4096 ;;
