@@ -530,6 +530,24 @@ static const char *const TRAIN_CFG =
     " \"optim\": {\"type\": \"adamw\", \"lr\": 0.01, \"batch_size\": 16, \"schedule\": \"cosine\", \"warmup_steps\": 3},"
     " \"train\": {\"seed\": 5, \"epochs\": 3, \"log_every\": 5}}";
 
+// A run of json with ovs stopped at step `at` on one side (dev1: the device)
+// and resumed from its checkpoint at path on the other (dev2), against ref,
+// the uninterrupted run.
+static void stop_resume(const char *json, const char *const *ovs, size_t n, const char *path, uint64_t at, int dev1,
+                        int dev2, const struct outcome *ref, const char *what)
+{
+    struct outcome o = { 0 };
+    struct tctx c1 = { .o = &o, .path = path, .stop_at_step = at };
+    train_run(json, ovs, n, dev1, &c1, 0);
+    EXPECT(o.rc == MOE_EINTR, "%s: expected a stop, got rc %d (%s)", what, o.rc, o.err.msg);
+    o.len = o.ckpt_len;
+    o.rows[o.len] = '\0';
+    struct tctx c2 = { .o = &o, .path = path };
+    train_run(json, ovs, n, dev2, &c2, 1);
+    same_run(what, &o, ref);
+    outcome_free(&o);
+}
+
 // A run on the device against the same run on the CPU; a regression run
 // with another router; then stops and resumes across the two: a CPU run
 // stopped at a step and resumed on the device, and the other way round, each
@@ -582,16 +600,7 @@ static void test_trainer(void)
         char what[96];
         snprintf(what, sizeof what, "stop at step %llu on the %s, resume on the %s", (unsigned long long)cut[i].at,
                  cut[i].first ? "device" : "cpu", cut[i].second ? "device" : "cpu");
-        struct outcome o = { 0 };
-        struct tctx c1 = { .o = &o, .path = path, .stop_at_step = cut[i].at };
-        train_run(TRAIN_CFG, every, 1, cut[i].first, &c1, 0);
-        EXPECT(o.rc == MOE_EINTR, "%s: expected a stop, got rc %d (%s)", what, o.rc, o.err.msg);
-        o.len = o.ckpt_len;
-        o.rows[o.len] = '\0';
-        struct tctx c2 = { .o = &o, .path = path };
-        train_run(TRAIN_CFG, every, 1, cut[i].second, &c2, 1);
-        same_run(what, &o, &ref);
-        outcome_free(&o);
+        stop_resume(TRAIN_CFG, every, 1, path, cut[i].at, cut[i].first, cut[i].second, &ref, what);
     }
     // bias balancing's offsets are state the checkpoint keeps: a run stopped on
     // the device and resumed on the device, against the CPU's uninterrupted run
@@ -599,17 +608,12 @@ static void test_trainer(void)
         static const char *const bias[] = { "train.checkpoint_every=1", "moe.router=deepseek",
                                             "model.n_expert_used=2", "moe.bias_balance=true", "moe.aux_loss=none",
                                             "moe.bias_rate=0.01" };
-        struct outcome r2 = { 0 }, o = { 0 };
-        struct tctx c0 = { .o = &r2 }, c1 = { .o = &o, .path = path, .stop_at_step = 11 };
+        struct outcome r2 = { 0 };
+        struct tctx c0 = { .o = &r2 };
         train_run(TRAIN_CFG, bias, 6, 0, &c0, 0);
-        train_run(TRAIN_CFG, bias, 6, 1, &c1, 0);
-        EXPECT(o.rc == MOE_EINTR, "bias balancing: expected a stop, got rc %d (%s)", o.rc, o.err.msg);
-        o.len = o.ckpt_len;
-        o.rows[o.len] = '\0';
-        struct tctx c2 = { .o = &o, .path = path };
-        train_run(TRAIN_CFG, bias, 6, 1, &c2, 1);
-        same_run("bias balancing: stop at step 11 on the device, resume on the device", &o, &r2);
-        outcome_free(&o), outcome_free(&r2);
+        stop_resume(TRAIN_CFG, bias, 6, path, 11, 1, 1, &r2,
+                    "bias balancing: stop at step 11 on the device, resume on the device");
+        outcome_free(&r2);
     }
 #ifdef MOE_TEST_CUDA_HOST
     // Faults (the emulation's, tests/cuda_host.c): a full device while the
@@ -762,17 +766,11 @@ static void test_trainer_lm(void)
     }
     snprintf(ckpt, sizeof ckpt, "%s.safetensors", dir); // beside the corpus folder, not in it
     static const char *const every[] = { "train.checkpoint_every=1" };
-    struct outcome ref = { 0 }, o = { 0 };
-    struct tctx cr = { .o = &ref }, c1 = { .o = &o, .path = ckpt, .stop_at_step = 5 };
+    struct outcome ref = { 0 };
+    struct tctx cr = { .o = &ref };
     train_run(json, every, 1, 0, &cr, 0);
-    train_run(json, every, 1, 1, &c1, 0);
-    EXPECT(o.rc == MOE_EINTR, "transformer stop: expected a stop, got rc %d (%s)", o.rc, o.err.msg);
-    o.len = o.ckpt_len;
-    o.rows[o.len] = '\0';
-    struct tctx c2 = { .o = &o, .path = ckpt };
-    train_run(json, every, 1, 0, &c2, 1);
-    same_run("transformer stopped at step 5 on the device, resumed on the cpu", &o, &ref);
-    outcome_free(&o), outcome_free(&ref);
+    stop_resume(json, every, 1, ckpt, 5, 1, 0, &ref, "transformer stopped at step 5 on the device, resumed on the cpu");
+    outcome_free(&ref);
     remove(ckpt);
     check_device_on("transformer", json, lang, 8);
     snprintf(path, sizeof path, "%s/en.txt", dir);

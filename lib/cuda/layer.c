@@ -189,12 +189,7 @@ static int eset_alloc(struct moe_cuda_layer *l, struct eset *s, size_t E, size_t
     s->E = E, s->S = S, s->N_max = N;
     if (!(s->off = (size_t *)calloc(E + 1, sizeof *s->off)))
         return moe_error(err, MOE_ENOMEM, "out of memory");
-    struct {
-        int need;
-        void *p;
-        size_t bytes;
-        const char *what;
-    } b[] = {
+    const struct moe_cuda_want b[] = {
         { 1, &s->w1, EFD * f, "w1" },
         { 1, &s->gw1, EFD * f, "w1 gradient" },
         { l->swiglu, &s->w3, EFD * f, "w3" },
@@ -290,12 +285,7 @@ int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cf
         rc = moe_cuda_event_create(&l->ev[i], err);
     if (!rc && ri->token_table && !(l->hexp_h = (int32_t *)malloc(T * sizeof *l->hexp_h)))
         rc = moe_error(err, MOE_ENOMEM, "out of memory");
-    struct {
-        int need;
-        void *p;
-        size_t bytes;
-        const char *what;
-    } b[] = {
+    const struct moe_cuda_want b[] = {
         { l->gated, &l->wr, E * D * f, "router.weight" },
         { l->gated, &l->gwr, E * D * f, "router.weight gradient" },
         { l->noisy, &l->wn, E * D * f, "router.noise_weight" },

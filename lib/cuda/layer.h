@@ -39,6 +39,15 @@ extern "C" {
 struct moe_layer_cfg;
 struct moe_cuda_layer;
 
+// One device buffer of a create function's table: need (0: skipped), where
+// its pointer goes, its bytes, its name in an out-of-memory error.
+struct moe_cuda_want {
+    int need;
+    void *p;
+    size_t bytes;
+    const char *what;
+};
+
 // A dropout site (nn.h moe_dropout_make's) as the launches take it.
 static inline struct moe_cuda_drop moe_cuda_drop_of(struct moe_dropout x)
 {

@@ -141,12 +141,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     d->blk = calloc(L, sizeof *d->blk);
     if (!d->blk)
         rc = moe_error(err, MOE_ENOMEM, "out of memory");
-    struct {
-        int need;
-        void *p;
-        size_t bytes;
-        const char *what;
-    } b[] = {
+    const struct moe_cuda_want b[] = {
         { 1, &d->w, n, "parameters" },
         { 1, &d->g, n, "gradients" },
         { d->opt != MOE_OPTIM_GD, &d->m, n, "optimizer moments (m)" },
