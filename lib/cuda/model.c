@@ -366,6 +366,18 @@ int moe_cuda_model_set_keys(struct moe_cuda_model *d, size_t T, struct moe_err *
     return 0;
 }
 
+int moe_cuda_head_forward(struct moe_cuda_model *d, size_t T, int i_w, int i_b, int clear_dy, struct moe_err *err)
+{
+    const size_t D = d->D, L = d->L, TD = T * D;
+    float *nf = d->n + L * TD;
+    int rc;
+    if ((rc = moe_cuda_norm_forward(nf, d->mean + L * T, d->rstd + L * T, d->h + L * TD, W(d, d->i_gf),
+                                    W(d, d->i_bf), T, D, NORM_EPS, err)) ||
+        (rc = moe_cuda_linear_forward(d->y, nf, W(d, i_w), W(d, i_b), T, D, d->O, "head", err)))
+        return rc;
+    return clear_dy ? moe_cuda_memset(d->dy, 0, T * d->O * sizeof(float), "dy", err) : 0;
+}
+
 // The forward pass of batch b in training (train: noise, jitter, the
 // training capacity) or evaluation mode, with the head's loss and its dy:
 // *ret_loss, *ret_aux; d->loss and d->T for the statistics.
@@ -405,11 +417,7 @@ static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int trai
             return rc;
         aux += al;
     }
-    float *nf = d->n + L * TD;
-    if ((rc = moe_cuda_norm_forward(nf, d->mean + L * T, d->rstd + L * T, d->h + L * TD, W(d, d->i_gf),
-                                    W(d, d->i_bf), T, D, NORM_EPS, err)) ||
-        (rc = moe_cuda_linear_forward(d->y, nf, W(d, d->i_wh), W(d, d->i_bh), T, D, O, "head", err)) ||
-        (rc = moe_cuda_memset(d->dy, 0, T * O * sizeof(float), "dy", err)))
+    if ((rc = moe_cuda_head_forward(d, T, d->i_wh, d->i_bh, 1, err)))
         return rc;
     float scale = 1.0f / (float)T;
     double loss = 0.0;

@@ -138,6 +138,11 @@ int moe_cuda_ffn_forward(struct moe_cuda_model *d, size_t l, float *out, const f
 int moe_cuda_ffn_backward(struct moe_cuda_model *d, size_t l, float *dn, const float *dy, const float *x, size_t T,
                           uint64_t step, struct moe_err *err);
 
+// Both models' head on the last block's output h_L (T rows): the final
+// norm into n_L, y = n_L W^T (+ b; tensors i_w, i_b, -1: none), and with
+// clear_dy the loss's dy set to zero for its gradient.
+int moe_cuda_head_forward(struct moe_cuda_model *d, size_t T, int i_w, int i_b, int clear_dy, struct moe_err *err);
+
 // Hash routing: the T tokens' keys in d->hkeys handed to every hash layer
 // with its host table (moe_cuda_layer_set_keys), before a forward.
 int moe_cuda_model_set_keys(struct moe_cuda_model *d, size_t T, struct moe_err *err);

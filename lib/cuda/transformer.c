@@ -155,11 +155,7 @@ int moe_cuda_tf_forward(struct moe_cuda_model *d, const struct moe_batch *b, int
             return rc;
         aux += al;
     }
-    float *nf = d->n + L * TD;
-    if ((rc = moe_cuda_norm_forward(nf, d->mean + L * T, d->rstd + L * T, d->h + L * TD, W(d, d->i_gf),
-                                    W(d, d->i_bf), T, D, MOE_CUDA_NORM_EPS, err)) ||
-        (rc = moe_cuda_linear_forward(d->y, nf, W(d, d->i_head), NULL, T, D, V, "head", err)) ||
-        (train && (rc = moe_cuda_memset(d->dy, 0, T * V * sizeof(float), "dlogits", err))))
+    if ((rc = moe_cuda_head_forward(d, T, d->i_head, -1, train, err))) // tied: the token embedding
         return rc;
     double loss = 0.0;
     if ((rc = moe_cuda_ce_rows(&loss, train ? d->dy : NULL, d->row_loss, d->row_argmax, d->y, d->label, T, V,
