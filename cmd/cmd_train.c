@@ -503,7 +503,7 @@ static int train(struct train_run *r, struct moe_train_result *res)
     struct distill *d = &r->distill;
     struct moe_err err = { 0 };
     struct moe_distill kd = { .teacher = &d->teacher, .alpha = (float)(d->moebert ? d->c.weight : d->c.alpha),
-                              .tau = (float)d->c.temperature, .sym = d->moebert };
+                              .tau = (float)d->c.temperature, .sym = d->moebert, .teacher_hp = &d->teacher_hp };
     struct progress prog;
     progress_start(&prog, r->c, NULL);
     int files = !cli_rank; // over processes, rank 0 writes the files and prints
@@ -754,9 +754,16 @@ static int device_check(struct train_run *r)
         return cli_error(cmd, 2, "option '--device %s' cannot be used with model.type '%s': the CUDA backend is "
                          "for mlp-moe and transformer models; use --device cpu", dv, moe_model_kind(t)->name);
     if (moe_cuda_model_check(&r->model, &r->rc.model, &err) ||
-        moe_train_device_check(r->o->dist != NULL, r->tune.frozen != NULL, r->o->lora,
-                               r->distill.teacher.ops != NULL, &err))
+        moe_train_device_check(r->o->dist != NULL, r->tune.frozen != NULL, r->o->lora, &err))
         return cli_error(cmd, 2, "option '--device %s': %s", dv, err.msg);
+    const struct distill *kd = &r->distill; // the teacher's passes run there too
+    enum moe_model_type tt = kd->teacher_hp.type;
+    if (kd->teacher.ops && tt != MOE_MODEL_MLP_MOE && tt != MOE_MODEL_TRANSFORMER)
+        return cli_error(cmd, 2, "option '--device %s': the teacher '%s' is model.type '%s'; on the CUDA device the "
+                         "teacher must be mlp-moe or transformer too; use --device cpu", dv, kd->c.teacher,
+                         moe_model_kind(tt)->name);
+    if (kd->teacher.ops && moe_cuda_model_check(&kd->teacher, &kd->teacher_hp, &err))
+        return cli_error(cmd, 2, "option '--device %s': the teacher '%s': %s", dv, kd->c.teacher, err.msg);
     r->dev = (struct moe_train_device){ .id = r->c->device_id, .hp = &r->rc.model };
     return 0;
 }

@@ -102,6 +102,9 @@ struct distill {
     cJSON *copied;  // distill.teacher_init: the tensors the student took from the teacher
     int moebert;    // distill.moebert
     struct moe_distill_cfg c; // the distill.* keys (distill_setup)
+    // the teacher's model.* and moe.* settings (its device model's, --device
+    // cuda), the configuration strings left out
+    struct moe_model_hp teacher_hp;
 };
 
 // Load distill.teacher and distill.baseline for the student and, for a new run

@@ -409,8 +409,20 @@ struct outcome {
     struct moe_err err;
 };
 
+// A teacher for distillation: the run's config with these overrides, its
+// weights drawn from seed 11 (an untrained teacher's logits differ from the
+// student's as much as a trained one's), the objective's weight and
+// temperature, MoEBERT's form (sym).
+struct kd_spec {
+    const char *const *ovs;
+    size_t n;
+    float alpha, tau;
+    int sym;
+};
+
 struct tctx {
     struct outcome *o;
+    const struct kd_spec *kd; // distil from this teacher (NULL: no distillation)
     struct moe_model *m;
     const char *path;
     uint64_t stop_at_step; // raise stop at this step's checkpoint (0: never)
@@ -482,8 +494,29 @@ static void train_run(const char *json, const char *const *ovs, size_t n_ovs, in
     c->m = &m;
     struct moe_train_device dv = { .id = 0, .hp = &hp };
     uint8_t *frozen = c->frozen ? calloc(m.params.n, 1) : NULL;
+    struct moe_config tcfg;
+    struct moe_model_hp thp;
+    struct moe_model teacher = { 0 };
+    struct moe_distill kd = { 0 };
+    if (c->kd) {
+        const char *tovs[24];
+        size_t tn = 0;
+        for (size_t i = 0; i < n_ovs; i++)
+            tovs[tn++] = ovs[i];
+        for (size_t i = 0; i < c->kd->n; i++)
+            tovs[tn++] = c->kd->ovs[i];
+        if (moe_config_parse(&tcfg, moe_run_schema(), moe_run_schema_len(), json, "teacher", tovs, tn, &err) ||
+            moe_model_hp_parse(&thp, &tcfg, &err) ||
+            moe_model_create(&teacher, &tcfg, NULL, data.train.task, data.train.n_in, data.train.n_out, max_batch,
+                             &err))
+            die(&err);
+        moe_model_init_weights(&teacher, 11);
+        kd = (struct moe_distill){ .teacher = &teacher, .alpha = c->kd->alpha, .tau = c->kd->tau, .sym = c->kd->sym,
+                                   .teacher_hp = &thp };
+    }
     struct moe_train_hooks h = { .row = on_row, .ctx = c, .checkpoint = on_checkpoint, .stop = &c->stop,
-                                 .resume = resume ? &f : NULL, .device = device ? &dv : NULL, .frozen = frozen };
+                                 .resume = resume ? &f : NULL, .device = device ? &dv : NULL, .frozen = frozen,
+                                 .distill = c->kd ? &kd : NULL };
     struct moe_train_result res;
     c->o->rc = moe_train_ex(&m, &data, &cfg, &h, &res, &c->o->err);
     c->o->numel = m.params.numel;
@@ -491,6 +524,10 @@ static void train_run(const char *json, const char *const *ovs, size_t n_ovs, in
     free(c->o->w);
     c->o->w = copy_of(m.params.data, m.params.numel);
     free(frozen);
+    if (c->kd) {
+        moe_model_release(&teacher);
+        moe_config_release(&tcfg);
+    }
     moe_safetensors_close(&f);
     moe_model_release(&m);
     moe_data_release(&data);
@@ -584,6 +621,24 @@ static void test_trainer(void)
         if (i == 2) // the run ends on an earlier epoch's parameters: the restore and its evaluations
             EXPECT(a.selected > 0 && a.selected < 4, "%s: selected epoch %lld, not before the last", runs[i].name,
                    (long long)a.selected);
+        outcome_free(&a), outcome_free(&b);
+    }
+    // distillation: knowledge distillation from a wider MoE teacher with
+    // another router (its passes on the device beside the student's), and
+    // MoEBERT's objective from a dense teacher of the same width and depth
+    // (symmetric KL and the block outputs' distance), with accumulation
+    static const char *const wide[] = { "model.n_embd=12", "model.n_expert=6", "moe.router=switch",
+                                        "model.n_expert_used=1" };
+    static const char *const dense_t[] = { "model.moe_every=9", "model.n_ff_dense=16" };
+    static const struct kd_spec kds[] = { { wide, 4, 0.7f, 2.0f, 0 }, { dense_t, 2, 5.0f, 1.0f, 1 } };
+    static const char *const kd_acc[] = { "train.accumulate=2", "optim.batch_size=24" };
+    for (size_t i = 0; i < 2; i++) {
+        struct outcome a = { 0 }, b = { 0 };
+        struct tctx ca = { .o = &a, .kd = &kds[i] }, cb = { .o = &b, .kd = &kds[i] };
+        train_run(TRAIN_CFG, i ? kd_acc : NULL, i ? 2 : 0, 0, &ca, 0);
+        train_run(TRAIN_CFG, i ? kd_acc : NULL, i ? 2 : 0, 1, &cb, 0);
+        same_run(i ? "trainer MoEBERT distillation from a dense teacher, accumulation"
+                   : "trainer distillation from a wider switch teacher, alpha 0.7, tau 2", &b, &a);
         outcome_free(&a), outcome_free(&b);
     }
     char path[64];
@@ -763,6 +818,23 @@ static void test_trainer_lm(void)
         same_run(i ? "trainer transformer, language-aware gshard routing with jitter and dropout" :
                      "trainer transformer bytes, two languages", &b, &a);
         outcome_free(&a), outcome_free(&b);
+    }
+    // distillation of the LM: from a hash-routed teacher with more experts
+    // (alpha 0.5, tau 3), and MoEBERT's objective from a dense teacher
+    {
+        static const char *const ht[] = { "moe.router=hash", "model.n_expert=8", "model.n_expert_used=1",
+                                          "model.n_embd=24", "model.n_head=3" };
+        static const char *const dt[] = { "model.moe_every=9", "model.n_ff_dense=32" };
+        static const struct kd_spec kds[] = { { ht, 5, 0.5f, 3.0f, 0 }, { dt, 2, 2.0f, 1.0f, 1 } };
+        for (size_t i = 0; i < 2; i++) {
+            struct outcome a = { 0 }, b = { 0 };
+            struct tctx ca = { .o = &a, .kd = &kds[i] }, cb = { .o = &b, .kd = &kds[i] };
+            train_run(json, NULL, 0, 0, &ca, 0);
+            train_run(json, NULL, 0, 1, &cb, 0);
+            same_run(i ? "trainer transformer, MoEBERT distillation from a dense teacher"
+                       : "trainer transformer, distillation from a hash-routed teacher", &b, &a);
+            outcome_free(&a), outcome_free(&b);
+        }
     }
     snprintf(ckpt, sizeof ckpt, "%s.safetensors", dir); // beside the corpus folder, not in it
     static const char *const every[] = { "train.checkpoint_every=1" };

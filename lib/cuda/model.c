@@ -130,7 +130,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     d->numel = p->numel;
     d->rms = hp->rms;
     d->ce = strcmp(m->loss_name, "ce") == 0;
-    d->opt = o->type;
+    d->opt = o ? o->type : MOE_OPTIM_GD;
     d->seed = m->seed;
     d->p_attn = hp->dropout.attention, d->p_res = hp->dropout.residual, d->p_ffn = hp->dropout.ffn;
     d->i_win = moe_params_find(p, "input.weight"), d->i_bin = moe_params_find(p, "input.bias");
@@ -143,7 +143,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
         rc = moe_error(err, MOE_ENOMEM, "out of memory");
     const struct moe_cuda_want b[] = {
         { 1, &d->w, n, "parameters" },
-        { 1, &d->g, n, "gradients" },
+        { o != NULL, &d->g, n, "gradients" },
         { d->opt != MOE_OPTIM_GD, &d->m, n, "optimizer moments (m)" },
         { d->opt == MOE_OPTIM_ADAMW, &d->v, n, "optimizer moments (v)" },
         { !d->tf, &d->x, T * d->I * f, "batch inputs" },
@@ -227,7 +227,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     }
     if (!rc)
         rc = moe_cuda_to_device(d->w, p->data, n, err);
-    if (!rc && d->m)
+    if (!rc && d->m) // (d->m, d->v: only with o)
         rc = o->m ? moe_cuda_to_device(d->m, o->m, n, err) : moe_cuda_memset(d->m, 0, n, "optimizer moments", err);
     if (!rc && d->v)
         rc = o->v ? moe_cuda_to_device(d->v, o->v, n, err) : moe_cuda_memset(d->v, 0, n, "optimizer moments", err);
@@ -378,6 +378,73 @@ int moe_cuda_head_forward(struct moe_cuda_model *d, size_t T, int i_w, int i_b, 
     return clear_dy ? moe_cuda_memset(d->dy, 0, T * d->O * sizeof(float), "dy", err) : 0;
 }
 
+static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int train, double *ret_loss, double *ret_aux,
+                   struct moe_err *err);
+
+int moe_cuda_model_ce_head(struct moe_cuda_model *d, double *ret_loss, float *dy, float *row_loss, int32_t *row_argmax,
+                           size_t T, int train, struct moe_err *err)
+{
+    const size_t O = d->O;
+    const float scale = 1.0f / (float)T;
+    const struct moe_cuda_model *t = train ? d->teacher : NULL;
+    if (!t || !dy)
+        return moe_cuda_ce_rows(ret_loss, dy, row_loss, row_argmax, d->y, d->label, T, O, scale, d->part, d->lse,
+                                err);
+    if (t->T != T)
+        return moe_error(err, MOE_EINVAL, "CUDA model: the teacher's last pass has %zu rows, the student's %zu", t->T,
+                         T);
+    // knowledge distillation: (1 - alpha) of the cross-entropy; MoEBERT: all of it
+    int rc = moe_cuda_ce_rows(ret_loss, dy, row_loss, row_argmax, d->y, d->label, T, O,
+                              d->kd_sym ? scale : (1.0f - d->kd_alpha) * scale, d->part, d->lse, err);
+    if (rc)
+        return rc;
+    return d->kd_sym ? moe_cuda_symkl(NULL, dy, d->y, t->y, T, O, d->kd_alpha * scale, d->kd_scratch, err)
+                     : moe_cuda_kd(NULL, dy, d->y, t->y, T, O, d->kd_tau, d->kd_alpha * scale, d->kd_scratch, err);
+}
+
+int moe_cuda_model_hidden_kd(struct moe_cuda_model *d, size_t l, size_t T, struct moe_err *err)
+{
+    if (!d->teacher || !d->kd_sym)
+        return 0;
+    const size_t TD = T * d->D;
+    return moe_cuda_mse(NULL, d->dh, d->h + (l + 1) * TD, d->teacher->h + (l + 1) * TD, TD,
+                        d->kd_alpha / (float)TD, NULL, err);
+}
+
+int moe_cuda_model_teacher_pass(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_err *err)
+{
+    struct moe_cuda_model *t = d->teacher;
+    double loss, aux;
+    int rc = t->tf ? moe_cuda_tf_forward(t, b, 0, &loss, &aux, err) : forward(t, b, 0, &loss, &aux, err);
+    if (rc)
+        moe_error_prefix(err, "the teacher: ");
+    return rc;
+}
+
+int moe_cuda_model_set_teacher(struct moe_cuda_model *d, struct moe_cuda_model *teacher, float alpha, float tau,
+                               int sym, struct moe_err *err)
+{
+    d->teacher = NULL;
+    if (!teacher)
+        return 0;
+    // (its batches: the training passes', at most its T_max rows, which moe_cuda_tf_forward / forward check)
+    if (!d->ce || !teacher->ce || teacher->O != d->O || teacher->tf != d->tf || (d->tf && teacher->C != d->C))
+        return moe_error(err, MOE_EINVAL, "CUDA model: the teacher (%s, %zu outputs%s) does not fit the student (%s, %zu outputs)",
+                         teacher->ce ? "cross-entropy" : "squared error", teacher->O,
+                         teacher->tf != d->tf ? ", another model type" : d->tf && teacher->C != d->C ? ", another n_ctx" : "",
+                         d->ce ? "cross-entropy" : "squared error", d->O);
+    if (sym && (teacher->L != d->L || teacher->D != d->D))
+        return moe_error(err, MOE_EINVAL, "CUDA model: MoEBERT distillation needs teacher and student with block outputs of one shape (%zu x %zu and %zu x %zu)",
+                         teacher->L, teacher->D, d->L, d->D);
+    int rc;
+    if (!d->kd_scratch && (rc = dalloc(d, &d->kd_scratch, MOE_CUDA_DISTILL_SCRATCH(d->T_max) * sizeof(double),
+                                       "distillation scratch", err)))
+        return rc;
+    d->teacher = teacher;
+    d->kd_alpha = alpha, d->kd_tau = tau, d->kd_sym = sym;
+    return 0;
+}
+
 // The forward pass of batch b in training (train: noise, jitter, the
 // training capacity) or evaluation mode, with the head's loss and its dy:
 // *ret_loss, *ret_aux; d->loss and d->T for the statistics.
@@ -391,7 +458,7 @@ static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int trai
     if (T > d->T_max)
         return moe_error(err, MOE_EINVAL, "batch of %zu rows exceeds the device model's maximum %zu", T, d->T_max);
     if (b->kd)
-        return moe_error(err, MOE_EINVAL, "CUDA model: distillation is not on the device yet");
+        return moe_error(err, MOE_EINVAL, "CUDA model: a batch's distillation buffers are the host's (on the device: moe_cuda_model_set_teacher)");
     if (d->hkeys) { // hash routing keys on the input rows (mlp_moe.c hash_keys)
         for (size_t t = 0; t < T; t++)
             d->hkeys[t] = moe_hash_key_row(b->x + t * I, I, d->hash_V);
@@ -419,10 +486,9 @@ static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int trai
     }
     if ((rc = moe_cuda_head_forward(d, T, d->i_wh, d->i_bh, 1, err)))
         return rc;
-    float scale = 1.0f / (float)T;
     double loss = 0.0;
-    rc = d->ce ? moe_cuda_ce_rows(&loss, d->dy, NULL, NULL, d->y, d->label, T, O, scale, d->part, d->lse, err)
-               : moe_cuda_mse(&loss, d->dy, d->y, d->target, T * O, scale, d->part, err);
+    rc = d->ce ? moe_cuda_model_ce_head(d, &loss, d->dy, NULL, NULL, T, train, err)
+               : moe_cuda_mse(&loss, d->dy, d->y, d->target, T * O, 1.0f / (float)T, d->part, err);
     if (rc)
         return rc;
     d->loss = loss, d->T = T, d->step = b->step;
@@ -441,7 +507,12 @@ int moe_cuda_model_backprop(struct moe_cuda_model *d, const struct moe_batch *b,
                             struct moe_err *err)
 {
     const size_t T = b->n, I = d->I, D = d->D, O = d->O, L = d->L, TD = T * D;
-    int rc = d->tf ? moe_cuda_tf_forward(d, b, 1, ret_loss, ret_aux, err) : forward(d, b, 1, ret_loss, ret_aux, err);
+    *ret_loss = *ret_aux = 0.0;
+    if (!d->g)
+        return moe_error(err, MOE_EINVAL, "CUDA model: made for evaluation passes only (no gradients)");
+    int rc = d->teacher ? moe_cuda_model_teacher_pass(d, b, err) : 0;
+    if (!rc)
+        rc = d->tf ? moe_cuda_tf_forward(d, b, 1, ret_loss, ret_aux, err) : forward(d, b, 1, ret_loss, ret_aux, err);
     if (rc || (rc = moe_cuda_memset(d->g, 0, d->numel * sizeof(float), "gradients", err)))
         return rc;
     if (d->tf)
@@ -457,7 +528,8 @@ int moe_cuda_model_backprop(struct moe_cuda_model *d, const struct moe_batch *b,
         return rc;
     for (size_t l = L; l-- > 0;) {
         const struct moe_cuda_block *k = &d->blk[l];
-        if ((rc = moe_cuda_ffn_backward(d, l, d->dn, d->dh, d->n + l * TD, T, d->step, err)) ||
+        if ((rc = moe_cuda_model_hidden_kd(d, l, T, err)) ||
+            (rc = moe_cuda_ffn_backward(d, l, d->dn, d->dh, d->n + l * TD, T, d->step, err)) ||
             (rc = moe_cuda_norm_backward(d->dh, G(d, k->i_g), G(d, k->i_b), d->dn, d->h + l * TD, d->mean + l * T,
                                          d->rstd + l * T, W(d, k->i_g), T, D, err)))
             return rc;
@@ -577,7 +649,7 @@ int moe_cuda_model_download(const struct moe_cuda_model *d, struct moe_model *m,
 {
     const size_t n = d->numel * sizeof(float);
     int rc = moe_cuda_to_host(m->params.data, d->w, n, err);
-    if (!rc && m->params.grad)
+    if (!rc && m->params.grad && d->g)
         rc = moe_cuda_to_host(m->params.grad, d->g, n, err);
     if (!rc && o && o->m && d->m)
         rc = moe_cuda_to_host(o->m, d->m, n, err);

@@ -20,9 +20,9 @@
 // embeddings, causal attention, tied or untied head and language-aware
 // routing (moe.lang_router); LayerNorm or RMSNorm, cross-entropy or squared
 // error, GD, SGD and AdamW with clipping; dropout (model.dropout.*: the CPU's
-// masks). Refused with one line by moe_cuda_model_create: other models,
-// distillation (a batch's kd),
-// and whatever the device layer refuses. For a transformer, T_max and a
+// masks); distillation from a teacher on the same device
+// (moe_cuda_model_set_teacher). Refused with one line by
+// moe_cuda_model_create: other models, and whatever the device layer refuses. For a transformer, T_max and a
 // batch's rows are windows of model.n_ctx tokens.
 //
 // C against ops.h and blas.h only: a CUDA build links it into libmoe, and the
@@ -44,7 +44,8 @@ struct moe_cuda_model;
 
 // The device model of m (built from hp, weights initialised or loaded) for
 // batches of up to T_max rows, with o's optimizer state: m's weights and o's
-// moments (NULL: zero) copied to the device.
+// moments (NULL: zero) copied to the device. o NULL: a model for evaluation
+// passes only (a teacher), without gradients or moments.
 int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m, const struct moe_model_hp *hp,
                           const struct moe_optim *o, size_t T_max, struct moe_err *err);
 void moe_cuda_model_free(struct moe_cuda_model *d);
@@ -98,6 +99,20 @@ int moe_cuda_model_stats(struct moe_cuda_model *d, const struct moe_batch *b, st
 // jitter, the evaluation capacity factor): the forward pass and its
 // statistics added to s as moe_cuda_model_stats adds a step's.
 int moe_cuda_model_eval(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s, struct moe_err *err);
+
+// Distillation (train/train.h struct moe_distill) on the device: every
+// training pass of d (moe_cuda_model_backprop, _grad, _step) first runs
+// teacher, a device model with d's outputs made with o NULL, over the same
+// batch in evaluation mode; d's loss then takes the teacher's logits as the
+// CPU's head does (model/model.c moe_model_ce_head): (1 - alpha) CE +
+// alpha tau^2 KL at temperature tau, or with sym (MoEBERT) CE + alpha
+// symmetric KL and, in the backward, alpha times each block output's mean
+// squared distance to the teacher's. The loss reported stays d's
+// cross-entropy. teacher NULL: none. MOE_EINVAL (one line) when the
+// teacher's outputs, losses, batch or (sym) block outputs do not fit d's.
+// The teacher stays the caller's; it must outlive d's passes.
+int moe_cuda_model_set_teacher(struct moe_cuda_model *d, struct moe_cuda_model *teacher, float alpha, float tau,
+                               int sym, struct moe_err *err);
 
 // Every sparse layer's evaluation capacity factor (the host model's
 // set_eval_capacity), for the evaluation passes that follow.

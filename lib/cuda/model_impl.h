@@ -101,6 +101,13 @@ struct moe_cuda_model {
     size_t B;                    // the last pass's windows
     uint64_t step;               // the last pass's step (the dropout masks of its backward)
     int has_lang;                // it had languages (else language 0 throughout)
+    // distillation (moe_cuda_model_set_teacher): the teacher's device model,
+    // the objective's weight alpha and temperature tau, MoEBERT's form (sym),
+    // the distillation kernels' scratch (MOE_CUDA_DISTILL_SCRATCH(T_max))
+    struct moe_cuda_model *teacher;
+    float kd_alpha, kd_tau;
+    int kd_sym;
+    double *kd_scratch;
 };
 
 int moe_cuda_model_alloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err);
@@ -117,7 +124,7 @@ static inline float *moe_cuda_model_w(const struct moe_cuda_model *d, int i)
 }
 static inline float *moe_cuda_model_g(const struct moe_cuda_model *d, int i)
 {
-    return i < 0 ? NULL : d->g + d->p->t[i].offset;
+    return i < 0 || !d->g ? NULL : d->g + d->p->t[i].offset; // no gradients: a model for evaluation only
 }
 // A tensor's index by name (printf-style with the block number), or -1.
 int moe_cuda_model_find(const struct moe_params *p, const char *fmt, size_t l);
@@ -142,6 +149,21 @@ int moe_cuda_ffn_backward(struct moe_cuda_model *d, size_t l, float *dn, const f
 // norm into n_L, y = n_L W^T (+ b; tensors i_w, i_b, -1: none), and with
 // clear_dy the loss's dy set to zero for its gradient.
 int moe_cuda_head_forward(struct moe_cuda_model *d, size_t T, int i_w, int i_b, int clear_dy, struct moe_err *err);
+
+// The head's cross-entropy over T rows of the logits d->y against d->label
+// (model/model.c moe_model_ce_head): *ret_loss the rows' sum, row_loss and
+// row_argmax (T) when not NULL, dy (T, O) += the gradient at scale 1 / T when
+// not NULL; in a training pass (train) of a model with a teacher, the
+// distillation term's gradient too, weighted as there. The teacher's pass
+// over the batch must have run.
+int moe_cuda_model_ce_head(struct moe_cuda_model *d, double *ret_loss, float *dy, float *row_loss, int32_t *row_argmax,
+                           size_t T, int train, struct moe_err *err);
+// MoEBERT's hidden-state term of block l's output in a training pass with a
+// teacher of that form (kd_sym): dh (T, D) += the gradient of alpha mean((h_{l+1}
+// - teacher's h_{l+1})^2) (model/mlp_moe.c, model/transformer.c); else nothing.
+int moe_cuda_model_hidden_kd(struct moe_cuda_model *d, size_t l, size_t T, struct moe_err *err);
+// A training pass's first part with a teacher: its evaluation pass over b.
+int moe_cuda_model_teacher_pass(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_err *err);
 
 // Hash routing: the T tokens' keys in d->hkeys handed to every hash layer
 // with its host table (moe_cuda_layer_set_keys), before a forward.

@@ -120,14 +120,14 @@ static int attention_forward(struct moe_cuda_model *d, size_t l, float *hout, co
 int moe_cuda_tf_forward(struct moe_cuda_model *d, const struct moe_batch *b, int train, double *ret_loss,
                         double *ret_aux, struct moe_err *err)
 {
-    const size_t B = b->n, C = d->C, D = d->D, V = d->O, L = d->L, T = B * C, TD = T * D;
+    const size_t B = b->n, C = d->C, D = d->D, L = d->L, T = B * C, TD = T * D;
     int rc;
     *ret_loss = *ret_aux = 0.0;
     d->T = d->B = 0;
     if (B > d->B_max)
         return moe_error(err, MOE_EINVAL, "batch of %zu windows exceeds the device model's maximum %zu", B, d->B_max);
     if (b->kd)
-        return moe_error(err, MOE_EINVAL, "CUDA model: distillation is not on the device yet");
+        return moe_error(err, MOE_EINVAL, "CUDA model: a batch's distillation buffers are the host's (on the device: moe_cuda_model_set_teacher)");
     if ((rc = moe_transformer_batch(d->host, b, d->htarget, d->hkeys, d->hlabel, err)) ||
         (d->hkeys && (rc = moe_cuda_model_set_keys(d, T, err)))) // hash routing: keys are the input token ids
         return rc;
@@ -158,8 +158,7 @@ int moe_cuda_tf_forward(struct moe_cuda_model *d, const struct moe_batch *b, int
     if ((rc = moe_cuda_head_forward(d, T, d->i_head, -1, train, err))) // tied: the token embedding
         return rc;
     double loss = 0.0;
-    if ((rc = moe_cuda_ce_rows(&loss, train ? d->dy : NULL, d->row_loss, d->row_argmax, d->y, d->label, T, V,
-                               1.0f / (float)T, d->part, d->lse, err)))
+    if ((rc = moe_cuda_model_ce_head(d, &loss, train ? d->dy : NULL, d->row_loss, d->row_argmax, T, train, err)))
         return rc;
     d->loss = loss, d->T = T, d->B = B, d->step = b->step;
     *ret_loss = loss, *ret_aux = aux;
@@ -182,6 +181,8 @@ int moe_cuda_tf_backward(struct moe_cuda_model *d, struct moe_err *err)
     for (size_t l = L; l-- > 0;) {
         const struct moe_cuda_block *k = &d->blk[l];
         const float *n2 = d->n + l * TD;
+        if ((rc = moe_cuda_model_hidden_kd(d, l, T, err))) // MoEBERT: the block output's distance to the teacher's
+            return rc;
         // FFN branch: dm = dh (the residual) + norm2'(FFN'(dh))
         if (k->i_lang >= 0) { // the router's input gradient with respect to the language embedding
             if ((rc = moe_cuda_memset(d->dradd, 0, TD * sizeof(float), "language embedding gradient", err)))

@@ -388,10 +388,9 @@ struct moe_train_device {
     const struct moe_model_hp *hp; // the model's hyperparameters (what it was built from)
 };
 // What training on a device needs (checked by moe_train_run too): one
-// process, every tensor trained, no LoRA or distillation
-// (yet); the device model refuses the rest (cuda/model.h). MOE_ECONFIG or
+// process, every tensor trained, no LoRA (yet); the device model refuses the rest (cuda/model.h). MOE_ECONFIG or
 // MOE_EINVAL naming the key or the option.
-int moe_train_device_check(int dist, int frozen, int lora, int distill, struct moe_err *err);
+int moe_train_device_check(int dist, int frozen, int lora, struct moe_err *err);
 // The global gradient norm over the trainer's units with nothing frozen, one
 // process: each tensor, or each routed expert of an expert tensor, summed by
 // moe_optim_sum_sq, added in registry order (device_check.c).
@@ -458,6 +457,10 @@ struct moe_distill {
     struct moe_model *teacher;
     float alpha, tau;
     int sym;
+    // what the teacher was built from: a run on a CUDA device (hooks->device)
+    // builds the teacher's device model from it (cuda/model.h
+    // moe_cuda_model_set_teacher); the CPU does not need it
+    const struct moe_model_hp *teacher_hp;
 };
 int moe_train_ex(struct moe_model *m, const struct moe_data *data, const struct moe_config *cfg,
                  const struct moe_train_hooks *hooks, struct moe_train_result *ret, struct moe_err *err);

@@ -379,8 +379,9 @@ struct run {
     struct moe_batch_kd kd; // what a training batch carries to the student (hooks->distill)
     struct moe_train_ckpt ck;
     // hooks->device: the device model, and whether the host's weights and
-    // moments are behind it (a step since the last dev_sync)
-    struct moe_cuda_model *dev;
+    // moments are behind it (a step since the last dev_sync); with
+    // hooks->distill the teacher's (evaluation passes only)
+    struct moe_cuda_model *dev, *tdev;
     int dev_stale;
 };
 
@@ -429,7 +430,8 @@ static int optim_segments(struct run *r, struct moe_err *err)
     return 0;
 }
 
-// The teacher's output buffers, once the teacher is found to fit the student.
+// The teacher's output buffers, once the teacher is found to fit the student
+// (none on a device: its passes stay there, moe_cuda_model_set_teacher).
 static int teacher_alloc(struct run *r, struct moe_err *err)
 {
     const struct moe_model *m = r->m, *teacher = r->hooks->distill->teacher;
@@ -437,14 +439,15 @@ static int teacher_alloc(struct run *r, struct moe_err *err)
     if (teacher->n_out != m->n_out || teacher->n_in != m->n_in || teacher->task != m->task || bs > teacher->max_batch)
         return moe_error(err, MOE_ESHAPE, "the teacher (%zu inputs, %zu outputs, batches up to %zu) does not match the student (%zu inputs, %zu outputs, batches of %zu)",
                          teacher->n_in, teacher->n_out, teacher->max_batch, m->n_in, m->n_out, bs);
-    if (!(r->teacher_logits = malloc(rows * m->n_out * sizeof *r->teacher_logits)))
+    const int dev = r->hooks->device != NULL;
+    if (!dev && !(r->teacher_logits = malloc(rows * m->n_out * sizeof *r->teacher_logits)))
         return moe_error(err, MOE_ENOMEM, "out of memory for the teacher's logits (%zu x %zu)", rows, m->n_out);
     if (!r->hooks->distill->sym)
         return 0;
     if (!m->hidden_per_row || teacher->hidden_per_row != m->hidden_per_row)
         return moe_error(err, MOE_ESHAPE, "MoEBERT distillation needs teacher and student with block outputs of one shape (%zu and %zu floats per row)",
                          teacher->hidden_per_row, m->hidden_per_row);
-    if (!(r->teacher_hidden = malloc(bs * m->hidden_per_row * sizeof *r->teacher_hidden)))
+    if (!dev && !(r->teacher_hidden = malloc(bs * m->hidden_per_row * sizeof *r->teacher_hidden)))
         return moe_error(err, MOE_ENOMEM, "out of memory for the teacher's hidden states (%zu x %zu)", bs,
                          m->hidden_per_row);
     return 0;
@@ -514,7 +517,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     int rc;
     if (hooks->device &&
         ((rc = moe_train_device_check(hooks->dist && hooks->dist->size > 1, hooks->frozen != NULL,
-                                      hooks->lora != NULL, hooks->distill != NULL, err)) ||
+                                      hooks->lora != NULL, err)) ||
          (rc = moe_cuda_use_device(hooks->device->id, err))))
         return rc;
     rc = optim_segments(r, err);
@@ -602,6 +605,7 @@ static int run_resume(struct run *r, struct moe_err *err)
 static void run_release(struct run *r)
 {
     moe_cuda_model_free(r->dev);
+    moe_cuda_model_free(r->tdev);
     moe_optim_release(&r->opt);
     free(r->segs);
     free(r->acc);
@@ -1177,7 +1181,7 @@ static int train_update(struct run *r, uint64_t epoch, double step_loss, size_t 
 
 // ---- training steps on a CUDA device (hooks->device; cuda/model.h) ----
 // What it needs beyond what the device model checks itself.
-int moe_train_device_check(int dist, int frozen, int lora, int distill, struct moe_err *err)
+int moe_train_device_check(int dist, int frozen, int lora, struct moe_err *err)
 {
     if (dist)
         return moe_error(err, MOE_EINVAL, "training on a CUDA device runs in one process (no mpirun) so far");
@@ -1185,9 +1189,22 @@ int moe_train_device_check(int dist, int frozen, int lora, int distill, struct m
         return moe_error(err, MOE_ECONFIG, "keys 'train.trainable', 'train.freeze': partial fine-tuning is not on the CUDA device yet (use --device cpu)");
     if (lora)
         return moe_error(err, MOE_EINVAL, "LoRA is not on the CUDA device yet (use --device cpu)");
-    if (distill)
-        return moe_error(err, MOE_EINVAL, "distillation is not on the CUDA device yet (use --device cpu)");
     return 0;
+}
+
+// The teacher's device model (evaluation passes, batches of a training
+// step's micro-batch) behind the student's loss.
+static int dev_teacher(struct run *r, struct moe_err *err)
+{
+    const struct moe_distill *kd = r->hooks->distill;
+    if (!kd->teacher_hp)
+        return moe_error(err, MOE_EINVAL, "distillation on a CUDA device needs the teacher's hyperparameters");
+    int rc = moe_cuda_model_create(&r->tdev, kd->teacher, kd->teacher_hp, NULL, r->bs, err);
+    if (rc) {
+        moe_error_prefix(err, "the teacher: ");
+        return rc;
+    }
+    return moe_cuda_model_set_teacher(r->dev, r->tdev, kd->alpha, kd->tau, kd->sym, err);
 }
 
 // One optimizer step of step_rows rows from start on the device:
@@ -1397,7 +1414,8 @@ static int run_finish(struct run *r, uint64_t epoch, struct moe_train_result *re
         if (rs)
             return rs;
         moe_cuda_model_free(r->dev);
-        r->dev = NULL;
+        moe_cuda_model_free(r->tdev);
+        r->dev = r->tdev = NULL;
         restore(r->m, r->best);
         uint64_t be = (uint64_t)r->ck.best_epoch;
         int rc;
@@ -1490,6 +1508,8 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
     if (!rc && hooks->device) // batches of training steps and of evaluation passes
         rc = moe_cuda_model_create(&r.dev, m, hooks->device->hp, &r.opt, r.bs > eval_chunk(&r) ? r.bs : eval_chunk(&r),
                                    err);
+    if (!rc && r.dev && hooks->distill) // the teacher beside it, for the training batches
+        rc = dev_teacher(&r, err);
     double train0 = r.ck.pos.train_seconds;
     if (!rc)
         rc = run_epochs(&r, ret, err);
