@@ -354,11 +354,10 @@ static int rs_load(struct rs_run *r)
         return cli_error(cmd, 2, "'%s' is a '%s' model without sparse layers: nothing to route", r->o->ckpt,
                          r->model.ops->type);
     if (strcmp(r->c->device, "cpu") != 0) { // the model on the device, before DIR is made
-        struct moe_optim none = { .type = MOE_OPTIM_GD }; // evaluation only: no moments
         if (moe_cuda_model_check(&r->model, &r->rc.model, &err))
             return cli_error(cmd, 2, "option '--device %s': %s", r->c->device, err.msg);
-        if (moe_cuda_use_device(r->c->device_id, &err) ||
-            moe_cuda_model_create(&r->dev, &r->model, &r->rc.model, &none, r->chunk, &err))
+        if (moe_cuda_use_device(r->c->device_id, &err) || // evaluation only: no gradients or moments
+            moe_cuda_model_create(&r->dev, &r->model, &r->rc.model, NULL, r->chunk, &err))
             return cli_fail(cmd, &err);
     }
     if (moe_train_stats_init(&r->st, &r->model, r->d, &err) || cli_mkdir_p(r->c->out, &err))

@@ -754,7 +754,7 @@ static int device_check(struct train_run *r)
         return cli_error(cmd, 2, "option '--device %s' cannot be used with model.type '%s': the CUDA backend is "
                          "for mlp-moe and transformer models; use --device cpu", dv, moe_model_kind(t)->name);
     if (moe_cuda_model_check(&r->model, &r->rc.model, &err) ||
-        moe_train_device_check(r->o->dist != NULL, r->tune.frozen != NULL, r->o->lora, &err))
+        moe_train_device_check(r->o->dist != NULL, &err))
         return cli_error(cmd, 2, "option '--device %s': %s", dv, err.msg);
     const struct distill *kd = &r->distill; // the teacher's passes run there too
     enum moe_model_type tt = kd->teacher_hp.type;

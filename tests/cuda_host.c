@@ -535,6 +535,14 @@ int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_
     return 0;
 }
 
+int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n, struct moe_err *err)
+{
+    (void)err;
+    for (size_t i = 0; i < n; i++)
+        moe_k_lora_merge(w, w0, delta, i);
+    return 0;
+}
+
 int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err)
 {
     double *lanes = scratch, *part = lanes + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, *sq = part + MOE_K_SQ_BLOCKS;

@@ -38,6 +38,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "train/train.h"
+#include "train/tune.h"
 
 #ifdef MOE_TEST_CUDA_HOST
 #define EXACT 1
@@ -420,13 +421,24 @@ struct kd_spec {
     int sym;
 };
 
+// Fine-tuning only part of the model, as `moe train --trainable/--freeze`
+// and `moe lora` set it up (cmd/train_tune.c): globs of train.trainable and
+// train.freeze (expert ranges allowed); with rank > 0, LoRA adapters of that
+// rank on the targets, the base frozen but for the routers.
+struct tune_spec {
+    const char *const *trainable, *const *freeze, *const *targets;
+    size_t n_trainable, n_freeze, n_targets, rank;
+    double alpha;
+    int shared;
+};
+
 struct tctx {
     struct outcome *o;
-    const struct kd_spec *kd; // distil from this teacher (NULL: no distillation)
+    const struct kd_spec *kd;     // distil from this teacher (NULL: no distillation)
+    const struct tune_spec *tune; // train part of the model (NULL: all of it)
     struct moe_model *m;
     const char *path;
     uint64_t stop_at_step; // raise stop at this step's checkpoint (0: never)
-    int frozen;            // hand the trainer a frozen list (nothing in it frozen)
     volatile sig_atomic_t stop;
 };
 
@@ -493,7 +505,23 @@ static void train_run(const char *json, const char *const *ovs, size_t n_ovs, in
         die(&err);
     c->m = &m;
     struct moe_train_device dv = { .id = 0, .hp = &hp };
-    uint8_t *frozen = c->frozen ? calloc(m.params.n, 1) : NULL;
+    struct moe_tune_sel sel = { 0 };
+    struct moe_lora lora = { 0 };
+    const struct tune_spec *tu = c->tune;
+    if (tu && !tu->rank &&
+        moe_tune_select_ex(&sel, &m.params, (const char **)tu->trainable, tu->n_trainable, (const char **)tu->freeze,
+                           tu->n_freeze, "train.trainable", "train.freeze", &err))
+        die(&err);
+    if (tu && tu->rank) {
+        static const char *const router_globs[] = { "*.router.*", "*.lang_emb" };
+        if (moe_tune_sel_init(&sel, &m.params, 1, &err) ||
+            moe_tune_sel_mark(&sel, &m.params, router_globs, 2, 0, NULL, &err) ||
+            moe_tune_sel_mark(&sel, &m.params, tu->trainable, tu->n_trainable, 0, "train.trainable", &err) ||
+            moe_lora_create(&lora, &m.params, sel.frozen, tu->targets, tu->n_targets, tu->rank, tu->alpha, tu->shared,
+                            &err))
+            die(&err);
+        moe_lora_init(&lora, 7);
+    }
     struct moe_config tcfg;
     struct moe_model_hp thp;
     struct moe_model teacher = { 0 };
@@ -515,7 +543,8 @@ static void train_run(const char *json, const char *const *ovs, size_t n_ovs, in
                                    .teacher_hp = &thp };
     }
     struct moe_train_hooks h = { .row = on_row, .ctx = c, .checkpoint = on_checkpoint, .stop = &c->stop,
-                                 .resume = resume ? &f : NULL, .device = device ? &dv : NULL, .frozen = frozen,
+                                 .resume = resume ? &f : NULL, .device = device ? &dv : NULL, .frozen = sel.frozen,
+                                 .frozen_experts = sel.frozen_experts, .lora = tu && tu->rank ? &lora : NULL,
                                  .distill = c->kd ? &kd : NULL };
     struct moe_train_result res;
     c->o->rc = moe_train_ex(&m, &data, &cfg, &h, &res, &c->o->err);
@@ -523,7 +552,17 @@ static void train_run(const char *json, const char *const *ovs, size_t n_ovs, in
     c->o->selected = res.selected_epoch;
     free(c->o->w);
     c->o->w = copy_of(m.params.data, m.params.numel);
-    free(frozen);
+    if (tu && tu->rank) { // the adapters, after the weights
+        size_t n = m.params.numel + lora.p.numel;
+        float *w = realloc(c->o->w, n * sizeof *w);
+        if (!w)
+            abort();
+        memcpy(w + m.params.numel, lora.p.data, lora.p.numel * sizeof *w);
+        c->o->w = w;
+        c->o->numel = n;
+        moe_lora_release(&lora);
+    }
+    moe_tune_sel_release(&sel);
     if (c->kd) {
         moe_model_release(&teacher);
         moe_config_release(&tcfg);
@@ -713,21 +752,30 @@ static void test_trainer(void)
 #endif
     remove(path);
     outcome_free(&ref);
-    // what the trainer refuses on the device, before any step
-    const struct {
-        const char *const *ovs;
-        size_t n;
-        int frozen;
-        const char *want;
-    } bad[] = { { NULL, 0, 1, "partial fine-tuning is not on the CUDA device yet" } };
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        struct outcome o = { 0 };
-        struct tctx c = { .o = &o, .frozen = bad[i].frozen };
-        train_run(TRAIN_CFG, bad[i].ovs, bad[i].n, 1, &c, 0);
-        printf("# trainer refusal %zu: rc %d: %s\n", i, o.rc, o.err.msg);
-        EXPECT(o.rc == MOE_ECONFIG && strstr(o.err.msg, bad[i].want), "trainer refusal %zu: rc %d: %s", i, o.rc,
-               o.err.msg);
-        outcome_free(&o);
+    // partial fine-tuning and LoRA: the optimizer's segments and the norm's
+    // units on the device as the trainer forms them (frozen tensors, expert
+    // ranges, adapters per expert and shared; a shared adapter's gradient sums
+    // over the experts), with accumulation in one of them
+    static const char *const tr1[] = { "layers.1.*" }, *const fr1[] = { "layers.1.moe.experts.*@1-2" };
+    static const char *const tg_all[] = { "*.experts.w1", "*.experts.w2", "head.weight" };
+    static const char *const tg_w1[] = { "*.experts.w1", "input.weight" };
+    static const char *const tr2[] = { "norm.*" };
+    static const struct tune_spec tunes[] = {
+        { tr1, fr1, NULL, 1, 1, 0, 0, 0.0, 0 },
+        { NULL, NULL, tg_all, 0, 0, 3, 2, 4.0, 0 },
+        { tr2, NULL, tg_w1, 1, 0, 2, 3, 3.0, 1 },
+    };
+    static const char *const tune_acc[] = { "train.accumulate=2", "optim.batch_size=24" };
+    for (size_t i = 0; i < 3; i++) {
+        struct outcome a = { 0 }, b = { 0 };
+        struct tctx ca = { .o = &a, .tune = &tunes[i] }, cb = { .o = &b, .tune = &tunes[i] };
+        train_run(TRAIN_CFG, i == 2 ? tune_acc : NULL, i == 2 ? 2 : 0, 0, &ca, 0);
+        train_run(TRAIN_CFG, i == 2 ? tune_acc : NULL, i == 2 ? 2 : 0, 1, &cb, 0);
+        same_run(i == 0   ? "trainer partial fine-tuning: block 1 but its experts 1-2"
+                 : i == 1 ? "trainer LoRA r 2 per expert on the experts' w1, w2 and the head"
+                          : "trainer LoRA r 3 shared on w1 and the input, norms trained, accumulation",
+                 &b, &a);
+        outcome_free(&a), outcome_free(&b);
     }
 }
 

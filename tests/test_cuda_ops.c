@@ -1022,6 +1022,29 @@ static void test_fold(void)
     free(g), free(a), free(o), free(o2);
 }
 
+// LoRA's merge: W0 + delta where delta is not zero, else W0 (zeros of both
+// signs among both), bit for bit.
+static void test_lora_merge(void)
+{
+    const size_t n = 9001;
+    struct moe_err err;
+    float *w0 = malloc(n * 4), *dl = malloc(n * 4), *w = malloc(n * 4), *want = malloc(n * 4);
+    fill(w0, n, 160, -1.0f, 1.0f);
+    fill(dl, n, 161, -0.01f, 0.01f);
+    for (size_t i = 0; i < n; i += 5)
+        dl[i] = i % 2 ? 0.0f : -0.0f;
+    for (size_t i = 0; i < n; i += 13)
+        w0[i] = i % 2 ? 0.0f : -0.0f;
+    for (size_t i = 0; i < n; i++)
+        want[i] = dl[i] != 0.0f ? w0[i] + dl[i] : w0[i];
+    float *dw = dev(NULL, n * 4), *dw0 = dev(w0, n * 4), *dd = dev(dl, n * 4);
+    EXPECT(moe_cuda_lora_merge(dw, dw0, dd, n, &err) == 0, "%s", err.msg);
+    host(w, dw, n * 4);
+    EXPECT(memcmp(w, want, n * 4) == 0, "lora merge differs from W0 + delta (delta 0: W0)");
+    moe_cuda_free(dw), moe_cuda_free(dw0), moe_cuda_free(dd);
+    free(w0), free(dl), free(w), free(want);
+}
+
 static void test_sum_sq(void)
 {
     struct moe_err err;
@@ -1140,6 +1163,7 @@ int main(void)
     test_linear_bias();
     test_sum_sq();
     test_fold();
+    test_lora_merge();
     test_distill();
     test_gemm();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);

@@ -1490,6 +1490,28 @@ START_TEST(test_fold)
 }
 END_TEST
 
+// LoRA's merge against train/tune.c's rule (moe_lora_apply: W0 + delta where
+// delta is not zero, else W0's bits): zeros of either sign in both, bit for bit.
+START_TEST(test_lora_merge)
+{
+    const size_t n = 515;
+    float *w0 = malloc(n * 4), *dl = malloc(n * 4), *w = malloc(n * 4), *want = malloc(n * 4);
+    fill(w0, n, 610, -1.0f, 1.0f);
+    fill(dl, n, 611, -0.01f, 0.01f);
+    for (size_t i = 0; i < n; i += 7)
+        dl[i] = i % 2 ? 0.0f : -0.0f;
+    for (size_t i = 0; i < n; i += 11)
+        w0[i] = i % 2 ? 0.0f : -0.0f;
+    for (size_t i = 0; i < n; i++) {
+        want[i] = dl[i] != 0.0f ? w0[i] + dl[i] : w0[i];
+        moe_k_lora_merge(w, w0, dl, i);
+    }
+    same_floats(w, want, n, "lora merge");
+    ck_assert_msg(signbit(w[0]) && !signbit(w0[0] + 0.0f), "-0.0 + 0.0: the base weight's sign should stay");
+    free(w0), free(dl), free(w), free(want);
+}
+END_TEST
+
 START_TEST(test_sum_sq)
 {
     ck_assert_int_eq(MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, 2048);
@@ -1587,6 +1609,7 @@ int main(void)
     tcase_add_test(tc, test_linear_bias);
     tcase_add_test(tc, test_sum_sq);
     tcase_add_test(tc, test_fold);
+    tcase_add_test(tc, test_lora_merge);
     tcase_add_test(tc, test_attention_fd);
     suite_add_tcase(s, tc);
     return moe_test_run(s);

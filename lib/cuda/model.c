@@ -41,6 +41,7 @@
 #include "moe/route_stats.h"
 #include "nn/nn.h"
 #include "train/train.h"
+#include "train/tune.h"
 
 int moe_cuda_model_alloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err)
 {
@@ -77,6 +78,7 @@ void moe_cuda_model_free(struct moe_cuda_model *d)
     free(d->yh), free(d->pred), free(d->onehot);
     free(d->htarget), free(d->hlabel), free(d->hargmax), free(d->hrow_loss);
     free(d->hkeys);
+    free(d->seg), free(d->unit), free(d->w0_off);
     if (d->has_host) {
         moe_route_release(&d->hr);
         moe_dispatch_release(&d->hplan);
@@ -108,6 +110,8 @@ int moe_cuda_model_check(const struct moe_model *m, const struct moe_model_hp *h
     return 0;
 }
 
+static int default_train(struct moe_cuda_model *d, struct moe_err *err);
+
 int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m, const struct moe_model_hp *hp,
                           const struct moe_optim *o, size_t T_max, struct moe_err *err)
 {
@@ -137,6 +141,8 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     d->i_gf = moe_params_find(p, "norm.weight"), d->i_bf = moe_params_find(p, "norm.bias");
     d->i_wh = moe_params_find(p, "head.weight"), d->i_bh = moe_params_find(p, "head.bias");
     const size_t T = d->T_max, D = d->D, L = d->L, f = sizeof(float), n = p->numel * f;
+    d->n_opt = o ? o->numel : 0; // the moments' floats: the trained segments' (all of the registry by default)
+    const size_t nm = d->n_opt * f;
     int rc = 0;
     d->blk = calloc(L, sizeof *d->blk);
     if (!d->blk)
@@ -144,8 +150,8 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     const struct moe_cuda_want b[] = {
         { 1, &d->w, n, "parameters" },
         { o != NULL, &d->g, n, "gradients" },
-        { d->opt != MOE_OPTIM_GD, &d->m, n, "optimizer moments (m)" },
-        { d->opt == MOE_OPTIM_ADAMW, &d->v, n, "optimizer moments (v)" },
+        { d->opt != MOE_OPTIM_GD, &d->m, nm, "optimizer moments (m)" },
+        { d->opt == MOE_OPTIM_ADAMW, &d->v, nm, "optimizer moments (v)" },
         { !d->tf, &d->x, T * d->I * f, "batch inputs" },
         { !d->ce, &d->target, T * d->O * f, "batch targets" },
         { d->ce, &d->label, T * sizeof(int32_t), "batch labels" },
@@ -228,9 +234,11 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     if (!rc)
         rc = moe_cuda_to_device(d->w, p->data, n, err);
     if (!rc && d->m) // (d->m, d->v: only with o)
-        rc = o->m ? moe_cuda_to_device(d->m, o->m, n, err) : moe_cuda_memset(d->m, 0, n, "optimizer moments", err);
+        rc = o->m ? moe_cuda_to_device(d->m, o->m, nm, err) : moe_cuda_memset(d->m, 0, nm, "optimizer moments", err);
     if (!rc && d->v)
-        rc = o->v ? moe_cuda_to_device(d->v, o->v, n, err) : moe_cuda_memset(d->v, 0, n, "optimizer moments", err);
+        rc = o->v ? moe_cuda_to_device(d->v, o->v, nm, err) : moe_cuda_memset(d->v, 0, nm, "optimizer moments", err);
+    if (!rc && d->g) // every weight trained, until moe_cuda_model_set_train says otherwise
+        rc = default_train(d, err);
     if (rc) {
         moe_cuda_model_free(d);
         return rc;
@@ -239,24 +247,47 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     return 0;
 }
 
-// The trainer's global gradient norm: its units in registry order, each
-// routed expert of an expert tensor on its own.
+// The trainer's global gradient norm: its units in order (by default each
+// tensor in registry order, each routed expert of an expert tensor on its
+// own), each unit's sum of squares in moe_optim_sum_sq's blocks, added in
+// double on the host.
 static int grad_norm(struct moe_cuda_model *d, double *ret, struct moe_err *err)
 {
-    const struct moe_params *p = d->p;
     double sq = 0.0;
+    for (size_t k = 0; k < d->n_unit; k++) {
+        double s;
+        int rc = moe_cuda_sum_sq(&s, d->unit[k].g, d->unit[k].n, d->sq, err);
+        if (rc)
+            return rc;
+        sq += s;
+    }
+    *ret = sqrt(sq);
+    return 0;
+}
+
+// Every weight trained: one segment, the whole registry (train/trainer.c's
+// optimizer segments without freezing), and the units above.
+static int default_train(struct moe_cuda_model *d, struct moe_err *err)
+{
+    const struct moe_params *p = d->p;
+    size_t n_unit = 0;
+    for (size_t i = 0; i < p->n; i++)
+        n_unit += p->t[i].experts ? p->t[i].shape[0] : 1;
+    free(d->seg), free(d->unit);
+    d->seg = malloc(sizeof *d->seg);
+    d->unit = malloc((n_unit ? n_unit : 1) * sizeof *d->unit);
+    if (!d->seg || !d->unit)
+        return moe_error(err, MOE_ENOMEM, "out of memory for %zu gradient norm units", n_unit);
+    d->seg[0] = (struct moe_cuda_seg){ d->w, d->g, d->numel };
+    d->n_seg = 1;
+    d->seg_total = d->numel;
+    d->n_unit = 0;
     for (size_t i = 0; i < p->n; i++) {
         const struct moe_tensor *t = &p->t[i];
         size_t units = t->experts ? t->shape[0] : 1, slice = t->numel / units;
-        for (size_t e = 0; e < units; e++) {
-            double s;
-            int rc = moe_cuda_sum_sq(&s, d->g + t->offset + e * slice, slice, d->sq, err);
-            if (rc)
-                return rc;
-            sq += s;
-        }
+        for (size_t e = 0; e < units; e++)
+            d->unit[d->n_unit++] = (struct moe_cuda_unit){ d->g + t->offset + e * slice, slice };
     }
-    *ret = sqrt(sq);
     return 0;
 }
 
@@ -503,20 +534,31 @@ int moe_cuda_model_eval(struct moe_cuda_model *d, const struct moe_batch *b, str
     return rc ? rc : moe_cuda_model_stats(d, b, s, err);
 }
 
+static int mlp_backward(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_err *err);
+static int lora_backward(struct moe_cuda_model *d, struct moe_err *err);
+static int lora_apply(struct moe_cuda_model *d, struct moe_err *err);
+
 int moe_cuda_model_backprop(struct moe_cuda_model *d, const struct moe_batch *b, double *ret_loss, double *ret_aux,
                             struct moe_err *err)
 {
-    const size_t T = b->n, I = d->I, D = d->D, O = d->O, L = d->L, TD = T * D;
     *ret_loss = *ret_aux = 0.0;
     if (!d->g)
         return moe_error(err, MOE_EINVAL, "CUDA model: made for evaluation passes only (no gradients)");
     int rc = d->teacher ? moe_cuda_model_teacher_pass(d, b, err) : 0;
     if (!rc)
         rc = d->tf ? moe_cuda_tf_forward(d, b, 1, ret_loss, ret_aux, err) : forward(d, b, 1, ret_loss, ret_aux, err);
-    if (rc || (rc = moe_cuda_memset(d->g, 0, d->numel * sizeof(float), "gradients", err)))
+    if (rc || (rc = moe_cuda_memset(d->g, 0, d->numel * sizeof(float), "gradients", err)) ||
+        (d->lora && (rc = moe_cuda_memset(d->lg, 0, d->lora->p.numel * sizeof(float), "LoRA gradients", err))))
         return rc;
-    if (d->tf)
-        return moe_cuda_tf_backward(d, err);
+    rc = d->tf ? moe_cuda_tf_backward(d, err) : mlp_backward(d, b, err);
+    return rc || !d->lora ? rc : lora_backward(d, err);
+}
+
+// The mlp-moe backward of the last training pass (batch b).
+static int mlp_backward(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_err *err)
+{
+    const size_t T = b->n, I = d->I, D = d->D, O = d->O, L = d->L, TD = T * D;
+    int rc;
     float *nf = d->n + L * TD;
     // backward: dh holds dL/dh_l for the current l
     if ((rc = moe_cuda_memset(d->dn, 0, TD * sizeof(float), "dn", err)) ||
@@ -551,30 +593,47 @@ int moe_cuda_model_grad(struct moe_cuda_model *d, const struct moe_batch *b, dou
     return rc ? rc : grad_norm(d, ret_gnorm, err);
 }
 
-// The trainer's accumulate(): one fold over the flat registry (the
-// optimizer's one segment; padding folds zeros), the sum in d->acc, made at
-// the first step of more than one micro-batch.
+// The trainer's accumulate(): a fold over each of the optimizer's segments
+// (by default the flat registry; padding folds zeros), the sums one after
+// another in d->acc, made at the first step of more than one micro-batch.
 int moe_cuda_model_fold(struct moe_cuda_model *d, size_t k, int last, float w, struct moe_err *err)
 {
     int rc;
     if (k == 0 && last)
         return 0;
-    if (!d->acc && (rc = dalloc(d, &d->acc, d->numel * sizeof(float), "gradient accumulator", err)))
+    size_t n = 0;
+    for (size_t j = 0; j < d->n_seg; j++)
+        n += d->seg[j].n;
+    if (!d->acc && (rc = dalloc(d, &d->acc, n * sizeof(float), "gradient accumulator", err)))
         return rc;
-    return moe_cuda_fold(d->acc, d->g, d->g, d->numel, w, k, last, err);
+    for (size_t j = 0, off = 0; j < d->n_seg; off += d->seg[j++].n)
+        if ((rc = moe_cuda_fold(d->acc + off, d->seg[j].g, d->seg[j].g, d->seg[j].n, w, k, last, err)))
+            return rc;
+    return 0;
 }
 
-// train/optim.c moe_optim_step_segs over one segment: the clipping scale, the
-// step count, one update over the flat registry.
+// train/optim.c moe_optim_step_segs: the clipping scale, the step count, the
+// update of each segment with its moments (one after another); then LoRA's
+// merge of the adapters into the weights (the trainer's moe_lora_apply).
 int moe_cuda_model_update(struct moe_cuda_model *d, struct moe_optim *o, double gnorm, struct moe_err *err)
 {
+    if (!d->g)
+        return moe_error(err, MOE_EINVAL, "CUDA model: made for evaluation passes only (no gradients)");
+    if ((d->m || d->v) && d->seg_total != d->n_opt) // a trainer that trains part of the model says which part first
+        return moe_error(err, MOE_EINVAL, "CUDA model: the optimizer's moments hold %zu floats, its segments %zu (moe_cuda_model_set_train)",
+                         d->n_opt, d->seg_total);
     float clip_scale = o->clip > 0.0 && gnorm > o->clip ? (float)(o->clip / gnorm) : 1.0f;
     o->t++;
     struct moe_k_optim k;
     enum moe_k_optim_type kt = o->type == MOE_OPTIM_ADAMW ? MOE_K_ADAMW : o->type == MOE_OPTIM_SGD ? MOE_K_SGD
                                                                                                     : MOE_K_GD;
     moe_k_optim_setup(&k, kt, o->lr, o->weight_decay, o->momentum, o->beta1, o->beta2, o->eps, o->t, clip_scale);
-    return moe_cuda_optim_update(&k, d->w, d->g, d->m, d->v, d->numel, err);
+    int rc;
+    for (size_t j = 0, off = 0; j < d->n_seg; off += d->seg[j++].n)
+        if ((rc = moe_cuda_optim_update(&k, d->seg[j].w, d->seg[j].g, d->m ? d->m + off : NULL,
+                                        d->v ? d->v + off : NULL, d->seg[j].n, err)))
+            return rc;
+    return d->lora ? lora_apply(d, err) : 0;
 }
 
 int moe_cuda_model_step(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_optim *o, double *ret_loss,
@@ -644,17 +703,155 @@ int moe_cuda_model_route_to(const struct moe_cuda_model *d, struct moe_model *m,
     return 0;
 }
 
+// ---- what the updates change: partial fine-tuning and LoRA ----
+
+// Adapter e of target t in an adapter buffer (train/tune.c's layout: A (r,
+// in) and B (out, r) per expert, or one of each for a shared adapter).
+static float *adapter_a(const struct moe_lora *l, const struct moe_lora_target *t, size_t e, float *base)
+{
+    return base + l->p.t[t->a].offset + (t->shared ? 0 : e * l->rank * t->in);
+}
+static float *adapter_b(const struct moe_lora *l, const struct moe_lora_target *t, size_t e, float *base)
+{
+    return base + l->p.t[t->b].offset + (t->shared ? 0 : e * t->out * l->rank);
+}
+
+// train/tune.c moe_lora_apply: for each target matrix, delta = s B A (a GEMM
+// into ltmp), then W = W0 + delta (moe_k_lora_merge: zero delta keeps W0).
+static int lora_apply(struct moe_cuda_model *d, struct moe_err *err)
+{
+    const struct moe_lora *l = d->lora;
+    const float s = (float)l->scale;
+    const size_t r = l->rank;
+    int rc;
+    for (size_t k = 0; k < l->n; k++) {
+        const struct moe_lora_target *t = &l->t[k];
+        const size_t mn = t->out * t->in;
+        float *w = W(d, t->base);
+        for (size_t e = 0; e < t->E; e++)
+            if ((rc = moe_cuda_gemm(0, 0, t->out, t->in, r, s, adapter_b(l, t, e, d->lw), r,
+                                    adapter_a(l, t, e, d->lw), t->in, 0.0f, d->ltmp, t->in, "LoRA s B A", err)) ||
+                (rc = moe_cuda_lora_merge(w + e * mn, d->lw0 + d->w0_off[k] + e * mn, d->ltmp, mn, err)))
+                return rc;
+    }
+    return 0;
+}
+
+// train/tune.c moe_lora_backward: from the model's dL/dW of each target,
+// dB += s G A^T and dA += s B^T G (a shared adapter sums over the experts,
+// in expert order).
+static int lora_backward(struct moe_cuda_model *d, struct moe_err *err)
+{
+    const struct moe_lora *l = d->lora;
+    const float s = (float)l->scale;
+    const size_t r = l->rank;
+    int rc;
+    for (size_t k = 0; k < l->n; k++) {
+        const struct moe_lora_target *t = &l->t[k];
+        const float *g = G(d, t->base);
+        for (size_t e = 0; e < t->E; e++) {
+            const float *ge = g + e * t->out * t->in;
+            if ((rc = moe_cuda_gemm(0, 1, t->out, r, t->in, s, ge, t->in, adapter_a(l, t, e, d->lw), t->in, 1.0f,
+                                    adapter_b(l, t, e, d->lg), r, "LoRA backward (dB)", err)) ||
+                (rc = moe_cuda_gemm(1, 0, r, t->in, t->out, s, adapter_b(l, t, e, d->lw), r, ge, t->in, 1.0f,
+                                    adapter_a(l, t, e, d->lg), t->in, "LoRA backward (dA)", err)))
+                return rc;
+        }
+    }
+    return 0;
+}
+
+// The adapters on the device: their weights (as the host has them), zero
+// gradients, every target's W0, the product's scratch.
+static int lora_upload(struct moe_cuda_model *d, struct moe_lora *l, struct moe_err *err)
+{
+    const size_t f = sizeof(float), n = l->p.numel;
+    size_t n0 = 0, big = 1;
+    if (!(d->w0_off = malloc((l->n ? l->n : 1) * sizeof *d->w0_off)))
+        return moe_error(err, MOE_ENOMEM, "out of memory for %zu LoRA targets", l->n);
+    for (size_t k = 0; k < l->n; k++) {
+        const struct moe_lora_target *t = &l->t[k];
+        d->w0_off[k] = n0;
+        n0 += t->E * t->out * t->in;
+        big = t->out * t->in > big ? t->out * t->in : big;
+    }
+    int rc;
+    if ((rc = dalloc(d, &d->lw, n * f, "LoRA adapters", err)) ||
+        (rc = dalloc(d, &d->lg, n * f, "LoRA adapter gradients", err)) ||
+        (rc = dalloc(d, &d->lw0, (n0 ? n0 : 1) * f, "LoRA base weights (W0)", err)) ||
+        (rc = dalloc(d, &d->ltmp, big * f, "LoRA product scratch", err)) ||
+        (rc = moe_cuda_to_device(d->lw, l->p.data, n * f, err)) ||
+        (rc = moe_cuda_memset(d->lg, 0, n * f, "LoRA adapter gradients", err)))
+        return rc;
+    for (size_t k = 0; k < l->n; k++) {
+        const struct moe_lora_target *t = &l->t[k];
+        if ((rc = moe_cuda_to_device(d->lw0 + d->w0_off[k], t->w0, t->E * t->out * t->in * f, err)))
+            return rc;
+    }
+    d->lora = l;
+    return 0;
+}
+
+int moe_cuda_model_set_train(struct moe_cuda_model *d, const struct moe_cuda_span *seg, size_t n_seg,
+                             const struct moe_cuda_span *unit, size_t n_unit, struct moe_lora *lora,
+                             struct moe_err *err)
+{
+    if (!d->g)
+        return moe_error(err, MOE_EINVAL, "CUDA model: made for evaluation passes only (no gradients)");
+    if (d->lora)
+        return moe_error(err, MOE_EINVAL, "CUDA model: what it trains is set already");
+    int rc;
+    if (lora && (rc = lora_upload(d, lora, err)))
+        return rc;
+    const size_t nl = lora ? lora->p.numel : 0;
+    size_t total = 0;
+    for (size_t j = 0; j < n_seg; j++) {
+        const struct moe_cuda_span *a = &seg[j];
+        if (a->lora ? !lora || a->off + a->n > nl : a->off + a->n > d->numel)
+            return moe_error(err, MOE_EINVAL, "CUDA model: segment %zu [%zu, +%zu) lies outside the %s", j, a->off,
+                             a->n, a->lora ? "adapters" : "registry");
+        total += a->n;
+    }
+    for (size_t j = 0; j < n_unit; j++)
+        if (unit[j].lora ? !lora || unit[j].off + unit[j].n > nl : unit[j].off + unit[j].n > d->numel)
+            return moe_error(err, MOE_EINVAL, "CUDA model: norm unit %zu lies outside the %s", j,
+                             unit[j].lora ? "adapters" : "registry");
+    if ((d->m || d->v) && total != d->n_opt)
+        return moe_error(err, MOE_EINVAL, "CUDA model: the segments hold %zu weights, the optimizer's moments %zu",
+                         total, d->n_opt);
+    struct moe_cuda_seg *s = malloc((n_seg ? n_seg : 1) * sizeof *s);
+    struct moe_cuda_unit *u = malloc((n_unit ? n_unit : 1) * sizeof *u);
+    if (!s || !u) {
+        free(s), free(u);
+        return moe_error(err, MOE_ENOMEM, "out of memory for %zu segments and %zu norm units", n_seg, n_unit);
+    }
+    for (size_t j = 0; j < n_seg; j++)
+        s[j] = seg[j].lora ? (struct moe_cuda_seg){ d->lw + seg[j].off, d->lg + seg[j].off, seg[j].n }
+                           : (struct moe_cuda_seg){ d->w + seg[j].off, d->g + seg[j].off, seg[j].n };
+    for (size_t j = 0; j < n_unit; j++)
+        u[j] = (struct moe_cuda_unit){ (unit[j].lora ? d->lg : d->g) + unit[j].off, unit[j].n };
+    free(d->seg), free(d->unit);
+    d->seg = s, d->n_seg = n_seg, d->seg_total = total;
+    d->unit = u, d->n_unit = n_unit;
+    return 0;
+}
+
 int moe_cuda_model_download(const struct moe_cuda_model *d, struct moe_model *m, struct moe_optim *o,
                             struct moe_err *err)
 {
-    const size_t n = d->numel * sizeof(float);
+    const size_t n = d->numel * sizeof(float), nm = d->n_opt * sizeof(float);
     int rc = moe_cuda_to_host(m->params.data, d->w, n, err);
     if (!rc && m->params.grad && d->g)
         rc = moe_cuda_to_host(m->params.grad, d->g, n, err);
     if (!rc && o && o->m && d->m)
-        rc = moe_cuda_to_host(o->m, d->m, n, err);
+        rc = moe_cuda_to_host(o->m, d->m, nm, err);
     if (!rc && o && o->v && d->v)
-        rc = moe_cuda_to_host(o->v, d->v, n, err);
+        rc = moe_cuda_to_host(o->v, d->v, nm, err);
+    struct moe_lora *l = d->lora; // the adapters: weights, and gradients where the host keeps them
+    if (!rc && l)
+        rc = moe_cuda_to_host(l->p.data, d->lw, l->p.numel * sizeof(float), err);
+    if (!rc && l && l->p.grad)
+        rc = moe_cuda_to_host(l->p.grad, d->lg, l->p.numel * sizeof(float), err);
     for (size_t l = 0; !rc && l < d->L; l++) // bias balancing's offsets: state, not parameters
         if (d->blk[l].moe)
             rc = moe_cuda_layer_get_bias(d->blk[l].moe, m->moe_layers[d->blk[l].si]->bias, err);

@@ -41,11 +41,14 @@ struct moe_optim;
 struct moe_batch;
 struct moe_stats;
 struct moe_cuda_model;
+struct moe_lora;
 
 // The device model of m (built from hp, weights initialised or loaded) for
 // batches of up to T_max rows, with o's optimizer state: m's weights and o's
-// moments (NULL: zero) copied to the device. o NULL: a model for evaluation
-// passes only (a teacher), without gradients or moments.
+// moments (o->numel floats each; NULL: zero) copied to the device. o NULL: a
+// model for evaluation passes only (a teacher), without gradients or moments.
+// Every weight is trained (one optimizer segment, the whole registry) until
+// moe_cuda_model_set_train says otherwise.
 int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m, const struct moe_model_hp *hp,
                           const struct moe_optim *o, size_t T_max, struct moe_err *err);
 void moe_cuda_model_free(struct moe_cuda_model *d);
@@ -113,6 +116,30 @@ int moe_cuda_model_eval(struct moe_cuda_model *d, const struct moe_batch *b, str
 // The teacher stays the caller's; it must outlive d's passes.
 int moe_cuda_model_set_teacher(struct moe_cuda_model *d, struct moe_cuda_model *teacher, float alpha, float tau,
                                int sym, struct moe_err *err);
+
+// What the updates change when not every weight is (the trainer's partial
+// fine-tuning, train.trainable / train.freeze, and LoRA): spans of floats of
+// the registry, or (lora set) of the adapters' registry.
+struct moe_cuda_span {
+    size_t off, n;
+    int lora;
+};
+// seg: the optimizer's segments in order, their moments one after another
+// (o->numel of create in all: train/optim.c moe_optim_step_segs's layout;
+// gradient accumulation folds each); unit: the gradient norm's units, each
+// summed in moe_optim_sum_sq's blocks, added in order (train/trainer.c
+// grad_norm's). They replace the defaults (the whole registry; a unit per
+// tensor, and per routed expert of an expert tensor). lora (train/tune.h,
+// applied to m's weights as the host has it): the adapters move to the
+// device: each backward adds their gradients from the targets' dL/dW
+// (moe_lora_backward's products), each update merges them into the targets
+// (moe_lora_apply), and moe_cuda_model_download copies their weights (and
+// gradients) back into lora->p; lora must outlive d. Once per model;
+// MOE_EINVAL for a span outside its buffer or segments that do not hold the
+// moments' count.
+int moe_cuda_model_set_train(struct moe_cuda_model *d, const struct moe_cuda_span *seg, size_t n_seg,
+                             const struct moe_cuda_span *unit, size_t n_unit, struct moe_lora *lora,
+                             struct moe_err *err);
 
 // Every sparse layer's evaluation capacity factor (the host model's
 // set_eval_capacity), for the evaluation passes that follow.

@@ -108,6 +108,30 @@ struct moe_cuda_model {
     float kd_alpha, kd_tau;
     int kd_sym;
     double *kd_scratch;
+    // what an update changes (moe_cuda_model_set_train): the optimizer's
+    // segments (device weights and gradients; their moments one after another,
+    // n_opt floats of m and v), the gradient norm's units (host arrays)
+    struct moe_cuda_seg *seg;
+    size_t n_seg, n_opt, seg_total; // seg_total: the segments' floats
+    struct moe_cuda_unit *unit;
+    size_t n_unit;
+    // LoRA (train/tune.h): the host's adapters (targets, offsets, rank,
+    // scale; their weights and gradients come back there), on the device
+    // their weights lw and gradients lg (the adapters' registry layout), each
+    // target's W0 at lw0 + w0_off[k], and the product s B A's scratch (the
+    // largest target matrix)
+    struct moe_lora *lora;
+    float *lw, *lg, *lw0, *ltmp;
+    size_t *w0_off;
+};
+
+struct moe_cuda_seg {
+    float *w, *g;
+    size_t n;
+};
+struct moe_cuda_unit {
+    const float *g;
+    size_t n;
 };
 
 int moe_cuda_model_alloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err);

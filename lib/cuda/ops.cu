@@ -868,6 +868,22 @@ extern "C" int moe_cuda_fold(float *a, const float *g, float *out, size_t n, flo
     return launched("fold_kernel", err);
 }
 
+__global__ void lora_merge_kernel(float *w, const float *w0, const float *delta, size_t n)
+{
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        moe_k_lora_merge(w, w0, delta, i);
+}
+
+extern "C" int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n, struct moe_err *err)
+{
+    if (n == 0)
+        return 0;
+    unsigned threads = 256, blocks = (unsigned)((n + threads - 1) / threads);
+    lora_merge_kernel<<<blocks, threads>>>(w, w0, delta, n);
+    return launched("lora_merge_kernel", err);
+}
+
 extern "C" int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err)
 {
     double *lanes = scratch, *part = lanes + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, *sq = part + MOE_K_SQ_BLOCKS;

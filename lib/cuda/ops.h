@@ -193,6 +193,9 @@ int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float
 // the last), the last one into out = a + w g. k = 0 and last both: nothing
 // (the gradient stays as it is, as the trainer's single micro-batch).
 int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_t k, int last, struct moe_err *err);
+// LoRA's merge of n weights (kernels/optim.h moe_k_lora_merge): w = w0 +
+// delta where delta is not zero, else w0.
+int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n, struct moe_err *err);
 // The sum of squares of g (n values) for the global gradient norm, in
 // moe_optim_sum_sq's blocks, lanes and order (kernels/optim.h), into *ret on
 // the host. Scratch: MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1 doubles of

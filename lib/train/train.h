@@ -388,9 +388,9 @@ struct moe_train_device {
     const struct moe_model_hp *hp; // the model's hyperparameters (what it was built from)
 };
 // What training on a device needs (checked by moe_train_run too): one
-// process, every tensor trained, no LoRA (yet); the device model refuses the rest (cuda/model.h). MOE_ECONFIG or
-// MOE_EINVAL naming the key or the option.
-int moe_train_device_check(int dist, int frozen, int lora, struct moe_err *err);
+// process; the device model refuses the rest (cuda/model.h). MOE_EINVAL
+// naming the option.
+int moe_train_device_check(int dist, struct moe_err *err);
 // The global gradient norm over the trainer's units with nothing frozen, one
 // process: each tensor, or each routed expert of an expert tensor, summed by
 // moe_optim_sum_sq, added in registry order (device_check.c).

@@ -342,6 +342,8 @@ struct run {
     uint64_t run_steps;              // train.epochs x steps_per_epoch, the schedule's length
     struct moe_optim_seg *segs;      // (n_seg) what the optimizer updates
     size_t n_seg;
+    struct moe_optim_seg *units;     // (n_unit) the gradient norm's units (g and n; grad_norm)
+    size_t n_unit;
     float *acc;                      // accum > 1: the segments' gradients summed so far, one after another
     size_t numel;                    // floats in the segments, one after another
     // Data parallelism (hooks->dist with N > 1 processes; see dp_step): this
@@ -427,6 +429,41 @@ static int optim_segments(struct run *r, struct moe_err *err)
     }
     r->segs = segs;
     r->n_seg = n_seg;
+    return 0;
+}
+
+// The global gradient norm's units (grad_norm), in order: each tensor the
+// optimizer updates, in registry order, except that a tensor of routed
+// experts (or one trained in part) counts each of its trained experts as a
+// unit; then the adapters (LoRA) as one.
+static int norm_units(struct run *r, struct moe_err *err)
+{
+    const struct moe_params *p = &r->m->params;
+    const struct moe_train_hooks *h = r->hooks;
+    uint8_t *const *fe = h->frozen ? h->frozen_experts : NULL;
+    size_t n = 1;
+    for (size_t i = 0; i < p->n; i++)
+        n += p->t[i].experts || (fe && fe[i]) ? p->t[i].shape[0] : 1;
+    if (!(r->units = malloc(n * sizeof *r->units)))
+        return moe_error(err, MOE_ENOMEM, "out of memory for %zu gradient norm units", n);
+    size_t k = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        const struct moe_tensor *t = &p->t[i];
+        float *g = p->grad + t->offset;
+        if (h->frozen && h->frozen[i])
+            continue;
+        if (t->experts || (fe && fe[i])) {
+            size_t E = t->shape[0], slice = t->numel / E;
+            for (size_t e = 0; e < E; e++)
+                if (!(fe && fe[i] && fe[i][e]))
+                    r->units[k++] = (struct moe_optim_seg){ NULL, g + e * slice, slice };
+        } else {
+            r->units[k++] = (struct moe_optim_seg){ NULL, g, t->numel };
+        }
+    }
+    if (h->lora)
+        r->units[k++] = (struct moe_optim_seg){ NULL, h->lora->p.grad, h->lora->p.numel };
+    r->n_unit = k;
     return 0;
 }
 
@@ -516,12 +553,10 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     const struct moe_dataset *tr = r->tr;
     int rc;
     if (hooks->device &&
-        ((rc = moe_train_device_check(hooks->dist && hooks->dist->size > 1, hooks->frozen != NULL,
-                                      hooks->lora != NULL, err)) ||
+        ((rc = moe_train_device_check(hooks->dist && hooks->dist->size > 1, err)) ||
          (rc = moe_cuda_use_device(hooks->device->id, err))))
         return rc;
-    rc = optim_segments(r, err);
-    if (rc)
+    if ((rc = optim_segments(r, err)) || (rc = norm_units(r, err)))
         return rc;
     size_t numel = 0;
     for (size_t k = 0; k < r->n_seg; k++)
@@ -608,6 +643,7 @@ static void run_release(struct run *r)
     moe_cuda_model_free(r->tdev);
     moe_optim_release(&r->opt);
     free(r->segs);
+    free(r->units);
     free(r->acc);
     moe_stats_release(&r->st);
     moe_stats_release(&r->ste);
@@ -1109,53 +1145,46 @@ static int ep_rounds(struct run *r, uint64_t epoch, size_t start, size_t step_ro
 }
 
 // The global gradient norm (optim.clip, and the check for a non-finite
-// gradient). Its square is a sum over units in a fixed order: each tensor the
-// optimizer updates, except that a tensor of routed experts (or one trained in
-// part) counts each of its trained experts as a unit, then the adapters (LoRA)
-// as one; each unit summed by moe_optim_sum_sq (fixed blocks). The units do
-// not depend on the number of processes: with expert parallelism each process
+// gradient). Its square is a sum over units in a fixed order (norm_units),
+// each unit summed by moe_optim_sum_sq (fixed blocks). The units do not
+// depend on the number of processes: with expert parallelism each process
 // sums its own experts, the sums are exchanged (MPI_Allgather), and every
 // process adds the same numbers in the same order as one process does.
 static int grad_norm(struct run *r, double *ret, struct moe_err *err)
 {
     const struct moe_params *p = &r->m->params;
-    const struct moe_train_hooks *h = r->hooks;
-    uint8_t *const *fe = h->frozen ? h->frozen_experts : NULL;
     const size_t N = (size_t)p->shard_size, K = r->n_nsq;
-    if (r->sharded) {
-        size_t k = 0;
-        for (size_t i = 0; i < p->n; i++) {
-            const struct moe_tensor *t = &p->t[i];
-            size_t El = t->experts ? t->shape[0] / N : 0, slice = El ? t->numel / El : 0;
-            for (size_t e = 0; e < El; e++)
-                r->nsq[k++] = moe_optim_sum_sq(p->grad + t->offset + e * slice, slice);
-        }
-        int rc = moe_dist_allgather(r->dist, r->nsq, K * sizeof *r->nsq, r->nsq_all, err);
-        if (rc)
-            return rc;
-    }
     double sq = 0.0;
+    if (!r->sharded) {
+        for (size_t k = 0; k < r->n_unit; k++)
+            sq += moe_optim_sum_sq(r->units[k].g, r->units[k].n);
+        *ret = sqrt(sq);
+        return 0;
+    }
+    // expert parallelism (nothing frozen, no adapters: moe_train_ep_check,
+    // moe_train_dp_check): every tensor is a unit, each expert of a tensor of
+    // routed experts too, their sums from the processes that hold them
+    size_t k = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        const struct moe_tensor *t = &p->t[i];
+        size_t El = t->experts ? t->shape[0] / N : 0, slice = El ? t->numel / El : 0;
+        for (size_t e = 0; e < El; e++)
+            r->nsq[k++] = moe_optim_sum_sq(p->grad + t->offset + e * slice, slice);
+    }
+    int rc = moe_dist_allgather(r->dist, r->nsq, K * sizeof *r->nsq, r->nsq_all, err);
+    if (rc)
+        return rc;
     for (size_t i = 0, ks = 0; i < p->n; i++) {
         const struct moe_tensor *t = &p->t[i];
-        if (h->frozen && h->frozen[i])
-            continue;
-        const float *g = p->grad + t->offset;
-        if (r->sharded && t->experts) { // expert e's sum from its process q = e / El, at ks + e % El there
+        if (t->experts) { // expert e's sum from its process q = e / El, at ks + e % El there
             size_t El = t->shape[0] / N;
             for (size_t e = 0; e < t->shape[0]; e++)
                 sq += r->nsq_all[(e / El) * K + ks + e % El];
             ks += El;
-        } else if (t->experts || (fe && fe[i])) {
-            size_t E = t->shape[0], slice = t->numel / E;
-            for (size_t e = 0; e < E; e++)
-                if (!(fe && fe[i] && fe[i][e]))
-                    sq += moe_optim_sum_sq(g + e * slice, slice);
         } else {
-            sq += moe_optim_sum_sq(g, t->numel);
+            sq += moe_optim_sum_sq(p->grad + t->offset, t->numel);
         }
     }
-    if (h->lora)
-        sq += moe_optim_sum_sq(h->lora->p.grad, h->lora->p.numel);
     *ret = sqrt(sq);
     return 0;
 }
@@ -1181,15 +1210,39 @@ static int train_update(struct run *r, uint64_t epoch, double step_loss, size_t 
 
 // ---- training steps on a CUDA device (hooks->device; cuda/model.h) ----
 // What it needs beyond what the device model checks itself.
-int moe_train_device_check(int dist, int frozen, int lora, struct moe_err *err)
+int moe_train_device_check(int dist, struct moe_err *err)
 {
     if (dist)
         return moe_error(err, MOE_EINVAL, "training on a CUDA device runs in one process (no mpirun) so far");
-    if (frozen)
-        return moe_error(err, MOE_ECONFIG, "keys 'train.trainable', 'train.freeze': partial fine-tuning is not on the CUDA device yet (use --device cpu)");
-    if (lora)
-        return moe_error(err, MOE_EINVAL, "LoRA is not on the CUDA device yet (use --device cpu)");
     return 0;
+}
+
+// What the device's updates change when not every weight is trained (partial
+// fine-tuning, LoRA): the optimizer's segments and the norm's units, as
+// spans of the registry or of the adapters (cuda/model.h
+// moe_cuda_model_set_train), and the adapters themselves.
+static int dev_train_set(struct run *r, struct moe_err *err)
+{
+    const struct moe_params *p = &r->m->params;
+    struct moe_lora *lora = r->hooks->lora;
+    if (!r->hooks->frozen && !lora)
+        return 0; // the device model's default: everything
+    struct moe_cuda_span *seg = malloc((r->n_seg + r->n_unit) * sizeof *seg), *unit = seg + r->n_seg;
+    if (!seg)
+        return moe_error(err, MOE_ENOMEM, "out of memory for %zu spans", r->n_seg + r->n_unit);
+    for (size_t k = 0; k < r->n_seg; k++) {
+        int in_lora = lora && r->segs[k].w == lora->p.data;
+        seg[k] = (struct moe_cuda_span){ (size_t)(r->segs[k].w - (in_lora ? lora->p.data : p->data)), r->segs[k].n,
+                                         in_lora };
+    }
+    for (size_t k = 0; k < r->n_unit; k++) {
+        int in_lora = lora && r->units[k].g == lora->p.grad;
+        unit[k] = (struct moe_cuda_span){ (size_t)(r->units[k].g - (in_lora ? lora->p.grad : p->grad)),
+                                          r->units[k].n, in_lora };
+    }
+    int rc = moe_cuda_model_set_train(r->dev, seg, r->n_seg, unit, r->n_unit, lora, err);
+    free(seg);
+    return rc;
 }
 
 // The teacher's device model (evaluation passes, batches of a training
@@ -1245,7 +1298,8 @@ static int dev_step(struct run *r, uint64_t epoch, size_t start, size_t step_row
         return rc;
     if (!isfinite(gnorm))
         return (rc = dev_sync(r, err)) ? rc
-                                       : grad_fault(&r->m->params, NULL, step, epoch, step_loss / (double)step_rows, err);
+                                       : grad_fault(&r->m->params, r->hooks->lora, step, epoch,
+                                                    step_loss / (double)step_rows, err);
     r->opt.lr = moe_lr_at(&r->oc, r->run_steps, r->ck.pos.steps);
     return moe_cuda_model_update(r->dev, &r->opt, gnorm, err);
 }
@@ -1508,6 +1562,8 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
     if (!rc && hooks->device) // batches of training steps and of evaluation passes
         rc = moe_cuda_model_create(&r.dev, m, hooks->device->hp, &r.opt, r.bs > eval_chunk(&r) ? r.bs : eval_chunk(&r),
                                    err);
+    if (!rc && r.dev)
+        rc = dev_train_set(&r, err);
     if (!rc && r.dev && hooks->distill) // the teacher beside it, for the training batches
         rc = dev_teacher(&r, err);
     double train0 = r.ck.pos.train_seconds;

@@ -577,9 +577,29 @@ t_train_device() {
         ((.loss - $c[0].loss) | fabs) <= 1e-3 * ($c[0].loss | fabs)' "$TMP/grg/summary.json" >/dev/null ||
         fail "route-stats --device cuda: loss $(jq .loss "$TMP/grg/summary.json"), cpu $(jq .loss "$TMP/grs/summary.json")" || return 1
     [ "$(wc -l <"$TMP/grg/experts.csv")" = "$(wc -l <"$TMP/grs/experts.csv")" ] && [ -s "$TMP/grg.jsonl" ] ||
-        fail "route-stats --device cuda: tables or trace missing"
+        fail "route-stats --device cuda: tables or trace missing" || return 1
+    # distill (the teacher's passes on the GPU too) and lora on the GPU: the CPU's rows, the final test
+    # loss within 1e-3 of the CPU's; a teacher the device cannot run (an mlp) refused, exit 2
+    local k
+    for k in distill lora; do
+        local args=(distill --teacher "$TMP/gd1/model.safetensors" --set model.n_embd=8 --alpha 0.6)
+        [ $k = lora ] && args=(lora --base "$TMP/gd1/model.safetensors" --rank 2 --targets '*.experts.w1,head.weight')
+        run "$TMP/g$k" "$MOE" "${args[@]}" --config "$DEVCFG" --out "$TMP/g$k" --device cuda
+        [ "$RC" -eq 0 ] || fail "$(describe "$TMP/g$k" moe $k --device cuda)" || return 1
+        run "$TMP/c$k" "$MOE" "${args[@]}" --config "$DEVCFG" --out "$TMP/c$k"
+        [ "$RC" -eq 0 ] || fail "$(describe "$TMP/c$k" moe $k --device cpu)" || return 1
+        [ "$(wc -l <"$TMP/c$k/metrics.csv")" = "$(wc -l <"$TMP/g$k/metrics.csv")" ] &&
+            jq -e --slurpfile g "$TMP/g$k/summary.json" '((.final.test.loss - $g[0].final.test.loss) | fabs) <= 1e-3 * (.final.test.loss | fabs)' \
+                "$TMP/c$k/summary.json" >/dev/null ||
+            fail "moe $k: final test loss cpu $(jq .final.test.loss "$TMP/c$k/summary.json"), gpu $(jq .final.test.loss "$TMP/g$k/summary.json")" || return 1
+    done
+    run "$TMP/gmt" "$MOE" train --config "$DEVCFG" --set model.type=mlp --out "$TMP/gmt" --quiet
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/gmt" moe train model.type=mlp)" || return 1
+    run "$TMP/gkm" "$MOE" distill --teacher "$TMP/gmt/model.safetensors" --config "$DEVCFG" --out "$TMP/gkm" --device cuda
+    [ "$RC" -eq 2 ] && grep -Fq "is model.type 'mlp'; on the CUDA device the teacher must be mlp-moe or transformer too" "$TMP/gkm.err" &&
+        [ ! -e "$TMP/gkm" ] || fail "an mlp teacher on the device: $(describe "$TMP/gkm" moe distill --device cuda)"
 }
-check "train --device cuda ($CUDA_BUILD): deterministic on the GPU, the CPU's rows, a checkpoint the CPU loads, route-stats on the GPU; refused without a device" t_train_device
+check "train --device cuda ($CUDA_BUILD): deterministic on the GPU, the CPU's rows, a checkpoint the CPU loads, route-stats, distill and lora on the GPU; refused without a device" t_train_device
 
 t_route_stats() {
     run "$TMP/gs" "$MOE" train --config "$MOECFG" --out "$TMP/gs" --quiet --set 'moe.router="gshard"' --set 'moe.aux_loss="gshard"'
@@ -655,9 +675,6 @@ devices)
     expect_fail "train --device cuda, a mixture model" 2 \
         "option '--device cuda' cannot be used with model.type 'mixture': the CUDA backend is for mlp-moe and transformer models" \
         -- "$MOE" train --config "$CFG" --out "$O" --device cuda
-    expect_fail "train --device cuda, partial fine-tuning" 2 \
-        "option '--device cuda': keys 'train.trainable', 'train.freeze': partial fine-tuning is not on the CUDA device yet" \
-        -- "$MOE" train --config "$MOECFG" --out "$O" --device cuda --freeze 'layers.0.*' 
     expect_fail "--device cuda:4096, out of range: names the device count" 2 \
         "option '--device cuda:4096' cannot be used: no CUDA device 4096; CUDA devices: " \
         -- "$MOE" route-stats --checkpoint none.safetensors --out "$O" --device cuda:4096 ;;

@@ -124,4 +124,13 @@ static inline MOE_HD void moe_k_fold(float *a, const float *g, float *out, size_
         out[i] = a[i] + w * g[i];
 }
 
+// LoRA's merged weight (train/tune.c moe_lora_apply, Hu et al. 2021 eq. 3),
+// element i: W = W0 + delta with delta = s B A already formed (a GEMM), one
+// rounding as merging does; an element whose delta is exactly zero keeps
+// W0's bits (a zero B gives the base model exactly, -0.0 included).
+static inline MOE_HD void moe_k_lora_merge(float *w, const float *w0, const float *delta, size_t i)
+{
+    w[i] = delta[i] != 0.0f ? w0[i] + delta[i] : w0[i];
+}
+
 #endif
