@@ -864,6 +864,20 @@ int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, con
     return 0;
 }
 
+// blas.cu's fallback without cublasGemmGroupedBatchedEx: each group as
+// moe_cuda_gemm, in group order, so the bits are a per-group loop's.
+int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_cuda_gemm_group *g, float alpha, size_t lda,
+                          size_t ldb, float beta, size_t ldc, const char *what, struct moe_err *err)
+{
+    for (size_t i = 0; i < G; i++) {
+        int rc = moe_cuda_gemm(ta, tb, g[i].M, g[i].N, g[i].K, alpha, g[i].A, lda, g[i].B, ldb, beta, g[i].C, ldc,
+                               what, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 // ---------------------------------------------------------------- device, memset, events
 
 int moe_cuda_use_device(int id, struct moe_err *err)

@@ -7,7 +7,7 @@
 // GD/SGD/AdamW update, causal self-attention forward and backward (with
 // probability dropout too), dropout, the linear bias, the gradient norm's sum of
 // squares, the distillation losses (KD, symmetric KL) and squared error, and
-// blas.h's GEMM.
+// blas.h's GEMM and grouped GEMM.
 // Routing decisions must be identical wherever no two scores are within a
 // tolerance of a tie (exact ties between identical logit rows included: the
 // index decides on both sides); hash routing, the capacity plan and the
@@ -1140,6 +1140,60 @@ static void test_gemm(void)
     free(A), free(B), free(C), free(C2), free(m), free(Aa), free(Ba);
 }
 
+// blas.h's grouped GEMM against one moe_gemm per group, as the device layer
+// runs it over expert blocks: the groups' own row counts (the forward's and
+// the input gradients' M) or inner dimensions (the weight gradients' K), some
+// 0 (skipped, C untouched, as moe_cuda_gemm; K 0 with beta 0 zeroes C), for
+// each transpose pair and beta 0 and 1, leading dimensions past the width,
+// every group's operands in its own part of one device buffer each. On a GPU
+// (cublasGemmGroupedBatchedEx, or its cublasSgemm fallback) within test_gemm's
+// tolerance; on the host emulation, a loop over moe_cuda_gemm, moe_gemm's bits.
+static void test_gemm_grouped(void)
+{
+    enum { G = 6 };
+    struct moe_err err;
+    const size_t n[G] = { 37, 0, 5, 1, 0, 70 }, fix = 67, N = 45, ld = 140, part = ld * ld, all = G * part;
+#ifdef MOE_TEST_CUDA_HOST
+    const double tol = 0.0;
+#else
+    const double tol = 1e-5;
+#endif
+    float *A = malloc(all * 4), *B = malloc(all * 4), *C = malloc(all * 4), *C2 = malloc(all * 4);
+    float *m = malloc(all * 4), *Aa = malloc(all * 4), *Ba = malloc(all * 4);
+    fill(A, all, 910, -1.0f, 1.0f), fill(B, all, 911, -1.0f, 1.0f);
+    for (size_t i = 0; i < all; i++)
+        Aa[i] = fabsf(A[i]), Ba[i] = fabsf(B[i]);
+    float *A_ = dev(A, all * 4), *B_ = dev(B, all * 4), *C_ = dev(NULL, all * 4);
+    for (int q = 0; q < 16; q++) {
+        int ta = q & 1, tb = q >> 1 & 1, vary_k = q >> 3 & 1;
+        float beta = q >> 2 & 1 ? 1.0f : 0.0f;
+        struct moe_cuda_gemm_group g[G];
+        fill(C, all, 912 + (uint32_t)q, -1.0f, 1.0f);
+        for (size_t i = 0; i < all; i++)
+            m[i] = beta * fabsf(C[i]);
+        moe_cuda_to_device(C_, C, all * 4, &err);
+        for (size_t i = 0; i < G; i++) {
+            size_t M = vary_k ? fix : n[i], K = vary_k ? n[i] : fix, o = i * part;
+            g[i] = (struct moe_cuda_gemm_group){ M, N, K, A_ + o, B_ + o, C_ + o };
+            moe_gemm(ta, tb, M, N, K, 0.5f, A + o, ld, B + o, ld, beta, C + o, ld);
+            moe_gemm(ta, tb, M, N, K, 0.5f, Aa + o, ld, Ba + o, ld, 1.0f, m + o, ld);
+        }
+        EXPECT(moe_cuda_gemm_grouped(ta, tb, G, g, 0.5f, ld, ld, beta, ld, "test", &err) == 0, "%s", err.msg);
+        host(C2, C_, all * 4);
+        char what[64];
+        snprintf(what, sizeof what, "grouped gemm ta %d tb %d beta %g %s", ta, tb, beta, vary_k ? "K" : "M");
+        close_terms(C2, C, m, all, tol, what);
+    }
+    // no group, and only empty ones (M 0; K 0 with beta 1): C as the last case left it
+    struct moe_cuda_gemm_group none[2] = { { 0, N, fix, A_, B_, C_ }, { fix, N, 0, A_, B_, C_ } };
+    EXPECT(moe_cuda_gemm_grouped(0, 1, 0, none, 1.0f, ld, ld, 0.0f, ld, "test", &err) == 0, "%s", err.msg);
+    EXPECT(moe_cuda_gemm_grouped(0, 1, 2, none, 1.0f, ld, ld, 1.0f, ld, "test", &err) == 0, "%s", err.msg);
+    host(m, C_, all * 4);
+    EXPECT(memcmp(m, C2, all * 4) == 0, "grouped gemm: empty groups changed C");
+    moe_cuda_free(A_), moe_cuda_free(B_), moe_cuda_free(C_);
+    free(A), free(B), free(C), free(C2), free(m), free(Aa), free(Ba);
+}
+
 int main(void)
 {
     int rc = cuda_test_begin();
@@ -1166,6 +1220,7 @@ int main(void)
     test_lora_merge();
     test_distill();
     test_gemm();
+    test_gemm_grouped();
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }

@@ -27,6 +27,28 @@ int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, con
                   const float *B, size_t ldb, float beta, float *C, size_t ldc, const char *what,
                   struct moe_err *err);
 
+// One product of moe_cuda_gemm_grouped: its row-major shape (C (M, N), K the
+// inner dimension) and its operands in device memory.
+struct moe_cuda_gemm_group {
+    size_t M, N, K;
+    const float *A, *B;
+    float *C;
+};
+
+// G products C_g = alpha op(A_g) op(B_g) + beta C_g (g: G groups in host
+// memory) that share the transposes, the leading dimensions, alpha and beta,
+// each with its own shape and operands: what moe_cuda_gemm does for each
+// group in turn, its early returns included (M or N 0, or K 0 with beta 1:
+// that group is skipped). The MoE layer's expert blocks: the forward's and the
+// input gradients' products vary M (an expert's rows), the weight gradients'
+// vary K. With cuBLAS 12.5+ the groups run as one cublasGemmGroupedBatchedEx
+// call, concurrently: no group may write what another reads or writes. One
+// group, or an older libcublas without it: cublasSgemm per group, in order.
+// what names the call in an error ("cuBLAS: cublasGemmGroupedBatchedEx (what)
+// failed: ...").
+int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_cuda_gemm_group *g, float alpha, size_t lda,
+                          size_t ldb, float beta, size_t ldc, const char *what, struct moe_err *err);
+
 #ifdef __cplusplus
 }
 #endif

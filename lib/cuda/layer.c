@@ -9,13 +9,17 @@
 // T = tokens, D = n_embd, F = n_ff, E = n_expert, S = slots per token,
 // N = kept rows (the plan's offset[E]).
 //
-// GEMMs: one cublasSgemm per expert block and per product, on one stream (the
-// default stream, which the launches use too), in expert order. This is the
-// first version: cublasGemmGroupedBatchedEx (CUDA 12.5+) could run each product
-// for all experts in one call, but takes its per-group row counts on the host
-// either way; not tried yet. The row counts: the plan's E + 1 offsets are
-// copied device -> host once per forward (one small synchronous copy; the
-// backward reuses them).
+// GEMMs: each expert product (a = xd W1^T, b = xd W3^T, yd = h W2^T; dh, dW2,
+// dxd, dW3, dW1) is one grouped GEMM over the set's experts (blas.h's
+// moe_cuda_gemm_grouped: cublasGemmGroupedBatchedEx, cuBLAS 12.5+, one group
+// per non-empty expert block; with a libcublas without it, or one block only,
+// cublasSgemm per block in expert order), on one stream (the default stream,
+// which the launches use too). Not run on a GPU yet: no GPU was at hand when
+// the grouped calls replaced the per-block loop; the host emulation runs them
+// as that loop. The groups' shapes are host arrays: the plan's E + 1 offsets
+// are copied device -> host once per forward (one small synchronous copy; the
+// backward reuses them), and each grouped call copies its operand pointers
+// host -> device (one small synchronous copy per call, blas.cu).
 //
 // Numerics: fp32 throughout; the GEMMs are blas.h's (cuBLAS without TF32, one
 // handle, no atomics; blas.cu), everything here runs on one stream, and the
@@ -49,6 +53,7 @@ struct eset {
     float *xd, *yd, *dyd, *dxd;            // rows (N_max, D)
     float *a, *b, *hh, *da, *db, *dh;      // (N_max, F); b, db for swiglu
     struct moe_cuda_drop drop;             // the last forward's hidden dropout (p 0: off)
+    struct moe_cuda_gemm_group *grp;       // (E) host: a grouped GEMM's products, one per expert
 };
 
 struct moe_cuda_layer {
@@ -170,6 +175,8 @@ void moe_cuda_layer_free(struct moe_cuda_layer *l)
         moe_cuda_event_free(l->ev[i]);
     free(l->r.off);
     free(l->sh.off);
+    free(l->r.grp);
+    free(l->sh.grp);
     free(l->hexp_h);
     free(l);
 }
@@ -187,7 +194,8 @@ static int eset_alloc(struct moe_cuda_layer *l, struct eset *s, size_t E, size_t
     const size_t D = l->D, F = l->F, N = T * S, EFD = E * F * D, f = sizeof(float);
     const char *who = shared ? "shared" : "experts";
     s->E = E, s->S = S, s->N_max = N;
-    if (!(s->off = (size_t *)calloc(E + 1, sizeof *s->off)))
+    if (!(s->off = (size_t *)calloc(E + 1, sizeof *s->off)) ||
+        !(s->grp = (struct moe_cuda_gemm_group *)calloc(E ? E : 1, sizeof *s->grp)))
         return moe_error(err, MOE_ENOMEM, "out of memory");
     const struct moe_cuda_want b[] = {
         { 1, &s->w1, EFD * f, "w1" },
@@ -462,24 +470,50 @@ int moe_cuda_layer_memzero(void *p, size_t bytes, struct moe_err *err)
     return moe_cuda_memset(p, 0, bytes, "buffer", err);
 }
 
+// ---------------------------------------------------------------- expert GEMMs
+
+// One product over every expert block of set s as one grouped GEMM (blas.h;
+// groups in expert order, an empty block skipped): for each expert e with
+// n_e rows, C_e (n_e, N) = A_e op(W_e) + beta C_e, A_e and C_e block e's rows
+// of A (K floats a row) and C (N floats), W_e expert e's weight, (N, K) with
+// tb (x W^T, nn/linear.c's forward), (K, N) without (dy W, its input gradient).
+static int expert_rows(struct eset *s, int tb, size_t N, size_t K, const float *A, const float *W, float beta,
+                       float *C, const char *what, struct moe_err *err)
+{
+    for (size_t e = 0; e < s->E; e++) {
+        size_t o = s->off[e];
+        s->grp[e] = (struct moe_cuda_gemm_group){ s->off[e + 1] - o, N, K, A + o * K, W + e * N * K, C + o * N };
+    }
+    return moe_cuda_gemm_grouped(0, tb, s->E, s->grp, 1.0f, K, tb ? K : N, beta, N, what, err);
+}
+
+// A weight gradient over every expert block of set s as one grouped GEMM:
+// for each expert e, dW_e (M, N) += dY_e^T X_e (nn/linear.c's backward), the
+// block's n_e rows the inner dimension; dY_e and X_e block e's rows of dY (M
+// floats a row) and X (N floats).
+static int expert_grads(struct eset *s, size_t M, size_t N, const float *dY, const float *X, float *dW,
+                        const char *what, struct moe_err *err)
+{
+    for (size_t e = 0; e < s->E; e++) {
+        size_t o = s->off[e];
+        s->grp[e] = (struct moe_cuda_gemm_group){ M, N, s->off[e + 1] - o, dY + o * M, X + o * N, dW + e * M * N };
+    }
+    return moe_cuda_gemm_grouped(1, 0, s->E, s->grp, 1.0f, M, N, 1.0f, N, what, err);
+}
+
 // ---------------------------------------------------------------- forward
 
-// The expert FFNs over a set's plan blocks (experts.c expert_forward): per
-// expert a = xd W1^T (b = xd W3^T), then the activation over all N rows at
-// once (the blocks are contiguous), the hidden dropout, then per expert
-// yd = h W2^T.
+// The expert FFNs over a set's plan blocks (experts.c expert_forward): a =
+// xd W1^T (b = xd W3^T) for every expert, then the activation over all N
+// rows at once (the blocks are contiguous), the hidden dropout, then yd =
+// h W2^T for every expert.
 static int experts_forward(struct moe_cuda_layer *l, struct eset *s, size_t N, struct moe_err *err)
 {
-    const size_t D = l->D, F = l->F, E = s->E;
+    const size_t D = l->D, F = l->F;
     int rc;
-    for (size_t e = 0; e < E; e++) {
-        size_t o = s->off[e], n = s->off[e + 1] - o;
-        const float *xe = s->xd + o * D;
-        if ((rc = moe_cuda_linear_forward(s->a + o * F, xe, s->w1 + e * F * D, NULL, n, D, F, "expert w1", err)) ||
-            (l->swiglu &&
-             (rc = moe_cuda_linear_forward(s->b + o * F, xe, s->w3 + e * F * D, NULL, n, D, F, "expert w3", err))))
-            return rc;
-    }
+    if ((rc = expert_rows(s, 1, F, D, s->xd, s->w1, 0.0f, s->a, "expert w1", err)) ||
+        (l->swiglu && (rc = expert_rows(s, 1, F, D, s->xd, s->w3, 0.0f, s->b, "expert w3", err))))
+        return rc;
     if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)) || (rc = moe_cuda_act_forward(l->act, s->hh, s->a, N * F, err)))
         return rc;
     if (l->swiglu) {
@@ -488,14 +522,9 @@ static int experts_forward(struct moe_cuda_layer *l, struct eset *s, size_t N, s
     }
     // hidden dropout (experts.c moe_ffn_forward_drop): row r's mask key is its token and slot
     if ((rc = moe_cuda_dropout_rows(s->hh, N, F, s->plan.row_tok, s->plan.row_slot, s->S, &s->drop, err)) ||
-        (rc = mark(l, MOE_PHASE_ACTIVATION, err)))
+        (rc = mark(l, MOE_PHASE_ACTIVATION, err)) ||
+        (rc = expert_rows(s, 1, D, F, s->hh, s->w2, 0.0f, s->yd, "expert w2", err)))
         return rc;
-    for (size_t e = 0; e < E; e++) {
-        size_t o = s->off[e], n = s->off[e + 1] - o;
-        if ((rc = moe_cuda_linear_forward(s->yd + o * D, s->hh + o * F, s->w2 + e * D * F, NULL, n, F, D, "expert w2",
-                                          err)))
-            return rc;
-    }
     return mark(l, MOE_PHASE_FFN_GEMM, err);
 }
 
@@ -660,24 +689,20 @@ int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x,
 
 // ---------------------------------------------------------------- backward
 
-// experts.c expert_backward over every block of a set: dh = dyd W2, dW2 +=
-// dyd^T h; the activation's backward over all rows; dxd = db W3 + da W1
-// (swiglu's w3 term first, as nn/linear.c's order in moe_ffn_backward), dW3
-// += db^T xd, dW1 += da^T xd.
+// experts.c expert_backward over every block of a set, each product one
+// grouped GEMM over the experts: dh = dyd W2, dW2 += dyd^T h; the
+// activation's backward over all rows; dxd = db W3 + da W1 (swiglu's w3 term
+// first, as nn/linear.c's order in moe_ffn_backward: the w3 call ends before
+// the w1 call adds), dW3 += db^T xd, dW1 += da^T xd. Every buffer is summed
+// into in the per-expert loop's order (each dW by one product, dxd by the w3
+// then the w1 product), so the host emulation keeps the CPU's bits.
 static int experts_backward(struct moe_cuda_layer *l, struct eset *s, size_t N, struct moe_err *err)
 {
-    const size_t D = l->D, F = l->F, E = s->E;
+    const size_t D = l->D, F = l->F;
     int rc;
-    for (size_t e = 0; e < E; e++) {
-        size_t o = s->off[e], n = s->off[e + 1] - o;
-        if (n == 0)
-            continue;
-        if ((rc = moe_cuda_gemm(0, 0, n, F, D, 1.0f, s->dyd + o * D, D, s->w2 + e * D * F, F, 0.0f, s->dh + o * F, F,
-                                "expert w2 backward (dh)", err)) ||
-            (rc = moe_cuda_gemm(1, 0, D, F, n, 1.0f, s->dyd + o * D, D, s->hh + o * F, F, 1.0f, s->gw2 + e * D * F, F,
-                                "expert w2 backward (dw2)", err)))
-            return rc;
-    }
+    if ((rc = expert_rows(s, 0, F, D, s->dyd, s->w2, 0.0f, s->dh, "expert w2 backward (dh)", err)) ||
+        (rc = expert_grads(s, D, F, s->dyd, s->hh, s->gw2, "expert w2 backward (dw2)", err)))
+        return rc;
     if ((rc = mark(l, MOE_PHASE_FFN_GEMM, err)) ||
         (rc = moe_cuda_dropout_rows(s->dh, N, F, s->plan.row_tok, s->plan.row_slot, s->S, &s->drop, err)))
         return rc;
@@ -690,21 +715,14 @@ static int experts_backward(struct moe_cuda_layer *l, struct eset *s, size_t N, 
     if ((rc = moe_cuda_act_backward(l->act, s->da, s->dh, s->a, N * F, err)) ||
         (rc = mark(l, MOE_PHASE_ACTIVATION, err)))
         return rc;
-    for (size_t e = 0; e < E; e++) {
-        size_t o = s->off[e], n = s->off[e + 1] - o;
-        float beta = 0.0f;
-        if (n == 0)
-            continue;
-        if (l->swiglu) {
-            if ((rc = moe_cuda_linear_backward(s->dxd + o * D, s->gw3 + e * F * D, NULL, s->db + o * F, s->xd + o * D,
-                                               s->w3 + e * F * D, n, D, F, 0.0f, "expert w3 backward", err)))
-                return rc;
-            beta = 1.0f;
-        }
-        if ((rc = moe_cuda_linear_backward(s->dxd + o * D, s->gw1 + e * F * D, NULL, s->da + o * F, s->xd + o * D,
-                                           s->w1 + e * F * D, n, D, F, beta, "expert w1 backward", err)))
-            return rc;
-    }
+    if (l->swiglu &&
+        ((rc = expert_rows(s, 0, D, F, s->db, s->w3, 0.0f, s->dxd, "expert w3 backward (dx)", err)) ||
+         (rc = expert_grads(s, F, D, s->db, s->xd, s->gw3, "expert w3 backward (dw3)", err))))
+        return rc;
+    if ((rc = expert_rows(s, 0, D, F, s->da, s->w1, l->swiglu ? 1.0f : 0.0f, s->dxd, "expert w1 backward (dx)",
+                          err)) ||
+        (rc = expert_grads(s, F, D, s->da, s->xd, s->gw1, "expert w1 backward (dw1)", err)))
+        return rc;
     return mark(l, MOE_PHASE_FFN_GEMM, err);
 }
 
