@@ -15,7 +15,8 @@ static const char *const usage =
     "                   [--mode kd|sparse-to-dense|moebert] [--baseline CKPT] [--init CKPT]\n"
     "                   [--split importance|random] [--shared S] [--weight W]\n"
     "                   [--set key.path=value]... [--out DIR] [--seed N] [--threads N] [--force]\n"
-    "                   [--ignore-memory] [--quiet] [--progress-every SECONDS] [--tag KEY=VALUE]...\n"
+    "                   [--device cpu|cuda[:N]] [--ignore-memory] [--quiet] [--progress-every SECONDS]\n"
+    "                   [--tag KEY=VALUE]...\n"
     "Knowledge distillation from any teacher checkpoint to the student the config\n"
     "describes (same inputs and outputs: classification or language modelling).\n"
     "The objective is (1 - A) CE + A T^2 KL(teacher || student) at temperature T\n"
@@ -36,7 +37,9 @@ static const char *const usage =
     "MSE to the teacher + symmetric KL of the outputs), W = --weight (default 5).\n"
     "The summary's distill.moebert gives the quality right after conversion.\n"
     "Writes the run directory of `moe train` (--force and the lock: moe help train);\n"
-    "an interrupted run continues with `moe train --resume DIR`. Options map to the config keys distill.teacher,\n"
+    "an interrupted run continues with `moe train --resume DIR`. --device cuda[:N]: the\n"
+    "student's steps and the teacher's passes on the GPU (both mlp-moe or transformer;\n"
+    "moe help train). Options map to the config keys distill.teacher,\n"
     ".temperature, .alpha, .teacher_init, .baseline, .moebert, .split, .shared, .weight.\n"
     "Progress, --quiet and --progress-every: as for moe train (moe help train).\n";
 

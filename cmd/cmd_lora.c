@@ -12,8 +12,8 @@ static const char *const usage =
     "usage: moe lora --base CKPT --config FILE --rank R --targets GLOB[,GLOB...] [--alpha A]\n"
     "                [--expert-mode per-expert|shared] [--freeze-router] [--merge]\n"
     "                [--trainable GLOB] [--freeze GLOB] [--set key.path=value]... [--out DIR]\n"
-    "                [--seed N] [--threads N] [--force] [--ignore-memory] [--quiet]\n"
-    "                [--progress-every SECONDS] [--tag KEY=VALUE]...\n"
+    "                [--seed N] [--threads N] [--device cpu|cuda[:N]] [--force] [--ignore-memory]\n"
+    "                [--quiet] [--progress-every SECONDS] [--tag KEY=VALUE]...\n"
     "Train rank-R adapters W = W0 + (alpha/R) B A on the matrices of the base model whose\n"
     "tensor names match a glob (fnmatch, '*' crosses dots), everything else frozen but\n"
     "the routers (unless --freeze-router) and what --trainable names. Expert tensors\n"
@@ -23,8 +23,9 @@ static const char *const usage =
     "merged.safetensors. The config's model must be the base's. Options map to the\n"
     "config keys lora.rank, lora.alpha, lora.targets, lora.expert_mode,\n"
     "lora.freeze_router, train.trainable and train.freeze.\n"
-    "Progress, --quiet, --progress-every, --force (clear a previous run in DIR) and\n"
-    "--ignore-memory: as for moe train (moe help train).\n";
+    "Progress, --quiet, --progress-every, --force (clear a previous run in DIR),\n"
+    "--device (the steps and the adapters on a GPU) and --ignore-memory: as for moe\n"
+    "train (moe help train).\n";
 
 enum { OPT_BASE = OPT_FIRST_CMD, OPT_RANK, OPT_ALPHA, OPT_TARGETS, OPT_EXPERT_MODE, OPT_FREEZE_ROUTER, OPT_MERGE,
        OPT_TRAINABLE, OPT_FREEZE };
