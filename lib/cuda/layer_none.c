@@ -254,3 +254,18 @@ int moe_cuda_model_download(const struct moe_cuda_model *d, struct moe_model *m,
     (void)d, (void)m, (void)o;
     return moe_error(err, MOE_EINVAL, NONE);
 }
+
+int moe_cuda_model_set_teacher(struct moe_cuda_model *d, struct moe_cuda_model *teacher, float alpha, float tau,
+                               int sym, struct moe_err *err)
+{
+    (void)d, (void)teacher, (void)alpha, (void)tau, (void)sym;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
+
+int moe_cuda_model_set_train(struct moe_cuda_model *d, const struct moe_cuda_span *seg, size_t n_seg,
+                             const struct moe_cuda_span *unit, size_t n_unit, struct moe_lora *lora,
+                             struct moe_err *err)
+{
+    (void)d, (void)seg, (void)n_seg, (void)unit, (void)n_unit, (void)lora;
+    return moe_error(err, MOE_EINVAL, NONE);
+}
