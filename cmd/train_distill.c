@@ -16,7 +16,8 @@
 // A checkpoint the run compares with (distill.teacher, distill.baseline): the
 // model built from its own config and weights. It must read the student's data
 // as it was trained to (same inputs, outputs, standardisation, vocabulary and
-// languages). No path = nothing to do.
+// languages). *hp (when not NULL): the settings it was built from. No path =
+// nothing to do.
 static int peer_setup(const char *cmd, const char *key, const char *path, const struct moe_run_cfg *rcfg,
                       const struct moe_data *data, const struct moe_model *student, struct moe_model *peer,
                       struct moe_st_file *f, struct moe_model_hp *hp)
@@ -53,8 +54,10 @@ static int peer_setup(const char *cmd, const char *key, const char *path, const 
         rc = cli_error(cmd, 2, "%s: distillation needs a classification or language-model task (data gives regression)", key);
         goto out;
     }
-    *hp = trc.model; // what outlives trc: the sizes and settings, not the strings
-    hp->loss = hp->loss_baseline = NULL;
+    if (hp) { // what outlives trc: the sizes and settings, not the strings
+        *hp = trc.model;
+        hp->loss = hp->loss_baseline = NULL;
+    }
     if (moe_model_create_hp(peer, &trc.model, NULL, data->train.task, data->train.n_in, data->train.n_out,
                             student->max_batch, &err)) {
         rc = cli_fail(cmd, &err);
@@ -101,11 +104,10 @@ int distill_setup(const char *cmd, struct distill *d, const struct moe_run_cfg *
     int rc;
     d->c = rcfg->distill;
     d->moebert = d->c.moebert;
-    struct moe_model_hp bhp;
     if ((rc = peer_setup(cmd, "distill.teacher", d->c.teacher, rcfg, data, student, &d->teacher, &d->teacher_file,
                          &d->teacher_hp)) ||
         (rc = peer_setup(cmd, "distill.baseline", d->c.baseline, rcfg, data, student, &d->baseline,
-                         &d->baseline_file, &bhp)))
+                         &d->baseline_file, NULL)))
         return rc;
     if (d->baseline.ops && !d->teacher.ops)
         return cli_error(cmd, 2, "config key 'distill.baseline' needs distill.teacher (--teacher)");

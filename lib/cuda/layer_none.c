@@ -262,10 +262,9 @@ int moe_cuda_model_set_teacher(struct moe_cuda_model *d, struct moe_cuda_model *
     return moe_error(err, MOE_EINVAL, NONE);
 }
 
-int moe_cuda_model_set_train(struct moe_cuda_model *d, const struct moe_cuda_span *seg, size_t n_seg,
-                             const struct moe_cuda_span *unit, size_t n_unit, struct moe_lora *lora,
-                             struct moe_err *err)
+int moe_cuda_model_set_train(struct moe_cuda_model *d, const uint8_t *frozen, uint8_t *const *frozen_experts,
+                             struct moe_lora *lora, struct moe_err *err)
 {
-    (void)d, (void)seg, (void)n_seg, (void)unit, (void)n_unit, (void)lora;
+    (void)d, (void)frozen, (void)frozen_experts, (void)lora;
     return moe_error(err, MOE_EINVAL, NONE);
 }

@@ -110,7 +110,7 @@ int moe_cuda_model_check(const struct moe_model *m, const struct moe_model_hp *h
     return 0;
 }
 
-static int default_train(struct moe_cuda_model *d, struct moe_err *err);
+static int train_parts(struct moe_cuda_model *d, const uint8_t *frozen, uint8_t *const *fe, struct moe_err *err);
 
 int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m, const struct moe_model_hp *hp,
                           const struct moe_optim *o, size_t T_max, struct moe_err *err)
@@ -238,7 +238,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
     if (!rc && d->v)
         rc = o->v ? moe_cuda_to_device(d->v, o->v, nm, err) : moe_cuda_memset(d->v, 0, nm, "optimizer moments", err);
     if (!rc && d->g) // every weight trained, until moe_cuda_model_set_train says otherwise
-        rc = default_train(d, err);
+        rc = train_parts(d, NULL, NULL, err);
     if (rc) {
         moe_cuda_model_free(d);
         return rc;
@@ -262,32 +262,6 @@ static int grad_norm(struct moe_cuda_model *d, double *ret, struct moe_err *err)
         sq += s;
     }
     *ret = sqrt(sq);
-    return 0;
-}
-
-// Every weight trained: one segment, the whole registry (train/trainer.c's
-// optimizer segments without freezing), and the units above.
-static int default_train(struct moe_cuda_model *d, struct moe_err *err)
-{
-    const struct moe_params *p = d->p;
-    size_t n_unit = 0;
-    for (size_t i = 0; i < p->n; i++)
-        n_unit += p->t[i].experts ? p->t[i].shape[0] : 1;
-    free(d->seg), free(d->unit);
-    d->seg = malloc(sizeof *d->seg);
-    d->unit = malloc((n_unit ? n_unit : 1) * sizeof *d->unit);
-    if (!d->seg || !d->unit)
-        return moe_error(err, MOE_ENOMEM, "out of memory for %zu gradient norm units", n_unit);
-    d->seg[0] = (struct moe_cuda_seg){ d->w, d->g, d->numel };
-    d->n_seg = 1;
-    d->seg_total = d->numel;
-    d->n_unit = 0;
-    for (size_t i = 0; i < p->n; i++) {
-        const struct moe_tensor *t = &p->t[i];
-        size_t units = t->experts ? t->shape[0] : 1, slice = t->numel / units;
-        for (size_t e = 0; e < units; e++)
-            d->unit[d->n_unit++] = (struct moe_cuda_unit){ d->g + t->offset + e * slice, slice };
-    }
     return 0;
 }
 
@@ -792,47 +766,41 @@ static int lora_upload(struct moe_cuda_model *d, struct moe_lora *l, struct moe_
     return 0;
 }
 
-int moe_cuda_model_set_train(struct moe_cuda_model *d, const struct moe_cuda_span *seg, size_t n_seg,
-                             const struct moe_cuda_span *unit, size_t n_unit, struct moe_lora *lora,
-                             struct moe_err *err)
+// The optimizer's segments and the norm's units of what the model trains,
+// over the device's buffers (train.h moe_train_segments, moe_train_norm_units:
+// the trainer's own rule).
+static int train_parts(struct moe_cuda_model *d, const uint8_t *frozen, uint8_t *const *fe, struct moe_err *err)
+{
+    const struct moe_params *p = d->p;
+    const struct moe_train_layout b = { d->w, d->g, d->lw, d->lg, d->lora ? d->lora->p.numel : 0 };
+    size_t n_seg = moe_train_segments(p, frozen, fe, &b, NULL), n_unit = moe_train_norm_units(p, frozen, fe, &b, NULL);
+    struct moe_optim_seg *s = malloc(n_seg * sizeof *s), *u = malloc((n_unit ? n_unit : 1) * sizeof *u);
+    if (!s || !u) {
+        free(s), free(u);
+        return moe_error(err, MOE_ENOMEM, "out of memory for %zu segments and %zu norm units", n_seg, n_unit);
+    }
+    free(d->seg), free(d->unit);
+    d->seg = s, d->n_seg = moe_train_segments(p, frozen, fe, &b, s);
+    d->unit = u, d->n_unit = moe_train_norm_units(p, frozen, fe, &b, u);
+    d->seg_total = 0;
+    for (size_t j = 0; j < d->n_seg; j++)
+        d->seg_total += s[j].n;
+    return 0;
+}
+
+int moe_cuda_model_set_train(struct moe_cuda_model *d, const uint8_t *frozen, uint8_t *const *frozen_experts,
+                             struct moe_lora *lora, struct moe_err *err)
 {
     if (!d->g)
         return moe_error(err, MOE_EINVAL, "CUDA model: made for evaluation passes only (no gradients)");
     if (d->lora)
         return moe_error(err, MOE_EINVAL, "CUDA model: what it trains is set already");
     int rc;
-    if (lora && (rc = lora_upload(d, lora, err)))
+    if ((lora && (rc = lora_upload(d, lora, err))) || (rc = train_parts(d, frozen, frozen_experts, err)))
         return rc;
-    const size_t nl = lora ? lora->p.numel : 0;
-    size_t total = 0;
-    for (size_t j = 0; j < n_seg; j++) {
-        const struct moe_cuda_span *a = &seg[j];
-        if (a->lora ? !lora || a->off + a->n > nl : a->off + a->n > d->numel)
-            return moe_error(err, MOE_EINVAL, "CUDA model: segment %zu [%zu, +%zu) lies outside the %s", j, a->off,
-                             a->n, a->lora ? "adapters" : "registry");
-        total += a->n;
-    }
-    for (size_t j = 0; j < n_unit; j++)
-        if (unit[j].lora ? !lora || unit[j].off + unit[j].n > nl : unit[j].off + unit[j].n > d->numel)
-            return moe_error(err, MOE_EINVAL, "CUDA model: norm unit %zu lies outside the %s", j,
-                             unit[j].lora ? "adapters" : "registry");
-    if ((d->m || d->v) && total != d->n_opt)
+    if ((d->m || d->v) && d->seg_total != d->n_opt)
         return moe_error(err, MOE_EINVAL, "CUDA model: the segments hold %zu weights, the optimizer's moments %zu",
-                         total, d->n_opt);
-    struct moe_cuda_seg *s = malloc((n_seg ? n_seg : 1) * sizeof *s);
-    struct moe_cuda_unit *u = malloc((n_unit ? n_unit : 1) * sizeof *u);
-    if (!s || !u) {
-        free(s), free(u);
-        return moe_error(err, MOE_ENOMEM, "out of memory for %zu segments and %zu norm units", n_seg, n_unit);
-    }
-    for (size_t j = 0; j < n_seg; j++)
-        s[j] = seg[j].lora ? (struct moe_cuda_seg){ d->lw + seg[j].off, d->lg + seg[j].off, seg[j].n }
-                           : (struct moe_cuda_seg){ d->w + seg[j].off, d->g + seg[j].off, seg[j].n };
-    for (size_t j = 0; j < n_unit; j++)
-        u[j] = (struct moe_cuda_unit){ (unit[j].lora ? d->lg : d->g) + unit[j].off, unit[j].n };
-    free(d->seg), free(d->unit);
-    d->seg = s, d->n_seg = n_seg, d->seg_total = total;
-    d->unit = u, d->n_unit = n_unit;
+                         d->seg_total, d->n_opt);
     return 0;
 }
 

@@ -32,6 +32,7 @@
 #define MOE_CUDA_MODEL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/status.h"
 
@@ -118,28 +119,20 @@ int moe_cuda_model_set_teacher(struct moe_cuda_model *d, struct moe_cuda_model *
                                int sym, struct moe_err *err);
 
 // What the updates change when not every weight is (the trainer's partial
-// fine-tuning, train.trainable / train.freeze, and LoRA): spans of floats of
-// the registry, or (lora set) of the adapters' registry.
-struct moe_cuda_span {
-    size_t off, n;
-    int lora;
-};
-// seg: the optimizer's segments in order, their moments one after another
-// (o->numel of create in all: train/optim.c moe_optim_step_segs's layout;
-// gradient accumulation folds each); unit: the gradient norm's units, each
-// summed in moe_optim_sum_sq's blocks, added in order (train/trainer.c
-// grad_norm's). They replace the defaults (the whole registry; a unit per
-// tensor, and per routed expert of an expert tensor). lora (train/tune.h,
-// applied to m's weights as the host has it): the adapters move to the
-// device: each backward adds their gradients from the targets' dL/dW
-// (moe_lora_backward's products), each update merges them into the targets
-// (moe_lora_apply), and moe_cuda_model_download copies their weights (and
-// gradients) back into lora->p; lora must outlive d. Once per model;
-// MOE_EINVAL for a span outside its buffer or segments that do not hold the
-// moments' count.
-int moe_cuda_model_set_train(struct moe_cuda_model *d, const struct moe_cuda_span *seg, size_t n_seg,
-                             const struct moe_cuda_span *unit, size_t n_unit, struct moe_lora *lora,
-                             struct moe_err *err);
+// fine-tuning, train.trainable / train.freeze, and LoRA): the tensors and
+// expert slices frozen and frozen_experts leave (train/tune.h's selection;
+// NULL: all) and lora's adapters (NULL: none). The optimizer's segments and
+// the gradient norm's units are the trainer's (train.h moe_train_segments,
+// moe_train_norm_units) over the device's buffers; the moments are the
+// segments' floats one after another (o->numel of create), and gradient
+// accumulation folds each segment. lora (applied to m's weights as the host
+// has it) moves to the device: each backward adds the adapters' gradients
+// from the targets' dL/dW (moe_lora_backward's products), each update merges
+// them into the targets (moe_lora_apply), and moe_cuda_model_download copies
+// their weights (and gradients) back into lora->p; lora must outlive d. Once
+// per model; MOE_EINVAL when the segments do not hold the moments' count.
+int moe_cuda_model_set_train(struct moe_cuda_model *d, const uint8_t *frozen, uint8_t *const *frozen_experts,
+                             struct moe_lora *lora, struct moe_err *err);
 
 // Every sparse layer's evaluation capacity factor (the host model's
 // set_eval_capacity), for the evaluation passes that follow.

@@ -109,12 +109,11 @@ struct moe_cuda_model {
     int kd_sym;
     double *kd_scratch;
     // what an update changes (moe_cuda_model_set_train): the optimizer's
-    // segments (device weights and gradients; their moments one after another,
-    // n_opt floats of m and v), the gradient norm's units (host arrays)
-    struct moe_cuda_seg *seg;
-    size_t n_seg, n_opt, seg_total; // seg_total: the segments' floats
-    struct moe_cuda_unit *unit;
-    size_t n_unit;
+    // segments (train.h moe_train_segments over the device's buffers; their
+    // moments one after another, n_opt floats of m and v) and the gradient
+    // norm's units (moe_train_norm_units), host arrays of device pointers
+    struct moe_optim_seg *seg, *unit;
+    size_t n_seg, n_unit, n_opt, seg_total; // seg_total: the segments' floats
     // LoRA (train/tune.h): the host's adapters (targets, offsets, rank,
     // scale; their weights and gradients come back there), on the device
     // their weights lw and gradients lg (the adapters' registry layout), each
@@ -123,15 +122,6 @@ struct moe_cuda_model {
     struct moe_lora *lora;
     float *lw, *lg, *lw0, *ltmp;
     size_t *w0_off;
-};
-
-struct moe_cuda_seg {
-    float *w, *g;
-    size_t n;
-};
-struct moe_cuda_unit {
-    const float *g;
-    size_t n;
 };
 
 int moe_cuda_model_alloc(struct moe_cuda_model *d, void *ret, size_t bytes, const char *what, struct moe_err *err);

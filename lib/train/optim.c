@@ -270,6 +270,71 @@ void moe_optim_step_segs(struct moe_optim *o, const struct moe_optim_seg *s, siz
     }
 }
 
+size_t moe_train_segments(const struct moe_params *p, const uint8_t *frozen, uint8_t *const *fe,
+                          const struct moe_train_layout *b, struct moe_optim_seg *s)
+{
+    if (!frozen && !b->lw) {
+        if (s)
+            s[0] = (struct moe_optim_seg){ b->w, b->g, p->numel };
+        return 1;
+    }
+    size_t n = 0;
+    struct moe_optim_seg cur = { 0 }; // the run being formed (segment n - 1)
+    for (size_t i = 0; i < p->n; i++) {
+        if (frozen && frozen[i])
+            continue;
+        const uint8_t *fi = fe ? fe[i] : NULL;
+        size_t E = fi ? p->t[i].shape[0] : 1, slice = p->t[i].numel / E;
+        for (size_t e = 0; e < E; e++) {
+            if (fi && fi[e])
+                continue;
+            float *w = b->w + p->t[i].offset + e * slice, *g = b->g + p->t[i].offset + e * slice;
+            if (n && cur.w + cur.n == w && cur.g + cur.n == g) {
+                cur.n += slice;
+                continue;
+            }
+            if (n && s)
+                s[n - 1] = cur;
+            cur = (struct moe_optim_seg){ w, g, slice };
+            n++;
+        }
+    }
+    if (n && s)
+        s[n - 1] = cur;
+    if (b->lw) {
+        if (s)
+            s[n] = (struct moe_optim_seg){ b->lw, b->lg, b->ln };
+        n++;
+    }
+    return n;
+}
+
+size_t moe_train_norm_units(const struct moe_params *p, const uint8_t *frozen, uint8_t *const *fe,
+                            const struct moe_train_layout *b, struct moe_optim_seg *u)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        const struct moe_tensor *t = &p->t[i];
+        if (frozen && frozen[i])
+            continue;
+        const uint8_t *fi = fe ? fe[i] : NULL;
+        size_t E = t->experts || fi ? t->shape[0] : 1, slice = t->numel / E;
+        for (size_t e = 0; e < E; e++) {
+            if (fi && fi[e])
+                continue;
+            if (u)
+                u[n] = (struct moe_optim_seg){ NULL, b->g + t->offset + e * slice, slice };
+            n++;
+        }
+    }
+    if (b->lw) {
+        if (u)
+            u[n] = (struct moe_optim_seg){ NULL, b->lg, b->ln };
+        n++;
+    }
+    return n;
+}
+
 void moe_optim_release(struct moe_optim *o)
 {
     if (!o)

@@ -133,6 +133,31 @@ struct moe_optim_seg {
 };
 void moe_optim_step_segs(struct moe_optim *o, const struct moe_optim_seg *s, size_t n_seg, double norm);
 double moe_optim_grad_norm_segs(const struct moe_optim_seg *s, size_t n_seg);
+// What a run trains, laid over one copy of the buffers: the registry's
+// weights w and gradients g (core/params.h layout) and the adapters' lw, lg
+// (ln floats; lw NULL: no LoRA). The trainer lays it over the host's
+// buffers, the CUDA device model (cuda/model.h) over its own.
+struct moe_train_layout {
+    float *w, *g, *lw, *lg;
+    size_t ln;
+};
+// The optimizer's segments of a run that trains what frozen and
+// frozen_experts leave (train/tune.h's selection; NULL: everything) and the
+// adapters: the whole registry when nothing is frozen and there are no
+// adapters; else each trained tensor, or each trained expert slice of a
+// tensor trained in part, runs that touch merged (the moments lie one after
+// another either way, so this changes no result), then the adapters. Writes
+// them to s unless s is NULL; returns their count.
+size_t moe_train_segments(const struct moe_params *p, const uint8_t *frozen, uint8_t *const *frozen_experts,
+                          const struct moe_train_layout *b, struct moe_optim_seg *s);
+// The global gradient norm's units (g and n of each; w NULL), in order: each
+// trained tensor in registry order, except that a tensor of routed experts
+// (or one trained in part) counts each of its trained experts as a unit;
+// then the adapters as one. Each is summed by moe_optim_sum_sq and the sums
+// added in double in this order. Writes them to u unless u is NULL; returns
+// their count.
+size_t moe_train_norm_units(const struct moe_params *p, const uint8_t *frozen, uint8_t *const *frozen_experts,
+                            const struct moe_train_layout *b, struct moe_optim_seg *u);
 void moe_optim_release(struct moe_optim *o);
 
 // ---- the training loop ----

@@ -387,83 +387,35 @@ struct run {
     int dev_stale;
 };
 
-// What the optimizer updates: the whole flat buffer, or the unfrozen tensors
-// (of a tensor trained in part, each run of trained expert slices) and the
-// adapters, one segment each. Segments that touch are merged: the moments
-// lie one after another either way, so this changes no result. Applies the
-// adapters to the model.
-static int optim_segments(struct run *r, struct moe_err *err)
+// What the run trains over the host's buffers (train.h moe_train_layout).
+static struct moe_train_layout host_layout(const struct run *r)
 {
-    const struct moe_train_hooks *hooks = r->hooks;
     struct moe_params *p = &r->m->params;
-    struct moe_lora *lora = hooks->lora;
-    uint8_t *const *fe = hooks->frozen ? hooks->frozen_experts : NULL;
-    size_t n_seg = 0, max_seg = p->n + 1;
-    for (size_t i = 0; fe && i < p->n; i++)
-        max_seg += fe[i] && !hooks->frozen[i] ? p->t[i].shape[0] : 0;
-    struct moe_optim_seg *segs = malloc(max_seg * sizeof *segs);
-    if (!segs)
-        return moe_error(err, MOE_ENOMEM, "out of memory");
-    if (!hooks->frozen && !lora) {
-        segs[n_seg++] = (struct moe_optim_seg){ p->data, p->grad, p->numel };
-    } else {
-        for (size_t i = 0; i < p->n; i++) {
-            if (hooks->frozen && hooks->frozen[i])
-                continue;
-            size_t E = fe && fe[i] ? p->t[i].shape[0] : 1, slice = p->t[i].numel / E;
-            float *w = moe_params_data(p, (int)i), *g = moe_params_grad(p, (int)i);
-            for (size_t e = 0; e < E; e++) {
-                if (fe && fe[i] && fe[i][e])
-                    continue;
-                if (n_seg && segs[n_seg - 1].w + segs[n_seg - 1].n == w + e * slice &&
-                    segs[n_seg - 1].g + segs[n_seg - 1].n == g + e * slice)
-                    segs[n_seg - 1].n += slice;
-                else
-                    segs[n_seg++] = (struct moe_optim_seg){ w + e * slice, g + e * slice, slice };
-            }
-        }
-        if (lora) {
-            segs[n_seg++] = (struct moe_optim_seg){ lora->p.data, lora->p.grad, lora->p.numel };
-            moe_lora_apply(lora, p);
-        }
-    }
-    r->segs = segs;
-    r->n_seg = n_seg;
-    return 0;
+    struct moe_lora *lora = r->hooks->lora;
+    return (struct moe_train_layout){ p->data, p->grad, lora ? lora->p.data : NULL, lora ? lora->p.grad : NULL,
+                                      lora ? lora->p.numel : 0 };
 }
 
-// The global gradient norm's units (grad_norm), in order: each tensor the
-// optimizer updates, in registry order, except that a tensor of routed
-// experts (or one trained in part) counts each of its trained experts as a
-// unit; then the adapters (LoRA) as one.
-static int norm_units(struct run *r, struct moe_err *err)
+// What the optimizer updates (moe_train_segments) and the gradient norm's
+// units (moe_train_norm_units) over the host's buffers; applies the adapters
+// to the model.
+static int train_parts(struct run *r, struct moe_err *err)
 {
-    const struct moe_params *p = &r->m->params;
     const struct moe_train_hooks *h = r->hooks;
+    const struct moe_params *p = &r->m->params;
     uint8_t *const *fe = h->frozen ? h->frozen_experts : NULL;
-    size_t n = 1;
-    for (size_t i = 0; i < p->n; i++)
-        n += p->t[i].experts || (fe && fe[i]) ? p->t[i].shape[0] : 1;
-    if (!(r->units = malloc(n * sizeof *r->units)))
-        return moe_error(err, MOE_ENOMEM, "out of memory for %zu gradient norm units", n);
-    size_t k = 0;
-    for (size_t i = 0; i < p->n; i++) {
-        const struct moe_tensor *t = &p->t[i];
-        float *g = p->grad + t->offset;
-        if (h->frozen && h->frozen[i])
-            continue;
-        if (t->experts || (fe && fe[i])) {
-            size_t E = t->shape[0], slice = t->numel / E;
-            for (size_t e = 0; e < E; e++)
-                if (!(fe && fe[i] && fe[i][e]))
-                    r->units[k++] = (struct moe_optim_seg){ NULL, g + e * slice, slice };
-        } else {
-            r->units[k++] = (struct moe_optim_seg){ NULL, g, t->numel };
-        }
-    }
+    const struct moe_train_layout b = host_layout(r);
+    size_t n_seg = moe_train_segments(p, h->frozen, fe, &b, NULL),
+           n_unit = moe_train_norm_units(p, h->frozen, fe, &b, NULL);
+    r->segs = malloc(n_seg * sizeof *r->segs);
+    r->units = malloc((n_unit ? n_unit : 1) * sizeof *r->units);
+    if (!r->segs || !r->units)
+        return moe_error(err, MOE_ENOMEM, "out of memory for %zu segments and %zu gradient norm units", n_seg,
+                         n_unit);
+    r->n_seg = moe_train_segments(p, h->frozen, fe, &b, r->segs);
+    r->n_unit = moe_train_norm_units(p, h->frozen, fe, &b, r->units);
     if (h->lora)
-        r->units[k++] = (struct moe_optim_seg){ NULL, h->lora->p.grad, h->lora->p.numel };
-    r->n_unit = k;
+        moe_lora_apply(h->lora, &r->m->params);
     return 0;
 }
 
@@ -556,7 +508,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
         ((rc = moe_train_device_check(hooks->dist && hooks->dist->size > 1, err)) ||
          (rc = moe_cuda_use_device(hooks->device->id, err))))
         return rc;
-    if ((rc = optim_segments(r, err)) || (rc = norm_units(r, err)))
+    if ((rc = train_parts(r, err)))
         return rc;
     size_t numel = 0;
     for (size_t k = 0; k < r->n_seg; k++)
@@ -1145,7 +1097,7 @@ static int ep_rounds(struct run *r, uint64_t epoch, size_t start, size_t step_ro
 }
 
 // The global gradient norm (optim.clip, and the check for a non-finite
-// gradient). Its square is a sum over units in a fixed order (norm_units),
+// gradient). Its square is a sum over units in a fixed order (moe_train_norm_units),
 // each unit summed by moe_optim_sum_sq (fixed blocks). The units do not
 // depend on the number of processes: with expert parallelism each process
 // sums its own experts, the sums are exchanged (MPI_Allgather), and every
@@ -1215,34 +1167,6 @@ int moe_train_device_check(int dist, struct moe_err *err)
     if (dist)
         return moe_error(err, MOE_EINVAL, "training on a CUDA device runs in one process (no mpirun) so far");
     return 0;
-}
-
-// What the device's updates change when not every weight is trained (partial
-// fine-tuning, LoRA): the optimizer's segments and the norm's units, as
-// spans of the registry or of the adapters (cuda/model.h
-// moe_cuda_model_set_train), and the adapters themselves.
-static int dev_train_set(struct run *r, struct moe_err *err)
-{
-    const struct moe_params *p = &r->m->params;
-    struct moe_lora *lora = r->hooks->lora;
-    if (!r->hooks->frozen && !lora)
-        return 0; // the device model's default: everything
-    struct moe_cuda_span *seg = malloc((r->n_seg + r->n_unit) * sizeof *seg), *unit = seg + r->n_seg;
-    if (!seg)
-        return moe_error(err, MOE_ENOMEM, "out of memory for %zu spans", r->n_seg + r->n_unit);
-    for (size_t k = 0; k < r->n_seg; k++) {
-        int in_lora = lora && r->segs[k].w == lora->p.data;
-        seg[k] = (struct moe_cuda_span){ (size_t)(r->segs[k].w - (in_lora ? lora->p.data : p->data)), r->segs[k].n,
-                                         in_lora };
-    }
-    for (size_t k = 0; k < r->n_unit; k++) {
-        int in_lora = lora && r->units[k].g == lora->p.grad;
-        unit[k] = (struct moe_cuda_span){ (size_t)(r->units[k].g - (in_lora ? lora->p.grad : p->grad)),
-                                          r->units[k].n, in_lora };
-    }
-    int rc = moe_cuda_model_set_train(r->dev, seg, r->n_seg, unit, r->n_unit, lora, err);
-    free(seg);
-    return rc;
 }
 
 // The teacher's device model (evaluation passes, batches of a training
@@ -1562,8 +1486,9 @@ int moe_train_run(struct moe_model *m, const struct moe_data *data, const struct
     if (!rc && hooks->device) // batches of training steps and of evaluation passes
         rc = moe_cuda_model_create(&r.dev, m, hooks->device->hp, &r.opt, r.bs > eval_chunk(&r) ? r.bs : eval_chunk(&r),
                                    err);
-    if (!rc && r.dev)
-        rc = dev_train_set(&r, err);
+    if (!rc && r.dev && (hooks->frozen || hooks->lora)) // what it trains, when not everything
+        rc = moe_cuda_model_set_train(r.dev, hooks->frozen, hooks->frozen ? hooks->frozen_experts : NULL, hooks->lora,
+                                      err);
     if (!rc && r.dev && hooks->distill) // the teacher beside it, for the training batches
         rc = dev_teacher(&r, err);
     double train0 = r.ck.pos.train_seconds;
