@@ -575,6 +575,38 @@ START_TEST(test_bad_bytes)
 }
 END_TEST
 
+// I8 (int8-quantized weights, compress/quant.h): one byte per element, the
+// bytes back as written, refused by load_ref as another dtype and by a header
+// whose offsets do not give it 1 byte per element.
+START_TEST(test_i8)
+{
+    const char *path = tpath("i8.safetensors");
+    const int8_t q[6] = { -128, -1, 0, 1, 126, 127 };
+    struct moe_st_ref r = { .name = "q", .dtype = MOE_I8, .ndim = 2, .shape = { 2, 3 }, .data = q };
+    struct moe_err err = { 0 };
+    ck_assert_msg(moe_safetensors_write(path, &r, 1, NULL, 0, &err) == 0, "%s", err.msg);
+    struct moe_st_file f;
+    open_ok(path, &f);
+    const struct moe_st_entry *e = moe_safetensors_find(&f, "q");
+    ck_assert_ptr_nonnull(e);
+    ck_assert_int_eq(e->dtype, MOE_I8);
+    ck_assert_uint_eq(e->numel, 6);
+    ck_assert_uint_eq(e->end - e->begin, 6);
+    ck_assert_mem_eq(e->data, q, 6);
+    int8_t back[6] = { 0 };
+    struct moe_st_ref in = r;
+    in.data = back;
+    ck_assert_int_eq(moe_safetensors_load_ref(&f, &in, &err), 0);
+    ck_assert_mem_eq(back, q, 6);
+    in.dtype = MOE_U8;
+    ck_assert_int_eq(moe_safetensors_load_ref(&f, &in, &err), MOE_EFORMAT);
+    ck_assert_msg(strstr(err.msg, "tensor 'q' has dtype I8, expected U8"), "%s", err.msg);
+    moe_safetensors_close(&f);
+    expect_raw_fail("{\"w\":{\"dtype\":\"I8\",\"shape\":[2,3],\"data_offsets\":[0,24]}}", 24,
+                    "shape [2, 3] I8 needs 6 bytes");
+}
+END_TEST
+
 START_TEST(test_unknown_dtype)
 {
     expect_raw_fail("{\"w\":{\"dtype\":\"BF16\",\"shape\":[2,3],\"data_offsets\":[0,12]}}", 12,
@@ -1167,6 +1199,7 @@ static Suite *safetensors_suite(void)
     tcase_add_test(tc, test_not_json);
     tcase_add_test(tc, test_bad_bytes);
     tcase_add_test(tc, test_unknown_dtype);
+    tcase_add_test(tc, test_i8);
     tcase_add_test(tc, test_entry_keys);
     tcase_add_test(tc, test_size_mismatch);
     tcase_add_test(tc, test_offsets);

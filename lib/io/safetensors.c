@@ -1,8 +1,9 @@
 // safetensors.c: checkpoint reader and writer in the safetensors format (see
 // safetensors.h): an 8-byte little-endian header length N, N bytes of JSON
 // header, then the data section holding raw little-endian tensor bytes.
-// What it is: a strict implementation for the five dtypes the toolkit uses
-// (F32, I32, I64, F64, and U8 for raw bytes such as a vocabulary). The reader validates every byte of the header (UTF-8,
+// What it is: a strict implementation for the six dtypes the toolkit uses
+// (F32, I32, I64, F64, U8 for raw bytes such as a vocabulary, and I8 for
+// int8-quantized weights, compress/quant.h). The reader validates every byte of the header (UTF-8,
 // JSON, keys, dtypes, shapes, offsets, overlaps, holes, duplicates) before any
 // tensor data is handed out; the writer is deterministic (same inputs, same
 // bytes) and atomic (temporary name, fsync, rename).
@@ -49,6 +50,7 @@ static const struct {
     [MOE_I64] = {"I64", 8},
     [MOE_F64] = {"F64", 8},
     [MOE_U8] = {"U8", 1},
+    [MOE_I8] = {"I8", 1},
 };
 #define N_DTYPES (sizeof dtypes / sizeof dtypes[0])
 
@@ -619,7 +621,7 @@ static int parse_entry(struct moe_st_entry *e, const cJSON *c, size_t data_size,
         if (strcmp(dt->valuestring, dtypes[t].name) == 0)
             break;
     if (t == N_DTYPES)
-        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has unsupported dtype '%s' (expected F32, I32, I64, F64 or U8)",
+        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has unsupported dtype '%s' (expected F32, I32, I64, F64, U8 or I8)",
                        nb, safe_str(dt->valuestring, jb, sizeof jb));
     e->dtype = (enum moe_dtype)t;
 

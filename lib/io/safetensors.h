@@ -11,7 +11,8 @@
 #include "core/params.h"
 #include "core/status.h"
 
-enum moe_dtype { MOE_F32 = 0, MOE_I32 = 1, MOE_I64 = 2, MOE_F64 = 3, MOE_U8 = 4 };
+// I8: int8-quantized weights (compress/quant.h; docs/checkpoint.md, Quantized tensors).
+enum moe_dtype { MOE_F32 = 0, MOE_I32 = 1, MOE_I64 = 2, MOE_F64 = 3, MOE_U8 = 4, MOE_I8 = 5 };
 
 // A tensor to write: not necessarily in a registry (e.g. normalisation
 // statistics, hash tables, optimizer moments).
