@@ -167,7 +167,7 @@ int moe_model_load(struct moe_model *m, const struct moe_st_file *f, int allow_e
     size_t n = m->ops->state ? m->ops->state(m, refs, MAX_STATE) : 0;
     if (n > MAX_STATE)
         return moe_error(err, MOE_EINVAL, "model has %zu state tensors, at most %d supported", n, MAX_STATE);
-    int rc = moe_safetensors_load_params(f, &m->params, allow_extra || n > 0, err);
+    int rc = moe_quant_load_params(f, &m->params, allow_extra || n > 0, err);
     if (rc)
         return rc;
     for (size_t i = 0; i < n; i++)
@@ -199,7 +199,7 @@ int moe_model_load(struct moe_model *m, const struct moe_st_file *f, int allow_e
     }
     if (!allow_extra && n > 0) {
         for (size_t i = 0; i < f->n; i++) {
-            int known = moe_params_find(&m->params, f->e[i].name) >= 0;
+            int known = moe_params_find(&m->params, f->e[i].name) >= 0 || moe_quant_is_part(f, &m->params, f->e[i].name);
             for (size_t j = 0; j < n && !known; j++)
                 known = strcmp(refs[j].name, f->e[i].name) == 0;
             if (!known)
@@ -213,6 +213,13 @@ int moe_model_load(struct moe_model *m, const struct moe_st_file *f, int allow_e
 int moe_model_save(struct moe_model *m, const char *path, const struct moe_st_ref *extra, size_t n_extra,
                    const struct moe_st_meta *meta, size_t n_meta, struct moe_err *err)
 {
+    return moe_model_save_quant(m, path, NULL, extra, n_extra, meta, n_meta, err);
+}
+
+int moe_model_save_quant(struct moe_model *m, const char *path, const struct moe_quant_spec *spec,
+                         const struct moe_st_ref *extra, size_t n_extra, const struct moe_st_meta *meta, size_t n_meta,
+                         struct moe_err *err)
+{
     struct moe_st_ref refs[MAX_STATE + 8];
     size_t n = 0;
     for (size_t i = 0; i < n_extra && n < 8; i++)
@@ -223,7 +230,7 @@ int moe_model_save(struct moe_model *m, const char *path, const struct moe_st_re
             return moe_error(err, MOE_EINVAL, "model has %zu state tensors, at most %d supported", k, MAX_STATE);
         n += k;
     }
-    return moe_safetensors_write_params(path, &m->params, refs, n, meta, n_meta, err);
+    return moe_quant_write_params(path, &m->params, spec, refs, n, meta, n_meta, err);
 }
 
 int moe_model_batch_targets(const struct moe_model *m, const struct moe_batch *b, float *onehot,

@@ -12,6 +12,7 @@
 #include "core/params.h"
 #include "core/plan.h"
 #include "core/status.h"
+#include "compress/quant.h"
 #include "io/config.h"
 #include "io/dataset.h"
 #include "io/safetensors.h"
@@ -251,8 +252,15 @@ double moe_model_ce_head(float *dy, float *row_loss, int32_t *row_argmax, const 
                          const struct moe_batch *b, size_t rows, size_t O);
 
 // Checkpoint I/O: parameters plus the model's state tensors. Loading checks
-// every state tensor's dtype and shape like a parameter's.
+// every state tensor's dtype and shape like a parameter's. A parameter may be
+// stored int8-quantized (compress/quant.h): it loads dequantized, exactly
+// scale * (q - zero) (docs/checkpoint.md, Quantized tensors).
 int moe_model_load(struct moe_model *m, const struct moe_st_file *f, int allow_extra, struct moe_err *err);
+// moe_model_save with registry tensor i stored as spec[i] says (p->n entries;
+// scheme MOE_QUANT_NONE keeps it F32; spec NULL: moe_model_save's very file).
+int moe_model_save_quant(struct moe_model *m, const char *path, const struct moe_quant_spec *spec,
+                         const struct moe_st_ref *extra, size_t n_extra, const struct moe_st_meta *meta, size_t n_meta,
+                         struct moe_err *err);
 int moe_model_save(struct moe_model *m, const char *path, const struct moe_st_ref *extra, size_t n_extra,
                    const struct moe_st_meta *meta, size_t n_meta, struct moe_err *err);
 void moe_model_release(struct moe_model *m);
