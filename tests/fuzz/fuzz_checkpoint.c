@@ -63,6 +63,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compress/quant.h"
 #include "core/gemm.h"
 #include "fuzz_util.h"
 #include "io/safetensors.h"
@@ -179,16 +180,37 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-// An accepted model: its parameters are the file's bytes, its state is in range.
+// An accepted model: its parameters are the file's bytes (a quantized one,
+// compress/quant.h: scale * (q - zero) of the file's parts, bit for bit), its
+// state is in range.
 static void check_model(const struct moe_model *m, const struct moe_st_file *f)
 {
     const struct moe_params *p = &m->params;
     for (size_t i = 0; i < p->n; i++) {
         const struct moe_st_entry *e = moe_safetensors_find(f, p->t[i].name);
-        FUZZ_CHECK(e && e->dtype == MOE_F32 && e->numel == p->t[i].numel, "loaded '%s' is not in the file",
+        FUZZ_CHECK(e && (e->dtype == MOE_F32 || e->dtype == MOE_I8) && e->numel == p->t[i].numel,
+                   "loaded '%s' is not in the file", p->t[i].name);
+        const float *w = moe_params_data(p, (int)i);
+        if (e->dtype == MOE_F32) {
+            FUZZ_CHECK(!e->numel || memcmp(w, e->data, e->numel * sizeof(float)) == 0,
+                       "parameter '%s' differs from the file", p->t[i].name);
+            continue;
+        }
+        struct moe_quant_spec qs;
+        const struct moe_st_entry *sc, *zp;
+        FUZZ_CHECK(moe_quant_check(f, e, &qs, &sc, &zp, NULL) == 0, "quantized '%s' loaded with a bad scale",
                    p->t[i].name);
-        FUZZ_CHECK(!e->numel || memcmp(moe_params_data(p, (int)i), e->data, e->numel * sizeof(float)) == 0,
-                   "parameter '%s' differs from the file", p->t[i].name);
+        size_t len = qs.gran == MOE_QUANT_PER_TENSOR ? e->numel : e->shape[e->ndim - 1];
+        for (size_t j = 0; j < e->numel; j++) {
+            float s, want;
+            int32_t z = 0;
+            memcpy(&s, (const unsigned char *)sc->data + j / len * sizeof s, sizeof s);
+            if (zp)
+                memcpy(&z, (const unsigned char *)zp->data + j / len * sizeof z, sizeof z);
+            want = moe_dequant_int8_1(((const int8_t *)e->data)[j], s, z);
+            FUZZ_CHECK(memcmp(&w[j], &want, sizeof want) == 0, "quantized '%s' element %zu is not scale * (q - zero)",
+                       p->t[i].name, j);
+        }
     }
     for (size_t i = 0; i < m->n_moe_layers; i++) {
         const struct moe_layer *l = m->moe_layers[i];
