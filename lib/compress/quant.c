@@ -211,80 +211,46 @@ int moe_quant_is_part(const struct moe_st_file *f, const struct moe_params *p, c
     return 0;
 }
 
+// The decoder moe_safetensors_load_params_dec calls for I8 registry tensors.
+static int dec_check(const struct moe_st_file *f, const struct moe_st_entry *e, struct moe_err *err)
+{
+    return moe_quant_check(f, e, NULL, NULL, NULL, err);
+}
+
+static int dec_load(const struct moe_st_file *f, const struct moe_st_entry *e, float *w, size_t first, size_t n,
+                    struct moe_err *err)
+{
+    const struct moe_st_entry *sc, *zp;
+    struct moe_quant_spec spec;
+    int rc = moe_quant_check(f, e, &spec, &sc, &zp, err);
+    if (rc)
+        return rc;
+    size_t n_groups, len;
+    if ((rc = moe_quant_groups(e->ndim, e->shape, spec.gran, &n_groups, &len, err)))
+        return rc;
+    // the scales and zero points aligned (the file's need not be)
+    float *scale = malloc(n_groups * sizeof *scale);
+    int32_t *zero = zp ? malloc(n_groups * sizeof *zero) : NULL;
+    if (!scale || (zp && !zero)) {
+        free(scale);
+        free(zero);
+        return q_fail(err, MOE_ENOMEM, f->path, "out of memory");
+    }
+    memcpy(scale, sc->data, n_groups * sizeof *scale);
+    if (zp)
+        memcpy(zero, zp->data, n_groups * sizeof *zero);
+    moe_dequant_int8(w, (const int8_t *)e->data + first, scale, zero, len, first, n);
+    free(scale);
+    free(zero);
+    return 0;
+}
+
+static const struct moe_st_decoder quant_decoder = { MOE_I8, "quantized", dec_check, moe_quant_is_part, dec_load };
+
 int moe_quant_load_params(const struct moe_st_file *f, struct moe_params *p, int allow_extra,
                           struct moe_err *err)
 {
-    if (!f || !p)
-        return moe_error(err, MOE_EINVAL, "checkpoint: no file or parameter registry given");
-    const char *path = f->path;
-    if (p->n && !p->data)
-        return q_fail(err, MOE_EINVAL, path, "parameter registry is not allocated");
-    char nb[SAFE_LEN], s1[128], s2[128];
-    // Check everything first, so a failure leaves the registry untouched.
-    for (size_t i = 0; i < p->n; i++) {
-        const struct moe_tensor *t = &p->t[i];
-        const struct moe_st_entry *e = moe_safetensors_find(f, t->name);
-        moe_shape_str(t->ndim, t->shape, s1, sizeof s1);
-        moe_msg_str(t->name, nb, sizeof nb);
-        if (!e)
-            return q_fail(err, MOE_ESHAPE, path, "no tensor '%s' (model expects shape %s)", nb, s1);
-        if (e->dtype != MOE_F32 && e->dtype != MOE_I8)
-            return q_fail(err, MOE_EFORMAT, path, "tensor '%s' has dtype %s, expected F32 (or I8, quantized)", nb,
-                          e->dtype == MOE_I32 ? "I32" : e->dtype == MOE_I64 ? "I64" : e->dtype == MOE_F64 ? "F64" : "U8");
-        int same = e->ndim == t->ndim;
-        for (int d = 0; same && d < t->ndim; d++)
-            same = e->shape[d] == t->shape[d];
-        if (!same) {
-            moe_shape_str(e->ndim, e->shape, s2, sizeof s2);
-            return q_fail(err, MOE_ESHAPE, path, "tensor '%s' has shape %s but the model expects %s", nb, s2, s1);
-        }
-        int rc;
-        if (e->dtype == MOE_I8 && (rc = moe_quant_check(f, e, NULL, NULL, NULL, err)))
-            return rc;
-    }
-    if (!allow_extra) {
-        for (size_t i = 0; i < f->n; i++) {
-            const struct moe_st_entry *e = &f->e[i];
-            if (moe_params_find(p, e->name) < 0 && !moe_quant_is_part(f, p, e->name)) {
-                moe_shape_str(e->ndim, e->shape, s2, sizeof s2);
-                return q_fail(err, MOE_ESHAPE, path, "tensor '%s' (shape %s) is not a parameter of the model",
-                              moe_msg_str(e->name, nb, sizeof nb), s2);
-            }
-        }
-    }
-    for (size_t i = 0; i < p->n; i++) {
-        const struct moe_tensor *t = &p->t[i];
-        const struct moe_st_entry *e = moe_safetensors_find(f, t->name);
-        // A sharded tensor (expert parallelism) takes its experts lo .. only.
-        size_t first = t->lo * (moe_tensor_full_numel(t) / t->shape[0]);
-        float *w = moe_params_data(p, (int)i);
-        if (!t->numel)
-            continue;
-        if (e->dtype == MOE_F32) { // memcpy, not a float load: e->data may be unaligned
-            memcpy(w, (const unsigned char *)e->data + first * sizeof(float), t->numel * sizeof(float));
-            continue;
-        }
-        const struct moe_st_entry *sc, *zp;
-        struct moe_quant_spec spec;
-        moe_quant_check(f, e, &spec, &sc, &zp, NULL); // passed above
-        size_t n_groups, len;
-        moe_quant_groups(e->ndim, e->shape, spec.gran, &n_groups, &len, NULL);
-        // the scales and zero points aligned (the file's need not be)
-        float *scale = malloc(n_groups * sizeof *scale);
-        int32_t *zero = zp ? malloc(n_groups * sizeof *zero) : NULL;
-        if (!scale || (zp && !zero)) {
-            free(scale);
-            free(zero);
-            return q_fail(err, MOE_ENOMEM, path, "out of memory");
-        }
-        memcpy(scale, sc->data, n_groups * sizeof *scale);
-        if (zp)
-            memcpy(zero, zp->data, n_groups * sizeof *zero);
-        moe_dequant_int8(w, (const int8_t *)e->data + first, scale, zero, len, first, t->numel);
-        free(scale);
-        free(zero);
-    }
-    return 0;
+    return moe_safetensors_load_params_dec(f, p, allow_extra, &quant_decoder, err);
 }
 
 // ---------------------------------------------------------------- writing

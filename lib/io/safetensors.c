@@ -942,6 +942,12 @@ void moe_safetensors_close(struct moe_st_file *f)
 int moe_safetensors_load_params(const struct moe_st_file *f, struct moe_params *p, int allow_extra,
                                 struct moe_err *err)
 {
+    return moe_safetensors_load_params_dec(f, p, allow_extra, NULL, err);
+}
+
+int moe_safetensors_load_params_dec(const struct moe_st_file *f, struct moe_params *p, int allow_extra,
+                                    const struct moe_st_decoder *dec, struct moe_err *err)
+{
     if (!f || !p)
         return moe_error(err, MOE_EINVAL, "checkpoint: no file or parameter registry given");
     const char *path = f->path;
@@ -956,9 +962,14 @@ int moe_safetensors_load_params(const struct moe_st_file *f, struct moe_params *
         safe_str(t->name, nb, sizeof nb);
         if (!e)
             return st_fail(err, MOE_ESHAPE, path, "no tensor '%s' (model expects shape %s)", nb, s1);
-        if (e->dtype != MOE_F32)
+        int coded = dec && e->dtype == dec->dtype;
+        if (e->dtype != MOE_F32 && !coded) {
+            if (dec)
+                return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has dtype %s, expected F32 (or %s, %s)", nb,
+                               dtypes[e->dtype].name, dtypes[dec->dtype].name, dec->what);
             return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has dtype %s, expected F32", nb,
                            dtypes[e->dtype].name);
+        }
         int same = e->ndim == t->ndim;
         for (int d = 0; same && d < t->ndim; d++)
             same = e->shape[d] == t->shape[d];
@@ -966,11 +977,14 @@ int moe_safetensors_load_params(const struct moe_st_file *f, struct moe_params *
             moe_shape_str(e->ndim, e->shape, s2, sizeof s2);
             return st_fail(err, MOE_ESHAPE, path, "tensor '%s' has shape %s but the model expects %s", nb, s2, s1);
         }
+        int rc;
+        if (coded && (rc = dec->check(f, e, err)))
+            return rc;
     }
     if (!allow_extra) {
         for (size_t i = 0; i < f->n; i++) {
             const struct moe_st_entry *e = &f->e[i];
-            if (moe_params_find(p, e->name) < 0) {
+            if (moe_params_find(p, e->name) < 0 && !(dec && dec->is_part(f, p, e->name))) {
                 moe_shape_str(e->ndim, e->shape, s2, sizeof s2);
                 return st_fail(err, MOE_ESHAPE, path, "tensor '%s' (shape %s %s) is not a parameter of the model",
                                safe_str(e->name, nb, sizeof nb), s2, dtypes[e->dtype].name);
@@ -983,9 +997,16 @@ int moe_safetensors_load_params(const struct moe_st_file *f, struct moe_params *
         // (expert parallelism) takes its experts lo .. only.
         const struct moe_tensor *t = &p->t[i];
         size_t first = t->lo * (moe_tensor_full_numel(t) / t->shape[0]);
-        if (t->numel)
-            memcpy(moe_params_data(p, (int)i), (const unsigned char *)e->data + first * sizeof(float),
-                   t->numel * sizeof(float));
+        int rc;
+        if (!t->numel)
+            continue;
+        if (e->dtype != MOE_F32) {
+            if ((rc = dec->load(f, e, moe_params_data(p, (int)i), first, t->numel, err)))
+                return rc;
+            continue;
+        }
+        memcpy(moe_params_data(p, (int)i), (const unsigned char *)e->data + first * sizeof(float),
+               t->numel * sizeof(float));
     }
     return 0;
 }

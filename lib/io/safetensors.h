@@ -94,6 +94,26 @@ void moe_safetensors_close(struct moe_st_file *f);
 int moe_safetensors_load_params(const struct moe_st_file *f, struct moe_params *p, int allow_extra,
                                 struct moe_err *err);
 
+// A reader for registry tensors stored in a dtype other than F32 (e.g. int8
+// with scales, compress/quant.h), for moe_safetensors_load_params_dec.
+struct moe_st_decoder {
+    enum moe_dtype dtype; // the stored dtype it reads, e.g. "(or I8, quantized)" in messages
+    const char *what;     // how messages name it, e.g. "quantized"
+    // 0 when e (dtype `dtype`, the registry's shape) and its companions in f
+    // are well formed, else an error code with one line naming the tensor.
+    int (*check)(const struct moe_st_file *f, const struct moe_st_entry *e, struct moe_err *err);
+    // 1 when a tensor of f named name is a companion of a registry tensor
+    // stored in `dtype` (not an extra tensor).
+    int (*is_part)(const struct moe_st_file *f, const struct moe_params *p, const char *name);
+    // Decode elements first .. first + n - 1 of e (checked) into w.
+    int (*load)(const struct moe_st_file *f, const struct moe_st_entry *e, float *w, size_t first, size_t n,
+                struct moe_err *err);
+};
+// moe_safetensors_load_params, where a registry tensor may also be stored as
+// dec reads it (dec NULL: the very same function).
+int moe_safetensors_load_params_dec(const struct moe_st_file *f, struct moe_params *p, int allow_extra,
+                                    const struct moe_st_decoder *dec, struct moe_err *err);
+
 // Copy one tensor of the file into ref->data (the caller's writable buffer):
 // it must exist with exactly ref's dtype and shape.
 int moe_safetensors_load_ref(const struct moe_st_file *f, const struct moe_st_ref *ref, struct moe_err *err);
