@@ -26,6 +26,7 @@ enum moe_rng_purpose {
     MOE_RNG_WINDOW = 9,    // language-model training windows (stream = epoch, index = window)
     MOE_RNG_MOEBERT = 10,  // MoEBERT random neuron order (stream = block)
     MOE_RNG_GENERATE = 11, // moe generate: sampling (stream 0, index = generated token)
+    MOE_RNG_PRUNE = 12,    // moe compress: random expert pruning's scores (stream = layer, index = expert)
 };
 
 struct moe_rng {

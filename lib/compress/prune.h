@@ -1,0 +1,71 @@
+// prune.h: structured pruning of MoE models (issue 21): dropping whole
+// experts of a sparse layer, and masking FFN neurons (hidden units) of the
+// experts and dense FFNs by an importance score. Nothing here reads files or
+// prints; the command (cmd/cmd_compress.c) measures the scores on data and
+// writes the smaller checkpoint.
+//
+// Expert pruning keeps the experts of highest score in each sparse layer, in
+// their order, and drops the rest with their router rows; the scores are the
+// caller's: tokens routed to the expert (usage), the sum of its gate weights
+// (importance, Shazeer et al. 2017's Importance(X)), or random.
+//
+// A neuron j of an FFN is row j of w1 (and of w3, and element j of b1), and
+// column j of w2: with those zero the unit contributes nothing to the output,
+// whatever the activation. Its scores:
+//   l1:     sum of |w| over those weights
+//   l2:     sqrt of the sum of w^2 over them
+//   taylor: |sum of w * g| over them, g the loss's gradient on data: the
+//           first-order estimate of the loss change when the unit is removed
+//           (Molchanov et al., "Importance Estimation for Neural Network
+//           Pruning", CVPR 2019, eq. 4 summed over the unit's weights)
+// Selection drops the fraction's lowest-scoring units, each FFN on its own
+// (per layer) or all FFNs ranked together (global); ties go by position (the
+// later unit is dropped first), so the result is a function of the scores.
+#ifndef MOE_PRUNE_H
+#define MOE_PRUNE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/params.h"
+#include "core/status.h"
+
+// drop[i] = 1 for the n_drop entries of lowest score (ties: the higher index
+// first), else 0. MOE_EINVAL when n_drop > n or a score is NaN.
+int moe_prune_select(const double *score, size_t n, size_t n_drop, uint8_t *drop, struct moe_err *err);
+
+// n uniform scores in [0, 1) from (seed, stream): random pruning's scores, a
+// function of the seed and the stream (e.g. the layer) only.
+void moe_prune_random_scores(double *score, size_t n, uint64_t seed, uint64_t stream);
+
+// dst = the rows of src (n_rows rows of `row` floats) whose drop is 0, in order.
+void moe_prune_gather_rows(float *dst, const float *src, size_t n_rows, size_t row, const uint8_t *drop);
+
+// One FFN of a registry: tensors NAME.w1 (F, D) or (M, F, D), NAME.w2 (D, F)
+// or (M, D, F), optional NAME.w3 (w1's shape) and NAME.b1 ((F) or (M, F));
+// M = 1 for a 2-d FFN. Units: M x F neurons, unit u = m F + j.
+enum { MOE_FFN_W1 = 0, MOE_FFN_W3, MOE_FFN_W2, MOE_FFN_B1, MOE_FFN_N };
+struct moe_ffn {
+    char name[MOE_NAME_MAX];
+    int t[MOE_FFN_N]; // tensor indices in the registry, -1 when absent (w1 and w2 never are)
+    size_t M, F, D;
+};
+
+// The FFNs of p, in registry order of their w1: up to max into ret; returns
+// how many there are. A NAME.w1 without a matching NAME.w2 is not an FFN.
+size_t moe_ffn_find(const struct moe_params *p, struct moe_ffn *ret, size_t max);
+
+enum moe_neuron_score { MOE_NEURON_L1 = 0, MOE_NEURON_L2, MOE_NEURON_TAYLOR };
+
+// score[u] (M F of them) for f's units from p's weights (and grad, in p's
+// layout, for taylor; NULL otherwise).
+void moe_ffn_scores(const struct moe_params *p, const struct moe_ffn *f, enum moe_neuron_score kind,
+                    const float *grad, double *score);
+
+// Zero the weights of f's units whose mask is 1 (M F entries).
+void moe_ffn_apply_mask(struct moe_params *p, const struct moe_ffn *f, const uint8_t *mask);
+
+// Elements of tensor i that are exactly zero (+0.0 or -0.0).
+size_t moe_params_zeros(const struct moe_params *p, int i);
+
+#endif
