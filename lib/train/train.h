@@ -274,6 +274,14 @@ int moe_train_stats_init(struct moe_stats *s, const struct moe_model *m, const s
 int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *split, size_t chunk,
                  double active_threshold, struct moe_stats *scratch, struct moe_eval_row *ret, struct moe_err *err);
 
+// The gradient of the loss's mean over a whole split (its rows; language
+// models: its fixed windows), in chunks of at most `chunk` rows, into g
+// (m->params.numel doubles, the registry's layout): each chunk's gradient
+// (moe_model_run in training mode: router noise, jitter and dropout as
+// configured) weighted by its share of the rows. The registry's gradients are
+// zero afterwards.
+int moe_split_gradient(struct moe_model *m, const struct moe_dataset *d, size_t chunk, double *g, struct moe_err *err);
+
 // Train m (weights already initialised or loaded) on data per the config; calls cb
 // for each metrics row (may be NULL): split "train" and "test" for evaluations
 // (evaluation mode), "batch" for training-mode means over recent steps. Fails with

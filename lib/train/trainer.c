@@ -191,6 +191,33 @@ int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *s
     return evaluate(m, NULL, d, split, chunk, active_threshold, s, ret, err);
 }
 
+int moe_split_gradient(struct moe_model *m, const struct moe_dataset *d, size_t chunk, double *g, struct moe_err *err)
+{
+    if (chunk > m->max_batch)
+        chunk = m->max_batch;
+    int lm = d->task == MOE_TASK_LM;
+    size_t rows = lm ? d->n_win : d->n;
+    memset(g, 0, m->params.numel * sizeof *g);
+    if (!rows || !chunk)
+        return moe_error(err, MOE_EINVAL, "no rows to take the gradient over");
+    struct moe_lm_batch lb = { 0 };
+    int rc = lm ? moe_lm_batch_alloc(&lb, chunk, d->n_ctx, err) : 0;
+    for (size_t start = 0; !rc && start < rows; start += chunk) {
+        size_t n = rows - start < chunk ? rows - start : chunk;
+        struct moe_batch b = lm ? moe_lm_batch_fill(d, &lb, 0, 0, start, n) : slice(d, start, n);
+        moe_threads_adapt();
+        moe_params_zero_grad(&m->params);
+        if ((rc = moe_model_run(m, &b, 1, NULL, err)))
+            break;
+        double w = (double)n / (double)rows; // the batch mean's share of the split mean
+        for (size_t i = 0; i < m->params.numel; i++)
+            g[i] += w * (double)m->params.grad[i];
+    }
+    moe_params_zero_grad(&m->params);
+    moe_lm_batch_release(&lb);
+    return rc;
+}
+
 void moe_eval_row_fill(struct moe_eval_row *r, const struct moe_stats *s, enum moe_task task, double active_threshold)
 {
     r->n = s->n;
