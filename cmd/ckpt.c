@@ -1,7 +1,10 @@
 // ckpt.c (cmd): a trained checkpoint, its run config, its data and its model,
-// read back the same way by route-stats, eval and generate (ckpt.h).
+// read back the same way by route-stats, eval, generate and compress (ckpt.h).
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <cjson/cJSON.h>
 
 #include "ckpt.h"
 #include "cli.h"
@@ -112,4 +115,90 @@ int cli_ckpt_refuse_model_sets(const char *cmd, const char *opt, const char *con
                              "option '%s': '%s' would change the checkpoint's model (its shape is the checkpoint's; data.*, moe.* and train.* may change)",
                              opt, sets[i]);
     return 0;
+}
+
+// The leaves of a JSON object as "a.b.c=value" overrides, appended to *sets.
+static int flatten(const cJSON *o, const char *prefix, char ***sets, size_t *n, size_t *cap)
+{
+    for (const cJSON *it = o->child; it; it = it->next) {
+        char path[512];
+        snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", it->string ? it->string : "");
+        if (cJSON_IsObject(it)) {
+            if (flatten(it, path, sets, n, cap))
+                return 1;
+            continue;
+        }
+        char *val = cJSON_PrintUnformatted(it);
+        if (!val)
+            return 1;
+        if (*n == *cap) {
+            size_t nc = *cap ? 2 * *cap : 16;
+            char **ns = realloc(*sets, nc * sizeof *ns);
+            if (!ns) {
+                free(val);
+                return 1;
+            }
+            *sets = ns;
+            *cap = nc;
+        }
+        size_t len = strlen(path) + strlen(val) + 2;
+        char *s = malloc(len);
+        if (!s) {
+            free(val);
+            return 1;
+        }
+        snprintf(s, len, "%s=%s", path, val);
+        free(val);
+        (*sets)[(*n)++] = s;
+    }
+    return 0;
+}
+
+int cli_ckpt_config_sets(const char *cmd, const struct cli_common *c, char ***ret, size_t *ret_n, size_t *ret_n_config)
+{
+    size_t n = 0, cap = 0;
+    char **sets = NULL;
+    int rc = 0;
+    if (c->config) {
+        struct moe_config chk;
+        struct moe_err err = { 0 };
+        if (moe_config_load(&chk, moe_run_schema(), moe_run_schema_len(), c->config, NULL, 0, &err))
+            return cli_fail(cmd, &err);
+        moe_config_release(&chk);
+        FILE *f = fopen(c->config, "rb");
+        char *buf = NULL;
+        long len = -1;
+        if (f && fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+            (buf = malloc((size_t)len + 1)) && fread(buf, 1, (size_t)len, f) == (size_t)len)
+            buf[len] = '\0';
+        else
+            len = -1;
+        if (f)
+            fclose(f);
+        cJSON *j = len >= 0 ? cJSON_Parse(buf) : NULL;
+        free(buf);
+        if (!j || flatten(j, "", &sets, &n, &cap))
+            rc = cli_error(cmd, 1, "%s: cannot read the config back", c->config);
+        cJSON_Delete(j);
+    }
+    *ret_n_config = n;
+    for (size_t i = 0; !rc && i < c->n_sets; i++) {
+        if (n == cap) {
+            size_t nc = cap ? 2 * cap : 16;
+            char **ns = realloc(sets, nc * sizeof *ns);
+            if (!ns) {
+                rc = cli_error(cmd, 1, "out of memory");
+                break;
+            }
+            sets = ns;
+            cap = nc;
+        }
+        if (!(sets[n] = strdup(c->sets[i])))
+            rc = cli_error(cmd, 1, "out of memory");
+        else
+            n++;
+    }
+    *ret = sets;
+    *ret_n = n;
+    return rc;
 }

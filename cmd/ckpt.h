@@ -51,4 +51,12 @@ size_t cli_ckpt_eval_chunk(const struct moe_run_cfg *rc, size_t n_train);
 // else the exit code (2) after "moe CMD: option 'OPT': ..." (opt names where it came from).
 int cli_ckpt_refuse_model_sets(const char *cmd, const char *opt, const char *const *sets, size_t n_sets);
 
+// eval's and compress's --config FILE over a checkpoint's config: checked as a
+// config on its own (every message of moe train's --config), then its keys
+// as overrides "key=value" (the first *ret_n_config of *ret), then c's --set
+// options. The caller frees each string and the array. 0, or the exit code
+// after printing one line.
+struct cli_common;
+int cli_ckpt_config_sets(const char *cmd, const struct cli_common *c, char ***ret, size_t *ret_n, size_t *ret_n_config);
+
 #endif

@@ -54,95 +54,6 @@ static size_t eval_batch(const struct moe_run_cfg *rc, size_t n_train, size_t n_
     return chunk > rows && rows > 0 ? rows : chunk;
 }
 
-// The leaves of a JSON object as "a.b.c=value" overrides, appended to *sets.
-static int flatten(const cJSON *o, const char *prefix, char ***sets, size_t *n, size_t *cap)
-{
-    for (const cJSON *it = o->child; it; it = it->next) {
-        char path[512];
-        snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", it->string ? it->string : "");
-        if (cJSON_IsObject(it)) {
-            if (flatten(it, path, sets, n, cap))
-                return 1;
-            continue;
-        }
-        char *val = cJSON_PrintUnformatted(it);
-        if (!val)
-            return 1;
-        if (*n == *cap) {
-            size_t nc = *cap ? 2 * *cap : 16;
-            char **ns = realloc(*sets, nc * sizeof *ns);
-            if (!ns) {
-                free(val);
-                return 1;
-            }
-            *sets = ns;
-            *cap = nc;
-        }
-        size_t len = strlen(path) + strlen(val) + 2;
-        char *s = malloc(len);
-        if (!s) {
-            free(val);
-            return 1;
-        }
-        snprintf(s, len, "%s=%s", path, val);
-        free(val);
-        (*sets)[(*n)++] = s;
-    }
-    return 0;
-}
-
-// --config FILE: checked as a config on its own (every message of moe train's
-// --config), then its keys as overrides (the first *ret_n_config), before the
-// --set options.
-static int config_sets(const char *cmd, const struct cli_common *c, char ***ret, size_t *ret_n, size_t *ret_n_config)
-{
-    size_t n = 0, cap = 0;
-    char **sets = NULL;
-    int rc = 0;
-    if (c->config) {
-        struct moe_config chk;
-        struct moe_err err = { 0 };
-        if (moe_config_load(&chk, moe_run_schema(), moe_run_schema_len(), c->config, NULL, 0, &err))
-            return cli_fail(cmd, &err);
-        moe_config_release(&chk);
-        FILE *f = fopen(c->config, "rb");
-        char *buf = NULL;
-        long len = -1;
-        if (f && fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
-            (buf = malloc((size_t)len + 1)) && fread(buf, 1, (size_t)len, f) == (size_t)len)
-            buf[len] = '\0';
-        else
-            len = -1;
-        if (f)
-            fclose(f);
-        cJSON *j = len >= 0 ? cJSON_Parse(buf) : NULL;
-        free(buf);
-        if (!j || flatten(j, "", &sets, &n, &cap))
-            rc = cli_error(cmd, 1, "%s: cannot read the config back", c->config);
-        cJSON_Delete(j);
-    }
-    *ret_n_config = n;
-    for (size_t i = 0; !rc && i < c->n_sets; i++) {
-        if (n == cap) {
-            size_t nc = cap ? 2 * cap : 16;
-            char **ns = realloc(sets, nc * sizeof *ns);
-            if (!ns) {
-                rc = cli_error(cmd, 1, "out of memory");
-                break;
-            }
-            sets = ns;
-            cap = nc;
-        }
-        if (!(sets[n] = strdup(c->sets[i])))
-            rc = cli_error(cmd, 1, "out of memory");
-        else
-            n++;
-    }
-    *ret = sets;
-    *ret_n = n;
-    return rc;
-}
-
 int cmd_eval(int argc, char **argv)
 {
     static const struct option opts[] = { CLI_COMMON_OPTIONS,
@@ -177,7 +88,7 @@ int cmd_eval(int argc, char **argv)
         goto done;
     }
     size_t n_config = 0;
-    if ((rc = config_sets(cmd, &c, &sets, &n_sets, &n_config)) ||
+    if ((rc = cli_ckpt_config_sets(cmd, &c, &sets, &n_sets, &n_config)) ||
         (rc = cli_ckpt_refuse_model_sets(cmd, "--config", (const char *const *)sets, n_config)) ||
         (rc = cli_ckpt_refuse_model_sets(cmd, "--set", (const char *const *)sets + n_config, n_sets - n_config)))
         goto done;
