@@ -228,6 +228,7 @@ int cmd_route_stats(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_eval(int argc, char **argv);     // cmd_eval.c
 int cmd_generate(int argc, char **argv); // cmd_generate.c
+int cmd_compress(int argc, char **argv); // cmd_compress.c
 
 // summary.json's "routing" object (router, conventions, capacity, active
 // parameters per token) for a model with sparse layers; also sets

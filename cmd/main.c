@@ -25,6 +25,7 @@ static const struct command commands[] = {
     { "bench", cmd_bench, "time a config's MoE layer and training step, each against BLIS sgemm on the same shapes" },
     { "route-stats", cmd_route_stats, "route a data split through a checkpoint; per-layer load, drops, entropy, co-selection" },
     { "eval", cmd_eval, "evaluate a checkpoint on a split as training's final evaluation does; JSON on stdout" },
+    { "compress", cmd_compress, "prune experts or FFN neurons, quantize weights to int8; evaluate before and after" },
     { "generate", cmd_generate, "sample text from a transformer language-model checkpoint" },
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])

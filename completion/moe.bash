@@ -40,7 +40,13 @@ _moe()
             _moe_reply -W "$("$moe" help keys 2>/dev/null | sed 's/$/=/')" -- "$cur"
             return 0 ;;
         --device) _moe_reply -W "cpu cuda" -- "$cur"; return 0 ;;
-        --data) _moe_reply -W "train test" -- "$cur"; return 0 ;;
+        --data|--prune-data) _moe_reply -W "train valid test" -- "$cur"; return 0 ;;
+        --prune-by) _moe_reply -W "usage importance random" -- "$cur"; return 0 ;;
+        --neuron-score) _moe_reply -W "l1 l2 taylor" -- "$cur"; return 0 ;;
+        --neuron-scope) _moe_reply -W "layer global" -- "$cur"; return 0 ;;
+        --quantize) _moe_reply -W "int8" -- "$cur"; return 0 ;;
+        --scheme) _moe_reply -W "symmetric asymmetric" -- "$cur"; return 0 ;;
+        --granularity) _moe_reply -W "channel tensor" -- "$cur"; return 0 ;;
         --mode) _moe_reply -W "kd sparse-to-dense moebert" -- "$cur"; return 0 ;;
         --expert-mode) _moe_reply -W "per-expert shared" -- "$cur"; return 0 ;;
         --split) _moe_reply -W "importance random" -- "$cur"; return 0 ;;
@@ -52,7 +58,8 @@ _moe()
             compopt -o filenames 2>/dev/null
             _moe_reply -f -- "$cur"; return 0 ;;
         --seed|--threads|--rank|--alpha|--temperature|--shared|--weight|--tokens|--repeats|--warmup|\
-        --seeds|--targets|--trainable|--freeze|--capacity-factors|--tag|--expert-parallel|--data-parallel)
+        --seeds|--targets|--trainable|--freeze|--capacity-factors|--tag|--expert-parallel|--data-parallel|\
+        --prune-experts|--prune-neurons)
             return 0 ;; # a value of the user's own
     esac
 

@@ -42,9 +42,9 @@ int moe_prune_select(const double *score, size_t n, size_t n_drop, uint8_t *drop
     return 0;
 }
 
-void moe_prune_random_scores(double *score, size_t n, uint64_t seed, uint64_t stream)
+void moe_prune_random_scores(double *score, size_t n, uint64_t seed, uint32_t stream)
 {
-    struct moe_rng r = moe_rng_make(seed, MOE_RNG_PRUNE, (uint32_t)stream);
+    struct moe_rng r = moe_rng_make(seed, MOE_RNG_PRUNE, stream);
     for (size_t i = 0; i < n; i++)
         score[i] = moe_rng_uniform(&r, i);
 }

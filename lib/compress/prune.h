@@ -36,14 +36,15 @@ int moe_prune_select(const double *score, size_t n, size_t n_drop, uint8_t *drop
 
 // n uniform scores in [0, 1) from (seed, stream): random pruning's scores, a
 // function of the seed and the stream (e.g. the layer) only.
-void moe_prune_random_scores(double *score, size_t n, uint64_t seed, uint64_t stream);
+void moe_prune_random_scores(double *score, size_t n, uint64_t seed, uint32_t stream);
 
 // dst = the rows of src (n_rows rows of `row` floats) whose drop is 0, in order.
 void moe_prune_gather_rows(float *dst, const float *src, size_t n_rows, size_t row, const uint8_t *drop);
 
 // One FFN of a registry: tensors NAME.w1 (F, D) or (M, F, D), NAME.w2 (D, F)
 // or (M, D, F), optional NAME.w3 (w1's shape) and NAME.b1 ((F) or (M, F));
-// M = 1 for a 2-d FFN. Units: M x F neurons, unit u = m F + j.
+// M = 1 for a 2-d FFN. Units: M x F neurons, unit u = m F + j. The registry
+// must hold every expert (not one process's share under expert parallelism).
 enum { MOE_FFN_W1 = 0, MOE_FFN_W3, MOE_FFN_W2, MOE_FFN_B1, MOE_FFN_N };
 struct moe_ffn {
     char name[MOE_NAME_MAX];

@@ -406,6 +406,26 @@ st_nocrc() { st_jq "$1" "$2" 'del(.__metadata__.tensor_crc32)'; }
 [ -s moe.st ] && st_poke moe_crc.st moe.st layers.0.moe.experts.w1 3 '\x00\x00\xc0\x7f' && st_nocrc moe_nan.st moe_crc.st
 [ -s moe.st ] && st_jq moe_crc_table.st moe.st '.__metadata__.tensor_crc32 |= (fromjson | .["layers.0.moe.experts.w1"] = "xyz" | tojson)'
 [ -s moe.st ] && st_jq moe_crc_missing.st moe.st '.__metadata__.tensor_crc32 |= (fromjson | del(.["layers.0.moe.experts.w2"]) | tojson)'
+# moe compress: the mlp-moe quantized (symmetric and asymmetric, per channel),
+# then with a scale or zero point poked out of range; without the checksum
+# table (as another tool would write it) the reader's own checks must catch them
+fixture "compress quantizes the mlp-moe checkpoint" "$MOE" compress --checkpoint moe.st --out run/q --quantize int8 --quiet --threads 1
+fixture "compress quantizes it asymmetrically" "$MOE" compress --checkpoint moe.st --out run/qa --quantize int8 --scheme asymmetric --quiet --threads 1
+cp run/q/model.safetensors q.st 2>/dev/null
+cp run/qa/model.safetensors qa.st 2>/dev/null
+if [ -s q.st ] && [ -s qa.st ]; then
+    W=layers.0.moe.experts.w1
+    st_nocrc q_nocrc.st q.st
+    st_poke q_scale_zero.st q_nocrc.st "$W.q_scale" 1 '\x00\x00\x00\x00'
+    st_poke q_scale_nan.st q_nocrc.st "$W.q_scale" 2 '\x00\x00\xc0\x7f'
+    st_poke q_scale_neg.st q_nocrc.st "$W.q_scale" 0 '\x00\x00\x80\xbf'
+    st_poke q_scale_inf.st q_nocrc.st "$W.q_scale" 3 '\x00\x00\x80\x7f'
+    st_nocrc qa_nocrc.st qa.st
+    st_poke qa_zero_range.st qa_nocrc.st "$W.q_zero" 1 '\x2c\x01\x00\x00'
+    st_jq q_scale_missing.st q_nocrc.st ".[\"$W.q_scales\"] = .[\"$W.q_scale\"] | del(.[\"$W.q_scale\"])"
+    st_jq q_scale_shape.st q_nocrc.st ".[\"$W.q_scale\"].shape = [16]"
+    st_jq q_scale_dtype.st q_nocrc.st ".[\"$W.q_scale\"].dtype = \"I32\""
+fi
 # a run directory whose checkpoint is a FIFO
 mkdir -p resume_fifo && cp run/moe/config.json run/moe/metrics.csv resume_fifo/ 2>/dev/null
 [ -p resume_fifo/checkpoint.safetensors ] || mkfifo resume_fifo/checkpoint.safetensors
@@ -505,7 +525,7 @@ ck_meta_dir resume_run_id '.__metadata__["run.id"] = "xyz"'
 ck_meta_dir resume_sets_not_array '.__metadata__["run.sets"] = "{}"'
 
 # ------------------------------------------------------------------ the rows
-CMDS=(train compare-loss route-stats lora distill bench eval generate)
+CMDS=(train compare-loss route-stats lora distill bench eval generate compress)
 row=0
 while IFS= read -r line || [ -n "$line" ]; do
     case $line in '#'* | '') continue ;; esac
@@ -529,6 +549,8 @@ while IFS= read -r line || [ -n "$line" ]; do
     for c in "${CMDS[@]}"; do [ "${args[0]:-}" = "$c" ] && prefix="moe $c: "; done
     [ "$(head -c ${#prefix} "$p.err")" = "$prefix" ] || why+=("stderr does not start with '$prefix'")
     grep -Fq -- "$fragment" "$p.err" || why+=("stderr lacks '$fragment'")
+    # compress checks everything before it claims its directory: a refusal writes nothing
+    [ "${args[0]:-}" != compress ] || [ ! -e "$FIX/out/$id" ] || why+=("compress made its --out directory")
     if [ ${#why[@]} -eq 0 ]; then
         ok "$id"
         [ -n "${VERBOSE:-}" ] && sed 's/^/#   /' "$p.err"
