@@ -13,7 +13,9 @@
 # optim.m reshaped, train.batch_stats read as F32, a vocabulary
 # that does not parse, languages that are not the data's, and a weight that no
 # longer matches its CRC-32 (bad-crc; the other poked copies drop the checksum
-# table so that the check behind it is reached). Needs jq and od.
+# table so that the check behind it is reached), and int8-quantized model files
+# from moe compress with a zero scale (bad-scale-zero) and a zero point of 128
+# (bad-zero-point). Needs jq and od.
 # train.seconds differs from run to run; everything else is reproducible.
 set -euo pipefail
 export LC_ALL=C
@@ -30,6 +32,14 @@ for cfg in tests/fuzz/checkpoint/*.json; do
     "$moe" train --config "$cfg" --out "$tmp/$name" --threads 1 --quiet >/dev/null
     cp "$tmp/$name/checkpoint.safetensors" "$out/$name.safetensors"
 done
+
+# int8-quantized model files written by moe compress from the mlp-moe-switch
+# checkpoint: symmetric per channel, and asymmetric per tensor after neuron pruning
+"$moe" compress --checkpoint "$out/mlp-moe-switch.safetensors" --out "$tmp/int8" --quantize int8 --threads 1 --quiet >/dev/null
+cp "$tmp/int8/model.safetensors" "$out/mlp-moe-int8.safetensors"
+"$moe" compress --checkpoint "$out/mlp-moe-switch.safetensors" --out "$tmp/int8a" --quantize int8 --scheme asymmetric \
+    --granularity tensor --prune-neurons 0.3 --threads 1 --quiet >/dev/null
+cp "$tmp/int8a/model.safetensors" "$out/mlp-moe-int8-asym-pruned.safetensors"
 
 # header FILE: the JSON header; hlen FILE: its length.
 hlen() { od -An -t u8 -N 8 "$1" | tr -d ' '; }
@@ -77,6 +87,9 @@ rewrite "$out/mlp-moe-switch.safetensors" "$out/bad-stats-dtype.safetensors" \
     '.["train.batch_stats"].dtype = "F32" | .["train.batch_stats"].shape[0] *= 2'
 poke "$out/lm.safetensors" "$out/bad-vocab.safetensors" vocab.text 0 1 'X'
 rewrite "$out/lm.safetensors" "$out/bad-languages.safetensors" '.__metadata__["data.languages"] = "[\"de\",\"fr\"]"'
+# a zero scale and an out-of-range zero point in the quantized files
+poke "$out/mlp-moe-int8.safetensors" "$out/bad-scale-zero.safetensors" layers.0.moe.experts.w1.q_scale 3 4 '\x00\x00\x00\x00'
+poke "$out/mlp-moe-int8-asym-pruned.safetensors" "$out/bad-zero-point.safetensors" layers.1.moe.experts.w2.q_zero 0 4 '\x80\x00\x00\x00'
 # a changed weight under the file's own checksum table
 poke_crc "$out/mixture.safetensors" "$out/bad-crc.safetensors" experts.w1 1 4 '\x00\x00\x80\x3f'
 echo "gen.sh: wrote $(find "$out" -name '*.safetensors' | wc -l) seeds to $out/"
