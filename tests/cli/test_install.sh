@@ -193,7 +193,7 @@ t_complete() {
     got=$(complete_words moe route-)
     [ "$got" = route-stats ] || { fail "moe route-<TAB>: got '${got//$'\n'/ }'"; return 1; }
     got=$(complete_words moe help c)
-    [ "$got" = $'compare-loss\nconfig' ] || { fail "moe help c<TAB>: got '${got//$'\n'/ }'"; return 1; }
+    [ "$got" = $'compare-loss\ncompress\nconfig' ] || { fail "moe help c<TAB>: got '${got//$'\n'/ }'"; return 1; }
     got=$(complete_words moe train --res)
     [ "$got" = --resume ] || { fail "moe train --res<TAB>: got '${got//$'\n'/ }'"; return 1; }
     got=$(complete_words moe lora --expert)
