@@ -159,11 +159,13 @@ struct moe_batch moe_lm_batch_fill(const struct moe_dataset *d, struct moe_lm_ba
 
 // moe_evaluate's passes, each on m, or with dev (a training run on a CUDA
 // device, cuda/model.h) on the device model holding m's weights.
-static int evaluate(struct moe_model *m, struct moe_cuda_model *dev, const struct moe_dataset *d, const char *split,
-                    size_t chunk, double active_threshold, struct moe_stats *s, struct moe_eval_row *ret,
-                    struct moe_err *err)
+// Every row of a split (language models: its fixed windows) in chunks of at
+// most `chunk` rows (capped at the model's batch): fn(ctx, batch, share of
+// the split's rows) for each, in order; stops at the first error.
+typedef int (*chunk_fn)(void *ctx, const struct moe_batch *b, double share, struct moe_err *err);
+static int for_chunks(const struct moe_model *m, const struct moe_dataset *d, size_t chunk, chunk_fn fn, void *ctx,
+                      struct moe_err *err)
 {
-    moe_stats_reset(s);
     if (chunk > m->max_batch)
         chunk = m->max_batch;
     int lm = d->task == MOE_TASK_LM;
@@ -174,9 +176,31 @@ static int evaluate(struct moe_model *m, struct moe_cuda_model *dev, const struc
         size_t n = rows - start < chunk ? rows - start : chunk;
         struct moe_batch b = lm ? moe_lm_batch_fill(d, &lb, 0, 0, start, n) : slice(d, start, n);
         moe_threads_adapt();
-        rc = dev ? moe_cuda_model_eval(dev, &b, s, err) : moe_model_run(m, &b, 0, s, err);
+        rc = fn(ctx, &b, (double)n / (double)rows, err);
     }
     moe_lm_batch_release(&lb);
+    return rc;
+}
+
+struct eval_ctx {
+    struct moe_model *m;
+    struct moe_cuda_model *dev;
+    struct moe_stats *s;
+};
+static int eval_rows(void *ctx, const struct moe_batch *b, double share, struct moe_err *err)
+{
+    struct eval_ctx *e = ctx;
+    (void)share;
+    return e->dev ? moe_cuda_model_eval(e->dev, b, e->s, err) : moe_model_run(e->m, b, 0, e->s, err);
+}
+
+static int evaluate(struct moe_model *m, struct moe_cuda_model *dev, const struct moe_dataset *d, const char *split,
+                    size_t chunk, double active_threshold, struct moe_stats *s, struct moe_eval_row *ret,
+                    struct moe_err *err)
+{
+    moe_stats_reset(s);
+    struct eval_ctx e = { m, dev, s };
+    int rc = for_chunks(m, d, chunk, eval_rows, &e, err);
     if (rc)
         return rc;
     memset(ret, 0, sizeof *ret);
@@ -191,30 +215,29 @@ int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *s
     return evaluate(m, NULL, d, split, chunk, active_threshold, s, ret, err);
 }
 
+struct grad_ctx {
+    struct moe_model *m;
+    double *g;
+};
+static int grad_rows(void *ctx, const struct moe_batch *b, double share, struct moe_err *err)
+{
+    struct grad_ctx *c = ctx;
+    struct moe_params *p = &c->m->params;
+    moe_params_zero_grad(p);
+    int rc = moe_model_run(c->m, b, 1, NULL, err);
+    for (size_t i = 0; !rc && i < p->numel; i++) // the batch mean's share of the split mean
+        c->g[i] += share * (double)p->grad[i];
+    return rc;
+}
+
 int moe_split_gradient(struct moe_model *m, const struct moe_dataset *d, size_t chunk, double *g, struct moe_err *err)
 {
-    if (chunk > m->max_batch)
-        chunk = m->max_batch;
-    int lm = d->task == MOE_TASK_LM;
-    size_t rows = lm ? d->n_win : d->n;
     memset(g, 0, m->params.numel * sizeof *g);
-    if (!rows || !chunk)
+    if (!(d->task == MOE_TASK_LM ? d->n_win : d->n) || !chunk)
         return moe_error(err, MOE_EINVAL, "no rows to take the gradient over");
-    struct moe_lm_batch lb = { 0 };
-    int rc = lm ? moe_lm_batch_alloc(&lb, chunk, d->n_ctx, err) : 0;
-    for (size_t start = 0; !rc && start < rows; start += chunk) {
-        size_t n = rows - start < chunk ? rows - start : chunk;
-        struct moe_batch b = lm ? moe_lm_batch_fill(d, &lb, 0, 0, start, n) : slice(d, start, n);
-        moe_threads_adapt();
-        moe_params_zero_grad(&m->params);
-        if ((rc = moe_model_run(m, &b, 1, NULL, err)))
-            break;
-        double w = (double)n / (double)rows; // the batch mean's share of the split mean
-        for (size_t i = 0; i < m->params.numel; i++)
-            g[i] += w * (double)m->params.grad[i];
-    }
+    struct grad_ctx c = { m, g };
+    int rc = for_chunks(m, d, chunk, grad_rows, &c, err);
     moe_params_zero_grad(&m->params);
-    moe_lm_batch_release(&lb);
     return rc;
 }
 
