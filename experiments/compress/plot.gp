@@ -1,0 +1,33 @@
+# plot.gp: compress, quality against memory: for every system of OUT/table.csv
+# the mean quality after compression (bars: 95% t-interval over seeds) against
+# the parameter bytes as stored (left) and the bytes a token reads (right);
+# the uncompressed model is the black square.
+#   gnuplot -e "out='results/compress'; metric='accuracy'" experiments/compress/plot.gp
+#   gnuplot -e "out='results/compress/lm'; metric='bits_per_byte'" experiments/compress/plot.gp
+# draws OUT/compress.png
+if (!exists("out")) out = "results/compress"
+if (!exists("metric")) metric = "accuracy"
+acc = metric eq "accuracy"
+set datafile separator ","
+set terminal pngcairo size 1200,480 font ",9"
+set output out."/compress.png"
+set key outside right top Left reverse samplen 1 font ",8"
+set grid
+# table.csv columns: system, runs, then mean,sd of each number (from runs.csv column 3 on), then the intervals.
+# runs.csv numbers: parameters, parameters_nonzero, parameter_bytes, resident_bytes_per_token, before, after, change, loss_before, loss_after
+# -> means at 3,5,7,9,11,13,...: parameter_bytes mean = col 7, resident mean = col 9, after mean = col 13;
+#    intervals start at col 21: after ci = cols 31, 32
+scale = acc ? 100 : 1
+ylab = acc ? "test accuracy after compression (%)" : "validation bits per byte after compression"
+kind(s) = (s[1:4] eq "none" ? 0 : s[1:4] eq "int8" ? 1 : s[1:7] eq "experts" ? (strstrt(s, "+") ? 4 : 2) : 3)
+set multiplot layout 1,2 title "moe compress on ".(acc ? "Fashion-MNIST mlp-moe" : "the byte-level LM (fortunes)")." (means, 95% t-intervals over seeds)"
+set xlabel "parameter bytes as stored (KiB)"
+set ylabel ylab
+plot for [k=0:4] out."/table.csv" every ::1 using (kind(strcol(1)) == k ? $7/1024 : NaN):(scale*$13):(scale*$31):(scale*$32) \
+       with yerrorbars pt (k == 0 ? 5 : k == 1 ? 7 : k == 2 ? 9 : k == 3 ? 11 : 13) ps 1.2 \
+       title (k == 0 ? "uncompressed" : k == 1 ? "int8" : k == 2 ? "expert pruning" : k == 3 ? "neuron pruning" : "experts + neurons + int8"), \
+     out."/table.csv" every ::1 using ($7/1024):(scale*$13):1 with labels font ",6" offset 0,0.7 notitle
+set xlabel "bytes a token reads (KiB)"
+plot for [k=0:4] out."/table.csv" every ::1 using (kind(strcol(1)) == k ? $9/1024 : NaN):(scale*$13):(scale*$31):(scale*$32) \
+       with yerrorbars pt (k == 0 ? 5 : k == 1 ? 7 : k == 2 ? 9 : k == 3 ? 11 : 13) ps 1.2 notitle
+unset multiplot
