@@ -556,15 +556,14 @@ static double stored_bytes(const struct moe_st_file *f, const char *name)
     const struct moe_st_entry *e = moe_safetensors_find(f, name);
     if (!e)
         return 0.0;
-    static const double width[] = { [MOE_F32] = 4, [MOE_I32] = 4, [MOE_I64] = 8, [MOE_F64] = 8, [MOE_U8] = 1, [MOE_I8] = 1 };
-    double b = (double)e->numel * width[e->dtype];
+    double b = (double)(e->end - e->begin);
     const char *suffix[] = { MOE_QUANT_SCALE_SUFFIX, MOE_QUANT_ZERO_SUFFIX };
     for (int k = 0; e->dtype == MOE_I8 && k < 2; k++) {
         char part[2 * MOE_NAME_MAX];
         snprintf(part, sizeof part, "%s%s", name, suffix[k]);
         const struct moe_st_entry *s = moe_safetensors_find(f, part);
         if (s)
-            b += 4.0 * (double)s->numel;
+            b += (double)(s->end - s->begin);
     }
     return b;
 }

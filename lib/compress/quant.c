@@ -7,7 +7,6 @@
 #include "compress/quant.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,18 +105,6 @@ void moe_dequant_int8(float *w, const int8_t *q, const float *scale, const int32
 
 // ---------------------------------------------------------------- reading
 
-// "checkpoint '<path>': " + message, like the safetensors reader's.
-__attribute__((format(printf, 4, 5)))
-static int q_fail(struct moe_err *err, int code, const char *path, const char *fmt, ...)
-{
-    char msg[MOE_ERR_MSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return moe_error(err, code, "checkpoint '%s': %s", path, msg);
-}
-
 static const struct moe_st_entry *find_part(const struct moe_st_file *f, const char *name, const char *suffix)
 {
     char buf[2 * MOE_NAME_MAX];
@@ -133,17 +120,17 @@ int moe_quant_check(const struct moe_st_file *f, const struct moe_st_entry *e, s
     char nb[SAFE_LEN], s1[128], s2[128];
     moe_msg_str(e->name, nb, sizeof nb);
     if (e->dtype != MOE_I8)
-        return q_fail(err, MOE_EFORMAT, path, "tensor '%s' is not quantized (dtype is not I8)", nb);
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' is not quantized (dtype is not I8)", nb);
     if (e->ndim != 2 && e->ndim != 3)
-        return q_fail(err, MOE_EFORMAT, path, "tensor '%s' is I8 with %d dimensions; quantized tensors are 2-d or 3-d",
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' is I8 with %d dimensions; quantized tensors are 2-d or 3-d",
                       nb, e->ndim);
     const struct moe_st_entry *sc = find_part(f, e->name, MOE_QUANT_SCALE_SUFFIX);
     const struct moe_st_entry *zp = find_part(f, e->name, MOE_QUANT_ZERO_SUFFIX);
     if (!sc)
-        return q_fail(err, MOE_EFORMAT, path, "tensor '%s' is quantized (I8) but the file has no '%s" MOE_QUANT_SCALE_SUFFIX "'",
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' is quantized (I8) but the file has no '%s" MOE_QUANT_SCALE_SUFFIX "'",
                       nb, nb);
     if (sc->dtype != MOE_F32)
-        return q_fail(err, MOE_EFORMAT, path, "tensor '%s': its scales '%s" MOE_QUANT_SCALE_SUFFIX "' are not F32", nb, nb);
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s': its scales '%s" MOE_QUANT_SCALE_SUFFIX "' are not F32", nb, nb);
     // [] per tensor, e's shape less its last dimension per channel
     enum moe_quant_gran gran = sc->ndim == 0 ? MOE_QUANT_PER_TENSOR : MOE_QUANT_PER_CHANNEL;
     int same = sc->ndim == 0 || sc->ndim == e->ndim - 1;
@@ -152,13 +139,13 @@ int moe_quant_check(const struct moe_st_file *f, const struct moe_st_entry *e, s
     if (!same) {
         moe_shape_str(sc->ndim, sc->shape, s1, sizeof s1);
         moe_shape_str(e->ndim - 1, e->shape, s2, sizeof s2);
-        return q_fail(err, MOE_EFORMAT, path,
+        return moe_safetensors_fail(err, MOE_EFORMAT, path,
                       "tensor '%s': its scales have shape %s, expected [] (per tensor) or %s (per output channel)", nb,
                       s1, s2);
     }
     if (zp) {
         if (zp->dtype != MOE_I32)
-            return q_fail(err, MOE_EFORMAT, path, "tensor '%s': its zero points '%s" MOE_QUANT_ZERO_SUFFIX "' are not I32", nb,
+            return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s': its zero points '%s" MOE_QUANT_ZERO_SUFFIX "' are not I32", nb,
                           nb);
         same = zp->ndim == sc->ndim;
         for (int d = 0; same && d < sc->ndim; d++)
@@ -166,7 +153,7 @@ int moe_quant_check(const struct moe_st_file *f, const struct moe_st_entry *e, s
         if (!same) {
             moe_shape_str(zp->ndim, zp->shape, s1, sizeof s1);
             moe_shape_str(sc->ndim, sc->shape, s2, sizeof s2);
-            return q_fail(err, MOE_EFORMAT, path, "tensor '%s': its zero points have shape %s, its scales %s", nb, s1, s2);
+            return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s': its zero points have shape %s, its scales %s", nb, s1, s2);
         }
     }
     // memcpy: the data may be unaligned (safetensors.h)
@@ -174,14 +161,14 @@ int moe_quant_check(const struct moe_st_file *f, const struct moe_st_entry *e, s
         float s;
         memcpy(&s, (const unsigned char *)sc->data + g * sizeof s, sizeof s);
         if (!(s > 0.0f && s <= MOE_QUANT_SCALE_MAX)) // also NaN
-            return q_fail(err, MOE_EFORMAT, path,
+            return moe_safetensors_fail(err, MOE_EFORMAT, path,
                           "tensor '%s': scale %zu is %g; scales must be finite, positive and at most %g", nb, g,
                           (double)s, (double)MOE_QUANT_SCALE_MAX);
         int32_t z = 0;
         if (zp)
             memcpy(&z, (const unsigned char *)zp->data + g * sizeof z, sizeof z);
         if (z < -128 || z > 127)
-            return q_fail(err, MOE_EFORMAT, path, "tensor '%s': zero point %zu is %d, outside the int8 range [-128, 127]",
+            return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s': zero point %zu is %d, outside the int8 range [-128, 127]",
                           nb, g, (int)z);
     }
     if (ret)
@@ -234,7 +221,7 @@ static int dec_load(const struct moe_st_file *f, const struct moe_st_entry *e, f
     if (!scale || (zp && !zero)) {
         free(scale);
         free(zero);
-        return q_fail(err, MOE_ENOMEM, f->path, "out of memory");
+        return moe_safetensors_fail(err, MOE_ENOMEM, f->path, "out of memory");
     }
     memcpy(scale, sc->data, n_groups * sizeof *scale);
     if (zp)
@@ -274,18 +261,18 @@ int moe_quant_write_params(const char *path, const struct moe_params *p, const s
     if (!path)
         return moe_error(err, MOE_EINVAL, "checkpoint: no path given");
     if (!p->data)
-        return q_fail(err, MOE_EINVAL, path, "parameter registry is not allocated");
+        return moe_safetensors_fail(err, MOE_EINVAL, path, "parameter registry is not allocated");
     if (moe_params_sharded(p))
-        return q_fail(err, MOE_EINVAL, path, "a sharded parameter registry (expert parallelism) is not quantized");
+        return moe_safetensors_fail(err, MOE_EINVAL, path, "a sharded parameter registry (expert parallelism) is not quantized");
     if (n_extra && !extra)
-        return q_fail(err, MOE_EINVAL, path, "null extra tensor array");
+        return moe_safetensors_fail(err, MOE_EINVAL, path, "null extra tensor array");
     size_t total = p->n + 2 * n_q + n_extra;
     struct moe_st_ref *refs = calloc(total + 1, sizeof *refs);
     struct qbuf *qb = calloc(p->n + 1, sizeof *qb);
     int rc = 0;
     char nb[SAFE_LEN];
     if (!refs || !qb) {
-        rc = q_fail(err, MOE_ENOMEM, path, "out of memory");
+        rc = moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
         goto out;
     }
     size_t k = 0;
@@ -305,7 +292,7 @@ int moe_quant_write_params(const char *path, const struct moe_params *p, const s
         size_t n_groups, len;
         struct moe_err e2 = { 0 };
         if ((rc = moe_quant_groups(t->ndim, t->shape, spec[i].gran, &n_groups, &len, &e2))) {
-            rc = q_fail(err, rc, path, "tensor '%s': %s", nb, e2.msg);
+            rc = moe_safetensors_fail(err, rc, path, "tensor '%s': %s", nb, e2.msg);
             goto out;
         }
         struct qbuf *b = &qb[i];
@@ -314,11 +301,11 @@ int moe_quant_write_params(const char *path, const struct moe_params *p, const s
         b->scale = malloc((n_groups + 1) * sizeof *b->scale);
         b->zero = asym ? malloc((n_groups + 1) * sizeof *b->zero) : NULL;
         if (!b->q || !b->scale || (asym && !b->zero)) {
-            rc = q_fail(err, MOE_ENOMEM, path, "out of memory");
+            rc = moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
             goto out;
         }
         if ((rc = moe_quant_int8(w, n_groups, len, spec[i].scheme, b->q, b->scale, b->zero, &e2))) {
-            rc = q_fail(err, rc, path, "tensor '%s': %s", nb, e2.msg);
+            rc = moe_safetensors_fail(err, rc, path, "tensor '%s': %s", nb, e2.msg);
             goto out;
         }
         r->dtype = MOE_I8;

@@ -58,9 +58,7 @@ static int dtype_valid(enum moe_dtype d) { return (unsigned)d < N_DTYPES; }
 
 // ---------------------------------------------------------------- helpers
 
-// Fill err with "checkpoint '<path>': <message>" and return code.
-__attribute__((format(printf, 4, 5)))
-static int st_fail(struct moe_err *err, int code, const char *path, const char *fmt, ...)
+int moe_safetensors_fail(struct moe_err *err, int code, const char *path, const char *fmt, ...)
 {
     char msg[MOE_ERR_MSG_MAX];
     va_list ap;
@@ -271,7 +269,7 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
     if (!path)
         return moe_error(err, MOE_EINVAL, "checkpoint: no path given");
     if ((n_refs && !refs) || (n_meta && !meta))
-        return st_fail(err, MOE_EINVAL, path, "null tensor or metadata array");
+        return moe_safetensors_fail(err, MOE_EINVAL, path, "null tensor or metadata array");
 
     char nb[SAFE_LEN];
     size_t n_alloc = (n_refs > n_meta ? n_refs : n_meta) + 1;
@@ -280,7 +278,7 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
     char *header = NULL, *crcs = NULL;
     int rc = 0;
     if (!sizes || !names) {
-        rc = st_fail(err, MOE_ENOMEM, path, "out of memory");
+        rc = moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
         goto out;
     }
 
@@ -289,29 +287,29 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
     for (size_t i = 0; i < n_refs; i++) {
         const struct moe_st_ref *r = &refs[i];
         if (!r->name) {
-            rc = st_fail(err, MOE_EINVAL, path, "tensor %zu has no name", i);
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "tensor %zu has no name", i);
             goto out;
         }
         safe_str(r->name, nb, sizeof nb);
         if (strlen(r->name) >= MOE_NAME_MAX) {
-            rc = st_fail(err, MOE_EINVAL, path, "tensor name '%s' is too long (at most %d bytes)", nb,
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "tensor name '%s' is too long (at most %d bytes)", nb,
                          MOE_NAME_MAX - 1);
             goto out;
         }
         if (!utf8_valid(r->name)) {
-            rc = st_fail(err, MOE_EINVAL, path, "tensor name '%s' is not valid utf-8", nb);
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "tensor name '%s' is not valid utf-8", nb);
             goto out;
         }
         if (strcmp(r->name, "__metadata__") == 0) {
-            rc = st_fail(err, MOE_EINVAL, path, "'__metadata__' is reserved and cannot name a tensor");
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "'__metadata__' is reserved and cannot name a tensor");
             goto out;
         }
         if (!dtype_valid(r->dtype)) {
-            rc = st_fail(err, MOE_EINVAL, path, "tensor '%s' has unknown dtype %d", nb, (int)r->dtype);
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "tensor '%s' has unknown dtype %d", nb, (int)r->dtype);
             goto out;
         }
         if (r->ndim < 0 || r->ndim > MOE_MAX_DIMS) {
-            rc = st_fail(err, MOE_EINVAL, path, "tensor '%s' has %d dimensions (0 to %d supported)", nb,
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "tensor '%s' has %d dimensions (0 to %d supported)", nb,
                          r->ndim, MOE_MAX_DIMS);
             goto out;
         }
@@ -319,45 +317,45 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
         if (tensor_bytes(r->ndim, r->shape, dtypes[r->dtype].size, &numel, &sizes[i])) {
             char sb[128];
             moe_shape_str(r->ndim, r->shape, sb, sizeof sb);
-            rc = st_fail(err, MOE_EINVAL, path, "tensor '%s' shape %s is too large", nb, sb);
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "tensor '%s' shape %s is too large", nb, sb);
             goto out;
         }
         if (sizes[i] && !r->data && !r->fill) {
-            rc = st_fail(err, MOE_EINVAL, path, "tensor '%s' has no data", nb);
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "tensor '%s' has no data", nb);
             goto out;
         }
         total += (double)sizes[i];
         if (total > ST_OFFSET_LIMIT) {
-            rc = st_fail(err, MOE_EINVAL, path, "tensors total more than 2^53 bytes");
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "tensors total more than 2^53 bytes");
             goto out;
         }
         names[i] = r->name;
     }
     long dup = first_duplicate(names, n_refs);
     if (dup >= 0) {
-        rc = st_fail(err, MOE_EINVAL, path, "tensor name '%s' is given twice",
+        rc = moe_safetensors_fail(err, MOE_EINVAL, path, "tensor name '%s' is given twice",
                      safe_str(names[dup], nb, sizeof nb));
         goto out;
     }
     for (size_t i = 0; i < n_meta; i++) {
         if (!meta[i].key || !meta[i].value) {
-            rc = st_fail(err, MOE_EINVAL, path, "metadata entry %zu has a null key or value", i);
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "metadata entry %zu has a null key or value", i);
             goto out;
         }
         if (!utf8_valid(meta[i].key) || !utf8_valid(meta[i].value)) {
-            rc = st_fail(err, MOE_EINVAL, path, "metadata entry '%s' is not valid utf-8",
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "metadata entry '%s' is not valid utf-8",
                          safe_str(meta[i].key, nb, sizeof nb));
             goto out;
         }
         if (strcmp(meta[i].key, MOE_ST_CRC_KEY) == 0) {
-            rc = st_fail(err, MOE_EINVAL, path, "metadata key '" MOE_ST_CRC_KEY "' is reserved for the checksums");
+            rc = moe_safetensors_fail(err, MOE_EINVAL, path, "metadata key '" MOE_ST_CRC_KEY "' is reserved for the checksums");
             goto out;
         }
         names[i] = meta[i].key;
     }
     dup = first_duplicate(names, n_meta);
     if (dup >= 0) {
-        rc = st_fail(err, MOE_EINVAL, path, "metadata key '%s' is given twice",
+        rc = moe_safetensors_fail(err, MOE_EINVAL, path, "metadata key '%s' is given twice",
                      safe_str(names[dup], nb, sizeof nb));
         goto out;
     }
@@ -365,13 +363,13 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
     crcs = crc_table(refs, sizes, n_refs);
     header = crcs ? build_header(refs, sizes, n_refs, meta, n_meta, crcs) : NULL;
     if (!header) {
-        rc = st_fail(err, MOE_ENOMEM, path, "out of memory building the header");
+        rc = moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory building the header");
         goto out;
     }
     size_t hlen = strlen(header);
     size_t padded = (hlen + 7) & ~(size_t)7; // 8 + padded is a multiple of 8
     if (padded > ST_HEADER_MAX) {
-        rc = st_fail(err, MOE_EINVAL, path, "header of %zu bytes exceeds the %u-byte limit", padded,
+        rc = moe_safetensors_fail(err, MOE_EINVAL, path, "header of %zu bytes exceeds the %u-byte limit", padded,
                      ST_HEADER_MAX);
         goto out;
     }
@@ -395,7 +393,7 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
             continue;
         }
         if (!chunk && !(chunk = malloc(FILL_CHUNK))) {
-            rc = st_fail(err, MOE_ENOMEM, path, "out of memory");
+            rc = moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
             filled = bad = 1;
         }
         for (size_t off = 0; chunk && off < sizes[i]; off += FILL_CHUNK) { // every byte, even after a failure
@@ -415,7 +413,7 @@ int moe_safetensors_write(const char *path, const struct moe_st_ref *refs, size_
     if (bad) {
         int saved = errno;
         moe_atomic_abort(&a);
-        rc = st_fail(err, MOE_EIO, path, "cannot write: %s", strerror(saved ? saved : EIO));
+        rc = moe_safetensors_fail(err, MOE_EIO, path, "cannot write: %s", strerror(saved ? saved : EIO));
         goto out;
     }
     rc = moe_atomic_commit(&a, err);
@@ -446,21 +444,21 @@ int moe_safetensors_write_params(const char *path, const struct moe_params *p,
     if (!path)
         return moe_error(err, MOE_EINVAL, "checkpoint: no path given");
     if (!p)
-        return st_fail(err, MOE_EINVAL, path, "no parameter registry given");
+        return moe_safetensors_fail(err, MOE_EINVAL, path, "no parameter registry given");
     if (p->n && !p->data)
-        return st_fail(err, MOE_EINVAL, path, "parameter registry is not allocated");
+        return moe_safetensors_fail(err, MOE_EINVAL, path, "parameter registry is not allocated");
     if (moe_params_sharded(p) && !p->whole) // a file holds whole tensors
-        return st_fail(err, MOE_EINVAL, path, "the parameter registry holds only this process's experts");
+        return moe_safetensors_fail(err, MOE_EINVAL, path, "the parameter registry holds only this process's experts");
     if (n_extra && !extra)
-        return st_fail(err, MOE_EINVAL, path, "null extra tensor array");
+        return moe_safetensors_fail(err, MOE_EINVAL, path, "null extra tensor array");
     size_t total = p->n + n_extra;
     if (total < p->n || total >= SIZE_MAX / sizeof(struct moe_st_ref))
-        return st_fail(err, MOE_ENOMEM, path, "too many tensors");
+        return moe_safetensors_fail(err, MOE_ENOMEM, path, "too many tensors");
     struct moe_st_ref *refs = calloc(total + 1, sizeof *refs);
     struct whole_tensor *wt = moe_params_sharded(p) ? calloc(p->n + 1, sizeof *wt) : NULL;
     if (!refs || (moe_params_sharded(p) && !wt)) {
         free(refs);
-        return st_fail(err, MOE_ENOMEM, path, "out of memory");
+        return moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
     }
     for (size_t i = 0; i < p->n; i++) {
         const struct moe_tensor *t = &p->t[i];
@@ -494,15 +492,15 @@ int moe_safetensors_write_params(const char *path, const struct moe_params *p,
 static int scan_header(const unsigned char *h, size_t n, const char *path, struct moe_err *err)
 {
     if (n == 0 || h[0] != '{')
-        return st_fail(err, MOE_EFORMAT, path, "header does not begin with '{'");
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "header does not begin with '{'");
     int in_str = 0;
     for (size_t i = 0; i < n;) {
         unsigned char c = h[i];
         if (c == 0)
-            return st_fail(err, MOE_EFORMAT, path, "header contains a nul byte at offset %zu", i);
+            return moe_safetensors_fail(err, MOE_EFORMAT, path, "header contains a nul byte at offset %zu", i);
         if (c < 0x20) {
             if (in_str || (c != '\t' && c != '\n' && c != '\r'))
-                return st_fail(err, MOE_EFORMAT, path, "header contains control byte 0x%02x at offset %zu", c,
+                return moe_safetensors_fail(err, MOE_EFORMAT, path, "header contains control byte 0x%02x at offset %zu", c,
                                i);
             i++;
             continue;
@@ -510,13 +508,13 @@ static int scan_header(const unsigned char *h, size_t n, const char *path, struc
         if (c >= 0x80) {
             size_t k = utf8_seq(h + i, n - i);
             if (!k)
-                return st_fail(err, MOE_EFORMAT, path, "header is not valid utf-8 at offset %zu", i);
+                return moe_safetensors_fail(err, MOE_EFORMAT, path, "header is not valid utf-8 at offset %zu", i);
             i += k;
             continue;
         }
         if (in_str && c == '\\' && i + 1 < n && h[i + 1] < 0x80) {
             if (h[i + 1] == 'u' && n - i >= 6 && memcmp(h + i + 2, "0000", 4) == 0)
-                return st_fail(err, MOE_EFORMAT, path, "header contains an escaped nul (\\u0000) at offset %zu",
+                return moe_safetensors_fail(err, MOE_EFORMAT, path, "header contains an escaped nul (\\u0000) at offset %zu",
                                i);
             i += 2; // skip the escaped character, which may be a quote
             continue;
@@ -556,36 +554,36 @@ static int parse_metadata(struct moe_st_file *f, const cJSON *m, const char *pat
 {
     char nb[SAFE_LEN];
     if (!cJSON_IsObject(m))
-        return st_fail(err, MOE_EFORMAT, path, "__metadata__ is not an object");
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "__metadata__ is not an object");
     size_t n = 0;
     for (const cJSON *c = m->child; c; c = c->next)
         n++;
     f->meta_key = calloc(n + 1, sizeof *f->meta_key);
     f->meta_val = calloc(n + 1, sizeof *f->meta_val);
     if (!f->meta_key || !f->meta_val)
-        return st_fail(err, MOE_ENOMEM, path, "out of memory");
+        return moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
     for (const cJSON *c = m->child; c; c = c->next) {
         if (!c->string)
-            return st_fail(err, MOE_EFORMAT, path, "__metadata__ has an entry without a key");
+            return moe_safetensors_fail(err, MOE_EFORMAT, path, "__metadata__ has an entry without a key");
         if (!cJSON_IsString(c) || !c->valuestring)
-            return st_fail(err, MOE_EFORMAT, path, "__metadata__ value for '%s' is not a string",
+            return moe_safetensors_fail(err, MOE_EFORMAT, path, "__metadata__ value for '%s' is not a string",
                            safe_str(c->string, nb, sizeof nb));
         size_t i = f->n_meta;
         f->meta_key[i] = strdup(c->string);
         f->meta_val[i] = strdup(c->valuestring);
         f->n_meta++; // count it now so close() frees a half-made pair
         if (!f->meta_key[i] || !f->meta_val[i])
-            return st_fail(err, MOE_ENOMEM, path, "out of memory");
+            return moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
     }
     const char **keys = calloc(n + 1, sizeof *keys);
     if (!keys)
-        return st_fail(err, MOE_ENOMEM, path, "out of memory");
+        return moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
     for (size_t i = 0; i < n; i++)
         keys[i] = f->meta_key[i];
     long dup = first_duplicate(keys, n);
     int rc = 0;
     if (dup >= 0)
-        rc = st_fail(err, MOE_EFORMAT, path, "__metadata__ key '%s' appears twice",
+        rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "__metadata__ key '%s' appears twice",
                      safe_str(keys[dup], nb, sizeof nb));
     free(keys);
     return rc;
@@ -598,11 +596,11 @@ static int parse_entry(struct moe_st_entry *e, const cJSON *c, size_t data_size,
     char nb[SAFE_LEN], jb[SAFE_LEN];
     safe_str(c->string, nb, sizeof nb);
     if (strlen(c->string) >= MOE_NAME_MAX)
-        return st_fail(err, MOE_EFORMAT, path, "tensor name '%s' is too long (at most %d bytes)", nb,
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor name '%s' is too long (at most %d bytes)", nb,
                        MOE_NAME_MAX - 1);
     snprintf(e->name, sizeof e->name, "%s", c->string);
     if (!cJSON_IsObject(c))
-        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' is not an object", nb);
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' is not an object", nb);
     size_t n_keys = 0;
     for (const cJSON *k = c->child; k; k = k->next)
         n_keys++;
@@ -611,29 +609,29 @@ static int parse_entry(struct moe_st_entry *e, const cJSON *c, size_t data_size,
     const cJSON *of = cJSON_GetObjectItemCaseSensitive(c, "data_offsets");
     // Three keys, each of the three names found: exactly those keys, once each.
     if (n_keys != 3 || !dt || !sh || !of)
-        return st_fail(err, MOE_EFORMAT, path,
+        return moe_safetensors_fail(err, MOE_EFORMAT, path,
                        "tensor '%s' must have exactly the keys dtype, shape and data_offsets", nb);
 
     if (!cJSON_IsString(dt) || !dt->valuestring)
-        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has a dtype that is not a string", nb);
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' has a dtype that is not a string", nb);
     size_t t;
     for (t = 0; t < N_DTYPES; t++)
         if (strcmp(dt->valuestring, dtypes[t].name) == 0)
             break;
     if (t == N_DTYPES)
-        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has unsupported dtype '%s' (expected F32, I32, I64, F64, U8 or I8)",
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' has unsupported dtype '%s' (expected F32, I32, I64, F64, U8 or I8)",
                        nb, safe_str(dt->valuestring, jb, sizeof jb));
     e->dtype = (enum moe_dtype)t;
 
     if (!cJSON_IsArray(sh))
-        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has a shape that is not an array", nb);
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' has a shape that is not an array", nb);
     int nd = 0;
     for (const cJSON *d = sh->child; d; d = d->next) {
         if (nd == MOE_MAX_DIMS)
-            return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has shape %s with more than %d dimensions", nb,
+            return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' has shape %s with more than %d dimensions", nb,
                            json_snippet(sh, jb, sizeof jb), MOE_MAX_DIMS);
         if (json_uint(d, ST_DIM_LIMIT, &e->shape[nd]))
-            return st_fail(err, MOE_EFORMAT, path,
+            return moe_safetensors_fail(err, MOE_EFORMAT, path,
                            "tensor '%s' has shape %s: dimensions must be integers in [0, 2^48)", nb,
                            json_snippet(sh, jb, sizeof jb));
         nd++;
@@ -642,14 +640,14 @@ static int parse_entry(struct moe_st_entry *e, const cJSON *c, size_t data_size,
 
     if (!cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2 || json_uint(of->child, ST_OFFSET_LIMIT, &e->begin) ||
         json_uint(of->child->next, ST_OFFSET_LIMIT, &e->end))
-        return st_fail(err, MOE_EFORMAT, path,
+        return moe_safetensors_fail(err, MOE_EFORMAT, path,
                        "tensor '%s' has data_offsets %s, expected two non-negative integers", nb,
                        json_snippet(of, jb, sizeof jb));
     if (e->begin > e->end)
-        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has data_offsets [%zu, %zu] that end before they begin",
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' has data_offsets [%zu, %zu] that end before they begin",
                        nb, e->begin, e->end);
     if (e->end > data_size)
-        return st_fail(err, MOE_EFORMAT, path,
+        return moe_safetensors_fail(err, MOE_EFORMAT, path,
                        "tensor '%s' has data_offsets [%zu, %zu] past the end of the %zu-byte data section "
                        "(file truncated?)",
                        nb, e->begin, e->end, data_size);
@@ -658,10 +656,10 @@ static int parse_entry(struct moe_st_entry *e, const cJSON *c, size_t data_size,
     moe_shape_str(e->ndim, e->shape, sb, sizeof sb);
     size_t bytes;
     if (tensor_bytes(e->ndim, e->shape, dtypes[t].size, &e->numel, &bytes))
-        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has shape %s %s that is too large", nb, sb,
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' has shape %s %s that is too large", nb, sb,
                        dtypes[t].name);
     if (bytes != e->end - e->begin)
-        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has data_offsets [%zu, %zu] but shape %s %s needs %zu bytes",
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' has data_offsets [%zu, %zu] but shape %s %s needs %zu bytes",
                        nb, e->begin, e->end, sb, dtypes[t].name, bytes);
     return 0;
 }
@@ -686,7 +684,7 @@ static int check_layout(struct moe_st_file *f, size_t data_size, const char *pat
     struct moe_st_entry **order = calloc(f->n + 1, sizeof *order);
     int rc = 0;
     if (!names || !order) {
-        rc = st_fail(err, MOE_ENOMEM, path, "out of memory");
+        rc = moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < f->n; i++) {
@@ -695,7 +693,7 @@ static int check_layout(struct moe_st_file *f, size_t data_size, const char *pat
     }
     long dup = first_duplicate(names, f->n);
     if (dup >= 0) {
-        rc = st_fail(err, MOE_EFORMAT, path, "tensor '%s' appears twice in the header",
+        rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' appears twice in the header",
                      safe_str(names[dup], nb, sizeof nb));
         goto out;
     }
@@ -706,13 +704,13 @@ static int check_layout(struct moe_st_file *f, size_t data_size, const char *pat
     for (size_t i = 0; i < f->n; i++) {
         const struct moe_st_entry *e = order[i];
         if (e->begin < pos) {
-            rc = st_fail(err, MOE_EFORMAT, path, "tensors '%s' [%zu, %zu] and '%s' [%zu, %zu] overlap",
+            rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "tensors '%s' [%zu, %zu] and '%s' [%zu, %zu] overlap",
                          safe_str(prev->name, nb, sizeof nb), prev->begin, prev->end,
                          safe_str(e->name, nb2, sizeof nb2), e->begin, e->end);
             goto out;
         }
         if (e->begin > pos) {
-            rc = st_fail(err, MOE_EFORMAT, path, "bytes [%zu, %zu) of the data section belong to no tensor", pos,
+            rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "bytes [%zu, %zu) of the data section belong to no tensor", pos,
                          e->begin);
             goto out;
         }
@@ -720,7 +718,7 @@ static int check_layout(struct moe_st_file *f, size_t data_size, const char *pat
         prev = e;
     }
     if (pos != data_size)
-        rc = st_fail(err, MOE_EFORMAT, path, "bytes [%zu, %zu) of the data section belong to no tensor", pos,
+        rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "bytes [%zu, %zu) of the data section belong to no tensor", pos,
                      data_size);
 out:
     free(names);
@@ -731,15 +729,15 @@ out:
 static int parse_file(struct moe_st_file *f, const char *path, struct moe_err *err)
 {
     if (f->size < 8)
-        return st_fail(err, MOE_EFORMAT, path, "file is %zu bytes, too short for the 8-byte header length", f->size);
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "file is %zu bytes, too short for the 8-byte header length", f->size);
     uint64_t n = 0;
     for (int b = 7; b >= 0; b--)
         n = n << 8 | f->buf[b];
     if (n > f->size - 8)
-        return st_fail(err, MOE_EFORMAT, path, "header length %" PRIu64 " runs past the end of the %zu-byte file", n,
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "header length %" PRIu64 " runs past the end of the %zu-byte file", n,
                        f->size);
     if (n > ST_HEADER_MAX)
-        return st_fail(err, MOE_EFORMAT, path, "header length %" PRIu64 " exceeds the %u-byte limit", n,
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "header length %" PRIu64 " exceeds the %u-byte limit", n,
                        ST_HEADER_MAX);
     const unsigned char *h = f->buf + 8;
     size_t hlen = (size_t)n, data_size = f->size - 8 - hlen;
@@ -751,32 +749,32 @@ static int parse_file(struct moe_st_file *f, const char *path, struct moe_err *e
     // sure nothing can read past the header into the data section or the heap.
     char *copy = malloc(hlen + 1);
     if (!copy)
-        return st_fail(err, MOE_ENOMEM, path, "out of memory");
+        return moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
     memcpy(copy, h, hlen);
     copy[hlen] = '\0';
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(copy, hlen, &end, 0);
     if (!root) {
-        rc = st_fail(err, MOE_EFORMAT, path, "header is not valid json (error near byte %zu)",
+        rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "header is not valid json (error near byte %zu)",
                      end ? (size_t)(end - copy) : (size_t)0);
         goto out;
     }
     for (size_t i = (size_t)(end - copy); i < hlen; i++) {
         if (copy[i] != ' ' && copy[i] != '\t' && copy[i] != '\n' && copy[i] != '\r') {
-            rc = st_fail(err, MOE_EFORMAT, path, "header has unexpected bytes after the json object at offset %zu",
+            rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "header has unexpected bytes after the json object at offset %zu",
                          i);
             goto out;
         }
     }
     if (!cJSON_IsObject(root)) {
-        rc = st_fail(err, MOE_EFORMAT, path, "header is not a json object");
+        rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "header is not a json object");
         goto out;
     }
 
     size_t n_tensors = 0, n_metadata = 0;
     for (const cJSON *c = root->child; c; c = c->next) {
         if (!c->string) {
-            rc = st_fail(err, MOE_EFORMAT, path, "header has an entry without a name");
+            rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "header has an entry without a name");
             goto out;
         }
         if (strcmp(c->string, "__metadata__") == 0)
@@ -785,12 +783,12 @@ static int parse_file(struct moe_st_file *f, const char *path, struct moe_err *e
             n_tensors++;
     }
     if (n_metadata > 1) {
-        rc = st_fail(err, MOE_EFORMAT, path, "__metadata__ appears twice in the header");
+        rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "__metadata__ appears twice in the header");
         goto out;
     }
     f->e = calloc(n_tensors + 1, sizeof *f->e);
     if (!f->e) {
-        rc = st_fail(err, MOE_ENOMEM, path, "out of memory");
+        rc = moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
         goto out;
     }
     for (const cJSON *c = root->child; c; c = c->next) {
@@ -828,13 +826,13 @@ static int verify_crcs(const struct moe_st_file *f, const char *path, struct moe
     cJSON *o = cJSON_Parse(text);
     size_t listed = 0;
     if (!cJSON_IsObject(o)) {
-        rc = st_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "' is not a json object");
+        rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "' is not a json object");
         goto out;
     }
     for (const cJSON *c = o->child; c; c = c->next, listed++) {
         const struct moe_st_entry *e = c->string ? moe_safetensors_find(f, c->string) : NULL;
         if (!e) {
-            rc = st_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "' names tensor '%s', which the file does not hold",
+            rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "' names tensor '%s', which the file does not hold",
                          safe_str(c->string ? c->string : "", nb, sizeof nb));
             goto out;
         }
@@ -842,13 +840,13 @@ static int verify_crcs(const struct moe_st_file *f, const char *path, struct moe
         char *endp = NULL;
         unsigned long want = v && strlen(v) == 8 && strspn(v, "0123456789abcdefABCDEF") == 8 ? strtoul(v, &endp, 16) : 0;
         if (!endp || *endp) {
-            rc = st_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "': the checksum of tensor '%s' is not 8 hex digits",
+            rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "': the checksum of tensor '%s' is not 8 hex digits",
                          safe_str(e->name, nb, sizeof nb));
             goto out;
         }
         uint32_t got = crc32_bytes(e->data, e->end - e->begin);
         if (got != (uint32_t)want) {
-            rc = st_fail(err, MOE_EFORMAT, path, "tensor '%s' fails its CRC-32 check (stored %08lx, computed %08" PRIx32 "): the file is damaged, or was changed by a tool that kept the metadata",
+            rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' fails its CRC-32 check (stored %08lx, computed %08" PRIx32 "): the file is damaged, or was changed by a tool that kept the metadata",
                          safe_str(e->name, nb, sizeof nb), want, got);
             goto out;
         }
@@ -856,11 +854,11 @@ static int verify_crcs(const struct moe_st_file *f, const char *path, struct moe
     if (listed != f->n) { // names are unique on both sides, so a count short means a tensor left out
         for (size_t i = 0; i < f->n; i++)
             if (!cJSON_GetObjectItemCaseSensitive(o, f->e[i].name)) {
-                rc = st_fail(err, MOE_EFORMAT, path, "tensor '%s' has no checksum in __metadata__ '" MOE_ST_CRC_KEY "'",
+                rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' has no checksum in __metadata__ '" MOE_ST_CRC_KEY "'",
                              safe_str(f->e[i].name, nb, sizeof nb));
                 goto out;
             }
-        rc = st_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "' lists a tensor twice");
+        rc = moe_safetensors_fail(err, MOE_EFORMAT, path, "__metadata__ '" MOE_ST_CRC_KEY "' lists a tensor twice");
     }
 out:
     cJSON_Delete(o);
@@ -884,9 +882,9 @@ int moe_safetensors_open(const char *path, struct moe_st_file *ret, struct moe_e
     char why[256];
     int rc = moe_read_file_why(path, &buf, &size, why, sizeof why, NULL);
     if (rc == MOE_ENOMEM)
-        return st_fail(err, rc, path, "out of memory reading the file");
+        return moe_safetensors_fail(err, rc, path, "out of memory reading the file");
     if (rc)
-        return st_fail(err, rc, path, "cannot read the file: %s", why);
+        return moe_safetensors_fail(err, rc, path, "cannot read the file: %s", why);
     f.buf = (uint8_t *)buf;
     f.size = size;
     rc = parse_file(&f, path, err);
@@ -952,7 +950,7 @@ int moe_safetensors_load_params_dec(const struct moe_st_file *f, struct moe_para
         return moe_error(err, MOE_EINVAL, "checkpoint: no file or parameter registry given");
     const char *path = f->path;
     if (p->n && !p->data)
-        return st_fail(err, MOE_EINVAL, path, "parameter registry is not allocated");
+        return moe_safetensors_fail(err, MOE_EINVAL, path, "parameter registry is not allocated");
     char nb[SAFE_LEN], s1[128], s2[128];
     // Check everything first, so a failure leaves the registry untouched.
     for (size_t i = 0; i < p->n; i++) {
@@ -961,13 +959,13 @@ int moe_safetensors_load_params_dec(const struct moe_st_file *f, struct moe_para
         moe_shape_str(t->ndim, t->shape, s1, sizeof s1);
         safe_str(t->name, nb, sizeof nb);
         if (!e)
-            return st_fail(err, MOE_ESHAPE, path, "no tensor '%s' (model expects shape %s)", nb, s1);
+            return moe_safetensors_fail(err, MOE_ESHAPE, path, "no tensor '%s' (model expects shape %s)", nb, s1);
         int coded = dec && e->dtype == dec->dtype;
         if (e->dtype != MOE_F32 && !coded) {
             if (dec)
-                return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has dtype %s, expected F32 (or %s, %s)", nb,
+                return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' has dtype %s, expected F32 (or %s, %s)", nb,
                                dtypes[e->dtype].name, dtypes[dec->dtype].name, dec->what);
-            return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has dtype %s, expected F32", nb,
+            return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' has dtype %s, expected F32", nb,
                            dtypes[e->dtype].name);
         }
         int same = e->ndim == t->ndim;
@@ -975,7 +973,7 @@ int moe_safetensors_load_params_dec(const struct moe_st_file *f, struct moe_para
             same = e->shape[d] == t->shape[d];
         if (!same) {
             moe_shape_str(e->ndim, e->shape, s2, sizeof s2);
-            return st_fail(err, MOE_ESHAPE, path, "tensor '%s' has shape %s but the model expects %s", nb, s2, s1);
+            return moe_safetensors_fail(err, MOE_ESHAPE, path, "tensor '%s' has shape %s but the model expects %s", nb, s2, s1);
         }
         int rc;
         if (coded && (rc = dec->check(f, e, err)))
@@ -986,7 +984,7 @@ int moe_safetensors_load_params_dec(const struct moe_st_file *f, struct moe_para
             const struct moe_st_entry *e = &f->e[i];
             if (moe_params_find(p, e->name) < 0 && !(dec && dec->is_part(f, p, e->name))) {
                 moe_shape_str(e->ndim, e->shape, s2, sizeof s2);
-                return st_fail(err, MOE_ESHAPE, path, "tensor '%s' (shape %s %s) is not a parameter of the model",
+                return moe_safetensors_fail(err, MOE_ESHAPE, path, "tensor '%s' (shape %s %s) is not a parameter of the model",
                                safe_str(e->name, nb, sizeof nb), s2, dtypes[e->dtype].name);
             }
         }
@@ -1019,16 +1017,16 @@ int moe_safetensors_load_ref(const struct moe_st_file *f, const struct moe_st_re
     moe_shape_str(ref->ndim, ref->shape, s1, sizeof s1);
     safe_str(ref->name, nb, sizeof nb);
     if (!e)
-        return st_fail(err, MOE_ESHAPE, path, "no tensor '%s' (model expects %s %s)", nb, dtypes[ref->dtype].name, s1);
+        return moe_safetensors_fail(err, MOE_ESHAPE, path, "no tensor '%s' (model expects %s %s)", nb, dtypes[ref->dtype].name, s1);
     if (e->dtype != ref->dtype)
-        return st_fail(err, MOE_EFORMAT, path, "tensor '%s' has dtype %s, expected %s", nb, dtypes[e->dtype].name,
+        return moe_safetensors_fail(err, MOE_EFORMAT, path, "tensor '%s' has dtype %s, expected %s", nb, dtypes[e->dtype].name,
                        dtypes[ref->dtype].name);
     int same = e->ndim == ref->ndim;
     for (int d = 0; same && d < ref->ndim; d++)
         same = e->shape[d] == ref->shape[d];
     if (!same) {
         moe_shape_str(e->ndim, e->shape, s2, sizeof s2);
-        return st_fail(err, MOE_ESHAPE, path, "tensor '%s' has shape %s but the model expects %s", nb, s2, s1);
+        return moe_safetensors_fail(err, MOE_ESHAPE, path, "tensor '%s' has shape %s but the model expects %s", nb, s2, s1);
     }
     if (e->end > e->begin)
         memcpy((void *)ref->data, e->data, e->end - e->begin);

@@ -83,6 +83,10 @@ struct moe_st_file {
 // table, every tensor must be in it and match it. On failure nothing is
 // returned and the message names the file and what is wrong.
 int moe_safetensors_open(const char *path, struct moe_st_file *ret, struct moe_err *err);
+// Fill err with "checkpoint '<path>': <message>" and return code: the form of
+// every message about a file's contents (the readers of other dtypes use it too).
+int moe_safetensors_fail(struct moe_err *err, int code, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 const struct moe_st_entry *moe_safetensors_find(const struct moe_st_file *f, const char *name);
 const char *moe_safetensors_meta(const struct moe_st_file *f, const char *key);
 void moe_safetensors_close(struct moe_st_file *f);

@@ -126,3 +126,9 @@ st_digests() {
             printf '%s\t%s\n' "$name" "$(dd if="$f" bs=4096 iflag=skip_bytes,count_bytes skip=$((8 + len + a)) count=$((b - a)) 2>/dev/null | md5sum | cut -c1-32)"
         done | sort
 }
+
+# same_json A B: two JSON files hold the same value (jq -S); writes A.s and B.s.
+same_json() {
+    jq -S . "$1" >"$1.s" 2>/dev/null && jq -S . "$2" >"$2.s" 2>/dev/null || { fail "not JSON: $1 or $2"; return 1; }
+    cmp -s "$1.s" "$2.s" || fail "differ: $(diff "$1.s" "$2.s" | head -20)"
+}

@@ -37,10 +37,6 @@ compress() { # compress NAME ARGS...: output directory NAME, RC set
     shift
     run "$name" "${TO[@]}" "$MOE" compress --out "$name" --quiet --threads 1 "$@"
 }
-same_json() {
-    jq -S . "$1" >"$1.s" 2>/dev/null && jq -S . "$2" >"$2.s" 2>/dev/null || { fail "not JSON: $1 or $2"; return 1; }
-    cmp -s "$1.s" "$2.s" || fail "differ: $(diff "$1.s" "$2.s" | head -20)"
-}
 # header FILE: a safetensors file's JSON header
 header() { dd if="$1" bs=1 skip=8 count="$(od -An -t u8 -N8 "$1" | tr -d ' ')" 2>/dev/null; }
 # tensor_bytes FILE NAME: the tensor's data bytes, as hex

@@ -29,11 +29,6 @@ train() { # train NAME ARGS...: run directory NAME
     shift
     "${TO[@]}" "$MOE" train "$@" --out "$name" --quiet --threads 1 >"$name.train.out" 2>"$name.train.err"
 }
-# same_json A B: two JSON files hold the same value
-same_json() {
-    jq -S . "$1" >"$1.s" 2>/dev/null && jq -S . "$2" >"$2.s" 2>/dev/null || { fail "not JSON: $1 or $2"; return 1; }
-    cmp -s "$1.s" "$2.s" || fail "differ: $(diff "$1.s" "$2.s" | head -20)"
-}
 # eval_equals RUN SPLITKEY EVALARGS...: eval's stdout = summary.final.SPLITKEY
 eval_equals() {
     local d=$1 key=$2
