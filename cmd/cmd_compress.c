@@ -209,9 +209,8 @@ struct compress_run {
     uint64_t seed;
     uint8_t **drop;          // (n_moe_layers) expert pruning: the experts dropped, or NULL
     double **escore;         // (n_moe_layers) their scores
-    struct moe_ffn *ffn;     // neuron pruning: the FFNs and their masks (1 = pruned)
-    size_t n_ffn;
-    uint8_t **mask;
+    struct moe_ffn_masks masks; // m2's FFN masks: the checkpoint's, and those of --prune-neurons
+    int neurons;             // --prune-neurons ran
     struct moe_quant_spec *spec; // (m2 params) how each tensor is stored
     float *orig;             // m2's weights before dequantization (what the writer quantizes)
     cJSON *summary, *what;
@@ -397,6 +396,25 @@ static int make_m2(struct compress_run *r)
         if (rc)
             return rc;
     }
+    // the FFN masks: the checkpoint's (kept when its experts are; run refuses pruning them then)
+    if (moe_ffn_masks_init(&r->masks, &m2->params, &err) || (!r->drop && moe_ffn_masks_read(&r->masks, &r->k.f, &err)))
+        return cli_fail(r->cmd, &err);
+    return 0;
+}
+
+// Whether a checkpoint has pruned FFN units (a NAME.pruned tensor with a flag set).
+static int has_pruned_units(const struct moe_st_file *f)
+{
+    size_t ls = strlen(MOE_PRUNED_SUFFIX);
+    for (size_t i = 0; i < f->n; i++) {
+        const struct moe_st_entry *e = &f->e[i];
+        size_t len = strlen(e->name);
+        if (len <= ls || strcmp(e->name + len - ls, MOE_PRUNED_SUFFIX) != 0 || e->dtype != MOE_U8)
+            continue;
+        for (size_t u = 0; u < e->numel; u++)
+            if (((const uint8_t *)e->data)[u])
+                return 1;
+    }
     return 0;
 }
 
@@ -407,74 +425,28 @@ static int prune_neurons(struct compress_run *r)
     struct moe_model *m2 = &r->m2;
     struct moe_params *p = &m2->params;
     struct moe_err err = { 0 };
-    r->n_ffn = moe_ffn_find(p, NULL, 0);
-    if (!r->n_ffn)
+    if (!r->masks.n)
         return cli_error(r->cmd, 2, "option '--prune-neurons': the '%s' model has no FFN (NAME.w1 and NAME.w2) to prune",
                          m2->ops->type);
-    r->ffn = calloc(r->n_ffn, sizeof *r->ffn);
-    r->mask = calloc(r->n_ffn, sizeof *r->mask);
-    size_t total = 0;
-    if (!r->ffn || !r->mask)
-        return cli_error(r->cmd, 1, "out of memory");
-    moe_ffn_find(p, r->ffn, r->n_ffn);
-    for (size_t i = 0; i < r->n_ffn; i++)
-        total += r->ffn[i].M * r->ffn[i].F;
-    double *score = malloc(total * sizeof *score);
     float *grad = NULL;
-    uint8_t *drop = malloc(total);
     int rc = 0;
-    if (!score || !drop) {
-        rc = cli_error(r->cmd, 1, "out of memory");
-        goto out;
-    }
     if (r->o->score == MOE_NEURON_TAYLOR) {
         double *g = malloc(p->numel * sizeof *g);
         grad = malloc(p->numel * sizeof *grad);
-        if (!g || !grad) {
-            free(g);
-            rc = cli_error(r->cmd, 1, "out of memory");
-            goto out;
-        }
         const struct moe_dataset *d = split_data(&r->k.data, r->o->prune_split);
-        if (moe_split_gradient(m2, d, r->chunk, g, &err)) {
-            free(g);
+        if (!g || !grad)
+            rc = cli_error(r->cmd, 1, "out of memory");
+        else if (moe_split_gradient(m2, d, r->chunk, g, &err))
             rc = cli_fail(r->cmd, &err);
-            goto out;
-        }
-        for (size_t i = 0; i < p->numel; i++)
+        for (size_t i = 0; !rc && i < p->numel; i++)
             grad[i] = (float)g[i];
         free(g);
     }
-    size_t at = 0;
-    for (size_t i = 0; i < r->n_ffn; i++) {
-        moe_ffn_scores(p, &r->ffn[i], r->o->score, grad, score + at);
-        at += r->ffn[i].M * r->ffn[i].F;
-    }
-    // per layer: each FFN drops floor(F x its units); global: floor(F x all units) over all
-    at = 0;
-    for (size_t i = 0; !rc && i < r->n_ffn; i++) {
-        size_t U = r->ffn[i].M * r->ffn[i].F;
-        if (!r->o->global && moe_prune_select(score + at, U, (size_t)floor(r->o->neurons * (double)U), drop + at, &err))
-            rc = cli_fail(r->cmd, &err);
-        at += U;
-    }
-    if (!rc && r->o->global && moe_prune_select(score, total, (size_t)floor(r->o->neurons * (double)total), drop, &err))
+    // per layer: each FFN has floor(F x its units) pruned; global: floor(F x all units) over all
+    if (!rc && moe_ffn_masks_grow(&r->masks, p, r->o->score, grad, r->o->neurons, r->o->global, &err))
         rc = cli_fail(r->cmd, &err);
-    at = 0;
-    for (size_t i = 0; !rc && i < r->n_ffn; i++) {
-        size_t U = r->ffn[i].M * r->ffn[i].F;
-        if (!(r->mask[i] = malloc(U))) {
-            rc = cli_error(r->cmd, 1, "out of memory");
-            break;
-        }
-        memcpy(r->mask[i], drop + at, U);
-        moe_ffn_apply_mask(p, &r->ffn[i], r->mask[i]);
-        at += U;
-    }
-out:
-    free(score);
+    r->neurons = !rc;
     free(grad);
-    free(drop);
     return rc;
 }
 
@@ -640,7 +612,8 @@ static void describe(struct compress_run *r)
             cJSON_AddItemToArray(layers, x);
         }
     }
-    if (r->mask) {
+    if (r->neurons) {
+        const struct moe_ffn_masks *k = &r->masks;
         cJSON *pn = cJSON_AddObjectToObject(w, "prune_neurons");
         cJSON_AddNumberToObject(pn, "fraction", o->neurons);
         cJSON_AddStringToObject(pn, "score", score_names[o->score]);
@@ -648,17 +621,14 @@ static void describe(struct compress_run *r)
         if (o->score == MOE_NEURON_TAYLOR)
             cJSON_AddStringToObject(pn, "data", split_name(&r->k.data, o->prune_split));
         cJSON *ffns = cJSON_AddArrayToObject(pn, "ffns"), *tensors = cJSON_AddArrayToObject(pn, "tensors");
-        for (size_t i = 0; i < r->n_ffn; i++) {
-            size_t U = r->ffn[i].M * r->ffn[i].F, n = 0;
-            for (size_t u = 0; u < U; u++)
-                n += r->mask[i][u];
+        for (size_t i = 0; i < k->n; i++) {
             cJSON *x = cJSON_CreateObject();
-            cJSON_AddStringToObject(x, "ffn", r->ffn[i].name);
-            cJSON_AddNumberToObject(x, "units", (double)U);
-            cJSON_AddNumberToObject(x, "pruned", (double)n);
+            cJSON_AddStringToObject(x, "ffn", k->ffn[i].name);
+            cJSON_AddNumberToObject(x, "units", (double)(k->ffn[i].M * k->ffn[i].F));
+            cJSON_AddNumberToObject(x, "pruned", (double)moe_ffn_masks_pruned(k, i));
             cJSON_AddItemToArray(ffns, x);
-            for (int k = 0; k < MOE_FFN_N; k++) {
-                int t = r->ffn[i].t[k];
+            for (int j = 0; j < MOE_FFN_N; j++) {
+                int t = k->ffn[i].t[j];
                 if (t < 0)
                     continue;
                 size_t z = moe_params_zeros(&r->m2.params, t), numel = r->m2.params.t[t].numel;
@@ -691,12 +661,11 @@ static int write_model(struct compress_run *r, const char *path, struct moe_err 
 {
     const struct moe_st_file *f = &r->k.f;
     struct moe_params *p = &r->m2.params;
-    size_t n_extra = 0, cap = 3 + r->n_ffn;
+    size_t n_extra = 0, cap = 3 + r->masks.n;
     struct moe_st_ref *extra = calloc(cap, sizeof *extra);
-    char (*names)[MOE_NAME_MAX + 16] = calloc(r->n_ffn + 1, sizeof *names);
     char *cfg_json = moe_config_to_json(&r->cfg2, 0), *what = cJSON_PrintUnformatted(r->what);
     int rc = 0;
-    if (!extra || !names || !cfg_json || !what) {
+    if (!extra || !cfg_json || !what) {
         rc = moe_error(err, MOE_ENOMEM, "out of memory");
         goto out;
     }
@@ -710,13 +679,8 @@ static int write_model(struct compress_run *r, const char *path, struct moe_err 
         *x = (struct moe_st_ref){ .name = e->name, .dtype = e->dtype, .ndim = e->ndim, .data = e->data };
         memcpy(x->shape, e->shape, sizeof x->shape);
     }
-    for (size_t i = 0; r->mask && i < r->n_ffn; i++) { // NAME.pruned: (M, F), or (F) for a 2-d FFN
-        const struct moe_ffn *x = &r->ffn[i];
-        snprintf(names[i], sizeof names[i], "%s.pruned", x->name);
-        int two = p->t[x->t[MOE_FFN_W1]].ndim == 2;
-        extra[n_extra++] = (struct moe_st_ref){ .name = names[i], .dtype = MOE_U8, .ndim = two ? 1 : 2,
-                                                .shape = { two ? x->F : x->M, x->F }, .data = r->mask[i] };
-    }
+    if (moe_ffn_masks_pruned(&r->masks, r->masks.n)) // NAME.pruned, when any unit is
+        n_extra += moe_ffn_masks_refs(&r->masks, p, extra + n_extra);
     struct moe_st_meta meta[8];
     size_t n_meta = 0;
     meta[n_meta++] = (struct moe_st_meta){ "format", "moe" };
@@ -740,7 +704,6 @@ static int write_model(struct compress_run *r, const char *path, struct moe_err 
     }
 out:
     free(extra);
-    free(names);
     free(cfg_json);
     free(what);
     return rc;
@@ -756,10 +719,7 @@ static void run_release(struct compress_run *r)
     }
     free(r->drop);
     free(r->escore);
-    for (size_t i = 0; r->mask && i < r->n_ffn; i++)
-        free(r->mask[i]);
-    free(r->mask);
-    free(r->ffn);
+    moe_ffn_masks_release(&r->masks);
     free(r->spec);
     free(r->orig);
     moe_stats_release(&r->st);
@@ -792,6 +752,9 @@ static int run(struct compress_run *r, char **sets, size_t n_sets)
         }
     if (o->prune_experts && (rc = prune_experts_check(r)))
         return rc;
+    if (o->prune_experts && has_pruned_units(f))
+        return cli_error(cmd, 2, "option '--prune-experts': '%s' has pruned FFN units (NAME" MOE_PRUNED_SUFFIX " tensors); prune the experts of the checkpoint it came from first",
+                         o->ckpt);
     r->chunk = cli_ckpt_eval_chunk(&r->k.rc, r->k.data.train.n);
     r->seed = c->seed >= 0 ? (uint64_t)c->seed : r->k.rc.train.seed;
     cJSON *before = NULL, *after = NULL;

@@ -162,3 +162,150 @@ size_t moe_params_zeros(const struct moe_params *p, int i)
         z += w[j] == 0.0f;
     return z;
 }
+
+// ---------------------------------------------------------------- masks
+
+void moe_ffn_masks_release(struct moe_ffn_masks *k)
+{
+    if (!k)
+        return;
+    for (size_t i = 0; k->mask && i < k->n; i++)
+        free(k->mask[i]);
+    free(k->mask);
+    free(k->ffn);
+    free(k->name);
+    memset(k, 0, sizeof *k);
+}
+
+int moe_ffn_masks_init(struct moe_ffn_masks *k, const struct moe_params *p, struct moe_err *err)
+{
+    memset(k, 0, sizeof *k);
+    size_t n = moe_ffn_find(p, NULL, 0);
+    if (!n)
+        return 0;
+    k->ffn = calloc(n, sizeof *k->ffn);
+    k->mask = calloc(n, sizeof *k->mask);
+    k->name = calloc(n, sizeof *k->name);
+    if (!k->ffn || !k->mask || !k->name) {
+        moe_ffn_masks_release(k);
+        return moe_error(err, MOE_ENOMEM, "out of memory for %zu FFN masks", n);
+    }
+    k->n = n;
+    moe_ffn_find(p, k->ffn, n);
+    for (size_t i = 0; i < n; i++) {
+        size_t U = k->ffn[i].M * k->ffn[i].F;
+        snprintf(k->name[i], sizeof k->name[i], "%s%s", k->ffn[i].name, MOE_PRUNED_SUFFIX);
+        if (!(k->mask[i] = calloc(U ? U : 1, 1))) {
+            moe_ffn_masks_release(k);
+            return moe_error(err, MOE_ENOMEM, "out of memory for %zu FFN masks", n);
+        }
+        k->units += U;
+    }
+    return 0;
+}
+
+// A mask's tensor: (M, F) for an FFN of experts, (F) for a 2-d one.
+static int mask_dims(const struct moe_ffn *f, const struct moe_params *p, size_t shape[2])
+{
+    int two = p->t[f->t[MOE_FFN_W1]].ndim == 2;
+    shape[0] = two ? f->F : f->M;
+    shape[1] = f->F;
+    return two ? 1 : 2;
+}
+
+int moe_ffn_masks_read(struct moe_ffn_masks *k, const struct moe_st_file *f, struct moe_err *err)
+{
+    for (size_t i = 0; i < k->n; i++) {
+        const struct moe_st_entry *e = moe_safetensors_find(f, k->name[i]);
+        if (!e)
+            continue;
+        const struct moe_ffn *x = &k->ffn[i];
+        size_t U = x->M * x->F;
+        int ok = e->dtype == MOE_U8 && e->numel == U &&
+                 ((e->ndim == 1 && x->M == 1) || (e->ndim == 2 && e->shape[0] == x->M && e->shape[1] == x->F));
+        if (!ok)
+            return moe_error(err, MOE_EFORMAT, "%s: tensor '%s': expected U8 pruning flags, one per unit of the FFN '%s' (%zu x %zu)",
+                             f->path, e->name, x->name, x->M, x->F);
+        const uint8_t *v = e->data;
+        for (size_t u = 0; u < U; u++)
+            if (v[u] > 1)
+                return moe_error(err, MOE_EFORMAT, "%s: tensor '%s': element %zu is %u (pruning flags are 0 or 1)",
+                                 f->path, e->name, u, (unsigned)v[u]);
+        memcpy(k->mask[i], v, U);
+    }
+    return 0;
+}
+
+size_t moe_ffn_masks_refs(const struct moe_ffn_masks *k, const struct moe_params *p, struct moe_st_ref *refs)
+{
+    for (size_t i = 0; i < k->n; i++) {
+        refs[i] = (struct moe_st_ref){ .name = k->name[i], .dtype = MOE_U8, .data = k->mask[i] };
+        refs[i].ndim = mask_dims(&k->ffn[i], p, refs[i].shape);
+    }
+    return k->n;
+}
+
+size_t moe_ffn_masks_pruned(const struct moe_ffn_masks *k, size_t i)
+{
+    size_t c = 0;
+    for (size_t j = i < k->n ? i : 0; j < k->n && (i == k->n || j == i); j++)
+        for (size_t u = 0; u < k->ffn[j].M * k->ffn[j].F; u++)
+            c += k->mask[j][u];
+    return c;
+}
+
+void moe_ffn_masks_apply(const struct moe_ffn_masks *k, struct moe_params *p)
+{
+    for (size_t i = 0; i < k->n; i++)
+        moe_ffn_apply_mask(p, &k->ffn[i], k->mask[i]);
+}
+
+void moe_ffn_masks_dead(const struct moe_ffn_masks *k, const struct moe_params *p, uint8_t *dead)
+{
+    memset(dead, 0, p->numel);
+    for (size_t i = 0; i < k->n; i++) {
+        const uint8_t *mask = k->mask[i];
+        FOR_UNIT_WEIGHTS(p, &k->ffn[i], { dead[at] = mask[unit]; });
+    }
+}
+
+int moe_ffn_masks_grow(struct moe_ffn_masks *k, struct moe_params *p, enum moe_neuron_score kind,
+                       const float *grad, double fraction, int global, struct moe_err *err)
+{
+    if (!(fraction >= 0.0 && fraction < 1.0))
+        return moe_error(err, MOE_EINVAL, "a pruning fraction must be in [0, 1), got %g", fraction);
+    double *score = malloc((k->units ? k->units : 1) * sizeof *score);
+    uint8_t *drop = malloc(k->units ? k->units : 1);
+    int rc = 0;
+    if (!score || !drop) {
+        rc = moe_error(err, MOE_ENOMEM, "out of memory for %zu unit scores", k->units);
+        goto out;
+    }
+    // the pruned units score -1 (live scores are >= 0), so they are dropped first
+    for (size_t i = 0, at = 0; i < k->n; at += k->ffn[i].M * k->ffn[i].F, i++) {
+        moe_ffn_scores(p, &k->ffn[i], kind, grad, score + at);
+        for (size_t u = 0; u < k->ffn[i].M * k->ffn[i].F; u++)
+            if (k->mask[i][u])
+                score[at + u] = -1.0;
+    }
+    for (size_t i = 0, at = 0; !global && !rc && i < k->n; i++) {
+        size_t U = k->ffn[i].M * k->ffn[i].F, want = (size_t)floor(fraction * (double)U),
+               have = moe_ffn_masks_pruned(k, i);
+        rc = moe_prune_select(score + at, U, want > have ? want : have, drop + at, err);
+        at += U;
+    }
+    if (global && !rc) {
+        size_t want = (size_t)floor(fraction * (double)k->units), have = moe_ffn_masks_pruned(k, k->n);
+        rc = moe_prune_select(score, k->units, want > have ? want : have, drop, err);
+    }
+    for (size_t i = 0, at = 0; !rc && i < k->n; i++) {
+        size_t U = k->ffn[i].M * k->ffn[i].F;
+        memcpy(k->mask[i], drop + at, U);
+        moe_ffn_apply_mask(p, &k->ffn[i], k->mask[i]);
+        at += U;
+    }
+out:
+    free(score);
+    free(drop);
+    return rc;
+}

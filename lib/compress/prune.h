@@ -29,6 +29,7 @@
 
 #include "core/params.h"
 #include "core/status.h"
+#include "io/safetensors.h"
 
 // drop[i] = 1 for the n_drop entries of lowest score (ties: the higher index
 // first), else 0. MOE_EINVAL when n_drop > n or a score is NaN.
@@ -68,5 +69,42 @@ void moe_ffn_apply_mask(struct moe_params *p, const struct moe_ffn *f, const uin
 
 // Elements of tensor i that are exactly zero (+0.0 or -0.0).
 size_t moe_params_zeros(const struct moe_params *p, int i);
+
+// ---- the masks of a model's FFNs ----
+// One mask per FFN of a registry (moe_ffn_find's order), M F flags, 1 = the
+// unit is pruned. In a checkpoint each is tensor NAME.pruned (U8; (M, F), or
+// (F) for a 2-d FFN); a file without them has nothing pruned. moe compress
+// writes them, and train keeps them: a pruned unit's weights stay zero.
+#define MOE_PRUNED_SUFFIX ".pruned"
+struct moe_ffn_masks {
+    size_t n;                               // FFNs
+    struct moe_ffn *ffn;                    // (n)
+    uint8_t **mask;                         // (n) M F flags each
+    char (*name)[MOE_NAME_MAX + 8];         // (n) the tensors' names, NAME.pruned
+    size_t units;                           // all units, sum of M F
+};
+// The FFNs of p with nothing pruned (n = 0 for a model without FFNs).
+int moe_ffn_masks_init(struct moe_ffn_masks *k, const struct moe_params *p, struct moe_err *err);
+// The masks a file holds (its NAME.pruned tensors; an FFN without one keeps
+// its mask). MOE_EFORMAT naming the tensor for one of another dtype or shape,
+// or with a value other than 0 and 1.
+int moe_ffn_masks_read(struct moe_ffn_masks *k, const struct moe_st_file *f, struct moe_err *err);
+// The masks as tensors to write, one per FFN, into refs (k->n of them, all
+// FFNs, pruned or not, so that a reader sees the whole state); returns k->n.
+size_t moe_ffn_masks_refs(const struct moe_ffn_masks *k, const struct moe_params *p, struct moe_st_ref *refs);
+// Units pruned: in FFN i (i < n), or over all FFNs (i = n).
+size_t moe_ffn_masks_pruned(const struct moe_ffn_masks *k, size_t i);
+// Zero the weights of every pruned unit.
+void moe_ffn_masks_apply(const struct moe_ffn_masks *k, struct moe_params *p);
+// dead[at] = 1 for every registry element (p->data[at]) of a pruned unit, 0 for the rest (p->numel flags).
+void moe_ffn_masks_dead(const struct moe_ffn_masks *k, const struct moe_params *p, uint8_t *dead);
+// Prune more units, so that each FFN (per layer) or all of them together
+// (global) have floor(fraction x units) pruned, or as many as already are when
+// that is more: the live units of lowest score (moe_ffn_scores of kind, grad
+// for taylor) go first; the pruned ones stay pruned. Then zeroes the new
+// units' weights. MOE_EINVAL for a fraction outside [0, 1).
+int moe_ffn_masks_grow(struct moe_ffn_masks *k, struct moe_params *p, enum moe_neuron_score kind,
+                       const float *grad, double fraction, int global, struct moe_err *err);
+void moe_ffn_masks_release(struct moe_ffn_masks *k);
 
 #endif
