@@ -452,72 +452,42 @@ static int prune_neurons(struct compress_run *r)
 
 // ---------------------------------------------------------------- quantization
 
-static int quant_target(const struct compress_opts *o, const struct moe_tensor *t)
-{
-    if (t->ndim != 2 && t->ndim != 3)
-        return 0;
-    if (!o->n_globs)
-        return 1;
-    for (size_t g = 0; g < o->n_globs; g++)
-        if (fnmatch(o->globs[g], t->name, 0) == 0)
-            return 1;
-    return 0;
-}
-
 // Which tensors are quantized (each glob must name a 2-d or 3-d tensor), then
 // their dequantized values in the model (the originals kept for the writer).
 static int quantize(struct compress_run *r)
 {
     struct moe_params *p = &r->m2.params;
     struct moe_err err = { 0 };
-    for (size_t g = 0; g < r->o->n_globs; g++) {
-        int any = 0, matrix = 0;
-        for (size_t i = 0; i < p->n; i++)
-            if (fnmatch(r->o->globs[g], p->t[i].name, 0) == 0) {
-                any = 1;
-                matrix |= p->t[i].ndim == 2 || p->t[i].ndim == 3;
-            }
-        if (!any)
-            return cli_error(r->cmd, 2, "option '--targets': '%s' names no tensor of the model (moe help compress)",
-                             r->o->globs[g]);
-        if (!matrix)
-            return cli_error(r->cmd, 2, "option '--targets': '%s' names no 2-d or 3-d tensor (only weight matrices are quantized)",
-                             r->o->globs[g]);
+    uint8_t *target = malloc(p->n ? p->n : 1);
+    if (!target)
+        return cli_error(r->cmd, 1, "out of memory");
+    if (moe_quant_select(p, r->o->globs, r->o->n_globs, target, &err)) {
+        free(target);
+        return cli_error(r->cmd, 2, "option '--targets': %s", err.msg);
     }
     r->spec = calloc(p->n, sizeof *r->spec);
     r->orig = malloc((p->numel ? p->numel : 1) * sizeof *r->orig);
-    if (!r->spec || !r->orig)
+    if (!r->spec || !r->orig) {
+        free(target);
         return cli_error(r->cmd, 1, "out of memory");
+    }
     memcpy(r->orig, p->data, p->numel * sizeof *r->orig);
+    int rc = 0;
     for (size_t i = 0; i < p->n; i++) {
         const struct moe_tensor *t = &p->t[i];
-        if (!quant_target(r->o, t))
+        if (!target[i])
             continue;
         r->spec[i] = r->o->spec;
-        size_t n_groups, len;
-        int8_t *q = malloc(t->numel ? t->numel : 1);
-        float *scale = NULL;
-        int32_t *zero = NULL;
-        int rc = q ? moe_quant_groups(t->ndim, t->shape, r->o->spec.gran, &n_groups, &len, &err) : MOE_ENOMEM;
-        if (!rc) {
-            scale = malloc(n_groups * sizeof *scale);
-            zero = malloc(n_groups * sizeof *zero);
-            rc = scale && zero ? 0 : MOE_ENOMEM;
-        }
         float *w = moe_params_data(p, (int)i);
-        if (!rc && (rc = moe_quant_int8(w, n_groups, len, r->o->spec.scheme, q, scale, zero, &err)))
-            rc = cli_error(r->cmd, 1, "%s: tensor '%s': %s", r->o->ckpt, t->name, err.msg);
-        else if (rc)
+        if ((rc = moe_quant_fake(w, w, t->ndim, t->shape, r->o->spec, &err)) == MOE_ENOMEM)
             rc = cli_error(r->cmd, 1, "out of memory");
-        else
-            moe_dequant_int8(w, q, scale, r->o->spec.scheme == MOE_QUANT_ASYM ? zero : NULL, len, 0, t->numel);
-        free(q);
-        free(scale);
-        free(zero);
+        else if (rc)
+            rc = cli_error(r->cmd, 1, "%s: tensor '%s': %s", r->o->ckpt, t->name, err.msg);
         if (rc)
-            return rc;
+            break;
     }
-    return 0;
+    free(target);
+    return rc;
 }
 
 // ---------------------------------------------------------------- figures

@@ -279,6 +279,8 @@ struct train_run {
     struct distill distill;
     struct moe_tune_sel tune;        // what a tuning run trains (tune.frozen = NULL: everything)
     struct moe_lora lora;
+    struct moe_ffn_masks masks;      // pruned FFN units (has_masks: train.prune, or a checkpoint with NAME.pruned)
+    int has_masks;
     struct run_output outs;
     struct run_dir lock;             // the run directory's moe.lock, held from its claim to the end
     // --device cuda[:N]: what the probe found, and the trainer's device hook
@@ -298,6 +300,7 @@ static void run_release(struct train_run *r)
     moe_run_cfg_release(&r->rc);
     moe_config_release(&r->cfg);
     moe_lora_release(&r->lora);
+    moe_ffn_masks_release(&r->masks);
     moe_tune_sel_release(&r->tune);
     distill_release(&r->distill);
     run_dir_release(&r->lock);
@@ -448,6 +451,34 @@ static int build_model(struct train_run *r)
     return 0;
 }
 
+// The FFN masks of a run with train.prune, or from a checkpoint (--init,
+// --resume) with pruned units: kept fixed, grown by the schedule, written
+// beside the weights. Not for LoRA (its base stays as it is).
+static int masks_setup(struct train_run *r)
+{
+    const struct moe_st_file *f = r->o->resume ? &r->resume : r->o->init ? &r->init : NULL;
+    struct moe_err err = { 0 };
+    if (r->o->lora)
+        return 0;
+    if (moe_ffn_masks_init(&r->masks, &r->model.params, &err))
+        return cli_fail(r->cmd, &err);
+    int found = 0;
+    for (size_t i = 0; f && i < r->masks.n; i++)
+        found |= moe_safetensors_find(f, r->masks.name[i]) != NULL;
+    if (!found && r->rc.train.prune_sparsity <= 0) {
+        moe_ffn_masks_release(&r->masks);
+        return 0;
+    }
+    if (r->o->dist && r->o->dist->size > 1)
+        return cli_error(r->cmd, 2, "%s: training over several processes does not support it yet (run one process)",
+                         found ? "pruned FFN units (NAME.pruned)" : "train.prune");
+    if (f && moe_ffn_masks_read(&r->masks, f, &err))
+        return cli_fail(r->cmd, &err);
+    r->has_masks = 1;
+    r->outs.masks = &r->masks;
+    return 0;
+}
+
 // The run directory: a new run claims it (created, locked, cleared with
 // --force, run_dir.h; a resumed run claimed it before reading its checkpoint);
 // MoEBERT's conversion (a new run); then config.json, the tables and vocab.txt.
@@ -515,6 +546,7 @@ static int train(struct train_run *r, struct moe_train_result *res)
                                      .frozen_experts = r->tune.frozen_experts,
                                      .lora = o->lora ? &r->lora : NULL,
                                      .distill = d->teacher.ops ? &kd : NULL,
+                                     .prune = r->has_masks ? &r->masks : NULL,
                                      .step = files ? progress_step : NULL, .step_ctx = &prog,
                                      .dist = o->dist, .expert_parallel = o->expert_parallel,
                                      .device = r->on_device ? &r->dev : NULL };
@@ -559,6 +591,46 @@ static void add_schedule(cJSON *s, const struct moe_run_cfg *rc, const struct mo
     cJSON_AddNumberToObject(s, "steps_per_epoch", (double)res->steps_per_epoch);
 }
 
+// "prune" (a run with FFN masks: the schedule, and the units pruned at the
+// end, per FFN and in all) and "qat" (train.qat: the scheme and the tensors).
+static void add_compress(cJSON *s, const struct train_run *r)
+{
+    const struct moe_train_cfg *tc = &r->rc.train;
+    const struct moe_ffn_masks *k = &r->masks;
+    if (r->has_masks) {
+        cJSON *p = cJSON_AddObjectToObject(s, "prune");
+        cJSON_AddNumberToObject(p, "sparsity", tc->prune_sparsity);
+        if (tc->prune_sparsity > 0) {
+            cJSON_AddNumberToObject(p, "start", (double)tc->prune_start);
+            cJSON_AddNumberToObject(p, "steps", (double)tc->prune_steps);
+            cJSON_AddNumberToObject(p, "every", (double)tc->prune_every);
+            cJSON_AddStringToObject(p, "score", tc->prune_score == MOE_NEURON_L2 ? "l2" : "l1");
+            cJSON_AddStringToObject(p, "scope", tc->prune_global ? "global" : "layer");
+        }
+        size_t all = moe_ffn_masks_pruned(k, k->n);
+        cJSON_AddNumberToObject(p, "units", (double)k->units);
+        cJSON_AddNumberToObject(p, "pruned", (double)all);
+        cJSON_AddNumberToObject(p, "pruned_fraction", k->units ? (double)all / (double)k->units : 0.0);
+        cJSON *ffns = cJSON_AddArrayToObject(p, "ffns");
+        for (size_t i = 0; i < k->n; i++) {
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddStringToObject(x, "ffn", k->ffn[i].name);
+            cJSON_AddNumberToObject(x, "units", (double)(k->ffn[i].M * k->ffn[i].F));
+            cJSON_AddNumberToObject(x, "pruned", (double)moe_ffn_masks_pruned(k, i));
+            cJSON_AddItemToArray(ffns, x);
+        }
+    }
+    if (tc->qat) {
+        cJSON *q = cJSON_AddObjectToObject(s, "qat");
+        cJSON_AddStringToObject(q, "quantize", "int8");
+        cJSON_AddStringToObject(q, "scheme", tc->qat_spec.scheme == MOE_QUANT_ASYM ? "asymmetric" : "symmetric");
+        cJSON_AddStringToObject(q, "granularity", tc->qat_spec.gran == MOE_QUANT_PER_TENSOR ? "tensor" : "channel");
+        cJSON *t = cJSON_AddArrayToObject(q, "targets");
+        for (size_t i = 0; i < tc->n_qat_targets; i++)
+            cJSON_AddItemToArray(t, cJSON_CreateString(tc->qat_targets[i]));
+    }
+}
+
 // summary.json, also on stdout: the model and data, what the run tuned and
 // distilled, what training gave, and where it went.
 static int write_summary(struct train_run *r, const struct moe_train_result *res)
@@ -582,6 +654,7 @@ static int write_summary(struct train_run *r, const struct moe_train_result *res
     }
     run_output_summary_result(s, &r->outs, res, r->est.flops_per_token);
     add_schedule(s, &r->rc, res);
+    add_compress(s, r);
     if (res->dp_processes) { // --data-parallel: rank 0's share of the step exchanges (not part of the exactness promise)
         cJSON *dp = cJSON_AddObjectToObject(s, "data_parallel");
         cJSON_AddNumberToObject(dp, "processes", res->dp_processes);
@@ -846,7 +919,7 @@ static int setup(struct train_run *r)
         return rc;
     if ((rc = load_data(r)) || (rc = build_model(r)) ||
         (rc = distill_setup(cmd, &r->distill, &r->rc, &r->data, &r->model, o->resume != NULL)) ||
-        (rc = tune_setup(cmd, &r->rc, &r->model, o->lora, &r->tune, &r->lora)))
+        (rc = tune_setup(cmd, &r->rc, &r->model, o->lora, &r->tune, &r->lora)) || (rc = masks_setup(r)))
         return rc;
     struct moe_err err = { 0 };
     if (r->on_device && (rc = device_check(r)))

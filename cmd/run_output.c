@@ -380,11 +380,14 @@ int run_output_complete(const char *dir, cJSON **ret, struct moe_err *err)
     return 0;
 }
 
-// The model file's tensors beyond the parameters: the vocabulary and the
-// features' standardisation.
-static size_t model_extras(const struct run_output *o, struct moe_st_ref extra[3])
+// The model file's tensors beyond the parameters: the vocabulary, the
+// features' standardisation and the FFN masks; NULL when out of memory.
+static struct moe_st_ref *model_extras(const struct run_output *o, size_t *ret_n)
 {
     size_t n = 0;
+    struct moe_st_ref *extra = calloc(3 + (o->masks ? o->masks->n : 0), sizeof *extra);
+    if (!extra)
+        return NULL;
     if (o->vocab)
         extra[n++] = (struct moe_st_ref){ .name = MOE_VOCAB_TENSOR, .dtype = MOE_U8, .ndim = 1, .shape = { o->vocab_len }, .data = o->vocab };
     if (o->data->standardized) {
@@ -392,7 +395,10 @@ static size_t model_extras(const struct run_output *o, struct moe_st_ref extra[3
         extra[n++] = (struct moe_st_ref){ .name = "data.mean", .dtype = MOE_F32, .ndim = 1, .shape = { st->n_in }, .data = st->mean };
         extra[n++] = (struct moe_st_ref){ .name = "data.std", .dtype = MOE_F32, .ndim = 1, .shape = { st->n_in }, .data = st->std };
     }
-    return n;
+    if (o->masks)
+        n += moe_ffn_masks_refs(o->masks, &o->model->params, extra + n);
+    *ret_n = n;
+    return extra;
 }
 
 enum { N_MODEL_META = 7 };
@@ -423,9 +429,9 @@ int run_output_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct moe
         return rc;
     char *cfg_json = moe_config_to_json(o->cfg, 0), *path = cli_path(o->dir, "checkpoint.safetensors", err);
     char bytes[N_LIVE][32];
-    struct moe_st_ref extra[3];
     struct moe_st_meta meta[N_MODEL_META + N_LIVE + 3];
-    size_t n_extra = model_extras(o, extra), n_meta = model_meta(o, cfg_json, meta);
+    size_t n_extra = 0, n_meta = model_meta(o, cfg_json, meta);
+    struct moe_st_ref *extra = model_extras(o, &n_extra);
     // The run's identity, which --resume keeps: its id, tags and --set overrides.
     meta[n_meta++] = (struct moe_st_meta){ "run.id", o->run_id };
     if (o->tags_json)
@@ -438,10 +444,11 @@ int run_output_checkpoint(void *ctx, const struct moe_train_ckpt *ck, struct moe
         snprintf(bytes[i], sizeof bytes[i], "%" PRIu64, written(o, i) ? moe_csv_bytes(&o->live[i]) : (uint64_t)0);
         meta[n_meta++] = (struct moe_st_meta){ live_tables[i].bytes_key, bytes[i] };
     }
-    if (!cfg_json || !path)
+    if (!cfg_json || !path || !extra)
         rc = moe_error(err, MOE_ENOMEM, "out of memory");
     else
         rc = moe_train_checkpoint_write(path, o->model, ck, extra, n_extra, meta, n_meta, err);
+    free(extra);
     free(path);
     free(cfg_json);
     return rc;
@@ -453,16 +460,17 @@ int run_output_model(struct run_output *o, const struct moe_lora *lora, const ui
     char *cfg_json = moe_config_to_json(o->cfg, 0);
     char *path = cli_path(o->dir, lora ? "merged.safetensors" : "model.safetensors", err);
     char *adapters = lora ? cli_path(o->dir, "adapters.safetensors", err) : NULL;
-    struct moe_st_ref extra[3];
     struct moe_st_meta meta[N_MODEL_META];
-    size_t n_extra = model_extras(o, extra), n_meta = model_meta(o, cfg_json, meta);
+    size_t n_extra = 0, n_meta = model_meta(o, cfg_json, meta);
+    struct moe_st_ref *extra = model_extras(o, &n_extra);
     int rc = 0;
-    if (!cfg_json || !path || (lora && !adapters))
+    if (!cfg_json || !path || (lora && !adapters) || !extra)
         rc = moe_error(err, MOE_ENOMEM, "out of memory");
     if (!rc && (!lora || merge))
         rc = moe_model_save(o->model, path, extra, n_extra, meta, n_meta, err);
     if (!rc && lora)
         rc = tune_write_adapters(adapters, o->model, frozen, lora, meta, n_meta, err);
+    free(extra);
     free(adapters);
     free(path);
     free(cfg_json);

@@ -41,6 +41,7 @@ struct run_output {
     char **sets;
     size_t n_sets;
     char *tags_json, *sets_json;     // the checkpoint's run.tags and run.sets (NULL: none)
+    const struct moe_ffn_masks *masks; // pruned FFN units, written beside the weights (NULL: none)
 };
 
 // A new run's identity from its options (o->cfg set): tags, --set overrides and

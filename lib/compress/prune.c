@@ -309,3 +309,15 @@ out:
     free(drop);
     return rc;
 }
+
+int moe_prune_schedule(double final, uint64_t start, uint64_t n, uint64_t every, uint64_t t, double *ret)
+{
+    if (final <= 0.0 || n == 0 || every == 0 || t <= start || t - start > n)
+        return 0;
+    uint64_t d = t - start;
+    if (d % every != 0 && d != n)
+        return 0;
+    double f = 1.0 - (double)d / (double)n;
+    *ret = final * (1.0 - f * f * f);
+    return 1;
+}

@@ -107,4 +107,13 @@ int moe_ffn_masks_grow(struct moe_ffn_masks *k, struct moe_params *p, enum moe_n
                        const float *grad, double fraction, int global, struct moe_err *err);
 void moe_ffn_masks_release(struct moe_ffn_masks *k);
 
+// The gradual pruning schedule of Zhu & Gupta ("To prune, or not to prune",
+// 2017, eq. 1), in optimizer steps: from step `start` the sparsity rises to
+// `final` over n steps,
+//     s_t = final (1 - (1 - (t - start) / n)^3)    for start <= t <= start + n,
+// with a prune after steps t = start + every, start + 2 every, ... and after
+// t = start + n. Returns 1 and *ret = s_t when a prune follows step t (t
+// counts the steps taken), else 0.
+int moe_prune_schedule(double final, uint64_t start, uint64_t n, uint64_t every, uint64_t t, double *ret);
+
 #endif

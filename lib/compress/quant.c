@@ -6,6 +6,7 @@
 // r = S (q - Z), with the real 0 exactly representable)
 #include "compress/quant.h"
 
+#include <fnmatch.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -336,5 +337,51 @@ out:
     }
     free(qb);
     free(refs);
+    return rc;
+}
+
+int moe_quant_select(const struct moe_params *p, const char *const *globs, size_t n_globs, uint8_t *target,
+                     struct moe_err *err)
+{
+    for (size_t g = 0; g < n_globs; g++) {
+        int any = 0, matrix = 0;
+        for (size_t i = 0; i < p->n; i++)
+            if (fnmatch(globs[g], p->t[i].name, 0) == 0) {
+                any = 1;
+                matrix |= p->t[i].ndim == 2 || p->t[i].ndim == 3;
+            }
+        if (!any)
+            return moe_error(err, MOE_EINVAL, "'%s' names no tensor of the model", globs[g]);
+        if (!matrix)
+            return moe_error(err, MOE_EINVAL, "'%s' names no 2-d or 3-d tensor (only weight matrices are quantized)",
+                             globs[g]);
+    }
+    for (size_t i = 0; i < p->n; i++) {
+        const struct moe_tensor *t = &p->t[i];
+        target[i] = (t->ndim == 2 || t->ndim == 3) && !n_globs;
+        for (size_t g = 0; !target[i] && g < n_globs && (t->ndim == 2 || t->ndim == 3); g++)
+            target[i] = fnmatch(globs[g], t->name, 0) == 0;
+    }
+    return 0;
+}
+
+int moe_quant_fake(float *out, const float *w, int ndim, const size_t *shape, struct moe_quant_spec spec,
+                   struct moe_err *err)
+{
+    size_t n_groups, len;
+    int rc = moe_quant_groups(ndim, shape, spec.gran, &n_groups, &len, err);
+    if (rc)
+        return rc;
+    size_t numel = n_groups * len;
+    int8_t *q = malloc(numel ? numel : 1);
+    float *scale = malloc((n_groups ? n_groups : 1) * sizeof *scale);
+    int32_t *zero = malloc((n_groups ? n_groups : 1) * sizeof *zero);
+    if (!q || !scale || !zero)
+        rc = moe_error(err, MOE_ENOMEM, "out of memory quantizing %zu values", numel);
+    else if (!(rc = moe_quant_int8(w, n_groups, len, spec.scheme, q, scale, zero, err)))
+        moe_dequant_int8(out, q, scale, spec.scheme == MOE_QUANT_ASYM ? zero : NULL, len, 0, numel);
+    free(q);
+    free(scale);
+    free(zero);
     return rc;
 }

@@ -76,6 +76,19 @@ int moe_quant_groups(int ndim, const size_t *shape, enum moe_quant_gran gran, si
 int moe_quant_int8(const float *w, size_t n_groups, size_t len, enum moe_quant_scheme scheme, int8_t *q,
                    float *scale, int32_t *zero, struct moe_err *err);
 
+// out = the dequantized int8 quantization of w, a 2-d or 3-d tensor (ndim,
+// shape) by spec: the values a reader of it stored quantized gets (out may be
+// w). MOE_EINVAL as moe_quant_int8 (nothing promised about out then), MOE_ENOMEM.
+int moe_quant_fake(float *out, const float *w, int ndim, const size_t *shape, struct moe_quant_spec spec,
+                   struct moe_err *err);
+
+// Which tensors of p globs name for quantization: target[i] = 1 (p->n flags)
+// for every 2-d or 3-d tensor whose name matches one of them (fnmatch;
+// n_globs = 0: every 2-d or 3-d tensor), 0 for the rest. MOE_EINVAL, naming
+// the glob, for one that names no tensor or names only tensors of another rank.
+int moe_quant_select(const struct moe_params *p, const char *const *globs, size_t n_globs, uint8_t *target,
+                     struct moe_err *err);
+
 // One dequantized value: the formula above.
 static inline float moe_dequant_int8_1(int8_t q, float scale, int32_t zero)
 {

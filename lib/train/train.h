@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "compress/prune.h"
+#include "compress/qat.h"
 #include "core/status.h"
 #include "io/config.h"
 #include "io/corpus.h"
@@ -175,6 +177,16 @@ struct moe_train_cfg {
     // partial fine-tuning globs (train/tune.h); the strings point into the config
     const char **trainable, **freeze;
     size_t n_trainable, n_freeze;
+    // train.prune.*: iterative structured pruning of FFN units (prune_sparsity 0: no schedule)
+    double prune_sparsity;
+    uint64_t prune_start, prune_steps, prune_every;
+    enum moe_neuron_score prune_score;
+    int prune_global;
+    // train.qat.*: quantization-aware training (qat 0: none); the globs point into the config
+    int qat;
+    struct moe_quant_spec qat_spec;
+    const char **qat_targets;
+    size_t n_qat_targets;
 };
 const char *moe_criterion_name(enum moe_criterion c); // train.criterion's value
 extern const struct moe_cfg_key moe_train_keys[];
@@ -390,6 +402,14 @@ struct moe_train_hooks {
     struct moe_lora *lora;
     // Distillation (NULL: none).
     const struct moe_distill *distill;
+    // The model's FFN masks (compress/prune.h; NULL: nothing pruned), the
+    // caller's: read from --init or the resumed checkpoint, written with every
+    // checkpoint and the model. The trainer zeroes the pruned units' weights
+    // at the start, keeps their gradients (so their moments) zero, and with
+    // train.prune.sparsity grows the masks on its schedule
+    // (moe_prune_schedule), after the step that ends at a pruning step: a
+    // checkpoint holds the masks of its step. Needed with train.prune.sparsity.
+    struct moe_ffn_masks *prune;
     // Called (if set) after every training step with step_ctx; it must only
     // read: nothing it does changes the run.
     void (*step)(void *step_ctx, const struct moe_train_step_info *s);

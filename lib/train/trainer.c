@@ -41,6 +41,16 @@ const struct moe_cfg_key moe_train_keys[] = {
     { "train.trainable", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "partial fine-tuning: train only the tensors whose names match one of these globs (fnmatch; [] = all); GLOB@A-B or GLOB@A selects only experts A..B (0-based, inclusive) of the expert tensors [E, out, in] it matches; --trainable adds to it" },
     { "train.freeze", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "keep the tensors whose names match one of these globs as they are (byte-identical); GLOB@A-B or GLOB@A keeps only experts A..B of the expert tensors it matches; --freeze adds to it" },
     { "train.max_batch_eval", MOE_CFG_INT, "4096", 1, 1 << 24, NULL, "rows per forward pass during evaluation (text: windows, at most optim.batch_size)" },
+    { "train.prune.sparsity", MOE_CFG_NUM, "0", 0, 1, NULL, "iterative pruning: the fraction of FFN units (neurons of experts, shared experts, dense FFNs) pruned at the end of the schedule, below 1 (0: no schedule; units a checkpoint marks pruned stay pruned either way)" },
+    { "train.prune.start", MOE_CFG_INT, "0", 0, 1e12, NULL, "the optimizer step the pruning schedule starts from" },
+    { "train.prune.steps", MOE_CFG_INT, "1", 1, 1e12, NULL, "optimizer steps over which the sparsity rises to train.prune.sparsity (s_t = s (1 - (1 - (t - start) / steps)^3), Zhu & Gupta 2017)" },
+    { "train.prune.every", MOE_CFG_INT, "1", 1, 1e12, NULL, "optimizer steps between two prunes (the masks stay fixed between them); the schedule's last step prunes too" },
+    { "train.prune.score", MOE_CFG_STR, "\"l1\"", 1, 0, "l1|l2", "what ranks the live units at each prune: the l1 or l2 norm of the unit's weights (rows of w1, w3, columns of w2)" },
+    { "train.prune.scope", MOE_CFG_STR, "\"layer\"", 1, 0, "layer|global", "layer: each FFN reaches the sparsity on its own; global: all FFNs' units ranked together" },
+    { "train.qat.quantize", MOE_CFG_STR, "\"none\"", 1, 0, "none|int8", "quantization-aware training: the forward pass (training and evaluation) sees the targets' weights quantized to int8 and back, the backward pass uses the straight-through estimator" },
+    { "train.qat.scheme", MOE_CFG_STR, "\"symmetric\"", 1, 0, "symmetric|asymmetric", "the int8 scheme (as moe compress --scheme)" },
+    { "train.qat.granularity", MOE_CFG_STR, "\"channel\"", 1, 0, "channel|tensor", "one scale per output row, or per tensor (as moe compress --granularity)" },
+    { "train.qat.targets", MOE_CFG_STR_LIST, "[]", 1, 0, NULL, "fnmatch globs of the weight matrices to quantize ([] = every 2-d and 3-d tensor, as moe compress --targets)" },
     { "train.accumulate", MOE_CFG_INT, "1", 1, 1e6, NULL, "gradient accumulation: each optimizer step sums the gradients of this many micro-batches of optim.batch_size rows (effective batch accumulate x batch_size); steps, epochs, log_every, checkpoint_every count optimizer steps" },
 };
 const size_t moe_train_keys_len = sizeof moe_train_keys / sizeof moe_train_keys[0];
@@ -68,9 +78,24 @@ int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, s
     c->checkpoint_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
     c->max_batch_eval = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
     c->accumulate = (size_t)moe_cfg_int(cfg, "train.accumulate");
+    c->prune_sparsity = moe_cfg_num(cfg, "train.prune.sparsity");
+    c->prune_start = (uint64_t)moe_cfg_int(cfg, "train.prune.start");
+    c->prune_steps = (uint64_t)moe_cfg_int(cfg, "train.prune.steps");
+    c->prune_every = (uint64_t)moe_cfg_int(cfg, "train.prune.every");
+    c->prune_score = strcmp(moe_cfg_str(cfg, "train.prune.score"), "l2") == 0 ? MOE_NEURON_L2 : MOE_NEURON_L1;
+    c->prune_global = strcmp(moe_cfg_str(cfg, "train.prune.scope"), "global") == 0;
+    c->qat = strcmp(moe_cfg_str(cfg, "train.qat.quantize"), "int8") == 0;
+    c->qat_spec.scheme = strcmp(moe_cfg_str(cfg, "train.qat.scheme"), "asymmetric") == 0 ? MOE_QUANT_ASYM : MOE_QUANT_SYM;
+    c->qat_spec.gran = strcmp(moe_cfg_str(cfg, "train.qat.granularity"), "tensor") == 0 ? MOE_QUANT_PER_TENSOR
+                                                                                      : MOE_QUANT_PER_CHANNEL;
     int rc = moe_cfg_str_list(cfg, "train.trainable", &c->trainable, &c->n_trainable, err);
     if (!rc)
         rc = moe_cfg_str_list(cfg, "train.freeze", &c->freeze, &c->n_freeze, err);
+    if (!rc)
+        rc = moe_cfg_str_list(cfg, "train.qat.targets", &c->qat_targets, &c->n_qat_targets, err);
+    if (!rc && c->prune_sparsity >= 1.0)
+        rc = moe_error(err, MOE_ECONFIG, "key 'train.prune.sparsity' must be below 1 (a fraction of the units in [0, 1)), got %g",
+                       c->prune_sparsity);
     if (rc)
         moe_train_cfg_release(c);
     return rc;
@@ -81,6 +106,8 @@ int moe_train_cfg_check(const struct moe_train_cfg *tc, const struct moe_optim_c
     int rc = moe_optim_cfg_check(oc, err);
     if (rc)
         return rc;
+    if (tc->prune_sparsity > 0 && tc->select_best)
+        return moe_error(err, MOE_ECONFIG, "key 'train.select': 'best_valid_loss' cannot be combined with train.prune.sparsity (an earlier epoch's weights would not match the final masks)");
     if (tc->accumulate > 1 && (oc->type == MOE_OPTIM_GD || oc->batch_size == 0))
         return moe_error(err, MOE_ECONFIG, "key 'train.accumulate' (%zu) needs mini-batches: %s takes the whole training split in one step",
                          tc->accumulate, oc->type == MOE_OPTIM_GD ? "optim.type 'gd'" : "optim.batch_size 0");
@@ -93,6 +120,7 @@ void moe_train_cfg_release(struct moe_train_cfg *c)
         return;
     free(c->trainable);
     free(c->freeze);
+    free(c->qat_targets);
     memset(c, 0, sizeof *c);
 }
 
@@ -435,6 +463,15 @@ struct run {
     // hooks->distill the teacher's (evaluation passes only)
     struct moe_cuda_model *dev, *tdev;
     int dev_stale;
+    // hooks->prune: the masks, the registry's elements they prune (numel
+    // flags), and the schedule (train.prune.*); train.qat: the fake quantization
+    struct moe_ffn_masks *masks;
+    uint8_t *dead;
+    double prune_final;
+    uint64_t prune_start, prune_steps, prune_every;
+    enum moe_neuron_score prune_score;
+    int prune_global;
+    struct moe_qat qat;
 };
 
 // What the run trains over the host's buffers (train.h moe_train_layout).
@@ -526,6 +563,97 @@ static void restore(struct moe_model *m, const float *in) { copy_state(m, NULL, 
 
 static int dp_init(struct run *r, struct moe_dist *d, struct moe_err *err);
 
+// ---- pruning and quantization-aware training (hooks->prune, train.prune, train.qat) ----
+// Both run in one process on the CPU, without adapters, so far. Masks: the
+// pruned units' weights are zeroed once here; from then on their gradients
+// are zeroed before every update (prune_grads), so with zero moments (a new
+// run's, or a checkpoint's that kept them zero) the optimizer leaves them zero
+// (AdamW and SGD's decay of a zero weight is zero). QAT: the registry holds
+// the quantized weights during each training step's passes and each
+// evaluation (qat.h), the float weights otherwise (checkpoints, the update).
+static int compress_init(struct run *r, const struct moe_train_cfg *tc, struct moe_err *err)
+{
+    const struct moe_train_hooks *h = r->hooks;
+    struct moe_params *p = &r->m->params;
+    const char *what = tc->qat ? "train.qat" : tc->prune_sparsity > 0 ? "train.prune" : h->prune ? "pruned FFN units (NAME.pruned)" : NULL;
+    if (!what)
+        return 0;
+    if (h->device)
+        return moe_error(err, MOE_EINVAL, "%s: training on a CUDA device does not support it yet (train on the CPU)", what);
+    if (h->dist && h->dist->size > 1)
+        return moe_error(err, MOE_EINVAL, "%s: training over several processes does not support it yet (run one process)", what);
+    if (h->lora)
+        return moe_error(err, MOE_ECONFIG, "%s cannot be combined with LoRA adapters", what);
+    if (tc->prune_sparsity > 0 && !h->prune)
+        return moe_error(err, MOE_EINVAL, "train.prune: the run has no FFN masks (hooks->prune)");
+    if (h->prune && (r->masks = h->prune)->n) {
+        if (!(r->dead = malloc(p->numel ? p->numel : 1)))
+            return moe_error(err, MOE_ENOMEM, "out of memory for the pruning flags (%zu)", p->numel);
+        moe_ffn_masks_apply(r->masks, p);
+        moe_ffn_masks_dead(r->masks, p, r->dead);
+    } else if (tc->prune_sparsity > 0) {
+        return moe_error(err, MOE_ECONFIG, "key 'train.prune.sparsity': the '%s' model has no FFN (NAME.w1 and NAME.w2) to prune",
+                         r->m->ops->type);
+    }
+    r->prune_final = tc->prune_sparsity;
+    r->prune_start = tc->prune_start;
+    r->prune_steps = tc->prune_steps;
+    r->prune_every = tc->prune_every;
+    r->prune_score = tc->prune_score;
+    r->prune_global = tc->prune_global;
+    int rc;
+    if (tc->qat && (rc = moe_qat_init(&r->qat, p, tc->qat_spec, tc->qat_targets, tc->n_qat_targets, err))) {
+        if (rc == MOE_EINVAL)
+            rc = MOE_ECONFIG;
+        moe_error_prefix(err, "key 'train.qat.targets': ");
+        return rc;
+    }
+    return 0;
+}
+
+// The gradients of the pruned elements zero, and with moments 1 their moments
+// (a prune's new units), over the optimizer's segments (the registry's
+// tensors, nothing else: no adapters here).
+static void prune_grads(struct run *r, int moments)
+{
+    const float *base = r->m->params.data;
+    size_t off = 0;
+    for (size_t k = 0; k < r->n_seg; off += r->segs[k].n, k++) {
+        const struct moe_optim_seg *sg = &r->segs[k];
+        const uint8_t *d = r->dead + (sg->w - base);
+        for (size_t j = 0; j < sg->n; j++) {
+            if (!d[j])
+                continue;
+            sg->g[j] = 0.0f;
+            if (moments && r->opt.m)
+                r->opt.m[off + j] = 0.0f;
+            if (moments && r->opt.v)
+                r->opt.v[off + j] = 0.0f;
+        }
+    }
+}
+
+// After step t (steps taken): the schedule's prune, when one is due.
+static int prune_step(struct run *r, uint64_t t, struct moe_err *err)
+{
+    double s;
+    if (!r->dead || !moe_prune_schedule(r->prune_final, r->prune_start, r->prune_steps, r->prune_every, t, &s))
+        return 0;
+    struct moe_params *p = &r->m->params;
+    int rc = moe_ffn_masks_grow(r->masks, p, r->prune_score, NULL, s, r->prune_global, err);
+    if (rc)
+        return rc;
+    moe_ffn_masks_dead(r->masks, p, r->dead);
+    prune_grads(r, 1);
+    return 0;
+}
+
+static int qat_enter(struct run *r, struct moe_err *err)
+{
+    return r->qat.target ? moe_qat_enter(&r->qat, &r->m->params, err) : 0;
+}
+static void qat_leave(struct run *r) { moe_qat_leave(&r->qat, &r->m->params); }
+
 // Settings, optimizer, statistics and buffers, at the start of a run. r is
 // zeroed first: run_release frees what this allocated, whether it succeeded or not.
 static int run_init(struct run *r, struct moe_model *m, const struct moe_data *data, const struct moe_train_cfg *tc,
@@ -558,7 +686,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
         ((rc = moe_train_device_check(hooks->dist && hooks->dist->size > 1, err)) ||
          (rc = moe_cuda_use_device(hooks->device->id, err))))
         return rc;
-    if ((rc = train_parts(r, err)))
+    if ((rc = train_parts(r, err)) || (rc = compress_init(r, tc, err)))
         return rc;
     size_t numel = 0;
     for (size_t k = 0; k < r->n_seg; k++)
@@ -580,6 +708,9 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->run_steps = r->steps_per_epoch && r->epochs > UINT64_MAX / r->steps_per_epoch ? UINT64_MAX
                                                                                        : r->epochs * r->steps_per_epoch;
     r->oc = *oc;
+    if (r->prune_final > 0 && r->prune_start + r->prune_steps > r->run_steps)
+        return moe_error(err, MOE_ECONFIG, "key 'train.prune.steps': the schedule ends after step %llu (train.prune.start + train.prune.steps), but the run has %llu optimizer steps",
+                         (unsigned long long)(r->prune_start + r->prune_steps), (unsigned long long)r->run_steps);
     // shuffled when an optimizer step takes less than the split (accumulated or not)
     r->shuffled = tc->shuffle && step_rows < tr->n && !r->lm;
     if (r->crit_valid && !r->va && !r->lm)
@@ -672,6 +803,8 @@ static void run_release(struct run *r)
     free(r->gm_test);
     free(r->gm_valid);
     free(r->best);
+    free(r->dead);
+    moe_qat_release(&r->qat);
 }
 
 // Over processes, every rank leaves with the same status: rc, or another
@@ -1198,6 +1331,8 @@ static int train_update(struct run *r, uint64_t epoch, double step_loss, size_t 
     struct moe_model *m = r->m;
     struct moe_lora *lora = r->hooks->lora;
     double gnorm;
+    if (r->dead)
+        prune_grads(r, 0);
     int rc = grad_norm(r, &gnorm, err);
     if (rc)
         return rc;
@@ -1300,6 +1435,8 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
         moe_threads_adapt(); // runs sharing cores: threads for the cores left idle
         double loss0 = r->sb.loss;
         size_t n0 = r->sb.n;
+        if ((rc = qat_enter(r, err)))
+            return rc;
         rc = r->dev ? dev_step(r, epoch, start, step_rows, err) : r->ep ? ep_rounds(r, epoch, start, step_rows, err) : 0;
         for (size_t k = 0, done = 0; !r->ep && !r->dev && done < step_rows; k++) {
             size_t n = step_rows - done < r->bs ? step_rows - done : r->bs;
@@ -1312,10 +1449,13 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
         }
         if (r->dist && !(rc = agree(r, rc, err)))
             rc = dp_step(r, epoch, step_rows, err);
+        qat_leave(r); // the update is the float weights' (the straight-through estimator)
         if (rc || (!r->dev && (rc = train_update(r, epoch, r->sb.loss - loss0, step_rows, err))))
             return rc;
         start += step_rows;
         pos->steps++;
+        if ((rc = prune_step(r, pos->steps, err)))
+            return rc;
         pos->rows_seen += step_rows;
         pos->next_row = start;
         if (r->hooks->step) {
@@ -1357,7 +1497,10 @@ static int train_epoch(struct run *r, uint64_t epoch, struct moe_err *err)
 static int eval_split(struct run *r, const struct moe_dataset *d, const char *split, uint64_t epoch,
                       struct moe_stats *s, struct moe_eval_row *row, double *gm, struct moe_err *err)
 {
-    int rc = evaluate(r->m, r->dev, d, split, r->chunk, r->thr, s, row, err);
+    int rc = qat_enter(r, err);
+    if (!rc)
+        rc = evaluate(r->m, r->dev, d, split, r->chunk, r->thr, s, row, err);
+    qat_leave(r);
     if (!rc && r->ep && r->ep->rc) { // an exchange of the sharded experts failed
         if (err)
             *err = r->ep->err;
