@@ -924,6 +924,10 @@ static int setup(struct train_run *r)
     struct moe_err err = { 0 };
     if (r->on_device && (rc = device_check(r)))
         return rc;
+    if (moe_train_compress_check(&r->model, r->data.train.n, &r->rc.train, &r->rc.optim,
+                                 r->has_masks && moe_ffn_masks_pruned(&r->masks, r->masks.n), r->on_device,
+                                 o->dist && o->dist->size > 1, o->lora, &err))
+        return cli_fail(cmd, &err);
     if (o->dist && (moe_train_dp_check(&r->model, r->rc.train.accumulate, o->dist->size,
                                        r->distill.teacher.ops != NULL, o->lora, &err) ||
                     (o->expert_parallel &&

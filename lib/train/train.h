@@ -473,6 +473,15 @@ int moe_train_check_device(struct moe_model *m, const struct moe_model_hp *hp, i
                            const struct moe_dataset *tr, const struct moe_optim_cfg *oc, size_t bs, uint64_t steps,
                            uint64_t run_steps, struct moe_device_check *ret, struct moe_err *err);
 void moe_device_check_release(struct moe_device_check *c);
+// What train.prune, train.qat and a model with pruned FFN units (masks = 1)
+// need (checked by moe_train_run too): the CPU (device 0), one process (dist
+// 0), no LoRA adapters (lora 0); with train.prune.sparsity an FFN to prune and
+// a schedule that ends within the run (its optimizer steps from n_train rows);
+// with train.qat targets that name weight matrices. MOE_ECONFIG or MOE_EINVAL
+// naming the key.
+int moe_train_compress_check(const struct moe_model *m, size_t n_train, const struct moe_train_cfg *tc,
+                             const struct moe_optim_cfg *oc, int masks, int device, int dist, int lora,
+                             struct moe_err *err);
 // What data parallelism over n processes needs (checked by moe_train_run too):
 // train.accumulate a multiple of n, no distillation or LoRA (yet), no bias
 // balancing (its offsets change after every micro-batch). MOE_ECONFIG or

@@ -563,7 +563,61 @@ static void restore(struct moe_model *m, const float *in) { copy_state(m, NULL, 
 
 static int dp_init(struct run *r, struct moe_dist *d, struct moe_err *err);
 
+// Rows of a training (micro-)batch for n training rows (the whole split for
+// gd or batch_size 0, at most the model's max_batch), optimizer steps per
+// epoch (micro-batches / train.accumulate, rounded up) and in the run.
+static size_t step_shape(const struct moe_train_cfg *tc, const struct moe_optim_cfg *oc, size_t n, size_t max_batch,
+                         uint64_t *ret_per_epoch, uint64_t *ret_run)
+{
+    size_t bs = oc->batch_size;
+    if (oc->type == MOE_OPTIM_GD || bs == 0 || bs > n)
+        bs = n;
+    if (bs > max_batch)
+        bs = max_batch;
+    size_t step_rows = bs * (tc->accumulate > 1 ? tc->accumulate : 1);
+    uint64_t per = n && step_rows ? (n + step_rows - 1) / step_rows : 0;
+    *ret_per_epoch = per;
+    *ret_run = per && tc->epochs > UINT64_MAX / per ? UINT64_MAX : tc->epochs * per;
+    return bs;
+}
+
 // ---- pruning and quantization-aware training (hooks->prune, train.prune, train.qat) ----
+
+int moe_train_compress_check(const struct moe_model *m, size_t n_train, const struct moe_train_cfg *tc,
+                             const struct moe_optim_cfg *oc, int masks, int device, int dist, int lora,
+                             struct moe_err *err)
+{
+    const char *what = tc->qat ? "train.qat" : tc->prune_sparsity > 0 ? "train.prune" : masks ? "pruned FFN units (NAME.pruned)" : NULL;
+    if (!what)
+        return 0;
+    if (device)
+        return moe_error(err, MOE_EINVAL, "%s: training on a CUDA device does not support it yet (train on the CPU)", what);
+    if (dist)
+        return moe_error(err, MOE_EINVAL, "%s: training over several processes does not support it yet (run one process)", what);
+    if (lora)
+        return moe_error(err, MOE_ECONFIG, "%s cannot be combined with LoRA adapters", what);
+    if (tc->prune_sparsity > 0 && !moe_ffn_find(&m->params, NULL, 0))
+        return moe_error(err, MOE_ECONFIG, "key 'train.prune.sparsity': the '%s' model has no FFN (NAME.w1 and NAME.w2) to prune",
+                         m->ops->type);
+    uint64_t per, run;
+    step_shape(tc, oc, n_train, m->max_batch, &per, &run);
+    if (tc->prune_sparsity > 0 && tc->prune_start + tc->prune_steps > run)
+        return moe_error(err, MOE_ECONFIG, "key 'train.prune.steps': the schedule ends after step %llu (train.prune.start + train.prune.steps), but the run has %llu optimizer steps",
+                         (unsigned long long)(tc->prune_start + tc->prune_steps), (unsigned long long)run);
+    if (tc->qat) {
+        uint8_t *target = malloc(m->params.n ? m->params.n : 1);
+        if (!target)
+            return moe_error(err, MOE_ENOMEM, "out of memory");
+        int rc = moe_quant_select(&m->params, tc->qat_targets, tc->n_qat_targets, target, err);
+        free(target);
+        if (rc) {
+            moe_error_prefix(err, "key 'train.qat.targets': ");
+            return MOE_ECONFIG;
+        }
+    }
+    return 0;
+}
+
 // Both run in one process on the CPU, without adapters, so far. Masks: the
 // pruned units' weights are zeroed once here; from then on their gradients
 // are zeroed before every update (prune_grads), so with zero moments (a new
@@ -571,19 +625,15 @@ static int dp_init(struct run *r, struct moe_dist *d, struct moe_err *err);
 // (AdamW and SGD's decay of a zero weight is zero). QAT: the registry holds
 // the quantized weights during each training step's passes and each
 // evaluation (qat.h), the float weights otherwise (checkpoints, the update).
-static int compress_init(struct run *r, const struct moe_train_cfg *tc, struct moe_err *err)
+static int compress_init(struct run *r, const struct moe_train_cfg *tc, const struct moe_optim_cfg *oc,
+                         struct moe_err *err)
 {
     const struct moe_train_hooks *h = r->hooks;
     struct moe_params *p = &r->m->params;
-    const char *what = tc->qat ? "train.qat" : tc->prune_sparsity > 0 ? "train.prune" : h->prune ? "pruned FFN units (NAME.pruned)" : NULL;
-    if (!what)
-        return 0;
-    if (h->device)
-        return moe_error(err, MOE_EINVAL, "%s: training on a CUDA device does not support it yet (train on the CPU)", what);
-    if (h->dist && h->dist->size > 1)
-        return moe_error(err, MOE_EINVAL, "%s: training over several processes does not support it yet (run one process)", what);
-    if (h->lora)
-        return moe_error(err, MOE_ECONFIG, "%s cannot be combined with LoRA adapters", what);
+    int rc = moe_train_compress_check(r->m, r->tr->n, tc, oc, h->prune && moe_ffn_masks_pruned(h->prune, h->prune->n),
+                                      h->device != NULL, h->dist && h->dist->size > 1, h->lora != NULL, err);
+    if (rc)
+        return rc;
     if (tc->prune_sparsity > 0 && !h->prune)
         return moe_error(err, MOE_EINVAL, "train.prune: the run has no FFN masks (hooks->prune)");
     if (h->prune && (r->masks = h->prune)->n) {
@@ -591,9 +641,6 @@ static int compress_init(struct run *r, const struct moe_train_cfg *tc, struct m
             return moe_error(err, MOE_ENOMEM, "out of memory for the pruning flags (%zu)", p->numel);
         moe_ffn_masks_apply(r->masks, p);
         moe_ffn_masks_dead(r->masks, p, r->dead);
-    } else if (tc->prune_sparsity > 0) {
-        return moe_error(err, MOE_ECONFIG, "key 'train.prune.sparsity': the '%s' model has no FFN (NAME.w1 and NAME.w2) to prune",
-                         r->m->ops->type);
     }
     r->prune_final = tc->prune_sparsity;
     r->prune_start = tc->prune_start;
@@ -601,13 +648,8 @@ static int compress_init(struct run *r, const struct moe_train_cfg *tc, struct m
     r->prune_every = tc->prune_every;
     r->prune_score = tc->prune_score;
     r->prune_global = tc->prune_global;
-    int rc;
-    if (tc->qat && (rc = moe_qat_init(&r->qat, p, tc->qat_spec, tc->qat_targets, tc->n_qat_targets, err))) {
-        if (rc == MOE_EINVAL)
-            rc = MOE_ECONFIG;
-        moe_error_prefix(err, "key 'train.qat.targets': ");
+    if (tc->qat && (rc = moe_qat_init(&r->qat, p, tc->qat_spec, tc->qat_targets, tc->n_qat_targets, err)))
         return rc;
-    }
     return 0;
 }
 
@@ -686,7 +728,7 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
         ((rc = moe_train_device_check(hooks->dist && hooks->dist->size > 1, err)) ||
          (rc = moe_cuda_use_device(hooks->device->id, err))))
         return rc;
-    if ((rc = train_parts(r, err)) || (rc = compress_init(r, tc, err)))
+    if ((rc = train_parts(r, err)) || (rc = compress_init(r, tc, oc, err)))
         return rc;
     size_t numel = 0;
     for (size_t k = 0; k < r->n_seg; k++)
@@ -694,23 +736,13 @@ static int run_init(struct run *r, struct moe_model *m, const struct moe_data *d
     r->numel = numel;
     if ((rc = moe_optim_init(&r->opt, oc, numel, err)))
         return rc;
-    size_t bs = oc->batch_size;
-    if (r->opt.type == MOE_OPTIM_GD || bs == 0 || bs > tr->n)
-        bs = tr->n;
-    if (bs > m->max_batch)
-        bs = m->max_batch;
+    size_t bs = step_shape(tc, oc, tr->n, m->max_batch, &r->steps_per_epoch, &r->run_steps);
     if (r->lm && r->chunk > bs)
         r->chunk = bs; // evaluation windows per pass: at most a training batch (memory grows with n_ctx)
     r->bs = bs;
     r->accum = tc->accumulate > 1 ? tc->accumulate : 1;
     size_t step_rows = bs * r->accum; // rows of an optimizer step (bs <= rows, accum <= 10^6: no overflow)
-    r->steps_per_epoch = tr->n ? (tr->n + step_rows - 1) / step_rows : 0;
-    r->run_steps = r->steps_per_epoch && r->epochs > UINT64_MAX / r->steps_per_epoch ? UINT64_MAX
-                                                                                       : r->epochs * r->steps_per_epoch;
     r->oc = *oc;
-    if (r->prune_final > 0 && r->prune_start + r->prune_steps > r->run_steps)
-        return moe_error(err, MOE_ECONFIG, "key 'train.prune.steps': the schedule ends after step %llu (train.prune.start + train.prune.steps), but the run has %llu optimizer steps",
-                         (unsigned long long)(r->prune_start + r->prune_steps), (unsigned long long)r->run_steps);
     // shuffled when an optimizer step takes less than the split (accumulated or not)
     r->shuffled = tc->shuffle && step_rows < tr->n && !r->lm;
     if (r->crit_valid && !r->va && !r->lm)

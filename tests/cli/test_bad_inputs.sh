@@ -426,6 +426,14 @@ if [ -s q.st ] && [ -s qa.st ]; then
     st_jq q_scale_shape.st q_nocrc.st ".[\"$W.q_scale\"].shape = [16]"
     st_jq q_scale_dtype.st q_nocrc.st ".[\"$W.q_scale\"].dtype = \"I32\""
 fi
+# pruned FFN units (NAME.pruned): a flag other than 0 or 1, a mask of another dtype
+fixture "compress prunes the mlp-moe's neurons" "$MOE" compress --checkpoint moe.st --out run/pn --prune-neurons 0.5 --quiet --threads 1
+cp run/pn/model.safetensors pn.st 2>/dev/null
+if [ -s pn.st ]; then
+    st_nocrc pn_nocrc.st pn.st
+    st_poke pn_flag2.st pn_nocrc.st layers.0.moe.experts.pruned 0 '\x02'
+    st_jq pn_mask_dtype.st pn_nocrc.st '.["layers.0.moe.experts.pruned"].dtype = "I8"'
+fi
 # a run directory whose checkpoint is a FIFO
 mkdir -p resume_fifo && cp run/moe/config.json run/moe/metrics.csv resume_fifo/ 2>/dev/null
 [ -p resume_fifo/checkpoint.safetensors ] || mkfifo resume_fifo/checkpoint.safetensors

@@ -220,6 +220,71 @@ check_init_exact() {
 }
 check "train --init of the compressed checkpoint: epoch 0's test loss is quality.after's" check_init_exact
 
+# ---- train.prune: the schedule's masks, kept by later runs; train.qat: exact against compress
+# 192 rows / 32 = 6 steps an epoch, 3 epochs: 18 steps; the schedule prunes after steps 3, 6, 9, 12
+train tp --init $CK --config moe.json --set train.prune.sparsity=0.5 --set train.prune.steps=12 --set train.prune.every=3
+# neurons_of DIR: compress --prune-neurons 0 of DIR's model (prunes nothing more; reports the file's masks and zeros)
+neurons_of() { compress "$1.pn0" --checkpoint "$1/model.safetensors" --prune-neurons 0; }
+check_train_prune() {
+    [ -s tp/summary.json ] || { fail "train failed: $(head -c 600 tp.train.err)"; return 1; }
+    # each FFN 6 x 12 = 72 units, floor(0.5 x 72) = 36 pruned at the schedule's end
+    jq -e '.prune | .units == 144 and .pruned == 72 and all(.ffns[]; .pruned == 36) and .sparsity == 0.5' tp/summary.json >/dev/null ||
+        { fail "summary prune: $(jq -c .prune tp/summary.json)"; return 1; }
+    [ "$(header tp/model.safetensors | jq -c '.["layers.1.moe.experts.pruned"] | [.dtype, .shape]')" = '["U8",[6,12]]' ] ||
+        { fail "no mask in model.safetensors"; return 1; }
+    neurons_of tp
+    [ "$RC" -eq 0 ] || { fail "compress: exit $RC: $(head -c 400 tp.pn0.err)"; return 1; }
+    # the file's masked rows and columns are zero: w1 and w2 half zero (or a hair more)
+    jq -e '.compress.prune_neurons | all(.ffns[]; .pruned == 36) and all(.tensors[]; .sparsity >= 0.5 and .sparsity < 0.51)' \
+        tp.pn0/summary.json >/dev/null || { fail "masks or zeros: $(jq -c .compress.prune_neurons tp.pn0/summary.json)"; return 1; }
+}
+check "train.prune: 36 of 72 units of each FFN at the end of the schedule, masks in model.safetensors, their weights zero" check_train_prune
+train tk --init tp/model.safetensors --config moe.json --set train.epochs=2
+check_masks_kept() {
+    [ -s tk/summary.json ] || { fail "train failed: $(head -c 600 tk.train.err)"; return 1; }
+    neurons_of tk
+    [ "$(tensor_bytes tk/model.safetensors layers.0.moe.experts.pruned)" = "$(tensor_bytes tp/model.safetensors layers.0.moe.experts.pruned)" ] ||
+        { fail "the masks changed"; return 1; }
+    jq -e '.compress.prune_neurons | all(.ffns[]; .pruned == 36) and all(.tensors[]; .sparsity >= 0.5)' tk.pn0/summary.json >/dev/null ||
+        { fail "pruned weights moved: $(jq -c .compress.prune_neurons.tensors tk.pn0/summary.json)"; return 1; }
+    cmp -s tp/model.safetensors tk/model.safetensors && { fail "nothing trained"; return 1; }
+    return 0
+}
+check "train --init of a pruned model keeps its masks fixed and its pruned weights zero" check_masks_kept
+# qat_exact NAME COMPRESS-OPTIONS... -- TRAIN-SETS...: a QAT run's final test row = compress's quality.after of its model
+qat_exact() {
+    local d=$1 copts=() sets=()
+    shift
+    while [ "$1" != -- ]; do copts+=("$1"); shift; done
+    shift
+    for x in "$@"; do sets+=(--set "$x"); done
+    train "$d" --init $CK --config moe.json --set train.qat.quantize=int8 "${sets[@]}"
+    [ -s "$d/summary.json" ] || { fail "train failed: $(head -c 600 "$d.train.err")"; return 1; }
+    compress "$d.q" --checkpoint "$d/model.safetensors" --quantize int8 "${copts[@]}"
+    [ "$RC" -eq 0 ] || { fail "compress: exit $RC: $(head -c 400 "$d.q.err")"; return 1; }
+    jq -S .final.test "$d/summary.json" >"$d.want"
+    jq -S .quality.after "$d.q/summary.json" >"$d.got"
+    same_json "$d.got" "$d.want" || return 1
+    # and the float model is not the quantized one (QAT trained the float weights)
+    jq -e '.quality.before.loss != .quality.after.loss' "$d.q/summary.json" >/dev/null || { fail "quantization changed nothing"; return 1; }
+}
+check "train.qat (symmetric per channel): the final test row is the int8 model's, as compress evaluates it" \
+    qat_exact tq --
+check "train.qat asymmetric per tensor, experts only: the same for compress with those options" \
+    qat_exact tqa --scheme asymmetric --granularity tensor --targets 'layers.*.moe.experts.*' -- \
+    train.qat.scheme=asymmetric train.qat.granularity=tensor 'train.qat.targets=["layers.*.moe.experts.*"]'
+train tpq --init $CK --config moe.json --set train.prune.sparsity=0.25 --set train.prune.steps=6 --set train.qat.quantize=int8
+check_prune_qat() {
+    [ -s tpq/summary.json ] || { fail "train failed: $(head -c 600 tpq.train.err)"; return 1; }
+    jq -e '.prune.pruned == 36 and .qat.scheme == "symmetric"' tpq/summary.json >/dev/null ||
+        { fail "summary: $(jq -c '[.prune.pruned, .qat]' tpq/summary.json)"; return 1; }
+    compress tpq.q --checkpoint tpq/model.safetensors --quantize int8
+    jq -S .final.test tpq/summary.json >tpq.want
+    jq -S .quality.after tpq.q/summary.json >tpq.got
+    same_json tpq.got tpq.want
+}
+check "train.prune with train.qat: both, and the final row is still the int8 model's" check_prune_qat
+
 # ---- a byte-level transformer LM
 mkdir -p text
 for i in $(seq 60); do printf 'The cat %d sat on the mat, and the dog ran off to the park. ' "$i"; done >text/en.txt

@@ -69,6 +69,11 @@ cat > mix.json <<'EOF'
 }
 EOF
 
+# moe.json with iterative pruning (masks that grow after steps 50, 100, ...,
+# 500 of the 1128, kept in every checkpoint) and quantization-aware training:
+# the masks and the float weights behind the quantized ones must survive a stop.
+jq '.train.prune = { "sparsity": 0.5, "steps": 500, "every": 50 } | .train.qat = { "quantize": "int8" }' moe.json >prune.json
+
 # same_outputs REF DIR: the files the promise covers are byte-identical.
 same_outputs() {
     local f
@@ -119,6 +124,7 @@ no_torn() {
 # Reference runs, never interrupted.
 "$MOE" train --config moe.json --out ref-moe --quiet >/dev/null 2>ref-moe.err || echo "Bail out! reference run failed: $(cat ref-moe.err)"
 "$MOE" train --config mix.json --out ref-mix --quiet >/dev/null 2>ref-mix.err || echo "Bail out! reference run failed: $(cat ref-mix.err)"
+"$MOE" train --config prune.json --out ref-prune --quiet >/dev/null 2>ref-prune.err || echo "Bail out! reference run failed: $(cat ref-prune.err)"
 [ -f ref-moe/checkpoint.safetensors ] || echo "Bail out! no checkpoint.safetensors in the reference run"
 
 t_reference_rerun() {
@@ -174,6 +180,22 @@ t_sigterm_mix() { interrupt mix.json ref-mix TERM "$(rand_delay "$WALL_MIX")" te
 check "SIGTERM at a random moment: exit 143, checkpoint, resume reproduces the reference" t_sigterm
 check "SIGINT at a random moment: exit 130, checkpoint, resume reproduces the reference" t_sigint
 check "SIGTERM on the mixture with sgd momentum: resume reproduces the reference" t_sigterm_mix
+WALL_PRUNE=$(jq -r .wall_seconds ref-prune/summary.json 2>/dev/null || echo 2)
+t_sigterm_prune() { interrupt prune.json ref-prune TERM "$(rand_delay "$WALL_PRUNE")" term-prune; }
+t_sigkill_prune() { interrupt prune.json ref-prune KILL "$(rand_delay "$WALL_PRUNE")" kill-prune; }
+check "SIGTERM with train.prune and train.qat: resume reproduces the reference (masks, weights)" t_sigterm_prune
+check "SIGKILL with train.prune and train.qat: resume from the last checkpoint reproduces the reference" t_sigkill_prune
+# Deterministic: 3 epochs (564 steps, the schedule done), then --resume extends
+# to 6: the masks come back from the checkpoint, so the pruned units stay zero.
+t_extend_prune() {
+    local d=extend-prune
+    rm -rf "$d"
+    "$MOE" train --config prune.json --set train.epochs=3 --out "$d" --quiet >/dev/null 2>"$d.err" ||
+        { fail "3 epochs: $(cat "$d.err")"; return 1; }
+    "$MOE" train --resume "$d" --set train.epochs=6 --quiet >/dev/null 2>"$d.err" || { fail "extension: $(cat "$d.err")"; return 1; }
+    same_outputs ref-prune "$d"
+}
+check "train.prune and train.qat: 3 epochs extended to 6 by --resume reproduce the 6-epoch run" t_extend_prune
 for i in $(seq 1 "$TRIALS"); do
     delay=$(rand_delay)
     t_kill() { interrupt moe.json ref-moe KILL "$delay" "kill$i"; }
