@@ -397,7 +397,7 @@ static int make_m2(struct compress_run *r)
             return rc;
     }
     // the FFN masks: the checkpoint's (kept when its experts are; run refuses pruning them then)
-    if (moe_ffn_masks_init(&r->masks, &m2->params, &err) || (!r->drop && moe_ffn_masks_read(&r->masks, &r->k.f, &err)))
+    if (moe_ffn_masks_init(&r->masks, &m2->params, &err) || (!r->drop && moe_ffn_masks_read(&r->masks, &r->k.f, &m2->params, &err)))
         return cli_fail(r->cmd, &err);
     return 0;
 }

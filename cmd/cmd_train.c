@@ -472,7 +472,7 @@ static int masks_setup(struct train_run *r)
     if (r->o->dist && r->o->dist->size > 1)
         return cli_error(r->cmd, 2, "%s: training over several processes does not support it yet (run one process)",
                          found ? "pruned FFN units (NAME.pruned)" : "train.prune");
-    if (f && moe_ffn_masks_read(&r->masks, f, &err))
+    if (f && moe_ffn_masks_read(&r->masks, f, &r->model.params, &err))
         return cli_fail(r->cmd, &err);
     r->has_masks = 1;
     r->outs.masks = &r->masks;

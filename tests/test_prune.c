@@ -30,13 +30,40 @@
 //     block before a sparse one with a shared expert, routing checked
 //     unchanged; the mixture with b1), and sum w g has dL/dalpha's sign;
 //   - moe_params_zeros counts +0.0 and -0.0 (not denormals, not NaN), in
-//     tensor i only.
+//     tensor i only;
+//   - moe_prune_schedule (Zhu & Gupta 2017, eq. 1: s_t = final (1 - (1 -
+//     (t - start) / n)^3)): no prune for t <= start, t > start + n, or t - start
+//     not a multiple of every (but t = start + n, which gives exactly final);
+//     the values by hand (exact binary fractions) and against the formula;
+//     nondecreasing over the prunes; every > n prunes at the end only; a
+//     final sparsity <= 0 never prunes;
+//   - the masks of a model (mlp-moe: dense, experts, shared): init finds
+//     moe_ffn_find's FFNs, names NAME.pruned, units = sum of M F, nothing
+//     pruned, no weight touched; grow per FFN prunes floor(fraction U) in each
+//     (literal counts), the live units of lowest score (moe_ffn_scores and
+//     moe_prune_select with the pruned ranked first; and, for l1, no pruned
+//     unit above a live one by score), zeroes their weights and no other
+//     float's bits change; a larger fraction keeps every pruned unit pruned
+//     even when its weights were set large again; a smaller one (per FFN or
+//     global) prunes nothing and un-prunes nothing; global ranks all units
+//     together (floor(fraction units) in all); l2 and taylor (an arbitrary
+//     gradient) by the same rule; fractions 1, 1.5, -0.1 and NaN are
+//     MOE_EINVAL with nothing changed; moe_ffn_masks_dead flags exactly the
+//     floats moe_ffn_masks_apply zeroes (found on a copy of nonzero
+//     weights); a model without FFNs has no masks;
+//   - masks in a file: moe_ffn_masks_refs gives one U8 tensor per FFN ((F) for
+//     a 2-d FFN, (M, F) else), and moe_ffn_masks_read of a file of them alone,
+//     or after the model's tensors, gives the same flags; a file without them
+//     leaves the masks as they are, one with some sets those only; F32 or I8
+//     flags, a transposed shape, a wrong count and values 2 and 255 are
+//     MOE_EFORMAT with one line naming the tensor.
 #include <check.h>
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "compress/prune.h"
 #include "core/params.h"
@@ -972,6 +999,490 @@ START_TEST(test_zeros)
 }
 END_TEST
 
+// ---------------------------------------------------------------- the pruning schedule
+
+// Zhu & Gupta 2017, eq. 1: s_t = final (1 - (1 - (t - start) / n)^3) for
+// start < t <= start + n, a prune after t = start + every, start + 2 every, ...
+// and after t = start + n; never else.
+static double zhu_gupta(double final, uint64_t start, uint64_t n, uint64_t t)
+{
+    double f = 1.0 - (double)(t - start) / (double)n;
+    return final * (1.0 - f * f * f);
+}
+
+START_TEST(test_schedule)
+{
+    // final 0.5 from step 10 over 20 steps, every 5: after steps 15, 20, 25, 30 only
+    for (uint64_t t = 0; t <= 60; t++) {
+        int want = t > 10 && t <= 30 && (t - 10) % 5 == 0;
+        double s = -1.0;
+        int got = moe_prune_schedule(0.5, 10, 20, 5, t, &s);
+        ck_assert_msg(got == want, "t %llu: %d, want %d", (unsigned long long)t, got, want);
+    }
+    // by hand: d / n = 1/4, 1/2, 3/4, 1, so s = 0.5 (1 - 27/64), 0.5 (1 - 1/8), 0.5 (1 - 1/64),
+    // 0.5: every one exact in binary
+    const uint64_t ts[4] = { 15, 20, 25, 30 };
+    const double want[4] = { 0.2890625, 0.4375, 0.4921875, 0.5 };
+    for (int k = 0; k < 4; k++) {
+        double s = -1.0;
+        ck_assert_int_eq(moe_prune_schedule(0.5, 10, 20, 5, ts[k], &s), 1);
+        ck_assert_msg(s == want[k], "t %llu: %.17g, want %.17g", (unsigned long long)ts[k], s, want[k]);
+    }
+
+    // n (22) not a multiple of every (5): after 15, 20, 25, 30, and 32 (the end, exactly final), not 35
+    double prev = 0.0;
+    size_t prunes = 0;
+    for (uint64_t t = 0; t <= 50; t++) {
+        double s = -1.0;
+        int got = moe_prune_schedule(0.8, 10, 22, 5, t, &s);
+        int w = t > 10 && t <= 32 && ((t - 10) % 5 == 0 || t == 32);
+        ck_assert_msg(got == w, "t %llu: %d, want %d", (unsigned long long)t, got, w);
+        if (!got)
+            continue;
+        ck_assert_double_eq_tol(s, zhu_gupta(0.8, 10, 22, t), 1e-15);
+        ck_assert_double_ge(s, prev);
+        prev = s;
+        prunes++;
+    }
+    ck_assert_uint_eq(prunes, 5);
+    ck_assert(prev == 0.8); // the last prune: exactly final (1 - 0^3 = 1)
+
+    // every step (every 1), from step 0, n 50: a prune after each of steps 1 .. 50, s rising to
+    // final; never at t = start (s = 0: nothing to prune), never after the end
+    prev = 0.0;
+    prunes = 0;
+    for (uint64_t t = 0; t <= 80; t++) {
+        double s = -1.0;
+        int got = moe_prune_schedule(0.9, 0, 50, 1, t, &s);
+        ck_assert_int_eq(got, t >= 1 && t <= 50);
+        if (!got)
+            continue;
+        ck_assert_double_eq_tol(s, zhu_gupta(0.9, 0, 50, t), 1e-15);
+        ck_assert_msg(s >= prev && s > 0.0 && s <= 0.9, "t %llu: %.17g after %.17g", (unsigned long long)t, s, prev);
+        prev = s;
+        prunes++;
+    }
+    ck_assert_uint_eq(prunes, 50);
+    ck_assert(prev == 0.9);
+    // every > n: the end only
+    for (uint64_t t = 0; t <= 20; t++) {
+        double s = -1.0;
+        ck_assert_int_eq(moe_prune_schedule(0.3, 2, 7, 10, t, &s), t == 9);
+        if (t == 9)
+            ck_assert(s == 0.3);
+    }
+    // a final sparsity <= 0 never prunes
+    const double finals[3] = { 0.0, -0.0, -0.25 };
+    for (int k = 0; k < 3; k++)
+        for (uint64_t t = 0; t <= 40; t++) {
+            double s = -1.0;
+            ck_assert_int_eq(moe_prune_schedule(finals[k], 10, 20, 5, t, &s), 0);
+        }
+}
+END_TEST
+
+// ---------------------------------------------------------------- masks of a model
+
+// flags[at] = 1 (p->numel flags) for every weight of a unit that mask marks
+// (mask: k's units, FFN after FFN), by unit_all: the layout written out.
+static void unit_flags(const struct moe_params *p, const struct moe_ffn_masks *k, const uint8_t *mask, uint8_t *flags)
+{
+    memset(flags, 0, p->numel);
+    for (size_t i = 0, base = 0; i < k->n; base += k->ffn[i].M * k->ffn[i].F, i++)
+        for (size_t u = 0; u < k->ffn[i].M * k->ffn[i].F; u++) {
+            if (!mask[base + u])
+                continue;
+            size_t at[MAX_UNIT_W], c = unit_all(p, &k->ffn[i], u, at);
+            for (size_t j = 0; j < c; j++)
+                flags[at[j]] = 1;
+        }
+}
+
+// k's masks, FFN after FFN, into one array of k->units flags.
+static void masks_flat(const struct moe_ffn_masks *k, uint8_t *flat)
+{
+    for (size_t i = 0, base = 0; i < k->n; base += k->ffn[i].M * k->ffn[i].F, i++)
+        memcpy(flat + base, k->mask[i], k->ffn[i].M * k->ffn[i].F);
+}
+
+// What moe_ffn_masks_grow must reach, from its definition: the pruned units
+// stay (score -inf, so that they rank first whatever their weights), the live
+// ones of lowest score (moe_ffn_scores) fill each FFN (or all of them) up to
+// floor(fraction x units), or nothing new when that many are pruned already.
+static void grow_by_hand(const struct moe_params *p, const struct moe_ffn_masks *k, enum moe_neuron_score kind,
+                         const float *grad, double fraction, int global, uint8_t *want)
+{
+    double *s = malloc(k->units * sizeof *s);
+    ck_assert_ptr_nonnull(s);
+    size_t have_all = 0;
+    for (size_t i = 0, base = 0; i < k->n; base += k->ffn[i].M * k->ffn[i].F, i++) {
+        moe_ffn_scores(p, &k->ffn[i], kind, grad, s + base);
+        for (size_t u = 0; u < k->ffn[i].M * k->ffn[i].F; u++)
+            if (k->mask[i][u])
+                s[base + u] = -INFINITY, have_all++;
+    }
+    struct moe_err err;
+    if (global) {
+        size_t n = (size_t)floor(fraction * (double)k->units);
+        ck_assert_int_eq(moe_prune_select(s, k->units, n > have_all ? n : have_all, want, &err), 0);
+    } else {
+        for (size_t i = 0, base = 0; i < k->n; base += k->ffn[i].M * k->ffn[i].F, i++) {
+            size_t U = k->ffn[i].M * k->ffn[i].F, n = (size_t)floor(fraction * (double)U), have = 0;
+            for (size_t u = 0; u < U; u++)
+                have += k->mask[i][u];
+            ck_assert_int_eq(moe_prune_select(s + base, U, n > have ? n : have, want + base, &err), 0);
+        }
+    }
+    free(s);
+}
+
+// Grow k by (kind, fraction, global) and check: the masks are grow_by_hand's;
+// every weight of a newly pruned unit is 0; every weight of a live unit, and
+// every float outside the FFNs, keeps its bits. Returns the units pruned now.
+static size_t grow_and_check(struct moe_ffn_masks *k, struct moe_params *p, enum moe_neuron_score kind,
+                             const float *grad, double fraction, int global)
+{
+    uint8_t *want = malloc(k->units), *old = malloc(k->units), *now = malloc(k->units);
+    uint8_t *dead_old = malloc(p->numel), *dead_new = malloc(p->numel);
+    float *before = malloc(p->numel * sizeof *before);
+    ck_assert(want && old && now && dead_old && dead_new && before);
+    memcpy(before, p->data, p->numel * sizeof *before);
+    masks_flat(k, old);
+    grow_by_hand(p, k, kind, grad, fraction, global, want);
+    struct moe_err err = { 0 };
+    int rc = moe_ffn_masks_grow(k, p, kind, grad, fraction, global, &err);
+    ck_assert_msg(rc == 0, "grow %g: %s", fraction, err.msg);
+    masks_flat(k, now);
+    for (size_t u = 0; u < k->units; u++) {
+        ck_assert_msg(now[u] == want[u], "grow %g (%s): unit %zu is %d, want %d", fraction,
+                      global ? "global" : "per FFN", u, now[u], want[u]);
+        ck_assert_msg(now[u] >= old[u], "grow %g: unit %zu un-pruned", fraction, u);
+    }
+    unit_flags(p, k, old, dead_old);
+    unit_flags(p, k, now, dead_new);
+    for (size_t at = 0; at < p->numel; at++) {
+        if (dead_new[at] && !dead_old[at])
+            ck_assert_msg(p->data[at] == 0.0f, "float %zu of a newly pruned unit is %g", at, (double)p->data[at]);
+        else if (!dead_new[at])
+            ck_assert_msg(memcmp(&p->data[at], &before[at], sizeof(float)) == 0, "float %zu changed: %g -> %g", at,
+                          (double)before[at], (double)p->data[at]);
+    }
+    size_t n = moe_ffn_masks_pruned(k, k->n), sum = 0;
+    for (size_t i = 0; i < k->n; i++)
+        sum += moe_ffn_masks_pruned(k, i);
+    ck_assert_uint_eq(sum, n);
+    free(want), free(old), free(now), free(dead_old), free(dead_new), free(before);
+    return n;
+}
+
+START_TEST(test_masks_grow)
+{
+    struct moe_model m;
+    struct moe_err err = { 0 };
+    make_model(&m, MLP_MOE, MOE_TASK_CLASSIFICATION, I, O, N);
+    randomize_model(&m, 51);
+    struct moe_params *p = &m.params;
+    for (size_t at = 0; at < p->numel; at++) // U(-0.6, 0.6): no weight 0, so a zeroed one shows
+        ck_assert(p->data[at] != 0.0f);
+    float *w0 = malloc(p->numel * sizeof *w0);
+    ck_assert_ptr_nonnull(w0);
+    memcpy(w0, p->data, p->numel * sizeof *w0);
+
+    // init: the FFNs of moe_ffn_find, nothing pruned
+    struct moe_ffn f[8];
+    size_t nf = moe_ffn_find(p, f, 8);
+    ck_assert_uint_eq(nf, 3);
+    struct moe_ffn_masks k;
+    ck_assert_int_eq(moe_ffn_masks_init(&k, p, &err), 0);
+    ck_assert_uint_eq(k.n, nf);
+    static const char *const mask_names[3] = { "layers.0.ffn.pruned", "layers.1.moe.experts.pruned",
+                                               "layers.1.moe.shared.pruned" };
+    size_t units = 0;
+    for (size_t i = 0; i < nf; i++) {
+        ck_assert_mem_eq(&k.ffn[i], &f[i], sizeof f[i]);
+        ck_assert_str_eq(k.name[i], mask_names[i]); // NAME.pruned
+        for (size_t u = 0; u < f[i].M * f[i].F; u++)
+            ck_assert_int_eq(k.mask[i][u], 0);
+        ck_assert_uint_eq(moe_ffn_masks_pruned(&k, i), 0);
+        units += f[i].M * f[i].F;
+    }
+    ck_assert_uint_eq(units, 6 + 3 * 5 + 5);
+    ck_assert_uint_eq(k.units, units);
+    ck_assert_uint_eq(moe_ffn_masks_pruned(&k, k.n), 0);
+    ck_assert_mem_eq(p->data, w0, p->numel * sizeof *w0); // init touches no weight
+
+    // per FFN, l1, 0.4: floor(0.4 x 6) = 2, floor(0.4 x 15) = 6, floor(0.4 x 5) = 2
+    ck_assert_uint_eq(grow_and_check(&k, p, MOE_NEURON_L1, NULL, 0.4, 0), 10);
+    const size_t want04[3] = { 2, 6, 2 };
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_uint_eq(moe_ffn_masks_pruned(&k, i), want04[i]);
+    // the definition, without moe_prune_select: no pruned unit had a larger l1 score (on the
+    // weights before) than a live one of its FFN
+    struct moe_params p0 = *p;
+    p0.data = w0;
+    for (size_t i = 0; i < 3; i++) {
+        double s[16];
+        moe_ffn_scores(&p0, &f[i], MOE_NEURON_L1, NULL, s);
+        for (size_t a = 0; a < f[i].M * f[i].F; a++)
+            for (size_t b = 0; b < f[i].M * f[i].F; b++)
+                if (k.mask[i][a] && !k.mask[i][b])
+                    ck_assert_msg(s[a] <= s[b], "%s: pruned unit %zu (l1 %g) above live %zu (%g)", f[i].name, a, s[a],
+                                  b, s[b]);
+    }
+
+    // moe_ffn_masks_dead flags exactly what moe_ffn_masks_apply zeroes: the weights before (none
+    // of them 0) masked on a copy, the changed floats found
+    uint8_t *dead = malloc(p->numel);
+    float *copy = malloc(p->numel * sizeof *copy);
+    ck_assert(dead && copy);
+    moe_ffn_masks_dead(&k, p, dead);
+    memcpy(copy, w0, p->numel * sizeof *copy);
+    struct moe_params pc = *p;
+    pc.data = copy;
+    moe_ffn_masks_apply(&k, &pc);
+    size_t n_dead = 0, n_unit_w = 0;
+    for (size_t at = 0; at < p->numel; at++) {
+        int changed = memcmp(&copy[at], &w0[at], sizeof(float)) != 0;
+        ck_assert_msg(dead[at] == changed, "float %zu: dead %d, changed by apply %d", at, dead[at], changed);
+        if (changed)
+            ck_assert(copy[at] == 0.0f);
+        n_dead += dead[at];
+    }
+    for (size_t i = 0; i < 3; i++)
+        for (size_t u = 0; u < f[i].M * f[i].F; u++) {
+            size_t at[MAX_UNIT_W];
+            n_unit_w += k.mask[i][u] ? unit_all(p, &f[i], u, at) : 0;
+        }
+    ck_assert_uint_eq(n_dead, n_unit_w);
+    ck_assert_mem_eq(copy, p->data, p->numel * sizeof *copy); // apply on w0 = what grow left
+
+    // a larger fraction: the pruned stay pruned even when their weights come back (here: set
+    // large, so that by score they would be the last to go); the live of lowest l1 join them,
+    // up to floor(0.7 U) = 4, 10, 3
+    for (size_t at = 0; at < p->numel; at++)
+        if (dead[at])
+            p->data[at] = 5.0f;
+    ck_assert_uint_eq(grow_and_check(&k, p, MOE_NEURON_L1, NULL, 0.7, 0), 17);
+    const size_t want07[3] = { 4, 10, 3 };
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_uint_eq(moe_ffn_masks_pruned(&k, i), want07[i]);
+    moe_ffn_masks_apply(&k, p);
+
+    // a smaller fraction prunes nothing new and un-prunes nothing; the weights keep their bits
+    uint8_t flat[32], flat2[32];
+    ck_assert_uint_le(k.units, sizeof flat);
+    masks_flat(&k, flat);
+    memcpy(copy, p->data, p->numel * sizeof *copy);
+    ck_assert_uint_eq(grow_and_check(&k, p, MOE_NEURON_L1, NULL, 0.2, 0), 17);
+    ck_assert_uint_eq(grow_and_check(&k, p, MOE_NEURON_L1, NULL, 0.0, 1), 17);
+    masks_flat(&k, flat2);
+    ck_assert_mem_eq(flat, flat2, k.units);
+    ck_assert_mem_eq(copy, p->data, p->numel * sizeof *copy);
+
+    // fractions outside [0, 1): MOE_EINVAL, the masks and weights untouched
+    const double bad[4] = { 1.0, -0.1, NAN, 1.5 };
+    for (int b = 0; b < 4; b++) {
+        err.msg[0] = 0;
+        ck_assert_int_eq(moe_ffn_masks_grow(&k, p, MOE_NEURON_L1, NULL, bad[b], b % 2, &err), MOE_EINVAL);
+        ck_assert_msg(strstr(err.msg, "fraction"), "message '%s'", err.msg);
+        masks_flat(&k, flat2);
+        ck_assert_mem_eq(flat, flat2, k.units);
+        ck_assert_mem_eq(copy, p->data, p->numel * sizeof *copy);
+    }
+    moe_ffn_masks_release(&k);
+
+    // global: all 26 units ranked together, floor(0.3 x 26) = 7, then floor(0.55 x 26) = 14
+    memcpy(p->data, w0, p->numel * sizeof *w0);
+    ck_assert_int_eq(moe_ffn_masks_init(&k, p, &err), 0);
+    ck_assert_uint_eq(grow_and_check(&k, p, MOE_NEURON_L1, NULL, 0.3, 1), 7);
+    ck_assert_uint_eq(grow_and_check(&k, p, MOE_NEURON_L1, NULL, 0.55, 1), 14);
+    // then per FFN at a smaller fraction: each FFN keeps what it has (floor(0.3 U) or more)
+    ck_assert_uint_ge(grow_and_check(&k, p, MOE_NEURON_L1, NULL, 0.3, 0), 14);
+    moe_ffn_masks_release(&k);
+
+    // l2 and taylor (an arbitrary gradient): the same rule by their scores
+    memcpy(p->data, w0, p->numel * sizeof *w0);
+    float *grad = malloc(p->numel * sizeof *grad);
+    ck_assert_ptr_nonnull(grad);
+    fill_uniform(grad, p->numel, 52, -1.0f, 1.0f);
+    ck_assert_int_eq(moe_ffn_masks_init(&k, p, &err), 0);
+    ck_assert_uint_eq(grow_and_check(&k, p, MOE_NEURON_TAYLOR, grad, 0.5, 0), 3 + 7 + 2);
+    ck_assert_uint_eq(grow_and_check(&k, p, MOE_NEURON_L2, NULL, 0.9, 1), 23);
+    moe_ffn_masks_release(&k);
+    moe_ffn_masks_release(&k); // released twice: nothing
+    free(grad);
+    free(dead), free(copy), free(w0);
+    moe_model_release(&m);
+
+    // a model without FFNs: no masks, and growing them prunes nothing
+    make_model(&m, "{\"model\":{\"type\":\"mixture\",\"n_expert\":3,\"expert\":\"linear\"}}", MOE_TASK_REGRESSION, MI,
+               MO, N);
+    ck_assert_int_eq(moe_ffn_masks_init(&k, &m.params, &err), 0);
+    ck_assert_uint_eq(k.n, 0);
+    ck_assert_uint_eq(k.units, 0);
+    ck_assert_int_eq(moe_ffn_masks_grow(&k, &m.params, MOE_NEURON_L1, NULL, 0.5, 0, &err), 0);
+    ck_assert_int_eq(moe_ffn_masks_grow(&k, &m.params, MOE_NEURON_L1, NULL, 0.5, 1, &err), 0);
+    ck_assert_uint_eq(moe_ffn_masks_pruned(&k, 0), 0);
+    ck_assert_uint_eq(moe_ffn_masks_refs(&k, &m.params, NULL), 0);
+    moe_ffn_masks_release(&k);
+    moe_model_release(&m);
+}
+END_TEST
+
+// ---------------------------------------------------------------- masks in a file
+
+static char mask_dir[64];
+
+static const char *mask_path(const char *name)
+{
+    static char buf[128];
+    snprintf(buf, sizeof buf, "%s/%s", mask_dir, name);
+    return buf;
+}
+
+// A file of refs (and, params non-NULL, every registry tensor before them).
+static void write_masks(const char *name, const struct moe_params *params, const struct moe_st_ref *refs, size_t n)
+{
+    struct moe_err err = { 0 };
+    int rc = params ? moe_safetensors_write_params(mask_path(name), params, refs, n, NULL, 0, &err)
+                    : moe_safetensors_write(mask_path(name), refs, n, NULL, 0, &err);
+    ck_assert_msg(rc == 0, "write %s: %s", name, err.msg);
+}
+
+// Read the file into k (the FFNs of read_params): rc, and the message naming
+// the file and the tensor and holding frag.
+static const struct moe_params *read_params;
+static void expect_read(struct moe_ffn_masks *k, const char *name, int code, const char *tensor, const char *frag)
+{
+    struct moe_st_file f;
+    struct moe_err err = { 0 };
+    ck_assert_msg(moe_safetensors_open(mask_path(name), &f, &err) == 0, "%s", err.msg);
+    int rc = moe_ffn_masks_read(k, &f, read_params, &err);
+    ck_assert_msg(rc == code, "%s: read gave %d (%s), want %d", name, rc, err.msg, code);
+    if (code) {
+        char q[MOE_NAME_MAX + 16];
+        snprintf(q, sizeof q, "'%s'", tensor);
+        ck_assert_msg(strstr(err.msg, q), "message '%s' does not name %s", err.msg, q);
+        ck_assert_msg(strstr(err.msg, name), "message '%s' does not name the file %s", err.msg, name);
+        ck_assert_msg(strstr(err.msg, frag), "message '%s' lacks '%s'", err.msg, frag);
+        ck_assert_ptr_null(strchr(err.msg, '\n'));
+    }
+    moe_safetensors_close(&f);
+}
+
+START_TEST(test_masks_file)
+{
+    snprintf(mask_dir, sizeof mask_dir, "/tmp/moe-prune-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(mask_dir));
+    struct moe_model m;
+    struct moe_err err = { 0 };
+    make_model(&m, MLP_MOE, MOE_TASK_CLASSIFICATION, I, O, N);
+    randomize_model(&m, 61);
+    struct moe_params *p = &m.params;
+    read_params = p;
+    struct moe_ffn_masks k, r;
+    ck_assert_int_eq(moe_ffn_masks_init(&k, p, &err), 0);
+    ck_assert_int_eq(moe_ffn_masks_grow(&k, p, MOE_NEURON_L1, NULL, 0.5, 1, &err), 0);
+    ck_assert_uint_eq(moe_ffn_masks_pruned(&k, k.n), 13);
+
+    // the refs: one per FFN, U8, (F) for the 2-d dense FFN, (M, F) for the experts and the
+    // shared expert (a 3-d tensor of one)
+    struct moe_st_ref refs[4];
+    ck_assert_uint_eq(moe_ffn_masks_refs(&k, p, refs), 3);
+    const char *names[3] = { "layers.0.ffn.pruned", "layers.1.moe.experts.pruned", "layers.1.moe.shared.pruned" };
+    const int ndims[3] = { 1, 2, 2 };
+    const size_t shapes[3][2] = { { 6, 0 }, { 3, 5 }, { 1, 5 } };
+    for (size_t i = 0; i < 3; i++) {
+        ck_assert_str_eq(refs[i].name, names[i]);
+        ck_assert_int_eq(refs[i].dtype, MOE_U8);
+        ck_assert_int_eq(refs[i].ndim, ndims[i]);
+        for (int d = 0; d < ndims[i]; d++)
+            ck_assert_uint_eq(refs[i].shape[d], shapes[i][d]);
+        ck_assert_ptr_eq(refs[i].data, k.mask[i]);
+        ck_assert_ptr_null(refs[i].fill);
+    }
+
+    // round trip, alone and after the model's tensors (a checkpoint): the same flags
+    write_masks("masks.safetensors", NULL, refs, 3);
+    write_masks("model.safetensors", p, refs, 3);
+    const char *files[2] = { "masks.safetensors", "model.safetensors" };
+    for (int fi = 0; fi < 2; fi++) {
+        ck_assert_int_eq(moe_ffn_masks_init(&r, p, &err), 0);
+        expect_read(&r, files[fi], 0, NULL, NULL);
+        for (size_t i = 0; i < 3; i++)
+            ck_assert_mem_eq(r.mask[i], k.mask[i], k.ffn[i].M * k.ffn[i].F);
+        ck_assert_uint_eq(moe_ffn_masks_pruned(&r, r.n), 13);
+        moe_ffn_masks_release(&r);
+    }
+
+    // a file without mask tensors (the model only) leaves the masks as they are; one with some
+    // of them sets those only
+    write_masks("plain.safetensors", p, NULL, 0);
+    ck_assert_int_eq(moe_ffn_masks_init(&r, p, &err), 0);
+    uint8_t pre[3][16];
+    for (size_t i = 0; i < 3; i++)
+        for (size_t u = 0; u < r.ffn[i].M * r.ffn[i].F; u++)
+            pre[i][u] = r.mask[i][u] = (uint8_t)((u + i) % 3 == 0);
+    expect_read(&r, "plain.safetensors", 0, NULL, NULL);
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_mem_eq(r.mask[i], pre[i], r.ffn[i].M * r.ffn[i].F);
+    write_masks("one.safetensors", NULL, &refs[1], 1);
+    expect_read(&r, "one.safetensors", 0, NULL, NULL);
+    ck_assert_mem_eq(r.mask[0], pre[0], 6);
+    ck_assert_mem_eq(r.mask[1], k.mask[1], 15);
+    ck_assert_mem_eq(r.mask[2], pre[2], 5);
+
+    // bad tensors: MOE_EFORMAT naming the tensor
+    float f32[15] = { 0 };
+    uint8_t u8[16] = { 0 };
+    struct moe_st_ref bad = { .name = "layers.1.moe.experts.pruned", .dtype = MOE_F32, .ndim = 2, .shape = { 3, 5 },
+                              .data = f32 };
+    write_masks("f32.safetensors", NULL, &bad, 1);
+    expect_read(&r, "f32.safetensors", MOE_EFORMAT, bad.name, "U8");
+    bad = (struct moe_st_ref){ .name = "layers.1.moe.experts.pruned", .dtype = MOE_U8, .ndim = 2, .shape = { 5, 3 },
+                               .data = u8 }; // the right count, transposed
+    write_masks("shape.safetensors", NULL, &bad, 1);
+    expect_read(&r, "shape.safetensors", MOE_EFORMAT, bad.name, "of shape (3, 5)");
+    bad = (struct moe_st_ref){ .name = "layers.0.ffn.pruned", .dtype = MOE_U8, .ndim = 1, .shape = { 7 }, .data = u8 };
+    write_masks("count.safetensors", NULL, &bad, 1);
+    expect_read(&r, "count.safetensors", MOE_EFORMAT, bad.name, "of shape (6)");
+    bad.shape[0] = 6;
+    bad.dtype = MOE_I8;
+    write_masks("i8.safetensors", NULL, &bad, 1);
+    expect_read(&r, "i8.safetensors", MOE_EFORMAT, bad.name, "U8");
+    bad = (struct moe_st_ref){ .name = "layers.1.moe.shared.pruned", .dtype = MOE_U8, .ndim = 2, .shape = { 1, 5 },
+                               .data = u8 };
+    u8[3] = 2;
+    write_masks("two.safetensors", NULL, &bad, 1);
+    expect_read(&r, "two.safetensors", MOE_EFORMAT, bad.name, "element 3 is 2");
+    u8[3] = 255;
+    write_masks("ff.safetensors", NULL, &bad, 1);
+    expect_read(&r, "ff.safetensors", MOE_EFORMAT, bad.name, "element 3 is 255");
+    // the FFN of a refused tensor keeps its mask
+    ck_assert_mem_eq(r.mask[2], pre[2], 5);
+    // a good mask beside a bad one: refused as a whole, no mask changes
+    uint8_t ones[6] = { 1, 1, 1, 1, 1, 1 };
+    struct moe_st_ref pair[2] = { { .name = "layers.0.ffn.pruned", .dtype = MOE_U8, .ndim = 1, .shape = { 6 }, .data = ones },
+                                  bad };
+    write_masks("pair.safetensors", NULL, pair, 2);
+    expect_read(&r, "pair.safetensors", MOE_EFORMAT, bad.name, "element 3 is 255");
+    ck_assert_mem_eq(r.mask[0], pre[0], 6);
+    ck_assert_mem_eq(r.mask[1], k.mask[1], 15);
+    ck_assert_mem_eq(r.mask[2], pre[2], 5);
+    moe_ffn_masks_release(&r);
+    moe_ffn_masks_release(&k);
+    moe_model_release(&m);
+
+    const char *all[] = { "masks", "model", "plain", "one", "f32", "shape", "count", "i8", "two", "ff", "pair" };
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
+        char n[64];
+        snprintf(n, sizeof n, "%s.safetensors", all[i]);
+        ck_assert_int_eq(unlink(mask_path(n)), 0);
+    }
+    ck_assert_int_eq(rmdir(mask_dir), 0);
+}
+END_TEST
+
 static Suite *prune_suite(void)
 {
     Suite *s = suite_create("prune");
@@ -986,6 +1497,9 @@ static Suite *prune_suite(void)
     tcase_add_test(tc, test_mask_narrow);
     tcase_add_test(tc, test_taylor_fd);
     tcase_add_test(tc, test_zeros);
+    tcase_add_test(tc, test_schedule);
+    tcase_add_test(tc, test_masks_grow);
+    tcase_add_test(tc, test_masks_file);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -204,7 +204,6 @@ int moe_ffn_masks_init(struct moe_ffn_masks *k, const struct moe_params *p, stru
     return 0;
 }
 
-// A mask's tensor: (M, F) for an FFN of experts, (F) for a 2-d one.
 static int mask_dims(const struct moe_ffn *f, const struct moe_params *p, size_t shape[2])
 {
     int two = p->t[f->t[MOE_FFN_W1]].ndim == 2;
@@ -213,26 +212,36 @@ static int mask_dims(const struct moe_ffn *f, const struct moe_params *p, size_t
     return two ? 1 : 2;
 }
 
-int moe_ffn_masks_read(struct moe_ffn_masks *k, const struct moe_st_file *f, struct moe_err *err)
+int moe_ffn_masks_read(struct moe_ffn_masks *k, const struct moe_st_file *f, const struct moe_params *p,
+                       struct moe_err *err)
 {
-    for (size_t i = 0; i < k->n; i++) {
-        const struct moe_st_entry *e = moe_safetensors_find(f, k->name[i]);
-        if (!e)
-            continue;
-        const struct moe_ffn *x = &k->ffn[i];
-        size_t U = x->M * x->F;
-        int ok = e->dtype == MOE_U8 && e->numel == U &&
-                 ((e->ndim == 1 && x->M == 1) || (e->ndim == 2 && e->shape[0] == x->M && e->shape[1] == x->F));
-        if (!ok)
-            return moe_error(err, MOE_EFORMAT, "%s: tensor '%s': expected U8 pruning flags, one per unit of the FFN '%s' (%zu x %zu)",
-                             f->path, e->name, x->name, x->M, x->F);
-        const uint8_t *v = e->data;
-        for (size_t u = 0; u < U; u++)
-            if (v[u] > 1)
-                return moe_error(err, MOE_EFORMAT, "%s: tensor '%s': element %zu is %u (pruning flags are 0 or 1)",
-                                 f->path, e->name, u, (unsigned)v[u]);
-        memcpy(k->mask[i], v, U);
-    }
+    for (int pass = 0; pass < 2; pass++) // every tensor checked before any mask changes
+        for (size_t i = 0; i < k->n; i++) {
+            const struct moe_st_entry *e = moe_safetensors_find(f, k->name[i]);
+            if (!e)
+                continue;
+            const struct moe_ffn *x = &k->ffn[i];
+            size_t U = x->M * x->F, shape[2];
+            int nd = mask_dims(x, p, shape);
+            if (pass) {
+                memcpy(k->mask[i], e->data, U);
+                continue;
+            }
+            if (e->dtype != MOE_U8 || e->ndim != nd || e->shape[0] != shape[0] || (nd == 2 && e->shape[1] != shape[1])) {
+                char want[64];
+                if (nd == 2)
+                    snprintf(want, sizeof want, "(%zu, %zu)", shape[0], shape[1]);
+                else
+                    snprintf(want, sizeof want, "(%zu)", shape[0]);
+                return moe_safetensors_fail(err, MOE_EFORMAT, f->path, "tensor '%s': expected U8 pruning flags of shape %s, one per unit of the FFN '%s'",
+                                            e->name, want, x->name);
+            }
+            const uint8_t *v = e->data;
+            for (size_t u = 0; u < U; u++)
+                if (v[u] > 1)
+                    return moe_safetensors_fail(err, MOE_EFORMAT, f->path, "tensor '%s': element %zu is %u (pruning flags are 0 or 1)",
+                                                e->name, u, (unsigned)v[u]);
+        }
     return 0;
 }
 

@@ -86,9 +86,11 @@ struct moe_ffn_masks {
 // The FFNs of p with nothing pruned (n = 0 for a model without FFNs).
 int moe_ffn_masks_init(struct moe_ffn_masks *k, const struct moe_params *p, struct moe_err *err);
 // The masks a file holds (its NAME.pruned tensors; an FFN without one keeps
-// its mask). MOE_EFORMAT naming the tensor for one of another dtype or shape,
-// or with a value other than 0 and 1.
-int moe_ffn_masks_read(struct moe_ffn_masks *k, const struct moe_st_file *f, struct moe_err *err);
+// its mask), k from p's FFNs. MOE_EFORMAT naming the file and the tensor for
+// one of another dtype or shape, or with a value other than 0 and 1; the
+// masks are then as they were.
+int moe_ffn_masks_read(struct moe_ffn_masks *k, const struct moe_st_file *f, const struct moe_params *p,
+                       struct moe_err *err);
 // The masks as tensors to write, one per FFN, into refs (k->n of them, all
 // FFNs, pruned or not, so that a reader sees the whole state); returns k->n.
 size_t moe_ffn_masks_refs(const struct moe_ffn_masks *k, const struct moe_params *p, struct moe_st_ref *refs);

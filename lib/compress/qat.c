@@ -9,6 +9,8 @@ int moe_qat_init(struct moe_qat *q, const struct moe_params *p, struct moe_quant
                  const char *const *globs, size_t n_globs, struct moe_err *err)
 {
     memset(q, 0, sizeof *q);
+    if (p->shard_size > 1) // a process's share of the experts: its scales would not be the whole tensor's
+        return moe_error(err, MOE_EINVAL, "fake quantization needs every expert of the registry (not one process's share)");
     q->spec = spec;
     q->n = p->n;
     if (!(q->target = malloc(p->n ? p->n : 1)))

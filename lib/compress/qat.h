@@ -34,7 +34,8 @@ struct moe_qat {
 };
 
 // Fake quantization of p's tensors that globs name (moe_quant_select; none:
-// every 2-d or 3-d tensor) by spec. MOE_EINVAL naming the glob.
+// every 2-d or 3-d tensor) by spec. MOE_EINVAL naming the glob, or for a
+// sharded registry (core/params.h: one process's experts).
 int moe_qat_init(struct moe_qat *q, const struct moe_params *p, struct moe_quant_spec spec,
                  const char *const *globs, size_t n_globs, struct moe_err *err);
 // The targets' weights into the master copy, w_q into the registry (nothing
