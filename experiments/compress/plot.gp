@@ -19,15 +19,22 @@ set grid
 #    intervals start at col 21: after ci = cols 31, 32
 scale = acc ? 100 : 1
 ylab = acc ? "test accuracy after compression (%)" : "validation bits per byte after compression"
-kind(s) = (s[1:4] eq "none" ? 0 : s[1:4] eq "int8" ? 1 : s[1:7] eq "experts" ? (strstrt(s, "+") ? 4 : 2) : 3)
+# kinds: 0 uncompressed, 1 int8, 2 expert pruning, 3 neuron pruning (one-shot), 4 experts + neurons + int8,
+# 5 one-shot neuron pruning + fine-tuning, 6 iterative neuron pruning (train.prune, with or without QAT),
+# 7 int8 after fine-tuning (float, or quantization-aware)
+kind(s) = (s[1:4] eq "none" ? 0 : s[1:4] eq "int8" ? 1 : s[1:7] eq "experts" ? (strstrt(s, "+") ? 4 : 2) : \
+           strstrt(s, "iterative") ? 6 : strstrt(s, "oneshot-ft") ? 5 : (s[1:3] eq "ft-" || s[1:3] eq "qat") ? 7 : 3)
+pts(k) = (k == 0 ? 5 : k == 1 ? 7 : k == 2 ? 9 : k == 3 ? 11 : k == 4 ? 13 : k == 5 ? 4 : k == 6 ? 6 : 8)
+name(k) = (k == 0 ? "uncompressed" : k == 1 ? "int8" : k == 2 ? "expert pruning" : k == 3 ? "neuron pruning" : \
+           k == 4 ? "experts + neurons + int8" : k == 5 ? "neurons one-shot + fine-tune" : \
+           k == 6 ? "neurons iterative (train.prune)" : "fine-tuned: float, int8, QAT")
 set multiplot layout 1,2 title "moe compress on ".(acc ? "Fashion-MNIST mlp-moe" : "the byte-level LM (fortunes)")." (means, 95% t-intervals over seeds)"
 set xlabel "parameter bytes as stored (KiB)"
 set ylabel ylab
-plot for [k=0:4] out."/table.csv" every ::1 using (kind(strcol(1)) == k ? $7/1024 : NaN):(scale*$13):(scale*$31):(scale*$32) \
-       with yerrorbars pt (k == 0 ? 5 : k == 1 ? 7 : k == 2 ? 9 : k == 3 ? 11 : 13) ps 1.2 \
-       title (k == 0 ? "uncompressed" : k == 1 ? "int8" : k == 2 ? "expert pruning" : k == 3 ? "neuron pruning" : "experts + neurons + int8"), \
+plot for [k=0:7] out."/table.csv" every ::1 using (kind(strcol(1)) == k ? $7/1024 : NaN):(scale*$13):(scale*$31):(scale*$32) \
+       with yerrorbars pt pts(k) ps 1.2 title name(k), \
      out."/table.csv" every ::1 using ($7/1024):(scale*$13):1 with labels font ",6" offset 0,0.7 notitle
 set xlabel "bytes a token reads (KiB)"
-plot for [k=0:4] out."/table.csv" every ::1 using (kind(strcol(1)) == k ? $9/1024 : NaN):(scale*$13):(scale*$31):(scale*$32) \
-       with yerrorbars pt (k == 0 ? 5 : k == 1 ? 7 : k == 2 ? 9 : k == 3 ? 11 : 13) ps 1.2 notitle
+plot for [k=0:7] out."/table.csv" every ::1 using (kind(strcol(1)) == k ? $9/1024 : NaN):(scale*$13):(scale*$31):(scale*$32) \
+       with yerrorbars pt pts(k) ps 1.2 notitle
 unset multiplot

@@ -22,8 +22,16 @@
 #   [SEEDS="1 2 3"] [THREADS=1] [OUT=results/compress/lm] [WORK=runs/compress-lm] \
 #     bash experiments/compress/run.sh lm [MOE_BINARY]
 #
-# Not here yet: iterative pruning with fine-tuning (train.prune) and
-# quantization-aware training (train.qat), which moe does not have yet.
+# Then the systems that train (moe train --init of the base, FT epochs: 2 on
+# Fashion-MNIST, 1 for the LM, at the base's settings): neuron pruning
+# one-shot then fine-tuned (compress --prune-neurons F, then train --init with
+# its masks kept fixed) against iterative pruning during the same fine-tuning
+# (train.prune: Zhu & Gupta's cubic schedule to F over the first 3/4 of the
+# steps, 10 prunes); int8 after a float fine-tuning (the control: as many
+# steps as QAT) against quantization-aware training (train.qat, then
+# compress --quantize int8, which stores exactly the weights QAT's forward
+# saw); and iterative pruning with QAT together. Their "before" is the base's
+# quality, as for every other row.
 # Writes OUT/runs.csv (one row per seed and system: the footprint after and
 # the quality before and after), OUT/table.csv (mean, sample SD and 95%
 # t-interval over seeds) and OUT/command.txt; OUT/compress.png when gnuplot
@@ -67,19 +75,34 @@ systems=(
   "neurons-0.25-l1|--prune-neurons 0.25"
   "neurons-0.5-l1|--prune-neurons 0.5"
   "neurons-0.75-l1|--prune-neurons 0.75"
+  "neurons-0.9-l1|--prune-neurons 0.9"
   "neurons-0.5-taylor|--prune-neurons 0.5 --neuron-score taylor"
   "experts-2+neurons-0.25+int8|--prune-experts 2 --prune-neurons 0.25 --quantize int8"
 )
 done_compress() { [ -s "$1/summary.json" ] && jq -e '.quality.after' "$1/summary.json" >/dev/null 2>&1; }
 n_total=$(( ${#seeds[@]} * (1 + ${#systems[@]}) )) n_done=0
+# systems that fine-tune: name|what (oneshot F, iterative F, ft, qat, iterative-qat F)
+if [ "$task" = fmnist ]; then ft_epochs=2; else ft_epochs=1; fi
+tuned=(
+  "neurons-0.5-oneshot-ft|oneshot 0.5"
+  "neurons-0.5-iterative|iterative 0.5"
+  "neurons-0.75-oneshot-ft|oneshot 0.75"
+  "neurons-0.75-iterative|iterative 0.75"
+  "neurons-0.9-oneshot-ft|oneshot 0.9"
+  "neurons-0.9-iterative|iterative 0.9"
+  "ft-int8|ft"
+  "qat-int8|qat"
+  "neurons-0.5-iterative+qat-int8|iterative-qat 0.5"
+)
 for seed in "${seeds[@]}"; do
   ! done_run "$work/base-s$seed" || n_done=$((n_done + 1))
-  for s in "${systems[@]}"; do ! done_compress "$work/${s%%|*}-s$seed" || n_done=$((n_done + 1)); done
+  for s in "${systems[@]}" "${tuned[@]}"; do ! done_compress "$work/${s%%|*}-s$seed" || n_done=$((n_done + 1)); done
 done
+n_total=$(( n_total + ${#seeds[@]} * ${#tuned[@]} ))
 if [ "$task" = fmnist ]; then
-  plan_runs "$n_total" "$n_done" 4 "per seed one Fashion-MNIST training of about 15 s and ${#systems[@]} compressions of 1-5 s each at 1 thread"
+  plan_runs "$n_total" "$n_done" 4 "per seed one Fashion-MNIST training of about 15 s, ${#systems[@]} compressions of 1-5 s each and ${#tuned[@]} fine-tunings of about 5 s at 1 thread"
 else
-  plan_runs "$n_total" "$n_done" 8 "per seed one LM training of 50-60 s and ${#systems[@]} compressions of 2-8 s each at 1 thread"
+  plan_runs "$n_total" "$n_done" 12 "per seed one LM training of 50-60 s, ${#systems[@]} compressions of 2-8 s each and ${#tuned[@]} fine-tunings of about 30 s at 1 thread"
 fi
 { echo "$(env_line) bash experiments/compress/run.sh $task  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/command.txt"
 
@@ -89,6 +112,15 @@ row() { # name seed dir
         .after.parameter_bytes, .after.resident_bytes_per_token, .quality.before[$m], .quality.after[$m],
         (.quality.after[$m] - .quality.before[$m]), .quality.before.loss, .quality.after.loss] | @csv' "$3/summary.json" \
     | tr -d '"' >> "$out/runs.csv"
+}
+# fix_before: the last row's "before" (quality and loss) becomes the base's
+# (the int8 compression's quality.before: the base model as compress evaluates it)
+fix_before() {
+  local before loss0
+  before=$(jq --arg m "$metric" '.quality.before[$m]' "$work/int8-s$seed/summary.json")
+  loss0=$(jq '.quality.before.loss' "$work/int8-s$seed/summary.json")
+  awk -F, -v OFS=, -v CONVFMT=%.10g -v b="$before" -v l="$loss0" 'NR == FNR { n = FNR; next } FNR == n { $7 = b; $9 = $8 - b; $10 = l } { print }' \
+    "$out/runs.csv" "$out/runs.csv" > "$out/runs.csv.tmp" && mv "$out/runs.csv.tmp" "$out/runs.csv"
 }
 for seed in "${seeds[@]}"; do
   b=$work/base-s$seed
@@ -107,6 +139,45 @@ for seed in "${seeds[@]}"; do
     fi
     row "$name" "$seed" "$d"
     echo "compress: $(tail -1 "$out/runs.csv")" >&2
+  done
+  # the fine-tuning systems: their last step is a compress whose summary holds
+  # the footprint and the quality after; "before" is the base's (the int8 row's)
+  for s in "${tuned[@]}"; do
+    name=${s%%|*}
+    read -r kind frac <<<"${s#*|}"
+    d=$work/$name-s$seed t=$work/$name-train-s$seed
+    if ! done_compress "$d"; then
+      ft=("$moe" train --config "$cfg" --seed "$seed" --set "train.epochs=$ft_epochs" --quiet --threads "$threads")
+      # the schedule: 3/4 of the fine-tuning's optimizer steps, 10 prunes
+      steps=$(( $(jq .steps_per_epoch "$b/summary.json") * ft_epochs * 3 / 4 ))
+      sched=(--set "train.prune.sparsity=$frac" --set "train.prune.steps=$steps" --set "train.prune.every=$(( steps / 10 ))")
+      case $kind in
+        oneshot)
+          fresh_dir "$t.pruned"
+          "$moe" compress --checkpoint "$b/model.safetensors" --out "$t.pruned" --prune-neurons "$frac" --quiet --threads "$threads" >/dev/null
+          run_once "$t" "${ft[@]}" --init "$t.pruned/model.safetensors" --out "$t" >/dev/null ;;
+        iterative) run_once "$t" "${ft[@]}" --init "$b/model.safetensors" "${sched[@]}" --out "$t" >/dev/null ;;
+        ft) run_once "$t" "${ft[@]}" --init "$b/model.safetensors" --out "$t" >/dev/null ;;
+        qat) run_once "$t" "${ft[@]}" --init "$b/model.safetensors" --set train.qat.quantize=int8 --out "$t" >/dev/null ;;
+        iterative-qat) run_once "$t" "${ft[@]}" --init "$b/model.safetensors" "${sched[@]}" --set train.qat.quantize=int8 --out "$t" >/dev/null ;;
+      esac
+      case $kind in
+        oneshot|iterative) copts=(--prune-neurons 0) ;; # prunes nothing more: the footprint and quality of the masked model
+        *) copts=(--quantize int8) ;;
+      esac
+      fresh_dir "$d"
+      "$moe" compress --checkpoint "$t/model.safetensors" --out "$d" --seed "$seed" --quiet --threads "$threads" "${copts[@]}" >/dev/null
+    fi
+    # ft-int8's float model (the quality before its quantization): the fine-tuned reference, ft-float
+    if [ "$kind" = ft ]; then
+      jq -r --arg s "$seed" --arg m "$metric" '["ft-float", ($s | tonumber), .before.parameters, .before.parameters_nonzero,
+            .before.parameter_bytes, .before.resident_bytes_per_token, .quality.before[$m], .quality.before[$m],
+            0, .quality.before.loss, .quality.before.loss] | @csv' "$d/summary.json" | tr -d '"' >> "$out/runs.csv"
+      fix_before
+    fi
+    row "$name" "$seed" "$d"
+    fix_before
+    echo "train+compress: $(tail -1 "$out/runs.csv")" >&2
   done
 done
 # the base row has no resident figure of its own: take it from any compression's "before"
