@@ -202,3 +202,16 @@ int cli_ckpt_config_sets(const char *cmd, const struct cli_common *c, char ***re
     *ret_n = n;
     return rc;
 }
+
+cJSON *cli_masks_json(const struct moe_ffn_masks *k)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; a && i < k->n; i++) {
+        cJSON *x = cJSON_CreateObject();
+        cJSON_AddStringToObject(x, "ffn", k->ffn[i].name);
+        cJSON_AddNumberToObject(x, "units", (double)(k->ffn[i].M * k->ffn[i].F));
+        cJSON_AddNumberToObject(x, "pruned", (double)moe_ffn_masks_pruned(k, i));
+        cJSON_AddItemToArray(a, x);
+    }
+    return a;
+}

@@ -4,6 +4,8 @@
 #ifndef MOE_CLI_CKPT_H
 #define MOE_CLI_CKPT_H
 
+#include <cjson/cJSON.h>
+
 #include "estimate.h"
 #include "io/safetensors.h"
 #include "train/train.h"
@@ -58,5 +60,8 @@ int cli_ckpt_refuse_model_sets(const char *cmd, const char *opt, const char *con
 // after printing one line.
 struct cli_common;
 int cli_ckpt_config_sets(const char *cmd, const struct cli_common *c, char ***ret, size_t *ret_n, size_t *ret_n_config);
+
+// summary.json's account of FFN masks: an array of {ffn, units, pruned}, one per FFN (NULL: out of memory).
+cJSON *cli_masks_json(const struct moe_ffn_masks *k);
 
 #endif

@@ -590,13 +590,9 @@ static void describe(struct compress_run *r)
         cJSON_AddStringToObject(pn, "scope", o->global ? "global" : "layer");
         if (o->score == MOE_NEURON_TAYLOR)
             cJSON_AddStringToObject(pn, "data", split_name(&r->k.data, o->prune_split));
-        cJSON *ffns = cJSON_AddArrayToObject(pn, "ffns"), *tensors = cJSON_AddArrayToObject(pn, "tensors");
+        cJSON_AddItemToObject(pn, "ffns", cli_masks_json(k));
+        cJSON *tensors = cJSON_AddArrayToObject(pn, "tensors");
         for (size_t i = 0; i < k->n; i++) {
-            cJSON *x = cJSON_CreateObject();
-            cJSON_AddStringToObject(x, "ffn", k->ffn[i].name);
-            cJSON_AddNumberToObject(x, "units", (double)(k->ffn[i].M * k->ffn[i].F));
-            cJSON_AddNumberToObject(x, "pruned", (double)moe_ffn_masks_pruned(k, i));
-            cJSON_AddItemToArray(ffns, x);
             for (int j = 0; j < MOE_FFN_N; j++) {
                 int t = k->ffn[i].t[j];
                 if (t < 0)

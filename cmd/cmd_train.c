@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckpt.h"
 #include "estimate.h"
 #include "progress.h"
 #include "backend/backend.h"
@@ -611,14 +612,7 @@ static void add_compress(cJSON *s, const struct train_run *r)
         cJSON_AddNumberToObject(p, "units", (double)k->units);
         cJSON_AddNumberToObject(p, "pruned", (double)all);
         cJSON_AddNumberToObject(p, "pruned_fraction", k->units ? (double)all / (double)k->units : 0.0);
-        cJSON *ffns = cJSON_AddArrayToObject(p, "ffns");
-        for (size_t i = 0; i < k->n; i++) {
-            cJSON *x = cJSON_CreateObject();
-            cJSON_AddStringToObject(x, "ffn", k->ffn[i].name);
-            cJSON_AddNumberToObject(x, "units", (double)(k->ffn[i].M * k->ffn[i].F));
-            cJSON_AddNumberToObject(x, "pruned", (double)moe_ffn_masks_pruned(k, i));
-            cJSON_AddItemToArray(ffns, x);
-        }
+        cJSON_AddItemToObject(p, "ffns", cli_masks_json(k));
     }
     if (tc->qat) {
         cJSON *q = cJSON_AddObjectToObject(s, "qat");

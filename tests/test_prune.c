@@ -72,13 +72,8 @@
 #include "model/model.h"
 #include "moe/moe_layer.h"
 #include "testutil.h"
+#include "compress_models.h"
 #include "train/train.h"
-
-static void fill_uniform(float *x, size_t n, uint32_t stream, float lo, float hi)
-{
-    struct moe_rng r = moe_rng_make(20240611, MOE_RNG_DATA, stream);
-    moe_rng_fill_uniform(&r, x, n, lo, hi);
-}
 
 // ---------------------------------------------------------------- selection
 
@@ -227,30 +222,6 @@ END_TEST
 
 // ---------------------------------------------------------------- models
 
-static void make_model(struct moe_model *m, const char *json, enum moe_task task, size_t n_in, size_t n_out,
-                       size_t max_batch)
-{
-    struct moe_config cfg;
-    struct moe_err err;
-    int rc = moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), json, "test", NULL, 0, &err);
-    ck_assert_msg(rc == 0, "config: %s", err.msg);
-    rc = moe_model_create(m, &cfg, NULL, task, n_in, n_out, max_batch, &err);
-    ck_assert_msg(rc == 0, "create: %s", err.msg);
-    moe_config_release(&cfg);
-}
-
-// Weights from the seed, then every float U(-0.6, 0.6) (+1 on norm gains):
-// away from the zero biases and gate of the start.
-static void randomize_model(struct moe_model *m, uint32_t stream)
-{
-    moe_model_init_weights(m, 3);
-    fill_uniform(m->params.data, m->params.numel, stream, -0.6f, 0.6f);
-    for (size_t i = 0; i < m->params.n; i++)
-        if (strstr(m->params.t[i].name, "norm.weight"))
-            for (size_t j = 0; j < m->params.t[i].numel; j++)
-                m->params.data[m->params.t[i].offset + j] += 1.0f;
-}
-
 static void expect_ffn(const struct moe_params *p, const struct moe_ffn *f, const char *name, size_t M, size_t F,
                        size_t D, int w3, int b1)
 {
@@ -274,26 +245,7 @@ static void expect_ffn(const struct moe_params *p, const struct moe_ffn *f, cons
         ck_assert_int_ge(f->t[MOE_FFN_B1], 0);
 }
 
-// mlp-moe: block 0 dense (width n_ff_dense 6), block 1 sparse (3 experts of 5,
-// one shared), swiglu. Classes: N rows of I features, O classes.
-enum { N = 8, I = 5, O = 3 };
-static const char *const MLP_MOE =
-    "{\"model\":{\"type\":\"mlp-moe\",\"n_embd\":4,\"n_layer\":2,\"moe_every\":2,\"n_expert\":3,\"n_expert_used\":2,"
-    "\"n_expert_shared\":1,\"n_ff\":5,\"n_ff_dense\":6,\"ffn_activation\":\"swiglu\"},"
-    "\"moe\":{\"router\":\"softmax\",\"capacity_factor\":0,\"eval_capacity_factor\":0,\"aux_loss\":\"none\"},"
-    "\"loss\":{\"type\":\"ce\"}}";
-// transformer: block 0 dense (n_ff_dense 6), block 1 sparse (2 experts of 3, one shared), gelu.
-// Language model: B windows of C + 1 tokens over V ids.
-enum { B = 3, C = 4, V = 7 };
-static const char *const TRANSFORMER =
-    "{\"model\":{\"type\":\"transformer\",\"n_ctx\":4,\"n_embd\":4,\"n_head\":2,\"n_layer\":2,\"moe_every\":2,"
-    "\"n_ff\":3,\"n_ff_dense\":6,\"n_expert\":2,\"n_expert_used\":1,\"n_expert_shared\":1,\"ffn_activation\":\"gelu\"},"
-    "\"moe\":{\"router\":\"switch\",\"capacity_factor\":0,\"eval_capacity_factor\":0,\"aux_loss\":\"none\"}}";
-// The 1991 mixture with mlp experts (3 experts, 4 hidden units, tanh): regression, MI inputs, MO targets.
-enum { MI = 3, MO = 2 };
-static const char *const MIXTURE =
-    "{\"model\":{\"type\":\"mixture\",\"n_expert\":3,\"expert\":\"mlp\",\"n_expert_hidden\":4,\"activation\":\"tanh\"},"
-    "\"loss\":{\"type\":\"nll\"}}";
+// The models: compress_models.h (MLP_MOE, TRANSFORMER, MIXTURE).
 
 START_TEST(test_find_models)
 {
@@ -823,27 +775,8 @@ struct fd_ctx {
     struct moe_batch b;
 };
 
-// The batch-mean loss from an evaluation pass, and a signature of every
-// sparse layer's routing (selected experts, kept slots).
-static double fd_loss(struct fd_ctx *c, unsigned *sig)
-{
-    struct moe_stats st;
-    struct moe_err err;
-    ck_assert_int_eq(moe_stats_init(&st, c->m.n_expert, 0, &err), 0);
-    int rc = moe_model_run(&c->m, &c->b, 0, &st, &err);
-    ck_assert_msg(rc == 0, "run: %s", err.msg);
-    double f = st.loss / (double)st.n;
-    moe_stats_release(&st);
-    unsigned s = 0;
-    for (size_t i = 0; i < c->m.n_moe_layers; i++) {
-        struct moe_layer *l = c->m.ops->moe_layer_at(&c->m, i);
-        ck_assert(l->loss == 0.0f); // no auxiliary loss: the gradient is the data loss's
-        for (size_t j = 0; j < l->T * l->S; j++)
-            s = s * 31u + (unsigned)(l->route.sel[j] + 1) * 7u + (l->plan.slot_row[j] >= 0);
-    }
-    *sig = s;
-    return f;
-}
+// compress_models.h's routed_loss on the context's model and batch.
+static double fd_loss(struct fd_ctx *c, unsigned *sig) { return routed_loss(&c->m, &c->b, sig); }
 
 // dL/dalpha at alpha = 1 by a central difference of step h, the weights at[]
 // (values w0) scaled by 1 +- h; 0 in *ok when a routing choice flipped (L is

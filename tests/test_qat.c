@@ -52,13 +52,9 @@
 #include "model/model.h"
 #include "moe/moe_layer.h"
 #include "testutil.h"
+#define TM_SEED 20240612 // this file's data
+#include "compress_models.h"
 #include "train/train.h"
-
-static void fill_uniform(float *x, size_t n, uint32_t stream, float lo, float hi)
-{
-    struct moe_rng r = moe_rng_make(20240612, MOE_RNG_DATA, stream);
-    moe_rng_fill_uniform(&r, x, n, lo, hi);
-}
 
 static const char *const SCHEME[3] = { "none", "sym", "asym" };
 static const char *const GRAN[2] = { "tensor", "channel" };
@@ -162,46 +158,7 @@ END_TEST
 
 // ---------------------------------------------------------------- models
 
-static void make_model(struct moe_model *m, const char *json, enum moe_task task, size_t n_in, size_t n_out,
-                       size_t max_batch)
-{
-    struct moe_config cfg;
-    struct moe_err err;
-    int rc = moe_config_parse(&cfg, moe_run_schema(), moe_run_schema_len(), json, "test", NULL, 0, &err);
-    ck_assert_msg(rc == 0, "config: %s", err.msg);
-    rc = moe_model_create(m, &cfg, NULL, task, n_in, n_out, max_batch, &err);
-    ck_assert_msg(rc == 0, "create: %s", err.msg);
-    moe_config_release(&cfg);
-}
-
-// Weights from the seed, then every float U(-0.6, 0.6) (+1 on norm gains).
-static void randomize_model(struct moe_model *m, uint32_t stream)
-{
-    moe_model_init_weights(m, 3);
-    fill_uniform(m->params.data, m->params.numel, stream, -0.6f, 0.6f);
-    for (size_t i = 0; i < m->params.n; i++)
-        if (strstr(m->params.t[i].name, "norm.weight"))
-            for (size_t j = 0; j < m->params.t[i].numel; j++)
-                m->params.data[m->params.t[i].offset + j] += 1.0f;
-}
-
-// test_prune.c's models. mlp-moe: block 0 dense (swiglu, width 6), block 1
-// sparse (3 experts of 5, top 2, one shared expert); no noise, no capacity
-// limit, no auxiliary loss: a deterministic, smooth loss between routing
-// changes. N rows of I features, O classes.
-enum { N = 8, I = 5, O = 3 };
-static const char *const MLP_MOE =
-    "{\"model\":{\"type\":\"mlp-moe\",\"n_embd\":4,\"n_layer\":2,\"moe_every\":2,\"n_expert\":3,\"n_expert_used\":2,"
-    "\"n_expert_shared\":1,\"n_ff\":5,\"n_ff_dense\":6,\"ffn_activation\":\"swiglu\"},"
-    "\"moe\":{\"router\":\"softmax\",\"capacity_factor\":0,\"eval_capacity_factor\":0,\"aux_loss\":\"none\"},"
-    "\"loss\":{\"type\":\"ce\"}}";
-// The transformer language model: block 0 dense (gelu, 6), block 1 sparse (2
-// experts of 3, switch, one shared). B windows of C + 1 tokens over V ids.
-enum { B = 3, C = 4, V = 7 };
-static const char *const TRANSFORMER =
-    "{\"model\":{\"type\":\"transformer\",\"n_ctx\":4,\"n_embd\":4,\"n_head\":2,\"n_layer\":2,\"moe_every\":2,"
-    "\"n_ff\":3,\"n_ff_dense\":6,\"n_expert\":2,\"n_expert_used\":1,\"n_expert_shared\":1,\"ffn_activation\":\"gelu\"},"
-    "\"moe\":{\"router\":\"switch\",\"capacity_factor\":0,\"eval_capacity_factor\":0,\"aux_loss\":\"none\"}}";
+// The models: compress_models.h (test_prune.c's MLP_MOE and TRANSFORMER).
 
 struct fd_ctx {
     struct moe_model m;
@@ -232,27 +189,8 @@ static void lm_batch(struct fd_ctx *c)
     c->b.tok = c->tok;
 }
 
-// The batch-mean loss from an evaluation pass, and a signature of every
-// sparse layer's routing (selected experts, kept slots): test_prune.c's.
-static double fd_loss(struct fd_ctx *c, unsigned *sig)
-{
-    struct moe_stats st;
-    struct moe_err err;
-    ck_assert_int_eq(moe_stats_init(&st, c->m.n_expert, 0, &err), 0);
-    int rc = moe_model_run(&c->m, &c->b, 0, &st, &err);
-    ck_assert_msg(rc == 0, "run: %s", err.msg);
-    double f = st.loss / (double)st.n;
-    moe_stats_release(&st);
-    unsigned s = 0;
-    for (size_t i = 0; i < c->m.n_moe_layers; i++) {
-        struct moe_layer *l = c->m.ops->moe_layer_at(&c->m, i);
-        ck_assert(l->loss == 0.0f); // no auxiliary loss: the gradient is the data loss's
-        for (size_t j = 0; j < l->T * l->S; j++)
-            s = s * 31u + (unsigned)(l->route.sel[j] + 1) * 7u + (l->plan.slot_row[j] >= 0);
-    }
-    *sig = s;
-    return f;
-}
+// compress_models.h's routed_loss on the context's model and batch.
+static double fd_loss(struct fd_ctx *c, unsigned *sig) { return routed_loss(&c->m, &c->b, sig); }
 
 // A training pass (with_grad) at the registry's weights: the gradient into
 // grad (p->numel floats), the batch-mean loss returned.
