@@ -27,7 +27,7 @@
 # one-shot then fine-tuned (compress --prune-neurons F, then train --init with
 # its masks kept fixed) against iterative pruning during the same fine-tuning
 # (train.prune: Zhu & Gupta's cubic schedule to F over the first 3/4 of the
-# steps, 10 prunes); int8 after a float fine-tuning (the control: as many
+# steps, 10 prunes; at 0.9 also over the first half, "-half"); int8 after a float fine-tuning (the control: as many
 # steps as QAT) against quantization-aware training (train.qat, then
 # compress --quantize int8, which stores exactly the weights QAT's forward
 # saw); and iterative pruning with QAT together. Their "before" is the base's
@@ -90,6 +90,7 @@ tuned=(
   "neurons-0.75-iterative|iterative 0.75"
   "neurons-0.9-oneshot-ft|oneshot 0.9"
   "neurons-0.9-iterative|iterative 0.9"
+  "neurons-0.9-iterative-half|iterative 0.9 1/2"
   "ft-int8|ft"
   "qat-int8|qat"
   "neurons-0.5-iterative+qat-int8|iterative-qat 0.5"
@@ -144,12 +145,13 @@ for seed in "${seeds[@]}"; do
   # the footprint and the quality after; "before" is the base's (the int8 row's)
   for s in "${tuned[@]}"; do
     name=${s%%|*}
-    read -r kind frac <<<"${s#*|}"
+    read -r kind frac part <<<"${s#*|}"
+    part=${part:-3/4}
     d=$work/$name-s$seed t=$work/$name-train-s$seed
     if ! done_compress "$d"; then
       ft=("$moe" train --config "$cfg" --seed "$seed" --set "train.epochs=$ft_epochs" --quiet --threads "$threads")
-      # the schedule: 3/4 of the fine-tuning's optimizer steps, 10 prunes
-      steps=$(( $(jq .steps_per_epoch "$b/summary.json") * ft_epochs * 3 / 4 ))
+      # the schedule: 3/4 of the fine-tuning's optimizer steps (or the system's part), 10 prunes
+      steps=$(( $(jq .steps_per_epoch "$b/summary.json") * ft_epochs * ${part%/*} / ${part#*/} ))
       sched=(--set "train.prune.sparsity=$frac" --set "train.prune.steps=$steps" --set "train.prune.every=$(( steps / 10 ))")
       case $kind in
         oneshot)
