@@ -610,8 +610,8 @@ static void describe(struct compress_run *r)
     if (r->spec) {
         cJSON *q = cJSON_AddObjectToObject(w, "quantize");
         cJSON_AddStringToObject(q, "type", "int8");
-        cJSON_AddStringToObject(q, "scheme", o->spec.scheme == MOE_QUANT_ASYM ? "asymmetric" : "symmetric");
-        cJSON_AddStringToObject(q, "granularity", o->spec.gran == MOE_QUANT_PER_TENSOR ? "tensor" : "channel");
+        cJSON_AddStringToObject(q, "scheme", moe_quant_scheme_name(o->spec.scheme));
+        cJSON_AddStringToObject(q, "granularity", moe_quant_gran_name(o->spec.gran));
         cJSON *g = cJSON_AddArrayToObject(q, "targets"), *t = cJSON_AddArrayToObject(q, "tensors");
         for (size_t i = 0; i < o->n_globs; i++)
             cJSON_AddItemToArray(g, cJSON_CreateString(o->globs[i]));

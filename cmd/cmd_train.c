@@ -466,7 +466,7 @@ static int masks_setup(struct train_run *r)
     int found = 0;
     for (size_t i = 0; f && i < r->masks.n; i++)
         found |= moe_safetensors_find(f, r->masks.name[i]) != NULL;
-    if (!found && r->rc.train.prune_sparsity <= 0) {
+    if (!found && r->rc.train.prune.sparsity <= 0) {
         moe_ffn_masks_release(&r->masks);
         return 0;
     }
@@ -600,13 +600,14 @@ static void add_compress(cJSON *s, const struct train_run *r)
     const struct moe_ffn_masks *k = &r->masks;
     if (r->has_masks) {
         cJSON *p = cJSON_AddObjectToObject(s, "prune");
-        cJSON_AddNumberToObject(p, "sparsity", tc->prune_sparsity);
-        if (tc->prune_sparsity > 0) {
-            cJSON_AddNumberToObject(p, "start", (double)tc->prune_start);
-            cJSON_AddNumberToObject(p, "steps", (double)tc->prune_steps);
-            cJSON_AddNumberToObject(p, "every", (double)tc->prune_every);
-            cJSON_AddStringToObject(p, "score", tc->prune_score == MOE_NEURON_L2 ? "l2" : "l1");
-            cJSON_AddStringToObject(p, "scope", tc->prune_global ? "global" : "layer");
+        const struct moe_prune_cfg *c = &tc->prune;
+        cJSON_AddNumberToObject(p, "sparsity", c->sparsity);
+        if (c->sparsity > 0) {
+            cJSON_AddNumberToObject(p, "start", (double)c->start);
+            cJSON_AddNumberToObject(p, "steps", (double)c->steps);
+            cJSON_AddNumberToObject(p, "every", (double)c->every);
+            cJSON_AddStringToObject(p, "score", c->score == MOE_NEURON_L2 ? "l2" : "l1");
+            cJSON_AddStringToObject(p, "scope", c->global ? "global" : "layer");
         }
         size_t all = moe_ffn_masks_pruned(k, k->n);
         cJSON_AddNumberToObject(p, "units", (double)k->units);
@@ -617,8 +618,8 @@ static void add_compress(cJSON *s, const struct train_run *r)
     if (tc->qat) {
         cJSON *q = cJSON_AddObjectToObject(s, "qat");
         cJSON_AddStringToObject(q, "quantize", "int8");
-        cJSON_AddStringToObject(q, "scheme", tc->qat_spec.scheme == MOE_QUANT_ASYM ? "asymmetric" : "symmetric");
-        cJSON_AddStringToObject(q, "granularity", tc->qat_spec.gran == MOE_QUANT_PER_TENSOR ? "tensor" : "channel");
+        cJSON_AddStringToObject(q, "scheme", moe_quant_scheme_name(tc->qat_spec.scheme));
+        cJSON_AddStringToObject(q, "granularity", moe_quant_gran_name(tc->qat_spec.gran));
         cJSON *t = cJSON_AddArrayToObject(q, "targets");
         for (size_t i = 0; i < tc->n_qat_targets; i++)
             cJSON_AddItemToArray(t, cJSON_CreateString(tc->qat_targets[i]));

@@ -256,8 +256,8 @@ size_t moe_ffn_masks_refs(const struct moe_ffn_masks *k, const struct moe_params
 
 size_t moe_ffn_masks_pruned(const struct moe_ffn_masks *k, size_t i)
 {
-    size_t c = 0;
-    for (size_t j = i < k->n ? i : 0; j < k->n && (i == k->n || j == i); j++)
+    size_t c = 0, lo = i < k->n ? i : 0, hi = i < k->n ? i + 1 : k->n;
+    for (size_t j = lo; j < hi; j++)
         for (size_t u = 0; u < k->ffn[j].M * k->ffn[j].F; u++)
             c += k->mask[j][u];
     return c;

@@ -385,3 +385,10 @@ int moe_quant_fake(float *out, const float *w, int ndim, const size_t *shape, st
     free(zero);
     return rc;
 }
+
+const char *moe_quant_scheme_name(enum moe_quant_scheme s)
+{
+    return s == MOE_QUANT_ASYM ? "asymmetric" : s == MOE_QUANT_SYM ? "symmetric" : "none";
+}
+
+const char *moe_quant_gran_name(enum moe_quant_gran g) { return g == MOE_QUANT_PER_TENSOR ? "tensor" : "channel"; }

@@ -61,6 +61,11 @@ struct moe_quant_spec {
 #define MOE_QUANT_W_MAX (FLT_MAX / 4)       // largest |w| quantized
 #define MOE_QUANT_SCALE_MAX (FLT_MAX / 256) // largest scale read: 255 x it stays finite
 
+// The names the options and config keys use: "symmetric" / "asymmetric"
+// ("none" for MOE_QUANT_NONE), "channel" / "tensor".
+const char *moe_quant_scheme_name(enum moe_quant_scheme s);
+const char *moe_quant_gran_name(enum moe_quant_gran g);
+
 // Groups of a tensor of ndim (2 or 3) dimensions: *ret_groups groups of
 // *ret_len consecutive elements (per tensor: 1 group of every element; per
 // channel: every row of the last dimension). MOE_EINVAL for another ndim or

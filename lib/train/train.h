@@ -164,6 +164,14 @@ void moe_optim_release(struct moe_optim *o);
 
 // ---- the training loop ----
 // The train.* keys (trainer.c) read into a typed struct.
+// train.prune.*: iterative structured pruning of FFN units on the schedule of
+// moe_prune_schedule (compress/prune.h); sparsity 0: no schedule.
+struct moe_prune_cfg {
+    double sparsity;
+    uint64_t start, steps, every;
+    enum moe_neuron_score score;
+    int global;
+};
 enum moe_criterion { MOE_CRIT_NONE = 0, MOE_CRIT_LOSS = 1, MOE_CRIT_MSE = 2, MOE_CRIT_ACCURACY = 3 };
 struct moe_train_cfg {
     uint64_t seed, epochs, eval_every, log_every, checkpoint_every;
@@ -177,11 +185,7 @@ struct moe_train_cfg {
     // partial fine-tuning globs (train/tune.h); the strings point into the config
     const char **trainable, **freeze;
     size_t n_trainable, n_freeze;
-    // train.prune.*: iterative structured pruning of FFN units (prune_sparsity 0: no schedule)
-    double prune_sparsity;
-    uint64_t prune_start, prune_steps, prune_every;
-    enum moe_neuron_score prune_score;
-    int prune_global;
+    struct moe_prune_cfg prune; // train.prune.*
     // train.qat.*: quantization-aware training (qat 0: none); the globs point into the config
     int qat;
     struct moe_quant_spec qat_spec;

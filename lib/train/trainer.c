@@ -78,12 +78,12 @@ int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, s
     c->checkpoint_every = (uint64_t)moe_cfg_int(cfg, "train.checkpoint_every");
     c->max_batch_eval = (size_t)moe_cfg_int(cfg, "train.max_batch_eval");
     c->accumulate = (size_t)moe_cfg_int(cfg, "train.accumulate");
-    c->prune_sparsity = moe_cfg_num(cfg, "train.prune.sparsity");
-    c->prune_start = (uint64_t)moe_cfg_int(cfg, "train.prune.start");
-    c->prune_steps = (uint64_t)moe_cfg_int(cfg, "train.prune.steps");
-    c->prune_every = (uint64_t)moe_cfg_int(cfg, "train.prune.every");
-    c->prune_score = strcmp(moe_cfg_str(cfg, "train.prune.score"), "l2") == 0 ? MOE_NEURON_L2 : MOE_NEURON_L1;
-    c->prune_global = strcmp(moe_cfg_str(cfg, "train.prune.scope"), "global") == 0;
+    c->prune.sparsity = moe_cfg_num(cfg, "train.prune.sparsity");
+    c->prune.start = (uint64_t)moe_cfg_int(cfg, "train.prune.start");
+    c->prune.steps = (uint64_t)moe_cfg_int(cfg, "train.prune.steps");
+    c->prune.every = (uint64_t)moe_cfg_int(cfg, "train.prune.every");
+    c->prune.score = strcmp(moe_cfg_str(cfg, "train.prune.score"), "l2") == 0 ? MOE_NEURON_L2 : MOE_NEURON_L1;
+    c->prune.global = strcmp(moe_cfg_str(cfg, "train.prune.scope"), "global") == 0;
     c->qat = strcmp(moe_cfg_str(cfg, "train.qat.quantize"), "int8") == 0;
     c->qat_spec.scheme = strcmp(moe_cfg_str(cfg, "train.qat.scheme"), "asymmetric") == 0 ? MOE_QUANT_ASYM : MOE_QUANT_SYM;
     c->qat_spec.gran = strcmp(moe_cfg_str(cfg, "train.qat.granularity"), "tensor") == 0 ? MOE_QUANT_PER_TENSOR
@@ -93,9 +93,9 @@ int moe_train_cfg_parse(struct moe_train_cfg *c, const struct moe_config *cfg, s
         rc = moe_cfg_str_list(cfg, "train.freeze", &c->freeze, &c->n_freeze, err);
     if (!rc)
         rc = moe_cfg_str_list(cfg, "train.qat.targets", &c->qat_targets, &c->n_qat_targets, err);
-    if (!rc && c->prune_sparsity >= 1.0)
+    if (!rc && c->prune.sparsity >= 1.0)
         rc = moe_error(err, MOE_ECONFIG, "key 'train.prune.sparsity' must be below 1 (a fraction of the units in [0, 1)), got %g",
-                       c->prune_sparsity);
+                       c->prune.sparsity);
     if (rc)
         moe_train_cfg_release(c);
     return rc;
@@ -106,7 +106,7 @@ int moe_train_cfg_check(const struct moe_train_cfg *tc, const struct moe_optim_c
     int rc = moe_optim_cfg_check(oc, err);
     if (rc)
         return rc;
-    if (tc->prune_sparsity > 0 && tc->select_best)
+    if (tc->prune.sparsity > 0 && tc->select_best)
         return moe_error(err, MOE_ECONFIG, "key 'train.select': 'best_valid_loss' cannot be combined with train.prune.sparsity (an earlier epoch's weights would not match the final masks)");
     if (tc->accumulate > 1 && (oc->type == MOE_OPTIM_GD || oc->batch_size == 0))
         return moe_error(err, MOE_ECONFIG, "key 'train.accumulate' (%zu) needs mini-batches: %s takes the whole training split in one step",
@@ -467,10 +467,7 @@ struct run {
     // flags), and the schedule (train.prune.*); train.qat: the fake quantization
     struct moe_ffn_masks *masks;
     uint8_t *dead;
-    double prune_final;
-    uint64_t prune_start, prune_steps, prune_every;
-    enum moe_neuron_score prune_score;
-    int prune_global;
+    struct moe_prune_cfg prune;
     struct moe_qat qat;
 };
 
@@ -587,7 +584,7 @@ int moe_train_compress_check(const struct moe_model *m, size_t n_train, const st
                              const struct moe_optim_cfg *oc, int masks, int device, int dist, int lora,
                              struct moe_err *err)
 {
-    const char *what = tc->qat ? "train.qat" : tc->prune_sparsity > 0 ? "train.prune" : masks ? "pruned FFN units (NAME.pruned)" : NULL;
+    const char *what = tc->qat ? "train.qat" : tc->prune.sparsity > 0 ? "train.prune" : masks ? "pruned FFN units (NAME.pruned)" : NULL;
     if (!what)
         return 0;
     if (device)
@@ -596,14 +593,14 @@ int moe_train_compress_check(const struct moe_model *m, size_t n_train, const st
         return moe_error(err, MOE_EINVAL, "%s: training over several processes does not support it yet (run one process)", what);
     if (lora)
         return moe_error(err, MOE_ECONFIG, "%s cannot be combined with LoRA adapters", what);
-    if (tc->prune_sparsity > 0 && !moe_ffn_find(&m->params, NULL, 0))
+    if (tc->prune.sparsity > 0 && !moe_ffn_find(&m->params, NULL, 0))
         return moe_error(err, MOE_ECONFIG, "key 'train.prune.sparsity': the '%s' model has no FFN (NAME.w1 and NAME.w2) to prune",
                          m->ops->type);
     uint64_t per, run;
     step_shape(tc, oc, n_train, m->max_batch, &per, &run);
-    if (tc->prune_sparsity > 0 && tc->prune_start + tc->prune_steps > run)
+    if (tc->prune.sparsity > 0 && tc->prune.start + tc->prune.steps > run)
         return moe_error(err, MOE_ECONFIG, "key 'train.prune.steps': the schedule ends after step %llu (train.prune.start + train.prune.steps), but the run has %llu optimizer steps",
-                         (unsigned long long)(tc->prune_start + tc->prune_steps), (unsigned long long)run);
+                         (unsigned long long)(tc->prune.start + tc->prune.steps), (unsigned long long)run);
     if (tc->qat) {
         uint8_t *target = malloc(m->params.n ? m->params.n : 1);
         if (!target)
@@ -634,7 +631,7 @@ static int compress_init(struct run *r, const struct moe_train_cfg *tc, const st
                                       h->device != NULL, h->dist && h->dist->size > 1, h->lora != NULL, err);
     if (rc)
         return rc;
-    if (tc->prune_sparsity > 0 && !h->prune)
+    if (tc->prune.sparsity > 0 && !h->prune)
         return moe_error(err, MOE_EINVAL, "train.prune: the run has no FFN masks (hooks->prune)");
     if (h->prune && (r->masks = h->prune)->n) {
         if (!(r->dead = malloc(p->numel ? p->numel : 1)))
@@ -642,12 +639,7 @@ static int compress_init(struct run *r, const struct moe_train_cfg *tc, const st
         moe_ffn_masks_apply(r->masks, p);
         moe_ffn_masks_dead(r->masks, p, r->dead);
     }
-    r->prune_final = tc->prune_sparsity;
-    r->prune_start = tc->prune_start;
-    r->prune_steps = tc->prune_steps;
-    r->prune_every = tc->prune_every;
-    r->prune_score = tc->prune_score;
-    r->prune_global = tc->prune_global;
+    r->prune = tc->prune;
     if (tc->qat && (rc = moe_qat_init(&r->qat, p, tc->qat_spec, tc->qat_targets, tc->n_qat_targets, err)))
         return rc;
     return 0;
@@ -679,10 +671,11 @@ static void prune_grads(struct run *r, int moments)
 static int prune_step(struct run *r, uint64_t t, struct moe_err *err)
 {
     double s;
-    if (!r->dead || !moe_prune_schedule(r->prune_final, r->prune_start, r->prune_steps, r->prune_every, t, &s))
+    const struct moe_prune_cfg *c = &r->prune;
+    if (!r->dead || !moe_prune_schedule(c->sparsity, c->start, c->steps, c->every, t, &s))
         return 0;
     struct moe_params *p = &r->m->params;
-    int rc = moe_ffn_masks_grow(r->masks, p, r->prune_score, NULL, s, r->prune_global, err);
+    int rc = moe_ffn_masks_grow(r->masks, p, c->score, NULL, s, c->global, err);
     if (rc)
         return rc;
     moe_ffn_masks_dead(r->masks, p, r->dead);
