@@ -20,6 +20,7 @@
 #include "progress.h"
 #include "backend/backend.h"
 #include "cuda/model.h"
+#include "cuda/ops.h"
 #include "dist/dist.h"
 #include "dist/ep.h"
 #include "run_dir.h"
@@ -196,6 +197,7 @@ static int dry_device(const char *cmd, const struct cli_common *c, const struct 
     cJSON_AddStringToObject(d, "device", name);
     const size_t need = moe_estimate_device_bytes(est);
     cJSON_AddNumberToObject(d, "memory_bytes", (double)need);
+    cJSON_AddNumberToObject(d, "extra_bytes", (double)est->bytes_device_extra);
     cJSON_AddNumberToObject(d, "reserve_bytes", (double)MOE_ESTIMATE_CUDA_RESERVE_BYTES);
     const int usable = cuda->available && cuda->device == c->device_id;
     cJSON_AddBoolToObject(d, "available", usable);
@@ -637,6 +639,9 @@ static int write_summary(struct train_run *r, const struct moe_train_result *res
         snprintf(name, sizeof name, "cuda:%d", r->c->device_id);
         cJSON_ReplaceItemInObject(s, "device", cJSON_CreateString(name));
         cJSON_AddStringToObject(s, "device_name", r->cuda.dev.name);
+        size_t peak; // the most device memory the run's buffers held at once (a teacher's included)
+        moe_cuda_mem_usage(NULL, &peak);
+        cJSON_AddNumberToObject(s, "device_memory_bytes", (double)peak);
     }
     run_output_summary_identity(s, &r->outs);
     run_output_summary_model(s, &r->outs);

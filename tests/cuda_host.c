@@ -49,6 +49,9 @@ static int empty_grid(const char *kernel, struct moe_err *err)
 // and the Nth launch of the optimizer's kernel fails as a faulting kernel does
 // (0: never).
 long cuda_host_fail_malloc, cuda_host_fail_optim;
+// Called with every device allocation's size and name when set (the tests'
+// checks of what a device model allocates).
+void (*cuda_host_on_malloc)(size_t bytes, const char *what);
 
 // ---------------------------------------------------------------- device memory
 
@@ -62,13 +65,25 @@ int moe_cuda_malloc(void **ret, size_t bytes, const char *what, struct moe_err *
     }
     size_t n = bytes ? bytes : 1;
     *ret = n <= SIZE_MAX - 255 ? aligned_alloc(256, (n + 255) & ~(size_t)255) : NULL;
-    if (*ret)
-        return 0;
+    if (*ret) {
+        if (cuda_host_on_malloc)
+            cuda_host_on_malloc(bytes, what);
+        int rc = moe_cuda_mem_note(*ret, bytes, err);
+        if (rc) {
+            free(*ret);
+            *ret = NULL;
+        }
+        return rc;
+    }
     return moe_error(err, MOE_ENOMEM, "CUDA: cudaMalloc of %zu bytes for %s failed: %s", bytes, what,
                      "out of memory");
 }
 
-void moe_cuda_free(void *p) { free(p); }
+void moe_cuda_free(void *p)
+{
+    moe_cuda_mem_forget(p);
+    free(p);
+}
 
 int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
@@ -481,26 +496,34 @@ static void sort_pairs(int32_t *keys_out, int32_t *vals_out, const int32_t *keys
     }
 }
 
-// ids and rows, their stable sort by id into sorted_ids and order (cub's
-// temporary storage from moe_cuda_malloc), then the token rows by (id, column)
-// and the position rows by (position, column).
+// The sort's scratch: the keys and values of one pass.
+int moe_cuda_embed_sort_bytes(size_t n, size_t *ret, struct moe_err *err)
+{
+    (void)err;
+    *ret = 2 * n * sizeof(int32_t);
+    return 0;
+}
+
+// ids and rows, their stable sort by id into sorted_ids and order (in the
+// caller's scratch, as cub's temporary storage), then the token rows by (id,
+// column) and the position rows by (position, column).
 int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tok, size_t ld, size_t B,
                             size_t C, size_t D, size_t V, int32_t *ids, int32_t *sorted_ids, int32_t *rows,
-                            int32_t *order, struct moe_err *err)
+                            int32_t *order, void *sort, size_t sort_bytes, struct moe_err *err)
 {
     size_t n = B * C;
     if (n == 0)
         return 0;
+    size_t need;
+    moe_cuda_embed_sort_bytes(n, &need, err);
+    if (need > sort_bytes)
+        return moe_error(err, MOE_EINVAL, "CUDA: the embedding backward's sort needs %zu bytes of scratch, given %zu",
+                         need, sort_bytes);
     for (size_t r = 0; r < n; r++) {
         ids[r] = tok[(r / C) * ld + r % C];
         rows[r] = (int32_t)r;
     }
-    void *temp = NULL;
-    int rc = moe_cuda_malloc(&temp, 2 * n * sizeof(int32_t), "the embedding backward's sort", err);
-    if (rc)
-        return rc;
-    sort_pairs(sorted_ids, order, ids, rows, (int32_t *)temp, (int32_t *)temp + n, n);
-    moe_cuda_free(temp);
+    sort_pairs(sorted_ids, order, ids, rows, (int32_t *)sort, (int32_t *)sort + n, n);
     for (size_t i = 0; i < V * D; i++) {
         int32_t id = (int32_t)(i / D);
         size_t start = moe_k_lower_bound(sorted_ids, n, id), end = moe_k_lower_bound(sorted_ids, n, id + 1);

@@ -574,13 +574,22 @@ static void test_embed(void)
     moe_embedding_forward(out, tok, ld, wte, wpe, B, C, D);
     moe_embedding_backward(dte, dpe, dout, tok, ld, B, C, D);
     EXPECT(moe_cuda_embed_forward(dout_d, dtok, ld, dwte, dwpe, B, C, D, &err) == 0, "%s", err.msg);
-    EXPECT(moe_cuda_embed_backward(ddte, ddpe, dg, dtok, ld, B, C, D, V, s1, s2, s3, s4, &err) == 0, "%s", err.msg);
+    size_t sort_bytes = 0;
+    EXPECT(moe_cuda_embed_sort_bytes(n, &sort_bytes, &err) == 0, "%s", err.msg);
+    void *sort = dev(NULL, sort_bytes);
+    // a scratch smaller than the sort's is refused, before anything is written
+    EXPECT(sort_bytes == 0 || (moe_cuda_embed_backward(ddte, ddpe, dg, dtok, ld, B, C, D, V, s1, s2, s3, s4, sort,
+                                                       sort_bytes - 1, &err) == MOE_EINVAL &&
+                               strstr(err.msg, "scratch")),
+           "a small sort scratch: %s", err.msg);
+    EXPECT(moe_cuda_embed_backward(ddte, ddpe, dg, dtok, ld, B, C, D, V, s1, s2, s3, s4, sort, sort_bytes, &err) == 0,
+           "%s", err.msg);
     host(out2, dout_d, n * D * 4), host(dte2, ddte, V * D * 4), host(dpe2, ddpe, C * D * 4);
     EXPECT(memcmp(out, out2, n * D * 4) == 0, "embedding forward differs");
     EXPECT(memcmp(dte, dte2, V * D * 4) == 0, "token embedding gradient differs");
     EXPECT(memcmp(dpe, dpe2, C * D * 4) == 0, "position embedding gradient differs");
-    void *bufs[] = { dtok, dwte, dwpe, dout_d, dg, ddte, ddpe, s1, s2, s3, s4 };
-    for (size_t i = 0; i < 11; i++)
+    void *bufs[] = { dtok, dwte, dwpe, dout_d, dg, ddte, ddpe, s1, s2, s3, s4, sort };
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         moe_cuda_free(bufs[i]);
     free(tok), free(wte), free(wpe), free(out), free(out2), free(dout), free(dte), free(dpe), free(dte2), free(dpe2);
 }

@@ -58,8 +58,10 @@ struct eset {
 
 struct moe_cuda_layer {
     struct moe_layer_cfg c;
-    size_t E, D, F, S, Sh, T_max, N_max;
+    size_t E, D, F, S, Sh, T_max;
     int swiglu, noisy, gated; // gated: the router has weights (all but hash)
+    int own;                  // weights and gradients allocated here (moe_cuda_layer_create), not the caller's
+    int eval;                 // evaluation passes only: no gradients, no backward buffers
     enum moe_cuda_act act;    // relu, gelu; silu for swiglu
     void *mem[MAX_MEM];       // every device allocation, freed together
     int n_mem;
@@ -187,41 +189,44 @@ enum moe_cuda_act moe_cuda_ffn_act(enum moe_ffn_act a)
 }
 
 // A set's weights, gradients, plan and rows on the device: E experts of S
-// slots per token for T tokens; shared names its buffers in errors.
-static int eset_alloc(struct moe_cuda_layer *l, struct eset *s, size_t E, size_t S, size_t T, int shared,
+// slots per token for T tokens, at most N of the T S slots kept as rows
+// (moe_router_rows: fewer for expert choice); shared names its buffers in
+// errors.
+static int eset_alloc(struct moe_cuda_layer *l, struct eset *s, size_t E, size_t S, size_t T, size_t N, int shared,
                       struct moe_err *err)
 {
-    const size_t D = l->D, F = l->F, N = T * S, EFD = E * F * D, f = sizeof(float);
+    const size_t D = l->D, F = l->F, TS = T * S, EFD = E * F * D, f = sizeof(float);
     const char *who = shared ? "shared" : "experts";
     s->E = E, s->S = S, s->N_max = N;
     if (!(s->off = (size_t *)calloc(E + 1, sizeof *s->off)) ||
         !(s->grp = (struct moe_cuda_gemm_group *)calloc(E ? E : 1, sizeof *s->grp)))
         return moe_error(err, MOE_ENOMEM, "out of memory");
+    const int own = l->own, bw = !l->eval; // bw: the backward's buffers
     const struct moe_cuda_want b[] = {
-        { 1, &s->w1, EFD * f, "w1" },
-        { 1, &s->gw1, EFD * f, "w1 gradient" },
-        { l->swiglu, &s->w3, EFD * f, "w3" },
-        { l->swiglu, &s->gw3, EFD * f, "w3 gradient" },
-        { 1, &s->w2, EFD * f, "w2" },
-        { 1, &s->gw2, EFD * f, "w2 gradient" },
+        { own, &s->w1, EFD * f, "w1" },
+        { own, &s->gw1, EFD * f, "w1 gradient" },
+        { own && l->swiglu, &s->w3, EFD * f, "w3" },
+        { own && l->swiglu, &s->gw3, EFD * f, "w3 gradient" },
+        { own, &s->w2, EFD * f, "w2" },
+        { own, &s->gw2, EFD * f, "w2 gradient" },
         { 1, &s->xd, N * D * f, "input rows" },
         { 1, &s->yd, N * D * f, "output rows" },
-        { 1, &s->dyd, N * D * f, "output row gradients" },
-        { 1, &s->dxd, N * D * f, "input row gradients" },
+        { bw, &s->dyd, N * D * f, "output row gradients" },
+        { bw, &s->dxd, N * D * f, "input row gradients" },
         { 1, &s->a, N * F * f, "pre-activations" },
         { 1, &s->hh, N * F * f, "hidden units" },
-        { 1, &s->da, N * F * f, "pre-activation gradients" },
-        { 1, &s->dh, N * F * f, "hidden gradients" },
+        { bw, &s->da, N * F * f, "pre-activation gradients" },
+        { bw, &s->dh, N * F * f, "hidden gradients" },
         { l->swiglu, &s->b, N * F * f, "gate units" },
-        { l->swiglu, &s->db, N * F * f, "gate unit gradients" },
+        { bw && l->swiglu, &s->db, N * F * f, "gate unit gradients" },
         { 1, &s->plan.row_tok, N * 4, "plan rows" },
         { 1, &s->plan.row_slot, N * 4, "plan slots" },
-        { 1, &s->plan.slot_row, N * 4, "plan slot rows" },
+        { 1, &s->plan.slot_row, TS * 4, "plan slot rows" },
         { 1, &s->plan.offset, (E + 1) * sizeof(size_t), "plan offsets" },
         { 1, &s->plan.routed, E * sizeof(size_t), "plan routed" },
         { 1, &s->plan.dropped, E * sizeof(size_t), "plan dropped" },
-        { 1, &s->plan.order, N * 4, "plan order" },
-        { 1, &s->plan.kept, N, "plan kept" },
+        { 1, &s->plan.order, TS * 4, "plan order" },
+        { 1, &s->plan.kept, TS, "plan kept" },
         { 1, &s->plan.n_kept, E * sizeof(size_t), "plan kept counts" },
         { 1, &s->plan.cnt, MOE_CUDA_PLAN_CNT(T, S, E) * sizeof(size_t), "plan chunk counts" },
     };
@@ -265,93 +270,6 @@ int moe_cuda_layer_check(const struct moe_layer_cfg *c, size_t T_max, struct moe
     return 0;
 }
 
-int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
-                          struct moe_err *err)
-{
-    *ret = NULL;
-    if (moe_cuda_layer_check(c, T_max, err))
-        return MOE_EINVAL;
-    struct moe_cuda_layer *l = (struct moe_cuda_layer *)calloc(1, sizeof *l);
-    if (!l)
-        return moe_error(err, MOE_ENOMEM, "out of memory");
-    const struct moe_router_info *ri = moe_router_info(c->router.type);
-    l->c = *c;
-    l->E = c->router.E;
-    l->D = c->D;
-    l->F = c->F;
-    l->S = moe_router_slots(&c->router);
-    l->Sh = c->n_shared;
-    l->T_max = T_max ? T_max : 1;
-    l->N_max = l->T_max * l->S;
-    l->swiglu = c->act == MOE_FFN_SWIGLU;
-    l->noisy = ri->noise_weights;
-    l->gated = ri->gate_weights;
-    l->act = moe_cuda_ffn_act(c->act);
-    const size_t E = l->E, D = l->D, S = l->S, T = l->T_max, f = sizeof(float);
-    int rc = moe_cuda_blas_init(err);
-    for (int i = 0; !rc && i <= MAX_MARKS; i++)
-        rc = moe_cuda_event_create(&l->ev[i], err);
-    if (!rc && ri->token_table && !(l->hexp_h = (int32_t *)malloc(T * sizeof *l->hexp_h)))
-        rc = moe_error(err, MOE_ENOMEM, "out of memory");
-    const struct moe_cuda_want b[] = {
-        { l->gated, &l->wr, E * D * f, "router.weight" },
-        { l->gated, &l->gwr, E * D * f, "router.weight gradient" },
-        { l->noisy, &l->wn, E * D * f, "router.noise_weight" },
-        { l->noisy, &l->gwn, E * D * f, "router.noise_weight gradient" },
-        { 1, &l->z, T * E * f, "router logits" },
-        { 1, &l->p, T * E * f, "router probabilities" },
-        { 1, &l->lse, T * f, "router lse" },
-        { 1, &l->gate, T * S * f, "gates" },
-        { 1, &l->prio, T * S * f, "priorities" },
-        { 1, &l->sel, T * S * 4, "selections" },
-        { 1, &l->idx, T * S * 4, "dispatch" },
-        { l->noisy, &l->u, T * E * f, "noise logits" },
-        { l->noisy, &l->h, T * E * f, "noisy logits" },
-        { l->noisy, &l->eps, T * E * f, "noise draws" },
-        { l->noisy, &l->du, T * E * f, "noise logit gradients" },
-        { l->gated, &l->xr, T * D * f, "router input" },
-        { l->gated, &l->jit, T * D * f, "jitter" },
-        { l->gated, &l->dxr, T * D * f, "router input gradient" },
-        { 1, &l->dgate, T * S * f, "gate gradients" },
-        { 1, &l->dz, T * E * f, "logit gradients" },
-        { 1, &l->aux_f, E * sizeof(double), "aux f" },
-        { 1, &l->aux_P, E * sizeof(double), "aux P" },
-        { 1, &l->aux_v, sizeof(double), "aux value" },
-        { c->router.bias_balance, &l->bias, E * f, "router.bias" },
-        { ri->token_table, &l->hexp, T * 4, "hash experts" },
-        { l->Sh > 0, &l->sidx, T * l->Sh * 4, "shared routing" },
-        { l->Sh > 0, &l->sgate, T * l->Sh * f, "shared gates" },
-    };
-    for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
-        if (b[i].need)
-            rc = dalloc(l, b[i].p, b[i].bytes, b[i].what, err);
-    if (!rc)
-        rc = eset_alloc(l, &l->r, E, S, T, 0, err);
-    if (!rc && l->Sh && !(rc = eset_alloc(l, &l->sh, l->Sh, l->Sh, T, 1, err)))
-        rc = shared_routing(l, err);
-    if (!rc && l->bias)
-        rc = moe_cuda_memset(l->bias, 0, E * f, "router.bias", err);
-    if (!rc)
-        rc = moe_cuda_layer_zero_grad(l, err);
-    if (rc) {
-        moe_cuda_layer_free(l);
-        return rc;
-    }
-    *ret = l;
-    return 0;
-}
-
-// Free one of the layer's own buffers (NULL: nothing).
-static void dfree(struct moe_cuda_layer *l, void *p)
-{
-    for (int i = 0; p && i < l->n_mem; i++)
-        if (l->mem[i] == p) {
-            moe_cuda_free(p);
-            l->mem[i] = l->mem[--l->n_mem];
-            return;
-        }
-}
-
 // The layer's weight (or gradient) pointers in moe_cuda_layer_tensors' order.
 #define N_TENSORS 8
 static void tensor_slots(struct moe_cuda_layer *l, int grad, float **s[N_TENSORS])
@@ -368,6 +286,15 @@ static void tensor_ptrs(const struct moe_cuda_layer_tensors *t, float *v[N_TENSO
     memcpy(v, x, sizeof x);
 }
 
+// Whether the layer has tensor i (moe_cuda_layer_tensors' order): the router's
+// weight but with hash routing, the noise weight with noisy top-k, w3 with
+// swiglu, the shared experts' with shared experts.
+static int tensor_has(const struct moe_cuda_layer *l, int i)
+{
+    const int has[N_TENSORS] = { l->gated, l->noisy, 1, l->swiglu, 1, l->Sh > 0, l->Sh > 0 && l->swiglu, l->Sh > 0 };
+    return has[i];
+}
+
 // Bytes of tensor i (moe_cuda_layer_tensors' order).
 static size_t tensor_bytes(const struct moe_cuda_layer *l, int i)
 {
@@ -375,19 +302,96 @@ static size_t tensor_bytes(const struct moe_cuda_layer *l, int i)
     return (i < 2 ? E * l->D : E * l->F * l->D) * sizeof(float);
 }
 
-void moe_cuda_layer_bind(struct moe_cuda_layer *l, const struct moe_cuda_layer_tensors *w,
-                         const struct moe_cuda_layer_tensors *g)
+int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
+                          struct moe_err *err)
 {
-    for (int grad = 0; grad < 2; grad++) {
-        float **own[N_TENSORS], *to[N_TENSORS];
-        tensor_slots(l, grad, own);
+    return moe_cuda_layer_create_in(ret, c, T_max, NULL, NULL, err);
+}
+
+int moe_cuda_layer_create_in(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
+                             const struct moe_cuda_layer_tensors *w, const struct moe_cuda_layer_tensors *g,
+                             struct moe_err *err)
+{
+    *ret = NULL;
+    if (moe_cuda_layer_check(c, T_max, err))
+        return MOE_EINVAL;
+    struct moe_cuda_layer *l = (struct moe_cuda_layer *)calloc(1, sizeof *l);
+    if (!l)
+        return moe_error(err, MOE_ENOMEM, "out of memory");
+    const struct moe_router_info *ri = moe_router_info(c->router.type);
+    l->c = *c;
+    l->E = c->router.E;
+    l->D = c->D;
+    l->F = c->F;
+    l->S = moe_router_slots(&c->router);
+    l->Sh = c->n_shared;
+    l->T_max = T_max ? T_max : 1;
+    l->swiglu = c->act == MOE_FFN_SWIGLU;
+    l->noisy = ri->noise_weights;
+    l->gated = ri->gate_weights;
+    l->act = moe_cuda_ffn_act(c->act);
+    l->own = w == NULL;
+    l->eval = w && !g;
+    const int own = l->own, bw = !l->eval, jitter = bw && c->jitter > 0.0;
+    const size_t E = l->E, D = l->D, S = l->S, T = l->T_max, f = sizeof(float);
+    int rc = moe_cuda_blas_init(err);
+    for (int i = 0; !rc && i <= MAX_MARKS; i++)
+        rc = moe_cuda_event_create(&l->ev[i], err);
+    if (!rc && ri->token_table && !(l->hexp_h = (int32_t *)malloc(T * sizeof *l->hexp_h)))
+        rc = moe_error(err, MOE_ENOMEM, "out of memory");
+    const struct moe_cuda_want b[] = {
+        { own && l->gated, &l->wr, E * D * f, "router.weight" },
+        { own && l->gated, &l->gwr, E * D * f, "router.weight gradient" },
+        { own && l->noisy, &l->wn, E * D * f, "router.noise_weight" },
+        { own && l->noisy, &l->gwn, E * D * f, "router.noise_weight gradient" },
+        { 1, &l->z, T * E * f, "router logits" },
+        { 1, &l->p, T * E * f, "router probabilities" },
+        { 1, &l->lse, T * f, "router lse" },
+        { 1, &l->gate, T * S * f, "gates" },
+        { 1, &l->prio, T * S * f, "priorities" },
+        { 1, &l->sel, T * S * 4, "selections" },
+        { 1, &l->idx, T * S * 4, "dispatch" },
+        { l->noisy, &l->u, T * E * f, "noise logits" },
+        { l->noisy, &l->h, T * E * f, "noisy logits" },
+        { l->noisy, &l->eps, T * E * f, "noise draws" },
+        { bw && l->noisy, &l->du, T * E * f, "noise logit gradients" },
+        { l->gated, &l->xr, T * D * f, "router input" },
+        { l->gated && jitter, &l->jit, T * D * f, "jitter" },
+        { bw && l->gated, &l->dxr, T * D * f, "router input gradient" },
+        { bw, &l->dgate, T * S * f, "gate gradients" },
+        { bw, &l->dz, T * E * f, "logit gradients" },
+        { 1, &l->aux_f, E * sizeof(double), "aux f" },
+        { 1, &l->aux_P, E * sizeof(double), "aux P" },
+        { 1, &l->aux_v, sizeof(double), "aux value" },
+        { c->router.bias_balance, &l->bias, E * f, "router.bias" },
+        { ri->token_table, &l->hexp, T * 4, "hash experts" },
+        { l->Sh > 0, &l->sidx, T * l->Sh * 4, "shared routing" },
+        { l->Sh > 0, &l->sgate, T * l->Sh * f, "shared gates" },
+    };
+    for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
+        if (b[i].need)
+            rc = dalloc(l, b[i].p, b[i].bytes, b[i].what, err);
+    if (!rc)
+        rc = eset_alloc(l, &l->r, E, S, T, moe_router_rows(&c->router, T), 0, err);
+    if (!rc && l->Sh && !(rc = eset_alloc(l, &l->sh, l->Sh, l->Sh, T, T * l->Sh, 1, err)))
+        rc = shared_routing(l, err);
+    if (!rc && l->bias)
+        rc = moe_cuda_memset(l->bias, 0, E * f, "router.bias", err);
+    if (!rc && own)
+        rc = moe_cuda_layer_zero_grad(l, err);
+    for (int grad = 0; !rc && !own && grad < (g ? 2 : 1); grad++) { // the caller's buffers
+        float **slot[N_TENSORS], *to[N_TENSORS];
+        tensor_slots(l, grad, slot);
         tensor_ptrs(grad ? g : w, to);
         for (int i = 0; i < N_TENSORS; i++)
-            if (*own[i]) { // the buffers this layer has (w3 for swiglu, the noise weight for noisy-topk, ...)
-                dfree(l, *own[i]);
-                *own[i] = to[i];
-            }
+            *slot[i] = tensor_has(l, i) ? to[i] : NULL;
     }
+    if (rc) {
+        moe_cuda_layer_free(l);
+        return rc;
+    }
+    *ret = l;
+    return 0;
 }
 
 size_t moe_cuda_layer_slots(const struct moe_cuda_layer *l) { return l->S; }
@@ -540,6 +544,8 @@ static int eset_forward(struct moe_cuda_layer *l, struct eset *s, float *out, co
         (rc = moe_cuda_to_host(s->off, s->plan.offset, (E + 1) * sizeof(size_t), err)))
         return rc;
     const size_t N = s->off[E];
+    if (N > s->N_max) // the plan's rows are bounded by moe_router_rows; more would overrun the row buffers
+        return moe_error(err, MOE_EINVAL, "CUDA layer: the plan kept %zu rows, allocated for %zu", N, s->N_max);
     if ((rc = moe_cuda_gather(s->xd, x, &s->plan, E, s->N_max, D, err)) || (rc = mark(l, MOE_PHASE_DISPATCH, err)) ||
         (rc = experts_forward(l, s, N, err)))
         return rc;
@@ -660,6 +666,8 @@ int moe_cuda_layer_forward(struct moe_cuda_layer *l, float *out, const float *x,
     int rc;
     if (T > l->T_max)
         return moe_error(err, MOE_EINVAL, "CUDA layer: %zu tokens, allocated for %zu", T, l->T_max);
+    if (train && l->eval)
+        return moe_error(err, MOE_EINVAL, "CUDA layer: a training pass of a layer made for evaluation passes only");
     l->T = T;
     l->train = train;
     const double pd = train ? c->ffn_dropout : 0.0;
@@ -775,6 +783,8 @@ int moe_cuda_layer_backward(struct moe_cuda_layer *l, float *dx, const float *do
 {
     const size_t T = l->T, E = l->E, D = l->D, S = l->S;
     int rc;
+    if (l->eval)
+        return moe_error(err, MOE_EINVAL, "CUDA layer: a backward of a layer made for evaluation passes only");
     if ((rc = mark_as(l, -1, err))) // the caller's time since the forward counts for no phase
         return rc;
     // the routed experts (dgate zeroed first, as moe_layer_backward), then the shared ones
@@ -937,7 +947,7 @@ static int dense(struct moe_cuda_layer *l, const struct shape *s, struct moe_err
     float *C;
     const struct eset *e = s->s ? s->s : &l->r;
     switch (s->r) {
-    case R_LOGITS: A = l->r.xd, B = l->wr, C = l->z; break;
+    case R_LOGITS: A = l->xr, B = l->wr, C = l->z; break; // (xd may have fewer than T rows: expert choice)
     case R_IN: A = e->xd, B = e->w1, C = e->a; break;
     case R_OUT: A = e->hh, B = e->w2, C = e->yd; break;
     case R_DH: A = e->dyd, B = e->w2, C = e->dh; break;

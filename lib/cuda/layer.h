@@ -65,6 +65,16 @@ struct moe_dispatch;
 // or cuBLAS call that failed.
 int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
                           struct moe_err *err);
+struct moe_cuda_layer_tensors;
+// The same layer with its weights in the caller's device buffers w and their
+// gradients in g (moe_cuda_layer_tensors' layout, below: a model's flat
+// registry, cuda/model.h), of which it allocates none, and the gradients left
+// as they are. g NULL: a layer for evaluation passes only (a teacher's, route
+// statistics'), without gradients or the backward's buffers; a training
+// forward or a backward of it is refused (MOE_EINVAL).
+int moe_cuda_layer_create_in(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
+                             const struct moe_cuda_layer_tensors *w, const struct moe_cuda_layer_tensors *g,
+                             struct moe_err *err);
 // The same refusal without creating anything: 0 when the device layer does c.
 int moe_cuda_layer_check(const struct moe_layer_cfg *c, size_t T_max, struct moe_err *err);
 // The activation kernel of an FFN activation: relu, gelu; silu for swiglu
@@ -85,12 +95,6 @@ struct moe_cuda_layer_tensors {
 // Host weights copied to the device (every tensor the layer has is needed).
 int moe_cuda_layer_set_weights(struct moe_cuda_layer *l, const struct moe_cuda_layer_tensors *host,
                                struct moe_err *err);
-// Use device buffers the caller owns, in the same layout, for the weights w
-// and their gradients g (a model's flat registry, cuda/model.h) instead of
-// the layer's own, which are freed. The pointers of what the layer does not
-// have are ignored.
-void moe_cuda_layer_bind(struct moe_cuda_layer *l, const struct moe_cuda_layer_tensors *w,
-                         const struct moe_cuda_layer_tensors *g);
 // Bias balancing's offsets (E floats, host memory; the CPU layer's
 // router.bias state) to and from the device; nothing without bias balancing.
 int moe_cuda_layer_set_bias(struct moe_cuda_layer *l, const float *bias, struct moe_err *err);

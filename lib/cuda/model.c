@@ -18,7 +18,7 @@
 //
 // The linear layers are linear.h's (nn/linear.c's order); the norms, losses
 // and optimizer ops.h's launches of the bodies the CPU library is checked
-// against; the MoE blocks cuda/layer.h's layer bound to the registry's slices.
+// against; the MoE blocks cuda/layer.h's layer made in the registry's slices.
 // Weight gradients are accumulated (beta 1) into gradients cleared at the
 // start of the step, where the CPU writes some whole (beta 0):
 // the same values, up to the sign of a zero.
@@ -33,6 +33,7 @@
 #include "cuda/layer.h"
 #include "cuda/linear.h"
 #include "cuda/blas.h"
+#include "model/estimate.h"
 #include "cuda/model.h"
 #include "cuda/model_impl.h"
 #include "cuda/ops.h"
@@ -97,6 +98,12 @@ static const char *unsupported(const struct moe_model *m, const struct moe_model
     return NULL;
 }
 
+// The dry run's estimate counts these fixed buffers of create's (the gradient
+// norm's block sums, the loss's blocks) within its device extra.
+_Static_assert(((size_t)MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1 + MOE_K_CE_BLOCKS) * sizeof(double) <=
+                   MOE_ESTIMATE_CUDA_FIXED_BYTES,
+               "model/estimate.h MOE_ESTIMATE_CUDA_FIXED_BYTES is below the device model's fixed buffers");
+
 int moe_cuda_model_check(const struct moe_model *m, const struct moe_model_hp *hp, struct moe_err *err)
 {
     const char *why = unsupported(m, hp);
@@ -160,12 +167,12 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
         { 1, &d->mean, (L + 1) * T * f, "mean" },
         { 1, &d->rstd, (L + 1) * T * f, "rstd" },
         { 1, &d->y, T * d->O * f, "y" },
-        { 1, &d->dy, T * d->O * f, "dy" },
-        { 1, &d->dh, T * D * f, "dh" },
-        { 1, &d->dn, T * D * f, "dn" },
+        { o != NULL, &d->dy, T * d->O * f, "dy" },
+        { o != NULL, &d->dh, T * D * f, "dh" },
+        { o != NULL, &d->dn, T * D * f, "dn" },
         { 1, &d->part, MOE_K_CE_BLOCKS * sizeof(double), "loss blocks" },
         { 1, &d->lse, T * sizeof(double), "loss rows" },
-        { 1, &d->sq, (MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1) * sizeof(double), "gradient norm" },
+        { o != NULL, &d->sq, (MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1) * sizeof(double), "gradient norm" },
     };
     for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
         if (b[i].need)
@@ -188,15 +195,14 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
         }
         const struct moe_layer *ml = m->moe_layers[si];
         k->si = (int)si++;
-        if ((rc = moe_cuda_layer_create(&k->moe, &ml->c, T, err)))
-            break;
         const struct moe_cuda_layer_tensors w = { W(d, ml->i_router), W(d, ml->i_noise), W(d, ml->i_w1),
                                                   W(d, ml->i_w3),     W(d, ml->i_w2),    W(d, ml->i_sw1),
                                                   W(d, ml->i_sw3),    W(d, ml->i_sw2) },
                                             g = { G(d, ml->i_router), G(d, ml->i_noise), G(d, ml->i_w1),
                                                   G(d, ml->i_w3),     G(d, ml->i_w2),    G(d, ml->i_sw1),
                                                   G(d, ml->i_sw3),    G(d, ml->i_sw2) };
-        moe_cuda_layer_bind(k->moe, &w, &g);
+        if ((rc = moe_cuda_layer_create_in(&k->moe, &ml->c, T, &w, d->g ? &g : NULL, err)))
+            break;
         if ((rc = moe_cuda_layer_set_bias(k->moe, ml->bias, err))) // bias balancing's state, as the host has it
             break;
         if (ml->table && !d->hkeys && !(d->hkeys = malloc(T * sizeof *d->hkeys)))
@@ -206,18 +212,19 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
         E = ml->c.router.E > E ? ml->c.router.E : E;
         S = moe_cuda_layer_slots(k->moe) > S ? moe_cuda_layer_slots(k->moe) : S;
     }
-    float *fact = NULL, *fback = NULL; // the dense blocks' activations (a, b, hh each), the backward's dh, da, db
-    const size_t TF = T * d->Fd;
+    // the dense blocks' activations a, hh (and b with swiglu) each, the backward's dh, da (db)
+    float *fact = NULL, *fback = NULL;
+    const size_t TF = T * d->Fd, nf = hp->ffn_act == MOE_FFN_SWIGLU ? 3 : 2;
     if (!rc && (n_dense || d->tf || d->p_res > 0.0))
         rc = dalloc(d, &d->tmp, T * D * f, "sub-layer output", err);
-    if (!rc && n_dense && !(rc = dalloc(d, &fact, n_dense * 3 * TF * f, "dense FFN activations", err)) &&
-        !(rc = dalloc(d, &fback, 3 * TF * f, "dense FFN backward", err))) {
-        d->fdh = fback, d->fda = fback + TF, d->fdb = fback + 2 * TF;
+    if (!rc && n_dense && !(rc = dalloc(d, &fact, n_dense * nf * TF * f, "dense FFN activations", err)) &&
+        !(o && (rc = dalloc(d, &fback, nf * TF * f, "dense FFN backward", err)))) {
+        if (fback)
+            d->fdh = fback, d->fda = fback + TF, d->fdb = nf == 3 ? fback + 2 * TF : NULL;
         for (size_t l = 0, j = 0; l < L; l++)
             if (!d->blk[l].moe) {
-                d->blk[l].a = fact + (3 * j) * TF, d->blk[l].b = fact + (3 * j + 1) * TF;
-                d->blk[l].hh = fact + (3 * j + 2) * TF;
-                j++;
+                float *a = fact + nf * j++ * TF;
+                d->blk[l].a = a, d->blk[l].hh = a + TF, d->blk[l].b = nf == 3 ? a + 2 * TF : NULL;
             }
     }
     if (!rc && d->tf)
@@ -380,7 +387,7 @@ int moe_cuda_head_forward(struct moe_cuda_model *d, size_t T, int i_w, int i_b, 
                                     W(d, d->i_bf), T, D, NORM_EPS, err)) ||
         (rc = moe_cuda_linear_forward(d->y, nf, W(d, i_w), W(d, i_b), T, D, d->O, "head", err)))
         return rc;
-    return clear_dy ? moe_cuda_memset(d->dy, 0, T * d->O * sizeof(float), "dy", err) : 0;
+    return clear_dy && d->dy ? moe_cuda_memset(d->dy, 0, T * d->O * sizeof(float), "dy", err) : 0;
 }
 
 static int forward(struct moe_cuda_model *d, const struct moe_batch *b, int train, double *ret_loss, double *ret_aux,

@@ -2,7 +2,7 @@
 // the Transformer language model: cuda/transformer.c): the parameters in the
 // CPU registry's flat layout (core/params.h), their gradients and the
 // optimizer's moments in the same layout, the activations, and one device MoE
-// layer (cuda/layer.h) per sparse block bound to its slices of those buffers.
+// layer (cuda/layer.h) per sparse block made in its slices of those buffers.
 // A step is the CPU model's forward and backward (model/mlp_moe.c,
 // model/transformer.c), the trainer's global gradient norm (its units and
 // order) and train/optim.c's update, each through cuda/ops.h and

@@ -96,6 +96,8 @@ struct moe_cuda_model {
     float *dqkv, *datt, *dao;
     float *row_loss;
     int32_t *row_argmax, *emb_scratch;
+    void *emb_sort;              // the embedding backward's sort scratch (emb_sort_bytes)
+    size_t emb_sort_bytes;
     int32_t *htarget, *hlabel, *hargmax;
     float *hrow_loss;
     size_t B;                    // the last pass's windows

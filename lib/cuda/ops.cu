@@ -40,13 +40,23 @@ extern "C" int moe_cuda_malloc(void **ret, size_t bytes, const char *what, struc
 {
     *ret = NULL;
     cudaError_t e = cudaMalloc(ret, bytes ? bytes : 1);
-    if (e == cudaSuccess)
-        return 0;
+    if (e == cudaSuccess) {
+        int rc = moe_cuda_mem_note(*ret, bytes, err);
+        if (rc) {
+            cudaFree(*ret);
+            *ret = NULL;
+        }
+        return rc;
+    }
     return moe_error(err, e == cudaErrorMemoryAllocation ? MOE_ENOMEM : MOE_EIO,
                      "CUDA: cudaMalloc of %zu bytes for %s failed: %s", bytes, what, cudaGetErrorString(e));
 }
 
-extern "C" void moe_cuda_free(void *p) { cudaFree(p); }
+extern "C" void moe_cuda_free(void *p)
+{
+    moe_cuda_mem_forget(p);
+    cudaFree(p);
+}
 
 extern "C" int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
@@ -703,28 +713,35 @@ __global__ void embed_backward_pos_kernel(float *dwpe, const float *dout, size_t
         moe_k_embed_backward_pos(dwpe, dout, B, C, D, i / D, i % D);
 }
 
+extern "C" int moe_cuda_embed_sort_bytes(size_t n, size_t *ret, struct moe_err *err)
+{
+    *ret = 0; // cub's size query: no pointer is read
+    return check(cub::DeviceRadixSort::SortPairs(NULL, *ret, (const int32_t *)NULL, (int32_t *)NULL,
+                                                 (const int32_t *)NULL, (int32_t *)NULL, (int)n),
+                 "cub::DeviceRadixSort::SortPairs (size)", err);
+}
+
 extern "C" int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tok, size_t ld,
                                        size_t B, size_t C, size_t D, size_t V, int32_t *ids, int32_t *sorted_ids,
-                                       int32_t *rows, int32_t *order, struct moe_err *err)
+                                       int32_t *rows, int32_t *order, void *sort, size_t sort_bytes,
+                                       struct moe_err *err)
 {
     size_t n = B * C;
     if (n == 0)
         return 0;
-    int rc;
+    size_t temp_bytes = 0;
+    int rc = moe_cuda_embed_sort_bytes(n, &temp_bytes, err);
+    if (rc)
+        return rc;
+    if (temp_bytes > sort_bytes)
+        return moe_error(err, MOE_EINVAL, "CUDA: the embedding backward's sort needs %zu bytes of scratch, given %zu",
+                         temp_bytes, sort_bytes);
     embed_ids_kernel<<<blocks_for(n, 256), 256>>>(ids, rows, tok, ld, n, C);
     if ((rc = launched("embed_ids_kernel", err)))
         return rc;
     // a stable radix sort of (id, row): each id's rows stay in row order
-    size_t temp_bytes = 0;
-    void *temp = NULL;
-    if ((rc = check(cub::DeviceRadixSort::SortPairs(NULL, temp_bytes, ids, sorted_ids, rows, order, (int)n),
-                    "cub::DeviceRadixSort::SortPairs (size)", err)) ||
-        (rc = moe_cuda_malloc(&temp, temp_bytes, "the embedding backward's sort", err)))
-        return rc;
-    rc = check(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, ids, sorted_ids, rows, order, (int)n),
-               "cub::DeviceRadixSort::SortPairs", err);
-    cudaFree(temp);
-    if (rc)
+    if ((rc = check(cub::DeviceRadixSort::SortPairs(sort, temp_bytes, ids, sorted_ids, rows, order, (int)n),
+                    "cub::DeviceRadixSort::SortPairs", err)))
         return rc;
     embed_backward_tok_kernel<<<blocks_for(V * D, 256), 256>>>(dwte, dout, sorted_ids, order, n, V, D);
     if ((rc = launched("embed_backward_tok_kernel", err)))

@@ -23,6 +23,17 @@ int moe_cuda_malloc(void **ret, size_t bytes, const char *what, struct moe_err *
 void moe_cuda_free(void *p);
 int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err *err);
 int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err);
+// The device memory held through moe_cuda_malloc (lib/cuda/mem.c; the bytes
+// asked for, without cudaMalloc's rounding or the CUDA context): now, and the
+// most at once since the process started or moe_cuda_mem_reset_peak (which
+// sets the mark to what is held now). Either pointer may be NULL.
+void moe_cuda_mem_usage(size_t *ret_live, size_t *ret_peak);
+void moe_cuda_mem_reset_peak(void);
+// For moe_cuda_malloc and moe_cuda_free's implementations only (ops.cu, the
+// tests' host emulation): an allocation made (MOE_ENOMEM when the host's table
+// of them cannot grow), and one released (unknown or NULL p: nothing).
+int moe_cuda_mem_note(void *p, size_t bytes, struct moe_err *err);
+void moe_cuda_mem_forget(void *p);
 
 // Make CUDA device id the current one (cudaSetDevice) for what follows.
 int moe_cuda_use_device(int id, struct moe_err *err);
@@ -156,12 +167,16 @@ int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, siz
 // stride ld) of width D: out (B C, D) = wte[id] + wpe[c]; and the backward,
 // dwte (V, D) += and dwpe (C, D) += from dout (B C, D), in the CPU's order of
 // additions (the rows sorted stably by id with a device radix sort). Scratch
-// for the backward: ids, sorted_ids, rows, order (B C each, int32).
+// for the backward: ids, sorted_ids, rows, order (B C each, int32), and the
+// sort's temporary storage sort (sort_bytes, at least
+// moe_cuda_embed_sort_bytes' figure for B C rows; made once by the caller, so
+// that no step allocates device memory).
+int moe_cuda_embed_sort_bytes(size_t n, size_t *ret, struct moe_err *err);
 int moe_cuda_embed_forward(float *out, const int32_t *tok, size_t ld, const float *wte, const float *wpe, size_t B,
                            size_t C, size_t D, struct moe_err *err);
 int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tok, size_t ld, size_t B,
                             size_t C, size_t D, size_t V, int32_t *ids, int32_t *sorted_ids, int32_t *rows,
-                            int32_t *order, struct moe_err *err);
+                            int32_t *order, void *sort, size_t sort_bytes, struct moe_err *err);
 
 // The language embedding le (G, D) at each token of B windows of C
 // (kernels/embed.h; language-aware routing): radd (B C, D) = le[lang of the

@@ -55,28 +55,27 @@ int moe_cuda_tf_alloc(struct moe_cuda_model *d, const struct moe_model_hp *hp, s
     const int drop_att = d->p_attn > 0.0;
     const size_t per = 6 * TD + 2 * T + (drop_att ? 2 : 1) * att;
     float *act = NULL;
-    int rc;
-    struct {
-        void *p;
-        size_t bytes;
-        const char *what;
-    } b[] = {
-        { &d->tok, B * (C + 1) * sizeof(int32_t), "batch windows" },
-        { &act, L * per * f, "attention activations" },
-        { &d->dqkv, 3 * TD * f, "dqkv" },
-        { &d->datt, att * f, "attention probability gradients" },
-        { &d->dao, TD * f, "dao" },
-        { &d->row_loss, T * f, "token losses" },
-        { &d->row_argmax, T * sizeof(int32_t), "token predictions" },
-        { &d->emb_scratch, 4 * T * sizeof(int32_t), "embedding backward scratch" },
+    const int bw = d->g != NULL; // the backward's buffers: not for a model made for evaluation passes only
+    int rc = bw ? moe_cuda_embed_sort_bytes(T, &d->emb_sort_bytes, err) : 0;
+    if (rc)
+        return rc;
+    const struct moe_cuda_want b[] = {
+        { 1, &d->tok, B * (C + 1) * sizeof(int32_t), "batch windows" },
+        { 1, &act, L * per * f, "attention activations" },
+        { bw, &d->dqkv, 3 * TD * f, "dqkv" },
+        { bw, &d->datt, att * f, "attention probability gradients" },
+        { bw, &d->dao, TD * f, "dao" },
+        { 1, &d->row_loss, T * f, "token losses" },
+        { 1, &d->row_argmax, T * sizeof(int32_t), "token predictions" },
+        { bw, &d->emb_scratch, 4 * T * sizeof(int32_t), "embedding backward scratch" },
+        { bw, &d->emb_sort, d->emb_sort_bytes, "embedding backward sort" },
+        { lang, &d->lang, B * sizeof(int32_t), "batch languages" },
+        { lang, &d->radd, TD * f, "language embedding at each token" },
+        { lang && bw, &d->dradd, TD * f, "its gradient" },
     };
     for (size_t i = 0; i < sizeof b / sizeof *b; i++)
-        if ((rc = moe_cuda_model_alloc(d, b[i].p, b[i].bytes, b[i].what, err)))
+        if (b[i].need && (rc = moe_cuda_model_alloc(d, b[i].p, b[i].bytes, b[i].what, err)))
             return rc;
-    if (lang && ((rc = moe_cuda_model_alloc(d, &d->lang, B * sizeof(int32_t), "batch languages", err)) ||
-                 (rc = moe_cuda_model_alloc(d, &d->radd, TD * f, "language embedding at each token", err)) ||
-                 (rc = moe_cuda_model_alloc(d, &d->dradd, TD * f, "its gradient", err))))
-        return rc;
     for (size_t l = 0; l < L; l++) {
         struct moe_cuda_block *k = &d->blk[l];
         float *a = act + l * per;
@@ -217,7 +216,7 @@ int moe_cuda_tf_backward(struct moe_cuda_model *d, struct moe_err *err)
             return rc;
     }
     return moe_cuda_embed_backward(G(d, d->i_wte), G(d, d->i_wpe), d->dh, d->tok, C + 1, B, C, D, d->O, s, s + T,
-                                   s + 2 * T, s + 3 * T, err);
+                                   s + 2 * T, s + 3 * T, d->emb_sort, d->emb_sort_bytes, err);
 }
 
 int moe_cuda_tf_stats(struct moe_cuda_model *d, const struct moe_batch *b, struct moe_stats *s, struct moe_err *err)

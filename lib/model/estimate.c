@@ -415,6 +415,11 @@ static int estimate(struct moe_plan *plan, const struct moe_model_hp *hp, const 
     r.flops_forward_per_token = 2.0 * plan->macs;
     r.flops_per_token = 3.0 * r.flops_forward_per_token;
     r.bytes_activations = moe_plan_buffer_bytes(plan);
+    // tokens of the largest batch: rows, or windows of model.n_ctx tokens
+    const size_t tokens = s.T * (task == MOE_TASK_LM && hp->n_ctx ? hp->n_ctx : 1);
+    r.bytes_device_extra = tokens > (SIZE_MAX - MOE_ESTIMATE_CUDA_FIXED_BYTES) / MOE_ESTIMATE_CUDA_TOKEN_BYTES
+                               ? SIZE_MAX
+                               : MOE_ESTIMATE_CUDA_FIXED_BYTES + tokens * MOE_ESTIMATE_CUDA_TOKEN_BYTES;
     e.numel = plan->numel;
     flat(&e, &r.bytes_params);
     flat(&e, &r.bytes_grads);
@@ -561,8 +566,8 @@ int moe_data_shape_cfg(const struct moe_data_cfg *c, enum moe_task *ret_task, si
 
 size_t moe_estimate_device_bytes(const struct moe_model_estimate *e)
 {
-    const size_t parts[] = { e->bytes_params, e->bytes_grads, e->bytes_optimizer, e->bytes_activations,
-                             MOE_ESTIMATE_CUDA_RESERVE_BYTES };
+    const size_t parts[] = { e->bytes_params,      e->bytes_grads,       e->bytes_optimizer,
+                             e->bytes_activations, e->bytes_device_extra, MOE_ESTIMATE_CUDA_RESERVE_BYTES };
     size_t sum = 0;
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
         if (__builtin_add_overflow(sum, parts[i], &sum))

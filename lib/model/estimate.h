@@ -60,6 +60,19 @@
 // not a measurement: CUDA contexts are documented in the hundreds of MiB, and
 // nothing of this has been measured on a GPU by this project yet.
 #define MOE_ESTIMATE_CUDA_RESERVE_BYTES ((size_t)512 << 20) // 512 MiB
+// What the CUDA backend's model (lib/cuda/model.c, transformer.c) keeps on the
+// device beyond the CPU model's plan: a fixed part, the gradient norm's block
+// sums (256 x 9 + 1 doubles, 18,440 bytes) and the loss's blocks (256
+// doubles), rounded up (a static assertion in lib/cuda/model.c holds it to
+// that); and per token of a batch, the per-token loss rows (a double), the
+// Transformer's token losses and predictions (4 + 4), its embedding backward's
+// ids, rows, sorted ids and order (4 x 4) and its sort's second buffers (8),
+// rounded up to 64 bytes. The CPU plan's activations cover the rest (the
+// device keeps no buffer the CPU model lacks but these): tests/test_cuda_model.c
+// checks the sum against the device's allocations for every configuration it
+// trains.
+#define MOE_ESTIMATE_CUDA_FIXED_BYTES ((size_t)64 << 10) // 64 KiB
+#define MOE_ESTIMATE_CUDA_TOKEN_BYTES ((size_t)64)
 
 struct moe_model_estimate {
     size_t parameters;        // trainable floats: exactly moe_params_count() of the model moe_model_create builds
@@ -92,6 +105,10 @@ struct moe_model_estimate {
     // An upper bound for one step: buffers are sized for the largest batch
     // (max(batch, evaluation chunk)) and every slot kept.
     size_t bytes_activations;
+    // The CUDA backend's buffers beyond those (MOE_ESTIMATE_CUDA_FIXED_BYTES and
+    // MOE_ESTIMATE_CUDA_TOKEN_BYTES per token of the largest batch): counted by
+    // moe_estimate_device_bytes only, not in bytes_total.
+    size_t bytes_device_extra;
     // The training loop (training only): shuffled batch copy, row permutation,
     // three sets of evaluation/routing statistics (train and test evaluation,
     // batch rows; co-selection is E x E per sparse layer); evaluation only: one set.
@@ -159,8 +176,8 @@ int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_data_c
 // The device memory a run of e on a CUDA device needs: the buffers the CUDA
 // backend places on the device from the model's plan (parameters, gradients,
 // optimizer state, activations; the data, the trainer's statistics and the
-// process stay in host memory) plus MOE_ESTIMATE_CUDA_RESERVE_BYTES. Saturates
-// at SIZE_MAX.
+// process stay in host memory), its own few beyond them (bytes_device_extra),
+// plus MOE_ESTIMATE_CUDA_RESERVE_BYTES. Saturates at SIZE_MAX.
 size_t moe_estimate_device_bytes(const struct moe_model_estimate *e);
 
 // The data c describes, when known without reading files (data.source =

@@ -518,11 +518,14 @@ t_dry_device() {
         return
     fi
     [ "$RC" -eq 0 ] || fail "$(describe "$TMP/dd" moe train --dry-run --device cuda)" || return 1
-    # need = parameters + gradients + optimizer + activations + the runtime's reserve, bytes
+    # need = parameters + gradients + optimizer + activations + the device's extra (64 KiB and 64 bytes a
+    # token of the largest batch: rows here) + the runtime's reserve, bytes
     jq -e '.device.device == "cuda:0" and .device.reserve_bytes == 536870912 and
+           .device.extra_bytes >= 65536 + 64 and (.device.extra_bytes - 65536) % 64 == 0 and
            .device.memory_bytes == .memory_bytes.params + .memory_bytes.grads + .memory_bytes.optimizer +
-                                   .memory_bytes.activations + .device.reserve_bytes' "$TMP/dd.out" >/dev/null ||
-        fail "device memory is not the plan's device buffers plus the reserve: $(jq -c '{device, memory_bytes}' "$TMP/dd.out")" ||
+                                   .memory_bytes.activations + .device.extra_bytes + .device.reserve_bytes' \
+        "$TMP/dd.out" >/dev/null ||
+        fail "device memory is not the plan's device buffers, the device's extra and the reserve: $(jq -c '{device, memory_bytes}' "$TMP/dd.out")" ||
         return 1
     case $CUDA_BUILD in
     nodevice) jq -e '.device.available == false and .device.fits == null and (.device.reason | length) > 0' \
