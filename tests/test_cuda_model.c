@@ -36,6 +36,7 @@
 #include "cuda_test.h"
 #include "io/config.h"
 #include "io/safetensors.h"
+#include "model/estimate.h"
 #include "model/model.h"
 #include "train/train.h"
 #include "train/tune.h"
@@ -150,6 +151,9 @@ struct twin {
     struct moe_optim_cfg oc;
     struct moe_optim o, od;
     struct moe_cuda_model *d;
+    enum moe_task task;
+    size_t n_in, n_out, rows;
+    size_t live0; // device bytes held before the device model was made
 };
 
 static void twin_open(struct twin *w, const char *const *ovs, size_t max, enum moe_task task, size_t n_in,
@@ -165,10 +169,34 @@ static void twin_open(struct twin *w, const char *const *ovs, size_t max, enum m
         die(&err);
     moe_model_init_weights(&w->m, seed);
     moe_optim_cfg_parse(&w->oc, &w->cfg);
+    w->task = task, w->n_in = n_in, w->n_out = n_out, w->rows = rows;
+    moe_cuda_mem_reset_peak();
+    moe_cuda_mem_usage(&w->live0, NULL);
     if (moe_optim_init(&w->o, &w->oc, w->m.params.numel, &err) ||
         moe_optim_init(&w->od, &w->oc, w->m.params.numel, &err) ||
         moe_cuda_model_create(&w->d, &w->m, &w->hp, &w->od, rows, &err))
         die(&err);
+}
+
+// The device memory the twin's model took at its most, from its creation to
+// now (its steps: tests/cuda_host.c and lib/cuda/ops.cu count every
+// moe_cuda_malloc), against what `moe train --dry-run --device cuda` promises
+// for the same config (model/estimate.h moe_estimate_device_bytes, less the
+// reserve for the CUDA context): the promise must hold. The ratio is printed
+// as a note, to see how close the estimate is.
+static size_t twin_memory(const char *name, const struct twin *w)
+{
+    struct moe_err err;
+    struct moe_model_estimate est;
+    if (moe_model_estimate(&w->cfg, NULL, w->task, w->n_in, w->n_out, 0, 0, w->rows, 1, &est, &err))
+        die(&err);
+    size_t peak;
+    moe_cuda_mem_usage(NULL, &peak);
+    const size_t used = peak - w->live0, promised = moe_estimate_device_bytes(&est) - MOE_ESTIMATE_CUDA_RESERVE_BYTES;
+    printf("# %s device memory: %zu bytes at most, %zu estimated (%.3f of it)\n", name, used, promised,
+           (double)used / (double)promised);
+    EXPECT(used <= promised, "%s: the device model took %zu bytes, the estimate says %zu", name, used, promised);
+    return used;
 }
 
 static void twin_close(struct twin *w)
@@ -196,6 +224,82 @@ static void twin_cpu_step(struct twin *w, const struct moe_batch *b, size_t s, s
     *gnorm = moe_params_grad_norm_units(&w->m.params);
     w->o.lr = w->od.lr = w->oc.lr * (1.0 - 0.1 * (double)s);
     moe_optim_step_norm(&w->o, w->m.params.data, w->m.params.grad, *gnorm);
+}
+
+static void tf_stats_same(const char *cname, const char *what, const struct moe_stats *a, const struct moe_stats *b)
+{
+    char w[96];
+    snprintf(w, sizeof w, "%s loss", what);
+    same_double(cname, w, a->loss, b->loss, 1e-4);
+    EXPECT(a->n == b->n && a->bytes == b->bytes, "%s %s: %zu tokens, %g bytes; cpu %zu, %g", cname, what, a->n,
+           a->bytes, b->n, b->bytes);
+    if (EXACT)
+        EXPECT(a->correct == b->correct, "%s %s: %zu correct, cpu %zu", cname, what, a->correct, b->correct);
+    for (size_t g = 0; g < b->n_lang; g++) {
+        snprintf(w, sizeof w, "%s language %zu loss", what, g);
+        same_double(cname, w, a->lang_loss[g], b->lang_loss[g], 1e-4);
+        EXPECT(a->lang_tokens[g] == b->lang_tokens[g], "%s %s: language %zu tokens", cname, what, g);
+    }
+}
+
+// A model for evaluation passes only (moe_cuda_model_create without an
+// optimizer: a distillation teacher's, route-stats') of w's CPU weights: its
+// evaluation of b gives the CPU's statistics st, a training pass of it is
+// refused, and it holds less device memory than the trainable model took
+// (used) by more than the gradients and moments it lacks: no gradient buffers,
+// not even for a moment while its layers are made, and none of the backward's.
+#ifdef MOE_TEST_CUDA_HOST
+// The backward's buffers by their names in the create functions' tables
+// (lib/cuda/layer.c, model.c, transformer.c), counted as the emulation
+// allocates them.
+static size_t n_backward_bufs;
+static void count_backward(size_t bytes, const char *what)
+{
+    static const char *const names[] = { "dy", "dh", "dn", "dqkv", "dao" };
+    (void)bytes;
+    int hit = strstr(what, "gradient") || strstr(what, "backward");
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        hit |= strcmp(what, names[i]) == 0;
+    if (hit)
+        printf("# a backward buffer: %s\n", what);
+    n_backward_bufs += hit;
+}
+#endif
+
+static void eval_only(const char *name, const struct twin *w, const struct moe_batch *b, const struct moe_stats *st,
+                      size_t used)
+{
+    struct moe_err err;
+    struct moe_cuda_model *e;
+    struct moe_stats se;
+    size_t live0, peak;
+    moe_cuda_mem_reset_peak();
+    moe_cuda_mem_usage(&live0, NULL);
+#ifdef MOE_TEST_CUDA_HOST
+    n_backward_bufs = 0;
+    cuda_host_on_malloc = count_backward;
+#endif
+    if (moe_cuda_model_create(&e, &w->m, &w->hp, NULL, w->rows, &err) ||
+        moe_stats_init(&se, 0, 0, &err) || (w->m.task == MOE_TASK_LM && moe_stats_init_lang(&se, w->n_in, &err)) ||
+        moe_cuda_model_eval(e, b, &se, &err))
+        die(&err);
+    moe_cuda_mem_usage(NULL, &peak);
+#ifdef MOE_TEST_CUDA_HOST
+    cuda_host_on_malloc = NULL;
+    EXPECT(n_backward_bufs == 0, "%s: the evaluation-only model allocated %zu gradient or backward buffers", name,
+           n_backward_bufs);
+#endif
+    tf_stats_same(name, "evaluation-only model", &se, st);
+    const size_t lacks = (w->m.params.numel + (w->od.m ? w->od.numel : 0) + (w->od.v ? w->od.numel : 0)) * 4;
+    printf("# %s evaluation-only model: %zu bytes at most, the trainable one %zu (%zu of gradients and moments)\n",
+           name, peak - live0, used, lacks);
+    EXPECT(peak - live0 + lacks < used, "%s: the evaluation-only model took %zu bytes, the trainable one %zu", name,
+           peak - live0, used);
+    double loss, aux, gnorm;
+    EXPECT(moe_cuda_model_grad(e, b, &loss, &aux, &gnorm, &err) == MOE_EINVAL && strstr(err.msg, "evaluation"),
+           "%s: a training pass of the evaluation-only model: %s", name, err.msg);
+    moe_stats_release(&se);
+    moe_cuda_model_free(e);
 }
 
 struct mcase {
@@ -241,7 +345,14 @@ static void run_case(const struct mcase *k)
     }
     EXPECT(w.od.t == w.o.t, "%s: %llu steps on the device, %llu on the CPU", k->name, (unsigned long long)w.od.t,
            (unsigned long long)w.o.t);
+    const size_t used = twin_memory(k->name, &w);
     compare_final(k->name, w.d, &w.m, &w.o, &w.od);
+    struct moe_batch b = { .n = T, .x = x, .y = k->regression ? y : NULL, .label = k->regression ? NULL : label,
+                           .step = steps };
+    moe_stats_reset(&st);
+    if (moe_model_run(&w.m, &b, 0, &st, &err))
+        die(&err);
+    eval_only(k->name, &w, &b, &st, used);
     moe_stats_release(&st);
     twin_close(&w);
     free(x), free(y), free(label);
@@ -256,22 +367,6 @@ struct tcase {
     const char *name;
     const char *ovs[16];
 };
-
-static void tf_stats_same(const char *cname, const char *what, const struct moe_stats *a, const struct moe_stats *b)
-{
-    char w[96];
-    snprintf(w, sizeof w, "%s loss", what);
-    same_double(cname, w, a->loss, b->loss, 1e-4);
-    EXPECT(a->n == b->n && a->bytes == b->bytes, "%s %s: %zu tokens, %g bytes; cpu %zu, %g", cname, what, a->n,
-           a->bytes, b->n, b->bytes);
-    if (EXACT)
-        EXPECT(a->correct == b->correct, "%s %s: %zu correct, cpu %zu", cname, what, a->correct, b->correct);
-    for (size_t g = 0; g < b->n_lang; g++) {
-        snprintf(w, sizeof w, "%s language %zu loss", what, g);
-        same_double(cname, w, a->lang_loss[g], b->lang_loss[g], 1e-4);
-        EXPECT(a->lang_tokens[g] == b->lang_tokens[g], "%s %s: language %zu tokens", cname, what, g);
-    }
-}
 
 static void run_tf_case(const struct tcase *k)
 {
@@ -305,6 +400,7 @@ static void run_tf_case(const struct tcase *k)
             if (moe_model_run(&w.m, &b, 0, &st, &err) || moe_cuda_model_eval(w.d, &b, &sd, &err))
                 die(&err);
             tf_stats_same(k->name, "evaluation", &sd, &st);
+            eval_only(k->name, &w, &b, &st, twin_memory(k->name, &w)); // (every step taken: the peak is in)
             // moe route-stats' device paths: another evaluation capacity factor on both sides, and the
             // device's routing written into the CPU layers' buffers (what --trace reads) against the CPU's own
             w.m.ops->set_eval_capacity(&w.m, 0.5);
