@@ -48,9 +48,12 @@ step test_lm bash tests/cli/test_lm.sh "$b/cmd/moe"
 mkdir -p "$out/text"
 cat README.md docs/*.md >"$out/text/docs.txt"
 lm=(--config experiments/common/gpu-lm.json --set "data.text.path=\"$out/text\"" --force)
+# the dry run's device memory for it, beside what the run held (summary's device_memory_bytes)
+"$b/cmd/moe" train --dry-run --device cuda "${lm[@]}" >"$out/lm-dry.json" 2>"$out/lm-dry.log"
+echo "lm dry run: $(jq -c '.device | {memory_bytes, extra_bytes, reserve_bytes, total_memory_bytes, fits}' "$out/lm-dry.json" 2>&1)"
 step lm_gpu "$b/cmd/moe" train "${lm[@]}" --out "$out/lm-gpu" --device cuda
 step lm_cpu "$b/cmd/moe" train "${lm[@]}" --out "$out/lm-cpu" --set data.text.windows_per_epoch=64
 for r in lm-gpu lm-cpu; do
-    echo "$r: $(jq -c '{device, device_name, train_tokens_per_second, train_seconds, final: .final.test.loss}' "$out/$r/summary.json" 2>&1)"
+    echo "$r: $(jq -c '{device, device_name, device_memory_bytes, train_tokens_per_second, train_seconds, final: .final.test.loss}' "$out/$r/summary.json" 2>&1)"
 done
 grep -h "FAIL\|failures\|^not ok" "$out"/test_*.log | sort | uniq -c
