@@ -8,20 +8,25 @@
 
 #include <cjson/cJSON.h>
 
+#include "backend/backend.h"
 #include "ckpt.h"
 #include "cli.h"
+#include "cuda/model.h"
+#include "cuda/ops.h"
 #include "train_run.h"
 
 static const char *const usage =
     "usage: moe eval --checkpoint CKPT [--data train|valid|test] [--config FILE] [--set key.path=value]...\n"
-    "                [--threads N] [--ignore-memory] [--quiet]\n"
+    "                [--threads N] [--device cpu|cuda|cuda:N] [--ignore-memory] [--quiet]\n"
     "Evaluate a trained checkpoint on a split of its data as training's final evaluation does, and\n"
     "print one JSON object on stdout: the keys and values of summary.json's final.train (--data train)\n"
     "or final.test (--data test or valid: the held-out split; for text data the corpus's validation\n"
     "part), or final.valid (--data valid with a validation split: data.synthetic.n_valid,\n"
     "data.idx.valid_fraction, data.table.valid_fraction). Default: the held-out split. The data is the checkpoint's own config's, standardised with\n"
     "the checkpoint's statistics; --config FILE (its keys applied over the checkpoint's config, then\n"
-    "each --set) may point data.* elsewhere, but no model.* key may change.\n";
+    "each --set) may point data.* elsewhere, but no model.* key may change.\n"
+    "--device cuda[:N]: the forward passes on a GPU (mlp-moe and transformer checkpoints), the\n"
+    "statistics summed on the host as for --device cpu; the same keys on stdout.\n";
 
 enum { OPT_CKPT = OPT_FIRST_CMD, OPT_DATA };
 
@@ -70,6 +75,8 @@ int cmd_eval(int argc, char **argv)
     struct moe_stats st;
     memset(&st, 0, sizeof st);
     cJSON *out = NULL;
+    struct moe_backend_info cuda;
+    struct moe_cuda_model *dev = NULL; // --device cuda: the model on it
     cli_common_init(&c);
     int rc = cli_parse(argc, argv, cmd, opts, &c, on_opt, &o);
     if (rc == -1) {
@@ -77,7 +84,7 @@ int cmd_eval(int argc, char **argv)
         rc = 0;
         goto done;
     }
-    if (rc || (rc = cli_setup_compute(cmd, &c)))
+    if (rc || (rc = cli_setup_compute_cuda(cmd, &c, &cuda)))
         goto done;
     if (!o.ckpt) {
         rc = cli_error(cmd, 2, "option '--checkpoint' is required (see 'moe help eval')");
@@ -103,9 +110,26 @@ int cmd_eval(int argc, char **argv)
         o.split = "test";
     struct moe_err err = { 0 };
     struct moe_eval_row row;
+    if (strcmp(c.device, "cpu") != 0) { // evaluation passes only: no gradients, moments or backward buffers
+        enum moe_model_type t = k.rc.model.type;
+        if (t != MOE_MODEL_MLP_MOE && t != MOE_MODEL_TRANSFORMER) {
+            rc = cli_error(cmd, 2, "option '--device %s' cannot be used with model.type '%s': the CUDA backend is for "
+                           "mlp-moe and transformer models; use --device cpu", c.device, moe_model_kind(t)->name);
+            goto done;
+        }
+        if (moe_cuda_model_check(&k.model, &k.rc.model, &err)) {
+            rc = cli_error(cmd, 2, "option '--device %s': %s", c.device, err.msg);
+            goto done;
+        }
+        if (moe_cuda_use_device(c.device_id, &err) ||
+            moe_cuda_model_create(&dev, &k.model, &k.rc.model, NULL, k.model.max_batch, &err)) {
+            rc = cli_fail(cmd, &err);
+            goto done;
+        }
+    }
     if (moe_train_stats_init(&st, &k.model, &k.data.train, &err) ||
-        moe_evaluate(&k.model, d, o.split, cli_ckpt_eval_chunk(&k.rc, k.data.train.n), k.rc.train.active_threshold,
-                     &st, &row, &err)) {
+        moe_evaluate_on(&k.model, dev, d, o.split, cli_ckpt_eval_chunk(&k.rc, k.data.train.n),
+                        k.rc.train.active_threshold, &st, &row, &err)) {
         rc = cli_fail(cmd, &err);
         goto done;
     }
@@ -114,8 +138,10 @@ int cmd_eval(int argc, char **argv)
         goto done;
     }
     rc = cli_print_json(cmd, out);
-    cli_log(&c, "moe eval: %zu %s rows of %s", d->task == MOE_TASK_LM ? d->n_win : d->n, o.split, o.ckpt);
+    cli_log(&c, "moe eval: %zu %s rows of %s%s%s", d->task == MOE_TASK_LM ? d->n_win : d->n, o.split, o.ckpt,
+            dev ? " on " : "", dev ? cuda.dev.name : "");
 done:
+    moe_cuda_model_free(dev);
     cJSON_Delete(out);
     moe_stats_release(&st);
     cli_ckpt_release(&k);

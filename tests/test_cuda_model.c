@@ -580,6 +580,37 @@ static float *copy_of(const float *x, size_t n)
 
 // Train json + ovs on the device (device) or the CPU; resume from c->path
 // when resume is set; checkpoints to c->path (when set) after every step.
+// moe eval --device cuda's evaluation (moe_evaluate_on with an evaluation-only
+// device model) of m's weights on split d against the CPU's (moe_evaluate),
+// in chunks of 37 rows (a part chunk at the end): every figure of the row.
+static void eval_on_device(const char *what, struct moe_model *m, const struct moe_model_hp *hp,
+                           const struct moe_dataset *d)
+{
+    struct moe_err err;
+    struct moe_stats sc, sd;
+    struct moe_eval_row rc, rd;
+    struct moe_cuda_model *dev;
+    const size_t chunk = 37;
+    if (moe_train_stats_init(&sc, m, d, &err) || moe_train_stats_init(&sd, m, d, &err) ||
+        moe_cuda_model_create(&dev, m, hp, NULL, chunk, &err) ||
+        moe_evaluate(m, d, "test", chunk, 0.01, &sc, &rc, &err) ||
+        moe_evaluate_on(m, dev, d, "test", chunk, 0.01, &sd, &rd, &err))
+        die(&err);
+    EXPECT(rc.n == rd.n && rc.n > chunk, "%s: %zu rows evaluated on the device, %zu on the CPU", what, rd.n, rc.n);
+    // the first four are smooth in the weights; the rest count argmaxes and routing decisions, which a GPU's
+    // rounding may flip at a near tie: compared on the emulation only
+    const double cpu[] = { rc.loss, rc.aux_loss, rc.z_loss, rc.router_entropy, rc.accuracy, rc.load_cv, rc.dropped_fraction },
+                 gpu[] = { rd.loss, rd.aux_loss, rd.z_loss, rd.router_entropy, rd.accuracy, rd.load_cv, rd.dropped_fraction };
+    static const char *const names[] = { "loss", "aux", "z", "router entropy", "accuracy", "load cv", "dropped" };
+    for (size_t i = 0; i < (EXACT ? sizeof cpu / sizeof *cpu : 4); i++) {
+        char w[96];
+        snprintf(w, sizeof w, "evaluation on the device: %s", names[i]);
+        same_double(what, w, gpu[i], cpu[i], 1e-4);
+    }
+    moe_cuda_model_free(dev);
+    moe_stats_release(&sc), moe_stats_release(&sd);
+}
+
 static void train_run(const char *json, const char *const *ovs, size_t n_ovs, int device, struct tctx *c,
                       int resume)
 {
@@ -644,6 +675,8 @@ static void train_run(const char *json, const char *const *ovs, size_t n_ovs, in
                                  .distill = c->kd ? &kd : NULL };
     struct moe_train_result res;
     c->o->rc = moe_train_ex(&m, &data, &cfg, &h, &res, &c->o->err);
+    if (!device && !resume && !tu && !c->kd && !c->o->rc) // the trained weights evaluated as moe eval --device cuda does
+        eval_on_device(hp.type == MOE_MODEL_TRANSFORMER ? "transformer" : "mlp-moe", &m, &hp, &data.test);
     c->o->numel = m.params.numel;
     c->o->selected = res.selected_epoch;
     free(c->o->w);

@@ -289,6 +289,13 @@ int moe_train_stats_init(struct moe_stats *s, const struct moe_model *m, const s
 // Evaluate a whole split in chunks (language models: its fixed windows). row->split is set from `split`.
 int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *split, size_t chunk,
                  double active_threshold, struct moe_stats *scratch, struct moe_eval_row *ret, struct moe_err *err);
+// The same with each pass on dev (cuda/model.h: a device model holding m's
+// weights, for batches of at least the chunk's rows; NULL: on the CPU): the
+// statistics cross from the device and are summed on the host as for m.
+struct moe_cuda_model;
+int moe_evaluate_on(struct moe_model *m, struct moe_cuda_model *dev, const struct moe_dataset *d, const char *split,
+                    size_t chunk, double active_threshold, struct moe_stats *scratch, struct moe_eval_row *ret,
+                    struct moe_err *err);
 
 // The gradient of the loss's mean over a whole split (its rows; language
 // models: its fixed windows), in chunks of at most `chunk` rows, into g

@@ -243,6 +243,13 @@ int moe_evaluate(struct moe_model *m, const struct moe_dataset *d, const char *s
     return evaluate(m, NULL, d, split, chunk, active_threshold, s, ret, err);
 }
 
+int moe_evaluate_on(struct moe_model *m, struct moe_cuda_model *dev, const struct moe_dataset *d, const char *split,
+                    size_t chunk, double active_threshold, struct moe_stats *s, struct moe_eval_row *ret,
+                    struct moe_err *err)
+{
+    return evaluate(m, dev, d, split, chunk, active_threshold, s, ret, err);
+}
+
 struct grad_ctx {
     struct moe_model *m;
     double *g;

@@ -581,6 +581,14 @@ t_train_device() {
         fail "route-stats --device cuda: loss $(jq .loss "$TMP/grg/summary.json"), cpu $(jq .loss "$TMP/grs/summary.json")" || return 1
     [ "$(wc -l <"$TMP/grg/experts.csv")" = "$(wc -l <"$TMP/grs/experts.csv")" ] && [ -s "$TMP/grg.jsonl" ] ||
         fail "route-stats --device cuda: tables or trace missing" || return 1
+    # eval on the GPU: the same keys, the loss within 1e-3 of the CPU's eval
+    run "$TMP/gev" "$MOE" eval --checkpoint "$TMP/gd1/model.safetensors" --device cuda
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/gev" moe eval --device cuda)" || return 1
+    run "$TMP/cev" "$MOE" eval --checkpoint "$TMP/gd1/model.safetensors"
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/cev" moe eval)" || return 1
+    jq -e --slurpfile c "$TMP/cev.out" '(keys == ($c[0] | keys)) and .rows == $c[0].rows and
+        ((.loss - $c[0].loss) | fabs) <= 1e-3 * ($c[0].loss | fabs)' "$TMP/gev.out" >/dev/null ||
+        fail "eval --device cuda: $(cat "$TMP/gev.out"); cpu $(cat "$TMP/cev.out")" || return 1
     # distill (the teacher's passes on the GPU too) and lora on the GPU: the CPU's rows, the final test
     # loss within 1e-3 of the CPU's; a teacher the device cannot run (an mlp) refused, exit 2
     local k
@@ -598,11 +606,14 @@ t_train_device() {
     done
     run "$TMP/gmt" "$MOE" train --config "$DEVCFG" --set model.type=mlp --out "$TMP/gmt" --quiet
     [ "$RC" -eq 0 ] || fail "$(describe "$TMP/gmt" moe train model.type=mlp)" || return 1
+    run "$TMP/gem" "$MOE" eval --checkpoint "$TMP/gmt/model.safetensors" --device cuda
+    [ "$RC" -eq 2 ] && grep -Fq "option '--device cuda' cannot be used with model.type 'mlp': the CUDA backend is for mlp-moe and transformer models" "$TMP/gem.err" ||
+        fail "an mlp checkpoint on the device: $(describe "$TMP/gem" moe eval --device cuda)" || return 1
     run "$TMP/gkm" "$MOE" distill --teacher "$TMP/gmt/model.safetensors" --config "$DEVCFG" --out "$TMP/gkm" --device cuda
     [ "$RC" -eq 2 ] && grep -Fq "is model.type 'mlp'; on the CUDA device the teacher must be mlp-moe or transformer too" "$TMP/gkm.err" &&
         [ ! -e "$TMP/gkm" ] || fail "an mlp teacher on the device: $(describe "$TMP/gkm" moe distill --device cuda)"
 }
-check "train --device cuda ($CUDA_BUILD): deterministic on the GPU, the CPU's rows, a checkpoint the CPU loads, route-stats, distill and lora on the GPU; refused without a device" t_train_device
+check "train --device cuda ($CUDA_BUILD): deterministic on the GPU, the CPU's rows, a checkpoint the CPU loads, route-stats, eval, distill and lora on the GPU; refused without a device" t_train_device
 
 t_route_stats() {
     run "$TMP/gs" "$MOE" train --config "$MOECFG" --out "$TMP/gs" --quiet --set 'moe.router="gshard"' --set 'moe.aux_loss="gshard"'
