@@ -918,7 +918,8 @@ static int setup(struct train_run *r)
     if (!o->resume && !cli_rank && (rc = run_dir_check(cmd, c, r->out, RUN_DIR_NEW)))
         return rc;
     if ((rc = load_data(r)) || (rc = build_model(r)) ||
-        (rc = distill_setup(cmd, &r->distill, &r->rc, &r->data, &r->model, o->resume != NULL)) ||
+        (rc = distill_setup(cmd, &r->distill, &r->rc, &r->data, &r->model, o->resume != NULL, &r->est,
+                            c->ignore_memory)) ||
         (rc = tune_setup(cmd, &r->rc, &r->model, o->lora, &r->tune, &r->lora)) || (rc = masks_setup(r)))
         return rc;
     struct moe_err err = { 0 };

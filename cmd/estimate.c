@@ -2,6 +2,7 @@
 #include "estimate.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "cli.h"
@@ -78,6 +79,12 @@ size_t cli_memory_headroom(const struct moe_model_estimate *e, const char *sourc
 
 int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int ignore_memory)
 {
+    return cli_check_memory_with(cmd, e, data_loaded, ignore_memory, NULL);
+}
+
+int cli_check_memory_with(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int ignore_memory,
+                          const char *with)
+{
     size_t avail;
     const char *src;
     struct moe_err err = { 0 };
@@ -88,18 +95,19 @@ int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int da
         want = SIZE_MAX;
     if (want <= avail || (ignore_memory && headroom))
         return 0; // --ignore-memory runs past the headroom and the machine's figure, never past MOE_MEMORY_LIMIT
-    char need[32], have[32], keep[32];
+    char need[32], have[32], keep[32], what[1100];
     moe_bytes_str(need, sizeof need, (double)e->bytes_total);
     moe_bytes_str(have, sizeof have, (double)avail);
     moe_bytes_str(keep, sizeof keep, (double)headroom);
+    snprintf(what, sizeof what, "this config%s%s%s", with ? ", with " : "", with ? with : "", with ? "," : "");
     if (strcmp(src, MOE_MEMORY_LIMIT_ENV) == 0)
-        return cli_error(cmd, 1, "this config needs about %s, more than the %s that %s allows", need, have,
+        return cli_error(cmd, 1, "%s needs about %s, more than the %s that %s allows", what, need, have,
                          MOE_MEMORY_LIMIT_ENV);
     if (strncmp(src, "RLIMIT_", 7) == 0)
-        return cli_error(cmd, 1, "this config needs about %s plus %s of headroom, only %s left under this process's %s (ulimit %s); --ignore-memory runs it anyway",
-                         need, keep, have, src, strcmp(src, "RLIMIT_AS") == 0 ? "-v" : "-d");
-    return cli_error(cmd, 1, "this config needs about %s plus %s of headroom, only %s available (--ignore-memory runs it anyway; %s sets a budget)",
-                     need, keep, have, MOE_MEMORY_LIMIT_ENV);
+        return cli_error(cmd, 1, "%s needs about %s plus %s of headroom, only %s left under this process's %s (ulimit %s); --ignore-memory runs it anyway",
+                         what, need, keep, have, src, strcmp(src, "RLIMIT_AS") == 0 ? "-v" : "-d");
+    return cli_error(cmd, 1, "%s needs about %s plus %s of headroom, only %s available (--ignore-memory runs it anyway; %s sets a budget)",
+                     what, need, keep, have, MOE_MEMORY_LIMIT_ENV);
 }
 
 int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,

@@ -40,6 +40,11 @@ size_t cli_memory_headroom(const struct moe_model_estimate *e, const char *sourc
 // available (--ignore-memory runs it anyway; MOE_MEMORY_LIMIT sets a budget)", 2 for a
 // malformed MOE_MEMORY_LIMIT.
 int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int ignore_memory);
+// The same for a run that also holds other models (a distillation teacher, a
+// baseline): e's total counts them, and the line names them ("this config,
+// with distill.teacher 'PATH', needs about ...").
+int cli_check_memory_with(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int ignore_memory,
+                          const char *with);
 
 // The rows of a command's largest batch (the model's max_batch), from the
 // run's settings and the sizes of the splits; ctx is the command's own.

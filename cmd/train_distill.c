@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "estimate.h"
 #include "io/atomic.h"
 #include "train/moebert.h"
 #include "train_run.h"
@@ -17,10 +18,14 @@
 // model built from its own config and weights. It must read the student's data
 // as it was trained to (same inputs, outputs, standardisation, vocabulary and
 // languages). *hp (when not NULL): the settings it was built from. No path =
-// nothing to do.
+// nothing to do. Before the model is made, its parameters, gradients,
+// activations and statistics for the student's batches are added to *est (the
+// run so far) and the sum is checked against the memory there is
+// (cli_check_memory_with, naming the checkpoint).
 static int peer_setup(const char *cmd, const char *key, const char *path, const struct moe_run_cfg *rcfg,
                       const struct moe_data *data, const struct moe_model *student, struct moe_model *peer,
-                      struct moe_st_file *f, struct moe_model_hp *hp)
+                      struct moe_st_file *f, struct moe_model_hp *hp, struct moe_model_estimate *est,
+                      int ignore_memory)
 {
     if (!path)
         return 0;
@@ -58,6 +63,21 @@ static int peer_setup(const char *cmd, const char *key, const char *path, const 
         *hp = trc.model;
         hp->loss = hp->loss_baseline = NULL;
     }
+    struct moe_model_estimate pe;
+    if (moe_run_estimate(&trc, NULL, data->train.task, data->train.n_in, data->train.n_out, 0, 0, student->max_batch,
+                         0, &pe, &err)) {
+        moe_error_prefix(&err, "%s '%s': ", key, path);
+        rc = cli_fail(cmd, &err);
+        goto out;
+    }
+    const size_t parts[] = { pe.bytes_params, pe.bytes_grads, pe.bytes_activations, pe.bytes_trainer };
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        if (__builtin_add_overflow(est->bytes_total, parts[i], &est->bytes_total))
+            est->bytes_total = SIZE_MAX;
+    char with[1024];
+    snprintf(with, sizeof with, "%s '%s'", key, path);
+    if ((rc = cli_check_memory_with(cmd, est, 1, ignore_memory, with)))
+        goto out;
     if (moe_model_create_hp(peer, &trc.model, NULL, data->train.task, data->train.n_in, data->train.n_out,
                             student->max_batch, &err)) {
         rc = cli_fail(cmd, &err);
@@ -99,15 +119,16 @@ static cJSON *init_from_teacher(struct moe_model *m, const struct moe_model *tea
 }
 
 int distill_setup(const char *cmd, struct distill *d, const struct moe_run_cfg *rcfg, const struct moe_data *data,
-                  struct moe_model *student, int resume)
+                  struct moe_model *student, int resume, const struct moe_model_estimate *est, int ignore_memory)
 {
     int rc;
+    struct moe_model_estimate run = *est; // the student's run, then each model beside it
     d->c = rcfg->distill;
     d->moebert = d->c.moebert;
     if ((rc = peer_setup(cmd, "distill.teacher", d->c.teacher, rcfg, data, student, &d->teacher, &d->teacher_file,
-                         &d->teacher_hp)) ||
+                         &d->teacher_hp, &run, ignore_memory)) ||
         (rc = peer_setup(cmd, "distill.baseline", d->c.baseline, rcfg, data, student, &d->baseline,
-                         &d->baseline_file, NULL)))
+                         &d->baseline_file, NULL, &run, ignore_memory)))
         return rc;
     if (d->baseline.ops && !d->teacher.ops)
         return cli_error(cmd, 2, "config key 'distill.baseline' needs distill.teacher (--teacher)");

@@ -109,9 +109,11 @@ struct distill {
 };
 
 // Load distill.teacher and distill.baseline for the student and, for a new run
-// with distill.teacher_init, start the student from the teacher.
+// with distill.teacher_init, start the student from the teacher. est: the
+// student's run as checked (cli_check_run); each model is checked beside it
+// before it is made (--ignore-memory: ignore_memory).
 int distill_setup(const char *cmd, struct distill *d, const struct moe_run_cfg *rcfg, const struct moe_data *data,
-                  struct moe_model *student, int resume);
+                  struct moe_model *student, int resume, const struct moe_model_estimate *est, int ignore_memory);
 // A new run with distill.moebert: the teacher's FFNs become the student's
 // experts; DIR/importance.csv and DIR/moebert.json say how.
 int distill_moebert(const char *cmd, const struct cli_common *c, struct distill *d, const struct moe_run_cfg *rcfg,

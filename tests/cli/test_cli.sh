@@ -817,6 +817,29 @@ t_memory_refusal() {
     [ ! -e "$TMP/mem-out" ] || { fail "the refused run created its directory"; return 1; }
 }
 check "a run that does not fit the memory limit is refused before it allocates (exit 1, one line)" t_memory_refusal
+# A distillation teacher counts: a budget that holds the student's run but not the teacher beside it
+# refuses the run before the teacher is made (one line naming the teacher, exit 1, no run directory);
+# a budget with room for both runs it.
+t_memory_teacher() {
+    local s="$TMP/mt-student.json"
+    printf '%s\n' '{ "data": { "synthetic": { "kind": "classes", "n_in": 4, "n_regions": 4, "n_train": 300, "n_test": 200 } },' \
+        '  "model": { "type": "mlp-moe", "n_embd": 8, "n_layer": 1, "n_ff": 8, "n_expert": 2, "n_expert_used": 1 },' \
+        '  "optim": { "batch_size": 32 }, "train": { "epochs": 1 } }' >"$s"
+    run "$TMP/mt-t" "$MOE" train --config "$s" --set model.n_embd=128 --set model.n_ff=512 --set model.n_expert=8 \
+        --set model.n_layer=2 --out "$TMP/mt-t" --quiet
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/mt-t" moe train the teacher)" || return 1
+    local need
+    need=$("$MOE" train --dry-run --config "$s" | jq .memory_bytes.total)
+    MOE_MEMORY_LIMIT=$((need + 1048576)) run "$TMP/mt-d1" "$MOE" distill --teacher "$TMP/mt-t/model.safetensors" \
+        --config "$s" --out "$TMP/mt-d1"
+    [ "$RC" -eq 1 ] && [ "$(awk 'END { print NR }' "$TMP/mt-d1.err")" -eq 1 ] &&
+        grep -Fq "this config, with distill.teacher '$TMP/mt-t/model.safetensors', needs about" "$TMP/mt-d1.err" &&
+        [ ! -e "$TMP/mt-d1" ] || fail "a teacher beyond the budget: $(describe "$TMP/mt-d1" moe distill)" || return 1
+    MOE_MEMORY_LIMIT=$((need + 67108864)) run "$TMP/mt-d2" "$MOE" distill --teacher "$TMP/mt-t/model.safetensors" \
+        --config "$s" --out "$TMP/mt-d2" --quiet
+    [ "$RC" -eq 0 ] || fail "room for both: $(describe "$TMP/mt-d2" moe distill)"
+}
+check "distill: the teacher counts in the memory check, before it is made" t_memory_teacher
 expect_fail "an absurd size is a config error naming its keys" 2 "model.n_expert x model.n_ff x model.n_embd" -- "$MOE" train --config "$MOECFG" --out "$O" --set model.n_expert=1024 --set model.n_ff=65536 --set model.n_embd=65536
 expect_fail "--dry-run of an absurd size: the same config error" 2 "more than any machine has" -- "$MOE" train --dry-run --config "$MOECFG" --set model.n_expert=1024 --set model.n_ff=65536 --set model.n_embd=65536
 
