@@ -337,6 +337,14 @@ int cli_setup_compute_dry(const char *cmd, const struct cli_common *c, struct mo
     return setup_compute(cmd, c, cuda, 1);
 }
 
+int cli_cuda_model_type(const char *cmd, const struct cli_common *c, const char *type)
+{
+    if (strcmp(type, "mlp-moe") == 0 || strcmp(type, "transformer") == 0)
+        return 0;
+    return cli_error(cmd, 2, "option '--device %s' cannot be used with model.type '%s': the CUDA backend is for "
+                     "mlp-moe and transformer models; use --device cpu", c->device, type);
+}
+
 // An option that adds to a list key ("key=items", cli_add_set): the list so far, then its items.
 static int append_items(struct moe_config *cfg, const char *append, struct moe_err *err)
 {

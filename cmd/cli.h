@@ -106,6 +106,9 @@ int cli_setup_compute_cuda(const char *cmd, const struct cli_common *c, struct m
 // found: available 0 and the reason, or the device); refused are a build
 // without CUDA and N beyond the devices there are. --device cpu: *cuda zeroed.
 int cli_setup_compute_dry(const char *cmd, const struct cli_common *c, struct moe_backend_info *cuda);
+// 0 when the CUDA backend runs model type `type` (mlp-moe, transformer);
+// otherwise one line naming it and the model types it runs, exit 2.
+int cli_cuda_model_type(const char *cmd, const struct cli_common *c, const char *type);
 // --device's value: "cpu", "cuda" (device 0) or "cuda:N", N decimal digits.
 // Returns 0 and sets *id (0 unless cuda:N), or -1 when malformed.
 int cli_device_parse(const char *arg, int *id);

@@ -111,12 +111,8 @@ int cmd_eval(int argc, char **argv)
     struct moe_err err = { 0 };
     struct moe_eval_row row;
     if (strcmp(c.device, "cpu") != 0) { // evaluation passes only: no gradients, moments or backward buffers
-        enum moe_model_type t = k.rc.model.type;
-        if (t != MOE_MODEL_MLP_MOE && t != MOE_MODEL_TRANSFORMER) {
-            rc = cli_error(cmd, 2, "option '--device %s' cannot be used with model.type '%s': the CUDA backend is for "
-                           "mlp-moe and transformer models; use --device cpu", c.device, moe_model_kind(t)->name);
+        if ((rc = cli_cuda_model_type(cmd, &c, moe_model_kind(k.rc.model.type)->name)))
             goto done;
-        }
         if (moe_cuda_model_check(&k.model, &k.rc.model, &err)) {
             rc = cli_error(cmd, 2, "option '--device %s': %s", c.device, err.msg);
             goto done;

@@ -185,10 +185,9 @@ static size_t train_batch(const struct moe_run_cfg *rc, size_t n_train, size_t n
 static int dry_device(const char *cmd, const struct cli_common *c, const struct moe_run_cfg *rcfg,
                       const struct moe_model_estimate *est, const struct moe_backend_info *cuda, cJSON *s)
 {
-    enum moe_model_type t = rcfg->model.type;
-    if (t != MOE_MODEL_MLP_MOE && t != MOE_MODEL_TRANSFORMER)
-        return cli_error(cmd, 2, "option '--device %s' cannot be used with model.type '%s': the CUDA backend is "
-                         "for mlp-moe and transformer models; use --device cpu", c->device, moe_model_kind(t)->name);
+    int rc = cli_cuda_model_type(cmd, c, moe_model_kind(rcfg->model.type)->name);
+    if (rc)
+        return rc;
     cJSON *d = cJSON_AddObjectToObject(s, "device");
     if (!d)
         return cli_error(cmd, 1, "out of memory");
@@ -821,11 +820,10 @@ static int prepare(struct train_run *r, cJSON **done, int *ret_done)
 static int device_check(struct train_run *r)
 {
     const char *cmd = r->cmd, *dv = r->c->device;
-    enum moe_model_type t = r->rc.model.type;
     struct moe_err err = { 0 };
-    if (t != MOE_MODEL_MLP_MOE && t != MOE_MODEL_TRANSFORMER)
-        return cli_error(cmd, 2, "option '--device %s' cannot be used with model.type '%s': the CUDA backend is "
-                         "for mlp-moe and transformer models; use --device cpu", dv, moe_model_kind(t)->name);
+    int rc = cli_cuda_model_type(cmd, r->c, moe_model_kind(r->rc.model.type)->name);
+    if (rc)
+        return rc;
     if (moe_cuda_model_check(&r->model, &r->rc.model, &err) ||
         moe_train_device_check(r->o->dist != NULL, &err))
         return cli_error(cmd, 2, "option '--device %s': %s", dv, err.msg);

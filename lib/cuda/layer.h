@@ -68,8 +68,8 @@ int moe_cuda_layer_create(struct moe_cuda_layer **ret, const struct moe_layer_cf
 struct moe_cuda_layer_tensors;
 // The same layer with its weights in the caller's device buffers w and their
 // gradients in g (moe_cuda_layer_tensors' layout, below: a model's flat
-// registry, cuda/model.h), of which it allocates none, and the gradients left
-// as they are. g NULL: a layer for evaluation passes only (a teacher's, route
+// registry, cuda/model.h), of which it allocates none (the pointers of
+// tensors it does not have are ignored), and the gradients left as they are. g NULL: a layer for evaluation passes only (a teacher's, route
 // statistics'), without gradients or the backward's buffers; a training
 // forward or a backward of it is refused (MOE_EINVAL).
 int moe_cuda_layer_create_in(struct moe_cuda_layer **ret, const struct moe_layer_cfg *c, size_t T_max,
