@@ -2,10 +2,10 @@
 // cuda/blas.h run on the host, for tests only, not part of libmoe. Each function
 // does what its .cu wrapper does: the same kernel bodies (lib/cuda/kernels/*.h)
 // in the same sequence of launches, each launch a loop over its thread indices
-// in increasing order, with the same early returns, memsets, scratch layouts
-// and error returns. Device memory is host memory. Where a launch takes the
-// device's expf or tanhf, this takes the function the CPU library uses at that
-// place (SLEEF's, core/vmath.h, for cross-entropy, the activations and
+// (in increasing order, or decreasing: FOR_THREADS below), with the same early
+// returns, memsets, scratch layouts and error returns. Device memory is host
+// memory. Where a launch takes the device's expf or tanhf, this takes the
+// function the CPU library uses at that place (SLEEF's, core/vmath.h, for cross-entropy, the activations and
 // attention's softmax; libm's expf where the library calls expf, in the
 // router's softmax inside the bodies; libm's double exp and log); the GEMM is
 // the library's moe_gemm. So what runs here gives the CPU library's bits
@@ -37,6 +37,28 @@
 #include "cuda/kernels/route.h"
 #include "cuda/blas.h"
 #include "cuda/ops.h"
+
+// The order in which a launch's threads (or blocks) run here: increasing, or
+// decreasing when MOE_CUDA_HOST_ORDER=reverse. On a GPU the threads of one launch
+// run in no set order, so a kernel body that reads what another thread of the
+// same launch writes (a race there) gives other bits here one way round than
+// the other: for any two threads, one order runs each before the other. The
+// host tests run both ways (tests/meson.build), and both must give the CPU
+// library's bits. Loops inside one thread's work (a row's sum, a block's tile,
+// the sort) keep their order; FOR_THREADS marks the index spaces of launches.
+static size_t host_thread(size_t j, size_t n)
+{
+    static int reverse = -1;
+    if (reverse < 0) {
+        const char *o = getenv("MOE_CUDA_HOST_ORDER");
+        reverse = o && strcmp(o, "reverse") == 0;
+    }
+    return reverse ? n - 1 - j : j;
+}
+
+#define FOR_THREADS(i, n)                                                                                          \
+    for (size_t i##_n_ = (size_t)(n), i##_j_ = 0, i = 0; i##_j_ < i##_n_ && (i = host_thread(i##_j_, i##_n_), 1);   \
+         i##_j_++)
 
 // A launch whose grid is empty (a zero block count), as cudaGetLastError reports it.
 static int empty_grid(const char *kernel, struct moe_err *err)
@@ -107,7 +129,7 @@ int moe_cuda_route_forward(const struct moe_cuda_route *a, float *p, float *lse,
     (void)err;
     if (a->T <= 0)
         return 0;
-    for (int t = 0; t < a->T; t++) {
+    FOR_THREADS (t, a->T) {
         size_t o = (size_t)t * a->E, os = (size_t)t * a->K;
         moe_k_softmax_row(p + o, lse + t, z + o, a->E);
         const float *v = z + o;
@@ -138,7 +160,7 @@ int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz, float *du
     (void)err;
     if (a->T <= 0)
         return 0;
-    for (int t = 0; t < a->T; t++) {
+    FOR_THREADS (t, a->T) {
         size_t o = (size_t)t * a->E, os = (size_t)t * a->K;
         moe_k_route_backward_row(dz + o, a->noisy ? du + o : NULL, dgate + os, sel + os, idx + os, p + o,
                                  (a->noisy ? h : z) + o, a->noisy ? eps + o : NULL, a->noisy ? u + o : NULL, a->E,
@@ -152,10 +174,10 @@ int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, float *p, float
 {
     if (a->T <= 0)
         return 0;
-    for (int t = 0; t < a->T; t++)
+    FOR_THREADS (t, a->T)
         moe_k_softmax_row(p + (size_t)t * a->E, lse + t, z + (size_t)t * a->E, a->E);
     if (a->mode == MOE_K_EC_TOPK) {
-        for (int t = 0; t < a->T; t++) {
+        FOR_THREADS (t, a->T) {
             size_t o = (size_t)t * a->E;
             moe_k_ec_topk_row(sel + o, idx + o, gate + o, prio + o, p + o, a->E, a->ec_factor);
         }
@@ -164,7 +186,7 @@ int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, float *p, float
     size_t n = (size_t)a->T * a->E;
     if (n == 0) // E = 0: no blocks
         return empty_grid("route_ec_kernel", err);
-    for (size_t i = 0; i < n; i++)
+    FOR_THREADS (i, n)
         moe_k_ec_slot(sel, idx, gate, prio, p, a->T, a->E, (int64_t)(i / a->E), (int)(i % a->E), a->ec_factor,
                       (enum moe_k_ec)a->mode, a->seq);
     return 0;
@@ -189,7 +211,7 @@ int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel
     (void)err;
     if (T <= 0)
         return 0;
-    for (int t = 0; t < T; t++)
+    FOR_THREADS (t, T)
         moe_k_hash_row(p + (size_t)t * E, lse + t, sel + t, idx + t, gate + t, prio + t, hash_expert[t], E);
     return 0;
 }
@@ -197,7 +219,7 @@ int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel
 int moe_cuda_bias_update(float *bias, const int32_t *sel, size_t n, size_t E, double rate, struct moe_err *err)
 {
     (void)err;
-    for (size_t e = 0; e < E; e++)
+    FOR_THREADS (e, E)
         moe_k_bias_update(bias, sel, (int64_t)n, (int)E, (int)e, rate);
     return 0;
 }
@@ -210,22 +232,22 @@ int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, co
                           size_t T, size_t D, float eps, struct moe_err *err)
 {
     (void)err;
-    for (size_t t = 0; t < T; t++) {
+    FOR_THREADS (t, T) {
         const float *xt = x + t * D;
         double lanes[MOE_K_LANES], m = 0.0;
         if (b) {
-            for (int k = 0; k < MOE_K_LANES; k++)
+            FOR_THREADS (k, MOE_K_LANES)
                 lanes[k] = moe_k_lane_sum(xt, D, k);
             m = moe_k_layernorm_mean(moe_k_lanes_join(lanes), D);
         }
-        for (int k = 0; k < MOE_K_LANES; k++)
+        FOR_THREADS (k, MOE_K_LANES)
             lanes[k] = moe_k_lane_sq_dev(xt, m, D, k);
         double ss = moe_k_lanes_join(lanes);
         float mf = (float)m, rf = b ? moe_k_layernorm_rstd(ss, D, eps) : moe_k_rmsnorm_rstd(ss, D, eps);
         if (b)
             mean[t] = mf;
         rstd[t] = rf;
-        for (size_t i = 0; i < D; i++)
+        FOR_THREADS (i, D)
             y[t * D + i] = b ? moe_k_layernorm_elem(xt[i], mf, rf, g[i], b[i]) : moe_k_rmsnorm_elem(xt[i], rf, g[i]);
     }
     return 0;
@@ -239,18 +261,18 @@ int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, con
     (void)err;
     if (T == 0)
         return 0;
-    for (size_t col = 0; col < D; col++)
+    FOR_THREADS (col, D)
         moe_k_norm_param_col(dg, db, dy, x, mean, rstd, T, D, col);
     if (!dx)
         return 0;
     const int layernorm = db != NULL;
-    for (size_t t = 0; t < T; t++) {
+    FOR_THREADS (t, T) {
         double l1[MOE_K_LANES], l2[MOE_K_LANES];
         float m = layernorm ? mean[t] : 0.0f, rs = rstd[t];
-        for (int k = 0; k < MOE_K_LANES; k++)
+        FOR_THREADS (k, MOE_K_LANES)
             moe_k_norm_grad_lane(&l1[k], &l2[k], x + t * D, dy + t * D, g, m, rs, D, k);
         float a = (float)(moe_k_lanes_join(l1) / (double)D), c = (float)(moe_k_lanes_join(l2) / (double)D);
-        for (size_t i = 0; i < D; i++) {
+        FOR_THREADS (i, D) {
             size_t j = t * D + i;
             dx[j] = layernorm ? moe_k_layernorm_dx(dx[j], x[j], dy[j], g[i], m, rs, a, c)
                               : moe_k_rmsnorm_dx(dx[j], x[j], dy[j], g[i], rs, c);
@@ -278,26 +300,26 @@ int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, co
     }
     const int32_t *order = prob ? p->order : NULL;
     if (prob)
-        for (size_t i = 0; i < S * T; i++) {
+        FOR_THREADS (i, S * T) {
             size_t s = i / T, t = i % T;
             p->order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
         }
-    for (size_t c = 0; c < nc; c++)
+    FOR_THREADS (c, nc)
         moe_k_chunk_count(cnt + c * E, idx, order, NULL, T, S, E, MOE_CUDA_PLAN_CHUNK, c, 0);
-    for (size_t e = 0; e < E; e++) {
+    FOR_THREADS (e, E) {
         size_t routed = moe_k_chunk_scan(cnt, nc, E, e, 0), k = routed < cap ? routed : cap;
         p->routed[e] = routed;
         p->n_kept[e] = k;
         p->dropped[e] = routed - k;
     }
-    for (size_t c = 0; c < nc; c++)
+    FOR_THREADS (c, nc)
         moe_k_chunk_keep(cnt + c * E, p->kept, idx, order, T, S, cap, MOE_CUDA_PLAN_CHUNK, c);
     moe_k_dispatch_offsets(p->offset, p->n_kept, E);
-    for (size_t c = 0; c < nc; c++)
+    FOR_THREADS (c, nc)
         moe_k_chunk_count(cnt + c * E, idx, NULL, p->kept, T, S, E, MOE_CUDA_PLAN_CHUNK, c, 1);
-    for (size_t e = 0; e < E; e++)
+    FOR_THREADS (e, E)
         moe_k_chunk_scan(cnt, nc, E, e, p->offset[e]);
-    for (size_t c = 0; c < nc; c++)
+    FOR_THREADS (c, nc)
         moe_k_chunk_rows(cnt + c * E, idx, p->kept, T, S, MOE_CUDA_PLAN_CHUNK, c, p->row_tok, p->row_slot,
                          p->slot_row);
     return 0;
@@ -308,7 +330,7 @@ int moe_cuda_gather(float *xd, const float *x, const struct moe_cuda_plan *p, si
 {
     (void)err;
     size_t n = p->offset[E] < n_max ? p->offset[E] : n_max;
-    for (size_t i = 0; i < n * D; i++)
+    FOR_THREADS (i, n * D)
         moe_k_gather(xd, x, p->row_tok, D, i / D, i % D);
     return 0;
 }
@@ -317,7 +339,7 @@ int moe_cuda_combine(float *out, const float *yd, const float *gate, const int32
                      size_t D, struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < T * D; i++)
+    FOR_THREADS (i, T * D)
         moe_k_combine(out, yd, gate, slot_row, S, D, i / D, i % D);
     return 0;
 }
@@ -328,7 +350,7 @@ int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const
 {
     (void)err;
     size_t n = p->offset[E] < n_max ? p->offset[E] : n_max;
-    for (size_t r = 0; r < n; r++)
+    FOR_THREADS (r, n)
         moe_k_combine_backward(dyd, dgate, dout, yd, gate, p->row_tok, p->row_slot, S, D, r);
     return 0;
 }
@@ -352,7 +374,7 @@ int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, 
             return empty_grid("fp_expert_kernel", err);
         float pcol[AUX_TILE];
         unsigned char hits[AUX_TILE];
-        for (size_t e = 0; e < E; e++) {
+        FOR_THREADS (e, E) {
             double fe = 0.0, pe = 0.0;
             for (size_t t0 = 0; t0 < T; t0 += AUX_TILE) {
                 const size_t n = T - t0 < AUX_TILE ? T - t0 : AUX_TILE;
@@ -372,7 +394,7 @@ int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, 
     }
     if (!dz)
         return 0;
-    for (size_t i = 0; i < T * E; i++)
+    FOR_THREADS (i, T * E)
         moe_k_aux_fp_grad(dz, p, f, E, scale, T, i / E, i % E);
     return 0;
 }
@@ -383,13 +405,13 @@ int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const
                             size_t S, float coef, double *x, double *g, double *value, struct moe_err *err)
 {
     *ret = 0.0;
-    for (size_t e = 0; e < E; e++)
+    FOR_THREADS (e, E)
         x[e] = moe_k_importance_expert(idx, gate, T, S, e);
     *value = moe_k_cv2(dgate ? g : NULL, x, E);
     int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
     if (rc || !dgate || T == 0)
         return rc;
-    for (size_t i = 0; i < T * S; i++)
+    FOR_THREADS (i, T * S)
         moe_k_importance_grad(dgate, idx, g, coef, i);
     return 0;
 }
@@ -401,13 +423,13 @@ int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const f
                       double *x, double *g, double *value, struct moe_err *err)
 {
     *ret = 0.0;
-    for (size_t e = 0; e < E; e++)
+    FOR_THREADS (e, E)
         x[e] = moe_k_load_expert(z, u, h, sel, T, E, S, K, e);
     *value = moe_k_cv2(dz ? g : NULL, x, E);
     int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
     if (rc || !dz || T == 0)
         return rc;
-    for (size_t t = 0; t < T; t++)
+    FOR_THREADS (t, T)
         moe_k_load_grad(dz, du, z, u, h, eps, sel, g, coef, E, S, K, t);
     return 0;
 }
@@ -436,7 +458,7 @@ int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, siz
     }
     if (!dz)
         return 0;
-    for (size_t i = 0; i < T * E; i++)
+    FOR_THREADS (i, T * E)
         moe_k_z_grad(dz, lse, p, E, coef, T, i / E, i % E);
     return 0;
 }
@@ -448,7 +470,7 @@ int moe_cuda_embed_forward(float *out, const int32_t *tok, size_t ld, const floa
 {
     (void)err;
     size_t n = B * C;
-    for (size_t i = 0; i < n * D; i++)
+    FOR_THREADS (i, n * D)
         moe_k_embed_forward(out, tok, ld, wte, wpe, C, D, i / D, i % D);
     return 0;
 }
@@ -457,7 +479,7 @@ int moe_cuda_lang_rows(float *radd, const float *le, const int32_t *lang, size_t
                        struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < B * C * D; i++)
+    FOR_THREADS (i, B * C * D)
         moe_k_lang_rows(radd, le, lang, C, D, i / D, i % D);
     return 0;
 }
@@ -466,7 +488,7 @@ int moe_cuda_lang_grad(float *dle, const float *dradd, const int32_t *lang, size
                        struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < G * D; i++)
+    FOR_THREADS (i, G * D)
         moe_k_lang_grad(dle, dradd, lang, B, C, D, i / D, i % D);
     return 0;
 }
@@ -519,18 +541,18 @@ int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const i
     if (need > sort_bytes)
         return moe_error(err, MOE_EINVAL, "CUDA: the embedding backward's sort needs %zu bytes of scratch, given %zu",
                          need, sort_bytes);
-    for (size_t r = 0; r < n; r++) {
+    FOR_THREADS (r, n) {
         ids[r] = tok[(r / C) * ld + r % C];
         rows[r] = (int32_t)r;
     }
     sort_pairs(sorted_ids, order, ids, rows, (int32_t *)sort, (int32_t *)sort + n, n);
-    for (size_t i = 0; i < V * D; i++) {
+    FOR_THREADS (i, V * D) {
         int32_t id = (int32_t)(i / D);
         size_t start = moe_k_lower_bound(sorted_ids, n, id), end = moe_k_lower_bound(sorted_ids, n, id + 1);
         if (start < end)
             moe_k_embed_backward_tok(dwte, dout, order, start, end, D, (size_t)id, i % D);
     }
-    for (size_t i = 0; i < C * D; i++)
+    FOR_THREADS (i, C * D)
         moe_k_embed_backward_pos(dwpe, dout, B, C, D, i / D, i % D);
     return 0;
 }
@@ -542,7 +564,7 @@ int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float
 {
     if (cuda_host_fail_optim > 0 && --cuda_host_fail_optim == 0)
         return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", "optim_kernel", "an illegal memory access was encountered");
-    for (size_t i = 0; i < n; i++)
+    FOR_THREADS (i, n)
         moe_k_optim_elem(o, i, w, g, m, v);
     return 0;
 }
@@ -553,7 +575,7 @@ int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_
     (void)err;
     if (n == 0 || (k == 0 && last))
         return 0;
-    for (size_t i = 0; i < n; i++)
+    FOR_THREADS (i, n)
         moe_k_fold(a, g, out, i, w, k, last);
     return 0;
 }
@@ -561,7 +583,7 @@ int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_
 int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n, struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < n; i++)
+    FOR_THREADS (i, n)
         moe_k_lora_merge(w, w0, delta, i);
     return 0;
 }
@@ -569,9 +591,9 @@ int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n,
 int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err)
 {
     double *lanes = scratch, *part = lanes + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, *sq = part + MOE_K_SQ_BLOCKS;
-    for (size_t i = 0; i < (size_t)MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES; i++)
+    FOR_THREADS (i, (size_t)MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES)
         moe_k_sumsq_lane(lanes, g, n, i / MOE_K_SQ_LANES, i % MOE_K_SQ_LANES);
-    for (size_t b = 0; b < MOE_K_SQ_BLOCKS; b++)
+    FOR_THREADS (b, MOE_K_SQ_BLOCKS)
         moe_k_sumsq_block(part, lanes, b);
     moe_k_sumsq_total(sq, part);
     return moe_cuda_to_host(ret, sq, sizeof *sq, err);
@@ -588,7 +610,7 @@ int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argma
     *sum = 0.0;
     if (T == 0)
         return 0;
-    for (size_t t = 0; t < T; t++) {
+    FOR_THREADS (t, T) {
         const float *yt = y + t * O;
         int32_t am;
         float m = moe_k_ce_max(yt, O, &am);
@@ -604,13 +626,13 @@ int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argma
             row_argmax[t] = am;
     }
     if (dy)
-        for (size_t j = 0; j < T * O; j++) {
+        FOR_THREADS (j, T * O) {
             size_t t = j / O, o = j % O;
             moe_k_ce_grad_elem(&dy[j], moe_expf1(moe_k_ce_grad_arg(y[j], lse[t])), scale);
             if ((int32_t)o == label[t])
                 moe_k_ce_grad_label(&dy[j], scale);
         }
-    for (size_t b = 0; b < MOE_K_CE_BLOCKS; b++) {
+    FOR_THREADS (b, MOE_K_CE_BLOCKS) {
         size_t lo, hi;
         moe_k_ce_block(T, b, &lo, &hi);
         double acc = 0.0;
@@ -641,7 +663,7 @@ static int distill(int sym, double *sum, float *dy, const float *s, const float 
         return 0;
     double *lse_s = scratch, *lse_z = scratch + T, *row = scratch + 2 * T, *qp = scratch + 3 * T,
            *total = scratch + 4 * T;
-    for (size_t t = 0; t < T; t++) {
+    FOR_THREADS (t, T) {
         const float *st = s + t * O, *zt = z + t * O;
         double ls = moe_k_lse_tau(st, O, tau), lz = moe_k_lse_tau(zt, O, tau);
         lse_s[t] = ls, lse_z[t] = lz;
@@ -655,7 +677,7 @@ static int distill(int sym, double *sum, float *dy, const float *s, const float 
         }
     }
     if (dy)
-        for (size_t j = 0; j < T * O; j++) {
+        FOR_THREADS (j, T * O) {
             size_t t = j / O;
             if (sym)
                 moe_k_symkl_grad(&dy[j], s[j], z[j], lse_s[t], lse_z[t], qp[t], scale);
@@ -692,7 +714,7 @@ int moe_cuda_mse(double *sum, float *dy, const float *y, const float *d, size_t 
     if (n == 0)
         return 0;
     if (dy)
-        for (size_t i = 0; i < n; i++)
+        FOR_THREADS (i, n)
             moe_k_mse_grad(&dy[i], y[i], d[i], scale);
     if (!sum)
         return 0;
@@ -708,7 +730,7 @@ int moe_cuda_mse(double *sum, float *dy, const float *y, const float *d, size_t 
 int moe_cuda_act_forward(enum moe_cuda_act a, float *y, const float *x, size_t n, struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < n; i++) {
+    FOR_THREADS (i, n) {
         float v = x[i];
         y[i] = a == MOE_CUDA_RELU ? moe_k_relu(v)
              : a == MOE_CUDA_GELU ? moe_k_gelu(v, moe_tanhf1(moe_k_gelu_inner(v)))
@@ -721,7 +743,7 @@ int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float *dy, const
                           struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < n; i++) {
+    FOR_THREADS (i, n) {
         float v = x[i];
         dx[i] = a == MOE_CUDA_RELU ? moe_k_relu_dx(dy[i], v)
               : a == MOE_CUDA_GELU ? moe_k_gelu_dx(dy[i], v, moe_tanhf1(moe_k_gelu_inner(v)))
@@ -755,9 +777,9 @@ int moe_cuda_attention_forward_drop(float *out, float *att, float *attp, const f
     if (rc || B * C == 0)
         return rc;
     const size_t na = B * H * C * C, rows = B * H * C, no = B * C * D;
-    for (size_t i = 0; i < na; i++)
+    FOR_THREADS (i, na)
         moe_k_attn_score(att, qkv, C, D, H, i / (C * C), i / C % C, i % C);
-    for (size_t r = 0; r < rows; r++) {
+    FOR_THREADS (r, rows) {
         size_t n = moe_k_attn_shift_row(att, C, r);
         for (size_t s = 0; s < n; s++)
             att[r * C + s] = moe_expf1(att[r * C + s]);
@@ -765,10 +787,10 @@ int moe_cuda_attention_forward_drop(float *out, float *att, float *attp, const f
     }
     if (drop_on(d)) {
         const struct moe_k_drop k = drop_make(d);
-        for (size_t i = 0; i < na; i++)
+        FOR_THREADS (i, na)
             moe_k_attn_drop(att, attp, &k, C, i);
     }
-    for (size_t i = 0; i < no; i++)
+    FOR_THREADS (i, no)
         moe_k_attn_out(out, att, qkv, C, D, H, i / (C * D), i / D % C, i % D);
     return 0;
 }
@@ -790,16 +812,16 @@ int moe_cuda_attention_backward_drop(float *dqkv, float *datt, const float *dout
         return rc;
     const int on = drop_on(d);
     const size_t na = B * H * C * C, rows = B * H * C, nq = B * C * 3 * D;
-    for (size_t i = 0; i < na; i++)
+    FOR_THREADS (i, na)
         moe_k_attn_dp(datt, dout, qkv, C, D, H, i / (C * C), i / C % C, i % C);
     if (on) {
         const struct moe_k_drop k = drop_make(d);
-        for (size_t i = 0; i < na; i++)
+        FOR_THREADS (i, na)
             moe_k_attn_drop_grad(datt, &k, C, i);
     }
-    for (size_t r = 0; r < rows; r++)
+    FOR_THREADS (r, rows)
         moe_k_attn_dsoftmax_row(datt, on ? attp : att, C, r);
-    for (size_t i = 0; i < nq; i++)
+    FOR_THREADS (i, nq)
         moe_k_attn_dqkv(dqkv, datt, att, dout, qkv, C, D, H, i / (C * 3 * D), i / (3 * D) % C, i % (3 * D));
     return 0;
 }
@@ -818,7 +840,7 @@ int moe_cuda_dropout(float *x, size_t n, uint64_t first, const struct moe_cuda_d
     if (!drop_on(d) || n == 0)
         return 0;
     const struct moe_k_drop k = drop_make(d);
-    for (size_t j = 0; j < n; j++)
+    FOR_THREADS (j, n)
         moe_k_dropout(x, &k, first, j);
     return 0;
 }
@@ -831,7 +853,7 @@ int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t *row_tok, 
     if (!drop_on(d) || N * F == 0)
         return 0;
     const struct moe_k_drop k = drop_make(d);
-    for (size_t i = 0; i < N * F; i++) {
+    FOR_THREADS (i, N * F) {
         size_t r = i / F;
         uint64_t key = row_tok ? (uint64_t)row_tok[r] * S + (uint64_t)row_slot[r] : r;
         moe_k_dropout(x + r * F, &k, key * F, i % F);
@@ -844,7 +866,7 @@ int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t *row_tok, 
 int moe_cuda_bias_rows(float *y, size_t ldy, const float *b, size_t T, size_t O, struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < T * O; i++)
+    FOR_THREADS (i, T * O)
         moe_k_bias_rows(y, ldy, b, i / O, i % O);
     return 0;
 }
@@ -854,7 +876,7 @@ int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t
     (void)err;
     if (T * O == 0)
         return 0;
-    for (size_t o = 0; o < O; o++)
+    FOR_THREADS (o, O)
         moe_k_bias_grad(db, dy, lddy, T, o);
     return 0;
 }
@@ -862,7 +884,7 @@ int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t
 int moe_cuda_add(float *y, const float *x, size_t n, struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < n; i++)
+    FOR_THREADS (i, n)
         moe_k_add(y, x, i);
     return 0;
 }
@@ -892,7 +914,7 @@ int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, con
 int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_cuda_gemm_group *g, float alpha, size_t lda,
                           size_t ldb, float beta, size_t ldc, const char *what, struct moe_err *err)
 {
-    for (size_t i = 0; i < G; i++) {
+    FOR_THREADS (i, G) {
         int rc = moe_cuda_gemm(ta, tb, g[i].M, g[i].N, g[i].K, alpha, g[i].A, lda, g[i].B, ldb, beta, g[i].C, ldc,
                                what, err);
         if (rc)
@@ -959,7 +981,7 @@ int moe_cuda_jitter(float *xr, float *jit, const float *x, size_t n, float eps, 
                     uint32_t stream, uint64_t base, struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < n; i++)
+    FOR_THREADS (i, n)
         moe_k_jitter(xr, jit, x, eps, seed, purpose, stream, base, i);
     return 0;
 }
@@ -967,7 +989,7 @@ int moe_cuda_jitter(float *xr, float *jit, const float *x, size_t n, float eps, 
 int moe_cuda_jitter_back(float *dx, const float *dxr, const float *jit, size_t n, struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < n; i++)
+    FOR_THREADS (i, n)
         moe_k_jitter_back(dx, dxr, jit, i);
     return 0;
 }
@@ -975,7 +997,7 @@ int moe_cuda_jitter_back(float *dx, const float *dxr, const float *jit, size_t n
 int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < n; i++)
+    FOR_THREADS (i, n)
         moe_k_mul(h, b, i);
     return 0;
 }
@@ -983,7 +1005,7 @@ int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err)
 int moe_cuda_swiglu_back(float *db, float *dh, const float *b, size_t n, struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < n; i++)
+    FOR_THREADS (i, n)
         moe_k_swiglu_back(db, dh, b, i);
     return 0;
 }
@@ -992,7 +1014,7 @@ int moe_cuda_scatter(float *dx, const float *dxd, const int32_t *slot_row, size_
                      struct moe_err *err)
 {
     (void)err;
-    for (size_t i = 0; i < T * D; i++)
+    FOR_THREADS (i, T * D)
         moe_k_scatter(dx, dxd, slot_row, S, D, i / D, i % D);
     return 0;
 }
