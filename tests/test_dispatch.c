@@ -253,6 +253,23 @@ START_TEST(test_plan_hand_prob)
     const int32_t want_flat[5] = { 0, 1, -1, -1, -1 };
     for (int i = 0; i < 5; i++)
         ck_assert_int_eq(d.slot_row[i], want_flat[i]);
+    // NaN priorities (a router that overflowed) come after every number, NaNs by
+    // token: the order stays total, so the plan is still a plan (no assertion,
+    // no token kept twice); the trainer reports the divergence.
+    const float nanp[5] = { NAN, 0.1f, NAN, 0.2f, 0.05f };
+    moe_dispatch_plan(&d, idx3, nanp, 5, 2, MOE_DROP_PROB); // keep order t3 t1 t4 t0 t2
+    const int32_t want_nan2[5] = { -1, 0, -1, 1, -1 };
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(d.slot_row[i], want_nan2[i]);
+    moe_dispatch_plan(&d, idx3, nanp, 5, 4, MOE_DROP_PROB);
+    const int32_t want_nan4[5] = { 0, 1, -1, 2, 3 };
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(d.slot_row[i], want_nan4[i]);
+    ck_assert_uint_eq(d.n_dropped, 1);
+    uint8_t kept5[5];
+    ck_assert_uint_eq(moe_dispatch_kept_ref(kept5, idx3, nanp, 5, 1, 1, 4, MOE_DROP_PROB), 1);
+    for (int i = 0; i < 5; i++)
+        ck_assert_int_eq(kept5[i], want_nan4[i] >= 0);
     // T = 0: an empty plan
     moe_dispatch_plan(&d, idx3, flat, 0, 2, MOE_DROP_PROB);
     ck_assert_uint_eq(d.n_rows, 0);

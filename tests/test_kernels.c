@@ -741,9 +741,11 @@ START_TEST(test_dispatch)
         size_t T, S, E;
         double cf;
         enum moe_drop_policy policy;
+        int nan; // some priorities NaN (a router that overflowed): the order stays total
     } cases[] = {
-        { 97, 2, 8, 1.0, MOE_DROP_ORDER }, { 97, 2, 8, 0.6, MOE_DROP_PROB }, { 64, 1, 4, 0.5, MOE_DROP_PROB },
-        { 50, 3, 16, 1.25, MOE_DROP_ORDER }, { 50, 3, 16, 0.0, MOE_DROP_PROB }, { 33, 8, 8, 0.3, MOE_DROP_ORDER },
+        { 97, 2, 8, 1.0, MOE_DROP_ORDER, 0 }, { 97, 2, 8, 0.6, MOE_DROP_PROB, 0 }, { 64, 1, 4, 0.5, MOE_DROP_PROB, 0 },
+        { 50, 3, 16, 1.25, MOE_DROP_ORDER, 0 }, { 50, 3, 16, 0.0, MOE_DROP_PROB, 0 }, { 33, 8, 8, 0.3, MOE_DROP_ORDER, 0 },
+        { 97, 2, 8, 0.6, MOE_DROP_PROB, 1 },
     };
     const size_t D = 12, F = 8;
     struct moe_err err;
@@ -759,6 +761,8 @@ START_TEST(test_dispatch)
             if (s > 0 && moe_rng_below(&r, TS + i, 5) == 0)
                 idx[i] = -1;
             prio[i] = (float)moe_rng_below(&r, 2 * TS + i, 7) / 8.0f;
+            if (cases[ci].nan && moe_rng_below(&r, 3 * TS + i, 4) == 0)
+                prio[i] = NAN;
         }
         struct moe_dispatch d;
         ck_assert_int_eq(moe_dispatch_alloc(&d, T, S, E, &err), 0);
@@ -768,9 +772,15 @@ START_TEST(test_dispatch)
         int32_t *order = NULL;
         if (cases[ci].policy == MOE_DROP_PROB) {
             order = malloc(TS * 4);
+            for (size_t i = 0; i < TS; i++)
+                order[i] = -1;
             for (size_t s = 0; s < S; s++) // one thread per (slot, token)
-                for (size_t t = 0; t < T; t++)
-                    order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
+                for (size_t t = 0; t < T; t++) {
+                    size_t at = moe_k_prob_place(prio, T, S, s, t);
+                    ck_assert_uint_lt(at, T);
+                    ck_assert_int_eq(order[s * T + at], -1); // a permutation: no place taken twice
+                    order[s * T + at] = (int32_t)t;
+                }
         }
         uint8_t *kept = calloc(TS, 1);
         size_t routed[16], dropped[16], n_kept[16], offset[17];

@@ -30,16 +30,27 @@
 
 #include "core/hd.h"
 
+// Token a (priority ka) before token b (kb) in the keep order by priority: the
+// higher priority first, ties to the lower token, a NaN (a router that
+// overflowed) after every number, NaNs by token (moe/dispatch.c's
+// prob_before): a total order, so the places below are a permutation and no
+// two threads write one place, NaN or not.
+static inline MOE_HD int moe_k_prob_before(float ka, size_t a, float kb, size_t b)
+{
+    const int na = ka != ka, nb = kb != kb;
+    if (na || nb)
+        return na && nb ? a < b : nb;
+    return ka > kb || (ka == kb && a < b);
+}
+
 // 1. The place of token t in slot s's keep order by priority (prio (T, S)):
 // the number of tokens that come before it. order[s * T + place] = t.
 static inline MOE_HD size_t moe_k_prob_place(const float *prio, size_t T, size_t S, size_t s, size_t t)
 {
     float k = prio[t * S + s];
     size_t before = 0;
-    for (size_t u = 0; u < T; u++) {
-        float ku = prio[u * S + s];
-        before += ku > k || (ku == k && u < t);
-    }
+    for (size_t u = 0; u < T; u++)
+        before += (size_t)moe_k_prob_before(prio[u * S + s], u, k, t);
     return before;
 }
 
