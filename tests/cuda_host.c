@@ -289,7 +289,6 @@ int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, con
 int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T, size_t S,
                            size_t E, size_t cap, int prob, struct moe_err *err)
 {
-    (void)err;
     size_t *cnt = p->cnt;
     const size_t nc = (T * S + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK;
     memset(p->kept, 0, T * S);
@@ -306,6 +305,8 @@ int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, co
         }
     FOR_THREADS (c, nc)
         moe_k_chunk_count(cnt + c * E, idx, order, NULL, T, S, E, MOE_CUDA_PLAN_CHUNK, c, 0);
+    if (E == 0) // ops.cu's scan over the experts: no blocks
+        return empty_grid("chunk_scan_kernel (keep)", err);
     FOR_THREADS (e, E) {
         size_t routed = moe_k_chunk_scan(cnt, nc, E, e, 0), k = routed < cap ? routed : cap;
         p->routed[e] = routed;

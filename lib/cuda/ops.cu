@@ -25,6 +25,9 @@ static int check(cudaError_t e, const char *call, struct moe_err *err)
 {
     if (e == cudaSuccess)
         return 0;
+    // a call's own error (a failed cudaMalloc, say) is also the runtime's last
+    // error: take it back, so the next launch's check does not report it as its own
+    (void)cudaGetLastError();
     return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", call, cudaGetErrorString(e));
 }
 
@@ -48,6 +51,7 @@ extern "C" int moe_cuda_malloc(void **ret, size_t bytes, const char *what, struc
         }
         return rc;
     }
+    (void)cudaGetLastError(); // as check(): not the next launch's error
     return moe_error(err, e == cudaErrorMemoryAllocation ? MOE_ENOMEM : MOE_EIO,
                      "CUDA: cudaMalloc of %zu bytes for %s failed: %s", bytes, what, cudaGetErrorString(e));
 }
@@ -784,8 +788,7 @@ extern "C" int moe_cuda_lang_grad(float *dle, const float *dradd, const int32_t 
 __global__ void norm_param_kernel(float *dg, float *db, const float *dy, const float *x, const float *mean,
                                   const float *rstd, size_t T, size_t D)
 {
-    size_t col = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (col < D)
+    for (size_t col = (size_t)blockIdx.x * blockDim.x + threadIdx.x; col < D; col += (size_t)gridDim.x * blockDim.x)
         moe_k_norm_param_col(dg, db, dy, x, mean, rstd, T, D, col);
 }
 
