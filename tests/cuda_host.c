@@ -400,14 +400,26 @@ int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, 
     return 0;
 }
 
-// Per-expert importance, CV^2 (and its gradient g when dgate is given) into
-// value and *ret, then the gradient by (token, slot).
+// importance_expert_kernel (one block per expert: tiles of MOE_K_AUX_TERMS slot
+// terms staged, added in slot order), CV^2 (and its gradient g when dgate is
+// given) into value and *ret, then the gradient by (token, slot).
 int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const float *gate, size_t T, size_t E,
                             size_t S, float coef, double *x, double *g, double *value, struct moe_err *err)
 {
     *ret = 0.0;
-    FOR_THREADS (e, E)
-        x[e] = moe_k_importance_expert(idx, gate, T, S, e);
+    if (E == 0) // no blocks
+        return empty_grid("importance_expert_kernel", err);
+    const size_t n = T * S;
+    FOR_THREADS (e, E) {
+        double v[MOE_K_AUX_TERMS], imp = 0.0;
+        for (size_t i0 = 0; i0 < n; i0 += MOE_K_AUX_TERMS) {
+            const size_t m = n - i0 < MOE_K_AUX_TERMS ? n - i0 : MOE_K_AUX_TERMS;
+            FOR_THREADS (i, m)
+                v[i] = moe_k_importance_term(idx, gate, i0 + i, e);
+            moe_k_sum_tile(&imp, v, m);
+        }
+        x[e] = imp;
+    }
     *value = moe_k_cv2(dgate ? g : NULL, x, E);
     int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
     if (rc || !dgate || T == 0)
@@ -417,15 +429,26 @@ int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const
     return 0;
 }
 
-// Per-expert load, CV^2 (and g when dz is given) into value and *ret, then
-// the gradients token by token.
+// load_expert_kernel (one block per expert: tiles of MOE_K_AUX_TERMS token
+// terms staged, added in token order), CV^2 (and g when dz is given) into
+// value and *ret, then the gradients token by token.
 int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const float *u, const float *h,
                       const float *eps, const int32_t *sel, size_t T, size_t E, size_t S, size_t K, float coef,
                       double *x, double *g, double *value, struct moe_err *err)
 {
     *ret = 0.0;
-    FOR_THREADS (e, E)
-        x[e] = moe_k_load_expert(z, u, h, sel, T, E, S, K, e);
+    if (E == 0) // no blocks
+        return empty_grid("load_expert_kernel", err);
+    FOR_THREADS (e, E) {
+        double v[MOE_K_AUX_TERMS], load = 0.0;
+        for (size_t t0 = 0; t0 < T; t0 += MOE_K_AUX_TERMS) {
+            const size_t m = T - t0 < MOE_K_AUX_TERMS ? T - t0 : MOE_K_AUX_TERMS;
+            FOR_THREADS (i, m)
+                v[i] = moe_k_load_term(z, u, h, sel, E, S, K, t0 + i, e);
+            moe_k_sum_tile(&load, v, m);
+        }
+        x[e] = load;
+    }
     *value = moe_k_cv2(dz ? g : NULL, x, E);
     int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
     if (rc || !dz || T == 0)

@@ -566,11 +566,25 @@ extern "C" int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const
 // Shazeer et al.'s CV^2 losses: per-expert sums, CV^2 (one thread), gradients.
 __global__ void cv2_kernel(double *value, double *g, const double *x, size_t E) { *value = moe_k_cv2(g, x, E); }
 
-__global__ void importance_expert_kernel(double *x, const int32_t *idx, const float *gate, size_t T, size_t E,
-                                         size_t S)
+// A block per expert: tiles of MOE_K_AUX_TERMS slot terms staged in shared
+// memory by the block, added in slot order by thread 0 (kernels/aux.h). One
+// thread per expert over all T S slots left the GPU idle but for E threads.
+__global__ void importance_expert_kernel(double *x, const int32_t *idx, const float *gate, size_t T, size_t S)
 {
-    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < E; e += (size_t)gridDim.x * blockDim.x)
-        x[e] = moe_k_importance_expert(idx, gate, T, S, e);
+    __shared__ double v[MOE_K_AUX_TERMS];
+    const size_t e = blockIdx.x, n = T * S;
+    double imp = 0.0;
+    for (size_t i0 = 0; i0 < n; i0 += MOE_K_AUX_TERMS) {
+        const size_t m = n - i0 < MOE_K_AUX_TERMS ? n - i0 : MOE_K_AUX_TERMS;
+        for (size_t i = threadIdx.x; i < m; i += blockDim.x)
+            v[i] = moe_k_importance_term(idx, gate, i0 + i, e);
+        __syncthreads();
+        if (threadIdx.x == 0)
+            moe_k_sum_tile(&imp, v, m);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0)
+        x[e] = imp;
 }
 
 __global__ void importance_grad_kernel(float *dgate, const int32_t *idx, const double *g, float coef, size_t n)
@@ -585,7 +599,7 @@ extern "C" int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t 
 {
     *ret = 0.0;
     int rc;
-    importance_expert_kernel<<<blocks_for(E, 64), 64>>>(x, idx, gate, T, E, S);
+    importance_expert_kernel<<<(unsigned)E, 256>>>(x, idx, gate, T, S);
     if ((rc = launched("importance_expert_kernel", err)))
         return rc;
     cv2_kernel<<<1, 1>>>(value, dgate ? g : NULL, x, E);
@@ -597,11 +611,26 @@ extern "C" int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t 
     return launched("importance_grad_kernel", err);
 }
 
+// A block per expert, as importance_expert_kernel: each token's term (its
+// thresholds, an erfc) computed by the block's threads, added in token order
+// by thread 0. One thread per expert did all T tokens' work alone.
 __global__ void load_expert_kernel(double *x, const float *z, const float *u, const float *h, const int32_t *sel,
                                    size_t T, size_t E, size_t S, size_t K)
 {
-    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < E; e += (size_t)gridDim.x * blockDim.x)
-        x[e] = moe_k_load_expert(z, u, h, sel, T, E, S, K, e);
+    __shared__ double v[MOE_K_AUX_TERMS];
+    const size_t e = blockIdx.x;
+    double load = 0.0;
+    for (size_t t0 = 0; t0 < T; t0 += MOE_K_AUX_TERMS) {
+        const size_t m = T - t0 < MOE_K_AUX_TERMS ? T - t0 : MOE_K_AUX_TERMS;
+        for (size_t i = threadIdx.x; i < m; i += blockDim.x)
+            v[i] = moe_k_load_term(z, u, h, sel, E, S, K, t0 + i, e);
+        __syncthreads();
+        if (threadIdx.x == 0)
+            moe_k_sum_tile(&load, v, m);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0)
+        x[e] = load;
 }
 
 __global__ void load_grad_kernel(float *dz, float *du, const float *z, const float *u, const float *h,
@@ -618,7 +647,7 @@ extern "C" int moe_cuda_aux_load(double *ret, float *dz, float *du, const float 
 {
     *ret = 0.0;
     int rc;
-    load_expert_kernel<<<blocks_for(E, 64), 64>>>(x, z, u, h, sel, T, E, S, K);
+    load_expert_kernel<<<(unsigned)E, 256>>>(x, z, u, h, sel, T, E, S, K);
     if ((rc = launched("load_expert_kernel", err)))
         return rc;
     cv2_kernel<<<1, 1>>>(value, dz ? g : NULL, x, E);

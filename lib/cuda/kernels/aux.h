@@ -153,6 +153,27 @@ static inline MOE_HD double moe_k_importance_expert(const int32_t *idx, const fl
     return imp;
 }
 
+// Slot i's (i = t S + s) share of expert e's importance: its gate where it
+// routes to e, else 0. The sum of these in slot order has moe_k_importance_expert's
+// bits: adding +0.0 leaves a sum that starts at +0.0 as it is.
+static inline MOE_HD double moe_k_importance_term(const int32_t *idx, const float *gate, size_t i, size_t e)
+{
+    return idx[i] == (int32_t)e ? (double)gate[i] : 0.0;
+}
+
+// Per-expert sums in tiles, for a GPU block per expert (lib/cuda/ops.cu): the
+// block's threads stage MOE_K_AUX_TERMS terms (moe_k_importance_term,
+// moe_k_load_term) in shared memory, then one thread adds them on to the sum in
+// order (moe_k_sum_tile): the serial sum's additions, so its bits, with the
+// terms' work (the load's thresholds and erfc) spread over the block.
+#define MOE_K_AUX_TERMS 1024
+
+static inline MOE_HD void moe_k_sum_tile(double *sum, const double *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        *sum += v[i];
+}
+
 // dgate[i] += coef g[idx[i]] for slot i = t S + s (an unused slot: nothing).
 static inline MOE_HD void moe_k_importance_grad(float *dgate, const int32_t *idx, const double *g, float coef, size_t i)
 {
@@ -203,18 +224,25 @@ static inline MOE_HD double moe_k_sigmoid(double x)
 }
 
 // Load_e = sum over tokens of Phi((z_e - threshold) / softplus(u_e)).
+// Token t's term of expert e's load: the chance that e stays among t's first K
+// when only e's own noise is drawn again.
+static inline MOE_HD double moe_k_load_term(const float *z, const float *u, const float *h, const int32_t *sel,
+                                            size_t E, size_t S, size_t K, size_t t, size_t e)
+{
+    size_t j_in, j_out;
+    moe_k_load_thresholds(&j_in, &j_out, sel, h, E, S, K, t);
+    size_t i = t * E + e;
+    double thr = h[t * E + (moe_k_load_selected(sel, S, K, t, e) ? j_out : j_in)];
+    double sd = moe_k_softplus(u[i]);
+    return 0.5 * erfc(-(((double)z[i] - thr) / sd) / sqrt(2.0));
+}
+
 static inline MOE_HD double moe_k_load_expert(const float *z, const float *u, const float *h, const int32_t *sel,
                                               size_t T, size_t E, size_t S, size_t K, size_t e)
 {
     double load = 0.0;
-    for (size_t t = 0; t < T; t++) {
-        size_t j_in, j_out;
-        moe_k_load_thresholds(&j_in, &j_out, sel, h, E, S, K, t);
-        size_t i = t * E + e;
-        double thr = h[t * E + (moe_k_load_selected(sel, S, K, t, e) ? j_out : j_in)];
-        double sd = moe_k_softplus(u[i]);
-        load += 0.5 * erfc(-(((double)z[i] - thr) / sd) / sqrt(2.0));
-    }
+    for (size_t t = 0; t < T; t++)
+        load += moe_k_load_term(z, u, h, sel, E, S, K, t, e);
     return load;
 }
 
