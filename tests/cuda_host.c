@@ -219,8 +219,17 @@ int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel
 int moe_cuda_bias_update(float *bias, const int32_t *sel, size_t n, size_t E, double rate, struct moe_err *err)
 {
     (void)err;
-    FOR_THREADS (e, E)
-        moe_k_bias_update(bias, sel, (int64_t)n, (int)E, (int)e, rate);
+    if (E == 0)
+        return 0;
+    FOR_THREADS (e, E) { // bias_update_kernel: a block of 256 per expert, each thread a stride of the slots
+        uint64_t total = 0, load = 0;
+        FOR_THREADS (k, 256) {
+            uint64_t tk = 0, lk = 0;
+            moe_k_bias_count(&tk, &lk, sel, (int64_t)n, (int)e, (int64_t)k, 256);
+            total += tk, load += lk;
+        }
+        moe_k_bias_apply(bias, (int)E, (int)e, total, load, rate);
+    }
     return 0;
 }
 

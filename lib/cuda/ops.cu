@@ -282,11 +282,21 @@ extern "C" int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, i
     return launched("route_hash_kernel", err);
 }
 
+// A block per expert: each thread counts a stride of the slots, thread 0 adds
+// the integer counts (any order: the same) and moves the offset.
+#define BIAS_THREADS 256
 __global__ void bias_update_kernel(float *bias, const int32_t *sel, int64_t n, int E, double rate)
 {
-    int e = blockIdx.x * blockDim.x + threadIdx.x;
-    if (e < E)
-        moe_k_bias_update(bias, sel, n, E, e, rate);
+    __shared__ uint64_t total[BIAS_THREADS], load[BIAS_THREADS];
+    const int e = blockIdx.x, k = threadIdx.x;
+    total[k] = load[k] = 0;
+    moe_k_bias_count(&total[k], &load[k], sel, n, e, k, BIAS_THREADS);
+    __syncthreads();
+    if (k != 0)
+        return;
+    for (int j = 1; j < BIAS_THREADS; j++)
+        total[0] += total[j], load[0] += load[j];
+    moe_k_bias_apply(bias, E, e, total[0], load[0], rate);
 }
 
 extern "C" int moe_cuda_bias_update(float *bias, const int32_t *sel, size_t n, size_t E, double rate,
@@ -294,8 +304,7 @@ extern "C" int moe_cuda_bias_update(float *bias, const int32_t *sel, size_t n, s
 {
     if (E == 0)
         return 0;
-    int threads = 64, blocks = (int)((E + threads - 1) / threads);
-    bias_update_kernel<<<blocks, threads>>>(bias, sel, (int64_t)n, (int)E, rate);
+    bias_update_kernel<<<(unsigned)E, BIAS_THREADS>>>(bias, sel, (int64_t)n, (int)E, rate);
     return launched("bias_update_kernel", err);
 }
 

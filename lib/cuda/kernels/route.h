@@ -293,21 +293,35 @@ static inline MOE_HD void moe_k_hash_row(float *p, float *lse, int32_t *sel, int
 // for Mixture-of-Experts" (DeepSeek-V3's update): after a training batch's
 // routing, expert e's selection offset moves by rate against its load: up when
 // it took fewer than its share of the batch's assignments, down when more.
-// One thread per expert (moe/router.c moe_router_bias_update): counts over the
-// n = T S slots of sel (-1: none), integers, so any order gives the same
-// counts; E load < total (as size_t products) adds (float)rate, > subtracts.
-static inline MOE_HD void moe_k_bias_update(float *bias, const int32_t *sel, int64_t n, int E, int e, double rate)
+// Per expert (moe/router.c moe_router_bias_update): counts over the n = T S
+// slots of sel (-1: none), integers, so any split and any order give the same
+// counts (a GPU block per expert: each thread counts the slots first, first +
+// stride, ..., the block adds the counts); then E load < total (as size_t
+// products) adds (float)rate, > subtracts.
+static inline MOE_HD void moe_k_bias_count(uint64_t *total, uint64_t *load, const int32_t *sel, int64_t n, int e,
+                                           int64_t first, int64_t stride)
 {
-    uint64_t total = 0, load = 0;
-    for (int64_t i = 0; i < n; i++) {
-        total += sel[i] >= 0;
-        load += sel[i] == e;
+    for (int64_t i = first; i < n; i += stride) {
+        *total += sel[i] >= 0;
+        *load += sel[i] == e;
     }
+}
+
+static inline MOE_HD void moe_k_bias_apply(float *bias, int E, int e, uint64_t total, uint64_t load, double rate)
+{
     uint64_t scaled = (uint64_t)E * load;
     if (total > scaled)
         bias[e] += (float)rate;
     else if (total < scaled)
         bias[e] -= (float)rate;
+}
+
+// Both for expert e, by one thread.
+static inline MOE_HD void moe_k_bias_update(float *bias, const int32_t *sel, int64_t n, int E, int e, double rate)
+{
+    uint64_t total = 0, load = 0;
+    moe_k_bias_count(&total, &load, sel, n, e, 0, 1);
+    moe_k_bias_apply(bias, E, e, total, load, rate);
 }
 
 #endif
