@@ -71,6 +71,18 @@ static int empty_grid(const char *kernel, struct moe_err *err)
 // and the Nth launch of the optimizer's kernel fails as a faulting kernel does
 // (0: never).
 long cuda_host_fail_malloc, cuda_host_fail_optim;
+// A kernel fault is sticky, as on a GPU (an illegal address spoils the
+// context): from the faulting launch on, every runtime call and launch of the
+// process fails with it, until a test clears cuda_host_sticky. So the fault
+// tests see what a device does after the fault (no copy back, no further
+// step), not a device that carries on.
+int cuda_host_sticky;
+#define STICKY(err)                                                                                                \
+    do {                                                                                                           \
+        if (cuda_host_sticky)                                                                                      \
+            return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", __func__,                                        \
+                             "an illegal memory access was encountered");                                          \
+    } while (0)
 // Called with every device allocation's size and name when set (the tests'
 // checks of what a device model allocates).
 void (*cuda_host_on_malloc)(size_t bytes, const char *what);
@@ -80,6 +92,7 @@ void (*cuda_host_on_malloc)(size_t bytes, const char *what);
 // cudaMalloc: at least one byte, 256-byte aligned, not initialised.
 int moe_cuda_malloc(void **ret, size_t bytes, const char *what, struct moe_err *err)
 {
+    STICKY(err);
     if (cuda_host_fail_malloc > 0 && --cuda_host_fail_malloc == 0) {
         *ret = NULL;
         return moe_error(err, MOE_ENOMEM, "CUDA: cudaMalloc of %zu bytes for %s failed: %s", bytes, what,
@@ -109,6 +122,7 @@ void moe_cuda_free(void *p)
 
 int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     if (bytes)
         memcpy(dst, src, bytes);
@@ -117,6 +131,7 @@ int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err 
 
 int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
+    STICKY(err);
     return moe_cuda_to_device(dst, src, bytes, err);
 }
 
@@ -126,6 +141,7 @@ int moe_cuda_route_forward(const struct moe_cuda_route *a, float *p, float *lse,
                            int32_t *idx, float *gate, float *prio, const float *z, const float *u, const float *bias,
                            struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     if (a->T <= 0)
         return 0;
@@ -157,6 +173,7 @@ int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz, float *du
                             const int32_t *sel, const int32_t *idx, const float *p, const float *z, const float *h,
                             const float *eps, const float *u, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     if (a->T <= 0)
         return 0;
@@ -172,6 +189,7 @@ int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz, float *du
 int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, float *p, float *lse, int32_t *sel, int32_t *idx,
                               float *gate, float *prio, const float *z, struct moe_err *err)
 {
+    STICKY(err);
     if (a->T <= 0)
         return 0;
     FOR_THREADS (t, a->T)
@@ -196,6 +214,7 @@ int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, float *p, float
 int moe_cuda_route_ec_backward(int T, int E, float *dz, const float *dgate, const int32_t *sel, const int32_t *idx,
                                const float *p, struct moe_err *err)
 {
+    STICKY(err);
     struct moe_cuda_route a;
     memset(&a, 0, sizeof a);
     a.T = T;
@@ -208,6 +227,7 @@ int moe_cuda_route_ec_backward(int T, int E, float *dz, const float *dgate, cons
 int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel, int32_t *idx, float *gate,
                                 float *prio, const int32_t *hash_expert, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     if (T <= 0)
         return 0;
@@ -218,6 +238,7 @@ int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel
 
 int moe_cuda_bias_update(float *bias, const int32_t *sel, size_t n, size_t E, double rate, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     if (E == 0)
         return 0;
@@ -240,6 +261,7 @@ int moe_cuda_bias_update(float *bias, const int32_t *sel, size_t n, size_t E, do
 int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b,
                           size_t T, size_t D, float eps, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (t, T) {
         const float *xt = x + t * D;
@@ -267,6 +289,7 @@ int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, co
 int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, const float *x, const float *mean,
                            const float *rstd, const float *g, size_t T, size_t D, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     if (T == 0)
         return 0;
@@ -298,6 +321,7 @@ int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, con
 int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T, size_t S,
                            size_t E, size_t cap, int prob, struct moe_err *err)
 {
+    STICKY(err);
     size_t *cnt = p->cnt;
     const size_t nc = (T * S + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK;
     memset(p->kept, 0, T * S);
@@ -338,6 +362,7 @@ int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, co
 int moe_cuda_gather(float *xd, const float *x, const struct moe_cuda_plan *p, size_t E, size_t n_max, size_t D,
                     struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     size_t n = p->offset[E] < n_max ? p->offset[E] : n_max;
     FOR_THREADS (i, n * D)
@@ -348,6 +373,7 @@ int moe_cuda_gather(float *xd, const float *x, const struct moe_cuda_plan *p, si
 int moe_cuda_combine(float *out, const float *yd, const float *gate, const int32_t *slot_row, size_t T, size_t S,
                      size_t D, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, T * D)
         moe_k_combine(out, yd, gate, slot_row, S, D, i / D, i % D);
@@ -358,6 +384,7 @@ int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const
                               const struct moe_cuda_plan *p, size_t E, size_t n_max, size_t S, size_t D,
                               struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     size_t n = p->offset[E] < n_max ? p->offset[E] : n_max;
     FOR_THREADS (r, n)
@@ -375,6 +402,7 @@ int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const
 int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, size_t T, size_t E, size_t S,
                     size_t n_slots, double scale, double *f, double *P, double *value, struct moe_err *err)
 {
+    STICKY(err);
     if (ret)
         *ret = 0.0;
     if (T == 0)
@@ -415,6 +443,7 @@ int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, 
 int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const float *gate, size_t T, size_t E,
                             size_t S, float coef, double *x, double *g, double *value, struct moe_err *err)
 {
+    STICKY(err);
     *ret = 0.0;
     if (E == 0) // no blocks
         return empty_grid("importance_expert_kernel", err);
@@ -445,6 +474,7 @@ int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const f
                       const float *eps, const int32_t *sel, size_t T, size_t E, size_t S, size_t K, float coef,
                       double *x, double *g, double *value, struct moe_err *err)
 {
+    STICKY(err);
     *ret = 0.0;
     if (E == 0) // no blocks
         return empty_grid("load_expert_kernel", err);
@@ -472,6 +502,7 @@ int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const f
 int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, size_t T, size_t E, float coef,
                    double *value, struct moe_err *err)
 {
+    STICKY(err);
     if (ret)
         *ret = 0.0;
     if (T == 0)
@@ -501,6 +532,7 @@ int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, siz
 int moe_cuda_embed_forward(float *out, const int32_t *tok, size_t ld, const float *wte, const float *wpe, size_t B,
                            size_t C, size_t D, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     size_t n = B * C;
     FOR_THREADS (i, n * D)
@@ -511,6 +543,7 @@ int moe_cuda_embed_forward(float *out, const int32_t *tok, size_t ld, const floa
 int moe_cuda_lang_rows(float *radd, const float *le, const int32_t *lang, size_t B, size_t C, size_t D,
                        struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, B * C * D)
         moe_k_lang_rows(radd, le, lang, C, D, i / D, i % D);
@@ -520,6 +553,7 @@ int moe_cuda_lang_rows(float *radd, const float *le, const int32_t *lang, size_t
 int moe_cuda_lang_grad(float *dle, const float *dradd, const int32_t *lang, size_t B, size_t C, size_t D, size_t G,
                        struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, G * D)
         moe_k_lang_grad(dle, dradd, lang, B, C, D, i / D, i % D);
@@ -566,6 +600,7 @@ int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const i
                             size_t C, size_t D, size_t V, int32_t *ids, int32_t *sorted_ids, int32_t *rows,
                             int32_t *order, void *sort, size_t sort_bytes, struct moe_err *err)
 {
+    STICKY(err);
     size_t n = B * C;
     if (n == 0)
         return 0;
@@ -595,8 +630,11 @@ int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const i
 int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float *m, float *v, size_t n,
                           struct moe_err *err)
 {
-    if (cuda_host_fail_optim > 0 && --cuda_host_fail_optim == 0)
+    STICKY(err);
+    if (cuda_host_fail_optim > 0 && --cuda_host_fail_optim == 0) {
+        cuda_host_sticky = 1;
         return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", "optim_kernel", "an illegal memory access was encountered");
+    }
     FOR_THREADS (i, n)
         moe_k_optim_elem(o, i, w, g, m, v);
     return 0;
@@ -605,6 +643,7 @@ int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float
 // Scratch: the (block, lane) sums, then the blocks' sums, then the total.
 int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_t k, int last, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     if (n == 0 || (k == 0 && last))
         return 0;
@@ -615,6 +654,7 @@ int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_
 
 int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, n)
         moe_k_lora_merge(w, w0, delta, i);
@@ -623,6 +663,7 @@ int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n,
 
 int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err)
 {
+    STICKY(err);
     double *lanes = scratch, *part = lanes + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, *sq = part + MOE_K_SQ_BLOCKS;
     FOR_THREADS (i, (size_t)MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES)
         moe_k_sumsq_lane(lanes, g, n, i / MOE_K_SQ_LANES, i % MOE_K_SQ_LANES);
@@ -640,6 +681,7 @@ int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argma
                      const int32_t *label, size_t T, size_t O, float scale, double *part, double *lse,
                      struct moe_err *err)
 {
+    STICKY(err);
     *sum = 0.0;
     if (T == 0)
         return 0;
@@ -729,12 +771,14 @@ static int distill(int sym, double *sum, float *dy, const float *s, const float 
 int moe_cuda_kd(double *sum, float *dy, const float *s, const float *z, size_t T, size_t O, float tau, float scale,
                 double *scratch, struct moe_err *err)
 {
+    STICKY(err);
     return distill(0, sum, dy, s, z, T, O, (double)tau, scale, scratch, err);
 }
 
 int moe_cuda_symkl(double *sum, float *dy, const float *s, const float *z, size_t T, size_t O, float scale,
                    double *scratch, struct moe_err *err)
 {
+    STICKY(err);
     return distill(1, sum, dy, s, z, T, O, 1.0, scale, scratch, err);
 }
 
@@ -742,6 +786,7 @@ int moe_cuda_symkl(double *sum, float *dy, const float *s, const float *z, size_
 int moe_cuda_mse(double *sum, float *dy, const float *y, const float *d, size_t n, float scale, double *scratch,
                  struct moe_err *err)
 {
+    STICKY(err);
     if (sum)
         *sum = 0.0;
     if (n == 0)
@@ -762,6 +807,7 @@ int moe_cuda_mse(double *sum, float *dy, const float *y, const float *d, size_t 
 
 int moe_cuda_act_forward(enum moe_cuda_act a, float *y, const float *x, size_t n, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, n) {
         float v = x[i];
@@ -775,6 +821,7 @@ int moe_cuda_act_forward(enum moe_cuda_act a, float *y, const float *x, size_t n
 int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float *dy, const float *x, size_t n,
                           struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, n) {
         float v = x[i];
@@ -806,6 +853,7 @@ static struct moe_k_drop drop_make(const struct moe_cuda_drop *d)
 int moe_cuda_attention_forward_drop(float *out, float *att, float *attp, const float *qkv, size_t B, size_t C,
                                     size_t D, size_t H, const struct moe_cuda_drop *d, struct moe_err *err)
 {
+    STICKY(err);
     int rc = attn_shape(D, H, err);
     if (rc || B * C == 0)
         return rc;
@@ -831,6 +879,7 @@ int moe_cuda_attention_forward_drop(float *out, float *att, float *attp, const f
 int moe_cuda_attention_forward(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H,
                                struct moe_err *err)
 {
+    STICKY(err);
     return moe_cuda_attention_forward_drop(out, att, NULL, qkv, B, C, D, H, NULL, err);
 }
 
@@ -840,6 +889,7 @@ int moe_cuda_attention_backward_drop(float *dqkv, float *datt, const float *dout
                                      const float *attp, size_t B, size_t C, size_t D, size_t H,
                                      const struct moe_cuda_drop *d, struct moe_err *err)
 {
+    STICKY(err);
     int rc = attn_shape(D, H, err);
     if (rc || B * C == 0)
         return rc;
@@ -862,6 +912,7 @@ int moe_cuda_attention_backward_drop(float *dqkv, float *datt, const float *dout
 int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
                                 size_t B, size_t C, size_t D, size_t H, struct moe_err *err)
 {
+    STICKY(err);
     return moe_cuda_attention_backward_drop(dqkv, datt, dout, qkv, att, NULL, B, C, D, H, NULL, err);
 }
 
@@ -869,6 +920,7 @@ int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, con
 
 int moe_cuda_dropout(float *x, size_t n, uint64_t first, const struct moe_cuda_drop *d, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     if (!drop_on(d) || n == 0)
         return 0;
@@ -882,6 +934,7 @@ int moe_cuda_dropout(float *x, size_t n, uint64_t first, const struct moe_cuda_d
 int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t *row_tok, const int32_t *row_slot, size_t S,
                           const struct moe_cuda_drop *d, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     if (!drop_on(d) || N * F == 0)
         return 0;
@@ -898,6 +951,7 @@ int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t *row_tok, 
 
 int moe_cuda_bias_rows(float *y, size_t ldy, const float *b, size_t T, size_t O, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, T * O)
         moe_k_bias_rows(y, ldy, b, i / O, i % O);
@@ -906,6 +960,7 @@ int moe_cuda_bias_rows(float *y, size_t ldy, const float *b, size_t T, size_t O,
 
 int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t O, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     if (T * O == 0)
         return 0;
@@ -916,6 +971,7 @@ int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t
 
 int moe_cuda_add(float *y, const float *x, size_t n, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, n)
         moe_k_add(y, x, i);
@@ -926,6 +982,7 @@ int moe_cuda_add(float *y, const float *x, size_t n, struct moe_err *err)
 
 int moe_cuda_blas_init(struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     return 0;
 }
@@ -935,6 +992,7 @@ int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, con
                   const float *B, size_t ldb, float beta, float *C, size_t ldc, const char *what,
                   struct moe_err *err)
 {
+    STICKY(err);
     (void)what, (void)err;
     if (M == 0 || N == 0 || (K == 0 && beta == 1.0f))
         return 0;
@@ -947,6 +1005,7 @@ int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, con
 int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_cuda_gemm_group *g, float alpha, size_t lda,
                           size_t ldb, float beta, size_t ldc, const char *what, struct moe_err *err)
 {
+    STICKY(err);
     FOR_THREADS (i, G) {
         int rc = moe_cuda_gemm(ta, tb, g[i].M, g[i].N, g[i].K, alpha, g[i].A, lda, g[i].B, ldb, beta, g[i].C, ldc,
                                what, err);
@@ -960,17 +1019,20 @@ int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_cuda_gemm_g
 
 int moe_cuda_use_device(int id, struct moe_err *err)
 {
+    STICKY(err);
     (void)id, (void)err;
     return 0;
 }
 
 int moe_cuda_copy(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
+    STICKY(err);
     return moe_cuda_to_device(dst, src, bytes, err); // all of it is host memory here
 }
 
 int moe_cuda_memset(void *p, int value, size_t bytes, const char *what, struct moe_err *err)
 {
+    STICKY(err);
     (void)what, (void)err;
     if (bytes)
         memset(p, value, bytes);
@@ -985,6 +1047,7 @@ struct moe_cuda_event {
 
 int moe_cuda_event_create(struct moe_cuda_event **ret, struct moe_err *err)
 {
+    STICKY(err);
     *ret = calloc(1, sizeof **ret);
     return *ret ? 0 : moe_error(err, MOE_ENOMEM, "out of memory");
 }
@@ -993,6 +1056,7 @@ void moe_cuda_event_free(struct moe_cuda_event *e) { free(e); }
 
 int moe_cuda_event_record(struct moe_cuda_event *e, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -1003,6 +1067,7 @@ int moe_cuda_event_record(struct moe_cuda_event *e, struct moe_err *err)
 int moe_cuda_event_elapsed(double *ret_seconds, struct moe_cuda_event *a, struct moe_cuda_event *b,
                            struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     *ret_seconds = b->t - a->t;
     return 0;
@@ -1013,6 +1078,7 @@ int moe_cuda_event_elapsed(double *ret_seconds, struct moe_cuda_event *a, struct
 int moe_cuda_jitter(float *xr, float *jit, const float *x, size_t n, float eps, uint64_t seed, uint32_t purpose,
                     uint32_t stream, uint64_t base, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, n)
         moe_k_jitter(xr, jit, x, eps, seed, purpose, stream, base, i);
@@ -1021,6 +1087,7 @@ int moe_cuda_jitter(float *xr, float *jit, const float *x, size_t n, float eps, 
 
 int moe_cuda_jitter_back(float *dx, const float *dxr, const float *jit, size_t n, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, n)
         moe_k_jitter_back(dx, dxr, jit, i);
@@ -1029,6 +1096,7 @@ int moe_cuda_jitter_back(float *dx, const float *dxr, const float *jit, size_t n
 
 int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, n)
         moe_k_mul(h, b, i);
@@ -1037,6 +1105,7 @@ int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err)
 
 int moe_cuda_swiglu_back(float *db, float *dh, const float *b, size_t n, struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, n)
         moe_k_swiglu_back(db, dh, b, i);
@@ -1046,6 +1115,7 @@ int moe_cuda_swiglu_back(float *db, float *dh, const float *b, size_t n, struct 
 int moe_cuda_scatter(float *dx, const float *dxd, const int32_t *slot_row, size_t T, size_t S, size_t D,
                      struct moe_err *err)
 {
+    STICKY(err);
     (void)err;
     FOR_THREADS (i, T * D)
         moe_k_scatter(dx, dxd, slot_row, S, D, i / D, i % D);

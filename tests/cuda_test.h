@@ -18,6 +18,7 @@
 static int failures;
 #ifdef MOE_TEST_CUDA_HOST
 extern long cuda_host_fail_malloc, cuda_host_fail_optim; // tests/cuda_host.c's faults
+extern int cuda_host_sticky;                               // set by a kernel fault, as a GPU's context is spoilt
 extern void (*cuda_host_on_malloc)(size_t bytes, const char *what); // and its allocation hook
 #endif
 #define EXPECT(c, ...)                                           \

@@ -858,7 +858,9 @@ static void test_trainer(void)
         remove(path);
         cuda_host_fail_optim = 9;
         train_run(TRAIN_CFG, every, 1, 1, &c1, 0);
+        EXPECT(cuda_host_sticky, "kernel fault: the emulation should hold the fault from step 9 on");
         cuda_host_fail_optim = 0;
+        cuda_host_sticky = 0; // a new process, as far as the device goes
         printf("# kernel fault at step 9: rc %d: %s\n", o.rc, o.err.msg);
         EXPECT(o.rc == MOE_EIO && strstr(o.err.msg, "CUDA: optim_kernel failed: an illegal memory access"),
                "kernel fault: rc %d: %s", o.rc, o.err.msg);
