@@ -19,6 +19,7 @@
 #include "core/prof.h"
 #include "core/rng.h"
 #include "core/vmath.h"
+#include "cuda/blas.h"
 #include "cuda/layer.h"
 #include "cuda/ops.h"
 #include "dist/ep.h"
@@ -901,6 +902,7 @@ static int gpu_report(const char *cmd, const struct gpu_bench *g, const struct c
     cJSON_AddStringToObject(shape, "router", moe_router_name(lc->router.type));
     cJSON_AddStringToObject(shape, "act", moe_ffn_act_name(lc->act));
     cJSON_AddNumberToObject(l, "rows_kept", (double)g->rows);
+    cJSON_AddStringToObject(l, "expert_gemms", moe_cuda_gemm_grouped_path());
     cJSON_AddItemToObject(l, "forward", gpu_pass_json(g, g->fwd, g->ref_f, g->ph_f, g->flops_f, v));
     cJSON_AddItemToObject(l, "forward_backward", gpu_pass_json(g, g->fb, g->ref_fb, g->ph_fb, g->flops_fb, v));
     // the figures the CPU report has at the layer's top level: forward + backward's
@@ -921,8 +923,9 @@ static int gpu_report(const char *cmd, const struct gpu_bench *g, const struct c
         v[r] = g->flops_fb / g->ref_fb[r] * 1e-9;
     cJSON_AddItemToObject(ref, "forward_backward_gflops", fig_json(v, R));
     cJSON_AddNullToObject(out, "step");
-    cJSON_AddStringToObject(out, "step_note", "--device cuda times the first sparse layer only: the model step "
-                                              "runs on the CPU only");
+    cJSON_AddStringToObject(out, "step_note", "--device cuda times the first sparse layer only; moe train "
+                                              "--device cuda reports the whole step's rate (train_tokens_per_second "
+                                              "or train_rows_per_second in its summary)");
     free(v);
     int rc = cli_print_json(cmd, out);
     cJSON_Delete(out);

@@ -1015,6 +1015,8 @@ int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_cuda_gemm_g
     return 0;
 }
 
+const char *moe_cuda_gemm_grouped_path(void) { return "per-group moe_gemm (host emulation)"; }
+
 // ---------------------------------------------------------------- device, memset, events
 
 int moe_cuda_use_device(int id, struct moe_err *err)

@@ -13,8 +13,9 @@
 // cublasSetAtomicsMode(CUBLAS_ATOMICS_NOT_ALLOWED) said explicitly.
 //
 // Grouped GEMMs (moe_cuda_gemm_grouped): cublasGemmGroupedBatchedEx, cuBLAS
-// 12.5+, looked up like the rest but optional: a libcublas without it gets
-// one cublasSgemm per group. Its compute type is CUBLAS_COMPUTE_32F (plain
+// 12.5+, looked up like the rest but optional: a libcublas without it, or one
+// that answers NOT_SUPPORTED or ARCH_MISMATCH for these fp32 products, gets
+// one cublasSgemm per group (from then on, for the whole process). Its compute type is CUBLAS_COMPUTE_32F (plain
 // fp32, no TF32, as the handle's math mode). It sums in its own order, which
 // may differ from cublasSgemm's for the same product: the bits are the
 // grouped call's, repeated run after run as above, not the per-group loop's.
@@ -179,6 +180,24 @@ static int grp_reserve(size_t n, struct moe_err *err)
     return 0;
 }
 
+extern "C" const char *moe_cuda_gemm_grouped_path(void)
+{
+    return !api.lib ? "not loaded" : api.gemm_grouped ? "cublasGemmGroupedBatchedEx" : "cublasSgemm per group";
+}
+
+// Each group as its own cublasSgemm, in group order.
+static int gemm_loop(int ta, int tb, size_t G, const struct moe_cuda_gemm_group *g, float alpha, size_t lda,
+                     size_t ldb, float beta, size_t ldc, const char *what, struct moe_err *err)
+{
+    for (size_t i = 0; i < G; i++) {
+        int rc = moe_cuda_gemm(ta, tb, g[i].M, g[i].N, g[i].K, alpha, g[i].A, lda, g[i].B, ldb, beta, g[i].C, ldc,
+                               what, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 static int skipped(const struct moe_cuda_gemm_group *g, float beta)
 {
     return g->M == 0 || g->N == 0 || (g->K == 0 && beta == 1.0f); // moe_cuda_gemm's early returns
@@ -205,13 +224,8 @@ extern "C" int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_
     if (n == 1) // one product: no pointers to copy
         return moe_cuda_gemm(ta, tb, g[last].M, g[last].N, g[last].K, alpha, g[last].A, lda, g[last].B, ldb, beta,
                              g[last].C, ldc, what, err);
-    if (!api.gemm_grouped) {
-        for (size_t i = 0; i < G; i++)
-            if ((rc = moe_cuda_gemm(ta, tb, g[i].M, g[i].N, g[i].K, alpha, g[i].A, lda, g[i].B, ldb, beta, g[i].C,
-                                    ldc, what, err)))
-                return rc;
-        return 0;
-    }
+    if (!api.gemm_grouped)
+        return gemm_loop(ta, tb, G, g, alpha, lda, ldb, beta, ldc, what, err);
     if (n > (size_t)INT_MAX)
         return moe_error(err, MOE_EINVAL, "cuBLAS: %zu groups in one grouped GEMM (%s), more than %d", n, what,
                          INT_MAX);
@@ -238,6 +252,12 @@ extern "C" int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_
                                         (int)n, dim + 6 * n, CUBLAS_COMPUTE_32F);
     if (s == CUBLAS_STATUS_SUCCESS)
         return 0;
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED || s == CUBLAS_STATUS_ARCH_MISMATCH) {
+        // this libcublas or GPU has the call but not for fp32 here: the loop,
+        // for this and every later grouped GEMM of the process (its bits, run after run)
+        api.gemm_grouped = NULL;
+        return gemm_loop(ta, tb, G, g, alpha, lda, ldb, beta, ldc, what, err);
+    }
     char call[96];
     snprintf(call, sizeof call, "cublasGemmGroupedBatchedEx (%s)", what);
     return blas_check(s, call, err);

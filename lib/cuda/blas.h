@@ -49,6 +49,12 @@ struct moe_cuda_gemm_group {
 int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_cuda_gemm_group *g, float alpha, size_t lda,
                           size_t ldb, float beta, size_t ldc, const char *what, struct moe_err *err);
 
+// How grouped GEMMs of several groups have run in this process so far (for
+// reports, e.g. moe bench's): "cublasGemmGroupedBatchedEx", or "cublasSgemm per
+// group" (no grouped call in this libcublas, or it refused fp32), or, before
+// cuBLAS is loaded, "not loaded".
+const char *moe_cuda_gemm_grouped_path(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,6 +5,7 @@
 // the reason; the rest is never reached without one. `--device cuda` is
 // refused before any of this by the --device check (cmd/cli.c), which probes
 // the backend table.
+#include "cuda/blas.h"
 #include "cuda/layer.h"
 #include "cuda/model.h"
 #include "cuda/ops.h"
@@ -268,3 +269,5 @@ int moe_cuda_model_set_train(struct moe_cuda_model *d, const uint8_t *frozen, ui
     (void)d, (void)frozen, (void)frozen_experts, (void)lora;
     return moe_error(err, MOE_EINVAL, NONE);
 }
+
+const char *moe_cuda_gemm_grouped_path(void) { return "none (no CUDA backend)"; }
