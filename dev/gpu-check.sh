@@ -73,6 +73,7 @@ for t in cuda_device cuda_ops cuda_layer cuda_model; do
 done
 step_json bench "$b/cmd/moe" bench --config experiments/common/gpu-layer.json --device cuda --tokens 65536 \
     --repeats 5 --warmup 1
+say "bench: $(jq -c '.layer | {expert_gemms, s: .forward_backward.seconds.median, ratio: .forward_backward.ratio_to_sgemm.median, routing_share: .routing_share.median}' "$out/bench.json" 2>&1)"
 cfg=experiments/common/gpu-train.json
 for r in gpu1 gpu2; do
     step "train_$r" "$b/cmd/moe" train --config "$cfg" --out "$out/$r" --device cuda --force
@@ -81,6 +82,7 @@ cmp -s "$out/gpu1/metrics.csv" "$out/gpu2/metrics.csv" && cmp -s "$out/gpu1/mode
     say "train --device cuda: two runs, same bytes" || say "train --device cuda: two runs DIFFER"
 step train_cpu "$b/cmd/moe" train --config "$cfg" --out "$out/cpu" --force
 step_json check-device "$b/cmd/moe" train --config "$cfg" --device cuda --check-device 20
+say "check-device: $(jq -c '.check_device | {max_rel, max_at, max_tensor}' "$out/check-device.json" 2>&1)"
 step test_lm bash tests/cli/test_lm.sh "$b/cmd/moe"
 step test_cli bash tests/cli/test_cli.sh "$b/cmd/moe"
 mkdir -p "$out/text"
