@@ -92,8 +92,13 @@ lm=(--config experiments/common/gpu-lm.json --set "data.text.path=\"$out/text\""
 step_json lm-dry "$b/cmd/moe" train --dry-run --device cuda "${lm[@]}"
 say "lm dry run: $(jq -c '.device | {memory_bytes, extra_bytes, reserve_bytes, total_memory_bytes, fits}' "$out/lm-dry.json" 2>&1)"
 step lm_gpu "$b/cmd/moe" train "${lm[@]}" --out "$out/lm-gpu" --device cuda
+# the same with launches queued, not each waited for (ops.cu's MOE_CUDA_ASYNC): its rate, and the same bytes
+MOE_CUDA_ASYNC=1 step lm_gpu_async "$b/cmd/moe" train "${lm[@]}" --out "$out/lm-gpu-async" --device cuda
+cmp -s "$out/lm-gpu/metrics.csv" "$out/lm-gpu-async/metrics.csv" &&
+    cmp -s "$out/lm-gpu/model.safetensors" "$out/lm-gpu-async/model.safetensors" &&
+    say "lm on the GPU, launches waited for and queued: same bytes" || say "lm on the GPU, launches waited for and queued: DIFFER"
 step lm_cpu "$b/cmd/moe" train "${lm[@]}" --out "$out/lm-cpu" --set data.text.windows_per_epoch=64
-for r in lm-gpu lm-cpu; do
+for r in lm-gpu lm-gpu-async lm-cpu; do
     say "$r: $(jq -c '{device, device_name, device_memory_bytes, train_tokens_per_second, train_seconds, final: .final.test.loss}' "$out/$r/summary.json" 2>&1)"
 done
 say "failures: $(grep -h "FAIL\|failures\|^not ok" "$out"/test_*.log | sort | uniq -c | tr '\n' ';')"

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda/ops.h"
 #include "cuda/kernels/attention.h"
@@ -31,12 +32,23 @@ static int check(cudaError_t e, const char *call, struct moe_err *err)
     return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", call, cudaGetErrorString(e));
 }
 
-// A launch's own error, then the kernel's (synchronising: these wrappers are
-// for tests and the first device steps; the model path will queue them).
+// A launch's own error, then the kernel's: every launch waits for its kernel,
+// so a fault is reported under the name of the kernel that made it. With
+// MOE_CUDA_ASYNC=1 in the environment launches are queued instead (the
+// launch's own error is still checked): the host runs ahead of the device and
+// a kernel's fault surfaces at the next call that waits (a copy to the host,
+// say), under that call's name. The same kernels in the same order on one
+// stream, so the same bits; for timing the cost of waiting (dev/gpu-check.sh
+// runs the LM both ways).
 static int launched(const char *kernel, struct moe_err *err)
 {
+    static int async = -1;
+    if (async < 0) {
+        const char *v = getenv("MOE_CUDA_ASYNC");
+        async = v && strcmp(v, "1") == 0;
+    }
     int rc = check(cudaGetLastError(), kernel, err);
-    return rc ? rc : check(cudaDeviceSynchronize(), kernel, err);
+    return rc || async ? rc : check(cudaDeviceSynchronize(), kernel, err);
 }
 
 extern "C" int moe_cuda_malloc(void **ret, size_t bytes, const char *what, struct moe_err *err)
