@@ -1000,18 +1000,64 @@ int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, con
     return 0;
 }
 
+// The bytes [lo, hi) a row-major rows x cols operand with leading dimension ld spans.
+struct span {
+    uintptr_t lo, hi;
+};
+
+static struct span span_of(const float *p, size_t rows, size_t cols, size_t ld)
+{
+    struct span s = { (uintptr_t)p, (uintptr_t)p };
+    if (rows && cols)
+        s.hi = (uintptr_t)(p + (rows - 1) * ld + cols);
+    return s;
+}
+
+static int spans_meet(struct span a, struct span b) { return a.lo < b.hi && b.lo < a.hi; }
+
+// cublasGemmGroupedBatchedEx runs the groups concurrently: a group that
+// writes what another reads or writes is a race there (blas.h). The emulation
+// runs them one after another, so it checks instead: no group's C may meet
+// another's A, B or C (their spans; only the groups that compute something).
+static int groups_disjoint(int ta, int tb, size_t G, const struct moe_cuda_gemm_group *g, size_t lda, size_t ldb,
+                           float beta, size_t ldc, const char *what, struct moe_err *err)
+{
+    for (size_t i = 0; i < G; i++) {
+        if (g[i].M == 0 || g[i].N == 0 || (g[i].K == 0 && beta == 1.0f))
+            continue;
+        struct span c = span_of(g[i].C, g[i].M, g[i].N, ldc);
+        for (size_t j = 0; j < G; j++) {
+            if (j == i || g[j].M == 0 || g[j].N == 0 || (g[j].K == 0 && beta == 1.0f))
+                continue;
+            struct span a = ta ? span_of(g[j].A, g[j].K, g[j].M, lda) : span_of(g[j].A, g[j].M, g[j].K, lda);
+            struct span b = tb ? span_of(g[j].B, g[j].N, g[j].K, ldb) : span_of(g[j].B, g[j].K, g[j].N, ldb);
+            const char *met = spans_meet(c, span_of(g[j].C, g[j].M, g[j].N, ldc)) ? "writes"
+                            : spans_meet(c, a) || spans_meet(c, b)                 ? "reads"
+                                                                                    : NULL;
+            if (met)
+                return moe_error(err, MOE_EINVAL,
+                                 "cuBLAS grouped GEMM (%s): group %zu writes what group %zu %s (the groups run "
+                                 "concurrently)",
+                                 what, i, j, met);
+        }
+    }
+    return 0;
+}
+
 // blas.cu's fallback without cublasGemmGroupedBatchedEx: each group as
-// moe_cuda_gemm, in group order, so the bits are a per-group loop's.
+// moe_cuda_gemm, so the bits are a per-group loop's, after the check that the
+// groups could run concurrently (groups_disjoint).
 int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_cuda_gemm_group *g, float alpha, size_t lda,
                           size_t ldb, float beta, size_t ldc, const char *what, struct moe_err *err)
 {
     STICKY(err);
-    FOR_THREADS (i, G) {
-        int rc = moe_cuda_gemm(ta, tb, g[i].M, g[i].N, g[i].K, alpha, g[i].A, lda, g[i].B, ldb, beta, g[i].C, ldc,
-                               what, err);
-        if (rc)
+    int rc = groups_disjoint(ta, tb, G, g, lda, ldb, beta, ldc, what, err);
+    if (rc)
+        return rc;
+    FOR_THREADS (i, G)
+        if ((rc = moe_cuda_gemm(ta, tb, g[i].M, g[i].N, g[i].K, alpha, g[i].A, lda, g[i].B, ldb, beta, g[i].C, ldc,
+                                what, err)))
             return rc;
-    }
     return 0;
 }
 

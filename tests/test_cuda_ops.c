@@ -1199,6 +1199,22 @@ static void test_gemm_grouped(void)
     EXPECT(moe_cuda_gemm_grouped(0, 1, 2, none, 1.0f, ld, ld, 1.0f, ld, "test", &err) == 0, "%s", err.msg);
     host(m, C_, all * 4);
     EXPECT(memcmp(m, C2, all * 4) == 0, "grouped gemm: empty groups changed C");
+#ifdef MOE_TEST_CUDA_HOST
+    // the emulation refuses groups that could not run concurrently: a C that meets
+    // another group's C (one row shared), or another group's A; empty groups may
+    // point anywhere
+    struct moe_cuda_gemm_group clash[3] = { { 4, N, fix, A_, B_, C_ }, { 4, N, fix, A_, B_, C_ + 3 * ld },
+                                            { 0, N, fix, A_, B_, C_ } };
+    EXPECT(moe_cuda_gemm_grouped(0, 1, 3, clash, 1.0f, ld, ld, 0.0f, ld, "clash", &err) == MOE_EINVAL &&
+               strstr(err.msg, "grouped GEMM (clash): group 0 writes what group 1 writes"),
+           "grouped gemm: overlapping outputs not refused: %s", err.msg);
+    clash[1] = (struct moe_cuda_gemm_group){ 4, N, fix, (const float *)C_ + 2 * ld, B_, C_ + 4 * ld };
+    EXPECT(moe_cuda_gemm_grouped(0, 1, 3, clash, 1.0f, ld, ld, 0.0f, ld, "clash", &err) == MOE_EINVAL &&
+               strstr(err.msg, "group 0 writes what group 1 reads"),
+           "grouped gemm: an output read by another group not refused: %s", err.msg);
+    clash[1].A = A_;
+    EXPECT(moe_cuda_gemm_grouped(0, 1, 3, clash, 1.0f, ld, ld, 0.0f, ld, "clash", &err) == 0, "%s", err.msg);
+#endif
     moe_cuda_free(A_), moe_cuda_free(B_), moe_cuda_free(C_);
     free(A), free(B), free(C), free(C2), free(m), free(Aa), free(Ba);
 }
