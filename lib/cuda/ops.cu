@@ -587,25 +587,39 @@ extern "C" int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const
 // Shazeer et al.'s CV^2 losses: per-expert sums, CV^2 (one thread), gradients.
 __global__ void cv2_kernel(double *value, double *g, const double *x, size_t E) { *value = moe_k_cv2(g, x, E); }
 
-// A block per expert: tiles of MOE_K_AUX_TERMS slot terms staged in shared
-// memory by the block, added in slot order by thread 0 (kernels/aux.h). One
-// thread per expert over all T S slots left the GPU idle but for E threads.
-__global__ void importance_expert_kernel(double *x, const int32_t *idx, const float *gate, size_t T, size_t S)
+// A block's sum of term(i) for i < n, in order, into *ret: tiles of
+// MOE_K_AUX_TERMS terms computed by the block's threads into shared memory,
+// added by thread 0 (moe_k_sum_tile): the serial sum's bits, with the terms'
+// work spread over the block.
+template <class Term> __device__ void block_sum_in_order(double *ret, size_t n, const Term &term)
 {
     __shared__ double v[MOE_K_AUX_TERMS];
-    const size_t e = blockIdx.x, n = T * S;
-    double imp = 0.0;
+    double sum = 0.0;
     for (size_t i0 = 0; i0 < n; i0 += MOE_K_AUX_TERMS) {
         const size_t m = n - i0 < MOE_K_AUX_TERMS ? n - i0 : MOE_K_AUX_TERMS;
         for (size_t i = threadIdx.x; i < m; i += blockDim.x)
-            v[i] = moe_k_importance_term(idx, gate, i0 + i, e);
+            v[i] = term(i0 + i);
         __syncthreads();
         if (threadIdx.x == 0)
-            moe_k_sum_tile(&imp, v, m);
+            moe_k_sum_tile(&sum, v, m);
         __syncthreads();
     }
     if (threadIdx.x == 0)
-        x[e] = imp;
+        *ret = sum;
+}
+
+struct importance_term {
+    const int32_t *idx;
+    const float *gate;
+    size_t e;
+    __device__ double operator()(size_t i) const { return moe_k_importance_term(idx, gate, i, e); }
+};
+
+// A block per expert over the T S slots in order. One thread per expert over
+// all of them left the GPU idle but for E threads.
+__global__ void importance_expert_kernel(double *x, const int32_t *idx, const float *gate, size_t T, size_t S)
+{
+    block_sum_in_order(&x[blockIdx.x], T * S, importance_term{ idx, gate, blockIdx.x });
 }
 
 __global__ void importance_grad_kernel(float *dgate, const int32_t *idx, const double *g, float coef, size_t n)
@@ -632,26 +646,20 @@ extern "C" int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t 
     return launched("importance_grad_kernel", err);
 }
 
-// A block per expert, as importance_expert_kernel: each token's term (its
-// thresholds, an erfc) computed by the block's threads, added in token order
-// by thread 0. One thread per expert did all T tokens' work alone.
+struct load_term {
+    const float *z, *u, *h;
+    const int32_t *sel;
+    size_t E, S, K, e;
+    __device__ double operator()(size_t t) const { return moe_k_load_term(z, u, h, sel, E, S, K, t, e); }
+};
+
+// A block per expert over the T tokens in order: each token's term (its
+// thresholds, an erfc) computed by the block's threads. One thread per expert
+// did all T tokens' work alone.
 __global__ void load_expert_kernel(double *x, const float *z, const float *u, const float *h, const int32_t *sel,
                                    size_t T, size_t E, size_t S, size_t K)
 {
-    __shared__ double v[MOE_K_AUX_TERMS];
-    const size_t e = blockIdx.x;
-    double load = 0.0;
-    for (size_t t0 = 0; t0 < T; t0 += MOE_K_AUX_TERMS) {
-        const size_t m = T - t0 < MOE_K_AUX_TERMS ? T - t0 : MOE_K_AUX_TERMS;
-        for (size_t i = threadIdx.x; i < m; i += blockDim.x)
-            v[i] = moe_k_load_term(z, u, h, sel, E, S, K, t0 + i, e);
-        __syncthreads();
-        if (threadIdx.x == 0)
-            moe_k_sum_tile(&load, v, m);
-        __syncthreads();
-    }
-    if (threadIdx.x == 0)
-        x[e] = load;
+    block_sum_in_order(&x[blockIdx.x], T, load_term{ z, u, h, sel, E, S, K, blockIdx.x });
 }
 
 __global__ void load_grad_kernel(float *dz, float *du, const float *z, const float *u, const float *h,
