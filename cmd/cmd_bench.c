@@ -53,7 +53,9 @@ static const char *const usage =
     "tokens, timed with CUDA events, the time per phase, and a dense reference\n"
     "timed after each repeat: the same cuBLAS sgemm calls with the experts' blocks\n"
     "merged into one GEMM per product (same FLOPs); ratio_to_sgemm = reference\n"
-    "seconds / layer seconds. \"step\" is null: the model step runs on the CPU only.\n";
+    "seconds / layer seconds; layer.expert_gemms names the expert GEMMs' cuBLAS path.\n"
+    "\"step\" is null: the bench does not time a device step (moe train --device cuda\n"
+    "reports the step's rate in its summary).\n";
 
 enum { OPT_TOKENS = OPT_FIRST_CMD, OPT_REPEATS, OPT_WARMUP, OPT_EXPERT_PARALLEL };
 #define MAX_REPEATS 1000
