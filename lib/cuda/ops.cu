@@ -803,7 +803,8 @@ extern "C" int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *do
         return rc;
     // a stable radix sort of (id, row): each id's rows stay in row order
     if ((rc = check(cub::DeviceRadixSort::SortPairs(sort, temp_bytes, ids, sorted_ids, rows, order, (int)n),
-                    "cub::DeviceRadixSort::SortPairs", err)))
+                    "cub::DeviceRadixSort::SortPairs", err)) ||
+        (rc = launched("cub::DeviceRadixSort::SortPairs", err))) // its kernels' faults under its name
         return rc;
     embed_backward_tok_kernel<<<blocks_for(V * D, 256), 256>>>(dwte, dout, sorted_ids, order, n, V, D);
     if ((rc = launched("embed_backward_tok_kernel", err)))
