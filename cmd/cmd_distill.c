@@ -16,7 +16,7 @@ static const char *const usage =
     "                   [--split importance|random] [--shared S] [--weight W]\n"
     "                   [--set key.path=value]... [--out DIR] [--seed N] [--threads N] [--force]\n"
     "                   [--device cpu|cuda[:N]] [--ignore-memory] [--quiet] [--progress-every SECONDS]\n"
-    "                   [--tag KEY=VALUE]...\n"
+    "                   [--tag KEY=VALUE]... [--dry-run]\n"
     "Knowledge distillation from any teacher checkpoint to the student the config\n"
     "describes (same inputs and outputs: classification or language modelling).\n"
     "The objective is (1 - A) CE + A T^2 KL(teacher || student) at temperature T\n"
@@ -41,10 +41,16 @@ static const char *const usage =
     "student's steps and the teacher's passes on the GPU (both mlp-moe or transformer;\n"
     "moe help train). Options map to the config keys distill.teacher,\n"
     ".temperature, .alpha, .teacher_init, .baseline, .moebert, .split, .shared, .weight.\n"
-    "Progress, --quiet and --progress-every: as for moe train (moe help train).\n";
+    "Progress, --quiet and --progress-every: as for moe train (moe help train).\n"
+    "--dry-run trains nothing and writes nothing: moe train --dry-run's estimate of\n"
+    "the student, with the teacher and baseline as the run will hold them (a\n"
+    "\"distill\" object: path, model, parameters, memory_bytes each) counted in\n"
+    "memory_bytes.total and fits, the figure the run checks before it loads them;\n"
+    "with --device cuda, device.teacher_bytes: the teacher's weights and\n"
+    "activations beside the student on the GPU (the baseline stays on the CPU).\n";
 
 enum { OPT_TEACHER = OPT_FIRST_CMD, OPT_TEMPERATURE, OPT_ALPHA, OPT_MODE, OPT_INIT, OPT_BASELINE, OPT_SPLIT,
-       OPT_SHARED, OPT_WEIGHT };
+       OPT_SHARED, OPT_WEIGHT, OPT_DRY_RUN };
 
 struct distill_ctx {
     struct cli_train_opts *o;
@@ -82,6 +88,9 @@ static int on_opt(void *ctx_, int opt, const char *arg)
         return cli_add_set(ctx->c, "--shared", "distill.shared", arg, 0);
     case OPT_WEIGHT:
         return cli_add_set(ctx->c, "--weight", "distill.weight", arg, 0);
+    case OPT_DRY_RUN:
+        ctx->o->dry_run = 1;
+        return 0;
     default:
         return 2;
     }
@@ -99,6 +108,7 @@ int cmd_distill(int argc, char **argv)
                                           { "split", required_argument, NULL, OPT_SPLIT },
                                           { "shared", required_argument, NULL, OPT_SHARED },
                                           { "weight", required_argument, NULL, OPT_WEIGHT },
+                                          { "dry-run", no_argument, NULL, OPT_DRY_RUN },
                                           { 0, 0, 0, 0 } };
     const char *cmd = "distill";
     struct cli_common c;

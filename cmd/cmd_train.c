@@ -183,7 +183,8 @@ static size_t train_batch(const struct moe_run_cfg *rc, size_t n_train, size_t n
 // device, its memory and whether the need fits; without one, fits is null and
 // the reason is given. The CUDA backend takes the sparse models only.
 static int dry_device(const char *cmd, const struct cli_common *c, const struct moe_run_cfg *rcfg,
-                      const struct moe_model_estimate *est, const struct moe_backend_info *cuda, cJSON *s)
+                      const struct moe_model_estimate *est, size_t teacher_bytes,
+                      const struct moe_backend_info *cuda, cJSON *s)
 {
     int rc = cli_cuda_model_type(cmd, c, moe_model_kind(rcfg->model.type)->name);
     if (rc)
@@ -194,9 +195,13 @@ static int dry_device(const char *cmd, const struct cli_common *c, const struct 
     char name[32];
     snprintf(name, sizeof name, "cuda:%d", c->device_id);
     cJSON_AddStringToObject(d, "device", name);
-    const size_t need = moe_estimate_device_bytes(est);
+    size_t need = moe_estimate_device_bytes(est);
+    if (__builtin_add_overflow(need, teacher_bytes, &need))
+        need = SIZE_MAX;
     cJSON_AddNumberToObject(d, "memory_bytes", (double)need);
     cJSON_AddNumberToObject(d, "extra_bytes", (double)est->bytes_device_extra);
+    if (rcfg->distill.teacher)
+        cJSON_AddNumberToObject(d, "teacher_bytes", (double)teacher_bytes);
     cJSON_AddNumberToObject(d, "reserve_bytes", (double)MOE_ESTIMATE_CUDA_RESERVE_BYTES);
     const int usable = cuda->available && cuda->device == c->device_id;
     cJSON_AddBoolToObject(d, "available", usable);
@@ -233,25 +238,38 @@ static int dry_run(const char *cmd, const struct cli_common *c, const struct moe
         n_train = data.train.n, n_test = data.test.n;
     }
     struct moe_model_estimate est;
-    int rc = moe_run_estimate(rcfg, NULL, task, n_in, n_out, n_train, n_test, train_batch(rcfg, n_train, n_test, NULL),
-                              1, &est, &err);
+    const size_t max_batch = train_batch(rcfg, n_train, n_test, NULL);
+    int rc = moe_run_estimate(rcfg, NULL, task, n_in, n_out, n_train, n_test, max_batch, 1, &est, &err);
     if (rc) {
         moe_data_release(&data);
         return cli_fail(cmd, &err);
+    }
+    // a distillation's teacher and baseline beside the student (distill.*)
+    cJSON *peers = cJSON_CreateObject();
+    size_t teacher_device = 0;
+    if (!peers || (rc = distill_peers_estimate(cmd, rcfg, task, n_in, n_out, max_batch, &est, &teacher_device,
+                                               peers))) {
+        cJSON_Delete(peers);
+        moe_data_release(&data);
+        return peers ? rc : cli_error(cmd, 1, "out of memory");
     }
     cJSON *s = cli_summary_new(cmd, cfg, rcfg->train.seed);
     cJSON_AddBoolToObject(s, "dry_run", 1);
     cJSON_AddStringToObject(s, "model", moe_model_kind(rcfg->model.type)->name);
     cJSON_AddNumberToObject(s, "train_rows", (double)n_train);
     cJSON_AddNumberToObject(s, "test_rows", (double)n_test);
-    cJSON_AddNumberToObject(s, "max_batch", (double)train_batch(rcfg, n_train, n_test, NULL));
+    cJSON_AddNumberToObject(s, "max_batch", (double)max_batch);
+    if (peers->child) // memory_bytes.total below counts them, as the run's check does
+        cJSON_AddItemToObject(s, "distill", peers);
+    else
+        cJSON_Delete(peers);
     cJSON *e = cli_estimate_json(&est, !known);
     for (cJSON *it = e ? e->child : NULL; it;) { // merge the estimate's keys into the summary
         cJSON *next = it->next;
         cJSON_AddItemToObject(s, it->string, cJSON_DetachItemViaPointer(e, it));
         it = next;
     }
-    rc = !e ? cli_error(cmd, 1, "out of memory") : cuda ? dry_device(cmd, c, rcfg, &est, cuda, s) : 0;
+    rc = !e ? cli_error(cmd, 1, "out of memory") : cuda ? dry_device(cmd, c, rcfg, &est, teacher_device, cuda, s) : 0;
     if (!rc)
         rc = cli_print_json(cmd, s);
     cJSON_Delete(e);

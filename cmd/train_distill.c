@@ -14,6 +14,42 @@
 #include "train/moebert.h"
 #include "train_run.h"
 
+// The config of the checkpoint f (opened from path): its metadata's "config",
+// parsed into *tc and typed into *trc (the caller releases both, also on an error).
+static int peer_config(const char *cmd, const char *path, const struct moe_st_file *f, struct moe_config *tc,
+                       struct moe_run_cfg *trc)
+{
+    struct moe_err err = { 0 };
+    const char *text = moe_safetensors_meta(f, "config");
+    if (!text)
+        return cli_error(cmd, 1, "%s: no 'config' in the checkpoint's metadata (not written by moe train?)", path);
+    if (moe_config_parse(tc, moe_run_schema(), moe_run_schema_len(), text, path, NULL, 0, &err) ||
+        moe_run_cfg_parse(trc, tc, &err))
+        return cli_error(cmd, 1, "%s: the 'config' metadata is not a valid config: %s", path, err.msg);
+    return 0;
+}
+
+// What the checkpoint's model holds beside the student's run (its parameters,
+// gradients, activations and statistics for the student's batches of
+// max_batch), into *pe; *ret_bytes: those parts added up.
+static int peer_estimate(const char *cmd, const char *key, const char *path, const struct moe_run_cfg *trc,
+                         enum moe_task task, size_t n_in, size_t n_out, size_t max_batch,
+                         struct moe_model_estimate *pe, size_t *ret_bytes)
+{
+    struct moe_err err = { 0 };
+    if (moe_run_estimate(trc, NULL, task, n_in, n_out, 0, 0, max_batch, 0, pe, &err)) {
+        moe_error_prefix(&err, "%s '%s': ", key, path);
+        return cli_fail(cmd, &err);
+    }
+    const size_t parts[] = { pe->bytes_params, pe->bytes_grads, pe->bytes_activations, pe->bytes_trainer };
+    size_t sum = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        if (__builtin_add_overflow(sum, parts[i], &sum))
+            sum = SIZE_MAX;
+    *ret_bytes = sum;
+    return 0;
+}
+
 // A checkpoint the run compares with (distill.teacher, distill.baseline): the
 // model built from its own config and weights. It must read the student's data
 // as it was trained to (same inputs, outputs, standardisation, vocabulary and
@@ -32,24 +68,13 @@ static int peer_setup(const char *cmd, const char *key, const char *path, const 
     struct moe_err err = { 0 };
     struct moe_config tc = { 0 };
     struct moe_run_cfg trc = { 0 };
-    const char *text;
     int rc = 0;
     if (moe_safetensors_open(path, f, &err) || moe_data_check_text_checkpoint(data, f, &err)) {
         rc = cli_fail(cmd, &err);
         goto out;
     }
-    if (!(text = moe_safetensors_meta(f, "config"))) {
-        rc = cli_error(cmd, 1, "%s: no 'config' in the checkpoint's metadata (not written by moe train?)", path);
+    if ((rc = peer_config(cmd, path, f, &tc, &trc)))
         goto out;
-    }
-    if (moe_config_parse(&tc, moe_run_schema(), moe_run_schema_len(), text, path, NULL, 0, &err)) {
-        rc = cli_error(cmd, 1, "%s: the 'config' metadata is not a valid config: %s", path, err.msg);
-        goto out;
-    }
-    if (moe_run_cfg_parse(&trc, &tc, &err)) {
-        rc = cli_error(cmd, 1, "%s: the 'config' metadata is not a valid config: %s", path, err.msg);
-        goto out;
-    }
     if (trc.data.standardize != rcfg->data.standardize) {
         rc = cli_error(cmd, 2, "%s '%s' was trained with data.standardize=%s, the student has %s", key, path,
                        trc.data.standardize ? "true" : "false", rcfg->data.standardize ? "true" : "false");
@@ -64,16 +89,12 @@ static int peer_setup(const char *cmd, const char *key, const char *path, const 
         hp->loss = hp->loss_baseline = NULL;
     }
     struct moe_model_estimate pe;
-    if (moe_run_estimate(&trc, NULL, data->train.task, data->train.n_in, data->train.n_out, 0, 0, student->max_batch,
-                         0, &pe, &err)) {
-        moe_error_prefix(&err, "%s '%s': ", key, path);
-        rc = cli_fail(cmd, &err);
+    size_t bytes;
+    if ((rc = peer_estimate(cmd, key, path, &trc, data->train.task, data->train.n_in, data->train.n_out,
+                            student->max_batch, &pe, &bytes)))
         goto out;
-    }
-    const size_t parts[] = { pe.bytes_params, pe.bytes_grads, pe.bytes_activations, pe.bytes_trainer };
-    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
-        if (__builtin_add_overflow(est->bytes_total, parts[i], &est->bytes_total))
-            est->bytes_total = SIZE_MAX;
+    if (__builtin_add_overflow(est->bytes_total, bytes, &est->bytes_total))
+        est->bytes_total = SIZE_MAX;
     char with[1024];
     snprintf(with, sizeof with, "%s '%s'", key, path);
     if ((rc = cli_check_memory_with(cmd, est, 1, ignore_memory, with)))
@@ -95,6 +116,49 @@ out:
     moe_run_cfg_release(&trc);
     moe_config_release(&tc);
     return rc;
+}
+
+int distill_peers_estimate(const char *cmd, const struct moe_run_cfg *rcfg, enum moe_task task, size_t n_in,
+                           size_t n_out, size_t max_batch, struct moe_model_estimate *est, size_t *ret_device,
+                           cJSON *out)
+{
+    const char *const keys[] = { "distill.teacher", "distill.baseline" };
+    const char *const paths[] = { rcfg->distill.teacher, rcfg->distill.baseline };
+    *ret_device = 0;
+    for (size_t i = 0; i < 2; i++) {
+        if (!paths[i])
+            continue;
+        struct moe_err err = { 0 };
+        struct moe_st_file f;
+        struct moe_config tc = { 0 };
+        struct moe_run_cfg trc = { 0 };
+        struct moe_model_estimate pe;
+        size_t bytes = 0;
+        int rc;
+        if (moe_safetensors_open(paths[i], &f, &err))
+            return cli_fail(cmd, &err);
+        if (!(rc = peer_config(cmd, paths[i], &f, &tc, &trc)))
+            rc = peer_estimate(cmd, keys[i], paths[i], &trc, task, n_in, n_out, max_batch, &pe, &bytes);
+        moe_safetensors_close(&f);
+        if (!rc) {
+            if (__builtin_add_overflow(est->bytes_total, bytes, &est->bytes_total))
+                est->bytes_total = SIZE_MAX;
+            // the teacher runs on the device beside the student, evaluation only: its weights and activations
+            if (i == 0 && __builtin_add_overflow(pe.bytes_params, pe.bytes_activations, ret_device))
+                *ret_device = SIZE_MAX;
+            cJSON *o = cJSON_AddObjectToObject(out, keys[i] + strlen("distill."));
+            if (!o || !cJSON_AddStringToObject(o, "path", paths[i]) ||
+                !cJSON_AddStringToObject(o, "model", moe_model_kind(trc.model.type)->name) ||
+                !cJSON_AddNumberToObject(o, "parameters", (double)pe.parameters) ||
+                !cJSON_AddNumberToObject(o, "memory_bytes", (double)bytes))
+                rc = cli_error(cmd, 1, "out of memory");
+        }
+        moe_run_cfg_release(&trc);
+        moe_config_release(&tc);
+        if (rc)
+            return rc;
+    }
+    return 0;
 }
 
 // distill.teacher_init: every student tensor with a namesake of the same shape

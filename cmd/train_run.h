@@ -114,6 +114,16 @@ struct distill {
 // before it is made (--ignore-memory: ignore_memory).
 int distill_setup(const char *cmd, struct distill *d, const struct moe_run_cfg *rcfg, const struct moe_data *data,
                   struct moe_model *student, int resume, const struct moe_model_estimate *est, int ignore_memory);
+// --dry-run with distill.teacher or distill.baseline: each checkpoint's model,
+// from its config, as the run will hold it beside the student's batches of
+// max_batch. Adds its bytes to est->bytes_total (the figure the run checks
+// before it makes the model) and an object per checkpoint ("teacher",
+// "baseline": path, model, parameters, memory_bytes) to out; *ret_device: what
+// the teacher adds on a CUDA device (its weights and activations: an
+// evaluation-only model; the baseline stays on the CPU).
+int distill_peers_estimate(const char *cmd, const struct moe_run_cfg *rcfg, enum moe_task task, size_t n_in,
+                           size_t n_out, size_t max_batch, struct moe_model_estimate *est, size_t *ret_device,
+                           cJSON *out);
 // A new run with distill.moebert: the teacher's FFNs become the student's
 // experts; DIR/importance.csv and DIR/moebert.json say how.
 int distill_moebert(const char *cmd, const struct cli_common *c, struct distill *d, const struct moe_run_cfg *rcfg,

@@ -837,9 +837,39 @@ t_memory_teacher() {
         [ ! -e "$TMP/mt-d1" ] || fail "a teacher beyond the budget: $(describe "$TMP/mt-d1" moe distill)" || return 1
     MOE_MEMORY_LIMIT=$((need + 67108864)) run "$TMP/mt-d2" "$MOE" distill --teacher "$TMP/mt-t/model.safetensors" \
         --config "$s" --out "$TMP/mt-d2" --quiet
-    [ "$RC" -eq 0 ] || fail "room for both: $(describe "$TMP/mt-d2" moe distill)"
+    [ "$RC" -eq 0 ] || fail "room for both: $(describe "$TMP/mt-d2" moe distill)" || return 1
+    # --dry-run: writes nothing; the teacher's object (its parameters as trained) and its bytes in the
+    # total, which is exactly the figure the run checks: a budget one byte short is refused, that figure runs
+    run "$TMP/mt-dry" "$MOE" distill --dry-run --teacher "$TMP/mt-t/model.safetensors" --config "$s" --out "$TMP/mt-d3"
+    [ "$RC" -eq 0 ] && [ ! -e "$TMP/mt-d3" ] || fail "$(describe "$TMP/mt-dry" moe distill --dry-run)" || return 1
+    jq -e --argjson need "$need" --slurpfile t "$TMP/mt-t/summary.json" \
+        '.dry_run and .command == "distill" and .distill.teacher.parameters == $t[0].parameters and
+         .distill.teacher.model == "mlp-moe" and .memory_bytes.total == $need + .distill.teacher.memory_bytes' \
+        "$TMP/mt-dry.out" >/dev/null ||
+        fail "distill --dry-run: the teacher's object and bytes: $(jq -c '{distill, total: .memory_bytes.total}' "$TMP/mt-dry.out"), student alone $need" ||
+        return 1
+    local total
+    total=$(jq .memory_bytes.total "$TMP/mt-dry.out")
+    MOE_MEMORY_LIMIT=$((total - 1)) run "$TMP/mt-d4" "$MOE" distill --teacher "$TMP/mt-t/model.safetensors" \
+        --config "$s" --out "$TMP/mt-d4" --quiet
+    [ "$RC" -eq 1 ] && grep -Fq "with distill.teacher" "$TMP/mt-d4.err" ||
+        fail "a budget one byte under the dry run's total: $(describe "$TMP/mt-d4" moe distill)" || return 1
+    MOE_MEMORY_LIMIT=$total run "$TMP/mt-d5" "$MOE" distill --teacher "$TMP/mt-t/model.safetensors" \
+        --config "$s" --out "$TMP/mt-d5" --quiet
+    [ "$RC" -eq 0 ] || fail "a budget of the dry run's total: $(describe "$TMP/mt-d5" moe distill)" || return 1
+    # --device cuda: the teacher's device bytes in the device's memory_bytes (refused without CUDA)
+    run "$TMP/mt-dd" "$MOE" distill --dry-run --device cuda --teacher "$TMP/mt-t/model.safetensors" --config "$s"
+    if [ "$CUDA_BUILD" = none ]; then
+        [ "$RC" -eq 2 ] || fail "$(describe "$TMP/mt-dd" moe distill --dry-run --device cuda): expected exit 2"
+        return
+    fi
+    run "$TMP/mt-ds" "$MOE" train --dry-run --device cuda --config "$s"
+    [ "$RC" -eq 0 ] && [ "$(jq '.device.memory_bytes' "$TMP/mt-ds.out")" != null ] || fail "$(describe "$TMP/mt-ds" moe train --dry-run --device cuda)" || return 1
+    [ "$RC" -eq 0 ] && jq -e --slurpfile st "$TMP/mt-ds.out" '.device.teacher_bytes > 0 and
+        .device.memory_bytes == $st[0].device.memory_bytes + .device.teacher_bytes' "$TMP/mt-dd.out" >/dev/null ||
+        fail "distill --dry-run --device cuda: the teacher's device bytes: $(jq -c .device "$TMP/mt-dd.out" 2>&1), student $(jq -c .device.memory_bytes "$TMP/mt-ds.out")"
 }
-check "distill: the teacher counts in the memory check, before it is made" t_memory_teacher
+check "distill: the teacher counts in the memory check, before it is made; --dry-run gives that figure" t_memory_teacher
 expect_fail "an absurd size is a config error naming its keys" 2 "model.n_expert x model.n_ff x model.n_embd" -- "$MOE" train --config "$MOECFG" --out "$O" --set model.n_expert=1024 --set model.n_ff=65536 --set model.n_embd=65536
 expect_fail "--dry-run of an absurd size: the same config error" 2 "more than any machine has" -- "$MOE" train --dry-run --config "$MOECFG" --set model.n_expert=1024 --set model.n_ff=65536 --set model.n_embd=65536
 
