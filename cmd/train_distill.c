@@ -31,10 +31,11 @@ static int peer_config(const char *cmd, const char *path, const struct moe_st_fi
 
 // What the checkpoint's model holds beside the student's run (its parameters,
 // gradients, activations and statistics for the student's batches of
-// max_batch), into *pe; *ret_bytes: those parts added up.
+// max_batch), into *pe; *ret_bytes: those parts added up, and added to
+// est->bytes_total (the run so far).
 static int peer_estimate(const char *cmd, const char *key, const char *path, const struct moe_run_cfg *trc,
                          enum moe_task task, size_t n_in, size_t n_out, size_t max_batch,
-                         struct moe_model_estimate *pe, size_t *ret_bytes)
+                         struct moe_model_estimate *pe, size_t *ret_bytes, struct moe_model_estimate *est)
 {
     struct moe_err err = { 0 };
     if (moe_run_estimate(trc, NULL, task, n_in, n_out, 0, 0, max_batch, 0, pe, &err)) {
@@ -47,6 +48,8 @@ static int peer_estimate(const char *cmd, const char *key, const char *path, con
         if (__builtin_add_overflow(sum, parts[i], &sum))
             sum = SIZE_MAX;
     *ret_bytes = sum;
+    if (__builtin_add_overflow(est->bytes_total, sum, &est->bytes_total))
+        est->bytes_total = SIZE_MAX;
     return 0;
 }
 
@@ -91,10 +94,8 @@ static int peer_setup(const char *cmd, const char *key, const char *path, const 
     struct moe_model_estimate pe;
     size_t bytes;
     if ((rc = peer_estimate(cmd, key, path, &trc, data->train.task, data->train.n_in, data->train.n_out,
-                            student->max_batch, &pe, &bytes)))
+                            student->max_batch, &pe, &bytes, est)))
         goto out;
-    if (__builtin_add_overflow(est->bytes_total, bytes, &est->bytes_total))
-        est->bytes_total = SIZE_MAX;
     char with[1024];
     snprintf(with, sizeof with, "%s '%s'", key, path);
     if ((rc = cli_check_memory_with(cmd, est, 1, ignore_memory, with)))
@@ -138,11 +139,9 @@ int distill_peers_estimate(const char *cmd, const struct moe_run_cfg *rcfg, enum
         if (moe_safetensors_open(paths[i], &f, &err))
             return cli_fail(cmd, &err);
         if (!(rc = peer_config(cmd, paths[i], &f, &tc, &trc)))
-            rc = peer_estimate(cmd, keys[i], paths[i], &trc, task, n_in, n_out, max_batch, &pe, &bytes);
+            rc = peer_estimate(cmd, keys[i], paths[i], &trc, task, n_in, n_out, max_batch, &pe, &bytes, est);
         moe_safetensors_close(&f);
         if (!rc) {
-            if (__builtin_add_overflow(est->bytes_total, bytes, &est->bytes_total))
-                est->bytes_total = SIZE_MAX;
             // the teacher runs on the device beside the student, evaluation only: its weights and activations
             if (i == 0 && __builtin_add_overflow(pe.bytes_params, pe.bytes_activations, ret_device))
                 *ret_device = SIZE_MAX;

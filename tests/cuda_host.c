@@ -123,7 +123,6 @@ void moe_cuda_free(void *p)
 int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     if (bytes)
         memcpy(dst, src, bytes);
     return 0;
@@ -142,7 +141,6 @@ int moe_cuda_route_forward(const struct moe_cuda_route *a, float *p, float *lse,
                            struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     if (a->T <= 0)
         return 0;
     FOR_THREADS (t, a->T) {
@@ -174,7 +172,6 @@ int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz, float *du
                             const float *eps, const float *u, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     if (a->T <= 0)
         return 0;
     FOR_THREADS (t, a->T) {
@@ -228,7 +225,6 @@ int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel
                                 float *prio, const int32_t *hash_expert, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     if (T <= 0)
         return 0;
     FOR_THREADS (t, T)
@@ -239,7 +235,6 @@ int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel
 int moe_cuda_bias_update(float *bias, const int32_t *sel, size_t n, size_t E, double rate, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     if (E == 0)
         return 0;
     FOR_THREADS (e, E) { // bias_update_kernel: a block of 256 per expert, each thread a stride of the slots
@@ -262,7 +257,6 @@ int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, co
                           size_t T, size_t D, float eps, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (t, T) {
         const float *xt = x + t * D;
         double lanes[MOE_K_LANES], m = 0.0;
@@ -290,7 +284,6 @@ int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, con
                            const float *rstd, const float *g, size_t T, size_t D, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     if (T == 0)
         return 0;
     FOR_THREADS (col, D)
@@ -363,7 +356,6 @@ int moe_cuda_gather(float *xd, const float *x, const struct moe_cuda_plan *p, si
                     struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     size_t n = p->offset[E] < n_max ? p->offset[E] : n_max;
     FOR_THREADS (i, n * D)
         moe_k_gather(xd, x, p->row_tok, D, i / D, i % D);
@@ -374,7 +366,6 @@ int moe_cuda_combine(float *out, const float *yd, const float *gate, const int32
                      size_t D, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, T * D)
         moe_k_combine(out, yd, gate, slot_row, S, D, i / D, i % D);
     return 0;
@@ -385,7 +376,6 @@ int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const
                               struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     size_t n = p->offset[E] < n_max ? p->offset[E] : n_max;
     FOR_THREADS (r, n)
         moe_k_combine_backward(dyd, dgate, dout, yd, gate, p->row_tok, p->row_slot, S, D, r);
@@ -437,9 +427,40 @@ int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, 
     return 0;
 }
 
-// importance_expert_kernel (one block per expert: tiles of MOE_K_AUX_TERMS slot
-// terms staged, added in slot order), CV^2 (and its gradient g when dgate is
-// given) into value and *ret, then the gradient by (token, slot).
+// ops.cu's block_sum_in_order: the block's threads compute tiles of
+// MOE_K_AUX_TERMS terms, one thread adds each tile in order.
+struct term_fn {
+    double (*at)(const struct term_fn *f, size_t i);
+    const int32_t *idx, *sel;
+    const float *gate, *z, *u, *h;
+    size_t E, S, K, e;
+};
+
+static double block_sum_in_order(size_t n, const struct term_fn *f)
+{
+    double v[MOE_K_AUX_TERMS], sum = 0.0;
+    for (size_t i0 = 0; i0 < n; i0 += MOE_K_AUX_TERMS) {
+        const size_t m = n - i0 < MOE_K_AUX_TERMS ? n - i0 : MOE_K_AUX_TERMS;
+        FOR_THREADS (i, m)
+            v[i] = f->at(f, i0 + i);
+        moe_k_sum_tile(&sum, v, m);
+    }
+    return sum;
+}
+
+static double importance_term(const struct term_fn *f, size_t i)
+{
+    return moe_k_importance_term(f->idx, f->gate, i, f->e);
+}
+
+static double load_term(const struct term_fn *f, size_t t)
+{
+    return moe_k_load_term(f->z, f->u, f->h, f->sel, f->E, f->S, f->K, t, f->e);
+}
+
+// importance_expert_kernel (one block per expert over the T S slots:
+// block_sum_in_order), CV^2 (and its gradient g when dgate is given) into
+// value and *ret, then the gradient by (token, slot).
 int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const float *gate, size_t T, size_t E,
                             size_t S, float coef, double *x, double *g, double *value, struct moe_err *err)
 {
@@ -447,16 +468,9 @@ int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const
     *ret = 0.0;
     if (E == 0) // no blocks
         return empty_grid("importance_expert_kernel", err);
-    const size_t n = T * S;
     FOR_THREADS (e, E) {
-        double v[MOE_K_AUX_TERMS], imp = 0.0;
-        for (size_t i0 = 0; i0 < n; i0 += MOE_K_AUX_TERMS) {
-            const size_t m = n - i0 < MOE_K_AUX_TERMS ? n - i0 : MOE_K_AUX_TERMS;
-            FOR_THREADS (i, m)
-                v[i] = moe_k_importance_term(idx, gate, i0 + i, e);
-            moe_k_sum_tile(&imp, v, m);
-        }
-        x[e] = imp;
+        const struct term_fn f = { .at = importance_term, .idx = idx, .gate = gate, .e = e };
+        x[e] = block_sum_in_order(T * S, &f);
     }
     *value = moe_k_cv2(dgate ? g : NULL, x, E);
     int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
@@ -467,9 +481,9 @@ int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const
     return 0;
 }
 
-// load_expert_kernel (one block per expert: tiles of MOE_K_AUX_TERMS token
-// terms staged, added in token order), CV^2 (and g when dz is given) into
-// value and *ret, then the gradients token by token.
+// load_expert_kernel (one block per expert over the T tokens:
+// block_sum_in_order), CV^2 (and g when dz is given) into value and *ret, then
+// the gradients token by token.
 int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const float *u, const float *h,
                       const float *eps, const int32_t *sel, size_t T, size_t E, size_t S, size_t K, float coef,
                       double *x, double *g, double *value, struct moe_err *err)
@@ -479,14 +493,9 @@ int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const f
     if (E == 0) // no blocks
         return empty_grid("load_expert_kernel", err);
     FOR_THREADS (e, E) {
-        double v[MOE_K_AUX_TERMS], load = 0.0;
-        for (size_t t0 = 0; t0 < T; t0 += MOE_K_AUX_TERMS) {
-            const size_t m = T - t0 < MOE_K_AUX_TERMS ? T - t0 : MOE_K_AUX_TERMS;
-            FOR_THREADS (i, m)
-                v[i] = moe_k_load_term(z, u, h, sel, E, S, K, t0 + i, e);
-            moe_k_sum_tile(&load, v, m);
-        }
-        x[e] = load;
+        const struct term_fn f = { .at = load_term, .z = z, .u = u, .h = h, .sel = sel, .E = E, .S = S, .K = K,
+                                   .e = e };
+        x[e] = block_sum_in_order(T, &f);
     }
     *value = moe_k_cv2(dz ? g : NULL, x, E);
     int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
@@ -533,7 +542,6 @@ int moe_cuda_embed_forward(float *out, const int32_t *tok, size_t ld, const floa
                            size_t C, size_t D, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     size_t n = B * C;
     FOR_THREADS (i, n * D)
         moe_k_embed_forward(out, tok, ld, wte, wpe, C, D, i / D, i % D);
@@ -544,7 +552,6 @@ int moe_cuda_lang_rows(float *radd, const float *le, const int32_t *lang, size_t
                        struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, B * C * D)
         moe_k_lang_rows(radd, le, lang, C, D, i / D, i % D);
     return 0;
@@ -554,7 +561,6 @@ int moe_cuda_lang_grad(float *dle, const float *dradd, const int32_t *lang, size
                        struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, G * D)
         moe_k_lang_grad(dle, dradd, lang, B, C, D, i / D, i % D);
     return 0;
@@ -644,7 +650,6 @@ int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float
 int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_t k, int last, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     if (n == 0 || (k == 0 && last))
         return 0;
     FOR_THREADS (i, n)
@@ -655,7 +660,6 @@ int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_
 int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, n)
         moe_k_lora_merge(w, w0, delta, i);
     return 0;
@@ -808,7 +812,6 @@ int moe_cuda_mse(double *sum, float *dy, const float *y, const float *d, size_t 
 int moe_cuda_act_forward(enum moe_cuda_act a, float *y, const float *x, size_t n, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, n) {
         float v = x[i];
         y[i] = a == MOE_CUDA_RELU ? moe_k_relu(v)
@@ -822,7 +825,6 @@ int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float *dy, const
                           struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, n) {
         float v = x[i];
         dx[i] = a == MOE_CUDA_RELU ? moe_k_relu_dx(dy[i], v)
@@ -921,7 +923,6 @@ int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, con
 int moe_cuda_dropout(float *x, size_t n, uint64_t first, const struct moe_cuda_drop *d, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     if (!drop_on(d) || n == 0)
         return 0;
     const struct moe_k_drop k = drop_make(d);
@@ -935,7 +936,6 @@ int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t *row_tok, 
                           const struct moe_cuda_drop *d, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     if (!drop_on(d) || N * F == 0)
         return 0;
     const struct moe_k_drop k = drop_make(d);
@@ -952,7 +952,6 @@ int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t *row_tok, 
 int moe_cuda_bias_rows(float *y, size_t ldy, const float *b, size_t T, size_t O, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, T * O)
         moe_k_bias_rows(y, ldy, b, i / O, i % O);
     return 0;
@@ -961,7 +960,6 @@ int moe_cuda_bias_rows(float *y, size_t ldy, const float *b, size_t T, size_t O,
 int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t O, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     if (T * O == 0)
         return 0;
     FOR_THREADS (o, O)
@@ -972,7 +970,6 @@ int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t
 int moe_cuda_add(float *y, const float *x, size_t n, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, n)
         moe_k_add(y, x, i);
     return 0;
@@ -983,7 +980,6 @@ int moe_cuda_add(float *y, const float *x, size_t n, struct moe_err *err)
 int moe_cuda_blas_init(struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     return 0;
 }
 
@@ -993,7 +989,7 @@ int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, con
                   struct moe_err *err)
 {
     STICKY(err);
-    (void)what, (void)err;
+    (void)what;
     if (M == 0 || N == 0 || (K == 0 && beta == 1.0f))
         return 0;
     moe_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -1068,7 +1064,7 @@ const char *moe_cuda_gemm_grouped_path(void) { return "per-group moe_gemm (host 
 int moe_cuda_use_device(int id, struct moe_err *err)
 {
     STICKY(err);
-    (void)id, (void)err;
+    (void)id;
     return 0;
 }
 
@@ -1081,7 +1077,7 @@ int moe_cuda_copy(void *dst, const void *src, size_t bytes, struct moe_err *err)
 int moe_cuda_memset(void *p, int value, size_t bytes, const char *what, struct moe_err *err)
 {
     STICKY(err);
-    (void)what, (void)err;
+    (void)what;
     if (bytes)
         memset(p, value, bytes);
     return 0;
@@ -1105,7 +1101,6 @@ void moe_cuda_event_free(struct moe_cuda_event *e) { free(e); }
 int moe_cuda_event_record(struct moe_cuda_event *e, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     e->t = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -1116,7 +1111,6 @@ int moe_cuda_event_elapsed(double *ret_seconds, struct moe_cuda_event *a, struct
                            struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     *ret_seconds = b->t - a->t;
     return 0;
 }
@@ -1127,7 +1121,6 @@ int moe_cuda_jitter(float *xr, float *jit, const float *x, size_t n, float eps, 
                     uint32_t stream, uint64_t base, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, n)
         moe_k_jitter(xr, jit, x, eps, seed, purpose, stream, base, i);
     return 0;
@@ -1136,7 +1129,6 @@ int moe_cuda_jitter(float *xr, float *jit, const float *x, size_t n, float eps, 
 int moe_cuda_jitter_back(float *dx, const float *dxr, const float *jit, size_t n, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, n)
         moe_k_jitter_back(dx, dxr, jit, i);
     return 0;
@@ -1145,7 +1137,6 @@ int moe_cuda_jitter_back(float *dx, const float *dxr, const float *jit, size_t n
 int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, n)
         moe_k_mul(h, b, i);
     return 0;
@@ -1154,7 +1145,6 @@ int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err)
 int moe_cuda_swiglu_back(float *db, float *dh, const float *b, size_t n, struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, n)
         moe_k_swiglu_back(db, dh, b, i);
     return 0;
@@ -1164,7 +1154,6 @@ int moe_cuda_scatter(float *dx, const float *dxd, const int32_t *slot_row, size_
                      struct moe_err *err)
 {
     STICKY(err);
-    (void)err;
     FOR_THREADS (i, T * D)
         moe_k_scatter(dx, dxd, slot_row, S, D, i / D, i % D);
     return 0;

@@ -253,7 +253,7 @@ START_TEST(test_plan_hand_prob)
     const int32_t want_flat[5] = { 0, 1, -1, -1, -1 };
     for (int i = 0; i < 5; i++)
         ck_assert_int_eq(d.slot_row[i], want_flat[i]);
-    // NaN priorities (a router that overflowed) come after every number, NaNs by
+    // NaN priorities (a router that overflowed) count as -infinity, ties by
     // token: the order stays total, so the plan is still a plan (no assertion,
     // no token kept twice); the trainer reports the divergence.
     const float nanp[5] = { NAN, 0.1f, NAN, 0.2f, 0.05f };

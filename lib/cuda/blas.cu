@@ -15,8 +15,9 @@
 // Grouped GEMMs (moe_cuda_gemm_grouped): cublasGemmGroupedBatchedEx, cuBLAS
 // 12.5+, looked up like the rest but optional: a libcublas without it, or one
 // that answers NOT_SUPPORTED or ARCH_MISMATCH for these fp32 products, gets
-// one cublasSgemm per group (from then on, for the whole process). Its compute type is CUBLAS_COMPUTE_32F (plain
-// fp32, no TF32, as the handle's math mode). It sums in its own order, which
+// one cublasSgemm per group (from then on, for the whole process). Its
+// compute type is CUBLAS_COMPUTE_32F (plain fp32, no TF32, as the handle's
+// math mode). It sums in its own order, which
 // may differ from cublasSgemm's for the same product: the bits are the
 // grouped call's, repeated run after run as above, not the per-group loop's.
 // Not run on a GPU yet (none was available when it was written); the host

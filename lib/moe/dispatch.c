@@ -109,21 +109,17 @@ void moe_dispatch_release(struct moe_dispatch *d)
     memset(d, 0, sizeof *d);
 }
 
-// MOE_DROP_PROB order within one slot: token a comes before token b when its
-// priority is higher, ties to the lower token; a NaN priority (a router that
-// overflowed) comes after every number, NaNs by token. A total order (tokens
-// differ), NaN or not: the trainer, not the plan, reports the divergence.
-// The device's keep order (cuda/kernels/dispatch.h, moe_k_prob_before) is the same.
-static int prob_before_key(float ka, size_t a, float kb, size_t b)
-{
-    if (isnan(ka) || isnan(kb))
-        return isnan(ka) && isnan(kb) ? a < b : isnan(kb);
-    return ka > kb || (ka == kb && a < b);
-}
+// A priority as the keep order compares it: a NaN (a router that overflowed)
+// counts as -infinity, so the order stays total and the trainer, not the
+// plan, reports the divergence. The device's keep order
+// (cuda/kernels/dispatch.h, moe_k_prob_before) is the same.
+static float prob_key(float p) { return isnan(p) ? -INFINITY : p; }
 
+// MOE_DROP_PROB order within one slot: token a comes before token b when its
+// key (prob_key) is higher, ties to the lower token. A total order (tokens differ).
 static int prob_before(const float *key, int32_t a, int32_t b)
 {
-    return prob_before_key(key[a], (size_t)a, key[b], (size_t)b);
+    return key[a] > key[b] || (key[a] == key[b] && a < b);
 }
 
 static void sift_down(int32_t *v, size_t root, size_t n, const float *key)
@@ -201,7 +197,7 @@ void moe_dispatch_plan(struct moe_dispatch *d, const int32_t *idx, const float *
         }
         size_t m = 0;
         for (size_t t = 0; t < T; t++) {
-            d->key[t] = prio[t * S + s];
+            d->key[t] = prob_key(prio[t * S + s]);
             if (idx[t * S + s] >= 0)
                 d->order[m++] = (int32_t)t;
         }
@@ -255,7 +251,8 @@ size_t moe_dispatch_kept_ref(uint8_t *kept, const int32_t *idx, const float *pri
                     else if (policy == MOE_DROP_ORDER)
                         before = t2 < t;
                     else
-                        before = prob_before_key(prio[j], t2, prio[i], t);
+                        before = prob_key(prio[j]) > prob_key(prio[i]) ||
+                                 (prob_key(prio[j]) == prob_key(prio[i]) && t2 < t);
                     earlier += (size_t)before;
                 }
             }

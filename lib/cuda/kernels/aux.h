@@ -142,23 +142,21 @@ static inline MOE_HD double moe_k_cv2(double *g, const double *x, size_t E)
     return var / (mean * mean);
 }
 
-// Importance_e = sum over tokens, then slots, of the gates routed to e.
-static inline MOE_HD double moe_k_importance_expert(const int32_t *idx, const float *gate, size_t T, size_t S, size_t e)
-{
-    double imp = 0.0;
-    for (size_t t = 0; t < T; t++)
-        for (size_t s = 0; s < S; s++)
-            if (idx[t * S + s] == (int32_t)e)
-                imp += gate[t * S + s];
-    return imp;
-}
-
-// Slot i's (i = t S + s) share of expert e's importance: its gate where it
-// routes to e, else 0. The sum of these in slot order has moe_k_importance_expert's
-// bits: adding +0.0 leaves a sum that starts at +0.0 as it is.
+// Importance_e = sum over tokens, then slots, of the gates routed to e. Slot
+// i's (i = t S + s) term: its gate where it routes to e, else 0; their sum in
+// slot order has the bits of the CPU's sum of the matching gates alone
+// (adding +0.0 leaves a sum that starts at +0.0 as it is).
 static inline MOE_HD double moe_k_importance_term(const int32_t *idx, const float *gate, size_t i, size_t e)
 {
     return idx[i] == (int32_t)e ? (double)gate[i] : 0.0;
+}
+
+static inline MOE_HD double moe_k_importance_expert(const int32_t *idx, const float *gate, size_t T, size_t S, size_t e)
+{
+    double imp = 0.0;
+    for (size_t i = 0; i < T * S; i++)
+        imp += moe_k_importance_term(idx, gate, i, e);
+    return imp;
 }
 
 // Per-expert sums in tiles, for a GPU block per expert (lib/cuda/ops.cu): the

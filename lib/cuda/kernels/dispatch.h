@@ -25,6 +25,7 @@
 #ifndef MOE_K_DISPATCH_H
 #define MOE_K_DISPATCH_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,14 +33,13 @@
 
 // Token a (priority ka) before token b (kb) in the keep order by priority: the
 // higher priority first, ties to the lower token, a NaN (a router that
-// overflowed) after every number, NaNs by token (moe/dispatch.c's
+// overflowed) counted as -infinity (moe/dispatch.c's prob_key and
 // prob_before): a total order, so the places below are a permutation and no
 // two threads write one place, NaN or not.
 static inline MOE_HD int moe_k_prob_before(float ka, size_t a, float kb, size_t b)
 {
-    const int na = ka != ka, nb = kb != kb;
-    if (na || nb)
-        return na && nb ? a < b : nb;
+    ka = ka != ka ? -INFINITY : ka;
+    kb = kb != kb ? -INFINITY : kb;
     return ka > kb || (ka == kb && a < b);
 }
 
