@@ -197,6 +197,16 @@ START_TEST(test_plan_hand_order)
 }
 END_TEST
 
+// The plan's slot_row is want (n slots); kept (when given) marks exactly the kept ones.
+static void expect_rows(const struct moe_dispatch *d, const int32_t *want, const uint8_t *kept, int n)
+{
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(d->slot_row[i], want[i]);
+        if (kept)
+            ck_assert_int_eq(kept[i], want[i] >= 0);
+    }
+}
+
 // Hand examples, drop by probability (batch prioritized routing).
 START_TEST(test_plan_hand_prob)
 {
@@ -245,31 +255,25 @@ START_TEST(test_plan_hand_prob)
     ck_assert_int_eq(moe_dispatch_alloc(&d, 5, 1, 1, &err), 0);
     moe_dispatch_plan(&d, idx3, tie, 5, 2, MOE_DROP_PROB);
     const int32_t want[5] = { -1, 0, -1, 1, -1 }; // tokens 1 and 3 of the three 0.7s
-    for (int i = 0; i < 5; i++)
-        ck_assert_int_eq(d.slot_row[i], want[i]);
+    expect_rows(&d, want, NULL, 5);
     // all equal: the first two tokens, as in ORDER
     const float flat[5] = { 0.25f, 0.25f, 0.25f, 0.25f, 0.25f };
     moe_dispatch_plan(&d, idx3, flat, 5, 2, MOE_DROP_PROB);
     const int32_t want_flat[5] = { 0, 1, -1, -1, -1 };
-    for (int i = 0; i < 5; i++)
-        ck_assert_int_eq(d.slot_row[i], want_flat[i]);
+    expect_rows(&d, want_flat, NULL, 5);
     // NaN priorities (a router that overflowed) count as -infinity, ties by
     // token: the order stays total, so the plan is still a plan (no assertion,
     // no token kept twice); the trainer reports the divergence.
     const float nanp[5] = { NAN, 0.1f, NAN, 0.2f, 0.05f };
     moe_dispatch_plan(&d, idx3, nanp, 5, 2, MOE_DROP_PROB); // keep order t3 t1 t4 t0 t2
     const int32_t want_nan2[5] = { -1, 0, -1, 1, -1 };
-    for (int i = 0; i < 5; i++)
-        ck_assert_int_eq(d.slot_row[i], want_nan2[i]);
+    expect_rows(&d, want_nan2, NULL, 5);
     moe_dispatch_plan(&d, idx3, nanp, 5, 4, MOE_DROP_PROB);
     const int32_t want_nan4[5] = { 0, 1, -1, 2, 3 };
-    for (int i = 0; i < 5; i++)
-        ck_assert_int_eq(d.slot_row[i], want_nan4[i]);
     ck_assert_uint_eq(d.n_dropped, 1);
     uint8_t kept5[5];
     ck_assert_uint_eq(moe_dispatch_kept_ref(kept5, idx3, nanp, 5, 1, 1, 4, MOE_DROP_PROB), 1);
-    for (int i = 0; i < 5; i++)
-        ck_assert_int_eq(kept5[i], want_nan4[i] >= 0);
+    expect_rows(&d, want_nan4, kept5, 5);
     // T = 0: an empty plan
     moe_dispatch_plan(&d, idx3, flat, 0, 2, MOE_DROP_PROB);
     ck_assert_uint_eq(d.n_rows, 0);
