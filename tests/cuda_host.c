@@ -14,11 +14,16 @@
 // check exactly that on a machine without a GPU, and a device step run here
 // can be required to match the CPU model bit for bit. Every function of ops.h
 // is defined here, so a CUDA build's libmoe.a never pulls its ops.o in.
+#include <execinfo.h>
 #include <math.h>
+#include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/gemm.h"
 #include "core/status.h"
@@ -77,61 +82,264 @@ long cuda_host_fail_malloc, cuda_host_fail_optim;
 // tests see what a device does after the fault (no copy back, no further
 // step), not a device that carries on.
 int cuda_host_sticky;
-#define STICKY(err)                                                                                                \
-    do {                                                                                                           \
-        if (cuda_host_sticky)                                                                                      \
-            return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", __func__,                                        \
-                             "an illegal memory access was encountered");                                          \
-    } while (0)
 // Called with every device allocation's size and name when set (the tests'
 // checks of what a device model allocates).
 void (*cuda_host_on_malloc)(size_t bytes, const char *what);
 
 // ---------------------------------------------------------------- device memory
 
+// Device memory is host memory here, so host code that reads or writes it
+// through a device pointer (a loss read straight from a device scalar, a host
+// loop over device weights) works here and faults on a GPU. Guard mode
+// (MOE_CUDA_HOST_GUARD=1; the meson tests *_host_guard) catches that: device
+// memory is one arena of pages that no one may touch (PROT_NONE) except while
+// a function of this file runs, as a launch or a copy does on a GPU (STICKY
+// opens each function's device scope, and the scope closes when it returns).
+// Host code that touches device memory outside a scope faults, and the fault
+// handler names the allocation. Outside guard mode device memory comes from
+// aligned_alloc, where AddressSanitizer sees each allocation's bounds.
+static struct {
+    int on;          // guard mode
+    char *base;      // the arena: reserved, PROT_NONE outside device scopes
+    size_t size, top; // reserved bytes; bytes handed out so far (256-aligned)
+    int depth;       // device scopes open (a function of this file calling another)
+    struct hole {    // freed allocations, reused for the same rounded size
+        char *p;
+        size_t n;
+    } *holes;
+    size_t n_holes, cap_holes;
+} arena;
+
+// Every live device allocation, both modes: address, size and name, so that
+// the copies, memsets and GEMMs can check that each device operand lies inside
+// one live allocation (cudaMemcpy and cuBLAS read past an end silently on a
+// GPU) and that each host operand does not (the direction of a copy).
+static struct dev_alloc {
+    const char *p;
+    size_t bytes;
+    char what[64];
+} *dev;
+static size_t n_dev, cap_dev;
+
+// The live allocation that holds byte p, or NULL.
+static const struct dev_alloc *dev_find(const void *p)
+{
+    for (size_t i = n_dev; i-- > 0;)
+        if ((const char *)p >= dev[i].p && (const char *)p < dev[i].p + (dev[i].bytes ? dev[i].bytes : 1))
+            return &dev[i];
+    return NULL;
+}
+
+// MOE_EINVAL unless [p, p + bytes) lies inside one live device allocation
+// (bytes 0: nothing to check). call and arg name the operand in the error.
+static int dev_span(const void *p, size_t bytes, const char *call, const char *arg, struct moe_err *err)
+{
+    if (!bytes)
+        return 0;
+    const struct dev_alloc *a = dev_find(p);
+    if (!a)
+        return moe_error(err, MOE_EINVAL, "CUDA emulation: %s: %s (%p) is not device memory", call, arg, p);
+    if (bytes > a->bytes - (size_t)((const char *)p - a->p))
+        return moe_error(err, MOE_EINVAL,
+                         "CUDA emulation: %s: %s runs %zu bytes past the end of the device allocation '%s' (%zu "
+                         "bytes, from offset %zu)",
+                         call, arg, bytes - (a->bytes - (size_t)((const char *)p - a->p)), a->what, a->bytes,
+                         (size_t)((const char *)p - a->p));
+    return 0;
+}
+
+// MOE_EINVAL if [p, p + bytes) meets device memory: a copy's host side.
+static int host_span(const void *p, size_t bytes, const char *call, const char *arg, struct moe_err *err)
+{
+    for (size_t i = 0; bytes && i < n_dev; i++)
+        if ((const char *)p < dev[i].p + dev[i].bytes && dev[i].p < (const char *)p + bytes)
+            return moe_error(err, MOE_EINVAL, "CUDA emulation: %s: %s is device memory ('%s'), not host memory",
+                             call, arg, dev[i].what);
+    return 0;
+}
+
+static void guard_fault(int sig, siginfo_t *si, void *ctx)
+{
+    (void)ctx;
+    char msg[256];
+    const struct dev_alloc *a = dev_find(si->si_addr);
+    int n = a ? snprintf(msg, sizeof msg,
+                         "cuda_host: host code touched device memory: '%s' (%zu bytes) at offset %zu, outside any "
+                         "launch or copy (MOE_CUDA_HOST_GUARD); a GPU faults here\n",
+                         a->what, a->bytes, (size_t)((const char *)si->si_addr - a->p))
+              : (char *)si->si_addr >= arena.base && (char *)si->si_addr < arena.base + arena.size
+                  ? snprintf(msg, sizeof msg, "cuda_host: host code touched freed device memory at %p\n", si->si_addr)
+                  : 0;
+    if (n > 0)
+        (void)!write(2, msg, (size_t)n);
+    void *frames[32];
+    backtrace_symbols_fd(frames, backtrace(frames, 32), 2);
+    signal(sig, SIG_DFL); // returning runs the access again, now to the default action
+}
+
+static int guard_on(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *g = getenv("MOE_CUDA_HOST_GUARD");
+        on = g && strcmp(g, "1") == 0;
+    }
+    return on;
+}
+
+// mprotect of the arena's bytes [from, to), widened to whole pages.
+static int arena_protect(size_t from, size_t to, int prot)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    from &= ~(page - 1);
+    to = (to + page - 1) & ~(page - 1);
+    return to > from ? mprotect(arena.base + from, to - from, prot) : 0;
+}
+
+// A device scope: open (the arena readable and writable) from the first
+// STICKY of a call to this file until that call returns.
+static int device_enter(void)
+{
+    if (arena.on && arena.depth++ == 0 && arena_protect(0, arena.top, PROT_READ | PROT_WRITE))
+        abort();
+    return 0;
+}
+
+static void device_leave(int *unused)
+{
+    (void)unused;
+    if (arena.on && --arena.depth == 0 && arena_protect(0, arena.top, PROT_NONE))
+        abort();
+}
+
+#define STICKY(err)                                                                                                \
+    int device_scope_ __attribute__((cleanup(device_leave), unused)) = device_enter();                             \
+    if (cuda_host_sticky)                                                                                          \
+    return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", __func__, "an illegal memory access was encountered")
+
+// n bytes (256-aligned) from the arena: a hole of that size, or new pages at
+// its top (readable and writable, as the call that asks for them is a scope).
+static char *arena_alloc(size_t n)
+{
+    if (!arena.base) {
+        arena.size = (size_t)1 << 36; // address space only (MAP_NORESERVE): pages come as they are touched
+        void *b = mmap(NULL, arena.size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (b == MAP_FAILED)
+            return NULL;
+        arena.base = b;
+        struct sigaction sa = { .sa_sigaction = guard_fault, .sa_flags = SA_SIGINFO };
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, NULL);
+    }
+    for (size_t i = 0; i < arena.n_holes; i++)
+        if (arena.holes[i].n == n) {
+            char *p = arena.holes[i].p;
+            arena.holes[i] = arena.holes[--arena.n_holes];
+            return p;
+        }
+    if (n > arena.size - arena.top || arena_protect(arena.top, arena.top + n, PROT_READ | PROT_WRITE))
+        return NULL;
+    arena.top += n;
+    return arena.base + arena.top - n;
+}
+
+static void arena_free(char *p, size_t n)
+{
+    if (n_dev == 0 && arena.depth == 0) { // nothing live: start the arena over, its pages given back
+        madvise(arena.base, arena.top, MADV_DONTNEED);
+        arena_protect(0, arena.top, PROT_NONE);
+        arena.top = arena.n_holes = 0;
+        return;
+    }
+    if (arena.n_holes == arena.cap_holes) {
+        size_t cap = arena.cap_holes ? 2 * arena.cap_holes : 64;
+        struct hole *h = realloc(arena.holes, cap * sizeof *h);
+        if (!h)
+            return; // the bytes stay unused
+        arena.holes = h;
+        arena.cap_holes = cap;
+    }
+    arena.holes[arena.n_holes++] = (struct hole){ p, n };
+}
+
 // cudaMalloc: at least one byte, 256-byte aligned, not initialised.
 int moe_cuda_malloc(void **ret, size_t bytes, const char *what, struct moe_err *err)
 {
+    arena.on = guard_on();
     STICKY(err);
-    if (cuda_host_fail_malloc > 0 && --cuda_host_fail_malloc == 0) {
-        *ret = NULL;
+    *ret = NULL;
+    if (cuda_host_fail_malloc > 0 && --cuda_host_fail_malloc == 0)
         return moe_error(err, MOE_ENOMEM, "CUDA: cudaMalloc of %zu bytes for %s failed: %s", bytes, what,
                          "out of memory");
+    if (n_dev == cap_dev) {
+        size_t cap = cap_dev ? 2 * cap_dev : 64;
+        struct dev_alloc *d = realloc(dev, cap * sizeof *d);
+        if (!d)
+            return moe_error(err, MOE_ENOMEM, "out of memory for the emulation's allocation table");
+        dev = d;
+        cap_dev = cap;
     }
     size_t n = bytes ? bytes : 1;
-    *ret = n <= SIZE_MAX - 255 ? aligned_alloc(256, (n + 255) & ~(size_t)255) : NULL;
-    if (*ret) {
-        if (cuda_host_on_malloc)
-            cuda_host_on_malloc(bytes, what);
-        int rc = moe_cuda_mem_note(*ret, bytes, err);
-        if (rc) {
-            free(*ret);
-            *ret = NULL;
-        }
+    n = n <= SIZE_MAX - 255 ? (n + 255) & ~(size_t)255 : 0;
+    *ret = !n ? NULL : arena.on ? arena_alloc(n) : aligned_alloc(256, n);
+    if (!*ret)
+        return moe_error(err, MOE_ENOMEM, "CUDA: cudaMalloc of %zu bytes for %s failed: %s", bytes, what,
+                         "out of memory");
+    if (cuda_host_on_malloc)
+        cuda_host_on_malloc(bytes, what);
+    int rc = moe_cuda_mem_note(*ret, bytes, err);
+    if (rc) {
+        arena.on ? arena_free(*ret, n) : free(*ret);
+        *ret = NULL;
         return rc;
     }
-    return moe_error(err, MOE_ENOMEM, "CUDA: cudaMalloc of %zu bytes for %s failed: %s", bytes, what,
-                     "out of memory");
+    dev[n_dev].p = *ret;
+    dev[n_dev].bytes = bytes;
+    snprintf(dev[n_dev].what, sizeof dev[n_dev].what, "%s", what ? what : "?");
+    n_dev++;
+    return 0;
 }
 
 void moe_cuda_free(void *p)
 {
+    if (!p)
+        return;
     moe_cuda_mem_forget(p);
-    free(p);
+    for (size_t i = n_dev; i-- > 0;)
+        if (dev[i].p == p) {
+            size_t n = ((dev[i].bytes ? dev[i].bytes : 1) + 255) & ~(size_t)255;
+            dev[i] = dev[--n_dev];
+            if (arena.on)
+                arena_free(p, n);
+            else
+                free(p);
+            return;
+        }
+    abort(); // not a live device allocation: cudaFree would fail, a double free here
 }
 
+// cudaMemcpy, with its direction checked: the device side inside one live
+// allocation, the host side outside all of them.
 int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
     STICKY(err);
-    if (bytes)
+    int rc = dev_span(dst, bytes, "cudaMemcpy host to device", "the destination", err);
+    if (!rc)
+        rc = host_span(src, bytes, "cudaMemcpy host to device", "the source", err);
+    if (!rc && bytes)
         memcpy(dst, src, bytes);
-    return 0;
+    return rc;
 }
 
 int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
     STICKY(err);
-    return moe_cuda_to_device(dst, src, bytes, err);
+    int rc = dev_span(src, bytes, "cudaMemcpy device to host", "the source", err);
+    if (!rc)
+        rc = host_span(dst, bytes, "cudaMemcpy device to host", "the destination", err);
+    if (!rc && bytes)
+        memcpy(dst, src, bytes);
+    return rc;
 }
 
 // ---------------------------------------------------------------- router
@@ -983,19 +1191,6 @@ int moe_cuda_blas_init(struct moe_err *err)
     return 0;
 }
 
-// cuBLAS's early returns, then the CPU library's product.
-int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
-                  const float *B, size_t ldb, float beta, float *C, size_t ldc, const char *what,
-                  struct moe_err *err)
-{
-    STICKY(err);
-    (void)what;
-    if (M == 0 || N == 0 || (K == 0 && beta == 1.0f))
-        return 0;
-    moe_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return 0;
-}
-
 // The bytes [lo, hi) a row-major rows x cols operand with leading dimension ld spans.
 struct span {
     uintptr_t lo, hi;
@@ -1010,6 +1205,38 @@ static struct span span_of(const float *p, size_t rows, size_t cols, size_t ld)
 }
 
 static int spans_meet(struct span a, struct span b) { return a.lo < b.hi && b.lo < a.hi; }
+
+// Each operand of a product inside one live device allocation (cuBLAS reads
+// and writes past an end silently on a GPU). A is M x K (K x M transposed), B
+// K x N (N x K transposed); no K, no A or B read.
+static int gemm_operands(int ta, int tb, size_t M, size_t N, size_t K, const float *A, size_t lda, const float *B,
+                         size_t ldb, const float *C, size_t ldc, const char *what, struct moe_err *err)
+{
+    struct span a = ta ? span_of(A, K, M, lda) : span_of(A, M, K, lda);
+    struct span b = tb ? span_of(B, N, K, ldb) : span_of(B, K, N, ldb);
+    struct span c = span_of(C, M, N, ldc);
+    int rc = dev_span(A, a.hi - a.lo, what, "A", err);
+    if (!rc)
+        rc = dev_span(B, b.hi - b.lo, what, "B", err);
+    if (!rc)
+        rc = dev_span(C, c.hi - c.lo, what, "C", err);
+    return rc;
+}
+
+// cuBLAS's early returns, then the CPU library's product.
+int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
+                  const float *B, size_t ldb, float beta, float *C, size_t ldc, const char *what,
+                  struct moe_err *err)
+{
+    STICKY(err);
+    if (M == 0 || N == 0 || (K == 0 && beta == 1.0f))
+        return 0;
+    int rc = gemm_operands(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, what, err);
+    if (rc)
+        return rc;
+    moe_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return 0;
+}
 
 // cublasGemmGroupedBatchedEx runs the groups concurrently: a group that
 // writes what another reads or writes is a race there (blas.h). The emulation
@@ -1071,16 +1298,21 @@ int moe_cuda_use_device(int id, struct moe_err *err)
 int moe_cuda_copy(void *dst, const void *src, size_t bytes, struct moe_err *err)
 {
     STICKY(err);
-    return moe_cuda_to_device(dst, src, bytes, err); // all of it is host memory here
+    int rc = dev_span(dst, bytes, "cudaMemcpy device to device", "the destination", err);
+    if (!rc)
+        rc = dev_span(src, bytes, "cudaMemcpy device to device", "the source", err);
+    if (!rc && bytes)
+        memcpy(dst, src, bytes);
+    return rc;
 }
 
 int moe_cuda_memset(void *p, int value, size_t bytes, const char *what, struct moe_err *err)
 {
     STICKY(err);
-    (void)what;
-    if (bytes)
+    int rc = dev_span(p, bytes, "cudaMemset", what, err);
+    if (!rc && bytes)
         memset(p, value, bytes);
-    return 0;
+    return rc;
 }
 
 // An event is the host's monotonic clock when it is recorded (everything

@@ -25,6 +25,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef MOE_TEST_CUDA_HOST
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#endif
 
 #include "core/gemm.h"
 #include "core/params.h"
@@ -1219,6 +1224,72 @@ static void test_gemm_grouped(void)
     free(A), free(B), free(C), free(C2), free(m), free(Aa), free(Ba);
 }
 
+#ifdef MOE_TEST_CUDA_HOST
+// The emulation's own checks of what a GPU would fault on or corrupt silently
+// (tests/cuda_host.c): a copy's device side must lie inside one live device
+// allocation and its host side outside all of them; so must a memset's and a
+// GEMM's operands. In guard mode (MOE_CUDA_HOST_GUARD=1) host code that reads
+// device memory directly is killed by SIGSEGV, with the allocation named.
+static void test_emulation_checks(void)
+{
+    struct moe_err err;
+    float h[64] = { 0 }, h2[64];
+    float *d = dev(h, sizeof h), *d2 = dev(NULL, sizeof h);
+    EXPECT(moe_cuda_to_device(h2, h, sizeof h, &err) == MOE_EINVAL && strstr(err.msg, "is not device memory"),
+           "a host destination of a host-to-device copy not refused: %s", err.msg);
+    EXPECT(moe_cuda_to_device(d, d2, sizeof h, &err) == MOE_EINVAL &&
+               strstr(err.msg, "the source is device memory ('test')"),
+           "a device source of a host-to-device copy not refused: %s", err.msg);
+    EXPECT(moe_cuda_to_host(d2, d, sizeof h, &err) == MOE_EINVAL && strstr(err.msg, "the destination is device"),
+           "a device destination of a device-to-host copy not refused: %s", err.msg);
+    EXPECT(moe_cuda_to_host(h2, d + 1, sizeof h, &err) == MOE_EINVAL &&
+               strstr(err.msg, "runs 4 bytes past the end of the device allocation 'test' (256 bytes, from offset 4)"),
+           "a copy past the end of an allocation not refused: %s", err.msg);
+    EXPECT(moe_cuda_copy(d2, h, sizeof h, &err) == MOE_EINVAL && strstr(err.msg, "is not device memory"),
+           "a host source of a device-to-device copy not refused: %s", err.msg);
+    EXPECT(moe_cuda_memset(d + 60, 0, 5 * sizeof *d, "tail", &err) == MOE_EINVAL && strstr(err.msg, "cudaMemset: tail"),
+           "a memset past the end not refused: %s", err.msg);
+    // C (8 x 8, ld 8) fits; with ld 9 its last row ends 7 floats past the end
+    EXPECT(moe_cuda_gemm(0, 0, 8, 8, 0, 1.0f, d, 8, d, 8, 0.0f, d2, 8, "fits", &err) == 0, "%s", err.msg);
+    EXPECT(moe_cuda_gemm(0, 0, 8, 8, 0, 1.0f, d, 8, d, 8, 0.0f, d2, 9, "long", &err) == MOE_EINVAL &&
+               strstr(err.msg, "long: C runs 28 bytes past the end"),
+           "a GEMM operand past the end not refused: %s", err.msg);
+    EXPECT(moe_cuda_gemm(0, 0, 8, 8, 8, 1.0f, h, 8, d, 8, 0.0f, d2, 8, "host A", &err) == MOE_EINVAL &&
+               strstr(err.msg, "host A: A (") && strstr(err.msg, "is not device memory"),
+           "a host GEMM operand not refused: %s", err.msg);
+    EXPECT(moe_cuda_copy(d2, d, sizeof h, &err) == 0, "%s", err.msg);
+    host(h2, d2, sizeof h);
+    EXPECT(memcmp(h, h2, sizeof h) == 0, "a device-to-device copy changed the bytes");
+    const char *g = getenv("MOE_CUDA_HOST_GUARD");
+    if (g && strcmp(g, "1") == 0) {
+        int fd[2];
+        EXPECT(pipe(fd) == 0, "pipe");
+        pid_t pid = fork();
+        if (pid == 0) {
+            dup2(fd[1], 2);
+            volatile float x = d2[3]; // host code reading device memory: a GPU faults here, and so must this
+            (void)x;
+            _exit(0);
+        }
+        close(fd[1]);
+        char buf[4096] = { 0 };
+        size_t got = 0;
+        for (ssize_t r; got < sizeof buf - 1 && (r = read(fd[0], buf + got, sizeof buf - 1 - got)) > 0;)
+            got += (size_t)r;
+        close(fd[0]);
+        int status = 0;
+        waitpid(pid, &status, 0);
+        EXPECT(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV, "guard mode: a host read of device memory was not "
+                                                                    "killed by SIGSEGV (status %d)", status);
+        EXPECT(strstr(buf, "host code touched device memory: 'test' (256 bytes) at offset 12") != NULL,
+               "guard mode: the fault does not name the allocation: %s", buf);
+        printf("# guard mode: a host read of device memory, killed by signal %d\n",
+               WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    }
+    moe_cuda_free(d), moe_cuda_free(d2);
+}
+#endif
+
 int main(void)
 {
     int rc = cuda_test_begin();
@@ -1246,6 +1317,9 @@ int main(void)
     test_distill();
     test_gemm();
     test_gemm_grouped();
+#ifdef MOE_TEST_CUDA_HOST
+    test_emulation_checks();
+#endif
     printf("%s: %d failures\n", failures ? "FAIL" : "ok", failures);
     return failures ? 1 : 0;
 }
