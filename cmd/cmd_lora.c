@@ -3,6 +3,7 @@
 // set from its options: the same data, metrics and summary, but the output is
 // DIR/adapters.safetensors (the adapters and any base tensor trained in full),
 // and with --merge DIR/merged.safetensors (W0 + (alpha/r) B A, a plain model).
+// --dry-run prints the run's estimate, adapters counted, and writes nothing.
 #include <stdio.h>
 #include <string.h>
 
@@ -13,7 +14,7 @@ static const char *const usage =
     "                [--expert-mode per-expert|shared] [--freeze-router] [--merge]\n"
     "                [--trainable GLOB] [--freeze GLOB] [--set key.path=value]... [--out DIR]\n"
     "                [--seed N] [--threads N] [--device cpu|cuda[:N]] [--force] [--ignore-memory]\n"
-    "                [--quiet] [--progress-every SECONDS] [--tag KEY=VALUE]...\n"
+    "                [--quiet] [--progress-every SECONDS] [--tag KEY=VALUE]... [--dry-run]\n"
     "Train rank-R adapters W = W0 + (alpha/R) B A on the matrices of the base model whose\n"
     "tensor names match a glob (fnmatch, '*' crosses dots), everything else frozen but\n"
     "the routers (unless --freeze-router) and what --trainable names. Expert tensors\n"
@@ -25,10 +26,17 @@ static const char *const usage =
     "lora.freeze_router, train.trainable and train.freeze.\n"
     "Progress, --quiet, --progress-every, --force (clear a previous run in DIR),\n"
     "--device (the steps and the adapters on a GPU) and --ignore-memory: as for moe\n"
-    "train (moe help train).\n";
+    "train (moe help train).\n"
+    "--dry-run trains nothing and writes nothing: it reads the base and prints moe\n"
+    "train --dry-run's estimate of this run, the frozen base with gradients but\n"
+    "optimizer moments only for what trains (routers, --trainable, adapters), and\n"
+    "memory_bytes.adapters (their values and gradients, each adapted matrix's W0,\n"
+    "scratch) in memory_bytes.total and fits: the figure the run checks before it\n"
+    "allocates; and \"tuning\", the summary's parameter counts (adapted_tensors,\n"
+    "adapter_parameters, trainable_parameters, ...) as the run will write them.\n";
 
 enum { OPT_BASE = OPT_FIRST_CMD, OPT_RANK, OPT_ALPHA, OPT_TARGETS, OPT_EXPERT_MODE, OPT_FREEZE_ROUTER, OPT_MERGE,
-       OPT_TRAINABLE, OPT_FREEZE };
+       OPT_TRAINABLE, OPT_FREEZE, OPT_DRY_RUN };
 
 struct lora_ctx {
     struct cli_train_opts *o;
@@ -64,6 +72,9 @@ static int on_opt(void *ctx_, int opt, const char *arg)
         return cli_add_set(ctx->c, "--trainable", "train.trainable", arg, 1);
     case OPT_FREEZE:
         return cli_add_set(ctx->c, "--freeze", "train.freeze", arg, 1);
+    case OPT_DRY_RUN:
+        ctx->o->dry_run = 1;
+        return 0;
     default:
         return 2;
     }
@@ -81,6 +92,7 @@ int cmd_lora(int argc, char **argv)
                                           { "merge", no_argument, NULL, OPT_MERGE },
                                           { "trainable", required_argument, NULL, OPT_TRAINABLE },
                                           { "freeze", required_argument, NULL, OPT_FREEZE },
+                                          { "dry-run", no_argument, NULL, OPT_DRY_RUN },
                                           { 0, 0, 0, 0 } };
     const char *cmd = "lora";
     struct cli_common c;

@@ -216,12 +216,26 @@ static int dry_device(const char *cmd, const struct cli_common *c, const struct 
     return 0;
 }
 
+// moe lora --dry-run: the base checkpoint read as the run will read it (a
+// missing or malformed file refused with the run's message; with text data
+// loaded, its vocabulary and languages checked against the data's).
+static int dry_base(const char *cmd, const char *path, const struct moe_data *data)
+{
+    struct moe_err err = { 0 };
+    struct moe_st_file f;
+    int rc = moe_safetensors_open(path, &f, &err) || moe_data_check_text_checkpoint(data, &f, &err);
+    moe_safetensors_close(&f);
+    return rc ? cli_fail(cmd, &err) : 0;
+}
+
 // --dry-run: the estimate on stdout, from the config alone when it gives the
 // data's shape (synthetic), else after loading the data. cuda: what the CUDA
 // probe found for --device cuda[:N] (then the output has a "device" object),
-// NULL for --device cpu.
-static int dry_run(const char *cmd, const struct cli_common *c, const struct moe_config *cfg,
-                   const struct moe_run_cfg *rcfg, const struct moe_backend_info *cuda)
+// NULL for --device cpu. moe lora (o->lora): the run's estimate with its
+// adapters (MOE_RUN_LORA, the figure it checks), the base checkpoint read, and
+// summary.tuning as the run will write it.
+static int dry_run(const char *cmd, const struct cli_common *c, const struct cli_train_opts *o,
+                   const struct moe_config *cfg, const struct moe_run_cfg *rcfg, const struct moe_backend_info *cuda)
 {
     struct moe_err err = { 0 };
     struct moe_data data;
@@ -239,10 +253,15 @@ static int dry_run(const char *cmd, const struct cli_common *c, const struct moe
     }
     struct moe_model_estimate est;
     const size_t max_batch = train_batch(rcfg, n_train, n_test, NULL);
-    int rc = moe_run_estimate(rcfg, NULL, task, n_in, n_out, n_train, n_test, max_batch, 1, &est, &err);
+    int rc = moe_run_estimate(rcfg, NULL, task, n_in, n_out, n_train, n_test, max_batch,
+                              o->lora ? MOE_RUN_LORA : MOE_RUN_TRAIN, &est, &err);
     if (rc) {
         moe_data_release(&data);
         return cli_fail(cmd, &err);
+    }
+    if (o->lora && (rc = dry_base(cmd, o->init, &data))) {
+        moe_data_release(&data);
+        return rc;
     }
     // a distillation's teacher and baseline beside the student (distill.*)
     cJSON *peers = cJSON_CreateObject();
@@ -263,6 +282,11 @@ static int dry_run(const char *cmd, const struct cli_common *c, const struct moe
         cJSON_AddItemToObject(s, "distill", peers);
     else
         cJSON_Delete(peers);
+    if (o->lora && (rc = tune_dry(cmd, rcfg, task, n_in, n_out, s))) {
+        cJSON_Delete(s);
+        moe_data_release(&data);
+        return rc;
+    }
     cJSON *e = cli_estimate_json(&est, !known);
     for (cJSON *it = e ? e->child : NULL; it;) { // merge the estimate's keys into the summary
         cJSON *next = it->next;
@@ -437,14 +461,18 @@ static int load_data(struct train_run *r)
 {
     struct moe_err err = { 0 };
     int checked = 0, rc;
-    if ((rc = cli_check_run(r->cmd, &r->rc, NULL, NULL, train_batch, NULL, 1, r->c->ignore_memory, &r->est, &checked)))
+    // moe lora: its adapters and what it trains (train.h MOE_RUN_LORA), the figure its dry run prints
+    const enum moe_run_kind kind = r->o->lora ? MOE_RUN_LORA : MOE_RUN_TRAIN;
+    if ((rc = cli_check_run(r->cmd, &r->rc, NULL, NULL, train_batch, NULL, kind, r->c->ignore_memory, &r->est,
+                            &checked)))
         return rc;
     if (moe_data_load_cfg(&r->data, &r->rc.data, r->has_vocab > 0 ? &r->ck_vocab : NULL, &err))
         return cli_fail(r->cmd, &err);
     if (r->data.has_text && (rc = run_output_text(r->cmd, &r->outs, &r->data)))
         return rc;
     if (!checked)
-        rc = cli_check_run(r->cmd, &r->rc, NULL, &r->data, train_batch, NULL, 1, r->c->ignore_memory, &r->est, &checked);
+        rc = cli_check_run(r->cmd, &r->rc, NULL, &r->data, train_batch, NULL, kind, r->c->ignore_memory, &r->est,
+                           &checked);
     return rc;
 }
 
@@ -663,7 +691,7 @@ static int write_summary(struct train_run *r, const struct moe_train_result *res
     run_output_summary_identity(s, &r->outs);
     run_output_summary_model(s, &r->outs);
     if (r->tune.frozen)
-        tune_summary(s, &r->model, &r->tune, o->lora ? &r->lora : NULL);
+        tune_summary(s, &r->model.params, &r->tune, o->lora ? &r->lora : NULL);
     int rc = distill_summary(r->cmd, s, &r->distill, &r->rc, &r->data, &res->final_test, r->out);
     if (rc) {
         cJSON_Delete(s);
@@ -814,9 +842,11 @@ static int prepare(struct train_run *r, cJSON **done, int *ret_done)
     }
     if (moe_run_cfg_parse(&r->rc, &r->cfg, &err))
         return cli_fail(cmd, &err);
+    if ((rc = tune_check(cmd, &r->rc, o->lora)))
+        return rc;
     if (o->dry_run) {
         *ret_done = 1;
-        return dry_run(cmd, c, &r->cfg, &r->rc, r->on_device ? cuda : NULL);
+        return dry_run(cmd, c, o, &r->cfg, &r->rc, r->on_device ? cuda : NULL);
     }
     if (!r->out) {
         snprintf(r->default_out, sizeof r->default_out, "runs/train-%016llx", (unsigned long long)moe_config_hash(&r->cfg));

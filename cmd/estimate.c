@@ -44,6 +44,7 @@ cJSON *cli_estimate_json(const struct moe_model_estimate *e, int data_loaded)
     cJSON_AddNumberToObject(m, "params", (double)e->bytes_params);
     cJSON_AddNumberToObject(m, "grads", (double)e->bytes_grads);
     cJSON_AddNumberToObject(m, "optimizer", (double)e->bytes_optimizer);
+    cJSON_AddNumberToObject(m, "adapters", (double)e->bytes_adapters);
     cJSON_AddNumberToObject(m, "activations", (double)e->bytes_activations);
     cJSON_AddNumberToObject(m, "trainer", (double)e->bytes_trainer);
     cJSON_AddNumberToObject(m, "data", (double)e->bytes_data);
@@ -111,8 +112,8 @@ int cli_check_memory_with(const char *cmd, const struct moe_model_estimate *e, i
 }
 
 int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
-                  cli_batch_fn batch, const void *ctx, int training, int ignore_memory, struct moe_model_estimate *ret_est,
-                  int *ret_checked)
+                  cli_batch_fn batch, const void *ctx, enum moe_run_kind kind, int ignore_memory,
+                  struct moe_model_estimate *ret_est, int *ret_checked)
 {
     struct moe_err err = { 0 };
     enum moe_task task;
@@ -130,7 +131,7 @@ int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *los
             return known < 0 ? cli_fail(cmd, &err) : 0;
     }
     struct moe_model_estimate est;
-    if (moe_run_estimate(rc, loss, task, n_in, n_out, n_train, n_test, batch(rc, n_train, n_test, ctx), training, &est,
+    if (moe_run_estimate(rc, loss, task, n_in, n_out, n_train, n_test, batch(rc, n_train, n_test, ctx), kind, &est,
                            &err))
         return cli_fail(cmd, &err);
     *ret_checked = 1;

@@ -20,7 +20,7 @@ int cli_memory_for_run(const struct moe_model_estimate *e, int data_loaded, size
                        const char **ret_source, struct moe_err *err);
 
 // {"parameters", "active_parameters", "flops_per_token", "flops_forward_per_token",
-//  "memory_bytes": {"params", "grads", "optimizer", "activations", "trainer", "data",
+//  "memory_bytes": {"params", "grads", "optimizer", "adapters", "activations", "trainer", "data",
 //                   "data_readers", "process", "total"},
 //  "largest_buffer": "...", "memory_available_bytes", "memory_available_source", "fits"}
 // memory_available_bytes as cli_memory_for_run, fits = total <= available
@@ -57,10 +57,10 @@ typedef size_t (*cli_batch_fn)(const struct moe_run_cfg *rc, size_t n_train, siz
 // splits; or NULL before loading, when the shape comes from the config if it
 // can (synthetic data, moe_data_shape_cfg) and otherwise nothing is checked yet
 // (returns 0 with *ret_checked = 0: call again once the data is loaded).
-// training: as moe_model_estimate. ignore_memory: --ignore-memory. ret_est (may be NULL): the estimate, for
-// --dry-run; written when *ret_checked is set.
+// kind: as moe_run_estimate (0 evaluation, 1 training, MOE_RUN_LORA). ignore_memory: --ignore-memory.
+// ret_est (may be NULL): the estimate, for --dry-run; written when *ret_checked is set.
 int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
-                  cli_batch_fn batch, const void *ctx, int training, int ignore_memory, struct moe_model_estimate *ret_est,
-                  int *ret_checked);
+                  cli_batch_fn batch, const void *ctx, enum moe_run_kind kind, int ignore_memory,
+                  struct moe_model_estimate *ret_est, int *ret_checked);
 
 #endif

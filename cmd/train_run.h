@@ -137,13 +137,22 @@ int distill_check_tags(const char *cmd, const struct cli_tags *tags);
 
 // ---------------------------------------------------------------- train_tune.c
 
+// Refuse lora.rank > 0 outside moe lora (lora_mode 0), and in it a rank of 0
+// or no lora.targets (exit 2): before the memory check, which lays the adapters
+// out (train.h MOE_RUN_LORA), and before a dry run.
+int tune_check(const char *cmd, const struct moe_run_cfg *rcfg, int lora_mode);
 // What the run trains (train.trainable / train.freeze, and for moe lora the
 // adapters of lora.*): fills *ret_sel (frozen = NULL: everything) and, with
-// adapters, *lora.
+// adapters, *lora: the layout the memory check counted, allocated and initialised.
 int tune_setup(const char *cmd, const struct moe_run_cfg *rcfg, struct moe_model *m, int lora_mode,
                struct moe_tune_sel *ret_sel, struct moe_lora *lora);
-// summary.tuning: the trainable parameters and their share.
-void tune_summary(cJSON *s, const struct moe_model *m, const struct moe_tune_sel *sel, const struct moe_lora *l);
+// moe lora --dry-run: summary.tuning into s, as tune_summary will write it for
+// the run, from the model's registry (model/estimate.h moe_model_params_hp) and
+// the same selection and adapters (tune.h moe_lora_setup), nothing allocated.
+int tune_dry(const char *cmd, const struct moe_run_cfg *rcfg, enum moe_task task, size_t n_in, size_t n_out,
+             cJSON *s);
+// summary.tuning: the trainable parameters and their share (p: the model's registry).
+void tune_summary(cJSON *s, const struct moe_params *p, const struct moe_tune_sel *sel, const struct moe_lora *l);
 // adapters.safetensors: the adapters and the base tensors not frozen.
 int tune_write_adapters(const char *path, const struct moe_model *m, const uint8_t *frozen,
                         const struct moe_lora *l, const struct moe_st_meta *meta, size_t n_meta,

@@ -468,9 +468,113 @@ START_TEST(test_training_bytes)
 }
 END_TEST
 
-// ---- the data files: corpus, IDX and table figures against what the readers really make
-
 static size_t r64(size_t n) { return n ? (n + 63) / 64 * 64 : 64; }
+
+// moe lora's estimate (MOE_RUN_LORA) against the run's own set-up on the
+// model it builds (cmd/train_tune.c: tune.h moe_lora_setup, then
+// moe_lora_alloc): the model's figures are the training estimate's (the frozen
+// base keeps its gradients); the optimizer's moments are those of the floats
+// moe_train_segments hands the optimizer (the trained tensors and slices, then
+// the adapters), not of the whole model; bytes_adapters is what moe_lora_alloc
+// allocates (mallinfo2 around it, within 1% + 4 KiB: chunk headers) and every
+// other part is as before. Per-expert and shared adapters, routers trained or
+// frozen, an expert slice trained, the Transformer's attention and experts.
+START_TEST(test_lora_bytes)
+{
+    static const struct {
+        const char *label;
+        enum moe_task task;
+        size_t n_in, n_out;
+        const char *ovs[12];
+    } cases[] = {
+        { "mlp-moe, per-expert", MOE_TASK_CLASSIFICATION, 40, 10,
+          { "model.type=mlp-moe", "model.n_embd=64", "model.n_ff=128", "model.n_expert=8", "model.n_layer=2",
+            "optim.type=adamw", "lora.rank=4", "lora.targets=[\"*.experts.*\"]" } },
+        { "mlp-moe, shared, routers frozen, accumulate 2", MOE_TASK_CLASSIFICATION, 40, 10,
+          { "model.type=mlp-moe", "model.n_embd=64", "model.n_ff=128", "model.n_expert=8", "model.n_layer=2",
+            "optim.type=sgd", "lora.rank=3", "lora.targets=[\"*.experts.*\", \"head.weight\"]",
+            "lora.expert_mode=shared", "lora.freeze_router=true", "train.accumulate=2" } },
+        { "mlp-moe, an expert slice trained", MOE_TASK_CLASSIFICATION, 40, 10,
+          { "model.type=mlp-moe", "model.n_embd=64", "model.n_ff=96", "model.n_expert=4", "model.n_layer=2",
+            "optim.type=adamw", "lora.rank=2", "lora.targets=[\"*.w2\"]",
+            "train.trainable=[\"layers.0.moe.experts.w1@1-2\"]" } },
+        { "transformer, attention and experts", MOE_TASK_LM, 1, 256,
+          { "model.type=transformer", "model.n_embd=32", "model.n_head=4", "model.n_ctx=16", "model.n_ff=64",
+            "model.n_layer=2", "model.moe_every=1", "model.n_expert=4", "optim.type=adamw", "lora.rank=4",
+            "lora.targets=[\"*.attn.*\", \"*.experts.w1\"]" } },
+    };
+    const int heap = heap_measurable();
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        const char *label = cases[c].label;
+        size_t n = 0;
+        while (n < 12 && cases[c].ovs[n])
+            n++;
+        struct moe_config cfg;
+        struct moe_run_cfg rc;
+        struct moe_err err = { 0 };
+        make_cfg(&cfg, cases[c].ovs, n);
+        ck_assert_msg(moe_run_cfg_parse(&rc, &cfg, &err) == 0, "%s: %s", label, err.msg);
+        const size_t T = 32, N = 1000;
+        struct moe_model_estimate tr, lo;
+        enum moe_task task = cases[c].task;
+        ck_assert_msg(moe_run_estimate(&rc, NULL, task, cases[c].n_in, cases[c].n_out, N, N, T, MOE_RUN_TRAIN, &tr,
+                                       &err) == 0, "%s: %s", label, err.msg);
+        ck_assert_msg(moe_run_estimate(&rc, NULL, task, cases[c].n_in, cases[c].n_out, N, N, T, MOE_RUN_LORA, &lo,
+                                       &err) == 0, "%s: %s", label, err.msg);
+        ck_assert_uint_eq(lo.parameters, tr.parameters);
+        ck_assert_uint_eq(lo.bytes_params, tr.bytes_params);
+        ck_assert_uint_eq(lo.bytes_grads, tr.bytes_grads);
+        ck_assert_uint_eq(lo.bytes_activations, tr.bytes_activations);
+        ck_assert_uint_eq(lo.bytes_trainer, tr.bytes_trainer);
+        ck_assert_uint_eq(tr.bytes_adapters, 0);
+        ck_assert_uint_eq(lo.bytes_total, tr.bytes_total - tr.bytes_optimizer + lo.bytes_optimizer + lo.bytes_adapters);
+
+        struct moe_model m;
+        ck_assert_msg(moe_model_create_hp(&m, &rc.model, NULL, task, cases[c].n_in, cases[c].n_out, T, &err) == 0,
+                      "%s: %s", label, err.msg);
+        struct moe_tune_sel sel;
+        struct moe_lora l;
+        const struct moe_train_cfg *tc = &rc.train;
+        ck_assert_msg(moe_lora_setup(&sel, &l, &m.params, &rc.lora, tc->trainable, tc->n_trainable, tc->freeze,
+                                     tc->n_freeze, &err) == 0, "%s: %s", label, err.msg);
+        size_t before = heap_in_use();
+        ck_assert_msg(moe_lora_alloc(&l, &m.params, &err) == 0, "%s: %s", label, err.msg);
+        size_t after = heap_in_use();
+        if (heap) {
+            double got = (double)(after - before), want = (double)lo.bytes_adapters;
+            ck_assert_msg(got <= want * 1.01 + 4096.0 && got >= want * 0.99 - 4096.0,
+                          "%s: the adapters took %.0f bytes, the estimate says %.0f", label, got, want);
+        }
+        ck_assert_uint_eq(moe_lora_bytes(&l), lo.bytes_adapters);
+        // the optimizer's floats, as the trainer lays them out (trainer.c train_parts)
+        const struct moe_train_layout b = { m.params.data, m.params.grad, l.p.data, l.p.grad, l.p.numel };
+        size_t n_seg = moe_train_segments(&m.params, sel.frozen, sel.frozen_experts, &b, NULL), numel = 0;
+        struct moe_optim_seg *segs = malloc(n_seg * sizeof *segs);
+        ck_assert_ptr_nonnull(segs);
+        moe_train_segments(&m.params, sel.frozen, sel.frozen_experts, &b, segs);
+        for (size_t k = 0; k < n_seg; k++)
+            numel += segs[k].n;
+        free(segs);
+        ck_assert_uint_lt(numel, m.params.numel);
+        ck_assert_uint_eq(numel, moe_lora_trained(&sel, &m.params, &l));
+        struct moe_plan op;
+        struct moe_optim o;
+        moe_plan_init(&op, &err);
+        ck_assert_int_eq(moe_optim_declare(&o, &rc.optim, numel, &op), 0);
+        size_t want = op.bytes[MOE_ROLE_OPTIM] + (tc->accumulate > 1 ? r64(numel * sizeof(float)) : 0);
+        moe_plan_release(&op);
+        ck_assert_msg(lo.bytes_optimizer == want, "%s: optimizer %zu, the trained floats' %zu", label,
+                      lo.bytes_optimizer, want);
+        moe_lora_release(&l);
+        moe_tune_sel_release(&sel);
+        moe_model_release(&m);
+        moe_run_cfg_release(&rc);
+        moe_config_release(&cfg);
+    }
+}
+END_TEST
+
+// ---- the data files: corpus, IDX and table figures against what the readers really make
 
 static void put_file(const char *path, const void *buf, size_t len)
 {
@@ -939,6 +1043,9 @@ START_TEST(test_device_bytes)
     e.bytes_params = 1000, e.bytes_grads = 1000, e.bytes_optimizer = 2000, e.bytes_activations = 5000;
     e.bytes_trainer = 7, e.bytes_data = 11, e.bytes_process = 13; // host memory: not on the device
     ck_assert_uint_eq(moe_estimate_device_bytes(&e), 9000 + MOE_ESTIMATE_CUDA_RESERVE_BYTES);
+    e.bytes_adapters = 300; // moe lora: the device keeps its own adapters, W0 and scratch
+    ck_assert_uint_eq(moe_estimate_device_bytes(&e), 9300 + MOE_ESTIMATE_CUDA_RESERVE_BYTES);
+    e.bytes_adapters = 0;
     e.bytes_activations = SIZE_MAX - 4000 - MOE_ESTIMATE_CUDA_RESERVE_BYTES;
     ck_assert_uint_eq(moe_estimate_device_bytes(&e), SIZE_MAX);
     e.bytes_activations++;
@@ -1049,6 +1156,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_transformer_by_hand);
     tcase_add_test(tc, test_flops);
     tcase_add_test(tc, test_training_bytes);
+    tcase_add_test(tc, test_lora_bytes);
     tcase_add_test(tc, test_data_files);
     tcase_add_test(tc, test_refusals);
     tcase_add_test(tc, test_data_shape);

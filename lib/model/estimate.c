@@ -393,6 +393,29 @@ static int est_model(const struct moe_model_hp *hp, struct shape *s, struct moe_
     return rc;
 }
 
+// The parameters of the declared plan into the empty registry params, as
+// moe_plan_register does but binding no index (the model the plan was
+// declared for is gone: est_model).
+static int plan_params(struct moe_plan *plan, struct moe_params *params)
+{
+    for (size_t i = 0; i < plan->n; i++)
+        plan->e[i].index = NULL;
+    return moe_plan_register(plan, params);
+}
+
+int moe_model_params_hp(const struct moe_model_hp *hp, enum moe_task task, size_t n_in, size_t n_out,
+                        struct moe_params *params, struct moe_err *err)
+{
+    struct moe_plan plan;
+    moe_plan_init(&plan, err);
+    struct shape s = { .task = task, .I = n_in, .O = n_out, .T = 1 };
+    int rc = est_model(hp, &s, &plan);
+    if (!rc)
+        rc = plan_params(&plan, params);
+    moe_plan_release(&plan);
+    return rc;
+}
+
 // moe_model_estimate_hp with the model's plan (declared here, never allocated).
 static int estimate(struct moe_plan *plan, const struct moe_model_hp *hp, const struct moe_data_cfg *data,
                     const struct moe_estimate_loop *loop, enum moe_task task, size_t n_in, size_t n_out,
@@ -423,6 +446,17 @@ static int estimate(struct moe_plan *plan, const struct moe_model_hp *hp, const 
     e.numel = plan->numel;
     flat(&e, &r.bytes_params);
     flat(&e, &r.bytes_grads);
+    size_t trained = e.numel; // the floats the optimizer updates
+    if (loop && loop->tuning) {
+        struct moe_params reg;
+        moe_params_init(&reg);
+        rc = plan_params(plan, &reg);
+        if (!rc)
+            rc = loop->tuning(loop->tuning_arg, &reg, &trained, &r.bytes_adapters, err);
+        moe_params_release(&reg);
+        if (rc)
+            return rc;
+    }
 
     // the training loop (train/trainer.c, optim.c) or one set of statistics
     est_stats(&e, &s, &r.bytes_trainer);
@@ -430,7 +464,7 @@ static int estimate(struct moe_plan *plan, const struct moe_model_hp *hp, const 
         if (loop->declare_optimizer) {
             struct moe_plan op;
             moe_plan_init(&op, err);
-            if ((rc = loop->declare_optimizer(loop->optimizer, e.numel, &op)))
+            if ((rc = loop->declare_optimizer(loop->optimizer, trained, &op)))
                 moe_plan_fail(plan, rc, "%s", err ? err->msg : "optimizer");
             r.bytes_optimizer = op.bytes[MOE_ROLE_OPTIM];
             moe_plan_release(&op);
@@ -483,7 +517,8 @@ static int estimate(struct moe_plan *plan, const struct moe_model_hp *hp, const 
     // The peak is the larger of loading and training: the temporaries count as
     // far as the buffers allocated after them do not cover them.
     size_t after = 0;
-    size_t later[] = { r.bytes_params, r.bytes_grads, r.bytes_optimizer, r.bytes_activations, r.bytes_trainer };
+    size_t later[] = { r.bytes_params, r.bytes_grads, r.bytes_optimizer, r.bytes_adapters, r.bytes_activations,
+                       r.bytes_trainer };
     for (size_t i = 0; i < sizeof later / sizeof *later; i++)
         add(&e, &after, later[i], "memory estimate");
     r.bytes_readers = loading > after ? loading - after : 0;
@@ -494,8 +529,8 @@ static int estimate(struct moe_plan *plan, const struct moe_model_hp *hp, const 
     r.bytes_process = MOE_ESTIMATE_PROCESS_BYTES + threads * MOE_ESTIMATE_THREAD_BYTES +
                       (mpi.built ? MOE_ESTIMATE_MPI_BYTES : 0) + (moe_backend_built("cuda") ? MOE_ESTIMATE_CUDA_BYTES : 0);
 
-    size_t parts[] = { r.bytes_params, r.bytes_grads, r.bytes_optimizer, r.bytes_activations, r.bytes_trainer,
-                       r.bytes_data, r.bytes_readers, r.bytes_process };
+    size_t parts[] = { r.bytes_params, r.bytes_grads, r.bytes_optimizer, r.bytes_adapters, r.bytes_activations,
+                       r.bytes_trainer, r.bytes_data, r.bytes_readers, r.bytes_process };
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
         add(&e, &r.bytes_total, parts[i], "memory estimate");
     if (plan->rc)
@@ -566,8 +601,9 @@ int moe_data_shape_cfg(const struct moe_data_cfg *c, enum moe_task *ret_task, si
 
 size_t moe_estimate_device_bytes(const struct moe_model_estimate *e)
 {
-    const size_t parts[] = { e->bytes_params,      e->bytes_grads,       e->bytes_optimizer,
-                             e->bytes_activations, e->bytes_device_extra, MOE_ESTIMATE_CUDA_RESERVE_BYTES };
+    const size_t parts[] = { e->bytes_params,       e->bytes_grads,        e->bytes_optimizer,
+                             e->bytes_adapters,     e->bytes_activations,  e->bytes_device_extra,
+                             MOE_ESTIMATE_CUDA_RESERVE_BYTES };
     size_t sum = 0;
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
         if (__builtin_add_overflow(sum, parts[i], &sum))

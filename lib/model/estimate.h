@@ -97,7 +97,11 @@ struct moe_model_estimate {
     // Bytes (allocation sizes as the allocators round them):
     size_t bytes_params;      // parameter buffer (each tensor starts on a 64-byte boundary)
     size_t bytes_grads;       // gradient buffer, same layout
-    size_t bytes_optimizer;   // training only: sgd 1, adamw 2 moments per parameter, gd none
+    size_t bytes_optimizer;   // training only: sgd 1, adamw 2 moments per trained float, gd none
+    // A tuning run's buffers besides the model's (moe_estimate_loop.tuning;
+    // moe lora: the adapters' values and gradients, the frozen base values W0 of
+    // every adapted matrix, the scratch of s B A); 0 for other runs.
+    size_t bytes_adapters;
     // Every buffer the model allocates for batches of max_batch rows: the
     // activations saved for backward (hidden layers, norm statistics, router
     // probabilities, per-expert gathered rows and FFN activations sized for
@@ -152,6 +156,16 @@ struct moe_estimate_loop {
     size_t batch_size;   // rows per step; 0 = full batch (optim.batch_size 0, or gd)
     int shuffle;         // train.shuffle: mini-batches are copied in shuffled order
     int select_best;     // train.select = best_valid_loss: a copy of the parameters (and state) is kept
+    // A run that trains only part of the model, with buffers of its own (moe
+    // lora, train/train.h MOE_RUN_LORA): from the model's parameters as
+    // moe_model_create registers them (params: names and shapes, nothing
+    // allocated), *ret_numel, the floats the optimizer updates (and
+    // train.accumulate sums), and *ret_bytes, what the run allocates besides
+    // (bytes_adapters). 0, or an error code with err filled. NULL: the
+    // optimizer updates every parameter, and nothing is allocated besides.
+    int (*tuning)(const void *arg, const struct moe_params *params, size_t *ret_numel, size_t *ret_bytes,
+                  struct moe_err *err);
+    const void *tuning_arg;
 };
 
 // Estimate the model of hp (moe_model_hp_parse) for a task with n_in features
@@ -173,11 +187,21 @@ int moe_model_estimate_hp(const struct moe_model_hp *hp, const struct moe_data_c
                           size_t n_train_rows, size_t n_test_rows, size_t max_batch, struct moe_model_estimate *ret,
                           struct moe_err *err);
 
+// The parameters moe_model_create registers for hp (names, shapes, expert
+// marks, in its order) into the empty registry *params, nothing allocated:
+// what a tuning run's globs (train/tune.h) match before the model exists.
+// Errors as moe_model_create's declaration; the caller releases *params
+// (moe_params_release) either way.
+int moe_model_params_hp(const struct moe_model_hp *hp, enum moe_task task, size_t n_in, size_t n_out,
+                        struct moe_params *params, struct moe_err *err);
+
 // The device memory a run of e on a CUDA device needs: the buffers the CUDA
 // backend places on the device from the model's plan (parameters, gradients,
 // optimizer state, activations; the data, the trainer's statistics and the
-// process stay in host memory), its own few beyond them (bytes_device_extra),
-// plus MOE_ESTIMATE_CUDA_RESERVE_BYTES. Saturates at SIZE_MAX.
+// process stay in host memory), a tuning run's adapters, W0 and scratch
+// (bytes_adapters: the device keeps its own copies, cuda/model.c), its own few
+// beyond them (bytes_device_extra), plus MOE_ESTIMATE_CUDA_RESERVE_BYTES.
+// Saturates at SIZE_MAX.
 size_t moe_estimate_device_bytes(const struct moe_model_estimate *e);
 
 // The data c describes, when known without reading files (data.source =

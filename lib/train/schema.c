@@ -105,8 +105,30 @@ static int declare_optimizer(const void *arg, size_t numel, struct moe_plan *p)
     return r;
 }
 
+// MOE_RUN_LORA: the tuning cmd/train_tune.c sets up over the model (the
+// selection and the adapters' layout of moe_lora_setup, over the registry the
+// model will have): the floats its optimizer updates, and what its adapters
+// allocate (tune.h moe_lora_trained, moe_lora_bytes).
+static int lora_tuning(const void *arg, const struct moe_params *params, size_t *ret_numel, size_t *ret_bytes,
+                       struct moe_err *err)
+{
+    const struct moe_run_cfg *rc = arg;
+    const struct moe_train_cfg *tc = &rc->train;
+    struct moe_tune_sel sel;
+    struct moe_lora l;
+    int r = moe_lora_setup(&sel, &l, params, &rc->lora, tc->trainable, tc->n_trainable, tc->freeze, tc->n_freeze,
+                           err);
+    if (r)
+        return r;
+    *ret_numel = moe_lora_trained(&sel, params, &l);
+    *ret_bytes = moe_lora_bytes(&l);
+    moe_lora_release(&l);
+    moe_tune_sel_release(&sel);
+    return 0;
+}
+
 int moe_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
-                     size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
+                     size_t n_train_rows, size_t n_test_rows, size_t max_batch, enum moe_run_kind kind,
                      struct moe_model_estimate *ret, struct moe_err *err)
 {
     // the rules a run checks, so that --dry-run refuses what train would
@@ -122,20 +144,22 @@ int moe_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_ta
         .shuffle = rc->train.shuffle && (rc->train.accumulate <= 1 || oc->batch_size == 0 ||
                                          oc->batch_size * rc->train.accumulate < n_train_rows),
         .select_best = rc->train.select_best,
+        .tuning = kind == MOE_RUN_LORA ? lora_tuning : NULL,
+        .tuning_arg = rc,
     };
-    return moe_model_estimate_hp(&rc->model, &rc->data, training ? &loop : NULL, task, n_in, n_out, n_train_rows,
-                                 n_test_rows, max_batch, ret, err);
+    return moe_model_estimate_hp(&rc->model, &rc->data, kind != MOE_RUN_EVAL ? &loop : NULL, task, n_in, n_out,
+                                 n_train_rows, n_test_rows, max_batch, ret, err);
 }
 
 int moe_model_estimate(const struct moe_config *cfg, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
-                       size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
+                       size_t n_train_rows, size_t n_test_rows, size_t max_batch, enum moe_run_kind kind,
                        struct moe_model_estimate *ret, struct moe_err *err)
 {
     struct moe_run_cfg rc;
     int r = moe_run_cfg_parse(&rc, cfg, err);
     if (r)
         return r;
-    r = moe_run_estimate(&rc, loss, task, n_in, n_out, n_train_rows, n_test_rows, max_batch, training, ret, err);
+    r = moe_run_estimate(&rc, loss, task, n_in, n_out, n_train_rows, n_test_rows, max_batch, kind, ret, err);
     moe_run_cfg_release(&rc);
     return r;
 }

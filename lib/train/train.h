@@ -313,18 +313,32 @@ int moe_train(struct moe_model *m, const struct moe_data *data, const struct moe
               void *ctx, struct moe_train_result *ret, struct moe_err *err);
 
 // ---- what a run costs, from its config (schema.c) ----
+// What the run does with the model, as the estimate counts it:
+//   MOE_RUN_EVAL   evaluation passes only (no optimizer, one set of statistics);
+//   MOE_RUN_TRAIN  training every parameter: the optimizer's moments for all of
+//                  them and the training loop's buffers;
+//   MOE_RUN_LORA   `moe lora`: the lora.* adapters on the frozen base, with the
+//                  routers and train.trainable trained, as tune.h
+//                  moe_lora_setup lays them out over the model's registry: the
+//                  optimizer's moments (and train.accumulate's sum) for what is
+//                  trained only, the adapters' values, gradients, W0 and
+//                  scratch in bytes_adapters; the base keeps every gradient
+//                  (dL/dW of an adapted matrix is where the adapters' come from).
+//                  The tuning's config errors (a glob that matches nothing, a
+//                  rank above a matrix's side) are the estimate's.
+enum moe_run_kind { MOE_RUN_EVAL, MOE_RUN_TRAIN, MOE_RUN_LORA };
+
 // The estimate of model/estimate.h (moe_model_estimate_hp) with the model,
 // data, optimiser and training keys parsed once here (moe_model_hp_parse,
 // moe_data_cfg_parse, moe_optim_cfg_parse, moe_train_cfg_parse). task, n_in,
-// n_out, rows, max_batch: as moe_model_estimate_hp; training: count the
-// optimizer moments and the training loop's buffers. The model's rules are
+// n_out, rows, max_batch: as moe_model_estimate_hp; kind: as above. The model's rules are
 // checked first with the loss it is trained with (NULL: loss.type), as
 // moe_model_create does (moe_model_check), so --dry-run refuses what a run
 // would. Returns the first parse or rule error, else the estimate's. *ret is
 // written only on success.
 int moe_model_estimate(const struct moe_config *cfg, const char *loss, enum moe_task task, size_t n_in,
-                       size_t n_out, size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
-                       struct moe_model_estimate *ret, struct moe_err *err);
+                       size_t n_out, size_t n_train_rows, size_t n_test_rows, size_t max_batch,
+                       enum moe_run_kind kind, struct moe_model_estimate *ret, struct moe_err *err);
 
 // ---- checkpoints: where a run stands, enough to continue it exactly ----
 // A run is a sequence of epochs; epoch 0 is the evaluation before any training.
@@ -573,7 +587,7 @@ int moe_run_cfg_parse(struct moe_run_cfg *rc, const struct moe_config *cfg, stru
 void moe_run_cfg_release(struct moe_run_cfg *rc);
 // moe_model_estimate from the typed configuration.
 int moe_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
-                     size_t n_train_rows, size_t n_test_rows, size_t max_batch, int training,
+                     size_t n_train_rows, size_t n_test_rows, size_t max_batch, enum moe_run_kind kind,
                      struct moe_model_estimate *ret, struct moe_err *err);
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/gemm.h"
+#include "core/plan.h"
 
 int moe_tune_match(const char *const *globs, size_t n, const char *name)
 {
@@ -272,12 +273,33 @@ int moe_tune_select(const struct moe_params *p, const char *const *trainable, si
     return 0;
 }
 
-int moe_lora_create(struct moe_lora *l, const struct moe_params *p, const uint8_t *frozen,
-                    const char *const *targets, size_t n_targets, size_t rank, double alpha, int shared,
+int moe_lora_select(struct moe_tune_sel *ret, const struct moe_params *p, int freeze_router,
+                    const char *const *trainable, size_t n_trainable, const char *const *freeze, size_t n_freeze,
                     struct moe_err *err)
+{
+    // the base frozen but for the routers (and the language embeddings that
+    // route) and what train.trainable names; train.freeze has the last word
+    static const char *const router_globs[] = { "*.router.*", "*.lang_emb" };
+    struct moe_tune_sel s;
+    int rc;
+    if ((rc = moe_tune_sel_init(&s, p, 1, err)) ||
+        (!freeze_router && (rc = moe_tune_sel_mark(&s, p, router_globs, 2, 0, NULL, err))) ||
+        (rc = moe_tune_sel_mark(&s, p, trainable, n_trainable, 0, MOE_TUNE_WHAT_TRAINABLE, err)) ||
+        (rc = moe_tune_sel_mark(&s, p, freeze, n_freeze, 1, MOE_TUNE_WHAT_FREEZE, err))) {
+        moe_tune_sel_release(&s);
+        return rc;
+    }
+    *ret = s;
+    return 0;
+}
+
+int moe_lora_plan(struct moe_lora *l, const struct moe_params *p, const uint8_t *frozen,
+                  const char *const *targets, size_t n_targets, size_t rank, double alpha, int shared,
+                  struct moe_err *err)
 {
     memset(l, 0, sizeof *l);
     moe_params_init(&l->p);
+    moe_plan_init(&l->plan, err);
     l->rank = rank;
     l->alpha = alpha;
     l->scale = alpha / (double)rank;
@@ -318,12 +340,12 @@ int moe_lora_create(struct moe_lora *l, const struct moe_params *p, const uint8_
             rc = t->b;
             goto fail;
         }
-        t->w0 = malloc(bt->numel * sizeof *t->w0);
-        if (!t->w0) {
-            rc = moe_error(err, MOE_ENOMEM, "out of memory for the base values of '%s'", bt->name);
+        // the frozen base values, (E, out, in) as the tensor
+        struct moe_dim dE = { t->E, "experts of the adapted tensor" }, dO = { t->out, "rows of the adapted matrix" },
+                       dI = { t->in, "columns of the adapted matrix" };
+        if ((rc = moe_plan_buf(&l->plan, &t->w0, MOE_ROLE_STATE, MOE_DT_F32, MOE_DIMS(dE, dO, dI), "%.80s W0",
+                               bt->name)))
             goto fail;
-        }
-        memcpy(t->w0, moe_params_data(p, t->base), bt->numel * sizeof *t->w0);
         if (t->out * t->in > biggest)
             biggest = t->out * t->in;
         l->n++;
@@ -332,17 +354,68 @@ int moe_lora_create(struct moe_lora *l, const struct moe_params *p, const uint8_
         rc = moe_error(err, MOE_ECONFIG, "lora.targets: no frozen matrix of the model matches (matrices are 2-d or [E, out, in] tensors)");
         goto fail;
     }
-    l->tmp = moe_alloc(biggest, sizeof *l->tmp);
-    if (!l->tmp) {
-        rc = moe_error(err, MOE_ENOMEM, "out of memory");
-        goto fail;
-    }
-    if ((rc = moe_params_alloc(&l->p, err)))
+    // s B A of one matrix, before it is added to W0 (moe_lora_apply)
+    if ((rc = moe_plan_buf(&l->plan, &l->tmp, MOE_ROLE_SCRATCH, MOE_DT_F32,
+                           MOE_DIMS({ biggest, "elements of the largest adapted matrix" }), "LoRA product")))
         goto fail;
     return 0;
 fail:
     moe_lora_release(l);
     return rc;
+}
+
+int moe_lora_alloc(struct moe_lora *l, const struct moe_params *p, struct moe_err *err)
+{
+    l->plan.err = err; // the plan keeps the layout's, which may be gone
+    int rc = moe_params_alloc(&l->p, err);
+    if (!rc)
+        rc = moe_plan_alloc(&l->plan, NULL);
+    if (rc)
+        return rc;
+    for (size_t k = 0; k < l->n; k++)
+        memcpy(l->t[k].w0, moe_params_data(p, l->t[k].base), p->t[l->t[k].base].numel * sizeof *l->t[k].w0);
+    return 0;
+}
+
+size_t moe_lora_bytes(const struct moe_lora *l)
+{
+    // the values and the gradients of l->p as moe_params_alloc has moe_alloc round them
+    size_t v = l->p.numel > (SIZE_MAX - 63) / sizeof(float) ? SIZE_MAX - 63 : l->p.numel * sizeof(float), sum;
+    v = v ? (v + 63) & ~(size_t)63 : 64;
+    if (__builtin_mul_overflow(v, (size_t)2, &sum) ||
+        __builtin_add_overflow(sum, moe_plan_buffer_bytes(&l->plan), &sum))
+        return SIZE_MAX;
+    return sum;
+}
+
+int moe_lora_create(struct moe_lora *l, const struct moe_params *p, const uint8_t *frozen,
+                    const char *const *targets, size_t n_targets, size_t rank, double alpha, int shared,
+                    struct moe_err *err)
+{
+    int rc = moe_lora_plan(l, p, frozen, targets, n_targets, rank, alpha, shared, err);
+    if (!rc && (rc = moe_lora_alloc(l, p, err)))
+        moe_lora_release(l);
+    return rc;
+}
+
+int moe_lora_setup(struct moe_tune_sel *ret_sel, struct moe_lora *ret_l, const struct moe_params *p,
+                   const struct moe_lora_cfg *c, const char *const *trainable, size_t n_trainable,
+                   const char *const *freeze, size_t n_freeze, struct moe_err *err)
+{
+    memset(ret_sel, 0, sizeof *ret_sel);
+    memset(ret_l, 0, sizeof *ret_l);
+    int rc = moe_lora_select(ret_sel, p, c->freeze_router, trainable, n_trainable, freeze, n_freeze, err);
+    if (rc)
+        return rc;
+    if ((rc = moe_lora_plan(ret_l, p, ret_sel->frozen, c->targets, c->n_targets, c->rank, c->alpha,
+                            c->expert_shared, err)))
+        moe_tune_sel_release(ret_sel);
+    return rc;
+}
+
+size_t moe_lora_trained(const struct moe_tune_sel *sel, const struct moe_params *p, const struct moe_lora *l)
+{
+    return moe_tune_sel_count(sel, p) + l->p.numel;
 }
 
 void moe_lora_init(struct moe_lora *l, uint64_t seed)
@@ -412,10 +485,8 @@ void moe_lora_release(struct moe_lora *l)
 {
     if (!l)
         return;
-    for (size_t k = 0; l->t && k < l->n; k++)
-        free(l->t[k].w0);
     free(l->t);
-    moe_free(l->tmp);
+    moe_plan_release(&l->plan); // each W0 and the scratch
     moe_params_release(&l->p);
     memset(l, 0, sizeof *l);
 }

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "core/params.h"
+#include "core/plan.h"
 #include "core/status.h"
 #include "io/config.h"
 
@@ -126,17 +127,58 @@ struct moe_lora {
     size_t n;
     size_t rank;
     double alpha, scale;          // scale = alpha / rank
-    float *tmp;                   // scratch (out, in) for the backward of shared adapters
+    float *tmp;                   // scratch (out, in): s B A of one matrix (moe_lora_apply)
+    struct moe_plan plan;         // the buffers besides the adapters: each target's w0, tmp
 };
+
+// The names moe_lora_select and `moe train --trainable / --freeze` give the
+// train.trainable and train.freeze globs in their messages.
+#define MOE_TUNE_WHAT_TRAINABLE "train.trainable (--trainable)"
+#define MOE_TUNE_WHAT_FREEZE "train.freeze (--freeze)"
+
+// What a LoRA run trains of the base besides the adapters: nothing but the
+// routers ("*.router.*", and "*.lang_emb", which routes by language) unless
+// freeze_router, and what `trainable` names (tensors or expert slices);
+// `freeze` has the last word. Errors as moe_tune_sel_mark.
+int moe_lora_select(struct moe_tune_sel *ret, const struct moe_params *p, int freeze_router,
+                    const char *const *trainable, size_t n_trainable, const char *const *freeze, size_t n_freeze,
+                    struct moe_err *err);
 
 // Adapters of rank r on every matrix (2-d tensor, or 3-d expert tensor) of the
 // model whose name matches a glob of `targets` and whose frozen[] entry is 1
 // (a matrix that is trained itself, even in part, gets no adapter); shared = one adapter per
 // expert tensor instead of one per expert. Copies the base values W0 from p.
 // MOE_ECONFIG when a glob matches no tensor or no matrix is adapted.
+// moe_lora_create is moe_lora_plan then moe_lora_alloc.
 int moe_lora_create(struct moe_lora *l, const struct moe_params *p, const uint8_t *frozen,
                     const char *const *targets, size_t n_targets, size_t rank, double alpha, int shared,
                     struct moe_err *err);
+// The adapters' layout with nothing allocated: l->p registers A and B of every
+// target, l->t the targets, l->plan declares each target's W0 and the scratch.
+// p need only be registered (names and shapes): the memory estimate lays the
+// adapters out over the model's registry before the model exists
+// (train/train.h MOE_RUN_LORA). Errors as moe_lora_create; l is released on one.
+int moe_lora_plan(struct moe_lora *l, const struct moe_params *p, const uint8_t *frozen,
+                  const char *const *targets, size_t n_targets, size_t rank, double alpha, int shared,
+                  struct moe_err *err);
+// Allocate the layout of moe_lora_plan (the adapters' values and gradients, the
+// plan's buffers) and copy W0 from p, whose registry the layout was made over.
+// MOE_ENOMEM; the caller releases l either way.
+int moe_lora_alloc(struct moe_lora *l, const struct moe_params *p, struct moe_err *err);
+// The bytes moe_lora_alloc allocates for the layout l, as the allocators round
+// them: the adapters' values and gradients and the plan's buffers (saturates).
+size_t moe_lora_bytes(const struct moe_lora *l);
+// A LoRA run's tuning (the lora.* keys c, the train.trainable and train.freeze
+// globs) over the model's registry p: what it trains of the base (*ret_sel,
+// moe_lora_select) and the adapters' layout (*ret_l, moe_lora_plan; allocate
+// with moe_lora_alloc). On an error both are left empty (released).
+int moe_lora_setup(struct moe_tune_sel *ret_sel, struct moe_lora *ret_l, const struct moe_params *p,
+                   const struct moe_lora_cfg *c, const char *const *trainable, size_t n_trainable,
+                   const char *const *freeze, size_t n_freeze, struct moe_err *err);
+// The floats the optimizer of a run with selection sel and adapters l updates
+// (train.h moe_train_segments): the trained tensors and expert slices of p and
+// every adapter float as registered (l->p.numel).
+size_t moe_lora_trained(const struct moe_tune_sel *sel, const struct moe_params *p, const struct moe_lora *l);
 // A ~ U(-1/sqrt(in), 1/sqrt(in)) from (seed, tensor name), B = 0.
 void moe_lora_init(struct moe_lora *l, uint64_t seed);
 // W = W0 + s B A into the model's slots (an element whose update is exactly 0

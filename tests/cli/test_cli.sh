@@ -870,6 +870,68 @@ t_memory_teacher() {
         fail "distill --dry-run --device cuda: the teacher's device bytes: $(jq -c .device "$TMP/mt-dd.out" 2>&1), student $(jq -c .device.memory_bytes "$TMP/mt-ds.out")"
 }
 check "distill: the teacher counts in the memory check, before it is made; --dry-run gives that figure" t_memory_teacher
+# moe lora --dry-run: the estimate the lora run checks (train.h MOE_RUN_LORA), printed with nothing
+# trained or written (no --out directory, nothing in the working directory); a budget one byte under its
+# total refuses the run before it allocates (exit 1, one line, no run directory) and that total runs; its
+# "tuning" is the run's summary.tuning. The figures are also worked out here from the base's shapes, so an
+# estimate that dropped the adapters, or kept moments for the frozen base, fails even though the dry run
+# and the run, sharing it, would still agree: optimizer = AdamW's two moments (each a 64-byte multiple)
+# of the trained floats (routers and adapters: tuning.trainable_parameters; the adapter tensors, [4, 2, 8]
+# and [4, 8, 2], are 16-float multiples, so the registry adds no padding); adapters = their values and
+# gradients, each adapted matrix's W0 and one (out x in) scratch, each a 64-byte multiple; every other
+# figure is train --dry-run's of the same config.
+t_memory_lora() {
+    local s="$TMP/ml.json" d="$TMP/ml-cwd"
+    printf '%s\n' '{ "data": { "synthetic": { "kind": "classes", "n_in": 4, "n_regions": 4, "n_train": 300, "n_test": 200 } },' \
+        '  "model": { "type": "mlp-moe", "n_embd": 8, "n_layer": 2, "n_ff": 8, "n_expert": 4, "n_expert_used": 1 },' \
+        '  "moe": { "router": "switch" }, "optim": { "type": "adamw", "batch_size": 32 }, "train": { "epochs": 1 } }' >"$s"
+    run "$TMP/ml-base" "$MOE" train --config "$s" --out "$TMP/ml-base" --quiet
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/ml-base" moe train the base)" || return 1
+    local args=(--base "$TMP/ml-base/model.safetensors" --config "$s" --rank 2 --targets '*.experts.*')
+    mkdir "$d" && (cd "$d" && "$MOE" lora --dry-run "${args[@]}" --out "$TMP/ml-dry" >"$TMP/ml-dry.out" 2>"$TMP/ml-dry.err")
+    RC=$?
+    [ "$RC" -eq 0 ] && [ ! -e "$TMP/ml-dry" ] && [ -z "$(ls -A "$d")" ] ||
+        fail "lora --dry-run wrote something: $(describe "$TMP/ml-dry" moe lora --dry-run) cwd: $(ls -A "$d")" || return 1
+    jqe "$TMP/ml-dry.out" '.dry_run and .command == "lora" and (.memory_bytes.total | type) == "number" and
+        .fits == true and .tuning.rank == 2 and (.tuning.adapted_tensors | length) == 4' "lora --dry-run's JSON" || return 1
+    run "$TMP/ml-train" "$MOE" train --dry-run --config "$s"
+    [ "$RC" -eq 0 ] || fail "$(describe "$TMP/ml-train" moe train --dry-run)" || return 1
+    st_header "$TMP/ml-base/model.safetensors" >"$TMP/ml-base.header" || fail "no header in the base" || return 1
+    jq -e --slurpfile t "$TMP/ml-train.out" --slurpfile h "$TMP/ml-base.header" '
+        def r64: ((. + 63) / 64 | floor) * 64;
+        ($h[0] as $h | .tuning.adapted_tensors | map($h[.].shape)) as $sh |
+        (2 * ((4 * .tuning.trainable_parameters) | r64)) as $opt |
+        (2 * ((4 * .tuning.adapter_parameters) | r64) + ($sh | map(4 * .[0] * .[1] * .[2] | r64) | add) +
+         ($sh | map(4 * .[1] * .[2]) | max | r64)) as $ad |
+        .memory_bytes.optimizer == $opt and .memory_bytes.adapters == $ad and
+        .memory_bytes.total == $t[0].memory_bytes.total - $t[0].memory_bytes.optimizer + $opt + $ad and
+        .tuning.adapter_parameters == 4 * 4 * (2 * 8 + 8 * 2) and
+        .tuning.trainable_parameters == .tuning.adapter_parameters + 2 * 4 * 8' "$TMP/ml-dry.out" >/dev/null ||
+        fail "lora --dry-run's figures are not the frozen base, the trained floats' moments and the adapters: $(jq -c '{memory_bytes, tuning}' "$TMP/ml-dry.out"), train --dry-run $(jq -c .memory_bytes "$TMP/ml-train.out")" ||
+        return 1
+    local total
+    total=$(jq .memory_bytes.total "$TMP/ml-dry.out")
+    MOE_MEMORY_LIMIT=$((total - 1)) run "$TMP/ml-r1" "$MOE" lora "${args[@]}" --out "$TMP/ml-r1" --quiet
+    [ "$RC" -eq 1 ] && [ "$(awk 'END { print NR }' "$TMP/ml-r1.err")" -eq 1 ] && [ ! -s "$TMP/ml-r1.out" ] &&
+        grep -Fq "moe lora: this config needs about" "$TMP/ml-r1.err" && [ ! -e "$TMP/ml-r1" ] ||
+        fail "a budget one byte under the dry run's total: $(describe "$TMP/ml-r1" moe lora)" || return 1
+    MOE_MEMORY_LIMIT=$total run "$TMP/ml-r2" "$MOE" lora "${args[@]}" --out "$TMP/ml-r2" --quiet
+    [ "$RC" -eq 0 ] || fail "a budget of the dry run's total: $(describe "$TMP/ml-r2" moe lora)" || return 1
+    [ "$(jq -S -c .tuning "$TMP/ml-dry.out")" = "$(jq -S -c .tuning "$TMP/ml-r2/summary.json")" ] ||
+        fail "the dry run's tuning $(jq -c .tuning "$TMP/ml-dry.out") is not the run's $(jq -c .tuning "$TMP/ml-r2/summary.json")" ||
+        return 1
+    # --device cuda: the adapters, W0 and scratch in the device's memory_bytes too (refused without CUDA)
+    run "$TMP/ml-dd" "$MOE" lora --dry-run --device cuda "${args[@]}"
+    if [ "$CUDA_BUILD" = none ]; then
+        [ "$RC" -eq 2 ] || fail "$(describe "$TMP/ml-dd" moe lora --dry-run --device cuda): expected exit 2"
+        return
+    fi
+    [ "$RC" -eq 0 ] && jq -e '.memory_bytes.adapters > 0 and .device.memory_bytes == .memory_bytes.params +
+        .memory_bytes.grads + .memory_bytes.optimizer + .memory_bytes.adapters + .memory_bytes.activations +
+        .device.extra_bytes + .device.reserve_bytes' "$TMP/ml-dd.out" >/dev/null ||
+        fail "lora --dry-run --device cuda: $(describe "$TMP/ml-dd" moe lora --dry-run --device cuda)"
+}
+check "lora: --dry-run writes nothing and gives the figure the run checks (frozen base, adapters); a byte less is refused" t_memory_lora
 expect_fail "an absurd size is a config error naming its keys" 2 "model.n_expert x model.n_ff x model.n_embd" -- "$MOE" train --config "$MOECFG" --out "$O" --set model.n_expert=1024 --set model.n_ff=65536 --set model.n_embd=65536
 expect_fail "--dry-run of an absurd size: the same config error" 2 "more than any machine has" -- "$MOE" train --dry-run --config "$MOECFG" --set model.n_expert=1024 --set model.n_ff=65536 --set model.n_embd=65536
 
