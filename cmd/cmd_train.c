@@ -575,7 +575,9 @@ static int interrupted(struct train_run *r, uint64_t steps)
 }
 
 // Train with the run's hooks; then close the tables. A failed run keeps the
-// rows written so far for diagnosis; its last checkpoint stays as it was.
+// rows written so far for diagnosis; its last checkpoint stays as it was. A
+// new run that failed before its first step and row (a full device while the
+// model was made) removes the files it wrote: nothing to diagnose or resume.
 static int train(struct train_run *r, struct moe_train_result *res)
 {
     const struct cli_train_opts *o = r->o;
@@ -608,6 +610,8 @@ static int train(struct train_run *r, struct moe_train_result *res)
     if (rc) {
         if (files)
             run_output_flush(&r->outs, NULL);
+        if (files && !o->resume && res->steps == 0 && r->outs.rows == 0) // nothing ran: no run left to refuse the next
+            run_dir_discard(r->out);
         return cli_fail(r->cmd, &err);
     }
     return files && run_output_close(&r->outs, &err) ? cli_fail(r->cmd, &err) : 0;

@@ -223,6 +223,16 @@ int run_dir_claim(const char *cmd, const struct cli_common *c, const char *dir, 
     return rc;
 }
 
+void run_dir_discard(const char *dir)
+{
+    for (size_t k = 0; k < N_OURS; k++) {
+        char path[8192];
+        snprintf(path, sizeof path, "%s/%s", dir, ours[k]);
+        if (present(dir, ours[k]))
+            remove(path);
+    }
+}
+
 void run_dir_release(struct run_dir *d)
 {
     if (d->held)

@@ -37,6 +37,11 @@ int run_dir_claim(const char *cmd, const struct cli_common *c, const char *dir, 
 // force), so they come at once; the claim itself comes once the run is ready
 // to write. Returns 0 or the exit code after printing one line.
 int run_dir_check(const char *cmd, const struct cli_common *c, const char *dir, enum run_dir_how how);
+// A new run that failed before its first step (a full device while its model
+// was made, a teacher that would not load): remove the files of a run it
+// wrote in dir, which the claim found holding none (or --force cleared), so
+// the same command can run again without --force. The lock file stays.
+void run_dir_discard(const char *dir);
 // Drop the lock (the process's exit drops it too). Accepts a zeroed struct.
 void run_dir_release(struct run_dir *d);
 

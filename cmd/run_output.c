@@ -165,6 +165,7 @@ int run_output_row(void *ctx, const struct moe_eval_row *r, struct moe_err *err)
     for (size_t i = 0; !rc && i < N_LIVE; i++)
         if (written(o, i))
             rc = live_tables[i].rows(o, &o->live[i], r, err);
+    o->rows += !rc;
     return rc;
 }
 

@@ -29,6 +29,7 @@ struct run_output {
     const struct moe_data *data;
     struct moe_csv live[N_LIVE];     // metrics.csv, experts.csv (sparse layers), languages.csv (text data)
     uint64_t resume_bytes[N_LIVE];   // a resumed run: the tables' lengths its checkpoint counts
+    size_t rows;                     // evaluation rows this process has written
     char *vocab;                     // text data: the vocabulary file's bytes (checkpoint tensor vocab.text)
     size_t vocab_len;
     char *languages;                 // text data: JSON array of the language names

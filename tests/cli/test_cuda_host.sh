@@ -163,11 +163,13 @@ t_oom() {
             grep -Eq '^moe train: CUDA: cudaMalloc of [0-9]+ bytes for ' "oom$n.err" &&
             grep -Fq "bytes for $what failed: out of memory" "oom$n.err" ||
             { fail "allocation $n fails: $(describe "oom$n" moe-cuda-host train --device cuda)"; return 1; }
-        [ ! -e "oom$n/checkpoint.safetensors" ] && [ ! -e "oom$n/model.safetensors" ] ||
-            { fail "a run that never started wrote a checkpoint or model: $(ls "oom$n")"; return 1; }
+        [ "$(ls -A "oom$n")" = moe.lock ] ||
+            { fail "a run that never took a step left files besides its lock: $(ls -A "oom$n" | tr '\n' ' ')"; return 1; }
     done
+    mo oom1 train --config moe.json --device cuda # the same command again, the device no longer full
+    ran oom1 && same_run cpu oom1 metrics.csv model.safetensors
 }
-check "a full device while the model is created: exit 1, one line naming the buffer, no checkpoint or model" t_oom
+check "a full device while the model is created: exit 1, one line naming the buffer, no run files left; the same command then runs" t_oom
 
 # The optimizer's 12th launch (step 12) faults: the run stops with the kernel
 # named, the checkpoint of step 7 stays, and --resume on the CPU and on the
