@@ -158,6 +158,49 @@ static int host_span(const void *p, size_t bytes, const char *call, const char *
     return 0;
 }
 
+// The device pointers an op's wrapper in ops.cu hands to its kernels (or to
+// cub, or to cudaMemset as device memory): a host pointer there works here,
+// where all memory is host memory, and is an illegal address on a GPU. Each
+// DEV_ARGS entry is checked with dev_span over the bytes the launches touch;
+// START entries, whose extent the arguments do not give (rows indexed through
+// a plan, a table indexed by token id), by their first byte. An entry of no
+// bytes (nothing launched, or a buffer the launches do not touch) and a NULL
+// (an optional buffer left out) are not checked.
+#define DEV_START SIZE_MAX
+struct dev_arg {
+    const char *name;
+    const void *p;
+    size_t bytes; // DEV_START: the first byte only
+};
+#define ARG(p, n) { #p, (p), (size_t)(n) * sizeof *(p) }
+#define ARG_BYTES(p, bytes) { #p, (p), (bytes) }
+#define START(p, used) { #p, (p), (used) != 0 ? DEV_START : 0 }
+
+static int dev_args(const char *call, const struct dev_arg *a, size_t n, struct moe_err *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!a[i].p || !a[i].bytes)
+            continue;
+        int rc = a[i].bytes != DEV_START ? dev_span(a[i].p, a[i].bytes, call, a[i].name, err)
+               : !dev_find(a[i].p)
+                   ? moe_error(err, MOE_EINVAL, "CUDA emulation: %s: %s (%p) is not device memory", call, a[i].name,
+                               a[i].p)
+                   : 0;
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+// Returns the first failed check's error from the op that uses it.
+#define DEV_ARGS(err, ...)                                                                                         \
+    do {                                                                                                           \
+        const struct dev_arg dev_args_[] = { __VA_ARGS__ };                                                        \
+        int dev_rc_ = dev_args(__func__, dev_args_, sizeof dev_args_ / sizeof *dev_args_, err);                   \
+        if (dev_rc_)                                                                                               \
+            return dev_rc_;                                                                                        \
+    } while (0)
+
 static void guard_fault(int sig, siginfo_t *si, void *ctx)
 {
     (void)ctx;
@@ -349,6 +392,10 @@ int moe_cuda_route_forward(const struct moe_cuda_route *a, float *p, float *lse,
                            struct moe_err *err)
 {
     STICKY(err);
+    const size_t T = a->T > 0 ? (size_t)a->T : 0, TE = T * (size_t)a->E, TK = T * (size_t)a->K;
+    DEV_ARGS(err, ARG(p, TE), ARG(lse, T), ARG(h, a->noisy ? TE : 0), ARG(eps, a->noisy ? TE : 0), ARG(sel, TK),
+             ARG(idx, TK), ARG(gate, TK), ARG(prio, TK), ARG(z, TE), ARG(u, a->noisy && a->train ? TE : 0),
+             ARG(bias, T ? a->E : 0));
     if (a->T <= 0)
         return 0;
     FOR_THREADS (t, a->T) {
@@ -380,6 +427,10 @@ int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz, float *du
                             const float *eps, const float *u, struct moe_err *err)
 {
     STICKY(err);
+    const size_t T = a->T > 0 ? (size_t)a->T : 0, TE = T * (size_t)a->E, TK = T * (size_t)a->K;
+    const size_t noisy = a->noisy ? TE : 0;
+    DEV_ARGS(err, ARG(dz, TE), ARG(du, noisy), ARG(dgate, TK), ARG(sel, TK), ARG(idx, TK), ARG(p, TE),
+             ARG(z, a->noisy ? 0 : TE), ARG(h, noisy), ARG(eps, noisy), ARG(u, noisy));
     if (a->T <= 0)
         return 0;
     FOR_THREADS (t, a->T) {
@@ -395,6 +446,8 @@ int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, float *p, float
                               float *gate, float *prio, const float *z, struct moe_err *err)
 {
     STICKY(err);
+    const size_t T = a->T > 0 ? (size_t)a->T : 0, TE = T * (size_t)a->E;
+    DEV_ARGS(err, ARG(p, TE), ARG(lse, T), ARG(sel, TE), ARG(idx, TE), ARG(gate, TE), ARG(prio, TE), ARG(z, TE));
     if (a->T <= 0)
         return 0;
     FOR_THREADS (t, a->T)
@@ -420,6 +473,8 @@ int moe_cuda_route_ec_backward(int T, int E, float *dz, const float *dgate, cons
                                const float *p, struct moe_err *err)
 {
     STICKY(err);
+    const size_t TE = T > 0 && E > 0 ? (size_t)T * (size_t)E : 0;
+    DEV_ARGS(err, ARG(dz, TE), ARG(dgate, TE), ARG(sel, TE), ARG(idx, TE), ARG(p, TE));
     struct moe_cuda_route a;
     memset(&a, 0, sizeof a);
     a.T = T;
@@ -433,6 +488,9 @@ int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel
                                 float *prio, const int32_t *hash_expert, struct moe_err *err)
 {
     STICKY(err);
+    const size_t n = T > 0 ? (size_t)T : 0;
+    DEV_ARGS(err, ARG(p, n * (size_t)(E > 0 ? E : 0)), ARG(lse, n), ARG(sel, n), ARG(idx, n), ARG(gate, n),
+             ARG(prio, n), ARG(hash_expert, n));
     if (T <= 0)
         return 0;
     FOR_THREADS (t, T)
@@ -443,6 +501,7 @@ int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, int32_t *sel
 int moe_cuda_bias_update(float *bias, const int32_t *sel, size_t n, size_t E, double rate, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(bias, E), ARG(sel, E ? n : 0));
     if (E == 0)
         return 0;
     FOR_THREADS (e, E) { // bias_update_kernel: a block of 256 per expert, each thread a stride of the slots
@@ -465,6 +524,8 @@ int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, co
                           size_t T, size_t D, float eps, struct moe_err *err)
 {
     STICKY(err);
+    const size_t d = T ? D : 0;
+    DEV_ARGS(err, ARG(y, T * D), ARG(mean, b ? T : 0), ARG(rstd, T), ARG(x, T * D), ARG(g, d), ARG(b, d));
     FOR_THREADS (t, T) {
         const float *xt = x + t * D;
         double lanes[MOE_K_LANES], m = 0.0;
@@ -492,6 +553,9 @@ int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, con
                            const float *rstd, const float *g, size_t T, size_t D, struct moe_err *err)
 {
     STICKY(err);
+    const size_t d = T ? D : 0;
+    DEV_ARGS(err, ARG(dx, T * D), ARG(dg, d), ARG(db, d), ARG(dy, T * D), ARG(x, T * D), ARG(mean, db ? T : 0),
+             ARG(rstd, T), ARG(g, dx ? d : 0));
     if (T == 0)
         return 0;
     FOR_THREADS (col, D)
@@ -524,7 +588,10 @@ int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, co
 {
     STICKY(err);
     size_t *cnt = p->cnt;
-    const size_t nc = (T * S + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK;
+    const size_t nc = (T * S + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK, e = nc ? E : 0;
+    DEV_ARGS(err, ARG(p->kept, T * S), ARG(p->slot_row, T * S), ARG(p->offset, E + 1),
+             ARG(p->order, prob ? T * S : 0), ARG(prio, prob ? T * S : 0), ARG(p->cnt, MOE_CUDA_PLAN_CNT(T, S, E)),
+             ARG(idx, T * S), ARG(p->routed, e), ARG(p->n_kept, e), ARG(p->dropped, e));
     memset(p->kept, 0, T * S);
     memset(p->slot_row, 0xff, T * S * sizeof(int32_t));
     if (nc == 0) {
@@ -550,6 +617,8 @@ int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, co
     FOR_THREADS (c, nc)
         moe_k_chunk_keep(cnt + c * E, p->kept, idx, order, T, S, cap, MOE_CUDA_PLAN_CHUNK, c);
     moe_k_dispatch_offsets(p->offset, p->n_kept, E);
+    // the rows' extent, offset[E] (at most T S: fewer with a capacity or expert choice), is known from here
+    DEV_ARGS(err, ARG(p->row_tok, p->offset[E]), ARG(p->row_slot, p->offset[E]));
     FOR_THREADS (c, nc)
         moe_k_chunk_count(cnt + c * E, idx, NULL, p->kept, T, S, E, MOE_CUDA_PLAN_CHUNK, c, 1);
     FOR_THREADS (e, E)
@@ -564,7 +633,9 @@ int moe_cuda_gather(float *xd, const float *x, const struct moe_cuda_plan *p, si
                     struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(p->offset, E + 1));
     size_t n = p->offset[E] < n_max ? p->offset[E] : n_max;
+    DEV_ARGS(err, ARG(xd, n * D), START(x, n * D), ARG(p->row_tok, D ? n : 0));
     FOR_THREADS (i, n * D)
         moe_k_gather(xd, x, p->row_tok, D, i / D, i % D);
     return 0;
@@ -574,6 +645,8 @@ int moe_cuda_combine(float *out, const float *yd, const float *gate, const int32
                      size_t D, struct moe_err *err)
 {
     STICKY(err);
+    const size_t ts = D ? T * S : 0;
+    DEV_ARGS(err, ARG(out, T * D), START(yd, ts), ARG(gate, ts), ARG(slot_row, ts));
     FOR_THREADS (i, T * D)
         moe_k_combine(out, yd, gate, slot_row, S, D, i / D, i % D);
     return 0;
@@ -584,7 +657,10 @@ int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const
                               struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(p->offset, E + 1));
     size_t n = p->offset[E] < n_max ? p->offset[E] : n_max;
+    DEV_ARGS(err, ARG(dyd, n * D), START(dgate, n), START(dout, n * D), ARG(yd, n * D), START(gate, n),
+             ARG(p->row_tok, n), ARG(p->row_slot, n));
     FOR_THREADS (r, n)
         moe_k_combine_backward(dyd, dgate, dout, yd, gate, p->row_tok, p->row_slot, S, D, r);
     return 0;
@@ -603,6 +679,9 @@ int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, 
     STICKY(err);
     if (ret)
         *ret = 0.0;
+    const size_t fwd = ret && T, TE = ret || dz ? T * E : 0;
+    DEV_ARGS(err, ARG(dz, T * E), ARG(sel, fwd ? T * S : 0), ARG(p, TE), ARG(f, TE ? E : 0), ARG(P, fwd ? E : 0),
+             ARG(value, fwd));
     if (T == 0)
         return 0;
     if (ret) {
@@ -674,6 +753,8 @@ int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t *idx, const
 {
     STICKY(err);
     *ret = 0.0;
+    const size_t ts = E ? T * S : 0;
+    DEV_ARGS(err, ARG(dgate, ts), ARG(idx, ts), ARG(gate, ts), ARG(x, E), ARG(g, dgate ? E : 0), ARG(value, E ? 1 : 0));
     if (E == 0) // no blocks
         return empty_grid("importance_expert_kernel", err);
     FOR_THREADS (e, E) {
@@ -698,6 +779,9 @@ int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const f
 {
     STICKY(err);
     *ret = 0.0;
+    const size_t TE = E ? T * E : 0, grad = dz ? TE : 0;
+    DEV_ARGS(err, ARG(dz, grad), ARG(du, grad), ARG(z, TE), ARG(u, TE), ARG(h, TE), ARG(eps, grad),
+             ARG(sel, E ? T * S : 0), ARG(x, E), ARG(g, dz ? E : 0), ARG(value, E ? 1 : 0));
     if (E == 0) // no blocks
         return empty_grid("load_expert_kernel", err);
     FOR_THREADS (e, E) {
@@ -722,6 +806,8 @@ int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, siz
     STICKY(err);
     if (ret)
         *ret = 0.0;
+    const size_t grad = dz ? T * E : 0;
+    DEV_ARGS(err, ARG(dz, grad), ARG(lse, ret || grad ? T : 0), ARG(p, grad), ARG(value, ret && T));
     if (T == 0)
         return 0;
     if (ret) {
@@ -751,6 +837,7 @@ int moe_cuda_embed_forward(float *out, const int32_t *tok, size_t ld, const floa
 {
     STICKY(err);
     size_t n = B * C;
+    DEV_ARGS(err, ARG(out, n * D), ARG(tok, n ? (B - 1) * ld + C : 0), START(wte, n * D), ARG(wpe, n ? C * D : 0));
     FOR_THREADS (i, n * D)
         moe_k_embed_forward(out, tok, ld, wte, wpe, C, D, i / D, i % D);
     return 0;
@@ -760,6 +847,8 @@ int moe_cuda_lang_rows(float *radd, const float *le, const int32_t *lang, size_t
                        struct moe_err *err)
 {
     STICKY(err);
+    const size_t n = B * C * D;
+    DEV_ARGS(err, ARG(radd, n), START(le, n), ARG(lang, n ? B : 0));
     FOR_THREADS (i, B * C * D)
         moe_k_lang_rows(radd, le, lang, C, D, i / D, i % D);
     return 0;
@@ -769,6 +858,8 @@ int moe_cuda_lang_grad(float *dle, const float *dradd, const int32_t *lang, size
                        struct moe_err *err)
 {
     STICKY(err);
+    const size_t used = G * D != 0;
+    DEV_ARGS(err, ARG(dle, G * D), ARG(dradd, used * B * C * D), ARG(lang, used * B));
     FOR_THREADS (i, G * D)
         moe_k_lang_grad(dle, dradd, lang, B, C, D, i / D, i % D);
     return 0;
@@ -816,6 +907,9 @@ int moe_cuda_embed_backward(float *dwte, float *dwpe, const float *dout, const i
 {
     STICKY(err);
     size_t n = B * C;
+    DEV_ARGS(err, ARG(dwte, n ? V * D : 0), ARG(dwpe, n ? C * D : 0), ARG(dout, n * D),
+             ARG(tok, n ? (B - 1) * ld + C : 0), ARG(ids, n), ARG(sorted_ids, n), ARG(rows, n), ARG(order, n),
+             ARG_BYTES(sort, n ? sort_bytes : 0));
     if (n == 0)
         return 0;
     size_t need;
@@ -845,6 +939,7 @@ int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float
                           struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(w, n), ARG(g, n), ARG(m, o->type != MOE_K_GD ? n : 0), ARG(v, o->type == MOE_K_ADAMW ? n : 0));
     if (cuda_host_fail_optim > 0 && --cuda_host_fail_optim == 0) {
         cuda_host_sticky = 1;
         return moe_error(err, MOE_EIO, "CUDA: %s failed: %s", "optim_kernel", "an illegal memory access was encountered");
@@ -858,6 +953,8 @@ int moe_cuda_optim_update(const struct moe_k_optim *o, float *w, float *g, float
 int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_t k, int last, struct moe_err *err)
 {
     STICKY(err);
+    const size_t m = k == 0 && last ? 0 : n;
+    DEV_ARGS(err, ARG(a, m), ARG(g, m), ARG(out, k && last ? n : 0));
     if (n == 0 || (k == 0 && last))
         return 0;
     FOR_THREADS (i, n)
@@ -868,6 +965,7 @@ int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_
 int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(w, n), ARG(w0, n), ARG(delta, n));
     FOR_THREADS (i, n)
         moe_k_lora_merge(w, w0, delta, i);
     return 0;
@@ -876,6 +974,7 @@ int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n,
 int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(g, n), ARG(scratch, MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1));
     double *lanes = scratch, *part = lanes + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, *sq = part + MOE_K_SQ_BLOCKS;
     FOR_THREADS (i, (size_t)MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES)
         moe_k_sumsq_lane(lanes, g, n, i / MOE_K_SQ_LANES, i % MOE_K_SQ_LANES);
@@ -895,6 +994,8 @@ int moe_cuda_ce_rows(double *sum, float *dy, float *row_loss, int32_t *row_argma
 {
     STICKY(err);
     *sum = 0.0;
+    DEV_ARGS(err, ARG(dy, T * O), ARG(row_loss, T), ARG(row_argmax, T), ARG(y, T * O), ARG(label, T),
+             ARG(part, T ? MOE_K_CE_BLOCKS : 0), ARG(lse, T));
     if (T == 0)
         return 0;
     FOR_THREADS (t, T) {
@@ -984,6 +1085,8 @@ int moe_cuda_kd(double *sum, float *dy, const float *s, const float *z, size_t T
                 double *scratch, struct moe_err *err)
 {
     STICKY(err);
+    const size_t to = T && O ? T * O : 0; // distill's scratch: lse_s, lse_z, row, qp (T each), and total for sum
+    DEV_ARGS(err, ARG(dy, to), ARG(s, to), ARG(z, to), ARG(scratch, to ? 4 * T + (sum != NULL) : 0));
     return distill(0, sum, dy, s, z, T, O, (double)tau, scale, scratch, err);
 }
 
@@ -991,6 +1094,8 @@ int moe_cuda_symkl(double *sum, float *dy, const float *s, const float *z, size_
                    double *scratch, struct moe_err *err)
 {
     STICKY(err);
+    const size_t to = T && O ? T * O : 0; // distill's scratch: lse_s, lse_z, row, qp (T each), and total for sum
+    DEV_ARGS(err, ARG(dy, to), ARG(s, to), ARG(z, to), ARG(scratch, to ? 4 * T + (sum != NULL) : 0));
     return distill(1, sum, dy, s, z, T, O, 1.0, scale, scratch, err);
 }
 
@@ -1001,6 +1106,8 @@ int moe_cuda_mse(double *sum, float *dy, const float *y, const float *d, size_t 
     STICKY(err);
     if (sum)
         *sum = 0.0;
+    const size_t used = dy || sum ? n : 0;
+    DEV_ARGS(err, ARG(dy, n), ARG(y, used), ARG(d, used), ARG(scratch, sum && n));
     if (n == 0)
         return 0;
     if (dy)
@@ -1020,6 +1127,7 @@ int moe_cuda_mse(double *sum, float *dy, const float *y, const float *d, size_t 
 int moe_cuda_act_forward(enum moe_cuda_act a, float *y, const float *x, size_t n, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(y, n), ARG(x, n));
     FOR_THREADS (i, n) {
         float v = x[i];
         y[i] = a == MOE_CUDA_RELU ? moe_k_relu(v)
@@ -1033,6 +1141,7 @@ int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float *dy, const
                           struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(dx, n), ARG(dy, n), ARG(x, n));
     FOR_THREADS (i, n) {
         float v = x[i];
         dx[i] = a == MOE_CUDA_RELU ? moe_k_relu_dx(dy[i], v)
@@ -1065,9 +1174,13 @@ int moe_cuda_attention_forward_drop(float *out, float *att, float *attp, const f
 {
     STICKY(err);
     int rc = attn_shape(D, H, err);
-    if (rc || B * C == 0)
+    if (rc)
         return rc;
-    const size_t na = B * H * C * C, rows = B * H * C, no = B * C * D;
+    const size_t na = B * H * C * C;
+    DEV_ARGS(err, ARG(out, B * C * D), ARG(att, na), ARG(attp, drop_on(d) ? na : 0), ARG(qkv, B * C * 3 * D));
+    if (B * C == 0)
+        return 0;
+    const size_t rows = B * H * C, no = B * C * D;
     FOR_THREADS (i, na)
         moe_k_attn_score(att, qkv, C, D, H, i / (C * C), i / C % C, i % C);
     FOR_THREADS (r, rows) {
@@ -1090,6 +1203,10 @@ int moe_cuda_attention_forward(float *out, float *att, const float *qkv, size_t 
                                struct moe_err *err)
 {
     STICKY(err);
+    int rc = attn_shape(D, H, err); // its error first, as the call below gives it
+    if (rc)
+        return rc;
+    DEV_ARGS(err, ARG(out, B * C * D), ARG(att, B * H * C * C), ARG(qkv, B * C * 3 * D));
     return moe_cuda_attention_forward_drop(out, att, NULL, qkv, B, C, D, H, NULL, err);
 }
 
@@ -1101,10 +1218,14 @@ int moe_cuda_attention_backward_drop(float *dqkv, float *datt, const float *dout
 {
     STICKY(err);
     int rc = attn_shape(D, H, err);
-    if (rc || B * C == 0)
+    if (rc)
         return rc;
     const int on = drop_on(d);
     const size_t na = B * H * C * C, rows = B * H * C, nq = B * C * 3 * D;
+    DEV_ARGS(err, ARG(dqkv, nq), ARG(datt, na), ARG(dout, B * C * D), ARG(qkv, nq), ARG(att, na),
+             ARG(attp, on ? na : 0));
+    if (B * C == 0)
+        return 0;
     FOR_THREADS (i, na)
         moe_k_attn_dp(datt, dout, qkv, C, D, H, i / (C * C), i / C % C, i % C);
     if (on) {
@@ -1123,6 +1244,11 @@ int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, con
                                 size_t B, size_t C, size_t D, size_t H, struct moe_err *err)
 {
     STICKY(err);
+    int rc = attn_shape(D, H, err); // its error first, as the call below gives it
+    if (rc)
+        return rc;
+    const size_t na = B * H * C * C, nq = B * C * 3 * D;
+    DEV_ARGS(err, ARG(dqkv, nq), ARG(datt, na), ARG(dout, B * C * D), ARG(qkv, nq), ARG(att, na));
     return moe_cuda_attention_backward_drop(dqkv, datt, dout, qkv, att, NULL, B, C, D, H, NULL, err);
 }
 
@@ -1131,6 +1257,7 @@ int moe_cuda_attention_backward(float *dqkv, float *datt, const float *dout, con
 int moe_cuda_dropout(float *x, size_t n, uint64_t first, const struct moe_cuda_drop *d, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(x, drop_on(d) ? n : 0));
     if (!drop_on(d) || n == 0)
         return 0;
     const struct moe_k_drop k = drop_make(d);
@@ -1144,6 +1271,8 @@ int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t *row_tok, 
                           const struct moe_cuda_drop *d, struct moe_err *err)
 {
     STICKY(err);
+    const size_t used = drop_on(d) && F ? N : 0;
+    DEV_ARGS(err, ARG(x, used * F), ARG(row_tok, used), ARG(row_slot, row_tok ? used : 0));
     if (!drop_on(d) || N * F == 0)
         return 0;
     const struct moe_k_drop k = drop_make(d);
@@ -1160,6 +1289,7 @@ int moe_cuda_dropout_rows(float *x, size_t N, size_t F, const int32_t *row_tok, 
 int moe_cuda_bias_rows(float *y, size_t ldy, const float *b, size_t T, size_t O, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(y, T && O ? (T - 1) * ldy + O : 0), ARG(b, T ? O : 0));
     FOR_THREADS (i, T * O)
         moe_k_bias_rows(y, ldy, b, i / O, i % O);
     return 0;
@@ -1168,6 +1298,7 @@ int moe_cuda_bias_rows(float *y, size_t ldy, const float *b, size_t T, size_t O,
 int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t O, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(db, T ? O : 0), ARG(dy, T && O ? (T - 1) * lddy + O : 0));
     if (T * O == 0)
         return 0;
     FOR_THREADS (o, O)
@@ -1178,6 +1309,7 @@ int moe_cuda_bias_grad(float *db, const float *dy, size_t lddy, size_t T, size_t
 int moe_cuda_add(float *y, const float *x, size_t n, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(y, n), ARG(x, n));
     FOR_THREADS (i, n)
         moe_k_add(y, x, i);
     return 0;
@@ -1353,6 +1485,7 @@ int moe_cuda_jitter(float *xr, float *jit, const float *x, size_t n, float eps, 
                     uint32_t stream, uint64_t base, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(xr, n), ARG(jit, n), ARG(x, n));
     FOR_THREADS (i, n)
         moe_k_jitter(xr, jit, x, eps, seed, purpose, stream, base, i);
     return 0;
@@ -1361,6 +1494,7 @@ int moe_cuda_jitter(float *xr, float *jit, const float *x, size_t n, float eps, 
 int moe_cuda_jitter_back(float *dx, const float *dxr, const float *jit, size_t n, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(dx, n), ARG(dxr, n), ARG(jit, n));
     FOR_THREADS (i, n)
         moe_k_jitter_back(dx, dxr, jit, i);
     return 0;
@@ -1369,6 +1503,7 @@ int moe_cuda_jitter_back(float *dx, const float *dxr, const float *jit, size_t n
 int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(h, n), ARG(b, n));
     FOR_THREADS (i, n)
         moe_k_mul(h, b, i);
     return 0;
@@ -1377,6 +1512,7 @@ int moe_cuda_mul(float *h, const float *b, size_t n, struct moe_err *err)
 int moe_cuda_swiglu_back(float *db, float *dh, const float *b, size_t n, struct moe_err *err)
 {
     STICKY(err);
+    DEV_ARGS(err, ARG(db, n), ARG(dh, n), ARG(b, n));
     FOR_THREADS (i, n)
         moe_k_swiglu_back(db, dh, b, i);
     return 0;
@@ -1386,6 +1522,8 @@ int moe_cuda_scatter(float *dx, const float *dxd, const int32_t *slot_row, size_
                      struct moe_err *err)
 {
     STICKY(err);
+    const size_t ts = D ? T * S : 0;
+    DEV_ARGS(err, ARG(dx, T * D), START(dxd, ts), ARG(slot_row, ts));
     FOR_THREADS (i, T * D)
         moe_k_scatter(dx, dxd, slot_row, S, D, i / D, i % D);
     return 0;

@@ -1260,6 +1260,31 @@ static void test_emulation_checks(void)
     EXPECT(moe_cuda_copy(d2, d, sizeof h, &err) == 0, "%s", err.msg);
     host(h2, d2, sizeof h);
     EXPECT(memcmp(h, h2, sizeof h) == 0, "a device-to-device copy changed the bytes");
+    // a kernel's device pointer arguments, struct fields included: a host pointer there is an illegal address on a GPU
+    EXPECT(moe_cuda_add(h2, d, 64, &err) == MOE_EINVAL && strstr(err.msg, "moe_cuda_add: y (") &&
+               strstr(err.msg, "is not device memory"),
+           "a host y of moe_cuda_add not refused: %s", err.msg);
+    EXPECT(moe_cuda_act_forward(MOE_CUDA_RELU, d2, d + 1, 64, &err) == MOE_EINVAL &&
+               strstr(err.msg, "moe_cuda_act_forward: x runs 4 bytes past the end of the device allocation 'test'"),
+           "an activation's input past the end not refused: %s", err.msg);
+    const size_t offset[2] = { 0, 4 };
+    int32_t row_tok[4] = { 0, 1, 2, 3 };
+    struct moe_cuda_plan plan = { .row_tok = row_tok, .offset = dev(offset, sizeof offset) };
+    EXPECT(moe_cuda_gather(d2, d, &plan, 1, 4, 4, &err) == MOE_EINVAL &&
+               strstr(err.msg, "moe_cuda_gather: p->row_tok (") && strstr(err.msg, "is not device memory"),
+           "a host plan array of moe_cuda_gather not refused: %s", err.msg);
+    plan.row_tok = dev(row_tok, sizeof row_tok);
+    EXPECT(moe_cuda_gather(d2, d, &plan, 1, 4, 4, &err) == 0, "%s", err.msg);
+    struct moe_k_optim o;
+    moe_k_optim_setup(&o, MOE_K_ADAMW, 1e-3, 0.0, 0.0, 0.9, 0.999, 1e-8, 1, 1.0f);
+    EXPECT(moe_cuda_optim_update(&o, d, d2, h2, d2, 64, &err) == MOE_EINVAL &&
+               strstr(err.msg, "moe_cuda_optim_update: m (") && strstr(err.msg, "is not device memory"),
+           "a host moment buffer of moe_cuda_optim_update not refused: %s", err.msg);
+    moe_cuda_free(plan.row_tok), moe_cuda_free(plan.offset);
+    float *gone = dev(NULL, sizeof h);
+    moe_cuda_free(gone);
+    EXPECT(moe_cuda_add(gone, d, 64, &err) == MOE_EINVAL && strstr(err.msg, "moe_cuda_add: y ("),
+           "a freed y of moe_cuda_add not refused: %s", err.msg);
     const char *g = getenv("MOE_CUDA_HOST_GUARD");
     if (g && strcmp(g, "1") == 0) {
         int fd[2];
