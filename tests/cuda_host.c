@@ -361,6 +361,13 @@ void moe_cuda_free(void *p)
     abort(); // not a live device allocation: cudaFree would fail, a double free here
 }
 
+// The copies between host and device so far (moe_cuda_to_device and
+// moe_cuda_to_host, the ops' own results included): the tests' check that a
+// step copies only its batch in and its metrics out.
+struct cuda_host_copies { // as tests/cuda_test.h declares it
+    size_t in_calls, in_bytes, out_calls, out_bytes;
+} cuda_host_copies;
+
 // cudaMemcpy, with its direction checked: the device side inside one live
 // allocation, the host side outside all of them.
 int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err *err)
@@ -371,6 +378,8 @@ int moe_cuda_to_device(void *dst, const void *src, size_t bytes, struct moe_err 
         rc = host_span(src, bytes, "cudaMemcpy host to device", "the source", err);
     if (!rc && bytes)
         memcpy(dst, src, bytes);
+    if (!rc)
+        cuda_host_copies.in_calls++, cuda_host_copies.in_bytes += bytes;
     return rc;
 }
 
@@ -382,6 +391,8 @@ int moe_cuda_to_host(void *dst, const void *src, size_t bytes, struct moe_err *e
         rc = host_span(dst, bytes, "cudaMemcpy device to host", "the destination", err);
     if (!rc && bytes)
         memcpy(dst, src, bytes);
+    if (!rc)
+        cuda_host_copies.out_calls++, cuda_host_copies.out_bytes += bytes;
     return rc;
 }
 

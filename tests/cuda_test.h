@@ -20,6 +20,10 @@ static int failures;
 extern long cuda_host_fail_malloc, cuda_host_fail_optim; // tests/cuda_host.c's faults
 extern int cuda_host_sticky;                               // set by a kernel fault, as a GPU's context is spoilt
 extern void (*cuda_host_on_malloc)(size_t bytes, const char *what); // and its allocation hook
+struct cuda_host_copies { // host-device copies so far (cuda_host.c)
+    size_t in_calls, in_bytes, out_calls, out_bytes;
+};
+extern struct cuda_host_copies cuda_host_copies;
 #endif
 #define EXPECT(c, ...)                                           \
     do {                                                         \

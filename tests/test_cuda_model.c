@@ -302,6 +302,24 @@ static void eval_only(const char *name, const struct twin *w, const struct moe_b
     moe_cuda_model_free(e);
 }
 
+#ifdef MOE_TEST_CUDA_HOST
+// A training step's copies between host and device (counted by the
+// emulation, tests/cuda_host.c): in, exactly the batch (in_bytes); out, the
+// bytes returned (the caller requires them the same for a batch of half the
+// rows: metrics and the scalars the step's sums end in, the experts' row
+// offsets the grouped GEMMs' shapes need on the host; never weights,
+// gradients, moments or activations, which grow with the model or the batch).
+static size_t step_copies(const char *name, size_t s, const struct cuda_host_copies *c0, size_t in_bytes)
+{
+    const struct cuda_host_copies *c = &cuda_host_copies;
+    size_t in = c->in_bytes - c0->in_bytes, out = c->out_bytes - c0->out_bytes;
+    printf("# %s step %zu copies: %zu bytes in (%zu calls; the batch: %zu), %zu bytes out (%zu calls)\n", name, s, in,
+           c->in_calls - c0->in_calls, in_bytes, out, c->out_calls - c0->out_calls);
+    EXPECT(in == in_bytes, "%s step %zu: %zu bytes copied to the device, the batch is %zu", name, s, in, in_bytes);
+    return out;
+}
+#endif
+
 struct mcase {
     const char *name;
     int regression;
@@ -321,20 +339,33 @@ static void run_case(const struct mcase *k)
     struct moe_stats st;
     if (moe_stats_init(&st, 0, 0, &err))
         die(&err);
+#ifdef MOE_TEST_CUDA_HOST
+    size_t out_bytes[3] = { 0 };
+#endif
     for (size_t s = 0; s < steps; s++) {
         fill(x, T * I, 100 + (uint32_t)s, -2.0f, 2.0f);
         fill(y, T * O, 200 + (uint32_t)s, -1.0f, 1.0f);
         for (size_t t = 0; t < T; t++)
             label[t] = (int32_t)((t * 7 + s) % O);
-        struct moe_batch b = { .n = T, .x = x, .y = k->regression ? y : NULL, .label = k->regression ? NULL : label,
+        const size_t n = s == 1 ? T / 2 : T; // step 1: a short batch (what a step copies must not grow with it)
+        struct moe_batch b = { .n = n, .x = x, .y = k->regression ? y : NULL, .label = k->regression ? NULL : label,
                                .step = s };
         double aux, gnorm;
         moe_stats_reset(&st);
         twin_cpu_step(&w, &b, s, &st, &aux, &gnorm);
         // the device
         double dloss, daux, dgnorm;
+#ifdef MOE_TEST_CUDA_HOST
+        const struct cuda_host_copies c0 = cuda_host_copies;
+#endif
         if (moe_cuda_model_step(w.d, &b, &w.od, &dloss, &daux, &dgnorm, &err))
             die(&err);
+#ifdef MOE_TEST_CUDA_HOST
+        size_t hashed = 0; // hash routing: each token's expert, looked up on the host from its key, per layer
+        for (size_t l = 0; l < w.m.n_moe_layers; l++)
+            hashed += w.m.moe_layers[l]->c.router.type == MOE_ROUTER_HASH;
+        out_bytes[s] = step_copies(k->name, s, &c0, n * I * 4 + (k->regression ? n * O * 4 : n * 4) + hashed * n * 4);
+#endif
         char what[64];
         snprintf(what, sizeof what, "step %zu loss", s);
         same_double(k->name, what, dloss, st.loss, 1e-4);
@@ -343,6 +374,11 @@ static void run_case(const struct mcase *k)
         snprintf(what, sizeof what, "step %zu gradient norm", s);
         same_double(k->name, what, dgnorm, gnorm, 1e-4);
     }
+#ifdef MOE_TEST_CUDA_HOST
+    EXPECT(out_bytes[0] == out_bytes[1] && out_bytes[1] == out_bytes[2],
+           "%s: the bytes a step copies to the host change with its rows: %zu (%zu rows), %zu (%zu), %zu (%zu)", k->name,
+           out_bytes[0], T, out_bytes[1], T / 2, out_bytes[2], T);
+#endif
     EXPECT(w.od.t == w.o.t, "%s: %llu steps on the device, %llu on the CPU", k->name, (unsigned long long)w.od.t,
            (unsigned long long)w.o.t);
     const size_t used = twin_memory(k->name, &w);
@@ -383,6 +419,9 @@ static void run_tf_case(const struct tcase *k)
     if (moe_stats_init(&st, 0, 0, &err) || moe_stats_init_lang(&st, G, &err) || moe_stats_init(&sd, 0, 0, &err) ||
         moe_stats_init_lang(&sd, G, &err))
         die(&err);
+#ifdef MOE_TEST_CUDA_HOST
+    size_t out_bytes[3] = { 0 };
+#endif
     for (size_t s = 0; s <= steps; s++) { // the last round: an evaluation pass
         fill(u, B * (C + 1), 300 + (uint32_t)s, 0.0f, (float)V);
         for (size_t i = 0; i < B * (C + 1); i++) {
@@ -437,9 +476,26 @@ static void run_tf_case(const struct tcase *k)
         double aux, gnorm;
         twin_cpu_step(&w, &b, s, &st, &aux, &gnorm);
         double dloss, daux, dgnorm;
+#ifdef MOE_TEST_CUDA_HOST
+        const struct cuda_host_copies c0 = cuda_host_copies;
+        if (moe_cuda_model_grad(w.d, &b, &dloss, &daux, &dgnorm, &err) ||
+            moe_cuda_model_update(w.d, &w.od, dgnorm, &err))
+            die(&err);
+        // in: the windows' tokens and next-token targets (B (C + 1) + B C int32), with a language-aware
+        // router the windows' languages (B), with hash routing each token's expert per hash layer (B C)
+        size_t hashed = 0, lang = 0;
+        for (size_t l = 0; l < w.m.n_moe_layers; l++) {
+            hashed += w.m.moe_layers[l]->c.router.type == MOE_ROUTER_HASH;
+            lang |= (size_t)(w.m.moe_layers[l]->c.lang_router != 0);
+        }
+        out_bytes[s] = step_copies(k->name, s, &c0, (B * (C + 1) + B * C + lang * B + hashed * B * C) * 4);
+        if (moe_cuda_model_stats(w.d, &b, &sd, &err)) // the step's statistics: per-row losses and predictions out
+            die(&err);
+#else
         if (moe_cuda_model_grad(w.d, &b, &dloss, &daux, &dgnorm, &err) || moe_cuda_model_stats(w.d, &b, &sd, &err) ||
             moe_cuda_model_update(w.d, &w.od, dgnorm, &err))
             die(&err);
+#endif
         snprintf(what, sizeof what, "step %zu", s);
         tf_stats_same(k->name, what, &sd, &st);
         // the loss pass's own sum (fixed blocks of the rows' double values; the
@@ -452,6 +508,11 @@ static void run_tf_case(const struct tcase *k)
         snprintf(what, sizeof what, "step %zu gradient norm", s);
         same_double(k->name, what, dgnorm, gnorm, 1e-4);
     }
+#ifdef MOE_TEST_CUDA_HOST
+    EXPECT(out_bytes[0] == out_bytes[1] && out_bytes[1] == out_bytes[2],
+           "%s: the bytes a step copies to the host change from step to step: %zu, %zu, %zu", k->name, out_bytes[0],
+           out_bytes[1], out_bytes[2]);
+#endif
     compare_final(k->name, w.d, &w.m, &w.o, &w.od);
     moe_stats_release(&st), moe_stats_release(&sd);
     twin_close(&w);
