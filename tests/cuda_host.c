@@ -982,17 +982,19 @@ int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n,
     return 0;
 }
 
-int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err)
+// sumsq_lane_kernel, then sumsq_block_kernel: its block's part sums (shared
+// memory there), then its thread 0 adding them to *acc.
+int moe_cuda_sum_sq(double *acc, const float *g, size_t n, double *scratch, struct moe_err *err)
 {
     STICKY(err);
-    DEV_ARGS(err, ARG(g, n), ARG(scratch, MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1));
-    double *lanes = scratch, *part = lanes + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, *sq = part + MOE_K_SQ_BLOCKS;
+    DEV_ARGS(err, ARG(acc, 1), ARG(g, n), ARG(scratch, MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES));
+    double *lanes = scratch, part[MOE_K_SQ_BLOCKS];
     FOR_THREADS (i, (size_t)MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES)
         moe_k_sumsq_lane(lanes, g, n, i / MOE_K_SQ_LANES, i % MOE_K_SQ_LANES);
     FOR_THREADS (b, MOE_K_SQ_BLOCKS)
         moe_k_sumsq_block(part, lanes, b);
-    moe_k_sumsq_total(sq, part);
-    return moe_cuda_to_host(ret, sq, sizeof *sq, err);
+    moe_k_sumsq_total(acc, part);
+    return 0;
 }
 
 // ---------------------------------------------------------------- cross-entropy

@@ -1066,13 +1066,25 @@ static void test_sum_sq(void)
     float *g = malloc(3000001 * 4);
     fill(g, 3000001, 700, -3.0f, 3.0f);
     float *g_ = dev(g, 3000001 * 4);
-    double *s_ = dev(NULL, (MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1) * sizeof(double));
+    double *s_ = dev(NULL, MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES * sizeof(double));
+    // each sum added to what the accumulator held (0.25 there), then the four
+    // added one after another from +0.0, as the trainer adds its units
+    double *acc_ = dev(NULL, sizeof(double)), chain = 0.0, all = -1.0;
     for (size_t q = 0; q < 4; q++) {
-        double sq = -1.0, ref = moe_optim_sum_sq(g, ns[q]);
-        EXPECT(moe_cuda_sum_sq(&sq, g_, ns[q], s_, &err) == 0, "%s", err.msg);
+        double sq = 0.25, ref = 0.25 + moe_optim_sum_sq(g, ns[q]);
+        moe_cuda_to_device(acc_, &sq, sizeof sq, &err);
+        EXPECT(moe_cuda_sum_sq(acc_, g_, ns[q], s_, &err) == 0, "%s", err.msg);
+        host(&sq, acc_, sizeof sq);
         EXPECT(memcmp(&sq, &ref, sizeof sq) == 0, "sum of squares, n %zu: %.17g vs %.17g", ns[q], sq, ref);
     }
-    moe_cuda_free(g_), moe_cuda_free(s_);
+    EXPECT(moe_cuda_memset(acc_, 0, sizeof(double), "acc", &err) == 0, "%s", err.msg);
+    for (size_t q = 0; q < 4; q++) {
+        chain += moe_optim_sum_sq(g, ns[q]);
+        EXPECT(moe_cuda_sum_sq(acc_, g_, ns[q], s_, &err) == 0, "%s", err.msg);
+    }
+    host(&all, acc_, sizeof all);
+    EXPECT(memcmp(&all, &chain, sizeof all) == 0, "four sums of squares added in order: %.17g vs %.17g", all, chain);
+    moe_cuda_free(g_), moe_cuda_free(s_), moe_cuda_free(acc_);
     free(g);
 }
 

@@ -1536,6 +1536,7 @@ START_TEST(test_sum_sq)
             moe_k_sumsq_lane(lanes, g, n, i / MOE_K_SQ_LANES, i % MOE_K_SQ_LANES);
         for (size_t b = MOE_K_SQ_BLOCKS; b-- > 0;)
             moe_k_sumsq_block(part, lanes, b);
+        sq = 0.0; // the total is added to what the accumulator holds
         moe_k_sumsq_total(&sq, part);
         double ref = moe_optim_sum_sq(g, n);
         ck_assert_msg(memcmp(&sq, &ref, sizeof sq) == 0, "n %zu: %.17g vs %.17g", n, sq, ref);

@@ -100,7 +100,7 @@ static const char *unsupported(const struct moe_model *m, const struct moe_model
 
 // The dry run's estimate counts these fixed buffers of create's (the gradient
 // norm's block sums, the loss's blocks) within its device extra.
-_Static_assert(((size_t)MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1 + MOE_K_CE_BLOCKS) * sizeof(double) <=
+_Static_assert(((size_t)1 + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES + MOE_K_CE_BLOCKS) * sizeof(double) <=
                    MOE_ESTIMATE_CUDA_FIXED_BYTES,
                "model/estimate.h MOE_ESTIMATE_CUDA_FIXED_BYTES is below the device model's fixed buffers");
 
@@ -172,7 +172,7 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
         { o != NULL, &d->dn, T * D * f, "dn" },
         { 1, &d->part, MOE_K_CE_BLOCKS * sizeof(double), "loss blocks" },
         { 1, &d->lse, T * sizeof(double), "loss rows" },
-        { o != NULL, &d->sq, (MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1) * sizeof(double), "gradient norm" },
+        { o != NULL, &d->sq, (1 + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES) * sizeof(double), "gradient norm" },
     };
     for (size_t i = 0; !rc && i < sizeof b / sizeof *b; i++)
         if (b[i].need)
@@ -257,19 +257,18 @@ int moe_cuda_model_create(struct moe_cuda_model **ret, const struct moe_model *m
 // The trainer's global gradient norm: its units in order (by default each
 // tensor in registry order, each routed expert of an expert tensor on its
 // own), each unit's sum of squares in moe_optim_sum_sq's blocks, added in
-// double on the host.
+// double in that order on the device (d->sq[0], from +0.0 as the trainer's
+// sum), then one double copied back: one wait for the norm, not one per unit.
 static int grad_norm(struct moe_cuda_model *d, double *ret, struct moe_err *err)
 {
     double sq = 0.0;
-    for (size_t k = 0; k < d->n_unit; k++) {
-        double s;
-        int rc = moe_cuda_sum_sq(&s, d->unit[k].g, d->unit[k].n, d->sq, err);
-        if (rc)
-            return rc;
-        sq += s;
-    }
+    int rc = moe_cuda_memset(d->sq, 0, sizeof *d->sq, "gradient norm", err);
+    for (size_t k = 0; !rc && k < d->n_unit; k++)
+        rc = moe_cuda_sum_sq(d->sq, d->unit[k].g, d->unit[k].n, d->sq + 1, err);
+    if (!rc)
+        rc = moe_cuda_to_host(&sq, d->sq, sizeof sq, err);
     *ret = sqrt(sq);
-    return 0;
+    return rc;
 }
 
 // A dense block's FFN (moe/experts.c moe_ffn_forward_drop, then the model's

@@ -917,17 +917,16 @@ __global__ void sumsq_lane_kernel(double *lanes, const float *g, size_t n)
         moe_k_sumsq_lane(lanes, g, n, i / MOE_K_SQ_LANES, i % MOE_K_SQ_LANES);
 }
 
-__global__ void sumsq_block_kernel(double *part, const double *lanes)
+// One block of MOE_K_SQ_BLOCKS threads: the blocks' lanes joined in shared
+// memory, then thread 0 adds them in order to *acc.
+__global__ void sumsq_block_kernel(double *acc, const double *lanes)
 {
-    for (size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x; b < MOE_K_SQ_BLOCKS;
-         b += (size_t)gridDim.x * blockDim.x)
+    __shared__ double part[MOE_K_SQ_BLOCKS];
+    for (size_t b = threadIdx.x; b < MOE_K_SQ_BLOCKS; b += blockDim.x)
         moe_k_sumsq_block(part, lanes, b);
-}
-
-__global__ void sumsq_total_kernel(double *sq, const double *part)
-{
-    if (blockIdx.x == 0 && threadIdx.x == 0)
-        moe_k_sumsq_total(sq, part);
+    __syncthreads();
+    if (threadIdx.x == 0)
+        moe_k_sumsq_total(acc, part);
 }
 
 __global__ void fold_kernel(float *a, const float *g, float *out, size_t n, float w, size_t k, int last)
@@ -963,20 +962,15 @@ extern "C" int moe_cuda_lora_merge(float *w, const float *w0, const float *delta
     return launched("lora_merge_kernel", err);
 }
 
-extern "C" int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err)
+extern "C" int moe_cuda_sum_sq(double *acc, const float *g, size_t n, double *scratch, struct moe_err *err)
 {
-    double *lanes = scratch, *part = lanes + MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, *sq = part + MOE_K_SQ_BLOCKS;
+    double *lanes = scratch;
     int rc;
     sumsq_lane_kernel<<<blocks_for((size_t)MOE_K_SQ_BLOCKS * MOE_K_SQ_LANES, 256), 256>>>(lanes, g, n);
     if ((rc = launched("sumsq_lane_kernel", err)))
         return rc;
-    sumsq_block_kernel<<<1, MOE_K_SQ_BLOCKS>>>(part, lanes);
-    if ((rc = launched("sumsq_block_kernel", err)))
-        return rc;
-    sumsq_total_kernel<<<1, 1>>>(sq, part);
-    if ((rc = launched("sumsq_total_kernel", err)))
-        return rc;
-    return moe_cuda_to_host(ret, sq, sizeof *sq, err);
+    sumsq_block_kernel<<<1, MOE_K_SQ_BLOCKS>>>(acc, lanes);
+    return launched("sumsq_block_kernel", err);
 }
 
 // ---------------------------------------------------------------- cross-entropy: one thread per row, then per block

@@ -212,10 +212,12 @@ int moe_cuda_fold(float *a, const float *g, float *out, size_t n, float w, size_
 // delta where delta is not zero, else w0.
 int moe_cuda_lora_merge(float *w, const float *w0, const float *delta, size_t n, struct moe_err *err);
 // The sum of squares of g (n values) for the global gradient norm, in
-// moe_optim_sum_sq's blocks, lanes and order (kernels/optim.h), into *ret on
-// the host. Scratch: MOE_K_SQ_BLOCKS * (MOE_K_SQ_LANES + 1) + 1 doubles of
-// device memory.
-int moe_cuda_sum_sq(double *ret, const float *g, size_t n, double *scratch, struct moe_err *err);
+// moe_optim_sum_sq's blocks, lanes and order (kernels/optim.h), added to *acc
+// in device memory (one double addition, as the trainer adds its units' sums
+// in order on the host): the norm adds all its units on the device and copies
+// one double back, not one per unit. Scratch: MOE_K_SQ_BLOCKS *
+// (MOE_K_SQ_LANES + 1) doubles of device memory.
+int moe_cuda_sum_sq(double *acc, const float *g, size_t n, double *scratch, struct moe_err *err);
 
 // Softmax cross-entropy over T rows of O logits y with labels (nn/loss.c
 // moe_ce_rows): row_loss, row_argmax (T) written when not NULL; dy (T, O) +=

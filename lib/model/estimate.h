@@ -61,8 +61,8 @@
 // nothing of this has been measured on a GPU by this project yet.
 #define MOE_ESTIMATE_CUDA_RESERVE_BYTES ((size_t)512 << 20) // 512 MiB
 // What the CUDA backend's model (lib/cuda/model.c, transformer.c) keeps on the
-// device beyond the CPU model's plan: a fixed part, the gradient norm's block
-// sums (256 x 9 + 1 doubles, 18,440 bytes) and the loss's blocks (256
+// device beyond the CPU model's plan: a fixed part, the gradient norm's lane
+// sums and total (256 x 8 + 1 doubles, 16,392 bytes) and the loss's blocks (256
 // doubles), rounded up (a static assertion in lib/cuda/model.c holds it to
 // that); and per token of a batch, the per-token loss rows (a double), the
 // Transformer's token losses and predictions (4 + 4), its embedding backward's

@@ -77,8 +77,9 @@ static inline MOE_HD void moe_k_optim_elem(const struct moe_k_optim *o, size_t i
 // (the last ones short or empty), each summed in MOE_K_SQ_LANES interleaved
 // lanes (lane k: the block's values k, k + 8, ... in order; the CPU's tail
 // values fall in the lanes that continue these strides) joined in a fixed
-// tree, then the blocks in order from 0. Three launches: one thread per
-// (block, lane), one per block, one thread for the total.
+// tree, then the blocks in order from 0. Two launches: one thread per
+// (block, lane); one block of a thread per block, then its thread 0 for the
+// total.
 #define MOE_K_SQ_BLOCKS 256 // train/optim.c NB
 #define MOE_K_SQ_LANES 8    // train/optim.c LANES
 
@@ -100,13 +101,13 @@ static inline MOE_HD void moe_k_sumsq_block(double *part, const double *lanes, s
     part[b] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
-// *sq = the blocks in order.
-static inline MOE_HD void moe_k_sumsq_total(double *sq, const double *part)
+// *acc += the blocks added in order (the trainer's sq += moe_optim_sum_sq(unit)).
+static inline MOE_HD void moe_k_sumsq_total(double *acc, const double *part)
 {
     double s = 0.0;
     for (size_t b = 0; b < MOE_K_SQ_BLOCKS; b++)
         s += part[b];
-    *sq = s;
+    *acc += s;
 }
 
 // Gradient accumulation's sum (core/params.h moe_fold: train/trainer.c's
