@@ -171,11 +171,15 @@ t_version() {
 check "moe --version names blis and its sub-configuration" t_version
 
 # The cuda line of --version says which of three builds this is; the --device
-# checks below expect that build's message.
+# checks below expect that build's message. The host emulation's binary
+# (moe-cuda-host, tests/cuda_host_probe.c: no runtime or driver, one emulated
+# device) counts as a build with a device.
 CUDA_LINE=$("$MOE" --version 2>/dev/null | grep '^cuda: ')
+EMULATED=0
 case $CUDA_LINE in
 "cuda: this build has no CUDA backend;"*) CUDA_BUILD=none ;;
 "cuda: built with CUDA "*"; devices 0 ("*) CUDA_BUILD=nodevice ;;
+"cuda: built with CUDA none runtime; driver none; devices 1") CUDA_BUILD=devices EMULATED=1 ;;
 *) CUDA_BUILD=devices ;;
 esac
 t_version_backends() {
@@ -190,7 +194,9 @@ t_version_backends() {
         fail "the cuda line of a build without CUDA should say how to build one"$'\n'"$(describe "$TMP/vb" moe --version)" ;;
     nodevice) grep -Eq '^cuda: built with CUDA [0-9]+\.[0-9]+ runtime; driver [^;]+; devices 0 \(.+\)$' "$TMP/vb.out" ||
         fail "expected 'cuda: built with CUDA X.Y runtime; driver D; devices 0 (why)'"$'\n'"$(describe "$TMP/vb" moe --version)" ;;
-    devices) grep -Eq '^cuda: built with CUDA [0-9]+\.[0-9]+ runtime; driver [0-9]+\.[0-9]+; devices [1-9][0-9]*$' "$TMP/vb.out" &&
+    devices) [ $EMULATED = 1 ] && { grep -q '^cuda:0 host emulation of the CUDA ops (tests/cuda_host.c), compute capability 0.0, ' "$TMP/vb.out" ||
+        fail "expected the emulated device's line"$'\n'"$(describe "$TMP/vb" moe-cuda-host --version)"; return; }
+        grep -Eq '^cuda: built with CUDA [0-9]+\.[0-9]+ runtime; driver [0-9]+\.[0-9]+; devices [1-9][0-9]*$' "$TMP/vb.out" &&
         grep -Eq '^cuda:0 .+, compute capability [0-9]+\.[0-9]+, [0-9.]+ [KMGT]?i?B$' "$TMP/vb.out" ||
         fail "expected 'cuda: built with CUDA X.Y runtime; driver D; devices N' and a 'cuda:0 NAME, compute capability C, MEMORY' line"$'\n'"$(describe "$TMP/vb" moe --version)" ;;
     esac
@@ -685,7 +691,7 @@ nodevice)
 devices)
     expect_fail "--device cuda, a usable device, a command that does not run on one yet" 2 \
         "option '--device cuda' cannot be used: this command does not run on a CUDA device yet (cuda:0 is " \
-        -- "$MOE" eval --checkpoint none.safetensors --device cuda
+        -- "$MOE" generate --checkpoint none.safetensors --device cuda
     expect_fail "train --device cuda, a mixture model" 2 \
         "option '--device cuda' cannot be used with model.type 'mixture': the CUDA backend is for mlp-moe and transformer models" \
         -- "$MOE" train --config "$CFG" --out "$O" --device cuda
