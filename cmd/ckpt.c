@@ -72,13 +72,15 @@ size_t cli_ckpt_eval_chunk(const struct moe_run_cfg *rc, size_t n_train)
 }
 
 int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, size_t n_sets, int ignore_memory,
-                  cli_batch_fn batch, const void *ctx, struct cli_ckpt *k)
+                  cli_batch_fn batch, const void *ctx, int keep_file, struct cli_ckpt *k)
 {
     struct moe_err err = { 0 };
     int std_on = 0, checked = 0, rc;
     if (moe_safetensors_open(path, &k->f, &err) || cli_ckpt_config(&k->f, sets, n_sets, &k->cfg, &k->rc, &std_on, &err))
         return cli_fail(cmd, &err);
-    if ((rc = cli_check_run(cmd, &k->rc, NULL, NULL, batch, ctx, 0, ignore_memory, NULL, &checked)))
+    // the file as read, beside the data and the model until the model has its tensors
+    const struct cli_ckpt_mem ck = { k->f.size, 1, keep_file };
+    if ((rc = cli_check_run(cmd, &k->rc, NULL, NULL, batch, ctx, 0, &ck, ignore_memory, NULL, &checked)))
         return rc;
     k->has_vocab = moe_data_vocab_read(&k->f, &k->vocab, &err);
     if (k->has_vocab < 0 || moe_data_load_cfg(&k->data, &k->rc.data, k->has_vocab ? &k->vocab : NULL, &err) ||
@@ -87,13 +89,15 @@ int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, si
     if (std_on && !k->data.has_text &&
         (cli_ckpt_standardize(&k->f, &k->data.train, &err) || cli_ckpt_standardize(&k->f, &k->data.test, &err)))
         return cli_fail(cmd, &err);
-    if (!checked && (rc = cli_check_run(cmd, &k->rc, NULL, &k->data, batch, ctx, 0, ignore_memory, NULL, &checked)))
+    if (!checked && (rc = cli_check_run(cmd, &k->rc, NULL, &k->data, batch, ctx, 0, &ck, ignore_memory, NULL, &checked)))
         return rc;
     const struct moe_dataset *tr = &k->data.train;
     k->max_batch = batch(&k->rc, tr->n, k->data.test.n, ctx);
     if (moe_model_create_hp(&k->model, &k->rc.model, NULL, tr->task, tr->n_in, tr->n_out, k->max_batch, &err) ||
         moe_model_load(&k->model, &k->f, 1, &err))
         return cli_fail(cmd, &err);
+    if (!keep_file) // the model holds its own copy of every tensor
+        moe_safetensors_close(&k->f);
     return 0;
 }
 

@@ -24,7 +24,7 @@ int cli_ckpt_standardize(const struct moe_st_file *f, struct moe_dataset *d, str
 
 // Everything cli_ckpt_load reads; cli_ckpt_release frees it at any stage.
 struct cli_ckpt {
-    struct moe_st_file f;
+    struct moe_st_file f;   // the checkpoint (closed once the model is loaded, unless kept)
     struct moe_config cfg;
     struct moe_run_cfg rc;
     struct moe_vocab vocab; // text data: the checkpoint's vocabulary
@@ -37,10 +37,12 @@ struct cli_ckpt {
 // refuse a run that will not fit (cli_check_run with batch and ctx, before
 // synthetic data is generated or once the data is loaded), load the data with
 // the checkpoint's vocabulary, standardise both splits with its statistics,
-// then build the model (max_batch from batch()) and load its tensors. Returns
+// then build the model (max_batch from batch()) and load its tensors. The
+// file's bytes are freed then, unless keep_file (k->f stays open for the
+// caller; the memory check counts the file for the whole run). Returns
 // 0, or the exit code after printing one line "moe CMD: ...".
 int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, size_t n_sets, int ignore_memory,
-                  cli_batch_fn batch, const void *ctx, struct cli_ckpt *k);
+                  cli_batch_fn batch, const void *ctx, int keep_file, struct cli_ckpt *k);
 void cli_ckpt_release(struct cli_ckpt *k);
 
 // The evaluation chunk the trainer uses for split evaluations (trainer.c:

@@ -363,11 +363,11 @@ static int sweep_run(const char *cmd, const struct cli_common *c, const struct m
     if (!r && is_mlp)
         loss = rcfg.model.loss_baseline;
     if (!r && !checked)
-        refused = cli_check_run(cmd, &rcfg, loss, NULL, cl_batch, NULL, 1, c->ignore_memory, NULL, &checked);
+        refused = cli_check_run(cmd, &rcfg, loss, NULL, cl_batch, NULL, 1, NULL, c->ignore_memory, NULL, &checked);
     if (!r && !refused)
         r = moe_data_load_cfg(&data, &rcfg.data, NULL, &err);
     if (!r && !refused && !checked)
-        refused = cli_check_run(cmd, &rcfg, loss, &data, cl_batch, NULL, 1, c->ignore_memory, NULL, &checked);
+        refused = cli_check_run(cmd, &rcfg, loss, &data, cl_batch, NULL, 1, NULL, c->ignore_memory, NULL, &checked);
     if (!r && !refused)
         r = moe_model_create_hp(&model, &rcfg.model, loss, data.train.task, data.train.n_in, data.train.n_out,
                                 cl_batch(&rcfg, data.train.n, data.test.n, NULL), &err);

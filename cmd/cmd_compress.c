@@ -706,7 +706,7 @@ static int run(struct compress_run *r, char **sets, size_t n_sets)
     struct cli_common *c = r->c;
     int rc;
     if ((rc = run_dir_check(cmd, c, c->out, RUN_DIR_NEW)) ||
-        (rc = cli_ckpt_load(cmd, o->ckpt, (const char *const *)sets, n_sets, c->ignore_memory, compress_batch, NULL, &r->k)))
+        (rc = cli_ckpt_load(cmd, o->ckpt, (const char *const *)sets, n_sets, c->ignore_memory, compress_batch, NULL, 1, &r->k)))
         return rc;
     const struct moe_st_file *f = &r->k.f;
     if (o->quantize)

@@ -101,7 +101,7 @@ int cmd_eval(int argc, char **argv)
         goto done;
     int want_valid = strcmp(o.split, "valid") == 0;
     if ((rc = cli_ckpt_load(cmd, o.ckpt, (const char *const *)sets, n_sets, c.ignore_memory, eval_batch,
-                            want_valid ? "test" : o.split, &k)))
+                            want_valid ? "test" : o.split, 0, &k)))
         goto done;
     const struct moe_dataset *d = strcmp(o.split, "train") == 0 ? &k.data.train : &k.data.test;
     if (want_valid && k.data.valid.n) // a validation split of its own (else the held-out split, as before)

@@ -280,7 +280,7 @@ struct rs_run {
     const char *cmd;
     const struct cli_common *c;
     const struct rs_opts *o;
-    struct moe_st_file f;
+    struct moe_st_file f;    // the checkpoint, closed once the model is loaded
     struct moe_config cfg;
     struct moe_run_cfg rc;   // cfg read once, typed
     struct moe_vocab vocab;
@@ -333,7 +333,9 @@ static int rs_load(struct rs_run *r)
     if (moe_safetensors_open(r->o->ckpt, &r->f, &err) ||
         cli_ckpt_config(&r->f, r->c->sets, r->c->n_sets, &r->cfg, &r->rc, &std_on, &err))
         return cli_fail(cmd, &err);
-    if ((rc = cli_check_run(cmd, &r->rc, NULL, NULL, rs_batch, split, 0, r->c->ignore_memory, NULL, &checked)))
+    // the file as read, beside the data and the model until the model has its tensors
+    const struct cli_ckpt_mem ck = { r->f.size, 1, 0 };
+    if ((rc = cli_check_run(cmd, &r->rc, NULL, NULL, rs_batch, split, 0, &ck, r->c->ignore_memory, NULL, &checked)))
         return rc;
     int has_vocab = moe_data_vocab_read(&r->f, &r->vocab, &err);
     if (has_vocab < 0 || moe_data_load_cfg(&r->data, &r->rc.data, has_vocab ? &r->vocab : NULL, &err) ||
@@ -345,11 +347,13 @@ static int rs_load(struct rs_run *r)
     if (std_on && !r->data.has_text && cli_ckpt_standardize(&r->f, r->d, &err))
         return cli_fail(cmd, &err);
     r->chunk = rs_batch(&r->rc, r->data.train.n, r->data.test.n, split);
-    if (!checked && (rc = cli_check_run(cmd, &r->rc, NULL, &r->data, rs_batch, split, 0, r->c->ignore_memory, NULL, &checked)))
+    if (!checked &&
+        (rc = cli_check_run(cmd, &r->rc, NULL, &r->data, rs_batch, split, 0, &ck, r->c->ignore_memory, NULL, &checked)))
         return rc;
     if (moe_model_create_hp(&r->model, &r->rc.model, NULL, r->d->task, r->d->n_in, r->d->n_out, r->chunk, &err) ||
         moe_model_load(&r->model, &r->f, 1, &err))
         return cli_fail(cmd, &err);
+    moe_safetensors_close(&r->f); // the model holds its own copy of every tensor
     if (!r->model.n_moe_layers)
         return cli_error(cmd, 2, "'%s' is a '%s' model without sparse layers: nothing to route", r->o->ckpt,
                          r->model.ops->type);

@@ -231,11 +231,13 @@ static int dry_base(const char *cmd, const char *path, const struct moe_data *da
 // --dry-run: the estimate on stdout, from the config alone when it gives the
 // data's shape (synthetic), else after loading the data. cuda: what the CUDA
 // probe found for --device cuda[:N] (then the output has a "device" object),
-// NULL for --device cpu. moe lora (o->lora): the run's estimate with its
+// NULL for --device cpu. ck: the checkpoint of --init or --resume, counted as
+// the run counts it (run_ckpt). moe lora (o->lora): the run's estimate with its
 // adapters (MOE_RUN_LORA, the figure it checks), the base checkpoint read, and
 // summary.tuning as the run will write it.
 static int dry_run(const char *cmd, const struct cli_common *c, const struct cli_train_opts *o,
-                   const struct moe_config *cfg, const struct moe_run_cfg *rcfg, const struct moe_backend_info *cuda)
+                   const struct moe_config *cfg, const struct moe_run_cfg *rcfg, const struct cli_ckpt_mem *ck,
+                   const struct moe_backend_info *cuda)
 {
     struct moe_err err = { 0 };
     struct moe_data data;
@@ -253,8 +255,8 @@ static int dry_run(const char *cmd, const struct cli_common *c, const struct cli
     }
     struct moe_model_estimate est;
     const size_t max_batch = train_batch(rcfg, n_train, n_test, NULL);
-    int rc = moe_run_estimate(rcfg, NULL, task, n_in, n_out, n_train, n_test, max_batch,
-                              o->lora ? MOE_RUN_LORA : MOE_RUN_TRAIN, &est, &err);
+    int rc = cli_run_estimate(rcfg, NULL, task, n_in, n_out, n_train, n_test, max_batch,
+                              o->lora ? MOE_RUN_LORA : MOE_RUN_TRAIN, ck, &est, &err);
     if (rc) {
         moe_data_release(&data);
         return cli_fail(cmd, &err);
@@ -315,7 +317,7 @@ struct train_run {
     struct moe_model model;
     size_t max_batch;
     struct moe_model_estimate est;   // its FLOPs per token give summary.json's train_gflops
-    struct moe_st_file init, resume; // the checkpoints of --init and --resume
+    struct moe_st_file init, resume; // the checkpoints of --init (closed once read) and --resume
     struct moe_train_pos pos;        // where a resumed run stopped
     uint64_t extend_from;            // --resume --set train.epochs=N: the run's epochs before (0: no extension)
     struct moe_vocab ck_vocab;       // a resumed run's vocabulary (text data)
@@ -454,6 +456,18 @@ static int extend_outputs(struct train_run *r)
     return 0;
 }
 
+// The checkpoint the run reads whole, as the memory check counts it: --resume's,
+// read before the config and held until the trainer has read its moments and
+// statistics (after it allocated its own); or --init's (moe lora's --base), read
+// once the model is made and closed once its weights and FFN masks are copied
+// out (setup), before the teacher, the adapters and the trainer allocate.
+static struct cli_ckpt_mem run_ckpt(const struct train_run *r)
+{
+    if (r->o->resume)
+        return (struct cli_ckpt_mem){ r->resume.size, 1, 1 };
+    return (struct cli_ckpt_mem){ cli_ckpt_file_bytes(r->o->init), 0, 0 };
+}
+
 // The data (a resumed run reads its text with the vocabulary it was trained
 // with). A run that will not fit is refused before it allocates: from the
 // config's shape when it gives one (synthetic data), else once the data is loaded.
@@ -463,7 +477,8 @@ static int load_data(struct train_run *r)
     int checked = 0, rc;
     // moe lora: its adapters and what it trains (train.h MOE_RUN_LORA), the figure its dry run prints
     const enum moe_run_kind kind = r->o->lora ? MOE_RUN_LORA : MOE_RUN_TRAIN;
-    if ((rc = cli_check_run(r->cmd, &r->rc, NULL, NULL, train_batch, NULL, kind, r->c->ignore_memory, &r->est,
+    const struct cli_ckpt_mem ck = run_ckpt(r);
+    if ((rc = cli_check_run(r->cmd, &r->rc, NULL, NULL, train_batch, NULL, kind, &ck, r->c->ignore_memory, &r->est,
                             &checked)))
         return rc;
     if (moe_data_load_cfg(&r->data, &r->rc.data, r->has_vocab > 0 ? &r->ck_vocab : NULL, &err))
@@ -471,8 +486,8 @@ static int load_data(struct train_run *r)
     if (r->data.has_text && (rc = run_output_text(r->cmd, &r->outs, &r->data)))
         return rc;
     if (!checked)
-        rc = cli_check_run(r->cmd, &r->rc, NULL, &r->data, train_batch, NULL, kind, r->c->ignore_memory, &r->est,
-                           &checked);
+        rc = cli_check_run(r->cmd, &r->rc, NULL, &r->data, train_batch, NULL, kind, &ck, r->c->ignore_memory,
+                           &r->est, &checked);
     return rc;
 }
 
@@ -850,7 +865,8 @@ static int prepare(struct train_run *r, cJSON **done, int *ret_done)
         return rc;
     if (o->dry_run) {
         *ret_done = 1;
-        return dry_run(cmd, c, o, &r->cfg, &r->rc, r->on_device ? cuda : NULL);
+        const struct cli_ckpt_mem ck = run_ckpt(r);
+        return dry_run(cmd, c, o, &r->cfg, &r->rc, &ck, r->on_device ? cuda : NULL);
     }
     if (!r->out) {
         snprintf(r->default_out, sizeof r->default_out, "runs/train-%016llx", (unsigned long long)moe_config_hash(&r->cfg));
@@ -899,7 +915,10 @@ static int check_device(struct train_run *r)
     const char *cmd = r->cmd;
     int rc;
     struct moe_err err = { 0 };
-    if ((rc = load_data(r)) || (rc = build_model(r)) || (rc = device_check(r)))
+    if ((rc = load_data(r)) || (rc = build_model(r)))
+        return rc;
+    moe_safetensors_close(&r->init); // the model holds its own copy of every tensor
+    if ((rc = device_check(r)))
         return rc;
     const struct moe_dataset *tr = &r->data.train;
     size_t bs = r->rc.optim.batch_size;
@@ -967,10 +986,14 @@ static int setup(struct train_run *r)
     // a new run: a directory holding another run, or in use, is refused before the data is loaded
     if (!o->resume && !cli_rank && (rc = run_dir_check(cmd, c, r->out, RUN_DIR_NEW)))
         return rc;
-    if ((rc = load_data(r)) || (rc = build_model(r)) ||
-        (rc = distill_setup(cmd, &r->distill, &r->rc, &r->data, &r->model, o->resume != NULL, &r->est,
+    if ((rc = load_data(r)) || (rc = build_model(r)) || (rc = masks_setup(r)))
+        return rc;
+    // --init's bytes were for the weights and the FFN masks: freed before the teacher, the
+    // adapters and the trainer allocate, as the memory check counts them (run_ckpt)
+    moe_safetensors_close(&r->init);
+    if ((rc = distill_setup(cmd, &r->distill, &r->rc, &r->data, &r->model, o->resume != NULL, &r->est,
                             c->ignore_memory)) ||
-        (rc = tune_setup(cmd, &r->rc, &r->model, o->lora, &r->tune, &r->lora)) || (rc = masks_setup(r)))
+        (rc = tune_setup(cmd, &r->rc, &r->model, o->lora, &r->tune, &r->lora)))
         return rc;
     struct moe_err err = { 0 };
     if (r->on_device && (rc = device_check(r)))

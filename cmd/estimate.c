@@ -4,12 +4,15 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "core/sysmem.h"
 
-int cli_memory_for_run(const struct moe_model_estimate *e, int data_loaded, size_t *ret_bytes,
-                       const char **ret_source, struct moe_err *err)
+// cli_memory_for_run, where the process also holds ckpt_read bytes of a
+// checkpoint already read (struct cli_ckpt_mem).
+static int memory_for_run(const struct moe_model_estimate *e, int data_loaded, size_t ckpt_read, size_t *ret_bytes,
+                          const char **ret_source, struct moe_err *err)
 {
     struct moe_sysmem m;
     int rc = moe_sysmem_available(&m, err);
@@ -22,11 +25,19 @@ int cli_memory_for_run(const struct moe_model_estimate *e, int data_loaded, size
     if (data_loaded && (__builtin_add_overflow(held, e->bytes_data, &held) ||
                         __builtin_add_overflow(held, e->bytes_readers, &held)))
         held = SIZE_MAX;
+    if (__builtin_add_overflow(held, ckpt_read, &held))
+        held = SIZE_MAX;
     if (!budget && __builtin_add_overflow(avail, held, &avail))
         avail = SIZE_MAX;
     *ret_bytes = avail;
     *ret_source = m.source;
     return 0;
+}
+
+int cli_memory_for_run(const struct moe_model_estimate *e, int data_loaded, size_t *ret_bytes,
+                       const char **ret_source, struct moe_err *err)
+{
+    return memory_for_run(e, data_loaded, 0, ret_bytes, ret_source, err);
 }
 
 cJSON *cli_estimate_json(const struct moe_model_estimate *e, int data_loaded)
@@ -49,6 +60,7 @@ cJSON *cli_estimate_json(const struct moe_model_estimate *e, int data_loaded)
     cJSON_AddNumberToObject(m, "trainer", (double)e->bytes_trainer);
     cJSON_AddNumberToObject(m, "data", (double)e->bytes_data);
     cJSON_AddNumberToObject(m, "data_readers", (double)e->bytes_readers);
+    cJSON_AddNumberToObject(m, "checkpoint", (double)e->bytes_checkpoint);
     cJSON_AddNumberToObject(m, "process", (double)e->bytes_process);
     cJSON_AddNumberToObject(m, "total", (double)e->bytes_total);
     cJSON_AddStringToObject(o, "largest_buffer", e->largest);
@@ -78,18 +90,14 @@ size_t cli_memory_headroom(const struct moe_model_estimate *e, const char *sourc
     return h > CLI_HEADROOM_MIN ? h : CLI_HEADROOM_MIN;
 }
 
-int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int ignore_memory)
-{
-    return cli_check_memory_with(cmd, e, data_loaded, ignore_memory, NULL);
-}
-
-int cli_check_memory_with(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int ignore_memory,
-                          const char *with)
+// cli_check_memory_with, where the process also holds ckpt_read bytes of a checkpoint already read.
+static int check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded, size_t ckpt_read,
+                        int ignore_memory, const char *with)
 {
     size_t avail;
     const char *src;
     struct moe_err err = { 0 };
-    if (cli_memory_for_run(e, data_loaded, &avail, &src, &err))
+    if (memory_for_run(e, data_loaded, ckpt_read, &avail, &src, &err))
         return cli_fail(cmd, &err);
     size_t headroom = cli_memory_headroom(e, src), want;
     if (__builtin_add_overflow(e->bytes_total, headroom, &want))
@@ -111,9 +119,59 @@ int cli_check_memory_with(const char *cmd, const struct moe_model_estimate *e, i
                      what, need, keep, have, MOE_MEMORY_LIMIT_ENV);
 }
 
+int cli_check_memory(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int ignore_memory)
+{
+    return check_memory(cmd, e, data_loaded, 0, ignore_memory, NULL);
+}
+
+int cli_check_memory_with(const char *cmd, const struct moe_model_estimate *e, int data_loaded, int ignore_memory,
+                          const char *with)
+{
+    return check_memory(cmd, e, data_loaded, 0, ignore_memory, with);
+}
+
+size_t cli_ckpt_file_bytes(const char *path)
+{
+    struct stat st;
+    if (!path || stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
+        (uintmax_t)st.st_size > SIZE_MAX)
+        return 0;
+    return (size_t)st.st_size;
+}
+
+size_t cli_ckpt_peak_bytes(const struct moe_model_estimate *e, size_t file_bytes, int whole_run)
+{
+    if (whole_run)
+        return file_bytes;
+    // freed before these are allocated: the peak holds either the file or them
+    size_t later = 0;
+    const size_t parts[] = { e->bytes_optimizer, e->bytes_adapters, e->bytes_trainer };
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+        if (__builtin_add_overflow(later, parts[i], &later))
+            later = SIZE_MAX;
+    return file_bytes > later ? file_bytes - later : 0;
+}
+
+int cli_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                     size_t n_train, size_t n_test, size_t max_batch, enum moe_run_kind kind,
+                     const struct cli_ckpt_mem *ck, struct moe_model_estimate *ret, struct moe_err *err)
+{
+    struct moe_model_estimate e;
+    int r = moe_run_estimate(rc, loss, task, n_in, n_out, n_train, n_test, max_batch, kind, &e, err);
+    if (r)
+        return r;
+    if (ck) {
+        e.bytes_checkpoint = cli_ckpt_peak_bytes(&e, ck->bytes, ck->whole_run);
+        if (__builtin_add_overflow(e.bytes_total, e.bytes_checkpoint, &e.bytes_total))
+            e.bytes_total = SIZE_MAX;
+    }
+    *ret = e;
+    return 0;
+}
+
 int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
-                  cli_batch_fn batch, const void *ctx, enum moe_run_kind kind, int ignore_memory,
-                  struct moe_model_estimate *ret_est, int *ret_checked)
+                  cli_batch_fn batch, const void *ctx, enum moe_run_kind kind, const struct cli_ckpt_mem *ck,
+                  int ignore_memory, struct moe_model_estimate *ret_est, int *ret_checked)
 {
     struct moe_err err = { 0 };
     enum moe_task task;
@@ -131,11 +189,11 @@ int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *los
             return known < 0 ? cli_fail(cmd, &err) : 0;
     }
     struct moe_model_estimate est;
-    if (moe_run_estimate(rc, loss, task, n_in, n_out, n_train, n_test, batch(rc, n_train, n_test, ctx), kind, &est,
-                           &err))
+    if (cli_run_estimate(rc, loss, task, n_in, n_out, n_train, n_test, batch(rc, n_train, n_test, ctx), kind, ck,
+                         &est, &err))
         return cli_fail(cmd, &err);
     *ret_checked = 1;
     if (ret_est)
         *ret_est = est;
-    return cli_check_memory(cmd, &est, data != NULL, ignore_memory);
+    return check_memory(cmd, &est, data != NULL, ck && ck->read ? ck->bytes : 0, ignore_memory, NULL);
 }

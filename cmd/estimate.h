@@ -21,7 +21,7 @@ int cli_memory_for_run(const struct moe_model_estimate *e, int data_loaded, size
 
 // {"parameters", "active_parameters", "flops_per_token", "flops_forward_per_token",
 //  "memory_bytes": {"params", "grads", "optimizer", "adapters", "activations", "trainer", "data",
-//                   "data_readers", "process", "total"},
+//                   "data_readers", "checkpoint", "process", "total"},
 //  "largest_buffer": "...", "memory_available_bytes", "memory_available_source", "fits"}
 // memory_available_bytes as cli_memory_for_run, fits = total <= available
 // (both null when it cannot be told: a malformed MOE_MEMORY_LIMIT).
@@ -50,6 +50,30 @@ int cli_check_memory_with(const char *cmd, const struct moe_model_estimate *e, i
 // run's settings and the sizes of the splits; ctx is the command's own.
 typedef size_t (*cli_batch_fn)(const struct moe_run_cfg *rc, size_t n_train, size_t n_test, const void *ctx);
 
+// A checkpoint a run reads: moe_safetensors_open reads the whole file into one
+// buffer, and the model's tensors are copied out of it.
+struct cli_ckpt_mem {
+    size_t bytes;  // the file's size (0: no checkpoint)
+    int read;      // already read when the memory is checked: its bytes are the process's, not available
+    // Held until the run ends (--resume: the trainer reads its moments once it has
+    // allocated its own; compress writes its vocabulary and statistics back).
+    // Else freed once the model is built, before the optimizer, the adapters and
+    // the trainer's buffers are allocated (eval's statistics: its trainer bytes).
+    int whole_run;
+};
+// The size of the checkpoint at path as the reader will read it (a regular
+// file's size; 0 when it is not one, which the reader then refuses).
+size_t cli_ckpt_file_bytes(const char *path);
+// The bytes a checkpoint of file_bytes adds to the peak of the run e estimates:
+// all of them when it is held for the whole run, else what e's optimizer,
+// adapters and trainer (allocated once it is freed) do not cover.
+size_t cli_ckpt_peak_bytes(const struct moe_model_estimate *e, size_t file_bytes, int whole_run);
+// moe_run_estimate, plus ck's checkpoint (NULL: none) in bytes_checkpoint and
+// bytes_total: the figure cli_check_run checks and --dry-run prints.
+int cli_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                     size_t n_train, size_t n_test, size_t max_batch, enum moe_run_kind kind,
+                     const struct cli_ckpt_mem *ck, struct moe_model_estimate *ret, struct moe_err *err);
+
 // Estimate the run of rc (trained with loss; NULL: loss.type), checking the
 // model's rules, and refuse it when it will not fit: 0 to go on, or
 // the exit code after printing one line (an estimate error as cli_fail: 2 for
@@ -57,10 +81,11 @@ typedef size_t (*cli_batch_fn)(const struct moe_run_cfg *rc, size_t n_train, siz
 // splits; or NULL before loading, when the shape comes from the config if it
 // can (synthetic data, moe_data_shape_cfg) and otherwise nothing is checked yet
 // (returns 0 with *ret_checked = 0: call again once the data is loaded).
-// kind: as moe_run_estimate (0 evaluation, 1 training, MOE_RUN_LORA). ignore_memory: --ignore-memory.
+// kind: as moe_run_estimate (0 evaluation, 1 training, MOE_RUN_LORA). ck: the
+// checkpoint the run reads (cli_run_estimate; NULL: none). ignore_memory: --ignore-memory.
 // ret_est (may be NULL): the estimate, for --dry-run; written when *ret_checked is set.
 int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
-                  cli_batch_fn batch, const void *ctx, enum moe_run_kind kind, int ignore_memory,
-                  struct moe_model_estimate *ret_est, int *ret_checked);
+                  cli_batch_fn batch, const void *ctx, enum moe_run_kind kind, const struct cli_ckpt_mem *ck,
+                  int ignore_memory, struct moe_model_estimate *ret_est, int *ret_checked);
 
 #endif

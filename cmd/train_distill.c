@@ -31,10 +31,12 @@ static int peer_config(const char *cmd, const char *path, const struct moe_st_fi
 
 // What the checkpoint's model holds beside the student's run (its parameters,
 // gradients, activations and statistics for the student's batches of
-// max_batch), into *pe; *ret_bytes: those parts added up, and added to
+// max_batch), into *pe; *ret_bytes: those parts added up with what its file of
+// file_bytes adds to the peak (read whole, freed once the model is loaded, before
+// the student's optimizer, adapters and trainer allocate), and added to
 // est->bytes_total (the run so far).
 static int peer_estimate(const char *cmd, const char *key, const char *path, const struct moe_run_cfg *trc,
-                         enum moe_task task, size_t n_in, size_t n_out, size_t max_batch,
+                         enum moe_task task, size_t n_in, size_t n_out, size_t max_batch, size_t file_bytes,
                          struct moe_model_estimate *pe, size_t *ret_bytes, struct moe_model_estimate *est)
 {
     struct moe_err err = { 0 };
@@ -42,7 +44,8 @@ static int peer_estimate(const char *cmd, const char *key, const char *path, con
         moe_error_prefix(&err, "%s '%s': ", key, path);
         return cli_fail(cmd, &err);
     }
-    const size_t parts[] = { pe->bytes_params, pe->bytes_grads, pe->bytes_activations, pe->bytes_trainer };
+    const size_t parts[] = { pe->bytes_params, pe->bytes_grads, pe->bytes_activations, pe->bytes_trainer,
+                             cli_ckpt_peak_bytes(est, file_bytes, 0) };
     size_t sum = 0;
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
         if (__builtin_add_overflow(sum, parts[i], &sum))
@@ -58,17 +61,18 @@ static int peer_estimate(const char *cmd, const char *key, const char *path, con
 // as it was trained to (same inputs, outputs, standardisation, vocabulary and
 // languages). *hp (when not NULL): the settings it was built from. No path =
 // nothing to do. Before the model is made, its parameters, gradients,
-// activations and statistics for the student's batches are added to *est (the
-// run so far) and the sum is checked against the memory there is
-// (cli_check_memory_with, naming the checkpoint).
+// activations and statistics for the student's batches (and its checkpoint's
+// bytes, peer_estimate) are added to *est (the run so far) and the sum is
+// checked against the memory there is (cli_check_memory_with, naming the
+// checkpoint). The checkpoint is closed once the model has its tensors.
 static int peer_setup(const char *cmd, const char *key, const char *path, const struct moe_run_cfg *rcfg,
                       const struct moe_data *data, const struct moe_model *student, struct moe_model *peer,
-                      struct moe_st_file *f, struct moe_model_hp *hp, struct moe_model_estimate *est,
-                      int ignore_memory)
+                      struct moe_model_hp *hp, struct moe_model_estimate *est, int ignore_memory)
 {
     if (!path)
         return 0;
     struct moe_err err = { 0 };
+    struct moe_st_file file = { 0 }, *f = &file;
     struct moe_config tc = { 0 };
     struct moe_run_cfg trc = { 0 };
     int rc = 0;
@@ -94,7 +98,7 @@ static int peer_setup(const char *cmd, const char *key, const char *path, const 
     struct moe_model_estimate pe;
     size_t bytes;
     if ((rc = peer_estimate(cmd, key, path, &trc, data->train.task, data->train.n_in, data->train.n_out,
-                            student->max_batch, &pe, &bytes, est)))
+                            student->max_batch, f->size, &pe, &bytes, est)))
         goto out;
     char with[1024];
     snprintf(with, sizeof with, "%s '%s'", key, path);
@@ -114,6 +118,7 @@ static int peer_setup(const char *cmd, const char *key, const char *path, const 
         rc = cli_error(cmd, 2, "%s: distillation needs cross-entropy models (%s loss '%s', student loss '%s')", key,
                        path, peer->loss_name ? peer->loss_name : "?", student->loss_name ? student->loss_name : "?");
 out:
+    moe_safetensors_close(f);
     moe_run_cfg_release(&trc);
     moe_config_release(&tc);
     return rc;
@@ -139,7 +144,7 @@ int distill_peers_estimate(const char *cmd, const struct moe_run_cfg *rcfg, enum
         if (moe_safetensors_open(paths[i], &f, &err))
             return cli_fail(cmd, &err);
         if (!(rc = peer_config(cmd, paths[i], &f, &tc, &trc)))
-            rc = peer_estimate(cmd, keys[i], paths[i], &trc, task, n_in, n_out, max_batch, &pe, &bytes, est);
+            rc = peer_estimate(cmd, keys[i], paths[i], &trc, task, n_in, n_out, max_batch, f.size, &pe, &bytes, est);
         moe_safetensors_close(&f);
         if (!rc) {
             // the teacher runs on the device beside the student, evaluation only: its weights and activations
@@ -188,10 +193,10 @@ int distill_setup(const char *cmd, struct distill *d, const struct moe_run_cfg *
     struct moe_model_estimate run = *est; // the student's run, then each model beside it
     d->c = rcfg->distill;
     d->moebert = d->c.moebert;
-    if ((rc = peer_setup(cmd, "distill.teacher", d->c.teacher, rcfg, data, student, &d->teacher, &d->teacher_file,
-                         &d->teacher_hp, &run, ignore_memory)) ||
-        (rc = peer_setup(cmd, "distill.baseline", d->c.baseline, rcfg, data, student, &d->baseline,
-                         &d->baseline_file, NULL, &run, ignore_memory)))
+    if ((rc = peer_setup(cmd, "distill.teacher", d->c.teacher, rcfg, data, student, &d->teacher, &d->teacher_hp,
+                         &run, ignore_memory)) ||
+        (rc = peer_setup(cmd, "distill.baseline", d->c.baseline, rcfg, data, student, &d->baseline, NULL, &run,
+                         ignore_memory)))
         return rc;
     if (d->baseline.ops && !d->teacher.ops)
         return cli_error(cmd, 2, "config key 'distill.baseline' needs distill.teacher (--teacher)");
@@ -210,8 +215,6 @@ void distill_release(struct distill *d)
         moe_model_release(&d->teacher);
     if (d->baseline.ops)
         moe_model_release(&d->baseline);
-    moe_safetensors_close(&d->teacher_file);
-    moe_safetensors_close(&d->baseline_file);
     cJSON_Delete(d->copied);
 }
 

@@ -99,8 +99,7 @@ cJSON *run_output_eval_json(const struct moe_eval_row *r);
 
 // The checkpoints a distillation learns from and compares with (distill.*).
 struct distill {
-    struct moe_model teacher, baseline; // ops NULL: none
-    struct moe_st_file teacher_file, baseline_file;
+    struct moe_model teacher, baseline; // ops NULL: none (their checkpoints are closed once they are loaded)
     cJSON *copied;  // distill.teacher_init: the tensors the student took from the teacher
     int moebert;    // distill.moebert
     struct moe_distill_cfg c; // the distill.* keys (distill_setup)
@@ -117,8 +116,10 @@ int distill_setup(const char *cmd, struct distill *d, const struct moe_run_cfg *
                   struct moe_model *student, int resume, const struct moe_model_estimate *est, int ignore_memory);
 // --dry-run with distill.teacher or distill.baseline: each checkpoint's model,
 // from its config, as the run will hold it beside the student's batches of
-// max_batch. Adds its bytes to est->bytes_total (the figure the run checks
-// before it makes the model) and an object per checkpoint ("teacher",
+// max_batch, and the part of its checkpoint's bytes that the student's buffers
+// allocated after it is freed do not cover (cli_ckpt_peak_bytes). Adds its
+// bytes to est->bytes_total (the figure the run checks before it makes the
+// model) and an object per checkpoint ("teacher",
 // "baseline": path, model, parameters, memory_bytes) to out; *ret_device: what
 // the teacher adds on a CUDA device (its weights and activations: an
 // evaluation-only model; the baseline stays on the CPU).

@@ -16,7 +16,9 @@
 //     and empty data are refused with the keys named, by the estimate and by
 //     moe_model_create before it allocates;
 //   - MOE_MEMORY_LIMIT, /proc/meminfo and cgroup parsing, and the one-line
-//     refusal of cli_check_memory.
+//     refusal of cli_check_memory;
+//   - a checkpoint read whole: counted for a whole run, or as far as the
+//     optimizer, adapters and trainer allocated after it is freed do not cover it.
 // It links the CLI's helper library (cmd/), so it checks the very functions
 // the CLI uses.
 #include <check.h>
@@ -1120,11 +1122,11 @@ START_TEST(test_check_memory)
     ck_assert_double_eq(cJSON_GetObjectItem(j, "active_parameters")->valuedouble, e.active_parameters);
     ck_assert_double_eq(cJSON_GetObjectItem(j, "flops_per_token")->valuedouble, e.flops_per_token);
     cJSON *mb = cJSON_GetObjectItem(j, "memory_bytes");
-    const char *keys[] = { "params", "grads", "optimizer", "activations", "trainer", "data", "data_readers", "process",
-                           "total" };
+    const char *keys[] = { "params", "grads", "optimizer", "activations", "trainer", "data", "data_readers",
+                           "checkpoint", "process", "total" };
     size_t vals[] = { e.bytes_params, e.bytes_grads, e.bytes_optimizer, e.bytes_activations, e.bytes_trainer,
-                      e.bytes_data, e.bytes_readers, e.bytes_process, e.bytes_total };
-    for (int i = 0; i < 9; i++)
+                      e.bytes_data, e.bytes_readers, e.bytes_checkpoint, e.bytes_process, e.bytes_total };
+    for (int i = 0; i < 10; i++)
         ck_assert_double_eq(cJSON_GetObjectItem(mb, keys[i])->valuedouble, (double)vals[i]);
     ck_assert_double_eq(cJSON_GetObjectItem(j, "memory_available_bytes")->valuedouble, 2147483648.0);
     ck_assert_str_eq(cJSON_GetObjectItem(j, "memory_available_source")->valuestring, "MOE_MEMORY_LIMIT");
@@ -1141,6 +1143,76 @@ START_TEST(test_check_memory)
     ck_assert_double_gt(a0, 0);
     cJSON_Delete(j);
     moe_config_release(&cfg);
+}
+END_TEST
+
+// A checkpoint the run reads whole (cmd/estimate.h struct cli_ckpt_mem): all of
+// it when held for the whole run; else what the optimizer, the adapters and the
+// trainer, allocated once it is freed, leave over; in bytes_checkpoint and the
+// total of cli_run_estimate, which is moe_run_estimate's without one.
+START_TEST(test_checkpoint_bytes)
+{
+    struct moe_model_estimate e;
+    memset(&e, 0, sizeof e);
+    e.bytes_params = 1000, e.bytes_grads = 1000, e.bytes_activations = 5000, e.bytes_data = 11; // held at load
+    e.bytes_optimizer = 2000, e.bytes_adapters = 300, e.bytes_trainer = 7;                      // allocated after
+    ck_assert_uint_eq(cli_ckpt_peak_bytes(&e, 9000, 1), 9000);
+    ck_assert_uint_eq(cli_ckpt_peak_bytes(&e, 9000, 0), 9000 - 2307);
+    ck_assert_uint_eq(cli_ckpt_peak_bytes(&e, 2307, 0), 0);
+    ck_assert_uint_eq(cli_ckpt_peak_bytes(&e, 1000, 0), 0);
+    ck_assert_uint_eq(cli_ckpt_peak_bytes(&e, 0, 1), 0);
+    e.bytes_trainer = SIZE_MAX; // saturates: covers any file
+    ck_assert_uint_eq(cli_ckpt_peak_bytes(&e, SIZE_MAX, 0), 0);
+
+    const char *ovs[] = { "model.type=mlp-moe", "model.n_embd=64", "model.n_ff=128", "model.n_expert=8",
+                          "optim.type=adamw" };
+    struct moe_config cfg;
+    struct moe_run_cfg rc;
+    struct moe_err err = { 0 };
+    make_cfg(&cfg, ovs, 5);
+    ck_assert_msg(moe_run_cfg_parse(&rc, &cfg, &err) == 0, "%s", err.msg);
+    for (int kind = MOE_RUN_EVAL; kind <= MOE_RUN_TRAIN; kind++) {
+        struct moe_model_estimate plain, none, held, freed, small;
+        ck_assert_int_eq(moe_run_estimate(&rc, NULL, MOE_TASK_CLASSIFICATION, 40, 10, 1000, 500, 64, kind, &plain, &err),
+                         0);
+        ck_assert_uint_eq(plain.bytes_checkpoint, 0);
+        ck_assert_int_eq(cli_run_estimate(&rc, NULL, MOE_TASK_CLASSIFICATION, 40, 10, 1000, 500, 64, kind, NULL, &none,
+                                          &err), 0);
+        ck_assert_int_eq(memcmp(&none, &plain, sizeof none), 0);
+        const size_t later = plain.bytes_optimizer + plain.bytes_adapters + plain.bytes_trainer;
+        const size_t big = later + 12345; // more than what comes after it
+        const struct cli_ckpt_mem whole = { big, 1, 1 }, once = { big, 0, 0 }, less = { later / 2, 0, 0 };
+        ck_assert_int_eq(cli_run_estimate(&rc, NULL, MOE_TASK_CLASSIFICATION, 40, 10, 1000, 500, 64, kind, &whole,
+                                          &held, &err), 0);
+        ck_assert_uint_eq(held.bytes_checkpoint, big);
+        ck_assert_uint_eq(held.bytes_total, plain.bytes_total + big);
+        ck_assert_int_eq(cli_run_estimate(&rc, NULL, MOE_TASK_CLASSIFICATION, 40, 10, 1000, 500, 64, kind, &once,
+                                          &freed, &err), 0);
+        ck_assert_uint_eq(freed.bytes_checkpoint, 12345);
+        ck_assert_uint_eq(freed.bytes_total, plain.bytes_total + 12345);
+        ck_assert_int_eq(cli_run_estimate(&rc, NULL, MOE_TASK_CLASSIFICATION, 40, 10, 1000, 500, 64, kind, &less,
+                                          &small, &err), 0);
+        ck_assert_uint_eq(small.bytes_checkpoint, 0);
+        ck_assert_uint_eq(small.bytes_total, plain.bytes_total);
+    }
+    moe_run_cfg_release(&rc);
+    moe_config_release(&cfg);
+
+    // the file's size as the reader reads it; 0 for what it refuses (no file, a directory)
+    char dir[] = "/tmp/moe_test_ckpt_XXXXXX", path[600];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/ck.safetensors", dir);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    for (int i = 0; i < 3000; i++)
+        fputc(i & 0xff, f);
+    fclose(f);
+    ck_assert_uint_eq(cli_ckpt_file_bytes(path), 3000);
+    ck_assert_uint_eq(cli_ckpt_file_bytes(dir), 0);
+    ck_assert_uint_eq(cli_ckpt_file_bytes(NULL), 0);
+    remove(path);
+    ck_assert_uint_eq(cli_ckpt_file_bytes(path), 0);
+    rmdir(dir);
 }
 END_TEST
 
@@ -1166,6 +1238,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_cgroup);
     tcase_add_test(tc, test_sysmem);
     tcase_add_test(tc, test_check_memory);
+    tcase_add_test(tc, test_checkpoint_bytes);
     tcase_add_test(tc, test_device_bytes);
     suite_add_tcase(s, tc);
     return s;

@@ -133,6 +133,12 @@ struct moe_model_estimate {
     // part of the loading peak that the buffers allocated after it (parameters,
     // gradients, optimizer, activations, trainer) do not cover; often 0.
     size_t bytes_readers;
+    // A checkpoint the run reads (io/safetensors.h reads the whole file into one
+    // buffer and the model's tensors are copied out of it): the part of its bytes
+    // at the peak that the buffers allocated after it is freed do not cover. Set by
+    // the command, which knows the file and how long it holds it
+    // (cmd/estimate.h cli_run_estimate); 0 here.
+    size_t bytes_checkpoint;
     // The process itself, measured (tests/cli/test_memory.sh): code and data of
     // the binary and its libraries (libc, libm, BLIS, libgomp, zlib, cJSON),
     // stacks, the config and the output writers, plus per thread its stack and
