@@ -21,8 +21,13 @@
 # with a tiny Transformer, so the corpus is most of the peak; Fashion-MNIST
 # (experiments/common/fmnist-moe.json) limited to 1000 training and 500 test
 # rows, where the IDX reader's decompressed files are most of the peak (skipped
-# when /usr/share/datasets/fashion-mnist is not installed). Then the memory check
-# under resource limits (ulimit -v, ulimit -d). About 3 s.
+# when /usr/share/datasets/fashion-mnist is not installed). Then commands that
+# read a checkpoint that is a large share of their memory (a wide mlp-moe of 8.7
+# M parameters trained one step: a 34.7 MB model.safetensors, a 104 MB
+# checkpoint.safetensors with AdamW's moments): `moe lora --base`, `moe train
+# --init` and `moe eval`, whose estimate is the figure its refusal names under
+# MOE_MEMORY_LIMIT=1K (eval has no --dry-run). Then the memory check under
+# resource limits (ulimit -v, ulimit -d). About 10 s.
 # shellcheck disable=SC2317  # check functions are called indirectly, via check
 set -u
 export LC_ALL=C
@@ -39,7 +44,8 @@ TIME=/usr/bin/time
 why="no GNU time at $TIME (Debian package time)"
 [ -n "${ASAN_OPTIONS:-}" ] && why="an AddressSanitizer build (its shadow memory is not the program's)"
 if [ -n "${ASAN_OPTIONS:-}" ] || ! [ -x "$TIME" ] || ! "$TIME" -f %M true >/dev/null 2>&1; then
-    for name in quickstart "text (bytes)" "text (words)" fashion-mnist "ulimit -v" "ulimit -d"; do
+    for name in quickstart "text (bytes)" "text (words)" fashion-mnist "wide base" "lora --base" "train --init" \
+        eval "ulimit -v" "ulimit -d"; do
         N=$((N + 1))
         echo "ok $N # SKIP $name: $why"
     done
@@ -67,28 +73,40 @@ cat >text.json <<EOF
 }
 EOF
 
-# peak NAME CONFIG [ARGS...]: the dry run's total against the run's peak RSS.
-peak() {
-    local name=$1 cfg=$2
-    shift 2
-    run "$TMP/$name-dry" "${TO[@]}" "$MOE" train --dry-run --threads 1 --config "$cfg" "$@"
-    [ "$RC" -eq 0 ] || { fail "$(describe "$TMP/$name-dry" moe train --dry-run --config "$cfg" "$@")"; return 1; }
-    local est
-    est=$(jq -r '.memory_bytes.total' "$TMP/$name-dry.out")
-    run "$TMP/$name" "${TO[@]}" "$TIME" -f 'maxrss %M' "$MOE" train --config "$cfg" --out "$TMP/run-$name" \
-        --threads 1 --quiet "$@"
-    [ "$RC" -eq 0 ] || { fail "$(describe "$TMP/$name" moe train --config "$cfg" "$@")"; return 1; }
-    local kib
-    kib=$(awk '$1 == "maxrss" { v = $2 } END { print v }' "$TMP/$name.err")
-    [ -n "$kib" ] || { fail "no maxrss line from $TIME: $(tail -c 400 "$TMP/$name.err")"; return 1; }
-    local line
+# within NAME EST KIB: the peak RSS (KiB, from $TIME) within [0.75, 1.25] x the estimate EST (bytes);
+# the figures on a "#" line either way, with MEMORY (the estimate's memory_bytes, when known).
+MEMORY=""
+within() {
+    local name=$1 est=$2 kib=$3 line ok
+    [ -n "$kib" ] || { fail "$name: no maxrss line from $TIME"; return 1; }
     line=$(awk -v e="$est" -v k="$kib" 'BEGIN {
         r = k * 1024 / e
         printf "estimate %.1f MiB, peak RSS %.1f MiB, peak/estimate %.3f", e / 1048576, k / 1024, r
         exit !(r <= 1.25 && r >= 0.75) }')
-    local ok=$?
-    echo "# $name: $line ($(jq -c '.memory_bytes' "$TMP/$name-dry.out"))"
-    [ "$ok" -eq 0 ] || { fail "$name: $line, outside [0.75, 1.25]: $(jq -c '.memory_bytes' "$TMP/$name-dry.out")"; return 1; }
+    ok=$?
+    echo "# $name: $line${MEMORY:+ ($MEMORY)}"
+    [ "$ok" -eq 0 ] || { fail "$name: $line, outside [0.75, 1.25]${MEMORY:+: $MEMORY}"; return 1; }
+}
+
+# peak_cmd NAME CMD [ARGS...]: `moe CMD --dry-run`'s total against the peak RSS of `moe CMD`.
+peak_cmd() {
+    local name=$1 cmd=$2
+    shift 2
+    run "$TMP/$name-dry" "${TO[@]}" "$MOE" "$cmd" --dry-run --threads 1 "$@"
+    [ "$RC" -eq 0 ] || { fail "$(describe "$TMP/$name-dry" moe "$cmd" --dry-run "$@")"; return 1; }
+    local est
+    est=$(jq -r '.memory_bytes.total' "$TMP/$name-dry.out")
+    run "$TMP/$name" "${TO[@]}" "$TIME" -f 'maxrss %M' "$MOE" "$cmd" "$@" --out "$TMP/run-$name" --threads 1 --quiet
+    [ "$RC" -eq 0 ] || { fail "$(describe "$TMP/$name" moe "$cmd" "$@")"; return 1; }
+    MEMORY=$(jq -c '.memory_bytes' "$TMP/$name-dry.out")
+    within "$name" "$est" "$(awk '$1 == "maxrss" { v = $2 } END { print v }' "$TMP/$name.err")"
+}
+
+# peak NAME CONFIG [ARGS...]: the same for `moe train --config CONFIG`.
+peak() {
+    local name=$1 cfg=$2
+    shift 2
+    peak_cmd "$name" train --config "$cfg" "$@"
 }
 
 t_quickstart() { peak quickstart "$ROOT/examples/quickstart.json"; }
@@ -109,6 +127,48 @@ else
     N=$((N + 1))
     echo "ok $N # SKIP Fashion-MNIST not installed ($FM)"
 fi
+
+# A checkpoint that is a large share of the memory. Every command that reads one reads the file whole;
+# the model's tensors are copied out of that buffer, which the estimate counts (memory_bytes.checkpoint)
+# as far as the buffers allocated after it is freed do not cover it.
+cat >wide.json <<EOF
+{
+  "data": { "source": "synthetic", "synthetic": { "kind": "classes", "n_in": 512, "n_regions": 10, "n_train": 256,
+                                                  "n_test": 128 } },
+  "model": { "type": "mlp-moe", "n_embd": 512, "n_layer": 1, "n_ff": 1024, "n_expert": 8, "n_expert_used": 2 },
+  "moe": { "router": "softmax" },
+  "optim": { "type": "adamw", "lr": 0.001, "batch_size": 256 },
+  "train": { "epochs": 1, "seed": 1 }
+}
+EOF
+t_wide_base() {
+    run "$TMP/wide" "${TO[@]}" "$MOE" train --config wide.json --out "$TMP/wide" --threads 1 --quiet
+    [ "$RC" -eq 0 ] && [ -s "$TMP/wide/model.safetensors" ] && [ -s "$TMP/wide/checkpoint.safetensors" ] ||
+        fail "$(describe "$TMP/wide" moe train --config wide.json)"
+}
+check "a wide model (34.7 MB model.safetensors, 104 MB checkpoint.safetensors) trained one step" t_wide_base
+# moe lora: the base's bytes are freed once its weights are copied, before the adapters are made
+t_lora_base() {
+    peak_cmd lora-base lora --base "$TMP/wide/model.safetensors" --config wide.json --rank 4 --targets '*.experts.*'
+}
+check "lora --base (a 34.7 MB base): peak RSS within [0.75, 1.25] x lora --dry-run's estimate" t_lora_base
+# moe train --init: a checkpoint three times the parameters, more than the moments allocated after it
+t_train_init() { peak train-init wide.json --init "$TMP/wide/checkpoint.safetensors"; }
+check "train --init (a 104 MB checkpoint): peak RSS within [0.75, 1.25] x train --dry-run's estimate" t_train_init
+# moe eval: its estimate as the refusal under a 1 KiB budget gives it ("needs about 85.1 MiB, ...")
+t_eval_ckpt() {
+    local args=(eval --checkpoint "$TMP/wide/checkpoint.safetensors" --threads 1)
+    MOE_MEMORY_LIMIT=1K run "$TMP/eval-refused" "${TO[@]}" "$MOE" "${args[@]}"
+    local est
+    est=$(sed -n 's/.* needs about \([0-9.]*\) \([KMG]\)iB.*/\1 \2/p' "$TMP/eval-refused.err" |
+        awk '{ print int($1 * ($2 == "K" ? 1024 : $2 == "M" ? 1048576 : 1073741824)) }')
+    [ "$RC" -eq 1 ] && [ -n "$est" ] || { fail "no estimate in the refusal: $(describe "$TMP/eval-refused" moe eval)"; return 1; }
+    run "$TMP/eval" "${TO[@]}" "$TIME" -f 'maxrss %M' "$MOE" "${args[@]}" --quiet
+    [ "$RC" -eq 0 ] || { fail "$(describe "$TMP/eval" moe eval)"; return 1; }
+    MEMORY=""
+    within eval "$est" "$(awk '$1 == "maxrss" { v = $2 } END { print v }' "$TMP/eval.err")"
+}
+check "eval --checkpoint (a 104 MB checkpoint): peak RSS within [0.75, 1.25] x the estimate it checks" t_eval_ckpt
 
 # Resource limits: under `ulimit -v` (RLIMIT_AS) and `ulimit -d` (RLIMIT_DATA) of 250 MB the dry run's
 # available memory is what the limit leaves, and a run whose data alone need 500 MB is refused before it
