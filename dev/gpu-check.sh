@@ -15,7 +15,8 @@
 # (the second run must print the same bytes: the determinism check).
 #
 # Prints one line per step with its exit code (also in steps.txt); never stops at a failure. Each step
-# gets at most STEP_TIMEOUT seconds (default 240; exit 124 when it ran out). Everything is written under
+# gets at most STEP_TIMEOUT seconds (default 240; exit 124 when it ran out), then SIGTERM, and SIGKILL 15 s
+# later (moe train finishes its step on SIGTERM, which the host emulation showed can take minutes). Everything is written under
 # WORK (default /tmp/gpu-check); after every step the results (logs, JSON, CSV; no checkpoints, whose
 # SHA-256 sums are listed in checkpoints.sha256 instead) are packed into $OUT/gpu-check.tgz, with
 # $OUT/steps.txt beside it: the device tool brings back at most 8 files from $OUT, and a call cut short
@@ -48,7 +49,7 @@ step() { # name, command...
     local name=$1
     shift
     local t0=$SECONDS
-    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    timeout -k 15 "$limit" "$@" >"$out/$name.log" 2>&1
     say "$name: exit $? in $((SECONDS - t0)) s"
     pack
 }
@@ -57,7 +58,7 @@ step_json() { # name, command...
     local name=$1
     shift
     local t0=$SECONDS
-    timeout "$limit" "$@" >"$out/$name.json" 2>"$out/$name.log"
+    timeout -k 15 "$limit" "$@" >"$out/$name.json" 2>"$out/$name.log"
     say "$name: exit $? in $((SECONDS - t0)) s"
     pack
 }
