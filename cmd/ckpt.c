@@ -72,7 +72,7 @@ size_t cli_ckpt_eval_chunk(const struct moe_run_cfg *rc, size_t n_train)
 }
 
 int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, size_t n_sets, int ignore_memory,
-                  cli_batch_fn batch, const void *ctx, int keep_file, struct cli_ckpt *k)
+                  cli_batch_fn batch, cli_extra_fn extra, const void *ctx, int keep_file, struct cli_ckpt *k)
 {
     struct moe_err err = { 0 };
     int std_on = 0, checked = 0, rc;
@@ -80,7 +80,7 @@ int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, si
         return cli_fail(cmd, &err);
     // the file as read, beside the data and the model until the model has its tensors
     const struct cli_ckpt_mem ck = { k->f.size, 1, keep_file };
-    if ((rc = cli_check_run(cmd, &k->rc, NULL, NULL, batch, ctx, 0, &ck, ignore_memory, NULL, &checked)))
+    if ((rc = cli_check_run_ex(cmd, &k->rc, NULL, NULL, batch, extra, ctx, 0, &ck, ignore_memory, NULL, &checked)))
         return rc;
     k->has_vocab = moe_data_vocab_read(&k->f, &k->vocab, &err);
     if (k->has_vocab < 0 || moe_data_load_cfg(&k->data, &k->rc.data, k->has_vocab ? &k->vocab : NULL, &err) ||
@@ -89,7 +89,8 @@ int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, si
     if (std_on && !k->data.has_text &&
         (cli_ckpt_standardize(&k->f, &k->data.train, &err) || cli_ckpt_standardize(&k->f, &k->data.test, &err)))
         return cli_fail(cmd, &err);
-    if (!checked && (rc = cli_check_run(cmd, &k->rc, NULL, &k->data, batch, ctx, 0, &ck, ignore_memory, NULL, &checked)))
+    if (!checked &&
+        (rc = cli_check_run_ex(cmd, &k->rc, NULL, &k->data, batch, extra, ctx, 0, &ck, ignore_memory, NULL, &checked)))
         return rc;
     const struct moe_dataset *tr = &k->data.train;
     k->max_batch = batch(&k->rc, tr->n, k->data.test.n, ctx);

@@ -34,7 +34,8 @@ struct cli_ckpt {
     size_t max_batch;       // the model's, from batch()
 };
 // Open the checkpoint at path, read its config (cli_ckpt_config with sets),
-// refuse a run that will not fit (cli_check_run with batch and ctx, before
+// refuse a run that will not fit (cli_check_run_ex with batch, extra and ctx:
+// extra, NULL for none, counts what the command holds besides; before
 // synthetic data is generated or once the data is loaded), load the data with
 // the checkpoint's vocabulary, standardise both splits with its statistics,
 // then build the model (max_batch from batch()) and load its tensors. The
@@ -42,7 +43,7 @@ struct cli_ckpt {
 // caller; the memory check counts the file for the whole run). Returns
 // 0, or the exit code after printing one line "moe CMD: ...".
 int cli_ckpt_load(const char *cmd, const char *path, const char *const *sets, size_t n_sets, int ignore_memory,
-                  cli_batch_fn batch, const void *ctx, int keep_file, struct cli_ckpt *k);
+                  cli_batch_fn batch, cli_extra_fn extra, const void *ctx, int keep_file, struct cli_ckpt *k);
 void cli_ckpt_release(struct cli_ckpt *k);
 
 // The evaluation chunk the trainer uses for split evaluations (trainer.c:

@@ -211,10 +211,78 @@ struct compress_run {
     double **escore;         // (n_moe_layers) their scores
     struct moe_ffn_masks masks; // m2's FFN masks: the checkpoint's, and those of --prune-neurons
     int neurons;             // --prune-neurons ran
-    struct moe_quant_spec *spec; // (m2 params) how each tensor is stored
-    float *orig;             // m2's weights before dequantization (what the writer quantizes)
+    struct moe_quant_spec *spec; // (m2 params) how each tensor is stored; m2's gradient buffer then
+                                 // holds its weights before dequantization (what the writer quantizes)
     cJSON *summary, *what;
 };
+
+// What compress holds at its peak besides the run cli_ckpt_load counts (moe
+// eval's: the data, the checkpoint's model, one set of statistics, which m2's
+// replace, and the checkpoint's file, whole, until the output is written):
+//   - m2, the compressed model, from make_m2 to the end: its parameters,
+//     gradients and activations (for the checkpoint model's batch), with
+//     n_expert - N experts after --prune-experts N;
+//   - with m2, one at a time: --neuron-score taylor's gradient summed in doubles
+//     (its floats go in m2's gradient buffer), freed before quantization;
+//     --quantize's int8 values, scales and zero points, which the writer makes
+//     (the weights it quantizes wait in m2's gradient buffer).
+// The output, read back once written, takes the place of the checkpoint's file
+// and the writer's buffers, freed before it. Sizes are below
+// MOE_ESTIMATE_MAX_BYTES (moe_run_estimate checks), so these sums do not overflow.
+static int m2_bytes(const struct compress_opts *o, const struct moe_run_cfg *rc2, enum moe_task task, size_t n_in,
+                    size_t n_out, size_t max_batch, size_t *ret_bytes, struct moe_err *err)
+{
+    struct moe_model_estimate e;
+    struct moe_params p = { 0 };
+    struct moe_err ignored = { 0 };
+    uint8_t *target = NULL;
+    int ret = moe_run_estimate(rc2, NULL, task, n_in, n_out, 0, 0, max_batch, MOE_RUN_EVAL, &e, err);
+    if (!ret)
+        ret = moe_model_params_hp(&rc2->model, task, n_in, n_out, &p, err);
+    size_t taylor = 0, quant = 0;
+    if (!ret && o->neurons >= 0 && o->score == MOE_NEURON_TAYLOR)
+        taylor = p.numel * sizeof(double);
+    if (!ret && o->quantize) { // globs the run refuses later: every weight matrix
+        if (!(target = calloc(p.n ? p.n : 1, 1)))
+            ret = moe_error(err, MOE_ENOMEM, "out of memory");
+        else if (moe_quant_select(&p, o->globs, o->n_globs, target, &ignored))
+            moe_quant_select(&p, NULL, 0, target, &ignored);
+        for (size_t i = 0; !ret && i < p.n; i++) {
+            size_t groups, len;
+            const struct moe_tensor *t = &p.t[i];
+            if (target[i] && !moe_quant_groups(t->ndim, t->shape, o->spec.gran, &groups, &len, &ignored))
+                quant += t->numel + groups * sizeof(float) * (o->spec.scheme == MOE_QUANT_ASYM ? 2 : 1);
+        }
+    }
+    if (!ret)
+        *ret_bytes = e.bytes_params + e.bytes_grads + e.bytes_activations + (taylor > quant ? taylor : quant);
+    free(target);
+    moe_params_release(&p);
+    return ret;
+}
+
+// cli_extra_fn: m2_bytes of the model make_m2 builds (a pruning the run refuses
+// later counts as none).
+static int compress_extra(const struct moe_run_cfg *rc, enum moe_task task, size_t n_in, size_t n_out,
+                          size_t max_batch, const void *ctx, size_t *ret_bytes, struct moe_err *err)
+{
+    const struct compress_run *r = ctx;
+    size_t E = rc->model.n_expert, N = (size_t)r->o->prune_experts;
+    int pruned = 0;
+    if (N && N < E) {
+        struct moe_config cfg = { 0 };
+        struct moe_run_cfg rc2 = { 0 };
+        struct moe_err ignored = { 0 };
+        char set[64];
+        snprintf(set, sizeof set, "model.n_expert=%zu", E - N);
+        pruned = !moe_config_copy(&cfg, &r->k.cfg, &ignored) && !moe_config_set(&cfg, set, &ignored) &&
+                 !moe_run_cfg_parse(&rc2, &cfg, &ignored) &&
+                 !m2_bytes(r->o, &rc2, task, n_in, n_out, max_batch, ret_bytes, &ignored);
+        moe_run_cfg_release(&rc2);
+        moe_config_release(&cfg);
+    }
+    return pruned ? 0 : m2_bytes(r->o, rc, task, n_in, n_out, max_batch, ret_bytes, err);
+}
 
 static const struct moe_dataset *split_data(const struct moe_data *d, const char *split)
 {
@@ -428,32 +496,38 @@ static int prune_neurons(struct compress_run *r)
     if (!r->masks.n)
         return cli_error(r->cmd, 2, "option '--prune-neurons': the '%s' model has no FFN (NAME.w1 and NAME.w2) to prune",
                          m2->ops->type);
-    float *grad = NULL;
+    const float *grad = NULL;
     int rc = 0;
     if (r->o->score == MOE_NEURON_TAYLOR) {
+        // summed in doubles, then as floats in m2's gradient buffer (moe_split_gradient
+        // leaves it zero; zeroed again below): no third copy of the parameters
         double *g = malloc(p->numel * sizeof *g);
-        grad = malloc(p->numel * sizeof *grad);
         const struct moe_dataset *d = split_data(&r->k.data, r->o->prune_split);
-        if (!g || !grad)
+        if (!g)
             rc = cli_error(r->cmd, 1, "out of memory");
         else if (moe_split_gradient(m2, d, r->chunk, g, &err))
             rc = cli_fail(r->cmd, &err);
         for (size_t i = 0; !rc && i < p->numel; i++)
-            grad[i] = (float)g[i];
+            p->grad[i] = (float)g[i];
         free(g);
+        grad = p->grad;
     }
     // per layer: each FFN has floor(F x its units) pruned; global: floor(F x all units) over all
     if (!rc && moe_ffn_masks_grow(&r->masks, p, r->o->score, grad, r->o->neurons, r->o->global, &err))
         rc = cli_fail(r->cmd, &err);
     r->neurons = !rc;
-    free(grad);
+    if (grad)
+        moe_params_zero_grad(p);
     return rc;
 }
 
 // ---------------------------------------------------------------- quantization
 
 // Which tensors are quantized (each glob must name a 2-d or 3-d tensor), then
-// their dequantized values in the model (the originals kept for the writer).
+// their dequantized values in the model. The originals, which the writer
+// quantizes, wait in m2's gradient buffer (the registry's layout): nothing
+// takes a gradient after this step and evaluation (moe_model_run without
+// gradients) does not touch it, so the weights are not copied a third time.
 static int quantize(struct compress_run *r)
 {
     struct moe_params *p = &r->m2.params;
@@ -465,13 +539,12 @@ static int quantize(struct compress_run *r)
         free(target);
         return cli_error(r->cmd, 2, "option '--targets': %s", err.msg);
     }
-    r->spec = calloc(p->n, sizeof *r->spec);
-    r->orig = malloc((p->numel ? p->numel : 1) * sizeof *r->orig);
-    if (!r->spec || !r->orig) {
+    r->spec = calloc(p->n ? p->n : 1, sizeof *r->spec);
+    if (!r->spec) {
         free(target);
         return cli_error(r->cmd, 1, "out of memory");
     }
-    memcpy(r->orig, p->data, p->numel * sizeof *r->orig);
+    memcpy(p->grad, p->data, p->numel * sizeof *p->grad);
     int rc = 0;
     for (size_t i = 0; i < p->n; i++) {
         const struct moe_tensor *t = &p->t[i];
@@ -660,9 +733,9 @@ static int write_model(struct compress_run *r, const char *path, struct moe_err 
     if (langs)
         meta[n_meta++] = (struct moe_st_meta){ MOE_LANGUAGES_META, langs };
     // the writer quantizes the weights before dequantization (the same q, scales and zero points)
-    if (r->orig) {
+    if (r->spec) {
         float *deq = p->data;
-        p->data = r->orig;
+        p->data = p->grad;
         rc = moe_model_save_quant(&r->m2, path, r->spec, extra, n_extra, meta, n_meta, err);
         p->data = deq;
     } else {
@@ -687,7 +760,6 @@ static void run_release(struct compress_run *r)
     free(r->escore);
     moe_ffn_masks_release(&r->masks);
     free(r->spec);
-    free(r->orig);
     moe_stats_release(&r->st);
     if (r->have_m2)
         moe_model_release(&r->m2);
@@ -706,7 +778,8 @@ static int run(struct compress_run *r, char **sets, size_t n_sets)
     struct cli_common *c = r->c;
     int rc;
     if ((rc = run_dir_check(cmd, c, c->out, RUN_DIR_NEW)) ||
-        (rc = cli_ckpt_load(cmd, o->ckpt, (const char *const *)sets, n_sets, c->ignore_memory, compress_batch, NULL, 1, &r->k)))
+        (rc = cli_ckpt_load(cmd, o->ckpt, (const char *const *)sets, n_sets, c->ignore_memory, compress_batch,
+                            compress_extra, r, 1, &r->k)))
         return rc;
     const struct moe_st_file *f = &r->k.f;
     if (o->quantize)
@@ -754,14 +827,17 @@ static int run(struct compress_run *r, char **sets, size_t n_sets)
         rc = err.code ? cli_fail(cmd, &err) : cli_error(cmd, 1, "out of memory");
         goto done;
     }
-    // the footprints: the checkpoint's as its file stores it, the output's as written
+    // the footprints: the checkpoint's as its file stores it (the parameters before any
+    // pruning of neurons: the checkpoint's as read), the output's as written. The
+    // checkpoint's bytes are freed first: the output, read back whole, takes their place.
+    struct footprint fb = footprint(&r->k.model, f);
+    moe_safetensors_close(&r->k.f);
     struct moe_st_file out = { 0 };
     if (moe_safetensors_open(path, &out, &err)) {
         rc = cli_fail(cmd, &err);
         goto done;
     }
-    // the parameters before any pruning of neurons: the checkpoint's as read
-    struct footprint fb = footprint(&r->k.model, f), fa = footprint(&r->m2, &out);
+    struct footprint fa = footprint(&r->m2, &out);
     moe_safetensors_close(&out);
     // run id over the checkpoint's path and the options besides the config
     char id[17], opts[512];

@@ -100,7 +100,7 @@ int cmd_eval(int argc, char **argv)
         (rc = cli_ckpt_refuse_model_sets(cmd, "--set", (const char *const *)sets + n_config, n_sets - n_config)))
         goto done;
     int want_valid = strcmp(o.split, "valid") == 0;
-    if ((rc = cli_ckpt_load(cmd, o.ckpt, (const char *const *)sets, n_sets, c.ignore_memory, eval_batch,
+    if ((rc = cli_ckpt_load(cmd, o.ckpt, (const char *const *)sets, n_sets, c.ignore_memory, eval_batch, NULL,
                             want_valid ? "test" : o.split, 0, &k)))
         goto done;
     const struct moe_dataset *d = strcmp(o.split, "train") == 0 ? &k.data.train : &k.data.test;

@@ -185,7 +185,7 @@ int cmd_generate(int argc, char **argv)
         goto done;
     }
     if ((rc = cli_ckpt_refuse_model_sets(cmd, "--set", c.sets, c.n_sets)) ||
-        (rc = cli_ckpt_load(cmd, o.ckpt, c.sets, c.n_sets, c.ignore_memory, gen_batch, NULL, 0, &k)))
+        (rc = cli_ckpt_load(cmd, o.ckpt, c.sets, c.n_sets, c.ignore_memory, gen_batch, NULL, NULL, 0, &k)))
         goto done;
     struct moe_model *m = &k.model;
     if (m->task != MOE_TASK_LM || !k.data.has_text) {

@@ -152,9 +152,10 @@ size_t cli_ckpt_peak_bytes(const struct moe_model_estimate *e, size_t file_bytes
     return file_bytes > later ? file_bytes - later : 0;
 }
 
-int cli_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
-                     size_t n_train, size_t n_test, size_t max_batch, enum moe_run_kind kind,
-                     const struct cli_ckpt_mem *ck, struct moe_model_estimate *ret, struct moe_err *err)
+int cli_run_estimate_ex(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                        size_t n_train, size_t n_test, size_t max_batch, enum moe_run_kind kind,
+                        const struct cli_ckpt_mem *ck, cli_extra_fn extra, const void *extra_ctx,
+                        struct moe_model_estimate *ret, struct moe_err *err)
 {
     struct moe_model_estimate e;
     int r = moe_run_estimate(rc, loss, task, n_in, n_out, n_train, n_test, max_batch, kind, &e, err);
@@ -165,13 +166,27 @@ int cli_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_ta
         if (__builtin_add_overflow(e.bytes_total, e.bytes_checkpoint, &e.bytes_total))
             e.bytes_total = SIZE_MAX;
     }
+    size_t more = 0;
+    if (extra && (r = extra(rc, task, n_in, n_out, max_batch, extra_ctx, &more, err)))
+        return r;
+    if (__builtin_add_overflow(e.bytes_total, more, &e.bytes_total))
+        e.bytes_total = SIZE_MAX;
     *ret = e;
     return 0;
 }
 
-int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
-                  cli_batch_fn batch, const void *ctx, enum moe_run_kind kind, const struct cli_ckpt_mem *ck,
-                  int ignore_memory, struct moe_model_estimate *ret_est, int *ret_checked)
+int cli_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                     size_t n_train, size_t n_test, size_t max_batch, enum moe_run_kind kind,
+                     const struct cli_ckpt_mem *ck, struct moe_model_estimate *ret, struct moe_err *err)
+{
+    return cli_run_estimate_ex(rc, loss, task, n_in, n_out, n_train, n_test, max_batch, kind, ck, NULL, NULL, ret,
+                               err);
+}
+
+int cli_check_run_ex(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
+                     cli_batch_fn batch, cli_extra_fn extra, const void *ctx, enum moe_run_kind kind,
+                     const struct cli_ckpt_mem *ck, int ignore_memory, struct moe_model_estimate *ret_est,
+                     int *ret_checked)
 {
     struct moe_err err = { 0 };
     enum moe_task task;
@@ -189,11 +204,18 @@ int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *los
             return known < 0 ? cli_fail(cmd, &err) : 0;
     }
     struct moe_model_estimate est;
-    if (cli_run_estimate(rc, loss, task, n_in, n_out, n_train, n_test, batch(rc, n_train, n_test, ctx), kind, ck,
-                         &est, &err))
+    if (cli_run_estimate_ex(rc, loss, task, n_in, n_out, n_train, n_test, batch(rc, n_train, n_test, ctx), kind, ck,
+                            extra, ctx, &est, &err))
         return cli_fail(cmd, &err);
     *ret_checked = 1;
     if (ret_est)
         *ret_est = est;
     return check_memory(cmd, &est, data != NULL, ck && ck->read ? ck->bytes : 0, ignore_memory, NULL);
+}
+
+int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
+                  cli_batch_fn batch, const void *ctx, enum moe_run_kind kind, const struct cli_ckpt_mem *ck,
+                  int ignore_memory, struct moe_model_estimate *ret_est, int *ret_checked)
+{
+    return cli_check_run_ex(cmd, rc, loss, data, batch, NULL, ctx, kind, ck, ignore_memory, ret_est, ret_checked);
 }

@@ -73,6 +73,17 @@ size_t cli_ckpt_peak_bytes(const struct moe_model_estimate *e, size_t file_bytes
 int cli_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
                      size_t n_train, size_t n_test, size_t max_batch, enum moe_run_kind kind,
                      const struct cli_ckpt_mem *ck, struct moe_model_estimate *ret, struct moe_err *err);
+// What a command holds at its peak besides the run that rc, task, n_in, n_out
+// and max_batch describe (moe_run_estimate's buffers and the checkpoint's), in
+// bytes, into *ret_bytes (compress: the compressed model and what it makes for
+// it, cmd_compress.c). ctx: the command's. 0, or a library error code with err filled.
+typedef int (*cli_extra_fn)(const struct moe_run_cfg *rc, enum moe_task task, size_t n_in, size_t n_out,
+                            size_t max_batch, const void *ctx, size_t *ret_bytes, struct moe_err *err);
+// cli_run_estimate, plus extra's bytes (NULL: none) in bytes_total.
+int cli_run_estimate_ex(const struct moe_run_cfg *rc, const char *loss, enum moe_task task, size_t n_in, size_t n_out,
+                        size_t n_train, size_t n_test, size_t max_batch, enum moe_run_kind kind,
+                        const struct cli_ckpt_mem *ck, cli_extra_fn extra, const void *extra_ctx,
+                        struct moe_model_estimate *ret, struct moe_err *err);
 
 // Estimate the run of rc (trained with loss; NULL: loss.type), checking the
 // model's rules, and refuse it when it will not fit: 0 to go on, or
@@ -87,5 +98,10 @@ int cli_run_estimate(const struct moe_run_cfg *rc, const char *loss, enum moe_ta
 int cli_check_run(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
                   cli_batch_fn batch, const void *ctx, enum moe_run_kind kind, const struct cli_ckpt_mem *ck,
                   int ignore_memory, struct moe_model_estimate *ret_est, int *ret_checked);
+// cli_check_run of cli_run_estimate_ex's figure: extra (NULL: none) gets ctx, as batch does.
+int cli_check_run_ex(const char *cmd, const struct moe_run_cfg *rc, const char *loss, const struct moe_data *data,
+                     cli_batch_fn batch, cli_extra_fn extra, const void *ctx, enum moe_run_kind kind,
+                     const struct cli_ckpt_mem *ck, int ignore_memory, struct moe_model_estimate *ret_est,
+                     int *ret_checked);
 
 #endif

@@ -1146,10 +1146,25 @@ START_TEST(test_check_memory)
 }
 END_TEST
 
+// A command's bytes besides the run (cmd/estimate.h cli_extra_fn): *ctx bytes
+// for a run of batches of 64 rows; ctx NULL fails.
+static int extra_bytes(const struct moe_run_cfg *rc, enum moe_task task, size_t n_in, size_t n_out,
+                       size_t max_batch, const void *ctx, size_t *ret_bytes, struct moe_err *err)
+{
+    ck_assert_ptr_nonnull(rc);
+    ck_assert(task == MOE_TASK_CLASSIFICATION && n_in == 40 && n_out == 10 && max_batch == 64);
+    if (!ctx)
+        return moe_error(err, MOE_EINVAL, "no extra bytes");
+    *ret_bytes = *(const size_t *)ctx;
+    return 0;
+}
+
 // A checkpoint the run reads whole (cmd/estimate.h struct cli_ckpt_mem): all of
 // it when held for the whole run; else what the optimizer, the adapters and the
 // trainer, allocated once it is freed, leave over; in bytes_checkpoint and the
 // total of cli_run_estimate, which is moe_run_estimate's without one.
+// cli_run_estimate_ex adds what the command holds besides (compress) to the
+// total, or fails with it.
 START_TEST(test_checkpoint_bytes)
 {
     struct moe_model_estimate e;
@@ -1186,6 +1201,21 @@ START_TEST(test_checkpoint_bytes)
                                           &held, &err), 0);
         ck_assert_uint_eq(held.bytes_checkpoint, big);
         ck_assert_uint_eq(held.bytes_total, plain.bytes_total + big);
+        struct moe_model_estimate more;
+        const size_t extra = 4321;
+        ck_assert_int_eq(cli_run_estimate_ex(&rc, NULL, MOE_TASK_CLASSIFICATION, 40, 10, 1000, 500, 64, kind, &whole,
+                                             NULL, NULL, &more, &err), 0);
+        ck_assert_int_eq(memcmp(&more, &held, sizeof more), 0);
+        ck_assert_int_eq(cli_run_estimate_ex(&rc, NULL, MOE_TASK_CLASSIFICATION, 40, 10, 1000, 500, 64, kind, &whole,
+                                             extra_bytes, &extra, &more, &err), 0);
+        ck_assert_uint_eq(more.bytes_checkpoint, big);
+        ck_assert_uint_eq(more.bytes_total, held.bytes_total + extra);
+        ck_assert_int_eq(cli_run_estimate_ex(&rc, NULL, MOE_TASK_CLASSIFICATION, 40, 10, 1000, 500, 64, kind, NULL,
+                                             extra_bytes, &extra, &more, &err), 0);
+        ck_assert_uint_eq(more.bytes_total, plain.bytes_total + extra);
+        ck_assert_int_eq(cli_run_estimate_ex(&rc, NULL, MOE_TASK_CLASSIFICATION, 40, 10, 1000, 500, 64, kind, &whole,
+                                             extra_bytes, NULL, &more, &err), MOE_EINVAL);
+        ck_assert_str_eq(err.msg, "no extra bytes");
         ck_assert_int_eq(cli_run_estimate(&rc, NULL, MOE_TASK_CLASSIFICATION, 40, 10, 1000, 500, 64, kind, &once,
                                           &freed, &err), 0);
         ck_assert_uint_eq(freed.bytes_checkpoint, 12345);
