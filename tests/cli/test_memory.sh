@@ -25,9 +25,12 @@
 # read a checkpoint that is a large share of their memory (a wide mlp-moe of 8.7
 # M parameters trained one step: a 34.7 MB model.safetensors, a 104 MB
 # checkpoint.safetensors with AdamW's moments): `moe lora --base`, `moe train
-# --init` and `moe eval`, whose estimate is the figure its refusal names under
-# MOE_MEMORY_LIMIT=1K (eval has no --dry-run). Then the memory check under
-# resource limits (ulimit -v, ulimit -d). About 10 s.
+# --init`, `moe eval` and `moe compress` (int8 quantization, expert pruning,
+# neuron pruning by Taylor scores: a second model, the int8 values or the
+# gradient in doubles beside the first), whose estimate is the figure its
+# refusal names under MOE_MEMORY_LIMIT=1K (eval and compress have no
+# --dry-run). Then the memory check under resource limits (ulimit -v, ulimit
+# -d). About 10 s.
 # shellcheck disable=SC2317  # check functions are called indirectly, via check
 set -u
 export LC_ALL=C
@@ -45,7 +48,8 @@ why="no GNU time at $TIME (Debian package time)"
 [ -n "${ASAN_OPTIONS:-}" ] && why="an AddressSanitizer build (its shadow memory is not the program's)"
 if [ -n "${ASAN_OPTIONS:-}" ] || ! [ -x "$TIME" ] || ! "$TIME" -f %M true >/dev/null 2>&1; then
     for name in quickstart "text (bytes)" "text (words)" fashion-mnist "wide base" "lora --base" "train --init" \
-        eval "ulimit -v" "ulimit -d"; do
+        eval "compress --quantize int8" "compress --prune-experts" "compress --prune-neurons" "ulimit -v" \
+        "ulimit -d"; do
         N=$((N + 1))
         echo "ok $N # SKIP $name: $why"
     done
@@ -155,20 +159,43 @@ check "lora --base (a 34.7 MB base): peak RSS within [0.75, 1.25] x lora --dry-r
 # moe train --init: a checkpoint three times the parameters, more than the moments allocated after it
 t_train_init() { peak train-init wide.json --init "$TMP/wide/checkpoint.safetensors"; }
 check "train --init (a 104 MB checkpoint): peak RSS within [0.75, 1.25] x train --dry-run's estimate" t_train_init
-# moe eval: its estimate as the refusal under a 1 KiB budget gives it ("needs about 85.1 MiB, ...")
-t_eval_ckpt() {
-    local args=(eval --checkpoint "$TMP/wide/checkpoint.safetensors" --threads 1)
-    MOE_MEMORY_LIMIT=1K run "$TMP/eval-refused" "${TO[@]}" "$MOE" "${args[@]}"
+# peak_refused NAME ARGS...: for a command without --dry-run, the estimate `moe ARGS` checks, as its
+# refusal under a 1 KiB budget names it ("needs about 85.1 MiB, ..."), against the peak RSS of `moe ARGS`.
+peak_refused() {
+    local name=$1
+    shift
+    MOE_MEMORY_LIMIT=1K run "$TMP/$name-refused" "${TO[@]}" "$MOE" "$@" --threads 1
     local est
-    est=$(sed -n 's/.* needs about \([0-9.]*\) \([KMG]\)iB.*/\1 \2/p' "$TMP/eval-refused.err" |
+    est=$(sed -n 's/.* needs about \([0-9.]*\) \([KMG]\)iB.*/\1 \2/p' "$TMP/$name-refused.err" |
         awk '{ print int($1 * ($2 == "K" ? 1024 : $2 == "M" ? 1048576 : 1073741824)) }')
-    [ "$RC" -eq 1 ] && [ -n "$est" ] || { fail "no estimate in the refusal: $(describe "$TMP/eval-refused" moe eval)"; return 1; }
-    run "$TMP/eval" "${TO[@]}" "$TIME" -f 'maxrss %M' "$MOE" "${args[@]}" --quiet
-    [ "$RC" -eq 0 ] || { fail "$(describe "$TMP/eval" moe eval)"; return 1; }
+    [ "$RC" -eq 1 ] && [ -n "$est" ] || { fail "no estimate in the refusal: $(describe "$TMP/$name-refused" moe "$@")"; return 1; }
+    run "$TMP/$name" "${TO[@]}" "$TIME" -f 'maxrss %M' "$MOE" "$@" --threads 1 --quiet
+    [ "$RC" -eq 0 ] || { fail "$(describe "$TMP/$name" moe "$@")"; return 1; }
     MEMORY=""
-    within eval "$est" "$(awk '$1 == "maxrss" { v = $2 } END { print v }' "$TMP/eval.err")"
+    within "$name" "$est" "$(awk '$1 == "maxrss" { v = $2 } END { print v }' "$TMP/$name.err")"
 }
+t_eval_ckpt() { peak_refused eval eval --checkpoint "$TMP/wide/checkpoint.safetensors"; }
 check "eval --checkpoint (a 104 MB checkpoint): peak RSS within [0.75, 1.25] x the estimate it checks" t_eval_ckpt
+# moe compress holds the checkpoint (file and model) and builds a second model from it; int8 quantization
+# adds the values and scales the writer makes, Taylor scores the gradient summed in doubles
+t_compress_int8() {
+    peak_refused compress-int8 compress --checkpoint "$TMP/wide/checkpoint.safetensors" --out "$TMP/cp-int8" \
+        --quantize int8
+}
+check "compress --quantize int8 (a 104 MB checkpoint): peak RSS within [0.75, 1.25] x the estimate it checks" \
+    t_compress_int8
+t_compress_experts() {
+    peak_refused compress-experts compress --checkpoint "$TMP/wide/checkpoint.safetensors" --out "$TMP/cp-experts" \
+        --prune-experts 4
+}
+check "compress --prune-experts 4 of 8 (a 104 MB checkpoint): peak RSS within [0.75, 1.25] x the estimate it checks" \
+    t_compress_experts
+t_compress_neurons() {
+    peak_refused compress-neurons compress --checkpoint "$TMP/wide/model.safetensors" --out "$TMP/cp-neurons" \
+        --prune-neurons 0.5 --neuron-score taylor
+}
+check "compress --prune-neurons --neuron-score taylor (a 34.7 MB model): peak RSS within [0.75, 1.25] x the estimate it checks" \
+    t_compress_neurons
 
 # Resource limits: under `ulimit -v` (RLIMIT_AS) and `ulimit -d` (RLIMIT_DATA) of 250 MB the dry run's
 # available memory is what the limit leaves, and a run whose data alone need 500 MB is refused before it
