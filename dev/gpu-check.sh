@@ -5,7 +5,8 @@
 # The device machine starts bare (no BLIS, SLEEF, cJSON, libcsv, jq): with .gpu/ present, its libraries
 # and jq come first and its binaries are the ones run (else BUILD, default build-cuda).
 #
-# Runs the GPU tests (device, ops, layer, model step); moe bench --device cuda at issue 16's layer shape;
+# Runs the GPU tests (device, ops, layer, model step); moe bench --device cuda at issue 16's layer shape,
+# routed by gshard and again by expert choice;
 # moe train --device cuda on a small mlp-moe config twice (metrics and model must be the same bytes), once
 # on the CPU, and moe train --check-device 20; the CLI tests' GPU branches: tests/cli/test_lm.sh (the
 # byte-level LM on the device twice, against the CPU, --check-device) and tests/cli/test_cli.sh (distill,
@@ -72,6 +73,10 @@ done
 step_json bench "$b/cmd/moe" bench --config experiments/common/gpu-layer.json --device cuda --tokens 65536 \
     --repeats 5 --warmup 1
 say "bench: $(jq -c '.layer | {expert_gemms, s: .forward_backward.seconds.median, ratio: .forward_backward.ratio_to_sgemm.median, routing_share: .routing_share.median}' "$out/bench.json" 2>&1)"
+# the same layer routed by expert choice (training's radix selection on the device)
+step_json bench-ec "$b/cmd/moe" bench --config experiments/common/gpu-layer.json --device cuda --tokens 65536 \
+    --set 'moe.router="expert-choice"' --repeats 3 --warmup 1
+say "bench-ec: $(jq -c '.layer | {s: .forward_backward.seconds.median, ratio: .forward_backward.ratio_to_sgemm.median, routing_share: .routing_share.median}' "$out/bench-ec.json" 2>&1)"
 cfg=experiments/common/gpu-train.json
 for r in gpu1 gpu2; do
     step "train_$r" "$b/cmd/moe" train --config "$cfg" --out "$out/$r" --device cuda --force

@@ -470,6 +470,17 @@ int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, float *p, float
         }
         return 0;
     }
+    if (a->mode == MOE_K_EC_FULL) { // route_ec_select_kernel: a block of 256 per expert
+        if (a->E <= 0)
+            return empty_grid("route_ec_select_kernel", err);
+        uint32_t *cnt = malloc(MOE_K_EC_BINS * 256 * sizeof *cnt);
+        if (!cnt)
+            abort();
+        FOR_THREADS (e, a->E)
+            moe_k_ec_select_column(sel, idx, gate, prio, cnt, p, a->T, a->E, (int)e, a->ec_factor, 256);
+        free(cnt);
+        return 0;
+    }
     size_t n = (size_t)a->T * a->E;
     if (n == 0) // E = 0: no blocks
         return empty_grid("route_ec_kernel", err);

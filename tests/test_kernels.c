@@ -208,8 +208,11 @@ START_TEST(test_route)
 END_TEST
 
 // Expert choice by the kernels: the per-token softmax, then one (t, e) pair
-// per thread (FULL, PREFIX, POSITION) or one token per thread (TOPK).
-static void route_ec_by_kernels(struct moe_route *r2, const struct moe_router_cfg *c, int train, size_t T)
+// per thread (FULL, PREFIX, POSITION) or one token per thread (TOPK); with
+// threads > 0, FULL by radix selection instead, each expert's block of that
+// many threads emulated in turn (the GPU's training path).
+static void route_ec_by_kernels(struct moe_route *r2, const struct moe_router_cfg *c, int train, size_t T,
+                                int threads)
 {
     int E = (int)c->E;
     for (size_t t = 0; t < T; t++)
@@ -219,6 +222,15 @@ static void route_ec_by_kernels(struct moe_route *r2, const struct moe_router_cf
         for (size_t t = 0; t < T; t++)
             moe_k_ec_topk_row(r2->sel + t * E, r2->idx + t * E, r2->gate + t * E, r2->prio + t * E, r2->p + t * E, E,
                               c->ec_factor);
+        return;
+    }
+    if (mode == MOE_K_EC_FULL && threads > 0) {
+        uint32_t *cnt = malloc((size_t)threads * MOE_K_EC_BINS * sizeof *cnt);
+        ck_assert_ptr_nonnull(cnt);
+        for (int e = 0; e < E; e++)
+            moe_k_ec_select_column(r2->sel, r2->idx, r2->gate, r2->prio, cnt, r2->p, (int64_t)T, E, e, c->ec_factor,
+                                   threads);
+        free(cnt);
         return;
     }
     for (size_t t = 0; t < T; t++)
@@ -284,13 +296,20 @@ START_TEST(test_route_ec)
         memcpy(r2.z, r1.z, T * E * sizeof(float));
         int train = cases[ci].train;
         moe_router_forward(&r1, &c, NULL, NULL, train, NULL, 0, T);
-        route_ec_by_kernels(&r2, &c, train, T);
-        same_floats(r1.p, r2.p, T * E, "ec p");
-        same_floats(r1.lse, r2.lse, T, "ec lse");
-        same_ints(r1.sel, r2.sel, T * S, "ec sel");
-        same_ints(r1.idx, r2.idx, T * S, "ec idx");
-        same_floats(r1.gate, r2.gate, T * S, "ec gate");
-        same_floats(r1.prio, r2.prio, T * S, "ec prio");
+        // the pair rank, then (FULL) radix selection by blocks of 1, 5 and 256 threads
+        static const int threads[] = { 0, 1, 5, 256 };
+        int full = train || c.ec_eval == MOE_EC_EVAL_FULL;
+        for (size_t v = 0; v < (full ? 4u : 1u); v++) {
+            for (size_t i = 0; i < T * S; i++)
+                r2.sel[i] = r2.idx[i] = 7, r2.gate[i] = r2.prio[i] = -9.0f; // every slot must be written
+            route_ec_by_kernels(&r2, &c, train, T, threads[v]);
+            same_floats(r1.p, r2.p, T * E, "ec p");
+            same_floats(r1.lse, r2.lse, T, "ec lse");
+            same_ints(r1.sel, r2.sel, T * S, "ec sel");
+            same_ints(r1.idx, r2.idx, T * S, "ec idx");
+            same_floats(r1.gate, r2.gate, T * S, "ec gate");
+            same_floats(r1.prio, r2.prio, T * S, "ec prio");
+        }
         if (train || c.ec_eval == MOE_EC_EVAL_FULL) {
             // each expert keeps exactly C; count kept/dropped pairs of equal p (the tie rule decided them)
             size_t C = moe_router_quota(&c, T);
@@ -318,6 +337,73 @@ START_TEST(test_route_ec)
         moe_route_release(&r2);
     }
     ck_assert_uint_gt(boundary_ties, 0); // the cases do exercise the tie rule
+}
+END_TEST
+
+// Expert choice's radix selection against the pair rank (its naive twin) and
+// the CPU router, on columns built to stress it: every p equal (the index
+// decides all), p underflowing to 0 and saturating to 1 in many tokens, a
+// coarse grid of few distinct values, and quotas from 1 to T - 1.
+START_TEST(test_route_ec_select)
+{
+    static const struct {
+        size_t T, E;
+        double f;
+        int kind; // 0 zeros, 1 extremes, 2 grid, 3 uniform
+    } cases[] = {
+        { 257, 4, 1.0, 0 }, { 300, 8, 0.03, 0 }, { 300, 3, 2.9, 0 }, { 513, 6, 1.0, 1 },
+        { 200, 5, 4.99, 1 }, { 1000, 16, 1.0, 2 }, { 999, 7, 0.007, 2 }, { 2, 2, 1.0, 3 },
+        { 3, 2, 1.0, 2 }, { 4099, 4, 1.3, 3 },
+    };
+    struct moe_err err;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        size_t T = cases[ci].T, E = cases[ci].E;
+        struct moe_router_cfg c = { MOE_ROUTER_EXPERT_CHOICE, E, 1, MOE_SECOND_RANDOM, cases[ci].f, 0,
+                                    MOE_EC_EVAL_FULL, 0 };
+        struct moe_route r1, r2, r3;
+        ck_assert_int_eq(moe_route_alloc(&r1, T, E, E, 0, &err), 0);
+        ck_assert_int_eq(moe_route_alloc(&r2, T, E, E, 0, &err), 0);
+        ck_assert_int_eq(moe_route_alloc(&r3, T, E, E, 0, &err), 0);
+        fill(r1.z, T * E, 360 + (uint32_t)ci, -1.0f, 1.0f);
+        for (size_t i = 0; i < T * E; i++) {
+            float u = r1.z[i];
+            r1.z[i] = cases[ci].kind == 0   ? 0.0f
+                      : cases[ci].kind == 1 ? (u < -0.3f ? -120.0f : u > 0.3f ? 120.0f : 0.0f)
+                      : cases[ci].kind == 2 ? roundf(u * 2.0f)
+                                            : u;
+        }
+        memcpy(r2.z, r1.z, T * E * sizeof(float));
+        memcpy(r3.z, r1.z, T * E * sizeof(float));
+        moe_router_forward(&r1, &c, NULL, NULL, 1, NULL, 0, T);
+        route_ec_by_kernels(&r2, &c, 1, T, 0);
+        route_ec_by_kernels(&r3, &c, 1, T, 256);
+        same_ints(r2.sel, r3.sel, T * E, "ec select vs rank sel");
+        same_floats(r2.gate, r3.gate, T * E, "ec select vs rank gate");
+        same_ints(r1.sel, r3.sel, T * E, "ec select vs router sel");
+        same_floats(r1.prio, r3.prio, T * E, "ec select vs router prio");
+        size_t zeros = 0;
+        for (size_t i = 0; i < T * E; i++)
+            zeros += r1.p[i] == 0.0f;
+        if (cases[ci].kind == 1)
+            ck_assert_uint_gt(zeros, T); // the underflow case does hold p = 0 ties
+        moe_route_release(&r1);
+        moe_route_release(&r2);
+        moe_route_release(&r3);
+    }
+}
+END_TEST
+
+// The key's order is moe_k_ec_better's: over a column with -0, +0, denormals,
+// equal values and both signs (p is never negative from a softmax, but the key
+// must not depend on that), every pair compares alike.
+START_TEST(test_route_ec_key)
+{
+    static const float v[] = { 0.0f, -0.0f, 1e-45f, 1e-38f, 0.25f, 0.25f, 1.0f, -1e-45f, -0.5f, -0.5f, 3.0e38f, -3.0e38f };
+    const int64_t T = (int64_t)(sizeof v / sizeof *v);
+    for (int64_t a = 0; a < T; a++)
+        for (int64_t b = 0; b < T; b++)
+            if (a != b)
+                ck_assert_int_eq(moe_k_ec_key(v, 1, 0, a) > moe_k_ec_key(v, 1, 0, b), moe_k_ec_better(v, 1, 0, a, b));
 }
 END_TEST
 
@@ -1601,6 +1687,8 @@ int main(void)
     tcase_add_test(tc, test_route);
     tcase_add_test(tc, test_route_ec_quota);
     tcase_add_test(tc, test_route_ec);
+    tcase_add_test(tc, test_route_ec_select);
+    tcase_add_test(tc, test_route_ec_key);
     tcase_add_test(tc, test_route_hash);
     tcase_add_test(tc, test_bias_update);
     tcase_add_test(tc, test_norm);

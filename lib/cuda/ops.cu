@@ -209,9 +209,14 @@ extern "C" int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz
     return launched("route_backward_kernel", err);
 }
 
-// ---------------------------------------------------------------- expert choice: (token, expert) threads
-// Each pair's thread counts its rank over the expert's candidates: O(T) per
-// thread, O(T^2 E) in all, no sort and no atomics (route.h).
+// ---------------------------------------------------------------- expert choice
+// Training (FULL): a block per expert finds the C-th best key by radix
+// selection, 16 passes of O(T / EC_THREADS) per thread, then marks its
+// column. The causal evaluation modes: one thread per (token, expert) pair
+// counts its rank over the expert's candidates, O(T) per thread. Neither
+// sorts nor uses atomics (route.h).
+
+#define EC_THREADS 256
 
 __global__ void softmax_rows_kernel(int T, int E, float *p, float *lse, const float *z)
 {
@@ -229,6 +234,39 @@ __global__ void route_ec_kernel(struct moe_cuda_route_ec a, int32_t *sel, int32_
         return;
     moe_k_ec_slot(sel, idx, gate, prio, p, a.T, a.E, (int64_t)(i / a.E), (int)(i % a.E), a.ec_factor,
                   (enum moe_k_ec)a.mode, a.seq);
+}
+
+// Bins laid out [digit][thread] so a warp's counts land in distinct banks;
+// the first 16 threads each add one digit's bins over the block in thread
+// order, thread 0 picks the digit.
+__global__ void route_ec_select_kernel(struct moe_cuda_route_ec a, int32_t *sel, int32_t *idx, float *gate,
+                                       float *prio, const float *p)
+{
+    __shared__ uint32_t cnt[MOE_K_EC_BINS * EC_THREADS];
+    __shared__ uint64_t tot[MOE_K_EC_BINS];
+    __shared__ uint64_t thr;
+    const int e = blockIdx.x, k = threadIdx.x;
+    const int64_t C = moe_k_ec_quota(a.ec_factor, a.T, a.E);
+    int64_t need = C; // thread 0's
+    if (k == 0)
+        thr = 0;
+    __syncthreads();
+    if (moe_k_ec_selects(C, a.T)) // the same for the whole block
+        for (int shift = 64 - 4; shift >= 0; shift -= 4) {
+            moe_k_ec_count(cnt + k, EC_THREADS, p, a.T, a.E, e, thr, shift, k, EC_THREADS);
+            __syncthreads();
+            if (k < MOE_K_EC_BINS) {
+                uint64_t s = 0;
+                for (int j = 0; j < EC_THREADS; j++)
+                    s += cnt[k * EC_THREADS + j];
+                tot[k] = s;
+            }
+            __syncthreads();
+            if (k == 0)
+                moe_k_ec_pick(&thr, &need, tot, shift);
+            __syncthreads();
+        }
+    moe_k_ec_mark(sel, idx, gate, prio, p, a.T, a.E, e, C, thr, k, EC_THREADS);
 }
 
 __global__ void route_ec_topk_kernel(struct moe_cuda_route_ec a, int32_t *sel, int32_t *idx, float *gate,
@@ -254,6 +292,10 @@ extern "C" int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, floa
     if (a->mode == MOE_K_EC_TOPK) {
         route_ec_topk_kernel<<<blocks, threads>>>(*a, sel, idx, gate, prio, p);
         return launched("route_ec_topk_kernel", err);
+    }
+    if (a->mode == MOE_K_EC_FULL) {
+        route_ec_select_kernel<<<a->E, EC_THREADS>>>(*a, sel, idx, gate, prio, p);
+        return launched("route_ec_select_kernel", err);
     }
     size_t n = (size_t)a->T * a->E;
     route_ec_kernel<<<(unsigned)((n + threads - 1) / threads), threads>>>(*a, sel, idx, gate, prio, p);

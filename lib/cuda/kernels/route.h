@@ -5,10 +5,12 @@
 // (moe/router.c moe_router_forward), which they follow operation by operation.
 // E = experts, K = slots per token.
 // The backward (moe_router_backward) is per token too.
-// Expert choice (every ec_eval mode: full as in training, and prefix, position
-// and topk for evaluation) runs one thread per (token, expert) pair after the
-// per-token softmax: the pair's rank among the expert's candidates decides it,
-// so no thread sorts; its backward is the raw-gate one with K = E. Hash
+// Expert choice runs after the per-token softmax: in training (full) a block
+// per expert finds its C-th best token by radix selection and keeps those at
+// least as good; the causal evaluation modes (prefix, position) run one
+// thread per (token, expert) pair, whose rank among the expert's candidates
+// decides it (full's naive twin); topk one thread per token. Nothing sorts;
+// the backward is the raw-gate one with K = E. Hash
 // routing writes one token's route from its table entry; it has no backward.
 // Not here: which router uses which gate (the launch wrapper maps the router
 // table onto enum moe_k_gate), and the hash table lookup itself (the layer's).
@@ -17,6 +19,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "core/hd.h"
 #include "core/philox.h"
@@ -250,6 +253,108 @@ static inline MOE_HD void moe_k_ec_slot(int32_t *sel, int32_t *idx, float *gate,
     sel[i] = idx[i] = on ? e : -1;
     gate[i] = on ? p[i] : 0.0f;
     prio[i] = on ? p[i] : 0.0f;
+}
+
+// ---------------------------------------------------------------- expert choice by selection (FULL)
+// The pair rank above costs O(T) per pair, O(T^2 E) a layer: 3.4e10
+// comparisons at T = 65536, E = 8, more than the layer's GEMMs. Training's
+// FULL mode instead finds, per expert, the C-th best token's key by radix
+// selection (Knuth, TAOCP vol. 3, 5.2.5, most significant digit first) and
+// keeps the tokens whose key is at least that: O(T) per expert for each of 16
+// passes. A block per expert: each thread counts a stride of the tokens into
+// its own 16 bins, the block adds the bins (integers: any order, the same
+// sums), one thread picks the digit. No float is summed and nothing is sorted,
+// so the decision is the rank rule's, bit for bit (moe_k_ec_slot stays as the
+// naive twin the tests hold this to, and as the causal evaluation modes' path).
+
+#define MOE_K_EC_BINS 16 // 4-bit digits, 16 passes over a 64-bit key
+
+// Token t's key for expert e: one token beats another (moe_k_ec_better) iff
+// its key is larger. High 32 bits: p's float bits in unsigned order (negative
+// floats flipped whole, others with the sign bit set; -0 taken as +0 so the
+// two tie as == does); low 32: ~t, the lower index larger. Keys are distinct.
+// A NaN p (a run with non-finite logits, which stops on its loss) orders above
+// every number here; the rank rule keeps NaN tokens too, but beyond C.
+static inline MOE_HD uint64_t moe_k_ec_key(const float *p, int E, int e, int64_t t)
+{
+    float v = p[t * E + e];
+    if (v == 0.0f)
+        v = 0.0f;
+    uint32_t b;
+    memcpy(&b, &v, sizeof b);
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ((uint64_t)b << 32) | (uint64_t)(0xFFFFFFFFu - (uint32_t)t);
+}
+
+// One thread's pass: zero cnt[d * cs] (d < 16), then for tokens first,
+// first + stride, ... < T whose key agrees with prefix above bit shift + 4,
+// count digit (key >> shift) & 15.
+static inline MOE_HD void moe_k_ec_count(uint32_t *cnt, int cs, const float *p, int64_t T, int E, int e,
+                                         uint64_t prefix, int shift, int64_t first, int64_t stride)
+{
+    for (int d = 0; d < MOE_K_EC_BINS; d++)
+        cnt[d * cs] = 0;
+    for (int64_t t = first; t < T; t += stride) {
+        uint64_t k = moe_k_ec_key(p, E, e, t);
+        if (shift + 4 >= 64 || (k >> (shift + 4)) == (prefix >> (shift + 4)))
+            cnt[((k >> shift) & 15u) * cs]++;
+    }
+}
+
+// With tot the block's bins of a pass, and need the wanted key's place
+// (1 = best) among the keys agreeing with prefix: the digit holding it goes
+// into prefix, and need drops by the keys in the digits above.
+static inline MOE_HD void moe_k_ec_pick(uint64_t *prefix, int64_t *need, const uint64_t *tot, int shift)
+{
+    int d = MOE_K_EC_BINS - 1;
+    for (; d > 0 && *need > (int64_t)tot[d]; d--)
+        *need -= (int64_t)tot[d];
+    *prefix |= (uint64_t)d << shift;
+}
+
+// Is selection needed? 0 < C < T; otherwise no key (C = 0) or every key
+// (threshold 0) is kept without a pass.
+static inline MOE_HD int moe_k_ec_selects(int64_t C, int64_t T) { return C > 0 && C < T; }
+
+// Tokens first, first + stride, ... of expert e's column: kept iff C > 0 and
+// the key is at least thr (the C-th best key, or 0 when C >= T); slots as in
+// moe_k_ec_slot.
+static inline MOE_HD void moe_k_ec_mark(int32_t *sel, int32_t *idx, float *gate, float *prio, const float *p,
+                                        int64_t T, int E, int e, int64_t C, uint64_t thr, int64_t first,
+                                        int64_t stride)
+{
+    for (int64_t t = first; t < T; t += stride) {
+        int64_t i = t * E + e;
+        int on = C > 0 && moe_k_ec_key(p, E, e, t) >= thr;
+        sel[i] = idx[i] = on ? e : -1;
+        gate[i] = on ? p[i] : 0.0f;
+        prio[i] = on ? p[i] : 0.0f;
+    }
+}
+
+// Expert e's column by one thread (threads = 1) or the block of `threads`
+// emulated in turn, cnt holding threads x 16 bins (bin d of thread k at
+// d * threads + k, as the kernel's shared array): the whole FULL-mode column.
+static inline MOE_HD void moe_k_ec_select_column(int32_t *sel, int32_t *idx, float *gate, float *prio, uint32_t *cnt,
+                                                 const float *p, int64_t T, int E, int e, double ec_factor,
+                                                 int threads)
+{
+    int64_t C = moe_k_ec_quota(ec_factor, T, E), need = C;
+    uint64_t thr = 0;
+    if (moe_k_ec_selects(C, T))
+        for (int shift = 64 - 4; shift >= 0; shift -= 4) {
+            uint64_t tot[MOE_K_EC_BINS];
+            for (int k = 0; k < threads; k++)
+                moe_k_ec_count(cnt + k, threads, p, T, E, e, thr, shift, k, threads);
+            for (int d = 0; d < MOE_K_EC_BINS; d++) {
+                tot[d] = 0;
+                for (int k = 0; k < threads; k++)
+                    tot[d] += cnt[d * threads + k];
+            }
+            moe_k_ec_pick(&thr, &need, tot, shift);
+        }
+    for (int k = 0; k < threads; k++)
+        moe_k_ec_mark(sel, idx, gate, prio, p, T, E, e, C, thr, k, threads);
 }
 
 // ec_eval TOPK (moe/router.c route_expert_choice_topk), one token per thread:
