@@ -473,7 +473,7 @@ int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, float *p, float
     if (a->mode == MOE_K_EC_FULL) { // route_ec_select_kernel: a block of 256 per expert
         if (a->E <= 0)
             return empty_grid("route_ec_select_kernel", err);
-        uint32_t *cnt = malloc(MOE_K_EC_BINS * 256 * sizeof *cnt);
+        uint32_t *cnt = malloc(MOE_K_SELECT_BINS * 256 * sizeof *cnt);
         if (!cnt)
             abort();
         FOR_THREADS (e, a->E)
@@ -602,8 +602,9 @@ int moe_cuda_norm_backward(float *dx, float *dg, float *db, const float *dy, con
 
 // ---------------------------------------------------------------- dispatch plan, gather, combine
 
-// The memsets (kept 0, slot_row -1), the keep order by priority (MOE_DROP_PROB),
-// then the keep pass per expert, the offsets and the rows per expert.
+// The memsets (kept 0, slot_row -1), the keep pass (MOE_DROP_PROB: by priority,
+// a block per (slot, expert); else in token order, in chunks), the offsets and
+// the rows per expert.
 // The plan in chunks: the same launches as ops.cu's, chunk by chunk and expert by expert.
 int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, const float *prio, size_t T, size_t S,
                            size_t E, size_t cap, int prob, struct moe_err *err)
@@ -612,7 +613,7 @@ int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, co
     size_t *cnt = p->cnt;
     const size_t nc = (T * S + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK, e = nc ? E : 0;
     DEV_ARGS(err, ARG(p->kept, T * S), ARG(p->slot_row, T * S), ARG(p->offset, E + 1),
-             ARG(p->order, prob ? T * S : 0), ARG(prio, prob ? T * S : 0), ARG(p->cnt, MOE_CUDA_PLAN_CNT(T, S, E)),
+             ARG(prio, prob ? T * S : 0), ARG(p->cnt, MOE_CUDA_PLAN_CNT(T, S, E)),
              ARG(idx, T * S), ARG(p->routed, e), ARG(p->n_kept, e), ARG(p->dropped, e));
     memset(p->kept, 0, T * S);
     memset(p->slot_row, 0xff, T * S * sizeof(int32_t));
@@ -620,24 +621,30 @@ int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32_t *idx, co
         memset(p->offset, 0, (E + 1) * sizeof(size_t));
         return 0;
     }
-    const int32_t *order = prob ? p->order : NULL;
-    if (prob)
-        FOR_THREADS (i, S * T) {
-            size_t s = i / T, t = i % T;
-            p->order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
+    if (prob) { // prob_keep_kernel: a block of 256 per (slot, expert)
+        if (E == 0)
+            return empty_grid("prob_keep_kernel", err);
+        uint32_t *bins = malloc(MOE_K_SELECT_BINS * 256 * sizeof *bins);
+        if (!bins)
+            abort();
+        FOR_THREADS (b, S * E)
+            moe_k_prob_block(p->kept, p->routed, p->n_kept, p->dropped, bins, idx, prio, T, S, cap, b / E,
+                             (int32_t)(b % E), 256);
+        free(bins);
+    } else {
+        FOR_THREADS (c, nc)
+            moe_k_chunk_count(cnt + c * E, idx, NULL, NULL, T, S, E, MOE_CUDA_PLAN_CHUNK, c, 0);
+        if (E == 0) // ops.cu's scan over the experts: no blocks
+            return empty_grid("chunk_scan_kernel (keep)", err);
+        FOR_THREADS (e, E) {
+            size_t routed = moe_k_chunk_scan(cnt, nc, E, e, 0), k = routed < cap ? routed : cap;
+            p->routed[e] = routed;
+            p->n_kept[e] = k;
+            p->dropped[e] = routed - k;
         }
-    FOR_THREADS (c, nc)
-        moe_k_chunk_count(cnt + c * E, idx, order, NULL, T, S, E, MOE_CUDA_PLAN_CHUNK, c, 0);
-    if (E == 0) // ops.cu's scan over the experts: no blocks
-        return empty_grid("chunk_scan_kernel (keep)", err);
-    FOR_THREADS (e, E) {
-        size_t routed = moe_k_chunk_scan(cnt, nc, E, e, 0), k = routed < cap ? routed : cap;
-        p->routed[e] = routed;
-        p->n_kept[e] = k;
-        p->dropped[e] = routed - k;
+        FOR_THREADS (c, nc)
+            moe_k_chunk_keep(cnt + c * E, p->kept, idx, NULL, T, S, cap, MOE_CUDA_PLAN_CHUNK, c);
     }
-    FOR_THREADS (c, nc)
-        moe_k_chunk_keep(cnt + c * E, p->kept, idx, order, T, S, cap, MOE_CUDA_PLAN_CHUNK, c);
     moe_k_dispatch_offsets(p->offset, p->n_kept, E);
     // the rows' extent, offset[E] (at most T S: fewer with a capacity or expert choice), is known from here
     DEV_ARGS(err, ARG(p->row_tok, p->offset[E]), ARG(p->row_slot, p->offset[E]));

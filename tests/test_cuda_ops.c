@@ -407,6 +407,8 @@ static void test_dispatch(void)
         if (i % S && moe_rng_below(&r, TS + i, 5) == 0)
             idx[i] = -1;
         prio[i] = (float)moe_rng_below(&r, 2 * TS + i, 50) / 64.0f; // ties
+        if (moe_rng_below(&r, 3 * TS + i, 97) == 0) // a router that overflowed: NaN as -inf, then by token
+            prio[i] = NAN;
     }
     float *x = malloc(T * D * 4), *gate = malloc(TS * 4), *yd = malloc(TS * D * 4), *out = malloc(T * D * 4);
     fill(x, T * D, 80, -1.0f, 1.0f), fill(gate, TS, 81, 0.0f, 1.0f), fill(yd, TS * D, 82, -1.0f, 1.0f);
@@ -414,7 +416,7 @@ static void test_dispatch(void)
     float *dprio = dev(prio, TS * 4), *dx = dev(x, T * D * 4), *dgate = dev(gate, TS * 4), *dyd = dev(yd, TS * D * 4);
     float *dxd = dev(NULL, TS * D * 4), *dout = dev(NULL, T * D * 4);
     struct moe_cuda_plan p = { dev(NULL, TS * 4), dev(NULL, TS * 4), dev(NULL, TS * 4), dev(NULL, (E + 1) * 8),
-                               dev(NULL, E * 8), dev(NULL, E * 8), dev(NULL, TS * 4), dev(NULL, TS), dev(NULL, E * 8),
+                               dev(NULL, E * 8), dev(NULL, E * 8), dev(NULL, TS), dev(NULL, E * 8),
                                dev(NULL, MOE_CUDA_PLAN_CNT(T, S, E) * 8) };
     for (int prob = 0; prob <= 1; prob++) {
         size_t cap = moe_capacity(prob ? 0.8 : 1.1, T, S, E);
@@ -471,7 +473,7 @@ static void test_dispatch(void)
         free(row_tok), free(slot_row), free(xd), free(out2);
     }
     void *bufs[] = { didx, dprio, dx, dgate, dyd, dxd, dout, p.row_tok, p.row_slot, p.slot_row, p.offset, p.routed,
-                     p.dropped, p.order, p.kept, p.n_kept, p.cnt };
+                     p.dropped, p.kept, p.n_kept, p.cnt };
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         moe_cuda_free(bufs[i]);
     free(idx), free(prio), free(x), free(gate), free(yd), free(out);

@@ -225,7 +225,7 @@ static void route_ec_by_kernels(struct moe_route *r2, const struct moe_router_cf
         return;
     }
     if (mode == MOE_K_EC_FULL && threads > 0) {
-        uint32_t *cnt = malloc((size_t)threads * MOE_K_EC_BINS * sizeof *cnt);
+        uint32_t *cnt = malloc((size_t)threads * MOE_K_SELECT_BINS * sizeof *cnt);
         ck_assert_ptr_nonnull(cnt);
         for (int e = 0; e < E; e++)
             moe_k_ec_select_column(r2->sel, r2->idx, r2->gate, r2->prio, cnt, r2->p, (int64_t)T, E, e, c->ec_factor,
@@ -831,7 +831,8 @@ START_TEST(test_dispatch)
     } cases[] = {
         { 97, 2, 8, 1.0, MOE_DROP_ORDER, 0 }, { 97, 2, 8, 0.6, MOE_DROP_PROB, 0 }, { 64, 1, 4, 0.5, MOE_DROP_PROB, 0 },
         { 50, 3, 16, 1.25, MOE_DROP_ORDER, 0 }, { 50, 3, 16, 0.0, MOE_DROP_PROB, 0 }, { 33, 8, 8, 0.3, MOE_DROP_ORDER, 0 },
-        { 97, 2, 8, 0.6, MOE_DROP_PROB, 1 },
+        { 97, 2, 8, 0.6, MOE_DROP_PROB, 1 }, { 997, 2, 4, 0.7, MOE_DROP_PROB, 1 }, { 1500, 4, 16, 0.9, MOE_DROP_PROB, 0 },
+        { 300, 1, 3, 0.2, MOE_DROP_PROB, 0 },
     };
     const size_t D = 12, F = 8;
     struct moe_err err;
@@ -875,6 +876,28 @@ START_TEST(test_dispatch)
                                      row_tok, row_slot, slot_row);
         for (size_t e = 0; e < E; e++)
             dropped[e] = routed[e] - n_kept[e];
+
+        // by priority, the device's keep pass: a block per (slot, expert) selecting what still fits, the
+        // blocks' threads (1, 7, 256) emulated in turn; the same kept flags and counts as the places above
+        if (cases[ci].policy == MOE_DROP_PROB) {
+            static const size_t threads[] = { 1, 7, 256 };
+            uint32_t *bins = malloc(256 * MOE_K_SELECT_BINS * sizeof *bins);
+            for (size_t k = 0; k < sizeof threads / sizeof *threads; k++) {
+                uint8_t *kept3 = calloc(TS, 1);
+                size_t r3[16], nk3[16], dr3[16];
+                for (size_t b = S * E; b-- > 0;) // blocks in any order
+                    moe_k_prob_block(kept3, r3, nk3, dr3, bins, idx, prio, T, S, cap, b / E, (int32_t)(b % E),
+                                     threads[k]);
+                ck_assert_mem_eq(kept3, kept, TS);
+                for (size_t e = 0; e < E; e++) {
+                    ck_assert_uint_eq(r3[e], d.routed[e]);
+                    ck_assert_uint_eq(dr3[e], d.dropped[e]);
+                    ck_assert_uint_eq(nk3[e], r3[e] - dr3[e]);
+                }
+                free(kept3);
+            }
+            free(bins);
+        }
 
         // the same plan whatever the chunk size (from 1 to past T S)
         static const size_t chs[] = { 1, 7, 64, 1000 };

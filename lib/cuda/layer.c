@@ -225,7 +225,6 @@ static int eset_alloc(struct moe_cuda_layer *l, struct eset *s, size_t E, size_t
         { 1, &s->plan.offset, (E + 1) * sizeof(size_t), "plan offsets" },
         { 1, &s->plan.routed, E * sizeof(size_t), "plan routed" },
         { 1, &s->plan.dropped, E * sizeof(size_t), "plan dropped" },
-        { 1, &s->plan.order, TS * 4, "plan order" },
         { 1, &s->plan.kept, TS, "plan kept" },
         { 1, &s->plan.n_kept, E * sizeof(size_t), "plan kept counts" },
         { 1, &s->plan.cnt, MOE_CUDA_PLAN_CNT(T, S, E) * sizeof(size_t), "plan chunk counts" },

@@ -242,8 +242,8 @@ __global__ void route_ec_kernel(struct moe_cuda_route_ec a, int32_t *sel, int32_
 __global__ void route_ec_select_kernel(struct moe_cuda_route_ec a, int32_t *sel, int32_t *idx, float *gate,
                                        float *prio, const float *p)
 {
-    __shared__ uint32_t cnt[MOE_K_EC_BINS * EC_THREADS];
-    __shared__ uint64_t tot[MOE_K_EC_BINS];
+    __shared__ uint32_t cnt[MOE_K_SELECT_BINS * EC_THREADS];
+    __shared__ uint64_t tot[MOE_K_SELECT_BINS];
     __shared__ uint64_t thr;
     const int e = blockIdx.x, k = threadIdx.x;
     const int64_t C = moe_k_ec_quota(a.ec_factor, a.T, a.E);
@@ -255,7 +255,7 @@ __global__ void route_ec_select_kernel(struct moe_cuda_route_ec a, int32_t *sel,
         for (int shift = 64 - 4; shift >= 0; shift -= 4) {
             moe_k_ec_count(cnt + k, EC_THREADS, p, a.T, a.E, e, thr, shift, k, EC_THREADS);
             __syncthreads();
-            if (k < MOE_K_EC_BINS) {
+            if (k < MOE_K_SELECT_BINS) {
                 uint64_t s = 0;
                 for (int j = 0; j < EC_THREADS; j++)
                     s += cnt[k * EC_THREADS + j];
@@ -263,7 +263,7 @@ __global__ void route_ec_select_kernel(struct moe_cuda_route_ec a, int32_t *sel,
             }
             __syncthreads();
             if (k == 0)
-                moe_k_ec_pick(&thr, &need, tot, shift);
+                moe_k_select_pick(&thr, &need, tot, shift);
             __syncthreads();
         }
     moe_k_ec_mark(sel, idx, gate, prio, p, a.T, a.E, e, C, thr, k, EC_THREADS);
@@ -418,12 +418,52 @@ static unsigned blocks_for(size_t n, unsigned threads)
     return b < 65535 ? (unsigned)(b ? b : 1) : 65535u;
 }
 
-__global__ void prob_place_kernel(int32_t *order, const float *prio, size_t T, size_t S)
+// The keep pass by priority (MOE_DROP_PROB; kernels/dispatch.h moe_k_prob_*):
+// block s E + e keeps slot s's best assignments to expert e that still fit.
+// Every thread adds the block's tallies itself (the same integers in the same
+// order), so all agree on R; the radix selection's bins are laid out
+// [digit][thread] (no bank conflicts), the first 16 threads add one digit each,
+// thread 0 picks.
+#define PROB_THREADS 256
+__global__ void prob_keep_kernel(struct moe_cuda_plan p, const int32_t *idx, const float *prio, size_t T, size_t S,
+                                 size_t E, size_t cap)
 {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < S * T; i += (size_t)gridDim.x * blockDim.x) {
-        size_t s = i / T, t = i % T;
-        order[s * T + moe_k_prob_place(prio, T, S, s, t)] = (int32_t)t;
-    }
+    __shared__ uint32_t cnt[MOE_K_SELECT_BINS * PROB_THREADS];
+    __shared__ uint64_t tot[MOE_K_SELECT_BINS], part[2][PROB_THREADS];
+    __shared__ uint64_t thr;
+    const size_t s = blockIdx.x / E;
+    const int32_t e = (int32_t)(blockIdx.x % E);
+    const int k = threadIdx.x;
+    uint64_t before = 0, here = 0;
+    moe_k_prob_tally(&before, &here, idx, T, S, s, e, (size_t)k, PROB_THREADS);
+    part[0][k] = before;
+    part[1][k] = here;
+    if (k == 0)
+        thr = 0;
+    __syncthreads();
+    before = here = 0;
+    for (int j = 0; j < PROB_THREADS; j++)
+        before += part[0][j], here += part[1][j];
+    const uint64_t R = moe_k_prob_quota(before, here, cap);
+    int64_t need = (int64_t)R; // thread 0's
+    if (R > 0 && R < here) // the same for the whole block
+        for (int shift = 64 - 4; shift >= 0; shift -= 4) {
+            moe_k_prob_count(cnt + k, PROB_THREADS, idx, prio, T, S, s, e, thr, shift, (size_t)k, PROB_THREADS);
+            __syncthreads();
+            if (k < MOE_K_SELECT_BINS) {
+                uint64_t sum = 0;
+                for (int j = 0; j < PROB_THREADS; j++)
+                    sum += cnt[k * PROB_THREADS + j];
+                tot[k] = sum;
+            }
+            __syncthreads();
+            if (k == 0)
+                moe_k_select_pick(&thr, &need, tot, shift);
+            __syncthreads();
+        }
+    moe_k_prob_mark(p.kept, idx, prio, T, S, s, e, R, thr, (size_t)k, PROB_THREADS);
+    if (k == 0 && s + 1 == S)
+        moe_k_prob_counts(p.routed, p.n_kept, p.dropped, before, here, cap, (size_t)e);
 }
 
 __global__ void offsets_kernel(struct moe_cuda_plan p, size_t E) { moe_k_dispatch_offsets(p.offset, p.n_kept, E); }
@@ -484,21 +524,21 @@ extern "C" int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32
         return rc;
     if (nc == 0)
         return check(cudaMemset(p->offset, 0, (E + 1) * sizeof(size_t)), "cudaMemset (offsets)", err);
-    const int32_t *order = prob ? p->order : NULL;
     if (prob) {
-        prob_place_kernel<<<blocks_for(S * T, 256), 256>>>(p->order, prio, T, S);
-        if ((rc = launched("prob_place_kernel", err)))
+        prob_keep_kernel<<<(unsigned)(S * E), PROB_THREADS>>>(*p, idx, prio, T, S, E, cap);
+        if ((rc = launched("prob_keep_kernel", err)))
+            return rc;
+    } else {
+        chunk_count_kernel<<<cb, 128>>>(cnt, idx, NULL, NULL, T, S, E, nc, 0);
+        if ((rc = launched("chunk_count_kernel (keep)", err)))
+            return rc;
+        chunk_scan_kernel<<<eb, 64>>>(*p, cnt, nc, E, cap, 0);
+        if ((rc = launched("chunk_scan_kernel (keep)", err)))
+            return rc;
+        chunk_keep_kernel<<<cb, 128>>>(cnt, p->kept, idx, NULL, T, S, E, cap, nc);
+        if ((rc = launched("chunk_keep_kernel", err)))
             return rc;
     }
-    chunk_count_kernel<<<cb, 128>>>(cnt, idx, order, NULL, T, S, E, nc, 0);
-    if ((rc = launched("chunk_count_kernel (keep)", err)))
-        return rc;
-    chunk_scan_kernel<<<eb, 64>>>(*p, cnt, nc, E, cap, 0);
-    if ((rc = launched("chunk_scan_kernel (keep)", err)))
-        return rc;
-    chunk_keep_kernel<<<cb, 128>>>(cnt, p->kept, idx, order, T, S, E, cap, nc);
-    if ((rc = launched("chunk_keep_kernel", err)))
-        return rc;
     offsets_kernel<<<1, 1>>>(*p, E);
     if ((rc = launched("offsets_kernel", err)))
         return rc;

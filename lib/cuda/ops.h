@@ -115,15 +115,16 @@ int moe_cuda_norm_forward(float *y, float *mean, float *rstd, const float *x, co
 // The capacity plan for T tokens of S slots over E experts from idx, prio
 // (T, S) (moe/dispatch.c moe_dispatch_plan): row_tok, row_slot (T * S: the
 // first offset[E] rows are used), slot_row (T, S), offset (E + 1), routed,
-// dropped (E). prob: MOE_DROP_PROB (else token order). Computed in chunks of
-// MOE_CUDA_PLAN_CHUNK positions (kernels/dispatch.h moe_k_chunk_*). Scratch:
-// order (S, T), kept (T * S bytes), n_kept (E), cnt (MOE_CUDA_PLAN_CNT(T, S, E)).
+// dropped (E). prob: MOE_DROP_PROB (else token order). The keep pass: by
+// priority, a block per (slot, expert) (kernels/dispatch.h moe_k_prob_*); in
+// token order, in chunks of MOE_CUDA_PLAN_CHUNK positions (moe_k_chunk_*), as
+// are the rows. Scratch: kept (T * S bytes), n_kept (E), cnt
+// (MOE_CUDA_PLAN_CNT(T, S, E)).
 #define MOE_CUDA_PLAN_CHUNK 256
 #define MOE_CUDA_PLAN_CNT(T, S, E) ((((size_t)(T) * (S) + MOE_CUDA_PLAN_CHUNK - 1) / MOE_CUDA_PLAN_CHUNK) * (E))
 struct moe_cuda_plan {
     int32_t *row_tok, *row_slot, *slot_row;
     size_t *offset, *routed, *dropped;
-    int32_t *order;
     uint8_t *kept;
     size_t *n_kept, *cnt;
 };

@@ -112,7 +112,7 @@ void moe_dispatch_release(struct moe_dispatch *d)
 // A priority as the keep order compares it: a NaN (a router that overflowed)
 // counts as -infinity, so the order stays total and the trainer, not the
 // plan, reports the divergence. The device's keep order
-// (cuda/kernels/dispatch.h, moe_k_prob_before) is the same.
+// (cuda/kernels/dispatch.h, moe_k_prob_before and moe_k_prob_key) is the same.
 static float prob_key(float p) { return isnan(p) ? -INFINITY : p; }
 
 // MOE_DROP_PROB order within one slot: token a comes before token b when its

@@ -1,11 +1,14 @@
 // dispatch.h: the capacity plan (moe/dispatch.c moe_dispatch_plan) and the
 // gather and combine around the expert FFNs (moe/experts.c), as host/device
 // functions (core/hd.h) over index spaces a GPU launch covers:
-//   1. keep order (MOE_DROP_PROB only): one thread per (slot, token) finds its
-//      place among the tokens of its slot, by priority, ties to the lower token
-//      (GShard's first choices before second choices, batch-prioritised within
-//      a slot: Lepikhin et al. 2020; Riquelme et al. 2021);
-//   2. keep, 3. offsets, 4. rows: the plan in chunks of consecutive positions
+//   1. keep order (MOE_DROP_PROB only): by priority within a slot, ties to
+//      the lower token, slot by slot (GShard's first choices before second
+//      choices, batch-prioritised within a slot: Lepikhin et al. 2020;
+//      Riquelme et al. 2021). The device keeps by it without writing it out:
+//      a block per (slot, expert) selects the slot's best assignments to the
+//      expert that still fit (below); the tests also run the naive twin, one
+//      thread per (slot, token) finding its place, then the keep pass 2;
+//   2. keep (token order), 3. offsets, 4. rows: the plan in chunks of consecutive positions
 //      (below): one thread per chunk counts its assignments per expert, one
 //      thread per expert scans those counts over the chunks in order, one
 //      thread per chunk decides its assignments from the counts before it:
@@ -30,6 +33,7 @@
 #include <stdint.h>
 
 #include "core/hd.h"
+#include "cuda/kernels/select.h"
 
 // Token a (priority ka) before token b (kb) in the keep order by priority: the
 // higher priority first, ties to the lower token, a NaN (a router that
@@ -52,6 +56,115 @@ static inline MOE_HD size_t moe_k_prob_place(const float *prio, size_t T, size_t
     for (size_t u = 0; u < T; u++)
         before += (size_t)moe_k_prob_before(prio[u * S + s], u, k, t);
     return before;
+}
+
+// 1-2 by selection (MOE_DROP_PROB; what the device runs: the places above
+// cost O(T) per (slot, token), O(T^2 S) a plan, and stay as its naive twin).
+// In keep order (slot-major, within a slot by priority) an assignment of slot
+// s to expert e is kept iff A + r < cap, with A the assignments to e in the
+// slots before s and r its place among slot s's assignments to e. So slot s
+// keeps its R = cap - A best assignments to e (none when A >= cap): a
+// selection of the R-th best key among them (select.h), which needs no order
+// written out. A block per (slot, expert): each thread tallies and counts a
+// stride of the tokens; the block adds (integers), one thread picks.
+
+// Token t's key in slot s: larger priority first, then the lower token; a
+// NaN as -infinity, -0 as +0 (moe_k_prob_before's order).
+static inline MOE_HD uint64_t moe_k_prob_key(const float *prio, size_t S, size_t s, size_t t)
+{
+    float v = prio[t * S + s];
+    return moe_k_select_key(moe_k_f32_order(v != v ? -INFINITY : v), (int64_t)t);
+}
+
+// One thread's tally over tokens first, first + stride, ... < T: *before +=
+// its assignments to e in slots 0 .. s - 1, *here += in slot s.
+static inline MOE_HD void moe_k_prob_tally(uint64_t *before, uint64_t *here, const int32_t *idx, size_t T, size_t S,
+                                           size_t s, int32_t e, size_t first, size_t stride)
+{
+    for (size_t t = first; t < T; t += stride) {
+        for (size_t j = 0; j < s; j++)
+            *before += idx[t * S + j] == e;
+        *here += idx[t * S + s] == e;
+    }
+}
+
+// One thread's pass: zero cnt[d * cs] (d < 16), then count digit
+// (key >> shift) & 15 of slot s's assignments to e among its tokens whose key
+// agrees with prefix above bit shift + 4.
+static inline MOE_HD void moe_k_prob_count(uint32_t *cnt, size_t cs, const int32_t *idx, const float *prio, size_t T,
+                                           size_t S, size_t s, int32_t e, uint64_t prefix, int shift, size_t first,
+                                           size_t stride)
+{
+    for (int d = 0; d < MOE_K_SELECT_BINS; d++)
+        cnt[d * cs] = 0;
+    for (size_t t = first; t < T; t += stride) {
+        if (idx[t * S + s] != e)
+            continue;
+        uint64_t k = moe_k_prob_key(prio, S, s, t);
+        if (moe_k_select_agrees(k, prefix, shift))
+            cnt[((k >> shift) & 15u) * cs]++;
+    }
+}
+
+// The block's plan for (s, e) from its tallies: how many to keep (R, at most
+// here) and whether a selection is needed (0 < R < here).
+static inline MOE_HD uint64_t moe_k_prob_quota(uint64_t before, uint64_t here, size_t cap)
+{
+    uint64_t R = before < cap ? cap - before : 0;
+    return R < here ? R : here;
+}
+
+// One thread's marks: kept[t S + s] = 1 for its tokens' slot-s assignments to
+// e whose key is at least thr (0: all of them), when R > 0.
+static inline MOE_HD void moe_k_prob_mark(uint8_t *kept, const int32_t *idx, const float *prio, size_t T, size_t S,
+                                          size_t s, int32_t e, uint64_t R, uint64_t thr, size_t first, size_t stride)
+{
+    if (R == 0)
+        return;
+    for (size_t t = first; t < T; t += stride)
+        if (idx[t * S + s] == e && moe_k_prob_key(prio, S, s, t) >= thr)
+            kept[t * S + s] = 1;
+}
+
+// The last slot's block writes expert e's counts: routed = before + here.
+static inline MOE_HD void moe_k_prob_counts(size_t *routed, size_t *n_kept, size_t *dropped, uint64_t before,
+                                            uint64_t here, size_t cap, size_t e)
+{
+    size_t r = (size_t)(before + here), k = r < cap ? r : cap;
+    routed[e] = r;
+    n_kept[e] = k;
+    dropped[e] = r - k;
+}
+
+// Block (s, e) of `threads` threads emulated in turn, cnt holding threads x 16
+// bins (bin d of thread k at d * threads + k, as the kernel's shared array);
+// kept is cleared beforehand; routed, n_kept, dropped (E) written for s = S - 1.
+static inline MOE_HD void moe_k_prob_block(uint8_t *kept, size_t *routed, size_t *n_kept, size_t *dropped,
+                                           uint32_t *cnt, const int32_t *idx, const float *prio, size_t T, size_t S,
+                                           size_t cap, size_t s, int32_t e, size_t threads)
+{
+    uint64_t before = 0, here = 0, thr = 0;
+    for (size_t k = 0; k < threads; k++)
+        moe_k_prob_tally(&before, &here, idx, T, S, s, e, k, threads);
+    uint64_t R = moe_k_prob_quota(before, here, cap);
+    if (R > 0 && R < here) {
+        int64_t need = (int64_t)R;
+        for (int shift = 64 - 4; shift >= 0; shift -= 4) {
+            uint64_t tot[MOE_K_SELECT_BINS];
+            for (size_t k = 0; k < threads; k++)
+                moe_k_prob_count(cnt + k, threads, idx, prio, T, S, s, e, thr, shift, k, threads);
+            for (int d = 0; d < MOE_K_SELECT_BINS; d++) {
+                tot[d] = 0;
+                for (size_t k = 0; k < threads; k++)
+                    tot[d] += cnt[d * threads + k];
+            }
+            moe_k_select_pick(&thr, &need, tot, shift);
+        }
+    }
+    for (size_t k = 0; k < threads; k++)
+        moe_k_prob_mark(kept, idx, prio, T, S, s, e, R, thr, k, threads);
+    if (s + 1 == S)
+        moe_k_prob_counts(routed, n_kept, dropped, before, here, cap, (size_t)e);
 }
 
 // 3. offset (E + 1) from the kept counts (E); returns the kept rows, offset[E].

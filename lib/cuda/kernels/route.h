@@ -19,10 +19,10 @@
 
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "core/hd.h"
 #include "core/philox.h"
+#include "cuda/kernels/select.h"
 
 // How a router turns its selection into gates.
 enum moe_k_gate {
@@ -257,7 +257,8 @@ static inline MOE_HD void moe_k_ec_slot(int32_t *sel, int32_t *idx, float *gate,
 
 // ---------------------------------------------------------------- expert choice by selection (FULL)
 // The pair rank above costs O(T) per pair, O(T^2 E) a layer: 3.4e10
-// comparisons at T = 65536, E = 8, more than the layer's GEMMs. Training's
+// comparisons at T = 65536, E = 8 (beside the layer's 6.6e12 GEMM flops
+// forward and backward at D = 1024, F = 4096), growing with T^2. Training's
 // FULL mode instead finds, per expert, the C-th best token's key by radix
 // selection (Knuth, TAOCP vol. 3, 5.2.5, most significant digit first) and
 // keeps the tokens whose key is at least that: O(T) per expert for each of 16
@@ -267,23 +268,13 @@ static inline MOE_HD void moe_k_ec_slot(int32_t *sel, int32_t *idx, float *gate,
 // so the decision is the rank rule's, bit for bit (moe_k_ec_slot stays as the
 // naive twin the tests hold this to, and as the causal evaluation modes' path).
 
-#define MOE_K_EC_BINS 16 // 4-bit digits, 16 passes over a 64-bit key
-
 // Token t's key for expert e: one token beats another (moe_k_ec_better) iff
-// its key is larger. High 32 bits: p's float bits in unsigned order (negative
-// floats flipped whole, others with the sign bit set; -0 taken as +0 so the
-// two tie as == does); low 32: ~t, the lower index larger. Keys are distinct.
-// A NaN p (a run with non-finite logits, which stops on its loss) orders above
-// every number here; the rank rule keeps NaN tokens too, but beyond C.
+// its key is larger (select.h: p's order, then the lower index). A NaN p (a
+// run with non-finite logits, which stops on its loss) orders above every
+// number here; the rank rule keeps NaN tokens too, but beyond C.
 static inline MOE_HD uint64_t moe_k_ec_key(const float *p, int E, int e, int64_t t)
 {
-    float v = p[t * E + e];
-    if (v == 0.0f)
-        v = 0.0f;
-    uint32_t b;
-    memcpy(&b, &v, sizeof b);
-    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-    return ((uint64_t)b << 32) | (uint64_t)(0xFFFFFFFFu - (uint32_t)t);
+    return moe_k_select_key(moe_k_f32_order(p[t * E + e]), t);
 }
 
 // One thread's pass: zero cnt[d * cs] (d < 16), then for tokens first,
@@ -292,24 +283,13 @@ static inline MOE_HD uint64_t moe_k_ec_key(const float *p, int E, int e, int64_t
 static inline MOE_HD void moe_k_ec_count(uint32_t *cnt, int cs, const float *p, int64_t T, int E, int e,
                                          uint64_t prefix, int shift, int64_t first, int64_t stride)
 {
-    for (int d = 0; d < MOE_K_EC_BINS; d++)
+    for (int d = 0; d < MOE_K_SELECT_BINS; d++)
         cnt[d * cs] = 0;
     for (int64_t t = first; t < T; t += stride) {
         uint64_t k = moe_k_ec_key(p, E, e, t);
-        if (shift + 4 >= 64 || (k >> (shift + 4)) == (prefix >> (shift + 4)))
+        if (moe_k_select_agrees(k, prefix, shift))
             cnt[((k >> shift) & 15u) * cs]++;
     }
-}
-
-// With tot the block's bins of a pass, and need the wanted key's place
-// (1 = best) among the keys agreeing with prefix: the digit holding it goes
-// into prefix, and need drops by the keys in the digits above.
-static inline MOE_HD void moe_k_ec_pick(uint64_t *prefix, int64_t *need, const uint64_t *tot, int shift)
-{
-    int d = MOE_K_EC_BINS - 1;
-    for (; d > 0 && *need > (int64_t)tot[d]; d--)
-        *need -= (int64_t)tot[d];
-    *prefix |= (uint64_t)d << shift;
 }
 
 // Is selection needed? 0 < C < T; otherwise no key (C = 0) or every key
@@ -343,15 +323,15 @@ static inline MOE_HD void moe_k_ec_select_column(int32_t *sel, int32_t *idx, flo
     uint64_t thr = 0;
     if (moe_k_ec_selects(C, T))
         for (int shift = 64 - 4; shift >= 0; shift -= 4) {
-            uint64_t tot[MOE_K_EC_BINS];
+            uint64_t tot[MOE_K_SELECT_BINS];
             for (int k = 0; k < threads; k++)
                 moe_k_ec_count(cnt + k, threads, p, T, E, e, thr, shift, k, threads);
-            for (int d = 0; d < MOE_K_EC_BINS; d++) {
+            for (int d = 0; d < MOE_K_SELECT_BINS; d++) {
                 tot[d] = 0;
                 for (int k = 0; k < threads; k++)
                     tot[d] += cnt[d * threads + k];
             }
-            moe_k_ec_pick(&thr, &need, tot, shift);
+            moe_k_select_pick(&thr, &need, tot, shift);
         }
     for (int k = 0; k < threads; k++)
         moe_k_ec_mark(sel, idx, gate, prio, p, T, E, e, C, thr, k, threads);
