@@ -134,6 +134,17 @@ static void same_ints(const int32_t *a, const int32_t *b, size_t n, const char *
         ck_assert_msg(a[i] == b[i], "%s[%zu]: %d vs %d", what, i, a[i], b[i]);
 }
 
+// Two routes' p, lse (T tokens, E experts) and sel, idx, gate, prio (T, S), bit for bit.
+static void same_route(const struct moe_route *a, const struct moe_route *b, size_t T, size_t E, size_t S)
+{
+    same_floats(a->p, b->p, T * E, "p");
+    same_floats(a->lse, b->lse, T, "lse");
+    same_ints(a->sel, b->sel, T * S, "sel");
+    same_ints(a->idx, b->idx, T * S, "idx");
+    same_floats(a->gate, b->gate, T * S, "gate");
+    same_floats(a->prio, b->prio, T * S, "prio");
+}
+
 START_TEST(test_route)
 {
     static const struct {
@@ -170,12 +181,7 @@ START_TEST(test_route)
         uint64_t base = (uint64_t)3 << 40;
         moe_router_forward(&r1, &c, bias, NULL, train, &rng, base, T);
         route_by_kernels(&r2, &c, bias, train, &rng, base, T);
-        same_floats(r1.p, r2.p, T * E, "p");
-        same_floats(r1.lse, r2.lse, T, "lse");
-        same_ints(r1.sel, r2.sel, T * S, "sel");
-        same_ints(r1.idx, r2.idx, T * S, "idx");
-        same_floats(r1.gate, r2.gate, T * S, "gate");
-        same_floats(r1.prio, r2.prio, T * S, "prio");
+        same_route(&r1, &r2, T, E, S);
         if (noisy) {
             same_floats(r1.eps, r2.eps, T * E, "eps");
             same_floats(r1.h, r2.h, T * E, "h");
@@ -303,12 +309,7 @@ START_TEST(test_route_ec)
             for (size_t i = 0; i < T * S; i++)
                 r2.sel[i] = r2.idx[i] = 7, r2.gate[i] = r2.prio[i] = -9.0f; // every slot must be written
             route_ec_by_kernels(&r2, &c, train, T, threads[v]);
-            same_floats(r1.p, r2.p, T * E, "ec p");
-            same_floats(r1.lse, r2.lse, T, "ec lse");
-            same_ints(r1.sel, r2.sel, T * S, "ec sel");
-            same_ints(r1.idx, r2.idx, T * S, "ec idx");
-            same_floats(r1.gate, r2.gate, T * S, "ec gate");
-            same_floats(r1.prio, r2.prio, T * S, "ec prio");
+            same_route(&r1, &r2, T, E, S);
         }
         if (train || c.ec_eval == MOE_EC_EVAL_FULL) {
             // each expert keeps exactly C; count kept/dropped pairs of equal p (the tie rule decided them)

@@ -153,11 +153,7 @@ static inline MOE_HD void moe_k_prob_block(uint8_t *kept, size_t *routed, size_t
             uint64_t tot[MOE_K_SELECT_BINS];
             for (size_t k = 0; k < threads; k++)
                 moe_k_prob_count(cnt + k, threads, idx, prio, T, S, s, e, thr, shift, k, threads);
-            for (int d = 0; d < MOE_K_SELECT_BINS; d++) {
-                tot[d] = 0;
-                for (size_t k = 0; k < threads; k++)
-                    tot[d] += cnt[d * threads + k];
-            }
+            moe_k_select_tot(tot, cnt, threads);
             moe_k_select_pick(&thr, &need, tot, shift);
         }
     }

@@ -326,11 +326,7 @@ static inline MOE_HD void moe_k_ec_select_column(int32_t *sel, int32_t *idx, flo
             uint64_t tot[MOE_K_SELECT_BINS];
             for (int k = 0; k < threads; k++)
                 moe_k_ec_count(cnt + k, threads, p, T, E, e, thr, shift, k, threads);
-            for (int d = 0; d < MOE_K_SELECT_BINS; d++) {
-                tot[d] = 0;
-                for (int k = 0; k < threads; k++)
-                    tot[d] += cnt[d * threads + k];
-            }
+            moe_k_select_tot(tot, cnt, (size_t)threads);
             moe_k_select_pick(&thr, &need, tot, shift);
         }
     for (int k = 0; k < threads; k++)

@@ -56,4 +56,15 @@ static inline MOE_HD void moe_k_select_pick(uint64_t *prefix, int64_t *need, con
     *prefix |= (uint64_t)d << shift;
 }
 
+// A block's bins added up as an emulated block (threads run in turn) has
+// them: tot[d] = the sum over threads k of cnt[d * threads + k].
+static inline MOE_HD void moe_k_select_tot(uint64_t *tot, const uint32_t *cnt, size_t threads)
+{
+    for (int d = 0; d < MOE_K_SELECT_BINS; d++) {
+        tot[d] = 0;
+        for (size_t k = 0; k < threads; k++)
+            tot[d] += cnt[(size_t)d * threads + k];
+    }
+}
+
 #endif
