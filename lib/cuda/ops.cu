@@ -150,7 +150,7 @@ extern "C" int moe_cuda_event_elapsed(double *ret_seconds, struct moe_cuda_event
 __global__ void route_kernel(struct moe_cuda_route a, float *p, float *lse, float *h, float *eps, int32_t *sel,
                              int32_t *idx, float *gate, float *prio, const float *z, const float *u, const float *bias)
 {
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; // widened before the product
     if (t >= a.T)
         return;
     size_t o = (size_t)t * a.E, os = (size_t)t * a.K;
@@ -180,7 +180,7 @@ extern "C" int moe_cuda_route_forward(const struct moe_cuda_route *a, float *p, 
 {
     if (a->T <= 0)
         return 0;
-    int threads = 128, blocks = (a->T + threads - 1) / threads;
+    const unsigned threads = 128, blocks = (unsigned)(((size_t)a->T + threads - 1) / threads);
     route_kernel<<<blocks, threads>>>(*a, p, lse, h, eps, sel, idx, gate, prio, z, u, bias);
     return launched("route_kernel", err);
 }
@@ -189,7 +189,7 @@ __global__ void route_backward_kernel(struct moe_cuda_route a, float *dz, float 
                                       const int32_t *sel, const int32_t *idx, const float *p, const float *z,
                                       const float *h, const float *eps, const float *u)
 {
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; // widened before the product
     if (t >= a.T)
         return;
     size_t o = (size_t)t * a.E, os = (size_t)t * a.K;
@@ -204,7 +204,7 @@ extern "C" int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz
 {
     if (a->T <= 0)
         return 0;
-    int threads = 128, blocks = (a->T + threads - 1) / threads;
+    const unsigned threads = 128, blocks = (unsigned)(((size_t)a->T + threads - 1) / threads);
     route_backward_kernel<<<blocks, threads>>>(*a, dz, du, dgate, sel, idx, p, z, h, eps, u);
     return launched("route_backward_kernel", err);
 }
@@ -220,7 +220,7 @@ extern "C" int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz
 
 __global__ void softmax_rows_kernel(int T, int E, float *p, float *lse, const float *z)
 {
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; // widened before the product
     if (t >= T)
         return;
     moe_k_softmax_row(p + (size_t)t * E, lse + t, z + (size_t)t * E, E);
@@ -272,7 +272,7 @@ __global__ void route_ec_select_kernel(struct moe_cuda_route_ec a, int32_t *sel,
 __global__ void route_ec_topk_kernel(struct moe_cuda_route_ec a, int32_t *sel, int32_t *idx, float *gate,
                                      float *prio, const float *p)
 {
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; // widened before the product
     if (t >= a.T)
         return;
     size_t o = (size_t)t * a.E;
@@ -284,7 +284,7 @@ extern "C" int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, floa
 {
     if (a->T <= 0)
         return 0;
-    int threads = 128, blocks = (a->T + threads - 1) / threads;
+    const unsigned threads = 128, blocks = (unsigned)(((size_t)a->T + threads - 1) / threads);
     softmax_rows_kernel<<<blocks, threads>>>(a->T, a->E, p, lse, z);
     int rc = launched("softmax_rows_kernel", err);
     if (rc)
@@ -320,7 +320,7 @@ extern "C" int moe_cuda_route_ec_backward(int T, int E, float *dz, const float *
 __global__ void route_hash_kernel(int T, int E, float *p, float *lse, int32_t *sel, int32_t *idx, float *gate,
                                   float *prio, const int32_t *hash_expert)
 {
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; // widened before the product
     if (t >= T)
         return;
     moe_k_hash_row(p + (size_t)t * E, lse + t, sel + t, idx + t, gate + t, prio + t, hash_expert[t], E);
@@ -331,7 +331,7 @@ extern "C" int moe_cuda_route_hash_forward(int T, int E, float *p, float *lse, i
 {
     if (T <= 0)
         return 0;
-    int threads = 128, blocks = (T + threads - 1) / threads;
+    const unsigned threads = 128, blocks = (unsigned)(((size_t)T + threads - 1) / threads);
     route_hash_kernel<<<blocks, threads>>>(T, E, p, lse, sel, idx, gate, prio, hash_expert);
     return launched("route_hash_kernel", err);
 }
@@ -1013,8 +1013,7 @@ __global__ void sumsq_block_kernel(double *acc, const double *lanes)
 
 __global__ void fold_kernel(float *a, const float *g, float *out, size_t n, float w, size_t k, int last)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         moe_k_fold(a, g, out, i, w, k, last);
 }
 
@@ -1023,15 +1022,13 @@ extern "C" int moe_cuda_fold(float *a, const float *g, float *out, size_t n, flo
 {
     if (n == 0 || (k == 0 && last))
         return 0;
-    unsigned threads = 256, blocks = (unsigned)((n + threads - 1) / threads);
-    fold_kernel<<<blocks, threads>>>(a, g, out, n, w, k, last);
+    fold_kernel<<<blocks_for(n, 256), 256>>>(a, g, out, n, w, k, last);
     return launched("fold_kernel", err);
 }
 
 __global__ void lora_merge_kernel(float *w, const float *w0, const float *delta, size_t n)
 {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         moe_k_lora_merge(w, w0, delta, i);
 }
 
@@ -1039,8 +1036,7 @@ extern "C" int moe_cuda_lora_merge(float *w, const float *w0, const float *delta
 {
     if (n == 0)
         return 0;
-    unsigned threads = 256, blocks = (unsigned)((n + threads - 1) / threads);
-    lora_merge_kernel<<<blocks, threads>>>(w, w0, delta, n);
+    lora_merge_kernel<<<blocks_for(n, 256), 256>>>(w, w0, delta, n);
     return launched("lora_merge_kernel", err);
 }
 
