@@ -21,6 +21,7 @@
 // (meson: skipped) where no GPU is usable.
 // Built with -DMOE_TEST_CUDA_HOST and tests/cuda_host.c (test_cuda_ops_host),
 // the same tests run on the CUDA ops' host emulation, without the probe.
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1164,6 +1165,19 @@ static void test_gemm(void)
         snprintf(what, sizeof what, "gemm ta %d tb %d beta %g", ta, tb, beta);
         close_terms(C2, C, m, M * ld, 1e-5, what);
     }
+    // cuBLAS takes int sizes: one past INT_MAX is refused before any cast or
+    // operand is looked at, the groups' too (one group: C untouched)
+    const size_t big = (size_t)INT_MAX + 1;
+    EXPECT(moe_cuda_gemm(0, 0, M, N, K, 1.0f, A_, big, B_, ld, 0.0f, C_, ld, "big", &err) == MOE_EINVAL &&
+               strstr(err.msg, "cuBLAS (big): a size over INT_MAX"),
+           "a GEMM leading dimension past INT_MAX not refused: %s", err.msg);
+    struct moe_cuda_gemm_group huge[2] = { { M, N, K, A_, B_, C_ }, { big, N, K, A_, B_, C_ } };
+    host(C, C_, M * ld * 4);
+    EXPECT(moe_cuda_gemm_grouped(0, 0, 2, huge, 1.0f, ld, ld, 0.0f, ld, "big", &err) == MOE_EINVAL &&
+               strstr(err.msg, "cuBLAS (big): a size over INT_MAX (M 2147483648"),
+           "a grouped GEMM size past INT_MAX not refused: %s", err.msg);
+    host(C2, C_, M * ld * 4);
+    EXPECT(memcmp(C, C2, M * ld * 4) == 0, "gemm: a refused grouped GEMM changed C");
     moe_cuda_free(A_), moe_cuda_free(B_), moe_cuda_free(C_);
     free(A), free(B), free(C), free(C2), free(m), free(Aa), free(Ba);
 }
