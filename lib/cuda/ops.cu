@@ -211,12 +211,32 @@ extern "C" int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz
 
 // ---------------------------------------------------------------- expert choice
 // Training (FULL): a block per expert finds the C-th best key by radix
-// selection, 16 passes of O(T / EC_THREADS) per thread, then marks its
+// selection, 16 passes of O(T / SELECT_THREADS) per thread, then marks its
 // column. The causal evaluation modes: one thread per (token, expert) pair
 // counts its rank over the expert's candidates, O(T) per thread. Neither
 // sorts nor uses atomics (route.h).
 
-#define EC_THREADS 256
+// One radix-selection pass's digit (kernels/select.h) for a block of
+// SELECT_THREADS that has each counted its stride into cnt, laid out
+// [digit][thread] so a warp's counts land in distinct banks: the first 16
+// threads add one digit's bins each (integers, so the order is free: thread k
+// starts 2 k along, and the 16 read distinct banks), thread 0 picks the digit
+// into the shared *thr and its own *need. Every thread of the block calls it.
+#define SELECT_THREADS 256
+__device__ void block_pick(uint64_t *thr, int64_t *need, const uint32_t *cnt, uint64_t *tot, int k, int shift)
+{
+    __syncthreads();
+    if (k < MOE_K_SELECT_BINS) {
+        uint64_t sum = 0;
+        for (int j = 0; j < SELECT_THREADS; j++)
+            sum += cnt[k * SELECT_THREADS + (j + 2 * k) % SELECT_THREADS];
+        tot[k] = sum;
+    }
+    __syncthreads();
+    if (k == 0)
+        moe_k_select_pick(thr, need, tot, shift);
+    __syncthreads();
+}
 
 __global__ void softmax_rows_kernel(int T, int E, float *p, float *lse, const float *z)
 {
@@ -236,13 +256,10 @@ __global__ void route_ec_kernel(struct moe_cuda_route_ec a, int32_t *sel, int32_
                   (enum moe_k_ec)a.mode, a.seq);
 }
 
-// Bins laid out [digit][thread] so a warp's counts land in distinct banks;
-// the first 16 threads each add one digit's bins over the block in thread
-// order, thread 0 picks the digit.
 __global__ void route_ec_select_kernel(struct moe_cuda_route_ec a, int32_t *sel, int32_t *idx, float *gate,
                                        float *prio, const float *p)
 {
-    __shared__ uint32_t cnt[MOE_K_SELECT_BINS * EC_THREADS];
+    __shared__ uint32_t cnt[MOE_K_SELECT_BINS * SELECT_THREADS];
     __shared__ uint64_t tot[MOE_K_SELECT_BINS];
     __shared__ uint64_t thr;
     const int e = blockIdx.x, k = threadIdx.x;
@@ -253,20 +270,10 @@ __global__ void route_ec_select_kernel(struct moe_cuda_route_ec a, int32_t *sel,
     __syncthreads();
     if (moe_k_ec_selects(C, a.T)) // the same for the whole block
         for (int shift = 64 - 4; shift >= 0; shift -= 4) {
-            moe_k_ec_count(cnt + k, EC_THREADS, p, a.T, a.E, e, thr, shift, k, EC_THREADS);
-            __syncthreads();
-            if (k < MOE_K_SELECT_BINS) {
-                uint64_t s = 0;
-                for (int j = 0; j < EC_THREADS; j++)
-                    s += cnt[k * EC_THREADS + j];
-                tot[k] = s;
-            }
-            __syncthreads();
-            if (k == 0)
-                moe_k_select_pick(&thr, &need, tot, shift);
-            __syncthreads();
+            moe_k_ec_count(cnt + k, SELECT_THREADS, p, a.T, a.E, e, thr, shift, k, SELECT_THREADS);
+            block_pick(&thr, &need, cnt, tot, k, shift);
         }
-    moe_k_ec_mark(sel, idx, gate, prio, p, a.T, a.E, e, C, thr, k, EC_THREADS);
+    moe_k_ec_mark(sel, idx, gate, prio, p, a.T, a.E, e, C, thr, k, SELECT_THREADS);
 }
 
 __global__ void route_ec_topk_kernel(struct moe_cuda_route_ec a, int32_t *sel, int32_t *idx, float *gate,
@@ -294,7 +301,7 @@ extern "C" int moe_cuda_route_ec_forward(const struct moe_cuda_route_ec *a, floa
         return launched("route_ec_topk_kernel", err);
     }
     if (a->mode == MOE_K_EC_FULL) {
-        route_ec_select_kernel<<<a->E, EC_THREADS>>>(*a, sel, idx, gate, prio, p);
+        route_ec_select_kernel<<<a->E, SELECT_THREADS>>>(*a, sel, idx, gate, prio, p);
         return launched("route_ec_select_kernel", err);
     }
     size_t n = (size_t)a->T * a->E;
@@ -421,47 +428,34 @@ static unsigned blocks_for(size_t n, unsigned threads)
 // The keep pass by priority (MOE_DROP_PROB; kernels/dispatch.h moe_k_prob_*):
 // block s E + e keeps slot s's best assignments to expert e that still fit.
 // Every thread adds the block's tallies itself (the same integers in the same
-// order), so all agree on R; the radix selection's bins are laid out
-// [digit][thread] (no bank conflicts), the first 16 threads add one digit each,
-// thread 0 picks.
-#define PROB_THREADS 256
+// order), so all agree on R; then block_pick's passes.
 __global__ void prob_keep_kernel(struct moe_cuda_plan p, const int32_t *idx, const float *prio, size_t T, size_t S,
                                  size_t E, size_t cap)
 {
-    __shared__ uint32_t cnt[MOE_K_SELECT_BINS * PROB_THREADS];
-    __shared__ uint64_t tot[MOE_K_SELECT_BINS], part[2][PROB_THREADS];
+    __shared__ uint32_t cnt[MOE_K_SELECT_BINS * SELECT_THREADS];
+    __shared__ uint64_t tot[MOE_K_SELECT_BINS], part[2][SELECT_THREADS];
     __shared__ uint64_t thr;
     const size_t s = blockIdx.x / E;
     const int32_t e = (int32_t)(blockIdx.x % E);
     const int k = threadIdx.x;
     uint64_t before = 0, here = 0;
-    moe_k_prob_tally(&before, &here, idx, T, S, s, e, (size_t)k, PROB_THREADS);
+    moe_k_prob_tally(&before, &here, idx, T, S, s, e, (size_t)k, SELECT_THREADS);
     part[0][k] = before;
     part[1][k] = here;
     if (k == 0)
         thr = 0;
     __syncthreads();
     before = here = 0;
-    for (int j = 0; j < PROB_THREADS; j++)
+    for (int j = 0; j < SELECT_THREADS; j++)
         before += part[0][j], here += part[1][j];
     const uint64_t R = moe_k_prob_quota(before, here, cap);
     int64_t need = (int64_t)R; // thread 0's
     if (R > 0 && R < here) // the same for the whole block
         for (int shift = 64 - 4; shift >= 0; shift -= 4) {
-            moe_k_prob_count(cnt + k, PROB_THREADS, idx, prio, T, S, s, e, thr, shift, (size_t)k, PROB_THREADS);
-            __syncthreads();
-            if (k < MOE_K_SELECT_BINS) {
-                uint64_t sum = 0;
-                for (int j = 0; j < PROB_THREADS; j++)
-                    sum += cnt[k * PROB_THREADS + j];
-                tot[k] = sum;
-            }
-            __syncthreads();
-            if (k == 0)
-                moe_k_select_pick(&thr, &need, tot, shift);
-            __syncthreads();
+            moe_k_prob_count(cnt + k, SELECT_THREADS, idx, prio, T, S, s, e, thr, shift, (size_t)k, SELECT_THREADS);
+            block_pick(&thr, &need, cnt, tot, k, shift);
         }
-    moe_k_prob_mark(p.kept, idx, prio, T, S, s, e, R, thr, (size_t)k, PROB_THREADS);
+    moe_k_prob_mark(p.kept, idx, prio, T, S, s, e, R, thr, (size_t)k, SELECT_THREADS);
     if (k == 0 && s + 1 == S)
         moe_k_prob_counts(p.routed, p.n_kept, p.dropped, before, here, cap, (size_t)e);
 }
@@ -525,7 +519,7 @@ extern "C" int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32
     if (nc == 0)
         return check(cudaMemset(p->offset, 0, (E + 1) * sizeof(size_t)), "cudaMemset (offsets)", err);
     if (prob) {
-        prob_keep_kernel<<<(unsigned)(S * E), PROB_THREADS>>>(*p, idx, prio, T, S, E, cap);
+        prob_keep_kernel<<<(unsigned)(S * E), SELECT_THREADS>>>(*p, idx, prio, T, S, E, cap);
         if ((rc = launched("prob_keep_kernel", err)))
             return rc;
     } else {
