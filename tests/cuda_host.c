@@ -1387,18 +1387,6 @@ static int gemm_operands(int ta, int tb, size_t M, size_t N, size_t K, const flo
     return rc;
 }
 
-// blas.cu's refusal of a size cuBLAS's int arguments cannot hold.
-static int int_sizes(size_t M, size_t N, size_t K, size_t lda, size_t ldb, size_t ldc, const char *what,
-                     struct moe_err *err)
-{
-    const size_t lim = (size_t)INT_MAX;
-    if (M > lim || N > lim || K > lim || lda > lim || ldb > lim || ldc > lim)
-        return moe_error(err, MOE_EINVAL,
-                         "cuBLAS (%s): a size over INT_MAX (M %zu, N %zu, K %zu, lda %zu, ldb %zu, ldc %zu)", what, M,
-                         N, K, lda, ldb, ldc);
-    return 0;
-}
-
 // cuBLAS's early returns, blas.cu's int sizes, then the CPU library's product.
 int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
                   const float *B, size_t ldb, float beta, float *C, size_t ldc, const char *what,
@@ -1407,7 +1395,7 @@ int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, con
     STICKY(err);
     if (M == 0 || N == 0 || (K == 0 && beta == 1.0f))
         return 0;
-    int rc = int_sizes(M, N, K, lda, ldb, ldc, what, err);
+    int rc = moe_cuda_gemm_int_sizes(M, N, K, lda, ldb, ldc, what, err);
     if (!rc)
         rc = gemm_operands(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, what, err);
     if (rc)
@@ -1455,7 +1443,7 @@ int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_cuda_gemm_g
     int rc = 0;
     for (size_t i = 0; i < G && !rc; i++) // blas.cu checks every group's sizes before any product
         if (!(g[i].M == 0 || g[i].N == 0 || (g[i].K == 0 && beta == 1.0f)))
-            rc = int_sizes(g[i].M, g[i].N, g[i].K, lda, ldb, ldc, what, err);
+            rc = moe_cuda_gemm_int_sizes(g[i].M, g[i].N, g[i].K, lda, ldb, ldc, what, err);
     if (!rc)
         rc = groups_disjoint(ta, tb, G, g, lda, ldb, beta, ldc, what, err);
     if (rc)

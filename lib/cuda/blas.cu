@@ -120,20 +120,6 @@ extern "C" int moe_cuda_blas_init(struct moe_err *err)
     return rc;
 }
 
-// cublasSgemm and the grouped call take int sizes: a size_t past INT_MAX
-// would wrap in the cast (a wrong product, or cuBLAS refusing a negative
-// size), so it is refused here instead.
-static int int_sizes(size_t M, size_t N, size_t K, size_t lda, size_t ldb, size_t ldc, const char *what,
-                     struct moe_err *err)
-{
-    const size_t lim = (size_t)INT_MAX;
-    if (M > lim || N > lim || K > lim || lda > lim || ldb > lim || ldc > lim)
-        return moe_error(err, MOE_EINVAL,
-                         "cuBLAS (%s): a size over INT_MAX (M %zu, N %zu, K %zu, lda %zu, ldb %zu, ldc %zu)", what, M,
-                         N, K, lda, ldb, ldc);
-    return 0;
-}
-
 // cuBLAS is column-major: a row-major matrix is its transpose, so this is
 // C^T = op(B)^T op(A)^T with the operands swapped.
 extern "C" int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
@@ -144,7 +130,7 @@ extern "C" int moe_cuda_gemm(int ta, int tb, size_t M, size_t N, size_t K, float
         return 0;
     if (K == 0 && beta == 1.0f)
         return 0;
-    int rc = int_sizes(M, N, K, lda, ldb, ldc, what, err);
+    int rc = moe_cuda_gemm_int_sizes(M, N, K, lda, ldb, ldc, what, err);
     if (!rc)
         rc = moe_cuda_blas_init(err);
     if (rc)
@@ -234,7 +220,7 @@ extern "C" int moe_cuda_gemm_grouped(int ta, int tb, size_t G, const struct moe_
     for (size_t i = 0; i < G && !rc; i++)
         if (!skipped(&g[i], beta)) {
             n++, last = i;
-            rc = int_sizes(g[i].M, g[i].N, g[i].K, lda, ldb, ldc, what, err);
+            rc = moe_cuda_gemm_int_sizes(g[i].M, g[i].N, g[i].K, lda, ldb, ldc, what, err);
         }
     if (rc || n == 0)
         return rc;

@@ -6,6 +6,7 @@
 #ifndef MOE_CUDA_BLAS_H
 #define MOE_CUDA_BLAS_H
 
+#include <limits.h>
 #include <stddef.h>
 
 #include "core/status.h"
@@ -18,6 +19,21 @@ extern "C" {
 // scalars), if not done yet: MOE_EIO naming what failed (the library, a
 // symbol, the call).
 int moe_cuda_blas_init(struct moe_err *err);
+
+// cublasSgemm and the grouped call take int sizes: a size_t past INT_MAX
+// would wrap in the cast (a wrong product, or cuBLAS refusing a negative
+// size), so moe_cuda_gemm and moe_cuda_gemm_grouped refuse it (MOE_EINVAL)
+// with this check (the host emulation, tests/cuda_host.c, with the same).
+static inline int moe_cuda_gemm_int_sizes(size_t M, size_t N, size_t K, size_t lda, size_t ldb, size_t ldc,
+                                          const char *what, struct moe_err *err)
+{
+    const size_t lim = (size_t)INT_MAX;
+    if (M > lim || N > lim || K > lim || lda > lim || ldb > lim || ldc > lim)
+        return moe_error(err, MOE_EINVAL,
+                         "cuBLAS (%s): a size over INT_MAX (M %zu, N %zu, K %zu, lda %zu, ldb %zu, ldc %zu)", what, M,
+                         N, K, lda, ldb, ldc);
+    return 0;
+}
 
 // Row-major C (M, N) = alpha op(A) op(B) + beta C on the device (moe_gemm's
 // arguments: ta / tb transpose A (M, K) / B (K, N), leading dimensions in
