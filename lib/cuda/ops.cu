@@ -211,7 +211,7 @@ extern "C" int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz
 
 // ---------------------------------------------------------------- expert choice
 // Training (FULL): a block per expert finds the C-th best key by radix
-// selection, 16 passes of O(T / SELECT_THREADS) per thread, then marks its
+// selection, at most 16 passes of O(T / SELECT_THREADS) per thread, then marks its
 // column. The causal evaluation modes: one thread per (token, expert) pair
 // counts its rank over the expert's candidates, O(T) per thread. Neither
 // sorts nor uses atomics (route.h).
@@ -221,9 +221,11 @@ extern "C" int moe_cuda_route_backward(const struct moe_cuda_route *a, float *dz
 // [digit][thread] so a warp's counts land in distinct banks: the first 16
 // threads add one digit's bins each (integers, so the order is free: thread k
 // starts 2 k along, and the 16 read distinct banks), thread 0 picks the digit
-// into the shared *thr and its own *need. Every thread of the block calls it.
+// into the shared *thr and its own *need, and sets the shared *done when the
+// passes may stop. Every thread of the block calls it.
 #define SELECT_THREADS 256
-__device__ void block_pick(uint64_t *thr, int64_t *need, const uint32_t *cnt, uint64_t *tot, int k, int shift)
+__device__ void block_pick(uint64_t *thr, int64_t *need, int *done, const uint32_t *cnt, uint64_t *tot, int k,
+                           int shift)
 {
     __syncthreads();
     if (k < MOE_K_SELECT_BINS) {
@@ -234,7 +236,7 @@ __device__ void block_pick(uint64_t *thr, int64_t *need, const uint32_t *cnt, ui
     }
     __syncthreads();
     if (k == 0)
-        moe_k_select_pick(thr, need, tot, shift);
+        *done = moe_k_select_pick(thr, need, tot, shift);
     __syncthreads();
 }
 
@@ -262,16 +264,17 @@ __global__ void route_ec_select_kernel(struct moe_cuda_route_ec a, int32_t *sel,
     __shared__ uint32_t cnt[MOE_K_SELECT_BINS * SELECT_THREADS];
     __shared__ uint64_t tot[MOE_K_SELECT_BINS];
     __shared__ uint64_t thr;
+    __shared__ int done;
     const int e = blockIdx.x, k = threadIdx.x;
     const int64_t C = moe_k_ec_quota(a.ec_factor, a.T, a.E);
     int64_t need = C; // thread 0's
     if (k == 0)
-        thr = 0;
+        thr = 0, done = 0;
     __syncthreads();
-    if (moe_k_ec_selects(C, a.T)) // the same for the whole block
-        for (int shift = 64 - 4; shift >= 0; shift -= 4) {
+    if (moe_k_ec_selects(C, a.T)) // the same for the whole block, as is done after each block_pick
+        for (int shift = 64 - 4; shift >= 0 && !done; shift -= 4) {
             moe_k_ec_count(cnt + k, SELECT_THREADS, p, a.T, a.E, e, thr, shift, k, SELECT_THREADS);
-            block_pick(&thr, &need, cnt, tot, k, shift);
+            block_pick(&thr, &need, &done, cnt, tot, k, shift);
         }
     moe_k_ec_mark(sel, idx, gate, prio, p, a.T, a.E, e, C, thr, k, SELECT_THREADS);
 }
@@ -435,6 +438,7 @@ __global__ void prob_keep_kernel(struct moe_cuda_plan p, const int32_t *idx, con
     __shared__ uint32_t cnt[MOE_K_SELECT_BINS * SELECT_THREADS];
     __shared__ uint64_t tot[MOE_K_SELECT_BINS], part[2][SELECT_THREADS];
     __shared__ uint64_t thr;
+    __shared__ int done;
     const size_t s = blockIdx.x / E;
     const int32_t e = (int32_t)(blockIdx.x % E);
     const int k = threadIdx.x;
@@ -443,17 +447,17 @@ __global__ void prob_keep_kernel(struct moe_cuda_plan p, const int32_t *idx, con
     part[0][k] = before;
     part[1][k] = here;
     if (k == 0)
-        thr = 0;
+        thr = 0, done = 0;
     __syncthreads();
     before = here = 0;
     for (int j = 0; j < SELECT_THREADS; j++)
         before += part[0][j], here += part[1][j];
     const uint64_t R = moe_k_prob_quota(before, here, cap);
     int64_t need = (int64_t)R; // thread 0's
-    if (R > 0 && R < here) // the same for the whole block
-        for (int shift = 64 - 4; shift >= 0; shift -= 4) {
+    if (R > 0 && R < here) // the same for the whole block, as is done after each block_pick
+        for (int shift = 64 - 4; shift >= 0 && !done; shift -= 4) {
             moe_k_prob_count(cnt + k, SELECT_THREADS, idx, prio, T, S, s, e, thr, shift, (size_t)k, SELECT_THREADS);
-            block_pick(&thr, &need, cnt, tot, k, shift);
+            block_pick(&thr, &need, &done, cnt, tot, k, shift);
         }
     moe_k_prob_mark(p.kept, idx, prio, T, S, s, e, R, thr, (size_t)k, SELECT_THREADS);
     if (k == 0 && s + 1 == S)

@@ -149,12 +149,13 @@ static inline MOE_HD void moe_k_prob_block(uint8_t *kept, size_t *routed, size_t
     uint64_t R = moe_k_prob_quota(before, here, cap);
     if (R > 0 && R < here) {
         int64_t need = (int64_t)R;
-        for (int shift = 64 - 4; shift >= 0; shift -= 4) {
+        int done = 0;
+        for (int shift = 64 - 4; shift >= 0 && !done; shift -= 4) {
             uint64_t tot[MOE_K_SELECT_BINS];
             for (size_t k = 0; k < threads; k++)
                 moe_k_prob_count(cnt + k, threads, idx, prio, T, S, s, e, thr, shift, k, threads);
             moe_k_select_tot(tot, cnt, threads);
-            moe_k_select_pick(&thr, &need, tot, shift);
+            done = moe_k_select_pick(&thr, &need, tot, shift);
         }
     }
     for (size_t k = 0; k < threads; k++)

@@ -321,13 +321,14 @@ static inline MOE_HD void moe_k_ec_select_column(int32_t *sel, int32_t *idx, flo
 {
     int64_t C = moe_k_ec_quota(ec_factor, T, E), need = C;
     uint64_t thr = 0;
+    int done = 0;
     if (moe_k_ec_selects(C, T))
-        for (int shift = 64 - 4; shift >= 0; shift -= 4) {
+        for (int shift = 64 - 4; shift >= 0 && !done; shift -= 4) {
             uint64_t tot[MOE_K_SELECT_BINS];
             for (int k = 0; k < threads; k++)
                 moe_k_ec_count(cnt + k, threads, p, T, E, e, thr, shift, k, threads);
             moe_k_select_tot(tot, cnt, (size_t)threads);
-            moe_k_select_pick(&thr, &need, tot, shift);
+            done = moe_k_select_pick(&thr, &need, tot, shift);
         }
     for (int k = 0; k < threads; k++)
         moe_k_ec_mark(sel, idx, gate, prio, p, T, E, e, C, thr, k, threads);

@@ -5,7 +5,8 @@
 // a set, pass p counts the keys that agree with the digits found so far by
 // their next 4-bit digit, and the digit holding the n-th key is kept. 16
 // passes fix a 64-bit key. Counting only (integers, any order: the same
-// sums), so a GPU block gives the bits of one thread doing it all.
+// sums), so a GPU block gives the bits of one thread doing it all. The
+// passes stop early once the digits found split the keys (moe_k_select_pick).
 // Users: expert choice in training (route.h), the capacity plan's keep pass
 // by priority (dispatch.h).
 #ifndef MOE_K_SELECT_H
@@ -16,7 +17,7 @@
 
 #include "core/hd.h"
 
-#define MOE_K_SELECT_BINS 16 // 4-bit digits, 16 passes over a 64-bit key
+#define MOE_K_SELECT_BINS 16 // 4-bit digits: at most 16 passes over a 64-bit key
 
 // v's bits in unsigned order: a < b as floats iff the results compare so
 // (negative floats flipped whole, the rest with the sign bit set), -0 taken
@@ -47,13 +48,20 @@ static inline MOE_HD int moe_k_select_agrees(uint64_t k, uint64_t prefix, int sh
 // With tot the bins of a pass (the keys agreeing with prefix, by digit at
 // shift), and need the wanted key's place (1 = the largest) among them: the
 // digit holding it goes into prefix, and need drops by the keys of the digits
-// above.
-static inline MOE_HD void moe_k_select_pick(uint64_t *prefix, int64_t *need, const uint64_t *tot, int shift)
+// above. Returns 1 when the wanted key is the smallest of those agreeing with
+// the new prefix (need == their count): then prefix itself, its lower digits
+// 0, already splits the keys as the wanted key does (every key at least the
+// wanted one is at least prefix, every other key below it), and the passes
+// can stop. With distinct values that happens once a range holds one key,
+// within p's or a priority's 32 bits: 5 to 7 passes, not 16, for 8 experts
+// over 65536 tokens' softmax of uniform logits.
+static inline MOE_HD int moe_k_select_pick(uint64_t *prefix, int64_t *need, const uint64_t *tot, int shift)
 {
     int d = MOE_K_SELECT_BINS - 1;
     for (; d > 0 && *need > (int64_t)tot[d]; d--)
         *need -= (int64_t)tot[d];
     *prefix |= (uint64_t)d << shift;
+    return *need == (int64_t)tot[d];
 }
 
 // A block's bins added up as an emulated block (threads run in turn) has
