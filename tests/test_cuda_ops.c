@@ -315,6 +315,43 @@ static void test_route_ec(void)
     }
 }
 
+// Expert choice in training over equal scores: zero logits give every token p
+// = 1/E exactly on both sides (exp(0) = 1, one correctly rounded division), so
+// only the token index decides, and the radix selection must run all its
+// passes down to the exact key: the device's choice is the CPU's, no near tie
+// excused.
+static void test_route_ec_ties(void)
+{
+    static const size_t Ts[] = { 3001, 4096 }, Es[] = { 6, 8 };
+    static const double fs[] = { 1.0, 0.37 };
+    struct moe_err err;
+    for (size_t ci = 0; ci < 2; ci++) {
+        size_t T = Ts[ci], E = Es[ci], TE = T * E;
+        struct moe_router_cfg c = { MOE_ROUTER_EXPERT_CHOICE, E, 1, MOE_SECOND_RANDOM, fs[ci], 0, MOE_EC_EVAL_FULL, 0 };
+        struct moe_route r;
+        if (moe_route_alloc(&r, T, E, E, 0, &err))
+            die(&err);
+        memset(r.z, 0, TE * 4);
+        moe_router_forward(&r, &c, NULL, NULL, 1, NULL, 0, T);
+        struct moe_cuda_route_ec a = { (int)T, (int)E, c.ec_factor, 0, 0 };
+        float *dz = dev(r.z, TE * 4), *dp = dev(NULL, TE * 4), *dl = dev(NULL, T * 4);
+        float *dg = dev(NULL, TE * 4), *dpr = dev(NULL, TE * 4);
+        int32_t *dsel = dev(NULL, TE * 4), *didx = dev(NULL, TE * 4);
+        EXPECT(moe_cuda_route_ec_forward(&a, dp, dl, dsel, didx, dg, dpr, dz, &err) == 0, "%s", err.msg);
+        int32_t *sel = malloc(TE * 4);
+        host(sel, dsel, TE * 4);
+        size_t bad = 0;
+        for (size_t i = 0; i < TE; i++)
+            bad += sel[i] != r.sel[i];
+        EXPECT(bad == 0, "expert choice over equal scores, T %zu E %zu: %zu slots differ from the CPU's", T, E, bad);
+        void *bufs[] = { dz, dp, dl, dsel, didx, dg, dpr };
+        for (size_t i = 0; i < 7; i++)
+            moe_cuda_free(bufs[i]);
+        free(sel);
+        moe_route_release(&r);
+    }
+}
+
 // Hash routing: exact (no arithmetic), p and lse zeroed over what was there;
 // an expert outside 0 .. E - 1 (which the CPU asserts against) is dropped.
 static void test_route_hash(void)
@@ -1350,6 +1387,7 @@ int main(void)
         return rc;
     test_route();
     test_route_ec();
+    test_route_ec_ties();
     test_route_hash();
     test_bias_update();
     test_dispatch();

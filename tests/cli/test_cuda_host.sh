@@ -94,6 +94,21 @@ t_train() {
 }
 check "train mlp-moe --device cuda: twice the same bytes, and the CPU run's (metrics, experts.csv, model, checkpoint)" t_train
 
+# The device's two radix selections end to end: expert choice in training, and
+# GShard's keep by priority (drop_policy probability) at a capacity that drops.
+t_select() {
+    local r
+    for r in ec prob; do
+        local set=(--set 'moe.router="expert-choice"' --set moe.bias_balance=false)
+        [ $r = prob ] && set=(--set 'moe.router="gshard"' --set 'moe.drop_policy="probability"' --set moe.capacity_factor=0.5 --set moe.bias_balance=false)
+        mo "cpu-$r" train --config moe.json "${set[@]}" && ran "cpu-$r" && mo "dev-$r" train --config moe.json --device cuda "${set[@]}" &&
+            ran "dev-$r" || return 1
+        same_run "cpu-$r" "dev-$r" metrics.csv experts.csv model.safetensors || return 1
+    done
+    jqe dev-prob.out '.final.train.dropped_fraction > 0' "the keep by priority should drop at capacity 0.5" '.final.train'
+}
+check "train --device cuda with expert choice, and with GShard's keep by priority at capacity 0.5 (it drops): the CPU run's bytes" t_select
+
 t_train_lm() {
     have cpu-lm && mo dev-lm train --config lm.json --device cuda && ran dev-lm || return 1
     same_run cpu-lm dev-lm metrics.csv experts.csv model.safetensors checkpoint.safetensors || return 1
