@@ -5,14 +5,14 @@
 # The device machine starts bare (no BLIS, SLEEF, cJSON, libcsv, jq): with .gpu/ present, its libraries
 # and jq come first and its binaries are the ones run (else BUILD, default build-cuda).
 #
-# Runs the GPU tests (device, ops, layer, model step); moe bench --device cuda at issue 16's layer shape,
-# routed by gshard and again by expert choice;
+# Runs the GPU tests (device, ops, layer, model step); moe bench --device cuda at issue 16's layer shape;
 # moe train --device cuda on a small mlp-moe config twice (metrics and model must be the same bytes), once
 # on the CPU, and moe train --check-device 20; the CLI tests' GPU branches: tests/cli/test_lm.sh (the
 # byte-level LM on the device twice, against the CPU, --check-device) and tests/cli/test_cli.sh (distill,
 # lora, eval and route-stats on the device); issue 16's training tokens per second at D = 1024, 16
 # experts (experiments/common/gpu-lm.json, on a text of the repository's docs) on the GPU, again with
-# launches queued (MOE_CUDA_ASYNC=1), and for 64 windows on the CPU beside it; last, the GPU tests again
+# launches queued (MOE_CUDA_ASYNC=1), and for 64 windows on the CPU beside it; the bench's layer routed by
+# expert choice; last, the GPU tests again
 # (the second run must print the same bytes: the determinism check).
 #
 # Prints one line per step with its exit code (also in steps.txt); never stops at a failure. Each step
@@ -73,10 +73,6 @@ done
 step_json bench "$b/cmd/moe" bench --config experiments/common/gpu-layer.json --device cuda --tokens 65536 \
     --repeats 5 --warmup 1
 say "bench: $(jq -c '.layer | {expert_gemms, s: .forward_backward.seconds.median, ratio: .forward_backward.ratio_to_sgemm.median, routing_share: .routing_share.median}' "$out/bench.json" 2>&1)"
-# the same layer routed by expert choice (training's radix selection on the device)
-step_json bench-ec "$b/cmd/moe" bench --config experiments/common/gpu-layer.json --device cuda --tokens 65536 \
-    --set 'moe.router="expert-choice"' --repeats 3 --warmup 1
-say "bench-ec: $(jq -c '.layer | {s: .forward_backward.seconds.median, ratio: .forward_backward.ratio_to_sgemm.median, routing_share: .routing_share.median}' "$out/bench-ec.json" 2>&1)"
 cfg=experiments/common/gpu-train.json
 for r in gpu1 gpu2; do
     step "train_$r" "$b/cmd/moe" train --config "$cfg" --out "$out/$r" --device cuda --force
@@ -109,6 +105,10 @@ step lm_cpu "$b/cmd/moe" train "${lm[@]}" --out "$out/lm-cpu" --set data.text.wi
 for r in lm-gpu lm-gpu-async lm-cpu; do
     say "$r: $(jq -c '{device, device_name, device_memory_bytes, train_tokens_per_second, train_seconds, final: .final.test.loss}' "$out/$r/summary.json" 2>&1)"
 done
+# the bench's layer routed by expert choice (training's radix selection on the device)
+step_json bench-ec "$b/cmd/moe" bench --config experiments/common/gpu-layer.json --device cuda --tokens 65536 \
+    --set 'moe.router="expert-choice"' --repeats 3 --warmup 1
+say "bench-ec: $(jq -c '.layer | {s: .forward_backward.seconds.median, ratio: .forward_backward.ratio_to_sgemm.median, routing_share: .routing_share.median}' "$out/bench-ec.json" 2>&1)"
 # last, as it matters least if the call runs out of time: each GPU test again, for the same bytes (but
 # the lines of wall times, which test_cuda_layer prints per case)
 for t in cuda_device cuda_ops cuda_layer cuda_model; do
