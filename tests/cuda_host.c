@@ -15,7 +15,6 @@
 // can be required to match the CPU model bit for bit. Every function of ops.h
 // is defined here, so a CUDA build's libmoe.a never pulls its ops.o in.
 #include <execinfo.h>
-#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdint.h>

@@ -468,12 +468,13 @@ __global__ void offsets_kernel(struct moe_cuda_plan p, size_t E) { moe_k_dispatc
 
 // The plan in chunks (kernels/dispatch.h moe_k_chunk_*): one thread per chunk of
 // MOE_CUDA_PLAN_CHUNK positions, one per expert for the scans over the chunks.
-__global__ void chunk_count_kernel(size_t *cnt, const int32_t *idx, const int32_t *order, const uint8_t *kept,
-                                   size_t T, size_t S, size_t E, size_t n_chunks, int rows)
+// Positions in token order (the keep by priority is prob_keep_kernel's): no order.
+__global__ void chunk_count_kernel(size_t *cnt, const int32_t *idx, const uint8_t *kept, size_t T, size_t S, size_t E,
+                                   size_t n_chunks, int rows)
 {
     size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (c < n_chunks)
-        moe_k_chunk_count(cnt + c * E, idx, order, kept, T, S, E, MOE_CUDA_PLAN_CHUNK, c, rows);
+        moe_k_chunk_count(cnt + c * E, idx, NULL, kept, T, S, E, MOE_CUDA_PLAN_CHUNK, c, rows);
 }
 
 // keep stage: routed, dropped, n_kept per expert; rows stage: from offset[e].
@@ -493,12 +494,12 @@ __global__ void chunk_scan_kernel(struct moe_cuda_plan p, size_t *cnt, size_t n_
     p.dropped[e] = routed - k;
 }
 
-__global__ void chunk_keep_kernel(size_t *cnt, uint8_t *kept, const int32_t *idx, const int32_t *order, size_t T,
-                                  size_t S, size_t E, size_t cap, size_t n_chunks)
+__global__ void chunk_keep_kernel(size_t *cnt, uint8_t *kept, const int32_t *idx, size_t T, size_t S, size_t E,
+                                  size_t cap, size_t n_chunks)
 {
     size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (c < n_chunks)
-        moe_k_chunk_keep(cnt + c * E, kept, idx, order, T, S, cap, MOE_CUDA_PLAN_CHUNK, c);
+        moe_k_chunk_keep(cnt + c * E, kept, idx, NULL, T, S, cap, MOE_CUDA_PLAN_CHUNK, c);
 }
 
 __global__ void chunk_rows_kernel(struct moe_cuda_plan p, size_t *cnt, const int32_t *idx, size_t T, size_t S,
@@ -527,20 +528,20 @@ extern "C" int moe_cuda_dispatch_plan(const struct moe_cuda_plan *p, const int32
         if ((rc = launched("prob_keep_kernel", err)))
             return rc;
     } else {
-        chunk_count_kernel<<<cb, 128>>>(cnt, idx, NULL, NULL, T, S, E, nc, 0);
+        chunk_count_kernel<<<cb, 128>>>(cnt, idx, NULL, T, S, E, nc, 0);
         if ((rc = launched("chunk_count_kernel (keep)", err)))
             return rc;
         chunk_scan_kernel<<<eb, 64>>>(*p, cnt, nc, E, cap, 0);
         if ((rc = launched("chunk_scan_kernel (keep)", err)))
             return rc;
-        chunk_keep_kernel<<<cb, 128>>>(cnt, p->kept, idx, NULL, T, S, E, cap, nc);
+        chunk_keep_kernel<<<cb, 128>>>(cnt, p->kept, idx, T, S, E, cap, nc);
         if ((rc = launched("chunk_keep_kernel", err)))
             return rc;
     }
     offsets_kernel<<<1, 1>>>(*p, E);
     if ((rc = launched("offsets_kernel", err)))
         return rc;
-    chunk_count_kernel<<<cb, 128>>>(cnt, idx, NULL, p->kept, T, S, E, nc, 1);
+    chunk_count_kernel<<<cb, 128>>>(cnt, idx, p->kept, T, S, E, nc, 1);
     if ((rc = launched("chunk_count_kernel (rows)", err)))
         return rc;
     chunk_scan_kernel<<<eb, 64>>>(*p, cnt, nc, E, cap, 1);

@@ -261,8 +261,8 @@ static inline MOE_HD void moe_k_ec_slot(int32_t *sel, int32_t *idx, float *gate,
 // forward and backward at D = 1024, F = 4096), growing with T^2. Training's
 // FULL mode instead finds, per expert, the C-th best token's key by radix
 // selection (Knuth, TAOCP vol. 3, 5.2.5, most significant digit first) and
-// keeps the tokens whose key is at least that: O(T) per expert for each of 16
-// passes. A block per expert: each thread counts a stride of the tokens into
+// keeps the tokens whose key is at least that: O(T) per expert for each of at
+// most 16 passes. A block per expert: each thread counts a stride of the tokens into
 // its own 16 bins, the block adds the bins (integers: any order, the same
 // sums), one thread picks the digit. No float is summed and nothing is sorted,
 // so the decision is the rank rule's, bit for bit (moe_k_ec_slot stays as the
