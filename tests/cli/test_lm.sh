@@ -615,7 +615,7 @@ check "dropout: SIGTERM mid-run, then --resume: the same outputs as an uninterru
 # ------------------------------------------------------------ on a CUDA device
 # bytes.json with --device cuda: where there is no usable device (or no CUDA in
 # the build), one line and exit 2 before a run directory; on a GPU, two runs
-# with the same bytes, the CPU's final loss within 1e-3, and --check-device.
+# with the same bytes, the CPU's losses (below), and --check-device.
 CUDA_LINE=$("$MOE" --version 2>/dev/null | grep '^cuda: ')
 t_bytes_device() {
     train gpu1 --config bytes.json --device cuda
@@ -632,7 +632,19 @@ t_bytes_device() {
     same_checkpoint gpu1/model.safetensors gpu2/model.safetensors || return 1
     jqe gpu1.out '.device == "cuda:0" and (.device_name | length) > 0' "summary should name the device" '{device, device_name}' || return 1
     [ -f bytes/summary.json ] || { fail "no bytes/summary.json (the CPU run)"; return 1; }
-    jq -e --slurpfile c bytes/summary.json '((.final.test.loss - $c[0].final.test.loss) | fabs) <= 1e-3 * $c[0].final.test.loss' \
+    # The device's products sum in another order than BLIS's, and AdamW's
+    # normalised steps amplify such differences: the two runs drift apart
+    # epoch by epoch. On the CUDA simulator (tests/cuda_sim) the test loss
+    # differs by 5e-7 of itself after epoch 1, 7e-4 after epoch 2 and 4e-3
+    # at the end (epoch 3). So: epoch 1's test loss within 1e-4, the final
+    # one within 2e-2 (it learns as the CPU does); --check-device below
+    # compares steps from the same weights.
+    local g1 c1
+    g1=$(awk -F, '$2 == 1 && $3 == "test" { print $4 }' gpu1/metrics.csv)
+    c1=$(awk -F, '$2 == 1 && $3 == "test" { print $4 }' bytes/metrics.csv)
+    awk -v g="$g1" -v c="$c1" 'BEGIN { d = g - c; if (d < 0) d = -d; exit !(g != "" && c != "" && d <= 1e-4 * c) }' ||
+        { fail "epoch 1 test loss: gpu $g1, cpu $c1 (more than 1e-4 apart)"; return 1; }
+    jq -e --slurpfile c bytes/summary.json '((.final.test.loss - $c[0].final.test.loss) | fabs) <= 2e-2 * $c[0].final.test.loss' \
         gpu1.out >/dev/null || { fail "final test loss: gpu $(jq .final.test.loss gpu1.out), cpu $(jq .final.test.loss bytes/summary.json)"; return 1; }
     run gpuchk "${TO[@]}" "$MOE" train --config bytes.json --check-device 10 --device cuda --quiet
     [ "$RC" -eq 0 ] || { fail "$(describe gpuchk moe train --check-device 10 --device cuda)"; return 1; }
