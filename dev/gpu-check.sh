@@ -77,8 +77,13 @@ cfg=experiments/common/gpu-train.json
 for r in gpu1 gpu2; do
     step "train_$r" "$b/cmd/moe" train --config "$cfg" --out "$out/$r" --device cuda --force
 done
-cmp -s "$out/gpu1/metrics.csv" "$out/gpu2/metrics.csv" && cmp -s "$out/gpu1/model.safetensors" "$out/gpu2/model.safetensors" &&
-    say "train --device cuda: two runs, same bytes" || say "train --device cuda: two runs DIFFER"
+if [ ! -s "$out/gpu1/model.safetensors" ] || [ ! -s "$out/gpu2/model.safetensors" ]; then
+    say "train --device cuda: not compared (a run did not finish)"
+elif cmp -s "$out/gpu1/metrics.csv" "$out/gpu2/metrics.csv" && cmp -s "$out/gpu1/model.safetensors" "$out/gpu2/model.safetensors"; then
+    say "train --device cuda: two runs, same bytes"
+else
+    say "train --device cuda: two runs DIFFER"
+fi
 step train_cpu "$b/cmd/moe" train --config "$cfg" --out "$out/cpu" --force
 step_json check-device "$b/cmd/moe" train --config "$cfg" --device cuda --check-device 20
 say "check-device: $(jq -c '.check_device | {max_rel, max_at, max_tensor}' "$out/check-device.json" 2>&1)"
