@@ -136,6 +136,32 @@ st_digests() {
         done | sort
 }
 
+# ---- run directories (tests/cli/test_cuda_host.sh, test_cuda_sim.sh)
+# mo OUT ARGS...: $MOE ARGS --out OUT --quiet, under the time limit TO.
+mo() {
+    local out=$1
+    shift
+    run "$out" "${TO[@]}" "$MOE" "$@" --out "$out" --quiet
+}
+# same_run A B FILE...: the files are byte-identical in both run directories;
+# checkpoints compared by their tensors (their metadata holds the wall time).
+same_run() {
+    local a=$1 b=$2 f
+    shift 2
+    for f in "$@"; do
+        case $f in
+        *.safetensors)
+            [ -s "$a/$f" ] && cmp -s <(st_digests "$a/$f") <(st_digests "$b/$f") ||
+                { fail "$a/$f and $b/$f: tensors differ: $(diff <(st_digests "$a/$f") <(st_digests "$b/$f") | head -4)"; return 1; } ;;
+        *) [ -s "$a/$f" ] && cmp -s "$a/$f" "$b/$f" || { fail "$a/$f and $b/$f differ (or are missing)"; return 1; } ;;
+        esac
+    done
+}
+# have DIR: an earlier run finished in DIR (its model written), else fail.
+have() { [ -s "$1/model.safetensors" ] || fail "the run in $1 did not finish: $(head -3 "$1.err" 2>/dev/null)"; }
+# ckpt_step CKPT: the step a checkpoint was written at (its train.step).
+ckpt_step() { st_header "$1" | jq -r '.__metadata__["train.step"]'; }
+
 # same_json A B: two JSON files hold the same value (jq -S); writes A.s and B.s.
 same_json() {
     jq -S . "$1" >"$1.s" 2>/dev/null && jq -S . "$2" >"$2.s" 2>/dev/null || { fail "not JSON: $1 or $2"; return 1; }

@@ -49,30 +49,7 @@ cat >lm.json <<EOF
 }
 EOF
 
-# mo OUT ARGS...: the moe-cuda-host command line, --out OUT, quiet.
-mo() {
-    local out=$1
-    shift
-    run "$out" "${TO[@]}" "$MOE" "$@" --out "$out" --quiet
-}
-# same_run A B FILE...: the files are byte-identical in both run directories;
-# checkpoints compared by their tensors (their metadata holds the wall time).
-same_run() {
-    local a=$1 b=$2 f
-    shift 2
-    for f in "$@"; do
-        case $f in
-        *.safetensors)
-            [ -s "$a/$f" ] && cmp -s <(st_digests "$a/$f") <(st_digests "$b/$f") ||
-                { fail "$a/$f and $b/$f: tensors differ: $(diff <(st_digests "$a/$f") <(st_digests "$b/$f") | head -4)"; return 1; } ;;
-        *) [ -s "$a/$f" ] && cmp -s "$a/$f" "$b/$f" || { fail "$a/$f and $b/$f differ (or are missing)"; return 1; } ;;
-        esac
-    done
-}
-# have DIR: an earlier run finished in DIR (its model written), else fail.
-have() { [ -s "$1/model.safetensors" ] || fail "the run in $1 did not finish: $(cat "$1.err" 2>/dev/null | head -3)"; }
-# ckpt_step CKPT: the step a checkpoint was written at (its train.step).
-ckpt_step() { st_header "$1" | jq -r '.__metadata__["train.step"]'; }
+# mo, same_run, have, ckpt_step: tap.sh
 
 t_version() {
     run v "$MOE" --version

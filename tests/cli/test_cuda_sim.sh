@@ -29,25 +29,7 @@ cat >moe.json <<'EOF'
 }
 EOF
 
-mo() {
-    local out=$1
-    shift
-    run "$out" "${TO[@]}" "$MOE" "$@" --out "$out" --quiet
-}
-same_run() {
-    local a=$1 b=$2 f
-    shift 2
-    for f in "$@"; do
-        case $f in
-        *.safetensors)
-            [ -s "$a/$f" ] && cmp -s <(st_digests "$a/$f") <(st_digests "$b/$f") ||
-                { fail "$a/$f and $b/$f: tensors differ: $(diff <(st_digests "$a/$f") <(st_digests "$b/$f") | head -4)"; return 1; } ;;
-        *) [ -s "$a/$f" ] && cmp -s "$a/$f" "$b/$f" || { fail "$a/$f and $b/$f differ (or are missing)"; return 1; } ;;
-        esac
-    done
-}
-have() { [ -s "$1/model.safetensors" ] || fail "the run in $1 did not finish: $(head -3 "$1.err" 2>/dev/null)"; }
-ckpt_step() { st_header "$1" | jq -r '.__metadata__["train.step"]'; }
+# mo, same_run, have, ckpt_step: tap.sh
 
 t_version() {
     run v "$MOE" --version

@@ -14,6 +14,7 @@
 #include <cublas_v2.h>
 
 #include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,31 +27,36 @@ struct moe_sim_cublas {
 };
 
 // The simulator's runtime (sim.cc) lives in the test program, exported to
-// this library (the program is linked with --export-dynamic).
+// this library (the program is linked with --export-dynamic); without it
+// nothing here can work, so its absence stops the program.
+template <class F> static F runtime(const char *name)
+{
+    void *f = dlsym(RTLD_DEFAULT, name);
+    if (!f) {
+        fprintf(stderr, "libcublas.so.sim: no %s in the program (the CUDA simulator, linked with --export-dynamic)\n",
+                name);
+        abort();
+    }
+    return (F)f;
+}
+
 static int device_span(const void *p, size_t bytes)
 {
-    static int (*fn)(const void *, size_t);
-    if (!fn)
-        fn = (int (*)(const void *, size_t))dlsym(RTLD_DEFAULT, "moe_sim_device_span");
-    return fn && fn(p, bytes);
+    static const auto fn = runtime<int (*)(const void *, size_t)>("moe_sim_device_span");
+    return fn(p, bytes);
 }
 
 // A faulted kernel's sticky error (sim.cc): every later call fails.
 static int sticky(void)
 {
-    static int (*fn)(void);
-    if (!fn)
-        fn = (int (*)(void))dlsym(RTLD_DEFAULT, "moe_sim_sticky");
-    return fn && fn();
+    static const auto fn = runtime<int (*)(void)>("moe_sim_sticky");
+    return fn();
 }
 
 static void device_access(int open)
 {
-    static void (*fn)(int);
-    if (!fn)
-        fn = (void (*)(int))dlsym(RTLD_DEFAULT, "moe_sim_device_access");
-    if (fn)
-        fn(open);
+    static const auto fn = runtime<void (*)(int)>("moe_sim_device_access");
+    fn(open);
 }
 
 extern "C" {
