@@ -634,16 +634,18 @@ t_bytes_device() {
     [ -f bytes/summary.json ] || { fail "no bytes/summary.json (the CPU run)"; return 1; }
     # The device's products sum in another order than BLIS's, and AdamW's
     # normalised steps amplify such differences: the two runs drift apart
-    # epoch by epoch. On the CUDA simulator (tests/cuda_sim) the test loss
-    # differs by 5e-7 of itself after epoch 1, 7e-4 after epoch 2 and 4e-3
-    # at the end (epoch 3). So: epoch 1's test loss within 1e-4, the final
-    # one within 2e-2 (it learns as the CPU does); --check-device below
-    # compares steps from the same weights.
+    # epoch by epoch, by how much depends on the order. On the CUDA simulator
+    # (tests/cuda_sim), with its products summed in k order and then over 8
+    # lanes, the test loss differed from the CPU's by 5e-7 and 6e-5 of itself
+    # after epoch 1, 7e-4 and 3.6e-3 after epoch 2, 4.3e-3 and 1.9e-3 at the
+    # end (epoch 3). So: epoch 1's test loss within 1e-3, the final one within
+    # 2e-2 (it learns as the CPU does); --check-device below compares steps
+    # from the same weights.
     local g1 c1
     g1=$(awk -F, '$2 == 1 && $3 == "test" { print $4 }' gpu1/metrics.csv)
     c1=$(awk -F, '$2 == 1 && $3 == "test" { print $4 }' bytes/metrics.csv)
-    awk -v g="$g1" -v c="$c1" 'BEGIN { d = g - c; if (d < 0) d = -d; exit !(g != "" && c != "" && d <= 1e-4 * c) }' ||
-        { fail "epoch 1 test loss: gpu $g1, cpu $c1 (more than 1e-4 apart)"; return 1; }
+    awk -v g="$g1" -v c="$c1" 'BEGIN { d = g - c; if (d < 0) d = -d; exit !(g != "" && c != "" && d <= 1e-3 * c) }' ||
+        { fail "epoch 1 test loss: gpu $g1, cpu $c1 (more than 1e-3 apart)"; return 1; }
     jq -e --slurpfile c bytes/summary.json '((.final.test.loss - $c[0].final.test.loss) | fabs) <= 2e-2 * $c[0].final.test.loss' \
         gpu1.out >/dev/null || { fail "final test loss: gpu $(jq .final.test.loss gpu1.out), cpu $(jq .final.test.loss bytes/summary.json)"; return 1; }
     run gpuchk "${TO[@]}" "$MOE" train --config bytes.json --check-device 10 --device cuda --quiet
