@@ -16,18 +16,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/tap.sh"
 tap_setup cuda-sim "$@"
 
-# mlp-moe with AdamW, bias balancing, jitter and a capacity that drops: 3
-# epochs of 19 steps, a checkpoint every 7 steps.
-cat >moe.json <<'EOF'
-{
-  "data": { "source": "synthetic",
-            "synthetic": { "kind": "classes", "n_train": 600, "n_test": 200, "n_in": 16, "n_regions": 8 } },
-  "model": { "type": "mlp-moe", "n_embd": 32, "n_layer": 2, "n_ff": 32, "n_expert": 8, "n_expert_used": 2 },
-  "moe": { "router": "softmax", "bias_balance": true, "capacity_factor": 1.0, "jitter": 0.01 },
-  "optim": { "type": "adamw", "lr": 0.003, "batch_size": 32 },
-  "train": { "epochs": 3, "seed": 3, "log_every": 10, "checkpoint_every": 7 }
-}
-EOF
+# device-moe.json: mlp-moe with AdamW, bias balancing, jitter and a capacity
+# that drops; 3 epochs of 19 steps, a checkpoint every 7 steps.
+cp "$HERE/device-moe.json" moe.json
 
 # mo, same_run, have, ckpt_step: tap.sh
 

@@ -105,7 +105,7 @@ struct alloc {
 
 static std::map<uintptr_t, alloc> allocs; // by the allocation's first byte
 static size_t used;
-static int guard = -1;  // MOE_CUDA_SIM_GUARD=1
+static int guard;       // MOE_CUDA_SIM_GUARD=1 (set by sim_init)
 static int opened = 0;  // device memory accessible now (guard mode)
 static const char *in_kernel; // the kernel running now, for the SIGSEGV report
 static size_t page;
@@ -126,19 +126,14 @@ static void set_access(const alloc &a, int prot)
     }
 }
 
-// Device memory made accessible for the span of a launch, copy or library
-// call, in guard mode; nested calls keep it open.
 static void sim_init(void);
 extern "C" void moe_sim_device_access(int open);
+// Device memory open for the span of a launch, copy or library call (guard
+// mode); nested spans keep it open.
 struct device_open {
     device_open() { moe_sim_device_access(1); }
     ~device_open() { moe_sim_device_access(0); }
 };
-static void sim_init_guard(void)
-{
-    if (guard < 0)
-        guard = env_long("MOE_CUDA_SIM_GUARD", 0) != 0;
-}
 
 // In guard mode device memory stays inaccessible; while it is open, the
 // first touch of an allocation faults, and segv() makes that allocation
@@ -209,7 +204,7 @@ static void sim_init(void)
 {
     if (page)
         return;
-    sim_init_guard();
+    guard = env_long("MOE_CUDA_SIM_GUARD", 0) != 0;
     page = (size_t)sysconf(_SC_PAGESIZE);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
