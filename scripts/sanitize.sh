@@ -19,10 +19,13 @@ root=$PWD
 bash scripts/deps.sh || exit 1
 
 if [ ! -f build-san/build.ninja ]; then
-    # -O0 (buildtype debug) keeps every access visible; frame pointers give the
-    # sanitizer's fast unwinder full stacks.
-    meson setup build-san -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug \
-        -Dc_args='-fno-sanitize-recover=all -fno-omit-frame-pointer' >/dev/null || exit 1
+    # -O1, as AddressSanitizer's documentation advises: a fifth less time than
+    # -O0 for the whole suite (344 s against 426 s on 2 cores), and it still
+    # sees every access of the kernels (a row softmax planted to read one float
+    # past its row fails test_kernels, test_cuda_ops_host and test_cuda_ops_sim).
+    # Frame pointers and no sibling calls give the fast unwinder full stacks.
+    meson setup build-san -Db_sanitize=address,undefined -Db_lundef=false -Doptimization=1 -Ddebug=true \
+        -Dc_args='-fno-sanitize-recover=all -fno-omit-frame-pointer -fno-optimize-sibling-calls' >/dev/null || exit 1
 fi
 ninja -C build-san -j 2 >/dev/null || { ninja -C build-san -j 2; exit 1; }
 
@@ -32,7 +35,7 @@ ninja -C build-san -j 2 >/dev/null || { ninja -C build-san -j 2; exit 1; }
 export ASAN_OPTIONS="halt_on_error=1:abort_on_error=1:detect_leaks=1:print_summary=1:detect_stack_use_after_return=1:strict_string_checks=1"
 export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1:print_summary=1:suppressions=$root/scripts/ubsan.supp"
-# The -O0 + ASan build runs the numeric kernels several times slower.
+# The ASan build runs the numeric kernels several times slower.
 meson test -C build-san --print-errorlogs --timeout-multiplier 4
 status=$?
 passed=0 failed=1 skipped=0 skipped_names=-
