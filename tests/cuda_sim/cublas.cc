@@ -8,12 +8,15 @@
 // would fault on a GPU instead: the check stands in for that). The products
 // are plain loops in float, each entry summed over 8 lanes (not BLIS's order,
 // as cuBLAS's is not); the tests compare them with the CPU library within
-// their GPU tolerances. MOE_CUDA_SIM_GROUPED=unsupported
+// their GPU tolerances. A grouped call whose problems overlap (one writes
+// what another reads or writes, a race on a GPU) is refused (disjoint below).
+// MOE_CUDA_SIM_GROUPED=unsupported
 // makes cublasGemmGroupedBatchedEx answer CUBLAS_STATUS_NOT_SUPPORTED, as a
 // libcublas or GPU without it for fp32 does.
 #include <cublas_v2.h>
 
 #include <dlfcn.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +164,59 @@ static cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, in
     return CUBLAS_STATUS_SUCCESS;
 }
 
+namespace {
+struct problem { // one product of a grouped call: its group and its operands
+    int group;
+    const float *A, *B;
+    float *C;
+};
+} // namespace
+
+// Byte ranges [lo, hi) of a problem's operands; empty (lo == hi) when not read.
+struct range {
+    uintptr_t lo, hi;
+};
+static range range_of(const void *p, size_t bytes) { return { (uintptr_t)p, (uintptr_t)p + bytes }; }
+static int meet(range a, range b) { return a.lo < a.hi && b.lo < b.hi && a.lo < b.hi && b.lo < a.hi; }
+
+// cuBLAS runs a grouped call's problems concurrently: one that writes what
+// another reads or writes is a race on a GPU, with whatever bits the timing
+// gives. The simulator runs them one after another, so it checks instead
+// (the operands' spans, as gemm's device check takes them; problems that
+// compute nothing are left out) and refuses such a call with
+// CUBLAS_STATUS_INVALID_VALUE, the two problems named on stderr.
+static cublasStatus_t disjoint(const std::vector<problem> &pr, const cublasOperation_t *ta,
+                               const cublasOperation_t *tb, const int *m, const int *n, const int *k, const int *lda,
+                               const int *ldb, const int *ldc, const float *beta)
+{
+    auto computes = [&](int g) { return m[g] > 0 && n[g] > 0 && !(k[g] == 0 && beta[g] == 1.0f); };
+    for (size_t p = 0; p < pr.size(); p++) {
+        const int g = pr[p].group;
+        if (!computes(g))
+            continue;
+        const range c = range_of(pr[p].C, span(m[g], n[g], ldc[g]));
+        for (size_t q = 0; q < pr.size(); q++) {
+            const int h = pr[q].group;
+            if (q == p || !computes(h))
+                continue;
+            const int ar = ta[h] == CUBLAS_OP_N ? m[h] : k[h], ac = ta[h] == CUBLAS_OP_N ? k[h] : m[h];
+            const int br = tb[h] == CUBLAS_OP_N ? k[h] : n[h], bc = tb[h] == CUBLAS_OP_N ? n[h] : k[h];
+            const char *met = meet(c, range_of(pr[q].C, span(m[h], n[h], ldc[h])))       ? "writes"
+                            : meet(c, range_of(pr[q].A, span(ar, ac, lda[h]))) ||
+                                      meet(c, range_of(pr[q].B, span(br, bc, ldb[h]))) ? "reads"
+                                                                                        : NULL;
+            if (met) {
+                fprintf(stderr,
+                        "libcublas.so.sim: cublasGemmGroupedBatchedEx: problem %zu writes what problem %zu %s "
+                        "(a GPU runs them concurrently)\n",
+                        p, q, met);
+                return CUBLAS_STATUS_INVALID_VALUE;
+            }
+        }
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 extern "C" {
 
 cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -204,19 +260,20 @@ cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t h, const cublasOperatio
     if (total && (!device_span(Aarray, bytes) || !device_span(Barray, bytes) || !device_span(Carray, bytes)))
         return CUBLAS_STATUS_INVALID_VALUE;
     const float *al = (const float *)alpha, *be = (const float *)beta;
+    std::vector<problem> pr(total);
     size_t p = 0;
+    device_access(1); // the pointer arrays are device memory
     for (int i = 0; i < group_count; i++)
-        for (int j = 0; j < group_size[i]; j++, p++) {
-            device_access(1); // the pointer arrays are device memory
-            const float *A = (const float *)Aarray[p], *B = (const float *)Barray[p];
-            float *C = (float *)Carray[p];
-            device_access(0);
-            cublasStatus_t s = gemm(transa[i], transb[i], m[i], n[i], k[i], al[i], A, lda[i], B, ldb[i], be[i], C,
-                                    ldc[i]);
-            if (s != CUBLAS_STATUS_SUCCESS)
-                return s;
-        }
-    return CUBLAS_STATUS_SUCCESS;
+        for (int j = 0; j < group_size[i]; j++, p++)
+            pr[p] = { i, (const float *)Aarray[p], (const float *)Barray[p], (float *)Carray[p] };
+    device_access(0);
+    cublasStatus_t s = disjoint(pr, transa, transb, m, n, k, lda, ldb, ldc, be);
+    for (p = 0; p < total && s == CUBLAS_STATUS_SUCCESS; p++) {
+        const int i = pr[p].group;
+        s = gemm(transa[i], transb[i], m[i], n[i], k[i], al[i], pr[p].A, lda[i], pr[p].B, ldb[i], be[i], pr[p].C,
+                 ldc[i]);
+    }
+    return s;
 }
 
 } // extern "C"
