@@ -666,6 +666,11 @@ static int faults(const char *kernel)
     return at > 0 && name == kernel && ++seen == at;
 }
 
+// The kernels' shared memory (cuda_runtime.h's __shared__), from the linker;
+// an empty section (none: the AddressSanitizer build) leaves both null.
+extern "C" char __start_moe_sim_shared[] __attribute__((weak));
+extern "C" char __stop_moe_sim_shared[] __attribute__((weak));
+
 void moe_sim_run(const char *kernel, const moe_sim_cfg &cfg, const std::function<void()> &thread)
 {
     sim_init();
@@ -701,11 +706,14 @@ void moe_sim_run(const char *kernel, const moe_sim_cfg &cfg, const std::function
         threads.resize(1024); // once: a live coroutine's saved context must not move
     device_open o;
     gridDim = g, blockDim = b, body = &thread, in_kernel = kernel;
+    const size_t shared = (size_t)(__stop_moe_sim_shared - __start_moe_sim_shared);
     const unsigned long long blocks = (unsigned long long)g.x * g.y * g.z;
     for (unsigned long long j = 0; j < blocks; j++) {
         unsigned long long k = order_reverse() ? blocks - 1 - j : j;
         blockIdx.x = (unsigned)(k % g.x), blockIdx.y = (unsigned)(k / g.x % g.y),
         blockIdx.z = (unsigned)(k / ((unsigned long long)g.x * g.y));
+        if (shared) // shared memory's garbage (cuda_runtime.h)
+            memset(__start_moe_sim_shared, 0xff, shared);
         run_block((unsigned)nb);
     }
     in_kernel = NULL;

@@ -21,9 +21,17 @@
 #define __host__
 #define __forceinline__ inline
 // One block runs at a time (sim.cc), so a function-local static is the
-// block's shared memory. It is not cleared between blocks: as on a GPU, a
-// kernel must write its shared memory before it reads it.
+// block's shared memory. As on a GPU, a kernel must write its shared memory
+// before it reads it: the statics live in one section, moe_sim_shared, which
+// sim.cc fills with 0xff bytes (NaN, -1) before each block, so a read before
+// the block's write gives garbage as it would on a GPU, not the last block's
+// values. AddressSanitizer does not guard variables in a named section, so
+// under it they stay plain statics (guarded, not filled).
+#if defined(__SANITIZE_ADDRESS__)
 #define __shared__ static
+#else
+#define __shared__ static __attribute__((section("moe_sim_shared")))
+#endif
 
 struct uint3 {
     unsigned x, y, z;
