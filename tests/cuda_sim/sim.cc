@@ -8,8 +8,11 @@
 // moe_sim_switch below), each to its next
 // __syncthreads or its end, in increasing thread order (decreasing with
 // MOE_CUDA_SIM_ORDER=reverse, which also runs the blocks last to first). When
-// every thread still running waits at the barrier, all go on. Threads that
-// have returned no longer count, as on a GPU. So a kernel whose threads read
+// every thread waits at the barrier, all go on. A block of which some threads
+// have returned while the others wait at a barrier stops the program, the
+// kernel named: CUDA allows a barrier in conditional code only where the
+// condition is the block's, and what a GPU does otherwise depends on the
+// GPU. A kernel whose threads read
 // what another thread of the block writes between two barriers (a race on a
 // GPU) gives other results in one order than in the other; the tests run
 // both. A grid or block the CUDA runtime would refuse (a zero or too large
@@ -634,12 +637,24 @@ static void run_block(unsigned n)
             if (threads[i].state == RUNNING)
                 resume(i);
         }
-        int waiting = 0;
+        unsigned waiting = 0, done = 0;
         for (unsigned i = 0; i < n; i++)
             if (threads[i].state == AT_BARRIER)
-                threads[i].state = RUNNING, waiting = 1;
+                threads[i].state = RUNNING, waiting++;
+            else
+                done++;
         if (!waiting)
             return;
+        if (done) {
+            // CUDA allows __syncthreads in conditional code only where the
+            // condition is the same for the whole block; a thread that
+            // returned before it is such a divergence, whatever a GPU does
+            fprintf(stderr,
+                    "cuda_sim: kernel %s, block (%u, %u, %u): %u of %u threads returned before a __syncthreads that "
+                    "the other %u reached (a barrier in divergent code, undefined in CUDA)\n",
+                    in_kernel, blockIdx.x, blockIdx.y, blockIdx.z, done, n, waiting);
+            abort();
+        }
     }
 }
 
