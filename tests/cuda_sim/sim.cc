@@ -5,7 +5,8 @@
 //
 // Launches. The blocks of a grid run one after another; the threads of a
 // block run as coroutines on one host thread (their own stacks, switched by
-// moe_sim_switch below), each to its next
+// moe_sim_switch below; as plain calls when the block has no barrier:
+// run_block), each to its next
 // __syncthreads or its end, in increasing thread order (decreasing with
 // MOE_CUDA_SIM_ORDER=reverse, which also runs the blocks last to first). When
 // every thread waits at the barrier, all go on. A block of which some threads
@@ -593,8 +594,20 @@ static void ctx_start(unsigned i)
     t.made = 1;
 }
 
+// Set while run_block runs a block's threads as plain calls (below): the
+// thread that ran first returned without a barrier.
+static int direct;
+static unsigned direct_first;
+
 void __syncthreads(void)
 {
+    if (direct) {
+        fprintf(stderr,
+                "cuda_sim: kernel %s, block (%u, %u, %u): thread %u reached a __syncthreads that thread %u returned "
+                "without (a barrier in divergent code, undefined in CUDA)\n",
+                in_kernel, blockIdx.x, blockIdx.y, blockIdx.z, cur, direct_first);
+        abort();
+    }
     threads[cur].state = AT_BARRIER;
     to_scheduler();
 }
@@ -623,10 +636,35 @@ static int order_reverse(void)
     return r;
 }
 
+// A block's threads in the run order, each to its next barrier or its end,
+// until all have ended. The first runs on its coroutine. If it returns
+// without a barrier, no thread of the block may reach one (a barrier some
+// threads returned before is the error below), so the others run as plain
+// calls on this stack: most kernels have no barrier, and a switch to a
+// coroutine and back per thread was most of the simulator's time under
+// AddressSanitizer. One of them that reaches a barrier after all stops the
+// program (__syncthreads).
 static void run_block(unsigned n)
 {
     const int rev = order_reverse();
+    const unsigned first = rev ? n - 1 : 0;
+    if (!threads[first].made)
+        ctx_start(first);
+    threads[first].state = RUNNING;
+    resume(first);
+    if (threads[first].state == DONE) {
+        direct = 1, direct_first = first;
+        for (unsigned j = 1; j < n; j++) {
+            cur = rev ? n - 1 - j : j;
+            threadIdx = thread_index(cur);
+            (*body)();
+        }
+        direct = 0;
+        return;
+    }
     for (unsigned i = 0; i < n; i++) {
+        if (i == first)
+            continue;
         if (!threads[i].made)
             ctx_start(i);
         threads[i].state = RUNNING;
