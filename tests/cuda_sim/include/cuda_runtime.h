@@ -27,7 +27,14 @@
 // the block's write gives garbage as it would on a GPU, not the last block's
 // values. AddressSanitizer does not guard variables in a named section, so
 // under it they stay plain statics (guarded, not filled).
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) // gcc
+#define MOE_SIM_SHARED_PLAIN 1
+#elif defined(__has_feature) // clang
+#if __has_feature(address_sanitizer)
+#define MOE_SIM_SHARED_PLAIN 1
+#endif
+#endif
+#ifdef MOE_SIM_SHARED_PLAIN
 #define __shared__ static
 #else
 #define __shared__ static __attribute__((section("moe_sim_shared")))
