@@ -117,6 +117,11 @@ const char *cublasGetStatusString(cublasStatus_t s)
 
 // Bytes spanned by a column-major rows x cols matrix with leading dimension ld.
 static size_t span(int rows, int cols, int ld) { return rows && cols ? ((size_t)(cols - 1) * ld + rows) * 4 : 0; }
+// The same for an operand that op(X) makes rows x cols (X itself cols x rows when transposed).
+static size_t op_span(cublasOperation_t t, int rows, int cols, int ld)
+{
+    return t == CUBLAS_OP_N ? span(rows, cols, ld) : span(cols, rows, ld);
+}
 
 // C = alpha op(A) op(B) + beta C, column-major, C m x n; C is not read when beta is 0 (BLAS).
 static cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
@@ -127,13 +132,13 @@ static cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, in
     if ((ta != CUBLAS_OP_N && ta != CUBLAS_OP_T) || (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T) || m < 0 || n < 0 ||
         k < 0)
         return CUBLAS_STATUS_INVALID_VALUE;
-    const int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
-    const int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
+    const int ar = ta == CUBLAS_OP_N ? m : k, br = tb == CUBLAS_OP_N ? k : n; // A's and B's rows
     if (lda < (ar > 1 ? ar : 1) || ldb < (br > 1 ? br : 1) || ldc < (m > 1 ? m : 1))
         return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0)
         return CUBLAS_STATUS_SUCCESS;
-    if ((k > 0 && alpha != 0.0f && (!device_span(A, span(ar, ac, lda)) || !device_span(B, span(br, bc, ldb)))) ||
+    if ((k > 0 && alpha != 0.0f &&
+         (!device_span(A, op_span(ta, m, k, lda)) || !device_span(B, op_span(tb, k, n, ldb)))) ||
         !device_span(C, span(m, n, ldc)))
         return CUBLAS_STATUS_INVALID_VALUE;
     // op(A) as m rows of k, op(B) as n rows of k, each row contiguous; each
@@ -170,12 +175,11 @@ struct problem { // one product of a grouped call: its group and its operands
     const float *A, *B;
     float *C;
 };
-} // namespace
-
 // Byte ranges [lo, hi) of a problem's operands; empty (lo == hi) when not read.
 struct range {
     uintptr_t lo, hi;
 };
+} // namespace
 static range range_of(const void *p, size_t bytes) { return { (uintptr_t)p, (uintptr_t)p + bytes }; }
 static int meet(range a, range b) { return a.lo < a.hi && b.lo < b.hi && a.lo < b.hi && b.lo < a.hi; }
 
@@ -199,12 +203,10 @@ static cublasStatus_t disjoint(const std::vector<problem> &pr, const cublasOpera
             const int h = pr[q].group;
             if (q == p || !computes(h))
                 continue;
-            const int ar = ta[h] == CUBLAS_OP_N ? m[h] : k[h], ac = ta[h] == CUBLAS_OP_N ? k[h] : m[h];
-            const int br = tb[h] == CUBLAS_OP_N ? k[h] : n[h], bc = tb[h] == CUBLAS_OP_N ? n[h] : k[h];
-            const char *met = meet(c, range_of(pr[q].C, span(m[h], n[h], ldc[h])))       ? "writes"
-                            : meet(c, range_of(pr[q].A, span(ar, ac, lda[h]))) ||
-                                      meet(c, range_of(pr[q].B, span(br, bc, ldb[h]))) ? "reads"
-                                                                                        : NULL;
+            const char *met = meet(c, range_of(pr[q].C, span(m[h], n[h], ldc[h])))                ? "writes"
+                            : meet(c, range_of(pr[q].A, op_span(ta[h], m[h], k[h], lda[h]))) ||
+                                      meet(c, range_of(pr[q].B, op_span(tb[h], k[h], n[h], ldb[h]))) ? "reads"
+                                                                                                 : NULL;
             if (met) {
                 fprintf(stderr,
                         "libcublas.so.sim: cublasGemmGroupedBatchedEx: problem %zu writes what problem %zu %s "
