@@ -458,6 +458,7 @@ int moe_safetensors_write_params(const char *path, const struct moe_params *p,
     struct whole_tensor *wt = moe_params_sharded(p) ? calloc(p->n + 1, sizeof *wt) : NULL;
     if (!refs || (moe_params_sharded(p) && !wt)) {
         free(refs);
+        free(wt);
         return moe_safetensors_fail(err, MOE_ENOMEM, path, "out of memory");
     }
     for (size_t i = 0; i < p->n; i++) {
