@@ -230,7 +230,7 @@ int moe_plan_register(struct moe_plan *p, struct moe_params *params)
 int moe_plan_alloc(struct moe_plan *p, struct moe_params *params)
 {
     int rc = 0;
-    if (params && (rc = moe_plan_register(p, params)) == 0 && (rc = moe_params_alloc(params, p->err)))
+    if (params && !moe_plan_register(p, params) && (rc = moe_params_alloc(params, p->err))) // register sets p->rc
         p->rc = rc;
     if (p->rc)
         return p->rc;
