@@ -128,6 +128,14 @@ int moe_layer_plan_declare(struct moe_layer *l, const struct moe_layer_cfg *c, c
                            struct moe_plan *p)
 {
     setup(l, c, prefix);
+    // The balanced table's greedy (moe_hash_table_balanced) packs key x E +
+    // expert into 32 bits: past 2^31 it would wrap and never finish.
+    if (moe_router_info(c->router.type)->token_table && c->hash_balanced &&
+        (uint64_t)c->hash_vocab * c->router.E > (uint64_t)INT32_MAX + 1)
+        return moe_plan_fail(p, MOE_ECONFIG,
+                             "key 'moe.hash_table': 'balanced' needs table size x model.n_expert <= 2^31, got %zu x %zu "
+                             "(the table size is moe.hash_vocab, a transformer's the vocabulary; or use 'random')",
+                             c->hash_vocab, c->router.E);
     if (declare_tensors(l, p))
         return p->rc;
     return declare_buffers(l, p, T);

@@ -599,7 +599,8 @@ static void load_sift_down(struct expert_load *h, size_t n, size_t i)
 // (2) walk the ranks, popping the least-loaded expert from a min-heap on the
 // stack, and store key * E + expert in table[rank]; (3) move every entry to
 // position key by following permutation cycles and keep only the expert.
-// Limits (asserted): E <= HASH_MAX_E, V * E < 2^31.
+// Limits (asserted): E <= HASH_MAX_E, V * E <= 2^31 (moe_layer_plan_declare
+// refuses a config past it).
 #define HASH_MAX_E 1024
 
 void moe_hash_table_balanced(int32_t *table, const uint64_t *freq, size_t V, size_t E)
