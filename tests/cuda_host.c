@@ -690,18 +690,61 @@ int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const
     size_t n = p->offset[E] < n_max ? p->offset[E] : n_max;
     DEV_ARGS(err, ARG(dyd, n * D), START(dgate, n), START(dout, n * D), ARG(yd, n * D), START(gate, n),
              ARG(p->row_tok, n), ARG(p->row_slot, n));
-    FOR_THREADS (r, n)
-        moe_k_combine_backward(dyd, dgate, dout, yd, gate, p->row_tok, p->row_slot, S, D, r);
+    // ops.cu's tiles: (row, column) elements of a chunk, then one thread per
+    // row adds the chunk's products in column order
+    static double prod[MOE_K_CB_ROWS][MOE_K_CB_COLS];
+    for (size_t r0 = 0; r0 < n; r0 += MOE_K_CB_ROWS) {
+        const size_t m = n - r0 < MOE_K_CB_ROWS ? n - r0 : MOE_K_CB_ROWS;
+        double acc[MOE_K_CB_ROWS] = { 0 };
+        for (size_t c0 = 0; c0 < D; c0 += MOE_K_CB_COLS) {
+            const size_t w = D - c0 < MOE_K_CB_COLS ? D - c0 : MOE_K_CB_COLS;
+            FOR_THREADS (i, m * w) {
+                const size_t j = i / w, r = r0 + j, t = (size_t)p->row_tok[r];
+                const float g = gate[t * S + (size_t)p->row_slot[r]];
+                prod[j][i % w] = moe_k_combine_backward_elem(dyd, dout, yd, g, t, D, r, c0 + i % w);
+            }
+            if (dgate)
+                FOR_THREADS (j, m)
+                    moe_k_sum_tile(&acc[j], prod[j], w);
+        }
+        if (dgate)
+            FOR_THREADS (j, m)
+                dgate[(size_t)p->row_tok[r0 + j] * S + (size_t)p->row_slot[r0 + j]] += (float)acc[j];
+    }
     return 0;
 }
 
 // ---------------------------------------------------------------- balancing and z losses
 
-#define AUX_TILE 2048 // ops.cu's tile of tokens staged in shared memory
+// ops.cu's block_sum_in_order: the block's threads compute tiles of
+// MOE_K_AUX_TERMS terms, one thread adds each tile in order.
+struct term_fn {
+    double (*at)(const struct term_fn *f, size_t i);
+    const int32_t *idx, *sel;
+    const float *gate, *z, *u, *h, *p, *lse;
+    size_t E, S, K, e;
+};
 
-// fp_expert_kernel (one block per expert: tiles of AUX_TILE tokens staged,
-// then added in token order), fp_sum_kernel into value, the copy to *ret, and
-// the gradient by (token, expert).
+static double block_sum_in_order(size_t n, const struct term_fn *f)
+{
+    double v[MOE_K_AUX_TERMS], sum = 0.0;
+    for (size_t i0 = 0; i0 < n; i0 += MOE_K_AUX_TERMS) {
+        const size_t m = n - i0 < MOE_K_AUX_TERMS ? n - i0 : MOE_K_AUX_TERMS;
+        FOR_THREADS (i, m)
+            v[i] = f->at(f, i0 + i);
+        moe_k_sum_tile(&sum, v, m);
+    }
+    return sum;
+}
+
+static double fp_term(const struct term_fn *f, size_t t)
+{
+    return moe_k_aux_fp_term(f->p, f->E, t, f->e);
+}
+
+// fp_expert_kernel (one block per expert: the hits counted as integers by
+// the block's threads, P_e by block_sum_in_order), fp_sum_kernel into value,
+// the copy to *ret, and the gradient by (token, expert).
 int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, size_t T, size_t E, size_t S,
                     size_t n_slots, double scale, double *f, double *P, double *value, struct moe_err *err)
 {
@@ -716,20 +759,13 @@ int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, 
     if (ret) {
         if (E == 0) // no blocks
             return empty_grid("fp_expert_kernel", err);
-        float pcol[AUX_TILE];
-        unsigned char hits[AUX_TILE];
         FOR_THREADS (e, E) {
-            double fe = 0.0, pe = 0.0;
-            for (size_t t0 = 0; t0 < T; t0 += AUX_TILE) {
-                const size_t n = T - t0 < AUX_TILE ? T - t0 : AUX_TILE;
-                for (size_t i = 0; i < n; i++) {
-                    pcol[i] = p[(t0 + i) * E + e];
-                    hits[i] = (unsigned char)moe_k_aux_fp_hits(sel, S, n_slots, t0 + i, e);
-                }
-                moe_k_aux_fp_tile(&fe, &pe, hits, pcol, n);
-            }
-            f[e] = fe / (double)T;
-            P[e] = pe / (double)T;
+            unsigned long long hits = 0; // the block's threads' counts, added in any order
+            FOR_THREADS (t, T)
+                hits += moe_k_aux_fp_hits(sel, S, n_slots, t, e);
+            const struct term_fn fn = { .at = fp_term, .p = p, .E = E, .e = e };
+            f[e] = (double)hits / (double)T;
+            P[e] = block_sum_in_order(T, &fn) / (double)T;
         }
         *value = moe_k_aux_fp_sum(f, P, E);
         int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
@@ -741,27 +777,6 @@ int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const float *p, 
     FOR_THREADS (i, T * E)
         moe_k_aux_fp_grad(dz, p, f, E, scale, T, i / E, i % E);
     return 0;
-}
-
-// ops.cu's block_sum_in_order: the block's threads compute tiles of
-// MOE_K_AUX_TERMS terms, one thread adds each tile in order.
-struct term_fn {
-    double (*at)(const struct term_fn *f, size_t i);
-    const int32_t *idx, *sel;
-    const float *gate, *z, *u, *h;
-    size_t E, S, K, e;
-};
-
-static double block_sum_in_order(size_t n, const struct term_fn *f)
-{
-    double v[MOE_K_AUX_TERMS], sum = 0.0;
-    for (size_t i0 = 0; i0 < n; i0 += MOE_K_AUX_TERMS) {
-        const size_t m = n - i0 < MOE_K_AUX_TERMS ? n - i0 : MOE_K_AUX_TERMS;
-        FOR_THREADS (i, m)
-            v[i] = f->at(f, i0 + i);
-        moe_k_sum_tile(&sum, v, m);
-    }
-    return sum;
 }
 
 static double importance_term(const struct term_fn *f, size_t i)
@@ -827,8 +842,13 @@ int moe_cuda_aux_load(double *ret, float *dz, float *du, const float *z, const f
     return 0;
 }
 
-// z_loss_kernel (one block: tiles of AUX_TILE lse values staged, added in
-// token order) into value and *ret, then the gradient by (token, expert).
+static double z_term(const struct term_fn *f, size_t t)
+{
+    return moe_k_z_term(f->lse, t);
+}
+
+// z_loss_kernel (one block: block_sum_in_order of lse_t^2) into value and
+// *ret, then the gradient by (token, expert).
 int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, size_t T, size_t E, float coef,
                    double *value, struct moe_err *err)
 {
@@ -840,13 +860,8 @@ int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const float *p, siz
     if (T == 0)
         return 0;
     if (ret) {
-        float tile[AUX_TILE];
-        double sum = 0.0;
-        for (size_t t0 = 0; t0 < T; t0 += AUX_TILE) {
-            const size_t n = T - t0 < AUX_TILE ? T - t0 : AUX_TILE;
-            memcpy(tile, lse + t0, n * sizeof *tile);
-            moe_k_z_tile(&sum, tile, n);
-        }
+        const struct term_fn fn = { .at = z_term, .lse = lse };
+        const double sum = block_sum_in_order(T, &fn);
         *value = sum / (double)T;
         int rc = moe_cuda_to_host(ret, value, sizeof *ret, err);
         if (rc)

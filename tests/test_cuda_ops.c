@@ -433,9 +433,12 @@ static void test_bias_update(void)
     }
 }
 
-static void test_dispatch(void)
+// T tokens of width D: (20000, 96) for the plan at scale, (317, 300) for the
+// combine backward's column chunks (two full, one partial) and a short last
+// tile of rows.
+static void test_dispatch(size_t T, size_t D)
 {
-    const size_t T = 20000, S = 2, E = 64, D = 96, TS = T * S;
+    const size_t S = 2, E = 64, TS = T * S;
     struct moe_err err;
     int32_t *idx = malloc(TS * 4);
     float *prio = malloc(TS * 4);
@@ -505,6 +508,15 @@ static void test_dispatch(void)
         EXPECT(moe_cuda_combine_backward(ddyd, ddg, dgo, dyd, dgate, &p, E, TS, S, D, &err) == 0, "%s", err.msg);
         host(dgate_g, ddg, TS * 4);
         close_floats(dgate_g, dgate_c, TS, 0.0, "gate gradient");
+        float *dyd_c = malloc(TS * D * 4), *dyd_g = malloc(TS * D * 4);
+        for (size_t row = 0; row < d.n_rows; row++) {
+            size_t t = (size_t)d.row_tok[row], ts = t * S + (size_t)d.row_slot[row];
+            for (size_t c = 0; c < D; c++)
+                dyd_c[row * D + c] = gate[ts] * go[t * D + c];
+        }
+        host(dyd_g, ddyd, d.n_rows * D * 4);
+        close_floats(dyd_g, dyd_c, d.n_rows * D, 0.0, "row output gradient");
+        free(dyd_c), free(dyd_g);
         moe_cuda_free(dgo), moe_cuda_free(ddg), moe_cuda_free(ddyd);
         free(go), free(dgate_c), free(dgate_g);
         moe_dispatch_release(&d);
@@ -1400,7 +1412,8 @@ int main(void)
     test_route_ec_ties();
     test_route_hash();
     test_bias_update();
-    test_dispatch();
+    test_dispatch(20000, 96);
+    test_dispatch(317, 300);
     test_aux();
     test_aux_shazeer();
     test_embed();

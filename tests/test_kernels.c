@@ -651,22 +651,22 @@ START_TEST(test_aux)
             moe_k_aux_fp_expert(&f[e], &P[e], r.sel, r.p, T, E, S, all ? S : 1, e);
         double v2 = (double)E * moe_k_aux_fp_sum(f, P, E);
         ck_assert_msg(v1 == v2, "%s: %.17g vs %.17g", all ? "topk-all" : "switch", v1, v2);
-        // the GPU's tiled form (a block per expert, tiles staged): the same bits for any tile size
+        // the GPU's form (a block per expert): the hits an integer count, P_e
+        // an in-order sum of tiles of terms; the same bits for any tile size
         static const size_t tiles[] = { 1, 7, 64, 1000 };
         for (size_t ti = 0; ti < 4; ti++)
             for (size_t e = 0; e < E; e++) {
-                double fe = 0.0, pe = 0.0;
-                unsigned char hits[1000];
-                float pcol[1000];
+                unsigned long long hits = 0;
+                double pe = 0.0, v[1000];
+                for (size_t t = T; t-- > 0;) // any order
+                    hits += moe_k_aux_fp_hits(r.sel, S, all ? S : 1, t, e);
                 for (size_t t0 = 0; t0 < T; t0 += tiles[ti]) {
                     size_t n = T - t0 < tiles[ti] ? T - t0 : tiles[ti];
-                    for (size_t i = 0; i < n; i++) {
-                        hits[i] = (unsigned char)moe_k_aux_fp_hits(r.sel, S, all ? S : 1, t0 + i, e);
-                        pcol[i] = r.p[(t0 + i) * E + e];
-                    }
-                    moe_k_aux_fp_tile(&fe, &pe, hits, pcol, n);
+                    for (size_t i = 0; i < n; i++)
+                        v[i] = moe_k_aux_fp_term(r.p, E, t0 + i, e);
+                    moe_k_sum_tile(&pe, v, n);
                 }
-                ck_assert_msg(fe / (double)T == f[e] && pe / (double)T == P[e], "tiles of %zu, expert %zu",
+                ck_assert_msg((double)hits / (double)T == f[e] && pe / (double)T == P[e], "tiles of %zu, expert %zu",
                               tiles[ti], e);
             }
         for (size_t t = 0; t < T; t++) // one thread per (token, expert)
@@ -678,8 +678,13 @@ START_TEST(test_aux)
     ck_assert_msg(z1 == z2, "z: %.17g vs %.17g", z1, z2);
     for (size_t tile = 1; tile <= 300; tile += 37) {
         double sum = 0.0;
-        for (size_t t0 = 0; t0 < T; t0 += tile)
-            moe_k_z_tile(&sum, r.lse + t0, T - t0 < tile ? T - t0 : tile);
+        double v[300];
+        for (size_t t0 = 0; t0 < T; t0 += tile) {
+            const size_t n = T - t0 < tile ? T - t0 : tile;
+            for (size_t i = 0; i < n; i++)
+                v[i] = moe_k_z_term(r.lse, t0 + i);
+            moe_k_sum_tile(&sum, v, n);
+        }
         ck_assert_msg(sum / (double)T == z1, "z in tiles of %zu", tile);
     }
     for (size_t t = 0; t < T; t++)
@@ -962,6 +967,29 @@ START_TEST(test_dispatch)
             moe_k_combine_backward(dyd, dgate2, dout, yd, gate, row_tok, row_slot, S, D, row);
         same_floats(dgate1, dgate2, TS, "gate gradient");
         same_floats(dyd, buf.dyd, n_rows * D, "row output gradient");
+        // the GPU's tiled form: one thread per (row, column) of a column chunk
+        // (moe_k_combine_backward_elem), one per row adding the chunk's products
+        // in column order; the same bits for any chunk width
+        static const size_t widths[] = { 1, 5, MOE_K_CB_COLS };
+        double *prod = malloc(D * sizeof *prod);
+        for (size_t wi = 0; wi < 3; wi++) {
+            memset(dgate2, 0, TS * 4);
+            memset(dyd, 0xff, (TS + 1) * D * 4);
+            for (size_t row = 0; row < n_rows; row++) {
+                const size_t t = (size_t)row_tok[row], ts = t * S + (size_t)row_slot[row];
+                double acc = 0.0;
+                for (size_t c0 = 0; c0 < D; c0 += widths[wi]) {
+                    const size_t w = D - c0 < widths[wi] ? D - c0 : widths[wi];
+                    for (size_t c = 0; c < w; c++)
+                        prod[c] = moe_k_combine_backward_elem(dyd, dout, yd, gate[ts], t, D, row, c0 + c);
+                    moe_k_sum_tile(&acc, prod, w);
+                }
+                dgate2[ts] += (float)acc;
+            }
+            same_floats(dgate1, dgate2, TS, "gate gradient, column chunks");
+            same_floats(dyd, buf.dyd, n_rows * D, "row output gradient, column chunks");
+        }
+        free(prod);
         free(dout), free(dgate1), free(dgate2), free(dw1), free(dw2), free(dyd), free(yd);
 
         moe_experts_buf_release(&buf);

@@ -582,51 +582,121 @@ extern "C" int moe_cuda_combine(float *out, const float *yd, const float *gate, 
     return launched("combine_kernel", err);
 }
 
+// A block per tile of MOE_K_CB_ROWS rows (grid-stride over the tiles), the
+// columns in chunks of MOE_K_CB_COLS (kernels/dispatch.h): the block's threads
+// go along rows, so a warp's loads and stores are one row's consecutive
+// columns, and stage the products; then thread j adds row j's chunk in column
+// order. The barriers are the block's alone: every thread runs the same tiles
+// and chunks.
+#define CB_THREADS 256
 __global__ void combine_backward_kernel(float *dyd, float *dgate, const float *dout, const float *yd,
                                         const float *gate, const int32_t *row_tok, const int32_t *row_slot,
                                         const size_t *offset, size_t E, size_t n_max, size_t S, size_t D)
 {
-    size_t n = offset[E] < n_max ? offset[E] : n_max;
-    for (size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x; r < n; r += (size_t)gridDim.x * blockDim.x)
-        moe_k_combine_backward(dyd, dgate, dout, yd, gate, row_tok, row_slot, S, D, r);
+    // a row of MOE_K_CB_COLS + 1 doubles: thread j's reads of column c, row j,
+    // fall in distinct banks
+    __shared__ double prod[MOE_K_CB_ROWS][MOE_K_CB_COLS + 1];
+    __shared__ size_t tok[MOE_K_CB_ROWS], slot[MOE_K_CB_ROWS];
+    __shared__ float g[MOE_K_CB_ROWS];
+    const size_t n = offset[E] < n_max ? offset[E] : n_max, n_tiles = (n + MOE_K_CB_ROWS - 1) / MOE_K_CB_ROWS;
+    const unsigned j = threadIdx.x;
+    for (size_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        const size_t r0 = tile * MOE_K_CB_ROWS, m = n - r0 < MOE_K_CB_ROWS ? n - r0 : MOE_K_CB_ROWS;
+        if (j < m) {
+            tok[j] = (size_t)row_tok[r0 + j];
+            slot[j] = tok[j] * S + (size_t)row_slot[r0 + j];
+            g[j] = gate[slot[j]];
+        }
+        double acc = 0.0; // row r0 + j's, for j < m
+        __syncthreads();
+        for (size_t c0 = 0; c0 < D; c0 += MOE_K_CB_COLS) {
+            const size_t w = D - c0 < MOE_K_CB_COLS ? D - c0 : MOE_K_CB_COLS;
+            for (size_t i = j; i < m * MOE_K_CB_COLS; i += blockDim.x) {
+                const size_t row = i / MOE_K_CB_COLS, c = i % MOE_K_CB_COLS;
+                if (c < w)
+                    prod[row][c] = moe_k_combine_backward_elem(dyd, dout, yd, g[row], tok[row], D, r0 + row, c0 + c);
+            }
+            __syncthreads();
+            if (dgate && j < m)
+                moe_k_sum_tile(&acc, prod[j], w);
+            __syncthreads();
+        }
+        if (dgate && j < m)
+            dgate[slot[j]] += (float)acc;
+        __syncthreads(); // the next tile's row information replaces this one's
+    }
 }
 
 extern "C" int moe_cuda_combine_backward(float *dyd, float *dgate, const float *dout, const float *yd,
                                          const float *gate, const struct moe_cuda_plan *p, size_t E, size_t n_max,
                                          size_t S, size_t D, struct moe_err *err)
 {
-    combine_backward_kernel<<<blocks_for(n_max, 128), 128>>>(dyd, dgate, dout, yd, gate, p->row_tok, p->row_slot,
-                                                             p->offset, E, n_max, S, D);
+    combine_backward_kernel<<<blocks_for(n_max, MOE_K_CB_ROWS), CB_THREADS>>>(
+        dyd, dgate, dout, yd, gate, p->row_tok, p->row_slot, p->offset, E, n_max, S, D);
     return launched("combine_backward_kernel", err);
 }
 
 // ---------------------------------------------------------------- balancing and z losses
 
-// One block per expert: the block stages a tile of the expert's probability
-// column and selection counts in shared memory (coalesced over tokens), then
-// thread 0 adds them in token order (moe_k_aux_fp_tile). One thread per expert
-// reading p with stride E was latency-bound: 28 ms at T = 65536, E = 8 on an H200.
-#define AUX_TILE 2048
+// A block's sum of term(i) for i < n in order, returned to thread 0 (the
+// others get 0): tiles of MOE_K_AUX_TERMS terms in shared memory, two buffers.
+// Thread 0 adds tile k in order (moe_k_sum_tile) while the threads of the
+// other warps compute tile k + 1 (warp 0's other lanes stay out: they would
+// share thread 0's issue slots). The serial sum's additions, so its bits; the
+// terms' loads and work overlap the additions. Launched with SUM_THREADS
+// threads; every thread of the block calls it.
+#define SUM_THREADS 256
+template <class Term> __device__ double block_sum_in_order(size_t n, const Term &term)
+{
+    __shared__ double v[2][MOE_K_AUX_TERMS];
+    const size_t n_tiles = (n + MOE_K_AUX_TERMS - 1) / MOE_K_AUX_TERMS;
+    // the stagers of tiles 1, 2, ...: warps 1, 2, ... (a block of one warp: all, thread 0 first staging)
+    const unsigned first = blockDim.x > 32 ? 32 : 0;
+    const bool stager = threadIdx.x >= first;
+    double sum = 0.0;
+    for (size_t i = threadIdx.x; i < MOE_K_AUX_TERMS && i < n; i += blockDim.x)
+        v[0][i] = term(i);
+    __syncthreads();
+    for (size_t k = 0; k < n_tiles; k++) {
+        const size_t i0 = k * MOE_K_AUX_TERMS, m = n - i0 < MOE_K_AUX_TERMS ? n - i0 : MOE_K_AUX_TERMS;
+        const size_t rest = n - i0 - m, n1 = rest < MOE_K_AUX_TERMS ? rest : MOE_K_AUX_TERMS;
+        if (stager)
+            for (size_t i = threadIdx.x - first; i < n1; i += blockDim.x - first)
+                v[(k + 1) & 1][i] = term(i0 + m + i);
+        if (threadIdx.x == 0)
+            moe_k_sum_tile(&sum, v[k & 1], m);
+        __syncthreads();
+    }
+    return sum;
+}
+
+struct fp_term {
+    const float *p;
+    size_t E, e;
+    __device__ double operator()(size_t t) const { return moe_k_aux_fp_term(p, E, t, e); }
+};
+
+// One block per expert: f_e an integer count (each thread its tokens', then
+// thread 0 adds the threads' counts: an integer sum, the same in any order),
+// P_e the in-order block sum. One thread per expert reading p with stride E was
+// latency-bound: 28 ms at T = 65536, E = 8 on an H200; tiles staged then added
+// by thread 0 (the hits counted there too, the loads not overlapped) 6.4 ms
+// for this and the z-loss's sum together.
 __global__ void fp_expert_kernel(double *f, double *P, const int32_t *sel, const float *p, size_t T, size_t E,
                                  size_t S, size_t n_slots)
 {
-    __shared__ float pcol[AUX_TILE];
-    __shared__ unsigned char hits[AUX_TILE];
+    __shared__ unsigned long long hits[SUM_THREADS];
     const size_t e = blockIdx.x;
-    double fe = 0.0, pe = 0.0;
-    for (size_t t0 = 0; t0 < T; t0 += AUX_TILE) {
-        const size_t n = T - t0 < AUX_TILE ? T - t0 : AUX_TILE;
-        for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
-            pcol[i] = p[(t0 + i) * E + e];
-            hits[i] = (unsigned char)moe_k_aux_fp_hits(sel, S, n_slots, t0 + i, e);
-        }
-        __syncthreads();
-        if (threadIdx.x == 0)
-            moe_k_aux_fp_tile(&fe, &pe, hits, pcol, n);
-        __syncthreads();
-    }
+    unsigned long long h = 0;
+    for (size_t t = threadIdx.x; t < T; t += blockDim.x)
+        h += moe_k_aux_fp_hits(sel, S, n_slots, t, e);
+    hits[threadIdx.x] = h;
+    const double pe = block_sum_in_order(T, fp_term{ p, E, e }); // its barriers order hits[] before the reads
     if (threadIdx.x == 0) {
-        f[e] = fe / (double)T;
+        unsigned long long fe = 0;
+        for (unsigned i = 0; i < blockDim.x; i++)
+            fe += hits[i];
+        f[e] = (double)fe / (double)T;
         P[e] = pe / (double)T;
     }
 }
@@ -652,7 +722,7 @@ extern "C" int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const
         return 0;
     int rc;
     if (ret) {
-        fp_expert_kernel<<<(unsigned)E, 256>>>(f, P, sel, p, T, E, S, n_slots);
+        fp_expert_kernel<<<(unsigned)E, SUM_THREADS>>>(f, P, sel, p, T, E, S, n_slots);
         if ((rc = launched("fp_expert_kernel", err)))
             return rc;
         fp_sum_kernel<<<1, 1>>>(value, f, P, E);
@@ -668,27 +738,6 @@ extern "C" int moe_cuda_aux_fp(double *ret, float *dz, const int32_t *sel, const
 // Shazeer et al.'s CV^2 losses: per-expert sums, CV^2 (one thread), gradients.
 __global__ void cv2_kernel(double *value, double *g, const double *x, size_t E) { *value = moe_k_cv2(g, x, E); }
 
-// A block's sum of term(i) for i < n, in order, into *ret: tiles of
-// MOE_K_AUX_TERMS terms computed by the block's threads into shared memory,
-// added by thread 0 (moe_k_sum_tile): the serial sum's bits, with the terms'
-// work spread over the block.
-template <class Term> __device__ void block_sum_in_order(double *ret, size_t n, const Term &term)
-{
-    __shared__ double v[MOE_K_AUX_TERMS];
-    double sum = 0.0;
-    for (size_t i0 = 0; i0 < n; i0 += MOE_K_AUX_TERMS) {
-        const size_t m = n - i0 < MOE_K_AUX_TERMS ? n - i0 : MOE_K_AUX_TERMS;
-        for (size_t i = threadIdx.x; i < m; i += blockDim.x)
-            v[i] = term(i0 + i);
-        __syncthreads();
-        if (threadIdx.x == 0)
-            moe_k_sum_tile(&sum, v, m);
-        __syncthreads();
-    }
-    if (threadIdx.x == 0)
-        *ret = sum;
-}
-
 struct importance_term {
     const int32_t *idx;
     const float *gate;
@@ -700,7 +749,9 @@ struct importance_term {
 // all of them left the GPU idle but for E threads.
 __global__ void importance_expert_kernel(double *x, const int32_t *idx, const float *gate, size_t T, size_t S)
 {
-    block_sum_in_order(&x[blockIdx.x], T * S, importance_term{ idx, gate, blockIdx.x });
+    const double sum = block_sum_in_order(T * S, importance_term{ idx, gate, blockIdx.x });
+    if (threadIdx.x == 0)
+        x[blockIdx.x] = sum;
 }
 
 __global__ void importance_grad_kernel(float *dgate, const int32_t *idx, const double *g, float coef, size_t n)
@@ -715,7 +766,7 @@ extern "C" int moe_cuda_aux_importance(double *ret, float *dgate, const int32_t 
 {
     *ret = 0.0;
     int rc;
-    importance_expert_kernel<<<(unsigned)E, 256>>>(x, idx, gate, T, S);
+    importance_expert_kernel<<<(unsigned)E, SUM_THREADS>>>(x, idx, gate, T, S);
     if ((rc = launched("importance_expert_kernel", err)))
         return rc;
     cv2_kernel<<<1, 1>>>(value, dgate ? g : NULL, x, E);
@@ -740,7 +791,9 @@ struct load_term {
 __global__ void load_expert_kernel(double *x, const float *z, const float *u, const float *h, const int32_t *sel,
                                    size_t T, size_t E, size_t S, size_t K)
 {
-    block_sum_in_order(&x[blockIdx.x], T, load_term{ z, u, h, sel, E, S, K, blockIdx.x });
+    const double sum = block_sum_in_order(T, load_term{ z, u, h, sel, E, S, K, blockIdx.x });
+    if (threadIdx.x == 0)
+        x[blockIdx.x] = sum;
 }
 
 __global__ void load_grad_kernel(float *dz, float *du, const float *z, const float *u, const float *h,
@@ -757,7 +810,7 @@ extern "C" int moe_cuda_aux_load(double *ret, float *dz, float *du, const float 
 {
     *ret = 0.0;
     int rc;
-    load_expert_kernel<<<(unsigned)E, 256>>>(x, z, u, h, sel, T, E, S, K);
+    load_expert_kernel<<<(unsigned)E, SUM_THREADS>>>(x, z, u, h, sel, T, E, S, K);
     if ((rc = launched("load_expert_kernel", err)))
         return rc;
     cv2_kernel<<<1, 1>>>(value, dz ? g : NULL, x, E);
@@ -769,20 +822,15 @@ extern "C" int moe_cuda_aux_load(double *ret, float *dz, float *du, const float 
     return launched("load_grad_kernel", err);
 }
 
-// One block: tiles of lse staged in shared memory, thread 0 adds in token order.
+struct z_term {
+    const float *lse;
+    __device__ double operator()(size_t t) const { return moe_k_z_term(lse, t); }
+};
+
+// One block: the in-order block sum of lse_t^2.
 __global__ void z_loss_kernel(double *value, const float *lse, size_t T)
 {
-    __shared__ float tile[AUX_TILE];
-    double sum = 0.0;
-    for (size_t t0 = 0; t0 < T; t0 += AUX_TILE) {
-        const size_t n = T - t0 < AUX_TILE ? T - t0 : AUX_TILE;
-        for (size_t i = threadIdx.x; i < n; i += blockDim.x)
-            tile[i] = lse[t0 + i];
-        __syncthreads();
-        if (threadIdx.x == 0)
-            moe_k_z_tile(&sum, tile, n);
-        __syncthreads();
-    }
+    const double sum = block_sum_in_order(T, z_term{ lse });
     if (threadIdx.x == 0)
         *value = sum / (double)T;
 }
@@ -802,7 +850,7 @@ extern "C" int moe_cuda_aux_z(double *ret, float *dz, const float *lse, const fl
         return 0;
     int rc;
     if (ret) {
-        z_loss_kernel<<<1, 256>>>(value, lse, T);
+        z_loss_kernel<<<1, SUM_THREADS>>>(value, lse, T);
         if ((rc = launched("z_loss_kernel", err)) || (rc = moe_cuda_to_host(ret, value, sizeof *ret, err)))
             return rc;
     }

@@ -2,9 +2,10 @@
 // the router z-loss, with their gradients, as host/device functions
 // (core/hd.h) in the CPU's order of operations (moe/aux_loss.c):
 //   - one thread per expert sums f_e (selections over the first n_slots slots)
-//     and P_e (router probabilities) over the tokens in token order;
+//     and P_e (router probabilities) over the tokens in token order (on a GPU,
+//     a block per expert: f_e an integer count, P_e an in-order block sum);
 //   - one thread joins sum_e f_e P_e in expert order; another sums lse_t^2 over
-//     the tokens in order (z-loss);
+//     the tokens in order (z-loss; on a GPU, one block's in-order sum);
 //   - one thread per (token, expert) adds its gradient element, each token's
 //     dot product recomputed in expert order.
 // No atomics, no reduction whose order depends on the launch: the values equal
@@ -45,12 +46,12 @@ static inline MOE_HD void moe_k_aux_fp_expert(double *f, double *P, const int32_
     *P = pe / (double)T;
 }
 
-// The same sums in tiles, for a GPU block per expert (lib/cuda/ops.cu): for
-// tokens t0 .. t0 + n - 1 the block's threads stage hits[i] (how many of token
-// t0 + i's first n_slots selections are e: moe_k_aux_fp_hits) and pcol[i] =
-// p[(t0 + i) E + e] in shared memory, then one thread adds them on to fe and pe
-// (moe_k_aux_fp_tile): moe_k_aux_fp_expert's additions in its order, so the same
-// bits. The caller divides by T at the end.
+// The same sums for a GPU block per expert (lib/cuda/ops.cu): f_e as an
+// integer count of hits (moe_k_aux_fp_hits: how many of token t's first n_slots
+// selections are e), added by the block's threads in any order and converted
+// once: the CPU's repeated += 1.0 is exact below 2^53, so the same double. P_e
+// as an in-order block sum (moe_k_sum_tile) of the terms moe_k_aux_fp_term:
+// the serial sum's additions, so its bits. The caller divides both by T.
 static inline MOE_HD unsigned moe_k_aux_fp_hits(const int32_t *sel, size_t S, size_t n_slots, size_t t, size_t e)
 {
     unsigned h = 0;
@@ -59,14 +60,9 @@ static inline MOE_HD unsigned moe_k_aux_fp_hits(const int32_t *sel, size_t S, si
     return h;
 }
 
-static inline MOE_HD void moe_k_aux_fp_tile(double *fe, double *pe, const unsigned char *hits, const float *pcol,
-                                            size_t n)
+static inline MOE_HD double moe_k_aux_fp_term(const float *p, size_t E, size_t t, size_t e)
 {
-    for (size_t i = 0; i < n; i++) {
-        for (unsigned k = 0; k < hits[i]; k++)
-            *fe += 1.0;
-        *pe += pcol[i];
-    }
+    return (double)p[t * E + e];
 }
 
 // sum_e f_e P_e, in expert order.
@@ -99,12 +95,12 @@ static inline MOE_HD double moe_k_z_loss(const float *lse, size_t T)
     return sum / (double)T;
 }
 
-// Its sum in tiles (a GPU block stages lse[t0 .. t0 + n - 1] in shared memory,
-// one thread adds): sum += lse_t^2 in token order; the caller divides by T.
-static inline MOE_HD void moe_k_z_tile(double *sum, const float *lse, size_t n)
+// Its term for an in-order block sum (moe_k_sum_tile): lse_t^2 in double (the
+// product of two floats is exact there, so a contracted multiply-add gives the
+// same bits); the caller divides by T.
+static inline MOE_HD double moe_k_z_term(const float *lse, size_t t)
 {
-    for (size_t i = 0; i < n; i++)
-        *sum += (double)lse[i] * lse[i];
+    return (double)lse[t] * lse[t];
 }
 
 // dz[t, j] += 2 coef / T * lse_t * p[t, j].
@@ -159,11 +155,12 @@ static inline MOE_HD double moe_k_importance_expert(const int32_t *idx, const fl
     return imp;
 }
 
-// Per-expert sums in tiles, for a GPU block per expert (lib/cuda/ops.cu): the
-// block's threads stage MOE_K_AUX_TERMS terms (moe_k_importance_term,
-// moe_k_load_term) in shared memory, then one thread adds them on to the sum in
-// order (moe_k_sum_tile): the serial sum's additions, so its bits, with the
-// terms' work (the load's thresholds and erfc) spread over the block.
+// In-order sums in tiles, for a GPU block (lib/cuda/ops.cu block_sum_in_order):
+// the block's threads stage MOE_K_AUX_TERMS terms (moe_k_aux_fp_term,
+// moe_k_z_term, moe_k_importance_term, moe_k_load_term) in shared memory, and
+// one thread adds them on to the sum in order (moe_k_sum_tile) while the others
+// stage the next tile: the serial sum's additions, so its bits, with the terms'
+// work (the load's thresholds and erfc) spread over the block.
 #define MOE_K_AUX_TERMS 1024
 
 static inline MOE_HD void moe_k_sum_tile(double *sum, const double *v, size_t n)

@@ -21,7 +21,10 @@
 //      in slot order (no atomics: each output value has one writer).
 //   7. combine backward: one thread per row scales the token's output gradient
 //      by its gate into the row and adds dout . y (double, in column order)
-//      to the slot's gate gradient (a slot has one row: one writer).
+//      to the slot's gate gradient (a slot has one row: one writer). On a GPU
+//      in row tiles (below): one thread per (row, column) of a column chunk
+//      writes dyd and stages its product, one thread per row adds the chunk's
+//      products in column order: the same sum, with coalesced rows.
 // Every result equals the CPU's: the same decisions and the same sums in the
 // same order. T = tokens, S = slots per token, E = experts, D = width.
 // Not here: the expert GEMMs (cuBLAS) and their backward.
@@ -209,6 +212,26 @@ static inline MOE_HD void moe_k_combine_backward(float *dyd, float *dgate, const
     }
     if (dgate)
         dgate[ts] += (float)acc;
+}
+
+// 7 in tiles of MOE_K_CB_ROWS rows by MOE_K_CB_COLS columns (lib/cuda/ops.cu
+// combine_backward_kernel; one thread per row reading its row alone made every
+// load of a warp touch 32 rows): element (r, c) writes dyd[r, c] = g dout[t, c],
+// g = the row's gate, t its token, and returns its product dout[t, c] y[r, c]
+// in double (exact: two floats' product fits a double's significand, so a
+// contracted multiply-add elsewhere gives the same bits); row r's thread adds
+// the chunk's products in column order (moe_k_sum_tile, cuda/kernels/aux.h),
+// chunk after chunk, and at the end dgate[t, s] += (float)acc: the additions of
+// moe_k_combine_backward in its order.
+#define MOE_K_CB_ROWS 32
+#define MOE_K_CB_COLS 128
+
+static inline MOE_HD double moe_k_combine_backward_elem(float *dyd, const float *dout, const float *yd, float g,
+                                                        size_t t, size_t D, size_t r, size_t c)
+{
+    const float d = dout[t * D + c];
+    dyd[r * D + c] = g * d;
+    return (double)d * yd[r * D + c];
 }
 
 // 2-4 in chunks of ch consecutive positions: (a) one thread per chunk counts
