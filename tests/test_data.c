@@ -650,7 +650,7 @@ START_TEST(test_non_numeric_cell)
     const char *bad[] = { "F1,F2,t\n1.5x,2,3\n", "F1,F2,t\n,2,3\n", "F1,F2,t\ninf,2,3\n", "F1,F2,t\nnan,2,3\n",
                           "F1,F2,t\n1e999,2,3\n", "F1,F2,t\n1e300,2,3\n" };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        path = write_text("nn2.csv", bad[i]);
+        s.path = write_text("nn2.csv", bad[i]);
         ck_assert_int_eq(moe_table_read(&s, &tr, &te, &err), MOE_EFORMAT);
         ck_assert_msg(strstr(err.msg, "line 2: column 'F1'") != NULL, "%s", err.msg);
     }
@@ -674,7 +674,7 @@ START_TEST(test_ragged_row)
     snprintf(want, sizeof want, "table '%s' line 3: 2 fields, expected 3", path);
     ck_assert_str_eq(err.msg, want);
     // A trailing delimiter makes an extra (empty) field.
-    path = write_text("ragged2.csv", "a,b,t\n1,2,3\n\n4,5,6,\n");
+    s.path = write_text("ragged2.csv", "a,b,t\n1,2,3\n\n4,5,6,\n");
     ck_assert_int_eq(moe_table_read(&s, &tr, &te, &err), MOE_EFORMAT);
     ck_assert_ptr_nonnull(strstr(err.msg, "line 4: 4 fields, expected 3"));
 }
@@ -710,14 +710,14 @@ START_TEST(test_quoted_fields)
     moe_dataset_release(&te);
 
     // Line numbers count the newline inside the quoted cell.
-    path = write_text("quoted2.csv", "name,x,t\n\"a,b\",1,2\n\"multi\nline\",3,4\nz,bad,5\n");
+    s.path = write_text("quoted2.csv", "name,x,t\n\"a,b\",1,2\n\"multi\nline\",3,4\nz,bad,5\n");
     ck_assert_int_eq(moe_table_read(&s, &tr, &te, &err), MOE_EFORMAT);
     ck_assert_ptr_nonnull(strstr(err.msg, "line 5: column 'x' is not a number: 'bad'"));
     // A stray quote and an unterminated quote are format errors naming the line.
-    path = write_text("quoted3.csv", "name,x,t\na,1,2\nb\"c,3,4\n");
+    s.path = write_text("quoted3.csv", "name,x,t\na,1,2\nb\"c,3,4\n");
     ck_assert_int_eq(moe_table_read(&s, &tr, &te, &err), MOE_EFORMAT);
     ck_assert_ptr_nonnull(strstr(err.msg, "line 3"));
-    path = write_text("quoted4.csv", "name,x,t\na,1,2\n\"b,3,4\n");
+    s.path = write_text("quoted4.csv", "name,x,t\na,1,2\n\"b,3,4\n");
     ck_assert_int_eq(moe_table_read(&s, &tr, &te, &err), MOE_EFORMAT);
     ck_assert_ptr_nonnull(strstr(err.msg, "line 3: unterminated"));
 }
@@ -743,11 +743,11 @@ START_TEST(test_crlf_bom)
     moe_dataset_release(&tr);
     moe_dataset_release(&te);
     // CRLF line counting: the bad cell is on physical line 5.
-    path = write_text("crlf2.csv", "\xEF\xBB\xBF" "a,b,t\r\n1,2,3\r\n\r\n4,5,6\r\n7,x,9\r\n");
+    s.path = write_text("crlf2.csv", "\xEF\xBB\xBF" "a,b,t\r\n1,2,3\r\n\r\n4,5,6\r\n7,x,9\r\n");
     ck_assert_int_eq(moe_table_read(&s, &tr, &te, &err), MOE_EFORMAT);
     ck_assert_msg(strstr(err.msg, "line 5: column 'b' is not a number: 'x'") != NULL, "%s", err.msg);
     // Empty file.
-    path = write_text("empty.csv", "\r\n\n");
+    s.path = write_text("empty.csv", "\r\n\n");
     ck_assert_int_eq(moe_table_read(&s, &tr, &te, &err), MOE_EFORMAT);
     ck_assert_ptr_nonnull(strstr(err.msg, "no header"));
     // Missing file.
