@@ -150,6 +150,11 @@ struct moe_stats {
     double *lang_loss;     // (n_lang) nats
     uint64_t *lang_tokens; // (n_lang)
     double *lang_bytes;    // (n_lang)
+    // Language models, per target token id (moe_stats_init_tokens), else n_vocab 0:
+    size_t n_vocab;
+    uint64_t *tok_count;   // (n_vocab) predicted positions whose target is the id
+    uint64_t *tok_correct; // (n_vocab) those whose argmax was the target
+    double *tok_loss;      // (n_vocab) their nats
 };
 int moe_stats_init(struct moe_stats *s, size_t n_expert, size_t n_group, struct moe_err *err);
 // Routing statistics for a model with sparse layers (m->n_moe_layers > 0);
@@ -157,6 +162,9 @@ int moe_stats_init(struct moe_stats *s, size_t n_expert, size_t n_group, struct 
 int moe_stats_init_routing(struct moe_stats *s, const struct moe_model *m, size_t n_label, struct moe_err *err);
 // Per-language sums for a language model over n_lang languages.
 int moe_stats_init_lang(struct moe_stats *s, size_t n_lang, struct moe_err *err);
+// Per-target-token sums for a language model over a vocabulary of n_vocab ids
+// (moe eval --by-token).
+int moe_stats_init_tokens(struct moe_stats *s, size_t n_vocab, struct moe_err *err);
 void moe_stats_reset(struct moe_stats *s);
 void moe_stats_release(struct moe_stats *s);
 // dst += src: the sums of two sets of rows (same model and data), in that order.

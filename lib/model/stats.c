@@ -56,6 +56,17 @@ int moe_stats_init_lang(struct moe_stats *s, size_t n_lang, struct moe_err *err)
     return 0;
 }
 
+int moe_stats_init_tokens(struct moe_stats *s, size_t n_vocab, struct moe_err *err)
+{
+    s->n_vocab = n_vocab;
+    s->tok_count = calloc(n_vocab ? n_vocab : 1, sizeof *s->tok_count);
+    s->tok_correct = calloc(n_vocab ? n_vocab : 1, sizeof *s->tok_correct);
+    s->tok_loss = calloc(n_vocab ? n_vocab : 1, sizeof *s->tok_loss);
+    if (!s->tok_count || !s->tok_correct || !s->tok_loss)
+        return moe_error(err, MOE_ENOMEM, "out of memory for per-token statistics (%zu tokens)", n_vocab);
+    return 0;
+}
+
 void moe_stats_reset(struct moe_stats *s)
 {
     for (size_t i = 0; i < s->n_route; i++)
@@ -68,6 +79,11 @@ void moe_stats_reset(struct moe_stats *s)
         memset(s->lang_loss, 0, s->n_lang * sizeof *s->lang_loss);
         memset(s->lang_tokens, 0, s->n_lang * sizeof *s->lang_tokens);
         memset(s->lang_bytes, 0, s->n_lang * sizeof *s->lang_bytes);
+    }
+    if (s->n_vocab) {
+        memset(s->tok_count, 0, s->n_vocab * sizeof *s->tok_count);
+        memset(s->tok_correct, 0, s->n_vocab * sizeof *s->tok_correct);
+        memset(s->tok_loss, 0, s->n_vocab * sizeof *s->tok_loss);
     }
     if (s->gate_sum)
         memset(s->gate_sum, 0, s->n_expert * sizeof *s->gate_sum);
@@ -126,6 +142,11 @@ void moe_stats_merge(struct moe_stats *dst, const struct moe_stats *src)
         add_u(dst->lang_tokens, src->lang_tokens, dst->n_lang);
         add_d(dst->lang_bytes, src->lang_bytes, dst->n_lang);
     }
+    if (dst->n_vocab && src->n_vocab == dst->n_vocab) {
+        add_u(dst->tok_count, src->tok_count, dst->n_vocab);
+        add_u(dst->tok_correct, src->tok_correct, dst->n_vocab);
+        add_d(dst->tok_loss, src->tok_loss, dst->n_vocab);
+    }
 }
 
 void moe_stats_release(struct moe_stats *s)
@@ -137,6 +158,9 @@ void moe_stats_release(struct moe_stats *s)
     free(s->lang_loss);
     free(s->lang_tokens);
     free(s->lang_bytes);
+    free(s->tok_count);
+    free(s->tok_correct);
+    free(s->tok_loss);
     for (size_t i = 0; i < s->n_route; i++)
         moe_route_acc_release(&s->route[i]);
     free(s->route);

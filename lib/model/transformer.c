@@ -158,7 +158,8 @@ static int fit(struct moe_model *m, const struct moe_dataset *train, struct moe_
 }
 
 // Statistics of one batch from the loss pass's per-token cross-entropy and
-// argmax (nn.h moe_ce_rows): loss and accuracy, bytes, per-language sums.
+// argmax (nn.h moe_ce_rows): loss and accuracy, bytes, per-language sums, and
+// per target token when the statistics ask for them (moe_stats_init_tokens).
 void moe_transformer_add_stats(const struct moe_model *m, const struct moe_batch *bt, struct moe_stats *s,
                                const float *row_loss, const int32_t *row_argmax)
 {
@@ -169,8 +170,14 @@ void moe_transformer_add_stats(const struct moe_model *m, const struct moe_batch
         size_t correct = 0;
         for (size_t c = 0; c < C; c++) {
             size_t t = w * C + c;
+            int32_t y = bt->tok[w * (C + 1) + c + 1];
             loss += (double)row_loss[t];
-            correct += row_argmax[t] == bt->tok[w * (C + 1) + c + 1];
+            correct += row_argmax[t] == y;
+            if (y >= 0 && (size_t)y < s->n_vocab) {
+                s->tok_count[y]++;
+                s->tok_correct[y] += row_argmax[t] == y;
+                s->tok_loss[y] += (double)row_loss[t];
+            }
         }
         s->n += C;
         s->loss += loss;

@@ -17,7 +17,12 @@
 #   - generate: deterministic for a seed, different across seeds, --temperature 0
 #     equals itself across seeds (greedy), starts with the prompt; --trace has one
 #     entry per generated token with one routing object per sparse layer, and the
-#     same text; --top-k 1 equals greedy; word-level generation runs.
+#     same text; --top-k 1 equals greedy; word-level generation runs;
+#   - eval --by-token: one row per target id (ascending), counts adding up to the
+#     rows, loss_sum to the JSON's loss times rows (1e-9 relative), correct to
+#     accuracy times rows; loss_mean = loss_sum / count; the same bytes run after
+#     run; the stdout JSON unchanged by the option; bytes outside valid UTF-8 as
+#     \xHH, UTF-8 words as they are, <unk>; the table of --data train.
 # shellcheck disable=SC2317  # check functions are called indirectly, via check
 set -u
 export LC_ALL=C
@@ -113,6 +118,58 @@ check "expert choice: eval --set moe.ec_eval=full|prefix|position|topk; training
 train lmw --config lm.json --set data.text.tokens=words --set data.text.vocab_size=64 --set optim.batch_size=0
 check "eval = final.test (word-level LM, full-batch)" eval_equals lmw test
 check "eval --data train = final.train (word-level LM, full-batch)" eval_equals lmw train --data train
+
+# by_token RUN NAME ARGS...: eval --by-token NAME.csv of RUN; checks the table against the JSON
+by_token() {
+    local d=$1 t=$2
+    shift 2
+    run "$t" "${TO[@]}" "$MOE" eval --checkpoint "$d/model.safetensors" --quiet --threads 1 --by-token "$t.csv" "$@"
+    [ "$RC" -eq 0 ] || { fail "eval --by-token exit $RC: $(head -c 600 "$t.err")"; return 1; }
+    [ "$(head -1 "$t.csv")" = "token,text,count,correct,loss_sum,loss_mean" ] ||
+        { fail "header: $(head -1 "$t.csv")"; return 1; }
+    # the sums (the last four columns: text may hold quoted commas)
+    awk -F, -v rows="$(jq .rows "$t.out")" -v loss="$(jq .loss "$t.out")" -v acc="$(jq .accuracy "$t.out")" '
+        NR == 1 { next }
+        { id = $1 + 0; if (NR > 2 && id <= last) bad = bad " ids not ascending at " id; last = id
+          n += $(NF - 3); c += $(NF - 2); l += $(NF - 1)
+          if ($(NF - 3) < 1) bad = bad " empty row " id
+          m = $(NF - 1) / $(NF - 3); if ((m - $NF) * (m - $NF) > 1e-14 * m * m) bad = bad " loss_mean " id }
+        END { if (n != rows) bad = bad " counts add to " n " not " rows
+              if (c != sprintf("%.0f", acc * rows)) bad = bad " correct add to " c " not " acc * rows
+              d = l - loss * rows; if (d * d > 1e-18 * l * l) bad = bad " loss_sum adds to " l " not " loss * rows
+              if (bad) { print bad; exit 1 } }' "$t.csv" >"$t.sum" || { fail "$(cat "$t.sum")"; return 1; }
+}
+check_by_token() {
+    by_token lm lmt || return 1
+    same_json lmt.out lm.test.want || return 1 # the option changes nothing on stdout
+    by_token lm lmt2 && cmp -s lmt.csv lmt2.csv || { fail "two runs differ"; return 1; }
+    # byte-level: ids are bytes; every row's text is its byte (printable) or \xHH
+    awk -F, 'NR > 1 && $1 == 32 && $2 == " " { s = 1 } NR > 1 && $1 == 116 && $2 == "t" { t = 1 }
+             NR > 1 && $1 >= 128 { bad = 1 } END { exit !(s && t && !bad) }' lmt.csv ||
+        { fail "byte rows: $(head -c 400 lmt.csv)"; return 1; }
+    by_token lm lmtr --data train || return 1
+    cmp -s lmt.csv lmtr.csv && { fail "train and test tables are the same"; return 1; }
+    return 0
+}
+check "eval --by-token (byte-level LM): rows add up to the JSON's rows, loss and accuracy; reruns the same bytes" check_by_token
+check_by_token_text() {
+    mkdir -p utext
+    for i in $(seq 30); do printf 'Η γάτα κάθεται στο χαλί %d. The cat is here. ' "$i"; done >utext/el.txt
+    train lmu --config lm.json --set data.text.path="\"$TMP/utext\"" || return 1
+    by_token lmu lmut || return 1
+    grep -q '^206,\\xCE,' lmut.csv || { fail "lone lead byte 0xCE is not \\xCE: $(grep '^206,' lmut.csv)"; return 1; }
+    train lmuw --config lm.json --set data.text.path="\"$TMP/utext\"" --set data.text.tokens=words \
+        --set data.text.vocab_size=12 || return 1
+    by_token lmuw lmuwt || return 1
+    grep -q '^0,<unk>,' lmuwt.csv || { fail "no <unk> row: $(head -c 300 lmuwt.csv)"; return 1; }
+    grep -q ',γάτα,' lmuwt.csv || { fail "the UTF-8 word is not as is: $(head -c 600 lmuwt.csv)"; return 1; }
+}
+check "eval --by-token: a lone UTF-8 lead byte as \\xHH, UTF-8 words as they are, <unk> (word-level LM)" check_by_token_text
+check_by_token_refused() {
+    run mt "${TO[@]}" "$MOE" eval --checkpoint moe/model.safetensors --quiet --threads 1 --by-token mt.csv
+    [ "$RC" -eq 2 ] && [ ! -e mt.csv ] || { fail "mlp-moe: exit $RC, table left: $([ -e mt.csv ] && echo yes)"; return 1; }
+}
+check "eval --by-token: refused for a model that is not a language model, no table written" check_by_token_refused
 
 gen() { # gen OUTPREFIX ARGS...
     local p=$1

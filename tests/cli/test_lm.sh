@@ -648,11 +648,22 @@ t_bytes_device() {
         { fail "epoch 1 test loss: gpu $g1, cpu $c1 (more than 1e-3 apart)"; return 1; }
     jq -e --slurpfile c bytes/summary.json '((.final.test.loss - $c[0].final.test.loss) | fabs) <= 2e-2 * $c[0].final.test.loss' \
         gpu1.out >/dev/null || { fail "final test loss: gpu $(jq .final.test.loss gpu1.out), cpu $(jq .final.test.loss bytes/summary.json)"; return 1; }
+    # eval --by-token on the device: the CPU's rows and counts (the data's), each token's loss within 1e-3
+    run gpubt "${TO[@]}" "$MOE" eval --checkpoint gpu1/model.safetensors --by-token gpubt.csv --device cuda --quiet
+    [ "$RC" -eq 0 ] || { fail "$(describe gpubt moe eval --by-token --device cuda)"; return 1; }
+    run cpubt "${TO[@]}" "$MOE" eval --checkpoint gpu1/model.safetensors --by-token cpubt.csv --quiet
+    [ "$RC" -eq 0 ] || { fail "$(describe cpubt moe eval --by-token)"; return 1; }
+    cmp -s <(cut -d, -f1,3 gpubt.csv) <(cut -d, -f1,3 cpubt.csv) && [ "$(wc -l <gpubt.csv)" -gt 10 ] ||
+        { fail "eval --by-token --device cuda: other rows or counts than the CPU's"; return 1; }
+    paste -d, <(awk -F, '{ print $(NF - 1) }' gpubt.csv) <(awk -F, '{ print $(NF - 1) }' cpubt.csv) |
+        awk -F, 'NR > 1 { d = $1 - $2; if (d < 0) d = -d; if (d > 1e-3 * $2) bad = bad " row " NR }
+                 END { if (bad) { print bad; exit 1 } }' >gpubt.diff ||
+        { fail "eval --by-token --device cuda: loss_sum more than 1e-3 from the CPU's at$(cat gpubt.diff)"; return 1; }
     run gpuchk "${TO[@]}" "$MOE" train --config bytes.json --check-device 10 --device cuda --quiet
     [ "$RC" -eq 0 ] || { fail "$(describe gpuchk moe train --check-device 10 --device cuda)"; return 1; }
     jqe gpuchk.out '.check_device.max_rel <= 1e-3' "--check-device: largest relative difference above 1e-3" '.check_device | {max_rel, max_at, max_tensor}'
 }
-check "train --device cuda (transformer): deterministic on the GPU, the CPU's loss, --check-device; refused without a device" t_bytes_device
+check "train --device cuda (transformer): deterministic on the GPU, the CPU's loss, eval --by-token, --check-device; refused without a device" t_bytes_device
 
 # ------------------------------------------------------------ dry run
 # dry NAME CONFIG RUN [ARGS...]: --dry-run's estimate against the trained RUN.
