@@ -37,7 +37,8 @@
 # and floor.csv: per domain and seed, the count-weighted mean of -best_log2_prob
 # over the lead bytes (floor_bits: no frozen-head adaptation predicts the lead
 # bytes in fewer bits per byte), beside lora-r4's, moe-only's and full's bits per
-# lead byte. About 1.5 minutes per seed at 1 thread.
+# lead byte. About 45 s per seed at 1 thread (2.5-4 minutes for 5 seeds on the
+# 2-core build machine, 2026-12-07).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -49,7 +50,7 @@ moe=$(moe_bin)
 experiment_env transfer "1 2 3 4 5"
 mkdir -p "$out"
 systems=(zero-shot scratch full lora-r4 moe-only head lora-r4+head)
-expected_time "$(about_minutes $(( 90 * ${#seeds[@]} ))) at 1 thread (per seed and language two LoRA runs of 3-7 s, seven evaluations of a second, and head_floor.py's 10-20 s per lead byte)"
+expected_time "$(about_minutes $(( 45 * ${#seeds[@]} ))) at 1 thread (per seed and language two LoRA runs of 3-7 s, seven evaluations of a second, and head_floor.py's 10-20 s per lead byte)"
 { echo "$(env_line) bash experiments/transfer/by-byte.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/by-byte-command.txt"
 
 echo "system,seed,kind,bytes,bits_per_byte,bits_share,accuracy,loss_delta" > "$out/by_byte.csv"
