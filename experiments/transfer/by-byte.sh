@@ -8,7 +8,13 @@
 #                 0xCE and 0xCF, never seen in pretraining; German: 0xC3 of
 #                 ä ö ü ß, seen in French and Spanish)
 #   continuation  0x80-0xBF, the other bytes of a multi-byte character
-# Systems: zero-shot, scratch, full, lora-r4, moe-only, head, lora-r4+head.
+# Systems: zero-shot, scratch, full, lora-r4, moe-only, head, lora-r4+head, and
+# three that run.sh does not have, trained here: lora-r4 with one frozen part
+# of lora-r4+head set free, to tell which part matters (each from lora-r4's
+# config.json, with --trainable GLOB and --merge, into sSEED/SYSTEM):
+#   lora-r4+out    the output head (head.*: 16,384 parameters)
+#   lora-r4+emb    the byte embeddings (tok_emb.*: 16,384)
+#   lora-r4+norm   the final LayerNorm (norm.*: its 64 gains and 64 biases)
 # run.sh's LoRA runs keep their adapters only, so the two LoRA systems are
 # trained again here with --merge from their own config.json (the same command,
 # seed and data: their final.test is checked to be the same bytes as run.sh's
@@ -36,9 +42,9 @@
 #   domain, seed, byte, count (test positions), best_log2_prob, runner_up, runner_up_prob
 # and floor.csv: per domain and seed, the count-weighted mean of -best_log2_prob
 # over the lead bytes (floor_bits: no frozen-head adaptation predicts the lead
-# bytes in fewer bits per byte), beside lora-r4's, moe-only's and full's bits per
-# lead byte. About 45 s per seed at 1 thread (2.5-4 minutes for 5 seeds on the
-# 2-core build machine, 2026-12-07).
+# bytes in fewer bits per byte), beside the bits per lead byte of lora-r4,
+# moe-only, full, lora-r4+norm and lora-r4+out (the floor holds for the first
+# two; the norm and the head move it). About 75 s per seed at 1 thread.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -49,8 +55,9 @@ check_moe
 moe=$(moe_bin)
 experiment_env transfer "1 2 3 4 5"
 mkdir -p "$out"
-systems=(zero-shot scratch full lora-r4 moe-only head lora-r4+head)
-expected_time "$(about_minutes $(( 45 * ${#seeds[@]} ))) at 1 thread (per seed and language two LoRA runs of 3-7 s, seven evaluations of a second, and head_floor.py's 10-20 s per lead byte)"
+systems=(zero-shot scratch full lora-r4 moe-only head lora-r4+head lora-r4+out lora-r4+emb lora-r4+norm)
+declare -A free=([lora-r4+out]='head.*' [lora-r4+emb]='tok_emb.*' [lora-r4+norm]='norm.*')
+expected_time "$(about_minutes $(( 75 * ${#seeds[@]} ))) at 1 thread (per seed and language five LoRA runs of 3-7 s, ten evaluations of a second, and head_floor.py's 10-20 s per lead byte)"
 { echo "$(env_line) bash experiments/transfer/by-byte.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/by-byte-command.txt"
 
 echo "system,seed,kind,bytes,bits_per_byte,bits_share,accuracy,loss_delta" > "$out/by_byte.csv"
@@ -59,9 +66,14 @@ for dom in udhr-ell udhr-deu; do
     d=$work/$dom/s$seed base=$work/$dom/s$seed/pretrain/model.safetensors
     [ -s "$base" ] || { echo "$0: no base '$base' (run experiments/transfer/run.sh first)" >&2; exit 2; }
     for sys in "${systems[@]}"; do
+      if [ -n "${free[$sys]:-}" ]; then
+        run_once "$d/$sys" "$moe" lora --config "$d/lora-r4/config.json" --base "$base" --trainable "${free[$sys]}" \
+          --merge --quiet --threads "$threads" --out "$d/$sys" >/dev/null
+      fi
       done_run "$d/$sys" || { echo "$0: no finished run in '$d/$sys' (run run.sh first)" >&2; exit 2; }
       ckpt=$d/$sys/model.safetensors
-      case $sys in lora-*)
+      case $sys in lora-r4+out | lora-r4+emb | lora-r4+norm) ckpt=$d/$sys/merged.safetensors ;;
+      lora-*)
         m=$d/$sys.merged
         run_once "$m" "$moe" lora --config "$d/$sys/config.json" --base "$base" --merge --quiet \
           --threads "$threads" --out "$m" >/dev/null
@@ -93,7 +105,7 @@ column -s, -t < "$out/by_byte_table.csv" | cut -c1-160 >&2
 
 command -v python3 >/dev/null || { echo "$0: no python3: head_floor.csv and floor.csv not written" >&2; exit 0; }
 echo "domain,seed,byte,count,best_log2_prob,runner_up,runner_up_prob" > "$out/head_floor.csv"
-echo "domain,seed,lead_bytes,floor_bits,lora_r4_bits,moe_only_bits,full_bits" > "$out/floor.csv"
+echo "domain,seed,lead_bytes,floor_bits,lora_r4_bits,moe_only_bits,full_bits,lora_r4_norm_bits,lora_r4_out_bits" > "$out/floor.csv"
 for dom in udhr-ell udhr-deu; do
   for seed in "${seeds[@]}"; do
     d=$work/$dom/s$seed
@@ -107,7 +119,7 @@ for dom in udhr-ell udhr-deu; do
     lead_bits() { awk -F, -v s="$dom:$1" -v seed="$seed" '$1 == s && $2 == seed && $3 == "lead" { print $5 }' "$out/by_byte.csv"; }
     awk -F, -v dom="$dom" -v seed="$seed" '$1 == dom && $2 == seed { n += $4; b -= $4 * $5; k++ } END {
         printf "%s,%d,%d,%.6f", dom, seed, k, b / n }' "$out/head_floor.csv" >> "$out/floor.csv"
-    echo ",$(lead_bits lora-r4),$(lead_bits moe-only),$(lead_bits full)" >> "$out/floor.csv"
+    echo ",$(lead_bits lora-r4),$(lead_bits moe-only),$(lead_bits full),$(lead_bits lora-r4+norm),$(lead_bits lora-r4+out)" >> "$out/floor.csv"
     echo "transfer-by-byte: floor $(tail -1 "$out/floor.csv")" >&2
   done
 done
