@@ -57,7 +57,7 @@ experiment_env transfer "1 2 3 4 5"
 mkdir -p "$out"
 systems=(zero-shot scratch full lora-r4 moe-only head lora-r4+head lora-r4+out lora-r4+emb lora-r4+norm)
 declare -A free=([lora-r4+out]='head.*' [lora-r4+emb]='tok_emb.*' [lora-r4+norm]='norm.*')
-expected_time "$(about_minutes $(( 75 * ${#seeds[@]} ))) at 1 thread (per seed and language five LoRA runs of 3-7 s, ten evaluations of a second, and head_floor.py's 10-20 s per lead byte)"
+expected_time "$(about_minutes $(( 75 * ${#seeds[@]} ))) at 1 thread (per seed and language five LoRA runs of 3-7 s, ten evaluations of a second, and head_floor.py's second or two per lead byte)"
 { echo "$(env_line) bash experiments/transfer/by-byte.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1)"; provenance "$moe"; } > "$out/by-byte-command.txt"
 
 echo "system,seed,kind,bytes,bits_per_byte,bits_share,accuracy,loss_delta" > "$out/by_byte.csv"
