@@ -886,6 +886,24 @@ static void attn_backward_host(float *dqkv, float *datt, const float *dout, cons
         moe_k_attn_dqkv(dqkv, datt, att, dout, qkv, C, D, H, i / (C * 3 * D), i / (3 * D) % C, i % (3 * D));
 }
 
+#ifdef MOE_TEST_CUDA_SIM
+// The forward by the kernel bodies with libm's expf, the simulator's device
+// expf: the device's bits exactly (on a GPU its expf differs from both).
+static void attn_forward_host(float *out, float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H)
+{
+    for (size_t i = 0; i < B * H * C * C; i++)
+        moe_k_attn_score(att, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+    for (size_t r = 0; r < B * H * C; r++) {
+        size_t n = moe_k_attn_shift_row(att, C, r);
+        for (size_t u = 0; u < n; u++)
+            att[r * C + u] = expf(att[r * C + u]);
+        moe_k_attn_normalise_row(att, C, r);
+    }
+    for (size_t i = 0; i < B * C * D; i++)
+        moe_k_attn_out(out, att, qkv, C, D, H, i / (C * D), i / D % C, i % D);
+}
+#endif
+
 // The magnitude of the terms each output of attention sums: m[b, t, j] =
 // sum_{s <= t} P[t, s] |v_s[j]| (att holds P, or P' with dropout).
 static void attn_out_terms(float *m, const float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H)
@@ -931,6 +949,15 @@ static void test_attention(void)
         printf("# attention B=%zu C=%zu D=%zu H=%zu (hs %zu)\n", B, C, D, H, hs);
         close_floats(att2, att, na, 1e-5, "attention att");
         close_terms(out2, out, m, no, 1e-5, "attention out");
+#ifdef MOE_TEST_CUDA_SIM
+        {
+            float *atth = malloc(na * 4), *outh = malloc(no * 4);
+            attn_forward_host(outh, atth, qkv, B, C, D, H);
+            close_floats(att2, atth, na, 0.0, "attention att (host bodies, libm expf)");
+            close_floats(out2, outh, no, 0.0, "attention out (host bodies, libm expf)");
+            free(atth), free(outh);
+        }
+#endif
         // the backward from the library's probabilities
         memcpy(dq, d0, nq * 4), memcpy(dqh, d0, nq * 4);
         moe_attention_backward(dq, datt, dout, qkv, att, B, C, D, H);

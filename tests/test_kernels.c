@@ -1438,6 +1438,69 @@ static void check_attention(size_t B, size_t C, size_t D, size_t H, float amp, u
     free(attc), free(pmc);
 }
 
+// The tiled score and dP kernel (cuda/ops.cu attn_pairs_kernel) on the host:
+// tiles of MOE_K_ATTN_TILE x MOE_K_ATTN_TILE (bh, t, s), rows staged
+// MOE_K_ATTN_CHUNK dimensions at a time (rows past C staged as 0), each
+// element's sum continued chunk by chunk with moe_k_attn_dot_chunk.
+static void attn_pairs_host(float *out, const float *a, size_t lda, const float *b, size_t ldb, size_t B, size_t C,
+                            size_t H, size_t hs, float alpha)
+{
+    enum { T = MOE_K_ATTN_TILE, W = MOE_K_ATTN_CHUNK };
+    static float as[T][W + 1], bs[T][W + 1];
+    const size_t nt = (C + T - 1) / T;
+    for (size_t tile = 0; tile < B * H * nt * nt; tile++) {
+        const size_t bh = tile / (nt * nt), t0 = tile / nt % nt * T, s0 = tile % nt * T;
+        const size_t bb = bh / H, col = bh % H * hs;
+        float acc[T][T] = { { 0.0f } };
+        if (s0 <= t0 + T - 1)
+            for (size_t i0 = 0; i0 < hs; i0 += W) {
+                const size_t w = hs - i0 < W ? hs - i0 : W;
+                for (size_t r = 0; r < T; r++)
+                    for (size_t c = 0; c < w; c++) {
+                        as[r][c] = t0 + r < C ? a[(bb * C + t0 + r) * lda + col + i0 + c] : 0.0f;
+                        bs[r][c] = s0 + r < C ? b[(bb * C + s0 + r) * ldb + col + i0 + c] : 0.0f;
+                    }
+                for (size_t y = 0; y < T; y++)
+                    for (size_t x = 0; x < T; x++)
+                        acc[y][x] = moe_k_attn_dot_chunk(acc[y][x], as[y], bs[x], w);
+            }
+        for (size_t y = 0; y < T; y++)
+            for (size_t x = 0; x < T; x++)
+                if (t0 + y < C && s0 + x < C)
+                    out[(bh * C + t0 + y) * C + s0 + x] = s0 + x > t0 + y ? 0.0f : alpha * acc[y][x];
+    }
+}
+
+// The tiled kernel's order of operations gives the per-element bodies' bits:
+// scores (q against k) and dP (dout against v), == everywhere (zeros above the
+// diagonal included), for head sizes below, at and above one chunk and C not a
+// multiple of the tile.
+START_TEST(test_attention_tiles)
+{
+    static const size_t cases[][4] = { { 2, 37, 64, 4 }, { 1, 70, 160, 2 }, { 1, 33, 256, 2 }, { 2, 1, 8, 2 } };
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const size_t B = cases[ci][0], C = cases[ci][1], D = cases[ci][2], H = cases[ci][3], hs = D / H;
+        const size_t na = B * H * C * C;
+        float *qkv = malloc(B * C * 3 * D * sizeof *qkv), *dout = malloc(B * C * D * sizeof *dout);
+        float *want = malloc(na * sizeof *want), *got = malloc(na * sizeof *got);
+        ck_assert(qkv && dout && want && got);
+        fill(qkv, B * C * 3 * D, 31 + (uint32_t)ci, -1.0f, 1.0f);
+        fill(dout, B * C * D, 41 + (uint32_t)ci, -1.0f, 1.0f);
+        for (size_t i = 0; i < na; i++)
+            moe_k_attn_score(want, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+        memset(got, 0xff, na * sizeof *got);
+        attn_pairs_host(got, qkv, 3 * D, qkv + D, 3 * D, B, C, H, hs, moe_k_attn_scale(hs));
+        ck_assert_msg(memcmp(got, want, na * sizeof *got) == 0, "scores, case %zu (hs %zu)", ci, hs);
+        for (size_t i = 0; i < na; i++)
+            moe_k_attn_dp(want, dout, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+        memset(got, 0xff, na * sizeof *got);
+        attn_pairs_host(got, dout, D, qkv + 2 * D, 3 * D, B, C, H, hs, 1.0f);
+        ck_assert_msg(memcmp(got, want, na * sizeof *got) == 0, "dP, case %zu (hs %zu)", ci, hs);
+        free(qkv), free(dout), free(want), free(got);
+    }
+}
+END_TEST
+
 START_TEST(test_attention)
 {
     // C (positions) off every tile of the library (4 rows, 16 keys, 8 lanes), B > 1, several heads
@@ -1755,6 +1818,7 @@ int main(void)
     tcase_add_test(tc, test_layer_steps);
     tcase_add_test(tc, test_activations);
     tcase_add_test(tc, test_attention);
+    tcase_add_test(tc, test_attention_tiles);
     tcase_add_test(tc, test_attention_dropout);
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_linear_bias);

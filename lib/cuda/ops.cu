@@ -1333,12 +1333,61 @@ extern "C" int moe_cuda_act_backward(enum moe_cuda_act a, float *dx, const float
 
 // ---------------------------------------------------------------- causal self-attention (kernels/attention.h)
 
-// One thread per element (bh, t, s) of att: the scaled score, 0 above the diagonal.
-__global__ void attn_score_kernel(float *att, const float *qkv, size_t B, size_t C, size_t D, size_t H)
+// The scores (a = q, b = k, alpha = 1 / sqrt(hs)) or dP (a = dout, b = v,
+// alpha = 1): out[bh, t, s] = alpha sum_i a_t[i] b_s[i] for s <= t, 0 above
+// the diagonal, with a_t = a + (b C + t) lda + h hs and b_s = b + (b C + s)
+// ldb + h hs. A block of ATTN_TY x MOE_K_ATTN_TILE threads per tile of
+// MOE_K_ATTN_TILE queries t x as many keys s of one bh (the tiles in turn):
+// the rows of both staged in shared memory MOE_K_ATTN_CHUNK dimensions at a
+// time (a warp's loads are consecutive dimensions of a row), then thread (x,
+// y) adds the chunk to its elements (t0 + y + ATTN_TY k, s0 + x) in index
+// order (kernels/attention.h moe_k_attn_dot_chunk: moe_k_attn_dot's bits).
+// The rows are padded to MOE_K_ATTN_CHUNK + 1 floats: a warp reads one a row
+// (a broadcast) and 32 b rows at one dimension, in 32 banks. A tile wholly
+// above the diagonal (the same for the whole block) only writes its zeros.
+#define ATTN_TY 8
+#define ATTN_ROWS (MOE_K_ATTN_TILE / ATTN_TY) // elements per thread
+__global__ void attn_pairs_kernel(float *out, const float *a, size_t lda, const float *b, size_t ldb, size_t B,
+                                  size_t C, size_t H, size_t hs, float alpha)
 {
-    size_t n = B * H * C * C;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        moe_k_attn_score(att, qkv, C, D, H, i / (C * C), i / C % C, i % C);
+    __shared__ float as[MOE_K_ATTN_TILE][MOE_K_ATTN_CHUNK + 1], bs[MOE_K_ATTN_TILE][MOE_K_ATTN_CHUNK + 1];
+    const size_t T = MOE_K_ATTN_TILE, nt = (C + T - 1) / T, tiles = B * H * nt * nt;
+    const unsigned x = threadIdx.x, y = threadIdx.y, tid = y * MOE_K_ATTN_TILE + x;
+    for (size_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const size_t bh = tile / (nt * nt), t0 = tile / nt % nt * T, s0 = tile % nt * T;
+        const size_t bb = bh / H, col = bh % H * hs;
+        float acc[ATTN_ROWS];
+        for (unsigned k = 0; k < ATTN_ROWS; k++)
+            acc[k] = 0.0f;
+        if (s0 <= t0 + T - 1) {
+            for (size_t i0 = 0; i0 < hs; i0 += MOE_K_ATTN_CHUNK) {
+                const size_t w = hs - i0 < MOE_K_ATTN_CHUNK ? hs - i0 : MOE_K_ATTN_CHUNK;
+                for (size_t e = tid; e < T * w; e += T * ATTN_TY) {
+                    const size_t r = e / w, c = e % w;
+                    as[r][c] = t0 + r < C ? a[(bb * C + t0 + r) * lda + col + i0 + c] : 0.0f;
+                    bs[r][c] = s0 + r < C ? b[(bb * C + s0 + r) * ldb + col + i0 + c] : 0.0f;
+                }
+                __syncthreads();
+                for (unsigned k = 0; k < ATTN_ROWS; k++)
+                    acc[k] = moe_k_attn_dot_chunk(acc[k], as[y + ATTN_TY * k], bs[x], w);
+                __syncthreads();
+            }
+        }
+        for (unsigned k = 0; k < ATTN_ROWS; k++) {
+            const size_t t = t0 + y + ATTN_TY * k, sk = s0 + x;
+            if (t < C && sk < C)
+                out[(bh * C + t) * C + sk] = sk > t ? 0.0f : alpha * acc[k];
+        }
+    }
+}
+
+static int attn_pairs(const char *name, float *out, const float *a, size_t lda, const float *b, size_t ldb,
+                      size_t B, size_t C, size_t H, size_t hs, float alpha, struct moe_err *err)
+{
+    const size_t nt = (C + MOE_K_ATTN_TILE - 1) / MOE_K_ATTN_TILE;
+    attn_pairs_kernel<<<blocks_for(B * H * nt * nt, 1), dim3(MOE_K_ATTN_TILE, ATTN_TY)>>>(out, a, lda, b, ldb, B, C,
+                                                                                        H, hs, alpha);
+    return launched(name, err);
 }
 
 // One thread per row (bh, t): max subtracted, the device's expf, normalised.
@@ -1396,8 +1445,8 @@ extern "C" int moe_cuda_attention_forward_drop(float *out, float *att, float *at
     int rc = attn_shape(D, H, err);
     if (rc || B * C == 0)
         return rc;
-    attn_score_kernel<<<blocks_for(B * H * C * C, 256), 256>>>(att, qkv, B, C, D, H);
-    if ((rc = launched("attn_score_kernel", err)))
+    if ((rc = attn_pairs("attn_pairs_kernel (scores)", att, qkv, 3 * D, qkv + D, 3 * D, B, C, H, D / H,
+                         moe_k_attn_scale(D / H), err)))
         return rc;
     attn_softmax_kernel<<<blocks_for(B * H * C, 128), 128>>>(att, B * H * C, C);
     if ((rc = launched("attn_softmax_kernel", err)))
@@ -1415,14 +1464,6 @@ extern "C" int moe_cuda_attention_forward(float *out, float *att, const float *q
                                           size_t H, struct moe_err *err)
 {
     return moe_cuda_attention_forward_drop(out, att, NULL, qkv, B, C, D, H, NULL, err);
-}
-
-// One thread per element (bh, t, s) of datt: dP, 0 above the diagonal.
-__global__ void attn_dp_kernel(float *datt, const float *dout, const float *qkv, size_t B, size_t C, size_t D, size_t H)
-{
-    size_t n = B * H * C * C;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        moe_k_attn_dp(datt, dout, qkv, C, D, H, i / (C * C), i / C % C, i % C);
 }
 
 // One thread per row (bh, t): dP to dS in place.
@@ -1449,8 +1490,7 @@ extern "C" int moe_cuda_attention_backward_drop(float *dqkv, float *datt, const 
     if (rc || B * C == 0)
         return rc;
     const int on = drop_on(d);
-    attn_dp_kernel<<<blocks_for(B * H * C * C, 256), 256>>>(datt, dout, qkv, B, C, D, H);
-    if ((rc = launched("attn_dp_kernel", err)))
+    if ((rc = attn_pairs("attn_pairs_kernel (dP)", datt, dout, D, qkv + 2 * D, 3 * D, B, C, H, D / H, 1.0f, err)))
         return rc;
     if (on) {
         attn_drop_grad_kernel<<<blocks_for(B * H * C * C, 256), 256>>>(datt, drop_make(d), B * H * C * C, C);

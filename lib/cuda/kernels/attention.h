@@ -15,10 +15,16 @@
 // reads: the probabilities P in att, zeros above the diagonal.
 //
 // Threads (each value has one writer; no atomics):
-//   forward:  one per element (bh, t, s) of att: the scaled score, 0 for s > t;
+//   forward:  the scores in tiles of MOE_K_ATTN_TILE queries x MOE_K_ATTN_TILE
+//             keys of one (b, h), a block each: the tile's q and k rows staged
+//             in shared memory, MOE_K_ATTN_CHUNK head dimensions at a time,
+//             one thread per 4 elements (bh, t, s), each summing its own dot
+//             product over the chunks in index order (moe_k_attn_dot_chunk:
+//             the bits of moe_k_attn_dot); 0 for s > t, and tiles wholly
+//             above the diagonal stage nothing;
 //             one per row (bh, t): max subtracted, exp (the caller's), normalised;
 //             one per element (b, t, column) of out: sum over s <= t.
-//   backward: one per element (bh, t, s) of datt: dP, 0 for s > t;
+//   backward: dP tiled as the scores (dout rows against v rows), 0 for s > t;
 //             one per row (bh, t): dS in place;
 //             one per element (b, position, column) of dqkv: dq over s <= t,
 //             dk and dv over t >= s, added to what is there.
@@ -53,6 +59,8 @@
 #include "cuda/kernels/dropout.h"
 
 #define MOE_K_ATTN_LANES 8 // nn/attention.c LANES
+#define MOE_K_ATTN_TILE 32  // queries and keys per tile of the tiled score and dP kernels
+#define MOE_K_ATTN_CHUNK 64 // head dimensions a tile stages at a time
 
 // 1 / sqrt(hs) as the CPU rounds it.
 static inline MOE_HD float moe_k_attn_scale(size_t hs) { return (float)(1.0 / sqrt((double)hs)); }
@@ -64,6 +72,16 @@ static inline MOE_HD float moe_k_attn_dot(const float *x, const float *y, size_t
     for (size_t i = 0; i < n; i++)
         acc += x[i] * y[i];
     return alpha * acc;
+}
+
+// acc + sum_i x[i] y[i] over i < n, added in index order to one float: a
+// chunk of moe_k_attn_dot's sum (chunks taken in order from acc = 0, then
+// times alpha, give its bits).
+static inline MOE_HD float moe_k_attn_dot_chunk(float acc, const float *x, const float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        acc += x[i] * y[i];
+    return acc;
 }
 
 // The lanes' fixed tree (nn/attention.c lane_sum).
