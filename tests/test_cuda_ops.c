@@ -72,11 +72,21 @@ static void note(const float *a, const float *b, size_t n, const char *what)
            n ? a[at] : 0.0, n ? b[at] : 0.0);
 }
 
+// |a - b| / scale; 0 where a == b (equal infinities too) or both are NaN,
+// infinite where only one is NaN (fmax drops a NaN: without this a kernel's
+// NaN against a finite reference would pass).
+static double diff_over(double a, double b, double scale)
+{
+    if (isnan(a) || isnan(b))
+        return isnan(a) && isnan(b) ? 0.0 : INFINITY;
+    return a == b ? 0.0 : fabs(a - b) / scale;
+}
+
 static void close_floats(const float *a, const float *b, size_t n, double tol, const char *what)
 {
     double worst = 0.0;
     for (size_t i = 0; i < n; i++)
-        worst = fmax(worst, fabs((double)a[i] - b[i]) / fmax(fabs((double)b[i]), 1e-6));
+        worst = fmax(worst, diff_over(a[i], b[i], fmax(fabs((double)b[i]), 1e-6)));
     note(a, b, n, what);
     EXPECT(worst <= tol, "%s: largest relative difference %.3g > %.3g", what, worst, tol);
 }
@@ -90,7 +100,7 @@ static void close_terms(const float *a, const float *b, const float *m, size_t n
 {
     double worst = 0.0;
     for (size_t i = 0; i < n; i++)
-        worst = fmax(worst, fabs((double)a[i] - b[i]) / fmax(fabs((double)b[i]) + fabs((double)m[i]), 1e-30));
+        worst = fmax(worst, diff_over(a[i], b[i], fmax(fabs((double)b[i]) + fabs((double)m[i]), 1e-30)));
     note(a, b, n, what);
     EXPECT(worst <= tol, "%s: largest difference %.3g of the terms' magnitude > %.3g", what, worst, tol);
 }
