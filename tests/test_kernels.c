@@ -1471,6 +1471,34 @@ static void attn_pairs_host(float *out, const float *a, size_t lda, const float 
     }
 }
 
+// A row's sum split among the 8 lanes of the rows' launch (cuda/ops.cu
+// attn_softmax_kernel, attn_dsoftmax_kernel: each lane's part, then the tree
+// and the tail) gives moe_k_attn_lane_sum's bits, with and without y, for
+// every row length from 1 to 70 (full groups, tails, rows shorter than the
+// lanes); the lanes' maxima give the row's maximum.
+START_TEST(test_attention_row_lanes)
+{
+    float x[70], y[70];
+    fill(x, 70, 51, -3.0f, 3.0f);
+    fill(y, 70, 52, -1.0f, 1.0f);
+    for (size_t n = 1; n <= 70; n++)
+        for (int with_y = 0; with_y < 2; with_y++) {
+            const float *yy = with_y ? y : NULL;
+            float a[MOE_K_ATTN_LANES], m = -INFINITY, want_m = x[0];
+            for (size_t j = 0; j < MOE_K_ATTN_LANES; j++) {
+                a[j] = moe_k_attn_lane_part(x, yy, n, j);
+                float lm = moe_k_attn_lane_max(x, n, j);
+                m = lm > m ? lm : m;
+            }
+            for (size_t s = 1; s < n; s++)
+                want_m = x[s] > want_m ? x[s] : want_m;
+            float got = moe_k_attn_lanes_finish(a, x, yy, n), want = moe_k_attn_lane_sum(x, yy, n);
+            ck_assert_msg(memcmp(&got, &want, sizeof got) == 0, "n %zu, y %d: %.9g vs %.9g", n, with_y, got, want);
+            ck_assert_msg(m == want_m, "n %zu: max %.9g vs %.9g", n, m, want_m);
+        }
+}
+END_TEST
+
 // The tiled kernel's order of operations gives the per-element bodies' bits:
 // scores (q against k) and dP (dout against v), == everywhere (zeros above the
 // diagonal included), for head sizes below, at and above one chunk and C not a
@@ -1819,6 +1847,7 @@ int main(void)
     tcase_add_test(tc, test_activations);
     tcase_add_test(tc, test_attention);
     tcase_add_test(tc, test_attention_tiles);
+    tcase_add_test(tc, test_attention_row_lanes);
     tcase_add_test(tc, test_attention_dropout);
     tcase_add_test(tc, test_dropout);
     tcase_add_test(tc, test_linear_bias);

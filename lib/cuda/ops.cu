@@ -1390,16 +1390,43 @@ static int attn_pairs(const char *name, float *out, const float *a, size_t lda, 
     return launched(name, err);
 }
 
-// One thread per row (bh, t): max subtracted, the device's expf, normalised.
+// The rows of att (softmax) or datt (dS): a block of MOE_K_ATTN_LANES x
+// ATTN_ROW_Y threads takes ATTN_ROW_Y rows at a time, thread (j, y) lane j of
+// row y (keys j, j + 8, ...: the 8 lanes of a row read 8 consecutive floats).
+// The lanes' parts meet in shared memory; lane 0 adds them as
+// moe_k_attn_lane_sum does (kernels/attention.h), so the bits of the row
+// bodies. Every thread of a block runs the same rows and barriers.
+#define ATTN_ROW_Y 32
+
+// Softmax rows: the max of the lanes' maxima subtracted, the device's expf,
+// the normaliser, each entry times its reciprocal.
 __global__ void attn_softmax_kernel(float *att, size_t rows, size_t C)
 {
-    for (size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += (size_t)gridDim.x * blockDim.x) {
-        size_t n = moe_k_attn_shift_row(att, C, r);
-        for (size_t s = 0; s < n; s++)
-            att[r * C + s] = expf(att[r * C + s]);
-        moe_k_attn_normalise_row(att, C, r);
+    __shared__ float part[ATTN_ROW_Y][MOE_K_ATTN_LANES], inv[ATTN_ROW_Y];
+    const unsigned j = threadIdx.x, y = threadIdx.y;
+    for (size_t r0 = (size_t)blockIdx.x * ATTN_ROW_Y; r0 < rows; r0 += (size_t)gridDim.x * ATTN_ROW_Y) {
+        const size_t r = r0 + y, n = r < rows ? r % C + 1 : 0;
+        float *row = att + r * C;
+        part[y][j] = moe_k_attn_lane_max(row, n, j);
+        __syncthreads();
+        float m = part[y][0];
+        for (unsigned k = 1; k < MOE_K_ATTN_LANES; k++)
+            m = part[y][k] > m ? part[y][k] : m;
+        for (size_t s = j; s < n; s += MOE_K_ATTN_LANES)
+            row[s] = expf(row[s] - m);
+        __syncthreads(); // the maxima read; every exponential written (lane 0 adds the tail)
+        part[y][j] = moe_k_attn_lane_part(row, NULL, n, j);
+        __syncthreads();
+        if (j == 0 && n)
+            inv[y] = 1.0f / moe_k_attn_lanes_finish(part[y], row, NULL, n);
+        __syncthreads();
+        for (size_t s = j; s < n; s += MOE_K_ATTN_LANES)
+            row[s] *= inv[y];
+        __syncthreads(); // part and inv are the next rows'
     }
 }
+
+static unsigned row_blocks(size_t rows) { return blocks_for(rows, ATTN_ROW_Y); }
 
 // One thread per element (b, t, column) of out.
 __global__ void attn_out_kernel(float *out, const float *att, const float *qkv, size_t B, size_t C, size_t D,
@@ -1448,7 +1475,7 @@ extern "C" int moe_cuda_attention_forward_drop(float *out, float *att, float *at
     if ((rc = attn_pairs("attn_pairs_kernel (scores)", att, qkv, 3 * D, qkv + D, 3 * D, B, C, H, D / H,
                          moe_k_attn_scale(D / H), err)))
         return rc;
-    attn_softmax_kernel<<<blocks_for(B * H * C, 128), 128>>>(att, B * H * C, C);
+    attn_softmax_kernel<<<row_blocks(B * H * C), dim3(MOE_K_ATTN_LANES, ATTN_ROW_Y)>>>(att, B * H * C, C);
     if ((rc = launched("attn_softmax_kernel", err)))
         return rc;
     if (drop_on(d)) {
@@ -1466,11 +1493,25 @@ extern "C" int moe_cuda_attention_forward(float *out, float *att, const float *q
     return moe_cuda_attention_forward_drop(out, att, NULL, qkv, B, C, D, H, NULL, err);
 }
 
-// One thread per row (bh, t): dP to dS in place.
+// dS rows in place (the rows' launch above): sum_s P dP as the normaliser, then
+// dS = P (dP - that sum).
 __global__ void attn_dsoftmax_kernel(float *datt, const float *att, size_t rows, size_t C)
 {
-    for (size_t r = (size_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += (size_t)gridDim.x * blockDim.x)
-        moe_k_attn_dsoftmax_row(datt, att, C, r);
+    __shared__ float part[ATTN_ROW_Y][MOE_K_ATTN_LANES], pdp[ATTN_ROW_Y];
+    const unsigned j = threadIdx.x, y = threadIdx.y;
+    for (size_t r0 = (size_t)blockIdx.x * ATTN_ROW_Y; r0 < rows; r0 += (size_t)gridDim.x * ATTN_ROW_Y) {
+        const size_t r = r0 + y, n = r < rows ? r % C + 1 : 0;
+        float *d = datt + r * C;
+        const float *p = att + r * C;
+        part[y][j] = moe_k_attn_lane_part(p, d, n, j);
+        __syncthreads();
+        if (j == 0 && n)
+            pdp[y] = moe_k_attn_lanes_finish(part[y], p, d, n);
+        __syncthreads(); // lane 0 has read the tail of dP before it changes
+        for (size_t s = j; s < n; s += MOE_K_ATTN_LANES)
+            d[s] = p[s] * (d[s] - pdp[y]);
+        __syncthreads();
+    }
 }
 
 // One thread per element (b, position, j < 3D) of dqkv: dq, dk or dv.
@@ -1497,7 +1538,8 @@ extern "C" int moe_cuda_attention_backward_drop(float *dqkv, float *datt, const 
         if ((rc = launched("attn_drop_grad_kernel", err)))
             return rc;
     }
-    attn_dsoftmax_kernel<<<blocks_for(B * H * C, 128), 128>>>(datt, on ? attp : att, B * H * C, C);
+    attn_dsoftmax_kernel<<<row_blocks(B * H * C), dim3(MOE_K_ATTN_LANES, ATTN_ROW_Y)>>>(datt, on ? attp : att,
+                                                                                      B * H * C, C);
     if ((rc = launched("attn_dsoftmax_kernel", err)))
         return rc;
     attn_dqkv_kernel<<<blocks_for(B * C * 3 * D, 256), 256>>>(dqkv, datt, att, dout, qkv, B, C, D, H);

@@ -22,10 +22,14 @@
 //             product over the chunks in index order (moe_k_attn_dot_chunk:
 //             the bits of moe_k_attn_dot); 0 for s > t, and tiles wholly
 //             above the diagonal stage nothing;
-//             one per row (bh, t): max subtracted, exp (the caller's), normalised;
+//             MOE_K_ATTN_LANES per row (bh, t), lane j on keys j, j + 8, ...:
+//             the max of the lanes' maxima subtracted, exp (the caller's),
+//             each lane's part of the normaliser (moe_k_attn_lane_part), lane
+//             0 the tree and the tail (moe_k_attn_lanes_finish), normalised;
 //             one per element (b, t, column) of out: sum over s <= t.
 //   backward: dP tiled as the scores (dout rows against v rows), 0 for s > t;
-//             one per row (bh, t): dS in place;
+//             MOE_K_ATTN_LANES per row (bh, t): sum_s P dP as the normaliser,
+//             then dS in place;
 //             one per element (b, position, column) of dqkv: dq over s <= t,
 //             dk and dv over t >= s, added to what is there.
 //
@@ -106,6 +110,36 @@ static inline MOE_HD float moe_k_attn_lane_sum(const float *x, const float *y, s
     for (; s < n; s++)
         sum += y ? x[s] * y[s] : x[s];
     return sum;
+}
+
+// The same sum split among MOE_K_ATTN_LANES threads, for a row's launch: lane
+// j's part (its keys j, j + 8, ... of the full groups, in order; a[j] above)
+// and, from the 8 parts, the tree and the tail in order: the bits of
+// moe_k_attn_lane_sum.
+static inline MOE_HD float moe_k_attn_lane_part(const float *x, const float *y, size_t n, size_t j)
+{
+    float a = 0.0f;
+    for (size_t s = j; s + MOE_K_ATTN_LANES - j <= n; s += MOE_K_ATTN_LANES)
+        a += y ? x[s] * y[s] : x[s];
+    return a;
+}
+
+static inline MOE_HD float moe_k_attn_lanes_finish(const float *a, const float *x, const float *y, size_t n)
+{
+    float sum = moe_k_attn_lanes_join(a);
+    for (size_t s = n - n % MOE_K_ATTN_LANES; s < n; s++)
+        sum += y ? x[s] * y[s] : x[s];
+    return sum;
+}
+
+// The largest of row[j], row[j + 8], ... below n (-inf if none): the lanes'
+// maxima, whose maximum is the row's (exact in any order).
+static inline MOE_HD float moe_k_attn_lane_max(const float *row, size_t n, size_t j)
+{
+    float m = -INFINITY;
+    for (size_t s = j; s < n; s += MOE_K_ATTN_LANES)
+        m = row[s] > m ? row[s] : m;
+    return m;
 }
 
 // ---------------------------------------------------------------- forward
