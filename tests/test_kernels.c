@@ -1471,11 +1471,28 @@ static void attn_pairs_host(float *out, const float *a, size_t lda, const float 
     }
 }
 
+// nn/attention.c's lane sum written out here, interleaved as the library
+// adds it: the 8 lanes over the full groups, ((0+1)+(2+3))+((4+5)+(6+7)),
+// then the tail in order.
+static float lane_sum_ref(const float *x, const float *y, size_t n)
+{
+    float a[8] = { 0 };
+    size_t s = 0;
+    for (; s + 8 <= n; s += 8)
+        for (size_t j = 0; j < 8; j++)
+            a[j] += y ? x[s + j] * y[s + j] : x[s + j];
+    float sum = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; s < n; s++)
+        sum += y ? x[s] * y[s] : x[s];
+    return sum;
+}
+
 // A row's sum split among the 8 lanes of the rows' launch (cuda/ops.cu
 // attn_softmax_kernel, attn_dsoftmax_kernel: each lane's part, then the tree
-// and the tail) gives moe_k_attn_lane_sum's bits, with and without y, for
-// every row length from 1 to 70 (full groups, tails, rows shorter than the
-// lanes); the lanes' maxima give the row's maximum.
+// and the tail; moe_k_attn_lane_sum on one thread) gives the library's
+// interleaved sum's bits, with and without y, for every row length from 1 to
+// 70 (full groups, tails, rows shorter than the lanes); the lanes' maxima give
+// the row's maximum.
 START_TEST(test_attention_row_lanes)
 {
     float x[70], y[70];
@@ -1492,8 +1509,11 @@ START_TEST(test_attention_row_lanes)
             }
             for (size_t s = 1; s < n; s++)
                 want_m = x[s] > want_m ? x[s] : want_m;
-            float got = moe_k_attn_lanes_finish(a, x, yy, n), want = moe_k_attn_lane_sum(x, yy, n);
+            float got = moe_k_attn_lanes_finish(a, x, yy, n), one = moe_k_attn_lane_sum(x, yy, n);
+            float want = lane_sum_ref(x, yy, n);
             ck_assert_msg(memcmp(&got, &want, sizeof got) == 0, "n %zu, y %d: %.9g vs %.9g", n, with_y, got, want);
+            ck_assert_msg(memcmp(&one, &want, sizeof one) == 0, "n %zu, y %d: one thread %.9g vs %.9g", n, with_y,
+                          one, want);
             ck_assert_msg(m == want_m, "n %zu: max %.9g vs %.9g", n, m, want_m);
         }
 }

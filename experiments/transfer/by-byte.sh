@@ -106,6 +106,8 @@ column -s, -t < "$out/by_byte_table.csv" | cut -c1-160 >&2
 command -v python3 >/dev/null || { echo "$0: no python3: head_floor.csv and floor.csv not written" >&2; exit 0; }
 echo "domain,seed,byte,count,best_log2_prob,runner_up,runner_up_prob" > "$out/head_floor.csv"
 echo "domain,seed,lead_bytes,floor_bits,lora_r4_bits,moe_only_bits,full_bits,lora_r4_norm_bits,lora_r4_out_bits" > "$out/floor.csv"
+# lead_bits SYSTEM: by_byte.csv's bits per lead byte of $dom:SYSTEM, seed $seed
+lead_bits() { awk -F, -v s="$dom:$1" -v seed="$seed" '$1 == s && $2 == seed && $3 == "lead" { print $5 }' "$out/by_byte.csv"; }
 for dom in udhr-ell udhr-deu; do
   for seed in "${seeds[@]}"; do
     d=$work/$dom/s$seed
@@ -116,7 +118,6 @@ for dom in udhr-ell udhr-deu; do
     python3 "$here/head_floor.py" "$d/pretrain/model.safetensors" $(cut -d, -f1 "$d/lead.counts") |
       awk -F, -v dom="$dom" -v seed="$seed" 'NR == FNR { n[$1] = $2; next } FNR > 1 {
         print dom "," seed "," $1 "," n[$1] "," $2 "," $3 "," $4 }' "$d/lead.counts" - >> "$out/head_floor.csv"
-    lead_bits() { awk -F, -v s="$dom:$1" -v seed="$seed" '$1 == s && $2 == seed && $3 == "lead" { print $5 }' "$out/by_byte.csv"; }
     awk -F, -v dom="$dom" -v seed="$seed" '$1 == dom && $2 == seed { n += $4; b -= $4 * $5; k++ } END {
         printf "%s,%d,%d,%.6f", dom, seed, k, b / n }' "$out/head_floor.csv" >> "$out/floor.csv"
     echo ",$(lead_bits lora-r4),$(lead_bits moe-only),$(lead_bits full),$(lead_bits lora-r4+norm),$(lead_bits lora-r4+out)" >> "$out/floor.csv"

@@ -69,23 +69,20 @@
 // 1 / sqrt(hs) as the CPU rounds it.
 static inline MOE_HD float moe_k_attn_scale(size_t hs) { return (float)(1.0 / sqrt((double)hs)); }
 
-// alpha * sum_i x[i] y[i] over i < n, one float accumulator in index order.
-static inline MOE_HD float moe_k_attn_dot(const float *x, const float *y, size_t n, float alpha)
-{
-    float acc = 0.0f;
-    for (size_t i = 0; i < n; i++)
-        acc += x[i] * y[i];
-    return alpha * acc;
-}
-
 // acc + sum_i x[i] y[i] over i < n, added in index order to one float: a
 // chunk of moe_k_attn_dot's sum (chunks taken in order from acc = 0, then
-// times alpha, give its bits).
+// times alpha, give its bits; the tiled score and dP kernel sums so).
 static inline MOE_HD float moe_k_attn_dot_chunk(float acc, const float *x, const float *y, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         acc += x[i] * y[i];
     return acc;
+}
+
+// alpha * sum_i x[i] y[i] over i < n, one float accumulator in index order.
+static inline MOE_HD float moe_k_attn_dot(const float *x, const float *y, size_t n, float alpha)
+{
+    return alpha * moe_k_attn_dot_chunk(0.0f, x, y, n);
 }
 
 // The lanes' fixed tree (nn/attention.c lane_sum).
@@ -94,28 +91,12 @@ static inline MOE_HD float moe_k_attn_lanes_join(const float *a)
     return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
-// sum_s x[s] (y NULL) or sum_s x[s] y[s] over s < n: MOE_K_ATTN_LANES
-// interleaved float lanes over the full groups, joined in the fixed tree, then
-// the tail in order (nn/attention.c lane_sum).
-static inline MOE_HD float moe_k_attn_lane_sum(const float *x, const float *y, size_t n)
-{
-    float a[MOE_K_ATTN_LANES];
-    for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
-        a[j] = 0.0f;
-    size_t s = 0;
-    for (; s + MOE_K_ATTN_LANES <= n; s += MOE_K_ATTN_LANES)
-        for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
-            a[j] += y ? x[s + j] * y[s + j] : x[s + j];
-    float sum = moe_k_attn_lanes_join(a);
-    for (; s < n; s++)
-        sum += y ? x[s] * y[s] : x[s];
-    return sum;
-}
-
-// The same sum split among MOE_K_ATTN_LANES threads, for a row's launch: lane
-// j's part (its keys j, j + 8, ... of the full groups, in order; a[j] above)
-// and, from the 8 parts, the tree and the tail in order: the bits of
-// moe_k_attn_lane_sum.
+// sum_s x[s] (y NULL) or sum_s x[s] y[s] over s < n as nn/attention.c's
+// lane_sum takes it: MOE_K_ATTN_LANES interleaved float lanes over the full
+// groups of 8, joined in the fixed tree, then the tail in order. In two steps,
+// so that a row's launch can give each lane its own thread: lane j's part (its
+// keys j, j + 8, ... of the full groups, in order), then, from the 8 parts,
+// the tree and the tail (moe_k_attn_lane_sum: both on one thread).
 static inline MOE_HD float moe_k_attn_lane_part(const float *x, const float *y, size_t n, size_t j)
 {
     float a = 0.0f;
@@ -130,6 +111,14 @@ static inline MOE_HD float moe_k_attn_lanes_finish(const float *a, const float *
     for (size_t s = n - n % MOE_K_ATTN_LANES; s < n; s++)
         sum += y ? x[s] * y[s] : x[s];
     return sum;
+}
+
+static inline MOE_HD float moe_k_attn_lane_sum(const float *x, const float *y, size_t n)
+{
+    float a[MOE_K_ATTN_LANES];
+    for (size_t j = 0; j < MOE_K_ATTN_LANES; j++)
+        a[j] = moe_k_attn_lane_part(x, y, n, j);
+    return moe_k_attn_lanes_finish(a, x, y, n);
 }
 
 // The largest of row[j], row[j + 8], ... below n (-inf if none): the lanes'
