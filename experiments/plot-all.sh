@@ -3,7 +3,8 @@
 # experiments/NAME/plot.gp (switch-distill twice: the Fashion-MNIST top level and lm/), and
 # results/bench/layer.png from experiments/bench/layer.gp, results/cuda-bench/layer.png from
 # experiments/bench/cuda-layer.gp and results/cuda-parity/parity.png from
-# experiments/bench/cuda-parity.gp. Runs nothing but gnuplot (seconds).
+# experiments/bench/cuda-parity.gp, results/expert-scaling/separate/separate.png from
+# experiments/expert-scaling/separate.gp. Runs nothing but gnuplot (seconds).
 #
 #   bash experiments/plot-all.sh
 #
@@ -30,3 +31,4 @@ draw results/switch-distill/lm experiments/switch-distill/plot.gp
 draw results/bench experiments/bench/layer.gp
 draw results/cuda-bench experiments/bench/cuda-layer.gp
 draw results/cuda-parity experiments/bench/cuda-parity.gp
+draw results/expert-scaling/separate experiments/expert-scaling/separate.gp

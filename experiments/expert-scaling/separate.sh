@@ -26,7 +26,8 @@
 # either, only tokens/s does). Finished runs under WORK are kept and not run
 # again. Writes OUT/runs.csv (one row per system and seed), OUT/table.csv (mean,
 # sample sd and 95% t-interval over seeds), OUT/pairs.csv (the paired
-# comparisons the README reads) and OUT/command.txt.
+# comparisons the README reads), OUT/command.txt and, when gnuplot is installed,
+# OUT/separate.png (experiments/expert-scaling/separate.gp).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -105,7 +106,8 @@ for s in "${systems[@]}"; do
         t2=$(jq -r '[.final.train.bits_per_byte, .final.test.load_cv, .final.test.load_max_mean] | @csv' "$d/summary.json")
         t3=$(jq -r '[.final.test.dropped_fraction, .train_tokens_per_second, .wall_seconds] | @csv' "$d/summary.json")
         t3=${t3/#,/0,} # the dense model has no drops
-        echo "$name,$seed,$t,${e#E},$v,$ev,$t2,$(last_batch "$d" dropped_fraction),$t3" >> "$out/runs.csv"
+        dr=$(last_batch "$d" dropped_fraction)
+        echo "$name,$seed,$t,${e#E},$v,$ev,$t2,${dr:-0},$t3" >> "$out/runs.csv"
     done
 done
 summarise_runs "$out/runs.csv" > "$out/table.csv"
@@ -127,3 +129,5 @@ for p in "${pairs[@]}"; do
     done
 done
 column -s, -t < "$out/pairs.csv" >&2
+# the figure of the README, when gnuplot is installed
+if command -v gnuplot >/dev/null; then gnuplot -e "out='$out'" "$root/experiments/expert-scaling/separate.gp"; fi
