@@ -14,6 +14,10 @@
 #   E{1,8,64}-x4           4x the training windows (48,000 per epoch, 6.1M tokens): at E = 64 each
 #                          expert then sees about as many tokens as one of 16 at 1x; drops as in E64
 #   E{8,64}-x4-dropless    both
+#   E{1,8,64}-b4, E{8,64}-b4-dropless
+#                          the same 4x tokens in batches 4x as large (128 windows, 8,192 tokens;
+#                          each expert's fair share of a batch 4x too), so in run.sh's 750 steps:
+#                          the x4 systems add steps, these only tokens (at the same learning rate)
 #
 # Every run is also evaluated with moe eval at evaluation capacity factor 0
 # (dropless evaluation of the same checkpoint: valid_bits_dropless_eval), which
@@ -42,6 +46,7 @@ mkdir -p "$out" "$work"
 
 dropless="moe.capacity_factor=0 moe.eval_capacity_factor=0"
 x4="data.text.windows_per_epoch=48000"
+b4="$x4 optim.batch_size=128"
 # name | settings (space-separated key=value) | seconds per run at 1 thread on the build machine
 systems=("E1|model.moe_every=99|40")
 for e in 8 16 32 64; do systems+=("E$e|model.n_expert=$e|$((40 + e / 3))"); done
@@ -49,6 +54,9 @@ for e in 8 16 32 64; do systems+=("E$e-dropless|model.n_expert=$e $dropless|$((4
 systems+=("E1-x4|model.moe_every=99 $x4|160")
 for e in 8 64; do systems+=("E$e-x4|model.n_expert=$e $x4|$((160 + 4 * e / 3))"); done
 for e in 8 64; do systems+=("E$e-x4-dropless|model.n_expert=$e $x4 $dropless|$((160 + 4 * e / 3))"); done
+systems+=("E1-b4|model.moe_every=99 $b4|150")
+for e in 8 64; do systems+=("E$e-b4|model.n_expert=$e $b4|$((150 + 4 * e / 3))"); done
+for e in 8 64; do systems+=("E$e-b4-dropless|model.n_expert=$e $b4 $dropless|$((150 + 4 * e / 3))"); done
 
 dirs=() secs=0
 for s in "${systems[@]}"; do
@@ -59,7 +67,7 @@ for s in "${systems[@]}"; do
     done
 done
 skip_note "$(count_done "${dirs[@]}")" ${#dirs[@]}
-expected_time "$(about_minutes $((secs / jobs))) for the runs left, $jobs at a time (${#systems[@]} systems x ${#seeds[@]} seeds; 40-60 s per run at 1x, 4x that at x4, at 1 thread)"
+expected_time "$(about_minutes $((secs / jobs))) for the runs left, $jobs at a time (${#systems[@]} systems x ${#seeds[@]} seeds; 40-60 s per run at 1x, 4x that at x4 and b4, at 1 thread)"
 { echo "$(env_line) JOBS=$jobs bash experiments/expert-scaling/separate.sh  # $(date -u +%Y-%m-%d), $("$moe" --version | head -1), corpus sha256 $(sha256sum "$corpus" | cut -c1-16)"
   provenance "$moe"; } > "$out/command.txt"
 
@@ -120,7 +128,9 @@ pairs=("E8 E8-dropless" "E16 E16-dropless" "E32 E32-dropless" "E64 E64-dropless"
        "E1 E8-dropless" "E1 E64-dropless" "E8-dropless E16-dropless" "E16-dropless E32-dropless"
        "E32-dropless E64-dropless" "E8-dropless E64-dropless"
        "E1-x4 E8-x4" "E1-x4 E64-x4" "E8-x4 E64-x4" "E8-x4-dropless E64-x4-dropless" "E64-x4 E64-x4-dropless"
-       "E8 E8-x4" "E64 E64-x4")
+       "E8 E8-x4" "E64 E64-x4"
+       "E1-b4 E8-b4" "E1-b4 E64-b4" "E8-b4 E64-b4" "E8-b4-dropless E64-b4-dropless" "E64-b4 E64-b4-dropless"
+       "E8-x4 E8-b4" "E64-x4 E64-b4" "E8-x4-dropless E8-b4-dropless" "E64-x4-dropless E64-b4-dropless")
 echo "a,b,column,n,mean_diff,sd_diff,ci_lo,ci_hi,resolved" > "$out/pairs.csv"
 for p in "${pairs[@]}"; do
     read -r a b <<< "$p"
