@@ -63,6 +63,21 @@ summarise_from() {
 # thread count: README.md, Reproducibility).
 done_run() { [ -s "$1/summary.json" ] && jq -e '.final' "$1/summary.json" >/dev/null 2>&1; }
 
+# source_revision: the source tree's revision (git describe), "-dirty" when a
+# tracked file differs from it. A results folder's command.txt does not count:
+# the script that writes it has truncated it before it asks (the `{ ...; } >
+# command.txt` of every script), so a rerun into a committed results folder
+# would otherwise always read as dirty.
+source_revision() {
+    local r
+    r=$(git -C "$root" describe --always --tags 2>/dev/null) || { echo unknown; return; }
+    if git -C "$root" status --porcelain --untracked-files=no -- . ':(exclude)results/**/command.txt' 2>/dev/null |
+        grep -q .; then
+        r=$r-dirty
+    fi
+    echo "$r"
+}
+
 # provenance MOE: the lines every command.txt carries after its command line:
 # the date, the source tree's revision, the thread count (the script's
 # $threads, else THREADS), a forced BLIS kernel if any, and the full `moe
@@ -72,7 +87,7 @@ done_run() { [ -s "$1/summary.json" ] && jq -e '.final' "$1/summary.json" >/dev/
 provenance() {
     local moe=$1
     echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "# source: $(git -C "$root" describe --always --dirty --tags 2>/dev/null || echo unknown)"
+    echo "# source: $(source_revision)"
     echo "# THREADS: ${threads:-${THREADS:-unset: the script default}}"
     echo "# BLIS_ARCH_TYPE: ${BLIS_ARCH_TYPE:-unset: moe chooses}"
     "$moe" --version 2>&1 | sed 's/^/# moe --version: /'
