@@ -76,5 +76,27 @@ IN='1\n2\n3\n'; check "lib.sh mean_sd: mean and sample SD" expect "2,1" bash -c 
 IN='5\n'; check "lib.sh mean_sd: one value has SD 0" expect "5,0" bash -c '. "$1"; mean_sd' _ "$LIB"
 IN=''; check "lib.sh mean_sd: no values" expect "," bash -c '. "$1"; mean_sd' _ "$LIB"
 
+# lib.sh source_revision (command.txt's "# source:" line): a rerun into a
+# committed results folder truncates that folder's command.txt first, which
+# must not make the tree dirty; any other tracked change does
+revision() {
+    local g=(git -C repo -c user.name=t -c user.email=t@t)
+    rm -rf repo && mkdir -p repo/results/x && echo a >repo/results/x/command.txt && echo b >repo/notes.md &&
+        git init -q repo && "${g[@]}" add -A && "${g[@]}" commit -qm one || { fail "git setup"; return; }
+    local want r
+    want=$("${g[@]}" rev-parse --short HEAD)
+    r=$(root=$PWD/repo bash -c '. "$1"; source_revision' _ "$LIB")
+    [ "$r" = "$want" ] || { fail "clean: '$r', want '$want'"; return; }
+    : >repo/results/x/command.txt
+    r=$(root=$PWD/repo bash -c '. "$1"; source_revision' _ "$LIB")
+    [ "$r" = "$want" ] || { fail "command.txt truncated: '$r', want '$want'"; return; }
+    echo c >>repo/notes.md
+    r=$(root=$PWD/repo bash -c '. "$1"; source_revision' _ "$LIB")
+    [ "$r" = "$want-dirty" ] || fail "notes.md changed: '$r', want '$want-dirty'"
+}
+if command -v git >/dev/null; then
+    check "lib.sh source_revision: a truncated results command.txt is not dirty, another change is" revision
+fi
+
 echo "1..$N"
 [ "$FAILED" -eq 0 ]
