@@ -643,10 +643,11 @@ START_TEST(test_train_accumulate)
             size_t at = 0;
             for (size_t k = 0; k < a.numel; k++) {
                 double d = fabs((double)a.params[k] - b.params[k]) / fmax(1.0, fabs((double)a.params[k]));
-                if (!(d <= worst)) // a NaN is the worst, and stays so
+                if (isnan(d) || d > worst) {
                     worst = d, at = k;
-                if (isnan(d))
-                    break;
+                    if (isnan(d))
+                        break; // a NaN is the worst there is
+                }
             }
             ck_assert_msg(worst <= cases[i].tol, "%s, %s x %s: weight %zu differs by %g (tolerance %g)",
                           cases[i].what, shapes[j].small, shapes[j].accum, at, worst, cases[i].tol);

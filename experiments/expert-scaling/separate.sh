@@ -75,12 +75,9 @@ expected_time "$(about_minutes $((secs / jobs))) for the runs left, $jobs at a t
 one() { # dir, settings
     local d=$1 sets=() kv
     for kv in $2; do sets+=(--set "$kv"); done
-    if ! done_run "$d"; then
-        fresh_dir "$d"
-        "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" \
-            --seed "${d##*-s}" --threads "$threads" --out "$d" --force --quiet "${sets[@]}" >/dev/null
-        rm -f "$d/eval.json"
-    fi
+    # a run trained again starts from an empty DIR (run_once), so its old eval.json goes with it
+    run_once "$d" "$moe" train --config "$root/experiments/common/lm.json" --set data.text.path="\"$corpus\"" \
+        --seed "${d##*-s}" --threads "$threads" --out "$d" --force --quiet "${sets[@]}" >/dev/null
     if [ ! -s "$d/eval.json" ]; then
         "$moe" eval --checkpoint "$d/model.safetensors" --set moe.eval_capacity_factor=0 --threads "$threads" \
             --quiet >"$d/eval.json.tmp"
